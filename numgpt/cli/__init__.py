@@ -1,0 +1,61 @@
+"""The `numgpt` command: one argparse parser, one subcommand per job.
+
+Each area registers its subcommands from its own module (tokenizer, inference, training). Only this
+package reads argv or prints; user mistakes (NumgptError, missing files) become one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import NumgptError
+
+DESCRIPTION = """\
+numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation and training.
+
+examples:
+  numgpt tokenize "Hello world"              ids of a text with GPT-2's tokenizer
+  numgpt tokenize --explain "Mississippilessly"
+  numgpt train-tokenizer input.txt --vocab-size 4096 -o my_tok
+
+Run `numgpt COMMAND --help` for each command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="numgpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def _registrars():
+    """The modules that add subcommands; each has `register(subparsers)`."""
+    from . import tokenizer_commands
+    registrars = [tokenizer_commands.register]
+    return registrars
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except NumgptError as e:
+        print(f"numgpt: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("numgpt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `numgpt generate ... | head`
+        return 0
