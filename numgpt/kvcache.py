@@ -1,0 +1,78 @@
+"""KVCache: the keys and values of every layer for the positions seen so far, preallocated; plain data.
+
+The caller allocates a cache and passes it to `model.forward`, which writes the new positions' keys and
+values at `length` and advances `length`; a decode step then costs one position, not the whole prefix.
+Nothing creates or resizes a cache behind the caller's back.
+
+`mask` records which cached positions are real tokens (False for left padding), so that after a padded
+prefill the decode steps need no mask argument: the model derives each row's next position from it
+(position = number of real tokens before it, as Hugging Face's generate does).
+
+Sliding window: GPT-2 bakes absolute positions (wpe) into every cached key, so a full cache cannot be
+shifted. To continue past n_positions, keep the last n_positions - k tokens, `reset()` the cache and
+prefill them again (positions restart at 0), then decode k more steps.
+
+Shape legend: L layers, B batch, H heads, M max_len (capacity), D head size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import GPTConfig
+
+
+@dataclass
+class KVCache:
+    """Preallocated attention keys/values: keys, values [L, B, H, M, D] float32; mask [B, M] bool.
+
+    Positions 0 .. length-1 are filled. Mutable on purpose: `model.forward` appends to it in place.
+    """
+
+    keys: np.ndarray
+    values: np.ndarray
+    mask: np.ndarray
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: GPTConfig, batch_size: int, max_len: int | None = None) -> "KVCache":
+        """An empty cache for `batch_size` rows and up to `max_len` positions (default n_positions)."""
+        max_len = config.n_positions if max_len is None else max_len
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
+        return cls(keys=np.zeros(shape, np.float32), values=np.zeros(shape, np.float32),
+                   mask=np.zeros((batch_size, max_len), bool))
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes + self.mask.nbytes
+
+    def select(self, rows) -> "KVCache":
+        """A new cache holding the given rows (in that order, repeats allowed) of this one.
+
+        For n samples per prompt: prefill each prompt once, then `cache.select(np.repeat(np.arange(B), n))`.
+        To drop finished rows: `cache.select(still_running)`. Only the filled positions are copied.
+        """
+        rows = np.asarray(rows, dtype=np.intp)
+        n = self.length
+        out = KVCache(keys=np.zeros(self.keys.shape[:1] + (len(rows),) + self.keys.shape[2:], np.float32),
+                      values=np.zeros(self.values.shape[:1] + (len(rows),) + self.values.shape[2:], np.float32),
+                      mask=np.zeros((len(rows), self.max_len), bool), length=n)
+        out.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
+        out.values[:, :, :, :n] = self.values[:, rows, :, :n]
+        out.mask[:, :n] = self.mask[rows, :n]
+        return out
+
+    def reset(self) -> None:
+        """Forget every position (the memory is kept for reuse, e.g. a sliding-window re-prefill)."""
+        self.length = 0
+        self.mask[:] = False
