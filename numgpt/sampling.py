@@ -1,0 +1,204 @@
+"""Sampling: next-token logits -> next-token ids (greedy, temperature, top-k, top-p, repetition penalty).
+
+Each rule is a small pure function "logits -> processed logits" that sets filtered tokens to -inf, and
+`process_logits` applies them in the order Hugging Face's `generate` does (transformers 5.x,
+`GenerationMixin._get_logits_processor`): repetition penalty, then -- only when sampling -- temperature,
+top-k, top-p. The semantics match transformers' RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+TopKLogitsWarper and TopPLogitsWarper (min_tokens_to_keep=1); tests/test_sampling.py checks them against
+those classes. Randomness is passed in as np.random.Generator objects, one per sequence, so that a
+sequence's draws do not depend on which other sequences share its batch.
+
+Greedy rule: decoding is greedy (argmax of the processed logits) when `do_sample=False` or
+`temperature == 0`; otherwise it samples. As in transformers, the repetition penalty also applies to
+greedy decoding, and temperature/top-k/top-p do not (they cannot change the argmax).
+
+Shapes: B batch (sequences), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import NumgptError
+
+FILTERED = -np.inf  # the logit of a token a rule has removed: probability exactly 0, never NaN
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to pick the next token from the logits; checked at construction.
+
+    temperature: divide the logits by it (< 1 sharper, > 1 flatter); 0 means greedy.
+    top_k: keep the k most likely tokens (ties at the k-th logit are kept, as in transformers); 0 = off.
+    top_p: nucleus sampling, keep the smallest set of most likely tokens whose probability is >= top_p;
+        1.0 = off.
+    repetition_penalty: > 1 discourages tokens already in the sequence (prompt + generated), < 1
+        encourages them; 1.0 = off (CTRL paper, as in transformers).
+    do_sample: False means greedy whatever the temperature.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise NumgptError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise NumgptError(f"top_k must be a whole number >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise NumgptError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise NumgptError(
+                f"repetition_penalty must be > 0 (1 = off, 1.2 is typical), got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the next token is the argmax: do_sample=False or temperature == 0."""
+        return not self.do_sample or self.temperature == 0
+
+
+GREEDY = SamplingOptions(do_sample=False)
+
+
+def apply_repetition_penalty(logits: np.ndarray, previous: Sequence[Sequence[int]],
+                             penalty: float) -> np.ndarray:
+    """Penalise every token that already occurs in its row's sequence, once per distinct token.
+
+    A negative logit is multiplied by the penalty and a non-negative one divided by it, so a penalty
+    > 1 always makes the token less likely (transformers' RepetitionPenaltyLogitsProcessor).
+    `previous[b]` is row b's token ids so far (prompt + generated, no padding).
+    """
+    out = np.array(logits, dtype=np.float32, copy=True)  # [B, V]
+    if penalty == 1.0:
+        return out
+    p = np.float32(penalty)
+    for row, ids in zip(out, previous):
+        seen = np.unique(np.asarray(ids, dtype=np.int64))  # [n_distinct]
+        seen = seen[seen < row.shape[0]]  # ids beyond the output vocabulary cannot be generated anyway
+        score = row[seen]
+        row[seen] = np.where(score < 0, score * p, score / p)
+    return out
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """logits / temperature, in float32 (transformers' TemperatureLogitsWarper)."""
+    if temperature <= 0:
+        raise NumgptError(f"temperature must be > 0 to scale logits, got {temperature} (0 means greedy)")
+    return np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+
+
+def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the tokens whose logit is >= the k-th largest of the row; the rest get -inf.
+
+    Ties with the k-th logit are all kept (transformers' TopKLogitsWarper), so a row may keep more than k.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    k = min(int(k), logits.shape[-1])
+    if k <= 0:
+        return logits.copy()
+    kth = np.partition(logits, -k, axis=-1)[..., -k, None]  # [B, V] -> [B, 1]
+    return np.where(logits < kth, np.float32(FILTERED), logits)
+
+
+def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus filter: drop the least likely tokens whose total probability is <= 1 - p; keep >= 1 token.
+
+    Exactly transformers' TopPLogitsWarper: sort ascending, cumulative softmax, remove where
+    cumsum <= 1 - p, never remove the most likely token. Subtle: torch's CPU cumsum of float32 accumulates
+    in float64 and rounds each partial sum to float32, so we do the same; a plain float32 cumsum drifts by
+    a few ulps over 50k tokens and can flip a token that sits on the threshold. The stable sort keeps the
+    lower token id first among equal logits, which is the order torch's CPU sort produces.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    if p >= 1.0:
+        return logits.copy()
+    order = np.argsort(logits, axis=-1, kind="stable")  # [B, V] ascending
+    sorted_logits = np.take_along_axis(logits, order, axis=-1)  # [B, V]
+    cumulative = np.cumsum(softmax(sorted_logits), axis=-1, dtype=np.float64).astype(np.float32)
+    remove_sorted = cumulative <= np.float32(1 - p)  # 1 - p computed in float64, compared in float32 as torch
+    remove_sorted[..., -1] = False  # min_tokens_to_keep = 1: the most likely token stays
+    remove = np.empty_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=-1)  # back to vocabulary order
+    return np.where(remove, np.float32(FILTERED), logits)
+
+
+def process_logits(logits: np.ndarray, options: SamplingOptions, *,
+                   previous: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """All rules in transformers' order: repetition penalty; then, when sampling, temperature, top-k, top-p.
+
+    [B, V] -> [B, V] float32; removed tokens are -inf. `previous` is each row's tokens so far, needed
+    only for the repetition penalty.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    if options.repetition_penalty != 1.0:
+        if previous is None:
+            raise ValueError("the repetition penalty needs the previous tokens of each row")
+        logits = apply_repetition_penalty(logits, previous, options.repetition_penalty)
+    if options.greedy:
+        return logits
+    if options.temperature != 1.0:
+        logits = apply_temperature(logits, options.temperature)
+    if options.top_k:
+        logits = apply_top_k(logits, options.top_k)
+    if options.top_p < 1.0:
+        logits = apply_top_p(logits, options.top_p)
+    return logits
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, in the input's float precision; -inf logits get exactly 0."""
+    logits = np.asarray(logits)
+    if not np.issubdtype(logits.dtype, np.floating):
+        logits = logits.astype(np.float32)
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)  # the max is finite: >= 1 token is kept
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log of softmax, computed stably as x - max - log(sum(exp(x - max)))."""
+    logits = np.asarray(logits)
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def greedy(logits: np.ndarray) -> np.ndarray:
+    """The most likely token of each row; the lowest id wins a tie (as torch.argmax). [B, V] -> [B]"""
+    return np.argmax(logits, axis=-1)
+
+
+def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """Draw one token per row from softmax(logits), row b with its own generator rngs[b]. [B, V] -> [B]
+
+    Inverse-CDF sampling with one uniform draw per row. The probabilities and their cumulative sum are
+    float64 so that the CDF of a 50k-token vocabulary is exact to ~1e-16, and a token with probability 0
+    (a -inf logit) has an empty interval and can never be drawn.
+    """
+    logits = np.asarray(logits)
+    if len(rngs) != logits.shape[0]:
+        raise ValueError(f"need one generator per row: {len(rngs)} generators for {logits.shape[0]} rows")
+    cdf = np.cumsum(softmax(logits.astype(np.float64)), axis=-1)  # [B, V]
+    ids = np.empty(logits.shape[0], dtype=np.int64)
+    for b, rng in enumerate(rngs):
+        u = rng.random() * cdf[b, -1]
+        i = int(np.searchsorted(cdf[b], u, side="right"))
+        # u < cdf[-1] in exact arithmetic; if rounding puts it at the end, take the last possible token
+        ids[b] = i if i < cdf.shape[1] else int(np.flatnonzero(np.isfinite(logits[b]))[-1])
+    return ids
+
+
+def next_tokens(logits: np.ndarray, options: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
+                *, previous: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """The next id of every row: process the logits, then argmax or sample. [B, V] -> [B] int64"""
+    processed = process_logits(logits, options, previous=previous)
+    if options.greedy:
+        return greedy(processed).astype(np.int64)
+    if rngs is None:
+        raise ValueError("sampling needs one np.random.Generator per row (or greedy options)")
+    return sample(processed, rngs)
