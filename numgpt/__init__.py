@@ -5,6 +5,10 @@ The public API (everything else is internal and may change):
 
 from .config import GPTConfig, PRESETS
 from .errors import NumgptError
+from .kvcache import KVCache  # model/checkpoint engineer
+from .model import forward  # model/checkpoint engineer
+from .checkpoint import load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary  # model/checkpoint engineer
 
 __all__ = ["GPTConfig", "PRESETS", "NumgptError"]
+__all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
 __version__ = "0.1.0"
