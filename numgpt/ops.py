@@ -1,7 +1,12 @@
-"""The layers of GPT-2 as NumPy functions: forward (and, later, backward) side by side.
+"""The layers of GPT-2 as NumPy functions: forward and backward side by side.
 
 Every function keeps float32 in, float32 out: constants are float32 scalars, because one float64 scalar
 (say `np.sqrt(head_size)`) silently promotes whole activations to float64 and makes decoding ~7x slower.
+
+Training uses `<op>_forward` -> (out, ctx) / `<op>_backward(dout, ctx, ...)` pairs that share the math of
+the plain forwards. Backwards ACCUMULATE parameter gradients into the buffers passed in (`dw += ...`), so
+residual branches and the tied wte/lm_head need no special case (as llm.c and micrograd do), and return
+the gradient of their input.
 
 The plain functions (`layer_norm`, `gelu`, `linear`, `softmax`, `attention`) are the reference. The few
 inference variants that write into preallocated buffers (`*_into`, `gelu_`) sit beside their plain twin
@@ -35,6 +40,42 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
     return centred / np.sqrt(var + np.float32(eps)) * w + b
 
 
+def layer_norm_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
+                       ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`layer_norm` for training: also returns (xhat, rstd, w), what `layer_norm_backward` needs."""
+    mean = x.mean(axis=-1, keepdims=True)                     # [N, C] -> [N, 1]
+    xhat = x - mean
+    var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # [N, C] -> [N, 1], sum of squares
+    var *= np.float32(1.0 / x.shape[-1])
+    var += np.float32(eps)
+    rstd = 1 / np.sqrt(var)                                   # [N, 1], reciprocal standard deviation
+    xhat *= rstd
+    return xhat * w + b, (xhat, rstd, w)
+
+
+def layer_norm_backward(dy: np.ndarray, ctx: tuple[np.ndarray, np.ndarray, np.ndarray],
+                        dw: np.ndarray, db: np.ndarray) -> np.ndarray:
+    """Differentiates y = xhat * w + b, xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps).
+
+    Accumulates dw += sum(dy * xhat), db += sum(dy) over all leading axes; returns
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w.
+    """
+    xhat, rstd, w = ctx
+    C = dy.shape[-1]
+    dy2, xhat2 = dy.reshape(-1, C), xhat.reshape(-1, C)       # [N, C]
+    dw += np.einsum("nc,nc->c", dy2, xhat2)
+    db += dy2.sum(axis=0)
+    g = dy * w
+    g_mean = g.mean(axis=-1, keepdims=True)                   # [N, C] -> [N, 1]
+    gx_mean = np.einsum("...c,...c->...", g, xhat)[..., None]  # [N, C] -> [N, 1]
+    gx_mean *= np.float32(1.0 / C)
+    g -= g_mean
+    xhat_gx = xhat * gx_mean
+    g -= xhat_gx
+    g *= rstd
+    return g
+
+
 def layer_norm_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
     """`layer_norm` written into `out` (same shape as x, may not alias x), with no temporary arrays
     of x's size: the inference hot path calls this twice per block per token."""
@@ -53,6 +94,32 @@ def layer_norm_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out
 def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     return HALF * x * (ONE + np.tanh(GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
+
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Differentiates y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); returns dx (x = the input):
+
+    dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    """
+    x2 = x * x
+    th = x2 * GELU_CUBIC
+    th += ONE
+    th *= x
+    th *= GELU_SQRT_2_OVER_PI
+    np.tanh(th, out=th)                                        # tanh u
+    du = x2
+    du *= np.float32(3) * GELU_CUBIC
+    du += ONE
+    du *= GELU_SQRT_2_OVER_PI                                  # du/dx
+    sech2 = th * th
+    np.subtract(ONE, sech2, out=sech2)                         # 1 - tanh^2 u
+    sech2 *= x
+    sech2 *= du
+    th += ONE
+    th += sech2
+    th *= HALF
+    th *= dy
+    return th
 
 
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -74,6 +141,18 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x @ w + b                               # [N, in] -> [N, out]
 
 
+def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw: np.ndarray, db: np.ndarray | None
+                    ) -> np.ndarray:
+    """Differentiates y = x @ w + b: accumulates dw += x^T dy and db += sum(dy) over all rows; returns
+    dx = dy @ w^T. Leading axes are flattened so BLAS sees one matrix product."""
+    n_in, n_out = w.shape
+    x2, dy2 = x.reshape(-1, n_in), dy.reshape(-1, n_out)      # [N, in], [N, out]
+    dw += x2.T @ dy2                                           # [in, N] x [N, out] -> [in, out]
+    if db is not None:
+        db += dy2.sum(axis=0)
+    return (dy2 @ w.T).reshape(*dy.shape[:-1], n_in)           # [N, out] x [out, in] -> [N, in]
+
+
 def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`linear` written into a preallocated `out` (2-D x only, so BLAS sees one matrix product)."""
     np.matmul(x, w, out=out)                       # [N, in] -> [N, out]
@@ -93,6 +172,13 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.where(s > 0, s, np.float32(1))
 
 
+def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Differentiates y = softmax(x): dx = y * (dy - sum(dy * y)) along `axis` (y = the forward output)."""
+    dx = dy * y
+    dx -= y * dx.sum(axis=axis, keepdims=True)
+    return dx
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Scaled dot-product attention: softmax(q k^T / sqrt(D), masked) v.
 
@@ -104,6 +190,100 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     if mask is not None:
         scores = np.where(mask, scores, np.float32(-np.inf))
     return softmax(scores, axis=-1) @ v                        # [B, H, T, S] x [B, H, S, D] -> [B, H, T, D]
+
+
+def causal_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, dropout: float = 0.0,
+                             rng: np.random.Generator | None = None
+                             ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Causal `attention` for training (T queries over the same T positions), optionally with dropout on
+    the attention weights as GPT-2 does. Returns the output and (q, k, v, probs, keep) for the backward.
+
+    q, k, v: [B, H, T, D]; keep is the scaled dropout mask or None.
+    """
+    T = q.shape[-2]
+    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    scores = q @ k.swapaxes(-1, -2)                            # [B, H, T, D] x [B, H, D, T] -> [B, H, T, T]
+    scores *= scale
+    np.copyto(scores, np.float32(-np.inf), where=~causal_mask(T, T))  # the future is never attended to
+    probs = softmax_(scores)                                   # row 0 always sees itself: never all -inf
+    keep = None
+    if dropout > 0:
+        keep = dropout_mask(probs.shape, dropout, rng)
+        out = (probs * keep) @ v                               # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
+    else:
+        out = probs @ v
+    return out, (q, k, v, probs, keep)
+
+
+def causal_attention_backward(dout: np.ndarray, ctx: tuple[np.ndarray, ...]
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Differentiates out = dropout(softmax(mask(q k^T / sqrt(D)))) v; returns (dq, dk, dv).
+
+    Masked scores have probability 0, so their gradient through the softmax is 0 with no special case.
+    """
+    q, k, v, probs, keep = ctx
+    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    weights = probs if keep is None else probs * keep
+    dv = weights.swapaxes(-1, -2) @ dout                       # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
+    dprobs = dout @ v.swapaxes(-1, -2)                         # [B, H, T, D] x [B, H, D, T] -> [B, H, T, T]
+    if keep is not None:
+        dprobs *= keep
+    dscores = softmax_backward(dprobs, probs)
+    dscores *= scale
+    dq = dscores @ k                                           # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
+    dk = dscores.swapaxes(-1, -2) @ q                          # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
+    return dq, dk, dv
+
+
+def softmax_(x: np.ndarray) -> np.ndarray:
+    """`softmax` over the last axis in place (x is overwritten and returned); each row must hold at least
+    one finite value (true of causal attention, where every query sees itself)."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def embedding_backward(dy: np.ndarray, ids: np.ndarray, dw: np.ndarray) -> None:
+    """Differentiates y = w[ids]: accumulates each row of dy into dw at its id (repeated ids add up)."""
+    np.add.at(dw, ids.reshape(-1), dy.reshape(-1, dw.shape[1]))  # [N, C] scattered into [V, C]
+
+
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean over positions of -log softmax(logits)[target]. Returns the loss and the probabilities.
+
+    logits: [N, V] (overwritten: it becomes the probabilities, to save a [N, V] copy); targets: [N].
+    """
+    N = logits.shape[0]
+    probs = logits
+    probs -= probs.max(axis=-1, keepdims=True)                 # shifted logits, max 0
+    picked = probs[np.arange(N), targets]                      # [N], copied out before the exp
+    np.exp(probs, out=probs)
+    total = probs.sum(axis=-1)                                 # [N, V] -> [N]
+    # -log p[target] = log(sum exp) - shifted logit; never log(0), even when p underflows
+    loss = float(np.mean(np.log(total.astype(np.float64)) - picked))
+    probs /= total[:, None]
+    return loss, probs
+
+
+def cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
+    """Differentiates loss = mean(-log softmax(logits)[target]) -- fused through the softmax:
+    dlogits = (probs - onehot(target)) / N, times `scale` (1/micro-batches when accumulating).
+
+    probs: [N, V], overwritten and returned as dlogits.
+    """
+    N = probs.shape[0]
+    dlogits = probs
+    dlogits[np.arange(N), targets] -= ONE
+    dlogits *= np.float32(scale / N)
+    return dlogits
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.ndarray:
+    """Inverted dropout's scaled mask: 1 / (1 - p) where kept (probability 1 - p), 0 where dropped.
+    Forward y = x * mask; backward dx = dy * mask."""
+    keep = rng.random(shape, dtype=np.float32) >= np.float32(p)
+    return keep.astype(np.float32) * np.float32(1.0 / (1.0 - p))
 
 
 def causal_mask(t: int, s: int) -> np.ndarray:

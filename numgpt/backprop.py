@@ -1,0 +1,194 @@
+"""GPT-2's training forward and its hand-written backward pass, in NumPy (as llm.c does in C).
+
+    loss = cross_entropy(ln_f(blocks(wte[ids] + wpe[:T])) @ wte^T, targets)
+
+`accumulate_grads` runs the forward, keeping what each backward needs (the "tape" of ctx tuples from
+ops.py), then walks it in reverse, ADDING every parameter's gradient into a caller-owned buffer. Adding
+makes the residual branches and the tied wte (embedding and output projection) need no special case, and
+gradient accumulation over micro-batches is just calling it again before the optimizer step.
+
+Dropout sits where GPT-2 (and Hugging Face's GPT2Model) puts it: after the embeddings, on the attention
+weights, and on each residual branch (attention and MLP outputs) before it is added. Its masks are drawn
+from the `rng` passed in, in a fixed order, so a run is reproducible from its seed; with dropout 0 the
+rng is never touched.
+
+Activations are kept 2-D, [N, C] with N = B * T rows, so every linear layer is one BLAS matrix product;
+only attention reshapes to heads.
+
+Shape legend: B batch, T time, N = B * T rows, C channels, H heads, D head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GPTConfig
+from .errors import NumgptError
+from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
+                  cross_entropy_forward, dropout_mask, embedding_backward, gelu, gelu_backward,
+                  layer_norm_backward, layer_norm_forward, linear, linear_backward)
+from .params import Params, zeros_like
+
+
+def loss_and_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, *,
+                   dropout: float = 0.0, rng: np.random.Generator | None = None) -> tuple[float, Params]:
+    """Mean cross-entropy (nats per token) of predicting targets [B, T] from ids [B, T], and the
+    gradient of every parameter (a new dict of float32 arrays keyed like params)."""
+    grads = zeros_like(params)
+    loss = accumulate_grads(params, config, ids, targets, grads, dropout=dropout, rng=rng)
+    return loss, grads
+
+
+def accumulate_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
+                     grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
+                     rng: np.random.Generator | None = None) -> float:
+    """Add scale * d(loss)/d(param) into grads[name] for every parameter; return the loss.
+
+    scale: 1 / micro-batches when accumulating, so the sum is the gradient of the mean loss.
+    dropout: GPT-2's embedding/attention/residual dropout probability; needs rng when > 0.
+    """
+    check_batch(config, ids, targets)
+    if dropout > 0 and rng is None:
+        raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
+    logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng)
+    loss, probs = cross_entropy_forward(logits, targets.reshape(-1))   # [N, V], [N]
+    dlogits = cross_entropy_backward(probs, targets.reshape(-1), scale=scale)
+    backward(dlogits, tape, params, config, grads)
+    return loss
+
+
+def check_batch(config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> None:
+    """Refuse batches the model cannot take (wrong shape, ids out of range, too long for wpe)."""
+    if ids.ndim != 2 or ids.shape != targets.shape:
+        raise NumgptError(f"ids and targets must both be [batch, time], got {ids.shape} and {targets.shape}")
+    if ids.shape[1] > config.n_positions:
+        raise NumgptError(f"block size {ids.shape[1]} exceeds the model's n_positions {config.n_positions}; "
+                          "use a smaller --block-size")
+    for name, a in (("ids", ids), ("targets", targets)):
+        if a.size and (a.min() < 0 or a.max() >= config.vocab_size):
+            raise NumgptError(f"{name} must be in 0..{config.vocab_size - 1}, got {a.min()}..{a.max()}; "
+                              "the data was prepared with a different tokenizer than the model's")
+
+
+def forward_for_training(params: Params, config: GPTConfig, ids: np.ndarray, *, dropout: float = 0.0,
+                         rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+    """Logits [N, V] for every position, and the tape the backward walks."""
+    B, T = ids.shape
+    x, embed_keep = embed_forward(params, ids, dropout, rng)           # [B, T] -> [N, C]
+    blocks = []
+    for i in range(config.n_layer):
+        x, ctx = block_forward(params, f"h.{i}.", config, x, (B, T), dropout, rng)  # [N, C] -> [N, C]
+        blocks.append(ctx)
+    xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    logits = xf @ params["wte.weight"].T                                # [N, C] x [C, V] -> [N, V]
+    return logits, {"ids": ids, "embed_keep": embed_keep, "blocks": blocks, "xf": xf, "ln_f": ln_f}
+
+
+def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params) -> None:
+    """Walk the tape in reverse from d(loss)/d(logits) [N, V], accumulating into grads."""
+    # logits = xf @ wte^T: the tied output projection adds into the same dwte as the embedding
+    grads["wte.weight"] += dlogits.T @ tape["xf"]                      # [V, N] x [N, C] -> [V, C]
+    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
+    dx = layer_norm_backward(dxf, tape["ln_f"], grads["ln_f.weight"], grads["ln_f.bias"])
+    for i in reversed(range(config.n_layer)):
+        dx = block_backward(dx, tape["blocks"][i], params, f"h.{i}.", grads)
+    embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
+
+
+def embed_forward(params: Params, ids: np.ndarray, dropout: float, rng: np.random.Generator | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """x = dropout(wte[ids] + wpe[0..T-1]), flattened to rows."""
+    B, T = ids.shape
+    x = params["wte.weight"][ids.reshape(-1)]                          # [N] -> [N, C]
+    x = x.reshape(B, T, -1)
+    x += params["wpe.weight"][:T]                                      # [B, T, C] + [T, C]
+    return maybe_dropout(x.reshape(B * T, -1), dropout, rng)
+
+
+def embed_backward(dx: np.ndarray, ids: np.ndarray, keep: np.ndarray | None, grads: Params) -> None:
+    """Differentiates x = dropout(wte[ids] + wpe[:T]): scatter-add into dwte, sum over the batch into dwpe."""
+    B, T = ids.shape
+    if keep is not None:
+        dx = dx * keep
+    embedding_backward(dx, ids, grads["wte.weight"])
+    grads["wpe.weight"][:T] += dx.reshape(B, T, -1).sum(axis=0)        # [B, T, C] -> [T, C]
+
+
+def block_forward(params: Params, h: str, config: GPTConfig, x: np.ndarray, bt: tuple[int, int],
+                  dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
+    """x + drop(attn(ln_1(x))), then + drop(mlp(ln_2(x))); returns the new residual and the block's tape."""
+    eps = config.layer_norm_epsilon
+    a, ln_1 = layer_norm_forward(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps)
+    y, attn = attention_forward(params, h, config, a, bt, dropout, rng)  # [N, C] -> [N, C]
+    y, attn_keep = maybe_dropout(y, dropout, rng)
+    x = x + y
+    m, ln_2 = layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps)
+    f = linear(m, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])      # [N, C] -> [N, 4C]
+    g = gelu(f)
+    y = linear(g, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
+    y, mlp_keep = maybe_dropout(y, dropout, rng)
+    x += y                                                             # x is our own copy by now
+    return x, {"a": a, "ln_1": ln_1, "attn": attn, "attn_keep": attn_keep,
+               "m": m, "ln_2": ln_2, "f": f, "g": g, "mlp_keep": mlp_keep}
+
+
+def block_backward(dx: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
+    """Differentiates `block_forward`: the residual passes dx straight through, each branch adds its part."""
+    dy = dx if tape["mlp_keep"] is None else dx * tape["mlp_keep"]
+    dg = linear_backward(dy, tape["g"], params[h + "mlp.c_proj.weight"],
+                         grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"])
+    df = gelu_backward(dg, tape["f"])
+    dm = linear_backward(df, tape["m"], params[h + "mlp.c_fc.weight"],
+                         grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"])
+    dx = dx + layer_norm_backward(dm, tape["ln_2"], grads[h + "ln_2.weight"], grads[h + "ln_2.bias"])
+    dy = dx if tape["attn_keep"] is None else dx * tape["attn_keep"]
+    da = attention_backward(dy, tape["attn"], params, h, grads)
+    dx += layer_norm_backward(da, tape["ln_1"], grads[h + "ln_1.weight"], grads[h + "ln_1.bias"])
+    return dx
+
+
+def attention_forward(params: Params, h: str, config: GPTConfig, a: np.ndarray, bt: tuple[int, int],
+                      dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
+    """Causal multi-head self-attention on rows a [N, C]: c_attn, split heads, attend, merge, c_proj."""
+    B, T = bt
+    C = a.shape[1]
+    H = config.n_head
+    qkv = linear(a, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
+    qkv = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)    # [N, 3C] -> [3, B, H, T, D]
+    y, att = causal_attention_forward(qkv[0], qkv[1], qkv[2], dropout=dropout, rng=rng)  # -> [B, H, T, D]
+    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
+    out = linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])   # [N, C] -> [N, C]
+    return out, {"a": a, "y": y, "att": att, "bt": bt}
+
+
+def attention_backward(dout: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
+    """Differentiates `attention_forward`; returns d(loss)/d(a) [N, C]."""
+    B, T = tape["bt"]
+    N, C = dout.shape
+    dy = linear_backward(dout, tape["y"], params[h + "attn.c_proj.weight"],
+                         grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"])  # -> [N, C]
+    H = C // tape["att"][0].shape[-1]
+    dy = dy.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)             # [N, C] -> [B, H, T, D]
+    dq, dk, dv = causal_attention_backward(dy, tape["att"])           # 3 x [B, H, T, D]
+    dqkv = np.empty((B, T, 3, H, C // H), dout.dtype)
+    for j, d in enumerate((dq, dk, dv)):
+        dqkv[:, :, j] = d.transpose(0, 2, 1, 3)                        # [B, H, T, D] -> [B, T, H, D]
+    return linear_backward(dqkv.reshape(N, 3 * C), tape["a"], params[h + "attn.c_attn.weight"],
+                           grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"])  # -> [N, C]
+
+
+def maybe_dropout(x: np.ndarray, p: float, rng: np.random.Generator | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inverted dropout: (x * mask, mask) with a fresh scaled mask; (x, None) when p is 0."""
+    if p <= 0:
+        return x, None
+    keep = dropout_mask(x.shape, p, rng)
+    return x * keep, keep
+
+
+def loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> float:
+    """Mean cross-entropy with no dropout and no gradients (evaluation)."""
+    check_batch(config, ids, targets)
+    logits, _ = forward_for_training(params, config, ids)
+    loss, _ = cross_entropy_forward(logits, targets.reshape(-1))
+    return loss
