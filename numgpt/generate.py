@@ -1,0 +1,340 @@
+"""Generation: prefill the prompts into a preallocated KV cache, then decode one token per step.
+
+Two layers, each usable alone:
+
+- `decode_steps` works on token ids: prefill (left-padded batch, each prompt once even with n samples
+  per prompt -- the cache rows are repeated afterwards), then per step pick every running sequence's next
+  token (sampling.py) and feed it back. It is a generator that yields each step's tokens and receives the
+  sequences to stop, so the stopping rules live outside the loop.
+- `stream_completions` / `generate_completions` work on text: tokenize, run `decode_steps`, decode with
+  the tokenizer's UTF-8-safe stream decoder, stop at `<|endoftext|>` and at stop strings, and hand out
+  text pieces as soon as they can no longer become part of a stop string.
+
+Stop strings are matched on the decoded text, so one may span several tokens or end inside a token; the
+completion ends just before the earliest match (the stop string and everything after it are dropped),
+and the token that completed it is the last one in `token_ids`.
+
+Context: by default prompt + max_new_tokens must fit in n_positions (NumgptError otherwise). With
+`sliding_window=True`, when the cache is full every running row keeps its last n_positions - stride tokens,
+the cache is reset and those tokens are prefilled again (GPT-2's learned absolute positions are baked into
+the cached keys, so the cache cannot simply be shifted). Cost: one prefill of n_positions - stride tokens
+per `stride` generated tokens; with the default stride n_positions // 2 (llama.cpp's context shift also
+drops half), about one extra prefilled token per generated token, and the model then sees at least half
+a context of history. In a batch the window slides for all rows when the longest row fills the cache.
+
+Reproducibility: with a seed, sample j of every prompt draws from its own np.random.Generator made from
+SeedSequence(seed, spawn_key=(j,)). The same prompt, options and seed give the same text whatever else is
+in the batch -- up to float rounding: a batched (padded) forward can differ from a single one in the last
+ulp, which changes a draw only when it sits on a CDF boundary. So two identical prompts in one call with
+one seed give identical samples; ask for num_return_sequences to get different ones. Without a seed
+every sequence gets fresh OS entropy. Greedy decoding draws nothing.
+
+Shape legend: B prompts (or running rows), N sequences (prompts x samples), T time, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import GPTConfig
+from .errors import NumgptError
+from .kvcache import KVCache
+from .model import forward
+from .params import Params
+from .sampling import SamplingOptions, next_tokens
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all)
+PAD_ID = 0  # the id written into left padding; any valid id works, the attention mask hides it
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What to generate; checked at construction (NumgptError with one line).
+
+    max_new_tokens: at most this many new tokens per sequence.
+    sampling: how each token is picked (greedy, temperature, top-k, top-p, repetition penalty).
+    stop: strings that end a completion (not included in it).
+    stop_at_eos: end a completion at the end-of-text token (not included in it).
+    num_return_sequences: samples per prompt.
+    seed: makes sampling reproducible (see the module docstring for what is guaranteed).
+    sliding_window: continue past the context size by re-prefilling the last tokens (see above).
+    window_stride: tokens dropped per slide; 0 means n_positions // 2.
+    """
+
+    max_new_tokens: int = 64
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+    num_return_sequences: int = 1
+    seed: int | None = None
+    sliding_window: bool = False
+    window_stride: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 0:
+            raise NumgptError(f"max_new_tokens must be a whole number >= 0, got {self.max_new_tokens}")
+        if int(self.num_return_sequences) != self.num_return_sequences or self.num_return_sequences < 1:
+            raise NumgptError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise NumgptError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.window_stride < 0:
+            raise NumgptError(f"window_stride must be >= 0 (0 = n_positions // 2), got {self.window_stride}")
+        if self.seed is not None and (int(self.seed) != self.seed or self.seed < 0):
+            raise NumgptError(f"seed must be a whole number >= 0, got {self.seed}")
+
+
+@dataclass
+class Completion:
+    """One generated sequence: its text, its new token ids, and why it ended."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "length" (max_new_tokens), "eos" (end-of-text token) or "stop" (a stop string)
+    prompt_index: int
+
+
+# ---------------------------------------------------------------------------------------------------
+# token level
+
+
+def sequence_rngs(n_prompts: int, num_return_sequences: int, seed: int | None) -> list[np.random.Generator]:
+    """One generator per sequence (prompt-major order). With a seed, sample j of every prompt uses
+    SeedSequence(seed, spawn_key=(j,)), so its draws do not depend on the other prompts in the batch."""
+    if seed is None:
+        children = np.random.SeedSequence().spawn(n_prompts * num_return_sequences)
+        return [np.random.default_rng(c) for c in children]
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
+            for _ in range(n_prompts) for j in range(num_return_sequences)]
+
+
+def check_context(config: GPTConfig, prompt_lengths: Sequence[int], max_new_tokens: int) -> None:
+    """Prompt + max_new_tokens must fit in the context (unless sliding): raise a one-line NumgptError."""
+    longest = max(prompt_lengths)
+    if longest + max_new_tokens > config.n_positions:
+        room = config.n_positions - longest
+        fix = (f"lower --max-new-tokens to {room}" if room > 0 else "shorten the prompt")
+        raise NumgptError(f"context overflow: prompt of {longest} tokens + max_new_tokens {max_new_tokens} = "
+                          f"{longest + max_new_tokens} > the model's context of {config.n_positions} positions; "
+                          f"{fix} or pass --sliding-window")
+
+
+def window_size(config: GPTConfig, stride: int) -> int:
+    """Tokens kept when the window slides: n_positions - stride (stride 0 = n_positions // 2)."""
+    stride = stride or config.n_positions // 2
+    if not 0 < stride < config.n_positions:
+        raise NumgptError(f"window_stride must be between 1 and {config.n_positions - 1} "
+                          f"(n_positions - 1), got {stride}")
+    return config.n_positions - stride
+
+
+def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
+            max_len: int) -> tuple[KVCache, np.ndarray]:
+    """Run the prompts (left-padded to one length) into a fresh cache of max_len positions.
+
+    Returns the cache and the logits of every prompt's last token [B, V].
+    """
+    T = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), T), PAD_ID, dtype=np.int64)  # [B, T]
+    mask = np.zeros((len(prompts), T), dtype=bool)             # [B, T], True = real token
+    for b, p in enumerate(prompts):
+        if len(p):
+            ids[b, T - len(p):] = p
+            mask[b, T - len(p):] = True
+    cache = KVCache.allocate(config, len(prompts), max(max_len, T))
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask)  # [B, T] -> [B, V]
+    return cache, logits
+
+
+def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int, sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
+                 num_return_sequences: int = 1, sliding_window: bool = False, window_stride: int = 0,
+                 progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Generate token by token; a generator speaking a small protocol:
+
+    each step yields (sequences [A], tokens [A]): the indices of the A running sequences (prompt-major:
+    sequence i*n + j is sample j of prompt i) and the token each just got; the caller may `send` back
+    the sequence indices that should stop now (or None). It ends after max_new_tokens steps or when
+    no sequence runs. Prompts must be non-empty; `rngs` has one generator per sequence (None if greedy).
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise NumgptError("a prompt is empty: give at least one token (e.g. <|endoftext|>)")
+    n = num_return_sequences
+    if max_new_tokens == 0:
+        return
+    if sliding_window:
+        keep = window_size(config, window_stride)
+        prompts = [p if len(p) <= config.n_positions else p[-keep:] for p in prompts]
+        max_len = config.n_positions
+    else:
+        check_context(config, [len(p) for p in prompts], max_new_tokens)
+        max_len = max(len(p) for p in prompts) + max_new_tokens - 1  # the last new token is never fed
+    sequences = [list(map(int, p)) for p in prompts for _ in range(n)]  # prompt + generated, per sequence
+    cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
+    if n > 1:
+        rows = np.repeat(np.arange(len(prompts)), n)                      # [B] -> [N]
+        cache, logits = cache.select(rows), logits[rows]
+    running = np.arange(len(sequences))
+    for step in range(max_new_tokens):
+        previous = [sequences[i] for i in running] if sampling.repetition_penalty != 1.0 else None
+        rngs_now = None if rngs is None else [rngs[i] for i in running]
+        tokens = next_tokens(logits, sampling, rngs_now, previous=previous)  # [A, V] -> [A]
+        for i, t in zip(running, tokens):
+            sequences[i].append(int(t))
+        stopped = yield running.copy(), tokens
+        if progress is not None:
+            progress(step + 1, max_new_tokens)
+        go_on = ~np.isin(running, np.asarray(list(stopped or ()), dtype=np.int64))  # [A] bool
+        if step == max_new_tokens - 1 or not go_on.any():
+            return
+        if not go_on.all():
+            cache, running, tokens = cache.select(np.flatnonzero(go_on)), running[go_on], tokens[go_on]
+        if cache.length == cache.max_len:  # only with a sliding window: keep the last tokens, re-prefill
+            cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len)
+        else:
+            logits = forward(params, config, tokens[:, None], cache=cache)  # [A, 1] -> [A, V]
+
+
+def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int, sampling: SamplingOptions, seed: int | None = None,
+                 num_return_sequences: int = 1, stop_ids: Sequence[int] = (), sliding_window: bool = False,
+                 window_stride: int = 0) -> list[list[int]]:
+    """The new token ids of every sequence (prompt-major), without text: stops only at `stop_ids`
+    (which are included). The ids-level twin of `generate_completions`."""
+    rngs = None if sampling.greedy else sequence_rngs(len(prompts), num_return_sequences, seed)
+    out: list[list[int]] = [[] for _ in range(len(prompts) * num_return_sequences)]
+    steps = decode_steps(params, config, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rngs=rngs,
+                         num_return_sequences=num_return_sequences, sliding_window=sliding_window,
+                         window_stride=window_stride)
+    stopped = None
+    while True:
+        try:
+            running, tokens = steps.send(stopped)
+        except StopIteration:
+            return out
+        for i, t in zip(running, tokens):
+            out[i].append(int(t))
+        stopped = [i for i, t in zip(running, tokens) if int(t) in stop_ids]
+
+
+# ---------------------------------------------------------------------------------------------------
+# text level
+
+
+class TextStopper:
+    """One sequence's text: decodes its tokens UTF-8-safely, finds stop strings, and releases only text
+    that can no longer turn into the start of a stop string."""
+
+    def __init__(self, decoder, stop: Sequence[str]):
+        self.decoder = decoder
+        self.stop = tuple(stop)
+        self.text = ""        # decoded so far, cut before a stop string once one is found
+        self.released = 0     # len of text already handed out
+        self.finished = False
+
+    def push(self, token_id: int) -> None:
+        """Add one token's text; mark finished if a stop string is now complete."""
+        self._append(self.decoder.push(token_id))
+
+    def flush(self) -> None:
+        """End of generation: decode any bytes held back for an incomplete character."""
+        if not self.finished:
+            self._append(self.decoder.flush())
+
+    def _append(self, piece: str) -> None:
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]  # drop the stop string and everything after it
+            self.finished = True
+
+    def release(self) -> str:
+        """Text that is final now: all of it once finished, else all but a possible stop-string prefix."""
+        end = len(self.text) if self.finished else len(self.text) - self._held_back()
+        piece = self.text[self.released:end]
+        self.released = max(self.released, end)
+        return piece
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that is a proper prefix of some stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt text -> ids; an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples.
+    Special tokens written in the prompt are allowed (a document boundary is a normal thing to prompt)."""
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    return ids if ids else [tokenizer.eot_id]
+
+
+def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str],
+                       options: GenerationOptions, *, progress: Progress | None = None,
+                       completions: list[Completion] | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (sequence index, text piece) as text becomes final; pieces of one sequence concatenate to
+    its completion. Sequence i*n + j is sample j of prompt i. If `completions` is a list, the finished
+    Completion objects are appended to it (in sequence order) when the generator ends."""
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    n = options.num_return_sequences
+    rngs = None if options.sampling.greedy else sequence_rngs(len(prompts), n, options.seed)
+    texts = [TextStopper(tokenizer.stream_decoder(), options.stop) for _ in range(len(prompts) * n)]
+    token_ids: list[list[int]] = [[] for _ in texts]
+    reasons = ["length"] * len(texts)
+    eos = tokenizer.eot_id if options.stop_at_eos else None
+    steps = decode_steps(params, config, prompt_ids, max_new_tokens=options.max_new_tokens,
+                         sampling=options.sampling, rngs=rngs, num_return_sequences=n,
+                         sliding_window=options.sliding_window, window_stride=options.window_stride,
+                         progress=progress)
+    stopped = None
+    while True:
+        try:
+            running, tokens = steps.send(stopped)
+        except StopIteration:
+            break
+        stopped = []
+        for i, t in zip(running.tolist(), tokens.tolist()):
+            if t == eos:
+                texts[i].flush()
+                texts[i].finished, reasons[i] = True, "eos"
+            else:
+                token_ids[i].append(t)
+                texts[i].push(t)
+                if texts[i].finished:
+                    reasons[i] = "stop"
+            if texts[i].finished:
+                stopped.append(i)
+            piece = texts[i].release()
+            if piece:
+                yield i, piece
+    for i, text in enumerate(texts):
+        text.flush()
+        if text.finished and reasons[i] == "length":
+            reasons[i] = "stop"  # a stop string completed by the final flush
+        text.finished = True
+        piece = text.release()
+        if piece:
+            yield i, piece
+    if completions is not None:
+        completions.extend(Completion(text=t.text, token_ids=ids, finish_reason=r, prompt_index=i // n)
+                           for i, (t, ids, r) in enumerate(zip(texts, token_ids, reasons)))
+
+
+def generate_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str],
+                         options: GenerationOptions, *, progress: Progress | None = None) -> list[Completion]:
+    """Every sequence's Completion (prompt-major: sample j of prompt i at index i*n + j)."""
+    completions: list[Completion] = []
+    for _ in stream_completions(params, config, tokenizer, prompts, options, progress=progress,
+                                completions=completions):
+        pass
+    return completions
