@@ -7,8 +7,10 @@ from .config import GPTConfig, PRESETS
 from .errors import NumgptError
 from .kvcache import KVCache  # model/checkpoint engineer
 from .model import forward  # model/checkpoint engineer
+from .tokenizer import Tokenizer  # tokenizer engineer
 from .checkpoint import load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary  # model/checkpoint engineer
 
 __all__ = ["GPTConfig", "PRESETS", "NumgptError"]
 __all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
+__all__ += ["Tokenizer"]  # tokenizer engineer
 __version__ = "0.1.0"
