@@ -37,6 +37,8 @@ def _registrars():
     """The modules that add subcommands; each has `register(subparsers)`."""
     from . import tokenizer_commands
     registrars = [tokenizer_commands.register]
+    from . import train_commands  # training: prepare, train, plot
+    registrars.append(train_commands.register)
     return registrars
 
 

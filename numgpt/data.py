@@ -1,0 +1,189 @@
+"""Training data: text -> token files on disk (memory-mapped), and random batches from them.
+
+A prepared data folder (what `numgpt prepare` writes, nanoGPT's prepare.py layout):
+
+    train.bin, val.bin   the token ids, little-endian uint16 when the vocabulary fits, else uint32
+    tokenizer/           the tokenizer that made them (Hugging Face vocab.json + merges.txt), so that the
+                         trained model carries the exact vocabulary its ids mean
+    meta.json            format and version, dtype, vocabulary size and fingerprint, and per split the
+                         counts of tokens, UTF-8 bytes and characters (for bits per byte / character)
+
+The split is by characters, like nanoGPT's shakespeare_char: the first 90% of the text trains, the last
+10% validates. Several input files are joined in order, with '<|endoftext|>' between them when the
+vocabulary has it. '<|endoftext|>' written in the text itself becomes the special id (the convention of
+GPT-2-style corpora, which separate documents with it).
+
+A batch is `batch_size` windows of block_size + 1 consecutive tokens at random offsets drawn from the
+rng passed in: x is a window's first block_size tokens, y the same shifted by one (the next tokens).
+
+Shape legend: B batch, T block size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import NumgptError
+
+FORMAT = "numgpt-tokens"
+VERSION = 1
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+SPLITS = ("train", "val")
+UINT16_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared data folder opened for training: read-only memory maps of both splits and the meta."""
+
+    folder: Path
+    meta: dict[str, Any]
+    train: np.ndarray
+    val: np.ndarray
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder / TOKENIZER_DIR
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def split(self, name: str) -> np.ndarray:
+        return {"train": self.train, "val": self.val}[name]
+
+    def bytes_per_token(self, name: str) -> float:
+        """UTF-8 bytes of text per token in a split: the factor from nats/token to bits/byte (with ln 2)."""
+        counts = self.meta["splits"][name]
+        return counts["bytes"] / max(counts["tokens"], 1)
+
+    def chars_per_token(self, name: str) -> float:
+        counts = self.meta["splits"][name]
+        return counts["chars"] / max(counts["tokens"], 1)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (GPT-2's 50257 does), else uint32; little-endian on disk."""
+    return np.dtype("<u2") if vocab_size <= UINT16_LIMIT else np.dtype("<u4")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over every id's bytes and the special tokens: two tokenizers with the same fingerprint map
+    ids to the same text, whichever file layout they were loaded from."""
+    h = hashlib.sha256()
+    for i in range(tokenizer.vocab_size):
+        b = tokenizer.token_bytes(i)
+        h.update(len(b).to_bytes(4, "little") + b)
+    h.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
+    return h.hexdigest()
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """(train, val): the first 1 - val_fraction of the characters, and the rest."""
+    if not 0 <= val_fraction < 1:
+        raise NumgptError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    cut = int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+def join_documents(texts: Sequence[str], tokenizer) -> str:
+    """Several files as one text, separated by '<|endoftext|>' when the vocabulary has it."""
+    from .tokenizer import ENDOFTEXT
+    return (ENDOFTEXT if tokenizer.eot_id is not None else "").join(texts)
+
+
+def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_fraction: float = 0.1,
+            tokenizer_source: str = "gpt2", sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Tokenize the texts into out_dir (train.bin, val.bin, tokenizer/, meta.json); returns the meta.
+
+    tokenizer_source: how the tokenizer was chosen ('gpt2', a folder path, or 'trained:N'), recorded in
+    the meta; sources: the input file names, recorded too.
+    """
+    out = Path(out_dir)
+    text = join_documents(texts, tokenizer)
+    if not text:
+        raise NumgptError("the input text is empty; pass a file with some text in it")
+    dtype = token_dtype(tokenizer.vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)        # an interrupted prepare leaves no valid-looking folder
+    tokenizer.save(out / TOKENIZER_DIR)
+    splits = {}
+    for name, part in zip(SPLITS, split_text(text, val_fraction)):
+        ids = np.array(tokenizer.encode(part, allowed_special="all"), dtype=dtype)
+        write_atomically(out / f"{name}.bin", ids.tobytes())
+        splits[name] = {"file": f"{name}.bin", "tokens": int(ids.size), "bytes": len(part.encode("utf-8")),
+                        "chars": len(part)}
+    meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id, "tokenizer": tokenizer_source,
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "val_fraction": val_fraction,
+            "sources": list(sources), "splits": splits}
+    write_atomically(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside path, fsync, and rename over it: readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_dataset(folder: str | os.PathLike) -> Dataset:
+    """Open a prepared data folder; NumgptError saying what to do if it is missing or damaged."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NumgptError(f"{folder}: no such data folder; make one with `numgpt prepare TEXT_FILE --out {folder}`")
+    meta = read_meta(folder)
+    dtype = np.dtype(meta["dtype"])
+    arrays = {}
+    for name in SPLITS:
+        path = folder / meta["splits"][name]["file"]
+        expected = meta["splits"][name]["tokens"] * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise NumgptError(f"{path}: missing or not {expected} bytes as {META_FILE} says; "
+                              "run `numgpt prepare` again")
+        arrays[name] = (np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype))
+    return Dataset(folder=folder, meta=meta, train=arrays["train"], val=arrays["val"])
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    if not path.is_file():
+        raise NumgptError(f"{folder}: not a prepared data folder (no {META_FILE}); "
+                          f"run `numgpt prepare TEXT_FILE --out {folder}`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        ok = meta.get("format") == FORMAT and all(
+            k in meta["splits"][s] for s in SPLITS for k in ("file", "tokens", "bytes", "chars"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise NumgptError(f"{path}: not a valid numgpt data description; run `numgpt prepare` again")
+    if meta.get("version", 0) > VERSION:
+        raise NumgptError(f"{path}: format version {meta['version']} is newer than this numgpt reads "
+                          f"({VERSION}); upgrade numgpt")
+    return meta
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """batch_size random windows of tokens: inputs x [B, T] and next-token targets y [B, T] (int64)."""
+    n = len(tokens)
+    if n < block_size + 1:
+        raise NumgptError(f"a split has only {n} tokens but one training window needs block_size + 1 = "
+                          f"{block_size + 1}; use a smaller --block-size or more text")
+    starts = rng.integers(0, n - block_size, size=batch_size)            # [B]
+    windows = tokens[starts[:, None] + np.arange(block_size + 1)]        # [B, T + 1]
+    windows = windows.astype(np.int64)
+    return windows[:, :-1], windows[:, 1:]

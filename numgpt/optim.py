@@ -1,0 +1,134 @@
+"""AdamW with decoupled weight decay, the learning-rate schedule, and gradient clipping by global norm.
+
+    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2                      (Adam's moments)
+    p = p (1 - lr wd) - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+exactly as torch.optim.AdamW computes it (Loshchilov & Hutter 2019), so a run can be checked step for step
+against PyTorch. Weight decay applies to matrices only (nanoGPT, minGPT): never to biases or LayerNorm
+gains, and to the embeddings wte/wpe unless `decay_embeddings` is off.
+
+The learning rate warms up linearly, then follows a cosine down to a floor (nanoGPT's schedule).
+
+State is plain data: the moments m and v as float32 arrays keyed by parameter name (params.py's schema),
+and the step count; the checkpoint code saves them as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import Params, zeros_like
+
+
+@dataclass(frozen=True)
+class AdamWConfig:
+    """Optimizer hyperparameters: peak and floor learning rates, schedule lengths, Adam's betas and eps,
+    decoupled weight decay, and the gradient-norm clip (0 = no clipping)."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    decay_iters: int = 2000          # the cosine reaches min_lr here and stays there
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_embeddings: bool = True    # nanoGPT decays every 2-D tensor, embeddings included
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.warmup_iters < 0 or self.decay_iters < 0:
+            raise ValueError("warmup_iters and decay_iters must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 and eps > 0")
+
+
+@dataclass
+class AdamWState:
+    """First and second moments per parameter, and the number of updates done so far."""
+
+    m: Params
+    v: Params
+    step: int = 0
+
+
+def init_state(params: Params) -> AdamWState:
+    """Zero moments shaped like the parameters."""
+    return AdamWState(m=zeros_like(params), v=zeros_like(params), step=0)
+
+
+def learning_rate(config: AdamWConfig, step: int) -> float:
+    """The learning rate of update number `step` (0-based): linear warmup over warmup_iters, cosine decay
+    to min_lr at decay_iters, then min_lr (nanoGPT's get_lr)."""
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / (config.warmup_iters + 1)
+    if step >= config.decay_iters:
+        return config.min_lr
+    ratio = (step - config.warmup_iters) / (config.decay_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (config.lr - config.min_lr)
+
+
+def decays(name: str, shape: tuple[int, ...], config: AdamWConfig) -> bool:
+    """Whether weight decay applies: matrices yes (embeddings only if decay_embeddings), vectors no."""
+    if len(shape) < 2:
+        return False                                  # biases and LayerNorm gains
+    return config.decay_embeddings or name not in ("wte.weight", "wpe.weight")
+
+
+def global_norm(grads: Params) -> float:
+    """sqrt of the sum of every gradient entry squared (float32 dots summed in float64)."""
+    return math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads.values()))
+
+
+def clip_grad_norm(grads: Params, max_norm: float) -> float:
+    """Scale all gradients in place so their global norm is at most max_norm (as
+    torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6) when below 1); returns the norm
+    before clipping. max_norm 0 means no clipping."""
+    norm = global_norm(grads)
+    if max_norm > 0 and math.isfinite(norm):
+        factor = max_norm / (norm + 1e-6)
+        if factor < 1:
+            for g in grads.values():
+                g *= np.float32(factor)
+    return norm
+
+
+def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWConfig, lr: float) -> None:
+    """One AdamW update of every parameter, in place (params, state.m, state.v, state.step)."""
+    state.step += 1
+    t = state.step
+    b1, b2 = config.beta1, config.beta2
+    step_size = np.float32(lr / (1 - b1 ** t))                   # bias correction of m folded into lr
+    sqrt_bc2 = np.float32(math.sqrt(1 - b2 ** t))                # bias correction of v
+    for name, p in params.items():
+        adamw_update(p, grads[name], state.m[name], state.v[name],
+                     b1=b1, b2=b2, eps=config.eps, step_size=step_size, sqrt_bc2=sqrt_bc2,
+                     decay=np.float32(lr * config.weight_decay) if decays(name, p.shape, config) else None)
+
+
+def adamw_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, b1: float, b2: float,
+                 eps: float, step_size: np.float32, sqrt_bc2: np.float32, decay: np.float32 | None) -> None:
+    """AdamW on one tensor, in place, in torch's order of operations (so float32 results match it):
+    p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    p -= step_size * m / (sqrt(v) / sqrt_bc2 + eps)."""
+    if decay is not None:
+        p *= np.float32(1) - decay
+    m += (g - m) * np.float32(1 - b1)                            # torch's lerp: m + (g - m)(1 - b1)
+    v *= np.float32(b2)
+    v += g * g * np.float32(1 - b2)
+    denom = np.sqrt(v)
+    denom /= sqrt_bc2
+    denom += np.float32(eps)
+    update = m / denom
+    update *= step_size
+    p -= update

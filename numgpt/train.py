@@ -1,0 +1,267 @@
+"""The training loop: next-token cross-entropy, hand-written gradients, AdamW; evaluated, logged, resumable.
+
+One step (nanoGPT's loop):
+    for each of grad_accum micro-batches: draw random windows, add d(loss)/d(params) / grad_accum
+    clip the gradients' global norm; one AdamW update at the scheduled learning rate
+
+Every eval_interval steps (and at the end) the loss is estimated on eval_iters fixed batches of each
+split, with validation bits per byte and per character, and a checkpoint is saved to RUN/latest (and
+RUN/best when the validation loss improved). Each step and each evaluation is one JSON line in
+RUN/log.jsonl; the training config is RUN/train_config.json.
+
+Reproducibility: the batches and dropout masks of every step come from the state's rng alone, and the
+checkpoint stores its bit_generator state, so a resumed run continues bit for bit. Evaluation draws its
+batches from a separate generator seeded from (seed, EVAL_STREAM), the same batches every time.
+
+Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last completed step and
+returns with `interrupted` set. A non-finite loss or gradient stops the run with a NumgptError before the
+update, so the last good checkpoint stays intact.
+
+Nothing here prints: progress goes to the `on_event` callback (the CLI draws a tqdm bar from it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .backprop import accumulate_grads, loss_only
+from .config import GPTConfig
+from .data import Dataset, get_batch
+from .errors import NumgptError
+from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
+from .params import zeros_like
+from .trainstate import TrainState, save_train_checkpoint
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "log.jsonl"
+LATEST, BEST = "latest", "best"
+EVAL_STREAM = 1  # the rng stream of evaluation batches, apart from training's
+LN2 = math.log(2)
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model's shape is its GPTConfig). Saved as RUN/train_config.json.
+
+    The defaults are nanoGPT's documented CPU run on character-level Shakespeare."""
+
+    batch_size: int = 12
+    block_size: int = 64
+    grad_accum: int = 1
+    max_iters: int = 2000
+    dropout: float = 0.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+    seed: int = 1337
+    optim: AdamWConfig = field(default_factory=AdamWConfig)
+    data_dir: str = ""               # recorded for the reader of train_config.json
+    init: str = ""                   # the model fine-tuned from, if any
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "block_size", "grad_accum", "eval_iters"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_iters < 0 or self.eval_interval < 0:
+            raise ValueError("max_iters and eval_interval must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["optim"] = AdamWConfig(**d.get("optim", {}))
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    interrupted: bool = False
+    last_eval: Event | None = None
+
+
+def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
+    """Refuse, before any work, what cannot train: windows longer than the model or than a split,
+    ids the model has no embedding for."""
+    if tc.block_size > config.n_positions:
+        raise NumgptError(f"block size {tc.block_size} exceeds the model's n_positions {config.n_positions}; "
+                          "pass a smaller --block-size")
+    if data.vocab_size > config.vocab_size:
+        raise NumgptError(f"the data's tokenizer has {data.vocab_size} ids but the model only {config.vocab_size}; "
+                          "prepare the data with the model's tokenizer")
+    for name in ("train", "val"):
+        n = len(data.split(name))
+        if n < tc.block_size + 1:
+            raise NumgptError(f"the {name} split has {n} tokens, fewer than block_size + 1 = {tc.block_size + 1}; "
+                              "use a smaller --block-size or more text")
+
+
+def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run_dir: str | Path, *,
+          on_event: Callable[[Event], None] | None = None) -> TrainResult:
+    """Train from `state` (fresh or resumed) up to tc.max_iters updates, in place; see the module docstring."""
+    check_setup(config, tc, data)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CONFIG_FILE).write_text(json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n")
+    log = RunLog(run / LOG_FILE, keep_until=state.step)
+    emit = _emitter(log, on_event)
+    grads = zeros_like(state.params)
+    tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
+    first_step = state.step
+    boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
+    in_update = False
+    last_eval = None
+    try:
+        while True:
+            if _eval_due(tc, state.step, first_step):
+                last_eval = evaluate_and_save(state, config, tc, data, run, emit)
+            if state.step >= tc.max_iters:
+                break
+            t0 = time.perf_counter()
+            lr = learning_rate(tc.optim, state.step)
+            loss = training_loss_and_grads(state, config, tc, data, grads)
+            norm = clip_grad_norm(grads, tc.optim.grad_clip)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise NumgptError(diverged_message(run, state.step, loss, norm))
+            in_update = True
+            adamw_step(state.params, grads, state.optim, tc.optim, lr)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            boundary_rng = state.rng.bit_generator.state
+            in_update = False
+            dt = time.perf_counter() - t0
+            emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm,
+                  "seconds": dt, "tokens_per_s": tokens_per_step / dt})
+    except KeyboardInterrupt:
+        if in_update:
+            raise NumgptError(f"interrupted in the middle of an optimizer update; {run / LATEST} "
+                              "holds the last saved step, resume from it with --resume") from None
+        state.rng.bit_generator.state = boundary_rng
+        path = save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(),
+                                     tokenizer_dir=_tokenizer_dir(data))
+        emit({"type": "interrupted", "step": state.step, "path": str(path)})
+        return TrainResult(state=state, interrupted=True, last_eval=last_eval)
+    finally:
+        log.close()
+    return TrainResult(state=state, last_eval=last_eval)
+
+
+def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
+    """Evaluate every eval_interval steps and at the end; not again at a resumed step (done before saving)."""
+    if step == first_step and step > 0:
+        return False
+    return step == tc.max_iters or (tc.eval_interval > 0 and step % tc.eval_interval == 0)
+
+
+def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset,
+                            grads: dict[str, np.ndarray]) -> float:
+    """Zero grads, then accumulate the mean gradient of grad_accum micro-batches; returns their mean loss.
+    Batches and dropout masks are drawn from state.rng, in this order, micro-batch by micro-batch."""
+    for g in grads.values():
+        g.fill(0)
+    total = 0.0
+    for _ in range(tc.grad_accum):
+        x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng)
+        total += accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
+                                  dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None)
+    return total / tc.grad_accum
+
+
+def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset) -> dict[str, float]:
+    """Mean loss (nats per token, no dropout) over eval_iters fixed batches of each split."""
+    out = {}
+    for name in ("train", "val"):
+        rng = np.random.default_rng([tc.seed, EVAL_STREAM])
+        losses = [loss_only(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng))
+                  for _ in range(tc.eval_iters)]
+        out[name] = float(np.mean(losses))
+    return out
+
+
+def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
+                      emit: Callable[[Event], None]) -> Event:
+    """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved."""
+    losses = estimate_loss(state.params, config, tc, data)
+    val = losses["val"]
+    event = {"type": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": val,
+             "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val")}
+    improved = math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss)
+    if improved:
+        state.best_val_loss = val
+    event["best"] = improved
+    emit(event)
+    tok = _tokenizer_dir(data)
+    save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(), tokenizer_dir=tok)
+    if improved:
+        save_train_checkpoint(run / BEST, config, state, train_config=tc.to_dict(), tokenizer_dir=tok)
+    return event
+
+
+def diverged_message(run: Path, step: int, loss: float, norm: float) -> str:
+    return (f"training diverged at step {step} (loss {loss}, gradient norm {norm}); the last good "
+            f"checkpoint in {run / LATEST} is intact: lower --lr or raise --warmup-iters, then --resume")
+
+
+def _tokenizer_dir(data: Dataset) -> Path | None:
+    return data.tokenizer_dir if data.tokenizer_dir.is_dir() else None
+
+
+def _emitter(log: "RunLog", on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    def emit(event: Event) -> None:
+        if event["type"] in ("step", "eval"):
+            log.write(event)
+        if on_event is not None:
+            on_event(event)
+    return emit
+
+
+class RunLog:
+    """RUN/log.jsonl, one JSON object per line. Opening it for a run that resumes at step N drops the
+    lines of steps after N (left by the interrupted run), so the log reads as one continuous run."""
+
+    def __init__(self, path: Path, *, keep_until: int):
+        kept = []
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue                                    # a line cut off by a crash
+                if isinstance(event, dict) and event.get("step", 0) <= keep_until:
+                    kept.append(line + "\n")
+        path.write_text("".join(kept), encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, event: Event) -> None:
+        self._file.write(json.dumps(event) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_log(run_dir: str | Path) -> list[Event]:
+    """The events of RUN/log.jsonl (for plotting)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        raise NumgptError(f"{run_dir}: no {LOG_FILE}; pass the --out folder of a `numgpt train` run")
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events

@@ -1,0 +1,163 @@
+"""Training checkpoints: a Hugging Face GPT-2 folder plus everything needed to resume exactly.
+
+    RUN/latest/  (and RUN/best/)
+        config.json, model.safetensors   the model, via checkpoint.py: loadable by `numgpt generate` and
+                                         transformers' GPT2LMHeadModel.from_pretrained
+        vocab.json, merges.txt, ...      the tokenizer the data was prepared with
+        optimizer.safetensors            AdamW's moments, 'm.<param>' and 'v.<param>' (float32)
+        trainstate.json                  step, optimizer step, the rng's bit_generator.state (JSON-able),
+                                         tokens seen, best validation loss, the training config
+
+No pickle anywhere. Writing is atomic: everything goes into a sibling temporary folder, each file is
+fsync'ed, then the old folder is renamed away, the new one renamed into place and the old one deleted.
+A crash at any moment leaves either the new folder, or the old one (under its name or, in the instant
+between the two renames, under NAME.old, which `checkpoint_folder` falls back to).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, read_safetensors, save_checkpoint, write_safetensors
+from .config import GPTConfig
+from .errors import NumgptError
+from .optim import AdamWState
+from .params import Params
+
+STATE_FILE = "trainstate.json"
+OPTIM_FILE = "optimizer.safetensors"
+FORMAT = "numgpt-trainstate"
+VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training. Plain data; the training loop updates it in place."""
+
+    params: Params
+    optim: AdamWState
+    rng: np.random.Generator        # draws the batches (and dropout masks): saved, so resume is exact
+    step: int = 0                   # optimizer updates done
+    tokens_seen: int = 0            # training tokens consumed (the data position of random windows)
+    best_val_loss: float | None = None
+
+
+def new_state(params: Params, *, seed: int) -> TrainState:
+    """A fresh state: writable float32 copies of params, zero moments, rng seeded with `seed`."""
+    from .optim import init_state
+    params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}   # copies: never write a memmap
+    return TrainState(params=params, optim=init_state(params), rng=np.random.default_rng(seed))
+
+
+def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: TrainState, *,
+                          train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write a resumable checkpoint into `folder` atomically (see the module docstring)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)              # the leftover of an interrupted save
+    save_checkpoint(tmp, config, state.params)
+    if tokenizer_dir is not None:
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
+    moments = {f"m.{k}": v for k, v in state.optim.m.items()} | {f"v.{k}": v for k, v in state.optim.v.items()}
+    write_safetensors(tmp / OPTIM_FILE, moments, metadata={"format": FORMAT})
+    info = {"format": FORMAT, "version": VERSION, "step": state.step, "optim_step": state.optim.step,
+            "tokens_seen": state.tokens_seen, "best_val_loss": state.best_val_loss,
+            "rng": state.rng.bit_generator.state, "train_config": train_config}
+    (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _fsync_folder(tmp)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def checkpoint_folder(folder: str | os.PathLike) -> Path:
+    """The folder to resume from: `folder`, or NAME.old if a save was cut off between its two renames."""
+    folder = Path(folder)
+    if (folder / STATE_FILE).is_file():
+        return folder
+    old = folder.with_name(folder.name + ".old")
+    if (old / STATE_FILE).is_file():
+        return old
+    raise NumgptError(f"{folder}: no training checkpoint to resume ({STATE_FILE} missing); "
+                      "start without --resume, or pass the --out folder of an earlier run")
+
+
+def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainState, dict[str, Any]]:
+    """(model config, state, saved train_config dict) of a checkpoint written by save_train_checkpoint.
+    A damaged checkpoint is a NumgptError saying so, never a half-loaded state."""
+    folder = checkpoint_folder(folder)
+    info = _read_state_json(folder / STATE_FILE)
+    config, params = load_checkpoint(folder)
+    params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}   # writable copies
+    moments, _ = read_safetensors(folder / OPTIM_FILE) if (folder / OPTIM_FILE).is_file() else ({}, {})
+    missing = [k for k in params if f"m.{k}" not in moments or f"v.{k}" not in moments]
+    if missing:
+        raise NumgptError(f"{folder / OPTIM_FILE}: missing or incomplete (no moments for {missing[0]}); "
+                          "the checkpoint is damaged: resume from another one or start again")
+    for k, p in params.items():
+        if moments[f"m.{k}"].shape != p.shape or moments[f"v.{k}"].shape != p.shape:
+            raise NumgptError(f"{folder / OPTIM_FILE}: moments of {k} have the wrong shape; the checkpoint is damaged")
+    optim = AdamWState(m={k: np.array(moments[f"m.{k}"]) for k in params},
+                       v={k: np.array(moments[f"v.{k}"]) for k in params}, step=info["optim_step"])
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = info["rng"]
+    except (TypeError, ValueError, KeyError) as e:
+        raise NumgptError(f"{folder / STATE_FILE}: bad rng state ({e}); the checkpoint is damaged") from None
+    best = info["best_val_loss"]
+    state = TrainState(params=params, optim=optim, rng=rng, step=info["step"], tokens_seen=info["tokens_seen"],
+                       best_val_loss=None if best is None else float(best))
+    return config, state, info["train_config"]
+
+
+def _read_state_json(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        ok = (isinstance(info, dict) and info.get("format") == FORMAT and
+              all(isinstance(info.get(k), int) for k in ("step", "optim_step", "tokens_seen")) and
+              isinstance(info.get("rng"), dict) and isinstance(info.get("train_config"), dict))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        ok = False
+    if not ok:
+        raise NumgptError(f"{path}: corrupt or not a numgpt training state; the checkpoint is damaged: "
+                          "resume from another one (e.g. best/) or start again")
+    if info.get("version", 0) > VERSION:
+        raise NumgptError(f"{path}: format version {info['version']} is newer than this numgpt reads; upgrade numgpt")
+    best = info.get("best_val_loss")
+    if best is not None and not (isinstance(best, (int, float)) and math.isfinite(best)):
+        raise NumgptError(f"{path}: bad best_val_loss {best!r}; the checkpoint is damaged")
+    return info
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush every file of a folder, and the folder itself, to disk."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return                                          # platforms that cannot open a directory (Windows)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
