@@ -8,9 +8,10 @@ from .errors import NumgptError
 from .kvcache import KVCache  # model/checkpoint engineer
 from .model import forward  # model/checkpoint engineer
 from .tokenizer import Tokenizer  # tokenizer engineer
+from .bpe_train import train_bpe  # tokenizer engineer
 from .checkpoint import load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary  # model/checkpoint engineer
 
 __all__ = ["GPTConfig", "PRESETS", "NumgptError"]
 __all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
-__all__ += ["Tokenizer"]  # tokenizer engineer
+__all__ += ["Tokenizer", "train_bpe"]  # tokenizer engineer
 __version__ = "0.1.0"

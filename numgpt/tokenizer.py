@@ -328,7 +328,7 @@ class Tokenizer:
             rank = ranks.get(pair)
             if rank is None:
                 return
-            symbols = _merge_pair(symbols, pair, self._merged[rank])
+            symbols = merge_pair(symbols, pair, self._merged[rank])
             yield rank, pair, symbols
 
     def _merge_by_rank_buckets(self, symbols: list[int]) -> list[int]:
@@ -464,7 +464,7 @@ class Tokenizer:
 _NO_RANK = float("inf")
 
 
-def _merge_pair(symbols: list[int], pair: tuple[int, int], merged: int) -> list[int]:
+def merge_pair(symbols: list[int], pair: tuple[int, int], merged: int) -> list[int]:
     """Replace every occurrence of `pair` in `symbols` by `merged`, scanning left to right."""
     first, second = pair
     out: list[int] = []
