@@ -40,17 +40,21 @@ Progress = Callable[[int, int], None]  # (merges done, merges wanted)
 READ_CHARS = 1 << 24  # files are pre-tokenized in blocks of about this many characters
 
 
-def train_bpe(texts: Iterable[str] = (), *, vocab_size: int, files: Iterable[str | os.PathLike] = (),
-              special_tokens: Sequence[str] = (ENDOFTEXT,), min_frequency: int = 2,
+def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterable[str | os.PathLike] = (),
+              special_tokens: Sequence[str] = (), min_frequency: int = 2,
               progress: bool | Progress = False) -> Tokenizer:
-    """A byte-level BPE tokenizer trained on `texts` (strings) and `files` (UTF-8 text files).
+    """A byte-level BPE tokenizer trained on `texts` (a string or strings) and `files` (UTF-8 text files).
 
     vocab_size counts the 256 byte tokens, the merges and the `special_tokens` (appended last, in the
-    given order); vocab_size=256 with no special tokens gives the pure byte-level vocabulary (one token
-    per byte: a character-level vocabulary for ASCII text). Pairs seen fewer than `min_frequency` times
-    are not merged (Hugging Face's default is 2 as well). `progress`: True shows a tqdm bar on stderr,
-    or pass a callable (merges done, merges wanted). Save the result with `tok.save(folder)`.
+    given order; none unless asked for, e.g. special_tokens=["<|endoftext|>"] as GPT-2 has). So
+    vocab_size=256 gives the pure byte-level vocabulary (one token per byte: a character-level
+    vocabulary for ASCII text). Pairs seen fewer than `min_frequency` times are not merged (Hugging
+    Face's default is 2 as well). `progress`: True shows a tqdm bar on stderr, or pass a callable
+    (merges done, merges wanted). Save the result with `tok.save(folder)`.
+    Example: `train_bpe(files=["input.txt"], vocab_size=4096, special_tokens=["<|endoftext|>"])`.
     """
+    if isinstance(texts, str):
+        texts = [texts]
     specials = _check_options(vocab_size, special_tokens, min_frequency)
     word_counts = count_words(chain(texts, _read_files(files)), specials)
     wanted = vocab_size - 256 - len(specials)

@@ -1,5 +1,167 @@
-"""`numgpt tokenize` and `numgpt train-tokenizer` (being written: see issue 2)."""
+"""`numgpt tokenize` (text -> ids, pieces, or the merges step by step) and `numgpt train-tokenizer`
+(text files -> a new byte-level BPE vocabulary folder). The work is in numgpt.tokenizer and
+numgpt.bpe_train; this module reads flags and input, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import NumgptError
+
+TOKENIZE_EXAMPLES = """\
+examples:
+  numgpt tokenize "Hello world"                        15496 995
+  numgpt tokenize --pieces "Hello world"               each id with the text it stands for
+  numgpt tokenize --json --file input.txt              a file's ids as a JSON list
+  echo "Hello" | numgpt tokenize                       stdin when no text is given (its newline counts)
+  numgpt tokenize --explain "Mississippilessly"        the merges step by step, with their ranks
+  numgpt tokenize --tokenizer my_tok "Hello"           another vocabulary (a folder with vocab.json
+                                                       + merges.txt, or encoder.json + vocab.bpe)
+  numgpt tokenize --allow-special "a<|endoftext|>b"    special tokens in the text become their ids
+
+Special token strings such as <|endoftext|> in the text are refused unless --allow-special is given.
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  numgpt train-tokenizer input.txt --vocab-size 4096 -o my_tok
+  numgpt train-tokenizer a.txt b.txt --vocab-size 8000 --special "<|endoftext|>" --special "<|pad|>" -o tok
+  numgpt train-tokenizer input.txt --vocab-size 256 --no-special -o bytes_tok    one token per byte
+
+The folder is in Hugging Face's layout (vocab.json, merges.txt, tokenizer_config.json,
+special_tokens_map.json): `numgpt tokenize --tokenizer FOLDER` and transformers' GPT2TokenizerFast
+load it. --vocab-size counts the 256 byte tokens, the merges and the special tokens.
+"""
 
 
 def register(sub) -> None:
-    pass
+    """Add `tokenize` and `train-tokenizer` to the `numgpt` subcommands."""
+    _register_tokenize(sub)
+    _register_train(sub)
+
+
+def _register_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="text -> token ids (GPT-2's tokenizer or another vocabulary)",
+                       description="Encode text with byte-level BPE and print the token ids.",
+                       epilog=TOKENIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("text", nargs="?", help="the text (default: --file, else stdin)")
+    p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file")
+    show = p.add_mutually_exclusive_group()
+    show.add_argument("--pieces", action="store_true", help="one line per token: id and the text it stands for")
+    show.add_argument("--json", action="store_true", help="print the ids as a JSON list")
+    show.add_argument("--explain", action="store_true",
+                      help="for each pre-tokenized piece, the merges step by step with their ranks")
+    p.add_argument("--tokenizer", metavar="FOLDER", help="vocabulary folder (default: GPT-2's, built in)")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special token strings in the text (e.g. <|endoftext|>) as their ids")
+    p.set_defaults(run=run_tokenize)
+
+
+def _register_train(sub) -> None:
+    p = sub.add_parser("train-tokenizer", help="train a byte-level BPE vocabulary on text files",
+                       description="Train a new byte-level BPE vocabulary (GPT-2's pre-tokenization) on "
+                                   "text files and save it as a Hugging Face tokenizer folder.",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files to learn from")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                   help="tokens in all: 256 bytes + merges + special tokens")
+    p.add_argument("--special", action="append", metavar="TOKEN",
+                   help="a special token, appended after the merges (repeatable; default <|endoftext|>)")
+    p.add_argument("--no-special", action="store_true", help="no special tokens at all")
+    p.add_argument("--min-frequency", type=int, default=2, metavar="K",
+                   help="merge only pairs seen at least K times (default 2)")
+    p.add_argument("-o", "--output", required=True, metavar="FOLDER", help="where to write the vocabulary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_train_tokenizer)
+
+
+def run_tokenize(args) -> int:
+    from ..tokenizer import Tokenizer
+
+    text = _read_input(args)
+    tok = Tokenizer.load(args.tokenizer) if args.tokenizer else Tokenizer.gpt2()
+    allowed = "all" if args.allow_special else frozenset()
+    if args.explain:
+        print(format_explanation(tok.explain(text, allowed_special=allowed)))
+        return 0
+    ids = tok.encode(text, allowed_special=allowed)
+    if args.json:
+        print(json.dumps(ids))
+    elif args.pieces:
+        from ..tokenizer import show_bytes
+        print("\n".join(f"{i}\t{show_bytes(tok.token_bytes(i))}" for i in ids))
+    else:
+        print(" ".join(map(str, ids)))
+    return 0
+
+
+def format_explanation(traces) -> str:
+    """`explain`'s traces as text: per piece its bytes, each merge (rank, pair, tokens after), its ids."""
+    from ..tokenizer import show_bytes
+
+    def tokens(parts) -> str:
+        return " ".join(map(show_bytes, parts))
+
+    lines = []
+    for n, trace in enumerate(traces, start=1):
+        if trace.special:
+            lines.append(f"piece {n}: {trace.piece!r} (special token) -> id {trace.ids[0]}")
+            continue
+        lines.append(f"piece {n}: {trace.piece!r} ({len(trace.start)} bytes)")
+        lines.append(f"  {'bytes':<{_STEP_WIDTH}}{tokens(trace.start)}")
+        for step in trace.steps:
+            merge = f"rank {step.rank:>5}: {show_bytes(step.pair[0])} + {show_bytes(step.pair[1])}"
+            lines.append(f"  {merge:<{_STEP_WIDTH}}-> {tokens(step.tokens)}")
+        lines.append(f"  {'ids':<{_STEP_WIDTH}}{' '.join(map(str, trace.ids))}  ({len(trace.ids)} tokens)")
+    lines.append(f"{sum(len(t.ids) for t in traces)} tokens in all")
+    return "\n".join(lines)
+
+
+_STEP_WIDTH = 32  # the column where tokens start in --explain
+
+
+def run_train_tokenizer(args) -> int:
+    from ..bpe_train import train_bpe
+    from ..tokenizer import ENDOFTEXT
+
+    if args.no_special and args.special:
+        raise NumgptError("--no-special and --special contradict each other; give one")
+    specials = [] if args.no_special else (args.special or [ENDOFTEXT])
+    start = time.perf_counter()
+    tok = train_bpe(files=args.files, vocab_size=args.vocab_size, special_tokens=specials,
+                    min_frequency=args.min_frequency, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    tok.save(args.output)
+    n_bytes = sum(Path(f).stat().st_size for f in args.files)
+    merged = tok.vocab_size - 256 - len(specials)
+    print(f"{args.output}: {tok.vocab_size} tokens (256 bytes + {merged} merged + {len(specials)} special) "
+          f"from {n_bytes:,} bytes in {seconds:.1f} s")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: fewer than --vocab-size {args.vocab_size}: no pair occurs --min-frequency "
+              f"{args.min_frequency} times any more", file=sys.stderr)
+    return 0
+
+
+def _read_input(args) -> str:
+    """The text to tokenize: the argument, --file, or stdin (UTF-8, kept exactly, newlines included)."""
+    if args.text is not None and args.file:
+        raise NumgptError("give the text as an argument or with --file, not both")
+    if args.text is not None:
+        return args.text
+    if args.file:
+        path = Path(args.file)
+        if path.is_dir():
+            raise NumgptError(f"{path}: is a folder; --file takes a text file")
+        data = path.read_bytes()
+        what = str(path)
+    else:
+        data = sys.stdin.buffer.read()
+        what = "stdin"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NumgptError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
