@@ -276,7 +276,12 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """Prompt text -> ids; an empty prompt starts from <|endoftext|>, as GPT-2's unconditional samples.
     Special tokens written in the prompt are allowed (a document boundary is a normal thing to prompt)."""
     ids = tokenizer.encode(prompt, allowed_special="all")
-    return ids if ids else [tokenizer.eot_id]
+    if ids:
+        return ids
+    if tokenizer.eot_id is None:
+        raise NumgptError("the prompt is empty and the tokenizer has no <|endoftext|> to start from; "
+                          "give a prompt")
+    return [tokenizer.eot_id]
 
 
 def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str],
