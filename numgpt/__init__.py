@@ -10,8 +10,13 @@ from .model import forward  # model/checkpoint engineer
 from .tokenizer import Tokenizer  # tokenizer engineer
 from .bpe_train import train_bpe  # tokenizer engineer
 from .checkpoint import load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary  # model/checkpoint engineer
+from .sampling import SamplingOptions  # generation engineer
+from .generate import GenerationOptions, Completion  # generation engineer
+from .scoring import Perplexity  # generation engineer
+from .lm import load, LanguageModel, NextToken  # generation engineer
 
 __all__ = ["GPTConfig", "PRESETS", "NumgptError"]
 __all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
 __all__ += ["Tokenizer", "train_bpe"]  # tokenizer engineer
+__all__ += ["load", "LanguageModel", "NextToken", "SamplingOptions", "GenerationOptions", "Completion", "Perplexity"]  # generation engineer
 __version__ = "0.1.0"
