@@ -225,6 +225,7 @@ class Tokenizer:
         for name, digest in (sha256 or {}).items():
             _check_sha256(folder / name, digest)
         vocab = _read_json_object(folder / names[0])
+        _invert(vocab, str(folder / names[0]))  # ids checked before the special tokens add to them
         merges = _read_merges(folder / names[1])
         special = _read_special_tokens(folder, vocab)
         return cls(vocab, merges, special, names=(str(folder / names[0]), str(folder / names[1])))
