@@ -44,3 +44,65 @@ def hf_short_context_ckpt(tmp_path_factory):
                           n_layer=2, n_head=2, initializer_range=0.1)
 
 # ---- end of generation, scoring, inference CLI block ---------------------------------------------------
+
+
+# ---- tokenizer (issue 2) --------------------------------------------------------------------------------
+
+import json  # noqa: E402 (each block keeps its imports)
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"  # ../shared/data from the repository
+GPT2_FILES = REPO / "numgpt" / "data" / "gpt2"
+
+
+@pytest.fixture(scope="session")
+def gpt2_tok():
+    """numgpt's GPT-2 tokenizer (built-in vocabulary), shared: it only caches pieces."""
+    from numgpt import Tokenizer
+    return Tokenizer.gpt2()
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2():
+    """The reference: tiktoken's gpt2 encoding, built from the same two files with tiktoken's own recipe
+    (load.data_gym_to_mergeable_bpe_ranks), since tiktoken cannot download here."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from numgpt.tokenizer import GPT2_SPLIT_PATTERN
+    folder = GPT2_FILES
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files directly; write no cache
+        ranks = data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2_tok(tmp_path_factory):
+    """The other reference: transformers' GPT2TokenizerFast from copies of the official files under the
+    Hugging Face names (vocab.json = encoder.json, merges.txt = vocab.bpe), not from numgpt's writer."""
+    transformers = pytest.importorskip("transformers")
+    folder = GPT2_FILES
+    out = tmp_path_factory.mktemp("hf_gpt2_tok")
+    shutil.copy(folder / "encoder.json", out / "vocab.json")
+    shutil.copy(folder / "vocab.bpe", out / "merges.txt")
+    return transformers.GPT2TokenizerFast.from_pretrained(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_corpus():
+    """Varied text (tests/data/tokenizer_corpus.json, made by dev/make_tokenizer_corpus.py): name -> text."""
+    path = Path(__file__).parent / "data" / "tokenizer_corpus.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    """tinyshakespeare (~1.1 MB), from ../shared/data relative to the repository; skip when absent."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} is absent (the shared corpus is not committed)")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+# ---- end of tokenizer block -------------------------------------------------------------------------------
