@@ -1,0 +1,125 @@
+"""`numgpt tokenize` and `numgpt train-tokenizer` through the real dispatcher (numgpt.cli.main)."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import numgpt
+from numgpt.cli import main
+
+GPT2_FILES = Path(numgpt.__file__).parent / "data" / "gpt2"
+
+
+def run(capsys, *argv, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8"))))
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err):
+    assert code == 2
+    assert err.startswith("numgpt: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_ids_by_default(capsys):
+    assert run(capsys, "tokenize", "Hello world") == (0, "15496 995\n", "")
+
+
+def test_json_and_pieces(capsys):
+    code, out, _ = run(capsys, "tokenize", "--json", "PostgreSQL is great")
+    assert json.loads(out) == [6307, 47701, 318, 1049]
+    code, out, _ = run(capsys, "tokenize", "--pieces", "Hello world 你")
+    assert out.splitlines()[:2] == ["15496\t'Hello'", "995\t' world'"]
+    assert "b'\\xe4\\xbd'" in out  # half a character is shown as bytes
+
+
+def test_explain_mississippilessly(capsys):
+    code, out, _ = run(capsys, "tokenize", "--explain", "Mississippilessly")
+    assert code == 0
+    assert "rank    15: 'i' + 's'" in out
+    assert "-> 'Miss' 'iss' 'ipp' 'iless' 'ly'" in out
+    assert "17140 747 3974 30608 306  (5 tokens)" in out
+
+
+def test_file_and_stdin(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "in.txt"
+    path.write_bytes("Hello world\r\n".encode())
+    assert run(capsys, "tokenize", "--file", str(path))[1] == "15496 995 201 198\n"  # \r\n kept exactly
+    assert run(capsys, "tokenize", stdin="Hello world", monkeypatch=monkeypatch)[1] == "15496 995\n"
+
+
+def test_special_tokens_need_allow_special(capsys):
+    err = one_line_error(*run(capsys, "tokenize", "a<|endoftext|>")[::2])
+    assert "--allow-special" in err and "position 1" in err
+    assert run(capsys, "tokenize", "--allow-special", "a<|endoftext|>")[1] == "64 50256\n"
+
+
+def test_input_mistakes_are_one_line(capsys, tmp_path):
+    one_line_error(*run(capsys, "tokenize", "--file", str(tmp_path / "absent.txt"))[::2])
+    one_line_error(*run(capsys, "tokenize", "--file", str(tmp_path))[::2])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe")
+    assert "not UTF-8" in one_line_error(*run(capsys, "tokenize", "--file", str(bad))[::2])
+    one_line_error(*run(capsys, "tokenize", "x", "--file", str(bad))[::2])
+
+
+def test_broken_tokenizer_folder_is_one_line(capsys, tmp_path):
+    one_line_error(*run(capsys, "tokenize", "--tokenizer", str(tmp_path), "x")[::2])
+    shutil.copy(GPT2_FILES / "vocab.bpe", tmp_path / "merges.txt")
+    (tmp_path / "vocab.json").write_text('{"a": 1,,}')
+    err = one_line_error(*run(capsys, "tokenize", "--tokenizer", str(tmp_path), "x")[::2])
+    assert "vocab.json: not valid JSON" in err
+
+
+def test_train_then_tokenize_with_it(capsys, tmp_path, tokenizer_corpus):
+    text = tmp_path / "input.txt"
+    text.write_text("".join(v for k, v in tokenizer_corpus.items() if not k.startswith("long")), encoding="utf-8")
+    out_dir = tmp_path / "tok"
+    code, out, err = run(capsys, "train-tokenizer", str(text), "--vocab-size", "300", "-o", str(out_dir))
+    assert code == 0 and out.startswith(f"{out_dir}: 300 tokens (256 bytes + 43 merged + 1 special)")
+    assert {p.name for p in out_dir.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    code, out, _ = run(capsys, "tokenize", "--tokenizer", str(out_dir), "--allow-special", "the<|endoftext|>")
+    assert out.split()[-1] == "299"
+
+
+def test_train_byte_level_and_specials(capsys, tmp_path):
+    text = tmp_path / "input.txt"
+    text.write_text("abc abc abc\n", encoding="utf-8")
+    code, out, _ = run(capsys, "train-tokenizer", str(text), "--vocab-size", "256", "--no-special",
+                       "--quiet", "-o", str(tmp_path / "bytes"))
+    assert code == 0 and "256 tokens (256 bytes + 0 merged + 0 special)" in out
+    assert run(capsys, "tokenize", "--tokenizer", str(tmp_path / "bytes"), "abc")[1] == "97 98 99\n"
+    code, out, _ = run(capsys, "train-tokenizer", str(text), "--vocab-size", "300", "--special", "<a>",
+                       "--special", "<b>", "--quiet", "-o", str(tmp_path / "two"))
+    assert json.loads((tmp_path / "two" / "special_tokens_map.json").read_text())["additional_special_tokens"] == ["<a>", "<b>"]
+
+
+def test_train_mistakes_are_one_line(capsys, tmp_path):
+    text = tmp_path / "input.txt"
+    text.write_text("abc", encoding="utf-8")
+    err = one_line_error(*run(capsys, "train-tokenizer", str(text), "--vocab-size", "256", "-o", str(tmp_path / "o"))[::2])
+    assert "at least 256 byte tokens + 1 special token(s) = 257" in err
+    one_line_error(*run(capsys, "train-tokenizer", str(tmp_path / "absent"), "--vocab-size", "300",
+                        "-o", str(tmp_path / "o"))[::2])
+
+
+@pytest.mark.parametrize("command", ["tokenize", "train-tokenizer"])
+def test_help_has_description_and_examples(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and f"numgpt {command} " in out.split("examples:")[1]
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "numgpt", "tokenize", "Hello world"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "15496 995\n"
