@@ -39,6 +39,8 @@ def _registrars():
     registrars = [tokenizer_commands.register]
     from . import train_commands  # training: prepare, train, plot
     registrars.append(train_commands.register)
+    from . import inference_commands  # generate, next, perplexity, info
+    registrars.append(inference_commands.register)
     return registrars
 
 

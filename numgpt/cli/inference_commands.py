@@ -1,0 +1,340 @@
+"""`numgpt generate`, `numgpt next`, `numgpt perplexity` and `numgpt info`: using a GPT-2 model.
+
+Only this module reads flags, stdin and the environment (the Hugging Face cache location), prints, and
+draws progress bars; the work is in numgpt.lm, numgpt.generate and numgpt.scoring. Options are checked
+before the model loads, so a bad flag fails at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import NumgptError
+
+MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or a cached hub name such as "
+              "gpt2 (default: the built-in model, once one ships)")
+
+GENERATE_DESCRIPTION = """\
+Continue a prompt: the new text is printed as it is generated. The prompt comes from PROMPT, --file,
+or stdin (one trailing newline of a file or stdin is dropped); an empty prompt starts from
+<|endoftext|>.
+"""
+
+NEXT_DESCRIPTION = """\
+Show the model's next-token distribution after PROMPT: rank, id, token and probability of the most
+likely tokens.
+"""
+
+PERPLEXITY_DESCRIPTION = """\
+Score a UTF-8 text with the model: number of tokens, perplexity, bits per byte, and the exact
+definitions used.
+"""
+
+INFO_DESCRIPTION = """\
+Describe a model folder without loading its weights: the config, the number of parameters, weight
+files with sizes and dtypes, and the tokenizer.
+"""
+
+GENERATE_EXAMPLES = """\
+examples:
+  numgpt generate --model gpt2 "Once upon a time"                      sample 64 tokens, streamed
+  numgpt generate --model gpt2 --greedy --max-new-tokens 20 "The capital of France is"
+  numgpt generate --model gpt2 --temperature 0.8 --top-k 40 --seed 1 "Hello"   reproducible sample
+  numgpt generate --model gpt2 --top-p 0.9 --repetition-penalty 1.2 --stop "\\n\\n" "Q: Why? A:"
+  numgpt generate --model gpt2 --num-samples 3 --max-new-tokens 30 "My favourite food is"
+  numgpt generate --model runs/char/best --file prompt.txt --max-new-tokens 2000 --sliding-window
+  echo "ROMEO:" | numgpt generate --model runs/char/best --no-stream
+
+Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
+--greedy or --temperature 0. Filters apply in transformers' order: repetition penalty, temperature,
+top-k, top-p. The same --seed and options give the same text. prompt + --max-new-tokens must fit in the
+model's context unless --sliding-window (then the last n_positions - stride tokens are kept and
+re-read each time the context fills: about one extra prompt token per generated token by default).
+"""
+
+NEXT_EXAMPLES = """\
+examples:
+  numgpt next --model gpt2 "I wish you a happy New"       ' Year' 0.97, ' Years' 0.018, ...
+  numgpt next --model gpt2 --top 20 --json "Hello"        id, token and probability as JSON
+
+Probabilities are the softmax of the raw logits (temperature 1, nothing filtered). Tokens are shown
+repr-quoted so spaces and newlines are visible; a token holding part of a UTF-8 character shows U+FFFD.
+"""
+
+PERPLEXITY_EXAMPLES = """\
+examples:
+  numgpt perplexity --model gpt2 wiki.test.txt
+  numgpt perplexity --model gpt2 --stride 256 --json wiki.test.txt
+  cat text.txt | numgpt perplexity --model gpt2 -
+
+Definitions (exact, so results can be compared): every token is predicted, the first one from
+<|endoftext|> prepended as BOS (--no-bos: the first token is context only); perplexity = exp(mean of
+-ln p(token | preceding tokens)); bits per byte = sum of -log2 p / UTF-8 bytes of the predicted tokens.
+Texts longer than the context use Hugging Face's strided sliding window: windows of n_positions tokens
+every --stride tokens (default n_positions / 2), each token scored once with at least
+n_positions - stride tokens of context.
+"""
+
+INFO_EXAMPLES = """\
+examples:
+  numgpt info --model gpt2
+  numgpt info --model runs/char/best --json
+"""
+
+
+def register(sub) -> None:
+    """Add `generate`, `next`, `perplexity` and `info` to the `numgpt` subcommands."""
+    _register_generate(sub)
+    _register_next(sub)
+    _register_perplexity(sub)
+    _register_info(sub)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
+
+
+def _register_generate(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model (streamed)",
+                       description=GENERATE_DESCRIPTION,
+                       epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: --file, else stdin)")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file")
+    _add_model(p)
+    d = p.add_argument_group("decoding (names as in transformers / llama.cpp)")
+    d.add_argument("--max-new-tokens", "-n", type=int, default=64, metavar="N", help="new tokens at most (64)")
+    d.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="< 1 sharper, > 1 flatter, 0 = greedy (1.0)")
+    d.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely (0 = off)")
+    d.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="sample from the smallest set with probability >= P, in (0, 1] (1.0 = off)")
+    d.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="> 1 discourages tokens already in the text (1.0 = off, 1.2 typical)")
+    d.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
+    d.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
+    d.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
+    d.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
+    d.add_argument("--num-samples", type=int, default=1, metavar="N", help="independent samples (1)")
+    d.add_argument("--sliding-window", action="store_true",
+                   help="go past the context size by re-reading the last tokens when it fills")
+    d.add_argument("--window-stride", type=int, default=0, metavar="S",
+                   help="tokens dropped each time the window slides (default n_positions / 2)")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
+    o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
+    o.add_argument("--json", action="store_true",
+                   help="print a JSON list of {text, token_ids, finish_reason} (implies --no-stream)")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_generate)
+
+
+def _register_next(sub) -> None:
+    p = sub.add_parser("next", help="the most likely next tokens after a prompt, with probabilities",
+                       description=NEXT_DESCRIPTION,
+                       epilog=NEXT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", metavar="PROMPT", help="the text before the next token")
+    _add_model(p)
+    p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens to show (10)")
+    p.add_argument("--json", action="store_true", help="a JSON list of {rank, id, token, probability}")
+    p.set_defaults(run=run_next)
+
+
+def _register_perplexity(sub) -> None:
+    p = sub.add_parser("perplexity", help="perplexity and bits per byte of a text file",
+                       description=PERPLEXITY_DESCRIPTION,
+                       epilog=PERPLEXITY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for stdin")
+    _add_model(p)
+    p.add_argument("--stride", type=int, metavar="S",
+                   help="window step for texts longer than the context, 1..n_positions-1 (n_positions / 2)")
+    p.add_argument("--no-bos", action="store_true",
+                   help="do not prepend <|endoftext|>: the first token is context only")
+    p.add_argument("--json", action="store_true", help="print the results as a JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_perplexity)
+
+
+def _register_info(sub) -> None:
+    p = sub.add_parser("info", help="a model's config, parameter count, files and tokenizer",
+                       description=INFO_DESCRIPTION,
+                       epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model(p)
+    p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
+    p.set_defaults(run=run_info)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_model(args):
+    """The LanguageModel of --model (the hub cache location honours HF_HUB_CACHE / HF_HOME)."""
+    from ..checkpoint import hf_cache_dir
+    from ..lm import load
+
+    return load(args.model, cache_dir=hf_cache_dir(os.environ))
+
+
+def model_folder(args) -> Path:
+    from ..checkpoint import hf_cache_dir, resolve_model
+    from ..lm import BUILTIN_MODEL, load
+
+    if args.model is None:
+        load(None)  # raises the "pass --model" error until a built-in model ships
+        return BUILTIN_MODEL
+    return resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 file ('-' = stdin), with a clear error for other encodings."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise NumgptError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+    except IsADirectoryError:
+        raise NumgptError(f"{path}: is a folder; pass a text file") from None
+
+
+def read_prompt(args) -> str:
+    if args.prompt is not None and args.file is not None:
+        raise NumgptError("give the prompt either as PROMPT or with --file, not both")
+    if args.prompt is not None:
+        return args.prompt
+    if args.file is None and sys.stdin.isatty():
+        raise NumgptError('no prompt: pass PROMPT, --file PATH, or pipe text on stdin ("" for none)')
+    text = read_text(args.file or "-")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def unescape(s: str) -> str:
+    """'\\n' and '\\t' typed on a command line -> newline and tab (for --stop)."""
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def progress_bar(enabled: bool, unit: str):
+    """A callback(done, total) drawing a tqdm bar on stderr (only when stderr is a terminal), and a close()."""
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if not enabled:
+            return
+        if "bar" not in state:
+            from tqdm import tqdm
+            state["bar"] = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
+                                disable=None)  # None: off when stderr is not a terminal
+        state["bar"].update(done - state["bar"].n)
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].close()
+
+    return update, close
+
+
+def run_generate(args) -> int:
+    from ..generate import generate_completions, stream_completions
+    from ..lm import generation_options
+
+    options = generation_options(
+        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        num_return_sequences=args.num_samples, seed=args.seed, stop=[unescape(s) for s in args.stop],
+        stop_at_eos=not args.ignore_eos, sliding_window=args.sliding_window, window_stride=args.window_stride)
+    prompt = read_prompt(args)
+    lm = load_model(args)
+    out = sys.stdout
+    if args.echo and not args.json:
+        out.write(prompt)
+        out.flush()
+    if not (args.no_stream or args.json or args.num_samples > 1):
+        for _, piece in stream_completions(lm.params, lm.config, lm.tokenizer, [prompt], options):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return 0
+    update, close = progress_bar(not args.quiet, "tok")
+    try:
+        completions = generate_completions(lm.params, lm.config, lm.tokenizer, [prompt], options, progress=update)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps([{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                          for c in completions], ensure_ascii=False, indent=2))
+    elif len(completions) == 1:
+        print(completions[0].text)
+    else:
+        for i, c in enumerate(completions):
+            print(f"--- sample {i + 1} of {len(completions)} ---")
+            print((prompt if args.echo else "") + c.text)
+    return 0
+
+
+def run_next(args) -> int:
+    if args.top < 1:
+        raise NumgptError(f"--top must be >= 1, got {args.top}")
+    lm = load_model(args)
+    best = lm.next_tokens(args.prompt, top=args.top)
+    if args.json:
+        print(json.dumps([{"rank": r, "id": t.id, "token": t.token, "probability": t.probability}
+                          for r, t in enumerate(best, 1)], ensure_ascii=False, indent=2))
+        return 0
+    shown = [repr(t.token) for t in best]
+    width = max(len("token"), *map(len, shown))
+    print(f"{'rank':>4}  {'id':>6}  {'token':<{width}}  probability")
+    for r, (t, s) in enumerate(zip(best, shown), 1):
+        print(f"{r:>4}  {t.id:>6}  {s:<{width}}  {t.probability:.4g}")
+    return 0
+
+
+def run_perplexity(args) -> int:
+    if args.stride is not None and args.stride < 1:
+        raise NumgptError(f"--stride must be >= 1, got {args.stride}")
+    text = read_text(args.file)
+    lm = load_model(args)
+    update, close = progress_bar(not args.quiet, "window")
+    try:
+        score = lm.score(text, stride=args.stride, bos=not args.no_bos, progress=update)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps({"file": args.file, **score.as_dict()}, indent=2))
+        return 0
+    print(f"file            {args.file}")
+    print(f"tokens          {score.n_tokens} predicted ({'<|endoftext|> prepended' if score.bos else 'first token is context'})")
+    print(f"bytes           {score.n_bytes}")
+    print(f"perplexity      {score.perplexity:.4f}")
+    print(f"bits per byte   {score.bits_per_byte:.4f}")
+    print(f"mean nll        {score.mean_nll:.4f} nats/token")
+    print(f"window/stride   {score.window}/{score.stride}")
+    from ..scoring import DEFINITIONS
+    print(f"definitions     {DEFINITIONS}")
+    return 0
+
+
+def run_info(args) -> int:
+    import dataclasses
+
+    from ..checkpoint import checkpoint_summary, load_tokenizer
+
+    folder = model_folder(args)
+    summary = checkpoint_summary(folder)
+    config = summary["config"]
+    tok = load_tokenizer(folder, config)
+    tokenizer = {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                 "files": summary["tokenizer_files"] or ["(none: GPT-2's built-in tokenizer)"]}
+    if args.json:
+        print(json.dumps({**summary, "config": dataclasses.asdict(config), "tokenizer": tokenizer}, indent=2))
+        return 0
+    print(f"folder       {summary['folder']}")
+    print("config       " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+    print(f"parameters   {summary['n_params']:,} ({summary['float32_bytes'] / 2**20:.1f} MiB as float32)")
+    for name, f in summary["weight_files"].items():
+        print(f"weights      {name}: {f['bytes'] / 2**20:.1f} MiB, {f['tensors']} tensors, {'/'.join(f['dtypes'])}")
+    print(f"tokenizer    {tok.vocab_size} tokens, <|endoftext|> = {tok.eot_id}, files: {', '.join(tokenizer['files'])}")
+    return 0
