@@ -1,0 +1,151 @@
+"""`numgpt generate | next | perplexity | info` through cli.main(argv): output equal to the Python API
+(itself tested against transformers), and one-line errors with no traceback for bad input."""
+
+import io
+import json
+
+import pytest
+
+import numgpt
+from numgpt.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(hf_gpt2_vocab_ckpt):
+    return str(hf_gpt2_vocab_ckpt.folder)
+
+
+@pytest.fixture(scope="module")
+def lm(model):
+    return numgpt.load(model)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_streams_the_same_text_as_the_api(capsys, model, lm):
+    code, out, _ = run(capsys, "generate", "--model", model, "--greedy", "-n", "20", "Once upon a time")
+    assert code == 0
+    assert out == lm.generate("Once upon a time", max_new_tokens=20, do_sample=False) + "\n"
+    code, out2, _ = run(capsys, "generate", "--model", model, "--greedy", "-n", "20", "--no-stream", "-q",
+                        "Once upon a time")
+    assert out2 == out
+
+
+def test_generate_sampling_flags_seed_and_stop(capsys, model, lm):
+    argv = ["generate", "-m", model, "-n", "30", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95",
+            "--repetition-penalty", "1.1", "--seed", "4", "--stop", "e", "--stop", "\\n", "Hello"]
+    code, out, _ = run(capsys, *argv)
+    expected = lm.generate("Hello", max_new_tokens=30, temperature=0.8, top_k=50, top_p=0.95,
+                           repetition_penalty=1.1, seed=4, stop=["e", "\n"])
+    assert code == 0 and out == expected + "\n"
+    assert run(capsys, *argv)[1] == out  # same seed, same text
+
+
+def test_generate_json_samples_echo_file_and_stdin(capsys, model, lm, tmp_path, monkeypatch):
+    code, out, _ = run(capsys, "generate", "-m", model, "-n", "8", "--seed", "1", "--num-samples", "2",
+                       "--json", "Hi")
+    rows = json.loads(out)
+    ref = lm.completions("Hi", max_new_tokens=8, seed=1, num_return_sequences=2)
+    assert [r["text"] for r in rows] == [c.text for c in ref]
+    assert [r["token_ids"] for r in rows] == [c.token_ids for c in ref]
+    code, out, _ = run(capsys, "generate", "-m", model, "-n", "8", "--seed", "1", "--num-samples", "2", "-q", "Hi")
+    assert out.count("--- sample") == 2 and ref[1].text in out
+    code, out, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy", "--echo", "Hi")
+    assert out == "Hi" + lm.generate("Hi", max_new_tokens=5, do_sample=False) + "\n"
+    (tmp_path / "p.txt").write_text("Hi\n", encoding="utf-8")
+    code, from_file, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy", "--file", str(tmp_path / "p.txt"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+    code, from_stdin, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy")
+    assert from_file == from_stdin == lm.generate("Hi", max_new_tokens=5, do_sample=False) + "\n"
+
+
+def test_next_table_and_json(capsys, model, lm):
+    code, out, _ = run(capsys, "next", "-m", model, "--top", "5", "I wish you a happy New")
+    best = lm.next_tokens("I wish you a happy New", top=5)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["rank", "id", "token", "probability"] and len(lines) == 6
+    for line, t in zip(lines[1:], best):
+        assert line.split()[:2] == ["%d" % (best.index(t) + 1), str(t.id)] and repr(t.token) in line
+    code, out, _ = run(capsys, "next", "-m", model, "--top", "3", "--json", "Hello")
+    rows = json.loads(out)
+    assert [(r["id"], r["token"], r["probability"]) for r in rows] == [
+        (t.id, t.token, t.probability) for t in lm.next_tokens("Hello", top=3)]
+
+
+def test_perplexity_text_and_json(capsys, model, lm, tmp_path, monkeypatch):
+    text = "The tower is 324 metres tall. Naïve café owners sell crêpes.\n" * 8  # > 256 tokens: strided
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    score = lm.score(text, stride=100)
+    code, out, _ = run(capsys, "perplexity", "-m", model, "--stride", "100", str(path))
+    assert code == 0 and f"{score.perplexity:.4f}" in out and f"{score.bits_per_byte:.4f}" in out
+    assert "definitions" in out and str(score.n_tokens) in out
+    code, out, _ = run(capsys, "perplexity", "-m", model, "--stride", "100", "--json", "--no-bos", str(path))
+    got = json.loads(out)
+    ref = lm.score(text, stride=100, bos=False)
+    assert got["perplexity"] == pytest.approx(ref.perplexity, rel=1e-12) and got["bos"] is False
+    assert got["tokens"] == ref.n_tokens and got["bytes"] == ref.n_bytes
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    code, out, _ = run(capsys, "perplexity", "-m", model, "--stride", "100", "--json", "-")
+    assert json.loads(out)["perplexity"] == pytest.approx(score.perplexity, rel=1e-12)
+
+
+def test_info(capsys, model, lm):
+    code, out, _ = run(capsys, "info", "-m", model)
+    n = numgpt.params.count_params(lm.config)
+    assert code == 0 and f"{n:,}" in out and "model.safetensors" in out and "50257 tokens" in out
+    code, out, _ = run(capsys, "info", "-m", model, "--json")
+    info = json.loads(out)
+    assert info["n_params"] == n and info["config"]["n_positions"] == 256
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--temperature", "-1", "Hi"],
+    ["generate", "--top-p", "0", "Hi"],
+    ["generate", "--top-p", "1.5", "Hi"],
+    ["generate", "--top-k", "-3", "Hi"],
+    ["generate", "--repetition-penalty", "0", "Hi"],
+    ["generate", "--max-new-tokens", "-1", "Hi"],
+    ["generate", "--num-samples", "0", "Hi"],
+    ["generate", "-n", "10", "word " * 300],  # prompt longer than the 256-position context
+    ["generate", "-n", "200", "word " * 100],  # prompt + max_new_tokens longer than the context
+    ["generate", "--file", "MISSING_FILE", "-n", "3"],
+    ["next", "--top", "0", "Hi"],
+    ["perplexity", "MISSING_FILE"],
+    ["perplexity", "--stride", "256", "TEXT_FILE"],
+])
+def test_bad_input_is_one_line_error_without_traceback(capsys, model, tmp_path, argv):
+    text_file = tmp_path / "t.txt"
+    text_file.write_text("Some text to score.", encoding="utf-8")
+    argv = [str(tmp_path / "missing.txt") if a == "MISSING_FILE" else str(text_file) if a == "TEXT_FILE" else a
+            for a in argv]
+    code, out, err = run(capsys, *argv[:1], "--model", model, *argv[1:])
+    assert code == 2 and out == ""
+    assert err.startswith("numgpt: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_model_and_no_model_are_one_line_errors(capsys, tmp_path):
+    for argv in (["generate", "--model", str(tmp_path / "nope"), "Hi"], ["info", "--model", str(tmp_path)],
+                 ["next", "Hi"], ["info"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and err.startswith("numgpt: error: ") and err.count("\n") == 1
+
+
+def test_context_overflow_message_names_the_fix(capsys, model):
+    _, _, err = run(capsys, "generate", "--model", model, "-n", "200", "word " * 100)
+    assert "--max-new-tokens" in err and "--sliding-window" in err and "256" in err
+    code, out, _ = run(capsys, "generate", "--model", model, "-n", "200", "--greedy", "--sliding-window",
+                       "--ignore-eos", "--json", "word " * 100)
+    assert code == 0 and len(json.loads(out)[0]["token_ids"]) == 200
+
+
+@pytest.mark.parametrize("command", ["generate", "next", "perplexity", "info"])
+def test_help_has_a_description_and_examples(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and f"numgpt {command} --model" in out
