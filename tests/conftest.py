@@ -46,6 +46,26 @@ def hf_short_context_ckpt(tmp_path_factory):
 # ---- end of generation, scoring, inference CLI block ---------------------------------------------------
 
 
+# ---- model, KV cache, checkpoints (issue 3) -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def hf_gpt2_124m_ckpt(tmp_path_factory):
+    """A 124M-shaped (GPT-2 small) random transformers checkpoint, made once per session (~10 s).
+    initializer_range 0.05 (not 0.02): logits spread out so greedy argmaxes are not near-ties, while
+    float32 differences between implementations stay ~1e-5."""
+    return _hf_checkpoint(tmp_path_factory, "gpt2_124m", 3, initializer_range=0.05)
+
+
+@pytest.fixture(scope="session")
+def hf_small_ckpt(tmp_path_factory):
+    """A small random transformers checkpoint (2 layers, 4 heads, 48 channels, 300 tokens, 64 positions)
+    for the model and checkpoint tests; init scaled up (0.2) so that greedy paths have no near-ties."""
+    return _hf_checkpoint(tmp_path_factory, "small", 4, vocab_size=300, n_positions=64, n_embd=48,
+                          n_layer=2, n_head=4, initializer_range=0.2, bos_token_id=0, eos_token_id=0)
+
+# ---- end of model, KV cache, checkpoints block ---------------------------------------------------------
+
+
 # ---- tokenizer (issue 2) --------------------------------------------------------------------------------
 
 import json  # noqa: E402 (each block keeps its imports)
