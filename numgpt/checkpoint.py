@@ -94,7 +94,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         f.write(len(header_bytes).to_bytes(8, "little"))
         f.write(header_bytes)
         for array in arrays:
-            f.write(memoryview(array).cast("B"))
+            f.write(array.reshape(-1).view(np.uint8))     # the raw bytes, without a copy
     os.replace(tmp, path)
 
 

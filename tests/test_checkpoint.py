@@ -1,0 +1,332 @@
+"""Checkpoints: safetensors in NumPy (against the safetensors package), Hugging Face GPT-2 folders in
+and out (against transformers), hub-cache name resolution, and every kind of broken file."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numgpt import GPTConfig, NumgptError
+from numgpt.checkpoint import (checkpoint_summary, hf_cache_dir, load_checkpoint, load_config, load_tokenizer,
+                               read_safetensors, resolve_model, save_checkpoint, write_safetensors)
+from numgpt.model import forward
+from numgpt.params import init_params, param_shapes
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden_tiny"
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """A copy of the golden tiny checkpoint that a test may break."""
+    return Path(shutil.copytree(GOLDEN, tmp_path / "ckpt"))
+
+
+def hf_state(ckpt):
+    return {k: v.numpy() for k, v in ckpt.model.state_dict().items()}
+
+
+def assert_one_line_error(call, *patterns):
+    with pytest.raises(NumgptError) as e:
+        call()
+    message = str(e.value)
+    assert "\n" not in message
+    for p in patterns:
+        assert p in message, message
+    return message
+
+
+# ---------------------------------------------------------------- safetensors
+
+def test_write_then_read_with_the_safetensors_package(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((3, 4), dtype=np.float32), "b.c": np.arange(5, dtype=np.float32),
+               "scalar": np.array(2.5, np.float32), "empty": np.zeros((0, 3), np.float32)}
+    write_safetensors(tmp_path / "x.safetensors", tensors, metadata={"format": "pt"})
+    theirs = st.load_file(tmp_path / "x.safetensors")
+    assert theirs.keys() == tensors.keys()
+    for k in tensors:
+        np.testing.assert_array_equal(theirs[k], tensors[k])
+    st.save_file({k: np.asarray(v * 2) for k, v in tensors.items()}, tmp_path / "y.safetensors", metadata={"m": "1"})
+    ours, meta = read_safetensors(tmp_path / "y.safetensors")
+    assert meta == {"m": "1"}
+    for k in tensors:
+        np.testing.assert_array_equal(ours[k], tensors[k] * 2)
+        assert ours[k].dtype == np.float32 and ours[k].shape == tensors[k].shape
+
+
+def test_float16_bfloat16_float64_files_load_as_float32(tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    x = torch.tensor([[1.0, -2.5, 3.140625], [0.0, 65504.0, -1e-3]])
+    st.save_file({"h": x.half(), "b": x.bfloat16(), "d": x.double()}, tmp_path / "m.safetensors")
+    got, _ = read_safetensors(tmp_path / "m.safetensors")
+    for name, t in (("h", x.half()), ("b", x.bfloat16()), ("d", x.double())):
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], t.float().numpy())   # float32 holds them exactly
+
+
+def test_float32_tensors_are_zero_copy_read_only_memory_maps(tiny_folder):
+    _, params = load_checkpoint(tiny_folder)
+    for array in params.values():
+        assert not array.flags.writeable and not array.flags.owndata
+        assert type(array) is np.ndarray    # plain arrays: no np.memmap subclass overhead in the hot path
+
+
+# ---------------------------------------------------------------- Hugging Face folders
+
+def test_load_transformers_folder_equals_its_state_dict(hf_small_ckpt):
+    config, params = load_checkpoint(hf_small_ckpt.folder)
+    assert config.to_hf_dict()["n_embd"] == hf_small_ckpt.config.n_embd
+    assert (config.n_layer, config.n_head, config.vocab_size, config.n_positions) == (2, 4, 300, 64)
+    state = hf_state(hf_small_ckpt)
+    assert params.keys() == param_shapes(config).keys()
+    for name, array in params.items():
+        np.testing.assert_array_equal(array, state["transformer." + name])
+
+
+def test_save_is_loadable_by_transformers_with_equal_logits(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = GPTConfig(vocab_size=120, n_positions=40, n_embd=32, n_layer=3, n_head=4, layer_norm_epsilon=1e-6)
+    params = init_params(config, np.random.default_rng(0))
+    save_checkpoint(tmp_path / "out", config, params)
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    ids = np.random.default_rng(1).integers(0, 120, (2, 25))
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    # float32 sums in different orders on a 3-layer model: ~1e-6; a wrong weight would be off by > 1e-2
+    np.testing.assert_allclose(forward(params, config, ids, all_logits=True), ref, atol=1e-5, rtol=0)
+    config2, params2 = load_checkpoint(tmp_path / "out")
+    assert config2 == config
+    for k in params:
+        np.testing.assert_array_equal(params2[k], params[k])
+
+
+def test_save_over_the_folder_it_was_loaded_from(tiny_folder):
+    """The loaded params are memory maps of model.safetensors; saving writes a new file and renames it."""
+    config, params = load_checkpoint(tiny_folder)
+    expected = {k: np.array(v) for k, v in params.items()}
+    save_checkpoint(tiny_folder, config, params)
+    _, again = load_checkpoint(tiny_folder)
+    for k in expected:
+        np.testing.assert_array_equal(again[k], expected[k])
+
+
+def test_sharded_checkpoint(hf_small_ckpt, tmp_path):
+    hf_small_ckpt.model.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    _, params = load_checkpoint(tmp_path)
+    state = hf_state(hf_small_ckpt)
+    for name, array in params.items():
+        np.testing.assert_array_equal(array, state["transformer." + name])
+
+
+def rewrite_weights(folder, edit):
+    """Load the folder's HF-named tensors, apply edit(dict), write them back."""
+    tensors, meta = read_safetensors(folder / "model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    edit(tensors)
+    write_safetensors(folder / "model.safetensors", tensors, metadata=meta)
+
+
+def test_tied_lm_head_and_attention_buffers_are_ignored(tiny_folder):
+    config, before = load_checkpoint(tiny_folder)
+
+    def add(t):
+        t["lm_head.weight"] = t["transformer.wte.weight"].copy()
+        t["transformer.h.0.attn.bias"] = np.tril(np.ones((1, 1, 24, 24), np.float32))
+        t["transformer.h.0.attn.masked_bias"] = np.array(-1e4, np.float32)
+    rewrite_weights(tiny_folder, add)
+    _, after = load_checkpoint(tiny_folder)
+    assert after.keys() == before.keys()
+
+
+def test_untied_lm_head_is_refused(tiny_folder):
+    rewrite_weights(tiny_folder, lambda t: t.__setitem__("lm_head.weight", t["transformer.wte.weight"] + 1))
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), "lm_head.weight differs", str(tiny_folder))
+
+
+def test_pytorch_bin_only_says_how_to_convert(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(GPTConfig().to_hf_dict()))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
+    msg = assert_one_line_error(lambda: load_checkpoint(tmp_path), "pytorch_model.bin", "safe_serialization=True")
+    assert "save_pretrained" in msg
+
+
+# ---------------------------------------------------------------- broken files
+
+def break_header_length(f):
+    data = bytearray(f.read_bytes())
+    data[:8] = (10 ** 9).to_bytes(8, "little")
+    f.write_bytes(bytes(data))
+
+
+def break_header_json(f):
+    data = bytearray(f.read_bytes())
+    data[8:12] = b"}}}{"
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, patterns", [
+    (break_header_length, ["model.safetensors", "header length"]),
+    (break_header_json, ["model.safetensors", "not JSON"]),
+    (lambda f: f.write_bytes(f.read_bytes()[:-100]), ["model.safetensors", "truncated"]),
+    (lambda f: f.write_bytes(b"\x01\x02"), ["model.safetensors", "not a safetensors file"]),
+], ids=["header-length", "header-json", "truncated-data", "too-short"])
+def test_corrupt_safetensors_raise(tiny_folder, damage, patterns):
+    damage(tiny_folder / "model.safetensors")
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), *patterns)
+
+
+def test_header_offsets_that_disagree_with_shape_raise(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}}).encode()
+    (tmp_path / "x.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    assert_one_line_error(lambda: read_safetensors(tmp_path / "x.safetensors"), "'w'", "need 24")
+
+
+def test_non_float_tensor_raises(tiny_folder):
+    tensors, _ = read_safetensors(tiny_folder / "model.safetensors")
+    header = {k: {"dtype": "F32", "shape": list(v.shape), "data_offsets": None} for k, v in tensors.items()}
+    offset, blobs = 0, []
+    for k, v in tensors.items():
+        dtype, blob = ("I64", v.astype(np.int64).tobytes()) if k.endswith("wpe.weight") else ("F32", v.tobytes())
+        header[k].update(dtype=dtype, data_offsets=[offset, offset + len(blob)])
+        offset += len(blob)
+        blobs.append(blob)
+    raw = json.dumps(header).encode()
+    (tiny_folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), "transformer.wpe.weight", "I64")
+
+
+def test_missing_tensor_raises(tiny_folder):
+    rewrite_weights(tiny_folder, lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"))
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), "missing", "h.1.mlp.c_fc.weight")
+
+
+def test_wrong_shape_raises(tiny_folder):
+    rewrite_weights(tiny_folder, lambda t: t.__setitem__("transformer.h.0.attn.c_proj.weight", np.zeros((8, 9), np.float32)))
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), "h.0.attn.c_proj.weight", "[8, 9]", "[8, 8]")
+
+
+@pytest.mark.parametrize("change, patterns", [
+    ({"n_layer": 3}, ["missing", "h.2."]),
+    ({"n_layer": 1}, ["unexpected tensors", "h.1."]),
+    ({"n_embd": 16, "n_head": 2}, ["shape"]),
+    ({"vocab_size": 65}, ["wte.weight", "[64, 8]", "[65, 8]"]),
+], ids=["more-layers", "fewer-layers", "wider", "vocab"])
+def test_config_that_disagrees_with_weights_raises(tiny_folder, change, patterns):
+    d = json.loads((tiny_folder / "config.json").read_text())
+    d.update(change)
+    (tiny_folder / "config.json").write_text(json.dumps(d))
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), str(tiny_folder), *patterns)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("{not json", "bad config"),
+    ("[1, 2]", "not an object"),
+    ('{"n_embd": 10, "n_head": 3}', "divisible"),
+    ('{"model_type": "llama"}', "llama"),
+    ('{"n_layer": -1}', "positive"),
+], ids=["not-json", "list", "indivisible", "other-model", "negative"])
+def test_bad_config_json_raises(tiny_folder, text, pattern):
+    (tiny_folder / "config.json").write_text(text)
+    assert_one_line_error(lambda: load_config(tiny_folder), "config.json", pattern)
+
+
+def test_missing_files_raise(tmp_path):
+    assert_one_line_error(lambda: load_checkpoint(tmp_path), "config.json")
+    (tmp_path / "config.json").write_text(json.dumps(GPTConfig().to_hf_dict()))
+    assert_one_line_error(lambda: load_checkpoint(tmp_path), "model.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "a.safetensors"}}))
+    assert_one_line_error(lambda: load_checkpoint(tmp_path), "a.safetensors")
+
+
+# ---------------------------------------------------------------- tokenizers
+
+def test_tokenizer_from_folder_or_builtin_gpt2(tmp_path):
+    from numgpt.tokenizer import Tokenizer
+    gpt2 = Tokenizer.gpt2()
+    assert load_tokenizer(tmp_path, GPTConfig()).encode("Hello world") == gpt2.encode("Hello world")
+    gpt2.save(tmp_path)
+    tok = load_tokenizer(tmp_path, GPTConfig())
+    assert tok.encode("Hello world") == gpt2.encode("Hello world") == [15496, 995]
+    assert_one_line_error(lambda: load_tokenizer(tmp_path, GPTConfig(vocab_size=1000)), "50257", "1000")
+    assert_one_line_error(lambda: load_tokenizer(tmp_path / "none", GPTConfig(vocab_size=1000)), "vocab_size 1000")
+
+
+def test_save_with_tokenizer_round_trips(tmp_path):
+    from numgpt.tokenizer import Tokenizer
+    config = GPTConfig(vocab_size=50257, n_positions=16, n_embd=8, n_layer=1, n_head=2)
+    save_checkpoint(tmp_path, config, init_params(config, np.random.default_rng(0)), tokenizer=Tokenizer.gpt2())
+    assert (tmp_path / "vocab.json").is_file() and (tmp_path / "merges.txt").is_file()
+    assert load_tokenizer(tmp_path, config).encode(" numgpt") == Tokenizer.gpt2().encode(" numgpt")
+
+
+# ---------------------------------------------------------------- names -> folders
+
+def fake_hub_cache(cache, repo_id, commit="abc123"):
+    snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
+    shutil.copytree(GOLDEN, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_resolve_existing_folder_as_is(tiny_folder, tmp_path):
+    assert resolve_model(tiny_folder, cache_dir=tmp_path / "empty", download=False) == tiny_folder
+
+
+def test_resolve_names_in_the_hub_cache(tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = fake_hub_cache(cache, "openai-community/gpt2")
+    assert resolve_model("gpt2", cache_dir=cache, download=False) == snapshot
+    assert resolve_model("openai-community/gpt2", cache_dir=cache, download=False) == snapshot
+    old = fake_hub_cache(cache, "gpt2-medium", commit="def456")       # pre-2024 cache layout, no org
+    assert resolve_model("gpt2-medium", cache_dir=cache, download=False) == old
+    load_checkpoint(resolve_model("gpt2", cache_dir=cache, download=False))
+
+
+def test_resolve_missing_model_without_download(tmp_path):
+    msg = assert_one_line_error(lambda: resolve_model("gpt2-large", cache_dir=tmp_path, download=False),
+                                "gpt2-large", "huggingface-cli download openai-community/gpt2-large")
+    assert str(tmp_path) in msg
+    assert_one_line_error(lambda: resolve_model("./no/such/dir", cache_dir=tmp_path), "not a model folder")
+
+
+def test_resolve_download_failure_is_one_line(tmp_path, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def offline(repo_id, **kw):
+        calls.append((repo_id, kw))
+        raise OSError("no network")
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    assert_one_line_error(lambda: resolve_model("gpt2", cache_dir=tmp_path), "download", "OSError")
+    assert calls[0][0] == "openai-community/gpt2" and "merges.txt" in calls[0][1]["allow_patterns"]
+
+
+def test_resolve_without_huggingface_hub(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)   # import now raises ImportError
+    assert_one_line_error(lambda: resolve_model("gpt2", cache_dir=tmp_path), "huggingface_hub is not installed")
+
+
+def test_hf_cache_dir_from_environment(tmp_path):
+    assert hf_cache_dir({"HF_HUB_CACHE": str(tmp_path)}) == tmp_path
+    assert hf_cache_dir({"HF_HOME": str(tmp_path)}) == tmp_path / "hub"
+    assert hf_cache_dir({}).parts[-3:] == (".cache", "huggingface", "hub")
+
+
+def test_summary_reads_headers_only(tiny_folder):
+    s = checkpoint_summary(tiny_folder)
+    config = load_config(tiny_folder)
+    assert s["config"] == config
+    assert s["n_params"] == sum(int(np.prod(v)) for v in param_shapes(config).values())
+    assert s["weight_files"]["model.safetensors"]["dtypes"] == ["F32"]
+    assert s["weight_files"]["model.safetensors"]["bytes"] == (tiny_folder / "model.safetensors").stat().st_size
+    assert s["tokenizer_files"] == []
