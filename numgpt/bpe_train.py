@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from .errors import NumgptError
-from .tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode, merge_pair, pretokenize
+from .tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode, pretokenize
 
 Pair = tuple[int, int]
 Progress = Callable[[int, int], None]  # (merges done, merges wanted)
@@ -149,6 +149,21 @@ def apply_merge(pair: Pair, new_id: int, words: list[list[int]], counts: Sequenc
         if pair_counts[p] <= 0:
             del pair_counts[p]
     return changed
+
+
+def merge_pair(symbols: list[int], pair: Pair, merged: int) -> list[int]:
+    """Replace every occurrence of `pair` in `symbols` by `merged`, scanning left to right."""
+    first, second = pair
+    out: list[int] = []
+    i, n = 0, len(symbols)
+    while i < n:
+        if i + 1 < n and symbols[i] == first and symbols[i + 1] == second:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
 
 
 def _heap_entry(pair: Pair, count: int, token_bytes: Sequence[bytes]) -> tuple[int, bytes, bytes, Pair]:

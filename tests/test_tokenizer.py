@@ -13,6 +13,7 @@ import regex
 
 import numgpt
 from numgpt import NumgptError, Tokenizer
+from numgpt.bpe_train import merge_pair
 from numgpt.tokenizer import (ENDOFTEXT, GPT2_EOT_ID, GPT2_SHA256, GPT2_SPLIT_PATTERN, bytes_to_unicode,
                               pretokenize, show_bytes)
 
@@ -191,16 +192,48 @@ def test_pathological_inputs_finish_and_match(gpt2_tok, tiktoken_gpt2, make):
 
 # ---- fast paths against their plain twins ---------------------------------------------------------------
 
-def test_bucketed_merge_equals_gpt2_rank_loop(gpt2_tok, tokenizer_corpus):
+def test_fast_merges_equal_the_plain_loop_and_gpt2s_original(gpt2_tok, tokenizer_corpus):
+    """Both fast twins against `_merge_steps` (one merge at a time), and that against the loop of GPT-2's
+    encoder.py (all occurrences of the best pair at once), on pieces of all lengths."""
     rng = random.Random(1)
     pieces = [p for text in tokenizer_corpus.values() for p in pretokenize(text) if len(p.encode()) <= 300]
-    pieces += ["".join(rng.choice("ab ") for _ in range(rng.randrange(2, 200))) for _ in range(200)]
+    pieces += ["".join(rng.choice("ab ") for _ in range(rng.randrange(2, 300))) for _ in range(200)]
     for piece in pieces:
         symbols = [gpt2_tok._byte_ids[b] for b in piece.encode()]
         plain = symbols
         for _, _, plain in gpt2_tok._merge_steps(symbols):
             pass
-        assert gpt2_tok._encode_piece(piece) == plain, piece
+        assert gpt2_tok._merge_lowest_first(list(symbols)) == plain, piece
+        assert gpt2_tok._merge_by_rank_buckets(list(symbols)) == plain, piece
+        assert gpt2_original_bpe(gpt2_tok, symbols) == plain, piece
+
+
+def gpt2_original_bpe(tok, symbols):
+    """openai/gpt-2 src/encoder.py's loop over ids: merge every occurrence of the lowest-rank pair."""
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: tok._ranks.get(p, float("inf")))
+        if pair not in tok._ranks:
+            break
+        symbols = merge_pair(symbols, pair, tok._merged[tok._ranks[pair]])
+    return symbols
+
+
+def test_buckets_let_a_lower_rank_go_first():
+    """A merge list where a merge creates a pair ranked below itself ('abc' is spelled by two merges, the
+    second ranked after ('abc', 'a')): one merge at a time, as tiktoken and Hugging Face do, the lower
+    rank goes first; the bucketed twin must follow. GPT-2's all-occurrences loop differs here."""
+    vocab = {**{c: i for i, c in enumerate(bytes_to_unicode().values())},
+             "bc": 256, "ab": 257, "abc": 258, "abca": 259}
+    merges = [("b", "c"), ("a", "b"), ("ab", "c"), ("abc", "a"), ("a", "bc")]
+    tok = Tokenizer(vocab, merges)
+    assert tok.encode("abcabc") == [259, 256]  # a bc a bc -> abc a bc -> abca bc
+    assert gpt2_original_bpe(tok, list(b"abcabc")) == [258, 258]  # a bc a bc -> abc abc
+    for text in ["abcabc", "abc" * 50, "abcab" * 30, "xabcabca" * 20]:
+        symbols = [tok._byte_ids[b] for b in text.encode()]
+        plain = symbols
+        for _, _, plain in tok._merge_steps(symbols):
+            pass
+        assert tok._merge_by_rank_buckets(list(symbols)) == tok._merge_lowest_first(list(symbols)) == plain
 
 
 def test_ascii_split_equals_regex_on_all_ascii_pairs_and_corpus(tokenizer_corpus, shakespeare):
@@ -225,7 +258,7 @@ def test_piece_cache_is_bounded_and_transparent(tmp_path, gpt2_tok, tokenizer_co
 def test_explain_mississippilessly(gpt2_tok):
     (trace,) = gpt2_tok.explain("Mississippilessly")
     assert trace.ids == tuple(KNOWN["Mississippilessly"])
-    assert [b"".join(s.pair) for s in trace.steps][:3] == [b"is", b"es", b"ly"]
+    assert [b"".join(s.pair) for s in trace.steps][:4] == [b"is", b"is", b"es", b"ly"]  # one merge per step
     assert trace.steps[-1].tokens == (b"Miss", b"iss", b"ipp", b"iless", b"ly")
     ranks = [s.rank for s in trace.steps]
     assert ranks == sorted(ranks) and ranks[0] == 15  # 'i s' is GPT-2's merge 15

@@ -8,8 +8,8 @@ import pytest
 
 from numgpt import NumgptError, Tokenizer, train_bpe
 from numgpt import bpe_train
-from numgpt.bpe_train import count_words, learn_merges
-from numgpt.tokenizer import ENDOFTEXT, merge_pair
+from numgpt.bpe_train import count_words, learn_merges, merge_pair
+from numgpt.tokenizer import ENDOFTEXT
 
 
 def plain_merges(word_counts, wanted, min_frequency):
