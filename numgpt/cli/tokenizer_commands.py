@@ -116,12 +116,16 @@ def format_explanation(traces) -> str:
         for step in trace.steps:
             merge = f"rank {step.rank:>5}: {show_bytes(step.pair[0])} + {show_bytes(step.pair[1])}"
             lines.append(f"  {merge:<{_STEP_WIDTH}}-> {tokens(step.tokens)}")
-        lines.append(f"  {'ids':<{_STEP_WIDTH}}{' '.join(map(str, trace.ids))}  ({len(trace.ids)} tokens)")
-    lines.append(f"{sum(len(t.ids) for t in traces)} tokens in all")
+        lines.append(f"  {'ids':<{_STEP_WIDTH}}{' '.join(map(str, trace.ids))}  ({_tokens(len(trace.ids))})")
+    lines.append(f"{_tokens(sum(len(t.ids) for t in traces))} in all")
     return "\n".join(lines)
 
 
 _STEP_WIDTH = 32  # the column where tokens start in --explain
+
+
+def _tokens(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
 
 
 def run_train_tokenizer(args) -> int:
