@@ -25,7 +25,7 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
-                  cross_entropy_forward, dropout_mask, embedding_backward, gelu, gelu_backward,
+                  cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
                   layer_norm_backward, layer_norm_forward, linear, linear_backward)
 from .params import Params, zeros_like
 
@@ -124,12 +124,12 @@ def block_forward(params: Params, h: str, config: GPTConfig, x: np.ndarray, bt: 
     x = x + y
     m, ln_2 = layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps)
     f = linear(m, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])      # [N, C] -> [N, 4C]
-    g = gelu(f)
+    g, gelu_h = gelu_forward(f)
     y = linear(g, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
     y, mlp_keep = maybe_dropout(y, dropout, rng)
     x += y                                                             # x is our own copy by now
     return x, {"a": a, "ln_1": ln_1, "attn": attn, "attn_keep": attn_keep,
-               "m": m, "ln_2": ln_2, "f": f, "g": g, "mlp_keep": mlp_keep}
+               "m": m, "ln_2": ln_2, "f": f, "gelu_h": gelu_h, "g": g, "mlp_keep": mlp_keep}
 
 
 def block_backward(dx: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
@@ -137,7 +137,7 @@ def block_backward(dx: np.ndarray, tape: dict, params: Params, h: str, grads: Pa
     dy = dx if tape["mlp_keep"] is None else dx * tape["mlp_keep"]
     dg = linear_backward(dy, tape["g"], params[h + "mlp.c_proj.weight"],
                          grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"])
-    df = gelu_backward(dg, tape["f"])
+    df = gelu_backward(dg, tape["f"], tape["gelu_h"])
     dm = linear_backward(df, tape["m"], params[h + "mlp.c_fc.weight"],
                          grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"])
     dx = dx + layer_norm_backward(dm, tape["ln_2"], grads[h + "ln_2.weight"], grads[h + "ln_2.bias"])

@@ -26,6 +26,7 @@ import numpy as np
 GELU_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 GELU_CUBIC = np.float32(0.044715)
 HALF = np.float32(0.5)
+GELU_U_CUBIC = np.float32(float(GELU_SQRT_2_OVER_PI) * float(GELU_CUBIC))  # training: u = x (a + b x^2)
 ONE = np.float32(1.0)
 
 
@@ -48,9 +49,12 @@ def layer_norm_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float
     var = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # [N, C] -> [N, 1], sum of squares
     var *= np.float32(1.0 / x.shape[-1])
     var += np.float32(eps)
-    rstd = 1 / np.sqrt(var)                                   # [N, 1], reciprocal standard deviation
+    rstd = np.sqrt(var)
+    np.reciprocal(rstd, out=rstd)                             # [N, 1], 1 / standard deviation
     xhat *= rstd
-    return xhat * w + b, (xhat, rstd, w)
+    y = xhat * w
+    y += b
+    return y, (xhat, rstd, w)
 
 
 def layer_norm_backward(dy: np.ndarray, ctx: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -69,11 +73,11 @@ def layer_norm_backward(dy: np.ndarray, ctx: tuple[np.ndarray, np.ndarray, np.nd
     g_mean = g.mean(axis=-1, keepdims=True)                   # [N, C] -> [N, 1]
     gx_mean = np.einsum("...c,...c->...", g, xhat)[..., None]  # [N, C] -> [N, 1]
     gx_mean *= np.float32(1.0 / C)
-    g -= g_mean
-    xhat_gx = xhat * gx_mean
-    g -= xhat_gx
-    g *= rstd
-    return g
+    dx = np.multiply(xhat, gx_mean)
+    np.subtract(g, dx, out=dx)
+    dx -= g_mean
+    dx *= rstd
+    return dx
 
 
 def layer_norm_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
@@ -96,30 +100,35 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return HALF * x * (ONE + np.tanh(GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
 
 
-def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Differentiates y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); returns dx (x = the input):
+def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`gelu` for training, written as y = x * h with h = 0.5 (1 + tanh u); returns (y, h) -- h is what
+    `gelu_backward` needs. In place on one buffer: 8 passes over x instead of ~15 temporaries."""
+    h = np.multiply(x, x)
+    h *= GELU_U_CUBIC
+    h += GELU_SQRT_2_OVER_PI
+    h *= x                                                     # u = sqrt(2/pi) (x + 0.044715 x^3)
+    np.tanh(h, out=h)
+    h *= HALF
+    h += HALF                                                  # h = 0.5 (1 + tanh u)
+    return x * h, h
 
-    dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Differentiates y = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3); x the input, h = 0.5 (1 + tanh u).
+
+    dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx, and with 1 + tanh u = 2h, 1 - tanh u = 2 (1 - h):
+    dy/dx = h (1 + (1 - h) q),  q = 2 x du/dx = x (2 sqrt(2/pi) + 6 * 0.044715 sqrt(2/pi) x^2).
     """
-    x2 = x * x
-    th = x2 * GELU_CUBIC
-    th += ONE
-    th *= x
-    th *= GELU_SQRT_2_OVER_PI
-    np.tanh(th, out=th)                                        # tanh u
-    du = x2
-    du *= np.float32(3) * GELU_CUBIC
-    du += ONE
-    du *= GELU_SQRT_2_OVER_PI                                  # du/dx
-    sech2 = th * th
-    np.subtract(ONE, sech2, out=sech2)                         # 1 - tanh^2 u
-    sech2 *= x
-    sech2 *= du
-    th += ONE
-    th += sech2
-    th *= HALF
-    th *= dy
-    return th
+    q = np.multiply(x, x)
+    q *= np.float32(6) * GELU_U_CUBIC
+    q += np.float32(2) * GELU_SQRT_2_OVER_PI
+    q *= x
+    one_minus_h = np.subtract(ONE, h)
+    q *= one_minus_h
+    q += ONE
+    q *= h
+    q *= dy
+    return q
 
 
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ def train_tokenizer(text: str, vocab_size: int):
         from .. import train_bpe
     except ImportError:
         raise NumgptError("this numgpt has no BPE trainer yet; use GPT-2's tokenizer or --tokenizer DIR") from None
-    return train_bpe(text, vocab_size=vocab_size)
+    return train_bpe(text, vocab_size=vocab_size, progress=True)
 
 
 # ---------------------------------------------------------------- train
