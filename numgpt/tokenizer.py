@@ -193,7 +193,6 @@ class Tokenizer:
         self._ranks, self._merged = _index_merges(self._vocab, self._merges, names)
         self._pairs = [(self._vocab[a], self._vocab[b]) for a, b in self._merges]  # rank -> pair of ids
         self._special = special_tokens
-        self._special_pattern = _alternation(special_tokens)
         to_latin1 = str.maketrans({c: chr(b) for b, c in byte_symbols.items()})
         alphabet = frozenset(byte_symbols.values())
         self._id_to_bytes = {i: _token_bytes(t, to_latin1, alphabet) for i, t in self._id_to_token.items()}
