@@ -135,7 +135,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             loss = training_loss_and_grads(state, config, tc, data, grads)
             norm = clip_grad_norm(grads, tc.optim.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                raise NumgptError(diverged_message(run, state.step, loss, norm))
+                raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
             in_update = True
             adamw_step(state.params, grads, state.optim, tc.optim, lr)
             state.step += 1
@@ -196,9 +196,11 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved."""
     losses = estimate_loss(state.params, config, tc, data)
     val = losses["val"]
+    if not (math.isfinite(val) and math.isfinite(losses["train"])):
+        raise NumgptError(diverged_message(run, state.step, f"evaluated loss {val}"))   # never save it
     event = {"type": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": val,
              "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val")}
-    improved = math.isfinite(val) and (state.best_val_loss is None or val < state.best_val_loss)
+    improved = state.best_val_loss is None or val < state.best_val_loss
     if improved:
         state.best_val_loss = val
     event["best"] = improved
@@ -210,8 +212,8 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
     return event
 
 
-def diverged_message(run: Path, step: int, loss: float, norm: float) -> str:
-    return (f"training diverged at step {step} (loss {loss}, gradient norm {norm}); the last good "
+def diverged_message(run: Path, step: int, what: str) -> str:
+    return (f"training diverged at step {step} ({what}); the last good "
             f"checkpoint in {run / LATEST} is intact: lower --lr or raise --warmup-iters, then --resume")
 
 

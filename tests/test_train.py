@@ -1,0 +1,231 @@
+"""`numgpt train`: it learns, its checkpoints load in transformers, resume is bit-exact, Ctrl-C saves,
+divergence keeps the last good checkpoint, fine-tuning starts from the given weights, bad input is one line."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from numgpt import Tokenizer
+from numgpt.checkpoint import load_checkpoint, read_safetensors
+from numgpt.cli import main
+from numgpt.config import GPTConfig
+from numgpt.data import get_batch, load_dataset, prepare
+from numgpt.errors import NumgptError
+from numgpt.optim import AdamWConfig
+from numgpt.params import init_params
+from numgpt.train import EVAL_STREAM, TrainConfig, read_log, train
+from numgpt.trainstate import checkpoint_folder, load_train_checkpoint, new_state
+
+TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 40
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4"]
+CONFIG = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=255, eos_token_id=255)
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """TEXT prepared with the byte-level vocabulary (256 ids)."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "in.txt").write_text(TEXT, encoding="utf-8")
+    assert main(["prepare", str(folder / "in.txt"), "--out", str(folder / "char"), "--vocab-size", "256"]) == 0
+    return folder / "char"
+
+
+@pytest.fixture(scope="module")
+def gpt2_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2data")
+    prepare([TEXT], folder, Tokenizer.gpt2())
+    return folder
+
+
+def run_train(*args):
+    return main(["train", *map(str, args)])
+
+
+def step_losses(run):
+    return [e["loss"] for e in read_log(run) if e["type"] == "step"]
+
+
+def test_training_learns_and_saves_a_transformers_checkpoint(char_data, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 60, "--eval-interval", 30,
+                     "--eval-iters", 4, "--lr", 1e-2, "--warmup-iters", 5) == 0
+    evals = [e for e in read_log(run) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 30, 60]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.5        # from ln(256) = 5.5 to well below
+    data = load_dataset(char_data)
+    # ASCII bytes: one token per byte and per char, so bits per byte = nats per token / ln 2
+    assert evals[-1]["val_bpb"] == pytest.approx(evals[-1]["val_loss"] / math.log(2))
+    assert data.bytes_per_token("val") == 1.0
+    assert len(step_losses(run)) == 60
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["max_iters"] == 60 and saved["optim"]["lr"] == 1e-2 and saved["model"]["n_embd"] == 16
+
+    config, params = load_checkpoint(run / "best")
+    assert config.vocab_size == 256 and (run / "best" / "vocab.json").is_file()
+    model = transformers.GPT2LMHeadModel.from_pretrained(run / "best").eval()
+    ids = np.array([list(b"ROMEO: But soft")])
+    from numgpt.model import forward
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    # float32 forward of a 1-layer model in two libraries: a few ulps of logits ~10
+    np.testing.assert_allclose(forward(params, config, ids, all_logits=True), ref, rtol=0, atol=1e-4)
+    assert Tokenizer.load(run / "best").vocab_size == 256
+
+
+def small_config(**kw):
+    base = dict(batch_size=4, block_size=16, max_iters=200, dropout=0.1, grad_accum=2, eval_interval=50,
+                eval_iters=2, seed=3, optim=AdamWConfig(lr=3e-3, min_lr=3e-4, warmup_iters=10, decay_iters=200))
+    return TrainConfig(**{**base, **kw})
+
+
+def fresh_state(tc):
+    return new_state(init_params(CONFIG, np.random.default_rng(tc.seed)), seed=tc.seed)
+
+
+def final_weights(run):
+    tensors, _ = read_safetensors(run / "latest" / "model.safetensors")
+    return tensors
+
+
+def test_resume_is_bit_exact_after_ctrl_c_and_after_a_crash(char_data, tmp_path):
+    data = load_dataset(char_data)
+    tc = small_config()
+    whole = train(fresh_state(tc), CONFIG, tc, data, tmp_path / "whole")
+    assert whole.state.step == 200 and not whole.interrupted
+
+    # Ctrl-C after step 100: saved at 100; resumed to 200
+    def ctrl_c_at_100(event):
+        if event["type"] == "step" and event["step"] == 100:
+            raise KeyboardInterrupt
+    cut = train(fresh_state(tc), CONFIG, tc, data, tmp_path / "cut", on_event=ctrl_c_at_100)
+    assert cut.interrupted and cut.state.step == 100
+    config, state, saved = load_train_checkpoint(tmp_path / "cut" / "latest")
+    assert state.step == 100 and TrainConfig.from_dict(saved) == tc
+    train(state, config, tc, data, tmp_path / "cut")
+
+    # a crash at step 130 saves nothing: resuming from the step-100 checkpoint replays 101..200
+    def crash_at_130(event):
+        if event["type"] == "step" and event["step"] == 130:
+            raise RuntimeError("power cut")
+    with pytest.raises(RuntimeError):
+        train(fresh_state(tc), CONFIG, tc, data, tmp_path / "crash", on_event=crash_at_130)
+    config, state, _ = load_train_checkpoint(tmp_path / "crash" / "latest")
+    assert state.step == 100
+    train(state, config, tc, data, tmp_path / "crash")
+
+    reference = step_losses(tmp_path / "whole")
+    for name in ("cut", "crash"):
+        assert step_losses(tmp_path / name) == reference                  # bit-identical, and one copy each
+        got = final_weights(tmp_path / name)
+        for k, v in final_weights(tmp_path / "whole").items():
+            assert np.array_equal(got[k], v), (name, k)
+
+
+def test_cli_resume_continues_the_same_run(char_data, tmp_path):
+    common = [*SMALL, "--eval-interval", 10, "--eval-iters", 2, "--lr-decay-iters", 40, "--dropout", 0.1]
+    assert run_train(char_data, "--out", tmp_path / "a", *common, "--max-iters", 40) == 0
+    assert run_train(char_data, "--out", tmp_path / "b", *common, "--max-iters", 20) == 0
+    assert run_train(char_data, "--out", tmp_path / "b", "--resume", "--max-iters", 40) == 0
+    assert step_losses(tmp_path / "b") == step_losses(tmp_path / "a")
+    assert [e["step"] for e in read_log(tmp_path / "b") if e["type"] == "eval"] == [0, 10, 20, 30, 40]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(char_data, tmp_path):
+    data = load_dataset(char_data)
+    tc = small_config(max_iters=20, eval_interval=4, dropout=0.0, grad_accum=1)
+    state = fresh_state(tc)
+
+    def poison_at_6(event):
+        if event["type"] == "step" and event["step"] == 6:
+            state.params["h.0.mlp.c_fc.weight"][0, 0] = np.nan
+    with pytest.raises(NumgptError, match="diverged at step 6.*intact"):
+        train(state, CONFIG, tc, data, tmp_path, on_event=poison_at_6)
+    _, saved, _ = load_train_checkpoint(tmp_path / "latest")
+    assert saved.step == 4 and all(np.isfinite(p).all() for p in saved.params.values())
+
+
+def test_fine_tuning_starts_from_the_given_weights(gpt2_data, hf_gpt2_vocab_ckpt, tmp_path):
+    torch = pytest.importorskip("torch")
+    run = tmp_path / "ft"
+    assert run_train(gpt2_data, "--init", hf_gpt2_vocab_ckpt.folder, "--out", run, "--block-size", 16,
+                     "--batch-size", 2, "--max-iters", 2, "--eval-iters", 3, "--lr", 1e-4, "--seed", 5) == 0
+    first_eval = next(e for e in read_log(run) if e["type"] == "eval")
+    # the step-0 validation loss is the given model's loss on the evaluation batches
+    data = load_dataset(gpt2_data)
+    rng = np.random.default_rng([5, EVAL_STREAM])
+    losses = []
+    with torch.no_grad():
+        for _ in range(3):
+            x, y = get_batch(data.val, 2, 16, rng)
+            logits = hf_gpt2_vocab_ckpt.model(torch.from_numpy(x)).logits
+            losses.append(torch.nn.functional.cross_entropy(logits.reshape(-1, 50257), torch.from_numpy(y).reshape(-1)).item())
+    assert first_eval["val_loss"] == pytest.approx(np.mean(losses), rel=1e-5)   # float32, two libraries
+    config, _ = load_checkpoint(run / "latest")
+    assert config.n_embd == 16 and config.vocab_size == 50257
+    assert json.loads((run / "train_config.json").read_text())["init"] == str(hf_gpt2_vocab_ckpt.folder)
+
+
+def one_line_error(capsys, code):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("numgpt: error: "), err
+    return err[-1]
+
+
+def test_bad_input_gets_one_line_errors(char_data, gpt2_data, hf_gpt2_vocab_ckpt, tmp_path, capsys):
+    msg = one_line_error(capsys, run_train(char_data, "--init", hf_gpt2_vocab_ckpt.folder, "--out", tmp_path / "x"))
+    assert "another tokenizer" in msg
+    msg = one_line_error(capsys, run_train(gpt2_data, "--init", hf_gpt2_vocab_ckpt.folder, "--out", tmp_path / "x",
+                                           "--block-size", 300))
+    assert "n_positions 256" in msg
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--lr", 0))
+    assert "--lr must be positive" in msg
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--n-head", 3, "--n-embd", 16))
+    assert "divisible" in msg
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "none", "--resume"))
+    assert "no training checkpoint" in msg
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--block-size", 5000))
+    assert "tokens, fewer than block_size" in msg
+
+
+@pytest.mark.parametrize("damage", ["state_json", "weights", "optimizer"])
+def test_resume_from_a_damaged_checkpoint_is_refused(char_data, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 2, "--eval-iters", 1) == 0
+    latest = run / "latest"
+    if damage == "state_json":
+        (latest / "trainstate.json").write_text("{not json")
+    elif damage == "weights":
+        with open(latest / "model.safetensors", "r+b") as f:
+            f.truncate(1000)
+    else:
+        (latest / "optimizer.safetensors").unlink()
+    capsys.readouterr()
+    msg = one_line_error(capsys, run_train(char_data, "--out", run, "--resume"))
+    assert str(latest) in msg
+
+
+def test_a_save_cut_between_its_renames_is_recovered(char_data, tmp_path):
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 2, "--eval-iters", 1) == 0
+    (run / "latest").rename(run / "latest.old")          # as if the process died between the two renames
+    assert checkpoint_folder(run / "latest") == run / "latest.old"
+    assert run_train(char_data, "--out", run, "--resume", "--max-iters", 3) == 0
+    assert load_train_checkpoint(run / "latest")[1].step == 3 and not (run / "latest.old").exists()
+
+
+def test_plot_draws_a_png(char_data, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 4, "--eval-interval", 2, "--eval-iters", 1) == 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if the `plot` extra were not installed
+    capsys.readouterr()
+    msg = one_line_error(capsys, main(["plot", str(run), "-o", str(tmp_path / "x.png")]))
+    assert "pip install 'numgpt[plot]'" in msg
