@@ -15,18 +15,27 @@ the last column is every row's newest real token.
 With a KVCache, `forward` appends the new positions' keys and values to it and attends to all cached
 ones: prefill once, then decode one token per call.
 
+Two twins: `reference_forward` (with `block`, `self_attention`, `mlp`) is the plain model, one new array
+per operation; `forward` (with `block_`) is the fast path -- blocks update the residual stream in place
+through buffers allocated once per call, attention runs in cache-sized query blocks and skips the causal
+upper triangle, and the vocabulary projection is computed only for the positions asked for. Tests hold
+the two equal, and both equal to transformers.
+
 Shape legend: B batch, T new positions, S attended positions (cached + new), C channels (n_embd),
 H heads, D head size (C // H), V vocabulary, L layers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
-from .ops import attention, causal_mask, gelu, layer_norm, linear
+from .ops import (attention, causal_attention_into, causal_mask, gelu, gelu_, layer_norm, layer_norm_into, linear,
+                  linear_into)
 from .params import Params
 
 
@@ -39,6 +48,9 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     attention_mask: bool [B, T] or [B, cache.length + T], True for real tokens and False for (left)
         padding; default all True for the new ids (and the cache's own mask for the cached positions).
     Raises NumgptError if a position would reach n_positions or the cache is too short.
+
+    This is the fast path: each block works in place on buffers allocated once per call (`block_`);
+    `reference_forward` is its plain twin, and the tests hold them equal.
     """
     ids = _check_ids(ids, config)
     B, T = ids.shape
@@ -46,11 +58,12 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     valid = _attended_positions(B, T, cache, attention_mask)  # [B, S]
     positions = token_positions(valid)[:, past:]               # [B, S] -> [B, T]
     _check_context(config, cache, positions, T)
-    mask = attention_mask_for(valid, T)                        # [B, 1, T, S] or None
+    key_valid = None if valid.all() else valid
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
+    buffers = BlockBuffers.allocate(config, B, T)
     for i in range(config.n_layer):
         kv = None if cache is None else (cache.keys[i], cache.values[i], past)
-        x = block(params, f"h.{i}.", config, x, mask, kv)      # [B, T, C] -> [B, T, C]
+        block_(params, f"h.{i}.", config, x, key_valid, kv, buffers)  # [B, T, C], in place
     if cache is not None:
         cache.mask[:, :past + T] = valid
         cache.length = past + T
@@ -60,33 +73,41 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     return lm_head(params, x)                                  # [..., C] -> [..., V]
 
 
+def reference_forward(params: Params, config: GPTConfig, ids: np.ndarray, *,
+                      attention_mask: np.ndarray | None = None) -> np.ndarray:
+    """The plain forward, written for reading and as the reference `forward` is tested against: logits
+    [B, T, V] at every position, no cache, one new array per operation."""
+    ids = _check_ids(ids, config)
+    B, T = ids.shape
+    valid = _attended_positions(B, T, None, attention_mask)   # [B, T]
+    positions = token_positions(valid)
+    _check_context(config, None, positions, T)
+    mask = causal_mask(T, T)[None, None] & valid[:, None, None, :]  # [B, 1, T, T]
+    x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
+    for i in range(config.n_layer):
+        x = block(params, f"h.{i}.", config, x, mask)          # [B, T, C] -> [B, T, C]
+    x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    return lm_head(params, x)                                  # [B, T, C] -> [B, T, V]
+
+
 def embed(params: Params, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Token embedding plus position embedding."""
     return params["wte.weight"][ids] + params["wpe.weight"][positions]  # [B, T] -> [B, T, C]
 
 
-def block(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray | None,
-          kv: tuple[np.ndarray, np.ndarray, int] | None) -> np.ndarray:
+def block(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """One transformer block: pre-LayerNorm attention and MLP, each added to the residual stream."""
     eps = config.layer_norm_epsilon
-    x = x + self_attention(params, h, config, layer_norm(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps),
-                           mask, kv)
+    x = x + self_attention(params, h, config, layer_norm(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps), mask)
     x = x + mlp(params, h, layer_norm(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps))
     return x
 
 
-def self_attention(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray | None,
-                   kv: tuple[np.ndarray, np.ndarray, int] | None) -> np.ndarray:
-    """Multi-head causal self-attention; with kv = (keys, values, past) of one layer's cache
-    ([B, H, M, D] each), the new keys/values are stored at past .. past+T and all S are attended to."""
+def self_attention(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Multi-head self-attention of T positions over themselves, under a boolean mask [B, 1, T, T]."""
     B, T, C = x.shape
     qkv = linear(x, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [B, T, C] -> [B, T, 3C]
     q, k, v = split_heads(qkv, config.n_head)                  # [B, T, 3C] -> 3 x [B, H, T, D]
-    if kv is not None:
-        keys, values, past = kv
-        keys[:, :, past:past + T] = k
-        values[:, :, past:past + T] = v
-        k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
     y = attention(q, k, v, mask)                               # -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # [B, H, T, D] -> [B, T, C]
     return linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])
@@ -105,6 +126,54 @@ def mlp(params: Params, h: str, x: np.ndarray) -> np.ndarray:
     return linear(x, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [B, T, 4C] -> [B, T, C]
 
 
+@dataclass
+class BlockBuffers:
+    """Scratch arrays for `block_`, allocated once per forward call and reused by every layer
+    (N = B * T rows)."""
+
+    ln: np.ndarray          # [N, C]   LayerNorm output
+    qkv: np.ndarray         # [N, 3C]
+    att: np.ndarray         # [B, T, H, D] attention output, heads merged by a free reshape
+    proj: np.ndarray        # [N, C]   output of either c_proj
+    fc: np.ndarray          # [N, 4C]
+    scratch: np.ndarray     # [N, 4C]  GELU's temporary
+
+    @classmethod
+    def allocate(cls, config: GPTConfig, b: int, t: int) -> "BlockBuffers":
+        n, C = b * t, config.n_embd
+        return cls(ln=np.empty((n, C), np.float32), qkv=np.empty((n, 3 * C), np.float32),
+                   att=np.empty((b, t, config.n_head, config.head_size), np.float32),
+                   proj=np.empty((n, C), np.float32), fc=np.empty((n, 4 * C), np.float32),
+                   scratch=np.empty((n, 4 * C), np.float32))
+
+
+def block_(params: Params, h: str, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray | None,
+           kv: tuple[np.ndarray, np.ndarray, int] | None, buf: BlockBuffers) -> np.ndarray:
+    """`block` in place on x [B, T, C], using buf instead of new arrays. With kv = (keys, values, past)
+    of one layer's cache ([B, H, M, D] each), the new keys/values are stored at past .. past+T and the
+    queries attend to all past+T positions; key_valid [B, past+T] masks padding (None: no padding)."""
+    B, T, C = x.shape
+    eps = config.layer_norm_epsilon
+    x2 = x.reshape(B * T, C)                                   # a view: x is updated through it
+    layer_norm_into(x2, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps, buf.ln)
+    linear_into(buf.ln, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"], buf.qkv)  # [N, C] -> [N, 3C]
+    q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), config.n_head)  # -> 3 x [B, H, T, D] views
+    if kv is not None:
+        keys, values, past = kv
+        keys[:, :, past:past + T] = k
+        values[:, :, past:past + T] = v
+        k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
+    causal_attention_into(q, k, v, key_valid, buf.att)         # -> [B, T, H, D]
+    linear_into(buf.att.reshape(B * T, C), params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"], buf.proj)
+    x2 += buf.proj
+    layer_norm_into(x2, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps, buf.ln)
+    linear_into(buf.ln, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"], buf.fc)  # [N, C] -> [N, 4C]
+    gelu_(buf.fc, buf.scratch)
+    linear_into(buf.fc, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"], buf.proj)  # [N, 4C] -> [N, C]
+    x2 += buf.proj
+    return x
+
+
 def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
     """Output projection tied to the token embedding: x @ wte^T (wte is [V, C], its .T a free view)."""
     return x @ params["wte.weight"].T                          # [..., C] -> [..., V]
@@ -113,15 +182,6 @@ def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
 def token_positions(valid: np.ndarray) -> np.ndarray:
     """Position of each token from the mask: the number of real tokens before it (0 for padding)."""
     return np.maximum(np.cumsum(valid, axis=-1) - 1, 0)       # [B, S] -> [B, S]
-
-
-def attention_mask_for(valid: np.ndarray, t: int) -> np.ndarray | None:
-    """Causal mask for the last t of S positions, and-ed with the padding mask; None when that is only
-    causal and t == 1 (a single new token may attend to everything), so decoding skips the masking."""
-    if t == 1 and valid.all():
-        return None
-    causal = causal_mask(t, valid.shape[1])                    # [T, S]
-    return causal[None, None] & valid[:, None, None, :]        # -> [B, 1, T, S]
 
 
 def _attended_positions(b: int, t: int, cache: KVCache | None, attention_mask: np.ndarray | None) -> np.ndarray:

@@ -28,6 +28,8 @@ GELU_CUBIC = np.float32(0.044715)
 HALF = np.float32(0.5)
 GELU_U_CUBIC = np.float32(float(GELU_SQRT_2_OVER_PI) * float(GELU_CUBIC))  # training: u = x (a + b x^2)
 ONE = np.float32(1.0)
+FLOAT32_LOWEST = np.finfo(np.float32).min    # inference attention: the floor of a row max (see below)
+FLOAT32_TINY = np.finfo(np.float32).tiny
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -199,6 +201,43 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     if mask is not None:
         scores = np.where(mask, scores, np.float32(-np.inf))
     return softmax(scores, axis=-1) @ v                        # [B, H, T, S] x [B, H, S, D] -> [B, H, T, D]
+
+
+def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
+                          out: np.ndarray, *, max_scores: int = 1 << 18) -> np.ndarray:
+    """Inference twin of `attention(q, k, v, causal_mask(T, S) & key_valid[:, None, None, :])`, written
+    into `out` [B, T, H, D] (heads second to last: `out.reshape(B, T, H * D)` merges them for free).
+
+    q [B, H, T, D] are the last T of the S positions in k, v [B, H, S, D] (a KV cache's filled part);
+    key_valid [B, S] marks real tokens (None: all real). Queries go in blocks of rows so that a block's
+    scores (at most ~max_scores floats, 1 MB) stay in cache through the softmax's passes, and each block
+    multiplies only the keys it can see (causal: about half the work of a full T x S prefill).
+    """
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    past = S - T
+    q = q * np.float32(1.0 / np.sqrt(D))                      # scale the [T, D] queries, not the [T, S] scores
+    o = out.transpose(0, 2, 1, 3)                              # [B, T, H, D] -> view [B, H, T, D]
+    rows = max(16, max_scores // (B * H * S))
+    for t0 in range(0, T, rows):
+        t1 = min(T, t0 + rows)
+        seen = past + t1                                       # keys 0 .. seen-1 are visible to some row
+        scores = q[:, :, t0:t1] @ k[:, :, :seen].swapaxes(-1, -2)  # [B, H, R, D] x [B, H, D, s] -> [B, H, R, s]
+        blocked = ~causal_mask(t1 - t0, seen)                  # [R, s]: query past+t0+r sees keys <= past+t0+r
+        if key_valid is not None:
+            blocked = blocked | ~key_valid[:, None, None, :seen]  # -> [B, 1, R, s]
+        if blocked.any():
+            np.copyto(scores, np.float32(-np.inf), where=blocked)
+        m = scores.max(axis=-1, keepdims=True)                 # [B, H, R, 1]
+        np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf
+        scores -= m
+        np.exp(scores, out=scores)
+        total = scores.sum(axis=-1, keepdims=True)             # [B, H, R, 1]; 0 only for a fully masked row
+        np.maximum(total, FLOAT32_TINY, out=total)             # ... which then gets 0 / tiny = 0, not NaN
+        block_out = o[:, :, t0:t1]
+        np.matmul(scores, v[:, :, :seen], out=block_out)       # [B, H, R, s] x [B, H, s, D] -> [B, H, R, D]
+        block_out /= total
+    return out
 
 
 def causal_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, dropout: float = 0.0,

@@ -106,3 +106,20 @@ def test_attention_with_padding_mask_and_fully_masked_row(rng):
 
 def test_causal_mask_for_queries_at_the_end():
     np.testing.assert_array_equal(ops.causal_mask(2, 4), [[1, 1, 1, 0], [1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("B, H, T, S", [(1, 2, 1, 9), (2, 3, 5, 5), (2, 2, 3, 8), (1, 2, 40, 40)])
+def test_causal_attention_into_equals_plain_attention(rng, B, H, T, S):
+    """The inference twin (queries in blocks, in place, heads-last output) against `attention`."""
+    D = 4
+    q = rng.standard_normal((B, H, T, D), dtype=np.float32)
+    k, v = (rng.standard_normal((B, H, S, D), dtype=np.float32) for _ in range(2))
+    key_valid = np.ones((B, S), bool)
+    key_valid[-1, :S // 2] = False          # left padding in the last row (fully masks its early queries)
+    for valid in (None, key_valid):
+        mask = ops.causal_mask(T, S) if valid is None else ops.causal_mask(T, S) & valid[:, None, None, :]
+        want = ops.attention(q, k, v, mask).transpose(0, 2, 1, 3)          # -> [B, T, H, D]
+        out = np.full((B, T, H, D), np.nan, np.float32)
+        got = ops.causal_attention_into(q, k, v, valid, out, max_scores=16)  # several query blocks
+        assert got is out and not np.isnan(got).any()
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)          # q pre-scaled: reordered float32
