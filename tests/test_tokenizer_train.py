@@ -36,11 +36,22 @@ def plain_merges(word_counts, wanted, min_frequency):
     return token_bytes, merges
 
 
-def test_incremental_trainer_equals_the_plain_one(shakespeare, tokenizer_corpus):
-    text = shakespeare[:20_000] + "".join(v for k, v in tokenizer_corpus.items() if not k.startswith("long"))
-    word_counts = count_words([text])
-    for wanted, min_frequency in [(150, 2), (60, 1)]:
-        assert learn_merges(word_counts, wanted, min_frequency) == plain_merges(word_counts, wanted, min_frequency)
+@pytest.fixture(scope="module")
+def varied_text(tokenizer_corpus):
+    """~40 kB that needs no shared data: the test corpus' short snippets, then random sentences of their
+    words (so that pair counts spread out)."""
+    short = "".join(v for k, v in tokenizer_corpus.items() if not k.startswith("long"))
+    words = short.split(" ")
+    rng = random.Random(0)
+    return short + " ".join(rng.choice(words) for _ in range(4000))
+
+
+def test_incremental_trainer_equals_the_plain_one(varied_text):
+    word_counts = count_words([varied_text])
+    for wanted, min_frequency in [(250, 2), (60, 1)]:
+        token_bytes, merges = learn_merges(word_counts, wanted, min_frequency)
+        assert (token_bytes, merges) == plain_merges(word_counts, wanted, min_frequency)
+        assert len(token_bytes) == 256 + wanted
 
 
 def test_tie_break_highest_count_then_smallest_byte_pair():
@@ -60,8 +71,8 @@ def test_deterministic(tmp_path, tokenizer_corpus):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def test_vocab_size_counts_bytes_merges_and_specials(shakespeare):
-    tok = train_bpe(shakespeare[:100_000], vocab_size=400, special_tokens=[ENDOFTEXT, "<|pad|>"])
+def test_vocab_size_counts_bytes_merges_and_specials(varied_text):
+    tok = train_bpe(varied_text, vocab_size=400, special_tokens=[ENDOFTEXT, "<|pad|>"])
     assert tok.vocab_size == 400
     assert tok.special_tokens == {ENDOFTEXT: 398, "<|pad|>": 399} and tok.eot_id == 398
     assert tok.encode("<|pad|>x<|endoftext|>", allowed_special="all") == [399, ord("x"), 398]
@@ -102,8 +113,8 @@ def test_progress_callback_reports_every_new_token():
     assert calls == [(i, 14) for i in range(1, tok.vocab_size - 256 + 1)] and len(calls) > 5
 
 
-def test_files_and_texts_train_the_same(tmp_path, shakespeare, monkeypatch):
-    text = shakespeare[:50_000]
+def test_files_and_texts_train_the_same(tmp_path, varied_text, monkeypatch):
+    text = varied_text
     path = tmp_path / "input.txt"
     path.write_text(text, encoding="utf-8")
     from_text = train_bpe(text, vocab_size=400)
