@@ -142,8 +142,9 @@ def markdown(rows: list[dict], training: dict, runs: int, command: str) -> str:
     lines = [
         "## Tokenizer",
         "",
-        f"Command: `{command}` (medians of {runs} runs; {os.cpu_count()} CPU cores shared with other work, "
-        f"{cpu}, Python {platform.python_version()}; tiktoken {tiktoken.__version__}, tokenizers "
+        f"Command: `{command}` (medians of {runs} interleaved runs; {os.cpu_count()} CPU cores shared with "
+        f"other work, load average {os.getloadavg()[0]:.1f} at the end; {cpu}, Python "
+        f"{platform.python_version()}; tiktoken {tiktoken.__version__}, tokenizers "
         f"{tokenizers.__version__}, transformers {transformers.__version__}, numgpt {numgpt.__version__}).",
         "",
         "Encoding throughput in MB/s of UTF-8 input, one call on the whole text, single thread. numgpt is",
