@@ -9,8 +9,8 @@ How GPT-2 turns text into ids (openai/gpt-2 src/encoder.py; Sennrich et al. 2016
 3. Merges apply by rank: repeatedly merge the adjacent pair of symbols whose merge was learned earliest
    (lowest rank; the leftmost one on a tie), until no adjacent pair is a merge. (GPT-2's encoder.py
    merges all occurrences of the best pair in one step; that is the same whenever every merge comes after
-   the merges that made its parts, as in GPT-2's list and in any list trained here. One merge at a time is
-   what tiktoken and Hugging Face do, so it is the rule for other merge lists too.)
+   the merges that made its parts, as in GPT-2's list. One merge at a time is what tiktoken and Hugging
+   Face do, so it is the rule for other merge lists too.)
 4. Each remaining symbol is a token; its id comes from the vocabulary.
 
 The vocabulary files store tokens as text over a stand-in alphabet: `bytes_to_unicode()` maps every byte to
@@ -112,7 +112,7 @@ def _replace_surrogates(text: str) -> str:
 
 @dataclass(frozen=True)
 class MergeStep:
-    """One BPE step on a piece: every occurrence of `pair` merged; `tokens` is the piece afterwards."""
+    """One BPE step on a piece: the leftmost `pair` of lowest `rank` merged; `tokens` is the piece after."""
     rank: int
     pair: tuple[bytes, bytes]
     tokens: tuple[bytes, ...]
