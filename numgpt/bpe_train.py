@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 from collections import Counter
 from itertools import chain
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from .errors import NumgptError
-from .tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode, pretokenize
+from .tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode, pretokenize, special_token_pattern
 
 Pair = tuple[int, int]
 Progress = Callable[[int, int], None]  # (merges done, merges wanted)
@@ -70,7 +69,7 @@ def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterab
 def count_words(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Counter[str]:
     """The word table: each GPT-2 pre-tokenized piece and how often it occurs; special token strings
     are cut out of the texts first."""
-    cut = re.compile("|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True))) or "(?!)")
+    cut = special_token_pattern(special_tokens)
     counts: Counter[str] = Counter()
     for text in texts:
         for part in cut.split(text):

@@ -452,7 +452,7 @@ class Tokenizer:
 
     def _refuse_special(self, text: str, disallowed: set[str]) -> None:
         """Raise (one line: what, where, how to proceed) if `text` contains a disallowed special token."""
-        found = _alternation({s: 0 for s in disallowed}).search(text)
+        found = special_token_pattern({s: 0 for s in disallowed}).search(text)
         if found:
             token = found.group()
             raise NumgptError(
@@ -466,7 +466,7 @@ class Tokenizer:
             yield text, None
             return
         start = 0
-        for found in _alternation({s: 0 for s in allowed}).finditer(text):
+        for found in special_token_pattern({s: 0 for s in allowed}).finditer(text):
             yield text[start:found.start()], None
             yield "", found.group()
             start = found.end()
@@ -497,7 +497,7 @@ class Tokenizer:
             raise NumgptError(f"token id {token_id!r} is not in the vocabulary (ids 0..{self.vocab_size - 1})")
 
 
-def _alternation(strings: Iterable[str]) -> re.Pattern:
+def special_token_pattern(strings: Iterable[str]) -> re.Pattern:
     """A pattern matching any of `strings`, longest first (so that a special containing another wins)."""
     ordered = sorted(strings, key=lambda s: (-len(s), s))
     return re.compile("|".join(map(re.escape, ordered))) if ordered else re.compile("(?!)")
