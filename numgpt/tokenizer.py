@@ -452,7 +452,7 @@ class Tokenizer:
 
     def _refuse_special(self, text: str, disallowed: set[str]) -> None:
         """Raise (one line: what, where, how to proceed) if `text` contains a disallowed special token."""
-        found = special_token_pattern({s: 0 for s in disallowed}).search(text)
+        found = special_token_pattern(disallowed).search(text)
         if found:
             token = found.group()
             raise NumgptError(
@@ -466,7 +466,7 @@ class Tokenizer:
             yield text, None
             return
         start = 0
-        for found in special_token_pattern({s: 0 for s in allowed}).finditer(text):
+        for found in special_token_pattern(allowed).finditer(text):
             yield text[start:found.start()], None
             yield "", found.group()
             start = found.end()
