@@ -112,13 +112,13 @@ def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     Exactly transformers' TopPLogitsWarper: sort ascending, cumulative softmax, remove where
     cumsum <= 1 - p, never remove the most likely token. Subtle: torch's CPU cumsum of float32 accumulates
     in float64 and rounds each partial sum to float32, so we do the same; a plain float32 cumsum drifts by
-    a few ulps over 50k tokens and can flip a token that sits on the threshold. The stable sort keeps the
-    lower token id first among equal logits, which is the order torch's CPU sort produces.
+    a few ulps over 50k tokens and can flip a token that sits on the threshold. Among equal logits the
+    lower token id comes first, which is the order torch's CPU sort produces.
     """
     logits = np.asarray(logits, dtype=np.float32)
     if p >= 1.0:
         return logits.copy()
-    order = np.argsort(logits, axis=-1, kind="stable")  # [B, V] ascending
+    order = stable_argsort(logits)  # [B, V] ascending
     sorted_logits = np.take_along_axis(logits, order, axis=-1)  # [B, V]
     cumulative = np.cumsum(softmax(sorted_logits), axis=-1, dtype=np.float64).astype(np.float32)
     remove_sorted = cumulative <= np.float32(1 - p)  # 1 - p computed in float64, compared in float32 as torch
@@ -126,6 +126,21 @@ def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     remove = np.empty_like(remove_sorted)
     np.put_along_axis(remove, order, remove_sorted, axis=-1)  # back to vocabulary order
     return np.where(remove, np.float32(FILTERED), logits)
+
+
+def stable_argsort(logits: np.ndarray) -> np.ndarray:
+    """argsort(logits, kind="stable") along the last axis, ~5x faster for a 50k vocabulary.
+
+    Each float32 is mapped to a uint32 with the same order (flip all bits of negatives, set the sign bit
+    of non-negatives), shifted up, and or-ed with the token id: the uint64 keys are distinct, so numpy's
+    fast unstable sort gives the stable order (ties by ascending id). -0.0 is first made +0.0 so the two
+    zeros tie, as they compare equal. [B, V] -> [B, V]
+    """
+    bits = (np.asarray(logits, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
+    negative = (bits & np.uint32(0x80000000)) != 0
+    ordered = np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    keys = (ordered << np.uint64(32)) | np.arange(bits.shape[-1], dtype=np.uint64)
+    return (np.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 def process_logits(logits: np.ndarray, options: SamplingOptions, *,

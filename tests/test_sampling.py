@@ -14,7 +14,7 @@ import pytest
 from numgpt import NumgptError
 from numgpt.sampling import (
     SamplingOptions, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, greedy,
-    next_tokens, process_logits, sample, softmax,
+    next_tokens, process_logits, sample, softmax, stable_argsort,
 )
 
 torch = pytest.importorskip("torch")
@@ -70,6 +70,15 @@ def test_top_p_ties_and_filtered_inputs_like_transformers():
     ours = apply_top_p(logits, 0.8)
     np.testing.assert_array_equal(ours, hf(lp.TopPLogitsWarper(0.8), logits))
     assert not np.isnan(ours).any()
+
+
+def test_stable_argsort_equals_numpy_stable_argsort():
+    rng = np.random.default_rng(10)
+    for shape in [(3, 50257), (2, 10), (4, 7)]:
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        x[..., ::3] = np.round(x[..., ::3])  # many ties
+        x[0, 1], x[0, 2], x[-1, 0], x[-1, -1] = -np.inf, -0.0, 0.0, np.inf
+        np.testing.assert_array_equal(stable_argsort(x), np.argsort(x, axis=-1, kind="stable"))
 
 
 def test_top_p_always_keeps_the_most_likely_token():
