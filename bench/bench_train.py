@@ -18,7 +18,8 @@ each round is reported with the median over rounds.
     python bench/bench_train.py --iters 200 --rounds 3      # quick timing (a few minutes)
     python bench/bench_train.py --iters 2000 --rounds 1     # the full run with loss curves (long)
     python bench/bench_train.py --step124m --rounds 3       # 124M step time and memory
-Add --json FILE to keep the raw numbers.
+Add --json FILE to keep the raw numbers, --numgpt-blas-threads 1 to run numgpt with single-threaded
+OpenBLAS (on a machine busy with other work, OpenBLAS's spinning threads lose badly when a core is taken).
 """
 
 from __future__ import annotations
@@ -216,9 +217,15 @@ WORKERS = {"numgpt": numgpt_worker, "torch": torch_worker,
 
 # ---------------------------------------------------------------- driver
 
+BLAS_THREADS: str | None = None   # --numgpt-blas-threads: OPENBLAS_NUM_THREADS for numgpt's workers only
+
+
 def run_worker(name: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, *map(str, args)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ)
+    if BLAS_THREADS and name.startswith("numgpt"):
+        env["OPENBLAS_NUM_THREADS"] = BLAS_THREADS
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -265,14 +272,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--step124m", action="store_true", help="the 124M one-step benchmark instead")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--numgpt-blas-threads", help="OPENBLAS_NUM_THREADS for numgpt (default: OpenBLAS's own, "
+                    "one per core); torch always runs with torch.set_num_threads(2)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("worker_args", nargs="*", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global BLAS_THREADS
+    BLAS_THREADS = args.numgpt_blas_threads
     if args.worker:
         print(json.dumps(WORKERS[args.worker](*args.worker_args)))
         return
     result = bench_124m(args.rounds) if args.step124m else bench_small(args.iters, args.rounds)
-    result["machine"] = {"cpus": os.cpu_count(), "numpy": np.__version__, "load_avg_at_end": os.getloadavg()}
+    result["machine"] = {"cpus": os.cpu_count(), "numpy": np.__version__, "load_avg_at_end": os.getloadavg(),
+                         "numgpt_blas_threads": BLAS_THREADS or "default"}
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text)
