@@ -17,11 +17,11 @@ from .lm import load, LanguageModel, NextToken  # generation engineer
 from .backprop import loss_and_grads, accumulate_grads  # training engineer
 from .optim import AdamWConfig  # training engineer
 from .data import prepare, load_dataset  # training engineer
-from .train import TrainConfig, train  # training engineer
+from .train import TrainConfig  # training engineer (the loop: numgpt.train.train; not re-exported, it would shadow the module)
 
 __all__ = ["GPTConfig", "PRESETS", "NumgptError"]
 __all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
 __all__ += ["Tokenizer", "train_bpe"]  # tokenizer engineer
 __all__ += ["load", "LanguageModel", "NextToken", "SamplingOptions", "GenerationOptions", "Completion", "Perplexity"]  # generation engineer
-__all__ += ["loss_and_grads", "accumulate_grads", "AdamWConfig", "prepare", "load_dataset", "TrainConfig", "train"]  # training engineer
+__all__ += ["loss_and_grads", "accumulate_grads", "AdamWConfig", "prepare", "load_dataset", "TrainConfig"]  # training engineer
 __version__ = "0.1.0"
