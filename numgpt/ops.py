@@ -244,14 +244,12 @@ def causal_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, dro
                              rng: np.random.Generator | None = None
                              ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Causal `attention` for training (T queries over the same T positions), optionally with dropout on
-    the attention weights as GPT-2 does. Returns the output and (q, k, v, probs, keep) for the backward.
-
-    q, k, v: [B, H, T, D]; keep is the scaled dropout mask or None.
+    the attention weights as GPT-2 does. Returns the output and (q / sqrt(D), k, v, probs, keep) for the
+    backward; keep is the scaled dropout mask or None. q, k, v: [B, H, T, D].
     """
     T = q.shape[-2]
-    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    q = q * np.float32(1.0 / np.sqrt(q.shape[-1]))             # scale q [T, D], not the scores [T, T]
     scores = q @ k.swapaxes(-1, -2)                            # [B, H, T, D] x [B, H, D, T] -> [B, H, T, T]
-    scores *= scale
     np.copyto(scores, np.float32(-np.inf), where=~causal_mask(T, T))  # the future is never attended to
     probs = softmax_(scores)                                   # row 0 always sees itself: never all -inf
     keep = None
@@ -269,18 +267,25 @@ def causal_attention_backward(dout: np.ndarray, ctx: tuple[np.ndarray, ...]
 
     Masked scores have probability 0, so their gradient through the softmax is 0 with no special case.
     """
-    q, k, v, probs, keep = ctx
-    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    q_scaled, k, v, probs, keep = ctx
     weights = probs if keep is None else probs * keep
     dv = weights.swapaxes(-1, -2) @ dout                       # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
     dprobs = dout @ v.swapaxes(-1, -2)                         # [B, H, T, D] x [B, H, D, T] -> [B, H, T, T]
     if keep is not None:
         dprobs *= keep
-    dscores = softmax_backward(dprobs, probs)
-    dscores *= scale
+    dscores = softmax_backward_(dprobs, probs)                 # d(loss)/d(q k^T / sqrt(D))
     dq = dscores @ k                                           # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
-    dk = dscores.swapaxes(-1, -2) @ q                          # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
+    dq *= np.float32(1.0 / np.sqrt(q_scaled.shape[-1]))
+    dk = dscores.swapaxes(-1, -2) @ q_scaled                   # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
     return dq, dk, dv
+
+
+def softmax_backward_(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`softmax_backward` over the last axis, overwriting dy with the result (no temporaries of its size)."""
+    dy *= y
+    total = dy.sum(axis=-1, keepdims=True)                     # sum(dy * y)
+    dy -= y * total
+    return dy
 
 
 def softmax_(x: np.ndarray) -> np.ndarray:

@@ -81,6 +81,8 @@ def test_softmax_backward(rng):
     x = rng.standard_normal((3, 7)) * 3
     G = rng.standard_normal((3, 7))
     assert_grad(ops.softmax_backward(G, ops.softmax(x)), lambda: float(np.sum(ops.softmax(x) * G)), x)
+    np.testing.assert_allclose(ops.softmax_backward_(G.copy(), ops.softmax(x)), ops.softmax_backward(G, ops.softmax(x)),
+                               rtol=1e-12, atol=1e-15)   # the in-place twin: same math, same order
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
