@@ -127,13 +127,17 @@ def test_resume_is_bit_exact_after_ctrl_c_and_after_a_crash(char_data, tmp_path)
             assert np.array_equal(got[k], v), (name, k)
 
 
-def test_cli_resume_continues_the_same_run(char_data, tmp_path):
+def test_cli_resume_continues_the_same_run(char_data, tmp_path, capsys):
     common = [*SMALL, "--eval-interval", 10, "--eval-iters", 2, "--lr-decay-iters", 40, "--dropout", 0.1]
     assert run_train(char_data, "--out", tmp_path / "a", *common, "--max-iters", 40) == 0
     assert run_train(char_data, "--out", tmp_path / "b", *common, "--max-iters", 20) == 0
-    assert run_train(char_data, "--out", tmp_path / "b", "--resume", "--max-iters", 40) == 0
+    # the same size flags again are fine on --resume; the saved training config supplies the rest
+    assert run_train(char_data, "--out", tmp_path / "b", "--resume", *SMALL[:6], "--max-iters", 40) == 0
     assert step_losses(tmp_path / "b") == step_losses(tmp_path / "a")
     assert [e["step"] for e in read_log(tmp_path / "b") if e["type"] == "eval"] == [0, 10, 20, 30, 40]
+    capsys.readouterr()
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "b", "--resume", "--n-embd", 32))
+    assert "--n-embd 32 differs" in msg
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(char_data, tmp_path):

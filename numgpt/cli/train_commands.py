@@ -31,6 +31,8 @@ examples:
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
 Ctrl-C saves RUN/latest and exits; --resume continues bit for bit where it stopped.
+On a machine busy with other work, small models often train faster with single-threaded BLAS:
+  OPENBLAS_NUM_THREADS=1 numgpt train ...   (see BENCHMARKS.md, Training)
 """
 
 
@@ -145,15 +147,15 @@ def run_train(args) -> int:
         raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
     if args.resume:
         config, state, saved = load_train_checkpoint(run / LATEST)
-        _refuse_shape_flags(args, "on --resume (the model's shape comes from the checkpoint)")
+        _refuse_shape_flags(args, config, "(on --resume the shape comes from the checkpoint)")
         tc = train_config_from_args(args, TrainConfig.from_dict(saved), data_dir=args.data)
         what = f"resuming {run / LATEST} at step {state.step}"
     else:
         tc = train_config_from_args(args, TrainConfig(), data_dir=args.data)
         if args.init:
             folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
-            _refuse_shape_flags(args, "with --init (the model's shape comes from MODEL)")
             config, params = load_checkpoint(folder)
+            _refuse_shape_flags(args, config, "(with --init the shape comes from MODEL)")
             if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
                 raise NumgptError(f"{args.data} was prepared with another tokenizer than {args.init}'s; run "
                                   f"`numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR")
@@ -202,10 +204,17 @@ def _train_with_progress(state, config, tc, data, run, train):
 SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")
 
 
-def _refuse_shape_flags(args, why: str) -> None:
-    given = [f"--{f.replace('_', '-')}" for f in SHAPE_FLAGS if getattr(args, f) is not None]
-    if given:
-        raise NumgptError(f"{given[0]} cannot be used {why}")
+def _refuse_shape_flags(args, config: GPTConfig, why: str) -> None:
+    """Size flags that contradict the model being continued are an error (the same values are fine)."""
+    shape = lambda c: (c.n_layer, c.n_head, c.n_embd)  # noqa: E731
+    for flag in SHAPE_FLAGS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        same = shape(PRESETS[value]) == shape(config) if flag == "preset" else value == getattr(config, flag)
+        if not same:
+            raise NumgptError(f"--{flag.replace('_', '-')} {value} differs from the model's shape {why}; "
+                              "leave the size flags out")
 
 
 def model_config_from_args(args, data, block_size: int) -> GPTConfig:
