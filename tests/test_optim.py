@@ -97,3 +97,24 @@ def test_adamw_matches_torch_over_steps():
 def test_bad_hyperparameters_are_refused(bad):
     with pytest.raises(ValueError):
         AdamWConfig(**bad)
+
+
+def test_chunked_update_equals_whole_tensor_update():
+    from numgpt.optim import CHUNK, adamw_update
+    rng = np.random.default_rng(2)
+    shape = (CHUNK // 100 + 7, 100)                           # more than one chunk, the last one partial
+    p, g, m = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+    v = rng.random(shape, dtype=np.float32)
+    params, grads = {"w": p.copy(), "t": p.T.copy().T}, {"w": g, "t": g}   # "t": not C-contiguous
+    state = init_state(params)
+    state.m = {"w": m.copy(), "t": m.copy()}
+    state.v = {"w": v.copy(), "t": v.copy()}
+    hp = AdamWConfig(lr=0.01, weight_decay=0.1)
+    adamw_step(params, grads, state, hp, 0.01)
+    ref_p, ref_m, ref_v = p.copy(), m.copy(), v.copy()
+    adamw_update(ref_p, g, ref_m, ref_v, b1=hp.beta1, b2=hp.beta2, eps=hp.eps, step_size=np.float32(0.01 / (1 - 0.9)),
+                 sqrt_bc2=np.float32(math.sqrt(1 - 0.99)), decay=np.float32(0.01 * 0.1))
+    for name in ("w", "t"):                                   # the same operations on the same floats
+        np.testing.assert_array_equal(params[name], ref_p)
+        np.testing.assert_array_equal(state.m[name], ref_m)
+        np.testing.assert_array_equal(state.v[name], ref_v)
