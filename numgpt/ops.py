@@ -85,10 +85,12 @@ def layer_norm_backward(dy: np.ndarray, ctx: tuple[np.ndarray, np.ndarray, np.nd
 def layer_norm_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
     """`layer_norm` written into `out` (same shape as x, may not alias x), with no temporary arrays
     of x's size: the inference hot path calls this twice per block per token."""
-    mean = x.mean(axis=-1, keepdims=True)                     # [N, C] -> [N, 1]
+    inv_c = np.float32(1.0 / x.shape[-1])
+    mean = np.add.reduce(x, axis=-1, keepdims=True)           # [N, C] -> [N, 1] (ufunc: less overhead than .mean)
+    mean *= inv_c
     np.subtract(x, mean, out=out)
     var = np.einsum("...c,...c->...", out, out)[..., None]    # [N, C] -> [N, 1], sum of squares
-    var *= np.float32(1.0 / x.shape[-1])
+    var *= inv_c
     var += np.float32(eps)
     np.sqrt(var, out=var)
     out /= var
@@ -223,10 +225,13 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         t1 = min(T, t0 + rows)
         seen = past + t1                                       # keys 0 .. seen-1 are visible to some row
         scores = q[:, :, t0:t1] @ k[:, :, :seen].swapaxes(-1, -2)  # [B, H, R, D] x [B, H, D, s] -> [B, H, R, s]
-        blocked = ~causal_mask(t1 - t0, seen)                  # [R, s]: query past+t0+r sees keys <= past+t0+r
+        blocked = None                                         # the last query (decode: the only one) sees all
+        if t1 - t0 > 1:
+            blocked = ~causal_mask(t1 - t0, seen)              # [R, s]: query past+t0+r sees keys <= past+t0+r
         if key_valid is not None:
-            blocked = blocked | ~key_valid[:, None, None, :seen]  # -> [B, 1, R, s]
-        if blocked.any():
+            padding = ~key_valid[:, None, None, :seen]         # [B, 1, 1, s]
+            blocked = padding if blocked is None else blocked | padding  # -> [B, 1, R, s]
+        if blocked is not None:
             np.copyto(scores, np.float32(-np.inf), where=blocked)
         m = scores.max(axis=-1, keepdims=True)                 # [B, H, R, 1]
         np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf

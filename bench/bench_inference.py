@@ -1,0 +1,218 @@
+"""Inference speed of numgpt against transformers on the same random 124M-shaped GPT-2 checkpoint.
+
+Measures, alternating numgpt and transformers within each run so that load from other processes hits
+both alike, and reports medians over runs and the median of the per-run ratios:
+  - greedy decode tokens/s, batch 1 (32-token prompt, 128 new tokens; decode steps only, after prefill)
+  - greedy decode total tokens/s, batch 8 (same shape per row)
+  - 512-token prefill time (transformers both as called by default -- logits at all 512 positions --
+    and with logits_to_keep=1, the last position only, which is what numgpt computes)
+  - load time and peak RSS of numgpt loading the checkpoint and running a decode step (in a subprocess)
+  - memory bandwidth of this machine (2 threads) and the effective weight bandwidth of batch-1 decode
+
+transformers runs float32, torch.set_num_threads(2), torch.inference_mode(), use_cache=True.
+
+    python bench/bench_inference.py --runs 5              # makes a checkpoint in a temp dir
+    python bench/bench_inference.py --runs 5 --ckpt DIR   # or reuses one (made if DIR is empty)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT, NEW, BATCH, PREFILL = 32, 128, 8, 512
+
+
+def make_checkpoint(folder: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(initializer_range=0.05)).save_pretrained(folder)
+
+
+def numgpt_decode(params, config, prompt: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+    """Seconds for n greedy decode steps after a prefill, and the tokens."""
+    from numgpt import KVCache, forward
+    cache = KVCache.allocate(config, prompt.shape[0], prompt.shape[1] + n)
+    logits = forward(params, config, prompt, cache=cache)
+    out = []
+    t = time.perf_counter()
+    for _ in range(n):
+        nxt = logits.argmax(-1)[:, None]
+        out.append(nxt)
+        logits = forward(params, config, nxt, cache=cache)
+    return time.perf_counter() - t, np.concatenate(out, axis=1)
+
+
+def hf_decode(model, prompt: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+    import torch
+    with torch.inference_mode():
+        out = model(torch.from_numpy(prompt), use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        toks = []
+        t = time.perf_counter()
+        for _ in range(n):
+            nxt = logits.argmax(-1, keepdim=True)
+            toks.append(nxt)
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1]
+        return time.perf_counter() - t, torch.cat(toks, 1).numpy()
+
+
+def numgpt_prefill(params, config, ids: np.ndarray) -> float:
+    from numgpt import KVCache, forward
+    cache = KVCache.allocate(config, ids.shape[0], ids.shape[1])
+    t = time.perf_counter()
+    forward(params, config, ids, cache=cache)
+    return time.perf_counter() - t
+
+
+def hf_prefill(model, ids: np.ndarray, **kw) -> float:
+    import torch
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model(torch.from_numpy(ids), use_cache=True, **kw)
+        return time.perf_counter() - t
+
+
+LOAD_SCRIPT = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from numgpt import KVCache, forward, load_checkpoint
+t1 = time.perf_counter()
+config, params = load_checkpoint(sys.argv[1])
+t2 = time.perf_counter()
+rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cache = KVCache.allocate(config, 1, 33)
+forward(params, config, np.arange(32)[None], cache=cache)
+forward(params, config, np.array([[5]]), cache=cache)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# subtle: Linux carries ru_maxrss over fork + exec from the parent, so also read this process's own
+# high-water mark (VmHWM, reset by exec); main() starts this subprocess before loading anything big.
+hwm = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_after_load_kb": rss_loaded,
+                  "peak_rss_kb": rss, "vm_hwm_kb": hwm, "cache_bytes": cache.nbytes,
+                  "weight_bytes": sum(a.nbytes for a in params.values())}))
+"""
+
+
+def load_stats(folder: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(folder)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def memory_bandwidth() -> dict:
+    """GB/s reading a 1 GiB float32 array: np.add.reduce on 1 and 2 threads (halves in parallel; the
+    reduction releases the GIL), and a BLAS matrix-vector product (OpenBLAS's own 2 threads)."""
+    a = np.ones(1 << 28, np.float32)
+    halves = np.split(a, 2)
+
+    def reduce_two_threads():
+        ts = [threading.Thread(target=np.add.reduce, args=(h,)) for h in halves]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    m, v = a.reshape(-1, 1024), np.ones(1024, np.float32)
+    result = {}
+    for name, f in [("sum_1_thread", lambda: np.add.reduce(a)), ("sum_2_threads", reduce_two_threads),
+                    ("gemv_blas", lambda: m @ v)]:
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        result[name] = a.nbytes / np.median(ts) / 1e9
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ckpt", type=Path, help="checkpoint folder to use (made there if missing)")
+    ap.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make_checkpoint:
+        make_checkpoint(args.make_checkpoint)
+        return
+
+    tmp = None
+    folder = args.ckpt
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory()
+        folder = Path(tmp.name)
+    if not (folder / "model.safetensors").is_file():
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(folder)], check=True)
+    load = load_stats(folder)          # first, while this process is small (see LOAD_SCRIPT)
+    bw = memory_bandwidth()
+
+    import torch
+    from transformers import GPT2LMHeadModel
+    torch.set_num_threads(2)
+    from numgpt import load_checkpoint
+    config, params = load_checkpoint(folder)
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    weight_bytes = sum(a.nbytes for a in params.values())
+    per_token_bytes = weight_bytes - params["wpe.weight"].nbytes   # wpe: one row per token
+
+    rng = np.random.default_rng(0)
+    p1 = rng.integers(0, config.vocab_size, (1, PROMPT))
+    p8 = rng.integers(0, config.vocab_size, (BATCH, PROMPT))
+    long = rng.integers(0, config.vocab_size, (1, PREFILL))
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "ours_b1", "hf_b1", "ours_b8", "hf_b8", "ours_prefill", "hf_prefill_all", "hf_prefill_last")}
+    numgpt_decode(params, config, p1, 4), hf_decode(model, p1, 4)     # warm up (page in the weights)
+    same_tokens = True
+    for run in range(args.runs):
+        t_ours, tok_ours = numgpt_decode(params, config, p1, NEW)
+        t_hf, tok_hf = hf_decode(model, p1, NEW)
+        same_tokens &= bool((tok_ours == tok_hf).all())
+        rows["ours_b1"].append(NEW / t_ours)
+        rows["hf_b1"].append(NEW / t_hf)
+        t_ours, _ = numgpt_decode(params, config, p8, NEW)
+        t_hf, _ = hf_decode(model, p8, NEW)
+        rows["ours_b8"].append(BATCH * NEW / t_ours)
+        rows["hf_b8"].append(BATCH * NEW / t_hf)
+        rows["ours_prefill"].append(numgpt_prefill(params, config, long))
+        rows["hf_prefill_all"].append(hf_prefill(model, long))
+        rows["hf_prefill_last"].append(hf_prefill(model, long, logits_to_keep=1))
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in rows.items()), file=sys.stderr)
+
+    med = {k: float(np.median(v)) for k, v in rows.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return float(np.median(np.array(rows[a]) / np.array(rows[b])))
+
+    eff_bw = per_token_bytes * med["ours_b1"] / 1e9
+    eff_bw_hf = per_token_bytes * med["hf_b1"] / 1e9
+    print(f"""
+| measure | numgpt | transformers | ratio (median of per-run ratios) | goal |
+|---|---|---|---|---|
+| greedy decode, batch 1, tokens/s | {med['ours_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('ours_b1', 'hf_b1'):.2f}x | >= 1.25x |
+| greedy decode, batch 8, total tokens/s | {med['ours_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('ours_b8', 'hf_b8'):.2f}x | >= 1.25x |
+| prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['ours_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('ours_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
+| prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | {med['ours_prefill'] * 1e3:.0f} | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('ours_prefill', 'hf_prefill_last'):.2f}x time | |
+| load 124M checkpoint, s (memory-mapped; + {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | | | < 0.5 s |
+| peak RSS (VmHWM) after load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} | | {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
+| effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff_bw:.1f} | {eff_bw_hf:.1f} | | |
+| memory bandwidth, GB/s: np.add.reduce 1 GiB 1 thread / 2 threads / BLAS gemv 2 threads | {bw['sum_1_thread']:.1f} / {bw['sum_2_threads']:.1f} / {bw['gemv_blas']:.1f} | | | |
+
+runs: {args.runs}; greedy tokens identical to transformers at batch 1: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB
+""")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
