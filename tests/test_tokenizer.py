@@ -90,8 +90,38 @@ def test_every_token_alone(gpt2_tok, tiktoken_gpt2):
             assert gpt2_tok.encode(text) == tiktoken_gpt2.encode_ordinary(text)
             continue
         assert gpt2_tok.encode(text) == [i], (i, text)
+        assert tiktoken_gpt2.encode_ordinary(text) == [i], (i, text)
+        assert _plain_bpe(gpt2_tok, text) == [i], (i, text)  # what lets `_trust_whole_tokens` skip BPE
     assert partial == 344
     assert gpt2_tok.encode(gpt2_tok.decode([GPT2_EOT_ID]), allowed_special="all") == [GPT2_EOT_ID]
+
+
+def _plain_bpe(tok, piece):
+    """The reference merge loop `_merge_steps` run to the end on one piece."""
+    symbols = [tok._byte_ids[b] for b in piece.encode()]
+    for _, _, symbols in tok._merge_steps(symbols):
+        pass
+    return symbols
+
+
+def test_a_token_out_of_reach_of_its_own_text_is_not_trusted():
+    """'abc' is a token (made by (ab, c)), but BPE on 'abc' merges (b, c) first and (a, bc) is no merge:
+    the text 'abc' encodes to two tokens. Only `gpt2()` trusts whole tokens; a vocabulary loaded or built
+    otherwise runs BPE on every piece."""
+    vocab = {**{c: i for i, c in enumerate(bytes_to_unicode().values())}, "bc": 256, "ab": 257, "abc": 258}
+    tok = Tokenizer(vocab, [("b", "c"), ("a", "b"), ("ab", "c")])
+    assert tok.encode("abc") == _plain_bpe(tok, "abc") == [ord("a"), 256]
+    assert tok.encode("ab") == [257]
+
+
+def test_byte_ids_above_255_take_the_plain_byte_lookup():
+    """Byte tokens need not have ids 0..255: then `_byte_symbols` cannot use bytes.translate."""
+    shift = 1000
+    vocab = {c: shift + i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab.update({"ab": 7, "Ġab": 8})
+    tok = Tokenizer(vocab, [("a", "b"), ("Ġ", "ab")])
+    assert tok._byte_table is None
+    assert tok.encode("ab abc\n") == [7, 8, shift + ord("c"), shift + ord("\n")]
 
 
 # ---- special tokens -------------------------------------------------------------------------------------
