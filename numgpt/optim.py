@@ -115,7 +115,7 @@ def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWCo
         decay = np.float32(lr * config.weight_decay) if decays(name, p.shape, config) else None
         for s in chunks(p, grads[name], state.m[name], state.v[name]):
             adamw_update(*s, b1=b1, b2=b2, eps=config.eps, step_size=step_size, sqrt_bc2=sqrt_bc2,
-                         decay=decay, scratch=scratch[:s[0].size])
+                         decay=decay, scratch=scratch[:s[0].size] if s[0].size <= CHUNK else None)
 
 
 # Elements updated at a time: the temporaries of one slice (256 KB) stay in L2 cache, so AdamW's dozen
