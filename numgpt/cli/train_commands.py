@@ -184,7 +184,8 @@ def run_train(args) -> int:
 def _train_with_progress(state, config, tc, data, run, train):
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.2 if sys.stderr.isatty() else 30)   # a log file gets a line every 30 s
 
     def on_event(ev):
         if ev["type"] == "step":
