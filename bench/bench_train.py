@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numgpt.backprop import accumulate_grads, loss_only  # noqa: E402
+from numgpt.backprop import Workspace, accumulate_grads, loss_only  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
 from numgpt.data import get_batch  # noqa: E402
 from numgpt.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
@@ -86,6 +86,7 @@ def peak_rss_mb() -> float:
 def numgpt_worker(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(SEED)
+    ws = Workspace()
     evals = eval_batches(val, EVAL_ITERS)
     times, losses, curve = [], [], []
     for it in range(iters + 1):
@@ -98,7 +99,7 @@ def numgpt_worker(iters: int, eval_every: int) -> dict:
         t0 = time.perf_counter()
         for g in grads.values():
             g.fill(0)
-        loss = accumulate_grads(params, config, x, y, grads)
+        loss = accumulate_grads(params, config, x, y, grads, workspace=ws)
         clip_grad_norm(grads, hp.grad_clip)
         adamw_step(params, grads, state, hp, learning_rate(hp, it))
         times.append(time.perf_counter() - t0)
@@ -182,13 +183,14 @@ def numgpt_124m_worker() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(0)
+    ws = Workspace()
     times = []
     for _ in range(STEPS124 + 1):                                          # the first step warms up
         ids = rng.integers(0, config.vocab_size, (B124, T124 + 1))
         t0 = time.perf_counter()
         for g in grads.values():
             g.fill(0)
-        accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads)
+        accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads, workspace=ws)
         clip_grad_norm(grads, 1.0)
         adamw_step(params, grads, state, hp, 1e-4)
         times.append(time.perf_counter() - t0)

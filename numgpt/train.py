@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backprop import accumulate_grads, loss_only
+from .backprop import Workspace, accumulate_grads, loss_only
 from .config import GPTConfig
 from .data import Dataset, get_batch
 from .errors import NumgptError
@@ -119,6 +119,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     log = RunLog(run / LOG_FILE, keep_until=state.step)
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
+    workspace = Workspace()
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
     first_step = state.step
     boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
@@ -127,12 +128,12 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     try:
         while True:
             if _eval_due(tc, state.step, first_step):
-                last_eval = evaluate_and_save(state, config, tc, data, run, emit)
+                last_eval = evaluate_and_save(state, config, tc, data, run, emit, workspace)
             if state.step >= tc.max_iters:
                 break
             t0 = time.perf_counter()
             lr = learning_rate(tc.optim, state.step)
-            loss = training_loss_and_grads(state, config, tc, data, grads)
+            loss = training_loss_and_grads(state, config, tc, data, grads, workspace)
             norm = clip_grad_norm(grads, tc.optim.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
@@ -167,7 +168,7 @@ def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
 
 
 def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset,
-                            grads: dict[str, np.ndarray]) -> float:
+                            grads: dict[str, np.ndarray], workspace: Workspace | None = None) -> float:
     """Zero grads, then accumulate the mean gradient of grad_accum micro-batches; returns their mean loss.
     Batches and dropout masks are drawn from state.rng, in this order, micro-batch by micro-batch."""
     for g in grads.values():
@@ -176,25 +177,27 @@ def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfi
     for _ in range(tc.grad_accum):
         x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng)
         total += accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
-                                  dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None)
+                                  dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None,
+                                  workspace=workspace)
     return total / tc.grad_accum
 
 
-def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset) -> dict[str, float]:
+def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
+                  workspace: Workspace | None = None) -> dict[str, float]:
     """Mean loss (nats per token, no dropout) over eval_iters fixed batches of each split."""
     out = {}
     for name in ("train", "val"):
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])
-        losses = [loss_only(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng))
-                  for _ in range(tc.eval_iters)]
+        losses = [loss_only(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng),
+                            workspace=workspace) for _ in range(tc.eval_iters)]
         out[name] = float(np.mean(losses))
     return out
 
 
 def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-                      emit: Callable[[Event], None]) -> Event:
+                      emit: Callable[[Event], None], workspace: Workspace | None = None) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved."""
-    losses = estimate_loss(state.params, config, tc, data)
+    losses = estimate_loss(state.params, config, tc, data, workspace)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
         raise NumgptError(diverged_message(run, state.step, f"evaluated loss {val}"))   # never save it

@@ -212,3 +212,16 @@ def test_gradients_accumulate_over_micro_batches():
     assert np.mean(losses) == pytest.approx(full_loss, rel=1e-6)  # float32 sums in another order
     for k in params:
         np.testing.assert_allclose(acc[k], full[k], rtol=1e-4, atol=1e-7, err_msg=k)  # float32 reordering
+
+
+def test_workspace_reuse_gives_the_same_gradients():
+    config = GPTConfig(vocab_size=30, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    params = init_params(config, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ws = backprop.Workspace()
+    for _ in range(2):                                   # the second call reuses the first call's buffers
+        ids, targets = rng.integers(0, 30, (3, 8)), rng.integers(0, 30, (3, 8))
+        ref_loss, ref = backprop.loss_and_grads(params, config, ids, targets)
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+        loss = backprop.accumulate_grads(params, config, ids, targets, grads, workspace=ws)
+        assert loss == ref_loss and all(np.array_equal(grads[k], ref[k]) for k in params)
