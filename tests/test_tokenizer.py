@@ -6,6 +6,7 @@ the fast paths against their plain twins, and loading/saving with its errors."""
 import json
 import random
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,16 @@ def test_piece_cache_is_bounded_and_transparent(tmp_path, gpt2_tok, tokenizer_co
     for text in tokenizer_corpus.values():
         assert small.encode(text) == gpt2_tok.encode(text)
         assert len(small._cache) <= 8
+
+
+def test_a_discarded_tokenizer_is_freed_at_once():
+    """No reference cycle through the piece cache: dropping the last reference frees the Tokenizer
+    without waiting for the cyclic garbage collector (whose pass would land inside a later call)."""
+    tok = Tokenizer.gpt2()
+    tok.encode("Hello world")
+    alive = weakref.ref(tok)
+    del tok
+    assert alive() is None
 
 
 # ---- explain --------------------------------------------------------------------------------------------
