@@ -184,16 +184,15 @@ def attention_forward(params: Params, h: str, config: GPTConfig, a: np.ndarray, 
     y, att = causal_attention_forward(qkv[0], qkv[1], qkv[2], dropout=dropout, rng=rng)  # -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
     out = linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])   # [N, C] -> [N, C]
-    return out, {"a": a, "y": y, "att": att, "bt": bt}
+    return out, {"a": a, "y": y, "att": att, "bth": (B, T, H)}
 
 
 def attention_backward(dout: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
     """Differentiates `attention_forward`; returns d(loss)/d(a) [N, C]."""
-    B, T = tape["bt"]
+    B, T, H = tape["bth"]
     N, C = dout.shape
     dy = linear_backward(dout, tape["y"], params[h + "attn.c_proj.weight"],
                          grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"])  # -> [N, C]
-    H = C // tape["att"][0].shape[-1]
     dy = dy.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)             # [N, C] -> [B, H, T, D]
     dq, dk, dv = causal_attention_backward(dy, tape["att"])           # 3 x [B, H, T, D]
     dqkv = np.empty((B, T, 3, H, C // H), dout.dtype)
