@@ -18,7 +18,8 @@ numgpt fixes them as follows (shown by `numgpt perplexity`, see DEFINITIONS):
    guide silently skips the first token of every window); the default S = n_positions // 2 (512 for
    GPT-2, as in the guide). Smaller S = more context per token, more compute: about n_tokens / S windows.
 
-Log-softmax and sums are float64, so a long text's perplexity is not limited by float32 accumulation.
+The logits are float32 (as the model's); each token's log-probability is reduced in float64 and the sums
+over tokens are float64, so a long text's perplexity is not limited by float32 accumulation.
 
 Shape legend: T window length, V vocabulary.
 """
@@ -33,6 +34,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
+from .kvcache import KVCache
 from .model import forward
 from .params import Params
 
@@ -110,20 +112,36 @@ def token_logprobs(params: Params, config: GPTConfig, ids: Sequence[int], *, str
     out = np.empty(len(ids) - 1, dtype=np.float64)
     plan = windows(len(ids), config.n_positions, stride)
     for k, (begin, end, first) in enumerate(plan):
-        logits = forward(params, config, ids[None, begin:end], all_logits=True)[0]  # [1, T] -> [T, V]
-        rows = logits[first - 1 - begin:end - 1 - begin].astype(np.float64)        # predict first..end-1
-        targets = ids[first:end]
-        out[first - 1:end - 1] = log_softmax_at(rows, targets)
+        out[first - 1:end - 1] = window_logprobs(params, config, ids[begin:end], first - begin)
         if progress is not None:
             progress(k + 1, len(plan))
     return out
 
 
+def window_logprobs(params: Params, config: GPTConfig, window: np.ndarray, first: int) -> np.ndarray:
+    """ln p(window[t] | window[:t]) for t = first .. len(window)-1, first >= 1. [T] -> [T - first]
+
+    The tokens before first - 1 are only context: they are prefilled into a KV cache (logits for their
+    last position only), and the output projection runs just for the positions that predict scored
+    tokens -- on a stride-512 window of GPT-2 that skips half of the 50257-wide projections.
+    """
+    cache = KVCache.allocate(config, 1, len(window) - 1)
+    if first > 1:
+        forward(params, config, window[None, :first - 1], cache=cache)                # context only
+    logits = forward(params, config, window[None, first - 1:-1], cache=cache, all_logits=True)[0]  # -> [T', V]
+    return log_softmax_at(logits, window[first:])
+
+
 def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """ln softmax(logits)[target] for each row: logit - max - ln sum exp(logit - max). [N, V] -> [N]"""
-    m = logits.max(axis=-1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=-1))
-    return logits[np.arange(len(targets)), targets] - lse
+    """ln softmax(logits)[target] of each row, float64: logit - max - ln sum exp(logit - max). [N, V] -> [N]
+
+    The exponentials stay float32 (each is exact to ~1e-7 relative) and are summed in float64, so no
+    float64 copy of the [N, V] logits is made; the result is as accurate as the float32 logits allow.
+    """
+    m = logits.max(axis=-1, keepdims=True)                                     # [N, V] -> [N, 1]
+    total = np.exp(logits - m).sum(axis=-1, dtype=np.float64)                 # [N, V] -> [N]
+    picked = logits[np.arange(len(targets)), targets].astype(np.float64)       # [N]
+    return picked - m[:, 0].astype(np.float64) - np.log(total)
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
