@@ -25,7 +25,9 @@ to encode such strings as their special ids, or `disallowed_special=()` to encod
 any other characters. `encode_ordinary(text)` always treats everything as plain text.
 
 Speed: pieces repeat (Zipf), so each Tokenizer keeps a bounded dict from piece to ids and only cache misses
-run BPE; ASCII text is split with an equivalent stdlib-`re` pattern (3x faster than `regex` here). BPE
+run BPE; with GPT-2's vocabulary a miss that is spelled exactly like a token skips BPE (half the distinct
+pieces of English; every such token encodes to itself, checked against tiktoken for the whole vocabulary);
+ASCII text is split with an equivalent stdlib-`re` pattern (3x faster than `regex` here). BPE
 itself has a plain quadratic reference (`_merge_steps`, which `explain` and the tests use) and two fast
 twins: a list of pair ranks searched in C for short pieces, and per-rank buckets of positions over a
 linked list, O(n log n), for long ones (a 1 MB piece stays fast).
