@@ -116,7 +116,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / CONFIG_FILE).write_text(json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n")
-    log = RunLog(run / LOG_FILE, keep_until=state.step)
+    log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
     workspace = Workspace()

@@ -138,6 +138,8 @@ def test_cli_resume_continues_the_same_run(char_data, tmp_path, capsys):
     capsys.readouterr()
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "b", "--resume", "--n-embd", 32))
     assert "--n-embd 32 differs" in msg
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "b", *SMALL))   # would overwrite
+    assert "--resume" in msg and "already holds a training run" in msg
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(char_data, tmp_path):

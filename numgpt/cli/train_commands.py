@@ -151,6 +151,9 @@ def run_train(args) -> int:
         tc = train_config_from_args(args, TrainConfig.from_dict(saved), data_dir=args.data)
         what = f"resuming {run / LATEST} at step {state.step}"
     else:
+        if (run / LATEST).exists():
+            raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
+                              "another --out (or delete that folder) to start again")
         tc = train_config_from_args(args, TrainConfig(), data_dir=args.data)
         if args.init:
             folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
