@@ -43,6 +43,16 @@ def hf_short_context_ckpt(tmp_path_factory):
     return _hf_checkpoint(tmp_path_factory, "short_context", 2, vocab_size=50257, n_positions=32, n_embd=16,
                           n_layer=2, n_head=2, initializer_range=0.1)
 
+@pytest.fixture
+def torch_one_thread():
+    """Run torch on one thread during the test. Subtle: on a loaded 2-core machine torch's default two
+    OpenMP threads spin-wait on each other and a tiny GPT-2 forward takes ~190 ms instead of ~3 ms."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # ---- end of generation, scoring, inference CLI block ---------------------------------------------------
 
 

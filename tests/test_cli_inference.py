@@ -9,6 +9,8 @@ import pytest
 import numgpt
 from numgpt.cli import main
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
+
 
 @pytest.fixture(scope="module")
 def model(hf_gpt2_vocab_ckpt):

@@ -8,6 +8,7 @@ import numgpt
 from numgpt import NumgptError
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 
 
 @pytest.fixture(scope="module")

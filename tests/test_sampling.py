@@ -18,6 +18,7 @@ from numgpt.sampling import (
 )
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 lp = pytest.importorskip("transformers.generation.logits_process")
 
 

@@ -13,6 +13,7 @@ from numgpt.scoring import perplexity, token_logprobs, windows
 from numgpt.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 
 TEXT = (
     "The tower is 324 metres (1,063 ft) tall, about the same height as an 81-storey building, and the "
