@@ -3,7 +3,6 @@ left-padded batches), sampling equal to a cache-free loop over transformers' for
 equal to a manual re-prefill, stopping, samples per prompt, seeds; and the text layer (stop strings,
 streaming) on a scripted decoder."""
 
-import numpy as np
 import pytest
 
 from numgpt import NumgptError
