@@ -75,16 +75,20 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> 
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], *,
-                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write float32 tensors as .safetensors, atomically (a temporary file renamed into place, so a
-    file that is memory-mapped by the caller's loaded params can be overwritten safely)."""
+                      metadata: Mapping[str, str] | None = None, dtype: str = "F32") -> None:
+    """Write tensors as .safetensors in `dtype` ("F32", or "F16" for half the bytes), atomically (a
+    temporary file renamed into place, so a file that is memory-mapped by the caller's loaded params can
+    be overwritten safely)."""
+    if dtype not in ("F32", "F16"):
+        raise ValueError(f"write_safetensors writes F32 or F16, not {dtype!r}")
+    np_dtype = "<f4" if dtype == "F32" else "<f2"
     path = Path(path)
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     arrays = []
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array, dtype="<f4")
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        array = np.ascontiguousarray(array, dtype=np_dtype)
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
         arrays.append(array)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
@@ -200,15 +204,17 @@ def load_tokenizer(folder: str | os.PathLike, config: GPTConfig):
     return tok
 
 
-def save_checkpoint(folder: str | os.PathLike, config: GPTConfig, params: Params, *, tokenizer=None) -> Path:
+def save_checkpoint(folder: str | os.PathLike, config: GPTConfig, params: Params, *, tokenizer=None,
+                    dtype: str = "F32") -> Path:
     """Write config.json + model.safetensors (+ the tokenizer's files) in the layout Hugging Face's
-    GPT2LMHeadModel.from_pretrained reads. Returns the folder."""
+    GPT2LMHeadModel.from_pretrained reads. dtype "F16" stores half-precision weights (half the file;
+    loading converts them back to float32). Returns the folder."""
     folder = Path(folder)
     _check_params(folder, config, dict(params))
     folder.mkdir(parents=True, exist_ok=True)
     shapes = param_shapes(config)
     write_safetensors(folder / WEIGHTS_FILE, {HF_PREFIX + name: params[name] for name in shapes},
-                      metadata={"format": "pt"})
+                      metadata={"format": "pt"}, dtype=dtype)
     (folder / CONFIG_FILE).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
         tokenizer.save(folder)

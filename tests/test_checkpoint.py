@@ -330,3 +330,23 @@ def test_summary_reads_headers_only(tiny_folder):
     assert s["weight_files"]["model.safetensors"]["dtypes"] == ["F32"]
     assert s["weight_files"]["model.safetensors"]["bytes"] == (tiny_folder / "model.safetensors").stat().st_size
     assert s["tokenizer_files"] == []
+
+
+def test_save_float16_halves_the_file_and_loads_as_float32(tmp_path):
+    """The built-in model ships in float16: the safetensors package must read it as F16, numgpt must
+    load it back as the float16-rounded float32 values."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    config = GPTConfig(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    params = init_params(config, np.random.default_rng(0))
+    save_checkpoint(tmp_path / "f32", config, params)
+    save_checkpoint(tmp_path / "f16", config, params, dtype="F16")
+    theirs = safetensors_numpy.load_file(str(tmp_path / "f16" / "model.safetensors"))
+    assert theirs["transformer.wte.weight"].dtype == np.float16
+    f32_bytes = (tmp_path / "f32" / "model.safetensors").stat().st_size
+    f16_bytes = (tmp_path / "f16" / "model.safetensors").stat().st_size
+    n_params = sum(v.size for v in params.values())
+    assert f32_bytes - f16_bytes == 2 * n_params              # same header length ("F16" vs "F32")
+    _, loaded = load_checkpoint(tmp_path / "f16")
+    for name, value in params.items():
+        assert loaded[name].dtype == np.float32
+        np.testing.assert_array_equal(loaded[name], value.astype(np.float16).astype(np.float32))
