@@ -119,7 +119,8 @@ def _register_generate(sub) -> None:
     d.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
     d.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
-    d.add_argument("--num-samples", type=int, default=1, metavar="N", help="independent samples, printed when complete (1)")
+    d.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="independent samples, printed when complete (1)")
     d.add_argument("--sliding-window", action="store_true",
                    help="go past the context size by re-reading the last tokens when it fills")
     d.add_argument("--window-stride", type=int, default=0, metavar="S",
