@@ -32,7 +32,7 @@ from .generate import Completion, GenerationOptions, Progress, encode_prompt, ge
 from .model import forward
 from .params import Params
 from .sampling import SamplingOptions
-from .scoring import Perplexity, encode_text, perplexity, token_logprobs
+from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
 # The model `load()` uses when given nothing: shipped inside the package by a later issue. Until the folder
 # exists, load() asks for a model; adding the built-in default is putting the folder there.
@@ -156,23 +156,20 @@ class LanguageModel:
 
     # ---- scoring ------------------------------------------------------------------------------------
 
-    def score(self, text: str, *, stride: int | None = None, bos: bool = True,
+    def score(self, text: str, *, stride: int | None = None, bos: bool | None = None,
               progress: Progress | None = None) -> Perplexity:
         """Perplexity, bits per byte and token counts of a text (definitions in numgpt/scoring.py)."""
         return perplexity(self.params, self.config, self.tokenizer, text, stride=stride, bos=bos,
                           progress=progress)
 
-    def perplexity(self, text: str, *, stride: int | None = None, bos: bool = True) -> float:
-        """Token-level perplexity of a text: exp(mean -ln p), every token predicted (BOS prepended)."""
+    def perplexity(self, text: str, *, stride: int | None = None, bos: bool | None = None) -> float:
+        """Token-level perplexity of a text: exp(mean -ln p) over the predicted tokens (every token when
+        BOS is prepended, the default where the vocabulary has <|endoftext|>)."""
         return self.score(text, stride=stride, bos=bos).perplexity
 
-    def logprobs(self, text: str, *, stride: int | None = None, bos: bool = True) -> list[tuple[str, float]]:
+    def logprobs(self, text: str, *, stride: int | None = None, bos: bool | None = None) -> list[tuple[str, float]]:
         """(token text, ln p(token | preceding tokens)) for every predicted token of the text."""
-        ids = self.encode(text)
-        if bos:
-            if self.tokenizer.eot_id is None:
-                raise NumgptError("the tokenizer has no <|endoftext|> to prepend as BOS; pass bos=False")
-            ids = [self.tokenizer.eot_id] + ids
+        ids, _ = with_bos(self.tokenizer, self.encode(text), bos)
         scores = token_logprobs(self.params, self.config, ids, stride=stride)
         return [(self.tokenizer.decode([t]), float(s)) for t, s in zip(ids[1:], scores)]
 

@@ -3,10 +3,11 @@
 Published GPT-2 perplexities are hard to reproduce because the definitions differ in three places;
 numgpt fixes them as follows (shown by `numgpt perplexity`, see DEFINITIONS):
 
-1. What is predicted. With `bos=True` (the default) `<|endoftext|>` is prepended as a beginning-of-text
+1. What is predicted. With `bos=True` (the default wherever the vocabulary has one) `<|endoftext|>` is prepended as a beginning-of-text
    token and EVERY token of the text is predicted -- the first one from `<|endoftext|>` alone. This is
    what lm-evaluation-harness does for rolling log-likelihoods (its prefix token is GPT-2's end-of-text).
-   With `bos=False` the first token is context only and tokens 2..n are predicted, as in Hugging Face's
+   With `bos=False` (the default for a vocabulary without `<|endoftext|>`, such as a BPE trained on one
+   text) the first token is context only and tokens 2..n are predicted, as in Hugging Face's
    guide "Perplexity of fixed-length models".
 2. Token-level perplexity = exp(mean over predicted tokens of -ln p(token | preceding tokens)).
    Bits per byte = (sum over predicted tokens of -log2 p) / (UTF-8 bytes of the predicted tokens); with
@@ -149,15 +150,24 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, allowed_special="all")
 
 
+def with_bos(tokenizer, ids: list[int], bos: bool | None) -> tuple[list[int], bool]:
+    """(ids to score, whether BOS was prepended). bos=None: prepend <|endoftext|> when the vocabulary has
+    it; bos=True without one is an error."""
+    if bos is None:
+        bos = tokenizer.eot_id is not None
+    if not bos:
+        return ids, False
+    if tokenizer.eot_id is None:
+        raise NumgptError("the tokenizer has no <|endoftext|> token to prepend as BOS; score with bos=False "
+                          "(--no-bos)")
+    return [tokenizer.eot_id] + ids, True
+
+
 def perplexity(params: Params, config: GPTConfig, tokenizer, text: str, *, stride: int | None = None,
-               bos: bool = True, progress: Progress | None = None) -> Perplexity:
-    """Perplexity and bits per byte of a text, by the module's definitions."""
-    ids = encode_text(tokenizer, text)
-    if bos:
-        if tokenizer.eot_id is None:
-            raise NumgptError("the tokenizer has no <|endoftext|> token to prepend as BOS; score with bos=False "
-                              "(--no-bos)")
-        ids = [tokenizer.eot_id] + ids
+               bos: bool | None = None, progress: Progress | None = None) -> Perplexity:
+    """Perplexity and bits per byte of a text, by the module's definitions (bos=None: BOS when the
+    vocabulary has <|endoftext|>)."""
+    ids, bos = with_bos(tokenizer, encode_text(tokenizer, text), bos)
     if len(ids) < 2:
         raise NumgptError("the text is too short to score: it needs at least "
                           + ("1 token" if bos else "2 tokens (the first one is context only)"))

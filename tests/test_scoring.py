@@ -115,3 +115,19 @@ def test_bad_stride_and_short_text_are_one_line_errors(short):
         perplexity(params, config, tok, "", bos=True)
     with pytest.raises(NumgptError, match="too short"):
         perplexity(params, config, tok, "Hi", bos=False)
+
+
+def test_vocabulary_without_endoftext_scores_without_bos_by_default():
+    """A BPE trained on one text (like the built-in model's) has no <|endoftext|>: the default then
+    treats the first token as context, exactly as bos=False; asking for BOS is a one-line error."""
+    from numgpt import GPTConfig, train_bpe
+    from numgpt.params import init_params
+    tok = train_bpe(TEXT * 3, vocab_size=300)
+    assert tok.eot_id is None
+    config = GPTConfig(vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    params = init_params(config, np.random.default_rng(0))
+    default = perplexity(params, config, tok, TEXT, stride=16)
+    explicit = perplexity(params, config, tok, TEXT, stride=16, bos=False)
+    assert default.bos is False and default.nll == explicit.nll and default.n_tokens == explicit.n_tokens
+    with pytest.raises(NumgptError, match="no <\\|endoftext\\|>"):
+        perplexity(params, config, tok, TEXT, bos=True)

@@ -72,7 +72,8 @@ examples:
   cat text.txt | numgpt perplexity --model gpt2 -
 
 Definitions (exact, so results can be compared): every token is predicted, the first one from
-<|endoftext|> prepended as BOS (--no-bos: the first token is context only); perplexity = exp(mean of
+<|endoftext|> prepended as BOS (--no-bos, or a vocabulary without <|endoftext|>: the first token is
+context only); perplexity = exp(mean of
 -ln p(token | preceding tokens)); bits per byte = sum of -log2 p / UTF-8 bytes of the predicted tokens.
 Texts longer than the context use Hugging Face's strided sliding window: windows of n_positions tokens
 every --stride tokens (default n_positions / 2), each token scored once with at least
@@ -300,7 +301,7 @@ def run_perplexity(args) -> int:
     lm = load_model(args)
     update, close = progress_bar(not args.quiet, "window")
     try:
-        score = lm.score(text, stride=args.stride, bos=not args.no_bos, progress=update)
+        score = lm.score(text, stride=args.stride, bos=False if args.no_bos else None, progress=update)
     finally:
         close()
     if args.json:
