@@ -1,8 +1,9 @@
 """Inference speed of numgpt against transformers on the same random 124M-shaped GPT-2 checkpoint.
 
-Measures, alternating numgpt and transformers within each run so that load from other processes hits
-both alike, and reports medians over runs and the median of the per-run ratios:
-  - greedy decode tokens/s, batch 1 (32-token prompt, 128 new tokens; decode steps only, after prefill)
+Measures numgpt and transformers alternately, in short paired slices, so that load from other processes
+falls on both alike, and reports medians and the median of the paired ratios:
+  - greedy decode tokens/s, batch 1 (32-token prompt, 128 new tokens; decode steps only, after prefill;
+    the two decoders alternate every 16 steps and each 16-step pair gives one ratio)
   - greedy decode total tokens/s, batch 8 (same shape per row)
   - 512-token prefill time (transformers both as called by default -- logits at all 512 positions --
     and with logits_to_keep=1, the last position only, which is what numgpt computes)
@@ -39,33 +40,44 @@ def make_checkpoint(folder: Path) -> None:
     GPT2LMHeadModel(GPT2Config(initializer_range=0.05)).save_pretrained(folder)
 
 
-def numgpt_decode(params, config, prompt: np.ndarray, n: int) -> tuple[float, np.ndarray]:
-    """Seconds for n greedy decode steps after a prefill, and the tokens."""
+def numgpt_steps(params, config, prompt: np.ndarray, n: int):
+    """Greedy decoding as a generator: prefill, then yields each step's tokens [B, 1]."""
     from numgpt import KVCache, forward
     cache = KVCache.allocate(config, prompt.shape[0], prompt.shape[1] + n)
     logits = forward(params, config, prompt, cache=cache)
-    out = []
-    t = time.perf_counter()
     for _ in range(n):
         nxt = logits.argmax(-1)[:, None]
-        out.append(nxt)
+        yield nxt
         logits = forward(params, config, nxt, cache=cache)
-    return time.perf_counter() - t, np.concatenate(out, axis=1)
 
 
-def hf_decode(model, prompt: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+def hf_steps(model, prompt: np.ndarray, n: int):
     import torch
     with torch.inference_mode():
         out = model(torch.from_numpy(prompt), use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
-        toks = []
-        t = time.perf_counter()
         for _ in range(n):
             nxt = logits.argmax(-1, keepdim=True)
-            toks.append(nxt)
+            yield nxt.numpy()
             out = model(nxt, past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]
-        return time.perf_counter() - t, torch.cat(toks, 1).numpy()
+
+
+def interleaved_decode(ours, theirs, n: int, block: int = 16) -> tuple[list[float], list[float], bool]:
+    """Run two step generators alternately, `block` steps at a time, so that load from other processes
+    falls on both alike; returns each side's seconds per block and whether their tokens agreed."""
+    next(ours), next(theirs)                                  # prefill + first token, not timed
+    t_ours, t_theirs, same = [], [], True
+    for _ in range((n - 1) // block):
+        for gen, times in ((ours, t_ours), (theirs, t_theirs)):
+            t = time.perf_counter()
+            toks = [next(gen) for _ in range(block)]
+            times.append(time.perf_counter() - t)
+            if gen is ours:
+                mine = toks
+            else:
+                same &= all(np.array_equal(a, b) for a, b in zip(mine, toks))
+    return t_ours, t_theirs, same
 
 
 def numgpt_prefill(params, config, ids: np.ndarray) -> float:
@@ -137,6 +149,19 @@ def memory_bandwidth() -> dict:
     return result
 
 
+def lm_head_layouts(wte: np.ndarray) -> dict[str, float]:
+    """ms for the batch-1 vocabulary projection written two ways (wte is [V, C] row-major)."""
+    x = np.random.default_rng(0).standard_normal((1, wte.shape[1]), dtype=np.float32)
+    ways = {"x @ wte.T": lambda: x @ wte.T, "(wte @ x.T).T": lambda: (wte @ x.T).T}
+    ts: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(15):
+        for name, f in ways.items():
+            t = time.perf_counter()
+            f()
+            ts[name].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) * 1e3 for k, v in ts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -154,6 +179,7 @@ def main() -> None:
         folder = Path(tmp.name)
     if not (folder / "model.safetensors").is_file():
         subprocess.run([sys.executable, __file__, "--make-checkpoint", str(folder)], check=True)
+    load_before = os.getloadavg()[0]
     load = load_stats(folder)          # first, while this process is small (see LOAD_SCRIPT)
     bw = memory_bandwidth()
 
@@ -172,24 +198,24 @@ def main() -> None:
     long = rng.integers(0, config.vocab_size, (1, PREFILL))
     rows: dict[str, list[float]] = {k: [] for k in (
         "ours_b1", "hf_b1", "ours_b8", "hf_b8", "ours_prefill", "hf_prefill_all", "hf_prefill_last")}
-    numgpt_decode(params, config, p1, 4), hf_decode(model, p1, 4)     # warm up (page in the weights)
+    interleaved_decode(numgpt_steps(params, config, p1, 17), hf_steps(model, p1, 17), 17)  # warm up
     same_tokens = True
+    block = 16
     for run in range(args.runs):
-        t_ours, tok_ours = numgpt_decode(params, config, p1, NEW)
-        t_hf, tok_hf = hf_decode(model, p1, NEW)
-        same_tokens &= bool((tok_ours == tok_hf).all())
-        rows["ours_b1"].append(NEW / t_ours)
-        rows["hf_b1"].append(NEW / t_hf)
-        t_ours, _ = numgpt_decode(params, config, p8, NEW)
-        t_hf, _ = hf_decode(model, p8, NEW)
-        rows["ours_b8"].append(BATCH * NEW / t_ours)
-        rows["hf_b8"].append(BATCH * NEW / t_hf)
+        t_ours, t_hf, same = interleaved_decode(numgpt_steps(params, config, p1, NEW), hf_steps(model, p1, NEW), NEW)
+        same_tokens &= same
+        rows["ours_b1"] += [block / t for t in t_ours]
+        rows["hf_b1"] += [block / t for t in t_hf]
+        t_ours, t_hf, _ = interleaved_decode(numgpt_steps(params, config, p8, NEW), hf_steps(model, p8, NEW), NEW)
+        rows["ours_b8"] += [BATCH * block / t for t in t_ours]
+        rows["hf_b8"] += [BATCH * block / t for t in t_hf]
         rows["ours_prefill"].append(numgpt_prefill(params, config, long))
         rows["hf_prefill_all"].append(hf_prefill(model, long))
         rows["hf_prefill_last"].append(hf_prefill(model, long, logits_to_keep=1))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in rows.items()), file=sys.stderr)
 
     med = {k: float(np.median(v)) for k, v in rows.items()}
+    head = lm_head_layouts(params["wte.weight"])
 
     def ratio(a: str, b: str) -> float:
         return float(np.median(np.array(rows[a]) / np.array(rows[b])))
@@ -197,7 +223,7 @@ def main() -> None:
     eff_bw = per_token_bytes * med["ours_b1"] / 1e9
     eff_bw_hf = per_token_bytes * med["hf_b1"] / 1e9
     print(f"""
-| measure | numgpt | transformers | ratio (median of per-run ratios) | goal |
+| measure | numgpt | transformers | numgpt / transformers (median of paired ratios) | goal |
 |---|---|---|---|---|
 | greedy decode, batch 1, tokens/s | {med['ours_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('ours_b1', 'hf_b1'):.2f}x | >= 1.25x |
 | greedy decode, batch 8, total tokens/s | {med['ours_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('ours_b8', 'hf_b8'):.2f}x | >= 1.25x |
@@ -206,9 +232,10 @@ def main() -> None:
 | load 124M checkpoint, s (memory-mapped; + {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | | | < 0.5 s |
 | peak RSS (VmHWM) after load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} | | {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
 | effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff_bw:.1f} | {eff_bw_hf:.1f} | | |
+| lm_head at batch 1, ms: `x @ wte.T` / `(wte @ x.T).T` | {head['x @ wte.T']:.1f} / {head['(wte @ x.T).T']:.1f} | | | |
 | memory bandwidth, GB/s: np.add.reduce 1 GiB 1 thread / 2 threads / BLAS gemv 2 threads | {bw['sum_1_thread']:.1f} / {bw['sum_2_threads']:.1f} / {bw['gemv_blas']:.1f} | | | |
 
-runs: {args.runs}; greedy tokens identical to transformers at batch 1: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB
+runs: {args.runs} ({len(rows['ours_b1'])} paired 16-step slices per decode row); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; greedy tokens identical to transformers at batch 1: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB
 """)
     if tmp is not None:
         tmp.cleanup()
