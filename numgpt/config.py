@@ -21,8 +21,8 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     layer_norm_epsilon: float = 1e-5
-    bos_token_id: int = 50256
-    eos_token_id: int = 50256
+    bos_token_id: int | None = 50256   # None: the vocabulary has no <|endoftext|>
+    eos_token_id: int | None = 50256
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -63,7 +63,8 @@ class GPTConfig:
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields and v is not None}
+        nullable = {"bos_token_id", "eos_token_id"}
+        kwargs = {k: v for k, v in d.items() if k in fields and (v is not None or k in nullable)}
         if "n_positions" not in kwargs and "n_ctx" in d:
             kwargs["n_positions"] = d["n_ctx"]
         return cls(**kwargs)

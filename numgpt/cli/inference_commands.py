@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NumgptError
 
 MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or a cached hub name such as "
-              "gpt2 (default: the built-in model, once one ships)")
+              "gpt2 (default: the built-in Shakespeare model)")
 
 GENERATE_DESCRIPTION = """\
 Continue a prompt: the new text is printed as it is generated. The prompt comes from PROMPT, --file,

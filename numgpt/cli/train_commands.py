@@ -225,8 +225,7 @@ def model_config_from_args(args, data, block_size: int) -> GPTConfig:
     """The model to train from scratch: a preset or the size flags (default 4 layers, 4 heads, 128 channels),
     the data's vocabulary, and n_positions = the block size unless the preset has more."""
     base = PRESETS[args.preset] if args.preset else GPTConfig(n_layer=4, n_head=4, n_embd=128, n_positions=block_size)
-    eot = data.meta.get("eot_id")
-    eos = eot if eot is not None else data.vocab_size - 1
+    eos = data.meta.get("eot_id")   # None for a vocabulary without <|endoftext|>
     try:
         return dataclasses.replace(
             base, vocab_size=data.vocab_size, n_positions=max(base.n_positions, block_size) if not args.preset
