@@ -130,9 +130,9 @@ def test_bad_input_is_one_line_error_without_traceback(capsys, model, tmp_path, 
     assert err.startswith("numgpt: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_missing_model_and_no_model_are_one_line_errors(capsys, tmp_path):
+def test_missing_model_is_a_one_line_error(capsys, tmp_path):
     for argv in (["generate", "--model", str(tmp_path / "nope"), "Hi"], ["info", "--model", str(tmp_path)],
-                 ["next", "Hi"], ["info"]):
+                 ["next", "--model", str(tmp_path / "nope"), "Hi"], ["perplexity", str(tmp_path / "none.txt")]):
         code, out, err = run(capsys, *argv)
         assert code == 2 and err.startswith("numgpt: error: ") and err.count("\n") == 1
 

@@ -160,10 +160,8 @@ def test_perplexity_and_logprobs_are_consistent(lm, hf):
 
 def test_load_errors_are_one_line(tmp_path):
     with pytest.raises(NumgptError) as e:
-        numgpt.load()
-    assert "--model" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(NumgptError):
         numgpt.load(tmp_path / "missing")
+    assert "config.json" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(NumgptError):
         numgpt.load(tmp_path)  # a folder without config.json
 
