@@ -16,11 +16,16 @@ DESCRIPTION = """\
 numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation and training.
 
 examples:
-  numgpt tokenize "Hello world"              ids of a text with GPT-2's tokenizer
+  numgpt generate "ROMEO:"                   continue a prompt with the built-in Shakespeare model
+  numgpt generate --model gpt2 --temperature 0.8 --top-k 40 "Once upon a time"
+  numgpt next "ROMEO: I"                     the next-token distribution
+  numgpt perplexity text.txt                 perplexity and bits per byte of a text
   numgpt tokenize --explain "Mississippilessly"
-  numgpt train-tokenizer input.txt --vocab-size 4096 -o my_tok
+  numgpt prepare input.txt --out data/mine --vocab-size 1024
+  numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
 
-Run `numgpt COMMAND --help` for each command's options and examples.
+--model takes a Hugging Face GPT-2 folder, a run of `numgpt train`, or a name in the Hugging Face
+cache (gpt2, openai-community/gpt2-medium). Run `numgpt COMMAND --help` for each command's options.
 """
 
 
