@@ -26,7 +26,7 @@ from .config import GPTConfig
 from .errors import NumgptError
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
-                  layer_norm_backward, layer_norm_forward, linear, linear_backward)
+                  layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
 from .params import Params, zeros_like
 
 
@@ -149,9 +149,9 @@ def block_forward(params: Params, h: str, config: GPTConfig, x: np.ndarray, bt: 
     y, attn_keep = maybe_dropout(y, dropout, rng)
     x = x + y
     m, ln_2 = layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps)
-    f = linear(m, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])      # [N, C] -> [N, 4C]
+    f = linear_forward(m, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])      # [N, C] -> [N, 4C]
     g, gelu_h = gelu_forward(f)
-    y = linear(g, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
+    y = linear_forward(g, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
     y, mlp_keep = maybe_dropout(y, dropout, rng)
     x += y                                                             # x is our own copy by now
     return x, {"a": a, "ln_1": ln_1, "attn": attn, "attn_keep": attn_keep,
@@ -179,11 +179,11 @@ def attention_forward(params: Params, h: str, config: GPTConfig, a: np.ndarray, 
     B, T = bt
     C = a.shape[1]
     H = config.n_head
-    qkv = linear(a, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
+    qkv = linear_forward(a, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
     qkv = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)    # [N, 3C] -> [3, B, H, T, D]
     y, att = causal_attention_forward(qkv[0], qkv[1], qkv[2], dropout=dropout, rng=rng)  # -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
-    out = linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])   # [N, C] -> [N, C]
+    out = linear_forward(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])   # [N, C] -> [N, C]
     return out, {"a": a, "y": y, "att": att, "bth": (B, T, H)}
 
 

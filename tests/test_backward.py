@@ -72,6 +72,8 @@ def test_linear_backward_accumulates(rng):
     dw, db = dw0.copy(), db0.copy()
     dx = ops.linear_backward(G, x, w, dw, db)
     assert dx.shape == x.shape
+    x2 = x.reshape(6, 5)
+    np.testing.assert_array_equal(ops.linear_forward(x2, w, b), ops.linear(x2, w, b))   # same sums, in place
     assert_grad(dx, loss, x)
     assert_grad(dw - dw0, loss, w)
     assert_grad(db - db0, loss, b)
