@@ -50,15 +50,20 @@ MAX_HEADER_BYTES = 100_000_000
 
 # ---------------------------------------------------------------- safetensors, read and write
 
-def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Float32 tensors (read-only memory-mapped views where the file stores float32) and the metadata
-    of a .safetensors file. Tensors whose name ends with one of `skip` are left out unread; any other
-    non-float tensor is an error (numgpt's weights are all floating point)."""
+def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mmap: bool = True
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Float32 tensors and the metadata of a .safetensors file. Tensors whose name ends with one of
+    `skip` are left out unread; any other non-float tensor is an error (numgpt's weights are all float).
+
+    mmap=True: float32 tensors are read-only views of a memory map of the file (instant; pages are read
+    as they are first touched, and shared with the page cache). mmap=False: the file is read into one
+    writable array in memory (a copy, but in anonymous memory that the kernel can back with huge pages).
+    """
     path = Path(path)
     header, data_start = _read_header(path)
     metadata = header.pop("__metadata__", None) or {}
     file_size = path.stat().st_size
-    raw = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray) if file_size > data_start else np.zeros(0, np.uint8)
+    raw = _file_bytes(path, file_size, mmap)
     tensors = {}
     for name, entry in header.items():
         if name.endswith(skip):
@@ -72,6 +77,18 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> 
                               f"but the file has {file_size} bytes; download or save it again")
         tensors[name] = _as_float32(raw[data_start + start:data_start + end], dtype, shape)
     return tensors, dict(metadata)
+
+
+def _file_bytes(path: Path, size: int, mmap: bool) -> np.ndarray:
+    """The whole file as a uint8 array: a read-only memory map, or a copy read into memory."""
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    if mmap:
+        return np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)  # plain ndarray: no subclass overhead
+    raw = np.empty(size, np.uint8)
+    with open(path, "rb") as f:
+        f.readinto(memoryview(raw))
+    return raw
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], *,
@@ -167,22 +184,24 @@ def load_config(folder: str | os.PathLike) -> GPTConfig:
         raise NumgptError(f"{path}: bad config: {e}") from None
 
 
-def load_params(folder: str | os.PathLike, config: GPTConfig) -> Params:
+def load_params(folder: str | os.PathLike, config: GPTConfig, *, mmap: bool = True) -> Params:
     """GPT-2 weights of a Hugging Face folder (model.safetensors, or shards listed in
-    model.safetensors.index.json), renamed to numgpt's names and checked against `config`."""
+    model.safetensors.index.json), renamed to numgpt's names and checked against `config`.
+    mmap: memory-map the files (default) or read them into memory (see read_safetensors)."""
     folder = Path(folder)
     tensors: dict[str, np.ndarray] = {}
     for path in weight_files(folder):
-        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES)
+        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap)
         for name, array in file_tensors.items():
             tensors[name.removeprefix(HF_PREFIX)] = array
     return _check_params(folder, config, tensors)
 
 
-def load_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, Params]:
-    """(config, params) of a Hugging Face GPT-2 folder; params are memory-mapped where possible."""
+def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True) -> tuple[GPTConfig, Params]:
+    """(config, params) of a Hugging Face GPT-2 folder. With mmap (default) float32 params are read-only
+    memory maps: milliseconds to load, no copy. mmap=False reads them into writable memory."""
     config = load_config(folder)
-    return config, load_params(folder, config)
+    return config, load_params(folder, config, mmap=mmap)
 
 
 def load_tokenizer(folder: str | os.PathLike, config: GPTConfig):

@@ -77,6 +77,14 @@ def test_float32_tensors_are_zero_copy_read_only_memory_maps(tiny_folder):
         assert type(array) is np.ndarray    # plain arrays: no np.memmap subclass overhead in the hot path
 
 
+def test_read_into_memory_equals_memory_map(tiny_folder):
+    _, mapped = load_checkpoint(tiny_folder)
+    _, loaded = load_checkpoint(tiny_folder, mmap=False)
+    for name, array in loaded.items():
+        assert array.flags.writeable and array.dtype == np.float32
+        np.testing.assert_array_equal(array, mapped[name])
+
+
 # ---------------------------------------------------------------- Hugging Face folders
 
 def test_load_transformers_folder_equals_its_state_dict(hf_small_ckpt):
