@@ -63,21 +63,21 @@ def hf_steps(model, prompt: np.ndarray, n: int):
             past, logits = out.past_key_values, out.logits[:, -1]
 
 
-def interleaved_decode(ours, theirs, n: int, block: int = 16) -> tuple[list[float], list[float], bool]:
-    """Run two step generators alternately, `block` steps at a time, so that load from other processes
-    falls on both alike; returns each side's seconds per block and whether their tokens agreed."""
-    next(ours), next(theirs)                                  # prefill + first token, not timed
-    t_ours, t_theirs, same = [], [], True
+def interleaved_decode(gens: dict, n: int, block: int = 16) -> tuple[dict[str, list[float]], bool]:
+    """Run step generators in turn, `block` steps at a time, so that load from other processes falls on
+    all alike; returns each one's seconds per block and whether all produced the same tokens."""
+    for gen in gens.values():
+        next(gen)                                             # prefill + first token, not timed
+    times: dict[str, list[float]] = {name: [] for name in gens}
+    same = True
     for _ in range((n - 1) // block):
-        for gen, times in ((ours, t_ours), (theirs, t_theirs)):
+        tokens = []
+        for name, gen in gens.items():
             t = time.perf_counter()
-            toks = [next(gen) for _ in range(block)]
-            times.append(time.perf_counter() - t)
-            if gen is ours:
-                mine = toks
-            else:
-                same &= all(np.array_equal(a, b) for a, b in zip(mine, toks))
-    return t_ours, t_theirs, same
+            tokens.append([next(gen) for _ in range(block)])
+            times[name].append(time.perf_counter() - t)
+        same &= all(np.array_equal(a, b) for toks in tokens[1:] for a, b in zip(tokens[0], toks))
+    return times, same
 
 
 def numgpt_prefill(params, config, ids: np.ndarray) -> float:
@@ -112,7 +112,10 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # subtle: Linux carries ru_maxrss over fork + exec from the parent, so also read this process's own
 # high-water mark (VmHWM, reset by exec); main() starts this subprocess before loading anything big.
 hwm = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_after_load_kb": rss_loaded,
+t3 = time.perf_counter()
+load_checkpoint(sys.argv[1], mmap=False)
+t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "load_mem_s": t4 - t3, "rss_after_load_kb": rss_loaded,
                   "peak_rss_kb": rss, "vm_hwm_kb": hwm, "cache_bytes": cache.nbytes,
                   "weight_bytes": sum(a.nbytes for a in params.values())}))
 """
@@ -187,7 +190,8 @@ def main() -> None:
     from transformers import GPT2LMHeadModel
     torch.set_num_threads(2)
     from numgpt import load_checkpoint
-    config, params = load_checkpoint(folder)
+    config, params = load_checkpoint(folder)                   # memory-mapped (the default)
+    _, params_mem = load_checkpoint(folder, mmap=False)        # read into memory
     model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
     weight_bytes = sum(a.nbytes for a in params.values())
     per_token_bytes = weight_bytes - params["wpe.weight"].nbytes   # wpe: one row per token
@@ -196,22 +200,26 @@ def main() -> None:
     p1 = rng.integers(0, config.vocab_size, (1, PROMPT))
     p8 = rng.integers(0, config.vocab_size, (BATCH, PROMPT))
     long = rng.integers(0, config.vocab_size, (1, PREFILL))
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "ours_b1", "hf_b1", "ours_b8", "hf_b8", "ours_prefill", "hf_prefill_all", "hf_prefill_last")}
-    interleaved_decode(numgpt_steps(params, config, p1, 17), hf_steps(model, p1, 17), 17)  # warm up
+    sides = {"mmap": params, "mem": params_mem}
+
+    def decoders(prompt, n):
+        gens = {name: numgpt_steps(p, config, prompt, n) for name, p in sides.items()}
+        return {**gens, "hf": hf_steps(model, prompt, n)}
+
+    rows: dict[str, list[float]] = {}
+    interleaved_decode(decoders(p1, 17), 17)                   # warm up: pages in the weights
     same_tokens = True
     block = 16
     for run in range(args.runs):
-        t_ours, t_hf, same = interleaved_decode(numgpt_steps(params, config, p1, NEW), hf_steps(model, p1, NEW), NEW)
-        same_tokens &= same
-        rows["ours_b1"] += [block / t for t in t_ours]
-        rows["hf_b1"] += [block / t for t in t_hf]
-        t_ours, t_hf, _ = interleaved_decode(numgpt_steps(params, config, p8, NEW), hf_steps(model, p8, NEW), NEW)
-        rows["ours_b8"] += [BATCH * block / t for t in t_ours]
-        rows["hf_b8"] += [BATCH * block / t for t in t_hf]
-        rows["ours_prefill"].append(numgpt_prefill(params, config, long))
-        rows["hf_prefill_all"].append(hf_prefill(model, long))
-        rows["hf_prefill_last"].append(hf_prefill(model, long, logits_to_keep=1))
+        for b, prompt in ((1, p1), (BATCH, p8)):
+            times, same = interleaved_decode(decoders(prompt, NEW), NEW, block)
+            same_tokens &= same
+            for name, ts in times.items():
+                rows.setdefault(f"{name}_b{b}", []).extend(b * block / t for t in ts)
+        for name, p in sides.items():
+            rows.setdefault(f"{name}_prefill", []).append(numgpt_prefill(p, config, long))
+        rows.setdefault("hf_prefill_all", []).append(hf_prefill(model, long))
+        rows.setdefault("hf_prefill_last", []).append(hf_prefill(model, long, logits_to_keep=1))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in rows.items()), file=sys.stderr)
 
     med = {k: float(np.median(v)) for k, v in rows.items()}
@@ -220,22 +228,27 @@ def main() -> None:
     def ratio(a: str, b: str) -> float:
         return float(np.median(np.array(rows[a]) / np.array(rows[b])))
 
-    eff_bw = per_token_bytes * med["ours_b1"] / 1e9
-    eff_bw_hf = per_token_bytes * med["hf_b1"] / 1e9
+    eff = {name: per_token_bytes * med[f"{name}_b1"] / 1e9 for name in ("mmap", "mem", "hf")}
     print(f"""
-| measure | numgpt | transformers | numgpt / transformers (median of paired ratios) | goal |
-|---|---|---|---|---|
-| greedy decode, batch 1, tokens/s | {med['ours_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('ours_b1', 'hf_b1'):.2f}x | >= 1.25x |
-| greedy decode, batch 8, total tokens/s | {med['ours_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('ours_b8', 'hf_b8'):.2f}x | >= 1.25x |
-| prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['ours_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('ours_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
-| prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | {med['ours_prefill'] * 1e3:.0f} | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('ours_prefill', 'hf_prefill_last'):.2f}x time | |
-| load 124M checkpoint, s (memory-mapped; + {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | | | < 0.5 s |
-| peak RSS (VmHWM) after load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} | | {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
-| effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff_bw:.1f} | {eff_bw_hf:.1f} | | |
-| lm_head at batch 1, ms: `x @ wte.T` / `(wte @ x.T).T` | {head['x @ wte.T']:.1f} / {head['(wte @ x.T).T']:.1f} | | | |
-| memory bandwidth, GB/s: np.add.reduce 1 GiB 1 thread / 2 threads / BLAS gemv 2 threads | {bw['sum_1_thread']:.1f} / {bw['sum_2_threads']:.1f} / {bw['gemv_blas']:.1f} | | | |
+numgpt with its weights memory-mapped (load_checkpoint's default) / read into memory (mmap=False):
 
-runs: {args.runs} ({len(rows['ours_b1'])} paired 16-step slices per decode row); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; greedy tokens identical to transformers at batch 1: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB
+| measure | numgpt mmap | numgpt in memory | transformers | numgpt / transformers (median of paired ratios), mmap / in memory | goal |
+|---|---|---|---|---|---|
+| greedy decode, batch 1, tokens/s | {med['mmap_b1']:.1f} | {med['mem_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('mmap_b1', 'hf_b1'):.2f}x / {ratio('mem_b1', 'hf_b1'):.2f}x | >= 1.25x |
+| greedy decode, batch 8, total tokens/s | {med['mmap_b8']:.1f} | {med['mem_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('mmap_b8', 'hf_b8'):.2f}x / {ratio('mem_b8', 'hf_b8'):.2f}x | >= 1.25x |
+| prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['mmap_prefill'] * 1e3:.0f} | {med['mem_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('mmap_prefill', 'hf_prefill_all'):.2f}x / {ratio('mem_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
+| prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | | | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('mmap_prefill', 'hf_prefill_last'):.2f}x / {ratio('mem_prefill', 'hf_prefill_last'):.2f}x time | |
+| effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff['mmap']:.1f} | {eff['mem']:.1f} | {eff['hf']:.1f} | | |
+
+| measure | value | goal |
+|---|---|---|
+| load 124M checkpoint, memory-mapped, s (+ {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | < 0.5 s |
+| load 124M checkpoint into memory (mmap=False), s | {load['load_mem_s']:.3f} | |
+| peak RSS (VmHWM) after memory-mapped load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} = {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
+| lm_head at batch 1, ms: `x @ wte.T` / `(wte @ x.T).T` | {head['x @ wte.T']:.1f} / {head['(wte @ x.T).T']:.1f} | |
+| memory bandwidth, GB/s: np.add.reduce 1 GiB 1 thread / 2 threads / BLAS gemv 2 threads | {bw['sum_1_thread']:.1f} / {bw['sum_2_threads']:.1f} / {bw['gemv_blas']:.1f} | |
+
+runs: {args.runs} ({len(rows['hf_b1'])} paired 16-step slices per decode row); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; greedy tokens identical across the three: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB
 """)
     if tmp is not None:
         tmp.cleanup()

@@ -30,7 +30,7 @@ GELU_U_CUBIC = np.float32(float(GELU_SQRT_2_OVER_PI) * float(GELU_CUBIC))  # tra
 ONE = np.float32(1.0)
 FLOAT32_LOWEST = np.finfo(np.float32).min    # inference attention: the floor of a row max (see below)
 FLOAT32_TINY = np.finfo(np.float32).tiny
-EXP_SUBNORMAL_BELOW = np.float32(np.log(np.finfo(np.float32).tiny))   # -87.3: exp(x) is subnormal below
+EXP_NEGLIGIBLE_BELOW = np.float32(-64 * np.log(2.0))   # -44.4: exp(x) < 2^-64 below (see its use)
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -215,26 +215,26 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
-                          out: np.ndarray, *, max_scores: int = 1 << 20) -> np.ndarray:
+                          out: np.ndarray, *, block_mnk: int = 1 << 18) -> np.ndarray:
     """Inference twin of `attention(q, k, v, causal_mask(T, S) & key_valid[:, None, None, :])`, written
     into `out` [B, T, H, D] (heads second to last: `out.reshape(B, T, H * D)` merges them for free).
 
     q [B, H, T, D] are the last T of the S positions in k, v [B, H, S, D] (a KV cache's filled part);
-    key_valid [B, S] marks real tokens (None: all real). Queries go in equal blocks of rows so that a
-    block's scores (about max_scores floats, 4 MB) stay in cache through the softmax's passes, and each
-    block multiplies only the keys it can see: a 512-token prefill runs in 3 blocks doing 2/3 of the
-    full T x S work. Few blocks, because every block costs 2 multithreaded BLAS calls per head, and on a
-    busy machine each such call can wait a scheduler time slice for its second thread (measured).
+    key_valid [B, S] marks real tokens (None: all real). Queries go in blocks of rows; a block multiplies
+    only the keys its rows can see (causal: about half the work of the full T x S), and is sized so that
+    one head's products have at most block_mnk multiply-adds (R * s * D). Why small: OpenBLAS runs
+    products that small on one thread, and its two-thread products were measured 7x slower than
+    single-threaded ones when other processes share the 2 cores (each waits for a descheduled thread);
+    small blocks also keep the softmax's passes in L1/L2. A decode step (T = 1) is a single block.
     """
     B, H, T, D = q.shape
     S = k.shape[2]
     past = S - T
     q = q * np.float32(1.0 / np.sqrt(D))                      # scale the [T, D] queries, not the [T, S] scores
     o = out.transpose(0, 2, 1, 3)                              # [B, T, H, D] -> view [B, H, T, D]
-    n_blocks = -(-(B * H * T * S) // max_scores)               # ceil
-    rows = -(-T // n_blocks)
-    for t0 in range(0, T, rows):
-        t1 = min(T, t0 + rows)
+    t1 = 0
+    while t1 < T:
+        t0, t1 = t1, t1 + _block_rows(past + t1, block_mnk // D, T - t1)
         seen = past + t1                                       # keys 0 .. seen-1 are visible to some row
         scores = q[:, :, t0:t1] @ k[:, :, :seen].swapaxes(-1, -2)  # [B, H, R, D] x [B, H, D, s] -> [B, H, R, s]
         blocked = None                                         # the last query (decode: the only one) sees all
@@ -248,9 +248,10 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         m = scores.max(axis=-1, keepdims=True)                 # [B, H, R, 1]
         np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf
         scores -= m
-        # subtle: exp below -87.3 is a subnormal float32, and BLAS multiplies subnormals ~5x slower
-        # (measured on p @ v); such weights are < 1e-38 of the row's largest, so make them exactly 0.
-        np.copyto(scores, np.float32(-np.inf), where=scores < EXP_SUBNORMAL_BELOW)
+        # subtle: tiny weights make subnormal floats (exp below -87.3, or products p * v in p @ v), which
+        # the CPU handles ~5x slower (measured). Weights under 2^-64 of the row's largest (which is 1) add
+        # nothing a float32 sum can hold, even over 2^30 keys, so make them exactly 0.
+        np.copyto(scores, np.float32(-np.inf), where=scores < EXP_NEGLIGIBLE_BELOW)
         np.exp(scores, out=scores)
         total = scores.sum(axis=-1, keepdims=True)             # [B, H, R, 1]; 0 only for a fully masked row
         np.maximum(total, FLOAT32_TINY, out=total)             # ... which then gets 0 / tiny = 0, not NaN
@@ -258,6 +259,14 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         np.matmul(scores, v[:, :, :seen], out=block_out)       # [B, H, R, s] x [B, H, s, D] -> [B, H, R, D]
         block_out /= total
     return out
+
+
+def _block_rows(first_key_count: int, budget: int, rows_left: int) -> int:
+    """Largest R with R * (first_key_count + R) <= budget (R rows, each seeing at most that many keys),
+    at least 1 and at most rows_left."""
+    a = first_key_count
+    r = int((np.sqrt(a * a + 4.0 * budget) - a) / 2)
+    return max(1, min(r, rows_left))
 
 
 def causal_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, dropout: float = 0.0,

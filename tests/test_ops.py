@@ -119,8 +119,8 @@ def test_causal_attention_into_equals_plain_attention(rng, B, H, T, S):
     for valid in (None, key_valid):
         mask = ops.causal_mask(T, S) if valid is None else ops.causal_mask(T, S) & valid[:, None, None, :]
         want = ops.attention(q, k, v, mask).transpose(0, 2, 1, 3)          # -> [B, T, H, D]
-        for max_scores in (16, 800, 1 << 20):     # blocks of 1 row, of several rows, one block
+        for block_mnk in (16, 800, 1 << 22):      # blocks of 1 row, of several rows, one block
             out = np.full((B, T, H, D), np.nan, np.float32)
-            got = ops.causal_attention_into(q, k, v, valid, out, max_scores=max_scores)
+            got = ops.causal_attention_into(q, k, v, valid, out, block_mnk=block_mnk)
             assert got is out and not np.isnan(got).any()
             np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)      # q pre-scaled: reordered float32
