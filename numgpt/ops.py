@@ -249,10 +249,12 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf
         scores -= m
         # subtle: tiny weights make subnormal floats (exp below -87.3, or products p * v in p @ v), which
-        # the CPU handles ~5x slower (measured). Weights under 2^-64 of the row's largest (which is 1) add
-        # nothing a float32 sum can hold, even over 2^30 keys, so make them exactly 0.
-        np.copyto(scores, np.float32(-np.inf), where=scores < EXP_NEGLIGIBLE_BELOW)
+        # the CPU handles ~5x slower (measured). Floor the exponents at -44.4: weights under 2^-64 of the
+        # row's largest (which is 1) change nothing a float32 sum can hold, even over 2^30 keys.
+        np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)
         np.exp(scores, out=scores)
+        if blocked is not None:
+            np.copyto(scores, np.float32(0), where=blocked)    # masked keys: exactly 0 again
         total = scores.sum(axis=-1, keepdims=True)             # [B, H, R, 1]; 0 only for a fully masked row
         np.maximum(total, FLOAT32_TINY, out=total)             # ... which then gets 0 / tiny = 0, not NaN
         block_out = o[:, :, t0:t1]
