@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .params import Params, zeros_like
+from .threads import run_split
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,15 @@ def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWCo
     b1, b2 = config.beta1, config.beta2
     step_size = np.float32(lr / (1 - b1 ** t))                   # bias correction of m folded into lr
     sqrt_bc2 = np.float32(math.sqrt(1 - b2 ** t))                # bias correction of v
-    scratch = np.empty(CHUNK, np.float32)
-    for name, p in params.items():
-        decay = np.float32(lr * config.weight_decay) if decays(name, p.shape, config) else None
-        for s in chunks(p, grads[name], state.m[name], state.v[name]):
+    work = [(s, np.float32(lr * config.weight_decay) if decays(name, p.shape, config) else None)
+            for name, p in params.items() for s in chunks(p, grads[name], state.m[name], state.v[name])]
+
+    def update(part: list) -> None:                              # some of the slices, in one thread
+        scratch = np.empty(CHUNK, np.float32)
+        for s, decay in part:
             adamw_update(*s, b1=b1, b2=b2, eps=config.eps, step_size=step_size, sqrt_bc2=sqrt_bc2,
                          decay=decay, scratch=scratch[:s[0].size] if s[0].size <= CHUNK else None)
+    run_split(lambda rows: update(work[rows]), len(work), work=sum(s[0].size for s, _ in work))
 
 
 # Elements updated at a time: the temporaries of one slice (256 KB) stay in L2 cache, so AdamW's dozen

@@ -68,9 +68,11 @@ def test_no_clipping_when_zero_and_nan_norm_left_alone():
     assert math.isnan(clip_grad_norm(g, 1.0))
 
 
-def test_adamw_matches_torch_over_steps():
+@pytest.mark.parametrize("shape", [(6, 4), (700, 300)], ids=["small", "threaded"])  # 210k elements: split over threads
+def test_adamw_matches_torch_over_steps(shape, monkeypatch):
+    monkeypatch.setenv("NUMGPT_NUM_THREADS", "2")
     rng = np.random.default_rng(1)
-    params = {"w": rng.standard_normal((6, 4), dtype=np.float32), "b": rng.standard_normal(4, dtype=np.float32)}
+    params = {"w": rng.standard_normal(shape, dtype=np.float32), "b": rng.standard_normal(4, dtype=np.float32)}
     hp = AdamWConfig(lr=1e-2, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.3)
     tw = torch.tensor(params["w"], requires_grad=True)
     tb = torch.tensor(params["b"], requires_grad=True)
@@ -78,7 +80,7 @@ def test_adamw_matches_torch_over_steps():
                             lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=False)
     state = init_state(params)
     for step in range(6):
-        grads = {"w": rng.standard_normal((6, 4), dtype=np.float32), "b": rng.standard_normal(4, dtype=np.float32)}
+        grads = {"w": rng.standard_normal(shape, dtype=np.float32), "b": rng.standard_normal(4, dtype=np.float32)}
         lr = hp.lr * (step + 1) / 6
         adamw_step(params, grads, state, hp, lr)
         tw.grad, tb.grad = torch.from_numpy(grads["w"]), torch.from_numpy(grads["b"])
