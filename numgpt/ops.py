@@ -215,17 +215,19 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
-                          out: np.ndarray, *, block_mnk: int = 1 << 18) -> np.ndarray:
+                          out: np.ndarray, *, block_mnk: int = 1 << 20) -> np.ndarray:
     """Inference twin of `attention(q, k, v, causal_mask(T, S) & key_valid[:, None, None, :])`, written
     into `out` [B, T, H, D] (heads second to last: `out.reshape(B, T, H * D)` merges them for free).
 
     q [B, H, T, D] are the last T of the S positions in k, v [B, H, S, D] (a KV cache's filled part);
     key_valid [B, S] marks real tokens (None: all real). Queries go in blocks of rows; a block multiplies
     only the keys its rows can see (causal: about half the work of the full T x S), and is sized so that
-    one head's products have at most block_mnk multiply-adds (R * s * D). Why small: OpenBLAS runs
-    products that small on one thread, and its two-thread products were measured 7x slower than
-    single-threaded ones when other processes share the 2 cores (each waits for a descheduled thread);
-    small blocks also keep the softmax's passes in L1/L2. A decode step (T = 1) is a single block.
+    one head's products have at most block_mnk multiply-adds (R * s * D). The size is a compromise,
+    measured on a 512-token prefill of the 124M model (2 cores): 2^20 (32 rows over 512 keys) took
+    ~0.89 s, 2^18 ~1.0 s (more, smaller products: per-call overhead), 2^21 ~0.95 s (the softmax's passes
+    fall out of L2). Below 2^18, OpenBLAS runs a product on one thread, which is safer when other
+    processes take a core (its two-thread products were once measured 7x slower then): pass a smaller
+    block_mnk on a busy machine. A decode step (T = 1) is a single block.
     """
     B, H, T, D = q.shape
     S = k.shape[2]
