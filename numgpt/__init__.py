@@ -1,27 +1,34 @@
 """numgpt: GPT-2 from scratch in NumPy.
 
 The public API (everything else is internal and may change):
+    load, LanguageModel, NextToken            -- a model with its tokenizer: generate, next, perplexity (lm.py)
+    GPTConfig, PRESETS                        -- the architecture's hyperparameters (config.py)
+    forward, KVCache                          -- the forward pass with its key/value cache (model.py, kvcache.py)
+    load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary   -- Hugging Face folders (checkpoint.py)
+    Tokenizer, train_bpe                      -- byte-level BPE, and training a new vocabulary (tokenizer.py, bpe_train.py)
+    SamplingOptions, GenerationOptions, Completion, Perplexity             -- decoding and scoring (sampling.py, ...)
+    loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset   -- training
+    NumgptError                               -- every user-facing error (one line, no traceback in the CLI)
 """
 
-from .config import GPTConfig, PRESETS
+from .backprop import accumulate_grads, loss_and_grads
+from .bpe_train import train_bpe
+from .checkpoint import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
+from .config import PRESETS, GPTConfig
+from .data import load_dataset, prepare
 from .errors import NumgptError
-from .kvcache import KVCache  # model/checkpoint engineer
-from .model import forward  # model/checkpoint engineer
-from .tokenizer import Tokenizer  # tokenizer engineer
-from .bpe_train import train_bpe  # tokenizer engineer
-from .checkpoint import load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary  # model/checkpoint engineer
-from .sampling import SamplingOptions  # generation engineer
-from .generate import GenerationOptions, Completion  # generation engineer
-from .scoring import Perplexity  # generation engineer
-from .lm import load, LanguageModel, NextToken  # generation engineer
-from .backprop import loss_and_grads, accumulate_grads  # training engineer
-from .optim import AdamWConfig  # training engineer
-from .data import prepare, load_dataset  # training engineer
-from .train import TrainConfig  # training engineer (the loop: numgpt.train.train; not re-exported, it would shadow the module)
+from .generate import Completion, GenerationOptions
+from .kvcache import KVCache
+from .lm import LanguageModel, NextToken, load
+from .model import forward
+from .optim import AdamWConfig
+from .sampling import SamplingOptions
+from .scoring import Perplexity
+from .tokenizer import Tokenizer
+from .train import TrainConfig  # the loop is numgpt.train.train; not re-exported, it would shadow the module
 
-__all__ = ["GPTConfig", "PRESETS", "NumgptError"]
-__all__ += ["KVCache", "forward", "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary"]  # model/checkpoint engineer
-__all__ += ["Tokenizer", "train_bpe"]  # tokenizer engineer
-__all__ += ["load", "LanguageModel", "NextToken", "SamplingOptions", "GenerationOptions", "Completion", "Perplexity"]  # generation engineer
-__all__ += ["loss_and_grads", "accumulate_grads", "AdamWConfig", "prepare", "load_dataset", "TrainConfig"]  # training engineer
+__all__ = ["load", "LanguageModel", "NextToken", "GPTConfig", "PRESETS", "forward", "KVCache",
+           "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary", "Tokenizer", "train_bpe",
+           "SamplingOptions", "GenerationOptions", "Completion", "Perplexity", "loss_and_grads",
+           "accumulate_grads", "AdamWConfig", "TrainConfig", "prepare", "load_dataset", "NumgptError"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Shared test fixtures. Each engineer keeps one block, marked by a comment; checkpoints go in tmp dirs."""
+"""Shared test fixtures: small checkpoints and tokenizer folders, made in temporary directories."""
 
 import types
 

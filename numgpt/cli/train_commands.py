@@ -123,7 +123,7 @@ def read_text(path: str) -> str:
 
 
 def train_tokenizer(text: str, vocab_size: int):
-    """A new byte-level BPE from the tokenizer engineer's trainer."""
+    """A new byte-level BPE vocabulary trained on the text (bpe_train.py)."""
     try:
         from .. import train_bpe
     except ImportError:
