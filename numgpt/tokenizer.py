@@ -49,6 +49,7 @@ import weakref
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain, repeat
+from operator import lshift, or_
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -155,6 +156,9 @@ class StreamDecoder:
 
 class _PieceCache(dict):
     """piece -> ids; a miss runs BPE (`dict.__missing__`), so the hot path is one C-level lookup per piece.
+    It starts from `base` (the pieces spelled exactly like a trusted token, see `_trust_whole_tokens`),
+    as tiktoken looks a piece up in the vocabulary before running BPE: half of the distinct pieces of
+    English text then never leave C (a cold encode of tinyshakespeare 10% faster, measured).
 
     It holds its tokenizer's `_encode_piece` weakly. subtle: a plain bound method would make a reference
     cycle (tokenizer -> cache -> method -> tokenizer), so a discarded Tokenizer would wait for the cyclic
@@ -166,12 +170,19 @@ class _PieceCache(dict):
         super().__init__()
         self._encode_piece = weakref.WeakMethod(encode_piece)
         self._size = size
+        self._base: Mapping[str, Sequence[int]] = {}
+
+    def seed(self, base: Mapping[str, Sequence[int]]) -> None:
+        """Start over from these entries, which stay through every clearing (they do not count in size)."""
+        self._base = base
+        self.clear()
+        self.update(base)
 
     def __missing__(self, piece: str) -> Sequence[int]:
         ids = self._encode_piece()(piece)
         if len(piece) <= LONGEST_CACHED_PIECE:
-            if len(self) >= self._size:
-                self.clear()  # bounded: start over rather than track recency
+            if len(self) >= self._size + len(self._base):
+                self.seed(self._base)  # bounded: start over rather than track recency
             self[piece] = ids
         return ids
 
@@ -200,7 +211,8 @@ class Tokenizer:
         byte_symbols = bytes_to_unicode()
         self._byte_ids = _byte_ids(self._vocab, byte_symbols, names[0])
         self._ranks, self._merged = _index_merges(self._vocab, self._merges, names)
-        self._ranks_after = _ranks_by_left(self._ranks, self._id_to_token)
+        self._pair_shift = max(self._id_to_token).bit_length()  # pair (a, b) -> int key a << shift | b
+        self._pair_ranks = {(a << self._pair_shift) | b: rank for (a, b), rank in self._ranks.items()}
         self._byte_table = bytes(self._byte_ids) if max(self._byte_ids) < 256 else None
         self._whole_tokens: dict[str, tuple[int]] = {}  # see `_trust_whole_tokens`; empty: all run BPE
         self._pairs = [(self._vocab[a], self._vocab[b]) for a, b in self._merges]  # rank -> pair of ids
@@ -345,6 +357,7 @@ class Tokenizer:
         lists (10% of a cold encode, measured)."""
         self._whole_tokens = {text: (token_id,) for text, token_id in
                               _whole_token_ids(self._id_to_bytes, self._special).items()}
+        self._cache.seed(self._whole_tokens)
 
     def _encode_piece(self, piece: str) -> Sequence[int]:
         """One piece -> ids by BPE (the cache's miss path); a piece that is a trusted token is that token."""
@@ -378,10 +391,12 @@ class Tokenizer:
     def _merge_lowest_first(self, symbols: list[int]) -> list[int]:
         """`_merge_steps` for short pieces, fast: the ranks of adjacent pairs live in a list, so finding
         the lowest (min, index) and merging (slice assignment) run in C; only the two pairs next to a
-        merge get new ranks, looked up as `ranks_after[left].get(right)` (no tuple to build and hash: 10%
-        faster). 2x faster than the bucketed twin below ~100 bytes (tiktoken's algorithm)."""
-        ranks_after, merged = self._ranks_after, self._merged
-        ranks = list(map(self._ranks.get, zip(symbols, symbols[1:]), repeat(NO_RANK)))
+        merge get new ranks. Pairs are looked up as one int, `left << shift | right`, not a tuple (no
+        tuple to build, a cheaper hash: 13% faster). 2x faster than the bucketed twin below ~100 bytes
+        (tiktoken's algorithm)."""
+        pair_ranks, merged, shift = self._pair_ranks, self._merged, self._pair_shift
+        get = pair_ranks.get
+        ranks = list(map(get, map(or_, map(lshift, symbols, repeat(shift)), symbols[1:]), repeat(NO_RANK)))
         while ranks:
             rank = min(ranks)
             if rank == NO_RANK:
@@ -391,9 +406,9 @@ class Tokenizer:
             symbols[i:i + 2] = (new,)
             del ranks[i]
             if i > 0:
-                ranks[i - 1] = ranks_after[symbols[i - 1]].get(new, NO_RANK)
+                ranks[i - 1] = get((symbols[i - 1] << shift) | new, NO_RANK)
             if i < len(ranks):
-                ranks[i] = ranks_after[new].get(symbols[i + 1], NO_RANK)
+                ranks[i] = get((new << shift) | symbols[i + 1], NO_RANK)
         return symbols
 
     def _merge_by_rank_buckets(self, symbols: list[int]) -> list[int]:
@@ -568,19 +583,6 @@ def _byte_ids(vocab: Mapping[str, int], byte_symbols: Mapping[int, str], vocab_n
         raise NumgptError(f"{vocab_name}: no token for byte 0x{missing[0]:02x} ({byte_symbols[missing[0]]!r}) "
                           f"and {len(missing) - 1} more; a byte-level BPE vocabulary needs all 256")
     return [vocab[byte_symbols[b]] for b in range(256)]
-
-
-def _ranks_by_left(ranks: Mapping[tuple[int, int], int], id_to_token: Mapping[int, str]) -> dict[int, dict[int, int]]:
-    """left id -> {right id -> rank} for every id of the vocabulary: `_ranks` split by its first element,
-    so that the merge loop looks a pair up without building a tuple. Ids that start no merge share one
-    empty dict."""
-    none: dict[int, int] = {}
-    by_left = dict.fromkeys(id_to_token, none)
-    for (left, right), rank in ranks.items():
-        if by_left[left] is none:
-            by_left[left] = {}
-        by_left[left][right] = rank
-    return by_left
 
 
 def _whole_token_ids(id_to_bytes: Mapping[int, bytes], special: Mapping[str, int]) -> dict[str, int]:
