@@ -18,8 +18,10 @@ each round is reported with the median over rounds.
     python bench/bench_train.py --iters 200 --rounds 3      # quick timing (a few minutes)
     python bench/bench_train.py --iters 2000 --rounds 1     # the full run with loss curves (long)
     python bench/bench_train.py --step124m --rounds 3       # 124M step time and memory
-Add --json FILE to keep the raw numbers, --numgpt-blas-threads 1 to run numgpt with single-threaded
-OpenBLAS (on a machine busy with other work, OpenBLAS's spinning threads lose badly when a core is taken).
+numgpt runs its step as `numgpt train` does: each batch's rows split over one thread per core
+(parallel.DataParallel), BLAS held to one thread (threads.single_threaded_blas). Add --json FILE to keep
+the raw numbers; --numgpt-blas-threads N sets OPENBLAS_NUM_THREADS in numgpt's worker (historical: with
+the data-parallel step BLAS is single-threaded anyway).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numgpt.backprop import Workspace, accumulate_grads, loss_only  # noqa: E402
+from numgpt.parallel import DataParallel  # noqa: E402
+from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
 from numgpt.data import get_batch  # noqa: E402
 from numgpt.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
@@ -86,22 +89,24 @@ def peak_rss_mb() -> float:
 def numgpt_worker(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(SEED)
-    ws = Workspace()
+    dp = DataParallel(params, thread_count())                # as `numgpt train` runs: rows over the cores
     evals = eval_batches(val, EVAL_ITERS)
     times, losses, curve = [], [], []
     for it in range(iters + 1):
         if eval_every and (it % eval_every == 0 or it == iters):
             batches = evals if it < iters else eval_batches(val, FINAL_EVAL_ITERS)
-            curve.append((it, float(np.mean([loss_only(params, config, x, y) for x, y in batches]))))
+            with single_threaded_blas():
+                curve.append((it, float(np.mean([dp.loss(params, config, x, y) for x, y in batches]))))
         if it == iters:
             break
         x, y = get_batch(train, BATCH, BLOCK, rng)
         t0 = time.perf_counter()
-        for g in grads.values():
-            g.fill(0)
-        loss = accumulate_grads(params, config, x, y, grads, workspace=ws)
-        clip_grad_norm(grads, hp.grad_clip)
-        adamw_step(params, grads, state, hp, learning_rate(hp, it))
+        with single_threaded_blas():
+            for g in grads.values():
+                g.fill(0)
+            loss = dp.accumulate_grads(params, config, x, y, grads)
+            clip_grad_norm(grads, hp.grad_clip)
+            adamw_step(params, grads, state, hp, learning_rate(hp, it))
         times.append(time.perf_counter() - t0)
         losses.append(loss)
     return {"times": times, "losses": losses, "val": curve, "peak_rss_mb": peak_rss_mb()}
@@ -183,16 +188,17 @@ def numgpt_124m_worker() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(0)
-    ws = Workspace()
+    dp = DataParallel(params, thread_count())
     times = []
     for _ in range(STEPS124 + 1):                                          # the first step warms up
         ids = rng.integers(0, config.vocab_size, (B124, T124 + 1))
         t0 = time.perf_counter()
-        for g in grads.values():
-            g.fill(0)
-        accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads, workspace=ws)
-        clip_grad_norm(grads, 1.0)
-        adamw_step(params, grads, state, hp, 1e-4)
+        with single_threaded_blas():
+            for g in grads.values():
+                g.fill(0)
+            dp.accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads)
+            clip_grad_norm(grads, 1.0)
+            adamw_step(params, grads, state, hp, 1e-4)
         times.append(time.perf_counter() - t0)
     return {"times": times[1:], "peak_rss_mb": peak_rss_mb()}
 

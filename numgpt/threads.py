@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 
 def thread_count() -> int:
@@ -40,28 +41,45 @@ def row_ranges(n: int, parts: int) -> list[slice]:
 
 def run_split(fn: Callable[[slice], object], n: int, *, work: int, min_work: int = 1 << 16) -> None:
     """Call fn(rows) for slices of 0 .. n-1, concurrently when work (elements touched, roughly) is at
-    least min_work and there is more than one core; fn must write only its own rows. An exception in
-    any part is raised here, after all parts have finished."""
-    parts = thread_count() if work >= min_work else 1
-    slices = row_ranges(n, parts)
-    if len(slices) <= 1:
-        if n > 0:
-            fn(slice(0, n))
+    least min_work and there is more than one core; fn must write only its own rows."""
+    slices = row_ranges(n, thread_count() if work >= min_work else 1)
+    run_in_threads(lambda k: fn(slices[k]), len(slices))
+
+
+def run_in_threads(fn: Callable[[int], object], n: int) -> None:
+    """fn(0) in this thread and fn(1) .. fn(n-1) in new threads, all at once. The first exception of any
+    of them is raised here, after all have finished."""
+    if n <= 1:
+        if n == 1:
+            fn(0)
         return
     errors: list[BaseException] = []
 
-    def run(rows: slice) -> None:
+    def run(k: int) -> None:
         try:
-            fn(rows)
+            fn(k)
         except BaseException as e:                            # re-raised in the caller's thread
             errors.append(e)
 
-    others = [threading.Thread(target=run, args=(rows,), daemon=True) for rows in slices[1:]]
+    others = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(1, n)]
     for t in others:
         t.start()
-    run(slices[0])
+    run(0)
     for t in others:
         t.join()
     if errors:
         raise errors[0]
 
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Hold BLAS (OpenBLAS, MKL, ...) to one thread inside the block, for code that runs its own threads
+    (parallel.py): BLAS threads of their own would oversubscribe the cores, and OpenBLAS's idle threads
+    spin between products. Uses threadpoolctl; without it, BLAS is left alone."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -10,7 +10,9 @@ RUN/best when the validation loss improved). Each step and each evaluation is on
 RUN/log.jsonl; the training config is RUN/train_config.json.
 
 Reproducibility: the batches and dropout masks of every step come from the state's rng alone, and the
-checkpoint stores its bit_generator state, so a resumed run continues bit for bit. Evaluation draws its
+checkpoint stores its bit_generator state, so a resumed run continues bit for bit (given the same
+`threads`: each batch's rows are split over that many threads, parallel.py, and the float32 sums of the
+gradient depend on the split; `numgpt train` records it in train_config.json). Evaluation draws its
 batches from a separate generator seeded from (seed, EVAL_STREAM), the same batches every time.
 
 Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last completed step and
@@ -26,18 +28,20 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .backprop import Workspace, accumulate_grads, loss_only
 from .config import GPTConfig
 from .data import Dataset, get_batch
 from .errors import NumgptError
 from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
+from .parallel import DataParallel
 from .params import zeros_like
+from .threads import single_threaded_blas, thread_count
 from .trainstate import TrainState, save_train_checkpoint
 
 CONFIG_FILE = "train_config.json"
@@ -64,6 +68,7 @@ class TrainConfig:
     eval_iters: int = 20
     seed: int = 1337
     optim: AdamWConfig = field(default_factory=AdamWConfig)
+    threads: int = 0                 # batch rows split over this many threads (parallel.py); 0: all cores
     data_dir: str = ""               # recorded for the reader of train_config.json
     init: str = ""                   # the model fine-tuned from, if any
 
@@ -71,8 +76,8 @@ class TrainConfig:
         for name in ("batch_size", "block_size", "grad_accum", "eval_iters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_iters < 0 or self.eval_interval < 0:
-            raise ValueError("max_iters and eval_interval must be >= 0")
+        if self.max_iters < 0 or self.eval_interval < 0 or self.threads < 0:
+            raise ValueError("max_iters, eval_interval and threads must be >= 0")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -119,7 +124,17 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
-    workspace = Workspace()
+    dp = DataParallel(state.params, tc.threads or thread_count())
+    try:
+        with single_threaded_blas() if dp.threads > 1 else nullcontext():
+            return _loop(state, config, tc, data, run, emit, dp, grads)
+    finally:
+        log.close()
+
+
+def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
+          emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray]) -> TrainResult:
+    """The steps and evaluations of `train`, and the clean stop on Ctrl-C."""
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
     first_step = state.step
     boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
@@ -128,12 +143,12 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     try:
         while True:
             if _eval_due(tc, state.step, first_step):
-                last_eval = evaluate_and_save(state, config, tc, data, run, emit, workspace)
+                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp)
             if state.step >= tc.max_iters:
                 break
             t0 = time.perf_counter()
             lr = learning_rate(tc.optim, state.step)
-            loss = training_loss_and_grads(state, config, tc, data, grads, workspace)
+            loss = training_loss_and_grads(state, config, tc, data, grads, dp)
             norm = clip_grad_norm(grads, tc.optim.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
@@ -155,8 +170,6 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
                                      tokenizer_dir=_tokenizer_dir(data))
         emit({"type": "interrupted", "step": state.step, "path": str(path)})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval)
-    finally:
-        log.close()
     return TrainResult(state=state, last_eval=last_eval)
 
 
@@ -168,36 +181,38 @@ def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
 
 
 def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset,
-                            grads: dict[str, np.ndarray], workspace: Workspace | None = None) -> float:
+                            grads: dict[str, np.ndarray], dp: DataParallel | None = None) -> float:
     """Zero grads, then accumulate the mean gradient of grad_accum micro-batches; returns their mean loss.
-    Batches and dropout masks are drawn from state.rng, in this order, micro-batch by micro-batch."""
+    Batches (and dropout seeds) are drawn from state.rng, in this order, micro-batch by micro-batch; each
+    micro-batch's rows are split over dp's threads (one thread if dp is None)."""
+    dp = DataParallel(state.params, 1) if dp is None else dp
     for g in grads.values():
         g.fill(0)
     total = 0.0
     for _ in range(tc.grad_accum):
         x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng)
-        total += accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
-                                  dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None,
-                                  workspace=workspace)
+        total += dp.accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
+                                     dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None)
     return total / tc.grad_accum
 
 
 def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
-                  workspace: Workspace | None = None) -> dict[str, float]:
+                  dp: DataParallel | None = None) -> dict[str, float]:
     """Mean loss (nats per token, no dropout) over eval_iters fixed batches of each split."""
+    dp = DataParallel(params, 1) if dp is None else dp
     out = {}
     for name in ("train", "val"):
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])
-        losses = [loss_only(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng),
-                            workspace=workspace) for _ in range(tc.eval_iters)]
+        losses = [dp.loss(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng))
+                  for _ in range(tc.eval_iters)]
         out[name] = float(np.mean(losses))
     return out
 
 
 def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-                      emit: Callable[[Event], None], workspace: Workspace | None = None) -> Event:
+                      emit: Callable[[Event], None], dp: DataParallel | None = None) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved."""
-    losses = estimate_loss(state.params, config, tc, data, workspace)
+    losses = estimate_loss(state.params, config, tc, data, dp)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
         raise NumgptError(diverged_message(run, state.step, f"evaluated loss {val}"))   # never save it

@@ -30,9 +30,9 @@ examples:
   numgpt train data/shakespeare --init gpt2 --out runs/ft --lr 3e-5 --max-iters 200   fine-tune GPT-2
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
-Ctrl-C saves RUN/latest and exits; --resume continues bit for bit where it stopped.
-On a machine busy with other work, small models often train faster with single-threaded BLAS:
-  OPENBLAS_NUM_THREADS=1 numgpt train ...   (see BENCHMARKS.md, Training)
+Ctrl-C saves RUN/latest and exits; --resume continues bit for bit where it stopped (with the run's
+recorded --threads). Each batch's rows are split over --threads threads (default: all cores), each with
+single-threaded BLAS: see BENCHMARKS.md, Training.
 """
 
 
@@ -81,6 +81,8 @@ def register(sub) -> None:
     o.add_argument("--eval-interval", type=int, help="evaluate and save every N steps (250)")
     o.add_argument("--eval-iters", type=int, help="batches per loss estimate (20)")
     o.add_argument("--seed", type=int, help="seed of initialisation, batches and dropout (1337)")
+    o.add_argument("--threads", type=int, help="split each batch's rows over N threads (all cores; "
+                   "recorded in the run: float32 sums, hence losses, depend on it)")
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
@@ -137,6 +139,7 @@ def run_train(args) -> int:
     from ..checkpoint import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
     from ..data import load_dataset, tokenizer_fingerprint
     from ..params import count_params, init_params
+    from ..threads import thread_count
     from ..train import BEST, LATEST, TrainConfig, train
     from ..trainstate import load_train_checkpoint, new_state
     import numpy as np
@@ -154,7 +157,7 @@ def run_train(args) -> int:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
                               "another --out (or delete that folder) to start again")
-        tc = train_config_from_args(args, TrainConfig(), data_dir=args.data)
+        tc = train_config_from_args(args, TrainConfig(threads=thread_count()), data_dir=args.data)
         if args.init:
             folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
             config, params = load_checkpoint(folder)
@@ -238,7 +241,8 @@ def model_config_from_args(args, data, block_size: int) -> GPTConfig:
 
 TRAIN_FLAGS = {  # flag attribute -> TrainConfig field
     "batch_size": "batch_size", "block_size": "block_size", "grad_accum": "grad_accum", "max_iters": "max_iters",
-    "dropout": "dropout", "eval_interval": "eval_interval", "eval_iters": "eval_iters", "seed": "seed"}
+    "dropout": "dropout", "eval_interval": "eval_interval", "eval_iters": "eval_iters", "seed": "seed",
+    "threads": "threads"}
 OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
     "lr": "lr", "min_lr": "min_lr", "warmup_iters": "warmup_iters", "lr_decay_iters": "decay_iters",
     "weight_decay": "weight_decay", "beta1": "beta1", "beta2": "beta2", "grad_clip": "grad_clip"}

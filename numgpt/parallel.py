@@ -1,0 +1,90 @@
+"""Data parallelism over the cores of one machine: each thread runs the forward and backward of its own
+slice of the batch, and the slices' gradients are summed in a fixed order.
+
+Why not let BLAS use the cores: a training step is only half matrix products. The other half is NumPy's
+elementwise work (GELU, softmax, LayerNorm, cross-entropy), which runs on one core, while OpenBLAS's idle
+threads spin on the others between products. With BLAS held to one thread (`single_threaded_blas`) and
+one slice of the batch per core, every operation of the step runs on all cores at once, since NumPy
+releases the GIL inside each operation. Measured on 2 cores: the nanoGPT character model's step went
+from 105 to 67 ms, the 124M model's gradient computation from 7.2 to 5.4 s.
+
+The result does not depend on timing: slice k always holds the same rows, and the gradients are added in
+slice order. It does depend on the number of threads (the float32 sums group differently), so a run
+records its thread count and a resumed run uses it again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backprop import Workspace, accumulate_grads, loss_only
+from .config import GPTConfig
+from .optim import chunks
+from .params import Params, zeros_like
+from .threads import row_ranges, run_in_threads, run_split
+
+
+class DataParallel:
+    """Per-thread gradient buffers and workspaces for splitting batches over `threads` threads, allocated
+    once and reused every step (one params-sized gradient copy per extra thread)."""
+
+    def __init__(self, params: Params, threads: int):
+        self.threads = max(1, threads)
+        self.workspaces = [Workspace() for _ in range(self.threads)]
+        self.extra_grads = [zeros_like(params) for _ in range(self.threads - 1)]
+
+    def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
+                         grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
+                         rng: np.random.Generator | None = None) -> float:
+        """`backprop.accumulate_grads` with the batch's rows split over the threads: adds
+        scale * d(mean loss)/d(param) into grads and returns the mean loss. With dropout, each slice
+        draws its masks from its own generator, seeded from rng (one draw per step)."""
+        slices = row_ranges(len(ids), self.threads)
+        if len(slices) == 1:
+            return accumulate_grads(params, config, ids, targets, grads, scale=scale, dropout=dropout,
+                                    rng=rng, workspace=self.workspaces[0])
+        rngs = [None] * len(slices)
+        if dropout > 0:
+            if rng is None:
+                raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
+            rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(slices))]
+        outputs = [grads, *self.extra_grads]
+        losses = [0.0] * len(slices)
+
+        def slice_grads(k: int) -> None:
+            rows = slices[k]
+            if k > 0:
+                for g in outputs[k].values():
+                    g.fill(0)
+            weight = (rows.stop - rows.start) / len(ids)        # the slice's share of the batch mean
+            losses[k] = weight * accumulate_grads(params, config, ids[rows], targets[rows], outputs[k],
+                                                  scale=scale * weight, dropout=dropout, rng=rngs[k],
+                                                  workspace=self.workspaces[k])
+        run_in_threads(slice_grads, len(slices))
+        add_into(grads, outputs[1:len(slices)])
+        return sum(losses)
+
+    def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> float:
+        """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the threads."""
+        slices = row_ranges(len(ids), self.threads)
+        losses = [0.0] * len(slices)
+
+        def slice_loss(k: int) -> None:
+            rows = slices[k]
+            losses[k] = (rows.stop - rows.start) / len(ids) * loss_only(
+                params, config, ids[rows], targets[rows], workspace=self.workspaces[k])
+        run_in_threads(slice_loss, len(slices))
+        return sum(losses)
+
+
+def add_into(total: Params, parts: list[Params]) -> None:
+    """total[name] += each part's [name], parts in order, in slices spread over threads."""
+    if not parts:
+        return
+    work = [s for name in total for s in chunks(total[name], *(part[name] for part in parts))]
+
+    def add(rows: slice) -> None:
+        for t, *ps in work[rows]:
+            for p in ps:
+                t += p
+    run_split(add, len(work), work=sum(a.size for a in total.values()) * len(parts))
