@@ -1,13 +1,14 @@
-"""Both cores for NumPy's single-threaded work: split it into row ranges and run each in a thread.
+"""Both cores for NumPy: run parts of the work in Python threads at once.
 
-NumPy's ufuncs (multiply, sqrt, divide, ...) release the GIL while they run, so two Python threads that
-each run a chain of array operations on their own slices proceed in parallel. AdamW uses this: its
-dozen elementwise passes over every parameter are independent per element, far from any matrix product,
-and split over two cores they take 0.40 s instead of 0.60 s per step at 124M parameters (measured).
+NumPy's ufuncs and BLAS calls release the GIL while they run, so Python threads that each run a chain of
+array operations on their own data proceed in parallel. Two users:
+- parallel.py runs each thread's share of a training batch (forward and backward) with BLAS held to one
+  thread (`single_threaded_blas`), so that the elementwise half of a step runs on all cores too.
+- AdamW (optim.py) splits its slices over threads: 0.40 s instead of 0.60 s per 124M-parameter step.
 
-Not used next to matrix products: after each BLAS call OpenBLAS's idle threads spin on the cores for a
-while, and the elementwise threads then compete with them (GELU and softmax split this way were measured
-no faster, and the small training model 15% slower).
+Elementwise operations split over threads right after multithreaded BLAS products gain nothing: OpenBLAS's
+idle threads spin on the cores for a while after each product and the two compete (GELU and softmax split
+that way were measured no faster, the small training model 15% slower). Hence the data-parallel design.
 
 Threads are started per call (tens of microseconds) and only for work big enough to repay that; the
 count is the cores this process may use, capped by the NUMGPT_NUM_THREADS environment variable.
