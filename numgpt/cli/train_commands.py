@@ -82,7 +82,8 @@ def register(sub) -> None:
     o.add_argument("--eval-iters", type=int, help="batches per loss estimate (20)")
     o.add_argument("--seed", type=int, help="seed of initialisation, batches and dropout (1337)")
     o.add_argument("--threads", type=int, help="split each batch's rows over N threads (all cores; "
-                   "recorded in the run: float32 sums, hence losses, depend on it)")
+                   "recorded in the run: float32 sums, hence losses, depend on it; each thread past the "
+                   "first keeps its own gradient copy, 4 bytes per parameter)")
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
