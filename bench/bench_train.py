@@ -89,7 +89,7 @@ def peak_rss_mb() -> float:
 def numgpt_worker(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(SEED)
-    dp = DataParallel(params, thread_count())                # as `numgpt train` runs: rows over the cores
+    dp = DataParallel(thread_count())                # as `numgpt train` runs: rows over the cores
     evals = eval_batches(val, EVAL_ITERS)
     times, losses, curve = [], [], []
     for it in range(iters + 1):
@@ -188,7 +188,7 @@ def numgpt_124m_worker() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(0)
-    dp = DataParallel(params, thread_count())
+    dp = DataParallel(thread_count())
     times = []
     for _ in range(STEPS124 + 1):                                          # the first step warms up
         ids = rng.integers(0, config.vocab_size, (B124, T124 + 1))

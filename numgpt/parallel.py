@@ -29,7 +29,7 @@ class DataParallel:
     """Per-thread gradient buffers and workspaces for splitting batches over up to `threads` threads,
     made on first use and reused every step (one params-sized gradient copy per extra thread used)."""
 
-    def __init__(self, params: Params, threads: int):
+    def __init__(self, threads: int):
         self.threads = max(1, threads)
         self.workspaces = [Workspace() for _ in range(self.threads)]
         self.extra_grads: list[Params] = []

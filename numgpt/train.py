@@ -124,7 +124,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
-    dp = DataParallel(state.params, tc.threads or thread_count())
+    dp = DataParallel(tc.threads or thread_count())
     try:
         with single_threaded_blas() if dp.threads > 1 else nullcontext():
             return _loop(state, config, tc, data, run, emit, dp, grads)
@@ -185,7 +185,7 @@ def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfi
     """Zero grads, then accumulate the mean gradient of grad_accum micro-batches; returns their mean loss.
     Batches (and dropout seeds) are drawn from state.rng, in this order, micro-batch by micro-batch; each
     micro-batch's rows are split over dp's threads (one thread if dp is None)."""
-    dp = DataParallel(state.params, 1) if dp is None else dp
+    dp = DataParallel(1) if dp is None else dp
     for g in grads.values():
         g.fill(0)
     total = 0.0
@@ -199,7 +199,7 @@ def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfi
 def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
                   dp: DataParallel | None = None) -> dict[str, float]:
     """Mean loss (nats per token, no dropout) over eval_iters fixed batches of each split."""
-    dp = DataParallel(params, 1) if dp is None else dp
+    dp = DataParallel(1) if dp is None else dp
     out = {}
     for name in ("train", "val"):
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])

@@ -26,7 +26,7 @@ def setup():
 def test_split_batch_equals_one_thread(setup, threads):
     params, ids, targets = setup
     ref_loss, ref = backprop.loss_and_grads(params, CONFIG, ids, targets)
-    dp = DataParallel(params, threads)
+    dp = DataParallel(threads)
     for _ in range(2):                                   # the second step reuses (and re-zeroes) the buffers
         grads = zeros_like(params)
         loss = dp.accumulate_grads(params, CONFIG, ids, targets, grads, scale=0.5)
@@ -40,7 +40,7 @@ def test_one_thread_is_exactly_accumulate_grads(setup):
     params, ids, targets = setup
     ref_loss, ref = backprop.loss_and_grads(params, CONFIG, ids, targets)
     grads = zeros_like(params)
-    assert DataParallel(params, 1).accumulate_grads(params, CONFIG, ids, targets, grads) == ref_loss
+    assert DataParallel(1).accumulate_grads(params, CONFIG, ids, targets, grads) == ref_loss
     assert all(np.array_equal(grads[k], ref[k]) for k in params)
 
 
@@ -49,7 +49,7 @@ def test_same_bits_every_time_with_dropout(setup):
     runs = []
     for _ in range(2):
         grads = zeros_like(params)
-        loss = DataParallel(params, 2).accumulate_grads(params, CONFIG, ids, targets, grads, dropout=0.1,
+        loss = DataParallel(2).accumulate_grads(params, CONFIG, ids, targets, grads, dropout=0.1,
                                                         rng=np.random.default_rng(7))
         runs.append((loss, grads))
     (loss_a, a), (loss_b, b) = runs
@@ -57,7 +57,7 @@ def test_same_bits_every_time_with_dropout(setup):
     no_dropout, _ = backprop.loss_and_grads(params, CONFIG, ids, targets)
     assert loss_a != no_dropout                          # the masks were applied
     with pytest.raises(ValueError, match="rng"):
-        DataParallel(params, 2).accumulate_grads(params, CONFIG, ids, targets, zeros_like(params), dropout=0.1)
+        DataParallel(2).accumulate_grads(params, CONFIG, ids, targets, zeros_like(params), dropout=0.1)
 
 
 def test_an_error_in_a_worker_slice_reaches_the_caller(setup):
@@ -65,7 +65,7 @@ def test_an_error_in_a_worker_slice_reaches_the_caller(setup):
     bad = targets.copy()
     bad[-1, -1] = 99                                     # out of the vocabulary, in the last slice's rows
     with pytest.raises(NumgptError, match="targets must be in 0..49"):
-        DataParallel(params, 2).accumulate_grads(params, CONFIG, ids, bad, zeros_like(params))
+        DataParallel(2).accumulate_grads(params, CONFIG, ids, bad, zeros_like(params))
 
 
 def test_add_into_sums_every_part(setup):
