@@ -16,6 +16,8 @@ records its thread count and a resumed run uses it again.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .backprop import Workspace, accumulate_grads, loss_only
@@ -38,46 +40,46 @@ class DataParallel:
                          grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
                          rng: np.random.Generator | None = None) -> float:
         """`backprop.accumulate_grads` with the batch's rows split over the threads: adds
-        scale * d(mean loss)/d(param) into grads and returns the mean loss. With dropout, each slice
-        draws its masks from its own generator, seeded from rng (one draw per step)."""
+        scale * d(mean loss)/d(param) into grads and returns the mean loss. With dropout and several
+        slices, each slice draws its masks from its own generator, seeded from rng (one draw per step);
+        a single slice uses rng itself, so one thread is exactly `backprop.accumulate_grads`."""
         slices = row_ranges(len(ids), self.threads)
-        if len(slices) == 1:
-            return accumulate_grads(params, config, ids, targets, grads, scale=scale, dropout=dropout,
-                                    rng=rng, workspace=self.workspaces[0])
-        rngs = [None] * len(slices)
-        if dropout > 0:
+        rngs = [rng] * len(slices)
+        if dropout > 0 and len(slices) > 1:
             if rng is None:
                 raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
             rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(slices))]
         while len(self.extra_grads) < len(slices) - 1:
             self.extra_grads.append(zeros_like(grads))
-        outputs = [grads, *self.extra_grads]
-        losses = [0.0] * len(slices)
+        outputs = [grads, *self.extra_grads[:len(slices) - 1]]
 
-        def slice_grads(k: int) -> None:
-            rows = slices[k]
+        def slice_grads(k: int, rows: slice, weight: float) -> float:
             if k > 0:
                 for g in outputs[k].values():
                     g.fill(0)
-            weight = (rows.stop - rows.start) / len(ids)        # the slice's share of the batch mean
-            losses[k] = weight * accumulate_grads(params, config, ids[rows], targets[rows], outputs[k],
-                                                  scale=scale * weight, dropout=dropout, rng=rngs[k],
-                                                  workspace=self.workspaces[k])
-        run_in_threads(slice_grads, len(slices))
-        add_into(grads, outputs[1:len(slices)])
-        return sum(losses)
+            return accumulate_grads(params, config, ids[rows], targets[rows], outputs[k], scale=scale * weight,
+                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
+        loss = self._weighted_mean(slices, slice_grads)
+        add_into(grads, outputs[1:])
+        return loss
 
     def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> float:
         """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the threads."""
-        slices = row_ranges(len(ids), self.threads)
-        losses = [0.0] * len(slices)
+        return self._weighted_mean(row_ranges(len(ids), self.threads), lambda k, rows, weight: loss_only(
+            params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
 
-        def slice_loss(k: int) -> None:
-            rows = slices[k]
-            losses[k] = (rows.stop - rows.start) / len(ids) * loss_only(
-                params, config, ids[rows], targets[rows], workspace=self.workspaces[k])
-        run_in_threads(slice_loss, len(slices))
-        return sum(losses)
+    @staticmethod
+    def _weighted_mean(slices: list[slice], per_slice: Callable[[int, slice, float], float]) -> float:
+        """sum over slices of weight * per_slice(k, rows, weight), weight = the slice's share of the rows,
+        the slices run at once, one per thread: the batch mean of a per-slice mean."""
+        n = max(slices[-1].stop, 1)
+        values = [0.0] * len(slices)
+
+        def run(k: int) -> None:
+            weight = (slices[k].stop - slices[k].start) / n
+            values[k] = weight * per_slice(k, slices[k], weight)
+        run_in_threads(run, len(slices))
+        return sum(values)
 
 
 def add_into(total: Params, parts: list[Params]) -> None:
