@@ -19,9 +19,8 @@ each round is reported with the median over rounds.
     python bench/bench_train.py --iters 2000 --rounds 1     # the full run with loss curves (long)
     python bench/bench_train.py --step124m --rounds 3       # 124M step time and memory
 numgpt runs its step as `numgpt train` does: each batch's rows split over one thread per core
-(parallel.DataParallel), BLAS held to one thread (threads.single_threaded_blas). Add --json FILE to keep
-the raw numbers; --numgpt-blas-threads N sets OPENBLAS_NUM_THREADS in numgpt's worker (historical: with
-the data-parallel step BLAS is single-threaded anyway).
+(parallel.DataParallel), BLAS held to one thread for the whole run (threads.single_threaded_blas, entered
+once as `train` does). Add --json FILE to keep the raw numbers.
 """
 
 from __future__ import annotations
@@ -87,6 +86,11 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- workers (one framework per process)
 
 def numgpt_worker(iters: int, eval_every: int) -> dict:
+    with single_threaded_blas():                           # once for the run, as numgpt.train.train does
+        return numgpt_small_run(iters, eval_every)
+
+
+def numgpt_small_run(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(SEED)
     dp = DataParallel(thread_count())                # as `numgpt train` runs: rows over the cores
@@ -95,18 +99,16 @@ def numgpt_worker(iters: int, eval_every: int) -> dict:
     for it in range(iters + 1):
         if eval_every and (it % eval_every == 0 or it == iters):
             batches = evals if it < iters else eval_batches(val, FINAL_EVAL_ITERS)
-            with single_threaded_blas():
-                curve.append((it, float(np.mean([dp.loss(params, config, x, y) for x, y in batches]))))
+            curve.append((it, float(np.mean([dp.loss(params, config, x, y) for x, y in batches]))))
         if it == iters:
             break
         x, y = get_batch(train, BATCH, BLOCK, rng)
         t0 = time.perf_counter()
-        with single_threaded_blas():
-            for g in grads.values():
-                g.fill(0)
-            loss = dp.accumulate_grads(params, config, x, y, grads)
-            clip_grad_norm(grads, hp.grad_clip)
-            adamw_step(params, grads, state, hp, learning_rate(hp, it))
+        for g in grads.values():
+            g.fill(0)
+        loss = dp.accumulate_grads(params, config, x, y, grads)
+        clip_grad_norm(grads, hp.grad_clip)
+        adamw_step(params, grads, state, hp, learning_rate(hp, it))
         times.append(time.perf_counter() - t0)
         losses.append(loss)
     return {"times": times, "losses": losses, "val": curve, "peak_rss_mb": peak_rss_mb()}
@@ -185,6 +187,11 @@ B124, T124, STEPS124 = 4, 256, 3
 
 
 def numgpt_124m_worker() -> dict:
+    with single_threaded_blas():                           # once for the run, as numgpt.train.train does
+        return numgpt_124m_run()
+
+
+def numgpt_124m_run() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
     grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(0)
@@ -193,12 +200,11 @@ def numgpt_124m_worker() -> dict:
     for _ in range(STEPS124 + 1):                                          # the first step warms up
         ids = rng.integers(0, config.vocab_size, (B124, T124 + 1))
         t0 = time.perf_counter()
-        with single_threaded_blas():
-            for g in grads.values():
-                g.fill(0)
-            dp.accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads)
-            clip_grad_norm(grads, 1.0)
-            adamw_step(params, grads, state, hp, 1e-4)
+        for g in grads.values():
+            g.fill(0)
+        dp.accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads)
+        clip_grad_norm(grads, 1.0)
+        adamw_step(params, grads, state, hp, 1e-4)
         times.append(time.perf_counter() - t0)
     return {"times": times[1:], "peak_rss_mb": peak_rss_mb()}
 
@@ -225,15 +231,9 @@ WORKERS = {"numgpt": numgpt_worker, "torch": torch_worker,
 
 # ---------------------------------------------------------------- driver
 
-BLAS_THREADS: str | None = None   # --numgpt-blas-threads: OPENBLAS_NUM_THREADS for numgpt's workers only
-
-
 def run_worker(name: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, *map(str, args)]
-    env = dict(os.environ)
-    if BLAS_THREADS and name.startswith("numgpt"):
-        env["OPENBLAS_NUM_THREADS"] = BLAS_THREADS
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -280,19 +280,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--step124m", action="store_true", help="the 124M one-step benchmark instead")
     ap.add_argument("--json", help="write the raw results here")
-    ap.add_argument("--numgpt-blas-threads", help="OPENBLAS_NUM_THREADS for numgpt (default: OpenBLAS's own, "
-                    "one per core); torch always runs with torch.set_num_threads(2)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("worker_args", nargs="*", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global BLAS_THREADS
-    BLAS_THREADS = args.numgpt_blas_threads
     if args.worker:
         print(json.dumps(WORKERS[args.worker](*args.worker_args)))
         return
     result = bench_124m(args.rounds) if args.step124m else bench_small(args.iters, args.rounds)
     result["machine"] = {"cpus": os.cpu_count(), "numpy": np.__version__, "load_avg_at_end": os.getloadavg(),
-                         "numgpt_blas_threads": BLAS_THREADS or "default"}
+                         "numgpt_threads": thread_count()}
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text)
