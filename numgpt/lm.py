@@ -34,8 +34,8 @@ from .params import Params
 from .sampling import SamplingOptions
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
-# The model `load()` uses when given nothing: shipped inside the package by a later issue. Until the folder
-# exists, load() asks for a model; adding the built-in default is putting the folder there.
+# The model `load()` uses when given nothing: a small GPT-2 trained on Shakespeare, shipped in the package
+# (README, "The built-in model"; made by dev/ship_builtin_model.py).
 BUILTIN_MODEL = Path(__file__).parent / "data" / "model"
 
 
@@ -60,8 +60,9 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     """
     if name_or_folder is None:
         if not (BUILTIN_MODEL / "config.json").is_file():
-            raise NumgptError("no built-in model is installed yet; pass a model folder or name: "
-                              "numgpt.load('path/to/gpt2') (CLI: --model PATH)")
+            raise NumgptError(f"the built-in model is missing from this installation ({BUILTIN_MODEL}); "
+                              "reinstall numgpt, or pass a model folder or name: numgpt.load('path/to/gpt2') "
+                              "(CLI: --model PATH)")
         name_or_folder = BUILTIN_MODEL
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
