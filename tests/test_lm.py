@@ -166,6 +166,14 @@ def test_load_errors_are_one_line(tmp_path):
         numgpt.load(tmp_path)  # a folder without config.json
 
 
+def test_a_missing_builtin_model_is_a_one_line_error(tmp_path, monkeypatch):
+    import numgpt.lm
+    monkeypatch.setattr(numgpt.lm, "BUILTIN_MODEL", tmp_path / "model")   # a broken installation
+    with pytest.raises(NumgptError, match="built-in model is missing") as e:
+        numgpt.load()
+    assert "\n" not in str(e.value) and "--model" in str(e.value)
+
+
 def test_bad_options_raise_numgpt_errors(lm):
     for bad in (dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-3), dict(max_new_tokens=-1)):
         with pytest.raises(NumgptError):
