@@ -211,7 +211,9 @@ class Tokenizer:
         byte_symbols = bytes_to_unicode()
         self._byte_ids = _byte_ids(self._vocab, byte_symbols, names[0])
         self._ranks, self._merged = _index_merges(self._vocab, self._merges, names)
-        self._pair_shift = max(self._id_to_token).bit_length()  # pair (a, b) -> int key a << shift | b
+        # the fast merge loops look pairs up as one int, a << shift | b (no tuple to build and hash);
+        # `_ranks`, keyed by (a, b), serves the plain reference `_merge_steps` that `explain` shows
+        self._pair_shift = max(self._id_to_token).bit_length()
         self._pair_ranks = {(a << self._pair_shift) | b: rank for (a, b), rank in self._ranks.items()}
         self._byte_table = bytes(self._byte_ids) if max(self._byte_ids) < 256 else None
         self._whole_tokens: dict[str, tuple[int]] = {}  # see `_trust_whole_tokens`; empty: all run BPE
@@ -421,7 +423,7 @@ class Tokenizer:
         buckets. 2x faster than `_merge_lowest_first` at 256 bytes, 3x faster than a heap of (rank,
         position), and linear-ish on the 100 kB pieces that made tiktoken quadratic.
         """
-        ranks, merged, pairs = self._ranks, self._merged, self._pairs
+        get, merged, pairs, shift = self._pair_ranks.get, self._merged, self._pairs, self._pair_shift
         sym: list[int | None] = list(symbols)
         n = len(sym)
         nxt = [*range(1, n), -1]
@@ -439,8 +441,8 @@ class Tokenizer:
                 heapq.heappush(heap, rank)
             return rank
 
-        for i, pair in enumerate(zip(symbols, symbols[1:])):
-            note(ranks.get(pair, NO_RANK), i)
+        for i, (left, right) in enumerate(zip(symbols, symbols[1:])):
+            note(get((left << shift) | right, NO_RANK), i)
         while heap:
             rank = heapq.heappop(heap)
             first, second = pairs[rank]
@@ -456,9 +458,9 @@ class Tokenizer:
                 lowest = NO_RANK
                 if k >= 0:
                     prv[k] = i
-                    lowest = note(ranks.get((new, sym[k]), NO_RANK), i)
+                    lowest = note(get((new << shift) | sym[k], NO_RANK), i)
                 if (h := prv[i]) >= 0:
-                    lowest = min(lowest, note(ranks.get((sym[h], new), NO_RANK), h))
+                    lowest = min(lowest, note(get((sym[h] << shift) | new, NO_RANK), h))
                 if lowest < rank:
                     # subtle: a pair that ranks below the merge that just made one of its parts (possible
                     # when two pairs spell the same token) goes first, as in `_merge_steps`; the rest of
