@@ -8,6 +8,8 @@ falls on both alike, and reports medians and the median of the paired ratios:
   - 512-token prefill time (transformers both as called by default -- logits at all 512 positions --
     and with logits_to_keep=1, the last position only, which is what numgpt computes)
   - load time and peak RSS of numgpt loading the checkpoint and running a decode step (in a subprocess)
+numgpt runs twice: with its weights loaded as `numgpt.load` does (block weights copied into memory
+stored [out, in]), and memory-mapped as stored in the file (load_checkpoint's default).
   - memory bandwidth of this machine (2 threads) and the effective weight bandwidth of batch-1 decode
 
 transformers runs float32, torch.set_num_threads(2), torch.inference_mode(), use_cache=True.
@@ -102,7 +104,7 @@ t0 = time.perf_counter()
 import numpy as np
 from numgpt import KVCache, forward, load_checkpoint
 t1 = time.perf_counter()
-config, params = load_checkpoint(sys.argv[1])
+config, params = load_checkpoint(sys.argv[1], for_inference=True)  # what numgpt.load does
 t2 = time.perf_counter()
 rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cache = KVCache.allocate(config, 1, 33)
@@ -113,9 +115,9 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # high-water mark (VmHWM, reset by exec); main() starts this subprocess before loading anything big.
 hwm = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 t3 = time.perf_counter()
-load_checkpoint(sys.argv[1], mmap=False)
+load_checkpoint(sys.argv[1])
 t4 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "load_mem_s": t4 - t3, "rss_after_load_kb": rss_loaded,
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "load_mmap_s": t4 - t3, "rss_after_load_kb": rss_loaded,
                   "peak_rss_kb": rss, "vm_hwm_kb": hwm, "cache_bytes": cache.nbytes,
                   "weight_bytes": sum(a.nbytes for a in params.values())}))
 """
@@ -152,9 +154,9 @@ def memory_bandwidth() -> dict:
     return result
 
 
-def lm_head_layouts(wte: np.ndarray) -> dict[str, float]:
-    """ms for the batch-1 vocabulary projection written two ways (wte is [V, C] row-major)."""
-    x = np.random.default_rng(0).standard_normal((1, wte.shape[1]), dtype=np.float32)
+def lm_head_layouts(wte: np.ndarray, rows: int) -> dict[str, float]:
+    """ms for the vocabulary projection of `rows` rows written two ways (wte is [V, C] row-major)."""
+    x = np.random.default_rng(0).standard_normal((rows, wte.shape[1]), dtype=np.float32)
     ways = {"x @ wte.T": lambda: x @ wte.T, "(wte @ x.T).T": lambda: (wte @ x.T).T}
     ts: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(15):
@@ -190,8 +192,8 @@ def main() -> None:
     from transformers import GPT2LMHeadModel
     torch.set_num_threads(2)
     from numgpt import load_checkpoint
-    config, params = load_checkpoint(folder)                   # memory-mapped (the default)
-    _, params_mem = load_checkpoint(folder, mmap=False)        # read into memory
+    config, params = load_checkpoint(folder)                   # memory-mapped, as stored (the default)
+    _, params_lm = load_checkpoint(folder, for_inference=True)  # what numgpt.load does
     model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
     weight_bytes = sum(a.nbytes for a in params.values())
     per_token_bytes = weight_bytes - params["wpe.weight"].nbytes   # wpe: one row per token
@@ -200,7 +202,7 @@ def main() -> None:
     p1 = rng.integers(0, config.vocab_size, (1, PROMPT))
     p8 = rng.integers(0, config.vocab_size, (BATCH, PROMPT))
     long = rng.integers(0, config.vocab_size, (1, PREFILL))
-    sides = {"mmap": params, "mem": params_mem}
+    sides = {"lm": params_lm, "mmap": params}
 
     def decoders(prompt, n):
         gens = {name: numgpt_steps(p, config, prompt, n) for name, p in sides.items()}
@@ -223,29 +225,30 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in rows.items()), file=sys.stderr)
 
     med = {k: float(np.median(v)) for k, v in rows.items()}
-    head = lm_head_layouts(params["wte.weight"])
+    head = {rows: lm_head_layouts(params["wte.weight"], rows) for rows in (1, BATCH)}
 
     def ratio(a: str, b: str) -> float:
         return float(np.median(np.array(rows[a]) / np.array(rows[b])))
 
-    eff = {name: per_token_bytes * med[f"{name}_b1"] / 1e9 for name in ("mmap", "mem", "hf")}
+    eff = {name: per_token_bytes * med[f"{name}_b1"] / 1e9 for name in ("lm", "mmap", "hf")}
     print(f"""
-numgpt with its weights memory-mapped (load_checkpoint's default) / read into memory (mmap=False):
+numgpt as `numgpt.load` loads it (load_checkpoint(for_inference=True): block weights copied into memory
+stored [out, in]) / as stored in the file, all memory-mapped (load_checkpoint's default):
 
-| measure | numgpt mmap | numgpt in memory | transformers | numgpt / transformers (median of paired ratios), mmap / in memory | goal |
+| measure | numgpt.load | numgpt mmap | transformers | numgpt / transformers (median of paired ratios), numgpt.load / mmap | goal |
 |---|---|---|---|---|---|
-| greedy decode, batch 1, tokens/s | {med['mmap_b1']:.1f} | {med['mem_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('mmap_b1', 'hf_b1'):.2f}x / {ratio('mem_b1', 'hf_b1'):.2f}x | >= 1.25x |
-| greedy decode, batch 8, total tokens/s | {med['mmap_b8']:.1f} | {med['mem_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('mmap_b8', 'hf_b8'):.2f}x / {ratio('mem_b8', 'hf_b8'):.2f}x | >= 1.25x |
-| prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['mmap_prefill'] * 1e3:.0f} | {med['mem_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('mmap_prefill', 'hf_prefill_all'):.2f}x / {ratio('mem_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
-| prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | | | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('mmap_prefill', 'hf_prefill_last'):.2f}x / {ratio('mem_prefill', 'hf_prefill_last'):.2f}x time | |
-| effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff['mmap']:.1f} | {eff['mem']:.1f} | {eff['hf']:.1f} | | |
+| greedy decode, batch 1, tokens/s | {med['lm_b1']:.1f} | {med['mmap_b1']:.1f} | {med['hf_b1']:.1f} | {ratio('lm_b1', 'hf_b1'):.2f}x / {ratio('mmap_b1', 'hf_b1'):.2f}x | >= 1.25x |
+| greedy decode, batch 8, total tokens/s | {med['lm_b8']:.1f} | {med['mmap_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('lm_b8', 'hf_b8'):.2f}x / {ratio('mmap_b8', 'hf_b8'):.2f}x | >= 1.25x |
+| prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['lm_prefill'] * 1e3:.0f} | {med['mmap_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('lm_prefill', 'hf_prefill_all'):.2f}x / {ratio('mmap_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
+| prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | | | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('lm_prefill', 'hf_prefill_last'):.2f}x / {ratio('mmap_prefill', 'hf_prefill_last'):.2f}x time | |
+| effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff['lm']:.1f} | {eff['mmap']:.1f} | {eff['hf']:.1f} | | |
 
 | measure | value | goal |
 |---|---|---|
-| load 124M checkpoint, memory-mapped, s (+ {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | < 0.5 s |
-| load 124M checkpoint into memory (mmap=False), s | {load['load_mem_s']:.3f} | |
-| peak RSS (VmHWM) after memory-mapped load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} = {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
-| lm_head at batch 1, ms: `x @ wte.T` / `(wte @ x.T).T` | {head['x @ wte.T']:.1f} / {head['(wte @ x.T).T']:.1f} | |
+| load 124M checkpoint as numgpt.load does (for_inference=True), s (+ {load['import_s']:.2f} s to import numgpt) | {load['load_s']:.3f} | < 0.5 s |
+| load 124M checkpoint memory-mapped as stored (the default of load_checkpoint), s | {load['load_mmap_s']:.3f} | |
+| peak RSS (VmHWM) after numgpt.load's load + prefill 32 + 1 decode step, MB | {load['vm_hwm_kb'] / 1024:.0f} = {load['vm_hwm_kb'] * 1024 / load['weight_bytes']:.2f}x weights ({load['weight_bytes'] / 1e6:.0f} MB) | < 1.25x |
+| lm_head, ms, 1 row: `x @ wte.T` / `(wte @ x.T).T`; {BATCH} rows: the same | {head[1]['x @ wte.T']:.1f} / {head[1]['(wte @ x.T).T']:.1f}; {head[BATCH]['x @ wte.T']:.1f} / {head[BATCH]['(wte @ x.T).T']:.1f} | |
 | memory bandwidth, GB/s: np.add.reduce 1 GiB 1 thread / 2 threads / BLAS gemv 2 threads | {bw['sum_1_thread']:.1f} / {bw['sum_2_threads']:.1f} / {bw['gemv_blas']:.1f} | |
 
 runs: {args.runs} ({len(rows['hf_b1'])} paired 16-step slices per decode row); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; greedy tokens identical across the three: {same_tokens}; ru_maxrss after load / after the decode step: {load['rss_after_load_kb'] / 1024:.0f} / {load['peak_rss_kb'] / 1024:.0f} MB

@@ -66,13 +66,14 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         name_or_folder = BUILTIN_MODEL
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
-    config, params = load_checkpoint(folder)
+    config, params = load_checkpoint(folder, for_inference=True)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 
 @dataclass
 class LanguageModel:
-    """A GPT-2 model ready to use: config, parameters (GPT-2 names, [in, out] weights), tokenizer."""
+    """A GPT-2 model ready to use: config, parameters (GPT-2 names, [in, out] weights; `load` stores the
+    blocks' linear weights [out, in] behind [in, out] views, see load_checkpoint), tokenizer."""
 
     config: GPTConfig
     params: Params

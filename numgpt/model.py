@@ -34,8 +34,8 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
-from .ops import (attention, causal_attention_into, causal_mask, gelu, gelu_, layer_norm, layer_norm_into, linear,
-                  linear_into)
+from .ops import (FEW_ROWS, attention, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
+                  layer_norm_into, linear, linear_into)
 from .params import Params
 
 
@@ -175,8 +175,12 @@ def block_(params: Params, h: str, config: GPTConfig, x: np.ndarray, key_valid: 
 
 
 def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
-    """Output projection tied to the token embedding: x @ wte^T (wte is [V, C], its .T a free view)."""
-    return x @ params["wte.weight"].T                          # [..., C] -> [..., V]
+    """Output projection tied to the token embedding: x @ wte^T (wte is [V, C], its .T a free view).
+    A few rows go as wte @ x^T, the form OpenBLAS runs faster for them (see `linear_into`)."""
+    wte = params["wte.weight"]
+    if x.ndim == 2 and x.shape[0] < FEW_ROWS:
+        return np.ascontiguousarray((wte @ x.T).T)             # [V, C] x [C, N] -> [V, N] -> [N, V]
+    return x @ wte.T                                           # [..., C] -> [..., V]
 
 
 def token_positions(valid: np.ndarray) -> np.ndarray:

@@ -175,9 +175,21 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw: np.ndarray
     return (dy2 @ w.T).reshape(*dy.shape[:-1], n_in)           # [N, out] x [out, in] -> [N, in]
 
 
+FEW_ROWS = 16   # below this many rows, products with a [out, in] weight go as w.T @ x.T (linear_into)
+
+
 def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """`linear` written into a preallocated `out` (2-D x only, so BLAS sees one matrix product)."""
-    np.matmul(x, w, out=out)                       # [N, in] -> [N, out]
+    """`linear` written into a preallocated `out` (2-D x only, so BLAS sees one matrix product).
+
+    A weight stored [out, in] (w.T C-ordered: checkpoint.load_checkpoint(for_inference=True)) and fewer
+    than FEW_ROWS rows -- a decode step -- multiply as w.T @ x.T: OpenBLAS streams the row-major weight
+    through its matrix-vector style kernel, ~1.5x faster than `x @ w` at 2-8 rows, equal at 1 (measured
+    in BENCHMARKS.md, Inference). Bigger batches take `x @ w` in either layout.
+    """
+    if x.shape[0] < FEW_ROWS and w.T.flags.c_contiguous and not w.flags.c_contiguous:
+        out[...] = (w.T @ x.T).T                   # [out, in] x [in, N] -> [out, N] -> [N, out]
+    else:
+        np.matmul(x, w, out=out)                   # [N, in] -> [N, out]
     out += b
     return out
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from numgpt import GPTConfig, NumgptError
-from numgpt.checkpoint import (checkpoint_summary, hf_cache_dir, load_checkpoint, load_config, load_tokenizer,
-                               read_safetensors, resolve_model, save_checkpoint, write_safetensors)
+from numgpt.checkpoint import (LINEAR_WEIGHTS, checkpoint_summary, hf_cache_dir, load_checkpoint, load_config,
+                               load_tokenizer, read_safetensors, read_transposed, resolve_model, save_checkpoint,
+                               write_safetensors)
 from numgpt.model import forward
 from numgpt.params import init_params, param_shapes
 
@@ -83,6 +84,46 @@ def test_read_into_memory_equals_memory_map(tiny_folder):
     for name, array in loaded.items():
         assert array.flags.writeable and array.dtype == np.float32
         np.testing.assert_array_equal(array, mapped[name])
+
+
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "in-memory"])
+def test_inference_layout_holds_the_same_values_stored_out_in(tiny_folder, mmap):
+    config, plain = load_checkpoint(tiny_folder)
+    _, params = load_checkpoint(tiny_folder, for_inference=True, mmap=mmap)
+    assert list(params) == list(plain)
+    for name, array in params.items():
+        assert array.dtype == np.float32 and array.shape == plain[name].shape
+        np.testing.assert_array_equal(array, plain[name])
+        if name.endswith(LINEAR_WEIGHTS):                  # [in, out] views of row-major [out, in] copies
+            assert array.T.flags.c_contiguous and not array.flags.c_contiguous and array.flags.writeable
+        elif array.ndim == 2:                              # the embeddings: as load_checkpoint(mmap=mmap)
+            assert array.flags.writeable != mmap
+        else:                                              # biases and gains: read into memory
+            assert array.flags.writeable
+    assert sum(name.endswith(LINEAR_WEIGHTS) for name in params) == 4 * config.n_layer
+
+
+def test_inference_layout_saves_the_same_file(tiny_folder, tmp_path):
+    config, plain = load_checkpoint(tiny_folder)
+    _, params = load_checkpoint(tiny_folder, for_inference=True)
+    save_checkpoint(tmp_path / "a", config, plain)
+    save_checkpoint(tmp_path / "b", config, params)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_read_transposed_converts_half_bfloat16_and_double(tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    x = torch.randn(300, 7, generator=torch.Generator().manual_seed(0))   # odd sizes: partial tiles
+    st.save_file({"a.mlp.c_fc.weight": x.half(), "b.mlp.c_fc.weight": x.bfloat16(),
+                  "c.mlp.c_fc.weight": x.double(), "d.mlp.c_fc.weight": x}, tmp_path / "m.safetensors")
+    got, _ = read_safetensors(tmp_path / "m.safetensors", transposed=LINEAR_WEIGHTS)
+    for name, t in zip("abcd", (x.half(), x.bfloat16(), x.double(), x)):
+        w = got[f"{name}.mlp.c_fc.weight"]
+        assert w.dtype == np.float32 and w.shape == (300, 7) and w.T.flags.c_contiguous
+        np.testing.assert_array_equal(w, t.float().numpy())
+    np.testing.assert_array_equal(read_transposed(np.arange(12.0).reshape(3, 4), "F64", tile=2),
+                                  np.arange(12.0).reshape(3, 4))
 
 
 # ---------------------------------------------------------------- Hugging Face folders
@@ -187,9 +228,10 @@ def break_header_json(f):
     (lambda f: f.write_bytes(f.read_bytes()[:-100]), ["model.safetensors", "truncated"]),
     (lambda f: f.write_bytes(b"\x01\x02"), ["model.safetensors", "not a safetensors file"]),
 ], ids=["header-length", "header-json", "truncated-data", "too-short"])
-def test_corrupt_safetensors_raise(tiny_folder, damage, patterns):
+@pytest.mark.parametrize("for_inference", [False, True], ids=["as-stored", "for-inference"])
+def test_corrupt_safetensors_raise(tiny_folder, damage, patterns, for_inference):
     damage(tiny_folder / "model.safetensors")
-    assert_one_line_error(lambda: load_checkpoint(tiny_folder), *patterns)
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder, for_inference=for_inference), *patterns)
 
 
 def test_header_offsets_that_disagree_with_shape_raise(tmp_path):

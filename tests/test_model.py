@@ -28,8 +28,13 @@ ATOL_CACHE = 1e-5
 
 # ---------------------------------------------------------------- helpers
 
-def numpy_model(ckpt):
-    return load_checkpoint(ckpt.folder)
+def numpy_model(ckpt, for_inference=False):
+    return load_checkpoint(ckpt.folder, for_inference=for_inference)
+
+
+# The two layouts forward runs on: as stored ([in, out], memory-mapped) and numgpt.load's (linear weights
+# stored [out, in]; decode steps then multiply w.T @ x.T).
+LAYOUTS = pytest.mark.parametrize("for_inference", [False, True], ids=["as-stored", "for-inference"])
 
 
 def hf_logits(ckpt, ids, *, mask=None, position_ids=None):
@@ -271,15 +276,17 @@ def test_left_padding_does_not_count_towards_context(tiny):
 
 # ---------------------------------------------------------------- against transformers
 
-def test_logits_match_transformers_small(hf_small_ckpt):
-    config, params = numpy_model(hf_small_ckpt)
+@LAYOUTS
+def test_logits_match_transformers_small(hf_small_ckpt, for_inference):
+    config, params = numpy_model(hf_small_ckpt, for_inference)
     ids = np.random.default_rng(5).integers(0, config.vocab_size, (3, 30))
     np.testing.assert_allclose(forward(params, config, ids, all_logits=True), hf_logits(hf_small_ckpt, ids),
                                atol=ATOL_HF, rtol=0)
 
 
-def test_left_padded_batch_matches_transformers_small(hf_small_ckpt):
-    config, params = numpy_model(hf_small_ckpt)
+@LAYOUTS
+def test_left_padded_batch_matches_transformers_small(hf_small_ckpt, for_inference):
+    config, params = numpy_model(hf_small_ckpt, for_inference)
     rng = np.random.default_rng(6)
     prompts = [rng.integers(1, config.vocab_size, n) for n in (11, 3, 7, 1)]
     ids, mask = left_pad(prompts)
@@ -290,9 +297,28 @@ def test_left_padded_batch_matches_transformers_small(hf_small_ckpt):
         np.testing.assert_allclose(got[row, -1], hf_logits(hf_small_ckpt, p[None])[0, -1], atol=ATOL_HF, rtol=0)
 
 
-def greedy_against_transformers(ckpt, prompt, n):
+@LAYOUTS
+def test_batched_cached_decode_matches_transformers_small(hf_small_ckpt, for_inference):
+    """Prefill a left-padded batch into the cache, then decode steps of one token per row (the rows < FEW_ROWS
+    path of linear_into); every step's logits equal transformers' on the whole sequence so far."""
+    config, params = numpy_model(hf_small_ckpt, for_inference)
+    rng = np.random.default_rng(8)
+    prompts = [rng.integers(1, config.vocab_size, n) for n in (9, 2, 5, 1, 7, 3, 8, 4)]
+    ids, mask = left_pad(prompts)
+    steps = 6
+    cache = KVCache.allocate(config, len(prompts), ids.shape[1] + steps)
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask)
+    for _ in range(steps):
+        nxt = logits.argmax(-1)[:, None]                       # [B, V] -> [B, 1]
+        ids, mask = np.concatenate([ids, nxt], axis=1), np.concatenate([mask, np.ones_like(nxt, bool)], axis=1)
+        logits = forward(params, config, nxt, cache=cache)
+        ref = hf_logits(hf_small_ckpt, ids, mask=mask, position_ids=token_positions(mask))[:, -1]
+        np.testing.assert_allclose(logits, ref, atol=ATOL_HF, rtol=0)
+
+
+def greedy_against_transformers(ckpt, prompt, n, for_inference=False):
     torch = pytest.importorskip("torch")
-    config, params = numpy_model(ckpt)
+    config, params = numpy_model(ckpt, for_inference)
     with torch.inference_mode():
         ref = ckpt.model.generate(torch.from_numpy(prompt), do_sample=False, max_new_tokens=n,
                                   eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(
@@ -306,17 +332,20 @@ def greedy_against_transformers(ckpt, prompt, n):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_greedy_64_tokens_match_transformers_generate_small(hf_small_ckpt):
-    greedy_against_transformers(hf_small_ckpt, np.array([[5, 17, 42, 7]]), 59)   # 4 + 59 < 64 positions
+@LAYOUTS
+def test_greedy_64_tokens_match_transformers_generate_small(hf_small_ckpt, for_inference):
+    greedy_against_transformers(hf_small_ckpt, np.array([[5, 17, 42, 7]]), 59, for_inference)  # 4 + 59 < 64
 
 
 @pytest.fixture(scope="module")
 def gpt2_124m(hf_gpt2_124m_ckpt):
-    return hf_gpt2_124m_ckpt, numpy_model(hf_gpt2_124m_ckpt)
+    return hf_gpt2_124m_ckpt
 
 
-def test_124m_logits_and_padded_batch_match_transformers(gpt2_124m):
-    ckpt, (config, params) = gpt2_124m
+@LAYOUTS
+def test_124m_logits_and_padded_batch_match_transformers(gpt2_124m, for_inference):
+    ckpt = gpt2_124m
+    config, params = numpy_model(ckpt, for_inference)
     assert (config.n_layer, config.n_head, config.n_embd, config.vocab_size) == (12, 12, 768, 50257)
     rng = np.random.default_rng(7)
     ids = rng.integers(0, config.vocab_size, (1, 48))
@@ -332,5 +361,5 @@ def test_124m_logits_and_padded_batch_match_transformers(gpt2_124m):
 
 
 def test_124m_greedy_64_tokens_match_transformers_generate(gpt2_124m):
-    ckpt, _ = gpt2_124m
-    greedy_against_transformers(ckpt, np.array([[464, 3290, 318, 257, 1332, 286]]), 64)
+    greedy_against_transformers(gpt2_124m, np.array([[464, 3290, 318, 257, 1332, 286]]), 64,
+                                for_inference=True)                                  # numgpt.load's layout

@@ -69,6 +69,16 @@ def test_linear_matches_torch(rng):
                                atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("rows", [1, 3, ops.FEW_ROWS - 1, ops.FEW_ROWS, 40])
+def test_linear_into_with_a_weight_stored_out_in_matches_torch(rng, rows):
+    x = rng.standard_normal((rows, 16), dtype=np.float32)
+    w_out_in = rng.standard_normal((24, 16), dtype=np.float32)   # torch's layout, row-major
+    b = rng.standard_normal(24, dtype=np.float32)
+    ref = F.linear(t(x), t(w_out_in), t(b)).numpy()
+    out = np.empty((rows, 24), np.float32)
+    np.testing.assert_allclose(ops.linear_into(x, w_out_in.T, b, out), ref, atol=ATOL, rtol=0)  # [in, out] view
+
+
 def test_softmax_matches_torch_and_survives_large_and_masked_inputs(rng):
     x = rng.standard_normal((4, 10), dtype=np.float32) * 50 + 1000   # exp(1000) overflows without the max
     np.testing.assert_allclose(ops.softmax(x), F.softmax(t(x), dim=-1).numpy(), atol=1e-6, rtol=0)
