@@ -227,7 +227,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
 
 def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
-                          out: np.ndarray, *, block_mnk: int = 1 << 20) -> np.ndarray:
+                          out: np.ndarray, *, block_mnk: int = 1 << 21) -> np.ndarray:
     """Inference twin of `attention(q, k, v, causal_mask(T, S) & key_valid[:, None, None, :])`, written
     into `out` [B, T, H, D] (heads second to last: `out.reshape(B, T, H * D)` merges them for free).
 
@@ -235,9 +235,10 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
     key_valid [B, S] marks real tokens (None: all real). Queries go in blocks of rows; a block multiplies
     only the keys its rows can see (causal: about half the work of the full T x S), and is sized so that
     one head's products have at most block_mnk multiply-adds (R * s * D). The size is a compromise,
-    measured on a 512-token prefill of the 124M model (2 cores): 2^20 (32 rows over 512 keys) took
-    ~0.89 s, 2^18 ~1.0 s (more, smaller products: per-call overhead), 2^21 ~0.95 s (the softmax's passes
-    fall out of L2). Below 2^18, OpenBLAS runs a product on one thread, which is safer when other
+    measured on the 124M model's prefill (2 cores, whole forward, alternating runs, median ratios):
+    2^21 (64 rows over 512 keys) against 2^20: 0.98x the time at 256 and 512 tokens, 0.93x at 1024;
+    2^19: 1.06x at 512, 1.24x at 1024 (more, smaller products: per-call overhead). For the attention
+    alone at 512 tokens, 2^21 took 0.86-0.89x of 2^20's time and no blocks (512 x 512 at once) 1.25x. Below 2^18, OpenBLAS runs a product on one thread, which is safer when other
     processes take a core (its two-thread products were once measured 7x slower then): pass a smaller
     block_mnk on a busy machine. A decode step (T = 1) is a single block.
     """
@@ -251,14 +252,21 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         t0, t1 = t1, t1 + _block_rows(past + t1, block_mnk // D, T - t1)
         seen = past + t1                                       # keys 0 .. seen-1 are visible to some row
         scores = q[:, :, t0:t1] @ k[:, :, :seen].swapaxes(-1, -2)  # [B, H, R, D] x [B, H, D, s] -> [B, H, R, s]
-        blocked = None                                         # the last query (decode: the only one) sees all
+        # Every row sees keys 0 .. past+t0; only the last R columns (the block's diagonal square) hold
+        # keys that some rows may not see yet, so the causal mask covers just that square.
+        blocked, masked = None, scores
         if t1 - t0 > 1:
-            blocked = ~causal_mask(t1 - t0, seen)              # [R, s]: query past+t0+r sees keys <= past+t0+r
-        if key_valid is not None:
+            blocked = ~causal_mask(t1 - t0, t1 - t0)           # [R, R]: row r sees diagonal keys <= r
+            masked = scores[..., past + t0:]                   # [B, H, R, R] view
+        if key_valid is not None and not key_valid[:, :seen].all():
             padding = ~key_valid[:, None, None, :seen]         # [B, 1, 1, s]
-            blocked = padding if blocked is None else blocked | padding  # -> [B, 1, R, s]
+            if blocked is not None:                            # both: mask the whole block
+                blocked = padding | np.pad(blocked, ((0, 0), (past + t0, 0)))  # -> [B, 1, R, s]
+                masked = scores
+            else:
+                blocked = padding
         if blocked is not None:
-            np.copyto(scores, np.float32(-np.inf), where=blocked)
+            np.copyto(masked, np.float32(-np.inf), where=blocked)
         m = scores.max(axis=-1, keepdims=True)                 # [B, H, R, 1]
         np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf
         scores -= m
@@ -268,7 +276,7 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)
         np.exp(scores, out=scores)
         if blocked is not None:
-            np.copyto(scores, np.float32(0), where=blocked)    # masked keys: exactly 0 again
+            np.copyto(masked, np.float32(0), where=blocked)    # masked keys: exactly 0 again
         total = scores.sum(axis=-1, keepdims=True)             # [B, H, R, 1]; 0 only for a fully masked row
         np.maximum(total, FLOAT32_TINY, out=total)             # ... which then gets 0 / tiny = 0, not NaN
         block_out = o[:, :, t0:t1]
