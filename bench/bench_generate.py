@@ -61,7 +61,7 @@ def main() -> None:
     hf.generation_config.pad_token_id = 0
     folder = tempfile.mkdtemp(prefix="bench_generate_")
     hf.save_pretrained(folder)
-    config, params = load_checkpoint(folder)
+    config, params = load_checkpoint(folder, for_inference=True)  # as numgpt.load (and the CLI) load it
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 50000, 32).tolist()
     batch = [rng.integers(0, 50000, 32).tolist() for _ in range(4)]
@@ -103,7 +103,7 @@ def main() -> None:
     for name, (n_tokens, ours, ref) in cases.items():
         if args.only and args.only not in name:
             continue
-        ours(), ref()  # warm up (first-touch of the memory-mapped weights, torch's kernels)
+        ours(), ref()  # warm up (first-touch of the memory-mapped embeddings, torch's kernels)
         t_ours, t_ref, ratios = [], [], []
         for r in range(args.runs):
             if r % 2 == 0:

@@ -4,8 +4,10 @@
     for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
     logits = ln_f(x) @ wte^T
 
-Parameters are a dict of GPT-2's names (see params.py) with every linear weight stored [in, out]; the
-arrays may be read-only memory maps of a checkpoint, nothing here writes to them. Everything is float32.
+Parameters are a dict of GPT-2's names (see params.py) with every linear weight shaped [in, out]; the
+arrays may be read-only memory maps of a checkpoint, nothing here writes to them. numgpt.load hands in the
+blocks' linear weights as [in, out] views of [out, in] copies (checkpoint.load_checkpoint, for_inference),
+which decode steps multiply the way OpenBLAS runs fastest (ops.linear_into). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
 token). Each row's positions come from its mask (position = number of real tokens before it, as Hugging

@@ -238,9 +238,10 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
     measured on the 124M model's prefill (2 cores, whole forward, alternating runs, median ratios):
     2^21 (64 rows over 512 keys) against 2^20: 0.98x the time at 256 and 512 tokens, 0.93x at 1024;
     2^19: 1.06x at 512, 1.24x at 1024 (more, smaller products: per-call overhead). For the attention
-    alone at 512 tokens, 2^21 took 0.86-0.89x of 2^20's time and no blocks (512 x 512 at once) 1.25x. Below 2^18, OpenBLAS runs a product on one thread, which is safer when other
-    processes take a core (its two-thread products were once measured 7x slower then): pass a smaller
-    block_mnk on a busy machine. A decode step (T = 1) is a single block.
+    alone at 512 tokens, 2^21 took 0.86-0.89x of 2^20's time and no blocks (512 x 512 at once) 1.25x.
+    Below 2^18, OpenBLAS runs a product on one thread, which is safer when other processes take a core
+    (its two-thread products were once measured 7x slower then): pass a smaller block_mnk on a busy
+    machine. A decode step (T = 1) is a single block.
     """
     B, H, T, D = q.shape
     S = k.shape[2]

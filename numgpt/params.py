@@ -3,7 +3,9 @@
 Initialisation, counting, checkpoints and optimizer state all go through `param_shapes`, so adding a
 tensor is one edit. Names are GPT-2's own (as in Hugging Face checkpoints, without the `transformer.`
 prefix). Orientation: every linear weight is stored [in, out] and applied as `x @ w` -- the layout of
-GPT-2's Conv1D and of the Hugging Face safetensors files, so weights load with no transpose.
+GPT-2's Conv1D and of the Hugging Face safetensors files, so weights load with no transpose. (For
+inference, load_checkpoint(for_inference=True) keeps the blocks' weights as [in, out]-shaped views of
+[out, in] copies; the shapes, and every `x @ w`, stay the same.)
 """
 
 from __future__ import annotations
