@@ -59,15 +59,20 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         HF_HUB_CACHE / HF_HOME, this function reads no environment variables).
     """
     if name_or_folder is None:
-        if not (BUILTIN_MODEL / "config.json").is_file():
-            raise NumgptError(f"the built-in model is missing from this installation ({BUILTIN_MODEL}); "
-                              "reinstall numgpt, or pass a model folder or name: numgpt.load('path/to/gpt2') "
-                              "(CLI: --model PATH)")
-        name_or_folder = BUILTIN_MODEL
+        name_or_folder = builtin_model_folder()
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
     config, params = load_checkpoint(folder, for_inference=True)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
+
+
+def builtin_model_folder() -> Path:
+    """The folder of the model built into the package; a one-line error if the installation lacks it."""
+    if not (BUILTIN_MODEL / "config.json").is_file():
+        raise NumgptError(f"the built-in model is missing from this installation ({BUILTIN_MODEL}); "
+                          "reinstall numgpt, or pass a model folder or name: numgpt.load('path/to/gpt2') "
+                          "(CLI: --model PATH)")
+    return BUILTIN_MODEL
 
 
 @dataclass

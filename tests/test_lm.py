@@ -1,6 +1,8 @@
 """numgpt.load and LanguageModel against transformers on a GPT-2-vocabulary checkpoint: logits, the
 next-token distribution, greedy text equal to GPT2LMHeadModel.generate, stop strings, streaming, samples."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,19 @@ def test_a_missing_builtin_model_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(NumgptError, match="built-in model is missing") as e:
         numgpt.load()
     assert "\n" not in str(e.value) and "--model" in str(e.value)
+
+
+def test_info_without_model_describes_the_builtin_model(capsys, monkeypatch, tmp_path):
+    from numgpt.cli import main
+    from numgpt.params import count_params
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    lm = numgpt.load()
+    assert info["folder"] == str(lm.folder)
+    assert info["n_params"] == count_params(lm.config) == sum(a.size for a in lm.params.values())
+    monkeypatch.setattr("numgpt.lm.BUILTIN_MODEL", tmp_path / "model")    # a broken installation
+    assert main(["info"]) != 0
+    assert "built-in model is missing" in capsys.readouterr().err
 
 
 def test_bad_options_raise_numgpt_errors(lm):

@@ -183,11 +183,10 @@ def load_model(args):
 
 def model_folder(args) -> Path:
     from ..checkpoint import hf_cache_dir, resolve_model
-    from ..lm import BUILTIN_MODEL, load
+    from ..lm import builtin_model_folder
 
     if args.model is None:
-        load(None)  # raises the "pass --model" error until a built-in model ships
-        return BUILTIN_MODEL
+        return builtin_model_folder()
     return resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
 
 
