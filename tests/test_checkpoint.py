@@ -166,11 +166,12 @@ def test_save_over_the_folder_it_was_loaded_from(tiny_folder):
         np.testing.assert_array_equal(again[k], expected[k])
 
 
-def test_sharded_checkpoint(hf_small_ckpt, tmp_path):
+@pytest.mark.parametrize("for_inference", [False, True], ids=["as-stored", "for-inference"])
+def test_sharded_checkpoint(hf_small_ckpt, tmp_path, for_inference):
     hf_small_ckpt.model.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
-    _, params = load_checkpoint(tmp_path)
+    _, params = load_checkpoint(tmp_path, for_inference=for_inference)
     state = hf_state(hf_small_ckpt)
     for name, array in params.items():
         np.testing.assert_array_equal(array, state["transformer." + name])
