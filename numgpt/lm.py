@@ -48,7 +48,7 @@ class NextToken(NamedTuple):
 
 
 def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-         download: bool = True) -> "LanguageModel":
+         download: bool = True, mmap: bool = False) -> "LanguageModel":
     """Load a GPT-2 model with its tokenizer.
 
     name_or_folder: a Hugging Face GPT-2 folder (config.json + model.safetensors, tokenizer files
@@ -57,12 +57,16 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         model built into the package.
     cache_dir: the Hugging Face hub cache to look in (default ~/.cache/huggingface/hub; the CLI honours
         HF_HUB_CACHE / HF_HOME, this function reads no environment variables).
+    mmap: memory-map every weight as stored instead of copying the blocks' linear weights into memory
+        stored [out, in] (the default, see checkpoint.load_checkpoint): loads in milliseconds and keeps
+        no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
+        ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
     """
     if name_or_folder is None:
         name_or_folder = builtin_model_folder()
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
-    config, params = load_checkpoint(folder, for_inference=True)
+    config, params = load_checkpoint(folder, for_inference=not mmap)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 

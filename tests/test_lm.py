@@ -37,6 +37,16 @@ def test_logits_equal_transformers_1d_and_2d(lm, hf):
     np.testing.assert_allclose(lm.logits(np.array([ids, ids[::-1]])), ref, rtol=0, atol=ATOL)
 
 
+def test_load_mmap_keeps_every_weight_memory_mapped_with_the_same_results(lm, hf_gpt2_vocab_ckpt):
+    mapped = numgpt.load(hf_gpt2_vocab_ckpt.folder, mmap=True)
+    assert all(not a.flags.writeable and a.flags.c_contiguous for a in mapped.params.values())
+    assert not lm.params["h.0.mlp.c_fc.weight"].flags.c_contiguous      # the default: stored [out, in]
+    prompts = ["Hello there", "The quick brown fox jumps"]                # decode steps of 2 rows
+    assert mapped.generate(prompts, do_sample=False, max_new_tokens=12) == \
+        lm.generate(prompts, do_sample=False, max_new_tokens=12)
+    np.testing.assert_allclose(mapped.logits([464, 3290, 318]), lm.logits([464, 3290, 318]), rtol=0, atol=ATOL)
+
+
 def test_next_token_distribution_equals_transformers_softmax(lm, hf):
     prompt = "I wish you a happy New"
     ids = lm.tokenizer.encode(prompt)
