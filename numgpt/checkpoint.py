@@ -61,15 +61,14 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
     as they are first touched, and shared with the page cache). mmap=False: the file is read into one
     writable array in memory (a copy, but in anonymous memory that the kernel can back with huge pages).
     transposed: 2-D tensors whose name ends with one of these are read into memory stored transposed
-    (see `read_transposed`), whatever `mmap` says; they keep the file's shape.
+    (see `read_transposed`), whatever `mmap` says; they keep the file's shape. With `transposed`, 1-D
+    tensors are read into memory too, and the other 2-D ones (the embeddings) are mapped (copied if not mmap).
     """
     path = Path(path)
     header, data_start = _read_header(path)
     metadata = header.pop("__metadata__", None) or {}
     file_size = path.stat().st_size
-    flipped = {name for name, entry in header.items() if transposed and name.endswith(transposed)
-               and isinstance(entry, dict) and isinstance(entry.get("shape"), list) and len(entry["shape"]) == 2}
-    raw = _file_bytes(path, file_size, mmap or bool(flipped))  # not the whole file into memory twice
+    raw = _file_bytes(path, file_size, mmap or bool(transposed))  # not the whole file into memory twice
     tensors, jobs = {}, []
     for name, entry in header.items():
         if name.endswith(skip):
@@ -81,29 +80,22 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
         if data_start + end > file_size:
             raise NumgptError(f"{path}: truncated file: tensor {name!r} ends at byte {data_start + end} "
                               f"but the file has {file_size} bytes; download or save it again")
-        if name in flipped:
-            jobs.append((name, start, end, dtype, shape))
-            continue
-        if flipped and len(shape) < 2:   # biases, gains: read, not mapped (see _TransposedReader)
+        if transposed and len(shape) == 2 and name.endswith(transposed):
+            jobs.append((name, data_start + start, end - start, dtype, shape))
+        elif transposed and len(shape) < 2:  # biases, gains: read, not mapped (see _read_transposed_share)
             tensors[name] = _as_float32(_read_bytes(path, data_start + start, end - start), dtype, shape)
-            continue
-        tensors[name] = _as_float32(raw[data_start + start:data_start + end], dtype, shape)
-        if not mmap and flipped and tensors[name].base is not None:
-            tensors[name] = tensors[name].copy()             # into memory, as mmap=False promises
-
-    # one arena for all of them: separate arrays would each round up to whole 2 MB huge pages (+50 MB)
-    sizes = [int(np.prod(shape)) for *_, shape in jobs]
-    arena = np.empty(sum(sizes), np.float32)
-    offsets = np.cumsum([0] + sizes)
-    jobs = [(*job, arena[offsets[i]:offsets[i + 1]]) for i, job in enumerate(jobs)]
-    shares = _balanced_shares(jobs, sizes, thread_count())
-
-    def read_share(k: int) -> None:                           # one thread's tensors, through its own buffer
-        reader = _TransposedReader(path, data_start)
-        for name, start, end, dtype, shape, out in shares[k]:
-            tensors[name] = reader.read(start, end, dtype, shape, out)
-
-    run_in_threads(read_share, len(shares))                   # copies release the GIL: ~1.6x on 2 cores
+        else:
+            tensors[name] = _as_float32(raw[data_start + start:data_start + end], dtype, shape)
+            if not mmap and transposed and tensors[name].base is not None:
+                tensors[name] = tensors[name].copy()         # into memory, as mmap=False promises
+    if jobs:
+        # one arena for all of them: separate arrays would each round up to whole 2 MB huge pages (+50 MB)
+        sizes = [int(np.prod(shape)) for *_, shape in jobs]
+        arena = np.empty(sum(sizes), np.float32)
+        offsets = np.cumsum([0] + sizes)
+        jobs = [(*job, arena[offsets[i]:offsets[i + 1]]) for i, job in enumerate(jobs)]
+        shares = _balanced_shares(jobs, sizes, thread_count())
+        run_in_threads(lambda k: _read_transposed_share(path, shares[k], tensors), len(shares))  # ~1.6x on 2 cores
     return {name: tensors[name] for name in header if name in tensors}, dict(metadata)
 
 
@@ -119,21 +111,16 @@ def _balanced_shares(items: list, sizes: list[int], parts: int) -> list[list]:
     return shares
 
 
-class _TransposedReader:
-    """Reads 2-D tensors of one safetensors file into memory stored transposed, through one scratch
-    buffer. Read, not memory-mapped: every page of a map that is touched stays in this process's
-    memory, and the kernel maps whole runs of pages (up to 2 MB) around each touched one -- the 124M
-    model's scattered biases alone pulled ~70 MB of unused neighbours into its peak RSS (measured)."""
-
-    def __init__(self, path: Path, data_start: int):
-        self.path, self.data_start = path, data_start
-        self.scratch = np.empty(0, np.uint8)
-
-    def read(self, start: int, end: int, dtype: str, shape: tuple[int, ...], out: np.ndarray) -> np.ndarray:
-        if self.scratch.nbytes < end - start:
-            self.scratch = np.empty(end - start, np.uint8)
-        raw = _read_bytes(self.path, self.data_start + start, end - start, self.scratch[:end - start])
-        return read_transposed(raw.view(FLOAT_DTYPES[dtype]).reshape(shape), dtype, out=out)
+def _read_transposed_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -> None:
+    """One thread's share of the 2-D tensors (name, offset, size, dtype, shape, out) of a file, read into
+    memory stored transposed through one scratch buffer. Read, not memory-mapped: every page of a map
+    that is touched stays in this process's memory, and the kernel maps whole runs of pages (up to 2 MB)
+    around each touched one -- the 124M model's scattered biases alone pulled ~70 MB of unused
+    neighbours into its peak RSS (measured). The copies release the GIL, so shares run in parallel."""
+    scratch = np.empty(max((size for _, _, size, *_ in jobs), default=0), np.uint8)
+    for name, offset, size, dtype, shape, out in jobs:
+        raw = _read_bytes(path, offset, size, scratch[:size])
+        tensors[name] = read_transposed(raw.view(FLOAT_DTYPES[dtype]).reshape(shape), dtype, out=out)
 
 
 def _read_bytes(path: Path, offset: int, size: int, out: np.ndarray | None = None) -> np.ndarray:

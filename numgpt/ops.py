@@ -273,7 +273,7 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         if t1 - t0 > 1:
             blocked = ~causal_mask(t1 - t0, t1 - t0)           # [R, R]: row r sees diagonal keys <= r
             masked = scores[..., past + t0:]                   # [B, H, R, R] view
-        if key_valid is not None and not key_valid[:, :seen].all():
+        if key_valid is not None:
             padding = ~key_valid[:, None, None, :seen]         # [B, 1, 1, s]
             if blocked is not None:                            # both: mask the whole block
                 blocked = padding | np.pad(blocked, ((0, 0), (past + t0, 0)))  # -> [B, 1, R, s]
