@@ -20,7 +20,7 @@ each round is reported with the median over rounds.
     python bench/bench_train.py --step124m --rounds 3       # 124M step time and memory
 numgpt runs its step as `numgpt train` does: each batch's rows split over one thread per core
 (parallel.DataParallel), BLAS held to one thread for the whole run (threads.single_threaded_blas, entered
-once as `train` does). Add --json FILE to keep the raw numbers.
+once as `train` does), freed memory kept for reuse (memory.keep_freed_memory, as `train` sets it). Add --json FILE to keep the raw numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from numgpt.memory import keep_freed_memory  # noqa: E402
 from numgpt.parallel import DataParallel  # noqa: E402
 from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
@@ -86,6 +87,7 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- workers (one framework per process)
 
 def numgpt_worker(iters: int, eval_every: int) -> dict:
+    keep_freed_memory()                                    # as numgpt.train.train does
     with single_threaded_blas():                           # once for the run, as numgpt.train.train does
         return numgpt_small_run(iters, eval_every)
 
@@ -187,6 +189,7 @@ B124, T124, STEPS124 = 4, 256, 3
 
 
 def numgpt_124m_worker() -> dict:
+    keep_freed_memory()                                    # as numgpt.train.train does
     with single_threaded_blas():                           # once for the run, as numgpt.train.train does
         return numgpt_124m_run()
 

@@ -19,6 +19,9 @@ Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last c
 returns with `interrupted` set. A non-finite loss or gradient stops the run with a NumgptError before the
 update, so the last good checkpoint stays intact.
 
+Memory: `train` sets glibc's malloc, for the rest of the process, to keep freed memory for reuse
+(memory.keep_freed_memory): without it, every step's activations are page-faulted in afresh.
+
 Nothing here prints: progress goes to the `on_event` callback (the CLI draws a tqdm bar from it).
 """
 
@@ -38,6 +41,7 @@ import numpy as np
 from .config import GPTConfig
 from .data import Dataset, get_batch
 from .errors import NumgptError
+from .memory import keep_freed_memory
 from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
 from .parallel import DataParallel
 from .params import zeros_like
@@ -125,6 +129,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
     dp = DataParallel(tc.threads or thread_count())
+    keep_freed_memory()                          # every step reuses the last one's memory (memory.py)
     try:
         with single_threaded_blas() if dp.threads > 1 else nullcontext():
             return _loop(state, config, tc, data, run, emit, dp, grads)
