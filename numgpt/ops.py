@@ -121,15 +121,24 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`gelu` for training, written as y = x * h with h = 0.5 (1 + tanh u); returns (y, h) -- h is what
-    `gelu_backward` needs. In place on one buffer: 8 passes over x instead of ~15 temporaries."""
-    h = np.multiply(x, x)
-    h *= GELU_U_CUBIC
-    h += GELU_SQRT_2_OVER_PI
-    h *= x                                                     # u = sqrt(2/pi) (x + 0.044715 x^3)
-    np.tanh(h, out=h)
-    h *= HALF
-    h += HALF                                                  # h = 0.5 (1 + tanh u)
+    `gelu_backward` needs. h is computed as the logistic sigmoid(2u) = 1 / (1 + exp(-2u)), which equals
+    0.5 (1 + tanh u) and costs a third less: NumPy's tanh takes ~3.9 ns an element here against ~2.3
+    for exp (neither vectorised on AVX2). In place on one buffer: 8 passes over x."""
+    h = minus_two_u(x)
+    with np.errstate(over="ignore"):                           # exp(-2u) = inf for x < -9 gives h = 0
+        np.exp(h, out=h)
+    h += ONE
+    np.reciprocal(h, out=h)                                    # h = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u)
     return x * h, h
+
+
+def minus_two_u(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """-2u = -2 sqrt(2/pi) (x + 0.044715 x^3), GELU's tanh argument times -2, in 4 passes."""
+    h = np.multiply(x, x, out=out)
+    h *= np.float32(-2) * GELU_U_CUBIC
+    h += np.float32(-2) * GELU_SQRT_2_OVER_PI
+    h *= x
+    return h
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -151,16 +160,13 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """`gelu` in place on x, using `scratch` (same shape) instead of allocating temporaries."""
-    np.multiply(x, x, out=scratch)                 # x^2
-    scratch *= GELU_CUBIC
-    scratch += ONE                                 # 1 + 0.044715 x^2
-    scratch *= x                                   # x + 0.044715 x^3
-    scratch *= GELU_SQRT_2_OVER_PI
-    np.tanh(scratch, out=scratch)
+    """`gelu` in place on x, using `scratch` (same shape) instead of allocating temporaries; as
+    x / (1 + exp(-2u)), the sigmoid form of `gelu_forward`."""
+    minus_two_u(x, out=scratch)
+    with np.errstate(over="ignore"):
+        np.exp(scratch, out=scratch)
     scratch += ONE
-    x *= HALF
-    x *= scratch
+    x /= scratch
     return x
 
 
