@@ -126,6 +126,18 @@ def test_embedding_backward_adds_repeated_ids(rng):
     assert_grad(dw, lambda: float(np.sum(w[ids] * G)), w)
 
 
+def test_embedding_backward_accumulates_like_add_at(rng):
+    ids = rng.integers(0, 50, (4, 33))                         # repeats, in no order
+    G = rng.standard_normal((4, 33, 8))
+    start = rng.standard_normal((50, 8))                       # adds into what is there
+    dw, expected = start.copy(), start.copy()
+    ops.embedding_backward(G, ids, dw)
+    np.add.at(expected, ids.reshape(-1), G.reshape(-1, 8))
+    np.testing.assert_allclose(dw, expected, rtol=1e-12, atol=1e-12)
+    ops.embedding_backward(G[:, :0], ids[:, :0], dw)          # no rows: nothing changes
+    np.testing.assert_allclose(dw, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_cross_entropy_forward_backward(rng):
     logits = rng.standard_normal((5, 9)) * 4
     targets = np.array([0, 8, 3, 3, 1])
