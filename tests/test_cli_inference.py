@@ -151,3 +151,11 @@ def test_help_has_a_description_and_examples(capsys, command):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "examples:" in out and f"numgpt {command} --model" in out
+
+
+@pytest.mark.parametrize("command", ["generate", "next", "perplexity", "info", "train", "prepare", "plot",
+                                     "tokenize"])
+def test_help_text_has_no_unformatted_percent_signs(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "%%" not in capsys.readouterr().out                 # argparse prints a description's %% as is

@@ -38,8 +38,8 @@ single-threaded BLAS: see BENCHMARKS.md, Training.
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize text files into train/val token files for training",
-                       description="Tokenize text files into DIR/train.bin and DIR/val.bin (first 90%% of the "
-                       "characters train, last 10%% validate), with the tokenizer and a meta.json beside them.",
+                       description="Tokenize text files into DIR/train.bin and DIR/val.bin (first 90% of the "
+                       "characters train, last 10% validate), with the tokenizer and a meta.json beside them.",
                        epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="TEXT_FILE", help="UTF-8 text files, joined in order")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write")
