@@ -394,9 +394,14 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
                   download: bool = True) -> Path:
     """The folder of a model: an existing folder as is; else a hub name ('gpt2', 'openai-community/gpt2')
     looked up in the hub cache `cache_dir` without network; else downloaded with huggingface_hub when
-    `download` is true and it is installed."""
+    `download` is true and it is installed. A run folder of `numgpt train` (no config.json of its own)
+    means its best checkpoint, else its latest."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if not (path / CONFIG_FILE).exists():
+            for sub in RUN_CHECKPOINTS:
+                if (path / sub / CONFIG_FILE).is_file():
+                    return path / sub
         return path
     name = str(name_or_path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -421,6 +426,9 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
     except Exception as e:  # noqa: BLE001 -- network, auth and missing-repo errors all mean "not available"
         raise NumgptError(f"model {name!r} is not cached and downloading it failed "
                           f"({type(e).__name__}); {how}") from None
+
+
+RUN_CHECKPOINTS = ("best", "latest")   # the checkpoints a `numgpt train` run folder holds, preferred first
 
 
 def _cached_snapshot(cache_dir: Path, repo_id: str) -> Path | None:

@@ -333,6 +333,15 @@ def test_resolve_existing_folder_as_is(tiny_folder, tmp_path):
     assert resolve_model(tiny_folder, cache_dir=tmp_path / "empty", download=False) == tiny_folder
 
 
+def test_resolve_a_training_run_folder_to_its_best_then_latest_checkpoint(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_folder, run / "latest")
+    assert resolve_model(run, cache_dir=tmp_path / "empty", download=False) == run / "latest"
+    shutil.copytree(tiny_folder, run / "best")
+    assert resolve_model(run, cache_dir=tmp_path / "empty", download=False) == run / "best"
+    load_checkpoint(resolve_model(run, cache_dir=tmp_path / "empty", download=False))
+
+
 def test_resolve_names_in_the_hub_cache(tmp_path):
     cache = tmp_path / "hub"
     snapshot = fake_hub_cache(cache, "openai-community/gpt2")
