@@ -1,5 +1,7 @@
 """Forward ops against PyTorch's own layers, and the in-place inference twins against the plain ones."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,22 @@ def test_gelu_inplace_equals_plain(rng):
     expected = ops.gelu(x)
     got = ops.gelu_(x.copy(), np.empty_like(x))
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)  # same formula, reordered float32 ops
+
+
+def test_gelu_sigmoid_forms_match_torch_at_the_extremes(rng):
+    """gelu_ and gelu_forward compute h = 1 / (1 + exp(-2u)): exp overflows to inf below x ~ -10, which
+    must give exactly 0 (not NaN) and no warning."""
+    x = np.concatenate([rng.standard_normal(1000, dtype=np.float32) * 4,
+                        np.array([-1e4, -100, -30, -10.2, -10, -5, 0, 5, 30, 100], np.float32)])
+    ref = F.gelu(t(x), approximate="tanh").numpy()
+    with warnings.catch_warnings():                            # NumPy's default error settings:
+        warnings.simplefilter("error")                         # an overflow warning would raise here
+        inplace = ops.gelu_(x.copy(), np.empty_like(x))
+        forward, h = ops.gelu_forward(x)
+    for got in (inplace, forward):
+        assert got.dtype == np.float32 and np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, atol=ATOL, rtol=1e-6)
+    assert np.all((h >= 0) & (h <= 1))
 
 
 def test_linear_matches_torch(rng):
