@@ -124,21 +124,22 @@ def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     `gelu_backward` needs. h is computed as the logistic sigmoid(2u) = 1 / (1 + exp(-2u)), which equals
     0.5 (1 + tanh u) and costs a third less: NumPy's tanh takes ~3.9 ns an element here against ~2.3
     for exp (neither vectorised on AVX2). In place on one buffer: 8 passes over x."""
-    h = minus_two_u(x)
-    with np.errstate(over="ignore"):                           # exp(-2u) = inf below x ~ -10.1: h = 0
-        np.exp(h, out=h)
-    h += ONE
+    h = gelu_denominator(x)
     np.reciprocal(h, out=h)                                    # h = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u)
     return x * h, h
 
 
-def minus_two_u(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """-2u = -2 sqrt(2/pi) (x + 0.044715 x^3), GELU's tanh argument times -2, in 4 passes."""
-    h = np.multiply(x, x, out=out)
-    h *= np.float32(-2) * GELU_U_CUBIC
-    h += np.float32(-2) * GELU_SQRT_2_OVER_PI
-    h *= x
-    return h
+def gelu_denominator(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 + exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3): GELU(x) = x / this, in 6 passes (into `out` if given).
+    exp(-2u) overflows to inf below x ~ -10.1, which is right: GELU's x / inf = 0 there."""
+    d = np.multiply(x, x, out=out)
+    d *= np.float32(-2) * GELU_U_CUBIC
+    d += np.float32(-2) * GELU_SQRT_2_OVER_PI
+    d *= x                                                     # -2u
+    with np.errstate(over="ignore"):
+        np.exp(d, out=d)
+    d += ONE
+    return d
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -162,11 +163,7 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray, h: np.ndarray) -> np.ndarray:
 def gelu_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """`gelu` in place on x, using `scratch` (same shape) instead of allocating temporaries; as
     x / (1 + exp(-2u)), the sigmoid form of `gelu_forward`."""
-    minus_two_u(x, out=scratch)
-    with np.errstate(over="ignore"):
-        np.exp(scratch, out=scratch)
-    scratch += ONE
-    x /= scratch
+    x /= gelu_denominator(x, out=scratch)
     return x
 
 
