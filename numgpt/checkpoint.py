@@ -35,6 +35,7 @@ from .threads import run_in_threads, thread_count
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+RUN_LATEST, RUN_BEST = "latest", "best"     # the checkpoints of a `numgpt train` run folder (train.py)
 HF_PREFIX = "transformer."
 TIED_HEAD = "lm_head.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers, not parameters
@@ -399,7 +400,7 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
-            for sub in RUN_CHECKPOINTS:
+            for sub in (RUN_BEST, RUN_LATEST):
                 if (path / sub / CONFIG_FILE).is_file():
                     return path / sub
         return path
@@ -426,9 +427,6 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
     except Exception as e:  # noqa: BLE001 -- network, auth and missing-repo errors all mean "not available"
         raise NumgptError(f"model {name!r} is not cached and downloading it failed "
                           f"({type(e).__name__}); {how}") from None
-
-
-RUN_CHECKPOINTS = ("best", "latest")   # the checkpoints a `numgpt train` run folder holds, preferred first
 
 
 def _cached_snapshot(cache_dir: Path, repo_id: str) -> Path | None:

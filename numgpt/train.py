@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .checkpoint import RUN_BEST, RUN_LATEST
 from .config import GPTConfig
 from .data import Dataset, get_batch
 from .errors import NumgptError
@@ -50,7 +51,7 @@ from .trainstate import TrainState, save_train_checkpoint
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
-LATEST, BEST = "latest", "best"
+LATEST, BEST = RUN_LATEST, RUN_BEST            # RUN/latest, RUN/best (named where --model RUN resolves them)
 EVAL_STREAM = 1  # the rng stream of evaluation batches, apart from training's
 LN2 = math.log(2)
 
