@@ -28,7 +28,7 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # give the heap's free top back only beyond 2 
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to reuse freed memory rather than unmap it (process-wide, for the rest of the
     process's life). Returns False, changing nothing, where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(None)
