@@ -20,7 +20,8 @@ each round is reported with the median over rounds.
     python bench/bench_train.py --step124m --rounds 3       # 124M step time and memory
 numgpt runs its step as `numgpt train` does: each batch's rows split over one thread per core
 (parallel.DataParallel), BLAS held to one thread for the whole run (threads.single_threaded_blas, entered
-once as `train` does), freed memory kept for reuse (memory.keep_freed_memory, as `train` sets it). Add --json FILE to keep the raw numbers.
+once as `train` does), freed memory kept for reuse (memory.keep_freed_memory, as `train` sets it).
+Add --json FILE to keep the raw numbers.
 """
 
 from __future__ import annotations
