@@ -49,7 +49,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from numgpt.checkpoint import load_checkpoint
+    from numgpt.formats.hf import load_checkpoint
     from numgpt.generate import generate_ids
     from numgpt.sampling import GREEDY, SamplingOptions
     from numgpt.scoring import token_logprobs

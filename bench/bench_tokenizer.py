@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-GPT2_FILES = REPO / "numgpt" / "data" / "gpt2"
+GPT2_FILES = REPO / "numgpt" / "assets" / "gpt2"
 CORPUS = REPO / "tests" / "data" / "tokenizer_corpus.json"
 BENCHMARKS = REPO / "BENCHMARKS.md"
 

@@ -41,12 +41,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numgpt.memory import keep_freed_memory  # noqa: E402
-from numgpt.parallel import DataParallel  # noqa: E402
+from numgpt.training.memory import keep_freed_memory  # noqa: E402
+from numgpt.training.parallel import DataParallel  # noqa: E402
 from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
-from numgpt.data import get_batch  # noqa: E402
-from numgpt.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
+from numgpt.training.data import get_batch  # noqa: E402
+from numgpt.training.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
 from numgpt.params import init_params, zeros_like  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare.txt")
@@ -88,8 +88,8 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- workers (one framework per process)
 
 def numgpt_worker(iters: int, eval_every: int) -> dict:
-    keep_freed_memory()                                    # as numgpt.train.train does
-    with single_threaded_blas():                           # once for the run, as numgpt.train.train does
+    keep_freed_memory()                                    # as numgpt.training.train does
+    with single_threaded_blas():                           # once for the run, as numgpt.training.train does
         return numgpt_small_run(iters, eval_every)
 
 
@@ -190,8 +190,8 @@ B124, T124, STEPS124 = 4, 256, 3
 
 
 def numgpt_124m_worker() -> dict:
-    keep_freed_memory()                                    # as numgpt.train.train does
-    with single_threaded_blas():                           # once for the run, as numgpt.train.train does
+    keep_freed_memory()                                    # as numgpt.training.train does
+    with single_threaded_blas():                           # once for the run, as numgpt.training.train does
         return numgpt_124m_run()
 
 

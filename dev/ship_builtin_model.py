@@ -1,4 +1,4 @@
-"""Package a `numgpt train` checkpoint as the built-in model (numgpt/data/model), and measure it.
+"""Package a `numgpt train` checkpoint as the built-in model (numgpt/assets/model), and measure it.
 
     python dev/ship_builtin_model.py runs/builtin/best ../shared/data/tinyshakespeare.txt
 
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numgpt
-from numgpt.checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
-from numgpt.data import split_text
+from numgpt.formats.hf import load_checkpoint, load_tokenizer, save_checkpoint
+from numgpt.training.data import split_text
 
-BUILTIN = Path(numgpt.__file__).parent / "data" / "model"
+BUILTIN = Path(numgpt.__file__).parent / "assets" / "model"
 
 
 def main() -> int:

@@ -4,28 +4,25 @@ The public API (everything else is internal and may change):
     load, LanguageModel, NextToken            -- a model with its tokenizer: generate, next, perplexity (lm.py)
     GPTConfig, PRESETS                        -- the architecture's hyperparameters (config.py)
     forward, KVCache                          -- the forward pass with its key/value cache (model.py, kvcache.py)
-    load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary   -- Hugging Face folders (checkpoint.py)
-    Tokenizer, train_bpe                      -- byte-level BPE, and training a new vocabulary (tokenizer.py, bpe_train.py)
+    load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary   -- Hugging Face folders (formats/)
+    Tokenizer, train_bpe                      -- byte-level BPE, and training a new vocabulary (tokenizer/)
     SamplingOptions, GenerationOptions, Completion, Perplexity             -- decoding and scoring (sampling.py, ...)
-    loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset   -- training
+    loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset   -- training (training/)
     NumgptError                               -- every user-facing error (one line, no traceback in the CLI)
 """
 
 from .backprop import accumulate_grads, loss_and_grads
-from .bpe_train import train_bpe
-from .checkpoint import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
 from .config import PRESETS, GPTConfig
-from .data import load_dataset, prepare
 from .errors import NumgptError
 from .generate import Completion, GenerationOptions
 from .kvcache import KVCache
 from .lm import LanguageModel, NextToken, load
 from .model import forward
-from .optim import AdamWConfig
 from .sampling import SamplingOptions
 from .scoring import Perplexity
-from .tokenizer import Tokenizer
-from .train import TrainConfig  # the loop is numgpt.train.train; not re-exported, it would shadow the module
+from .formats import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
+from .tokenizer import Tokenizer, train_bpe
+from .training import AdamWConfig, TrainConfig, load_dataset, prepare
 
 __all__ = ["load", "LanguageModel", "NextToken", "GPTConfig", "PRESETS", "forward", "KVCache",
            "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary", "Tokenizer", "train_bpe",

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .checkpoint import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+from .formats.hf import load_checkpoint, load_tokenizer
+from .formats.hub import hf_cache_dir, resolve_model
 from .config import GPTConfig
 from .errors import NumgptError
 from .generate import Completion, GenerationOptions, Progress, encode_prompt, generate_completions, stream_completions
@@ -36,7 +37,7 @@ from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_b
 
 # The model `load()` uses when given nothing: a small GPT-2 trained on Shakespeare, shipped in the package
 # (README, "The built-in model"; made by dev/ship_builtin_model.py).
-BUILTIN_MODEL = Path(__file__).parent / "data" / "model"
+BUILTIN_MODEL = Path(__file__).parent / "assets" / "model"
 
 
 class NextToken(NamedTuple):

@@ -2,9 +2,9 @@
 
 NumPy's ufuncs and BLAS calls release the GIL while they run, so Python threads that each run a chain of
 array operations on their own data proceed in parallel. Two users:
-- parallel.py runs each thread's share of a training batch (forward and backward) with BLAS held to one
+- training/parallel.py runs each thread's share of a training batch (forward and backward) with BLAS held to one
   thread (`single_threaded_blas`), so that the elementwise half of a step runs on all cores too.
-- AdamW (optim.py) splits its slices over threads: 0.40 s instead of 0.60 s per 124M-parameter step.
+- AdamW (training/optim.py) splits its slices over threads: 0.40 s instead of 0.60 s per 124M-parameter step.
 
 Elementwise operations split over threads right after multithreaded BLAS products gain nothing: OpenBLAS's
 idle threads spin on the cores for a while after each product and the two compete (GELU and softmax split
@@ -75,7 +75,7 @@ def run_in_threads(fn: Callable[[int], object], n: int) -> None:
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Hold BLAS (OpenBLAS, MKL, ...) to one thread inside the block, for code that runs its own threads
-    (parallel.py): BLAS threads of their own would oversubscribe the cores, and OpenBLAS's idle threads
+    (training/parallel.py): BLAS threads of their own would oversubscribe the cores, and OpenBLAS's idle threads
     spin between products. Uses threadpoolctl; without it, BLAS is left alone."""
     try:
         from threadpoolctl import threadpool_limits

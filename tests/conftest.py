@@ -84,7 +84,7 @@ from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"  # ../shared/data from the repository
-GPT2_FILES = REPO / "numgpt" / "data" / "gpt2"
+GPT2_FILES = REPO / "numgpt" / "assets" / "gpt2"
 
 
 @pytest.fixture(scope="session")

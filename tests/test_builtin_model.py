@@ -1,4 +1,4 @@
-"""The built-in model (numgpt/data/model): what `numgpt generate` uses with no --model."""
+"""The built-in model (numgpt/assets/model): what `numgpt generate` uses with no --model."""
 
 import json
 from pathlib import Path

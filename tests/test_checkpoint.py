@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from numgpt import GPTConfig, NumgptError
-from numgpt.checkpoint import (LINEAR_WEIGHTS, checkpoint_summary, hf_cache_dir, load_checkpoint, load_config,
-                               load_tokenizer, read_safetensors, read_transposed, resolve_model, save_checkpoint,
-                               write_safetensors)
+from numgpt.formats.hf import (LINEAR_WEIGHTS, checkpoint_summary, load_checkpoint, load_config, load_tokenizer,
+                               save_checkpoint)
+from numgpt.formats.hub import hf_cache_dir, resolve_model
+from numgpt.formats.safetensors import read_safetensors, read_transposed, write_safetensors
 from numgpt.model import forward
 from numgpt.params import init_params, param_shapes
 

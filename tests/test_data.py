@@ -8,7 +8,7 @@ import pytest
 
 from numgpt import Tokenizer, train_bpe
 from numgpt.cli import main
-from numgpt.data import (get_batch, load_dataset, prepare, split_text, token_dtype,
+from numgpt.training.data import (get_batch, load_dataset, prepare, split_text, token_dtype,
                          tokenizer_fingerprint)
 from numgpt.errors import NumgptError
 

@@ -6,7 +6,7 @@ streaming) on a scripted decoder."""
 import pytest
 
 from numgpt import NumgptError
-from numgpt.checkpoint import load_checkpoint
+from numgpt.formats.hf import load_checkpoint
 from numgpt.generate import (
     GenerationOptions, TextStopper, decode_steps, generate_ids, sequence_rngs,
 )

@@ -12,7 +12,7 @@ import resource, sys
 import numpy as np
 from numgpt.backprop import Workspace, accumulate_grads
 from numgpt.config import GPTConfig
-from numgpt.memory import keep_freed_memory
+from numgpt.training.memory import keep_freed_memory
 from numgpt.params import init_params, zeros_like
 
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None

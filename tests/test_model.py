@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from numgpt import GPTConfig, KVCache, NumgptError
-from numgpt.checkpoint import load_checkpoint
+from numgpt.formats.hf import load_checkpoint
 from numgpt.model import BlockBuffers, block, block_, embed, forward, reference_forward, token_positions
 from numgpt.ops import causal_mask
 from numgpt.params import init_params

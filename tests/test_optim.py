@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numgpt.config import GPTConfig
-from numgpt.optim import (AdamWConfig, adamw_step, clip_grad_norm, decays, global_norm, init_state,
+from numgpt.training.optim import (AdamWConfig, adamw_step, clip_grad_norm, decays, global_norm, init_state,
                           learning_rate)
 from numgpt.params import param_shapes
 
@@ -102,7 +102,7 @@ def test_bad_hyperparameters_are_refused(bad):
 
 
 def test_chunked_update_equals_whole_tensor_update():
-    from numgpt.optim import CHUNK, adamw_update
+    from numgpt.training.optim import CHUNK, adamw_update
     rng = np.random.default_rng(2)
     shape = (CHUNK // 100 + 7, 100)                           # more than one chunk, the last one partial
     p, g, m = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))

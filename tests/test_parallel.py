@@ -1,4 +1,4 @@
-"""parallel.py: a batch split over threads gives the single-thread loss and gradients (to float32
+"""training/parallel.py: a batch split over threads gives the single-thread loss and gradients (to float32
 reordering), the same bits every time, and errors from any thread; threads.single_threaded_blas."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from numgpt import backprop
 from numgpt.config import GPTConfig
 from numgpt.errors import NumgptError
-from numgpt.parallel import DataParallel, add_into
+from numgpt.training.parallel import DataParallel, add_into
 from numgpt.params import init_params, zeros_like
 from numgpt.threads import single_threaded_blas
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numgpt import NumgptError
-from numgpt.checkpoint import load_checkpoint
+from numgpt.formats.hf import load_checkpoint
 from numgpt.scoring import perplexity, token_logprobs, windows
 from numgpt.tokenizer import Tokenizer
 

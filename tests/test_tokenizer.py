@@ -14,11 +14,11 @@ import regex
 
 import numgpt
 from numgpt import NumgptError, Tokenizer
-from numgpt.bpe_train import merge_pair
-from numgpt.tokenizer import (ENDOFTEXT, GPT2_EOT_ID, GPT2_SHA256, GPT2_SPLIT_PATTERN, bytes_to_unicode,
-                              pretokenize, show_bytes)
+from numgpt.tokenizer.train import merge_pair
+from numgpt.tokenizer.bpe import (ENDOFTEXT, GPT2_EOT_ID, GPT2_SHA256, GPT2_SPLIT_PATTERN, bytes_to_unicode,
+                                  pretokenize, show_bytes)
 
-GPT2_FILES = Path(numgpt.__file__).parent / "data" / "gpt2"
+GPT2_FILES = Path(numgpt.__file__).parent / "assets" / "gpt2"
 
 # ---- known ids ------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 import numgpt
 from numgpt.cli import main
 
-GPT2_FILES = Path(numgpt.__file__).parent / "data" / "gpt2"
+GPT2_FILES = Path(numgpt.__file__).parent / "assets" / "gpt2"
 
 
 def run(capsys, *argv, stdin=None, monkeypatch=None):

@@ -6,8 +6,8 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from numgpt.bpe_train import safe_cut
-from numgpt.tokenizer import GPT2_SPLIT_PATTERN, bytes_to_unicode, pretokenize
+from numgpt.tokenizer.train import safe_cut
+from numgpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, bytes_to_unicode, pretokenize
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 GPT2_SPLIT = regex.compile(GPT2_SPLIT_PATTERN)

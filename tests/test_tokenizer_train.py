@@ -1,4 +1,4 @@
-"""numgpt.bpe_train: the incremental trainer against a plain recount-everything twin, the tie-break rule,
+"""numgpt.tokenizer.train: the incremental trainer against a plain recount-everything twin, the tie-break rule,
 special tokens and vocabulary sizes, files, and the saved folder against transformers' GPT2TokenizerFast."""
 
 import random
@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from numgpt import NumgptError, Tokenizer, train_bpe
-from numgpt import bpe_train
-from numgpt.bpe_train import count_words, learn_merges, merge_pair
+from numgpt.tokenizer import train as bpe_train
+from numgpt.tokenizer.train import count_words, learn_merges, merge_pair
 from numgpt.tokenizer import ENDOFTEXT
 
 

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from numgpt import Tokenizer
-from numgpt.checkpoint import load_checkpoint, read_safetensors
+from numgpt.formats.hf import load_checkpoint
+from numgpt.formats.safetensors import read_safetensors
 from numgpt.cli import main
 from numgpt.config import GPTConfig
-from numgpt.data import get_batch, load_dataset, prepare
+from numgpt.training.data import get_batch, load_dataset, prepare
 from numgpt.errors import NumgptError
-from numgpt.optim import AdamWConfig
+from numgpt.training.optim import AdamWConfig
 from numgpt.params import init_params
-from numgpt.train import EVAL_STREAM, TrainConfig, read_log, train
-from numgpt.trainstate import checkpoint_folder, load_train_checkpoint, new_state
+from numgpt.training.loop import EVAL_STREAM, TrainConfig, read_log, train
+from numgpt.training.state import checkpoint_folder, load_train_checkpoint, new_state
 
 TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
         "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 40

@@ -12,7 +12,7 @@ import pytest
 
 from numgpt import backprop
 from numgpt.config import GPTConfig
-from numgpt.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate
+from numgpt.training.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate
 from numgpt.params import init_params
 
 torch = pytest.importorskip("torch")

@@ -175,14 +175,14 @@ def _register_info(sub) -> None:
 
 def load_model(args):
     """The LanguageModel of --model (the hub cache location honours HF_HUB_CACHE / HF_HOME)."""
-    from ..checkpoint import hf_cache_dir
+    from ..formats import hf_cache_dir
     from ..lm import load
 
     return load(args.model, cache_dir=hf_cache_dir(os.environ))
 
 
 def model_folder(args) -> Path:
-    from ..checkpoint import hf_cache_dir, resolve_model
+    from ..formats import hf_cache_dir, resolve_model
     from ..lm import builtin_model_folder
 
     if args.model is None:
@@ -321,7 +321,7 @@ def run_perplexity(args) -> int:
 def run_info(args) -> int:
     import dataclasses
 
-    from ..checkpoint import checkpoint_summary, load_tokenizer
+    from ..formats import checkpoint_summary, load_tokenizer
 
     folder = model_folder(args)
     summary = checkpoint_summary(folder)

@@ -1,6 +1,6 @@
 """`numgpt tokenize` (text -> ids, pieces, or the merges step by step) and `numgpt train-tokenizer`
 (text files -> a new byte-level BPE vocabulary folder). The work is in numgpt.tokenizer and
-numgpt.bpe_train; this module reads flags and input, and prints."""
+numgpt.tokenizer.train; this module reads flags and input, and prints."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def _tokens(n: int) -> str:
 
 
 def run_train_tokenizer(args) -> int:
-    from ..bpe_train import train_bpe
+    from ..tokenizer import train_bpe
     from ..tokenizer import ENDOFTEXT
 
     if args.no_special and args.special:

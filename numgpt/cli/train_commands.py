@@ -1,7 +1,7 @@
 """`numgpt prepare`, `numgpt train` and `numgpt plot`: text -> token files -> a trained GPT-2 -> loss curves.
 
 Only this module reads flags, prints, installs the progress bar, and reads the environment (for the
-Hugging Face cache of `--init gpt2`); the work is in numgpt.data, numgpt.train and numgpt.trainstate.
+Hugging Face cache of `--init gpt2`); the work is in numgpt.training (data, loop, state).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def register(sub) -> None:
 # ---------------------------------------------------------------- prepare
 
 def run_prepare(args) -> int:
-    from ..data import prepare
+    from ..training.data import prepare
     from ..tokenizer import Tokenizer
 
     texts = [read_text(f) for f in args.files]
@@ -126,7 +126,7 @@ def read_text(path: str) -> str:
 
 
 def train_tokenizer(text: str, vocab_size: int):
-    """A new byte-level BPE vocabulary trained on the text (bpe_train.py)."""
+    """A new byte-level BPE vocabulary trained on the text (tokenizer/train.py)."""
     try:
         from .. import train_bpe
     except ImportError:
@@ -137,12 +137,12 @@ def train_tokenizer(text: str, vocab_size: int):
 # ---------------------------------------------------------------- train
 
 def run_train(args) -> int:
-    from ..checkpoint import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
-    from ..data import load_dataset, tokenizer_fingerprint
+    from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+    from ..training.data import load_dataset, tokenizer_fingerprint
     from ..params import count_params, init_params
     from ..threads import thread_count
-    from ..train import BEST, LATEST, TrainConfig, train
-    from ..trainstate import load_train_checkpoint, new_state
+    from ..training.loop import BEST, LATEST, TrainConfig, train
+    from ..training.state import load_train_checkpoint, new_state
     import numpy as np
 
     data = load_dataset(args.data)
@@ -251,7 +251,7 @@ OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
 
 def train_config_from_args(args, base, *, data_dir: str):
     """`base` with every flag the user gave; the cosine ends at --max-iters unless --lr-decay-iters says."""
-    from ..train import TrainConfig  # noqa: F401 -- base is a TrainConfig
+    from ..training.loop import TrainConfig  # noqa: F401 -- base is a TrainConfig
 
     changes = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     optim = {field: getattr(args, flag) for flag, field in OPTIM_FLAGS.items() if getattr(args, flag) is not None}
@@ -273,7 +273,7 @@ def train_config_from_args(args, base, *, data_dir: str):
 # ---------------------------------------------------------------- plot
 
 def run_plot(args) -> int:
-    from ..train import read_log
+    from ..training.loop import read_log
 
     events = read_log(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "loss.png"

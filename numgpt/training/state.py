@@ -1,7 +1,7 @@
 """Training checkpoints: a Hugging Face GPT-2 folder plus everything needed to resume exactly.
 
     RUN/latest/  (and RUN/best/)
-        config.json, model.safetensors   the model, via checkpoint.py: loadable by `numgpt generate` and
+        config.json, model.safetensors   the model, via formats/hf.py: loadable by `numgpt generate` and
                                          transformers' GPT2LMHeadModel.from_pretrained
         vocab.json, merges.txt, ...      the tokenizer the data was prepared with
         optimizer.safetensors            AdamW's moments, 'm.<param>' and 'v.<param>' (float32)
@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, read_safetensors, save_checkpoint, write_safetensors
-from .config import GPTConfig
-from .errors import NumgptError
+from ..formats.hf import load_checkpoint, save_checkpoint
+from ..formats.safetensors import read_safetensors, write_safetensors
+from ..config import GPTConfig
+from ..errors import NumgptError
 from .optim import AdamWState
-from .params import Params
+from ..params import Params
 
 STATE_FILE = "trainstate.json"
 OPTIM_FILE = "optimizer.safetensors"

@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from .backprop import Workspace, accumulate_grads, loss_only
-from .config import GPTConfig
+from ..backprop import Workspace, accumulate_grads, loss_only
+from ..config import GPTConfig
 from .optim import chunks
-from .params import Params, zeros_like
-from .threads import row_ranges, run_in_threads, run_split
+from ..params import Params, zeros_like
+from ..threads import row_ranges, run_in_threads, run_split
 
 
 class DataParallel:

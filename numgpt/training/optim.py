@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import Params, zeros_like
-from .threads import run_split
+from ..params import Params, zeros_like
+from ..threads import run_split
 
 
 @dataclass(frozen=True)

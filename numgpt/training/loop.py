@@ -38,16 +38,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .checkpoint import RUN_BEST, RUN_LATEST
-from .config import GPTConfig
+from ..formats.hub import RUN_BEST, RUN_LATEST
+from ..config import GPTConfig
 from .data import Dataset, get_batch
-from .errors import NumgptError
+from ..errors import NumgptError
 from .memory import keep_freed_memory
 from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
 from .parallel import DataParallel
-from .params import zeros_like
-from .threads import single_threaded_blas, thread_count
-from .trainstate import TrainState, save_train_checkpoint
+from ..params import zeros_like
+from ..threads import single_threaded_blas, thread_count
+from .state import TrainState, save_train_checkpoint
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"

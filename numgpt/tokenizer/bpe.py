@@ -55,7 +55,7 @@ from typing import Callable, Collection, Iterable, Iterator, Literal, Mapping, S
 
 import regex
 
-from .errors import NumgptError
+from ..errors import NumgptError
 
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
@@ -230,7 +230,7 @@ class Tokenizer:
     @classmethod
     def gpt2(cls) -> Tokenizer:
         """GPT-2's vocabulary (50257 ids, '<|endoftext|>' = 50256), from the package data, sha256-checked."""
-        folder = resources.files("numgpt").joinpath("data", "gpt2")
+        folder = resources.files("numgpt").joinpath("assets", "gpt2")
         with resources.as_file(folder) as path:
             tok = cls.load(path, sha256=GPT2_SHA256)
         tok._trust_whole_tokens()  # true of these (sha256-pinned) files: test_every_token_alone checks it

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import NumgptError
+from ..errors import NumgptError
 
 FORMAT = "numgpt-tokens"
 VERSION = 1
@@ -96,7 +96,7 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 
 def join_documents(texts: Sequence[str], tokenizer) -> str:
     """Several files as one text, separated by '<|endoftext|>' when the vocabulary has it."""
-    from .tokenizer import ENDOFTEXT
+    from ..tokenizer import ENDOFTEXT
     return (ENDOFTEXT if tokenizer.eot_id is not None else "").join(texts)
 
 

@@ -1,0 +1,184 @@
+"""Hugging Face GPT-2 folders: config.json + model.safetensors (or shards) + tokenizer files, in and out.
+
+Names: Hugging Face keys are 'transformer.h.0.attn.c_attn.weight'; numgpt's are the same without the
+'transformer.' prefix (params.py). The output projection is tied to wte, so 'lm_head.weight' is not
+saved and, if a file has it, must equal wte. The attention buffers old checkpoints carry
+('.attn.bias', '.attn.masked_bias') are ignored. Pickled pytorch_model.bin files are never opened.
+
+Reference: transformers' modeling_gpt2.py (names), configuration_gpt2.py (config.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import GPTConfig
+from ..errors import NumgptError
+from ..params import Params, count_params, param_shapes
+from .safetensors import read_header, read_safetensors, write_safetensors
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+HF_PREFIX = "transformer."
+TIED_HEAD = "lm_head.weight"
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers, not parameters
+LINEAR_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+CONVERT_HINT = ('convert it once with transformers: python -c "from transformers import GPT2LMHeadModel as M; '
+                "M.from_pretrained('{f}').save_pretrained('{f}', safe_serialization=True)\"")
+
+def load_config(folder: str | os.PathLike) -> GPTConfig:
+    """GPTConfig from a Hugging Face config.json."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise NumgptError(f"{path}: missing; a GPT-2 checkpoint folder needs config.json and model.safetensors")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
+        return GPTConfig.from_hf_dict(d)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as e:
+        raise NumgptError(f"{path}: bad config: {e}") from None
+
+
+def load_params(folder: str | os.PathLike, config: GPTConfig, *, mmap: bool = True,
+                for_inference: bool = False) -> Params:
+    """GPT-2 weights of a Hugging Face folder (model.safetensors, or shards listed in
+    model.safetensors.index.json), renamed to numgpt's names and checked against `config`.
+    mmap: memory-map the files (default) or read them into memory (see read_safetensors).
+    for_inference: hold the blocks' linear weights stored [out, in] (see load_checkpoint)."""
+    folder = Path(folder)
+    tensors: dict[str, np.ndarray] = {}
+    transposed = LINEAR_WEIGHTS if for_inference else ()
+    for path in weight_files(folder):
+        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap, transposed=transposed)
+        for name, array in file_tensors.items():
+            tensors[name.removeprefix(HF_PREFIX)] = array
+    return _check_params(folder, config, tensors)
+
+
+def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inference: bool = False
+                    ) -> tuple[GPTConfig, Params]:
+    """(config, params) of a Hugging Face GPT-2 folder. With mmap (default) float32 params are read-only
+    memory maps: milliseconds to load, no copy. mmap=False reads them into writable memory.
+
+    for_inference: the blocks' linear weights (85M of the 124M model's parameters) are read into memory
+    stored [out, in], as torch's nn.Linear keeps them, and returned as transposed views with the usual
+    [in, out] shape, so every `x @ w` works unchanged. Small-batch decoding then multiplies `w.T @ x.T`,
+    which OpenBLAS runs ~1.5x faster than `x @ w` at 2-8 rows, and the copies sit in anonymous memory
+    that the kernel backs with huge pages (batch-1 decode ~15% faster than from the memory map). It
+    costs ~0.3 s of load for the 124M model; the embeddings stay memory-mapped. Measured in
+    BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
+    """
+    config = load_config(folder)
+    return config, load_params(folder, config, mmap=mmap, for_inference=for_inference)
+
+
+def load_tokenizer(folder: str | os.PathLike, config: GPTConfig):
+    """The folder's tokenizer (vocab.json + merges.txt, or encoder.json + vocab.bpe); GPT-2's own
+    tokenizer if the folder has none and the model has GPT-2's vocabulary size."""
+    from ..tokenizer import Tokenizer   # imported here: tokenizer is optional for weight-only uses
+
+    folder = Path(folder)
+    if (folder / "vocab.json").is_file() or (folder / "encoder.json").is_file():
+        tok = Tokenizer.load(folder)
+    elif config.vocab_size == 50257:
+        tok = Tokenizer.gpt2()
+    else:
+        raise NumgptError(f"{folder}: no tokenizer files (vocab.json + merges.txt) and vocab_size "
+                          f"{config.vocab_size} is not GPT-2's 50257; add the tokenizer files to the folder")
+    if tok.vocab_size > config.vocab_size:
+        raise NumgptError(f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                          f"{config.vocab_size}; the tokenizer files belong to another model")
+    return tok
+
+
+def save_checkpoint(folder: str | os.PathLike, config: GPTConfig, params: Params, *, tokenizer=None,
+                    dtype: str = "F32") -> Path:
+    """Write config.json + model.safetensors (+ the tokenizer's files) in the layout Hugging Face's
+    GPT2LMHeadModel.from_pretrained reads. dtype "F16" stores half-precision weights (half the file;
+    loading converts them back to float32). Returns the folder."""
+    folder = Path(folder)
+    _check_params(folder, config, dict(params))
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = param_shapes(config)
+    write_safetensors(folder / WEIGHTS_FILE, {HF_PREFIX + name: params[name] for name in shapes},
+                      metadata={"format": "pt"}, dtype=dtype)
+    (folder / CONFIG_FILE).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    return folder
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the index's shards, or model.safetensors."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise NumgptError(f"{index}: bad shard index ({type(e).__name__}: {e}); it needs a 'weight_map'") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise NumgptError(f"{index}: lists shard {missing[0]} which is not in the folder; download it too")
+        return [folder / n for n in names]
+    if (folder / WEIGHTS_FILE).is_file():
+        return [folder / WEIGHTS_FILE]
+    for legacy in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"):
+        if (folder / legacy).is_file():
+            raise NumgptError(f"{folder}: has only {legacy}, which numgpt does not unpickle; "
+                              + CONVERT_HINT.format(f=folder))
+    raise NumgptError(f"{folder}: no {WEIGHTS_FILE} (or {INDEX_FILE}); pass a Hugging Face GPT-2 folder")
+
+
+def _check_params(folder: Path, config: GPTConfig, tensors: dict[str, np.ndarray]) -> Params:
+    """Exactly the schema's tensors with the schema's shapes, float32; a tied lm_head is dropped."""
+    shapes = param_shapes(config)
+    head = tensors.pop(TIED_HEAD, None)
+    missing = [n for n in shapes if n not in tensors]
+    if missing:
+        raise NumgptError(f"{folder}: weights are missing {len(missing)} tensors of the config "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                          "config.json and the weights belong to different models")
+    extra = [n for n in tensors if n not in shapes]
+    if extra:
+        raise NumgptError(f"{folder}: unexpected tensors {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''} "
+                          f"for a {config.n_layer}-layer GPT-2; config.json and the weights disagree")
+    for name, shape in shapes.items():
+        if tensors[name].shape != shape:
+            raise NumgptError(f"{folder}: {name} has shape {list(tensors[name].shape)} but config.json implies "
+                              f"{list(shape)}; config.json and the weights disagree")
+        if tensors[name].dtype != np.float32:
+            raise NumgptError(f"{folder}: {name} has dtype {tensors[name].dtype}; numgpt runs float32 weights")
+    if head is not None and not _equal_in_chunks(head, tensors["wte.weight"]):
+        raise NumgptError(f"{folder}: lm_head.weight differs from wte.weight; numgpt runs GPT-2 with the "
+                          "output projection tied to the token embedding")
+    return {name: tensors[name] for name in shapes}
+
+
+def _equal_in_chunks(a: np.ndarray, b: np.ndarray, rows: int = 4096) -> bool:
+    """array_equal without a full-size temporary (these may be 150 MB memory maps)."""
+    return a.shape == b.shape and all(np.array_equal(a[i:i + rows], b[i:i + rows]) for i in range(0, len(a), rows))
+
+
+def checkpoint_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    """What `numgpt info` shows about a folder, read from config.json and the safetensors headers only
+    (no weights are loaded): config, parameter count, weight files with sizes and dtypes, tokenizer files."""
+    folder = Path(folder)
+    config = load_config(folder)
+    files = {}
+    for path in weight_files(folder):
+        header, _ = read_header(path)
+        header.pop("__metadata__", None)
+        dtypes = sorted({e.get("dtype", "?") for e in header.values() if isinstance(e, dict)})
+        files[path.name] = {"bytes": path.stat().st_size, "tensors": len(header), "dtypes": dtypes}
+    tokenizer_files = [n for n in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json")
+                       if (folder / n).is_file()]
+    return {"folder": str(folder), "config": config, "n_params": count_params(config),
+            "float32_bytes": 4 * count_params(config), "weight_files": files, "tokenizer_files": tokenizer_files}

@@ -1,0 +1,76 @@
+"""Model names -> folders: a local folder, a `numgpt train` run folder, or a hub name in the Hugging Face cache.
+
+Hub names resolve through the local hub cache (models--{org}--{name}/snapshots/{commit}) without network,
+and are downloaded with huggingface_hub only when it is installed and the caller allows it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import NumgptError
+from .hf import CONFIG_FILE
+
+RUN_LATEST, RUN_BEST = "latest", "best"     # the checkpoints of a `numgpt train` run folder (training/loop.py)
+DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.json", "merges.txt", "vocab.json"]
+
+def hf_cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub.
+    The caller passes the environment in (the CLI passes os.environ)."""
+    if environ.get("HF_HUB_CACHE"):
+        return Path(environ["HF_HUB_CACHE"]).expanduser()
+    if environ.get("HF_HOME"):
+        return Path(environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike,
+                  download: bool = True) -> Path:
+    """The folder of a model: an existing folder as is; else a hub name ('gpt2', 'openai-community/gpt2')
+    looked up in the hub cache `cache_dir` without network; else downloaded with huggingface_hub when
+    `download` is true and it is installed. A run folder of `numgpt train` (no config.json of its own)
+    means its best checkpoint, else its latest."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_FILE).exists():
+            for sub in (RUN_BEST, RUN_LATEST):
+                if (path / sub / CONFIG_FILE).is_file():
+                    return path / sub
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise NumgptError(f"{name}: not a model folder; pass a folder with config.json and model.safetensors "
+                          "or a Hugging Face model name such as gpt2")
+    repo_ids = [name] if "/" in name else [f"openai-community/{name}", name]
+    for repo_id in repo_ids:
+        found = _cached_snapshot(Path(cache_dir), repo_id)
+        if found is not None:
+            return found
+    how = (f"download it elsewhere with `huggingface-cli download {repo_ids[0]}` and copy the folder "
+           "(or its hub cache), or pass a local folder")
+    if not download:
+        raise NumgptError(f"model {name!r} is not in the Hugging Face cache {cache_dir}; {how}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise NumgptError(f"model {name!r} is not in the Hugging Face cache {cache_dir} and huggingface_hub "
+                          f"is not installed to fetch it; {how}") from None
+    try:
+        return Path(snapshot_download(repo_ids[0], cache_dir=cache_dir, allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:  # noqa: BLE001 -- network, auth and missing-repo errors all mean "not available"
+        raise NumgptError(f"model {name!r} is not cached and downloading it failed "
+                          f"({type(e).__name__}); {how}") from None
+
+
+def _cached_snapshot(cache_dir: Path, repo_id: str) -> Path | None:
+    """The snapshot folder of repo_id in a hub cache: the one refs/main names, else the newest one."""
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if (snapshot / CONFIG_FILE).is_file():
+            return snapshot
+    snapshots = [s for s in (repo / "snapshots").glob("*") if (s / CONFIG_FILE).is_file()]
+    return max(snapshots, key=lambda s: s.stat().st_mtime) if snapshots else None

@@ -1,0 +1,17 @@
+"""Training a GPT-2: token data, AdamW and its schedule, the loop, resumable state, data parallelism.
+
+    data.py       text -> train.bin / val.bin (+ tokenizer, meta.json), random batches
+    optim.py      AdamW, the learning-rate schedule, gradient clipping
+    loop.py       the training loop: steps, evaluation, logging, checkpoints, Ctrl-C
+    state.py      resumable checkpoints (weights, moments, rng) written atomically
+    parallel.py   a batch's rows split over threads, gradients summed in a fixed order
+    memory.py     glibc malloc told to keep freed memory while training
+"""
+
+from .data import Dataset, load_dataset, prepare
+from .loop import TrainConfig, TrainResult, train
+from .optim import AdamWConfig
+from .state import TrainState, load_train_checkpoint, new_state, save_train_checkpoint
+
+__all__ = ["Dataset", "load_dataset", "prepare", "TrainConfig", "TrainResult", "train", "AdamWConfig",
+           "TrainState", "load_train_checkpoint", "new_state", "save_train_checkpoint"]
