@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permission, a folder where a file should be, a full disk: say which path and why
+        if isinstance(e, BrokenPipeError):
+            return 0
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"numgpt: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("numgpt: interrupted", file=sys.stderr)
         return 130

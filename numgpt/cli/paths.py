@@ -1,0 +1,57 @@
+"""Where the CLI writes: output paths checked before any work, so a mistake costs nothing and loses nothing.
+
+Every command that writes a folder or a file asks `output_folder` / `output_file` first: an existing file
+where a folder should go, a folder that already holds something (unless --force), a parent that does not
+exist or is not writable -- each is a one-line NumgptError naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import NumgptError
+
+
+def output_folder(path: str | os.PathLike, *, flag: str, force: bool = False, what: str = "folder") -> Path:
+    """The folder a command will write, checked: not a file, empty or absent (or --force), writable parent."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise NumgptError(f"{flag} {folder}: is an existing file, not a folder; pass a folder path")
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise NumgptError(f"{flag} {folder}: the {what} already exists and is not empty; pass --force to "
+                          "replace it, or another path")
+    check_writable(folder, flag)
+    return folder
+
+
+def output_file(path: str | os.PathLike, *, flag: str) -> Path:
+    """A file a command will write (replaced if it exists), checked: not a folder, writable parent."""
+    file = Path(path)
+    if file.is_dir():
+        raise NumgptError(f"{flag} {file}: is a folder; pass a file path")
+    check_writable(file, flag)
+    return file
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of `path` (itself if it exists) must be a writable folder."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NumgptError(f"{flag} {path}: {probe} is a file, so nothing can be created under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NumgptError(f"{flag} {path}: not writable ({probe} does not allow writing); pass another path")
+
+
+def input_file(path: str | os.PathLike) -> Path:
+    """A file a command reads: it must exist and not be a folder."""
+    file = Path(path)
+    if file.is_dir():
+        raise NumgptError(f"{file}: is a folder; pass a text file")
+    if not file.exists():
+        raise NumgptError(f"{file}: no such file")
+    return file
