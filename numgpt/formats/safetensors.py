@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NumgptError
+from .atomic import open_atomically
 from ..threads import run_in_threads, thread_count
 
 # safetensors dtype names -> little-endian NumPy dtypes. BF16 has no NumPy dtype: it is read as uint16.
@@ -159,13 +160,11 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         arrays.append(array)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)          # pad so tensor data is 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_atomically(path) as f:                        # PATH.tmp, fsync, rename (formats/atomic.py)
         f.write(len(header_bytes).to_bytes(8, "little"))
         f.write(header_bytes)
         for array in arrays:
             f.write(array.reshape(-1).view(np.uint8))     # the raw bytes, without a copy
-    os.replace(tmp, path)
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import NumgptError
+from ..formats.atomic import write_bytes_atomically
 
 FORMAT = "numgpt-tokens"
 VERSION = 1
@@ -118,25 +119,15 @@ def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_
     splits = {}
     for name, part in zip(SPLITS, split_text(text, val_fraction)):
         ids = np.array(tokenizer.encode(part, allowed_special="all"), dtype=dtype)
-        write_atomically(out / f"{name}.bin", ids.tobytes())
+        write_bytes_atomically(out / f"{name}.bin", ids.tobytes())
         splits[name] = {"file": f"{name}.bin", "tokens": int(ids.size), "bytes": len(part.encode("utf-8")),
                         "chars": len(part)}
     meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id, "tokenizer": tokenizer_source,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "val_fraction": val_fraction,
             "sources": list(sources), "splits": splits}
-    write_atomically(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    write_bytes_atomically(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return meta
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside path, fsync, and rename over it: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_dataset(folder: str | os.PathLike) -> Dataset:

@@ -8,10 +8,11 @@
         trainstate.json                  step, optimizer step, the rng's bit_generator.state (JSON-able),
                                          tokens seen, best validation loss, the training config
 
-No pickle anywhere. Writing is atomic: everything goes into a sibling temporary folder, each file is
-fsync'ed, then the old folder is renamed away, the new one renamed into place and the old one deleted.
-A crash at any moment leaves either the new folder, or the old one (under its name or, in the instant
-between the two renames, under NAME.old, which `checkpoint_folder` falls back to).
+No pickle anywhere. Writing is atomic (formats/atomic.py's replace_folder_atomically): everything goes
+into a sibling temporary folder, each file is fsync'ed, then the old folder is renamed away, the new one
+renamed into place and the old one deleted. A crash at any moment leaves either the new folder, or the
+old one (under its name or, in the instant between the two renames, under NAME.old, which
+`checkpoint_folder` falls back to).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats.atomic import OLD_SUFFIX, TMP_SUFFIX, replace_folder_atomically
 from ..formats.hf import load_checkpoint, save_checkpoint
 from ..formats.safetensors import read_safetensors, write_safetensors
 from ..config import GPTConfig
@@ -62,7 +64,7 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
                           train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Write a resumable checkpoint into `folder` atomically (see the module docstring)."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(folder.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)              # the leftover of an interrupted save
     save_checkpoint(tmp, config, state.params)
     if tokenizer_dir is not None:
@@ -75,15 +77,7 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
             "tokens_seen": state.tokens_seen, "best_val_loss": state.best_val_loss,
             "rng": state.rng.bit_generator.state, "train_config": train_config}
     (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    _fsync_folder(tmp)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_folder_atomically(tmp, folder)
 
 
 def checkpoint_folder(folder: str | os.PathLike) -> Path:
@@ -91,7 +85,7 @@ def checkpoint_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if (folder / STATE_FILE).is_file():
         return folder
-    old = folder.with_name(folder.name + ".old")
+    old = folder.with_name(folder.name + OLD_SUFFIX)
     if (old / STATE_FILE).is_file():
         return old
     raise NumgptError(f"{folder}: no training checkpoint to resume ({STATE_FILE} missing); "
@@ -144,21 +138,3 @@ def _read_state_json(path: Path) -> dict[str, Any]:
         raise NumgptError(f"{path}: bad best_val_loss {best!r}; the checkpoint is damaged")
     return info
 
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush every file of a folder, and the folder itself, to disk."""
-    for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return                                          # platforms that cannot open a directory (Windows)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
