@@ -10,8 +10,10 @@ Elementwise operations split over threads right after multithreaded BLAS product
 idle threads spin on the cores for a while after each product and the two compete (GELU and softmax split
 that way were measured no faster, the small training model 15% slower). Hence the data-parallel design.
 
-Threads are started per call (tens of microseconds) and only for work big enough to repay that; the
-count is the cores this process may use, capped by the NUMGPT_NUM_THREADS environment variable.
+Threads are started per call (tens of microseconds) and only for work big enough to repay that. How many
+is the caller's choice: functions that split work take `threads` (None: `thread_count()`, the cores this
+process may use). Nothing here reads the environment; the CLI turns NUMGPT_NUM_THREADS into a count with
+`threads_from_env(os.environ)` and passes it down.
 """
 
 from __future__ import annotations
@@ -19,18 +21,25 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 
 def thread_count() -> int:
-    """Threads to split work over: NUMGPT_NUM_THREADS if set, else the cores this process may run on."""
-    env = os.environ.get("NUMGPT_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    """The cores this process may run on (its CPU affinity; all CPUs where that is unknown)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:                                    # not Linux
         return os.cpu_count() or 1
+
+
+THREADS_ENV = "NUMGPT_NUM_THREADS"
+
+
+def threads_from_env(environ: Mapping[str, str]) -> int | None:
+    """The thread count NUMGPT_NUM_THREADS asks for in `environ` (the CLI passes os.environ), or None
+    when it is unset, empty or not a whole number >= 1 (then the caller's default applies)."""
+    value = environ.get(THREADS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def row_ranges(n: int, parts: int) -> list[slice]:
@@ -40,10 +49,12 @@ def row_ranges(n: int, parts: int) -> list[slice]:
     return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def run_split(fn: Callable[[slice], object], n: int, *, work: int, min_work: int = 1 << 16) -> None:
-    """Call fn(rows) for slices of 0 .. n-1, concurrently when work (elements touched, roughly) is at
-    least min_work and there is more than one core; fn must write only its own rows."""
-    slices = row_ranges(n, thread_count() if work >= min_work else 1)
+def run_split(fn: Callable[[slice], object], n: int, *, work: int, min_work: int = 1 << 16,
+              threads: int | None = None) -> None:
+    """Call fn(rows) for slices of 0 .. n-1, over up to `threads` threads at once (None: thread_count())
+    when work (elements touched, roughly) is at least min_work; fn must write only its own rows."""
+    threads = thread_count() if threads is None else threads
+    slices = row_ranges(n, threads if work >= min_work else 1)
     run_in_threads(lambda k: fn(slices[k]), len(slices))
 
 

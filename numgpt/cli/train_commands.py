@@ -140,7 +140,6 @@ def run_train(args) -> int:
     from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
     from ..training.data import load_dataset, tokenizer_fingerprint
     from ..params import count_params, init_params
-    from ..threads import thread_count
     from ..training.loop import BEST, LATEST, TrainConfig, train
     from ..training.state import load_train_checkpoint, new_state
     import numpy as np
@@ -158,7 +157,7 @@ def run_train(args) -> int:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
                               "another --out (or delete that folder) to start again")
-        tc = train_config_from_args(args, TrainConfig(threads=thread_count()), data_dir=args.data)
+        tc = train_config_from_args(args, TrainConfig(threads=default_threads()), data_dir=args.data)
         if args.init:
             folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
             config, params = load_checkpoint(folder)
@@ -207,6 +206,12 @@ def _train_with_progress(state, config, tc, data, run, train):
         return train(state, config, tc, data, run, on_event=on_event)
     finally:
         bar.close()
+
+
+def default_threads() -> int:
+    """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else all usable cores."""
+    from ..threads import thread_count, threads_from_env
+    return threads_from_env(os.environ) or thread_count()
 
 
 SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")

@@ -19,8 +19,9 @@ Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last c
 returns with `interrupted` set. A non-finite loss or gradient stops the run with a NumgptError before the
 update, so the last good checkpoint stays intact.
 
-Memory: `train` sets glibc's malloc, for the rest of the process, to keep freed memory for reuse
-(memory.keep_freed_memory): without it, every step's activations are page-faulted in afresh.
+Memory: while `train` runs, glibc's malloc keeps freed memory for reuse (memory.keep_freed_memory, a
+context manager: glibc's defaults are back when `train` returns); without it, every step's activations
+are page-faulted in afresh.
 
 Nothing here prints: progress goes to the `on_event` callback (the CLI draws a tqdm bar from it).
 """
@@ -130,10 +131,9 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     emit = _emitter(log, on_event)
     grads = zeros_like(state.params)
     dp = DataParallel(tc.threads or thread_count())
-    keep_freed_memory()                          # every step reuses the last one's memory (memory.py)
     try:
-        with single_threaded_blas() if dp.threads > 1 else nullcontext():
-            return _loop(state, config, tc, data, run, emit, dp, grads)
+        with keep_freed_memory(), single_threaded_blas() if dp.threads > 1 else nullcontext():
+            return _loop(state, config, tc, data, run, emit, dp, grads)   # steps reuse memory (memory.py)
     finally:
         log.close()
 
@@ -159,7 +159,7 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
             in_update = True
-            adamw_step(state.params, grads, state.optim, tc.optim, lr)
+            adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
             state.step += 1
             state.tokens_seen += tokens_per_step
             boundary_rng = state.rng.bit_generator.state

@@ -104,8 +104,10 @@ def clip_grad_norm(grads: Params, max_norm: float) -> float:
     return norm
 
 
-def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWConfig, lr: float) -> None:
-    """One AdamW update of every parameter, in place (params, state.m, state.v, state.step)."""
+def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWConfig, lr: float, *,
+               threads: int | None = None) -> None:
+    """One AdamW update of every parameter, in place (params, state.m, state.v, state.step), its slices
+    split over up to `threads` threads (None: all cores; the result does not depend on it)."""
     state.step += 1
     t = state.step
     b1, b2 = config.beta1, config.beta2
@@ -119,7 +121,7 @@ def adamw_step(params: Params, grads: Params, state: AdamWState, config: AdamWCo
         for s, decay in part:
             adamw_update(*s, b1=b1, b2=b2, eps=config.eps, step_size=step_size, sqrt_bc2=sqrt_bc2,
                          decay=decay, scratch=scratch[:s[0].size] if s[0].size <= CHUNK else None)
-    run_split(lambda rows: update(work[rows]), len(work), work=sum(s[0].size for s, _ in work))
+    run_split(lambda rows: update(work[rows]), len(work), work=sum(s[0].size for s, _ in work), threads=threads)
 
 
 # Elements updated at a time: the temporaries of one slice (256 KB) stay in L2 cache, so AdamW's dozen
