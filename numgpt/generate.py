@@ -10,9 +10,15 @@ Two layers, each usable alone:
   the tokenizer's UTF-8-safe stream decoder, stop at `<|endoftext|>` and at stop strings, and hand out
   text pieces as soon as they can no longer become part of a stop string.
 
-Stop strings are matched on the decoded text, so one may span several tokens or end inside a token; the
-completion ends just before the earliest match (the stop string and everything after it are dropped),
-and the token that completed it is the last one in `token_ids`.
+Stop strings are matched on the decoded text of the completion only (not across the end of the prompt:
+transformers' StopStringCriteria also looks back into the prompt), so one may span several generated
+tokens or end inside a token; the completion ends just before the earliest match (the stop string and
+everything after it are dropped), and the token that completed it is the last one in `token_ids`.
+
+Log-probabilities (options.logprobs = k > 0): each generated token's ln p under the model's raw
+distribution (the softmax of the logits at temperature 1, before any filter -- what OpenAI's API and
+llama.cpp report), with the k most likely alternatives. Cancel: `cancel()` is asked between steps, and
+a True ends every sequence with finish_reason "cancelled"; closing the generator stops it too.
 
 Context: by default prompt + max_new_tokens must fit in n_positions (NumgptError otherwise). With
 `sliding_window=True`, when the cache is full every running row keeps its last n_positions - stride tokens,
@@ -39,10 +45,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from typing import NamedTuple
+
 from .config import GPTConfig
-from .errors import NumgptError
+from .errors import NumgptError, whole_number
 from .kvcache import KVCache
-from .model import forward
+from .model import check_context, check_finite_logits, forward
+from .ops import log_softmax
 from .params import Params
 from .sampling import SamplingOptions, next_tokens
 
@@ -56,12 +65,13 @@ class GenerationOptions:
 
     max_new_tokens: at most this many new tokens per sequence.
     sampling: how each token is picked (greedy, temperature, top-k, top-p, repetition penalty).
-    stop: strings that end a completion (not included in it).
+    stop: strings that end a completion (not included in it); matched in the completion only.
     stop_at_eos: end a completion at the end-of-text token (not included in it).
     num_return_sequences: samples per prompt.
     seed: makes sampling reproducible (see the module docstring for what is guaranteed).
     sliding_window: continue past the context size by re-prefilling the last tokens (see above).
     window_stride: tokens dropped per slide; 0 means n_positions // 2.
+    logprobs: report each new token's log-probability and this many top alternatives (0 = none).
     """
 
     max_new_tokens: int = 64
@@ -72,21 +82,52 @@ class GenerationOptions:
     seed: int | None = None
     sliding_window: bool = False
     window_stride: int = 0
+    logprobs: int = 0
 
     def __post_init__(self) -> None:
-        if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 0:
-            raise NumgptError(f"max_new_tokens must be a whole number >= 0, got {self.max_new_tokens}")
-        if int(self.num_return_sequences) != self.num_return_sequences or self.num_return_sequences < 1:
-            raise NumgptError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        whole_number("max_new_tokens", self.max_new_tokens, minimum=0)
+        whole_number("num_return_sequences", self.num_return_sequences, minimum=1)
+        if not isinstance(self.sampling, SamplingOptions):
+            raise NumgptError(f"sampling must be a SamplingOptions, got {type(self.sampling).__name__}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
+        if not isinstance(self.stop, (tuple, list)):
+            raise NumgptError(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise NumgptError(f"stop strings must be non-empty strings, got {self.stop!r}")
-        if self.window_stride < 0:
-            raise NumgptError(f"window_stride must be >= 0 (0 = n_positions // 2), got {self.window_stride}")
-        if self.seed is not None and (int(self.seed) != self.seed or self.seed < 0):
-            raise NumgptError(f"seed must be a whole number >= 0, got {self.seed}")
+        whole_number("window_stride", self.window_stride, minimum=0, extra=" (0 = n_positions // 2)")
+        if self.seed is not None:
+            whole_number("seed", self.seed, minimum=0)
+        whole_number("logprobs", self.logprobs, minimum=0)
+        for name in ("stop_at_eos", "sliding_window"):
+            if not isinstance(getattr(self, name), bool):
+                raise NumgptError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+class TokenLogprob(NamedTuple):
+    """A token with its log-probability under the model's raw distribution, and the top alternatives."""
+
+    id: int
+    logprob: float                          # ln p(token | what precedes it), temperature 1, nothing filtered
+    top: tuple[tuple[int, float], ...] = ()  # the most likely tokens there as (id, ln p), most likely first
+
+
+def top_logprobs(logprobs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
+    """The k largest entries of one row of log-probabilities as (id, ln p), largest first, lower id on
+    ties. [V] -> k pairs"""
+    k = min(k, logprobs.shape[-1])
+    if k <= 0:
+        return ()
+    best = np.argpartition(-logprobs, k - 1)[:k]
+    best = best[np.lexsort((best, -logprobs[best]))]
+    return tuple((int(i), float(logprobs[i])) for i in best)
+
+
+def token_logprob_rows(logits: np.ndarray, tokens: np.ndarray, k: int) -> list[TokenLogprob]:
+    """Each row's chosen token with its ln p and k alternatives, from raw logits. [A, V], [A] -> A entries"""
+    logp = log_softmax(logits.astype(np.float64))             # [A, V]
+    return [TokenLogprob(int(t), float(row[t]), top_logprobs(row, k)) for row, t in zip(logp, tokens)]
 
 
 @dataclass
@@ -95,8 +136,18 @@ class Completion:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "length" (max_new_tokens), "eos" (end-of-text token) or "stop" (a stop string)
+    finish_reason: str  # "length" (max_new_tokens), "eos" (end-of-text), "stop" (a stop string), "cancelled"
     prompt_index: int
+    logprobs: list[TokenLogprob] | None = None  # per entry of token_ids, when options.logprobs > 0
+
+
+class Piece(NamedTuple):
+    """What one step gave one sequence: final text (may be "" while a stop string could still match) and,
+    for a generated token, the token with its log-probabilities (None for the end-of-text flush)."""
+
+    sequence: int
+    text: str
+    token: TokenLogprob | None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,17 +162,6 @@ def sequence_rngs(n_prompts: int, num_return_sequences: int, seed: int | None) -
         return [np.random.default_rng(c) for c in children]
     return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
             for _ in range(n_prompts) for j in range(num_return_sequences)]
-
-
-def check_context(config: GPTConfig, prompt_lengths: Sequence[int], max_new_tokens: int) -> None:
-    """Prompt + max_new_tokens must fit in the context (unless sliding): raise a one-line NumgptError."""
-    longest = max(prompt_lengths)
-    if longest + max_new_tokens > config.n_positions:
-        room = config.n_positions - longest
-        fix = (f"lower --max-new-tokens to {room}" if room > 0 else "shorten the prompt")
-        raise NumgptError(f"context overflow: prompt of {longest} tokens + max_new_tokens {max_new_tokens} = "
-                          f"{longest + max_new_tokens} > the model's context of {config.n_positions} positions; "
-                          f"{fix} or pass --sliding-window")
 
 
 def window_size(config: GPTConfig, stride: int) -> int:
@@ -154,11 +194,12 @@ def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]],
 def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
                  num_return_sequences: int = 1, sliding_window: bool = False, window_stride: int = 0,
-                 progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                 progress: Progress | None = None) -> Iterator["Step"]:
     """Generate token by token; a generator speaking a small protocol:
 
-    each step yields (sequences [A], tokens [A]): the indices of the A running sequences (prompt-major:
-    sequence i*n + j is sample j of prompt i) and the token each just got; the caller may `send` back
+    each step yields Step(sequences [A], tokens [A], logits [A, V]): the indices of the A running sequences
+    (prompt-major: sequence i*n + j is sample j of prompt i), the token each just got, and the raw logits it
+    was chosen from (for log-probabilities; valid until the next step); the caller may `send` back
     the sequence indices that should stop now (or None). It ends after max_new_tokens steps or when
     no sequence runs. Prompts must be non-empty; `rngs` has one generator per sequence (None if greedy).
     """
@@ -172,7 +213,7 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         prompts = [p if len(p) <= config.n_positions else p[-keep:] for p in prompts]
         max_len = config.n_positions
     else:
-        check_context(config, [len(p) for p in prompts], max_new_tokens)
+        check_context(config, max(len(p) for p in prompts), max_new_tokens)
         max_len = max(len(p) for p in prompts) + max_new_tokens - 1  # the last new token is never fed
     sequences = [list(map(int, p)) for p in prompts for _ in range(n)]  # prompt + generated, per sequence
     cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
@@ -183,10 +224,11 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     for step in range(max_new_tokens):
         previous = [sequences[i] for i in running] if sampling.repetition_penalty != 1.0 else None
         rngs_now = None if rngs is None else [rngs[i] for i in running]
+        check_finite_logits(logits, params)
         tokens = next_tokens(logits, sampling, rngs_now, previous=previous)  # [A, V] -> [A]
         for i, t in zip(running, tokens):
             sequences[i].append(int(t))
-        stopped = yield running.copy(), tokens
+        stopped = yield Step(running.copy(), tokens, logits)
         if progress is not None:
             progress(step + 1, max_new_tokens)
         go_on = ~np.isin(running, np.asarray(list(stopped or ()), dtype=np.int64))  # [A] bool
@@ -198,6 +240,14 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
             cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len)
         else:
             logits = forward(params, config, tokens[:, None], cache=cache)  # [A, 1] -> [A, V]
+
+
+class Step(NamedTuple):
+    """One decode step: which sequences ran, the token each got, the raw logits they came from."""
+
+    sequences: np.ndarray  # [A] int
+    tokens: np.ndarray     # [A] int64
+    logits: np.ndarray     # [A, V] float32
 
 
 def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
@@ -214,7 +264,7 @@ def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     stopped = None
     while True:
         try:
-            running, tokens = steps.send(stopped)
+            running, tokens, _ = steps.send(stopped)
         except StopIteration:
             return out
         for i, t in zip(running, tokens):
@@ -284,17 +334,20 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return [tokenizer.eot_id]
 
 
-def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str],
+def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str | Sequence[int]],
                        options: GenerationOptions, *, progress: Progress | None = None,
-                       completions: list[Completion] | None = None) -> Iterator[tuple[int, str]]:
-    """Yield (sequence index, text piece) as text becomes final; pieces of one sequence concatenate to
-    its completion. Sequence i*n + j is sample j of prompt i. If `completions` is a list, the finished
-    Completion objects are appended to it (in sequence order) when the generator ends."""
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+                       completions: list[Completion] | None = None,
+                       cancel: Callable[[], bool] | None = None) -> Iterator[Piece]:
+    """Yield a Piece per sequence per step as text becomes final; the texts of one sequence concatenate to
+    its completion. Sequence i*n + j is sample j of prompt i; a prompt is text or a list of token ids.
+    If `completions` is a list, the finished Completion objects are appended to it (in sequence order)
+    when the generator ends. `cancel()` is asked between steps (see the module docstring)."""
+    prompt_ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     n = options.num_return_sequences
     rngs = None if options.sampling.greedy else sequence_rngs(len(prompts), n, options.seed)
     texts = [TextStopper(tokenizer.stream_decoder(), options.stop) for _ in range(len(prompts) * n)]
     token_ids: list[list[int]] = [[] for _ in texts]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in texts]
     reasons = ["length"] * len(texts)
     eos = tokenizer.eot_id if options.stop_at_eos else None
     steps = decode_steps(params, config, prompt_ids, max_new_tokens=options.max_new_tokens,
@@ -303,25 +356,34 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
                          progress=progress)
     stopped = None
     while True:
+        if cancel is not None and cancel():
+            steps.close()
+            for i, text in enumerate(texts):
+                if not text.finished:
+                    reasons[i] = "cancelled"
+            break
         try:
-            running, tokens = steps.send(stopped)
+            running, tokens, logits = steps.send(stopped)
         except StopIteration:
             break
+        chosen = (token_logprob_rows(logits, tokens, options.logprobs) if options.logprobs
+                  else [None] * len(tokens))
         stopped = []
-        for i, t in zip(running.tolist(), tokens.tolist()):
+        for i, t, lp in zip(running.tolist(), tokens.tolist(), chosen):
             if t == eos:
                 texts[i].flush()
                 texts[i].finished, reasons[i] = True, "eos"
+                lp = None
             else:
                 token_ids[i].append(t)
+                if lp is not None:
+                    logprobs[i].append(lp)
                 texts[i].push(t)
                 if texts[i].finished:
                     reasons[i] = "stop"
             if texts[i].finished:
                 stopped.append(i)
-            piece = texts[i].release()
-            if piece:
-                yield i, piece
+            yield Piece(i, texts[i].release(), lp)
     for i, text in enumerate(texts):
         text.flush()
         if text.finished and reasons[i] == "length":
@@ -329,17 +391,19 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
         text.finished = True
         piece = text.release()
         if piece:
-            yield i, piece
+            yield Piece(i, piece, None)
     if completions is not None:
-        completions.extend(Completion(text=t.text, token_ids=ids, finish_reason=r, prompt_index=i // n)
-                           for i, (t, ids, r) in enumerate(zip(texts, token_ids, reasons)))
+        completions.extend(Completion(text=t.text, token_ids=ids, finish_reason=r, prompt_index=i // n,
+                                      logprobs=lps if options.logprobs else None)
+                           for i, (t, ids, r, lps) in enumerate(zip(texts, token_ids, reasons, logprobs)))
 
 
-def generate_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str],
-                         options: GenerationOptions, *, progress: Progress | None = None) -> list[Completion]:
+def generate_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str | Sequence[int]],
+                         options: GenerationOptions, *, progress: Progress | None = None,
+                         cancel: Callable[[], bool] | None = None) -> list[Completion]:
     """Every sequence's Completion (prompt-major: sample j of prompt i at index i*n + j)."""
     completions: list[Completion] = []
     for _ in stream_completions(params, config, tokenizer, prompts, options, progress=progress,
-                                completions=completions):
+                                completions=completions, cancel=cancel):
         pass
     return completions

@@ -10,15 +10,22 @@ perplexity, log-probabilities).
     lm.perplexity(open("wiki.txt").read())
 
 Decoding options are keyword-only and named as in transformers' generate: max_new_tokens, do_sample,
-temperature, top_k, top_p, repetition_penalty, num_return_sequences, seed, stop (strings); plus
-sliding_window / window_stride and stop_at_eos. Sampling is on by default (temperature 1, no top-k/top-p);
-greedy when do_sample=False or temperature=0.
+temperature, top_k, top_p, repetition_penalty, num_return_sequences, seed, stop (strings, matched in the
+completion only, not across the prompt's end); plus sliding_window / window_stride, stop_at_eos and
+logprobs (k: each new token's log-probability and its k most likely alternatives). Sampling is on by
+default (temperature 1, no top-k/top-p); greedy when do_sample=False or temperature=0.
+
+This object is the one facade over the model: the CLI calls only it (and the server and teaching views
+are to), so every job -- text or token-id prompts, streaming with per-token log-probabilities, the
+prompt's own log-probabilities (OpenAI's echo), a cancel between steps -- has one entry point here.
+Bad arguments are NumgptErrors that name the argument and what it accepts.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,12 +35,16 @@ import numpy as np
 from .formats.hf import load_checkpoint, load_tokenizer
 from .formats.hub import hf_cache_dir, resolve_model
 from .config import GPTConfig
-from .errors import NumgptError
-from .generate import Completion, GenerationOptions, Progress, encode_prompt, generate_completions, stream_completions
-from .model import forward
+from .errors import NumgptError, describe, whole_number
+from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
+                       generate_completions, stream_completions, top_logprobs)
+from .model import check_finite_logits, forward
+from .ops import log_softmax, softmax
 from .params import Params
 from .sampling import SamplingOptions
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
+
+Prompt = str | Sequence[int]   # text, or token ids
 
 # The model `load()` uses when given nothing: a small GPT-2 trained on Shakespeare, shipped in the package
 # (README, "The built-in model"; made by dev/ship_builtin_model.py).
@@ -65,6 +76,8 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     """
     if name_or_folder is None:
         name_or_folder = builtin_model_folder()
+    if not isinstance(name_or_folder, (str, os.PathLike)):
+        raise NumgptError(f"load() takes a folder path or a model name (a str), got {describe(name_or_folder)}")
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
     config, params = load_checkpoint(folder, for_inference=not mmap)
@@ -99,20 +112,26 @@ class LanguageModel:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids with this model's tokenizer (special tokens written in the text are allowed)."""
-        return encode_text(self.tokenizer, text)
+        return encode_text(self.tokenizer, _text("text", text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
+        return self.tokenizer.decode(_token_ids("ids", ids))
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Logits at every position: ids [T] -> float32 [T, V], or a batch of equal-length rows
         [B, T] -> [B, T, V]. Logits at t score the token at t + 1."""
+        if isinstance(ids, (str, bytes)):
+            raise NumgptError(f"logits() takes token ids, got a {type(ids).__name__}; encode text first: "
+                              "lm.logits(lm.encode(text))")
         ids = np.asarray(ids)
+        if ids.size == 0:
+            raise NumgptError("ids are empty: give at least one token id")
         if ids.ndim not in (1, 2):
             raise NumgptError(f"ids must be 1-D [T] or 2-D [B, T], got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
             raise NumgptError(f"ids must be integers, got {ids.dtype}")
         out = forward(self.params, self.config, np.atleast_2d(ids), all_logits=True)  # [B, T] -> [B, T, V]
+        check_finite_logits(out, self.params)
         return out[0] if ids.ndim == 1 else out
 
     # ---- next token ---------------------------------------------------------------------------------
@@ -120,16 +139,13 @@ class LanguageModel:
     def next_tokens(self, prompt: str, *, top: int = 10) -> list[NextToken]:
         """The `top` most likely next tokens after the prompt, most likely first (an empty prompt is
         predicted from <|endoftext|>)."""
-        if top < 1:
-            raise NumgptError(f"top must be >= 1, got {top}")
-        ids = encode_prompt(self.tokenizer, prompt)
-        logits = forward(self.params, self.config, np.asarray([ids]))[0].astype(np.float64)  # [1, T] -> [V]
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        top = min(top, len(probs))
-        best = np.argpartition(-probs, top - 1)[:top]
-        best = best[np.lexsort((best, -probs[best]))]  # descending probability, lower id first on ties
-        return [NextToken(int(i), self.tokenizer.decode([int(i)]), float(probs[i])) for i in best]
+        top = whole_number("top", top, minimum=1)
+        ids = encode_prompt(self.tokenizer, _text("prompt", prompt))
+        logits = forward(self.params, self.config, np.asarray([ids]))          # [1, T] -> [1, V]
+        check_finite_logits(logits, self.params)
+        probs = softmax(logits[0].astype(np.float64))                          # [V]
+        return [NextToken(i, self.tokenizer.decode([i]), float(probs[i]))
+                for i, _ in top_logprobs(probs, top)]                           # ranked by probability
 
     def next(self, prompt: str, *, top: int = 10) -> list[tuple[str, float]]:
         """The next-token distribution as (token text, probability), most likely first."""
@@ -137,41 +153,84 @@ class LanguageModel:
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    def completions(self, prompt: str | Sequence[str], *, progress: Progress | None = None,
-                    **options: Any) -> list[Completion]:
-        """Completion objects (text, token ids, finish reason) for every prompt and sample, prompt-major."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    def completions(self, prompt: Prompt | Sequence[Prompt], *, progress: Progress | None = None,
+                    cancel: Callable[[], bool] | None = None, **options: Any) -> list[Completion]:
+        """Completion objects (text, token ids, finish reason, log-probabilities if asked) for every
+        prompt and sample, prompt-major. A prompt is text or a list of token ids."""
+        prompts, _ = self._prompts(prompt)
         return generate_completions(self.params, self.config, self.tokenizer, prompts,
-                                    generation_options(**options), progress=progress)
+                                    checked_options(options), progress=progress, cancel=cancel)
 
-    def generate(self, prompt: str | Sequence[str], **options: Any) -> str | list[str] | list[list[str]]:
+    def generate(self, prompt: Prompt | Sequence[Prompt], **options: Any) -> str | list[str] | list[list[str]]:
         """Continue the prompt(s); returns only the new text.
 
-        One prompt: a str (a list of num_return_sequences strs if that is > 1). A list of prompts: a list
-        with one entry per prompt, each a str or (num_return_sequences > 1) a list of strs.
-        Options: see the module docstring and `generation_options`.
+        One prompt (text, or a list of token ids): a str (a list of num_return_sequences strs if that
+        is > 1). A list of prompts: a list with one entry per prompt, each a str or (num_return_sequences
+        > 1) a list of strs. Options: see the module docstring and `generation_options`.
         """
+        _, single = self._prompts(prompt)
         texts = [c.text for c in self.completions(prompt, **options)]
         n = options.get("num_return_sequences", 1)
         per_prompt = texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
-        return per_prompt[0] if isinstance(prompt, str) else per_prompt
+        return per_prompt[0] if single else per_prompt
 
-    def stream(self, prompt: str, *, progress: Progress | None = None, **options: Any) -> Iterator[str]:
+    def stream(self, prompt: Prompt, *, progress: Progress | None = None,
+               cancel: Callable[[], bool] | None = None, **options: Any) -> Iterator[str]:
         """Yield the new text piece by piece as it is generated (UTF-8 safe; text that could still be the
         start of a stop string is held back). The pieces concatenate to what `generate` returns."""
-        opts = generation_options(**options)
-        if not isinstance(prompt, str) or opts.num_return_sequences != 1:
-            raise NumgptError("stream() takes one prompt and one sample; use generate() for more")
-        for _, piece in stream_completions(self.params, self.config, self.tokenizer, [prompt], opts,
-                                           progress=progress):
-            yield piece
+        for piece in self.stream_pieces(prompt, progress=progress, cancel=cancel, **options):
+            if piece.text:
+                yield piece.text
+
+    def stream_pieces(self, prompt: Prompt | Sequence[Prompt], *, progress: Progress | None = None,
+                      cancel: Callable[[], bool] | None = None,
+                      completions: list[Completion] | None = None, **options: Any) -> Iterator[Piece]:
+        """Every step of generation as Piece(sequence, text, token): the text that became final for that
+        sequence ("" while held back) and the token with its log-probabilities (logprobs=k). Several
+        prompts and samples stream together (sequence i*n + j is sample j of prompt i); `completions`, if
+        a list, receives the finished Completion objects at the end."""
+        prompts, _ = self._prompts(prompt)
+        yield from stream_completions(self.params, self.config, self.tokenizer, prompts,
+                                      checked_options(options), progress=progress,
+                                      completions=completions, cancel=cancel)
+
+    def _prompts(self, prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool]:
+        """(the prompts as a list, whether one prompt was given), each checked: text, or token ids."""
+        if isinstance(prompt, str):
+            return [prompt], True
+        if isinstance(prompt, (list, tuple, np.ndarray)) and len(prompt) and all(_is_id(t) for t in prompt):
+            return [_token_ids("prompt", prompt, self.config.vocab_size)], True
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise NumgptError("prompt must be a str, a list of token ids, or a non-empty list of those, got "
+                              + ("an empty list" if isinstance(prompt, (list, tuple)) else describe(prompt)))
+        out: list[Prompt] = []
+        for k, p in enumerate(prompt):
+            if isinstance(p, str):
+                out.append(p)
+            elif isinstance(p, (list, tuple, np.ndarray)):
+                out.append(_token_ids(f"prompt[{k}]", p, self.config.vocab_size))
+            else:
+                raise NumgptError(f"prompt[{k}] must be a str or a list of token ids, got {describe(p)}")
+        return out, False
 
     # ---- scoring ------------------------------------------------------------------------------------
+
+    def prompt_logprobs(self, prompt: Prompt, *, top: int = 0) -> list[TokenLogprob | None]:
+        """Each token of the prompt with ln p(token | tokens before it) and the `top` most likely
+        alternatives there; None for the first token, which nothing predicts (OpenAI's echo)."""
+        top = whole_number("top", top, minimum=0)
+        (ids,), _ = self._prompts([prompt])
+        ids = encode_prompt(self.tokenizer, ids) if isinstance(ids, str) else list(ids)
+        if len(ids) < 2:
+            return [None] * len(ids)
+        logits = self.logits(ids[:-1])                                          # [T-1, V]
+        logp = log_softmax(logits.astype(np.float64))
+        return [None] + [TokenLogprob(t, float(row[t]), top_logprobs(row, top)) for row, t in zip(logp, ids[1:])]
 
     def score(self, text: str, *, stride: int | None = None, bos: bool | None = None,
               progress: Progress | None = None) -> Perplexity:
         """Perplexity, bits per byte and token counts of a text (definitions in numgpt/scoring.py)."""
-        return perplexity(self.params, self.config, self.tokenizer, text, stride=stride, bos=bos,
+        return perplexity(self.params, self.config, self.tokenizer, _text("text", text), stride=stride, bos=bos,
                           progress=progress)
 
     def perplexity(self, text: str, *, stride: int | None = None, bos: bool | None = None) -> float:
@@ -186,15 +245,54 @@ class LanguageModel:
         return [(self.tokenizer.decode([t]), float(s)) for t, s in zip(ids[1:], scores)]
 
 
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise NumgptError(f"{name} must be a str, got {describe(value)}"
+                          + ("; decode bytes first" if isinstance(value, bytes) else ""))
+    return value
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _token_ids(name: str, ids: object, vocab_size: int | None = None) -> list[int]:
+    """A list of token ids, checked: ints (not bools), in the vocabulary when its size is given."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple, np.ndarray)):
+        raise NumgptError(f"{name} must be a list of token ids, got {describe(ids)}")
+    bad = [t for t in ids if not _is_id(t)]
+    if bad:
+        raise NumgptError(f"{name} must hold token ids (ints), got {describe(bad[0])}")
+    out = [int(t) for t in ids]
+    if not out:
+        raise NumgptError(f"{name} is empty: give at least one token id")
+    if vocab_size is not None and not all(0 <= t < vocab_size for t in out):
+        raise NumgptError(f"{name}: token ids must be in 0..{vocab_size - 1}, got {min(out)}..{max(out)}")
+    return out
+
+
+class UnknownOptionError(NumgptError, TypeError):
+    """A misspelt keyword option: a TypeError, as Python raises for any unknown keyword, and a NumgptError."""
+
+
+def checked_options(options: dict[str, Any]) -> GenerationOptions:
+    """`generation_options(**options)`, with an unknown option name a NumgptError listing the known ones."""
+    known = inspect.signature(generation_options).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UnknownOptionError(f"unknown generation option {unknown[0]!r}; the options are {', '.join(known)}")
+    return generation_options(**options)
+
+
 def generation_options(*, max_new_tokens: int = 64, do_sample: bool = True, temperature: float = 1.0,
                        top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                        num_return_sequences: int = 1, seed: int | None = None,
                        stop: str | Sequence[str] | None = None, stop_at_eos: bool = True,
-                       sliding_window: bool = False, window_stride: int = 0) -> GenerationOptions:
+                       sliding_window: bool = False, window_stride: int = 0, logprobs: int = 0) -> GenerationOptions:
     """GenerationOptions from transformers-style keyword arguments; unknown names are a TypeError."""
     sampling = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, do_sample=do_sample)
-    stop = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    stop = () if stop is None else stop
     return GenerationOptions(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
                              stop_at_eos=stop_at_eos, num_return_sequences=num_return_sequences, seed=seed,
-                             sliding_window=sliding_window, window_stride=window_stride)
+                             sliding_window=sliding_window, window_stride=window_stride, logprobs=logprobs)

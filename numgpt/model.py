@@ -222,12 +222,37 @@ def _check_ids(ids: np.ndarray, config: GPTConfig) -> np.ndarray:
     return ids
 
 
+def check_context(config: GPTConfig, tokens: int, max_new_tokens: int = 0) -> None:
+    """The one context rule: `tokens` (a prompt, or everything a row has seen) plus max_new_tokens must fit
+    in n_positions, GPT-2's learned positions; else a one-line NumgptError that says how to fix it."""
+    if tokens + max_new_tokens <= config.n_positions:
+        return
+    room = config.n_positions - tokens
+    fix = f"lower --max-new-tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt"
+    asked = f"{tokens} tokens + max_new_tokens {max_new_tokens} = {tokens + max_new_tokens}" if max_new_tokens \
+        else f"{tokens} tokens"
+    raise NumgptError(f"context overflow: {asked} > the model's context of n_positions={config.n_positions}; "
+                      f"{fix} or pass --sliding-window (sliding_window=True)")
+
+
+def check_finite_logits(logits: np.ndarray, params: Params) -> None:
+    """Refuse non-finite model output once, naming the cause: a weight tensor holding NaN or inf (a damaged
+    checkpoint) or, with finite weights, an overflow. One pass over [B, V]; the weights are scanned only
+    when something is wrong."""
+    if np.isfinite(logits).all():
+        return
+    for name, array in params.items():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise NumgptError(f"the model's weights are not finite: {name} has {bad} NaN/inf values; the "
+                              "checkpoint is damaged: download or save it again")
+    raise NumgptError("the model produced non-finite logits (NaN or inf) from finite weights: an overflow; "
+                      "the checkpoint's weights are out of any sane range")
+
+
 def _check_context(config: GPTConfig, cache: KVCache | None, positions: np.ndarray, t: int) -> None:
     if positions.max() >= config.n_positions:
-        past = 0 if cache is None else cache.length
-        raise NumgptError(f"context overflow: {past} cached + {t} new tokens reach position {positions.max()}, "
-                          f"but the model has n_positions={config.n_positions}; shorten the prompt or re-prefill "
-                          "the last tokens into a reset cache (sliding window)")
+        check_context(config, int(positions.max()) + 1)
     if cache is not None and cache.length + t > cache.max_len:
         raise NumgptError(f"KV cache full: {cache.length} cached + {t} new tokens exceed its max_len "
                           f"{cache.max_len}; allocate a longer cache")

@@ -223,6 +223,26 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.where(s > 0, s, np.float32(1))
 
 
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(softmax(x)) computed stably as x - max - log(sum(exp(x - max))); -inf entries stay -inf."""
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, np.zeros_like(m))         # subtle: -inf - -inf would be NaN
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log_softmax(logits)[row, target] of each row, float64, without the [N, V] result. [N, V] -> [N]
+
+    The exponentials stay float32 (each is exact to ~1e-7 relative) and are summed in float64, so no
+    float64 copy of the [N, V] logits is made; the result is as accurate as the float32 logits allow.
+    """
+    m = logits.max(axis=-1, keepdims=True)                                     # [N, V] -> [N, 1]
+    total = np.exp(logits - m).sum(axis=-1, dtype=np.float64)                 # [N, V] -> [N]
+    picked = logits[np.arange(len(targets)), targets].astype(np.float64)       # [N]
+    return picked - m[:, 0].astype(np.float64) - np.log(total)
+
+
 def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     """Differentiates y = softmax(x): dx = y * (dy - sum(dy * y)) along `axis` (y = the forward output)."""
     dx = dy * y

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NumgptError
+from .errors import NumgptError, describe, real_number, whole_number
+from .ops import softmax
 
 FILTERED = -np.inf  # the logit of a token a rule has removed: probability exactly 0, never NaN
 
@@ -47,15 +48,16 @@ class SamplingOptions:
     do_sample: bool = True
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.temperature) or self.temperature < 0:
+        if real_number("temperature", self.temperature, rule=" >= 0 (0 = greedy)") < 0:
             raise NumgptError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise NumgptError(f"top_k must be a whole number >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
+        whole_number("top_k", self.top_k, minimum=0, extra=" (0 = off)")
+        if not 0 < real_number("top_p", self.top_p, rule=" in (0, 1] (1 = off)") <= 1:
             raise NumgptError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise NumgptError(
-                f"repetition_penalty must be > 0 (1 = off, 1.2 is typical), got {self.repetition_penalty}")
+        rule = " > 0 (1 = off, 1.2 is typical)"
+        if real_number("repetition_penalty", self.repetition_penalty, rule=rule) <= 0:
+            raise NumgptError(f"repetition_penalty must be{rule}, got {self.repetition_penalty}")
+        if not isinstance(self.do_sample, (bool, np.bool_)):
+            raise NumgptError(f"do_sample must be True or False, got {describe(self.do_sample)}")
 
     @property
     def greedy(self) -> bool:
@@ -109,11 +111,15 @@ def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
 def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     """Nucleus filter: drop the least likely tokens whose total probability is <= 1 - p; keep >= 1 token.
 
-    Exactly transformers' TopPLogitsWarper: sort ascending, cumulative softmax, remove where
-    cumsum <= 1 - p, never remove the most likely token. Subtle: torch's CPU cumsum of float32 accumulates
-    in float64 and rounds each partial sum to float32, so we do the same; a plain float32 cumsum drifts by
-    a few ulps over 50k tokens and can flip a token that sits on the threshold. Among equal logits the
-    lower token id comes first, which is the order torch's CPU sort produces.
+    transformers' TopPLogitsWarper's rule: sort ascending, cumulative softmax, remove where
+    cumsum <= 1 - p, never remove the most likely token. The cumulative sum accumulates in float64 and
+    rounds each partial sum to float32 (a plain float32 cumsum drifts by a few ulps over 50k tokens);
+    among equal logits the lower token id comes first (a stable sort).
+
+    What is guaranteed against torch: the same kept set whenever no two logits tie at the boundary and
+    no partial sum lies within a float32 ulp of 1 - p. Not bit for bit beyond that: on a 50257-wide row
+    torch's CPU sort is not stable (tied logits may come in either order) and its cumsum can differ from
+    ours in the last bit, so a token sitting exactly on the threshold may be kept by one and not the other.
     """
     logits = np.asarray(logits, dtype=np.float32)
     if p >= 1.0:
@@ -164,23 +170,6 @@ def process_logits(logits: np.ndarray, options: SamplingOptions, *,
     if options.top_p < 1.0:
         logits = apply_top_p(logits, options.top_p)
     return logits
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the last axis, in the input's float precision; -inf logits get exactly 0."""
-    logits = np.asarray(logits)
-    if not np.issubdtype(logits.dtype, np.floating):
-        logits = logits.astype(np.float32)
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)  # the max is finite: >= 1 token is kept
-    e = np.exp(shifted)
-    return e / np.sum(e, axis=-1, keepdims=True)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log of softmax, computed stably as x - max - log(sum(exp(x - max)))."""
-    logits = np.asarray(logits)
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:

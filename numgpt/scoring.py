@@ -37,6 +37,7 @@ from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
 from .model import forward
+from .ops import log_softmax_at
 from .params import Params
 
 Progress = Callable[[int, int], None]  # (windows done, windows in all)
@@ -131,18 +132,6 @@ def window_logprobs(params: Params, config: GPTConfig, window: np.ndarray, first
         forward(params, config, window[None, :first - 1], cache=cache)                # context only
     logits = forward(params, config, window[None, first - 1:-1], cache=cache, all_logits=True)[0]  # -> [T', V]
     return log_softmax_at(logits, window[first:])
-
-
-def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """ln softmax(logits)[target] of each row, float64: logit - max - ln sum exp(logit - max). [N, V] -> [N]
-
-    The exponentials stay float32 (each is exact to ~1e-7 relative) and are summed in float64, so no
-    float64 copy of the [N, V] logits is made; the result is as accurate as the float32 logits allow.
-    """
-    m = logits.max(axis=-1, keepdims=True)                                     # [N, V] -> [N, 1]
-    total = np.exp(logits - m).sum(axis=-1, dtype=np.float64)                 # [N, V] -> [N]
-    picked = logits[np.arange(len(targets)), targets].astype(np.float64)       # [N]
-    return picked - m[:, 0].astype(np.float64) - np.log(total)
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -166,11 +166,11 @@ def test_decode_steps_protocol_and_progress(tiny):
     calls = []
     steps = decode_steps(params, config, [[1, 2], [3]], max_new_tokens=4, sampling=GREEDY, rngs=None,
                          progress=lambda done, total: calls.append((done, total)))
-    running, _ = next(steps)
-    assert running.tolist() == [0, 1]
-    running, _ = steps.send([0])  # stop sequence 0
+    running, _, logits = next(steps)
+    assert running.tolist() == [0, 1] and logits.shape == (2, config.vocab_size)
+    running, _, _ = steps.send([0])  # stop sequence 0
     assert running.tolist() == [1]
-    assert [r.tolist() for r, _ in steps] == [[1], [1]]
+    assert [step.sequences.tolist() for step in steps] == [[1], [1]]
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert list(decode_steps(params, config, [[1]], max_new_tokens=0, sampling=GREEDY, rngs=None)) == []
 

@@ -203,7 +203,8 @@ def test_bad_options_raise_numgpt_errors(lm):
     for bad in (dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-3), dict(max_new_tokens=-1)):
         with pytest.raises(NumgptError):
             lm.generate("Hi", **bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unknown generation option 'max_tokens'") as e:
         lm.generate("Hi", max_tokens=3)  # a misspelt option is not silently ignored
+    assert isinstance(e.value, NumgptError)
     with pytest.raises(NumgptError, match="context overflow"):
         lm.generate("Hi", max_new_tokens=300)  # 256 positions

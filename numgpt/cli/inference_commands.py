@@ -1,8 +1,9 @@
 """`numgpt generate`, `numgpt next`, `numgpt perplexity` and `numgpt info`: using a GPT-2 model.
 
 Only this module reads flags, stdin and the environment (the Hugging Face cache location), prints, and
-draws progress bars; the work is in numgpt.lm, numgpt.generate and numgpt.scoring. Options are checked
-before the model loads, so a bad flag fails at once.
+draws progress bars; the work is done by the LanguageModel facade (numgpt.lm), the only model API these
+commands call. Options are checked before the model loads, so a bad flag fails at once. Defaults shown in
+--help come from the option dataclasses (GenerationOptions, SamplingOptions), not restated here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import sys
 from pathlib import Path
 
 from ..errors import NumgptError
+from ..generate import GenerationOptions
+from ..sampling import SamplingOptions
+from .progress import progress_reporter
+
+GEN, SAMPLING = GenerationOptions(), SamplingOptions()   # the defaults --help shows
 
 MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or a cached hub name such as "
               "gpt2 (default: the built-in Shakespeare model)")
@@ -21,7 +27,8 @@ MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or 
 GENERATE_DESCRIPTION = """\
 Continue a prompt: the new text is printed as it is generated. The prompt comes from PROMPT, --file,
 or stdin (one trailing newline of a file or stdin is dropped); an empty prompt starts from
-<|endoftext|>.
+<|endoftext|>. A special token written in the prompt (<|endoftext|>) is that token, as a document
+boundary (`numgpt tokenize` asks for --allow-special to do the same).
 """
 
 NEXT_DESCRIPTION = """\
@@ -31,7 +38,8 @@ likely tokens.
 
 PERPLEXITY_DESCRIPTION = """\
 Score a UTF-8 text with the model: number of tokens, perplexity, bits per byte, and the exact
-definitions used.
+definitions used. <|endoftext|> written in the text is the special token (a document boundary).
+On a terminal a progress bar shows; otherwise a progress line goes to stderr every 10 s (-q: none).
 """
 
 INFO_DESCRIPTION = """\
@@ -40,26 +48,29 @@ files with sizes and dtypes, and the tokenizer.
 """
 
 GENERATE_EXAMPLES = """\
-examples:
-  numgpt generate --model gpt2 "Once upon a time"                      sample 64 tokens, streamed
-  numgpt generate --model gpt2 --greedy --max-new-tokens 20 "The capital of France is"
-  numgpt generate --model gpt2 --temperature 0.8 --top-k 40 --seed 1 "Hello"   reproducible sample
-  numgpt generate --model gpt2 --top-p 0.9 --repetition-penalty 1.2 --stop "\\n\\n" "Q: Why? A:"
-  numgpt generate --model gpt2 --num-samples 3 --max-new-tokens 30 "My favourite food is"
-  numgpt generate --model runs/char/best --file prompt.txt --max-new-tokens 2000 --sliding-window
-  echo "ROMEO:" | numgpt generate --model runs/char/best --no-stream
+examples: (the built-in Shakespeare model unless --model says another)
+  numgpt generate "ROMEO:"                                              sample 64 tokens, streamed
+  numgpt generate --greedy --max-new-tokens 20 "JULIET:"                the most likely tokens
+  numgpt generate --temperature 0.8 --top-k 40 --seed 1 "KING:"         a reproducible sample
+  numgpt generate --top-p 0.9 --repetition-penalty 1.2 --stop "\\n\\n" "ROMEO:"
+  numgpt generate --num-samples 3 --max-new-tokens 30 "First Citizen:"
+  numgpt generate --max-new-tokens 500 --sliding-window "ROMEO:"        past the 128-token context
+  echo "ROMEO:" | numgpt generate --no-stream --json
+  numgpt generate --model gpt2 "The capital of France is"              GPT-2 from the Hugging Face cache
 
 Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
 --greedy or --temperature 0. Filters apply in transformers' order: repetition penalty, temperature,
-top-k, top-p. The same --seed and options give the same text. prompt + --max-new-tokens must fit in the
+top-k, top-p. The same --seed and options give the same text. --stop strings are matched in the
+new text only, not across the end of the prompt. prompt + --max-new-tokens must fit in the
 model's context unless --sliding-window (then the last n_positions - stride tokens are kept and
 re-read each time the context fills: about one extra prompt token per generated token by default).
 """
 
 NEXT_EXAMPLES = """\
 examples:
-  numgpt next --model gpt2 "I wish you a happy New"       ' Year' 0.97, ' Years' 0.018, ...
-  numgpt next --model gpt2 --top 20 --json "Hello"        id, token and probability as JSON
+  numgpt next "ROMEO: I"                                  the built-in model: "'ll" 0.12, ' am' 0.078, ...
+  numgpt next --top 20 --json "JULIET:"                   id, token and probability as JSON
+  numgpt next --model gpt2 "I wish you a happy New"       GPT-2 124M: ' Year' 0.97, ' Years' 0.018, ...
 
 Probabilities are the softmax of the raw logits (temperature 1, nothing filtered). Tokens are shown
 repr-quoted so spaces and newlines are visible; a token holding part of a UTF-8 character shows U+FFFD.
@@ -67,9 +78,9 @@ repr-quoted so spaces and newlines are visible; a token holding part of a UTF-8 
 
 PERPLEXITY_EXAMPLES = """\
 examples:
-  numgpt perplexity --model gpt2 wiki.test.txt
-  numgpt perplexity --model gpt2 --stride 256 --json wiki.test.txt
-  cat text.txt | numgpt perplexity --model gpt2 -
+  echo "To be, or not to be, that is the question." | numgpt perplexity -
+  numgpt perplexity --json text.txt                        any UTF-8 text file
+  numgpt perplexity --model gpt2 --stride 256 wiki.test.txt
 
 Definitions (exact, so results can be compared): every token is predicted, the first one from
 <|endoftext|> prepended as BOS (--no-bos, or a vocabulary without <|endoftext|>: the first token is
@@ -82,8 +93,9 @@ n_positions - stride tokens of context.
 
 INFO_EXAMPLES = """\
 examples:
-  numgpt info --model gpt2
-  numgpt info --model runs/char/best --json
+  numgpt info                                the built-in model
+  numgpt info --model runs/mine --json       a training run's best checkpoint
+  numgpt info --model gpt2                   GPT-2 from the Hugging Face cache
 """
 
 
@@ -107,25 +119,29 @@ def _register_generate(sub) -> None:
     p.add_argument("--file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file")
     _add_model(p)
     d = p.add_argument_group("decoding (names as in transformers / llama.cpp)")
-    d.add_argument("--max-new-tokens", "-n", type=int, default=64, metavar="N", help="new tokens at most (64)")
-    d.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                   help="< 1 sharper, > 1 flatter, 0 = greedy (1.0)")
-    d.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely (0 = off)")
-    d.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="sample from the smallest set with probability >= P, in (0, 1] (1.0 = off)")
-    d.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                   help="> 1 discourages tokens already in the text (1.0 = off, 1.2 typical)")
+    d.add_argument("--max-new-tokens", "-n", type=int, default=GEN.max_new_tokens, metavar="N",
+                   help=f"new tokens at most ({GEN.max_new_tokens})")
+    d.add_argument("--temperature", type=float, metavar="T",
+                   help=f"< 1 sharper, > 1 flatter, 0 = greedy ({SAMPLING.temperature})")
+    d.add_argument("--top-k", type=int, metavar="K", help=f"sample from the K most likely ({SAMPLING.top_k} = off)")
+    d.add_argument("--top-p", type=float, metavar="P",
+                   help=f"sample from the smallest set with probability >= P, in (0, 1] ({SAMPLING.top_p} = off)")
+    d.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
+                   help=f"> 1 discourages tokens already in the text ({SAMPLING.repetition_penalty} = off, "
+                   "1.2 typical)")
     d.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
     d.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
     d.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
+                   help="end at this text, not printed; matched in the new text only, not across the end "
+                   "of the prompt (repeatable; \\n and \\t escapes are understood)")
     d.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
-    d.add_argument("--num-samples", type=int, default=1, metavar="N",
-                   help="independent samples, printed when complete (1)")
+    d.add_argument("--num-samples", type=int, default=GEN.num_return_sequences, metavar="N",
+                   help=f"independent samples, printed when complete ({GEN.num_return_sequences})")
     d.add_argument("--sliding-window", action="store_true",
                    help="go past the context size by re-reading the last tokens when it fills")
-    d.add_argument("--window-stride", type=int, default=0, metavar="S",
-                   help="tokens dropped each time the window slides (default n_positions / 2)")
+    d.add_argument("--window-stride", type=int, metavar="S",
+                   help="with --sliding-window: tokens dropped each time the window slides, "
+                   "1..n_positions-1 (n_positions / 2)")
     o = p.add_argument_group("output")
     o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
@@ -141,7 +157,7 @@ def _register_next(sub) -> None:
                        epilog=NEXT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", metavar="PROMPT", help="the text before the next token")
     _add_model(p)
-    p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens to show (10)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens to show, >= 1 (10)")
     p.add_argument("--json", action="store_true", help="a JSON list of {rank, id, token, probability}")
     p.set_defaults(run=run_next)
 
@@ -218,35 +234,34 @@ def unescape(s: str) -> str:
     return s.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def progress_bar(enabled: bool, unit: str):
-    """A callback(done, total) drawing a tqdm bar on stderr (only when stderr is a terminal), and a close()."""
-    state = {}
-
-    def update(done: int, total: int) -> None:
-        if not enabled:
-            return
-        if "bar" not in state:
-            from tqdm import tqdm
-            state["bar"] = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
-                                disable=None)  # None: off when stderr is not a terminal
-        state["bar"].update(done - state["bar"].n)
-
-    def close() -> None:
-        if "bar" in state:
-            state["bar"].close()
-
-    return update, close
+def generation_kwargs(args) -> dict:
+    """The decoding flags as LanguageModel keyword options, checked with flag names before any loading."""
+    if args.num_samples < 1:
+        raise NumgptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    sampling_flags = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+    if args.greedy and sampling_flags:
+        raise NumgptError(f"--greedy always takes the most likely token, so --{sampling_flags[0].replace('_', '-')} "
+                          "has no effect; drop one of them")
+    if args.window_stride is not None:
+        if not args.sliding_window:
+            raise NumgptError("--window-stride applies only with --sliding-window; add it, or drop --window-stride")
+        if args.window_stride < 1:
+            raise NumgptError(f"--window-stride must be >= 1 (tokens dropped per slide), got {args.window_stride}")
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+        temperature=pick(args.temperature, SAMPLING.temperature), top_k=pick(args.top_k, SAMPLING.top_k),
+        top_p=pick(args.top_p, SAMPLING.top_p), repetition_penalty=args.repetition_penalty,
+        num_return_sequences=args.num_samples, seed=args.seed, stop=[unescape(s) for s in args.stop],
+        stop_at_eos=not args.ignore_eos, sliding_window=args.sliding_window,
+        window_stride=args.window_stride or 0)
+    from ..lm import checked_options
+    checked_options(kwargs)                                   # every value checked before the model loads
+    return kwargs
 
 
 def run_generate(args) -> int:
-    from ..generate import generate_completions, stream_completions
-    from ..lm import generation_options
-
-    options = generation_options(
-        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        num_return_sequences=args.num_samples, seed=args.seed, stop=[unescape(s) for s in args.stop],
-        stop_at_eos=not args.ignore_eos, sliding_window=args.sliding_window, window_stride=args.window_stride)
+    options = generation_kwargs(args)
     prompt = read_prompt(args)
     lm = load_model(args)
     out = sys.stdout
@@ -254,14 +269,14 @@ def run_generate(args) -> int:
         out.write(prompt)
         out.flush()
     if not (args.no_stream or args.json or args.num_samples > 1):
-        for _, piece in stream_completions(lm.params, lm.config, lm.tokenizer, [prompt], options):
+        for piece in lm.stream(prompt, **options):
             out.write(piece)
             out.flush()
         out.write("\n")
         return 0
-    update, close = progress_bar(not args.quiet, "tok")
+    update, close = progress_reporter(not args.quiet, "token", "generate")
     try:
-        completions = generate_completions(lm.params, lm.config, lm.tokenizer, [prompt], options, progress=update)
+        completions = lm.completions(prompt, progress=update, **options)
     finally:
         close()
     if args.json:
@@ -298,7 +313,7 @@ def run_perplexity(args) -> int:
         raise NumgptError(f"--stride must be >= 1, got {args.stride}")
     text = read_text(args.file)
     lm = load_model(args)
-    update, close = progress_bar(not args.quiet, "window")
+    update, close = progress_reporter(not args.quiet, "window", "perplexity")
     try:
         score = lm.score(text, stride=args.stride, bos=False if args.no_bos else None, progress=update)
     finally:

@@ -320,7 +320,7 @@ class Tokenizer:
         special not allowed) raise NumgptError, and the rest are encoded as plain text.
         Lone surrogates (not encodable as UTF-8) become U+FFFD, as in tiktoken.
         """
-        allowed = self._check_special(text, allowed_special, disallowed_special)
+        allowed = self._check_special(_check_text(text), allowed_special, disallowed_special)
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
@@ -330,14 +330,14 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids, with special token strings encoded as plain text (no check, no special ids)."""
-        pieces = pretokenize(_replace_surrogates(text))
+        pieces = pretokenize(_replace_surrogates(_check_text(text)))
         return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))  # misses run BPE
 
     def explain(self, text: str, *, allowed_special: Collection[str] | Literal["all"] = frozenset(),
                 disallowed_special: Collection[str] | Literal["all"] = "all") -> list[PieceTrace]:
         """The debug twin of `encode`: for each pre-tokenized piece, its bytes, the merges applied step by
         step with their ranks, and its ids. The ids concatenate to `encode(text, ...)` (same options)."""
-        allowed = self._check_special(text, allowed_special, disallowed_special)
+        allowed = self._check_special(_check_text(text), allowed_special, disallowed_special)
         traces = []
         for part, special in self._split_special(text, allowed):
             if special:
@@ -549,6 +549,14 @@ class Tokenizer:
     def _check_id(self, token_id: int) -> None:
         if token_id not in self._id_to_bytes:
             raise NumgptError(f"token id {token_id!r} is not in the vocabulary (ids 0..{self.vocab_size - 1})")
+
+
+def _check_text(text: object) -> str:
+    """Text to encode must be a str (bytes are decoded by the caller, who knows their encoding)."""
+    if not isinstance(text, str):
+        extra = "; decode bytes to str first" if isinstance(text, (bytes, bytearray)) else ""
+        raise NumgptError(f"the text to encode must be a str, got {type(text).__name__}{extra}")
+    return text
 
 
 def special_token_pattern(strings: Iterable[str]) -> re.Pattern:
