@@ -36,7 +36,7 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
-from .model import forward
+from .model import check_finite_logits, forward
 from .ops import log_softmax_at
 from .params import Params
 
@@ -131,6 +131,7 @@ def window_logprobs(params: Params, config: GPTConfig, window: np.ndarray, first
     if first > 1:
         forward(params, config, window[None, :first - 1], cache=cache)                # context only
     logits = forward(params, config, window[None, first - 1:-1], cache=cache, all_logits=True)[0]  # -> [T', V]
+    check_finite_logits(logits, params)
     return log_softmax_at(logits, window[first:])
 
 
