@@ -4,8 +4,9 @@
     optim.py      AdamW, the learning-rate schedule, gradient clipping
     loop.py       the training loop: steps, evaluation, logging, checkpoints, Ctrl-C
     state.py      resumable checkpoints (weights, moments, rng) written atomically
-    parallel.py   a batch's rows split over threads, gradients summed in a fixed order
-    memory.py     glibc malloc told to keep freed memory while training
+    comm.py       the communicator interface (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
+    parallel.py   a batch's rows split over ranks and threads, gradients summed in a fixed order
+    memory.py     glibc malloc told to keep freed memory while training (a context manager)
 """
 
 from .data import Dataset, load_dataset, prepare

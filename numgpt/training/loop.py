@@ -12,7 +12,13 @@ RUN/log.jsonl; the training config is RUN/train_config.json.
 Reproducibility: the batches and dropout masks of every step come from the state's rng alone, and the
 checkpoint stores its bit_generator state, so a resumed run continues bit for bit (given the same
 `threads`: each batch's rows are split over that many threads, parallel.py, and the float32 sums of the
-gradient depend on the split; `numgpt train` records it in train_config.json). Evaluation draws its
+gradient depend on the split; `numgpt train` records it in train_config.json).
+
+Data parallelism: `train` takes a communicator (comm.py; a single process by default) and calls only its
+interface. Each rank draws the same batches from its own copy of the state, computes its rows' gradients
+(parallel.py: rows split over ranks, then over threads), and the all-reduced sum is the same on every
+rank, so every rank makes the same update. P ranks of 1 thread give the same bits as 1 rank of P
+threads. Only rank 0 writes the run folder. Evaluation draws its
 batches from a separate generator seeded from (seed, EVAL_STREAM), the same batches every time.
 
 Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last completed step and
@@ -32,7 +38,7 @@ import dataclasses
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,8 +51,8 @@ from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
 from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
-from .parallel import DataParallel
-from ..params import zeros_like
+from .comm import Communicator, SingleProcess
+from .parallel import DataParallel, flat_zeros_like
 from ..threads import single_threaded_blas, thread_count
 from .state import TrainState, save_train_checkpoint
 
@@ -121,21 +127,34 @@ def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
 
 
 def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run_dir: str | Path, *,
-          on_event: Callable[[Event], None] | None = None) -> TrainResult:
-    """Train from `state` (fresh or resumed) up to tc.max_iters updates, in place; see the module docstring."""
+          on_event: Callable[[Event], None] | None = None, comm: Communicator | None = None) -> TrainResult:
+    """Train from `state` (fresh or resumed) up to tc.max_iters updates, in place; see the module docstring.
+
+    comm: the ranks this process trains with (default: a single process). Every rank calls train with
+    the same state, config and data; each computes its share of every batch, the gradients are summed
+    over the ranks, and only rank 0 writes the run folder (config, log, checkpoints)."""
+    comm = SingleProcess() if comm is None else comm
     check_setup(config, tc, data)
     run = Path(run_dir)
+    for p in state.params.values():
+        comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
+    dp = DataParallel(tc.threads or thread_count(), comm)
+    _, grads = flat_zeros_like(state.params)          # one buffer: a sum over ranks is one call
+    with ExitStack() as stack:
+        log = _open_run(run, config, tc, state) if comm.rank == 0 else None
+        if log is not None:
+            stack.callback(log.close)
+        stack.enter_context(keep_freed_memory())      # steps reuse the last one's memory (memory.py)
+        if dp.participants > 1:
+            stack.enter_context(single_threaded_blas())
+        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads)
+
+
+def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState) -> "RunLog":
+    """Rank 0's side of the run folder: create it, write the training config, open the log."""
     run.mkdir(parents=True, exist_ok=True)
     (run / CONFIG_FILE).write_text(json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n")
-    log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
-    emit = _emitter(log, on_event)
-    grads = zeros_like(state.params)
-    dp = DataParallel(tc.threads or thread_count())
-    try:
-        with keep_freed_memory(), single_threaded_blas() if dp.threads > 1 else nullcontext():
-            return _loop(state, config, tc, data, run, emit, dp, grads)   # steps reuse memory (memory.py)
-    finally:
-        log.close()
+    return RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
 
 
 def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
@@ -144,12 +163,13 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
     first_step = state.step
     boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
+    saves = dp.comm.rank == 0                          # only rank 0 writes checkpoints
     in_update = False
     last_eval = None
     try:
         while True:
             if _eval_due(tc, state.step, first_step):
-                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp)
+                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp, save=saves)
             if state.step >= tc.max_iters:
                 break
             t0 = time.perf_counter()
@@ -172,9 +192,10 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             raise NumgptError(f"interrupted in the middle of an optimizer update; {run / LATEST} "
                               "holds the last saved step, resume from it with --resume") from None
         state.rng.bit_generator.state = boundary_rng
-        path = save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(),
-                                     tokenizer_dir=_tokenizer_dir(data))
-        emit({"type": "interrupted", "step": state.step, "path": str(path)})
+        if saves:
+            save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(),
+                                  tokenizer_dir=_tokenizer_dir(data))
+        emit({"type": "interrupted", "step": state.step, "path": str(run / LATEST)})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval)
     return TrainResult(state=state, last_eval=last_eval)
 
@@ -216,8 +237,9 @@ def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
 
 
 def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-                      emit: Callable[[Event], None], dp: DataParallel | None = None) -> Event:
-    """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved."""
+                      emit: Callable[[Event], None], dp: DataParallel | None = None, *, save: bool = True) -> Event:
+    """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
+    (save=False: every step but the writing, for the ranks other than 0)."""
     losses = estimate_loss(state.params, config, tc, data, dp)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
@@ -229,6 +251,8 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
         state.best_val_loss = val
     event["best"] = improved
     emit(event)
+    if not save:
+        return event
     tok = _tokenizer_dir(data)
     save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(), tokenizer_dir=tok)
     if improved:
@@ -245,9 +269,10 @@ def _tokenizer_dir(data: Dataset) -> Path | None:
     return data.tokenizer_dir if data.tokenizer_dir.is_dir() else None
 
 
-def _emitter(log: "RunLog", on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+def _emitter(log: "RunLog | None", on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    """Log steps and evaluations (when there is a log: rank 0), and pass every event to on_event."""
     def emit(event: Event) -> None:
-        if event["type"] in ("step", "eval"):
+        if log is not None and event["type"] in ("step", "eval"):
             log.write(event)
         if on_event is not None:
             on_event(event)

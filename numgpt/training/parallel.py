@@ -1,89 +1,206 @@
-"""Data parallelism over the cores of one machine: each thread runs the forward and backward of its own
-slice of the batch, and the slices' gradients are summed in a fixed order.
+"""Data parallelism: each participant runs the forward and backward of its own rows of the batch, and
+the gradients are summed in a fixed order through a communicator (comm.py).
 
-Why not let BLAS use the cores: a training step is only half matrix products. The other half is NumPy's
-elementwise work (GELU, softmax, LayerNorm, cross-entropy), which runs on one core, while OpenBLAS's idle
-threads spin on the others between products. With BLAS held to one thread (`single_threaded_blas`) and
-one slice of the batch per core, every operation of the step runs on all cores at once, since NumPy
-releases the GIL inside each operation. Measured on 2 cores (bench/bench_train.py, same-run ratios to
-torch): the nanoGPT character model's step went from 1.36x to 0.90-1.05x torch's time, the 124M model's
-from 1.16x to 1.01x.
+Participants are the ranks of a communicator (processes, or threads standing in for them), and within
+each rank up to `threads` Python threads. A batch of n rows is split first over the ranks, rank r
+taking its contiguous share n*r//R .. n*(r+1)//R, then each share over the rank's threads
+(`batch_slices`). So P ranks with 1 thread each split the rows exactly like 1 rank with P threads.
 
-The result does not depend on timing: slice k always holds the same rows, and the gradients are added in
-slice order. It does depend on the number of threads (the float32 sums group differently), so a run
-records its thread count and a resumed run uses it again.
+Why threads rather than letting BLAS use the cores: a training step is only half matrix products. The
+other half is NumPy's elementwise work (GELU, softmax, LayerNorm, cross-entropy), which runs on one core,
+while OpenBLAS's idle threads spin on the others between products. With BLAS held to one thread
+(`single_threaded_blas`) and one slice of the batch per core, every operation of the step runs on all
+cores at once, since NumPy releases the GIL inside each operation. Measured on 2 cores
+(bench/bench_train.py, same-run ratios to torch): the nanoGPT character model's step went from 1.36x to
+0.90-1.05x torch's time, the 124M model's from 1.16x to 1.01x.
+
+Gradients live in one flat float32 buffer per participant with a view per parameter (`flat_zeros_like`),
+so a sum is one collective call. What is guaranteed:
+- The result does not depend on timing: slice k always holds the same rows; a rank's thread buffers are
+  summed in thread order (a ThreadGroup all-reduce, rank = thread index), then the ranks' sums in rank
+  order (the communicator's all-reduce). Total = slice 0 + slice 1 + ... in that order: with one rank,
+  bit for bit what `add_into` gives; with P ranks of 1 thread, the same bits as 1 rank of P threads.
+- Within a step of several micro-batches, only the first participant (rank 0, thread 0) adds onto the
+  running gradient; every other one starts each micro-batch from zero, so the running sum is counted
+  once and the grouping of the float32 additions is the same for P ranks x 1 thread as for 1 x P.
+- With dropout, each slice draws its masks from its own generator, seeded from one draw of rng per
+  micro-batch (one seed per slice of the whole batch, every rank drawing the same seeds), so masks too
+  are the same for P ranks x 1 thread as for 1 x P. A lone slice uses rng itself.
+- The result does depend on the number of slices (the float32 sums group differently), so a run records
+  its thread count and a resumed run uses it again. R ranks of T > 1 threads sum as (per-rank sums) in
+  rank order, which is deterministic but not the grouping of 1 rank of R*T threads.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
 
 from ..backprop import Workspace, accumulate_grads, loss_only
 from ..config import GPTConfig
+from .comm import Communicator, SingleProcess, ThreadGroup
 from .optim import chunks
-from ..params import Params, zeros_like
+from ..params import Params
 from ..threads import row_ranges, run_in_threads, run_split
 
 
-class DataParallel:
-    """Per-thread gradient buffers and workspaces for splitting batches over up to `threads` threads,
-    made on first use and reused every step (one params-sized gradient copy per extra thread used)."""
+def flat_zeros_like(params: Params) -> tuple[np.ndarray, Params]:
+    """One flat float32 zero buffer for all of params, and a view of it shaped like each parameter (in
+    params' order, back to back): (flat [sum of sizes], {name: view})."""
+    flat = np.zeros(sum(p.size for p in params.values()), np.float32)
+    views, offset = {}, 0
+    for name, p in params.items():
+        views[name] = flat[offset:offset + p.size].reshape(p.shape)
+        offset += p.size
+    return flat, views
 
-    def __init__(self, threads: int):
+
+def flat_buffer(grads: Params) -> np.ndarray | None:
+    """The flat buffer behind grads if they are its views back to back (as `flat_zeros_like` makes them),
+    else None."""
+    arrays = list(grads.values())
+    base = arrays[0].base if arrays else None
+    if base is None or base.ndim != 1 or base.dtype != np.float32 or not base.flags.c_contiguous:
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or a.dtype != np.float32 or not a.flags.c_contiguous or \
+                a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
+def batch_slices(n: int, ranks: int, threads: int) -> list[list[slice]]:
+    """Rows 0 .. n-1 split over `ranks` contiguous shares, each share over up to `threads` threads:
+    [rank][thread] -> rows. A rank whose share is empty gets no slices."""
+    plan = []
+    for r in range(ranks):
+        lo, hi = n * r // ranks, n * (r + 1) // ranks
+        plan.append([slice(lo + s.start, lo + s.stop) for s in row_ranges(hi - lo, threads)] if hi > lo else [])
+    return plan
+
+
+class DataParallel:
+    """A rank's share of data parallelism: its rows of each batch split over up to `threads` threads,
+    the gradients summed over threads and then over `comm`'s ranks (see the module docstring).
+    Per-thread gradient buffers (one params-sized flat copy per extra thread used) and workspaces are
+    made on first use and reused every step."""
+
+    def __init__(self, threads: int, comm: Communicator | None = None):
         self.threads = max(1, threads)
+        self.comm = SingleProcess() if comm is None else comm
         self.workspaces = [Workspace() for _ in range(self.threads)]
-        self.extra_grads: list[Params] = []
+        self.extra_grads: list[tuple[np.ndarray, Params]] = []   # (flat, views) of threads 1, 2, ...
+        self._own: tuple[np.ndarray, Params] | None = None       # a flat copy of grads that are not flat
+
+    @property
+    def participants(self) -> int:
+        """Slices a full batch is split over at most: ranks x threads."""
+        return self.comm.size * self.threads
 
     def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
                          grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
                          rng: np.random.Generator | None = None) -> float:
-        """`backprop.accumulate_grads` with the batch's rows split over the threads: adds
-        scale * d(mean loss)/d(param) into grads and returns the mean loss. With dropout and several
-        slices, each slice draws its masks from its own generator, seeded from rng (one draw per step);
-        a single slice uses rng itself, so one thread is exactly `backprop.accumulate_grads`."""
-        slices = row_ranges(len(ids), self.threads)
-        rngs = [rng] * len(slices)
-        if dropout > 0 and len(slices) > 1:
-            if rng is None:
-                raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
-            rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(slices))]
-        while len(self.extra_grads) < len(slices) - 1:
-            self.extra_grads.append(zeros_like(grads))
-        outputs = [grads, *self.extra_grads[:len(slices) - 1]]
+        """`backprop.accumulate_grads` with the batch's rows split over the ranks and threads: adds
+        scale * d(mean loss)/d(param) of the whole batch into grads (on every rank) and returns the mean
+        loss. One slice in all is exactly `backprop.accumulate_grads`."""
+        plan = batch_slices(len(ids), self.comm.size, self.threads)
+        mine = plan[self.comm.rank]
+        rngs = self._slice_rngs(plan, dropout, rng)
+        flat, views = self._flat(grads)
+        buffers = [(flat, views), *self._extra_grads(len(mine) - 1, views)]
+        group = ThreadGroup(len(mine)) if len(mine) > 1 else None
+        n = len(ids)
 
         def slice_grads(k: int, rows: slice, weight: float) -> float:
-            if k > 0:
-                for g in outputs[k].values():
-                    g.fill(0)
-            return accumulate_grads(params, config, ids[rows], targets[rows], outputs[k], scale=scale * weight,
-                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
-        loss = self._weighted_mean(slices, slice_grads)
-        add_into(grads, outputs[1:])
+            k_flat, k_views = buffers[k]
+            if k > 0 or self.comm.rank > 0:
+                k_flat.fill(0)                        # only rank 0's thread 0 adds onto the running sum
+            try:
+                return accumulate_grads(params, config, ids[rows], targets[rows], k_views, scale=scale * weight,
+                                        dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
+            except BaseException:
+                if group is not None:
+                    group.abort()                     # release the threads waiting in the sum below
+                raise
+
+        def then_sum(k: int) -> None:
+            if group is not None:
+                try:
+                    group.member(k).allreduce_sum(buffers[k][0])    # thread order
+                except threading.BrokenBarrierError:
+                    pass                              # another thread failed; its error is raised
+        if not mine and self.comm.rank > 0:
+            flat.fill(0)                              # a rank without rows adds nothing
+        loss = self._weighted_mean(mine, n, slice_grads, then_sum)
+        self.comm.allreduce_sum(flat)                 # rank order
+        if flat is not flat_buffer(grads):
+            for name, g in grads.items():
+                g[...] = views[name]
         return loss
 
     def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> float:
-        """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the threads."""
-        return self._weighted_mean(row_ranges(len(ids), self.threads), lambda k, rows, weight: loss_only(
+        """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the ranks
+        and threads; the same value on every rank."""
+        mine = batch_slices(len(ids), self.comm.size, self.threads)[self.comm.rank]
+        return self._weighted_mean(mine, len(ids), lambda k, rows, weight: loss_only(
             params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
 
-    @staticmethod
-    def _weighted_mean(slices: list[slice], per_slice: Callable[[int, slice, float], float]) -> float:
-        """sum over slices of weight * per_slice(k, rows, weight), weight = the slice's share of the rows,
-        the slices run at once, one per thread: the batch mean of a per-slice mean."""
-        n = max(slices[-1].stop, 1)
+    def _weighted_mean(self, slices: list[slice], n: int, per_slice: Callable[[int, slice, float], float],
+                       then: Callable[[int], None] | None = None) -> float:
+        """sum over every rank's slices of weight * per_slice(k, rows, weight), weight = the slice's share
+        of the n rows: the batch mean of per-slice means. This rank's slices run at once, one per thread
+        (each calling then(k) after, if given); the per-rank sums are added in rank order (float64)."""
         values = [0.0] * len(slices)
 
         def run(k: int) -> None:
-            weight = (slices[k].stop - slices[k].start) / n
+            weight = (slices[k].stop - slices[k].start) / max(n, 1)
             values[k] = weight * per_slice(k, slices[k], weight)
+            if then is not None:
+                then(k)
         run_in_threads(run, len(slices))
-        return sum(values)
+        total = np.array([sum(values)], np.float64)
+        self.comm.allreduce_sum(total)
+        return float(total[0])
+
+    def _slice_rngs(self, plan: list[list[slice]], dropout: float, rng: np.random.Generator | None) -> list:
+        """The dropout generator of each of this rank's slices: rng itself for a lone slice, else one
+        seeded generator per slice of the whole batch, from one draw of rng that every rank makes alike."""
+        mine = plan[self.comm.rank]
+        count = sum(len(p) for p in plan)
+        if not (dropout > 0 and count > 1):
+            return [rng] * len(mine)
+        if rng is None:
+            raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
+        first = sum(len(p) for p in plan[:self.comm.rank])
+        seeds = rng.integers(0, 2**63, count)
+        return [np.random.default_rng(seed) for seed in seeds[first:first + len(mine)]]
+
+    def _flat(self, grads: Params) -> tuple[np.ndarray, Params]:
+        """grads' own flat buffer and views, or (for grads that are separate arrays) a flat copy of them,
+        which accumulate_grads writes back at the end."""
+        flat = flat_buffer(grads)
+        if flat is not None:
+            return flat, grads
+        if self._own is None or any(self._own[1].get(k, np.empty(0)).shape != g.shape for k, g in grads.items()) \
+                or len(self._own[1]) != len(grads):
+            self._own = flat_zeros_like(grads)
+        for name, g in grads.items():
+            self._own[1][name][...] = g
+        return self._own
+
+    def _extra_grads(self, count: int, like: Params) -> list[tuple[np.ndarray, Params]]:
+        while len(self.extra_grads) < count:
+            self.extra_grads.append(flat_zeros_like(like))
+        return self.extra_grads[:count]
 
 
-def add_into(total: Params, parts: list[Params]) -> None:
-    """total[name] += each part's [name], parts in order, in slices spread over threads."""
+def add_into(total: Params, parts: list[Params], *, threads: int | None = None) -> None:
+    """total[name] += each part's [name], parts in order, in slices spread over up to `threads` threads:
+    the plain ordered sum, the reference the communicators' all-reduce is tested against."""
     if not parts:
         return
     work = [s for name in total for s in chunks(total[name], *(part[name] for part in parts))]
@@ -92,4 +209,4 @@ def add_into(total: Params, parts: list[Params]) -> None:
         for t, *ps in work[rows]:
             for p in ps:
                 t += p
-    run_split(add, len(work), work=sum(a.size for a in total.values()) * len(parts))
+    run_split(add, len(work), work=sum(a.size for a in total.values()) * len(parts), threads=threads)
