@@ -26,8 +26,18 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"GPTConfig.{name} must be a whole number, got {value!r} ({type(value).__name__})")
+            if value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {value}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"GPTConfig.{name} must be a whole number or null, got {value!r}")
+        if isinstance(self.layer_norm_epsilon, bool) or not isinstance(self.layer_norm_epsilon, (int, float)) \
+                or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPTConfig.layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -62,6 +72,11 @@ class GPTConfig:
         act = d.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
+        missing = [k for k in SHAPE_FIELDS if k not in d] + ([] if "n_positions" in d or "n_ctx" in d
+                                                             else ["n_positions"])
+        if missing:
+            raise ValueError(f"{', '.join(missing)} missing: a GPT-2 config.json states the model's shape "
+                             f"({', '.join(SHAPE_FIELDS)}, n_positions); numgpt does not guess it")
         fields = {f.name for f in dataclasses.fields(cls)}
         nullable = {"bos_token_id", "eos_token_id"}
         kwargs = {k: v for k, v in d.items() if k in fields and (v is not None or k in nullable)}
@@ -69,6 +84,8 @@ class GPTConfig:
             kwargs["n_positions"] = d["n_ctx"]
         return cls(**kwargs)
 
+
+SHAPE_FIELDS = ("vocab_size", "n_embd", "n_layer", "n_head")   # config.json must give these (and n_positions)
 
 # The published GPT-2 sizes, plus small shapes for tests and the built-in model.
 PRESETS: dict[str, GPTConfig] = {

@@ -279,13 +279,18 @@ def test_config_that_disagrees_with_weights_raises(tiny_folder, change, patterns
     assert_one_line_error(lambda: load_checkpoint(tiny_folder), str(tiny_folder), *patterns)
 
 
+SHAPE = '"vocab_size": 50257, "n_positions": 1024, "n_layer": 2'   # with n_embd and n_head: a whole shape
+
+
 @pytest.mark.parametrize("text, pattern", [
     ("{not json", "bad config"),
     ("[1, 2]", "not an object"),
-    ('{"n_embd": 10, "n_head": 3}', "divisible"),
+    ('{' + SHAPE + ', "n_embd": 10, "n_head": 3}', "divisible"),
     ('{"model_type": "llama"}', "llama"),
-    ('{"n_layer": -1}', "positive"),
-], ids=["not-json", "list", "indivisible", "other-model", "negative"])
+    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": -1') + ', "n_embd": 8, "n_head": 2}', "positive"),
+    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": "4"') + ', "n_embd": 8, "n_head": 2}', "n_layer must be a whole number, got '4' (str)"),
+    ('{' + SHAPE + '}', "n_embd, n_head missing"),
+], ids=["not-json", "list", "indivisible", "other-model", "negative", "string", "shape-missing"])
 def test_bad_config_json_raises(tiny_folder, text, pattern):
     (tiny_folder / "config.json").write_text(text)
     assert_one_line_error(lambda: load_config(tiny_folder), "config.json", pattern)
@@ -355,9 +360,20 @@ def test_resolve_names_in_the_hub_cache(tmp_path):
 
 def test_resolve_missing_model_without_download(tmp_path):
     msg = assert_one_line_error(lambda: resolve_model("gpt2-large", cache_dir=tmp_path, download=False),
-                                "gpt2-large", "huggingface-cli download openai-community/gpt2-large")
+                                "gpt2-large", "hf download openai-community/gpt2-large")
     assert str(tmp_path) in msg
-    assert_one_line_error(lambda: resolve_model("./no/such/dir", cache_dir=tmp_path), "not a model folder")
+    assert_one_line_error(lambda: resolve_model("./no/such/dir", cache_dir=tmp_path), "no such folder")
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    for typo, hint in [("runs_mine", "no such folder"), ("runs/mnie", "did you mean runs/mine"),
+                       ("runs/mine/bset", "no such folder")]:
+        msg = assert_one_line_error(lambda: resolve_model(typo, cache_dir=tmp_path / "hub"), typo, hint)
+        assert "download" not in msg                  # only names that look like hub ids get that advice
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(lambda: resolve_model("afile", cache_dir=tmp_path / "hub"), "is a file")
 
 
 def test_resolve_download_failure_is_one_line(tmp_path, monkeypatch):
@@ -412,3 +428,35 @@ def test_save_float16_halves_the_file_and_loads_as_float32(tmp_path):
     for name, value in params.items():
         assert loaded[name].dtype == np.float32
         np.testing.assert_array_equal(loaded[name], value.astype(np.float16).astype(np.float32))
+
+
+def test_info_refuses_a_truncated_weights_file(tiny_folder, capsys):
+    from numgpt.cli import main
+    f = tiny_folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    assert_one_line_error(lambda: checkpoint_summary(tiny_folder), "truncated file")
+    assert main(["info", "--model", str(tiny_folder)]) == 2
+    assert "truncated file" in capsys.readouterr().err
+
+
+def test_an_unknown_dtype_is_named(tiny_folder):
+    f = tiny_folder / "model.safetensors"
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["dtype"] = "Q4"
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text)) if len(text) <= n else b""
+    assert len(text) == n                                        # same header length: only the dtype changed
+    f.write_bytes(raw[:8] + text + raw[8 + n:])
+    assert_one_line_error(lambda: load_checkpoint(tiny_folder), name, "'Q4'", "does not define")
+
+
+def test_a_tokenizer_of_another_size_is_refused_at_load(tmp_path):
+    import numgpt
+    from numgpt.tokenizer import train_bpe
+    folder = Path(shutil.copytree(Path(numgpt.__file__).parent / "assets" / "model", tmp_path / "m"))
+    small = train_bpe("ROMEO: But soft, what light through yonder window breaks? " * 5, vocab_size=291)
+    small.save(folder, overwrite=True)                           # a 291-token tokenizer beside a 1024-token model
+    assert_one_line_error(lambda: numgpt.load(folder), "291 tokens", "vocab_size is 1024", "another model")

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..params import Params, count_params, param_shapes
-from .safetensors import read_header, read_safetensors, write_safetensors
+from .safetensors import checked_header, read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -92,9 +92,10 @@ def load_tokenizer(folder: str | os.PathLike, config: GPTConfig):
     else:
         raise NumgptError(f"{folder}: no tokenizer files (vocab.json + merges.txt) and vocab_size "
                           f"{config.vocab_size} is not GPT-2's 50257; add the tokenizer files to the folder")
-    if tok.vocab_size > config.vocab_size:
-        raise NumgptError(f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model only "
-                          f"{config.vocab_size}; the tokenizer files belong to another model")
+    if tok.vocab_size != config.vocab_size:
+        raise NumgptError(f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
+                          f"{config.vocab_size}; the tokenizer files belong to another model (put the model's "
+                          "own vocab.json + merges.txt beside it)")
     return tok
 
 
@@ -111,7 +112,7 @@ def save_checkpoint(folder: str | os.PathLike, config: GPTConfig, params: Params
                       metadata={"format": "pt"}, dtype=dtype)
     (folder / CONFIG_FILE).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
-        tokenizer.save(folder)
+        tokenizer.save(folder, overwrite=True)     # a checkpoint save replaces the whole model
     return folder
 
 
@@ -174,7 +175,7 @@ def checkpoint_summary(folder: str | os.PathLike) -> dict[str, Any]:
     config = load_config(folder)
     files = {}
     for path in weight_files(folder):
-        header, _ = read_header(path)
+        header = checked_header(path)
         header.pop("__metadata__", None)
         dtypes = sorted({e.get("dtype", "?") for e in header.values() if isinstance(e, dict)})
         files[path.name] = {"bytes": path.stat().st_size, "tensors": len(header), "dtypes": dtypes}

@@ -6,6 +6,7 @@ and are downloaded with huggingface_hub only when it is installed and the caller
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from .hf import CONFIG_FILE
 
 RUN_LATEST, RUN_BEST = "latest", "best"     # the checkpoints of a `numgpt train` run folder (training/loop.py)
 DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.json", "merges.txt", "vocab.json"]
+GPT2_HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # hub names without an org
 
 def hf_cache_dir(environ: Mapping[str, str]) -> Path:
     """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub.
@@ -40,16 +42,23 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
                     return path / sub
         return path
     name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise NumgptError(f"{name}: not a model folder; pass a folder with config.json and model.safetensors "
-                          "or a Hugging Face model name such as gpt2")
+    if path.exists():
+        raise NumgptError(f"{name}: is a file, not a model folder; pass the folder that holds config.json "
+                          "and model.safetensors")
+    if _looks_local(name):
+        raise NumgptError(f"{name}: no such folder{_near_misses(path)}; pass a model folder (config.json + "
+                          "model.safetensors), a `numgpt train` run folder, or a hub name such as gpt2")
     repo_ids = [name] if "/" in name else [f"openai-community/{name}", name]
     for repo_id in repo_ids:
         found = _cached_snapshot(Path(cache_dir), repo_id)
         if found is not None:
             return found
-    how = (f"download it elsewhere with `huggingface-cli download {repo_ids[0]}` and copy the folder "
-           "(or its hub cache), or pass a local folder")
+    if "/" not in name and name not in GPT2_HUB_NAMES:
+        raise NumgptError(f"{name}: no such folder{_near_misses(path)}, and no model of that name in the "
+                          f"Hugging Face cache; pass a model folder, or a hub name ({', '.join(GPT2_HUB_NAMES)} "
+                          "or ORG/NAME)")
+    how = (f"download it elsewhere with `hf download {repo_ids[0]}` (huggingface_hub's command) and copy the "
+           "folder (or its hub cache), or pass a local folder")
     if not download:
         raise NumgptError(f"model {name!r} is not in the Hugging Face cache {cache_dir}; {how}")
     try:
@@ -62,6 +71,25 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
     except Exception as e:  # noqa: BLE001 -- network, auth and missing-repo errors all mean "not available"
         raise NumgptError(f"model {name!r} is not cached and downloading it failed "
                           f"({type(e).__name__}); {how}") from None
+
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a path: starts like one, has two slashes, or its first part is a local
+    folder (runs/mine when ./runs exists). 'gpt2' and 'org/name' may be hub names."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+def _near_misses(path: Path) -> str:
+    """', did you mean X?' for folders beside `path` whose names are close to its name; else ''."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(parent / c) for c in close)}?)" if close else ""
 
 
 def _cached_snapshot(cache_dir: Path, repo_id: str) -> Path | None:

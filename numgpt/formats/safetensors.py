@@ -50,13 +50,10 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
     for name, entry in header.items():
         if name.endswith(skip):
             continue
-        dtype, shape, (start, end) = _check_entry(path, name, entry)
+        dtype, shape, (start, end) = check_entry(path, name, entry, data_start, file_size)
         if dtype not in FLOAT_DTYPES:
             raise NumgptError(f"{path}: tensor {name!r} has dtype {dtype}; numgpt loads only float weights "
                               "(F32, F16, BF16, F64)")
-        if data_start + end > file_size:
-            raise NumgptError(f"{path}: truncated file: tensor {name!r} ends at byte {data_start + end} "
-                              f"but the file has {file_size} bytes; download or save it again")
         if transposed and len(shape) == 2 and name.endswith(transposed):
             jobs.append((name, data_start + start, end - start, dtype, shape))
         elif transposed and len(shape) < 2:  # biases, gains: read, not mapped (see _read_transposed_share)
@@ -190,8 +187,25 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def _check_entry(path: Path, name: str, entry: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
-    """Validate one header entry: known dtype, integer shape, offsets that match the shape."""
+def checked_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The header of a safetensors file with every entry validated against the file (dtype, shape,
+    offsets, the file long enough for them), without reading a tensor: what `numgpt info` trusts."""
+    path = Path(path)
+    header, data_start = read_header(path)
+    size = path.stat().st_size
+    for name, entry in header.items():
+        if name != "__metadata__":
+            check_entry(path, name, entry, data_start, size)
+    return header
+
+
+def check_entry(path: Path, name: str, entry: Any, data_start: int, file_size: int
+                ) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """Validate one header entry: known dtype, integer shape, offsets that match the shape and lie
+    inside the file."""
+    if isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and entry["dtype"] not in ITEMSIZE:
+        raise NumgptError(f"{path}: tensor {name!r} has dtype {entry['dtype']!r}, which safetensors does not "
+                          f"define ({', '.join(ITEMSIZE)}); the file is corrupt or not safetensors")
     try:
         dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         ok = (dtype in ITEMSIZE and all(isinstance(s, int) and s >= 0 for s in shape)
@@ -203,6 +217,9 @@ def _check_entry(path: Path, name: str, entry: Any) -> tuple[str, tuple[int, ...
     if end - start != int(np.prod(shape)) * ITEMSIZE[dtype]:
         raise NumgptError(f"{path}: tensor {name!r} has {end - start} bytes but its shape {list(shape)} "
                           f"and dtype {dtype} need {int(np.prod(shape)) * ITEMSIZE[dtype]}; the file is corrupt")
+    if data_start + end > file_size:
+        raise NumgptError(f"{path}: truncated file: tensor {name!r} ends at byte {data_start + end} "
+                          f"but the file has {file_size} bytes; download or save it again")
     return dtype, shape, (start, end)
 
 

@@ -263,10 +263,17 @@ class Tokenizer:
         special = _read_special_tokens(folder, vocab)
         return cls(vocab, merges, special, names=(str(folder / names[0]), str(folder / names[1])))
 
-    def save(self, folder: str | os.PathLike) -> None:
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the Hugging Face layout: vocab.json, merges.txt, tokenizer_config.json and
-        special_tokens_map.json, so that transformers' GPT2TokenizerFast.from_pretrained(folder) loads it."""
+        special_tokens_map.json, so that transformers' GPT2TokenizerFast.from_pretrained(folder) loads it.
+        A folder that already holds a vocabulary is refused unless overwrite=True (nothing is lost silently)."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise NumgptError(f"{folder}: is a file; pass a folder to save the tokenizer in")
+        held = [n for n in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe") if (folder / n).exists()]
+        if held and not overwrite:
+            raise NumgptError(f"{folder}: already holds a tokenizer ({held[0]}); pass overwrite=True to replace "
+                              "it, or another folder")
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(folder / "vocab.json", dict(sorted(self._vocab.items(), key=lambda kv: kv[1])))
         lines = [MERGES_HEADER, *(f"{a} {b}" for a, b in self._merges)]
