@@ -123,3 +123,67 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "numgpt", "tokenize", "Hello world"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == "15496 995\n"
+
+
+TINY = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 3
+
+
+@pytest.mark.parametrize("special", ["e", " ", "\n", "Ġ"])
+def test_a_special_token_that_is_a_byte_token_is_refused(capsys, tmp_path, special):
+    (tmp_path / "tiny.txt").write_text(TINY)
+    err = one_line_error(*run(capsys, "train-tokenizer", str(tmp_path / "tiny.txt"), "--vocab-size", "300",
+                              "--special", special, "-o", str(tmp_path / "tok"))[::2])
+    assert "also a byte token" in err and not (tmp_path / "tok").exists()
+
+
+def test_a_special_token_that_is_a_learned_merge_is_refused(tmp_path):
+    from numgpt.tokenizer import train_bpe
+    plain = train_bpe(TINY, vocab_size=300)
+    # a merge spelled with the stand-in alphabet ('Ġs' is ' s'): the text never holds 'Ġ', so the special
+    # string does not split the training text, the merge is learned, and the two would share one vocab.json key
+    merged = next(plain.id_to_token(i) for i in range(256, 300) if plain.id_to_token(i).startswith("Ġ"))
+    with pytest.raises(numgpt.NumgptError, match="also an ordinary token"):
+        train_bpe(TINY, vocab_size=301, special_tokens=[merged])
+
+
+def test_train_tokenizer_never_replaces_or_misreads_paths(capsys, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text(TINY)
+    out = tmp_path / "tok"
+    assert run(capsys, "train-tokenizer", str(text), "--vocab-size", "300", "-q", "-o", str(out))[0] == 0
+    before = (out / "vocab.json").read_bytes()
+    err = one_line_error(*run(capsys, "train-tokenizer", str(text), "--vocab-size", "280", "-o", str(out))[::2])
+    assert "--force" in err and (out / "vocab.json").read_bytes() == before          # nothing lost
+    assert run(capsys, "train-tokenizer", str(text), "--vocab-size", "280", "-q", "--force", "-o", str(out))[0] == 0
+    assert len(json.loads((out / "vocab.json").read_text())) == 280
+    (tmp_path / "afile").write_text("x")
+    assert "existing file" in one_line_error(*run(capsys, "train-tokenizer", str(text), "--vocab-size", "300",
+                                                  "-o", str(tmp_path / "afile"))[::2])
+    assert "not writable" in one_line_error(*run(capsys, "train-tokenizer", str(text), "--vocab-size", "300",
+                                                 "-o", "/proc/numgpt-tok")[::2])
+    assert "is a folder" in one_line_error(*run(capsys, "train-tokenizer", str(tmp_path), "--vocab-size", "300",
+                                                "-o", str(tmp_path / "t2"))[::2])
+    (tmp_path / "empty.txt").write_text("")
+    assert "empty" in one_line_error(*run(capsys, "train-tokenizer", str(tmp_path / "empty.txt"),
+                                          "--vocab-size", "300", "-o", str(tmp_path / "t3"))[::2])
+    assert "--no-special" in one_line_error(*run(capsys, "train-tokenizer", str(text), "--vocab-size", "256",
+                                                 "-o", str(tmp_path / "t4"))[::2])
+
+
+def test_tokenizer_save_refuses_to_replace_a_vocabulary(tmp_path):
+    from numgpt.tokenizer import train_bpe
+    tok = train_bpe(TINY, vocab_size=300)
+    tok.save(tmp_path)
+    with pytest.raises(numgpt.NumgptError, match="already holds a tokenizer"):
+        train_bpe(TINY, vocab_size=280).save(tmp_path)
+    assert numgpt.Tokenizer.load(tmp_path).vocab_size == 300
+
+
+def test_version_and_underscore_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"numgpt {numgpt.__version__}"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--top_k", "5", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: numgpt generate" in err and "--top_k -> --top-k" in err

@@ -30,12 +30,33 @@ cache (gpt2, openai-community/gpt2-medium). Run `numgpt COMMAND --help` for each
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="numgpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"numgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _registrars():
         register(sub)
+    parser.set_defaults(commands=sub.choices)      # name -> subcommand parser, for `parse`'s errors
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown option is reported by its subcommand's parser (its usage, not
+    the top-level one) with the dashed spelling suggested: --top_k -> did you mean --top-k?"""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    owner = args.commands.get(getattr(args, "command", None) or "", parser)
+    known = set(owner.format_help().replace(",", " ").split())   # every option string the command has
+    hints = []
+    for word in extra:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and flag.replace("_", "-") in known:
+            hints.append(f"{flag} -> {flag.replace('_', '-')}")
+    owner.error(f"unrecognized arguments: {' '.join(extra)}"
+                + (f" (numgpt's flags use dashes: {', '.join(hints)})" if hints else ""))
 
 
 def _registrars():
@@ -51,7 +72,7 @@ def _registrars():
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0

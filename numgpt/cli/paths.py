@@ -8,6 +8,7 @@ exist or is not writable -- each is a one-line NumgptError naming the path and t
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from ..errors import NumgptError
@@ -43,8 +44,10 @@ def check_writable(path: Path, flag: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise NumgptError(f"{flag} {path}: {probe} is a file, so nothing can be created under it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NumgptError(f"{flag} {path}: not writable ({probe} does not allow writing); pass another path")
+    try:                        # os.access says yes to root on read-only mounts and /proc: really try
+        tempfile.TemporaryDirectory(dir=probe, prefix=".numgpt-probe-").cleanup()
+    except OSError as e:
+        raise NumgptError(f"{flag} {path}: not writable ({probe}: {e.strerror or e}); pass another path") from None
 
 
 def input_file(path: str | os.PathLike) -> Path:

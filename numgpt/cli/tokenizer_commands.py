@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from ..errors import NumgptError
+from .paths import input_file, output_folder
+from .progress import progress_reporter
 
 TOKENIZE_EXAMPLES = """\
 examples:
@@ -34,7 +36,9 @@ examples:
 
 The folder is in Hugging Face's layout (vocab.json, merges.txt, tokenizer_config.json,
 special_tokens_map.json): `numgpt tokenize --tokenizer FOLDER` and transformers' GPT2TokenizerFast
-load it. --vocab-size counts the 256 byte tokens, the merges and the special tokens.
+load it. --vocab-size counts the 256 byte tokens, the merges and the special tokens. A special token
+must not be an ordinary token (a single character such as "e", or a merge). FOLDER must be new or
+empty unless --force.
 """
 
 
@@ -74,8 +78,10 @@ def _register_train(sub) -> None:
     p.add_argument("--no-special", action="store_true", help="no special tokens at all")
     p.add_argument("--min-frequency", type=int, default=2, metavar="K",
                    help="merge only pairs seen at least K times (default 2)")
-    p.add_argument("-o", "--output", required=True, metavar="FOLDER", help="where to write the vocabulary")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, metavar="FOLDER",
+                   help="where to write the vocabulary (a new or empty folder)")
+    p.add_argument("--force", action="store_true", help="replace what FOLDER already holds")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train_tokenizer)
 
 
@@ -135,11 +141,18 @@ def run_train_tokenizer(args) -> int:
     if args.no_special and args.special:
         raise NumgptError("--no-special and --special contradict each other; give one")
     specials = [] if args.no_special else (args.special or [ENDOFTEXT])
+    out = output_folder(args.output, flag="-o", force=args.force, what="tokenizer folder")
+    for f in args.files:
+        input_file(f)
     start = time.perf_counter()
-    tok = train_bpe(files=args.files, vocab_size=args.vocab_size, special_tokens=specials,
-                    min_frequency=args.min_frequency, progress=not args.quiet)
+    update, close = progress_reporter(not args.quiet, "merge", "train-tokenizer")
+    try:
+        tok = train_bpe(files=args.files, vocab_size=args.vocab_size, special_tokens=specials,
+                        min_frequency=args.min_frequency, progress=update)
+    finally:
+        close()
     seconds = time.perf_counter() - start
-    tok.save(args.output)
+    tok.save(out, overwrite=args.force)
     n_bytes = sum(Path(f).stat().st_size for f in args.files)
     merged = tok.vocab_size - 256 - len(specials)
     print(f"{args.output}: {tok.vocab_size} tokens (256 bytes + {merged} merged + {len(specials)} special) "

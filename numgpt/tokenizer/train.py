@@ -55,6 +55,8 @@ def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterab
         texts = [texts]
     specials = _check_options(vocab_size, special_tokens, min_frequency)
     word_counts = count_words(chain(texts, _read_files(files)), specials)
+    if not word_counts:
+        raise NumgptError("the training text is empty (or only special tokens); give some text to learn from")
     wanted = vocab_size - 256 - len(specials)
     if progress is True:
         from tqdm import tqdm   # here: a 30 ms import that every `import numgpt` would otherwise pay
@@ -177,6 +179,12 @@ def _as_tokenizer(token_bytes: Sequence[bytes], merges: Sequence[tuple[Pair, int
     spelled = ["".join(stand_in[b] for b in t) for t in token_bytes]
     vocab = {s: i for i, s in enumerate(spelled)}
     merge_strings = [(spelled[a], spelled[b]) for (a, b), _ in merges]
+    ordinary = set(token_bytes)
+    taken = [s for s in specials if s in vocab or s.encode("utf-8") in ordinary]
+    if taken:        # it would replace that token's entry in vocab.json, and the token would be gone
+        raise NumgptError(f"special token {taken[0]!r} is also an ordinary token (a merge learned from the text, "
+                          f"written {taken[0]!r} in vocab.json); pick a string that is not a token, such as "
+                          f"{'<|' + taken[0] + '|>'!r}")
     special_ids = {s: len(spelled) + i for i, s in enumerate(specials)}
     return Tokenizer(vocab, merge_strings, special_ids)
 
@@ -187,10 +195,17 @@ def _check_options(vocab_size: int, special_tokens: Sequence[str], min_frequency
     specials = list(special_tokens)
     if any(not isinstance(s, str) or not s for s in specials) or len(set(specials)) != len(specials):
         raise NumgptError(f"special tokens must be distinct non-empty strings, got {specials!r}")
+    byte_tokens = set(bytes_to_unicode().values())             # how vocab.json spells the 256 byte tokens
+    taken = [s for s in specials if s in byte_tokens or len(s.encode("utf-8")) == 1]
+    if taken:
+        raise NumgptError(f"special token {taken[0]!r} is also a byte token: the byte would lose its entry in "
+                          "vocab.json or every text containing it would be refused; pick a string that is not a "
+                          f"token, such as {'<|' + taken[0] + '|>'!r}")
     smallest = 256 + len(specials)
-    if not isinstance(vocab_size, int) or vocab_size < smallest:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
+        hint = " (or no special tokens: --no-special, special_tokens=[])" if specials else ""
         raise NumgptError(f"vocab size {vocab_size!r} is too small: it must be at least 256 byte tokens + "
-                          f"{len(specials)} special token(s) = {smallest}")
+                          f"{len(specials)} special token(s) = {smallest}{hint}")
     if not isinstance(min_frequency, int) or min_frequency < 1:
         raise NumgptError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
     return specials
@@ -200,6 +215,8 @@ def _read_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
     """The text of each file in blocks of about READ_CHARS characters, cut where pre-tokenization
     restarts anyway (so the word table is the same as for the whole file at once)."""
     for path in map(Path, paths):
+        if path.is_dir():
+            raise NumgptError(f"{path}: is a folder; pass text files")
         if not path.is_file():
             raise NumgptError(f"{path}: no such file")
         try:
