@@ -4,6 +4,7 @@ equal to a manual re-prefill, stopping, samples per prompt, seeds; and the text 
 streaming) on a scripted decoder."""
 
 import pytest
+from references import reference
 
 from numgpt import NumgptError
 from numgpt.formats.hf import load_checkpoint
@@ -12,7 +13,7 @@ from numgpt.generate import (
 )
 from numgpt.sampling import GREEDY, SamplingOptions, next_tokens
 
-torch = pytest.importorskip("torch")
+torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 
 

@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from references import reference
 
 import numgpt
 from numgpt import NumgptError
 
-torch = pytest.importorskip("torch")
+torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 
 

@@ -4,13 +4,14 @@ import math
 
 import numpy as np
 import pytest
+from references import reference
 
 from numgpt.config import GPTConfig
 from numgpt.training.optim import (AdamWConfig, adamw_step, clip_grad_norm, decays, global_norm, init_state,
                           learning_rate)
 from numgpt.params import param_shapes
 
-torch = pytest.importorskip("torch")
+torch = reference("torch")
 
 
 def test_schedule_warms_up_linearly_then_cosine_to_the_floor():

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from references import reference
 
 from numgpt import NumgptError
 from numgpt.sampling import (
@@ -17,9 +18,9 @@ from numgpt.sampling import (
     next_tokens, process_logits, sample, softmax, stable_argsort,
 )
 
-torch = pytest.importorskip("torch")
+torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
-lp = pytest.importorskip("transformers.generation.logits_process")
+lp = reference("transformers.generation.logits_process")
 
 
 def hf(processor, logits, input_ids=None):

@@ -6,13 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from references import reference
 
 from numgpt import NumgptError
 from numgpt.formats.hf import load_checkpoint
 from numgpt.scoring import perplexity, token_logprobs, windows
 from numgpt.tokenizer import Tokenizer
 
-torch = pytest.importorskip("torch")
+torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
 
 TEXT = (

@@ -9,14 +9,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from references import reference
 
 from numgpt import backprop
 from numgpt.config import GPTConfig
 from numgpt.training.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate
 from numgpt.params import init_params
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = reference("torch")
+transformers = reference("transformers")
 
 CONFIG = GPTConfig(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4, bos_token_id=96, eos_token_id=96)
 B, T = 4, 32
