@@ -4,9 +4,10 @@
     optim.py      AdamW, the learning-rate schedule, gradient clipping
     loop.py       the training loop: steps, evaluation, logging, checkpoints, Ctrl-C
     state.py      resumable checkpoints (weights, moments, rng) written atomically
-    comm.py       the communicator interface (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
+    comm.py       the communicator (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
     parallel.py   a batch's rows split over ranks and threads, gradients summed in a fixed order
     memory.py     glibc malloc told to keep freed memory while training (a context manager)
+    lock.py       RUN/.lock: one training at a time per run folder (flock, released however the process ends)
 """
 
 from .data import Dataset, load_dataset, prepare

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import NumgptError
-from ..formats.atomic import write_bytes_atomically
+from ..formats.atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
 
 FORMAT = "numgpt-tokens"
 VERSION = 1
@@ -39,6 +40,7 @@ META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
 UINT16_LIMIT = 1 << 16
+VAL_FRACTION = 0.1                 # the share of characters that validates (nanoGPT's 90/10 split)
 
 
 @dataclass(frozen=True)
@@ -101,32 +103,61 @@ def join_documents(texts: Sequence[str], tokenizer) -> str:
     return (ENDOFTEXT if tokenizer.eot_id is not None else "").join(texts)
 
 
-def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_fraction: float = 0.1,
+def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_fraction: float = VAL_FRACTION,
             tokenizer_source: str = "gpt2", sources: Sequence[str] = ()) -> dict[str, Any]:
     """Tokenize the texts into out_dir (train.bin, val.bin, tokenizer/, meta.json); returns the meta.
 
     tokenizer_source: how the tokenizer was chosen ('gpt2', a folder path, or 'trained:N'), recorded in
     the meta; sources: the input file names, recorded too.
+
+    Everything is checked before anything is written, and the folder is written as OUT.tmp and renamed
+    into place (formats/atomic.py): a failure or Ctrl-C leaves no partial folder, and an earlier data
+    folder at out_dir is replaced whole. A folder that holds other files is refused, never emptied.
     """
     out = Path(out_dir)
     text = join_documents(texts, tokenizer)
     if not text:
         raise NumgptError("the input text is empty; pass a file with some text in it")
+    parts = split_text(text, val_fraction)
+    check_replaceable(out)
     dtype = token_dtype(tokenizer.vocab_size)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)        # an interrupted prepare leaves no valid-looking folder
-    tokenizer.save(out / TOKENIZER_DIR)
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted prepare
+    tmp.mkdir(parents=True)
+    try:
+        meta = _write_data_folder(tmp, parts, tokenizer, dtype, val_fraction, tokenizer_source, sources)
+        replace_folder_atomically(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def check_replaceable(out: Path) -> None:
+    """out_dir may be absent, an empty folder or an earlier data folder; not a file, nor a folder of
+    something else (which replacing it would delete)."""
+    if out.exists() and not out.is_dir():
+        raise NumgptError(f"{out}: is an existing file, not a folder; pass a folder path")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise NumgptError(f"{out}: holds files but is not a numgpt data folder (no {META_FILE}); "
+                          "pass an empty or new folder")
+
+
+def _write_data_folder(folder: Path, parts: tuple[str, str], tokenizer, dtype: np.dtype, val_fraction: float,
+                       tokenizer_source: str, sources: Sequence[str]) -> dict[str, Any]:
+    """The files of a data folder, into `folder` (a fresh temporary one); returns the meta."""
+    tokenizer.save(folder / TOKENIZER_DIR)
     splits = {}
-    for name, part in zip(SPLITS, split_text(text, val_fraction)):
+    for name, part in zip(SPLITS, parts):
         ids = np.array(tokenizer.encode(part, allowed_special="all"), dtype=dtype)
-        write_bytes_atomically(out / f"{name}.bin", ids.tobytes())
+        write_bytes_atomically(folder / f"{name}.bin", ids.tobytes())
         splits[name] = {"file": f"{name}.bin", "tokens": int(ids.size), "bytes": len(part.encode("utf-8")),
                         "chars": len(part)}
     meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id, "tokenizer": tokenizer_source,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "val_fraction": val_fraction,
             "sources": list(sources), "splits": splits}
-    write_bytes_atomically(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    write_bytes_atomically(folder / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 

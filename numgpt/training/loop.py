@@ -50,11 +50,12 @@ from ..config import GPTConfig
 from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
-from .optim import AdamWConfig, adamw_step, clip_grad_norm, learning_rate
+from .optim import AdamWConfig, adamw_step, check_field, clip_grad_norm, learning_rate
 from .comm import Communicator, SingleProcess
 from .parallel import DataParallel, flat_zeros_like
 from ..threads import single_threaded_blas, thread_count
-from .state import TrainState, save_train_checkpoint
+from .lock import run_lock
+from .state import STATE_FILE, TrainState, save_train_checkpoint
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -86,12 +87,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "block_size", "grad_accum", "eval_iters"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_iters < 0 or self.eval_interval < 0 or self.threads < 0:
-            raise ValueError("max_iters, eval_interval and threads must be >= 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            check_field(self, name, getattr(self, name) > 0, "must be positive")
+        for name in ("max_iters", "eval_interval", "threads"):
+            check_field(self, name, getattr(self, name) >= 0, "must be >= 0")
+        check_field(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,26 +134,30 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     over the ranks, and only rank 0 writes the run folder (config, log, checkpoints)."""
     comm = SingleProcess() if comm is None else comm
     check_setup(config, tc, data)
+    check_finite_weights(state.params)
     run = Path(run_dir)
     for p in state.params.values():
         comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
     dp = DataParallel(tc.threads or thread_count(), comm)
     _, grads = flat_zeros_like(state.params)          # one buffer: a sum over ranks is one call
     with ExitStack() as stack:
-        log = _open_run(run, config, tc, state) if comm.rank == 0 else None
-        if log is not None:
-            stack.callback(log.close)
+        log = _open_run(run, config, tc, state, stack) if comm.rank == 0 else None
         stack.enter_context(keep_freed_memory())      # steps reuse the last one's memory (memory.py)
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
         return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads)
 
 
-def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState) -> "RunLog":
-    """Rank 0's side of the run folder: create it, write the training config, open the log."""
+def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, stack: ExitStack) -> "RunLog":
+    """Rank 0's side of the run folder: create it, lock it (lock.py: refused if another training holds
+    it, before anything is written), write the training config, open the log; `stack` undoes the lock
+    and the log."""
     run.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(run_lock(run))
+    log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
+    stack.callback(log.close)
     (run / CONFIG_FILE).write_text(json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n")
-    return RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
+    return log
 
 
 def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
@@ -260,9 +263,24 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
     return event
 
 
+def check_finite_weights(params: dict[str, np.ndarray]) -> None:
+    """Refuse weights with NaN or inf (a broken --init model, a damaged checkpoint) before training:
+    their first loss would be NaN and the run would look diverged."""
+    for name, p in params.items():
+        bad = p.size - int(np.count_nonzero(np.isfinite(p)))
+        if bad:
+            kind = "NaN" if np.isnan(p).any() else "inf"
+            raise NumgptError(f"weights are not finite: {name} has {kind} ({bad} of {p.size} values); "
+                              "training cannot start from them: pass another --init model or checkpoint")
+
+
 def diverged_message(run: Path, step: int, what: str) -> str:
-    return (f"training diverged at step {step} ({what}); the last good "
-            f"checkpoint in {run / LATEST} is intact: lower --lr or raise --warmup-iters, then --resume")
+    """What a non-finite loss means and what to do; it names RUN/latest only if a checkpoint is there."""
+    if (run / LATEST / STATE_FILE).is_file():
+        return (f"training diverged at step {step} ({what}); the last good checkpoint in {run / LATEST} "
+                "is intact: lower --lr or raise --warmup-iters, then --resume")
+    return (f"training diverged at step {step} ({what}) before any checkpoint was saved: lower --lr or "
+            "raise --warmup-iters and start again")
 
 
 def _tokenizer_dir(data: Dataset) -> Path | None:

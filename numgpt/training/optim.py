@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import NumgptError
 from ..params import Params, zeros_like
 from ..threads import run_split
 
@@ -41,17 +42,32 @@ class AdamWConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        check_field(self, "lr", math.isfinite(self.lr) and self.lr > 0, "must be a finite number > 0")
+        check_field(self, "min_lr", math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr,
+                    f"must be in [0, lr={self.lr}]")
         for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.warmup_iters < 0 or self.decay_iters < 0:
-            raise ValueError("warmup_iters and decay_iters must be >= 0")
-        if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0 and eps > 0")
+            check_field(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
+        for name in ("warmup_iters", "decay_iters"):
+            check_field(self, name, getattr(self, name) >= 0, "must be >= 0")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            check_field(self, name, math.isfinite(value) and value >= 0, "must be a finite number >= 0")
+        check_field(self, "eps", math.isfinite(self.eps) and self.eps > 0, "must be a finite number > 0")
+
+
+class ConfigFieldError(NumgptError):
+    """A training option out of its range: the message names the dataclass field; `field` and `rule`
+    let the CLI say the same with its flag's name."""
+
+    def __init__(self, owner: str, field: str, rule: str, value: object):
+        self.field, self.rule, self.value = field, rule, value
+        super().__init__(f"{owner}.{field} {rule}, got {value!r}")
+
+
+def check_field(config: object, field: str, ok: bool, rule: str) -> None:
+    """Raise ConfigFieldError for config.field unless ok (NaN fails every comparison, so it is refused)."""
+    if not ok:
+        raise ConfigFieldError(type(config).__name__, field, rule, getattr(config, field))
 
 
 @dataclass

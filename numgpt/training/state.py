@@ -103,7 +103,7 @@ def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainSt
     missing = [k for k in params if f"m.{k}" not in moments or f"v.{k}" not in moments]
     if missing:
         raise NumgptError(f"{folder / OPTIM_FILE}: missing or incomplete (no moments for {missing[0]}); "
-                          "the checkpoint is damaged: resume from another one or start again")
+                          "the checkpoint is damaged")
     for k, p in params.items():
         if moments[f"m.{k}"].shape != p.shape or moments[f"v.{k}"].shape != p.shape:
             raise NumgptError(f"{folder / OPTIM_FILE}: moments of {k} have the wrong shape; the checkpoint is damaged")
@@ -129,8 +129,7 @@ def _read_state_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ok = False
     if not ok:
-        raise NumgptError(f"{path}: corrupt or not a numgpt training state; the checkpoint is damaged: "
-                          "resume from another one (e.g. best/) or start again")
+        raise NumgptError(f"{path}: corrupt or not a numgpt training state; the checkpoint is damaged")
     if info.get("version", 0) > VERSION:
         raise NumgptError(f"{path}: format version {info['version']} is newer than this numgpt reads; upgrade numgpt")
     best = info.get("best_val_loss")
