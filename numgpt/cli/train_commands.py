@@ -8,46 +8,77 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..config import PRESETS, GPTConfig
 from ..errors import NumgptError
+from ..threads import THREADS_ENV
+from ..training.data import VAL_FRACTION
+from ..training.loop import BEST, LATEST, TrainConfig
+from ..training.optim import AdamWConfig, ConfigFieldError
+from .paths import check_writable, input_file, output_file, output_folder
+
+TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
+SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without --preset
+ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
+LONG_RUN_SECONDS = 600                      # estimates beyond this suggest --max-iters
 
 PREPARE_EXAMPLES = """\
 examples:
   numgpt prepare input.txt --out data/shakespeare                 GPT-2's tokenizer
   numgpt prepare input.txt --out data/shakespeare_char --vocab-size 256   byte-level (characters of ASCII)
   numgpt prepare a.txt b.txt --out data/mine --tokenizer my_tok    a tokenizer folder (vocab.json + merges.txt)
+  numgpt prepare more.txt --out data/mine --force                  replace an existing data folder
+
+DIR is written whole or not at all (as DIR.tmp, renamed into place when complete).
 """
 
-TRAIN_EXAMPLES = """\
+TRAIN_EXAMPLES = f"""\
 examples:
   numgpt train data/shakespeare_char --out runs/char                     nanoGPT's CPU shakespeare_char run
   numgpt train data/shakespeare_char --out runs/char --max-iters 4000 --resume   continue a run
+  numgpt train data/shakespeare_char --out runs/char --resume-from best  continue from the best checkpoint
   numgpt train data/shakespeare --init gpt2 --out runs/ft --lr 3e-5 --max-iters 200   fine-tune GPT-2
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
-Ctrl-C saves RUN/latest and exits; --resume continues bit for bit where it stopped (with the run's
-recorded --threads). Each batch's rows are split over --threads threads (default: all cores), each with
-single-threaded BLAS: see BENCHMARKS.md, Training.
+After {ETA_AFTER_STEPS} steps an estimate of the remaining time is printed. Ctrl-C saves RUN/latest and exits; --resume
+continues bit for bit where it stopped (with the run's recorded --threads). One training at a time per
+RUN_DIR (RUN_DIR/.lock). Each batch's rows are split over --threads threads (default: NUMGPT_NUM_THREADS
+from the environment if set, else all cores), each with single-threaded BLAS: see BENCHMARKS.md, Training.
 """
+
+PLOT_EXAMPLES = """\
+examples:
+  numgpt plot runs/char                      writes runs/char/loss.png
+  numgpt plot runs/char -o char_loss.png     another file (a name without a suffix gets .png)
+"""
+
+
+def _default(value) -> str:
+    """A dataclass default as a help string shows it."""
+    return str(value)
 
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize text files into train/val token files for training",
-                       description="Tokenize text files into DIR/train.bin and DIR/val.bin (first 90% of the "
-                       "characters train, last 10% validate), with the tokenizer and a meta.json beside them.",
+                       description="Tokenize text files into DIR/train.bin and DIR/val.bin (the first "
+                       f"{1 - VAL_FRACTION:.0%} of the characters train, the last {VAL_FRACTION:.0%} "
+                       "validate), with the tokenizer and a meta.json beside them.",
                        epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="TEXT_FILE", help="UTF-8 text files, joined in order")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it is an existing data folder")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder (default: GPT-2's)")
     tok.add_argument("--vocab-size", type=int, metavar="N",
                      help="train a new byte-level BPE of N tokens on the text (256 = bytes only)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of characters for validation (0.1)")
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                   help=f"share of characters for validation, > 0 and < 1 ({_default(VAL_FRACTION)})")
     p.set_defaults(run=run_prepare)
 
     t = sub.add_parser("train", help="train (or fine-tune) a GPT-2 on prepared data",
@@ -57,49 +88,64 @@ def register(sub) -> None:
     t.add_argument("data", metavar="DATA_DIR", help="a folder made by `numgpt prepare`")
     t.add_argument("--out", "-o", default="out", metavar="RUN_DIR", help="where checkpoints and the log go (out)")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest")
+    t.add_argument("--resume-from", choices=[LATEST, BEST], metavar="{latest,best}",
+                   help="continue from RUN_DIR/latest or RUN_DIR/best (implies --resume; best rewinds the run "
+                   "to its step)")
     t.add_argument("--init", metavar="MODEL", help="fine-tune from a GPT-2 folder or a cached model name")
     m = t.add_argument_group("model (from scratch)")
     m.add_argument("--preset", choices=sorted(PRESETS), help="a model shape from numgpt's presets")
-    m.add_argument("--n-layer", type=int, help="transformer blocks (4)")
-    m.add_argument("--n-head", type=int, help="attention heads (4)")
-    m.add_argument("--n-embd", type=int, help="channels (128)")
+    m.add_argument("--n-layer", type=int, help=f"transformer blocks ({SCRATCH_SHAPE['n_layer']})")
+    m.add_argument("--n-head", type=int, help=f"attention heads ({SCRATCH_SHAPE['n_head']})")
+    m.add_argument("--n-embd", type=int, help=f"channels ({SCRATCH_SHAPE['n_embd']})")
     o = t.add_argument_group("training")
-    o.add_argument("--block-size", type=int, help="context length of the training windows (64)")
-    o.add_argument("--batch-size", type=int, help="windows per micro-batch (12)")
-    o.add_argument("--grad-accum", type=int, help="micro-batches per update (1)")
-    o.add_argument("--max-iters", type=int, help="optimizer updates in all (2000)")
-    o.add_argument("--lr", type=float, help="peak learning rate (1e-3)")
-    o.add_argument("--min-lr", type=float, help="learning-rate floor of the cosine (1e-4)")
-    o.add_argument("--warmup-iters", type=int, help="linear warmup steps (100)")
+    o.add_argument("--block-size", type=int, help=f"context length of the training windows ({TC.block_size})")
+    o.add_argument("--batch-size", type=int, help=f"windows per micro-batch ({TC.batch_size})")
+    o.add_argument("--grad-accum", type=int, help=f"micro-batches per update ({TC.grad_accum})")
+    o.add_argument("--max-iters", type=int, help=f"optimizer updates in all ({TC.max_iters})")
+    o.add_argument("--lr", type=float, help=f"peak learning rate ({_default(OPT.lr)})")
+    o.add_argument("--min-lr", type=float, help=f"learning-rate floor of the cosine ({_default(OPT.min_lr)})")
+    o.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({OPT.warmup_iters})")
     o.add_argument("--lr-decay-iters", type=int, help="step where the cosine reaches --min-lr (= --max-iters)")
-    o.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay on matrices (0.1)")
+    o.add_argument("--weight-decay", type=float,
+                   help=f"AdamW decoupled weight decay on matrices ({_default(OPT.weight_decay)})")
     o.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on wte/wpe")
-    o.add_argument("--beta1", type=float, help="Adam beta1 (0.9)")
-    o.add_argument("--beta2", type=float, help="Adam beta2 (0.99)")
-    o.add_argument("--grad-clip", type=float, help="clip the gradients' global norm to this, 0 = off (1.0)")
-    o.add_argument("--dropout", type=float, help="GPT-2 dropout probability (0)")
-    o.add_argument("--eval-interval", type=int, help="evaluate and save every N steps (250)")
-    o.add_argument("--eval-iters", type=int, help="batches per loss estimate (20)")
-    o.add_argument("--seed", type=int, help="seed of initialisation, batches and dropout (1337)")
-    o.add_argument("--threads", type=int, help="split each batch's rows over N threads (all cores; "
-                   "recorded in the run: float32 sums, hence losses, depend on it; each thread past the "
-                   "first keeps its own gradient copy, 4 bytes per parameter)")
+    o.add_argument("--beta1", type=float, help=f"Adam beta1 ({_default(OPT.beta1)})")
+    o.add_argument("--beta2", type=float, help=f"Adam beta2 ({_default(OPT.beta2)})")
+    o.add_argument("--grad-clip", type=float,
+                   help=f"clip the gradients' global norm to this, 0 = off ({_default(OPT.grad_clip)})")
+    o.add_argument("--dropout", type=float, help=f"GPT-2 dropout probability ({_default(TC.dropout)})")
+    o.add_argument("--eval-interval", type=int,
+                   help=f"evaluate and save every N steps; 0 = only at the end ({TC.eval_interval})")
+    o.add_argument("--eval-iters", type=int, help=f"batches per loss estimate ({TC.eval_iters})")
+    o.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout ({TC.seed})")
+    o.add_argument("--threads", type=int, help="split each batch's rows over N >= 1 threads (default: the "
+                   f"environment's {THREADS_ENV} if set, else all cores; recorded in the run: float32 sums, "
+                   "hence losses, depend on it; each thread past the first keeps its own gradient copy, "
+                   "4 bytes per parameter)")
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
                        description="Plot train and validation loss of RUN_DIR/log.jsonl (needs matplotlib: "
-                       "pip install 'numgpt[plot]').")
-    q.add_argument("run_dir", metavar="RUN_DIR")
-    q.add_argument("--out", "-o", metavar="PNG", help="image file (RUN_DIR/loss.png)")
+                       "pip install 'numgpt[plot]').", epilog=PLOT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `numgpt train` run")
+    q.add_argument("--out", "-o", metavar="PNG", help="image file (RUN_DIR/loss.png); .png is added if it "
+                   "has no suffix")
     q.set_defaults(run=run_plot)
 
 
 # ---------------------------------------------------------------- prepare
 
 def run_prepare(args) -> int:
-    from ..training.data import prepare
+    from ..training.data import check_replaceable, prepare
     from ..tokenizer import Tokenizer
 
+    if not 0 < args.val_fraction < 1:                 # NaN fails this too
+        raise NumgptError(f"--val-fraction must be > 0 so training can evaluate, and < 1 so some text "
+                          f"trains; got {args.val_fraction} (the default {VAL_FRACTION} keeps the last "
+                          f"{VAL_FRACTION:.0%} of the characters for validation)")
+    out = output_folder(args.out, flag="--out", force=args.force, what="data folder")
+    check_replaceable(out)
     texts = [read_text(f) for f in args.files]
     if args.vocab_size is not None:
         tokenizer, source = train_tokenizer("".join(texts), args.vocab_size), f"trained:{args.vocab_size}"
@@ -107,22 +153,39 @@ def run_prepare(args) -> int:
         tokenizer, source = Tokenizer.load(args.tokenizer), str(args.tokenizer)
     else:
         tokenizer, source = Tokenizer.gpt2(), "gpt2"
-    meta = prepare(texts, args.out, tokenizer, val_fraction=args.val_fraction, tokenizer_source=source,
+    meta = prepare(texts, out, tokenizer, val_fraction=args.val_fraction, tokenizer_source=source,
                    sources=[str(f) for f in args.files])
     s = meta["splits"]
     print(f"{args.out}: vocabulary {meta['vocab_size']} ({source}), {meta['dtype'][1:]} tokens; "
           f"train {s['train']['tokens']:,} tokens ({s['train']['chars']:,} chars), "
           f"val {s['val']['tokens']:,} tokens ({s['val']['chars']:,} chars)")
+    for note in prepare_notes(meta, args.vocab_size):
+        print(note, file=sys.stderr)
     return 0
+
+
+def prepare_notes(meta, vocab_size: int | None) -> list[str]:
+    """What a newcomer should know about a prepared folder: a trained vocabulary smaller than asked
+    (as train-tokenizer says), a split too short for `numgpt train`'s default windows."""
+    notes = []
+    if vocab_size is not None and meta["vocab_size"] < vocab_size:
+        notes.append(f"note: {meta['vocab_size']} tokens, fewer than --vocab-size {vocab_size}: no pair of "
+                     "tokens occurs twice in the text any more (more text gives more merges)")
+    need = TC.block_size + 1
+    for name in ("train", "val"):
+        n = meta["splits"][name]["tokens"]
+        if n < need:
+            notes.append(f"warning: the {name} split has {n} tokens, fewer than the {need} that `numgpt train`'s "
+                         f"default --block-size {TC.block_size} needs; add text, or train with a smaller "
+                         "--block-size")
+    return notes
 
 
 def read_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return input_file(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise NumgptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
-    except IsADirectoryError:
-        raise NumgptError(f"{path}: is a folder; pass text files") from None
 
 
 def train_tokenizer(text: str, vocab_size: int):
@@ -140,19 +203,24 @@ def run_train(args) -> int:
     from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
     from ..training.data import load_dataset, tokenizer_fingerprint
     from ..params import count_params, init_params
-    from ..training.loop import BEST, LATEST, TrainConfig, train
-    from ..training.state import load_train_checkpoint, new_state
+    from ..training.lock import check_not_locked
+    from ..training.loop import train
+    from ..training.state import new_state
     import numpy as np
 
     data = load_dataset(args.data)
-    run = Path(args.out)
-    if args.resume and args.init:
+    run = check_run_folder(Path(args.out))
+    resume_from = args.resume_from or (LATEST if args.resume else None)
+    if resume_from and args.init:
         raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
-    if args.resume:
-        config, state, saved = load_train_checkpoint(run / LATEST)
+    if args.threads is not None and args.threads < 1:
+        raise NumgptError(f"--threads must be >= 1 (the threads each batch's rows are split over), got {args.threads}")
+    check_not_locked(run)
+    if resume_from:
+        config, state, saved = load_resume_checkpoint(run, resume_from)
         _refuse_shape_flags(args, config, "(on --resume the shape comes from the checkpoint)")
         tc = train_config_from_args(args, TrainConfig.from_dict(saved), data_dir=args.data)
-        what = f"resuming {run / LATEST} at step {state.step}"
+        what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
@@ -179,6 +247,9 @@ def run_train(args) -> int:
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {run / LATEST}; continue with "
               f"`numgpt train {args.data} --out {run} --resume`", file=sys.stderr)
+        note = best_checkpoint_note(run, state.step, tc)
+        if note:
+            print(note, file=sys.stderr)
         return 130
     ev = result.last_eval
     if ev is not None:
@@ -187,18 +258,81 @@ def run_train(args) -> int:
     return 0
 
 
+def check_run_folder(run: Path) -> Path:
+    """--out of train: a folder (new, or an earlier run's) that can be written; checked before loading."""
+    if run.exists() and not run.is_dir():
+        raise NumgptError(f"--out {run}: is an existing file, not a folder; pass a folder path")
+    check_writable(run, "--out")
+    return run
+
+
+def load_resume_checkpoint(run: Path, name: str):
+    """load_train_checkpoint(RUN/name); a damaged one is refused with the way out that exists: the
+    other checkpoint of the run (--resume-from), or a fresh start."""
+    from ..training.state import load_train_checkpoint
+
+    folder = run / name
+    try:
+        return load_train_checkpoint(folder)
+    except NumgptError as e:
+        if not any(f.exists() for f in (folder, folder.with_name(folder.name + ".old"))):
+            raise                                   # no checkpoint at all: the message says what to do
+        other = BEST if name == LATEST else LATEST
+        step = checkpoint_step(run / other)
+        advice = (f"resume from {run / other} (step {step}) with --resume-from {other}, or start again without "
+                  "--resume (another --out)" if step is not None else
+                  f"start again without --resume (another --out, or delete {run})")
+        raise NumgptError(f"{e}; {advice}") from None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a training checkpoint folder holds, from its trainstate.json; None if it has none."""
+    from ..training.state import STATE_FILE
+
+    try:
+        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def best_checkpoint_note(run: Path, step: int, tc) -> str | None:
+    """After Ctrl-C: warn when RUN/best (where --model RUN points) is the untrained step-0 model, or absent."""
+    best_step = checkpoint_step(run / BEST)
+    if best_step is None:
+        return (f"note: there is no {run / BEST} yet (no evaluation ran); sample from {run / LATEST} "
+                f"(step {step}), or train longer with --resume")
+    if best_step == 0 and step > 0:
+        when = f" (the first evaluation after step 0 comes at step {tc.eval_interval})" if tc.eval_interval else ""
+        return (f"note: {run / BEST} is the untrained step-0 model{when}, so `numgpt generate --model "
+                f"{run / BEST}` (or --model {run}) would print noise; use --model {run / LATEST} (step {step}), "
+                "or train longer with --resume")
+    return None
+
+
+def default_threads() -> int:
+    """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else all usable cores."""
+    from ..threads import thread_count, threads_from_env
+    return threads_from_env(os.environ) or thread_count()
+
+
 def _train_with_progress(state, config, tc, data, run, train):
     from tqdm import tqdm
 
     bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.2 if sys.stderr.isatty() else 30)   # a log file gets a line every 30 s
+    eta = TimeEstimate(tc, state.step)
 
     def on_event(ev):
         if ev["type"] == "step":
             bar.update(1)
             bar.set_postfix_str(f"loss {ev['loss']:.4f}, lr {ev['lr']:.2e}, {ev['tokens_per_s']:,.0f} tok/s",
                                 refresh=False)
+            line = eta.step(ev)
+            if line:
+                bar.write(line, file=sys.stderr)
         elif ev["type"] == "eval":
+            eta.evaluated(ev)
             bar.write(f"step {ev['step']}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
                       f"{ev['val_bpb']:.3f} bits/byte, {ev['val_bpc']:.3f} bits/char"
                       + (" (best, saved)" if ev["best"] else ""), file=sys.stderr)
@@ -208,10 +342,56 @@ def _train_with_progress(state, config, tc, data, run, train):
         bar.close()
 
 
-def default_threads() -> int:
-    """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else all usable cores."""
-    from ..threads import thread_count, threads_from_env
-    return threads_from_env(os.environ) or thread_count()
+class TimeEstimate:
+    """The remaining time of a run, said once after ETA_AFTER_STEPS steps: the mean step time (the first
+    step, which warms up, left out) times the steps left, plus the evaluations left at the time the
+    first one took (or, before any, 2 x eval_iters forward passes at a third of a step each)."""
+
+    def __init__(self, tc, first_step: int):
+        self.tc, self.first_step = tc, first_step
+        self.started = time.perf_counter()
+        self.seconds: list[float] = []
+        self.eval_seconds: float | None = None
+        self.said = False
+
+    def evaluated(self, ev) -> None:
+        if self.eval_seconds is None and ev["step"] == self.first_step:
+            self.eval_seconds = time.perf_counter() - self.started      # the run's setup included
+
+    def step(self, ev) -> str | None:
+        self.seconds.append(ev["seconds"])
+        left = self.tc.max_iters - ev["step"]
+        if self.said or len(self.seconds) < ETA_AFTER_STEPS or left <= 0:
+            return None
+        self.said = True
+        per_step = sum(self.seconds[1:]) / (len(self.seconds) - 1)
+        evals = self.evals_after(ev["step"])
+        per_eval = self.eval_seconds if self.eval_seconds is not None else \
+            per_step * 2 * self.tc.eval_iters / (3 * self.tc.grad_accum)
+        total = left * per_step + evals * per_eval
+        line = (f"about {format_duration(total)} for the {left:,} steps left at {per_step:.2f} s/step"
+                + (f" and {evals} evaluation{'s' if evals > 1 else ''}" if evals else ""))
+        if total > LONG_RUN_SECONDS:
+            line += "; pass --max-iters N for a shorter run (Ctrl-C saves and stops)"
+        return line
+
+    def evals_after(self, step: int) -> int:
+        """Evaluations at steps step+1 .. max_iters: every eval_interval, and at the end."""
+        k, end = self.tc.eval_interval, self.tc.max_iters
+        every = (end // k - step // k) if k > 0 else 0
+        return every + (0 if k > 0 and end % k == 0 else 1)
+
+
+def format_duration(seconds: float) -> str:
+    """3 s, 4 min 10 s, 2 h 10 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s} s" if minutes < 10 else f"{minutes} min"
+    h, minutes = divmod(minutes, 60)
+    return f"{h} h {minutes} min"
 
 
 SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")
@@ -231,16 +411,15 @@ def _refuse_shape_flags(args, config: GPTConfig, why: str) -> None:
 
 
 def model_config_from_args(args, data, block_size: int) -> GPTConfig:
-    """The model to train from scratch: a preset or the size flags (default 4 layers, 4 heads, 128 channels),
-    the data's vocabulary, and n_positions = the block size unless the preset has more."""
-    base = PRESETS[args.preset] if args.preset else GPTConfig(n_layer=4, n_head=4, n_embd=128, n_positions=block_size)
+    """The model to train from scratch: a preset or the size flags (default SCRATCH_SHAPE), the data's
+    vocabulary, and n_positions = the block size unless the preset has more."""
+    base = PRESETS[args.preset] if args.preset else GPTConfig(**SCRATCH_SHAPE, n_positions=block_size)
     eos = data.meta.get("eot_id")   # None for a vocabulary without <|endoftext|>
+    sizes = {name: getattr(args, name) for name in SCRATCH_SHAPE if getattr(args, name) is not None}
     try:
         return dataclasses.replace(
             base, vocab_size=data.vocab_size, n_positions=max(base.n_positions, block_size) if not args.preset
-            else base.n_positions,
-            n_layer=args.n_layer or base.n_layer, n_head=args.n_head or base.n_head,
-            n_embd=args.n_embd or base.n_embd, bos_token_id=eos, eos_token_id=eos)
+            else base.n_positions, **sizes, bos_token_id=eos, eos_token_id=eos)
     except ValueError as e:
         raise NumgptError(f"bad model shape: {e}") from None
 
@@ -254,10 +433,12 @@ OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
     "weight_decay": "weight_decay", "beta1": "beta1", "beta2": "beta2", "grad_clip": "grad_clip"}
 
 
-def train_config_from_args(args, base, *, data_dir: str):
-    """`base` with every flag the user gave; the cosine ends at --max-iters unless --lr-decay-iters says."""
-    from ..training.loop import TrainConfig  # noqa: F401 -- base is a TrainConfig
+FLAG_OF_FIELD = {field: flag for flag, field in {**TRAIN_FLAGS, **OPTIM_FLAGS}.items()}
 
+
+def train_config_from_args(args, base: TrainConfig, *, data_dir: str) -> TrainConfig:
+    """`base` with every flag the user gave; the cosine ends at --max-iters unless --lr-decay-iters says.
+    An option out of range is refused naming its flag (the rule is the dataclass's)."""
     changes = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     optim = {field: getattr(args, flag) for flag, field in OPTIM_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_decay_embeddings:
@@ -271,8 +452,11 @@ def train_config_from_args(args, base, *, data_dir: str):
     try:
         return dataclasses.replace(base, **changes, data_dir=str(data_dir),
                                    optim=dataclasses.replace(base.optim, **optim))
-    except ValueError as e:
-        raise NumgptError(f"bad training option: {e}") from None
+    except ConfigFieldError as e:
+        flag = FLAG_OF_FIELD.get(e.field)
+        if flag is None:
+            raise NumgptError(f"bad training option: {e}") from None
+        raise NumgptError(f"--{flag.replace('_', '-')} {e.rule}, got {e.value!r}") from None
 
 
 # ---------------------------------------------------------------- plot
@@ -281,10 +465,27 @@ def run_plot(args) -> int:
     from ..training.loop import read_log
 
     events = read_log(args.run_dir)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "loss.png"
+    out = plot_path(args.out, Path(args.run_dir))
     plot_losses(events, out, title=str(args.run_dir))
     print(out)
     return 0
+
+
+def plot_path(given: str | None, run_dir: Path) -> Path:
+    """The PNG that plot writes: -o as given, with .png added when it has no suffix (the name printed is
+    the file written); RUN_DIR/loss.png without -o. A folder, or another suffix, is refused."""
+    if given is None:
+        out = run_dir / "loss.png"
+    else:
+        out = output_file(given, flag="-o")
+        if out.suffix == "":
+            out = out.with_name(out.name + ".png")
+        elif out.suffix.lower() != ".png":
+            raise NumgptError(f"-o {given}: plot writes PNG images; pass a name ending in .png")
+    if out.is_file():                               # an earlier plot, replaced: its folder must be writable
+        check_writable(out.parent, "-o")
+        return out
+    return output_file(out, flag="-o")
 
 
 def plot_losses(events, out: Path, *, title: str) -> None:
@@ -322,5 +523,5 @@ def plot_losses(events, out: Path, *, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, format="png")
     plt.close(fig)

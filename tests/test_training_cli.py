@@ -1,0 +1,364 @@
+"""The newcomer battery's training rows (shared/reports/newcomer-battery.md, rows 94-127): each refusal is
+one line naming the flag or the path, nothing is written before the checks pass, a run folder is
+trained by one process at a time, and the messages only name checkpoints that exist."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numgpt.cli import main
+from numgpt.cli.train_commands import TimeEstimate, format_duration
+from numgpt.config import GPTConfig
+from numgpt.errors import NumgptError
+from numgpt.formats.hf import save_checkpoint
+from numgpt.params import init_params
+from numgpt.training.data import load_dataset
+from numgpt.training.lock import run_lock
+from numgpt.training.loop import TrainConfig, read_log, train
+from numgpt.training.optim import AdamWConfig, ConfigFieldError
+from numgpt.training.state import load_train_checkpoint, new_state
+
+TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 40
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4"]
+QUICK = [*SMALL, "--max-iters", "2", "--eval-iters", "1"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "in.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def char_data(text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "char"
+    assert main(["prepare", str(text_file), "--out", str(out), "--vocab-size", "256"]) == 0
+    return out
+
+
+def one_line_error(capsys, code):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err and err[-1].startswith("numgpt: error: "), err
+    return err[-1]
+
+
+def run_train(*args):
+    return main(["train", *map(str, args)])
+
+
+def listing(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+# ---------------------------------------------------------------- prepare (rows 97-101, 15)
+
+def test_prepare_refuses_bad_outputs_and_writes_nothing(text_file, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    msg = one_line_error(capsys, main(["prepare", str(text_file), "--out", str(tmp_path / "afile")]))
+    assert "afile: is an existing file" in msg and (tmp_path / "afile").read_text() == "keep me"
+    msg = one_line_error(capsys, main(["prepare", str(text_file), "--out", "/proc/numgpt-data"]))
+    assert "/proc/numgpt-data: not writable" in msg
+    for fraction, words in (("1", "< 1"), ("0", "> 0 so training can evaluate"), ("nan", "> 0"), ("-1", "> 0")):
+        msg = one_line_error(capsys, main(["prepare", str(text_file), "--out", str(tmp_path / "dq"),
+                                           "--vocab-size", "256", "--val-fraction", fraction]))
+        assert "--val-fraction must be" in msg and words in msg
+    assert not (tmp_path / "dq").exists()                         # no tokenizer/ left behind (row 99)
+    assert listing(tmp_path) == ["afile"]
+
+
+def test_prepare_over_an_existing_data_folder_needs_force(text_file, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["prepare", str(text_file), "--out", str(out), "--vocab-size", "256"]) == 0
+    before = (out / "meta.json").read_bytes()
+    msg = one_line_error(capsys, main(["prepare", str(text_file), "--out", str(out), "--vocab-size", "300"]))
+    assert "--force" in msg and (out / "meta.json").read_bytes() == before
+    assert main(["prepare", str(text_file), "--out", str(out), "--vocab-size", "300", "--force"]) == 0
+    assert json.loads((out / "meta.json").read_text())["vocab_size"] == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]   # no .tmp / .old siblings left
+    # --force replaces a data folder, never a folder of something else
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    msg = one_line_error(capsys, main(["prepare", str(text_file), "--out", str(tmp_path / "mine"), "--force"]))
+    assert "not a numgpt data folder" in msg and (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_a_failing_prepare_leaves_no_partial_folder(tmp_path, monkeypatch):
+    from numgpt.training import data as data_module
+    from numgpt import train_bpe
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data_module, "tokenizer_fingerprint", fail)   # after the token files are written
+    with pytest.raises(OSError):
+        data_module.prepare([TEXT], tmp_path / "d", train_bpe(TEXT, vocab_size=256))
+    assert listing(tmp_path) == []
+
+
+def test_prepare_notes_a_smaller_vocabulary_and_warns_of_short_splits(tmp_path, capsys):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("First Citizen: Before we proceed any further", encoding="utf-8")
+    assert main(["prepare", str(tiny), "--out", str(tmp_path / "d"), "--vocab-size", "4000"]) == 0
+    err = capsys.readouterr().err
+    vocab = json.loads((tmp_path / "d" / "meta.json").read_text())["vocab_size"]
+    assert vocab < 4000 and f"note: {vocab} tokens, fewer than --vocab-size 4000" in err
+    assert "warning: the train split has" in err and "warning: the val split has" in err
+
+
+# ---------------------------------------------------------------- train options (rows 107-112, 116, 16)
+
+@pytest.mark.parametrize("flags, words", [
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0, got inf"),
+    (["--grad-clip", "-1"], "--grad-clip must be a finite number >= 0, got -1.0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--min-lr", "nan"], "--min-lr must be in"),
+    (["--beta2", "nan"], "--beta2 must be in [0, 1), got nan"),
+    (["--dropout", "inf"], "--dropout must be in [0, 1), got inf"),
+    (["--lr-decay-iters", "-1"], "--lr-decay-iters must be >= 0"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+])
+def test_a_bad_option_is_refused_naming_only_its_flag(char_data, tmp_path, capsys, flags, words):
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "run", *SMALL, *flags))
+    assert words in msg
+    others = {"--weight-decay", "--grad-clip", "eps"} - {flags[0]}
+    assert not any(o in msg for o in others)                      # not all three lumped together
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_dataclasses_refuse_with_numgpt_errors_naming_the_field():
+    with pytest.raises(ConfigFieldError, match=r"AdamWConfig.weight_decay must be a finite number >= 0, got nan"):
+        AdamWConfig(weight_decay=math.nan)
+    with pytest.raises(NumgptError, match=r"AdamWConfig.eps must be a finite number > 0"):
+        AdamWConfig(eps=0)
+    with pytest.raises(NumgptError, match=r"TrainConfig.eval_interval must be >= 0, got -1"):
+        TrainConfig(eval_interval=-1)
+    assert issubclass(ConfigFieldError, ValueError)               # `except ValueError` still catches it
+
+
+def test_train_out_that_is_a_file_or_unwritable_is_one_line(char_data, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "afile", *QUICK))
+    assert "afile: is an existing file" in msg and (tmp_path / "afile").read_text() == "keep me"
+    msg = one_line_error(capsys, run_train(char_data, "--out", "/proc/numgpt-run", *QUICK))
+    assert "/proc/numgpt-run: not writable" in msg
+
+
+def test_help_documents_the_defaults_of_the_dataclasses_and_eval_interval_0(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    tc, opt = TrainConfig(), AdamWConfig()
+    for text in (f"windows per micro-batch ({tc.batch_size})", f"optimizer updates in all ({tc.max_iters})",
+                 f"peak learning rate ({opt.lr})", f"Adam beta2 ({opt.beta2})", "0 = only at the end",
+                 "NUMGPT_NUM_THREADS", "--resume-from"):
+        assert text in out, text
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "the --out folder of a `numgpt train` run" in " ".join(out.split())
+
+
+def test_numgpt_num_threads_sets_the_default_thread_count(char_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMGPT_NUM_THREADS", "3")
+    assert run_train(char_data, "--out", tmp_path / "env", *QUICK) == 0
+    assert json.loads((tmp_path / "env" / "train_config.json").read_text())["threads"] == 3
+    assert run_train(char_data, "--out", tmp_path / "flag", *QUICK, "--threads", 1) == 0   # the flag wins
+    assert json.loads((tmp_path / "flag" / "train_config.json").read_text())["threads"] == 1
+
+
+# ---------------------------------------------------------------- the run lock (row 125)
+
+def test_a_second_training_on_a_held_run_folder_is_refused_naming_the_holder(char_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):
+        msg = one_line_error(capsys, run_train(char_data, "--out", run, *QUICK))
+        assert str(run) in msg and f"pid {os.getpid()}" in msg and "in use by another training" in msg
+        data = load_dataset(char_data)
+        tc = TrainConfig(batch_size=4, block_size=16, max_iters=1, eval_iters=1)
+        config = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+        with pytest.raises(NumgptError, match="in use by another training"):    # the library's train too
+            train(new_state(init_params(config, np.random.default_rng(0)), seed=0), config, tc, data, run)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]     # the refused runs wrote nothing
+    assert run_train(char_data, "--out", run, *QUICK) == 0       # released: the next run may go
+
+
+HOLD = """
+import sys, time
+from numgpt.training.lock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(char_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        msg = one_line_error(capsys, run_train(char_data, "--out", run, *QUICK))
+        assert f"pid {holder.pid}" in msg
+    finally:
+        holder.send_signal(signal.SIGKILL)                          # kill -9: no cleanup runs
+        holder.wait()
+    assert (run / ".lock").read_text().strip() == str(holder.pid)   # the stale file is still there
+    assert run_train(char_data, "--out", run, *QUICK) == 0
+
+
+def test_two_real_trainings_at_once_one_is_refused(char_data, tmp_path):
+    run = tmp_path / "two"
+    cmd = [sys.executable, "-m", "numgpt", "train", str(char_data), "--out", str(run), *SMALL,
+           "--max-iters", "300", "--eval-interval", "50", "--eval-iters", "1"]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (run / ".lock").is_file() or not (run / ".lock").read_text().strip():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = subprocess.run([*cmd, "--seed", "7"], capture_output=True, text=True, timeout=120)
+    finally:
+        first_err = first.communicate(timeout=300)[1]
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith(f"numgpt: error: {run} is in use by another training")
+    steps = [e["step"] for e in read_log(run) if e["type"] == "eval"]
+    assert steps == [0, 50, 100, 150, 200, 250, 300]              # one run's evaluations only
+
+
+# ---------------------------------------------------------------- non-finite --init (rows 118, 109)
+
+def test_init_with_nan_weights_is_refused_naming_the_tensor(char_data, tmp_path, capsys):
+    from numgpt.tokenizer import Tokenizer
+    config = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=255,
+                       eos_token_id=255)
+    params = init_params(config, np.random.default_rng(0))
+    params["h.0.attn.c_attn.weight"][0, :3] = np.nan
+    model = tmp_path / "m_nan"
+    save_checkpoint(model, config, params)
+    Tokenizer.load(char_data / "tokenizer").save(model)
+    code = run_train(char_data, "--out", tmp_path / "run", "--init", model, "--block-size", 16, "--max-iters", 2)
+    msg = one_line_error(capsys, code)
+    if "weights are not finite" in msg:                           # train's own check (or the loader's)
+        assert "h.0.attn.c_attn.weight" in msg and "NaN" in msg
+    assert "intact" not in msg and not (tmp_path / "run" / "latest").exists()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the poisoned weights' NaN, on purpose
+def test_divergence_before_any_checkpoint_does_not_claim_one(char_data, tmp_path):
+    data = load_dataset(char_data)
+    config = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    tc = TrainConfig(batch_size=4, block_size=16, max_iters=20, eval_interval=0, eval_iters=1)
+    state = new_state(init_params(config, np.random.default_rng(0)), seed=0)
+
+    def poison(event):
+        if event["type"] == "step" and event["step"] == 3:
+            state.params["wte.weight"][0, 0] = np.inf
+    with pytest.raises(NumgptError) as e:
+        train(state, config, tc, data, tmp_path, on_event=poison)
+    assert "diverged at step 3" in str(e.value) and "before any checkpoint was saved" in str(e.value)
+    assert "intact" not in str(e.value) and not (tmp_path / "latest").exists()
+    with pytest.raises(NumgptError, match="weights are not finite: wte.weight has inf"):
+        train(state, config, tc, data, tmp_path)                  # the API refuses such a start too
+
+
+# ---------------------------------------------------------------- resume from a damaged checkpoint (120, 121)
+
+@pytest.mark.parametrize("damage", ["weights", "optimizer", "state_json"])
+def test_a_damaged_latest_points_to_best_and_resume_from_best_works(char_data, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 6, "--eval-interval", 3, "--eval-iters", 1,
+                     "--lr", 1e-2, "--warmup-iters", 0) == 0
+    latest = run / "latest"
+    best_step = load_train_checkpoint(run / "best")[1].step
+    if damage == "weights":
+        with open(latest / "model.safetensors", "r+b") as f:
+            f.truncate(1000)
+    elif damage == "optimizer":
+        with open(latest / "optimizer.safetensors", "r+b") as f:
+            f.truncate(1000)
+    else:
+        (latest / "trainstate.json").write_text('{"format": "numgpt-trai')
+    capsys.readouterr()
+    msg = one_line_error(capsys, run_train(char_data, "--out", run, "--resume", "--max-iters", 8))
+    assert str(latest) in msg and f"--resume-from best" in msg and f"step {best_step}" in msg
+    assert run_train(char_data, "--out", run, "--resume-from", "best", "--max-iters", 8) == 0
+    assert load_train_checkpoint(latest)[1].step == 8
+    steps = [e["step"] for e in read_log(run) if e["type"] == "step"]
+    assert steps == list(range(1, 9))                             # rewound to best's step, then continued
+
+
+def test_resume_from_best_continues_like_a_run_from_that_step(char_data, tmp_path):
+    common = [*SMALL, "--eval-interval", 4, "--eval-iters", 1, "--lr-decay-iters", 12, "--dropout", 0.1]
+    assert run_train(char_data, "--out", tmp_path / "a", *common, "--max-iters", 12) == 0
+    assert run_train(char_data, "--out", tmp_path / "b", *common, "--max-iters", 8) == 0
+    best = load_train_checkpoint(tmp_path / "b" / "best")[1].step
+    assert best == 8                                              # the loss still falls: best is the last
+    assert run_train(char_data, "--out", tmp_path / "b", "--resume-from", "best", "--max-iters", 12) == 0
+    losses = lambda run: [e["loss"] for e in read_log(run) if e["type"] == "step"]  # noqa: E731
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+
+
+# ---------------------------------------------------------------- plot (row 127)
+
+def test_plot_prints_the_file_it_writes_and_refuses_a_folder(char_data, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["plot", str(run), "-o", "plotout"]) == 0
+    assert capsys.readouterr().out.strip() == "plotout.png"
+    assert (tmp_path / "plotout.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "plotout").exists()
+    assert main(["plot", str(run)]) == 0 and main(["plot", str(run)]) == 0   # a second plot replaces the first
+    (tmp_path / "adir").mkdir()
+    msg = one_line_error(capsys, main(["plot", str(run), "-o", "adir"]))
+    assert "adir: is a folder" in msg and not (tmp_path / "adir.png").exists()
+    msg = one_line_error(capsys, main(["plot", str(run), "-o", "x.jpg"]))
+    assert ".png" in msg
+
+
+# ---------------------------------------------------------------- time estimate and Ctrl-C (row 6 of the ten)
+
+def test_the_time_estimate_after_five_steps(monkeypatch):
+    tc = TrainConfig(max_iters=2000, eval_interval=250, eval_iters=20)
+    eta = TimeEstimate(tc, 0)
+    eta.eval_seconds = 30.0
+    lines = [eta.step({"step": s, "seconds": 9.0 if s == 1 else 3.9}) for s in range(1, 8)]
+    assert lines[:4] == [None] * 4 and lines[5:] == [None, None]  # said once, after step 5
+    assert lines[4] == ("about 2 h 13 min for the 1,995 steps left at 3.90 s/step and 8 evaluations; "
+                        "pass --max-iters N for a shorter run (Ctrl-C saves and stops)")
+    # 1995 * 3.9 s + 8 * 30 s = 8020.5 s = 2 h 13 min
+    assert format_duration(59) == "59 s" and format_duration(250) == "4 min 10 s" and format_duration(3600) == "1 h 0 min"
+
+
+def test_ctrl_c_before_the_first_evaluation_says_best_is_untrained(char_data, tmp_path, capsys, monkeypatch):
+    from numgpt.cli import train_commands
+
+    def interrupt_at_step_3(state, config, tc, data, run, on_event=None):
+        def stop(event):
+            on_event(event)
+            if event["type"] == "step" and event["step"] == 3:
+                raise KeyboardInterrupt
+        return train(state, config, tc, data, run, on_event=stop)
+    monkeypatch.setattr(train_commands, "_train_with_progress",
+                        lambda state, config, tc, data, run, _train: interrupt_at_step_3(state, config, tc, data, run,
+                                                                                          on_event=lambda e: None))
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 100, "--eval-interval", 50, "--eval-iters", 1) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3" in err
+    assert f"{run / 'best'} is the untrained step-0 model (the first evaluation after step 0 comes at step 50)" in err
+    assert f"use --model {run / 'latest'} (step 3)" in err
