@@ -159,3 +159,46 @@ def test_help_text_has_no_unformatted_percent_signs(capsys, command):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "%%" not in capsys.readouterr().out                 # argparse prints a description's %% as is
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--greedy", "--temperature", "0.5"], ["--greedy", "--temperature", "no effect"]),
+    (["--greedy", "--top-k", "5"], ["--greedy", "--top-k"]),
+    (["--window-stride", "10"], ["--window-stride", "--sliding-window"]),
+    (["--sliding-window", "--window-stride", "0"], ["--window-stride", ">= 1"]),
+    (["--num-samples", "0"], ["--num-samples", ">= 1"]),
+    (["--max-new-tokens", "-5"], ["max_new_tokens", ">= 0"]),
+])
+def test_contradictory_or_out_of_range_generate_flags_are_one_line(capsys, argv, words):
+    code, out, err = run(capsys, "generate", *argv, "ROMEO:")        # refused before the model loads
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert all(w in err for w in words), err
+
+
+def test_perplexity_prints_progress_lines_when_stderr_is_not_a_terminal():
+    from numgpt.cli.progress import progress_reporter
+    stream = io.StringIO()                                          # not a TTY
+    update, close = progress_reporter(True, "window", "perplexity", stream=stream, every=0)
+    for done in range(1, 5):
+        update(done, 5)
+    close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("numgpt perplexity: 1/5 windows (20%)") and len(lines) == 4
+    quiet = io.StringIO()
+    update, _ = progress_reporter(False, "window", "perplexity", stream=quiet, every=0)
+    update(1, 5)
+    assert quiet.getvalue() == ""
+
+
+def test_cli_errors_for_damaged_models_are_one_line(capsys, tmp_path):
+    import numpy as np
+    lm = numgpt.load()
+    params = dict(lm.params)
+    params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
+    numgpt.save_checkpoint(tmp_path / "nan", lm.config, params, tokenizer=lm.tokenizer)
+    for command in (["generate", "x"], ["next", "x"]):
+        code, _, err = run(capsys, *command, "--model", str(tmp_path / "nan"))
+        assert code == 2 and "wte.weight has" in err and "NaN/inf" in err and err.count("\n") == 1
+    (tmp_path / "t.txt").write_text("ROMEO: I am here, and so are you.")
+    code, _, err = run(capsys, "perplexity", str(tmp_path / "t.txt"), "--model", str(tmp_path / "nan"))
+    assert code == 2 and "not finite" in err

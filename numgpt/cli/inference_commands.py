@@ -33,7 +33,7 @@ boundary (`numgpt tokenize` asks for --allow-special to do the same).
 
 NEXT_DESCRIPTION = """\
 Show the model's next-token distribution after PROMPT: rank, id, token and probability of the most
-likely tokens.
+likely tokens. <|endoftext|> written in the prompt is the special token.
 """
 
 PERPLEXITY_DESCRIPTION = """\
