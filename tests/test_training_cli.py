@@ -328,6 +328,8 @@ def test_plot_prints_the_file_it_writes_and_refuses_a_folder(char_data, tmp_path
     assert "adir: is a folder" in msg and not (tmp_path / "adir.png").exists()
     msg = one_line_error(capsys, main(["plot", str(run), "-o", "x.jpg"]))
     assert ".png" in msg
+    msg = one_line_error(capsys, main(["plot", str(run), "-o", "/proc/numgpt-loss.png"]))
+    assert "not writable" in msg
 
 
 # ---------------------------------------------------------------- time estimate and Ctrl-C (row 6 of the ten)

@@ -59,11 +59,6 @@ examples:
 """
 
 
-def _default(value) -> str:
-    """A dataclass default as a help string shows it."""
-    return str(value)
-
-
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize text files into train/val token files for training",
                        description="Tokenize text files into DIR/train.bin and DIR/val.bin (the first "
@@ -78,7 +73,7 @@ def register(sub) -> None:
     tok.add_argument("--vocab-size", type=int, metavar="N",
                      help="train a new byte-level BPE of N tokens on the text (256 = bytes only)")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
-                   help=f"share of characters for validation, > 0 and < 1 ({_default(VAL_FRACTION)})")
+                   help=f"share of characters for validation, > 0 and < 1 ({VAL_FRACTION})")
     p.set_defaults(run=run_prepare)
 
     t = sub.add_parser("train", help="train (or fine-tune) a GPT-2 on prepared data",
@@ -102,18 +97,18 @@ def register(sub) -> None:
     o.add_argument("--batch-size", type=int, help=f"windows per micro-batch ({TC.batch_size})")
     o.add_argument("--grad-accum", type=int, help=f"micro-batches per update ({TC.grad_accum})")
     o.add_argument("--max-iters", type=int, help=f"optimizer updates in all ({TC.max_iters})")
-    o.add_argument("--lr", type=float, help=f"peak learning rate ({_default(OPT.lr)})")
-    o.add_argument("--min-lr", type=float, help=f"learning-rate floor of the cosine ({_default(OPT.min_lr)})")
+    o.add_argument("--lr", type=float, help=f"peak learning rate ({OPT.lr})")
+    o.add_argument("--min-lr", type=float, help=f"learning-rate floor of the cosine ({OPT.min_lr})")
     o.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({OPT.warmup_iters})")
     o.add_argument("--lr-decay-iters", type=int, help="step where the cosine reaches --min-lr (= --max-iters)")
     o.add_argument("--weight-decay", type=float,
-                   help=f"AdamW decoupled weight decay on matrices ({_default(OPT.weight_decay)})")
+                   help=f"AdamW decoupled weight decay on matrices ({OPT.weight_decay})")
     o.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on wte/wpe")
-    o.add_argument("--beta1", type=float, help=f"Adam beta1 ({_default(OPT.beta1)})")
-    o.add_argument("--beta2", type=float, help=f"Adam beta2 ({_default(OPT.beta2)})")
+    o.add_argument("--beta1", type=float, help=f"Adam beta1 ({OPT.beta1})")
+    o.add_argument("--beta2", type=float, help=f"Adam beta2 ({OPT.beta2})")
     o.add_argument("--grad-clip", type=float,
-                   help=f"clip the gradients' global norm to this, 0 = off ({_default(OPT.grad_clip)})")
-    o.add_argument("--dropout", type=float, help=f"GPT-2 dropout probability ({_default(TC.dropout)})")
+                   help=f"clip the gradients' global norm to this, 0 = off ({OPT.grad_clip})")
+    o.add_argument("--dropout", type=float, help=f"GPT-2 dropout probability ({TC.dropout})")
     o.add_argument("--eval-interval", type=int,
                    help=f"evaluate and save every N steps; 0 = only at the end ({TC.eval_interval})")
     o.add_argument("--eval-iters", type=int, help=f"batches per loss estimate ({TC.eval_iters})")
@@ -164,7 +159,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-def prepare_notes(meta, vocab_size: int | None) -> list[str]:
+def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
     """What a newcomer should know about a prepared folder: a trained vocabulary smaller than asked
     (as train-tokenizer says), a split too short for `numgpt train`'s default windows."""
     notes = []
@@ -296,7 +291,7 @@ def checkpoint_step(folder: Path) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def best_checkpoint_note(run: Path, step: int, tc) -> str | None:
+def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
     """After Ctrl-C: warn when RUN/best (where --model RUN points) is the untrained step-0 model, or absent."""
     best_step = checkpoint_step(run / BEST)
     if best_step is None:
@@ -347,18 +342,18 @@ class TimeEstimate:
     step, which warms up, left out) times the steps left, plus the evaluations left at the time the
     first one took (or, before any, 2 x eval_iters forward passes at a third of a step each)."""
 
-    def __init__(self, tc, first_step: int):
+    def __init__(self, tc: TrainConfig, first_step: int):
         self.tc, self.first_step = tc, first_step
         self.started = time.perf_counter()
         self.seconds: list[float] = []
         self.eval_seconds: float | None = None
         self.said = False
 
-    def evaluated(self, ev) -> None:
+    def evaluated(self, ev: dict) -> None:
         if self.eval_seconds is None and ev["step"] == self.first_step:
             self.eval_seconds = time.perf_counter() - self.started      # the run's setup included
 
-    def step(self, ev) -> str | None:
+    def step(self, ev: dict) -> str | None:
         self.seconds.append(ev["seconds"])
         left = self.tc.max_iters - ev["step"]
         if self.said or len(self.seconds) < ETA_AFTER_STEPS or left <= 0:
