@@ -67,7 +67,7 @@ def accumulate_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets
     """
     check_batch(config, ids, targets)
     if dropout > 0 and rng is None:
-        raise ValueError("dropout > 0 needs an rng (np.random.Generator)")
+        raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
     ws = Workspace() if workspace is None else workspace
     logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=ws)
     loss, probs = cross_entropy_forward(logits, targets.reshape(-1))   # [N, V], [N]

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import NumgptError
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -28,18 +30,18 @@ class GPTConfig:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"GPTConfig.{name} must be a whole number, got {value!r} ({type(value).__name__})")
+                raise NumgptError(f"GPTConfig.{name} must be a whole number, got {value!r} ({type(value).__name__})")
             if value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be positive, got {value}")
+                raise NumgptError(f"GPTConfig.{name} must be positive, got {value}")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"GPTConfig.{name} must be a whole number or null, got {value!r}")
+                raise NumgptError(f"GPTConfig.{name} must be a whole number or null, got {value!r}")
         if isinstance(self.layer_norm_epsilon, bool) or not isinstance(self.layer_norm_epsilon, (int, float)) \
                 or not self.layer_norm_epsilon > 0:
-            raise ValueError(f"GPTConfig.layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
+            raise NumgptError(f"GPTConfig.layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise NumgptError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def head_size(self) -> int:
@@ -66,16 +68,16 @@ class GPTConfig:
     def from_hf_dict(cls, d: dict[str, Any]) -> "GPTConfig":
         """Read the fields numgpt uses from a Hugging Face config.json dict; refuse what GPT-2 is not."""
         if d.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"model_type is {d.get('model_type')!r}, numgpt runs only 'gpt2'")
+            raise NumgptError(f"model_type is {d.get('model_type')!r}, numgpt runs only 'gpt2'")
         if d.get("n_inner") not in (None, 4 * d.get("n_embd", 768)):
-            raise ValueError(f"n_inner={d['n_inner']} is not supported (GPT-2 uses 4 * n_embd)")
+            raise NumgptError(f"n_inner={d['n_inner']} is not supported (GPT-2 uses 4 * n_embd)")
         act = d.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
+            raise NumgptError(f"activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
         missing = [k for k in SHAPE_FIELDS if k not in d] + ([] if "n_positions" in d or "n_ctx" in d
                                                              else ["n_positions"])
         if missing:
-            raise ValueError(f"{', '.join(missing)} missing: a GPT-2 config.json states the model's shape "
+            raise NumgptError(f"{', '.join(missing)} missing: a GPT-2 config.json states the model's shape "
                              f"({', '.join(SHAPE_FIELDS)}, n_positions); numgpt does not guess it")
         fields = {f.name for f in dataclasses.fields(cls)}
         nullable = {"bos_token_id", "eos_token_id"}

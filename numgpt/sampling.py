@@ -159,7 +159,7 @@ def process_logits(logits: np.ndarray, options: SamplingOptions, *,
     logits = np.asarray(logits, dtype=np.float32)
     if options.repetition_penalty != 1.0:
         if previous is None:
-            raise ValueError("the repetition penalty needs the previous tokens of each row")
+            raise NumgptError("the repetition penalty needs the previous tokens of each row")
         logits = apply_repetition_penalty(logits, previous, options.repetition_penalty)
     if options.greedy:
         return logits
@@ -186,7 +186,7 @@ def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarra
     """
     logits = np.asarray(logits)
     if len(rngs) != logits.shape[0]:
-        raise ValueError(f"need one generator per row: {len(rngs)} generators for {logits.shape[0]} rows")
+        raise NumgptError(f"need one generator per row: {len(rngs)} generators for {logits.shape[0]} rows")
     cdf = np.cumsum(softmax(logits.astype(np.float64)), axis=-1)  # [B, V]
     ids = np.empty(logits.shape[0], dtype=np.int64)
     for b, rng in enumerate(rngs):
@@ -204,5 +204,5 @@ def next_tokens(logits: np.ndarray, options: SamplingOptions, rngs: Sequence[np.
     if options.greedy:
         return greedy(processed).astype(np.int64)
     if rngs is None:
-        raise ValueError("sampling needs one np.random.Generator per row (or greedy options)")
+        raise NumgptError("sampling needs one np.random.Generator per row (or greedy options)")
     return sample(processed, rngs)

@@ -144,7 +144,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     temporary file renamed into place, so a file that is memory-mapped by the caller's loaded params can
     be overwritten safely)."""
     if dtype not in ("F32", "F16"):
-        raise ValueError(f"write_safetensors writes F32 or F16, not {dtype!r}")
+        raise NumgptError(f"write_safetensors writes F32 or F16, not {dtype!r}")
     np_dtype = "<f4" if dtype == "F32" else "<f2"
     path = Path(path)
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
