@@ -118,3 +118,15 @@ def test_non_finite_weights_are_named_once(tmp_path, builtin):
                  lambda: broken.perplexity("ROMEO: I am here"), lambda: broken.logits([1, 2])):
         with pytest.raises(NumgptError, match="h.1.mlp.c_fc.bias has 1024 NaN/inf values"):
             call()
+
+
+def test_stop_strings_are_matched_in_the_completion_only(builtin):
+    """'ROMEO' + ':' spells 'O:' across the prompt's end; numgpt (unlike transformers' StopStringCriteria)
+    matches stop strings in the new text only, as its docstring and --help say."""
+    free = builtin.generate("ROMEO", do_sample=False, max_new_tokens=30)
+    assert free.startswith(":")                               # so a match across the boundary was possible
+    stopped = builtin.completions("ROMEO", do_sample=False, max_new_tokens=30, stop=["O:"])[0]
+    assert "O:" in free[1:] and stopped.text == free[:free.index("O:")]
+    assert stopped.finish_reason == "stop"
+    import numgpt.generate
+    assert "completion only" in numgpt.generate.__doc__ and "completion only" in numgpt.lm.__doc__
