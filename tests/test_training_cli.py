@@ -293,7 +293,7 @@ def test_a_damaged_latest_points_to_best_and_resume_from_best_works(char_data, t
         (latest / "trainstate.json").write_text('{"format": "numgpt-trai')
     capsys.readouterr()
     msg = one_line_error(capsys, run_train(char_data, "--out", run, "--resume", "--max-iters", 8))
-    assert str(latest) in msg and f"--resume-from best" in msg and f"step {best_step}" in msg
+    assert str(latest) in msg and "--resume-from best" in msg and f"step {best_step}" in msg
     assert run_train(char_data, "--out", run, "--resume-from", "best", "--max-iters", 8) == 0
     assert load_train_checkpoint(latest)[1].step == 8
     steps = [e["step"] for e in read_log(run) if e["type"] == "step"]

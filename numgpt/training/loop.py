@@ -12,18 +12,21 @@ RUN/log.jsonl; the training config is RUN/train_config.json.
 Reproducibility: the batches and dropout masks of every step come from the state's rng alone, and the
 checkpoint stores its bit_generator state, so a resumed run continues bit for bit (given the same
 `threads`: each batch's rows are split over that many threads, parallel.py, and the float32 sums of the
-gradient depend on the split; `numgpt train` records it in train_config.json).
+gradient depend on the split; `numgpt train` records it in train_config.json). Evaluation draws its
+batches from a separate generator seeded from (seed, EVAL_STREAM), the same batches every time.
 
 Data parallelism: `train` takes a communicator (comm.py; a single process by default) and calls only its
 interface. Each rank draws the same batches from its own copy of the state, computes its rows' gradients
 (parallel.py: rows split over ranks, then over threads), and the all-reduced sum is the same on every
 rank, so every rank makes the same update. P ranks of 1 thread give the same bits as 1 rank of P
-threads. Only rank 0 writes the run folder. Evaluation draws its
-batches from a separate generator seeded from (seed, EVAL_STREAM), the same batches every time.
+threads. Only rank 0 writes the run folder.
+
+One run at a time: rank 0 holds RUN/.lock while it trains (lock.py); a second `train` on the same folder
+is refused before it writes anything. Weights with NaN or inf are refused before the first step.
 
 Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last completed step and
 returns with `interrupted` set. A non-finite loss or gradient stops the run with a NumgptError before the
-update, so the last good checkpoint stays intact.
+update, so the last good checkpoint (if one was saved) stays intact.
 
 Memory: while `train` runs, glibc's malloc keeps freed memory for reuse (memory.keep_freed_memory, a
 context manager: glibc's defaults are back when `train` returns); without it, every step's activations
