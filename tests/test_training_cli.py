@@ -113,6 +113,15 @@ def test_prepare_notes_a_smaller_vocabulary_and_warns_of_short_splits(tmp_path, 
     assert "warning: the train split has" in err and "warning: the val split has" in err
 
 
+def test_train_on_data_without_a_val_split_gives_the_right_advice(tmp_path, capsys):
+    from numgpt import train_bpe
+    from numgpt.training.data import prepare
+    prepare([TEXT], tmp_path / "d", train_bpe(TEXT, vocab_size=256), val_fraction=0.0)   # the API allows it
+    msg = one_line_error(capsys, run_train(tmp_path / "d", "--out", tmp_path / "run", *QUICK))
+    assert "the val split" in msg and "is empty" in msg and "--val-fraction above 0" in msg
+    assert "--block-size" not in msg                              # row 98: not the block size's fault
+
+
 # ---------------------------------------------------------------- train options (rows 107-112, 116, 16)
 
 @pytest.mark.parametrize("flags, words", [

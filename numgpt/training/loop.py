@@ -123,6 +123,9 @@ def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
                           "prepare the data with the model's tokenizer")
     for name in ("train", "val"):
         n = len(data.split(name))
+        if n == 0:
+            fix = "a --val-fraction above 0" if name == "val" else "more text"
+            raise NumgptError(f"the {name} split of {data.folder} is empty; run `numgpt prepare` again with {fix}")
         if n < tc.block_size + 1:
             raise NumgptError(f"the {name} split has {n} tokens, fewer than block_size + 1 = {tc.block_size + 1}; "
                               "use a smaller --block-size or more text")
