@@ -373,3 +373,23 @@ def test_ctrl_c_before_the_first_evaluation_says_best_is_untrained(char_data, tm
     assert "interrupted at step 3" in err
     assert f"{run / 'best'} is the untrained step-0 model (the first evaluation after step 0 comes at step 50)" in err
     assert f"use --model {run / 'latest'} (step 3)" in err
+
+
+def test_real_ctrl_c_releases_the_lock_and_says_what_best_is(char_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "numgpt", "train", str(char_data), "--out", str(run), *SMALL,
+           "--max-iters", "100000", "--eval-interval", "50000", "--eval-iters", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run / "best").is_dir():                            # the step-0 evaluation is saved
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "is the untrained step-0 model (the first evaluation after step 0 comes at step 50000)" in err
+    assert (run / ".lock").read_text() == ""                      # released, no pid left
+    stopped = load_train_checkpoint(run / "latest")[1].step
+    assert run_train(char_data, "--out", run, "--resume", "--max-iters", stopped + 2) == 0   # not locked out
+    assert load_train_checkpoint(run / "latest")[1].step == stopped + 2
