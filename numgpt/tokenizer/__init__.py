@@ -1,7 +1,8 @@
 """GPT-2's byte-level BPE tokenizer, and training new vocabularies.
 
     bpe.py     the tokenizer: pre-tokenization, merges by rank (a plain version and two fast twins),
-               special tokens, streaming decode, explain, the vocabulary files
+               special tokens, streaming decode, explain
+    files.py   the vocabulary files (Hugging Face vocab.json + merges.txt, OpenAI encoder.json + vocab.bpe)
     train.py   learning a merge list from text, with incremental pair counts
 """
 
