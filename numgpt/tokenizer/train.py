@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 
 from ..errors import NumgptError
-from .bpe import ENDOFTEXT, Tokenizer, bytes_to_unicode, pretokenize, special_token_pattern
+from .bpe import Tokenizer, bytes_to_unicode, pretokenize, special_token_pattern
 
 Pair = tuple[int, int]
 Progress = Callable[[int, int], None]  # (merges done, merges wanted)
