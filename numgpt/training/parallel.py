@@ -185,8 +185,8 @@ class DataParallel:
         flat = flat_buffer(grads)
         if flat is not None:
             return flat, grads
-        if self._own is None or any(self._own[1].get(k, np.empty(0)).shape != g.shape for k, g in grads.items()) \
-                or len(self._own[1]) != len(grads):
+        shapes = {name: g.shape for name, g in grads.items()}
+        if self._own is None or {name: v.shape for name, v in self._own[1].items()} != shapes:
             self._own = flat_zeros_like(grads)
         for name, g in grads.items():
             self._own[1][name][...] = g
