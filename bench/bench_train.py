@@ -88,8 +88,7 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- workers (one framework per process)
 
 def numgpt_worker(iters: int, eval_every: int) -> dict:
-    keep_freed_memory()                                    # as numgpt.training.train does
-    with single_threaded_blas():                           # once for the run, as numgpt.training.train does
+    with keep_freed_memory(), single_threaded_blas():      # for the run, as numgpt.training.train does
         return numgpt_small_run(iters, eval_every)
 
 
@@ -190,8 +189,7 @@ B124, T124, STEPS124 = 4, 256, 3
 
 
 def numgpt_124m_worker() -> dict:
-    keep_freed_memory()                                    # as numgpt.training.train does
-    with single_threaded_blas():                           # once for the run, as numgpt.training.train does
+    with keep_freed_memory(), single_threaded_blas():      # for the run, as numgpt.training.train does
         return numgpt_124m_run()
 
 

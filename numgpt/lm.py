@@ -60,7 +60,7 @@ class NextToken(NamedTuple):
 
 
 def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-         download: bool = True, mmap: bool = False) -> "LanguageModel":
+         download: bool = True, mmap: bool = False, threads: int | None = None) -> "LanguageModel":
     """Load a GPT-2 model with its tokenizer.
 
     name_or_folder: a Hugging Face GPT-2 folder (config.json + model.safetensors, tokenizer files
@@ -73,6 +73,7 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         stored [out, in] (the default, see checkpoint.load_checkpoint): loads in milliseconds and keeps
         no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
         ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
+    threads: threads that read the weights (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
     """
     if name_or_folder is None:
         name_or_folder = builtin_model_folder()
@@ -80,7 +81,7 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         raise NumgptError(f"load() takes a folder path or a model name (a str), got {describe(name_or_folder)}")
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
-    config, params = load_checkpoint(folder, for_inference=not mmap)
+    config, params = load_checkpoint(folder, for_inference=not mmap, threads=threads)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 

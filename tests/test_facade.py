@@ -130,3 +130,9 @@ def test_stop_strings_are_matched_in_the_completion_only(builtin):
     assert stopped.finish_reason == "stop"
     import numgpt.generate
     assert "completion only" in numgpt.generate.__doc__ and "completion only" in numgpt.lm.__doc__
+
+
+def test_load_takes_its_thread_count_from_the_caller(builtin):
+    one = numgpt.load(threads=1)
+    np.testing.assert_array_equal(one.logits([10, 70, 476]), builtin.logits([10, 70, 476]))
+    assert all(np.array_equal(one.params[k], builtin.params[k]) for k in builtin.params)

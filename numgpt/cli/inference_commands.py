@@ -190,11 +190,13 @@ def _register_info(sub) -> None:
 
 
 def load_model(args):
-    """The LanguageModel of --model (the hub cache location honours HF_HUB_CACHE / HF_HOME)."""
+    """The LanguageModel of --model (the hub cache location honours HF_HUB_CACHE / HF_HOME, the threads
+    that read the weights NUMGPT_NUM_THREADS)."""
     from ..formats import hf_cache_dir
     from ..lm import load
+    from ..threads import threads_from_env
 
-    return load(args.model, cache_dir=hf_cache_dir(os.environ))
+    return load(args.model, cache_dir=hf_cache_dir(os.environ), threads=threads_from_env(os.environ))
 
 
 def model_folder(args) -> Path:

@@ -31,7 +31,7 @@ def output_file(path: str | os.PathLike, *, flag: str) -> Path:
     file = Path(path)
     if file.is_dir():
         raise NumgptError(f"{flag} {file}: is a folder; pass a file path")
-    check_writable(file, flag)
+    check_writable(file.parent if file.is_file() else file, flag)   # an existing file is replaced
     return file
 
 

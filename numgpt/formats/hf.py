@@ -47,7 +47,7 @@ def load_config(folder: str | os.PathLike) -> GPTConfig:
 
 
 def load_params(folder: str | os.PathLike, config: GPTConfig, *, mmap: bool = True,
-                for_inference: bool = False) -> Params:
+                for_inference: bool = False, threads: int | None = None) -> Params:
     """GPT-2 weights of a Hugging Face folder (model.safetensors, or shards listed in
     model.safetensors.index.json), renamed to numgpt's names and checked against `config`.
     mmap: memory-map the files (default) or read them into memory (see read_safetensors).
@@ -56,14 +56,15 @@ def load_params(folder: str | os.PathLike, config: GPTConfig, *, mmap: bool = Tr
     tensors: dict[str, np.ndarray] = {}
     transposed = LINEAR_WEIGHTS if for_inference else ()
     for path in weight_files(folder):
-        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap, transposed=transposed)
+        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap, transposed=transposed,
+                                           threads=threads)
         for name, array in file_tensors.items():
             tensors[name.removeprefix(HF_PREFIX)] = array
     return _check_params(folder, config, tensors)
 
 
-def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inference: bool = False
-                    ) -> tuple[GPTConfig, Params]:
+def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inference: bool = False,
+                    threads: int | None = None) -> tuple[GPTConfig, Params]:
     """(config, params) of a Hugging Face GPT-2 folder. With mmap (default) float32 params are read-only
     memory maps: milliseconds to load, no copy. mmap=False reads them into writable memory.
 
@@ -76,7 +77,7 @@ def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inferen
     BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
     """
     config = load_config(folder)
-    return config, load_params(folder, config, mmap=mmap, for_inference=for_inference)
+    return config, load_params(folder, config, mmap=mmap, for_inference=for_inference, threads=threads)
 
 
 def load_tokenizer(folder: str | os.PathLike, config: GPTConfig):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NumgptError
-from .atomic import open_atomically
+from ..atomic import open_atomically
 from ..threads import run_in_threads, thread_count
 
 # safetensors dtype names -> little-endian NumPy dtypes. BF16 has no NumPy dtype: it is read as uint16.
@@ -30,7 +30,7 @@ ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "
 MAX_HEADER_BYTES = 100_000_000
 
 def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mmap: bool = True,
-                     transposed: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+                     transposed: tuple[str, ...] = (), threads: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Float32 tensors and the metadata of a .safetensors file. Tensors whose name ends with one of
     `skip` are left out unread; any other non-float tensor is an error (numgpt's weights are all float).
 
@@ -40,6 +40,7 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
     transposed: 2-D tensors whose name ends with one of these are read into memory stored transposed
     (see `read_transposed`), whatever `mmap` says; they keep the file's shape. With `transposed`, 1-D
     tensors are read into memory too, and the other 2-D ones (the embeddings) are mapped (copied if not mmap).
+    threads: threads that copy the transposed tensors (None: every usable core).
     """
     path = Path(path)
     header, data_start = read_header(path)
@@ -68,7 +69,7 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
         arena = np.empty(sum(sizes), np.float32)
         offsets = np.cumsum([0] + sizes)
         jobs = [(*job, arena[offsets[i]:offsets[i + 1]]) for i, job in enumerate(jobs)]
-        shares = _balanced_shares(jobs, sizes, thread_count())
+        shares = _balanced_shares(jobs, sizes, thread_count() if threads is None else threads)
         run_in_threads(lambda k: _read_transposed_share(path, shares[k], tensors), len(shares))  # ~1.6x on 2 cores
     return {name: tensors[name] for name in header if name in tensors}, dict(metadata)
 
@@ -157,7 +158,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         arrays.append(array)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)          # pad so tensor data is 8-byte aligned
-    with open_atomically(path) as f:                        # PATH.tmp, fsync, rename (formats/atomic.py)
+    with open_atomically(path) as f:                        # PATH.tmp, fsync, rename (atomic.py)
         f.write(len(header_bytes).to_bytes(8, "little"))
         f.write(header_bytes)
         for array in arrays:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import NumgptError
-from ..formats.atomic import write_bytes_atomically
+from ..atomic import write_bytes_atomically
 
 ENDOFTEXT = "<|endoftext|>"
 MERGES_HEADER = "#version: 0.2"  # first line of vocab.bpe / merges.txt

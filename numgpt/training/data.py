@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import NumgptError
-from ..formats.atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
+from ..atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
 
 FORMAT = "numgpt-tokens"
 VERSION = 1
@@ -111,7 +111,7 @@ def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_
     the meta; sources: the input file names, recorded too.
 
     Everything is checked before anything is written, and the folder is written as OUT.tmp and renamed
-    into place (formats/atomic.py): a failure or Ctrl-C leaves no partial folder, and an earlier data
+    into place (atomic.py): a failure or Ctrl-C leaves no partial folder, and an earlier data
     folder at out_dir is replaced whole. A folder that holds other files is refused, never emptied.
     """
     out = Path(out_dir)

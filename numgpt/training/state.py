@@ -8,7 +8,7 @@
         trainstate.json                  step, optimizer step, the rng's bit_generator.state (JSON-able),
                                          tokens seen, best validation loss, the training config
 
-No pickle anywhere. Writing is atomic (formats/atomic.py's replace_folder_atomically): everything goes
+No pickle anywhere. Writing is atomic (atomic.py's replace_folder_atomically): everything goes
 into a sibling temporary folder, each file is fsync'ed, then the old folder is renamed away, the new one
 renamed into place and the old one deleted. A crash at any moment leaves either the new folder, or the
 old one (under its name or, in the instant between the two renames, under NAME.old, which
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formats.atomic import OLD_SUFFIX, TMP_SUFFIX, replace_folder_atomically
+from ..atomic import OLD_SUFFIX, TMP_SUFFIX, replace_folder_atomically
 from ..formats.hf import load_checkpoint, save_checkpoint
 from ..formats.safetensors import read_safetensors, write_safetensors
 from ..config import GPTConfig
