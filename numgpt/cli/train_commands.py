@@ -184,12 +184,15 @@ def read_text(path: str) -> str:
 
 
 def train_tokenizer(text: str, vocab_size: int):
-    """A new byte-level BPE vocabulary trained on the text (tokenizer/train.py)."""
+    """A new byte-level BPE vocabulary trained on the text (tokenizer/train.py), with progress on stderr."""
+    from ..tokenizer import train_bpe
+    from .progress import progress_reporter
+
+    update, close = progress_reporter(True, "merge", "prepare")
     try:
-        from .. import train_bpe
-    except ImportError:
-        raise NumgptError("this numgpt has no BPE trainer yet; use GPT-2's tokenizer or --tokenizer DIR") from None
-    return train_bpe(text, vocab_size=vocab_size, progress=True)
+        return train_bpe(text, vocab_size=vocab_size, progress=update)
+    finally:
+        close()
 
 
 # ---------------------------------------------------------------- train
