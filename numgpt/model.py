@@ -235,17 +235,24 @@ def check_context(config: GPTConfig, tokens: int, max_new_tokens: int = 0) -> No
                       f"{fix} or pass --sliding-window (sliding_window=True)")
 
 
+def check_finite_weights(params: Params, *, fix: str = "the checkpoint is damaged: download or save it again"
+                         ) -> None:
+    """The one rule for damaged weights: a NumgptError naming the first tensor that holds NaN or inf (and
+    how many), then `fix`, what the caller's user should do."""
+    for name, array in params.items():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise NumgptError(f"the model's weights are not finite: {name} has {bad} NaN/inf values of "
+                              f"{array.size}; {fix}")
+
+
 def check_finite_logits(logits: np.ndarray, params: Params) -> None:
     """Refuse non-finite model output once, naming the cause: a weight tensor holding NaN or inf (a damaged
     checkpoint) or, with finite weights, an overflow. One pass over [B, V]; the weights are scanned only
     when something is wrong."""
     if np.isfinite(logits).all():
         return
-    for name, array in params.items():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise NumgptError(f"the model's weights are not finite: {name} has {bad} NaN/inf values; the "
-                              "checkpoint is damaged: download or save it again")
+    check_finite_weights(params)
     raise NumgptError("the model produced non-finite logits (NaN or inf) from finite weights: an overflow; "
                       "the checkpoint's weights are out of any sane range")
 

@@ -259,9 +259,11 @@ def test_init_with_nan_weights_is_refused_naming_the_tensor(char_data, tmp_path,
     save_checkpoint(model, config, params)
     Tokenizer.load(char_data / "tokenizer").save(model)
     code = run_train(char_data, "--out", tmp_path / "run", "--init", model, "--block-size", 16, "--max-iters", 2)
-    msg = one_line_error(capsys, code)
-    if "weights are not finite" in msg:                           # train's own check (or the loader's)
-        assert "h.0.attn.c_attn.weight" in msg and "NaN" in msg
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("numgpt: error: ") and err.count("\n") == 1, err  # before any progress
+    msg = err.strip()
+    assert "weights are not finite: h.0.attn.c_attn.weight has 3 NaN/inf values" in msg
+    assert "pass another --init" in msg
     assert "intact" not in msg and not (tmp_path / "run" / "latest").exists()
 
 
@@ -279,7 +281,7 @@ def test_divergence_before_any_checkpoint_does_not_claim_one(char_data, tmp_path
         train(state, config, tc, data, tmp_path, on_event=poison)
     assert "diverged at step 3" in str(e.value) and "before any checkpoint was saved" in str(e.value)
     assert "intact" not in str(e.value) and not (tmp_path / "latest").exists()
-    with pytest.raises(NumgptError, match="weights are not finite: wte.weight has inf"):
+    with pytest.raises(NumgptError, match="weights are not finite: wte.weight has 1 NaN/inf values"):
         train(state, config, tc, data, tmp_path)                  # the API refuses such a start too
 
 

@@ -19,7 +19,7 @@ from ..config import PRESETS, GPTConfig
 from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
-from ..training.loop import BEST, LATEST, TrainConfig
+from ..training.loop import BEST, LATEST, TrainConfig, check_trainable_weights
 from ..training.optim import AdamWConfig, ConfigFieldError
 from .paths import check_writable, input_file, output_file, output_folder
 
@@ -238,6 +238,7 @@ def run_train(args) -> int:
             params = init_params(config, np.random.default_rng(tc.seed))
             what = "training from scratch"
         state = new_state(params, seed=tc.seed)
+    check_trainable_weights(state.params)              # before a word of progress (train() checks too)
     print(f"{what}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, n_head "
           f"{config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)

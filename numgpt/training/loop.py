@@ -50,6 +50,7 @@ import numpy as np
 
 from ..formats.hub import RUN_BEST, RUN_LATEST
 from ..config import GPTConfig
+from ..model import check_finite_weights
 from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
@@ -140,7 +141,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     over the ranks, and only rank 0 writes the run folder (config, log, checkpoints)."""
     comm = SingleProcess() if comm is None else comm
     check_setup(config, tc, data)
-    check_finite_weights(state.params)
+    check_trainable_weights(state.params)
     run = Path(run_dir)
     for p in state.params.values():
         comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
@@ -269,15 +270,10 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
     return event
 
 
-def check_finite_weights(params: dict[str, np.ndarray]) -> None:
+def check_trainable_weights(params: dict[str, np.ndarray]) -> None:
     """Refuse weights with NaN or inf (a broken --init model, a damaged checkpoint) before training:
     their first loss would be NaN and the run would look diverged."""
-    for name, p in params.items():
-        bad = p.size - int(np.count_nonzero(np.isfinite(p)))
-        if bad:
-            kind = "NaN" if np.isnan(p).any() else "inf"
-            raise NumgptError(f"weights are not finite: {name} has {kind} ({bad} of {p.size} values); "
-                              "training cannot start from them: pass another --init model or checkpoint")
+    check_finite_weights(params, fix="training cannot start from them: pass another --init model or checkpoint")
 
 
 def diverged_message(run: Path, step: int, what: str) -> str:
