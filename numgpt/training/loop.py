@@ -24,8 +24,10 @@ threads. Only rank 0 writes the run folder.
 One run at a time: rank 0 holds RUN/.lock while it trains (lock.py); a second `train` on the same folder
 is refused before it writes anything. Weights with NaN or inf are refused before the first step.
 
-Interruption: a KeyboardInterrupt between updates saves RUN/latest at the last completed step and
-returns with `interrupted` set. A non-finite loss or gradient stops the run with a NumgptError before the
+Interruption: a KeyboardInterrupt saves RUN/latest at the last completed step and returns with
+`interrupted` set; a Ctrl-C during an optimizer update is held until the update is done
+(`interrupts_held`), so no step is ever half applied, and the threads of a step are released at once
+wherever it lands (parallel.py), so none is left waiting. A non-finite loss or gradient stops the run with a NumgptError before the
 update, so the last good checkpoint (if one was saved) stays intact.
 
 Memory: while `train` runs, glibc's malloc keeps freed memory for reuse (memory.keep_freed_memory, a
@@ -40,11 +42,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -174,7 +178,6 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     first_step = state.step
     boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
     saves = dp.comm.rank == 0                          # only rank 0 writes checkpoints
-    in_update = False
     last_eval = None
     try:
         while True:
@@ -188,19 +191,15 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             norm = clip_grad_norm(grads, tc.optim.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
-            in_update = True
-            adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            boundary_rng = state.rng.bit_generator.state
-            in_update = False
+            with interrupts_held():        # Ctrl-C waits for the update: the model is never half-updated
+                adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
+                state.step += 1
+                state.tokens_seen += tokens_per_step
+                boundary_rng = state.rng.bit_generator.state
             dt = time.perf_counter() - t0
             emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm,
                   "seconds": dt, "tokens_per_s": tokens_per_step / dt})
     except KeyboardInterrupt:
-        if in_update:
-            raise NumgptError(f"interrupted in the middle of an optimizer update; {run / LATEST} "
-                              "holds the last saved step, resume from it with --resume") from None
         state.rng.bit_generator.state = boundary_rng
         if saves:
             save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(),
@@ -208,6 +207,25 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
         emit({"type": "interrupted", "step": state.step, "path": str(run / LATEST)})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval)
     return TrainResult(state=state, last_eval=last_eval)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it when the block ends, so that
+    the optimizer update and the step count it belongs to are done together or not at all. The handler
+    in force before is put back after (and called then, if a SIGINT came). Only the main thread can set
+    signal handlers; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)                 # the default handler raises KeyboardInterrupt here
 
 
 def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:

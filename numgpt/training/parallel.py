@@ -119,13 +119,8 @@ class DataParallel:
             k_flat, k_views = buffers[k]
             if k > 0 or self.comm.rank > 0:
                 k_flat.fill(0)                        # only rank 0's thread 0 adds onto the running sum
-            try:
-                return accumulate_grads(params, config, ids[rows], targets[rows], k_views, scale=scale * weight,
-                                        dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
-            except BaseException:
-                if group is not None:
-                    group.abort()                     # release the threads waiting in the sum below
-                raise
+            return accumulate_grads(params, config, ids[rows], targets[rows], k_views, scale=scale * weight,
+                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
 
         def then_sum(k: int) -> None:
             if group is not None:
@@ -135,7 +130,8 @@ class DataParallel:
                     pass                              # another thread failed; its error is raised
         if not mine and self.comm.rank > 0:
             flat.fill(0)                              # a rank without rows adds nothing
-        loss = self._weighted_mean(mine, n, slice_grads, then_sum)
+        loss = self._weighted_mean(mine, n, slice_grads, then_sum,
+                                   on_error=None if group is None else group.abort)
         self.comm.allreduce_sum(flat)                 # rank order
         if flat is not flat_buffer(grads):
             for name, g in grads.items():
@@ -150,17 +146,25 @@ class DataParallel:
             params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
 
     def _weighted_mean(self, slices: list[slice], n: int, per_slice: Callable[[int, slice, float], float],
-                       then: Callable[[int], None] | None = None) -> float:
+                       then: Callable[[int], None] | None = None,
+                       on_error: Callable[[], None] | None = None) -> float:
         """sum over every rank's slices of weight * per_slice(k, rows, weight), weight = the slice's share
         of the n rows: the batch mean of per-slice means. This rank's slices run at once, one per thread
-        (each calling then(k) after, if given); the per-rank sums are added in rank order (float64)."""
+        (each calling then(k) after, if given); the per-rank sums are added in rank order (float64).
+        on_error() runs when a thread fails at any point, Ctrl-C included (a KeyboardInterrupt can land
+        anywhere in the main thread): it must release the threads waiting for the failed one."""
         values = [0.0] * len(slices)
 
         def run(k: int) -> None:
-            weight = (slices[k].stop - slices[k].start) / max(n, 1)
-            values[k] = weight * per_slice(k, slices[k], weight)
-            if then is not None:
-                then(k)
+            try:
+                weight = (slices[k].stop - slices[k].start) / max(n, 1)
+                values[k] = weight * per_slice(k, slices[k], weight)
+                if then is not None:
+                    then(k)
+            except BaseException:
+                if on_error is not None:
+                    on_error()                        # e.g. abort the thread group's barrier: no hang
+                raise
         run_in_threads(run, len(slices))
         total = np.array([sum(values)], np.float64)
         self.comm.allreduce_sum(total)
