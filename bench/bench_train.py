@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from numgpt.training.memory import keep_freed_memory  # noqa: E402
-from numgpt.training.parallel import DataParallel  # noqa: E402
+from numgpt.training.parallel import DataParallel, flat_zeros_like  # noqa: E402  (grads as train() keeps them)
 from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
 from numgpt.training.data import get_batch  # noqa: E402
 from numgpt.training.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
-from numgpt.params import init_params, zeros_like  # noqa: E402
+from numgpt.params import init_params  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare.txt")
 SEED = 1337
@@ -94,7 +94,7 @@ def numgpt_worker(iters: int, eval_every: int) -> dict:
 
 def numgpt_small_run(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
-    grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(SEED)
+    grads, state, rng = flat_zeros_like(params)[1], init_state(params), np.random.default_rng(SEED)
     dp = DataParallel(thread_count())                # as `numgpt train` runs: rows over the cores
     evals = eval_batches(val, EVAL_ITERS)
     times, losses, curve = [], [], []
@@ -196,7 +196,7 @@ def numgpt_124m_worker() -> dict:
 def numgpt_124m_run() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
-    grads, state, rng = zeros_like(params), init_state(params), np.random.default_rng(0)
+    grads, state, rng = flat_zeros_like(params)[1], init_state(params), np.random.default_rng(0)
     dp = DataParallel(thread_count())
     times = []
     for _ in range(STEPS124 + 1):                                          # the first step warms up
