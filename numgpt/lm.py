@@ -18,7 +18,9 @@ default (temperature 1, no top-k/top-p); greedy when do_sample=False or temperat
 This object is the one facade over the model: the CLI calls only it (and the server and teaching views
 are to), so every job -- text or token-id prompts, streaming with per-token log-probabilities, the
 prompt's own log-probabilities (OpenAI's echo), a cancel between steps -- has one entry point here.
-Bad arguments are NumgptErrors that name the argument and what it accepts.
+Bad arguments are NumgptErrors that name the argument and what it accepts. Underneath, sequences leave
+a running batch between steps (generate.decode_steps takes the ones to stop) and can join one
+(KVCache.join of a newcomer prefilled alone): the pieces a serving engine's slots are made of.
 """
 
 from __future__ import annotations
