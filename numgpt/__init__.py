@@ -6,15 +6,16 @@ The public API (everything else is internal and may change):
     forward, KVCache                          -- the forward pass with its key/value cache (model.py, kvcache.py)
     load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary   -- Hugging Face folders (formats/)
     Tokenizer, train_bpe                      -- byte-level BPE, and training a new vocabulary (tokenizer/)
-    SamplingOptions, GenerationOptions, Completion, Perplexity             -- decoding and scoring (sampling.py, ...)
-    loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset   -- training (training/)
+    SamplingOptions, GenerationOptions, Completion, TokenLogprob, Piece, Perplexity   -- decoding and scoring
+    loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset, train   -- training
+                                              (training/; its communicator seam: training/comm.py)
     NumgptError                               -- every user-facing error (one line, no traceback in the CLI)
 """
 
 from .backprop import accumulate_grads, loss_and_grads
 from .config import PRESETS, GPTConfig
 from .errors import NumgptError
-from .generate import Completion, GenerationOptions
+from .generate import Completion, GenerationOptions, Piece, TokenLogprob
 from .kvcache import KVCache
 from .lm import LanguageModel, NextToken, load
 from .model import forward
@@ -22,10 +23,10 @@ from .sampling import SamplingOptions
 from .scoring import Perplexity
 from .formats import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
 from .tokenizer import Tokenizer, train_bpe
-from .training import AdamWConfig, TrainConfig, load_dataset, prepare
+from .training import AdamWConfig, TrainConfig, load_dataset, prepare, train
 
 __all__ = ["load", "LanguageModel", "NextToken", "GPTConfig", "PRESETS", "forward", "KVCache",
            "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary", "Tokenizer", "train_bpe",
-           "SamplingOptions", "GenerationOptions", "Completion", "Perplexity", "loss_and_grads",
-           "accumulate_grads", "AdamWConfig", "TrainConfig", "prepare", "load_dataset", "NumgptError"]
+           "SamplingOptions", "GenerationOptions", "Completion", "TokenLogprob", "Piece", "Perplexity", "loss_and_grads",
+           "accumulate_grads", "AdamWConfig", "TrainConfig", "prepare", "load_dataset", "train", "NumgptError"]
 __version__ = "0.1.0"

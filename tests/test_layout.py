@@ -1,0 +1,63 @@
+"""The house rules of the package layout, checked on the source: `import numgpt` needs only numpy and
+regex; the core never imports a room; the rooms never import the CLI; the leaf modules import nothing of
+the package but its errors."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numgpt
+
+PACKAGE = Path(numgpt.__file__).parent
+CORE = ["config", "params", "ops", "kvcache", "model", "backprop", "sampling", "generate", "scoring", "lm",
+        "errors", "threads", "atomic"]
+ROOMS = ["formats", "tokenizer", "training", "cli"]
+LEAVES = ["config", "ops", "sampling", "kvcache", "errors", "threads", "atomic"]   # STYLE.md's import direction
+
+
+def package_imports(path: Path) -> set[str]:
+    """The numgpt modules a file imports (absolute names, at any depth of the file)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            target = f"{base}.{node.module}" if node.module else base
+            found |= {target} if node.module else {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("numgpt"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("numgpt")}
+    return found
+
+
+def test_import_numgpt_needs_only_numpy_and_regex():
+    code = ("import sys, numgpt, numgpt.cli; numgpt.cli.build_parser(); "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                 .stdout.split())
+    optional = {"torch", "transformers", "tqdm", "matplotlib", "duckdb", "psycopg", "fastapi", "uvicorn",
+                "mpi4py", "huggingface_hub", "threadpoolctl", "tiktoken", "safetensors"}
+    assert {"numpy", "regex", "numgpt"} <= loaded and not loaded & optional, loaded & optional
+
+
+def test_the_core_imports_no_room_and_the_rooms_no_cli():
+    for name in CORE:
+        rooms = {m for m in package_imports(PACKAGE / f"{name}.py")
+                 if m.split(".")[1] in ROOMS and m.split(".")[1] != "formats"}
+        assert not rooms, (name, rooms)          # lm loads through formats; nothing in the core trains or prints
+    for room in ("formats", "tokenizer", "training"):
+        for path in (PACKAGE / room).glob("*.py"):
+            assert not {m for m in package_imports(path) if m.startswith("numgpt.cli")}, path
+
+
+def test_leaf_modules_import_only_errors():
+    for name in LEAVES:
+        allowed = {"numgpt.errors", f"numgpt.{name}"} | ({"numgpt.config"} if name == "kvcache" else set()) \
+            | ({"numgpt.ops"} if name == "sampling" else set())
+        assert package_imports(PACKAGE / f"{name}.py") <= allowed, (name, package_imports(PACKAGE / f"{name}.py"))
+    for path in (PACKAGE / "tokenizer").glob("*.py"):
+        outside = {m for m in package_imports(path) if not m.startswith("numgpt.tokenizer")}
+        assert outside <= {"numgpt.errors", "numgpt.atomic"}, (path, outside)
