@@ -72,7 +72,7 @@ def register(sub) -> None:
     tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder (default: GPT-2's)")
     tok.add_argument("--vocab-size", type=int, metavar="N",
                      help="train a new byte-level BPE of N tokens on the text (256 = bytes only)")
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+    p.add_argument("--val-fraction", type=float, metavar="X", default=VAL_FRACTION,
                    help=f"share of characters for validation, > 0 and < 1 ({VAL_FRACTION})")
     p.set_defaults(run=run_prepare)
 
@@ -88,32 +88,33 @@ def register(sub) -> None:
                    "to its step)")
     t.add_argument("--init", metavar="MODEL", help="fine-tune from a GPT-2 folder or a cached model name")
     m = t.add_argument_group("model (from scratch)")
-    m.add_argument("--preset", choices=sorted(PRESETS), help="a model shape from numgpt's presets")
-    m.add_argument("--n-layer", type=int, help=f"transformer blocks ({SCRATCH_SHAPE['n_layer']})")
-    m.add_argument("--n-head", type=int, help=f"attention heads ({SCRATCH_SHAPE['n_head']})")
-    m.add_argument("--n-embd", type=int, help=f"channels ({SCRATCH_SHAPE['n_embd']})")
+    m.add_argument("--preset", choices=sorted(PRESETS), help="a model shape from numgpt's presets: gpt2 (124M) ... gpt2-xl (1558M) as published, or tiny "
+                   "(2 layers, 32 channels, 64 positions, for a quick try)")
+    m.add_argument("--n-layer", type=int, metavar="N", help=f"transformer blocks ({SCRATCH_SHAPE['n_layer']})")
+    m.add_argument("--n-head", type=int, metavar="N", help=f"attention heads ({SCRATCH_SHAPE['n_head']})")
+    m.add_argument("--n-embd", type=int, metavar="N", help=f"channels ({SCRATCH_SHAPE['n_embd']})")
     o = t.add_argument_group("training")
-    o.add_argument("--block-size", type=int, help=f"context length of the training windows ({TC.block_size})")
-    o.add_argument("--batch-size", type=int, help=f"windows per micro-batch ({TC.batch_size})")
-    o.add_argument("--grad-accum", type=int, help=f"micro-batches per update ({TC.grad_accum})")
-    o.add_argument("--max-iters", type=int, help=f"optimizer updates in all ({TC.max_iters})")
-    o.add_argument("--lr", type=float, help=f"peak learning rate ({OPT.lr})")
-    o.add_argument("--min-lr", type=float, help=f"learning-rate floor of the cosine ({OPT.min_lr})")
-    o.add_argument("--warmup-iters", type=int, help=f"linear warmup steps ({OPT.warmup_iters})")
-    o.add_argument("--lr-decay-iters", type=int, help="step where the cosine reaches --min-lr (= --max-iters)")
-    o.add_argument("--weight-decay", type=float,
+    o.add_argument("--block-size", type=int, metavar="N", help=f"context length of the training windows ({TC.block_size})")
+    o.add_argument("--batch-size", type=int, metavar="N", help=f"windows per micro-batch ({TC.batch_size})")
+    o.add_argument("--grad-accum", type=int, metavar="N", help=f"micro-batches per update ({TC.grad_accum})")
+    o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates in all ({TC.max_iters})")
+    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({OPT.lr})")
+    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor of the cosine ({OPT.min_lr})")
+    o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup steps ({OPT.warmup_iters})")
+    o.add_argument("--lr-decay-iters", type=int, metavar="N", help="step where the cosine reaches --min-lr (= --max-iters)")
+    o.add_argument("--weight-decay", type=float, metavar="X",
                    help=f"AdamW decoupled weight decay on matrices ({OPT.weight_decay})")
     o.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on wte/wpe")
-    o.add_argument("--beta1", type=float, help=f"Adam beta1 ({OPT.beta1})")
-    o.add_argument("--beta2", type=float, help=f"Adam beta2 ({OPT.beta2})")
-    o.add_argument("--grad-clip", type=float,
+    o.add_argument("--beta1", type=float, metavar="X", help=f"Adam beta1 ({OPT.beta1})")
+    o.add_argument("--beta2", type=float, metavar="X", help=f"Adam beta2 ({OPT.beta2})")
+    o.add_argument("--grad-clip", type=float, metavar="X",
                    help=f"clip the gradients' global norm to this, 0 = off ({OPT.grad_clip})")
-    o.add_argument("--dropout", type=float, help=f"GPT-2 dropout probability ({TC.dropout})")
-    o.add_argument("--eval-interval", type=int,
+    o.add_argument("--dropout", type=float, metavar="X", help=f"GPT-2 dropout probability ({TC.dropout})")
+    o.add_argument("--eval-interval", type=int, metavar="N",
                    help=f"evaluate and save every N steps; 0 = only at the end ({TC.eval_interval})")
-    o.add_argument("--eval-iters", type=int, help=f"batches per loss estimate ({TC.eval_iters})")
-    o.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout ({TC.seed})")
-    o.add_argument("--threads", type=int, help="split each batch's rows over N >= 1 threads (default: the "
+    o.add_argument("--eval-iters", type=int, metavar="N", help=f"batches per loss estimate ({TC.eval_iters})")
+    o.add_argument("--seed", type=int, metavar="N", help=f"seed of initialisation, batches and dropout ({TC.seed})")
+    o.add_argument("--threads", type=int, metavar="N", help="split each batch's rows over N >= 1 threads (default: the "
                    f"environment's {THREADS_ENV} if set, else all cores; recorded in the run: float32 sums, "
                    "hence losses, depend on it; each thread past the first keeps its own gradient copy, "
                    "4 bytes per parameter)")
