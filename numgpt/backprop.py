@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
+from .model import check_context
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
                   layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
@@ -80,9 +81,7 @@ def check_batch(config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> None
     """Refuse batches the model cannot take (wrong shape, ids out of range, too long for wpe)."""
     if ids.ndim != 2 or ids.shape != targets.shape:
         raise NumgptError(f"ids and targets must both be [batch, time], got {ids.shape} and {targets.shape}")
-    if ids.shape[1] > config.n_positions:
-        raise NumgptError(f"block size {ids.shape[1]} exceeds the model's n_positions {config.n_positions}; "
-                          "use a smaller --block-size")
+    check_context(config, ids.shape[1], fix="use a smaller --block-size")
     for name, a in (("ids", ids), ("targets", targets)):
         if a.size and (a.min() < 0 or a.max() >= config.vocab_size):
             raise NumgptError(f"{name} must be in 0..{config.vocab_size - 1}, got {a.min()}..{a.max()}; "

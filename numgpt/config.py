@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NumgptError
+from .errors import NumgptError, whole_number
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,12 @@ class GPTConfig:
     eos_token_id: int | None = 50256
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise NumgptError(f"GPTConfig.{name} must be a whole number, got {value!r} ({type(value).__name__})")
-            if value <= 0:
-                raise NumgptError(f"GPTConfig.{name} must be positive, got {value}")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):   # plain ints from here on
+            object.__setattr__(self, name, whole_number(f"GPTConfig.{name}", getattr(self, name), minimum=1))
         for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise NumgptError(f"GPTConfig.{name} must be a whole number or null, got {value!r}")
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, whole_number(f"GPTConfig.{name}", getattr(self, name), minimum=0,
+                                                            extra=" or null"))
         if isinstance(self.layer_norm_epsilon, bool) or not isinstance(self.layer_norm_epsilon, (int, float)) \
                 or not self.layer_norm_epsilon > 0:
             raise NumgptError(f"GPTConfig.layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")

@@ -15,8 +15,8 @@ completion only, not across the prompt's end); plus sliding_window / window_stri
 logprobs (k: each new token's log-probability and its k most likely alternatives). Sampling is on by
 default (temperature 1, no top-k/top-p); greedy when do_sample=False or temperature=0.
 
-This object is the one facade over the model: the CLI calls only it (and the server and teaching views
-are to), so every job -- text or token-id prompts, streaming with per-token log-probabilities, the
+This object is the one facade over the model: the CLI's model commands call only it (and the planned
+server and teaching views are meant to), so every job -- text or token-id prompts, streaming with per-token log-probabilities, the
 prompt's own log-probabilities (OpenAI's echo), a cancel between steps -- has one entry point here.
 Bad arguments are NumgptErrors that name the argument and what it accepts. Underneath, sequences leave
 a running batch between steps (generate.decode_steps takes the ones to stop) and can join one
@@ -39,9 +39,9 @@ from .formats.hub import hf_cache_dir, resolve_model
 from .config import GPTConfig
 from .errors import NumgptError, describe, whole_number
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
-                       generate_completions, stream_completions, top_logprobs)
+                       generate_completions, stream_completions, token_logprob_rows, top_logprobs)
 from .model import check_finite_logits, forward
-from .ops import log_softmax, softmax
+from .ops import softmax
 from .params import Params
 from .sampling import SamplingOptions
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
@@ -72,7 +72,7 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     cache_dir: the Hugging Face hub cache to look in (default ~/.cache/huggingface/hub; the CLI honours
         HF_HUB_CACHE / HF_HOME, this function reads no environment variables).
     mmap: memory-map every weight as stored instead of copying the blocks' linear weights into memory
-        stored [out, in] (the default, see checkpoint.load_checkpoint): loads in milliseconds and keeps
+        stored [out, in] (the default, see formats.hf.load_checkpoint): loads in milliseconds and keeps
         no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
         ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
     threads: threads that read the weights (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
@@ -99,7 +99,7 @@ def builtin_model_folder() -> Path:
 @dataclass
 class LanguageModel:
     """A GPT-2 model ready to use: config, parameters (GPT-2 names, [in, out] weights; `load` stores the
-    blocks' linear weights [out, in] behind [in, out] views, see load_checkpoint), tokenizer."""
+    blocks' linear weights [out, in] behind [in, out] views, see formats.hf.load_checkpoint), tokenizer."""
 
     config: GPTConfig
     params: Params
@@ -118,7 +118,7 @@ class LanguageModel:
         return encode_text(self.tokenizer, _text("text", text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(_token_ids("ids", ids))
+        return self.tokenizer.decode(_token_ids("ids", ids, allow_empty=True))
 
     def logits(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Logits at every position: ids [T] -> float32 [T, V], or a batch of equal-length rows
@@ -171,17 +171,25 @@ class LanguageModel:
         is > 1). A list of prompts: a list with one entry per prompt, each a str or (num_return_sequences
         > 1) a list of strs. Options: see the module docstring and `generation_options`.
         """
-        _, single = self._prompts(prompt)
-        texts = [c.text for c in self.completions(prompt, **options)]
-        n = options.get("num_return_sequences", 1)
+        prompts, single = self._prompts(prompt)
+        opts = checked_options(options)
+        texts = [c.text for c in generate_completions(self.params, self.config, self.tokenizer, prompts, opts)]
+        n = opts.num_return_sequences
         per_prompt = texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
         return per_prompt[0] if single else per_prompt
 
     def stream(self, prompt: Prompt, *, progress: Progress | None = None,
                cancel: Callable[[], bool] | None = None, **options: Any) -> Iterator[str]:
         """Yield the new text piece by piece as it is generated (UTF-8 safe; text that could still be the
-        start of a stop string is held back). The pieces concatenate to what `generate` returns."""
-        for piece in self.stream_pieces(prompt, progress=progress, cancel=cancel, **options):
+        start of a stop string is held back). The pieces concatenate to what `generate` returns.
+        One prompt and one sample; `stream_pieces` streams several, each piece naming its sequence."""
+        prompts, single = self._prompts(prompt)
+        opts = checked_options(options)
+        if not single or opts.num_return_sequences != 1:
+            raise NumgptError("stream() takes one prompt and one sample; use stream_pieces() for more "
+                              "(each piece says which sequence it belongs to), or generate()")
+        for piece in stream_completions(self.params, self.config, self.tokenizer, prompts, opts,
+                                        progress=progress, cancel=cancel):
             if piece.text:
                 yield piece.text
 
@@ -227,8 +235,7 @@ class LanguageModel:
         if len(ids) < 2:
             return [None] * len(ids)
         logits = self.logits(ids[:-1])                                          # [T-1, V]
-        logp = log_softmax(logits.astype(np.float64))
-        return [None] + [TokenLogprob(t, float(row[t]), top_logprobs(row, top)) for row, t in zip(logp, ids[1:])]
+        return [None] + token_logprob_rows(logits, np.asarray(ids[1:]), top)
 
     def score(self, text: str, *, stride: int | None = None, bos: bool | None = None,
               progress: Progress | None = None) -> Perplexity:
@@ -259,15 +266,16 @@ def _is_id(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _token_ids(name: str, ids: object, vocab_size: int | None = None) -> list[int]:
-    """A list of token ids, checked: ints (not bools), in the vocabulary when its size is given."""
+def _token_ids(name: str, ids: object, vocab_size: int | None = None, *, allow_empty: bool = False) -> list[int]:
+    """A list of token ids, checked: ints (not bools), in the vocabulary when its size is given, not
+    empty unless allowed."""
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple, np.ndarray)):
         raise NumgptError(f"{name} must be a list of token ids, got {describe(ids)}")
     bad = [t for t in ids if not _is_id(t)]
     if bad:
         raise NumgptError(f"{name} must hold token ids (ints), got {describe(bad[0])}")
     out = [int(t) for t in ids]
-    if not out:
+    if not out and not allow_empty:
         raise NumgptError(f"{name} is empty: give at least one token id")
     if vocab_size is not None and not all(0 <= t < vocab_size for t in out):
         raise NumgptError(f"{name}: token ids must be in 0..{vocab_size - 1}, got {min(out)}..{max(out)}")

@@ -6,7 +6,7 @@
 
 Parameters are a dict of GPT-2's names (see params.py) with every linear weight shaped [in, out]; the
 arrays may be read-only memory maps of a checkpoint, nothing here writes to them. numgpt.load hands in the
-blocks' linear weights as [in, out] views of [out, in] copies (checkpoint.load_checkpoint, for_inference),
+blocks' linear weights as [in, out] views of [out, in] copies (formats.hf.load_checkpoint, for_inference),
 which decode steps multiply the way OpenBLAS runs fastest (ops.linear_into). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
@@ -222,17 +222,20 @@ def _check_ids(ids: np.ndarray, config: GPTConfig) -> np.ndarray:
     return ids
 
 
-def check_context(config: GPTConfig, tokens: int, max_new_tokens: int = 0) -> None:
-    """The one context rule: `tokens` (a prompt, or everything a row has seen) plus max_new_tokens must fit
-    in n_positions, GPT-2's learned positions; else a one-line NumgptError that says how to fix it."""
+def check_context(config: GPTConfig, tokens: int, max_new_tokens: int = 0, *, fix: str | None = None) -> None:
+    """The one context rule: `tokens` (a prompt, a training window, everything a row has seen) plus
+    max_new_tokens must fit in n_positions, GPT-2's learned positions; else a one-line NumgptError ending in
+    `fix`, what the caller's user can do (default: the generation advice)."""
     if tokens + max_new_tokens <= config.n_positions:
         return
-    room = config.n_positions - tokens
-    fix = f"lower --max-new-tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt"
+    if fix is None:
+        room = config.n_positions - tokens
+        fix = (f"lower --max-new-tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt") \
+            + " or pass --sliding-window (sliding_window=True)"
     asked = f"{tokens} tokens + max_new_tokens {max_new_tokens} = {tokens + max_new_tokens}" if max_new_tokens \
         else f"{tokens} tokens"
     raise NumgptError(f"context overflow: {asked} > the model's context of n_positions={config.n_positions}; "
-                      f"{fix} or pass --sliding-window (sliding_window=True)")
+                      f"{fix}")
 
 
 def check_finite_weights(params: Params, *, fix: str = "the checkpoint is damaged: download or save it again"
@@ -259,7 +262,8 @@ def check_finite_logits(logits: np.ndarray, params: Params) -> None:
 
 def _check_context(config: GPTConfig, cache: KVCache | None, positions: np.ndarray, t: int) -> None:
     if positions.max() >= config.n_positions:
-        check_context(config, int(positions.max()) + 1)
+        check_context(config, int(positions.max()) + 1, fix="shorten the input, or re-prefill its last tokens "
+                      "into a reset cache (generate's sliding window)")
     if cache is not None and cache.length + t > cache.max_len:
         raise NumgptError(f"KV cache full: {cache.length} cached + {t} new tokens exceed its max_len "
                           f"{cache.max_len}; allocate a longer cache")

@@ -198,7 +198,7 @@ FEW_ROWS = 16   # below this many rows, products with a [out, in] weight go as w
 def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`linear` written into a preallocated `out` (2-D x only, so BLAS sees one matrix product).
 
-    A weight stored [out, in] (w.T C-ordered: checkpoint.load_checkpoint(for_inference=True)) and fewer
+    A weight stored [out, in] (w.T C-ordered: formats.hf.load_checkpoint(for_inference=True)) and fewer
     than FEW_ROWS rows -- a decode step -- multiply as w.T @ x.T: OpenBLAS streams the row-major weight
     through its matrix-vector style kernel, ~1.5x faster than `x @ w` at 2-8 rows, equal at 1 (measured
     in BENCHMARKS.md, Inference). Bigger batches take `x @ w` in either layout.

@@ -287,8 +287,8 @@ SHAPE = '"vocab_size": 50257, "n_positions": 1024, "n_layer": 2'   # with n_embd
     ("[1, 2]", "not an object"),
     ('{' + SHAPE + ', "n_embd": 10, "n_head": 3}', "divisible"),
     ('{"model_type": "llama"}', "llama"),
-    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": -1') + ', "n_embd": 8, "n_head": 2}', "positive"),
-    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": "4"') + ', "n_embd": 8, "n_head": 2}', "n_layer must be a whole number, got '4' (str)"),
+    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": -1') + ', "n_embd": 8, "n_head": 2}', "GPTConfig.n_layer must be >= 1, got -1"),
+    ('{' + SHAPE.replace('"n_layer": 2', '"n_layer": "4"') + ', "n_embd": 8, "n_head": 2}', "n_layer must be a whole number (an int), got '4' (str)"),
     ('{' + SHAPE + '}', "n_embd, n_head missing"),
 ], ids=["not-json", "list", "indivisible", "other-model", "negative", "string", "shape-missing"])
 def test_bad_config_json_raises(tiny_folder, text, pattern):

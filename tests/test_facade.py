@@ -136,3 +136,14 @@ def test_load_takes_its_thread_count_from_the_caller(builtin):
     one = numgpt.load(threads=1)
     np.testing.assert_array_equal(one.logits([10, 70, 476]), builtin.logits([10, 70, 476]))
     assert all(np.array_equal(one.params[k], builtin.params[k]) for k in builtin.params)
+
+
+def test_stream_takes_one_prompt_and_one_sample_and_decode_takes_nothing(builtin):
+    for call in (lambda: list(builtin.stream(["ROMEO:", "JULIET:"])),
+                 lambda: list(builtin.stream("ROMEO:", num_return_sequences=2))):
+        with pytest.raises(NumgptError, match="stream_pieces"):
+            call()
+    assert builtin.decode([]) == ""
+    pieces = list(builtin.stream_pieces(["ROMEO:", "JULIET:"], max_new_tokens=5, seed=2))
+    texts = ["".join(p.text for p in pieces if p.sequence == i) for i in range(2)]
+    assert texts == builtin.generate(["ROMEO:", "JULIET:"], max_new_tokens=5, seed=2)

@@ -189,9 +189,9 @@ def test_bad_input_gets_one_line_errors(char_data, gpt2_data, hf_gpt2_vocab_ckpt
     assert "another tokenizer" in msg
     msg = one_line_error(capsys, run_train(gpt2_data, "--init", hf_gpt2_vocab_ckpt.folder, "--out", tmp_path / "x",
                                            "--block-size", 300))
-    assert "n_positions 256" in msg
+    assert "300 tokens > the model's context of n_positions=256; pass a smaller --block-size" in msg
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--lr", 0))
-    assert "--lr must be positive" in msg
+    assert "--lr must be a finite number > 0, got 0.0" in msg
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--n-head", 3, "--n-embd", 16))
     assert "divisible" in msg
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "none", "--resume"))

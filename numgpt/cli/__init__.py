@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)
         return 2
     except OSError as e:  # permission, a folder where a file should be, a full disk: say which path and why
-        if isinstance(e, BrokenPipeError):
+        if isinstance(e, BrokenPipeError):             # `numgpt generate ... | head`
             return 0
         where = f"{e.filename}: " if e.filename else ""
         print(f"numgpt: error: {where}{e.strerror or e}", file=sys.stderr)
@@ -93,5 +93,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("numgpt: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `numgpt generate ... | head`
-        return 0

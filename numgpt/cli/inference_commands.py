@@ -1,8 +1,8 @@
 """`numgpt generate`, `numgpt next`, `numgpt perplexity` and `numgpt info`: using a GPT-2 model.
 
 Only this module reads flags, stdin and the environment (the Hugging Face cache location), prints, and
-draws progress bars; the work is done by the LanguageModel facade (numgpt.lm), the only model API these
-commands call. Options are checked before the model loads, so a bad flag fails at once. Defaults shown in
+draws progress bars; generate, next and perplexity work through the LanguageModel facade (numgpt.lm)
+alone, and info reads a folder's files through numgpt.formats without loading the weights. Options are checked before the model loads, so a bad flag fails at once. Defaults shown in
 --help come from the option dataclasses (GenerationOptions, SamplingOptions), not restated here.
 """
 

@@ -18,12 +18,13 @@ def progress_reporter(enabled: bool, unit: str, what: str, *, stream: TextIO | N
     """(update(done, total), close()): a tqdm bar when `stream` (stderr) is a terminal, else a line per
     `every` seconds; nothing at all when not enabled (--quiet)."""
     stream = sys.stderr if stream is None else stream
+    terminal = stream.isatty()                         # asked once: update runs once per token or window
     state: dict = {"start": time.monotonic(), "last": time.monotonic()}
 
     def update(done: int, total: int) -> None:
         if not enabled:
             return
-        if stream.isatty():
+        if terminal:
             if "bar" not in state:
                 from tqdm import tqdm
                 state["bar"] = tqdm(total=total, unit=unit, file=stream, dynamic_ncols=True, leave=False)

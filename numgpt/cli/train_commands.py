@@ -269,13 +269,14 @@ def check_run_folder(run: Path) -> Path:
 def load_resume_checkpoint(run: Path, name: str):
     """load_train_checkpoint(RUN/name); a damaged one is refused with the way out that exists: the
     other checkpoint of the run (--resume-from), or a fresh start."""
+    from ..atomic import OLD_SUFFIX
     from ..training.state import load_train_checkpoint
 
     folder = run / name
     try:
         return load_train_checkpoint(folder)
     except NumgptError as e:
-        if not any(f.exists() for f in (folder, folder.with_name(folder.name + ".old"))):
+        if not any(f.exists() for f in (folder, folder.with_name(folder.name + OLD_SUFFIX))):
             raise                                   # no checkpoint at all: the message says what to do
         other = BEST if name == LATEST else LATEST
         step = checkpoint_step(run / other)
@@ -445,8 +446,6 @@ def train_config_from_args(args, base: TrainConfig, *, data_dir: str) -> TrainCo
         optim["decay_embeddings"] = False
     if "decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters:
         optim["decay_iters"] = changes["max_iters"]
-    if args.lr is not None and args.lr <= 0:
-        raise NumgptError(f"--lr must be positive, got {args.lr}")
     if args.lr is not None and args.min_lr is None and base.optim.min_lr > args.lr:
         optim["min_lr"] = args.lr / 10
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_bytes_atomically
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..params import Params, count_params, param_shapes
@@ -111,7 +112,7 @@ def save_checkpoint(folder: str | os.PathLike, config: GPTConfig, params: Params
     shapes = param_shapes(config)
     write_safetensors(folder / WEIGHTS_FILE, {HF_PREFIX + name: params[name] for name in shapes},
                       metadata={"format": "pt"}, dtype=dtype)
-    (folder / CONFIG_FILE).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+    write_bytes_atomically(folder / CONFIG_FILE, (json.dumps(config.to_hf_dict(), indent=2) + "\n").encode())
     if tokenizer is not None:
         tokenizer.save(folder, overwrite=True)     # a checkpoint save replaces the whole model
     return folder

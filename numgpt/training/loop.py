@@ -53,8 +53,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..formats.hub import RUN_BEST, RUN_LATEST
+from ..atomic import write_bytes_atomically
 from ..config import GPTConfig
-from ..model import check_finite_weights
+from ..model import check_context, check_finite_weights
 from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
@@ -120,9 +121,7 @@ class TrainResult:
 def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
     """Refuse, before any work, what cannot train: windows longer than the model or than a split,
     ids the model has no embedding for."""
-    if tc.block_size > config.n_positions:
-        raise NumgptError(f"block size {tc.block_size} exceeds the model's n_positions {config.n_positions}; "
-                          "pass a smaller --block-size")
+    check_context(config, tc.block_size, fix="pass a smaller --block-size")
     if data.vocab_size > config.vocab_size:
         raise NumgptError(f"the data's tokenizer has {data.vocab_size} ids but the model only {config.vocab_size}; "
                           "prepare the data with the model's tokenizer")
@@ -167,7 +166,8 @@ def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, 
     stack.enter_context(run_lock(run))
     log = RunLog(run / LOG_FILE, keep_until=state.step if state.step > 0 else -1)   # a fresh run: a fresh log
     stack.callback(log.close)
-    (run / CONFIG_FILE).write_text(json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n")
+    write_bytes_atomically(run / CONFIG_FILE,
+                           (json.dumps({"model": config.to_hf_dict(), **tc.to_dict()}, indent=2) + "\n").encode())
     return log
 
 
