@@ -44,6 +44,10 @@ def test_thread_allreduce_is_the_ordered_sum_bit_for_bit():
     as_ranks(3, lambda rank, comm: comm.allreduce_sum(work[rank]))
     for w in work:
         assert np.array_equal(w, ordered)                        # every rank, the same bits
+    work = [b.copy() for b in bufs]
+    as_ranks(3, lambda rank, comm: comm.reduce_sum(work[rank]))  # the threads' sum: into rank 0 only
+    assert np.array_equal(work[0], ordered)
+    assert all(np.array_equal(w, b) for w, b in zip(work[1:], bufs[1:]))    # the others untouched
 
 
 def test_thread_broadcast_and_barrier():
@@ -204,7 +208,7 @@ def test_a_ctrl_c_in_the_main_thread_never_leaves_a_thread_waiting(monkeypatch, 
     rng = np.random.default_rng(1)
     ids = rng.integers(0, CONFIG.vocab_size, (4, 8))
     caller = []                                   # the thread that runs the step: slice 0 runs on it
-    target, name = (parallel, "accumulate_grads") if where == "backward" else (comm.ThreadRank, "allreduce_sum")
+    target, name = (parallel, "accumulate_grads") if where == "backward" else (comm.ThreadRank, "reduce_sum")
     real = getattr(target, name)
 
     def interrupted(*args, **kwargs):

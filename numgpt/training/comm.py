@@ -11,7 +11,8 @@ Backends:
 
     SingleProcess    size 1: every call is a no-op (the default)
     ThreadGroup      `size` threads of one process, one `member(rank)` each; parallel.py sums the
-                     per-thread gradient buffers of a batch with it (rank = thread index)
+                     per-thread gradient buffers of a batch into thread 0's with its `reduce_sum`
+                     (rank = thread index: the same order and bits as its all-reduce, fewer writes)
 
 (An MPI backend, one process per rank, is meant to fit the same interface.)
 
@@ -102,10 +103,18 @@ class ThreadRank:
         self.size = group.size
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
+        self._sum(buf, everywhere=True)
+
+    def reduce_sum(self, buf: np.ndarray) -> None:
+        """Rank 0's buf becomes the sum over ranks (same order and bits as allreduce_sum); the others'
+        bufs are left as they were. What a rank's threads need: only thread 0's gradients are used."""
+        self._sum(buf, everywhere=False)
+
+    def _sum(self, buf: np.ndarray, *, everywhere: bool) -> None:
         _check_flat(buf)
         bufs = self._exchange(buf)
         if any(b.shape != buf.shape or b.dtype != buf.dtype for b in bufs):
-            raise ValueError("allreduce_sum needs buffers of one size and dtype on every rank")
+            raise ValueError("a sum over ranks needs buffers of one size and dtype on every rank")
         n = buf.size
         part = slice(n * self.rank // self.size, n * (self.rank + 1) // self.size)   # this rank's share
         for start in range(part.start, part.stop, CHUNK):
@@ -113,8 +122,9 @@ class ThreadRank:
             total = bufs[0][s]                         # a view: the sum is formed in rank 0's buffer
             for b in bufs[1:]:
                 total += b[s]                          # rank order: ((b0 + b1) + b2) + ...
-            for b in bufs[1:]:
-                b[s] = total
+            if everywhere:
+                for b in bufs[1:]:
+                    b[s] = total
         self.group._barrier.wait()                     # every share written before anyone reads its buf
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:

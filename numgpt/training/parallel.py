@@ -110,7 +110,7 @@ class DataParallel:
         plan = batch_slices(len(ids), self.comm.size, self.threads)
         mine = plan[self.comm.rank]
         rngs = self._slice_rngs(plan, dropout, rng)
-        flat, views = self._flat(grads)
+        flat, views, copied = self._flat(grads)
         buffers = [(flat, views), *self._extra_grads(len(mine) - 1, views)]
         group = ThreadGroup(len(mine)) if len(mine) > 1 else None
         n = len(ids)
@@ -125,7 +125,7 @@ class DataParallel:
         def then_sum(k: int) -> None:
             if group is not None:
                 try:
-                    group.member(k).allreduce_sum(buffers[k][0])    # thread order
+                    group.member(k).reduce_sum(buffers[k][0])       # into thread 0's, in thread order
                 except threading.BrokenBarrierError:
                     pass                              # another thread failed; its error is raised
         if not mine and self.comm.rank > 0:
@@ -133,7 +133,7 @@ class DataParallel:
         loss = self._weighted_mean(mine, n, slice_grads, then_sum,
                                    on_error=None if group is None else group.abort)
         self.comm.allreduce_sum(flat)                 # rank order
-        if flat is not flat_buffer(grads):
+        if copied:
             for name, g in grads.items():
                 g[...] = views[name]
         return loss
@@ -183,18 +183,18 @@ class DataParallel:
         seeds = rng.integers(0, 2**63, count)
         return [np.random.default_rng(seed) for seed in seeds[first:first + len(mine)]]
 
-    def _flat(self, grads: Params) -> tuple[np.ndarray, Params]:
-        """grads' own flat buffer and views, or (for grads that are separate arrays) a flat copy of them,
-        which accumulate_grads writes back at the end."""
+    def _flat(self, grads: Params) -> tuple[np.ndarray, Params, bool]:
+        """(flat buffer, views, copied): grads' own flat buffer and views, or (for grads that are separate
+        arrays) a flat copy of them, which accumulate_grads writes back at the end."""
         flat = flat_buffer(grads)
         if flat is not None:
-            return flat, grads
+            return flat, grads, False
         shapes = {name: g.shape for name, g in grads.items()}
         if self._own is None or {name: v.shape for name, v in self._own[1].items()} != shapes:
             self._own = flat_zeros_like(grads)
         for name, g in grads.items():
             self._own[1][name][...] = g
-        return self._own
+        return (*self._own, True)
 
     def _extra_grads(self, count: int, like: Params) -> list[tuple[np.ndarray, Params]]:
         while len(self.extra_grads) < count:
