@@ -120,3 +120,17 @@ def test_chunked_update_equals_whole_tensor_update():
         np.testing.assert_array_equal(params[name], ref_p)
         np.testing.assert_array_equal(state.m[name], ref_m)
         np.testing.assert_array_equal(state.v[name], ref_v)
+
+
+def test_config_fields_of_the_wrong_kind_are_named():
+    """A damaged train_config.json (or a caller's typo) gives the field's name, not a TypeError."""
+    from numgpt.errors import NumgptError
+    from numgpt.training.loop import TrainConfig
+    for make, words in [(lambda: TrainConfig(batch_size="4"), "TrainConfig.batch_size must be a whole number, got '4'"),
+                        (lambda: TrainConfig(seed=1.5), "TrainConfig.seed must be a whole number, got 1.5"),
+                        (lambda: TrainConfig(dropout=None), "TrainConfig.dropout must be a number, got None"),
+                        (lambda: AdamWConfig(lr="x"), "AdamWConfig.lr must be a number, got 'x'"),
+                        (lambda: AdamWConfig(warmup_iters=True), "AdamWConfig.warmup_iters must be a whole number")]:
+        with pytest.raises(NumgptError) as e:
+            make()
+        assert words in str(e.value)

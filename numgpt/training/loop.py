@@ -59,7 +59,7 @@ from ..model import check_context, check_finite_weights
 from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
-from .optim import AdamWConfig, adamw_step, check_field, clip_grad_norm, learning_rate
+from .optim import AdamWConfig, adamw_step, check_field, check_number_fields, clip_grad_norm, learning_rate
 from .comm import Communicator, SingleProcess
 from .parallel import DataParallel, flat_zeros_like
 from ..threads import single_threaded_blas, thread_count
@@ -95,6 +95,7 @@ class TrainConfig:
     init: str = ""                   # the model fine-tuned from, if any
 
     def __post_init__(self) -> None:
+        check_number_fields(self)
         for name in ("batch_size", "block_size", "grad_accum", "eval_iters"):
             check_field(self, name, getattr(self, name) > 0, "must be positive")
         for name in ("max_iters", "eval_interval", "threads"):

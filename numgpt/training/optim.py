@@ -15,7 +15,9 @@ and the step count; the checkpoint code saves them as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ class AdamWConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
+        check_number_fields(self)
         check_field(self, "lr", math.isfinite(self.lr) and self.lr > 0, "must be a finite number > 0")
         check_field(self, "min_lr", math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr,
                     f"must be in [0, lr={self.lr}]")
@@ -62,6 +65,19 @@ class ConfigFieldError(NumgptError):
     def __init__(self, owner: str, field: str, rule: str, value: object):
         self.field, self.rule, self.value = field, rule, value
         super().__init__(f"{owner}.{field} {rule}, got {value!r}")
+
+
+def check_number_fields(config: object) -> None:
+    """Every int or float field of a config dataclass holds a number of that kind (a string from a
+    damaged JSON file, a bool, or None would otherwise fail later as a TypeError): ConfigFieldError."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.type not in ("int", "float"):
+            continue
+        kind = numbers.Integral if f.type == "int" else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            rule = "must be a whole number" if f.type == "int" else "must be a number"
+            raise ConfigFieldError(type(config).__name__, f.name, rule, value)
 
 
 def check_field(config: object, field: str, ok: bool, rule: str) -> None:
