@@ -134,3 +134,7 @@ def test_config_fields_of_the_wrong_kind_are_named():
         with pytest.raises(NumgptError) as e:
             make()
         assert words in str(e.value)
+    for damaged in ({"bogus": 1}, {"optim": {"lrr": 1}}, {"optim": 5}):   # train_config of a trainstate.json
+        with pytest.raises(NumgptError, match="damaged training config|optim must be an AdamWConfig"):
+            TrainConfig.from_dict(damaged)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()

@@ -101,15 +101,23 @@ class TrainConfig:
         for name in ("max_iters", "eval_interval", "threads"):
             check_field(self, name, getattr(self, name) >= 0, "must be >= 0")
         check_field(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
+        check_field(self, "optim", isinstance(self.optim, AdamWConfig), "must be an AdamWConfig")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The TrainConfig of a train_config dict (trainstate.json); unknown or misshapen fields are a
+        NumgptError saying the file is damaged, not a TypeError."""
         d = dict(d)
-        d["optim"] = AdamWConfig(**d.get("optim", {}))
-        return cls(**d)
+        optim = d.get("optim", {})
+        try:
+            d["optim"] = AdamWConfig(**optim) if isinstance(optim, dict) else optim
+            return cls(**d)
+        except TypeError as e:
+            raise NumgptError(f"a damaged training config ({e}); resume from another checkpoint or start again") \
+                from None
 
 
 @dataclass
