@@ -199,6 +199,25 @@ def train_tokenizer(text: str, vocab_size: int):
 # ---------------------------------------------------------------- train
 
 def run_train(args) -> int:
+    """`numgpt train`, as one process or as one rank of an MPI job (mpiexec -n P numgpt train ...): a rank
+    that fails prints its error and ends the whole job, so no rank waits forever for it."""
+    from ..training.mpi import world
+
+    comm = world(os.environ)
+    try:
+        return _run_train(args, comm)
+    except BaseException as e:
+        if comm.size == 1:
+            raise
+        if not isinstance(e, SystemExit):
+            print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
+                  flush=True)
+        code = 130 if isinstance(e, KeyboardInterrupt) else 2
+        comm.abort(code)
+        os._exit(code)                                 # MPI_Abort may return before the launcher kills us
+
+
+def _run_train(args, comm) -> int:
     from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
     from ..training.data import load_dataset, tokenizer_fingerprint
     from ..params import count_params, init_params
@@ -214,7 +233,9 @@ def run_train(args) -> int:
         raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1 (the threads each batch's rows are split over), got {args.threads}")
-    check_not_locked(run)
+    lead = comm.rank == 0                              # rank 0 alone prints, locks and writes the run folder
+    if lead:
+        check_not_locked(run)
     if resume_from:
         config, state, saved = load_resume_checkpoint(run, resume_from)
         _refuse_shape_flags(args, config, "(on --resume the shape comes from the checkpoint)")
@@ -224,7 +245,7 @@ def run_train(args) -> int:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
                               "another --out (or delete that folder) to start again")
-        tc = train_config_from_args(args, TrainConfig(threads=default_threads()), data_dir=args.data)
+        tc = train_config_from_args(args, TrainConfig(threads=default_threads(comm.size)), data_dir=args.data)
         if args.init:
             folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
             config, params = load_checkpoint(folder)
@@ -240,10 +261,18 @@ def run_train(args) -> int:
             what = "training from scratch"
         state = new_state(params, seed=tc.seed)
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
-    print(f"{what}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, n_head "
+    if comm.size > 1:
+        from ..training.mpi import check_same_everywhere
+        check_same_everywhere(comm, "training options, model and data",
+                              {"train": {k: v for k, v in tc.to_dict().items() if k != "data_dir"},
+                               "model": config.to_hf_dict(), "data": data.meta, "step": state.step})
+    if not lead:
+        return 130 if train(state, config, tc, data, run, comm=comm).interrupted else 0
+    ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
+    print(f"{what}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, n_head "
           f"{config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)
-    result = _train_with_progress(state, config, tc, data, run, train)
+    result = _train_with_progress(state, config, tc, data, run, lambda *a, **kw: train(*a, comm=comm, **kw))
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {run / LATEST}; continue with "
               f"`numgpt train {args.data} --out {run} --resume`", file=sys.stderr)
@@ -311,10 +340,13 @@ def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
     return None
 
 
-def default_threads() -> int:
-    """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else all usable cores."""
+def default_threads(ranks: int = 1) -> int:
+    """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else the usable cores
+    shared among the ranks of this machine (all of them for a single process)."""
     from ..threads import thread_count, threads_from_env
-    return threads_from_env(os.environ) or thread_count()
+    per_host = os.environ.get("MPI_LOCALNRANKS", "")                  # hydra's ranks on this host
+    local = (int(per_host) if per_host.isdigit() else ranks) if ranks > 1 else 1
+    return threads_from_env(os.environ) or max(1, thread_count() // max(1, local))
 
 
 def _train_with_progress(state, config, tc, data, run, train):

@@ -5,6 +5,7 @@
     loop.py       the training loop: steps, evaluation, logging, checkpoints, Ctrl-C
     state.py      resumable checkpoints (weights, moments, rng) written atomically
     comm.py       the communicator (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
+    mpi.py        its MPI backend (mpi4py, one process per rank), exact in rank order; the launcher check
     parallel.py   a batch's rows split over ranks and threads, gradients summed in a fixed order
     memory.py     glibc malloc told to keep freed memory while training (a context manager)
     lock.py       RUN/.lock: one training at a time per run folder (flock, released however the process ends)

@@ -14,7 +14,7 @@ Backends:
                      per-thread gradient buffers of a batch into thread 0's with its `reduce_sum`
                      (rank = thread index: the same order and bits as its all-reduce, fewer writes)
 
-(An MPI backend, one process per rank, is meant to fit the same interface.)
+    MPICommunicator  one process per rank (mpi.py, mpi4py): the same order and bits as ThreadGroup
 
 What is guaranteed, for every backend:
 - allreduce_sum adds the ranks' buffers in rank order, (((buf_0 + buf_1) + buf_2) + ...) element by

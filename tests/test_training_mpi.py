@@ -1,0 +1,124 @@
+"""Data-parallel training on MPI (training/mpi.py), through real `mpiexec -n 2` subprocesses: the same
+weights, moments and losses, bit for bit, as one process of two threads; the MPI all-reduce adds in rank
+order; a launcher that is not mpi4py's, ranks that disagree, and a rank killed mid-run all end the job
+with a message, bounded in time, the last checkpoint intact."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from references import reference
+
+from numgpt.training.state import load_train_checkpoint
+
+mpi4py = reference("mpi4py")
+SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "6",
+         "--eval-iters", "2"]
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+
+
+def mpiexec() -> str:
+    mpi4py.get_include                                     # skips the test (with a reason) without mpi4py
+    found = Path(sys.executable).parent / "mpiexec"        # the MPICH wheel's, beside this Python
+    return str(found) if found.exists() else shutil.which("mpiexec") or pytest.skip("no mpiexec on PATH")
+
+
+def numgpt(*args) -> list[str]:
+    return [sys.executable, "-m", "numgpt", *map(str, args)]
+
+
+def run(cmd, timeout=120, **kw):
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, **kw.pop("env", {})},
+                          **kw)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mpi")
+    (folder / "t.txt").write_text(TEXT)
+    done = run(numgpt("prepare", folder / "t.txt", "--out", folder / "d", "--vocab-size", 256))
+    assert done.returncode == 0, done.stderr
+    return folder / "d"
+
+
+def test_two_ranks_of_one_thread_train_the_weights_of_two_threads_bit_for_bit(data, tmp_path):
+    steps = ["--max-iters", 30, "--eval-interval", 10]
+    threads = run(numgpt("train", data, "--out", tmp_path / "threads", *SHAPE, *steps, "--threads", 2))
+    assert threads.returncode == 0, threads.stderr
+    ranks = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "ranks", *SHAPE, *steps,
+                                               "--threads", 1)])
+    assert ranks.returncode == 0, ranks.stderr
+    assert "on 2 ranks x 1 threads" in ranks.stderr and ranks.stderr.count("done: step 30") == 0  # rank 0 prints
+    assert ranks.stdout.count("done: step 30") == 1                                          # once, to stdout
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (tmp_path / "threads" / "latest" / name).read_bytes() == (tmp_path / "ranks" / "latest" / name).read_bytes()
+    losses = [[json.loads(line).get("loss") for line in (tmp_path / run_name / "log.jsonl").read_text().splitlines()]
+              for run_name in ("threads", "ranks")]
+    assert losses[0] == losses[1] and len(losses[0]) > 30
+    assert not (tmp_path / "ranks" / "latest.tmp").exists()
+
+
+def test_the_mpi_allreduce_adds_in_rank_order_on_three_ranks(tmp_path):
+    script = tmp_path / "allreduce.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from numgpt.training.mpi import MPICommunicator\n"
+        "comm = MPICommunicator()\n"
+        "rng = np.random.default_rng(0)\n"
+        "n = 100_003\n"
+        "bufs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(np.float32) for _ in range(3)]\n"
+        "mine = bufs[comm.rank].copy()\n"
+        "comm.allreduce_sum(mine)\n"
+        "ordered = (bufs[0] + bufs[1]) + bufs[2]\n"
+        "other = (bufs[2] + bufs[1]) + bufs[0]\n"
+        "import sys\n"
+        "open(f'{sys.argv[1]}.{comm.rank}', 'w').write(f'{np.array_equal(mine, ordered)} {np.array_equal(ordered, other)}')\n")
+    done = run([mpiexec(), "-n", "3", sys.executable, str(script), str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr
+    for rank in range(3):                        # every rank the rank-order sum; the other order differs
+        assert (tmp_path / f"out.{rank}").read_text() == "True False"
+
+
+def test_a_launcher_that_is_not_mpi4pys_is_refused(data, tmp_path):
+    mpiexec()
+    done = run(numgpt("train", data, "--out", tmp_path / "r", *SHAPE, "--max-iters", 2), env={"PMI_SIZE": "2"})
+    assert done.returncode == 2 and not (tmp_path / "r" / "latest").exists()
+    assert "the launcher started 2 ranks but this process's MPI sees a world of 1" in done.stderr
+
+
+def test_ranks_that_disagree_are_refused_and_every_rank_exits(data, tmp_path):
+    start = time.time()
+    done = run([mpiexec(), "-n", "1", *numgpt("train", data, "--out", tmp_path / "r", *SHAPE, "--max-iters", 2),
+                ":", "-n", "1", *numgpt("train", data, "--out", tmp_path / "r", *SHAPE, "--max-iters", 3)], timeout=60)
+    assert done.returncode != 0 and time.time() - start < 60
+    assert "rank 0 of 2: the ranks disagree on the training options" in done.stderr
+    assert "rank 1 of 2: the ranks disagree" in done.stderr and not (tmp_path / "r" / "latest").exists()
+
+
+def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_is_intact(data, tmp_path):
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, *SHAPE, "--threads", 1,
+                                                           "--max-iters", 100000, "--eval-interval", 20)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "latest" / "trainstate.json").is_file():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    ranks = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m numgpt train {data} --out {run_dir}"],
+                           capture_output=True, text=True)           # the two ranks, not mpiexec itself
+    pids = [int(p) for p in ranks.stdout.split()]
+    assert len(pids) == 2
+    os.kill(max(pids), signal.SIGKILL)                     # one rank dies mid-run
+    proc.communicate(timeout=60)                           # the other does not wait forever
+    assert proc.returncode != 0
+    config, state, _ = load_train_checkpoint(run_dir / "latest")   # intact (atomic swap), loadable
+    assert state.step >= 20
