@@ -122,3 +122,44 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_is_intact(data, tmp_
     assert proc.returncode != 0
     config, state, _ = load_train_checkpoint(run_dir / "latest")   # intact (atomic swap), loadable
     assert state.step >= 20
+
+
+def test_a_run_resumes_on_another_number_of_ranks_bit_for_bit(data, tmp_path):
+    """2 ranks x 1 thread -> 1 process x 2 threads, and back: the same row split, so the same bits as a
+    run that never stopped. The checkpoint does not depend on the world size."""
+    common = [*SHAPE, "--eval-interval", 10, "--lr-decay-iters", 40]
+    straight = run(numgpt("train", data, "--out", tmp_path / "straight", *common, "--max-iters", 40, "--threads", 2))
+    assert straight.returncode == 0, straight.stderr
+    reference_weights = (tmp_path / "straight" / "latest" / "model.safetensors").read_bytes()
+    first = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "a", *common, "--max-iters", 20,
+                                               "--threads", 1)])
+    assert first.returncode == 0, first.stderr
+    then = run(numgpt("train", data, "--out", tmp_path / "a", "--resume", "--max-iters", 40, "--threads", 2))
+    assert then.returncode == 0, then.stderr
+    assert (tmp_path / "a" / "latest" / "model.safetensors").read_bytes() == reference_weights      # 2 -> 1
+    first = run(numgpt("train", data, "--out", tmp_path / "b", *common, "--max-iters", 20, "--threads", 2))
+    assert first.returncode == 0, first.stderr
+    then = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "b", "--resume", "--max-iters", 40,
+                                              "--threads", 1)])
+    assert then.returncode == 0, then.stderr
+    assert (tmp_path / "b" / "latest" / "model.safetensors").read_bytes() == reference_weights      # 1 -> 2
+
+
+def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(data, tmp_path):
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, *SHAPE, "--threads", 1,
+                                                           "--max-iters", 100000, "--eval-interval", 100000)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "log.jsonl").is_file() or (run_dir / "log.jsonl").read_text().count('"step"') < 20:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)                        # Ctrl-C: mpiexec passes it to every rank
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.count("interrupted at step") == 1           # rank 0 says it, once
+    step = int(err.split("interrupted at step ")[1].split(":")[0])
+    assert load_train_checkpoint(run_dir / "latest")[1].step == step
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()
+             if json.loads(line).get("type") == "step"]
+    assert steps == list(range(1, step + 1))               # one continuous log, every step once

@@ -164,7 +164,8 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
         stack.enter_context(keep_freed_memory())      # steps reuse the last one's memory (memory.py)
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
-        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads)
+        stop = stack.enter_context(InterruptFlag()) if comm.size > 1 else None
+        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop)
 
 
 def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, stack: ExitStack) -> "RunLog":
@@ -181,8 +182,11 @@ def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, 
 
 
 def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-          emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray]) -> TrainResult:
-    """The steps and evaluations of `train`, and the clean stop on Ctrl-C."""
+          emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray],
+          stop: "InterruptFlag | None" = None) -> TrainResult:
+    """The steps and evaluations of `train`, and the clean stop on Ctrl-C. With several ranks, `stop`
+    turns Ctrl-C into a flag the ranks agree on at each step boundary, so they all stop at the same step
+    (a rank leaving alone would leave the others waiting in their next collective)."""
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
     first_step = state.step
     boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
@@ -190,6 +194,8 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     last_eval = None
     try:
         while True:
+            if stop is not None and stop.agreed(dp.comm):
+                raise KeyboardInterrupt                # every rank here, at the same step
             if _eval_due(tc, state.step, first_step):
                 last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp, save=saves)
             if state.step >= tc.max_iters:
@@ -235,6 +241,34 @@ def interrupts_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if held and callable(previous):
         previous(signal.SIGINT, None)                 # the default handler raises KeyboardInterrupt here
+
+
+class InterruptFlag:
+    """Ctrl-C as a flag, for ranks that must stop together: inside the block a SIGINT is only recorded,
+    and `agreed(comm)` (called at the same point on every rank) is true on all of them once any rank
+    recorded one. The previous handler is put back on leaving. Main thread only, as signal handlers are."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self) -> "InterruptFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _record(self, signum, frame) -> None:
+        self.seen = True
+
+    def agreed(self, comm: Communicator) -> bool:
+        """Whether any rank has seen a Ctrl-C: one all-reduce of one number, the same answer everywhere."""
+        flag = np.array([1.0 if self.seen else 0.0])
+        comm.allreduce_sum(flag)
+        return bool(flag[0])
 
 
 def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
