@@ -242,3 +242,17 @@ def test_a_ctrl_c_during_the_optimizer_update_is_held_until_it_is_done():
             done.append("update finished")             # the update is not cut short
     assert done == ["update finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+
+
+def test_each_rank_reads_only_its_rows_of_a_batch():
+    from numgpt.training.data import get_batch
+    tokens = np.arange(1000, dtype=np.uint16)
+    whole = get_batch(tokens, 6, 8, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    share = get_batch(tokens, 6, 8, rng, rows=slice(3, 6))          # rank 1 of 2
+    assert all(np.array_equal(a[3:6], b) for a, b in zip(whole, share))
+    after = np.random.default_rng(3)
+    after.integers(0, 992, size=6)
+    assert rng.bit_generator.state == after.bit_generator.state    # the rng moved on as for the whole batch
+    group = ThreadGroup(2)
+    assert [DataParallel(1, group.member(r)).rank_rows(7) for r in range(2)] == [slice(0, 3), slice(3, 7)]

@@ -198,14 +198,18 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """batch_size random windows of tokens: inputs x [B, T] and next-token targets y [B, T] (int64)."""
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator,
+              rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """batch_size random windows of tokens: inputs x [B, T] and next-token targets y [B, T] (int64).
+    rows: read only these rows of the batch (a rank's share: no rank reads windows it does not use); the
+    offsets of all batch_size windows are still drawn, so rng moves on alike on every rank."""
     n = len(tokens)
     if n < block_size + 1:
         raise NumgptError(f"a split has only {n} tokens but one training window needs block_size + 1 = "
                           f"{block_size + 1}; use a smaller --block-size or more text")
     starts = rng.integers(0, n - block_size, size=batch_size)            # [B]
+    if rows is not None:
+        starts = starts[rows]                                            # [B] -> [this rank's rows]
     windows = tokens[starts[:, None] + np.arange(block_size + 1)]        # [B, T + 1]
     windows = windows.astype(np.int64)
     return windows[:, :-1], windows[:, 1:]

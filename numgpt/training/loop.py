@@ -288,9 +288,10 @@ def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfi
         g.fill(0)
     total = 0.0
     for _ in range(tc.grad_accum):
-        x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng)
+        x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng, rows=dp.rank_rows(tc.batch_size))
         total += dp.accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
-                                     dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None)
+                                     dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None,
+                                     total=tc.batch_size)
     return total / tc.grad_accum
 
 
@@ -301,8 +302,9 @@ def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
     out = {}
     for name in ("train", "val"):
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])
-        losses = [dp.loss(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng))
-                  for _ in range(tc.eval_iters)]
+        rows = dp.rank_rows(tc.batch_size)             # each rank reads only its rows
+        losses = [dp.loss(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng, rows),
+                          total=tc.batch_size) for _ in range(tc.eval_iters)]
         out[name] = float(np.mean(losses))
     return out
 

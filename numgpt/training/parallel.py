@@ -103,17 +103,18 @@ class DataParallel:
 
     def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
                          grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
-                         rng: np.random.Generator | None = None) -> float:
+                         rng: np.random.Generator | None = None, total: int | None = None) -> float:
         """`backprop.accumulate_grads` with the batch's rows split over the ranks and threads: adds
         scale * d(mean loss)/d(param) of the whole batch into grads (on every rank) and returns the mean
-        loss. One slice in all is exactly `backprop.accumulate_grads`."""
-        plan = batch_slices(len(ids), self.comm.size, self.threads)
-        mine = plan[self.comm.rank]
+        loss. One slice in all is exactly `backprop.accumulate_grads`. total: ids and targets are only
+        this rank's rows (`rank_rows(total)`) of a batch of `total` rows; None: they are the whole batch."""
+        n = len(ids) if total is None else total
+        plan = batch_slices(n, self.comm.size, self.threads)
+        mine = self._local(plan[self.comm.rank], n, total)
         rngs = self._slice_rngs(plan, dropout, rng)
         flat, views, copied = self._flat(grads)
         buffers = [(flat, views), *self._extra_grads(len(mine) - 1, views)]
         group = ThreadGroup(len(mine)) if len(mine) > 1 else None
-        n = len(ids)
 
         def slice_grads(k: int, rows: slice, weight: float) -> float:
             k_flat, k_views = buffers[k]
@@ -138,12 +139,27 @@ class DataParallel:
                 g[...] = views[name]
         return loss
 
-    def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray) -> float:
+    def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, *,
+             total: int | None = None) -> float:
         """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the ranks
-        and threads; the same value on every rank."""
-        mine = batch_slices(len(ids), self.comm.size, self.threads)[self.comm.rank]
-        return self._weighted_mean(mine, len(ids), lambda k, rows, weight: loss_only(
+        and threads; the same value on every rank. total: as in accumulate_grads."""
+        n = len(ids) if total is None else total
+        mine = self._local(batch_slices(n, self.comm.size, self.threads)[self.comm.rank], n, total)
+        return self._weighted_mean(mine, n, lambda k, rows, weight: loss_only(
             params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
+
+    def rank_rows(self, n: int) -> slice:
+        """This rank's contiguous share of a batch of n rows (the rows it reads and computes)."""
+        r, size = self.comm.rank, self.comm.size
+        return slice(n * r // size, n * (r + 1) // size)
+
+    def _local(self, slices: list[slice], n: int, total: int | None) -> list[slice]:
+        """Slices of the whole batch as indices into what this rank holds: itself for a whole batch, else
+        shifted to the start of rank_rows(n)."""
+        if total is None:
+            return slices
+        first = self.rank_rows(n).start
+        return [slice(s.start - first, s.stop - first) for s in slices]
 
     def _weighted_mean(self, slices: list[slice], n: int, per_slice: Callable[[int, slice, float], float],
                        then: Callable[[int], None] | None = None,
