@@ -163,3 +163,72 @@ def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(da
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()
              if json.loads(line).get("type") == "step"]
     assert steps == list(range(1, step + 1))               # one continuous log, every step once
+
+
+FAKE_SSH = """#!/bin/sh
+# hydra's ssh launcher runs: fakessh [options] HOST COMMAND...; run COMMAND inside HOST's network namespace,
+# with a hostname of its own (a UTS namespace), as a second machine would
+while [ "${1#-}" != "$1" ]; do shift; done
+host=$1; shift
+case $host in
+  10.77.0.1) ns=NS_A; name=numgpt-host-a;;
+  10.77.0.2) ns=NS_B; name=numgpt-host-b;;
+  *) echo "fakessh: unknown host $host" >&2; exit 1;;
+esac
+exec ip netns exec $ns unshare --uts sh -c "hostname $name; $*"
+"""
+
+
+@pytest.fixture
+def two_hosts(tmp_path):
+    """Two test hosts on this machine: network namespaces joined by a veth pair (10.77.0.1, 10.77.0.2),
+    and an ssh stand-in for mpiexec's launcher. Skipped, with the reason, where they cannot be made."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+        pytest.skip("network namespaces need root, iproute2 (ip) and util-linux (unshare)")
+    a, b = f"numgpt_a{os.getpid()}", f"numgpt_b{os.getpid()}"
+    va, vb = f"nga{os.getpid() % 100000}", f"ngb{os.getpid() % 100000}"
+    setup = [f"ip netns add {a}", f"ip netns add {b}", f"ip link add {va} type veth peer name {vb}",
+             f"ip link set {va} netns {a}", f"ip link set {vb} netns {b}",
+             f"ip -n {a} addr add 10.77.0.1/24 dev {va}", f"ip -n {b} addr add 10.77.0.2/24 dev {vb}",
+             f"ip -n {a} link set {va} up", f"ip -n {b} link set {vb} up",
+             f"ip -n {a} link set lo up", f"ip -n {b} link set lo up"]
+    try:
+        for cmd in setup:
+            done = subprocess.run(cmd.split(), capture_output=True, text=True)
+            if done.returncode:
+                pytest.skip(f"cannot make network namespaces here: `{cmd}`: {done.stderr.strip()}")
+        ssh = tmp_path / "fakessh"
+        ssh.write_text(FAKE_SSH.replace("NS_A", a).replace("NS_B", b))
+        ssh.chmod(0o755)
+        yield a, va, ssh
+    finally:
+        subprocess.run(["ip", "netns", "del", a], capture_output=True)
+        subprocess.run(["ip", "netns", "del", b], capture_output=True)   # the veth pair goes with them
+
+
+def tx_bytes(namespace: str, device: str) -> int:
+    return int(subprocess.run(["ip", "netns", "exec", namespace, "cat", f"/sys/class/net/{device}/statistics/tx_bytes"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_two_ranks_on_two_hosts_over_tcp_train_the_weights_of_two_threads(data, tmp_path, two_hosts):
+    """Nothing assumes shared memory: the ranks run in separate network namespaces with hostnames of their
+    own, so MPI treats them as two machines and the gradients cross the veth link."""
+    namespace, device, ssh = two_hosts
+    steps = ["--max-iters", 20, "--eval-interval", 10]
+    threads = run(numgpt("train", data, "--out", tmp_path / "threads", *SHAPE, *steps, "--threads", 2))
+    assert threads.returncode == 0, threads.stderr
+    before = tx_bytes(namespace, device)
+    # One machine's namespaces still share /dev/shm and can read each other's memory, which MPICH and UCX
+    # would use; two machines cannot, so the ranks are held to TCP as between machines: MPICH treats every
+    # rank as remote (MPIR_CVAR_NOLOCAL) and UCX moves bytes by TCP only (UCX_TLS=tcp)
+    job = " ".join([mpiexec(), "-launcher", "ssh", "-launcher-exec", str(ssh), "-hosts", "10.77.0.1,10.77.0.2",
+                    "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp", "-n", "2", *map(str, numgpt("train", data, "--out", tmp_path / "hosts", *SHAPE, *steps,
+                                                "--threads", 1))])
+    done = run(["ip", "netns", "exec", namespace, "unshare", "--uts", "sh", "-c", f"hostname numgpt-host-a; {job}"])
+    assert done.returncode == 0, done.stderr
+    crossed = tx_bytes(namespace, device) - before
+    gradient_bytes = 4 * sum(a.size for a in load_train_checkpoint(tmp_path / "hosts" / "latest")[1].params.values())
+    assert crossed > 20 * gradient_bytes / 2             # at least half of each step's gradients left over TCP
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (tmp_path / "threads" / "latest" / name).read_bytes() == (tmp_path / "hosts" / "latest" / name).read_bytes()
