@@ -232,3 +232,49 @@ def test_two_ranks_on_two_hosts_over_tcp_train_the_weights_of_two_threads(data, 
     assert crossed > 20 * gradient_bytes / 2             # at least half of each step's gradients left over TCP
     for name in ("model.safetensors", "optimizer.safetensors"):
         assert (tmp_path / "threads" / "latest" / name).read_bytes() == (tmp_path / "hosts" / "latest" / name).read_bytes()
+
+
+ZERO_SCRIPT = """
+import json, sys
+import numpy as np
+from numgpt.config import GPTConfig
+from numgpt.params import init_params
+from numgpt.training.data import load_dataset
+from numgpt.training.loop import TrainConfig, train
+from numgpt.training.mpi import MPICommunicator
+from numgpt.training.state import new_state
+data, out, zero = sys.argv[1], sys.argv[2], int(sys.argv[3])
+comm = MPICommunicator()
+config = GPTConfig(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None)
+state = new_state(init_params(config, np.random.default_rng(0)), seed=0)
+tc = TrainConfig(batch_size=6, block_size=32, max_iters=10, eval_interval=5, eval_iters=1, threads=1, zero=zero)
+train(state, config, tc, load_dataset(data), out, comm=comm)
+held = sum(a.nbytes for a in state.optim.m.values()) + sum(a.nbytes for a in state.optim.v.values())
+open(f"{out}.rank{comm.rank}", "w").write(json.dumps({"moment_bytes": held}))
+"""
+
+
+def test_zero_1_gives_the_bits_of_zero_0_with_half_the_optimizer_state_per_rank(data, tmp_path):
+    steps = ["--max-iters", 30, "--eval-interval", 10]
+    runs = {}
+    for zero in (0, 1):
+        done = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / f"z{zero}", *SHAPE, *steps,
+                                                  "--threads", 1, "--zero", zero)])
+        assert done.returncode == 0, done.stderr
+        runs[zero] = tmp_path / f"z{zero}" / "latest"
+    for name in ("model.safetensors", "optimizer.safetensors"):     # one world-size-free checkpoint, same bits
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes()
+    resumed = run(numgpt("train", data, "--out", tmp_path / "z1", "--resume", "--max-iters", 40, "--threads", 2,
+                         "--zero", 0))                             # and it resumes unsharded on one process
+    assert resumed.returncode == 0, resumed.stderr
+    script = tmp_path / "zero.py"
+    script.write_text(ZERO_SCRIPT)
+    held = {}
+    for zero in (0, 1):
+        done = run([mpiexec(), "-n", "2", sys.executable, str(script), str(data), str(tmp_path / f"api{zero}"), str(zero)])
+        assert done.returncode == 0, done.stderr
+        held[zero] = [json.loads((tmp_path / f"api{zero}.rank{r}").read_text())["moment_bytes"] for r in range(2)]
+    assert held[0][0] == held[0][1]                                 # ZeRO-0: every rank holds all
+    assert sum(held[1]) == held[0][0]                               # ZeRO-1: the ranks hold it between them,
+    assert all(0.35 < h / held[0][0] < 0.65 for h in held[1])       # about half each (whole tensors per shard)
+    print("moment bytes per rank: ZeRO-0", held[0], "ZeRO-1", held[1])

@@ -118,6 +118,9 @@ def register(sub) -> None:
                    f"environment's {THREADS_ENV} if set, else all cores; recorded in the run: float32 sums, "
                    "hence losses, depend on it; each thread past the first keeps its own gradient copy, "
                    "4 bytes per parameter)")
+    o.add_argument("--zero", type=int, choices=(0, 1), metavar="{0,1}",
+                   help=f"ZeRO stage under mpiexec: 1 shards AdamW's moments over the ranks (about 1/P of "
+                   f"them each, the same results); 0 = every rank keeps all ({TC.zero})")
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
@@ -460,7 +463,7 @@ def model_config_from_args(args, data, block_size: int) -> GPTConfig:
 TRAIN_FLAGS = {  # flag attribute -> TrainConfig field
     "batch_size": "batch_size", "block_size": "block_size", "grad_accum": "grad_accum", "max_iters": "max_iters",
     "dropout": "dropout", "eval_interval": "eval_interval", "eval_iters": "eval_iters", "seed": "seed",
-    "threads": "threads"}
+    "threads": "threads", "zero": "zero"}
 OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
     "lr": "lr", "min_lr": "min_lr", "warmup_iters": "warmup_iters", "lr_decay_iters": "decay_iters",
     "weight_decay": "weight_decay", "beta1": "beta1", "beta2": "beta2", "grad_clip": "grad_clip"}

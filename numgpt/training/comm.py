@@ -51,6 +51,13 @@ class Communicator(Protocol):
     def barrier(self) -> None:
         """Wait until every rank has called barrier."""
 
+    def reduce_scatter_sum(self, buf: np.ndarray, starts: list[int]) -> None:
+        """In place: on rank r, buf[starts[r]:starts[r+1]] becomes the sum over ranks of that part, added
+        in rank order; the other parts are left unspecified. starts: size + 1 offsets from 0 to buf.size."""
+
+    def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
+        """In place: every rank's buf[starts[r]:starts[r+1]] becomes rank r's (each rank contributes its part)."""
+
 
 class SingleProcess:
     """The communicator of a lone process: rank 0 of 1, and the collectives change nothing."""
@@ -67,6 +74,12 @@ class SingleProcess:
 
     def barrier(self) -> None:
         pass
+
+    def reduce_scatter_sum(self, buf: np.ndarray, starts: list[int]) -> None:
+        _check_flat(buf)
+
+    def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
+        _check_flat(buf)
 
 
 class ThreadGroup:
@@ -137,6 +150,16 @@ class ThreadRank:
 
     def barrier(self) -> None:
         self.group._barrier.wait()
+
+    def reduce_scatter_sum(self, buf: np.ndarray, starts: list[int]) -> None:
+        self._sum(buf, everywhere=True)               # every part summed everywhere: more than is asked
+
+    def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
+        bufs = self._exchange(buf)
+        for r, b in enumerate(bufs):
+            if r != self.rank:
+                buf[starts[r]:starts[r + 1]] = b[starts[r]:starts[r + 1]]
+        self.group._barrier.wait()                     # nobody changes its part before all have copied it
 
     def _exchange(self, buf: np.ndarray) -> list[np.ndarray]:
         """Show buf to the other ranks; returns every rank's buffer once all have arrived."""

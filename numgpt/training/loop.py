@@ -65,6 +65,7 @@ from .parallel import DataParallel, flat_zeros_like
 from ..threads import single_threaded_blas, thread_count
 from .lock import run_lock
 from .state import STATE_FILE, TrainState, save_train_checkpoint
+from .zero import ZeroShards
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -91,6 +92,7 @@ class TrainConfig:
     seed: int = 1337
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     threads: int = 0                 # batch rows split over this many threads (parallel.py); 0: all cores
+    zero: int = 0                    # 1: optimizer state sharded over the ranks (zero.py), same results
     data_dir: str = ""               # recorded for the reader of train_config.json
     init: str = ""                   # the model fine-tuned from, if any
 
@@ -102,6 +104,7 @@ class TrainConfig:
             check_field(self, name, getattr(self, name) >= 0, "must be >= 0")
         check_field(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
         check_field(self, "optim", isinstance(self.optim, AdamWConfig), "must be an AdamWConfig")
+        check_field(self, "zero", self.zero in (0, 1), "must be 0 or 1 (ZeRO stage)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,7 +160,15 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     run = Path(run_dir)
     for p in state.params.values():
         comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
-    dp = DataParallel(tc.threads or thread_count(), comm)
+    shards = flat_params = None
+    if tc.zero:                                       # ZeRO-1 (zero.py): params in one buffer to all-gather
+        shards = ZeroShards(state.params, comm)
+        flat_params, views = flat_zeros_like(state.params)
+        for name, view in views.items():
+            view[...] = state.params[name]
+            state.params[name] = view
+        shards.keep_own_moments(state.optim)
+    dp = DataParallel(tc.threads or thread_count(), comm, None if shards is None else shards.sum_gradients)
     _, grads = flat_zeros_like(state.params)          # one buffer: a sum over ranks is one call
     with ExitStack() as stack:
         log = _open_run(run, config, tc, state, stack) if comm.rank == 0 else None
@@ -165,7 +176,8 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
         stop = stack.enter_context(InterruptFlag()) if comm.size > 1 else None
-        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop)
+        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop,
+                     Zero(shards, flat_params) if shards is not None else None)
 
 
 def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, stack: ExitStack) -> "RunLog":
@@ -183,7 +195,7 @@ def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, 
 
 def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
           emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray],
-          stop: "InterruptFlag | None" = None) -> TrainResult:
+          stop: "InterruptFlag | None" = None, zero: "Zero | None" = None) -> TrainResult:
     """The steps and evaluations of `train`, and the clean stop on Ctrl-C. With several ranks, `stop`
     turns Ctrl-C into a flag the ranks agree on at each step boundary, so they all stop at the same step
     (a rank leaving alone would leave the others waiting in their next collective)."""
@@ -197,17 +209,22 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             if stop is not None and stop.agreed(dp.comm):
                 raise KeyboardInterrupt                # every rank here, at the same step
             if _eval_due(tc, state.step, first_step):
-                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp, save=saves)
+                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp, save=saves, zero=zero)
             if state.step >= tc.max_iters:
                 break
             t0 = time.perf_counter()
             lr = learning_rate(tc.optim, state.step)
             loss = training_loss_and_grads(state, config, tc, data, grads, dp)
-            norm = clip_grad_norm(grads, tc.optim.grad_clip)
+            norm = (clip_grad_norm(grads, tc.optim.grad_clip) if zero is None
+                    else zero.shards.clip(grads, tc.optim.grad_clip))
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
             with interrupts_held():        # Ctrl-C waits for the update: the model is never half-updated
-                adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
+                if zero is None:
+                    adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
+                else:
+                    zero.shards.step(state.params, grads, state.optim, tc.optim, lr, zero.flat_params,
+                                     threads=dp.threads)
                 state.step += 1
                 state.tokens_seen += tokens_per_step
                 boundary_rng = state.rng.bit_generator.state
@@ -216,8 +233,9 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
                   "seconds": dt, "tokens_per_s": tokens_per_step / dt})
     except KeyboardInterrupt:
         state.rng.bit_generator.state = boundary_rng
+        whole = _whole_state(state, zero)             # a collective with ZeRO-1: every rank is here
         if saves:
-            save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(),
+            save_train_checkpoint(run / LATEST, config, whole, train_config=tc.to_dict(),
                                   tokenizer_dir=_tokenizer_dir(data))
         emit({"type": "interrupted", "step": state.step, "path": str(run / LATEST)})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval)
@@ -310,9 +328,11 @@ def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
 
 
 def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-                      emit: Callable[[Event], None], dp: DataParallel | None = None, *, save: bool = True) -> Event:
+                      emit: Callable[[Event], None], dp: DataParallel | None = None, *, save: bool = True,
+                      zero: "Zero | None" = None) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
-    (save=False: every step but the writing, for the ranks other than 0)."""
+    (save=False: every step but the writing, for the ranks other than 0; with ZeRO-1 every rank still
+    takes part in gathering the moments)."""
     losses = estimate_loss(state.params, config, tc, data, dp)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
@@ -324,13 +344,30 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
         state.best_val_loss = val
     event["best"] = improved
     emit(event)
+    whole = _whole_state(state, zero)
     if not save:
         return event
     tok = _tokenizer_dir(data)
-    save_train_checkpoint(run / LATEST, config, state, train_config=tc.to_dict(), tokenizer_dir=tok)
+    save_train_checkpoint(run / LATEST, config, whole, train_config=tc.to_dict(), tokenizer_dir=tok)
     if improved:
-        save_train_checkpoint(run / BEST, config, state, train_config=tc.to_dict(), tokenizer_dir=tok)
+        save_train_checkpoint(run / BEST, config, whole, train_config=tc.to_dict(), tokenizer_dir=tok)
     return event
+
+
+@dataclass
+class Zero:
+    """ZeRO-1's side of a run: the shards, and the flat buffer the parameters are views of."""
+
+    shards: ZeroShards
+    flat_params: np.ndarray
+
+
+def _whole_state(state: TrainState, zero: Zero | None) -> TrainState:
+    """The state to save: as is, or with ZeRO-1 the full moments gathered from their owners (on rank 0;
+    every rank must call it, it is a collective)."""
+    if zero is None:
+        return state
+    return dataclasses.replace(state, optim=zero.shards.full_moments(state.optim, state.params))
 
 
 def check_trainable_weights(params: dict[str, np.ndarray]) -> None:

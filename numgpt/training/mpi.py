@@ -90,13 +90,30 @@ class MPICommunicator:
         P, n = self.size, buf.size
         starts = np.array([n * r // P for r in range(P)], np.int64)      # part r: starts[r] .. starts[r+1]
         counts = np.diff(np.append(starts, n))
-        mine = int(counts[self.rank])
+        total = self._sum_own_part(buf, starts, counts)
+        self.comm.Allgatherv(total, [buf, (counts, starts)])
+
+    def reduce_scatter_sum(self, buf: np.ndarray, starts: list[int]) -> None:
+        """Rank r's part (starts[r] .. starts[r+1]) becomes the sum over ranks in rank order: Alltoallv,
+        then the sums in rank order (ZeRO-1's gradient step, where every rank owns a part)."""
+        own = self._sum_own_part(buf, np.asarray(starts[:-1], np.int64), np.diff(np.asarray(starts, np.int64)))
+        buf[starts[self.rank]:starts[self.rank + 1]] = own
+
+    def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
+        """Every rank's part r becomes rank r's, in place (Allgatherv)."""
+        from mpi4py import MPI
+        counts = np.diff(np.asarray(starts, np.int64))
+        self.comm.Allgatherv(MPI.IN_PLACE, [buf, (counts, np.asarray(starts[:-1], np.int64))])
+
+    def _sum_own_part(self, buf: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """This rank's part of buf summed over the ranks in rank order: ((b0 + b1) + b2) + ... [counts[rank]]"""
+        P, mine = self.size, int(counts[self.rank])
         parts = np.empty((P, mine), buf.dtype)                            # my part of every rank's buffer
         self.comm.Alltoallv([buf, (counts, starts)], [parts, ([mine] * P, [mine * r for r in range(P)])])
         total = parts[0].copy()
         for r in range(1, P):
-            total += parts[r]                                             # rank order: ((b0 + b1) + b2) + ...
-        self.comm.Allgatherv(total, [buf, (counts, starts)])
+            total += parts[r]                                             # rank order
+        return total
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
         self.comm.Bcast(buf, root=root)

@@ -89,9 +89,12 @@ class DataParallel:
     Per-thread gradient buffers (one params-sized flat copy per extra thread used) and workspaces are
     made on first use and reused every step."""
 
-    def __init__(self, threads: int, comm: Communicator | None = None):
+    def __init__(self, threads: int, comm: Communicator | None = None,
+                 sum_grads: Callable[[np.ndarray], None] | None = None):
         self.threads = max(1, threads)
         self.comm = SingleProcess() if comm is None else comm
+        # how the ranks' flat gradients are summed: an all-reduce, or ZeRO-1's reduce-scatter (zero.py)
+        self.sum_grads = self.comm.allreduce_sum if sum_grads is None else sum_grads
         self.workspaces = [Workspace() for _ in range(self.threads)]
         self.extra_grads: list[tuple[np.ndarray, Params]] = []   # (flat, views) of threads 1, 2, ...
         self._own: tuple[np.ndarray, Params] | None = None       # a flat copy of grads that are not flat
@@ -133,7 +136,7 @@ class DataParallel:
             flat.fill(0)                              # a rank without rows adds nothing
         loss = self._weighted_mean(mine, n, slice_grads, then_sum,
                                    on_error=None if group is None else group.abort)
-        self.comm.allreduce_sum(flat)                 # rank order
+        self.sum_grads(flat)                          # over the ranks, in rank order
         if copied:
             for name, g in grads.items():
                 g[...] = views[name]
