@@ -1,14 +1,16 @@
 """Data-parallel training over MPI against threads, on this machine: tokens/s of `numgpt train` as
-1 process x 2 threads, 2 ranks x 1 thread (mpiexec) and 1 x 1, and the time one gradient all-reduce takes.
+1 process x 2 threads, 2 ranks x 1 thread (mpiexec, with and without overlapping the gradient sum with
+the backward) and 1 x 1, and the time one gradient all-reduce takes.
 
     python bench/bench_mpi.py --data DIR                 the nanoGPT CPU config on a prepared char-level folder
     python bench/bench_mpi.py --allreduce                one 124M-sized float32 all-reduce between 2 ranks
     python bench/bench_mpi.py --data DIR --step124m      GPT-2 124M steps (batch 4 x 256) on a GPT-2-tokenized folder
 
 Runs alternate between the layouts, `--rounds` times; tokens/s is the median over steps after the first
-five of each run (from RUN/log.jsonl), and each layout's figure the median over rounds. The all-reduce:
-numgpt's rank-ordered MPICommunicator.allreduce_sum (Alltoallv + Allgatherv) against MPI's own
-Allreduce on the same buffer, medians of `--repeats`.
+five of each run (from RUN/log.jsonl), and each layout's figure the median over rounds. "no overlap" sums
+the gradients after the backward instead of layer by layer during it (--no-overlap). The all-reduce:
+numgpt's MPICommunicator.allreduce_sum against MPI's own Allreduce on the same buffer, medians of
+`--repeats`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 
 NANOGPT = ["--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--batch-size", "12",
            "--eval-interval", "0", "--eval-iters", "1"]
-LAYOUTS = {"1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1), "1 process x 1 thread": (1, 1)}
+LAYOUTS = {"1 process x 2 threads": (1, 2, []), "2 ranks x 1 thread": (2, 1, []),
+           "2 ranks x 1 thread, no overlap": (2, 1, ["--no-overlap"]), "1 process x 1 thread": (1, 1, [])}
 
 
 def mpiexec() -> str:
@@ -38,11 +41,11 @@ GPT2_124M = ["--preset", "gpt2", "--block-size", "256", "--batch-size", "4", "--
 
 
 def tokens_per_second(data: str, ranks: int, threads: int, iters: int, shape: list[str] = NANOGPT,
-                      skip: int = 5) -> float:
+                      skip: int = 5, extra: list[str] = ()) -> float:
     """Median tokens/s over the steps of one `numgpt train` run after its first `skip`."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "numgpt", "train", data, "--out", f"{tmp}/run", *shape,
-               "--max-iters", str(iters), "--threads", str(threads)]
+               "--max-iters", str(iters), "--threads", str(threads), *extra]
         if ranks > 1:
             cmd = [mpiexec(), "-n", str(ranks), *cmd]
         subprocess.run(cmd, check=True, capture_output=True)
@@ -93,8 +96,8 @@ def main() -> None:
     shape, iters, skip = (GPT2_124M, 4, 1) if args.step124m else (NANOGPT, args.iters, 5)
     results: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     for _ in range(args.rounds):
-        for name, (ranks, threads) in LAYOUTS.items():
-            results[name].append(tokens_per_second(args.data, ranks, threads, iters, shape, skip))
+        for name, (ranks, threads, extra) in LAYOUTS.items():
+            results[name].append(tokens_per_second(args.data, ranks, threads, iters, shape, skip, extra))
     base = statistics.median(results["1 process x 2 threads"])
     what = "GPT-2 124M, batch 4 x 256, steps 2-4" if args.step124m else "nanoGPT CPU config"
     print(f"{what}, {iters} steps per run, medians of {args.rounds} rounds")

@@ -20,6 +20,8 @@ Shape legend: B batch, T time, N = B * T rows, C channels, H heads, D head size,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .config import GPTConfig
@@ -59,12 +61,14 @@ def loss_and_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: 
 
 def accumulate_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
                      grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
-                     rng: np.random.Generator | None = None, workspace: Workspace | None = None) -> float:
+                     rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+                     block_done: Callable[[int], None] | None = None) -> float:
     """Add scale * d(loss)/d(param) into grads[name] for every parameter; return the loss.
 
     scale: 1 / micro-batches when accumulating, so the sum is the gradient of the mean loss.
     dropout: GPT-2's embedding/attention/residual dropout probability; needs rng when > 0.
     workspace: reusable big buffers (pass the same one every step); a private one if None.
+    block_done: see `backward`.
     """
     check_batch(config, ids, targets)
     if dropout > 0 and rng is None:
@@ -73,7 +77,7 @@ def accumulate_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets
     logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=ws)
     loss, probs = cross_entropy_forward(logits, targets.reshape(-1))   # [N, V], [N]
     dlogits = cross_entropy_backward(probs, targets.reshape(-1), scale=scale)
-    backward(dlogits, tape, params, config, grads, workspace=ws)
+    backward(dlogits, tape, params, config, grads, workspace=ws, block_done=block_done)
     return loss
 
 
@@ -107,16 +111,22 @@ def forward_for_training(params: Params, config: GPTConfig, ids: np.ndarray, *, 
 
 
 def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params, *,
-             workspace: Workspace | None = None) -> None:
-    """Walk the tape in reverse from d(loss)/d(logits) [N, V], accumulating into grads."""
+             workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> None:
+    """Walk the tape in reverse from d(loss)/d(logits) [N, V], accumulating into grads. block_done(i), if
+    given, is called once block i's gradients are complete (n_layer - 1 first), and block_done(-1) after
+    ln_f's: so a data-parallel caller can start summing them over the ranks while the backward goes on."""
     # logits = xf @ wte^T: the tied output projection adds into the same dwte as the embedding
     dwte = grads["wte.weight"]
     out = None if workspace is None else workspace.get("dwte", dwte.shape, dwte.dtype)
     dwte += np.matmul(dlogits.T, tape["xf"], out=out)                  # [V, N] x [N, C] -> [V, C]
     dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
     dx = layer_norm_backward(dxf, tape["ln_f"], grads["ln_f.weight"], grads["ln_f.bias"])
+    if block_done is not None:
+        block_done(-1)                                                 # ln_f is final
     for i in reversed(range(config.n_layer)):
         dx = block_backward(dx, tape["blocks"][i], params, f"h.{i}.", grads)
+        if block_done is not None:
+            block_done(i)
     embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
 
 

@@ -294,3 +294,37 @@ def test_any_split_keeps_the_loss_curve_within_1e_6_of_the_threaded_run(data, tm
                if e.get("type") == "step"] for r in ("one", "two")]
     assert len(curves[0]) == len(curves[1]) == 100
     assert max(abs(a - b) / abs(a) for a, b in zip(*curves)) < 1e-6
+
+
+OVERLAP_SCRIPT = """
+import sys
+import numpy as np
+import numgpt.training.parallel as parallel
+from numgpt.config import GPTConfig
+from numgpt.params import init_params
+from numgpt.training.mpi import MPICommunicator
+from numgpt.training.parallel import DataParallel, flat_zeros_like
+started = []
+real = parallel.OverlappedSum.block_done
+parallel.OverlappedSum.block_done = lambda self, i: (started.append(i), real(self, i))[1]
+comm = MPICommunicator()
+config = GPTConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=4)
+params = init_params(config, np.random.default_rng(0))
+ids = np.random.default_rng(1).integers(0, 50, (4, 8))
+sums = []
+for overlap in (True, False):
+    _, grads = flat_zeros_like(params)
+    DataParallel(1, comm, overlap=overlap).accumulate_grads(params, config, ids, np.roll(ids, 1, 1), grads)
+    sums.append(grads)
+same = all(np.array_equal(sums[0][k], sums[1][k]) for k in params)
+open(f"{sys.argv[1]}.{comm.rank}", "w").write(f"{started} {same}")
+"""
+
+
+def test_the_gradient_sum_overlaps_the_backward_layer_by_layer_with_the_same_bits(tmp_path):
+    script = tmp_path / "overlap.py"
+    script.write_text(OVERLAP_SCRIPT)
+    done = run([mpiexec(), "-n", "2", sys.executable, str(script), str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr
+    for rank in range(2):           # ln_f's bucket, then blocks 2, 1, 0 as the backward finishes them
+        assert (tmp_path / f"out.{rank}").read_text() == "[-1, 2, 1, 0] True"

@@ -121,6 +121,9 @@ def register(sub) -> None:
     o.add_argument("--zero", type=int, choices=(0, 1), metavar="{0,1}",
                    help=f"ZeRO stage under mpiexec: 1 shards AdamW's moments over the ranks (about 1/P of "
                    f"them each, the same results); 0 = every rank keeps all ({TC.zero})")
+    o.add_argument("--no-overlap", action="store_true",
+                   help="under mpiexec with 2 ranks, sum the gradients after the backward instead of layer by "
+                   "layer during it (the same results; for measuring what the overlap saves)")
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
@@ -479,6 +482,8 @@ def train_config_from_args(args, base: TrainConfig, *, data_dir: str) -> TrainCo
     optim = {field: getattr(args, flag) for flag, field in OPTIM_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_decay_embeddings:
         optim["decay_embeddings"] = False
+    if args.no_overlap:
+        changes["overlap"] = False
     if "decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters:
         optim["decay_iters"] = changes["max_iters"]
     if args.lr is not None and args.min_lr is None and base.optim.min_lr > args.lr:

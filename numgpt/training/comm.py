@@ -41,6 +41,7 @@ class Communicator(Protocol):
 
     rank: int
     size: int
+    can_overlap: bool      # start_allreduce_sum returns requests (else None: sum after the backward)
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
         """In place: buf becomes the sum over ranks of buf, added in rank order 0, 1, .., size-1."""
@@ -58,12 +59,18 @@ class Communicator(Protocol):
     def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
         """In place: every rank's buf[starts[r]:starts[r+1]] becomes rank r's (each rank contributes its part)."""
 
+    def start_allreduce_sum(self, buf: np.ndarray):
+        """Begin allreduce_sum(buf) without waiting, where the backend can do it exactly: a request whose
+        wait() finishes it, and whose test() lets it progress; None where it cannot (then call
+        allreduce_sum). Used to overlap the gradient sum with the backward pass (parallel.py)."""
+
 
 class SingleProcess:
     """The communicator of a lone process: rank 0 of 1, and the collectives change nothing."""
 
     rank = 0
     size = 1
+    can_overlap = False
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
         _check_flat(buf)
@@ -80,6 +87,9 @@ class SingleProcess:
 
     def allgather(self, buf: np.ndarray, starts: list[int]) -> None:
         _check_flat(buf)
+
+    def start_allreduce_sum(self, buf: np.ndarray):
+        return None
 
 
 class ThreadGroup:
@@ -114,6 +124,7 @@ class ThreadRank:
         self.group = group
         self.rank = rank
         self.size = group.size
+        self.can_overlap = False
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
         self._sum(buf, everywhere=True)
@@ -160,6 +171,9 @@ class ThreadRank:
             if r != self.rank:
                 buf[starts[r]:starts[r + 1]] = b[starts[r]:starts[r + 1]]
         self.group._barrier.wait()                     # nobody changes its part before all have copied it
+
+    def start_allreduce_sum(self, buf: np.ndarray):
+        return None                                    # threads sum after their backward (parallel.py)
 
     def _exchange(self, buf: np.ndarray) -> list[np.ndarray]:
         """Show buf to the other ranks; returns every rank's buffer once all have arrived."""

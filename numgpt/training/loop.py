@@ -93,6 +93,7 @@ class TrainConfig:
     optim: AdamWConfig = field(default_factory=AdamWConfig)
     threads: int = 0                 # batch rows split over this many threads (parallel.py); 0: all cores
     zero: int = 0                    # 1: optimizer state sharded over the ranks (zero.py), same results
+    overlap: bool = True             # sum each layer's gradients over the ranks during the backward (parallel.py)
     data_dir: str = ""               # recorded for the reader of train_config.json
     init: str = ""                   # the model fine-tuned from, if any
 
@@ -168,7 +169,8 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             view[...] = state.params[name]
             state.params[name] = view
         shards.keep_own_moments(state.optim)
-    dp = DataParallel(tc.threads or thread_count(), comm, None if shards is None else shards.sum_gradients)
+    dp = DataParallel(tc.threads or thread_count(), comm, None if shards is None else shards.sum_gradients,
+                      overlap=tc.overlap)
     _, grads = flat_zeros_like(state.params)          # one buffer: a sum over ranks is one call
     with ExitStack() as stack:
         log = _open_run(run, config, tc, state, stack) if comm.rank == 0 else None

@@ -77,6 +77,7 @@ class MPICommunicator:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        self.can_overlap = self.size == 2                  # see start_allreduce_sum
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
         """In place: buf becomes the sum over ranks, added in rank order (reduce-scatter by Alltoallv,
@@ -92,6 +93,14 @@ class MPICommunicator:
         counts = np.diff(np.append(starts, n))
         total = self._sum_own_part(buf, starts, counts)
         self.comm.Allgatherv(total, [buf, (counts, starts)])
+
+    def start_allreduce_sum(self, buf: np.ndarray):
+        """A non-blocking exact all-reduce where MPI's own is exact, at two ranks (MPI_Iallreduce); None at
+        more, where the rank order needs the two-phase path of allreduce_sum."""
+        if self.size != 2:
+            return None
+        from mpi4py import MPI
+        return _Request(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
 
     def reduce_scatter_sum(self, buf: np.ndarray, starts: list[int]) -> None:
         """Rank r's part (starts[r] .. starts[r+1]) becomes the sum over ranks in rank order: Alltoallv,
@@ -125,6 +134,19 @@ class MPICommunicator:
         """End every rank of the job now (MPI_Abort): a rank that fails must not leave the others waiting
         forever in their next collective (a plain exit does not stop them)."""
         self.comm.Abort(code)
+
+
+class _Request:
+    """An MPI request as the communicator interface shows it: test() to let it progress, wait() to end it."""
+
+    def __init__(self, request):
+        self._request = request
+
+    def test(self) -> bool:
+        return bool(self._request.Test())
+
+    def wait(self) -> None:
+        self._request.Wait()
 
 
 def check_same_everywhere(comm: Communicator, what: str, value: object) -> None:

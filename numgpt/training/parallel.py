@@ -90,14 +90,16 @@ class DataParallel:
     made on first use and reused every step."""
 
     def __init__(self, threads: int, comm: Communicator | None = None,
-                 sum_grads: Callable[[np.ndarray], None] | None = None):
+                 sum_grads: Callable[[np.ndarray], None] | None = None, *, overlap: bool = True):
         self.threads = max(1, threads)
+        self.overlap = overlap                     # sum each layer's gradients while the backward goes on
         self.comm = SingleProcess() if comm is None else comm
         # how the ranks' flat gradients are summed: an all-reduce, or ZeRO-1's reduce-scatter (zero.py)
         self.sum_grads = self.comm.allreduce_sum if sum_grads is None else sum_grads
         self.workspaces = [Workspace() for _ in range(self.threads)]
         self.extra_grads: list[tuple[np.ndarray, Params]] = []   # (flat, views) of threads 1, 2, ...
         self._own: tuple[np.ndarray, Params] | None = None       # a flat copy of grads that are not flat
+        self._buckets: OverlappedSum | None = None
 
     @property
     def participants(self) -> int:
@@ -119,12 +121,18 @@ class DataParallel:
         buffers = [(flat, views), *self._extra_grads(len(mine) - 1, views)]
         group = ThreadGroup(len(mine)) if len(mine) > 1 else None
 
+        # overlap: with one slice on this rank and a plain all-reduce, each block's gradients start
+        # their sum over the ranks as soon as the backward has finished them (bucketed by layer)
+        overlap = self._overlap(flat, views, config) if len(mine) == 1 and self.sum_grads == self.comm.allreduce_sum \
+            else None
+
         def slice_grads(k: int, rows: slice, weight: float) -> float:
             k_flat, k_views = buffers[k]
             if k > 0 or self.comm.rank > 0:
                 k_flat.fill(0)                        # only rank 0's thread 0 adds onto the running sum
             return accumulate_grads(params, config, ids[rows], targets[rows], k_views, scale=scale * weight,
-                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k])
+                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k],
+                                    block_done=None if overlap is None else overlap.block_done)
 
         def then_sum(k: int) -> None:
             if group is not None:
@@ -136,7 +144,10 @@ class DataParallel:
             flat.fill(0)                              # a rank without rows adds nothing
         loss = self._weighted_mean(mine, n, slice_grads, then_sum,
                                    on_error=None if group is None else group.abort)
-        self.sum_grads(flat)                          # over the ranks, in rank order
+        if overlap is not None and overlap.started:
+            overlap.finish()                          # the blocks' sums, then wte and wpe's
+        else:
+            self.sum_grads(flat)                      # over the ranks, in rank order
         if copied:
             for name, g in grads.items():
                 g[...] = views[name]
@@ -150,6 +161,15 @@ class DataParallel:
         mine = self._local(batch_slices(n, self.comm.size, self.threads)[self.comm.rank], n, total)
         return self._weighted_mean(mine, n, lambda k, rows, weight: loss_only(
             params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
+
+    def _overlap(self, flat: np.ndarray, views: Params, config: GPTConfig) -> "OverlappedSum | None":
+        """The per-layer buckets of the flat gradients, if this communicator can sum them exactly without
+        waiting (comm.start_allreduce_sum); None otherwise."""
+        if self.comm.size == 1 or not self.comm.can_overlap or not self.overlap:
+            return None
+        if self._buckets is None or self._buckets.flat is not flat:
+            self._buckets = OverlappedSum(self.comm, flat, views, config.n_layer)   # made once per buffer
+        return self._buckets
 
     def rank_rows(self, n: int) -> slice:
         """This rank's contiguous share of a batch of n rows (the rows it reads and computes)."""
@@ -219,6 +239,39 @@ class DataParallel:
         while len(self.extra_grads) < count:
             self.extra_grads.append(flat_zeros_like(like))
         return self.extra_grads[:count]
+
+
+class OverlappedSum:
+    """The gradient sum over the ranks bucketed by layer: block_done(i) starts block i's bucket (and -1,
+    ln_f's) while the backward goes on, each later call lets the earlier ones progress, and finish() waits
+    for them and sums what is left (wte and wpe, complete only at the end of the backward). The same bits
+    as one all-reduce of the whole buffer: each element is summed once, by the same exact rule."""
+
+    def __init__(self, comm: Communicator, flat: np.ndarray, views: Params, n_layer: int):
+        self.comm, self.flat, self.requests, self.started = comm, flat, [], False
+        base = flat.__array_interface__["data"][0]
+
+        def span(names: list[str]) -> slice:
+            starts = [(views[n].__array_interface__["data"][0] - base) // 4 for n in names]
+            return slice(min(starts), max(s + views[n].size for s, n in zip(starts, names)))
+        self.buckets = {i: span([n for n in views if n.startswith(f"h.{i}.")]) for i in range(n_layer)}
+        self.buckets[-1] = span([n for n in views if n.startswith("ln_f.")])
+        self.rest = slice(0, min(b.start for b in self.buckets.values()))     # wte, wpe (the schema's order)
+        covered = sorted([(b.start, b.stop) for b in self.buckets.values()] + [(0, self.rest.stop)])
+        if covered[0][0] != 0 or covered[-1][1] != flat.size or any(a[1] != b[0] for a, b in zip(covered, covered[1:])):
+            raise ValueError("the gradient buffer is not laid out in the parameter schema's order")
+
+    def block_done(self, i: int) -> None:
+        for request in self.requests:
+            request.test()                             # progress for the buckets already on their way
+        self.requests.append(self.comm.start_allreduce_sum(self.flat[self.buckets[i]]))
+        self.started = True
+
+    def finish(self) -> None:
+        self.comm.allreduce_sum(self.flat[self.rest])
+        for request in self.requests:
+            request.wait()
+        self.requests, self.started = [], False
 
 
 def add_into(total: Params, parts: list[Params], *, threads: int | None = None) -> None:
