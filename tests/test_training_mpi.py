@@ -328,3 +328,18 @@ def test_the_gradient_sum_overlaps_the_backward_layer_by_layer_with_the_same_bit
     assert done.returncode == 0, done.stderr
     for rank in range(2):           # ln_f's bucket, then blocks 2, 1, 0 as the backward finishes them
         assert (tmp_path / f"out.{rank}").read_text() == "[-1, 2, 1, 0] True"
+
+
+def test_four_ranks_resume_a_four_thread_run_bit_for_bit(data, tmp_path):
+    """1 process x 4 threads -> 4 ranks x 1 thread: the same four slices summed in the same order (the
+    rank-ordered path of 3+ ranks), so the same bits as the run that never stopped."""
+    common = [*SHAPE, "--eval-interval", 10, "--lr-decay-iters", 40]
+    straight = run(numgpt("train", data, "--out", tmp_path / "straight", *common, "--max-iters", 40, "--threads", 4))
+    assert straight.returncode == 0, straight.stderr
+    first = run(numgpt("train", data, "--out", tmp_path / "r", *common, "--max-iters", 20, "--threads", 4))
+    assert first.returncode == 0, first.stderr
+    then = run([mpiexec(), "-n", "4", *numgpt("train", data, "--out", tmp_path / "r", "--resume", "--max-iters", 40,
+                                              "--threads", 1)], timeout=300)
+    assert then.returncode == 0, then.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (tmp_path / "r" / "latest" / name).read_bytes() == (tmp_path / "straight" / "latest" / name).read_bytes()
