@@ -207,11 +207,15 @@ def train_tokenizer(text: str, vocab_size: int):
 def run_train(args) -> int:
     """`numgpt train`, as one process or as one rank of an MPI job (mpiexec -n P numgpt train ...): a rank
     that fails prints its error and ends the whole job, so no rank waits forever for it."""
-    from ..training.mpi import world
+    from ..training.mpi import AgreedError, world
 
     comm = world(os.environ)
     try:
         return _run_train(args, comm)
+    except AgreedError as e:                           # every rank stops here together: a plain exit
+        if comm.size > 1:
+            raise NumgptError(f"rank {comm.rank} of {comm.size}: {e}") from None
+        raise
     except BaseException as e:
         if comm.size == 1:
             raise
@@ -219,6 +223,7 @@ def run_train(args) -> int:
             print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
                   flush=True)
         code = 130 if isinstance(e, KeyboardInterrupt) else 2
+        time.sleep(0.2)                                # let the launcher forward the message first
         comm.abort(code)
         os._exit(code)                                 # MPI_Abort may return before the launcher kills us
 

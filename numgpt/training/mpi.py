@@ -149,6 +149,11 @@ class _Request:
         self._request.Wait()
 
 
+class AgreedError(NumgptError):
+    """An error every rank raises at the same point (they agreed on it through a collective), so the job
+    can end with each rank's plain exit: no rank is left waiting, and no MPI_Abort is needed."""
+
+
 def check_same_everywhere(comm: Communicator, what: str, value: object) -> None:
     """Refuse to start when the ranks disagree on `value` (a config, a data description): each rank's
     sha256 of its JSON is compared with rank 0's. A NumgptError on every rank that differs, and on the
@@ -160,5 +165,5 @@ def check_same_everywhere(comm: Communicator, what: str, value: object) -> None:
     differs = np.array([float(not np.array_equal(digest, rank0))])
     comm.allreduce_sum(differs)
     if differs[0]:
-        raise NumgptError(f"the ranks disagree on the {what} ({int(differs[0])} of {comm.size} differ from rank "
+        raise AgreedError(f"the ranks disagree on the {what} ({int(differs[0])} of {comm.size} differ from rank "
                           "0's); every rank must get the same options and see the same data folder")
