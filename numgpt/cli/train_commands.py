@@ -43,6 +43,8 @@ examples:
   numgpt train data/shakespeare_char --out runs/char                     nanoGPT's CPU shakespeare_char run
   numgpt train data/shakespeare_char --out runs/char --max-iters 4000 --resume   continue a run
   numgpt train data/shakespeare_char --out runs/char --resume-from best  continue from the best checkpoint
+  mpiexec -n 2 numgpt train data/shakespeare_char --out runs/mpi --threads 1   two MPI ranks (pip install 'numgpt[mpi]')
+  mpiexec -n 2 numgpt train data/shakespeare_char --out runs/z1 --threads 1 --zero 1   AdamW's state sharded
   numgpt train data/shakespeare --init gpt2 --out runs/ft --lr 3e-5 --max-iters 200   fine-tune GPT-2
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
