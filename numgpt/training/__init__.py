@@ -6,6 +6,7 @@
     state.py      resumable checkpoints (weights, moments, rng) written atomically
     comm.py       the communicator (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
     mpi.py        its MPI backend (mpi4py, one process per rank), exact in rank order; the launcher check
+    zero.py       ZeRO-1: AdamW's moments sharded over the ranks (whole tensors each), the same results
     parallel.py   a batch's rows split over ranks and threads, gradients summed in a fixed order
     memory.py     glibc malloc told to keep freed memory while training (a context manager)
     lock.py       RUN/.lock: one training at a time per run folder (flock, released however the process ends)
