@@ -103,15 +103,21 @@ def test_ranks_that_disagree_are_refused_and_every_rank_exits(data, tmp_path):
     assert "rank 1 of 2: the ranks disagree" in done.stderr and not (tmp_path / "r" / "latest").exists()
 
 
-def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_is_intact(data, tmp_path):
-    run_dir = tmp_path / "r"
+def long_run(run_dir: Path, data: Path, eval_interval: int, until) -> subprocess.Popen:
+    """A 2-rank training of (practically) endless steps, returned once until() is true (60 s at most)."""
     proc = subprocess.Popen([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, *SHAPE, "--threads", 1,
-                                                           "--max-iters", 100000, "--eval-interval", 20)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                                           "--max-iters", 100000, "--eval-interval", eval_interval)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (run_dir / "latest" / "trainstate.json").is_file():
+    while not until():
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
+    return proc
+
+
+def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_is_intact(data, tmp_path):
+    run_dir = tmp_path / "r"
+    proc = long_run(run_dir, data, 20, lambda: (run_dir / "latest" / "trainstate.json").is_file())
     time.sleep(0.5)
     ranks = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m numgpt train {data} --out {run_dir}"],
                            capture_output=True, text=True)           # the two ranks, not mpiexec itself
@@ -147,13 +153,8 @@ def test_a_run_resumes_on_another_number_of_ranks_bit_for_bit(data, tmp_path):
 
 def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(data, tmp_path):
     run_dir = tmp_path / "r"
-    proc = subprocess.Popen([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, *SHAPE, "--threads", 1,
-                                                           "--max-iters", 100000, "--eval-interval", 100000)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (run_dir / "log.jsonl").is_file() or (run_dir / "log.jsonl").read_text().count('"step"') < 20:
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    log = run_dir / "log.jsonl"
+    proc = long_run(run_dir, data, 100000, lambda: log.is_file() and log.read_text().count('"step"') >= 20)
     proc.send_signal(signal.SIGINT)                        # Ctrl-C: mpiexec passes it to every rank
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
