@@ -161,13 +161,9 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
     run = Path(run_dir)
     for p in state.params.values():
         comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
-    shards = flat_params = None
-    if tc.zero:                                       # ZeRO-1 (zero.py): params in one buffer to all-gather
+    shards = None
+    if tc.zero:                                       # ZeRO-1 (zero.py): params into one buffer, own moments
         shards = ZeroShards(state.params, comm)
-        flat_params, views = flat_zeros_like(state.params)
-        for name, view in views.items():
-            view[...] = state.params[name]
-            state.params[name] = view
         shards.keep_own_moments(state.optim)
     dp = DataParallel(tc.threads or thread_count(), comm, None if shards is None else shards.sum_gradients,
                       overlap=tc.overlap)
@@ -178,8 +174,7 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
         stop = stack.enter_context(InterruptFlag()) if comm.size > 1 else None
-        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop,
-                     Zero(shards, flat_params) if shards is not None else None)
+        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop, shards)
 
 
 def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, stack: ExitStack) -> "RunLog":
@@ -197,7 +192,7 @@ def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, 
 
 def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
           emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray],
-          stop: "InterruptFlag | None" = None, zero: "Zero | None" = None) -> TrainResult:
+          stop: "InterruptFlag | None" = None, zero: ZeroShards | None = None) -> TrainResult:
     """The steps and evaluations of `train`, and the clean stop on Ctrl-C. With several ranks, `stop`
     turns Ctrl-C into a flag the ranks agree on at each step boundary, so they all stop at the same step
     (a rank leaving alone would leave the others waiting in their next collective)."""
@@ -218,15 +213,14 @@ def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
             lr = learning_rate(tc.optim, state.step)
             loss = training_loss_and_grads(state, config, tc, data, grads, dp)
             norm = (clip_grad_norm(grads, tc.optim.grad_clip) if zero is None
-                    else zero.shards.clip(grads, tc.optim.grad_clip))
+                    else zero.clip(grads, tc.optim.grad_clip))
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
             with interrupts_held():        # Ctrl-C waits for the update: the model is never half-updated
                 if zero is None:
                     adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
                 else:
-                    zero.shards.step(state.params, grads, state.optim, tc.optim, lr, zero.flat_params,
-                                     threads=dp.threads)
+                    zero.step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
                 state.step += 1
                 state.tokens_seen += tokens_per_step
                 boundary_rng = state.rng.bit_generator.state
@@ -331,7 +325,7 @@ def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
 
 def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
                       emit: Callable[[Event], None], dp: DataParallel | None = None, *, save: bool = True,
-                      zero: "Zero | None" = None) -> Event:
+                      zero: ZeroShards | None = None) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
     (save=False: every step but the writing, for the ranks other than 0; with ZeRO-1 every rank still
     takes part in gathering the moments)."""
@@ -356,20 +350,12 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
     return event
 
 
-@dataclass
-class Zero:
-    """ZeRO-1's side of a run: the shards, and the flat buffer the parameters are views of."""
-
-    shards: ZeroShards
-    flat_params: np.ndarray
-
-
-def _whole_state(state: TrainState, zero: Zero | None) -> TrainState:
+def _whole_state(state: TrainState, zero: ZeroShards | None) -> TrainState:
     """The state to save: as is, or with ZeRO-1 the full moments gathered from their owners (on rank 0;
     every rank must call it, it is a collective)."""
     if zero is None:
         return state
-    return dataclasses.replace(state, optim=zero.shards.full_moments(state.optim, state.params))
+    return dataclasses.replace(state, optim=zero.full_moments(state.optim, state.params))
 
 
 def check_trainable_weights(params: dict[str, np.ndarray]) -> None:

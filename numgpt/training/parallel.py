@@ -73,12 +73,17 @@ def flat_buffer(grads: Params) -> np.ndarray | None:
     return base if address == base.__array_interface__["data"][0] + base.nbytes else None
 
 
+def share(n: int, rank: int, ranks: int) -> slice:
+    """Rank `rank`'s contiguous share of rows 0 .. n-1 split over `ranks` (sizes differ by at most one)."""
+    return slice(n * rank // ranks, n * (rank + 1) // ranks)
+
+
 def batch_slices(n: int, ranks: int, threads: int) -> list[list[slice]]:
     """Rows 0 .. n-1 split over `ranks` contiguous shares, each share over up to `threads` threads:
     [rank][thread] -> rows. A rank whose share is empty gets no slices."""
     plan = []
     for r in range(ranks):
-        lo, hi = n * r // ranks, n * (r + 1) // ranks
+        lo, hi = share(n, r, ranks).start, share(n, r, ranks).stop
         plan.append([slice(lo + s.start, lo + s.stop) for s in row_ranges(hi - lo, threads)] if hi > lo else [])
     return plan
 
@@ -165,7 +170,7 @@ class DataParallel:
     def _overlap(self, flat: np.ndarray, views: Params, config: GPTConfig) -> "OverlappedSum | None":
         """The per-layer buckets of the flat gradients, if this communicator can sum them exactly without
         waiting (comm.start_allreduce_sum); None otherwise."""
-        if self.comm.size == 1 or not self.comm.can_overlap or not self.overlap:
+        if not (self.overlap and self.comm.can_overlap):
             return None
         if self._buckets is None or self._buckets.flat is not flat:
             self._buckets = OverlappedSum(self.comm, flat, views, config.n_layer)   # made once per buffer
@@ -173,8 +178,7 @@ class DataParallel:
 
     def rank_rows(self, n: int) -> slice:
         """This rank's contiguous share of a batch of n rows (the rows it reads and computes)."""
-        r, size = self.comm.rank, self.comm.size
-        return slice(n * r // size, n * (r + 1) // size)
+        return share(n, self.comm.rank, self.comm.size)
 
     def _local(self, slices: list[slice], n: int, total: int | None) -> list[slice]:
         """Slices of the whole batch as indices into what this rank holds: itself for a whole batch, else

@@ -25,13 +25,21 @@ import numpy as np
 from ..params import Params
 from .comm import Communicator
 from .optim import AdamWConfig, AdamWState, adamw_step
+from .parallel import flat_zeros_like
 
 
 class ZeroShards:
-    """Which parameters each rank owns, and the sharded steps of one update (see the module docstring)."""
+    """Which parameters each rank owns, and the sharded steps of one update (see the module docstring).
+
+    Made from the training state's params, it moves them into one flat buffer (`flat_params`) that the
+    all-gather fills, and puts views of it in their place in that dict: the values stay the same."""
 
     def __init__(self, params: Params, comm: Communicator):
         self.comm = comm
+        self.flat_params, views = flat_zeros_like(params)
+        for name, view in views.items():
+            view[...] = params[name]
+            params[name] = view
         self.names = list(params)
         sizes = [params[n].size for n in self.names]
         offsets = np.cumsum([0] + sizes)                     # parameter i: offsets[i] .. offsets[i+1]
@@ -71,15 +79,15 @@ class ZeroShards:
                     grads[name] *= np.float32(factor)
         return norm
 
-    def step(self, params: Params, grads: Params, optim: AdamWState, config: AdamWConfig, lr: float,
-             flat_params: np.ndarray, *, threads: int | None = None) -> None:
+    def step(self, params: Params, grads: Params, optim: AdamWState, config: AdamWConfig, lr: float, *,
+             threads: int | None = None) -> None:
         """AdamW on this rank's parameters, then every rank's updated parameters all-gathered (params
-        are views of flat_params)."""
+        are the views of flat_params this object put in place)."""
         own = AdamWState(m={n: optim.m[n] for n in self.mine}, v={n: optim.v[n] for n in self.mine}, step=optim.step)
         adamw_step({n: params[n] for n in self.mine}, {n: grads[n] for n in self.mine}, own, config, lr,
                    threads=threads)
         optim.step = own.step
-        self.comm.allgather(flat_params, self.starts)
+        self.comm.allgather(self.flat_params, self.starts)
 
     def full_moments(self, optim: AdamWState, params: Params) -> AdamWState:
         """Every parameter's moments, each broadcast by its owner (a collective: every rank calls it); the
