@@ -5,14 +5,16 @@
 mpi4py moves NumPy buffers at C speed; it is imported here only, so `import numgpt` never needs it
 (`pip install 'numgpt[mpi]'` installs mpi4py with the MPICH wheel, whose mpiexec is the one to use).
 
-Exactness: an MPI reduction may add the ranks' buffers in any order, so `allreduce_sum` does not use
-MPI_Allreduce. It is a reduce-scatter and an all-gather built from Alltoallv and Allgatherv: rank r
+Exactness: an MPI reduction may add the ranks' buffers in any order, so at 3 or more ranks
+`allreduce_sum` does not use MPI_Allreduce. It is a reduce-scatter and an all-gather built from
+Alltoallv and Allgatherv: rank r
 receives the r-th contiguous part of every rank's buffer, adds them in rank order ((b0 + b1) + b2) + ...,
 and the parts are gathered back to every rank. That is the order and the bits of the thread backend, so P
 ranks of one thread give the same weights as one process of P threads, and every rank the same bits. It
 moves 2 (P - 1) / P of the buffer per rank, as a ring all-reduce does. With two ranks each element is one
 addition, and b0 + b1 == b1 + b0 exactly in IEEE arithmetic, so MPI_Allreduce itself is exact there and
-is used: 0.28 s instead of 0.69 s for the 124M model's 498 MB of gradients here (bench/bench_mpi.py).
+is used: 0.21 s instead of the ordered path's 0.69 s for the 124M model's 498 MB of gradients here
+(bench/bench_mpi.py).
 
 `world(environ)` decides from the launcher's environment whether this process is one rank of several,
 and refuses the classic mistake of a launcher that does not belong to mpi4py's MPI library ("N copies of
@@ -68,7 +70,7 @@ def world(environ: Mapping[str, str]) -> Communicator:
 
 class MPICommunicator:
     """A Communicator over an mpi4py communicator (default: the world): rank, size and the collectives
-    of comm.py, with allreduce_sum exact in rank order (see the module docstring)."""
+    of comm.py, with allreduce_sum exact: the rank order (see the module docstring)."""
 
     def __init__(self, comm=None):
         if comm is None:
@@ -80,8 +82,8 @@ class MPICommunicator:
         self.can_overlap = self.size == 2                  # see start_allreduce_sum
 
     def allreduce_sum(self, buf: np.ndarray) -> None:
-        """In place: buf becomes the sum over ranks, added in rank order (reduce-scatter by Alltoallv,
-        the sums in rank order, all-gather by Allgatherv)."""
+        """In place: buf becomes the sum over ranks, added in rank order (at 2 ranks MPI_Allreduce, exact
+        for two operands; else reduce-scatter by Alltoallv, sums in rank order, all-gather by Allgatherv)."""
         if buf.ndim != 1 or not buf.flags.c_contiguous:
             raise ValueError(f"allreduce_sum takes a flat C-contiguous buffer, got shape {buf.shape}")
         if self.size == 2:              # one addition per element, b0 + b1 == b1 + b0 exactly: MPI's own is exact
