@@ -1,0 +1,170 @@
+"""Slots: a decode batch whose rows sit at different cache lengths -- what continuous batching runs on.
+
+A serving engine keeps S slots. A request takes a free slot, its prompt is prefilled into that slot
+alone (`prefill_slot`), and from then on it decodes together with whatever else is running
+(`decode_slots`): one token per running row per step, each row at its own position, attending to its own
+cached keys only. A finished row just stops being passed in; its slot is reused by the next request
+without moving anyone's cache (KVCache.join/select do the same job by copying; slots copy nothing).
+
+Batch invariance. With `batch_invariant=True` a row's logits depend on that row alone, bit for bit,
+whichever rows run beside it, in which slots, and how many -- so a seeded request samples the same text
+under any load. Three things make it so:
+- every step multiplies the same number of columns, the cache's slot count (at least 2), with unused
+  columns zero: OpenBLAS picks its kernel by the product's shape (a matrix-vector kernel for one column,
+  small-matrix paths below a size), and each path rounds differently; at one fixed shape every column
+  is computed the same way wherever it sits (tests/test_slots.py checks this on the real kernels);
+- attention runs row by row over exactly that row's cached positions, never over another row's padding;
+- LayerNorm, GELU and the residual adds work row by row.
+The price: a step costs what a full batch costs, even for one row (BENCHMARKS.md, "numgpt serve").
+With `batch_invariant=False` a lone row takes `model.forward`'s own decode path (bit-identical to
+`numgpt generate`, and the fastest) and several rows are multiplied at their own count.
+
+Shape legend: L layers, S slots, H heads, M capacity (positions), D head size, N running rows, C channels,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import GPTConfig
+from .errors import NumgptError
+from .kvcache import KVCache
+from .model import check_context, embed, forward
+from .ops import gelu_, layer_norm_into, softmax
+from .params import Params
+
+
+@dataclass
+class SlotCache:
+    """Keys and values of S independent sequences: keys, values [L, S, H, M, D] float32; lengths [S].
+
+    Slot s holds positions 0 .. lengths[s]-1 of its own sequence (no padding: every slot starts at 0).
+    Mutable on purpose: prefill_slot and decode_slots write into it."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    lengths: np.ndarray   # [S] int64
+
+    @classmethod
+    def allocate(cls, config: GPTConfig, slots: int, max_len: int | None = None) -> "SlotCache":
+        """Room for `slots` sequences of up to `max_len` positions each (default n_positions)."""
+        max_len = config.n_positions if max_len is None else max_len
+        shape = (config.n_layer, slots, config.n_head, max_len, config.head_size)
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(slots, np.int64))
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def view(self, slot: int) -> KVCache:
+        """Slot `slot` as a one-row KVCache sharing this cache's memory (what model.forward writes into)."""
+        mask = np.zeros((1, self.max_len), bool)
+        mask[0, :self.lengths[slot]] = True
+        return KVCache(self.keys[:, slot:slot + 1], self.values[:, slot:slot + 1], mask, int(self.lengths[slot]))
+
+
+def prefill_slot(params: Params, config: GPTConfig, cache: SlotCache, slot: int, ids: Sequence[int], *,
+                 all_logits: bool = False) -> np.ndarray:
+    """Forget what slot `slot` held and run the prompt `ids` into it alone.
+
+    Returns the logits of the last position [V], or of every position [T, V] if all_logits (what the
+    prompt's own log-probabilities need)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise NumgptError("a prompt must be a non-empty sequence of token ids")
+    check_context(config, ids.size)
+    if ids.size > cache.max_len:
+        raise NumgptError(f"the prompt has {ids.size} tokens but a slot holds {cache.max_len}")
+    cache.lengths[slot] = 0
+    view = cache.view(slot)
+    logits = forward(params, config, ids[None], cache=view, all_logits=all_logits)  # [1, (T,) V]
+    cache.lengths[slot] = view.length
+    return logits[0]
+
+
+def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Sequence[int],
+                 ids: Sequence[int], *, batch_invariant: bool = True) -> np.ndarray:
+    """One decode step: token ids[i] goes into slot slots[i] at that slot's next position.
+
+    Returns logits [N, V]; every slot's length grows by one. See the module docstring for what
+    batch_invariant guarantees and costs."""
+    slots = np.asarray(slots, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if slots.ndim != 1 or slots.shape != ids.shape or slots.size == 0:
+        raise NumgptError("decode_slots needs one token id per slot, and at least one slot")
+    if ids.min() < 0 or ids.max() >= config.vocab_size:
+        raise NumgptError(f"token ids must be in 0..{config.vocab_size - 1}, got {ids.min()}..{ids.max()}")
+    if len(set(slots.tolist())) != slots.size:
+        raise NumgptError("a slot appears twice in one decode step")
+    if int(cache.lengths[slots].max()) >= min(cache.max_len, config.n_positions):
+        raise NumgptError(f"a slot is full ({cache.max_len} positions, context {config.n_positions}); "
+                          "end that sequence before decoding it further")
+    if slots.size == 1 and not batch_invariant:
+        view = cache.view(int(slots[0]))
+        logits = forward(params, config, ids[:, None], cache=view)  # [1, 1] -> [1, V]
+        cache.lengths[slots[0]] = view.length
+        return logits
+    width = max(cache.slots, 2) if batch_invariant else slots.size   # columns every product gets
+    x = np.zeros((width, config.n_embd), np.float32)                  # [W, C]; rows past N stay zero
+    x[:slots.size] = embed(params, ids, cache.lengths[slots])          # [N] -> [N, C]
+    for layer in range(config.n_layer):
+        decode_block(params, f"h.{layer}.", config, x, cache, layer, slots)     # [W, C], in place
+    cache.lengths[slots] += 1
+    ln = np.empty_like(x)
+    layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
+    return columns_product(params["wte.weight"], ln)[:slots.size]              # [W, C] -> [N, V]
+
+
+def decode_block(params: Params, h: str, config: GPTConfig, x: np.ndarray, cache: SlotCache, layer: int,
+                 rows: np.ndarray) -> None:
+    """One transformer block for one new position per row, in place on x [W, C]: rows 0 .. N-1 are the
+    slots' (rows beyond are padding that keeps the products' shape fixed: no cache, no attention)."""
+    eps, (N, C) = config.layer_norm_epsilon, x.shape
+    ln = np.empty_like(x)
+    layer_norm_into(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps, ln)
+    qkv = affine(ln, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
+    q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
+    att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
+    for i, s in enumerate(rows.tolist()):
+        at = int(cache.lengths[s])
+        cache.keys[layer, s, :, at] = k[i]
+        cache.values[layer, s, :, at] = v[i]
+        att[i] = attend(q[i], cache.keys[layer, s, :, :at + 1], cache.values[layer, s, :, :at + 1])
+    x += affine(att.reshape(N, C), params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])
+    layer_norm_into(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps, ln)
+    fc = affine(ln, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])  # [N, C] -> [N, 4C]
+    gelu_(fc, np.empty_like(fc))
+    x += affine(fc, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
+
+
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One query per head over that row's own keys: softmax(q k^T / sqrt(D)) v. [H, D], [H, S, D] -> [H, D]"""
+    q = q * np.float32(1.0 / np.sqrt(q.shape[-1]))
+    scores = (k @ q[:, :, None])[:, :, 0]                      # [H, S, D] x [H, D, 1] -> [H, S]
+    return (softmax(scores)[:, None, :] @ v)[:, 0]            # [H, 1, S] x [H, S, D] -> [H, D]
+
+
+def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x @ w + b for the decode rows (w [in, out], as in params), through `columns_product`."""
+    out = columns_product(w.T, x)
+    out += b
+    return out
+
+
+def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x @ w_out_in.T computed as (w_out_in @ x.T).T, whose every column OpenBLAS computes the same way for
+    position at a fixed number of columns, in either storage order of the weight (numgpt.load's [out, in]
+    copies, or the checkpoint's [in, out] with mmap=True; tests/test_slots.py). [N, in] -> [N, out]"""
+    return np.ascontiguousarray((w_out_in @ x.T).T)

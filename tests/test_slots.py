@@ -1,0 +1,129 @@
+"""Slots (numgpt/slots.py): rows at different cache lengths decode as each would alone, and -- with
+batch_invariant -- bit for bit the same whatever runs beside them."""
+
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt.kvcache import KVCache
+from numgpt.model import forward
+from numgpt.slots import SlotCache, decode_slots, prefill_slot
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return numgpt.load()
+
+
+def alone(lm, prompt, continuation):
+    """Logits after each token of `continuation`, the row decoded alone with model.forward. [K, V]"""
+    cache = KVCache.allocate(lm.config, 1)
+    out = [forward(lm.params, lm.config, np.asarray([prompt]), cache=cache)[0]]
+    for t in continuation[:-1]:
+        out.append(forward(lm.params, lm.config, np.asarray([[t]]), cache=cache)[0])
+    return np.stack(out)
+
+
+def test_rows_at_different_lengths_equal_each_row_alone(builtin):
+    """Three prompts of different lengths; the third joins two steps late and the first leaves early:
+    every logit row equals that sequence decoded alone."""
+    lm, rng = builtin, np.random.default_rng(0)
+    prompts = [rng.integers(0, 1024, n).tolist() for n in (5, 17, 2)]
+    conts = [rng.integers(0, 1024, 6).tolist() for _ in prompts]
+    cache = SlotCache.allocate(lm.config, 4)
+    got = {0: [prefill_slot(lm.params, lm.config, cache, 3, prompts[0])],
+           1: [prefill_slot(lm.params, lm.config, cache, 0, prompts[1])]}
+    slot_of = {0: 3, 1: 0, 2: 1}
+    for step in range(5):
+        if step == 2:
+            got[2] = [prefill_slot(lm.params, lm.config, cache, 1, prompts[2])]
+        running = [r for r in got if len(got[r]) < len(conts[r])]
+        if not running:
+            break
+        logits = decode_slots(lm.params, lm.config, cache, [slot_of[r] for r in running],
+                              [conts[r][len(got[r]) - 1] for r in running])
+        for r, row in zip(running, logits):
+            got[r].append(row)
+    for r in got:
+        want = alone(lm, prompts[r], conts[r])[:len(got[r])]
+        np.testing.assert_allclose(np.stack(got[r]), want, atol=1e-5, rtol=0)
+    assert cache.lengths[3] == len(prompts[0]) + len(got[0]) - 1
+
+
+def run_in_company(lm, prompt, tokens, company: int, slot: int, slots: int = 8, *, invariant=True):
+    """Decode `tokens` after `prompt` in slot `slot`, beside `company` other random rows; its logits."""
+    rng = np.random.default_rng(100 + company + slot)
+    cache = SlotCache.allocate(lm.config, slots)
+    prefill_slot(lm.params, lm.config, cache, slot, prompt)
+    others = [s for s in range(slots) if s != slot][:company]
+    for s in others:
+        prefill_slot(lm.params, lm.config, cache, s, rng.integers(0, lm.config.vocab_size, rng.integers(1, 30)).tolist())
+    out = []
+    for t in tokens:
+        order = [slot] + others
+        rng.shuffle(order)
+        ids = [t if s == slot else int(rng.integers(0, lm.config.vocab_size)) for s in order]
+        logits = decode_slots(lm.params, lm.config, cache, order, ids, batch_invariant=invariant)
+        out.append(logits[order.index(slot)])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["weights [out, in]", "weights as stored (mmap)"])
+def test_batch_invariant_bit_for_bit(hf_gpt2_vocab_ckpt, mmap):
+    """The same row, in any slot, alone or beside 1..7 others in shuffled order: identical bits."""
+    lm = numgpt.load(hf_gpt2_vocab_ckpt.folder, mmap=mmap)
+    prompt, tokens = [3, 14, 15, 92, 65], [35, 89, 79, 32, 38, 46]
+    want = run_in_company(lm, prompt, tokens, company=0, slot=0)
+    for company, slot in [(1, 0), (1, 5), (3, 2), (7, 7), (5, 1)]:
+        got = run_in_company(lm, prompt, tokens, company, slot)
+        assert np.array_equal(got, want), (company, slot)
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["weights [out, in]", "weights as stored (mmap)"])
+def test_batch_invariant_on_the_builtin_model(mmap):
+    builtin = numgpt.load(mmap=mmap)
+    prompt = builtin.encode("ROMEO: what light")
+    tokens = builtin.encode(" through yonder window breaks")
+    want = run_in_company(builtin, prompt, tokens, company=0, slot=2)
+    for company in (1, 4, 7):
+        assert np.array_equal(run_in_company(builtin, prompt, tokens, company, slot=company % 8), want)
+
+
+def test_batch_invariant_at_124m(hf_gpt2_124m_ckpt):
+    """At GPT-2 small's shapes (the kernels' threaded paths), beside 0, 3 and 7 others."""
+    lm = numgpt.load(hf_gpt2_124m_ckpt.folder)
+    prompt, tokens = list(range(100, 132)), [7, 8, 9]
+    want = run_in_company(lm, prompt, tokens, company=0, slot=0)
+    for company in (3, 7):
+        assert np.array_equal(run_in_company(lm, prompt, tokens, company, slot=4), want)
+
+
+def test_lone_row_without_invariance_is_model_forward_exactly(builtin):
+    prompt, tokens = builtin.encode("JULIET:"), builtin.encode(" O Romeo")
+    got = run_in_company(builtin, prompt, tokens, company=0, slot=1, invariant=False)
+    cache = KVCache.allocate(builtin.config, 1)
+    forward(builtin.params, builtin.config, np.asarray([prompt]), cache=cache)
+    want = np.stack([forward(builtin.params, builtin.config, np.asarray([[t]]), cache=cache)[0] for t in tokens])
+    assert np.array_equal(got, want)
+
+
+def test_prefill_all_logits_equal_forward(builtin):
+    ids = builtin.encode("First Citizen:\nBefore we proceed")
+    cache = SlotCache.allocate(builtin.config, 2)
+    got = prefill_slot(builtin.params, builtin.config, cache, 1, ids, all_logits=True)
+    want = forward(builtin.params, builtin.config, np.asarray([ids]), all_logits=True)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert cache.lengths.tolist() == [0, len(ids)]
+
+
+def test_errors_are_one_line(builtin):
+    cache = SlotCache.allocate(builtin.config, 2, max_len=8)
+    with pytest.raises(numgpt.NumgptError, match="non-empty"):
+        prefill_slot(builtin.params, builtin.config, cache, 0, [])
+    with pytest.raises(numgpt.NumgptError, match="slot holds 8"):
+        prefill_slot(builtin.params, builtin.config, cache, 0, list(range(9)))
+    prefill_slot(builtin.params, builtin.config, cache, 0, list(range(8)))
+    with pytest.raises(numgpt.NumgptError, match="full"):
+        decode_slots(builtin.params, builtin.config, cache, [0], [1])
+    with pytest.raises(numgpt.NumgptError, match="twice"):
+        decode_slots(builtin.params, builtin.config, cache, [1, 1], [1, 2])
