@@ -220,12 +220,14 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     if n > 1:
         rows = np.repeat(np.arange(len(prompts)), n)                      # [B] -> [N]
         cache, logits = cache.select(rows), logits[rows]
+    starts = [len(s) for s in sequences]                                  # where each completion begins
     running = np.arange(len(sequences))
     for step in range(max_new_tokens):
         previous = [sequences[i] for i in running] if sampling.repetition_penalty != 1.0 else None
+        generated = [sequences[i][starts[i]:] for i in running] if sampling.penalises_generated else None
         rngs_now = None if rngs is None else [rngs[i] for i in running]
         check_finite_logits(logits, params)
-        tokens = next_tokens(logits, sampling, rngs_now, previous=previous)  # [A, V] -> [A]
+        tokens = next_tokens(logits, sampling, rngs_now, previous=previous, generated=generated)  # [A, V] -> [A]
         for i, t in zip(running, tokens):
             sequences[i].append(int(t))
         stopped = yield Step(running.copy(), tokens, logits)

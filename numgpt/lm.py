@@ -299,10 +299,15 @@ def generation_options(*, max_new_tokens: int = 64, do_sample: bool = True, temp
                        top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                        num_return_sequences: int = 1, seed: int | None = None,
                        stop: str | Sequence[str] | None = None, stop_at_eos: bool = True,
-                       sliding_window: bool = False, window_stride: int = 0, logprobs: int = 0) -> GenerationOptions:
-    """GenerationOptions from transformers-style keyword arguments; unknown names are a TypeError."""
+                       sliding_window: bool = False, window_stride: int = 0, logprobs: int = 0,
+                       min_p: float = 0.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                       logit_bias: dict[int, float] | None = None) -> GenerationOptions:
+    """GenerationOptions from transformers-style keyword arguments (plus OpenAI's presence_penalty,
+    frequency_penalty and logit_bias); unknown names are a TypeError."""
     sampling = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, do_sample=do_sample)
+                               repetition_penalty=repetition_penalty, do_sample=do_sample, min_p=min_p,
+                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                               logit_bias=tuple((logit_bias or {}).items()))
     stop = () if stop is None else stop
     return GenerationOptions(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
                              stop_at_eos=stop_at_eos, num_return_sequences=num_return_sequences, seed=seed,

@@ -3,9 +3,12 @@
 Each rule is a small pure function "logits -> processed logits" that sets filtered tokens to -inf, and
 `process_logits` applies them in the order Hugging Face's `generate` does (transformers 5.x,
 `GenerationMixin._get_logits_processor`): repetition penalty, then -- only when sampling -- temperature,
-top-k, top-p. The semantics match transformers' RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-TopKLogitsWarper and TopPLogitsWarper (min_tokens_to_keep=1); tests/test_sampling.py checks them against
-those classes. Randomness is passed in as np.random.Generator objects, one per sequence, so that a
+top-k, top-p, min-p. The semantics match transformers' RepetitionPenaltyLogitsProcessor,
+TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and MinPLogitsWarper (min_tokens_to_keep=1);
+tests/test_sampling.py checks them against those classes. OpenAI's API adds two rules that come first
+(they are edits of the raw logits, applied to greedy decoding too): logit_bias (a number added to chosen
+tokens' logits) and the presence/frequency penalties (subtracted per token for having appeared / per
+appearance in the generated text, as OpenAI documents them). Randomness is passed in as np.random.Generator objects, one per sequence, so that a
 sequence's draws do not depend on which other sequences share its batch.
 
 Greedy rule: decoding is greedy (argmax of the processed logits) when `do_sample=False` or
@@ -39,6 +42,10 @@ class SamplingOptions:
     repetition_penalty: > 1 discourages tokens already in the sequence (prompt + generated), < 1
         encourages them; 1.0 = off (CTRL paper, as in transformers).
     do_sample: False means greedy whatever the temperature.
+    min_p: keep the tokens whose probability is >= min_p times the most likely one's; 0 = off.
+    presence_penalty, frequency_penalty: OpenAI's, in [-2, 2]; subtracted from a token's logit once if it
+        occurs in the generated text / once per occurrence; 0 = off.
+    logit_bias: (token id, bias) pairs added to those logits (OpenAI's, bias in [-100, 100]).
     """
 
     temperature: float = 1.0
@@ -46,6 +53,10 @@ class SamplingOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     do_sample: bool = True
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if real_number("temperature", self.temperature, rule=" >= 0 (0 = greedy)") < 0:
@@ -58,6 +69,25 @@ class SamplingOptions:
             raise NumgptError(f"repetition_penalty must be{rule}, got {self.repetition_penalty}")
         if not isinstance(self.do_sample, (bool, np.bool_)):
             raise NumgptError(f"do_sample must be True or False, got {describe(self.do_sample)}")
+        if not 0 <= real_number("min_p", self.min_p, rule=" in [0, 1] (0 = off)") <= 1:
+            raise NumgptError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= real_number(name, getattr(self, name), rule=" in [-2, 2] (0 = off)") <= 2:
+                raise NumgptError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(self.logit_bias.items()))
+        for pair in self.logit_bias:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise NumgptError(f"logit_bias must map token ids to numbers, got {describe(pair)}")
+            whole_number("a logit_bias token id", pair[0], minimum=0)
+            if not -100 <= real_number("a logit_bias value", pair[1], rule=" in [-100, 100]") <= 100:
+                raise NumgptError(f"a logit_bias value must be in [-100, 100], got {pair[1]}")
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
+
+    @property
+    def penalises_generated(self) -> bool:
+        """True when a rule needs each row's generated tokens (presence or frequency penalty)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
 
     @property
     def greedy(self) -> bool:
@@ -66,6 +96,29 @@ class SamplingOptions:
 
 
 GREEDY = SamplingOptions(do_sample=False)
+
+
+def apply_logit_bias(logits: np.ndarray, bias: Sequence[tuple[int, float]]) -> np.ndarray:
+    """Add each (token id, bias) to that token's logit in every row (OpenAI's logit_bias: -100 all but
+    bans a token, +100 all but forces it). Ids beyond the vocabulary are an error."""
+    out = np.array(logits, dtype=np.float32, copy=True)  # [B, V]
+    for token, b in bias:
+        if token >= out.shape[-1]:
+            raise NumgptError(f"logit_bias names token {token}, but the vocabulary has {out.shape[-1]} tokens")
+        out[..., token] += np.float32(b)
+    return out
+
+
+def apply_presence_frequency_penalty(logits: np.ndarray, generated: Sequence[Sequence[int]],
+                                     presence: float, frequency: float) -> np.ndarray:
+    """OpenAI's penalties: logit[j] -= frequency * count[j] + presence * (count[j] > 0), where count is
+    how often token j occurs in the row's generated tokens (not the prompt, as OpenAI and vLLM)."""
+    out = np.array(logits, dtype=np.float32, copy=True)  # [B, V]
+    for row, ids in zip(out, generated):
+        ids = np.asarray(ids, dtype=np.int64)
+        tokens, counts = np.unique(ids[ids < row.shape[0]], return_counts=True)  # [n_distinct]
+        row[tokens] -= (np.float32(frequency) * counts + np.float32(presence)).astype(np.float32)
+    return out
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous: Sequence[Sequence[int]],
@@ -134,6 +187,19 @@ def apply_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(remove, np.float32(FILTERED), logits)
 
 
+def apply_min_p(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Keep the tokens whose probability is >= min_p x the largest probability of the row (always the
+    most likely one); the rest get -inf (transformers' MinPLogitsWarper)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if min_p <= 0:
+        return logits.copy()
+    probs = softmax(logits)                                          # [B, V]
+    threshold = np.float32(min_p) * probs.max(axis=-1, keepdims=True)  # [B, 1]
+    remove = probs < threshold
+    remove[np.arange(len(logits)), np.argmax(logits, axis=-1)] = False  # min_tokens_to_keep = 1
+    return np.where(remove, np.float32(FILTERED), logits)
+
+
 def stable_argsort(logits: np.ndarray) -> np.ndarray:
     """argsort(logits, kind="stable") along the last axis, ~5x faster for a 50k vocabulary.
 
@@ -150,13 +216,23 @@ def stable_argsort(logits: np.ndarray) -> np.ndarray:
 
 
 def process_logits(logits: np.ndarray, options: SamplingOptions, *,
-                   previous: Sequence[Sequence[int]] | None = None) -> np.ndarray:
-    """All rules in transformers' order: repetition penalty; then, when sampling, temperature, top-k, top-p.
+                   previous: Sequence[Sequence[int]] | None = None,
+                   generated: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """All rules in order: logit bias, presence/frequency penalties, repetition penalty; then, when
+    sampling, temperature, top-k, top-p, min-p (the module docstring says whose order this is).
 
-    [B, V] -> [B, V] float32; removed tokens are -inf. `previous` is each row's tokens so far, needed
-    only for the repetition penalty.
+    [B, V] -> [B, V] float32; removed tokens are -inf. `previous` is each row's tokens so far (prompt +
+    generated), needed only for the repetition penalty; `generated` only the generated ones, needed only
+    for the presence/frequency penalties.
     """
     logits = np.asarray(logits, dtype=np.float32)
+    if options.logit_bias:
+        logits = apply_logit_bias(logits, options.logit_bias)
+    if options.penalises_generated:
+        if generated is None:
+            raise NumgptError("the presence/frequency penalties need the generated tokens of each row")
+        logits = apply_presence_frequency_penalty(logits, generated, options.presence_penalty,
+                                                  options.frequency_penalty)
     if options.repetition_penalty != 1.0:
         if previous is None:
             raise NumgptError("the repetition penalty needs the previous tokens of each row")
@@ -169,6 +245,8 @@ def process_logits(logits: np.ndarray, options: SamplingOptions, *,
         logits = apply_top_k(logits, options.top_k)
     if options.top_p < 1.0:
         logits = apply_top_p(logits, options.top_p)
+    if options.min_p > 0:
+        logits = apply_min_p(logits, options.min_p)
     return logits
 
 
@@ -198,9 +276,10 @@ def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarra
 
 
 def next_tokens(logits: np.ndarray, options: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
-                *, previous: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+                *, previous: Sequence[Sequence[int]] | None = None,
+                generated: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """The next id of every row: process the logits, then argmax or sample. [B, V] -> [B] int64"""
-    processed = process_logits(logits, options, previous=previous)
+    processed = process_logits(logits, options, previous=previous, generated=generated)
     if options.greedy:
         return greedy(processed).astype(np.int64)
     if rngs is None:

@@ -14,7 +14,8 @@ from references import reference
 
 from numgpt import NumgptError
 from numgpt.sampling import (
-    SamplingOptions, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, greedy,
+    SamplingOptions, apply_logit_bias, apply_min_p, apply_presence_frequency_penalty,
+    apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, greedy,
     next_tokens, process_logits, sample, softmax, stable_argsort,
 )
 
@@ -117,6 +118,8 @@ def processors_in_generate_order(o: SamplingOptions):
             procs.append(lp.TopKLogitsWarper(o.top_k))
         if o.top_p < 1.0:
             procs.append(lp.TopPLogitsWarper(o.top_p))
+        if o.min_p > 0:
+            procs.append(lp.MinPLogitsWarper(o.min_p))
     return lp.LogitsProcessorList(procs)
 
 
@@ -125,6 +128,7 @@ def processors_in_generate_order(o: SamplingOptions):
     SamplingOptions(temperature=1.5, top_p=0.5),
     SamplingOptions(top_k=3, repetition_penalty=0.8),
     SamplingOptions(do_sample=False, repetition_penalty=1.2),
+    SamplingOptions(temperature=0.8, top_k=200, min_p=0.05),
 ])
 def test_process_logits_equals_transformers_chain(options):
     rng = np.random.default_rng(6)
@@ -231,9 +235,37 @@ def test_greedy_rule_and_argmax():
     assert next_tokens(logits, o, None, previous=[[1]]).tolist() == [2]
 
 
+@pytest.mark.parametrize("min_p", [0.01, 0.1, 0.5, 1.0])
+def test_min_p_equals_transformers(min_p):
+    logits = random_logits(np.random.default_rng(11), 4, 5000)
+    np.testing.assert_array_equal(apply_min_p(logits, min_p), hf(lp.MinPLogitsWarper(min_p), logits))
+
+
+def test_logit_bias_and_openai_penalties_by_their_documented_formula():
+    """OpenAI's formula (API reference, "Parameter details"): mu[j] - c[j] * frequency - (c[j] > 0) * presence,
+    counted over the generated tokens only; logit_bias adds to the raw logit."""
+    logits = random_logits(np.random.default_rng(12), 2, 50)
+    generated = [[3, 3, 7], []]
+    out = apply_presence_frequency_penalty(logits, generated, presence=0.5, frequency=0.25)
+    want = logits.copy()
+    want[0, 3] -= 2 * 0.25 + 0.5
+    want[0, 7] -= 0.25 + 0.5
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
+    biased = apply_logit_bias(logits, [(5, -100.0), (9, 2.5)])
+    assert biased[:, 5].tolist() == (logits[:, 5] - 100).tolist() and np.allclose(biased[:, 9], logits[:, 9] + 2.5)
+    o = SamplingOptions(do_sample=False, logit_bias={9: 100})
+    assert next_tokens(logits, o, None).tolist() == [9, 9]      # applies to greedy decoding too
+    with pytest.raises(NumgptError, match="generated tokens"):
+        process_logits(logits, SamplingOptions(presence_penalty=1.0))
+    with pytest.raises(NumgptError, match="vocabulary has 50"):
+        apply_logit_bias(logits, [(50, 1.0)])
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-3), dict(top_k=2.5),
     dict(repetition_penalty=0), dict(repetition_penalty=-1.0), dict(temperature=float("nan")),
+    dict(min_p=-0.1), dict(min_p=2), dict(presence_penalty=3), dict(frequency_penalty=-2.5),
+    dict(logit_bias={1: 101}), dict(logit_bias={-1: 1}), dict(logit_bias=((1, 2, 3),)),
 ])
 def test_invalid_options_raise_one_line_errors(kwargs):
     with pytest.raises(NumgptError) as e:
