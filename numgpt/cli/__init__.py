@@ -23,6 +23,7 @@ examples:
   numgpt tokenize --explain "Mississippilessly"
   numgpt prepare input.txt --out data/mine --vocab-size 1024
   numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
+  numgpt explain attention "ROMEO: I will" --layer 1 -o attn.png   see GPT-2 at work (attention, sampling, kvcache, tokens)
 
 --model takes a Hugging Face GPT-2 folder, a run of `numgpt train`, or a name in the Hugging Face
 cache (gpt2, openai-community/gpt2-medium). Run `numgpt COMMAND --help` for each command's options.
@@ -67,6 +68,8 @@ def _registrars():
     registrars.append(train_commands.register)
     from . import inference_commands  # generate, next, perplexity, info
     registrars.append(inference_commands.register)
+    from . import explain_commands  # explain attention, sampling, kvcache, tokens
+    registrars.append(explain_commands.register)
     return registrars
 
 

@@ -111,6 +111,7 @@ def plot_kvcache(view: KVCacheView, path: str | Path) -> Path:
 
 def _save(fig, plt, path: str | Path) -> Path:
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, format="png", bbox_inches="tight")
     plt.close(fig)
     return out
