@@ -1,0 +1,268 @@
+"""numgpt.teach: the numbers behind each teaching view, checked against the model and the references.
+
+Attention: rows sum to 1, nothing above the diagonal, equal to transformers' output_attentions (a random
+checkpoint and the built-in model), and the logits of the same pass equal the forward's. Sampling: every
+stage is numgpt.sampling's own rule applied to the stage before, the last stage is process_logits bit for
+bit, and what `sample` draws is always in the final kept set. KV cache: the multiply-adds are exact,
+position counts are exact, the tokens are greedy generation's own.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from references import reference
+
+import numgpt
+from numgpt import NumgptError, SamplingOptions
+from numgpt.formats import load_checkpoint
+from numgpt.lm import BUILTIN_MODEL
+from numgpt.model import forward, reference_forward, split_heads
+from numgpt.ops import attention, causal_mask, layer_norm, linear, softmax
+from numgpt.sampling import (apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
+                             process_logits, sample)
+from numgpt.teach import (STAGES, attention_view, attention_weights, forward_macs, kvcache_view,
+                          sampling_stages, sampling_view, tokens_view, traced_forward)
+from numgpt.teach.attention import attention_probabilities
+from numgpt.teach.sampling_view import stage_logits
+
+torch = reference("torch")
+transformers = reference("transformers")
+
+TEXT = "ROMEO: I will not go to bed tonight, good sir; the moon is up."
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return numgpt.load()
+
+
+def hf_attentions(folder, ids) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' attention probabilities [L, H, T, T] and logits [T, V] for one row of ids
+    (the eager implementation: the one that returns attention weights)."""
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_attentions=True)
+    return np.stack([a[0].numpy() for a in out.attentions]), out.logits[0].numpy()
+
+
+# ---- attention -----------------------------------------------------------------------------------------
+
+def test_attention_rows_are_distributions_over_the_past(lm):
+    ids = lm.encode(TEXT)
+    w = attention_weights(lm.params, lm.config, ids)            # [L, H, T, T]
+    T = len(ids)
+    assert w.shape == (lm.config.n_layer, lm.config.n_head, T, T) and w.dtype == np.float32
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)       # float32 sums of up to T terms
+    assert np.all(w[..., ~causal_mask(T, T)] == 0)              # upper triangle exactly 0
+    assert np.all(w[..., 0, 0] == 1)                            # the first token sees only itself
+    assert np.all(w >= 0)
+
+
+def test_attention_equals_transformers_on_a_random_checkpoint(hf_small_ckpt, torch_one_thread):
+    config, params = load_checkpoint(hf_small_ckpt.folder, for_inference=True)
+    ids = list(np.random.default_rng(0).integers(0, config.vocab_size, 40))
+    theirs, their_logits = hf_attentions(hf_small_ckpt.folder, ids)
+    trace = traced_forward(params, config, ids)
+    np.testing.assert_allclose(trace.weights, theirs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(trace.logits, their_logits, atol=1e-4, rtol=0)   # logits ~1, float32 drift
+
+
+def test_attention_equals_transformers_on_the_builtin_model(lm, torch_one_thread):
+    ids = lm.encode(TEXT)
+    theirs, _ = hf_attentions(BUILTIN_MODEL, ids)
+    np.testing.assert_allclose(attention_weights(lm.params, lm.config, ids), theirs, atol=1e-5, rtol=0)
+
+
+def test_the_traced_pass_is_the_forward(lm):
+    """The logits are computed from the kept probabilities, so equal logits mean the probabilities are
+    the ones the model used: bit-equal to the plain forward, within float rounding of the fast one."""
+    ids = lm.encode(TEXT)
+    trace = traced_forward(lm.params, lm.config, ids)
+    assert np.array_equal(trace.logits, reference_forward(lm.params, lm.config, np.array([ids]))[0])
+    fast = forward(lm.params, lm.config, np.array([ids]), all_logits=True)[0]
+    np.testing.assert_allclose(trace.logits, fast, atol=1e-4, rtol=0)  # blocked attention sums in another order
+
+
+def test_attention_probabilities_are_ops_attentions_weights(lm):
+    """`attention_probabilities @ v` is ops.attention bit for bit, on a real layer's q, k, v."""
+    x = lm.params["wte.weight"][lm.encode(TEXT)][None]          # [1, T, C]
+    x = layer_norm(x, lm.params["h.0.ln_1.weight"], lm.params["h.0.ln_1.bias"], lm.config.layer_norm_epsilon)
+    q, k, v = split_heads(linear(x, lm.params["h.0.attn.c_attn.weight"], lm.params["h.0.attn.c_attn.bias"]),
+                          lm.config.n_head)
+    mask = causal_mask(x.shape[1], x.shape[1])[None, None]
+    assert np.array_equal(attention_probabilities(q, k, mask) @ v, attention(q, k, v, mask))
+
+
+def test_attention_view_is_plain_data(lm):
+    view = attention_view(lm, "ROMEO: I will", layer=1, head=2)
+    data = json.loads(json.dumps(view.to_json()))
+    assert data["heads"] == [2] and data["layer"] == 1 and data["tokens"] == ["ROMEO", ":", " I", " will"]
+    w = attention_weights(lm.params, lm.config, lm.encode("ROMEO: I will"))
+    np.testing.assert_array_equal(np.array(data["weights"], np.float32), w[1, [2]])
+    assert len(attention_view(lm, [858, 58], layer=0).heads) == lm.config.n_head   # ids; head=None: all
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text="x", layer=4), "layer 4 is out of range: the model has 4 layers (0..3)"),
+    (dict(text="x", layer=-1), "layer must be >= 0"),
+    (dict(text="x", head=4), "head 4 is out of range: the model has 4 heads (0..3)"),
+    (dict(text="", layer=0), "the text is empty"),
+    (dict(text="a " * 200, layer=0), "context overflow: 201 tokens > the model's context of n_positions=128; "
+                                     "shorten the text"),
+    (dict(text=[5000], layer=0), "token id 5000 is outside the model's vocabulary (0..1023)"),
+])
+def test_attention_view_refuses_bad_input(lm, kwargs, message):
+    with pytest.raises(NumgptError) as e:
+        attention_view(lm, kwargs.pop("text"), **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- sampling ------------------------------------------------------------------------------------------
+
+OPTIONS = [
+    SamplingOptions(),
+    SamplingOptions(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3),
+    SamplingOptions(temperature=1.5, top_p=0.5),
+    SamplingOptions(top_k=3),
+    SamplingOptions(temperature=0.0, top_k=5, repetition_penalty=1.2),     # greedy: only the penalty
+    SamplingOptions(do_sample=False, top_p=0.3),
+]
+
+
+@pytest.fixture(scope="module")
+def next_logits(lm):
+    ids = lm.encode(TEXT)
+    return ids, forward(lm.params, lm.config, np.array([ids]))[0]   # [V]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_the_last_stage_is_what_the_sampler_draws_from(next_logits, options):
+    ids, logits = next_logits
+    processed = process_logits(logits[None], options, previous=[ids])[0]
+    stages = sampling_stages(logits, ids, options, top=8)
+    assert [s.name for s in stages] == list(STAGES)
+    final = stages[-1]
+    kept = np.flatnonzero(np.isfinite(processed))
+    assert (final.kept_ids is None and kept.size == logits.size) or final.kept_ids == kept.tolist()
+    assert final.kept == kept.size
+    assert np.array_equal(stage_logits(logits, ids, options)[-1][2], processed)
+    p = softmax(processed.astype(np.float64))                   # the distribution sample() inverts
+    for t in final.top:
+        assert t.probability == p[t.id]
+    draws = sample(np.repeat(processed[None], 200, 0), [np.random.default_rng(s) for s in range(200)])
+    assert set(draws.tolist()) <= set(kept.tolist())
+
+
+def test_each_stage_is_the_samplers_rule_on_the_one_before(next_logits):
+    ids, logits = next_logits
+    o = OPTIONS[1]
+    stages = [row for _, _, row in stage_logits(logits, ids, o)]
+    expected = [logits[None]]
+    expected.append(apply_repetition_penalty(expected[-1], [ids], o.repetition_penalty))
+    expected.append(apply_temperature(expected[-1], o.temperature))
+    expected.append(apply_top_k(expected[-1], o.top_k))
+    expected.append(apply_top_p(expected[-1], o.top_p))
+    for got, want in zip(stages, expected):
+        assert np.array_equal(got, want[0])
+
+
+def test_stage_bookkeeping(next_logits, lm):
+    ids, logits = next_logits
+    stages = sampling_stages(logits, ids, OPTIONS[1], top=8, decode=lambda i: lm.tokenizer.decode([i]))
+    raw, penalty, temperature, top_k, top_p = stages
+    assert all(s.applied for s in stages)
+    assert raw.kept == logits.size and raw.kept_ids is None and raw.kept_mass == pytest.approx(1.0)
+    assert top_k.kept == 20 and top_p.kept <= 20
+    assert top_p.kept_mass >= 0.9 - 1e-6                        # the nucleus holds at least p
+    p_in = softmax(top_k_logits := stage_logits(logits, ids, OPTIONS[1])[3][2].astype(np.float64))
+    assert top_p.kept_mass == pytest.approx(p_in[top_p.kept_ids].sum(), abs=1e-12)
+    assert np.isfinite(top_k_logits).sum() == 20
+    shown = [t.id for t in raw.top]
+    assert all([t.id for t in s.top] == shown for s in stages)  # one shared list of tokens
+    raw_p = [t.probability for t in raw.top]
+    assert raw_p == sorted(raw_p, reverse=True)
+    assert raw.top[0].token == lm.tokenizer.decode([shown[0]])
+    removed = [t for t in top_p.top if t.logit is None]
+    assert all(t.probability == 0 for t in removed)
+
+
+def test_greedy_and_neutral_stages_are_listed_as_off(next_logits):
+    ids, logits = next_logits
+    stages = sampling_stages(logits, ids, OPTIONS[4])
+    assert [s.applied for s in stages] == [True, True, False, False, False]
+    assert "greedy" in stages[3].note and stages[3].setting == 5
+    assert [s.applied for s in sampling_stages(logits, ids, OPTIONS[0])] == [True, False, False, False, False]
+
+
+def test_sampling_view_is_plain_data(lm):
+    view = sampling_view(lm, "ROMEO: I will", temperature=0.8, top_k=8, top_p=0.9, top=5)
+    data = json.loads(json.dumps(view.to_json()))
+    assert data["options"]["top_k"] == 8 and [s["name"] for s in data["stages"]] == list(STAGES)
+    assert data["prompt_ids"] == lm.encode("ROMEO: I will")
+    with pytest.raises(NumgptError, match="top_p must be in"):
+        sampling_view(lm, "x", top_p=0)
+    with pytest.raises(NumgptError, match="the prompt is empty"):
+        sampling_view(lm, "")
+
+
+# ---- KV cache ------------------------------------------------------------------------------------------
+
+def test_forward_macs_exact():
+    c = numgpt.PRESETS["tiny"]                                  # C 32, L 2, V 512
+    # prefill 3 positions: per layer 12 C^2 per position, and 2 C per attended key (1 + 2 + 3 keys)
+    assert forward_macs(c, 3) == 2 * (12 * 32 * 32 * 3 + 2 * 32 * 6) + 32 * 512 == 90880
+    # one decode step after 3 cached positions: 4 keys
+    assert forward_macs(c, 1, 3) == 2 * (12 * 32 * 32 + 2 * 32 * 4) + 32 * 512 == 41472
+    gpt2 = numgpt.PRESETS["gpt2"]                               # the 124M decode step at 1023 cached
+    assert forward_macs(gpt2, 1, 1023) == 12 * (12 * 768 ** 2 + 2 * 768 * 1024) + 768 * 50257
+
+
+def test_forward_macs_matches_a_position_by_position_count():
+    c = numgpt.GPTConfig(vocab_size=100, n_positions=64, n_embd=24, n_layer=3, n_head=3)
+    for new, past in [(1, 0), (5, 0), (1, 9), (4, 7)]:
+        count = c.vocab_size * c.n_embd
+        for _ in range(c.n_layer):
+            for p in range(past, past + new):                   # the position at index p sees p + 1 keys
+                count += 3 * 24 * 24 + 24 * 24 + 4 * 24 * 24 + 4 * 24 * 24 + c.n_head * (p + 1) * 2 * 8
+        assert forward_macs(c, new, past) == count
+
+
+def test_kvcache_view_counts_and_tokens(lm):
+    prompt = lm.encode("ROMEO: I will")
+    P, N = len(prompt), 6
+    view = kvcache_view(lm, "ROMEO: I will", max_new_tokens=N)
+    greedy = lm.completions("ROMEO: I will", max_new_tokens=N, do_sample=False, stop_at_eos=False)[0]
+    assert [s.token_id for s in view.steps] == greedy.token_ids
+    assert [s.computed_cached for s in view.steps] == [P] + [1] * (N - 1)
+    assert [s.reused_cached for s in view.steps] == [0] + list(range(P, P + N - 1))
+    assert [s.computed_full for s in view.steps] == list(range(P, P + N))
+    assert [s.macs_cached for s in view.steps] == [forward_macs(lm.config, P)] + \
+        [forward_macs(lm.config, 1, P + i - 1) for i in range(1, N)]
+    assert [s.macs_full for s in view.steps] == [forward_macs(lm.config, P + i) for i in range(N)]
+    assert view.macs_cached == sum(s.macs_cached for s in view.steps) < view.macs_full
+    assert view.steps[0].macs_cached == view.steps[0].macs_full and view.steps[0].max_logit_difference == 0
+    assert all(s.max_logit_difference < 1e-4 for s in view.steps)   # float rounding only
+    assert all(s.seconds_cached > 0 and s.seconds_full > 0 for s in view.steps)
+    json.dumps(view.to_json())
+
+
+def test_kvcache_view_refuses_too_many_tokens(lm):
+    with pytest.raises(NumgptError, match="context overflow: 4 tokens \\+ max_new_tokens 125"):
+        kvcache_view(lm, "ROMEO: I will", max_new_tokens=125)
+    with pytest.raises(NumgptError, match="max_new_tokens must be >= 1"):
+        kvcache_view(lm, "ROMEO", max_new_tokens=0)
+
+
+# ---- tokens --------------------------------------------------------------------------------------------
+
+def test_tokens_view_is_the_tokenizers_explain(lm):
+    text = "ROMEO: Mississippi, thou art"
+    view = tokens_view(lm.tokenizer, text)
+    assert view.ids == lm.encode(text)
+    traces = lm.tokenizer.explain(text, allowed_special="all")
+    assert [p.piece for p in view.pieces] == [t.piece for t in traces]
+    assert [[s.rank for s in p.steps] for p in view.pieces] == [[s.rank for s in t.steps] for t in traces]
+    json.dumps(view.to_json())
+    with pytest.raises(NumgptError, match="empty"):
+        tokens_view(lm.tokenizer, "")
