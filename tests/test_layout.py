@@ -12,7 +12,7 @@ import numgpt
 PACKAGE = Path(numgpt.__file__).parent
 CORE = ["config", "params", "ops", "kvcache", "model", "backprop", "sampling", "generate", "scoring", "lm",
         "errors", "threads", "atomic"]
-ROOMS = ["formats", "tokenizer", "training", "cli"]
+ROOMS = ["formats", "tokenizer", "training", "teach", "cli"]
 LEAVES = ["config", "ops", "sampling", "kvcache", "errors", "threads", "atomic"]   # STYLE.md's import direction
 
 
@@ -48,7 +48,7 @@ def test_the_core_imports_no_room_and_the_rooms_no_cli():
         rooms = {m for m in package_imports(PACKAGE / f"{name}.py")
                  if m.split(".")[1] in ROOMS and m.split(".")[1] != "formats"}
         assert not rooms, (name, rooms)          # lm loads through formats; nothing in the core trains or prints
-    for room in ("formats", "tokenizer", "training"):
+    for room in ("formats", "tokenizer", "training", "teach"):
         for path in (PACKAGE / room).glob("*.py"):
             assert not {m for m in package_imports(path) if m.startswith("numgpt.cli")}, path
 
