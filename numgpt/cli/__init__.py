@@ -23,6 +23,7 @@ examples:
   numgpt tokenize --explain "Mississippilessly"
   numgpt prepare input.txt --out data/mine --vocab-size 1024
   numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
+  numgpt serve                               an OpenAI-compatible server on http://127.0.0.1:8000
   numgpt explain attention "ROMEO: I will" --layer 1 -o attn.png   see GPT-2 at work (attention, sampling, kvcache, tokens)
 
 --model takes a Hugging Face GPT-2 folder, a run of `numgpt train`, or a name in the Hugging Face
@@ -70,6 +71,8 @@ def _registrars():
     registrars.append(inference_commands.register)
     from . import explain_commands  # explain attention, sampling, kvcache, tokens
     registrars.append(explain_commands.register)
+    from . import serve_commands  # serve: the OpenAI-compatible server
+    registrars.append(serve_commands.register)
     return registrars
 
 
