@@ -244,13 +244,17 @@ def sampling_table(view) -> str:
     heads = [s.name.replace("_", " ") + ("" if s.applied else " (off)") for s in stages]
     widths = [max(9, len(h)) for h in heads]
     tokens = [repr(t.token) for t in stages[0].top]
-    tw = max(5, *map(len, tokens))
-    lines = [f"{'id':>6}  {'token':<{tw}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths))]
+    tw = max(len("kept mass"), *map(len, tokens))
+
+    def row(first: str, label: str, cells) -> str:
+        return f"{first:>6}  {label:<{tw}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+
+    lines = [row("id", "token", heads)]
     for k, token in enumerate(tokens):
-        cells = ["-" if s.top[k].logit is None else f"{s.top[k].probability:.4f}" for s in stages]
-        lines.append(f"{stages[0].top[k].id:>6}  {token:<{tw}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
-    lines.append(f"{'':>6}  {'kept':<{tw}}  " + "  ".join(f"{s.kept:>{w}}" for s, w in zip(stages, widths)))
-    lines.append(f"{'':>6}  {'kept mass':<{tw}}  " + "  ".join(f"{s.kept_mass:>{w}.4f}" for s, w in zip(stages, widths)))
+        lines.append(row(str(stages[0].top[k].id), token,
+                         ["-" if s.top[k].logit is None else f"{s.top[k].probability:.4f}" for s in stages]))
+    lines.append(row("", "kept", [str(s.kept) for s in stages]))
+    lines.append(row("", "kept mass", [f"{s.kept_mass:.4f}" for s in stages]))
     lines += [f"{s.name}: {s.note}" for s in stages[1:]]
     return "\n".join(lines)
 
