@@ -101,6 +101,10 @@ def test_attention_view_is_plain_data(lm):
     w = attention_weights(lm.params, lm.config, lm.encode("ROMEO: I will"))
     np.testing.assert_array_equal(np.array(data["weights"], np.float32), w[1, [2]])
     assert len(attention_view(lm, [858, 58], layer=0).heads) == lm.config.n_head   # ids; head=None: all
+    some = traced_forward(lm.params, lm.config, lm.encode("ROMEO: I will"), layers=[3, 1])
+    assert np.array_equal(some.weights, w[[3, 1]])              # only the layers asked for, in that order
+    with pytest.raises(NumgptError, match="layer 4 is out of range"):
+        traced_forward(lm.params, lm.config, [1, 2], layers=[4])
 
 
 @pytest.mark.parametrize("kwargs, message", [

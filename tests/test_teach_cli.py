@@ -136,3 +136,14 @@ def test_help_has_examples(capsys):
             main(["explain", view, "--help"])
         assert f"numgpt explain {view} " in capsys.readouterr().out
     assert run(capsys, "explain")[1].count("numgpt explain") >= 4
+
+
+def test_the_walkthroughs_pictures_exist_and_are_small():
+    from pathlib import Path
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "walkthrough.md").read_text(encoding="utf-8")
+    pictures = [line.split("](", 1)[1].split(")", 1)[0] for line in text.splitlines() if line.startswith("![")]
+    assert {"attention_head.png", "attention_layer.png", "sampling_stages.png", "kvcache.png"} <= set(pictures)
+    for name in pictures:
+        data = (docs / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) < 150_000, name

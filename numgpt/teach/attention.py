@@ -36,7 +36,8 @@ class AttentionTrace:
     """One plain forward pass over a text: its logits and every layer's attention probabilities."""
 
     logits: np.ndarray    # [T, V] float32, logits at t score the token at t + 1
-    weights: np.ndarray   # [L, H, T, T] float32, weights[l, h, t, s] = attention of t to s (0 for s > t)
+    weights: np.ndarray   # [K, H, T, T] float32 for the K layers kept (all: K = L); weights[k, h, t, s] =
+                          # attention of position t to position s (0 for s > t)
 
 
 def attention_weights(params: Params, config: GPTConfig, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -45,16 +46,22 @@ def attention_weights(params: Params, config: GPTConfig, ids: Sequence[int] | np
     return traced_forward(params, config, ids).weights
 
 
-def traced_forward(params: Params, config: GPTConfig, ids: Sequence[int] | np.ndarray) -> AttentionTrace:
-    """reference_forward for one row of ids [T], keeping each layer's attention probabilities."""
+def traced_forward(params: Params, config: GPTConfig, ids: Sequence[int] | np.ndarray, *,
+                   layers: Sequence[int] | None = None) -> AttentionTrace:
+    """reference_forward for one row of ids [T], keeping the attention probabilities of `layers` (in that
+    order; None: every layer). Every layer runs either way; keeping one is what bounds the memory (GPT-2
+    124M at 1024 tokens: 48 MiB a layer, 576 MiB for all twelve)."""
     ids = _checked_ids(ids, config)                            # [T]
     T = ids.shape[0]
+    layers = list(range(config.n_layer)) if layers is None else \
+        [index_in_range("layer", i, config.n_layer, "layers") for i in layers]
     x = embed(params, ids[None], np.arange(T)[None])           # [1, T] -> [1, T, C]
     mask = causal_mask(T, T)[None, None]                       # [1, 1, T, T]
-    weights = np.empty((config.n_layer, config.n_head, T, T), np.float32)
+    weights = np.empty((len(layers), config.n_head, T, T), np.float32)
     for i in range(config.n_layer):
         x, probs = traced_block(params, f"h.{i}.", config, x, mask)  # [1, T, C], [1, H, T, T]
-        weights[i] = probs[0]
+        for k in (k for k, layer in enumerate(layers) if layer == i):
+            weights[k] = probs[0]
     x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     return AttentionTrace(logits=lm_head(params, x)[0], weights=weights)  # [1, T, C] -> [T, V]
 
@@ -127,6 +134,6 @@ def attention_view(lm, text: Prompt, *, layer: int = 0, head: int | None = None)
     layer = index_in_range("layer", layer, config.n_layer, "layers")
     heads = list(range(config.n_head)) if head is None else [index_in_range("head", head, config.n_head, "heads")]
     ids = prompt_ids(lm, text)
-    weights = attention_weights(lm.params, config, ids)[layer, heads]  # [L, H, T, T] -> [h, T, T]
+    weights = traced_forward(lm.params, config, ids, layers=[layer]).weights[0, heads]  # [1, H, T, T] -> [h, T, T]
     return AttentionView(ids=ids, tokens=token_labels(lm.tokenizer, ids), layer=layer, heads=heads,
                          weights=weights.astype(float).tolist())
