@@ -270,3 +270,11 @@ def test_tokens_view_is_the_tokenizers_explain(lm):
     json.dumps(view.to_json())
     with pytest.raises(NumgptError, match="empty"):
         tokens_view(lm.tokenizer, "")
+
+
+def test_an_empty_prompt_starts_from_endoftext_as_in_generate(hf_gpt2_vocab_ckpt):
+    gpt2_vocab = numgpt.load(hf_gpt2_vocab_ckpt.folder)
+    assert sampling_view(gpt2_vocab, "", top=3).prompt_ids == [50256]
+    assert kvcache_view(gpt2_vocab, "", max_new_tokens=2).prompt_ids == [50256]
+    with pytest.raises(NumgptError, match="the text is empty"):
+        attention_view(gpt2_vocab, "")

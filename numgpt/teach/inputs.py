@@ -2,9 +2,10 @@
 labels for display.
 
 A view shows the model at work on real input, so its input rules are the model's own: the text is
-encoded as `LanguageModel.encode` does (special tokens written in it count), it must not be empty, and it
-must fit in the model's context (`model.check_context`, the one context rule). Errors are one-line
-NumgptErrors that say what to change.
+encoded as `LanguageModel.encode` does (special tokens written in it count); a prompt to continue may be
+empty, and then starts from <|endoftext|> as in `generate` and `next` (generate.encode_prompt), while a
+text to look at may not; and it must fit in the model's context (`model.check_context`, the one context
+rule). Errors are one-line NumgptErrors that say what to change.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import NumgptError, describe, whole_number
+from ..generate import encode_prompt
 from ..model import check_context
 
 Prompt = str | Sequence[int]   # text, or token ids
 
 
 def prompt_ids(lm, prompt: Prompt, *, max_new_tokens: int = 0, what: str = "text") -> list[int]:
-    """The token ids of `prompt` (text, or ids already) for lm, checked: not empty, in the vocabulary,
-    and with max_new_tokens more within the context."""
-    if isinstance(prompt, str):
+    """The token ids of `prompt` (text, or ids already) for lm, checked: in the vocabulary, with
+    max_new_tokens more within the context, and not empty (what="prompt": empty text is <|endoftext|>)."""
+    if isinstance(prompt, str) and what == "prompt":
+        ids = encode_prompt(lm.tokenizer, prompt)
+    elif isinstance(prompt, str):
         ids = lm.encode(prompt)
     elif isinstance(prompt, (list, tuple)) or hasattr(prompt, "__array__"):
         ids = [whole_number(f"{what} token id", t, minimum=0) for t in list(prompt)]
