@@ -33,7 +33,7 @@ from .inputs import Prompt, index_in_range, prompt_ids, token_labels
 
 @dataclass(frozen=True)
 class AttentionTrace:
-    """One plain forward pass over a text: its logits and every layer's attention probabilities."""
+    """One plain forward pass over a text: its logits and the attention probabilities of the layers kept."""
 
     logits: np.ndarray    # [T, V] float32, logits at t score the token at t + 1
     weights: np.ndarray   # [K, H, T, T] float32 for the K layers kept (all: K = L); weights[k, h, t, s] =
