@@ -1,0 +1,25 @@
+"""GPT-2 in SQL: the whole model, its tokenizer and its sampler as SQL statements, run by DuckDB
+(embedded, the default) or a PostgreSQL server. A room of numgpt: it imports the core, the core never
+imports it, and duckdb / psycopg are imported only when a database is opened (`pip install
+"numgpt[sql]"`).
+
+    export.py      a model and tokenizer into a database: weights, vocabulary, merges, the SQL
+    statements.py  the model's statements, one per stage, generated from the config
+    layers.py      each layer as SQL (layer_norm, linear, attention, gelu, softmax), named as in ops.py
+    tokenize.py    GPT-2's pre-tokenizer and BPE merges as one recursive statement
+    dialects.py    what differs between DuckDB's and PostgreSQL's SQL
+    engines.py     connections, parameters, bulk loading, one-line errors
+    session.py     SqlModel: tokenize, next, generate -- Python sends statements, the database computes
+
+    import numgpt, numgpt.sql
+    numgpt.sql.export(numgpt.load(), "model.duckdb")
+    with numgpt.sql.connect("model.duckdb") as m:
+        print(m.generate("ROMEO:", max_new_tokens=20, do_sample=False))
+
+docs/sql.md walks through the SQL of each stage.
+"""
+
+from .export import ExportSummary, export
+from .session import MergeStepRow, SqlModel, connect
+
+__all__ = ["export", "connect", "SqlModel", "ExportSummary", "MergeStepRow"]

@@ -1,0 +1,272 @@
+"""The two engines behind one small interface: open a connection, run a statement with :name
+parameters, fetch rows, run a transaction, bulk-load numpy columns. duckdb and psycopg are imported
+here only, when a connection is opened, so `import numgpt` never needs them.
+
+    DuckDB      DB is a file path (the embedded default; `pip install "numgpt[sql]"`)
+    PostgreSQL  DB is a postgresql:// or postgres:// URL (psycopg 3), e.g.
+                postgresql://user@localhost/dbname or postgresql:///dbname?host=/path/to/socket
+
+Every failure to open or use a database becomes a one-line NumgptError that says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NumgptError
+from .dialects import Dialect
+
+PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z_0-9]*)")   # :name, not ::type
+INSTALL_HINT = 'pip install "numgpt[sql]"'
+
+
+def is_postgres(db: str) -> bool:
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def shown(db: str) -> str:
+    """The DB as error messages show it: a URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(db))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0].strip() if text else type(error).__name__
+
+
+class Engine:
+    """A connection to one database; `name` is "duckdb" or "postgresql"."""
+
+    name: str
+    db: str
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        raise NotImplementedError
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def load(self, table: str, columns: Mapping[str, np.ndarray]) -> None:
+        """Append rows to `table`: one numpy array per column, in the table's column order (2-D arrays
+        [rows, n] fill n consecutive columns, or one fixed-size array column on DuckDB)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def dialect(self, precision: str) -> Dialect:
+        return Dialect(self.name, precision)
+
+    def has_table(self, table: str) -> bool:
+        return bool(self.rows("SELECT 1 FROM information_schema.tables WHERE table_name = :name "
+                              "AND table_schema = current_schema()", {"name": table}))
+
+    def database_size(self) -> int:
+        """Bytes the database takes (file or server-side)."""
+        raise NotImplementedError
+
+
+def used_parameters(sql: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters a statement names (DuckDB refuses extra ones); a missing one is a bug here."""
+    names = set(PARAMETER.findall(sql))
+    params = dict(params or {})
+    missing = names - set(params)
+    if missing:
+        raise KeyError(f"statement parameters not given: {sorted(missing)}")
+    return {k: params[k] for k in names}
+
+
+# ---- DuckDB -------------------------------------------------------------------------------------------
+
+class DuckDBEngine(Engine):
+    name = "duckdb"
+
+    def __init__(self, db: str, *, create: bool, threads: int | None = None):
+        try:
+            import duckdb
+        except ImportError:
+            raise NumgptError(f"the DuckDB engine needs the duckdb package: {INSTALL_HINT}") from None
+        self._duckdb = duckdb
+        self.db = str(db)
+        path = Path(db)
+        if not create and not path.is_file():
+            raise NumgptError(f"no such database: {db}; make one with `numgpt sql export --db {db}`")
+        if path.is_dir():
+            raise NumgptError(f"{db} is a folder; --db takes a DuckDB file path or a postgresql:// URL")
+        try:
+            self._con = duckdb.connect(str(path))
+            if threads:
+                self._con.execute(f"SET threads = {int(threads)}")
+        except duckdb.Error as e:
+            raise NumgptError(f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
+
+    def _sql(self, sql: str) -> str:
+        return PARAMETER.sub(r"$\1", sql)
+
+    def execute(self, sql, params=None):
+        self._run(sql, params)
+
+    def rows(self, sql, params=None):
+        return self._run(sql, params).fetchall()
+
+    def _run(self, sql, params):
+        try:
+            return self._con.execute(self._sql(sql), used_parameters(sql, params))
+        except self._duckdb.Error as e:
+            raise DatabaseError(self, e) from None
+
+    @contextmanager
+    def transaction(self):
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+
+    def load(self, table, columns):
+        names = [r[0] for r in self._con.execute(f"DESCRIBE {table}").fetchall()]
+        types = {r[0]: r[1] for r in self._con.execute(f"DESCRIBE {table}").fetchall()}
+        frame: dict[str, np.ndarray] = {}
+        select = []
+        for name, values in zip(names, columns.values()):
+            if values.ndim == 2:   # one fixed-size array column, built from n plain columns
+                parts = [f"{name}_{k}" for k in range(values.shape[1])]
+                frame.update({p: np.ascontiguousarray(values[:, k]) for k, p in enumerate(parts)})
+                select.append(f"CAST([{', '.join(parts)}] AS {types[name]})")
+            else:
+                frame[name] = values
+                select.append(f"CAST({name} AS {types[name]})")
+        self._con.register("numgpt_load", frame)
+        try:
+            self._con.execute(f"INSERT INTO {table} SELECT {', '.join(select)} FROM numgpt_load")
+        finally:
+            self._con.unregister("numgpt_load")
+
+    def close(self):
+        self._con.close()
+
+    def database_size(self):
+        self._con.execute("CHECKPOINT")
+        return Path(self.db).stat().st_size
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------------
+
+class PostgresEngine(Engine):
+    name = "postgresql"
+
+    def __init__(self, db: str):
+        try:
+            import psycopg
+        except ImportError:
+            raise NumgptError(f"the PostgreSQL engine needs psycopg 3: {INSTALL_HINT}") from None
+        self._psycopg = psycopg
+        self.db = str(db)
+        try:
+            self._con = psycopg.connect(self.db, autocommit=True, connect_timeout=10)
+        except psycopg.ProgrammingError as e:
+            raise NumgptError(f"not a valid PostgreSQL URL: {shown(db)} ({first_line(e)})") from None
+        except psycopg.Error as e:
+            raise NumgptError(f"cannot connect to PostgreSQL at {shown(db)}: {first_line(e)}") from None
+        # jit recompiles the long wide-row expressions on every execution; the session's work is small
+        # enough that it only costs (measured: BENCHMARKS.md)
+        self._con.execute("SET jit = off")
+
+    def _sql(self, sql: str) -> str:
+        return PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+    def execute(self, sql, params=None):
+        self._run(sql, params, fetch=False)
+
+    def rows(self, sql, params=None):
+        return self._run(sql, params, fetch=True)
+
+    def _run(self, sql, params, *, fetch):
+        try:
+            cur = self._con.execute(self._sql(sql), used_parameters(sql, params))
+            return cur.fetchall() if fetch else None
+        except self._psycopg.OperationalError as e:
+            raise NumgptError(f"the PostgreSQL connection to {shown(self.db)} failed: {first_line(e)}") from None
+        except self._psycopg.Error as e:
+            raise DatabaseError(self, e) from None
+
+    @contextmanager
+    def transaction(self):
+        with self._con.transaction():
+            yield
+
+    def load(self, table, columns):
+        """COPY ... FROM STDIN in PostgreSQL's binary format, built by numpy (no per-value Python);
+        columns of Python objects (text, bytes) go as COPY's text rows instead."""
+        if any(v.dtype == object or v.dtype.kind == "U" for v in columns.values()):
+            with self._con.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+                for row in zip(*(v.tolist() for v in columns.values())):
+                    copy.write_row(row)
+            return
+        fields = []
+        for values in columns.values():
+            values = values if values.ndim == 2 else values[:, None]
+            fields.extend(values[:, k] for k in range(values.shape[1]))
+        n = len(fields[0])
+        dtype = [("count", ">i2")]
+        for k, f in enumerate(fields):
+            if f.dtype.kind in "iu":
+                code = ">i4"
+            elif f.dtype == np.float32:
+                code = ">f4"
+            elif f.dtype == np.float64:
+                code = ">f8"
+            else:
+                raise TypeError(f"binary COPY of {f.dtype} is not written here")
+            dtype += [(f"len{k}", ">i4"), (f"v{k}", code)]
+        rows = np.empty(n, dtype=dtype)
+        rows["count"] = len(fields)
+        for k, f in enumerate(fields):
+            rows[f"len{k}"] = rows.dtype[f"v{k}"].itemsize
+            rows[f"v{k}"] = f
+        header = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+        with self._con.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(header)
+            step = max(1, (1 << 24) // rows.dtype.itemsize)
+            for start in range(0, n, step):
+                copy.write(rows[start:start + step].tobytes())
+            copy.write((-1).to_bytes(2, "big", signed=True))
+
+    def close(self):
+        self._con.close()
+
+    def database_size(self):
+        return int(self.rows("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class AS c "
+                             "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                             "WHERE c.relname LIKE 'numgpt%' AND c.relkind = 'r' AND n.nspname = current_schema()")[0][0] or 0)
+
+
+class DatabaseError(NumgptError):
+    """An error the engine reported for a statement: one line naming the engine and the error."""
+
+    def __init__(self, engine: Engine, error: BaseException):
+        super().__init__(f"{engine.name} error on {shown(engine.db)}: {first_line(error)}")
+
+
+def open_engine(db: str, *, create: bool = False, threads: int | None = None) -> Engine:
+    """The engine for DB: PostgreSQL for a postgresql:// URL, else DuckDB on a file path."""
+    if not isinstance(db, str) or not db:
+        raise NumgptError("--db needs a DuckDB file path or a postgresql:// URL")
+    if is_postgres(db):
+        return PostgresEngine(db)
+    if "://" in db:
+        raise NumgptError(f"unknown database URL {shown(db)}: use a DuckDB file path or postgresql://...")
+    return DuckDBEngine(db, create=create, threads=threads)

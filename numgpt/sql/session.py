@@ -1,0 +1,295 @@
+"""A session on an exported database: tokenize, next-token distribution, generation -- every number
+computed by the database. Python sends the stored statements one stage at a time with their parameters
+(the layer, the first new position, the sampling options, the seed) and streams what comes back: token
+ids and their bytes, which it decodes to text as numgpt's generate does (UTF-8 safe, stop strings).
+
+    import numgpt.sql
+    with numgpt.sql.connect("gpt2.duckdb") as m:          # or "postgresql://user@host/db"
+        m.tokenize("Hello world")                          # [15496, 995]
+        m.next("I wish you a happy New", top=3)           # [NextToken(id=..., token=' Year', probability=...)]
+        for piece in m.stream("Once upon a time", max_new_tokens=20, seed=1):
+            print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import GPTConfig
+from ..errors import NumgptError, whole_number
+from ..generate import TextStopper
+from ..lm import NextToken, generation_options
+from ..model import check_context
+from ..tokenizer import StreamDecoder
+from .engines import Engine, open_engine, shown
+from .export import FORMAT, SCHEMA_VERSION
+from .statements import state_tables
+
+CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_qkv",
+              "DELETE FROM numgpt_logits"]
+CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
+
+
+@dataclass(frozen=True)
+class MergeStepRow:
+    """One step of `explain`: the piece, the merge's rank and position, the token ids after it."""
+
+    piece_no: int
+    piece: str
+    step: int
+    rank: int | None
+    position: int | None
+    ids: tuple[int, ...]
+    special: bool
+
+
+def connect(db: str, *, threads: int | None = None) -> "SqlModel":
+    """Open an exported database (a DuckDB file path or a postgresql:// URL) and check what it holds:
+    a one-line NumgptError for a missing or foreign database, another version's export, or an export
+    that was interrupted."""
+    engine = open_engine(db, create=False, threads=threads)
+    try:
+        meta = read_meta(engine)
+        return SqlModel(engine, meta)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def read_meta(engine: Engine) -> dict[str, str]:
+    """numgpt_meta, checked: made by numgpt, this schema version, complete."""
+    where = shown(engine.db)
+    if not engine.has_table("numgpt_meta"):
+        raise NumgptError(f"{where} holds no numgpt export (no numgpt_meta table); make one with "
+                          f"`numgpt sql export --db {where}`")
+    meta = dict(engine.rows("SELECT key, value FROM numgpt_meta"))
+    if meta.get("format") != FORMAT:
+        raise NumgptError(f"{where} has a numgpt_meta table that numgpt did not write "
+                          f"(format {meta.get('format')!r}); use another database")
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise NumgptError(f"{where} holds an export of schema version {meta.get('schema_version')}, this "
+                          f"numgpt reads version {SCHEMA_VERSION}; export again with `numgpt sql export "
+                          f"--force --db {where}`")
+    if meta.get("state") != "complete":
+        raise NumgptError(f"the export into {where} was interrupted before it completed; run `numgpt sql "
+                          f"export --force --db {where}` again")
+    return meta
+
+
+class SqlModel:
+    """GPT-2 running inside a database; made by `connect`. Close it (or use `with`) when done."""
+
+    def __init__(self, engine: Engine, meta: dict[str, str]):
+        self.engine = engine
+        self.meta = meta
+        self.config = GPTConfig(**json.loads(meta["config"]))
+        self.precision = meta["precision"]
+        self.statements = {name: sql for name, sql in engine.rows("SELECT name, sql FROM numgpt_sql ORDER BY position")}
+        self.descriptions = dict(engine.rows("SELECT name, description FROM numgpt_sql"))
+        specials = dict(engine.rows("SELECT token, id FROM numgpt_special"))
+        self.eot_id: int | None = specials.get("<|endoftext|>")
+        for sql in state_tables(engine.dialect(self.precision)):
+            engine.execute(sql.replace("CREATE TEMP TABLE", "CREATE TEMP TABLE IF NOT EXISTS"))
+        self._bytes: dict[int, bytes] = {}
+        self.length = 0   # positions in the KV cache
+
+    def __enter__(self) -> "SqlModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"SqlModel({shown(self.engine.db)!r}, engine={self.engine.name}, precision={self.precision}, "
+                f"n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size})")
+
+    # ---- tokenizer --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> token ids, computed by the `tokenize` statement (special tokens written in the text
+        are those tokens)."""
+        return [int(i) for _, i in self.engine.rows(self.statements["tokenize"], {"text": _text(text)})]
+
+    def explain(self, text: str) -> list[MergeStepRow]:
+        """Every merge step of every piece, as the SQL computed them."""
+        return [MergeStepRow(int(n), piece, int(step), rank, k, tuple(int(i) for i in ids), bool(special))
+                for n, piece, step, rank, k, ids, special
+                in self.engine.rows(self.statements["tokenize_explain"], {"text": _text(text)})]
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """The bytes each token stands for (numgpt_vocab)."""
+        found = {}
+        for i in sorted(set(int(t) for t in ids) - set(self._bytes)):
+            rows = self.engine.rows("SELECT bytes FROM numgpt_vocab WHERE id = :id", {"id": i})
+            found[i] = bytes(rows[0][0]) if rows else b""
+        self._bytes.update(found)
+        return [self._bytes[int(t)] for t in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(ids)).decode("utf-8", "replace")
+
+    # ---- the model --------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the sequence and the KV cache."""
+        for sql in CLEAR_SEQUENCE + CLEAR_STEP:
+            self.engine.execute(sql)
+        self.length = 0
+
+    def start(self, prompt: str | Sequence[int]) -> int:
+        """A new sequence from a prompt (text, tokenized in SQL, or token ids): it is written to
+        numgpt_seq and prefilled into the KV cache, leaving the last position's logits in numgpt_logits.
+        Returns the number of prompt tokens."""
+        self.reset()
+        if isinstance(prompt, str):
+            self.engine.execute("INSERT INTO numgpt_seq SELECT pos, id FROM (" + self.statements["tokenize"]
+                                + ") AS tokens", {"text": prompt})
+            n = int(self.engine.rows("SELECT count(*) FROM numgpt_seq")[0][0])
+            if n == 0:
+                if self.eot_id is None:
+                    raise NumgptError("the prompt is empty and the vocabulary has no <|endoftext|> to start "
+                                      "from; give a prompt")
+                self._append(0, self.eot_id)
+                n = 1
+        else:
+            ids = [int(i) for i in prompt]
+            if not ids:
+                raise NumgptError("the prompt is empty: give at least one token id")
+            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+            if bad:
+                raise NumgptError(f"token ids must be in 0..{self.config.vocab_size - 1}, got {bad[0]}")
+            for pos, i in enumerate(ids):
+                self._append(pos, i)
+            n = len(ids)
+        check_context(self.config, n, fix="shorten the prompt")
+        self._forward(0, n)
+        return n
+
+    def feed(self, token: int) -> None:
+        """Append one token and run one decode step: one new position through every layer, attending to
+        the KV cache; the new logits replace the old in numgpt_logits."""
+        check_context(self.config, self.length + 1, fix="shorten the prompt or generate fewer tokens")
+        self._append(self.length, int(token))
+        self._forward(self.length, self.length + 1)
+
+    def _append(self, pos: int, token: int) -> None:
+        self.engine.execute("INSERT INTO numgpt_seq VALUES (CAST(:pos AS INTEGER), CAST(:id AS INTEGER))",
+                            {"pos": pos, "id": token})
+
+    def _forward(self, past: int, end: int) -> None:
+        """Positions past .. end-1 through the model (embed, each block's four stages, logits)."""
+        for sql in CLEAR_STEP:
+            self.engine.execute(sql)
+        s = self.statements
+        self.engine.execute(s["embed"], {"past": past})
+        for layer in range(self.config.n_layer):
+            for stage in ("attn_qkv", "kv_append", "attention", "mlp"):
+                self.engine.execute(s[stage], {"layer": layer})
+        self.engine.execute(s["logits"], {"last": end - 1})
+        self.length = end
+
+    def logits(self) -> np.ndarray:
+        """The current logits [V] as float64 (for tests and the curious; generation never fetches them)."""
+        rows = self.engine.rows("SELECT id, v FROM numgpt_logits ORDER BY id")
+        out = np.full(self.config.vocab_size, np.nan)
+        out[[r[0] for r in rows]] = [r[1] for r in rows]
+        return out
+
+    def kept(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             repetition_penalty: float = 1.0) -> list[int]:
+        """The token ids the sampling filters keep on the current logits (the `sample` statement's
+        filters, without the draw): for comparing with numgpt.sampling."""
+        sql = self.statements["sample"]
+        head = sql[:sql.index(",\ncdf AS (")]
+        rows = self.engine.rows(head + "\nSELECT id FROM top_p ORDER BY id",
+                                _sampling_params(temperature, top_k, top_p, repetition_penalty, 0, 0))
+        return [int(r[0]) for r in rows]
+
+    def pick(self, *, greedy: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             repetition_penalty: float = 1.0, seed: int = 0, step: int = 0) -> int:
+        """The next token from the current logits, chosen in SQL (`greedy` or `sample`)."""
+        if greedy:
+            rows = self.engine.rows(self.statements["greedy"], {"penalty": float(repetition_penalty)})
+        else:
+            rows = self.engine.rows(self.statements["sample"], _sampling_params(
+                temperature, top_k, top_p, repetition_penalty, seed, step))
+        token, data = rows[0]
+        self._bytes[int(token)] = bytes(data) if data is not None else b""
+        return int(token)
+
+    # ---- the everyday jobs ------------------------------------------------------------------------
+
+    def next(self, prompt: str, *, top: int = 10) -> list[NextToken]:
+        """The `top` most likely next tokens after the prompt with their probabilities (softmax of the raw
+        logits), most likely first -- all computed by the `next` statement."""
+        top = whole_number("top", top, minimum=1)
+        self.start(_text(prompt))
+        rows = self.engine.rows(self.statements["next"], {"top": top})
+        return [NextToken(int(i), bytes(b or b"").decode("utf-8", "replace"), float(p)) for i, b, p in rows]
+
+    def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
+        """Generate, yielding text as it becomes final. Options as numgpt's generate: max_new_tokens,
+        do_sample, temperature, top_k, top_p, repetition_penalty, seed, stop, stop_at_eos. Stops at
+        <|endoftext|> (not included) and returns the text so far."""
+        opts = generation_options(**options)
+        if opts.num_return_sequences != 1 or opts.sliding_window or opts.logprobs:
+            raise NumgptError("numgpt sql generates one sequence within the context: num_return_sequences, "
+                              "sliding_window and logprobs are not available")
+        s = opts.sampling
+        seed = opts.seed if opts.seed is not None else secrets.randbits(63)
+        n = self.start(prompt if isinstance(prompt, str) else list(prompt))
+        check_context(self.config, n, opts.max_new_tokens, fix="shorten the prompt or lower --max-new-tokens")
+        text = TextStopper(StreamDecoder(lambda i: self._bytes[i]), opts.stop)
+        for step in range(opts.max_new_tokens):
+            token = self.pick(greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                              repetition_penalty=s.repetition_penalty, seed=seed, step=step)
+            if opts.stop_at_eos and token == self.eot_id:
+                break
+            text.push(token)
+            piece = text.release()
+            if piece:
+                yield piece
+            if text.finished or step == opts.max_new_tokens - 1:
+                break
+            self.feed(token)
+        text.flush()
+        text.finished = True
+        piece = text.release()
+        if piece:
+            yield piece
+
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
+        """The new text (see `stream`)."""
+        return "".join(self.stream(prompt, **options))
+
+    def generate_ids(self, prompt: str | Sequence[int], *, max_new_tokens: int, greedy: bool = True,
+                     **sampling: Any) -> list[int]:
+        """New token ids without text or stopping rules (for tests)."""
+        self.start(prompt)
+        out = []
+        for step in range(max_new_tokens):
+            out.append(self.pick(greedy=greedy, step=step, **sampling))
+            if step < max_new_tokens - 1:
+                self.feed(out[-1])
+        return out
+
+
+def _sampling_params(temperature: float, top_k: int, top_p: float, penalty: float, seed: int, step: int) -> dict:
+    return {"temperature": float(temperature) or 1.0, "top_k": int(top_k), "top_p": float(top_p),
+            "penalty": float(penalty), "seed": int(seed), "step": int(step)}
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise NumgptError(f"the text must be a str, got {type(value).__name__}")
+    return value

@@ -1,0 +1,197 @@
+"""The statements that run GPT-2 in SQL, generated from the model's config: one named statement per
+stage, each a chain of CTEs named after the layers they compute (layers.py). Export stores them in the
+database (numgpt_sql), `numgpt sql show` prints them, and a session runs them in this order:
+
+    prompt       tokenize the text into numgpt_seq (tokenize.py)
+    embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
+    per block L:
+      attn_qkv   ln_1, then c_attn: the new positions' q, k, v        -> numgpt_qkv
+      kv_append  their keys and values into the KV cache             -> numgpt_kv
+      attention  softmax(q k^T / sqrt(D)) v over the cache, c_proj, + residual -> numgpt_mid
+      mlp        ln_2, c_fc, GELU, c_proj, + residual                -> numgpt_resid (layer L + 1)
+    logits       ln_f and the tied projection of the last position   -> numgpt_logits
+    next         softmax of the logits, the most likely tokens
+    greedy       the repetition penalty, then the most likely token
+    sample       repetition penalty, temperature, top-k, top-p (numgpt's order), softmax, the seeded draw
+
+A decode step runs embed .. logits for one new position: the KV cache (numgpt_kv) already holds every
+earlier position's keys and values, so the cost of a step does not grow with the sequence except in
+attention's S cached rows.
+
+State lives in temporary tables (each session its own): numgpt_seq(pos, id) the tokens so far,
+numgpt_resid / numgpt_mid(layer, t, i, v) the residual stream, numgpt_qkv(layer, t, part, h, d, v),
+numgpt_kv(layer, pos, h, d, k, v) the cache, numgpt_logits(id, v).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import GPTConfig
+from . import layers
+from .dialects import Dialect
+
+MATRICES = {  # table -> (GPT-2 parameter name per block, inputs, outputs as a function of C)
+    "numgpt_c_attn": ("attn.c_attn", 1, 3),
+    "numgpt_attn_proj": ("attn.c_proj", 1, 1),
+    "numgpt_c_fc": ("mlp.c_fc", 1, 4),
+    "numgpt_mlp_proj": ("mlp.c_proj", 4, 1),
+}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One stage: its name, what it computes (one line), and its SQL with :name parameters."""
+
+    name: str
+    description: str
+    sql: str
+
+
+def state_tables(dialect: Dialect) -> list[str]:
+    """CREATE TEMP TABLE statements for a session's state (see the module docstring)."""
+    f8 = "FLOAT8"
+    return [
+        "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
+        f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"CREATE TEMP TABLE numgpt_qkv (layer INTEGER, t INTEGER, part INTEGER, h INTEGER, d INTEGER, v {f8})",
+        f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, d INTEGER, k {f8}, v {f8})",
+        f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
+    ]
+
+
+def model_statements(config: GPTConfig, dialect: Dialect) -> list[Statement]:
+    """embed, attn_qkv, kv_append, attention, mlp, logits, next, greedy, sample -- for this config."""
+    return [embed(config, dialect), attn_qkv(config, dialect), kv_append(), attention(config, dialect),
+            mlp(config, dialect), logits(config, dialect), next_tokens(dialect), greedy(), sample(dialect)]
+
+
+def _with(ctes: list[tuple[str, str]]) -> str:
+    """A WITH clause of named CTEs, one per layer, in order."""
+    return "WITH " + ",\n".join(f"{name} AS ({body}\n)" for name, body in ctes)
+
+
+def embed(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
+        ("tokens", "\n    SELECT pos AS t, id FROM numgpt_seq WHERE pos >= :past"),
+        ("token_embedding", layers.embedding(d, "numgpt_wte", C, "tokens", "id")),
+        ("position_embedding", layers.embedding(d, "numgpt_wpe", C, "tokens", "t")),
+        ("x", layers.residual("token_embedding", "position_embedding")),
+    ]) + "\nSELECT 0, t, i, v FROM x")
+    return Statement("embed", "x = wte[id] + wpe[pos] for the new positions (pos >= :past)", sql)
+
+
+def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_qkv\n" + _with([
+        ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
+        ("ln_1", layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon)),
+        ("c_attn", layers.linear(d, "ln_1", "numgpt_c_attn", C, ":layer")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), c_attn.t, heads.part, heads.h, heads.d, c_attn.v\n"
+        "FROM c_attn JOIN numgpt_heads AS heads ON heads.j = c_attn.i")
+    return Statement("attn_qkv", "block :layer: ln_1, then c_attn -> q, k, v of the new positions, "
+                     "split into (part 0/1/2, head h, element d)", sql)
+
+
+def kv_append() -> Statement:
+    sql = """INSERT INTO numgpt_kv
+SELECT k.layer, k.t AS pos, k.h, k.d, k.v AS k, v.v AS v
+FROM numgpt_qkv AS k
+JOIN numgpt_qkv AS v ON v.layer = k.layer AND v.t = k.t AND v.h = k.h AND v.d = k.d AND v.part = 2
+WHERE k.layer = :layer AND k.part = 1"""
+    return Statement("kv_append", "block :layer: the new positions' keys and values into the KV cache", sql)
+
+
+def attention(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_mid\n" + _with([
+        ("q", "\n    SELECT t, h, d, v FROM numgpt_qkv WHERE layer = :layer AND part = 0"),
+        ("scores", layers.attention_scores("q", config, ":layer")),
+        ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
+         + "\n    ) AS softmax"),
+        ("heads", layers.attention_values("weights", config, ":layer")),
+        ("c_proj", layers.linear(d, "heads", "numgpt_attn_proj", C, ":layer")),
+        ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
+        ("x_attn", layers.residual("x", "c_proj")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM x_attn")
+    return Statement("attention", "block :layer: causal self-attention of the new positions over the "
+                     "KV cache, c_proj, plus the residual", sql)
+
+
+def mlp(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
+        ("x", "\n    SELECT t, i, v FROM numgpt_mid WHERE layer = :layer"),
+        ("ln_2", layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon)),
+        ("c_fc", layers.linear(d, "ln_2", "numgpt_c_fc", C, ":layer")),
+        ("gelu", layers.gelu("c_fc")),
+        ("c_proj", layers.linear(d, "gelu", "numgpt_mlp_proj", 4 * C, ":layer")),
+        ("x_mlp", layers.residual("x", "c_proj")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, i, v FROM x_mlp")
+    return Statement("mlp", "block :layer: ln_2, c_fc, GELU, c_proj, plus the residual", sql)
+
+
+def logits(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_logits\n" + _with([
+        ("x", f"\n    SELECT t, i, v FROM numgpt_resid WHERE layer = {config.n_layer} AND t = :last"),
+        ("ln_f", layers.layer_norm("x", "ln_f", str(config.n_layer), config.layer_norm_epsilon)),
+        ("lm_head", layers.linear(d, "ln_f", "numgpt_wte", C, "0")),
+    ]) + "\nSELECT i AS id, v FROM lm_head")
+    return Statement("logits", "ln_f of the last position, then the logits over the whole vocabulary "
+                     "(x @ wte^T, the tied projection)", sql)
+
+
+def next_tokens(d: Dialect) -> Statement:
+    sql = ("SELECT probs.id, vocab.bytes, probs.p FROM (" + layers.softmax(d, "numgpt_logits", "", "v", "p")
+           + "\n) AS probs JOIN numgpt_vocab AS vocab ON vocab.id = probs.id\nORDER BY probs.p DESC, probs.id "
+           "LIMIT :top")
+    return Statement("next", "softmax of the logits (temperature 1, nothing filtered): the :top most "
+                     "likely next tokens", sql)
+
+
+def _penalized() -> tuple[str, str]:
+    """The repetition penalty (transformers' rule): a token already in the sequence has its logit
+    multiplied by :penalty when negative, divided by it otherwise; 1 leaves every logit as it is."""
+    return ("penalized", """
+    SELECT l.id, CASE WHEN seen.id IS NULL THEN l.v WHEN l.v < 0 THEN l.v * :penalty ELSE l.v / :penalty END AS logit
+    FROM numgpt_logits AS l LEFT JOIN (SELECT DISTINCT id FROM numgpt_seq) AS seen ON seen.id = l.id""")
+
+
+def greedy() -> Statement:
+    sql = (_with([_penalized()]) + "\nSELECT penalized.id, vocab.bytes FROM penalized JOIN numgpt_vocab AS vocab "
+           "ON vocab.id = penalized.id\nORDER BY penalized.logit DESC, penalized.id LIMIT 1")
+    return Statement("greedy", "the repetition penalty, then the most likely token (the lowest id on a tie, "
+                     "as numpy's argmax)", sql)
+
+
+def sample(d: Dialect) -> Statement:
+    """numgpt.sampling's rules in its order, on rows: a filtered token is a row left out (probability
+    exactly 0), never a -inf."""
+    ctes = [
+        _penalized(),
+        ("scaled", "\n    SELECT id, logit / :temperature AS logit FROM penalized"),
+        ("top_k", """
+    SELECT id, logit FROM scaled
+    WHERE :top_k = 0 OR logit >= (SELECT min(logit) FROM (SELECT logit FROM scaled ORDER BY logit DESC LIMIT :top_k) AS best)"""),
+        ("top_p_sorted", f"""
+    SELECT id, logit,
+           sum(e) OVER (ORDER BY logit, id ROWS UNBOUNDED PRECEDING) / sum(e) OVER () AS cumulative,
+           row_number() OVER (ORDER BY logit DESC, id DESC) AS from_top
+    FROM (SELECT id, logit, {d.exp("logit - max(logit) OVER ()")} AS e FROM top_k) AS probs"""),
+        ("top_p", """
+    SELECT id, logit FROM top_p_sorted WHERE :top_p >= 1 OR cumulative > 1 - :top_p OR from_top = 1"""),
+        ("cdf", f"""
+    SELECT id, sum(e) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS c
+    FROM (SELECT id, {d.exp("logit - max(logit) OVER ()")} AS e FROM top_p) AS probs"""),
+        ("draw", f"""
+    SELECT id FROM cdf
+    WHERE c > {d.uniform(":seed", ":step")} * (SELECT max(c) FROM cdf)
+    ORDER BY id LIMIT 1"""),
+    ]
+    sql = (_with(ctes) + "\nSELECT draw.id, vocab.bytes FROM draw JOIN numgpt_vocab AS vocab ON vocab.id = draw.id")
+    return Statement("sample", "repetition penalty, temperature, top-k (ties kept), top-p (the smallest "
+                     "most likely set with probability >= :top_p), then the inverse-CDF draw of "
+                     "u = md5(':seed::step') in [0, 1)", sql)
