@@ -1,0 +1,153 @@
+"""`numgpt serve`: start the OpenAI-compatible server (numgpt/serve/) on a model.
+
+FastAPI, uvicorn and prometheus_client are the `serve` extra and are imported only when the command
+runs. The socket is bound here, before uvicorn starts, so that a port in use is one line of error and
+`--port 0` can print the free port it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+
+from ..errors import NumgptError
+from .inference_commands import MODEL_HELP, load_model
+
+SERVE_DESCRIPTION = """\
+Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
+not, n samples, logprobs, echo, stop strings, seeds), GET /v1/models, /health, /metrics (Prometheus),
+POST /tokenize and /detokenize. Requests share the model through continuous batching: up to
+--max-batch sequences decode together, a new one joins at the next step, and more wait in a queue of
+--max-queue (beyond it: 429). The same request with the same seed gives the same text whatever else
+runs.
+
+Safe by default: listens on 127.0.0.1 only; with --api-key (or NUMGPT_API_KEY) every route except
+/health needs "Authorization: Bearer KEY"; bodies over --max-body-bytes get 413; prompt + max_tokens
+beyond the context gets 400; requests end after --request-timeout seconds; prompts are not logged
+unless --log-prompts.
+
+Chat: GPT-2 has no chat template, so chat conditions on a transcript ("User: ..." / "Assistant: ...",
+ending with "Assistant:") and stops at the next "\\nUser:". GET /v1/models shows the template in use;
+--chat-template FILE.json replaces it, --chat-template none turns chat off.
+"""
+
+SERVE_EXAMPLES = """\
+examples:
+  numgpt serve                                   the built-in model on http://127.0.0.1:8000
+  numgpt serve --model gpt2 --max-batch 8 --api-key s3cret
+  numgpt serve --port 0                          any free port (printed)
+  NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
+
+then:
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{"prompt": "ROMEO:", "max_tokens": 32, "temperature": 0.8, "seed": 1}'
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (continuous batching)",
+                       description=SERVE_DESCRIPTION, epilog=SERVE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--model-name", default=None,
+                   help="the model id clients send and /v1/models shows (default: numgpt, or --model's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $NUMGPT_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (slots; default 8)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot (default 64)")
+    p.add_argument("--max-tokens-limit", type=int, default=None,
+                   help="the largest max_tokens a request may ask (default: the model's context)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--request-timeout", type=float, default=300.0,
+                   help="seconds a request may run before it is ended (default 300)")
+    p.add_argument("--chat-template", default=None,
+                   help="a JSON file (or inline JSON) replacing the chat template's parts, or 'none'")
+    p.add_argument("--log-prompts", action="store_true", help="include prompts in the request log lines")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+        from ..serve import ServerSettings, create_app, load_chat_template
+    except ImportError as e:
+        raise NumgptError(f"numgpt serve needs the serve extra ({e.name} is missing): "
+                          "pip install 'numgpt[serve]'") from None
+    for name, value, low in (("--max-batch", args.max_batch, 1), ("--max-queue", args.max_queue, 0),
+                             ("--max-body-bytes", args.max_body_bytes, 1), ("--port", args.port, 0)):
+        if value < low:
+            raise NumgptError(f"{name} must be >= {low}, got {value}")
+    if args.port > 65535:
+        raise NumgptError(f"--port must be at most 65535, got {args.port}")
+    if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
+        raise NumgptError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
+    if not args.request_timeout > 0:
+        raise NumgptError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
+    key = args.api_key if args.api_key is not None else os.environ.get("NUMGPT_API_KEY") or None
+    template = load_chat_template(args.chat_template)
+    sock = bind(args.host, args.port)
+    lm = load_model(args)
+    name = args.model_name or (args.model if args.model else "numgpt")
+    settings = ServerSettings(model_name=name, api_key=key, max_batch=args.max_batch, max_queue=args.max_queue,
+                              max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
+                              request_timeout=args.request_timeout, log_prompts=args.log_prompts,
+                              chat_template=template)
+    app = create_app(lm, settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    host, port = sock.getsockname()[:2]
+    announce(host, port, name, key, loopback(args.host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:   # uvicorn shuts down gracefully, then re-raises the signal it caught
+        pass
+    print("numgpt serve: stopped", file=sys.stderr)
+    return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line error (port in use, unknown host, no permission)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except socket.gaierror:
+        raise NumgptError(f"--host {host}: not an address of this machine") from None
+    except OSError as e:
+        raise NumgptError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                          + (" (another server has it: pick another --port, or 0 for any free one)"
+                             if e.errno == 98 else "")) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def announce(host: str, port: int, name: str, key: str | None, is_loopback: bool) -> None:
+    """The URL and copy-paste examples, on stderr (stdout stays clean)."""
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
+    auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+    lines = [f"numgpt serve: {name} on {url}  (Ctrl-C stops)",
+             "  try:", f"    curl {url}/v1/completions -H 'Content-Type: application/json'{auth} \\",
+             """      -d '{"prompt": "ROMEO:", "max_tokens": 32, "temperature": 0.8, "seed": 1}'""",
+             "  or, with the openai package:",
+             f"    from openai import OpenAI; client = OpenAI(base_url='{url}/v1', api_key='{key or 'none'}')",
+             f"    print(client.completions.create(model='{name}', prompt='ROMEO:', max_tokens=32).choices[0].text)"]
+    if not is_loopback and not key:
+        lines.append(f"numgpt serve: warning: listening on {host} with no API key: anyone who can reach this "
+                     "machine can use it (set --api-key or NUMGPT_API_KEY)")
+    print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,0 +1,545 @@
+"""The HTTP API: OpenAI's /v1/completions and /v1/chat/completions over the continuous-batching engine,
+plus /v1/models, /health, /metrics, /tokenize and /detokenize.
+
+    app = create_app(numgpt.load(), ServerSettings(api_key="..."))   # an ASGI app (FastAPI)
+
+Every error is OpenAI's body {"error": {"message", "type", "param", "code"}} with no traceback: 400 for a
+request the model cannot serve (prompt + max_tokens beyond the context), 401 for a missing or wrong key,
+404/405 for unknown routes, 413 for a body over the limit, 422 for a field that fails the schema (it is
+named), 429 when every slot and the queue are full, 500 (logged, not shown) for a bug. The server keeps
+serving after any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import NumgptError
+from ..generate import TokenLogprob, encode_prompt
+from ..sampling import SamplingOptions
+from .chat import ChatTemplate
+from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
+from .metrics import Metrics
+from . import schemas
+
+log = logging.getLogger("numgpt.serve")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `numgpt serve` is started with (see its --help for each)."""
+
+    model_name: str = "numgpt"
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    max_tokens_limit: int | None = None      # None: the model's context
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 300.0
+    log_prompts: bool = False
+    chat_template: ChatTemplate | None = ChatTemplate()
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_body(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
+
+
+def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app serving `lm` (a numgpt.LanguageModel). The engine's model thread runs while the
+    app is up (its lifespan)."""
+    engine = engine or Engine(lm.params, lm.config, lm.tokenizer, max_batch=settings.max_batch,
+                              max_queue=settings.max_queue)
+    metrics = Metrics(engine)
+    limit = min(settings.max_tokens_limit or lm.config.n_positions, lm.config.n_positions)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="numgpt", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="OpenAI-compatible completions from a GPT-2 written in NumPy.")
+    app.state.engine, app.state.metrics = engine, metrics
+
+    # ---- errors in OpenAI's shape -------------------------------------------------------------------
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return error_body(e.status, e.message, type=e.type, param=e.param, code=e.code)
+
+    @app.exception_handler(NumgptError)
+    async def _numgpt_error(request: Request, e: NumgptError):
+        return error_body(400, str(e), code="invalid_value")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {"msg": "invalid request", "loc": ()}
+        if first.get("type") == "json_invalid":
+            return error_body(400, "the body is not valid JSON", code="invalid_json")
+        loc = [p for p in first.get("loc", ()) if p != "body"]
+        path = field_path(loc)
+        param = str(loc[0]) if loc else None
+        message = first.get("msg", "invalid value")
+        if first.get("type") == "extra_forbidden":
+            message = f"unrecognized request argument supplied: {path}"
+        elif path in schemas.ACCEPTS:
+            message = f"{path} must be {schemas.ACCEPTS[path]}"
+        elif path:
+            message = f"{path}: {message}"
+        return error_body(422, message, param=param, code=first.get("type"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return error_body(e.status_code, message, code="not_found" if e.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_body(500, "internal server error (logged on the server)", type="server_error")
+
+    # ---- routes -------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "running": engine.running, "waiting": engine.waiting}
+
+    @app.get("/v1/models", response_model=schemas.ModelList)
+    async def models():
+        return {"object": "list", "data": [{
+            "id": settings.model_name, "object": "model", "created": int(START), "owned_by": "numgpt",
+            "max_model_len": lm.config.n_positions,
+            "chat_template": None if settings.chat_template is None else settings.chat_template.describe()}]}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text():
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.post("/tokenize", response_model=schemas.TokenizeResponse)
+    async def tokenize(body: schemas.TokenizeRequest):
+        check_model(body.model)
+        ids = lm.tokenizer.encode(body.prompt, allowed_special="all")
+        return {"count": len(ids), "max_model_len": lm.config.n_positions, "tokens": ids}
+
+    @app.post("/detokenize", response_model=schemas.DetokenizeResponse)
+    async def detokenize(body: schemas.DetokenizeRequest):
+        check_model(body.model)
+        check_ids(body.tokens, "tokens")
+        return {"prompt": lm.tokenizer.decode(body.tokens)}
+
+    @app.post("/v1/completions", response_model=schemas.CompletionResponse,
+              responses={400: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse},
+                         429: {"model": schemas.ErrorResponse}})
+    async def completions(body: schemas.CompletionRequest, request: Request):
+        check_model(body.model)
+        prompts = prompt_ids(body.prompt)
+        n_candidates = body.best_of or body.n
+        want_lp = body.logprobs if body.logprobs is not None else (0 if n_candidates > body.n else None)
+        seqs = []
+        for ids in prompts:
+            check_fits(ids, body.max_tokens)
+            for j in range(n_candidates):
+                seqs.append(sequence(body, ids, j, body.max_tokens, stop=tuple(stops(body.stop)),
+                                     logprobs=want_lp,
+                                     prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None))
+        request.state.log = {"prompt_tokens": sum(map(len, prompts))}
+        if settings.log_prompts:
+            request.state.log["prompt"] = body.prompt
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            return sse(stream_completion(body, prompts, open_stream(seqs), rid, created, request), request)
+        results = await run(seqs, request)
+        choices = []
+        for i, ids in enumerate(prompts):
+            group = results[i * n_candidates:(i + 1) * n_candidates]
+            if n_candidates > body.n:
+                group = sorted(group, key=lambda r: -mean_logprob(r))[:body.n]
+            for r in group:
+                choices.append(completion_choice(len(choices), body, ids, r))
+        return {"id": rid, "object": "text_completion", "created": created, "model": settings.model_name,
+                "choices": choices, "usage": usage(prompts, results, request)}
+
+    @app.post("/v1/chat/completions", response_model=schemas.ChatResponse,
+              responses={400: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse},
+                         429: {"model": schemas.ErrorResponse}})
+    async def chat(body: schemas.ChatRequest, request: Request):
+        check_model(body.model)
+        template = settings.chat_template
+        if template is None:
+            raise APIError(400, "this server has no chat template (started with --chat-template none): GPT-2 "
+                           "is a base model; use /v1/completions", code="no_chat_template")
+        text = template.render([(m.role, m.text()) for m in body.messages])
+        ids = encode_prompt(lm.tokenizer, text)
+        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, min(limit, lm.config.n_positions - len(ids)))
+        check_fits(ids, max_tokens)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        seqs = [sequence(body, ids, j, max_tokens, stop=tuple(template.stop) + tuple(stops(body.stop)), logprobs=k)
+                for j in range(body.n)]
+        request.state.log = {"prompt_tokens": len(ids)}
+        if settings.log_prompts:
+            request.state.log["prompt"] = text
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            return sse(stream_chat(body, ids, open_stream(seqs), rid, created, template, request), request)
+        results = await run(seqs, request)
+        choices = [{"index": j, "message": {"role": "assistant", "content": reply(r.text, template)},
+                    "logprobs": chat_logprobs(r.tokens) if body.logprobs else None,
+                    "finish_reason": r.finish_reason} for j, r in enumerate(results)]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": settings.model_name,
+                "choices": choices, "usage": usage([ids], results, request)}
+
+    # ---- request -> engine ----------------------------------------------------------------------------
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != settings.model_name:
+            raise APIError(404, f"the model {name!r} does not exist here; this server serves "
+                           f"{settings.model_name!r}", param="model", code="model_not_found")
+
+    def check_ids(ids: Sequence[int], param: str) -> None:
+        bad = [t for t in ids if t >= lm.config.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{lm.config.vocab_size - 1})",
+                           param=param, code="invalid_token")
+
+    def prompt_ids(prompt) -> list[list[int]]:
+        """The request's prompt as token-id lists (one per prompt)."""
+        if isinstance(prompt, str):
+            return [encode_prompt(lm.tokenizer, prompt)]
+        if not prompt:
+            raise APIError(400, "prompt is an empty list: give a string, token ids, or a list of those",
+                           param="prompt", code="invalid_prompt")
+        if all(isinstance(p, int) for p in prompt):
+            check_ids(prompt, "prompt")
+            return [list(prompt)]
+        out = []
+        for p in prompt:
+            if isinstance(p, str):
+                out.append(encode_prompt(lm.tokenizer, p))
+            elif not p:
+                raise APIError(400, "a prompt in the list is empty", param="prompt", code="invalid_prompt")
+            else:
+                check_ids(p, "prompt")
+                out.append(list(p))
+        return out
+
+    def check_fits(ids: list[int], max_tokens: int) -> None:
+        if max_tokens > limit:
+            raise APIError(400, f"max_tokens is {max_tokens}, above this server's limit of {limit}",
+                           param="max_tokens", code="invalid_value")
+        if len(ids) + max_tokens > lm.config.n_positions:
+            raise APIError(400, f"this model's maximum context length is {lm.config.n_positions} tokens; the "
+                           f"prompt has {len(ids)} and max_tokens asks for {max_tokens} more "
+                           f"({len(ids) + max_tokens} in all): shorten the prompt or lower max_tokens",
+                           param="max_tokens" if len(ids) < lm.config.n_positions else "prompt",
+                           code="context_length_exceeded")
+
+    def sampling_options(body: schemas.Sampling) -> SamplingOptions:
+        bias = []
+        for key, value in (body.logit_bias or {}).items():
+            if not key.isdigit() or int(key) >= lm.config.vocab_size:
+                raise APIError(400, f"logit_bias key {key!r} is not a token id (0..{lm.config.vocab_size - 1})",
+                               param="logit_bias", code="invalid_value")
+            bias.append((int(key), value))
+        try:
+            return SamplingOptions(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                                   repetition_penalty=body.repetition_penalty, min_p=body.min_p,
+                                   presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                                   logit_bias=tuple(bias), do_sample=body.temperature > 0)
+        except NumgptError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+
+    def sequence(body, ids, j, max_tokens, *, stop, logprobs, prompt_logprobs=None) -> SequenceRequest:
+        options = sampling_options(body)
+        if options.greedy:
+            rng = None
+        elif body.seed is not None:
+            rng = np.random.default_rng(np.random.SeedSequence(body.seed, spawn_key=(j,)))
+        else:
+            rng = np.random.default_rng()
+        return SequenceRequest(list(ids), max_tokens, options, rng=rng, seeded=body.seed is not None, stop=stop,
+                               logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                               deadline=time.monotonic() + settings.request_timeout)
+
+    def submit(seqs: list[SequenceRequest], deliver: list) -> list:
+        try:
+            return engine.submit(seqs, deliver)
+        except QueueFull as e:
+            metrics.rejected.inc()
+            raise APIError(429, str(e), type="rate_limit_error", code="server_busy") from None
+        except NumgptError as e:
+            raise APIError(400, str(e)) from None
+
+    async def run(seqs: list[SequenceRequest], request: Request) -> list["Result"]:
+        """Run sequences to the end (non-streamed), cancelling them if the client goes away."""
+        loop = asyncio.get_running_loop()
+        queues = [asyncio.Queue() for _ in seqs]
+        tickets = submit(seqs, [lambda ev, q=q: loop.call_soon_threadsafe(q.put_nowait, ev) for q in queues])
+        results = [Result() for _ in seqs]
+        started = time.monotonic()
+        try:
+            for r, q in zip(results, queues):
+                while r.finish_reason is None:
+                    try:
+                        ev = await asyncio.wait_for(q.get(), timeout=0.5)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            raise asyncio.CancelledError from None
+                        continue
+                    r.add(ev, started, metrics)
+        finally:
+            for t in tickets:
+                t.cancel()
+        for r in results:
+            r.check()
+        return results
+
+    def open_stream(seqs) -> tuple[list, asyncio.Queue]:
+        """Submit sequences for a streamed response (before the response starts, so that a full queue is
+        still a 429): their tickets, and one queue of (sequence index, event) in arrival order."""
+        loop = asyncio.get_running_loop()
+        merged: asyncio.Queue = asyncio.Queue()
+        tickets = submit(seqs, [lambda ev, i=i: loop.call_soon_threadsafe(merged.put_nowait, (i, ev))
+                                for i in range(len(seqs))])
+        return tickets, merged
+
+    async def events(stream) -> AsyncIterator[tuple[int, Event]]:
+        """The stream's events until every sequence finished; cancels them on exit (a client that
+        disconnects closes this generator)."""
+        tickets, merged = stream
+        open_ = len(tickets)
+        try:
+            while open_:
+                i, ev = await merged.get()
+                if isinstance(ev, Finished):
+                    open_ -= 1
+                yield i, ev
+        finally:
+            for t in tickets:
+                t.cancel()
+
+    async def stream_completion(body, prompts, stream, rid, created, request) -> AsyncIterator[str]:
+        n = body.n
+        results = [Result() for _ in stream[0]]
+        started = time.monotonic()
+        offsets = [0] * len(results)
+        async for i, ev in events(stream):
+            r = results[i]
+            r.add(ev, started, metrics)
+            ids = prompts[i // n]
+            lp = None
+            if isinstance(ev, Prefilled):
+                if not body.echo:
+                    continue
+                text = lm.tokenizer.decode(ids)
+                if body.logprobs is not None:
+                    lp = logprobs_block(ids, ev.prompt_logprobs, body.logprobs, 0)
+                offsets[i] = len(text)
+                finish = None
+            elif isinstance(ev, Generated):
+                text = ev.text
+                if body.logprobs is not None:
+                    lp = logprobs_block([ev.token], [ev.logprob], body.logprobs, offsets[i])
+                offsets[i] += len(text)
+                finish = None
+            else:
+                if ev.error:
+                    yield data({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
+                    continue
+                text, finish = ev.text, ev.reason
+            yield data({"id": rid, "object": "text_completion", "created": created, "model": settings.model_name,
+                        "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]})
+        request.state.log["completion_tokens"] = sum(len(r.tokens) for r in results)
+        if body.stream_options and body.stream_options.include_usage:
+            yield data({"id": rid, "object": "text_completion", "created": created, "model": settings.model_name,
+                        "choices": [], "usage": usage(prompts, results, request)})
+        yield "data: [DONE]\n\n"
+
+    async def stream_chat(body, ids, stream, rid, created, template, request) -> AsyncIterator[str]:
+        results = [Result() for _ in stream[0]]
+        started = time.monotonic()
+        begun = [False] * len(results)
+
+        def chunk(i, delta, finish=None, lp=None):
+            return data({"id": rid, "object": "chat.completion.chunk", "created": created,
+                         "model": settings.model_name,
+                         "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
+
+        for i in range(len(results)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for i, ev in events(stream):
+            r = results[i]
+            r.add(ev, started, metrics)
+            if isinstance(ev, Prefilled):
+                continue
+            text = ev.text
+            if template.strip_leading_space and not begun[i] and text:
+                text, begun[i] = text[1:] if text.startswith(" ") else text, True
+            if isinstance(ev, Generated):
+                lp = chat_logprobs([(ev.token, ev.logprob)]) if body.logprobs else None
+                if text or lp:
+                    yield chunk(i, {"content": text}, lp=lp)
+            elif ev.error:
+                yield data({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
+            else:
+                if text:
+                    yield chunk(i, {"content": text})
+                yield chunk(i, {}, finish=ev.reason)
+        request.state.log["completion_tokens"] = sum(len(r.tokens) for r in results)
+        if body.stream_options and body.stream_options.include_usage:
+            yield data({"id": rid, "object": "chat.completion.chunk", "created": created,
+                        "model": settings.model_name, "choices": [], "usage": usage([ids], results, request)})
+        yield "data: [DONE]\n\n"
+
+    # ---- response pieces -----------------------------------------------------------------------------
+
+    def token_text(t: int) -> str:
+        return lm.tokenizer.decode([t])
+
+    def logprobs_block(ids: Sequence[int], lps: Sequence[TokenLogprob | None], k: int, start: int) -> dict:
+        """OpenAI's completions logprobs object for these tokens, text offsets counted from `start`."""
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        decoder, at = lm.tokenizer.stream_decoder(), start
+        for t, lp in zip(ids, lps):
+            out["tokens"].append(token_text(t))
+            out["token_logprobs"].append(None if lp is None else lp.logprob)
+            out["top_logprobs"].append(None if lp is None else {token_text(a): v for a, v in lp.top[:k]})
+            out["text_offset"].append(at)
+            at += len(decoder.push(t))
+        return out
+
+    def completion_choice(index, body, ids, r: "Result") -> dict:
+        text, lp = r.text, None
+        if body.logprobs is not None:
+            lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            start = 0
+            if body.echo:
+                lp = logprobs_block(ids, r.prompt_logprobs, body.logprobs, 0)
+                start = len(lm.tokenizer.decode(ids))
+            gen = logprobs_block([t for t, _ in r.tokens], [x for _, x in r.tokens], body.logprobs, start)
+            for key in lp:
+                lp[key] += gen[key]
+        if body.echo:
+            text = lm.tokenizer.decode(ids) + text
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": r.finish_reason}
+
+    def chat_logprobs(tokens: Sequence[tuple[int, TokenLogprob | None]]) -> dict:
+        """OpenAI's chat logprobs object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+        def entry(t, v):
+            return {"token": token_text(t), "logprob": v, "bytes": list(lm.tokenizer.token_bytes(t))}
+        return {"content": [dict(entry(t, lp.logprob), top_logprobs=[entry(a, v) for a, v in lp.top])
+                            for t, lp in tokens if lp is not None]}
+
+    def usage(prompts, results, request) -> dict:
+        done = sum(len(r.tokens) for r in results)
+        request.state.log["completion_tokens"] = done
+        p = sum(map(len, prompts))
+        return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
+
+    from .middleware import install_middleware
+    install_middleware(app, settings, metrics)
+    return app
+
+
+START = time.time()
+
+
+class Result:
+    """What one sequence produced, gathered from its events."""
+
+    def __init__(self):
+        self.text = ""
+        self.tokens: list[tuple[int, TokenLogprob | None]] = []
+        self.prompt_logprobs = None
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+
+    def add(self, ev: Event, started: float, metrics: Metrics) -> None:
+        if isinstance(ev, Prefilled):
+            self.prompt_logprobs = ev.prompt_logprobs
+        elif isinstance(ev, Generated):
+            if not self.tokens:
+                metrics.first_token.observe(time.monotonic() - started)
+            self.text += ev.text
+            self.tokens.append((ev.token, ev.logprob))
+        else:
+            self.text += ev.text
+            self.finish_reason, self.error = ev.reason, ev.error
+
+    def check(self) -> None:
+        if self.error:
+            raise APIError(500 if self.error.startswith("internal") else 400, self.error,
+                           type="server_error" if self.error.startswith("internal") else "invalid_request_error")
+        if self.finish_reason == "timeout":
+            raise APIError(504, "the request ran past the server's time limit (--request-timeout)",
+                           type="timeout", code="timeout")
+
+
+def field_path(loc) -> str:
+    """A pydantic error location as the request's field path: messages.0.role; union members' tags
+    (str, list[int], ...) dropped."""
+    out = []
+    for p in loc:
+        if isinstance(p, int):
+            out.append(str(p))
+        elif p.isidentifier():
+            out.append(p)
+        else:
+            break
+    return ".".join(out)
+
+
+def mean_logprob(r: Result) -> float:
+    values = [lp.logprob for _, lp in r.tokens if lp is not None]
+    return sum(values) / len(values) if values else -math.inf
+
+
+def reply(text: str, template: ChatTemplate) -> str:
+    return text[1:] if template.strip_leading_space and text.startswith(" ") else text
+
+
+def stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    out = [stop] if isinstance(stop, str) else list(stop)
+    if any(not s for s in out):
+        raise APIError(400, "stop strings must not be empty", param="stop", code="invalid_value")
+    return out
+
+
+def data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def sse(body: AsyncIterator[str], request: Request) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__

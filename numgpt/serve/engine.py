@@ -1,0 +1,302 @@
+"""The continuous-batching engine: one model thread, a fixed set of slots, a bounded queue.
+
+    submit(sequences) -> a Ticket whose events arrive on the caller's callback, from the model thread
+
+Each loop of the model thread: admit waiting sequences into free slots (each prompt is prefilled alone
+into its slot, and its first token picked), then run one decode step over every running sequence
+(slots.decode_slots: rows at different cache lengths), pick each row's next token with the row's own
+options and random generator, and report it. A sequence leaves its slot the moment it ends (length,
+end-of-text, stop string, cancel, deadline), and the next waiting one takes the slot at the next loop.
+
+Determinism: a seeded sequence draws from its own generator, SeedSequence(seed, spawn_key=(j,)) for
+sample j of a request (as `numgpt generate --seed`), and whenever a seeded sequence is running the decode
+step runs batch-invariant (slots.py), so its text is byte-identical whatever else runs. Without a seed a
+lone sequence takes the faster one-row path of `model.forward`, the same path as `numgpt generate`.
+
+No HTTP here: the server (app.py) turns requests into SequenceRequests and events into responses; the
+tests drive this class directly too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import NumgptError
+from ..generate import TextStopper, TokenLogprob, token_logprob_rows
+from ..model import check_finite_logits
+from ..sampling import SamplingOptions, next_tokens
+from ..slots import SlotCache, decode_slots, prefill_slot
+
+
+class QueueFull(NumgptError):
+    """Every slot is busy and the waiting queue is full: the server answers 429."""
+
+
+@dataclass
+class SequenceRequest:
+    """One sequence to generate (a request with n = 3 is three of these).
+
+    prompt_ids: the prompt, at least one token. max_new_tokens: 0 only scores the prompt.
+    rng: this sequence's generator (None for greedy). seeded: run batch-invariant (see module docstring).
+    logprobs: report each new token's ln p with this many alternatives (None: no log-probabilities).
+    prompt_logprobs: report the prompt's log-probabilities with this many alternatives (None: don't).
+    deadline: time.monotonic() after which the sequence ends with finish_reason "timeout".
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingOptions
+    rng: np.random.Generator | None = None
+    seeded: bool = False
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    deadline: float | None = None
+
+
+@dataclass
+class Generated:
+    """One generated token's event: its id, the text that became final with it ("" while a stop string
+    might still match), and its log-probabilities when asked for."""
+
+    token: int
+    text: str
+    logprob: TokenLogprob | None
+
+
+@dataclass
+class Finished:
+    """The last event of a sequence: why it ended, and the text released by the final flush."""
+
+    reason: str          # "length", "stop" (a stop string or end-of-text), "cancelled", "timeout", "error"
+    text: str = ""
+    error: str | None = None
+
+
+@dataclass
+class Prefilled:
+    """The first event: the prompt is in a slot (time to first token runs from here), with the prompt's
+    log-probabilities when asked for (None for the first token)."""
+
+    prompt_logprobs: list[TokenLogprob | None] | None
+
+
+Event = Prefilled | Generated | Finished
+
+
+@dataclass
+class Ticket:
+    """A submitted sequence: `cancel()` ends it at the next step (a disconnected client)."""
+
+    request: SequenceRequest
+    deliver: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class Running:
+    """A sequence in a slot: everything its next step needs."""
+
+    ticket: Ticket
+    slot: int
+    tokens: list[int]                       # prompt + generated
+    generated: list[int]
+    text: TextStopper
+    pending: int = -1                       # the token to feed at the next decode step
+
+
+@dataclass
+class EngineStats:
+    """Counts the metrics endpoint reads (plain ints, written only by the model thread)."""
+
+    steps: int = 0
+    prefills: int = 0
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+
+
+class Engine:
+    """Continuous batching over `max_batch` slots of one model (see the module docstring).
+
+    tokenizer: decodes tokens for the stop strings and the streamed text (the model's own).
+    max_queue: sequences that may wait for a slot; beyond that submit raises QueueFull.
+    """
+
+    def __init__(self, params, config, tokenizer, *, max_batch: int = 8, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise NumgptError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.params, self.config, self.tokenizer = params, config, tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.cache = SlotCache.allocate(config, max_batch)
+        self.stats = EngineStats()
+        self._waiting: queue.Queue[Ticket] = queue.Queue()
+        self._waiting_count = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._running: dict[int, Running] = {}   # slot -> sequence
+        self._thread: threading.Thread | None = None
+
+    # ---- the caller's side --------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._loop, name="numgpt-model", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the model thread; sequences still running or waiting end with finish_reason "cancelled"."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def submit(self, requests: Sequence[SequenceRequest], deliver: Sequence[Callable[[Event], None]]) -> list[Ticket]:
+        """Queue sequences (all or none: a request's n samples are admitted together or refused)."""
+        for r in requests:
+            if not r.prompt_ids:
+                raise NumgptError("a prompt is empty")
+            if len(r.prompt_ids) + r.max_new_tokens > self.config.n_positions:
+                raise NumgptError(f"the prompt has {len(r.prompt_ids)} tokens and {r.max_new_tokens} more were "
+                                  f"asked for, beyond the model's context of {self.config.n_positions}")
+        with self._lock:
+            free = self.max_batch - len(self._running) + self.max_queue - self._waiting_count
+            if len(requests) > free:
+                raise QueueFull(f"the server is busy ({self.max_batch} running, {self._waiting_count} waiting); "
+                                "retry later")
+            self._waiting_count += len(requests)
+        tickets = [Ticket(r, d) for r, d in zip(requests, deliver)]
+        for t in tickets:
+            self._waiting.put(t)
+        self._wake.set()
+        return tickets
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting_count
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ---- the model thread -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._admit()
+            if not self._running:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            self._step()
+        for seq in list(self._running.values()):
+            self._finish(seq, "cancelled")
+        while not self._waiting.empty():
+            self._waiting.get().deliver(Finished("cancelled"))
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences into free slots."""
+        while len(self._running) < self.max_batch and not self._waiting.empty():
+            ticket = self._waiting.get()
+            with self._lock:
+                self._waiting_count -= 1
+            if ticket.cancelled.is_set():
+                ticket.deliver(Finished("cancelled"))
+                continue
+            slot = min(set(range(self.max_batch)) - set(self._running))
+            try:
+                self._prefill(ticket, slot)
+            except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
+                ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
+                                        f"internal error: {type(e).__name__}"))
+                self._running.pop(slot, None)
+
+    def _prefill(self, ticket: Ticket, slot: int) -> None:
+        r = ticket.request
+        want_prompt = r.prompt_logprobs is not None
+        logits = prefill_slot(self.params, self.config, self.cache, slot, r.prompt_ids, all_logits=want_prompt)
+        self.stats.prefills += 1
+        self.stats.prompt_tokens += len(r.prompt_ids)
+        prompt_lp = None
+        if want_prompt:
+            ids = np.asarray(r.prompt_ids)
+            prompt_lp = [None] + token_logprob_rows(logits[:-1], ids[1:], r.prompt_logprobs)
+            logits = logits[-1]
+        ticket.deliver(Prefilled(prompt_lp))
+        seq = Running(ticket, slot, list(r.prompt_ids), [], TextStopper(self.tokenizer.stream_decoder(), r.stop))
+        self._running[slot] = seq
+        if r.max_new_tokens == 0:
+            self._finish(seq, "length")
+            return
+        self._choose([seq], logits[None])
+
+    def _step(self) -> None:
+        """One decode step over every running sequence (ended ones leave first)."""
+        now = time.monotonic()
+        for seq in list(self._running.values()):
+            if seq.ticket.cancelled.is_set():
+                self._finish(seq, "cancelled")
+            elif seq.ticket.request.deadline is not None and now > seq.ticket.request.deadline:
+                self._finish(seq, "timeout")
+        if not self._running:
+            return
+        rows = sorted(self._running.values(), key=lambda s: s.slot)
+        invariant = any(s.ticket.request.seeded for s in rows)
+        try:
+            logits = decode_slots(self.params, self.config, self.cache, [s.slot for s in rows],
+                                  [s.pending for s in rows], batch_invariant=invariant)  # [N, V]
+        except Exception as e:  # noqa: BLE001 -- reported to every sequence of the step, engine goes on
+            for seq in rows:
+                self._finish(seq, "error", error=f"internal error: {type(e).__name__}")
+            return
+        self.stats.steps += 1
+        self._choose(rows, logits)
+
+    def _choose(self, rows: list[Running], logits: np.ndarray) -> None:
+        """Pick, report and record each row's next token; rows are sampled one by one with their own
+        options (requests differ), which is also what keeps a row independent of its neighbours."""
+        check_finite_logits(logits, self.params)
+        eos = self.tokenizer.eot_id
+        for seq, row in zip(rows, logits):
+            r = seq.ticket.request
+            token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
+                                    previous=[seq.tokens], generated=[seq.generated])[0])
+            lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
+            self.stats.tokens_generated += 1
+            if token == eos and r.stop_at_eos:
+                seq.text.flush()
+                self._finish(seq, "stop", token=token, logprob=lp)
+                continue
+            seq.tokens.append(token)
+            seq.generated.append(token)
+            seq.text.push(token)
+            if seq.text.finished:
+                self._finish(seq, "stop", token=token, logprob=lp)
+            elif len(seq.generated) >= r.max_new_tokens:
+                seq.text.flush()
+                self._finish(seq, "length", token=token, logprob=lp)
+            else:
+                seq.ticket.deliver(Generated(token, seq.text.release(), lp))
+                seq.pending = token
+
+    def _finish(self, seq: Running, reason: str, *, token: int | None = None, logprob: TokenLogprob | None = None,
+                error: str | None = None) -> None:
+        """Report the last token (if any) and the end; free the slot."""
+        self._running.pop(seq.slot, None)
+        if reason == "stop" and not seq.text.finished:
+            seq.text.flush()
+        if token is not None and (token != self.tokenizer.eot_id or not seq.ticket.request.stop_at_eos):
+            seq.text.finished = True
+            seq.ticket.deliver(Generated(token, seq.text.release(), logprob))
+        seq.text.finished = True
+        seq.ticket.deliver(Finished(reason, seq.text.release(), error))

@@ -1,0 +1,211 @@
+"""The API's request and response bodies as pydantic models: FastAPI validates every request against
+them (a wrong field is a 422 that names it) and /openapi.json is generated from them.
+
+Field names, types, ranges and defaults follow OpenAI's API reference for the legacy completions and
+chat completions endpoints. numgpt's own sampling controls (top_k, repetition_penalty, min_p) are
+marked "numgpt extension". Unknown fields are refused with a 422 naming them, as OpenAI itself answers
+"Unrecognized request argument supplied": a misspelt `temprature` silently ignored is worse than an
+error. Types are strict (JSON's 1 is not true, "5" is not 5) and numbers must be finite.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# what a field of several accepted types takes, for the 422 message (pydantic reports each member's failure)
+ACCEPTS = {"prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+           "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number"}
+
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
+Stop = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class StreamOptions(BaseModel):
+    model_config = STRICT
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """The sampling fields both endpoints share."""
+
+    model_config = STRICT
+
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); may be omitted")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=16, description="completions per prompt")
+    stop: Stop = Field(None, description="up to 4 strings that end a completion; they may span tokens")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1,
+                             description="same request + same seed = same text, whatever else the server runs")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="token id (as a string) -> bias added to its logit")
+    user: str | None = None
+    top_k: int = Field(0, ge=0, description="numgpt extension: keep the k most likely tokens (0 = off)")
+    repetition_penalty: float = Field(1.0, gt=0, le=10,
+                                      description="numgpt extension: CTRL's penalty on repeated tokens (1 = off)")
+    min_p: float = Field(0.0, ge=0, le=1, description="numgpt extension: min-p filter (0 = off)")
+
+
+class CompletionRequest(Sampling):
+    """POST /v1/completions"""
+
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+        ..., description="a string, a list of strings, token ids, or a list of token-id lists")
+    max_tokens: int = Field(16, ge=0, description="0 with echo scores the prompt without generating")
+    best_of: int | None = Field(None, ge=1, le=16, description="candidates per prompt; the n with the highest "
+                                "mean log-probability per token are returned")
+    logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of the chosen token and this "
+                                 "many alternatives")
+    echo: bool = Field(False, description="return the prompt too, with its log-probabilities when logprobs is set")
+    suffix: None = Field(None, description="not supported: GPT-2 does not insert text")
+
+    @model_validator(mode="after")
+    def _best_of_at_least_n(self) -> "CompletionRequest":
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            raise ValueError("best_of > n cannot be streamed (the best are known only at the end)")
+        return self
+
+
+class TextPart(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(Sampling):
+    """POST /v1/chat/completions"""
+
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="deprecated by OpenAI for max_completion_tokens")
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="needs logprobs: true")
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> "ChatRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's shape)"""
+
+    model_config = STRICT
+    model: str | None = None
+    prompt: str
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize (vLLM's shape)"""
+
+    model_config = STRICT
+    model: str | None = None
+    tokens: TokenIds
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+# ---- responses (documented in /openapi.json; the routes build them as plain dicts for speed) ----------
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: dict | None
+    finish_reason: str | None
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_model_len: int
+    chat_template: dict[str, str | list[str]] | None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,404 @@
+"""numgpt serve, for real: a `numgpt serve` subprocess on a free loopback port, driven by the official
+`openai` client (and plain httpx for what a client library would not send), checked against numgpt's
+own CLI and LanguageModel."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from references import reference
+
+import numgpt
+
+openai = reference("openai")
+httpx = reference("httpx")
+
+KEY = "test-key-123"
+NUMGPT = [sys.executable, "-m", "numgpt"]
+
+
+class Server:
+    """A `numgpt serve` subprocess on a free port (--port 0; the URL is read from its first line)."""
+
+    def __init__(self, *args: str, key: str | None = KEY, env: dict | None = None):
+        cmd = NUMGPT + ["serve", "--port", "0", *args] + (["--api-key", key] if key else [])
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
+        first = self.proc.stderr.readline()
+        if "numgpt serve:" not in first:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {first}{self.proc.stderr.read()}")
+        self.url = first.split(" on ")[1].split()[0]
+        self.key = key
+        self.log: list[str] = []
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0)
+        self.http = httpx.Client(base_url=self.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})
+
+    def stop(self) -> int:
+        self.http.close()
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=30)
+
+    def healthy(self) -> bool:
+        r = self.http.get("/health")
+        return r.status_code == 200 and r.json()["status"] == "ok"
+
+    def idle(self, timeout: float = 10) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            h = self.http.get("/health").json()
+            if h["running"] == 0 and h["waiting"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--max-batch", "8", "--max-queue", "16")
+    yield s
+    assert s.stop() == 0
+    assert any("POST /v1/completions 200" in line for line in s.log)
+    assert not any("Traceback" in line for line in s.log), "".join(s.log)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return numgpt.load()
+
+
+def cli(*args: str) -> str:
+    out = subprocess.run(NUMGPT + list(args), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# ---- the answers: against numgpt's CLI and facade -------------------------------------------------------
+
+def test_greedy_text_equals_numgpt_generate_greedy(server):
+    for prompt in ("ROMEO:", "First Citizen:\nWe are"):
+        r = server.client.completions.create(model="numgpt", prompt=prompt, max_tokens=40, temperature=0)
+        want = cli("generate", "--greedy", "--max-new-tokens", "40", prompt)
+        assert r.choices[0].text == want.removesuffix("\n")
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
+
+
+def test_echo_logprobs_equal_the_facade_and_sum_to_perplexity(server, builtin, tmp_path):
+    text = "ROMEO: But soft, what light through yonder window breaks?"
+    r = server.client.completions.create(model="numgpt", prompt=text, max_tokens=0, echo=True, logprobs=3)
+    lp = r.choices[0].logprobs
+    want = builtin.prompt_logprobs(text, top=3)
+    assert r.choices[0].text == text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    np.testing.assert_allclose(lp.token_logprobs[1:], [w.logprob for w in want[1:]], atol=1e-5, rtol=0)
+    for got, w in zip(lp.top_logprobs[1:], want[1:]):
+        assert list(got) == [builtin.decode([t]) for t, _ in w.top]
+        np.testing.assert_allclose(list(got.values()), [v for _, v in w.top], atol=1e-5, rtol=0)
+    assert lp.tokens == [builtin.decode([t]) for t in builtin.encode(text)]
+    assert [text[o:] .startswith(t) for o, t in zip(lp.text_offset, lp.tokens)] == [True] * len(lp.tokens)
+    (tmp_path / "t.txt").write_text(text)
+    ppl = json.loads(cli("perplexity", str(tmp_path / "t.txt"), "--json"))
+    assert ppl["bos"] is False and ppl["tokens"] == len(lp.tokens) - 1
+    assert -sum(lp.token_logprobs[1:]) == pytest.approx(ppl["nll"], abs=1e-4)
+
+
+def test_top_logprobs_equal_numgpt_next(server):
+    prompt = "KING HENRY:\nNow"
+    r = server.client.completions.create(model="numgpt", prompt=prompt, max_tokens=1, temperature=0, logprobs=5)
+    want = json.loads(cli("next", prompt, "--json", "--top", "5"))
+    got = r.choices[0].logprobs.top_logprobs[0]
+    rows = want if isinstance(want, list) else want["tokens"]
+    assert list(got) == [w["token"] for w in rows]
+    np.testing.assert_allclose([math.exp(v) for v in got.values()], [w["probability"] for w in rows],
+                               rtol=1e-5, atol=1e-7)
+    assert r.choices[0].text == rows[0]["token"]            # greedy took the most likely one
+
+
+def test_stop_strings_cut_where_numgpt_generate_stop_does(server):
+    for stop in ("\n\n", "the", ":\n"):
+        r = server.client.completions.create(model="numgpt", prompt="ROMEO:", max_tokens=60, temperature=0.9,
+                                             seed=7, stop=[stop])
+        want = cli("generate", "--temperature", "0.9", "--seed", "7", "--max-new-tokens", "60", "--stop", stop,
+                   "ROMEO:")
+        assert r.choices[0].text == want.removesuffix("\n") and stop not in r.choices[0].text
+
+
+def test_seeded_sample_equals_numgpt_generate_seed(server):
+    r = server.client.completions.create(model="numgpt", prompt="JULIET:", max_tokens=30, temperature=0.8,
+                                         seed=3, extra_body={"top_k": 40})     # top_k: a numgpt extension
+    want = cli("generate", "--temperature", "0.8", "--top-k", "40", "--seed", "3", "--max-new-tokens", "30", "JULIET:")
+    assert r.choices[0].text == want.removesuffix("\n")
+
+
+def test_streamed_chunks_concatenate_to_the_text(server):
+    kwargs = dict(model="numgpt", prompt="ROMEO:", max_tokens=48, temperature=1.0, seed=11)
+    whole = server.client.completions.create(**kwargs).choices[0].text
+    chunks = [c.choices[0].text for c in server.client.completions.create(stream=True, **kwargs) if c.choices]
+    assert "".join(chunks) == whole and len(chunks) > 10
+
+
+def test_n_samples_differ_and_reproduce(server):
+    kwargs = dict(model="numgpt", prompt="First Citizen:", max_tokens=24, temperature=1.0, n=3, seed=5)
+    a = [c.text for c in server.client.completions.create(**kwargs).choices]
+    b = [c.text for c in server.client.completions.create(**kwargs).choices]
+    assert a == b and len(set(a)) == 3
+    unseeded = {server.client.completions.create(model="numgpt", prompt="First Citizen:", max_tokens=24,
+                                                 n=2).choices[1].text for _ in range(2)}
+    assert len(unseeded) == 2                                # no seed: fresh randomness each time
+
+
+def test_best_of_returns_the_most_likely_candidate(server, builtin):
+    r = server.client.completions.create(model="numgpt", prompt="ROMEO:", max_tokens=12, best_of=4, n=1,
+                                         seed=2, logprobs=0)
+    cands = server.client.completions.create(model="numgpt", prompt="ROMEO:", max_tokens=12, n=4, seed=2,
+                                             logprobs=0).choices
+    means = [np.mean(c.logprobs.token_logprobs) for c in cands]
+    assert r.choices[0].text == cands[int(np.argmax(means))].text
+
+
+def test_list_prompts_and_token_ids(server, builtin):
+    ids = builtin.encode("ROMEO:")
+    r = server.client.completions.create(model="numgpt", prompt=["ROMEO:", "JULIET:"], max_tokens=5, temperature=0)
+    r2 = server.client.completions.create(model="numgpt", prompt=[ids, builtin.encode("JULIET:")], max_tokens=5,
+                                          temperature=0)
+    assert [c.text for c in r.choices] == [c.text for c in r2.choices]
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].text == builtin.generate("ROMEO:", max_new_tokens=5, do_sample=False)
+
+
+def test_penalties_and_logit_bias(server, builtin):
+    banned = builtin.encode("\n")[0]
+    r = server.client.completions.create(model="numgpt", prompt="ROMEO:", max_tokens=20, temperature=0,
+                                         logit_bias={str(banned): -100})
+    assert "\n" not in r.choices[0].text
+    want = builtin.generate("ROMEO:", max_new_tokens=20, do_sample=False, presence_penalty=1.5,
+                            frequency_penalty=0.5)
+    r = server.client.completions.create(model="numgpt", prompt="ROMEO:", max_tokens=20, temperature=0,
+                                         presence_penalty=1.5, frequency_penalty=0.5)
+    assert r.choices[0].text == want
+
+
+# ---- concurrency: byte-identical under load --------------------------------------------------------------
+
+def test_concurrent_requests_give_the_text_each_gives_alone(server):
+    requests = [dict(prompt=p, max_tokens=40, temperature=t, seed=s, stream=st)
+                for p, t, s, st in [("ROMEO:", 1.0, 1, False), ("JULIET:", 0.7, 2, True), ("KING:", 1.2, 3, False),
+                                    ("First Citizen:", 0.9, 4, True), ("ROMEO:", 1.0, 5, True),
+                                    ("GLOUCESTER:", 0.8, 6, False), ("Nurse:", 1.0, 7, True), ("MENENIUS:", 1.1, 8, False)]]
+
+    def run(req):
+        if req["stream"]:
+            body = {k: v for k, v in req.items() if k != "stream"}
+            chunks = server.client.completions.create(model="numgpt", stream=True, **body)
+            return "".join(c.choices[0].text for c in chunks if c.choices)
+        body = {k: v for k, v in req.items() if k != "stream"}
+        return server.client.completions.create(model="numgpt", **body).choices[0].text
+
+    alone = [run(r) for r in requests]
+    for concurrency in (4, 8):
+        out = [None] * len(requests)
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, run(requests[i])))
+                   for i in range(len(requests))]
+        for batch in range(0, len(threads), concurrency):
+            for t in threads[batch:batch + concurrency]:
+                t.start()
+            for t in threads[batch:batch + concurrency]:
+                t.join()
+        assert out == alone, concurrency
+    steps = [line for line in server.http.get("/metrics").text.splitlines() if line.startswith("numgpt_decode_steps_total")]
+    assert steps and float(steps[0].split()[-1]) > 0
+
+
+# ---- chat ---------------------------------------------------------------------------------------------------
+
+def test_chat_uses_the_documented_template(server, builtin):
+    messages = [{"role": "system", "content": "You are Romeo."}, {"role": "user", "content": "Who are you?"}]
+    r = server.client.chat.completions.create(model="numgpt", messages=messages, max_tokens=30, temperature=0)
+    prompt = "You are Romeo.\n\nUser: Who are you?\nAssistant:"
+    want = builtin.generate(prompt, max_new_tokens=30, do_sample=False, stop=["\nUser:"])
+    assert r.choices[0].message.content == want.removeprefix(" ")
+    assert r.choices[0].message.role == "assistant"
+    card = server.client.models.list().data[0]
+    assert card.id == "numgpt" and card.chat_template["user_turn"] == "User: {content}\n"
+    streamed = server.client.chat.completions.create(model="numgpt", messages=messages, max_tokens=30,
+                                                     temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == r.choices[0].message.content
+
+
+def test_chat_logprobs_shape(server, builtin):
+    r = server.client.chat.completions.create(model="numgpt", messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert 1 <= len(content) <= 5 and len(content[0].top_logprobs) == 2
+    assert content[0].top_logprobs[0].logprob == pytest.approx(content[0].logprob)
+    assert bytes(content[0].bytes).decode() == content[0].token
+
+
+def test_chat_template_none_says_so():
+    s = Server("--chat-template", "none", key=None)
+    try:
+        r = s.http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
+        assert s.http.get("/v1/models").json()["data"][0]["chat_template"] is None
+    finally:
+        s.stop()
+
+
+# ---- the other endpoints -------------------------------------------------------------------------------------
+
+def test_tokenize_detokenize_metrics_models(server, builtin):
+    text = "ROMEO: what light"
+    r = server.http.post("/tokenize", json={"prompt": text}).json()
+    assert r["tokens"] == builtin.encode(text) and r["count"] == len(r["tokens"]) and r["max_model_len"] == 128
+    assert server.http.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": text}
+    from prometheus_client.parser import text_string_to_metric_families
+    names = {f.name for f in text_string_to_metric_families(server.http.get("/metrics").text)}
+    assert {"numgpt_requests", "numgpt_time_to_first_token_seconds", "numgpt_running_sequences",
+            "numgpt_generated_tokens"} <= names
+    schema = server.http.get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/tokenize"} <= set(schema["paths"])
+
+
+# ---- bad requests: one clear error each, and the server goes on ----------------------------------------------
+
+def error_of(r, status):
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"prompt": "x", "max_tokens": "5"}, 422, "max_tokens"),
+    ({"prompt": "x", "temperature": -1}, 422, "temperature"),
+    ({"prompt": "x", "top_p": 0}, 422, "top_p"),
+    ({"prompt": "x", "n": 0}, 422, "n"),
+    ({"prompt": "x", "logprobs": 21}, 422, "logprobs"),
+    ({"prompt": "x", "temprature": 0.5}, 422, "temprature"),
+    ({"prompt": 5}, 422, "prompt"),
+    ({}, 422, "prompt"),
+    ({"prompt": []}, 400, "prompt"),
+    ({"prompt": [[]]}, 400, "prompt"),
+    ({"prompt": [1, 999999]}, 400, "prompt"),
+    ({"prompt": "x", "max_tokens": 129}, 400, "max_tokens"),
+    ({"prompt": "ROMEO: " * 20, "max_tokens": 100}, 400, "max_tokens"),
+    ({"prompt": "ROMEO: " * 60, "max_tokens": 1}, 400, "prompt"),
+    ({"prompt": "x", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
+    ({"prompt": "x", "stream": True, "best_of": 3}, 422, None),
+])
+def test_bad_fields_are_named(server, body, status, param):
+    e = error_of(server.http.post("/v1/completions", json=body), status)
+    assert e["param"] == param, e
+    assert server.healthy()
+
+
+def test_context_error_has_openai_shape(server):
+    e = error_of(server.http.post("/v1/completions", json={"prompt": "ROMEO: " * 60, "max_tokens": 100}), 400)
+    assert e["code"] == "context_length_exceeded" and "128" in e["message"]
+    with pytest.raises(openai.BadRequestError):
+        server.client.completions.create(model="numgpt", prompt="ROMEO: " * 60, max_tokens=100)
+
+
+def test_malformed_bodies(server):
+    h = {"Content-Type": "application/json"}
+    error_of(server.http.post("/v1/completions", content=b'{"prompt": "x",', headers=h), 400)
+    error_of(server.http.post("/v1/completions", content=b'{"prompt": "\xff\xfe"}', headers=h), 400)
+    e = error_of(server.http.post("/v1/completions", content=b'{"prompt": "x", "temperature": NaN}', headers=h), 422)
+    assert e["param"] == "temperature"
+    error_of(server.http.post("/v1/completions", content=b"x" * (10 << 20), headers=h), 413)
+    error_of(server.http.get("/v1/nothing"), 404)
+    error_of(server.http.get("/v1/completions"), 405)
+    assert server.healthy()
+
+
+def test_api_key_on_every_route_but_health(server):
+    bare = httpx.Client(base_url=server.url, timeout=30)
+    assert bare.get("/health").status_code == 200
+    for method, route in [("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/completions"),
+                          ("POST", "/v1/chat/completions"), ("POST", "/tokenize"), ("GET", "/openapi.json")]:
+        error_of(bare.request(method, route, json={"prompt": "x"}), 401)
+        error_of(bare.request(method, route, json={"prompt": "x"}, headers={"Authorization": "Bearer wrong"}), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+    with server.http.stream("POST", "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 120,
+                                                             "stream": True}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 3:
+                break
+    assert server.idle(), server.http.get("/health").json()
+    assert server.healthy()
+
+
+def test_busy_server_answers_429():
+    s = Server("--max-batch", "1", "--max-queue", "0", key=None)
+    try:
+        with s.http.stream("POST", "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 120, "stream": True}) as r:
+            next(r.iter_lines())
+            e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 429)
+            assert e["type"] == "rate_limit_error"
+        assert s.idle()
+        assert s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_request_timeout_ends_the_request():
+    s = Server("--request-timeout", "0.01", key=None)
+    try:
+        e = error_of(s.http.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 120}), 504)
+        assert "time limit" in e["message"]
+    finally:
+        s.stop()
+
+
+def test_schema_fuzz_finds_no_server_error(server, tmp_path):
+    """schemathesis generates requests from /openapi.json (valid and not): no 5xx, the server healthy."""
+    out = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run", server.url + "/openapi.json",
+                          "-H", f"Authorization: Bearer {KEY}", "--checks", "not_a_server_error",
+                          "--max-examples", "25", "--max-time", "90", "--seed", "1", "-w", "1",
+                          "--phases", "examples,coverage,fuzzing", "--request-timeout", "30"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert server.healthy()
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, words in [(["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                        (["--chat-template", str(tmp_path / "none.json")], "no such file"),
+                        (["--chat-template", "{bad"], "not valid JSON"),
+                        (["--model", str(tmp_path / "missing")], "missing")]:
+        out = subprocess.run(NUMGPT + ["serve", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_port_in_use_is_one_line(server):
+    port = server.url.rsplit(":", 1)[1]
+    out = subprocess.run(NUMGPT + ["serve", "--port", port], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "another --port" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_warns_beyond_loopback_without_key():
+    s = Server("--host", "0.0.0.0", key=None)
+    try:
+        time.sleep(0.2)
+        assert any("no API key" in line for line in s.log)
+        assert s.healthy()
+    finally:
+        s.stop()
