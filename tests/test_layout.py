@@ -11,8 +11,8 @@ import numgpt
 
 PACKAGE = Path(numgpt.__file__).parent
 CORE = ["config", "params", "ops", "kvcache", "model", "backprop", "sampling", "generate", "scoring", "lm",
-        "errors", "threads", "atomic"]
-ROOMS = ["formats", "tokenizer", "training", "teach", "cli"]
+        "errors", "threads", "atomic", "slots"]
+ROOMS = ["formats", "tokenizer", "training", "teach", "serve", "sql", "cli"]
 LEAVES = ["config", "ops", "sampling", "kvcache", "errors", "threads", "atomic"]   # STYLE.md's import direction
 
 
@@ -39,7 +39,8 @@ def test_import_numgpt_needs_only_numpy_and_regex():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
                  .stdout.split())
     optional = {"torch", "transformers", "tqdm", "matplotlib", "duckdb", "psycopg", "fastapi", "uvicorn",
-                "mpi4py", "huggingface_hub", "threadpoolctl", "tiktoken", "safetensors"}
+                "mpi4py", "huggingface_hub", "threadpoolctl", "tiktoken", "safetensors", "prometheus_client",
+                "starlette", "pydantic"}
     assert {"numpy", "regex", "numgpt"} <= loaded and not loaded & optional, loaded & optional
 
 
@@ -48,7 +49,7 @@ def test_the_core_imports_no_room_and_the_rooms_no_cli():
         rooms = {m for m in package_imports(PACKAGE / f"{name}.py")
                  if m.split(".")[1] in ROOMS and m.split(".")[1] != "formats"}
         assert not rooms, (name, rooms)          # lm loads through formats; nothing in the core trains or prints
-    for room in ("formats", "tokenizer", "training", "teach"):
+    for room in ("formats", "tokenizer", "training", "teach", "serve", "sql"):
         for path in (PACKAGE / room).glob("*.py"):
             assert not {m for m in package_imports(path) if m.startswith("numgpt.cli")}, path
 

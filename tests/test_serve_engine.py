@@ -1,0 +1,138 @@
+"""The continuous-batching engine (numgpt/serve/engine.py) without HTTP: sequences join and leave at any
+step, a seeded sequence's tokens do not depend on what runs beside it, cancel and a full queue."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt.sampling import GREEDY, SamplingOptions
+
+engine_mod = pytest.importorskip("numgpt.serve.engine", reason="the serve extra is not installed")
+Engine, SequenceRequest, Finished, Generated, Prefilled, QueueFull = (
+    engine_mod.Engine, engine_mod.SequenceRequest, engine_mod.Finished, engine_mod.Generated,
+    engine_mod.Prefilled, engine_mod.QueueFull)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return numgpt.load()
+
+
+class Collector:
+    """Events of one sequence, and a way to wait for its end."""
+
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, ev):
+        self.events.append(ev)
+        if isinstance(ev, Finished):
+            self.done.set()
+
+    @property
+    def tokens(self):
+        return [e.token for e in self.events if isinstance(e, Generated)]
+
+    @property
+    def text(self):
+        return "".join(e.text for e in self.events if isinstance(e, (Generated, Finished)))
+
+    @property
+    def reason(self):
+        return self.events[-1].reason
+
+
+def seeded(lm, prompt, seed, n=40, **kw):
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    return SequenceRequest(lm.encode(prompt), n, SamplingOptions(temperature=1.0, **kw), rng=rng, seeded=True)
+
+
+def run_all(engine, requests, *, stagger=0.0):
+    out = [Collector() for _ in requests]
+    for r, c in zip(requests, out):
+        engine.submit([r], [c])
+        time.sleep(stagger)
+    for c in out:
+        assert c.done.wait(60)
+    return out
+
+
+def test_seeded_tokens_do_not_depend_on_company(lm):
+    prompts = ["ROMEO:", "JULIET:", "KING HENRY:", "Nurse:", "First Citizen:", "MENENIUS:"]
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=4).start()
+    try:
+        alone = [run_all(engine, [seeded(lm, p, i)])[0].tokens for i, p in enumerate(prompts)]
+        together = run_all(engine, [seeded(lm, p, i) for i, p in enumerate(prompts)], stagger=0.01)
+        assert [c.tokens for c in together] == alone          # 6 sequences through 4 slots, joining late
+        assert engine.stats.steps > 0 and engine.running == 0
+    finally:
+        engine.stop()
+
+
+def test_seeded_sequence_equals_numgpt_generate(lm):
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=2).start()
+    try:
+        got = run_all(engine, [seeded(lm, "ROMEO:", 9, n=30, top_k=40)])[0]
+        want = lm.generate("ROMEO:", max_new_tokens=30, temperature=1.0, top_k=40, seed=9)
+        assert got.text == want and got.reason == "length"
+    finally:
+        engine.stop()
+
+
+def test_greedy_alone_equals_generate_and_eos_and_stop_strings(lm):
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=3).start()
+    try:
+        r = SequenceRequest(lm.encode("JULIET:"), 50, GREEDY)
+        s = SequenceRequest(lm.encode("JULIET:"), 50, GREEDY, stop=(" the",))
+        a, b = run_all(engine, [r, s])
+        assert a.text == lm.generate("JULIET:", max_new_tokens=50, do_sample=False)
+        assert b.text == lm.generate("JULIET:", max_new_tokens=50, do_sample=False, stop=[" the"])
+        assert b.reason == ("stop" if " the" in a.text else "length")
+    finally:
+        engine.stop()
+
+
+def test_prompt_logprobs_and_scoring_only(lm):
+    engine = Engine(lm.params, lm.config, lm.tokenizer).start()
+    try:
+        ids = lm.encode("ROMEO: what light")
+        c = run_all(engine, [SequenceRequest(ids, 0, GREEDY, prompt_logprobs=2)])[0]
+        pre = c.events[0]
+        assert isinstance(pre, Prefilled) and c.reason == "length" and c.tokens == []
+        want = lm.prompt_logprobs(ids, top=2)
+        assert pre.prompt_logprobs[0] is None
+        np.testing.assert_allclose([p.logprob for p in pre.prompt_logprobs[1:]], [w.logprob for w in want[1:]],
+                                   atol=1e-5, rtol=0)
+    finally:
+        engine.stop()
+
+
+def test_cancel_frees_the_slot_and_a_full_queue_refuses(lm):
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=1, max_queue=1).start()
+    try:
+        long = Collector()
+        (ticket,) = engine.submit([SequenceRequest(lm.encode("ROMEO:"), 120, GREEDY)], [long])
+        waiting = Collector()
+        engine.submit([SequenceRequest(lm.encode("KING:"), 3, GREEDY)], [waiting])
+        with pytest.raises(QueueFull):
+            engine.submit([SequenceRequest(lm.encode("x"), 3, GREEDY)], [Collector()])
+        ticket.cancel()
+        assert long.done.wait(10) and long.reason == "cancelled"
+        assert waiting.done.wait(10) and waiting.reason == "length" and len(waiting.tokens) == 3
+    finally:
+        engine.stop()
+
+
+def test_too_long_and_deadline(lm):
+    engine = Engine(lm.params, lm.config, lm.tokenizer).start()
+    try:
+        with pytest.raises(numgpt.NumgptError, match="context of 128"):
+            engine.submit([SequenceRequest(list(range(100)), 29, GREEDY)], [Collector()])
+        c = Collector()
+        engine.submit([SequenceRequest(lm.encode("ROMEO:"), 120, GREEDY, deadline=time.monotonic() + 0.02)], [c])
+        assert c.done.wait(10) and c.reason == "timeout" and len(c.tokens) < 120
+    finally:
+        engine.stop()
