@@ -19,9 +19,10 @@ from numgpt.formats import load_checkpoint
 from numgpt.lm import BUILTIN_MODEL
 from numgpt.model import forward, reference_forward, split_heads
 from numgpt.ops import attention, causal_mask, layer_norm, linear, softmax
-from numgpt.sampling import (apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
-                             process_logits, sample)
-from numgpt.teach import (STAGES, attention_view, attention_weights, forward_macs, kvcache_view,
+from numgpt.sampling import (apply_logit_bias, apply_min_p, apply_presence_frequency_penalty,
+                             apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, process_logits,
+                             sample)
+from numgpt.teach import (STAGES, attention_view, attention_weights, forward_macs, kvcache_counts, kvcache_view,
                           sampling_stages, sampling_view, tokens_view, traced_forward)
 from numgpt.teach.attention import attention_probabilities
 from numgpt.teach.sampling_view import stage_logits
@@ -131,7 +132,13 @@ OPTIONS = [
     SamplingOptions(top_k=3),
     SamplingOptions(temperature=0.0, top_k=5, repetition_penalty=1.2),     # greedy: only the penalty
     SamplingOptions(do_sample=False, top_p=0.3),
+    SamplingOptions(temperature=0.9, min_p=0.2, presence_penalty=0.8, frequency_penalty=0.5,
+                    logit_bias=((321, -100.0), (44, 5.0))),
+    SamplingOptions(top_k=30, top_p=0.95, min_p=0.05, repetition_penalty=1.2, frequency_penalty=-0.7),
+    SamplingOptions(do_sample=False, min_p=0.5, logit_bias=((46, 3.0),), presence_penalty=2.0),  # greedy
 ]
+
+GENERATED = 6   # the last tokens of TEXT stand for a completion's (the presence/frequency penalties' tokens)
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +150,15 @@ def next_logits(lm):
 @pytest.mark.parametrize("options", OPTIONS)
 def test_the_last_stage_is_what_the_sampler_draws_from(next_logits, options):
     ids, logits = next_logits
-    processed = process_logits(logits[None], options, previous=[ids])[0]
-    stages = sampling_stages(logits, ids, options, top=8)
+    generated = ids[-GENERATED:]
+    processed = process_logits(logits[None], options, previous=[ids], generated=[generated])[0]
+    stages = sampling_stages(logits, ids, options, generated_ids=generated, top=8)
     assert [s.name for s in stages] == list(STAGES)
     final = stages[-1]
     kept = np.flatnonzero(np.isfinite(processed))
     assert (final.kept_ids is None and kept.size == logits.size) or final.kept_ids == kept.tolist()
     assert final.kept == kept.size
-    assert np.array_equal(stage_logits(logits, ids, options)[-1][2], processed)
+    assert np.array_equal(stage_logits(logits, ids, options, generated_ids=generated)[-1][2], processed)
     p = softmax(processed.astype(np.float64))                   # the distribution sample() inverts
     for t in final.top:
         assert t.probability == p[t.id]
@@ -160,26 +168,35 @@ def test_the_last_stage_is_what_the_sampler_draws_from(next_logits, options):
 
 def test_each_stage_is_the_samplers_rule_on_the_one_before(next_logits):
     ids, logits = next_logits
-    o = OPTIONS[1]
-    stages = [row for _, _, row in stage_logits(logits, ids, o)]
+    generated = ids[-GENERATED:]
+    o = SamplingOptions(temperature=1.3, top_k=20, top_p=0.99, repetition_penalty=1.3, min_p=0.1,
+                        presence_penalty=0.6, frequency_penalty=0.4, logit_bias=((321, 2.0), (44, -3.0)))
+    stages = stage_logits(logits, ids, o, generated_ids=generated)
+    assert [name for name, _, _ in stages] == list(STAGES) and all(applied for _, applied, _ in stages)
     expected = [logits[None]]
+    expected.append(apply_logit_bias(expected[-1], o.logit_bias))
+    expected.append(apply_presence_frequency_penalty(expected[-1], [generated], o.presence_penalty,
+                                                     o.frequency_penalty))
     expected.append(apply_repetition_penalty(expected[-1], [ids], o.repetition_penalty))
     expected.append(apply_temperature(expected[-1], o.temperature))
     expected.append(apply_top_k(expected[-1], o.top_k))
     expected.append(apply_top_p(expected[-1], o.top_p))
-    for got, want in zip(stages, expected):
+    expected.append(apply_min_p(expected[-1], o.min_p))
+    for (_, _, got), want in zip(stages, expected, strict=True):
         assert np.array_equal(got, want[0])
+    assert not np.array_equal(expected[1], expected[0]) and not np.array_equal(expected[2], expected[1])
+    assert np.isfinite(expected[-1]).sum() < np.isfinite(expected[-2]).sum()   # min-p removed some
 
 
 def test_stage_bookkeeping(next_logits, lm):
     ids, logits = next_logits
     stages = sampling_stages(logits, ids, OPTIONS[1], top=8, decode=lambda i: lm.tokenizer.decode([i]))
-    raw, penalty, temperature, top_k, top_p = stages
-    assert all(s.applied for s in stages)
+    raw, bias, presence, penalty, temperature, top_k, top_p, min_p = stages
+    assert [s.applied for s in stages] == [True, False, False, True, True, True, True, False]
     assert raw.kept == logits.size and raw.kept_ids is None and raw.kept_mass == pytest.approx(1.0)
     assert top_k.kept == 20 and top_p.kept <= 20
     assert top_p.kept_mass >= 0.9 - 1e-6                        # the nucleus holds at least p
-    p_in = softmax(top_k_logits := stage_logits(logits, ids, OPTIONS[1])[3][2].astype(np.float64))
+    p_in = softmax(top_k_logits := stage_logits(logits, ids, OPTIONS[1])[5][2].astype(np.float64))
     assert top_p.kept_mass == pytest.approx(p_in[top_p.kept_ids].sum(), abs=1e-12)
     assert np.isfinite(top_k_logits).sum() == 20
     shown = [t.id for t in raw.top]
@@ -194,9 +211,12 @@ def test_stage_bookkeeping(next_logits, lm):
 def test_greedy_and_neutral_stages_are_listed_as_off(next_logits):
     ids, logits = next_logits
     stages = sampling_stages(logits, ids, OPTIONS[4])
-    assert [s.applied for s in stages] == [True, True, False, False, False]
-    assert "greedy" in stages[3].note and stages[3].setting == 5
-    assert [s.applied for s in sampling_stages(logits, ids, OPTIONS[0])] == [True, False, False, False, False]
+    assert [s.applied for s in stages] == [True, False, False, True, False, False, False, False]
+    assert "greedy" in stages[5].note and stages[5].setting == 5
+    assert [s.applied for s in sampling_stages(logits, ids, OPTIONS[0])] == [True] + [False] * 7
+    greedy = sampling_stages(logits, ids, OPTIONS[8], generated_ids=ids[-GENERATED:])
+    assert [s.applied for s in greedy] == [True, True, True, False, False, False, False, False]
+    assert greedy[1].setting == [[46, 3.0]] and greedy[2].setting == [2.0, 0.0] and "greedy" in greedy[7].note
 
 
 def test_sampling_view_is_plain_data(lm):
@@ -208,6 +228,40 @@ def test_sampling_view_is_plain_data(lm):
         sampling_view(lm, "x", top_p=0)
     with pytest.raises(NumgptError, match="the prompt is empty"):
         sampling_view(lm, "")
+
+
+def test_sampling_view_penalises_only_the_generated_tokens(lm):
+    """A position inside a completion: prompt + generated so far; the presence/frequency penalties see the
+    generated tokens, the repetition penalty every token, as the engine's sampler does."""
+    prompt, generated = lm.encode("ROMEO: I will"), lm.encode(" not go, not")
+    view = sampling_view(lm, prompt, generated=generated, presence_penalty=1.0, frequency_penalty=0.5,
+                         repetition_penalty=1.2, min_p=0.05, top=1024)
+    ids = prompt + generated
+    assert view.prompt_ids == ids and view.generated == len(generated)
+    logits = forward(lm.params, lm.config, np.array([ids]))
+    options = SamplingOptions(presence_penalty=1.0, frequency_penalty=0.5, repetition_penalty=1.2, min_p=0.05)
+    processed = process_logits(logits, options, previous=[ids], generated=[generated])[0]
+    assert view.stages[-1].kept_ids == np.flatnonzero(np.isfinite(processed)).tolist()
+    presence = {t.id: t.logit for t in view.stages[2].top}
+    raw = {t.id: t.logit for t in view.stages[0].top}
+    not_id = lm.encode(" not")[0]
+    assert presence[not_id] == pytest.approx(raw[not_id] - 1.0 - 0.5 * 2, abs=1e-5)   # twice in the completion
+    assert presence[prompt[0]] == raw[prompt[0]]                                      # prompt only: untouched
+    with pytest.raises(NumgptError, match="logit_bias names token 5000"):
+        sampling_view(lm, "x", logit_bias=[(5000, 1.0)])
+
+
+def test_kvcache_counts_are_the_measured_views(lm):
+    view = kvcache_view(lm, "ROMEO: I will", max_new_tokens=5)
+    counts = kvcache_counts(lm.config, len(view.prompt_ids), 5)
+    assert [(s["computed"], s["reused"], s["computed_full"], s["macs_cached"], s["macs_full"]) for s in counts.steps] \
+        == [(s.computed_cached, s.reused_cached, s.computed_full, s.macs_cached, s.macs_full) for s in view.steps]
+    P = len(view.prompt_ids)
+    assert counts.computed == P + 4 and counts.reused == sum(range(P, P + 4))
+    assert counts.computed_without_cache == sum(range(P, P + 5)) and counts.macs_cached == view.macs_cached
+    assert kvcache_counts(lm.config, 3, 0).computed == 0
+    with pytest.raises(NumgptError, match="context overflow"):
+        kvcache_counts(lm.config, 100, 29)
 
 
 # ---- KV cache ------------------------------------------------------------------------------------------

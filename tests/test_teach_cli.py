@@ -68,6 +68,22 @@ def test_sampling_json_kept_set_is_the_samplers(capsys, lm):
     assert kept_row.split()[1:] == ["1024", "1024", "1024", "12", str(kept.size)]
 
 
+def test_sampling_min_p_and_logit_bias_are_the_samplers(capsys, lm):
+    argv = ["--temperature", "0.9", "--min-p", "0.2", "--logit-bias", "321=-100", "--logit-bias", "44=4"]
+    code, out, _ = run(capsys, "explain", "sampling", TEXT, *argv, "--json")
+    data = json.loads(out)
+    ids = lm.encode(TEXT)
+    logits = numgpt.forward(lm.params, lm.config, np.array([ids]))
+    options = SamplingOptions(temperature=0.9, min_p=0.2, logit_bias=((321, -100.0), (44, 4.0)))
+    kept = np.flatnonzero(np.isfinite(process_logits(logits, options, previous=[ids])[0]))
+    assert code == 0 and data["stages"][-1]["name"] == "min_p" and data["stages"][-1]["kept_ids"] == kept.tolist()
+    assert data["stages"][1]["setting"] == [[321, -100.0], [44, 4.0]]
+    code, out, _ = run(capsys, "explain", "sampling", TEXT, *argv)
+    assert code == 0 and "min p" in out and "off: presence frequency penalty, repetition penalty, top k, top p" in out
+    kept_row = next(line for line in out.splitlines() if line.split()[:1] == ["kept"])
+    assert kept_row.split()[1:] == ["1024", "1024", "1024", str(kept.size)]
+
+
 def test_kvcache_table_counts(capsys, lm):
     code, out, _ = run(capsys, "explain", "kvcache", "ROMEO: I will", "-n", "3", "--json")
     data = json.loads(out)
@@ -111,6 +127,9 @@ def test_pictures_are_written(capsys, tmp_path, argv):
     (["attention", "a " * 200], "context overflow: 201 tokens > the model's context of n_positions=128"),
     (["sampling", "x", "--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["sampling", "x", "--top", "0"], "--top must be >= 1"),
+    (["sampling", "x", "--min-p", "2"], "min_p must be in [0, 1]"),
+    (["sampling", "x", "--logit-bias", "321"], "--logit-bias must be ID=BIAS"),
+    (["sampling", "x", "--logit-bias", "5000=1"], "logit_bias names token 5000"),
     (["kvcache", "ROMEO", "-n", "200"], "context overflow: 1 tokens + max_new_tokens 200"),
     (["kvcache", "ROMEO", "-n", "0"], "--max-new-tokens must be >= 1"),
     (["tokens", ""], "the text is empty"),

@@ -51,11 +51,14 @@ SAMPLING_EXAMPLES = """\
 examples:
   numgpt explain sampling "ROMEO: I will" --temperature 0.8 --top-k 8 --top-p 0.9
   numgpt explain sampling "ROMEO: I will" --repetition-penalty 1.3 --top-p 0.9 -o sampling.png
+  numgpt explain sampling "ROMEO: I will" --min-p 0.1 --logit-bias 321=-100
   numgpt explain sampling "ROMEO: I will" --greedy --json
 
-The filters run in the sampler's order (as transformers' generate): repetition penalty, then, when
-sampling, temperature, top-k, top-p. "-" marks a token a filter removed; "kept mass" is the probability
-the distribution entering a filter gave the tokens it kept.
+The rules run in the sampler's order (numgpt.sampling.process_logits): logit bias, presence/frequency
+penalties (over generated tokens: none here, so `numgpt serve`'s explain endpoint shows them), repetition
+penalty, then, when sampling, temperature, top-k, top-p, min-p. The table's columns are the raw
+distribution and the rules that are on. "-" marks a token a filter removed; "kept mass" is the
+probability the distribution entering a filter gave the tokens it kept.
 """
 
 KVCACHE_EXAMPLES = """\
@@ -130,7 +133,12 @@ def _register_sampling(views) -> None:
                    help=f"keep the smallest set with probability >= P, in (0, 1] ({SAMPLING.top_p} = off)")
     p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
                    help=f"> 1 discourages tokens already in the prompt ({SAMPLING.repetition_penalty} = off)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding: only the repetition penalty applies")
+    p.add_argument("--min-p", type=float, default=SAMPLING.min_p, metavar="M",
+                   help=f"keep tokens at least M x as likely as the most likely, in [0, 1] ({SAMPLING.min_p} = off)")
+    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS (-100..100) to token ID's logit; repeat for more tokens")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy decoding: only the logit bias and the repetition penalty apply")
     p.add_argument("--top", type=int, default=10, metavar="N", help="the N most likely tokens of each stage (10)")
     _add_output(p, "the bars of each stage")
     p.set_defaults(run=run_sampling)
@@ -178,7 +186,8 @@ def run_sampling(args) -> int:
     if args.top < 1:
         raise NumgptError(f"--top must be >= 1, got {args.top}")
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, do_sample=not args.greedy)
+                   repetition_penalty=args.repetition_penalty, min_p=args.min_p,
+                   logit_bias=tuple(_logit_bias(b) for b in args.logit_bias), do_sample=not args.greedy)
     SamplingOptions(**options)                                 # checked before the model loads
     out = _picture(args)
     lm = _load(args)
@@ -239,9 +248,11 @@ def attention_table(tokens: list[str], weights: list[list[float]]) -> str:
 
 
 def sampling_table(view) -> str:
-    """Tokens (rows) by stages (columns): each stage's probability of the token, '-' where removed."""
-    stages = view.stages
-    heads = [s.name.replace("_", " ") + ("" if s.applied else " (off)") for s in stages]
+    """Tokens (rows) by the stages that are on (columns): each stage's probability of the token, '-' where
+    removed; the stages that are off are named below."""
+    stages = [s for s in view.stages if s.applied]
+    off = [s for s in view.stages if not s.applied]
+    heads = [SHORT.get(s.name, s.name.replace("_", " ")) for s in stages]
     widths = [max(9, len(h)) for h in heads]
     tokens = [repr(t.token) for t in stages[0].top]
     tw = max(len("kept mass"), *map(len, tokens))
@@ -256,7 +267,12 @@ def sampling_table(view) -> str:
     lines.append(row("", "kept", [str(s.kept) for s in stages]))
     lines.append(row("", "kept mass", [f"{s.kept_mass:.4f}" for s in stages]))
     lines += [f"{s.name}: {s.note}" for s in stages[1:]]
+    if off:
+        lines.append("off: " + ", ".join(s.name.replace("_", " ") for s in off))
     return "\n".join(lines)
+
+
+SHORT = {"presence_frequency_penalty": "presence/freq", "repetition_penalty": "repetition penalty"}
 
 
 def kvcache_table(view) -> str:
@@ -287,6 +303,15 @@ def _head(given: str) -> int | None:
         return int(given)
     except ValueError:
         raise NumgptError(f"--head must be a head number (from 0) or all, got {given!r}") from None
+
+
+def _logit_bias(given: str) -> tuple[int, float]:
+    """--logit-bias ID=BIAS as (id, bias); the ranges are SamplingOptions' to check."""
+    token, _, bias = given.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise NumgptError(f"--logit-bias must be ID=BIAS such as 321=-100, got {given!r}") from None
 
 
 def _picture(args) -> Path | None:

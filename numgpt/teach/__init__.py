@@ -2,10 +2,10 @@
 
     attention.py       attention_weights / traced_forward: each layer's causal softmax attention, from the
                        plain forward itself; attention_view for one layer of a text
-    sampling_view.py   sampling_stages: the next-token distribution after each filter, in the sampler's
-                       order, made by numgpt.sampling's own rules; sampling_view for a prompt
+    sampling_view.py   sampling_stages: the next-token distribution after each rule, in the sampler's
+                       order (logit bias, penalties, temperature, top-k, top-p, min-p), made by numgpt.sampling's own rules; sampling_view for a prompt
     kvcache_view.py    kvcache_view: each generation step's work (exact multiply-adds) and time with and
-                       without the KV cache; forward_macs
+                       without the KV cache; forward_macs; kvcache_counts for a generation the server ran
     tokens_view.py     tokens_view: the tokenizer's explain as plain data
     plots.py           the pictures (matplotlib, the `plot` extra, imported only when drawing)
 
@@ -15,11 +15,11 @@ HTTP endpoint can return them as they are.
 """
 
 from .attention import AttentionTrace, AttentionView, attention_view, attention_weights, traced_forward
-from .kvcache_view import KVCacheStep, KVCacheView, forward_macs, kvcache_view
+from .kvcache_view import KVCacheCounts, KVCacheStep, KVCacheView, forward_macs, kvcache_counts, kvcache_view
 from .sampling_view import STAGES, SamplingView, Stage, TokenProbability, sampling_stages, sampling_view
 from .tokens_view import MergeView, PieceView, TokensView, tokens_view
 
 __all__ = ["AttentionTrace", "AttentionView", "attention_view", "attention_weights", "traced_forward",
-           "KVCacheStep", "KVCacheView", "forward_macs", "kvcache_view", "STAGES", "SamplingView", "Stage",
+           "KVCacheCounts", "KVCacheStep", "KVCacheView", "forward_macs", "kvcache_counts", "kvcache_view", "STAGES", "SamplingView", "Stage",
            "TokenProbability", "sampling_stages", "sampling_view", "MergeView", "PieceView", "TokensView",
            "tokens_view"]

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import GPTConfig
 from ..errors import whole_number
 from ..kvcache import KVCache
-from ..model import check_finite_logits, forward
+from ..model import check_context, check_finite_logits, forward
 from ..sampling import greedy
 from .inputs import Prompt, prompt_ids, token_labels
 
@@ -112,3 +112,44 @@ def _timed(call) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     out = call()
     return out, time.perf_counter() - start
+
+
+# ---- the counts of a generation the server ran ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class KVCacheCounts:
+    """The positions a generation of `generated` tokens after `prompt` ones ran through the blocks, and
+    the multiply-adds, with the cache and without it (the counts of kvcache_view, without running it).
+
+    Token i (from 0) comes from the logits of one forward call: call 0 reads the prompt, call i > 0 the
+    token of call i - 1 and reuses the cached keys and values of the prompt + i - 1 positions before it.
+    The end-of-text token a generation may stop on is not counted (the response does not return it)."""
+
+    prompt: int
+    generated: int
+    computed: int             # positions run with the cache: prompt + generated - 1
+    reused: int               # cached positions read, summed over the calls (per layer)
+    computed_without_cache: int   # positions run when every call reads the whole sequence
+    macs_cached: int
+    macs_full: int
+    steps: list[dict[str, int]]   # per call: step, context, computed, reused, computed_full
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def kvcache_counts(config: GPTConfig, prompt: int, generated: int) -> KVCacheCounts:
+    """What the KV cache saved in a generation of `generated` tokens after `prompt` prompt tokens."""
+    prompt = whole_number("the prompt's token count", prompt, minimum=1)
+    generated = whole_number("the generated token count", generated, minimum=0)
+    check_context(config, prompt, generated, fix="the counts cannot come from this model")
+    steps = []
+    for step in range(generated):
+        new, past = (prompt, 0) if step == 0 else (1, prompt + step - 1)
+        steps.append(dict(step=step, context=prompt + step, computed=new, reused=past, computed_full=prompt + step,
+                          macs_cached=forward_macs(config, new, past), macs_full=forward_macs(config, prompt + step)))
+    return KVCacheCounts(prompt=prompt, generated=generated, computed=sum(s["computed"] for s in steps),
+                         reused=sum(s["reused"] for s in steps),
+                         computed_without_cache=sum(s["computed_full"] for s in steps),
+                         macs_cached=sum(s["macs_cached"] for s in steps), macs_full=sum(s["macs_full"] for s in steps),
+                         steps=steps)

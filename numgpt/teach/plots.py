@@ -64,9 +64,10 @@ def plot_attention(view: AttentionView, path: str | Path) -> Path:
 
 
 def plot_sampling(view: SamplingView, path: str | Path) -> Path:
-    """One row of bars per stage: the shared tokens' probabilities, removed tokens marked with an x."""
+    """One row of bars per stage that is on (and the raw one): the shared tokens' probabilities, removed
+    tokens marked with an x."""
     plt = pyplot()
-    stages = view.stages
+    stages = [s for s in view.stages if s.applied]
     tokens = [label(t.token) for t in stages[0].top]
     x = np.arange(len(tokens))
     fig, axes = plt.subplots(len(stages), 1, figsize=(max(6.0, 0.45 * len(tokens) + 2), 1.6 * len(stages) + 1),
@@ -78,14 +79,20 @@ def plot_sampling(view: SamplingView, path: str | Path) -> Path:
         ax.bar(x, p, color=np.where(removed, "lightgray", "tab:blue" if stage.applied else "tab:gray"))
         ax.plot(x[removed], np.zeros(removed.sum()), "x", color="tab:red")
         ax.set_ylim(0, top * 1.15)
-        state = "" if stage.applied else " (off)"
-        setting = "" if stage.setting is None else f" = {stage.setting:g}"
-        ax.set_title(f"{stage.name.replace('_', ' ')}{setting}{state}: {stage.kept} kept, "
+        setting = "" if stage.setting is None else f" = {_setting(stage.setting)}"
+        ax.set_title(f"{stage.name.replace('_', ' ')}{setting}: {stage.kept} kept, "
                      f"mass {stage.kept_mass:.3f}", fontsize=9, loc="left")
         ax.tick_params(axis="y", labelsize=8)
     axes[-1, 0].set_xticks(x, tokens, rotation=90, fontsize=8)
     fig.suptitle("next-token probability after each filter (x: removed)", fontsize=10)
     return _save(fig, plt, path)
+
+
+def _setting(value) -> str:
+    """A stage's setting for a title: 0.9; 0.5, 0.2 (presence, frequency); 13:+5 (logit bias)."""
+    if isinstance(value, list):
+        return ", ".join(f"{v[0]}:{v[1]:+g}" if isinstance(v, list) else f"{v:g}" for v in value)
+    return f"{value:g}"
 
 
 def plot_kvcache(view: KVCacheView, path: str | Path) -> Path:

@@ -1,12 +1,17 @@
-"""The sampler's distribution after each of its filters, in its own order: raw, repetition penalty,
-temperature, top-k, top-p.
+"""The sampler's distribution after each of its rules, in its own order: raw, logit bias,
+presence/frequency penalties, repetition penalty, then (when sampling) temperature, top-k, top-p, min-p.
 
-`stage_logits` calls numgpt.sampling's own rules (apply_repetition_penalty, apply_temperature,
-apply_top_k, apply_top_p) under the same conditions as `sampling.process_logits`, so the last stage is
-what the sampler draws from: the tests hold it bit-equal to process_logits, and its probabilities equal
-to softmax in float64, the distribution `sampling.sample` inverts. A stage that is off (a setting at its
-neutral value, or temperature/top-k/top-p under greedy decoding) is listed with applied=False and the
-distribution unchanged, so every view has the same five stages.
+`stage_logits` calls numgpt.sampling's own rules (apply_logit_bias, apply_presence_frequency_penalty,
+apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, apply_min_p) under the same
+conditions as `sampling.process_logits`, so the last stage is what the sampler draws from: the tests hold
+it bit-equal to process_logits, and its probabilities equal to softmax in float64, the distribution
+`sampling.sample` inverts. A stage that is off (a setting at its neutral value, or a sampling-only rule
+under greedy decoding) is listed with applied=False and the distribution unchanged, so every view has
+the same eight stages.
+
+The presence/frequency penalties look at the generated tokens only, the repetition penalty at every
+token so far (prompt + generated), as in the sampler: a view of a position inside a completion passes
+the completion's tokens before it as `generated`.
 
 Each Stage reports one shared list of tokens -- the union of every stage's most likely kept tokens,
 ordered by raw probability -- so bars and table rows line up across stages; plus the kept set (tokens
@@ -26,13 +31,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import NumgptError, whole_number
-from ..model import check_finite_logits, forward
+from ..model import check_context, check_finite_logits, forward
 from ..ops import softmax
-from ..sampling import (SamplingOptions, apply_repetition_penalty, apply_temperature, apply_top_k,
-                        apply_top_p)
+from ..sampling import (SamplingOptions, apply_logit_bias, apply_min_p, apply_presence_frequency_penalty,
+                        apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p)
 from .inputs import Prompt, prompt_ids, token_labels
 
-STAGES = ("raw", "repetition_penalty", "temperature", "top_k", "top_p")   # the sampler's order
+STAGES = ("raw", "logit_bias", "presence_frequency_penalty", "repetition_penalty", "temperature", "top_k",
+          "top_p", "min_p")   # the sampler's order (sampling.process_logits)
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")   # skipped under greedy decoding
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class Stage:
 
     name: str                   # one of STAGES
     applied: bool               # False: the filter is off here, the distribution is the previous one
-    setting: float | int | None  # the option's value (None for raw)
+    setting: Any                # the option's value: a number; [presence, frequency]; [[id, bias], ...];
+                                # None for raw
     note: str                   # what the filter did, in words
     top: list[TokenProbability]  # the shared tokens, most likely raw first
     kept: int                   # tokens still possible
@@ -62,40 +70,43 @@ class Stage:
         return dataclasses.asdict(self)
 
 
-def stage_logits(logits: np.ndarray, previous_ids: Sequence[int], options: SamplingOptions
-                 ) -> list[tuple[str, bool, np.ndarray]]:
-    """(name, applied, logits [V]) after each stage, in process_logits' order with its conditions."""
+def stage_logits(logits: np.ndarray, previous_ids: Sequence[int], options: SamplingOptions, *,
+                 generated_ids: Sequence[int] = ()) -> list[tuple[str, bool, np.ndarray]]:
+    """(name, applied, logits [V]) after each stage, in process_logits' order with its conditions.
+    previous_ids: every token so far (prompt + generated); generated_ids: the generated ones among them."""
     row = np.asarray(logits, dtype=np.float32)
     if row.ndim != 1:
         raise NumgptError(f"logits must be one row [V], got shape {row.shape}")
     row = row[None]                                            # [V] -> [1, V], the sampler's batch shape
     sampling = not options.greedy
+    rules = [
+        ("logit_bias", bool(options.logit_bias), lambda r: apply_logit_bias(r, options.logit_bias)),
+        ("presence_frequency_penalty", options.penalises_generated,
+         lambda r: apply_presence_frequency_penalty(r, [list(generated_ids)], options.presence_penalty,
+                                                    options.frequency_penalty)),
+        ("repetition_penalty", options.repetition_penalty != 1.0,
+         lambda r: apply_repetition_penalty(r, [list(previous_ids)], options.repetition_penalty)),
+        ("temperature", sampling and options.temperature != 1.0, lambda r: apply_temperature(r, options.temperature)),
+        ("top_k", sampling and bool(options.top_k), lambda r: apply_top_k(r, options.top_k)),
+        ("top_p", sampling and options.top_p < 1.0, lambda r: apply_top_p(r, options.top_p)),
+        ("min_p", sampling and options.min_p > 0, lambda r: apply_min_p(r, options.min_p)),
+    ]
     out = [("raw", True, row[0])]
-    penalty = options.repetition_penalty != 1.0
-    if penalty:
-        row = apply_repetition_penalty(row, [list(previous_ids)], options.repetition_penalty)
-    out.append(("repetition_penalty", penalty, row[0]))
-    temperature = sampling and options.temperature != 1.0
-    if temperature:
-        row = apply_temperature(row, options.temperature)
-    out.append(("temperature", temperature, row[0]))
-    top_k = sampling and bool(options.top_k)
-    if top_k:
-        row = apply_top_k(row, options.top_k)
-    out.append(("top_k", top_k, row[0]))
-    top_p = sampling and options.top_p < 1.0
-    if top_p:
-        row = apply_top_p(row, options.top_p)
-    out.append(("top_p", top_p, row[0]))
+    for name, applied, rule in rules:
+        if applied:
+            row = rule(row)
+        out.append((name, applied, row[0]))
     return out
 
 
 def sampling_stages(logits: np.ndarray, previous_ids: Sequence[int], options: SamplingOptions, *,
-                    top: int = 10, decode: Callable[[int], str] | None = None) -> list[Stage]:
-    """The distribution after each filter for next-token logits [V], `previous_ids` being the tokens so
-    far (what the repetition penalty looks at), `top` the most likely kept tokens of each stage to show."""
+                    generated_ids: Sequence[int] = (), top: int = 10,
+                    decode: Callable[[int], str] | None = None) -> list[Stage]:
+    """The distribution after each rule for next-token logits [V], `previous_ids` being the tokens so
+    far (what the repetition penalty looks at), `generated_ids` the generated ones among them (what the
+    presence/frequency penalties look at), `top` the most likely kept tokens of each stage to show."""
     top = whole_number("top", top, minimum=1)
-    stages = stage_logits(logits, previous_ids, options)
+    stages = stage_logits(logits, previous_ids, options, generated_ids=generated_ids)
     probs = [softmax(row.astype(np.float64)) for _, _, row in stages]   # [V] each, as sampling.sample
     shown = _shown_tokens(probs, top)
     out, incoming = [], probs[0]
@@ -123,26 +134,42 @@ def _shown_tokens(probs: list[np.ndarray], top: int) -> list[int]:
     return sorted(ids, key=lambda i: (-raw[i], i))
 
 
-def _setting(name: str, options: SamplingOptions) -> float | int | None:
-    return None if name == "raw" else getattr(options, name)
+def _setting(name: str, options: SamplingOptions) -> Any:
+    if name == "raw":
+        return None
+    if name == "presence_frequency_penalty":
+        return [options.presence_penalty, options.frequency_penalty]
+    if name == "logit_bias":
+        return [list(pair) for pair in options.logit_bias]
+    return getattr(options, name)
+
+
+OFF = {"logit_bias": "off (no bias)", "presence_frequency_penalty": "off (0, 0)", "repetition_penalty": "off (1.0)",
+       "temperature": "off (1.0)", "top_k": "off (0)", "top_p": "off (1.0)", "min_p": "off (0)"}
 
 
 def _note(name: str, applied: bool, options: SamplingOptions, kept: int) -> str:
     """The stage in words, for tables and tooltips."""
     if name == "raw":
         return "softmax of the model's logits"
-    if name != "repetition_penalty" and options.greedy:
+    if name in SAMPLING_ONLY and options.greedy:
         return "not applied: greedy decoding takes the most likely token"
     if not applied:
-        return {"repetition_penalty": "off (1.0)", "temperature": "off (1.0)", "top_k": "off (0)",
-                "top_p": "off (1.0)"}[name]
+        return OFF[name]
+    if name == "logit_bias":
+        return "added to the logits: " + ", ".join(f"token {t} {b:+g}" for t, b in options.logit_bias)
+    if name == "presence_frequency_penalty":
+        return (f"generated tokens: logit - {options.frequency_penalty:g} x count - {options.presence_penalty:g} "
+                "if present")
     if name == "repetition_penalty":
         return f"tokens already in the text: positive logits / {options.repetition_penalty:g}, negative ones x it"
     if name == "temperature":
         return f"logits / {options.temperature:g}"
     if name == "top_k":
         return f"keep the {options.top_k} most likely (ties kept): {kept} left"
-    return f"keep the fewest most likely tokens holding >= {options.top_p:g} of the probability: {kept} left"
+    if name == "top_p":
+        return f"keep the fewest most likely tokens holding >= {options.top_p:g} of the probability: {kept} left"
+    return f"keep the tokens at least {options.min_p:g} x as likely as the most likely: {kept} left"
 
 
 # ---- the view an endpoint returns ----------------------------------------------------------------------
@@ -151,8 +178,9 @@ def _note(name: str, applied: bool, options: SamplingOptions, kept: int) -> str:
 class SamplingView:
     """The next-token distribution after a prompt, stage by stage, as plain data."""
 
-    prompt_ids: list[int]
+    prompt_ids: list[int]       # every token before the next one (prompt + generated)
     prompt_tokens: list[str]
+    generated: int              # how many of the last prompt_ids were generated (the penalties' tokens)
     options: dict[str, Any]     # the SamplingOptions fields
     stages: list[Stage]
 
@@ -160,15 +188,28 @@ class SamplingView:
         return dataclasses.asdict(self)
 
 
-def sampling_view(lm, prompt: Prompt, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  repetition_penalty: float = 1.0, do_sample: bool = True, top: int = 10) -> SamplingView:
-    """The sampler's stages for the token after `prompt` (text, or token ids: the prefix up to any
-    position of a completion), with the options named as in transformers."""
+def sampling_view(lm, prompt: Prompt, *, generated: Sequence[int] = (), temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, min_p: float = 0.0,
+                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                  logit_bias: Sequence[tuple[int, float]] = (), do_sample: bool = True,
+                  top: int = 10) -> SamplingView:
+    """The sampler's stages for the token after `prompt` + `generated` (text or token ids; generated: the
+    ids a completion has made so far, which the presence/frequency penalties look at), with the options
+    named as in numgpt.sampling.SamplingOptions."""
     options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, do_sample=do_sample)
-    ids = prompt_ids(lm, prompt, what="prompt")
+                              repetition_penalty=repetition_penalty, min_p=min_p,
+                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                              logit_bias=tuple(logit_bias), do_sample=do_sample)
+    generated = prompt_ids(lm, list(generated), what="generated") if len(generated) else []
+    ids = prompt_ids(lm, prompt, what="prompt") + generated
+    check_context(lm.config, len(ids), fix="shorten the prompt")
+    for token, _ in options.logit_bias:
+        if token >= lm.config.vocab_size:
+            raise NumgptError(f"logit_bias names token {token}, outside the model's vocabulary "
+                              f"(0..{lm.config.vocab_size - 1})")
     logits = forward(lm.params, lm.config, np.asarray([ids]))  # [1, T] -> [1, V]
     check_finite_logits(logits, lm.params)
-    stages = sampling_stages(logits[0], ids, options, top=top, decode=lambda i: lm.tokenizer.decode([i]))
-    return SamplingView(prompt_ids=ids, prompt_tokens=token_labels(lm.tokenizer, ids),
+    stages = sampling_stages(logits[0], ids, options, generated_ids=generated, top=top,
+                             decode=lambda i: lm.tokenizer.decode([i]))
+    return SamplingView(prompt_ids=ids, prompt_tokens=token_labels(lm.tokenizer, ids), generated=len(generated),
                         options=dataclasses.asdict(options), stages=stages)
