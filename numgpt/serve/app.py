@@ -33,6 +33,7 @@ from ..generate import TokenLogprob, encode_prompt
 from ..sampling import SamplingOptions
 from .chat import ChatTemplate
 from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
+from .explain_routes import explain_router
 from .metrics import Metrics
 from . import schemas
 
@@ -461,6 +462,7 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
         p = sum(map(len, prompts))
         return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
 
+    app.include_router(explain_router(lm, settings))   # the playground page and /v1/explain/*
     from .middleware import install_middleware
     install_middleware(app, settings, metrics)
     return app

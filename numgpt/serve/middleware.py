@@ -1,6 +1,6 @@
 """What wraps every request, as plain ASGI middleware: the body-size limit (413), the API key (401,
-compared in constant time; /health is open), and one log line per request (method, route, status,
-tokens, time; the prompt only with --log-prompts)."""
+compared in constant time; /health and the playground page's files are open), and one log line per
+request (method, route, status, tokens, time; the prompt only with --log-prompts)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import time
 
 log = logging.getLogger("numgpt.serve")
 
-OPEN_ROUTES = ("/health",)
+# open without the key: /health, and the playground's page and files (they hold no data: the page asks its
+# user for the key and sends it as Authorization: Bearer on every API call; /v1 and /v1/explain stay shut)
+OPEN_ROUTES = ("/health", "/", "/static/playground.js", "/static/playground.css")
 
 
 def install_middleware(app, settings, metrics) -> None:
@@ -68,7 +70,7 @@ class BodyLimit:
 
 
 class APIKey:
-    """With a key set, every route but /health needs `Authorization: Bearer KEY`."""
+    """With a key set, every route but OPEN_ROUTES needs `Authorization: Bearer KEY`."""
 
     def __init__(self, app, key: str | None):
         self.app, self.key = app, None if key is None else key.encode()
