@@ -23,6 +23,7 @@ examples:
   numgpt tokenize --explain "Mississippilessly"
   numgpt prepare input.txt --out data/mine --vocab-size 1024
   numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
+  numgpt sql export --db m.duckdb            GPT-2 in SQL: then numgpt sql generate --db m.duckdb "ROMEO:"
   numgpt serve                               an OpenAI-compatible server on http://127.0.0.1:8000
   numgpt explain attention "ROMEO: I will" --layer 1 -o attn.png   see GPT-2 at work (attention, sampling, kvcache, tokens)
 
@@ -69,6 +70,8 @@ def _registrars():
     registrars.append(train_commands.register)
     from . import inference_commands  # generate, next, perplexity, info
     registrars.append(inference_commands.register)
+    from . import sql_commands  # sql export, generate, next, tokenize, show (GPT-2 in SQL)
+    registrars.append(sql_commands.register)
     from . import explain_commands  # explain attention, sampling, kvcache, tokens
     registrars.append(explain_commands.register)
     from . import serve_commands  # serve: the OpenAI-compatible server

@@ -184,6 +184,9 @@ class PostgresEngine(Engine):
         # jit recompiles the long wide-row expressions on every execution; the session's work is small
         # enough that it only costs (measured: BENCHMARKS.md)
         self._con.execute("SET jit = off")
+        # subtle: the session's state tables are temporary, so autovacuum never gathers their statistics,
+        # and without them the planner picks nested loops for the equi-joins of attention (100x slower)
+        self._con.execute("SET enable_nestloop = off")
 
     def _sql(self, sql: str) -> str:
         return PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))

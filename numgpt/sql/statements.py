@@ -97,11 +97,12 @@ def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
 
 def kv_append() -> Statement:
     sql = """INSERT INTO numgpt_kv
-SELECT k.layer, k.t AS pos, k.h, k.d, k.v AS k, v.v AS v
-FROM numgpt_qkv AS k
-JOIN numgpt_qkv AS v ON v.layer = k.layer AND v.t = k.t AND v.h = k.h AND v.d = k.d AND v.part = 2
-WHERE k.layer = :layer AND k.part = 1"""
-    return Statement("kv_append", "block :layer: the new positions' keys and values into the KV cache", sql)
+SELECT layer, t AS pos, h, d, max(v) FILTER (WHERE part = 1) AS k, max(v) FILTER (WHERE part = 2) AS v
+FROM numgpt_qkv
+WHERE layer = :layer AND part > 0
+GROUP BY layer, t, h, d"""
+    return Statement("kv_append", "block :layer: the new positions' keys (part 1) and values (part 2) into "
+                     "the KV cache", sql)
 
 
 def attention(config: GPTConfig, d: Dialect) -> Statement:

@@ -1,0 +1,250 @@
+"""`numgpt sql export|generate|next|tokenize|show`: GPT-2 in SQL (numgpt/sql). Reads flags, prints;
+numgpt.sql does the work, and the database does the arithmetic. Options are checked before a database
+is opened, so a bad flag fails at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import NumgptError
+from ..generate import GenerationOptions
+from ..sampling import SamplingOptions
+from .inference_commands import MODEL_HELP
+
+GEN, SAMPLING = GenerationOptions(), SamplingOptions()
+DB_HELP = "a DuckDB file path (the embedded default) or a postgresql:// URL (a PostgreSQL server)"
+
+SQL_DESCRIPTION = """\
+GPT-2 in SQL: export a model into a database, then tokenize, predict and generate with the database
+doing every step -- the tokenizer, each layer with its KV cache kept in tables, the sampling filters and
+the seeded draw. DuckDB (a file) or PostgreSQL (a server); needs `pip install "numgpt[sql]"`.
+"""
+
+SQL_EXAMPLES = """\
+examples:
+  numgpt sql export --db model.duckdb                          the built-in model into a DuckDB file
+  numgpt sql generate --db model.duckdb --greedy "ROMEO:"      the same text as numgpt generate --greedy
+  numgpt sql next --db model.duckdb "ROMEO: I"
+  numgpt sql tokenize --db model.duckdb --explain "Mississippilessly"
+  numgpt sql show --db model.duckdb --step attention           the SQL of one stage
+  numgpt sql export --model gpt2 --db postgresql://me@localhost/gpt2 --precision float64
+"""
+
+EXPORT_EXAMPLES = """\
+examples:
+  numgpt sql export --db model.duckdb
+  numgpt sql export --model gpt2 --db gpt2.duckdb --precision float64
+  numgpt sql export --model gpt2 --db postgresql://me@localhost/gpt2 --force
+
+The database gets the weights, the vocabulary and merges, and the SQL that runs them, generated from the
+model's config (any size). A database that already holds an export is refused unless --force.
+--precision float32 stores float32 weights (logits within 1e-5 of numgpt's NumPy forward); float64
+stores them as doubles and DuckDB then multiplies in double too (within 1e-9 of a float64 forward).
+"""
+
+GENERATE_EXAMPLES = """\
+examples:
+  numgpt sql generate --db model.duckdb "ROMEO:"                        sample 64 tokens, streamed
+  numgpt sql generate --db model.duckdb --greedy -n 20 "JULIET:"        the most likely tokens
+  numgpt sql generate --db model.duckdb --temperature 0.8 --top-k 40 --top-p 0.9 --seed 1 "KING:"
+
+Filters apply in numgpt's (transformers') order: repetition penalty, temperature, top-k, top-p; the draw
+uses u = md5('seed:step'), so the same --seed gives the same text on DuckDB and PostgreSQL. Stops at
+<|endoftext|> and at --stop strings. prompt + --max-new-tokens must fit in the model's context.
+"""
+
+NEXT_EXAMPLES = """\
+examples:
+  numgpt sql next --db model.duckdb "ROMEO: I"
+  numgpt sql next --db model.duckdb --top 5 --json "JULIET:"
+"""
+
+TOKENIZE_EXAMPLES = """\
+examples:
+  numgpt sql tokenize --db model.duckdb "Hello world"
+  numgpt sql tokenize --db gpt2.duckdb --explain "Mississippilessly"      each merge, step by step
+  numgpt sql tokenize --db gpt2.duckdb --json "it's 2024"
+
+<|endoftext|> written in the text is that special token (as generate reads prompts).
+"""
+
+SHOW_EXAMPLES = """\
+examples:
+  numgpt sql show --db model.duckdb                    every stage's SQL, in the order a step runs them
+  numgpt sql show --db model.duckdb --step mlp         one stage (tokenize, embed, attn_qkv, kv_append,
+                                                       attention, mlp, logits, next, greedy, sample)
+"""
+
+
+def register(sub) -> None:
+    """Add `sql` and its subcommands to the `numgpt` subcommands."""
+    p = sub.add_parser("sql", help="GPT-2 in SQL: export a model into DuckDB/PostgreSQL and run it there",
+                       description=SQL_DESCRIPTION, epilog=SQL_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=lambda args: p.print_help() or 0)
+    s = p.add_subparsers(dest="sql_command", metavar="SQL_COMMAND")
+    _register_export(s)
+    _register_generate(s)
+    _register_next(s)
+    _register_tokenize(s)
+    _register_show(s)
+
+
+def _parser(sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", required=True, metavar="DB", help=DB_HELP)
+    return p
+
+
+def _register_export(sub) -> None:
+    p = _parser(sub, "export", "write a model, its tokenizer and the SQL that runs them into a database",
+                EXPORT_EXAMPLES)
+    p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
+    p.add_argument("--force", action="store_true", help="replace an export the database already holds")
+    p.add_argument("--precision", choices=["float32", "float64"], default="float32",
+                   help="how the weights are stored and multiplied (float32)")
+    p.set_defaults(run=run_export)
+
+
+def _register_generate(sub) -> None:
+    p = _parser(sub, "generate", "continue a prompt, every step computed by the database (streamed)",
+                GENERATE_EXAMPLES)
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt (empty: start from <|endoftext|>)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=GEN.max_new_tokens, metavar="N",
+                   help=f"new tokens at most ({GEN.max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=SAMPLING.temperature, metavar="T",
+                   help=f"< 1 sharper, > 1 flatter, 0 = greedy ({SAMPLING.temperature})")
+    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, metavar="K", help="keep the K most likely (0 = off)")
+    p.add_argument("--top-p", type=float, default=SAMPLING.top_p, metavar="P",
+                   help="keep the smallest set with probability >= P, in (0, 1] (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
+                   help="> 1 discourages tokens already in the text (1 = off)")
+    p.add_argument("--greedy", action="store_true", help="always the most likely token")
+    p.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
+    p.set_defaults(run=run_generate)
+
+
+def _register_next(sub) -> None:
+    p = _parser(sub, "next", "the most likely next tokens after a prompt, computed by the database",
+                NEXT_EXAMPLES)
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens, >= 1 (10)")
+    p.add_argument("--json", action="store_true", help="a JSON list of {rank, id, token, probability}")
+    p.set_defaults(run=run_next)
+
+
+def _register_tokenize(sub) -> None:
+    p = _parser(sub, "tokenize", "text to token ids with the tokenizer in SQL", TOKENIZE_EXAMPLES)
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--json", action="store_true", help="print the ids (and tokens) as JSON")
+    p.add_argument("--explain", action="store_true", help="show each piece's merges step by step")
+    p.set_defaults(run=run_tokenize)
+
+
+def _register_show(sub) -> None:
+    p = _parser(sub, "show", "print the SQL of each stage, as stored in the database", SHOW_EXAMPLES)
+    p.add_argument("--step", metavar="NAME", help="only this stage")
+    p.set_defaults(run=run_show)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def run_export(args) -> int:
+    import os
+
+    from ..formats import hf_cache_dir
+    from ..lm import load
+    from ..sql import export
+    model = load(args.model, cache_dir=hf_cache_dir(os.environ))
+    summary = export(model, args.db, force=args.force, precision=args.precision,
+                     progress=lambda what: print(f"  {what}", file=sys.stderr, flush=True))
+    print(f"exported {summary.parameters:,} parameters ({summary.precision}) into {summary.engine} "
+          f"{args.db if summary.engine == 'duckdb' else 'database'} in {summary.seconds:.1f} s, "
+          f"{summary.size_bytes / 2**20:.1f} MiB")
+    return 0
+
+
+def run_generate(args) -> int:
+    from ..lm import generation_options
+    from ..sql import connect
+    n = args.max_new_tokens
+    if n < 1:
+        raise NumgptError(f"--max-new-tokens must be >= 1, got {n}")
+    options = dict(max_new_tokens=n, do_sample=not args.greedy, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                   seed=args.seed, stop=[_unescape(s) for s in args.stop])
+    generation_options(**options)   # every option checked before the database opens
+    with connect(args.db) as m:
+        for piece in m.stream(args.prompt, **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def run_next(args) -> int:
+    from ..sql import connect
+    if args.top < 1:
+        raise NumgptError(f"--top must be >= 1, got {args.top}")
+    with connect(args.db) as m:
+        rows = m.next(args.prompt, top=args.top)
+    if args.json:
+        print(json.dumps([{"rank": r + 1, "id": t.id, "token": t.token, "probability": t.probability}
+                          for r, t in enumerate(rows)], ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'id':>6}  {'token':<20}  probability")
+    for r, t in enumerate(rows, start=1):
+        print(f"{r:>4}  {t.id:>6}  {t.token!r:<20}  {t.probability:.6f}")
+    return 0
+
+
+def run_tokenize(args) -> int:
+    from ..sql import connect
+    with connect(args.db) as m:
+        if args.explain:
+            _print_explain(m, args.text)
+            return 0
+        ids = m.tokenize(args.text)
+        if args.json:
+            print(json.dumps({"ids": ids, "tokens": [b.decode("utf-8", "replace") for b in m.token_bytes(ids)]},
+                             ensure_ascii=False))
+        else:
+            print(" ".join(map(str, ids)))
+            print(f"{len(ids)} tokens", file=sys.stderr)
+    return 0
+
+
+def _print_explain(m, text: str) -> None:
+    rows = m.explain(text)
+    for row in rows:
+        shown = " ".join(repr(b.decode("utf-8", "replace")) for b in m.token_bytes(row.ids))
+        if row.special:
+            print(f"piece {row.piece_no}: {row.piece!r} is a special token: {list(row.ids)}")
+        elif row.step == 0:
+            print(f"piece {row.piece_no}: {row.piece!r} -> bytes {shown}")
+        else:
+            print(f"  step {row.step}: merge rank {row.rank} at {row.position} -> {shown}")
+    ids = m.tokenize(text)
+    print(f"ids: {' '.join(map(str, ids))}")
+
+
+def run_show(args) -> int:
+    from ..sql import connect
+    with connect(args.db) as m:
+        names = list(m.statements)
+        if args.step is not None and args.step not in m.statements:
+            raise NumgptError(f"no stage named {args.step!r}; the stages are {', '.join(names)}")
+        for name in ([args.step] if args.step else names):
+            print(f"-- {name}: {m.descriptions[name]}")
+            print(m.statements[name].strip() + ";\n")
+    return 0
