@@ -14,7 +14,9 @@ median of --runs runs, the sides alternating:
   1 seeded     the same with a seed (the batch-invariant path: a full-width step for one row)
   8 clients    8 streamed requests at once (continuous batching): aggregate tokens/s
   8 seeded     the same, every request seeded
-  transformers `transformers serve` on the same folder, one client and 8 clients (if it starts here)
+  transformers `transformers serve` on the same folder, one client and 8 clients (if it starts here;
+               it needs `pip install accelerate`, takes prompts only as text -- the same 32 ids decoded --
+               and ignores logit_bias, so it may stop early at end-of-text: tokens/s counts what came)
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def main() -> None:
         proc.wait(30)
     hf_note = "not run (--no-transformers)"
     if not args.no_transformers:
-        hf_note = run_transformers(folder, ps, args.runs, results)
+        hf_note = run_transformers(folder, [lm.decode(p) for p in ps], args.runs, results)
     med = {k: statistics.median(v) for k, v in results.items()}
     lines = table(med, hf_note)
     print("\n".join(lines))
@@ -163,7 +165,8 @@ def main() -> None:
 
 
 def run_transformers(folder: Path, ps, runs: int, results: dict) -> str:
-    """`transformers serve FOLDER` (torch on 2 threads), the same requests; a note on how it went."""
+    """`transformers serve FOLDER` (torch on 2 threads; it needs `pip install accelerate`), the same
+    requests with the prompts as text (it takes no token ids); a note on how it went."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
