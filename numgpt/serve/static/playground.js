@@ -48,6 +48,11 @@ function setBusy(change) {
   document.body.dataset.busy = String(state.busy);
 }
 
+function drawn() {
+  // counts the views drawn: a reader (or a test) can wait for a drawing to finish
+  document.body.dataset.drawn = String(Number(document.body.dataset.drawn || 0) + 1);
+}
+
 function say(message, isError = false) {
   const s = $("status");
   s.textContent = message;
@@ -167,6 +172,7 @@ function show(node, position) {
   renderTree();
   renderPositions();
   $("alternatives").replaceChildren(el("p", {class: "help", text: "Hover or focus a token to see its alternatives."}));
+  drawn();
   refreshVisible();
 }
 
@@ -299,7 +305,7 @@ async function refreshSampling() {
   state.seen.sampling = key;
   const top = Math.max(...view.stages.flatMap((s) => s.top.map((t) => t.probability)));
   box.replaceChildren(...view.stages.map((stage, k) => {
-    const setting = stage.setting === null ? "" : ` = ${JSON.stringify(stage.setting)}`;
+    const setting = stage.setting === null || !stage.applied ? "" : ` = ${JSON.stringify(stage.setting)}`;
     const rows = stage.top.map((t) => {
       const fill = el("span", {class: "bar-fill"});
       fill.style.width = `${(100 * t.probability / top).toFixed(2)}%`;
@@ -316,6 +322,7 @@ async function refreshSampling() {
          ` of ${state.config.vocab_size} tokens, holding ${pct(stage.kept_mass)} of the incoming probability`),
       el("div", {class: "bars"}, ...(stage.applied ? rows : [])));   // an off stage: its numbers, no repeated bars
   }));
+  drawn();
 }
 
 // ---- the attention view ------------------------------------------------------------------------------
@@ -356,6 +363,7 @@ function drawHeatmap(view) {
     table.append(tr);
   });
   $("heatmap").replaceChildren(table);
+  drawn();
 }
 
 function drawKVCache(kv) {
@@ -388,6 +396,7 @@ async function refreshBPE() {
       el("li", {}, "bytes: ", chips(piece.start)),
       ...piece.steps.map((s) => el("li", {}, `merge rank ${s.rank}: `, chips(s.pair), " → ", chips(s.tokens)))),
     el("p", {class: "ids", text: `ids: ${piece.ids.join(" ")}`}))));
+  drawn();
 }
 
 // ---- tabs and start-up -----------------------------------------------------------------------------------
@@ -442,6 +451,7 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   setBusy(0);
+  document.body.dataset.drawn = "0";
   for (const name of SETTINGS) {
     const input = $(name);
     const out = input.parentElement.querySelector("output");
