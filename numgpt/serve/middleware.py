@@ -117,4 +117,6 @@ class RequestLog:
 
 
 KNOWN_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/tokenize",
-                "/detokenize", "/openapi.json", "/"}
+                "/detokenize", "/openapi.json", "/", "/static/playground.js", "/static/playground.css",
+                "/v1/explain/model", "/v1/explain/attention", "/v1/explain/sampling", "/v1/explain/tokens",
+                "/v1/explain/kvcache"}   # metrics label other paths "other" (a scanner must not blow up the label set)
