@@ -107,6 +107,8 @@ def test_echo_logprobs_equal_the_facade_and_sum_to_perplexity(server, builtin, t
         assert list(got) == [builtin.decode([t]) for t, _ in w.top]
         np.testing.assert_allclose(list(got.values()), [v for _, v in w.top], atol=1e-5, rtol=0)
     assert lp.tokens == [builtin.decode([t]) for t in builtin.encode(text)]
+    assert lp.token_ids == builtin.encode(text)                               # numgpt's exact-id extension
+    assert [[t for t, _ in top] for top in lp.top_logprobs_by_id[1:]] == [[t for t, _ in w.top] for w in want[1:]]
     assert [text[o:] .startswith(t) for o, t in zip(lp.text_offset, lp.tokens)] == [True] * len(lp.tokens)
     (tmp_path / "t.txt").write_text(text)
     ppl = json.loads(cli("perplexity", str(tmp_path / "t.txt"), "--json"))

@@ -424,20 +424,24 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
 
     def logprobs_block(ids: Sequence[int], lps: Sequence[TokenLogprob | None], k: int, start: int) -> dict:
         """OpenAI's completions logprobs object for these tokens, text offsets counted from `start`."""
-        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [], "token_ids": [],
+               "top_logprobs_by_id": []}
         decoder, at = lm.tokenizer.stream_decoder(), start
         for t, lp in zip(ids, lps):
             out["tokens"].append(token_text(t))
             out["token_logprobs"].append(None if lp is None else lp.logprob)
             out["top_logprobs"].append(None if lp is None else {token_text(a): v for a, v in lp.top[:k]})
             out["text_offset"].append(at)
+            out["token_ids"].append(t)
+            out["top_logprobs_by_id"].append(None if lp is None else [[a, v] for a, v in lp.top[:k]])
             at += len(decoder.push(t))
         return out
 
     def completion_choice(index, body, ids, r: "Result") -> dict:
         text, lp = r.text, None
         if body.logprobs is not None:
-            lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [], "token_ids": [],
+                  "top_logprobs_by_id": []}
             start = 0
             if body.echo:
                 lp = logprobs_block(ids, r.prompt_logprobs, body.logprobs, 0)

@@ -141,6 +141,10 @@ class CompletionLogprobs(BaseModel):
     token_logprobs: list[float | None]
     top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
+    token_ids: list[int] = Field(description="numgpt extension: each token's id (OpenAI's texts are ambiguous "
+                                 "for byte fragments, which all show as U+FFFD)")
+    top_logprobs_by_id: list[list[tuple[int, float]] | None] = Field(
+        description="numgpt extension: top_logprobs as [id, logprob] pairs, most likely first")
 
 
 class CompletionChoice(BaseModel):

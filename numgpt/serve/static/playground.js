@@ -12,6 +12,7 @@ const state = {
   key: sessionStorage.getItem("numgpt-key"),
   config: null,                     // /v1/explain/model: the model's shape
   byText: new Map(),                // token text -> ids with that text (to map logprobs' texts to ids)
+  texts: [],                        // id -> token text (GET /v1/explain/model)
   eot: null,
   nodes: [],                        // the tree of generations: {n, parent, at, chosen, promptIds, tokens, kv, text}
   current: null,
@@ -126,9 +127,14 @@ async function generate(promptIds, parent = null, at = null, chosen = null) {
   const choice = r.choices[0];
   const lp = choice.logprobs;
   const P = promptIds.length;
+  // numgpt's logprobs carry exact ids (token_ids, top_logprobs_by_id); OpenAI's text keys are the fallback
+  const byId = lp.top_logprobs_by_id;
   const tokens = lp.tokens.map((text, i) => ({
-    text, generated: i >= P, id: i < P ? promptIds[i] : idOf(text), logprob: lp.token_logprobs[i],
-    top: lp.top_logprobs[i] === null ? [] : Object.entries(lp.top_logprobs[i]).sort((a, b) => b[1] - a[1]),
+    text, generated: i >= P, id: lp.token_ids ? lp.token_ids[i] : i < P ? promptIds[i] : idOf(text),
+    logprob: lp.token_logprobs[i],
+    top: lp.top_logprobs[i] === null ? [] : byId
+      ? byId[i].map(([id, value]) => [state.texts[id], value, id])
+      : Object.entries(lp.top_logprobs[i]).sort((a, b) => b[1] - a[1]).map(([t, v]) => [t, v, idOf(t)]),
   }));
   const kv = await api("/v1/explain/kvcache", {prompt_tokens: r.usage.prompt_tokens,
                                                completion_tokens: r.usage.completion_tokens});
@@ -154,9 +160,8 @@ async function generateFromPrompt() {
   }
 }
 
-async function branch(node, at, text) {
+async function branch(node, at, text, id) {
   const prefix = node.tokens.slice(0, at).map((t) => t.id);
-  const id = idOf(text);
   try {
     await generate([...prefix, id], node, at, text);
   } catch (e) {
@@ -240,8 +245,7 @@ function showAlternatives(i) {
   if (!t.top.length) return;
   const unknown = node.tokens.slice(0, i).findIndex((x) => x.id === null);
   const list = el("ul", {class: "alt-list", "aria-label": `alternatives at position ${i}`});
-  for (const [text, lp] of t.top) {
-    const id = idOf(text);
+  for (const [text, lp, id] of t.top) {
     const button = el("button", {type: "button", class: "alt" + (text === t.text ? " is-chosen" : ""),
                                  "data-text": text, "data-index": String(i)},
                       el("span", {class: "alt-token", text: shown(text)}), " ",
@@ -252,7 +256,7 @@ function showAlternatives(i) {
         : `token ${unknown}'s id is not known (a byte fragment), so the prefix cannot be sent exactly`;
     } else {
       button.title = `branch: continue from ${shown(text)} (id ${id}) at position ${i}`;
-      button.addEventListener("click", () => branch(node, i, text));
+      button.addEventListener("click", () => branch(node, i, text, id));
     }
     button.addEventListener("keydown", (ev) => {
       if (ev.key === "Escape") $("tokens").querySelector(`[data-index="${i}"]`).focus();
@@ -433,6 +437,7 @@ async function start() {
     const model = await api("/v1/explain/model");
     state.config = model.config;
     state.eot = model.eot_id;
+    state.texts = model.tokens;
     model.tokens.forEach((text, id) => {
       if (!state.byText.has(text)) state.byText.set(text, []);
       state.byText.get(text).push(id);
