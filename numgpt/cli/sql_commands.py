@@ -233,7 +233,7 @@ def _print_explain(m, text: str) -> None:
         elif row.step == 0:
             print(f"piece {row.piece_no}: {row.piece!r} -> bytes {shown}")
         else:
-            print(f"  step {row.step}: merge rank {row.rank} at {row.position} -> {shown}")
+            print(f"  step {row.step}: merge rank {row.rank} -> {shown}")
     ids = m.tokenize(text)
     print(f"ids: {' '.join(map(str, ids))}")
 

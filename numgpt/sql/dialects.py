@@ -76,6 +76,12 @@ class Dialect:
             return f"range({first}, ({last}) + 1) AS series(k)"
         return f"generate_series({first}, {last}) AS series(k)"
 
+    def split_ids(self, expr: str) -> str:
+        """'(12)(34)(5)' -> the list of its ids as text: ['12', '34', '5']."""
+        if self.name == "duckdb":
+            return f"string_split(trim({expr}, '()'), ')(')"
+        return f"string_to_array(trim(both '()' from {expr}), ')(')"
+
     # ---- bytes and text ---------------------------------------------------------------------------
 
     def utf8(self, expr: str) -> str:

@@ -38,13 +38,13 @@ CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
 
 @dataclass(frozen=True)
 class MergeStepRow:
-    """One step of `explain`: the piece, the merge's rank and position, the token ids after it."""
+    """One step of `explain`: the piece, the rank merged at this step (None at step 0: the piece's
+    bytes), the token ids after it."""
 
     piece_no: int
     piece: str
     step: int
     rank: int | None
-    position: int | None
     ids: tuple[int, ...]
     special: bool
 
@@ -122,8 +122,9 @@ class SqlModel:
 
     def explain(self, text: str) -> list[MergeStepRow]:
         """Every merge step of every piece, as the SQL computed them."""
-        return [MergeStepRow(int(n), piece, int(step), rank, k, tuple(int(i) for i in ids), bool(special))
-                for n, piece, step, rank, k, ids, special
+        return [MergeStepRow(int(n), piece, int(step), rank, tuple(int(i) for i in ids.strip("()").split(")(")),
+                             bool(special))
+                for n, piece, step, rank, ids, special
                 in self.engine.rows(self.statements["tokenize_explain"], {"text": _text(text)})]
 
     def token_bytes(self, ids: Sequence[int]) -> list[bytes]:

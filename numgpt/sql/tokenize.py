@@ -26,10 +26,15 @@ first. Both are solved without either feature:
    string with GPT-2's ASCII pattern and cut out of the text by position. DuckDB matches the text
    itself with \\p{L}, \\p{N} and White_Space spelled out.
 
-Then each piece becomes the ids of its UTF-8 bytes (numgpt_bytes) and a recursive CTE merges it, one
-step per iteration: the adjacent pair of lowest rank (the leftmost on a tie) in numgpt_merges becomes
-its merged token, until no adjacent pair is a merge -- the plain rule of numgpt.tokenizer.bpe's
-`_merge_steps`, so `explain` shows the same steps.
+Then each piece becomes the ids of its UTF-8 bytes (numgpt_bytes), written as text '(12)(34)(5)', and a
+recursive CTE merges it, one rank per iteration: the adjacent pair of lowest rank in numgpt_merges is
+replaced everywhere in the piece, left to right without overlap (`replace` on the text: the parentheses
+keep '(1)(2)' from matching inside '(11)(2)'), until no adjacent pair is a merge. That is GPT-2's own
+encoder.py rule; it equals the one-merge-at-a-time rule of numgpt.tokenizer.bpe (`_merge_steps`, what
+tiktoken does) whenever every merge comes after the merges that made its parts -- true of GPT-2's list
+and of every list numgpt's train_bpe learns -- and it needs one iteration per distinct rank instead of
+one per merge (a 4000-byte piece of one repeated word: tens of iterations, not thousands).
+`explain` shows these steps: numgpt's steps with each run of equal ranks taken at once.
 
 Special tokens written in the text (<|endoftext|>) are those tokens, as `numgpt generate` reads
 prompts. The statement reads the parameter :text.
@@ -125,20 +130,24 @@ def tokenize_ctes(d: Dialect, specials: Sequence[str]) -> list[tuple[str, str]]:
                   sp.len) AS piece
     FROM piece_spans AS sp JOIN classes AS c ON c.p = sp.p"""),
         ("piece_bytes", f"""
-    SELECT pieces.p, pieces.r, pieces.q, pieces.piece, {byte_ids} AS ids
+    SELECT pieces.p, pieces.r, pieces.q, pieces.piece, string_agg('(' || CAST(b.id AS {d.text}) || ')', '' ORDER BY s.k) AS ids
     FROM pieces, {d.series('0', d.byte_length(d.utf8('pieces.piece')) + ' - 1')}, numgpt_bytes AS b
     WHERE b.byte = {d.byte_at(d.utf8('pieces.piece'), 's.k')}
     GROUP BY pieces.p, pieces.r, pieces.q, pieces.piece""".replace("AS series(k)", "AS s(k)")),
         ("bpe", f"""
-    SELECT p, r, q, piece, 0 AS step, ids, CAST(NULL AS INTEGER) AS rank, CAST(NULL AS INTEGER) AS k
+    SELECT p, r, q, piece, 0 AS step, ids, CAST(NULL AS INTEGER) AS rank
     FROM piece_bytes
     UNION ALL
-    SELECT bpe.p, bpe.r, bpe.q, bpe.piece, bpe.step + 1, best.ids, best.rank, best.k
+    SELECT bpe.p, bpe.r, bpe.q, bpe.piece, bpe.step + 1,
+           replace(bpe.ids, '(' || CAST(best.left_id AS {d.text}) || ')(' || CAST(best.right_id AS {d.text}) || ')',
+                   '(' || CAST(best.merged_id AS {d.text}) || ')'),
+           best.rank
     FROM bpe, LATERAL (
-        SELECT bpe.ids[1 : s.k - 1] || {d.single('m.merged_id')} || bpe.ids[s.k + 2 :] AS ids, m.rank, CAST(s.k AS INTEGER) AS k
-        FROM {d.series('1', n + ' - 1').replace('AS series(k)', 'AS s(k)')}
-        JOIN numgpt_merges AS m ON m.left_id = bpe.ids[s.k] AND m.right_id = bpe.ids[s.k + 1]
-        ORDER BY m.rank, s.k LIMIT 1) AS best"""),
+        SELECT m.rank, m.left_id, m.right_id, m.merged_id
+        FROM (SELECT {d.split_ids('bpe.ids')} AS l) AS ids, {d.series('1', d.list_length('ids.l') + ' - 1').replace('AS series(k)', 'AS s(k)')},
+             numgpt_merges AS m
+        WHERE m.left_id = CAST(ids.l[s.k] AS INTEGER) AND m.right_id = CAST(ids.l[s.k + 1] AS INTEGER)
+        ORDER BY m.rank LIMIT 1) AS best"""),
     ]
 
 
@@ -150,20 +159,21 @@ def tokenize_sql(d: Dialect, specials: Sequence[str]) -> str:
                           FROM bpe) AS steps
     WHERE newest = 1"""),
         ("tokens", f"""
-    SELECT m.p, m.r, m.q, CAST(u.k AS INTEGER) AS k, u.id FROM merged AS m, {_indexed(d, 'm.ids', 'id', 'k')}
+    SELECT m.p, m.r, m.q, CAST(u.k AS INTEGER) AS k, CAST(u.id AS INTEGER) AS id
+    FROM merged AS m, {_indexed(d, d.split_ids('m.ids'), 'id', 'k')}
     UNION ALL
     SELECT p, {SPECIALS_LAST}, 0, 1, id FROM specials"""),
     ]) + "\nSELECT CAST(row_number() OVER (ORDER BY p, r, q, k) - 1 AS INTEGER) AS pos, id FROM tokens ORDER BY pos")
 
 
 def explain_sql(d: Dialect, specials: Sequence[str]) -> str:
-    """Every merge step of every piece: (piece number, piece, step, rank, k, ids after the step), and the
-    special tokens as pieces of one step 0."""
+    """Every merge step of every piece: (piece number, piece, step, rank, ids after the step as
+    '(12)(34)'), and the special tokens as pieces of one step 0."""
     return ("WITH RECURSIVE " + _ctes(tokenize_ctes(d, specials)) + f"""
-SELECT CAST(dense_rank() OVER (ORDER BY p, r, q) AS INTEGER) AS piece_no, piece, step, rank, k, ids, special
-FROM (SELECT p, r, q, piece, step, rank, k, ids, FALSE AS special FROM bpe
+SELECT CAST(dense_rank() OVER (ORDER BY p, r, q) AS INTEGER) AS piece_no, piece, step, rank, ids, special
+FROM (SELECT p, r, q, piece, step, rank, ids, FALSE AS special FROM bpe
       UNION ALL
-      SELECT sp.p, {SPECIALS_LAST}, 0, s.token, 0, NULL, NULL, {d.single('sp.id')}, TRUE
+      SELECT sp.p, {SPECIALS_LAST}, 0, s.token, 0, NULL, '(' || CAST(sp.id AS {d.text}) || ')', TRUE
       FROM specials AS sp JOIN numgpt_special AS s ON s.id = sp.id) AS steps
 ORDER BY piece_no, step""")
 
