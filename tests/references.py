@@ -15,7 +15,7 @@ import pytest
 # import name -> the pip requirement that provides it (all in pyproject's `test` extra)
 REFERENCES = {"torch": "torch==2.13.0", "transformers": "transformers", "tiktoken": "tiktoken",
               "tokenizers": "tokenizers", "safetensors": "safetensors", "hypothesis": "hypothesis",
-              "matplotlib": "matplotlib", "mpi4py": "mpi4py and mpich",
+              "matplotlib": "matplotlib", "mpi4py": "mpi4py and mpich", "duckdb": "duckdb", "psycopg": "psycopg[binary]",
               "playwright": "playwright"}
 
 
