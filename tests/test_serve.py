@@ -366,13 +366,20 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     assert server.healthy()
 
 
-def test_busy_server_answers_429():
-    s = Server("--max-batch", "1", "--max-queue", "0", key=None)
+def test_busy_server_answers_429(hf_gpt2_124m_ckpt):
+    """One slot, no queue: while a long request (124M, 300 tokens: seconds) holds the slot, another gets
+    429 at once; a request for more sequences than the server can ever hold gets it too."""
+    s = Server("--model", str(hf_gpt2_124m_ckpt.folder), "--model-name", "m", "--max-batch", "1",
+               "--max-queue", "0", key=None)
     try:
-        with s.http.stream("POST", "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 120, "stream": True}) as r:
+        e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2}), 429)
+        assert e["type"] == "rate_limit_error"
+        with s.http.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 300, "stream": True,
+                                                            "logit_bias": {"50256": -100}}) as r:
             next(r.iter_lines())
+            t0 = time.monotonic()
             e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 429)
-            assert e["type"] == "rate_limit_error"
+            assert e["code"] == "server_busy" and time.monotonic() - t0 < 2
         assert s.idle()
         assert s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
     finally:

@@ -208,18 +208,20 @@ class Engine:
         """Prefill waiting sequences into free slots."""
         while len(self._running) < self.max_batch and not self._waiting.empty():
             ticket = self._waiting.get()
-            with self._lock:
-                self._waiting_count -= 1
-            if ticket.cancelled.is_set():
-                ticket.deliver(Finished("cancelled"))
-                continue
-            slot = min(set(range(self.max_batch)) - set(self._running))
             try:
-                self._prefill(ticket, slot)
-            except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
-                ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
-                                        f"internal error: {type(e).__name__}"))
-                self._running.pop(slot, None)
+                if ticket.cancelled.is_set():
+                    ticket.deliver(Finished("cancelled"))
+                    continue
+                slot = min(set(range(self.max_batch)) - set(self._running))
+                try:
+                    self._prefill(ticket, slot)
+                except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
+                    ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
+                                            f"internal error: {type(e).__name__}"))
+                    self._running.pop(slot, None)
+            finally:
+                with self._lock:      # only now: until the slot is taken it still counts as waiting
+                    self._waiting_count -= 1
 
     def _prefill(self, ticket: Ticket, slot: int) -> None:
         r = ticket.request
