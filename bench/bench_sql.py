@@ -87,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else make_checkpoint(Path(tmp) / "gpt2-124m")
         lm = numgpt.load(folder)
-        prompt = [int(i) for i in np.random.default_rng(0).integers(0, 50000, 32)]
+        prompt = [int(i) for i in np.random.default_rng(0).integers(0, lm.config.vocab_size - 1, 32)]
         results = [bench_numpy(lm, prompt, args.steps)]
         print(json.dumps(results[-1]), flush=True)
         for engine in args.engines.split(","):
