@@ -16,7 +16,9 @@ import pytest
 REFERENCES = {"torch": "torch==2.13.0", "transformers": "transformers", "tiktoken": "tiktoken",
               "tokenizers": "tokenizers", "safetensors": "safetensors", "hypothesis": "hypothesis",
               "matplotlib": "matplotlib", "mpi4py": "mpi4py and mpich", "duckdb": "duckdb", "psycopg": "psycopg[binary]",
-              "playwright": "playwright"}
+              "playwright": "playwright", "openai": "openai", "httpx": "httpx", "schemathesis": "schemathesis",
+              "fastapi": "fastapi (the serve extra)", "uvicorn": "uvicorn (the serve extra)",
+              "prometheus_client": "prometheus_client (the serve extra)"}
 
 
 def missing_references() -> list[str]:
