@@ -94,6 +94,38 @@ def prefill_slot(params: Params, config: GPTConfig, cache: SlotCache, slot: int,
     return logits[0]
 
 
+def prefill_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Sequence[int],
+                  prompts: Sequence[Sequence[int]], *, all_logits: bool = False) -> list[np.ndarray]:
+    """`prefill_slot` for several prompts in one forward (left-padded to the longest), each written
+    into its own slot: one pass over the weights instead of one per prompt, which is what a burst of
+    newcomers costs. Each row equals its prompt prefilled alone up to float rounding, not bit for bit
+    (a padded batch sums in another order), so a seeded request is prefilled alone instead.
+
+    Returns each prompt's logits: [V] for its last position, or [T_i, V] if all_logits."""
+    if len(slots) != len(prompts) or len(set(map(int, slots))) != len(slots):
+        raise NumgptError("prefill_slots needs one distinct slot per prompt")
+    if any(len(p) == 0 for p in prompts):
+        raise NumgptError("a prompt must be a non-empty sequence of token ids")
+    T = max(len(p) for p in prompts)
+    check_context(config, T)
+    if T > cache.max_len:
+        raise NumgptError(f"a prompt has {T} tokens but a slot holds {cache.max_len}")
+    ids = np.zeros((len(prompts), T), np.int64)                # [B, T], left-padded
+    mask = np.zeros((len(prompts), T), bool)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):], mask[b, T - len(p):] = p, True
+    batch = KVCache.allocate(config, len(prompts), T)
+    logits = forward(params, config, ids, cache=batch, attention_mask=mask, all_logits=all_logits)
+    out = []
+    for b, (slot, p) in enumerate(zip(slots, prompts)):
+        n = len(p)
+        cache.keys[:, slot, :, :n] = batch.keys[:, b, :, T - n:]    # drop the row's padding columns
+        cache.values[:, slot, :, :n] = batch.values[:, b, :, T - n:]
+        cache.lengths[slot] = n
+        out.append(logits[b, T - n:] if all_logits else logits[b])
+    return out
+
+
 def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Sequence[int],
                  ids: Sequence[int], *, batch_invariant: bool = True) -> np.ndarray:
     """One decode step: token ids[i] goes into slot slots[i] at that slot's next position.

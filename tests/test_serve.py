@@ -376,7 +376,9 @@ def test_busy_server_answers_429(hf_gpt2_124m_ckpt):
         assert e["type"] == "rate_limit_error"
         with s.http.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 300, "stream": True,
                                                             "logit_bias": {"50256": -100}}) as r:
-            next(r.iter_lines())
+            assert r.status_code == 200, r.read()
+            first = json.loads(next(r.iter_lines()).removeprefix("data: "))
+            assert first["choices"][0]["finish_reason"] is None, first
             t0 = time.monotonic()
             e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 429)
             assert e["code"] == "server_busy" and time.monotonic() - t0 < 2

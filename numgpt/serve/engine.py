@@ -2,8 +2,8 @@
 
     submit(sequences) -> a Ticket whose events arrive on the caller's callback, from the model thread
 
-Each loop of the model thread: admit waiting sequences into free slots (each prompt is prefilled alone
-into its slot, and its first token picked), then run one decode step over every running sequence
+Each loop of the model thread: admit waiting sequences into free slots (their prompts prefilled into
+their slots -- a burst of newcomers in one forward -- and their first tokens picked), then run one decode step over every running sequence
 (slots.decode_slots: rows at different cache lengths), pick each row's next token with the row's own
 options and random generator, and report it. A sequence leaves its slot the moment it ends (length,
 end-of-text, stop string, cancel, deadline), and the next waiting one takes the slot at the next loop.
@@ -31,7 +31,7 @@ from ..errors import NumgptError
 from ..generate import TextStopper, TokenLogprob, token_logprob_rows
 from ..model import check_finite_logits
 from ..sampling import SamplingOptions, next_tokens
-from ..slots import SlotCache, decode_slots, prefill_slot
+from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots
 
 
 class QueueFull(NumgptError):
@@ -98,6 +98,7 @@ class Ticket:
     request: SequenceRequest
     deliver: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False          # its Finished event was delivered (written by the model thread only)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -205,42 +206,60 @@ class Engine:
             self._waiting.get().deliver(Finished("cancelled"))
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free slots."""
-        while len(self._running) < self.max_batch and not self._waiting.empty():
+        """Prefill waiting sequences into free slots: a burst of unseeded newcomers in one forward
+        (slots.prefill_slots: one pass over the weights), a seeded one alone (bit-exact, see above)."""
+        newcomers = []
+        while len(self._running) + len(newcomers) < self.max_batch and not self._waiting.empty():
             ticket = self._waiting.get()
+            if ticket.cancelled.is_set():
+                ticket.deliver(Finished("cancelled"))
+                self._taken(1)
+                continue
+            newcomers.append(ticket)
+        together = [t for t in newcomers if not t.request.seeded]
+        groups = [[t] for t in newcomers if t.request.seeded] + ([together] if together else [])
+        for group in groups:
+            free = sorted(set(range(self.max_batch)) - set(self._running))[:len(group)]
             try:
-                if ticket.cancelled.is_set():
-                    ticket.deliver(Finished("cancelled"))
-                    continue
-                slot = min(set(range(self.max_batch)) - set(self._running))
-                try:
-                    self._prefill(ticket, slot)
-                except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
-                    ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
-                                            f"internal error: {type(e).__name__}"))
-                    self._running.pop(slot, None)
+                self._prefill(group, free)
+            except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
+                for ticket, slot in zip(group, free):
+                    if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
+                        del self._running[slot]
+                    if not ticket.finished:
+                        ticket.finished = True
+                        ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
+                                                f"internal error: {type(e).__name__}"))
             finally:
-                with self._lock:      # only now: until the slot is taken it still counts as waiting
-                    self._waiting_count -= 1
+                self._taken(len(group))   # only now: until its slot is taken a sequence counts as waiting
 
-    def _prefill(self, ticket: Ticket, slot: int) -> None:
-        r = ticket.request
-        want_prompt = r.prompt_logprobs is not None
-        logits = prefill_slot(self.params, self.config, self.cache, slot, r.prompt_ids, all_logits=want_prompt)
-        self.stats.prefills += 1
-        self.stats.prompt_tokens += len(r.prompt_ids)
-        prompt_lp = None
-        if want_prompt:
-            ids = np.asarray(r.prompt_ids)
-            prompt_lp = [None] + token_logprob_rows(logits[:-1], ids[1:], r.prompt_logprobs)
-            logits = logits[-1]
-        ticket.deliver(Prefilled(prompt_lp))
-        seq = Running(ticket, slot, list(r.prompt_ids), [], TextStopper(self.tokenizer.stream_decoder(), r.stop))
-        self._running[slot] = seq
-        if r.max_new_tokens == 0:
-            self._finish(seq, "length")
-            return
-        self._choose([seq], logits[None])
+    def _taken(self, n: int) -> None:
+        with self._lock:
+            self._waiting_count -= n
+
+    def _prefill(self, tickets: list[Ticket], slots: list[int]) -> None:
+        prompts = [t.request.prompt_ids for t in tickets]
+        want_prompt = any(t.request.prompt_logprobs is not None for t in tickets)
+        if len(tickets) == 1:
+            logits = [prefill_slot(self.params, self.config, self.cache, slots[0], prompts[0], all_logits=want_prompt)]
+        else:
+            logits = prefill_slots(self.params, self.config, self.cache, slots, prompts, all_logits=want_prompt)
+        self.stats.prefills += len(tickets)
+        self.stats.prompt_tokens += sum(map(len, prompts))
+        for ticket, slot, row in zip(tickets, slots, logits):
+            r = ticket.request
+            prompt_lp = None
+            if want_prompt:
+                if r.prompt_logprobs is not None:
+                    prompt_lp = [None] + token_logprob_rows(row[:-1], np.asarray(r.prompt_ids[1:]), r.prompt_logprobs)
+                row = row[-1]
+            ticket.deliver(Prefilled(prompt_lp))
+            seq = Running(ticket, slot, list(r.prompt_ids), [], TextStopper(self.tokenizer.stream_decoder(), r.stop))
+            self._running[slot] = seq
+            if r.max_new_tokens == 0:
+                self._finish(seq, "length")
+            else:
+                self._choose([seq], row[None])
 
     def _step(self) -> None:
         """One decode step over every running sequence (ended ones leave first)."""
@@ -301,4 +320,5 @@ class Engine:
             seq.text.finished = True
             seq.ticket.deliver(Generated(token, seq.text.release(), logprob))
         seq.text.finished = True
+        seq.ticket.finished = True
         seq.ticket.deliver(Finished(reason, seq.text.release(), error))
