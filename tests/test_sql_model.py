@@ -134,3 +134,26 @@ def test_prefill_in_one_statement_equals_token_by_token(request, tmp_path_factor
         for t in prompt[1:]:
             m.feed(t)
         np.testing.assert_allclose(m.logits(), whole, rtol=0, atol=1e-5)
+
+
+def test_124m_logits_on_duckdb(hf_gpt2_124m_ckpt, tmp_path):
+    """The 124M shape (12 layers, 12 heads, 768 channels, GPT-2's vocabulary) on DuckDB: a prefill and
+    three decode steps' logits within 1e-5 of NumPy's (one export takes ~15 s, so DuckDB only and a
+    short run: the small shapes above cover every step of a long one)."""
+    import numgpt
+    import numgpt.sql
+    from numgpt.kvcache import KVCache
+    from numgpt.model import forward
+    pytest.importorskip("duckdb", reason="duckdb is not installed (pip install -e '.[test]')")
+    lm = numgpt.load(hf_gpt2_124m_ckpt.folder)
+    db = str(tmp_path / "gpt2-124m.duckdb")
+    numgpt.sql.export(lm, db)
+    prompt = [15496, 11, 616, 3290, 318, 13779, 290]   # "Hello, my dog is cute and"
+    with numgpt.sql.connect(db) as m:
+        got, tokens = _greedy_run_logits(m, prompt, 4)
+    cache = KVCache.allocate(lm.config, 1, len(prompt) + 4)
+    want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
+    for t in tokens[:-1]:
+        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
+    np.testing.assert_allclose(got, np.array(want), rtol=0, atol=1e-5)   # 1e-5: the issue's float32 bar
+    assert tokens == [int(np.argmax(w)) for w in want]

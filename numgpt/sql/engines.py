@@ -52,6 +52,11 @@ class Engine:
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         raise NotImplementedError
 
+    def execute_prepared(self, sql: str, params: Mapping[str, int]) -> None:
+        """`execute` for a statement run many times (the model's stages): planned once per connection,
+        then run with these integer parameters."""
+        self.execute(sql, params)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         raise NotImplementedError
@@ -104,6 +109,7 @@ class DuckDBEngine(Engine):
             raise NumgptError(f"no such database: {db}; make one with `numgpt sql export --db {db}`")
         if path.is_dir():
             raise NumgptError(f"{db} is a folder; --db takes a DuckDB file path or a postgresql:// URL")
+        self._prepared: dict[str, str] = {}   # SQL text -> the name it is PREPAREd under
         try:
             self._con = duckdb.connect(str(path))
             if threads:
@@ -123,6 +129,19 @@ class DuckDBEngine(Engine):
     def _run(self, sql, params):
         try:
             return self._con.execute(self._sql(sql), used_parameters(sql, params))
+        except self._duckdb.Error as e:
+            raise DatabaseError(self, e) from None
+
+    def execute_prepared(self, sql, params):
+        """SQL PREPARE once, then EXECUTE name(k := v): planning a stage took ~1 ms of its run, ~50 ms of
+        a 124M decode step (the Python API plans a statement at every execute)."""
+        name = self._prepared.get(sql)
+        try:
+            if name is None:
+                name = self._prepared[sql] = f"numgpt_stage_{len(self._prepared)}"
+                self._con.execute(f"PREPARE {name} AS {self._sql(sql)}")
+            args = ", ".join(f"{k} := {int(v)}" for k, v in used_parameters(sql, params).items())
+            self._con.execute(f"EXECUTE {name}({args})" if args else f"EXECUTE {name}")
         except self._duckdb.Error as e:
             raise DatabaseError(self, e) from None
 

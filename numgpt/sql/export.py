@@ -10,6 +10,7 @@ Schema (the tables named numgpt_*; DuckDB types, PostgreSQL's are the same names
     numgpt_c_fc, numgpt_mlp_proj         DuckDB  (layer, j, w FLOAT4[n_in] or FLOAT8[n_in], b)
                                          PostgreSQL (layer, j, chunk, b, c1 .. cK) -- wide rows
     numgpt_ln(layer, name, i, weight, bias)   ln_1, ln_2 per block; ln_f with layer = n_layer
+                                         (DuckDB: (layer, name, weight FLOAT8[C], bias FLOAT8[C]))
     numgpt_heads(j, part, h, d)        which of q/k/v (part 0/1/2), head and element each c_attn output is
     numgpt_vocab(id, bytes), numgpt_bytes(byte, id), numgpt_merges(rank, left_id, right_id, merged_id),
     numgpt_special(token, id), numgpt_unicode(lo, hi, cls)   the tokenizer (unicode: PostgreSQL only)
@@ -36,7 +37,7 @@ from .statements import MATRICES, model_statements
 from .tokenize import explain_sql, tokenize_sql, unicode_classes
 
 FORMAT = "numgpt-sql"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: DuckDB's LayerNorm parameters and session state as arrays
 PRECISIONS = ("float32", "float64")
 TABLES = ["numgpt_meta", "numgpt_sql", "numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln", "numgpt_heads",
           "numgpt_vocab", "numgpt_bytes", "numgpt_merges", "numgpt_special", "numgpt_unicode"]
@@ -67,6 +68,11 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32",
     try:
         _check_target(engine, force)
         dialect = engine.dialect(precision)
+        if engine.name == "duckdb":
+            # subtle: DuckDB compresses FLOAT8 columns (ALP) when it checkpoints, and decompressing the
+            # weights at every product cost ~30% of a matrix product (3.3 ms of an 11 ms 768x3072 one,
+            # measured); uncompressed they take ~10% more space
+            engine.execute("SET force_compression = 'uncompressed'")
         with engine.transaction():
             for table in TABLES:
                 engine.execute(f"DROP TABLE IF EXISTS {table}")
@@ -116,10 +122,13 @@ def _write_model(engine: Engine, d: Dialect, model, progress: Progress) -> int:
         ln += [(layer, "ln_1", f"h.{layer}.ln_1"), (layer, "ln_2", f"h.{layer}.ln_2")]
     ln.append((L, "ln_f", "ln_f"))
     for layer, name, key in ln:
-        engine.load("numgpt_ln", {"layer": np.full(C, layer, np.int32), "name": np.array([name] * C, object),
-                                  "i": np.arange(C, dtype=np.int32),
-                                  "weight": params[key + ".weight"].astype(np.float64),
-                                  "bias": params[key + ".bias"].astype(np.float64)})
+        weight, bias = params[key + ".weight"].astype(np.float64), params[key + ".bias"].astype(np.float64)
+        if d.name == "duckdb":   # one row per LayerNorm, weight and bias as FLOAT8[C] arrays
+            engine.load("numgpt_ln", {"layer": np.array([layer], np.int32), "name": np.array([name], object),
+                                      "weight": weight[None], "bias": bias[None]})
+        else:
+            engine.load("numgpt_ln", {"layer": np.full(C, layer, np.int32), "name": np.array([name] * C, object),
+                                      "i": np.arange(C, dtype=np.int32), "weight": weight, "bias": bias})
     j = np.arange(3 * C, dtype=np.int32)
     engine.load("numgpt_heads", {"j": j, "part": j // C, "h": (j % C) // config.head_size,
                                  "d": (j % C) % config.head_size})
@@ -133,12 +142,18 @@ def _create_tables(engine: Engine, d: Dialect, config: GPTConfig) -> None:
     C, t, ft = config.n_embd, d.text, d.float_type
     for table, n_in in [("numgpt_wte", C), ("numgpt_wpe", C)] + [(tb, a * C) for tb, (_, a, _) in MATRICES.items()]:
         if d.name == "duckdb":
-            engine.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, w {ft}[{n_in}], b FLOAT8)")
+            # subtle: FLOAT8 arrays even for float32 weights (their values rounded to float32, then
+            # widened): widening FLOAT4[n] inside every product cost ~0.85 ns per weight, about 100 ms of
+            # a 124M decode step (BENCHMARKS.md), for twice the file size
+            engine.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, w FLOAT8[{n_in}], b FLOAT8)")
         else:
             k = chunk_width(n_in)
             cols = ", ".join(f"c{n} {ft}" for n in range(1, k + 1))
             engine.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, {cols})")
-    engine.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {t}, i INTEGER, weight FLOAT8, bias FLOAT8)")
+    if d.name == "duckdb":
+        engine.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {t}, weight FLOAT8[{C}], bias FLOAT8[{C}])")
+    else:
+        engine.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {t}, i INTEGER, weight FLOAT8, bias FLOAT8)")
     engine.execute("CREATE TABLE numgpt_heads (j INTEGER PRIMARY KEY, part INTEGER, h INTEGER, d INTEGER)")
     engine.execute(f"CREATE TABLE numgpt_vocab (id INTEGER PRIMARY KEY, bytes {d.blob})")
     engine.execute("CREATE TABLE numgpt_bytes (byte INTEGER PRIMARY KEY, id INTEGER)")
@@ -155,8 +170,8 @@ def _load_matrix(engine: Engine, d: Dialect, table: str, layer: int, rows: np.nd
     bias = np.zeros(n_out) if bias is None else np.asarray(bias, np.float64)
     j = np.arange(n_out, dtype=np.int32)
     if d.name == "duckdb":
-        engine.load(table, {"layer": np.full(n_out, layer, np.int32), "j": j, "w": np.asarray(rows, f),
-                            "b": bias})
+        engine.load(table, {"layer": np.full(n_out, layer, np.int32), "j": j,
+                            "w": np.asarray(rows, f).astype(np.float64), "b": bias})
         return
     k = chunk_width(n_in)
     chunks = n_in // k

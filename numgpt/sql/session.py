@@ -94,7 +94,7 @@ class SqlModel:
         self.descriptions = dict(engine.rows("SELECT name, description FROM numgpt_sql"))
         specials = dict(engine.rows("SELECT token, id FROM numgpt_special"))
         self.eot_id: int | None = specials.get("<|endoftext|>")
-        for sql in state_tables(engine.dialect(self.precision)):
+        for sql in state_tables(self.config, engine.dialect(self.precision)):
             engine.execute(sql.replace("CREATE TEMP TABLE", "CREATE TEMP TABLE IF NOT EXISTS"))
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
@@ -192,11 +192,12 @@ class SqlModel:
         for sql in CLEAR_STEP:
             self.engine.execute(sql)
         s = self.statements
-        self.engine.execute(s["embed"], {"past": past})
+        run = self.engine.execute_prepared
+        run(s["embed"], {"past": past})
         for layer in range(self.config.n_layer):
             for stage in ("attn_qkv", "kv_append", "attention", "mlp"):
-                self.engine.execute(s[stage], {"layer": layer})
-        self.engine.execute(s["logits"], {"last": end - 1})
+                run(s[stage], {"layer": layer})
+        run(s["logits"], {"last": end - 1})
         self.length = end
 
     def logits(self) -> np.ndarray:

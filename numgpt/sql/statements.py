@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import GPTConfig
-from . import layers
+from . import array_layers, layers
 from .dialects import Dialect
 
 MATRICES = {  # table -> (GPT-2 parameter name per block, inputs, outputs as a function of C)
@@ -48,9 +48,20 @@ class Statement:
     sql: str
 
 
-def state_tables(dialect: Dialect) -> list[str]:
-    """CREATE TEMP TABLE statements for a session's state (see the module docstring)."""
+def state_tables(config: GPTConfig, dialect: Dialect) -> list[str]:
+    """CREATE TEMP TABLE statements for a session's state (see the module docstring): rows on
+    PostgreSQL, one array per position (or per head) on DuckDB."""
     f8 = "FLOAT8"
+    if dialect.name == "duckdb":
+        C, D = config.n_embd, config.head_size
+        return [
+            "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
+            f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, x {f8}[{C}])",
+            f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, x {f8}[{C}])",
+            f"CREATE TEMP TABLE numgpt_qkv (layer INTEGER, t INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
+            f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, k {f8}[{D}], v {f8}[{D}])",
+            f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
+        ]
     return [
         "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
         f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
@@ -62,9 +73,15 @@ def state_tables(dialect: Dialect) -> list[str]:
 
 
 def model_statements(config: GPTConfig, dialect: Dialect) -> list[Statement]:
-    """embed, attn_qkv, kv_append, attention, mlp, logits, next, greedy, sample -- for this config."""
-    return [embed(config, dialect), attn_qkv(config, dialect), kv_append(), attention(config, dialect),
-            mlp(config, dialect), logits(config, dialect), next_tokens(dialect), greedy(), sample(dialect)]
+    """embed, attn_qkv, kv_append, attention, mlp, logits, next, greedy, sample -- for this config (the
+    model's stages on arrays for DuckDB, on rows for PostgreSQL)."""
+    if dialect.name == "duckdb":
+        stages = [embed_arrays(config, dialect), attn_qkv_arrays(config, dialect), kv_append_arrays(),
+                  attention_arrays(config, dialect), mlp_arrays(config, dialect), logits_arrays(config, dialect)]
+    else:
+        stages = [embed(config, dialect), attn_qkv(config, dialect), kv_append(), attention(config, dialect),
+                  mlp(config, dialect), logits(config, dialect)]
+    return stages + [next_tokens(dialect), greedy(), sample(dialect)]
 
 
 def _with(ctes: list[tuple[str, str]]) -> str:
@@ -196,3 +213,68 @@ def sample(d: Dialect) -> Statement:
     return Statement("sample", "repetition penalty, temperature, top-k (ties kept), top-p (the smallest "
                      "most likely set with probability >= :top_p), then the inverse-CDF draw of "
                      "u = md5(':seed::step') in [0, 1)", sql)
+
+
+# ---- DuckDB: the same stages on arrays (array_layers.py) -----------------------------------------------
+
+def embed_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
+        ("tokens", "\n    SELECT pos AS t, id FROM numgpt_seq WHERE pos >= :past"),
+        ("x", array_layers.embedding("tokens", config.n_embd)),
+    ]) + "\nSELECT 0, t, x FROM x")
+    return Statement("embed", "x = wte[id] + wpe[pos] for the new positions (pos >= :past)", sql)
+
+
+def attn_qkv_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_qkv\n" + _with([
+        ("x", "\n    SELECT t, x FROM numgpt_resid WHERE layer = :layer"),
+        ("ln_1", array_layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon, C)),
+        ("c_attn", array_layers.linear("ln_1", "numgpt_c_attn", C, 3 * C, ":layer")),
+        ("heads", array_layers.split_heads("c_attn", config)),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), t, h, q, k, v FROM heads")
+    return Statement("attn_qkv", "block :layer: ln_1, then c_attn -> q, k, v of the new positions, "
+                     "one row per head", sql)
+
+
+def kv_append_arrays() -> Statement:
+    sql = "INSERT INTO numgpt_kv\nSELECT layer, t AS pos, h, k, v FROM numgpt_qkv WHERE layer = :layer"
+    return Statement("kv_append", "block :layer: the new positions' keys and values into the KV cache", sql)
+
+
+def attention_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_mid\n" + _with([
+        ("q", "\n    SELECT t, h, q FROM numgpt_qkv WHERE layer = :layer"),
+        ("scores", array_layers.attention_scores("q", config, ":layer")),
+        ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
+         + "\n    ) AS softmax"),
+        ("heads", array_layers.attention_values("weights", config, ":layer")),
+        ("x", "\n    SELECT t, x FROM numgpt_resid WHERE layer = :layer"),
+        ("x_attn", array_layers.linear_residual("heads", "numgpt_attn_proj", C, C, ":layer", "x")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), t, x FROM x_attn")
+    return Statement("attention", "block :layer: causal self-attention of the new positions over the "
+                     "KV cache, c_proj, plus the residual", sql)
+
+
+def mlp_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
+        ("x", "\n    SELECT t, x FROM numgpt_mid WHERE layer = :layer"),
+        ("ln_2", array_layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon, C)),
+        ("c_fc", array_layers.linear("ln_2", "numgpt_c_fc", C, 4 * C, ":layer")),
+        ("gelu", array_layers.gelu("c_fc", 4 * C)),
+        ("x_mlp", array_layers.linear_residual("gelu", "numgpt_mlp_proj", 4 * C, C, ":layer", "x")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, x FROM x_mlp")
+    return Statement("mlp", "block :layer: ln_2, c_fc, GELU, c_proj, plus the residual", sql)
+
+
+def logits_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_logits\n" + _with([
+        ("x", f"\n    SELECT t, x FROM numgpt_resid WHERE layer = {config.n_layer} AND t = :last"),
+        ("ln_f", array_layers.layer_norm("x", "ln_f", str(config.n_layer), config.layer_norm_epsilon, C)),
+        ("lm_head", array_layers.lm_head("ln_f", C)),
+    ]) + "\nSELECT i AS id, v FROM lm_head")
+    return Statement("logits", "ln_f of the last position, then the logits over the whole vocabulary "
+                     "(x @ wte^T, the tied projection)", sql)
