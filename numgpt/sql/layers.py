@@ -132,9 +132,11 @@ def embedding(dialect: Dialect, table: str, n_in: int, rows: str, key: str) -> s
         return f"""
     SELECT r.t, unnest(range({n_in})) AS i, CAST(unnest(w.w) AS FLOAT8) AS v
     FROM {rows} AS r JOIN {table} AS w ON w.layer = 0 AND w.j = r.{key}"""
+    # subtle: unnest in the select list, not LATERAL: a LATERAL join is a nested loop, which the session
+    # disables (engines.py), and the planner then scanned all of wte per token (11 s of a 124M step)
     k = chunk_width(n_in)
     columns = ", ".join(f"w.c{n}" for n in range(1, k + 1))
     return f"""
-    SELECT r.t, CAST(w.chunk * {k} + u.n - 1 AS INTEGER) AS i, CAST(u.v AS FLOAT8) AS v
-    FROM {rows} AS r JOIN {table} AS w ON w.layer = 0 AND w.j = r.{key},
-         LATERAL unnest(ARRAY[{columns}]) WITH ORDINALITY AS u(v, n)"""
+    SELECT t, CAST(chunk * {k} + n - 1 AS INTEGER) AS i, CAST(v AS FLOAT8) AS v
+    FROM (SELECT r.t, w.chunk, unnest(ARRAY[{columns}]) AS v, generate_series(1, {k}) AS n
+          FROM {rows} AS r JOIN {table} AS w ON w.layer = 0 AND w.j = r.{key}) AS u"""
