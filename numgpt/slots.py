@@ -34,7 +34,7 @@ from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, embed, forward
-from .ops import gelu_, layer_norm_into, softmax
+from .ops import gelu_, layer_norm_into
 from .params import Params
 
 
@@ -168,12 +168,13 @@ def decode_block(params: Params, h: str, config: GPTConfig, x: np.ndarray, cache
     layer_norm_into(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps, ln)
     qkv = affine(ln, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
     q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
+    at = cache.lengths[rows]                                                     # [n] each row's new position
+    cache.keys[layer, rows, :, at] = k[:rows.size]                               # [n, H, D] into [n] slots
+    cache.values[layer, rows, :, at] = v[:rows.size]
+    q = q[:rows.size] * np.float32(1.0 / np.sqrt(config.head_size))              # [n, H, D]
     att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
-    for i, s in enumerate(rows.tolist()):
-        at = int(cache.lengths[s])
-        cache.keys[layer, s, :, at] = k[i]
-        cache.values[layer, s, :, at] = v[i]
-        att[i] = attend(q[i], cache.keys[layer, s, :, :at + 1], cache.values[layer, s, :, :at + 1])
+    for i, (s, n) in enumerate(zip(rows.tolist(), (at + 1).tolist())):
+        att[i] = attend(q[i], cache.keys[layer, s, :, :n], cache.values[layer, s, :, :n])
     x += affine(att.reshape(N, C), params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])
     layer_norm_into(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps, ln)
     fc = affine(ln, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])  # [N, C] -> [N, 4C]
@@ -182,10 +183,13 @@ def decode_block(params: Params, h: str, config: GPTConfig, x: np.ndarray, cache
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One query per head over that row's own keys: softmax(q k^T / sqrt(D)) v. [H, D], [H, S, D] -> [H, D]"""
-    q = q * np.float32(1.0 / np.sqrt(q.shape[-1]))
+    """One query per head (already scaled by 1/sqrt(D)) over that row's own keys: softmax(q k^T) v.
+    Every key is real (no mask), so the softmax is the plain one, in place. [H, D], [H, S, D] -> [H, D]"""
     scores = (k @ q[:, :, None])[:, :, 0]                      # [H, S, D] x [H, D, 1] -> [H, S]
-    return (softmax(scores)[:, None, :] @ v)[:, 0]            # [H, 1, S] x [H, S, D] -> [H, D]
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return (scores[:, None, :] @ v)[:, 0]                      # [H, 1, S] x [H, S, D] -> [H, D]
 
 
 def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -196,7 +200,7 @@ def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """x @ w_out_in.T computed as (w_out_in @ x.T).T, whose every column OpenBLAS computes the same way for
-    position at a fixed number of columns, in either storage order of the weight (numgpt.load's [out, in]
+    """x @ w_out_in.T computed as (w_out_in @ x.T).T. At a fixed number of columns OpenBLAS computes every
+    column the same way wherever it sits, whichever way the weight is stored (numgpt.load's [out, in]
     copies, or the checkpoint's [in, out] with mmap=True; tests/test_slots.py). [N, in] -> [N, out]"""
     return np.ascontiguousarray((w_out_in @ x.T).T)
