@@ -7,7 +7,7 @@ import pytest
 import numgpt
 from numgpt.kvcache import KVCache
 from numgpt.model import forward
-from numgpt.slots import SlotCache, decode_slots, prefill_slot, prefill_slots
+from numgpt.slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_rows_at_different_lengths_equal_each_row_alone(builtin):
     assert cache.lengths[3] == len(prompts[0]) + len(got[0]) - 1
 
 
-def run_in_company(lm, prompt, tokens, company: int, slot: int, slots: int = 8, *, invariant=True):
+def run_in_company(lm, prompt, tokens, company: int, slot: int, slots: int = 8, *, invariant=True, head=None):
     """Decode `tokens` after `prompt` in slot `slot`, beside `company` other random rows; its logits."""
     rng = np.random.default_rng(100 + company + slot)
     cache = SlotCache.allocate(lm.config, slots)
@@ -63,7 +63,7 @@ def run_in_company(lm, prompt, tokens, company: int, slot: int, slots: int = 8, 
         order = [slot] + others
         rng.shuffle(order)
         ids = [t if s == slot else int(rng.integers(0, lm.config.vocab_size)) for s in order]
-        logits = decode_slots(lm.params, lm.config, cache, order, ids, batch_invariant=invariant)
+        logits = decode_slots(lm.params, lm.config, cache, order, ids, batch_invariant=invariant, head=head)
         out.append(logits[order.index(slot)])
     return np.stack(out)
 
@@ -89,13 +89,17 @@ def test_batch_invariant_on_the_builtin_model(mmap):
         assert np.array_equal(run_in_company(builtin, prompt, tokens, company, slot=company % 8), want)
 
 
-def test_batch_invariant_at_124m(hf_gpt2_124m_ckpt):
-    """At GPT-2 small's shapes (the kernels' threaded paths), beside 0, 3 and 7 others."""
+@pytest.mark.parametrize("with_head", [False, True], ids=["wte @ x.T", "x @ vocabulary_head"])
+def test_batch_invariant_at_124m(hf_gpt2_124m_ckpt, with_head):
+    """At GPT-2 small's shapes (the kernels' threaded paths), beside 0, 3 and 7 others; the logits through
+    wte or the engine's separate [C, V] head, which agree to float rounding."""
     lm = numgpt.load(hf_gpt2_124m_ckpt.folder)
+    head = vocabulary_head(lm.params) if with_head else None
     prompt, tokens = list(range(100, 132)), [7, 8, 9]
-    want = run_in_company(lm, prompt, tokens, company=0, slot=0)
+    want = run_in_company(lm, prompt, tokens, company=0, slot=0, head=head)
     for company in (3, 7):
-        assert np.array_equal(run_in_company(lm, prompt, tokens, company, slot=4), want)
+        assert np.array_equal(run_in_company(lm, prompt, tokens, company, slot=4, head=head), want)
+    np.testing.assert_allclose(want, run_in_company(lm, prompt, tokens, 0, 0), atol=1e-4, rtol=0)
 
 
 def test_lone_row_without_invariance_is_model_forward_exactly(builtin):

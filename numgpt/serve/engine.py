@@ -31,7 +31,7 @@ from ..errors import NumgptError
 from ..generate import TextStopper, TokenLogprob, token_logprob_rows
 from ..model import check_finite_logits
 from ..sampling import SamplingOptions, next_tokens
-from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots
+from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
 
 
 class QueueFull(NumgptError):
@@ -139,6 +139,7 @@ class Engine:
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = SlotCache.allocate(config, max_batch)
+        self.head = vocabulary_head(params) if max_batch > 1 else None   # batched steps' logits (slots.py)
         self.stats = EngineStats()
         self._waiting: queue.Queue[Ticket] = queue.Queue()
         self._waiting_count = 0
@@ -275,7 +276,7 @@ class Engine:
         invariant = any(s.ticket.request.seeded for s in rows)
         try:
             logits = decode_slots(self.params, self.config, self.cache, [s.slot for s in rows],
-                                  [s.pending for s in rows], batch_invariant=invariant)  # [N, V]
+                                  [s.pending for s in rows], batch_invariant=invariant, head=self.head)  # [N, V]
         except Exception as e:  # noqa: BLE001 -- reported to every sequence of the step, engine goes on
             for seq in rows:
                 self._finish(seq, "error", error=f"internal error: {type(e).__name__}")
