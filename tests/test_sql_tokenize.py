@@ -27,10 +27,18 @@ def sql_gpt2(request, tmp_path_factory, hf_gpt2_vocab_ckpt):
         yield m
 
 
+PG_LONG = 400   # characters of each long_* corpus text that PostgreSQL tokenizes
+
+
 def test_corpus_ids_equal_tiktoken(sql_gpt2, tiktoken_gpt2, tokenizer_corpus):
     for name, text in tokenizer_corpus.items():
         if sql_gpt2.engine.name == "postgresql":
             text = text.replace("\0", "")   # PostgreSQL text cannot hold NUL (a one-line error says so)
+            if name.startswith("long_"):
+                # the same statement as on DuckDB, which tokenizes the whole 600-4000 characters; a
+                # piece's merge steps grow with its length and PostgreSQL's recursive CTE took most of
+                # the suite's time on them, so it runs on their first PG_LONG characters
+                text = text[:PG_LONG]
         assert sql_gpt2.tokenize(text) == tiktoken_gpt2.encode(text, allowed_special="all"), name
 
 

@@ -5,7 +5,8 @@ imports it, and duckdb / psycopg are imported only when a database is opened (`p
 
     export.py      a model and tokenizer into a database: weights, vocabulary, merges, the SQL
     statements.py  the model's statements, one per stage, generated from the config
-    layers.py      each layer as SQL (layer_norm, linear, attention, gelu, softmax), named as in ops.py
+    array_layers.py  each layer as DuckDB SQL on arrays (layer_norm, linear, attention, gelu), named as in ops.py
+    layers.py      the same layers on rows, for PostgreSQL (wide-row products, softmax)
     tokenize.py    GPT-2's pre-tokenizer and BPE merges as one recursive statement
     dialects.py    what differs between DuckDB's and PostgreSQL's SQL
     engines.py     connections, parameters, bulk loading, one-line errors

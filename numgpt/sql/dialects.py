@@ -4,8 +4,9 @@ uniform draw, the regular expressions of GPT-2's pre-tokenizer, and the matrix-v
 Everything else in numgpt/sql is one SQL text for both engines. The big difference is the
 matrix-vector product, the cost of the whole model:
 
-- DuckDB keeps every weight row as a fixed-size array (FLOAT4[C] or FLOAT8[C]) and multiplies with its
-  built-in `array_inner_product`, one vectorised call per output element.
+- DuckDB keeps every weight row as a fixed-size FLOAT8[C] array (uncompressed; a float32 export holds
+  float32 values) and multiplies with its built-in `array_inner_product`, one call per output element;
+  its activations are arrays too (array_layers.py).
 - PostgreSQL (core, no extension) has no inner product of arrays that is not a per-element loop, so a
   weight row is *wide*: one column per input element, c1 .. cK, and the product is the expression
   `c1 * x1 + c2 * x2 + ... + cK * xK` that PostgreSQL compiles once per prepared statement. A row holds

@@ -7,7 +7,7 @@ Schema (the tables named numgpt_*; DuckDB types, PostgreSQL's are the same names
     numgpt_sql(position, name, description, sql)   the statements a session runs, in order
     numgpt_wte, numgpt_wpe             embeddings, one row per token / position (j)
     numgpt_c_attn, numgpt_attn_proj,   each block's linear layers, one row per (layer, output j):
-    numgpt_c_fc, numgpt_mlp_proj         DuckDB  (layer, j, w FLOAT4[n_in] or FLOAT8[n_in], b)
+    numgpt_c_fc, numgpt_mlp_proj         DuckDB  (layer, j, w FLOAT8[n_in], b), uncompressed
                                          PostgreSQL (layer, j, chunk, b, c1 .. cK) -- wide rows
     numgpt_ln(layer, name, i, weight, bias)   ln_1, ln_2 per block; ln_f with layer = n_layer
                                          (DuckDB: (layer, name, weight FLOAT8[C], bias FLOAT8[C]))
@@ -37,7 +37,7 @@ from .statements import MATRICES, model_statements
 from .tokenize import explain_sql, tokenize_sql, unicode_classes
 
 FORMAT = "numgpt-sql"
-SCHEMA_VERSION = 2   # 2: DuckDB's LayerNorm parameters and session state as arrays
+SCHEMA_VERSION = 2   # 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
 PRECISIONS = ("float32", "float64")
 TABLES = ["numgpt_meta", "numgpt_sql", "numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln", "numgpt_heads",
           "numgpt_vocab", "numgpt_bytes", "numgpt_merges", "numgpt_special", "numgpt_unicode"]

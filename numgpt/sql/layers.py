@@ -2,13 +2,13 @@
 and numgpt/model.py: each returns the text of one common table expression (a CTE body) that reads the
 rows of an earlier one.
 
-A vector lives in SQL as rows: an activation is (t, i, v) -- position t, element i, value v -- and
-attention works on (t, h, d, v) and (t, h, pos, score). Rows are what both engines join, group and
-aggregate fastest apart from the matrix product, which `linear` writes per engine (dialects.py):
-DuckDB's `array_inner_product` over FLOAT4[n]/FLOAT8[n] rows, PostgreSQL's wide rows.
+This is the row form, which PostgreSQL runs (core SQL has no vectorised inner product of arrays);
+DuckDB runs the same layers on arrays, array_layers.py, with the same names. A vector lives in SQL as
+rows: an activation is (t, i, v) -- position t, element i, value v -- and attention works on
+(t, h, d, v) and (t, h, pos, score). The matrix product uses wide rows (dialects.py).
 
-All arithmetic is FLOAT8 (double) on both engines; --precision chooses how the weights are stored
-(float32: rounded to float32 like numgpt's own weights, widened to double where they are used).
+All arithmetic is FLOAT8 (double); --precision chooses how the weights are stored (float32: rounded to
+float32 like numgpt's own weights, widened to double where they are used).
 
 Parameters are written :name (the engine turns them into its placeholders): :layer, :past (the first
 new position), :last (the position whose logits are wanted).
@@ -36,25 +36,10 @@ def layer_norm(x: str, name: str, layer: str, eps: float) -> str:
     JOIN numgpt_ln AS g ON g.layer = {layer} AND g.name = '{name}' AND g.i = x.i"""
 
 
-def linear(dialect: Dialect, x: str, table: str, n_in: int, layer: str) -> str:
-    """x @ W + b: [T, n_in] -> [T, n_out], W stored one row per output j (W^T, [n_out, n_in]).
-    Reads x(t, i, v); returns (t, i, v) with i the output element."""
-    if dialect.name == "duckdb":
-        return _linear_arrays(dialect, x, table, n_in, layer)
+def linear(x: str, table: str, n_in: int, layer: str) -> str:
+    """x @ W + b: [T, n_in] -> [T, n_out], W stored as wide rows (see below: W^T, [n_out, n_in], cut
+    into chunks). Reads x(t, i, v); returns (t, i, v) with i the output element."""
     return _linear_wide(x, table, n_in, layer)
-
-
-def _linear_arrays(dialect: Dialect, x: str, table: str, n_in: int, layer: str) -> str:
-    """DuckDB: each position's x becomes one FLOAT8[n_in] array, each output one array_inner_product.
-    subtle: float32 weights are widened to FLOAT8 inside the product, so it accumulates in double: in
-    float32 the sums' rounding was 20 float32 ulps off NumPy's (1.2e-5 on logits of 10, measured), in
-    double only NumPy's own float32 error is left (3e-6), for 40% more time per product."""
-    w = "w.w" if dialect.precision == "float64" else f"CAST(w.w AS FLOAT8[{n_in}])"
-    return f"""
-    SELECT xs.t, w.j AS i, array_inner_product({w}, xs.x) + w.b AS v
-    FROM (SELECT t, CAST(list(v ORDER BY i) AS FLOAT8[{n_in}]) AS x FROM {x} GROUP BY t) AS xs,
-         {table} AS w
-    WHERE w.layer = {layer}"""
 
 
 def _linear_wide(x: str, table: str, n_in: int, layer: str) -> str:
@@ -125,13 +110,9 @@ def residual(x: str, y: str) -> str:
     SELECT x.t, x.i, x.v + y.v AS v FROM {x} AS x JOIN {y} AS y ON y.t = x.t AND y.i = x.i"""
 
 
-def embedding(dialect: Dialect, table: str, n_in: int, rows: str, key: str) -> str:
+def embedding(table: str, n_in: int, rows: str, key: str) -> str:
     """The weight rows `table`.j = `key` (a column of `rows`, which also has t) unpacked into elements:
     (t, i, v) -- wte[ids] or wpe[positions]. [T] -> [T, C]"""
-    if dialect.name == "duckdb":
-        return f"""
-    SELECT r.t, unnest(range({n_in})) AS i, CAST(unnest(w.w) AS FLOAT8) AS v
-    FROM {rows} AS r JOIN {table} AS w ON w.layer = 0 AND w.j = r.{key}"""
     # subtle: unnest in the select list, not LATERAL: a LATERAL join is a nested loop, which the session
     # disables (engines.py), and the planner then scanned all of wte per token (11 s of a 124M step)
     k = chunk_width(n_in)

@@ -1,6 +1,7 @@
 """The statements that run GPT-2 in SQL, generated from the model's config: one named statement per
-stage, each a chain of CTEs named after the layers they compute (layers.py). Export stores them in the
-database (numgpt_sql), `numgpt sql show` prints them, and a session runs them in this order:
+stage, each a chain of CTEs named after the layers they compute (array_layers.py, layers.py). Export
+stores them in the database (numgpt_sql), `numgpt sql show` prints them, and a session runs them in
+this order:
 
     prompt       tokenize the text into numgpt_seq (tokenize.py)
     embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
@@ -18,9 +19,15 @@ A decode step runs embed .. logits for one new position: the KV cache (numgpt_kv
 earlier position's keys and values, so the cost of a step does not grow with the sequence except in
 attention's S cached rows.
 
+The stages are written twice, with the same names: on arrays for DuckDB (array_layers.py: an activation
+is one row per position, `x FLOAT8[C]`) and on rows for PostgreSQL (layers.py: one row per element).
+
 State lives in temporary tables (each session its own): numgpt_seq(pos, id) the tokens so far,
-numgpt_resid / numgpt_mid(layer, t, i, v) the residual stream, numgpt_qkv(layer, t, part, h, d, v),
-numgpt_kv(layer, pos, h, d, k, v) the cache, numgpt_logits(id, v).
+numgpt_logits(id, v), and
+    DuckDB      numgpt_resid / numgpt_mid(layer, t, x), numgpt_qkv(layer, t, h, q, k, v),
+                numgpt_kv(layer, pos, h, k, v) the cache (x FLOAT8[C]; q, k, v FLOAT8[D])
+    PostgreSQL  numgpt_resid / numgpt_mid(layer, t, i, v), numgpt_qkv(layer, t, part, h, d, v),
+                numgpt_kv(layer, pos, h, d, k, v) the cache
 """
 
 from __future__ import annotations
@@ -93,8 +100,8 @@ def embed(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("tokens", "\n    SELECT pos AS t, id FROM numgpt_seq WHERE pos >= :past"),
-        ("token_embedding", layers.embedding(d, "numgpt_wte", C, "tokens", "id")),
-        ("position_embedding", layers.embedding(d, "numgpt_wpe", C, "tokens", "t")),
+        ("token_embedding", layers.embedding("numgpt_wte", C, "tokens", "id")),
+        ("position_embedding", layers.embedding("numgpt_wpe", C, "tokens", "t")),
         ("x", layers.residual("token_embedding", "position_embedding")),
     ]) + "\nSELECT 0, t, i, v FROM x")
     return Statement("embed", "x = wte[id] + wpe[pos] for the new positions (pos >= :past)", sql)
@@ -105,7 +112,7 @@ def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_qkv\n" + _with([
         ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
         ("ln_1", layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon)),
-        ("c_attn", layers.linear(d, "ln_1", "numgpt_c_attn", C, ":layer")),
+        ("c_attn", layers.linear("ln_1", "numgpt_c_attn", C, ":layer")),
     ]) + "\nSELECT CAST(:layer AS INTEGER), c_attn.t, heads.part, heads.h, heads.d, c_attn.v\n"
         "FROM c_attn JOIN numgpt_heads AS heads ON heads.j = c_attn.i")
     return Statement("attn_qkv", "block :layer: ln_1, then c_attn -> q, k, v of the new positions, "
@@ -130,7 +137,7 @@ def attention(config: GPTConfig, d: Dialect) -> Statement:
         ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
          + "\n    ) AS softmax"),
         ("heads", layers.attention_values("weights", config, ":layer")),
-        ("c_proj", layers.linear(d, "heads", "numgpt_attn_proj", C, ":layer")),
+        ("c_proj", layers.linear("heads", "numgpt_attn_proj", C, ":layer")),
         ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
         ("x_attn", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM x_attn")
@@ -143,9 +150,9 @@ def mlp(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("x", "\n    SELECT t, i, v FROM numgpt_mid WHERE layer = :layer"),
         ("ln_2", layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon)),
-        ("c_fc", layers.linear(d, "ln_2", "numgpt_c_fc", C, ":layer")),
+        ("c_fc", layers.linear("ln_2", "numgpt_c_fc", C, ":layer")),
         ("gelu", layers.gelu("c_fc")),
-        ("c_proj", layers.linear(d, "gelu", "numgpt_mlp_proj", 4 * C, ":layer")),
+        ("c_proj", layers.linear("gelu", "numgpt_mlp_proj", 4 * C, ":layer")),
         ("x_mlp", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, i, v FROM x_mlp")
     return Statement("mlp", "block :layer: ln_2, c_fc, GELU, c_proj, plus the residual", sql)
@@ -156,7 +163,7 @@ def logits(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_logits\n" + _with([
         ("x", f"\n    SELECT t, i, v FROM numgpt_resid WHERE layer = {config.n_layer} AND t = :last"),
         ("ln_f", layers.layer_norm("x", "ln_f", str(config.n_layer), config.layer_norm_epsilon)),
-        ("lm_head", layers.linear(d, "ln_f", "numgpt_wte", C, "0")),
+        ("lm_head", layers.linear("ln_f", "numgpt_wte", C, "0")),
     ]) + "\nSELECT i AS id, v FROM lm_head")
     return Statement("logits", "ln_f of the last position, then the logits over the whole vocabulary "
                      "(x @ wte^T, the tied projection)", sql)
