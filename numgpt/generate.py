@@ -156,12 +156,17 @@ class Piece(NamedTuple):
 
 def sequence_rngs(n_prompts: int, num_return_sequences: int, seed: int | None) -> list[np.random.Generator]:
     """One generator per sequence (prompt-major order). With a seed, sample j of every prompt uses
-    SeedSequence(seed, spawn_key=(j,)), so its draws do not depend on the other prompts in the batch."""
+    `sample_rng(seed, j)`, so its draws do not depend on the other prompts in the batch."""
     if seed is None:
         children = np.random.SeedSequence().spawn(n_prompts * num_return_sequences)
         return [np.random.default_rng(c) for c in children]
-    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
-            for _ in range(n_prompts) for j in range(num_return_sequences)]
+    return [sample_rng(seed, j) for _ in range(n_prompts) for j in range(num_return_sequences)]
+
+
+def sample_rng(seed: int, j: int) -> np.random.Generator:
+    """The generator of sample j under `seed`: SeedSequence(seed, spawn_key=(j,)) (the server uses it too,
+    so a seeded request draws what `numgpt generate --seed` draws)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
 
 
 def window_size(config: GPTConfig, stride: int) -> int:

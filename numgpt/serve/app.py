@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import NumgptError
-from ..generate import TokenLogprob, encode_prompt
+from ..generate import TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
 from .chat import ChatTemplate
 from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
@@ -162,11 +162,11 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
         prompts = prompt_ids(body.prompt)
         n_candidates = body.best_of or body.n
         want_lp = body.logprobs if body.logprobs is not None else (0 if n_candidates > body.n else None)
-        seqs = []
+        seqs, options = [], sampling_options(body)
         for ids in prompts:
             check_fits(ids, body.max_tokens)
             for j in range(n_candidates):
-                seqs.append(sequence(body, ids, j, body.max_tokens, stop=tuple(stops(body.stop)),
+                seqs.append(sequence(body, options, ids, j, body.max_tokens, stop=tuple(stops(body.stop)),
                                      logprobs=want_lp,
                                      prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None))
         request.state.log = {"prompt_tokens": sum(map(len, prompts))}
@@ -174,7 +174,7 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
             request.state.log["prompt"] = body.prompt
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return sse(stream_completion(body, prompts, open_stream(seqs), rid, created, request), request)
+            return sse(stream_completion(body, prompts, open_stream(seqs), rid, created, request))
         results = await run(seqs, request)
         choices = []
         for i, ids in enumerate(prompts):
@@ -200,14 +200,15 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, min(limit, lm.config.n_positions - len(ids)))
         check_fits(ids, max_tokens)
         k = (body.top_logprobs or 0) if body.logprobs else None
-        seqs = [sequence(body, ids, j, max_tokens, stop=tuple(template.stop) + tuple(stops(body.stop)), logprobs=k)
-                for j in range(body.n)]
+        options = sampling_options(body)
+        seqs = [sequence(body, options, ids, j, max_tokens, stop=tuple(template.stop) + tuple(stops(body.stop)),
+                         logprobs=k) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if settings.log_prompts:
             request.state.log["prompt"] = text
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return sse(stream_chat(body, ids, open_stream(seqs), rid, created, template, request), request)
+            return sse(stream_chat(body, ids, open_stream(seqs), rid, created, template, request))
         results = await run(seqs, request)
         choices = [{"index": j, "message": {"role": "assistant", "content": reply(r.text, template)},
                     "logprobs": chat_logprobs(r.tokens) if body.logprobs else None,
@@ -275,12 +276,11 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
         except NumgptError as e:
             raise APIError(400, str(e), code="invalid_value") from None
 
-    def sequence(body, ids, j, max_tokens, *, stop, logprobs, prompt_logprobs=None) -> SequenceRequest:
-        options = sampling_options(body)
+    def sequence(body, options, ids, j, max_tokens, *, stop, logprobs, prompt_logprobs=None) -> SequenceRequest:
         if options.greedy:
             rng = None
         elif body.seed is not None:
-            rng = np.random.default_rng(np.random.SeedSequence(body.seed, spawn_key=(j,)))
+            rng = sample_rng(body.seed, j)
         else:
             rng = np.random.default_rng()
         return SequenceRequest(list(ids), max_tokens, options, rng=rng, seeded=body.seed is not None, stop=stop,
@@ -542,7 +542,7 @@ def data(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def sse(body: AsyncIterator[str], request: Request) -> StreamingResponse:
+def sse(body: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 

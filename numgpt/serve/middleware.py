@@ -20,7 +20,19 @@ def install_middleware(app, settings, metrics) -> None:
     """Outermost first: logging sees every status, including the limit's and the key's refusals."""
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(APIKey, key=settings.api_key)
-    app.add_middleware(RequestLog, metrics=metrics, log_prompts=settings.log_prompts)
+    app.add_middleware(RequestLog, metrics=metrics, log_prompts=settings.log_prompts,
+                       routes=route_paths(app.routes))
+
+
+def route_paths(routes) -> frozenset[str]:
+    """Every path the app serves, into included routers too (the metrics' route labels)."""
+    out = set()
+    for r in routes:
+        if hasattr(r, "path"):
+            out.add(r.path)
+        elif hasattr(r, "original_router"):
+            out |= route_paths(r.original_router.routes)
+    return frozenset(out)
 
 
 async def send_error(send, status: int, message: str, code: str | None, *, headers=()) -> None:
@@ -89,8 +101,9 @@ class APIKey:
 class RequestLog:
     """One line per request once its response has ended; also feeds the request metrics."""
 
-    def __init__(self, app, metrics, log_prompts: bool):
-        self.app, self.metrics, self.log_prompts = app, metrics, log_prompts
+    def __init__(self, app, metrics, log_prompts: bool, routes: frozenset[str]):
+        # metrics label any other path "other": a scanner's made-up paths must not grow the label set
+        self.app, self.metrics, self.log_prompts, self.routes = app, metrics, log_prompts, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -107,7 +120,7 @@ class RequestLog:
             await self.app(scope, receive, watch)
         finally:
             took = time.monotonic() - started
-            route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
+            route = scope["path"] if scope["path"] in self.routes else "other"
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(took)
             info = scope["state"].get("log", {})
@@ -115,8 +128,3 @@ class RequestLog:
             prompt = f" prompt={info['prompt']!r}" if self.log_prompts and "prompt" in info else ""
             log.info("%s %s %d %s %.3fs%s", scope["method"], scope["path"], status[0], tokens, took, prompt)
 
-
-KNOWN_ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/tokenize",
-                "/detokenize", "/openapi.json", "/", "/static/playground.js", "/static/playground.css",
-                "/v1/explain/model", "/v1/explain/attention", "/v1/explain/sampling", "/v1/explain/tokens",
-                "/v1/explain/kvcache"}   # metrics label other paths "other" (a scanner must not blow up the label set)
