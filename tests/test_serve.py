@@ -377,7 +377,8 @@ def test_busy_server_answers_429(hf_gpt2_124m_ckpt):
         with s.http.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 300, "stream": True,
                                                             "logit_bias": {"50256": -100}}) as r:
             assert r.status_code == 200, r.read()
-            first = json.loads(next(r.iter_lines()).removeprefix("data: "))
+            lines = r.iter_lines()     # held: a dropped line iterator closes the response, i.e. disconnects
+            first = json.loads(next(lines).removeprefix("data: "))
             assert first["choices"][0]["finish_reason"] is None, first
             t0 = time.monotonic()
             e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 429)
