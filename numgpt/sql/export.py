@@ -37,7 +37,7 @@ from .statements import MATRICES, model_statements
 from .tokenize import explain_sql, tokenize_sql, unicode_classes
 
 FORMAT = "numgpt-sql"
-SCHEMA_VERSION = 2   # 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
+SCHEMA_VERSION = 3   # 3: PostgreSQL's wide-row attention state and (layer, chunk, j) indexes; 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
 PRECISIONS = ("float32", "float64")
 TABLES = ["numgpt_meta", "numgpt_sql", "numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln", "numgpt_heads",
           "numgpt_vocab", "numgpt_bytes", "numgpt_merges", "numgpt_special", "numgpt_unicode"]
@@ -136,10 +136,16 @@ def _write_model(engine: Engine, d: Dialect, model, progress: Progress) -> int:
     specials = _write_tokenizer(engine, model.tokenizer)
     _write_statements(engine, d, config, specials)
     if d.name == "postgresql":
-        # a stage reads one layer's rows (and embed one token's): without an index PostgreSQL scanned all
-        # n_layer layers' wide rows for each product (32 ms of a 124M c_fc), and all of wte for one id
-        for table in ["numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln"]:
-            engine.execute(f"CREATE INDEX {table}_layer_j ON {table} (layer, {'i' if table == 'numgpt_ln' else 'j'})")
+        # a product reads one layer's rows of one chunk, outputs :lo .. :hi (and embed one token's row):
+        # without an index PostgreSQL scanned all n_layer layers' wide rows for each product (32 ms of a
+        # 124M c_fc), and all of wte for one id
+        for table in ["numgpt_wte", *MATRICES]:
+            engine.execute(f"CREATE INDEX {table}_layer_chunk_j ON {table} (layer, chunk, j)")
+        for table in ["numgpt_wte", "numgpt_wpe"]:
+            engine.execute(f"CREATE INDEX {table}_layer_j ON {table} (layer, j)")
+        engine.execute("CREATE INDEX numgpt_ln_layer_i ON numgpt_ln (layer, i)")
+        for table in TABLES[1:]:
+            engine.execute(f"ANALYZE {table}")
     return int(sum(np.asarray(v).size for v in params.values()))
 
 

@@ -1,17 +1,22 @@
-"""The layers of GPT-2 as SQL, one function per layer with the name of its NumPy twin in numgpt/ops.py
-and numgpt/model.py: each returns the text of one common table expression (a CTE body) that reads the
-rows of an earlier one.
+"""The layers of GPT-2 as PostgreSQL SQL, one function per layer with the name of its NumPy twin in
+numgpt/ops.py and numgpt/model.py: each returns the text of one common table expression (a CTE body)
+that reads the rows of an earlier one.
 
-This is the row form, which PostgreSQL runs (core SQL has no vectorised inner product of arrays);
-DuckDB runs the same layers on arrays, array_layers.py, with the same names. A vector lives in SQL as
-rows: an activation is (t, i, v) -- position t, element i, value v -- and attention works on
-(t, h, d, v) and (t, h, pos, score). The matrix product uses wide rows (dialects.py).
+This is the row form: core PostgreSQL has no vectorised inner product of arrays, so a vector lives as
+rows, an activation being (t, i, v) -- position t, element i, value v -- and each matrix product is a
+long arithmetic expression over *wide* rows (dialects.py). DuckDB runs the same layers on arrays,
+array_layers.py, with the same names.
+
+Attention keeps one wide row per (position, head): q, k and v as columns e1 .. eD, so a score is one
+D-term expression and the weighted sum of values D sum() aggregates (numgpt_q, numgpt_kv).
 
 All arithmetic is FLOAT8 (double); --precision chooses how the weights are stored (float32: rounded to
 float32 like numgpt's own weights, widened to double where they are used).
 
 Parameters are written :name (the engine turns them into its placeholders): :layer, :past (the first
-new position), :last (the position whose logits are wanted).
+new position), :last (the position whose logits are wanted), and :lo, :hi -- the range of outputs j a
+product computes, so that two connections can each compute half of a layer's outputs on their own core
+(session.py).
 
 Shape legend (as in model.py): T new positions, S attended positions, C n_embd, H heads, D head size,
 V vocabulary.
@@ -37,29 +42,31 @@ def layer_norm(x: str, name: str, layer: str, eps: float) -> str:
 
 
 def linear(x: str, table: str, n_in: int, layer: str) -> str:
-    """x @ W + b: [T, n_in] -> [T, n_out], W stored as wide rows (see below: W^T, [n_out, n_in], cut
-    into chunks). Reads x(t, i, v); returns (t, i, v) with i the output element."""
-    return _linear_wide(x, table, n_in, layer)
+    """(x @ W + b)[:, lo:hi]: [T, n_in] -> [T, hi - lo], W stored as wide rows: W^T, [n_out, n_in], cut
+    into chunks of K inputs, row (layer, j, chunk) holding c1 .. cK and the bias b on chunk 0 (0 on the
+    others). x is cut the same way into rows x1 .. xK, and each (x row, weight row) pair computes
+    b + c1 * x1 + ... + cK * xK; the sum over chunks is x @ W + b. Reads x(t, i, v), returns (t, i, v).
 
-
-def _linear_wide(x: str, table: str, n_in: int, layer: str) -> str:
-    """PostgreSQL: x is cut into chunks of K elements, each chunk one row with columns x1 .. xK; each
-    weight row (j, chunk) holds c1 .. cK, and the product of a chunk is c1 * x1 + ... + cK * xK. The
-    bias sits on chunk 0's rows (0 on the others), so the sum over chunks is x @ W + b.
-    subtle: the products are computed below an `OFFSET 0` fence, so only (t, i, v) rows reach the GROUP
-    BY: without it PostgreSQL sorted the joined wide rows (2K columns each) for the aggregate, spilling
-    450 MB to disk on the 124M logits (2.2 s of a 7 s decode step), and the next layer's chunking
-    aggregate likewise. One chunk needs no sum."""
+    subtle: the plan is what makes this fast (PostgreSQL evaluates the expression ~12 ns per term).
+    x's wide rows sit below an OFFSET 0 fence, so x1 .. xK are computed once, and the weight rows are
+    read in a LATERAL subquery (also fenced) that references them: a nested loop, x's row fixed while
+    the weights stream past, x1 .. xK passed in as parameters. A hash join (the planner's choice
+    otherwise) took 1.3x as long, unpacking x's stored row again at every weight row; without the
+    fences x1 .. xK became a[n] subscripts evaluated at every term, 2x as long. The last fence keeps
+    the next join (the residual's, on i) above the products: the planner had moved it below, into the
+    nested loop, computing every output once per element of x (a 32-token prefill ran for minutes)."""
     k = chunk_width(n_in)
     columns = ", ".join(f"a[{n}] AS x{n}" for n in range(1, k + 1))
     product = " + ".join(f"w.c{n} * xs.x{n}" for n in range(1, k + 1))
     products = f"""
-    SELECT xs.t, w.j AS i, w.b + {product} AS v
+    SELECT xs.t, p.i, p.v
     FROM (SELECT t, chunk, {columns}
           FROM (SELECT t, i / {k} AS chunk, array_agg(v ORDER BY i) AS a FROM {x} GROUP BY t, i / {k}) AS c
-         ) AS xs
-    JOIN {table} AS w ON w.chunk = xs.chunk
-    WHERE w.layer = {layer}
+          OFFSET 0) AS xs,
+         LATERAL (SELECT w.j AS i, w.b + {product} AS v
+                  FROM {table} AS w
+                  WHERE w.layer = {layer} AND w.chunk = xs.chunk AND w.j >= :lo AND w.j < :hi
+                  OFFSET 0) AS p
     OFFSET 0"""
     if n_in == k:
         return products
@@ -74,14 +81,32 @@ def gelu(x: str) -> str:
     FROM {x}"""
 
 
-def attention_scores(q: str, config: GPTConfig, layer: str) -> str:
-    """q k^T / sqrt(D) for every new query t and cached key pos <= t (the causal mask is the join
-    condition): q(t, h, d, v) and numgpt_kv -> (t, h, pos, score); [H, T, D] x [H, S, D] -> [H, T, S]."""
+def head_columns(config: GPTConfig, prefix: str = "") -> str:
+    """e1, ..., eD: the columns of one head's q, k or v in a wide row."""
+    return ", ".join(f"{prefix}e{d}" for d in range(1, config.head_size + 1))
+
+
+def split_heads(qkv: str, config: GPTConfig) -> str:
+    """c_attn's outputs (t, j, v), j in 0 .. 3C-1, into one wide row per (position, part, head): part 0/1/2
+    is q/k/v, columns e1 .. eD. [T, 3C] -> [T, 3, H, D]"""
+    D = config.head_size
+    C = config.n_embd
+    columns = ", ".join(f"a[{d}] AS e{d}" for d in range(1, D + 1))
     return f"""
-    SELECT q.t, q.h, kv.pos, sum(q.v * kv.k) * {1.0 / config.head_size ** 0.5!r} AS score
-    FROM {q} AS q
-    JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = q.h AND kv.d = q.d AND kv.pos <= q.t
-    GROUP BY q.t, q.h, kv.pos"""
+    SELECT t, part, h, {columns}
+    FROM (SELECT t, i / {C} AS part, (i % {C}) / {D} AS h, array_agg(v ORDER BY i) AS a
+          FROM {qkv} GROUP BY t, i / {C}, (i % {C}) / {D}) AS heads"""
+
+
+def attention_scores(config: GPTConfig, layer: str) -> str:
+    """q k^T / sqrt(D) for every new query t and cached key pos <= t (the causal mask is the join
+    condition): numgpt_q, numgpt_kv (part 1) -> (t, h, pos, score); [H, T, D] x [H, S, D] -> [H, T, S]."""
+    dot = " + ".join(f"q.e{d} * k.e{d}" for d in range(1, config.head_size + 1))
+    return f"""
+    SELECT q.t, q.h, k.pos, ({dot}) * {1.0 / config.head_size ** 0.5!r} AS score
+    FROM numgpt_q AS q
+    JOIN numgpt_kv AS k ON k.layer = {layer} AND k.part = 1 AND k.h = q.h AND k.pos <= q.t
+    WHERE q.layer = {layer}"""
 
 
 def softmax(dialect: Dialect, scores: str, group: str, value: str, out: str) -> str:
@@ -95,13 +120,16 @@ def softmax(dialect: Dialect, scores: str, group: str, value: str, out: str) -> 
 
 
 def attention_values(weights: str, config: GPTConfig, layer: str) -> str:
-    """softmax(scores) v, heads merged back: (t, h, pos, p) and numgpt_kv -> (t, i = h D + d, v);
-    [H, T, S] x [H, S, D] -> [T, C]."""
+    """softmax(scores) v, heads merged back: (t, h, pos, p) and numgpt_kv (part 2) -> (t, i = h D + d, v);
+    [H, T, S] x [H, S, D] -> [T, C]. One sum() per element d of a head, then unpacked into rows."""
+    D = config.head_size
+    sums = ", ".join(f"sum(w.p * v.e{d})" for d in range(1, D + 1))
     return f"""
-    SELECT w.t, w.h * {config.head_size} + kv.d AS i, sum(w.p * kv.v) AS v
-    FROM {weights} AS w
-    JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = w.h AND kv.pos = w.pos
-    GROUP BY w.t, w.h, kv.d"""
+    SELECT t, h * {D} + d - 1 AS i, e AS v
+    FROM (SELECT w.t, w.h, unnest(ARRAY[{sums}]) AS e, generate_series(1, {D}) AS d
+          FROM {weights} AS w
+          JOIN numgpt_kv AS v ON v.layer = {layer} AND v.part = 2 AND v.h = w.h AND v.pos = w.pos
+          GROUP BY w.t, w.h) AS heads"""
 
 
 def residual(x: str, y: str) -> str:
@@ -112,12 +140,14 @@ def residual(x: str, y: str) -> str:
 
 def embedding(table: str, n_in: int, rows: str, key: str) -> str:
     """The weight rows `table`.j = `key` (a column of `rows`, which also has t) unpacked into elements:
-    (t, i, v) -- wte[ids] or wpe[positions]. [T] -> [T, C]"""
-    # subtle: unnest in the select list, not LATERAL: a LATERAL join is a nested loop, which the session
-    # disables (engines.py), and the planner then scanned all of wte per token (11 s of a 124M step)
+    (t, i, v) -- wte[ids] or wpe[positions]. [T] -> [T, C]
+    subtle: the rows are fetched with j = ANY(ARRAY(...)), an index lookup; as a join, with nested loops
+    disabled (engines.py), the planner hashed all of wte for one token (0.37 s of a 124M step)."""
     k = chunk_width(n_in)
     columns = ", ".join(f"w.c{n}" for n in range(1, k + 1))
     return f"""
     SELECT t, CAST(chunk * {k} + n - 1 AS INTEGER) AS i, CAST(v AS FLOAT8) AS v
     FROM (SELECT r.t, w.chunk, unnest(ARRAY[{columns}]) AS v, generate_series(1, {k}) AS n
-          FROM {rows} AS r JOIN {table} AS w ON w.layer = 0 AND w.j = r.{key}) AS u"""
+          FROM {rows} AS r
+          JOIN (SELECT * FROM {table} WHERE layer = 0 AND j = ANY(ARRAY(SELECT {key} FROM {rows}))) AS w
+            ON w.j = r.{key}) AS u"""

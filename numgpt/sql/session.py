@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +30,16 @@ from ..model import check_context
 from ..tokenizer import StreamDecoder
 from .engines import Engine, open_engine, shown
 from .export import FORMAT, SCHEMA_VERSION
-from .statements import state_tables
+from .statements import Stage, forward_stages, state_tables
 
+# DuckDB's state between steps is cleared with DELETE; PostgreSQL's is keyed by position (see _forward)
 CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_qkv",
               "DELETE FROM numgpt_logits"]
 CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
+PG_STATE = ["numgpt_seq", "numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q", "numgpt_kv", "numgpt_logits"]
+PG_STEP_STATE = ["numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q"]
+PG_CLEANUP_EVERY = 32   # decode steps between dropping PostgreSQL's rows of old positions
+RUN_SCHEMA = "numgpt_run_"   # + the backend pid + random hex: a multi-connection session's state
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,22 @@ class MergeStepRow:
     special: bool
 
 
-def connect(db: str, *, threads: int | None = None) -> "SqlModel":
+def connect(db: str, *, threads: int | None = None, connections: int | None = None) -> "SqlModel":
     """Open an exported database (a DuckDB file path or a postgresql:// URL) and check what it holds:
     a one-line NumgptError for a missing or foreign database, another version's export, or an export
-    that was interrupted."""
+    that was interrupted.
+
+    threads: DuckDB's worker threads. connections: PostgreSQL connections that compute each product
+    together, each a range of its outputs on a server process of its own (default 2: a server runs
+    one statement on one core); their state sits in UNLOGGED tables of a schema made for the session
+    and dropped at close, and where the role may not create a schema the session uses one connection
+    and temporary tables."""
     engine = open_engine(db, create=False, threads=threads)
     try:
         meta = read_meta(engine)
-        return SqlModel(engine, meta)
+        if connections is not None:
+            connections = whole_number("connections", connections, minimum=1)
+        return SqlModel(engine, meta, connections=connections or (2 if engine.name == "postgresql" else 1))
     except BaseException:
         engine.close()
         raise
@@ -85,7 +99,7 @@ def read_meta(engine: Engine) -> dict[str, str]:
 class SqlModel:
     """GPT-2 running inside a database; made by `connect`. Close it (or use `with`) when done."""
 
-    def __init__(self, engine: Engine, meta: dict[str, str]):
+    def __init__(self, engine: Engine, meta: dict[str, str], *, connections: int = 1):
         self.engine = engine
         self.meta = meta
         self.config = GPTConfig(**json.loads(meta["config"]))
@@ -94,10 +108,52 @@ class SqlModel:
         self.descriptions = dict(engine.rows("SELECT name, description FROM numgpt_sql"))
         specials = dict(engine.rows("SELECT token, id FROM numgpt_special"))
         self.eot_id: int | None = specials.get("<|endoftext|>")
-        for sql in state_tables(self.config, engine.dialect(self.precision)):
-            engine.execute(sql.replace("CREATE TEMP TABLE", "CREATE TEMP TABLE IF NOT EXISTS"))
+        dialect = engine.dialect(self.precision)
+        self.stages: list[Stage] = forward_stages(self.config, dialect)
+        self.workers: list[Engine] = []   # the other connections of a multi-connection session
+        self.run_schema: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        kind = "TEMP"
+        if engine.name == "postgresql" and connections > 1 and self._make_run_schema(connections):
+            kind = "UNLOGGED"
+        for sql in state_tables(self.config, dialect, kind):
+            engine.execute(sql)
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
+        self._steps_since_cleanup = 0
+
+    @property
+    def connections(self) -> int:
+        return 1 + len(self.workers)
+
+    def _make_run_schema(self, connections: int) -> bool:
+        """A schema of the session's own for state that several connections share, and the other
+        connections, all with it first on their search_path; False where the role may not create one.
+        Schemas left by sessions whose server process is gone are dropped first."""
+        e = self.engine
+        stale = e.rows("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, :prefix) AND "
+                       "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid::text = split_part(nspname, '_', 3))",
+                       {"prefix": RUN_SCHEMA})
+        for (name,) in stale:
+            try:
+                e.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            except NumgptError:
+                pass   # another role's: not ours to drop
+        pid = int(e.rows("SELECT pg_backend_pid()")[0][0])
+        name = f"{RUN_SCHEMA}{pid}_{secrets.token_hex(4)}"
+        try:
+            e.execute(f'CREATE SCHEMA "{name}"')
+        except NumgptError:
+            return False
+        self.run_schema = name
+        path = f'"{name}", ' + e.rows("SELECT current_setting('search_path')")[0][0]
+        e.execute(f"SET search_path TO {path}")
+        for _ in range(connections - 1):
+            worker = open_engine(e.db)
+            worker.execute(f"SET search_path TO {path}")
+            self.workers.append(worker)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.workers), thread_name_prefix="numgpt-sql")
+        return True
 
     def __enter__(self) -> "SqlModel":
         return self
@@ -106,12 +162,22 @@ class SqlModel:
         self.close()
 
     def close(self) -> None:
-        self.engine.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for worker in self.workers:
+            worker.close()
+        try:
+            if self.run_schema is not None:
+                self.engine.execute(f'DROP SCHEMA IF EXISTS "{self.run_schema}" CASCADE')
+        except NumgptError:
+            pass   # a connection already gone: the next multi-connection session drops the schema
+        finally:
+            self.engine.close()
 
     def __repr__(self) -> str:
         c = self.config
         return (f"SqlModel({shown(self.engine.db)!r}, engine={self.engine.name}, precision={self.precision}, "
-                f"n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size})")
+                f"connections={self.connections}, n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size})")
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
@@ -143,9 +209,13 @@ class SqlModel:
 
     def reset(self) -> None:
         """Forget the sequence and the KV cache."""
-        for sql in CLEAR_SEQUENCE + CLEAR_STEP:
-            self.engine.execute(sql)
+        if self.engine.name == "postgresql":
+            self.engine.execute(f"TRUNCATE {', '.join(PG_STATE)}")
+        else:
+            for sql in CLEAR_SEQUENCE + CLEAR_STEP:
+                self.engine.execute(sql)
         self.length = 0
+        self._steps_since_cleanup = 0
 
     def start(self, prompt: str | Sequence[int]) -> int:
         """A new sequence from a prompt (text, tokenized in SQL, or token ids): it is written to
@@ -188,17 +258,55 @@ class SqlModel:
                             {"pos": pos, "id": token})
 
     def _forward(self, past: int, end: int) -> None:
-        """Positions past .. end-1 through the model (embed, each block's four stages, logits)."""
-        for sql in CLEAR_STEP:
-            self.engine.execute(sql)
-        s = self.statements
-        run = self.engine.execute_prepared
-        run(s["embed"], {"past": past})
+        """Positions past .. end-1 through the model: the stages of forward_stages (embed, each block's
+        stages, logits), a product stage's outputs split over the session's connections.
+
+        DuckDB's state tables are emptied first. PostgreSQL's are keyed by position and read with
+        t >= :past, so nothing is deleted between steps: emptying them (TRUNCATE) would make every
+        prepared stage plan again (~10 ms each), and DELETE leaves dead rows. Rows of old positions are
+        deleted and vacuumed every PG_CLEANUP_EVERY steps; only the logits are emptied every step."""
+        if self.engine.name == "postgresql":
+            self._steps_since_cleanup += 1
+            if self._steps_since_cleanup > PG_CLEANUP_EVERY:
+                self._cleanup(past)
+            self.engine.execute("TRUNCATE numgpt_logits")
+        else:
+            for sql in CLEAR_STEP:
+                self.engine.execute(sql)
+        params = {"past": past, "last": end - 1}
+        first, *block, last = self.stages
+        self._run_stage(first, params)
         for layer in range(self.config.n_layer):
-            for stage in ("attn_qkv", "kv_append", "attention", "mlp"):
-                run(s[stage], {"layer": layer})
-        run(s["logits"], {"last": end - 1})
+            for stage in block:
+                self._run_stage(stage, {**params, "layer": layer})
+        self._run_stage(last, params)
         self.length = end
+
+    def _run_stage(self, stage: Stage, params: dict[str, int]) -> None:
+        """One stage; a product's outputs 0 .. outputs-1 cut into one range per connection, all run at
+        once (each connection's server process on its own core)."""
+        sql = self.statements[stage.name]
+        if not stage.outputs:
+            self.engine.execute_prepared(sql, params)
+            return
+        bounds = output_ranges(stage.outputs, stage.align, self.connections)
+        if len(bounds) == 1:
+            self.engine.execute_prepared(sql, {**params, "lo": 0, "hi": stage.outputs})
+            return
+        futures = [self._pool.submit(worker.execute_prepared, sql, {**params, "lo": lo, "hi": hi})
+                   for worker, (lo, hi) in zip(self.workers, bounds[1:])]
+        try:
+            self.engine.execute_prepared(sql, {**params, "lo": bounds[0][0], "hi": bounds[0][1]})
+        finally:
+            for f in futures:
+                f.result()
+
+    def _cleanup(self, past: int) -> None:
+        """PostgreSQL: drop the rows of positions before `past` from the per-step state and vacuum it."""
+        for table in PG_STEP_STATE:
+            self.engine.execute(f"DELETE FROM {table} WHERE t < :past", {"past": past})
+            self.engine.execute(f"VACUUM {table}")
+        self._steps_since_cleanup = 0
 
     def logits(self) -> np.ndarray:
         """The current logits [V] as float64 (for tests and the curious; generation never fetches them)."""
@@ -284,6 +392,15 @@ class SqlModel:
             if step < max_new_tokens - 1:
                 self.feed(out[-1])
         return out
+
+
+def output_ranges(n: int, align: int, parts: int) -> list[tuple[int, int]]:
+    """0 .. n cut into at most `parts` ranges of nearly equal size, each boundary a multiple of align
+    (c_attn's ranges end at a head's boundary: a head's q, k or v is built from one range)."""
+    units = n // align
+    parts = max(1, min(parts, units))
+    cuts = [align * (units * k // parts) for k in range(parts)] + [n]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _sampling_params(temperature: float, top_k: int, top_p: float, penalty: float, seed: int, step: int) -> dict:

@@ -55,9 +55,33 @@ class Statement:
     sql: str
 
 
-def state_tables(config: GPTConfig, dialect: Dialect) -> list[str]:
-    """CREATE TEMP TABLE statements for a session's state (see the module docstring): rows on
-    PostgreSQL, one array per position (or per head) on DuckDB."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a forward pass as the session runs it: per block or once, and for a product stage
+    the number of outputs it computes (`outputs`, in multiples of `align`), which the session may split
+    into ranges :lo .. :hi run on several connections at once (0: not split)."""
+
+    name: str
+    per_layer: bool = False
+    outputs: int = 0
+    align: int = 1
+
+
+def forward_stages(config: GPTConfig, dialect: Dialect) -> list[Stage]:
+    """The stages of one forward pass, in order (a block's stages once per layer)."""
+    C, D = config.n_embd, config.head_size
+    if dialect.name == "duckdb":
+        block = [Stage("attn_qkv", True), Stage("kv_append", True), Stage("attention", True), Stage("mlp", True)]
+        return [Stage("embed"), *block, Stage("logits")]
+    block = [Stage("attn_qkv", True, 3 * C, D), Stage("attention", True, config.n_head),
+             Stage("attn_proj", True, C), Stage("mlp_fc", True, 4 * C), Stage("mlp_proj", True, C)]
+    return [Stage("embed"), *block, Stage("logits", False, config.vocab_size)]
+
+
+def state_tables(config: GPTConfig, dialect: Dialect, kind: str = "TEMP") -> list[str]:
+    """CREATE statements for a session's state (see the module docstring): rows on PostgreSQL, one array
+    per position (or per head) on DuckDB. `kind` is TEMP (one connection) or UNLOGGED (PostgreSQL
+    tables that a session's several connections share, in a schema of its own)."""
     f8 = "FLOAT8"
     if dialect.name == "duckdb":
         C, D = config.n_embd, config.head_size
@@ -69,31 +93,50 @@ def state_tables(config: GPTConfig, dialect: Dialect) -> list[str]:
             f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, k {f8}[{D}], v {f8}[{D}])",
             f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
         ]
+    heads = ", ".join(f"e{d} {f8}" for d in range(1, config.head_size + 1))
+    create = f"CREATE {kind} TABLE"
     return [
-        "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
-        f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
-        f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
-        f"CREATE TEMP TABLE numgpt_qkv (layer INTEGER, t INTEGER, part INTEGER, h INTEGER, d INTEGER, v {f8})",
-        f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, d INTEGER, k {f8}, v {f8})",
-        f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
+        f"{create} numgpt_seq (pos INTEGER, id INTEGER)",
+        f"{create} numgpt_resid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"{create} numgpt_heads_out (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"{create} numgpt_mid (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"{create} numgpt_hidden (layer INTEGER, t INTEGER, i INTEGER, v {f8})",
+        f"{create} numgpt_q (layer INTEGER, t INTEGER, h INTEGER, {heads})",
+        f"{create} numgpt_kv (layer INTEGER, part INTEGER, pos INTEGER, h INTEGER, {heads})",
+        f"{create} numgpt_logits (id INTEGER, v {f8})",
+        # a stage reads one layer's new positions (t >= :past), and attention one layer's keys of a head
+        "CREATE INDEX ON numgpt_resid (layer, t)",
+        "CREATE INDEX ON numgpt_heads_out (layer, t)",
+        "CREATE INDEX ON numgpt_mid (layer, t)",
+        "CREATE INDEX ON numgpt_hidden (layer, t)",
+        "CREATE INDEX ON numgpt_q (layer, t)",
+        "CREATE INDEX ON numgpt_kv (layer, part, h, pos)",
     ]
 
 
 def model_statements(config: GPTConfig, dialect: Dialect) -> list[Statement]:
-    """embed, attn_qkv, kv_append, attention, mlp, logits, next, greedy, sample -- for this config (the
-    model's stages on arrays for DuckDB, on rows for PostgreSQL)."""
+    """The model's stages for this config (on arrays for DuckDB, on rows for PostgreSQL; see
+    forward_stages for their order), then next, greedy, sample."""
     if dialect.name == "duckdb":
         stages = [embed_arrays(config, dialect), attn_qkv_arrays(config, dialect), kv_append_arrays(),
                   attention_arrays(config, dialect), mlp_arrays(config, dialect), logits_arrays(config, dialect)]
     else:
-        stages = [embed(config, dialect), attn_qkv(config, dialect), kv_append(), attention(config, dialect),
-                  mlp(config, dialect), logits(config, dialect)]
+        stages = [embed(config, dialect), attn_qkv(config, dialect), attention(config, dialect),
+                  attn_proj(config, dialect), mlp_fc(config, dialect), mlp_proj(config, dialect),
+                  logits(config, dialect)]
     return stages + [next_tokens(dialect), greedy(), sample(dialect)]
 
 
 def _with(ctes: list[tuple[str, str]]) -> str:
     """A WITH clause of named CTEs, one per layer, in order."""
     return "WITH " + ",\n".join(f"{name} AS ({body}\n)" for name, body in ctes)
+
+
+# ---- PostgreSQL: the stages on rows (layers.py) ----------------------------------------------------------
+
+def _new(table: str, layer: str = ":layer") -> str:
+    """The new positions' rows of one layer in a state table (t >= :past: earlier ones are the cache's)."""
+    return f"\n    SELECT t, i, v FROM {table} WHERE layer = {layer} AND t >= :past"
 
 
 def embed(config: GPTConfig, d: Dialect) -> Statement:
@@ -109,53 +152,60 @@ def embed(config: GPTConfig, d: Dialect) -> Statement:
 
 def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
-    sql = ("INSERT INTO numgpt_qkv\n" + _with([
-        ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
+    cols = layers.head_columns(config)
+    sql = (_with([
+        ("x", _new("numgpt_resid")),
         ("ln_1", layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon)),
         ("c_attn", layers.linear("ln_1", "numgpt_c_attn", C, ":layer")),
-    ]) + "\nSELECT CAST(:layer AS INTEGER), c_attn.t, heads.part, heads.h, heads.d, c_attn.v\n"
-        "FROM c_attn JOIN numgpt_heads AS heads ON heads.j = c_attn.i")
-    return Statement("attn_qkv", "block :layer: ln_1, then c_attn -> q, k, v of the new positions, "
-                     "split into (part 0/1/2, head h, element d)", sql)
-
-
-def kv_append() -> Statement:
-    sql = """INSERT INTO numgpt_kv
-SELECT layer, t AS pos, h, d, max(v) FILTER (WHERE part = 1) AS k, max(v) FILTER (WHERE part = 2) AS v
-FROM numgpt_qkv
-WHERE layer = :layer AND part > 0
-GROUP BY layer, t, h, d"""
-    return Statement("kv_append", "block :layer: the new positions' keys (part 1) and values (part 2) into "
-                     "the KV cache", sql)
+        ("heads", layers.split_heads("c_attn", config)),
+        ("queries", f"\n    INSERT INTO numgpt_q SELECT CAST(:layer AS INTEGER), t, h, {cols} FROM heads WHERE part = 0"),
+    ]) + f"\nINSERT INTO numgpt_kv SELECT CAST(:layer AS INTEGER), part, t, h, {cols} FROM heads WHERE part > 0")
+    return Statement("attn_qkv", "block :layer: ln_1, then c_attn's outputs :lo .. :hi -> one row per (position, "
+                     "head) of q (numgpt_q) and of k and v (part 1, 2: the KV cache, numgpt_kv)", sql)
 
 
 def attention(config: GPTConfig, d: Dialect) -> Statement:
-    C = config.n_embd
-    sql = ("INSERT INTO numgpt_mid\n" + _with([
-        ("q", "\n    SELECT t, h, d, v FROM numgpt_qkv WHERE layer = :layer AND part = 0"),
-        ("scores", layers.attention_scores("q", config, ":layer")),
+    sql = ("INSERT INTO numgpt_heads_out\n" + _with([
+        ("scores", layers.attention_scores(config, ":layer") + " AND q.t >= :past AND q.h >= :lo AND q.h < :hi"),
         ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
          + "\n    ) AS softmax"),
         ("heads", layers.attention_values("weights", config, ":layer")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM heads")
+    return Statement("attention", "block :layer: causal self-attention of the new positions over the "
+                     "KV cache, heads :lo .. :hi", sql)
+
+
+def attn_proj(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_mid\n" + _with([
+        ("heads", _new("numgpt_heads_out")),
         ("c_proj", layers.linear("heads", "numgpt_attn_proj", C, ":layer")),
-        ("x", "\n    SELECT t, i, v FROM numgpt_resid WHERE layer = :layer"),
+        ("x", _new("numgpt_resid")),
         ("x_attn", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM x_attn")
-    return Statement("attention", "block :layer: causal self-attention of the new positions over the "
-                     "KV cache, c_proj, plus the residual", sql)
+    return Statement("attn_proj", "block :layer: attention's c_proj, outputs :lo .. :hi, plus the residual", sql)
 
 
-def mlp(config: GPTConfig, d: Dialect) -> Statement:
+def mlp_fc(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
-    sql = ("INSERT INTO numgpt_resid\n" + _with([
-        ("x", "\n    SELECT t, i, v FROM numgpt_mid WHERE layer = :layer"),
+    sql = ("INSERT INTO numgpt_hidden\n" + _with([
+        ("x", _new("numgpt_mid")),
         ("ln_2", layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon)),
         ("c_fc", layers.linear("ln_2", "numgpt_c_fc", C, ":layer")),
         ("gelu", layers.gelu("c_fc")),
-        ("c_proj", layers.linear("gelu", "numgpt_mlp_proj", 4 * C, ":layer")),
+    ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM gelu")
+    return Statement("mlp_fc", "block :layer: ln_2, then c_fc's outputs :lo .. :hi and GELU", sql)
+
+
+def mlp_proj(config: GPTConfig, d: Dialect) -> Statement:
+    C = config.n_embd
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
+        ("hidden", _new("numgpt_hidden")),
+        ("c_proj", layers.linear("hidden", "numgpt_mlp_proj", 4 * C, ":layer")),
+        ("x", _new("numgpt_mid")),
         ("x_mlp", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, i, v FROM x_mlp")
-    return Statement("mlp", "block :layer: ln_2, c_fc, GELU, c_proj, plus the residual", sql)
+    return Statement("mlp_proj", "block :layer: the MLP's c_proj, outputs :lo .. :hi, plus the residual", sql)
 
 
 def logits(config: GPTConfig, d: Dialect) -> Statement:
@@ -165,8 +215,8 @@ def logits(config: GPTConfig, d: Dialect) -> Statement:
         ("ln_f", layers.layer_norm("x", "ln_f", str(config.n_layer), config.layer_norm_epsilon)),
         ("lm_head", layers.linear("ln_f", "numgpt_wte", C, "0")),
     ]) + "\nSELECT i AS id, v FROM lm_head")
-    return Statement("logits", "ln_f of the last position, then the logits over the whole vocabulary "
-                     "(x @ wte^T, the tied projection)", sql)
+    return Statement("logits", "ln_f of the last position, then the logits of tokens :lo .. :hi (x @ wte^T, "
+                     "the tied projection)", sql)
 
 
 def next_tokens(d: Dialect) -> Statement:
