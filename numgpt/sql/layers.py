@@ -42,10 +42,23 @@ def layer_norm(x: str, name: str, layer: str, eps: float) -> str:
 
 
 def linear(x: str, table: str, n_in: int, layer: str) -> str:
-    """(x @ W + b)[:, lo:hi]: [T, n_in] -> [T, hi - lo], W stored as wide rows: W^T, [n_out, n_in], cut
-    into chunks of K inputs, row (layer, j, chunk) holding c1 .. cK and the bias b on chunk 0 (0 on the
-    others). x is cut the same way into rows x1 .. xK, and each (x row, weight row) pair computes
-    b + c1 * x1 + ... + cK * xK; the sum over chunks is x @ W + b. Reads x(t, i, v), returns (t, i, v).
+    """(x @ W + b)[:, lo:hi]: [T, n_in] -> [T, hi - lo]. Reads x(t, i, v), returns (t, i, v); see
+    linear_chunks for how W is stored and multiplied."""
+    return linear_chunks(chunks(x, n_in), table, n_in, layer)
+
+
+def chunks(x: str, n: int) -> str:
+    """x(t, i, v) -> (t, chunk, a): each position's n elements cut into chunks of chunk_width(n), each an
+    array in i's order. [T, n] -> [T, n / K, K]"""
+    k = chunk_width(n)
+    return f"(SELECT t, i / {k} AS chunk, array_agg(v ORDER BY i) AS a FROM {x} GROUP BY t, i / {k})"
+
+
+def linear_chunks(xs: str, table: str, n_in: int, layer: str) -> str:
+    """(x @ W + b)[:, lo:hi] from x's chunks xs(t, chunk, a). W is stored as wide rows: W^T, [n_out,
+    n_in], cut into chunks of K inputs, row (layer, j, chunk) holding c1 .. cK and the bias b on chunk 0
+    (0 on the others). Each (x chunk, weight row) pair computes b + c1 * x1 + ... + cK * xK with x1 ..
+    xK the chunk's elements; the sum over chunks is x @ W + b. Returns (t, i, v).
 
     subtle: the plan is what makes this fast (PostgreSQL evaluates the expression ~12 ns per term).
     x's wide rows sit below an OFFSET 0 fence, so x1 .. xK are computed once, and the weight rows are
@@ -60,9 +73,7 @@ def linear(x: str, table: str, n_in: int, layer: str) -> str:
     product = " + ".join(f"w.c{n} * xs.x{n}" for n in range(1, k + 1))
     products = f"""
     SELECT xs.t, p.i, p.v
-    FROM (SELECT t, chunk, {columns}
-          FROM (SELECT t, i / {k} AS chunk, array_agg(v ORDER BY i) AS a FROM {x} GROUP BY t, i / {k}) AS c
-          OFFSET 0) AS xs,
+    FROM (SELECT t, chunk, {columns} FROM {xs} AS c OFFSET 0) AS xs,
          LATERAL (SELECT w.j AS i, w.b + {product} AS v
                   FROM {table} AS w
                   WHERE w.layer = {layer} AND w.chunk = xs.chunk AND w.j >= :lo AND w.j < :hi
