@@ -3,8 +3,10 @@ prompt, KV cache. Per engine and precision: export time, database size, prefill 
 decode time per token, ns per multiply-add; beside the original design (no cache: every step recomputes
 the whole sequence, measured by a prefill of the whole sequence) and numgpt's NumPy decode.
 
-    python bench/bench_sql.py                         DuckDB float32 + float64, PostgreSQL if --pg is given
-    python bench/bench_sql.py --pg postgresql:///bench?host=/tmp/pg --steps 16 --engines duckdb,postgresql
+    python bench/bench_sql.py                         DuckDB float32 + float64
+    python bench/bench_sql.py --engines duckdb,postgresql --pg auto     both engines; `auto` starts a
+                                                      throwaway PostgreSQL 15 server as the tests do
+                                                      (shared_buffers 1GB), or give a postgresql:// URL
 
 Run it alone on the machine (the figures are wall-clock). Needs torch + transformers for the checkpoint.
 """
@@ -44,20 +46,22 @@ def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int) -> 
         prefill = time.perf_counter() - t
         token = m.pick(greedy=True)
         times = []
-        for _ in range(steps):
+        for _ in range(steps):   # a token: one decode step and the greedy pick, both in SQL
             t = time.perf_counter()
             m.feed(token)
             token = m.pick(greedy=True)
             times.append(time.perf_counter() - t)
+        connections = m.connections
         # the original's design: no cache, each step recomputes every position (here: one prefill of
         # the whole sequence so far, which is what a cache-less step costs)
         t = time.perf_counter()
         m.start(prompt + [token] * steps)
         no_cache = time.perf_counter() - t
     decode = float(np.median(times))
-    return {"db": db.split("?")[0], "engine": summary.engine, "precision": precision, "export_s": round(export_s, 2),
+    return {"db": db.split("?")[0], "engine": summary.engine, "precision": precision, "connections": connections,
+            "export_s": round(export_s, 2),
             "size_mib": round(summary.size_bytes / 2**20, 1), "prefill_s_per_token": round(prefill / len(prompt), 4),
-            "decode_s_per_token": round(decode, 4),
+            "decode_s_per_token": round(decode, 4), "decode_s_all": [round(x, 3) for x in times],
             "ns_per_multiply_add": round(decode / multiply_adds_per_token(lm.config) * 1e9, 2),
             f"no_cache_step_at_{len(prompt) + steps}_tokens_s": round(no_cache, 3)}
 
@@ -84,6 +88,21 @@ def main() -> None:
     ap.add_argument("--model", help="a GPT-2 folder instead of the random 124M checkpoint")
     args = ap.parse_args()
     import numgpt
+    server = None
+    if args.pg == "auto":
+        import sys
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from test_sql_support import PostgresServer
+        server = PostgresServer()
+        args.pg = server.create_database()
+    try:
+        run(args, numgpt)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args, numgpt) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.model) if args.model else make_checkpoint(Path(tmp) / "gpt2-124m")
         lm = numgpt.load(folder)

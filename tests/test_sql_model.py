@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import _hf_checkpoint
-from test_sql_support import ENGINES, exported
+from test_sql_support import ENGINES, exported, new_database
 
 STEPS = 64
 
@@ -136,22 +136,23 @@ def test_prefill_in_one_statement_equals_token_by_token(request, tmp_path_factor
         np.testing.assert_allclose(m.logits(), whole, rtol=0, atol=1e-5)
 
 
-def test_124m_logits_on_duckdb(hf_gpt2_124m_ckpt, tmp_path):
-    """The 124M shape (12 layers, 12 heads, 768 channels, GPT-2's vocabulary) on DuckDB: a prefill and
-    three decode steps' logits within 1e-5 of NumPy's (one export takes ~15 s, so DuckDB only and a
-    short run: the small shapes above cover every step of a long one)."""
+@pytest.mark.parametrize("engine", ENGINES)
+def test_124m_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory, hf_gpt2_124m_ckpt, engine):
+    """The 124M shape (12 layers, 12 heads, 768 channels, GPT-2's vocabulary): logits within 1e-5 of
+    NumPy's at every step of a 64-token greedy run, on both engines (PostgreSQL with its default two
+    connections sharing each product)."""
     import numgpt
     import numgpt.sql
     from numgpt.kvcache import KVCache
     from numgpt.model import forward
-    pytest.importorskip("duckdb", reason="duckdb is not installed (pip install -e '.[test]')")
     lm = numgpt.load(hf_gpt2_124m_ckpt.folder)
-    db = str(tmp_path / "gpt2-124m.duckdb")
+    db = new_database(request, engine, tmp_path_factory)
     numgpt.sql.export(lm, db)
     prompt = [15496, 11, 616, 3290, 318, 13779, 290]   # "Hello, my dog is cute and"
     with numgpt.sql.connect(db) as m:
-        got, tokens = _greedy_run_logits(m, prompt, 4)
-    cache = KVCache.allocate(lm.config, 1, len(prompt) + 4)
+        assert m.connections == (2 if engine == "postgresql" else 1)
+        got, tokens = _greedy_run_logits(m, prompt, STEPS)
+    cache = KVCache.allocate(lm.config, 1, len(prompt) + STEPS)
     want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
     for t in tokens[:-1]:
         want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])

@@ -74,7 +74,8 @@ SHOW_EXAMPLES = """\
 examples:
   numgpt sql show --db model.duckdb                    every stage's SQL, in the order a step runs them
   numgpt sql show --db model.duckdb --step mlp         one stage (tokenize, embed, attn_qkv, kv_append,
-                                                       attention, mlp, logits, next, greedy, sample)
+                                                       attention, mlp, logits, next, greedy, sample; on
+                                                       PostgreSQL attn_proj, mlp_fc, mlp_proj for kv_append, mlp)
 """
 
 
@@ -126,6 +127,7 @@ def _register_generate(sub) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
+    _add_connections(p)
     p.set_defaults(run=run_generate)
 
 
@@ -135,7 +137,14 @@ def _register_next(sub) -> None:
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens, >= 1 (10)")
     p.add_argument("--json", action="store_true", help="a JSON list of {rank, id, token, probability}")
+    _add_connections(p)
     p.set_defaults(run=run_next)
+
+
+def _add_connections(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connections", type=int, metavar="N",
+                   help="PostgreSQL: connections that share each matrix product, one server process (and "
+                        "core) each (2; 1 uses temporary tables and needs no CREATE privilege)")
 
 
 def _register_tokenize(sub) -> None:
@@ -184,7 +193,7 @@ def run_generate(args) -> int:
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                    seed=args.seed, stop=[_unescape(s) for s in args.stop])
     generation_options(**options)   # every option checked before the database opens
-    with connect(args.db) as m:
+    with connect(args.db, connections=args.connections) as m:
         for piece in m.stream(args.prompt, **options):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -196,7 +205,7 @@ def run_next(args) -> int:
     from ..sql import connect
     if args.top < 1:
         raise NumgptError(f"--top must be >= 1, got {args.top}")
-    with connect(args.db) as m:
+    with connect(args.db, connections=args.connections) as m:
         rows = m.next(args.prompt, top=args.top)
     if args.json:
         print(json.dumps([{"rank": r + 1, "id": t.id, "token": t.token, "probability": t.probability}

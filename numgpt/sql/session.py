@@ -65,11 +65,11 @@ def connect(db: str, *, threads: int | None = None, connections: int | None = No
     one statement on one core); their state sits in UNLOGGED tables of a schema made for the session
     and dropped at close, and where the role may not create a schema the session uses one connection
     and temporary tables."""
+    if connections is not None:
+        connections = whole_number("connections", connections, minimum=1)
     engine = open_engine(db, create=False, threads=threads)
     try:
         meta = read_meta(engine)
-        if connections is not None:
-            connections = whole_number("connections", connections, minimum=1)
         return SqlModel(engine, meta, connections=connections or (2 if engine.name == "postgresql" else 1))
     except BaseException:
         engine.close()

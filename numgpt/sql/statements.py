@@ -1,15 +1,21 @@
 """The statements that run GPT-2 in SQL, generated from the model's config: one named statement per
 stage, each a chain of CTEs named after the layers they compute (array_layers.py, layers.py). Export
 stores them in the database (numgpt_sql), `numgpt sql show` prints them, and a session runs them in
-this order:
+this order (forward_stages):
 
     prompt       tokenize the text into numgpt_seq (tokenize.py)
     embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
-    per block L:
+    per block L, DuckDB:
       attn_qkv   ln_1, then c_attn: the new positions' q, k, v        -> numgpt_qkv
       kv_append  their keys and values into the KV cache             -> numgpt_kv
       attention  softmax(q k^T / sqrt(D)) v over the cache, c_proj, + residual -> numgpt_mid
       mlp        ln_2, c_fc, GELU, c_proj, + residual                -> numgpt_resid (layer L + 1)
+    per block L, PostgreSQL (each stage's outputs :lo .. :hi, split over the session's connections):
+      attn_qkv   ln_1, c_attn, one row per (position, head)          -> numgpt_q, numgpt_kv (the cache)
+      attention  softmax(q k^T / sqrt(D)) v over the cache           -> numgpt_heads_out
+      attn_proj  c_proj + residual                                    -> numgpt_mid
+      mlp_fc     ln_2, c_fc, GELU                                     -> numgpt_hidden
+      mlp_proj   c_proj + residual                                    -> numgpt_resid (layer L + 1)
     logits       ln_f and the tied projection of the last position   -> numgpt_logits
     next         softmax of the logits, the most likely tokens
     greedy       the repetition penalty, then the most likely token
@@ -19,15 +25,17 @@ A decode step runs embed .. logits for one new position: the KV cache (numgpt_kv
 earlier position's keys and values, so the cost of a step does not grow with the sequence except in
 attention's S cached rows.
 
-The stages are written twice, with the same names: on arrays for DuckDB (array_layers.py: an activation
-is one row per position, `x FLOAT8[C]`) and on rows for PostgreSQL (layers.py: one row per element).
+The stages are written twice: on arrays for DuckDB (array_layers.py: an activation is one row per
+position, `x FLOAT8[C]`) and on rows for PostgreSQL (layers.py: one row per element, wide rows for the
+products and for attention's heads).
 
-State lives in temporary tables (each session its own): numgpt_seq(pos, id) the tokens so far,
-numgpt_logits(id, v), and
+State lives in a session's own tables: numgpt_seq(pos, id) the tokens so far, numgpt_logits(id, v), and
     DuckDB      numgpt_resid / numgpt_mid(layer, t, x), numgpt_qkv(layer, t, h, q, k, v),
-                numgpt_kv(layer, pos, h, k, v) the cache (x FLOAT8[C]; q, k, v FLOAT8[D])
-    PostgreSQL  numgpt_resid / numgpt_mid(layer, t, i, v), numgpt_qkv(layer, t, part, h, d, v),
-                numgpt_kv(layer, pos, h, d, k, v) the cache
+                numgpt_kv(layer, pos, h, k, v) the cache (x FLOAT8[C]; q, k, v FLOAT8[D]); temporary
+    PostgreSQL  numgpt_resid / numgpt_heads_out / numgpt_mid(layer, t, i, v), numgpt_hidden(layer, t,
+                chunk, a), numgpt_q(layer, t, h, e1 .. eD), numgpt_kv(layer, part, pos, h, e1 .. eD)
+                the cache (part 1 keys, 2 values); UNLOGGED tables in the session's schema when several
+                connections share them, temporary with one (session.py)
 """
 
 from __future__ import annotations
