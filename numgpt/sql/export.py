@@ -121,13 +121,18 @@ def _write_model(engine: Engine, d: Dialect, model, progress: Progress) -> int:
     progress("embeddings")
     _load_matrix(engine, d, "numgpt_wte", 0, params["wte.weight"], None, f)
     _load_matrix(engine, d, "numgpt_wpe", 0, params["wpe.weight"], None, f)
-    ln = []
-    for layer in range(L):
-        progress(f"block {layer + 1}/{L}")
+    if d.name == "duckdb":
         for table, (name, _, _) in MATRICES.items():
-            weight = params[f"h.{layer}.{name}.weight"]                       # [in, out]
-            _load_matrix(engine, d, table, layer, weight.T, params[f"h.{layer}.{name}.bias"], f)
-        ln += [(layer, "ln_1", f"h.{layer}.ln_1"), (layer, "ln_2", f"h.{layer}.ln_2")]
+            progress(f"{table} ({L} blocks)")
+            _load_matrices_interleaved(engine, table, [params[f"h.{layer}.{name}.weight"].T for layer in range(L)],
+                                       [params[f"h.{layer}.{name}.bias"] for layer in range(L)], f)
+    else:
+        for layer in range(L):
+            progress(f"block {layer + 1}/{L}")
+            for table, (name, _, _) in MATRICES.items():
+                weight = params[f"h.{layer}.{name}.weight"]                       # [in, out]
+                _load_matrix(engine, d, table, layer, weight.T, params[f"h.{layer}.{name}.bias"], f)
+    ln = [(layer, name, f"h.{layer}.{name}") for layer in range(L) for name in ("ln_1", "ln_2")]
     ln.append((L, "ln_f", "ln_f"))
     for layer, name, key in ln:
         weight, bias = params[key + ".weight"].astype(np.float64), params[key + ".bias"].astype(np.float64)
@@ -179,6 +184,29 @@ def _create_tables(engine: Engine, d: Dialect, config: GPTConfig) -> None:
     engine.execute(f"CREATE TABLE numgpt_special (token {t} PRIMARY KEY, id INTEGER)")
     engine.execute(f"CREATE TABLE numgpt_unicode (lo INTEGER PRIMARY KEY, hi INTEGER, cls {t})")
     engine.execute(f"CREATE TABLE numgpt_sql (position INTEGER PRIMARY KEY, name {t}, description {t}, sql {t})")
+
+
+def _load_matrices_interleaved(engine: Engine, table: str, rows: list[np.ndarray], biases: list[np.ndarray], f,
+                               parts: int = 6) -> None:
+    """DuckDB: every layer's rows [n_out, n_in] of one matrix, in an order that spreads each layer over
+    several row groups. DuckDB shares a scan between threads by row group (ROW_GROUP_SIZE rows, engines.py),
+    and a stage reads one layer: stored layer after layer, a layer's 3072 c_fc rows filled one and a half
+    groups, one thread doing twice the other's work. Here each layer is cut into `parts` blocks of j and
+    the blocks of G layers alternate, (layer // G, j // block, layer, j), G * block ~ a row group: each
+    group holds one block of G layers, so a layer's rows are spread evenly over `parts` groups (measured,
+    124M c_fc: 6.8 ms -> 4.9 ms on two threads)."""
+    from .engines import ROW_GROUP_SIZE
+    n_out = rows[0].shape[0]
+    block = -(-n_out // parts)
+    G = max(1, ROW_GROUP_SIZE // block)
+    for first in range(0, len(rows), G):
+        layers = range(first, min(first + G, len(rows)))
+        order = [(layer, lo) for lo in range(0, n_out, block) for layer in layers]
+        w = np.concatenate([np.asarray(rows[layer][lo:lo + block], f).astype(np.float64) for layer, lo in order])
+        b = np.concatenate([np.asarray(biases[layer][lo:lo + block], np.float64) for layer, lo in order])
+        layer_col = np.concatenate([np.full(min(block, n_out - lo), layer, np.int32) for layer, lo in order])
+        j = np.concatenate([np.arange(lo, min(lo + block, n_out), dtype=np.int32) for _, lo in order])
+        engine.load(table, {"layer": layer_col, "j": j, "w": w, "b": b})
 
 
 def _load_matrix(engine: Engine, d: Dialect, table: str, layer: int, rows: np.ndarray, bias, f) -> None:
