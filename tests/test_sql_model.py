@@ -158,3 +158,22 @@ def test_124m_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory, hf
         want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
     np.testing.assert_allclose(got, np.array(want), rtol=0, atol=1e-5)   # 1e-5: the issue's float32 bar
     assert tokens == [int(np.argmax(w)) for w in want]
+
+
+def test_two_sessions_on_one_duckdb_file_in_one_process(request, tmp_path_factory):
+    """DuckDB attaches the file to one in-memory instance per process (engines.py): two sessions are two
+    connections to it, each with its own temporary state, and compute the same logits. (The same to the
+    last ulps, not bit for bit: with two threads the rows of a scan reach an aggregate's sum in either
+    order.)"""
+    import numgpt.sql
+    lm = _builtin()
+    db = exported(request, tmp_path_factory, "duckdb", "builtin", _builtin)
+    with numgpt.sql.connect(db) as a, numgpt.sql.connect(db) as b:
+        a.start(lm.encode("ROMEO:"))
+        b.start(lm.encode("JULIET: O"))      # b's state must not reach a's
+        first = a.logits()
+        a.start(lm.encode("JULIET: O"))
+        np.testing.assert_allclose(a.logits(), b.logits(), rtol=0, atol=1e-12)
+        b.start(lm.encode("ROMEO:"))
+        np.testing.assert_allclose(b.logits(), first, rtol=0, atol=1e-12)
+        assert np.abs(first - a.logits()).max() > 0.1   # different prompts, different logits

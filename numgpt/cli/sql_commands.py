@@ -73,9 +73,9 @@ examples:
 SHOW_EXAMPLES = """\
 examples:
   numgpt sql show --db model.duckdb                    every stage's SQL, in the order a step runs them
-  numgpt sql show --db model.duckdb --step mlp         one stage (tokenize, embed, attn_qkv, kv_append,
-                                                       attention, mlp, logits, next, greedy, sample; on
-                                                       PostgreSQL attn_proj, mlp_fc, mlp_proj for kv_append, mlp)
+  numgpt sql show --db model.duckdb --step mlp         one stage (tokenize, embed, attn_qkv, attention,
+                                                       mlp, logits, next, greedy, sample; PostgreSQL has
+                                                       attn_proj, mlp_fc and mlp_proj for mlp)
 """
 
 

@@ -11,6 +11,7 @@ Every failure to open or use a database becomes a one-line NumgptError that says
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -76,7 +77,8 @@ class Engine:
 
     def has_table(self, table: str) -> bool:
         return bool(self.rows("SELECT 1 FROM information_schema.tables WHERE table_name = :name "
-                              "AND table_schema = current_schema()", {"name": table}))
+                              "AND table_schema = current_schema() AND table_catalog = current_database()",
+                              {"name": table}))
 
     def database_size(self) -> int:
         """Bytes the database takes (file or server-side)."""
@@ -121,9 +123,14 @@ class DuckDBEngine(Engine):
             # group (122,880 rows by default), so a layer's weights (768-3072 rows) ran on one thread
             # and a second core did nothing; written and read in groups of 2048 rows, the 124M logits
             # product (wte, 50,257 rows) took 55 ms on two threads instead of 101 ms
-            self._con = duckdb.connect()
-            self._con.execute(f"ATTACH '{_sql_text(str(path))}' AS numgpt (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-            self._con.execute("USE numgpt")
+            # (ROW_GROUP_SIZE is an ATTACH option, so the file is attached to an in-memory database,
+            # one named instance per process: DuckDB refuses to attach a file to two instances at once,
+            # and two sessions on one file are two connections to the instance)
+            self._con = duckdb.connect(":memory:numgpt")
+            self._alias = "numgpt_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+            self._con.execute(f"ATTACH IF NOT EXISTS '{_sql_text(str(path))}' AS {self._alias} "
+                              f"(ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+            self._con.execute(f"USE {self._alias}")
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
         except duckdb.Error as e:
@@ -193,7 +200,7 @@ class DuckDBEngine(Engine):
         self._con.close()
 
     def database_size(self):
-        self._con.execute("CHECKPOINT numgpt")
+        self._con.execute(f"CHECKPOINT {self._alias}")
         return Path(self.db).stat().st_size
 
 

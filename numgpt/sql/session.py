@@ -33,8 +33,7 @@ from .export import FORMAT, SCHEMA_VERSION
 from .statements import Stage, forward_stages, state_tables
 
 # DuckDB's state between steps is cleared with DELETE; PostgreSQL's is keyed by position (see _forward)
-CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_qkv",
-              "DELETE FROM numgpt_logits"]
+CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_logits"]
 CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
 PG_STATE = ["numgpt_seq", "numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q", "numgpt_kv", "numgpt_logits"]
 PG_STEP_STATE = ["numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q"]

@@ -6,8 +6,7 @@ this order (forward_stages):
     prompt       tokenize the text into numgpt_seq (tokenize.py)
     embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
     per block L, DuckDB:
-      attn_qkv   ln_1, then c_attn: the new positions' q, k, v        -> numgpt_qkv
-      kv_append  their keys and values into the KV cache             -> numgpt_kv
+      attn_qkv   ln_1, then c_attn: the new positions' q, k, v        -> numgpt_kv (the cache)
       attention  softmax(q k^T / sqrt(D)) v over the cache, c_proj, + residual -> numgpt_mid
       mlp        ln_2, c_fc, GELU, c_proj, + residual                -> numgpt_resid (layer L + 1)
     per block L, PostgreSQL (each stage's outputs :lo .. :hi, split over the session's connections):
@@ -30,8 +29,8 @@ position, `x FLOAT8[C]`) and on rows for PostgreSQL (layers.py: one row per elem
 products and for attention's heads).
 
 State lives in a session's own tables: numgpt_seq(pos, id) the tokens so far, numgpt_logits(id, v), and
-    DuckDB      numgpt_resid / numgpt_mid(layer, t, x), numgpt_qkv(layer, t, h, q, k, v),
-                numgpt_kv(layer, pos, h, k, v) the cache (x FLOAT8[C]; q, k, v FLOAT8[D]); temporary
+    DuckDB      numgpt_resid / numgpt_mid(layer, t, x), numgpt_kv(layer, pos, h, q, k, v) the cache
+                (x FLOAT8[C]; q, k, v FLOAT8[D]); temporary
     PostgreSQL  numgpt_resid / numgpt_heads_out / numgpt_mid(layer, t, i, v), numgpt_hidden(layer, t,
                 chunk, a), numgpt_q(layer, t, h, e1 .. eD), numgpt_kv(layer, part, pos, h, e1 .. eD)
                 the cache (part 1 keys, 2 values); UNLOGGED tables in the session's schema when several
@@ -79,7 +78,7 @@ def forward_stages(config: GPTConfig, dialect: Dialect) -> list[Stage]:
     """The stages of one forward pass, in order (a block's stages once per layer)."""
     C, D = config.n_embd, config.head_size
     if dialect.name == "duckdb":
-        block = [Stage("attn_qkv", True), Stage("kv_append", True), Stage("attention", True), Stage("mlp", True)]
+        block = [Stage("attn_qkv", True), Stage("attention", True), Stage("mlp", True)]
         return [Stage("embed"), *block, Stage("logits")]
     block = [Stage("attn_qkv", True, 3 * C, D), Stage("attention", True, config.n_head),
              Stage("attn_proj", True, C), Stage("mlp_fc", True, 4 * C, chunk_width(4 * C)),
@@ -98,8 +97,8 @@ def state_tables(config: GPTConfig, dialect: Dialect, kind: str = "TEMP") -> lis
             "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
             f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, x {f8}[{C}])",
             f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, x {f8}[{C}])",
-            f"CREATE TEMP TABLE numgpt_qkv (layer INTEGER, t INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
-            f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, k {f8}[{D}], v {f8}[{D}])",
+            # the KV cache, each position's query beside its key and value (attention reads the new ones')
+            f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
             f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
         ]
     heads = ", ".join(f"e{d} {f8}" for d in range(1, config.head_size + 1))
@@ -129,8 +128,8 @@ def model_statements(config: GPTConfig, dialect: Dialect) -> list[Statement]:
     """The model's stages for this config (on arrays for DuckDB, on rows for PostgreSQL; see
     forward_stages for their order), then next, greedy, sample."""
     if dialect.name == "duckdb":
-        stages = [embed_arrays(config, dialect), attn_qkv_arrays(config, dialect), kv_append_arrays(),
-                  attention_arrays(config, dialect), mlp_arrays(config, dialect), logits_arrays(config, dialect)]
+        stages = [embed_arrays(config, dialect), attn_qkv_arrays(config, dialect), attention_arrays(config, dialect),
+                  mlp_arrays(config, dialect), logits_arrays(config, dialect)]
     else:
         stages = [embed(config, dialect), attn_qkv(config, dialect), attention(config, dialect),
                   attn_proj(config, dialect), mlp_fc(config, dialect), mlp_proj(config, dialect),
@@ -298,25 +297,20 @@ def embed_arrays(config: GPTConfig, d: Dialect) -> Statement:
 
 def attn_qkv_arrays(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
-    sql = ("INSERT INTO numgpt_qkv\n" + _with([
+    sql = ("INSERT INTO numgpt_kv\n" + _with([
         ("x", "\n    SELECT t, x FROM numgpt_resid WHERE layer = :layer"),
         ("ln_1", array_layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon, C)),
         ("c_attn", array_layers.linear("ln_1", "numgpt_c_attn", C, 3 * C, ":layer")),
         ("heads", array_layers.split_heads("c_attn", config)),
     ]) + "\nSELECT CAST(:layer AS INTEGER), t, h, q, k, v FROM heads")
     return Statement("attn_qkv", "block :layer: ln_1, then c_attn -> q, k, v of the new positions, "
-                     "one row per head", sql)
-
-
-def kv_append_arrays() -> Statement:
-    sql = "INSERT INTO numgpt_kv\nSELECT layer, t AS pos, h, k, v FROM numgpt_qkv WHERE layer = :layer"
-    return Statement("kv_append", "block :layer: the new positions' keys and values into the KV cache", sql)
+                     "one row per head, into the KV cache", sql)
 
 
 def attention_arrays(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_mid\n" + _with([
-        ("q", "\n    SELECT t, h, q FROM numgpt_qkv WHERE layer = :layer"),
+        ("q", "\n    SELECT pos AS t, h, q FROM numgpt_kv WHERE layer = :layer AND pos >= :past"),
         ("scores", array_layers.attention_scores("q", config, ":layer")),
         ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
          + "\n    ) AS softmax"),
