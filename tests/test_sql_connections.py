@@ -116,3 +116,29 @@ def test_connections_out_of_range_is_a_one_line_error(pg_db, capsys):
     assert main(["sql", "next", "--db", pg_db, "--connections", "0", "ROMEO:"]) != 0
     err = capsys.readouterr().err.strip()
     assert "connections must be >= 1, got 0" in err and "\n" not in err
+
+
+def test_a_server_that_takes_no_second_connection_gets_one(request, pg_db):
+    """A role limited to one connection (CONNECTION LIMIT 1) that may create a schema: the second
+    connection is refused, the session drops the schema it made and goes on with one connection."""
+    import psycopg
+
+    import numgpt.sql
+    server = postgres_server(request)
+    name = pg_db.split("?")[0].rsplit("/", 1)[1]
+    with psycopg.connect(pg_db, autocommit=True) as con:
+        con.execute("DROP ROLE IF EXISTS numgpt_single")
+        con.execute("CREATE ROLE numgpt_single LOGIN CONNECTION LIMIT 1")
+        con.execute(f"GRANT CREATE ON DATABASE {name} TO numgpt_single")
+        con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO numgpt_single")
+    try:
+        single = pg_db.replace("postgresql://postgres@", "postgresql://numgpt_single@")
+        with numgpt.sql.connect(single, connections=2) as m:
+            assert m.connections == 1 and m.run_schema is None
+            assert _schemas(pg_db) == []
+            assert m.generate("ROMEO:", max_new_tokens=3, do_sample=False)
+    finally:
+        with psycopg.connect(server.dsn(name), autocommit=True) as con:
+            con.execute(f"REVOKE ALL ON DATABASE {name} FROM numgpt_single")
+            con.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM numgpt_single")
+            con.execute("DROP ROLE numgpt_single")

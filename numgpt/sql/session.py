@@ -62,8 +62,8 @@ def connect(db: str, *, threads: int | None = None, connections: int | None = No
     threads: DuckDB's worker threads. connections: PostgreSQL connections that compute each product
     together, each a range of its outputs on a server process of its own (default 2: a server runs
     one statement on one core); their state sits in UNLOGGED tables of a schema made for the session
-    and dropped at close, and where the role may not create a schema the session uses one connection
-    and temporary tables."""
+    and dropped at close, and where the role may not create a schema (or the server takes no more
+    connections) the session uses one connection and temporary tables."""
     if connections is not None:
         connections = whole_number("connections", connections, minimum=1)
     engine = open_engine(db, create=False, threads=threads)
@@ -144,13 +144,21 @@ class SqlModel:
             e.execute(f'CREATE SCHEMA "{name}"')
         except NumgptError:
             return False
-        self.run_schema = name
-        path = f'"{name}", ' + e.rows("SELECT current_setting('search_path')")[0][0]
+        original = e.rows("SELECT current_setting('search_path')")[0][0]
+        path = f'"{name}", {original}'
+        try:
+            for _ in range(connections - 1):
+                worker = open_engine(e.db)
+                self.workers.append(worker)
+                worker.execute(f"SET search_path TO {path}")
+        except NumgptError:   # e.g. the server's max_connections reached: one connection, temporary tables
+            for worker in self.workers:
+                worker.close()
+            self.workers = []
+            e.execute(f'DROP SCHEMA "{name}" CASCADE')
+            return False
         e.execute(f"SET search_path TO {path}")
-        for _ in range(connections - 1):
-            worker = open_engine(e.db)
-            worker.execute(f"SET search_path TO {path}")
-            self.workers.append(worker)
+        self.run_schema = name
         self._pool = ThreadPoolExecutor(max_workers=len(self.workers), thread_name_prefix="numgpt-sql")
         return True
 
