@@ -115,11 +115,24 @@ class SqlModel:
         kind = "TEMP"
         if engine.name == "postgresql" and connections > 1 and self._make_run_schema(connections):
             kind = "UNLOGGED"
-        for sql in state_tables(self.config, dialect, kind):
-            engine.execute(sql)
+        try:
+            for sql in state_tables(self.config, dialect, kind):
+                engine.execute(sql)
+        except BaseException:
+            self.close()   # the other connections and the session's schema too
+            raise
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
         self._steps_since_cleanup = 0
+
+    def _close_workers(self) -> None:
+        """The other connections and their threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
 
     @property
     def connections(self) -> int:
@@ -169,10 +182,7 @@ class SqlModel:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-        for worker in self.workers:
-            worker.close()
+        self._close_workers()
         try:
             if self.run_schema is not None:
                 self.engine.execute(f'DROP SCHEMA IF EXISTS "{self.run_schema}" CASCADE')
