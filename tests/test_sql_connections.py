@@ -3,6 +3,8 @@ numgpt/sql/session.py): the split changes no number, the session's shared state 
 its own that close() drops, schemas left by dead sessions are dropped, and a role that may not create
 a schema gets one connection and temporary tables."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -81,34 +83,42 @@ def test_the_session_schema_is_dropped_at_close_and_dead_sessions_schemas_are_cl
     assert _schemas(pg_db) == []
 
 
+@contextmanager
+def _role(request, pg_db, role, options="", grants=()):
+    """A login role made for one test, with SELECT on the export's tables and `grants` (SQL statements,
+    {db} the database's name); yields its URL of the database and drops the role afterwards."""
+    import psycopg
+    server = postgres_server(request)
+    name = pg_db.split("?")[0].rsplit("/", 1)[1]
+    with psycopg.connect(pg_db, autocommit=True) as con:
+        con.execute(f"DROP ROLE IF EXISTS {role}")
+        con.execute(f"CREATE ROLE {role} LOGIN {options}")
+        for grant in grants:
+            con.execute(grant.format(db=name))
+        con.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        yield pg_db.replace("postgresql://postgres@", f"postgresql://{role}@")
+    finally:
+        with psycopg.connect(server.dsn(name), autocommit=True) as con:
+            con.execute(f"REVOKE ALL ON DATABASE {name} FROM {role}")
+            con.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            con.execute(f"DROP ROLE {role}")
+
+
 def test_a_role_that_may_not_create_a_schema_gets_one_connection(request, pg_db):
     """A read-only role: CONNECT and SELECT only (no CREATE on the database, none on public), so the
     session falls back to one connection and temporary tables, and computes the same logits (to the
     last few ulps, as above)."""
-    import psycopg
-
     import numgpt.sql
-    server = postgres_server(request)
-    name = pg_db.split("?")[0].rsplit("/", 1)[1]
-    with psycopg.connect(pg_db, autocommit=True) as con:
-        con.execute("DROP ROLE IF EXISTS numgpt_reader")
-        con.execute("CREATE ROLE numgpt_reader LOGIN")
-        con.execute(f"REVOKE CREATE ON DATABASE {name} FROM PUBLIC")
-        con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO numgpt_reader")
-    try:
-        reader = pg_db.replace("postgresql://postgres@", "postgresql://numgpt_reader@")
-        lm = _builtin()
-        prompt = lm.encode("JULIET:")
+    lm = _builtin()
+    prompt = lm.encode("JULIET:")
+    with _role(request, pg_db, "numgpt_reader", grants=["REVOKE CREATE ON DATABASE {db} FROM PUBLIC"]) as reader:
         with numgpt.sql.connect(reader, connections=2) as m:
             assert m.connections == 1 and m.run_schema is None
             got = _run(m, prompt, 3)
-        with numgpt.sql.connect(pg_db, connections=2) as m:
-            want = _run(m, prompt, 3)
-        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
-    finally:
-        with psycopg.connect(server.dsn(name), autocommit=True) as con:
-            con.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM numgpt_reader")
-            con.execute("DROP ROLE numgpt_reader")
+    with numgpt.sql.connect(pg_db, connections=2) as m:
+        want = _run(m, prompt, 3)
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
 
 
 def test_connections_out_of_range_is_a_one_line_error(pg_db, capsys):
@@ -121,24 +131,10 @@ def test_connections_out_of_range_is_a_one_line_error(pg_db, capsys):
 def test_a_server_that_takes_no_second_connection_gets_one(request, pg_db):
     """A role limited to one connection (CONNECTION LIMIT 1) that may create a schema: the second
     connection is refused, the session drops the schema it made and goes on with one connection."""
-    import psycopg
-
     import numgpt.sql
-    server = postgres_server(request)
-    name = pg_db.split("?")[0].rsplit("/", 1)[1]
-    with psycopg.connect(pg_db, autocommit=True) as con:
-        con.execute("DROP ROLE IF EXISTS numgpt_single")
-        con.execute("CREATE ROLE numgpt_single LOGIN CONNECTION LIMIT 1")
-        con.execute(f"GRANT CREATE ON DATABASE {name} TO numgpt_single")
-        con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO numgpt_single")
-    try:
-        single = pg_db.replace("postgresql://postgres@", "postgresql://numgpt_single@")
+    with _role(request, pg_db, "numgpt_single", "CONNECTION LIMIT 1",
+               ["GRANT CREATE ON DATABASE {db} TO numgpt_single"]) as single:
         with numgpt.sql.connect(single, connections=2) as m:
             assert m.connections == 1 and m.run_schema is None
             assert _schemas(pg_db) == []
             assert m.generate("ROMEO:", max_new_tokens=3, do_sample=False)
-    finally:
-        with psycopg.connect(server.dsn(name), autocommit=True) as con:
-            con.execute(f"REVOKE ALL ON DATABASE {name} FROM numgpt_single")
-            con.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM numgpt_single")
-            con.execute("DROP ROLE numgpt_single")

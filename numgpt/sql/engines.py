@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NumgptError
-from .dialects import Dialect
+from .dialects import Dialect, quote
 
 PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z_0-9]*)")   # :name, not ::type
 INSTALL_HINT = 'pip install "numgpt[sql]"'
@@ -59,6 +59,14 @@ class Engine:
         then run with these integer parameters."""
         self.execute(sql, params)
 
+    def _stage_parameters(self, sql: str) -> list[str]:
+        """The :names a stage uses, found once per statement text: scanning a 124M stage's text (27 kB)
+        at every call cost ~1 ms of Python, under the GIL that a session's connections share."""
+        names = self._names.get(sql)
+        if names is None:
+            names = self._names[sql] = sorted(set(PARAMETER.findall(sql)))
+        return names
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         raise NotImplementedError
@@ -83,10 +91,6 @@ class Engine:
     def database_size(self) -> int:
         """Bytes the database takes (file or server-side)."""
         raise NotImplementedError
-
-
-def _sql_text(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def used_parameters(sql: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -117,7 +121,7 @@ class DuckDBEngine(Engine):
         if path.is_dir():
             raise NumgptError(f"{db} is a folder; --db takes a DuckDB file path or a postgresql:// URL")
         self._prepared: dict[str, str] = {}   # SQL text -> the name it is PREPAREd under
-        self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names
+        self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names (_stage_parameters)
         try:
             # subtle: attached with small row groups. DuckDB splits a scan between its threads by row
             # group (122,880 rows by default), so a layer's weights (768-3072 rows) ran on one thread
@@ -128,7 +132,7 @@ class DuckDBEngine(Engine):
             # and two sessions on one file are two connections to the instance)
             self._con = duckdb.connect(":memory:numgpt")
             self._alias = "numgpt_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-            self._con.execute(f"ATTACH IF NOT EXISTS '{_sql_text(str(path))}' AS {self._alias} "
+            self._con.execute(f"ATTACH IF NOT EXISTS {quote(str(path))} AS {self._alias} "
                               f"(ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
             self._con.execute(f"USE {self._alias}")
             if threads:
@@ -159,10 +163,7 @@ class DuckDBEngine(Engine):
             if name is None:
                 name = self._prepared[sql] = f"numgpt_stage_{len(self._prepared)}"
                 self._con.execute(f"PREPARE {name} AS {self._sql(sql)}")
-            names = self._names.get(sql)
-            if names is None:
-                names = self._names[sql] = sorted(set(PARAMETER.findall(sql)))
-            args = ", ".join(f"{k} := {int(params[k])}" for k in names)
+            args = ", ".join(f"{k} := {int(params[k])}" for k in self._stage_parameters(sql))
             self._con.execute(f"EXECUTE {name}({args})" if args else f"EXECUTE {name}")
         except self._duckdb.Error as e:
             raise DatabaseError(self, e) from None
@@ -216,7 +217,8 @@ class PostgresEngine(Engine):
             raise NumgptError(f"the PostgreSQL engine needs psycopg 3: {INSTALL_HINT}") from None
         self._psycopg = psycopg
         self.db = str(db)
-        self._stages: dict[str, tuple[str, list[str]]] = {}   # SQL -> (psycopg's form, parameter names)
+        self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names (_stage_parameters)
+        self._placeholders: dict[str, str] = {}  # SQL text -> its psycopg form, for the prepared stages
         try:
             self._con = psycopg.connect(self.db, autocommit=True, connect_timeout=10)
         except psycopg.ProgrammingError as e:
@@ -245,15 +247,13 @@ class PostgresEngine(Engine):
         return self._run(sql, params, fetch=True)
 
     def execute_prepared(self, sql, params):
-        """Server-side prepared (psycopg's prepare=True) with a generic plan (see __init__); the
-        statement's placeholder form and parameter names are worked out once: scanning a 124M stage's
-        text (27 kB) cost ~1 ms of Python a call, under the GIL that the session's connections share."""
-        known = self._stages.get(sql)
-        if known is None:
-            known = self._stages[sql] = (self._sql(sql), sorted(set(PARAMETER.findall(sql))))
-        text, names = known
+        """Server-side prepared (psycopg's prepare=True) with a generic plan (see __init__); the text's
+        psycopg form and its parameters are worked out once per statement."""
+        text = self._placeholders.get(sql)
+        if text is None:
+            text = self._placeholders[sql] = self._sql(sql)
         try:
-            self._con.execute(text, {k: params[k] for k in names}, prepare=True)
+            self._con.execute(text, {k: params[k] for k in self._stage_parameters(sql)}, prepare=True)
         except self._psycopg.OperationalError as e:
             raise NumgptError(f"the PostgreSQL connection to {shown(self.db)} failed: {first_line(e)}") from None
         except self._psycopg.Error as e:

@@ -92,9 +92,9 @@ def gelu(x: str) -> str:
     FROM {x}"""
 
 
-def head_columns(config: GPTConfig, prefix: str = "") -> str:
+def head_columns(config: GPTConfig) -> str:
     """e1, ..., eD: the columns of one head's q, k or v in a wide row."""
-    return ", ".join(f"{prefix}e{d}" for d in range(1, config.head_size + 1))
+    return ", ".join(f"e{d}" for d in range(1, config.head_size + 1))
 
 
 def split_heads(qkv: str, config: GPTConfig) -> str:
@@ -109,15 +109,16 @@ def split_heads(qkv: str, config: GPTConfig) -> str:
           FROM {qkv} GROUP BY t, i / {C}, (i % {C}) / {D}) AS heads"""
 
 
-def attention_scores(config: GPTConfig, layer: str) -> str:
-    """q k^T / sqrt(D) for every new query t and cached key pos <= t (the causal mask is the join
-    condition): numgpt_q, numgpt_kv (part 1) -> (t, h, pos, score); [H, T, D] x [H, S, D] -> [H, T, S]."""
+def attention_scores(config: GPTConfig, layer: str, queries: str = "TRUE") -> str:
+    """q k^T / sqrt(D) for every query of numgpt_q that `queries` keeps and cached key pos <= t (the
+    causal mask is the join condition): numgpt_q, numgpt_kv (part 1) -> (t, h, pos, score);
+    [H, T, D] x [H, S, D] -> [H, T, S]."""
     dot = " + ".join(f"q.e{d} * k.e{d}" for d in range(1, config.head_size + 1))
     return f"""
     SELECT q.t, q.h, k.pos, ({dot}) * {1.0 / config.head_size ** 0.5!r} AS score
     FROM numgpt_q AS q
     JOIN numgpt_kv AS k ON k.layer = {layer} AND k.part = 1 AND k.h = q.h AND k.pos <= q.t
-    WHERE q.layer = {layer}"""
+    WHERE q.layer = {layer} AND {queries}"""
 
 
 def softmax(dialect: Dialect, scores: str, group: str, value: str, out: str) -> str:

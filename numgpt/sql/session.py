@@ -165,9 +165,7 @@ class SqlModel:
                 self.workers.append(worker)
                 worker.execute(f"SET search_path TO {path}")
         except NumgptError:   # e.g. the server's max_connections reached: one connection, temporary tables
-            for worker in self.workers:
-                worker.close()
-            self.workers = []
+            self._close_workers()
             e.execute(f'DROP SCHEMA "{name}" CASCADE')
             return False
         e.execute(f"SET search_path TO {path}")
@@ -303,17 +301,12 @@ class SqlModel:
         """One stage; a product's outputs 0 .. outputs-1 cut into one range per connection, all run at
         once (each connection's server process on its own core)."""
         sql = self.statements[stage.name]
-        if not stage.outputs:
-            self.engine.execute_prepared(sql, params)
-            return
-        bounds = output_ranges(stage.outputs, stage.align, self.connections)
-        if len(bounds) == 1:
-            self.engine.execute_prepared(sql, {**params, "lo": 0, "hi": stage.outputs})
-            return
-        futures = [self._pool.submit(worker.execute_prepared, sql, {**params, "lo": lo, "hi": hi})
-                   for worker, (lo, hi) in zip(self.workers, bounds[1:])]
+        ranges = ([{"lo": lo, "hi": hi} for lo, hi in output_ranges(stage.outputs, stage.align, self.connections)]
+                  if stage.outputs else [{}])
+        futures = [self._pool.submit(worker.execute_prepared, sql, {**params, **r})
+                   for worker, r in zip(self.workers, ranges[1:])]
         try:
-            self.engine.execute_prepared(sql, {**params, "lo": bounds[0][0], "hi": bounds[0][1]})
+            self.engine.execute_prepared(sql, {**params, **ranges[0]})
         finally:
             for f in futures:
                 f.result()

@@ -176,7 +176,7 @@ def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
 
 def attention(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_heads_out\n" + _with([
-        ("scores", layers.attention_scores(config, ":layer") + " AND q.t >= :past AND q.h >= :lo AND q.h < :hi"),
+        ("scores", layers.attention_scores(config, ":layer", "q.t >= :past AND q.h >= :lo AND q.h < :hi")),
         ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
          + "\n    ) AS softmax"),
         ("heads", layers.attention_values("weights", config, ":layer")),
