@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .formats.hf import load_checkpoint, load_tokenizer
-from .formats.hub import hf_cache_dir, resolve_model
+from .formats.hub import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, hf_cache_dir, resolve_model  # noqa: F401 -- re-exported
 from .config import GPTConfig
 from .errors import NumgptError, describe, whole_number
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
@@ -49,8 +49,8 @@ from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_b
 Prompt = str | Sequence[int]   # text, or token ids
 
 # The model `load()` uses when given nothing: a small GPT-2 trained on Shakespeare, shipped in the package
-# (README, "The built-in model"; made by dev/ship_builtin_model.py).
-BUILTIN_MODEL = Path(__file__).parent / "assets" / "model"
+# (README, "The built-in model"; made by dev/ship_builtin_model.py). Also loadable by the name 'builtin'.
+BUILTIN_MODEL = BUILTIN_MODELS[DEFAULT_MODEL]
 
 
 class NextToken(NamedTuple):
@@ -67,8 +67,8 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
 
     name_or_folder: a Hugging Face GPT-2 folder (config.json + model.safetensors, tokenizer files
         optional for GPT-2's vocabulary), or a hub name ('gpt2', 'openai-community/gpt2-medium') found in
-        the hub cache or downloaded with huggingface_hub if installed and `download` is true. None: the
-        model built into the package.
+        the hub cache or downloaded with huggingface_hub if installed and `download` is true. None or
+        'builtin': the model built into the package.
     cache_dir: the Hugging Face hub cache to look in (default ~/.cache/huggingface/hub; the CLI honours
         HF_HUB_CACHE / HF_HOME, this function reads no environment variables).
     mmap: memory-map every weight as stored instead of copying the blocks' linear weights into memory
@@ -85,15 +85,6 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
     config, params = load_checkpoint(folder, for_inference=not mmap, threads=threads)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
-
-
-def builtin_model_folder() -> Path:
-    """The folder of the model built into the package; a one-line error if the installation lacks it."""
-    if not (BUILTIN_MODEL / "config.json").is_file():
-        raise NumgptError(f"the built-in model is missing from this installation ({BUILTIN_MODEL}); "
-                          "reinstall numgpt, or pass a model folder or name: numgpt.load('path/to/gpt2') "
-                          "(CLI: --model PATH)")
-    return BUILTIN_MODEL
 
 
 @dataclass

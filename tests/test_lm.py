@@ -180,11 +180,24 @@ def test_load_errors_are_one_line(tmp_path):
 
 
 def test_a_missing_builtin_model_is_a_one_line_error(tmp_path, monkeypatch):
-    import numgpt.lm
-    monkeypatch.setattr(numgpt.lm, "BUILTIN_MODEL", tmp_path / "model")   # a broken installation
-    with pytest.raises(NumgptError, match="built-in model is missing") as e:
-        numgpt.load()
-    assert "\n" not in str(e.value) and "--model" in str(e.value)
+    monkeypatch.setitem(numgpt.formats.hub.BUILTIN_MODELS, "builtin", tmp_path / "model")  # a broken installation
+    for name in (None, "builtin"):
+        with pytest.raises(NumgptError, match="built-in model is missing") as e:
+            numgpt.load(name)
+        assert "\n" not in str(e.value) and "--model" not in str(e.value)    # the Python API speaks Python
+
+
+def test_builtin_is_the_name_of_the_builtin_model(tmp_path, monkeypatch, capsys):
+    from numgpt.cli import main
+    assert numgpt.load("builtin").folder == numgpt.load().folder == numgpt.lm.BUILTIN_MODEL
+    assert main(["next", "--model", "builtin", "--json", "ROMEO:"]) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert main(["next", "--json", "ROMEO:"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_name
+    monkeypatch.chdir(tmp_path)                      # a local folder of that name wins, as over hub names
+    (tmp_path / "builtin").mkdir()
+    with pytest.raises(NumgptError, match="config.json"):
+        numgpt.load("builtin")
 
 
 def test_info_without_model_describes_the_builtin_model(capsys, monkeypatch, tmp_path):
@@ -195,7 +208,7 @@ def test_info_without_model_describes_the_builtin_model(capsys, monkeypatch, tmp
     lm = numgpt.load()
     assert info["folder"] == str(lm.folder)
     assert info["n_params"] == count_params(lm.config) == sum(a.size for a in lm.params.values())
-    monkeypatch.setattr("numgpt.lm.BUILTIN_MODEL", tmp_path / "model")    # a broken installation
+    monkeypatch.setitem(numgpt.formats.hub.BUILTIN_MODELS, "builtin", tmp_path / "model")  # a broken installation
     assert main(["info"]) != 0
     assert "built-in model is missing" in capsys.readouterr().err
 

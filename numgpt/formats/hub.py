@@ -1,4 +1,5 @@
-"""Model names -> folders: a local folder, a `numgpt train` run folder, or a hub name in the Hugging Face cache.
+"""Model names -> folders: a local folder, a `numgpt train` run folder, a model built into the package
+('builtin'), or a hub name in the Hugging Face cache.
 
 Hub names resolve through the local hub cache (models--{org}--{name}/snapshots/{commit}) without network,
 and are downloaded with huggingface_hub only when it is installed and the caller allows it.
@@ -17,6 +18,10 @@ from .hf import CONFIG_FILE
 RUN_LATEST, RUN_BEST = "latest", "best"     # the checkpoints of a `numgpt train` run folder (training/loop.py)
 DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.json", "merges.txt", "vocab.json"]
 GPT2_HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # hub names without an org
+# Models shipped inside the package, by name (README, "The built-in model"; made by dev/ship_builtin_model.py).
+# A local folder of the same name wins, as it does over hub names.
+BUILTIN_MODELS = {"builtin": Path(__file__).resolve().parent.parent / "assets" / "model"}
+DEFAULT_MODEL = "builtin"   # what numgpt.load() and a command without --model use
 
 def hf_cache_dir(environ: Mapping[str, str]) -> Path:
     """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub.
@@ -28,13 +33,24 @@ def hf_cache_dir(environ: Mapping[str, str]) -> Path:
     return Path("~/.cache/huggingface/hub").expanduser()
 
 
+def builtin_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """The folder of a model built into the package; a one-line error if the installation lacks it."""
+    folder = BUILTIN_MODELS[name]
+    if not (folder / CONFIG_FILE).is_file():
+        raise NumgptError(f"the built-in model is missing from this installation ({name!r}: {folder}); "
+                          "reinstall numgpt, or pass a model folder or a hub name")
+    return folder
+
+
 def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike,
                   download: bool = True) -> Path:
-    """The folder of a model: an existing folder as is; else a hub name ('gpt2', 'openai-community/gpt2')
-    looked up in the hub cache `cache_dir` without network; else downloaded with huggingface_hub when
-    `download` is true and it is installed. A run folder of `numgpt train` (no config.json of its own)
-    means its best checkpoint, else its latest."""
+    """The folder of a model: an existing folder as is; else a built-in name ('builtin'); else a hub name
+    ('gpt2', 'openai-community/gpt2') looked up in the hub cache `cache_dir` without network; else
+    downloaded with huggingface_hub when `download` is true and it is installed. A run folder of
+    `numgpt train` (no config.json of its own) means its best checkpoint, else its latest."""
     path = Path(name_or_path).expanduser()
+    if not path.is_dir() and str(name_or_path) in BUILTIN_MODELS:
+        return builtin_model_folder(str(name_or_path))
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
             for sub in (RUN_BEST, RUN_LATEST):
@@ -55,8 +71,8 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
             return found
     if "/" not in name and name not in GPT2_HUB_NAMES:
         raise NumgptError(f"{name}: no such folder{_near_misses(path)}, and no model of that name in the "
-                          f"Hugging Face cache; pass a model folder, or a hub name ({', '.join(GPT2_HUB_NAMES)} "
-                          "or ORG/NAME)")
+                          f"Hugging Face cache; pass a model folder, a built-in name ({', '.join(BUILTIN_MODELS)}), "
+                          f"or a hub name ({', '.join(GPT2_HUB_NAMES)} or ORG/NAME)")
     how = (f"download it elsewhere with `hf download {repo_ids[0]}` (huggingface_hub's command) and copy the "
            "folder (or its hub cache), or pass a local folder")
     if not download:
