@@ -94,7 +94,7 @@ def test_train_byte_level_and_specials(capsys, tmp_path):
     text = tmp_path / "input.txt"
     text.write_text("abc abc abc\n", encoding="utf-8")
     code, out, _ = run(capsys, "train-tokenizer", str(text), "--vocab-size", "256", "--no-special",
-                       "--quiet", "-o", str(tmp_path / "bytes"))
+                       "-o", str(tmp_path / "bytes"))
     assert code == 0 and "256 tokens (256 bytes + 0 merged + 0 special)" in out
     assert run(capsys, "tokenize", "--tokenizer", str(tmp_path / "bytes"), "abc")[1] == "97 98 99\n"
     code, out, _ = run(capsys, "train-tokenizer", str(text), "--vocab-size", "300", "--special", "<a>",
@@ -187,3 +187,34 @@ def test_version_and_underscore_flags(capsys):
         main(["generate", "--top_k", "5", "x"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "usage: numgpt generate" in err and "--top_k -> --top-k" in err
+
+
+def test_train_tokenizer_quiet_prints_nothing(capsys, tmp_path):
+    """-q: no progress, no summary, no note (newcomer round 2: it still printed the summary and note)."""
+    text = tmp_path / "input.txt"
+    text.write_text("abc abc abc\n", encoding="utf-8")
+    code, out, err = run(capsys, "train-tokenizer", str(text), "--vocab-size", "400", "-q", "-o", str(tmp_path / "q"))
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "q" / "vocab.json").is_file()
+    code, out, err = run(capsys, "train-tokenizer", str(text), "--vocab-size", "400", "-o", str(tmp_path / "loud"))
+    assert "tokens (256 bytes +" in out and "note: fewer than --vocab-size 400" in err
+
+
+def test_text_that_is_not_utf8_on_the_command_line_is_refused(tmp_path):
+    """A byte that is not UTF-8 in argv is refused by name, as --file refuses such a file (it was read as
+    U+FFFD silently); checked in a real process, where Python turns argv's bad bytes into surrogates."""
+    for argv in (["tokenize", b"caf\xff"], ["next", b"caf\xff"], ["generate", "-n", "2", b"caf\xff"],
+                 ["tokenize", "--model", b"\xfe", "x"]):
+        done = subprocess.run([sys.executable, "-m", "numgpt", *argv], capture_output=True, cwd=tmp_path)
+        err = done.stderr.decode()
+        assert done.returncode == 2 and err.count("\n") == 1 and "not UTF-8" in err, (argv, err)
+        assert ("byte 0xff at character 3" in err) if argv[-1] == b"caf\xff" else "--model" in err, err
+
+
+def test_tokenize_with_a_model_uses_that_models_vocabulary(capsys):
+    lm = numgpt.load()
+    code, out, _ = run(capsys, "tokenize", "--model", "builtin", "ROMEO: Mississippi")
+    assert code == 0 and out.split() == [str(i) for i in lm.tokenizer.encode("ROMEO: Mississippi")]
+    assert out != run(capsys, "tokenize", "ROMEO: Mississippi")[1]        # GPT-2's vocabulary by default
+    err = run(capsys, "tokenize", "--model", "builtin", "--tokenizer", str(GPT2_FILES), "x")[2]
+    assert "not allowed with" in err                                      # one vocabulary at a time

@@ -113,6 +113,16 @@ def test_prepare_notes_a_smaller_vocabulary_and_warns_of_short_splits(tmp_path, 
     assert "warning: the train split has" in err and "warning: the val split has" in err
 
 
+def test_prepare_of_a_text_too_short_for_any_block_size_says_add_text(tmp_path, capsys):
+    """Newcomer round 2: `prepare one.txt` (1 byte) advised a smaller --block-size, which cannot help."""
+    one = tmp_path / "one.txt"
+    one.write_text("a", encoding="utf-8")
+    assert main(["prepare", str(one), "--out", str(tmp_path / "d"), "--vocab-size", "256"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the train split has 0 tokens, too few for `numgpt train` at any --block-size" in err
+    assert "smaller --block-size" not in err
+
+
 def test_train_on_data_without_a_val_split_gives_the_right_advice(tmp_path, capsys):
     from numgpt import train_bpe
     from numgpt.training.data import prepare

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,12 @@ examples:
   numgpt tokenize --explain "Mississippilessly"        the merges step by step, with their ranks
   numgpt tokenize --tokenizer my_tok "Hello"           another vocabulary (a folder with vocab.json
                                                        + merges.txt, or encoder.json + vocab.bpe)
+  numgpt tokenize --model builtin "ROMEO:"             the built-in model's vocabulary (what `generate`,
+                                                       `next` and `explain tokens` use without --model)
   numgpt tokenize --allow-special "a<|endoftext|>b"    special tokens in the text become their ids
 
-Special token strings such as <|endoftext|> in the text are refused unless --allow-special is given.
+The default vocabulary is GPT-2's (50257 tokens, the ids tiktoken's "gpt2" and OpenAI's GPT-2 give), not
+the built-in model's own smaller one: pass --model to see the ids a model reads. Special token strings such as <|endoftext|> in the text are refused unless --allow-special is given.
 """
 
 TRAIN_EXAMPLES = """\
@@ -59,7 +63,11 @@ def _register_tokenize(sub) -> None:
     show.add_argument("--json", action="store_true", help="print the ids as a JSON list")
     show.add_argument("--explain", action="store_true",
                       help="for each pre-tokenized piece, the merges step by step with their ranks")
-    p.add_argument("--tokenizer", metavar="FOLDER", help="vocabulary folder (default: GPT-2's, built in)")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--tokenizer", metavar="FOLDER", help="vocabulary folder (default: GPT-2's, built in)")
+    vocab.add_argument("--model", "-m", metavar="NAME_OR_FOLDER",
+                       help="the vocabulary of this model (a folder, a run, a hub name, or builtin: the one "
+                            "`numgpt generate` and `numgpt next` use by default)")
     p.add_argument("--allow-special", action="store_true",
                    help="encode special token strings in the text (e.g. <|endoftext|>) as their ids")
     p.set_defaults(run=run_tokenize)
@@ -81,15 +89,14 @@ def _register_train(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FOLDER",
                    help="where to write the vocabulary (a new or empty folder)")
     p.add_argument("--force", action="store_true", help="replace what FOLDER already holds")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (no progress bar, "
+                   "no summary)")
     p.set_defaults(run=run_train_tokenizer)
 
 
 def run_tokenize(args) -> int:
-    from ..tokenizer import Tokenizer
-
     text = _read_input(args)
-    tok = Tokenizer.load(args.tokenizer) if args.tokenizer else Tokenizer.gpt2()
+    tok = _tokenizer(args)
     allowed = "all" if args.allow_special else frozenset()
     if args.explain:
         print(format_explanation(tok.explain(text, allowed_special=allowed)))
@@ -103,6 +110,17 @@ def run_tokenize(args) -> int:
     else:
         print(" ".join(map(str, ids)))
     return 0
+
+
+def _tokenizer(args):
+    """The vocabulary `tokenize` encodes with: --tokenizer FOLDER, --model's own, else GPT-2's."""
+    from ..tokenizer import Tokenizer
+
+    if args.model is not None:
+        from ..formats import hf_cache_dir, load_config, load_tokenizer, resolve_model
+        folder = resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
+        return load_tokenizer(folder, load_config(folder))
+    return Tokenizer.load(args.tokenizer) if args.tokenizer else Tokenizer.gpt2()
 
 
 def format_explanation(traces) -> str:
@@ -153,6 +171,8 @@ def run_train_tokenizer(args) -> int:
         close()
     seconds = time.perf_counter() - start
     tok.save(out, overwrite=args.force)
+    if args.quiet:
+        return 0
     n_bytes = sum(Path(f).stat().st_size for f in args.files)
     merged = tok.vocab_size - 256 - len(specials)
     print(f"{args.output}: {tok.vocab_size} tokens (256 bytes + {merged} merged + {len(specials)} special) "

@@ -178,7 +178,10 @@ def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
     need = TC.block_size + 1
     for name in ("train", "val"):
         n = meta["splits"][name]["tokens"]
-        if n < need:
+        if n < 2:                                     # no block size can help: a window needs 2 tokens
+            notes.append(f"warning: the {name} split has {n} token{'' if n == 1 else 's'}, too few for "
+                         "`numgpt train` at any --block-size (a window needs 2); add text")
+        elif n < need:
             notes.append(f"warning: the {name} split has {n} tokens, fewer than the {need} that `numgpt train`'s "
                          f"default --block-size {TC.block_size} needs; add text, or train with a smaller "
                          "--block-size")
