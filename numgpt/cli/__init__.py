@@ -62,6 +62,20 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
                 + (f" (numgpt's flags use dashes: {', '.join(hints)})" if hints else ""))
 
 
+def check_utf8_arguments(args: argparse.Namespace) -> None:
+    """Refuse a command-line argument that is not UTF-8 (Python keeps its bad bytes as lone surrogates),
+    naming it, instead of silently reading the bytes as U+FFFD: --file refuses such a file the same way."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
+            if bad is not None:
+                shown = name if name in ("prompt", "text") else "--" + name.replace("_", "-")
+                raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x} at "
+                                  f"character {bad}); numgpt reads command-line text as UTF-8")
+
+
 def _registrars():
     """The modules that add subcommands; each has `register(subparsers)`."""
     from . import tokenizer_commands
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        check_utf8_arguments(args)
         return int(args.run(args) or 0)
     except NumgptError as e:
         print(f"numgpt: error: {e}", file=sys.stderr)
