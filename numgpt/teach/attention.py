@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..errors import NumgptError
-from ..model import check_context, embed, lm_head, mlp, split_heads
+from ..model import check_context, check_finite_weights, embed, lm_head, mlp, split_heads
 from ..ops import causal_mask, layer_norm, linear, softmax
 from ..params import Params
 from .inputs import Prompt, index_in_range, prompt_ids, token_labels
@@ -134,6 +134,7 @@ def attention_view(lm, text: Prompt, *, layer: int = 0, head: int | None = None)
     layer = index_in_range("layer", layer, config.n_layer, "layers")
     heads = list(range(config.n_head)) if head is None else [index_in_range("head", head, config.n_head, "heads")]
     ids = prompt_ids(lm, text)
+    check_finite_weights(lm.params)             # NaN weights would make a table of NaN, said nowhere
     weights = traced_forward(lm.params, config, ids, layers=[layer]).weights[0, heads]  # [1, H, T, T] -> [h, T, T]
     return AttentionView(ids=ids, tokens=token_labels(lm.tokenizer, ids), layer=layer, heads=heads,
                          weights=weights.astype(float).tolist())
