@@ -236,3 +236,18 @@ def test_plot_draws_a_png(char_data, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     msg = one_line_error(capsys, main(["plot", str(run), "-o", str(tmp_path / "x.png")]))
     assert "pip install 'numgpt[plot]'" in msg
+
+
+def test_setup_run_in_python_trains_what_the_cli_trains(char_data, tmp_path):
+    """Run setup lives in the library: setup_run + Run.train give the CLI's run, loss for loss."""
+    from numgpt.training import setup_run
+    assert run_train(char_data, "--out", tmp_path / "cli", *SMALL, "--max-iters", 4, "--eval-interval", 2,
+                     "--eval-iters", 1, "--threads", 1) == 0
+    run = setup_run(char_data, tmp_path / "py", shape={"n_layer": 1, "n_head": 2, "n_embd": 16},
+                    options={"block_size": 16, "batch_size": 4, "max_iters": 4, "eval_interval": 2, "eval_iters": 1,
+                             "threads": 1})
+    assert run.description == "training from scratch" and run.tc.optim.decay_iters == 4   # the cosine follows
+    run.train()
+    assert step_losses(tmp_path / "py") == step_losses(tmp_path / "cli")
+    resumed = setup_run(char_data, tmp_path / "py", resume_from="latest", options={"max_iters": 6})
+    assert resumed.state.step == 4 and resumed.description.startswith("resuming")

@@ -15,16 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import PRESETS, GPTConfig
+from ..config import PRESETS
 from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
-from ..training.loop import BEST, LATEST, TrainConfig, check_trainable_weights
+from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
+from ..training.run import SCRATCH_SHAPE, checkpoint_step
 from .paths import check_writable, input_file, output_file, output_folder
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
-SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without --preset
 ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
 LONG_RUN_SECONDS = 600                      # estimates beyond this suggest --max-iters
 
@@ -234,72 +234,40 @@ def run_train(args) -> int:
 
 
 def _run_train(args, comm) -> int:
-    from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
-    from ..training.data import load_dataset, tokenizer_fingerprint
-    from ..params import count_params, init_params
-    from ..training.lock import check_not_locked
+    from ..formats import hf_cache_dir
+    from ..params import count_params
     from ..training.loop import train
-    from ..training.state import new_state
-    import numpy as np
+    from ..training.run import setup_run
 
-    data = load_dataset(args.data)
-    run = check_run_folder(Path(args.out))
-    resume_from = args.resume_from or (LATEST if args.resume else None)
-    if resume_from and args.init:
-        raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
+    check_run_folder(Path(args.out))
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1 (the threads each batch's rows are split over), got {args.threads}")
-    lead = comm.rank == 0                              # rank 0 alone prints, locks and writes the run folder
-    if lead:
-        check_not_locked(run)
-    if resume_from:
-        config, state, saved = load_resume_checkpoint(run, resume_from)
-        _refuse_shape_flags(args, config, "(on --resume the shape comes from the checkpoint)")
-        tc = train_config_from_args(args, TrainConfig.from_dict(saved), data_dir=args.data)
-        what = f"resuming {run / resume_from} at step {state.step}"
-    else:
-        if (run / LATEST).exists():
-            raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
-                              "another --out (or delete that folder) to start again")
-        tc = train_config_from_args(args, TrainConfig(threads=default_threads(comm.size)), data_dir=args.data)
-        if args.init:
-            folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
-            config, params = load_checkpoint(folder)
-            _refuse_shape_flags(args, config, "(with --init the shape comes from MODEL)")
-            if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
-                raise NumgptError(f"{args.data} was prepared with another tokenizer than {args.init}'s; run "
-                                  f"`numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR")
-            tc = dataclasses.replace(tc, init=str(args.init))
-            what = f"fine-tuning {folder}"
-        else:
-            config = model_config_from_args(args, data, tc.block_size)
-            params = init_params(config, np.random.default_rng(tc.seed))
-            what = "training from scratch"
-        state = new_state(params, seed=tc.seed)
-    check_trainable_weights(state.params)              # before a word of progress (train() checks too)
-    if comm.size > 1:
-        from ..training.mpi import check_same_everywhere
-        check_same_everywhere(comm, "training options, model and data",
-                              {"train": {k: v for k, v in tc.to_dict().items() if k != "data_dir"},
-                               "model": config.to_hf_dict(), "data": data.meta, "step": state.step})
-    if not lead:
-        return 130 if train(state, config, tc, data, run, comm=comm).interrupted else 0
+    options = options_from_args(args)
+    try:
+        run = setup_run(args.data, args.out, options=options, shape={k: getattr(args, k) for k in SHAPE_FLAGS},
+                        init=args.init, resume_from=args.resume_from or (LATEST if args.resume else None),
+                        cache_dir=hf_cache_dir(os.environ), default_threads=default_threads(comm.size), comm=comm)
+    except ConfigFieldError as e:
+        raise flag_error(e, options) from None
+    config, tc, state, folder = run.config, run.tc, run.state, run.folder
+    if comm.rank != 0:                                 # rank 0 alone prints
+        return 130 if run.train(comm=comm).interrupted else 0
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
-    print(f"{what}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, n_head "
-          f"{config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
+    print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
+          f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)
-    result = _train_with_progress(state, config, tc, data, run, lambda *a, **kw: train(*a, comm=comm, **kw))
+    result = _train_with_progress(state, config, tc, run.data, folder, lambda *a, **kw: train(*a, comm=comm, **kw))
     if result.interrupted:
-        print(f"interrupted at step {state.step}: saved {run / LATEST}; continue with "
-              f"`numgpt train {args.data} --out {run} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(run, state.step, tc)
+        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
+              f"`numgpt train {args.data} --out {folder} --resume`", file=sys.stderr)
+        note = best_checkpoint_note(folder, state.step, tc)
         if note:
             print(note, file=sys.stderr)
         return 130
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bits/byte); "
-              f"best val loss {state.best_val_loss:.4f} in {run / BEST}, last in {run / LATEST}")
+              f"best val loss {state.best_val_loss:.4f} in {folder / BEST}, last in {folder / LATEST}")
     return 0
 
 
@@ -309,37 +277,6 @@ def check_run_folder(run: Path) -> Path:
         raise NumgptError(f"--out {run}: is an existing file, not a folder; pass a folder path")
     check_writable(run, "--out")
     return run
-
-
-def load_resume_checkpoint(run: Path, name: str):
-    """load_train_checkpoint(RUN/name); a damaged one is refused with the way out that exists: the
-    other checkpoint of the run (--resume-from), or a fresh start."""
-    from ..atomic import OLD_SUFFIX
-    from ..training.state import load_train_checkpoint
-
-    folder = run / name
-    try:
-        return load_train_checkpoint(folder)
-    except NumgptError as e:
-        if not any(f.exists() for f in (folder, folder.with_name(folder.name + OLD_SUFFIX))):
-            raise                                   # no checkpoint at all: the message says what to do
-        other = BEST if name == LATEST else LATEST
-        step = checkpoint_step(run / other)
-        advice = (f"resume from {run / other} (step {step}) with --resume-from {other}, or start again without "
-                  "--resume (another --out)" if step is not None else
-                  f"start again without --resume (another --out, or delete {run})")
-        raise NumgptError(f"{e}; {advice}") from None
-
-
-def checkpoint_step(folder: Path) -> int | None:
-    """The step a training checkpoint folder holds, from its trainstate.json; None if it has none."""
-    from ..training.state import STATE_FILE
-
-    try:
-        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("step")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return step if isinstance(step, int) else None
 
 
 def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
@@ -443,35 +380,7 @@ def format_duration(seconds: float) -> str:
     return f"{h} h {minutes} min"
 
 
-SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")
-
-
-def _refuse_shape_flags(args, config: GPTConfig, why: str) -> None:
-    """Size flags that contradict the model being continued are an error (the same values are fine)."""
-    shape = lambda c: (c.n_layer, c.n_head, c.n_embd)  # noqa: E731
-    for flag in SHAPE_FLAGS:
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        same = shape(PRESETS[value]) == shape(config) if flag == "preset" else value == getattr(config, flag)
-        if not same:
-            raise NumgptError(f"--{flag.replace('_', '-')} {value} differs from the model's shape {why}; "
-                              "leave the size flags out")
-
-
-def model_config_from_args(args, data, block_size: int) -> GPTConfig:
-    """The model to train from scratch: a preset or the size flags (default SCRATCH_SHAPE), the data's
-    vocabulary, and n_positions = the block size unless the preset has more."""
-    base = PRESETS[args.preset] if args.preset else GPTConfig(**SCRATCH_SHAPE, n_positions=block_size)
-    eos = data.meta.get("eot_id")   # None for a vocabulary without <|endoftext|>
-    sizes = {name: getattr(args, name) for name in SCRATCH_SHAPE if getattr(args, name) is not None}
-    try:
-        return dataclasses.replace(
-            base, vocab_size=data.vocab_size, n_positions=max(base.n_positions, block_size) if not args.preset
-            else base.n_positions, **sizes, bos_token_id=eos, eos_token_id=eos)
-    except ValueError as e:
-        raise NumgptError(f"bad model shape: {e}") from None
-
+SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")   # flag attributes = run.setup_run's shape keys
 
 TRAIN_FLAGS = {  # flag attribute -> TrainConfig field
     "batch_size": "batch_size", "block_size": "block_size", "grad_accum": "grad_accum", "max_iters": "max_iters",
@@ -485,27 +394,23 @@ OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
 FLAG_OF_FIELD = {field: flag for flag, field in {**TRAIN_FLAGS, **OPTIM_FLAGS}.items()}
 
 
-def train_config_from_args(args, base: TrainConfig, *, data_dir: str) -> TrainConfig:
-    """`base` with every flag the user gave; the cosine ends at --max-iters unless --lr-decay-iters says.
-    An option out of range is refused naming its flag (the rule is the dataclass's)."""
-    changes = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+def options_from_args(args) -> dict:
+    """The flags the user gave, as run.setup_run's options (TrainConfig fields, AdamWConfig's under "optim")."""
+    options = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     optim = {field: getattr(args, flag) for flag, field in OPTIM_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_decay_embeddings:
         optim["decay_embeddings"] = False
     if args.no_overlap:
-        changes["overlap"] = False
-    if "decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters:
-        optim["decay_iters"] = changes["max_iters"]
-    if args.lr is not None and args.min_lr is None and base.optim.min_lr > args.lr:
-        optim["min_lr"] = args.lr / 10
-    try:
-        return dataclasses.replace(base, **changes, data_dir=str(data_dir),
-                                   optim=dataclasses.replace(base.optim, **optim))
-    except ConfigFieldError as e:
-        flag = FLAG_OF_FIELD.get(e.field)
-        if flag is None:
-            raise NumgptError(f"bad training option: {e}") from None
-        raise NumgptError(f"--{flag.replace('_', '-')} {e.rule}, got {e.value!r}") from None
+        options["overlap"] = False
+    return {**options, "optim": optim}
+
+
+def flag_error(e: ConfigFieldError, options: dict) -> NumgptError:
+    """An option out of range, said with the name of the flag that gave it (the rule is the dataclass's)."""
+    flag = FLAG_OF_FIELD.get(e.field)
+    if flag is None or not (e.field in options or e.field in options["optim"]):
+        return NumgptError(f"bad training option: {e}")
+    return NumgptError(f"--{flag.replace('_', '-')} {e.rule}, got {e.value!r}")
 
 
 # ---------------------------------------------------------------- plot

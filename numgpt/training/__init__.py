@@ -2,6 +2,7 @@
 
     data.py       text -> train.bin / val.bin (+ tokenizer, meta.json), random batches
     optim.py      AdamW, the learning-rate schedule, gradient clipping
+    run.py        run setup: data, run folder, resume / fine-tune / scratch, options -> a Run ready to train
     loop.py       the training loop: steps, evaluation, logging, checkpoints, Ctrl-C
     state.py      resumable checkpoints (weights, moments, rng) written atomically
     comm.py       the communicator (rank, size, allreduce_sum, broadcast, barrier): SingleProcess, ThreadGroup
@@ -15,7 +16,8 @@
 from .data import Dataset, load_dataset, prepare
 from .loop import TrainConfig, TrainResult, train
 from .optim import AdamWConfig
+from .run import Run, setup_run
 from .state import TrainState, load_train_checkpoint, new_state, save_train_checkpoint
 
-__all__ = ["Dataset", "load_dataset", "prepare", "TrainConfig", "TrainResult", "train", "AdamWConfig",
+__all__ = ["Dataset", "load_dataset", "prepare", "TrainConfig", "TrainResult", "train", "AdamWConfig", "Run", "setup_run",
            "TrainState", "load_train_checkpoint", "new_state", "save_train_checkpoint"]

@@ -1,0 +1,191 @@
+"""Run setup: everything between "train on DATA into RUN" and the first step, for the CLI and for Python.
+
+    run = setup_run("data/shakespeare_char", "runs/char", options={"max_iters": 500})
+    result = run.train()
+
+`setup_run` opens the data, checks the run folder (not a file, writable, not held by another training, no
+earlier run in it unless resuming), then makes the state to train from one of three sources: RUN/latest
+or RUN/best (resume), a model folder or name (fine-tune, `init`), or a new model of the given shape
+(scratch). Options are TrainConfig field names (and AdamWConfig's under "optim"), applied over the
+defaults, or over the run's saved config on resume; the cosine follows max_iters unless decay_iters is
+given. Under MPI every rank calls it, and the ranks must agree on the options, model and data.
+
+Nothing here prints or reads the environment: the CLI (cli/train_commands.py) turns flags into these
+arguments and draws the progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import PRESETS, GPTConfig
+from ..errors import NumgptError
+from .comm import Communicator, SingleProcess
+from .data import Dataset, load_dataset
+from .loop import BEST, LATEST, Event, TrainConfig, TrainResult, check_trainable_weights, train
+from .state import TrainState
+
+SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without a preset
+SHAPE_FIELDS = ("preset", "n_layer", "n_head", "n_embd")
+
+
+@dataclass
+class Run:
+    """A training run ready for its first step: where it writes, its data, model, options and state."""
+
+    folder: Path
+    data: Dataset
+    config: GPTConfig
+    tc: TrainConfig
+    state: TrainState
+    description: str            # "training from scratch", "fine-tuning FOLDER", "resuming RUN/latest at step N"
+
+    def train(self, *, on_event: Callable[[Event], None] | None = None,
+              comm: Communicator | None = None) -> TrainResult:
+        """loop.train on this run (in place: self.state advances)."""
+        return train(self.state, self.config, self.tc, self.data, self.folder, on_event=on_event, comm=comm)
+
+
+def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str, Any] | None = None,
+              shape: Mapping[str, Any] | None = None, init: str | Path | None = None,
+              resume_from: str | None = None, cache_dir: str | Path | None = None,
+              default_threads: int = 0, comm: Communicator | None = None) -> Run:
+    """The run of `train` on data_dir into run_dir, checked and loaded (see the module docstring).
+
+    options: TrainConfig fields to change ({"max_iters": 500, "optim": {"lr": 3e-4}}); shape: "preset"
+    and/or n_layer, n_head, n_embd of a model from scratch (given with init or resume_from, they must
+    match the model's); init: a model folder or name to fine-tune; resume_from: "latest" or "best";
+    cache_dir: the Hugging Face cache that names in `init` are looked up in; default_threads: threads of a
+    new run when options has none (0: all cores); comm: the ranks (every rank calls setup_run)."""
+    from .lock import check_not_locked
+
+    comm = SingleProcess() if comm is None else comm
+    options, shape = dict(options or {}), dict(shape or {})
+    data = load_dataset(data_dir)
+    run = Path(run_dir)
+    if resume_from and init:
+        raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
+    if comm.rank == 0:                                 # rank 0 alone locks and writes the run folder
+        check_not_locked(run)
+    if resume_from:
+        config, state, saved = load_resume_checkpoint(run, resume_from)
+        refuse_shape_change(shape, config, "(on --resume the shape comes from the checkpoint)")
+        tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
+        what = f"resuming {run / resume_from} at step {state.step}"
+    else:
+        if (run / LATEST).exists():
+            raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
+                              "another --out (or delete that folder) to start again")
+        tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
+        config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir)
+        if init:
+            tc = dataclasses.replace(tc, init=str(init))
+    check_trainable_weights(state.params)              # before a word of progress (train() checks too)
+    if comm.size > 1:
+        from .mpi import check_same_everywhere
+        check_same_everywhere(comm, "training options, model and data",
+                              {"train": {k: v for k, v in tc.to_dict().items() if k != "data_dir"},
+                               "model": config.to_hf_dict(), "data": data.meta, "step": state.step})
+    return Run(folder=run, data=data, config=config, tc=tc, state=state, description=what)
+
+
+def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: dict[str, Any],
+                  init: str | Path | None, cache_dir: str | Path | None) -> tuple[GPTConfig, TrainState, str]:
+    """(config, fresh state, description) of a new run: the weights of `init`, or a new model of `shape`."""
+    from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+    from ..params import init_params
+    from .data import tokenizer_fingerprint
+    from .state import new_state
+
+    if init:
+        folder = resolve_model(init, cache_dir=cache_dir if cache_dir is not None else hf_cache_dir({}))
+        config, params = load_checkpoint(folder)
+        refuse_shape_change(shape, config, "(with --init the shape comes from MODEL)")
+        if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
+            raise NumgptError(f"{data_dir} was prepared with another tokenizer than {init}'s; run "
+                              f"`numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR")
+        what = f"fine-tuning {folder}"
+    else:
+        config = scratch_config(shape, data, tc.block_size)
+        params = init_params(config, np.random.default_rng(tc.seed))
+        what = "training from scratch"
+    return config, new_state(params, seed=tc.seed), what
+
+
+def scratch_config(shape: Mapping[str, Any], data: Dataset, block_size: int) -> GPTConfig:
+    """The model to train from scratch: a preset or the sizes given (default SCRATCH_SHAPE), the data's
+    vocabulary, and n_positions = the block size unless the preset has more."""
+    preset = shape.get("preset")
+    base = PRESETS[preset] if preset else GPTConfig(**SCRATCH_SHAPE, n_positions=block_size)
+    eos = data.meta.get("eot_id")   # None for a vocabulary without <|endoftext|>
+    sizes = {name: shape[name] for name in SCRATCH_SHAPE if shape.get(name) is not None}
+    try:
+        return dataclasses.replace(
+            base, vocab_size=data.vocab_size, n_positions=max(base.n_positions, block_size) if not preset
+            else base.n_positions, **sizes, bos_token_id=eos, eos_token_id=eos)
+    except ValueError as e:
+        raise NumgptError(f"bad model shape: {e}") from None
+
+
+def refuse_shape_change(shape: Mapping[str, Any], config: GPTConfig, why: str) -> None:
+    """Sizes that contradict the model being continued are an error (the same values are fine)."""
+    dims = lambda c: (c.n_layer, c.n_head, c.n_embd)  # noqa: E731
+    for name in SHAPE_FIELDS:
+        value = shape.get(name)
+        if value is None:
+            continue
+        same = dims(PRESETS[value]) == dims(config) if name == "preset" else value == getattr(config, name)
+        if not same:
+            raise NumgptError(f"--{name.replace('_', '-')} {value} differs from the model's shape {why}; "
+                              "leave the size flags out")
+
+
+def apply_options(base: TrainConfig, options: Mapping[str, Any], *, data_dir: str | Path) -> TrainConfig:
+    """`base` with the options given (TrainConfig fields; AdamWConfig's under "optim"). The cosine ends at
+    max_iters unless decay_iters is given, and a peak lr below the floor lowers the floor to lr / 10. An
+    option out of range is a ConfigFieldError naming its field (the CLI names its flag)."""
+    changes = {k: v for k, v in options.items() if k != "optim"}
+    optim = dict(options.get("optim", {}))
+    if "decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters:
+        optim["decay_iters"] = changes["max_iters"]
+    if "lr" in optim and "min_lr" not in optim and base.optim.min_lr > optim["lr"]:
+        optim["min_lr"] = optim["lr"] / 10
+    return dataclasses.replace(base, **changes, data_dir=str(data_dir), optim=dataclasses.replace(base.optim, **optim))
+
+
+def load_resume_checkpoint(run: Path, name: str):
+    """load_train_checkpoint(RUN/name); a damaged one is refused with the way out that exists: the
+    other checkpoint of the run (--resume-from), or a fresh start."""
+    from ..atomic import OLD_SUFFIX
+    from .state import load_train_checkpoint
+
+    folder = run / name
+    try:
+        return load_train_checkpoint(folder)
+    except NumgptError as e:
+        if not any(f.exists() for f in (folder, folder.with_name(folder.name + OLD_SUFFIX))):
+            raise                                   # no checkpoint at all: the message says what to do
+        other = BEST if name == LATEST else LATEST
+        step = checkpoint_step(run / other)
+        advice = (f"resume from {run / other} (step {step}) with --resume-from {other}, or start again without "
+                  "--resume (another --out)" if step is not None else
+                  f"start again without --resume (another --out, or delete {run})")
+        raise NumgptError(f"{e}; {advice}") from None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a training checkpoint folder holds, from its trainstate.json; None if it has none."""
+    from .state import STATE_FILE
+
+    try:
+        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
