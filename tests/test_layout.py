@@ -62,3 +62,26 @@ def test_leaf_modules_import_only_errors():
     for path in (PACKAGE / "tokenizer").glob("*.py"):
         outside = {m for m in package_imports(path) if not m.startswith("numgpt.tokenizer")}
         assert outside <= {"numgpt.errors", "numgpt.atomic"}, (path, outside)
+
+
+def test_serve_has_one_error_shape_short_functions_and_no_import_circle():
+    """serve/ is split by responsibility (STYLE.md, vLLM): OpenAI's error body is built in errors.py only
+    (no other module writes a dict with an "error" key), no function is over 60 lines, and the modules
+    import each other without a circle."""
+    serve = sorted((PACKAGE / "serve").glob("*.py"))
+    for path in serve:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict) and path.name != "errors.py":
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                assert "error" not in keys, f"{path.name}:{node.lineno} builds an error body: use errors.error_json"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path.name}:{node.lineno} {node.name} is {length} lines (at most 60)"
+    graph = {f"numgpt.serve.{p.stem}": {m for m in package_imports(p) if m.startswith("numgpt.serve.")}
+             for p in serve if p.name != "__init__.py"}
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m, {m})], {m: graph[m] for m in graph if reaches(m, m, {m})}

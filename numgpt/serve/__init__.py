@@ -3,14 +3,20 @@ FastAPI, uvicorn, prometheus_client).
 
     engine.py      the model thread: slots, a bounded queue, one decode step over every running sequence
     schemas.py     request/response bodies (pydantic): validation and /openapi.json
-    app.py         the routes: /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics,
-                   /tokenize, /detokenize; errors in OpenAI's shape
+    app.py         create_app: the engine, the routes, the error handlers and the middleware put together
+    settings.py    ServerSettings: what the server is started with
+    routes.py      the OpenAI routes, thin: /v1/completions, /v1/chat/completions, /v1/models, /health,
+                   /metrics, /tokenize, /detokenize
+    completions.py requests -> the engine's SequenceRequests; engine events -> responses and streams
+    errors.py      OpenAI's error shape, built in one place, and the handlers that answer with it
+    explain_routes.py  the playground page (static/) and /v1/explain/*
     chat.py        the chat template (GPT-2 has none: one explicit transcript format)
     middleware.py  body limit, API key, one log line per request
     metrics.py     Prometheus metrics in the app's own registry
 """
 
-from .app import ServerSettings, create_app
+from .app import create_app
+from .settings import ServerSettings
 from .chat import ChatTemplate, load_chat_template
 from .engine import Engine, SequenceRequest
 

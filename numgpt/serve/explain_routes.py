@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import NumgptError
 from ..teach import attention_view, kvcache_counts, sampling_view, tokens_view
+from .errors import APIError
 from .schemas import STRICT, TokenIds
 
 PAGE_FILES = {"playground.js": "text/javascript; charset=utf-8", "playground.css": "text/css; charset=utf-8"}
@@ -79,8 +80,6 @@ class KVCacheRequest(BaseModel):
 
 def explain_router(lm, settings) -> APIRouter:
     """The page and the /v1/explain endpoints for `lm` (the server's LanguageModel)."""
-    from .app import APIError
-
     router = APIRouter()
     config = lm.config
     vocabulary = [lm.tokenizer.decode([i]) for i in range(config.vocab_size)]

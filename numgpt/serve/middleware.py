@@ -9,6 +9,8 @@ import json
 import logging
 import time
 
+from .errors import error_json
+
 log = logging.getLogger("numgpt.serve")
 
 # open without the key: /health, and the playground's page and files (they hold no data: the page asks its
@@ -36,8 +38,7 @@ def route_paths(routes) -> frozenset[str]:
 
 
 async def send_error(send, status: int, message: str, code: str | None, *, headers=()) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
+    body = json.dumps(error_json(message, code=code)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})

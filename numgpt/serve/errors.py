@@ -1,0 +1,98 @@
+"""OpenAI's error shape, built here and nowhere else: {"error": {"message", "type", "param", "code"}}.
+
+The routes raise APIError; the handlers installed by `install_error_handlers` turn it, a NumgptError, a
+schema failure (pydantic), an unknown route and any bug into that body, with no traceback. The
+middleware (which answers before FastAPI) and the streams (which answer inside a 200) use `error_json`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import NumgptError
+from . import schemas
+
+log = logging.getLogger("numgpt.serve")
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_json(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    """The one error body of the API."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, **kw) -> JSONResponse:
+    return JSONResponse(error_json(message, **kw), status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure a route can have, answered in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return error_response(e.status, e.message, type=e.type, param=e.param, code=e.code)
+
+    @app.exception_handler(NumgptError)
+    async def _numgpt_error(request: Request, e: NumgptError):
+        return error_response(400, str(e), code="invalid_value")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        return validation_error(e.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return error_response(e.status_code, message, code="not_found" if e.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (logged on the server)", type="server_error")
+
+
+def validation_error(errors: list) -> JSONResponse:
+    """pydantic's first failure as one 422 that names the field (400 for a body that is not JSON)."""
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return error_response(400, "the body is not valid JSON", code="invalid_json")
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    path = field_path(loc)
+    param = str(loc[0]) if loc else None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = f"unrecognized request argument supplied: {path}"
+    elif path in schemas.ACCEPTS:
+        message = f"{path} must be {schemas.ACCEPTS[path]}"
+    elif path:
+        message = f"{path}: {message}"
+    return error_response(422, message, param=param, code=first.get("type"))
+
+
+def field_path(loc) -> str:
+    """A pydantic error location as the request's field path: messages.0.role; union members' tags
+    (str, list[int], ...) dropped."""
+    out = []
+    for p in loc:
+        if isinstance(p, int):
+            out.append(str(p))
+        elif p.isidentifier():
+            out.append(p)
+        else:
+            break
+    return ".".join(out)

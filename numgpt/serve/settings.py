@@ -1,0 +1,22 @@
+"""What `numgpt serve` is started with: one frozen dataclass the app, its routes and middleware read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .chat import ChatTemplate
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `numgpt serve` is started with (see its --help for each)."""
+
+    model_name: str = "numgpt"
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    max_tokens_limit: int | None = None      # None: the model's context
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 300.0
+    log_prompts: bool = False
+    chat_template: ChatTemplate | None = ChatTemplate()
