@@ -85,3 +85,23 @@ def test_serve_has_one_error_shape_short_functions_and_no_import_circle():
         return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph.get(start, ()))
 
     assert not [m for m in graph if reaches(m, m, {m})], {m: graph[m] for m in graph if reaches(m, m, {m})}
+
+
+SQL_ENGINE_MODULES = {"engines.py", "engine_duckdb.py", "engine_postgres.py", "dialects.py"}
+
+
+def test_no_engine_name_branches_outside_the_sql_engine_modules():
+    """The SQL engine is an object (numgpt/sql/engines.py): a DuckDB engine and a PostgreSQL engine with
+    the same methods. No code outside the engine modules compares anything with "duckdb" or "postgresql"
+    (a `name == "duckdb"` branch belongs in a method of each engine)."""
+    names = {"duckdb", "postgresql"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "sql" and path.name in SQL_ENGINE_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                strings = {o.value for o in operands if isinstance(o, ast.Constant) and isinstance(o.value, str)}
+                strings |= {e.value for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set))
+                            for e in o.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                assert not strings & names, f"{path.relative_to(PACKAGE)}:{node.lineno} branches on an engine name"

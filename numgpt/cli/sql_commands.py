@@ -177,8 +177,8 @@ def run_export(args) -> int:
     model = load(args.model, cache_dir=hf_cache_dir(os.environ))
     summary = export(model, args.db, force=args.force, precision=args.precision,
                      progress=lambda what: print(f"  {what}", file=sys.stderr, flush=True))
-    print(f"exported {summary.parameters:,} parameters ({summary.precision}) into {summary.engine} "
-          f"{args.db if summary.engine == 'duckdb' else 'database'} in {summary.seconds:.1f} s, "
+    print(f"exported {summary.parameters:,} parameters ({summary.precision}) into {summary.target} "
+          f"in {summary.seconds:.1f} s, "
           f"{summary.size_bytes / 2**20:.1f} MiB")
     return 0
 

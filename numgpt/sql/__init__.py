@@ -8,8 +8,9 @@ imports it, and duckdb / psycopg are imported only when a database is opened (`p
     array_layers.py  each layer as DuckDB SQL on arrays (layer_norm, linear, attention, gelu), named as in ops.py
     layers.py      the same layers on rows, for PostgreSQL (wide-row products, softmax)
     tokenize.py    GPT-2's pre-tokenizer and BPE merges as one recursive statement
-    dialects.py    what differs between DuckDB's and PostgreSQL's SQL
-    engines.py     connections, parameters, bulk loading, one-line errors
+    dialects.py    what differs between DuckDB's and PostgreSQL's SQL spelling, one class per engine
+    engines.py     the engine as an object: a connection and its engine's way of holding a model
+    engine_duckdb.py, engine_postgres.py   the two engines (weights' layout, stages, session state)
     session.py     SqlModel: tokenize, next, generate -- Python sends statements, the database computes
 
     import numgpt, numgpt.sql

@@ -1,8 +1,10 @@
-"""What differs between the two engines' SQL, in one place: types, list/array functions, the seeded
-uniform draw, the regular expressions of GPT-2's pre-tokenizer, and the matrix-vector product.
+"""What differs between the two engines' SQL spelling, as one class per engine with the same methods
+(DuckDBDialect, PostgresDialect): types, list/array functions, the seeded uniform draw, the regular
+expressions of GPT-2's pre-tokenizer. An engine (engines.py) gives its dialect; statements.py and
+tokenize.py write one SQL text through it wherever the engines can share one.
 
-Everything else in numgpt/sql is one SQL text for both engines. The big difference is the
-matrix-vector product, the cost of the whole model:
+The big difference is the matrix-vector product, the cost of the whole model, so the model's stages
+are written once per engine (array_layers.py, layers.py) and each engine chooses its own:
 
 - DuckDB keeps every weight row as a fixed-size FLOAT8[C] array (uncompressed; a float32 export holds
   float32 values) and multiplies with its built-in `array_inner_product`, one call per output element;
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 WIDE_MAX = 768   # at most this many weight columns per PostgreSQL row (768 float8 = 6 kB < 8 kB page)
 
 # Unicode White_Space, which is what \s means in tiktoken's and Python's `regex` patterns (RE2's \s and
@@ -41,99 +45,216 @@ def chunk_width(n_in: int) -> int:
 
 @dataclass(frozen=True)
 class Dialect:
-    """One engine's spelling of the few things the SQL here needs; `float_type` is the weights' type."""
+    """One engine's spelling of the few things the SQL here needs (DuckDBDialect, PostgresDialect: the
+    same methods); `float_type` is the weights' type."""
 
-    name: str            # "duckdb" or "postgresql"
     precision: str       # "float32" or "float64"
+    name = ""            # the engine's name, for messages and numgpt_meta
+    unicode_table = False   # whether the pre-tokenizer reads numgpt_unicode (tokenize.py)
 
     @property
     def float_type(self) -> str:
         return "FLOAT4" if self.precision == "float32" else "FLOAT8"
 
     @property
-    def blob(self) -> str:
-        return "BLOB" if self.name == "duckdb" else "BYTEA"
-
-    @property
-    def text(self) -> str:
-        return "VARCHAR" if self.name == "duckdb" else "TEXT"
-
-    # ---- lists ------------------------------------------------------------------------------------
-
-    def list_length(self, expr: str) -> str:
-        return f"len({expr})" if self.name == "duckdb" else f"coalesce(array_length({expr}, 1), 0)"
-
-    def int_list(self, expr: str) -> str:
-        """A list of integers built by an aggregate over `expr` (in ORDER BY order)."""
-        return f"list({expr})" if self.name == "duckdb" else f"array_agg({expr})"
-
-    def single(self, expr: str) -> str:
-        """A one-element list."""
-        return f"[{expr}]" if self.name == "duckdb" else f"ARRAY[{expr}]"
-
-    def series(self, first: str, last: str) -> str:
-        """A table function of the integers first .. last (inclusive), column `k`."""
-        if self.name == "duckdb":
-            return f"range({first}, ({last}) + 1) AS series(k)"
-        return f"generate_series({first}, {last}) AS series(k)"
-
-    def split_ids(self, expr: str) -> str:
-        """'(12)(34)(5)' -> the list of its ids as text: ['12', '34', '5']."""
-        if self.name == "duckdb":
-            return f"string_split(trim({expr}, '()'), ')(')"
-        return f"string_to_array(trim(both '()' from {expr}), ')(')"
-
-    # ---- bytes and text ---------------------------------------------------------------------------
-
-    def utf8(self, expr: str) -> str:
-        """Text -> its UTF-8 bytes."""
-        return f"encode({expr})" if self.name == "duckdb" else f"convert_to({expr}, 'UTF8')"
-
-    def byte_at(self, blob: str, k: str) -> str:
-        """The k-th byte (0-based) of a blob, as an integer."""
-        if self.name == "duckdb":
-            return f"CAST('0x' || substr(hex({blob}), 2 * ({k}) + 1, 2) AS INTEGER)"
-        return f"get_byte({blob}, {k})"
+    def numpy_float(self) -> type:
+        """The numpy type the weights are rounded to before they are written."""
+        return np.float32 if self.precision == "float32" else np.float64
 
     def byte_length(self, blob: str) -> str:
         return f"octet_length({blob})"
-
-    # ---- randomness -------------------------------------------------------------------------------
 
     def uniform(self, seed: str, step: str) -> str:
         """A uniform draw in [0, 1) from (seed, step): the first 52 bits of md5('seed:step'). A hash
         rather than a generator with state, so step n of a seeded run is the same whatever came before."""
         key = f"md5(CAST({seed} AS {self.text}) || ':' || CAST({step} AS {self.text}))"
-        if self.name == "duckdb":
-            bits = f"CAST('0x' || substr({key}, 1, 13) AS BIGINT)"
-        else:
-            bits = f"('x' || lpad(substr({key}, 1, 13), 16, '0'))::bit(64)::bigint"
-        return f"(CAST({bits} AS FLOAT8) / 4503599627370496.0)"   # 2^52
+        return f"(CAST({self.hex_bits(f'substr({key}, 1, 13)')} AS FLOAT8) / 4503599627370496.0)"   # 2^52
+
+    # ---- spelled differently by each engine (the subclasses) --------------------------------------
+
+    blob = ""   # the bytes type
+    text = ""   # the text type
+
+    def list_length(self, expr: str) -> str:
+        raise NotImplementedError
+
+    def int_list(self, expr: str) -> str:
+        """A list of integers built by an aggregate over `expr` (in ORDER BY order)."""
+        raise NotImplementedError
+
+    def single(self, expr: str) -> str:
+        """A one-element list."""
+        raise NotImplementedError
+
+    def series(self, first: str, last: str) -> str:
+        """A table function of the integers first .. last (inclusive), column `k`."""
+        raise NotImplementedError
+
+    def split_ids(self, expr: str) -> str:
+        """'(12)(34)(5)' -> the list of its ids as text: ['12', '34', '5']."""
+        raise NotImplementedError
+
+    def utf8(self, expr: str) -> str:
+        """Text -> its UTF-8 bytes."""
+        raise NotImplementedError
+
+    def byte_at(self, blob: str, k: str) -> str:
+        """The k-th byte (0-based) of a blob, as an integer."""
+        raise NotImplementedError
+
+    def hex_bits(self, hex_text: str) -> str:
+        """Up to 15 hex digits -> a BIGINT."""
+        raise NotImplementedError
 
     def exp(self, expr: str) -> str:
-        """exp() of a value <= 0. subtle: PostgreSQL raises an error when exp underflows (below
-        about -745), so the argument is clamped at -700, where exp is 1e-304: 0 for every sum it enters."""
-        return f"exp({expr})" if self.name == "duckdb" else f"exp(greatest({expr}, -700))"
-
-    # ---- regular expressions ----------------------------------------------------------------------
+        """exp() of a value <= 0."""
+        raise NotImplementedError
 
     def regex_list(self, text: str, pattern: str) -> str:
         """Every match of pattern in text, as a list, in order."""
-        if self.name == "duckdb":
-            return f"regexp_extract_all({text}, {quote(pattern)})"
-        return f"ARRAY(SELECT m[1] FROM regexp_matches({text}, {quote('(' + pattern + ')')}, 'g') AS m)"
+        raise NotImplementedError
 
     def split_list(self, text: str, pattern: str) -> str:
         """The parts of text between matches of pattern, as a list (n matches: n + 1 parts)."""
-        if self.name == "duckdb":
-            return f"string_split_regex({text}, {quote(pattern)})"
+        raise NotImplementedError
+
+    def indexed(self, lst: str, value: str, index: str) -> str:
+        """A table over a list, aliased u: its elements `value` with their 1-based `index` (put LATERAL
+        before it to read a column of an earlier table)."""
+        raise NotImplementedError
+
+    def pretokenizer_patterns(self) -> tuple[str, str]:
+        """(runs of whitespace or not, GPT-2's pieces without the lookahead) for the engine's regex
+        (tokenize.py)."""
+        raise NotImplementedError
+
+    def starts_with_white_space(self, expr: str) -> str:
+        """Whether a run of the class string (tokenize.py) is a whitespace run."""
+        raise NotImplementedError
+
+    def class_string(self, other: str) -> str:
+        """parts(p, part) -> classes(p, part, cls): the string the patterns run on (tokenize.py; `other`
+        is the class character of a code point that is no letter, number or space)."""
+        raise NotImplementedError
+
+
+class DuckDBDialect(Dialect):
+    """DuckDB: lists, RE2 with \\p{L}/\\p{N}, fixed-size arrays."""
+
+    name = "duckdb"
+    blob = "BLOB"
+    text = "VARCHAR"
+
+    def list_length(self, expr):
+        return f"len({expr})"
+
+    def int_list(self, expr):
+        return f"list({expr})"
+
+    def single(self, expr):
+        return f"[{expr}]"
+
+    def series(self, first, last):
+        return f"range({first}, ({last}) + 1) AS series(k)"
+
+    def split_ids(self, expr):
+        return f"string_split(trim({expr}, '()'), ')(')"
+
+    def utf8(self, expr):
+        return f"encode({expr})"
+
+    def byte_at(self, blob, k):
+        return f"CAST('0x' || substr(hex({blob}), 2 * ({k}) + 1, 2) AS INTEGER)"
+
+    def hex_bits(self, hex_text):
+        return f"CAST('0x' || {hex_text} AS BIGINT)"
+
+    def exp(self, expr):
+        return f"exp({expr})"
+
+    def regex_list(self, text, pattern):
+        return f"regexp_extract_all({text}, {quote(pattern)})"
+
+    def split_list(self, text, pattern):
+        return f"string_split_regex({text}, {quote(pattern)})"
+
+    def indexed(self, lst, value, index):
+        return f"(SELECT unnest({lst}) AS {value}, generate_subscripts({lst}, 1) AS {index}) AS u"
+
+    def pretokenizer_patterns(self):
+        ws = WHITE_SPACE
+        return (f"[{ws}]+|[^{ws}]+",
+                rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{ws}\p{{L}}\p{{N}}]+|[{ws}]+")
+
+    def starts_with_white_space(self, expr):
+        return f"regexp_matches({expr}, {quote('^[' + WHITE_SPACE + ']')})"
+
+    def class_string(self, other):
+        return "\n    SELECT p, part, part AS cls FROM parts"   # RE2 matches the text itself
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL: arrays, its own regular expressions (lookahead, no \\p{L}), a checked exp()."""
+
+    name = "postgresql"
+    blob = "BYTEA"
+    text = "TEXT"
+    unicode_table = True
+
+    def list_length(self, expr):
+        return f"coalesce(array_length({expr}, 1), 0)"
+
+    def int_list(self, expr):
+        return f"array_agg({expr})"
+
+    def single(self, expr):
+        return f"ARRAY[{expr}]"
+
+    def series(self, first, last):
+        return f"generate_series({first}, {last}) AS series(k)"
+
+    def split_ids(self, expr):
+        return f"string_to_array(trim(both '()' from {expr}), ')(')"
+
+    def utf8(self, expr):
+        return f"convert_to({expr}, 'UTF8')"
+
+    def byte_at(self, blob, k):
+        return f"get_byte({blob}, {k})"
+
+    def hex_bits(self, hex_text):
+        return f"('x' || lpad({hex_text}, 16, '0'))::bit(64)::bigint"
+
+    def exp(self, expr):
+        """subtle: PostgreSQL raises an error when exp underflows (below about -745), so the argument is
+        clamped at -700, where exp is 1e-304: 0 for every sum it enters."""
+        return f"exp(greatest({expr}, -700))"
+
+    def regex_list(self, text, pattern):
+        return f"ARRAY(SELECT m[1] FROM regexp_matches({text}, {quote('(' + pattern + ')')}, 'g') AS m)"
+
+    def split_list(self, text, pattern):
         return f"regexp_split_to_array({text}, {quote(pattern)})"
 
-    def unnest_indexed(self, lst: str, value: str, index: str) -> str:
-        """A table function over a list: each element `value` with its 1-based `index`."""
-        if self.name == "duckdb":
-            return (f"(SELECT unnest({lst}) AS {value}, generate_subscripts({lst}, 1) AS {index})")
+    def indexed(self, lst, value, index):
         return f"unnest({lst}) WITH ORDINALITY AS u({value}, {index})"
+
+    def pretokenizer_patterns(self):
+        ws = ASCII_WHITE_SPACE   # the class string is ASCII (tokenize.py)
+        return (f"[{ws}]+|[^{ws}]+", f"'s|'t|'re|'ve|'m|'ll|'d| ?[a-zA-Z]+| ?[0-9]+| ?[^{ws}a-zA-Z0-9]+|[{ws}]+")
+
+    def starts_with_white_space(self, expr):
+        return f"{expr} ~ {quote('^[' + ASCII_WHITE_SPACE + ']')}"
+
+    def class_string(self, other):
+        return f"""
+    SELECT parts.p, parts.part, coalesce(string_agg(
+             CASE WHEN ascii(c.ch) < 128 THEN c.ch
+                  ELSE coalesce((SELECT CASE WHEN u.hi >= ascii(c.ch) THEN u.cls END FROM numgpt_unicode AS u
+                                 WHERE u.lo <= ascii(c.ch) ORDER BY u.lo DESC LIMIT 1), '{other}') END,
+             '' ORDER BY c.k), '') AS cls
+    FROM parts LEFT JOIN LATERAL regexp_split_to_table(parts.part, '') WITH ORDINALITY AS c(ch, k) ON TRUE
+    GROUP BY parts.p, parts.part"""
 
 
 def quote(s: str) -> str:

@@ -30,15 +30,7 @@ from ..model import check_context
 from ..tokenizer import StreamDecoder
 from .engines import Engine, open_engine, shown
 from .export import FORMAT, SCHEMA_VERSION
-from .statements import Stage, forward_stages, state_tables
-
-# DuckDB's state between steps is cleared with DELETE; PostgreSQL's is keyed by position (see _forward)
-CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_logits"]
-CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
-PG_STATE = ["numgpt_seq", "numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q", "numgpt_kv", "numgpt_logits"]
-PG_STEP_STATE = ["numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q"]
-PG_CLEANUP_EVERY = 32   # decode steps between dropping PostgreSQL's rows of old positions
-RUN_SCHEMA = "numgpt_run_"   # + the backend pid + random hex: a multi-connection session's state
+from .statements import Stage
 
 
 @dataclass(frozen=True)
@@ -69,7 +61,7 @@ def connect(db: str, *, threads: int | None = None, connections: int | None = No
     engine = open_engine(db, create=False, threads=threads)
     try:
         meta = read_meta(engine)
-        return SqlModel(engine, meta, connections=connections or (2 if engine.name == "postgresql" else 1))
+        return SqlModel(engine, meta, connections=connections or engine.default_connections)
     except BaseException:
         engine.close()
         raise
@@ -107,23 +99,18 @@ class SqlModel:
         self.descriptions = dict(engine.rows("SELECT name, description FROM numgpt_sql"))
         specials = dict(engine.rows("SELECT token, id FROM numgpt_special"))
         self.eot_id: int | None = specials.get("<|endoftext|>")
-        dialect = engine.dialect(self.precision)
-        self.stages: list[Stage] = forward_stages(self.config, dialect)
-        self.workers: list[Engine] = []   # the other connections of a multi-connection session
-        self.run_schema: str | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        kind = "TEMP"
-        if engine.name == "postgresql" and connections > 1 and self._make_run_schema(connections):
-            kind = "UNLOGGED"
+        self.stages: list[Stage] = engine.forward_stages(self.config)
+        self.workers: list[Engine] = engine.open_workers(connections - 1)   # the other connections
+        self._pool = (ThreadPoolExecutor(max_workers=len(self.workers), thread_name_prefix="numgpt-sql")
+                      if self.workers else None)
         try:
-            for sql in state_tables(self.config, dialect, kind):
+            for sql in engine.state_tables(self.config, shared=bool(self.workers)):
                 engine.execute(sql)
         except BaseException:
             self.close()   # the other connections and the session's schema too
             raise
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
-        self._steps_since_cleanup = 0
 
     def _close_workers(self) -> None:
         """The other connections and their threads."""
@@ -138,40 +125,10 @@ class SqlModel:
     def connections(self) -> int:
         return 1 + len(self.workers)
 
-    def _make_run_schema(self, connections: int) -> bool:
-        """A schema of the session's own for state that several connections share, and the other
-        connections, all with it first on their search_path; False where the role may not create one.
-        Schemas left by sessions whose server process is gone are dropped first."""
-        e = self.engine
-        stale = e.rows("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, :prefix) AND "
-                       "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid::text = split_part(nspname, '_', 3))",
-                       {"prefix": RUN_SCHEMA})
-        for (name,) in stale:
-            try:
-                e.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-            except NumgptError:
-                pass   # another role's: not ours to drop
-        pid = int(e.rows("SELECT pg_backend_pid()")[0][0])
-        name = f"{RUN_SCHEMA}{pid}_{secrets.token_hex(4)}"
-        try:
-            e.execute(f'CREATE SCHEMA "{name}"')
-        except NumgptError:
-            return False
-        original = e.rows("SELECT current_setting('search_path')")[0][0]
-        path = f'"{name}", {original}'
-        try:
-            for _ in range(connections - 1):
-                worker = open_engine(e.db)
-                self.workers.append(worker)
-                worker.execute(f"SET search_path TO {path}")
-        except NumgptError:   # e.g. the server's max_connections reached: one connection, temporary tables
-            self._close_workers()
-            e.execute(f'DROP SCHEMA "{name}" CASCADE')
-            return False
-        e.execute(f"SET search_path TO {path}")
-        self.run_schema = name
-        self._pool = ThreadPoolExecutor(max_workers=len(self.workers), thread_name_prefix="numgpt-sql")
-        return True
+    @property
+    def run_schema(self) -> str | None:
+        """PostgreSQL: the schema of a multi-connection session's state (dropped at close)."""
+        return self.engine.run_schema
 
     def __enter__(self) -> "SqlModel":
         return self
@@ -181,13 +138,7 @@ class SqlModel:
 
     def close(self) -> None:
         self._close_workers()
-        try:
-            if self.run_schema is not None:
-                self.engine.execute(f'DROP SCHEMA IF EXISTS "{self.run_schema}" CASCADE')
-        except NumgptError:
-            pass   # a connection already gone: the next multi-connection session drops the schema
-        finally:
-            self.engine.close()
+        self.engine.close()
 
     def __repr__(self) -> str:
         c = self.config
@@ -224,13 +175,8 @@ class SqlModel:
 
     def reset(self) -> None:
         """Forget the sequence and the KV cache."""
-        if self.engine.name == "postgresql":
-            self.engine.execute(f"TRUNCATE {', '.join(PG_STATE)}")
-        else:
-            for sql in CLEAR_SEQUENCE + CLEAR_STEP:
-                self.engine.execute(sql)
+        self.engine.clear_sequence()
         self.length = 0
-        self._steps_since_cleanup = 0
 
     def start(self, prompt: str | Sequence[int]) -> int:
         """A new sequence from a prompt (text, tokenized in SQL, or token ids): it is written to
@@ -274,20 +220,9 @@ class SqlModel:
 
     def _forward(self, past: int, end: int) -> None:
         """Positions past .. end-1 through the model: the stages of forward_stages (embed, each block's
-        stages, logits), a product stage's outputs split over the session's connections.
-
-        DuckDB's state tables are emptied first. PostgreSQL's are keyed by position and read with
-        t >= :past, so nothing is deleted between steps: emptying them (TRUNCATE) would make every
-        prepared stage plan again (~10 ms each), and DELETE leaves dead rows. Rows of old positions are
-        deleted and vacuumed every PG_CLEANUP_EVERY steps; only the logits are emptied every step."""
-        if self.engine.name == "postgresql":
-            self._steps_since_cleanup += 1
-            if self._steps_since_cleanup > PG_CLEANUP_EVERY:
-                self._cleanup(past)
-            self.engine.execute("TRUNCATE numgpt_logits")
-        else:
-            for sql in CLEAR_STEP:
-                self.engine.execute(sql)
+        stages, logits), a product stage's outputs split over the session's connections, after the
+        engine has cleared what the last step left (engine.clear_step)."""
+        self.engine.clear_step(past)
         params = {"past": past, "last": end - 1}
         first, *block, last = self.stages
         self._run_stage(first, params)
@@ -310,13 +245,6 @@ class SqlModel:
         finally:
             for f in futures:
                 f.result()
-
-    def _cleanup(self, past: int) -> None:
-        """PostgreSQL: drop the rows of positions before `past` from the per-step state and vacuum it."""
-        for table in PG_STEP_STATE:
-            self.engine.execute(f"DELETE FROM {table} WHERE t < :past", {"past": past})
-            self.engine.execute(f"VACUUM {table}")
-        self._steps_since_cleanup = 0
 
     def logits(self) -> np.ndarray:
         """The current logits [V] as float64 (for tests and the curious; generation never fetches them)."""

@@ -1,7 +1,7 @@
 """The statements that run GPT-2 in SQL, generated from the model's config: one named statement per
 stage, each a chain of CTEs named after the layers they compute (array_layers.py, layers.py). Export
 stores them in the database (numgpt_sql), `numgpt sql show` prints them, and a session runs them in
-this order (forward_stages):
+this order (array_forward_stages on DuckDB, row_forward_stages on PostgreSQL; the engine picks, engines.py):
 
     prompt       tokenize the text into numgpt_seq (tokenize.py)
     embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
@@ -74,33 +74,39 @@ class Stage:
     align: int = 1
 
 
-def forward_stages(config: GPTConfig, dialect: Dialect) -> list[Stage]:
-    """The stages of one forward pass, in order (a block's stages once per layer)."""
+def array_forward_stages(config: GPTConfig) -> list[Stage]:
+    """DuckDB's stages of one forward pass, in order (a block's stages once per layer)."""
+    block = [Stage("attn_qkv", True), Stage("attention", True), Stage("mlp", True)]
+    return [Stage("embed"), *block, Stage("logits")]
+
+
+def row_forward_stages(config: GPTConfig) -> list[Stage]:
+    """PostgreSQL's stages of one forward pass, each product's outputs to split over connections."""
     C, D = config.n_embd, config.head_size
-    if dialect.name == "duckdb":
-        block = [Stage("attn_qkv", True), Stage("attention", True), Stage("mlp", True)]
-        return [Stage("embed"), *block, Stage("logits")]
     block = [Stage("attn_qkv", True, 3 * C, D), Stage("attention", True, config.n_head),
              Stage("attn_proj", True, C), Stage("mlp_fc", True, 4 * C, chunk_width(4 * C)),
              Stage("mlp_proj", True, C)]
     return [Stage("embed"), *block, Stage("logits", False, config.vocab_size)]
 
 
-def state_tables(config: GPTConfig, dialect: Dialect, kind: str = "TEMP") -> list[str]:
-    """CREATE statements for a session's state (see the module docstring): rows on PostgreSQL, one array
-    per position (or per head) on DuckDB. `kind` is TEMP (one connection) or UNLOGGED (PostgreSQL
-    tables that a session's several connections share, in a schema of its own)."""
+def array_state_tables(config: GPTConfig) -> list[str]:
+    """DuckDB's CREATE statements for a session's state (see the module docstring): one array per
+    position (or per head), temporary."""
+    f8, C, D = "FLOAT8", config.n_embd, config.head_size
+    return [
+        "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
+        f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, x {f8}[{C}])",
+        f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, x {f8}[{C}])",
+        # the KV cache, each position's query beside its key and value (attention reads the new ones')
+        f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
+        f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
+    ]
+
+
+def row_state_tables(config: GPTConfig, kind: str = "TEMP") -> list[str]:
+    """PostgreSQL's CREATE statements for a session's state, on rows. `kind` is TEMP (one connection) or
+    UNLOGGED (tables that a session's several connections share, in a schema of its own)."""
     f8 = "FLOAT8"
-    if dialect.name == "duckdb":
-        C, D = config.n_embd, config.head_size
-        return [
-            "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
-            f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, x {f8}[{C}])",
-            f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, x {f8}[{C}])",
-            # the KV cache, each position's query beside its key and value (attention reads the new ones')
-            f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
-            f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
-        ]
     heads = ", ".join(f"e{d} {f8}" for d in range(1, config.head_size + 1))
     create = f"CREATE {kind} TABLE"
     return [
@@ -124,17 +130,34 @@ def state_tables(config: GPTConfig, dialect: Dialect, kind: str = "TEMP") -> lis
     ]
 
 
-def model_statements(config: GPTConfig, dialect: Dialect) -> list[Statement]:
-    """The model's stages for this config (on arrays for DuckDB, on rows for PostgreSQL; see
-    forward_stages for their order), then next, greedy, sample."""
-    if dialect.name == "duckdb":
-        stages = [embed_arrays(config, dialect), attn_qkv_arrays(config, dialect), attention_arrays(config, dialect),
-                  mlp_arrays(config, dialect), logits_arrays(config, dialect)]
-    else:
-        stages = [embed(config, dialect), attn_qkv(config, dialect), attention(config, dialect),
-                  attn_proj(config, dialect), mlp_fc(config, dialect), mlp_proj(config, dialect),
-                  logits(config, dialect)]
-    return stages + [next_tokens(dialect), greedy(), sample(dialect)]
+def array_model_statements(config: GPTConfig, d: Dialect) -> list[Statement]:
+    """DuckDB's stages for this config, on arrays (see array_forward_stages for their order), then next,
+    greedy, sample."""
+    return [embed_arrays(config, d), attn_qkv_arrays(config, d), attention_arrays(config, d),
+            mlp_arrays(config, d), logits_arrays(config, d), *pick_statements(d)]
+
+
+def row_model_statements(config: GPTConfig, d: Dialect) -> list[Statement]:
+    """PostgreSQL's stages for this config, on rows (see row_forward_stages), then next, greedy, sample."""
+    return [embed(config, d), attn_qkv(config, d), attention(config, d), attn_proj(config, d),
+            mlp_fc(config, d), mlp_proj(config, d), logits(config, d), *pick_statements(d)]
+
+
+def pick_statements(d: Dialect) -> list[Statement]:
+    """The statements that read the logits, the same on both engines: next, greedy, sample."""
+    return [next_tokens(d), greedy(), sample(d)]
+
+
+def weight_tables(config: GPTConfig) -> list[tuple[str, int]]:
+    """(table, inputs per output row) of every matrix: the embeddings and each block's linear layers."""
+    C = config.n_embd
+    return [("numgpt_wte", C), ("numgpt_wpe", C)] + [(t, a * C) for t, (_, a, _) in MATRICES.items()]
+
+
+def layer_norms(config: GPTConfig) -> list[tuple[int, str, str]]:
+    """(layer, name, parameter prefix) of every LayerNorm: ln_1, ln_2 per block, ln_f as layer n_layer."""
+    L = config.n_layer
+    return [(layer, name, f"h.{layer}.{name}") for layer in range(L) for name in ("ln_1", "ln_2")] + [(L, "ln_f", "ln_f")]
 
 
 def _with(ctes: list[tuple[str, str]]) -> str:

@@ -45,20 +45,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .dialects import ASCII_WHITE_SPACE, WHITE_SPACE, Dialect, quote
+from .dialects import Dialect
 
 CLASS_LETTER, CLASS_NUMBER, CLASS_SPACE, CLASS_OTHER = "a", "0", "\t", "!"
 SPECIALS_LAST = 2147483647   # a special token after part p sorts after every piece of part p
-
-
-def patterns(dialect: Dialect) -> tuple[str, str]:
-    """(runs of whitespace or not, GPT-2's pieces without the lookahead) for the engine's regex."""
-    if dialect.name == "duckdb":
-        ws = WHITE_SPACE
-        return (f"[{ws}]+|[^{ws}]+",
-                rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{ws}\p{{L}}\p{{N}}]+|[{ws}]+")
-    ws = ASCII_WHITE_SPACE
-    return (f"[{ws}]+|[^{ws}]+", f"'s|'t|'re|'ve|'m|'ll|'d| ?[a-zA-Z]+| ?[0-9]+| ?[^{ws}a-zA-Z0-9]+|[{ws}]+")
 
 
 def _specials_regex(specials: Sequence[str]) -> str:
@@ -68,28 +58,12 @@ def _specials_regex(specials: Sequence[str]) -> str:
 
 def _indexed(d: Dialect, lst: str, value: str, index: str) -> str:
     """A lateral table over a list: its elements `value` with their 1-based `index`."""
-    if d.name == "duckdb":
-        return f"LATERAL (SELECT unnest({lst}) AS {value}, generate_subscripts({lst}, 1) AS {index}) AS u"
-    return f"LATERAL unnest({lst}) WITH ORDINALITY AS u({value}, {index})"
-
-
-def _class_string(d: Dialect) -> str:
-    """parts(p, part) -> classes(p, part, cls): the string the patterns run on (see the docstring)."""
-    if d.name == "duckdb":
-        return "\n    SELECT p, part, part AS cls FROM parts"
-    return f"""
-    SELECT parts.p, parts.part, coalesce(string_agg(
-             CASE WHEN ascii(c.ch) < 128 THEN c.ch
-                  ELSE coalesce((SELECT CASE WHEN u.hi >= ascii(c.ch) THEN u.cls END FROM numgpt_unicode AS u
-                                 WHERE u.lo <= ascii(c.ch) ORDER BY u.lo DESC LIMIT 1), '{CLASS_OTHER}') END,
-             '' ORDER BY c.k), '') AS cls
-    FROM parts LEFT JOIN LATERAL regexp_split_to_table(parts.part, '') WITH ORDINALITY AS c(ch, k) ON TRUE
-    GROUP BY parts.p, parts.part"""
+    return "LATERAL " + d.indexed(lst, value, index)
 
 
 def tokenize_ctes(d: Dialect, specials: Sequence[str]) -> list[tuple[str, str]]:
     """The CTEs from :text to bpe(p, r, q, step, ids, rank, k) -- every merge step of every piece."""
-    runs_re, piece_re = patterns(d)
+    runs_re, piece_re = d.pretokenizer_patterns()
     if specials:
         sre = _specials_regex(specials)
         parts = f"\n    SELECT part, p FROM {_indexed(d, d.split_list(':text', sre), 'part', 'p').replace('LATERAL ', '', 1)}"
@@ -98,16 +72,14 @@ def tokenize_ctes(d: Dialect, specials: Sequence[str]) -> list[tuple[str, str]]:
     else:
         parts = "\n    SELECT CAST(:text AS " + d.text + ") AS part, 1 AS p"
         found = "\n    SELECT 1 AS p, 0 AS id WHERE 1 = 0"
-    is_ws = (f"regexp_matches(u.run, {quote('^[' + WHITE_SPACE + ']')})" if d.name == "duckdb"
-             else f"u.run ~ {quote('^[' + ASCII_WHITE_SPACE + ']')}")
     byte_ids = d.int_list("b.id ORDER BY s.k")
     n = d.list_length("bpe.ids")
     return [
         ("parts", parts),
         ("specials", found),
-        ("classes", _class_string(d)),
+        ("classes", d.class_string(CLASS_OTHER)),
         ("runs", f"""
-    SELECT c.p, CAST(u.r AS INTEGER) AS r, CAST(length(u.run) AS INTEGER) AS len, {is_ws} AS ws
+    SELECT c.p, CAST(u.r AS INTEGER) AS r, CAST(length(u.run) AS INTEGER) AS len, {d.starts_with_white_space("u.run")} AS ws
     FROM classes AS c, {_indexed(d, d.regex_list('c.cls', runs_re), 'run', 'r')}"""),
         ("run_spans", """
     SELECT p, r, len, ws, CAST(sum(len) OVER (PARTITION BY p ORDER BY r) - len + 1 AS INTEGER) AS start,

@@ -1,0 +1,201 @@
+"""DuckDB, the embedded default: DB is a file path. A connection to the file, and DuckDB's way of
+holding a model -- each weight row a fixed-size FLOAT8[n] array multiplied by array_inner_product, the
+stages on arrays (array_layers.py), a session's state in temporary tables emptied between steps."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NumgptError
+from .dialects import DuckDBDialect, quote
+from .engines import INSTALL_HINT, PARAMETER, DatabaseError, Engine, first_line, used_parameters
+from .statements import (MATRICES, array_forward_stages, array_model_statements, array_state_tables,
+                         layer_norms, weight_tables)
+
+ROW_GROUP_SIZE = 2048   # rows per row group of the weight tables (DuckDB's minimum, the vector size)
+CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_logits"]
+CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
+
+
+class DuckDBEngine(Engine):
+    name = "duckdb"
+    dialect_class = DuckDBDialect
+
+    def __init__(self, db: str, *, create: bool, threads: int | None = None):
+        try:
+            import duckdb
+        except ImportError:
+            raise NumgptError(f"the DuckDB engine needs the duckdb package: {INSTALL_HINT}") from None
+        self._duckdb = duckdb
+        self.db = str(db)
+        path = Path(db)
+        if not create and not path.is_file():
+            raise NumgptError(f"no such database: {db}; make one with `numgpt sql export --db {db}`")
+        if path.is_dir():
+            raise NumgptError(f"{db} is a folder; --db takes a DuckDB file path or a postgresql:// URL")
+        self._prepared: dict[str, str] = {}   # SQL text -> the name it is PREPAREd under
+        self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names (_stage_parameters)
+        try:
+            # subtle: attached with small row groups. DuckDB splits a scan between its threads by row
+            # group (122,880 rows by default), so a layer's weights (768-3072 rows) ran on one thread
+            # and a second core did nothing; written and read in groups of 2048 rows, the 124M logits
+            # product (wte, 50,257 rows) took 55 ms on two threads instead of 101 ms
+            # (ROW_GROUP_SIZE is an ATTACH option, so the file is attached to an in-memory database,
+            # one named instance per process: DuckDB refuses to attach a file to two instances at once,
+            # and two sessions on one file are two connections to the instance)
+            self._con = duckdb.connect(":memory:numgpt")
+            self._alias = "numgpt_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+            self._con.execute(f"ATTACH IF NOT EXISTS {quote(str(path))} AS {self._alias} "
+                              f"(ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+            self._con.execute(f"USE {self._alias}")
+            if threads:
+                self._con.execute(f"SET threads = {int(threads)}")
+        except duckdb.Error as e:
+            raise NumgptError(f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
+
+    # ---- the connection ---------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return PARAMETER.sub(r"$\1", sql)
+
+    def execute(self, sql, params=None):
+        self._run(sql, params)
+
+    def rows(self, sql, params=None):
+        return self._run(sql, params).fetchall()
+
+    def _run(self, sql, params):
+        try:
+            return self._con.execute(self._sql(sql), used_parameters(sql, params))
+        except self._duckdb.Error as e:
+            raise DatabaseError(self, e) from None
+
+    def execute_prepared(self, sql, params):
+        """SQL PREPARE once, then EXECUTE name(k := v): planning a stage took ~1 ms of its run, ~50 ms of
+        a 124M decode step (the Python API plans a statement at every execute)."""
+        name = self._prepared.get(sql)
+        try:
+            if name is None:
+                name = self._prepared[sql] = f"numgpt_stage_{len(self._prepared)}"
+                self._con.execute(f"PREPARE {name} AS {self._sql(sql)}")
+            args = ", ".join(f"{k} := {int(params[k])}" for k in self._stage_parameters(sql))
+            self._con.execute(f"EXECUTE {name}({args})" if args else f"EXECUTE {name}")
+        except self._duckdb.Error as e:
+            raise DatabaseError(self, e) from None
+
+    @contextmanager
+    def transaction(self):
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+
+    def load(self, table, columns):
+        names = [r[0] for r in self._con.execute(f"DESCRIBE {table}").fetchall()]
+        types = {r[0]: r[1] for r in self._con.execute(f"DESCRIBE {table}").fetchall()}
+        frame: dict[str, np.ndarray] = {}
+        select = []
+        for name, values in zip(names, columns.values()):
+            if values.ndim == 2:   # one fixed-size array column, built from n plain columns
+                parts = [f"{name}_{k}" for k in range(values.shape[1])]
+                frame.update({p: np.ascontiguousarray(values[:, k]) for k, p in enumerate(parts)})
+                select.append(f"CAST([{', '.join(parts)}] AS {types[name]})")
+            else:
+                frame[name] = values
+                select.append(f"CAST({name} AS {types[name]})")
+        self._con.register("numgpt_load", frame)
+        try:
+            self._con.execute(f"INSERT INTO {table} SELECT {', '.join(select)} FROM numgpt_load")
+        finally:
+            self._con.unregister("numgpt_load")
+
+    def close(self):
+        self._con.close()
+
+    def database_size(self):
+        self._con.execute(f"CHECKPOINT {self._alias}")
+        return Path(self.db).stat().st_size
+
+    # ---- the model: export ------------------------------------------------------------------------
+
+    def begin_export(self):
+        # subtle: DuckDB compresses FLOAT8 columns (ALP) when it checkpoints, and decompressing the
+        # weights at every product cost ~30% of a matrix product (3.3 ms of an 11 ms 768x3072 one,
+        # measured); uncompressed they take ~10% more space
+        self.execute("SET force_compression = 'uncompressed'")
+
+    def create_weight_tables(self, config, d):
+        for table, n_in in weight_tables(config):
+            # subtle: FLOAT8 arrays even for float32 weights (their values rounded to float32, then
+            # widened): widening FLOAT4[n] inside every product cost ~0.85 ns per weight, about 100 ms of
+            # a 124M decode step (BENCHMARKS.md), for twice the file size
+            self.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, w FLOAT8[{n_in}], b FLOAT8)")
+        C = config.n_embd
+        self.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {d.text}, weight FLOAT8[{C}], bias FLOAT8[{C}])")
+
+    def load_weights(self, params, config, d, progress):
+        f, L = d.numpy_float, config.n_layer
+        progress("embeddings")
+        for table, key in (("numgpt_wte", "wte.weight"), ("numgpt_wpe", "wpe.weight")):
+            rows = params[key]
+            self.load(table, {"layer": np.zeros(len(rows), np.int32), "j": np.arange(len(rows), dtype=np.int32),
+                              "w": np.asarray(rows, f).astype(np.float64), "b": np.zeros(len(rows))})
+        for table, (name, _, _) in MATRICES.items():
+            progress(f"{table} ({L} blocks)")
+            self._load_interleaved(table, [params[f"h.{layer}.{name}.weight"].T for layer in range(L)],
+                                   [params[f"h.{layer}.{name}.bias"] for layer in range(L)], f)
+        for layer, name, key in layer_norms(config):   # one row per LayerNorm, weight and bias as FLOAT8[C]
+            self.load("numgpt_ln", {"layer": np.array([layer], np.int32), "name": np.array([name], object),
+                                    "weight": params[key + ".weight"].astype(np.float64)[None],
+                                    "bias": params[key + ".bias"].astype(np.float64)[None]})
+
+    def _load_interleaved(self, table: str, rows: list[np.ndarray], biases: list[np.ndarray], f,
+                          parts: int = 6) -> None:
+        """Every layer's rows [n_out, n_in] of one matrix, in an order that spreads each layer over
+        several row groups. DuckDB shares a scan between threads by row group (ROW_GROUP_SIZE rows), and
+        a stage reads one layer: stored layer after layer, a layer's 3072 c_fc rows filled one and a half
+        groups, one thread doing twice the other's work. Here each layer is cut into `parts` blocks of j
+        and the blocks of G layers alternate, (layer // G, j // block, layer, j), G * block ~ a row
+        group: each group holds one block of G layers, so a layer's rows are spread evenly over `parts`
+        groups (measured, 124M c_fc: 6.8 ms -> 4.9 ms on two threads)."""
+        n_out = rows[0].shape[0]
+        block = -(-n_out // parts)
+        G = max(1, ROW_GROUP_SIZE // block)
+        for first in range(0, len(rows), G):
+            layers = range(first, min(first + G, len(rows)))
+            order = [(layer, lo) for lo in range(0, n_out, block) for layer in layers]
+            w = np.concatenate([np.asarray(rows[layer][lo:lo + block], f).astype(np.float64) for layer, lo in order])
+            b = np.concatenate([np.asarray(biases[layer][lo:lo + block], np.float64) for layer, lo in order])
+            layer_col = np.concatenate([np.full(min(block, n_out - lo), layer, np.int32) for layer, lo in order])
+            j = np.concatenate([np.arange(lo, min(lo + block, n_out), dtype=np.int32) for _, lo in order])
+            self.load(table, {"layer": layer_col, "j": j, "w": w, "b": b})
+
+    def export_label(self):
+        return f"duckdb {self.db}"
+
+    # ---- the model: a session ---------------------------------------------------------------------
+
+    def model_statements(self, config, d):
+        return array_model_statements(config, d)
+
+    def forward_stages(self, config):
+        return array_forward_stages(config)
+
+    def state_tables(self, config, shared):
+        return array_state_tables(config)
+
+    def clear_sequence(self):
+        for sql in CLEAR_SEQUENCE + CLEAR_STEP:
+            self.execute(sql)
+
+    def clear_step(self, past):
+        for sql in CLEAR_STEP:
+            self.execute(sql)
+

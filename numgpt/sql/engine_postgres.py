@@ -1,0 +1,274 @@
+"""PostgreSQL: DB is a postgresql:// or postgres:// URL (psycopg 3). A connection to the server, and
+PostgreSQL's way of holding a model -- each weight row *wide* (one column per input, at most WIDE_MAX,
+dialects.py), the stages on rows (layers.py), a session's state keyed by position, in temporary tables
+or, when several connections split each product, UNLOGGED tables of a schema made for the session."""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..errors import NumgptError
+from .dialects import PostgresDialect, chunk_width
+from .engines import INSTALL_HINT, PARAMETER, DatabaseError, Engine, first_line, shown, used_parameters
+from .statements import (MATRICES, layer_norms, row_forward_stages, row_model_statements, row_state_tables,
+                         weight_tables)
+
+STATE = ["numgpt_seq", "numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q", "numgpt_kv",
+         "numgpt_logits"]
+STEP_STATE = ["numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q"]
+CLEANUP_EVERY = 32   # decode steps between dropping the rows of old positions
+RUN_SCHEMA = "numgpt_run_"   # + the backend pid + random hex: a multi-connection session's state
+
+
+class PostgresEngine(Engine):
+    name = "postgresql"
+    dialect_class = PostgresDialect
+    default_connections = 2   # a server runs one statement on one core: two connections, two cores
+
+    def __init__(self, db: str):
+        try:
+            import psycopg
+        except ImportError:
+            raise NumgptError(f"the PostgreSQL engine needs psycopg 3: {INSTALL_HINT}") from None
+        self._psycopg = psycopg
+        self.db = str(db)
+        self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names (_stage_parameters)
+        self._placeholders: dict[str, str] = {}  # SQL text -> its psycopg form, for the prepared stages
+        self.run_schema: str | None = None
+        self._steps_since_cleanup = 0
+        try:
+            self._con = psycopg.connect(self.db, autocommit=True, connect_timeout=10)
+        except psycopg.ProgrammingError as e:
+            raise NumgptError(f"not a valid PostgreSQL URL: {shown(db)} ({first_line(e)})") from None
+        except psycopg.Error as e:
+            raise NumgptError(f"cannot connect to PostgreSQL at {shown(db)}: {first_line(e)}") from None
+        # jit recompiles the long wide-row expressions on every execution; the session's work is small
+        # enough that it only costs (measured: BENCHMARKS.md)
+        self._con.execute("SET jit = off")
+        # subtle: the session's state tables are temporary, so autovacuum never gathers their statistics,
+        # and without them the planner picks nested loops for the equi-joins of attention (100x slower)
+        self._con.execute("SET enable_nestloop = off")
+        # the stages are planned once (server-side prepared, below) and the plan kept: a custom plan per
+        # execution spent up to 66 ms planning a 124M stage, more than running it
+        self._con.execute("SET plan_cache_mode = force_generic_plan")
+        # sorts and hashes of a step (x's chunks, the 124M logits) stay in memory instead of on disk
+        self._con.execute("SET work_mem = '256MB'")
+
+    # ---- the connection ---------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return PARAMETER.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+    def execute(self, sql, params=None):
+        self._run(sql, params, fetch=False)
+
+    def rows(self, sql, params=None):
+        return self._run(sql, params, fetch=True)
+
+    def execute_prepared(self, sql, params):
+        """Server-side prepared (psycopg's prepare=True) with a generic plan (see __init__); the text's
+        psycopg form and its parameters are worked out once per statement."""
+        text = self._placeholders.get(sql)
+        if text is None:
+            text = self._placeholders[sql] = self._sql(sql)
+        try:
+            self._con.execute(text, {k: params[k] for k in self._stage_parameters(sql)}, prepare=True)
+        except self._psycopg.OperationalError as e:
+            raise NumgptError(f"the PostgreSQL connection to {shown(self.db)} failed: {first_line(e)}") from None
+        except self._psycopg.Error as e:
+            raise DatabaseError(self, e) from None
+
+    def _run(self, sql, params, *, fetch, prepare=None):
+        try:
+            cur = self._con.execute(self._sql(sql), used_parameters(sql, params), prepare=prepare)
+            return cur.fetchall() if fetch else None
+        except self._psycopg.OperationalError as e:
+            raise NumgptError(f"the PostgreSQL connection to {shown(self.db)} failed: {first_line(e)}") from None
+        except self._psycopg.Error as e:
+            raise DatabaseError(self, e) from None
+
+    @contextmanager
+    def transaction(self):
+        with self._con.transaction():
+            yield
+
+    def load(self, table, columns):
+        """COPY ... FROM STDIN in PostgreSQL's binary format, built by numpy (no per-value Python);
+        columns of Python objects (text, bytes) go as COPY's text rows instead."""
+        if any(v.dtype == object or v.dtype.kind == "U" for v in columns.values()):
+            with self._con.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+                for row in zip(*(v.tolist() for v in columns.values())):
+                    copy.write_row(row)
+            return
+        fields = []
+        for values in columns.values():
+            values = values if values.ndim == 2 else values[:, None]
+            fields.extend(values[:, k] for k in range(values.shape[1]))
+        n = len(fields[0])
+        dtype = [("count", ">i2")]
+        for k, f in enumerate(fields):
+            if f.dtype.kind in "iu":
+                code = ">i4"
+            elif f.dtype == np.float32:
+                code = ">f4"
+            elif f.dtype == np.float64:
+                code = ">f8"
+            else:
+                raise TypeError(f"binary COPY of {f.dtype} is not written here")
+            dtype += [(f"len{k}", ">i4"), (f"v{k}", code)]
+        rows = np.empty(n, dtype=dtype)
+        rows["count"] = len(fields)
+        for k, f in enumerate(fields):
+            rows[f"len{k}"] = rows.dtype[f"v{k}"].itemsize
+            rows[f"v{k}"] = f
+        header = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+        with self._con.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(header)
+            step = max(1, (1 << 24) // rows.dtype.itemsize)
+            for start in range(0, n, step):
+                copy.write(rows[start:start + step].tobytes())
+            copy.write((-1).to_bytes(2, "big", signed=True))
+
+    def close(self):
+        try:
+            if self.run_schema is not None:
+                self.execute(f'DROP SCHEMA IF EXISTS "{self.run_schema}" CASCADE')
+        except NumgptError:
+            pass   # a connection already gone: the next multi-connection session drops the schema
+        finally:
+            self._con.close()
+
+    def database_size(self):
+        return int(self.rows("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class AS c "
+                             "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                             "WHERE c.relname LIKE 'numgpt%' AND c.relkind = 'r' AND n.nspname = current_schema()")[0][0] or 0)
+
+    # ---- the model: export ------------------------------------------------------------------------
+
+    def create_weight_tables(self, config, d):
+        for table, n_in in weight_tables(config):
+            k = chunk_width(n_in)
+            cols = ", ".join(f"c{n} {d.float_type}" for n in range(1, k + 1))
+            self.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, {cols})")
+        self.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {d.text}, i INTEGER, weight FLOAT8, bias FLOAT8)")
+
+    def load_weights(self, params, config, d, progress):
+        f, C, L = d.numpy_float, config.n_embd, config.n_layer
+        progress("embeddings")
+        self._load_matrix("numgpt_wte", 0, params["wte.weight"], None, f)
+        self._load_matrix("numgpt_wpe", 0, params["wpe.weight"], None, f)
+        for layer in range(L):
+            progress(f"block {layer + 1}/{L}")
+            for table, (name, _, _) in MATRICES.items():
+                weight = params[f"h.{layer}.{name}.weight"]                       # [in, out]
+                self._load_matrix(table, layer, weight.T, params[f"h.{layer}.{name}.bias"], f)
+        for layer, name, key in layer_norms(config):   # one row per element
+            self.load("numgpt_ln", {"layer": np.full(C, layer, np.int32), "name": np.array([name] * C, object),
+                                    "i": np.arange(C, dtype=np.int32),
+                                    "weight": params[key + ".weight"].astype(np.float64),
+                                    "bias": params[key + ".bias"].astype(np.float64)})
+
+    def _load_matrix(self, table: str, layer: int, rows: np.ndarray, bias, f) -> None:
+        """rows [n_out, n_in] (output j's weights over the inputs, W^T of an [in, out] weight) as wide
+        rows of chunk_width(n_in) columns, the bias in chunk 0's row."""
+        n_out, n_in = rows.shape
+        bias = np.zeros(n_out) if bias is None else np.asarray(bias, np.float64)
+        j = np.arange(n_out, dtype=np.int32)
+        k = chunk_width(n_in)
+        chunks = n_in // k
+        wide = np.asarray(rows, f).reshape(n_out * chunks, k)                  # [n_out, n_in] -> [n_out * chunks, K]
+        chunk = np.tile(np.arange(chunks, dtype=np.int32), n_out)
+        self.load(table, {"layer": np.full(n_out * chunks, layer, np.int32), "j": np.repeat(j, chunks),
+                          "chunk": chunk, "b": np.where(chunk == 0, np.repeat(bias, chunks), 0.0), "c": wide})
+
+    def index_weights(self):
+        # a product reads one layer's rows of one chunk, outputs :lo .. :hi (and embed one token's row):
+        # without an index PostgreSQL scanned all n_layer layers' wide rows for each product (32 ms of a
+        # 124M c_fc), and all of wte for one id
+        for table in ["numgpt_wte", *MATRICES]:
+            self.execute(f"CREATE INDEX {table}_layer_chunk_j ON {table} (layer, chunk, j)")
+        for table in ["numgpt_wte", "numgpt_wpe"]:
+            self.execute(f"CREATE INDEX {table}_layer_j ON {table} (layer, j)")
+        self.execute("CREATE INDEX numgpt_ln_layer_i ON numgpt_ln (layer, i)")
+
+    def finish_export(self, tables, progress):
+        # subtle: done here, not left to autovacuum: a fresh bulk load is vacuumed (and every row's
+        # hint bits written) by the first scans and by autovacuum, which ran on the second core
+        # through the first minutes of generation (a 124M step: 1.0 s instead of 0.9 s)
+        progress("vacuum and analyze")
+        for table in tables:
+            self.execute(f"VACUUM (ANALYZE) {table}")
+
+    def export_label(self):
+        return "postgresql database"
+
+    # ---- the model: a session ---------------------------------------------------------------------
+
+    def model_statements(self, config, d):
+        return row_model_statements(config, d)
+
+    def forward_stages(self, config):
+        return row_forward_stages(config)
+
+    def open_workers(self, count):
+        """A schema of the session's own for state that several connections share, and the other
+        connections, all with it first on their search_path; none where the role may not create a
+        schema or the server takes no more connections. Schemas left by sessions whose server process
+        is gone are dropped first."""
+        if count < 1:
+            return []
+        self._drop_stale_schemas()
+        pid = int(self.rows("SELECT pg_backend_pid()")[0][0])
+        name = f"{RUN_SCHEMA}{pid}_{secrets.token_hex(4)}"
+        try:
+            self.execute(f'CREATE SCHEMA "{name}"')
+        except NumgptError:
+            return []
+        original = self.rows("SELECT current_setting('search_path')")[0][0]
+        path = f'"{name}", {original}'
+        workers: list[Engine] = []
+        try:
+            for _ in range(count):
+                workers.append(PostgresEngine(self.db))
+                workers[-1].execute(f"SET search_path TO {path}")
+        except NumgptError:   # e.g. the server's max_connections reached: one connection, temporary tables
+            for worker in workers:
+                worker.close()
+            self.execute(f'DROP SCHEMA "{name}" CASCADE')
+            return []
+        self.execute(f"SET search_path TO {path}")
+        self.run_schema = name
+        return workers
+
+    def _drop_stale_schemas(self) -> None:
+        stale = self.rows("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, :prefix) AND NOT EXISTS "
+                          "(SELECT 1 FROM pg_stat_activity WHERE pid::text = split_part(nspname, '_', 3))",
+                          {"prefix": RUN_SCHEMA})
+        for (name,) in stale:
+            try:
+                self.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            except NumgptError:
+                pass   # another role's: not ours to drop
+
+    def state_tables(self, config, shared):
+        return row_state_tables(config, "UNLOGGED" if shared else "TEMP")
+
+    def clear_sequence(self):
+        self.execute(f"TRUNCATE {', '.join(STATE)}")
+        self._steps_since_cleanup = 0
+
+    def clear_step(self, past):
+        """The state is keyed by position and read with t >= :past, so nothing is deleted between steps:
+        emptying it (TRUNCATE) would make every prepared stage plan again (~10 ms each), and DELETE
+        leaves dead rows. Rows of old positions are deleted and vacuumed every CLEANUP_EVERY steps;
+        only the logits are emptied every step."""
+        self._steps_since_cleanup += 1
+        if self._steps_since_cleanup > CLEANUP_EVERY:
+            for table in STEP_STATE:
+                self.execute(f"DELETE FROM {table} WHERE t < :past", {"past": past})
+                self.execute(f"VACUUM {table}")
+            self._steps_since_cleanup = 0
+        self.execute("TRUNCATE numgpt_logits")
