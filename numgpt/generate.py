@@ -6,9 +6,10 @@ Two layers, each usable alone:
   per prompt -- the cache rows are repeated afterwards), then per step pick every running sequence's next
   token (sampling.py) and feed it back. It is a generator that yields each step's tokens and receives the
   sequences to stop, so the stopping rules live outside the loop.
-- `stream_completions` / `generate_completions` work on text: tokenize, run `decode_steps`, decode with
-  the tokenizer's UTF-8-safe stream decoder, stop at `<|endoftext|>` and at stop strings, and hand out
-  text pieces as soon as they can no longer become part of a stop string.
+- `stream_completions` / `generate_completions` work on text: tokenize, run `decode_steps`, and give each
+  sequence a Finisher (numgpt/finish.py, the one end rule the server and the SQL session use too): it
+  decodes with the tokenizer's UTF-8-safe stream decoder, ends at `<|endoftext|>`, at stop strings, at
+  max_new_tokens or on cancel, and hands out text as soon as it can no longer be part of a stop string.
 
 Stop strings are matched on the decoded text of the completion only (not across the end of the prompt:
 transformers' StopStringCriteria also looks back into the prompt), so one may span several generated
@@ -40,69 +41,111 @@ Shape legend: B prompts (or running rows), N sequences (prompts x samples), T ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from typing import NamedTuple
-
 from .config import GPTConfig
 from .errors import NumgptError, whole_number
+from .finish import Finisher, TextStopper  # noqa: F401 -- TextStopper: sql/session.py imports it from here
 from .kvcache import KVCache
 from .model import check_context, check_finite_logits, forward
 from .ops import log_softmax
 from .params import Params
-from .sampling import SamplingOptions, next_tokens
+from .sampling import SamplingOptions, UnknownOptionError, next_tokens, option, options_from_mapping
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 PAD_ID = 0  # the id written into left padding; any valid id works, the attention mask hides it
 
 
+def unescape(text: str) -> str:
+    """'\\n' and '\\t' typed on a command line -> newline and tab (a stop string given as a flag)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
-    """What to generate; checked at construction (NumgptError with one line).
+    """What to generate; checked at construction (NumgptError with one line naming the field).
+
+    Build it from keyword arguments, or from one flat mapping of its fields and SamplingOptions' with
+    `GenerationOptions.from_mapping` (what LanguageModel's **options, the CLI's flags and a request body
+    go through); `as_mapping` is the inverse.
 
     max_new_tokens: at most this many new tokens per sequence.
-    sampling: how each token is picked (greedy, temperature, top-k, top-p, repetition penalty).
+    sampling: how each token is picked (greedy, temperature, top-k, top-p, repetition penalty...).
     stop: strings that end a completion (not included in it); matched in the completion only.
     stop_at_eos: end a completion at the end-of-text token (not included in it).
     num_return_sequences: samples per prompt.
     seed: makes sampling reproducible (see the module docstring for what is guaranteed).
     sliding_window: continue past the context size by re-prefilling the last tokens (see above).
-    window_stride: tokens dropped per slide; 0 means n_positions // 2.
+    window_stride: tokens dropped per slide (with sliding_window); None means n_positions // 2.
     logprobs: report each new token's log-probability and this many top alternatives (0 = none).
     """
 
-    max_new_tokens: int = 64
+    max_new_tokens: int = option(64, "new tokens at most, per sample", metavar="N", short="-n")
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
-    stop: tuple[str, ...] = ()
-    stop_at_eos: bool = True
-    num_return_sequences: int = 1
-    seed: int | None = None
-    sliding_window: bool = False
-    window_stride: int = 0
-    logprobs: int = 0
+    stop: tuple[str, ...] = option((), "end at this text, not printed; matched in the new text only, not "
+                                   "across the end of the prompt (repeatable; \\n and \\t escapes are "
+                                   "understood)", metavar="TEXT", parse=unescape)
+    stop_at_eos: bool = option(True, "do not stop at <|endoftext|>", flag="--ignore-eos")
+    num_return_sequences: int = option(1, "independent samples of each prompt", metavar="N", flag="--num-samples")
+    seed: int | None = option(None, "make sampling reproducible", metavar="S")
+    sliding_window: bool = option(False, "go past the context size by re-reading the last tokens when it fills")
+    window_stride: int | None = option(None, "with --sliding-window: tokens dropped each time the window "
+                                       "slides, 1..n_positions-1; default n_positions / 2", metavar="S")
+    logprobs: int = field(default=0)
 
     def __post_init__(self) -> None:
         whole_number("max_new_tokens", self.max_new_tokens, minimum=0)
         whole_number("num_return_sequences", self.num_return_sequences, minimum=1)
         if not isinstance(self.sampling, SamplingOptions):
             raise NumgptError(f"sampling must be a SamplingOptions, got {type(self.sampling).__name__}")
+        if self.stop is None:
+            object.__setattr__(self, "stop", ())
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         if not isinstance(self.stop, (tuple, list)):
             raise NumgptError(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
         if any(not isinstance(s, str) or not s for s in self.stop):
-            raise NumgptError(f"stop strings must be non-empty strings, got {self.stop!r}")
-        whole_number("window_stride", self.window_stride, minimum=0, extra=" (0 = n_positions // 2)")
+            raise NumgptError(f"stop must hold non-empty strings, got {self.stop!r}")
         if self.seed is not None:
             whole_number("seed", self.seed, minimum=0)
         whole_number("logprobs", self.logprobs, minimum=0)
         for name in ("stop_at_eos", "sliding_window"):
             if not isinstance(getattr(self, name), bool):
                 raise NumgptError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.window_stride is not None:
+            whole_number("window_stride", self.window_stride, minimum=1, extra=" (tokens dropped per slide)")
+            if not self.sliding_window:
+                raise NumgptError("window_stride applies only with sliding_window=True; add it, or drop "
+                                  "window_stride")
+
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any]) -> "GenerationOptions":
+        """GenerationOptions from one flat mapping of its fields and SamplingOptions' (temperature=...,
+        max_new_tokens=...), each checked; an unknown key is refused by name (UnknownOptionError)."""
+        if not isinstance(given, Mapping):
+            return options_from_mapping(cls, given, "generation")       # the one message for a non-mapping
+        own = {f.name for f in fields(cls)} - {"sampling"}
+        sampling_keys = {f.name for f in fields(SamplingOptions)}
+        unknown = sorted(set(given) - own - sampling_keys, key=str)
+        if unknown:
+            known = [f.name for f in fields(cls) if f.name != "sampling"] + sorted(sampling_keys, key=list(
+                f.name for f in fields(SamplingOptions)).index)
+            raise UnknownOptionError(f"unknown generation option {unknown[0]!r}; the options are "
+                                     f"{', '.join(known)}")
+        sampling = SamplingOptions(**{k: v for k, v in given.items() if k in sampling_keys})
+        return cls(**{k: v for k, v in given.items() if k in own}, sampling=sampling)
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The flat mapping of the options that differ from the defaults (from_mapping's inverse)."""
+        out = self.sampling.as_mapping()
+        out.update({f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name != "sampling" and getattr(self, f.name) != f.default})
+        return out
 
 
 class TokenLogprob(NamedTuple):
@@ -136,7 +179,7 @@ class Completion:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "length" (max_new_tokens), "eos" (end-of-text), "stop" (a stop string), "cancelled"
+    finish_reason: str  # one of finish.FINISH_REASONS: "length", "eos", "stop", "cancelled"
     prompt_index: int
     logprobs: list[TokenLogprob] | None = None  # per entry of token_ids, when options.logprobs > 0
 
@@ -169,13 +212,21 @@ def sample_rng(seed: int, j: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
 
 
-def window_size(config: GPTConfig, stride: int) -> int:
-    """Tokens kept when the window slides: n_positions - stride (stride 0 = n_positions // 2)."""
+def window_size(config: GPTConfig, stride: int | None) -> int:
+    """Tokens kept when the window slides: n_positions - stride (stride None = n_positions // 2)."""
     stride = stride or config.n_positions // 2
     if not 0 < stride < config.n_positions:
         raise NumgptError(f"window_stride must be between 1 and {config.n_positions - 1} "
                           f"(n_positions - 1), got {stride}")
     return config.n_positions - stride
+
+
+def check_room(config: GPTConfig, prompt_tokens: int, max_new_tokens: int) -> None:
+    """The context rule for generation (model.check_context), its advice in this API's terms."""
+    room = config.n_positions - prompt_tokens
+    fix = (f"lower max_new_tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt") \
+        + " or pass sliding_window=True"
+    check_context(config, prompt_tokens, max_new_tokens, fix=fix)
 
 
 def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
@@ -198,7 +249,7 @@ def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]],
 
 def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
-                 num_return_sequences: int = 1, sliding_window: bool = False, window_stride: int = 0,
+                 num_return_sequences: int = 1, sliding_window: bool = False, window_stride: int | None = None,
                  progress: Progress | None = None) -> Iterator["Step"]:
     """Generate token by token; a generator speaking a small protocol:
 
@@ -218,7 +269,7 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         prompts = [p if len(p) <= config.n_positions else p[-keep:] for p in prompts]
         max_len = config.n_positions
     else:
-        check_context(config, max(len(p) for p in prompts), max_new_tokens)
+        check_room(config, max(len(p) for p in prompts), max_new_tokens)
         max_len = max(len(p) for p in prompts) + max_new_tokens - 1  # the last new token is never fed
     sequences = [list(map(int, p)) for p in prompts for _ in range(n)]  # prompt + generated, per sequence
     cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
@@ -260,7 +311,7 @@ class Step(NamedTuple):
 def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, seed: int | None = None,
                  num_return_sequences: int = 1, stop_ids: Sequence[int] = (), sliding_window: bool = False,
-                 window_stride: int = 0) -> list[list[int]]:
+                 window_stride: int | None = None) -> list[list[int]]:
     """The new token ids of every sequence (prompt-major), without text: stops only at `stop_ids`
     (which are included). The ids-level twin of `generate_completions`."""
     rngs = None if sampling.greedy else sequence_rngs(len(prompts), num_return_sequences, seed)
@@ -281,52 +332,6 @@ def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
 
 # ---------------------------------------------------------------------------------------------------
 # text level
-
-
-class TextStopper:
-    """One sequence's text: decodes its tokens UTF-8-safely, finds stop strings, and releases only text
-    that can no longer turn into the start of a stop string."""
-
-    def __init__(self, decoder, stop: Sequence[str]):
-        self.decoder = decoder
-        self.stop = tuple(stop)
-        self.text = ""        # decoded so far, cut before a stop string once one is found
-        self.released = 0     # len of text already handed out
-        self.finished = False
-
-    def push(self, token_id: int) -> None:
-        """Add one token's text; mark finished if a stop string is now complete."""
-        self._append(self.decoder.push(token_id))
-
-    def flush(self) -> None:
-        """End of generation: decode any bytes held back for an incomplete character."""
-        if not self.finished:
-            self._append(self.decoder.flush())
-
-    def _append(self, piece: str) -> None:
-        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            self.text = self.text[:min(hits)]  # drop the stop string and everything after it
-            self.finished = True
-
-    def release(self) -> str:
-        """Text that is final now: all of it once finished, else all but a possible stop-string prefix."""
-        end = len(self.text) if self.finished else len(self.text) - self._held_back()
-        piece = self.text[self.released:end]
-        self.released = max(self.released, end)
-        return piece
-
-    def _held_back(self) -> int:
-        """Length of the longest end of the text that is a proper prefix of some stop string."""
-        longest = 0
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(self.text)), longest, -1):
-                if self.text.endswith(s[:k]):
-                    longest = k
-                    break
-        return longest
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -352,11 +357,11 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
     prompt_ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     n = options.num_return_sequences
     rngs = None if options.sampling.greedy else sequence_rngs(len(prompts), n, options.seed)
-    texts = [TextStopper(tokenizer.stream_decoder(), options.stop) for _ in range(len(prompts) * n)]
-    token_ids: list[list[int]] = [[] for _ in texts]
-    logprobs: list[list[TokenLogprob]] = [[] for _ in texts]
-    reasons = ["length"] * len(texts)
     eos = tokenizer.eot_id if options.stop_at_eos else None
+    finishers = [Finisher(tokenizer.stream_decoder(), max_new_tokens=options.max_new_tokens, stop=options.stop,
+                          eos_id=eos) for _ in range(len(prompts) * n)]
+    token_ids: list[list[int]] = [[] for _ in finishers]
+    logprobs: list[list[TokenLogprob]] = [[] for _ in finishers]
     steps = decode_steps(params, config, prompt_ids, max_new_tokens=options.max_new_tokens,
                          sampling=options.sampling, rngs=rngs, num_return_sequences=n,
                          sliding_window=options.sliding_window, window_stride=options.window_stride,
@@ -365,9 +370,8 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
     while True:
         if cancel is not None and cancel():
             steps.close()
-            for i, text in enumerate(texts):
-                if not text.finished:
-                    reasons[i] = "cancelled"
+            for f in finishers:
+                f.poll(cancelled=True)
             break
         try:
             running, tokens, logits = steps.send(stopped)
@@ -377,32 +381,25 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
                   else [None] * len(tokens))
         stopped = []
         for i, t, lp in zip(running.tolist(), tokens.tolist(), chosen):
-            if t == eos:
-                texts[i].flush()
-                texts[i].finished, reasons[i] = True, "eos"
-                lp = None
-            else:
+            f = finishers[i]
+            if f.add(t):
                 token_ids[i].append(t)
                 if lp is not None:
                     logprobs[i].append(lp)
-                texts[i].push(t)
-                if texts[i].finished:
-                    reasons[i] = "stop"
-            if texts[i].finished:
+            else:
+                lp = None                                   # the end-of-text token is not reported
+            if f.reason is not None:
                 stopped.append(i)
-            yield Piece(i, texts[i].release(), lp)
-    for i, text in enumerate(texts):
-        text.flush()
-        if text.finished and reasons[i] == "length":
-            reasons[i] = "stop"  # a stop string completed by the final flush
-        text.finished = True
-        piece = text.release()
+            yield Piece(i, f.release(), lp)
+    for i, f in enumerate(finishers):
+        f.end("length")                                     # no-op: every sequence has its reason by now
+        piece = f.release()
         if piece:
             yield Piece(i, piece, None)
     if completions is not None:
-        completions.extend(Completion(text=t.text, token_ids=ids, finish_reason=r, prompt_index=i // n,
+        completions.extend(Completion(text=f.text, token_ids=ids, finish_reason=f.reason, prompt_index=i // n,
                                       logprobs=lps if options.logprobs else None)
-                           for i, (t, ids, r, lps) in enumerate(zip(texts, token_ids, reasons, logprobs)))
+                           for i, (f, ids, lps) in enumerate(zip(finishers, token_ids, logprobs)))
 
 
 def generate_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str | Sequence[int]],

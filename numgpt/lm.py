@@ -25,7 +25,6 @@ a running batch between steps (generate.decode_steps takes the ones to stop) and
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,10 +39,10 @@ from .config import GPTConfig
 from .errors import NumgptError, describe, whole_number
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
                        generate_completions, stream_completions, token_logprob_rows, top_logprobs)
-from .model import check_finite_logits, forward
+from .model import check_context, check_finite_logits, forward
 from .ops import softmax
 from .params import Params
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, UnknownOptionError  # noqa: F401 -- importable from here as before
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
 Prompt = str | Sequence[int]   # text, or token ids
@@ -135,6 +134,7 @@ class LanguageModel:
         predicted from <|endoftext|>)."""
         top = whole_number("top", top, minimum=1)
         ids = encode_prompt(self.tokenizer, _text("prompt", prompt))
+        check_context(self.config, len(ids), fix="shorten the prompt")
         logits = forward(self.params, self.config, np.asarray([ids]))          # [1, T] -> [1, V]
         check_finite_logits(logits, self.params)
         probs = softmax(logits[0].astype(np.float64))                          # [V]
@@ -273,33 +273,14 @@ def _token_ids(name: str, ids: object, vocab_size: int | None = None, *, allow_e
     return out
 
 
-class UnknownOptionError(NumgptError, TypeError):
-    """A misspelt keyword option: a TypeError, as Python raises for any unknown keyword, and a NumgptError."""
-
-
 def checked_options(options: dict[str, Any]) -> GenerationOptions:
-    """`generation_options(**options)`, with an unknown option name a NumgptError listing the known ones."""
-    known = inspect.signature(generation_options).parameters
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise UnknownOptionError(f"unknown generation option {unknown[0]!r}; the options are {', '.join(known)}")
-    return generation_options(**options)
+    """LanguageModel's **options as GenerationOptions (`GenerationOptions.from_mapping`: an unknown name is an
+    UnknownOptionError, a NumgptError and a TypeError, listing the known ones)."""
+    return GenerationOptions.from_mapping(options)
 
 
-def generation_options(*, max_new_tokens: int = 64, do_sample: bool = True, temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                       num_return_sequences: int = 1, seed: int | None = None,
-                       stop: str | Sequence[str] | None = None, stop_at_eos: bool = True,
-                       sliding_window: bool = False, window_stride: int = 0, logprobs: int = 0,
-                       min_p: float = 0.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                       logit_bias: dict[int, float] | None = None) -> GenerationOptions:
-    """GenerationOptions from transformers-style keyword arguments (plus OpenAI's presence_penalty,
-    frequency_penalty and logit_bias); unknown names are a TypeError."""
-    sampling = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, do_sample=do_sample, min_p=min_p,
-                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                               logit_bias=tuple((logit_bias or {}).items()))
-    stop = () if stop is None else stop
-    return GenerationOptions(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
-                             stop_at_eos=stop_at_eos, num_return_sequences=num_return_sequences, seed=seed,
-                             sliding_window=sliding_window, window_stride=window_stride, logprobs=logprobs)
+def generation_options(**options: Any) -> GenerationOptions:
+    """GenerationOptions from transformers-style keyword arguments (max_new_tokens, do_sample, temperature,
+    top_k, top_p, repetition_penalty, num_return_sequences, seed, stop, stop_at_eos, sliding_window,
+    window_stride, logprobs, plus OpenAI's min_p, presence_penalty, frequency_penalty and logit_bias)."""
+    return GenerationOptions.from_mapping(options)

@@ -20,8 +20,9 @@ Shapes: B batch (sequences), V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,53 @@ from .ops import softmax
 FILTERED = -np.inf  # the logit of a token a rule has removed: probability exactly 0, never NaN
 
 
+def option(default: Any = MISSING, help: str = "", *, metavar: str | None = None, flag: str | None = None,
+           short: str | None = None, parse: Callable[[str], Any] | None = None, sampling_only: bool = False,
+           default_factory: Any = MISSING) -> Any:
+    """A dataclass field that also carries what a command line needs to offer it (numgpt/cli/options.py
+    builds the decoding flags from these, so each option is defined once, as llama.cpp's common/arg.cpp).
+
+    help: what it does (the CLI adds the default). flag: the flag if not --field-name; for a bool whose
+    flag turns it off (--greedy for do_sample) the flag sets the opposite of the default. short: e.g. -n.
+    parse: for a tuple field, turns one repeated flag's text into one item. sampling_only: no effect
+    under greedy decoding (a sampling rule). A field made with plain `field()` has no flag.
+    """
+    metadata = {"help": help, "metavar": metavar, "flag": flag, "short": short, "parse": parse,
+                "sampling_only": sampling_only}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def parse_logit_bias(given: str) -> tuple[int, float]:
+    """'ID=BIAS' (a command line's spelling of one logit_bias entry) as (id, bias); the ranges are
+    SamplingOptions' to check."""
+    token, _, bias = given.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise NumgptError(f"logit_bias must be ID=BIAS such as 321=-100, got {given!r}") from None
+
+
+class UnknownOptionError(NumgptError, TypeError):
+    """A misspelt option name: a TypeError, as Python raises for any unknown keyword, and a NumgptError."""
+
+
+def options_from_mapping(cls: type, given: Mapping[str, Any], what: str, **nested: Any) -> Any:
+    """cls(**given) with every key checked against cls's fields first (`nested` are fields already built,
+    such as GenerationOptions' sampling): the one way options are read from keyword arguments, a
+    request body or parsed flags. An unknown key is an UnknownOptionError naming it and the known ones."""
+    if not isinstance(given, Mapping):
+        raise NumgptError(f"{what} options must be a mapping of option name -> value, got {describe(given)}")
+    known = [f.name for f in fields(cls) if f.name not in nested]
+    unknown = sorted(set(given) - set(known), key=str)
+    if unknown:
+        raise UnknownOptionError(f"unknown {what} option {unknown[0]!r}; the options are {', '.join(known)}")
+    return cls(**given, **nested)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How to pick the next token from the logits; checked at construction.
+    """How to pick the next token from the logits; checked at construction (one-line NumgptError naming
+    the field). Build it from keyword arguments, or from any mapping with `SamplingOptions.from_mapping`.
 
     temperature: divide the logits by it (< 1 sharper, > 1 flatter); 0 means greedy.
     top_k: keep the k most likely tokens (ties at the k-th logit are kept, as in transformers); 0 = off.
@@ -45,18 +90,34 @@ class SamplingOptions:
     min_p: keep the tokens whose probability is >= min_p times the most likely one's; 0 = off.
     presence_penalty, frequency_penalty: OpenAI's, in [-2, 2]; subtracted from a token's logit once if it
         occurs in the generated text / once per occurrence; 0 = off.
-    logit_bias: (token id, bias) pairs added to those logits (OpenAI's, bias in [-100, 100]).
+    logit_bias: (token id, bias) pairs added to those logits (OpenAI's, bias in [-100, 100]); a dict
+        {id: bias} is accepted too.
     """
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    do_sample: bool = True
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    temperature: float = option(1.0, "< 1 sharper, > 1 flatter, 0 = greedy", metavar="T", sampling_only=True)
+    top_k: int = option(0, "sample from the K most likely; 0 = off", metavar="K", sampling_only=True)
+    top_p: float = option(1.0, "sample from the smallest set with probability >= P, in (0, 1]; 1 = off",
+                          metavar="P", sampling_only=True)
+    repetition_penalty: float = option(1.0, "> 1 discourages tokens already in the text (1.2 is typical); "
+                                       "1 = off", metavar="R")
+    do_sample: bool = option(True, "always take the most likely token (no sampling)", flag="--greedy")
+    min_p: float = option(0.0, "sample from the tokens at least M x as likely as the most likely, in [0, 1]; "
+                          "0 = off", metavar="M", sampling_only=True)
+    presence_penalty: float = option(0.0, "subtract P from the logit of every token already generated, "
+                                     "in [-2, 2] (OpenAI's); 0 = off", metavar="P")
+    frequency_penalty: float = option(0.0, "subtract F from a token's logit per time it was generated, "
+                                      "in [-2, 2] (OpenAI's); 0 = off", metavar="F")
+    logit_bias: tuple[tuple[int, float], ...] = option((), "add BIAS (-100..100) to token ID's logit "
+                                                       "(repeatable)", metavar="ID=BIAS", parse=parse_logit_bias)
+
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any]) -> "SamplingOptions":
+        """SamplingOptions(**given), an unknown key refused by name (UnknownOptionError)."""
+        return options_from_mapping(cls, given, "sampling")
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The options that differ from the defaults, as keyword options (from_mapping's inverse)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
     def __post_init__(self) -> None:
         if real_number("temperature", self.temperature, rule=" >= 0 (0 = greedy)") < 0:
@@ -74,8 +135,12 @@ class SamplingOptions:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= real_number(name, getattr(self, name), rule=" in [-2, 2] (0 = off)") <= 2:
                 raise NumgptError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
-        if isinstance(self.logit_bias, dict):
+        if self.logit_bias is None:
+            object.__setattr__(self, "logit_bias", ())
+        if isinstance(self.logit_bias, Mapping):
             object.__setattr__(self, "logit_bias", tuple(self.logit_bias.items()))
+        if not isinstance(self.logit_bias, (tuple, list)):
+            raise NumgptError(f"logit_bias must map token ids to numbers, got {describe(self.logit_bias)}")
         for pair in self.logit_bias:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise NumgptError(f"logit_bias must map token ids to numbers, got {describe(pair)}")

@@ -167,7 +167,7 @@ def test_help_text_has_no_unformatted_percent_signs(capsys, command):
     (["--window-stride", "10"], ["--window-stride", "--sliding-window"]),
     (["--sliding-window", "--window-stride", "0"], ["--window-stride", ">= 1"]),
     (["--num-samples", "0"], ["--num-samples", ">= 1"]),
-    (["--max-new-tokens", "-5"], ["max_new_tokens", ">= 0"]),
+    (["--max-new-tokens", "-5"], ["--max-new-tokens must be >= 0"]),   # the flag, not the Python name
 ])
 def test_contradictory_or_out_of_range_generate_flags_are_one_line(capsys, argv, words):
     code, out, err = run(capsys, "generate", *argv, "ROMEO:")        # refused before the model loads
@@ -196,10 +196,41 @@ def test_cli_errors_for_damaged_models_are_one_line(capsys, tmp_path):
     params = dict(lm.params)
     params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
     numgpt.save_checkpoint(tmp_path / "nan", lm.config, params, tokenizer=lm.tokenizer)
-    for command in (["generate", "x"], ["next", "x"], ["explain", "attention", "x"], ["explain", "sampling", "x"],
-                    ["explain", "kvcache", "x"]):
+    for command in (["generate", "x"], ["next", "x"]):
         code, _, err = run(capsys, *command, "--model", str(tmp_path / "nan"))
         assert code == 2 and "wte.weight has" in err and "NaN/inf" in err and err.count("\n") == 1
     (tmp_path / "t.txt").write_text("ROMEO: I am here, and so are you.")
     code, _, err = run(capsys, "perplexity", str(tmp_path / "t.txt"), "--model", str(tmp_path / "nan"))
     assert code == 2 and "not finite" in err
+
+
+def help_text(capsys, *command):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_decoding_flags_are_one_group_generated_from_the_options(capsys):
+    from numgpt.cli.options import FIELDS, SAMPLING_FIELDS, flag_of
+    generate, explain = help_text(capsys, "generate"), help_text(capsys, "explain", "sampling")
+    for name in FIELDS:
+        assert flag_of(name) in generate, name
+    for name in set(SAMPLING_FIELDS) - {"presence_penalty", "frequency_penalty"}:
+        assert flag_of(name) in explain, name                  # the same flags, from the same fields
+    assert FIELDS["top_p"].metadata["help"][:40] in generate and FIELDS["top_p"].metadata["help"][:40] in explain
+    assert "--min-p" in generate                               # newcomer report: generate had no --min-p
+
+
+@pytest.mark.parametrize("command", [["generate"], ["explain", "sampling"]])
+def test_greedy_with_a_sampling_flag_is_refused_by_every_command(capsys, command):
+    for flag, value in (("--temperature", "0.5"), ("--top-k", "5"), ("--min-p", "0.1")):
+        code, out, err = run(capsys, *command, "--greedy", flag, value, "ROMEO:")
+        assert code == 2 and out == "" and err == (f"numgpt: error: --greedy always takes the most likely token, "
+                                                   f"so {flag} has no effect; drop one of them\n")
+
+
+def test_generate_min_p_and_penalties_are_the_apis(capsys, model, lm):
+    flags = ["--min-p", "0.2", "--presence-penalty", "1.5", "--logit-bias", "11=-100", "--seed", "3"]
+    code, out, _ = run(capsys, "generate", "--model", model, "-n", "12", "--json", *flags, "Hello")
+    want = lm.completions("Hello", max_new_tokens=12, min_p=0.2, presence_penalty=1.5, logit_bias={11: -100}, seed=3)
+    assert code == 0 and json.loads(out)[0]["token_ids"] == want[0].token_ids and 11 not in want[0].token_ids

@@ -8,10 +8,11 @@ from references import reference
 
 from numgpt import NumgptError
 from numgpt.formats.hf import load_checkpoint
+from numgpt.finish import FINISH_REASONS, Finisher
 from numgpt.generate import (
     GenerationOptions, TextStopper, decode_steps, generate_ids, sequence_rngs,
 )
-from numgpt.sampling import GREEDY, SamplingOptions, next_tokens
+from numgpt.sampling import GREEDY, SamplingOptions, UnknownOptionError, next_tokens
 
 torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
@@ -118,8 +119,8 @@ def test_context_overflow_is_a_one_line_error_with_the_numbers(tiny):
     with pytest.raises(NumgptError) as e:
         generate_ids(params, config, [[1] * 100], max_new_tokens=40, sampling=GREEDY)
     msg = str(e.value)
-    assert "\n" not in msg and "100" in msg and "128" in msg and "--max-new-tokens to 28" in msg
-    assert "--sliding-window" in msg
+    assert "\n" not in msg and "100" in msg and "128" in msg and "lower max_new_tokens to 28" in msg
+    assert "pass sliding_window=True" in msg and "--" not in msg     # the library speaks Python (flags: the CLI)
     generate_ids(params, config, [[1] * 100], max_new_tokens=28, sampling=GREEDY)  # exactly fits
 
 
@@ -224,3 +225,51 @@ def test_held_back_text_is_released_when_it_cannot_be_a_stop():
     assert released == ["x ", "", "work", "s", ""] and stopper.text == "x works"
     stopper, released = run_stopper(["ab", "ab", "c"], ["abd", "bc"])  # earliest of several stops
     assert stopper.text == "aba"
+
+
+def run_finisher(pieces, *, max_new_tokens=10, stop=(), eos_id=None):
+    """Drive a Finisher as a decode loop does, over scripted token texts; (finisher, kept ids, released)."""
+    finisher = Finisher(ScriptedDecoder(pieces), max_new_tokens=max_new_tokens, stop=stop, eos_id=eos_id)
+    kept, released = [], []
+    for token in range(len(pieces)):
+        if finisher.reason:
+            break
+        if finisher.add(token):
+            kept.append(token)
+        released.append(finisher.release())
+    return finisher, kept, released
+
+
+def test_finisher_ends_for_each_reason_with_its_text():
+    f, kept, released = run_finisher(["a", "b", "c", "d"], eos_id=2)
+    assert (f.reason, kept, "".join(released), f.text) == ("eos", [0, 1], "ab", "ab")   # eos is not kept
+    f, kept, released = run_finisher(["a", "b", "c", "d"], stop=("bc",))
+    assert (f.reason, kept, released) == ("stop", [0, 1, 2], ["a", "", ""])             # the token that completed it is kept
+    f, kept, released = run_finisher(["a", "b", "c", "d"], max_new_tokens=3, stop=("cd",))
+    assert (f.reason, kept, released) == ("length", [0, 1, 2], ["a", "b", "c"])       # held-back "c" released at the end
+    f = Finisher(ScriptedDecoder([]), max_new_tokens=0)
+    assert f.reason == "length"                                                       # nothing to generate
+    f = Finisher(ScriptedDecoder(["x"]), max_new_tokens=5, stop=("xy",), deadline=10.0)
+    f.add(0)
+    assert not f.poll(now=9.0) and f.release() == "" and f.poll(now=10.5) and f.reason == "timeout"
+    assert f.release() == "x"
+    f.end("length")
+    assert f.reason == "timeout"                                                      # the first reason stays
+    f = Finisher(ScriptedDecoder(["x"]), max_new_tokens=5)
+    assert f.poll(cancelled=True) and f.reason == "cancelled"
+    assert set(FINISH_REASONS) == {"length", "eos", "stop", "cancelled", "timeout", "error"}
+
+
+def test_options_from_a_mapping_refuse_unknown_names_and_round_trip():
+    opts = GenerationOptions.from_mapping({"max_new_tokens": 5, "temperature": 0.5, "stop": "\n", "min_p": 0.1})
+    assert opts.max_new_tokens == 5 and opts.sampling.temperature == 0.5 and opts.stop == ("\n",)
+    assert GenerationOptions.from_mapping(opts.as_mapping()) == opts
+    assert SamplingOptions.from_mapping(opts.sampling.as_mapping()) == opts.sampling
+    for cls, key, what in ((GenerationOptions, "max_tokens", "generation"), (SamplingOptions, "max_new_tokens", "sampling")):
+        with pytest.raises(UnknownOptionError, match=f"unknown {what} option '{key}'; the options are ") as e:
+            cls.from_mapping({key: 3})
+        assert isinstance(e.value, NumgptError) and isinstance(e.value, TypeError)
+    with pytest.raises(NumgptError, match="window_stride applies only with sliding_window=True"):
+        GenerationOptions.from_mapping({"window_stride": 10})
+    with pytest.raises(NumgptError, match="window_stride must be >= 1"):
+        GenerationOptions.from_mapping({"window_stride": 0, "sliding_window": True})

@@ -2,7 +2,8 @@
 
 Each area registers its subcommands from its own module (tokenizer, inference, training). Only this
 package reads argv or prints; user mistakes (NumgptError, missing files) become one line on stderr and
-exit status 2, never a traceback.
+exit status 2, never a traceback, with the library's Python option names said as the command's flags
+(options.flag_message).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         check_utf8_arguments(args)
         return int(args.run(args) or 0)
     except NumgptError as e:
-        print(f"numgpt: error: {e}", file=sys.stderr)
+        from .options import flag_message    # the library names Python parameters; a command, its flags
+        print(f"numgpt: error: {flag_message(str(e), getattr(args, 'flag_names', {}))}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)

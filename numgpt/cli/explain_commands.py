@@ -13,10 +13,8 @@ import json
 from pathlib import Path
 
 from ..errors import NumgptError
-from ..sampling import SamplingOptions
+from .options import SAMPLING_FIELDS, add_decoding_flags, decoding_options_from_args
 from .paths import output_file
-
-SAMPLING = SamplingOptions()   # the defaults --help shows
 
 MODEL_HELP = ("a Hugging Face GPT-2 folder or a cached hub name such as gpt2 "
               "(default: the built-in Shakespeare model)")
@@ -125,20 +123,8 @@ def _register_attention(views) -> None:
 def _register_sampling(views) -> None:
     p = _view(views, "sampling", "the next-token distribution after each of the sampler's filters",
               SAMPLING_EXAMPLES, "the prompt whose next token is sampled")
-    p.add_argument("--temperature", type=float, default=SAMPLING.temperature, metavar="T",
-                   help=f"< 1 sharper, > 1 flatter, 0 = greedy ({SAMPLING.temperature})")
-    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, metavar="K",
-                   help=f"keep the K most likely ({SAMPLING.top_k} = off)")
-    p.add_argument("--top-p", type=float, default=SAMPLING.top_p, metavar="P",
-                   help=f"keep the smallest set with probability >= P, in (0, 1] ({SAMPLING.top_p} = off)")
-    p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
-                   help=f"> 1 discourages tokens already in the prompt ({SAMPLING.repetition_penalty} = off)")
-    p.add_argument("--min-p", type=float, default=SAMPLING.min_p, metavar="M",
-                   help=f"keep tokens at least M x as likely as the most likely, in [0, 1] ({SAMPLING.min_p} = off)")
-    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
-                   help="add BIAS (-100..100) to token ID's logit; repeat for more tokens")
-    p.add_argument("--greedy", action="store_true",
-                   help="greedy decoding: only the logit bias and the repetition penalty apply")
+    add_decoding_flags(p, only=SAMPLING_FIELDS, exclude=("presence_penalty", "frequency_penalty"),
+                       title="the sampler's options (as numgpt generate's)")
     p.add_argument("--top", type=int, default=10, metavar="N", help="the N most likely tokens of each stage (10)")
     _add_output(p, "the bars of each stage")
     p.set_defaults(run=run_sampling)
@@ -185,10 +171,7 @@ def run_sampling(args) -> int:
 
     if args.top < 1:
         raise NumgptError(f"--top must be >= 1, got {args.top}")
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, min_p=args.min_p,
-                   logit_bias=tuple(_logit_bias(b) for b in args.logit_bias), do_sample=not args.greedy)
-    SamplingOptions(**options)                                 # checked before the model loads
+    options = decoding_options_from_args(args).sampling.as_mapping()   # checked before the model loads
     out = _picture(args)
     lm = _load(args)
     view = sampling_view(lm, args.text, top=args.top, **options)
@@ -303,15 +286,6 @@ def _head(given: str) -> int | None:
         return int(given)
     except ValueError:
         raise NumgptError(f"--head must be a head number (from 0) or all, got {given!r}") from None
-
-
-def _logit_bias(given: str) -> tuple[int, float]:
-    """--logit-bias ID=BIAS as (id, bias); the ranges are SamplingOptions' to check."""
-    token, _, bias = given.partition("=")
-    try:
-        return int(token), float(bias)
-    except ValueError:
-        raise NumgptError(f"--logit-bias must be ID=BIAS such as 321=-100, got {given!r}") from None
 
 
 def _picture(args) -> Path | None:

@@ -2,8 +2,9 @@
 
 Only this module reads flags, stdin and the environment (the Hugging Face cache location), prints, and
 draws progress bars; generate, next and perplexity work through the LanguageModel facade (numgpt.lm)
-alone, and info reads a folder's files through numgpt.formats without loading the weights. Options are checked before the model loads, so a bad flag fails at once. Defaults shown in
---help come from the option dataclasses (GenerationOptions, SamplingOptions), not restated here.
+alone, and info reads a folder's files through numgpt.formats without loading the weights. Options are
+checked before the model loads, so a bad flag fails at once. The decoding flags, their help and defaults
+are generated from the option dataclasses (numgpt/cli/options.py), not restated here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import sys
 from pathlib import Path
 
 from ..errors import NumgptError
-from ..generate import GenerationOptions
-from ..sampling import SamplingOptions
+from ..generate import GenerationOptions, encode_prompt
+from .options import add_decoding_flags, decoding_kwargs
 from .progress import progress_reporter
 
-GEN, SAMPLING = GenerationOptions(), SamplingOptions()   # the defaults --help shows
+GEN = GenerationOptions()   # the defaults
 
 MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or a cached hub name such as "
               "gpt2 (default: the built-in Shakespeare model)")
@@ -59,8 +60,9 @@ examples: (the built-in Shakespeare model unless --model says another)
   numgpt generate --model gpt2 "The capital of France is"              GPT-2 from the Hugging Face cache
 
 Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
---greedy or --temperature 0. Filters apply in transformers' order: repetition penalty, temperature,
-top-k, top-p. The same --seed and options give the same text. --stop strings are matched in the
+--greedy or --temperature 0. Rules apply in the sampler's order (numgpt explain sampling shows it): logit
+bias, presence/frequency penalties, repetition penalty, temperature, top-k, top-p, min-p. The same
+--seed and options give the same text. --stop strings are matched in the
 new text only, not across the end of the prompt. prompt + --max-new-tokens must fit in the
 model's context unless --sliding-window (then the last n_positions - stride tokens are kept and
 re-read each time the context fills: about one extra prompt token per generated token by default).
@@ -118,30 +120,8 @@ def _register_generate(sub) -> None:
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: --file, else stdin)")
     p.add_argument("--file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file")
     _add_model(p)
-    d = p.add_argument_group("decoding (names as in transformers / llama.cpp)")
-    d.add_argument("--max-new-tokens", "-n", type=int, default=GEN.max_new_tokens, metavar="N",
-                   help=f"new tokens at most ({GEN.max_new_tokens})")
-    d.add_argument("--temperature", type=float, metavar="T",
-                   help=f"< 1 sharper, > 1 flatter, 0 = greedy ({SAMPLING.temperature})")
-    d.add_argument("--top-k", type=int, metavar="K", help=f"sample from the K most likely ({SAMPLING.top_k} = off)")
-    d.add_argument("--top-p", type=float, metavar="P",
-                   help=f"sample from the smallest set with probability >= P, in (0, 1] ({SAMPLING.top_p} = off)")
-    d.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
-                   help=f"> 1 discourages tokens already in the text ({SAMPLING.repetition_penalty} = off, "
-                   "1.2 typical)")
-    d.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
-    d.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
-    d.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end at this text, not printed; matched in the new text only, not across the end "
-                   "of the prompt (repeatable; \\n and \\t escapes are understood)")
-    d.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
-    d.add_argument("--num-samples", type=int, default=GEN.num_return_sequences, metavar="N",
-                   help=f"independent samples, printed when complete ({GEN.num_return_sequences})")
-    d.add_argument("--sliding-window", action="store_true",
-                   help="go past the context size by re-reading the last tokens when it fills")
-    d.add_argument("--window-stride", type=int, metavar="S",
-                   help="with --sliding-window: tokens dropped each time the window slides, "
-                   "1..n_positions-1 (n_positions / 2)")
+    add_decoding_flags(p, shown_defaults={"max_new_tokens": f"{GEN.max_new_tokens}, or fewer if the model's "
+                                          "context ends first"})
     o = p.add_argument_group("output")
     o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
@@ -231,46 +211,26 @@ def read_prompt(args) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def unescape(s: str) -> str:
-    """'\\n' and '\\t' typed on a command line -> newline and tab (for --stop)."""
-    return s.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def generation_kwargs(args) -> dict:
-    """The decoding flags as LanguageModel keyword options, checked with flag names before any loading."""
-    if args.num_samples < 1:
-        raise NumgptError(f"--num-samples must be >= 1, got {args.num_samples}")
-    sampling_flags = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
-    if args.greedy and sampling_flags:
-        raise NumgptError(f"--greedy always takes the most likely token, so --{sampling_flags[0].replace('_', '-')} "
-                          "has no effect; drop one of them")
-    if args.window_stride is not None:
-        if not args.sliding_window:
-            raise NumgptError("--window-stride applies only with --sliding-window; add it, or drop --window-stride")
-        if args.window_stride < 1:
-            raise NumgptError(f"--window-stride must be >= 1 (tokens dropped per slide), got {args.window_stride}")
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-    kwargs = dict(
-        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-        temperature=pick(args.temperature, SAMPLING.temperature), top_k=pick(args.top_k, SAMPLING.top_k),
-        top_p=pick(args.top_p, SAMPLING.top_p), repetition_penalty=args.repetition_penalty,
-        num_return_sequences=args.num_samples, seed=args.seed, stop=[unescape(s) for s in args.stop],
-        stop_at_eos=not args.ignore_eos, sliding_window=args.sliding_window,
-        window_stride=args.window_stride or 0)
-    from ..lm import checked_options
-    checked_options(kwargs)                                   # every value checked before the model loads
-    return kwargs
+def fitted_options(options: dict, lm, prompt: str) -> dict:
+    """The options with the default --max-new-tokens cut to what fits the model's context after the
+    prompt (a model with a 32-token context is usable without -n); a typed -n is kept, and checked."""
+    if "max_new_tokens" in options or options.get("sliding_window"):
+        return options
+    room = lm.config.n_positions - len(encode_prompt(lm.tokenizer, prompt))
+    return {**options, "max_new_tokens": max(1, min(GEN.max_new_tokens, room))}
 
 
 def run_generate(args) -> int:
-    options = generation_kwargs(args)
+    given = decoding_kwargs(args)                    # checked before the model loads
     prompt = read_prompt(args)
     lm = load_model(args)
+    options = fitted_options(given, lm, prompt)
+    samples = GenerationOptions.from_mapping(options).num_return_sequences
     out = sys.stdout
     if args.echo and not args.json:
         out.write(prompt)
         out.flush()
-    if not (args.no_stream or args.json or args.num_samples > 1):
+    if not (args.no_stream or args.json or samples > 1):
         for piece in lm.stream(prompt, **options):
             out.write(piece)
             out.flush()

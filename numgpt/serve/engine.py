@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import NumgptError
-from ..generate import TextStopper, TokenLogprob, token_logprob_rows
+from ..finish import Finisher
+from ..generate import TokenLogprob, token_logprob_rows
 from ..model import check_finite_logits
 from ..sampling import SamplingOptions, next_tokens
 from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
@@ -75,9 +76,12 @@ class Generated:
 class Finished:
     """The last event of a sequence: why it ended, and the text released by the final flush."""
 
-    reason: str          # "length", "stop" (a stop string or end-of-text), "cancelled", "timeout", "error"
+    reason: str          # OpenAI's: "length", "stop" (a stop string or end-of-text), "cancelled", "timeout", "error"
     text: str = ""
     error: str | None = None
+
+
+OPENAI_FINISH_REASON = {"eos": "stop"}   # finish.FINISH_REASONS -> OpenAI's finish_reason (others as they are)
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Running:
     slot: int
     tokens: list[int]                       # prompt + generated
     generated: list[int]
-    text: TextStopper
+    finisher: Finisher                      # eos, stop strings, length, cancel, deadline (numgpt/finish.py)
     pending: int = -1                       # the token to feed at the next decode step
 
 
@@ -255,10 +259,12 @@ class Engine:
                     prompt_lp = [None] + token_logprob_rows(row[:-1], np.asarray(r.prompt_ids[1:]), r.prompt_logprobs)
                 row = row[-1]
             ticket.deliver(Prefilled(prompt_lp))
-            seq = Running(ticket, slot, list(r.prompt_ids), [], TextStopper(self.tokenizer.stream_decoder(), r.stop))
+            finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
+                                eos_id=self.tokenizer.eot_id if r.stop_at_eos else None, deadline=r.deadline)
+            seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
             self._running[slot] = seq
-            if r.max_new_tokens == 0:
-                self._finish(seq, "length")
+            if finisher.reason is not None:       # max_new_tokens 0: the prompt only
+                self._finish(seq)
             else:
                 self._choose([seq], row[None])
 
@@ -266,10 +272,8 @@ class Engine:
         """One decode step over every running sequence (ended ones leave first)."""
         now = time.monotonic()
         for seq in list(self._running.values()):
-            if seq.ticket.cancelled.is_set():
-                self._finish(seq, "cancelled")
-            elif seq.ticket.request.deadline is not None and now > seq.ticket.request.deadline:
-                self._finish(seq, "timeout")
+            if seq.finisher.poll(cancelled=seq.ticket.cancelled.is_set(), now=now):
+                self._finish(seq)
         if not self._running:
             return
         rows = sorted(self._running.values(), key=lambda s: s.slot)
@@ -288,38 +292,24 @@ class Engine:
         """Pick, report and record each row's next token; rows are sampled one by one with their own
         options (requests differ), which is also what keeps a row independent of its neighbours."""
         check_finite_logits(logits, self.params)
-        eos = self.tokenizer.eot_id
         for seq, row in zip(rows, logits):
             r = seq.ticket.request
             token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
                                     previous=[seq.tokens], generated=[seq.generated])[0])
             lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
             self.stats.tokens_generated += 1
-            if token == eos and r.stop_at_eos:
-                seq.text.flush()
-                self._finish(seq, "stop", token=token, logprob=lp)
-                continue
-            seq.tokens.append(token)
-            seq.generated.append(token)
-            seq.text.push(token)
-            if seq.text.finished:
-                self._finish(seq, "stop", token=token, logprob=lp)
-            elif len(seq.generated) >= r.max_new_tokens:
-                seq.text.flush()
-                self._finish(seq, "length", token=token, logprob=lp)
-            else:
-                seq.ticket.deliver(Generated(token, seq.text.release(), lp))
+            if seq.finisher.add(token):           # not the end-of-text token: reported with the text it freed
+                seq.tokens.append(token)
+                seq.generated.append(token)
+                seq.ticket.deliver(Generated(token, seq.finisher.release(), lp))
                 seq.pending = token
+            if seq.finisher.reason is not None:
+                self._finish(seq)
 
-    def _finish(self, seq: Running, reason: str, *, token: int | None = None, logprob: TokenLogprob | None = None,
-                error: str | None = None) -> None:
-        """Report the last token (if any) and the end; free the slot."""
+    def _finish(self, seq: Running, reason: str = "length", *, error: str | None = None) -> None:
+        """Report the end (the sequence's own reason if it has one, else `reason`); free the slot."""
         self._running.pop(seq.slot, None)
-        if reason == "stop" and not seq.text.finished:
-            seq.text.flush()
-        if token is not None and (token != self.tokenizer.eot_id or not seq.ticket.request.stop_at_eos):
-            seq.text.finished = True
-            seq.ticket.deliver(Generated(token, seq.text.release(), logprob))
-        seq.text.finished = True
+        seq.finisher.end(reason)
         seq.ticket.finished = True
-        seq.ticket.deliver(Finished(reason, seq.text.release(), error))
+        why = OPENAI_FINISH_REASON.get(seq.finisher.reason, seq.finisher.reason)
+        seq.ticket.deliver(Finished(why, seq.finisher.release(), error))

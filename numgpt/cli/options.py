@@ -1,0 +1,130 @@
+"""The decoding flags, generated from the option dataclasses: each option is defined once, as a field of
+SamplingOptions or GenerationOptions with its help, metavar and flag name in the field's metadata
+(sampling.option), and every command offers it with the same name, type, default and rules -- as
+llama.cpp's common/arg.cpp defines each option once.
+
+How a command uses it:
+
+    from .options import add_decoding_flags, decoding_options_from_args
+    add_decoding_flags(p)                                            # every decoding flag
+    add_decoding_flags(p, only=SAMPLING_FIELDS)                      # one token's choice (explain sampling)
+    add_decoding_flags(p, exclude=("num_return_sequences", "sliding_window", "window_stride"))
+    ...
+    options = decoding_options_from_args(args)   # a GenerationOptions, checked before any loading
+    lm.stream(prompt, **options.as_mapping())    # or options.sampling, options.max_new_tokens, ...
+
+`only` / `exclude` take field names (SAMPLING_FIELDS, GENERATION_FIELDS list them). A flag left out is
+not offered, so argparse refuses it by name. Every flag defaults to "not given", so the options are the
+dataclasses' defaults plus what was typed (`decoding_kwargs(args)` gives just what was typed); --help
+shows the dataclasses' defaults. One rule across flags: --greedy with a sampling-only flag (temperature,
+top-k, top-p, min-p: sampling.option(sampling_only=True)) is refused, as it could have no effect.
+
+Messages: the library's NumgptErrors name Python parameters (`max_new_tokens`, `sliding_window=True`);
+`flag_message` rewrites them with the flags of the command that failed (`--max-new-tokens`,
+`--sliding-window`), which numgpt.cli.main does for every command that has this group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import Field, fields
+from typing import Any
+
+from ..errors import NumgptError
+from ..generate import GenerationOptions
+from ..sampling import SamplingOptions
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingOptions))
+GENERATION_FIELDS = tuple(f.name for f in fields(GenerationOptions) if "help" in f.metadata)
+# --help order: how many tokens, how each is picked, then when and how often to stop
+FLAG_ORDER = ("max_new_tokens",) + SAMPLING_FIELDS + GENERATION_FIELDS[1:]
+FIELDS: dict[str, Field] = {f.name: f for f in (*fields(SamplingOptions), *fields(GenerationOptions))
+                            if "help" in f.metadata}
+
+
+def flag_of(name: str) -> str:
+    """The flag of a field: its metadata's, else --name-with-dashes."""
+    return FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
+                       exclude: Iterable[str] = (), shown_defaults: Mapping[str, str] | None = None,
+                       title: str = "decoding (names as in transformers / llama.cpp)") -> argparse._ArgumentGroup:
+    """Add the decoding flags (all, or `only` these fields, minus `exclude`) as one argument group.
+    shown_defaults: a field's default as --help should say it, where the command decides it itself."""
+    names = list(FLAG_ORDER if only is None else only)
+    unknown = sorted(set(names) - set(FIELDS) | set(exclude) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"not a decoding option with a flag: {', '.join(unknown)}")
+    names = [n for n in FLAG_ORDER if n in names and n not in set(exclude)]
+    shown = dict(shown_defaults or {})
+    group = parser.add_argument_group(title)
+    for name in names:
+        _add_flag(group, FIELDS[name], shown.get(name))
+    parser.set_defaults(decoding_fields=tuple(names), flag_names=flag_vocabulary(names))
+    return group
+
+
+def _add_flag(group: argparse._ArgumentGroup, f: Field, shown_default: str | None) -> None:
+    meta = f.metadata
+    flags = [flag_of(f.name)] + ([meta["short"]] if meta["short"] else [])
+    common = dict(dest=f.name, default=None)
+    if isinstance(f.default, bool):                 # a switch; an inverting flag (--greedy) sets not-default
+        group.add_argument(*flags, action="store_const", const=not f.default, help=meta["help"], **common)
+        return
+    default = shown_default or (None if f.default in (None, ()) else str(f.default))
+    text = meta["help"] + (f" (default {default})" if default else "")
+    if isinstance(f.default, tuple):                # repeatable; parsed in decoding_options_from_args
+        group.add_argument(*flags, action="append", metavar=meta["metavar"], help=text, **common)
+        return
+    kind = float if "float" in str(f.type) else int
+    group.add_argument(*flags, type=kind, metavar=meta["metavar"], help=text, **common)
+
+
+def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options typed on the command line, as keyword options (field name -> value), checked
+    together (GenerationOptions) before any loading."""
+    given: dict[str, Any] = {}
+    for name in getattr(args, "decoding_fields", ()):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        parse = FIELDS[name].metadata["parse"]
+        given[name] = tuple(parse(v) for v in value) if parse else value
+    if given.get("do_sample") is False:
+        pointless = [n for n in given if FIELDS[n].metadata["sampling_only"]]
+        if pointless:
+            raise NumgptError(f"--greedy always takes the most likely token, so {flag_of(pointless[0])} has no "
+                              "effect; drop one of them")
+    GenerationOptions.from_mapping(given)
+    return given
+
+
+def decoding_options_from_args(args: argparse.Namespace) -> GenerationOptions:
+    """The GenerationOptions of the decoding flags (defaults for those not typed), checked; its
+    .sampling is the SamplingOptions for commands that pick one token."""
+    return GenerationOptions.from_mapping(decoding_kwargs(args))
+
+
+def flag_vocabulary(names: Iterable[str]) -> dict[str, str]:
+    """Python spelling -> flag for `flag_message`: a field's name, and a switch as name=value
+    (sliding_window=True -> --sliding-window, do_sample=False -> --greedy)."""
+    out = {}
+    for name in names:
+        f = FIELDS[name]
+        key = f"{name}={not f.default}" if isinstance(f.default, bool) else name
+        out[key] = flag_of(name)
+    return out
+
+
+def flag_message(message: str, vocabulary: Mapping[str, str]) -> str:
+    """A library message with its Python option names replaced by the command's flags. A name with an
+    underscore or '=' is replaced wherever it stands as a word; a one-word name (temperature, seed, stop)
+    only where it starts a rule ('seed must be ...'), so the English words are left alone."""
+    if not vocabulary:
+        return message
+    words = sorted(vocabulary, key=len, reverse=True)
+    pattern = "|".join(re.escape(w) + ("" if "_" in w or "=" in w else "(?= must)") for w in words)
+    return re.sub(rf"(?<![\w.=-])(?:{pattern})(?![\w=])", lambda m: vocabulary[m.group(0)], message)
