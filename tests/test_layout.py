@@ -105,3 +105,18 @@ def test_no_engine_name_branches_outside_the_sql_engine_modules():
                 strings |= {e.value for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set))
                             for e in o.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
                 assert not strings & names, f"{path.relative_to(PACKAGE)}:{node.lineno} branches on an engine name"
+
+
+def test_the_finish_rule_is_a_leaf_and_the_decoding_flags_are_made_in_one_place():
+    """numgpt/finish.py (when a sequence ends) imports nothing of the package, and no CLI module but
+    cli/options.py spells a decoding flag in add_argument: they are generated from the option dataclasses."""
+    assert package_imports(PACKAGE / "finish.py") <= {"numgpt.errors"}
+    decoding = {"--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--greedy", "--logit-bias",
+                "--presence-penalty", "--frequency-penalty", "--stop", "--ignore-eos", "--num-samples", "--seed",
+                "--sliding-window", "--window-stride"}
+    for path in (PACKAGE / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                spelled = {a.value for a in node.args if isinstance(a, ast.Constant)} & decoding
+                allowed = path.name in ("options.py", "sql_commands.py", "train_commands.py")  # sql: adopting it
+                assert not spelled or allowed, f"{path.name}:{node.lineno} defines {spelled}: use options.add_decoding_flags"
