@@ -42,11 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from numgpt.training.memory import keep_freed_memory  # noqa: E402
-from numgpt.training.parallel import DataParallel, flat_zeros_like  # noqa: E402  (grads as train() keeps them)
+from numgpt.training.objective import next_token_loss  # noqa: E402
+from numgpt.training.parallel import DataParallel  # noqa: E402
 from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
 from numgpt.training.data import get_batch  # noqa: E402
-from numgpt.training.optim import AdamWConfig, adamw_step, clip_grad_norm, decays, init_state, learning_rate  # noqa: E402
+from numgpt.training.optim import AdamW, AdamWConfig, decays, init_state, learning_rate  # noqa: E402
 from numgpt.params import init_params  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare.txt")
@@ -94,7 +95,7 @@ def numgpt_worker(iters: int, eval_every: int) -> dict:
 
 def numgpt_small_run(iters: int, eval_every: int) -> dict:
     train, val, config, hp, params = small_setup(iters)
-    grads, state, rng = flat_zeros_like(params)[1], init_state(params), np.random.default_rng(SEED)
+    opt, rng = AdamW(params, init_state(params), hp), np.random.default_rng(SEED)   # train()'s optimizer
     dp = DataParallel(thread_count())                # as `numgpt train` runs: rows over the cores
     evals = eval_batches(val, EVAL_ITERS)
     times, losses, curve = [], [], []
@@ -106,11 +107,11 @@ def numgpt_small_run(iters: int, eval_every: int) -> dict:
             break
         x, y = get_batch(train, BATCH, BLOCK, rng)
         t0 = time.perf_counter()
-        for g in grads.values():
-            g.fill(0)
-        loss = dp.accumulate_grads(params, config, x, y, grads)
-        clip_grad_norm(grads, hp.grad_clip)
-        adamw_step(params, grads, state, hp, learning_rate(hp, it))
+        opt.zero_grad()                              # the calls of loop.train_step
+        loss = dp.forward_backward(next_token_loss, params, config, (x, y), opt.grads)
+        opt.reduce_gradients()
+        opt.clip(hp.grad_clip)
+        opt.step(params, learning_rate(hp, it))
         times.append(time.perf_counter() - t0)
         losses.append(loss)
     return {"times": times, "losses": losses, "val": curve, "peak_rss_mb": peak_rss_mb()}
@@ -196,17 +197,17 @@ def numgpt_124m_worker() -> dict:
 def numgpt_124m_run() -> dict:
     config, hp = GPT2_124M, AdamWConfig()
     params = init_params(config, np.random.default_rng(0))
-    grads, state, rng = flat_zeros_like(params)[1], init_state(params), np.random.default_rng(0)
+    opt, rng = AdamW(params, init_state(params), hp), np.random.default_rng(0)
     dp = DataParallel(thread_count())
     times = []
     for _ in range(STEPS124 + 1):                                          # the first step warms up
         ids = rng.integers(0, config.vocab_size, (B124, T124 + 1))
         t0 = time.perf_counter()
-        for g in grads.values():
-            g.fill(0)
-        dp.accumulate_grads(params, config, ids[:, :-1], ids[:, 1:], grads)
-        clip_grad_norm(grads, 1.0)
-        adamw_step(params, grads, state, hp, 1e-4)
+        opt.zero_grad()                              # the calls of loop.train_step
+        dp.forward_backward(next_token_loss, params, config, (ids[:, :-1], ids[:, 1:]), opt.grads)
+        opt.reduce_gradients()
+        opt.clip(1.0)
+        opt.step(params, 1e-4)
         times.append(time.perf_counter() - t0)
     return {"times": times[1:], "peak_rss_mb": peak_rss_mb()}
 

@@ -251,3 +251,29 @@ def test_setup_run_in_python_trains_what_the_cli_trains(char_data, tmp_path):
     assert step_losses(tmp_path / "py") == step_losses(tmp_path / "cli")
     resumed = setup_run(char_data, tmp_path / "py", resume_from="latest", options={"max_iters": 6})
     assert resumed.state.step == 4 and resumed.description.startswith("resuming")
+
+
+def test_an_objective_trains_only_its_parameter_set_with_its_own_loss(char_data, tmp_path):
+    """The step is a loss function and a parameter set (objective.py): a subset is updated exactly as in a
+    full run's first step (AdamW is elementwise; no clipping), the rest stays; the loss sees row slices."""
+    from numgpt.training.objective import Objective, next_token_loss
+    data = load_dataset(char_data)
+    tc = TrainConfig(batch_size=4, block_size=16, max_iters=1, eval_interval=0, eval_iters=1, threads=2,
+                     optim=AdamWConfig(grad_clip=0.0, warmup_iters=0, decay_iters=1))
+    start = init_params(CONFIG, np.random.default_rng(0))
+    full = train(new_state(start, seed=1), CONFIG, tc, data, tmp_path / "full").state.params
+    subset = frozenset({"ln_f.weight", "h.0.attn.c_attn.weight", "wpe.weight"})
+    rows = []
+
+    def counting_loss(params, config, batch, grads, **kw):
+        rows.append(len(batch[0]))
+        assert set(grads) == subset                       # gradients of the trained parameters only
+        return next_token_loss(params, config, batch, grads, **kw)
+    result = train(new_state(start, seed=1), CONFIG, tc, data, tmp_path / "part",
+                   objective=Objective(loss=counting_loss, trainable=subset))
+    assert rows == [2, 2]                                 # 4 rows over 2 threads
+    for name, p in result.state.params.items():
+        expected = full[name] if name in subset else start[name]
+        assert np.array_equal(p, expected), name
+    moved = {name for name, m in result.state.optim.m.items() if np.any(m)}
+    assert moved == subset                                # the frozen ones' moments stay zero

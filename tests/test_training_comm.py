@@ -203,12 +203,12 @@ def test_a_ctrl_c_in_the_main_thread_never_leaves_a_thread_waiting(monkeypatch, 
     sum (a barrier). Either way the other thread must be released and the interrupt reach the caller;
     before the fix the second case hung in Thread.join (5 of 25 real Ctrl-Cs on `numgpt train --threads 2`)."""
     import numgpt.training.comm as comm
-    import numgpt.training.parallel as parallel
+    import numgpt.training.objective as objective
     params = init_params(CONFIG, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     ids = rng.integers(0, CONFIG.vocab_size, (4, 8))
     caller = []                                   # the thread that runs the step: slice 0 runs on it
-    target, name = (parallel, "accumulate_grads") if where == "backward" else (comm.ThreadRank, "reduce_sum")
+    target, name = (objective, "accumulate_grads") if where == "backward" else (comm.ThreadRank, "reduce_sum")
     real = getattr(target, name)
 
     def interrupted(*args, **kwargs):

@@ -1,8 +1,12 @@
-"""The training loop: next-token cross-entropy, hand-written gradients, AdamW; evaluated, logged, resumable.
+"""The training loop: a loss and its hand-written gradients, AdamW; evaluated, logged, resumable.
 
-One step (nanoGPT's loop):
-    for each of grad_accum micro-batches: draw random windows, add d(loss)/d(params) / grad_accum
-    clip the gradients' global norm; one AdamW update at the scheduled learning rate
+One step (`train_step`, nanoGPT's loop):
+    for each of grad_accum micro-batches: draw random windows (this rank's rows), forward and backward
+        over the rows split into threads, sum the gradients over the ranks
+    clip the gradients' global norm; one optimizer update at the scheduled learning rate
+
+What is minimised and which parameters move is the Objective (objective.py: next-token cross-entropy of
+every parameter by default); the optimizer is any optim.Optimizer (AdamW, or ZeRO-1's ZeroAdamW).
 
 Every eval_interval steps (and at the end) the loss is estimated on eval_iters fixed batches of each
 split, with validation bits per byte and per character, and a checkpoint is saved to RUN/latest (and
@@ -59,13 +63,14 @@ from ..model import check_context, check_finite_weights
 from .data import Dataset, get_batch
 from ..errors import NumgptError
 from .memory import keep_freed_memory
-from .optim import AdamWConfig, adamw_step, check_field, check_number_fields, clip_grad_norm, learning_rate
+from .objective import Objective
+from .optim import AdamW, AdamWConfig, Optimizer, check_field, check_number_fields, learning_rate
 from .comm import Communicator, SingleProcess
-from .parallel import DataParallel, flat_zeros_like
+from .parallel import DataParallel
 from ..threads import single_threaded_blas, thread_count
 from .lock import run_lock
 from .state import STATE_FILE, TrainState, save_train_checkpoint
-from .zero import ZeroShards
+from .zero import ZeroAdamW
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -149,32 +154,57 @@ def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
 
 
 def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run_dir: str | Path, *,
-          on_event: Callable[[Event], None] | None = None, comm: Communicator | None = None) -> TrainResult:
+          on_event: Callable[[Event], None] | None = None, comm: Communicator | None = None,
+          objective: Objective | None = None) -> TrainResult:
     """Train from `state` (fresh or resumed) up to tc.max_iters updates, in place; see the module docstring.
 
     comm: the ranks this process trains with (default: a single process). Every rank calls train with
     the same state, config and data; each computes its share of every batch, the gradients are summed
-    over the ranks, and only rank 0 writes the run folder (config, log, checkpoints)."""
+    over the ranks, and only rank 0 writes the run folder (config, log, checkpoints).
+    objective: the loss and the trained parameters (objective.py; default: next-token cross-entropy, all)."""
     comm = SingleProcess() if comm is None else comm
+    objective = Objective() if objective is None else objective
     check_setup(config, tc, data)
     check_trainable_weights(state.params)
     run = Path(run_dir)
     for p in state.params.values():
         comm.broadcast(p.reshape(-1))                 # every rank starts from rank 0's weights
-    shards = None
-    if tc.zero:                                       # ZeRO-1 (zero.py): params into one buffer, own moments
-        shards = ZeroShards(state.params, comm)
-        shards.keep_own_moments(state.optim)
-    dp = DataParallel(tc.threads or thread_count(), comm, None if shards is None else shards.sum_gradients,
-                      overlap=tc.overlap)
-    _, grads = flat_zeros_like(state.params)          # one buffer: a sum over ranks is one call
+    dp = DataParallel(tc.threads or thread_count(), comm)
+    opt = make_optimizer(state, config, tc, objective, comm, dp.threads)
     with ExitStack() as stack:
         log = _open_run(run, config, tc, state, stack) if comm.rank == 0 else None
         stack.enter_context(keep_freed_memory())      # steps reuse the last one's memory (memory.py)
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
         stop = stack.enter_context(InterruptFlag()) if comm.size > 1 else None
-        return _loop(state, config, tc, data, run, _emitter(log, on_event), dp, grads, stop, shards)
+        return _loop(Trainer(state, config, tc, data, run, objective, dp, opt), _emitter(log, on_event), stop)
+
+
+def make_optimizer(state: TrainState, config: GPTConfig, tc: TrainConfig, objective: Objective, comm: Communicator,
+                   threads: int) -> Optimizer:
+    """AdamW over the objective's trained parameters: every moment on every rank, or (tc.zero) sharded."""
+    trained = objective.trainable_params(state.params)
+    if tc.zero:                                       # ZeRO-1 (zero.py): params into one buffer, own moments
+        opt = ZeroAdamW(trained, state.optim, tc.optim, comm=comm, threads=threads)
+        state.params.update(trained)                  # its views of that buffer, in the state
+        return opt
+    return AdamW(trained, state.optim, tc.optim, comm=comm, threads=threads, n_layer=config.n_layer,
+                 overlap=tc.overlap)
+
+
+@dataclass
+class Trainer:
+    """Everything a step and an evaluation use, in one place: the state they advance, what they train
+    on, the loss, how the rows are split (dp) and the optimizer."""
+
+    state: TrainState
+    config: GPTConfig
+    tc: TrainConfig
+    data: Dataset
+    run: Path
+    objective: Objective
+    dp: DataParallel
+    opt: Optimizer
 
 
 def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, stack: ExitStack) -> "RunLog":
@@ -190,52 +220,65 @@ def _open_run(run: Path, config: GPTConfig, tc: TrainConfig, state: TrainState, 
     return log
 
 
-def _loop(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-          emit: Callable[[Event], None], dp: DataParallel, grads: dict[str, np.ndarray],
-          stop: "InterruptFlag | None" = None, zero: ZeroShards | None = None) -> TrainResult:
+def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None" = None) -> TrainResult:
     """The steps and evaluations of `train`, and the clean stop on Ctrl-C. With several ranks, `stop`
     turns Ctrl-C into a flag the ranks agree on at each step boundary, so they all stop at the same step
     (a rank leaving alone would leave the others waiting in their next collective)."""
-    tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum
+    state, tc = t.state, t.tc
     first_step = state.step
-    boundary_rng = state.rng.bit_generator.state       # the rng at the last completed step
-    saves = dp.comm.rank == 0                          # only rank 0 writes checkpoints
+    boundary = (state.step, state.rng.bit_generator.state)     # the rng where the step being made began
     last_eval = None
     try:
         while True:
-            if stop is not None and stop.agreed(dp.comm):
+            if stop is not None and stop.agreed(t.dp.comm):
                 raise KeyboardInterrupt                # every rank here, at the same step
             if _eval_due(tc, state.step, first_step):
-                last_eval = evaluate_and_save(state, config, tc, data, run, emit, dp, save=saves, zero=zero)
+                last_eval = evaluate_and_save(t, emit)
             if state.step >= tc.max_iters:
                 break
+            boundary = (state.step, state.rng.bit_generator.state)
             t0 = time.perf_counter()
-            lr = learning_rate(tc.optim, state.step)
-            loss = training_loss_and_grads(state, config, tc, data, grads, dp)
-            norm = (clip_grad_norm(grads, tc.optim.grad_clip) if zero is None
-                    else zero.clip(grads, tc.optim.grad_clip))
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                raise NumgptError(diverged_message(run, state.step, f"loss {loss}, gradient norm {norm}"))
-            with interrupts_held():        # Ctrl-C waits for the update: the model is never half-updated
-                if zero is None:
-                    adamw_step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
-                else:
-                    zero.step(state.params, grads, state.optim, tc.optim, lr, threads=dp.threads)
-                state.step += 1
-                state.tokens_seen += tokens_per_step
-                boundary_rng = state.rng.bit_generator.state
+            loss, norm, lr = train_step(t)
             dt = time.perf_counter() - t0
+            tokens = tc.batch_size * tc.block_size * tc.grad_accum
             emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                  "seconds": dt, "tokens_per_s": tokens_per_step / dt})
+                  "seconds": dt, "tokens_per_s": tokens / dt})
     except KeyboardInterrupt:
-        state.rng.bit_generator.state = boundary_rng
-        whole = _whole_state(state, zero)             # a collective with ZeRO-1: every rank is here
-        if saves:
-            save_train_checkpoint(run / LATEST, config, whole, train_config=tc.to_dict(),
-                                  tokenizer_dir=_tokenizer_dir(data))
-        emit({"type": "interrupted", "step": state.step, "path": str(run / LATEST)})
+        if state.step == boundary[0]:
+            state.rng.bit_generator.state = boundary[1]    # stopped inside a step: its batches not drawn
+        whole = _whole_state(t)                        # a collective with ZeRO-1: every rank is here
+        if t.dp.comm.rank == 0:                        # only rank 0 writes checkpoints
+            save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
+                                  tokenizer_dir=_tokenizer_dir(t.data))
+        emit({"type": "interrupted", "step": state.step, "path": str(t.run / LATEST)})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval)
     return TrainResult(state=state, last_eval=last_eval)
+
+
+def train_step(t: Trainer) -> tuple[float, float, float]:
+    """One optimizer update, as nanoGPT's train.py writes it; returns (mean loss, gradient norm, lr).
+    Batches and dropout masks come from state.rng, micro-batch by micro-batch; a non-finite loss or
+    gradient stops the run before the update (the last checkpoint stays good)."""
+    state, tc, dp, opt = t.state, t.tc, t.dp, t.opt
+    B, T, accum = tc.batch_size, tc.block_size, tc.grad_accum
+    lr = learning_rate(tc.optim, state.step)
+    opt.zero_grad()
+    loss = 0.0
+    for _ in range(accum):
+        batch = get_batch(t.data.train, B, T, state.rng, rows=dp.rank_rows(B))   # this rank's rows: 2 x [b, T]
+        loss += dp.forward_backward(t.objective.loss, state.params, t.config, batch, opt.grads, scale=1.0 / accum,
+                                    dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None, total=B,
+                                    block_done=opt.layer_done)     # rows over threads, summed in thread order
+        opt.reduce_gradients()                                   # over the ranks (ZeRO-1: reduce-scatter)
+    loss /= accum
+    norm = opt.clip(tc.optim.grad_clip)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise NumgptError(diverged_message(t.run, state.step, f"loss {loss}, gradient norm {norm}"))
+    with interrupts_held():            # Ctrl-C waits for the update: the model is never half-updated
+        opt.step(state.params, lr)
+        state.step += 1
+        state.tokens_seen += B * T * accum
+    return loss, norm, lr
 
 
 @contextmanager
@@ -292,47 +335,28 @@ def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
     return step == tc.max_iters or (tc.eval_interval > 0 and step % tc.eval_interval == 0)
 
 
-def training_loss_and_grads(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset,
-                            grads: dict[str, np.ndarray], dp: DataParallel | None = None) -> float:
-    """Zero grads, then accumulate the mean gradient of grad_accum micro-batches; returns their mean loss.
-    Batches (and dropout seeds) are drawn from state.rng, in this order, micro-batch by micro-batch; each
-    micro-batch's rows are split over dp's threads (one thread if dp is None)."""
-    dp = DataParallel(1) if dp is None else dp
-    for g in grads.values():
-        g.fill(0)
-    total = 0.0
-    for _ in range(tc.grad_accum):
-        x, y = get_batch(data.train, tc.batch_size, tc.block_size, state.rng, rows=dp.rank_rows(tc.batch_size))
-        total += dp.accumulate_grads(state.params, config, x, y, grads, scale=1.0 / tc.grad_accum,
-                                     dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None,
-                                     total=tc.batch_size)
-    return total / tc.grad_accum
-
-
-def estimate_loss(params, config: GPTConfig, tc: TrainConfig, data: Dataset,
-                  dp: DataParallel | None = None) -> dict[str, float]:
+def estimate_loss(t: Trainer) -> dict[str, float]:
     """Mean loss (nats per token, no dropout) over eval_iters fixed batches of each split."""
-    dp = DataParallel(1) if dp is None else dp
+    tc, dp = t.tc, t.dp
     out = {}
     for name in ("train", "val"):
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])
         rows = dp.rank_rows(tc.batch_size)             # each rank reads only its rows
-        losses = [dp.loss(params, config, *get_batch(data.split(name), tc.batch_size, tc.block_size, rng, rows),
-                          total=tc.batch_size) for _ in range(tc.eval_iters)]
+        losses = [dp.evaluate(t.objective.evaluate, t.state.params, t.config,
+                              get_batch(t.data.split(name), tc.batch_size, tc.block_size, rng, rows),
+                              total=tc.batch_size) for _ in range(tc.eval_iters)]
         out[name] = float(np.mean(losses))
     return out
 
 
-def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run: Path,
-                      emit: Callable[[Event], None], dp: DataParallel | None = None, *, save: bool = True,
-                      zero: ZeroShards | None = None) -> Event:
+def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
-    (save=False: every step but the writing, for the ranks other than 0; with ZeRO-1 every rank still
-    takes part in gathering the moments)."""
-    losses = estimate_loss(state.params, config, tc, data, dp)
+    (rank 0 writes; with ZeRO-1 every rank still takes part in gathering the moments)."""
+    state, data = t.state, t.data
+    losses = estimate_loss(t)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
-        raise NumgptError(diverged_message(run, state.step, f"evaluated loss {val}"))   # never save it
+        raise NumgptError(diverged_message(t.run, state.step, f"evaluated loss {val}"))   # never save it
     event = {"type": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": val,
              "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val")}
     improved = state.best_val_loss is None or val < state.best_val_loss
@@ -340,22 +364,21 @@ def evaluate_and_save(state: TrainState, config: GPTConfig, tc: TrainConfig, dat
         state.best_val_loss = val
     event["best"] = improved
     emit(event)
-    whole = _whole_state(state, zero)
-    if not save:
+    whole = _whole_state(t)
+    if t.dp.comm.rank != 0:
         return event
-    tok = _tokenizer_dir(data)
-    save_train_checkpoint(run / LATEST, config, whole, train_config=tc.to_dict(), tokenizer_dir=tok)
+    tok, saved = _tokenizer_dir(data), t.tc.to_dict()
+    save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
     if improved:
-        save_train_checkpoint(run / BEST, config, whole, train_config=tc.to_dict(), tokenizer_dir=tok)
+        save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
     return event
 
 
-def _whole_state(state: TrainState, zero: ZeroShards | None) -> TrainState:
-    """The state to save: as is, or with ZeRO-1 the full moments gathered from their owners (on rank 0;
-    every rank must call it, it is a collective)."""
-    if zero is None:
-        return state
-    return dataclasses.replace(state, optim=zero.full_moments(state.optim, state.params))
+def _whole_state(t: Trainer) -> TrainState:
+    """The state to save, with the optimizer's whole state (with ZeRO-1 gathered from the moments' owners
+    on rank 0: every rank must call it, it is a collective)."""
+    whole = t.opt.full_state()
+    return t.state if whole is t.state.optim else dataclasses.replace(t.state, optim=whole)
 
 
 def check_trainable_weights(params: dict[str, np.ndarray]) -> None:

@@ -11,6 +11,10 @@ The learning rate warms up linearly, then follows a cosine down to a floor (nano
 
 State is plain data: the moments m and v as float32 arrays keyed by parameter name (params.py's schema),
 and the step count; the checkpoint code saves them as they are.
+
+`Optimizer` is the interface the training step calls (zero_grad, reduce_gradients over the ranks, clip,
+step, full_state); `AdamW` implements it with every moment on every rank, zero.ZeroAdamW with the moments
+sharded over the ranks (ZeRO-1). Both give the same bits.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 
 from ..errors import NumgptError
 from ..params import Params, zeros_like
 from ..threads import run_split
+from .comm import Communicator
 
 
 @dataclass(frozen=True)
@@ -193,3 +199,65 @@ def adamw_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, 
     np.divide(m, tmp, out=tmp)
     tmp *= step_size
     p -= tmp
+
+
+# ---------------------------------------------------------------- the optimizer the training step calls
+
+class Optimizer(Protocol):
+    """What the training step (loop.train_step) asks of an optimizer; AdamW below and ZeRO-1's
+    ZeroAdamW (zero.py) implement it. It owns the gradients of the trained parameters, as views of one
+    flat float32 buffer (so the sum over the ranks is one call), and the optimizer state."""
+
+    grads: Params                                  # name -> gradient, the trained parameters only
+    layer_done: Callable[[int], None] | None       # starts layer i's sum over the ranks during the backward
+
+    def zero_grad(self) -> None:
+        """Set every gradient to 0 (before the first micro-batch of a step)."""
+
+    def reduce_gradients(self) -> None:
+        """Sum the gradients over the ranks (after each micro-batch), in rank order: exact on every backend."""
+
+    def clip(self, max_norm: float) -> float:
+        """Scale the gradients to a global norm of at most max_norm (0: no clipping); the norm before."""
+
+    def step(self, params: Params, lr: float) -> None:
+        """One update of the trained parameters in place, at learning rate lr."""
+
+    def full_state(self) -> AdamWState:
+        """The whole optimizer state, to save (a collective where the state is sharded: every rank calls it)."""
+
+
+class AdamW:
+    """AdamW over data-parallel ranks: every rank keeps every moment, and the gradients are summed by an
+    all-reduce, started layer by layer during the backward where the communicator can (parallel.py,
+    OverlappedSum). params: the trained parameters (their order is the gradient buffer's)."""
+
+    def __init__(self, params: Params, state: AdamWState, config: AdamWConfig, *, comm: Communicator | None = None,
+                 threads: int | None = None, n_layer: int = 0, overlap: bool = True):
+        from .comm import SingleProcess
+        from .parallel import OverlappedSum, flat_zeros_like
+
+        self.state, self.config, self.threads = state, config, threads
+        self.comm = SingleProcess() if comm is None else comm
+        self.flat, self.grads = flat_zeros_like(params)
+        self._sum = OverlappedSum.of(self.comm, self.flat, self.grads, n_layer) if overlap else None
+        self.layer_done = None if self._sum is None else self._sum.block_done
+
+    def zero_grad(self) -> None:
+        self.flat.fill(0)
+
+    def reduce_gradients(self) -> None:
+        if self._sum is not None and self._sum.started:
+            self._sum.finish()                     # the layers' sums started in the backward, then the rest
+        else:
+            self.comm.allreduce_sum(self.flat)
+
+    def clip(self, max_norm: float) -> float:
+        return clip_grad_norm(self.grads, max_norm)
+
+    def step(self, params: Params, lr: float) -> None:
+        trained = params if len(params) == len(self.grads) else {name: params[name] for name in self.grads}
+        adamw_step(trained, self.grads, self.state, self.config, lr, threads=self.threads)
+
+    def full_state(self) -> AdamWState:
+        return self.state

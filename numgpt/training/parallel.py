@@ -38,10 +38,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..backprop import Workspace, accumulate_grads, loss_only
+from ..backprop import Workspace
 from ..config import GPTConfig
 from .comm import Communicator, SingleProcess, ThreadGroup
-from .optim import chunks
+from .objective import Batch, LossFn, ValueFn, next_token_loss, next_token_value
 from ..params import Params
 from ..threads import row_ranges, run_in_threads, run_split
 
@@ -90,17 +90,15 @@ def batch_slices(n: int, ranks: int, threads: int) -> list[list[slice]]:
 
 class DataParallel:
     """A rank's share of data parallelism: its rows of each batch split over up to `threads` threads,
-    the gradients summed over threads and then over `comm`'s ranks (see the module docstring).
-    Per-thread gradient buffers (one params-sized flat copy per extra thread used) and workspaces are
-    made on first use and reused every step."""
+    the gradients summed over the threads (`forward_backward`; the sum over `comm`'s ranks is the
+    optimizer's, optim.Optimizer.reduce_gradients), see the module docstring. Per-thread gradient
+    buffers (one flat copy of the trained parameters per extra thread used) and workspaces are made on
+    first use and reused every step."""
 
-    def __init__(self, threads: int, comm: Communicator | None = None,
-                 sum_grads: Callable[[np.ndarray], None] | None = None, *, overlap: bool = True):
+    def __init__(self, threads: int, comm: Communicator | None = None, *, overlap: bool = True):
         self.threads = max(1, threads)
-        self.overlap = overlap                     # sum each layer's gradients while the backward goes on
+        self.overlap = overlap                     # accumulate_grads: sum each layer while the backward goes on
         self.comm = SingleProcess() if comm is None else comm
-        # how the ranks' flat gradients are summed: an all-reduce, or ZeRO-1's reduce-scatter (zero.py)
-        self.sum_grads = self.comm.allreduce_sum if sum_grads is None else sum_grads
         self.workspaces = [Workspace() for _ in range(self.threads)]
         self.extra_grads: list[tuple[np.ndarray, Params]] = []   # (flat, views) of threads 1, 2, ...
         self._own: tuple[np.ndarray, Params] | None = None       # a flat copy of grads that are not flat
@@ -111,33 +109,32 @@ class DataParallel:
         """Slices a full batch is split over at most: ranks x threads."""
         return self.comm.size * self.threads
 
-    def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
-                         grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
-                         rng: np.random.Generator | None = None, total: int | None = None) -> float:
-        """`backprop.accumulate_grads` with the batch's rows split over the ranks and threads: adds
-        scale * d(mean loss)/d(param) of the whole batch into grads (on every rank) and returns the mean
-        loss. One slice in all is exactly `backprop.accumulate_grads`. total: ids and targets are only
-        this rank's rows (`rank_rows(total)`) of a batch of `total` rows; None: they are the whole batch."""
-        n = len(ids) if total is None else total
+    def forward_backward(self, loss: LossFn, params: Params, config: GPTConfig, batch: Batch, grads: Params, *,
+                         scale: float = 1.0, dropout: float = 0.0, rng: np.random.Generator | None = None,
+                         total: int | None = None, block_done: Callable[[int], None] | None = None) -> float:
+        """Add scale * d(mean loss of the whole batch)/d(param) of this rank's rows into grads (views of one
+        flat buffer, `flat_zeros_like`), its rows split over the threads and summed in thread order;
+        returns the mean loss of the whole batch (the same on every rank). The sum over the ranks is left
+        to the caller, except what block_done starts while the backward runs (with one slice on this rank).
+        batch: arrays whose rows are this rank's share (`rank_rows(total)`) of a batch of `total` rows
+        (None: the arrays are the whole batch)."""
+        n = len(batch[0]) if total is None else total
         plan = batch_slices(n, self.comm.size, self.threads)
         mine = self._local(plan[self.comm.rank], n, total)
         rngs = self._slice_rngs(plan, dropout, rng)
-        flat, views, copied = self._flat(grads)
-        buffers = [(flat, views), *self._extra_grads(len(mine) - 1, views)]
+        flat = flat_buffer(grads)
+        if flat is None:
+            raise ValueError("forward_backward takes gradients that are views of one flat buffer (flat_zeros_like)")
+        buffers = [(flat, grads), *self._extra_grads(len(mine) - 1, grads)]
         group = ThreadGroup(len(mine)) if len(mine) > 1 else None
-
-        # overlap: with one slice on this rank and a plain all-reduce, each block's gradients start
-        # their sum over the ranks as soon as the backward has finished them (bucketed by layer)
-        overlap = self._overlap(flat, views, config) if len(mine) == 1 and self.sum_grads == self.comm.allreduce_sum \
-            else None
+        block_done = block_done if len(mine) == 1 else None
 
         def slice_grads(k: int, rows: slice, weight: float) -> float:
             k_flat, k_views = buffers[k]
             if k > 0 or self.comm.rank > 0:
                 k_flat.fill(0)                        # only rank 0's thread 0 adds onto the running sum
-            return accumulate_grads(params, config, ids[rows], targets[rows], k_views, scale=scale * weight,
-                                    dropout=dropout, rng=rngs[k], workspace=self.workspaces[k],
-                                    block_done=None if overlap is None else overlap.block_done)
+            return loss(params, config, tuple(a[rows] for a in batch), k_views, scale=scale * weight,
+                        dropout=dropout, rng=rngs[k], workspace=self.workspaces[k], block_done=block_done)
 
         def then_sum(k: int) -> None:
             if group is not None:
@@ -147,12 +144,34 @@ class DataParallel:
                     pass                              # another thread failed; its error is raised
         if not mine and self.comm.rank > 0:
             flat.fill(0)                              # a rank without rows adds nothing
-        loss = self._weighted_mean(mine, n, slice_grads, then_sum,
-                                   on_error=None if group is None else group.abort)
+        return self._weighted_mean(mine, n, slice_grads, then_sum, on_error=None if group is None else group.abort)
+
+    def evaluate(self, value: ValueFn, params: Params, config: GPTConfig, batch: Batch, *,
+                 total: int | None = None) -> float:
+        """value's mean loss (no gradients) of the whole batch, its rows split over the ranks and threads;
+        the same on every rank. total: as in forward_backward."""
+        n = len(batch[0]) if total is None else total
+        mine = self._local(batch_slices(n, self.comm.size, self.threads)[self.comm.rank], n, total)
+        return self._weighted_mean(mine, n, lambda k, rows, weight: value(
+            params, config, tuple(a[rows] for a in batch), self.workspaces[k]))
+
+    def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
+                         grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
+                         rng: np.random.Generator | None = None, total: int | None = None) -> float:
+        """`backprop.accumulate_grads` with the batch's rows split over the ranks and threads: adds
+        scale * d(mean loss)/d(param) of the whole batch into grads (on every rank, summed over the
+        ranks by an all-reduce) and returns the mean loss. One slice in all is exactly
+        `backprop.accumulate_grads`. total: as in forward_backward."""
+        flat, views, copied = self._flat(grads)
+        mine = batch_slices(len(ids) if total is None else total, self.comm.size, self.threads)[self.comm.rank]
+        overlap = self._overlap(flat, views, config) if len(mine) == 1 else None
+        loss = self.forward_backward(next_token_loss, params, config, (ids, targets), views, scale=scale,
+                                     dropout=dropout, rng=rng, total=total,
+                                     block_done=None if overlap is None else overlap.block_done)
         if overlap is not None and overlap.started:
             overlap.finish()                          # the blocks' sums, then wte and wpe's
         else:
-            self.sum_grads(flat)                      # over the ranks, in rank order
+            self.comm.allreduce_sum(flat)             # over the ranks, in rank order
         if copied:
             for name, g in grads.items():
                 g[...] = views[name]
@@ -162,18 +181,15 @@ class DataParallel:
              total: int | None = None) -> float:
         """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the ranks
         and threads; the same value on every rank. total: as in accumulate_grads."""
-        n = len(ids) if total is None else total
-        mine = self._local(batch_slices(n, self.comm.size, self.threads)[self.comm.rank], n, total)
-        return self._weighted_mean(mine, n, lambda k, rows, weight: loss_only(
-            params, config, ids[rows], targets[rows], workspace=self.workspaces[k]))
+        return self.evaluate(next_token_value, params, config, (ids, targets), total=total)
 
     def _overlap(self, flat: np.ndarray, views: Params, config: GPTConfig) -> "OverlappedSum | None":
         """The per-layer buckets of the flat gradients, if this communicator can sum them exactly without
         waiting (comm.start_allreduce_sum); None otherwise."""
-        if not (self.overlap and self.comm.can_overlap):
+        if not self.overlap:
             return None
         if self._buckets is None or self._buckets.flat is not flat:
-            self._buckets = OverlappedSum(self.comm, flat, views, config.n_layer)   # made once per buffer
+            self._buckets = OverlappedSum.of(self.comm, flat, views, config.n_layer)   # made once per buffer
         return self._buckets
 
     def rank_rows(self, n: int) -> slice:
@@ -251,6 +267,15 @@ class OverlappedSum:
     for them and sums what is left (wte and wpe, complete only at the end of the backward). The same bits
     as one all-reduce of the whole buffer: each element is summed once, by the same exact rule."""
 
+    @classmethod
+    def of(cls, comm: Communicator, flat: np.ndarray, views: Params, n_layer: int) -> "OverlappedSum | None":
+        """The overlapped sum of these gradients, where the communicator can sum exactly without waiting
+        (comm.start_allreduce_sum) and every parameter is trained (a bucket per layer); else None."""
+        layered = all(any(n.startswith(f"h.{i}.") for n in views) for i in range(n_layer))
+        if not (comm.can_overlap and layered and any(n.startswith("ln_f.") for n in views)):
+            return None
+        return cls(comm, flat, views, n_layer)
+
     def __init__(self, comm: Communicator, flat: np.ndarray, views: Params, n_layer: int):
         self.comm, self.flat, self.requests, self.started = comm, flat, [], False
         base = flat.__array_interface__["data"][0]
@@ -281,6 +306,7 @@ class OverlappedSum:
 def add_into(total: Params, parts: list[Params], *, threads: int | None = None) -> None:
     """total[name] += each part's [name], parts in order, in slices spread over up to `threads` threads:
     the plain ordered sum, the reference the communicators' all-reduce is tested against."""
+    from .optim import chunks                         # (optim imports this module)
     if not parts:
         return
     work = [s for name in total for s in chunks(total[name], *(part[name] for part in parts))]

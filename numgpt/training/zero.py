@@ -104,3 +104,35 @@ class ZeroShards:
     def moment_bytes(self, optim: AdamWState) -> int:
         """Bytes of optimizer moments this rank holds."""
         return sum(a.nbytes for a in optim.m.values()) + sum(a.nbytes for a in optim.v.values())
+
+
+class ZeroAdamW:
+    """optim.Optimizer with ZeRO-1: the gradients reduce-scattered, each rank clipping and updating the
+    parameters it owns with the moments it alone keeps (`state` loses the others'), the parameters
+    all-gathered after. params: the trained parameters, moved into ZeroShards' flat buffer (the dict's
+    entries become views of it, with the same values)."""
+
+    layer_done = None                                  # a reduce-scatter is not started layer by layer
+
+    def __init__(self, params: Params, state: AdamWState, config: AdamWConfig, *, comm: Communicator,
+                 threads: int | None = None):
+        self.state, self.config, self.threads = state, config, threads
+        self.shards = ZeroShards(params, comm)
+        self.shards.keep_own_moments(state)
+        self.params = params
+        self.flat, self.grads = flat_zeros_like(params)
+
+    def zero_grad(self) -> None:
+        self.flat.fill(0)
+
+    def reduce_gradients(self) -> None:
+        self.shards.sum_gradients(self.flat)
+
+    def clip(self, max_norm: float) -> float:
+        return self.shards.clip(self.grads, max_norm)
+
+    def step(self, params: Params, lr: float) -> None:
+        self.shards.step(params, self.grads, self.state, self.config, lr, threads=self.threads)
+
+    def full_state(self) -> AdamWState:
+        return self.shards.full_moments(self.state, self.params)

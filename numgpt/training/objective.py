@@ -1,0 +1,91 @@
+"""What training minimises: a loss function over a batch, and the set of parameters it trains.
+
+    Objective(loss=next_token_loss, evaluate=next_token_value, trainable=None)    pre-training (the default)
+
+The training step (loop.train_step) never asks which objective it has: it draws a batch (a tuple of
+arrays whose first axis is the row, so data parallelism can split any batch by rows), calls `loss` on each
+slice of rows, sums the gradients of the `trainable` parameters over threads and ranks, and updates those
+parameters only. Another training task is another Objective, not another loop: masked cross-entropy, a
+classification head, DPO or a policy-gradient loss is a new `loss`, and LoRA's adapters a new `trainable`.
+
+A loss function adds scale * d(mean loss over the slice's rows)/d(param) into grads[name] for every
+trainable parameter and returns the mean loss (backprop.accumulate_grads is the model of one):
+
+    loss(params, config, batch, grads, *, scale, dropout, rng, workspace, block_done) -> float
+
+block_done(i), if given, is called once layer i's gradients are complete (and -1 after ln_f's), so the sum
+over the ranks can start during the backward (parallel.py); a loss may leave it uncalled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..backprop import Workspace, accumulate_grads, loss_only
+from ..config import GPTConfig
+from ..params import Params
+
+Batch = tuple[np.ndarray, ...]       # arrays of one batch, rows first: (ids [B, T], targets [B, T]) here
+
+
+class LossFn(Protocol):
+    def __call__(self, params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float,
+                 dropout: float, rng: np.random.Generator | None, workspace: Workspace | None,
+                 block_done: Callable[[int], None] | None) -> float: ...
+
+
+ValueFn = Callable[[Params, GPTConfig, Batch, Workspace | None], float]   # the mean loss, no gradients
+
+
+def next_token_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+                    dropout: float = 0.0, rng: np.random.Generator | None = None,
+                    workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> float:
+    """Next-token cross-entropy of batch = (ids [B, T], targets [B, T]); gradients of the parameters
+    that grads holds (the others' go to scratch buffers)."""
+    ids, targets = batch
+    workspace = Workspace() if workspace is None else workspace
+    return accumulate_grads(params, config, ids, targets, with_frozen(params, grads, workspace), scale=scale,
+                            dropout=dropout, rng=rng, workspace=workspace, block_done=block_done)
+
+
+def next_token_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None) -> float:
+    """Mean next-token cross-entropy of (ids, targets), no dropout, no gradients (evaluation)."""
+    ids, targets = batch
+    return loss_only(params, config, ids, targets, workspace=workspace)
+
+
+def with_frozen(params: Params, grads: Params, workspace: Workspace) -> Params:
+    """grads, completed with zeroed scratch buffers for the parameters it does not train (the backward
+    writes every parameter's gradient; a frozen one's is thrown away). grads itself when it trains all."""
+    if len(grads) == len(params):
+        return grads
+    full = {}
+    for name, p in params.items():
+        if name in grads:
+            full[name] = grads[name]
+        else:
+            full[name] = workspace.get("frozen." + name, p.shape, np.float32)
+            full[name].fill(0)
+    return full
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training task: its loss (with gradients), its evaluation (without), and the parameters it trains
+    (None: all of them; else a set of names from the parameter schema)."""
+
+    loss: LossFn = next_token_loss
+    evaluate: ValueFn = next_token_value
+    trainable: frozenset[str] | None = None
+
+    def trainable_params(self, params: Params) -> Params:
+        """The trained parameters, in the schema's order (the order of params)."""
+        if self.trainable is None:
+            return params
+        unknown = sorted(set(self.trainable) - set(params))
+        if unknown:
+            raise ValueError(f"trainable names no parameter of the model: {unknown[0]}")
+        return {name: p for name, p in params.items() if name in self.trainable}
