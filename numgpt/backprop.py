@@ -30,7 +30,7 @@ from .model import check_context
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
                   layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
-from .params import Params, zeros_like
+from .params import Attention, Layer, Params, layer, layers, zeros_like
 
 
 class Workspace:
@@ -100,8 +100,8 @@ def forward_for_training(params: Params, config: GPTConfig, ids: np.ndarray, *, 
     B, T = ids.shape
     x, embed_keep = embed_forward(params, ids, dropout, rng)           # [B, T] -> [N, C]
     blocks = []
-    for i in range(config.n_layer):
-        x, ctx = block_forward(params, f"h.{i}.", config, x, (B, T), dropout, rng)  # [N, C] -> [N, C]
+    for p in layers(params, config):
+        x, ctx = block_forward(p, config, x, (B, T), dropout, rng)  # [N, C] -> [N, C]
         blocks.append(ctx)
     xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     wte = params["wte.weight"]
@@ -124,7 +124,7 @@ def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig,
     if block_done is not None:
         block_done(-1)                                                 # ln_f is final
     for i in reversed(range(config.n_layer)):
-        dx = block_backward(dx, tape["blocks"][i], params, f"h.{i}.", grads)
+        dx = block_backward(dx, tape["blocks"][i], layer(params, i), layer(grads, i))
         if block_done is not None:
             block_done(i)
     embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
@@ -149,66 +149,64 @@ def embed_backward(dx: np.ndarray, ids: np.ndarray, keep: np.ndarray | None, gra
     grads["wpe.weight"][:T] += dx.reshape(B, T, -1).sum(axis=0)        # [B, T, C] -> [T, C]
 
 
-def block_forward(params: Params, h: str, config: GPTConfig, x: np.ndarray, bt: tuple[int, int],
+def block_forward(p: Layer, config: GPTConfig, x: np.ndarray, bt: tuple[int, int],
                   dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
     """x + drop(attn(ln_1(x))), then + drop(mlp(ln_2(x))); returns the new residual and the block's tape."""
     eps = config.layer_norm_epsilon
-    a, ln_1 = layer_norm_forward(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps)
-    y, attn = attention_forward(params, h, config, a, bt, dropout, rng)  # [N, C] -> [N, C]
+    a, ln_1 = layer_norm_forward(x, p.ln_1.weight, p.ln_1.bias, eps)
+    y, attn = attention_forward(p.attn, config, a, bt, dropout, rng)  # [N, C] -> [N, C]
     y, attn_keep = maybe_dropout(y, dropout, rng)
     x = x + y
-    m, ln_2 = layer_norm_forward(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps)
-    f = linear_forward(m, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])      # [N, C] -> [N, 4C]
+    m, ln_2 = layer_norm_forward(x, p.ln_2.weight, p.ln_2.bias, eps)
+    f = linear_forward(m, p.mlp.c_fc.weight, p.mlp.c_fc.bias)         # [N, C] -> [N, 4C]
     g, gelu_h = gelu_forward(f)
-    y = linear_forward(g, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
+    y = linear_forward(g, p.mlp.c_proj.weight, p.mlp.c_proj.bias)     # [N, 4C] -> [N, C]
     y, mlp_keep = maybe_dropout(y, dropout, rng)
     x += y                                                             # x is our own copy by now
     return x, {"a": a, "ln_1": ln_1, "attn": attn, "attn_keep": attn_keep,
                "m": m, "ln_2": ln_2, "f": f, "gelu_h": gelu_h, "g": g, "mlp_keep": mlp_keep}
 
 
-def block_backward(dx: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
-    """Differentiates `block_forward`: the residual passes dx straight through, each branch adds its part."""
+def block_backward(dx: np.ndarray, tape: dict, p: Layer, grad: Layer) -> np.ndarray:
+    """Differentiates `block_forward`: the residual passes dx straight through, each branch adds its part.
+    p: the block's parameters; grad: their gradients (the same view of the gradient dict), accumulated into."""
     dy = dx if tape["mlp_keep"] is None else dx * tape["mlp_keep"]
-    dg = linear_backward(dy, tape["g"], params[h + "mlp.c_proj.weight"],
-                         grads[h + "mlp.c_proj.weight"], grads[h + "mlp.c_proj.bias"])
+    dg = linear_backward(dy, tape["g"], p.mlp.c_proj.weight, grad.mlp.c_proj.weight, grad.mlp.c_proj.bias)
     df = gelu_backward(dg, tape["f"], tape["gelu_h"])
-    dm = linear_backward(df, tape["m"], params[h + "mlp.c_fc.weight"],
-                         grads[h + "mlp.c_fc.weight"], grads[h + "mlp.c_fc.bias"])
-    dx = dx + layer_norm_backward(dm, tape["ln_2"], grads[h + "ln_2.weight"], grads[h + "ln_2.bias"])
+    dm = linear_backward(df, tape["m"], p.mlp.c_fc.weight, grad.mlp.c_fc.weight, grad.mlp.c_fc.bias)
+    dx = dx + layer_norm_backward(dm, tape["ln_2"], grad.ln_2.weight, grad.ln_2.bias)
     dy = dx if tape["attn_keep"] is None else dx * tape["attn_keep"]
-    da = attention_backward(dy, tape["attn"], params, h, grads)
-    dx += layer_norm_backward(da, tape["ln_1"], grads[h + "ln_1.weight"], grads[h + "ln_1.bias"])
+    da = attention_backward(dy, tape["attn"], p.attn, grad.attn)
+    dx += layer_norm_backward(da, tape["ln_1"], grad.ln_1.weight, grad.ln_1.bias)
     return dx
 
 
-def attention_forward(params: Params, h: str, config: GPTConfig, a: np.ndarray, bt: tuple[int, int],
+def attention_forward(p: Attention, config: GPTConfig, a: np.ndarray, bt: tuple[int, int],
                       dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
     """Causal multi-head self-attention on rows a [N, C]: c_attn, split heads, attend, merge, c_proj."""
     B, T = bt
     C = a.shape[1]
     H = config.n_head
-    qkv = linear_forward(a, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
+    qkv = linear_forward(a, p.c_attn.weight, p.c_attn.bias)          # [N, C] -> [N, 3C]
     qkv = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)    # [N, 3C] -> [3, B, H, T, D]
     y, att = causal_attention_forward(qkv[0], qkv[1], qkv[2], dropout=dropout, rng=rng)  # -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
-    out = linear_forward(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])   # [N, C] -> [N, C]
+    out = linear_forward(y, p.c_proj.weight, p.c_proj.bias)          # [N, C] -> [N, C]
     return out, {"a": a, "y": y, "att": att, "bth": (B, T, H)}
 
 
-def attention_backward(dout: np.ndarray, tape: dict, params: Params, h: str, grads: Params) -> np.ndarray:
-    """Differentiates `attention_forward`; returns d(loss)/d(a) [N, C]."""
+def attention_backward(dout: np.ndarray, tape: dict, p: Attention, grad: Attention) -> np.ndarray:
+    """Differentiates `attention_forward` (gradients accumulated into grad); returns d(loss)/d(a) [N, C]."""
     B, T, H = tape["bth"]
     N, C = dout.shape
-    dy = linear_backward(dout, tape["y"], params[h + "attn.c_proj.weight"],
-                         grads[h + "attn.c_proj.weight"], grads[h + "attn.c_proj.bias"])  # -> [N, C]
+    dy = linear_backward(dout, tape["y"], p.c_proj.weight, grad.c_proj.weight, grad.c_proj.bias)  # -> [N, C]
     dy = dy.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)             # [N, C] -> [B, H, T, D]
     dq, dk, dv = causal_attention_backward(dy, tape["att"])           # 3 x [B, H, T, D]
     dqkv = np.empty((B, T, 3, H, C // H), dout.dtype)
     for j, d in enumerate((dq, dk, dv)):
         dqkv[:, :, j] = d.transpose(0, 2, 1, 3)                        # [B, H, T, D] -> [B, T, H, D]
-    return linear_backward(dqkv.reshape(N, 3 * C), tape["a"], params[h + "attn.c_attn.weight"],
-                           grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"])  # -> [N, C]
+    return linear_backward(dqkv.reshape(N, 3 * C), tape["a"], p.c_attn.weight,
+                           grad.c_attn.weight, grad.c_attn.bias)                      # -> [N, C]
 
 
 def maybe_dropout(x: np.ndarray, p: float, rng: np.random.Generator | None

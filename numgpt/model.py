@@ -38,7 +38,7 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .ops import (FEW_ROWS, attention, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, linear, linear_into)
-from .params import Params
+from .params import MLP, Attention, Layer, Params, layers
 
 
 def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
@@ -63,9 +63,9 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     key_valid = None if valid.all() else valid
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
     buffers = BlockBuffers.allocate(config, B, T)
-    for i in range(config.n_layer):
-        kv = None if cache is None else (cache.keys[i], cache.values[i], past)
-        block_(params, f"h.{i}.", config, x, key_valid, kv, buffers)  # [B, T, C], in place
+    for layer in layers(params, config):
+        kv = None if cache is None else (cache.keys[layer.index], cache.values[layer.index], past)
+        block_(layer, config, x, key_valid, kv, buffers)       # [B, T, C], in place
     if cache is not None:
         cache.mask[:, :past + T] = valid
         cache.length = past + T
@@ -86,8 +86,8 @@ def reference_forward(params: Params, config: GPTConfig, ids: np.ndarray, *,
     _check_context(config, None, positions, T)
     mask = causal_mask(T, T)[None, None] & valid[:, None, None, :]  # [B, 1, T, T]
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
-    for i in range(config.n_layer):
-        x = block(params, f"h.{i}.", config, x, mask)          # [B, T, C] -> [B, T, C]
+    for layer in layers(params, config):
+        x = block(layer, config, x, mask)                      # [B, T, C] -> [B, T, C]
     x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     return lm_head(params, x)                                  # [B, T, C] -> [B, T, V]
 
@@ -97,22 +97,22 @@ def embed(params: Params, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return params["wte.weight"][ids] + params["wpe.weight"][positions]  # [B, T] -> [B, T, C]
 
 
-def block(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def block(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """One transformer block: pre-LayerNorm attention and MLP, each added to the residual stream."""
     eps = config.layer_norm_epsilon
-    x = x + self_attention(params, h, config, layer_norm(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps), mask)
-    x = x + mlp(params, h, layer_norm(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps))
+    x = x + self_attention(layer.attn, config, layer_norm(x, layer.ln_1.weight, layer.ln_1.bias, eps), mask)
+    x = x + mlp(layer.mlp, layer_norm(x, layer.ln_2.weight, layer.ln_2.bias, eps))
     return x
 
 
-def self_attention(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def self_attention(p: Attention, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Multi-head self-attention of T positions over themselves, under a boolean mask [B, 1, T, T]."""
     B, T, C = x.shape
-    qkv = linear(x, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [B, T, C] -> [B, T, 3C]
+    qkv = linear(x, p.c_attn.weight, p.c_attn.bias)            # [B, T, C] -> [B, T, 3C]
     q, k, v = split_heads(qkv, config.n_head)                  # [B, T, 3C] -> 3 x [B, H, T, D]
     y = attention(q, k, v, mask)                               # -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # [B, H, T, D] -> [B, T, C]
-    return linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])
+    return linear(y, p.c_proj.weight, p.c_proj.bias)
 
 
 def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,10 +122,10 @@ def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, n
     return qkv[0], qkv[1], qkv[2]
 
 
-def mlp(params: Params, h: str, x: np.ndarray) -> np.ndarray:
+def mlp(p: MLP, x: np.ndarray) -> np.ndarray:
     """Position-wise feed-forward: C -> 4C, tanh GELU, 4C -> C."""
-    x = gelu(linear(x, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"]))  # [B, T, C] -> [B, T, 4C]
-    return linear(x, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [B, T, 4C] -> [B, T, C]
+    x = gelu(linear(x, p.c_fc.weight, p.c_fc.bias))           # [B, T, C] -> [B, T, 4C]
+    return linear(x, p.c_proj.weight, p.c_proj.bias)           # [B, T, 4C] -> [B, T, C]
 
 
 @dataclass
@@ -149,7 +149,7 @@ class BlockBuffers:
                    scratch=np.empty((n, 4 * C), np.float32))
 
 
-def block_(params: Params, h: str, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray | None,
+def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray | None,
            kv: tuple[np.ndarray, np.ndarray, int] | None, buf: BlockBuffers) -> np.ndarray:
     """`block` in place on x [B, T, C], using buf instead of new arrays. With kv = (keys, values, past)
     of one layer's cache ([B, H, M, D] each), the new keys/values are stored at past .. past+T and the
@@ -157,8 +157,8 @@ def block_(params: Params, h: str, config: GPTConfig, x: np.ndarray, key_valid: 
     B, T, C = x.shape
     eps = config.layer_norm_epsilon
     x2 = x.reshape(B * T, C)                                   # a view: x is updated through it
-    layer_norm_into(x2, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps, buf.ln)
-    linear_into(buf.ln, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"], buf.qkv)  # [N, C] -> [N, 3C]
+    layer_norm_into(x2, layer.ln_1.weight, layer.ln_1.bias, eps, buf.ln)
+    linear_into(buf.ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, buf.qkv)  # [N, C] -> [N, 3C]
     q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), config.n_head)  # -> 3 x [B, H, T, D] views
     if kv is not None:
         keys, values, past = kv
@@ -166,12 +166,12 @@ def block_(params: Params, h: str, config: GPTConfig, x: np.ndarray, key_valid: 
         values[:, :, past:past + T] = v
         k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
     causal_attention_into(q, k, v, key_valid, buf.att)         # -> [B, T, H, D]
-    linear_into(buf.att.reshape(B * T, C), params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"], buf.proj)
+    linear_into(buf.att.reshape(B * T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
     x2 += buf.proj
-    layer_norm_into(x2, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps, buf.ln)
-    linear_into(buf.ln, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"], buf.fc)  # [N, C] -> [N, 4C]
+    layer_norm_into(x2, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
+    linear_into(buf.ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, buf.fc)  # [N, C] -> [N, 4C]
     gelu_(buf.fc, buf.scratch)
-    linear_into(buf.fc, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"], buf.proj)  # [N, 4C] -> [N, C]
+    linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)  # [N, 4C] -> [N, C]
     x2 += buf.proj
     return x
 

@@ -35,7 +35,7 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, embed, forward
 from .ops import gelu_, layer_norm_into
-from .params import Params
+from .params import Layer, Params, layers
 
 
 @dataclass
@@ -152,8 +152,8 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
     width = max(cache.slots, 2) if batch_invariant else slots.size   # columns every product gets
     x = np.zeros((width, config.n_embd), np.float32)                  # [W, C]; rows past N stay zero
     x[:slots.size] = embed(params, ids, cache.lengths[slots])          # [N] -> [N, C]
-    for layer in range(config.n_layer):
-        decode_block(params, f"h.{layer}.", config, x, cache, layer, slots)     # [W, C], in place
+    for layer in layers(params, config):
+        decode_block(layer, config, x, cache, slots)                           # [W, C], in place
     cache.lengths[slots] += 1
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
@@ -168,27 +168,27 @@ def vocabulary_head(params: Params) -> np.ndarray:
     return np.ascontiguousarray(params["wte.weight"].T)
 
 
-def decode_block(params: Params, h: str, config: GPTConfig, x: np.ndarray, cache: SlotCache, layer: int,
-                 rows: np.ndarray) -> None:
+def decode_block(layer: Layer, config: GPTConfig, x: np.ndarray, cache: SlotCache, rows: np.ndarray) -> None:
     """One transformer block for one new position per row, in place on x [W, C]: rows 0 .. N-1 are the
     slots' (rows beyond are padding that keeps the products' shape fixed: no cache, no attention)."""
     eps, (N, C) = config.layer_norm_epsilon, x.shape
     ln = np.empty_like(x)
-    layer_norm_into(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps, ln)
-    qkv = affine(ln, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [N, C] -> [N, 3C]
+    layer_norm_into(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
+    qkv = affine(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias)          # [N, C] -> [N, 3C]
     q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
     at = cache.lengths[rows]                                                     # [n] each row's new position
-    cache.keys[layer, rows, :, at] = k[:rows.size]                               # [n, H, D] into [n] slots
-    cache.values[layer, rows, :, at] = v[:rows.size]
+    keys, values = cache.keys[layer.index], cache.values[layer.index]           # [S, H, M, D]
+    keys[rows, :, at] = k[:rows.size]                                            # [n, H, D] into [n] slots
+    values[rows, :, at] = v[:rows.size]
     q = q[:rows.size] * np.float32(1.0 / np.sqrt(config.head_size))              # [n, H, D]
     att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
     for i, (s, n) in enumerate(zip(rows.tolist(), (at + 1).tolist())):
-        att[i] = attend(q[i], cache.keys[layer, s, :, :n], cache.values[layer, s, :, :n])
-    x += affine(att.reshape(N, C), params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"])
-    layer_norm_into(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps, ln)
-    fc = affine(ln, params[h + "mlp.c_fc.weight"], params[h + "mlp.c_fc.bias"])  # [N, C] -> [N, 4C]
+        att[i] = attend(q[i], keys[s, :, :n], values[s, :, :n])
+    x += affine(att.reshape(N, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias)
+    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
+    fc = affine(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias)                 # [N, C] -> [N, 4C]
     gelu_(fc, np.empty_like(fc))
-    x += affine(fc, params[h + "mlp.c_proj.weight"], params[h + "mlp.c_proj.bias"])  # [N, 4C] -> [N, C]
+    x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:

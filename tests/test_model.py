@@ -14,7 +14,7 @@ from numgpt import GPTConfig, KVCache, NumgptError
 from numgpt.formats.hf import load_checkpoint
 from numgpt.model import BlockBuffers, block, block_, embed, forward, reference_forward, token_positions
 from numgpt.ops import causal_mask
-from numgpt.params import init_params
+from numgpt.params import init_params, layer
 
 DATA = Path(__file__).parent / "data"
 
@@ -124,8 +124,8 @@ def test_float32_end_to_end(tiny):
     positions = token_positions(np.ones_like(ids, bool))
     x = embed(params, ids, positions)
     assert x.dtype == np.float32
-    assert block(params, "h.0.", config, x, causal_mask(4, 4)).dtype == np.float32
-    assert block_(params, "h.0.", config, x.copy(), None, None, BlockBuffers.allocate(config, 1, 4)).dtype == np.float32
+    assert block(layer(params, 0), config, x, causal_mask(4, 4)).dtype == np.float32
+    assert block_(layer(params, 0), config, x.copy(), None, None, BlockBuffers.allocate(config, 1, 4)).dtype == np.float32
     assert reference_forward(params, config, ids).dtype == np.float32
     cache = KVCache.allocate(config, 1, 8)
     assert forward(params, config, ids, cache=cache).dtype == np.float32
@@ -140,8 +140,8 @@ def test_fast_block_equals_plain_block(tiny):
     x = rng.standard_normal((2, 9, config.n_embd), dtype=np.float32)
     valid = np.ones((2, 9), bool)
     valid[1, :4] = False                                      # left padding in row 1
-    plain = block(params, "h.1.", config, x, causal_mask(9, 9)[None, None] & valid[:, None, None, :])
-    fast = block_(params, "h.1.", config, x.copy(), valid, None, BlockBuffers.allocate(config, 2, 9))
+    plain = block(layer(params, 1), config, x, causal_mask(9, 9)[None, None] & valid[:, None, None, :])
+    fast = block_(layer(params, 1), config, x.copy(), valid, None, BlockBuffers.allocate(config, 2, 9))
     # same float32 math in a different order (q pre-scaled, in-place GELU/LayerNorm): ~1e-7
     np.testing.assert_allclose(fast, plain, atol=1e-6, rtol=0)
 

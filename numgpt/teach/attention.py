@@ -27,7 +27,7 @@ from ..config import GPTConfig
 from ..errors import NumgptError
 from ..model import check_context, check_finite_weights, embed, lm_head, mlp, split_heads
 from ..ops import causal_mask, layer_norm, linear, softmax
-from ..params import Params
+from ..params import Attention, Layer, Params, layer
 from .inputs import Prompt, index_in_range, prompt_ids, token_labels
 
 
@@ -53,40 +53,39 @@ def traced_forward(params: Params, config: GPTConfig, ids: Sequence[int] | np.nd
     124M at 1024 tokens: 48 MiB a layer, 576 MiB for all twelve)."""
     ids = _checked_ids(ids, config)                            # [T]
     T = ids.shape[0]
-    layers = list(range(config.n_layer)) if layers is None else \
+    keep = list(range(config.n_layer)) if layers is None else \
         [index_in_range("layer", i, config.n_layer, "layers") for i in layers]
     x = embed(params, ids[None], np.arange(T)[None])           # [1, T] -> [1, T, C]
     mask = causal_mask(T, T)[None, None]                       # [1, 1, T, T]
-    weights = np.empty((len(layers), config.n_head, T, T), np.float32)
+    weights = np.empty((len(keep), config.n_head, T, T), np.float32)
     for i in range(config.n_layer):
-        x, probs = traced_block(params, f"h.{i}.", config, x, mask)  # [1, T, C], [1, H, T, T]
-        for k in (k for k, layer in enumerate(layers) if layer == i):
+        x, probs = traced_block(layer(params, i), config, x, mask)  # [1, T, C], [1, H, T, T]
+        for k in (k for k, kept in enumerate(keep) if kept == i):
             weights[k] = probs[0]
     x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     return AttentionTrace(logits=lm_head(params, x)[0], weights=weights)  # [1, T, C] -> [T, V]
 
 
-def traced_block(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray
+def traced_block(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """model.block, also returning its attention probabilities [B, H, T, T]."""
     eps = config.layer_norm_epsilon
-    y, probs = traced_self_attention(params, h, config,
-                                     layer_norm(x, params[h + "ln_1.weight"], params[h + "ln_1.bias"], eps), mask)
+    y, probs = traced_self_attention(layer.attn, config, layer_norm(x, layer.ln_1.weight, layer.ln_1.bias, eps), mask)
     x = x + y
-    x = x + mlp(params, h, layer_norm(x, params[h + "ln_2.weight"], params[h + "ln_2.bias"], eps))
+    x = x + mlp(layer.mlp, layer_norm(x, layer.ln_2.weight, layer.ln_2.bias, eps))
     return x, probs
 
 
-def traced_self_attention(params: Params, h: str, config: GPTConfig, x: np.ndarray, mask: np.ndarray
+def traced_self_attention(p: Attention, config: GPTConfig, x: np.ndarray, mask: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray]:
     """model.self_attention, with the heads' outputs computed from the probabilities it returns."""
     B, T, C = x.shape
-    qkv = linear(x, params[h + "attn.c_attn.weight"], params[h + "attn.c_attn.bias"])  # [B, T, C] -> [B, T, 3C]
+    qkv = linear(x, p.c_attn.weight, p.c_attn.bias)            # [B, T, C] -> [B, T, 3C]
     q, k, v = split_heads(qkv, config.n_head)                  # [B, T, 3C] -> 3 x [B, H, T, D]
     probs = attention_probabilities(q, k, mask)                # -> [B, H, T, T]
     y = probs @ v                                              # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # [B, H, T, D] -> [B, T, C]
-    return linear(y, params[h + "attn.c_proj.weight"], params[h + "attn.c_proj.bias"]), probs
+    return linear(y, p.c_proj.weight, p.c_proj.bias), probs
 
 
 def attention_probabilities(q: np.ndarray, k: np.ndarray, mask: np.ndarray) -> np.ndarray:
