@@ -1,7 +1,8 @@
 """Sampling: next-token logits -> next-token ids (greedy, temperature, top-k, top-p, repetition penalty).
 
-Each rule is a small pure function "logits -> processed logits" that sets filtered tokens to -inf, and
-`process_logits` applies them in the order Hugging Face's `generate` does (transformers 5.x,
+Each rule is a small pure function "logits -> processed logits" that sets filtered tokens to -inf; RULES
+lists them once, in order, each knowing when it is on, and `process_logits` runs that list (the teaching
+view walks the same one). The order is Hugging Face's `generate` (transformers 5.x,
 `GenerationMixin._get_logits_processor`): repetition penalty, then -- only when sampling -- temperature,
 top-k, top-p, min-p. The semantics match transformers' RepetitionPenaltyLogitsProcessor,
 TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and MinPLogitsWarper (min_tokens_to_keep=1);
@@ -33,18 +34,17 @@ FILTERED = -np.inf  # the logit of a token a rule has removed: probability exact
 
 
 def option(default: Any = MISSING, help: str = "", *, metavar: str | None = None, flag: str | None = None,
-           short: str | None = None, parse: Callable[[str], Any] | None = None, sampling_only: bool = False,
+           short: str | None = None, parse: Callable[[str], Any] | None = None,
            default_factory: Any = MISSING) -> Any:
     """A dataclass field that also carries what a command line needs to offer it (numgpt/cli/options.py
     builds the decoding flags from these, so each option is defined once, as llama.cpp's common/arg.cpp).
 
     help: what it does (the CLI adds the default). flag: the flag if not --field-name; for a bool whose
     flag turns it off (--greedy for do_sample) the flag sets the opposite of the default. short: e.g. -n.
-    parse: for a tuple field, turns one repeated flag's text into one item. sampling_only: no effect
-    under greedy decoding (a sampling rule). A field made with plain `field()` has no flag.
+    parse: for a tuple field, turns one repeated flag's text into one item. A field made with plain
+    `field()` has no flag.
     """
-    metadata = {"help": help, "metavar": metavar, "flag": flag, "short": short, "parse": parse,
-                "sampling_only": sampling_only}
+    metadata = {"help": help, "metavar": metavar, "flag": flag, "short": short, "parse": parse}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -94,15 +94,15 @@ class SamplingOptions:
         {id: bias} is accepted too.
     """
 
-    temperature: float = option(1.0, "< 1 sharper, > 1 flatter, 0 = greedy", metavar="T", sampling_only=True)
-    top_k: int = option(0, "sample from the K most likely; 0 = off", metavar="K", sampling_only=True)
+    temperature: float = option(1.0, "< 1 sharper, > 1 flatter, 0 = greedy", metavar="T")
+    top_k: int = option(0, "sample from the K most likely; 0 = off", metavar="K")
     top_p: float = option(1.0, "sample from the smallest set with probability >= P, in (0, 1]; 1 = off",
-                          metavar="P", sampling_only=True)
+                          metavar="P")
     repetition_penalty: float = option(1.0, "> 1 discourages tokens already in the text (1.2 is typical); "
                                        "1 = off", metavar="R")
     do_sample: bool = option(True, "always take the most likely token (no sampling)", flag="--greedy")
     min_p: float = option(0.0, "sample from the tokens at least M x as likely as the most likely, in [0, 1]; "
-                          "0 = off", metavar="M", sampling_only=True)
+                          "0 = off", metavar="M")
     presence_penalty: float = option(0.0, "subtract P from the logit of every token already generated, "
                                      "in [-2, 2] (OpenAI's); 0 = off", metavar="P")
     frequency_penalty: float = option(0.0, "subtract F from a token's logit per time it was generated, "
@@ -280,38 +280,79 @@ def stable_argsort(logits: np.ndarray) -> np.ndarray:
     return (np.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
+Rows = Sequence[Sequence[int]] | None   # each row's tokens (previous or generated), when a rule needs them
+
+
+def _needed(rows: Rows, what: str) -> Sequence[Sequence[int]]:
+    if rows is None:
+        raise NumgptError(f"the {what} of each row")
+    return rows
+
+
+def _logit_bias(logits: np.ndarray, o: SamplingOptions, previous: Rows, generated: Rows) -> np.ndarray:
+    return apply_logit_bias(logits, o.logit_bias)
+
+
+def _presence_frequency(logits: np.ndarray, o: SamplingOptions, previous: Rows, generated: Rows) -> np.ndarray:
+    rows = _needed(generated, "presence/frequency penalties need the generated tokens")
+    return apply_presence_frequency_penalty(logits, rows, o.presence_penalty, o.frequency_penalty)
+
+
+def _repetition(logits: np.ndarray, o: SamplingOptions, previous: Rows, generated: Rows) -> np.ndarray:
+    return apply_repetition_penalty(logits, _needed(previous, "repetition penalty needs the previous tokens"),
+                                    o.repetition_penalty)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stage of the sampler: its name, the options it reads, whether it only applies when sampling
+    (it cannot change the argmax), and how it changes [B, V] logits. It is on when any of its options is
+    not at its neutral default (and, if sampling_only, when the options sample)."""
+
+    name: str
+    options: tuple[str, ...]
+    sampling_only: bool
+    apply: Callable[[np.ndarray, SamplingOptions, Rows, Rows], np.ndarray]   # (logits, options, previous, generated)
+
+    def on(self, options: SamplingOptions) -> bool:
+        if self.sampling_only and options.greedy:
+            return False
+        for name in self.options:                        # a loop, not any(...): this runs per token
+            if getattr(options, name) != NEUTRAL[name]:
+                return True
+        return False
+
+
+NEUTRAL = {f.name: f.default for f in fields(SamplingOptions)}   # each option's "off" value
+
+# The sampler's rules in the order they run (the module docstring says whose order): process_logits runs
+# this list, teach/sampling_view walks it, and the CLI's --greedy check reads which rules are sampling-only.
+RULES = (
+    Rule("logit_bias", ("logit_bias",), False, _logit_bias),
+    Rule("presence_frequency_penalty", ("presence_penalty", "frequency_penalty"), False, _presence_frequency),
+    Rule("repetition_penalty", ("repetition_penalty",), False, _repetition),
+    Rule("temperature", ("temperature",), True, lambda x, o, p, g: apply_temperature(x, o.temperature)),
+    Rule("top_k", ("top_k",), True, lambda x, o, p, g: apply_top_k(x, o.top_k)),
+    Rule("top_p", ("top_p",), True, lambda x, o, p, g: apply_top_p(x, o.top_p)),
+    Rule("min_p", ("min_p",), True, lambda x, o, p, g: apply_min_p(x, o.min_p)),
+)
+SAMPLING_ONLY_OPTIONS = tuple(name for rule in RULES if rule.sampling_only for name in rule.options)
+
+
 def process_logits(logits: np.ndarray, options: SamplingOptions, *,
                    previous: Sequence[Sequence[int]] | None = None,
                    generated: Sequence[Sequence[int]] | None = None) -> np.ndarray:
-    """All rules in order: logit bias, presence/frequency penalties, repetition penalty; then, when
-    sampling, temperature, top-k, top-p, min-p (the module docstring says whose order this is).
+    """Every rule of RULES that is on, in order: logit bias, presence/frequency penalties, repetition
+    penalty; then, when sampling, temperature, top-k, top-p, min-p.
 
     [B, V] -> [B, V] float32; removed tokens are -inf. `previous` is each row's tokens so far (prompt +
     generated), needed only for the repetition penalty; `generated` only the generated ones, needed only
     for the presence/frequency penalties.
     """
     logits = np.asarray(logits, dtype=np.float32)
-    if options.logit_bias:
-        logits = apply_logit_bias(logits, options.logit_bias)
-    if options.penalises_generated:
-        if generated is None:
-            raise NumgptError("the presence/frequency penalties need the generated tokens of each row")
-        logits = apply_presence_frequency_penalty(logits, generated, options.presence_penalty,
-                                                  options.frequency_penalty)
-    if options.repetition_penalty != 1.0:
-        if previous is None:
-            raise NumgptError("the repetition penalty needs the previous tokens of each row")
-        logits = apply_repetition_penalty(logits, previous, options.repetition_penalty)
-    if options.greedy:
-        return logits
-    if options.temperature != 1.0:
-        logits = apply_temperature(logits, options.temperature)
-    if options.top_k:
-        logits = apply_top_k(logits, options.top_k)
-    if options.top_p < 1.0:
-        logits = apply_top_p(logits, options.top_p)
-    if options.min_p > 0:
-        logits = apply_min_p(logits, options.min_p)
+    for rule in RULES:
+        if rule.on(options):
+            logits = rule.apply(logits, options, previous, generated)
     return logits
 
 

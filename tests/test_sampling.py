@@ -271,3 +271,26 @@ def test_invalid_options_raise_one_line_errors(kwargs):
     with pytest.raises(NumgptError) as e:
         SamplingOptions(**kwargs)
     assert "\n" not in str(e.value) and next(iter(kwargs)) in str(e.value)
+
+
+def test_process_logits_runs_the_rules_in_their_documented_order():
+    """RULES is the one ordered list: process_logits equals the rules written out by hand in the order
+    the module docstring gives (bias, presence/frequency, repetition; temperature, top-k, top-p, min-p
+    only when sampling), and the sampling-only rules are the options --greedy refuses."""
+    from numgpt.sampling import (RULES, SAMPLING_ONLY_OPTIONS, apply_logit_bias, apply_min_p,
+                                 apply_presence_frequency_penalty, apply_repetition_penalty, apply_temperature,
+                                 apply_top_k, apply_top_p, process_logits)
+    assert [r.name for r in RULES] == ["logit_bias", "presence_frequency_penalty", "repetition_penalty",
+                                       "temperature", "top_k", "top_p", "min_p"]
+    assert SAMPLING_ONLY_OPTIONS == ("temperature", "top_k", "top_p", "min_p")
+    logits = np.random.default_rng(0).normal(size=(2, 50)).astype(np.float32)
+    previous, generated = [[1, 2, 3], [4, 4]], [[3], [4]]
+    o = SamplingOptions(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.3,
+                        presence_penalty=0.5, frequency_penalty=0.25, logit_bias={7: 3.0})
+    by_hand = apply_repetition_penalty(apply_presence_frequency_penalty(apply_logit_bias(logits, ((7, 3.0),)),
+                                                                        generated, 0.5, 0.25), previous, 1.3)
+    greedy_options = SamplingOptions(**{**o.as_mapping(), "do_sample": False})
+    np.testing.assert_array_equal(process_logits(logits, greedy_options, previous=previous, generated=generated),
+                                  by_hand)
+    by_hand = apply_min_p(apply_top_p(apply_top_k(apply_temperature(by_hand, 0.7), 20), 0.9), 0.05)
+    np.testing.assert_array_equal(process_logits(logits, o, previous=previous, generated=generated), by_hand)

@@ -17,7 +17,8 @@ How a command uses it:
 not offered, so argparse refuses it by name. Every flag defaults to "not given", so the options are the
 dataclasses' defaults plus what was typed (`decoding_kwargs(args)` gives just what was typed); --help
 shows the dataclasses' defaults. One rule across flags: --greedy with a sampling-only flag (temperature,
-top-k, top-p, min-p: sampling.option(sampling_only=True)) is refused, as it could have no effect.
+top-k, top-p, min-p: the options of sampling.RULES' sampling-only rules) is refused, as it could have no
+effect.
 
 Messages: the library's NumgptErrors name Python parameters (`max_new_tokens`, `sliding_window=True`);
 `flag_message` rewrites them with the flags of the command that failed (`--max-new-tokens`,
@@ -34,7 +35,7 @@ from typing import Any
 
 from ..errors import NumgptError
 from ..generate import GenerationOptions
-from ..sampling import SamplingOptions
+from ..sampling import SAMPLING_ONLY_OPTIONS, SamplingOptions
 
 SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingOptions))
 GENERATION_FIELDS = tuple(f.name for f in fields(GenerationOptions) if "help" in f.metadata)
@@ -94,7 +95,7 @@ def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         parse = FIELDS[name].metadata["parse"]
         given[name] = tuple(parse(v) for v in value) if parse else value
     if given.get("do_sample") is False:
-        pointless = [n for n in given if FIELDS[n].metadata["sampling_only"]]
+        pointless = [n for n in given if n in SAMPLING_ONLY_OPTIONS]
         if pointless:
             raise NumgptError(f"--greedy always takes the most likely token, so {flag_of(pointless[0])} has no "
                               "effect; drop one of them")

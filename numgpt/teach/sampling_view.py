@@ -1,11 +1,10 @@
 """The sampler's distribution after each of its rules, in its own order: raw, logit bias,
 presence/frequency penalties, repetition penalty, then (when sampling) temperature, top-k, top-p, min-p.
 
-`stage_logits` calls numgpt.sampling's own rules (apply_logit_bias, apply_presence_frequency_penalty,
-apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, apply_min_p) under the same
-conditions as `sampling.process_logits`, so the last stage is what the sampler draws from: the tests hold
-it bit-equal to process_logits, and its probabilities equal to softmax in float64, the distribution
-`sampling.sample` inverts. A stage that is off (a setting at its neutral value, or a sampling-only rule
+`stage_logits` walks the sampler's own list of rules (sampling.RULES: each knows when it is on and how
+to apply it), the list `sampling.process_logits` runs, so the last stage is what the sampler draws
+from: the tests hold it bit-equal to process_logits, and its probabilities equal to softmax in float64,
+the distribution `sampling.sample` inverts. A stage that is off (a setting at its neutral value, or a sampling-only rule
 under greedy decoding) is listed with applied=False and the distribution unchanged, so every view has
 the same eight stages.
 
@@ -33,13 +32,11 @@ import numpy as np
 from ..errors import NumgptError, whole_number
 from ..model import check_context, check_finite_logits, forward
 from ..ops import softmax
-from ..sampling import (SamplingOptions, apply_logit_bias, apply_min_p, apply_presence_frequency_penalty,
-                        apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p)
+from ..sampling import RULES, SamplingOptions
 from .inputs import Prompt, prompt_ids, token_labels
 
-STAGES = ("raw", "logit_bias", "presence_frequency_penalty", "repetition_penalty", "temperature", "top_k",
-          "top_p", "min_p")   # the sampler's order (sampling.process_logits)
-SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")   # skipped under greedy decoding
+STAGES = ("raw",) + tuple(rule.name for rule in RULES)   # the sampler's order (sampling.RULES)
+SAMPLING_ONLY = tuple(rule.name for rule in RULES if rule.sampling_only)   # skipped under greedy decoding
 
 
 @dataclass(frozen=True)
@@ -78,24 +75,12 @@ def stage_logits(logits: np.ndarray, previous_ids: Sequence[int], options: Sampl
     if row.ndim != 1:
         raise NumgptError(f"logits must be one row [V], got shape {row.shape}")
     row = row[None]                                            # [V] -> [1, V], the sampler's batch shape
-    sampling = not options.greedy
-    rules = [
-        ("logit_bias", bool(options.logit_bias), lambda r: apply_logit_bias(r, options.logit_bias)),
-        ("presence_frequency_penalty", options.penalises_generated,
-         lambda r: apply_presence_frequency_penalty(r, [list(generated_ids)], options.presence_penalty,
-                                                    options.frequency_penalty)),
-        ("repetition_penalty", options.repetition_penalty != 1.0,
-         lambda r: apply_repetition_penalty(r, [list(previous_ids)], options.repetition_penalty)),
-        ("temperature", sampling and options.temperature != 1.0, lambda r: apply_temperature(r, options.temperature)),
-        ("top_k", sampling and bool(options.top_k), lambda r: apply_top_k(r, options.top_k)),
-        ("top_p", sampling and options.top_p < 1.0, lambda r: apply_top_p(r, options.top_p)),
-        ("min_p", sampling and options.min_p > 0, lambda r: apply_min_p(r, options.min_p)),
-    ]
     out = [("raw", True, row[0])]
-    for name, applied, rule in rules:
+    for rule in RULES:                                         # the sampler's own list, in its order
+        applied = rule.on(options)
         if applied:
-            row = rule(row)
-        out.append((name, applied, row[0]))
+            row = rule.apply(row, options, [list(previous_ids)], [list(generated_ids)])
+        out.append((rule.name, applied, row[0]))
     return out
 
 
