@@ -405,3 +405,26 @@ def test_real_ctrl_c_releases_the_lock_and_says_what_best_is(char_data, tmp_path
     stopped = load_train_checkpoint(run / "latest")[1].step
     assert run_train(char_data, "--out", run, "--resume", "--max-iters", stopped + 2) == 0   # not locked out
     assert load_train_checkpoint(run / "latest")[1].step == stopped + 2
+
+
+# ---------------------------------------------------------------- newcomer round 2: memory, SIGTERM, loose ends
+
+@pytest.mark.parametrize("flags, fix", [
+    (["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "32", "--batch-size", "100000000"],
+     "lower --batch-size"),
+    (["--n-layer", "48", "--n-head", "16", "--n-embd", "65536"], "train a smaller model")])
+def test_a_shape_that_cannot_fit_is_refused_before_anything_is_allocated(char_data, tmp_path, capsys, flags, fix):
+    """Defect 6: --batch-size 100000 was OOM-killed leaving a run folder; 48 x 65536 was an ArrayMemoryError
+    traceback. Now one line, no folder, and (tracemalloc sees every NumPy allocation) nothing big allocated."""
+    import tracemalloc
+    run = tmp_path / "run"
+    tracemalloc.start()
+    try:
+        code = run_train(char_data, "--out", run, *flags, "--max-iters", 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = one_line_error(capsys, code)
+    assert msg.startswith("numgpt: error: this shape needs ~") and "GiB available; " in msg and fix in msg
+    assert not run.exists()
+    assert peak < 64 << 20                                          # the data's maps, the parser: not the shape

@@ -246,7 +246,8 @@ def _run_train(args, comm) -> int:
     try:
         run = setup_run(args.data, args.out, options=options, shape={k: getattr(args, k) for k in SHAPE_FLAGS},
                         init=args.init, resume_from=args.resume_from or (LATEST if args.resume else None),
-                        cache_dir=hf_cache_dir(os.environ), default_threads=default_threads(comm.size), comm=comm)
+                        cache_dir=hf_cache_dir(os.environ), default_threads=default_threads(comm.size), comm=comm,
+                        ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
     config, tc, state, folder = run.config, run.tc, run.state, run.folder
@@ -297,9 +298,13 @@ def default_threads(ranks: int = 1) -> int:
     """--threads when not given: NUMGPT_NUM_THREADS if set to a whole number >= 1, else the usable cores
     shared among the ranks of this machine (all of them for a single process)."""
     from ..threads import thread_count, threads_from_env
+    return threads_from_env(os.environ) or max(1, thread_count() // local_ranks(ranks))
+
+
+def local_ranks(ranks: int) -> int:
+    """The ranks of the job on this machine: hydra's MPI_LOCALNRANKS, else all of them (1 alone)."""
     per_host = os.environ.get("MPI_LOCALNRANKS", "")                  # hydra's ranks on this host
-    local = (int(per_host) if per_host.isdigit() else ranks) if ranks > 1 else 1
-    return threads_from_env(os.environ) or max(1, thread_count() // max(1, local))
+    return max(1, int(per_host) if per_host.isdigit() else ranks) if ranks > 1 else 1
 
 
 def _train_with_progress(state, config, tc, data, run, train):

@@ -1,4 +1,13 @@
-"""Keep freed memory in the process for reuse, instead of handing it back to the kernel after every step.
+"""Training's memory: an estimate made before anything is allocated, and freed memory kept for reuse.
+
+`training_memory(config, tc)` adds up what a rank of `train` will hold: parameters, gradients (one flat
+copy per thread), AdamW's two moments, and the activations of its rows of a batch, from per-token counts
+of backprop.py's tape (checked against tracemalloc's peak of a real step, tests/test_memory.py).
+`available_memory()` is what the machine can still give (/proc/meminfo's MemAvailable). run.setup_run
+refuses a shape that cannot fit before it allocates anything: a clear message instead of the kernel's
+OOM killer or a NumPy allocation traceback.
+
+Keeping freed memory: instead of handing it back to the kernel after every step.
 
 A training step allocates and frees the same few hundred activation arrays every time (kilobytes to
 megabytes each). glibc's malloc serves blocks above its mmap threshold (128 KB at first, raised as blocks
@@ -18,9 +27,93 @@ something else gets its memory back as usual.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from ..config import GPTConfig
+from ..params import count_params
+
+if TYPE_CHECKING:
+    from .loop import TrainConfig
+
+GIB = 1 << 30
+FLOAT = 4                                    # bytes of a float32: parameters, gradients, moments, activations
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one rank of `train` holds at its peak, by kind."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer + self.activations
+
+
+def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, threads: int = 1) -> MemoryEstimate:
+    """What a rank of `train` will hold (no allocation): the parameters once, a gradient buffer per
+    thread that has rows, AdamW's m and v (1/ranks of them with ZeRO-1), and the activations of the
+    rank's rows. Activations per token, in floats, from backprop.py's tape: per layer about 24 C (the
+    LayerNorm outputs, q k v, the MLP's 4C hidden layer before and after GELU, the residuals) and 4 H T
+    (attention scores and probabilities, forward and backward), 3 C + H T more for dropout's masks; then
+    V for the logits (softmax and its gradient in place) and 4 C; plus a [V, C] buffer per thread for wte's
+    gradient."""
+    n = count_params(config)
+    C, H, L, V, T = config.n_embd, config.n_head, config.n_layer, config.vocab_size, tc.block_size
+    rows = -(-tc.batch_size // ranks)                        # this rank's rows, rounded up
+    used = max(1, min(threads, rows))                        # threads that get rows
+    per_layer = 24 * C + 4 * H * T + ((3 * C + H * T) if tc.dropout > 0 else 0)
+    per_token = L * per_layer + V + 4 * C
+    return MemoryEstimate(parameters=FLOAT * n, gradients=FLOAT * n * used,
+                          optimizer=2 * FLOAT * n // (ranks if tc.zero else 1),
+                          activations=FLOAT * (rows * T * per_token + used * V * C))
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give without swapping: MemAvailable of /proc/meminfo (Linux), else
+    the available physical pages (os.sysconf); None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024        # "MemAvailable:  123456 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here: int = 1) -> str | None:
+    """The one-line refusal when `ranks_here` ranks of this estimate do not fit in `available` bytes, naming
+    the biggest part and what lowers it; None when they fit (or nothing is known about the machine)."""
+    if available is None or need.total * ranks_here <= available:
+        return None
+    parts = {"activations": need.activations, "parameters": need.parameters, "gradients": need.gradients,
+             "AdamW moments": need.optimizer}
+    detail = ", ".join(f"{name} {gib(b)}" for name, b in parts.items())
+    who = f"{ranks_here} ranks of " if ranks_here > 1 else ""
+    if need.activations >= need.total / 2:
+        fix = ("lower --batch-size (--grad-accum keeps the tokens per step) or --block-size, or train a smaller "
+               "model")
+    else:
+        fix = "train a smaller model (--n-layer, --n-embd, or a smaller --preset), or use fewer --threads"
+    return (f"this shape needs ~{gib(need.total * ranks_here)} GiB for {who}training ({detail} GiB"
+            f"{' each' if ranks_here > 1 else ''}) but this machine has {gib(available)} GiB available; {fix}")
+
+
+def gib(n: int) -> str:
+    """Bytes as GiB for a message: 0.37, 12.5, 9347."""
+    x = n / GIB
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1

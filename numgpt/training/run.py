@@ -56,14 +56,16 @@ class Run:
 def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str, Any] | None = None,
               shape: Mapping[str, Any] | None = None, init: str | Path | None = None,
               resume_from: str | None = None, cache_dir: str | Path | None = None,
-              default_threads: int = 0, comm: Communicator | None = None) -> Run:
+              default_threads: int = 0, comm: Communicator | None = None, ranks_here: int = 1) -> Run:
     """The run of `train` on data_dir into run_dir, checked and loaded (see the module docstring).
 
     options: TrainConfig fields to change ({"max_iters": 500, "optim": {"lr": 3e-4}}); shape: "preset"
     and/or n_layer, n_head, n_embd of a model from scratch (given with init or resume_from, they must
     match the model's); init: a model folder or name to fine-tune; resume_from: "latest" or "best";
     cache_dir: the Hugging Face cache that names in `init` are looked up in; default_threads: threads of a
-    new run when options has none (0: all cores); comm: the ranks (every rank calls setup_run)."""
+    new run when options has none (0: all cores); comm: the ranks (every rank calls setup_run);
+    ranks_here: how many of them share this machine's memory. A shape that cannot fit in the memory the
+    machine has available is refused before its weights, gradients or activations are allocated."""
     from .lock import check_not_locked
 
     comm = SingleProcess() if comm is None else comm
@@ -78,13 +80,15 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         config, state, saved = load_resume_checkpoint(run, resume_from)
         refuse_shape_change(shape, config, "(on --resume the shape comes from the checkpoint)")
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
+        check_fits(config, tc, comm, ranks_here)       # the weights are in; gradients and activations not yet
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
                               "another --out (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
-        config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir)
+        config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
+                                            fits=lambda c: check_fits(c, tc, comm, ranks_here))
         if init:
             tc = dataclasses.replace(tc, init=str(init))
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
@@ -97,26 +101,42 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
 
 
 def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: dict[str, Any],
-                  init: str | Path | None, cache_dir: str | Path | None) -> tuple[GPTConfig, TrainState, str]:
-    """(config, fresh state, description) of a new run: the weights of `init`, or a new model of `shape`."""
+                  init: str | Path | None, cache_dir: str | Path | None,
+                  fits: Callable[[GPTConfig], None]) -> tuple[GPTConfig, TrainState, str]:
+    """(config, fresh state, description) of a new run: the weights of `init`, or a new model of `shape`;
+    fits(config) is asked before the weights are loaded or made."""
     from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+    from ..formats.hf import load_config
     from ..params import init_params
     from .data import tokenizer_fingerprint
     from .state import new_state
 
     if init:
         folder = resolve_model(init, cache_dir=cache_dir if cache_dir is not None else hf_cache_dir({}))
+        refuse_shape_change(shape, load_config(folder), "(with --init the shape comes from MODEL)")
+        fits(load_config(folder))
         config, params = load_checkpoint(folder)
-        refuse_shape_change(shape, config, "(with --init the shape comes from MODEL)")
         if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
             raise NumgptError(f"{data_dir} was prepared with another tokenizer than {init}'s; run "
                               f"`numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR")
         what = f"fine-tuning {folder}"
     else:
         config = scratch_config(shape, data, tc.block_size)
+        fits(config)
         params = init_params(config, np.random.default_rng(tc.seed))
         what = "training from scratch"
     return config, new_state(params, seed=tc.seed), what
+
+
+def check_fits(config: GPTConfig, tc: TrainConfig, comm: Communicator, ranks_here: int) -> None:
+    """Refuse, before allocating, a training that cannot fit in the machine's available memory (memory.py)."""
+    from ..threads import thread_count
+    from .memory import available_memory, memory_shortfall, training_memory
+
+    need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count())
+    message = memory_shortfall(need, available_memory(), ranks_here=ranks_here)
+    if message is not None:
+        raise NumgptError(message)
 
 
 def scratch_config(shape: Mapping[str, Any], data: Dataset, block_size: int) -> GPTConfig:
