@@ -17,11 +17,14 @@ the last column is every row's newest real token.
 With a KVCache, `forward` appends the new positions' keys and values to it and attends to all cached
 ones: prefill once, then decode one token per call.
 
-Two twins: `reference_forward` (with `block`, `self_attention`, `mlp`) is the plain model, one new array
-per operation; `forward` (with `block_`) is the fast path -- blocks update the residual stream in place
-through buffers allocated once per call, attention runs in cache-sized query blocks and skips the causal
-upper triangle, and the vocabulary projection is computed only for the positions asked for. Tests hold
-the two equal, and both equal to transformers.
+The blocks, side by side: `block` (with `self_attention`, `mlp`) is the plain model, one new array per
+operation, run by `reference_forward`; `block_` is the fast twin `forward` runs -- it updates the residual
+stream in place through buffers allocated once per call, attention runs in cache-sized query blocks and
+skips the causal upper triangle, and the vocabulary projection is computed only for the positions asked
+for; `decode_block_` is the slot-batched decode step (slots.decode_slots: one new position per row, each
+row at its own cache length, batch-invariant). Tests hold each fast block equal to `block`, and the
+forwards equal to transformers. A block reads its tensors through the layer view of params.py
+(`layer.attn.c_attn.weight`), built once per forward call.
 
 Shape legend: B batch, T new positions, S attended positions (cached + new), C channels (n_embd),
 H heads, D head size (C // H), V vocabulary, L layers.
@@ -174,6 +177,55 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
     linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)  # [N, 4C] -> [N, C]
     x2 += buf.proj
     return x
+
+
+def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
+                  rows: np.ndarray, at: np.ndarray) -> None:
+    """`block` for one new position per row, each row at its own cache length, in place on x [W, C]
+    (slots.decode_slots' step). keys, values [S, H, M, D]: this layer's slot cache; rows [n]: the slots of
+    x's rows 0 .. n-1, whose new positions are at [n] (rows beyond n are padding that keeps the products'
+    shape fixed: no cache, no attention). Products go through `columns_product` and attention row by row
+    over each slot's own keys, so a row's result does not depend on the rows beside it."""
+    eps, (N, C) = config.layer_norm_epsilon, x.shape
+    ln = np.empty_like(x)
+    layer_norm_into(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
+    qkv = affine(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias)          # [N, C] -> [N, 3C]
+    q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
+    keys[rows, :, at] = k[:rows.size]                                            # [n, H, D] into [n] slots
+    values[rows, :, at] = v[:rows.size]
+    q = q[:rows.size] * np.float32(1.0 / np.sqrt(config.head_size))              # [n, H, D]
+    att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
+    for i, (s, n) in enumerate(zip(rows.tolist(), (at + 1).tolist())):
+        att[i] = attend(q[i], keys[s, :, :n], values[s, :, :n])
+    x += affine(att.reshape(N, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias)
+    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
+    fc = affine(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias)                 # [N, C] -> [N, 4C]
+    gelu_(fc, np.empty_like(fc))
+    x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
+
+
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One query per head (already scaled by 1/sqrt(D)) over that row's own keys: softmax(q k^T) v.
+    Every key is real (no mask), so the softmax is the plain one, in place. [H, D], [H, S, D] -> [H, D]"""
+    scores = (k @ q[:, :, None])[:, :, 0]                      # [H, S, D] x [H, D, 1] -> [H, S]
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return (scores[:, None, :] @ v)[:, 0]                      # [H, 1, S] x [H, S, D] -> [H, D]
+
+
+def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x @ w + b for the decode rows (w [in, out], as in params), through `columns_product`."""
+    out = columns_product(w.T, x)
+    out += b
+    return out
+
+
+def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x @ w_out_in.T computed as (w_out_in @ x.T).T. At a fixed number of columns OpenBLAS computes every
+    column the same way wherever it sits, whichever way the weight is stored (numgpt.load's [out, in]
+    copies, or the checkpoint's [in, out] with mmap=True; tests/test_slots.py). [N, in] -> [N, out]"""
+    return np.ascontiguousarray((w_out_in @ x.T).T)
 
 
 def lm_head(params: Params, x: np.ndarray) -> np.ndarray:

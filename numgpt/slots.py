@@ -15,6 +15,7 @@ under any load. Three things make it so:
   is computed the same way wherever it sits (tests/test_slots.py checks this on the real kernels);
 - attention runs row by row over exactly that row's cached positions, never over another row's padding;
 - LayerNorm, GELU and the residual adds work row by row.
+(The block itself is model.decode_block_, beside the model's other blocks.)
 The price: a step costs what a full batch costs, even for one row (BENCHMARKS.md, "numgpt serve").
 With `batch_invariant=False` a lone row takes `model.forward`'s own decode path (bit-identical to
 `numgpt generate`, and the fastest) and several rows are multiplied at their own count.
@@ -33,9 +34,9 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
-from .model import check_context, embed, forward
-from .ops import gelu_, layer_norm_into
-from .params import Layer, Params, layers
+from .model import check_context, columns_product, decode_block_, embed, forward
+from .ops import layer_norm_into
+from .params import Params, layers
 
 
 @dataclass
@@ -151,9 +152,10 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
         return logits
     width = max(cache.slots, 2) if batch_invariant else slots.size   # columns every product gets
     x = np.zeros((width, config.n_embd), np.float32)                  # [W, C]; rows past N stay zero
-    x[:slots.size] = embed(params, ids, cache.lengths[slots])          # [N] -> [N, C]
+    at = cache.lengths[slots]                                          # [N] each row's new position
+    x[:slots.size] = embed(params, ids, at)                            # [N] -> [N, C]
     for layer in layers(params, config):
-        decode_block(layer, config, x, cache, slots)                           # [W, C], in place
+        decode_block_(layer, config, x, cache.keys[layer.index], cache.values[layer.index], slots, at)  # [W, C]
     cache.lengths[slots] += 1
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
@@ -166,50 +168,3 @@ def vocabulary_head(params: Params) -> np.ndarray:
     """The tied output projection as its own C-ordered [C, V] array, the layout batched decode steps
     multiply fastest (one more copy of wte: 154 MB for GPT-2's vocabulary at 768 channels)."""
     return np.ascontiguousarray(params["wte.weight"].T)
-
-
-def decode_block(layer: Layer, config: GPTConfig, x: np.ndarray, cache: SlotCache, rows: np.ndarray) -> None:
-    """One transformer block for one new position per row, in place on x [W, C]: rows 0 .. N-1 are the
-    slots' (rows beyond are padding that keeps the products' shape fixed: no cache, no attention)."""
-    eps, (N, C) = config.layer_norm_epsilon, x.shape
-    ln = np.empty_like(x)
-    layer_norm_into(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
-    qkv = affine(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias)          # [N, C] -> [N, 3C]
-    q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
-    at = cache.lengths[rows]                                                     # [n] each row's new position
-    keys, values = cache.keys[layer.index], cache.values[layer.index]           # [S, H, M, D]
-    keys[rows, :, at] = k[:rows.size]                                            # [n, H, D] into [n] slots
-    values[rows, :, at] = v[:rows.size]
-    q = q[:rows.size] * np.float32(1.0 / np.sqrt(config.head_size))              # [n, H, D]
-    att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
-    for i, (s, n) in enumerate(zip(rows.tolist(), (at + 1).tolist())):
-        att[i] = attend(q[i], keys[s, :, :n], values[s, :, :n])
-    x += affine(att.reshape(N, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias)
-    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
-    fc = affine(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias)                 # [N, C] -> [N, 4C]
-    gelu_(fc, np.empty_like(fc))
-    x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
-
-
-def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One query per head (already scaled by 1/sqrt(D)) over that row's own keys: softmax(q k^T) v.
-    Every key is real (no mask), so the softmax is the plain one, in place. [H, D], [H, S, D] -> [H, D]"""
-    scores = (k @ q[:, :, None])[:, :, 0]                      # [H, S, D] x [H, D, 1] -> [H, S]
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return (scores[:, None, :] @ v)[:, 0]                      # [H, 1, S] x [H, S, D] -> [H, D]
-
-
-def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x @ w + b for the decode rows (w [in, out], as in params), through `columns_product`."""
-    out = columns_product(w.T, x)
-    out += b
-    return out
-
-
-def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """x @ w_out_in.T computed as (w_out_in @ x.T).T. At a fixed number of columns OpenBLAS computes every
-    column the same way wherever it sits, whichever way the weight is stored (numgpt.load's [out, in]
-    copies, or the checkpoint's [in, out] with mmap=True; tests/test_slots.py). [N, in] -> [N, out]"""
-    return np.ascontiguousarray((w_out_in @ x.T).T)
