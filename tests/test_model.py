@@ -12,7 +12,8 @@ import pytest
 
 from numgpt import GPTConfig, KVCache, NumgptError
 from numgpt.formats.hf import load_checkpoint
-from numgpt.model import BlockBuffers, block, block_, embed, forward, reference_forward, token_positions
+from numgpt.model import (BlockBuffers, block, block_, decode_block_, embed, forward, reference_forward,
+                          token_positions)
 from numgpt.ops import causal_mask
 from numgpt.params import init_params, layer
 
@@ -144,6 +145,31 @@ def test_fast_block_equals_plain_block(tiny):
     fast = block_(layer(params, 1), config, x.copy(), valid, None, BlockBuffers.allocate(config, 2, 9))
     # same float32 math in a different order (q pre-scaled, in-place GELU/LayerNorm): ~1e-7
     np.testing.assert_allclose(fast, plain, atol=1e-6, rtol=0)
+
+
+def test_slot_decode_block_equals_plain_block(tiny):
+    """decode_block_ (slots.decode_slots' step): rows whose slots hold 5, 0 and 11 cached positions, plus a
+    padding row, each give what `block` gives at the last position of that row's whole sequence."""
+    config, params = tiny
+    rng = np.random.default_rng(11)
+    lengths, slots = [5, 0, 11], np.array([2, 0, 3])
+    seqs = [rng.standard_normal((n + 1, config.n_embd), dtype=np.float32) for n in lengths]  # [n + 1, C] each
+    p = layer(params, 1)
+    keys = np.zeros((4, config.n_head, 16, config.head_size), np.float32)  # [S, H, M, D]
+    values = np.zeros_like(keys)
+    for slot, seq, n in zip(slots, seqs, lengths):             # the cached positions, written by block_
+        if n:
+            block_(p, config, seq[None, :n].copy(), None, (keys[slot:slot + 1], values[slot:slot + 1], 0),
+                   BlockBuffers.allocate(config, 1, n))
+    x = np.zeros((4, config.n_embd), np.float32)               # [W, C]: row 3 is padding
+    x[:3] = [seq[-1] for seq in seqs]
+    decode_block_(p, config, x, keys, values, slots, np.array(lengths))
+    for row, seq in enumerate(seqs):
+        T = len(seq)
+        plain = block(p, config, seq[None], causal_mask(T, T)[None, None])[0, -1]
+        # same float32 math in another grouping (q pre-scaled, products by columns): ~1e-7
+        np.testing.assert_allclose(x[row], plain, atol=1e-6, rtol=0)
+    assert [int(np.abs(keys[s, :, n]).max() > 0) for s, n in zip(slots, lengths)] == [1, 1, 1]  # new keys stored
 
 
 def test_forward_equals_reference_forward(tiny):
