@@ -29,7 +29,7 @@ from ..config import PRESETS, GPTConfig
 from ..errors import NumgptError
 from .comm import Communicator, SingleProcess
 from .data import Dataset, load_dataset
-from .loop import BEST, LATEST, Event, TrainConfig, TrainResult, check_trainable_weights, train
+from .loop import BEST, LATEST, Event, TrainConfig, TrainResult, check_setup, check_trainable_weights, train
 from .state import TrainState
 
 SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without a preset
@@ -80,7 +80,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         config, state, saved = load_resume_checkpoint(run, resume_from)
         refuse_shape_change(shape, config, "(on --resume the shape comes from the checkpoint)")
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
-        check_fits(config, tc, comm, ranks_here)       # the weights are in; gradients and activations not yet
+        check_fits(config, tc, data, comm, ranks_here)  # the weights are in; gradients and activations not yet
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
@@ -88,7 +88,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                               "another --out (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
         config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
-                                            fits=lambda c: check_fits(c, tc, comm, ranks_here))
+                                            fits=lambda c: check_fits(c, tc, data, comm, ranks_here))
         if init:
             tc = dataclasses.replace(tc, init=str(init))
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
@@ -128,10 +128,13 @@ def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: d
     return config, new_state(params, seed=tc.seed), what
 
 
-def check_fits(config: GPTConfig, tc: TrainConfig, comm: Communicator, ranks_here: int) -> None:
-    """Refuse, before allocating, a training that cannot fit in the machine's available memory (memory.py)."""
+def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communicator, ranks_here: int) -> None:
+    """Refuse, before allocating, what cannot train (loop.check_setup: windows longer than the model or
+    a split), then a training that cannot fit in the machine's available memory (memory.py)."""
     from ..threads import thread_count
     from .memory import available_memory, memory_shortfall, training_memory
+
+    check_setup(config, tc, data)
 
     need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count())
     message = memory_shortfall(need, available_memory(), ranks_here=ranks_here)
