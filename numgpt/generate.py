@@ -313,7 +313,7 @@ def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
                  num_return_sequences: int = 1, stop_ids: Sequence[int] = (), sliding_window: bool = False,
                  window_stride: int | None = None) -> list[list[int]]:
     """The new token ids of every sequence (prompt-major), without text: stops only at `stop_ids`
-    (which are included). The ids-level twin of `generate_completions`."""
+    (which are included). The ids-level twin of `generate_completions`; LanguageModel.generate_ids."""
     rngs = None if sampling.greedy else sequence_rngs(len(prompts), num_return_sequences, seed)
     out: list[list[int]] = [[] for _ in range(len(prompts) * num_return_sequences)]
     steps = decode_steps(params, config, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rngs=rngs,

@@ -5,7 +5,8 @@ perplexity, log-probabilities).
     import numgpt
     lm = numgpt.load("path/to/gpt2")          # a Hugging Face GPT-2 folder, or a hub name already cached
     lm.next("I wish you a happy New", top=3)  # [(' Year', 0.97), (' Years', 0.018), ...] for GPT-2 124M
-    lm.generate("Once upon a time", max_new_tokens=40, temperature=0.8, top_k=40, seed=1)
+    lm.generate("Once upon a time", max_new_tokens=40, temperature=0.8, top_k=40, seed=1)   # a str
+    lm.generate_batch(["Once", "Twice"], max_new_tokens=9, num_return_sequences=2)  # [[str, str], [str, str]]
     for piece in lm.stream("Once upon a time", max_new_tokens=40): print(piece, end="", flush=True)
     lm.perplexity(open("wiki.txt").read())
 
@@ -38,7 +39,7 @@ from .formats.hub import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, hf
 from .config import GPTConfig
 from .errors import NumgptError, describe, whole_number
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
-                       generate_completions, stream_completions, token_logprob_rows, top_logprobs)
+                       generate_completions, generate_ids, stream_completions, token_logprob_rows, top_logprobs)
 from .model import check_context, check_finite_logits, forward
 from .ops import softmax
 from .params import Params
@@ -155,19 +156,52 @@ class LanguageModel:
         return generate_completions(self.params, self.config, self.tokenizer, prompts,
                                     checked_options(options), progress=progress, cancel=cancel)
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], **options: Any) -> str | list[str] | list[list[str]]:
-        """Continue the prompt(s); returns only the new text.
-
-        One prompt (text, or a list of token ids): a str (a list of num_return_sequences strs if that
-        is > 1). A list of prompts: a list with one entry per prompt, each a str or (num_return_sequences
-        > 1) a list of strs. Options: see the module docstring and `generation_options`.
-        """
-        prompts, single = self._prompts(prompt)
+    def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[list[str]]:
+        """Continue several prompts (left-padded into one batch); returns the new text only, always as one
+        list per prompt holding its num_return_sequences samples: out[i][j] is sample j of prompt i."""
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple, np.ndarray)) and len(prompts)
+                                        and all(_is_id(t) for t in prompts)):
+            raise NumgptError("generate_batch() takes a list of prompts (each text or token ids); for one prompt "
+                              "use generate(), or pass [prompt]")
+        checked, _ = self._prompts(prompts)
         opts = checked_options(options)
-        texts = [c.text for c in generate_completions(self.params, self.config, self.tokenizer, prompts, opts)]
+        texts = [c.text for c in generate_completions(self.params, self.config, self.tokenizer, checked, opts)]
         n = opts.num_return_sequences
-        per_prompt = texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
-        return per_prompt[0] if single else per_prompt
+        return [texts[i:i + n] for i in range(0, len(texts), n)]
+
+    def generate(self, prompt: Prompt, **options: Any) -> str:
+        """Continue one prompt (text, or a list of token ids); returns the new text, a str. The thin
+        convenience over generate_batch, which takes several prompts and samples. Options: see the module
+        docstring (GenerationOptions and SamplingOptions' fields)."""
+        prompts, single = self._prompts(prompt)
+        if not single:
+            raise NumgptError("generate() takes one prompt (text or token ids) and returns its text; for several "
+                              "prompts use generate_batch(), which returns each prompt's samples")
+        opts = checked_options(options)
+        if opts.num_return_sequences != 1:
+            raise NumgptError("generate() returns one text; for num_return_sequences > 1 use "
+                              "generate_batch([prompt], ...), which returns the samples as a list")
+        return generate_completions(self.params, self.config, self.tokenizer, prompts, opts)[0].text
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[list[int]]]:
+        """Token ids in, token ids out (transformers' generate without the prompt): out[i][j] is the new ids
+        of sample j of prompt i, ending with <|endoftext|> (included) when it was drawn and stop_at_eos.
+        No text is decoded, so the text options (stop, logprobs) are refused: use completions()."""
+        opts = checked_options(options)
+        if opts.stop or opts.logprobs:
+            raise NumgptError("generate_ids() decodes no text, so stop strings and logprobs do not apply; "
+                              "use completions(), whose Completion objects carry token_ids")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)) or not prompts \
+                or any(_is_id(p) for p in prompts):
+            raise NumgptError(f"prompts must be a non-empty list of token-id lists, got {describe(prompts)}")
+        checked = [_token_ids(f"prompts[{k}]", p, self.config.vocab_size) for k, p in enumerate(prompts)]
+        eos = self.tokenizer.eot_id if opts.stop_at_eos else None
+        ids = generate_ids(self.params, self.config, checked, max_new_tokens=opts.max_new_tokens,
+                           sampling=opts.sampling, seed=opts.seed, num_return_sequences=opts.num_return_sequences,
+                           stop_ids=() if eos is None else (eos,), sliding_window=opts.sliding_window,
+                           window_stride=opts.window_stride)
+        n = opts.num_return_sequences
+        return [ids[i:i + n] for i in range(0, len(ids), n)]
 
     def stream(self, prompt: Prompt, *, progress: Progress | None = None,
                cancel: Callable[[], bool] | None = None, **options: Any) -> Iterator[str]:

@@ -24,8 +24,8 @@ def builtin():
 @pytest.mark.parametrize("call, names", [
     (lambda lm: lm.generate(None), ["prompt", "NoneType"]),
     (lambda lm: lm.generate(5), ["prompt", "5"]),
-    (lambda lm: lm.generate(["a", 5]), ["prompt[1]", "5"]),
-    (lambda lm: lm.generate(["a", None]), ["prompt[1]", "None"]),
+    (lambda lm: lm.generate_batch(["a", 5]), ["prompt[1]", "5"]),
+    (lambda lm: lm.generate_batch(["a", None]), ["prompt[1]", "None"]),
     (lambda lm: lm.generate(b"ROMEO:"), ["prompt", "bytes"]),
     (lambda lm: lm.generate([]), ["prompt", "empty list"]),
     (lambda lm: lm.generate("a", max_new_tokens="3"), ["max_new_tokens", "'3' (str)"]),
@@ -34,7 +34,12 @@ def builtin():
     (lambda lm: lm.generate("a", seed="x"), ["seed", "'x' (str)"]),
     (lambda lm: lm.generate("a", top_k=True), ["top_k", "True (bool)"]),
     (lambda lm: lm.generate("a", stop=5), ["stop", "5"]),
-    (lambda lm: lm.generate([[10, 99999]]), ["prompt[0]", "0..1023"]),
+    (lambda lm: lm.generate_batch([[10, 99999]]), ["prompt[0]", "0..1023"]),
+    (lambda lm: lm.generate(["a", "b"]), ["generate()", "generate_batch()"]),
+    (lambda lm: lm.generate("a", num_return_sequences=2), ["generate_batch([prompt]"]),
+    (lambda lm: lm.generate_batch("a"), ["generate_batch()", "generate()"]),
+    (lambda lm: lm.generate_ids([1, 2]), ["prompts", "token-id lists"]),
+    (lambda lm: lm.generate_ids([[1, 2]], stop="x"), ["generate_ids()", "completions()"]),
     (lambda lm: lm.next("x", top=None), ["top", "None"]),
     (lambda lm: lm.next("x", top=2.5), ["top", "2.5"]),
     (lambda lm: lm.next(None), ["prompt", "NoneType"]),
@@ -57,7 +62,7 @@ def test_token_id_prompts_equal_text_prompts(builtin):
     ids = builtin.encode("ROMEO:")
     text = builtin.generate("ROMEO:", do_sample=False, max_new_tokens=12)
     assert builtin.generate(ids, do_sample=False, max_new_tokens=12) == text
-    assert builtin.generate([ids, "ROMEO:"], do_sample=False, max_new_tokens=12) == [text, text]
+    assert builtin.generate_batch([ids, "ROMEO:"], do_sample=False, max_new_tokens=12) == [[text], [text]]
 
 
 def test_prompt_logprobs_equal_transformers_log_softmax(lm, hf_gpt2_vocab_ckpt):
@@ -146,4 +151,16 @@ def test_stream_takes_one_prompt_and_one_sample_and_decode_takes_nothing(builtin
     assert builtin.decode([]) == ""
     pieces = list(builtin.stream_pieces(["ROMEO:", "JULIET:"], max_new_tokens=5, seed=2))
     texts = ["".join(p.text for p in pieces if p.sequence == i) for i in range(2)]
-    assert texts == builtin.generate(["ROMEO:", "JULIET:"], max_new_tokens=5, seed=2)
+    assert [[t] for t in texts] == builtin.generate_batch(["ROMEO:", "JULIET:"], max_new_tokens=5, seed=2)
+
+
+def test_generate_ids_are_the_completions_token_ids(builtin):
+    """The ids-level path (generate.generate_ids, used by the facade and the benchmark) draws what the text
+    path draws: the same ids per sample, the end-of-text id included where the text path ended on it."""
+    prompts = [builtin.encode("ROMEO:"), builtin.encode("JULIET:")]
+    ids = builtin.generate_ids(prompts, max_new_tokens=12, seed=4, num_return_sequences=2)
+    done = builtin.completions(prompts, max_new_tokens=12, seed=4, num_return_sequences=2)
+    eot = builtin.tokenizer.eot_id
+    assert [s for per_prompt in ids for s in per_prompt] == [
+        c.token_ids + ([eot] if c.finish_reason == "eos" else []) for c in done]
+    assert len(ids) == 2 and all(len(per_prompt) == 2 for per_prompt in ids)

@@ -43,8 +43,8 @@ def test_load_mmap_keeps_every_weight_memory_mapped_with_the_same_results(lm, hf
     assert all(not a.flags.writeable and a.flags.c_contiguous for a in mapped.params.values())
     assert not lm.params["h.0.mlp.c_fc.weight"].flags.c_contiguous      # the default: stored [out, in]
     prompts = ["Hello there", "The quick brown fox jumps"]                # decode steps of 2 rows
-    assert mapped.generate(prompts, do_sample=False, max_new_tokens=12) == \
-        lm.generate(prompts, do_sample=False, max_new_tokens=12)
+    assert mapped.generate_batch(prompts, do_sample=False, max_new_tokens=12) == \
+        lm.generate_batch(prompts, do_sample=False, max_new_tokens=12)
     np.testing.assert_allclose(mapped.logits([464, 3290, 318]), lm.logits([464, 3290, 318]), rtol=0, atol=ATOL)
 
 
@@ -76,8 +76,8 @@ def test_greedy_text_equals_transformers_generate(lm, hf):
     # (id-level 64-token and padded-batch comparisons are in test_generate.py; this checks the text path)
     assert lm.generate("Once upon a time", max_new_tokens=40, do_sample=False) == hf_greedy_text(
         lm, hf, "Once upon a time", 40)
-    assert lm.generate(["The capital of France is", "Hello"], max_new_tokens=20, temperature=0) == [
-        hf_greedy_text(lm, hf, "The capital of France is", 20), hf_greedy_text(lm, hf, "Hello", 20)]
+    assert lm.generate_batch(["The capital of France is", "Hello"], max_new_tokens=20, temperature=0) == [
+        [hf_greedy_text(lm, hf, "The capital of France is", 20)], [hf_greedy_text(lm, hf, "Hello", 20)]]
 
 
 def test_stop_string_cuts_the_text_even_inside_a_token(lm):
@@ -116,12 +116,12 @@ def test_text_is_the_utf8_decoding_of_the_tokens(lm):
 
 
 def test_samples_seeds_and_shapes(lm):
-    three = lm.generate("Hello", max_new_tokens=10, num_return_sequences=3, seed=1)
+    [three] = lm.generate_batch(["Hello"], max_new_tokens=10, num_return_sequences=3, seed=1)
     assert isinstance(three, list) and len(three) == 3 and len(set(three)) == 3
-    assert three == lm.generate("Hello", max_new_tokens=10, num_return_sequences=3, seed=1)
-    batch = lm.generate(["Hello", "A much longer prompt than the first"], max_new_tokens=10,
-                        num_return_sequences=3, seed=1)
-    assert batch[0] == three and len(batch[1]) == 3
+    assert [three] == lm.generate_batch(["Hello"], max_new_tokens=10, num_return_sequences=3, seed=1)
+    batch = lm.generate_batch(["Hello", "A much longer prompt than the first"], max_new_tokens=10,
+                              num_return_sequences=3, seed=1)
+    assert batch[0] == three and len(batch[1]) == 3 and lm.generate("Hello", max_new_tokens=10, seed=1) == three[0]
     assert isinstance(lm.generate("Hello", max_new_tokens=3, seed=1), str)
     assert lm.generate("Hello", max_new_tokens=0) == ""
 
