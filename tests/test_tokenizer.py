@@ -133,7 +133,7 @@ def test_special_token_refused_with_one_line(gpt2_tok, tiktoken_gpt2):
         gpt2_tok.encode(text)
     assert str(e.value) == (
         "text contains the special token '<|endoftext|>' at position 12; pass "
-        "allowed_special={'<|endoftext|>'} (CLI: --allow-special) to encode it as id 50256, "
+        "allowed_special={'<|endoftext|>'} to encode it as id 50256, "
         "or disallowed_special=() to encode it as plain text")
     with pytest.raises(ValueError):  # the reference refuses the same text
         tiktoken_gpt2.encode(text)

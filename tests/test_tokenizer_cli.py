@@ -58,7 +58,8 @@ def test_file_and_stdin(capsys, tmp_path, monkeypatch):
 
 def test_special_tokens_need_allow_special(capsys):
     err = one_line_error(*run(capsys, "tokenize", "a<|endoftext|>")[::2])
-    assert "--allow-special" in err and "position 1" in err
+    assert "--allow-special" in err and "position 1" in err and "id 50256" in err
+    assert "allowed_special" not in err                  # the CLI speaks flags, the Python API keywords
     assert run(capsys, "tokenize", "--allow-special", "a<|endoftext|>")[1] == "64 50256\n"
 
 

@@ -98,6 +98,11 @@ def run_tokenize(args) -> int:
     text = _read_input(args)
     tok = _tokenizer(args)
     allowed = "all" if args.allow_special else frozenset()
+    found = None if args.allow_special else tok.find_special(text)
+    if found:
+        raise NumgptError(f"the text contains the special token {found[0]!r} at position {found[1]}; pass "
+                          f"--allow-special to encode it as id {tok.encode(found[0], allowed_special='all')[0]} "
+                          "(as generate and next read a prompt)")
     if args.explain:
         print(format_explanation(tok.explain(text, allowed_special=allowed)))
         return 0

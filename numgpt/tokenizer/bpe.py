@@ -476,15 +476,21 @@ class Tokenizer:
                               f"(it has {sorted(self._special) or 'none'})")
         return set(chosen)
 
+    def find_special(self, text: str, tokens: Collection[str] | None = None) -> tuple[str, int] | None:
+        """The first of `tokens` (default: every special token of this vocabulary) written in `text`, as
+        (token, character position); None if there is none."""
+        found = special_token_pattern(self._special if tokens is None else tokens).search(text)
+        return None if found is None else (found.group(), found.start())
+
     def _refuse_special(self, text: str, disallowed: set[str]) -> None:
         """Raise (one line: what, where, how to proceed) if `text` contains a disallowed special token."""
-        found = special_token_pattern(disallowed).search(text)
+        found = self.find_special(text, disallowed)
         if found:
-            token = found.group()
+            token, position = found
             raise NumgptError(
-                f"text contains the special token {token!r} at position {found.start()}; pass "
-                f"allowed_special={{{token!r}}} (CLI: --allow-special) to encode it as id "
-                f"{self._special[token]}, or disallowed_special=() to encode it as plain text")
+                f"text contains the special token {token!r} at position {position}; pass "
+                f"allowed_special={{{token!r}}} to encode it as id {self._special[token]}, or "
+                "disallowed_special=() to encode it as plain text")
 
     def _split_special(self, text: str, allowed: set[str]) -> Iterator[tuple[str, str | None]]:
         """(plain text, None) and ('', special token) parts, in order; plain parts may be ''."""
