@@ -32,6 +32,7 @@ H heads, D head size (C // H), V vocabulary, L layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +40,14 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
-from .ops import (FEW_ROWS, attention, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
+from .ops import (FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, linear, linear_into)
-from .params import MLP, Attention, Layer, Params, layers
+from .params import Layer, Params, layers
+
+# Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
+# "attn.probs", block `layer`'s attention probabilities [B, H, T, S] (0 where masked). teach's views
+# keep what they show with one; None (the default) records nothing and costs nothing.
+Recorder = Callable[[int, str, np.ndarray], None]
 
 
 def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
@@ -79,9 +85,9 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
 
 
 def reference_forward(params: Params, config: GPTConfig, ids: np.ndarray, *,
-                      attention_mask: np.ndarray | None = None) -> np.ndarray:
+                      attention_mask: np.ndarray | None = None, record: Recorder | None = None) -> np.ndarray:
     """The plain forward, written for reading and as the reference `forward` is tested against: logits
-    [B, T, V] at every position, no cache, one new array per operation."""
+    [B, T, V] at every position, no cache, one new array per operation. record: see `Recorder`."""
     ids = _check_ids(ids, config)
     B, T = ids.shape
     valid = _attended_positions(B, T, None, attention_mask)   # [B, T]
@@ -90,7 +96,7 @@ def reference_forward(params: Params, config: GPTConfig, ids: np.ndarray, *,
     mask = causal_mask(T, T)[None, None] & valid[:, None, None, :]  # [B, 1, T, T]
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
     for layer in layers(params, config):
-        x = block(layer, config, x, mask)                      # [B, T, C] -> [B, T, C]
+        x = block(layer, config, x, mask, record)              # [B, T, C] -> [B, T, C]
     x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     return lm_head(params, x)                                  # [B, T, C] -> [B, T, V]
 
@@ -100,22 +106,29 @@ def embed(params: Params, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return params["wte.weight"][ids] + params["wpe.weight"][positions]  # [B, T] -> [B, T, C]
 
 
-def block(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def block(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray, record: Recorder | None = None
+          ) -> np.ndarray:
     """One transformer block: pre-LayerNorm attention and MLP, each added to the residual stream."""
     eps = config.layer_norm_epsilon
-    x = x + self_attention(layer.attn, config, layer_norm(x, layer.ln_1.weight, layer.ln_1.bias, eps), mask)
-    x = x + mlp(layer.mlp, layer_norm(x, layer.ln_2.weight, layer.ln_2.bias, eps))
+    x = x + self_attention(layer, config, layer_norm(x, layer.ln_1.weight, layer.ln_1.bias, eps), mask, record)
+    x = x + mlp(layer, layer_norm(x, layer.ln_2.weight, layer.ln_2.bias, eps))
     return x
 
 
-def self_attention(p: Attention, config: GPTConfig, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Multi-head self-attention of T positions over themselves, under a boolean mask [B, 1, T, T]."""
+def self_attention(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray,
+                   record: Recorder | None = None) -> np.ndarray:
+    """Multi-head self-attention of T positions over themselves, under a boolean mask [B, 1, T, T]:
+    ops.attention in its two steps, so that a recorder sees the probabilities the heads' outputs are
+    computed from."""
     B, T, C = x.shape
-    qkv = linear(x, p.c_attn.weight, p.c_attn.bias)            # [B, T, C] -> [B, T, 3C]
+    qkv = linear(x, layer.attn.c_attn.weight, layer.attn.c_attn.bias)  # [B, T, C] -> [B, T, 3C]
     q, k, v = split_heads(qkv, config.n_head)                  # [B, T, 3C] -> 3 x [B, H, T, D]
-    y = attention(q, k, v, mask)                               # -> [B, H, T, D]
+    probs = attention_probabilities(q, k, mask)                # -> [B, H, T, T]
+    if record is not None:
+        record(layer.index, "attn.probs", probs)
+    y = probs @ v                                              # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # [B, H, T, D] -> [B, T, C]
-    return linear(y, p.c_proj.weight, p.c_proj.bias)
+    return linear(y, layer.attn.c_proj.weight, layer.attn.c_proj.bias)
 
 
 def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,10 +138,10 @@ def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, n
     return qkv[0], qkv[1], qkv[2]
 
 
-def mlp(p: MLP, x: np.ndarray) -> np.ndarray:
+def mlp(layer: Layer, x: np.ndarray) -> np.ndarray:
     """Position-wise feed-forward: C -> 4C, tanh GELU, 4C -> C."""
-    x = gelu(linear(x, p.c_fc.weight, p.c_fc.bias))           # [B, T, C] -> [B, T, 4C]
-    return linear(x, p.c_proj.weight, p.c_proj.bias)           # [B, T, 4C] -> [B, T, C]
+    x = gelu(linear(x, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias))  # [B, T, C] -> [B, T, 4C]
+    return linear(x, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)  # [B, T, 4C] -> [B, T, C]
 
 
 @dataclass

@@ -256,11 +256,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     q: [B, H, T, D]; k, v: [B, H, S, D]; mask: boolean, broadcastable to [B, 1, T, S] (True = may attend),
     or None for no mask. A query that may attend to nothing gets a zero vector, not NaN.
     """
+    return attention_probabilities(q, k, mask) @ v            # [B, H, T, S] x [B, H, S, D] -> [B, H, T, D]
+
+
+def attention_probabilities(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The weights inside `attention`: softmax(q k^T / sqrt(D)) where the mask allows, 0 elsewhere (a row
+    that may attend to nothing is all 0). q [B, H, T, D], k [B, H, S, D] -> [B, H, T, S]."""
     scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
     scores = (q @ k.swapaxes(-1, -2)) * scale                  # [B, H, T, D] x [B, H, D, S] -> [B, H, T, S]
     if mask is not None:
         scores = np.where(mask, scores, np.float32(-np.inf))
-    return softmax(scores, axis=-1) @ v                        # [B, H, T, S] x [B, H, S, D] -> [B, H, T, D]
+    return softmax(scores, axis=-1)
 
 
 def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,

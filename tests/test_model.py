@@ -182,6 +182,22 @@ def test_forward_equals_reference_forward(tiny):
     np.testing.assert_allclose(forward(params, config, ids, attention_mask=mask), ref[:, -1], atol=ATOL_CACHE, rtol=0)
 
 
+def test_a_recorder_sees_every_layers_attention_and_changes_nothing(tiny):
+    """reference_forward(record=...) hands the recorder each block's attention probabilities once, in
+    order, and returns the same bits as without it (what teach's traced forward stands on)."""
+    config, params = tiny
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]])
+    seen = []
+    got = reference_forward(params, config, ids, attention_mask=mask,
+                            record=lambda layer, name, value: seen.append((layer, name, value)))
+    assert np.array_equal(got, reference_forward(params, config, ids, attention_mask=mask))
+    assert [(layer, name) for layer, name, _ in seen] == [(i, "attn.probs") for i in range(config.n_layer)]
+    for _, _, probs in seen:
+        assert probs.shape == (2, config.n_head, 4, 4)
+        np.testing.assert_allclose(probs.sum(-1)[1, :, 2:], 1, atol=1e-6)   # real queries: distributions
+        assert np.all(probs[1, :, :, :2] == 0)                              # nobody attends to padding
+
+
 def test_full_context_prefill_equals_reference(tiny):
     config, params = tiny
     ids = np.random.default_rng(10).integers(0, config.vocab_size, (1, config.n_positions))

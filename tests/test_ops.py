@@ -133,6 +133,24 @@ def test_attention_with_padding_mask_and_fully_masked_row(rng):
     np.testing.assert_allclose(y[1, :, 1:], ref[1, :, 1:], atol=ATOL, rtol=0)  # torch gives NaN on row 0
 
 
+def test_attention_probabilities_match_torch_and_are_attentions_weights(rng):
+    """The weights the plain forward hands a recorder (teach's views): torch's softmax of the masked,
+    scaled scores; rows of real keys sum to 1, a row that may attend to nothing is all 0, not NaN."""
+    B, H, T, S, D = 2, 2, 3, 5, 4
+    q = rng.standard_normal((B, H, T, D), dtype=np.float32)
+    k, v = (rng.standard_normal((B, H, S, D), dtype=np.float32) for _ in range(2))
+    mask = ops.causal_mask(T, S)[None, None] & np.ones((B, 1, 1, S), bool)
+    mask[0, :, :, :2] = False       # left padding of row 0
+    mask[1, :, 0, :] = False        # a query that may attend to nothing
+    p = ops.attention_probabilities(q, k, mask)
+    scores = (t(q) @ t(k).transpose(-1, -2) / np.sqrt(D)).masked_fill(~t(mask), float("-inf"))
+    ref = torch.softmax(scores, dim=-1).numpy()
+    np.testing.assert_allclose(p[0], ref[0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(p[1, :, 1:], ref[1, :, 1:], atol=ATOL, rtol=0)   # torch gives NaN on row 0
+    np.testing.assert_array_equal(p[1, :, 0], 0)
+    np.testing.assert_array_equal(p[~np.broadcast_to(mask, p.shape)], 0)
+
+
 def test_causal_mask_for_queries_at_the_end():
     np.testing.assert_array_equal(ops.causal_mask(2, 4), [[1, 1, 1, 0], [1, 1, 1, 1]])
 

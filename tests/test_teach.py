@@ -17,14 +17,13 @@ import numgpt
 from numgpt import NumgptError, SamplingOptions
 from numgpt.formats import load_checkpoint
 from numgpt.lm import BUILTIN_MODEL
-from numgpt.model import forward, reference_forward, split_heads
-from numgpt.ops import attention, causal_mask, layer_norm, linear, softmax
+from numgpt.model import forward, reference_forward
+from numgpt.ops import causal_mask, softmax
 from numgpt.sampling import (apply_logit_bias, apply_min_p, apply_presence_frequency_penalty,
                              apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, process_logits,
                              sample)
 from numgpt.teach import (STAGES, attention_view, attention_weights, forward_macs, kvcache_counts, kvcache_view,
                           sampling_stages, sampling_view, tokens_view, traced_forward)
-from numgpt.teach.attention import attention_probabilities
 from numgpt.teach.sampling_view import stage_logits
 
 torch = reference("torch")
@@ -83,16 +82,6 @@ def test_the_traced_pass_is_the_forward(lm):
     assert np.array_equal(trace.logits, reference_forward(lm.params, lm.config, np.array([ids]))[0])
     fast = forward(lm.params, lm.config, np.array([ids]), all_logits=True)[0]
     np.testing.assert_allclose(trace.logits, fast, atol=1e-4, rtol=0)  # blocked attention sums in another order
-
-
-def test_attention_probabilities_are_ops_attentions_weights(lm):
-    """`attention_probabilities @ v` is ops.attention bit for bit, on a real layer's q, k, v."""
-    x = lm.params["wte.weight"][lm.encode(TEXT)][None]          # [1, T, C]
-    x = layer_norm(x, lm.params["h.0.ln_1.weight"], lm.params["h.0.ln_1.bias"], lm.config.layer_norm_epsilon)
-    q, k, v = split_heads(linear(x, lm.params["h.0.attn.c_attn.weight"], lm.params["h.0.attn.c_attn.bias"]),
-                          lm.config.n_head)
-    mask = causal_mask(x.shape[1], x.shape[1])[None, None]
-    assert np.array_equal(attention_probabilities(q, k, mask) @ v, attention(q, k, v, mask))
 
 
 def test_attention_view_is_plain_data(lm):

@@ -1,10 +1,9 @@
-"""The model's own attention probabilities: the plain forward, one layer at a time, keeping each layer's
+"""The model's own attention probabilities: the plain forward, keeping each layer's
 softmax(q k^T / sqrt(D)) under the causal mask.
 
-`traced_forward` is `model.reference_forward` for one text, written out so that it can keep what it
-computes. It is made of model.py's and ops.py's pieces (embed, split_heads, mlp, lm_head, layer_norm,
-linear, causal_mask, softmax) in the same order, and each head's output is computed *from* the kept
-probabilities (y = P v). So the logits of the same pass vouch for the probabilities: the tests hold them
+`traced_forward` IS `model.reference_forward`, run with a recorder that keeps the probabilities of the
+layers asked for (model.Recorder). The reference computes each head's output *from* the probabilities it
+hands the recorder (y = P v), so the logits of the same pass vouch for them: the tests hold them
 bit-equal to reference_forward and within float rounding of the fast forward, and the probabilities
 equal transformers' `output_attentions=True`.
 
@@ -25,9 +24,8 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..errors import NumgptError
-from ..model import check_context, check_finite_weights, embed, lm_head, mlp, split_heads
-from ..ops import causal_mask, layer_norm, linear, softmax
-from ..params import Attention, Layer, Params, layer
+from ..model import check_context, check_finite_weights, reference_forward
+from ..params import Params
 from .inputs import Prompt, index_in_range, prompt_ids, token_labels
 
 
@@ -55,47 +53,15 @@ def traced_forward(params: Params, config: GPTConfig, ids: Sequence[int] | np.nd
     T = ids.shape[0]
     keep = list(range(config.n_layer)) if layers is None else \
         [index_in_range("layer", i, config.n_layer, "layers") for i in layers]
-    x = embed(params, ids[None], np.arange(T)[None])           # [1, T] -> [1, T, C]
-    mask = causal_mask(T, T)[None, None]                       # [1, 1, T, T]
     weights = np.empty((len(keep), config.n_head, T, T), np.float32)
-    for i in range(config.n_layer):
-        x, probs = traced_block(layer(params, i), config, x, mask)  # [1, T, C], [1, H, T, T]
-        for k in (k for k, kept in enumerate(keep) if kept == i):
-            weights[k] = probs[0]
-    x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    return AttentionTrace(logits=lm_head(params, x)[0], weights=weights)  # [1, T, C] -> [T, V]
 
+    def record(layer: int, name: str, value: np.ndarray) -> None:
+        if name == "attn.probs":
+            for k in (k for k, kept in enumerate(keep) if kept == layer):
+                weights[k] = value[0]                          # [1, H, T, T] -> [H, T, T]
 
-def traced_block(layer: Layer, config: GPTConfig, x: np.ndarray, mask: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """model.block, also returning its attention probabilities [B, H, T, T]."""
-    eps = config.layer_norm_epsilon
-    y, probs = traced_self_attention(layer.attn, config, layer_norm(x, layer.ln_1.weight, layer.ln_1.bias, eps), mask)
-    x = x + y
-    x = x + mlp(layer.mlp, layer_norm(x, layer.ln_2.weight, layer.ln_2.bias, eps))
-    return x, probs
-
-
-def traced_self_attention(p: Attention, config: GPTConfig, x: np.ndarray, mask: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """model.self_attention, with the heads' outputs computed from the probabilities it returns."""
-    B, T, C = x.shape
-    qkv = linear(x, p.c_attn.weight, p.c_attn.bias)            # [B, T, C] -> [B, T, 3C]
-    q, k, v = split_heads(qkv, config.n_head)                  # [B, T, 3C] -> 3 x [B, H, T, D]
-    probs = attention_probabilities(q, k, mask)                # -> [B, H, T, T]
-    y = probs @ v                                              # [B, H, T, T] x [B, H, T, D] -> [B, H, T, D]
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)               # [B, H, T, D] -> [B, T, C]
-    return linear(y, p.c_proj.weight, p.c_proj.bias), probs
-
-
-def attention_probabilities(q: np.ndarray, k: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """softmax(q k^T / sqrt(D)) where the mask allows, 0 elsewhere: the weights inside ops.attention, in
-    its own three steps (a test holds `attention_probabilities(q, k, mask) @ v` bit-equal to
-    ops.attention, so the two cannot drift apart). q [B, H, T, D], k [B, H, S, D] -> [B, H, T, S]."""
-    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
-    scores = (q @ k.swapaxes(-1, -2)) * scale                  # [B, H, T, D] x [B, H, D, S] -> [B, H, T, S]
-    scores = np.where(mask, scores, np.float32(-np.inf))
-    return softmax(scores, axis=-1)
+    logits = reference_forward(params, config, ids[None], record=record)[0]  # [1, T] -> [T, V]
+    return AttentionTrace(logits=logits, weights=weights)
 
 
 def _checked_ids(ids: Sequence[int] | np.ndarray, config: GPTConfig) -> np.ndarray:
