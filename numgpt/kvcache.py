@@ -8,10 +8,10 @@ Nothing creates or resizes a cache behind the caller's back.
 prefill the decode steps need no mask argument: the model derives each row's next position from it
 (position = number of real tokens before it, as Hugging Face's generate does).
 
-Continuous batching: rows leave with `select` (the finished ones dropped) and join with `join` (a
-newcomer prefilled alone, then right-aligned with the running rows); `trim` drops the leading columns
-that only departed rows needed. Because each row's positions come from its mask, a row decodes the same
-whether it is alone or in such a batch (tested against the plain forward).
+Rows leave with `select` (generate drops the finished ones, or repeats a prompt's row for n samples).
+Because each row's positions come from its mask, a row decodes the same whether it is alone or in a
+left-padded batch (tested against the plain forward). Continuous batching, where rows join and leave
+between steps at their own lengths, runs on slots.SlotCache instead, which moves no cache at all.
 
 Sliding window: GPT-2 bakes absolute positions (wpe) into every cached key, so a full cache cannot be
 shifted. To continue past n_positions, keep the last n_positions - k tokens, `reset()` the cache and
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import GPTConfig
-from .errors import NumgptError
 
 
 @dataclass
@@ -76,43 +75,6 @@ class KVCache:
         out.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
         out.values[:, :, :, :n] = self.values[:, rows, :, :n]
         out.mask[:, :n] = self.mask[rows, :n]
-        return out
-
-    def join(self, other: "KVCache") -> "KVCache":
-        """A new cache holding this cache's rows, then other's: the seam for a batch that sequences join
-        between decode steps (prefill the newcomer alone, then join it to the running batch).
-
-        Rows are right-aligned at the longer of the two lengths: the shorter side's rows get padding
-        (mask False) in front. A row's positions count its real tokens, not columns, so every row then
-        decodes as it would alone (up to float rounding: attention sums over a padded row group
-        differently in the last bits). Capacity: the larger max_len."""
-        if self.keys.shape[:1] + self.keys.shape[2:3] + self.keys.shape[4:] != \
-                other.keys.shape[:1] + other.keys.shape[2:3] + other.keys.shape[4:]:
-            raise NumgptError("caches of different models (layers, heads or head size) cannot be joined")
-        n, max_len = max(self.length, other.length), max(self.max_len, other.max_len)
-        rows = self.batch_size + other.batch_size
-        out = KVCache(keys=np.zeros(self.keys.shape[:1] + (rows,) + self.keys.shape[2:3] + (max_len,)
-                                    + self.keys.shape[4:], np.float32),
-                      values=np.zeros(self.keys.shape[:1] + (rows,) + self.keys.shape[2:3] + (max_len,)
-                                      + self.keys.shape[4:], np.float32),
-                      mask=np.zeros((rows, max_len), bool), length=n)
-        for part, first in ((self, 0), (other, self.batch_size)):
-            b, k = part.batch_size, part.length
-            out.keys[:, first:first + b, :, n - k:n] = part.keys[:, :, :, :k]
-            out.values[:, first:first + b, :, n - k:n] = part.values[:, :, :, :k]
-            out.mask[first:first + b, n - k:n] = part.mask[:, :k]
-        return out
-
-    def trim(self) -> "KVCache":
-        """The same rows without the leading columns that are padding in every row (left when rows that
-        needed them leave the batch): a shorter `length`, so more room to decode. A new cache."""
-        used = np.flatnonzero(self.mask[:, :self.length].any(axis=0))
-        drop = int(used[0]) if used.size else self.length
-        out = KVCache(keys=np.zeros_like(self.keys), values=np.zeros_like(self.values),
-                      mask=np.zeros_like(self.mask), length=self.length - drop)
-        out.keys[:, :, :, :out.length] = self.keys[:, :, :, drop:self.length]
-        out.values[:, :, :, :out.length] = self.values[:, :, :, drop:self.length]
-        out.mask[:, :out.length] = self.mask[:, drop:self.length]
         return out
 
     def reset(self) -> None:

@@ -4,7 +4,7 @@ A serving engine keeps S slots. A request takes a free slot, its prompt is prefi
 alone (`prefill_slot`), and from then on it decodes together with whatever else is running
 (`decode_slots`): one token per running row per step, each row at its own position, attending to its own
 cached keys only. A finished row just stops being passed in; its slot is reused by the next request
-without moving anyone's cache (KVCache.join/select do the same job by copying; slots copy nothing).
+without moving anyone's cache (slots copy nothing).
 
 Batch invariance. With `batch_invariant=True` a row's logits depend on that row alone, bit for bit,
 whichever rows run beside it, in which slots, and how many -- so a seeded request samples the same text

@@ -405,36 +405,3 @@ def test_124m_logits_and_padded_batch_match_transformers(gpt2_124m, for_inferenc
 def test_124m_greedy_64_tokens_match_transformers_generate(gpt2_124m):
     greedy_against_transformers(gpt2_124m, np.array([[464, 3290, 318, 257, 1332, 286]]), 64,
                                 for_inference=True)                                  # numgpt.load's layout
-
-
-def test_a_sequence_that_joins_a_running_batch_decodes_as_it_would_alone(tiny):
-    """The continuous-batching seam: row A runs alone for 3 steps, row B (a shorter prompt) is prefilled
-    alone and joins; decoding both together gives each row the logits of running it alone (the plain
-    reference_forward over its whole sequence), and trimming after A leaves changes nothing for B."""
-    config, params = tiny
-    rng = np.random.default_rng(5)
-    a, b = rng.integers(0, config.vocab_size, 7).tolist(), rng.integers(0, config.vocab_size, 4).tolist()
-    cache_a = KVCache.allocate(config, 1, 20)
-    last_a = forward(params, config, np.array([a]), cache=cache_a)
-    for _ in range(3):                                    # A decodes alone
-        a.append(int(last_a.argmax(-1)[0]))
-        last_a = forward(params, config, np.array([[a[-1]]]), cache=cache_a)
-    cache_b = KVCache.allocate(config, 1, 20)
-    last_b = forward(params, config, np.array([b]), cache=cache_b)
-    batch = cache_a.join(cache_b)
-    assert batch.length == 10 and batch.mask[1].tolist()[:10] == [False] * 6 + [True] * 4
-    last = np.concatenate([last_a, last_b])                # [2, V]
-    for _ in range(4):                                    # together
-        nxt = last.argmax(-1)
-        a.append(int(nxt[0]))
-        b.append(int(nxt[1]))
-        last = forward(params, config, nxt[:, None], cache=batch)
-        for row, seq in enumerate((a, b)):
-            alone = reference_forward(params, config, np.array([seq]))[0, -1]
-            np.testing.assert_allclose(last[row], alone, rtol=0, atol=2e-5)
-    alone_b = batch.select([1]).trim()                    # A leaves: B's padding columns go
-    assert alone_b.length == len(b) and alone_b.mask[0, :len(b)].all()
-    nxt = int(last[1].argmax())
-    b.append(nxt)
-    got = forward(params, config, np.array([[nxt]]), cache=alone_b)[0]
-    np.testing.assert_allclose(got, reference_forward(params, config, np.array([b]))[0, -1], rtol=0, atol=2e-5)
