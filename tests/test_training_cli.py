@@ -428,3 +428,40 @@ def test_a_shape_that_cannot_fit_is_refused_before_anything_is_allocated(char_da
     assert msg.startswith("numgpt: error: this shape needs ~") and "GiB available; " in msg and fix in msg
     assert not run.exists()
     assert peak < 64 << 20                                          # the data's maps, the parser: not the shape
+
+
+def test_sigterm_saves_latest_like_ctrl_c_and_resume_is_bit_exact(char_data, tmp_path):
+    """Newcomer round 2: SIGTERM to `numgpt train` (rc 143) saved nothing. Now it stops like Ctrl-C: RUN/latest
+    at the last whole step, one line, rc 143, the lock released, and the resumed run lands on the bits of
+    a run that never stopped."""
+    run = tmp_path / "run"
+    flags = [*SMALL, "--eval-interval", "50000", "--eval-iters", "1", "--threads", "1", "--lr-decay-iters", "1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "numgpt", "train", str(char_data), "--out", str(run), *flags,
+                             "--max-iters", "100000"], stderr=subprocess.PIPE, text=True)
+    log = run / "log.jsonl"
+    deadline = time.time() + 60
+    while not (log.is_file() and log.read_text().count('"type": "step"') >= 5):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM at step" in err and "Traceback" not in err
+    stopped = load_train_checkpoint(run / "latest")[1].step
+    assert stopped >= 5 and (run / ".lock").read_text() == ""
+    assert run_train(char_data, "--out", run, "--resume", "--max-iters", stopped + 3) == 0
+    assert run_train(char_data, "--out", tmp_path / "straight", *flags, "--max-iters", stopped + 3) == 0
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (run / "latest" / name).read_bytes() == (tmp_path / "straight" / "latest" / name).read_bytes()
+
+
+def test_a_sigterm_during_the_optimizer_update_is_held_until_it_is_done():
+    from numgpt.training.loop import Terminated, interrupts_held, sigterm_as_interrupt
+    done = []
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt():
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)       # delivered now, held by the block
+                done.append("update finished")
+    assert done == ["update finished"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handler is put back

@@ -166,6 +166,24 @@ def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(da
     assert steps == list(range(1, step + 1))               # one continuous log, every step once
 
 
+def test_sigterm_on_mpiexec_saves_latest_like_ctrl_c(data, tmp_path):
+    """Newcomer round 2: SIGTERM (what `timeout` and batch systems send) killed the ranks with no save.
+    mpiexec passes it to every rank; they agree on it at a step boundary, rank 0 saves once, rc 143."""
+    run_dir = tmp_path / "r"
+    log = run_dir / "log.jsonl"
+    proc = long_run(run_dir, data, 100000, lambda: log.is_file() and log.read_text().count('"type": "step"') >= 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.count("stopped by SIGTERM at step") == 1
+    step = int(err.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert step >= 10 and load_train_checkpoint(run_dir / "latest")[1].step == step
+    resumed = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, "--resume", "--max-iters", step + 2,
+                                                 "--threads", 1)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_train_checkpoint(run_dir / "latest")[1].step == step + 2
+
+
 FAKE_SSH = """#!/bin/sh
 # hydra's ssh launcher runs: fakessh [options] HOST COMMAND...; run COMMAND inside HOST's network namespace,
 # with a hostname of its own (a UTS namespace), as a second machine would

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ examples:
   numgpt train data/shakespeare --init gpt2 --out runs/ft --lr 3e-5 --max-iters 200   fine-tune GPT-2
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
-After {ETA_AFTER_STEPS} steps an estimate of the remaining time is printed. Ctrl-C saves RUN/latest and exits; --resume
+After {ETA_AFTER_STEPS} steps an estimate of the remaining time is printed. Ctrl-C (or SIGTERM, as `timeout` and
+batch schedulers send) saves RUN/latest and exits; --resume
 continues bit for bit where it stopped (with the run's recorded --threads). One training at a time per
 RUN_DIR (RUN_DIR/.lock). Each batch's rows are split over --threads threads (default: NUMGPT_NUM_THREADS
 from the environment if set, else all cores), each with single-threaded BLAS: see BENCHMARKS.md, Training.
@@ -212,6 +214,7 @@ def train_tokenizer(text: str, vocab_size: int):
 def run_train(args) -> int:
     """`numgpt train`, as one process or as one rank of an MPI job (mpiexec -n P numgpt train ...): a rank
     that fails prints its error and ends the whole job, so no rank waits forever for it."""
+    from ..training.loop import Terminated
     from ..training.mpi import AgreedError, world
 
     comm = world(os.environ)
@@ -227,7 +230,7 @@ def run_train(args) -> int:
         if not isinstance(e, SystemExit):
             print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
                   flush=True)
-        code = 130 if isinstance(e, KeyboardInterrupt) else 2
+        code = (143 if isinstance(e, Terminated) else 130) if isinstance(e, KeyboardInterrupt) else 2
         time.sleep(0.2)                                # let the launcher forward the message first
         comm.abort(code)
         os._exit(code)                                 # MPI_Abort may return before the launcher kills us
@@ -252,19 +255,21 @@ def _run_train(args, comm) -> int:
         raise flag_error(e, options) from None
     config, tc, state, folder = run.config, run.tc, run.state, run.folder
     if comm.rank != 0:                                 # rank 0 alone prints
-        return 130 if run.train(comm=comm).interrupted else 0
+        result = run.train(comm=comm)
+        return 128 + result.signal if result.interrupted else 0
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)
     result = _train_with_progress(state, config, tc, run.data, folder, lambda *a, **kw: train(*a, comm=comm, **kw))
     if result.interrupted:
-        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
+        how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
+        print(f"{how} at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt train {args.data} --out {folder} --resume`", file=sys.stderr)
         note = best_checkpoint_note(folder, state.step, tc)
         if note:
             print(note, file=sys.stderr)
-        return 130
+        return 128 + result.signal                     # the shell's convention: 130 Ctrl-C, 143 SIGTERM
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bits/byte); "

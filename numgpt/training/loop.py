@@ -28,8 +28,10 @@ threads. Only rank 0 writes the run folder.
 One run at a time: rank 0 holds RUN/.lock while it trains (lock.py); a second `train` on the same folder
 is refused before it writes anything. Weights with NaN or inf are refused before the first step.
 
-Interruption: a KeyboardInterrupt saves RUN/latest at the last completed step and returns with
-`interrupted` set; a Ctrl-C during an optimizer update is held until the update is done
+Interruption: a KeyboardInterrupt (Ctrl-C), or SIGTERM (what `timeout` and batch schedulers send),
+saves RUN/latest at the last completed step and returns with `interrupted` and `signal` set; with several
+ranks a signal is a flag they agree on at the next step boundary, so all stop at one step. A signal
+during an optimizer update is held until the update is done
 (`interrupts_held`), so no step is ever half applied, and the threads of a step are released at once
 wherever it lands (parallel.py), so none is left waiting. A non-finite loss or gradient stops the run with a NumgptError before the
 update, so the last good checkpoint (if one was saved) stays intact.
@@ -131,9 +133,13 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """How `train` ended: the state it reached, whether a signal stopped it (and which: SIGINT for Ctrl-C,
+    SIGTERM; RUN/latest holds the state then), and the last evaluation."""
+
     state: TrainState
     interrupted: bool = False
     last_eval: Event | None = None
+    signal: int = 0
 
 
 def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
@@ -176,7 +182,11 @@ def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, 
         stack.enter_context(keep_freed_memory())      # steps reuse the last one's memory (memory.py)
         if dp.participants > 1:
             stack.enter_context(single_threaded_blas())
-        stop = stack.enter_context(InterruptFlag()) if comm.size > 1 else None
+        if comm.size > 1:
+            stop = stack.enter_context(InterruptFlag())    # the ranks stop together (loop below)
+        else:
+            stop = None
+            stack.enter_context(sigterm_as_interrupt())    # SIGTERM stops like Ctrl-C
         return _loop(Trainer(state, config, tc, data, run, objective, dp, opt), _emitter(log, on_event), stop)
 
 
@@ -230,8 +240,9 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
     last_eval = None
     try:
         while True:
-            if stop is not None and stop.agreed(t.dp.comm):
-                raise KeyboardInterrupt                # every rank here, at the same step
+            signum = stop.agreed(t.dp.comm) if stop is not None else 0
+            if signum:
+                raise stop_exception(signum)           # every rank here, at the same step
             if _eval_due(tc, state.step, first_step):
                 last_eval = evaluate_and_save(t, emit)
             if state.step >= tc.max_iters:
@@ -243,15 +254,17 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
             tokens = tc.batch_size * tc.block_size * tc.grad_accum
             emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm,
                   "seconds": dt, "tokens_per_s": tokens / dt})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
         if state.step == boundary[0]:
             state.rng.bit_generator.state = boundary[1]    # stopped inside a step: its batches not drawn
         whole = _whole_state(t)                        # a collective with ZeRO-1: every rank is here
         if t.dp.comm.rank == 0:                        # only rank 0 writes checkpoints
             save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
                                   tokenizer_dir=_tokenizer_dir(t.data))
-        emit({"type": "interrupted", "step": state.step, "path": str(t.run / LATEST)})
-        return TrainResult(state=state, interrupted=True, last_eval=last_eval)
+        emit({"type": "interrupted", "step": state.step, "path": str(t.run / LATEST),
+              "signal": signal.Signals(signum).name})
+        return TrainResult(state=state, interrupted=True, last_eval=last_eval, signal=int(signum))
     return TrainResult(state=state, last_eval=last_eval)
 
 
@@ -281,51 +294,87 @@ def train_step(t: Trainer) -> tuple[float, float, float]:
     return loss, norm, lr
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C, and what `timeout`, schedulers and kill send
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so it stops training the same clean way."""
+
+
+def stop_exception(signum: int) -> KeyboardInterrupt:
+    """The exception a stop signal raises in the training loop: Terminated for SIGTERM, else KeyboardInterrupt."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, so a scheduler
+    or `timeout` stops training like Ctrl-C: RUN/latest saved. The handler before is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it when the block ends, so that
-    the optimizer update and the step count it belongs to are done together or not at all. The handler
-    in force before is put back after (and called then, if a SIGINT came). Only the main thread can set
-    signal handlers; elsewhere the block runs as is."""
+    """Hold a SIGINT (Ctrl-C) or SIGTERM that arrives inside the block and deliver it when the block ends,
+    so that the optimizer update and the step count it belongs to are done together or not at all. The
+    handlers in force before are put back after (and the first held signal's called then). Only the main
+    thread can set signal handlers; elsewhere the block runs as is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if held and callable(previous):
-        previous(signal.SIGINT, None)                 # the default handler raises KeyboardInterrupt here
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        handler = previous[held[0]]
+        if callable(handler):
+            handler(held[0], None)                    # the default SIGINT handler raises KeyboardInterrupt here
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(held[0])              # its default action (SIGTERM: the process ends)
 
 
 class InterruptFlag:
-    """Ctrl-C as a flag, for ranks that must stop together: inside the block a SIGINT is only recorded,
-    and `agreed(comm)` (called at the same point on every rank) is true on all of them once any rank
-    recorded one. The previous handler is put back on leaving. Main thread only, as signal handlers are."""
+    """Ctrl-C and SIGTERM as a flag, for ranks that must stop together: inside the block such a signal is
+    only recorded, and `agreed(comm)` (called at the same point on every rank) returns the signal once any
+    rank recorded one (SIGTERM if any rank got it), 0 before. The previous handlers are put back on
+    leaving. Main thread only, as signal handlers are."""
 
     def __init__(self):
-        self.seen = False
-        self._previous = None
+        self.seen = {s: False for s in STOP_SIGNALS}
+        self._previous: dict = {}
 
     def __enter__(self) -> "InterruptFlag":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._record)
+            self._previous = {s: signal.signal(s, self._record) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _record(self, signum, frame) -> None:
-        self.seen = True
+        self.seen[signum] = True
 
-    def agreed(self, comm: Communicator) -> bool:
-        """Whether any rank has seen a Ctrl-C: one all-reduce of one number, the same answer everywhere."""
-        flag = np.array([1.0 if self.seen else 0.0])
-        comm.allreduce_sum(flag)
-        return bool(flag[0])
+    def agreed(self, comm: Communicator) -> int:
+        """The stop signal any rank has seen (SIGTERM before SIGINT), else 0: one all-reduce of two numbers,
+        the same answer everywhere."""
+        flags = np.array([1.0 if self.seen[s] else 0.0 for s in STOP_SIGNALS])
+        comm.allreduce_sum(flags)
+        return next((s for s, f in zip(reversed(STOP_SIGNALS), flags[::-1]) if f), 0)
 
 
 def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
