@@ -234,3 +234,61 @@ def test_generate_min_p_and_penalties_are_the_apis(capsys, model, lm):
     code, out, _ = run(capsys, "generate", "--model", model, "-n", "12", "--json", *flags, "Hello")
     want = lm.completions("Hello", max_new_tokens=12, min_p=0.2, presence_penalty=1.5, logit_bias={11: -100}, seed=3)
     assert code == 0 and json.loads(out)[0]["token_ids"] == want[0].token_ids and 11 not in want[0].token_ids
+
+
+@pytest.fixture(scope="module")
+def short_context_model(tmp_path_factory):
+    """The built-in model cut to a 32-position context (the newcomer's runs/x8, trained with block size 32)."""
+    import dataclasses
+    builtin = numgpt.load()
+    config = dataclasses.replace(builtin.config, n_positions=32)
+    params = {**builtin.params, "wpe.weight": builtin.params["wpe.weight"][:32]}
+    return str(numgpt.save_checkpoint(tmp_path_factory.mktemp("x8") / "x8", config, params, tokenizer=builtin.tokenizer))
+
+
+def test_the_default_length_fits_a_short_context_and_a_typed_one_is_told_in_flags(capsys, short_context_model):
+    code, out, err = run(capsys, "generate", "--model", short_context_model, "--json", "--ignore-eos", "--seed", "1",
+                         "ROMEO:")
+    prompt = numgpt.load(short_context_model).encode("ROMEO:")
+    assert code == 0 and len(json.loads(out)[0]["token_ids"]) == 32 - len(prompt)   # 64 cut to what fits
+    code, out, err = run(capsys, "generate", "--model", short_context_model, "-n", "64", "ROMEO:")
+    assert code == 2 and err == (f"numgpt: error: context overflow: {len(prompt)} tokens + --max-new-tokens 64 = "
+                                 f"{len(prompt) + 64} > the model's context of n_positions=32; lower --max-new-tokens "
+                                 f"to {32 - len(prompt)} or pass --sliding-window\n")
+
+
+def test_library_messages_name_python_parameters_and_the_cli_its_flags(capsys, short_context_model):
+    lm = numgpt.load(short_context_model)
+    with pytest.raises(numgpt.NumgptError) as e:
+        lm.generate("a", max_new_tokens=10**9)
+    assert "lower max_new_tokens to 31 or pass sliding_window=True" in str(e.value) and "--" not in str(e.value)
+    code, _, err = run(capsys, "generate", "--model", short_context_model, "-n", str(10**9), "a")
+    assert code == 2 and "lower --max-new-tokens to 31 or pass --sliding-window" in err
+    assert "max_new_tokens" not in err and "sliding_window" not in err
+    for argv, said in ((["--num-samples", "0"], "--num-samples must be >= 1"),
+                       (["--seed", "-1"], "--seed must be >= 0"),
+                       (["--window-stride", "4"], "--window-stride applies only with --sliding-window; add it, "
+                                                  "or drop --window-stride"),
+                       (["--logit-bias", "5=101"], "a --logit-bias value must be in [-100, 100], got 101.0"),
+                       (["--logit-bias", "x"], "--logit-bias must be ID=BIAS such as 321=-100, got 'x'"),
+                       (["--stop", ""], "--stop must hold non-empty strings")):
+        code, _, err = run(capsys, "generate", *argv, "a")
+        assert code == 2 and said in err, err
+
+
+def test_flag_message_rewrites_only_option_names():
+    from numgpt.cli.options import FLAG_ORDER, flag_message, flag_vocabulary
+    words = flag_vocabulary(FLAG_ORDER)
+    assert flag_message("stop must hold non-empty strings; the stop strings end it", words) == \
+        "--stop must hold non-empty strings; the stop strings end it"
+    assert flag_message("pass do_sample=False, stop_at_eos=False or sliding_window=True", words) == \
+        "pass --greedy, --ignore-eos or --sliding-window"
+    assert flag_message("temperature must be > 0; a temperature of 0 is greedy; top_k_x", words) == \
+        "--temperature must be > 0; a temperature of 0 is greedy; top_k_x"
+    assert flag_message("seed must be >= 0", {}) == "seed must be >= 0"      # a command without the group
+
+
+def test_next_on_a_prompt_beyond_the_context_says_to_shorten_it(capsys):
+    code, out, err = run(capsys, "next", "--json", "word " * 200)               # the built-in model: 128 positions
+    assert code == 2 and out == "" and err.startswith("numgpt: error: context overflow: ")
+    assert err.endswith("> the model's context of n_positions=128; shorten the prompt\n") and "window" not in err

@@ -321,3 +321,15 @@ def test_an_empty_prompt_starts_from_endoftext_as_in_generate(hf_gpt2_vocab_ckpt
     assert kvcache_view(gpt2_vocab, "", max_new_tokens=2).prompt_ids == [50256]
     with pytest.raises(NumgptError, match="the text is empty"):
         attention_view(gpt2_vocab, "")
+
+
+def test_sampling_view_overflow_names_the_prompt_and_the_generated_tokens(lm):
+    """Newcomer report: 200 generated tokens said "shorten the generated"; prompt + generated share the
+    context, and the message says both."""
+    n = len(lm.encode("ROMEO:"))
+    with pytest.raises(NumgptError) as e:
+        sampling_view(lm, "ROMEO:", generated=[10] * 200)
+    assert str(e.value) == (f"context overflow: {n + 200} tokens > the model's context of n_positions=128; "
+                            "shorten the prompt or pass fewer generated tokens")
+    view = sampling_view(lm, "ROMEO:", generated=[10] * (128 - n), top=2)      # exactly fills it
+    assert len(view.prompt_ids) == 128 and view.generated == 128 - n

@@ -130,6 +130,9 @@ def test_pictures_are_written(capsys, tmp_path, argv):
     (["sampling", "x", "--min-p", "2"], "--min-p must be in [0, 1]"),
     (["sampling", "x", "--logit-bias", "321"], "--logit-bias must be ID=BIAS"),
     (["sampling", "x", "--logit-bias", "5000=1"], "--logit-bias names token 5000"),
+    (["sampling", "x", "--logit-bias", "5=101"], "a --logit-bias value must be in [-100, 100], got 101.0"),
+    (["sampling", "x", "--greedy", "--temperature", "0.5"], "--greedy always takes the most likely token, so "
+                                                           "--temperature has no effect"),
     (["kvcache", "ROMEO", "-n", "200"], "context overflow: 1 tokens + max_new_tokens 200"),
     (["kvcache", "ROMEO", "-n", "0"], "--max-new-tokens must be >= 1"),
     (["tokens", ""], "the text is empty"),

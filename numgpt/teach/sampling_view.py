@@ -185,9 +185,11 @@ def sampling_view(lm, prompt: Prompt, *, generated: Sequence[int] = (), temperat
                               repetition_penalty=repetition_penalty, min_p=min_p,
                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                               logit_bias=tuple(logit_bias), do_sample=do_sample)
-    generated = prompt_ids(lm, list(generated), what="generated") if len(generated) else []
-    ids = prompt_ids(lm, prompt, what="prompt") + generated
-    check_context(lm.config, len(ids), fix="shorten the prompt")
+    ids = prompt_ids(lm, prompt, what="prompt")
+    if len(generated):                                         # the context holds prompt + generated
+        check_context(lm.config, len(ids) + len(generated), fix="shorten the prompt or pass fewer generated tokens")
+        generated = prompt_ids(lm, list(generated), what="generated")
+    ids = ids + list(generated)
     for token, _ in options.logit_bias:
         if token >= lm.config.vocab_size:
             raise NumgptError(f"logit_bias names token {token}, outside the model's vocabulary "
