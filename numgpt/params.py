@@ -89,17 +89,25 @@ def tensor_kind(name: str) -> Kind:
 
 
 def _entry(name: str) -> tuple[Kind, tuple[str, ...]]:
-    block = _BLOCK_NAME.fullmatch(name)
-    entry = BLOCK.get(block.group(1)) if block else BEFORE_BLOCKS.get(name) or AFTER_BLOCKS.get(name)
+    entry = _lookup(name)
     if entry is None:
         raise NumgptError(f"{name!r} is not a GPT-2 parameter name (see numgpt/params.py)")
     return entry
 
 
-def decays(name: str, *, decay_embeddings: bool = True) -> bool:
+def _lookup(name: str) -> tuple[Kind, tuple[str, ...]] | None:
+    block = _BLOCK_NAME.fullmatch(name)
+    return BLOCK.get(block.group(1)) if block else BEFORE_BLOCKS.get(name) or AFTER_BLOCKS.get(name)
+
+
+def decays(name: str, shape: tuple[int, ...], *, decay_embeddings: bool = True) -> bool:
     """Whether AdamW's weight decay applies to a parameter: linear weights yes, the embeddings if
-    decay_embeddings, biases and LayerNorm gains never (nanoGPT, minGPT)."""
-    kind = tensor_kind(name)
+    decay_embeddings, biases and LayerNorm gains never (nanoGPT, minGPT). A tensor outside GPT-2's schema
+    (a test's, an adapter's) goes by its shape: matrices yes, vectors no (nanoGPT's rule)."""
+    entry = _lookup(name)
+    if entry is None:
+        return len(shape) >= 2
+    kind = entry[0]
     return kind in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT) or (kind is Kind.EMBEDDING and decay_embeddings)
 
 

@@ -52,8 +52,10 @@ def test_kinds_and_weight_decay_groups():
     LayerNorm gains (nanoGPT: every tensor with two dimensions)."""
     shapes = param_shapes(CONFIG)
     matrices = {n for n, s in shapes.items() if len(s) == 2}
-    assert {n for n in shapes if decays(n)} == matrices
-    assert {n for n in shapes if decays(n, decay_embeddings=False)} == matrices - {"wte.weight", "wpe.weight"}
+    assert {n for n, s in shapes.items() if decays(n, s)} == matrices
+    assert {n for n, s in shapes.items() if decays(n, s, decay_embeddings=False)} == \
+        matrices - {"wte.weight", "wpe.weight"}
+    assert decays("lora.A", (4, 2)) and not decays("lora.b", (2,))   # outside the schema: by shape
     assert {n for n in shapes if tensor_kind(n) is Kind.RESIDUAL_WEIGHT} == \
         {f"h.{i}.{m}.c_proj.weight" for i in range(CONFIG.n_layer) for m in ("attn", "mlp")}
     assert {n for n in shapes if tensor_kind(n) is Kind.GAIN} == \

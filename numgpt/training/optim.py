@@ -27,6 +27,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .. import params as schema
 from ..errors import NumgptError
 from ..params import Params, zeros_like
 from ..threads import run_split
@@ -118,10 +119,8 @@ def learning_rate(config: AdamWConfig, step: int) -> float:
 
 
 def decays(name: str, shape: tuple[int, ...], config: AdamWConfig) -> bool:
-    """Whether weight decay applies: matrices yes (embeddings only if decay_embeddings), vectors no."""
-    if len(shape) < 2:
-        return False                                  # biases and LayerNorm gains
-    return config.decay_embeddings or name not in ("wte.weight", "wpe.weight")
+    """Whether weight decay applies: the parameter schema's rule, by the tensor's kind (params.decays)."""
+    return schema.decays(name, shape, decay_embeddings=config.decay_embeddings)
 
 
 def global_norm(grads: Params) -> float:
