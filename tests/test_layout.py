@@ -120,3 +120,27 @@ def test_the_finish_rule_is_a_leaf_and_the_decoding_flags_are_made_in_one_place(
                 spelled = {a.value for a in node.args if isinstance(a, ast.Constant)} & decoding
                 allowed = path.name in ("options.py", "sql_commands.py", "train_commands.py")  # sql: adopting it
                 assert not spelled or allowed, f"{path.name}:{node.lineno} defines {spelled}: use options.add_decoding_flags"
+
+
+def built_block_name(index: ast.expr) -> bool:
+    """An index that builds a block tensor's name: f"h.{i}...." or h + "ln_1.weight"."""
+    if isinstance(index, ast.JoinedStr):
+        first = index.values[0] if index.values else None
+        return isinstance(first, ast.Constant) and str(first.value).startswith("h.")
+    return isinstance(index, ast.BinOp) and isinstance(index.op, ast.Add) and isinstance(index.right, ast.Constant) \
+        and str(index.right.value).endswith((".weight", ".bias"))
+
+
+def test_one_forward_family_read_through_the_layer_view():
+    """A NumPy transformer block is written in model.py (plain, fast, slot-batched decode) or backprop.py
+    (the training pair) only -- nothing else reads a layer's ln_1/ln_2 -- and the package indexes block
+    tensors through params.layer(i), never by a name it builds (params[h + "ln_1.weight"]); the checkpoint
+    and SQL export code, which store tensors by name, excepted."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("ln_1", "ln_2"):
+                assert rel in ("model.py", "backprop.py"), f"{rel}:{node.lineno} writes a block outside model.py"
+            if isinstance(node, ast.Subscript) and built_block_name(node.slice):
+                assert rel == "params.py" or rel.split("/")[0] in ("formats", "sql"), \
+                    f"{rel}:{node.lineno} builds a block tensor's name: use params.layer(params, i)"
