@@ -7,6 +7,7 @@ bit, and what `sample` draws is always in the final kept set. KV cache: the mult
 position counts are exact, the tokens are greedy generation's own.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -333,3 +334,11 @@ def test_sampling_view_overflow_names_the_prompt_and_the_generated_tokens(lm):
                             "shorten the prompt or pass fewer generated tokens")
     view = sampling_view(lm, "ROMEO:", generated=[10] * (128 - n), top=2)      # exactly fills it
     assert len(view.prompt_ids) == 128 and view.generated == 128 - n
+
+
+def test_sampling_view_takes_the_samplers_options_by_name(lm):
+    """The view reads its options through SamplingOptions.from_mapping (no second list of them): a
+    misspelt one is refused by name."""
+    with pytest.raises(NumgptError, match="unknown sampling option 'topk'; the options are temperature, top_k"):
+        sampling_view(lm, "x", topk=3)
+    assert sampling_view(lm, "x", top_k=3, top=2).options == dataclasses.asdict(SamplingOptions(top_k=3))

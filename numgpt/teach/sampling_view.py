@@ -173,18 +173,13 @@ class SamplingView:
         return dataclasses.asdict(self)
 
 
-def sampling_view(lm, prompt: Prompt, *, generated: Sequence[int] = (), temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, min_p: float = 0.0,
-                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                  logit_bias: Sequence[tuple[int, float]] = (), do_sample: bool = True,
-                  top: int = 10) -> SamplingView:
+def sampling_view(lm, prompt: Prompt, *, generated: Sequence[int] = (), top: int = 10,
+                  **options: Any) -> SamplingView:
     """The sampler's stages for the token after `prompt` + `generated` (text or token ids; generated: the
-    ids a completion has made so far, which the presence/frequency penalties look at), with the options
-    named as in numgpt.sampling.SamplingOptions."""
-    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, min_p=min_p,
-                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                              logit_bias=tuple(logit_bias), do_sample=do_sample)
+    ids a completion has made so far, which the presence/frequency penalties look at). `options` are
+    SamplingOptions' fields (temperature=..., top_k=..., logit_bias=...), read by
+    SamplingOptions.from_mapping: an unknown name is refused by name."""
+    options = SamplingOptions.from_mapping(options)
     ids = prompt_ids(lm, prompt, what="prompt")
     if len(generated):                                         # the context holds prompt + generated
         check_context(lm.config, len(ids) + len(generated), fix="shorten the prompt or pass fewer generated tokens")
