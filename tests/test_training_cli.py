@@ -465,3 +465,41 @@ def test_a_sigterm_during_the_optimizer_update_is_held_until_it_is_done():
                 done.append("update finished")
     assert done == ["update finished"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handler is put back
+
+
+def test_loose_ends_of_round_2_get_one_line_each(char_data, tmp_path, capsys):
+    """Newcomer round 2, defect 10: --resume past --max-iters was a silent no-op; --max-iters -1 named
+    --lr-decay-iters; --zero 1 without mpiexec said nothing."""
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK, "--max-iters", 4) == 0
+    capsys.readouterr()
+    for max_iters in (2, 4):
+        msg = one_line_error(capsys, run_train(char_data, "--out", run, "--resume", "--max-iters", max_iters))
+        assert msg == (f"numgpt: error: {run / 'latest'} is already at step 4 >= --max-iters {max_iters}; "
+                       "raise --max-iters to continue")
+    msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "neg", *SMALL, "--max-iters", -1))
+    assert msg == "numgpt: error: --max-iters must be >= 0, got -1"
+    assert not (tmp_path / "neg").exists()
+    assert run_train(char_data, "--out", tmp_path / "z", *QUICK, "--zero", 1) == 0
+    assert "note: --zero 1 shards AdamW's moments over the MPI ranks" in capsys.readouterr().err
+
+
+def test_one_time_estimate_on_screen(char_data, tmp_path, capsys):
+    """Newcomer round 2: numgpt's estimate said 'about 18 min' while tqdm's ETA at step 1 said 4:55:03.
+    The bar shows no remaining time of its own; the estimate after five steps is the one."""
+    import re
+    assert run_train(char_data, "--out", tmp_path / "run", *QUICK, "--max-iters", 8) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"about \d+ s for the 3 steps left", err)
+    assert "8/8 [" in err and not re.search(r"\[\d+:\d+<", err)    # tqdm's [elapsed<remaining] is gone
+
+
+def test_init_builtin_fine_tunes_the_built_in_model(tmp_path, text_file, capsys):
+    """The newcomer's wish: --init builtin names the built-in model (resolved by formats.hub, as --model)."""
+    from numgpt.formats.hub import builtin_model_folder
+    data = tmp_path / "d"
+    assert main(["prepare", str(text_file), "--out", str(data), "--tokenizer", str(builtin_model_folder())]) == 0
+    assert run_train(data, "--init", "builtin", "--out", tmp_path / "ft", "--max-iters", 1, "--eval-iters", 1,
+                     "--block-size", 32, "--batch-size", 2) == 0
+    assert f"fine-tuning {builtin_model_folder()}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["init"] == "builtin"

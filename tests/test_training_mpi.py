@@ -103,6 +103,15 @@ def test_ranks_that_disagree_are_refused_and_every_rank_exits(data, tmp_path):
     assert "rank 1 of 2: the ranks disagree" in done.stderr and not (tmp_path / "r" / "latest").exists()
 
 
+def test_ranks_given_different_run_folders_are_refused(data, tmp_path):
+    """Newcomer round 2: MPMD with another --out per rank silently ignored rank 1's (only rank 0 writes)."""
+    done = run([mpiexec(), "-n", "1", *numgpt("train", data, "--out", tmp_path / "a", *SHAPE, "--max-iters", 2),
+                ":", "-n", "1", *numgpt("train", data, "--out", tmp_path / "b", *SHAPE, "--max-iters", 2)], timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "rank 0 of 2: the ranks disagree on the run folder (--out) (1 of 2 differ from rank 0's)" in done.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def long_run(run_dir: Path, data: Path, eval_interval: int, until) -> subprocess.Popen:
     """A 2-rank training of (practically) endless steps, returned once until() is true (60 s at most)."""
     proc = subprocess.Popen([mpiexec(), "-n", "2", *numgpt("train", data, "--out", run_dir, *SHAPE, "--threads", 1,

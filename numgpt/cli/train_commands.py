@@ -28,6 +28,9 @@ from .paths import check_writable, input_file, output_file, output_folder
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
 ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
 LONG_RUN_SECONDS = 600                      # estimates beyond this suggest --max-iters
+# tqdm's bar without its remaining time: from the first, slow step it guessed hours where TimeEstimate,
+# which leaves that step out and counts the evaluations, says minutes; one estimate on screen, ours
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 PREPARE_EXAMPLES = """\
 examples:
@@ -90,7 +93,8 @@ def register(sub) -> None:
     t.add_argument("--resume-from", choices=[LATEST, BEST], metavar="{latest,best}",
                    help="continue from RUN_DIR/latest or RUN_DIR/best (implies --resume; best rewinds the run "
                    "to its step)")
-    t.add_argument("--init", metavar="MODEL", help="fine-tune from a GPT-2 folder or a cached model name")
+    t.add_argument("--init", metavar="MODEL", help="fine-tune from a GPT-2 folder, 'builtin' (the model built into "
+                   "numgpt), or a cached hub name such as gpt2")
     m = t.add_argument_group("model (from scratch)")
     m.add_argument("--preset", choices=sorted(PRESETS), help="a model shape from numgpt's presets: gpt2 (124M) ... gpt2-xl (1558M) as published, or tiny "
                    "(2 layers, 32 channels, 64 positions, for a quick try)")
@@ -257,6 +261,9 @@ def _run_train(args, comm) -> int:
     if comm.rank != 0:                                 # rank 0 alone prints
         result = run.train(comm=comm)
         return 128 + result.signal if result.interrupted else 0
+    if comm.size == 1 and options.get("zero"):
+        print("note: --zero 1 shards AdamW's moments over the MPI ranks of `mpiexec -n P numgpt train ...`; "
+              "with one process it changes nothing", file=sys.stderr)
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
@@ -316,7 +323,8 @@ def _train_with_progress(state, config, tc, data, run, train):
     from tqdm import tqdm
 
     bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.2 if sys.stderr.isatty() else 30)   # a log file gets a line every 30 s
+               mininterval=0.2 if sys.stderr.isatty() else 30,   # a log file gets a line every 30 s
+               bar_format=BAR_FORMAT)
     eta = TimeEstimate(tc, state.step)
 
     def on_event(ev):

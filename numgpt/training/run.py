@@ -74,12 +74,18 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
     run = Path(run_dir)
     if resume_from and init:
         raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
+    if comm.size > 1:                                  # rank 0 alone writes: every rank must mean its folder
+        from .mpi import check_same_everywhere
+        check_same_everywhere(comm, "run folder (--out)", str(run))
     if comm.rank == 0:                                 # rank 0 alone locks and writes the run folder
         check_not_locked(run)
     if resume_from:
         config, state, saved = load_resume_checkpoint(run, resume_from)
         refuse_shape_change(shape, config, "(on --resume the shape comes from the checkpoint)")
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
+        if state.step >= tc.max_iters:
+            raise NumgptError(f"{run / resume_from} is already at step {state.step} >= --max-iters {tc.max_iters}; "
+                              "raise --max-iters to continue")
         check_fits(config, tc, data, comm, ranks_here)  # the weights are in; gradients and activations not yet
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
@@ -176,7 +182,8 @@ def apply_options(base: TrainConfig, options: Mapping[str, Any], *, data_dir: st
     option out of range is a ConfigFieldError naming its field (the CLI names its flag)."""
     changes = {k: v for k, v in options.items() if k != "optim"}
     optim = dict(options.get("optim", {}))
-    if "decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters:
+    if ("decay_iters" not in optim and "max_iters" in changes and base.optim.decay_iters == base.max_iters
+            and changes["max_iters"] >= 0):            # a bad max_iters is refused as itself below
         optim["decay_iters"] = changes["max_iters"]
     if "lr" in optim and "min_lr" not in optim and base.optim.min_lr > optim["lr"]:
         optim["min_lr"] = optim["lr"] / 10
