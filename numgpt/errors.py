@@ -7,6 +7,10 @@ class NumgptError(ValueError):
     A ValueError, so code written for tiktoken's or NumPy's errors (`except ValueError`) keeps working."""
 
 
+class UnknownOptionError(NumgptError, TypeError):
+    """A misspelt option name: a TypeError, as Python raises for any unknown keyword, and a NumgptError."""
+
+
 def describe(value: object) -> str:
     """A value as an error message shows it: its repr and, where that could mislead, its type."""
     shown = repr(value)

@@ -48,13 +48,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .config import GPTConfig
-from .errors import NumgptError, whole_number
+from .errors import NumgptError, UnknownOptionError, whole_number
 from .finish import Finisher, TextStopper  # noqa: F401 -- TextStopper: sql/session.py imports it from here
 from .kvcache import KVCache
 from .model import check_context, check_finite_logits, forward
 from .ops import log_softmax
 from .params import Params
-from .sampling import SamplingOptions, UnknownOptionError, next_tokens, option, options_from_mapping
+from .sampling import SamplingOptions, next_tokens, option, options_from_mapping
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 PAD_ID = 0  # the id written into left padding; any valid id works, the attention mask hides it

@@ -37,13 +37,13 @@ import numpy as np
 from .formats.hf import load_checkpoint, load_tokenizer
 from .formats.hub import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, hf_cache_dir, resolve_model  # noqa: F401 -- re-exported
 from .config import GPTConfig
-from .errors import NumgptError, describe, whole_number
+from .errors import NumgptError, UnknownOptionError, describe, whole_number  # noqa: F401 -- Unknown...: importable here as before
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
                        generate_completions, generate_ids, stream_completions, token_logprob_rows, top_logprobs)
 from .model import check_context, check_finite_logits, forward
 from .ops import softmax
 from .params import Params
-from .sampling import SamplingOptions, UnknownOptionError  # noqa: F401 -- importable from here as before
+from .sampling import SamplingOptions
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
 Prompt = str | Sequence[int]   # text, or token ids

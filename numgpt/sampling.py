@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NumgptError, describe, real_number, whole_number
+from .errors import NumgptError, UnknownOptionError, describe, real_number, whole_number
 from .ops import softmax
 
 FILTERED = -np.inf  # the logit of a token a rule has removed: probability exactly 0, never NaN
@@ -56,10 +56,6 @@ def parse_logit_bias(given: str) -> tuple[int, float]:
         return int(token), float(bias)
     except ValueError:
         raise NumgptError(f"logit_bias must be ID=BIAS such as 321=-100, got {given!r}") from None
-
-
-class UnknownOptionError(NumgptError, TypeError):
-    """A misspelt option name: a TypeError, as Python raises for any unknown keyword, and a NumgptError."""
 
 
 def options_from_mapping(cls: type, given: Mapping[str, Any], what: str, **nested: Any) -> Any:

@@ -12,7 +12,8 @@ from numgpt.finish import FINISH_REASONS, Finisher
 from numgpt.generate import (
     GenerationOptions, TextStopper, decode_steps, generate_ids, sequence_rngs,
 )
-from numgpt.sampling import GREEDY, SamplingOptions, UnknownOptionError, next_tokens
+from numgpt.errors import UnknownOptionError
+from numgpt.sampling import GREEDY, SamplingOptions, next_tokens
 
 torch = reference("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")  # see conftest: torch threads under load
