@@ -144,3 +144,19 @@ def test_one_forward_family_read_through_the_layer_view():
             if isinstance(node, ast.Subscript) and built_block_name(node.slice):
                 assert rel == "params.py" or rel.split("/")[0] in ("formats", "sql"), \
                     f"{rel}:{node.lineno} builds a block tensor's name: use params.layer(params, i)"
+
+
+def test_the_training_step_reads_in_one_screen_and_names_no_backend():
+    """issue 20 §4: loop.train_step is one screen (batch, forward/backward over the row split, sum over the
+    ranks, clip, update) and calls the optimizer and the loss through their interfaces: it never asks which
+    optimizer (ZeRO or not), communicator or loss it has. Run setup is the library's (training/run.py):
+    the CLI's train command calls it and builds no state itself."""
+    import inspect
+    import re
+    from numgpt.cli import train_commands
+    from numgpt.training import loop
+    step = inspect.getsource(loop.train_step)
+    assert len(step.splitlines()) <= 30
+    assert not re.search(r"\bzero\b|Zero|MPI|ThreadGroup|isinstance|next_token|backprop", step)
+    cli = inspect.getsource(train_commands)
+    assert "setup_run(" in cli and not re.search(r"\b(new_state|init_params|load_checkpoint)\(", cli)
