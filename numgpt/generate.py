@@ -129,14 +129,12 @@ class GenerationOptions:
         max_new_tokens=...), each checked; an unknown key is refused by name (UnknownOptionError)."""
         if not isinstance(given, Mapping):
             return options_from_mapping(cls, given, "generation")       # the one message for a non-mapping
-        own = {f.name for f in fields(cls)} - {"sampling"}
-        sampling_keys = {f.name for f in fields(SamplingOptions)}
-        unknown = sorted(set(given) - own - sampling_keys, key=str)
+        own = [f.name for f in fields(cls) if f.name != "sampling"]
+        sampling_keys = [f.name for f in fields(SamplingOptions)]
+        unknown = sorted(set(given) - set(own) - set(sampling_keys), key=str)
         if unknown:
-            known = [f.name for f in fields(cls) if f.name != "sampling"] + sorted(sampling_keys, key=list(
-                f.name for f in fields(SamplingOptions)).index)
             raise UnknownOptionError(f"unknown generation option {unknown[0]!r}; the options are "
-                                     f"{', '.join(known)}")
+                                     f"{', '.join(own + sampling_keys)}")
         sampling = SamplingOptions(**{k: v for k, v in given.items() if k in sampling_keys})
         return cls(**{k: v for k, v in given.items() if k in own}, sampling=sampling)
 
