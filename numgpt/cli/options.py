@@ -77,7 +77,7 @@ def _add_flag(group: argparse._ArgumentGroup, f: Field, shown_default: str | Non
         return
     default = shown_default or (None if f.default in (None, ()) else str(f.default))
     text = meta["help"] + (f" (default {default})" if default else "")
-    if isinstance(f.default, tuple):                # repeatable; parsed in decoding_options_from_args
+    if isinstance(f.default, tuple):                # repeatable; each item parsed in decoding_kwargs
         group.add_argument(*flags, action="append", metavar=meta["metavar"], help=text, **common)
         return
     kind = float if "float" in str(f.type) else int

@@ -6,7 +6,8 @@ Each loop of the model thread: admit waiting sequences into free slots (their pr
 their slots -- a burst of newcomers in one forward -- and their first tokens picked), then run one decode step over every running sequence
 (slots.decode_slots: rows at different cache lengths), pick each row's next token with the row's own
 options and random generator, and report it. A sequence leaves its slot the moment it ends (length,
-end-of-text, stop string, cancel, deadline), and the next waiting one takes the slot at the next loop.
+end-of-text, stop string, cancel, deadline: its finish.Finisher, the rule `numgpt generate` uses too), and
+the next waiting one takes the slot at the next loop.
 
 Determinism: a seeded sequence draws from its own generator, SeedSequence(seed, spawn_key=(j,)) for
 sample j of a request (as `numgpt generate --seed`), and whenever a seeded sequence is running the decode
