@@ -133,7 +133,8 @@ def test_pictures_are_written(capsys, tmp_path, argv):
     (["sampling", "x", "--logit-bias", "5=101"], "a --logit-bias value must be in [-100, 100], got 101.0"),
     (["sampling", "x", "--greedy", "--temperature", "0.5"], "--greedy always takes the most likely token, so "
                                                            "--temperature has no effect"),
-    (["kvcache", "ROMEO", "-n", "200"], "context overflow: 1 tokens + max_new_tokens 200"),
+    (["kvcache", "ROMEO", "-n", "200"], "context overflow: 1 tokens + --max-new-tokens 200 = 201 > the model's "
+                                        "context of n_positions=128; shorten the prompt or ask for fewer new tokens"),
     (["kvcache", "ROMEO", "-n", "0"], "--max-new-tokens must be >= 1"),
     (["tokens", ""], "the text is empty"),
     (["attention", "x", "-o", "attn.jpg"], "the pictures are PNG images"),

@@ -134,6 +134,7 @@ def _register_kvcache(views) -> None:
     p = _view(views, "kvcache", "work and time per generated token, with and without the KV cache",
               KVCACHE_EXAMPLES, "the prompt to continue")
     p.add_argument("--max-new-tokens", "-n", type=int, default=16, metavar="N", help="tokens to generate (16)")
+    p.set_defaults(flag_names={"max_new_tokens": "--max-new-tokens"})   # the library's name, said as this flag
     _add_output(p, "the work and time per step")
     p.set_defaults(run=run_kvcache)
 
@@ -189,7 +190,7 @@ def run_kvcache(args) -> int:
     from ..teach import kvcache_view
 
     if args.max_new_tokens < 1:
-        raise NumgptError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise NumgptError(f"max_new_tokens must be >= 1, got {args.max_new_tokens}")
     out = _picture(args)
     lm = _load(args)
     view = kvcache_view(lm, args.text, max_new_tokens=args.max_new_tokens)
