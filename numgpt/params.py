@@ -201,8 +201,3 @@ def _block_tensors(i: int) -> operator.itemgetter:
 def layers(params: Params, config: GPTConfig) -> list[Layer]:
     """Every block's view, in order (what a forward builds once per call)."""
     return [layer(params, i) for i in range(config.n_layer)]
-
-
-def final_norm(params: Params) -> LayerNorm:
-    """ln_f, the LayerNorm after the last block."""
-    return LayerNorm(params["ln_f.weight"], params["ln_f.bias"])

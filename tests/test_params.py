@@ -8,8 +8,7 @@ import pytest
 from references import reference
 
 from numgpt import GPTConfig, NumgptError
-from numgpt.params import (BLOCK, Kind, decays, final_norm, init_params, layer, layers, param_shapes,
-                           tensor_kind)
+from numgpt.params import BLOCK, Kind, decays, init_params, layer, layers, param_shapes, tensor_kind
 
 torch = reference("torch")
 transformers = reference("transformers")
@@ -38,7 +37,6 @@ def test_the_layer_view_is_the_dicts_arrays_under_their_names():
         paths = leaf_paths(view)
         assert [p for p, _ in paths] == list(BLOCK)
         assert all(array is params[f"h.{i}.{p}"] for p, array in paths)
-    assert final_norm(params).weight is params["ln_f.weight"] and final_norm(params).bias is params["ln_f.bias"]
 
 
 def test_the_view_is_frozen():
