@@ -2,9 +2,10 @@
 per-layer view of the parameters named like the table.
 
 Initialisation, counting, checkpoints, optimizer state and weight decay all go through the schema, so
-adding a tensor is one edit (of `BEFORE_BLOCKS`, `BLOCK` or `AFTER_BLOCKS`). Names are GPT-2's own (as in Hugging Face
-checkpoints, without the `transformer.` prefix). A tensor's kind (embedding, linear weight, residual
-projection, bias, LayerNorm gain) decides how it is initialised and whether AdamW decays it.
+adding a tensor is one row of `BEFORE_BLOCKS`, `BLOCK` or `AFTER_BLOCKS` (and, in a block, a field of the
+view the forward reads it through). Names are GPT-2's own (as in Hugging Face checkpoints, without the
+`transformer.` prefix). A tensor's kind (embedding, linear weight, residual projection, bias, LayerNorm
+gain) decides how it is initialised and whether AdamW decays it.
 
 Orientation: every linear weight is stored [in, out] and applied as `x @ w` -- the layout of GPT-2's
 Conv1D and of the Hugging Face safetensors files, so weights load with no transpose. (For inference,
@@ -125,7 +126,8 @@ def init_tensor(kind: Kind, shape: tuple[int, ...], config: GPTConfig, rng: np.r
 
 def init_params(config: GPTConfig, rng: np.random.Generator) -> Params:
     """A freshly initialised model (`init_tensor` for each tensor, drawn in checkpoint order)."""
-    return {name: init_tensor(tensor_kind(name), shape, config, rng) for name, shape in param_shapes(config).items()}
+    shapes = param_shapes(config)
+    return {name: init_tensor(tensor_kind(name), shape, config, rng) for name, shape in shapes.items()}
 
 
 def count_params(config: GPTConfig) -> int:

@@ -126,7 +126,8 @@ def test_float32_end_to_end(tiny):
     x = embed(params, ids, positions)
     assert x.dtype == np.float32
     assert block(layer(params, 0), config, x, causal_mask(4, 4)).dtype == np.float32
-    assert block_(layer(params, 0), config, x.copy(), None, None, BlockBuffers.allocate(config, 1, 4)).dtype == np.float32
+    buffers = BlockBuffers.allocate(config, 1, 4)
+    assert block_(layer(params, 0), config, x.copy(), None, None, buffers).dtype == np.float32
     assert reference_forward(params, config, ids).dtype == np.float32
     cache = KVCache.allocate(config, 1, 8)
     assert forward(params, config, ids, cache=cache).dtype == np.float32
