@@ -295,8 +295,8 @@ def check_context(config: GPTConfig, tokens: int, max_new_tokens: int = 0, *, fi
         return
     if fix is None:
         room = config.n_positions - tokens
-        fix = (f"lower --max-new-tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt") \
-            + " or pass --sliding-window (sliding_window=True)"
+        fix = (f"lower max_new_tokens to {room}" if room > 0 and max_new_tokens else "shorten the prompt") \
+            + " or pass sliding_window=True"
     asked = f"{tokens} tokens + max_new_tokens {max_new_tokens} = {tokens + max_new_tokens}" if max_new_tokens \
         else f"{tokens} tokens"
     raise NumgptError(f"context overflow: {asked} > the model's context of n_positions={config.n_positions}; "

@@ -148,8 +148,7 @@ def with_bos(tokenizer, ids: list[int], bos: bool | None) -> tuple[list[int], bo
     if not bos:
         return ids, False
     if tokenizer.eot_id is None:
-        raise NumgptError("the tokenizer has no <|endoftext|> token to prepend as BOS; score with bos=False "
-                          "(--no-bos)")
+        raise NumgptError("the tokenizer has no <|endoftext|> token to prepend as BOS; score with bos=False")
     return [tokenizer.eot_id] + ids, True
 
 
