@@ -196,7 +196,8 @@ def test_cli_errors_for_damaged_models_are_one_line(capsys, tmp_path):
     params = dict(lm.params)
     params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
     numgpt.save_checkpoint(tmp_path / "nan", lm.config, params, tokenizer=lm.tokenizer)
-    for command in (["generate", "x"], ["next", "x"]):
+    for command in (["generate", "x"], ["next", "x"], ["explain", "attention", "x"], ["explain", "sampling", "x"],
+                    ["explain", "kvcache", "x"]):
         code, _, err = run(capsys, *command, "--model", str(tmp_path / "nan"))
         assert code == 2 and "wte.weight has" in err and "NaN/inf" in err and err.count("\n") == 1
     (tmp_path / "t.txt").write_text("ROMEO: I am here, and so are you.")
