@@ -14,10 +14,8 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .options import SAMPLING_FIELDS, add_decoding_flags, decoding_options_from_args
+from .inference_commands import MODEL_HELP
 from .paths import output_file
-
-MODEL_HELP = ("a Hugging Face GPT-2 folder or a cached hub name such as gpt2 "
-              "(default: the built-in Shakespeare model)")
 
 EXPLAIN_DESCRIPTION = """\
 See GPT-2 at work on real weights: each view's numbers are the model's own (attention from the forward

@@ -22,8 +22,10 @@ from .progress import progress_reporter
 
 GEN = GenerationOptions()   # the defaults
 
-MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors) or a cached hub name such as "
-              "gpt2 (default: the built-in Shakespeare model)")
+# what --model takes, for every command that has it (one definition: the names formats/hub.py resolves)
+MODEL_HELP = ("a Hugging Face GPT-2 folder (config.json + model.safetensors), a `numgpt train` run folder, "
+              "'builtin', or a cached hub name such as gpt2 (default: builtin, the Shakespeare model shipped "
+              "in the package)")
 
 GENERATE_DESCRIPTION = """\
 Continue a prompt: the new text is printed as it is generated. The prompt comes from PROMPT, --file,
