@@ -254,9 +254,9 @@ def test_setup_run_in_python_trains_what_the_cli_trains(char_data, tmp_path):
 
 
 def test_an_objective_trains_only_its_parameter_set_with_its_own_loss(char_data, tmp_path):
-    """The step is a loss function and a parameter set (objective.py): a subset is updated exactly as in a
-    full run's first step (AdamW is elementwise; no clipping), the rest stays; the loss sees row slices."""
-    from numgpt.training.objective import Objective, next_token_loss
+    """The step is a batch, a loss function and a parameter set (objective.py): a subset is updated exactly as
+    in a full run's first step (AdamW is elementwise; no clipping), the rest stays; the loss sees row slices."""
+    from numgpt.training.objective import Objective, next_token_batch, next_token_loss
     data = load_dataset(char_data)
     tc = TrainConfig(batch_size=4, block_size=16, max_iters=1, eval_interval=0, eval_iters=1, threads=2,
                      optim=AdamWConfig(grad_clip=0.0, warmup_iters=0, decay_iters=1))
@@ -269,9 +269,15 @@ def test_an_objective_trains_only_its_parameter_set_with_its_own_loss(char_data,
         rows.append(len(batch[0]))
         assert set(grads) == subset                       # gradients of the trained parameters only
         return next_token_loss(params, config, batch, grads, **kw)
+    splits = []
+
+    def recording_batch(data, split, *args):
+        splits.append(split)
+        return next_token_batch(data, split, *args)
     result = train(new_state(start, seed=1), CONFIG, tc, data, tmp_path / "part",
-                   objective=Objective(loss=counting_loss, trainable=subset))
+                   objective=Objective(batch=recording_batch, loss=counting_loss, trainable=subset))
     assert rows == [2, 2]                                 # 4 rows over 2 threads
+    assert splits == ["train", "train", "val"]            # the step's batch, then the final evaluation's
     for name, p in result.state.params.items():
         expected = full[name] if name in subset else start[name]
         assert np.array_equal(p, expected), name

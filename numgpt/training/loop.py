@@ -62,7 +62,7 @@ from ..formats.hub import RUN_BEST, RUN_LATEST
 from ..atomic import write_bytes_atomically
 from ..config import GPTConfig
 from ..model import check_context, check_finite_weights
-from .data import Dataset, get_batch
+from .data import Dataset
 from ..errors import NumgptError
 from .memory import keep_freed_memory
 from .objective import Objective
@@ -278,7 +278,7 @@ def train_step(t: Trainer) -> tuple[float, float, float]:
     opt.zero_grad()
     loss = 0.0
     for _ in range(accum):
-        batch = get_batch(t.data.train, B, T, state.rng, rows=dp.rank_rows(B))   # this rank's rows: 2 x [b, T]
+        batch = t.objective.batch(t.data, "train", B, T, state.rng, dp.rank_rows(B))   # this rank's rows [b, ...]
         loss += dp.forward_backward(t.objective.loss, state.params, t.config, batch, opt.grads, scale=1.0 / accum,
                                     dropout=tc.dropout, rng=state.rng if tc.dropout > 0 else None, total=B,
                                     block_done=opt.layer_done)     # rows over threads, summed in thread order
@@ -392,7 +392,7 @@ def estimate_loss(t: Trainer) -> dict[str, float]:
         rng = np.random.default_rng([tc.seed, EVAL_STREAM])
         rows = dp.rank_rows(tc.batch_size)             # each rank reads only its rows
         losses = [dp.evaluate(t.objective.evaluate, t.state.params, t.config,
-                              get_batch(t.data.split(name), tc.batch_size, tc.block_size, rng, rows),
+                              t.objective.batch(t.data, name, tc.batch_size, tc.block_size, rng, rows),
                               total=tc.batch_size) for _ in range(tc.eval_iters)]
         out[name] = float(np.mean(losses))
     return out

@@ -1,12 +1,14 @@
 """What training minimises: a loss function over a batch, and the set of parameters it trains.
 
-    Objective(loss=next_token_loss, evaluate=next_token_value, trainable=None)    pre-training (the default)
+    Objective(batch=next_token_batch, loss=next_token_loss, evaluate=next_token_value, trainable=None)
+                                                                                  pre-training (the default)
 
-The training step (loop.train_step) never asks which objective it has: it draws a batch (a tuple of
-arrays whose first axis is the row, so data parallelism can split any batch by rows), calls `loss` on each
-slice of rows, sums the gradients of the `trainable` parameters over threads and ranks, and updates those
+The training step (loop.train_step) never asks which objective it has: it draws a batch with `batch` (a
+tuple of arrays whose first axis is the row, so data parallelism can split any batch by rows; each rank
+reads only its rows), calls `loss` on each slice of rows, sums the gradients of the `trainable` parameters over threads and ranks, and updates those
 parameters only. Another training task is another Objective, not another loop: masked cross-entropy, a
-classification head, DPO or a policy-gradient loss is a new `loss`, and LoRA's adapters a new `trainable`.
+classification head, DPO or a policy-gradient loss is a new `loss` (with the `batch` it reads), and
+LoRA's adapters a new `trainable`.
 
 A loss function adds scale * d(mean loss over the slice's rows)/d(param) into grads[name] for every
 trainable parameter and returns the mean loss (backprop.accumulate_grads is the model of one):
@@ -27,8 +29,18 @@ import numpy as np
 from ..backprop import Workspace, accumulate_grads, loss_only
 from ..config import GPTConfig
 from ..params import Params
+from .data import Dataset, get_batch
 
 Batch = tuple[np.ndarray, ...]       # arrays of one batch, rows first: (ids [B, T], targets [B, T]) here
+# (data, split, batch_size, block_size, rng, rows) -> this rank's rows of a batch; draws from rng as for the
+# whole batch, so every rank's rng stays the same
+BatchFn = Callable[[Dataset, str, int, int, np.random.Generator, slice], Batch]
+
+
+def next_token_batch(data: Dataset, split: str, batch_size: int, block_size: int, rng: np.random.Generator,
+                     rows: slice) -> Batch:
+    """Random windows of the split and the same windows one token on: (ids, targets), [rows, T] each."""
+    return get_batch(data.split(split), batch_size, block_size, rng, rows=rows)
 
 
 class LossFn(Protocol):
@@ -74,9 +86,10 @@ def with_frozen(params: Params, grads: Params, workspace: Workspace) -> Params:
 
 @dataclass(frozen=True)
 class Objective:
-    """A training task: its loss (with gradients), its evaluation (without), and the parameters it trains
-    (None: all of them; else a set of names from the parameter schema)."""
+    """A training task: its batches, its loss (with gradients), its evaluation (without), and the
+    parameters it trains (None: all of them; else a set of names from the parameter schema)."""
 
+    batch: BatchFn = next_token_batch
     loss: LossFn = next_token_loss
     evaluate: ValueFn = next_token_value
     trainable: frozenset[str] | None = None
