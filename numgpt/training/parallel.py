@@ -1,5 +1,7 @@
 """Data parallelism: each participant runs the forward and backward of its own rows of the batch, and
-the gradients are summed in a fixed order through a communicator (comm.py).
+the gradients are summed in a fixed order through a communicator (comm.py): over a rank's threads here
+(`DataParallel.forward_backward`, for any loss function of objective.py), over the ranks by the
+optimizer (optim.Optimizer.reduce_gradients; `accumulate_grads` does both, for one call).
 
 Participants are the ranks of a communicator (processes, or threads standing in for them), and within
 each rank up to `threads` Python threads. A batch of n rows is split first over the ranks, rank r
