@@ -495,10 +495,11 @@ def test_one_time_estimate_on_screen(char_data, tmp_path, capsys):
 
 
 def test_init_builtin_fine_tunes_the_built_in_model(tmp_path, text_file, capsys):
-    """The newcomer's wish: --init builtin names the built-in model (resolved by formats.hub, as --model)."""
+    """The newcomer's wish: --init builtin names the built-in model (resolved by formats.hub, as --model), and
+    prepare --tokenizer builtin its vocabulary."""
     from numgpt.formats.hub import builtin_model_folder
     data = tmp_path / "d"
-    assert main(["prepare", str(text_file), "--out", str(data), "--tokenizer", str(builtin_model_folder())]) == 0
+    assert main(["prepare", str(text_file), "--out", str(data), "--tokenizer", "builtin"]) == 0
     assert run_train(data, "--init", "builtin", "--out", tmp_path / "ft", "--max-iters", 1, "--eval-iters", 1,
                      "--block-size", 32, "--batch-size", 2) == 0
     assert f"fine-tuning {builtin_model_folder()}" in capsys.readouterr().err

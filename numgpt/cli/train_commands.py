@@ -37,6 +37,7 @@ examples:
   numgpt prepare input.txt --out data/shakespeare                 GPT-2's tokenizer
   numgpt prepare input.txt --out data/shakespeare_char --vocab-size 256   byte-level (characters of ASCII)
   numgpt prepare a.txt b.txt --out data/mine --tokenizer my_tok    a tokenizer folder (vocab.json + merges.txt)
+  numgpt prepare a.txt --out data/mine --tokenizer builtin          the built-in model's vocabulary (for --init builtin)
   numgpt prepare more.txt --out data/mine --force                  replace an existing data folder
 
 DIR is written whole or not at all (as DIR.tmp, renamed into place when complete).
@@ -50,13 +51,16 @@ examples:
   mpiexec -n 2 numgpt train data/shakespeare_char --out runs/mpi --threads 1   two MPI ranks (pip install 'numgpt[mpi]')
   mpiexec -n 2 numgpt train data/shakespeare_char --out runs/z1 --threads 1 --zero 1   AdamW's state sharded
   numgpt train data/shakespeare --init gpt2 --out runs/ft --lr 3e-5 --max-iters 200   fine-tune GPT-2
+  numgpt train data/mine --init builtin --out runs/ft2 --max-iters 200   fine-tune the built-in model (on data
+                                                       made by numgpt prepare TEXT --tokenizer builtin --out data/mine)
   numgpt generate --model runs/char/best "ROMEO:"                       sample from the best checkpoint
 
-After {ETA_AFTER_STEPS} steps an estimate of the remaining time is printed. Ctrl-C (or SIGTERM, as `timeout` and
-batch schedulers send) saves RUN/latest and exits; --resume
-continues bit for bit where it stopped (with the run's recorded --threads). One training at a time per
-RUN_DIR (RUN_DIR/.lock). Each batch's rows are split over --threads threads (default: NUMGPT_NUM_THREADS
-from the environment if set, else all cores), each with single-threaded BLAS: see BENCHMARKS.md, Training.
+A shape that cannot fit in the memory this machine has available is refused before anything is allocated.
+After {ETA_AFTER_STEPS} steps an estimate of the remaining time is printed. Ctrl-C, or SIGTERM (as `timeout` and
+batch schedulers send), saves RUN/latest and exits; --resume continues bit for bit where it stopped (with
+the run's recorded --threads). One training at a time per RUN_DIR (RUN_DIR/.lock). Each batch's rows
+are split over --threads threads (default: NUMGPT_NUM_THREADS from the environment if set, else all
+cores), each with single-threaded BLAS: see BENCHMARKS.md, Training.
 """
 
 PLOT_EXAMPLES = """\
@@ -76,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace DIR if it is an existing data folder")
     tok = p.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder (default: GPT-2's)")
+    tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder, or a model name such as "
+                     "builtin (the built-in model's vocabulary; default: GPT-2's)")
     tok.add_argument("--vocab-size", type=int, metavar="N",
                      help="train a new byte-level BPE of N tokens on the text (256 = bytes only)")
     p.add_argument("--val-fraction", type=float, metavar="X", default=VAL_FRACTION,
@@ -160,7 +165,7 @@ def run_prepare(args) -> int:
     if args.vocab_size is not None:
         tokenizer, source = train_tokenizer("".join(texts), args.vocab_size), f"trained:{args.vocab_size}"
     elif args.tokenizer:
-        tokenizer, source = Tokenizer.load(args.tokenizer), str(args.tokenizer)
+        tokenizer, source = Tokenizer.load(tokenizer_folder(args.tokenizer)), str(args.tokenizer)
     else:
         tokenizer, source = Tokenizer.gpt2(), "gpt2"
     meta = prepare(texts, out, tokenizer, val_fraction=args.val_fraction, tokenizer_source=source,
@@ -172,6 +177,16 @@ def run_prepare(args) -> int:
     for note in prepare_notes(meta, args.vocab_size):
         print(note, file=sys.stderr)
     return 0
+
+
+def tokenizer_folder(name: str) -> Path:
+    """prepare's --tokenizer: a folder as given, else a model name resolved as --model resolves it
+    ('builtin', a hub name in the cache; never downloaded here)."""
+    from ..formats import hf_cache_dir, resolve_model
+
+    if Path(name).exists():
+        return Path(name)
+    return resolve_model(name, cache_dir=hf_cache_dir(os.environ), download=False)
 
 
 def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
