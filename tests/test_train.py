@@ -283,3 +283,8 @@ def test_an_objective_trains_only_its_parameter_set_with_its_own_loss(char_data,
         assert np.array_equal(p, expected), name
     moved = {name for name, m in result.state.optim.m.items() if np.any(m)}
     assert moved == subset                                # the frozen ones' moments stay zero
+
+    with pytest.raises(NumgptError, match="'h.9.ln_1.weight', which is no parameter of this model"):
+        train(new_state(start, seed=1), CONFIG, tc, data, tmp_path / "bad",
+              objective=Objective(trainable=frozenset({"h.9.ln_1.weight"})))
+    assert not (tmp_path / "bad").exists()

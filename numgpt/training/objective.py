@@ -28,6 +28,7 @@ import numpy as np
 
 from ..backprop import Workspace, accumulate_grads, loss_only
 from ..config import GPTConfig
+from ..errors import NumgptError
 from ..params import Params
 from .data import Dataset, get_batch
 
@@ -100,5 +101,6 @@ class Objective:
             return params
         unknown = sorted(set(self.trainable) - set(params))
         if unknown:
-            raise ValueError(f"trainable names no parameter of the model: {unknown[0]}")
+            raise NumgptError(f"trainable names {unknown[0]!r}, which is no parameter of this model (names as in "
+                              "params.param_shapes: 'h.0.attn.c_attn.weight', 'ln_f.bias', ...)")
         return {name: p for name, p in params.items() if name in self.trainable}
