@@ -326,6 +326,98 @@ def test_bad_fields_are_named(server, body, status, param):
     assert server.healthy()
 
 
+@pytest.mark.parametrize("body,param,words", [
+    ({"prompt": [-1, 5]}, "prompt", "prompt[0] is -1: token ids are >= 0"),
+    ({"prompt": [1, "a"]}, "prompt", "prompt mixes strings, token ids and lists"),
+    ({"prompt": [1.5, 2]}, "prompt", "prompt[0] is a fraction (1.5)"),
+    ({"prompt": [True, False]}, "prompt", "prompt[0] is a boolean (True)"),
+    ({"prompt": [[3, 4], [5, -6]]}, "prompt", "prompt[1][1] is -6"),
+    ({"prompt": 5}, "prompt", "prompt must be a string, a list of strings, a list of token ids"),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "stop takes at most 4 strings, got 5"),
+    ({"prompt": "x", "logit_bias": {"10": 1000}}, "logit_bias", "logit_bias['10'] is 1000: a bias must be in [-100, 100]"),
+    ({"prompt": "x", "suffix": "end"}, "suffix", "suffix is not supported"),
+])
+def test_bad_fields_say_what_is_wrong(server, body, param, words):
+    """pydantic's union errors named the first member ("prompt.str: Input should be a valid string") for
+    every bad prompt, and said nothing of stop's 4 or logit_bias's range (round 2)."""
+    e = error_of(server.http.post("/v1/completions", json=body), 422)
+    assert e["param"] == param and words in e["message"], e
+
+
+def test_bodies_that_are_not_json_objects_say_so(server):
+    e = error_of(server.http.post("/v1/completions"), 422)
+    assert e["message"].startswith("the body must be a JSON object sent as Content-Type: application/json"), e
+    e = error_of(server.http.post("/v1/completions", content=b'{"prompt": "x"}',
+                                  headers={"Content-Type": "text/plain"}), 422)
+    assert "not text/plain" in e["message"], e
+    e = error_of(server.http.post("/v1/completions", json=[1]), 422)
+    assert e["message"] == "the body must be a JSON object", e
+
+
+def test_more_sequences_than_the_server_holds_is_a_400_the_client_does_not_retry(server):
+    """The module's server holds 8 + 16 sequences: 25 prompts can never fit, so the openai client gets
+    BadRequestError naming the limit at once (round 2: 429, retried twice, then RateLimitError)."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=2)
+    with pytest.raises(openai.BadRequestError, match="--max-batch 8 \\+ --max-queue 16 = 24") as e:
+        client.completions.create(model="numgpt", prompt=["a"] * 25, max_tokens=1)
+    assert "25 sequences" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="26 sequences at once \\(n 13 × 2 prompts\\)"):
+        client.completions.create(model="numgpt", prompt=["a", "b"], max_tokens=1, n=13)
+    r = client.completions.create(model="numgpt", prompt=["a"] * 24, max_tokens=1, temperature=0)
+    assert len(r.choices) == 24
+
+
+def test_streamed_chunks_before_the_usage_chunk_carry_usage_null(server):
+    """OpenAI's shape with stream_options.include_usage: "usage": null on every chunk, then one chunk
+    with no choices and the usage; without the option, no usage key at all."""
+    for create, kwargs in [(server.client.completions.create, dict(prompt="ROMEO:")),
+                           (server.client.chat.completions.create,
+                            dict(messages=[{"role": "user", "content": "Hi"}]))]:
+        chunks = list(create(model="numgpt", max_tokens=5, temperature=0, stream=True,
+                             stream_options={"include_usage": True}, **kwargs))
+        assert all("usage" in c.model_fields_set and c.usage is None for c in chunks[:-1])
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+        plain = list(create(model="numgpt", max_tokens=5, temperature=0, stream=True, **kwargs))
+        assert not any("usage" in c.model_fields_set for c in plain)
+
+
+def test_lm_eval_remote_tokenizer_endpoints(server, builtin):
+    """What lm-evaluation-harness's RemoteTokenizer (TOKENIZER=remote, vLLM's API) calls: GET
+    /tokenizer_info must hold eos_token, POST /tokenize takes add_special_tokens, and the chat template
+    comes as Jinja that renders the transcript the server itself builds."""
+    jinja2 = pytest.importorskip("jinja2")
+    info = server.http.get("/tokenizer_info").json()
+    assert info["tokenizer_class"] == "GPT2Tokenizer" and "eos_token" in info
+    assert info["model_max_length"] == builtin.config.n_positions
+    text = "ROMEO: what light"
+    for special in (False, True):           # GPT-2 adds no BOS/EOS: the same ids either way
+        r = server.http.post("/tokenize", json={"prompt": text, "add_special_tokens": special,
+                                                "return_token_strs": True}).json()
+        assert r["tokens"] == builtin.encode(text) and r["token_strs"] == [builtin.decode([t]) for t in r["tokens"]]
+    messages = [{"role": "system", "content": "You are Romeo."}, {"role": "user", "content": "Who are you?"},
+                {"role": "assistant", "content": "A lover."}, {"role": "user", "content": "Whose?"}]
+    rendered = jinja2.Environment().from_string(info["chat_template"]).render(messages=messages,
+                                                                              add_generation_prompt=True)
+    assert rendered == ("You are Romeo.\n\nUser: Who are you?\nAssistant: A lover.\nUser: Whose?\nAssistant:")
+    usage = server.client.chat.completions.create(model="numgpt", messages=messages, max_tokens=1).usage
+    assert usage.prompt_tokens == len(builtin.encode(rendered))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow, on purpose
+def test_non_finite_logits_from_finite_weights_are_the_servers_error(builtin):
+    """Weights that overflow to inf logits are the server's fault: 500 server_error with the model's
+    message, not a 400 blaming the request (round 2's NaN case)."""
+    from fastapi.testclient import TestClient
+    from numgpt.serve import create_app
+
+    params = dict(builtin.params)
+    params["ln_f.weight"] = np.full_like(params["ln_f.weight"], 3e38)      # finite; ln_f's output overflows
+    lm = numgpt.LanguageModel(config=builtin.config, params=params, tokenizer=builtin.tokenizer)
+    with TestClient(create_app(lm)) as c:
+        e = error_of(c.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 3}), 500)
+        assert e["type"] == "server_error" and "non-finite logits" in e["message"], e
+
+
 def test_context_error_has_openai_shape(server):
     e = error_of(server.http.post("/v1/completions", json={"prompt": "ROMEO: " * 60, "max_tokens": 100}), 400)
     assert e["code"] == "context_length_exceeded" and "128" in e["message"]
@@ -368,12 +460,13 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 
 def test_busy_server_answers_429(hf_gpt2_124m_ckpt):
     """One slot, no queue: while a long request (124M, 300 tokens: seconds) holds the slot, another gets
-    429 at once; a request for more sequences than the server can ever hold gets it too."""
+    429 at once, with the real counts; a request for more sequences than the server can ever hold gets a
+    400 naming the limit (round 2: 429 "busy (1 running)" on an idle server, so clients retried in vain)."""
     s = Server("--model", str(hf_gpt2_124m_ckpt.folder), "--model-name", "m", "--max-batch", "1",
                "--max-queue", "0", key=None)
     try:
-        e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2}), 429)
-        assert e["type"] == "rate_limit_error"
+        e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2}), 400)
+        assert e["code"] == "too_many_sequences" and "--max-batch 1 + --max-queue 0 = 1" in e["message"], e
         with s.http.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 300, "stream": True,
                                                             "logit_bias": {"50256": -100}}) as r:
             assert r.status_code == 200, r.read()
@@ -383,6 +476,7 @@ def test_busy_server_answers_429(hf_gpt2_124m_ckpt):
             t0 = time.monotonic()
             e = error_of(s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}), 429)
             assert e["code"] == "server_busy" and time.monotonic() - t0 < 2
+            assert e["type"] == "rate_limit_error" and "(1 running, 0 waiting)" in e["message"], e
         assert s.idle()
         assert s.http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
     finally:
@@ -411,13 +505,28 @@ def test_schema_fuzz_finds_no_server_error(server, tmp_path):
 
 # ---- the command -----------------------------------------------------------------------------------------------
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, builtin):
+    """Each bad start is one line and rc 2, before any port is served (--port 0: a test never assumes a
+    port is free; round 2's `--model MISSING` bound 8000 first and failed beside a running server)."""
+    params = dict(builtin.params)
+    params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
+    numgpt.save_checkpoint(tmp_path / "nan", builtin.config, params, tokenizer=builtin.tokenizer)
     for args, words in [(["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
                         (["--chat-template", str(tmp_path / "none.json")], "no such file"),
                         (["--chat-template", "{bad"], "not valid JSON"),
+                        (["--chat-template", '{"stop": 5}'], "stop must be a string or a list of strings"),
+                        (["--chat-template", '{"user_turn": 5}'], "user_turn must be a string, got a number"),
+                        (["--chat-template", '{"stop": [1, 2]}'], "stop must be a string or a list of strings"),
+                        (["--chat-template", '{"stop": [""]}'], "a stop string is empty"),
+                        (["--chat-template", '{"strip_leading_space": "yes"}'], "must be true or false"),
+                        (["--chat-template", "[]"], "not a JSON object (got an array"),
+                        (["--chat-template", "null"], "not a JSON object (got null)"),
+                        (["--api-key", ""], "--api-key is empty"),
+                        (["--model", str(tmp_path / "nan")], "wte.weight has"),
                         (["--model", str(tmp_path / "missing")], "missing")]:
-        out = subprocess.run(NUMGPT + ["serve", *args], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        out = subprocess.run(NUMGPT + ["serve", "--port", "0", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+            (args, out.stderr)
 
 
 def test_port_in_use_is_one_line(server):

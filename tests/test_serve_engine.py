@@ -136,3 +136,31 @@ def test_too_long_and_deadline(lm):
         assert c.done.wait(10) and c.reason == "timeout" and len(c.tokens) < 120
     finally:
         engine.stop()
+
+
+def test_a_submit_that_can_never_fit_is_not_busy_and_busy_counts_are_real(lm):
+    """More sequences than slots + queue is NeverFits (the server's 400) even when idle, not QueueFull
+    (429, "retry"); QueueFull's message counts the sequences really running (round 2 printed --max-batch)."""
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=2, max_queue=0).start()
+    try:
+        with pytest.raises(engine_mod.NeverFits, match="2 slots \\+ 0 waiting = 2") as e:
+            engine.submit([SequenceRequest(lm.encode("x"), 3, GREEDY)] * 3, [Collector() for _ in range(3)])
+        assert not isinstance(e.value, QueueFull)
+        hold, first = threading.Event(), threading.Event()
+
+        seen = []
+
+        def held(ev):           # the model thread waits at the second token (a decode step): the slot stays taken
+            seen.append(ev)
+            if sum(isinstance(e, Generated) for e in seen) == 2:
+                first.set()
+                hold.wait(30)
+        (ticket,) = engine.submit([SequenceRequest(lm.encode("ROMEO:"), 50, GREEDY)], [held])
+        assert first.wait(30) and engine.running == 1
+        with pytest.raises(QueueFull, match="busy \\(1 running, 0 waiting\\)"):
+            engine.submit([SequenceRequest(lm.encode("x"), 3, GREEDY)] * 2, [Collector(), Collector()])
+        ticket.cancel()
+        hold.set()
+    finally:
+        hold.set()
+        engine.stop()

@@ -120,9 +120,11 @@ def test_explain_runs_while_the_engine_generates(client):
     ("/v1/explain/attention", {"prompt": "x", "lyer": 1}, 422, "unrecognized request argument supplied: lyer"),
     ("/v1/explain/attention", {"prompt": "a " * 200}, 400, "context overflow"),
     ("/v1/explain/sampling", {"prompt": "x", "top_p": 0}, 422, "top_p"),
-    ("/v1/explain/sampling", {"prompt": "x", "logit_bias": {"5000": 1}}, 400, "logit_bias names token 5000"),
+    ("/v1/explain/sampling", {"prompt": "x", "logit_bias": {"5000": 1}}, 400, "'5000' is not a token id (0..1023)"),
     ("/v1/explain/sampling", {"prompt": "x", "logit_bias": {"a": 1}}, 400, "is not a token id"),
     ("/v1/explain/tokens", {"text": ""}, 422, "text"),
+    ("/v1/explain/tokens", {"text": "abc " * 50_000}, 422, "at most 8192 characters"),       # round 2: 62 s
+    ("/v1/explain/sampling", {"prompt": "x", "logit_bias": {"10": 101}}, 422, "must be in [-100, 100]"),
     ("/v1/explain/kvcache", {"prompt_tokens": 100, "completion_tokens": 40}, 400, "context overflow"),
     ("/v1/explain/kvcache", {"prompt_tokens": 0, "completion_tokens": 1}, 422, "prompt_tokens"),
 ])
@@ -154,3 +156,40 @@ def test_the_page_is_small_and_self_contained():
     assert sum(len(t.encode()) for t in files.values()) < 150_000
     for name, text in files.items():                            # no CDN, no other origin
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
+
+
+def test_explain_routes_honour_the_request_timeout(lm):
+    """--request-timeout ends a teaching view too (504, as /v1/completions); round 2: 200 KB ran 19 s and
+    answered 200 under --request-timeout 3."""
+    from fastapi.testclient import TestClient
+    from numgpt.serve import ServerSettings, create_app
+
+    with TestClient(create_app(lm, ServerSettings(request_timeout=1e-6))) as c:
+        e = error_of(c.post("/v1/explain/tokens", json={"text": "ROMEO: what light " * 400}), 504)
+        assert "--request-timeout" in e["message"] and e["code"] == "timeout"
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def test_nan_weights_are_refused_when_the_app_is_made(lm):
+    """Damaged weights stop the server at start, naming the tensor (round 2: it served them, then every
+    completion was a 400 blaming the request and /v1/explain/attention a 500)."""
+    from numgpt.serve import create_app
+
+    params = dict(lm.params)
+    params["h.1.attn.c_proj.weight"] = np.where(np.arange(params["h.1.attn.c_proj.weight"].size).reshape(
+        params["h.1.attn.c_proj.weight"].shape) == 7, np.inf, params["h.1.attn.c_proj.weight"]).astype(np.float32)
+    damaged = numgpt.LanguageModel(config=lm.config, params=params, tokenizer=lm.tokenizer)
+    with pytest.raises(numgpt.NumgptError, match="h.1.attn.c_proj.weight has 1 NaN/inf"):
+        create_app(damaged)
+
+
+def test_request_schemas_offer_every_sampling_option():
+    """The server's sampling fields are SamplingOptions' own names (completions.sampling_options passes
+    them to SamplingOptions.from_mapping): an option added there and not here fails this test."""
+    from dataclasses import fields
+
+    from numgpt.serve import schemas
+    from numgpt.serve.explain_routes import SamplingRequest
+
+    names = {f.name for f in fields(SamplingOptions)} - {"do_sample"}        # do_sample: temperature 0
+    assert names <= set(schemas.Sampling.model_fields) and names <= set(SamplingRequest.model_fields)

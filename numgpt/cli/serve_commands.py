@@ -90,7 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise NumgptError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
     if not args.request_timeout > 0:
         raise NumgptError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
-    key = args.api_key if args.api_key is not None else os.environ.get("NUMGPT_API_KEY") or None
+    key = api_key(args.api_key, os.environ.get("NUMGPT_API_KEY"))
     template = load_chat_template(args.chat_template)
     sock = bind(args.host, args.port)
     lm = load_model(args)
@@ -110,6 +110,18 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     print("numgpt serve: stopped", file=sys.stderr)
     return 0
+
+
+def api_key(flag: str | None, environment: str | None) -> str | None:
+    """--api-key, else $NUMGPT_API_KEY, else None (no key). An empty key is refused: it is what
+    --api-key "$KEY" gives when KEY is unset, and serving with no key by accident must not be silent."""
+    for name, value in (("--api-key", flag), ("NUMGPT_API_KEY", environment)):
+        if value is not None:
+            if not value.strip():
+                raise NumgptError(f"{name} is empty (an unset variable?): give a key, or leave it out to "
+                                  "serve without one")
+            return value
+    return None
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..model import check_finite_weights
 from .completions import Completions
 from .engine import Engine
 from .errors import install_error_handlers
@@ -34,7 +35,9 @@ __all__ = ["ServerSettings", "create_app"]
 
 def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app serving `lm` (a numgpt.LanguageModel). The engine's model thread runs while the
-    app is up (its lifespan)."""
+    app is up (its lifespan). Weights holding NaN or inf are refused here, naming the tensor: served,
+    they would fail every request."""
+    check_finite_weights(lm.params)
     engine = engine or Engine(lm.params, lm.config, lm.tokenizer, max_batch=settings.max_batch,
                               max_queue=settings.max_queue)
     metrics = Metrics(engine)

@@ -47,6 +47,21 @@ class ChatTemplate:
         out.append(self.generation_prompt)
         return "".join(out)
 
+    def jinja(self) -> str:
+        """The same template as a Jinja string over `messages` and `add_generation_prompt` (the form
+        transformers and vLLM's /tokenizer_info give clients that render chats themselves)."""
+        def turn(fmt: str) -> str:        # the format string's text as Jinja literals around {{ m.content }}
+            parts = fmt.format(content="\0").split("\0")
+            return "{{ m.content }}".join("{{ " + json.dumps(p) + " }}" if p else "" for p in parts)
+        default = self.system_turn.format(content=self.default_system) if self.default_system else ""
+        return ("{%- if not messages or messages[0].role not in ['system', 'developer'] %}"
+                + ("{{ " + json.dumps(default) + " }}" if default else "") + "{% endif %}"
+                "{%- for m in messages %}"
+                "{%- if m.role in ['system', 'developer'] %}" + turn(self.system_turn)
+                + "{%- elif m.role == 'user' %}" + turn(self.user_turn)
+                + "{%- else %}" + turn(self.assistant_turn) + "{%- endif %}{%- endfor %}"
+                "{%- if add_generation_prompt %}{{ " + json.dumps(self.generation_prompt) + " }}{% endif %}")
+
     def describe(self) -> dict:
         """The template as JSON for /v1/models."""
         d = asdict(self)
@@ -57,22 +72,18 @@ class ChatTemplate:
 
 def load_chat_template(source: str | None) -> ChatTemplate | None:
     """The template from --chat-template: None/"default" -> the default; "none" -> chat disabled;
-    otherwise a JSON file (or inline JSON object) with some of ChatTemplate's keys."""
+    otherwise a JSON file (or inline JSON object) with some of ChatTemplate's keys, each of its type."""
     if source is None or source == "default":
         return ChatTemplate()
     if source == "none":
         return None
-    text = source if source.lstrip().startswith("{") else _read(source)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NumgptError(f"--chat-template: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise NumgptError("--chat-template: expected a JSON object with keys such as user_turn")
+    data = _parse(source)
     known = {f.name for f in fields(ChatTemplate)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise NumgptError(f"--chat-template: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
+    for name, value in data.items():
+        _check_value(name, value)
     if "stop" in data:
         data["stop"] = (data["stop"],) if isinstance(data["stop"], str) else tuple(data["stop"])
     template = ChatTemplate(**data)
@@ -82,6 +93,44 @@ def load_chat_template(source: str | None) -> ChatTemplate | None:
         except (KeyError, IndexError, ValueError) as e:
             raise NumgptError(f"--chat-template: {name} must be a format string with {{content}} only ({e})") from None
     return template
+
+
+def _parse(source: str) -> dict:
+    """The JSON object of --chat-template: a file's, or the argument's own (inline JSON)."""
+    inline = not Path(source).is_file()
+    try:
+        data = json.loads(source if inline else _read(source))
+    except json.JSONDecodeError as e:
+        if inline and not source.lstrip().startswith(("{", "[")):
+            _read(source)               # neither JSON nor a file: "no such file"
+        raise NumgptError(f"--chat-template: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise NumgptError(f"--chat-template: not a JSON object (got {_json_type(data)}): give an object "
+                          "with keys such as user_turn, or 'default' or 'none'")
+    return data
+
+
+def _check_value(name: str, value: object) -> None:
+    """One key's value has ChatTemplate's type: strings, a bool, and stop strings that are not empty."""
+    if name == "strip_leading_space":
+        if not isinstance(value, bool):
+            raise NumgptError(f"--chat-template: strip_leading_space must be true or false, got {_json_type(value)}")
+    elif name == "stop":
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise NumgptError(f"--chat-template: stop must be a string or a list of strings, got {json.dumps(value)}")
+        if not all(stops):
+            raise NumgptError("--chat-template: a stop string is empty (it would end every reply at once)")
+    elif not isinstance(value, str):
+        raise NumgptError(f"--chat-template: {name} must be a string, got {_json_type(value)}")
+
+
+def _json_type(value: object) -> str:
+    """How JSON calls a value's type, with the value when it is short."""
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}[type(value)]
+    shown = json.dumps(value)
+    return kind if value is None or len(shown) > 40 else f"{kind}, {shown}"
 
 
 def _read(path: str) -> str:

@@ -11,6 +11,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import fields
 
 import numpy as np
 from fastapi import Request
@@ -41,6 +42,8 @@ class Completions:
         self.check_model(body.model)
         prompts = self.prompt_ids(body.prompt)
         n_candidates = body.best_of or body.n
+        self.check_capacity(len(prompts), n_candidates, f"{'best_of' if body.best_of else 'n'} {n_candidates} × "
+                            f"{len(prompts)} prompt{'s' * (len(prompts) > 1)}")
         want_lp = body.logprobs if body.logprobs is not None else (0 if n_candidates > body.n else None)
         seqs, options = [], self.sampling_options(body)
         for ids in prompts:
@@ -80,6 +83,7 @@ class Completions:
         max_tokens = (body.max_completion_tokens or body.max_tokens
                       or max(1, min(self.limit, n_positions - len(ids))))
         self.check_fits(ids, max_tokens)
+        self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
         options = self.sampling_options(body)
         seqs = [self.sequence(body, options, ids, j, max_tokens, stop=tuple(template.stop) + tuple(stops(body.stop)),
@@ -132,6 +136,16 @@ class Completions:
                 out.append(list(p))
         return out
 
+    def check_capacity(self, prompts: int, per_prompt: int, what: str) -> None:
+        """A request for more sequences than the server ever holds is a 400 that names the limit: a 429
+        would have the client retry what can never succeed."""
+        most = self.engine.max_batch + self.engine.max_queue
+        if prompts * per_prompt > most:
+            raise APIError(400, f"this request needs {prompts * per_prompt} sequences at once ({what}), more "
+                           f"than this server ever holds: --max-batch {self.engine.max_batch} + --max-queue "
+                           f"{self.engine.max_queue} = {most}; send fewer prompts or a smaller n",
+                           param="prompt" if prompts > 1 else "n", code="too_many_sequences")
+
     def check_fits(self, ids: list[int], max_tokens: int) -> None:
         n_positions = self.lm.config.n_positions
         if max_tokens > self.limit:
@@ -145,20 +159,7 @@ class Completions:
                            code="context_length_exceeded")
 
     def sampling_options(self, body: schemas.Sampling) -> SamplingOptions:
-        vocab_size = self.lm.config.vocab_size
-        bias = []
-        for key, value in (body.logit_bias or {}).items():
-            if not key.isdigit() or int(key) >= vocab_size:
-                raise APIError(400, f"logit_bias key {key!r} is not a token id (0..{vocab_size - 1})",
-                               param="logit_bias", code="invalid_value")
-            bias.append((int(key), value))
-        try:
-            return SamplingOptions(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                                   repetition_penalty=body.repetition_penalty, min_p=body.min_p,
-                                   presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                                   logit_bias=tuple(bias), do_sample=body.temperature > 0)
-        except NumgptError as e:
-            raise APIError(400, str(e), code="invalid_value") from None
+        return sampling_options(body, self.lm.config.vocab_size)
 
     def sequence(self, body, options, ids, j, max_tokens, *, stop, logprobs, prompt_logprobs=None) -> SequenceRequest:
         if options.greedy:
@@ -246,7 +247,8 @@ class Completions:
                 text, finish = ev.text, ev.reason
             yield data({"id": rid, "object": "text_completion", "created": created,
                         "model": self.settings.model_name,
-                        "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]})
+                        "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
+                        **usage_slot(body)})
         request.state.log["completion_tokens"] = sum(len(r.tokens) for r in results)
         if body.stream_options and body.stream_options.include_usage:
             yield data({"id": rid, "object": "text_completion", "created": created,
@@ -262,7 +264,8 @@ class Completions:
         def chunk(i, delta, finish=None, lp=None):
             return data({"id": rid, "object": "chat.completion.chunk", "created": created,
                          "model": self.settings.model_name,
-                         "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
+                         "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+                         **usage_slot(body)})
 
         for i in range(len(results)):
             yield chunk(i, {"role": "assistant", "content": ""})
@@ -380,12 +383,35 @@ class Result:
             self.finish_reason, self.error = ev.reason, ev.error
 
     def check(self) -> None:
-        if self.error:
-            raise APIError(500 if self.error.startswith("internal") else 400, self.error,
-                           type="server_error" if self.error.startswith("internal") else "invalid_request_error")
+        if self.error:       # the engine's errors are the server's (a request's own were refused before it)
+            raise APIError(500, self.error, type="server_error", code="model_error")
         if self.finish_reason == "timeout":
             raise APIError(504, "the request ran past the server's time limit (--request-timeout)",
                            type="timeout", code="timeout")
+
+
+def sampling_options(body, vocab_size: int) -> SamplingOptions:
+    """The request's sampling fields as SamplingOptions (the one definition: the schema's fields carry
+    SamplingOptions' names, test_serve checks that every option is offered): logit_bias's keys become
+    token ids, temperature 0 means greedy."""
+    given = {f.name: getattr(body, f.name) for f in fields(SamplingOptions) if f.name in type(body).model_fields}
+    bias = []
+    for key, value in (body.logit_bias or {}).items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
+            raise APIError(400, f"logit_bias key {key!r} is not a token id (0..{vocab_size - 1})",
+                           param="logit_bias", code="invalid_value")
+        bias.append((int(key), value))
+    given.update(logit_bias=tuple(bias), do_sample=body.temperature > 0)
+    try:
+        return SamplingOptions.from_mapping(given)
+    except NumgptError as e:
+        raise APIError(400, str(e), code="invalid_value") from None
+
+
+def usage_slot(body: schemas.Sampling) -> dict:
+    """OpenAI's shape with stream_options.include_usage: every chunk before the usage chunk says
+    "usage": null."""
+    return {"usage": None} if body.stream_options and body.stream_options.include_usage else {}
 
 
 def mean_logprob(r: Result) -> float:

@@ -40,6 +40,10 @@ class QueueFull(NumgptError):
     """Every slot is busy and the waiting queue is full: the server answers 429."""
 
 
+class NeverFits(NumgptError):
+    """More sequences in one submit than the slots and the queue hold together: waiting never helps (400)."""
+
+
 @dataclass
 class SequenceRequest:
     """One sequence to generate (a request with n = 3 is three of these).
@@ -152,6 +156,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._running: dict[int, Running] = {}   # slot -> sequence
+        self._entered = 0                         # of the group being admitted, how many are running
         self._thread: threading.Thread | None = None
 
     # ---- the caller's side --------------------------------------------------------------------------
@@ -176,11 +181,14 @@ class Engine:
             if len(r.prompt_ids) + r.max_new_tokens > self.config.n_positions:
                 raise NumgptError(f"the prompt has {len(r.prompt_ids)} tokens and {r.max_new_tokens} more were "
                                   f"asked for, beyond the model's context of {self.config.n_positions}")
+        if len(requests) > self.max_batch + self.max_queue:
+            raise NeverFits(f"{len(requests)} sequences at once is more than the engine ever holds: "
+                            f"{self.max_batch} slots + {self.max_queue} waiting = {self.max_batch + self.max_queue}")
         with self._lock:
             free = self.max_batch - len(self._running) + self.max_queue - self._waiting_count
             if len(requests) > free:
-                raise QueueFull(f"the server is busy ({self.max_batch} running, {self._waiting_count} waiting); "
-                                "retry later")
+                raise QueueFull(f"the server is busy ({len(self._running)} running, {self._waiting_count} "
+                                "waiting); retry later")
             self._waiting_count += len(requests)
         tickets = [Ticket(r, d) for r, d in zip(requests, deliver)]
         for t in tickets:
@@ -226,6 +234,7 @@ class Engine:
         groups = [[t] for t in newcomers if t.request.seeded] + ([together] if together else [])
         for group in groups:
             free = sorted(set(range(self.max_batch)) - set(self._running))[:len(group)]
+            self._entered = 0             # how many of the group _prefill moved to running
             try:
                 self._prefill(group, free)
             except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
@@ -237,7 +246,7 @@ class Engine:
                         ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
                                                 f"internal error: {type(e).__name__}"))
             finally:
-                self._taken(len(group))   # only now: until its slot is taken a sequence counts as waiting
+                self._taken(len(group) - self._entered)   # the rest: until its slot is taken a sequence waits
 
     def _taken(self, n: int) -> None:
         with self._lock:
@@ -263,7 +272,10 @@ class Engine:
             finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
                                 eos_id=self.tokenizer.eot_id if r.stop_at_eos else None, deadline=r.deadline)
             seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
-            self._running[slot] = seq
+            with self._lock:              # from waiting to running in one step: submit's counts stay true
+                self._running[slot] = seq
+                self._waiting_count -= 1
+                self._entered += 1
             if finisher.reason is not None:       # max_new_tokens 0: the prompt only
                 self._finish(seq)
             else:

@@ -52,7 +52,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
-        return validation_error(e.errors())
+        return validation_error(e.errors(), request.headers.get("content-type", ""))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
@@ -66,7 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal server error (logged on the server)", type="server_error")
 
 
-def validation_error(errors: list) -> JSONResponse:
+def validation_error(errors: list, content_type: str = "application/json") -> JSONResponse:
     """pydantic's first failure as one 422 that names the field (400 for a body that is not JSON)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
@@ -75,7 +75,12 @@ def validation_error(errors: list) -> JSONResponse:
     path = field_path(loc)
     param = str(loc[0]) if loc else None
     message = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
+    if not loc and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        message = "the body must be a JSON object" + (
+            "" if "json" in content_type else f" sent as Content-Type: application/json, not {content_type or 'none'}")
+    elif first.get("type") == "invalid_value":      # schemas.refuse: the message names the field itself
+        pass
+    elif first.get("type") == "extra_forbidden":
         message = f"unrecognized request argument supplied: {path}"
     elif path in schemas.ACCEPTS:
         message = f"{path} must be {schemas.ACCEPTS[path]}"

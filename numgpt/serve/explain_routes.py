@@ -25,12 +25,13 @@ from typing import Annotated
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..errors import NumgptError
 from ..teach import attention_view, kvcache_counts, sampling_view, tokens_view
+from .completions import sampling_options
 from .errors import APIError
-from .schemas import STRICT, TokenIds
+from .schemas import STRICT, LogitBias, TokenIds, check_logit_bias
 
 PAGE_FILES = {"playground.js": "text/javascript; charset=utf-8", "playground.css": "text/css; charset=utf-8"}
 PAGE_ROUTES = ("/", *(f"/static/{name}" for name in PAGE_FILES))   # what middleware.OPEN_ROUTES opens
@@ -42,6 +43,9 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self
                 "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 Prompt = str | Annotated[TokenIds, Field(min_length=1)]
+# the BPE view lists every merge of every piece: its time and its answer grow faster than the text (8 KB:
+# ~0.1 s; 200 KB: ~20 s), and a page shows far less (a prompt is only encoded: 1 MiB, the body limit, is quick)
+MAX_TOKENS_TEXT = 8192
 
 
 class AttentionRequest(BaseModel):
@@ -63,13 +67,16 @@ class SamplingRequest(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias = None
     top: int = Field(10, ge=1, le=100, description="the most likely kept tokens of each stage to show")
+
+    _logit_bias = field_validator("logit_bias", mode="before")(check_logit_bias)
 
 
 class TokensRequest(BaseModel):
     model_config = STRICT
-    text: str = Field(..., min_length=1)
+    text: str = Field(..., min_length=1, max_length=MAX_TOKENS_TEXT,
+                      description=f"at most {MAX_TOKENS_TEXT} characters: every merge of every piece is shown")
 
 
 class KVCacheRequest(BaseModel):
@@ -81,12 +88,44 @@ class KVCacheRequest(BaseModel):
 def explain_router(lm, settings) -> APIRouter:
     """The page and the /v1/explain endpoints for `lm` (the server's LanguageModel)."""
     router = APIRouter()
+    router.include_router(page_router(settings))
     config = lm.config
     vocabulary = [lm.tokenizer.decode([i]) for i in range(config.vocab_size)]
+    timeout = settings.request_timeout
 
-    async def off_loop(view, *args, **kwargs) -> dict:
-        """A teach view computed in a worker thread, as JSON-ready data."""
-        return (await asyncio.to_thread(view, *args, **kwargs)).to_json()
+    @router.get("/v1/explain/model")
+    async def model():
+        return {"config": {"vocab_size": config.vocab_size, "n_positions": config.n_positions,
+                           "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd},
+                "model": settings.model_name, "eot_id": lm.tokenizer.eot_id, "tokens": vocabulary}
+
+    @router.post("/v1/explain/attention")
+    async def attention(body: AttentionRequest):
+        return await off_loop(timeout, attention_view, lm, body.prompt, layer=body.layer, head=body.head)
+
+    @router.post("/v1/explain/sampling")
+    async def sampling(body: SamplingRequest):
+        options = sampling_options(body, config.vocab_size)
+        return await off_loop(timeout, sampling_view, lm, body.prompt, generated=body.generated, top=body.top,
+                              **options.as_mapping())
+
+    @router.post("/v1/explain/tokens")
+    async def tokens(body: TokensRequest):
+        return await off_loop(timeout, tokens_view, lm.tokenizer, body.text)
+
+    @router.post("/v1/explain/kvcache")
+    async def kvcache(body: KVCacheRequest):
+        try:
+            return kvcache_counts(config, body.prompt_tokens, body.completion_tokens).to_json()
+        except NumgptError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+
+    return router
+
+
+def page_router(settings) -> APIRouter:
+    """GET / and the page's two files (open without the key: they hold no data)."""
+    router = APIRouter()
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -99,42 +138,18 @@ def explain_router(lm, settings) -> APIRouter:
             raise APIError(404, f"no file /static/{name}: the page has {', '.join(PAGE_FILES)}", code="not_found")
         return Response(_static(name), media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
 
-    @router.get("/v1/explain/model")
-    async def model():
-        return {"config": {"vocab_size": config.vocab_size, "n_positions": config.n_positions,
-                           "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd},
-                "model": settings.model_name, "eot_id": lm.tokenizer.eot_id, "tokens": vocabulary}
-
-    @router.post("/v1/explain/attention")
-    async def attention(body: AttentionRequest):
-        return await off_loop(attention_view, lm, body.prompt, layer=body.layer, head=body.head)
-
-    @router.post("/v1/explain/sampling")
-    async def sampling(body: SamplingRequest):
-        bias = []
-        for key, value in (body.logit_bias or {}).items():
-            if not (key.isascii() and key.isdigit()):
-                raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias",
-                               code="invalid_value")
-            bias.append((int(key), value))
-        return await off_loop(sampling_view, lm, body.prompt, generated=body.generated,
-                              temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                              repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
-                              frequency_penalty=body.frequency_penalty, logit_bias=bias,
-                              do_sample=body.temperature > 0, top=body.top)
-
-    @router.post("/v1/explain/tokens")
-    async def tokens(body: TokensRequest):
-        return await off_loop(tokens_view, lm.tokenizer, body.text)
-
-    @router.post("/v1/explain/kvcache")
-    async def kvcache(body: KVCacheRequest):
-        try:
-            return kvcache_counts(config, body.prompt_tokens, body.completion_tokens).to_json()
-        except NumgptError as e:
-            raise APIError(400, str(e), code="invalid_value") from None
-
     return router
+
+
+async def off_loop(timeout: float, view, *args, **kwargs) -> dict:
+    """A teach view computed in a worker thread (the event loop keeps serving), as JSON-ready data, within
+    --request-timeout (a 504 after it; the size caps bound what the thread left behind still does)."""
+    try:
+        result = await asyncio.wait_for(asyncio.to_thread(view, *args, **kwargs), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(504, "the request ran past the server's time limit (--request-timeout)",
+                       type="timeout", code="timeout") from None
+    return result.to_json()
 
 
 def _static(name: str) -> str:

@@ -3,7 +3,7 @@ completions module or answers from the model's tokenizer and config.
 
     POST /v1/completions, /v1/chat/completions     completions.Completions
     GET  /v1/models, /health, /metrics
-    POST /tokenize, /detokenize                    vLLM's shapes
+    POST /tokenize, /detokenize; GET /tokenizer_info    vLLM's shapes
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from ..tokenizer.files import _special_tokens_map, _tokenizer_config
 from . import schemas
+from .chat import ChatTemplate
 from .completions import Completions
 
 START = time.time()
@@ -46,7 +48,12 @@ def openai_router(cmpl: Completions) -> APIRouter:
     async def tokenize(body: schemas.TokenizeRequest):
         cmpl.check_model(body.model)
         ids = lm.tokenizer.encode(body.prompt, allowed_special="all")
-        return {"count": len(ids), "max_model_len": lm.config.n_positions, "tokens": ids}
+        strs = [lm.tokenizer.decode([t]) for t in ids] if body.return_token_strs else None
+        return {"count": len(ids), "max_model_len": lm.config.n_positions, "tokens": ids, "token_strs": strs}
+
+    @router.get("/tokenizer_info", response_model=schemas.TokenizerInfoResponse)
+    async def tokenizer_info():
+        return tokenizer_config(lm, settings.chat_template)
 
     @router.post("/detokenize", response_model=schemas.DetokenizeResponse)
     async def detokenize(body: schemas.DetokenizeRequest):
@@ -63,3 +70,14 @@ def openai_router(cmpl: Completions) -> APIRouter:
         return await cmpl.chat(body, request)
 
     return router
+
+
+def tokenizer_config(lm, template: ChatTemplate | None) -> dict:
+    """transformers' tokenizer_config.json for the served tokenizer (the one numgpt writes beside a saved
+    tokenizer), with model_max_length and the chat template as Jinja, as vLLM's /tokenizer_info gives it."""
+    special = lm.tokenizer.special_tokens
+    config = _tokenizer_config(special, _special_tokens_map(special))
+    config.update(model_max_length=lm.config.n_positions, vocab_size=lm.config.vocab_size)
+    if template is not None:
+        config["chat_template"] = template.jinja()
+    return config

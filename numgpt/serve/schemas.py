@@ -12,16 +12,75 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # what a field of several accepted types takes, for the 422 message (pydantic reports each member's failure)
 ACCEPTS = {"prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
-           "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number"}
+           "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number in [-100, 100]"}
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 TokenIds = list[Annotated[int, Field(ge=0)]]
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
+LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]] | None
+
+
+def refuse(message: str) -> PydanticCustomError:
+    """A 422 that says `message` as it is (errors.validation_error prefixes the field's path)."""
+    return PydanticCustomError("invalid_value", message)
+
+
+def check_token_ids(ids: list, where: str) -> None:
+    """A list meant as token ids: whole numbers >= 0 (true/false and 1.5 are not ids), not mixed with text."""
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int):
+            kind = "a boolean" if isinstance(t, bool) else "a string" if isinstance(t, str) else type(t).__name__
+            if isinstance(t, float):
+                kind = "a fraction" if t != int(t) else "a float"
+            raise refuse(f"{where}[{i}] is {kind} ({t!r}) in a list of token ids: token ids are whole numbers "
+                         ">= 0, and a list holds either ids or strings, not both")
+        if t < 0:
+            raise refuse(f"{where}[{i}] is {t}: token ids are >= 0")
+
+
+def check_prompt(value):
+    """The prompt union's own messages (pydantic would report its first member: 'should be a valid string')."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise refuse(f"prompt must be {ACCEPTS['prompt']}")
+    if all(isinstance(p, list) for p in value):
+        for j, ids in enumerate(value):
+            check_token_ids(ids, f"prompt[{j}]")
+    elif any(isinstance(p, (list, str)) for p in value):
+        if not (all(isinstance(p, str) for p in value)):
+            raise refuse(f"prompt mixes strings, token ids and lists: it must be {ACCEPTS['prompt']}")
+    else:
+        check_token_ids(value, "prompt")
+    return value
+
+
+def check_stop(value):
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise refuse(f"stop must be {ACCEPTS['stop']}")
+    if len(value) > 4:
+        raise refuse(f"stop takes at most 4 strings, got {len(value)}")
+    return value
+
+
+def check_logit_bias(value):
+    if value is not None and not isinstance(value, dict):
+        raise refuse(f"logit_bias must be {ACCEPTS['logit_bias']}")
+    if isinstance(value, dict):
+        for key, bias in value.items():
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+                raise refuse(f"logit_bias[{key!r}] is {bias!r}: a bias is a number in [-100, 100]")
+            if not -100 <= bias <= 100:
+                raise refuse(f"logit_bias[{key!r}] is {bias}: a bias must be in [-100, 100]")
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -45,13 +104,16 @@ class Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None, description="token id (as a string) -> bias added to its logit")
+    logit_bias: LogitBias = Field(None, description="token id (as a string) -> bias in [-100, 100] added to "
+                                  "its logit")
     user: str | None = None
     top_k: int = Field(0, ge=0, description="numgpt extension: keep the k most likely tokens (0 = off)")
     repetition_penalty: float = Field(1.0, gt=0, le=10,
                                       description="numgpt extension: CTRL's penalty on repeated tokens (1 = off)")
     min_p: float = Field(0.0, ge=0, le=1, description="numgpt extension: min-p filter (0 = off)")
+
+    _stop = field_validator("stop", mode="before")(check_stop)
+    _logit_bias = field_validator("logit_bias", mode="before")(check_logit_bias)
 
 
 class CompletionRequest(Sampling):
@@ -66,6 +128,16 @@ class CompletionRequest(Sampling):
                                  "many alternatives")
     echo: bool = Field(False, description="return the prompt too, with its log-probabilities when logprobs is set")
     suffix: None = Field(None, description="not supported: GPT-2 does not insert text")
+
+    _prompt = field_validator("prompt", mode="before")(check_prompt)
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def _no_suffix(cls, value):
+        if value is not None:
+            raise refuse("suffix is not supported: GPT-2 only continues text (it does not insert it); "
+                         "send the prompt alone")
+        return value
 
     @model_validator(mode="after")
     def _best_of_at_least_n(self) -> "CompletionRequest":
@@ -114,12 +186,24 @@ class TokenizeRequest(BaseModel):
     model_config = STRICT
     model: str | None = None
     prompt: str
+    add_special_tokens: bool = Field(True, description="GPT-2 adds none (no BOS/EOS around a prompt), so "
+                                     "true and false give the same ids; accepted as vLLM does")
+    return_token_strs: bool = Field(False, description="also return each token's text")
 
 
 class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int
     tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class TokenizerInfoResponse(BaseModel):
+    """GET /tokenizer_info (vLLM's shape): transformers' tokenizer_config.json for this tokenizer, with the
+    chat template as Jinja (what lm-evaluation-harness's remote tokenizer reads)."""
+
+    model_config = ConfigDict(extra="allow")
+    tokenizer_class: str
 
 
 class DetokenizeRequest(BaseModel):
