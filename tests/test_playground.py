@@ -329,3 +329,54 @@ def test_the_page_without_a_key_server_starts_at_once(browser, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
 
+
+
+# ---- round 2: legends, no duplicate branch, an emptied box, the BPE of a branch ---------------------------
+
+def swatch(page, box: str, label: str) -> str:
+    return page.page.locator(f"{box} .swatch[data-label='{label}']").evaluate("e => getComputedStyle(e).backgroundColor")
+
+
+def background(locator) -> str:
+    return locator.evaluate("e => getComputedStyle(e).backgroundColor")
+
+
+def test_legends_name_the_colours_drawn(page, lm):
+    """The token colours and the heatmap have a legend drawn with the same colours (round 2: none):
+    the first token (no context) wears the legend's "no context" colour, and the heatmap's top-left cell
+    (token 0 attends only to itself: weight 1, the model's) wears the scale's "100%"."""
+    labels = page.page.locator("#legend .swatch").evaluate_all("es => es.map(e => e.dataset.label)")
+    assert labels == ["no context", "≤ 0.01%", "0.1%", "1%", "10%", "100%"]
+    assert background(page.page.locator("#tokens .tok").first) == swatch(page, "#legend", "no context")
+    page.tab("attention")
+    corner = page.page.locator(".heatmap tr[data-row='0'] td").first
+    assert float(corner.get_attribute("data-w")) == 1.0
+    assert background(corner) == swatch(page, "#heatmap", "100%")
+    colours = [swatch(page, "#heatmap", w) for w in ("0%", "1%", "10%", "25%", "50%", "100%")]
+    assert len(set(colours)) == 6
+
+
+def test_generate_again_adds_no_duplicate_and_an_empty_box_means_its_default(page, lm):
+    """Generate with the same prompt, settings and seed shows the root again instead of adding a copy
+    (round 2: two identical roots); an emptied max-tokens box sends its default (round 2: 0 tokens)."""
+    sent = lambda: sum(urlsplit(r.url).path == "/v1/completions" for r in page.requests)   # noqa: E731
+    before = sent()
+    page.redraw(lambda: page.page.click("#generate"))
+    assert sent() == before and page.page.locator("#tree .node").count() == 1
+    page.page.fill("#max_tokens", "")
+    page.page.fill("#seed", "2")
+    body, answer = page.call("/v1/completions", lambda: page.page.click("#generate"))
+    assert body["max_tokens"] == 12 and answer["usage"]["completion_tokens"] == 12
+    assert page.page.locator("#tree > li > .node").count() == 2
+
+
+def test_bpe_view_follows_the_branch_shown(page, lm):
+    """After a branch, the BPE tab explains the branch's prompt (its ids as text), not the text box's."""
+    req, _ = page.generation
+    P = len(req["prompt"])
+    page.page.locator("#tokens .tok").nth(P + 1).hover()
+    alt = page.page.locator("#alternatives .alt:not(.is-chosen):not([disabled])").first
+    body, _ = page.call("/v1/completions", alt.click)
+    explained, view = page.call("/v1/explain/tokens", lambda: page.page.click("#tab-bpe"))
+    assert explained["text"] == lm.tokenizer.decode(body["prompt"])
+    assert "branch at position" in page.page.locator("#bpe-source").inner_text()

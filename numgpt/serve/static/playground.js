@@ -98,6 +98,23 @@ function colour(p) {
   return `hsl(${Math.round(120 * x)}, 70%, 82%)`;
 }
 
+function heat(w) {
+  // attention weight -> cell colour: the square root spreads the small weights most rows are made of
+  return `rgba(37, 99, 235, ${Math.sqrt(w).toFixed(3)})`;
+}
+
+function legend(label, entries) {
+  // a row of labelled swatches drawn with the same colour function as the view it explains
+  return el("div", {class: "legend", role: "img", "aria-label": label}, el("span", {class: "legend-label", text: label}),
+    ...entries.map(([text, background]) => {
+      const swatch = el("span", {class: "swatch", "data-label": text});
+      swatch.style.background = background;
+      return el("span", {class: "legend-entry"}, swatch, text);
+    }));
+}
+
+const FRAGMENT = "a byte fragment: part of one character's UTF-8 bytes (shown as �); the tokens next to it complete it";
+
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -119,9 +136,22 @@ function idOf(text) {
   return ids && ids.length === 1 ? ids[0] : null;
 }
 
+function numberOr(id) {
+  // an input's number; an emptied box means its default (not 0)
+  const input = $(id);
+  return Number(input.value === "" ? input.defaultValue : input.value);
+}
+
 async function generate(promptIds, parent = null, at = null, chosen = null) {
-  const body = {prompt: promptIds, max_tokens: Number($("max_tokens").value), echo: true, logprobs: LOGPROBS,
-                seed: Number($("seed").value), ...settings()};
+  const body = {prompt: promptIds, max_tokens: numberOr("max_tokens"), echo: true, logprobs: LOGPROBS,
+                ...($("seed").value === "" ? {} : {seed: Number($("seed").value)}), ...settings()};
+  const request = JSON.stringify(body);
+  const same = body.seed === undefined ? null : state.nodes.find((n) => n.parent === parent && n.request === request);
+  if (same) {                            // the same seeded request gives the same text: no second copy
+    say("the same prompt, settings and seed as a generation already in Branches: shown again");
+    show(same, same.promptIds.length);
+    return same;
+  }
   say(parent === null ? "generating…" : `branching at position ${at} with ${shown(chosen)}…`);
   const r = await api("/v1/completions", body);
   const choice = r.choices[0];
@@ -139,7 +169,7 @@ async function generate(promptIds, parent = null, at = null, chosen = null) {
   const kv = await api("/v1/explain/kvcache", {prompt_tokens: r.usage.prompt_tokens,
                                                completion_tokens: r.usage.completion_tokens});
   const node = {n: state.nodes.length, parent, at, chosen, promptIds, tokens, kv, text: choice.text,
-                finish: choice.finish_reason};
+                finish: choice.finish_reason, request};
   state.nodes.push(node);
   say(`${r.usage.prompt_tokens} prompt tokens, ${r.usage.completion_tokens} generated (${choice.finish_reason})`);
   show(node, P < tokens.length ? P : tokens.length);
@@ -217,6 +247,7 @@ function renderTokens() {
                              "aria-label": `token ${i}: ${shown(t.text)}, ${p === null ? "no probability" : pct(p)}`,
                              text: visible(t.text)});
     span.style.backgroundColor = colour(p);
+    if (t.text.includes("\uFFFD")) span.title = FRAGMENT;
     span.addEventListener("mouseenter", () => showAlternatives(i));
     span.addEventListener("focus", () => showAlternatives(i));
     span.addEventListener("click", () => { showAlternatives(i); choosePosition(i); });
@@ -320,7 +351,8 @@ async function refreshSampling() {
         el("span", {class: "bar-p", text: t.logit === null ? "removed" : pct(t.probability)}));
     });
     return el("div", {class: "stage" + (stage.applied ? "" : " off"), "data-stage": stage.name},
-      el("h3", {text: `${k}. ${stage.name.replace(/_/g, " ")}${setting}${stage.applied ? "" : " (off)"}`}),
+      el("h3", {text: `${k}. ${stage.name.replace("presence_frequency", "presence/frequency").replace(/_/g, " ")}` +
+                      `${setting}${stage.applied ? "" : " (off)"}`}),
       el("p", {class: "note", text: stage.note}),
       el("p", {class: "kept"}, "kept ", el("span", {class: "kept-count", text: String(stage.kept)}),
          ` of ${state.config.vocab_size} tokens, holding ${pct(stage.kept_mass)} of the incoming probability`),
@@ -361,12 +393,13 @@ function drawHeatmap(view) {
     row.forEach((x, s) => {
       const td = el("td", {"data-w": String(x), title: `${shown(view.tokens[t])} → ${shown(view.tokens[s])}: ${pct(x)}`});
       if (s > t) td.className = "masked";
-      else td.style.backgroundColor = `rgba(37, 99, 235, ${Math.sqrt(x).toFixed(3)})`;
+      else td.style.backgroundColor = heat(x);
       tr.append(td);
     });
     table.append(tr);
   });
-  $("heatmap").replaceChildren(table);
+  $("heatmap").replaceChildren(table, legend("attention weight", [0, 0.01, 0.1, 0.25, 0.5, 1].map(
+    (w) => [pct(w).replace(".00%", "%"), heat(w)])));
   drawn();
 }
 
@@ -384,7 +417,13 @@ function drawKVCache(kv) {
 // ---- the BPE view --------------------------------------------------------------------------------------
 
 async function refreshBPE() {
-  const text = $("prompt").value;
+  // the shown generation's prompt: the text box's, or a branch's (its ids as text, via /detokenize)
+  const node = state.current;
+  const text = node.parent === null ? $("prompt").value
+    : (await latest("bpe", () => api("/detokenize", {tokens: node.promptIds})) || {}).prompt;
+  if (text === undefined) return;
+  $("bpe-source").textContent = node.parent === null ? "" :
+    `The prompt of the branch at position ${node.at} (its tokens as text, tokenized again).`;
   if (!text) {
     $("bpe").replaceChildren(el("p", {text: "type a prompt to see how it is tokenized"}));
     return;
@@ -446,6 +485,8 @@ async function start() {
       ...Array.from({length: count}, (_, i) => el("option", {value: String(i), text: String(i)})));
     fill($("layer"), model.config.n_layer);
     fill($("head"), model.config.n_head);
+    $("legend").replaceChildren(legend("probability", [["no context", colour(null)], ["≤ 0.01%", colour(1e-4)],
+      ["0.1%", colour(1e-3)], ["1%", colour(1e-2)], ["10%", colour(0.1)], ["100%", colour(1)]]));
     say(`${model.model}: ${model.config.n_layer} layers x ${model.config.n_head} heads, ` +
         `${model.config.vocab_size} tokens, context ${model.config.n_positions}`);
     await generateFromPrompt();
