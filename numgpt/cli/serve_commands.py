@@ -20,16 +20,16 @@ from .inference_commands import MODEL_HELP, load_model
 SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
 not, n samples, logprobs, echo, stop strings, seeds), GET /v1/models, /health, /metrics (Prometheus),
-POST /tokenize and /detokenize, and the playground page at / (tokens, sampling, attention, BPE).
-Requests share the model through continuous batching: up to
+POST /tokenize and /detokenize, GET /tokenizer_info (vLLM's shapes), and the playground page at /
+(tokens, sampling, attention, BPE). Requests share the model through continuous batching: up to
 --max-batch sequences decode together, a new one joins at the next step, and more wait in a queue of
---max-queue (beyond it: 429). The same request with the same seed gives the same text whatever else
-runs.
+--max-queue (beyond it: 429, retry later; a request for more sequences than both hold: 400). The same
+request with the same seed gives the same text whatever else runs.
 
 Safe by default: listens on 127.0.0.1 only; with --api-key (or NUMGPT_API_KEY) every route except
 /health and the page's files needs "Authorization: Bearer KEY"; bodies over --max-body-bytes get 413; prompt + max_tokens
-beyond the context gets 400; requests end after --request-timeout seconds; prompts are not logged
-unless --log-prompts.
+beyond the context gets 400; requests (and the playground's views) end after --request-timeout seconds;
+weights holding NaN or inf are refused at start; prompts are not logged unless --log-prompts.
 
 Chat: GPT-2 has no chat template, so chat conditions on a transcript ("User: ..." / "Assistant: ...",
 ending with "Assistant:") and stops at the next "\\nUser:". GET /v1/models shows the template in use;

@@ -6,7 +6,7 @@ FastAPI, uvicorn, prometheus_client).
     app.py         create_app: the engine, the routes, the error handlers and the middleware put together
     settings.py    ServerSettings: what the server is started with
     routes.py      the OpenAI routes, thin: /v1/completions, /v1/chat/completions, /v1/models, /health,
-                   /metrics, /tokenize, /detokenize
+                   /metrics, /tokenize, /detokenize, /tokenizer_info
     completions.py requests -> the engine's SequenceRequests; engine events -> responses and streams
     errors.py      OpenAI's error shape, built in one place, and the handlers that answer with it
     explain_routes.py  the playground page (static/) and /v1/explain/*

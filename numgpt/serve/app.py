@@ -1,13 +1,15 @@
 """The HTTP app: OpenAI's /v1/completions and /v1/chat/completions over the continuous-batching engine,
-plus /v1/models, /health, /metrics, /tokenize, /detokenize and the playground (/, /v1/explain/*).
+plus /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info and the playground (/,
+/v1/explain/*).
 
     app = create_app(numgpt.load(), ServerSettings(api_key="..."))   # an ASGI app (FastAPI)
 
 Every error is OpenAI's body {"error": {"message", "type", "param", "code"}} with no traceback (errors.py):
-400 for a request the model cannot serve (prompt + max_tokens beyond the context), 401 for a missing or
-wrong key, 404/405 for unknown routes, 413 for a body over the limit, 422 for a field that fails the
-schema (it is named), 429 when every slot and the queue are full, 500 (logged, not shown) for a bug. The
-server keeps serving after any of them.
+400 for a request the server cannot serve (prompt + max_tokens beyond the context, more sequences than
+--max-batch + --max-queue), 401 for a missing or wrong key, 404/405 for unknown routes, 413 for a body over
+the limit, 422 for a field that fails the schema (it is named), 429 when every slot and the queue are full
+(retry later), 500 for the model's failure or a bug (a bug is logged, not shown), 504 past
+--request-timeout. The server keeps serving after any of them.
 
 Who does what: routes.py and explain_routes.py are the routes, completions.py turns requests into the
 engine's work and its events into responses, engine.py owns the model thread, middleware.py wraps every
