@@ -97,6 +97,7 @@ def _parser(sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, metavar="DB", help=DB_HELP)
+    p.set_defaults(flag_names={"db": "--db"})   # the library's parameter names, said as flags (cli.main)
     return p
 
 
@@ -107,7 +108,7 @@ def _register_export(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an export the database already holds")
     p.add_argument("--precision", choices=["float32", "float64"], default="float32",
                    help="how the weights are stored and multiplied (float32)")
-    p.set_defaults(run=run_export)
+    p.set_defaults(run=run_export, flag_names={"force=True": "--force", "db": "--db"})
 
 
 def _register_generate(sub) -> None:

@@ -5,6 +5,8 @@ stages on arrays (array_layers.py), a session's state in temporary tables emptie
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,10 +35,12 @@ class DuckDBEngine(Engine):
         self._duckdb = duckdb
         self.db = str(db)
         path = Path(db)
+        if path.is_dir():
+            raise NumgptError(f"{db} is a folder, not a database: give a DuckDB file path or a postgresql:// URL")
         if not create and not path.is_file():
             raise NumgptError(f"no such database: {db}; make one with `numgpt sql export --db {db}`")
-        if path.is_dir():
-            raise NumgptError(f"{db} is a folder; --db takes a DuckDB file path or a postgresql:// URL")
+        if create and not path.exists():
+            _check_writable(path)
         self._prepared: dict[str, str] = {}   # SQL text -> the name it is PREPAREd under
         self._names: dict[str, list[str]] = {}   # SQL text -> its parameter names (_stage_parameters)
         try:
@@ -49,13 +53,16 @@ class DuckDBEngine(Engine):
             # and two sessions on one file are two connections to the instance)
             self._con = duckdb.connect(":memory:numgpt")
             self._alias = "numgpt_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+            # a session only reads the file (its state is in temporary tables), so it attaches it
+            # READ_ONLY: several processes may then read one file at once (one writer excludes them all)
+            mode = "" if create else ", READ_ONLY"
             self._con.execute(f"ATTACH IF NOT EXISTS {quote(str(path))} AS {self._alias} "
-                              f"(ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+                              f"(ROW_GROUP_SIZE {ROW_GROUP_SIZE}{mode})")
             self._con.execute(f"USE {self._alias}")
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
         except duckdb.Error as e:
-            raise NumgptError(f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
+            raise NumgptError(self._damaged(e) or f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
 
     # ---- the connection ---------------------------------------------------------------------------
 
@@ -68,38 +75,61 @@ class DuckDBEngine(Engine):
     def rows(self, sql, params=None):
         return self._run(sql, params).fetchall()
 
-    def _run(self, sql, params):
+    @contextmanager
+    def _reported(self) -> Iterator[None]:
+        """DuckDB's errors as one line; Ctrl-C as KeyboardInterrupt. subtle: a SIGINT that arrives while
+        DuckDB runs a statement interrupts it, and the Python client then raises RuntimeError("Query
+        interrupted") (or InterruptException), not KeyboardInterrupt: `numgpt sql` printed a traceback."""
         try:
-            return self._con.execute(self._sql(sql), used_parameters(sql, params))
+            yield
+        except self._duckdb.InterruptException:
+            raise KeyboardInterrupt from None
         except self._duckdb.Error as e:
-            raise DatabaseError(self, e) from None
+            damaged = self._damaged(e)
+            raise (NumgptError(damaged) if damaged else DatabaseError(self, e)) from None
+        except RuntimeError as e:
+            if "interrupted" in str(e).lower():
+                raise KeyboardInterrupt from None
+            raise
+
+    def _damaged(self, error: BaseException) -> str | None:
+        """The message for a file cut short (a copy or download that stopped), else None."""
+        if isinstance(error, self._duckdb.IOException) and "read enough bytes" in str(error):
+            return (f"{self.db} is damaged or truncated ({first_line(error)}); export again with "
+                    f"`numgpt sql export --force --db {self.db}`")
+        return None
+
+    def _run(self, sql, params):
+        with self._reported():
+            return self._con.execute(self._sql(sql), used_parameters(sql, params))
 
     def execute_prepared(self, sql, params):
         """SQL PREPARE once, then EXECUTE name(k := v): planning a stage took ~1 ms of its run, ~50 ms of
         a 124M decode step (the Python API plans a statement at every execute)."""
         name = self._prepared.get(sql)
-        try:
+        with self._reported():
             if name is None:
                 name = self._prepared[sql] = f"numgpt_stage_{len(self._prepared)}"
                 self._con.execute(f"PREPARE {name} AS {self._sql(sql)}")
             args = ", ".join(f"{k} := {int(params[k])}" for k in self._stage_parameters(sql))
             self._con.execute(f"EXECUTE {name}({args})" if args else f"EXECUTE {name}")
-        except self._duckdb.Error as e:
-            raise DatabaseError(self, e) from None
 
     @contextmanager
     def transaction(self):
-        self._con.execute("BEGIN TRANSACTION")
+        self._run("BEGIN TRANSACTION", None)
         try:
             yield
         except BaseException:
-            self._con.execute("ROLLBACK")
+            try:
+                self._con.execute("ROLLBACK")
+            except self._duckdb.Error:
+                pass   # already rolled back (a failed statement aborts the transaction); the error below says why
             raise
-        self._con.execute("COMMIT")
+        self._run("COMMIT", None)
 
     def load(self, table, columns):
-        names = [r[0] for r in self._con.execute(f"DESCRIBE {table}").fetchall()]
-        types = {r[0]: r[1] for r in self._con.execute(f"DESCRIBE {table}").fetchall()}
+        described = self.rows(f"DESCRIBE {table}")
+        names, types = [r[0] for r in described], {r[0]: r[1] for r in described}
         frame: dict[str, np.ndarray] = {}
         select = []
         for name, values in zip(names, columns.values()):
@@ -110,17 +140,19 @@ class DuckDBEngine(Engine):
             else:
                 frame[name] = values
                 select.append(f"CAST({name} AS {types[name]})")
-        self._con.register("numgpt_load", frame)
-        try:
+        with self._reported():
+            self._con.register("numgpt_load", frame)
             self._con.execute(f"INSERT INTO {table} SELECT {', '.join(select)} FROM numgpt_load")
-        finally:
+            # subtle: not in a `finally`: after a failed (or interrupted) INSERT the transaction is
+            # aborted and unregister raises TransactionException over the real error; the next
+            # register replaces the view
             self._con.unregister("numgpt_load")
 
     def close(self):
         self._con.close()
 
     def database_size(self):
-        self._con.execute(f"CHECKPOINT {self._alias}")
+        self._run(f"CHECKPOINT {self._alias}", None)
         return Path(self.db).stat().st_size
 
     # ---- the model: export ------------------------------------------------------------------------
@@ -199,3 +231,16 @@ class DuckDBEngine(Engine):
         for sql in CLEAR_STEP:
             self.execute(sql)
 
+
+
+def _check_writable(path: Path) -> None:
+    """A new database file can be made at path: its folder exists and takes a file (DuckDB's own error
+    for an unwritable place is "No such file or directory")."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise NumgptError(f"cannot make {path}: no such folder {folder}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise NumgptError(f"cannot make {path}: {folder} is not writable ({e.strerror or e})") from None

@@ -20,6 +20,7 @@ STATE = ["numgpt_seq", "numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt
          "numgpt_logits"]
 STEP_STATE = ["numgpt_resid", "numgpt_heads_out", "numgpt_mid", "numgpt_hidden", "numgpt_q"]
 CLEANUP_EVERY = 32   # decode steps between dropping the rows of old positions
+EXPORT_LOCK = 0x6E756D677074   # "numgpt": the advisory lock an export holds alone and sessions share
 RUN_SCHEMA = "numgpt_run_"   # + the backend pid + random hex: a multi-connection session's state
 
 
@@ -146,7 +147,40 @@ class PostgresEngine(Engine):
                              "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
                              "WHERE c.relname LIKE 'numgpt%' AND c.relkind = 'r' AND n.nspname = current_schema()")[0][0] or 0)
 
+    def has_table(self, table):
+        """pg_class, not information_schema: information_schema lists only the tables a role has some
+        privilege on, so a role without SELECT was told the database held no export."""
+        return bool(self.rows("SELECT 1 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                              "WHERE c.relname = :name AND n.nspname = current_schema()", {"name": table}))
+
+    def unreadable(self, tables):
+        return [t for (t,) in self.rows(
+            "SELECT t FROM unnest(CAST(:tables AS TEXT[])) WITH ORDINALITY AS u(t, k) WHERE to_regclass(t) IS NOT NULL "
+            "AND NOT has_table_privilege(t, 'SELECT') ORDER BY k", {"tables": list(tables)})]
+
+    def hold_for_reading(self):
+        """A shared advisory lock until the connection closes: exports take it alone (begin_export), so
+        an export --force cannot drop the tables under a running session, and a session that starts
+        during an export is told so."""
+        if not self.rows("SELECT pg_try_advisory_lock_shared(:key)", {"key": EXPORT_LOCK})[0][0]:
+            raise NumgptError(f"an export into {shown(self.db)} is under way (numgpt sql export); try again "
+                              "when it has finished")
+
     # ---- the model: export ------------------------------------------------------------------------
+
+    def begin_export(self):
+        """The export lock, alone (sessions share it: hold_for_reading): two exports into one database
+        at once, or an export under a running session, are refused by name."""
+        if self.rows("SELECT pg_try_advisory_lock(:key)", {"key": EXPORT_LOCK})[0][0]:
+            return
+        exclusive = self.rows("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                              "database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+                              "mode = 'ExclusiveLock' AND (classid::bigint << 32 | objid::bigint) = :key",
+                              {"key": EXPORT_LOCK})[0][0]
+        if exclusive:
+            raise NumgptError(f"another numgpt sql export is writing into {shown(self.db)}; wait for it to finish")
+        raise NumgptError(f"{shown(self.db)} is in use by a numgpt session (sql generate, next, tokenize or a "
+                          "Python connect()); replace its export when the sessions have closed")
 
     def create_weight_tables(self, config, d):
         for table, n_in in weight_tables(config):

@@ -93,9 +93,18 @@ class Engine:
         return self.dialect_class(precision)
 
     def has_table(self, table: str) -> bool:
+        """Whether the current schema holds this table (whatever the role may do with it)."""
         return bool(self.rows("SELECT 1 FROM information_schema.tables WHERE table_name = :name "
                               "AND table_schema = current_schema() AND table_catalog = current_database()",
                               {"name": table}))
+
+    def unreadable(self, tables: list[str]) -> list[str]:
+        """Those of `tables` that this connection's role may not SELECT from."""
+        return []
+
+    def hold_for_reading(self) -> None:
+        """A session's claim on the export, for its lifetime: refused (NumgptError) while an export into
+        this database is under way."""
 
     def database_size(self) -> int:
         """Bytes the database takes (file or server-side)."""
@@ -104,7 +113,8 @@ class Engine:
     # ---- the model: export ------------------------------------------------------------------------
 
     def begin_export(self) -> None:
-        """Settings for the export's connection, before anything is written."""
+        """Before anything is written: the export's claim on the database (refused while another export
+        or a session holds it) and its settings."""
 
     def create_weight_tables(self, config: GPTConfig, d: Dialect) -> None:
         """The matrices' tables and numgpt_ln, in the engine's layout (export.py's schema)."""
@@ -173,7 +183,7 @@ class DatabaseError(NumgptError):
 def open_engine(db: str, *, create: bool = False, threads: int | None = None) -> Engine:
     """The engine for DB: PostgreSQL for a postgresql:// URL, else DuckDB on a file path."""
     if not isinstance(db, str) or not db:
-        raise NumgptError("--db needs a DuckDB file path or a postgresql:// URL")
+        raise NumgptError(f"db must be a DuckDB file path or a postgresql:// URL, got {db!r}")
     if is_postgres(db):
         from .engine_postgres import PostgresEngine
         return PostgresEngine(db)

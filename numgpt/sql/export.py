@@ -30,6 +30,8 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..errors import NumgptError
+from ..lm import LanguageModel
+from ..model import check_finite_weights
 from .dialects import Dialect
 from .engines import Engine, Progress, open_engine, shown
 from .statements import MATRICES
@@ -57,10 +59,14 @@ class ExportSummary:
 
 def export(model, db: str, *, force: bool = False, precision: str = "float32",
            progress: Progress | None = None) -> ExportSummary:
-    """Write `model` (a numgpt LanguageModel) into DB; see the module docstring. Refuses a database that
-    already holds an export unless force=True."""
+    """Write `model` (a numgpt LanguageModel) into DB; see the module docstring. Refuses weights that
+    are not finite (before DB is touched), a database that already holds an export unless force=True,
+    and one that another export or a session is using (PostgreSQL's advisory lock, engine_postgres.py)."""
     if precision not in PRECISIONS:
         raise NumgptError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(model, LanguageModel):
+        raise NumgptError(f"model must be a numgpt LanguageModel (numgpt.load(...)), got {type(model).__name__}")
+    check_finite_weights(model.params, fix="export a model whose weights are numbers")
     progress = progress or (lambda _: None)
     start = time.perf_counter()
     engine = open_engine(db, create=True)
@@ -92,7 +98,7 @@ def _check_target(engine: Engine, force: bool) -> None:
         return
     state = dict(engine.rows("SELECT key, value FROM numgpt_meta")).get("state")
     what = "an interrupted numgpt export" if state == "exporting" else "a numgpt export"
-    raise NumgptError(f"{shown(engine.db)} already holds {what}; pass --force to replace it")
+    raise NumgptError(f"{shown(engine.db)} already holds {what}; pass force=True to replace it")
 
 
 def _put_meta(engine: Engine, values: dict[str, str]) -> None:

@@ -29,7 +29,7 @@ from ..lm import NextToken, generation_options
 from ..model import check_context
 from ..tokenizer import StreamDecoder
 from .engines import Engine, open_engine, shown
-from .export import FORMAT, SCHEMA_VERSION
+from .export import FORMAT, SCHEMA_VERSION, TABLES
 from .statements import Stage
 
 
@@ -60,6 +60,7 @@ def connect(db: str, *, threads: int | None = None, connections: int | None = No
         connections = whole_number("connections", connections, minimum=1)
     engine = open_engine(db, create=False, threads=threads)
     try:
+        engine.hold_for_reading()
         meta = read_meta(engine)
         return SqlModel(engine, meta, connections=connections or engine.default_connections)
     except BaseException:
@@ -70,6 +71,10 @@ def connect(db: str, *, threads: int | None = None, connections: int | None = No
 def read_meta(engine: Engine) -> dict[str, str]:
     """numgpt_meta, checked: made by numgpt, this schema version, complete."""
     where = shown(engine.db)
+    denied = engine.unreadable(TABLES)
+    if denied:
+        raise NumgptError(f"{where} holds a numgpt export that this role may not read (no SELECT on "
+                          f"{denied[0]}); ask its owner to GRANT SELECT ON ALL TABLES IN SCHEMA public to it")
     if not engine.has_table("numgpt_meta"):
         raise NumgptError(f"{where} holds no numgpt export (no numgpt_meta table); make one with "
                           f"`numgpt sql export --db {where}`")
@@ -84,6 +89,10 @@ def read_meta(engine: Engine) -> dict[str, str]:
     if meta.get("state") != "complete":
         raise NumgptError(f"the export into {where} was interrupted before it completed; run `numgpt sql "
                           f"export --force --db {where}` again")
+    missing = [t for t in TABLES if not engine.has_table(t)]
+    if missing:
+        raise NumgptError(f"the export in {where} is incomplete: table {missing[0]} is missing; export again "
+                          f"with `numgpt sql export --force --db {where}`")
     return meta
 
 
@@ -185,7 +194,7 @@ class SqlModel:
         self.reset()
         if isinstance(prompt, str):
             self.engine.execute("INSERT INTO numgpt_seq SELECT pos, id FROM (" + self.statements["tokenize"]
-                                + ") AS tokens", {"text": prompt})
+                                + ") AS tokens", {"text": _text(prompt)})
             n = int(self.engine.rows("SELECT count(*) FROM numgpt_seq")[0][0])
             if n == 0:
                 if self.eot_id is None:
@@ -347,6 +356,11 @@ def _sampling_params(temperature: float, top_k: int, top_p: float, penalty: floa
 
 
 def _text(value: object) -> str:
+    """A str the database can take: UTF-8 text (Python keeps undecodable argv bytes as lone surrogates,
+    which the engines refuse with a conversion error)."""
     if not isinstance(value, str):
         raise NumgptError(f"the text must be a str, got {type(value).__name__}")
+    bad = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise NumgptError(f"the text is not valid UTF-8: a lone surrogate U+{ord(value[bad]):04X} at character {bad}")
     return value

@@ -1,0 +1,247 @@
+"""What a new user hit in `numgpt sql` (issue 20, newcomer report round 2): Ctrl-C on DuckDB, damaged
+weights and files, a role without SELECT, concurrent exports and sessions, the Python API's vocabulary.
+Each bad case is one line (NumgptError; `numgpt: error: ...` and exit status 2 on the command line)."""
+
+import _thread
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from test_sql_support import exported, new_database, postgres_server
+
+
+def _builtin():
+    import numgpt
+    return numgpt.load()
+
+
+@pytest.fixture(scope="module")
+def db(request, tmp_path_factory):
+    return exported(request, tmp_path_factory, "duckdb", "builtin", _builtin)
+
+
+@pytest.fixture(scope="module")
+def pg_db(request, tmp_path_factory):
+    return exported(request, tmp_path_factory, "postgresql", "builtin", _builtin)
+
+
+def one_line_error(capsys, *argv) -> str:
+    from numgpt.cli import main
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, (code, out, err)
+    assert err.startswith("numgpt: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def numgpt_error(call) -> str:
+    from numgpt.errors import NumgptError
+    with pytest.raises(NumgptError) as e:
+        call()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+# ---- Ctrl-C on DuckDB -----------------------------------------------------------------------------------
+
+def test_ctrl_c_inside_a_duckdb_statement_is_a_keyboard_interrupt(db):
+    """DuckDB's client turns a SIGINT that arrives during a statement into RuntimeError('Query
+    interrupted'); the engine gives KeyboardInterrupt, which the CLI reports as `numgpt: interrupted`."""
+    from numgpt.sql.engines import open_engine
+    engine = open_engine(db)
+    timer = threading.Timer(0.3, _thread.interrupt_main, args=(signal.SIGINT,))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):   # a statement of minutes, interrupted after 0.3 s
+            engine.rows("SELECT count(*) FROM range(100000000000) AS r(i) WHERE i % 7 = 3")
+    finally:
+        timer.cancel()
+        engine.close()
+
+
+def test_ctrl_c_during_sql_generate_on_duckdb_is_rc_130_without_traceback(db):
+    """A real SIGINT to `numgpt sql generate` once it has printed its first text (mid-generation: it
+    was a RuntimeError traceback nearly every time)."""
+    proc = subprocess.Popen([sys.executable, "-m", "numgpt", "sql", "generate", "--db", db, "-n", "120",
+                             "--seed", "1", "ROMEO:"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.read(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (130, "numgpt: interrupted\n")
+
+
+def test_a_failed_load_in_a_transaction_reports_its_own_error(tmp_path):
+    """An INSERT that fails (or is interrupted) inside the export's transaction aborts it: the load's
+    clean-up then raised DuckDB's TransactionException over the real error."""
+    from numgpt.sql.engines import DatabaseError, open_engine
+    engine = open_engine(str(tmp_path / "t.duckdb"), create=True)
+    try:
+        engine.execute("CREATE TABLE t (a INTEGER)")
+        with pytest.raises(DatabaseError) as e:
+            with engine.transaction():
+                engine.load("t", {"a": np.array(["not a number"], object)})
+        assert "Conversion Error" in str(e.value) and "Transaction" not in str(e.value)
+        engine.load("t", {"a": np.array([7], np.int32)})   # the connection is usable again
+        assert engine.rows("SELECT a FROM t") == [(7,)]
+    finally:
+        engine.close()
+
+
+# ---- what export refuses ---------------------------------------------------------------------------------
+
+def test_export_refuses_nan_weights_naming_the_tensor_and_leaves_no_file(tmp_path):
+    import numgpt.sql
+    model = _builtin()
+    model.params["h.1.mlp.c_fc.weight"] = model.params["h.1.mlp.c_fc.weight"].copy()
+    model.params["h.1.mlp.c_fc.weight"][3, 5] = np.inf
+    target = tmp_path / "nan.duckdb"
+    err = numgpt_error(lambda: numgpt.sql.export(model, str(target)))
+    assert "h.1.mlp.c_fc.weight has 1 NaN/inf" in err and not target.exists()
+
+
+def test_export_of_something_not_a_model_is_a_numgpt_error_and_leaves_no_file(tmp_path):
+    import numgpt.sql
+    target = tmp_path / "y.duckdb"
+    assert "model must be a numgpt LanguageModel" in numgpt_error(lambda: numgpt.sql.export("notamodel", str(target)))
+    assert not target.exists()
+
+
+def test_the_python_api_names_parameters_and_the_cli_flags(capsys, db, tmp_path):
+    import numgpt.sql
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(db, copy)
+    err = numgpt_error(lambda: numgpt.sql.export(_builtin(), str(copy)))
+    assert "pass force=True" in err and "--" not in err
+    err = one_line_error(capsys, "sql", "export", "--db", str(copy))
+    assert "pass --force" in err and "force=True" not in err
+    err = numgpt_error(lambda: numgpt.sql.connect(5))
+    assert err.startswith("db must be a DuckDB file path") and "--db" not in err
+
+
+def test_unwritable_and_missing_places_to_export_into(capsys, tmp_path):
+    err = one_line_error(capsys, "sql", "export", "--db", str(tmp_path / "no" / "x.duckdb"))
+    assert "no such folder" in err
+    err = one_line_error(capsys, "sql", "export", "--db", "/proc/numgpt-test.duckdb")   # procfs takes no file
+    assert "/proc is not writable" in err
+
+
+# ---- what a session refuses ------------------------------------------------------------------------------
+
+def test_a_folder_is_not_a_database(capsys, tmp_path):
+    err = one_line_error(capsys, "sql", "tokenize", "--db", str(tmp_path), "x")
+    assert "is a folder, not a database" in err and "no such database" not in err
+
+
+def test_a_truncated_duckdb_file_is_called_damaged(capsys, db, tmp_path):
+    for size in (os.path.getsize(db) // 6, os.path.getsize(db) * 2 // 3):   # at attach, at a later read
+        cut = tmp_path / f"cut{size}.duckdb"
+        shutil.copy(db, cut)
+        os.truncate(cut, size)
+        err = one_line_error(capsys, "sql", "next", "--db", str(cut), "x")
+        assert "is damaged or truncated" in err and "export again" in err
+
+
+def test_a_dropped_weight_table_says_export_again(capsys, db, tmp_path):
+    import duckdb
+    broken = tmp_path / "nosql.duckdb"
+    shutil.copy(db, broken)
+    con = duckdb.connect(str(broken))
+    con.execute("DROP TABLE numgpt_c_fc")
+    con.close()
+    err = one_line_error(capsys, "sql", "generate", "--db", str(broken), "x")
+    assert "table numgpt_c_fc is missing" in err and "export --force" in err
+
+
+def test_text_that_is_not_utf8_is_one_line(capsys, db):
+    import numgpt.sql
+    with numgpt.sql.connect(db) as m:
+        assert "not valid UTF-8" in numgpt_error(lambda: m.tokenize("caf\udcff"))
+        assert "not valid UTF-8" in numgpt_error(lambda: m.generate("caf\udcff", max_new_tokens=2))
+    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"numgpt", b"sql", b"tokenize", b"--db",
+                           os.fsencode(db), b"caf\xff"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "UTF-8" in proc.stderr, proc.stderr
+
+
+def test_two_processes_read_one_duckdb_file_at_once(db):
+    """A session attaches the file read-only, so a second process can read it at the same time (it got
+    DuckDB's lock error, the file being open read-write)."""
+    import numgpt.sql
+    with numgpt.sql.connect(db) as m:
+        m.start("ROMEO:")
+        proc = subprocess.run([sys.executable, "-m", "numgpt", "sql", "next", "--db", db, "--top", "1", "ROMEO:"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert m.pick(greedy=True) == int(proc.stdout.splitlines()[1].split()[1])
+
+
+# ---- PostgreSQL: privileges and concurrent exports ---------------------------------------------------------
+
+def _lock_holder(pg_db, shared: bool):
+    import psycopg
+    from numgpt.sql.engine_postgres import EXPORT_LOCK
+    con = psycopg.connect(pg_db, autocommit=True)
+    con.execute(f"SELECT pg_advisory_lock{'_shared' if shared else ''}(%s)", [EXPORT_LOCK])
+    return con
+
+
+def test_a_role_without_select_is_told_so(request, pg_db, capsys):
+    import psycopg
+    server = postgres_server(request)
+    name = pg_db.split("?")[0].rsplit("/", 1)[1]
+    with psycopg.connect(pg_db, autocommit=True) as con:
+        con.execute("DROP ROLE IF EXISTS numgpt_lowpriv")
+        con.execute("CREATE ROLE numgpt_lowpriv LOGIN")
+    try:
+        lowpriv = pg_db.replace("postgresql://postgres@", "postgresql://numgpt_lowpriv@")
+        err = one_line_error(capsys, "sql", "next", "--db", lowpriv, "x")
+        assert "may not read" in err and "SELECT on numgpt_meta" in err and "holds no numgpt export" not in err
+    finally:
+        with psycopg.connect(server.dsn(name), autocommit=True) as con:
+            con.execute("REVOKE ALL ON DATABASE " + name + " FROM numgpt_lowpriv")
+            con.execute("DROP ROLE numgpt_lowpriv")
+
+
+def test_an_export_while_another_export_runs_is_refused_by_name(pg_db, capsys):
+    holder = _lock_holder(pg_db, shared=False)   # what a running export holds (begin_export)
+    try:
+        err = one_line_error(capsys, "sql", "export", "--db", pg_db, "--force")
+        assert "another numgpt sql export is writing" in err
+        err = one_line_error(capsys, "sql", "generate", "--db", pg_db, "-n", "3", "x")
+        assert "is under way" in err
+    finally:
+        holder.close()
+
+
+def test_export_force_under_a_running_session_is_refused_and_the_session_goes_on(pg_db, capsys):
+    import numgpt.sql
+    with numgpt.sql.connect(pg_db) as m:
+        m.start("ROMEO:")
+        err = one_line_error(capsys, "sql", "export", "--db", pg_db, "--force")
+        assert "in use by a numgpt session" in err
+        m.feed(m.pick(greedy=True))   # the tables are all still there
+        assert np.isfinite(m.logits()).all()
+
+
+def test_an_export_holds_the_export_lock_while_it_writes(request, tmp_path_factory):
+    import psycopg
+    import numgpt.sql
+    target = new_database(request, "postgresql", tmp_path_factory)
+    seen = []
+
+    def progress(what):
+        with psycopg.connect(target, autocommit=True) as con:
+            seen.append(con.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                    "AND mode = 'ExclusiveLock'").fetchone()[0])
+    numgpt.sql.export(_builtin(), target, progress=progress)
+    assert seen and all(n == 1 for n in seen)
+    with numgpt.sql.connect(target) as m:   # released at the end
+        assert m.tokenize("ROMEO:")
