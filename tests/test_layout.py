@@ -118,7 +118,8 @@ def test_the_finish_rule_is_a_leaf_and_the_decoding_flags_are_made_in_one_place(
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
                 spelled = {a.value for a in node.args if isinstance(a, ast.Constant)} & decoding
-                allowed = path.name in ("options.py", "sql_commands.py", "train_commands.py")  # sql: adopting it
+                allowed = path.name in ("options.py", "sql_commands.py", "train_commands.py",  # sql: adopting it
+                                        "data_commands.py")    # train's and data's --seed seed no sampler
                 assert not spelled or allowed, f"{path.name}:{node.lineno} defines {spelled}: use options.add_decoding_flags"
 
 
@@ -160,3 +161,17 @@ def test_the_training_step_reads_in_one_screen_and_names_no_backend():
     assert not re.search(r"\bzero\b|Zero|MPI|ThreadGroup|isinstance|next_token|backprop", step)
     cli = inspect.getsource(train_commands)
     assert "setup_run(" in cli and not re.search(r"\b(new_state|init_params|load_checkpoint)\(", cli)
+
+
+def test_posttrain_is_a_room_nothing_below_the_cli_imports():
+    """numgpt/posttrain (fine-tuning data, issue 21) imports the core, never the CLI; the core and the other
+    rooms never import it, and `import numgpt` does not load it."""
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).parts
+        imports = package_imports(path)
+        if rel[0] == "posttrain":
+            assert not {m for m in imports if m.startswith("numgpt.cli")}, path
+        elif rel[0] != "cli":
+            assert not {m for m in imports if m.startswith("numgpt.posttrain")}, path
+    code = "import sys, numgpt; print(any(m.startswith('numgpt.posttrain') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -91,6 +91,8 @@ def _registrars():
     registrars.append(explain_commands.register)
     from . import serve_commands  # serve: the OpenAI-compatible server
     registrars.append(serve_commands.register)
+    from . import data_commands  # data synth, check: fine-tuning data (numgpt.posttrain)
+    registrars.append(data_commands.register)
     return registrars
 
 

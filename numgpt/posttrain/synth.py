@@ -1,0 +1,338 @@
+"""Synthetic conversations with exact answers: data for fine-tuning made here, and a checker that scores a
+reply exactly (a verifiable reward for RL).
+
+Seven task families, each a question and its one right answer:
+
+    add       multi-digit addition (carries)           "What is 478 + 356?"           -> 834
+    sub       multi-digit subtraction (borrows), a>=b   "Subtract 189 from 402."       -> 213
+    count     a letter in a word                        "How many 'r's in 'strawberry'?" -> 3
+    reverse   a word spelled backwards                  "Spell 'table' backwards."     -> elbat
+    next      what comes after X (number, letter, weekday, month)  "What comes after Friday?" -> Saturday
+    convert   m<->cm, km<->m, kg<->g, h<->min, min<->s, whole numbers   "How many grams are in 3 kilograms?" -> 3000
+    identity  who numgpt is and what it can do          "Who are you?"                 -> names numgpt
+
+Each family has several question and answer TEMPLATES; the last ones of each are held out: the
+"heldout" split renders only them and the "train" split never does, so a held-out score measures
+phrasings the model never trained on. Where the operands are many (numbers, words, quantities) they are
+split too, by a stable hash (crc32, one in HELDOUT_EVERY held out): no held-out question shares its
+operands with a train question. Weekdays, months, letters and the identity questions are too few to split.
+
+A task is OpenAI's fine-tuning JSONL record plus its ground truth:
+
+    {"messages": [...], "family": "add", "answer": "834", "split": "train", "template": "add:q1:a0"}
+
+The reply format `check` reads (every answer template follows it): the answer is the reply's LAST number
+(numeric answers; "1,234" and "834.0" read as numbers) or its LAST word (word answers, compared
+case-insensitively); an identity reply must name numgpt. Words come from WORDS (written here) or from
+text the caller passes (`words_from_text`). Generation is deterministic given the np.random.Generator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import zlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import NumgptError, whole_number
+from .chatdata import numbered_conversations
+
+SPLITS = ("train", "heldout")
+HELDOUT_EVERY = 5                 # one operand in five (by crc32) is held out
+MAX_DIGITS = 18                   # the longest numbers np.random.Generator.integers draws in int64
+MAX_DRAWS = 10_000                # rejection sampling for a split's operands; each draw succeeds with p >= 1/5
+SYSTEM_PROMPTS = ("You are numgpt, a small assistant. Answer exactly.",
+                  "Answer briefly; put the answer last.",
+                  "You are a helpful assistant.")
+
+WORDS = tuple(sorted(set("""
+apple banana cherry grape lemon mango melon orange peach pear plum berry bread butter cheese honey pepper
+salt sugar water coffee tea milk dinner lunch table chair window door floor house garden river ocean island
+forest desert mountain valley flower tree leaf stone rock sand cloud storm rain snow winter summer spring
+autumn morning evening night moon star planet rocket engine wheel bicycle train ticket station bridge road
+street city village market school teacher student letter number answer question paper pencil book story
+poem music piano guitar drum dance paint color yellow purple green silver golden rabbit tiger horse zebra
+monkey parrot turtle kitten puppy dragon castle knight queen king mirror candle lantern basket bottle
+pocket button jacket sweater blanket pillow kitchen doctor farmer sailor pilot robot computer keyboard
+strawberry mississippi balloon little puzzle
+""".split())))
+
+LETTERS = string.ascii_lowercase
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+# (larger unit, smaller unit, how many smaller in one larger); each unit as (singular, plural)
+UNITS = ((("metre", "metres"), ("centimetre", "centimetres"), 100),
+         (("kilometre", "kilometres"), ("metre", "metres"), 1000),
+         (("kilogram", "kilograms"), ("gram", "grams"), 1000),
+         (("hour", "hours"), ("minute", "minutes"), 60),
+         (("minute", "minutes"), ("second", "seconds"), 60))
+IDENTITY_ANSWER = "numgpt"
+
+
+@dataclass(frozen=True)
+class Operands:
+    """What the families draw from: the words of the word tasks and the largest number of digits."""
+    words: tuple[str, ...] = WORDS
+    max_digits: int = 3
+
+
+@dataclass(frozen=True)
+class Family:
+    """A task family: question and answer templates (str.format fields; the answer templates give {answer}
+    last, identity's name numgpt), how many of each are held out (the last ones), and `draw`, which picks
+    the fields of one task (with "answer") from the train or held-out operands."""
+    name: str
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+    heldout_questions: int
+    heldout_answers: int
+    draw: Callable[[np.random.Generator, bool, Operands], dict[str, object]]
+
+    def templates(self, kind: str, split: str) -> tuple[int, ...]:
+        """The indices of the `kind` ("questions" or "answers") templates a split renders."""
+        every = getattr(self, kind)
+        first_heldout = len(every) - getattr(self, f"heldout_{kind}")
+        return tuple(range(first_heldout, len(every)) if split == "heldout" else range(first_heldout))
+
+
+def is_heldout(key: str) -> bool:
+    """Whether an operand (a word, a pair of numbers, ...) belongs to the held-out split: a stable hash,
+    the same in every process (Python's hash() is salted per process)."""
+    return zlib.crc32(key.encode("utf-8")) % HELDOUT_EVERY == 0
+
+
+def _draw_until(rng: np.random.Generator, heldout: bool, draw: Callable[[], tuple[object, str]]) -> object:
+    """Draw operands (value, key) until the key's split is the one asked for."""
+    for _ in range(MAX_DRAWS):
+        value, key = draw()
+        if is_heldout(key) == heldout:
+            return value
+    raise NumgptError(f"found no {'held-out' if heldout else 'train'} operands in {MAX_DRAWS} draws; "
+                      "allow more digits (max_digits)")
+
+
+def _number(rng: np.random.Generator, max_digits: int) -> int:
+    """A number of 1..max_digits digits, the digit count uniform (so short and long numbers are as common)."""
+    digits = int(rng.integers(1, max_digits + 1))
+    return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits))
+
+
+def _pair(rng: np.random.Generator, heldout: bool, ops: Operands, family: str) -> tuple[int, int]:
+    """Two numbers for add or sub (larger first for sub), from the split's pairs."""
+    def draw():
+        a, b = _number(rng, ops.max_digits), _number(rng, ops.max_digits)
+        a, b = (max(a, b), min(a, b)) if family == "sub" else (a, b)
+        return (a, b), f"{family}:{a}:{b}"
+    return _draw_until(rng, heldout, draw)
+
+
+def _draw_add(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    a, b = _pair(rng, heldout, ops, "add")
+    return {"a": a, "b": b, "answer": a + b}
+
+
+def _draw_sub(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    a, b = _pair(rng, heldout, ops, "sub")
+    return {"a": a, "b": b, "answer": a - b}
+
+
+def _word(rng: np.random.Generator, heldout: bool, ops: Operands) -> str:
+    """A word of the split (the same split for count and reverse)."""
+    pool = [w for w in ops.words if is_heldout(f"word:{w}") == heldout]
+    if not pool:
+        raise NumgptError(f"none of the {len(ops.words)} words falls in the {'held-out' if heldout else 'train'} "
+                          "split; pass more words")
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _draw_count(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    word = _word(rng, heldout, ops)
+    in_word = sorted(set(word))
+    letter = in_word[int(rng.integers(len(in_word)))] if rng.random() < 0.8 else LETTERS[int(rng.integers(26))]
+    return {"word": word, "letter": letter, "answer": word.count(letter)}
+
+
+def _draw_reverse(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    word = _word(rng, heldout, ops)
+    return {"word": word, "answer": word[::-1]}
+
+
+def _draw_next(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    """After a number (split by hash), a letter (a..y), a weekday or a month (both wrap around)."""
+    thing = ("number", "letter", "day", "month")[int(rng.integers(4))]
+    if thing == "number":
+        def draw():
+            n = _number(rng, ops.max_digits)
+            return n, f"next:{n}"
+        x = _draw_until(rng, heldout, draw)
+        return {"thing": thing, "x": x, "answer": x + 1}
+    if thing == "letter":                                 # z has no next letter: a..y
+        i = int(rng.integers(len(LETTERS) - 1))
+        return {"thing": thing, "x": LETTERS[i], "answer": LETTERS[i + 1]}
+    cycle = WEEKDAYS if thing == "day" else MONTHS
+    i = int(rng.integers(len(cycle)))
+    return {"thing": thing, "x": cycle[i], "answer": cycle[(i + 1) % len(cycle)]}
+
+
+def _draw_convert(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    """A whole quantity of one unit in another: down (3 m -> 300 cm) or up (300 cm -> 3 m)."""
+    def draw():
+        pair = int(rng.integers(len(UNITS)))
+        n, down = int(rng.integers(1, 100)), bool(rng.integers(2))
+        return (pair, n, down), f"convert:{pair}:{n}:{down}"
+    pair, n, down = _draw_until(rng, heldout, draw)
+    big, small, factor = UNITS[pair]
+    value, answer, source, target = (n, n * factor, big, small) if down else (n * factor, n, small, big)
+    return {"value": value, "unit": source[value != 1], "units": target[1], "answer_unit": target[answer != 1],
+            "answer": answer}
+
+
+def _draw_identity(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
+    return {"answer": IDENTITY_ANSWER}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("add", ("What is {a} + {b}?", "Add {a} and {b}.", "{a} plus {b} equals what?",
+                   "Compute the sum of {a} and {b}.", "What do you get when you add {b} to {a}?",
+                   "Calculate {a} + {b}."),
+           ("{a} + {b} = {answer}", "The sum is {answer}.", "{answer}", "Adding them gives {answer}."),
+           2, 1, _draw_add),
+    Family("sub", ("What is {a} - {b}?", "Subtract {b} from {a}.", "{a} minus {b} equals what?",
+                   "Compute the difference {a} - {b}.", "Take {b} away from {a}. What is left?",
+                   "How much is {a} take away {b}?"),
+           ("{a} - {b} = {answer}", "The difference is {answer}.", "{answer}", "What is left is {answer}."),
+           2, 1, _draw_sub),
+    Family("count", ("How many times does the letter '{letter}' appear in '{word}'?",
+                     "Count the letter '{letter}' in the word '{word}'.", "How many '{letter}'s are in '{word}'?",
+                     "In the word '{word}', how often does '{letter}' occur?",
+                     "How many '{letter}' letters does '{word}' have?"),
+           ("The letter '{letter}' appears in '{word}' this many times: {answer}", "Count: {answer}", "{answer}",
+            "I count {answer}."), 2, 1, _draw_count),
+    Family("reverse", ("Spell '{word}' backwards.", "What is '{word}' written backwards?",
+                       "Write the word '{word}' in reverse.", "Reverse the letters of '{word}'.",
+                       "How is '{word}' spelled from the last letter to the first?"),
+           ("'{word}' backwards is '{answer}'.", "Backwards: {answer}", "{answer}", "Reversed, it reads {answer}."),
+           2, 1, _draw_reverse),
+    Family("next", ("What comes after {x}?", "What {thing} comes after {x}?", "Which {thing} follows {x}?",
+                    "Name the {thing} right after {x}.", "{x} is followed by which {thing}?"),
+           ("After {x} comes {answer}.", "The next {thing} is {answer}.", "{answer}", "It is {answer}."),
+           2, 1, _draw_next),
+    Family("convert", ("How many {units} are in {value} {unit}?", "Convert {value} {unit} to {units}.",
+                       "What is {value} {unit} in {units}?", "{value} {unit} equals how many {units}?",
+                       "Express {value} {unit} in {units}."),
+           ("{value} {unit} is {answer} {answer_unit}.", "That is {answer} {answer_unit}.", "{answer}",
+            "It comes to {answer} {answer_unit}."), 2, 1, _draw_convert),
+    Family("identity", ("Who are you?", "What is your name?", "What can you do?", "What are you?",
+                        "Tell me about yourself.", "Introduce yourself, please."),
+           ("I am numgpt, a small GPT-2 written from scratch in NumPy. I can add and subtract, count letters, "
+            "spell words backwards, say what comes next and convert units.",
+            "My name is numgpt. I am a tiny language model trained on two CPU cores: ask me a sum, a letter "
+            "count, a word to reverse or a unit to convert.",
+            "numgpt here: a GPT-2 made with NumPy that answers small exact questions."),
+           2, 1, _draw_identity),
+)}
+
+
+def words_from_text(text: str, *, min_length: int = 3, max_length: int = 12) -> tuple[str, ...]:
+    """The distinct words of a text for the word tasks: runs of ASCII letters, lowercased, sorted, of
+    min_length..max_length letters (so every letter a word has is one `count` can ask about)."""
+    found = {w.lower() for w in re.findall(r"[A-Za-z]+", text) if min_length <= len(w) <= max_length}
+    return tuple(sorted(found))
+
+
+def synthesize(n: int, *, rng: np.random.Generator, families: Sequence[str] = tuple(FAMILIES),
+               split: str = "train", operands: Operands = Operands(), system_rate: float = 0.2) -> list[dict]:
+    """`n` tasks of the given families (as even a mix as n allows, in a random order) from one split, each
+    an OpenAI fine-tuning record with its ground truth; a system prompt on a fraction `system_rate`."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise NumgptError(f"unknown task family {', '.join(map(repr, unknown)) or '(none given)'}; the families "
+                          f"are {', '.join(FAMILIES)}")
+    if split not in SPLITS:
+        raise NumgptError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise NumgptError(f"n must be a whole number >= 1, got {n!r}")
+    whole_number("max_digits", operands.max_digits, minimum=1)
+    if operands.max_digits > MAX_DIGITS:
+        raise NumgptError(f"max_digits must be <= {MAX_DIGITS} (numbers are drawn as int64), got {operands.max_digits}")
+    if not 0 <= system_rate <= 1:
+        raise NumgptError(f"system_rate must be between 0 and 1, got {system_rate!r}")
+    order = rng.permutation(np.arange(n) % len(families))        # [n] family index of each task
+    return [make_task(FAMILIES[families[int(i)]], rng, split=split, operands=operands, system_rate=system_rate)
+            for i in order]
+
+
+def make_task(family: Family, rng: np.random.Generator, *, split: str, operands: Operands,
+              system_rate: float) -> dict:
+    """One task of a family: its fields drawn from the split, a question and an answer template of the split."""
+    fields = family.draw(rng, split == "heldout", operands)
+    questions, answers = family.templates("questions", split), family.templates("answers", split)
+    q, a = questions[int(rng.integers(len(questions)))], answers[int(rng.integers(len(answers)))]
+    messages = [{"role": "user", "content": family.questions[q].format(**fields)},
+                {"role": "assistant", "content": family.answers[a].format(**fields)}]
+    if rng.random() < system_rate:
+        messages.insert(0, {"role": "system", "content": SYSTEM_PROMPTS[int(rng.integers(len(SYSTEM_PROMPTS)))]})
+    return {"messages": messages, "family": family.name, "answer": str(fields["answer"]), "split": split,
+            "template": f"{family.name}:q{q}:a{a}"}
+
+
+NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")    # 1234, 1,234, -5, 834.0
+WORD = re.compile(r"[A-Za-z]+")
+INTEGER = re.compile(r"-?\d+")
+
+
+def extract_answer(task: Mapping, reply: str) -> str | None:
+    """The answer a reply gives, as `check` reads it: its last number (numeric answers, commas dropped) or
+    its last word (word answers); for identity, "numgpt" if the reply names it. None if there is none."""
+    if task["family"] == "identity":
+        return IDENTITY_ANSWER if re.search(rf"\b{IDENTITY_ANSWER}\b", reply, re.IGNORECASE) else None
+    found = (NUMBER if INTEGER.fullmatch(task["answer"]) else WORD).findall(reply)
+    return found[-1].replace(",", "") if found else None
+
+
+def check(task: Mapping, reply: str) -> bool:
+    """Whether `reply` answers `task` exactly: the extracted number equals the answer (834.0 counts as
+    834), or the extracted word equals it ignoring case. The exact reward of RL on these tasks."""
+    given = extract_answer(task, reply)
+    if given is None:
+        return False
+    if INTEGER.fullmatch(task["answer"]):
+        return Decimal(given) == Decimal(task["answer"])
+    return given.casefold() == task["answer"].casefold()
+
+
+def check_task(task: Mapping, where: str) -> None:
+    """Refuse (NumgptError starting with `where`) a task the checker cannot score: an unknown family, an
+    answer that is not a string, or a reference reply (the last assistant turn) that its checker fails."""
+    family, answer = task.get("family"), task.get("answer")
+    if family not in FAMILIES:
+        raise NumgptError(f"{where}: unknown task family {family!r}; the families are {', '.join(FAMILIES)}")
+    if not isinstance(answer, str) or not answer:
+        raise NumgptError(f'{where}: a task needs "answer", a non-empty string (got {answer!r})')
+    reference = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
+    if not check(task, reference):
+        raise NumgptError(f"{where}: the reference reply does not give the answer {answer!r} as the checker "
+                          f"reads it (its last {'number' if INTEGER.fullmatch(answer) else 'word'})")
+
+
+def read_tasks(path: str | os.PathLike) -> list[dict]:
+    """The tasks of a JSONL file: valid conversations (chatdata's rules), each with a family and an answer
+    its checker can score (refused naming the line otherwise)."""
+    tasks = []
+    for number, task in numbered_conversations(path):
+        check_task(task, f"{path}:{number}")
+        tasks.append(task)
+    return tasks
+
+
+def prompt_messages(task: Mapping) -> list[dict]:
+    """The messages a model answers: the conversation up to (not including) its last assistant turn."""
+    messages = task["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [dict(m) for m in messages[:last]]
