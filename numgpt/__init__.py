@@ -8,6 +8,7 @@ The public API (everything else is internal and may change):
     Tokenizer, train_bpe                      -- byte-level BPE, and training a new vocabulary (tokenizer/)
     SamplingOptions, GenerationOptions, Completion, TokenLogprob, Piece, Perplexity   -- decoding and scoring
     loss_and_grads, accumulate_grads, AdamWConfig, TrainConfig, prepare, load_dataset, train   -- training
+    setup_run, Run                            -- what `numgpt train` does: data, run folder, resume, then train
                                               (training/; its communicator seam: training/comm.py)
     NumgptError                               -- every user-facing error (one line, no traceback in the CLI)
 """
@@ -23,10 +24,10 @@ from .sampling import SamplingOptions
 from .scoring import Perplexity
 from .formats import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
 from .tokenizer import Tokenizer, train_bpe
-from .training import AdamWConfig, TrainConfig, load_dataset, prepare, train
+from .training import AdamWConfig, Run, TrainConfig, load_dataset, prepare, setup_run, train
 
 __all__ = ["load", "LanguageModel", "NextToken", "GPTConfig", "PRESETS", "forward", "KVCache",
            "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary", "Tokenizer", "train_bpe",
            "SamplingOptions", "GenerationOptions", "Completion", "TokenLogprob", "Piece", "Perplexity", "loss_and_grads",
-           "accumulate_grads", "AdamWConfig", "TrainConfig", "prepare", "load_dataset", "train", "NumgptError"]
+           "accumulate_grads", "AdamWConfig", "TrainConfig", "prepare", "load_dataset", "train", "setup_run", "Run", "NumgptError"]
 __version__ = "0.1.0"
