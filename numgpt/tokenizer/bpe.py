@@ -53,7 +53,7 @@ from typing import Callable, Collection, Iterable, Iterator, Literal, Mapping, S
 import regex
 
 from ..errors import NumgptError
-from .files import ENDOFTEXT, read_vocabulary, write_vocabulary
+from .files import ENDOFTEXT, read_chat_template, read_vocabulary, write_vocabulary
 
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_EOT_ID = 50256
@@ -192,13 +192,17 @@ class Tokenizer:
     `special_tokens` maps special strings to ids (see the module docstring for their policy).
 
     Attributes: `vocab_size` (number of ids, specials included), `eot_id` (the id of '<|endoftext|>', or
-    None if the vocabulary has none), `special_tokens` (a copy of the str -> id map).
+    None if the vocabulary has none), `special_tokens` (a copy of the str -> id map), `chat_template` (the
+    Jinja text of tokenizer_config.json's "chat_template", or None: carried from load to save untouched,
+    as transformers' tokenizers carry it; numgpt.posttrain.chat_format reads it).
     """
 
     def __init__(self, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]],
                  special_tokens: Mapping[str, int] | None = None, *,
-                 names: tuple[str, str] = ("vocab", "merges"), cache_size: int = PIECE_CACHE_SIZE):
+                 names: tuple[str, str] = ("vocab", "merges"), cache_size: int = PIECE_CACHE_SIZE,
+                 chat_template: str | None = None):
         """`names` are the vocabulary and merges file names that error messages mention."""
+        self.chat_template = chat_template
         special_tokens = dict(special_tokens or {})
         self._vocab = dict(vocab)
         self._vocab.update(special_tokens)
@@ -239,13 +243,36 @@ class Tokenizer:
         (encoder.json + vocab.bpe). `sha256` maps file names to expected digests to check first.
         """
         vocab, merges, special, names = read_vocabulary(folder, sha256=sha256, check_ids=_invert)
-        return cls(vocab, merges, special, names=names)
+        return cls(vocab, merges, special, names=names, chat_template=read_chat_template(folder))
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the Hugging Face layout: vocab.json, merges.txt, tokenizer_config.json and
         special_tokens_map.json, so that transformers' GPT2TokenizerFast.from_pretrained(folder) loads it.
         A folder that already holds a vocabulary is refused unless overwrite=True (nothing is lost silently)."""
-        write_vocabulary(folder, self._vocab, self._merges, self._special, overwrite=overwrite)
+        write_vocabulary(folder, self._vocab, self._merges, self._special, overwrite=overwrite,
+                         chat_template=self.chat_template)
+
+    def with_special_tokens(self, tokens: Sequence[str], *, chat_template: str | None = None) -> Tokenizer:
+        """A new tokenizer with `tokens` added as special tokens, with ids after the current ones (in the
+        given order; a token that is already special keeps its id), and `chat_template` if given (else
+        this one's). A string that is an ordinary token of this vocabulary is refused: it has an id already.
+        """
+        special_ids = set(self._special.values())
+        ordinary = {b: i for i, b in self._id_to_bytes.items() if i not in special_ids}   # bytes -> id
+        for token in tokens:
+            if token.encode("utf-8") in ordinary:
+                raise NumgptError(f"{token!r} is an ordinary token of this vocabulary (id "
+                                  f"{ordinary[token.encode('utf-8')]}), not a special token; it cannot be added "
+                                  "as one")
+        if max(self._id_to_token) != self.vocab_size - 1:
+            raise NumgptError(f"this vocabulary's ids are not 0..{self.vocab_size - 1} (the largest is "
+                              f"{max(self._id_to_token)}), so new ids cannot follow them")
+        special = dict(self._special)
+        for token in tokens:
+            special.setdefault(token, self.vocab_size + len(special) - len(self._special))
+        vocab = {t: i for t, i in self._vocab.items() if t not in self._special}
+        return Tokenizer(vocab, self._merges, special,
+                         chat_template=self.chat_template if chat_template is None else chat_template)
 
     # ---- attributes ---------------------------------------------------------------------------------
 

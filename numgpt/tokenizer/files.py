@@ -1,5 +1,6 @@
 """Vocabulary files: Hugging Face (vocab.json + merges.txt, special tokens from tokenizer_config.json,
-special_tokens_map.json and added_tokens.json) and OpenAI (encoder.json + vocab.bpe), read and written.
+special_tokens_map.json and added_tokens.json, and the chat template) and OpenAI (encoder.json + vocab.bpe),
+read and written.
 
 The files spell tokens in GPT-2's stand-in alphabet (bytes_to_unicode in bpe.py); this module reads and
 writes them as they are, and bpe.py turns them into ids and byte strings. Writing is atomic per file
@@ -19,6 +20,7 @@ from ..atomic import write_bytes_atomically
 
 ENDOFTEXT = "<|endoftext|>"
 MERGES_HEADER = "#version: 0.2"  # first line of vocab.bpe / merges.txt
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where recent transformers save a chat template (read first)
 
 
 def read_vocabulary(folder: str | os.PathLike, *, sha256: Mapping[str, str] | None = None,
@@ -51,10 +53,12 @@ def read_vocabulary(folder: str | os.PathLike, *, sha256: Mapping[str, str] | No
 
 
 def write_vocabulary(folder: str | os.PathLike, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]],
-                     special: Mapping[str, int], *, overwrite: bool = False) -> None:
+                     special: Mapping[str, int], *, overwrite: bool = False, chat_template: str | None = None) -> None:
     """The Hugging Face layout: vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json,
     which transformers' GPT2TokenizerFast.from_pretrained(folder) loads. A folder that already holds a
-    vocabulary is refused unless overwrite=True (nothing is lost silently)."""
+    vocabulary is refused unless overwrite=True (nothing is lost silently). A `chat_template` goes into
+    tokenizer_config.json; a chat_template.jinja left in the folder is removed (transformers would read
+    it first, and it belongs to the vocabulary being replaced)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NumgptError(f"{folder}: is a file; pass a folder to save the tokenizer in")
@@ -68,7 +72,31 @@ def write_vocabulary(folder: str | os.PathLike, vocab: Mapping[str, int], merges
     write_bytes_atomically(folder / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))
     special_map = _special_tokens_map(special)
     _write_json(folder / "special_tokens_map.json", special_map)
-    _write_json(folder / "tokenizer_config.json", _tokenizer_config(special, special_map))
+    config = _tokenizer_config(special, special_map)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    _write_json(folder / "tokenizer_config.json", config)
+    (folder / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+
+
+def read_chat_template(folder: str | os.PathLike) -> str | None:
+    """The folder's chat template, as transformers finds it: chat_template.jinja first, else
+    tokenizer_config.json's "chat_template" (a string, or a list of named templates: the one named
+    "default"); None when there is none."""
+    folder = Path(folder)
+    if (folder / CHAT_TEMPLATE_FILE).is_file():
+        try:
+            return (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise NumgptError(f"{folder / CHAT_TEMPLATE_FILE}: not UTF-8 text (byte offset {e.start})") from None
+    path = folder / "tokenizer_config.json"
+    template = _read_json_object(path).get("chat_template") if path.is_file() else None
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    if template is not None and not isinstance(template, str):
+        raise NumgptError(f"{path}: chat_template must be a string of Jinja text, found {type(template).__name__}")
+    return template
 
 
 def _check_sha256(path: Path, expected: str) -> None:
