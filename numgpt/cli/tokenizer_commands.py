@@ -37,12 +37,15 @@ examples:
   numgpt train-tokenizer input.txt --vocab-size 4096 -o my_tok
   numgpt train-tokenizer a.txt b.txt --vocab-size 8000 --special "<|endoftext|>" --special "<|pad|>" -o tok
   numgpt train-tokenizer input.txt --vocab-size 256 --no-special -o bytes_tok    one token per byte
+  numgpt train-tokenizer input.txt --vocab-size 4096 --chat -o chat_tok    + the chat tokens and template
 
 The folder is in Hugging Face's layout (vocab.json, merges.txt, tokenizer_config.json,
 special_tokens_map.json): `numgpt tokenize --tokenizer FOLDER` and transformers' GPT2TokenizerFast
 load it. --vocab-size counts the 256 byte tokens, the merges and the special tokens. A special token
 must not be an ordinary token (a single character such as "e", or a merge). FOLDER must be new or
-empty unless --force.
+empty unless --force. --chat adds numgpt's chat tokens (<|endoftext|>, <|system|>, <|user|>,
+<|assistant|>, <|end|>) after the other special tokens, and writes the chat format as
+tokenizer_config.json's chat_template (transformers' apply_chat_template renders the same ids).
 """
 
 
@@ -84,6 +87,8 @@ def _register_train(sub) -> None:
     p.add_argument("--special", action="append", metavar="TOKEN",
                    help="a special token, appended after the merges (repeatable; default <|endoftext|>)")
     p.add_argument("--no-special", action="store_true", help="no special tokens at all")
+    p.add_argument("--chat", action="store_true",
+                   help="add the chat tokens and numgpt's chat template (for a model to fine-tune for chat)")
     p.add_argument("--min-frequency", type=int, default=2, metavar="K",
                    help="merge only pairs seen at least K times (default 2)")
     p.add_argument("-o", "--output", required=True, metavar="FOLDER",
@@ -161,9 +166,13 @@ def run_train_tokenizer(args) -> int:
     from ..tokenizer import train_bpe
     from ..tokenizer import ENDOFTEXT
 
-    if args.no_special and args.special:
-        raise NumgptError("--no-special and --special contradict each other; give one")
+    if args.no_special and (args.special or args.chat):
+        raise NumgptError(f"--no-special and {'--special' if args.special else '--chat'} contradict each other; "
+                          "give one")
     specials = [] if args.no_special else (args.special or [ENDOFTEXT])
+    if args.chat:
+        from ..posttrain.chat_format import CHAT_TOKENS
+        specials = [*specials, *(t for t in CHAT_TOKENS if t not in specials)]
     out = output_folder(args.output, flag="-o", force=args.force, what="tokenizer folder")
     for f in args.files:
         input_file(f)
@@ -175,6 +184,9 @@ def run_train_tokenizer(args) -> int:
     finally:
         close()
     seconds = time.perf_counter() - start
+    if args.chat:
+        from ..posttrain.chat_format import with_chat_tokens
+        tok = with_chat_tokens(tok)        # the tokens are there already: this adds the template
     tok.save(out, overwrite=args.force)
     if args.quiet:
         return 0
