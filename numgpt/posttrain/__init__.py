@@ -1,16 +1,21 @@
 """Post-training: turning the pre-trained document completer into a model that answers (issues 21, 22).
 
-    chatdata.py   chat JSONL in OpenAI's fine-tuning format: read and checked line by line, written atomically
-    synth.py      synthetic conversations with exact answers (seven task families, train/held-out split by
-                  template and operands) and the checker that scores a reply exactly (RL's verifiable reward)
+    chat_format.py  the chat tokens and format: conversations -> ids (and SFT's loss mask), the same format as
+                    a Jinja chat_template for transformers, the chat tokens added to a model
+    chatdata.py     chat JSONL in OpenAI's fine-tuning format: read and checked line by line, written atomically
+    synth.py        synthetic conversations with exact answers (seven task families, train/held-out split by
+                    template and operands) and the checker that scores a reply exactly (RL's verifiable reward)
 
 A room of its own: it imports the core, and nothing in the core or the other rooms imports it.
 """
 
+from .chat_format import (CHAT_TEMPLATE, CHAT_TOKENS, ChatTemplate, add_chat_tokens, chat_template,
+                          load_chat_template, render_chat, render_for_training, with_chat_tokens)
 from .chatdata import check_conversation, numbered_conversations, read_conversations, write_conversations
 from .synth import FAMILIES, Operands, check, check_task, extract_answer, prompt_messages, read_tasks, synthesize, \
     words_from_text
 
 __all__ = ["check_conversation", "numbered_conversations", "read_conversations", "write_conversations", "FAMILIES",
            "Operands", "check", "check_task", "extract_answer", "prompt_messages", "read_tasks", "synthesize",
-           "words_from_text"]
+           "words_from_text", "CHAT_TEMPLATE", "CHAT_TOKENS", "ChatTemplate", "add_chat_tokens", "chat_template",
+           "load_chat_template", "render_chat", "render_for_training", "with_chat_tokens"]
