@@ -171,6 +171,10 @@ def test_a_folder_without_a_template_has_none_and_another_template_is_refused(tm
         with_chat_tokens(other)
     (tmp_path / "other" / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")   # read first,
     assert load_chat_template(tmp_path / "other") is not None                                 # as transformers does
+    other.save(tmp_path / "other", overwrite=True)            # a save replaces that file's template as well
+    assert not (tmp_path / "other" / "chat_template.jinja").exists()
+    with pytest.raises(NumgptError, match="chat_template is not numgpt's chat format"):
+        load_chat_template(tmp_path / "other")
     missing = base.with_special_tokens([], chat_template=CHAT_TEMPLATE)      # the template without the tokens
     with pytest.raises(NumgptError, match="uses '<|system|>', which is not a special token"):
         chat_template(missing)
@@ -188,11 +192,19 @@ def test_a_vocabulary_holding_a_chat_string_as_an_ordinary_token_is_refused(tmp_
 
 # ---- adding the chat tokens to a model ------------------------------------------------------------------
 
-def test_gpt2_vocabulary_gets_new_ids_after_its_own():
+def test_gpt2_vocabulary_gets_new_ids_after_its_own(tmp_path):
     tok = with_chat_tokens(Tokenizer.gpt2())
     assert tok.special_tokens == {"<|endoftext|>": 50256, "<|system|>": 50257, "<|user|>": 50258,
                                   "<|assistant|>": 50259, "<|end|>": 50260}
     assert tok.encode("Hello world") == [15496, 995]
+    tok.save(tmp_path)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    messages = [{"role": "system", "content": "Reply in <|user|>-free text."},
+                {"role": "user", "content": "Say <|end|> and  <|assistant|>\n twice!<|endoftext|>"}]
+    for allow_special, sanitize in ((False, True), (True, False)):
+        assert (render_chat(tok, messages, add_generation_prompt=True, allow_special=allow_special)
+                == hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False,
+                                              sanitize_control_tokens=sanitize))
 
 
 def test_a_model_grown_by_the_chat_tokens_loads_in_transformers_with_the_same_logits(tmp_path):

@@ -18,7 +18,7 @@ The rules: an optional system message first (and only first), then user and assi
 alternating, starting with the user; each message is a mapping with "role" and "content" (a str); other
 keys are ignored, except OpenAI's "weight" (0 or 1) on an assistant message, 0 meaning "shown, not
 trained on". With the generation prompt the last message must be the user's. Anything else is a
-one-line NumgptError (the Jinja template raises the same cases in transformers).
+one-line NumgptError (the Jinja template raises for the same role, order and content errors).
 
 Special-token strings inside a content (a user typing '<|end|>'): by default they are plain text, so a
 message can never forge or end a turn; the content is cut at each such string and each part, the string
@@ -32,8 +32,9 @@ template's `{% generation %}` blocks gives the same mask.
 
 Adding the tokens to a model (`add_chat_tokens`): new ids after the vocabulary, the tied wte/head grown
 by rows equal to the mean of the existing rows. transformers' `resize_token_embeddings(mean_resizing=True)`
-samples the new rows from N(mean, 1e-9 * covariance) (modeling_utils.py, 5.x), i.e. the mean plus noise
-about 3e-5 of a row's spread; numgpt takes the mean itself, deterministic and with no random state.
+samples the new rows from N(mean, 1e-9 * covariance) (modeling_utils.py, 5.x; the plain mean when that
+covariance is not positive definite), i.e. the mean plus noise of about 3e-5 of the rows' spread; numgpt
+takes the mean itself: the same rows within that noise, deterministic, with no random state to pass.
 
 numgpt does not need jinja2: the renderer is plain Python, and CHAT_TEMPLATE is the same format for HF.
 References: transformers' chat templating docs and apply_chat_template; OpenAI's fine-tuning chat format.
