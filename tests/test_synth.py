@@ -15,7 +15,7 @@ import pytest
 from numgpt.cli import main
 from numgpt.errors import NumgptError
 from numgpt.posttrain import (FAMILIES, Operands, check, check_task, extract_answer, prompt_messages,
-                              read_conversations, read_tasks, synthesize, words_from_text)
+                              read_conversations, read_tasks, synthesize, words_from_text, write_conversations)
 from numgpt.posttrain.synth import is_heldout
 
 # each unit in its base unit (metre, gram, second), as fractions: the conversions recomputed independently
@@ -71,7 +71,7 @@ def expected_answer(family: str, f: dict) -> str:
 
 
 def question_fields(task: dict) -> dict:
-    question = next(m["content"] for m in task["messages"] if m["role"] == "user")
+    question = task["messages"][-2]["content"]                  # the last exchange is the task
     match = template_regex(template_of(task)[0]).fullmatch(question)
     assert match, (question, task["template"])
     return match.groupdict()
@@ -155,6 +155,8 @@ def test_checker_reads_free_text():
     assert extract_answer(add, "first 12, then 1,234.") == "1234" and extract_answer(add, "none") is None
     sub = {"family": "sub", "answer": "-5", "messages": []}
     assert check(sub, "3 - 8 = -5") and not check(sub, "3 - 8 = 5")
+    half = {"family": "convert", "answer": "2.5", "messages": []}           # a hand-made task: any exact number
+    assert check(half, "2.50 kilograms") and not check(half, "2.6") and not check(half, "25")
     rev = {"family": "reverse", "answer": "tac", "messages": []}
     assert check(rev, "'cat' backwards is 'TAC'.") and check(rev, "tac") and not check(rev, "tac is 'cat' reversed")
     day = {"family": "next", "answer": "Saturday", "messages": []}
@@ -169,6 +171,19 @@ def test_generation_is_deterministic_by_seed():
     assert one != synthesize(50, rng=np.random.default_rng(6))
     sums = synthesize(20, rng=np.random.default_rng(0), families=["add"], operands=Operands(max_digits=6))
     assert max(len(str(t["answer"])) for t in sums) >= 6 and {t["family"] for t in sums} == {"add"}
+
+
+def test_multi_turn_conversations_keep_the_last_exchange_as_the_task(tmp_path):
+    tasks = synthesize(280, rng=np.random.default_rng(2), turns=3, system_rate=0.5)
+    assert Counter(sum(m["role"] == "user" for m in t["messages"]) for t in tasks).keys() == {1, 2, 3}
+    assert Counter(t["family"] for t in tasks) == {name: 40 for name in FAMILIES}
+    path = tmp_path / "chat.jsonl"
+    write_conversations(path, tasks)
+    assert read_tasks(path) == tasks                            # valid conversations, answers the checker reads
+    for task in tasks:
+        assert prompt_messages(task) == task["messages"][:-1] and check(task, task["messages"][-1]["content"])
+        if task["family"] != "identity":
+            assert task["answer"] == expected_answer(task["family"], question_fields(task))
 
 
 def test_words_from_text_and_system_prompts():
@@ -188,11 +203,17 @@ def test_synthesize_refuses_bad_arguments():
     for kwargs, words in [({"families": ["add", "mul"]}, "unknown task family 'mul'"),
                           ({"split": "test"}, "split must be one of train, heldout"),
                           ({"operands": Operands(max_digits=0)}, "max_digits must be >= 1"),
-                          ({"system_rate": float("nan")}, "system_rate must be between 0 and 1")]:
+                          ({"system_rate": float("nan")}, "system_rate must be a finite number between 0 and 1"),
+                          ({"system_rate": 1.5}, "system_rate must be between 0 and 1, got 1.5")]:
         with pytest.raises(NumgptError, match=words):
             synthesize(5, rng=rng, **kwargs)
-    with pytest.raises(NumgptError, match="n must be a whole number"):
-        synthesize(0, rng=rng)
+    for n, words in [(0, "n must be >= 1, got 0"), (2.0, r"n must be a whole number \(an int\), got 2.0")]:
+        with pytest.raises(NumgptError, match=words):
+            synthesize(n, rng=rng)
+    with pytest.raises(NumgptError, match="unknown task family 'add'; families is a list of add, sub"):
+        synthesize(5, rng=rng, families="add")
+    with pytest.raises(NumgptError, match="turns must be >= 1"):
+        synthesize(5, rng=rng, turns=0)
     only_train = tuple(w for w in WORDS_SAMPLE if not is_heldout(f"word:{w}"))
     with pytest.raises(NumgptError, match="held-out split; pass more words"):
         synthesize(5, rng=rng, families=["count"], split="heldout", operands=Operands(words=only_train))
@@ -311,12 +332,16 @@ def test_cli_words_file_and_one_line_errors(capsys, tmp_path):
     argv = ["data", "synth", "--families", "reverse", "--n", "30", "--words", str(text), "-o", str(out)]
     assert run(capsys, *argv)[0] == 0
     assert {t["answer"][::-1] for t in read_tasks(out)} <= set(words_from_text(text.read_text()))
+    plain = tmp_path / "plain.jsonl"                            # conversations without tasks: counted, not scored
+    plain.write_text(json.dumps(GOOD) + "\n", encoding="utf-8")
+    assert run(capsys, "data", "check", str(plain))[1] == \
+        f"{plain}: 1 conversations, 5 messages (system 1, user 2, assistant 2)\n"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GOOD) + "\n" + conversation(("user", "a"), ("user", "b")) + "\n", encoding="utf-8")
     for argv, words in [(["data", "check", str(bad)], f"{bad}:2: message 2 is a user turn"),
                         (["data", "check", str(tmp_path / "absent.jsonl")], "no such file"),
                         (["data", "synth", "--n", "0", "-o", str(tmp_path / "x.jsonl")],
-                         "--n must be a whole number >= 1"),
+                         "--n must be >= 1, got 0"),
                         (["data", "synth", "--n", "5", "--max-digits", "0", "-o", str(tmp_path / "x.jsonl")],
                          "--max-digits must be >= 1"),
                         (["data", "synth", "--n", "5", "--families", "add,mul", "-o", str(tmp_path / "x.jsonl")],

@@ -24,6 +24,7 @@ examples:
   numgpt data synth --n 1000 -o train.jsonl
   numgpt data synth --n 200 --split heldout -o heldout.jsonl
   numgpt data synth --families count,reverse --words mytext.txt --n 300 -o words.jsonl
+  numgpt data synth --n 1000 --turns 3 -o chat.jsonl              conversations of 1 to 3 exchanges
   numgpt data synth --n 1000 --seed 7 -o train.jsonl --force       replace the file
 
 Families: add, sub (multi-digit, with carries and borrows), count (a letter in a word), reverse (a word
@@ -74,10 +75,12 @@ def _register_synth(sub) -> None:
                    help=f"numbers have 1..D digits (default {Operands().max_digits})")
     p.add_argument("--system-rate", type=float, default=0.2, metavar="P",
                    help="the fraction of conversations that start with a system prompt (default 0.2)")
+    p.add_argument("--turns", type=int, default=1, metavar="K",
+                   help="each conversation holds 1..K exchanges, the last one the task (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(run=run_synth, flag_names={"max_digits": "--max-digits", "system_rate": "--system-rate",
-                                              "n": "--n"})
+                                              "n": "--n", "turns": "--turns"})
 
 
 def _register_check(sub) -> None:
@@ -109,7 +112,7 @@ def run_synth(args) -> int:
         operands = Operands(words=words, max_digits=args.max_digits)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     tasks = synthesize(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
-                       operands=operands, system_rate=args.system_rate)
+                       operands=operands, system_rate=args.system_rate, turns=args.turns)
     write_conversations(out, tasks)
     counts = Counter(t["family"] for t in tasks)
     print(f"wrote {len(tasks)} {args.split} conversations to {out} "

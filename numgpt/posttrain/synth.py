@@ -5,7 +5,7 @@ Seven task families, each a question and its one right answer:
 
     add       multi-digit addition (carries)           "What is 478 + 356?"           -> 834
     sub       multi-digit subtraction (borrows), a>=b   "Subtract 189 from 402."       -> 213
-    count     a letter in a word                        "How many 'r's in 'strawberry'?" -> 3
+    count     a letter in a word                        "How many 'r's are in 'strawberry'?" -> 3
     reverse   a word spelled backwards                  "Spell 'table' backwards."     -> elbat
     next      what comes after X (number, letter, weekday, month)  "What comes after Friday?" -> Saturday
     convert   m<->cm, km<->m, kg<->g, h<->min, min<->s, whole numbers   "How many grams are in 3 kilograms?" -> 3000
@@ -17,7 +17,8 @@ phrasings the model never trained on. Where the operands are many (numbers, word
 split too, by a stable hash (crc32, one in HELDOUT_EVERY held out): no held-out question shares its
 operands with a train question. Weekdays, months, letters and the identity questions are too few to split.
 
-A task is OpenAI's fine-tuning JSONL record plus its ground truth:
+A task is OpenAI's fine-tuning JSONL record plus its ground truth (of the last exchange, when earlier
+ones come before it as chat history: synthesize's `turns`):
 
     {"messages": [...], "family": "add", "answer": "834", "split": "train", "template": "add:q1:a0"}
 
@@ -39,7 +40,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import NumgptError, whole_number
+from ..errors import NumgptError, real_number, whole_number
 from .chatdata import numbered_conversations
 
 SPLITS = ("train", "heldout")
@@ -107,7 +108,7 @@ def is_heldout(key: str) -> bool:
     return zlib.crc32(key.encode("utf-8")) % HELDOUT_EVERY == 0
 
 
-def _draw_until(rng: np.random.Generator, heldout: bool, draw: Callable[[], tuple[object, str]]) -> object:
+def _draw_until(heldout: bool, draw: Callable[[], tuple[object, str]]) -> object:
     """Draw operands (value, key) until the key's split is the one asked for."""
     for _ in range(MAX_DRAWS):
         value, key = draw()
@@ -129,7 +130,7 @@ def _pair(rng: np.random.Generator, heldout: bool, ops: Operands, family: str) -
         a, b = _number(rng, ops.max_digits), _number(rng, ops.max_digits)
         a, b = (max(a, b), min(a, b)) if family == "sub" else (a, b)
         return (a, b), f"{family}:{a}:{b}"
-    return _draw_until(rng, heldout, draw)
+    return _draw_until(heldout, draw)
 
 
 def _draw_add(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
@@ -170,7 +171,7 @@ def _draw_next(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[s
         def draw():
             n = _number(rng, ops.max_digits)
             return n, f"next:{n}"
-        x = _draw_until(rng, heldout, draw)
+        x = _draw_until(heldout, draw)
         return {"thing": thing, "x": x, "answer": x + 1}
     if thing == "letter":                                 # z has no next letter: a..y
         i = int(rng.integers(len(LETTERS) - 1))
@@ -186,7 +187,7 @@ def _draw_convert(rng: np.random.Generator, heldout: bool, ops: Operands) -> dic
         pair = int(rng.integers(len(UNITS)))
         n, down = int(rng.integers(1, 100)), bool(rng.integers(2))
         return (pair, n, down), f"convert:{pair}:{n}:{down}"
-    pair, n, down = _draw_until(rng, heldout, draw)
+    pair, n, down = _draw_until(heldout, draw)
     big, small, factor = UNITS[pair]
     value, answer, source, target = (n, n * factor, big, small) if down else (n * factor, n, small, big)
     return {"value": value, "unit": source[value != 1], "units": target[1], "answer_unit": target[answer != 1],
@@ -247,44 +248,65 @@ def words_from_text(text: str, *, min_length: int = 3, max_length: int = 12) -> 
 
 
 def synthesize(n: int, *, rng: np.random.Generator, families: Sequence[str] = tuple(FAMILIES),
-               split: str = "train", operands: Operands = Operands(), system_rate: float = 0.2) -> list[dict]:
-    """`n` tasks of the given families (as even a mix as n allows, in a random order) from one split, each
-    an OpenAI fine-tuning record with its ground truth; a system prompt on a fraction `system_rate`."""
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-        raise NumgptError(f"unknown task family {', '.join(map(repr, unknown)) or '(none given)'}; the families "
-                          f"are {', '.join(FAMILIES)}")
+               split: str = "train", operands: Operands = Operands(), system_rate: float = 0.2,
+               turns: int = 1) -> list[dict]:
+    """`n` tasks from one split, each an OpenAI fine-tuning record with its ground truth. The tasks' families
+    are as even a mix as n allows, in a random order; each conversation holds 1..`turns` exchanges (the
+    earlier ones of any of the families: chat history), the last one the task's; a fraction `system_rate`
+    starts with a system prompt."""
+    _check_options(n, families, split, operands, system_rate, turns)
+    order = rng.permutation(np.arange(n) % len(families))        # [n] the family of each task's last exchange
+    tasks = []
+    for i in order:
+        earlier = rng.integers(len(families), size=int(rng.integers(turns))) if turns > 1 else []
+        chosen = [FAMILIES[families[int(j)]] for j in [*earlier, i]]
+        tasks.append(_make_task(chosen, rng, split=split, operands=operands, system_rate=system_rate))
+    return tasks
+
+
+def _check_options(n: int, families: Sequence[str], split: str, operands: Operands, system_rate: float,
+                   turns: int) -> None:
+    """synthesize's options, each refused with a one-line NumgptError naming it."""
+    if isinstance(families, str) or not families or any(f not in FAMILIES for f in families):
+        unknown = [families] if isinstance(families, str) else [f for f in families if f not in FAMILIES]
+        raise NumgptError(f"unknown task family {', '.join(map(repr, unknown)) or '(none given)'}; families is a "
+                          f"list of {', '.join(FAMILIES)}")
     if split not in SPLITS:
         raise NumgptError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise NumgptError(f"n must be a whole number >= 1, got {n!r}")
+    whole_number("n", n, minimum=1)
+    whole_number("turns", turns, minimum=1)
     whole_number("max_digits", operands.max_digits, minimum=1)
     if operands.max_digits > MAX_DIGITS:
         raise NumgptError(f"max_digits must be <= {MAX_DIGITS} (numbers are drawn as int64), got {operands.max_digits}")
-    if not 0 <= system_rate <= 1:
+    if not 0 <= real_number("system_rate", system_rate, rule=" between 0 and 1") <= 1:
         raise NumgptError(f"system_rate must be between 0 and 1, got {system_rate!r}")
-    order = rng.permutation(np.arange(n) % len(families))        # [n] family index of each task
-    return [make_task(FAMILIES[families[int(i)]], rng, split=split, operands=operands, system_rate=system_rate)
-            for i in order]
 
 
-def make_task(family: Family, rng: np.random.Generator, *, split: str, operands: Operands,
+def _make_task(families: Sequence[Family], rng: np.random.Generator, *, split: str, operands: Operands,
               system_rate: float) -> dict:
-    """One task of a family: its fields drawn from the split, a question and an answer template of the split."""
-    fields = family.draw(rng, split == "heldout", operands)
-    questions, answers = family.templates("questions", split), family.templates("answers", split)
-    q, a = questions[int(rng.integers(len(questions)))], answers[int(rng.integers(len(answers)))]
-    messages = [{"role": "user", "content": family.questions[q].format(**fields)},
-                {"role": "assistant", "content": family.answers[a].format(**fields)}]
+    """One conversation: an exchange of each family in order (fields drawn from the split, a question and an
+    answer template of the split), maybe a system prompt first; the last exchange is the task."""
+    messages = []
+    for family in families:
+        fields = family.draw(rng, split == "heldout", operands)
+        questions, answers = family.templates("questions", split), family.templates("answers", split)
+        q, a = questions[int(rng.integers(len(questions)))], answers[int(rng.integers(len(answers)))]
+        messages += [{"role": "user", "content": family.questions[q].format(**fields)},
+                     {"role": "assistant", "content": family.answers[a].format(**fields)}]
     if rng.random() < system_rate:
         messages.insert(0, {"role": "system", "content": SYSTEM_PROMPTS[int(rng.integers(len(SYSTEM_PROMPTS)))]})
+    # family, fields, q and a are the last exchange's: the task
     return {"messages": messages, "family": family.name, "answer": str(fields["answer"]), "split": split,
             "template": f"{family.name}:q{q}:a{a}"}
 
 
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")    # 1234, 1,234, -5, 834.0
 WORD = re.compile(r"[A-Za-z]+")
-INTEGER = re.compile(r"-?\d+")
+
+
+def numeric(answer: str) -> bool:
+    """Whether an answer is a number (read as the reply's last number) rather than a word (its last word)."""
+    return NUMBER.fullmatch(answer) is not None
 
 
 def extract_answer(task: Mapping, reply: str) -> str | None:
@@ -292,7 +314,7 @@ def extract_answer(task: Mapping, reply: str) -> str | None:
     its last word (word answers); for identity, "numgpt" if the reply names it. None if there is none."""
     if task["family"] == "identity":
         return IDENTITY_ANSWER if re.search(rf"\b{IDENTITY_ANSWER}\b", reply, re.IGNORECASE) else None
-    found = (NUMBER if INTEGER.fullmatch(task["answer"]) else WORD).findall(reply)
+    found = (NUMBER if numeric(task["answer"]) else WORD).findall(reply)
     return found[-1].replace(",", "") if found else None
 
 
@@ -302,8 +324,8 @@ def check(task: Mapping, reply: str) -> bool:
     given = extract_answer(task, reply)
     if given is None:
         return False
-    if INTEGER.fullmatch(task["answer"]):
-        return Decimal(given) == Decimal(task["answer"])
+    if numeric(task["answer"]):
+        return Decimal(given) == Decimal(task["answer"].replace(",", ""))
     return given.casefold() == task["answer"].casefold()
 
 
@@ -318,7 +340,7 @@ def check_task(task: Mapping, where: str) -> None:
     reference = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
     if not check(task, reference):
         raise NumgptError(f"{where}: the reference reply does not give the answer {answer!r} as the checker "
-                          f"reads it (its last {'number' if INTEGER.fullmatch(answer) else 'word'})")
+                          f"reads it (its last {'number' if numeric(answer) else 'word'})")
 
 
 def read_tasks(path: str | os.PathLike) -> list[dict]:
