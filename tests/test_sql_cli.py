@@ -128,16 +128,31 @@ def test_bad_databases(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("flags", [["--top-p", "0"], ["--top-p", "1.5"], ["--temperature", "-1"],
-                                   ["--top-k", "-1"], ["--max-new-tokens", "0"], ["--repetition-penalty", "0"]])
+                                   ["--top-k", "-1"], ["--max-new-tokens", "-1"], ["--repetition-penalty", "0"],
+                                   ["--greedy", "--temperature", "0.5"]])
 def test_options_out_of_range(capsys, db, flags):
     one_line_error(capsys, "sql", "generate", "--db", db, *flags, "ROMEO:")
+
+
+@pytest.mark.parametrize("flag", ["--min-p", "--presence-penalty", "--frequency-penalty", "--num-samples",
+                                  "--sliding-window"])
+def test_generate_offers_only_the_decoding_flags_the_sql_computes(capsys, db, flag):
+    """sql generate's decoding flags are numgpt generate's group (cli/options.py) limited to SQL_OPTIONS:
+    the same names, help and checks, and argparse refuses the others by name."""
+    from numgpt.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["sql", "generate", "--db", db, flag, "1", "ROMEO:"])
+    assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    code, out, _ = run(capsys, "sql", "generate", "--db", db, "--greedy", "-n", "5", "--stop", "\\n", "--ignore-eos",
+                       "ROMEO:")
+    assert code == 0 and "\n" not in out.rstrip("\n")
 
 
 def test_prompt_longer_than_the_context(capsys, db):
     err = one_line_error(capsys, "sql", "generate", "--db", db, "ROMEO: " * 200)
     assert "context" in err
     err = one_line_error(capsys, "sql", "generate", "--db", db, "--max-new-tokens", "120", "ROMEO: " * 5)
-    assert "context" in err
+    assert "context" in err and "--max-new-tokens" in err and "max_new_tokens" not in err
 
 
 def test_show_unknown_step(capsys, db):

@@ -83,13 +83,16 @@ def test_same_seed_same_text_and_another_seed_differs(sql_builtin):
 
 
 def test_stop_string_ends_the_text(request, tmp_path_factory):
-    """Stop strings are applied by the session in Python (numgpt's TextStopper) on the tokens the SQL
-    chose, the same code for both engines: DuckDB only."""
+    """Stop strings are applied by the session in Python (numgpt's Finisher, finish.py) on the tokens the
+    SQL chose, the same code for both engines: DuckDB only."""
     import numgpt.sql
     with numgpt.sql.connect(exported(request, tmp_path_factory, "duckdb", "builtin", _builtin)) as m:
         text = m.generate("ROMEO:", max_new_tokens=40, do_sample=False)
         cut = text[5:8]
         assert m.generate("ROMEO:", max_new_tokens=40, do_sample=False, stop=[cut]) == text[:text.index(cut)]
+        assert m.finish_reason == "stop"
+        assert m.generate("ROMEO:", max_new_tokens=7, do_sample=False) == text[:len(m.generate(
+            "ROMEO:", max_new_tokens=7, do_sample=False))] and m.finish_reason == "length"
 
 
 def _eot_model(folder):
@@ -130,5 +133,24 @@ def test_stops_at_endoftext_with_the_text_so_far(request, tmp_path_factory, engi
     with numgpt.sql.connect(db) as m:
         got = m.generate(prompt, max_new_tokens=30, do_sample=False)
         ids = m.generate_ids(prompt, max_new_tokens=before + 1)
+        assert m.finish_reason == "eos"
     assert got == want and got
     assert ids[-1] == model.tokenizer.eot_id and len(ids) == before + 1
+
+
+@pytest.mark.parametrize("options", [dict(min_p=0.1), dict(presence_penalty=0.5), dict(frequency_penalty=-1.0),
+                                     dict(logit_bias={5: 10.0}), dict(num_return_sequences=2),
+                                     dict(sliding_window=True), dict(logprobs=3)])
+def test_options_the_sql_does_not_compute_are_refused_by_name(request, tmp_path_factory, options):
+    """SqlModel.stream took min_p, the OpenAI penalties and logit_bias and ignored them: each option of
+    numgpt's generate that the SQL does not compute is refused by its name; one numgpt's generate would
+    refuse is refused with generate's own message."""
+    import numgpt.sql
+    from numgpt.errors import NumgptError
+    db = exported(request, tmp_path_factory, "duckdb", "builtin", _builtin)
+    with numgpt.sql.connect(db) as m:
+        with pytest.raises(NumgptError, match=f"numgpt sql does not compute {next(iter(options))}"):
+            m.generate("ROMEO:", max_new_tokens=3, **options)
+        with pytest.raises(NumgptError, match="unknown generation option 'top_q'"):
+            m.generate("ROMEO:", top_q=0.5)
+        assert m.generate("ROMEO:", max_new_tokens=3, min_p=0.0, do_sample=False)   # the default: no effect to lose

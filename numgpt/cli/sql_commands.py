@@ -9,11 +9,9 @@ import json
 import sys
 
 from ..errors import NumgptError
-from ..generate import GenerationOptions
-from ..sampling import SamplingOptions
+from ..sql.session import SQL_OPTIONS
 from .inference_commands import MODEL_HELP
-
-GEN, SAMPLING = GenerationOptions(), SamplingOptions()
+from .options import add_decoding_flags, decoding_kwargs, flag_vocabulary
 DB_HELP = "a DuckDB file path (the embedded default) or a postgresql:// URL (a PostgreSQL server)"
 
 SQL_DESCRIPTION = """\
@@ -115,19 +113,9 @@ def _register_generate(sub) -> None:
     p = _parser(sub, "generate", "continue a prompt, every step computed by the database (streamed)",
                 GENERATE_EXAMPLES)
     p.add_argument("prompt", metavar="PROMPT", help="the prompt (empty: start from <|endoftext|>)")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=GEN.max_new_tokens, metavar="N",
-                   help=f"new tokens at most ({GEN.max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=SAMPLING.temperature, metavar="T",
-                   help=f"< 1 sharper, > 1 flatter, 0 = greedy ({SAMPLING.temperature})")
-    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, metavar="K", help="keep the K most likely (0 = off)")
-    p.add_argument("--top-p", type=float, default=SAMPLING.top_p, metavar="P",
-                   help="keep the smallest set with probability >= P, in (0, 1] (1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
-                   help="> 1 discourages tokens already in the text (1 = off)")
-    p.add_argument("--greedy", action="store_true", help="always the most likely token")
-    p.add_argument("--seed", type=int, metavar="S", help="make sampling reproducible")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end at this text, not printed (repeatable; \\n and \\t escapes are understood)")
+    # the decoding flags of numgpt generate, those the SQL computes (SQL_OPTIONS); the others are not offered
+    add_decoding_flags(p, only=SQL_OPTIONS, title="decoding (computed in SQL)")
+    p.set_defaults(flag_names={**flag_vocabulary(SQL_OPTIONS), "db": "--db"})
     _add_connections(p)
     p.set_defaults(run=run_generate)
 
@@ -165,10 +153,6 @@ def _register_show(sub) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _unescape(text: str) -> str:
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
 def run_export(args) -> int:
     import os
 
@@ -185,15 +169,8 @@ def run_export(args) -> int:
 
 
 def run_generate(args) -> int:
-    from ..lm import generation_options
     from ..sql import connect
-    n = args.max_new_tokens
-    if n < 1:
-        raise NumgptError(f"--max-new-tokens must be >= 1, got {n}")
-    options = dict(max_new_tokens=n, do_sample=not args.greedy, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                   seed=args.seed, stop=[_unescape(s) for s in args.stop])
-    generation_options(**options)   # every option checked before the database opens
+    options = decoding_kwargs(args)   # every option checked before the database opens
     with connect(args.db, connections=args.connections) as m:
         for piece in m.stream(args.prompt, **options):
             sys.stdout.write(piece)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +24,19 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..errors import NumgptError, whole_number
-from ..generate import TextStopper
-from ..lm import NextToken, generation_options
+from ..finish import Finisher
+from ..generate import GenerationOptions
+from ..lm import NextToken
 from ..model import check_context
 from ..tokenizer import StreamDecoder
 from .engines import Engine, open_engine, shown
 from .export import FORMAT, SCHEMA_VERSION, TABLES
 from .statements import Stage
+
+# the decoding options the SQL computes (statements.py's greedy and sample, the session's loop); the others
+# of GenerationOptions / SamplingOptions are refused by name (sql_generation_options)
+SQL_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
+               "stop", "stop_at_eos")
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ class SqlModel:
             raise
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
+        self.finish_reason: str | None = None   # why the last stream ended (finish.FINISH_REASONS)
 
     def _close_workers(self) -> None:
         """The other connections and their threads."""
@@ -295,33 +302,31 @@ class SqlModel:
         return [NextToken(int(i), bytes(b or b"").decode("utf-8", "replace"), float(p)) for i, b, p in rows]
 
     def stream(self, prompt: str | Sequence[int], **options: Any) -> Iterator[str]:
-        """Generate, yielding text as it becomes final. Options as numgpt's generate: max_new_tokens,
-        do_sample, temperature, top_k, top_p, repetition_penalty, seed, stop, stop_at_eos. Stops at
-        <|endoftext|> (not included) and returns the text so far."""
-        opts = generation_options(**options)
-        if opts.num_return_sequences != 1 or opts.sliding_window or opts.logprobs:
-            raise NumgptError("numgpt sql generates one sequence within the context: num_return_sequences, "
-                              "sliding_window and logprobs are not available")
+        """Generate, yielding text as it becomes final. Options as numgpt's generate, those the SQL
+        computes (SQL_OPTIONS: max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+        seed, stop, stop_at_eos); any other is refused by name. Ends by numgpt's one rule (finish.py:
+        <|endoftext|> not included, a stop string, max_new_tokens); `finish_reason` then says which."""
+        opts = sql_generation_options(options)
         s = opts.sampling
         seed = opts.seed if opts.seed is not None else secrets.randbits(63)
         n = self.start(prompt if isinstance(prompt, str) else list(prompt))
-        check_context(self.config, n, opts.max_new_tokens, fix="shorten the prompt or lower --max-new-tokens")
-        text = TextStopper(StreamDecoder(lambda i: self._bytes[i]), opts.stop)
-        for step in range(opts.max_new_tokens):
+        check_context(self.config, n, opts.max_new_tokens, fix="shorten the prompt or lower max_new_tokens")
+        finisher = Finisher(StreamDecoder(lambda i: self._bytes[i]), max_new_tokens=opts.max_new_tokens,
+                            stop=opts.stop, eos_id=self.eot_id if opts.stop_at_eos else None)
+        self.finish_reason = finisher.reason
+        step = 0
+        while not finisher.reason:
             token = self.pick(greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               repetition_penalty=s.repetition_penalty, seed=seed, step=step)
-            if opts.stop_at_eos and token == self.eot_id:
-                break
-            text.push(token)
-            piece = text.release()
+            finisher.add(token)
+            piece = finisher.release()
             if piece:
                 yield piece
-            if text.finished or step == opts.max_new_tokens - 1:
-                break
-            self.feed(token)
-        text.flush()
-        text.finished = True
-        piece = text.release()
+            if not finisher.reason:
+                self.feed(token)
+                step += 1
+        self.finish_reason = finisher.reason
+        piece = finisher.release()
         if piece:
             yield piece
 
@@ -348,6 +353,18 @@ def output_ranges(n: int, align: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, min(parts, units))
     cuts = [align * (units * k // parts) for k in range(parts)] + [n]
     return list(zip(cuts[:-1], cuts[1:]))
+
+
+def sql_generation_options(options: Mapping[str, Any]) -> GenerationOptions:
+    """The options checked as numgpt's generate checks them, then refused by name where the SQL does not
+    compute them (a value other than the default: min_p, the OpenAI penalties, logit_bias, several
+    sequences, the sliding window, logprobs), rather than silently ignored."""
+    opts = GenerationOptions.from_mapping(options)
+    unsupported = [name for name in opts.as_mapping() if name not in SQL_OPTIONS]
+    if unsupported:
+        raise NumgptError(f"numgpt sql does not compute {', '.join(unsupported)}: its SQL generates one sequence "
+                          f"with {', '.join(SQL_OPTIONS)}")
+    return opts
 
 
 def _sampling_params(temperature: float, top_k: int, top_p: float, penalty: float, seed: int, step: int) -> dict:
