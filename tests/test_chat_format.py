@@ -153,6 +153,10 @@ def test_bad_prompts_and_training_conversations(tok, hf_tok):
         render_for_training(tok, [turn[0], {**turn[1], "weight": 0.5}])
     with pytest.raises(NumgptError, match="a conversation is a non-empty list of messages"):
         render_chat(tok, [])
+    with pytest.raises(NumgptError, match=r"messages\[0\]: unknown role \['user'\]"):
+        render_chat(tok, [{"role": ["user"], "content": "a"}])
+    with pytest.raises(NumgptError, match=r"messages\[1\]: a message is an object with role and content, got str"):
+        render_chat(tok, [turn[0], "b"])
 
 
 # ---- templates in folders ------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def check_messages(messages: Sequence[Mapping], *, add_generation_prompt: bool =
             raise NumgptError(f"messages[{i}]: a message is an object with role and content, got "
                               f"{type(message).__name__}")
         role = message.get("role")
-        if role not in ROLE_TOKENS:
+        if not isinstance(role, str) or role not in ROLE_TOKENS:
             raise NumgptError(f"messages[{i}]: unknown role {role!r}; the roles are system, user and assistant")
         expected = "system" if i < first else ("user", "assistant")[(i - first) % 2]
         if role != expected:
