@@ -230,29 +230,29 @@ def conversation(*turns, **extra) -> str:
     return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns], **extra})
 
 
-BAD_LINES = [
+BAD_LINES = [        # the file's own rules, then chat_format's message rules with the line in front
     ('{"messages": [', "invalid JSON"),
     ("[1, 2]", "expected a JSON object"),
     ('{"msgs": []}', 'no "messages" key'),
     ('{"messages": "hi"}', '"messages" is a string'),
-    ('{"messages": ["hi"]}', "message 1: expected an object"),
-    (conversation(("bot", "x"), ("assistant", "y")), 'message 1: unknown role "bot"'),
-    ('{"messages": [{"content": "x"}]}', 'message 1: no "role"'),
+    ('{"messages": []}', "a conversation is a non-empty list of messages"),
+    ('{"messages": ["hi"]}', "messages[0]: a message is an object with role and content"),
+    (conversation(("bot", "x"), ("assistant", "y")), "messages[0]: unknown role 'bot'"),
+    ('{"messages": [{"content": "x"}]}', "messages[0]: unknown role None"),
     (conversation(("user", "a"), ("system", "b"), ("assistant", "c")),
-     "message 2 is a system message; it may only come first"),
-    (conversation(("assistant", "a"), ("user", "b")), "message 1 is an assistant turn where a user turn should be"),
-    (conversation(("user", "a"), ("user", "b"), ("assistant", "c")),
-     "message 2 is a user turn where an assistant turn"),
+     "messages[1]: role 'system' where 'assistant' belongs (roles out of order"),
+    (conversation(("assistant", "a"), ("user", "b")), "messages[0]: role 'assistant' where 'user' belongs"),
+    (conversation(("user", "a"), ("user", "b"), ("assistant", "c")), "messages[1]: role 'user' where 'assistant'"),
     (conversation(("user", "a"), ("assistant", "b"), ("user", "c")), "ends with a user turn that nothing answers"),
     (conversation(("system", "s"), ("user", "a")), "no assistant turn: nothing to learn"),
-    ('{"messages": []}', "no assistant turn: nothing to learn"),
-    ('{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "b"}]}', "content is null"),
+    ('{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "b"}]}',
+     "messages[0]: content must be a string"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "text"}]}]}',
-     "message 2: content is an array"),
-    ('{"messages": [{"role": "user", "content": "a", "weight": 1}, {"role": "assistant", "content": "b"}]}',
-     "weight 1 on a user turn"),
+     "messages[1]: content must be a string"),
+    ('{"messages": [{"role": "user", "content": "a", "weight": 0}, {"role": "assistant", "content": "b"}]}',
+     "messages[0]: only assistant messages have a weight"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 2}]}',
-     "weight 2 on an assistant turn"),
+     "messages[1]: weight must be 0 or 1"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}]}',
      "every assistant turn has weight 0: nothing to learn"),
 ]
@@ -338,7 +338,7 @@ def test_cli_words_file_and_one_line_errors(capsys, tmp_path):
         f"{plain}: 1 conversations, 5 messages (system 1, user 2, assistant 2)\n"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GOOD) + "\n" + conversation(("user", "a"), ("user", "b")) + "\n", encoding="utf-8")
-    for argv, words in [(["data", "check", str(bad)], f"{bad}:2: message 2 is a user turn"),
+    for argv, words in [(["data", "check", str(bad)], f"{bad}:2: messages[1]: role 'user' where 'assistant'"),
                         (["data", "check", str(tmp_path / "absent.jsonl")], "no such file"),
                         (["data", "synth", "--n", "0", "-o", str(tmp_path / "x.jsonl")],
                          "--n must be >= 1, got 0"),
