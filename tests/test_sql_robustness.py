@@ -185,11 +185,13 @@ def test_two_processes_read_one_duckdb_file_at_once(db):
 
 # ---- PostgreSQL: privileges and concurrent exports ---------------------------------------------------------
 
-def _lock_holder(pg_db, shared: bool):
+def _export_lock_holder(pg_db):
+    """A connection holding the export lock alone, as a running export does (begin_export)."""
     import psycopg
     from numgpt.sql.engine_postgres import EXPORT_LOCK
     con = psycopg.connect(pg_db, autocommit=True)
-    con.execute(f"SELECT pg_advisory_lock{'_shared' if shared else ''}(%s)", [EXPORT_LOCK])
+    taken = con.execute("SELECT pg_try_advisory_lock(%s)", [EXPORT_LOCK]).fetchone()[0]
+    assert taken, "a session or export of another test still holds the export lock"
     return con
 
 
@@ -211,7 +213,7 @@ def test_a_role_without_select_is_told_so(request, pg_db, capsys):
 
 
 def test_an_export_while_another_export_runs_is_refused_by_name(pg_db, capsys):
-    holder = _lock_holder(pg_db, shared=False)   # what a running export holds (begin_export)
+    holder = _export_lock_holder(pg_db)
     try:
         err = one_line_error(capsys, "sql", "export", "--db", pg_db, "--force")
         assert "another numgpt sql export is writing" in err
