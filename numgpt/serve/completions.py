@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import NumgptError
-from ..generate import TokenLogprob, encode_prompt, sample_rng
+from ..generate import GenerationOptions, TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
 from . import schemas
 from .chat import ChatTemplate
@@ -45,12 +45,12 @@ class Completions:
         self.check_capacity(len(prompts), n_candidates, f"{'best_of' if body.best_of else 'n'} {n_candidates} × "
                             f"{len(prompts)} prompt{'s' * (len(prompts) > 1)}")
         want_lp = body.logprobs if body.logprobs is not None else (0 if n_candidates > body.n else None)
-        seqs, options = [], self.sampling_options(body)
+        options = self.generation_options(body, body.max_tokens, tuple(stops(body.stop)), n_candidates)
+        seqs = []
         for ids in prompts:
             self.check_fits(ids, body.max_tokens)
             for j in range(n_candidates):
-                seqs.append(self.sequence(body, options, ids, j, body.max_tokens, stop=tuple(stops(body.stop)),
-                                          logprobs=want_lp,
+                seqs.append(self.sequence(options, ids, j, logprobs=want_lp,
                                           prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None
                                           else None))
         request.state.log = {"prompt_tokens": sum(map(len, prompts))}
@@ -85,9 +85,8 @@ class Completions:
         self.check_fits(ids, max_tokens)
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
-        options = self.sampling_options(body)
-        seqs = [self.sequence(body, options, ids, j, max_tokens, stop=tuple(template.stop) + tuple(stops(body.stop)),
-                              logprobs=k) for j in range(body.n)]
+        options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n)
+        seqs = [self.sequence(options, ids, j, logprobs=k) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if self.settings.log_prompts:
             request.state.log["prompt"] = text
@@ -158,18 +157,29 @@ class Completions:
                            param="max_tokens" if len(ids) < n_positions else "prompt",
                            code="context_length_exceeded")
 
-    def sampling_options(self, body: schemas.Sampling) -> SamplingOptions:
-        return sampling_options(body, self.lm.config.vocab_size)
+    def generation_options(self, body: schemas.Sampling, max_tokens: int, stop: tuple[str, ...],
+                           n: int) -> GenerationOptions:
+        """The request as GenerationOptions, the library's one definition of what to generate (OpenAI's
+        max_tokens is max_new_tokens, n is num_return_sequences), checked by it."""
+        sampling = sampling_options(body, self.lm.config.vocab_size)
+        try:
+            return GenerationOptions(max_new_tokens=max_tokens, sampling=sampling, stop=stop, seed=body.seed,
+                                     num_return_sequences=n)
+        except NumgptError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
 
-    def sequence(self, body, options, ids, j, max_tokens, *, stop, logprobs, prompt_logprobs=None) -> SequenceRequest:
-        if options.greedy:
+    def sequence(self, options: GenerationOptions, ids, j: int, *, logprobs, prompt_logprobs=None) -> SequenceRequest:
+        """Sample j of a prompt as the engine's work; a seeded one draws from sample_rng(seed, j), as
+        `numgpt generate --seed` does."""
+        if options.sampling.greedy:
             rng = None
-        elif body.seed is not None:
-            rng = sample_rng(body.seed, j)
+        elif options.seed is not None:
+            rng = sample_rng(options.seed, j)
         else:
             rng = np.random.default_rng()
-        return SequenceRequest(list(ids), max_tokens, options, rng=rng, seeded=body.seed is not None, stop=stop,
-                               logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+        return SequenceRequest(list(ids), options.max_new_tokens, options.sampling, rng=rng,
+                               seeded=options.seed is not None, stop=options.stop, logprobs=logprobs,
+                               prompt_logprobs=prompt_logprobs,
                                deadline=time.monotonic() + self.settings.request_timeout)
 
     def submit(self, seqs: list[SequenceRequest], deliver: list) -> list:
