@@ -225,3 +225,69 @@ def loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.nd
     logits, _ = forward_for_training(params, config, ids, workspace=workspace)
     loss, _ = cross_entropy_forward(logits, targets.reshape(-1))
     return loss
+
+
+# ---- weighted (masked) cross-entropy: SFT's loss, beside the plain one above ------------------------------
+
+def weighted_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray
+                                   ) -> tuple[float, np.ndarray]:
+    """sum over positions of weights[n] * -log softmax(logits[n])[targets[n]]: a weighted SUM (the caller's
+    weights carry the normalisation; 0 drops a position). Returns the loss and the probabilities.
+
+    logits: [N, V] (overwritten: it becomes the probabilities); targets, weights: [N].
+    """
+    N = logits.shape[0]
+    probs = logits
+    probs -= probs.max(axis=-1, keepdims=True)                 # shifted logits, max 0
+    picked = probs[np.arange(N), targets]                      # [N], copied out before the exp
+    np.exp(probs, out=probs)
+    total = probs.sum(axis=-1)                                 # [N, V] -> [N]
+    nll = np.log(total.astype(np.float64)) - picked            # [N] -log p[target], never log(0)
+    loss = float(np.dot(weights.astype(np.float64), nll))
+    probs /= total[:, None]
+    return loss, probs
+
+
+def weighted_cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, weights: np.ndarray, *,
+                                    scale: float = 1.0) -> np.ndarray:
+    """Differentiates loss = sum_n weights[n] * -log softmax(logits[n])[targets[n]], fused through the
+    softmax: dlogits[n] = scale * weights[n] * (probs[n] - onehot(targets[n])).
+
+    probs: [N, V], overwritten and returned as dlogits; targets, weights: [N].
+    """
+    N = probs.shape[0]
+    dlogits = probs
+    dlogits[np.arange(N), targets] -= 1
+    dlogits *= (weights * scale).astype(dlogits.dtype)[:, None]   # [N, V] * [N, 1]
+    return dlogits
+
+
+def accumulate_weighted_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
+                              weights: np.ndarray, grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
+                              rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+                              block_done: Callable[[int], None] | None = None) -> float:
+    """`accumulate_grads` for loss = mean over the B rows of each row's weighted sum of token losses,
+    sum(weights * nll) / B, with weights [B, T] per target (0: not trained on); returns that loss.
+    SFT passes weights = mask * B_batch / (weighted tokens of the batch), so the loss is the masked mean."""
+    check_batch(config, ids, targets)
+    if weights.shape != targets.shape:
+        raise NumgptError(f"weights must be shaped like targets {targets.shape}, got {weights.shape}")
+    if dropout > 0 and rng is None:
+        raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
+    ws = Workspace() if workspace is None else workspace
+    B = ids.shape[0]
+    logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=ws)
+    w = weights.reshape(-1)                                            # [B, T] -> [N]
+    loss, probs = weighted_cross_entropy_forward(logits, targets.reshape(-1), w)
+    dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1), w, scale=scale / B)
+    backward(dlogits, tape, params, config, grads, workspace=ws, block_done=block_done)
+    return loss / B
+
+
+def weighted_loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
+                       weights: np.ndarray, *, workspace: Workspace | None = None) -> float:
+    """sum(weights * nll) / B with no dropout and no gradients (evaluation of `accumulate_weighted_grads`)."""
+    check_batch(config, ids, targets)
+    logits, _ = forward_for_training(params, config, ids, workspace=workspace)
+    loss, _ = weighted_cross_entropy_forward(logits, targets.reshape(-1), weights.reshape(-1))
+    return loss / ids.shape[0]
