@@ -1,0 +1,249 @@
+"""`numgpt sft`: supervised fine-tuning on chat JSONL, with the loss on the assistant's replies.
+
+The work is numgpt.posttrain (packing.py prepares, sft.py's Objective) and numgpt.training (setup_run,
+train: the loop, checkpoints, resume, lock and threads of `numgpt train`); this module reads the flags,
+prints, and removes what it made when a refusal comes before training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import NumgptError
+from ..threads import THREADS_ENV
+from ..training.loop import LATEST, BEST, TrainConfig
+from ..training.optim import AdamWConfig, ConfigFieldError
+
+DATA_SUBDIR, INIT_SUBDIR = "data", "init"      # RUN/data: the packed conversations; RUN/init: the grown model
+SFT_BLOCK_SIZE = 256                           # rows of at most this many tokens (or the model's context)
+SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
+SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
+TC, OPT = TrainConfig(), AdamWConfig()
+
+EXAMPLES = f"""\
+examples:
+  numgpt data synth 2000 --out chats.jsonl
+  numgpt sft chats.jsonl --init builtin --out runs/sft              the built-in model (chat tokens added)
+  numgpt sft chats.jsonl --init gpt2 --out runs/sft2 --lr 3e-5 --max-iters 500
+  numgpt sft chats.jsonl --out runs/sft --resume --max-iters 400    continue (bit for bit)
+  numgpt sft chats.jsonl --init builtin --out data/sft --prepare-only   pack once; then: numgpt sft data/sft ...
+  numgpt sft chats.jsonl --init builtin --out runs/all --train-on all   the loss on the prompts too
+
+The loss: cross-entropy on the assistant's replies and their <|end|> (--train-on all: every token),
+divided by the number of such tokens in the batch. Conversations are packed whole into rows of
+--block-size + 1 tokens (the rest of a row padded and not trained on); a longer one is cut to fit and
+counted (--truncate no refuses it). {DATA_SUBDIR}/ and (for a model without the chat tokens) {INIT_SUBDIR}/
+are written inside RUN_DIR. Defaults differ from numgpt train's: {SFT_TRAIN | SFT_OPTIM}.
+Ctrl-C or SIGTERM saves RUN_DIR/latest; --resume continues bit for bit (same --threads).
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning on chat JSONL (loss on the assistant's replies)",
+                       description="Fine-tune a GPT-2 on conversations (OpenAI's fine-tuning JSONL: one "
+                       '{"messages": [...]} per line) with the loss on the assistant turns only.',
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="chat JSONL, or a folder made by --prepare-only")
+    p.add_argument("--init", metavar="MODEL", help="the model to fine-tune: a folder, a run, 'builtin', or a cached "
+                   "hub name such as gpt2 (chat tokens are added when it has none)")
+    p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
+                   "the data folder)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (DATA must be the same file)")
+    p.add_argument("--prepare-only", action="store_true", help="pack DATA into --out and stop")
+    p.add_argument("--train-on", choices=("assistant", "all"), default="assistant",
+                   help="the tokens the loss is on (assistant: the replies and their <|end|>)")
+    p.add_argument("--truncate", choices=("yes", "no"), default="yes",
+                   help="a conversation longer than the context: cut it (yes, counted) or refuse the data (no)")
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("--val", metavar="FILE", help="held-out conversations (chat JSONL) for the validation loss")
+    v.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+                   help="share of DATA's conversations held out when no --val is given (0.1)")
+    o = p.add_argument_group("training (as numgpt train)")
+    o.add_argument("--block-size", type=int, metavar="N", help=f"row length - 1 ({SFT_BLOCK_SIZE}, or the "
+                   "model's context if smaller)")
+    o.add_argument("--batch-size", type=int, metavar="N", help=f"rows per micro-batch ({SFT_TRAIN['batch_size']})")
+    o.add_argument("--grad-accum", type=int, metavar="N", help=f"micro-batches per update ({TC.grad_accum})")
+    o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates ({SFT_TRAIN['max_iters']})")
+    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({SFT_OPTIM['lr']})")
+    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor ({SFT_OPTIM['min_lr']})")
+    o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup ({SFT_OPTIM['warmup_iters']})")
+    o.add_argument("--lr-decay-iters", type=int, metavar="N", help="where the cosine reaches --min-lr (= --max-iters)")
+    o.add_argument("--weight-decay", type=float, metavar="X", help=f"AdamW weight decay ({OPT.weight_decay})")
+    o.add_argument("--grad-clip", type=float, metavar="X", help=f"gradient norm clip, 0 = off ({OPT.grad_clip})")
+    o.add_argument("--dropout", type=float, metavar="X", help=f"dropout ({SFT_TRAIN['dropout']})")
+    o.add_argument("--eval-interval", type=int, metavar="N", help=f"evaluate and save every N steps "
+                   f"({SFT_TRAIN['eval_interval']})")
+    o.add_argument("--eval-iters", type=int, metavar="N", help=f"batches per loss estimate ({SFT_TRAIN['eval_iters']})")
+    o.add_argument("--seed", type=int, metavar="N", help=f"seed of the split, batches and dropout ({TC.seed})")
+    o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's rows over N threads (default: "
+                   f"{THREADS_ENV} if set, else all cores; recorded in the run)")
+    p.set_defaults(run=run_sft, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None)
+
+
+def run_sft(args) -> int:
+    from ..training.mpi import world
+
+    if world(os.environ).size > 1:
+        raise NumgptError("numgpt sft runs as one process for now (mpiexec is numgpt train's); use --threads N")
+    if args.threads is not None and args.threads < 1:
+        raise NumgptError(f"--threads must be >= 1, got {args.threads}")
+    from .train_commands import check_run_folder
+    run = check_run_folder(Path(args.out))
+    if args.resume:
+        if args.prepare_only or args.init:
+            raise NumgptError("--resume continues RUN_DIR/latest with its own data and model: drop "
+                              + ("--prepare-only" if args.prepare_only else "--init"))
+        return _train(args, _resume(args, run))
+    if args.init is None:
+        raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
+    if (run / LATEST).exists() and not args.prepare_only:
+        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+    return _start(args, run)
+
+
+def _resume(args, run: Path):
+    from ..formats import hf_cache_dir
+    from ..posttrain.packing import file_sha256, is_sft_folder
+    from ..training.run import setup_run
+    from .train_commands import default_threads, options_from_args
+
+    data_dir = run / DATA_SUBDIR
+    if not is_sft_folder(data_dir):
+        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with --init MODEL")
+    given = Path(args.data)
+    if given.is_file():
+        import json
+        saved = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))["sft"]
+        if file_sha256(given) != saved["source_sha256"]:
+            raise NumgptError(f"{given} is not the file {run} was prepared from ({saved['source']}); resume with "
+                              "that file, or start a new run")
+    options = _options(args, options_from_args, new=False)
+    try:
+        return setup_run(data_dir, run, options=options, resume_from=LATEST, cache_dir=hf_cache_dir(os.environ),
+                         default_threads=default_threads())
+    except ConfigFieldError as e:
+        from .train_commands import flag_error
+        raise flag_error(e, options) from None
+
+
+def _start(args, run: Path) -> int:
+    """A new run: the model with the chat tokens, the data packed into RUN/data, the run set up; on any
+    refusal before the first step, what this made is removed (RUN itself when it did not exist)."""
+    from ..formats import hf_cache_dir
+    from ..posttrain.sft import chat_model
+    from ..training.lock import check_not_locked
+
+    check_not_locked(run)
+    model = chat_model(args.init, hf_cache_dir(os.environ))
+    if model.grown is not None:
+        print(f"note: {model.folder} has no chat tokens; adding <|system|>, <|user|>, <|assistant|>, <|end|> "
+              "(and <|endoftext|> if missing): new rows of wte = the mean of its rows", file=sys.stderr)
+    existed, made = run.exists(), []
+    try:
+        data_dir = _data(args, run, model, made)
+        if args.prepare_only:
+            return 0
+        setup = _setup(args, run, model, data_dir, made)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(run, ignore_errors=True)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return _train(args, setup)
+
+
+def _data(args, run: Path, model, made: list) -> Path:
+    """The packed data: DATA itself when it is a prepared folder, else DATA packed into RUN/data (or into
+    --out with --prepare-only)."""
+    from ..formats.hf import load_config
+    from ..posttrain.packing import is_sft_folder
+    from ..posttrain.sft import prepare_sft, sft_block_size
+    from ..training.data import check_replaceable
+
+    given = Path(args.data)
+    if given.is_dir():
+        if not is_sft_folder(given):
+            raise NumgptError(f"{given}: a folder, but not one `numgpt sft --prepare-only` made; pass chat JSONL")
+        if args.block_size is not None and args.block_size != sft_block_size(given):
+            raise NumgptError(f"{given} was packed for --block-size {sft_block_size(given)}; pack it again for "
+                              f"{args.block_size}")
+        return given
+    context = (model.grown[0] if model.grown else load_config(model.folder)).n_positions
+    block_size = args.block_size if args.block_size is not None else min(SFT_BLOCK_SIZE, context)
+    if block_size < 1:
+        raise NumgptError(f"--block-size must be positive, got {block_size}")
+    out = run if args.prepare_only else run / DATA_SUBDIR
+    check_replaceable(out)
+    if not args.prepare_only:
+        made.append(out)
+    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size, train_on=args.train_on,
+                            truncate=args.truncate == "yes", val_fraction=args.val_fraction, val_file=args.val,
+                            seed=args.seed if args.seed is not None else TC.seed)
+    s, n = meta["splits"], meta["sft"]["conversations"]
+    print(f"{out}: train {n['train']} conversations in {s['train']['rows']} rows of {block_size + 1} tokens "
+          f"({s['train']['trained_tokens']:,} trained), val {n['val']} in {s['val']['rows']} rows "
+          f"({s['val']['trained_tokens']:,} trained); loss on {args.train_on} tokens", file=sys.stderr)
+    if cut["train"] or cut["val"]:
+        print(f"note: {cut['train']} train and {cut['val']} val conversations were longer than {block_size + 1} "
+              "tokens and were cut to fit (--truncate no refuses them)", file=sys.stderr)
+    return out
+
+
+def _setup(args, run: Path, model, data_dir: Path, made: list):
+    from ..formats import hf_cache_dir, save_checkpoint
+    from ..posttrain.sft import sft_block_size
+    from ..training.run import setup_run
+    from .train_commands import default_threads, flag_error, options_from_args
+
+    init = model.folder
+    if model.grown is not None:
+        init = run / INIT_SUBDIR
+        made.append(init)
+        save_checkpoint(init, *model.grown, tokenizer=model.tokenizer)
+    options = _options(args, options_from_args, new=True)
+    options["block_size"] = sft_block_size(data_dir)
+    try:
+        return setup_run(data_dir, run, options=options, init=init, cache_dir=hf_cache_dir(os.environ),
+                         default_threads=default_threads())
+    except ConfigFieldError as e:
+        raise flag_error(e, options) from None
+
+
+def _options(args, options_from_args, *, new: bool) -> dict:
+    """The flags given, over SFT's defaults for a new run (a resumed run keeps its saved config)."""
+    given = options_from_args(args)
+    if not new:
+        return given
+    return {**SFT_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**SFT_OPTIM, **given["optim"]}}
+
+
+def _train(args, setup) -> int:
+    from ..params import count_params
+    from ..posttrain.sft import sft_objective
+    from ..training.loop import train
+    from .train_commands import _train_with_progress, best_checkpoint_note
+
+    objective = sft_objective(setup.data)
+    config, tc, state, folder = setup.config, setup.tc, setup.state, setup.folder
+    print(f"SFT, {setup.description}: {count_params(config) / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
+          f"{tc.batch_size * tc.grad_accum} rows of {tc.block_size} tokens per step; loss = masked mean over "
+          "the trained tokens of each batch", file=sys.stderr)
+    result = _train_with_progress(state, config, tc, setup.data, folder,
+                                  lambda *a, **kw: train(*a, objective=objective, **kw))
+    if result.interrupted:
+        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
+              f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)
+        note = best_checkpoint_note(folder, state.step, tc)
+        if note:
+            print(note, file=sys.stderr)
+        return 128 + result.signal
+    ev = result.last_eval
+    if ev is not None:
+        print(f"done: step {state.step}, masked val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bits per byte of "
+              f"the trained text); best {state.best_val_loss:.4f} in {folder / BEST}, last in {folder / LATEST}")
+    return 0

@@ -1,0 +1,165 @@
+"""SFT data: conversations rendered to ids and loss masks, packed into rows of block_size + 1 tokens, and
+written as a data folder that training/data.load_dataset opens (plus the masks beside the tokens).
+
+Packing, not one conversation per row: the synthetic and chat conversations are short (tens of tokens)
+and the context is hundreds, so a row per conversation would spend most of each step on padding. Whole
+conversations are packed greedily in order into a row until the next does not fit; the rest of the row
+is padding (<|endoftext|>, mask 0) -- a conversation is never split across rows, so none is trained on
+without its beginning. Within a row a later conversation attends to the earlier ones (no per-document
+attention mask, as in GPT-2's pre-training); each starts with <|endoftext|>, the document separator the
+model already learned to read as "a new document begins". Padding sits at a row's end, so causal
+attention never lets a real token see it.
+
+A conversation longer than the row is cut to its first block_size + 1 tokens (counted, and reported by
+the CLI), or refused with truncate=False.
+
+The folder (a prepared data folder, training/data.py's format, with more):
+
+    train.bin, val.bin              the rows back to back ([rows, block_size + 1] tokens each)
+    train_mask.bin, val_mask.bin    uint8, the loss mask of every token (1: the model learns to predict it)
+    tokenizer/, meta.json           as `numgpt prepare`'s; meta["sft"] holds the block size, counts, source
+
+meta's per-split "bytes" are set so that bytes / tokens is the UTF-8 bytes per TRAINED token (the special
+tokens count 0 bytes): the training loop's val_bpb is then bits per byte of the text the loss is on.
+
+Shape legend: R rows, L = block_size + 1 row length, B batch, T block size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
+from ..errors import NumgptError
+from ..tokenizer import Tokenizer
+from ..training.data import FORMAT, META_FILE, TOKENIZER_DIR, VERSION, token_dtype, tokenizer_fingerprint
+from .chat_format import chat_template
+
+SFT_FORMAT = "numgpt-sft"
+TRAIN_ON = ("assistant", "all")        # which tokens the loss is on
+
+
+@dataclass
+class Rendered:
+    """Conversations as (ids, mask) lists, with the count cut to fit a row."""
+
+    items: list[tuple[list[int], list[int]]]
+    truncated: int = 0
+
+
+def render_conversations(tokenizer: Tokenizer, conversations: Sequence[tuple[str, Mapping]], *, block_size: int,
+                         train_on: str = "assistant", truncate: bool = True) -> Rendered:
+    """Each (where, conversation) rendered by the chat format: ids and mask (1 on the assistant's replies and
+    their <|end|>, or on every token after the first with train_on="all"), cut to block_size + 1 tokens
+    (or refused, naming `where`, when truncate is False)."""
+    template = chat_template(tokenizer)
+    if template is None:
+        raise NumgptError("the tokenizer has no chat template; add the chat tokens first (posttrain.add_chat_tokens)")
+    if train_on not in TRAIN_ON:
+        raise NumgptError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    L = block_size + 1
+    out = Rendered(items=[])
+    for where, record in conversations:
+        try:
+            ids, mask = template.render_for_training(record["messages"])
+        except NumgptError as e:
+            raise NumgptError(f"{where}: {e}") from None
+        if train_on == "all":
+            mask = [0] + [1] * (len(ids) - 1)          # every token the model can predict (not the first)
+        if len(ids) > L:
+            if not truncate:
+                raise NumgptError(f"{where}: the conversation is {len(ids)} tokens, longer than the context "
+                                  f"(block_size + 1 = {L}); shorten it, raise --block-size, or allow --truncate yes")
+            ids, mask, out.truncated = ids[:L], mask[:L], out.truncated + 1
+        out.items.append((ids, mask))
+    return out
+
+
+def pack_rows(items: Sequence[tuple[list[int], list[int]]], *, block_size: int, pad_id: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole conversations packed greedily, in order, into rows of block_size + 1 tokens, each row's rest
+    padded with pad_id (mask 0): (tokens [R, L] int64, mask [R, L] uint8)."""
+    L = block_size + 1
+    rows: list[tuple[list[int], list[int]]] = []
+    for ids, mask in items:
+        if not rows or len(rows[-1][0]) + len(ids) > L:
+            rows.append(([], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(mask)
+    tokens = np.full((len(rows), L), pad_id, np.int64)               # [R, L]
+    masks = np.zeros((len(rows), L), np.uint8)                       # [R, L]
+    for r, (ids, mask) in enumerate(rows):
+        tokens[r, :len(ids)] = ids
+        masks[r, :len(mask)] = mask
+    return tokens, masks
+
+
+def trained_bytes(tokenizer: Tokenizer, tokens: np.ndarray, masks: np.ndarray) -> int:
+    """UTF-8 bytes of the trained tokens (special tokens count 0: they are no text)."""
+    special = set(tokenizer.special_tokens.values())
+    sizes = np.array([0 if i in special else len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)])
+    return int(sizes[tokens[masks.astype(bool)]].sum())
+
+
+def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                     *, block_size: int, info: Mapping) -> dict:
+    """The packed rows of each split ("train", "val": (tokens, masks)) as a data folder at out, written as
+    OUT.tmp and renamed into place (nothing half-written); returns the meta."""
+    out = Path(out)
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        dtype = token_dtype(tokenizer.vocab_size)
+        meta_splits = {}
+        for name, (tokens, masks) in splits.items():
+            write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
+            write_bytes_atomically(tmp / f"{name}_mask.bin", masks.astype(np.uint8).tobytes())
+            trained = int(masks.sum())
+            per_token = trained_bytes(tokenizer, tokens, masks) / max(trained, 1)
+            meta_splits[name] = {"file": f"{name}.bin", "mask_file": f"{name}_mask.bin", "tokens": int(tokens.size),
+                                 "rows": int(tokens.shape[0]), "trained_tokens": trained,
+                                 "bytes": per_token * tokens.size, "chars": per_token * tokens.size}
+        meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+                "splits": meta_splits, "sft": {"format": SFT_FORMAT, "block_size": block_size, **info}}
+        write_bytes_atomically(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        replace_folder_atomically(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def is_sft_folder(path: str | os.PathLike) -> bool:
+    """A folder this module wrote (meta.json with an "sft" part)."""
+    meta = Path(path) / META_FILE
+    try:
+        return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("sft", {}).get("format") == SFT_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def load_masks(folder: str | os.PathLike, meta: Mapping) -> dict[str, np.ndarray]:
+    """The loss masks of both splits, [R, L] uint8 each, checked against the meta's sizes."""
+    folder, L = Path(folder), meta["sft"]["block_size"] + 1
+    masks = {}
+    for name, split in meta["splits"].items():
+        path = folder / split["mask_file"]
+        if not path.is_file() or path.stat().st_size != split["tokens"]:
+            raise NumgptError(f"{path}: missing or not {split['tokens']} bytes as {META_FILE} says; prepare again")
+        masks[name] = np.fromfile(path, np.uint8).reshape(-1, L)
+    return masks
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

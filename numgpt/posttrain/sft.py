@@ -1,0 +1,160 @@
+"""Supervised fine-tuning (SFT): the training loop of `numgpt train` with another Objective.
+
+    loss = sum over the batch of mask * -log p(target)  /  sum over the batch of mask
+
+The mask is 1 on the assistant's replies and their <|end|> (chat_format.render_for_training), 0 on the
+system and user turns and the padding; train_on="all" puts it on every token. Normalised by the number of
+weighted tokens in the whole batch (nanochat's and TRL's convention: every trained token counts the same,
+whatever row it is in), per micro-batch. A batch with no weighted token has loss 0 and no gradient.
+
+How it fits the data-parallel loop, which weights each slice's mean by its share of the rows: a batch is
+(ids, targets, weights) with weights = mask * B / W (B rows, W weighted tokens of the WHOLE batch, which
+every rank can count because every rank draws the same rows); each slice returns the mean over its rows
+of each row's weighted sum (backprop.accumulate_weighted_grads), and the slices' row-weighted mean is
+then sum(mask * nll) / W exactly as one process computes it.
+
+Batches: B rows drawn at random (with replacement, like pre-training's windows) from the packed rows
+(packing.py); evaluation draws its fixed batches the same way from the held-out conversations' rows.
+
+    run, objective = setup_sft(data_dir, run_dir, init="builtin", options={...})
+    train(run.state, run.config, run.tc, run.data, run.folder, objective=objective)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..backprop import Workspace, accumulate_weighted_grads, weighted_loss_only
+from ..config import GPTConfig
+from ..errors import NumgptError
+from ..params import Params
+from ..training.data import Dataset
+from ..training.objective import Batch, Objective, with_frozen
+from .packing import load_masks
+
+
+@dataclass(frozen=True)
+class PackedBatches:
+    """The batch function of SFT: random rows of a split with their loss weights (see the module docstring)."""
+
+    masks: Mapping[str, np.ndarray] = field(repr=False)      # split -> [R, L] uint8
+
+    def __call__(self, data: Dataset, split: str, batch_size: int, block_size: int, rng: np.random.Generator,
+                 rows: slice) -> Batch:
+        mask = self.masks[split]                                       # [R, L]
+        L = mask.shape[1]
+        if block_size != L - 1:
+            raise NumgptError(f"the SFT data was packed for block_size {L - 1}, not {block_size}; prepare it again "
+                              f"with --block-size {block_size}, or train with --block-size {L - 1}")
+        tokens = data.split(split).reshape(-1, L)                      # [R, L]
+        pick = rng.integers(0, len(tokens), size=batch_size)           # [B] the whole batch, every rank alike
+        weights = mask[pick, 1:].astype(np.float32)                    # [B, T] the mask of each target
+        weights *= np.float32(batch_size / max(float(weights.sum()), 1.0))   # mask * B / W (W of the whole batch)
+        chosen = tokens[pick[rows]].astype(np.int64)                   # [b, L] this rank's rows
+        return chosen[:, :-1], chosen[:, 1:], weights[rows]            # ids, targets, weights [b, T]
+
+
+def masked_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+                dropout: float = 0.0, rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+                block_done: Callable[[int], None] | None = None) -> float:
+    """SFT's loss function (objective.LossFn) of batch = (ids, targets, weights), [b, T] each."""
+    ids, targets, weights = batch
+    workspace = Workspace() if workspace is None else workspace
+    return accumulate_weighted_grads(params, config, ids, targets, weights, with_frozen(params, grads, workspace),
+                                     scale=scale, dropout=dropout, rng=rng, workspace=workspace,
+                                     block_done=block_done)
+
+
+def masked_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None) -> float:
+    """The masked loss of (ids, targets, weights) with no dropout and no gradients (evaluation)."""
+    ids, targets, weights = batch
+    return weighted_loss_only(params, config, ids, targets, weights, workspace=workspace)
+
+
+def sft_objective(data: Dataset, *, trainable: frozenset[str] | None = None) -> Objective:
+    """The Objective of SFT on a folder packing.write_sft_folder made (opened by training.data.load_dataset)."""
+    if "sft" not in data.meta:
+        raise NumgptError(f"{data.folder}: not SFT data (no loss masks); give `numgpt sft` a chat JSONL file")
+    return Objective(batch=PackedBatches(load_masks(data.folder, data.meta)), loss=masked_loss,
+                     evaluate=masked_value, trainable=trainable)
+
+
+def sft_block_size(folder: str | Path) -> int:
+    """The block size a prepared SFT folder was packed for."""
+    import json
+    from ..training.data import META_FILE
+    return int(json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))["sft"]["block_size"])
+
+
+# ---- preparing: a model that knows the chat tokens, and the packed data -------------------------------------
+
+VAL_FRACTION = 0.1          # held-out share of the conversations when no --val file is given
+
+
+@dataclass
+class ChatModel:
+    """The model SFT starts from: its folder, and (when the chat tokens had to be added) the grown model."""
+
+    folder: Path
+    tokenizer: object
+    grown: tuple[GPTConfig, Params] | None = None     # config, params with the chat tokens added, to save
+
+
+def chat_model(init: str | Path, cache_dir: str | Path) -> ChatModel:
+    """The model of `init` (a folder, 'builtin', a cached hub name) with the chat tokens: as is when its
+    tokenizer has numgpt's chat template, else grown by posttrain.add_chat_tokens (not yet saved)."""
+    from ..formats import load_checkpoint, load_tokenizer, resolve_model
+    from ..formats.hf import load_config
+    from .chat_format import add_chat_tokens, chat_template
+
+    folder = resolve_model(init, cache_dir=cache_dir)
+    config = load_config(folder)
+    tok = load_tokenizer(folder, config)
+    if chat_template(tok) is not None:
+        return ChatModel(folder=folder, tokenizer=tok)
+    config, params = load_checkpoint(folder)
+    config, params, tok = add_chat_tokens(config, params, tok)
+    return ChatModel(folder=folder, tokenizer=tok, grown=(config, params))
+
+
+def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, seed: int
+                        ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(train, val): a val_fraction of the conversations held out, chosen by a seeded permutation, each
+    split kept in file order."""
+    if not 0 < val_fraction < 1:
+        raise NumgptError(f"--val-fraction must be > 0 and < 1 (or pass --val FILE), got {val_fraction}")
+    n = len(numbered)
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise NumgptError(f"{n} conversation{'s' if n > 1 else ''} cannot be split into training and validation; "
+                          "add conversations or pass --val FILE")
+    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    return [c for i, c in enumerate(numbered) if i not in held], [c for i, c in enumerate(numbered) if i in held]
+
+
+def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer, *, block_size: int, train_on: str = "assistant",
+                truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+                seed: int = 1337) -> tuple[dict, dict[str, int]]:
+    """Chat JSONL -> a packed SFT data folder at out_dir (packing.py); returns (meta, conversations cut per
+    split). Every line is checked (chatdata.py) and rendered before anything is written."""
+    from .chatdata import numbered_conversations
+    from .packing import file_sha256, pack_rows, render_conversations, write_sft_folder
+
+    named = lambda path: [(f"{path}:{n}", c) for n, c in numbered_conversations(path)]  # noqa: E731
+    if val_file is not None:
+        train_set, val_set = named(data_file), named(val_file)
+    else:
+        train_set, val_set = split_conversations(named(data_file), val_fraction, seed)
+    pad = tokenizer.eot_id
+    splits, cut, counts = {}, {}, {}
+    for name, convs in (("train", train_set), ("val", val_set)):
+        rendered = render_conversations(tokenizer, convs, block_size=block_size, train_on=train_on, truncate=truncate)
+        splits[name] = pack_rows(rendered.items, block_size=block_size, pad_id=pad)
+        cut[name], counts[name] = rendered.truncated, len(convs)
+    info = {"train_on": train_on, "conversations": counts, "truncated": cut, "source": str(data_file),
+            "source_sha256": file_sha256(data_file), "val_source": None if val_file is None else str(val_file)}
+    return write_sft_folder(out_dir, tokenizer, splits, block_size=block_size, info=info), cut
