@@ -30,6 +30,8 @@ HF_PREFIX = "transformer."
 TIED_HEAD = "lm_head.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers, not parameters
 LINEAR_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
+CLASSIFIER_HEAD = "score.weight"     # its linear head, [num_labels, C] (torch's nn.Linear [out, in]), no bias
 CONVERT_HINT = ('convert it once with transformers: python -c "from transformers import GPT2LMHeadModel as M; '
                 "M.from_pretrained('{f}').save_pretrained('{f}', safe_serialization=True)\"")
 
@@ -150,6 +152,9 @@ def _check_params(folder: Path, config: GPTConfig, tensors: dict[str, np.ndarray
                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
                           "config.json and the weights belong to different models")
     extra = [n for n in tensors if n not in shapes]
+    if CLASSIFIER_HEAD in extra:
+        raise NumgptError(f"{folder}: holds a sequence classifier ({CLASSIFIER_HEAD}, {CLASSIFIER_ARCH}), not a "
+                          "language model; use it with `numgpt classify evaluate|predict --model`")
     if extra:
         raise NumgptError(f"{folder}: unexpected tensors {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''} "
                           f"for a {config.n_layer}-layer GPT-2; config.json and the weights disagree")
@@ -185,3 +190,74 @@ def checkpoint_summary(folder: str | os.PathLike) -> dict[str, Any]:
                        if (folder / n).is_file()]
     return {"folder": str(folder), "config": config, "n_params": count_params(config),
             "float32_bytes": 4 * count_params(config), "weight_files": files, "tokenizer_files": tokenizer_files}
+
+
+# ---- sequence classifiers: GPT2ForSequenceClassification folders --------------------------------------------
+
+def save_classifier(folder: str | os.PathLike, config: GPTConfig, params: Params, *, labels: list[str],
+                    pad_token_id: int, tokenizer=None, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a GPT-2 with a classification head (params holds CLASSIFIER_HEAD [len(labels), C] beside the
+    GPT-2 tensors) as transformers' GPT2ForSequenceClassification.from_pretrained reads it: the body under
+    'transformer.', 'score.weight', and config.json's architectures, id2label, label2id, pad_token_id
+    and problem_type. extra_files: name -> bytes written beside them. Returns the folder."""
+    folder = Path(folder)
+    body = {k: v for k, v in params.items() if k != CLASSIFIER_HEAD}
+    _check_params(folder, config, dict(body))
+    head = _check_head(folder, params.get(CLASSIFIER_HEAD), config, len(labels))
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {HF_PREFIX + name: body[name] for name in param_shapes(config)} | {CLASSIFIER_HEAD: head}
+    write_safetensors(folder / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+    hf = config.to_hf_dict() | {
+        "architectures": [CLASSIFIER_ARCH], "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)}, "pad_token_id": int(pad_token_id),
+        "problem_type": "single_label_classification"}
+    write_bytes_atomically(folder / CONFIG_FILE, (json.dumps(hf, indent=2) + "\n").encode())
+    if tokenizer is not None:
+        tokenizer.save(folder, overwrite=True)
+    for name, data in (extra_files or {}).items():
+        write_bytes_atomically(folder / name, data)
+    return folder
+
+
+def load_classifier(folder: str | os.PathLike, *, mmap: bool = True
+                    ) -> tuple[GPTConfig, Params, list[str], int | None]:
+    """(config, params with CLASSIFIER_HEAD, label names by id, pad_token_id) of a GPT2ForSequenceClassification
+    folder. A folder without a head is a one-line error; id2label missing means transformers' LABEL_i names."""
+    folder = Path(folder)
+    config = load_config(folder)
+    tensors: dict[str, np.ndarray] = {}
+    for path in weight_files(folder):
+        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap)
+        tensors.update({name.removeprefix(HF_PREFIX): array for name, array in file_tensors.items()})
+    head = tensors.pop(CLASSIFIER_HEAD, None)
+    if head is None:
+        raise NumgptError(f"{folder}: no classification head ({CLASSIFIER_HEAD}): a language model, not a "
+                          "classifier; train one with `numgpt classify train DATA --init MODEL --out RUN`")
+    d = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    labels = _id2label(folder, d.get("id2label"), head.shape[0])
+    params = _check_params(folder, config, tensors)
+    params[CLASSIFIER_HEAD] = _check_head(folder, head, config, len(labels))
+    pad = d.get("pad_token_id")
+    if pad is not None and not (isinstance(pad, int) and 0 <= pad < config.vocab_size):
+        raise NumgptError(f"{folder / CONFIG_FILE}: pad_token_id {pad!r} is no id of the {config.vocab_size}-token "
+                          "vocabulary")
+    return config, params, labels, pad
+
+
+def _id2label(folder: Path, id2label: Any, n: int) -> list[str]:
+    """Label names by id from config.json's id2label ({"0": "neg", ...}); LABEL_i when absent."""
+    if id2label is None:
+        return [f"LABEL_{i}" for i in range(n)]
+    ok = isinstance(id2label, dict) and sorted(id2label, key=str) == sorted(str(i) for i in range(len(id2label)))
+    if not ok or not all(isinstance(v, str) for v in id2label.values()):
+        raise NumgptError(f"{folder / CONFIG_FILE}: id2label must map '0'..'K-1' to label names, got {id2label!r}")
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def _check_head(folder: Path, head: np.ndarray | None, config: GPTConfig, num_labels: int) -> np.ndarray:
+    """The head [num_labels, C] in float32, or a one-line error."""
+    if head is None or head.shape != (num_labels, config.n_embd) or head.dtype != np.float32:
+        shape = None if head is None else list(head.shape)
+        raise NumgptError(f"{folder}: {CLASSIFIER_HEAD} is {shape}, expected float32 [{num_labels}, {config.n_embd}] "
+                          "(one row per label); the head and the labels disagree")
+    return head
