@@ -93,6 +93,8 @@ def _registrars():
     registrars.append(serve_commands.register)
     from . import data_commands  # data synth, check: fine-tuning data (numgpt.posttrain)
     registrars.append(data_commands.register)
+    from . import classify_commands  # classify train, evaluate, predict (numgpt.posttrain.classify)
+    registrars.append(classify_commands.register)
     from . import sft_commands  # sft: supervised fine-tuning on chat JSONL (numgpt.posttrain)
     registrars.append(sft_commands.register)
     return registrars

@@ -55,6 +55,8 @@ def register(sub) -> None:
     s = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     _register_synth(s)
     _register_check(s)
+    from .classify_commands import register_fortunes   # data fortunes: labelled text for classify
+    register_fortunes(s)
 
 
 def _register_synth(sub) -> None:

@@ -1,0 +1,341 @@
+"""`numgpt classify train|evaluate|predict` (a GPT-2 sequence classifier) and `numgpt data fortunes`.
+
+Only this module reads flags and prints; the work is in numgpt.posttrain.classify (the model, its
+training, the metrics) and numgpt.posttrain.classdata (the files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from ..errors import NumgptError
+from .paths import input_file, output_file, output_folder
+
+HEAD_LR, BODY_LR = 1e-3, 5e-5     # default peak lr: a new head alone, or pre-trained weights with it
+
+CLASSIFY_EXAMPLES = """\
+examples:
+  numgpt classify train sms.csv --init gpt2 --out runs/spam --train last-1 --class-weights balanced
+  numgpt classify evaluate test.csv --model runs/spam -o confusion.png
+  numgpt classify predict "WINNER! Claim your prize now" "see you at 6?" --model runs/spam
+
+DATA is CSV (a header row) or JSON lines with a text and a label per record (--text-field, --label-field;
+default 'text' and 'label'). Labels are sorted by name: label i is the head's output i (id2label). The
+model is GPT-2 with a linear head over the last real token's final hidden state, saved as a
+GPT2ForSequenceClassification folder (RUN/best, RUN/latest) that transformers loads.
+"""
+
+
+def register(sub) -> None:
+    """Add `classify train|evaluate|predict` to the `numgpt` subcommands."""
+    p = sub.add_parser("classify", help="fine-tune GPT-2 as a text classifier; evaluate it; predict",
+                       description="Text classification with a GPT-2: a linear head over the last token's "
+                       "hidden state (transformers' GPT2ForSequenceClassification).",
+                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=lambda args: p.print_help() or 0)
+    s = p.add_subparsers(dest="classify_command", metavar="CLASSIFY_COMMAND")
+    _register_train(s)
+    _register_evaluate(s)
+    _register_predict(s)
+
+
+def _fields(p: argparse.ArgumentParser) -> None:
+    from ..posttrain.classdata import LABEL_FIELD, TEXT_FIELD
+    p.add_argument("--text-field", default=TEXT_FIELD, metavar="NAME", help=f"the text column/field ({TEXT_FIELD})")
+    p.add_argument("--label-field", default=LABEL_FIELD, metavar="NAME",
+                   help=f"the label column/field ({LABEL_FIELD})")
+
+
+def _register_train(sub) -> None:
+    from ..posttrain.classify import MAX_TOKENS, TRAIN_CHOICES
+    p = sub.add_parser("train", help="fine-tune a GPT-2 with a classification head on labelled texts",
+                       description="Fine-tune a GPT-2 with a new classification head on labelled texts (CSV or "
+                       "JSONL); writes RUN/best (lowest validation loss) and RUN/latest.",
+                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
+    p.add_argument("--init", required=True, metavar="MODEL", help="the pre-trained model: a GPT-2 folder, "
+                   "'builtin', or a cached hub name such as gpt2")
+    p.add_argument("--out", "-o", required=True, metavar="RUN", help="the folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="write into RUN even if it holds files")
+    _fields(p)
+    p.add_argument("--val", metavar="FILE", help="validation records (default: --val-fraction of DATA held out)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+                   help="share of DATA held out for validation when no --val is given; 0 = none (0.1)")
+    p.add_argument("--train", default="head", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
+    p.add_argument("--class-weights", choices=["none", "balanced"], default="none",
+                   help="weigh each class's loss by n / (classes x its count), for unbalanced data (none)")
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, metavar="N",
+                   help=f"texts are cut to their first N tokens (at most the model's context) ({MAX_TOKENS})")
+    o = p.add_argument_group("training")
+    o.add_argument("--epochs", type=float, default=3.0, metavar="E", help="passes over the training texts, "
+                   "as steps of random batches (3)")
+    o.add_argument("--max-iters", type=int, metavar="N", help="optimizer updates in all (instead of --epochs)")
+    o.add_argument("--batch-size", type=int, default=16, metavar="N", help="texts per micro-batch (16)")
+    o.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per update (1)")
+    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({HEAD_LR} for --train head, "
+                   f"else {BODY_LR})")
+    o.add_argument("--warmup-iters", type=int, metavar="N", help="linear warmup steps (a tenth of the steps)")
+    o.add_argument("--weight-decay", type=float, default=0.1, metavar="X", help="AdamW weight decay (0.1)")
+    o.add_argument("--grad-clip", type=float, default=1.0, metavar="X", help="clip the gradient norm, 0 = off (1.0)")
+    o.add_argument("--dropout", type=float, default=0.0, metavar="X", help="GPT-2 dropout in the trained body (0)")
+    o.add_argument("--eval-interval", type=int, metavar="N", help="evaluate on the validation texts every N "
+                   "steps, and at the end (a fifth of the steps)")
+    o.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the head, split and batches (1337)")
+    o.add_argument("--threads", type=int, default=0, metavar="N", help="split each batch over N threads (all cores)")
+    p.set_defaults(run=run_train)
+
+
+def _register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class precision/recall, confusion matrix",
+                       description="Evaluate a classifier on labelled texts: accuracy, macro-F1, per-class "
+                       "precision, recall and F1, and the confusion matrix.",
+                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
+    p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
+    _fields(p)
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="texts per forward (16)")
+    p.add_argument("-o", "--output", metavar="PNG", help="also draw the confusion matrix to this image "
+                   "(needs matplotlib: pip install 'numgpt[plot]')")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(run=run_evaluate)
+
+
+def _register_predict(sub) -> None:
+    p = sub.add_parser("predict", help="the label of each text, with its probability",
+                       description="Classify texts: one line per text, the label, its probability, the text.",
+                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
+    p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
+    p.add_argument("--all", action="store_true", help="print every label's probability")
+    p.set_defaults(run=run_predict)
+
+
+# ---------------------------------------------------------------- train
+
+def run_train(args) -> int:
+    from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+    from ..posttrain.classdata import label_names, read_labelled
+    from ..posttrain.classify import new_classifier, split_examples, trainable_names
+    import numpy as np
+
+    _check_positive(args, ("batch_size", "grad_accum", "max_tokens"))
+    out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
+    records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
+    labels = label_names(records, args.data)
+    rng = np.random.default_rng(args.seed)
+    if args.val:
+        train = records
+        val = read_labelled(input_file(args.val), text_field=args.text_field, label_field=args.label_field)
+    else:
+        train, val = split_examples(records, args.val_fraction, rng)
+    folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
+    config, params = load_checkpoint(folder)
+    trainable_names(config, args.train)                # a bad --train is refused before the work
+    model = new_classifier(config, params, load_tokenizer(folder, config), labels, rng=rng,
+                           max_tokens=min(args.max_tokens, config.n_positions))
+    tc = _train_config(args, len(train))
+    trained = sum(int(np.prod(model.params[n].shape)) for n in trainable_names(model.config, args.train))
+    print(f"classifier of {len(labels)} labels ({', '.join(labels)}) on {folder}: {len(train)} train, {len(val)} "
+          f"val texts; training {args.train} ({trained:,} parameters) for {tc.max_iters} steps of "
+          f"{tc.batch_size * tc.grad_accum} texts", file=sys.stderr)
+    cut = model.encode([e.text for e in train])[1]
+    if cut:
+        print(f"note: {cut} training texts are longer than {model.max_tokens} tokens and were cut to their "
+              "first tokens (--max-tokens)", file=sys.stderr)
+    result = _train_with_progress(model, train, val, out, tc, args)
+    ev = result.last_eval
+    if ev is not None:
+        print(f"done: step {result.steps}, val loss {ev['loss']:.4f}, val accuracy {ev['accuracy']:.4f}, "
+              f"macro-F1 {ev['macro_f1']:.4f}; best in {out / 'best'}, last in {out / 'latest'}")
+    else:
+        print(f"done: step {result.steps}; saved {out / 'latest'}")
+    return 0
+
+
+def _train_config(args, n_train: int):
+    """The training loop's TrainConfig from the flags (block_size = --max-tokens); an option out of range
+    is a one-line error naming its flag."""
+    from ..training.loop import TrainConfig
+    from ..training.optim import AdamWConfig, ConfigFieldError
+
+    steps = args.max_iters if args.max_iters is not None else \
+        max(1, math.ceil(args.epochs * n_train / (args.batch_size * args.grad_accum)))
+    lr = args.lr if args.lr is not None else (HEAD_LR if args.train == "head" else BODY_LR)
+    warmup = args.warmup_iters if args.warmup_iters is not None else steps // 10
+    interval = args.eval_interval if args.eval_interval is not None else max(1, steps // 5)
+    flags = {"max_iters": "--max-iters", "lr": "--lr", "warmup_iters": "--warmup-iters", "decay_iters": "--max-iters",
+             "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "dropout": "--dropout",
+             "eval_interval": "--eval-interval", "threads": "--threads", "min_lr": "--lr"}
+    try:
+        optim = AdamWConfig(lr=lr, min_lr=lr / 10 if lr > 0 else 0.0, warmup_iters=warmup,
+                            decay_iters=max(steps, 0), weight_decay=args.weight_decay, grad_clip=args.grad_clip)
+        return TrainConfig(batch_size=args.batch_size, block_size=args.max_tokens, grad_accum=args.grad_accum,
+                           max_iters=steps, dropout=args.dropout, eval_interval=interval, seed=args.seed,
+                           optim=optim, threads=args.threads, init=str(args.init), data_dir=str(args.data))
+    except ConfigFieldError as e:
+        raise NumgptError(f"{flags.get(e.field, e.field)} {e.rule}, got {e.value!r}") from None
+
+
+def _train_with_progress(model, train, val, out: Path, tc, args):
+    """train_classifier with a progress bar (steps) and a line per evaluation on stderr."""
+    from ..posttrain.classify import train_classifier
+    from .progress import progress_reporter
+
+    update, close = progress_reporter(True, "step", "classify train")
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "step":
+            update(event["step"], tc.max_iters)
+        elif event["type"] == "eval":
+            print(f"step {event['step']}: val loss {event['loss']:.4f}, accuracy {event['accuracy']:.4f}, "
+                  f"macro-F1 {event['macro_f1']:.4f}{' (best)' if event['best'] else ''}", file=sys.stderr)
+    try:
+        return train_classifier(model, train, val, out, tc=tc, trainable=args.train,
+                                class_weights=None if args.class_weights == "none" else args.class_weights,
+                                on_event=on_event, settings={"text_field": args.text_field,
+                                                             "label_field": args.label_field})
+    finally:
+        close()
+
+
+# ---------------------------------------------------------------- evaluate, predict
+
+def load_model(name: str):
+    """The classifier of --model (a run folder means RUN/best, else RUN/latest)."""
+    from ..formats import hf_cache_dir, resolve_model
+    from ..posttrain.classify import load_classifier_folder
+
+    return load_classifier_folder(resolve_model(name, cache_dir=hf_cache_dir(os.environ)))
+
+
+def run_evaluate(args) -> int:
+    from ..posttrain.classdata import read_labelled
+    from ..posttrain.classify import evaluate_tokens, label_ids
+
+    _check_positive(args, ("batch_size",))
+    png = output_file(args.output, flag="-o") if args.output else None
+    model = load_model(args.model)
+    records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
+    truth = label_ids(records, model.labels, args.data)
+    seqs, cut = model.encode([e.text for e in records])
+    metrics = evaluate_tokens(model, seqs, truth, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({**metrics, "confusion": metrics["confusion"].tolist(), "labels": model.labels,
+                          "n": len(records)}))
+    else:
+        print(format_metrics(metrics, model.labels, len(records), cut))
+    if png is not None:
+        plot_confusion(metrics["confusion"], model.labels, png)
+        print(f"wrote {png}", file=sys.stderr)
+    return 0
+
+
+def format_metrics(m: dict, labels: list[str], n: int, cut: int) -> str:
+    """The report evaluate prints: totals, a row per label, the confusion matrix (rows true, columns predicted)."""
+    width = max(9, *(len(x) for x in labels))
+    lines = [f"{n} texts{f' ({cut} cut to the max tokens)' if cut else ''}: accuracy {m['accuracy']:.4f}, "
+             f"macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}", "",
+             f"{'label':<{width}}  precision  recall  f1      support"]
+    for row in m["per_label"]:
+        lines.append(f"{row['label']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  "
+                     f"{row['support']:7d}")
+    lines += ["", "confusion matrix (rows: true label, columns: predicted)",
+              " " * width + "  " + "  ".join(f"{x[:8]:>8}" for x in labels)]
+    for name, row in zip(labels, m["confusion"]):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{int(c):8d}" for c in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(confusion, labels: list[str], path: Path) -> None:
+    """The confusion matrix as a PNG heatmap with its counts (matplotlib, imported here only)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NumgptError("-o needs matplotlib: pip install 'numgpt[plot]'") from None
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center",
+                    color="white" if confusion[i, j] > confusion.max() / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path if path.suffix else path.with_suffix(".png"))
+    plt.close(fig)
+
+
+def run_predict(args) -> int:
+    from ..posttrain.classify import softmax
+
+    model = load_model(args.model)
+    probs = softmax(model.logits(args.texts))
+    for text, p in zip(args.texts, probs):
+        best = int(p.argmax())
+        shown = "  ".join(f"{name} {q:.4f}" for name, q in zip(model.labels, p)) if args.all else \
+            f"{model.labels[best]}\t{p[best]:.4f}"
+        print(f"{shown}\t{text}")
+    return 0
+
+
+def _check_positive(args, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise NumgptError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+# ---------------------------------------------------------------- data fortunes
+
+def register_fortunes(sub) -> None:
+    """`numgpt data fortunes`: added to `numgpt data`'s subcommands by data_commands.register."""
+    from ..posttrain.classdata import FORTUNES_DIR
+    p = sub.add_parser("fortunes", help="Debian's fortunes as labelled JSONL (text, category) for classify",
+                       description="Write the fortunes of Debian's `fortunes` package as JSON lines "
+                       "{\"text\": FORTUNE, \"label\": CATEGORY}, a real classification set.",
+                       epilog="examples:\n  numgpt data fortunes --categories computers,food,law,medicine,sports "
+                       "-o fortunes.jsonl\n  numgpt data fortunes --list",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--folder", default=str(FORTUNES_DIR), metavar="DIR", help=f"the fortunes folder ({FORTUNES_DIR})")
+    p.add_argument("--categories", metavar="LIST", help="comma-separated category files (default: all)")
+    p.add_argument("--list", action="store_true", help="list the categories with their counts, write nothing")
+    p.add_argument("-o", "--output", metavar="FILE", help="the JSONL file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(run=run_fortunes)
+
+
+def run_fortunes(args) -> int:
+    from collections import Counter
+
+    from ..atomic import write_bytes_atomically
+    from ..posttrain.classdata import read_fortunes
+
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    if not args.list and not args.output:
+        raise NumgptError("pass -o FILE to write the fortunes (or --list to see the categories)")
+    out = None
+    if not args.list:
+        out = Path(args.output)
+        if out.exists() and not out.is_dir() and not args.force:
+            raise NumgptError(f"-o {out}: the file already exists; pass --force to replace it, or another path")
+        output_file(out, flag="-o")
+    records = read_fortunes(args.folder, categories)
+    counts = Counter(e.label for e in records)
+    if args.list:
+        for name, n in sorted(counts.items()):
+            print(f"{name}\t{n}")
+        return 0
+    lines = "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in records)
+    write_bytes_atomically(out, lines.encode("utf-8"))
+    print(f"wrote {len(records)} fortunes to {out} ({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
+    return 0

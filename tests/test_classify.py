@@ -1,0 +1,288 @@
+"""Sequence classification (posttrain/classify.py): the head's forward and backward against torch autograd,
+the saved folder against transformers' GPT2ForSequenceClassification, the metrics against scikit-learn,
+the CLI end to end, and its bad inputs (one line each)."""
+
+import json
+
+import numpy as np
+import pytest
+from references import reference
+
+from numgpt.cli import main
+from numgpt.config import GPTConfig
+from numgpt.errors import NumgptError
+from numgpt.formats import load_checkpoint, load_tokenizer
+from numgpt.params import init_params
+from numgpt.posttrain import classdata, classify
+from numgpt.posttrain.classify import SCORE
+
+torch = reference("torch")
+transformers = reference("transformers")
+sklearn_metrics = reference("sklearn.metrics")
+
+CONFIG = GPTConfig(vocab_size=60, n_positions=16, n_embd=16, n_layer=3, n_head=2, bos_token_id=59, eos_token_id=59)
+PAD = 59
+
+
+def float64_classifier(k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {n: p.astype(np.float64) for n, p in init_params(CONFIG, rng).items()}
+    for n in params:                     # non-trivial gains and biases, so their gradients are checked too
+        if n.endswith("bias") or "ln" in n:
+            params[n] = params[n] + 0.1 * rng.standard_normal(params[n].shape)
+    params[SCORE] = 0.3 * rng.standard_normal((k, CONFIG.n_embd))
+    return params
+
+
+def right_padded(rng, lengths, pad=PAD):
+    seqs = [rng.integers(0, PAD, n) for n in lengths]          # never the pad id
+    return classify.pad_right(seqs, pad)
+
+
+def torch_classifier(params, k, dtype):
+    hf = transformers.GPT2Config(vocab_size=CONFIG.vocab_size, n_positions=CONFIG.n_positions, n_embd=CONFIG.n_embd,
+                                 n_layer=CONFIG.n_layer, n_head=CONFIG.n_head, num_labels=k, pad_token_id=PAD,
+                                 attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
+    model = transformers.GPT2ForSequenceClassification(hf).to(dtype).eval()
+    with torch.no_grad():
+        sd = model.state_dict()
+        for name, p in params.items():
+            key = name if name == SCORE else "transformer." + name
+            sd[key].copy_(torch.from_numpy(np.asarray(p)))
+    return model
+
+
+@pytest.mark.parametrize("train", ["all", "last-1", "head"])
+def test_loss_and_gradients_match_torch_autograd(train):
+    """float64: numgpt's loss and every trained parameter's gradient (into the blocks and embeddings when
+    they train) equal torch autograd through transformers' GPT2ForSequenceClassification, with class weights."""
+    k, rng = 3, np.random.default_rng(1)
+    params = float64_classifier(k)
+    ids, last = right_padded(rng, [5, 9, 3, 7])
+    labels = np.array([0, 2, 1, 2])
+    weights = np.array([0.5, 2.0, 1.25])
+    trained = classify.trainable_names(CONFIG, train)
+    grads = {n: np.zeros_like(params[n]) for n in trained}
+    if train == "head":                  # the head-alone path runs the float32 inference body
+        params = {n: p.astype(np.float32) for n, p in params.items()}
+        grads = {n: np.zeros_like(params[n]) for n in trained}
+    loss = classify.classification_loss(params, CONFIG, (ids, last, labels), grads, class_weights=weights)
+
+    model = torch_classifier(params, k, torch.float64)
+    logits = model(torch.from_numpy(ids)).logits
+    per_row = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels), reduction="none")
+    ref = (torch.from_numpy(weights)[torch.from_numpy(labels)] * per_row).mean()
+    ref.backward()
+    ref_grads = dict(model.named_parameters())
+    rel = 1e-6 if train != "head" else 1e-5          # head: the body ran in float32 (rounding ~1e-7 per op)
+    assert loss == pytest.approx(ref.item(), rel=rel)
+    for name in trained:
+        ref_g = ref_grads[name if name == SCORE else "transformer." + name].grad.numpy()
+        scale = np.abs(ref_g).max() + 1e-30
+        assert np.abs(grads[name] - ref_g).max() / scale < rel, name
+    assert set(grads) == set(trained)
+
+
+def test_frozen_blocks_are_not_touched_and_the_walk_stops_at_the_first_trained_block():
+    params = float64_classifier()
+    before = {n: p.copy() for n, p in params.items()}
+    ids, last = right_padded(np.random.default_rng(2), [4, 6])
+    grads = {n: np.zeros_like(params[n]) for n in classify.trainable_names(CONFIG, "last-2")}
+    classify.classification_loss(params, CONFIG, (ids, last, np.array([0, 1])), grads)
+    assert classify.first_trained_block(grads, CONFIG.n_layer) == 1
+    assert all(np.array_equal(before[n], params[n]) for n in params)
+    assert not any(n.startswith(("h.0.", "wte", "wpe")) for n in grads)
+    assert all(np.abs(g).max() > 0 for g in grads.values())
+
+
+def test_padding_does_not_change_a_rows_logits():
+    """Right padding with causal attention: a text's logits alone equal its logits in a padded batch."""
+    params = {n: p.astype(np.float32) for n, p in float64_classifier().items()}
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(0, PAD, n) for n in (3, 11, 6)]
+    batched = classify.logits_of(params, CONFIG, seqs, PAD, batch_size=3)
+    alone = np.concatenate([classify.logits_of(params, CONFIG, [s], PAD) for s in seqs])
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_model(tmp_path_factory):
+    """A tiny random GPT-2 with GPT-2's vocabulary (so '<|endoftext|>' pads), saved by transformers."""
+    torch.manual_seed(0)
+    hf = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2,
+                                 initializer_range=0.2)
+    folder = tmp_path_factory.mktemp("base")
+    transformers.GPT2LMHeadModel(hf).save_pretrained(folder)
+    return folder
+
+
+TEXTS = ["the cat sat on the mat", "buy now!!! limited offer", "hello", "a much longer text, which pads the others"]
+
+
+def test_saved_folder_loads_in_transformers_with_the_same_logits(gpt2_vocab_model, tmp_path):
+    config, params = load_checkpoint(gpt2_vocab_model)
+    model = classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["ham", "spam", "x"],
+                                    rng=np.random.default_rng(0))
+    assert model.pad_token_id == 50256
+    model.save(tmp_path / "clf")
+    ours = model.logits(TEXTS, batch_size=4)
+    hf = transformers.GPT2ForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
+    assert hf.config.id2label == {0: "ham", 1: "spam", 2: "x"} and hf.config.pad_token_id == 50256
+    seqs, _ = model.encode(TEXTS)
+    ids, _ = classify.pad_right(seqs, model.pad_token_id)
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    again = classify.load_classifier_folder(tmp_path / "clf")
+    assert again.labels == ["ham", "spam", "x"] and again.pad_token_id == 50256
+    np.testing.assert_array_equal(again.logits(TEXTS, batch_size=4), ours)
+
+
+def test_a_transformers_classifier_loads_in_numgpt(gpt2_vocab_model, tmp_path):
+    torch.manual_seed(1)
+    hf = transformers.GPT2ForSequenceClassification.from_pretrained(
+        gpt2_vocab_model, num_labels=2, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1},
+        pad_token_id=50256).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = classify.load_classifier_folder(tmp_path / "hf")
+    seqs, _ = model.encode(TEXTS)
+    ids, _ = classify.pad_right(seqs, 50256)
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids)).logits.numpy()
+    assert model.labels == ["no", "yes"]
+    np.testing.assert_allclose(model.logits(TEXTS), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_vocabulary_without_endoftext_gets_it_as_the_pad_token():
+    from numgpt.formats.hub import builtin_model_folder
+    folder = builtin_model_folder()
+    config, params = load_checkpoint(folder)
+    tok = load_tokenizer(folder, config)
+    assert tok.eot_id is None
+    config2, params2, tok2, pad = classify.with_pad_token(config, params, tok)
+    assert pad == config.vocab_size == 1024 and config2.vocab_size == 1025 and tok2.eot_id == 1024
+    np.testing.assert_allclose(params2["wte.weight"][-1], params["wte.weight"].mean(axis=0), rtol=1e-5, atol=1e-7)
+    assert params["wte.weight"].shape[0] == 1024          # the input is not modified
+    assert pad not in tok2.encode_ordinary("<|endoftext|> is plain text here")
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    y_pred[y_pred == 3] = 2                                # label 3 never predicted: its precision is 0
+    m = classify.classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(sklearn_metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2, 3], zero_division=0)
+    np.testing.assert_allclose([x["precision"] for x in m["per_label"]], p)
+    np.testing.assert_allclose([x["recall"] for x in m["per_label"]], r)
+    np.testing.assert_allclose([x["f1"] for x in m["per_label"]], f)
+    assert [x["support"] for x in m["per_label"]] == list(s)
+    np.testing.assert_array_equal(m["confusion"], sklearn_metrics.confusion_matrix(y_true, y_pred, labels=[0, 1, 2, 3]))
+
+
+def test_balanced_class_weights_are_scikit_learns():
+    from sklearn.utils.class_weight import compute_class_weight
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    np.testing.assert_allclose(classify.balanced_weights(labels, 3),
+                               compute_class_weight("balanced", classes=np.arange(3), y=labels))
+
+
+def test_trainable_sets():
+    assert classify.trainable_names(CONFIG, "head") == {SCORE}
+    last = classify.trainable_names(CONFIG, "last-1")
+    assert last == {SCORE, "ln_f.weight", "ln_f.bias"} | {n for n in init_params(CONFIG, np.random.default_rng(0))
+                                                          if n.startswith("h.2.")}
+    assert classify.trainable_names(CONFIG, "last-2-blocks") > last
+    for bad in ("last-0", "last-4", "some", "last-x"):
+        with pytest.raises(NumgptError, match="--train"):
+            classify.trainable_names(CONFIG, bad)
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+
+def test_csv_and_jsonl_read_the_same_records(tmp_path):
+    (tmp_path / "d.csv").write_text('text,label\n"hello, world",pos\n"two\nlines",neg\n', encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('{"text": "hello, world", "label": "pos"}\n\n{"text": "two\\nlines", '
+                                      '"label": "neg"}\n', encoding="utf-8")
+    a = classdata.read_labelled(tmp_path / "d.csv")
+    b = classdata.read_labelled(tmp_path / "d.jsonl")
+    assert [(e.text, e.label) for e in a] == [(e.text, e.label) for e in b] == [("hello, world", "pos"),
+                                                                                 ("two\nlines", "neg")]
+    assert classdata.label_names(a) == ["neg", "pos"]
+
+
+def test_fortunes_reader(tmp_path):
+    (tmp_path / "food").write_text("Eat.\n%\n\nDrink,\nbe merry.\n%\n%\n", encoding="utf-8")
+    (tmp_path / "food.dat").write_bytes(b"\0\1")
+    (tmp_path / "law").write_text("Sue.\n", encoding="utf-8")
+    records = classdata.read_fortunes(tmp_path)
+    assert [(e.text, e.label) for e in records] == [("Eat.", "food"), ("Drink,\nbe merry.", "food"), ("Sue.", "law")]
+    with pytest.raises(NumgptError, match="no category 'lw'"):
+        classdata.read_fortunes(tmp_path, ["lw"])
+    assert main(["data", "fortunes", "--folder", str(tmp_path), "--categories", "law,food",
+                 "-o", str(tmp_path / "f.jsonl")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert lines[0] == {"text": "Sue.", "label": "law"} and len(lines) == 3
+
+
+BAD_INPUTS = [
+    ("nolabel.csv", "text,category\nhi,a\nho,b\n", "nolabel.csv:2: no 'label' field (it has: text, category); "
+     "name the column with --label-field"),
+    ("one.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', "every record has the label 'x'"),
+    ("empty.csv", "text,label\nhi,a\n ,b\n", "empty.csv:3: 'text' is empty"),
+    ("data.txt", "hi\tb\n", "data.txt: not a .csv or .jsonl file"),
+    ("broken.jsonl", '{"text": "a", "label": "x"}\n{"text": \n', "broken.jsonl:2: not JSON"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_INPUTS)
+def test_bad_data_is_one_line(tmp_path, capsys, name, content, message, gpt2_vocab_model):
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    assert main(["classify", "train", str(tmp_path / name), "--init", str(gpt2_vocab_model),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_a_head_is_refused_in_one_line(tmp_path, capsys, gpt2_vocab_model):
+    (tmp_path / "d.csv").write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    for argv in (["evaluate", str(tmp_path / "d.csv")], ["predict", "hello"]):
+        assert main(["classify", *argv, "--model", str(gpt2_vocab_model)]) == 2
+        err = capsys.readouterr().err
+        assert "no classification head (score.weight)" in err and err.count("\n") == 1
+
+
+# ---- the commands end to end --------------------------------------------------------------------------------
+
+def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
+    """A tiny model learns texts about cats from texts about stocks; evaluate's report equals the metrics
+    of predict's labels; the run is a transformers classifier; the confusion PNG is written."""
+    rng = np.random.default_rng(0)
+    cats = ["cat", "kitten", "meow", "purr", "whiskers"]
+    money = ["stock", "market", "price", "bank", "profit"]
+    rows = [{"text": " ".join(rng.choice(words, 4)), "label": label}
+            for _ in range(40) for words, label in ((cats, "pets"), (money, "money"))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["classify", "train", str(data), "--init", str(gpt2_vocab_model), "--out", str(tmp_path / "run"),
+                 "--train", "all", "--max-iters", "40", "--lr", "3e-3", "--batch-size", "8", "--threads", "1",
+                 "--class-weights", "balanced"]) == 0
+    out = capsys.readouterr().out
+    assert "done: step 40" in out
+    assert (tmp_path / "run" / "best" / "config.json").is_file() and (tmp_path / "run" / "latest").is_dir()
+    assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run"), "--json",
+                 "-o", str(tmp_path / "cm.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] >= 0.9 and report["labels"] == ["money", "pets"]
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    texts = [r["text"] for r in rows]
+    assert main(["classify", "predict", *texts, "--model", str(tmp_path / "run")]) == 0
+    predicted = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    truth = [r["label"] for r in rows]
+    assert report["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth)]))
+    assert report["macro_f1"] == pytest.approx(sklearn_metrics.f1_score(truth, predicted, average="macro"))
+    assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {report['accuracy']:.4f}" in text and "confusion matrix" in text
