@@ -18,7 +18,8 @@ REFERENCES = {"torch": "torch==2.13.0", "transformers": "transformers", "tiktoke
               "matplotlib": "matplotlib", "mpi4py": "mpi4py and mpich", "duckdb": "duckdb", "psycopg": "psycopg[binary]",
               "playwright": "playwright", "openai": "openai", "httpx": "httpx", "schemathesis": "schemathesis",
               "fastapi": "fastapi (the serve extra)", "uvicorn": "uvicorn (the serve extra)",
-              "prometheus_client": "prometheus_client (the serve extra)"}
+              "prometheus_client": "prometheus_client (the serve extra)",
+              "sklearn": "scikit-learn"}
 
 
 def missing_references() -> list[str]:
