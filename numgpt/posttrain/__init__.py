@@ -3,6 +3,9 @@
     chat_format.py  the chat tokens and format: conversations -> ids (and SFT's loss mask), the same format as
                     a Jinja chat_template for transformers, the chat tokens added to a model
     chatdata.py     chat JSONL in OpenAI's fine-tuning format: read and checked line by line, written atomically
+    classify.py     sequence classification: GPT-2 with a linear head over the last real token (transformers'
+                    GPT2ForSequenceClassification), its training through the Objective, metrics
+    classdata.py    labelled text: CSV/JSONL (text, label) records, Debian's fortunes by category
     synth.py        synthetic conversations with exact answers (seven task families, train/held-out split by
                     template and operands) and the checker that scores a reply exactly (RL's verifiable reward)
 
@@ -11,11 +14,15 @@ A room of its own: it imports the core, and nothing in the core or the other roo
 
 from .chat_format import (CHAT_TEMPLATE, CHAT_TOKENS, ChatTemplate, add_chat_tokens, chat_template,
                           load_chat_template, render_chat, render_for_training, with_chat_tokens)
+from .classdata import Example, label_names, read_fortunes, read_labelled
+from .classify import Classifier, classification_metrics, load_classifier_folder, new_classifier, train_classifier
 from .chatdata import check_conversation, numbered_conversations, read_conversations, write_conversations
 from .synth import FAMILIES, Operands, check, check_task, extract_answer, prompt_messages, read_tasks, synthesize, \
     words_from_text
 
-__all__ = ["check_conversation", "numbered_conversations", "read_conversations", "write_conversations", "FAMILIES",
+__all__ = ["Example", "label_names", "read_fortunes", "read_labelled", "Classifier", "classification_metrics",
+           "load_classifier_folder", "new_classifier", "train_classifier",
+           "check_conversation", "numbered_conversations", "read_conversations", "write_conversations", "FAMILIES",
            "Operands", "check", "check_task", "extract_answer", "prompt_messages", "read_tasks", "synthesize",
            "words_from_text", "CHAT_TEMPLATE", "CHAT_TOKENS", "ChatTemplate", "add_chat_tokens", "chat_template",
            "load_chat_template", "render_chat", "render_for_training", "with_chat_tokens"]
