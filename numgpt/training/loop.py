@@ -72,6 +72,7 @@ from .parallel import DataParallel
 from ..threads import single_threaded_blas, thread_count
 from .lock import run_lock
 from .state import STATE_FILE, TrainState, save_train_checkpoint
+from ..params import Params
 from .zero import ZeroAdamW
 
 CONFIG_FILE = "train_config.json"
@@ -103,6 +104,8 @@ class TrainConfig:
     overlap: bool = True             # sum each layer's gradients over the ranks during the backward (parallel.py)
     data_dir: str = ""               # recorded for the reader of train_config.json
     init: str = ""                   # the model fine-tuned from, if any
+    lora: dict[str, Any] | None = None   # the LoRA adapter trained instead of the weights (posttrain/lora.py's
+                                         # LoraConfig.to_dict()); None: the model's own weights
 
     def __post_init__(self) -> None:
         check_number_fields(self)
@@ -194,12 +197,24 @@ def make_optimizer(state: TrainState, config: GPTConfig, tc: TrainConfig, object
                    threads: int) -> Optimizer:
     """AdamW over the objective's trained parameters: every moment on every rank, or (tc.zero) sharded."""
     trained = objective.trainable_params(state.params)
+    keep_trained_moments(state, trained)
     if tc.zero:                                       # ZeRO-1 (zero.py): params into one buffer, own moments
         opt = ZeroAdamW(trained, state.optim, tc.optim, comm=comm, threads=threads)
         state.params.update(trained)                  # its views of that buffer, in the state
         return opt
     return AdamW(trained, state.optim, tc.optim, comm=comm, threads=threads, n_layer=config.n_layer,
                  overlap=tc.overlap)
+
+
+def keep_trained_moments(state: TrainState, trained: Params) -> None:
+    """Drop the optimizer moments of the parameters that are not trained (frozen ones keep none), and
+    give a trained parameter without moments zero ones. Nothing changes when every parameter is trained."""
+    if set(state.optim.m) == set(trained):
+        return
+    for table in (state.optim.m, state.optim.v):
+        kept = {name: table[name] if name in table else np.zeros_like(p) for name, p in trained.items()}
+        table.clear()
+        table.update(kept)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from ..errors import NumgptError
 from .comm import Communicator, SingleProcess
 from .data import Dataset, load_dataset
 from .loop import BEST, LATEST, Event, TrainConfig, TrainResult, check_setup, check_trainable_weights, train
+from .objective import Objective
 from .state import TrainState
 
 SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without a preset
@@ -46,11 +47,13 @@ class Run:
     tc: TrainConfig
     state: TrainState
     description: str            # "training from scratch", "fine-tuning FOLDER", "resuming RUN/latest at step N"
+    objective: Objective | None = None   # what the run minimises and trains (None: next-token loss, every weight)
 
     def train(self, *, on_event: Callable[[Event], None] | None = None,
               comm: Communicator | None = None) -> TrainResult:
         """loop.train on this run (in place: self.state advances)."""
-        return train(self.state, self.config, self.tc, self.data, self.folder, on_event=on_event, comm=comm)
+        return train(self.state, self.config, self.tc, self.data, self.folder, on_event=on_event, comm=comm,
+                     objective=self.objective)
 
 
 def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str, Any] | None = None,

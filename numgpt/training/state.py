@@ -4,9 +4,13 @@
         config.json, model.safetensors   the model, via formats/hf.py: loadable by `numgpt generate` and
                                          transformers' GPT2LMHeadModel.from_pretrained
         vocab.json, merges.txt, ...      the tokenizer the data was prepared with
-        optimizer.safetensors            AdamW's moments, 'm.<param>' and 'v.<param>' (float32)
+        optimizer.safetensors            AdamW's moments, 'm.<param>' and 'v.<param>' (float32), of the
+                                         trained parameters (all of them unless the run trains a subset)
+        extra_params.safetensors         tensors beyond GPT-2's schema that the run trains (LoRA's
+                                         adapters, posttrain/lora.py), if any
         trainstate.json                  step, optimizer step, the rng's bit_generator.state (JSON-able),
-                                         tokens seen, best validation loss, the training config
+                                         tokens seen, best validation loss, the training config, and
+                                         the names of the trained parameters when not all are (`trained`)
 
 No pickle anywhere. Writing is atomic (atomic.py's replace_folder_atomically): everything goes
 into a sibling temporary folder, each file is fsync'ed, then the old folder is renamed away, the new one
@@ -33,10 +37,11 @@ from ..formats.safetensors import read_safetensors, write_safetensors
 from ..config import GPTConfig
 from ..errors import NumgptError
 from .optim import AdamWState
-from ..params import Params
+from ..params import Params, param_shapes
 
 STATE_FILE = "trainstate.json"
 OPTIM_FILE = "optimizer.safetensors"
+EXTRA_FILE = "extra_params.safetensors"
 FORMAT = "numgpt-trainstate"
 VERSION = 1
 
@@ -66,7 +71,11 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
     folder = Path(folder)
     tmp = folder.with_name(folder.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)              # the leftover of an interrupted save
-    save_checkpoint(tmp, config, state.params)
+    schema = param_shapes(config)
+    save_checkpoint(tmp, config, {k: v for k, v in state.params.items() if k in schema})
+    extra = {k: v for k, v in state.params.items() if k not in schema}
+    if extra:
+        write_safetensors(tmp / EXTRA_FILE, extra, metadata={"format": FORMAT})
     if tokenizer_dir is not None:
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file():
@@ -76,6 +85,8 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
     info = {"format": FORMAT, "version": VERSION, "step": state.step, "optim_step": state.optim.step,
             "tokens_seen": state.tokens_seen, "best_val_loss": state.best_val_loss,
             "rng": state.rng.bit_generator.state, "train_config": train_config}
+    if set(state.optim.m) != set(state.params):
+        info["trained"] = list(state.optim.m)                 # the moments kept: the trained parameters
     (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return replace_folder_atomically(tmp, folder)
 
@@ -98,17 +109,21 @@ def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainSt
     folder = checkpoint_folder(folder)
     info = _read_state_json(folder / STATE_FILE)
     config, params = load_checkpoint(folder)
+    if (folder / EXTRA_FILE).is_file():
+        params = {**params, **read_safetensors(folder / EXTRA_FILE)[0]}
     params = {k: np.array(v, dtype=np.float32) for k, v in params.items()}   # writable copies
     moments, _ = read_safetensors(folder / OPTIM_FILE) if (folder / OPTIM_FILE).is_file() else ({}, {})
-    missing = [k for k in params if f"m.{k}" not in moments or f"v.{k}" not in moments]
+    trained = _trained_names(folder, info, params)
+    missing = [k for k in trained if f"m.{k}" not in moments or f"v.{k}" not in moments]
     if missing:
         raise NumgptError(f"{folder / OPTIM_FILE}: missing or incomplete (no moments for {missing[0]}); "
                           "the checkpoint is damaged")
-    for k, p in params.items():
+    for k in trained:
+        p = params[k]
         if moments[f"m.{k}"].shape != p.shape or moments[f"v.{k}"].shape != p.shape:
             raise NumgptError(f"{folder / OPTIM_FILE}: moments of {k} have the wrong shape; the checkpoint is damaged")
-    optim = AdamWState(m={k: np.array(moments[f"m.{k}"]) for k in params},
-                       v={k: np.array(moments[f"v.{k}"]) for k in params}, step=info["optim_step"])
+    optim = AdamWState(m={k: np.array(moments[f"m.{k}"]) for k in trained},
+                       v={k: np.array(moments[f"v.{k}"]) for k in trained}, step=info["optim_step"])
     rng = np.random.default_rng()
     try:
         rng.bit_generator.state = info["rng"]
@@ -118,6 +133,16 @@ def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainSt
     state = TrainState(params=params, optim=optim, rng=rng, step=info["step"], tokens_seen=info["tokens_seen"],
                        best_val_loss=None if best is None else float(best))
     return config, state, info["train_config"]
+
+
+def _trained_names(folder: Path, info: dict[str, Any], params: Params) -> list[str]:
+    """The parameters the checkpoint keeps moments of: trainstate.json's `trained`, or all of them."""
+    trained = info.get("trained")
+    if trained is None:
+        return list(params)
+    if not (isinstance(trained, list) and all(isinstance(k, str) and k in params for k in trained)):
+        raise NumgptError(f"{folder / STATE_FILE}: 'trained' names no parameter of the model; the checkpoint is damaged")
+    return trained
 
 
 def _read_state_json(path: Path) -> dict[str, Any]:
