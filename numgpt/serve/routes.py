@@ -13,7 +13,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from ..tokenizer.files import _special_tokens_map, _tokenizer_config
+from ..tokenizer.files import tokenizer_config as saved_tokenizer_config
 from . import schemas
 from .chat import ChatTemplate
 from .completions import Completions
@@ -75,9 +75,7 @@ def openai_router(cmpl: Completions) -> APIRouter:
 def tokenizer_config(lm, template: ChatTemplate | None) -> dict:
     """transformers' tokenizer_config.json for the served tokenizer (the one numgpt writes beside a saved
     tokenizer), with model_max_length and the chat template as Jinja, as vLLM's /tokenizer_info gives it."""
-    special = lm.tokenizer.special_tokens
-    config = _tokenizer_config(special, _special_tokens_map(special))
+    config = saved_tokenizer_config(lm.tokenizer.special_tokens,
+                                    chat_template=None if template is None else template.jinja())
     config.update(model_max_length=lm.config.n_positions, vocab_size=lm.config.vocab_size)
-    if template is not None:
-        config["chat_template"] = template.jinja()
     return config

@@ -70,12 +70,8 @@ def write_vocabulary(folder: str | os.PathLike, vocab: Mapping[str, int], merges
     _write_json(folder / "vocab.json", dict(sorted(vocab.items(), key=lambda kv: kv[1])))
     lines = [MERGES_HEADER, *(f"{a} {b}" for a, b in merges)]
     write_bytes_atomically(folder / "merges.txt", ("\n".join(lines) + "\n").encode("utf-8"))
-    special_map = _special_tokens_map(special)
-    _write_json(folder / "special_tokens_map.json", special_map)
-    config = _tokenizer_config(special, special_map)
-    if chat_template is not None:
-        config["chat_template"] = chat_template
-    _write_json(folder / "tokenizer_config.json", config)
+    _write_json(folder / "special_tokens_map.json", special_tokens_map(special))
+    _write_json(folder / "tokenizer_config.json", tokenizer_config(special, chat_template=chat_template))
     (folder / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
 
 
@@ -194,7 +190,7 @@ def _assign_missing_ids(found: dict[str, int | None], vocab: Mapping[str, int]) 
     return special
 
 
-def _special_tokens_map(special: Mapping[str, int]) -> dict[str, object]:
+def special_tokens_map(special: Mapping[str, int]) -> dict[str, object]:
     """transformers' special_tokens_map.json: '<|endoftext|>' is GPT-2's bos, eos and unk; the rest are
     additional special tokens."""
     out: dict[str, object] = {}
@@ -206,13 +202,16 @@ def _special_tokens_map(special: Mapping[str, int]) -> dict[str, object]:
     return out
 
 
-def _tokenizer_config(special: Mapping[str, int], special_map: Mapping[str, object]) -> dict[str, object]:
-    """transformers' tokenizer_config.json for a GPT-2 style tokenizer with these special tokens."""
+def tokenizer_config(special: Mapping[str, int], *, chat_template: str | None = None) -> dict[str, object]:
+    """transformers' tokenizer_config.json for a GPT-2 style tokenizer with these special tokens (and a Jinja
+    chat template, if given): what `save` writes and what the server's /tokenizer_info says."""
     added = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                       "single_word": False, "special": True}
              for s, i in sorted(special.items(), key=lambda kv: kv[1])}
     config: dict[str, object] = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False,
                                  "added_tokens_decoder": added}
     config.update({"bos_token": None, "eos_token": None, "unk_token": None, "pad_token": None})
-    config.update(special_map)
+    config.update(special_tokens_map(special))
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     return config
