@@ -139,12 +139,12 @@ def _start(args, run: Path) -> int:
 
     check_not_locked(run)
     model = chat_model(args.init, hf_cache_dir(os.environ))
-    if model.grown is not None:
-        print(f"note: {model.folder} has no chat tokens; adding <|system|>, <|user|>, <|assistant|>, <|end|> "
-              "(and <|endoftext|> if missing): new rows of wte = the mean of its rows", file=sys.stderr)
     existed, made = run.exists(), []
     try:
         data_dir = _data(args, run, model, made)
+        if model.grown is not None:             # said once the data is known good (an error stays one line)
+            print(f"note: {model.folder} has no chat tokens; adding <|system|>, <|user|>, <|assistant|>, <|end|> "
+                  "(and <|endoftext|> if missing): new rows of wte = the mean of its rows", file=sys.stderr)
         if args.prepare_only:
             return 0
         setup = _setup(args, run, model, data_dir, made)
@@ -175,8 +175,8 @@ def _data(args, run: Path, model, made: list) -> Path:
         return given
     context = (model.grown[0] if model.grown else load_config(model.folder)).n_positions
     block_size = args.block_size if args.block_size is not None else min(SFT_BLOCK_SIZE, context)
-    if block_size < 1:
-        raise NumgptError(f"--block-size must be positive, got {block_size}")
+    if not 0 < block_size <= context:               # before packing: rows the model cannot read
+        raise NumgptError(f"--block-size must be in 1..{context} (the model's context, n_positions), got {block_size}")
     out = run if args.prepare_only else run / DATA_SUBDIR
     check_replaceable(out)
     if not args.prepare_only:

@@ -1,0 +1,293 @@
+"""numgpt sft: the masked loss against torch autograd (float64), packing and masks, learning, resume,
+ranks against threads, and bad input (issue 21 item 2). A tiny model and tokenizer made here, synthetic
+conversations from numgpt.posttrain.synth."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from references import reference
+
+from numgpt import backprop, save_checkpoint, train_bpe
+from numgpt.cli import main
+from numgpt.config import GPTConfig
+from numgpt.formats import load_checkpoint
+from numgpt.params import init_params
+from numgpt.posttrain.chat_format import render_for_training
+from numgpt.posttrain.chatdata import write_conversations
+from numgpt.posttrain.packing import load_masks
+from numgpt.posttrain.sft import PackedBatches, masked_loss, sft_objective
+from numgpt.posttrain.synth import synthesize
+from numgpt.threads import run_in_threads, single_threaded_blas
+from numgpt.tokenizer import Tokenizer
+from numgpt.training.comm import ThreadGroup
+from numgpt.training.data import load_dataset
+from numgpt.training.loop import TrainConfig, train
+from numgpt.training.optim import AdamWConfig
+from numgpt.training.state import new_state
+
+torch = reference("torch")
+transformers = reference("transformers")
+
+BLOCK = 64
+FAST = ["--block-size", str(BLOCK), "--threads", "1", "--batch-size", "4", "--eval-iters", "4"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base model (no chat tokens) with a BPE vocabulary of the synthetic text, and 50 conversations."""
+    root = tmp_path_factory.mktemp("sft")
+    tasks = synthesize(50, rng=np.random.default_rng(0))
+    write_conversations(root / "chats.jsonl", tasks)
+    text = " ".join(m["content"] for t in synthesize(300, rng=np.random.default_rng(1)) for m in t["messages"])
+    tok = train_bpe(text, vocab_size=320, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=BLOCK, vocab_size=tok.vocab_size,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    save_checkpoint(root / "base", config, init_params(config, np.random.default_rng(0)), tokenizer=tok)
+    return root
+
+
+def sft(world, out, *extra):
+    return main(["sft", str(world / "chats.jsonl"), "--init", str(world / "base"), "--out", str(out), *FAST, *extra])
+
+
+def relative_error(ours, ref):
+    return float(np.linalg.norm((ours - ref).ravel()) / max(np.linalg.norm(ref.ravel()), 1e-300))
+
+
+# ---- the loss against torch ---------------------------------------------------------------------------
+
+def mask_with_uneven_rows(rng, B, T):
+    """[B, T] 0/1: rows with different numbers of trained tokens, and row 1 with none."""
+    mask = (rng.random((B, T)) < np.linspace(0.2, 0.9, B)[:, None]).astype(np.uint8)
+    mask[1] = 0
+    return mask
+
+
+def test_weighted_cross_entropy_pair_is_the_masked_mean_of_torch(world):
+    rng = np.random.default_rng(3)
+    B, T, V = 4, 7, 11
+    logits = rng.standard_normal((B * T, V))
+    targets = rng.integers(0, V, B * T)
+    mask = mask_with_uneven_rows(rng, B, T).reshape(-1)
+    weights = mask / mask.sum()                                        # the masked mean as a weighted sum
+    loss, probs = backprop.weighted_cross_entropy_forward(logits.copy(), targets, weights)
+    dlogits = backprop.weighted_cross_entropy_backward(probs, targets, weights, scale=0.5)
+    t_logits = torch.tensor(logits, requires_grad=True)
+    nll = torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(targets), reduction="none")
+    ref = (nll * torch.from_numpy(mask.astype(np.float64))).sum() / mask.sum()
+    (0.5 * ref).backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-6)
+    assert relative_error(dlogits, t_logits.grad.numpy()) < 1e-6
+    assert np.all(dlogits.reshape(B, T, V)[1] == 0)                    # the row with no trained token
+
+
+def hf_double(config, params):
+    """transformers' GPT-2 in float64 holding our params (Conv1D stores [in, out] as we do)."""
+    hf_config = transformers.GPT2Config(**{k: v for k, v in config.to_hf_dict().items()
+                                           if k not in ("architectures", "torch_dtype")}, attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(hf_config).double()
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, p in params.items():
+            sd["transformer." + name].copy_(torch.from_numpy(p))
+    return model.train()
+
+
+def test_masked_loss_and_every_gradient_match_torch_in_float64(world):
+    """The SFT batch (weights = mask * B / W) through the whole model, against torch's masked mean."""
+    config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    rng = np.random.default_rng(4)
+    params = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float64)
+              for k, v in init_params(config, np.random.default_rng(0)).items()}
+    B, T = 5, 16
+    tokens = rng.integers(0, config.vocab_size, (B, T + 1))
+    mask = mask_with_uneven_rows(rng, B, T + 1)
+
+    class Rows:                                                       # a Dataset's split, rows back to back
+        def split(self, name):
+            return tokens.reshape(-1)
+    picks = PackedBatches({"train": mask})(Rows(), "train", B, T, np.random.default_rng(5), slice(0, B))
+    ids, targets, weights = picks
+    assert weights.sum() == pytest.approx(B)                           # mask * B / W
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    loss = masked_loss(params, config, (ids, targets, weights.astype(np.float64)), grads)
+
+    model = hf_double(config, params)
+    logits = model(torch.from_numpy(ids)).logits
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, config.vocab_size),
+                                            torch.from_numpy(targets).reshape(-1), reduction="none")
+    m = torch.from_numpy((weights > 0).astype(np.float64).reshape(-1))
+    ref = (nll * m).sum() / m.sum()
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        if name == "lm_head.weight":
+            continue                                                   # tied to wte
+        assert relative_error(grads[name.removeprefix("transformer.")], p.grad.numpy()) < 1e-6, name
+
+
+# ---- packing and masks ----------------------------------------------------------------------------------
+
+def packed(folder):
+    data = load_dataset(folder)
+    masks = load_masks(folder, data.meta)
+    return data, masks, data.train.reshape(-1, BLOCK + 1)
+
+
+def test_masks_are_the_chat_formats_and_train_on_all_changes_them(world, tmp_path):
+    assert sft(world, tmp_path / "a", "--prepare-only") == 0
+    assert sft(world, tmp_path / "b", "--prepare-only", "--train-on", "all") == 0
+    data, masks, rows = packed(tmp_path / "a")
+    _, masks_all, rows_all = packed(tmp_path / "b")
+    assert np.array_equal(rows, rows_all)                              # the same rows, another mask
+    tok = Tokenizer.load(data.tokenizer_dir)
+    # the first train row starts with the first train conversation: its render and mask, verbatim
+    meta = data.meta["sft"]
+    assert meta["conversations"] == {"train": 45, "val": 5}
+    assert data.meta["splits"]["train"]["trained_tokens"] == int(masks["train"].sum())
+    records = [json.loads(line) for line in (world / "chats.jsonl").read_text().splitlines()]
+    found = False
+    for record in records:
+        ids, mask = render_for_training(tok, record["messages"])
+        if len(ids) <= BLOCK + 1 and list(rows[0, :len(ids)]) == ids:
+            assert list(masks["train"][0, :len(ids)]) == mask
+            found = True
+            break
+    assert found and rows[0, 0] == tok.eot_id                         # a row starts with a conversation
+    a, b = masks["train"].astype(bool), masks_all["train"].astype(bool)
+    assert (a <= b).all() and b.sum() > 2 * a.sum()                    # every assistant token, and the prompts
+    assert not (b & (rows[:, :] == tok.eot_id)).all(axis=1).any()
+    assert not b[:, 0].any()                                           # the first token is never predicted
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+def val_losses(run):
+    return [e["val_loss"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if e["type"] == "eval"]
+
+
+def test_sft_lowers_the_masked_validation_loss(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert sft(world, run, "--max-iters", "30", "--eval-interval", "30", "--lr", "3e-3") == 0
+    err = capsys.readouterr().err
+    assert "has no chat tokens; adding" in err
+    losses = val_losses(run)
+    assert len(losses) == 2 and losses[1] < losses[0] - 0.5
+    config, _ = load_checkpoint(run / "latest")
+    assert config.vocab_size == 320 + 4                                # <|system|> <|user|> <|assistant|> <|end|>
+    assert Tokenizer.load(run / "latest").chat_template is not None
+
+
+def test_resume_after_ctrl_c_is_bit_exact(world, tmp_path, monkeypatch):
+    common = ["--max-iters", "12", "--eval-interval", "5", "--seed", "7"]
+    assert sft(world, tmp_path / "straight", *common) == 0
+    from numgpt.cli import train_commands
+    step = train_commands.TimeEstimate.step
+
+    def ctrl_c_at_step_7(self, ev):                       # Ctrl-C lands in the loop after step 7's update
+        if ev["step"] == 7:
+            raise KeyboardInterrupt
+        return step(self, ev)
+    monkeypatch.setattr(train_commands.TimeEstimate, "step", ctrl_c_at_step_7)
+    assert sft(world, tmp_path / "halves", *common) == 130
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "halves" / "latest" / "trainstate.json").read_text())["step"] == 7
+    assert main(["sft", str(world / "chats.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 0
+    _, a = load_checkpoint(tmp_path / "straight" / "latest")
+    _, b = load_checkpoint(tmp_path / "halves" / "latest")
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert val_losses(tmp_path / "straight")[-1] == val_losses(tmp_path / "halves")[-1]
+
+
+def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_path):
+    assert sft(world, tmp_path / "data", "--prepare-only") == 0
+    data = load_dataset(tmp_path / "data")
+    objective = sft_objective(data)
+    from numgpt.posttrain.chat_format import add_chat_tokens
+    from numgpt.formats import load_tokenizer
+    config, params = load_checkpoint(world / "base")
+    config, params, _ = add_chat_tokens(config, params, load_tokenizer(world / "base", config))
+    params = {k: np.array(v) for k, v in params.items()}
+
+    def tc(threads):
+        return TrainConfig(batch_size=4, block_size=BLOCK, max_iters=3, eval_interval=0, eval_iters=2,
+                           threads=threads, optim=AdamWConfig(lr=1e-3, warmup_iters=0))
+    fresh = lambda: new_state({k: v.copy() for k, v in params.items()}, seed=3)  # noqa: E731
+    ref = train(fresh(), config, tc(2), data, tmp_path / "threads", objective=objective)
+    group = ThreadGroup(2)
+    out = [None, None]
+
+    def rank(r):
+        out[r] = train(fresh(), config, tc(1), data, tmp_path / f"rank{r}", comm=group.member(r), objective=objective)
+    with single_threaded_blas():
+        run_in_threads(rank, 2)
+    for result in out:
+        for k, v in ref.state.params.items():
+            assert np.array_equal(result.state.params[k], v), k
+        assert result.last_eval["val_loss"] == ref.last_eval["val_loss"]
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, words", [
+    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}, "user"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}, "robot"),
+])
+def test_bad_lines_are_one_line_errors_naming_the_line_and_leave_nothing(world, tmp_path, capsys, line, words):
+    data = tmp_path / "bad.jsonl"
+    good = (world / "chats.jsonl").read_text().splitlines()[:3]
+    data.write_text("\n".join([*good, json.dumps(line)]) + "\n")
+    run = tmp_path / "run"
+    assert main(["sft", str(data), "--init", str(world / "base"), "--out", str(run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{data}:4:" in err and words in err, err
+    assert not run.exists()
+
+
+def test_a_conversation_longer_than_the_context_is_cut_or_refused(world, tmp_path, capsys):
+    data = tmp_path / "long.jsonl"
+    long = {"messages": [{"role": "user", "content": "count " * 200}, {"role": "assistant", "content": "200"}]}
+    good = [json.dumps({"messages": [{"role": "user", "content": f"{i} + 1?"}, {"role": "assistant", "content": str(i + 1)}]})
+            for i in range(9)]
+    data.write_text("\n".join([*good, json.dumps(long)]) + "\n")
+    args = ["sft", str(data), "--init", str(world / "base"), *FAST, "--val-fraction", "0.2", "--seed", "1"]
+    assert main([*args, "--out", str(tmp_path / "refused"), "--truncate", "no"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{data}:10:" in err and "longer than the context" in err
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--out", str(tmp_path / "cut"), "--prepare-only"]) == 0
+    err = capsys.readouterr().err
+    assert ("1 train and 0 val" in err or "0 train and 1 val" in err) and "longer than 65 tokens and were cut" in err
+
+
+def test_other_refusals_leave_nothing(world, tmp_path, capsys):
+    other = tmp_path / "other_template"
+    shutil.copytree(world / "base", other)
+    cfg = json.loads((other / "tokenizer_config.json").read_text()) if (other / "tokenizer_config.json").exists() else {}
+    cfg["chat_template"] = "{{ messages }}"
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    assert main(["sft", str(world / "chats.jsonl"), "--init", str(other), "--out", str(run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chat_template is not numgpt's" in err and not run.exists()
+    assert main(["sft", str(world / "chats.jsonl"), "--out", str(run), *FAST]) == 2
+    assert "--init MODEL is required" in capsys.readouterr().err and not run.exists()
+    # the model's context is shorter than the rows asked for: setup_run refuses, RUN/data and RUN/init go
+    assert sft(world, run, "--block-size", "100") == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not run.exists()
+    # setup_run refuses after RUN/data and RUN/init were written: they go, and an existing RUN stays
+    run.mkdir()
+    assert sft(world, run, "--batch-size", "0") == 2
+    assert "--batch-size must be positive" in capsys.readouterr().err and run.is_dir() and not any(run.iterdir())
+    run.rmdir()
+    # resume with another file than the run's
+    assert sft(world, run, "--max-iters", "1", "--eval-iters", "1") == 0
+    capsys.readouterr()
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text((world / "chats.jsonl").read_text().replace("numgpt", "mumgpt"))
+    assert main(["sft", str(changed), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
+    assert "is not the file" in capsys.readouterr().err
