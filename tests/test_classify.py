@@ -133,6 +133,11 @@ def test_saved_folder_loads_in_transformers_with_the_same_logits(gpt2_vocab_mode
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf")      # pads as numgpt does
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    assert tok.pad_token == "<|endoftext|>" and np.array_equal(batch["input_ids"].numpy(), ids)
+    with torch.no_grad():
+        np.testing.assert_allclose(hf(**batch).logits.numpy(), ours, rtol=1e-4, atol=1e-5)
     again = classify.load_classifier_folder(tmp_path / "clf")
     assert again.labels == ["ham", "spam", "x"] and again.pad_token_id == 50256
     np.testing.assert_array_equal(again.logits(TEXTS, batch_size=4), ours)
@@ -286,3 +291,21 @@ def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
     assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert f"accuracy {report['accuracy']:.4f}" in text and "confusion matrix" in text
+
+
+def test_ctrl_c_saves_latest_at_the_last_whole_step(gpt2_vocab_model, tmp_path):
+    from numgpt.training.loop import TrainConfig
+    config, params = load_checkpoint(gpt2_vocab_model)
+    model = classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["a", "b"],
+                                    rng=np.random.default_rng(0))
+    train = [classdata.Example(t, "ab"[i % 2]) for i, t in enumerate(TEXTS * 2)]
+
+    def stop_at_two(event):
+        if event["type"] == "step" and event["step"] == 2:
+            raise KeyboardInterrupt
+    result = classify.train_classifier(model, train, [], tmp_path / "run", tc=TrainConfig(batch_size=2, max_iters=9,
+                                       threads=1), trainable="last-1", on_event=stop_at_two)
+    assert result.interrupted and result.steps == 2 and result.saved == [tmp_path / "run" / "latest"]
+    saved = classify.load_classifier_folder(tmp_path / "run" / "latest")
+    assert not np.array_equal(saved.params[SCORE], model.params[SCORE])            # it trained, and saved that
+    np.testing.assert_array_equal(saved.params["h.0.attn.c_attn.weight"], model.params["h.0.attn.c_attn.weight"])

@@ -148,6 +148,9 @@ def run_train(args) -> int:
         print(f"note: {cut} training texts are longer than {model.max_tokens} tokens and were cut to their "
               "first tokens (--max-tokens)", file=sys.stderr)
     result = _train_with_progress(model, train, val, out, tc, args)
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}: saved {out / 'latest'}", file=sys.stderr)
+        return 130
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {result.steps}, val loss {ev['loss']:.4f}, val accuracy {ev['accuracy']:.4f}, "

@@ -93,9 +93,22 @@ class Classifier:
         """A GPT2ForSequenceClassification folder (formats.hf.save_classifier) with the tokenizer and
         SETTINGS_FILE (max_tokens, and whatever `settings` adds)."""
         info = {"max_tokens": self.max_tokens, **(settings or {})}
-        return save_classifier(folder, self.config, self.params, labels=self.labels, pad_token_id=self.pad_token_id,
-                               tokenizer=self.tokenizer,
-                               extra_files={SETTINGS_FILE: (json.dumps(info, indent=2) + "\n").encode()})
+        folder = save_classifier(folder, self.config, self.params, labels=self.labels,
+                                 pad_token_id=self.pad_token_id, tokenizer=self.tokenizer,
+                                 extra_files={SETTINGS_FILE: (json.dumps(info, indent=2) + "\n").encode()})
+        declare_pad_token(folder, self.tokenizer.id_to_token(self.pad_token_id))
+        return folder
+
+
+def declare_pad_token(folder: Path, token: str) -> None:
+    """Name the pad token in the tokenizer files transformers reads (tokenizer_config.json,
+    special_tokens_map.json), so its tokenizer pads batches as numgpt does (a text-classification
+    pipeline needs it)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            info = json.loads(path.read_text(encoding="utf-8"))
+            path.write_text(json.dumps({**info, "pad_token": token}, indent=2) + "\n", encoding="utf-8")
 
 
 def load_classifier_folder(folder: str | Path) -> Classifier:
@@ -405,6 +418,7 @@ class ClassifyResult:
     steps: int
     last_eval: dict[str, Any] | None
     saved: list[Path]
+    interrupted: bool = False       # stopped by Ctrl-C or SIGTERM (OUT/latest saved at the last whole step)
 
 
 def label_ids(examples: Sequence[Example], labels: Sequence[str], source: str) -> np.ndarray:
@@ -444,42 +458,57 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
     """Fine-tune `model` on train (evaluated on val every tc.eval_interval steps and at the end) with
     loop.train_step; writes OUT/best (the lowest validation loss) and OUT/latest, each a
     GPT2ForSequenceClassification folder. tc: a training.loop.TrainConfig (batch_size, grad_accum,
-    max_iters, dropout, eval_interval, seed, optim, threads; block_size = max_tokens)."""
-    from ..threads import single_threaded_blas, thread_count
-    from ..training.loop import LATEST, BEST, Trainer, train_step
-    from ..training.optim import AdamW, init_state
-    from ..training.parallel import DataParallel
-    from ..training.state import TrainState
+    max_iters, dropout, eval_interval, seed, optim, threads; block_size = max_tokens). Ctrl-C or SIGTERM
+    stops it between steps with OUT/latest saved (`interrupted`); there is no resume."""
+    from ..threads import single_threaded_blas
+    from ..training.loop import BEST, LATEST, sigterm_as_interrupt, train_step
 
     data = LabelledTokens(_tokens(model, train, "train"), _tokens(model, val, "val") if val else ([], np.zeros(0, int)),
                           model.pad_token_id)
     weights = balanced_weights(data.train[1], len(model.labels)) if class_weights == "balanced" else None
-    objective = classification_objective(trainable_names(model.config, trainable), weights)
+    t = _trainer(model, data, tc, trainable_names(model.config, trainable), weights, Path(out))
+    emit = on_event or (lambda event: None)
+    info = {"train": trainable, "class_weights": class_weights, **(settings or {})}
+    result = ClassifyResult(0, None, [])
+    best = math.inf
+    t.run.mkdir(parents=True, exist_ok=True)
+    with single_threaded_blas() if t.dp.participants > 1 else nullcontext(), sigterm_as_interrupt():
+        try:
+            while t.state.step < tc.max_iters:
+                loss, norm, lr = train_step(t)
+                emit({"type": "step", "step": t.state.step, "loss": loss, "lr": lr, "grad_norm": norm})
+                if val and (t.state.step == tc.max_iters or (tc.eval_interval and t.state.step % tc.eval_interval == 0)):
+                    now = dataclasses.replace(model, params=t.state.params)
+                    result.last_eval = {"step": t.state.step, **evaluate_tokens(now, *data.val, class_weights=weights)}
+                    improved = result.last_eval["loss"] < best
+                    emit({"type": "eval", **result.last_eval, "best": improved})
+                    if improved:
+                        best = result.last_eval["loss"]
+                        result.saved.append(_save_atomically(now, t.run / BEST, info))
+        except KeyboardInterrupt:
+            result.interrupted = True
+    result.steps = t.state.step
+    result.saved.append(_save_atomically(dataclasses.replace(model, params=t.state.params), t.run / LATEST, info))
+    return result
+
+
+def _trainer(model: Classifier, data: LabelledTokens, tc: Any, trainable: frozenset[str],
+             weights: np.ndarray | None, out: Path):
+    """The training loop's Trainer for this task: writable copies of the weights, AdamW moments for the
+    trained ones only, the batch rows split over tc.threads threads (0: all cores)."""
+    from ..threads import thread_count
+    from ..training.loop import Trainer
+    from ..training.optim import AdamW, init_state
+    from ..training.parallel import DataParallel
+    from ..training.state import TrainState
+
+    objective = classification_objective(trainable, weights)
     params = {k: np.array(v, dtype=np.float32) for k, v in model.params.items()}        # writable copies
     trained = objective.trainable_params(params)
     state = TrainState(params=params, optim=init_state(trained), rng=np.random.default_rng(tc.seed))
     dp = DataParallel(tc.threads or thread_count())
     opt = AdamW(trained, state.optim, tc.optim, threads=dp.threads, overlap=False)
-    out = Path(out)
-    t = Trainer(state, model.config, tc, data, out, objective, dp, opt)
-    emit = on_event or (lambda event: None)
-    info = {"train": trainable, "class_weights": class_weights, **(settings or {})}
-    best, last_eval, saved = math.inf, None, []
-    out.mkdir(parents=True, exist_ok=True)
-    with single_threaded_blas() if dp.participants > 1 else nullcontext():
-        while state.step < tc.max_iters:
-            loss, norm, lr = train_step(t)
-            emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm})
-            if val and (state.step == tc.max_iters or (tc.eval_interval and state.step % tc.eval_interval == 0)):
-                now = dataclasses.replace(model, params=state.params)
-                last_eval = {"step": state.step, **evaluate_tokens(now, *data.val, class_weights=weights)}
-                improved = last_eval["loss"] < best
-                emit({"type": "eval", **last_eval, "best": improved})
-                if improved:
-                    best = last_eval["loss"]
-                    saved.append(_save_atomically(now, out / BEST, info))
-    saved.append(_save_atomically(dataclasses.replace(model, params=state.params), out / LATEST, info))
-    return ClassifyResult(state.step, last_eval, saved)
+    return Trainer(state, model.config, tc, data, out, objective, dp, opt)
 
 
 def _save_atomically(model: Classifier, folder: Path, settings: dict[str, Any]) -> Path:
