@@ -172,7 +172,7 @@ def test_sft_lowers_the_masked_validation_loss(world, tmp_path, capsys):
     run = tmp_path / "run"
     assert sft(world, run, "--max-iters", "30", "--eval-interval", "30", "--lr", "3e-3") == 0
     err = capsys.readouterr().err
-    assert "has no chat tokens; adding" in err
+    assert "has no chat tokens; added" in err
     losses = val_losses(run)
     assert len(losses) == 2 and losses[1] < losses[0] - 0.5
     config, _ = load_checkpoint(run / "latest")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from ..threads import THREADS_ENV
 from ..training.loop import LATEST, BEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 
-DATA_SUBDIR, INIT_SUBDIR = "data", "init"      # RUN/data: the packed conversations; RUN/init: the grown model
-SFT_BLOCK_SIZE = 256                           # rows of at most this many tokens (or the model's context)
+from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
@@ -85,133 +83,48 @@ def register(sub) -> None:
 
 
 def run_sft(args) -> int:
+    from ..formats import hf_cache_dir
+    from ..posttrain.sft import setup_sft
     from ..training.mpi import world
+    from .train_commands import check_run_folder, default_threads, flag_error, options_from_args
 
     if world(os.environ).size > 1:
         raise NumgptError("numgpt sft runs as one process for now (mpiexec is numgpt train's); use --threads N")
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
-    from .train_commands import check_run_folder
+    if args.resume and (args.prepare_only or args.init):
+        raise NumgptError("--resume continues RUN_DIR/latest with its own data and model: drop "
+                          + ("--prepare-only" if args.prepare_only else "--init"))
     run = check_run_folder(Path(args.out))
-    if args.resume:
-        if args.prepare_only or args.init:
-            raise NumgptError("--resume continues RUN_DIR/latest with its own data and model: drop "
-                              + ("--prepare-only" if args.prepare_only else "--init"))
-        return _train(args, _resume(args, run))
-    if args.init is None:
-        raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
-    if (run / LATEST).exists() and not args.prepare_only:
-        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
-    return _start(args, run)
-
-
-def _resume(args, run: Path):
-    from ..formats import hf_cache_dir
-    from ..posttrain.packing import file_sha256, is_sft_folder
-    from ..training.run import setup_run
-    from .train_commands import default_threads, options_from_args
-
-    data_dir = run / DATA_SUBDIR
-    if not is_sft_folder(data_dir):
-        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with --init MODEL")
-    given = Path(args.data)
-    if given.is_file():
-        import json
-        saved = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))["sft"]
-        if file_sha256(given) != saved["source_sha256"]:
-            raise NumgptError(f"{given} is not the file {run} was prepared from ({saved['source']}); resume with "
-                              "that file, or start a new run")
-    options = _options(args, options_from_args, new=False)
+    options = _options(args, options_from_args, new=not args.resume)
     try:
-        return setup_run(data_dir, run, options=options, resume_from=LATEST, cache_dir=hf_cache_dir(os.environ),
-                         default_threads=default_threads())
-    except ConfigFieldError as e:
-        from .train_commands import flag_error
-        raise flag_error(e, options) from None
-
-
-def _start(args, run: Path) -> int:
-    """A new run: the model with the chat tokens, the data packed into RUN/data, the run set up; on any
-    refusal before the first step, what this made is removed (RUN itself when it did not exist)."""
-    from ..formats import hf_cache_dir
-    from ..posttrain.sft import chat_model
-    from ..training.lock import check_not_locked
-
-    check_not_locked(run)
-    model = chat_model(args.init, hf_cache_dir(os.environ))
-    existed, made = run.exists(), []
-    try:
-        data_dir = _data(args, run, model, made)
-        if model.grown is not None:             # said once the data is known good (an error stays one line)
-            print(f"note: {model.folder} has no chat tokens; adding <|system|>, <|user|>, <|assistant|>, <|end|> "
-                  "(and <|endoftext|> if missing): new rows of wte = the mean of its rows", file=sys.stderr)
-        if args.prepare_only:
-            return 0
-        setup = _setup(args, run, model, data_dir, made)
-    except BaseException:
-        if not existed:
-            shutil.rmtree(run, ignore_errors=True)
-        for path in made:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-    return _train(args, setup)
-
-
-def _data(args, run: Path, model, made: list) -> Path:
-    """The packed data: DATA itself when it is a prepared folder, else DATA packed into RUN/data (or into
-    --out with --prepare-only)."""
-    from ..formats.hf import load_config
-    from ..posttrain.packing import is_sft_folder
-    from ..posttrain.sft import prepare_sft, sft_block_size
-    from ..training.data import check_replaceable
-
-    given = Path(args.data)
-    if given.is_dir():
-        if not is_sft_folder(given):
-            raise NumgptError(f"{given}: a folder, but not one `numgpt sft --prepare-only` made; pass chat JSONL")
-        if args.block_size is not None and args.block_size != sft_block_size(given):
-            raise NumgptError(f"{given} was packed for --block-size {sft_block_size(given)}; pack it again for "
-                              f"{args.block_size}")
-        return given
-    context = (model.grown[0] if model.grown else load_config(model.folder)).n_positions
-    block_size = args.block_size if args.block_size is not None else min(SFT_BLOCK_SIZE, context)
-    if not 0 < block_size <= context:               # before packing: rows the model cannot read
-        raise NumgptError(f"--block-size must be in 1..{context} (the model's context, n_positions), got {block_size}")
-    out = run if args.prepare_only else run / DATA_SUBDIR
-    check_replaceable(out)
-    if not args.prepare_only:
-        made.append(out)
-    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size, train_on=args.train_on,
-                            truncate=args.truncate == "yes", val_fraction=args.val_fraction, val_file=args.val,
-                            seed=args.seed if args.seed is not None else TC.seed)
-    s, n = meta["splits"], meta["sft"]["conversations"]
-    print(f"{out}: train {n['train']} conversations in {s['train']['rows']} rows of {block_size + 1} tokens "
-          f"({s['train']['trained_tokens']:,} trained), val {n['val']} in {s['val']['rows']} rows "
-          f"({s['val']['trained_tokens']:,} trained); loss on {args.train_on} tokens", file=sys.stderr)
-    if cut["train"] or cut["val"]:
-        print(f"note: {cut['train']} train and {cut['val']} val conversations were longer than {block_size + 1} "
-              "tokens and were cut to fit (--truncate no refuses them)", file=sys.stderr)
-    return out
-
-
-def _setup(args, run: Path, model, data_dir: Path, made: list):
-    from ..formats import hf_cache_dir, save_checkpoint
-    from ..posttrain.sft import sft_block_size
-    from ..training.run import setup_run
-    from .train_commands import default_threads, flag_error, options_from_args
-
-    init = model.folder
-    if model.grown is not None:
-        init = run / INIT_SUBDIR
-        made.append(init)
-        save_checkpoint(init, *model.grown, tokenizer=model.tokenizer)
-    options = _options(args, options_from_args, new=True)
-    options["block_size"] = sft_block_size(data_dir)
-    try:
-        return setup_run(data_dir, run, options=options, init=init, cache_dir=hf_cache_dir(os.environ),
-                         default_threads=default_threads())
+        setup = setup_sft(args.data, run, init=args.init, resume=args.resume, options=options,
+                          block_size=args.block_size, train_on=args.train_on, truncate=args.truncate == "yes",
+                          val_fraction=args.val_fraction, val_file=args.val,
+                          seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
+                          default_threads=default_threads(), prepare_only=args.prepare_only)
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
+    _report_data(args, setup, run)
+    return 0 if args.prepare_only else _train(args, setup.run)
+
+
+def _report_data(args, setup, run: Path) -> None:
+    """What packing made, the conversations it cut, and the chat tokens added, on stderr."""
+    if setup.meta is not None:
+        s, n, L = setup.meta["splits"], setup.meta["sft"]["conversations"], setup.meta["sft"]["block_size"] + 1
+        where = run if args.prepare_only else run / DATA_SUBDIR
+        print(f"{where}: train {n['train']} conversations in {s['train']['rows']} rows of {L} tokens "
+              f"({s['train']['trained_tokens']:,} trained), val {n['val']} in {s['val']['rows']} rows "
+              f"({s['val']['trained_tokens']:,} trained); loss on {args.train_on} tokens", file=sys.stderr)
+        cut = setup.truncated
+        if cut.get("train") or cut.get("val"):
+            print(f"note: {cut['train']} train and {cut['val']} val conversations were longer than {L} tokens and "
+                  "were cut to fit (--truncate no refuses them)", file=sys.stderr)
+    if setup.added_chat_tokens:
+        print(f"note: {args.init} has no chat tokens; added <|system|>, <|user|>, <|assistant|>, <|end|> (and "
+              "<|endoftext|> if missing), their wte rows the mean of its rows"
+              + ("" if args.prepare_only else f" (the grown model: {run / INIT_SUBDIR})"), file=sys.stderr)
 
 
 def _options(args, options_from_args, *, new: bool) -> dict:
@@ -224,11 +137,10 @@ def _options(args, options_from_args, *, new: bool) -> dict:
 
 def _train(args, setup) -> int:
     from ..params import count_params
-    from ..posttrain.sft import sft_objective
     from ..training.loop import train
     from .train_commands import _train_with_progress, best_checkpoint_note
 
-    objective = sft_objective(setup.data)
+    objective = setup.objective
     config, tc, state, folder = setup.config, setup.tc, setup.state, setup.folder
     print(f"SFT, {setup.description}: {count_params(config) / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
           f"{tc.batch_size * tc.grad_accum} rows of {tc.block_size} tokens per step; loss = masked mean over "

@@ -16,12 +16,17 @@ then sum(mask * nll) / W exactly as one process computes it.
 Batches: B rows drawn at random (with replacement, like pre-training's windows) from the packed rows
 (packing.py); evaluation draws its fixed batches the same way from the held-out conversations' rows.
 
-    run, objective = setup_sft(data_dir, run_dir, init="builtin", options={...})
-    train(run.state, run.config, run.tc, run.data, run.folder, objective=objective)
+    setup = setup_sft("chats.jsonl", "runs/sft", init="builtin", options={"max_iters": 200})
+    result = setup.run.train()          # training.run.Run with SFT's Objective: numgpt train's loop
+
+The rest of `numgpt sft` is here too: a model without the chat tokens gets them (chat_format.add_chat_tokens,
+saved as RUN/init since training.run.setup_run starts from a folder), the chat JSONL is checked, split
+and packed into RUN/data (packing.py) before anything trains, and a refusal leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -158,3 +163,128 @@ def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer, *, block_
     info = {"train_on": train_on, "conversations": counts, "truncated": cut, "source": str(data_file),
             "source_sha256": file_sha256(data_file), "val_source": None if val_file is None else str(val_file)}
     return write_sft_folder(out_dir, tokenizer, splits, block_size=block_size, info=info), cut
+
+
+# ---- a run of SFT, as `numgpt sft` sets it up ---------------------------------------------------------------
+
+DATA_SUBDIR, INIT_SUBDIR = "data", "init"      # RUN/data: the packed conversations; RUN/init: the grown model
+SFT_BLOCK_SIZE = 256                           # rows of at most this many tokens (or the model's context)
+
+
+@dataclass
+class SftSetup:
+    """What setup_sft did: the run ready to train (None with prepare_only), the packed data's meta, the
+    conversations cut per split, and whether the chat tokens were added to the model."""
+
+    run: object | None                         # training.run.Run, its objective SFT's
+    meta: dict | None = None                   # None when DATA was an already prepared folder (or on resume)
+    truncated: dict[str, int] = field(default_factory=dict)
+    added_chat_tokens: bool = False
+
+
+def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None = None, resume: bool = False,
+              options: Mapping | None = None, block_size: int | None = None, train_on: str = "assistant",
+              truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+              seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
+              prepare_only: bool = False) -> SftSetup:
+    """`numgpt sft DATA --init MODEL --out RUN`, up to the first step (then `.run.train()`).
+
+    data: chat JSONL (packed into RUN/data, or into run_dir itself with prepare_only), or a folder packed
+    before; init: the model (a chat-token-less one is grown into RUN/init); resume: continue RUN/latest
+    (data, if a file, must be the one the run was packed from); options: TrainConfig fields as setup_run's;
+    block_size: the rows' length - 1 (default min(SFT_BLOCK_SIZE, the model's context)). A refusal before
+    training leaves nothing this made (run_dir itself goes when it did not exist)."""
+    from ..formats import hf_cache_dir
+    from ..training.lock import check_not_locked
+    from ..training.loop import LATEST
+
+    run = Path(run_dir)
+    cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
+    if resume:
+        return SftSetup(run=_resume_run(Path(data), run, options, cache_dir, default_threads))
+    if init is None:
+        raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
+    if (run / LATEST).exists() and not prepare_only:
+        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+    check_not_locked(run)
+    model = chat_model(init, cache_dir)
+    existed, made = run.exists(), []
+    try:
+        data_dir, meta, cut = _packed_data(Path(data), run, model, made, block_size=block_size, train_on=train_on,
+                                           truncate=truncate, val_fraction=val_fraction, val_file=val_file, seed=seed,
+                                           prepare_only=prepare_only)
+        setup = SftSetup(run=None, meta=meta, truncated=cut, added_chat_tokens=model.grown is not None)
+        if not prepare_only:
+            setup.run = _new_run(run, model, data_dir, made, options, cache_dir, default_threads)
+        return setup
+    except BaseException:
+        if not existed:
+            shutil.rmtree(run, ignore_errors=True)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_size: int | None, prepare_only: bool,
+                 **prepare) -> tuple[Path, dict | None, dict[str, int]]:
+    """(folder, meta, cut): `given` itself when it is a packed folder, else `given` packed into RUN/data
+    (into RUN with prepare_only)."""
+    from ..formats.hf import load_config
+    from ..training.data import check_replaceable
+    from .packing import is_sft_folder
+
+    if given.is_dir():
+        if not is_sft_folder(given):
+            raise NumgptError(f"{given}: a folder, but not one `numgpt sft --prepare-only` made; pass chat JSONL")
+        if block_size is not None and block_size != sft_block_size(given):
+            raise NumgptError(f"{given} was packed for --block-size {sft_block_size(given)}; pack it again for "
+                              f"{block_size}")
+        return given, None, {}
+    context = (model.grown[0] if model.grown else load_config(model.folder)).n_positions
+    block_size = min(SFT_BLOCK_SIZE, context) if block_size is None else block_size
+    if not 0 < block_size <= context:                # before packing: rows the model cannot read
+        raise NumgptError(f"--block-size must be in 1..{context} (the model's context, n_positions), got {block_size}")
+    out = run if prepare_only else run / DATA_SUBDIR
+    check_replaceable(out)
+    if not prepare_only:
+        made.append(out)
+    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size, **prepare)
+    return out, meta, cut
+
+
+def _new_run(run: Path, model: ChatModel, data_dir: Path, made: list, options: Mapping | None,
+             cache_dir: str | Path, default_threads: int):
+    """setup_run from the model (grown into RUN/init first if it had no chat tokens), with SFT's Objective."""
+    from ..formats import save_checkpoint
+    from ..training.run import setup_run
+
+    init = model.folder
+    if model.grown is not None:
+        init = run / INIT_SUBDIR
+        made.append(init)
+        save_checkpoint(init, *model.grown, tokenizer=model.tokenizer)
+    setup = setup_run(data_dir, run, options={**(options or {}), "block_size": sft_block_size(data_dir)}, init=init,
+                      cache_dir=cache_dir, default_threads=default_threads)
+    setup.objective = sft_objective(setup.data)
+    return setup
+
+
+def _resume_run(given: Path, run: Path, options: Mapping | None, cache_dir: str | Path, default_threads: int):
+    """setup_run of RUN/latest on RUN/data, refusing another data file than the run's."""
+    import json
+    from ..training.loop import LATEST
+    from ..training.run import setup_run
+    from .packing import file_sha256, is_sft_folder
+
+    data_dir = run / DATA_SUBDIR
+    if not is_sft_folder(data_dir):
+        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with --init MODEL")
+    if given.is_file():
+        saved = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))["sft"]
+        if file_sha256(given) != saved["source_sha256"]:
+            raise NumgptError(f"{given} is not the file {run} was prepared from ({saved['source']}); resume with "
+                              "that file, or start a new run")
+    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, cache_dir=cache_dir,
+                      default_threads=default_threads)
+    setup.objective = sft_objective(setup.data)
+    return setup
