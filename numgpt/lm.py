@@ -62,7 +62,8 @@ class NextToken(NamedTuple):
 
 
 def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-         download: bool = True, mmap: bool = False, threads: int | None = None) -> "LanguageModel":
+         download: bool = True, mmap: bool = False, threads: int | None = None,
+         adapter: str | os.PathLike | None = None) -> "LanguageModel":
     """Load a GPT-2 model with its tokenizer.
 
     name_or_folder: a Hugging Face GPT-2 folder (config.json + model.safetensors, tokenizer files
@@ -76,6 +77,8 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
         ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
     threads: threads that read the weights (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
+    adapter: a PEFT LoRA adapter folder trained on this base (`numgpt train --lora-rank R` writes RUN/adapter),
+        merged into the weights as they load (formats.peft.merge_adapter); one for another base is refused.
     """
     if name_or_folder is None:
         name_or_folder = builtin_model_folder()
@@ -84,6 +87,9 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
     config, params = load_checkpoint(folder, for_inference=not mmap, threads=threads)
+    if adapter is not None:
+        from .formats.peft import merge_adapter
+        params = merge_adapter(adapter, config, params)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import PRESETS
 from ..errors import NumgptError
+from ..posttrain.lora import add_lora_flags, export_adapter, lora_from_args, with_lora
 from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
@@ -137,6 +138,7 @@ def register(sub) -> None:
     o.add_argument("--no-overlap", action="store_true",
                    help="under mpiexec with 2 ranks, sum the gradients after the backward instead of layer by "
                    "layer during it (the same results; for measuring what the overlap saves)")
+    add_lora_flags(t)
     t.set_defaults(run=run_train)
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
@@ -265,6 +267,7 @@ def _run_train(args, comm) -> int:
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1 (the threads each batch's rows are split over), got {args.threads}")
     options = options_from_args(args)
+    lora = lora_from_args(args)                        # a bad --lora-* flag is refused before any loading
     try:
         run = setup_run(args.data, args.out, options=options, shape={k: getattr(args, k) for k in SHAPE_FLAGS},
                         init=args.init, resume_from=args.resume_from or (LATEST if args.resume else None),
@@ -272,6 +275,7 @@ def _run_train(args, comm) -> int:
                         ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
+    run = with_lora(run, lora, resumed=bool(args.resume or args.resume_from))
     config, tc, state, folder = run.config, run.tc, run.state, run.folder
     if comm.rank != 0:                                 # rank 0 alone prints
         result = run.train(comm=comm)
@@ -283,7 +287,17 @@ def _run_train(args, comm) -> int:
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)
-    result = _train_with_progress(state, config, tc, run.data, folder, lambda *a, **kw: train(*a, comm=comm, **kw))
+    if tc.lora is not None:
+        trained = run.objective.trainable_params(state.params)
+        print(f"LoRA rank {tc.lora['rank']}, alpha {tc.lora['alpha']:g} on {','.join(tc.lora['targets'])}: "
+              f"{sum(p.size for p in trained.values()) / 1e6:.3f}M trained parameters, the base frozen",
+              file=sys.stderr)
+    result = _train_with_progress(state, config, tc, run.data, folder,
+                                  lambda *a, **kw: train(*a, comm=comm, objective=run.objective, **kw))
+    adapter = export_adapter(run)                      # RUN/adapter: the last state's adapter (None without LoRA)
+    if adapter is not None:
+        print(f"adapter: {adapter} (PEFT LoRA; numgpt generate --model {tc.init or 'BASE'} --adapter {adapter})",
+              file=sys.stderr)
     if result.interrupted:
         how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
         print(f"{how} at step {state.step}: saved {folder / LATEST}; continue with "

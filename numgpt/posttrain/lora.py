@@ -1,0 +1,426 @@
+"""LoRA: low-rank adapters on the blocks' linear layers, trained while the base model stays frozen.
+
+    y = x W + b + (alpha / r) * (x A) B          W [in, out] frozen; A [in, r], B [r, out] trained
+
+(Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"). A starts as PEFT's
+kaiming-uniform (U(-1/sqrt(in), 1/sqrt(in))), B as zeros, so a new adapter leaves the model unchanged.
+
+Orientation: numgpt keeps every weight [in, out] (GPT-2's Conv1D), so A is [in, r] and B [r, out]; PEFT's
+lora_A / lora_B are nn.Linear weights, [r, in] and [out, r]: the adapter file (formats/peft.py) transposes.
+
+Names: an adapter tensor is its layer's name plus lora_A / lora_B, 'h.3.attn.c_attn.lora_A', kept in the
+same Params dict as the base (so the training state, checkpoints and the optimizer treat them like any
+tensor); the Objective's trainable set is exactly these names, so the base gets no gradient buffers and no
+optimizer moments. Targets follow PEFT's target_modules rule: a module is adapted if its name within the
+block (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) equals a target or ends with '.' + target, so
+'c_proj' adapts both projections.
+
+The training forward/backward (`lora_forward_for_training`, `lora_backward`) is backprop.py's model with
+each linear layer replaced by the pair `lora_linear_forward` / `lora_linear_backward`; the frozen tensors'
+gradients are never computed (no x^T dy for W, no [V, C] product for the tied wte), which is where LoRA's
+step saves its time. Tests hold the pair and the whole model's adapter gradients equal to torch autograd,
+and the unmerged forward equal to the merged model's.
+
+Shape legend: B batch, T time, N = B * T rows, C channels, r rank, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..backprop import Workspace, check_batch, embed_forward, maybe_dropout
+from ..config import GPTConfig
+from ..errors import NumgptError
+from ..formats import peft
+from ..formats.peft import merged_weight
+from ..ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
+                   cross_entropy_forward, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
+                   linear_forward)
+from ..params import Layer, Params, layer, layers, param_shapes
+
+MODULES = peft.BLOCK_MODULES             # a block's linear layers, PEFT's names (attn.c_attn, ..., mlp.c_proj)
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")                        # every one of them
+A, B = "lora_A", "lora_B"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """An adapter's shape: rank r, alpha (the update is scaled by alpha / r; default alpha = r, PEFT's
+    r=8, alpha=8 scale), and the target modules (PEFT's suffix rule, see the module docstring)."""
+
+    rank: int = 8
+    alpha: float | None = None
+    targets: tuple[str, ...] = field(default=DEFAULT_TARGETS, compare=False)   # as given; equal configs adapt
+    modules: tuple[str, ...] = field(init=False)     # the MODULES the targets select, in MODULES' order
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise NumgptError(f"the LoRA rank (--lora-rank) must be a whole number >= 1, got {self.rank!r}")
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", float(self.rank))
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
+                math.isfinite(self.alpha) and self.alpha > 0):
+            raise NumgptError(f"the LoRA alpha (--lora-alpha) must be a finite number > 0, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise NumgptError(f"LoRA targets (--lora-targets) must be module names such as "
+                              f"{','.join(MODULES)}, got {self.targets!r}")
+        for t in targets:
+            if not any(_matches(m, t) for m in MODULES):
+                raise NumgptError(f"LoRA target {t!r} names no linear layer of a GPT-2 block; use "
+                                  f"{', '.join(MODULES)} (or a suffix: c_attn, c_proj, c_fc)")
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "modules", tuple(m for m in MODULES if any(_matches(m, t) for t in targets)))
+
+    @property
+    def scale(self) -> float:
+        """alpha / r, what the low-rank update is multiplied by."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
+        try:
+            return cls(rank=d["rank"], alpha=d["alpha"], targets=tuple(d["targets"]))
+        except (KeyError, TypeError) as e:
+            raise NumgptError(f"a damaged LoRA config {d!r} ({e})") from None
+
+
+def _matches(module: str, target: str) -> bool:
+    """PEFT's target_modules rule for one name: equal, or a suffix after a dot."""
+    return module == target or module.endswith("." + target)
+
+
+# ---- the adapter tensors -----------------------------------------------------------------------------
+
+def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every adapter tensor: h.N.<module>.lora_A [in, r] and .lora_B [r, out]."""
+    base = param_shapes(config)
+    shapes = {}
+    for i in range(config.n_layer):
+        for m in lora.modules:
+            n_in, n_out = base[f"h.{i}.{m}.weight"]
+            shapes[f"h.{i}.{m}.{A}"] = (n_in, lora.rank)
+            shapes[f"h.{i}.{m}.{B}"] = (lora.rank, n_out)
+    return shapes
+
+
+def init_adapters(config: GPTConfig, lora: LoraConfig, rng: np.random.Generator) -> Params:
+    """A new adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) bound), B = 0."""
+    out = {}
+    for name, shape in adapter_shapes(config, lora).items():
+        if name.endswith(A):
+            bound = 1.0 / math.sqrt(shape[0])
+            out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+        else:
+            out[name] = np.zeros(shape, np.float32)
+    return out
+
+
+def adapter_names(params: Params) -> list[str]:
+    """The adapter tensors among params (names ending in lora_A / lora_B)."""
+    return [n for n in params if n.endswith("." + A) or n.endswith("." + B)]
+
+
+def merge(params: Params, config: GPTConfig, lora: LoraConfig) -> Params:
+    """The plain model the adapter stands for: W + (alpha/r) A B for every adapted layer, the other
+    tensors as they are (new arrays for the merged weights; the adapter tensors dropped)."""
+    merged = {name: params[name] for name in param_shapes(config)}
+    for i in range(config.n_layer):
+        for m in lora.modules:
+            w = f"h.{i}.{m}.weight"
+            merged[w] = merged_weight(params[w], params[f"h.{i}.{m}.{A}"], params[f"h.{i}.{m}.{B}"], lora.scale)
+    return merged
+
+
+def save_adapter(folder: str | os.PathLike, params: Params, config: GPTConfig, lora: LoraConfig, *,
+                 base: str = "") -> Path:
+    """Write params' adapter as a PEFT folder (formats/peft.py), with the base's fingerprint; base: the
+    base model's name or folder, recorded as peft's base_model_name_or_path."""
+    tensors = {name: params[name] for name in adapter_shapes(config, lora)}
+    return peft.save_adapter(folder, rank=lora.rank, alpha=lora.alpha, modules=list(lora.modules), tensors=tensors,
+                             base=base, fingerprint=peft.base_fingerprint(params, list(param_shapes(config))))
+
+
+def read_adapter(folder: str | os.PathLike, config: GPTConfig, params: Params) -> tuple[LoraConfig, Params]:
+    """(LoraConfig, adapter tensors) of a PEFT folder, checked against the base (config, params): another
+    base's adapter is a one-line NumgptError (formats.peft.checked_adapter)."""
+    rank, alpha, modules, tensors = peft.checked_adapter(folder, config, params)
+    if not modules:
+        raise NumgptError(f"{folder}: the adapter holds no LoRA matrices")
+    return LoraConfig(rank=rank, alpha=alpha, targets=tuple(modules)), tensors
+
+
+# ---- one adapted linear layer: forward and backward side by side ------------------------------------
+
+def lora_linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, a: np.ndarray, bm: np.ndarray,
+                        scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """y = x w + b + scale * (x a) bm on rows x [N, in]; returns y [N, out] and xa [N, r] (the backward's)."""
+    y = linear_forward(x, w, b)                                # [N, in] -> [N, out]
+    xa = x @ a                                                 # [N, in] x [in, r] -> [N, r]
+    y += (xa * np.asarray(scale, x.dtype)) @ bm                # [N, r] x [r, out] -> [N, out]
+    return y, xa
+
+
+def lora_linear_backward(dy: np.ndarray, x: np.ndarray, xa: np.ndarray, w: np.ndarray, a: np.ndarray,
+                         bm: np.ndarray, scale: float, da: np.ndarray, dbm: np.ndarray) -> np.ndarray:
+    """Differentiates y = x w + b + s (x a) bm with w and b frozen: accumulates
+    da += x^T (s dy bm^T), dbm += s (x a)^T dy; returns dx = dy w^T + (s dy bm^T) a^T."""
+    s = np.asarray(scale, dy.dtype)
+    dxa = (dy @ bm.T) * s                                      # [N, out] x [out, r] -> [N, r]
+    dbm += (xa * s).T @ dy                                     # [r, N] x [N, out] -> [r, out]
+    da += x.T @ dxa                                            # [in, N] x [N, r] -> [in, r]
+    dx = dy @ w.T                                              # [N, out] x [out, in] -> [N, in]
+    dx += dxa @ a.T                                            # [N, r] x [r, in] -> [N, in]
+    return dx
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One linear layer of a block as the LoRA model sees it: its frozen tensors and, if adapted, its
+    adapter and where that adapter's gradients go."""
+
+    w: np.ndarray
+    b: np.ndarray
+    a: np.ndarray | None = None
+    bm: np.ndarray | None = None
+    da: np.ndarray | None = None
+    dbm: np.ndarray | None = None
+
+
+def _sites(p: Layer, params: Params, grads: Params | None, lora: LoraConfig) -> dict[str, _Site]:
+    """The block's four linear layers keyed by module name, with their adapters where lora targets them."""
+    linear = {"attn.c_attn": p.attn.c_attn, "attn.c_proj": p.attn.c_proj, "mlp.c_fc": p.mlp.c_fc,
+              "mlp.c_proj": p.mlp.c_proj}
+    out = {}
+    for m, lin in linear.items():
+        if m not in lora.modules:
+            out[m] = _Site(lin.weight, lin.bias)
+            continue
+        na, nb = f"h.{p.index}.{m}.{A}", f"h.{p.index}.{m}.{B}"
+        out[m] = _Site(lin.weight, lin.bias, params[na], params[nb],
+                       None if grads is None else grads.get(na), None if grads is None else grads.get(nb))
+    return out
+
+
+def site_forward(x: np.ndarray, s: _Site, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A linear layer, adapted or plain: (y, x a or None)."""
+    if s.a is None:
+        return linear_forward(x, s.w, s.b), None
+    return lora_linear_forward(x, s.w, s.b, s.a, s.bm, scale)
+
+
+def site_backward(dy: np.ndarray, x: np.ndarray, xa: np.ndarray | None, s: _Site, scale: float) -> np.ndarray:
+    """dx of a linear layer whose base is frozen; the adapter's gradients accumulated if it has one."""
+    if s.a is None:
+        return dy @ s.w.T                                      # [N, out] x [out, in] -> [N, in]
+    da = np.zeros_like(s.a) if s.da is None else s.da          # an untrained adapter: gradients thrown away
+    dbm = np.zeros_like(s.bm) if s.dbm is None else s.dbm
+    return lora_linear_backward(dy, x, xa, s.w, s.a, s.bm, scale, da, dbm)
+
+
+# ---- the whole model: backprop.py's forward and backward with adapted linear layers --------------------
+
+def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
+                              dropout: float = 0.0, rng: np.random.Generator | None = None,
+                              workspace: Workspace | None = None) -> tuple[np.ndarray, dict]:
+    """Logits [N, V] of the adapted model for ids [B, T], and the tape `lora_backward` walks (the same
+    dropout masks, drawn in the same order, as backprop.forward_for_training)."""
+    B, T = ids.shape
+    x, _ = embed_forward(params, ids, dropout, rng)                    # [B, T] -> [N, C]
+    blocks = []
+    for p in layers(params, config):
+        x, ctx = _block_forward(p, _sites(p, params, None, lora), config, lora.scale, x, (B, T), dropout, rng)
+        blocks.append(ctx)
+    xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    wte = params["wte.weight"]
+    out = None if workspace is None else workspace.get("logits", (B * T, wte.shape[0]), xf.dtype)
+    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
+    return logits, {"blocks": blocks, "ln_f": ln_f}
+
+
+def lora_backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
+                  grads: Params) -> None:
+    """From d(loss)/d(logits) [N, V], accumulate the adapters' gradients into grads (the names it holds);
+    the frozen tensors get none (LayerNorm's go to a small scratch, the embeddings' are never formed)."""
+    C = config.n_embd
+    scratch = np.zeros(C, np.float32), np.zeros(C, np.float32)         # frozen LayerNorm gain/bias gradients
+    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
+    dx = layer_norm_backward(dxf, tape["ln_f"], *scratch)
+    for i in reversed(range(config.n_layer)):
+        p = layer(params, i)
+        dx = _block_backward(dx, tape["blocks"][i], _sites(p, params, grads, lora), lora.scale, scratch)
+
+
+def _block_forward(p: Layer, sites: dict[str, _Site], config: GPTConfig, scale: float, x: np.ndarray,
+                   bt: tuple[int, int], dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
+    """backprop.block_forward with adapted linear layers: x + drop(attn(ln_1 x)), then + drop(mlp(ln_2 x))."""
+    B, T = bt
+    eps, H = config.layer_norm_epsilon, config.n_head
+    a, ln_1 = layer_norm_forward(x, p.ln_1.weight, p.ln_1.bias, eps)
+    qkv, qkv_a = site_forward(a, sites["attn.c_attn"], scale)         # [N, C] -> [N, 3C]
+    C = a.shape[1]
+    heads = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)   # [N, 3C] -> [3, B, H, T, D]
+    y, att = causal_attention_forward(heads[0], heads[1], heads[2], dropout=dropout, rng=rng)
+    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
+    o, o_a = site_forward(y, sites["attn.c_proj"], scale)             # [N, C] -> [N, C]
+    o, attn_keep = maybe_dropout(o, dropout, rng)
+    x = x + o
+    m, ln_2 = layer_norm_forward(x, p.ln_2.weight, p.ln_2.bias, eps)
+    f, f_a = site_forward(m, sites["mlp.c_fc"], scale)                # [N, C] -> [N, 4C]
+    g, gelu_h = gelu_forward(f)
+    o, g_a = site_forward(g, sites["mlp.c_proj"], scale)              # [N, 4C] -> [N, C]
+    o, mlp_keep = maybe_dropout(o, dropout, rng)
+    x += o
+    return x, {"a": a, "qkv_a": qkv_a, "ln_1": ln_1, "att": att, "y": y, "o_a": o_a, "attn_keep": attn_keep,
+               "bth": (B, T, H), "m": m, "f_a": f_a, "ln_2": ln_2, "f": f, "gelu_h": gelu_h, "g": g, "g_a": g_a,
+               "mlp_keep": mlp_keep}
+
+
+def _block_backward(dx: np.ndarray, t: dict, sites: dict[str, _Site], scale: float,
+                    scratch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Differentiates `_block_forward` for the adapters only: the residual passes dx through, each
+    branch adds its part."""
+    B, T, H = t["bth"]
+    dy = dx if t["mlp_keep"] is None else dx * t["mlp_keep"]
+    dg = site_backward(dy, t["g"], t["g_a"], sites["mlp.c_proj"], scale)          # -> [N, 4C]
+    df = gelu_backward(dg, t["f"], t["gelu_h"])
+    dm = site_backward(df, t["m"], t["f_a"], sites["mlp.c_fc"], scale)            # -> [N, C]
+    dx = dx + layer_norm_backward(dm, t["ln_2"], *scratch)
+    dy = dx if t["attn_keep"] is None else dx * t["attn_keep"]
+    dyh = site_backward(dy, t["y"], t["o_a"], sites["attn.c_proj"], scale)        # -> [N, C]
+    N, C = dyh.shape
+    dyh = dyh.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)                       # [N, C] -> [B, H, T, D]
+    dq, dk, dv = causal_attention_backward(dyh, t["att"])                          # 3 x [B, H, T, D]
+    dqkv = np.empty((B, T, 3, H, C // H), dx.dtype)
+    for j, d in enumerate((dq, dk, dv)):
+        dqkv[:, :, j] = d.transpose(0, 2, 1, 3)                                    # [B, H, T, D] -> [B, T, H, D]
+    da = site_backward(dqkv.reshape(N, 3 * C), t["a"], t["qkv_a"], sites["attn.c_attn"], scale)  # -> [N, C]
+    dx += layer_norm_backward(da, t["ln_1"], *scratch)
+    return dx
+
+
+# ---- the training objective ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoraLoss:
+    """Next-token cross-entropy of the adapted model, gradients of the adapters only (an objective.LossFn)."""
+
+    lora: LoraConfig
+
+    def __call__(self, params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...], grads: Params, *,
+                 scale: float = 1.0, dropout: float = 0.0, rng: np.random.Generator | None = None,
+                 workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> float:
+        ids, targets = batch
+        check_batch(config, ids, targets)
+        if dropout > 0 and rng is None:
+            raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
+        logits, tape = lora_forward_for_training(params, config, self.lora, ids, dropout=dropout, rng=rng,
+                                                 workspace=workspace)
+        loss, probs = cross_entropy_forward(logits, targets.reshape(-1))   # [N, V], [N]
+        dlogits = cross_entropy_backward(probs, targets.reshape(-1), scale=scale)
+        lora_backward(dlogits, tape, params, config, self.lora, grads)
+        return loss
+
+
+@dataclass(frozen=True)
+class LoraValue:
+    """Mean next-token cross-entropy of the adapted model, no dropout, no gradients (an objective.ValueFn)."""
+
+    lora: LoraConfig
+
+    def __call__(self, params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...],
+                 workspace: Workspace | None = None) -> float:
+        ids, targets = batch
+        check_batch(config, ids, targets)
+        logits, _ = lora_forward_for_training(params, config, self.lora, ids, workspace=workspace)
+        loss, _ = cross_entropy_forward(logits, targets.reshape(-1))
+        return loss
+
+
+def lora_objective(config: GPTConfig, lora: LoraConfig):
+    """The training objective of an adapter: next-token loss of the adapted model, the adapters trainable."""
+    from ..training.objective import Objective
+
+    return Objective(loss=LoraLoss(lora), evaluate=LoraValue(lora),
+                     trainable=frozenset(adapter_shapes(config, lora)))
+
+
+def lora_logits(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray) -> np.ndarray:
+    """Logits [B, T, V] of the unmerged adapted model (the reference `merge` is checked against)."""
+    B, T = ids.shape
+    logits, _ = lora_forward_for_training(params, config, lora, ids)
+    return logits.reshape(B, T, -1)
+
+
+# ---- a training run with an adapter: what `numgpt train|sft|classify train --lora-rank R` share ------------
+
+LORA_STREAM = 2          # the rng stream of the adapters' initialisation (apart from batches and evaluation)
+ADAPTER_DIR = "adapter"  # RUN/adapter: the PEFT folder of the run's last state
+
+
+def add_lora_flags(parser) -> None:
+    """The --lora-* flags, on any training command (argparse parser or group)."""
+    g = parser.add_argument_group("LoRA (train low-rank adapters; the model's own weights stay frozen)")
+    g.add_argument("--lora-rank", type=int, metavar="R", help="train a rank-R adapter on the blocks' linear layers "
+                   "instead of the weights; saved as a PEFT folder in RUN_DIR/adapter")
+    g.add_argument("--lora-alpha", type=float, metavar="A", help="the adapter's update is scaled by A / R (A = R)")
+    g.add_argument("--lora-targets", metavar="NAMES", help="comma-separated layers to adapt, PEFT's target_modules "
+                   f"(suffixes of {','.join(MODULES)}; default {','.join(DEFAULT_TARGETS)}: all four)")
+
+
+def lora_from_args(args) -> LoraConfig | None:
+    """The LoraConfig of the --lora-* flags; None without --lora-rank (alpha or targets alone are refused)."""
+    if args.lora_rank is None:
+        if args.lora_alpha is not None or args.lora_targets is not None:
+            raise NumgptError("--lora-alpha and --lora-targets need --lora-rank R")
+        return None
+    targets = DEFAULT_TARGETS if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(","))
+    return LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
+
+
+def with_lora(run, lora: LoraConfig | None, *, resumed: bool):
+    """The training.Run `run` set up to train `lora`'s adapter: a new run gets fresh adapters (seeded from
+    the run's seed) in its state and keeps optimizer moments for them only; a resumed LoRA run continues
+    its own adapter (the flags, if given, must repeat it). The run's objective trains the adapters only."""
+    import dataclasses
+
+    from ..training.loop import keep_trained_moments
+
+    saved = None if run.tc.lora is None else LoraConfig.from_dict(run.tc.lora)
+    if resumed:
+        if saved is None and lora is not None:
+            raise NumgptError(f"{run.folder} trains the model's own weights; --lora-rank starts a new run "
+                              "(another --out, with --init MODEL)")
+        if saved is not None and lora is not None and lora != saved:
+            raise NumgptError(f"{run.folder} trains a LoRA adapter of rank {saved.rank}, alpha {saved.alpha}, "
+                              f"targets {','.join(saved.targets)}; resume without the --lora flags")
+        lora = saved
+    if lora is None:
+        return run
+    params, config = run.state.params, run.config
+    if not resumed:
+        params.update(init_adapters(config, lora, np.random.default_rng([run.tc.seed, LORA_STREAM])))
+    missing = [n for n in adapter_shapes(config, lora) if n not in params]
+    if missing:
+        raise NumgptError(f"{run.folder}: the checkpoint has no {missing[0]}; it is damaged")
+    objective = lora_objective(config, lora)
+    keep_trained_moments(run.state, objective.trainable_params(params))   # the base's moments freed now
+    return dataclasses.replace(run, tc=dataclasses.replace(run.tc, lora=lora.to_dict()), objective=objective)
+
+
+def export_adapter(run) -> Path | None:
+    """Write RUN/adapter, the PEFT folder of a LoRA run's current state (None for a run without LoRA)."""
+    if run.tc.lora is None:
+        return None
+    return save_adapter(run.folder / ADAPTER_DIR, run.state.params, run.config, LoraConfig.from_dict(run.tc.lora),
+                        base=run.tc.init)

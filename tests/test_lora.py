@@ -1,0 +1,325 @@
+"""LoRA (posttrain/lora.py, formats/peft.py): the adapted linear layer's backward and the whole model's
+adapter gradients against torch autograd and peft, the adapter folder against peft's PeftModel, the
+unmerged forward against the merged model, training only the adapters (no base gradients or moments),
+bit-exact resume, and the one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from references import reference
+
+from numgpt import NumgptError
+from numgpt.config import GPTConfig
+from numgpt.formats import load_checkpoint, save_checkpoint
+from numgpt.model import forward
+from numgpt.params import init_params, param_shapes
+from numgpt.posttrain import lora as L
+from numgpt.training.loop import read_log
+
+torch = reference("torch")
+transformers = reference("transformers")
+peft = reference("peft")
+
+CONFIG = GPTConfig(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+RTOL = 1e-6     # float64 on both sides: the sums differ in order only (~1e-12 relative)
+
+
+def base_params(config=CONFIG, seed=0, std=0.2):
+    """A random base whose logits are not flat (std 0.2 rather than GPT-2's 0.02)."""
+    rng = np.random.default_rng(seed)
+    return {k: (rng.standard_normal(s) * std).astype(np.float32) if len(s) > 1 else
+            (1 + 0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in param_shapes(config).items()}
+
+
+def adapted(params, lora, seed=1, config=CONFIG):
+    """params plus an adapter whose B is not zero (a fresh one is: it would hide A's gradient)."""
+    rng = np.random.default_rng(seed)
+    ad = L.init_adapters(config, lora, rng)
+    for name in ad:
+        if name.endswith("lora_B"):
+            ad[name] = (0.3 * rng.standard_normal(ad[name].shape)).astype(np.float32)
+    return {**params, **ad}
+
+
+def test_lora_linear_backward_matches_torch():
+    rng = np.random.default_rng(0)
+    N, n_in, n_out, r, s = 7, 5, 6, 3, 2.5
+    x, w, b = rng.standard_normal((N, n_in)), rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
+    a, bm, dy = rng.standard_normal((n_in, r)), rng.standard_normal((r, n_out)), rng.standard_normal((N, n_out))
+    y, xa = L.lora_linear_forward(x, w, b, a, bm, s)
+    da, dbm = np.full_like(a, 0.5), np.full_like(bm, -0.25)              # accumulates into what is there
+    dx = L.lora_linear_backward(dy, x, xa, w, a, bm, s, da, dbm)
+
+    tx, ta, tb = (torch.tensor(v, requires_grad=True) for v in (x, a, bm))
+    ty = tx @ torch.tensor(w) + torch.tensor(b) + s * (tx @ ta) @ tb
+    (ty * torch.tensor(dy)).sum().backward()
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=RTOL)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=RTOL)
+    np.testing.assert_allclose(da, 0.5 + ta.grad.numpy(), rtol=RTOL)
+    np.testing.assert_allclose(dbm, -0.25 + tb.grad.numpy(), rtol=RTOL)
+
+
+def hf_model(tmp_path, params, config=CONFIG):
+    """transformers' GPT2LMHeadModel holding params (saved by numgpt, loaded by transformers)."""
+    folder = save_checkpoint(tmp_path / "base", config, {k: v for k, v in params.items() if "lora" not in k})
+    return folder, transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+def peft_model(model, lora):
+    """peft's LoRA around a transformers GPT-2, configured as numgpt's lora."""
+    cfg = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.modules),
+                          fan_in_fan_out=True, lora_dropout=0.0)
+    return peft.get_peft_model(model, cfg)
+
+
+def set_peft_adapter(pm, params, config=CONFIG):
+    """Copy numgpt's adapter tensors into peft's lora_A / lora_B (transposed: nn.Linear weights)."""
+    state = {}
+    for name, t in params.items():
+        if name.endswith(("lora_A", "lora_B")):
+            state[f"base_model.model.transformer.{name}.default.weight"] = torch.tensor(np.ascontiguousarray(t.T))
+    missing = set(state) - set(pm.state_dict())
+    assert not missing, sorted(missing)[:3]
+    pm.load_state_dict(state, strict=False)
+
+
+@pytest.mark.parametrize("targets", [("c_attn", "c_proj", "c_fc"), ("c_attn",), ("mlp.c_proj", "attn.c_proj")])
+def test_adapter_gradients_match_torch(tmp_path, targets, torch_one_thread):
+    """The whole model's adapter gradients (float64) against peft's LoRA model under torch autograd."""
+    lora = L.LoraConfig(rank=3, alpha=6, targets=targets)
+    params = adapted(base_params(), lora)
+    folder, model = hf_model(tmp_path, params)
+    pm = peft_model(model, lora).double()
+    set_peft_adapter(pm, params)
+    rng = np.random.default_rng(5)
+    ids, targets_ = rng.integers(0, CONFIG.vocab_size, (2, 9)), rng.integers(0, CONFIG.vocab_size, (2, 9))
+
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    names = sorted(L.adapter_shapes(CONFIG, lora))
+    grads = {n: np.zeros_like(p64[n]) for n in names}
+    loss = L.LoraLoss(lora)(p64, CONFIG, (ids, targets_), grads)
+
+    logits = pm(torch.tensor(ids)).logits
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, CONFIG.vocab_size), torch.tensor(targets_).reshape(-1))
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=RTOL)
+    named = dict(pm.named_parameters())
+    trained = [n for n, p in named.items() if p.requires_grad]
+    assert len(trained) == len(names)                      # peft trains exactly the adapters numgpt does
+    for n in names:
+        ref_grad = named[f"base_model.model.transformer.{n}.default.weight"].grad.numpy().T
+        # atol: ops.py's float32 constants (GELU's, LayerNorm's 1/C) differ from torch's by ~1e-7 relative
+        # (test_backward.py), which cancellation in the smallest entries amplifies: 1e-6 of the tensor's scale
+        np.testing.assert_allclose(grads[n], ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
+        assert np.abs(grads[n]).max() > 1e-6, n            # a real gradient, not two zeros agreeing
+
+
+def test_unmerged_forward_equals_merged_model():
+    lora = L.LoraConfig(rank=4, alpha=8)
+    params = adapted(base_params(), lora)
+    ids = np.random.default_rng(2).integers(0, CONFIG.vocab_size, (2, 11))
+    unmerged = L.lora_logits(params, CONFIG, lora, ids)
+    merged = forward(L.merge(params, CONFIG, lora), CONFIG, ids, all_logits=True)
+    base = forward(base_params(), CONFIG, ids, all_logits=True)
+    assert np.abs(unmerged - base).max() > 0.1             # the adapter changes the model
+    # float32: the merged weight rounds W + s A B once, the unmerged path its three products
+    np.testing.assert_allclose(unmerged, merged, rtol=1e-4, atol=1e-4)
+
+
+def test_fresh_adapter_leaves_the_model_unchanged():
+    lora = L.LoraConfig(rank=2)
+    params = {**base_params(), **L.init_adapters(CONFIG, lora, np.random.default_rng(0))}
+    a = params["h.0.attn.c_attn.lora_A"]
+    assert a.shape == (16, 2) and 0 < np.abs(a).max() <= 1 / np.sqrt(16)    # PEFT's kaiming-uniform bound
+    assert not params["h.0.attn.c_attn.lora_B"].any()
+    ids = np.arange(10)[None]
+    np.testing.assert_array_equal(L.lora_logits(params, CONFIG, lora, ids),
+                                  L.lora_logits({**params, **{k: 0 * v for k, v in params.items() if "lora" in k}},
+                                                CONFIG, lora, ids))
+
+
+def test_adapter_folder_loads_in_peft_with_the_same_logits(tmp_path, torch_one_thread):
+    lora = L.LoraConfig(rank=4, alpha=16, targets=("c_attn", "mlp.c_fc"))
+    params = adapted(base_params(), lora)
+    base, model = hf_model(tmp_path, base_params())
+    folder = L.save_adapter(tmp_path / "adapter", params, CONFIG, lora, base=str(base))
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    pm = peft.PeftModel.from_pretrained(model, folder).eval()
+    ids = np.random.default_rng(3).integers(0, CONFIG.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = pm(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(L.lora_logits(params, CONFIG, lora, ids), ref, rtol=1e-4, atol=1e-5)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True and config["target_modules"] == ["attn.c_attn", "mlp.c_fc"]
+
+
+def test_peft_made_adapter_loads_in_numgpt(tmp_path, torch_one_thread):
+    """The other way: an adapter peft trained and saved runs in numgpt as in peft."""
+    lora = L.LoraConfig(rank=2, alpha=4, targets=("c_attn", "c_proj"))
+    base, model = hf_model(tmp_path, base_params())
+    pm = peft_model(model, lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    pm.save_pretrained(tmp_path / "peft")
+    ids = np.random.default_rng(4).integers(0, CONFIG.vocab_size, (1, 10))
+    with torch.no_grad():
+        ref = pm.eval()(torch.tensor(ids)).logits.numpy()
+    config, params = load_checkpoint(base, mmap=False)
+    read, tensors = L.read_adapter(tmp_path / "peft", config, params)
+    assert read.modules == lora.modules and read.scale == lora.scale
+    np.testing.assert_allclose(L.lora_logits({**params, **tensors}, config, read, ids), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_numgpt_load_with_adapter_runs_the_merged_model(tmp_path):
+    import numgpt
+
+    config = GPTConfig(vocab_size=256, n_positions=32, n_embd=16, n_layer=2, n_head=2)   # bytes only
+    lora = L.LoraConfig(rank=3)
+    params = adapted(base_params(config), lora, config=config)
+    base = save_checkpoint(tmp_path / "base", config, base_params(config), tokenizer=numgpt.train_bpe("abc", vocab_size=256))
+    folder = L.save_adapter(tmp_path / "adapter", params, config, lora)
+    lm = numgpt.load(str(base), adapter=folder)            # the blocks' weights stored [out, in], merged so
+    ids = np.random.default_rng(6).integers(0, config.vocab_size, (1, 8))
+    got = forward(lm.params, lm.config, ids, all_logits=True)
+    np.testing.assert_allclose(got, L.lora_logits(params, config, lora, ids), rtol=1e-4, atol=1e-5)
+    assert lm.params["h.0.attn.c_attn.weight"].T.flags.c_contiguous        # decode's fast layout kept
+    with pytest.raises(NumgptError, match="trained on another base model"):
+        numgpt.load(str(save_checkpoint(tmp_path / "other", config, base_params(config, seed=3),
+                                        tokenizer=numgpt.train_bpe("abc", vocab_size=256))), adapter=folder)
+
+
+def test_adapter_for_another_base_is_one_line(tmp_path):
+    lora = L.LoraConfig(rank=2)
+    folder = L.save_adapter(tmp_path / "adapter", adapted(base_params(), lora), CONFIG, lora)
+    other_shape = GPTConfig(vocab_size=64, n_positions=32, n_embd=24, n_layer=2, n_head=2)
+    with pytest.raises(NumgptError, match=r"made for another base model \(2 layers, n_embd 24 here\)"):
+        L.read_adapter(folder, other_shape, base_params(other_shape))
+    with pytest.raises(NumgptError, match="trained on another base model"):
+        L.read_adapter(folder, CONFIG, base_params(seed=9))     # same shapes, other weights
+    lora_cfg, tensors = L.read_adapter(folder, CONFIG, base_params())
+    assert lora_cfg.rank == 2 and len(tensors) == 2 * 4 * CONFIG.n_layer
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rank": 0}, r"LoRA rank \(--lora-rank\) must be a whole number >= 1, got 0"),
+    ({"rank": 4, "alpha": 0.0}, r"LoRA alpha \(--lora-alpha\) must be a finite number > 0"),
+    ({"rank": 4, "targets": ("c_attnn",)}, "LoRA target 'c_attnn' names no linear layer"),
+    ({"rank": 4, "targets": ()}, "LoRA targets"),
+])
+def test_bad_lora_options_are_one_line(kwargs, message):
+    with pytest.raises(NumgptError, match=message):
+        L.LoraConfig(**kwargs)
+
+
+def test_targets_follow_peft_suffix_rule():
+    assert L.LoraConfig(targets=("c_proj",)).modules == ("attn.c_proj", "mlp.c_proj")
+    assert L.LoraConfig(targets=("mlp.c_proj",)).modules == ("mlp.c_proj",)
+    assert L.LoraConfig().modules == L.MODULES
+
+
+# ---- training the adapter: `numgpt train --lora-rank R` ---------------------------------------------------
+
+TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 40
+SMALL = ["--block-size", "16", "--batch-size", "4", "--eval-iters", "2", "--lr", "1e-2", "--warmup-iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """Byte-level data, and a random model with its tokenizer (the base the adapters go on; std 0.2 so
+    that its frozen wte turns hidden-state changes into logit changes an adapter can learn from)."""
+    from numgpt.cli import main
+
+    folder = tmp_path_factory.mktemp("lora_data")
+    (folder / "in.txt").write_text(TEXT, encoding="utf-8")
+    assert main(["prepare", str(folder / "in.txt"), "--out", str(folder / "char"), "--vocab-size", "256"]) == 0
+    config = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    from numgpt import Tokenizer
+    base = save_checkpoint(folder / "base", config, base_params(config), tokenizer=Tokenizer.load(folder / "char" / "tokenizer"))
+    return folder / "char", base
+
+
+def train_cli(*args):
+    from numgpt.cli import main
+    return main(["train", *map(str, args)])
+
+
+def losses(run):
+    return [e["loss"] for e in read_log(run) if e["type"] == "step"]
+
+
+def test_train_with_lora_trains_only_the_adapter_and_exports_it(base_run, tmp_path, capsys):
+    import numgpt
+    from numgpt.formats.safetensors import read_safetensors
+
+    data, base = base_run
+    run = tmp_path / "run"
+    assert train_cli(data, "--init", base, "--out", run, *SMALL, "--max-iters", 30, "--eval-interval", 30,
+                     "--lr", 3e-2, "--lora-rank", 4, "--lora-alpha", 8, "--lora-targets", "c_attn,mlp.c_proj") == 0
+    err = capsys.readouterr().err
+    assert "LoRA rank 4, alpha 8 on c_attn,mlp.c_proj: 0.001M trained parameters" in err
+    evals = [e for e in read_log(run) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 30] and evals[1]["train_loss"] < evals[0]["train_loss"] - 0.05
+    config, base_params_ = load_checkpoint(base)
+    _, saved = load_checkpoint(run / "latest")
+    for name, p in base_params_.items():                     # the base is frozen, bit for bit
+        assert np.array_equal(saved[name], p), name
+    moments, _ = read_safetensors(run / "latest" / "optimizer.safetensors")
+    lora = L.LoraConfig(rank=4, alpha=8, targets=("c_attn", "mlp.c_proj"))
+    names = set(L.adapter_shapes(config, lora))
+    assert set(moments) == {f"{k}.{n}" for k in "mv" for n in names}      # no moments for the frozen base
+    lm = numgpt.load(str(base), adapter=run / "adapter")
+    read, tensors = L.read_adapter(run / "adapter", config, base_params_)
+    assert read == lora and any(np.abs(t).max() > 0 for n, t in tensors.items() if n.endswith("lora_B"))
+    ids = np.frombuffer(b"ROMEO: But soft", np.uint8).astype(np.int64)[None]
+    np.testing.assert_allclose(forward(lm.params, config, ids, all_logits=True),
+                               L.lora_logits({**base_params_, **tensors}, config, lora, ids), rtol=1e-4, atol=1e-5)
+
+
+def test_lora_resume_is_bit_exact(base_run, tmp_path):
+    data, base = base_run
+    common = ["--init", base, *SMALL, "--eval-interval", 5, "--dropout", 0.1, "--lora-rank", 2,
+              "--lr-decay-iters", 16]
+    assert train_cli(data, "--out", tmp_path / "a", *common, "--max-iters", 16) == 0
+    assert train_cli(data, "--out", tmp_path / "b", *common, "--max-iters", 8) == 0
+    assert train_cli(data, "--out", tmp_path / "b", "--resume", "--max-iters", 16) == 0
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    a = L.peft.load_adapter(tmp_path / "a" / "adapter")[1]
+    b = L.peft.load_adapter(tmp_path / "b" / "adapter")[1]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_lora_keeps_no_gradients_or_moments_for_the_base(base_run, tmp_path):
+    """Memory, counted in buffer bytes: the optimizer's gradients and moments are the adapter's size."""
+    from numgpt.training.loop import make_optimizer
+    from numgpt.training.comm import SingleProcess
+    from numgpt.training.run import setup_run
+
+    data, base = base_run
+    run = L.with_lora(setup_run(data, tmp_path / "run", init=base, options={"threads": 1, "block_size": 16}),
+                      L.LoraConfig(rank=2), resumed=False)
+    adapter_bytes = sum(run.state.params[n].nbytes for n in L.adapter_shapes(run.config, L.LoraConfig(rank=2)))
+    base_bytes = sum(p.nbytes for n, p in run.state.params.items() if "lora" not in n)
+    opt = make_optimizer(run.state, run.config, run.tc, run.objective, SingleProcess(), 1)
+    assert sum(g.nbytes for g in opt.grads.values()) == adapter_bytes
+    moments = sum(a.nbytes for t in (run.state.optim.m, run.state.optim.v) for a in t.values())
+    assert moments == 2 * adapter_bytes and adapter_bytes < base_bytes / 10
+
+
+def test_lora_flag_errors_are_one_line(base_run, tmp_path, capsys):
+    data, base = base_run
+    for flags, message in ((["--lora-rank", 0], "LoRA rank (--lora-rank) must be a whole number >= 1, got 0"),
+                           (["--lora-alpha", 4], "--lora-alpha and --lora-targets need --lora-rank R"),
+                           (["--lora-rank", 2, "--lora-targets", "wte"], "LoRA target 'wte' names no linear layer")):
+        assert train_cli(data, "--init", base, "--out", tmp_path / "r", *flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "r").exists()
+    assert train_cli(data, "--init", base, "--out", tmp_path / "r", *SMALL, "--max-iters", 1, "--lora-rank", 2) == 0
+    capsys.readouterr()
+    assert train_cli(data, "--out", tmp_path / "r", "--resume", "--max-iters", 2, "--lora-rank", 3) == 2
+    assert "trains a LoRA adapter of rank 2" in capsys.readouterr().err
