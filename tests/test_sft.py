@@ -291,3 +291,22 @@ def test_other_refusals_leave_nothing(world, tmp_path, capsys):
     changed.write_text((world / "chats.jsonl").read_text().replace("numgpt", "mumgpt"))
     assert main(["sft", str(changed), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
     assert "is not the file" in capsys.readouterr().err
+
+
+def test_setup_sft_in_python_with_a_val_file_trains_what_the_cli_trains(world, tmp_path):
+    """numgpt.posttrain.setup_sft with val_file: the held-out file is the val split, and the run trains."""
+    from numgpt.posttrain import setup_sft
+    val = tmp_path / "val.jsonl"
+    write_conversations(val, synthesize(7, rng=np.random.default_rng(9), split="heldout"))
+    options = {"max_iters": 2, "eval_interval": 0, "eval_iters": 2, "batch_size": 4, "threads": 1, "dropout": 0.0,
+               "optim": {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}}        # the CLI's SFT defaults
+    setup = setup_sft(world / "chats.jsonl", tmp_path / "py", init=world / "base", val_file=val, block_size=BLOCK,
+                      options=options)
+    assert setup.meta["sft"]["conversations"] == {"train": 50, "val": 7} and setup.added_chat_tokens
+    result = setup.run.train()
+    assert setup.run.state.step == 2 and np.isfinite(result.last_eval["val_loss"])
+    assert sft(world, tmp_path / "cli", "--val", str(val), "--max-iters", "2", "--eval-interval", "0",
+               "--eval-iters", "2") == 0
+    _, cli = load_checkpoint(tmp_path / "cli" / "latest")
+    for name, p in setup.run.state.params.items():
+        assert np.array_equal(cli[name], p), name
