@@ -127,7 +127,8 @@ def main() -> None:
     results["tfidf_logreg"] = {"seconds": seconds, **_scores(truth, pred, labels)}
     if not args.baseline_only:
         pred, seconds = numgpt_classifier(args, train, val, test, labels)
-        results["numgpt"] = {"seconds": seconds, "model": args.model, "train": args.train, **_scores(truth, pred, labels)}
+        results["numgpt"] = {"seconds": seconds, "model": args.model, "train": args.train,
+                             **_scores(truth, pred, labels)}
     for name, r in results.items():
         print(f"{name:>14}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['seconds']:.1f} s)")
     if "numgpt" in results:

@@ -309,3 +309,55 @@ def test_ctrl_c_saves_latest_at_the_last_whole_step(gpt2_vocab_model, tmp_path):
     saved = classify.load_classifier_folder(tmp_path / "run" / "latest")
     assert not np.array_equal(saved.params[SCORE], model.params[SCORE])            # it trained, and saved that
     np.testing.assert_array_equal(saved.params["h.0.attn.c_attn.weight"], model.params["h.0.attn.c_attn.weight"])
+
+
+def test_two_threads_give_the_one_thread_loss_and_gradients():
+    """The weighted loss is a mean over rows, so the rows split over threads give the whole batch's loss
+    and gradient (float32 sums in another order: 1e-5)."""
+    from numgpt.training.parallel import DataParallel, flat_zeros_like
+    params = {n: p.astype(np.float32) for n, p in float64_classifier().items()}
+    ids, last = right_padded(np.random.default_rng(4), [5, 2, 8, 4, 6])
+    batch = (ids, last, np.array([0, 1, 2, 2, 0]))
+    objective = classify.classification_objective(classify.trainable_names(CONFIG, "last-1"), np.array([1.0, 3, 0.5]))
+    results = []
+    for threads in (1, 2):
+        _, grads = flat_zeros_like(objective.trainable_params(params))
+        loss = DataParallel(threads).forward_backward(objective.loss, params, CONFIG, batch, grads)
+        results.append((loss, grads))
+    (loss1, g1), (loss2, g2) = results
+    assert loss2 == pytest.approx(loss1, rel=1e-6)
+    for name in g1:
+        np.testing.assert_allclose(g2[name], g1[name], rtol=1e-4, atol=1e-6 * np.abs(g1[name]).max())
+
+
+def test_unknown_labels_and_empty_texts_are_one_line(tmp_path, capsys, gpt2_vocab_model):
+    config, params = load_checkpoint(gpt2_vocab_model)
+    classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["a", "b"],
+                            rng=np.random.default_rng(0)).save(tmp_path / "clf")
+    (tmp_path / "d.csv").write_text("text,label\nhi,a\nho,c\n", encoding="utf-8")
+    cases = [(["evaluate", str(tmp_path / "d.csv")], "d.csv:3: label 'c' is not one of the model's (a, b)"),
+             (["predict", "fine", ""], "the text '' has no tokens")]
+    for argv, message in cases:
+        assert main(["classify", *argv, "--model", str(tmp_path / "clf")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    (tmp_path / "ab.csv").write_text("text,label\nhi,a\nho,b\nhu,a\n", encoding="utf-8")
+    assert main(["classify", "train", str(tmp_path / "ab.csv"), "--init", str(gpt2_vocab_model),
+                 "--out", str(tmp_path / "r"), "--val-fraction", "1.5"]) == 2
+    assert "--val-fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_training_continues_from_a_classifier_of_the_same_labels(tmp_path, capsys, gpt2_vocab_model):
+    config, params = load_checkpoint(gpt2_vocab_model)
+    first = classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["a", "b"],
+                                    rng=np.random.default_rng(0))
+    first.save(tmp_path / "clf")
+    (tmp_path / "ab.csv").write_text("text,label\nhi,a\nho,b\nhu,a\nha,b\n", encoding="utf-8")
+    (tmp_path / "abc.csv").write_text("text,label\nhi,a\nho,b\nhu,c\n", encoding="utf-8")
+    common = ["--init", str(tmp_path / "clf"), "--max-iters", "1", "--threads", "1", "--val-fraction", "0"]
+    assert main(["classify", "train", str(tmp_path / "ab.csv"), "--out", str(tmp_path / "r1"), *common]) == 0
+    after = classify.load_classifier_folder(tmp_path / "r1" / "latest")
+    assert after.labels == ["a", "b"]
+    assert np.abs(after.params[SCORE] - first.params[SCORE]).max() < 0.01     # one small step from the old head
+    assert main(["classify", "train", str(tmp_path / "abc.csv"), "--out", str(tmp_path / "r2"), *common]) == 2
+    assert "classifies a, b but the data's labels are a, b, c" in capsys.readouterr().err

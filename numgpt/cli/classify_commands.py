@@ -87,7 +87,7 @@ def _register_train(sub) -> None:
                    "steps, and at the end (a fifth of the steps)")
     o.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the head, split and batches (1337)")
     o.add_argument("--threads", type=int, default=0, metavar="N", help="split each batch over N threads (all cores)")
-    p.set_defaults(run=run_train)
+    p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction"})
 
 
 def _register_evaluate(sub) -> None:
@@ -118,9 +118,9 @@ def _register_predict(sub) -> None:
 # ---------------------------------------------------------------- train
 
 def run_train(args) -> int:
-    from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
+    from ..formats import hf_cache_dir, resolve_model
     from ..posttrain.classdata import label_names, read_labelled
-    from ..posttrain.classify import new_classifier, split_examples, trainable_names
+    from ..posttrain.classify import split_examples, trainable_names
     import numpy as np
 
     _check_positive(args, ("batch_size", "grad_accum", "max_tokens"))
@@ -134,10 +134,8 @@ def run_train(args) -> int:
     else:
         train, val = split_examples(records, args.val_fraction, rng)
     folder = resolve_model(args.init, cache_dir=hf_cache_dir(os.environ))
-    config, params = load_checkpoint(folder)
-    trainable_names(config, args.train)                # a bad --train is refused before the work
-    model = new_classifier(config, params, load_tokenizer(folder, config), labels, rng=rng,
-                           max_tokens=min(args.max_tokens, config.n_positions))
+    model = _start_from(folder, labels, rng, args.max_tokens)
+    trainable_names(model.config, args.train)          # a bad --train is refused before the work
     tc = _train_config(args, len(train))
     trained = sum(int(np.prod(model.params[n].shape)) for n in trainable_names(model.config, args.train))
     print(f"classifier of {len(labels)} labels ({', '.join(labels)}) on {folder}: {len(train)} train, {len(val)} "
@@ -158,6 +156,25 @@ def run_train(args) -> int:
     else:
         print(f"done: step {result.steps}; saved {out / 'latest'}")
     return 0
+
+
+def _start_from(folder: Path, labels: list[str], rng, max_tokens: int):
+    """The classifier to train: a language model with a new head, or a classifier of the same labels
+    trained further (its head kept)."""
+    from ..formats import load_checkpoint, load_tokenizer
+    from ..formats.hf import CLASSIFIER_HEAD, weight_files
+    from ..formats.safetensors import checked_header
+    from ..posttrain.classify import load_classifier_folder, new_classifier
+
+    if any(CLASSIFIER_HEAD in checked_header(f) for f in weight_files(folder)):
+        model = load_classifier_folder(folder)
+        if model.labels != labels:
+            raise NumgptError(f"--init {folder} classifies {', '.join(model.labels)} but the data's labels are "
+                              f"{', '.join(labels)}; start from its language model, or use data with its labels")
+        return model
+    config, params = load_checkpoint(folder)
+    return new_classifier(config, params, load_tokenizer(folder, config), labels, rng=rng,
+                          max_tokens=min(max_tokens, config.n_positions))
 
 
 def _train_config(args, n_train: int):

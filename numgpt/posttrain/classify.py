@@ -477,9 +477,10 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
             while t.state.step < tc.max_iters:
                 loss, norm, lr = train_step(t)
                 emit({"type": "step", "step": t.state.step, "loss": loss, "lr": lr, "grad_norm": norm})
-                if val and (t.state.step == tc.max_iters or (tc.eval_interval and t.state.step % tc.eval_interval == 0)):
+                step = t.state.step
+                if val and (step == tc.max_iters or (tc.eval_interval and step % tc.eval_interval == 0)):
                     now = dataclasses.replace(model, params=t.state.params)
-                    result.last_eval = {"step": t.state.step, **evaluate_tokens(now, *data.val, class_weights=weights)}
+                    result.last_eval = {"step": step, **evaluate_tokens(now, *data.val, class_weights=weights)}
                     improved = result.last_eval["loss"] < best
                     emit({"type": "eval", **result.last_eval, "best": improved})
                     if improved:
