@@ -20,7 +20,8 @@ Shape legend: B batch, T time, N = B * T rows, C channels, H heads, D head size,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -291,3 +292,67 @@ def weighted_loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targe
     logits, _ = forward_for_training(params, config, ids, workspace=workspace)
     loss, _ = weighted_cross_entropy_forward(logits, targets.reshape(-1), weights.reshape(-1))
     return loss / ids.shape[0]
+
+
+# ---- the same block over a frozen base, its linear layers given as objects --------------------------------
+# What a parameter-efficient method trains beside frozen weights (posttrain/lora.py's LoRA adapters): the
+# block's structure stays written here, once; each linear layer is a `FrozenBaseLinear` that computes its own
+# output and, in the backward, dx and its own gradients. The LayerNorms are frozen: their gradients go to
+# the scratch pair passed in. Nothing in the full training above goes through these.
+
+class FrozenBaseLinear(Protocol):
+    """A linear layer whose base weight is frozen: forward(x [N, in]) -> (y [N, out], ctx);
+    backward(dy, x, ctx) -> dx, accumulating whatever it trains."""
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, Any]: ...
+
+    def backward(self, dy: np.ndarray, x: np.ndarray, ctx: Any) -> np.ndarray: ...
+
+
+def frozen_block_forward(p: Layer, lin: Mapping[str, FrozenBaseLinear], config: GPTConfig, x: np.ndarray,
+                         bt: tuple[int, int], dropout: float, rng: np.random.Generator | None
+                         ) -> tuple[np.ndarray, dict]:
+    """`block_forward` with the linear layers lin["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]
+    (the same dropout masks, drawn in the same order)."""
+    B, T = bt
+    C, H = x.shape[1], config.n_head
+    eps = config.layer_norm_epsilon
+    a, ln_1 = layer_norm_forward(x, p.ln_1.weight, p.ln_1.bias, eps)
+    qkv, qkv_ctx = lin["attn.c_attn"].forward(a)                      # [N, C] -> [N, 3C]
+    heads = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)  # [N, 3C] -> [3, B, H, T, D]
+    y, att = causal_attention_forward(heads[0], heads[1], heads[2], dropout=dropout, rng=rng)
+    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
+    o, o_ctx = lin["attn.c_proj"].forward(y)                          # [N, C] -> [N, C]
+    o, attn_keep = maybe_dropout(o, dropout, rng)
+    x = x + o
+    m, ln_2 = layer_norm_forward(x, p.ln_2.weight, p.ln_2.bias, eps)
+    f, f_ctx = lin["mlp.c_fc"].forward(m)                             # [N, C] -> [N, 4C]
+    g, gelu_h = gelu_forward(f)
+    o, g_ctx = lin["mlp.c_proj"].forward(g)                           # [N, 4C] -> [N, C]
+    o, mlp_keep = maybe_dropout(o, dropout, rng)
+    x += o
+    return x, {"a": a, "ln_1": ln_1, "qkv_ctx": qkv_ctx, "att": att, "y": y, "o_ctx": o_ctx, "bth": (B, T, H),
+               "attn_keep": attn_keep, "m": m, "ln_2": ln_2, "f": f, "f_ctx": f_ctx, "gelu_h": gelu_h, "g": g,
+               "g_ctx": g_ctx, "mlp_keep": mlp_keep}
+
+
+def frozen_block_backward(dx: np.ndarray, t: dict, lin: Mapping[str, FrozenBaseLinear],
+                          ln_scratch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Differentiates `frozen_block_forward`: the residual passes dx through, each branch adds its part;
+    the linear layers accumulate their own gradients, the LayerNorms' go to ln_scratch ([C], [C])."""
+    B, T, H = t["bth"]
+    dy = dx if t["mlp_keep"] is None else dx * t["mlp_keep"]
+    dg = lin["mlp.c_proj"].backward(dy, t["g"], t["g_ctx"])                     # -> [N, 4C]
+    df = gelu_backward(dg, t["f"], t["gelu_h"])
+    dm = lin["mlp.c_fc"].backward(df, t["m"], t["f_ctx"])                       # -> [N, C]
+    dx = dx + layer_norm_backward(dm, t["ln_2"], *ln_scratch)
+    dy = dx if t["attn_keep"] is None else dx * t["attn_keep"]
+    dyh = lin["attn.c_proj"].backward(dy, t["y"], t["o_ctx"])                   # -> [N, C]
+    N, C = dyh.shape
+    dq, dk, dv = causal_attention_backward(dyh.reshape(B, T, H, C // H).transpose(0, 2, 1, 3), t["att"])
+    dqkv = np.empty((B, T, 3, H, C // H), dx.dtype)
+    for j, d in enumerate((dq, dk, dv)):
+        dqkv[:, :, j] = d.transpose(0, 2, 1, 3)                                  # [B, H, T, D] -> [B, T, H, D]
+    da = lin["attn.c_attn"].backward(dqkv.reshape(N, 3 * C), t["a"], t["qkv_ctx"])   # -> [N, C]
+    dx += layer_norm_backward(da, t["ln_1"], *ln_scratch)
+    return dx

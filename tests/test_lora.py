@@ -323,3 +323,37 @@ def test_lora_flag_errors_are_one_line(base_run, tmp_path, capsys):
     capsys.readouterr()
     assert train_cli(data, "--out", tmp_path / "r", "--resume", "--max-iters", 2, "--lora-rank", 3) == 2
     assert "trains a LoRA adapter of rank 2" in capsys.readouterr().err
+
+
+def test_merge_lora_writes_the_plain_model_and_the_cli_takes_adapter(base_run, tmp_path, capsys):
+    from numgpt.cli import main
+
+    data, base = base_run
+    config, params = load_checkpoint(base, mmap=False)
+    lora = L.LoraConfig(rank=3, alpha=5, targets=("c_fc", "attn.c_proj"))
+    params = adapted(params, lora, config=config)
+    adapter = L.save_adapter(tmp_path / "adapter", params, config, lora)
+    assert main(["merge-lora", "--model", str(base), "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    _, merged = load_checkpoint(tmp_path / "merged")
+    for name, p in L.merge(params, config, lora).items():
+        assert np.array_equal(merged[name], p), name
+    ids = np.frombuffer(b"JULIET: O Romeo", np.uint8).astype(np.int64)[None]
+    with torch.no_grad():                                   # transformers runs the merged folder as numgpt does
+        ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval()(torch.tensor(ids)).logits
+    np.testing.assert_allclose(L.lora_logits(params, config, lora, ids), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+    capsys.readouterr()
+    assert main(["next", "--model", str(base), "--adapter", str(adapter), "--json", "ROMEO"]) == 0
+    with_adapter = json.loads(capsys.readouterr().out)
+    assert main(["next", "--model", str(tmp_path / "merged"), "--json", "ROMEO"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in with_adapter] == [t["id"] for t in plain]
+    np.testing.assert_allclose([t["probability"] for t in with_adapter], [t["probability"] for t in plain], rtol=1e-4)
+
+    other = save_checkpoint(tmp_path / "other", config, base_params(config, seed=7), tokenizer=None)
+    for argv in (["merge-lora", "--model", str(other), "--adapter", str(adapter), "--out", str(tmp_path / "m2")],
+                 ["next", "--model", str(base), "--adapter", str(tmp_path / "nowhere"), "ROMEO"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("another base model" in err or "no adapter_config.json" in err), err
+    assert not (tmp_path / "m2").exists()

@@ -115,6 +115,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
 
 
+def _add_adapter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", metavar="DIR", help="a PEFT LoRA adapter folder trained on --model (RUN/adapter of "
+                   "`numgpt train --lora-rank R`, or peft's save_pretrained), merged into the weights as they load")
+
+
 def _register_generate(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model (streamed)",
                        description=GENERATE_DESCRIPTION,
@@ -122,6 +127,7 @@ def _register_generate(sub) -> None:
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: --file, else stdin)")
     p.add_argument("--file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file")
     _add_model(p)
+    _add_adapter(p)
     add_decoding_flags(p, shown_defaults={"max_new_tokens": f"{GEN.max_new_tokens}, or fewer if the model's "
                                           "context ends first"})
     o = p.add_argument_group("output")
@@ -139,6 +145,7 @@ def _register_next(sub) -> None:
                        epilog=NEXT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", metavar="PROMPT", help="the text before the next token")
     _add_model(p)
+    _add_adapter(p)
     p.add_argument("--top", type=int, default=10, metavar="N", help="how many tokens to show, >= 1 (10)")
     p.add_argument("--json", action="store_true", help="a JSON list of {rank, id, token, probability}")
     p.set_defaults(run=run_next)
@@ -150,6 +157,7 @@ def _register_perplexity(sub) -> None:
                        epilog=PERPLEXITY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file, or - for stdin")
     _add_model(p)
+    _add_adapter(p)
     p.add_argument("--stride", type=int, metavar="S",
                    help="window step for texts longer than the context, 1..n_positions-1 (n_positions / 2)")
     p.add_argument("--no-bos", action="store_true",
@@ -178,7 +186,8 @@ def load_model(args):
     from ..lm import load
     from ..threads import threads_from_env
 
-    return load(args.model, cache_dir=hf_cache_dir(os.environ), threads=threads_from_env(os.environ))
+    return load(args.model, cache_dir=hf_cache_dir(os.environ), threads=threads_from_env(os.environ),
+                adapter=getattr(args, "adapter", None))
 
 
 def model_folder(args) -> Path:

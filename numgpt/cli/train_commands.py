@@ -150,6 +150,36 @@ def register(sub) -> None:
                    "has no suffix")
     q.set_defaults(run=run_plot)
 
+    g = sub.add_parser("merge-lora", help="merge a LoRA adapter into its base: a plain GPT-2 folder",
+                       description="Write BASE with the adapter merged in (W + alpha/r A B in every adapted "
+                       "layer): a Hugging Face GPT-2 folder that numgpt and transformers load with no adapter.",
+                       epilog="example:\n  numgpt merge-lora --model gpt2 --adapter runs/lora/adapter --out merged",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--model", "-m", metavar="BASE", help="the base the adapter was trained on (a folder, a run, "
+                   "a cached hub name; default: the built-in model)")
+    g.add_argument("--adapter", required=True, metavar="DIR", help="a PEFT LoRA adapter folder (RUN/adapter)")
+    g.add_argument("--out", "-o", required=True, metavar="DIR", help="the merged model's folder (new or empty)")
+    g.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    g.set_defaults(run=run_merge_lora)
+
+
+def run_merge_lora(args) -> int:
+    """`numgpt merge-lora`: the base loaded with its adapter merged, saved whole (or nothing written)."""
+    import shutil
+
+    from ..atomic import TMP_SUFFIX, replace_folder_atomically
+    from ..formats import hf_cache_dir, save_checkpoint
+    from ..lm import load
+
+    out = output_folder(args.out, flag="--out", force=args.force, what="merged model")
+    lm = load(args.model, cache_dir=hf_cache_dir(os.environ), mmap=True, adapter=args.adapter)
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted merge
+    save_checkpoint(tmp, lm.config, lm.params, tokenizer=lm.tokenizer)
+    replace_folder_atomically(tmp, out)
+    print(f"merged {args.adapter} into {lm.folder}: {out}", file=sys.stderr)
+    return 0
+
 
 # ---------------------------------------------------------------- prepare
 

@@ -169,10 +169,15 @@ def merge_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarra
     """The base `params` with the adapter folder merged in (W + alpha/r A B per adapted layer; new arrays
     for those, the others shared): what numgpt.load(base, adapter=FOLDER) runs."""
     rank, alpha, modules, tensors = checked_adapter(folder, config, params)
+    return merge_tensors(params, config, modules, tensors, alpha / rank)
+
+
+def merge_tensors(params: dict[str, np.ndarray], config, modules: list[str], tensors: dict[str, np.ndarray],
+                  scale: float) -> dict[str, np.ndarray]:
+    """params with W + scale A B in every block's `modules` (tensors: numgpt's adapter names); the others shared."""
     merged = dict(params)
     for i in range(config.n_layer):
         for m in modules:
             w = f"h.{i}.{m}.weight"
-            merged[w] = merged_weight(params[w], tensors[f"h.{i}.{m}.lora_A"], tensors[f"h.{i}.{m}.lora_B"],
-                                      alpha / rank)
+            merged[w] = merged_weight(params[w], tensors[f"h.{i}.{m}.lora_A"], tensors[f"h.{i}.{m}.lora_B"], scale)
     return merged

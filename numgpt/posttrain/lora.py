@@ -27,6 +27,7 @@ Shape legend: B batch, T time, N = B * T rows, C channels, r rank, V vocabulary.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backprop import Workspace, check_batch, embed_forward, maybe_dropout
+from ..backprop import Workspace, check_batch, embed_forward, frozen_block_backward, frozen_block_forward
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..formats import peft
-from ..formats.peft import merged_weight
-from ..ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
-                   cross_entropy_forward, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward,
-                   linear_forward)
-from ..params import Layer, Params, layer, layers, param_shapes
+from ..ops import cross_entropy_backward, cross_entropy_forward, layer_norm_backward, layer_norm_forward, linear_forward
+from ..params import Params, layer, param_shapes
 
 MODULES = peft.BLOCK_MODULES             # a block's linear layers, PEFT's names (attn.c_attn, ..., mlp.c_proj)
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")                        # every one of them
@@ -108,9 +106,9 @@ def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, 
     shapes = {}
     for i in range(config.n_layer):
         for m in lora.modules:
-            n_in, n_out = base[f"h.{i}.{m}.weight"]
-            shapes[f"h.{i}.{m}.{A}"] = (n_in, lora.rank)
-            shapes[f"h.{i}.{m}.{B}"] = (lora.rank, n_out)
+            n_in, n_out = base[module_tensor(i, m, "weight")]
+            shapes[module_tensor(i, m, A)] = (n_in, lora.rank)
+            shapes[module_tensor(i, m, B)] = (lora.rank, n_out)
     return shapes
 
 
@@ -134,12 +132,9 @@ def adapter_names(params: Params) -> list[str]:
 def merge(params: Params, config: GPTConfig, lora: LoraConfig) -> Params:
     """The plain model the adapter stands for: W + (alpha/r) A B for every adapted layer, the other
     tensors as they are (new arrays for the merged weights; the adapter tensors dropped)."""
-    merged = {name: params[name] for name in param_shapes(config)}
-    for i in range(config.n_layer):
-        for m in lora.modules:
-            w = f"h.{i}.{m}.weight"
-            merged[w] = merged_weight(params[w], params[f"h.{i}.{m}.{A}"], params[f"h.{i}.{m}.{B}"], lora.scale)
-    return merged
+    base = {name: params[name] for name in param_shapes(config)}
+    return peft.merge_tensors(base, config, list(lora.modules), {n: params[n] for n in adapter_shapes(config, lora)},
+                              lora.scale)
 
 
 def save_adapter(folder: str | os.PathLike, params: Params, config: GPTConfig, lora: LoraConfig, *,
@@ -185,50 +180,56 @@ def lora_linear_backward(dy: np.ndarray, x: np.ndarray, xa: np.ndarray, w: np.nd
 
 
 @dataclass(frozen=True)
-class _Site:
-    """One linear layer of a block as the LoRA model sees it: its frozen tensors and, if adapted, its
-    adapter and where that adapter's gradients go."""
+class AdaptedLinear:
+    """A linear layer with a frozen base and, if adapted, its adapter and where the adapter's gradients go
+    (a backprop.FrozenBaseLinear: the block's structure is backprop.frozen_block_forward/backward's)."""
 
-    w: np.ndarray
-    b: np.ndarray
-    a: np.ndarray | None = None
-    bm: np.ndarray | None = None
-    da: np.ndarray | None = None
+    w: np.ndarray                       # [in, out], frozen
+    b: np.ndarray                       # [out], frozen
+    scale: float = 1.0                  # alpha / r
+    a: np.ndarray | None = None         # [in, r]; None: a plain frozen linear layer
+    bm: np.ndarray | None = None        # [r, out]
+    da: np.ndarray | None = None        # their gradients (None: not trained, e.g. evaluation)
     dbm: np.ndarray | None = None
 
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(y, x a) of the adapted layer; (x w + b, None) of a plain one."""
+        if self.a is None:
+            return linear_forward(x, self.w, self.b), None
+        return lora_linear_forward(x, self.w, self.b, self.a, self.bm, self.scale)
 
-def _sites(p: Layer, params: Params, grads: Params | None, lora: LoraConfig) -> dict[str, _Site]:
-    """The block's four linear layers keyed by module name, with their adapters where lora targets them."""
-    linear = {"attn.c_attn": p.attn.c_attn, "attn.c_proj": p.attn.c_proj, "mlp.c_fc": p.mlp.c_fc,
-              "mlp.c_proj": p.mlp.c_proj}
+    def backward(self, dy: np.ndarray, x: np.ndarray, xa: np.ndarray | None) -> np.ndarray:
+        """dx; the adapter's gradients accumulated if it has one (the base's are never formed)."""
+        if self.a is None:
+            return dy @ self.w.T                               # [N, out] x [out, in] -> [N, in]
+        da = np.zeros_like(self.a) if self.da is None else self.da
+        dbm = np.zeros_like(self.bm) if self.dbm is None else self.dbm
+        return lora_linear_backward(dy, x, xa, self.w, self.a, self.bm, self.scale, da, dbm)
+
+
+def module_tensor(i: int, module: str, part: str) -> str:
+    """The name of block i's tensor `part` (weight, bias, lora_A, lora_B) of `module` (attn.c_attn, ...):
+    the one place adapter names are spelled."""
+    return f"h.{i}.{module}.{part}"
+
+
+def adapted_linears(params: Params, config: GPTConfig, lora: LoraConfig, i: int, grads: Params | None = None
+                    ) -> dict[str, AdaptedLinear]:
+    """Block i's four linear layers keyed by module name, adapted where lora targets them; their base
+    tensors read through the layer view, their adapters' gradients into grads (the names it holds)."""
+    p, grads = layer(params, i), {} if grads is None else grads
     out = {}
-    for m, lin in linear.items():
+    for m in MODULES:
+        lin = operator.attrgetter(m)(p)                        # p.attn.c_attn, ...
         if m not in lora.modules:
-            out[m] = _Site(lin.weight, lin.bias)
+            out[m] = AdaptedLinear(lin.weight, lin.bias)
             continue
-        na, nb = f"h.{p.index}.{m}.{A}", f"h.{p.index}.{m}.{B}"
-        out[m] = _Site(lin.weight, lin.bias, params[na], params[nb],
-                       None if grads is None else grads.get(na), None if grads is None else grads.get(nb))
+        na, nb = module_tensor(i, m, A), module_tensor(i, m, B)
+        out[m] = AdaptedLinear(lin.weight, lin.bias, lora.scale, params[na], params[nb], grads.get(na), grads.get(nb))
     return out
 
 
-def site_forward(x: np.ndarray, s: _Site, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """A linear layer, adapted or plain: (y, x a or None)."""
-    if s.a is None:
-        return linear_forward(x, s.w, s.b), None
-    return lora_linear_forward(x, s.w, s.b, s.a, s.bm, scale)
-
-
-def site_backward(dy: np.ndarray, x: np.ndarray, xa: np.ndarray | None, s: _Site, scale: float) -> np.ndarray:
-    """dx of a linear layer whose base is frozen; the adapter's gradients accumulated if it has one."""
-    if s.a is None:
-        return dy @ s.w.T                                      # [N, out] x [out, in] -> [N, in]
-    da = np.zeros_like(s.a) if s.da is None else s.da          # an untrained adapter: gradients thrown away
-    dbm = np.zeros_like(s.bm) if s.dbm is None else s.dbm
-    return lora_linear_backward(dy, x, xa, s.w, s.a, s.bm, scale, da, dbm)
-
-
-# ---- the whole model: backprop.py's forward and backward with adapted linear layers --------------------
+# ---- the whole model: backprop.py's forward and backward over the frozen base with adapted linear layers ---
 
 def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
                               dropout: float = 0.0, rng: np.random.Generator | None = None,
@@ -238,8 +239,9 @@ def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfi
     B, T = ids.shape
     x, _ = embed_forward(params, ids, dropout, rng)                    # [B, T] -> [N, C]
     blocks = []
-    for p in layers(params, config):
-        x, ctx = _block_forward(p, _sites(p, params, None, lora), config, lora.scale, x, (B, T), dropout, rng)
+    for i in range(config.n_layer):
+        x, ctx = frozen_block_forward(layer(params, i), adapted_linears(params, config, lora, i), config, x, (B, T),
+                                      dropout, rng)                    # [N, C] -> [N, C]
         blocks.append(ctx)
     xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     wte = params["wte.weight"]
@@ -257,56 +259,7 @@ def lora_backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTCo
     dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
     dx = layer_norm_backward(dxf, tape["ln_f"], *scratch)
     for i in reversed(range(config.n_layer)):
-        p = layer(params, i)
-        dx = _block_backward(dx, tape["blocks"][i], _sites(p, params, grads, lora), lora.scale, scratch)
-
-
-def _block_forward(p: Layer, sites: dict[str, _Site], config: GPTConfig, scale: float, x: np.ndarray,
-                   bt: tuple[int, int], dropout: float, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
-    """backprop.block_forward with adapted linear layers: x + drop(attn(ln_1 x)), then + drop(mlp(ln_2 x))."""
-    B, T = bt
-    eps, H = config.layer_norm_epsilon, config.n_head
-    a, ln_1 = layer_norm_forward(x, p.ln_1.weight, p.ln_1.bias, eps)
-    qkv, qkv_a = site_forward(a, sites["attn.c_attn"], scale)         # [N, C] -> [N, 3C]
-    C = a.shape[1]
-    heads = qkv.reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)   # [N, 3C] -> [3, B, H, T, D]
-    y, att = causal_attention_forward(heads[0], heads[1], heads[2], dropout=dropout, rng=rng)
-    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                      # [B, H, T, D] -> [N, C]
-    o, o_a = site_forward(y, sites["attn.c_proj"], scale)             # [N, C] -> [N, C]
-    o, attn_keep = maybe_dropout(o, dropout, rng)
-    x = x + o
-    m, ln_2 = layer_norm_forward(x, p.ln_2.weight, p.ln_2.bias, eps)
-    f, f_a = site_forward(m, sites["mlp.c_fc"], scale)                # [N, C] -> [N, 4C]
-    g, gelu_h = gelu_forward(f)
-    o, g_a = site_forward(g, sites["mlp.c_proj"], scale)              # [N, 4C] -> [N, C]
-    o, mlp_keep = maybe_dropout(o, dropout, rng)
-    x += o
-    return x, {"a": a, "qkv_a": qkv_a, "ln_1": ln_1, "att": att, "y": y, "o_a": o_a, "attn_keep": attn_keep,
-               "bth": (B, T, H), "m": m, "f_a": f_a, "ln_2": ln_2, "f": f, "gelu_h": gelu_h, "g": g, "g_a": g_a,
-               "mlp_keep": mlp_keep}
-
-
-def _block_backward(dx: np.ndarray, t: dict, sites: dict[str, _Site], scale: float,
-                    scratch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Differentiates `_block_forward` for the adapters only: the residual passes dx through, each
-    branch adds its part."""
-    B, T, H = t["bth"]
-    dy = dx if t["mlp_keep"] is None else dx * t["mlp_keep"]
-    dg = site_backward(dy, t["g"], t["g_a"], sites["mlp.c_proj"], scale)          # -> [N, 4C]
-    df = gelu_backward(dg, t["f"], t["gelu_h"])
-    dm = site_backward(df, t["m"], t["f_a"], sites["mlp.c_fc"], scale)            # -> [N, C]
-    dx = dx + layer_norm_backward(dm, t["ln_2"], *scratch)
-    dy = dx if t["attn_keep"] is None else dx * t["attn_keep"]
-    dyh = site_backward(dy, t["y"], t["o_a"], sites["attn.c_proj"], scale)        # -> [N, C]
-    N, C = dyh.shape
-    dyh = dyh.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)                       # [N, C] -> [B, H, T, D]
-    dq, dk, dv = causal_attention_backward(dyh, t["att"])                          # 3 x [B, H, T, D]
-    dqkv = np.empty((B, T, 3, H, C // H), dx.dtype)
-    for j, d in enumerate((dq, dk, dv)):
-        dqkv[:, :, j] = d.transpose(0, 2, 1, 3)                                    # [B, H, T, D] -> [B, T, H, D]
-    da = site_backward(dqkv.reshape(N, 3 * C), t["a"], t["qkv_a"], sites["attn.c_attn"], scale)  # -> [N, C]
-    dx += layer_norm_backward(da, t["ln_1"], *scratch)
-    return dx
+        dx = frozen_block_backward(dx, tape["blocks"][i], adapted_linears(params, config, lora, i, grads), scratch)
 
 
 # ---- the training objective ----------------------------------------------------------------------------
