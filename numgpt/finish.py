@@ -3,7 +3,7 @@
 
 A sequence ends for one of FINISH_REASONS:
     "length"     max_new_tokens generated
-    "eos"        the end-of-text token was drawn (it is not part of the completion)
+    "eos"        an end token was drawn: end-of-text, or a chat model's end of turn (not part of the completion)
     "stop"       a stop string completed (the text ends just before it)
     "cancelled"  the caller asked (a closed stream, a disconnected client, Ctrl-C)
     "timeout"    past its deadline
@@ -32,7 +32,7 @@ Use from any decode loop:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 FINISH_REASONS = ("length", "eos", "stop", "cancelled", "timeout", "error")
@@ -96,15 +96,16 @@ class Finisher:
     """One sequence's end rule: end-of-text, stop strings, max_new_tokens, cancel and deadline, with the
     one vocabulary of FINISH_REASONS (see the module docstring for the loop that drives it).
 
-    decoder: the tokenizer's stream decoder for this sequence. eos_id: the end-of-text id, None to
-    ignore it. deadline: a time (same clock as poll's `now`) after which the sequence times out.
+    decoder: the tokenizer's stream decoder for this sequence. eos_id: the end-of-text id (or several:
+    a chat model's end of turn too), None to ignore it. deadline: a time (same clock as poll's `now`)
+    after which the sequence times out.
     """
 
     def __init__(self, decoder: StreamDecoder, *, max_new_tokens: int, stop: Sequence[str] = (),
-                 eos_id: int | None = None, deadline: float | None = None):
+                 eos_id: int | Collection[int] | None = None, deadline: float | None = None):
         self.stopper = TextStopper(decoder, stop)
         self.max_new_tokens = max_new_tokens
-        self.eos_id = eos_id
+        self.eos_ids = frozenset(() if eos_id is None else eos_id if isinstance(eos_id, Collection) else (eos_id,))
         self.deadline = deadline
         self.generated = 0             # tokens added to the completion (the end-of-text token is not)
         self.reason: str | None = None
@@ -120,7 +121,7 @@ class Finisher:
         """Take the token just drawn; False if it is the end-of-text token (not part of the completion).
         Sets `reason` when this token ends the sequence ("eos", "stop" or "length")."""
         stopper = self.stopper
-        if token == self.eos_id:
+        if token in self.eos_ids:
             self.end("eos")
             return False
         self.generated += 1

@@ -31,9 +31,11 @@ Safe by default: listens on 127.0.0.1 only; with --api-key (or NUMGPT_API_KEY) e
 beyond the context gets 400; requests (and the playground's views) end after --request-timeout seconds;
 weights holding NaN or inf are refused at start; prompts are not logged unless --log-prompts.
 
-Chat: GPT-2 has no chat template, so chat conditions on a transcript ("User: ..." / "Assistant: ...",
-ending with "Assistant:") and stops at the next "\\nUser:". GET /v1/models shows the template in use;
---chat-template FILE.json replaces it, --chat-template none turns chat off.
+Chat: a chat model (numgpt sft's, whose tokenizer files hold numgpt's chat template) is served with its
+own template: the messages become its tokens, and a reply ends at its <|end|>. A base model such as GPT-2
+has none, so chat conditions on a transcript ("User: ..." / "Assistant: ...", ending with "Assistant:")
+and stops at the next "\\nUser:". GET /v1/models shows the template in use; --chat-template FILE.json
+replaces it (the transcript's parts; 'default': the transcript as it is), --chat-template none turns chat off.
 """
 
 SERVE_EXAMPLES = """\
@@ -68,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=300.0,
                    help="seconds a request may run before it is ended (default 300)")
     p.add_argument("--chat-template", default=None,
-                   help="a JSON file (or inline JSON) replacing the chat template's parts, or 'none'")
+                   help="the transcript template instead of the model's own: a JSON file (or inline JSON) "
+                        "replacing its parts, or 'default'; 'none' turns chat off (default: the model's own "
+                        "template if it has one, else the transcript)")
     p.add_argument("--log-prompts", action="store_true", help="include prompts in the request log lines")
     p.set_defaults(run=run_serve)
 
@@ -94,6 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
     template = load_chat_template(args.chat_template)
     sock = bind(args.host, args.port)
     lm = load_model(args)
+    template, note = served_chat_template(args.chat_template, template, lm.tokenizer)
     name = args.model_name or (args.model if args.model else "numgpt")
     settings = ServerSettings(model_name=name, api_key=key, max_batch=args.max_batch, max_queue=args.max_queue,
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
@@ -103,6 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     host, port = sock.getsockname()[:2]
     announce(host, port, name, key, loopback(args.host))
+    if note:
+        print(f"numgpt serve: note: {note}", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
@@ -110,6 +117,28 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     print("numgpt serve: stopped", file=sys.stderr)
     return 0
+
+
+def served_chat_template(flag: str | None, given, tokenizer):
+    """(the chat template to serve, a note or None): --chat-template's when given (a note when it replaces
+    the model's own), else the model's own when its tokenizer has numgpt's chat format, else `given` (the
+    transcript). A model with a chat template numgpt cannot render, and no flag, is a one-line error."""
+    from ..posttrain.chat_format import chat_template
+    from ..serve import ModelChatTemplate
+
+    try:
+        own = chat_template(tokenizer)
+    except NumgptError as e:
+        if flag is None:
+            raise NumgptError(f"{e}. To serve it anyway, pass --chat-template default (the plain transcript) "
+                              "or --chat-template none") from None
+        own = None
+    if own is None:
+        return given, None
+    if flag is None:
+        return ModelChatTemplate.of(own, tokenizer), None
+    what = "turns chat off" if given is None else "is used instead"
+    return given, f"the model has its own chat template; --chat-template {what}"
 
 
 def api_key(flag: str | None, environment: str | None) -> str | None:

@@ -10,14 +10,15 @@ FastAPI, uvicorn, prometheus_client).
     completions.py requests -> the engine's SequenceRequests; engine events -> responses and streams
     errors.py      OpenAI's error shape, built in one place, and the handlers that answer with it
     explain_routes.py  the playground page (static/) and /v1/explain/*
-    chat.py        the chat template (GPT-2 has none: one explicit transcript format)
+    chat.py        the chat template: a chat model's own, or (GPT-2 has none) one explicit transcript format
     middleware.py  body limit, API key, one log line per request
     metrics.py     Prometheus metrics in the app's own registry
 """
 
 from .app import create_app
 from .settings import ServerSettings
-from .chat import ChatTemplate, load_chat_template
+from .chat import ChatTemplate, ModelChatTemplate, load_chat_template
 from .engine import Engine, SequenceRequest
 
-__all__ = ["ServerSettings", "create_app", "ChatTemplate", "load_chat_template", "Engine", "SequenceRequest"]
+__all__ = ["ServerSettings", "create_app", "ChatTemplate", "ModelChatTemplate", "load_chat_template", "Engine",
+           "SequenceRequest"]

@@ -11,6 +11,12 @@ transcript. One explicit template, shown by GET /v1/models and never applied beh
 generation stops at the next turn marker ("\\nUser:"), and the one space the model writes after
 "Assistant:" is not part of the reply. `--chat-template FILE` replaces it: a JSON object with any of the
 keys below, each a format string with {content} (see ChatTemplate).
+
+Chat on a chat model: a model fine-tuned on a chat format (numgpt sft) carries its own template in its
+tokenizer files, and `numgpt serve` uses it unless --chat-template is given (ModelChatTemplate): the
+conversation is rendered straight to token ids by the model's format (special tokens as tokens, message
+text as plain text), and generation ends at the model's end-of-turn token, which is not part of the reply.
+The format's renderer comes from numgpt.posttrain, handed in by the CLI (serve does not import posttrain).
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Mapping, Protocol, Sequence
 
 from ..errors import NumgptError
+from ..generate import encode_prompt
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,65 @@ class ChatTemplate:
                 + "{%- else %}" + turn(self.assistant_turn) + "{%- endif %}{%- endfor %}"
                 "{%- if add_generation_prompt %}{{ " + json.dumps(self.generation_prompt) + " }}{% endif %}")
 
+    end_ids = ()                 # no end-of-turn token: the transcript ends at its stop strings
+
+    def prompt_ids(self, tokenizer, messages: list[tuple[str, str]]) -> list[int]:
+        """(role, text) pairs -> the prompt's token ids (the rendered transcript, encoded)."""
+        return encode_prompt(tokenizer, self.render(messages))
+
     def describe(self) -> dict:
         """The template as JSON for /v1/models."""
-        d = asdict(self)
+        d = {"source": "transcript", **asdict(self)}
         d["stop"] = list(self.stop)
         d["strip_leading_space"] = str(self.strip_leading_space).lower()
         return d
+
+
+class ChatRenderer(Protocol):
+    """A chat model's format (numgpt.posttrain.ChatTemplate): messages -> ids, and its end-of-turn id."""
+
+    end_id: int
+
+    def render(self, messages: Sequence[Mapping], *, add_generation_prompt: bool = False) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class ModelChatTemplate:
+    """A chat model's own template (see the module docstring): `renderer` turns messages into ids and
+    raises NumgptError for a conversation its format refuses; `jinja` is the same format as the model's
+    tokenizer_config.json gives it (for /tokenizer_info); `end_token` is its end-of-turn token's text."""
+
+    renderer: ChatRenderer
+    jinja_text: str
+    end_token: str
+    stop: tuple[str, ...] = ()           # no stop strings of its own: the end-of-turn token ends a reply
+    strip_leading_space: bool = False    # the reply is exactly what the model wrote
+
+    @classmethod
+    def of(cls, renderer: ChatRenderer, tokenizer) -> "ModelChatTemplate":
+        """The template of a model whose tokenizer has a chat format (`renderer`, over that tokenizer)."""
+        return cls(renderer, tokenizer.chat_template, tokenizer.decode([renderer.end_id]))
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        """The ids that end a reply (not part of it): the end of the turn."""
+        return (self.renderer.end_id,)
+
+    def prompt_ids(self, tokenizer, messages: list[tuple[str, str]]) -> list[int]:
+        """(role, text) pairs -> the model's prompt ids with the generation prompt (OpenAI's "developer"
+        role is the system's). NumgptError for a conversation the format refuses (order, last role)."""
+        del tokenizer                    # the renderer holds the model's own
+        return self.renderer.render([{"role": "system" if role == "developer" else role, "content": text}
+                                     for role, text in messages], add_generation_prompt=True)
+
+    def jinja(self) -> str:
+        return self.jinja_text
+
+    def describe(self) -> dict:
+        """What /v1/models shows: whose template it is and where a reply ends."""
+        return {"source": "model's own", "end_of_turn": self.end_token,
+                "note": "messages rendered to token ids by the model's chat format (tokenizer_config.json's "
+                        "chat_template, as Jinja at /tokenizer_info); the reply ends at " + self.end_token}
 
 
 def load_chat_template(source: str | None) -> ChatTemplate | None:

@@ -21,7 +21,7 @@ from ..errors import NumgptError
 from ..generate import GenerationOptions, TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
 from . import schemas
-from .chat import ChatTemplate
+from .chat import ChatTemplate, ModelChatTemplate
 from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
 from .errors import APIError, error_json
 from .metrics import Metrics
@@ -71,14 +71,14 @@ class Completions:
                 "choices": choices, "usage": self.usage(prompts, results, request)}
 
     async def chat(self, body: schemas.ChatRequest, request: Request):
-        """POST /v1/chat/completions: the transcript through the chat template, then as a completion."""
+        """POST /v1/chat/completions: the conversation through the chat template (the model's own, or the
+        transcript), then as a completion that also ends at the template's end-of-turn token."""
         self.check_model(body.model)
         template = self.settings.chat_template
         if template is None:
             raise APIError(400, "this server has no chat template (started with --chat-template none): GPT-2 "
                            "is a base model; use /v1/completions", code="no_chat_template")
-        text = template.render([(m.role, m.text()) for m in body.messages])
-        ids = encode_prompt(self.lm.tokenizer, text)
+        ids = self.chat_prompt(template, body.messages)
         n_positions = self.lm.config.n_positions
         max_tokens = (body.max_completion_tokens or body.max_tokens
                       or max(1, min(self.limit, n_positions - len(ids))))
@@ -86,10 +86,10 @@ class Completions:
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
         options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n)
-        seqs = [self.sequence(options, ids, j, logprobs=k) for j in range(body.n)]
+        seqs = [self.sequence(options, ids, j, logprobs=k, end_ids=template.end_ids) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if self.settings.log_prompts:
-            request.state.log["prompt"] = text
+            request.state.log["prompt"] = self.lm.tokenizer.decode(ids)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return sse(self.stream_chat(body, ids, self.open_stream(seqs), rid, created, template, request))
@@ -106,6 +106,14 @@ class Completions:
         if name is not None and name != self.settings.model_name:
             raise APIError(404, f"the model {name!r} does not exist here; this server serves "
                            f"{self.settings.model_name!r}", param="model", code="model_not_found")
+
+    def chat_prompt(self, template: ChatTemplate | ModelChatTemplate, messages: list[schemas.Message]) -> list[int]:
+        """The conversation's prompt ids; one the template refuses (a chat model's format: roles out of
+        order, not ending with the user) is a 400 naming the rule."""
+        try:
+            return template.prompt_ids(self.lm.tokenizer, [(m.role, m.text()) for m in messages])
+        except NumgptError as e:
+            raise APIError(400, str(e), param="messages", code="invalid_messages") from None
 
     def check_ids(self, ids: Sequence[int], param: str) -> None:
         vocab_size = self.lm.config.vocab_size
@@ -168,7 +176,8 @@ class Completions:
         except NumgptError as e:
             raise APIError(400, str(e), code="invalid_value") from None
 
-    def sequence(self, options: GenerationOptions, ids, j: int, *, logprobs, prompt_logprobs=None) -> SequenceRequest:
+    def sequence(self, options: GenerationOptions, ids, j: int, *, logprobs, prompt_logprobs=None,
+                 end_ids: tuple[int, ...] = ()) -> SequenceRequest:
         """Sample j of a prompt as the engine's work; a seeded one draws from sample_rng(seed, j), as
         `numgpt generate --seed` does."""
         if options.sampling.greedy:
@@ -179,7 +188,7 @@ class Completions:
             rng = np.random.default_rng()
         return SequenceRequest(list(ids), options.max_new_tokens, options.sampling, rng=rng,
                                seeded=options.seed is not None, stop=options.stop, logprobs=logprobs,
-                               prompt_logprobs=prompt_logprobs,
+                               prompt_logprobs=prompt_logprobs, end_ids=end_ids,
                                deadline=time.monotonic() + self.settings.request_timeout)
 
     def submit(self, seqs: list[SequenceRequest], deliver: list) -> list:
@@ -429,7 +438,7 @@ def mean_logprob(r: Result) -> float:
     return sum(values) / len(values) if values else -math.inf
 
 
-def reply(text: str, template: ChatTemplate) -> str:
+def reply(text: str, template: ChatTemplate | ModelChatTemplate) -> str:
     return text[1:] if template.strip_leading_space and text.startswith(" ") else text
 
 

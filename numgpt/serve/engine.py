@@ -52,6 +52,8 @@ class SequenceRequest:
     rng: this sequence's generator (None for greedy). seeded: run batch-invariant (see module docstring).
     logprobs: report each new token's ln p with this many alternatives (None: no log-probabilities).
     prompt_logprobs: report the prompt's log-probabilities with this many alternatives (None: don't).
+    end_ids: tokens that end the sequence besides the end-of-text (a chat model's end of turn), like it
+    not part of the text (finish_reason "stop").
     deadline: time.monotonic() after which the sequence ends with finish_reason "timeout".
     """
 
@@ -62,6 +64,7 @@ class SequenceRequest:
     seeded: bool = False
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
+    end_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     deadline: float | None = None
@@ -269,8 +272,9 @@ class Engine:
                     prompt_lp = [None] + token_logprob_rows(row[:-1], np.asarray(r.prompt_ids[1:]), r.prompt_logprobs)
                 row = row[-1]
             ticket.deliver(Prefilled(prompt_lp))
+            eos = {self.tokenizer.eot_id} - {None} if r.stop_at_eos else set()
             finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
-                                eos_id=self.tokenizer.eot_id if r.stop_at_eos else None, deadline=r.deadline)
+                                eos_id=eos | set(r.end_ids), deadline=r.deadline)
             seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
             with self._lock:              # from waiting to running in one step: submit's counts stay true
                 self._running[slot] = seq

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse
 
 from ..tokenizer.files import tokenizer_config as saved_tokenizer_config
 from . import schemas
-from .chat import ChatTemplate
+from .chat import ChatTemplate, ModelChatTemplate
 from .completions import Completions
 
 START = time.time()
@@ -72,7 +72,7 @@ def openai_router(cmpl: Completions) -> APIRouter:
     return router
 
 
-def tokenizer_config(lm, template: ChatTemplate | None) -> dict:
+def tokenizer_config(lm, template: ChatTemplate | ModelChatTemplate | None) -> dict:
     """transformers' tokenizer_config.json for the served tokenizer (the one numgpt writes beside a saved
     tokenizer), with model_max_length and the chat template as Jinja, as vLLM's /tokenizer_info gives it."""
     config = saved_tokenizer_config(lm.tokenizer.special_tokens,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .chat import ChatTemplate
+from .chat import ChatTemplate, ModelChatTemplate
 
 
 @dataclass(frozen=True)
@@ -19,4 +19,4 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     request_timeout: float = 300.0
     log_prompts: bool = False
-    chat_template: ChatTemplate | None = ChatTemplate()
+    chat_template: ChatTemplate | ModelChatTemplate | None = ChatTemplate()   # None: chat off
