@@ -215,6 +215,12 @@ def test_csv_and_jsonl_read_the_same_records(tmp_path):
     assert [(e.text, e.label) for e in a] == [(e.text, e.label) for e in b] == [("hello, world", "pos"),
                                                                                  ("two\nlines", "neg")]
     assert classdata.label_names(a) == ["neg", "pos"]
+    odd = 'two\u2028lines\x0bhere'                       # separators splitlines() would cut at
+    (tmp_path / "o.jsonl").write_text(json.dumps({"text": odd, "label": 1}, ensure_ascii=False) + "\r\n",
+                                      encoding="utf-8")
+    (tmp_path / "o.csv").write_text(f'label,text\r\n1,"{odd}"\r\n', encoding="utf-8")
+    for name in ("o.jsonl", "o.csv"):
+        assert [(e.text, e.label) for e in classdata.read_labelled(tmp_path / name)] == [(odd, "1")]
 
 
 def test_fortunes_reader(tmp_path):

@@ -16,6 +16,7 @@ never saw, labelled by people: a classification set made on the machine, never c
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -59,7 +60,7 @@ def read_labelled(path: str | os.PathLike, *, text_field: str = TEXT_FIELD,
 
 def _csv_rows(path: Path, content: str) -> list[tuple[str, dict]]:
     """(FILE:LINE, {column: value}) of each CSV record after the header."""
-    reader = csv.DictReader(content.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(content, newline=""))     # newline="": quoted newlines stay in a field
     try:
         rows = [(f"{path}:{reader.line_num}", row) for row in reader]
     except csv.Error as e:
@@ -76,7 +77,7 @@ def _csv_rows(path: Path, content: str) -> list[tuple[str, dict]]:
 def _jsonl_rows(path: Path, content: str) -> list[tuple[str, dict]]:
     """(FILE:LINE, object) of each non-blank line."""
     rows = []
-    for number, line in enumerate(content.splitlines(), 1):
+    for number, line in enumerate(content.split("\n"), 1):       # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
         try:
