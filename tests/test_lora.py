@@ -115,6 +115,32 @@ def test_adapter_gradients_match_torch(tmp_path, targets, torch_one_thread):
         assert np.abs(grads[n]).max() > 1e-6, n            # a real gradient, not two zeros agreeing
 
 
+def test_sft_weighted_adapter_gradients_match_torch(tmp_path, torch_one_thread):
+    """SFT's batch (ids, targets, weights): loss sum(weights * nll) / B, as backprop.accumulate_weighted_grads."""
+    lora = L.LoraConfig(rank=2, alpha=3)
+    params = adapted(base_params(), lora)
+    _, model = hf_model(tmp_path, params)
+    pm = peft_model(model, lora).double()
+    set_peft_adapter(pm, params)
+    rng = np.random.default_rng(8)
+    ids, targets = rng.integers(0, CONFIG.vocab_size, (3, 7)), rng.integers(0, CONFIG.vocab_size, (3, 7))
+    weights = rng.random((3, 7)) * (rng.random((3, 7)) < 0.6)         # ~40% of the positions not trained on
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    grads = {n: np.zeros_like(p64[n]) for n in L.adapter_shapes(CONFIG, lora)}
+    loss = L.LoraLoss(lora)(p64, CONFIG, (ids, targets, weights), grads, scale=0.5)
+
+    logits = pm(torch.tensor(ids)).logits.reshape(-1, CONFIG.vocab_size)
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(targets).reshape(-1), reduction="none")
+    ref = (torch.tensor(weights).reshape(-1) * nll).sum() / 3
+    (0.5 * ref).backward()
+    assert loss == pytest.approx(ref.item(), rel=RTOL)
+    assert L.LoraValue(lora)(p64, CONFIG, (ids, targets, weights)) == pytest.approx(ref.item(), rel=RTOL)
+    named = dict(pm.named_parameters())
+    for n, g in grads.items():
+        ref_grad = named[f"base_model.model.transformer.{n}.default.weight"].grad.numpy().T
+        np.testing.assert_allclose(g, ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
+
+
 def test_unmerged_forward_equals_merged_model():
     lora = L.LoraConfig(rank=4, alpha=8)
     params = adapted(base_params(), lora)

@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backprop import Workspace, check_batch, embed_forward, frozen_block_backward, frozen_block_forward
+from ..backprop import (Workspace, check_batch, embed_forward, frozen_block_backward, frozen_block_forward,
+                        weighted_cross_entropy_backward, weighted_cross_entropy_forward)
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..formats import peft
@@ -231,11 +232,11 @@ def adapted_linears(params: Params, config: GPTConfig, lora: LoraConfig, i: int,
 
 # ---- the whole model: backprop.py's forward and backward over the frozen base with adapted linear layers ---
 
-def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
-                              dropout: float = 0.0, rng: np.random.Generator | None = None,
-                              workspace: Workspace | None = None) -> tuple[np.ndarray, dict]:
-    """Logits [N, V] of the adapted model for ids [B, T], and the tape `lora_backward` walks (the same
-    dropout masks, drawn in the same order, as backprop.forward_for_training)."""
+def lora_hidden_forward(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
+                        dropout: float = 0.0, rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+    """The adapted model's final hidden states ln_f(x) [N, C] for ids [B, T] (what a head reads: the
+    vocabulary projection here, a classifier's score elsewhere), and the tape `lora_hidden_backward` walks.
+    The dropout masks are drawn as backprop.forward_for_training draws them."""
     B, T = ids.shape
     x, _ = embed_forward(params, ids, dropout, rng)                    # [B, T] -> [N, C]
     blocks = []
@@ -244,67 +245,94 @@ def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfi
                                       dropout, rng)                    # [N, C] -> [N, C]
         blocks.append(ctx)
     xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    wte = params["wte.weight"]
-    out = None if workspace is None else workspace.get("logits", (B * T, wte.shape[0]), xf.dtype)
-    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
-    return logits, {"blocks": blocks, "ln_f": ln_f}
+    return xf, {"blocks": blocks, "ln_f": ln_f}
 
 
-def lora_backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
-                  grads: Params) -> None:
-    """From d(loss)/d(logits) [N, V], accumulate the adapters' gradients into grads (the names it holds);
-    the frozen tensors get none (LayerNorm's go to a small scratch, the embeddings' are never formed)."""
+def lora_hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
+                         grads: Params) -> None:
+    """From d(loss)/d(final hidden states) [N, C], accumulate the adapters' gradients into grads (the names
+    it holds); the frozen tensors get none (LayerNorm's go to a small scratch, the embeddings' are never formed)."""
     C = config.n_embd
     scratch = np.zeros(C, np.float32), np.zeros(C, np.float32)         # frozen LayerNorm gain/bias gradients
-    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
     dx = layer_norm_backward(dxf, tape["ln_f"], *scratch)
     for i in reversed(range(config.n_layer)):
         dx = frozen_block_backward(dx, tape["blocks"][i], adapted_linears(params, config, lora, i, grads), scratch)
 
 
+def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
+                              dropout: float = 0.0, rng: np.random.Generator | None = None,
+                              workspace: Workspace | None = None) -> tuple[np.ndarray, dict]:
+    """Logits [N, V] of the adapted model for ids [B, T] (in the workspace's 'logits' buffer if given),
+    and the tape `lora_backward` walks."""
+    xf, tape = lora_hidden_forward(params, config, lora, ids, dropout=dropout, rng=rng)
+    wte = params["wte.weight"]
+    out = None if workspace is None else workspace.get("logits", (xf.shape[0], wte.shape[0]), xf.dtype)
+    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
+    return logits, tape
+
+
+def lora_backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
+                  grads: Params) -> None:
+    """From d(loss)/d(logits) [N, V] through the frozen tied projection, the adapters' gradients into grads."""
+    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
+    lora_hidden_backward(dxf, tape, params, config, lora, grads)
+
+
 # ---- the training objective ----------------------------------------------------------------------------
+
+def token_loss(logits: np.ndarray, batch: tuple[np.ndarray, ...], *, scale: float | None) -> tuple[float, np.ndarray | None]:
+    """The loss of a batch's logits [N, V] and, unless scale is None, d(scale * loss)/d(logits): mean
+    cross-entropy of (ids, targets) as `numgpt train`'s, or SFT's weighted sum(weights * nll) / B of
+    (ids, targets, weights [B, T]) as backprop.accumulate_weighted_grads'. Overwrites logits."""
+    targets = batch[1].reshape(-1)
+    if len(batch) == 2:
+        loss, probs = cross_entropy_forward(logits, targets)            # [N, V], [N]
+        return loss, None if scale is None else cross_entropy_backward(probs, targets, scale=scale)
+    B, weights = batch[0].shape[0], batch[2].reshape(-1)                # [B, T] -> [N]
+    loss, probs = weighted_cross_entropy_forward(logits, targets, weights)
+    dlogits = None if scale is None else weighted_cross_entropy_backward(probs, targets, weights, scale=scale / B)
+    return loss / B, dlogits
+
 
 @dataclass(frozen=True)
 class LoraLoss:
-    """Next-token cross-entropy of the adapted model, gradients of the adapters only (an objective.LossFn)."""
+    """The next-token loss of the adapted model (plain, or SFT's weighted: `token_loss`), gradients of the
+    adapters only (an objective.LossFn)."""
 
     lora: LoraConfig
 
     def __call__(self, params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...], grads: Params, *,
                  scale: float = 1.0, dropout: float = 0.0, rng: np.random.Generator | None = None,
                  workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> float:
-        ids, targets = batch
-        check_batch(config, ids, targets)
+        check_batch(config, batch[0], batch[1])
         if dropout > 0 and rng is None:
             raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
-        logits, tape = lora_forward_for_training(params, config, self.lora, ids, dropout=dropout, rng=rng,
+        logits, tape = lora_forward_for_training(params, config, self.lora, batch[0], dropout=dropout, rng=rng,
                                                  workspace=workspace)
-        loss, probs = cross_entropy_forward(logits, targets.reshape(-1))   # [N, V], [N]
-        dlogits = cross_entropy_backward(probs, targets.reshape(-1), scale=scale)
+        loss, dlogits = token_loss(logits, batch, scale=scale)
         lora_backward(dlogits, tape, params, config, self.lora, grads)
         return loss
 
 
 @dataclass(frozen=True)
 class LoraValue:
-    """Mean next-token cross-entropy of the adapted model, no dropout, no gradients (an objective.ValueFn)."""
+    """The adapted model's loss of a batch (as LoraLoss), no dropout, no gradients (an objective.ValueFn)."""
 
     lora: LoraConfig
 
     def __call__(self, params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...],
                  workspace: Workspace | None = None) -> float:
-        ids, targets = batch
-        check_batch(config, ids, targets)
-        logits, _ = lora_forward_for_training(params, config, self.lora, ids, workspace=workspace)
-        loss, _ = cross_entropy_forward(logits, targets.reshape(-1))
-        return loss
+        check_batch(config, batch[0], batch[1])
+        logits, _ = lora_forward_for_training(params, config, self.lora, batch[0], workspace=workspace)
+        return token_loss(logits, batch, scale=None)[0]
 
 
-def lora_objective(config: GPTConfig, lora: LoraConfig):
-    """The training objective of an adapter: next-token loss of the adapted model, the adapters trainable."""
-    from ..training.objective import Objective
+def lora_objective(config: GPTConfig, lora: LoraConfig, batch=None):
+    """The training objective of an adapter: the adapted model's next-token loss on `batch`'s batches (an
+    objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable."""
+    from ..training.objective import Objective, next_token_batch
 
-    return Objective(loss=LoraLoss(lora), evaluate=LoraValue(lora),
+    return Objective(batch=next_token_batch if batch is None else batch, loss=LoraLoss(lora), evaluate=LoraValue(lora),
                      trainable=frozenset(adapter_shapes(config, lora)))
 
 
@@ -366,7 +394,7 @@ def with_lora(run, lora: LoraConfig | None, *, resumed: bool):
     missing = [n for n in adapter_shapes(config, lora) if n not in params]
     if missing:
         raise NumgptError(f"{run.folder}: the checkpoint has no {missing[0]}; it is damaged")
-    objective = lora_objective(config, lora)
+    objective = lora_objective(config, lora, None if run.objective is None else run.objective.batch)
     keep_trained_moments(run.state, objective.trainable_params(params))   # the base's moments freed now
     return dataclasses.replace(run, tc=dataclasses.replace(run.tc, lora=lora.to_dict()), objective=objective)
 
