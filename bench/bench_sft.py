@@ -192,7 +192,8 @@ def bench_quality(args) -> dict:
         write_conversations(data, train_tasks)
         setup = setup_sft(data, Path(tmp) / "run", init=folder, seed=args.seed,
                           options={"max_iters": args.iters, "eval_interval": 0, "batch_size": args.batch_size,
-                                   "dropout": 0.0, "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_iters": 10}})
+                                   "dropout": 0.0,
+                                   "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_iters": 10}})
         t0 = time.perf_counter()
         setup.run.train()
         seconds = time.perf_counter() - t0

@@ -158,7 +158,8 @@ def test_masks_are_the_chat_formats_and_train_on_all_changes_them(world, tmp_pat
     assert found and rows[0, 0] == tok.eot_id                         # a row starts with a conversation
     a, b = masks["train"].astype(bool), masks_all["train"].astype(bool)
     assert (a <= b).all() and b.sum() > 2 * a.sum()                    # every assistant token, and the prompts
-    assert not (b & (rows[:, :] == tok.eot_id)).all(axis=1).any()
+    assert not b[rows == tok.eot_id].any()         # conversations' first tokens and the padding: never predicted
+    assert b.sum() == (rows != tok.eot_id).sum()    # every other token is, with --train-on all
     assert not b[:, 0].any()                                           # the first token is never predicted
 
 
@@ -251,8 +252,8 @@ def test_bad_lines_are_one_line_errors_naming_the_line_and_leave_nothing(world, 
 def test_a_conversation_longer_than_the_context_is_cut_or_refused(world, tmp_path, capsys):
     data = tmp_path / "long.jsonl"
     long = {"messages": [{"role": "user", "content": "count " * 200}, {"role": "assistant", "content": "200"}]}
-    good = [json.dumps({"messages": [{"role": "user", "content": f"{i} + 1?"}, {"role": "assistant", "content": str(i + 1)}]})
-            for i in range(9)]
+    good = [json.dumps({"messages": [{"role": "user", "content": f"{i} + 1?"},
+                                     {"role": "assistant", "content": str(i + 1)}]}) for i in range(9)]
     data.write_text("\n".join([*good, json.dumps(long)]) + "\n")
     args = ["sft", str(data), "--init", str(world / "base"), *FAST, "--val-fraction", "0.2", "--seed", "1"]
     assert main([*args, "--out", str(tmp_path / "refused"), "--truncate", "no"]) == 2
@@ -267,7 +268,7 @@ def test_a_conversation_longer_than_the_context_is_cut_or_refused(world, tmp_pat
 def test_other_refusals_leave_nothing(world, tmp_path, capsys):
     other = tmp_path / "other_template"
     shutil.copytree(world / "base", other)
-    cfg = json.loads((other / "tokenizer_config.json").read_text()) if (other / "tokenizer_config.json").exists() else {}
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
     cfg["chat_template"] = "{{ messages }}"
     (other / "tokenizer_config.json").write_text(json.dumps(cfg))
     run = tmp_path / "run"

@@ -144,7 +144,8 @@ def is_sft_folder(path: str | os.PathLike) -> bool:
     """A folder this module wrote (meta.json with an "sft" part)."""
     meta = Path(path) / META_FILE
     try:
-        return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("sft", {}).get("format") == SFT_FORMAT
+        sft = json.loads(meta.read_text(encoding="utf-8")).get("sft", {}) if meta.is_file() else {}
+        return sft.get("format") == SFT_FORMAT
     except (ValueError, AttributeError):
         return False
 
