@@ -93,6 +93,11 @@ def test_frozen_blocks_are_not_touched_and_the_walk_stops_at_the_first_trained_b
     assert all(np.array_equal(before[n], params[n]) for n in params)
     assert not any(n.startswith(("h.0.", "wte", "wpe")) for n in grads)
     assert all(np.abs(g).max() > 0 for g in grads.values())
+    from numgpt.backprop import Workspace
+    head_and_top = {n: g for n, g in grads.items() if not n.startswith("h.1.")}   # h.1 frozen, h.2 trained
+    reached = classify.reached_grads(params, head_and_top, 1, Workspace())
+    assert set(reached) == set(grads) and all(reached[n] is g for n, g in head_and_top.items())
+    assert not np.any(reached["h.1.mlp.c_fc.weight"])                               # a zeroed scratch buffer
 
 
 def test_padding_does_not_change_a_rows_logits():

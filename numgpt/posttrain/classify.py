@@ -299,7 +299,7 @@ def classification_loss(params: Params, config: GPTConfig, batch: Batch, grads: 
         return loss
     if dropout > 0 and rng is None:
         raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
-    full = with_frozen(params, grads, Workspace() if workspace is None else workspace)
+    full = reached_grads(params, grads, first, Workspace() if workspace is None else workspace)
     xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)
     logits, head = head_forward(xf, last, ids.shape[1], score)
     loss, probs = class_loss_forward(logits, labels, class_weights)
@@ -307,6 +307,17 @@ def classification_loss(params: Params, config: GPTConfig, batch: Batch, grads: 
     dxf = head_backward(dlogits, head, score, full[SCORE])
     hidden_backward(dxf, tape, params, config, full, first_block=first)
     return loss
+
+
+def reached_grads(params: Params, grads: Params, first_block: int, workspace: Workspace) -> Params:
+    """The gradients a backward down to first_block writes: grads' own, and zeroed scratch buffers for the
+    frozen tensors it reaches (ln_f, blocks first_block.., the embeddings when 0); objective.with_frozen
+    for the part of the body that runs backward, so a frozen wte costs no [V, C] buffer."""
+    def reached(name: str) -> bool:
+        if first_block == 0 or name.startswith(("ln_f.", SCORE)):
+            return True
+        return name.startswith("h.") and int(name.split(".")[1]) >= first_block
+    return with_frozen({n: p for n, p in params.items() if reached(n)}, grads, workspace) | grads
 
 
 def classification_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None,
