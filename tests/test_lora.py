@@ -340,8 +340,9 @@ def test_lora_flag_errors_are_one_line(base_run, tmp_path, capsys):
     data, base = base_run
     for flags, message in ((["--lora-rank", 0], "LoRA rank (--lora-rank) must be a whole number >= 1, got 0"),
                            (["--lora-alpha", 4], "--lora-alpha and --lora-targets need --lora-rank R"),
-                           (["--lora-rank", 2, "--lora-targets", "wte"], "LoRA target 'wte' names no linear layer")):
-        assert train_cli(data, "--init", base, "--out", tmp_path / "r", *flags) == 2
+                           (["--lora-rank", 2, "--lora-targets", "wte"], "LoRA target 'wte' names no linear layer"),
+                           (["--lora-rank", 2, "--init", ""], "--lora-rank adapts a trained model")):
+        assert train_cli(data, "--init", base, "--out", tmp_path / "r", *SMALL, *flags) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
         assert not (tmp_path / "r").exists()

@@ -6,6 +6,8 @@
     classify.py     sequence classification: GPT-2 with a linear head over the last real token (transformers'
                     GPT2ForSequenceClassification), its training through the Objective, metrics
     classdata.py    labelled text: CSV/JSONL (text, label) records, Debian's fortunes by category
+    lora.py         LoRA: low-rank adapters on the blocks' linear layers over a frozen base (their backward
+                    beside their forward), the --lora-* flags every training command shares, PEFT folders
     packing.py      SFT data: conversations rendered with their loss masks, packed into rows, a data folder
     sft.py          supervised fine-tuning: the masked-loss Objective and setup_sft (`numgpt sft`)
     synth.py        synthetic conversations with exact answers (seven task families, train/held-out split by
@@ -19,11 +21,14 @@ from .chat_format import (CHAT_TEMPLATE, CHAT_TOKENS, ChatTemplate, add_chat_tok
 from .classdata import Example, label_names, read_fortunes, read_labelled
 from .classify import Classifier, classification_metrics, load_classifier_folder, new_classifier, train_classifier
 from .chatdata import check_conversation, numbered_conversations, read_conversations, write_conversations
+from .lora import LoraConfig, add_lora_flags, lora_from_args, lora_objective, merge, read_adapter, save_adapter, \
+    with_lora
 from .sft import PackedBatches, SftSetup, masked_loss, masked_value, setup_sft, sft_objective
 from .synth import FAMILIES, Operands, check, check_task, extract_answer, prompt_messages, read_tasks, synthesize, \
     words_from_text
 
-__all__ = ["PackedBatches", "SftSetup", "masked_loss", "masked_value", "setup_sft", "sft_objective",
+__all__ = ["LoraConfig", "add_lora_flags", "lora_from_args", "lora_objective", "merge", "read_adapter", "save_adapter",
+           "with_lora", "PackedBatches", "SftSetup", "masked_loss", "masked_value", "setup_sft", "sft_objective",
            "Example", "label_names", "read_fortunes", "read_labelled", "Classifier", "classification_metrics",
            "load_classifier_folder", "new_classifier", "train_classifier",
            "check_conversation", "numbered_conversations", "read_conversations", "write_conversations", "FAMILIES",

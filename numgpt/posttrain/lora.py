@@ -388,6 +388,8 @@ def with_lora(run, lora: LoraConfig | None, *, resumed: bool):
         lora = saved
     if lora is None:
         return run
+    if not resumed and not run.tc.init:
+        raise NumgptError("--lora-rank adapts a trained model, whose weights stay frozen: pass --init MODEL")
     params, config = run.state.params, run.config
     if not resumed:
         params.update(init_adapters(config, lora, np.random.default_rng([run.tc.seed, LORA_STREAM])))
