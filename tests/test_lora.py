@@ -384,3 +384,30 @@ def test_merge_lora_writes_the_plain_model_and_the_cli_takes_adapter(base_run, t
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and ("another base model" in err or "no adapter_config.json" in err), err
     assert not (tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_lora_data_parallel_is_bit_identical(base_run, tmp_path, zero):
+    """2 ranks x 1 thread (every moment on each, or ZeRO-1's shards) give the bits of 1 rank x 2 threads."""
+    from numgpt.threads import run_in_threads
+    from numgpt.training.comm import ThreadGroup
+    from numgpt.training.run import setup_run
+
+    data, base = base_run
+    options = {"block_size": 16, "batch_size": 4, "max_iters": 5, "eval_interval": 5, "eval_iters": 2, "dropout": 0.1}
+
+    def lora_run(folder, comm=None, **more):
+        run = setup_run(data, folder, init=base, options={**options, **more}, comm=comm)
+        return L.with_lora(run, L.LoraConfig(rank=2), resumed=False)
+    alone = lora_run(tmp_path / "alone", threads=2)
+    alone.train()
+    group, runs = ThreadGroup(2), [None, None]
+
+    def rank(r):
+        runs[r] = lora_run(tmp_path / "ranks", group.member(r), threads=1, zero=zero)
+        runs[r].train(comm=group.member(r))
+    run_in_threads(rank, 2)
+    assert losses(tmp_path / "ranks") == losses(tmp_path / "alone")
+    for name in L.adapter_shapes(alone.config, L.LoraConfig(rank=2)):
+        assert np.array_equal(runs[0].state.params[name], alone.state.params[name]), name
+        assert np.array_equal(runs[1].state.params[name], alone.state.params[name]), name
