@@ -372,3 +372,26 @@ def test_training_continues_from_a_classifier_of_the_same_labels(tmp_path, capsy
     assert np.abs(after.params[SCORE] - first.params[SCORE]).max() < 0.01     # one small step from the old head
     assert main(["classify", "train", str(tmp_path / "abc.csv"), "--out", str(tmp_path / "r2"), *common]) == 2
     assert "classifies a, b but the data's labels are a, b, c" in capsys.readouterr().err
+
+
+def test_the_head_alone_on_cached_states_makes_the_updates_of_the_whole_forward(gpt2_vocab_model, tmp_path):
+    """--train head computes the frozen body's states once (PooledStates); its steps draw the same texts and
+    give the same head as running the body every step (float32: the states come from other batches)."""
+    from numgpt.training.loop import TrainConfig, train_step
+    config, params = load_checkpoint(gpt2_vocab_model)
+    model = classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["a", "b", "c"],
+                                    rng=np.random.default_rng(0))
+    seqs, _ = model.encode(TEXTS * 3)
+    tokens = classify.LabelledTokens((seqs, np.arange(12) % 3), ([], np.zeros(0, int)), model.pad_token_id)
+    states = classify.PooledStates(classify._states(model, tokens.train, 4), (np.zeros((0, 16)), np.zeros(0, int)))
+    tc = TrainConfig(batch_size=5, max_iters=3, threads=1)
+    weights = np.array([1.0, 2.0, 0.5])
+    heads = []
+    for data, objective in ((tokens, classify.classification_objective({SCORE}, weights)),
+                            (states, classify.head_objective(weights))):
+        t = classify._trainer(model, data, tc, objective, tmp_path)
+        losses = [train_step(t)[0] for _ in range(3)]
+        heads.append((losses, t.state.params[SCORE]))
+    np.testing.assert_allclose(heads[1][0], heads[0][0], rtol=1e-5)
+    np.testing.assert_allclose(heads[1][1], heads[0][1], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(heads[0][1], model.params[SCORE])

@@ -17,8 +17,13 @@ added as a new special token with a wte row equal to the mean of the others (`wi
 What trains (`trainable_names`): the head only, the last N blocks with ln_f and the head, or everything.
 Training is numgpt's training step (training/loop.train_step) with this task's Objective: its batches
 (random texts, right-padded), its loss and the trainable set; so the threads, AdamW, clipping and the
-learning-rate schedule are `numgpt train`'s. With the head alone the frozen body runs the inference
-forward (model.py's fast blocks, no dropout, no tape) and only the head is differentiated.
+learning-rate schedule are `numgpt train`'s. A batch is batch_size texts drawn at random with replacement
+(so the state's rng alone decides them); texts are cut to their first max_tokens tokens. With the head
+alone the frozen body runs the inference forward (model.py's fast blocks, no dropout, no tape), and
+train_classifier runs it once per text (`PooledStates`, `head_objective`): the same steps, without the
+body's forward at every one. Class weights scale each row's loss, and the loss stays a mean over rows
+(torch's weighted mean divides by the sum of the weights instead), so that a batch split over threads
+has the loss of the whole. Training stops cleanly on Ctrl-C; it does not resume.
 
 Forward and backward side by side: `hidden_forward`/`hidden_backward` (the body up to ln_f, built from
 backprop.py's layer pairs), `head_forward`/`head_backward`, `class_loss_forward`/`class_loss_backward`;
@@ -38,7 +43,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +57,9 @@ from ..params import INIT_STD, Params, layer, layers
 from ..tokenizer import ENDOFTEXT, Tokenizer
 from ..training.objective import Batch, Objective, with_frozen
 from .classdata import Example, label_names
+
+if TYPE_CHECKING:
+    from ..training.loop import TrainConfig, Trainer
 
 SCORE = CLASSIFIER_HEAD                 # "score.weight", [K, C]
 SETTINGS_FILE = "numgpt_classify.json"  # how the classifier was trained: max_tokens, fields, trained set
@@ -328,6 +336,50 @@ def classification_value(params: Params, config: GPTConfig, batch: Batch, worksp
     return class_loss_forward(logits, labels, class_weights)[0]
 
 
+@dataclass(frozen=True)
+class PooledStates:
+    """The frozen body's `pooled_states` of each split's texts, with their label ids: all a head trained
+    alone reads, computed once (the body never changes, and runs no dropout)."""
+
+    train: tuple[np.ndarray, np.ndarray]            # (states [n, C], label ids [n])
+    val: tuple[np.ndarray, np.ndarray]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return {"train": self.train, "val": self.val}[name]
+
+
+def pooled_batch(data: PooledStates, split: str, batch_size: int, block_size: int, rng: np.random.Generator,
+                 rows: slice) -> Batch:
+    """`classification_batch`'s texts (the same draws of rng) as their cached states: (states [rows, C],
+    labels [rows])."""
+    states, labels = data.split(split)
+    pick = rng.integers(0, len(labels), batch_size)                         # [B]
+    return states[pick][rows], labels[pick][rows]
+
+
+def head_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+              dropout: float = 0.0, rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+              block_done: Callable[[int], None] | None = None, class_weights: np.ndarray | None = None) -> float:
+    """`classification_loss` of the head alone on cached states: batch = (states [B, C], labels [B])."""
+    pooled, labels = batch
+    loss, probs = class_loss_forward(pooled @ params[SCORE].T, labels, class_weights)     # [B, K]
+    grads[SCORE] += class_loss_backward(probs, labels, class_weights, scale=scale).T @ pooled   # [K, C]
+    return loss
+
+
+def head_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None,
+               *, class_weights: np.ndarray | None = None) -> float:
+    pooled, labels = batch
+    return class_loss_forward(pooled @ params[SCORE].T, labels, class_weights)[0]
+
+
+def head_objective(class_weights: np.ndarray | None = None) -> Objective:
+    """The head trained alone on PooledStates: the same updates as classification_objective({SCORE}),
+    without running the body every step."""
+    return Objective(batch=pooled_batch, loss=partial(head_loss, class_weights=class_weights),
+                     evaluate=partial(head_value, class_weights=class_weights), trainable=frozenset([SCORE]))
+
+
 def classification_objective(trainable: frozenset[str], class_weights: np.ndarray | None = None) -> Objective:
     """The training task: classification batches, the weighted loss, these trained parameters."""
     return Objective(batch=classification_batch, loss=partial(classification_loss, class_weights=class_weights),
@@ -376,17 +428,23 @@ def last_hidden(params: Params, config: GPTConfig, ids: np.ndarray, last: np.nda
     return layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
 
 
-def logits_of(params: Params, config: GPTConfig, seqs: Sequence[np.ndarray], pad_id: int, *,
-              batch_size: int = 16) -> np.ndarray:
-    """Head logits [n, K] of token sequences, batch_size at a time, the texts sorted by length so that a
+def pooled_states(params: Params, config: GPTConfig, seqs: Sequence[np.ndarray], pad_id: int, *,
+                  batch_size: int = 16) -> np.ndarray:
+    """`last_hidden` of token sequences [n, C], batch_size at a time, the texts sorted by length so that a
     batch pads little (the result is in the given order)."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    out = np.empty((len(seqs), params[SCORE].shape[0]), np.float32)
+    out = np.empty((len(seqs), config.n_embd), np.float32)
     for start in range(0, len(seqs), batch_size):
         pick = order[start:start + batch_size]
         ids, last = pad_right([seqs[i] for i in pick], pad_id)
-        out[pick] = last_hidden(params, config, ids, last) @ params[SCORE].T   # [b, C] x [C, K]
+        out[pick] = last_hidden(params, config, ids, last)                 # [b, C]
     return out
+
+
+def logits_of(params: Params, config: GPTConfig, seqs: Sequence[np.ndarray], pad_id: int, *,
+              batch_size: int = 16) -> np.ndarray:
+    """Head logits [n, K] of token sequences (`pooled_states` @ score^T)."""
+    return pooled_states(params, config, seqs, pad_id, batch_size=batch_size) @ params[SCORE].T   # [n, C] -> [n, K]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -458,12 +516,18 @@ def evaluate_tokens(model: Classifier, seqs: list[np.ndarray], labels: np.ndarra
                     class_weights: np.ndarray | None = None) -> dict[str, Any]:
     """Loss and metrics of the model on tokenized texts with their label ids."""
     logits = logits_of(model.params, model.config, seqs, model.pad_token_id, batch_size=batch_size)
+    return evaluate_logits(logits, labels, model.labels, class_weights)
+
+
+def evaluate_logits(logits: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                    class_weights: np.ndarray | None = None) -> dict[str, Any]:
+    """Loss and `classification_metrics` of logits [n, K] against label ids [n]."""
     loss, _ = class_loss_forward(logits, labels, class_weights)
-    return {"loss": loss, **classification_metrics(labels, logits.argmax(axis=1), model.labels)}
+    return {"loss": loss, **classification_metrics(labels, logits.argmax(axis=1), names)}
 
 
 def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[Example], out: str | Path, *,
-                     tc: Any, trainable: str = "head", class_weights: str | None = None,
+                     tc: TrainConfig, trainable: str = "head", class_weights: str | None = None,
                      on_event: Callable[[dict], None] | None = None, settings: dict[str, Any] | None = None
                      ) -> ClassifyResult:
     """Fine-tune `model` on train (evaluated on val every tc.eval_interval steps and at the end) with
@@ -474,10 +538,14 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
     from ..threads import single_threaded_blas
     from ..training.loop import BEST, LATEST, sigterm_as_interrupt, train_step
 
-    data = LabelledTokens(_tokens(model, train, "train"), _tokens(model, val, "val") if val else ([], np.zeros(0, int)),
-                          model.pad_token_id)
-    weights = balanced_weights(data.train[1], len(model.labels)) if class_weights == "balanced" else None
-    t = _trainer(model, data, tc, trainable_names(model.config, trainable), weights, Path(out))
+    tokens = LabelledTokens(_tokens(model, train, "train"), _tokens(model, val, "val"), model.pad_token_id)
+    weights = balanced_weights(tokens.train[1], len(model.labels)) if class_weights == "balanced" else None
+    names = trainable_names(model.config, trainable)
+    if names == {SCORE}:                          # the body is frozen: its states are computed once
+        data = PooledStates(*(_states(model, tokens.split(s), tc.batch_size) for s in ("train", "val")))
+        t = _trainer(model, data, tc, head_objective(weights), Path(out))
+    else:
+        t = _trainer(model, tokens, tc, classification_objective(names, weights), Path(out))
     emit = on_event or (lambda event: None)
     info = {"train": trainable, "class_weights": class_weights, **(settings or {})}
     result = ClassifyResult(0, None, [])
@@ -491,7 +559,7 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
                 step = t.state.step
                 if val and (step == tc.max_iters or (tc.eval_interval and step % tc.eval_interval == 0)):
                     now = dataclasses.replace(model, params=t.state.params)
-                    result.last_eval = {"step": step, **evaluate_tokens(now, *data.val, class_weights=weights)}
+                    result.last_eval = {"step": step, **_validate(now, t.data, weights)}
                     improved = result.last_eval["loss"] < best
                     emit({"type": "eval", **result.last_eval, "best": improved})
                     if improved:
@@ -504,8 +572,24 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
     return result
 
 
-def _trainer(model: Classifier, data: LabelledTokens, tc: Any, trainable: frozenset[str],
-             weights: np.ndarray | None, out: Path):
+def _validate(model: Classifier, data: LabelledTokens | PooledStates, weights: np.ndarray | None) -> dict[str, Any]:
+    """Loss and metrics on the val split (from its cached states when the head trains alone)."""
+    if isinstance(data, PooledStates):
+        states, labels = data.val
+        return evaluate_logits(states @ model.params[SCORE].T, labels, model.labels, weights)   # [n, K]
+    return evaluate_tokens(model, *data.val, class_weights=weights)
+
+
+def _states(model: Classifier, split: tuple[list[np.ndarray], np.ndarray], batch_size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    seqs, labels = split
+    if not seqs:
+        return np.zeros((0, model.config.n_embd), np.float32), labels
+    return pooled_states(model.params, model.config, seqs, model.pad_token_id, batch_size=batch_size), labels
+
+
+def _trainer(model: Classifier, data: LabelledTokens | PooledStates, tc: TrainConfig, objective: Objective, out: Path
+             ) -> "Trainer":
     """The training loop's Trainer for this task: writable copies of the weights, AdamW moments for the
     trained ones only, the batch rows split over tc.threads threads (0: all cores)."""
     from ..threads import thread_count
@@ -514,7 +598,6 @@ def _trainer(model: Classifier, data: LabelledTokens, tc: Any, trainable: frozen
     from ..training.parallel import DataParallel
     from ..training.state import TrainState
 
-    objective = classification_objective(trainable, weights)
     params = {k: np.array(v, dtype=np.float32) for k, v in model.params.items()}        # writable copies
     trained = objective.trainable_params(params)
     state = TrainState(params=params, optim=init_state(trained), rng=np.random.default_rng(tc.seed))
@@ -536,13 +619,16 @@ def _save_atomically(model: Classifier, folder: Path, settings: dict[str, Any]) 
 
 
 def _tokens(model: Classifier, examples: Sequence[Example], split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    if not examples:
+        return [], np.zeros(0, np.int64)
     seqs, _ = model.encode([e.text for e in examples])
     return seqs, label_ids(examples, model.labels, split)
 
 
-__all__ = ["Classifier", "ClassifyResult", "LabelledTokens", "SCORE", "balanced_weights", "class_loss_backward",
-           "class_loss_forward", "classification_batch", "classification_loss", "classification_metrics",
-           "classification_objective", "confusion_matrix", "evaluate_tokens", "head_backward", "head_forward",
-           "hidden_backward", "hidden_forward", "label_ids", "label_names", "last_hidden", "load_classifier_folder",
-           "logits_of", "new_classifier", "pad_right", "softmax", "split_examples", "train_classifier",
-           "trainable_names", "with_pad_token"]
+__all__ = ["Classifier", "ClassifyResult", "LabelledTokens", "PooledStates", "SCORE", "balanced_weights",
+           "class_loss_backward", "class_loss_forward", "classification_batch", "classification_loss",
+           "classification_metrics", "classification_objective", "confusion_matrix", "evaluate_logits",
+           "evaluate_tokens", "head_backward", "head_forward", "head_objective", "hidden_backward", "hidden_forward",
+           "label_ids", "label_names", "last_hidden", "load_classifier_folder", "logits_of", "new_classifier",
+           "pad_right", "pooled_states", "softmax", "split_examples", "train_classifier", "trainable_names",
+           "with_pad_token"]
