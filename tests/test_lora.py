@@ -13,7 +13,7 @@ from numgpt import NumgptError
 from numgpt.config import GPTConfig
 from numgpt.formats import load_checkpoint, save_checkpoint
 from numgpt.model import forward
-from numgpt.params import init_params, param_shapes
+from numgpt.params import param_shapes
 from numgpt.posttrain import lora as L
 from numgpt.training.loop import read_log
 

@@ -26,6 +26,8 @@ Shape legend: B batch, T time, N = B * T rows, C channels, r rank, V vocabulary.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import operator
 import os
@@ -42,6 +44,9 @@ from ..errors import NumgptError
 from ..formats import peft
 from ..ops import cross_entropy_backward, cross_entropy_forward, layer_norm_backward, layer_norm_forward, linear_forward
 from ..params import Params, layer, param_shapes
+from ..training.loop import keep_trained_moments
+from ..training.objective import BatchFn, Objective, next_token_batch
+from ..training.run import Run
 
 MODULES = peft.BLOCK_MODULES             # a block's linear layers, PEFT's names (attn.c_attn, ..., mlp.c_proj)
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")                        # every one of them
@@ -327,11 +332,9 @@ class LoraValue:
         return token_loss(logits, batch, scale=None)[0]
 
 
-def lora_objective(config: GPTConfig, lora: LoraConfig, batch=None):
+def lora_objective(config: GPTConfig, lora: LoraConfig, batch: BatchFn | None = None) -> Objective:
     """The training objective of an adapter: the adapted model's next-token loss on `batch`'s batches (an
     objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable."""
-    from ..training.objective import Objective, next_token_batch
-
     return Objective(batch=next_token_batch if batch is None else batch, loss=LoraLoss(lora), evaluate=LoraValue(lora),
                      trainable=frozenset(adapter_shapes(config, lora)))
 
@@ -349,7 +352,7 @@ LORA_STREAM = 2          # the rng stream of the adapters' initialisation (apart
 ADAPTER_DIR = "adapter"  # RUN/adapter: the PEFT folder of the run's last state
 
 
-def add_lora_flags(parser) -> None:
+def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     """The --lora-* flags, on any training command (argparse parser or group)."""
     g = parser.add_argument_group("LoRA (train low-rank adapters; the model's own weights stay frozen)")
     g.add_argument("--lora-rank", type=int, metavar="R", help="train a rank-R adapter on the blocks' linear layers "
@@ -359,7 +362,7 @@ def add_lora_flags(parser) -> None:
                    f"(suffixes of {','.join(MODULES)}; default {','.join(DEFAULT_TARGETS)}: all four)")
 
 
-def lora_from_args(args) -> LoraConfig | None:
+def lora_from_args(args: argparse.Namespace) -> LoraConfig | None:
     """The LoraConfig of the --lora-* flags; None without --lora-rank (alpha or targets alone are refused)."""
     if args.lora_rank is None:
         if args.lora_alpha is not None or args.lora_targets is not None:
@@ -369,14 +372,10 @@ def lora_from_args(args) -> LoraConfig | None:
     return LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
 
 
-def with_lora(run, lora: LoraConfig | None, *, resumed: bool):
+def with_lora(run: Run, lora: LoraConfig | None, *, resumed: bool) -> Run:
     """The training.Run `run` set up to train `lora`'s adapter: a new run gets fresh adapters (seeded from
     the run's seed) in its state and keeps optimizer moments for them only; a resumed LoRA run continues
     its own adapter (the flags, if given, must repeat it). The run's objective trains the adapters only."""
-    import dataclasses
-
-    from ..training.loop import keep_trained_moments
-
     saved = None if run.tc.lora is None else LoraConfig.from_dict(run.tc.lora)
     if resumed:
         if saved is None and lora is not None:
@@ -401,7 +400,7 @@ def with_lora(run, lora: LoraConfig | None, *, resumed: bool):
     return dataclasses.replace(run, tc=dataclasses.replace(run.tc, lora=lora.to_dict()), objective=objective)
 
 
-def export_adapter(run) -> Path | None:
+def export_adapter(run: Run) -> Path | None:
     """Write RUN/adapter, the PEFT folder of a LoRA run's current state (None for a run without LoRA)."""
     if run.tc.lora is None:
         return None
