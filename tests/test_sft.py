@@ -4,6 +4,7 @@ conversations from numgpt.posttrain.synth."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,3 +312,35 @@ def test_setup_sft_in_python_with_a_val_file_trains_what_the_cli_trains(world, t
     _, cli = load_checkpoint(tmp_path / "cli" / "latest")
     for name, p in setup.run.state.params.items():
         assert np.array_equal(cli[name], p), name
+
+
+def test_mpiexec_two_ranks_train_the_bits_of_two_threads_and_a_rank_0_refusal_ends_the_job(world, tmp_path):
+    """Real `mpiexec -n 2 numgpt sft` (rank 0 packs, the other waits), against --threads 2 in one process."""
+    import os
+    import subprocess
+    import sys
+    reference("mpi4py").get_include                               # skips without mpi4py
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec beside this Python or on PATH")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+
+    def run(*cmd):
+        return subprocess.run([*cmd], capture_output=True, text=True, timeout=300, env=env)
+    args = ["sft", world / "chats.jsonl", "--init", world / "base", "--block-size", BLOCK, "--batch-size", 4,
+            "--eval-iters", 2, "--max-iters", 4, "--eval-interval", 2]
+    numgpt = [sys.executable, "-m", "numgpt", *map(str, args)]
+    threads = run(*numgpt, "--out", str(tmp_path / "threads"), "--threads", "2")
+    assert threads.returncode == 0, threads.stderr
+    ranks = run(mpiexec, "-n", "2", *numgpt, "--out", str(tmp_path / "ranks"), "--threads", "1")
+    assert ranks.returncode == 0, ranks.stderr
+    assert "on 2 ranks x 1 threads" in ranks.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        saved = [(tmp_path / which / "latest" / name).read_bytes() for which in ("threads", "ranks")]
+        assert saved[0] == saved[1], name
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    refused = run(mpiexec, "-n", "2", sys.executable, "-m", "numgpt", "sft", str(bad), "--init", str(world / "base"),
+                  "--out", str(tmp_path / "refused"), "--threads", "1")
+    assert refused.returncode == 2 and f"{bad}:1: no assistant turn" in refused.stderr
+    assert not (tmp_path / "refused").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..errors import NumgptError
@@ -83,13 +84,35 @@ def register(sub) -> None:
 
 
 def run_sft(args) -> int:
+    """`numgpt sft`, as one process or one rank of `mpiexec -n P numgpt sft ...`: as numgpt train, a rank
+    that fails prints its error and ends the whole job (rank 0 packs while the others wait for it)."""
+    from ..training.loop import Terminated
+    from ..training.mpi import AgreedError, world
+
+    comm = world(os.environ)
+    try:
+        return _run_sft(args, comm)
+    except AgreedError as e:
+        if comm.size > 1:
+            raise NumgptError(f"rank {comm.rank} of {comm.size}: {e}") from None
+        raise
+    except BaseException as e:
+        if comm.size == 1:
+            raise
+        if not isinstance(e, SystemExit):
+            print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
+                  flush=True)
+        code = (143 if isinstance(e, Terminated) else 130) if isinstance(e, KeyboardInterrupt) else 2
+        time.sleep(0.2)                                # let the launcher forward the message first
+        comm.abort(code)
+        os._exit(code)
+
+
+def _run_sft(args, comm) -> int:
     from ..formats import hf_cache_dir
     from ..posttrain.sft import setup_sft
-    from ..training.mpi import world
-    from .train_commands import check_run_folder, default_threads, flag_error, options_from_args
+    from .train_commands import check_run_folder, default_threads, flag_error, local_ranks, options_from_args
 
-    if world(os.environ).size > 1:
-        raise NumgptError("numgpt sft runs as one process for now (mpiexec is numgpt train's); use --threads N")
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
     if args.resume and (args.prepare_only or args.init):
@@ -102,11 +125,15 @@ def run_sft(args) -> int:
                           block_size=args.block_size, train_on=args.train_on, truncate=args.truncate == "yes",
                           val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
-                          default_threads=default_threads(), prepare_only=args.prepare_only)
+                          default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
+                          ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
+    if comm.rank != 0:                                 # rank 0 alone prints
+        result = None if args.prepare_only else setup.run.train(comm=comm)
+        return 128 + result.signal if result is not None and result.interrupted else 0
     _report_data(args, setup, run)
-    return 0 if args.prepare_only else _train(args, setup.run)
+    return 0 if args.prepare_only else _train(args, setup.run, comm)
 
 
 def _report_data(args, setup, run: Path) -> None:
@@ -135,18 +162,19 @@ def _options(args, options_from_args, *, new: bool) -> dict:
     return {**SFT_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**SFT_OPTIM, **given["optim"]}}
 
 
-def _train(args, setup) -> int:
+def _train(args, setup, comm) -> int:
     from ..params import count_params
     from ..training.loop import train
     from .train_commands import _train_with_progress, best_checkpoint_note
 
     objective = setup.objective
     config, tc, state, folder = setup.config, setup.tc, setup.state, setup.folder
-    print(f"SFT, {setup.description}: {count_params(config) / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
+    ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
+    print(f"SFT, {setup.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
           f"{tc.batch_size * tc.grad_accum} rows of {tc.block_size} tokens per step; loss = masked mean over "
           "the trained tokens of each batch", file=sys.stderr)
     result = _train_with_progress(state, config, tc, setup.data, folder,
-                                  lambda *a, **kw: train(*a, objective=objective, **kw))
+                                  lambda *a, **kw: train(*a, comm=comm, objective=objective, **kw))
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)

@@ -37,6 +37,7 @@ from ..backprop import Workspace, accumulate_weighted_grads, weighted_loss_only
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..params import Params
+from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
 from .packing import load_masks
@@ -186,38 +187,53 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
               options: Mapping | None = None, block_size: int | None = None, train_on: str = "assistant",
               truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
               seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
-              prepare_only: bool = False) -> SftSetup:
+              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1) -> SftSetup:
     """`numgpt sft DATA --init MODEL --out RUN`, up to the first step (then `.run.train()`).
 
     data: chat JSONL (packed into RUN/data, or into run_dir itself with prepare_only), or a folder packed
     before; init: the model (a chat-token-less one is grown into RUN/init); resume: continue RUN/latest
     (data, if a file, must be the one the run was packed from); options: TrainConfig fields as setup_run's;
-    block_size: the rows' length - 1 (default min(SFT_BLOCK_SIZE, the model's context)). A refusal before
-    training leaves nothing this made (run_dir itself goes when it did not exist)."""
-    from ..formats import hf_cache_dir
+    block_size: the rows' length - 1 (default min(SFT_BLOCK_SIZE, the model's context)); comm, ranks_here:
+    as setup_run's (every rank calls setup_sft; rank 0 alone packs and writes, the others wait for it at a
+    barrier, so a rank 0 refusal must end the job: the CLI aborts it). A refusal before training leaves
+    nothing this made (run_dir itself goes when it did not exist)."""
+    from ..formats import hf_cache_dir, save_checkpoint
+    from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
     from ..training.loop import LATEST
 
-    run = Path(run_dir)
+    run, given = Path(run_dir), Path(data)
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
+    comm = SingleProcess() if comm is None else comm
+    ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
-        return SftSetup(run=_resume_run(Path(data), run, options, cache_dir, default_threads))
+        return SftSetup(run=_resume_run(given, run, options, **ranks))
     if init is None:
         raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
     if (run / LATEST).exists() and not prepare_only:
         raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
-    check_not_locked(run)
+    if comm.rank == 0:
+        check_not_locked(run)
     model = chat_model(init, cache_dir)
     existed, made = run.exists(), []
     try:
-        data_dir, meta, cut = _packed_data(Path(data), run, model, made, block_size=block_size, train_on=train_on,
-                                           truncate=truncate, val_fraction=val_fraction, val_file=val_file, seed=seed,
-                                           prepare_only=prepare_only)
-        setup = SftSetup(run=None, meta=meta, truncated=cut, added_chat_tokens=model.grown is not None)
+        setup = SftSetup(run=None, added_chat_tokens=model.grown is not None)
+        data_dir = given if given.is_dir() else run if prepare_only else run / DATA_SUBDIR
+        init_dir = run / INIT_SUBDIR if model.grown is not None else model.folder
+        if comm.rank == 0:                               # rank 0 alone writes; the others read it after
+            data_dir, setup.meta, setup.truncated = _packed_data(
+                given, run, model, made, block_size=block_size, train_on=train_on, truncate=truncate,
+                val_fraction=val_fraction, val_file=val_file, seed=seed, prepare_only=prepare_only)
+            if model.grown is not None and not prepare_only:
+                made.append(init_dir)
+                save_checkpoint(init_dir, *model.grown, tokenizer=model.tokenizer)
+        comm.barrier()
         if not prepare_only:
-            setup.run = _new_run(run, model, data_dir, made, options, cache_dir, default_threads)
+            setup.run = _new_run(run, init_dir, data_dir, options, **ranks)
         return setup
     except BaseException:
+        if comm.rank > 0:
+            raise
         if not existed:
             shutil.rmtree(run, ignore_errors=True)
         for path in made:
@@ -252,24 +268,17 @@ def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_
     return out, meta, cut
 
 
-def _new_run(run: Path, model: ChatModel, data_dir: Path, made: list, options: Mapping | None,
-             cache_dir: str | Path, default_threads: int):
-    """setup_run from the model (grown into RUN/init first if it had no chat tokens), with SFT's Objective."""
-    from ..formats import save_checkpoint
+def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **ranks):
+    """setup_run from the model folder (RUN/init when the chat tokens were added) with SFT's Objective."""
     from ..training.run import setup_run
 
-    init = model.folder
-    if model.grown is not None:
-        init = run / INIT_SUBDIR
-        made.append(init)
-        save_checkpoint(init, *model.grown, tokenizer=model.tokenizer)
     setup = setup_run(data_dir, run, options={**(options or {}), "block_size": sft_block_size(data_dir)}, init=init,
-                      cache_dir=cache_dir, default_threads=default_threads)
+                      **ranks)
     setup.objective = sft_objective(setup.data)
     return setup
 
 
-def _resume_run(given: Path, run: Path, options: Mapping | None, cache_dir: str | Path, default_threads: int):
+def _resume_run(given: Path, run: Path, options: Mapping | None, **ranks):
     """setup_run of RUN/latest on RUN/data, refusing another data file than the run's."""
     import json
     from ..training.loop import LATEST
@@ -284,7 +293,6 @@ def _resume_run(given: Path, run: Path, options: Mapping | None, cache_dir: str 
         if file_sha256(given) != saved["source_sha256"]:
             raise NumgptError(f"{given} is not the file {run} was prepared from ({saved['source']}); resume with "
                               "that file, or start a new run")
-    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, cache_dir=cache_dir,
-                      default_threads=default_threads)
+    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, **ranks)
     setup.objective = sft_objective(setup.data)
     return setup
