@@ -395,3 +395,35 @@ def test_the_head_alone_on_cached_states_makes_the_updates_of_the_whole_forward(
     np.testing.assert_allclose(heads[1][0], heads[0][0], rtol=1e-5)
     np.testing.assert_allclose(heads[1][1], heads[0][1], rtol=1e-4, atol=1e-6)
     assert not np.allclose(heads[0][1], model.params[SCORE])
+
+
+def test_the_builtin_model_grown_by_a_pad_token_loads_in_transformers(tmp_path):
+    from numgpt.formats.hub import builtin_model_folder
+    folder = builtin_model_folder()
+    config, params = load_checkpoint(folder)
+    model = classify.new_classifier(config, params, load_tokenizer(folder, config), ["x", "y"],
+                                    rng=np.random.default_rng(0), max_tokens=32)
+    model.save(tmp_path / "clf")
+    hf = transformers.GPT2ForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
+    seqs, cut = model.encode(["ROMEO: what light", "JULIET: ay me", "x" * 100])
+    assert cut == 1 and len(seqs[2]) == 32
+    ids, _ = classify.pad_right(seqs, model.pad_token_id)
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(model.logits(["ROMEO: what light", "JULIET: ay me", "x" * 100]), theirs,
+                               rtol=1e-4, atol=1e-5)
+    assert classify.load_classifier_folder(tmp_path / "clf").max_tokens == 32
+
+
+def test_a_damaged_classifier_folder_is_one_line(gpt2_vocab_model, tmp_path):
+    config, params = load_checkpoint(gpt2_vocab_model)
+    classify.new_classifier(config, params, load_tokenizer(gpt2_vocab_model, config), ["a", "b"],
+                            rng=np.random.default_rng(0)).save(tmp_path / "clf")
+    path = tmp_path / "clf" / "config.json"
+    good = json.loads(path.read_text())
+    cases = (({"0": "a", "1": "b", "2": "c"}, r"score.weight is \[2, 16\], expected float32 \[3, 16\]"),
+             ({"0": "a", "2": "b"}, "id2label must map '0'..'K-1' to label names"))
+    for id2label, message in cases:
+        path.write_text(json.dumps({**good, "id2label": id2label}))
+        with pytest.raises(NumgptError, match=message):
+            classify.load_classifier_folder(tmp_path / "clf")
