@@ -344,3 +344,20 @@ def test_mpiexec_two_ranks_train_the_bits_of_two_threads_and_a_rank_0_refusal_en
                   "--out", str(tmp_path / "refused"), "--threads", "1")
     assert refused.returncode == 2 and f"{bad}:1: no assistant turn" in refused.stderr
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("which", ["builtin", "gpt2-vocab"])
+def test_init_builtin_and_a_gpt2_vocabulary_get_the_chat_tokens(world, tmp_path, capsys, which, request):
+    """--init builtin (its own 1024-token BPE, no <|endoftext|>) and a GPT-2-vocabulary checkpoint (as --init
+    gpt2 resolves to): the chat tokens are appended after the vocabulary, and the run's model carries them."""
+    init = "builtin" if which == "builtin" else str(request.getfixturevalue("hf_gpt2_vocab_ckpt").folder)
+    vocab = {"builtin": 1024 + 5, "gpt2-vocab": 50257 + 4}[which]   # builtin gains <|endoftext|> too
+    run = tmp_path / "run"
+    assert main(["sft", str(world / "chats.jsonl"), "--init", init, "--out", str(run), "--block-size", "64",
+                 "--batch-size", "2", "--max-iters", "1", "--eval-iters", "1", "--threads", "1"]) == 0
+    assert "has no chat tokens; added" in capsys.readouterr().err
+    config, _ = load_checkpoint(run / "latest")
+    tok = Tokenizer.load(run / "latest")
+    assert config.vocab_size == tok.vocab_size == vocab
+    assert [tok.special_tokens[t] for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")] == \
+        list(range(vocab - 4, vocab))
