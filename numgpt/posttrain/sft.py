@@ -11,7 +11,8 @@ How it fits the data-parallel loop, which weights each slice's mean by its share
 (ids, targets, weights) with weights = mask * B / W (B rows, W weighted tokens of the WHOLE batch, which
 every rank can count because every rank draws the same rows); each slice returns the mean over its rows
 of each row's weighted sum (backprop.accumulate_weighted_grads), and the slices' row-weighted mean is
-then sum(mask * nll) / W exactly as one process computes it.
+then sum(mask * nll) / W however the rows are split (the float32 rounding depends on the split as in
+numgpt train: P ranks of 1 thread give the bits of 1 rank of P threads; tests/test_sft.py checks both).
 
 Batches: B rows drawn at random (with replacement, like pre-training's windows) from the packed rows
 (packing.py); evaluation draws its fixed batches the same way from the held-out conversations' rows.
@@ -21,7 +22,8 @@ Batches: B rows drawn at random (with replacement, like pre-training's windows) 
 
 The rest of `numgpt sft` is here too: a model without the chat tokens gets them (chat_format.add_chat_tokens,
 saved as RUN/init since training.run.setup_run starts from a folder), the chat JSONL is checked, split
-and packed into RUN/data (packing.py) before anything trains, and a refusal leaves nothing behind.
+and packed into RUN/data (packing.py) before anything trains, and a refusal leaves nothing behind. Under
+MPI rank 0 alone packs and writes; the other ranks wait at a barrier, then all set up the run together.
 """
 
 from __future__ import annotations
