@@ -123,7 +123,7 @@ def test_which_template_is_served(chat_lm, template):
     assert chosen is transcript and "the model has its own chat template" in note
     assert served_chat_template("none", None, chat_lm.tokenizer)[0] is None
     foreign = chat_lm.tokenizer.with_special_tokens([], chat_template="{{ messages }}")
-    with pytest.raises(NumgptError, match="not numgpt's chat format.*--chat-template default"):
+    with pytest.raises(NumgptError, match="cannot be served: .*not numgpt.s chat format.*--chat-template default"):
         served_chat_template(None, transcript, foreign)
     assert served_chat_template("default", transcript, foreign) == (transcript, None)
 

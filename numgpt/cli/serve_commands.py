@@ -130,14 +130,15 @@ def served_chat_template(flag: str | None, given, tokenizer):
         own = chat_template(tokenizer)
     except NumgptError as e:
         if flag is None:
-            raise NumgptError(f"{e}. To serve it anyway, pass --chat-template default (the plain transcript) "
-                              "or --chat-template none") from None
+            why = str(e).split(";")[0]          # what is wrong, without posttrain's remedy (for training)
+            raise NumgptError(f"the model's chat template cannot be served: {why}; chat over the plain transcript "
+                              "with --chat-template default, or turn chat off with --chat-template none") from None
         own = None
     if own is None:
         return given, None
     if flag is None:
         return ModelChatTemplate.of(own, tokenizer), None
-    what = "turns chat off" if given is None else "is used instead"
+    what = "turns chat off" if given is None else "puts the transcript in its place"
     return given, f"the model has its own chat template; --chat-template {what}"
 
 
