@@ -361,3 +361,14 @@ def test_init_builtin_and_a_gpt2_vocabulary_get_the_chat_tokens(world, tmp_path,
     assert config.vocab_size == tok.vocab_size == vocab
     assert [tok.special_tokens[t] for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")] == \
         list(range(vocab - 4, vocab))
+
+
+def test_packing_flags_that_a_packed_folder_contradicts_are_refused(world, tmp_path, capsys):
+    assert sft(world, tmp_path / "packed", "--prepare-only") == 0
+    capsys.readouterr()
+    args = ["sft", str(tmp_path / "packed"), "--init", str(world / "base"), "--out", str(tmp_path / "run"), *FAST]
+    assert main([*args, "--train-on", "all"]) == 2
+    assert "packed with --train-on assistant" in capsys.readouterr().err
+    assert main([*args, "--val", str(world / "chats.jsonl")]) == 2
+    assert "--val applies when packing" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main([*args, "--train-on", "assistant", "--max-iters", "1", "--eval-iters", "1"]) == 0   # the same: fine

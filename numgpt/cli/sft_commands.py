@@ -54,8 +54,8 @@ def register(sub) -> None:
                    "the data folder)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (DATA must be the same file)")
     p.add_argument("--prepare-only", action="store_true", help="pack DATA into --out and stop")
-    p.add_argument("--train-on", choices=("assistant", "all"), default="assistant",
-                   help="the tokens the loss is on (assistant: the replies and their <|end|>)")
+    p.add_argument("--train-on", choices=("assistant", "all"),
+                   help="the tokens the loss is on (assistant, the default: the replies and their <|end|>)")
     p.add_argument("--truncate", choices=("yes", "no"), default="yes",
                    help="a conversation longer than the context: cut it (yes, counted) or refuse the data (no)")
     v = p.add_mutually_exclusive_group()
@@ -144,7 +144,8 @@ def _report_data(args, setup, run: Path) -> None:
         where = run if args.prepare_only else run / DATA_SUBDIR
         print(f"{where}: train {n['train']} conversations in {s['train']['rows']} rows of {L} tokens "
               f"({s['train']['trained_tokens']:,} trained), val {n['val']} in {s['val']['rows']} rows "
-              f"({s['val']['trained_tokens']:,} trained); loss on {args.train_on} tokens", file=sys.stderr)
+              f"({s['val']['trained_tokens']:,} trained); loss on {setup.meta['sft']['train_on']} tokens",
+              file=sys.stderr)
         cut = setup.truncated
         if cut.get("train") or cut.get("val"):
             print(f"note: {cut['train']} train and {cut['val']} val conversations were longer than {L} tokens and "

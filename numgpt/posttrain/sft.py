@@ -186,7 +186,7 @@ class SftSetup:
 
 
 def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None = None, resume: bool = False,
-              options: Mapping | None = None, block_size: int | None = None, train_on: str = "assistant",
+              options: Mapping | None = None, block_size: int | None = None, train_on: str | None = None,
               truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
               seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
               prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1) -> SftSetup:
@@ -195,6 +195,8 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     data: chat JSONL (packed into RUN/data, or into run_dir itself with prepare_only), or a folder packed
     before; init: the model (a chat-token-less one is grown into RUN/init); resume: continue RUN/latest
     (data, if a file, must be the one the run was packed from); options: TrainConfig fields as setup_run's;
+    train_on, truncate, val_file, val_fraction: how to pack (train_on None: "assistant"); with data already
+    packed (a folder, or on resume) a train_on or val_file other than the folder's is refused;
     block_size: the rows' length - 1 (default min(SFT_BLOCK_SIZE, the model's context)); comm, ranks_here:
     as setup_run's (every rank calls setup_sft; rank 0 alone packs and writes, the others wait for it at a
     barrier, so a rank 0 refusal must end the job: the CLI aborts it). A refusal before training leaves
@@ -209,6 +211,7 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
+        check_packed_as(run / DATA_SUBDIR, train_on, val_file)
         return SftSetup(run=_resume_run(given, run, options, **ranks))
     if init is None:
         raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
@@ -254,6 +257,7 @@ def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_
     if given.is_dir():
         if not is_sft_folder(given):
             raise NumgptError(f"{given}: a folder, but not one `numgpt sft --prepare-only` made; pass chat JSONL")
+        check_packed_as(given, prepare["train_on"], prepare["val_file"])
         if block_size is not None and block_size != sft_block_size(given):
             raise NumgptError(f"{given} was packed for --block-size {sft_block_size(given)}; pack it again for "
                               f"{block_size}")
@@ -266,8 +270,25 @@ def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_
     check_replaceable(out)
     if not prepare_only:
         made.append(out)
-    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size, **prepare)
+    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size,
+                            **{**prepare, "train_on": prepare["train_on"] or "assistant"})
     return out, meta, cut
+
+
+def check_packed_as(folder: Path, train_on: str | None, val_file: str | Path | None) -> None:
+    """Refuse packing options that a packed folder (or a resumed run's RUN/data) contradicts: they would
+    be silently ignored."""
+    import json
+    from .packing import is_sft_folder
+
+    if not is_sft_folder(folder):
+        return                                      # (on resume: _resume_run says there is no run)
+    saved = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["sft"]
+    if train_on is not None and train_on != saved["train_on"]:
+        raise NumgptError(f"{folder} was packed with --train-on {saved['train_on']}; the mask cannot change now: "
+                          "pack the JSONL again (a new run) for --train-on " + train_on)
+    if val_file is not None:
+        raise NumgptError(f"{folder} is already packed with its validation split; --val applies when packing JSONL")
 
 
 def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **ranks):
