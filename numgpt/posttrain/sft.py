@@ -31,7 +31,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -43,6 +43,10 @@ from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
 from .packing import load_masks
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
+    from ..training.run import Run
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class ChatModel:
     """The model SFT starts from: its folder, and (when the chat tokens had to be added) the grown model."""
 
     folder: Path
-    tokenizer: object
+    tokenizer: "Tokenizer"
     grown: tuple[GPTConfig, Params] | None = None     # config, params with the chat tokens added, to save
 
 
@@ -144,8 +148,8 @@ def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, s
     return [c for i, c in enumerate(numbered) if i not in held], [c for i, c in enumerate(numbered) if i in held]
 
 
-def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer, *, block_size: int, train_on: str = "assistant",
-                truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer", *, block_size: int,
+                train_on: str = "assistant", truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
                 seed: int = 1337) -> tuple[dict, dict[str, int]]:
     """Chat JSONL -> a packed SFT data folder at out_dir (packing.py); returns (meta, conversations cut per
     split). Every line is checked (chatdata.py) and rendered before anything is written."""
@@ -179,7 +183,7 @@ class SftSetup:
     """What setup_sft did: the run ready to train (None with prepare_only), the packed data's meta, the
     conversations cut per split, and whether the chat tokens were added to the model."""
 
-    run: object | None                         # training.run.Run, its objective SFT's
+    run: "Run | None"                          # its objective SFT's; None with prepare_only
     meta: dict | None = None                   # None when DATA was an already prepared folder (or on resume)
     truncated: dict[str, int] = field(default_factory=dict)
     added_chat_tokens: bool = False
@@ -291,7 +295,7 @@ def check_packed_as(folder: Path, train_on: str | None, val_file: str | Path | N
         raise NumgptError(f"{folder} is already packed with its validation split; --val applies when packing JSONL")
 
 
-def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **ranks):
+def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **ranks) -> "Run":
     """setup_run from the model folder (RUN/init when the chat tokens were added) with SFT's Objective."""
     from ..training.run import setup_run
 
@@ -301,7 +305,7 @@ def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **r
     return setup
 
 
-def _resume_run(given: Path, run: Path, options: Mapping | None, **ranks):
+def _resume_run(given: Path, run: Path, options: Mapping | None, **ranks) -> "Run":
     """setup_run of RUN/latest on RUN/data, refusing another data file than the run's."""
     import json
     from ..training.loop import LATEST
