@@ -149,8 +149,8 @@ def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, s
 
 
 def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer", *, block_size: int,
-                train_on: str = "assistant", truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
-                seed: int = 1337) -> tuple[dict, dict[str, int]]:
+                train_on: str = "assistant", truncate: bool = True, val_fraction: float = VAL_FRACTION,
+                val_file: str | Path | None = None, seed: int = 1337) -> tuple[dict, dict[str, int]]:
     """Chat JSONL -> a packed SFT data folder at out_dir (packing.py); returns (meta, conversations cut per
     split). Every line is checked (chatdata.py) and rendered before anything is written."""
     from .chatdata import numbered_conversations
