@@ -411,3 +411,43 @@ def test_lora_data_parallel_is_bit_identical(base_run, tmp_path, zero):
     for name in L.adapter_shapes(alone.config, L.LoraConfig(rank=2)):
         assert np.array_equal(runs[0].state.params[name], alone.state.params[name]), name
         assert np.array_equal(runs[1].state.params[name], alone.state.params[name]), name
+
+
+def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, torch_one_thread):
+    """classify's head and loss over the adapted model: adapter and head gradients against peft's SEQ_CLS
+    LoRA (score in modules_to_save) on transformers' GPT2ForSequenceClassification, float64."""
+    from numgpt.posttrain.classify import SCORE
+
+    lora = L.LoraConfig(rank=2, alpha=4, targets=("c_attn", "mlp.c_fc"))
+    rng = np.random.default_rng(11)
+    params = {**adapted(base_params(), lora), SCORE: (0.3 * rng.standard_normal((3, CONFIG.n_embd))).astype(np.float32)}
+    folder = save_checkpoint(tmp_path / "base", CONFIG, {k: v for k, v in params.items() if k in param_shapes(CONFIG)})
+    model = transformers.GPT2ForSequenceClassification.from_pretrained(folder, num_labels=3, pad_token_id=0).eval()
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=list(lora.modules), fan_in_fan_out=True,
+                          lora_dropout=0.0, task_type="SEQ_CLS")
+    pm = peft.get_peft_model(model, cfg).double()
+    set_peft_adapter(pm, params)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if name.endswith("score.modules_to_save.default.weight"):
+                p.copy_(torch.tensor(params[SCORE], dtype=torch.float64))
+    ids = rng.integers(1, CONFIG.vocab_size, (3, 8))
+    lengths = np.array([8, 5, 3])
+    ids[np.arange(8)[None] >= lengths[:, None]] = 0                          # right padding with pad id 0
+    labels = np.array([2, 0, 1])
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    objective = L.lora_classification_objective(CONFIG, lora)
+    grads = {n: np.zeros_like(p64[n]) for n in objective.trainable}
+    loss = objective.loss(p64, CONFIG, (ids, lengths - 1, labels), grads)
+
+    out = pm(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
+    out.loss.backward()
+    assert loss == pytest.approx(out.loss.item(), rel=RTOL)
+    assert objective.evaluate(p64, CONFIG, (ids, lengths - 1, labels)) == pytest.approx(out.loss.item(), rel=RTOL)
+    named = {n.replace(".default", "").replace(".modules_to_save", ""): p for n, p in pm.named_parameters()}
+    for n, g in grads.items():
+        key = f"base_model.model.{n}" if n == SCORE else f"base_model.model.transformer.{n}.weight"
+        ref_grad = named[key].grad.numpy()
+        ref_grad = ref_grad if n == SCORE else ref_grad.T
+        np.testing.assert_allclose(g, ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
+    assert sum(p.requires_grad for p in pm.parameters()) == len(grads)      # peft trains what numgpt trains

@@ -332,6 +332,51 @@ class LoraValue:
         return token_loss(logits, batch, scale=None)[0]
 
 
+@dataclass(frozen=True)
+class LoraClassificationLoss:
+    """classify.py's loss (a linear head over the last real token, class-weighted cross-entropy) over the
+    adapted model: gradients of the adapters and of the head (classify.SCORE, when grads holds it) only.
+    An objective.LossFn of classification batches (ids [B, T], last [B], labels [B])."""
+
+    lora: LoraConfig
+    class_weights: np.ndarray | None = None
+
+    def __call__(self, params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...], grads: Params, *,
+                 scale: float = 1.0, dropout: float = 0.0, rng: np.random.Generator | None = None,
+                 workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> float:
+        from .classify import SCORE, class_loss_backward, class_loss_forward, head_backward, head_forward
+
+        ids, last, labels = batch
+        if dropout > 0 and rng is None:
+            raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
+        score = params[SCORE]
+        xf, tape = lora_hidden_forward(params, config, self.lora, ids, dropout=dropout, rng=rng)   # [N, C]
+        logits, head = head_forward(xf, last, ids.shape[1], score)                                  # [B, K]
+        loss, probs = class_loss_forward(logits, labels, self.class_weights)
+        dlogits = class_loss_backward(probs, labels, self.class_weights, scale=scale, dtype=xf.dtype)
+        dxf = head_backward(dlogits, head, score, grads[SCORE] if SCORE in grads else np.zeros_like(score))
+        lora_hidden_backward(dxf, tape, params, config, self.lora, grads)
+        return loss
+
+
+def lora_classification_objective(config: GPTConfig, lora: LoraConfig, class_weights: np.ndarray | None = None,
+                                  *, train_head: bool = True) -> Objective:
+    """classify's training task over an adapter: its batches, LoraClassificationLoss, its evaluation on the
+    adapted model; the adapters trainable, and the head (PEFT's modules_to_save=["score"]) if train_head."""
+    from .classify import SCORE, classification_batch, class_loss_forward
+
+    def evaluate(params: Params, config: GPTConfig, batch: tuple[np.ndarray, ...],
+                 workspace: Workspace | None = None) -> float:
+        ids, last, labels = batch
+        xf, _ = lora_hidden_forward(params, config, lora, ids)                                       # [N, C]
+        pooled = xf[np.arange(len(last)) * ids.shape[1] + last]                                      # [B, C]
+        return class_loss_forward(pooled @ params[SCORE].T, labels, class_weights)[0]
+
+    trainable = set(adapter_shapes(config, lora)) | ({SCORE} if train_head else set())
+    return Objective(batch=classification_batch, loss=LoraClassificationLoss(lora, class_weights),
+                     evaluate=evaluate, trainable=frozenset(trainable))
+
+
 def lora_objective(config: GPTConfig, lora: LoraConfig, batch: BatchFn | None = None) -> Objective:
     """The training objective of an adapter: the adapted model's next-token loss on `batch`'s batches (an
     objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable."""
