@@ -17,6 +17,7 @@ examples:
   numgpt data synth --n 200 --split heldout --seed 1 -o heldout.jsonl   held-out templates and operands
   numgpt data synth --families add,sub --max-digits 4 --n 500 -o sums.jsonl
   numgpt data check train.jsonl                                    validate a chat JSONL file and count it
+  numgpt data fortunes --categories computers,food,law -o f.jsonl  Debian's fortunes by category (for classify)
 """
 
 SYNTH_EXAMPLES = """\
