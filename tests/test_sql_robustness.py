@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +248,36 @@ def test_an_export_holds_the_export_lock_while_it_writes(request, tmp_path_facto
     assert seen and all(n == 1 for n in seen)
     with numgpt.sql.connect(target) as m:   # released at the end
         assert m.tokenize("ROMEO:")
+
+
+def test_ctrl_c_during_sql_export_on_duckdb_is_rc_130_and_the_next_command_says_so(tmp_path):
+    """A real SIGINT to `numgpt sql export` at a few moments after it starts writing the embeddings (a
+    model of 4 x 384, so the writes last): before, a signal that landed inside DuckDB's INSERT gave a
+    RuntimeError or TransactionException traceback (here: the later moments, 2 runs in 4)."""
+    import dataclasses
+
+    import numgpt
+    from numgpt.formats.hf import save_checkpoint
+    from numgpt.params import init_params
+    builtin = numgpt.load()
+    config = dataclasses.replace(builtin.config, n_layer=4, n_embd=384, n_head=6)
+    folder = save_checkpoint(tmp_path / "m", config, init_params(config, np.random.default_rng(0)),
+                             tokenizer=builtin.tokenizer)
+    for k, delay in enumerate((0.05, 0.1, 0.15, 0.2)):
+        target = str(tmp_path / f"int{k}.duckdb")
+        proc = subprocess.Popen([sys.executable, "-m", "numgpt", "sql", "export", "--model", str(folder), "--db",
+                                 target], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            while "embeddings" not in proc.stderr.readline():   # progress: the first transaction is done
+                assert proc.poll() is None
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            err = proc.stderr.read()
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert (proc.returncode, err.splitlines()[-1:]) == (130, ["numgpt: interrupted"]), err
+        assert "Traceback" not in err
+        proc = subprocess.run([sys.executable, "-m", "numgpt", "sql", "next", "--db", target, "x"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "was interrupted" in proc.stderr, proc.stderr

@@ -79,12 +79,16 @@ class DuckDBEngine(Engine):
     def _reported(self) -> Iterator[None]:
         """DuckDB's errors as one line; Ctrl-C as KeyboardInterrupt. subtle: a SIGINT that arrives while
         DuckDB runs a statement interrupts it, and the Python client then raises RuntimeError("Query
-        interrupted") (or InterruptException), not KeyboardInterrupt: `numgpt sql` printed a traceback."""
+        interrupted"), InterruptException, or (inside its scan of a registered numpy frame) a duckdb
+        error reading "KeyboardInterrupt: ...", never KeyboardInterrupt itself: `numgpt sql` printed a
+        traceback or a database error."""
         try:
             yield
         except self._duckdb.InterruptException:
             raise KeyboardInterrupt from None
         except self._duckdb.Error as e:
+            if str(e).startswith("KeyboardInterrupt"):   # raised in Python code DuckDB called (a numpy scan)
+                raise KeyboardInterrupt from None
             damaged = self._damaged(e)
             raise (NumgptError(damaged) if damaged else DatabaseError(self, e)) from None
         except RuntimeError as e:
