@@ -124,6 +124,8 @@ def run_train(args) -> int:
     import numpy as np
 
     _check_positive(args, ("batch_size", "grad_accum", "max_tokens"))
+    if not args.epochs > 0:                            # NaN fails this too
+        raise NumgptError(f"--epochs must be > 0, got {args.epochs}")
     out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
     records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
     labels = label_names(records, args.data)
