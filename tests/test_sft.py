@@ -372,3 +372,22 @@ def test_packing_flags_that_a_packed_folder_contradicts_are_refused(world, tmp_p
     assert main([*args, "--val", str(world / "chats.jsonl")]) == 2
     assert "--val applies when packing" in capsys.readouterr().err and not (tmp_path / "run").exists()
     assert main([*args, "--train-on", "assistant", "--max-iters", "1", "--eval-iters", "1"]) == 0   # the same: fine
+
+
+def test_bits_per_byte_count_the_trained_text(world, tmp_path):
+    """meta makes the loop's val_bpb bits per byte of the trained replies: bytes/tokens = trained bytes per
+    trained token, the bytes being the replies' UTF-8 (here non-ASCII) and no special token's."""
+    data = tmp_path / "utf8.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"é{i}"}]}
+            for i in range(10)]
+    write_conversations(data, rows)
+    assert main(["sft", str(data), "--init", str(world / "base"), "--out", str(tmp_path / "p"), "--prepare-only",
+                 "--val-fraction", "0.5", *FAST]) == 0
+    d = load_dataset(tmp_path / "p")
+    for name in ("train", "val"):
+        split = d.meta["splits"][name]
+        n = d.meta["sft"]["conversations"][name]
+        assert split["trained_bytes"] == n * len("é0".encode()) and split["trained_chars"] == n * 2
+        trained_tokens = int(load_masks(d.folder, d.meta)[name].sum())
+        assert d.bytes_per_token(name) == pytest.approx(split["trained_bytes"] / trained_tokens)
+        assert d.chars_per_token(name) == pytest.approx(split["trained_chars"] / trained_tokens)

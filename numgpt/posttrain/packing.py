@@ -19,8 +19,9 @@ The folder (a prepared data folder, training/data.py's format, with more):
     train_mask.bin, val_mask.bin    uint8, the loss mask of every token (1: the model learns to predict it)
     tokenizer/, meta.json           as `numgpt prepare`'s; meta["sft"] holds the block size, counts, source
 
-meta's per-split "bytes" are set so that bytes / tokens is the UTF-8 bytes per TRAINED token (the special
-tokens count 0 bytes): the training loop's val_bpb is then bits per byte of the text the loss is on.
+meta's per-split "bytes" and "chars" are set so that bytes / tokens is the UTF-8 bytes (and characters) per
+TRAINED token (the special tokens count 0): the training loop's val_bpb and val_bpc are then bits per
+byte and per character of the text the loss is on ("trained_bytes" and "trained_chars" hold the counts).
 
 Shape legend: R rows, L = block_size + 1 row length, B batch, T block size.
 """
@@ -102,11 +103,15 @@ def pack_rows(items: Sequence[tuple[list[int], list[int]]], *, block_size: int, 
     return tokens, masks
 
 
-def trained_bytes(tokenizer: Tokenizer, tokens: np.ndarray, masks: np.ndarray) -> int:
-    """UTF-8 bytes of the trained tokens (special tokens count 0: they are no text)."""
+def trained_text(tokenizer: Tokenizer, tokens: np.ndarray, masks: np.ndarray) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of the trained tokens' text (special tokens count 0: they are no text).
+    Characters are the bytes that start one (not 0b10xxxxxx), so a character split across tokens counts once."""
     special = set(tokenizer.special_tokens.values())
-    sizes = np.array([0 if i in special else len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)])
-    return int(sizes[tokens[masks.astype(bool)]].sum())
+    pieces = [b"" if i in special else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+    sizes = np.array([len(b) for b in pieces])                                   # [V]
+    starts = np.array([sum(1 for c in b if c & 0xC0 != 0x80) for b in pieces])  # [V]
+    trained = tokens[masks.astype(bool)]
+    return int(sizes[trained].sum()), int(starts[trained].sum())
 
 
 def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -125,10 +130,11 @@ def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mappi
             write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
             write_bytes_atomically(tmp / f"{name}_mask.bin", masks.astype(np.uint8).tobytes())
             trained = int(masks.sum())
-            per_token = trained_bytes(tokenizer, tokens, masks) / max(trained, 1)
+            n_bytes, n_chars = trained_text(tokenizer, tokens, masks)
+            scale = tokens.size / max(trained, 1)     # bytes / tokens = bytes per trained token (module docstring)
             meta_splits[name] = {"file": f"{name}.bin", "mask_file": f"{name}_mask.bin", "tokens": int(tokens.size),
-                                 "rows": int(tokens.shape[0]), "trained_tokens": trained,
-                                 "bytes": per_token * tokens.size, "chars": per_token * tokens.size}
+                                 "rows": int(tokens.shape[0]), "trained_tokens": trained, "trained_bytes": n_bytes,
+                                 "trained_chars": n_chars, "bytes": n_bytes * scale, "chars": n_chars * scale}
         meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
                 "splits": meta_splits, "sft": {"format": SFT_FORMAT, "block_size": block_size, **info}}
