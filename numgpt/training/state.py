@@ -25,7 +25,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ VERSION = 1
 class TrainState:
     """Everything that changes during training. Plain data; the training loop updates it in place."""
 
-    params: Params
-    optim: AdamWState
+    params: Params = field(repr=False)       # (not in repr: millions of numbers)
+    optim: AdamWState = field(repr=False)
     rng: np.random.Generator        # draws the batches (and dropout masks): saved, so resume is exact
     step: int = 0                   # optimizer updates done
     tokens_seen: int = 0            # training tokens consumed (the data position of random windows)
