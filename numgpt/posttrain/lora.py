@@ -137,10 +137,10 @@ def adapter_names(params: Params) -> list[str]:
 
 def merge(params: Params, config: GPTConfig, lora: LoraConfig) -> Params:
     """The plain model the adapter stands for: W + (alpha/r) A B for every adapted layer, the other
-    tensors as they are (new arrays for the merged weights; the adapter tensors dropped)."""
-    base = {name: params[name] for name in param_shapes(config)}
-    return peft.merge_tensors(base, config, list(lora.modules), {n: params[n] for n in adapter_shapes(config, lora)},
-                              lora.scale)
+    tensors as they are (a classifier's head too; new arrays for the merged weights, the adapter dropped)."""
+    adapter = adapter_shapes(config, lora)
+    base = {name: p for name, p in params.items() if name not in adapter}
+    return peft.merge_tensors(base, config, list(lora.modules), {n: params[n] for n in adapter}, lora.scale)
 
 
 def save_adapter(folder: str | os.PathLike, params: Params, config: GPTConfig, lora: LoraConfig, *,
