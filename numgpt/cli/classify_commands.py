@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NumgptError
 from .paths import input_file, output_file, output_folder
 
-HEAD_LR, BODY_LR = 1e-3, 5e-5     # default peak lr: a new head alone, or pre-trained weights with it
+HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alone, pre-trained weights, LoRA
 
 CLASSIFY_EXAMPLES = """\
 examples:
@@ -78,7 +78,7 @@ def _register_train(sub) -> None:
     o.add_argument("--batch-size", type=int, default=16, metavar="N", help="texts per micro-batch (16)")
     o.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per update (1)")
     o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({HEAD_LR} for --train head, "
-                   f"else {BODY_LR})")
+                   f"{LORA_LR} with --lora-rank, else {BODY_LR})")
     o.add_argument("--warmup-iters", type=int, metavar="N", help="linear warmup steps (a tenth of the steps)")
     o.add_argument("--weight-decay", type=float, default=0.1, metavar="X", help="AdamW weight decay (0.1)")
     o.add_argument("--grad-clip", type=float, default=1.0, metavar="X", help="clip the gradient norm, 0 = off (1.0)")
@@ -87,6 +87,8 @@ def _register_train(sub) -> None:
                    "steps, and at the end (a fifth of the steps)")
     o.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the head, split and batches (1337)")
     o.add_argument("--threads", type=int, default=0, metavar="N", help="split each batch over N threads (all cores)")
+    from ..posttrain.lora import add_lora_flags
+    add_lora_flags(p)
     p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction"})
 
 
@@ -123,7 +125,13 @@ def run_train(args) -> int:
     from ..posttrain.classify import split_examples, trainable_names
     import numpy as np
 
+    from ..posttrain.lora import adapter_shapes, lora_from_args
+
     _check_positive(args, ("batch_size", "grad_accum", "max_tokens"))
+    lora = lora_from_args(args)                        # a bad --lora-* flag is refused before any work
+    if lora is not None and args.train != "head":
+        raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
+                          f"{args.train} trains the weights themselves: pass one of them")
     if not args.epochs > 0:                            # NaN fails this too
         raise NumgptError(f"--epochs must be > 0, got {args.epochs}")
     out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
@@ -140,14 +148,17 @@ def run_train(args) -> int:
     trainable_names(model.config, args.train)          # a bad --train is refused before the work
     tc = _train_config(args, len(train))
     trained = sum(int(np.prod(model.params[n].shape)) for n in trainable_names(model.config, args.train))
+    if lora is not None:
+        trained += sum(int(np.prod(shape)) for shape in adapter_shapes(model.config, lora).values())
     print(f"classifier of {len(labels)} labels ({', '.join(labels)}) on {folder}: {len(train)} train, {len(val)} "
-          f"val texts; training {args.train} ({trained:,} parameters) for {tc.max_iters} steps of "
+          f"val texts; training {f'a rank-{lora.rank} LoRA adapter and the head' if lora else args.train} "
+          f"({trained:,} parameters) for {tc.max_iters} steps of "
           f"{tc.batch_size * tc.grad_accum} texts", file=sys.stderr)
     cut = model.encode([e.text for e in train])[1]
     if cut:
         print(f"note: {cut} training texts are longer than {model.max_tokens} tokens and were cut to their "
               "first tokens (--max-tokens)", file=sys.stderr)
-    result = _train_with_progress(model, train, val, out, tc, args)
+    result = _train_with_progress(model, train, val, out, tc, args, lora)
     if result.interrupted:
         print(f"interrupted at step {result.steps}: saved {out / 'latest'}", file=sys.stderr)
         return 130
@@ -187,7 +198,8 @@ def _train_config(args, n_train: int):
 
     steps = args.max_iters if args.max_iters is not None else \
         max(1, math.ceil(args.epochs * n_train / (args.batch_size * args.grad_accum)))
-    lr = args.lr if args.lr is not None else (HEAD_LR if args.train == "head" else BODY_LR)
+    lr = args.lr if args.lr is not None else \
+        LORA_LR if args.lora_rank is not None else HEAD_LR if args.train == "head" else BODY_LR
     warmup = args.warmup_iters if args.warmup_iters is not None else steps // 10
     interval = args.eval_interval if args.eval_interval is not None else max(1, steps // 5)
     flags = {"max_iters": "--max-iters", "lr": "--lr", "warmup_iters": "--warmup-iters", "decay_iters": "--max-iters",
@@ -203,7 +215,7 @@ def _train_config(args, n_train: int):
         raise NumgptError(f"{flags.get(e.field, e.field)} {e.rule}, got {e.value!r}") from None
 
 
-def _train_with_progress(model, train, val, out: Path, tc, args):
+def _train_with_progress(model, train, val, out: Path, tc, args, lora):
     """train_classifier with a progress bar (steps) and a line per evaluation on stderr."""
     from ..posttrain.classify import train_classifier
     from .progress import progress_reporter
@@ -220,7 +232,7 @@ def _train_with_progress(model, train, val, out: Path, tc, args):
         return train_classifier(model, train, val, out, tc=tc, trainable=args.train,
                                 class_weights=None if args.class_weights == "none" else args.class_weights,
                                 on_event=on_event, settings={"text_field": args.text_field,
-                                                             "label_field": args.label_field})
+                                                             "label_field": args.label_field}, lora=lora)
     finally:
         close()
 

@@ -60,6 +60,7 @@ from .classdata import Example, label_names
 
 if TYPE_CHECKING:
     from ..training.loop import TrainConfig, Trainer
+    from .lora import LoraConfig
 
 SCORE = CLASSIFIER_HEAD                 # "score.weight", [K, C]
 SETTINGS_FILE = "numgpt_classify.json"  # how the classifier was trained: max_tokens, fields, trained set
@@ -528,26 +529,22 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, names: Sequence[str]
 
 def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[Example], out: str | Path, *,
                      tc: TrainConfig, trainable: str = "head", class_weights: str | None = None,
-                     on_event: Callable[[dict], None] | None = None, settings: dict[str, Any] | None = None
-                     ) -> ClassifyResult:
+                     on_event: Callable[[dict], None] | None = None, settings: dict[str, Any] | None = None,
+                     lora: LoraConfig | None = None) -> ClassifyResult:
     """Fine-tune `model` on train (evaluated on val every tc.eval_interval steps and at the end) with
     loop.train_step; writes OUT/best (the lowest validation loss) and OUT/latest, each a
     GPT2ForSequenceClassification folder. tc: a training.loop.TrainConfig (batch_size, grad_accum,
-    max_iters, dropout, eval_interval, seed, optim, threads; block_size = max_tokens). Ctrl-C or SIGTERM
-    stops it between steps with OUT/latest saved (`interrupted`); there is no resume."""
+    max_iters, dropout, eval_interval, seed, optim, threads; block_size = max_tokens). lora: train a LoRA
+    adapter and the head instead of `trainable` (lora.py); the folders hold the merged model. Ctrl-C or
+    SIGTERM stops it between steps with OUT/latest saved (`interrupted`); there is no resume."""
     from ..threads import single_threaded_blas
     from ..training.loop import BEST, LATEST, sigterm_as_interrupt, train_step
 
     tokens = LabelledTokens(_tokens(model, train, "train"), _tokens(model, val, "val"), model.pad_token_id)
     weights = balanced_weights(tokens.train[1], len(model.labels)) if class_weights == "balanced" else None
-    names = trainable_names(model.config, trainable)
-    if names == {SCORE}:                          # the body is frozen: its states are computed once
-        data = PooledStates(*(_states(model, tokens.split(s), tc.batch_size) for s in ("train", "val")))
-        t = _trainer(model, data, tc, head_objective(weights), Path(out))
-    else:
-        t = _trainer(model, tokens, tc, classification_objective(names, weights), Path(out))
+    t, as_model = _task(model, tokens, tc, trainable, weights, lora, Path(out))
     emit = on_event or (lambda event: None)
-    info = {"train": trainable, "class_weights": class_weights, **(settings or {})}
+    info = {"train": f"lora-{lora.rank}" if lora else trainable, "class_weights": class_weights, **(settings or {})}
     result = ClassifyResult(0, None, [])
     best = math.inf
     t.run.mkdir(parents=True, exist_ok=True)
@@ -558,7 +555,7 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
                 emit({"type": "step", "step": t.state.step, "loss": loss, "lr": lr, "grad_norm": norm})
                 step = t.state.step
                 if val and (step == tc.max_iters or (tc.eval_interval and step % tc.eval_interval == 0)):
-                    now = dataclasses.replace(model, params=t.state.params)
+                    now = as_model(t.state.params)
                     result.last_eval = {"step": step, **_validate(now, t.data, weights)}
                     improved = result.last_eval["loss"] < best
                     emit({"type": "eval", **result.last_eval, "best": improved})
@@ -568,8 +565,30 @@ def train_classifier(model: Classifier, train: Sequence[Example], val: Sequence[
         except KeyboardInterrupt:
             result.interrupted = True
     result.steps = t.state.step
-    result.saved.append(_save_atomically(dataclasses.replace(model, params=t.state.params), t.run / LATEST, info))
+    result.saved.append(_save_atomically(as_model(t.state.params), t.run / LATEST, info))
     return result
+
+
+def _task(model: Classifier, tokens: LabelledTokens, tc: TrainConfig, trainable: str,
+          weights: np.ndarray | None, lora: LoraConfig | None, out: Path
+          ) -> tuple[Trainer, Callable[[Params], Classifier]]:
+    """The Trainer of this training (the head alone on cached states, blocks, or a LoRA adapter), and how
+    its parameters make a Classifier to evaluate and save (with LoRA: the merged model)."""
+    names = trainable_names(model.config, trainable)
+    if lora is not None:
+        from .lora import LORA_STREAM, init_adapters, lora_classification_objective, merge
+
+        adapters = init_adapters(model.config, lora, np.random.default_rng([tc.seed, LORA_STREAM]))
+        t = _trainer(dataclasses.replace(model, params={**model.params, **adapters}), tokens, tc,
+                     lora_classification_objective(model.config, lora, weights), out)
+        return t, lambda params: dataclasses.replace(
+            model, params={**merge(params, model.config, lora), SCORE: params[SCORE]})
+    if names == {SCORE}:                          # the body is frozen: its states are computed once
+        data = PooledStates(*(_states(model, tokens.split(s), tc.batch_size) for s in ("train", "val")))
+        t = _trainer(model, data, tc, head_objective(weights), out)
+    else:
+        t = _trainer(model, tokens, tc, classification_objective(names, weights), out)
+    return t, lambda params: dataclasses.replace(model, params=params)
 
 
 def _validate(model: Classifier, data: LabelledTokens | PooledStates, weights: np.ndarray | None) -> dict[str, Any]:
