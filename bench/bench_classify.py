@@ -11,6 +11,7 @@ select with validation); numgpt trains on train, keeps the checkpoint of lowest 
     apt-get install fortunes; pip install scikit-learn
     python bench/bench_classify.py --model gpt2 --train last-2 --epochs 3                 # 124M (long)
     python bench/bench_classify.py --model builtin --train all --max-iters 20 --out /tmp/b  # a smoke run
+    python bench/bench_classify.py --model gpt2 --lora-rank 16 --lr 3e-4 --out runs/bc_lora   # LoRA + head
     python bench/bench_classify.py --baseline-only                                        # TF-IDF + LR alone
 
 numgpt runs as `numgpt classify train` would (posttrain.classify.train_classifier); pass --json FILE to keep
@@ -85,8 +86,12 @@ def numgpt_classifier(args, train, val, test, labels: list[str]) -> tuple[list[s
         if event["type"] == "eval":
             print(f"  step {event['step']}: val loss {event['loss']:.4f}, accuracy {event['accuracy']:.4f}",
                   file=sys.stderr, flush=True)
-    train_classifier(model, train, val, args.out, tc=tc, trainable=args.train,
-                     class_weights=args.class_weights, on_event=show)
+    lora = None
+    if args.lora_rank:
+        from numgpt.posttrain.lora import LoraConfig
+        lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha)
+    train_classifier(model, train, val, args.out, tc=tc, trainable="head" if lora else args.train,
+                     class_weights=args.class_weights, on_event=show, lora=lora)
     seconds = time.perf_counter() - t0
     best = load_classifier_folder(Path(args.out) / "best")
     logits = best.logits([e.text for e in test], batch_size=args.batch_size)
@@ -102,6 +107,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="gpt2")
     p.add_argument("--train", default="last-2")
+    p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter + head instead of --train")
+    p.add_argument("--lora-alpha", type=float, default=None)
     p.add_argument("--class-weights", choices=["balanced"], default=None)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-iters", type=int, default=0)
@@ -127,7 +134,8 @@ def main() -> None:
     results["tfidf_logreg"] = {"seconds": seconds, **_scores(truth, pred, labels)}
     if not args.baseline_only:
         pred, seconds = numgpt_classifier(args, train, val, test, labels)
-        results["numgpt"] = {"seconds": seconds, "model": args.model, "train": args.train,
+        results["numgpt"] = {"seconds": seconds, "model": args.model,
+                             "train": f"lora-{args.lora_rank}" if args.lora_rank else args.train,
                              **_scores(truth, pred, labels)}
     for name, r in results.items():
         print(f"{name:>14}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['seconds']:.1f} s)")
