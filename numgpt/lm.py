@@ -79,6 +79,7 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     threads: threads that read the weights (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
     adapter: a PEFT LoRA adapter folder trained on this base (`numgpt train --lora-rank R` writes RUN/adapter),
         merged into the weights as they load (formats.peft.merge_adapter); one for another base is refused.
+        A LoRA run's own checkpoints (RUN, RUN/best, RUN/latest) load with their adapter merged.
     """
     if name_or_folder is None:
         name_or_folder = builtin_model_folder()
@@ -87,8 +88,9 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     cache = Path(cache_dir) if cache_dir is not None else hf_cache_dir({})
     folder = resolve_model(name_or_folder, cache_dir=cache, download=download)
     config, params = load_checkpoint(folder, for_inference=not mmap, threads=threads)
+    from .formats.peft import merge_adapter, merge_run_adapter
+    params = merge_run_adapter(folder, config, params)         # a LoRA run's checkpoint: base + its adapter
     if adapter is not None:
-        from .formats.peft import merge_adapter
         params = merge_adapter(adapter, config, params)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 

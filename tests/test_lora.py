@@ -304,6 +304,16 @@ def test_train_with_lora_trains_only_the_adapter_and_exports_it(base_run, tmp_pa
     ids = np.frombuffer(b"ROMEO: But soft", np.uint8).astype(np.int64)[None]
     np.testing.assert_allclose(forward(lm.params, config, ids, all_logits=True),
                                L.lora_logits({**base_params_, **tensors}, config, lora, ids), rtol=1e-4, atol=1e-5)
+    for folder in (run, run / "latest"):                      # --model RUN runs what the run trained, not its base
+        got = numgpt.load(str(folder))
+        np.testing.assert_array_equal(forward(got.params, config, ids, all_logits=True),
+                                      forward(lm.params, config, ids, all_logits=True))
+
+
+def test_the_run_checkpoint_names_agree():
+    from numgpt.formats import peft
+    from numgpt.training import state
+    assert (peft.RUN_EXTRA_FILE, peft.RUN_STATE_FILE) == (state.EXTRA_FILE, state.STATE_FILE)
 
 
 def test_lora_resume_is_bit_exact(base_run, tmp_path):

@@ -181,3 +181,25 @@ def merge_tensors(params: dict[str, np.ndarray], config, modules: list[str], ten
             w = f"h.{i}.{m}.weight"
             merged[w] = merged_weight(params[w], tensors[f"h.{i}.{m}.lora_A"], tensors[f"h.{i}.{m}.lora_B"], scale)
     return merged
+
+
+RUN_EXTRA_FILE = "extra_params.safetensors"   # training/state.py's EXTRA_FILE: trained tensors beyond the schema
+RUN_STATE_FILE = "trainstate.json"            # training/state.py's STATE_FILE
+
+
+def merge_run_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """params, with the adapter merged in when `folder` is a checkpoint of a LoRA run (`numgpt train
+    --lora-rank`: RUN/latest and RUN/best hold the frozen base, the adapter in extra_params.safetensors, its
+    rank and alpha in trainstate.json), so `--model RUN` runs what the run trained; params as given otherwise."""
+    folder = Path(folder)
+    if not (folder / RUN_EXTRA_FILE).is_file():
+        return params
+    try:
+        lora = json.loads((folder / RUN_STATE_FILE).read_text(encoding="utf-8"))["train_config"]["lora"]
+        scale = float(lora["alpha"]) / int(lora["rank"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NumgptError(f"{folder}: a training checkpoint with extra tensors but no readable LoRA settings in "
+                          f"{RUN_STATE_FILE} ({type(e).__name__}: {e}); the checkpoint is damaged") from None
+    tensors, _ = read_safetensors(folder / RUN_EXTRA_FILE, mmap=False)
+    modules = [m for m in BLOCK_MODULES if f"h.0.{m}.lora_A" in tensors]
+    return merge_tensors(params, config, modules, tensors, scale)
