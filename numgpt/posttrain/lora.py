@@ -15,11 +15,16 @@ optimizer moments. Targets follow PEFT's target_modules rule: a module is adapte
 block (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) equals a target or ends with '.' + target, so
 'c_proj' adapts both projections.
 
-The training forward/backward (`lora_forward_for_training`, `lora_backward`) is backprop.py's model with
-each linear layer replaced by the pair `lora_linear_forward` / `lora_linear_backward`; the frozen tensors'
-gradients are never computed (no x^T dy for W, no [V, C] product for the tied wte), which is where LoRA's
-step saves its time. Tests hold the pair and the whole model's adapter gradients equal to torch autograd,
-and the unmerged forward equal to the merged model's.
+The training forward/backward (`lora_hidden_forward` / `lora_hidden_backward`, and with the tied vocabulary
+projection `lora_forward_for_training` / `lora_backward`) runs backprop.py's block over a frozen base
+(frozen_block_forward/backward) with each linear layer an `AdaptedLinear`: the pair `lora_linear_forward` /
+`lora_linear_backward`. The frozen tensors' gradients are never computed (no x^T dy for W, no [V, C] product
+for the tied wte), which is where LoRA's step saves its time. The losses: next-token and SFT's weighted
+(`LoraLoss`), classify's head (`LoraClassificationLoss`). Tests hold the pair and the whole model's adapter
+gradients equal to torch autograd with peft, and the unmerged forward equal to the merged model's.
+
+Every training command shares `add_lora_flags`, `lora_from_args`, `with_lora` (a training.Run made to train
+an adapter) and `export_adapter` (RUN/adapter).
 
 Shape legend: B batch, T time, N = B * T rows, C channels, r rank, V vocabulary.
 """
