@@ -54,8 +54,10 @@ class MergeStepRow:
 
 def connect(db: str, *, threads: int | None = None, connections: int | None = None) -> "SqlModel":
     """Open an exported database (a DuckDB file path or a postgresql:// URL) and check what it holds:
-    a one-line NumgptError for a missing or foreign database, another version's export, or an export
-    that was interrupted.
+    a one-line NumgptError for a missing, foreign or damaged database, another version's export, an
+    export that was interrupted, is incomplete, is under way, or that the role may not read. The
+    session only reads the export (DuckDB: the file attached read-only; PostgreSQL: a shared lock that
+    keeps an export out until it closes).
 
     threads: DuckDB's worker threads. connections: PostgreSQL connections that compute each product
     together, each a range of its outputs on a server process of its own (default 2: a server runs
