@@ -240,6 +240,12 @@ def test_fortunes_reader(tmp_path):
                  "-o", str(tmp_path / "f.jsonl")]) == 0
     lines = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert lines[0] == {"text": "Sue.", "label": "law"} and len(lines) == 3
+    assert main(["data", "fortunes", "--folder", str(tmp_path), "-o", str(tmp_path / "a.jsonl"), "--test",
+                 str(tmp_path / "b.jsonl"), "--test-fraction", "0.34"]) == 0
+    train, test = ([json.loads(x)["text"] for x in (tmp_path / n).read_text().splitlines()]
+                   for n in ("a.jsonl", "b.jsonl"))
+    assert len(test) == 1 and sorted(train + test) == sorted(e.text for e in records)
+    assert main(["data", "fortunes", "--folder", str(tmp_path), "-o", str(tmp_path / "a.jsonl")]) == 2   # no --force
 
 
 BAD_INPUTS = [

@@ -344,7 +344,11 @@ def register_fortunes(sub) -> None:
     p.add_argument("--categories", metavar="LIST", help="comma-separated category files (default: all)")
     p.add_argument("--list", action="store_true", help="list the categories with their counts, write nothing")
     p.add_argument("-o", "--output", metavar="FILE", help="the JSONL file to write")
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--test", metavar="TEST_FILE", help="also hold out a random --test-fraction of the fortunes "
+                   "into TEST_FILE (they are then not in FILE)")
+    p.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="share held out for --test (0.2)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the --test draw (0)")
+    p.add_argument("--force", action="store_true", help="replace FILE (and TEST_FILE) if they exist")
     p.set_defaults(run=run_fortunes)
 
 
@@ -357,19 +361,27 @@ def run_fortunes(args) -> int:
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     if not args.list and not args.output:
         raise NumgptError("pass -o FILE to write the fortunes (or --list to see the categories)")
-    out = None
-    if not args.list:
-        out = Path(args.output)
+    if args.test and not 0 < args.test_fraction < 1:
+        raise NumgptError(f"--test-fraction must be > 0 and < 1, got {args.test_fraction}")
+    outputs = [] if args.list else [(Path(f), flag) for f, flag in ((args.output, "-o"), (args.test, "--test")) if f]
+    for out, flag in outputs:
         if out.exists() and not out.is_dir() and not args.force:
-            raise NumgptError(f"-o {out}: the file already exists; pass --force to replace it, or another path")
-        output_file(out, flag="-o")
+            raise NumgptError(f"{flag} {out}: the file already exists; pass --force to replace it, or another path")
+        output_file(out, flag=flag)
     records = read_fortunes(args.folder, categories)
-    counts = Counter(e.label for e in records)
     if args.list:
-        for name, n in sorted(counts.items()):
+        for name, n in sorted(Counter(e.label for e in records).items()):
             print(f"{name}\t{n}")
         return 0
-    lines = "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in records)
-    write_bytes_atomically(out, lines.encode("utf-8"))
-    print(f"wrote {len(records)} fortunes to {out} ({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
+    parts = [records]
+    if args.test:
+        import numpy as np
+        order = np.random.default_rng(args.seed).permutation(len(records))
+        held = set(order[:round(args.test_fraction * len(records))].tolist())
+        parts = [[e for i, e in enumerate(records) if i not in held], [e for i, e in enumerate(records) if i in held]]
+    for (out, _), part in zip(outputs, parts):
+        lines = "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in part)
+        write_bytes_atomically(out, lines.encode("utf-8"))
+        counts = Counter(e.label for e in part)
+        print(f"wrote {len(part)} fortunes to {out} ({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})")
     return 0
