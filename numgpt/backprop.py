@@ -30,7 +30,8 @@ from .errors import NumgptError
 from .model import check_context
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
-                  layer_norm_backward, layer_norm_forward, linear_backward, linear_forward)
+                  layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
+                  weighted_cross_entropy_backward, weighted_cross_entropy_forward)
 from .params import Attention, Layer, Params, layer, layers, zeros_like
 
 
@@ -228,40 +229,7 @@ def loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.nd
     return loss
 
 
-# ---- weighted (masked) cross-entropy: SFT's loss, beside the plain one above ------------------------------
-
-def weighted_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray
-                                   ) -> tuple[float, np.ndarray]:
-    """sum over positions of weights[n] * -log softmax(logits[n])[targets[n]]: a weighted SUM (the caller's
-    weights carry the normalisation; 0 drops a position). Returns the loss and the probabilities.
-
-    logits: [N, V] (overwritten: it becomes the probabilities); targets, weights: [N].
-    """
-    N = logits.shape[0]
-    probs = logits
-    probs -= probs.max(axis=-1, keepdims=True)                 # shifted logits, max 0
-    picked = probs[np.arange(N), targets]                      # [N], copied out before the exp
-    np.exp(probs, out=probs)
-    total = probs.sum(axis=-1)                                 # [N, V] -> [N]
-    nll = np.log(total.astype(np.float64)) - picked            # [N] -log p[target], never log(0)
-    loss = float(np.dot(weights.astype(np.float64), nll))
-    probs /= total[:, None]
-    return loss, probs
-
-
-def weighted_cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, weights: np.ndarray, *,
-                                    scale: float = 1.0) -> np.ndarray:
-    """Differentiates loss = sum_n weights[n] * -log softmax(logits[n])[targets[n]], fused through the
-    softmax: dlogits[n] = scale * weights[n] * (probs[n] - onehot(targets[n])).
-
-    probs: [N, V], overwritten and returned as dlogits; targets, weights: [N].
-    """
-    N = probs.shape[0]
-    dlogits = probs
-    dlogits[np.arange(N), targets] -= 1
-    dlogits *= (weights * scale).astype(dlogits.dtype)[:, None]   # [N, V] * [N, 1]
-    return dlogits
-
+# ---- weighted (masked) cross-entropy: SFT's loss (its forward/backward pair is in ops.py) ---------------
 
 def accumulate_weighted_grads(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
                               weights: np.ndarray, grads: Params, *, scale: float = 1.0, dropout: float = 0.0,

@@ -414,6 +414,13 @@ def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[floa
 
     logits: [N, V] (overwritten: it becomes the probabilities, to save a [N, V] copy); targets: [N].
     """
+    nll, probs = token_nll_(logits, targets)                   # [N] float64, [N, V]
+    return float(np.mean(nll)), probs
+
+
+def token_nll_(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-log softmax(logits[n])[targets[n]] for every position, in float64, and the probabilities, made in
+    place of the logits (the core both cross-entropy forwards share). [N, V], [N] -> [N], [N, V]"""
     N = logits.shape[0]
     probs = logits
     probs -= probs.max(axis=-1, keepdims=True)                 # shifted logits, max 0
@@ -421,9 +428,9 @@ def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[floa
     np.exp(probs, out=probs)
     total = probs.sum(axis=-1)                                 # [N, V] -> [N]
     # -log p[target] = log(sum exp) - shifted logit; never log(0), even when p underflows
-    loss = float(np.mean(np.log(total.astype(np.float64)) - picked))
+    nll = np.log(total.astype(np.float64)) - picked
     probs /= total[:, None]
-    return loss, probs
+    return nll, probs
 
 
 def cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
@@ -436,6 +443,31 @@ def cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, *, scale: flo
     dlogits = probs
     dlogits[np.arange(N), targets] -= ONE
     dlogits *= np.float32(scale / N)
+    return dlogits
+
+
+def weighted_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray
+                                   ) -> tuple[float, np.ndarray]:
+    """sum over positions of weights[n] * -log softmax(logits[n])[targets[n]]: a weighted SUM (the caller's
+    weights carry the normalisation; 0 drops a position). Returns the loss and the probabilities.
+
+    logits: [N, V] (overwritten: it becomes the probabilities); targets, weights: [N].
+    """
+    nll, probs = token_nll_(logits, targets)                   # [N] float64, [N, V]
+    return float(np.dot(weights.astype(np.float64), nll)), probs
+
+
+def weighted_cross_entropy_backward(probs: np.ndarray, targets: np.ndarray, weights: np.ndarray, *,
+                                    scale: float = 1.0) -> np.ndarray:
+    """Differentiates loss = sum_n weights[n] * -log softmax(logits[n])[targets[n]], fused through the
+    softmax: dlogits[n] = scale * weights[n] * (probs[n] - onehot(targets[n])).
+
+    probs: [N, V], overwritten and returned as dlogits; targets, weights: [N].
+    """
+    N = probs.shape[0]
+    dlogits = probs
+    dlogits[np.arange(N), targets] -= 1
+    dlogits *= (weights * scale).astype(dlogits.dtype)[:, None]   # [N, V] * [N, 1]
     return dlogits
 
 
