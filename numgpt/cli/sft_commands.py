@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from ..errors import NumgptError
@@ -87,26 +86,8 @@ def register(sub) -> None:
 def run_sft(args) -> int:
     """`numgpt sft`, as one process or one rank of `mpiexec -n P numgpt sft ...`: as numgpt train, a rank
     that fails prints its error and ends the whole job (rank 0 packs while the others wait for it)."""
-    from ..training.loop import Terminated
-    from ..training.mpi import AgreedError, world
-
-    comm = world(os.environ)
-    try:
-        return _run_sft(args, comm)
-    except AgreedError as e:
-        if comm.size > 1:
-            raise NumgptError(f"rank {comm.rank} of {comm.size}: {e}") from None
-        raise
-    except BaseException as e:
-        if comm.size == 1:
-            raise
-        if not isinstance(e, SystemExit):
-            print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
-                  flush=True)
-        code = (143 if isinstance(e, Terminated) else 130) if isinstance(e, KeyboardInterrupt) else 2
-        time.sleep(0.2)                                # let the launcher forward the message first
-        comm.abort(code)
-        os._exit(code)
+    from .train_commands import on_every_rank
+    return on_every_rank(_run_sft, args)
 
 
 def _run_sft(args, comm) -> int:

@@ -263,14 +263,20 @@ def train_tokenizer(text: str, vocab_size: int):
 # ---------------------------------------------------------------- train
 
 def run_train(args) -> int:
-    """`numgpt train`, as one process or as one rank of an MPI job (mpiexec -n P numgpt train ...): a rank
-    that fails prints its error and ends the whole job, so no rank waits forever for it."""
+    """`numgpt train`, as one process or as one rank of an MPI job (mpiexec -n P numgpt train ...)."""
+    return on_every_rank(_run_train, args)
+
+
+def on_every_rank(body, args) -> int:
+    """Run `body(args, comm)` on this process's rank of the job (one process: a job of one). A rank that
+    fails prints its error and ends the whole job, so no rank waits forever for it; an error every rank
+    agreed on (AgreedError) is a plain exit of each. The commands that train (train, sft) run through it."""
     from ..training.loop import Terminated
     from ..training.mpi import AgreedError, world
 
     comm = world(os.environ)
     try:
-        return _run_train(args, comm)
+        return body(args, comm)
     except AgreedError as e:                           # every rank stops here together: a plain exit
         if comm.size > 1:
             raise NumgptError(f"rank {comm.rank} of {comm.size}: {e}") from None
