@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import PRESETS
 from ..errors import NumgptError
-from ..posttrain.lora import add_lora_flags, export_adapter, lora_from_args, with_lora
+from ..posttrain.lora import add_lora_flags, export_adapter, lora_from_args, lora_summary, with_lora
 from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
@@ -323,11 +323,8 @@ def _run_train(args, comm) -> int:
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
           f"{tc.batch_size * tc.block_size * tc.grad_accum:,} tokens per step", file=sys.stderr)
-    if tc.lora is not None:
-        trained = run.objective.trainable_params(state.params)
-        print(f"LoRA rank {tc.lora['rank']}, alpha {tc.lora['alpha']:g} on {','.join(tc.lora['targets'])}: "
-              f"{sum(p.size for p in trained.values()) / 1e6:.3f}M trained parameters, the base frozen",
-              file=sys.stderr)
+    if lora_summary(run):
+        print(lora_summary(run), file=sys.stderr)
     result = _train_with_progress(state, config, tc, run.data, folder,
                                   lambda *a, **kw: train(*a, comm=comm, objective=run.objective, **kw))
     adapter = export_adapter(run)                      # RUN/adapter: the last state's adapter (None without LoRA)

@@ -450,6 +450,16 @@ def with_lora(run: Run, lora: LoraConfig | None, *, resumed: bool) -> Run:
     return dataclasses.replace(run, tc=dataclasses.replace(run.tc, lora=lora.to_dict()), objective=objective)
 
 
+def lora_summary(run: Run) -> str | None:
+    """The line a training command prints about a LoRA run (None for a run without LoRA)."""
+    if run.tc.lora is None:
+        return None
+    lora = LoraConfig.from_dict(run.tc.lora)
+    trained = sum(p.size for p in run.objective.trainable_params(run.state.params).values())
+    return (f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {','.join(lora.targets)}: {trained / 1e6:.3f}M trained "
+            "parameters, the base frozen")
+
+
 def export_adapter(run: Run) -> Path | None:
     """Write RUN/adapter, the PEFT folder of a LoRA run's current state (None for a run without LoRA)."""
     if run.tc.lora is None:
