@@ -49,7 +49,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError, UnknownOptionError, whole_number
-from .finish import Finisher, TextStopper  # noqa: F401 -- TextStopper: sql/session.py imports it from here
+from .finish import Finisher
 from .kvcache import KVCache
 from .model import check_context, check_finite_logits, forward
 from .ops import log_softmax

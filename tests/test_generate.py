@@ -8,9 +8,9 @@ from references import reference
 
 from numgpt import NumgptError
 from numgpt.formats.hf import load_checkpoint
-from numgpt.finish import FINISH_REASONS, Finisher
+from numgpt.finish import FINISH_REASONS, Finisher, TextStopper
 from numgpt.generate import (
-    GenerationOptions, TextStopper, decode_steps, generate_ids, sequence_rngs,
+    GenerationOptions, decode_steps, generate_ids, sequence_rngs,
 )
 from numgpt.errors import UnknownOptionError
 from numgpt.sampling import GREEDY, SamplingOptions, next_tokens
