@@ -461,3 +461,40 @@ def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, torc
         ref_grad = ref_grad if n == SCORE else ref_grad.T
         np.testing.assert_allclose(g, ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
     assert sum(p.requires_grad for p in pm.parameters()) == len(grads)      # peft trains what numgpt trains
+
+
+# ---- the same flags on `numgpt sft` ---------------------------------------------------------------------
+
+def test_sft_with_lora_trains_only_the_adapter_and_resumes_bit_exact(tmp_path):
+    """numgpt sft --lora-rank: SFT's masked loss through the adapter (the base, grown with the chat tokens
+    into RUN/init, frozen), RUN/adapter for that base, and a bit-exact resume."""
+    import numgpt
+    from numgpt.cli import main
+    from numgpt.posttrain.chatdata import write_conversations
+    from numgpt.posttrain.synth import synthesize
+
+    tasks = synthesize(30, rng=np.random.default_rng(0))
+    write_conversations(tmp_path / "chats.jsonl", tasks)
+    text = " ".join(m["content"] for t in synthesize(200, rng=np.random.default_rng(1)) for m in t["messages"])
+    tok = numgpt.train_bpe(text, vocab_size=300, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=tok.vocab_size,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    save_checkpoint(tmp_path / "base", config, base_params(config), tokenizer=tok)
+    common = ["--init", tmp_path / "base", "--block-size", 64, "--threads", 1, "--batch-size", 4, "--eval-iters", 2,
+              "--eval-interval", 3, "--lora-rank", 2, "--lr", 1e-2, "--max-iters", 6]
+
+    def sft(out, *extra):
+        return main(["sft", str(tmp_path / "chats.jsonl"), "--out", str(out), *map(str, extra)])
+    assert sft(tmp_path / "a", *common) == 0
+    grown = tmp_path / "a" / "init"                                  # the base with the chat tokens
+    gconfig, gparams = load_checkpoint(grown)
+    _, saved = load_checkpoint(tmp_path / "a" / "latest")
+    assert all(np.array_equal(saved[n], p) for n, p in gparams.items())    # frozen
+    lora, tensors = L.read_adapter(tmp_path / "a" / "adapter", gconfig, gparams)
+    assert lora == L.LoraConfig(rank=2) and any(t.any() for n, t in tensors.items() if n.endswith("lora_B"))
+
+    assert sft(tmp_path / "b", *common[:-1], 3) == 0
+    assert sft(tmp_path / "b", "--resume", "--max-iters", 6) == 0
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    again = L.peft.load_adapter(tmp_path / "b" / "adapter")[1]
+    assert all(np.array_equal(again[n], t) for n, t in tensors.items())

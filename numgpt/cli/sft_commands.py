@@ -17,6 +17,7 @@ from ..threads import THREADS_ENV
 from ..training.loop import LATEST, BEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 
+from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary, with_lora
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
@@ -80,6 +81,7 @@ def register(sub) -> None:
     o.add_argument("--seed", type=int, metavar="N", help=f"seed of the split, batches and dropout ({TC.seed})")
     o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's rows over N threads (default: "
                    f"{THREADS_ENV} if set, else all cores; recorded in the run)")
+    add_lora_flags(p)
     p.set_defaults(run=run_sft, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None)
 
 
@@ -100,6 +102,7 @@ def _run_sft(args, comm) -> int:
     if args.resume and (args.prepare_only or args.init):
         raise NumgptError("--resume continues RUN_DIR/latest with its own data and model: drop "
                           + ("--prepare-only" if args.prepare_only else "--init"))
+    lora = lora_from_args(args)                        # refused in one line before anything is packed
     run = check_run_folder(Path(args.out))
     options = _options(args, options_from_args, new=not args.resume)
     try:
@@ -111,6 +114,8 @@ def _run_sft(args, comm) -> int:
                           ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
+    if not args.prepare_only:
+        setup.run = with_lora(setup.run, lora, resumed=args.resume)   # the adapter trained instead (--lora-rank)
     if comm.rank != 0:                                 # rank 0 alone prints
         result = None if args.prepare_only else setup.run.train(comm=comm)
         return 128 + result.signal if result is not None and result.interrupted else 0
@@ -135,6 +140,10 @@ def _report_data(args, setup, run: Path) -> None:
         print(f"note: {args.init} has no chat tokens; added <|system|>, <|user|>, <|assistant|>, <|end|> (and "
               "<|endoftext|> if missing), their wte rows the mean of its rows"
               + ("" if args.prepare_only else f" (the grown model: {run / INIT_SUBDIR})"), file=sys.stderr)
+        if args.lora_rank and not args.prepare_only:
+            print("note: LoRA keeps wte frozen, so the new chat tokens keep equal rows the model cannot tell apart "
+                  "(nor choose between as output); for a real chat model run a full `numgpt sft` first, or LoRA "
+                  "a model that has them", file=sys.stderr)
 
 
 def _options(args, options_from_args, *, new: bool) -> dict:
@@ -156,8 +165,12 @@ def _train(args, setup, comm) -> int:
     print(f"SFT, {setup.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
           f"{tc.batch_size * tc.grad_accum} rows of {tc.block_size} tokens per step; loss = masked mean over "
           "the trained tokens of each batch", file=sys.stderr)
+    if lora_summary(setup):
+        print(lora_summary(setup), file=sys.stderr)
     result = _train_with_progress(state, config, tc, setup.data, folder,
                                   lambda *a, **kw: train(*a, comm=comm, objective=objective, **kw))
+    if export_adapter(setup):
+        print(f"adapter: {folder / ADAPTER_DIR} (PEFT LoRA for {tc.init})", file=sys.stderr)
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)
