@@ -14,7 +14,7 @@ import sys
 from ..errors import NumgptError
 
 DESCRIPTION = """\
-numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation and training.
+numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation, training and fine-tuning.
 
 examples:
   numgpt generate "ROMEO:"                   continue a prompt with the built-in Shakespeare model
@@ -24,12 +24,15 @@ examples:
   numgpt tokenize --explain "Mississippilessly"
   numgpt prepare input.txt --out data/mine --vocab-size 1024
   numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
+  numgpt data synth --n 2000 -o chat.jsonl   conversations with exact answers, OpenAI's fine-tuning format
+  numgpt sft chat.jsonl --init builtin --out runs/sft   teach a model to chat (loss on its replies only)
+  numgpt classify train data.csv --init builtin --out runs/clf   a classification head (--lora-rank R: LoRA)
   numgpt sql export --db m.duckdb            GPT-2 in SQL: then numgpt sql generate --db m.duckdb "ROMEO:"
   numgpt serve                               an OpenAI-compatible server on http://127.0.0.1:8000
   numgpt explain attention "ROMEO: I will" --layer 1 -o attn.png   see GPT-2 at work (attention, sampling, kvcache, tokens)
 
---model takes a Hugging Face GPT-2 folder, a run of `numgpt train`, or a name in the Hugging Face
-cache (gpt2, openai-community/gpt2-medium). Run `numgpt COMMAND --help` for each command's options.
+--model takes a Hugging Face GPT-2 folder, a run of `numgpt train`, builtin (the built-in model), or a
+name in the Hugging Face cache (gpt2, openai-community/gpt2-medium). Run `numgpt COMMAND --help` for each command's options.
 """
 
 
