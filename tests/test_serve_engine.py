@@ -164,3 +164,22 @@ def test_a_submit_that_can_never_fit_is_not_busy_and_busy_counts_are_real(lm):
     finally:
         hold.set()
         engine.stop()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_overflow_after_the_first_tokens_ends_that_sequence_and_the_engine_goes_on(lm):
+    """Logits that turn non-finite mid-reply (finite weights, an overflow at one position) end that
+    sequence with an error; the model thread keeps serving (it used to die, leaving every request waiting)."""
+    prompt = lm.encode("ROMEO:")
+    params = dict(lm.params)
+    wpe = np.array(params["wpe.weight"])
+    wpe[len(prompt) + 2] = 3e38                   # finite, but LayerNorm's variance overflows at this position
+    params["wpe.weight"] = wpe
+    engine = Engine(params, lm.config, lm.tokenizer, max_batch=2).start()
+    try:
+        bad, = run_all(engine, [SequenceRequest(prompt, 10, GREEDY)])
+        assert bad.reason == "error" and "non-finite" in bad.events[-1].error and len(bad.tokens) == 3
+        good, = run_all(engine, [SequenceRequest(prompt, 3, GREEDY)])   # never reaches that position
+        assert good.reason == "length" and good.text == lm.generate("ROMEO:", max_new_tokens=3, do_sample=False)
+    finally:
+        engine.stop()

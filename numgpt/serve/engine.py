@@ -307,21 +307,30 @@ class Engine:
 
     def _choose(self, rows: list[Running], logits: np.ndarray) -> None:
         """Pick, report and record each row's next token; rows are sampled one by one with their own
-        options (requests differ), which is also what keeps a row independent of its neighbours."""
-        check_finite_logits(logits, self.params)
+        options (requests differ), which is also what keeps a row independent of its neighbours. A row
+        that fails (non-finite logits: an overflow at this position) ends alone with its error; the
+        engine goes on with the others."""
         for seq, row in zip(rows, logits):
-            r = seq.ticket.request
-            token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
-                                    previous=[seq.tokens], generated=[seq.generated])[0])
-            lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
-            self.stats.tokens_generated += 1
-            if seq.finisher.add(token):           # not the end-of-text token: reported with the text it freed
-                seq.tokens.append(token)
-                seq.generated.append(token)
-                seq.ticket.deliver(Generated(token, seq.finisher.release(), lp))
-                seq.pending = token
-            if seq.finisher.reason is not None:
-                self._finish(seq)
+            try:
+                self._choose_one(seq, row)
+            except Exception as e:  # noqa: BLE001 -- one sequence's failure must not stop the model thread
+                self._finish(seq, "error", error=str(e) if isinstance(e, NumgptError) else
+                             f"internal error: {type(e).__name__}")
+
+    def _choose_one(self, seq: Running, row: np.ndarray) -> None:
+        check_finite_logits(row[None], self.params)
+        r = seq.ticket.request
+        token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
+                                previous=[seq.tokens], generated=[seq.generated])[0])
+        lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
+        self.stats.tokens_generated += 1
+        if seq.finisher.add(token):           # not the end-of-text token: reported with the text it freed
+            seq.tokens.append(token)
+            seq.generated.append(token)
+            seq.ticket.deliver(Generated(token, seq.finisher.release(), lp))
+            seq.pending = token
+        if seq.finisher.reason is not None:
+            self._finish(seq)
 
     def _finish(self, seq: Running, reason: str = "length", *, error: str | None = None) -> None:
         """Report the end (the sequence's own reason if it has one, else `reason`); free the slot."""
