@@ -1,5 +1,7 @@
-"""When a generated sequence ends, and which of its text is final: the one rule every decode loop uses
-(LanguageModel's generate, the serve engine, the SQL session).
+"""When a generated sequence ends, and which of its text is final: the one rule every decode loop that
+makes text uses (LanguageModel's generate and stream, the serve engine, the SQL session). The one loop
+without text, generate.generate_ids (ids in, ids out, as transformers' generate), ends a sequence at its
+stop ids, which it keeps, or at max_new_tokens: nothing there is decoded, so no stop string can match.
 
 A sequence ends for one of FINISH_REASONS:
     "length"     max_new_tokens generated

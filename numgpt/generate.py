@@ -1,6 +1,6 @@
 """Generation: prefill the prompts into a preallocated KV cache, then decode one token per step.
 
-Two layers, each usable alone:
+Two layers, each usable alone (and `generate_ids`, the ids-only twin of the text layer):
 
 - `decode_steps` works on token ids: prefill (left-padded batch, each prompt once even with n samples
   per prompt -- the cache rows are repeated afterwards), then per step pick every running sequence's next

@@ -16,12 +16,11 @@ completion only, not across the prompt's end); plus sliding_window / window_stri
 logprobs (k: each new token's log-probability and its k most likely alternatives). Sampling is on by
 default (temperature 1, no top-k/top-p); greedy when do_sample=False or temperature=0.
 
-This object is the one facade over the model: the CLI's model commands call only it (and the planned
-server and teaching views are meant to), so every job -- text or token-id prompts, streaming with per-token log-probabilities, the
-prompt's own log-probabilities (OpenAI's echo), a cancel between steps -- has one entry point here.
-Bad arguments are NumgptErrors that name the argument and what it accepts. Underneath, sequences leave
-a running batch between steps (generate.decode_steps takes the ones to stop) and can join one
-(KVCache.join of a newcomer prefilled alone): the pieces a serving engine's slots are made of.
+This object is the one facade over the model for a Python user and the CLI's model commands: every job --
+text or token-id prompts, streaming with per-token log-probabilities, the prompt's own log-probabilities
+(OpenAI's echo), a cancel between steps -- has one entry point here. Bad arguments are NumgptErrors that
+name the argument and what it accepts. (The server runs its own continuous-batching engine over the same
+model functions, serve/engine.py on slots.py; the teaching views read the model through numgpt.teach.)
 """
 
 from __future__ import annotations

@@ -144,6 +144,6 @@ def test_the_engine_ends_a_sequence_at_an_end_id_mid_reply(chat_lm):
         free, _ = run(())
         k = next(i for i in range(1, len(free)) if free[i] not in free[:i])   # a token first drawn at step k
         cut, end = run((free[k],))
-        assert cut == free[:k] and end.reason == "stop"
+        assert cut == free[:k] and end.reason == "eos"
     finally:
         engine.stop()

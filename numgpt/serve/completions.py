@@ -263,7 +263,7 @@ class Completions:
                 if ev.error:
                     yield data(error_json(ev.error, type="server_error"))
                     continue
-                text, finish = ev.text, ev.reason
+                text, finish = ev.text, openai_finish_reason(ev.reason)
             yield data({"id": rid, "object": "text_completion", "created": created,
                         "model": self.settings.model_name,
                         "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
@@ -305,7 +305,7 @@ class Completions:
             else:
                 if text:
                     yield chunk(i, {"content": text})
-                yield chunk(i, {}, finish=ev.reason)
+                yield chunk(i, {}, finish=openai_finish_reason(ev.reason))
         request.state.log["completion_tokens"] = sum(len(r.tokens) for r in results)
         if body.stream_options and body.stream_options.include_usage:
             yield data({"id": rid, "object": "chat.completion.chunk", "created": created,
@@ -399,7 +399,7 @@ class Result:
             self.tokens.append((ev.token, ev.logprob))
         else:
             self.text += ev.text
-            self.finish_reason, self.error = ev.reason, ev.error
+            self.finish_reason, self.error = openai_finish_reason(ev.reason), ev.error
 
     def check(self) -> None:
         if self.error:       # the engine's errors are the server's (a request's own were refused before it)
@@ -457,3 +457,9 @@ def data(obj: dict) -> str:
 
 def sse(body: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def openai_finish_reason(reason: str) -> str:
+    """numgpt's finish reason (finish.FINISH_REASONS) as OpenAI's finish_reason: the end-of-text token
+    is "stop" there, as a stop string is; the others keep their names."""
+    return "stop" if reason == "eos" else reason

@@ -14,7 +14,7 @@ sample j of a request (as `numgpt generate --seed`), and whenever a seeded seque
 step runs batch-invariant (slots.py), so its text is byte-identical whatever else runs. Without a seed a
 lone sequence takes the faster one-row path of `model.forward`, the same path as `numgpt generate`.
 
-No HTTP here: the server (app.py) turns requests into SequenceRequests and events into responses; the
+No HTTP here: completions.py turns requests into SequenceRequests and events into responses; the
 tests drive this class directly too.
 """
 
@@ -53,7 +53,7 @@ class SequenceRequest:
     logprobs: report each new token's ln p with this many alternatives (None: no log-probabilities).
     prompt_logprobs: report the prompt's log-probabilities with this many alternatives (None: don't).
     end_ids: tokens that end the sequence besides the end-of-text (a chat model's end of turn), like it
-    not part of the text (finish_reason "stop").
+    not part of the text (the finish reason "eos", OpenAI's "stop").
     deadline: time.monotonic() after which the sequence ends with finish_reason "timeout".
     """
 
@@ -84,12 +84,9 @@ class Generated:
 class Finished:
     """The last event of a sequence: why it ended, and the text released by the final flush."""
 
-    reason: str          # OpenAI's: "length", "stop" (a stop string or end-of-text), "cancelled", "timeout", "error"
+    reason: str          # one of finish.FINISH_REASONS ("eos", "stop", "length", ...); completions.py says it in OpenAI's words
     text: str = ""
     error: str | None = None
-
-
-OPENAI_FINISH_REASON = {"eos": "stop"}   # finish.FINISH_REASONS -> OpenAI's finish_reason (others as they are)
 
 
 @dataclass
@@ -337,5 +334,4 @@ class Engine:
         self._running.pop(seq.slot, None)
         seq.finisher.end(reason)
         seq.ticket.finished = True
-        why = OPENAI_FINISH_REASON.get(seq.finisher.reason, seq.finisher.reason)
-        seq.ticket.deliver(Finished(why, seq.finisher.release(), error))
+        seq.ticket.deliver(Finished(seq.finisher.reason, seq.finisher.release(), error))
