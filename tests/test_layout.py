@@ -111,7 +111,7 @@ def test_the_finish_rule_is_a_leaf_and_the_decoding_flags_are_made_in_one_place(
     """numgpt/finish.py (when a sequence ends) imports nothing of the package, and no CLI module but
     cli/options.py spells a decoding flag in add_argument: they are generated from the option dataclasses."""
     assert package_imports(PACKAGE / "finish.py") <= {"numgpt.errors"}
-    decoding = {"--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--greedy", "--logit-bias",
+    decoding = {"--max-new-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty", "--greedy", "--logit-bias",
                 "--presence-penalty", "--frequency-penalty", "--stop", "--ignore-eos", "--num-samples", "--seed",
                 "--sliding-window", "--window-stride"}
     for path in (PACKAGE / "cli").glob("*.py"):

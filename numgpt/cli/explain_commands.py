@@ -128,11 +128,14 @@ def _register_sampling(views) -> None:
     p.set_defaults(run=run_sampling)
 
 
+KVCACHE_TOKENS = 16   # explain kvcache's default: enough steps to see the two costs part
+
+
 def _register_kvcache(views) -> None:
     p = _view(views, "kvcache", "work and time per generated token, with and without the KV cache",
               KVCACHE_EXAMPLES, "the prompt to continue")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=16, metavar="N", help="tokens to generate (16)")
-    p.set_defaults(flag_names={"max_new_tokens": "--max-new-tokens"})   # the library's name, said as this flag
+    add_decoding_flags(p, only=("max_new_tokens",), shown_defaults={"max_new_tokens": str(KVCACHE_TOKENS)},
+                       title="generation (greedy, as the view compares the two forwards on the same tokens)")
     _add_output(p, "the work and time per step")
     p.set_defaults(run=run_kvcache)
 
@@ -187,11 +190,12 @@ def run_sampling(args) -> int:
 def run_kvcache(args) -> int:
     from ..teach import kvcache_view
 
-    if args.max_new_tokens < 1:
-        raise NumgptError(f"max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    n = KVCACHE_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    if n < 1:
+        raise NumgptError(f"max_new_tokens must be >= 1, got {n}")
     out = _picture(args)
     lm = _load(args)
-    view = kvcache_view(lm, args.text, max_new_tokens=args.max_new_tokens)
+    view = kvcache_view(lm, args.text, max_new_tokens=n)
     if args.json:
         _print_json(view)
     else:
