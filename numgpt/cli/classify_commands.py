@@ -311,7 +311,7 @@ def plot_confusion(confusion, labels: list[str], path: Path) -> None:
 
 
 def run_predict(args) -> int:
-    from ..posttrain.classify import softmax
+    from ..ops import softmax
 
     model = load_model(args.model)
     probs = softmax(model.logits(args.texts))

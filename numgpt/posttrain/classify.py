@@ -448,12 +448,6 @@ def logits_of(params: Params, config: GPTConfig, seqs: Sequence[np.ndarray], pad
     return pooled_states(params, config, seqs, pad_id, batch_size=batch_size) @ params[SCORE].T   # [n, C] -> [n, K]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the labels [..., K]."""
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 # ---- metrics ---------------------------------------------------------------------------------------------------
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -649,5 +643,5 @@ __all__ = ["Classifier", "ClassifyResult", "LabelledTokens", "PooledStates", "SC
            "classification_metrics", "classification_objective", "confusion_matrix", "evaluate_logits",
            "evaluate_tokens", "head_backward", "head_forward", "head_objective", "hidden_backward", "hidden_forward",
            "label_ids", "label_names", "last_hidden", "load_classifier_folder", "logits_of", "new_classifier",
-           "pad_right", "pooled_states", "softmax", "split_examples", "train_classifier", "trainable_names",
+           "pad_right", "pooled_states", "split_examples", "train_classifier", "trainable_names",
            "with_pad_token"]
