@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from numgpt.training.memory import keep_freed_memory  # noqa: E402
-from numgpt.training.objective import next_token_loss  # noqa: E402
+from numgpt.training.objective import next_token_loss, next_token_value  # noqa: E402
 from numgpt.training.parallel import DataParallel  # noqa: E402
 from numgpt.threads import single_threaded_blas, thread_count  # noqa: E402
 from numgpt.config import GPTConfig  # noqa: E402
@@ -102,7 +102,8 @@ def numgpt_small_run(iters: int, eval_every: int) -> dict:
     for it in range(iters + 1):
         if eval_every and (it % eval_every == 0 or it == iters):
             batches = evals if it < iters else eval_batches(val, FINAL_EVAL_ITERS)
-            curve.append((it, float(np.mean([dp.loss(params, config, x, y) for x, y in batches]))))
+            losses_now = [dp.evaluate(next_token_value, params, config, (x, y)) for x, y in batches]
+            curve.append((it, float(np.mean(losses_now))))
         if it == iters:
             break
         x, y = get_batch(train, BATCH, BLOCK, rng)

@@ -13,7 +13,8 @@ from numgpt.threads import run_in_threads, single_threaded_blas
 from numgpt.training.comm import CHUNK, Communicator, SingleProcess, ThreadGroup
 from numgpt.training.data import load_dataset, prepare
 from numgpt.training.loop import TrainConfig, read_log, train
-from numgpt.training.optim import AdamWConfig
+from numgpt.training.objective import next_token_loss
+from numgpt.training.optim import AdamW, AdamWConfig, init_state
 from numgpt.training.parallel import DataParallel, add_into, batch_slices, flat_buffer, flat_zeros_like
 from numgpt.training.state import new_state
 
@@ -117,12 +118,18 @@ def batch():
 
 
 def two_micro_batches(dp, params, ids, targets):
-    """A step of two micro-batches with dropout, into flat gradients: (losses, flat gradient)."""
-    flat, grads = flat_zeros_like(params)
-    rng = np.random.default_rng(7)
-    losses = [dp.accumulate_grads(params, CONFIG, ids[::-1] if m else ids, targets, grads, scale=0.5,
-                                  dropout=0.1, rng=rng) for m in range(2)]
-    return losses, flat
+    """A step of two micro-batches with dropout, as loop.train_step runs it (dp.forward_backward of this
+    rank's rows into AdamW's flat gradients, then its reduce_gradients over the ranks): (losses, flat gradient)."""
+    opt = AdamW(params, init_state(params), AdamWConfig(), comm=dp.comm, n_layer=CONFIG.n_layer)
+    rng, rows = np.random.default_rng(7), dp.rank_rows(len(ids))
+    opt.zero_grad()
+    losses = []
+    for m in range(2):
+        batch = ((ids[::-1] if m else ids)[rows], targets[rows])
+        losses.append(dp.forward_backward(next_token_loss, params, CONFIG, batch, opt.grads, scale=0.5, dropout=0.1,
+                                          rng=rng, total=len(ids), block_done=opt.layer_done))
+        opt.reduce_gradients()
+    return losses, opt.flat
 
 
 def test_two_ranks_of_one_thread_give_the_gradients_of_two_threads_bit_for_bit(batch):
@@ -197,6 +204,62 @@ def test_the_loop_sums_each_micro_batch_with_one_call(char_data, tmp_path):
     assert ("broadcast", SMALL.n_embd) in comm.calls              # the start: rank 0's weights
 
 
+class Overlapping(SingleProcess):
+    """A single process that can start sums without waiting, as MPI's 2 ranks can, and logs each call on
+    the gradients with the phase it came in: (call, phase, offset in the buffer, size)."""
+    can_overlap = True
+
+    def __init__(self, flat_of):
+        self.flat_of, self.phase, self.calls = flat_of, "before", []
+
+    def log(self, name, buf):
+        if buf.dtype == np.float32:                              # the loss's sum is float64
+            offset = (buf.__array_interface__["data"][0] - self.flat_of().__array_interface__["data"][0]) // 4
+            self.calls.append((name, self.phase, offset, buf.size))
+
+    def allreduce_sum(self, buf):
+        self.log("allreduce_sum", buf)
+
+    def start_allreduce_sum(self, buf):
+        self.log("start_allreduce_sum", buf)
+        return Done()
+
+
+class Done:
+    def test(self):
+        pass
+
+    def wait(self):
+        pass
+
+
+def test_adamw_layer_done_starts_each_layers_sum_during_the_backward(batch):
+    """What training runs: dp.forward_backward with AdamW's layer_done starts ln_f's and each block's sum
+    as the backward finishes them (ln_f, blocks 1, 0), and reduce_gradients sums wte and wpe after it;
+    without overlap, one sum of the whole buffer after the backward. (The same bits on real MPI ranks:
+    test_training_mpi.py.)"""
+    params, ids, targets = batch
+    for overlap in (True, False):
+        comm = Overlapping(lambda: opt.flat)
+        opt = AdamW(params, init_state(params), AdamWConfig(), comm=comm, n_layer=CONFIG.n_layer, overlap=overlap)
+        comm.phase = "backward"
+        DataParallel(1, comm).forward_backward(next_token_loss, params, CONFIG, (ids, targets), opt.grads,
+                                               block_done=opt.layer_done)
+        comm.phase = "after"
+        opt.reduce_gradients()
+        offset = {n: (g.__array_interface__["data"][0] - opt.flat.__array_interface__["data"][0]) // 4
+                  for n, g in opt.grads.items()}
+
+        def bucket(prefix):
+            names = [n for n in params if n.startswith(prefix)]
+            return min(offset[n] for n in names), sum(params[n].size for n in names)
+        if overlap:
+            assert comm.calls == [("start_allreduce_sum", "backward", *bucket(p)) for p in ("ln_f.", "h.1.", "h.0.")] \
+                + [("allreduce_sum", "after", 0, params["wte.weight"].size + params["wpe.weight"].size)]
+        else:
+            assert comm.calls == [("allreduce_sum", "after", 0, opt.flat.size)]
+
+
 @pytest.mark.parametrize("where", ["backward", "sum"])
 def test_a_ctrl_c_in_the_main_thread_never_leaves_a_thread_waiting(monkeypatch, where):
     """A KeyboardInterrupt lands wherever the calling thread is: in its backward, or inside the thread
@@ -221,7 +284,8 @@ def test_a_ctrl_c_in_the_main_thread_never_leaves_a_thread_waiting(monkeypatch, 
     def step():
         caller.append(threading.current_thread())
         try:
-            DataParallel(2).accumulate_grads(params, CONFIG, ids, np.roll(ids, 1, axis=1), zeros_like(params))
+            DataParallel(2).forward_backward(next_token_loss, params, CONFIG, (ids, np.roll(ids, 1, axis=1)),
+                                             flat_zeros_like(params)[1])
         except KeyboardInterrupt:
             outcome.append("interrupted")
     t = threading.Thread(target=step, daemon=True)

@@ -325,37 +325,67 @@ def test_any_split_keeps_the_loss_curve_within_1e_6_of_the_threaded_run(data, tm
 
 
 OVERLAP_SCRIPT = """
+import json
 import sys
 import numpy as np
-import numgpt.training.parallel as parallel
 from numgpt.config import GPTConfig
 from numgpt.params import init_params
 from numgpt.training.mpi import MPICommunicator
-from numgpt.training.parallel import DataParallel, flat_zeros_like
-started = []
-real = parallel.OverlappedSum.block_done
-parallel.OverlappedSum.block_done = lambda self, i: (started.append(i), real(self, i))[1]
+from numgpt.training.objective import next_token_loss
+from numgpt.training.optim import AdamW, AdamWConfig, init_state
+from numgpt.training.parallel import DataParallel
 comm = MPICommunicator()
 config = GPTConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=4)
 params = init_params(config, np.random.default_rng(0))
 ids = np.random.default_rng(1).integers(0, 50, (4, 8))
-sums = []
-for overlap in (True, False):
-    _, grads = flat_zeros_like(params)
-    DataParallel(1, comm, overlap=overlap).accumulate_grads(params, config, ids, np.roll(ids, 1, 1), grads)
-    sums.append(grads)
-same = all(np.array_equal(sums[0][k], sums[1][k]) for k in params)
-open(f"{sys.argv[1]}.{comm.rank}", "w").write(f"{started} {same}")
+calls, phase = [], ["before"]
+for name in ("start_allreduce_sum", "allreduce_sum"):
+    real = getattr(comm, name)
+    def logged(buf, real=real, name=name):
+        if buf.dtype == np.float32:                   # the gradients (the loss's sum is float64)
+            calls.append((name, phase[0], buf.__array_interface__["data"][0], buf.size))
+        return real(buf)
+    setattr(comm, name, logged)
+dp, runs = DataParallel(1, comm), []
+for overlap in (True, False):                         # as loop.train_step runs a micro-batch
+    opt = AdamW(params, init_state(params), AdamWConfig(), comm=comm, n_layer=config.n_layer, overlap=overlap)
+    base = opt.flat.__array_interface__["data"][0]
+    def span(prefix):
+        names = [n for n in opt.grads if n.startswith(prefix)]
+        start = min((opt.grads[n].__array_interface__["data"][0] - base) // 4 for n in names)
+        return [start, sum(opt.grads[n].size for n in names)]
+    calls.clear()
+    phase[0] = "backward"
+    rows = dp.rank_rows(4)
+    dp.forward_backward(next_token_loss, params, config, (ids[rows], np.roll(ids, 1, 1)[rows]), opt.grads,
+                        total=4, block_done=opt.layer_done)
+    phase[0] = "after"
+    opt.reduce_gradients()
+    got = [[name, when, (address - base) // 4, size] for name, when, address, size in calls]
+    runs.append((got, opt.flat.copy(), {p: span(p) for p in ("ln_f.", "h.2.", "h.1.", "h.0.")}))
+(overlapped, a, spans), (plain, b, _) = runs
+expected = [["start_allreduce_sum", "backward", *spans[p]] for p in ("ln_f.", "h.2.", "h.1.", "h.0.")]
+expected.append(["allreduce_sum", "after", 0, min(s[0] for s in spans.values())])   # wte, wpe after it
+open(f"{sys.argv[1]}.{comm.rank}", "w").write(json.dumps({
+    "overlapped_as_expected": overlapped == expected, "overlapped": overlapped, "plain": plain,
+    "size": int(a.size), "same_bits": bool(np.array_equal(a, b)), "summed": bool(np.any(a != 0))}))
 """
 
 
-def test_the_gradient_sum_overlaps_the_backward_layer_by_layer_with_the_same_bits(tmp_path):
+def test_adamw_starts_each_layers_gradient_sum_during_the_backward_with_the_same_bits(tmp_path):
+    """The path training runs (dp.forward_backward with AdamW's layer_done, then reduce_gradients) on 2
+    MPI ranks: ln_f's and each block's sums start inside the backward as it finishes them (ln_f, blocks
+    2, 1, 0), wte and wpe's after it; without overlap one all-reduce of the whole buffer after the
+    backward; the same bits either way."""
     script = tmp_path / "overlap.py"
     script.write_text(OVERLAP_SCRIPT)
     done = run([mpiexec(), "-n", "2", sys.executable, str(script), str(tmp_path / "out")])
     assert done.returncode == 0, done.stderr
-    for rank in range(2):           # ln_f's bucket, then blocks 2, 1, 0 as the backward finishes them
-        assert (tmp_path / f"out.{rank}").read_text() == "[-1, 2, 1, 0] True"
+    for rank in range(2):
+        out = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert out["overlapped_as_expected"], out["overlapped"]
+        assert out["plain"] == [["allreduce_sum", "after", 0, out["size"]]]
+        assert out["same_bits"] and out["summed"]
 
 
 def test_four_ranks_resume_a_four_thread_run_bit_for_bit(data, tmp_path):

@@ -1,7 +1,8 @@
 """Data parallelism: each participant runs the forward and backward of its own rows of the batch, and
 the gradients are summed in a fixed order through a communicator (comm.py): over a rank's threads here
 (`DataParallel.forward_backward`, for any loss function of objective.py), over the ranks by the
-optimizer (optim.Optimizer.reduce_gradients; `accumulate_grads` does both, for one call).
+optimizer (optim.Optimizer.reduce_gradients, started layer by layer during the backward by AdamW's
+layer_done where the communicator can: `OverlappedSum`).
 
 Participants are the ranks of a communicator (processes, or threads standing in for them), and within
 each rank up to `threads` Python threads. A batch of n rows is split first over the ranks, rank r
@@ -43,7 +44,7 @@ import numpy as np
 from ..backprop import Workspace
 from ..config import GPTConfig
 from .comm import Communicator, SingleProcess, ThreadGroup
-from .objective import Batch, LossFn, ValueFn, next_token_loss, next_token_value
+from .objective import Batch, LossFn, ValueFn
 from ..params import Params
 from ..threads import row_ranges, run_in_threads, run_split
 
@@ -97,14 +98,11 @@ class DataParallel:
     buffers (one flat copy of the trained parameters per extra thread used) and workspaces are made on
     first use and reused every step."""
 
-    def __init__(self, threads: int, comm: Communicator | None = None, *, overlap: bool = True):
+    def __init__(self, threads: int, comm: Communicator | None = None):
         self.threads = max(1, threads)
-        self.overlap = overlap                     # accumulate_grads: sum each layer while the backward goes on
         self.comm = SingleProcess() if comm is None else comm
         self.workspaces = [Workspace() for _ in range(self.threads)]
         self.extra_grads: list[tuple[np.ndarray, Params]] = []   # (flat, views) of threads 1, 2, ...
-        self._own: tuple[np.ndarray, Params] | None = None       # a flat copy of grads that are not flat
-        self._buckets: OverlappedSum | None = None
 
     @property
     def participants(self) -> int:
@@ -157,43 +155,6 @@ class DataParallel:
         return self._weighted_mean(mine, n, lambda k, rows, weight: value(
             params, config, tuple(a[rows] for a in batch), self.workspaces[k]))
 
-    def accumulate_grads(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray,
-                         grads: Params, *, scale: float = 1.0, dropout: float = 0.0,
-                         rng: np.random.Generator | None = None, total: int | None = None) -> float:
-        """`backprop.accumulate_grads` with the batch's rows split over the ranks and threads: adds
-        scale * d(mean loss)/d(param) of the whole batch into grads (on every rank, summed over the
-        ranks by an all-reduce) and returns the mean loss. One slice in all is exactly
-        `backprop.accumulate_grads`. total: as in forward_backward."""
-        flat, views, copied = self._flat(grads)
-        mine = batch_slices(len(ids) if total is None else total, self.comm.size, self.threads)[self.comm.rank]
-        overlap = self._overlap(flat, views, config) if len(mine) == 1 else None
-        loss = self.forward_backward(next_token_loss, params, config, (ids, targets), views, scale=scale,
-                                     dropout=dropout, rng=rng, total=total,
-                                     block_done=None if overlap is None else overlap.block_done)
-        if overlap is not None and overlap.started:
-            overlap.finish()                          # the blocks' sums, then wte and wpe's
-        else:
-            self.comm.allreduce_sum(flat)             # over the ranks, in rank order
-        if copied:
-            for name, g in grads.items():
-                g[...] = views[name]
-        return loss
-
-    def loss(self, params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, *,
-             total: int | None = None) -> float:
-        """`backprop.loss_only` (mean loss, no dropout, no gradients) with the rows split over the ranks
-        and threads; the same value on every rank. total: as in accumulate_grads."""
-        return self.evaluate(next_token_value, params, config, (ids, targets), total=total)
-
-    def _overlap(self, flat: np.ndarray, views: Params, config: GPTConfig) -> "OverlappedSum | None":
-        """The per-layer buckets of the flat gradients, if this communicator can sum them exactly without
-        waiting (comm.start_allreduce_sum); None otherwise."""
-        if not self.overlap:
-            return None
-        if self._buckets is None or self._buckets.flat is not flat:
-            self._buckets = OverlappedSum.of(self.comm, flat, views, config.n_layer)   # made once per buffer
-        return self._buckets
-
     def rank_rows(self, n: int) -> slice:
         """This rank's contiguous share of a batch of n rows (the rows it reads and computes)."""
         return share(n, self.comm.rank, self.comm.size)
@@ -243,19 +204,6 @@ class DataParallel:
         first = sum(len(p) for p in plan[:self.comm.rank])
         seeds = rng.integers(0, 2**63, count)
         return [np.random.default_rng(seed) for seed in seeds[first:first + len(mine)]]
-
-    def _flat(self, grads: Params) -> tuple[np.ndarray, Params, bool]:
-        """(flat buffer, views, copied): grads' own flat buffer and views, or (for grads that are separate
-        arrays) a flat copy of them, which accumulate_grads writes back at the end."""
-        flat = flat_buffer(grads)
-        if flat is not None:
-            return flat, grads, False
-        shapes = {name: g.shape for name, g in grads.items()}
-        if self._own is None or {name: v.shape for name, v in self._own[1].items()} != shapes:
-            self._own = flat_zeros_like(grads)
-        for name, g in grads.items():
-            self._own[1][name][...] = g
-        return (*self._own, True)
 
     def _extra_grads(self, count: int, like: Params) -> list[tuple[np.ndarray, Params]]:
         while len(self.extra_grads) < count:
