@@ -132,7 +132,7 @@ def test_stops_at_endoftext_with_the_text_so_far(request, tmp_path_factory, engi
     db = exported(request, tmp_path_factory, engine, "gpt2_vocab_eot", lambda: model)
     with numgpt.sql.connect(db) as m:
         got = m.generate(prompt, max_new_tokens=30, do_sample=False)
-        ids = m.generate_ids(prompt, max_new_tokens=before + 1)
+        ids = greedy_ids(m, prompt, before + 1)
         assert m.finish_reason == "eos"
     assert got == want and got
     assert ids[-1] == model.tokenizer.eot_id and len(ids) == before + 1
@@ -154,3 +154,15 @@ def test_options_the_sql_does_not_compute_are_refused_by_name(request, tmp_path_
         with pytest.raises(NumgptError, match="unknown generation option 'top_q'"):
             m.generate("ROMEO:", top_q=0.5)
         assert m.generate("ROMEO:", max_new_tokens=3, min_p=0.0, do_sample=False)   # the default: no effect to lose
+
+
+def greedy_ids(m, prompt, n: int) -> list[int]:
+    """The session's next n greedy ids, picked and fed one by one, with no stopping rule (not even at
+    <|endoftext|>): what the SQL computes, below generate's Finisher."""
+    m.start(prompt)
+    out = []
+    for step in range(n):
+        out.append(m.pick(greedy=True, step=step))
+        if step < n - 1:
+            m.feed(out[-1])
+    return out

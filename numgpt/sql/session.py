@@ -336,17 +336,6 @@ class SqlModel:
         """The new text (see `stream`)."""
         return "".join(self.stream(prompt, **options))
 
-    def generate_ids(self, prompt: str | Sequence[int], *, max_new_tokens: int, greedy: bool = True,
-                     **sampling: Any) -> list[int]:
-        """New token ids without text or stopping rules (for tests)."""
-        self.start(prompt)
-        out = []
-        for step in range(max_new_tokens):
-            out.append(self.pick(greedy=greedy, step=step, **sampling))
-            if step < max_new_tokens - 1:
-                self.feed(out[-1])
-        return out
-
 
 def output_ranges(n: int, align: int, parts: int) -> list[tuple[int, int]]:
     """0 .. n cut into at most `parts` ranges of nearly equal size, each boundary a multiple of align
