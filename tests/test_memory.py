@@ -90,14 +90,24 @@ def test_the_activation_estimate_matches_the_peak_of_a_real_step(L, H, C, T, B, 
 
 
 def test_the_refusal_names_the_biggest_part_and_its_fix():
+    """In the Python parameters' names (newcomer defect 9: setup_run is Python), and as numgpt train's
+    flags through the CLI's vocabulary."""
+    from numgpt.cli.options import flag_message
+    from numgpt.cli.train_commands import FLAG_NAMES
     from numgpt.training.memory import GIB, MemoryEstimate, memory_shortfall
     big_batch = MemoryEstimate(parameters=GIB, gradients=GIB, optimizer=2 * GIB, activations=60 * GIB)
     assert memory_shortfall(big_batch, 100 * GIB) is None
     msg = memory_shortfall(big_batch, 20 * GIB)
-    assert msg == ("this shape needs ~64.0 GiB for training (activations 60.0, parameters 1.00, gradients 1.00, "
-                   "AdamW moments 2.00 GiB) but this machine has 20.0 GiB available; lower --batch-size "
-                   "(--grad-accum keeps the tokens per step) or --block-size, or train a smaller model")
+    head = ("this shape needs ~64.0 GiB for training (activations 60.0, parameters 1.00, gradients 1.00, "
+            "AdamW moments 2.00 GiB) but this machine has 20.0 GiB available; ")
+    assert msg == head + ("lower batch_size (grad_accum keeps the tokens per step) or block_size, "
+                          "or train a smaller model")
+    assert flag_message(msg, FLAG_NAMES) == head + ("lower --batch-size (--grad-accum keeps the tokens per step) "
+                                                    "or --block-size, or train a smaller model")   # numgpt train's
     assert "2 ranks of training" in memory_shortfall(big_batch, 100 * GIB, ranks_here=2)
     big_model = MemoryEstimate(parameters=9 * GIB, gradients=9 * GIB, optimizer=18 * GIB, activations=GIB)
-    assert "train a smaller model" in memory_shortfall(big_model, 20 * GIB)
+    assert memory_shortfall(big_model, 20 * GIB).endswith(
+        "train a smaller model (n_layer, n_embd, or another preset=), or use fewer threads (threads=)")
+    assert flag_message(memory_shortfall(big_model, 20 * GIB), FLAG_NAMES).endswith(
+        "train a smaller model (--n-layer, --n-embd, or another --preset), or use fewer threads (--threads)")
     assert memory_shortfall(big_model, None) is None                # nothing known: no refusal

@@ -391,3 +391,16 @@ def test_bits_per_byte_count_the_trained_text(world, tmp_path):
         trained_tokens = int(load_masks(d.folder, d.meta)[name].sum())
         assert d.bytes_per_token(name) == pytest.approx(split["trained_bytes"] / trained_tokens)
         assert d.chars_per_token(name) == pytest.approx(split["trained_chars"] / trained_tokens)
+
+
+def test_a_bad_val_fraction_names_the_parameter_in_python_and_the_flag_in_the_cli(world, tmp_path, capsys):
+    """Newcomer round 2, defect 9: the library's refusal names its parameters (val_fraction, val_file=),
+    `numgpt sft` the same refusal in its flags."""
+    from numgpt.errors import NumgptError
+    from numgpt.posttrain.sft import setup_sft
+    with pytest.raises(NumgptError) as e:
+        setup_sft(world / "chats.jsonl", tmp_path / "py", init=world / "base", val_fraction=1.5, prepare_only=True)
+    assert str(e.value) == "val_fraction must be > 0 and < 1 (or pass val_file=), got 1.5"
+    assert sft(world, tmp_path / "cli", "--val-fraction", "1.5") == 2
+    assert capsys.readouterr().err == ("numgpt: error: --val-fraction must be > 0 and < 1 (or pass --val FILE), "
+                                       "got 1.5\n")

@@ -195,9 +195,9 @@ def test_bad_input_gets_one_line_errors(char_data, gpt2_data, hf_gpt2_vocab_ckpt
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--n-head", 3, "--n-embd", 16))
     assert "divisible" in msg
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "none", "--resume"))
-    assert "no training checkpoint" in msg
+    assert "no training checkpoint" in msg and msg.endswith("start without --resume, or pass the --out of an earlier run")
     msg = one_line_error(capsys, run_train(char_data, "--out", tmp_path / "x", "--block-size", 5000))
-    assert "tokens, fewer than block_size" in msg
+    assert "tokens, fewer than --block-size + 1 = 5001; use a smaller --block-size" in msg   # block_size, as a flag
 
 
 @pytest.mark.parametrize("damage", ["state_json", "weights", "optimizer"])

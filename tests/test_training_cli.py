@@ -291,6 +291,7 @@ def test_divergence_before_any_checkpoint_does_not_claim_one(char_data, tmp_path
         train(state, config, tc, data, tmp_path, on_event=poison)
     assert "diverged at step 3" in str(e.value) and "before any checkpoint was saved" in str(e.value)
     assert "intact" not in str(e.value) and not (tmp_path / "latest").exists()
+    assert str(e.value).endswith("lower lr= or raise warmup_iters and start again")   # Python's names (defect 9)
     with pytest.raises(NumgptError, match="weights are not finite: wte.weight has 1 NaN/inf values"):
         train(state, config, tc, data, tmp_path)                  # the API refuses such a start too
 
@@ -504,3 +505,36 @@ def test_init_builtin_fine_tunes_the_built_in_model(tmp_path, text_file, capsys)
                      "--block-size", 32, "--batch-size", 2) == 0
     assert f"fine-tuning {builtin_model_folder()}" in capsys.readouterr().err
     assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["init"] == "builtin"
+
+
+def test_the_python_api_names_its_parameters_and_the_cli_its_flags(char_data, tmp_path, capsys):
+    """Newcomer round 2, defect 9: numgpt.setup_run answered a Python caller with CLI flags (--resume,
+    --max-iters, --out). The library names its parameters and TrainConfig fields; `numgpt train` says the
+    same message in its flags (cli.main's flag_message with the command's vocabulary)."""
+    import numgpt
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK) == 0                # a run at step 2
+    capsys.readouterr()
+    cases = [  # (setup_run's keywords, its message, numgpt train's flags, their message)
+        (dict(resume_from="latest", init="builtin"),
+         "resume_from= continues the run in run_dir; init= starts a new run: pass only one",
+         ["--resume", "--init", "builtin"],
+         "--resume continues the run in --out; --init starts a new run: pass only one"),
+        (dict(resume_from="latest", options={"max_iters": 2}),
+         f"{run / 'latest'} is already at step 2 >= max_iters 2; raise max_iters to continue",
+         ["--resume", "--max-iters", 2],
+         f"{run / 'latest'} is already at step 2 >= --max-iters 2; raise --max-iters to continue"),
+        (dict(), f"{run} already holds a training run; continue it with resume_from='latest', or pass another run_dir "
+                 "(or delete that folder) to start again",
+         SMALL, f"{run} already holds a training run; continue it with --resume, or pass another --out "
+                "(or delete that folder) to start again"),
+        (dict(resume_from="latest", shape={"n_embd": 32}),
+         "n_embd 32 differs from the model's shape (with resume_from= the shape comes from the checkpoint); "
+         "leave the shape's sizes out",
+         ["--resume", "--n-embd", 32], "--n-embd 32 differs from the model's shape (with --resume the shape comes "
+                                       "from the checkpoint); leave the shape's sizes out")]
+    for keywords, python_message, flags, cli_message in cases:
+        with pytest.raises(NumgptError) as e:
+            numgpt.setup_run(char_data, run, **keywords)
+        assert str(e.value) == python_message
+        assert one_line_error(capsys, run_train(char_data, "--out", run, *flags)) == f"numgpt: error: {cli_message}"

@@ -89,7 +89,8 @@ def _register_train(sub) -> None:
     o.add_argument("--threads", type=int, default=0, metavar="N", help="split each batch over N threads (all cores)")
     from ..posttrain.lora import add_lora_flags
     add_lora_flags(p)
-    p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction"})
+    p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction", "lr=": "--lr",   # training.loop's
+                                              "warmup_iters": "--warmup-iters"})            # words, as flags
 
 
 def _register_evaluate(sub) -> None:

@@ -82,7 +82,15 @@ def register(sub) -> None:
     o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's rows over N threads (default: "
                    f"{THREADS_ENV} if set, else all cores; recorded in the run)")
     add_lora_flags(p)
-    p.set_defaults(run=run_sft, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None)
+    p.set_defaults(run=run_sft, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None,
+                   flag_names=sft_flag_names())   # the library's Python names, said as flags (cli.main)
+
+
+def sft_flag_names() -> dict[str, str]:
+    """numgpt train's vocabulary (train_commands.FLAG_NAMES) less the flags sft has not, plus its --val."""
+    from .train_commands import FLAG_NAMES
+    absent = ("beta1", "beta2", "zero", "n_layer", "n_head", "n_embd", "preset=", "resume_from='best'")
+    return {**{k: v for k, v in FLAG_NAMES.items() if k not in absent}, "val_file=": "--val FILE"}
 
 
 def run_sft(args) -> int:

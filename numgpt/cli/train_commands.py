@@ -24,6 +24,7 @@ from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 from ..training.run import SCRATCH_SHAPE, checkpoint_step
+from .options import flag_message
 from .paths import check_writable, input_file, output_file, output_folder
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
@@ -139,7 +140,7 @@ def register(sub) -> None:
                    help="under mpiexec with 2 ranks, sum the gradients after the backward instead of layer by "
                    "layer during it (the same results; for measuring what the overlap saves)")
     add_lora_flags(t)
-    t.set_defaults(run=run_train)
+    t.set_defaults(run=run_train, flag_names=FLAG_NAMES)   # the library's Python names, said as flags
 
     q = sub.add_parser("plot", help="draw a training run's loss curves to a PNG",
                        description="Plot train and validation loss of RUN_DIR/log.jsonl (needs matplotlib: "
@@ -285,7 +286,8 @@ def on_every_rank(body, args) -> int:
         if comm.size == 1:
             raise
         if not isinstance(e, SystemExit):
-            print(f"numgpt: error: rank {comm.rank} of {comm.size}: {e or type(e).__name__}", file=sys.stderr,
+            said = flag_message(str(e), getattr(args, "flag_names", {})) if isinstance(e, NumgptError) else e
+            print(f"numgpt: error: rank {comm.rank} of {comm.size}: {said or type(e).__name__}", file=sys.stderr,
                   flush=True)
         code = (143 if isinstance(e, Terminated) else 130) if isinstance(e, KeyboardInterrupt) else 2
         time.sleep(0.2)                                # let the launcher forward the message first
@@ -472,6 +474,15 @@ OPTIM_FLAGS = {  # flag attribute -> AdamWConfig field
 
 
 FLAG_OF_FIELD = {field: flag for flag, field in {**TRAIN_FLAGS, **OPTIM_FLAGS}.items()}
+
+# The Python names the training library's messages use (setup_run's parameters, TrainConfig and AdamWConfig
+# fields), said as this command's flags by cli.main (options.flag_message).
+FLAG_NAMES = {
+    **{field: f"--{flag.replace('_', '-')}" for field, flag in FLAG_OF_FIELD.items()},
+    **{name: f"--{name.replace('_', '-')}" for name in SHAPE_FLAGS if name != "preset"},
+    "preset=": "--preset", "threads=": "--threads", "lr=": "--lr", "init=": "--init", "run_dir": "--out",
+    "resume_from=": "--resume", "resume_from='latest'": "--resume", "resume_from='best'": "--resume-from best",
+    "val_fraction": "--val-fraction"}
 
 
 def options_from_args(args) -> dict:

@@ -61,7 +61,7 @@ class PackedBatches:
         L = mask.shape[1]
         if block_size != L - 1:
             raise NumgptError(f"the SFT data was packed for block_size {L - 1}, not {block_size}; prepare it again "
-                              f"with --block-size {block_size}, or train with --block-size {L - 1}")
+                              f"with block_size {block_size}, or train with block_size {L - 1}")
         tokens = data.split(split).reshape(-1, L)                      # [R, L]
         pick = rng.integers(0, len(tokens), size=batch_size)           # [B] the whole batch, every rank alike
         weights = mask[pick, 1:].astype(np.float32)                    # [B, T] the mask of each target
@@ -138,12 +138,12 @@ def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, s
     """(train, val): a val_fraction of the conversations held out, chosen by a seeded permutation, each
     split kept in file order."""
     if not 0 < val_fraction < 1:
-        raise NumgptError(f"--val-fraction must be > 0 and < 1 (or pass --val FILE), got {val_fraction}")
+        raise NumgptError(f"val_fraction must be > 0 and < 1 (or pass val_file=), got {val_fraction}")
     n = len(numbered)
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
         raise NumgptError(f"{n} conversation{'s' if n > 1 else ''} cannot be split into training and validation; "
-                          "add conversations or pass --val FILE")
+                          "add conversations or pass val_file=")
     held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     return [c for i, c in enumerate(numbered) if i not in held], [c for i, c in enumerate(numbered) if i in held]
 

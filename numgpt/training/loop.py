@@ -148,18 +148,18 @@ class TrainResult:
 def check_setup(config: GPTConfig, tc: TrainConfig, data: Dataset) -> None:
     """Refuse, before any work, what cannot train: windows longer than the model or than a split,
     ids the model has no embedding for."""
-    check_context(config, tc.block_size, fix="pass a smaller --block-size")
+    check_context(config, tc.block_size, fix="pass a smaller block_size")
     if data.vocab_size > config.vocab_size:
         raise NumgptError(f"the data's tokenizer has {data.vocab_size} ids but the model only {config.vocab_size}; "
                           "prepare the data with the model's tokenizer")
     for name in ("train", "val"):
         n = len(data.split(name))
         if n == 0:
-            fix = "a --val-fraction above 0" if name == "val" else "more text"
-            raise NumgptError(f"the {name} split of {data.folder} is empty; run `numgpt prepare` again with {fix}")
+            fix = "a val_fraction above 0" if name == "val" else "more text"
+            raise NumgptError(f"the {name} split of {data.folder} is empty; prepare the data again with {fix}")
         if n < tc.block_size + 1:
             raise NumgptError(f"the {name} split has {n} tokens, fewer than block_size + 1 = {tc.block_size + 1}; "
-                              "use a smaller --block-size or more text")
+                              "use a smaller block_size or more text")
 
 
 def train(state: TrainState, config: GPTConfig, tc: TrainConfig, data: Dataset, run_dir: str | Path, *,
@@ -448,16 +448,16 @@ def _whole_state(t: Trainer) -> TrainState:
 def check_trainable_weights(params: dict[str, np.ndarray]) -> None:
     """Refuse weights with NaN or inf (a broken --init model, a damaged checkpoint) before training:
     their first loss would be NaN and the run would look diverged."""
-    check_finite_weights(params, fix="training cannot start from them: pass another --init model or checkpoint")
+    check_finite_weights(params, fix="training cannot start from them: pass another init= model or checkpoint")
 
 
 def diverged_message(run: Path, step: int, what: str) -> str:
     """What a non-finite loss means and what to do; it names RUN/latest only if a checkpoint is there."""
     if (run / LATEST / STATE_FILE).is_file():
         return (f"training diverged at step {step} ({what}); the last good checkpoint in {run / LATEST} "
-                "is intact: lower --lr or raise --warmup-iters, then --resume")
-    return (f"training diverged at step {step} ({what}) before any checkpoint was saved: lower --lr or "
-            "raise --warmup-iters and start again")
+                "is intact: lower lr= or raise warmup_iters, then resume_from='latest'")
+    return (f"training diverged at step {step} ({what}) before any checkpoint was saved: lower lr= or "
+            "raise warmup_iters and start again")
 
 
 def _tokenizer_dir(data: Dataset) -> Path | None:

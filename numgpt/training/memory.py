@@ -102,10 +102,9 @@ def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here:
     detail = ", ".join(f"{name} {gib(b)}" for name, b in parts.items())
     who = f"{ranks_here} ranks of " if ranks_here > 1 else ""
     if need.activations >= need.total / 2:
-        fix = ("lower --batch-size (--grad-accum keeps the tokens per step) or --block-size, or train a smaller "
-               "model")
+        fix = "lower batch_size (grad_accum keeps the tokens per step) or block_size, or train a smaller model"
     else:
-        fix = "train a smaller model (--n-layer, --n-embd, or a smaller --preset), or use fewer --threads"
+        fix = "train a smaller model (n_layer, n_embd, or another preset=), or use fewer threads (threads=)"
     return (f"this shape needs ~{gib(need.total * ranks_here)} GiB for {who}training ({detail} GiB"
             f"{' each' if ranks_here > 1 else ''}) but this machine has {gib(available)} GiB available; {fix}")
 

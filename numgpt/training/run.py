@@ -76,25 +76,25 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
     data = load_dataset(data_dir)
     run = Path(run_dir)
     if resume_from and init:
-        raise NumgptError("--resume continues RUN_DIR/latest; --init starts a new run: pass only one")
+        raise NumgptError("resume_from= continues the run in run_dir; init= starts a new run: pass only one")
     if comm.size > 1:                                  # rank 0 alone writes: every rank must mean its folder
         from .mpi import check_same_everywhere
-        check_same_everywhere(comm, "run folder (--out)", str(run))
+        check_same_everywhere(comm, "run folder (run_dir)", str(run))
     if comm.rank == 0:                                 # rank 0 alone locks and writes the run folder
         check_not_locked(run)
     if resume_from:
         config, state, saved = load_resume_checkpoint(run, resume_from)
-        refuse_shape_change(shape, config, "(on --resume the shape comes from the checkpoint)")
+        refuse_shape_change(shape, config, "(with resume_from= the shape comes from the checkpoint)")
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
         if state.step >= tc.max_iters:
-            raise NumgptError(f"{run / resume_from} is already at step {state.step} >= --max-iters {tc.max_iters}; "
-                              "raise --max-iters to continue")
+            raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
+                              "raise max_iters to continue")
         check_fits(config, tc, data, comm, ranks_here)  # the weights are in; gradients and activations not yet
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
-            raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass "
-                              "another --out (or delete that folder) to start again")
+            raise NumgptError(f"{run} already holds a training run; continue it with resume_from='latest', or "
+                              "pass another run_dir (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
         config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
                                             fits=lambda c: check_fits(c, tc, data, comm, ranks_here))
@@ -122,7 +122,7 @@ def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: d
 
     if init:
         folder = resolve_model(init, cache_dir=cache_dir if cache_dir is not None else hf_cache_dir({}))
-        refuse_shape_change(shape, load_config(folder), "(with --init the shape comes from MODEL)")
+        refuse_shape_change(shape, load_config(folder), "(with init= the shape comes from the model)")
         fits(load_config(folder))
         config, params = load_checkpoint(folder)
         if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
@@ -175,8 +175,7 @@ def refuse_shape_change(shape: Mapping[str, Any], config: GPTConfig, why: str) -
             continue
         same = dims(PRESETS[value]) == dims(config) if name == "preset" else value == getattr(config, name)
         if not same:
-            raise NumgptError(f"--{name.replace('_', '-')} {value} differs from the model's shape {why}; "
-                              "leave the size flags out")
+            raise NumgptError(f"{name} {value} differs from the model's shape {why}; leave the shape's sizes out")
 
 
 def apply_options(base: TrainConfig, options: Mapping[str, Any], *, data_dir: str | Path) -> TrainConfig:
@@ -195,7 +194,7 @@ def apply_options(base: TrainConfig, options: Mapping[str, Any], *, data_dir: st
 
 def load_resume_checkpoint(run: Path, name: str):
     """load_train_checkpoint(RUN/name); a damaged one is refused with the way out that exists: the
-    other checkpoint of the run (--resume-from), or a fresh start."""
+    other checkpoint of the run (resume_from=), or a fresh start."""
     from ..atomic import OLD_SUFFIX
     from .state import load_train_checkpoint
 
@@ -207,9 +206,9 @@ def load_resume_checkpoint(run: Path, name: str):
             raise                                   # no checkpoint at all: the message says what to do
         other = BEST if name == LATEST else LATEST
         step = checkpoint_step(run / other)
-        advice = (f"resume from {run / other} (step {step}) with --resume-from {other}, or start again without "
-                  "--resume (another --out)" if step is not None else
-                  f"start again without --resume (another --out, or delete {run})")
+        advice = (f"resume from {run / other} (step {step}) with resume_from={other!r}, or start again without "
+                  "resume_from= (another run_dir)" if step is not None else
+                  f"start again without resume_from= (another run_dir, or delete {run})")
         raise NumgptError(f"{e}; {advice}") from None
 
 

@@ -100,7 +100,7 @@ def checkpoint_folder(folder: str | os.PathLike) -> Path:
     if (old / STATE_FILE).is_file():
         return old
     raise NumgptError(f"{folder}: no training checkpoint to resume ({STATE_FILE} missing); "
-                      "start without --resume, or pass the --out folder of an earlier run")
+                      "start without resume_from=, or pass the run_dir of an earlier run")
 
 
 def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainState, dict[str, Any]]:
