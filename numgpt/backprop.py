@@ -99,6 +99,17 @@ def forward_for_training(params: Params, config: GPTConfig, ids: np.ndarray, *, 
                          ) -> tuple[np.ndarray, dict]:
     """Logits [N, V] for every position (in the workspace's 'logits' buffer if one is given), and the
     tape the backward walks."""
+    xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)   # [B, T] -> [N, C]
+    wte = params["wte.weight"]
+    out = None if workspace is None else workspace.get("logits", (xf.shape[0], wte.shape[0]), xf.dtype)
+    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
+    return logits, {**tape, "xf": xf}
+
+
+def hidden_forward(params: Params, config: GPTConfig, ids: np.ndarray, *, dropout: float = 0.0,
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+    """The body up to ln_f: xf [N, C] at every position, and the tape `hidden_backward` walks (what a
+    head other than the vocabulary projection reads: a classifier's score)."""
     B, T = ids.shape
     x, embed_keep = embed_forward(params, ids, dropout, rng)           # [B, T] -> [N, C]
     blocks = []
@@ -106,10 +117,7 @@ def forward_for_training(params: Params, config: GPTConfig, ids: np.ndarray, *, 
         x, ctx = block_forward(p, config, x, (B, T), dropout, rng)  # [N, C] -> [N, C]
         blocks.append(ctx)
     xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    wte = params["wte.weight"]
-    out = None if workspace is None else workspace.get("logits", (B * T, wte.shape[0]), xf.dtype)
-    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
-    return logits, {"ids": ids, "embed_keep": embed_keep, "blocks": blocks, "xf": xf, "ln_f": ln_f}
+    return xf, {"ids": ids, "embed_keep": embed_keep, "blocks": blocks, "ln_f": ln_f}
 
 
 def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params, *,
@@ -122,14 +130,23 @@ def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig,
     out = None if workspace is None else workspace.get("dwte", dwte.shape, dwte.dtype)
     dwte += np.matmul(dlogits.T, tape["xf"], out=out)                  # [V, N] x [N, C] -> [V, C]
     dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
+    hidden_backward(dxf, tape, params, config, grads, block_done=block_done)
+
+
+def hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params, *,
+                    first_block: int = 0, block_done: Callable[[int], None] | None = None) -> None:
+    """Differentiates `hidden_forward` from d(loss)/d(xf) [N, C], accumulating into grads: ln_f, then the
+    blocks from the last down to first_block, then the embeddings when first_block is 0 (blocks below a
+    frozen first_block need no gradient, so the walk stops there). block_done as in `backward`."""
     dx = layer_norm_backward(dxf, tape["ln_f"], grads["ln_f.weight"], grads["ln_f.bias"])
     if block_done is not None:
         block_done(-1)                                                 # ln_f is final
-    for i in reversed(range(config.n_layer)):
+    for i in reversed(range(first_block, config.n_layer)):
         dx = block_backward(dx, tape["blocks"][i], layer(params, i), layer(grads, i))
         if block_done is not None:
             block_done(i)
-    embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
+    if first_block == 0:
+        embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
 
 
 def embed_forward(params: Params, ids: np.ndarray, dropout: float, rng: np.random.Generator | None

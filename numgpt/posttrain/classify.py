@@ -25,8 +25,8 @@ body's forward at every one. Class weights scale each row's loss, and the loss s
 (torch's weighted mean divides by the sum of the weights instead), so that a batch split over threads
 has the loss of the whole. Training stops cleanly on Ctrl-C; it does not resume.
 
-Forward and backward side by side: `hidden_forward`/`hidden_backward` (the body up to ln_f, built from
-backprop.py's layer pairs), `head_forward`/`head_backward`, `class_loss_forward`/`class_loss_backward`;
+Forward and backward side by side: backprop.py's `hidden_forward`/`hidden_backward` (the body up to ln_f,
+shared with language-model training), `head_forward`/`head_backward`, `class_loss_forward`/`class_loss_backward`;
 tests check them against torch autograd in float64.
 
 Shape legend: B batch, T time (the longest text of the batch), N = B * T rows, C channels, K labels.
@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backprop import Workspace, block_backward, block_forward, embed_backward, embed_forward
+from ..backprop import Workspace, hidden_backward, hidden_forward
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..formats.hf import CLASSIFIER_HEAD, load_classifier, save_classifier
 from ..model import BlockBuffers, block_, check_context, embed
-from ..ops import layer_norm, layer_norm_backward, layer_norm_forward
-from ..params import INIT_STD, Params, layer, layers
+from ..ops import layer_norm
+from ..params import INIT_STD, Params, layers
 from ..tokenizer import ENDOFTEXT, Tokenizer
 from ..training.objective import Batch, Objective, with_frozen
 from .classdata import Example, label_names
@@ -208,32 +208,6 @@ def classification_batch(data: LabelledTokens, split: str, batch_size: int, bloc
 
 
 # ---- forward and backward, side by side ----------------------------------------------------------------------
-
-def hidden_forward(params: Params, config: GPTConfig, ids: np.ndarray, *, dropout: float = 0.0,
-                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
-    """xf = ln_f(blocks(embed(ids))) [N, C] at every position, and the tape `hidden_backward` walks
-    (backprop.forward_for_training without the vocabulary projection)."""
-    B, T = ids.shape
-    x, embed_keep = embed_forward(params, ids, dropout, rng)               # [B, T] -> [N, C]
-    blocks = []
-    for p in layers(params, config):
-        x, ctx = block_forward(p, config, x, (B, T), dropout, rng)        # [N, C] -> [N, C]
-        blocks.append(ctx)
-    xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    return xf, {"ids": ids, "embed_keep": embed_keep, "blocks": blocks, "ln_f": ln_f}
-
-
-def hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params, *,
-                    first_block: int = 0) -> None:
-    """Differentiates `hidden_forward` from d(loss)/d(xf) [N, C], accumulating into grads: ln_f, then the
-    blocks from the last down to first_block; the embeddings too when first_block is 0. (Blocks below a
-    frozen first_block need no gradient, so the walk stops there.)"""
-    dx = layer_norm_backward(dxf, tape["ln_f"], grads["ln_f.weight"], grads["ln_f.bias"])
-    for i in reversed(range(first_block, config.n_layer)):
-        dx = block_backward(dx, tape["blocks"][i], layer(params, i), layer(grads, i))
-    if first_block == 0:
-        embed_backward(dx, tape["ids"], tape["embed_keep"], grads)
-
 
 def head_forward(xf: np.ndarray, last: np.ndarray, T: int, score: np.ndarray) -> tuple[np.ndarray, tuple]:
     """logits [B, K] = xf[row of (b, last[b])] @ score^T; returns them and what `head_backward` needs."""
