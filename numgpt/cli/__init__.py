@@ -73,11 +73,12 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
         for text in value if isinstance(value, list) else [value]:
             if not isinstance(text, str):
                 continue
-            bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
-            if bad is not None:
+            try:
+                text.encode("utf-8")                     # a lone surrogate (a bad byte kept) cannot be
+            except UnicodeEncodeError as e:
                 shown = name if name in ("prompt", "text") else "--" + name.replace("_", "-")
-                raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x} at "
-                                  f"character {bad}); numgpt reads command-line text as UTF-8")
+                raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{ord(text[e.start]) - 0xDC00:02x} at "
+                                  f"character {e.start}); numgpt reads command-line text as UTF-8") from None
 
 
 def _registrars():
