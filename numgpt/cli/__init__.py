@@ -101,6 +101,16 @@ def _registrars():
     registrars.append(classify_commands.register)
     from . import sft_commands  # sft: supervised fine-tuning on chat JSONL (numgpt.posttrain)
     registrars.append(sft_commands.register)
+    from . import reward_commands  # reward train, score: a Bradley-Terry reward model (numgpt.posttrain.reward)
+    registrars.append(reward_commands.register)
+    from . import dpo_commands  # dpo: direct preference optimisation (numgpt.posttrain.dpo)
+    registrars.append(dpo_commands.register)
+    from . import rl_commands  # rl: GRPO on verifiable rewards (numgpt.posttrain.rl)
+    registrars.append(rl_commands.register)
+    from . import chat_commands  # chat: talk to a chat model in the terminal
+    registrars.append(chat_commands.register)
+    from . import recipe_commands  # recipe chat: the built-in chat model, from nothing
+    registrars.append(recipe_commands.register)
     return registrars
 
 
