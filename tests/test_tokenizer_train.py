@@ -12,7 +12,7 @@ from numgpt.tokenizer.train import count_words, learn_merges, merge_pair
 from numgpt.tokenizer import ENDOFTEXT
 
 
-def plain_merges(word_counts, wanted, min_frequency):
+def plain_merges(word_counts, wanted, min_frequency, split_digits=False):
     """The obvious BPE trainer: recount every pair of every word before each merge; same rules."""
     words = {tuple(w.encode()): c for w, c in word_counts.items()}
     token_bytes = [bytes([b]) for b in range(256)]
@@ -23,7 +23,8 @@ def plain_merges(word_counts, wanted, min_frequency):
             for pair in zip(word, word[1:]):
                 counts[pair] += c
         candidates = [(-c, token_bytes[a], token_bytes[b], (a, b)) for (a, b), c in counts.items()
-                      if (a, b) not in done]
+                      if (a, b) not in done
+                      and not (split_digits and any(ch in b"0123456789" for ch in token_bytes[a] + token_bytes[b]))]
         if not candidates or -min(candidates)[0] < min_frequency:
             break
         _, left, right, pair = min(candidates)
@@ -148,3 +149,26 @@ def test_saved_folder_loads_in_transformers_and_encodes_identically(tmp_path, sh
         ids = tok.encode(text, allowed_special="all")
         assert hf.encode(text) == ids == again.encode(text, allowed_special="all")
         assert tok.decode(ids) == text
+
+
+def test_split_digits_learns_no_merge_with_a_digit_and_transformers_encodes_the_same(tmp_path, varied_text):
+    """split_digits: every digit its own token; the merges are otherwise the plain trainer's on the text
+    with the digit pairs never chosen; transformers' GPT2TokenizerFast applies them identically."""
+    transformers = pytest.importorskip("transformers")
+    numbers = " ".join(f"{a} + {b} = {a + b}." for a, b in zip(range(100, 4000, 37), range(900, 50, -3)))
+    text = varied_text + numbers
+    plain = train_bpe([text], vocab_size=600, min_frequency=2)
+    assert any(any(c.isdigit() for c in plain.id_to_token(i)) and len(plain.id_to_token(i)) > 1
+               for i in range(256, 600))          # the plain trainer does merge digits on this text
+    tok = train_bpe([text], vocab_size=600, min_frequency=2, split_digits=True)
+    assert tok.vocab_size == 600
+    spelled = [tok.decode([i]) for i in range(256, 600)]
+    assert not any(any(c.isdigit() for c in s) for s in spelled)
+    word_counts = count_words([text])
+    assert learn_merges(word_counts, 344, 2, split_digits=True) == plain_merges(word_counts, 344, 2, True)
+    ids = tok.encode(" 478 + 356 = 834")
+    assert [tok.decode([i]) for i in ids if tok.decode([i]).strip().isdigit()] == list("478356834")
+    tok.save(tmp_path)
+    hf = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
+    for sample in (numbers[:3000], varied_text[:3000], "In 1984 the 3,210 apples cost $12.50"):
+        assert hf.encode(sample) == tok.encode(sample)

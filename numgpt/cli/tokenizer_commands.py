@@ -91,6 +91,8 @@ def _register_train(sub) -> None:
                    help="add the chat tokens and numgpt's chat template (for a model to fine-tune for chat)")
     p.add_argument("--min-frequency", type=int, default=2, metavar="K",
                    help="merge only pairs seen at least K times (default 2)")
+    p.add_argument("--split-digits", action="store_true",
+                   help="merge no digit: every digit its own token (learnable arithmetic; GPT-2's format still)")
     p.add_argument("-o", "--output", required=True, metavar="FOLDER",
                    help="where to write the vocabulary (a new or empty folder)")
     p.add_argument("--force", action="store_true", help="replace what FOLDER already holds")
@@ -180,7 +182,7 @@ def run_train_tokenizer(args) -> int:
     update, close = progress_reporter(not args.quiet, "merge", "train-tokenizer")
     try:
         tok = train_bpe(files=args.files, vocab_size=args.vocab_size, special_tokens=specials,
-                        min_frequency=args.min_frequency, progress=update)
+                        min_frequency=args.min_frequency, split_digits=args.split_digits, progress=update)
     finally:
         close()
     seconds = time.perf_counter() - start

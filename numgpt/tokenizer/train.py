@@ -18,6 +18,11 @@ Tie-break (deterministic): the highest count wins; among equal counts, the small
 If a merge spells a byte string that is already a token (two pairs can spell 'abc'), the merge is kept
 and maps to the existing token, which does not grow the vocabulary.
 Training stops early, with a smaller vocabulary, when no pair occurs `min_frequency` times any more.
+
+split_digits=True learns no merge that holds a digit, so every digit stays a token of its own (as LLaMA's
+tokenizer splits digits): "478" is always 4, 7, 8, whatever numbers the text held, which is what makes
+column arithmetic learnable for a small model. The pre-tokenization is still GPT-2's, so the vocabulary is
+an ordinary GPT-2 one that transformers' GPT2TokenizerFast reads and applies the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ READ_CHARS = 1 << 24  # files are pre-tokenized in blocks of about this many cha
 
 
 def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterable[str | os.PathLike] = (),
-              special_tokens: Sequence[str] = (), min_frequency: int = 2,
+              special_tokens: Sequence[str] = (), min_frequency: int = 2, split_digits: bool = False,
               progress: bool | Progress = False) -> Tokenizer:
     """A byte-level BPE tokenizer trained on `texts` (a string or strings) and `files` (UTF-8 text files).
 
@@ -47,7 +52,7 @@ def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterab
     given order; none unless asked for, e.g. special_tokens=["<|endoftext|>"] as GPT-2 has). So
     vocab_size=256 gives the pure byte-level vocabulary (one token per byte: a character-level
     vocabulary for ASCII text). Pairs seen fewer than `min_frequency` times are not merged (Hugging
-    Face's default is 2 as well). `progress`: True shows a tqdm bar on stderr, or pass a callable
+    Face's default is 2 as well); split_digits: no merge holds a digit (module docstring). `progress`: True shows a tqdm bar on stderr, or pass a callable
     (merges done, merges wanted). Save the result with `tok.save(folder)`.
     Example: `train_bpe(files=["input.txt"], vocab_size=4096, special_tokens=["<|endoftext|>"])`.
     """
@@ -62,9 +67,9 @@ def train_bpe(texts: str | Iterable[str] = (), *, vocab_size: int, files: Iterab
         from tqdm import tqdm   # here: a 30 ms import that every `import numgpt` would otherwise pay
         with tqdm(total=wanted, unit="merge", desc="training BPE", leave=False) as bar:
             token_bytes, merges = learn_merges(word_counts, wanted, min_frequency,
-                                               lambda done, total: bar.update(done - bar.n))
+                                               lambda done, total: bar.update(done - bar.n), split_digits)
     else:
-        token_bytes, merges = learn_merges(word_counts, wanted, min_frequency, progress or None)
+        token_bytes, merges = learn_merges(word_counts, wanted, min_frequency, progress or None, split_digits)
     return _as_tokenizer(token_bytes, merges, specials)
 
 
@@ -80,8 +85,10 @@ def count_words(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Cou
 
 
 def learn_merges(word_counts: Mapping[str, int], wanted: int, min_frequency: int = 2,
-                 progress: Progress | None = None) -> tuple[list[bytes], list[tuple[Pair, int]]]:
-    """Up to `wanted` new tokens by BPE on a word table (module docstring: algorithm and tie-break).
+                 progress: Progress | None = None, split_digits: bool = False
+                 ) -> tuple[list[bytes], list[tuple[Pair, int]]]:
+    """Up to `wanted` new tokens by BPE on a word table (module docstring: algorithm and tie-break);
+    split_digits: pairs with a digit on either side are never merged.
 
     Returns the bytes of every token by id (the first 256 are the bytes themselves) and the merges in
     rank order as ((left id, right id), merged id).
@@ -100,6 +107,8 @@ def learn_merges(word_counts: Mapping[str, int], wanted: int, min_frequency: int
         count = pair_counts.get(pair, 0)
         if count != -negative_count or pair in merged_pairs:
             continue  # stale entry; or a pair that reappeared next to a reused token (already a merge)
+        if split_digits and (_has_digit(left) or _has_digit(right)):
+            continue  # never merged (its count stays, but nothing it could merge into is ever made)
         if count < min_frequency:
             break
         new_id = token_ids.setdefault(left + right, len(token_bytes))
@@ -113,6 +122,13 @@ def learn_merges(word_counts: Mapping[str, int], wanted: int, min_frequency: int
         if progress:
             progress(len(token_bytes) - 256, wanted)
     return token_bytes, merges
+
+
+DIGITS = frozenset(b"0123456789")
+
+
+def _has_digit(token: bytes) -> bool:
+    return not DIGITS.isdisjoint(token)
 
 
 def count_pairs(words: Sequence[Sequence[int]], counts: Sequence[int]) -> tuple[dict[Pair, int], dict[Pair, set[int]]]:
