@@ -15,7 +15,7 @@ import socket
 import sys
 
 from ..errors import NumgptError
-from .inference_commands import MODEL_HELP, load_model
+from .inference_commands import MODEL_HELP, _add_adapter, load_model
 
 SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
@@ -43,6 +43,7 @@ examples:
   numgpt serve                                   the built-in model on http://127.0.0.1:8000
   numgpt serve --model gpt2 --max-batch 8 --api-key s3cret
   numgpt serve --port 0                          any free port (printed)
+  numgpt serve --model gpt2 --adapter runs/lora/adapter   GPT-2 with a LoRA adapter merged in
   NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
 
 then:
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=SERVE_DESCRIPTION, epilog=SERVE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help=MODEL_HELP)
+    _add_adapter(p)                            # as generate's: merged as the model loads (load_model)
     p.add_argument("--model-name", default=None,
                    help="the model id clients send and /v1/models shows (default: numgpt, or --model's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
