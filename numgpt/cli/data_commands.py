@@ -16,7 +16,8 @@ examples:
   numgpt data synth --n 1000 -o train.jsonl                        every task family, the train split
   numgpt data synth --n 200 --split heldout --seed 1 -o heldout.jsonl   held-out templates and operands
   numgpt data synth --families add,sub --max-digits 4 --n 500 -o sums.jsonl
-  numgpt data check train.jsonl                                    validate a chat JSONL file and count it
+  numgpt data pairs --n 1000 -o pairs.jsonl                        preference pairs (right vs near-miss reply)
+  numgpt data check train.jsonl                                    validate a chat or pairs JSONL file, count it
   numgpt data fortunes --categories computers,food,law -o f.jsonl  Debian's fortunes by category (for classify)
 """
 
@@ -55,6 +56,7 @@ def register(sub) -> None:
     p.set_defaults(run=lambda args: p.print_help() or 0)
     s = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     _register_synth(s)
+    _register_pairs(s)
     _register_check(s)
     from .classify_commands import register_fortunes   # data fortunes: labelled text for classify
     register_fortunes(s)
@@ -86,10 +88,54 @@ def _register_synth(sub) -> None:
                                               "n": "--n", "turns": "--turns"})
 
 
+PAIRS_EXAMPLES = """\
+examples:
+  numgpt data pairs --n 1000 -o pairs.jsonl
+  numgpt data pairs --n 200 --split heldout --seed 1 -o heldout-pairs.jsonl
+  numgpt data pairs --families add,sub --format-rate 0 --n 500 -o sums.jsonl
+
+Each line is TRL's preference format with chat messages: {"prompt": [...], "chosen": [{"role": "assistant",
+...}], "rejected": [...]}, the task's ground truth beside it ("family", "answer", "split", "template") and
+"flaw", how the rejected reply is wrong: number (one digit changed or off by a carry), word (a near-miss
+spelling, a neighbouring weekday, month or letter), name (an identity reply naming another model) or format
+(no answer at all, at --format-rate). The chosen reply is the task's reference reply. For the reward model
+(`numgpt reward train`) and DPO (`numgpt dpo`). The same --seed gives the same file.
+"""
+
+
+def _register_pairs(sub) -> None:
+    from ..posttrain.pairs import FORMAT_RATE
+    from ..posttrain.synth import FAMILIES, Operands
+    p = sub.add_parser("pairs", help="write synthetic preference pairs: a right and a near-miss reply (JSONL)",
+                       description="Write preference pairs made from the synthetic tasks: the reference reply "
+                                   "chosen, a plausible wrong one rejected.",
+                       epilog=PAIRS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=",".join(FAMILIES), metavar="LIST",
+                   help=f"comma-separated task families (default: all: {','.join(FAMILIES)})")
+    p.add_argument("--n", type=int, required=True, metavar="N", help="how many pairs (an even mix of families)")
+    p.add_argument("--split", choices=["train", "heldout"], default="train",
+                   help="which templates and operands (default train)")
+    p.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
+    p.add_argument("--words", metavar="TEXT_FILE", help="take the words of count and reverse from a UTF-8 text "
+                   "file (default: a built-in list)")
+    p.add_argument("--max-digits", type=int, default=Operands().max_digits, metavar="D",
+                   help=f"numbers have 1..D digits (default {Operands().max_digits})")
+    p.add_argument("--system-rate", type=float, default=0.2, metavar="P",
+                   help="the fraction of prompts that start with a system prompt (default 0.2)")
+    p.add_argument("--format-rate", type=float, default=FORMAT_RATE, metavar="P",
+                   help=f"the fraction of rejected replies that give no answer at all (default {FORMAT_RATE})")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
+                   help="the JSONL file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(run=run_pairs, flag_names={"max_digits": "--max-digits", "system_rate": "--system-rate",
+                                              "format_rate": "--format-rate", "n": "--n"})
+
+
 def _register_check(sub) -> None:
-    p = sub.add_parser("check", help="validate a chat JSONL file and count its conversations",
-                       description="Validate a chat JSONL file (OpenAI's fine-tuning format) and print its "
-                                   "counts per role and per task family.",
+    p = sub.add_parser("check", help="validate a chat or preference-pairs JSONL file and count it",
+                       description="Validate a chat JSONL file (OpenAI's fine-tuning format) or a preference "
+                                   "pairs file (TRL's prompt/chosen/rejected) and print its counts per role "
+                                   "and per task family.",
                        epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a chat JSONL file")
     p.set_defaults(run=run_check)
@@ -99,7 +145,21 @@ def run_synth(args) -> int:
     import numpy as np
 
     from ..posttrain.chatdata import write_conversations
-    from ..posttrain.synth import Operands, synthesize, words_from_text
+    from ..posttrain.synth import synthesize
+
+    out, operands, families = _synth_options(args)
+    tasks = synthesize(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
+                       operands=operands, system_rate=args.system_rate, turns=args.turns)
+    write_conversations(out, tasks)
+    counts = Counter(t["family"] for t in tasks)
+    print(f"wrote {len(tasks)} {args.split} conversations to {out} "
+          f"({', '.join(f'{f} {counts[f]}' for f in families if counts[f])})")
+    return 0
+
+
+def _synth_options(args) -> tuple[Path, object, list[str]]:
+    """(output path, Operands, families) of `data synth` and `data pairs`, each flag checked."""
+    from ..posttrain.synth import Operands, words_from_text
 
     if args.seed < 0:
         raise NumgptError(f"--seed must be >= 0, got {args.seed}")
@@ -113,13 +173,21 @@ def run_synth(args) -> int:
         if not words:
             raise NumgptError(f"--words {args.words}: no words of 3 to 12 ASCII letters in the file")
         operands = Operands(words=words, max_digits=args.max_digits)
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
-    tasks = synthesize(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
-                       operands=operands, system_rate=args.system_rate, turns=args.turns)
-    write_conversations(out, tasks)
-    counts = Counter(t["family"] for t in tasks)
-    print(f"wrote {len(tasks)} {args.split} conversations to {out} "
-          f"({', '.join(f'{f} {counts[f]}' for f in families if counts[f])})")
+    return out, operands, [f.strip() for f in args.families.split(",") if f.strip()]
+
+
+def run_pairs(args) -> int:
+    import numpy as np
+
+    from ..posttrain.pairs import synthesize_pairs, write_pairs
+
+    out, operands, families = _synth_options(args)
+    pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
+                             operands=operands, system_rate=args.system_rate, format_rate=args.format_rate)
+    write_pairs(out, pairs)
+    flaws = Counter(p["flaw"] for p in pairs)
+    print(f"wrote {len(pairs)} {args.split} preference pairs to {out} "
+          f"(rejected replies wrong by: {', '.join(f'{f} {c}' for f, c in sorted(flaws.items()))})")
     return 0
 
 
@@ -127,7 +195,11 @@ def run_check(args) -> int:
     from ..posttrain.chatdata import numbered_conversations
     from ..posttrain.synth import check_task
 
+    from ..posttrain.pairs import is_pairs_file
+
     path = input_file(args.file)
+    if is_pairs_file(path):
+        return _check_pairs(path)
     records = numbered_conversations(path)
     roles = Counter(m["role"] for _, r in records for m in r["messages"])
     tasks = [(n, r) for n, r in records if "family" in r or "answer" in r]
@@ -141,6 +213,25 @@ def run_check(args) -> int:
         print(f"tasks: {len(tasks)} ({', '.join(f'{f} {c}' for f, c in sorted(families.items()))}; "
               f"split {', '.join(f'{s} {c}' for s, c in sorted(splits.items()))}); every reference reply "
               "gives its answer as the checker reads it")
+    return 0
+
+
+def _check_pairs(path: Path) -> int:
+    """`data check` on a preference-pairs file: every pair valid; those that carry a task have a chosen reply
+    the checker accepts, and the count of rejected replies it accepts too (0 for numgpt's pairs) is printed."""
+    from ..posttrain.pairs import numbered_pairs
+    from ..posttrain.synth import check, check_task
+
+    pairs = numbered_pairs(path)
+    tasks = [(n, p) for n, p in pairs if "family" in p or "answer" in p]
+    for number, pair in tasks:
+        check_task({**pair, "messages": pair["prompt"] + pair["chosen"]}, f"{path}:{number} (chosen)")
+    print(f"{path}: {len(pairs)} preference pairs, prompts of {sum(len(p['prompt']) for _, p in pairs)} messages")
+    if tasks:
+        families = Counter(p["family"] for _, p in tasks)
+        right = sum(check(p, p["rejected"][0]["content"]) for _, p in tasks)
+        print(f"tasks: {len(tasks)} ({', '.join(f'{f} {c}' for f, c in sorted(families.items()))}); every chosen "
+              f"reply gives the answer; {right} rejected replies do too")
     return 0
 
 

@@ -1,0 +1,266 @@
+"""Preference pairs: the data every preference step reads (the reward model, DPO), in TRL's conversational
+form, read and checked line by line, written atomically, made from the synthetic tasks, and rendered to ids.
+
+One pair per line (TRL's `{"prompt", "chosen", "rejected"}` preference format with chat messages):
+
+    {"prompt": [{"role": "user", "content": "What is 478 + 356?"}],
+     "chosen": [{"role": "assistant", "content": "478 + 356 = 834"}],
+     "rejected": [{"role": "assistant", "content": "478 + 356 = 824"}],
+     "family": "add", "answer": "834", "split": "train", "template": "add:q0:a0"}
+
+The prompt is a conversation that the assistant answers (chat_format's rules: an optional system message
+first, user and assistant turns alternating, a user turn last); chosen and rejected are one assistant
+message each, and must differ. Keys beside these (a synthetic task's ground truth, read by synth.check)
+are kept. Each bad record is refused with one NumgptError naming FILE:LINE and the field.
+
+Synthetic pairs (`synthesize_pairs`): synth.py's tasks (same families, same train/held-out split of
+templates and operands); chosen is the task's reference reply, rejected a plausible wrong reply in the same
+answer template -- a near-miss number (one digit changed, or off by a carry), a near-miss word (a letter
+swapped, dropped or doubled; the neighbour in a cycle of weekdays, months or letters), an identity reply
+naming another model -- or, at `format_rate`, a reply that gives no answer at all. Every rejected reply
+fails synth.check and every chosen one passes it, so a reward model learns correctness, not style.
+
+Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
+template puts after it (content and '<|end|>'), so prompt + reply is exactly the rendered conversation
+(chat_format's format guarantees it; render_pair checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import NumgptError, real_number
+from ..tokenizer import Tokenizer
+from .chat_format import chat_template, check_messages, render_chat
+from .chatdata import _json_type, write_conversations
+from .synth import FAMILIES, IDENTITY_ANSWER, LETTERS, MONTHS, NUMBER, UNITS, WEEKDAYS, WORD, Operands, check, \
+    numeric, prompt_messages, synthesize
+
+REPLIES = ("chosen", "rejected")
+OTHER_NAMES = ("ChatGPT", "nanoGPT", "GPT-2", "Eliza", "an assistant")   # identity replies that miss numgpt
+NO_ANSWER = ("I am not sure.", "Let me think about that.", "I cannot answer that.", "Good question!",
+             "Sorry, I do not know.")                                    # replies that break the format
+CYCLES = (WEEKDAYS, MONTHS, tuple(LETTERS))
+MAX_TRIES = 100                   # redraws of a wrong reply until it differs and fails the checker
+FORMAT_RATE = 0.1
+
+
+# ---- reading and writing ------------------------------------------------------------------------------
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """Every preference pair of a JSONL file, checked (see the module docstring for the rules)."""
+    return [pair for _, pair in numbered_pairs(path)]
+
+
+def numbered_pairs(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, pair) for every non-blank line, checked; blank lines are skipped (their numbers count)."""
+    path = Path(path)
+    found = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise NumgptError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        except json.JSONDecodeError as e:
+            raise NumgptError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON "
+                              'object such as {"prompt": [...], "chosen": [...], "rejected": [...]}') from None
+        found.append((number, check_pair(record, where)))
+    if not found:
+        raise NumgptError(f"{path}: no preference pairs (the file is empty); write one JSON object per line, "
+                          'such as {"prompt": [{"role": "user", ...}], "chosen": [{"role": "assistant", ...}], '
+                          '"rejected": [{"role": "assistant", ...}]}')
+    return found
+
+
+def check_pair(record: object, where: str) -> dict:
+    """`record` if it is a preference pair, else a NumgptError starting with `where` (FILE:LINE) and naming
+    the field: a prompt the assistant answers, two single assistant replies, and the two different."""
+    if not isinstance(record, dict):
+        raise NumgptError(f'{where}: expected a JSON object {{"prompt": [...], "chosen": [...], "rejected": [...]}}, '
+                          f"got {_json_type(record)}")
+    for key in ("prompt", *REPLIES):
+        if key not in record:
+            raise NumgptError(f'{where}: no "{key}" key; a preference pair has "prompt" (the messages the '
+                              'assistant answers), "chosen" and "rejected" (one assistant message each)')
+    prompt = record["prompt"]
+    if not isinstance(prompt, list):
+        raise NumgptError(f'{where}: "prompt" is {_json_type(prompt)}; expected a list of {{"role": ..., '
+                          '"content": ...}} ending with a user turn')
+    try:
+        check_messages(prompt, add_generation_prompt=True)
+    except NumgptError as e:
+        raise NumgptError(f'{where}: "prompt": {e}') from None
+    contents = [_reply(record[key], f'{where}: "{key}"') for key in REPLIES]
+    if contents[0] == contents[1]:
+        raise NumgptError(f'{where}: "chosen" and "rejected" are the same reply; a preference needs two different ones')
+    return record
+
+
+def _reply(reply: object, where: str) -> str:
+    """The content of a reply field: a list of exactly one assistant message with a string content."""
+    if not isinstance(reply, list) or len(reply) != 1:
+        got = _json_type(reply) if not isinstance(reply, list) else f"a list of {len(reply)} messages"
+        raise NumgptError(f'{where} is {got}; expected a list of one message [{{"role": "assistant", '
+                          '"content": "..."}]')
+    message = reply[0]
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        role = message.get("role") if isinstance(message, dict) else _json_type(message)
+        raise NumgptError(f'{where}: the reply must be an assistant message, got role {role!r}')
+    if not isinstance(message.get("content"), str):
+        raise NumgptError(f'{where}: content must be a string, got {_json_type(message.get("content"))}')
+    return message["content"]
+
+
+def write_pairs(path: str | os.PathLike, pairs: Iterable[Mapping]) -> int:
+    """Write preference pairs as JSONL, atomically (whole or not at all), after checking every one (so a
+    file written here always reads back); returns the count."""
+    pairs = list(pairs)
+    for i, pair in enumerate(pairs):
+        check_pair(pair, f"pairs[{i}]")
+    return write_conversations(path, pairs)
+
+
+def is_pairs_file(path: str | os.PathLike) -> bool:
+    """Whether a JSONL file's first record looks like a preference pair (has "chosen"): for readers that take
+    either chat conversations or pairs (`numgpt data check`)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return False
+                return isinstance(record, dict) and "chosen" in record
+    return False
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+
+def render_pair(tokenizer: Tokenizer, pair: Mapping, *, allow_special: bool = False
+                ) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids with the generation prompt, chosen reply ids, rejected reply ids): each reply is the tokens
+    the chat template puts after the generation prompt for that assistant message, its '<|end|>' included,
+    so prompt + reply == render_chat(prompt messages + [reply message]) (checked)."""
+    prompt = render_chat(tokenizer, pair["prompt"], add_generation_prompt=True, allow_special=allow_special)
+    template = chat_template(tokenizer)
+    replies = []
+    for key in REPLIES:
+        message = pair[key][0]
+        reply = template.render_reply(message["content"], allow_special=allow_special)
+        whole = render_chat(tokenizer, [*pair["prompt"], message], allow_special=allow_special)
+        if prompt + reply != whole:                 # chat_format guarantees it; a changed format would not
+            raise NumgptError(f"{key}: the prompt followed by the reply does not render as the whole conversation; "
+                              "the chat template does not end a generation prompt where the reply starts")
+        replies.append(reply)
+    return prompt, replies[0], replies[1]
+
+
+# ---- synthetic pairs ----------------------------------------------------------------------------------
+
+def synthesize_pairs(n: int, *, rng: np.random.Generator, families: Sequence[str] = tuple(FAMILIES),
+                     split: str = "train", operands: Operands = Operands(), system_rate: float = 0.2,
+                     format_rate: float = FORMAT_RATE) -> list[dict]:
+    """`n` preference pairs from synth.py's tasks of one split: chosen the reference reply, rejected a
+    near-miss wrong reply in the same template (or, at `format_rate`, one with no answer). Each pair keeps
+    the task's "family", "answer", "split" and "template", and says how the rejected reply is wrong
+    ("flaw": number, word, name or format). Deterministic given rng."""
+    if not 0 <= real_number("format_rate", format_rate, rule=" between 0 and 1") <= 1:
+        raise NumgptError(f"format_rate must be between 0 and 1, got {format_rate!r}")
+    tasks = synthesize(n, rng=rng, families=families, split=split, operands=operands, system_rate=system_rate)
+    pairs = []
+    for task in tasks:
+        chosen = task["messages"][-1]["content"]
+        flaw, rejected = wrong_reply(task, chosen, rng, format_rate=format_rate)
+        pairs.append({"prompt": prompt_messages(task), "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}],
+                      **{k: task[k] for k in ("family", "answer", "split", "template")}, "flaw": flaw})
+    return pairs
+
+
+def wrong_reply(task: Mapping, reply: str, rng: np.random.Generator, *, format_rate: float = FORMAT_RATE
+                ) -> tuple[str, str]:
+    """(flaw, a wrong version of the right `reply`): redrawn until it differs from `reply` and fails synth.check."""
+    for _ in range(MAX_TRIES):
+        if rng.random() < format_rate:
+            flaw, wrong = "format", NO_ANSWER[int(rng.integers(len(NO_ANSWER)))]
+        elif task["family"] == "identity":
+            flaw, wrong = "name", _other_name(reply, rng)
+        else:
+            flaw, wrong = _near_miss(task, reply, rng)
+        if wrong != reply and not check(task, wrong):
+            return flaw, wrong
+    raise NumgptError(f"found no wrong reply to {reply!r} in {MAX_TRIES} draws")
+
+
+def _other_name(reply: str, rng: np.random.Generator) -> str:
+    """An identity reply with numgpt's name replaced by another model's (the checker wants numgpt)."""
+    name = OTHER_NAMES[int(rng.integers(len(OTHER_NAMES)))]
+    wrong = re.sub(rf"\b{IDENTITY_ANSWER}\b", name, reply, flags=re.IGNORECASE)
+    return "An" + wrong[2:] if wrong.startswith("an ") else wrong          # "an assistant here: ..."
+
+
+def _near_miss(task: Mapping, reply: str, rng: np.random.Generator) -> tuple[str, str]:
+    """The reply with its answer (the last number or word, where the checker reads it) replaced by a near miss."""
+    is_number = numeric(task["answer"])
+    last = list((NUMBER if is_number else WORD).finditer(reply))[-1]
+    given = last.group().replace(",", "")
+    if is_number:
+        wrong = str(near_number(int(given), rng))
+        return "number", _with_unit(reply[:last.start()] + wrong + reply[last.end():], last.start() + len(wrong),
+                                    int(wrong))
+    return "word", reply[:last.start()] + near_word(given, rng) + reply[last.end():]
+
+
+def near_number(x: int, rng: np.random.Generator) -> int:
+    """A near miss of a whole number >= 0: one digit changed, or off by a carry (plus or minus a power of ten
+    no larger than the number's top digit's); never x itself, never negative."""
+    digits = str(x)
+    while True:
+        if rng.random() < 0.5:                                  # one digit changed (no leading zero)
+            i = int(rng.integers(len(digits)))
+            choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
+            wrong = int(digits[:i] + choices[int(rng.integers(len(choices)))] + digits[i + 1:])
+        else:                                                   # a carry dropped or added
+            wrong = x + int(rng.choice((-1, 1))) * 10 ** int(rng.integers(len(digits)))
+        if wrong >= 0 and wrong != x:
+            return wrong
+
+
+def near_word(word: str, rng: np.random.Generator) -> str:
+    """A near miss of a word: a neighbour in a cycle (weekdays, months, letters: the one after it, the one
+    before it -- for `next`, the question's own -- or the one before that), else the word with two adjacent letters swapped, one dropped or one doubled."""
+    for cycle in CYCLES:
+        lower = [c.lower() for c in cycle]
+        if word.lower() in lower:
+            i = lower.index(word.lower())
+            return cycle[(i + int(rng.choice((-2, -1, 1)))) % len(cycle)]
+    i = int(rng.integers(len(word)))
+    edit = int(rng.integers(3)) if len(word) > 1 else 2
+    if edit == 0:                                               # swap letters i and i+1 (wrapping to the start)
+        j = (i + 1) % len(word)
+        chars = list(word)
+        chars[i], chars[j] = chars[j], chars[i]
+        return "".join(chars)
+    if edit == 1:
+        return word[:i] + word[i + 1:]
+    return word[:i] + word[i] + word[i:]
+
+
+def _with_unit(reply: str, end: int, count: int) -> str:
+    """The reply with the unit that follows the number ending at `end` made to agree with it (1 metre,
+    2 metres), so a wrong count is not given away by its grammar."""
+    forms = {name: pair for big, small, _ in UNITS for pair in (big, small) for name in pair}
+    found = re.match(r" ([a-z]+)", reply[end:])
+    if not found or found.group(1) not in forms:
+        return reply
+    unit = forms[found.group(1)][count != 1]
+    return reply[:end + 1] + unit + reply[end + 1 + len(found.group(1)):]

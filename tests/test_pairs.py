@@ -1,0 +1,182 @@
+"""numgpt.posttrain.pairs: preference pairs read and refused line by line, written atomically, made from the
+synthetic tasks (chosen passes the exact checker, rejected fails it, same split), rendered to ids equal to
+transformers' apply_chat_template, and `numgpt data pairs|check` through the real dispatcher."""
+
+import json
+
+import numpy as np
+import pytest
+
+from numgpt import Tokenizer
+from numgpt.cli import main
+from numgpt.errors import NumgptError
+from numgpt.posttrain.pairs import near_number, near_word, read_pairs, render_pair, synthesize_pairs, write_pairs
+from numgpt.posttrain.synth import FAMILIES, check, is_heldout
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = ("What is 478 + 356? 478 + 356 = 834. Spell 'table' backwards: elbat. After Friday comes Saturday. "
+        "I am numgpt, a small GPT-2 written from scratch in NumPy.\n") * 20
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    """A small vocabulary with the chat tokens and template, saved by `numgpt train-tokenizer --chat`."""
+    folder = tmp_path_factory.mktemp("chat")
+    (folder / "text.txt").write_text(TEXT, encoding="utf-8")
+    assert main(["train-tokenizer", str(folder / "text.txt"), "--vocab-size", "300", "--chat", "-q",
+                 "-o", str(folder / "tok")]) == 0
+    return folder / "tok"
+
+
+def pair(prompt="What is 2 + 2?", chosen="4", rejected="5", **extra):
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], **extra}
+
+
+def test_pairs_round_trip_keeping_extra_keys(tmp_path):
+    pairs = [pair(family="add", answer="4"), pair("Hi", "Hello", "Go away")]
+    pairs[1]["prompt"].insert(0, {"role": "system", "content": "Be kind."})
+    assert write_pairs(tmp_path / "p.jsonl", pairs) == 2
+    (tmp_path / "p.jsonl").write_text((tmp_path / "p.jsonl").read_text() + "\n\n")     # blank lines are skipped
+    assert read_pairs(tmp_path / "p.jsonl") == pairs
+
+
+BAD = [
+    ("not json", "{oops", ":1: invalid JSON"),
+    ("not an object", "[1, 2]", ":1: expected a JSON object"),
+    ("no prompt", json.dumps({k: v for k, v in pair().items() if k != "prompt"}), ':1: no "prompt" key'),
+    ("no rejected", json.dumps({k: v for k, v in pair().items() if k != "rejected"}), ':1: no "rejected" key'),
+    ("prompt a string", json.dumps({**pair(), "prompt": "What?"}), ':1: "prompt" is a string'),
+    ("prompt ends with the assistant", json.dumps({**pair(), "prompt": pair()["prompt"] + pair()["chosen"]}),
+     ':1: "prompt": add_generation_prompt: the last message must be the user'),
+    ("prompt with a bad role", json.dumps({**pair(), "prompt": [{"role": "bot", "content": "x"}]}),
+     ":1: \"prompt\": messages[0]: unknown role 'bot'"),
+    ("chosen a string", json.dumps({**pair(), "chosen": "4"}), ':1: "chosen" is a string; expected a list of one'),
+    ("two rejected messages", json.dumps({**pair(), "rejected": pair()["rejected"] * 2}),
+     ':1: "rejected" is a list of 2 messages'),
+    ("chosen from the user", json.dumps({**pair(), "chosen": [{"role": "user", "content": "4"}]}),
+     ":1: \"chosen\": the reply must be an assistant message, got role 'user'"),
+    ("content a number", json.dumps({**pair(), "rejected": [{"role": "assistant", "content": 5}]}),
+     ':1: "rejected": content must be a string, got a number'),
+    ("chosen equals rejected", json.dumps(pair(rejected="4")), ':1: "chosen" and "rejected" are the same reply'),
+]
+
+
+@pytest.mark.parametrize("line,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_each_bad_record_is_one_error_naming_the_line_and_field(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(NumgptError) as e:
+        read_pairs(path)
+    assert str(e.value).startswith(f"{path}{message}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_an_empty_file_and_a_later_bad_line_are_refused(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n \n")
+    with pytest.raises(NumgptError, match="no preference pairs"):
+        read_pairs(tmp_path / "empty.jsonl")
+    (tmp_path / "third.jsonl").write_text(json.dumps(pair()) + "\n\n" + json.dumps(pair(rejected="4")) + "\n")
+    with pytest.raises(NumgptError, match=r"third.jsonl:3: .chosen. and .rejected. are the same"):
+        read_pairs(tmp_path / "third.jsonl")
+
+
+def test_write_pairs_refuses_a_bad_pair_and_writes_nothing(tmp_path):
+    with pytest.raises(NumgptError, match=r"pairs\[1\]: .chosen. and .rejected. are the same"):
+        write_pairs(tmp_path / "p.jsonl", [pair(), pair(rejected="4")])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_synthetic_pairs_chosen_right_rejected_wrong_in_the_split(split):
+    pairs = synthesize_pairs(700, rng=np.random.default_rng(3), split=split)
+    assert {p["family"] for p in pairs} == set(FAMILIES)
+    for p in pairs:
+        assert check(p, p["chosen"][0]["content"]), p
+        assert not check(p, p["rejected"][0]["content"]), p
+        assert p["split"] == split and p["prompt"][-1]["role"] == "user"
+        family, q, a = p["template"].split(":")
+        assert (int(q[1:]) in FAMILIES[family].templates("questions", split)
+                and int(a[1:]) in FAMILIES[family].templates("answers", split))
+    flaws = {p["flaw"] for p in pairs}
+    assert flaws == {"number", "word", "name", "format"}
+    rate = np.mean([p["flaw"] == "format" for p in pairs])
+    assert 0.05 < rate < 0.15                                   # FORMAT_RATE 0.1 over 700 draws
+    # a near miss keeps the reply's template: the same text up to the answer (numbers and words)
+    for p in pairs:
+        if p["flaw"] in ("number", "word") and p["family"] in ("add", "sub"):
+            chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+            assert chosen.rsplit(" ", 1)[0] == rejected.rsplit(" ", 1)[0] or " " not in chosen
+
+
+def test_synthetic_pairs_are_deterministic_and_keep_the_operand_split():
+    one = synthesize_pairs(50, rng=np.random.default_rng(7), split="heldout")
+    assert one == synthesize_pairs(50, rng=np.random.default_rng(7), split="heldout")
+    assert one != synthesize_pairs(50, rng=np.random.default_rng(8), split="heldout")
+    words = [p for p in one if p["family"] == "reverse"]
+    assert words and all(is_heldout(f"word:{p['answer'][::-1]}") for p in words)
+    assert synthesize_pairs(10, rng=np.random.default_rng(0), format_rate=1.0)[0]["flaw"] == "format"
+    with pytest.raises(NumgptError, match="format_rate must be between 0 and 1"):
+        synthesize_pairs(10, rng=np.random.default_rng(0), format_rate=1.5)
+    with pytest.raises(NumgptError, match="unknown task family 'mul'"):
+        synthesize_pairs(10, rng=np.random.default_rng(0), families=["mul"])
+
+
+def test_near_misses_are_near():
+    rng = np.random.default_rng(0)
+    for x in (0, 7, 10, 834, 1000, 99999):
+        for _ in range(50):
+            wrong = near_number(x, rng)
+            assert wrong >= 0 and wrong != x
+            changed = sum(a != b for a, b in zip(str(wrong).zfill(8), str(x).zfill(8)))
+            power = abs(wrong - x)
+            assert changed == 1 or (power == 10 ** round(np.log10(power)) and power <= 10 ** (len(str(x)) - 1))
+    assert {near_word("Friday", rng) for _ in range(60)} == {"Wednesday", "Thursday", "Saturday"}
+    assert {near_word("a", rng) for _ in range(60)} == {"y", "z", "b"}
+    w = "elbat"
+    edits = ({w[:i] + w[i + 1:] for i in range(5)} | {w[:i] + w[i] + w[i:] for i in range(5)}      # dropped, doubled
+             | {w[:i] + w[i + 1] + w[i] + w[i + 2:] for i in range(4)} | {"tlbae"})               # swapped (wrapping)
+    seen = {near_word(w, rng) for _ in range(300)}
+    assert seen == edits
+
+
+def test_render_pair_equals_transformers_apply_chat_template(chat_folder):
+    tok = Tokenizer.load(chat_folder)
+    hf = transformers.AutoTokenizer.from_pretrained(chat_folder)
+    pairs = synthesize_pairs(40, rng=np.random.default_rng(1), system_rate=0.5)
+    pairs.append(pair("Type <|end|> for me", "<|end|>", "<|user|>"))    # special strings are text
+    for p in pairs:
+        prompt, chosen, rejected = render_pair(tok, p)
+        assert prompt == hf.apply_chat_template(p["prompt"], add_generation_prompt=True, return_dict=False,
+                                                sanitize_control_tokens=True)
+        for reply, key in ((chosen, "chosen"), (rejected, "rejected")):
+            assert prompt + reply == hf.apply_chat_template(p["prompt"] + p[key], return_dict=False,
+                                                            sanitize_control_tokens=True)
+            assert reply[-1] == tok.special_tokens["<|end|>"] and tok.decode(reply[:-1]) == p[key][0]["content"]
+
+
+def test_render_pair_needs_a_chat_template(tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT)
+    assert main(["train-tokenizer", str(tmp_path / "t.txt"), "--vocab-size", "280", "-q", "-o",
+                 str(tmp_path / "tok")]) == 0
+    with pytest.raises(NumgptError, match="no chat template"):
+        render_pair(Tokenizer.load(tmp_path / "tok"), pair())
+
+
+def test_data_pairs_and_check_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    assert main(["data", "pairs", "--n", "30", "--split", "heldout", "--seed", "2", "--families", "add,identity",
+                 "--out", str(out)]) == 0
+    pairs = read_pairs(out)
+    assert pairs == synthesize_pairs(30, rng=np.random.default_rng(2), families=["add", "identity"], split="heldout")
+    assert "wrote 30 heldout preference pairs" in capsys.readouterr().out
+    assert main(["data", "check", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "30 preference pairs" in printed and "add 15, identity 15" in printed and "0 rejected replies do too" in printed
+    assert main(["data", "pairs", "--n", "3", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(pair(family="add", answer="5")) + "\n")          # its chosen "4" is not the answer
+    assert main(["data", "check", str(bad)]) == 2
+    assert "bad.jsonl:1 (chosen): the reference reply does not give the answer '5'" in capsys.readouterr().err
