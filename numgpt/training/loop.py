@@ -268,7 +268,7 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
             dt = time.perf_counter() - t0
             tokens = tc.batch_size * tc.block_size * tc.grad_accum
             emit({"type": "step", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                  "seconds": dt, "tokens_per_s": tokens / dt})
+                  "seconds": dt, "tokens_per_s": tokens / dt, **step_report(t)})
     except KeyboardInterrupt as e:
         signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
         if state.step == boundary[0]:
@@ -417,12 +417,13 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
     (rank 0 writes; with ZeRO-1 every rank still takes part in gathering the moments)."""
     state, data = t.state, t.data
-    losses = estimate_loss(t)
+    losses = estimate_loss(t) if t.objective.estimate is None else t.objective.estimate(t)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
         raise NumgptError(diverged_message(t.run, state.step, f"evaluated loss {val}"))   # never save it
     event = {"type": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": val,
-             "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val")}
+             "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val"),
+             **{k: v for k, v in losses.items() if k not in ("train", "val")}}   # an objective's own figures
     improved = state.best_val_loss is None or val < state.best_val_loss
     if improved:
         state.best_val_loss = val
@@ -436,6 +437,11 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     if improved:
         save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
     return event
+
+
+def step_report(t: Trainer) -> Event:
+    """The objective's own figures for a step's event (objective.Objective.report), {} if it has none."""
+    return {} if t.objective.report is None else t.objective.report(t.dp.comm)
 
 
 def _whole_state(t: Trainer) -> TrainState:

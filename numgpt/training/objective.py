@@ -22,7 +22,7 @@ over the ranks can start during the backward (parallel.py); a loss may leave it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ..config import GPTConfig
 from ..errors import NumgptError
 from ..params import Params
 from .data import Dataset, get_batch
+
+if TYPE_CHECKING:
+    from .loop import Trainer
 
 Batch = tuple[np.ndarray, ...]       # arrays of one batch, rows first: (ids [B, T], targets [B, T]) here
 # (data, split, batch_size, block_size, rng, rows) -> this rank's rows of a batch; draws from rng as for the
@@ -51,6 +54,11 @@ class LossFn(Protocol):
 
 
 ValueFn = Callable[[Params, GPTConfig, Batch, Workspace | None], float]   # the mean loss, no gradients
+# (comm) -> figures added to a step's event; called on every rank after the step's update (it may sum
+# over the ranks: comm is the loop's Communicator)
+ReportFn = Callable[[Any], dict[str, Any]]
+# (trainer) -> {"train": loss, "val": loss, and other figures to log}: an evaluation of the objective's own
+EstimateFn = Callable[["Trainer"], dict[str, Any]]
 
 
 def next_token_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
@@ -88,12 +96,18 @@ def with_frozen(params: Params, grads: Params, workspace: Workspace) -> Params:
 @dataclass(frozen=True)
 class Objective:
     """A training task: its batches, its loss (with gradients), its evaluation (without), and the
-    parameters it trains (None: all of them; else a set of names from the parameter schema)."""
+    parameters it trains (None: all of them; else a set of names from the parameter schema).
+
+    estimate, if given, replaces the loop's estimate_loss (`evaluate` over eval_iters batches of each split):
+    it returns the "train" and "val" losses and any other figures of the task, all logged with each
+    evaluation (DPO's reward margin and preference accuracy); every rank calls it at the same point."""
 
     batch: BatchFn = next_token_batch
     loss: LossFn = next_token_loss
     evaluate: ValueFn = next_token_value
     trainable: frozenset[str] | None = None
+    report: ReportFn | None = None       # more figures for each step's event (RL's reward, KL, sampling speed)
+    estimate: EstimateFn | None = None
 
     def trainable_params(self, params: Params) -> Params:
         """The trained parameters, in the schema's order (the order of params)."""
