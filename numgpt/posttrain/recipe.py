@@ -1,0 +1,308 @@
+"""`numgpt recipe chat`: the built-in chat model, from nothing, in stages that each resume where they stopped.
+
+    data        the texts (corpus.py) and the generated conversations and tasks      OUT/data/
+    tokenizer   byte-level BPE with the chat tokens, every digit its own token       OUT/tokenizer/
+    pretrain    a GPT-2 from scratch on the texts (next-token prediction)            OUT/pretrain/
+    sft         supervised fine-tuning on conversations (loss on the replies)        OUT/sft/
+    rl          GRPO on the exact-answer tasks (the checker is the reward)           OUT/rl/
+    evaluate    exact match per task family for each stage's model, format
+                compliance, bits per byte of the pre-training text                   OUT/evaluate/
+
+Each stage writes OUT/<stage>/done.json (its figures and seconds) when it is complete, and a stage that
+has one is skipped: running the same command again after Ctrl-C, a kill or a crash continues from the
+first unfinished stage, and a training stage from its own RUN/latest (numgpt train's bit-exact resume).
+The last trained model is OUT/model (float32; dev/ship_chat_model.py makes the float16 copy that ships).
+
+Every choice of the recipe is a field of ChatRecipe (a plain dataclass written to OUT/recipe.json); a run
+with other fields than the folder's is refused, so a resumed run is the run it started as.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import NumgptError
+
+STAGES = ("data", "tokenizer", "pretrain", "sft", "rl", "evaluate")
+DONE = "done.json"
+MODEL = "model"                        # OUT/model: the recipe's result
+
+
+@dataclass(frozen=True)
+class ChatRecipe:
+    """The whole recipe's settings (the defaults made the shipped model: dev/ship_chat_model.py)."""
+
+    texts: tuple[str, ...] = ()          # extra UTF-8 files people wrote (tinyshakespeare); + fortunes, chatterbot
+    seed: int = 0
+    threads: int = 0                     # 0: all cores
+    # data
+    pretrain_tasks: int = 20_000         # synthetic tasks written as text into the pre-training corpus
+    sft_tasks: int = 24_000              # synthetic task conversations for SFT (+ chatterbot's small talk)
+    rl_tasks: int = 4_000
+    eval_tasks: int = 35                 # held-out tasks per family, for every evaluation
+    # tokenizer and model
+    vocab_size: int = 2048
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 256
+    block_size: int = 256
+    # pre-training
+    pretrain_iters: int = 2500
+    pretrain_batch: int = 16
+    pretrain_lr: float = 2e-3
+    # SFT
+    sft_iters: int = 1200
+    sft_batch: int = 16
+    sft_lr: float = 6e-4
+    # RL (GRPO)
+    rl_iters: int = 60
+    rl_group: int = 8
+    rl_prompts: int = 8
+    rl_lr: float = 1e-4
+    rl_kl: float = 0.02
+    rl_families: tuple[str, ...] = ("add", "sub")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Stage:
+    """One stage's place and record: OUT/<name>/ and its done.json once complete."""
+
+    name: str
+    folder: Path
+
+    @property
+    def done(self) -> dict | None:
+        path = self.folder / DONE
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def finish(self, figures: Mapping[str, Any], seconds: float) -> dict:
+        record = {"stage": self.name, "seconds": round(seconds, 1), **figures}
+        tmp = self.folder / (DONE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(self.folder / DONE)
+        return record
+
+
+Say = Callable[[str], None]
+# (run, label) -> TrainResult: how a training stage is driven (the CLI draws progress; the default is silent)
+TrainFn = Callable[[Any, str], Any]
+
+
+def check_recipe_folder(out: Path, recipe: ChatRecipe) -> None:
+    """A new folder gets recipe.json; an existing one must hold the same recipe (or none and be empty)."""
+    saved = out / "recipe.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        mine = json.loads(json.dumps(recipe.to_dict()))
+        changed = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
+        if changed:
+            raise NumgptError(f"{out} holds a recipe run with other settings ({', '.join(changed)}); continue it with "
+                              f"the same settings, or pass another out folder")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise NumgptError(f"{out} is not empty and holds no recipe run; pass a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
+
+
+def run_chat_recipe(recipe: ChatRecipe, out: str | Path, *, say: Say = lambda s: None,
+                    train: TrainFn | None = None, until: str | None = None) -> dict[str, dict]:
+    """Every stage of the recipe into `out` (skipping the finished ones), up to and including `until`;
+    returns each stage's done.json. A training stage that is interrupted stops the recipe (KeyboardInterrupt
+    after its checkpoint is saved): the same call continues it."""
+    out = Path(out)
+    if until is not None and until not in STAGES:
+        raise NumgptError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
+    check_recipe_folder(out, recipe)
+    train = train or (lambda run, label: run.train())
+    bodies = {"data": _data, "tokenizer": _tokenizer, "pretrain": _pretrain, "sft": _sft, "rl": _rl,
+              "evaluate": _evaluate}
+    records = {}
+    for name in STAGES:
+        stage = Stage(name, out / name)
+        if stage.done is None:
+            stage.folder.mkdir(parents=True, exist_ok=True)
+            say(f"== {name}")
+            start = time.perf_counter()
+            figures = bodies[name](recipe, out, stage, say, train)
+            records[name] = stage.finish(figures, time.perf_counter() - start)
+            say(f"== {name} done in {records[name]['seconds']:.0f} s: "
+                + ", ".join(f"{k} {v}" for k, v in figures.items() if not isinstance(v, (dict, list))))
+        else:
+            records[name] = stage.done
+            say(f"== {name}: done before ({records[name]['seconds']:.0f} s), skipped")
+        if name == until:
+            break
+    return records
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+def _data(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    """The pre-training texts and the generated conversations (deterministic given the seed)."""
+    from .chatdata import write_conversations
+    from .corpus import chatterbot_chats, dialogue_text, fortunes_text, read_chatterbot, tasks_text
+    from .synth import FAMILIES, synthesize
+
+    rng = np.random.default_rng(recipe.seed)
+    texts = [(Path(p).name, Path(p).read_text(encoding="utf-8")) for p in recipe.texts]
+    conversations = read_chatterbot()
+    texts += [("fortunes", fortunes_text()), ("chatterbot", dialogue_text(conversations)),
+              ("tasks", tasks_text(synthesize(recipe.pretrain_tasks, rng=rng, system_rate=0.0)))]
+    for name, text in texts:
+        (stage.folder / f"pretrain_{name}.txt").write_text(text, encoding="utf-8")
+    sft = synthesize(recipe.sft_tasks, rng=rng, turns=2) + chatterbot_chats(conversations)
+    sft = [sft[i] for i in rng.permutation(len(sft))]
+    write_conversations(stage.folder / "sft.jsonl", sft)
+    write_conversations(stage.folder / "rl_tasks.jsonl", synthesize(recipe.rl_tasks, rng=rng,
+                                                                     families=recipe.rl_families))
+    heldout = synthesize(recipe.eval_tasks * len(FAMILIES), rng=rng, split="heldout", system_rate=0.0)
+    write_conversations(stage.folder / "heldout.jsonl", heldout)
+    shots = synthesize(len(FAMILIES), rng=rng, system_rate=0.0)   # the base model's few-shot examples
+    write_conversations(stage.folder / "shots.jsonl", shots)
+    chars = sum(len(t) for _, t in texts)
+    return {"pretrain_characters": chars, "sft_conversations": len(sft), "rl_tasks": recipe.rl_tasks,
+            "heldout_tasks": len(heldout)}
+
+
+def pretrain_files(out: Path) -> list[Path]:
+    return sorted((out / "data").glob("pretrain_*.txt"))
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------------
+
+def _tokenizer(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    from ..tokenizer.train import train_bpe
+    from .chat_format import CHAT_TOKENS, with_chat_tokens
+
+    tok = train_bpe(files=pretrain_files(out), vocab_size=recipe.vocab_size, special_tokens=CHAT_TOKENS,
+                    split_digits=True)
+    tok = with_chat_tokens(tok)
+    tok.save(stage.folder / "tok", overwrite=True)
+    return {"vocab_size": tok.vocab_size}
+
+
+def tokenizer_folder(out: Path) -> Path:
+    return out / "tokenizer" / "tok"
+
+
+# ---- pre-training ---------------------------------------------------------------------------------------
+
+def _pretrain(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    from ..tokenizer import Tokenizer
+    from ..training.data import prepare
+    from ..training.run import setup_run
+
+    data, run_dir = stage.folder / "data", stage.folder / "run"
+    if not (data / "meta.json").exists():
+        files = pretrain_files(out)
+        prepare([f.read_text(encoding="utf-8") for f in files], data, Tokenizer.load(tokenizer_folder(out)),
+                tokenizer_source=str(tokenizer_folder(out)), sources=[str(f) for f in files])
+    options = {"max_iters": recipe.pretrain_iters, "batch_size": recipe.pretrain_batch,
+               "block_size": recipe.block_size, "eval_interval": max(1, recipe.pretrain_iters // 5),
+               "eval_iters": 10, "seed": recipe.seed, "threads": recipe.threads,
+               "optim": {"lr": recipe.pretrain_lr, "min_lr": recipe.pretrain_lr / 10,
+                         "warmup_iters": min(200, recipe.pretrain_iters // 10)}}
+    shape = {"n_layer": recipe.n_layer, "n_head": recipe.n_head, "n_embd": recipe.n_embd}
+    resume = (run_dir / "latest").exists()
+    run = setup_run(data, run_dir, options=None if resume else options, shape=None if resume else shape,
+                    resume_from="latest" if resume else None)
+    result = _trained(train(run, "pretrain"), run_dir)
+    return {"val_loss": round(float(result.last_eval["val_loss"]), 4),
+            "val_bits_per_byte": round(float(result.last_eval["val_bpb"]), 4), "steps": run.state.step}
+
+
+def _trained(result, run_dir: Path):
+    """A stage's TrainResult; an interrupted one stops the recipe (its latest checkpoint is saved)."""
+    if result.interrupted:
+        raise KeyboardInterrupt(f"saved {run_dir / 'latest'}")
+    return result
+
+
+# ---- SFT ------------------------------------------------------------------------------------------------
+
+def _sft(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    from .sft import setup_sft
+
+    run_dir = stage.folder / "run"
+    options = {"max_iters": recipe.sft_iters, "batch_size": recipe.sft_batch, "eval_interval":
+               max(1, recipe.sft_iters // 4), "eval_iters": 10, "seed": recipe.seed, "threads": recipe.threads,
+               "optim": {"lr": recipe.sft_lr, "min_lr": recipe.sft_lr / 10,
+                         "warmup_iters": min(50, recipe.sft_iters // 10)}}
+    resume = (run_dir / "latest").exists()
+    setup = setup_sft(out / "data" / "sft.jsonl", run_dir, init=None if resume else out / "pretrain" / "run" / "latest",
+                      resume=resume, options=None if resume else options, seed=recipe.seed,
+                      block_size=recipe.block_size)
+    result = _trained(train(setup.run, "sft"), run_dir)
+    return {"val_loss": round(float(result.last_eval["val_loss"]), 4), "steps": setup.run.state.step}
+
+
+# ---- RL -------------------------------------------------------------------------------------------------
+
+def _rl(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    """GRPO from the SFT model on the hardest families' tasks; OUT/model is its result (or SFT's when
+    rl_iters is 0)."""
+    last = out / "sft" / "run" / "latest"
+    if recipe.rl_iters > 0:
+        from .rl import setup_rl
+
+        run_dir = stage.folder / "run"
+        options = {"max_iters": recipe.rl_iters, "eval_interval": max(1, recipe.rl_iters // 3),
+                   "seed": recipe.seed, "threads": recipe.threads,
+                   "optim": {"lr": recipe.rl_lr, "min_lr": recipe.rl_lr, "warmup_iters": 0}}
+        resume = (run_dir / "latest").exists()
+        setup = setup_rl(out / "data" / "rl_tasks.jsonl", run_dir, init=None if resume else last,
+                         resume=resume, options=None if resume else options, group=recipe.rl_group,
+                         prompts_per_step=recipe.rl_prompts, kl=recipe.rl_kl)
+        _trained(train(setup.run, "rl"), run_dir)
+        last = run_dir / "latest"
+    shutil.rmtree(out / MODEL, ignore_errors=True)
+    shutil.copytree(last, out / MODEL)
+    return {"model": str(out / MODEL), "from": str(last)}
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+
+def _evaluate(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -> dict:
+    """Exact match per family (base few-shot, SFT, final), format compliance, bits per byte of the
+    pre-training validation text; written to OUT/evaluate/done.json and printed."""
+    from ..formats import load_checkpoint, load_tokenizer
+    from .chatdata import read_conversations
+    from .evaluate import bits_per_byte, chat_scores, few_shot_scores
+
+    heldout = read_conversations(out / "data" / "heldout.jsonl")
+    shots = read_conversations(out / "data" / "shots.jsonl")
+    val_text = validation_text(out)
+    figures: dict[str, Any] = {}
+    for name, folder in (("base", out / "pretrain" / "run" / "latest"), ("sft", out / "sft" / "run" / "latest"),
+                         ("final", out / MODEL)):
+        config, params = load_checkpoint(folder)
+        tok = load_tokenizer(folder, config)
+        scores = few_shot_scores(params, config, tok, heldout, shots) if name == "base" else \
+            chat_scores(params, config, tok, heldout)
+        scores["bits_per_byte"] = round(bits_per_byte(params, config, tok, val_text), 4)
+        say(f"{name}: " + json.dumps(scores))
+        figures[name] = scores
+    return figures
+
+
+def validation_text(out: Path, chars: int = 60_000) -> str:
+    """The first `chars` characters of the pre-training validation split (what `prepare` held out), with
+    the document separators as blank lines (scoring reads text, not special tokens)."""
+    from ..tokenizer import ENDOFTEXT, Tokenizer
+    from ..training.data import VAL_FRACTION, join_documents, split_text
+
+    texts = [f.read_text(encoding="utf-8") for f in pretrain_files(out)]
+    _, val = split_text(join_documents(texts, Tokenizer.load(tokenizer_folder(out))), VAL_FRACTION)
+    return val[:chars].replace(ENDOFTEXT, "\n\n")
