@@ -498,3 +498,34 @@ def test_sft_with_lora_trains_only_the_adapter_and_resumes_bit_exact(tmp_path):
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     again = L.peft.load_adapter(tmp_path / "b" / "adapter")[1]
     assert all(np.array_equal(again[n], t) for n, t in tensors.items())
+
+
+def test_the_memory_check_counts_the_adapter_not_the_frozen_base(base_run, tmp_path, capsys, monkeypatch):
+    """A LoRA run needs gradients and AdamW moments for the adapter only: with memory for that but not for
+    full fine-tuning, `numgpt train --lora-rank` trains and the full run is refused; with less than even the
+    LoRA run needs, it is refused before anything is written (resumed too: the saved adapter is counted)."""
+    from numgpt.training import memory
+    from numgpt.training.loop import TrainConfig
+
+    data, base = base_run
+    config, _ = load_checkpoint(base)
+    tc = TrainConfig(batch_size=4, block_size=16)
+    full = memory.training_memory(config, tc, threads=1).total
+    lora_need = memory.training_memory(config, tc, threads=1, adapter=L.adapter_size(config, L.LoraConfig(rank=2)))
+    assert lora_need.gradients * 10 < full and lora_need.total < full
+    flags = [data, "--init", base, *SMALL, "--threads", 1, "--max-iters", 1]
+    monkeypatch.setattr(memory, "available_memory", lambda: (lora_need.total + full) // 2)
+    assert train_cli(*flags, "--out", tmp_path / "full") == 2
+    assert "this shape needs" in capsys.readouterr().err and not (tmp_path / "full").exists()
+    assert train_cli(*flags, "--out", tmp_path / "lora", "--lora-rank", 2) == 0
+    assert (tmp_path / "lora" / "adapter").is_dir()
+    monkeypatch.setattr(memory, "available_memory", lambda: lora_need.total - 1)
+    capsys.readouterr()
+    assert train_cli(*flags, "--out", tmp_path / "small", "--lora-rank", 2) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"needs ~{memory.gib(lora_need.total)} GiB" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "small").exists()
+    assert train_cli(data, "--out", tmp_path / "lora", "--resume", "--max-iters", 2) == 2     # the saved adapter's
+    assert f"needs ~{memory.gib(lora_need.total)} GiB" in capsys.readouterr().err
+    monkeypatch.setattr(memory, "available_memory", lambda: lora_need.total)
+    assert train_cli(data, "--out", tmp_path / "lora", "--resume", "--max-iters", 2) == 0

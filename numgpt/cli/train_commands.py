@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..config import PRESETS
 from ..errors import NumgptError
-from ..posttrain.lora import add_lora_flags, export_adapter, lora_from_args, lora_summary, with_lora
+from ..posttrain.lora import (add_lora_flags, export_adapter, lora_adapter_size, lora_from_args, lora_summary,
+                              with_lora)
 from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
@@ -310,7 +311,7 @@ def _run_train(args, comm) -> int:
         run = setup_run(args.data, args.out, options=options, shape={k: getattr(args, k) for k in SHAPE_FLAGS},
                         init=args.init, resume_from=args.resume_from or (LATEST if args.resume else None),
                         cache_dir=hf_cache_dir(os.environ), default_threads=default_threads(comm.size), comm=comm,
-                        ranks_here=local_ranks(comm.size))
+                        ranks_here=local_ranks(comm.size), adapter_size=lora_adapter_size(lora))
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
     run = with_lora(run, lora, resumed=bool(args.resume or args.resume_from))

@@ -49,7 +49,7 @@ from ..errors import NumgptError
 from ..formats import peft
 from ..ops import cross_entropy_backward, cross_entropy_forward, layer_norm_backward, layer_norm_forward, linear_forward
 from ..params import Params, layer, param_shapes
-from ..training.loop import keep_trained_moments
+from ..training.loop import TrainConfig, keep_trained_moments
 from ..training.objective import BatchFn, Objective, next_token_batch
 from ..training.run import Run
 
@@ -121,6 +121,11 @@ def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, 
             shapes[module_tensor(i, m, A)] = (n_in, lora.rank)
             shapes[module_tensor(i, m, B)] = (lora.rank, n_out)
     return shapes
+
+
+def adapter_size(config: GPTConfig, lora: LoraConfig) -> int:
+    """The number of parameters of lora's adapter on a model of `config` (what the run trains)."""
+    return sum(math.prod(shape) for shape in adapter_shapes(config, lora).values())
 
 
 def init_adapters(config: GPTConfig, lora: LoraConfig, rng: np.random.Generator) -> Params:
@@ -420,6 +425,16 @@ def lora_from_args(args: argparse.Namespace) -> LoraConfig | None:
         return None
     targets = DEFAULT_TARGETS if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(","))
     return LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
+
+
+def lora_adapter_size(lora: LoraConfig | None) -> Callable[[GPTConfig, TrainConfig], int]:
+    """setup_run's adapter_size for a run that will train `lora` (None: the model's weights): the resumed
+    run's own adapter (its saved tc.lora) when it has one, else lora's; 0 when neither. The memory check
+    then counts gradients and moments for the adapter alone, so a LoRA run that fits is not refused."""
+    def size(config: GPTConfig, tc: TrainConfig) -> int:
+        chosen = LoraConfig.from_dict(tc.lora) if tc.lora is not None else lora
+        return 0 if chosen is None else adapter_size(config, chosen)
+    return size
 
 
 def with_lora(run: Run, lora: LoraConfig | None, *, resumed: bool) -> Run:

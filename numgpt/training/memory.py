@@ -57,23 +57,32 @@ class MemoryEstimate:
         return self.parameters + self.gradients + self.optimizer + self.activations
 
 
-def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, threads: int = 1) -> MemoryEstimate:
+def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, threads: int = 1,
+                    adapter: int = 0) -> MemoryEstimate:
     """What a rank of `train` will hold (no allocation): the parameters once, a gradient buffer per
     thread that has rows, AdamW's m and v (1/ranks of them with ZeRO-1), and the activations of the
     rank's rows. Activations per token, in floats, from backprop.py's tape: per layer about 24 C (the
     LayerNorm outputs, q k v, the MLP's 4C hidden layer before and after GELU, the residuals) and 4 H T
     (attention scores and probabilities, forward and backward), 3 C + H T more for dropout's masks; then
     V for the logits (softmax and its gradient in place) and 4 C; plus a [V, C] buffer per thread for wte's
-    gradient."""
+    gradient.
+
+    adapter: the parameters of an adapter trained in place of the model's weights (a LoRA run,
+    posttrain/lora.py), 0 when the weights train. The frozen weights are then held once with no gradient
+    buffers, no moments and no [V, C] wte gradient; gradients and moments are the adapter's alone. Its
+    activations are the same tape (the adapters' x A, r floats per adapted layer and token, are left out:
+    under 1% of it at any rank a LoRA run uses)."""
     n = count_params(config)
     C, H, L, V, T = config.n_embd, config.n_head, config.n_layer, config.vocab_size, tc.block_size
     rows = -(-tc.batch_size // ranks)                        # this rank's rows, rounded up
     used = max(1, min(threads, rows))                        # threads that get rows
     per_layer = 24 * C + 4 * H * T + ((3 * C + H * T) if tc.dropout > 0 else 0)
     per_token = L * per_layer + V + 4 * C
-    return MemoryEstimate(parameters=FLOAT * n, gradients=FLOAT * n * used,
-                          optimizer=2 * FLOAT * n // (ranks if tc.zero else 1),
-                          activations=FLOAT * (rows * T * per_token + used * V * C))
+    trained = adapter if adapter else n                      # the parameters with gradients and moments
+    wte_grad = 0 if adapter else used * V * C
+    return MemoryEstimate(parameters=FLOAT * (n + adapter), gradients=FLOAT * trained * used,
+                          optimizer=2 * FLOAT * trained // (ranks if tc.zero else 1),
+                          activations=FLOAT * (rows * T * per_token + wte_grad))
 
 
 def available_memory() -> int | None:

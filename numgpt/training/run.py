@@ -59,7 +59,8 @@ class Run:
 def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str, Any] | None = None,
               shape: Mapping[str, Any] | None = None, init: str | Path | None = None,
               resume_from: str | None = None, cache_dir: str | Path | None = None,
-              default_threads: int = 0, comm: Communicator | None = None, ranks_here: int = 1) -> Run:
+              default_threads: int = 0, comm: Communicator | None = None, ranks_here: int = 1,
+              adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None) -> Run:
     """The run of `train` on data_dir into run_dir, checked and loaded (see the module docstring).
 
     options: TrainConfig fields to change ({"max_iters": 500, "optim": {"lr": 3e-4}}); shape: "preset"
@@ -67,8 +68,11 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
     match the model's); init: a model folder or name to fine-tune; resume_from: "latest" or "best";
     cache_dir: the Hugging Face cache that names in `init` are looked up in; default_threads: threads of a
     new run when options has none (0: all cores); comm: the ranks (every rank calls setup_run);
-    ranks_here: how many of them share this machine's memory. A shape that cannot fit in the memory the
-    machine has available is refused before its weights, gradients or activations are allocated."""
+    ranks_here: how many of them share this machine's memory; adapter_size(config, tc): the parameters of
+    an adapter the run will train in place of the model's weights (posttrain.lora.lora_adapter_size for
+    a LoRA run; tc is the saved config on resume), which the memory check then counts gradients and
+    moments for instead of the weights'. A shape that cannot fit in the memory the machine has available
+    is refused before its weights, gradients or activations are allocated."""
     from .lock import check_not_locked
 
     comm = SingleProcess() if comm is None else comm
@@ -89,7 +93,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         if state.step >= tc.max_iters:
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
                               "raise max_iters to continue")
-        check_fits(config, tc, data, comm, ranks_here)  # the weights are in; gradients and activations not yet
+        check_fits(config, tc, data, comm, ranks_here, adapter_size)   # the weights are in; the rest not yet
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
@@ -97,7 +101,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                               "pass another run_dir (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
         config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
-                                            fits=lambda c: check_fits(c, tc, data, comm, ranks_here))
+                                            fits=lambda c: check_fits(c, tc, data, comm, ranks_here, adapter_size))
         if init:
             tc = dataclasses.replace(tc, init=str(init))
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
@@ -137,15 +141,18 @@ def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: d
     return config, new_state(params, seed=tc.seed), what
 
 
-def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communicator, ranks_here: int) -> None:
+def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communicator, ranks_here: int,
+               adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None) -> None:
     """Refuse, before allocating, what cannot train (loop.check_setup: windows longer than the model or
-    a split), then a training that cannot fit in the machine's available memory (memory.py)."""
+    a split), then a training that cannot fit in the machine's available memory (memory.py; an adapter's
+    run, adapter_size, holds gradients and moments for the adapter only)."""
     from ..threads import thread_count
     from .memory import available_memory, memory_shortfall, training_memory
 
     check_setup(config, tc, data)
 
-    need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count())
+    need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count(),
+                           adapter=0 if adapter_size is None else adapter_size(config, tc))
     message = memory_shortfall(need, available_memory(), ranks_here=ranks_here)
     if message is not None:
         raise NumgptError(message)
