@@ -1,0 +1,139 @@
+"""numgpt dpo: TRL's sigmoid DPO loss and its hand-written backward against torch autograd (float64), the
+loss and rewards against TRL's DPOTrainer on the same tiny model and pairs, learning (held-out preference
+accuracy and margin rise), resume and ranks against threads, the reference cache's hashes, and bad input
+(issue 22 item 2). A tiny model and tokenizer made here, synthetic pairs from numgpt.posttrain.pairs."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from references import reference
+
+from numgpt import save_checkpoint, train_bpe
+from numgpt.cli import main
+from numgpt.config import GPTConfig
+from numgpt.errors import NumgptError
+from numgpt.formats import load_checkpoint, load_tokenizer
+from numgpt.params import init_params
+from numgpt.posttrain.chat_format import add_chat_tokens
+from numgpt.posttrain.dpo import (DpoLoss, dpo_loss_backward, dpo_loss_forward, dpo_objective, implicit_reward,
+                                  reply_logps, setup_dpo)
+from numgpt.posttrain.pairs import render_pair, synthesize_pairs, write_pairs
+from numgpt.posttrain.synth import synthesize
+from numgpt.threads import run_in_threads, single_threaded_blas
+from numgpt.training.comm import ThreadGroup
+from numgpt.training.data import load_dataset
+from numgpt.training.loop import TrainConfig, train
+from numgpt.training.optim import AdamWConfig
+from numgpt.training.state import new_state
+
+torch = reference("torch")
+transformers = reference("transformers")
+
+FAST = ["--threads", "1", "--batch-size", "4", "--eval-iters", "2"]
+FAMILIES = ("add", "next")         # short replies: rows of a few dozen tokens
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base model (no chat tokens) with a BPE vocabulary of the synthetic text, the same model with
+    the chat tokens (chat/), and 40 training + 16 held-out synthetic pairs."""
+    root = tmp_path_factory.mktemp("dpo")
+    write_pairs(root / "pairs.jsonl", synthesize_pairs(40, rng=np.random.default_rng(0), families=FAMILIES))
+    write_pairs(root / "heldout.jsonl", synthesize_pairs(16, rng=np.random.default_rng(1), families=FAMILIES,
+                                                         split="heldout"))
+    text = " ".join(m["content"] for t in synthesize(300, rng=np.random.default_rng(1)) for m in t["messages"])
+    tok = train_bpe(text, vocab_size=320, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=tok.vocab_size,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    params = init_params(config, np.random.default_rng(0))
+    save_checkpoint(root / "base", config, params, tokenizer=tok)
+    config, params, tok = add_chat_tokens(config, params, tok)
+    save_checkpoint(root / "chat", config, params, tokenizer=tok)
+    return root
+
+
+def relative_error(ours, ref):
+    return float(np.linalg.norm(np.ravel(ours - ref)) / max(np.linalg.norm(np.ravel(ref)), 1e-300))
+
+
+def torch_dpo_loss(logps, ref, beta):
+    """TRL's sigmoid loss as DPOTrainer._compute_loss writes it: -logsigmoid(beta * (chosen_logratios -
+    rejected_logratios)).mean(), the batch's chosen sums first, rejected second."""
+    chosen_logratios = logps[:, 0] - ref[:, 0]
+    rejected_logratios = logps[:, 1] - ref[:, 1]
+    return -torch.nn.functional.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+
+
+# ---- the loss against torch ---------------------------------------------------------------------------
+
+def test_the_loss_and_its_gradient_wrt_the_sequence_log_probs_match_torch(world):
+    rng = np.random.default_rng(3)
+    P, beta = 7, 0.3
+    logps = -rng.gamma(4.0, 5.0, (P, 2))
+    ref = logps + rng.normal(0, 3, (P, 2))
+    ref[0] = logps[0] + [40.0, -40.0]              # z = -24: sigmoid far in its tail, still exact
+    loss, z = dpo_loss_forward(logps, ref, beta)
+    dlogps = dpo_loss_backward(z, beta, scale=0.5)
+    t_logps = torch.tensor(logps, requires_grad=True)
+    ref_loss = torch_dpo_loss(t_logps, torch.tensor(ref), beta)
+    (0.5 * ref_loss).backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert relative_error(dlogps, t_logps.grad.numpy()) < 1e-6
+    assert np.all(np.isfinite(dlogps)) and z[0] == pytest.approx(-24.0)
+
+
+def hf_double(config, params):
+    """transformers' GPT-2 in float64 holding our params (Conv1D stores [in, out] as we do)."""
+    hf_config = transformers.GPT2Config(**{k: v for k, v in config.to_hf_dict().items()
+                                           if k not in ("architectures", "torch_dtype")}, attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(hf_config).double()
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, p in params.items():
+            sd["transformer." + name].copy_(torch.from_numpy(p))
+    return model.train()
+
+
+def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world):
+    """DpoLoss through the whole model (per-row weighted cross-entropy backward) against autograd of TRL's
+    loss over transformers' GPT-2 in float64, with reply masks of different lengths and right padding."""
+    config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    rng = np.random.default_rng(4)
+    params = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float64)
+              for k, v in init_params(config, np.random.default_rng(0)).items()}
+    B, T, beta = 3, 15, 0.5
+    tokens = rng.integers(0, config.vocab_size, (B, 2, T + 1))
+    mask = np.zeros((B, 2, T))
+    for i in range(B):
+        for j in range(2):
+            start, stop = rng.integers(2, 7), rng.integers(8, T + 1)     # prompt, reply, then padding
+            mask[i, j, start:stop] = 1
+    ref = -rng.gamma(4.0, 5.0, (B, 2))
+    ids, targets = tokens[..., :-1], tokens[..., 1:]
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    loss = DpoLoss(beta)(params, config, (ids, targets, mask, ref), grads, scale=1.0)
+
+    model = hf_double(config, params)
+    logits = model(torch.from_numpy(ids.reshape(2 * B, T))).logits               # [2B, T, V]
+    token_logps = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(targets.reshape(2 * B, T, 1)))[..., 0]
+    logps = (token_logps * torch.from_numpy(mask.reshape(2 * B, T))).sum(-1).reshape(B, 2)
+    ref_loss = torch_dpo_loss(logps, torch.from_numpy(ref), beta)
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        if name == "lm_head.weight":
+            continue                                                   # tied to wte
+        assert relative_error(grads[name.removeprefix("transformer.")], p.grad.numpy()) < 1e-6, name
+    # the sums themselves, and the same sums by the plain inference forward, one sequence at a time
+    ours = reply_logps(params, config, ids.reshape(2 * B, T), targets.reshape(2 * B, T), mask.reshape(2 * B, T))
+    assert relative_error(ours, logps.detach().numpy().reshape(-1)) < 1e-9
+    from numgpt.model import reference_forward
+    for r in range(2 * B):
+        row_logits = reference_forward(params, config, ids.reshape(2 * B, T)[r:r + 1])[0]     # [T, V]
+        lp = row_logits - np.log(np.exp(row_logits - row_logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - row_logits.max(-1, keepdims=True)
+        plain = (lp[np.arange(T), targets.reshape(2 * B, T)[r]] * mask.reshape(2 * B, T)[r]).sum()
+        assert plain == pytest.approx(ours[r], rel=1e-9)
