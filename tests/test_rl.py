@@ -1,0 +1,210 @@
+"""numgpt rl (GRPO, issue 22 item 3): the loss and every gradient against torch autograd (float64), the
+advantages against a hand computation, sampling reproducible and independent of the row split, resume
+bit-exact, ranks against threads, a short run's logged figures, pass@1, and bad input. A tiny chat model
+made here (a BPE vocabulary of the synthetic text with the chat tokens), synthetic tasks from synth."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from references import reference
+
+from numgpt import save_checkpoint, train_bpe
+from numgpt.cli import main
+from numgpt.config import GPTConfig
+from numgpt.formats import load_checkpoint, load_tokenizer
+from numgpt.generate import generate_ids
+from numgpt.params import init_params
+from numgpt.posttrain.chat_format import add_chat_tokens, chat_template
+from numgpt.posttrain.chatdata import write_conversations
+from numgpt.posttrain.grpo import GrpoLoss, group_advantages, grpo_value
+from numgpt.posttrain.rl import EVAL_CHUNK, PolicySamples, pass_at_1, render_tasks, setup_rl
+from numgpt.posttrain.synth import check, synthesize
+from numgpt.sampling import GREEDY, SamplingOptions
+from numgpt.threads import run_in_threads, single_threaded_blas
+from numgpt.training.comm import ThreadGroup
+from numgpt.training.state import new_state
+
+torch = reference("torch")
+transformers = reference("transformers")
+
+CONTEXT = 64
+FAST = ["--threads", "1", "--group", "4", "--prompts-per-step", "2", "--max-new-tokens", "6", "--eval-iters", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny chat model (random weights, the chat tokens in its vocabulary), 40 tasks and 8 held-out ones."""
+    root = tmp_path_factory.mktemp("rl")
+    write_conversations(root / "tasks.jsonl", synthesize(40, rng=np.random.default_rng(0), system_rate=0.0))
+    write_conversations(root / "heldout.jsonl", synthesize(8, rng=np.random.default_rng(2), split="heldout",
+                                                           system_rate=0.0))
+    text = " ".join(m["content"] for t in synthesize(300, rng=np.random.default_rng(1)) for m in t["messages"])
+    tok = train_bpe(text, vocab_size=300, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=CONTEXT, vocab_size=tok.vocab_size,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    params = init_params(config, np.random.default_rng(0))
+    save_checkpoint(root / "base", config, params, tokenizer=tok)
+    config, params, tok = add_chat_tokens(config, params, tok)
+    save_checkpoint(root / "chat", config, params, tokenizer=tok)
+    return root
+
+
+def rl(world, out, *extra):
+    return main(["rl", str(world / "tasks.jsonl"), "--init", str(world / "chat"), "--out", str(out), *FAST, *extra])
+
+
+def relative_error(ours, ref):
+    return float(np.linalg.norm((ours - ref).ravel()) / max(np.linalg.norm(ref.ravel()), 1e-300))
+
+
+def events(run, kind):
+    return [e for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if e["type"] == kind]
+
+
+# ---- the loss against torch ---------------------------------------------------------------------------
+
+def hf_double(config, params):
+    """transformers' GPT-2 in float64 holding our params (Conv1D stores [in, out] as we do)."""
+    hf_config = transformers.GPT2Config(**{k: v for k, v in config.to_hf_dict().items()
+                                           if k not in ("architectures", "torch_dtype")}, attn_implementation="eager")
+    model = transformers.GPT2LMHeadModel(hf_config).double()
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, p in params.items():
+            sd["transformer." + name].copy_(torch.from_numpy(p))
+    return model.train()
+
+
+def torch_grpo(logp, old, ref, adv, norm, *, clip, kl):
+    """GRPO's per-token loss as TRL's GRPOTrainer writes it (clipped surrogate, k3), summed with norm / B."""
+    ratio = torch.exp(logp - old)
+    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)
+    k3 = torch.exp(ref - logp) - (ref - logp) - 1
+    return ((-surrogate + kl * k3) * norm).sum() / logp.shape[0]
+
+
+@pytest.mark.parametrize("on_policy", [False, True])
+def test_grpo_loss_and_every_gradient_match_torch_in_float64(on_policy):
+    """Off-policy (old logp far from the current: both clipped regions, and the unclipped ones, are hit)
+    and on-policy (ratio 1: old is the current logp, held constant), through the whole model."""
+    config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    rng = np.random.default_rng(4)
+    params = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float64)
+              for k, v in init_params(config, np.random.default_rng(0)).items()}
+    B, T = 6, 12
+    ids = rng.integers(0, config.vocab_size, (B, T))
+    targets = rng.integers(0, config.vocab_size, (B, T))
+    mask = np.zeros((B, T), dtype=bool)
+    for b in range(B):
+        mask[b, 3:3 + 2 + b] = True                                   # answers of different lengths after a prompt
+    norm = np.where(mask, 3 / mask[:3].sum(), 0.0)                    # 2 groups of 3: per token in the group
+    norm[3:] = np.where(mask[3:], 3 / mask[3:].sum(), 0.0)
+    adv = np.array([1.2, -0.3, -0.9, 0.0, 0.7, -0.7])
+    model = hf_double(config, params)
+    logits = model(torch.from_numpy(ids)).logits
+    logp = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(targets)[..., None])[..., 0]   # [B, T]
+    old = logp.detach().numpy() + rng.uniform(-0.6, 0.6, (B, T))       # ratios in about [0.55, 1.8]
+    ref = logp.detach().numpy() + rng.normal(0, 0.3, (B, T))
+    clip, kl = 0.2, 0.05
+    t_old = logp.detach() if on_policy else torch.from_numpy(old)
+    expected = torch_grpo(logp, t_old, torch.from_numpy(ref), torch.from_numpy(adv)[:, None], torch.from_numpy(norm),
+                          clip=clip, kl=kl)
+    expected.backward()
+    if not on_policy:
+        ratio = np.exp(logp.detach().numpy() - old)[mask]
+        a = np.broadcast_to(adv[:, None], (B, T))[mask]
+        assert ((a > 0) & (ratio > 1 + clip)).any() and ((a < 0) & (ratio < 1 - clip)).any()   # zero-gradient regions
+        assert ((a > 0) & (ratio < 1 - clip)).any() and ((a < 0) & (ratio > 1 + clip)).any()   # the min's other side
+    loss_fn = GrpoLoss(clip=clip, kl=kl, on_policy=on_policy)
+    batch = (ids, targets, norm, adv, old, ref)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    loss = loss_fn(params, config, batch, grads)
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert grpo_value(loss_fn, params, config, batch) == pytest.approx(expected.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        if name == "lm_head.weight":
+            continue                                                   # tied to wte
+        assert relative_error(grads[name.removeprefix("transformer.")], p.grad.numpy()) < 1e-6, name
+
+
+def test_group_advantages_by_hand_and_an_equal_group_teaches_nothing():
+    rewards = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]])
+    adv = group_advantages(rewards)
+    s = math.sqrt(1 / 3)                                               # std of (1, 0, 0, 1) with Bessel's n - 1
+    assert adv[0] == pytest.approx([0.5 / (s + 1e-4), -0.5 / (s + 1e-4), -0.5 / (s + 1e-4), 0.5 / (s + 1e-4)])
+    assert np.all(adv[1] == 0)
+    assert adv[2] == pytest.approx(np.array([-0.5, -0.5, -0.5, 1.5]) / (1.0 + 1e-4))   # std of (0, 0, 0, 2) is 1
+    # without the KL term, a group of equal rewards gives no gradient at all
+    config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    params = init_params(config, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 37, (4, 8))
+    norm = np.ones((4, 8)) / 8
+    batch = (ids, ids, norm, adv[1], np.zeros((4, 8)), np.zeros((4, 8)))
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    GrpoLoss(clip=0.2, kl=0.0)(params, config, batch, grads)
+    assert all(not g.any() for g in grads.values())
+    with pytest.raises(Exception, match="group of at least 2"):
+        group_advantages(np.ones((3, 1)))
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+
+def policy_samples(world, state, **kw):
+    config, _ = load_checkpoint(world / "chat")
+    tok = load_tokenizer(world / "chat", config)
+    from numgpt.posttrain.synth import read_tasks
+    template = chat_template(tok)
+    tasks = render_tasks(tok, read_tasks(world / "tasks.jsonl"))
+    return PolicySamples(state=state, config=config, tasks=tasks, ref=state.params, group=4,
+                         sampling=SamplingOptions(temperature=1.0), max_new_tokens=6, end_id=template.end_id,
+                         pad_id=template.start_id, decode=tok, **kw)
+
+
+def test_sampling_is_reproducible_from_the_seed_and_the_same_whatever_the_row_split(world):
+    _, params = load_checkpoint(world / "chat")
+    state = new_state(params, seed=0)
+    samples = policy_samples(world, state)
+    B, T = 12, 40                                                      # 3 groups of 4
+    whole = samples(None, "train", B, T, np.random.default_rng(5), slice(0, B))
+    again = samples(None, "train", B, T, np.random.default_rng(5), slice(0, B))
+    for a, b in zip(whole, again):
+        assert np.array_equal(a, b)
+    ids, targets, norm, adv, old, ref = whole
+    assert ids.shape == (B, T) and norm.shape == (B, T) and adv.shape == (B,)
+    assert not np.array_equal(ids[0], ids[1])                          # 4 different answers to one prompt
+    for g in range(3):
+        assert norm[4 * g:4 * g + 4].sum() == pytest.approx(4)         # G / (tokens of the group) on each token
+    assert np.array_equal(old != 0, norm > 0) and np.all(old <= 0)
+    assert np.allclose(ref[norm > 0], old[norm > 0], atol=1e-4)       # the reference is the policy here
+    other = samples(None, "train", B, T, np.random.default_rng(6), slice(0, B))
+    assert not np.array_equal(other[0], ids)
+    # rows split across ranks (a group cut in two: 0..5 and 5..12) give the same rows
+    parts = [samples(None, "train", B, T, np.random.default_rng(5), rows) for rows in (slice(0, 5), slice(5, B))]
+    for k in range(6):
+        assert np.array_equal(np.concatenate([parts[0][k], parts[1][k]]), whole[k])
+
+
+def test_pass_at_1_batched_is_one_prompt_at_a_time(world, monkeypatch):
+    """Greedy exact match per family, in chunks, against each prompt decoded alone and checked by hand. The
+    random model is never right, so the checker is swapped for a rule on the reply's length (both sides)."""
+    from numgpt.posttrain import rl as rl_module
+    check = lambda task, reply: len(reply) % 3 == 0                      # noqa: E731
+    monkeypatch.setattr(rl_module, "check", check)
+    config, params = load_checkpoint(world / "chat")
+    tok = load_tokenizer(world / "chat", config)
+    from numgpt.posttrain.synth import read_tasks
+    tasks = read_tasks(world / "tasks.jsonl")
+    end = chat_template(tok).end_id
+    params = {k: v + np.float32(0.0) for k, v in params.items()}
+    right: dict[str, list[bool]] = {}
+    for task, t in zip(tasks, render_tasks(tok, tasks)):
+        out = generate_ids(params, config, [t.prompt], max_new_tokens=5, sampling=GREEDY, stop_ids=(end,))[0]
+        right.setdefault(task["family"], []).append(check(task, tok.decode([i for i in out if i != end])))
+    assert len(tasks) > EVAL_CHUNK                                     # two chunks
+    found = pass_at_1(params, config, tok, tasks, max_new_tokens=5)
+    assert found == {f: np.mean(v) for f, v in right.items()}
+    assert any(0 < v < 1 for v in found.values())
