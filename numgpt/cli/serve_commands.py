@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "replacing its parts, or 'default'; 'none' turns chat off (default: the model's own "
                         "template if it has one, else the transcript)")
     p.add_argument("--log-prompts", action="store_true", help="include prompts in the request log lines")
+    add_judge_flags(p)
     p.set_defaults(run=run_serve)
 
 
@@ -105,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(model_name=name, api_key=key, max_batch=args.max_batch, max_queue=args.max_queue,
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               request_timeout=args.request_timeout, log_prompts=args.log_prompts,
-                              chat_template=template)
+                              chat_template=template, **load_judges(args, lm))
     app = create_app(lm, settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     host, port = sock.getsockname()[:2]
@@ -196,3 +197,57 @@ def announce(host: str, port: int, name: str, key: str | None, is_loopback: bool
         lines.append(f"numgpt serve: warning: listening on {host} with no API key: anyone who can reach this "
                      "machine can use it (set --api-key or NUMGPT_API_KEY)")
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+DPO_BETA = 0.1     # TRL's DPOConfig default
+
+
+def add_judge_flags(p: argparse.ArgumentParser) -> None:
+    """The playground Chat tab's judges of a reply: a reward model, DPO's reference."""
+    p.add_argument("--reward-model", metavar="RM", default=None,
+                   help="the playground's Chat tab shows this reward model's score of each reply (a `numgpt "
+                        "reward train` folder, for --model's tokenizer)")
+    p.add_argument("--reference", metavar="MODEL", default=None,
+                   help="the Chat tab shows DPO's implicit reward of each reply, beta * (log pi - log pi_ref), "
+                        "against this model (e.g. the SFT run a `numgpt dpo` run started from; same vocabulary)")
+    p.add_argument("--dpo-beta", type=float, default=None, metavar="B",
+                   help=f"beta of that implicit reward (default {DPO_BETA}, TRL's; needs --reference)")
+
+
+def load_judges(args: argparse.Namespace, lm) -> dict:
+    """ServerSettings' reward_model and reference from --reward-model, --reference and --dpo-beta (built here:
+    numgpt.serve does not import posttrain), each checked against the served model's vocabulary."""
+    from ..serve import Reference
+    if args.dpo_beta is not None and args.reference is None:
+        raise NumgptError("--dpo-beta needs --reference MODEL (the model the implicit reward compares against)")
+    beta = DPO_BETA if args.dpo_beta is None else args.dpo_beta
+    if not (beta > 0 and beta < float("inf")):
+        raise NumgptError(f"--dpo-beta must be a positive number, got {args.dpo_beta}")
+    out = {}
+    if args.reference is not None:
+        ref = load_model(argparse.Namespace(model=args.reference))
+        if not same_vocabulary(ref.tokenizer, lm.tokenizer):
+            raise NumgptError(f"--reference {args.reference}: its vocabulary is not the served model's, so it "
+                              "cannot score the same tokens; give the model the served one was tuned from")
+        out["reference"] = Reference(ref, beta, args.reference)
+    if args.reward_model is not None:
+        out["reward_model"] = reward_model(args.reward_model, lm.tokenizer)
+    return out
+
+
+def reward_model(folder: str, tokenizer):
+    """--reward-model's RewardModel: numgpt.posttrain.reward's model, its score of one conversation."""
+    from ..serve import RewardModel
+    try:
+        from ..posttrain.reward import check_same_tokenizer, load_reward_model
+    except ImportError:
+        raise NumgptError("--reward-model needs numgpt.posttrain.reward, which this numgpt does not have") from None
+    rm = load_reward_model(folder)
+    check_same_tokenizer(rm.tokenizer, tokenizer)
+    return RewardModel(folder, lambda conversation: float(rm.score([conversation])[0]))
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers give every id the same bytes (and the same special tokens)."""
+    return (a.vocab_size == b.vocab_size and a.special_tokens == b.special_tokens
+            and all(a.token_bytes(i) == b.token_bytes(i) for i in range(a.vocab_size)))

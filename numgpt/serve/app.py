@@ -11,9 +11,9 @@ the limit, 422 for a field that fails the schema (it is named), 429 when every s
 (retry later), 500 for the model's failure or a bug (a bug is logged, not shown), 504 past
 --request-timeout. The server keeps serving after any of them.
 
-Who does what: routes.py and explain_routes.py are the routes, completions.py turns requests into the
-engine's work and its events into responses, engine.py owns the model thread, middleware.py wraps every
-request (body limit, key, log line).
+Who does what: routes.py, explain_routes.py and chat_explain.py are the routes, completions.py turns
+requests into the engine's work and its events into responses, engine.py owns the model thread,
+middleware.py wraps every request (body limit, key, log line).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..model import check_finite_weights
+from .chat_explain import chat_explain_router
 from .completions import Completions
 from .engine import Engine
 from .errors import install_error_handlers
@@ -56,6 +57,7 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
     install_error_handlers(app)
     app.include_router(openai_router(Completions(lm, settings, engine, metrics)))
     app.include_router(explain_router(lm, settings))   # the playground page and /v1/explain/*
+    app.include_router(chat_explain_router(lm, settings))   # /v1/explain/chat: the page's Chat tab
     install_middleware(app, settings, metrics)
     return app
 

@@ -91,6 +91,8 @@ class ChatRenderer(Protocol):
 
     def render(self, messages: Sequence[Mapping], *, add_generation_prompt: bool = False) -> list[int]: ...
 
+    def render_for_training(self, messages: Sequence[Mapping]) -> tuple[list[int], list[int]]: ...
+
 
 @dataclass(frozen=True)
 class ModelChatTemplate:
@@ -120,6 +122,12 @@ class ModelChatTemplate:
         del tokenizer                    # the renderer holds the model's own
         return self.renderer.render([{"role": "system" if role == "developer" else role, "content": text}
                                      for role, text in messages], add_generation_prompt=True)
+
+    def training_ids(self, messages: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """(ids, SFT's loss mask) of a whole conversation, as the format renders it for training (1 on the
+        assistants' content tokens and their end-of-turn token): the playground's Chat tab shows the mask."""
+        return self.renderer.render_for_training([{"role": "system" if role == "developer" else role,
+                                                   "content": text} for role, text in messages])
 
     def jinja(self) -> str:
         return self.jinja_text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .chat import ChatTemplate, ModelChatTemplate
+from .judges import Reference, RewardModel
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,5 @@ class ServerSettings:
     request_timeout: float = 300.0
     log_prompts: bool = False
     chat_template: ChatTemplate | ModelChatTemplate | None = ChatTemplate()   # None: chat off
+    reward_model: RewardModel | None = None      # the Chat tab's reward of a reply (--reward-model)
+    reference: Reference | None = None           # DPO's reference, for the implicit reward (--reference)

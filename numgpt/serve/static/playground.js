@@ -1,6 +1,7 @@
 // numgpt playground: draws what numgpt serve computed, and nothing else. Every probability, attention
 // weight, kept set and count on the page is a number from the server's JSON (/v1/completions with
-// echo + logprobs, /v1/explain/*); this file formats and colours them, it never recomputes them.
+// echo + logprobs, /v1/chat/completions, /v1/explain/*); this file formats and colours them, it never
+// recomputes them.
 // Only the page's own origin is called (the page's Content-Security-Policy holds it to that).
 "use strict";
 
@@ -442,6 +443,140 @@ async function refreshBPE() {
   drawn();
 }
 
+// ---- the chat view -------------------------------------------------------------------------------------
+
+const chat = {messages: [], sending: false};     // the conversation so far (the system prompt apart)
+
+function chatMessages() {
+  const system = $("chat-system").value.trim();
+  return [...(system ? [{role: "system", content: system}] : []), ...chat.messages];
+}
+
+function addTurn(role, text) {
+  const body = el("div", {class: "turn-body", text});
+  const turn = el("div", {class: `turn ${role}`, "data-role": role},
+                  el("div", {class: "turn-role", text: role === "user" ? "You" : "Assistant"}), body);
+  $("chat-log").append(turn);
+  return turn;
+}
+
+async function streamChat(messages, onText) {
+  // /v1/chat/completions with stream: true; calls onText with each piece; returns the whole reply
+  const headers = {"Content-Type": "application/json"};
+  if (state.key) headers.Authorization = "Bearer " + state.key;
+  const body = {messages, stream: true, max_tokens: numberOr("max_tokens") || 1, ...settings(),
+                ...($("seed").value === "" ? {} : {seed: Number($("seed").value)})};
+  setBusy(+1);
+  try {
+    const r = await fetch("/v1/chat/completions", {method: "POST", headers, body: JSON.stringify(body)});
+    if (!r.ok) {
+      const data = await r.json();
+      if (r.status === 401) askForKey("the server needs its API key: " + data.error.message);
+      throw new Error(data.error ? data.error.message : r.statusText);
+    }
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "", reply = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return reply;
+      buffer += value;
+      const events = buffer.split("\n\n");
+      buffer = events.pop();
+      for (const event of events) {
+        const payload = event.replace(/^data: /, "");
+        if (payload === "[DONE]") return reply;
+        const chunk = JSON.parse(payload);
+        if (chunk.error) throw new Error(chunk.error.message);
+        const piece = chunk.choices.length ? chunk.choices[0].delta.content || "" : "";
+        reply += piece;
+        onText(reply);
+      }
+    }
+  } finally {
+    setBusy(-1);
+  }
+}
+
+async function sendChat(ev) {
+  ev.preventDefault();
+  const text = $("chat-input").value;
+  if (chat.sending) return;
+  if (!text.trim()) return say("type a message first", true);
+  chat.sending = true;
+  $("chat-send").disabled = true;
+  chat.messages.push({role: "user", content: text});
+  const asked = addTurn("user", text);
+  const turn = addTurn("assistant", "…");
+  try {
+    say("the assistant is answering…");
+    const reply = await streamChat(chatMessages(), (sofar) => { turn.querySelector(".turn-body").textContent = sofar; });
+    chat.messages.push({role: "assistant", content: reply});
+    $("chat-input").value = "";
+    await explainTurn(turn, chatMessages());
+  } catch (e) {
+    if (chat.messages.length && chat.messages[chat.messages.length - 1].role === "user") {
+      chat.messages.pop();              // the message got no reply: take it back (its text stays in the box)
+      asked.remove();
+      turn.remove();
+    }
+    say(e.message, true);
+  } finally {
+    chat.sending = false;
+    $("chat-send").disabled = false;
+  }
+}
+
+async function explainTurn(turn, messages) {
+  // the reply's tokens, probabilities, SFT mask and rewards: POST /v1/explain/chat, drawn as they come
+  const view = await api("/v1/explain/chat", {messages});
+  const tokens = el("div", {class: "tokens chat-tokens", "aria-label": "the reply as tokens"});
+  view.tokens.forEach((text, i) => {
+    const p = view.probabilities[i];
+    const trained = view.trained === null ? null : view.trained[i];
+    const what = `token ${i}: ${shown(text)}, ${pct(p)}` +
+      (trained === null ? "" : trained ? ", trained on by SFT" : ", not trained on by SFT");
+    const span = el("span", {class: "tok" + (trained ? " trained" : ""), tabindex: "0", "data-index": String(i),
+                             "data-p": String(p), "aria-label": what, title: what, text: visible(text)});
+    span.style.backgroundColor = colour(p);
+    tokens.append(span);
+  });
+  turn.querySelector(".turn-body").replaceChildren(tokens);
+  const notes = [view.trained_note, view.reward_note].filter((n) => n);
+  turn.append(el("div", {class: "rewards"}, ...view.rewards.map(rewardLine)),
+              ...notes.map((n) => el("p", {class: "note", text: n})));
+  say(`reply: ${view.tokens.length} tokens after ${view.prompt_tokens} of the conversation (${view.template} template)`);
+  drawn();
+}
+
+function rewardLine(r) {
+  const value = el("span", {class: "reward-value", text: r.value.toFixed(4)});
+  if (r.kind === "reward model") {
+    return el("p", {class: "reward", "data-kind": "reward model"}, `reward model (${r.name}): `, value);
+  }
+  return el("p", {class: "reward", "data-kind": "implicit DPO",
+                  title: `beta × (log π(reply) − log π_ref(reply)) = ${r.beta} × (${r.policy_logprob.toFixed(4)} − ` +
+                         `${r.reference_logprob.toFixed(4)})`},
+            `implicit DPO reward (β ${r.beta}, reference ${r.name}): `, value,
+            el("span", {class: "note", text: ` log π ${r.policy_logprob.toFixed(2)}, log π_ref ${r.reference_logprob.toFixed(2)}`}));
+}
+
+function resetChat() {
+  chat.messages = [];
+  $("chat-log").replaceChildren();
+  say("a new chat");
+}
+
+function probabilityLegend() {
+  return legend("probability", [["no context", colour(null)], ["≤ 0.01%", colour(1e-4)],
+    ["0.1%", colour(1e-3)], ["1%", colour(1e-2)], ["10%", colour(0.1)], ["100%", colour(1)]]);
+}
+
+function trainedLegend() {
+  return el("div", {class: "legend", role: "img", "aria-label": "SFT loss"}, el("span", {class: "legend-label", text: "SFT loss"}),
+    el("span", {class: "legend-entry"}, el("span", {class: "tok trained sample", text: "abc"}), "underlined: trained on"),
+    el("span", {class: "legend-entry"}, el("span", {class: "tok sample", text: "abc"}), "plain: not trained on"));
+}
+
 // ---- tabs and start-up -----------------------------------------------------------------------------------
 
 function refreshVisible() {
@@ -457,6 +592,7 @@ function selectTab(tab) {
     t.setAttribute("aria-selected", String(on));
     $(t.getAttribute("aria-controls")).hidden = !on;
   }
+  document.body.dataset.view = tab.id.replace("tab-", "");     // the chat view hides the prompt's box
   refreshVisible();
 }
 
@@ -485,8 +621,8 @@ async function start() {
       ...Array.from({length: count}, (_, i) => el("option", {value: String(i), text: String(i)})));
     fill($("layer"), model.config.n_layer);
     fill($("head"), model.config.n_head);
-    $("legend").replaceChildren(legend("probability", [["no context", colour(null)], ["≤ 0.01%", colour(1e-4)],
-      ["0.1%", colour(1e-3)], ["1%", colour(1e-2)], ["10%", colour(0.1)], ["100%", colour(1)]]));
+    $("legend").replaceChildren(probabilityLegend());
+    $("chat-legend").replaceChildren(probabilityLegend(), trainedLegend());
     say(`${model.model}: ${model.config.n_layer} layers x ${model.config.n_head} heads, ` +
         `${model.config.vocab_size} tokens, context ${model.config.n_positions}`);
     await generateFromPrompt();
@@ -507,6 +643,8 @@ document.addEventListener("DOMContentLoaded", () => {
     input.addEventListener("input", debounce(() => { if (!$("view-sampling").hidden && state.current) refreshSampling(); }, 150));
   }
   $("generate").addEventListener("click", generateFromPrompt);
+  $("chat-form").addEventListener("submit", sendChat);
+  $("chat-reset").addEventListener("click", resetChat);
   $("position").addEventListener("change", () => choosePosition(Number($("position").value)));
   $("layer").addEventListener("change", refreshAttention);
   $("head").addEventListener("change", refreshAttention);
