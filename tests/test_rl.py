@@ -208,3 +208,142 @@ def test_pass_at_1_batched_is_one_prompt_at_a_time(world, monkeypatch):
     found = pass_at_1(params, config, tok, tasks, max_new_tokens=5)
     assert found == {f: np.mean(v) for f, v in right.items()}
     assert any(0 < v < 1 for v in found.values())
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+def test_reward_rises_on_a_trivially_learnable_task(world, tmp_path):
+    """'How many x's are in word?' answered with one token: the model learns to say a likely count (from
+    about 2% right to most), GRPO alone (kl 0) at a high learning rate, 30 steps of 4 prompts x 8 answers."""
+    tasks = tmp_path / "count.jsonl"
+    write_conversations(tasks, synthesize(40, rng=np.random.default_rng(0), families=("count",), system_rate=0.0))
+    with single_threaded_blas():
+        setup = setup_rl(tasks, tmp_path / "run", init=world / "chat", group=8, prompts_per_step=4, max_new_tokens=1,
+                         kl=0.0, options={"max_iters": 30, "eval_interval": 0, "threads": 1, "eval_iters": 1,
+                                          "optim": {"lr": 0.1, "min_lr": 0.1}})
+        setup.run.train()
+    steps = events(tmp_path / "run", "step")
+    rewards = [e["reward"] for e in steps]
+    assert len(rewards) == 30 and all(math.isfinite(r) and 0 <= r <= 1 for r in rewards)
+    assert np.mean(rewards[:5]) < 0.1 and np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.3
+    assert all(e["answer_tokens"] == 1 and e["sampled_tokens"] == 32 and e["kl"] >= 0 for e in steps)
+    (final,) = events(tmp_path / "run", "eval")[-1:]
+    assert final["step"] == 30 and 0 <= final["pass@1"] <= 1 and "pass@1/count" in final
+
+
+def test_a_short_run_logs_its_figures_and_resumes_bit_exactly_after_ctrl_c(world, tmp_path, monkeypatch, capsys):
+    common = ["--max-iters", "6", "--eval-interval", "3", "--seed", "7", "--eval-tasks", str(world / "heldout.jsonl")]
+    with single_threaded_blas():
+        assert rl(world, tmp_path / "straight", *common) == 0
+        err = capsys.readouterr().err
+        assert "2 prompts x 4 answers" in err and "held-out pass@1" in err
+        from numgpt.cli import train_commands
+        step = train_commands.TimeEstimate.step
+
+        def ctrl_c_at_step_4(self, ev):                   # Ctrl-C lands in the loop after step 4's update
+            if ev["step"] == 4:
+                raise KeyboardInterrupt
+            return step(self, ev)
+        monkeypatch.setattr(train_commands.TimeEstimate, "step", ctrl_c_at_step_4)
+        assert rl(world, tmp_path / "halves", *common) == 130
+        monkeypatch.undo()
+        assert json.loads((tmp_path / "halves" / "latest" / "trainstate.json").read_text())["step"] == 4
+        assert main(["rl", str(world / "tasks.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 0
+    _, a = load_checkpoint(tmp_path / "straight" / "latest")
+    _, b = load_checkpoint(tmp_path / "halves" / "latest")
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    figures = ("loss", "reward", "kl", "answer_tokens", "correct", "ended")
+    straight, halves = events(tmp_path / "straight", "step"), events(tmp_path / "halves", "step")
+    assert [[e[k] for k in figures] for e in straight] == [[e[k] for k in figures] for e in halves]
+    assert all(math.isfinite(e[k]) for e in straight for k in figures + ("sample_tokens_per_s", "grad_seconds"))
+    assert [e["step"] for e in events(tmp_path / "halves", "eval")] == [0, 3, 6]
+    assert events(tmp_path / "straight", "eval")[-1]["pass@1"] == events(tmp_path / "halves", "eval")[-1]["pass@1"]
+
+
+def test_several_updates_per_batch_resume_between_them_with_the_kept_batch(world, tmp_path, monkeypatch):
+    """--updates 2: steps 0-1 train on one sampled batch, 2-3 on the next...; a
+    Ctrl-C after step 3 resumes on the batch sampled at step 2, kept in RUN."""
+    common = ["--max-iters", "6", "--eval-interval", "0", "--updates", "2", "--lr", "1e-2"]
+    with single_threaded_blas():
+        assert rl(world, tmp_path / "straight", *common) == 0
+        from numgpt.cli import train_commands
+        step = train_commands.TimeEstimate.step
+
+        def ctrl_c_at_step_3(self, ev):
+            if ev["step"] == 3:
+                raise KeyboardInterrupt
+            return step(self, ev)
+        monkeypatch.setattr(train_commands.TimeEstimate, "step", ctrl_c_at_step_3)
+        assert rl(world, tmp_path / "halves", *common) == 130
+        monkeypatch.undo()
+        assert main(["rl", str(world / "tasks.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 0
+    _, a = load_checkpoint(tmp_path / "straight" / "latest")
+    _, b = load_checkpoint(tmp_path / "halves" / "latest")
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    steps = events(tmp_path / "straight", "step")
+    assert ["sample_tokens_per_s" in e for e in steps] == [True, False] * 3   # sampled at steps 0, 2, 4
+    assert steps[0]["reward"] == steps[1]["reward"]                   # the same batch's figures
+
+
+def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_path):
+    """3 prompts x 4 answers: the ranks' rows 0-5 and 6-11 cut group 1 in two (each rank samples it)."""
+    kw = dict(init=world / "chat", group=4, prompts_per_step=3, max_new_tokens=5,
+              eval_tasks=world / "heldout.jsonl")
+    opts = {"max_iters": 3, "eval_interval": 3, "eval_iters": 1, "optim": {"lr": 1e-2}}
+    with single_threaded_blas():
+        ref = setup_rl(world / "tasks.jsonl", tmp_path / "threads", options={**opts, "threads": 2}, **kw).run
+        ref_result = ref.train()
+        group = ThreadGroup(2)
+        out = [None, None]
+
+        def rank(r):
+            comm = group.member(r)
+            run = setup_rl(world / "tasks.jsonl", tmp_path / "ranks", options={**opts, "threads": 1}, comm=comm, **kw).run
+            out[r] = (run, run.train(comm=comm))
+        run_in_threads(rank, 2)
+    for run, result in out:
+        for k, v in ref.state.params.items():
+            assert np.array_equal(run.state.params[k], v), k
+        assert result.last_eval["pass@1"] == ref_result.last_eval["pass@1"]
+        assert result.last_eval["val_loss"] == ref_result.last_eval["val_loss"]
+    assert [e["reward"] for e in events(tmp_path / "ranks", "step")] == \
+        [e["reward"] for e in events(tmp_path / "threads", "step")]
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, words", [
+    (["--group", "1"], "--group must be a whole number >= 2"),
+    (["--kl", "-0.1"], "--kl must be a finite number >= 0"),
+    (["--kl", "nan"], "--kl must be a finite number >= 0"),
+    (["--clip", "0"], "--clip must be a finite number > 0"),
+    (["--prompts-per-step", "0"], "--prompts-per-step must be a whole number >= 1"),
+])
+def test_bad_settings_are_one_line_errors_and_leave_nothing(world, tmp_path, capsys, flags, words):
+    assert rl(world, tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("numgpt: error: ") and words in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_other_refusals_leave_nothing(world, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    task = synthesize(1, rng=np.random.default_rng(0), families=("add",), system_rate=0.0)[0]
+    write_conversations(bad, [{**task, "answer": "not a number"}])
+    assert main(["rl", str(bad), "--init", str(world / "chat"), "--out", str(tmp_path / "a"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}:1: the reference reply does not give the answer" in err and "\n" not in err
+    assert main(["rl", str(world / "tasks.jsonl"), "--init", str(world / "base"), "--out", str(tmp_path / "b"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no chat tokens" in err and "numgpt sft" in err and "\n" not in err
+    assert rl(world, tmp_path / "c", "--max-new-tokens", "60") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-new-tokens" in err and "context of 64" in err and "\n" not in err
+    assert not any((tmp_path / name).exists() for name in "abc")
+    with pytest.raises(Exception, match="group must be a whole number >= 2"):
+        setup_rl(world / "tasks.jsonl", tmp_path / "d", init=world / "chat", group=1)
+    with pytest.raises(Exception, match="grad_accum must be 1"):
+        setup_rl(world / "tasks.jsonl", tmp_path / "d", init=world / "chat", max_new_tokens=6, options={"grad_accum": 2})
+    assert not (tmp_path / "d").exists()

@@ -387,6 +387,7 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
     given = {k: v for k, v in given.items() if v is not None}
     if decoding:
         given["decoding"] = dict(decoding)
+    _refuse_grad_accum(options or {})
     if resume:
         if init is not None:
             raise NumgptError("resume=True continues the run in run_dir with its own model: drop init=")
@@ -465,7 +466,6 @@ def _new(path: Path, run: Path, init: str | Path, settings: dict, options: Mappi
     from ..training.run import setup_run
     P, G = settings["prompts_per_step"], settings["group"]
     opts = {"eval_iters": 2, **(options or {}), "batch_size": P * G, "block_size": block_size}
-    _refuse_grad_accum(opts)
     setup = setup_run(run / DATA_SUBDIR, run, options=opts, init=folder, cache_dir=cache_dir, comm=comm,
                       ranks_here=ranks_here, default_threads=default_threads)
     return _with_objective(setup, settings, tok, train, held)
@@ -488,7 +488,6 @@ def _resume(path: Path, run: Path, given: dict, options: Mapping | None, *, comm
     if file_sha256(path) != settings["tasks_sha256"]:
         raise NumgptError(f"{path} is not the task file {run} trains on ({settings['tasks']}); resume with that "
                           "file, or start a new run")
-    _refuse_grad_accum(options or {})
     setup = setup_run(run / DATA_SUBDIR, run, options=options, resume_from=LATEST, cache_dir=cache_dir, comm=comm,
                       ranks_here=ranks_here)
     tok = load_tokenizer(run / LATEST, setup.config)
