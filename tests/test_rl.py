@@ -312,6 +312,32 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
         [e["reward"] for e in events(tmp_path / "threads", "step")]
 
 
+def test_mpiexec_two_ranks_train_the_bits_of_two_threads(world, tmp_path):
+    """Real `mpiexec -n 2 numgpt rl` (rank 0 writes RUN/data, the other waits), against --threads 2 in one
+    process; 3 prompts x 4 answers, so group 1 is cut between the ranks."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    reference("mpi4py").get_include
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+
+    def run(*cmd):
+        return subprocess.run([*cmd], capture_output=True, text=True, timeout=300, env=env)
+    args = ["rl", world / "tasks.jsonl", "--init", world / "chat", "--group", 4, "--prompts-per-step", 3,
+            "--max-new-tokens", 5, "--max-iters", 2, "--eval-interval", 2, "--eval-iters", 1, "--lr", 1e-2]
+    numgpt = [sys.executable, "-m", "numgpt", *map(str, args)]
+    threads = run(*numgpt, "--out", str(tmp_path / "threads"), "--threads", "2")
+    assert threads.returncode == 0, threads.stderr
+    ranks = run(mpiexec, "-n", "2", *numgpt, "--out", str(tmp_path / "ranks"), "--threads", "1")
+    assert ranks.returncode == 0, ranks.stderr
+    assert "on 2 ranks x 1 threads" in ranks.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        saved = [(tmp_path / which / "latest" / name).read_bytes() for which in ("threads", "ranks")]
+        assert saved[0] == saved[1], name
+
+
 # ---- bad input ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, words", [
