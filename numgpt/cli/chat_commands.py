@@ -87,15 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..generate import GenerationOptions
+    from ..generate import GenerationOptions, sample_rng
     from ..posttrain.chat_session import ChatSession
     from .inference_commands import load_model
 
     options = GenerationOptions.from_mapping({"max_new_tokens": CHAT_MAX_NEW_TOKENS, **decoding_kwargs(args)})
     lm = load_model(args)
     chat_format, note = pick_format(lm.tokenizer, args.model, transcript=args.transcript)
-    session = ChatSession(lm, chat_format, options=options, rng=np.random.default_rng(options.seed),
-                          system=args.system)
+    rng = np.random.default_rng() if options.seed is None else sample_rng(options.seed, 0)   # generate's
+    session = ChatSession(lm, chat_format, options=options, rng=rng, system=args.system)
     terminal = sys.stdin.isatty()
     if note:
         say(f"note: {note}")

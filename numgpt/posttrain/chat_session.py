@@ -134,8 +134,9 @@ class ChatSession:
     def record(self) -> dict:
         """The whole conversation as one record of OpenAI's fine-tuning JSONL ({"messages": [...]}), checked
         as numgpt sft reads it; a stopped reply has "weight": 0."""
-        record = {"messages": self.messages()}
-        return check_conversation(record, "the conversation")
+        if not any(m["role"] == "assistant" for m in self.turns):
+            raise NumgptError("nothing to save yet: the conversation has no reply")
+        return check_conversation({"messages": self.messages()}, "the conversation")
 
     def save(self, path: str | os.PathLike) -> dict:
         """Append `record()` to a JSONL file as one line (one write; a newline first if the file's last line

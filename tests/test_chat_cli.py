@@ -1,0 +1,284 @@
+"""`numgpt chat` (issue 22 item 5): piped conversations against transformers (the folder's chat_template through
+apply_chat_template, GPT2LMHeadModel.generate greedy), the /commands, the saved JSONL read back by numgpt's
+chat reader, a base model's one-line error and --transcript, the context rule, and a real Ctrl-C to a
+`python -m numgpt chat` in the middle of a reply.
+
+The model: a tiny random GPT-2 (transformers' init, scaled up so greedy paths are far from ties) grown by the
+chat tokens; the rows of the 128 non-ASCII byte tokens are zero, so that their logit is 0 and greedy never
+picks one (a random model would otherwise write broken UTF-8, whose U+FFFD text both sides would re-encode
+in the next turn's prompt); the vocabulary has one token of 128 'a's, which a logit bias forces for replies
+of a known size."""
+
+import fcntl
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from references import reference
+
+import numgpt
+from numgpt import load_checkpoint, save_checkpoint, train_bpe
+from numgpt.cli import main
+from numgpt.formats import load_tokenizer
+from numgpt.posttrain.chat_format import add_chat_tokens, chat_template
+from numgpt.posttrain.chatdata import read_conversations
+
+torch = reference("torch")
+transformers = reference("transformers")
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+        "want of a wife. 12 + 35 = 47; what comes after 9? 10.\n" * 20 + ("a" * 128 + " ") * 40)
+LONG = "a" * 128                  # one token of this vocabulary
+N = 16                            # --max-new-tokens of the reference runs
+# <|end|> raised by 2.5 makes the first reply of CONVERSATION end at the end of turn after 5 tokens and the
+# second run to N tokens (asserted below, so both ends are always covered); the top two logits of every greedy
+# step of both replies are > 0.06 apart, far above float32 rounding between numgpt and torch (~1e-6 here)
+END_BIAS = 2.5
+SYSTEM = "Count."
+CONVERSATION = ["what comes after 9?", "and after 12?"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """(the chat model's folder, the base model's folder)."""
+    root = tmp_path_factory.mktemp("chat_cli")
+    base_tok = train_bpe(TEXT, vocab_size=300, special_tokens=["<|endoftext|>"])
+    torch.manual_seed(5)                          # the seed of END_BIAS's margins
+    eot = base_tok.eot_id
+    config = transformers.GPT2Config(vocab_size=base_tok.vocab_size, n_positions=1024, n_embd=32, n_layer=2,
+                                     n_head=4, initializer_range=0.2, bos_token_id=eot, eos_token_id=eot)
+    transformers.GPT2LMHeadModel(config).save_pretrained(root / "base")
+    base_tok.save(root / "base")
+    base_config, base_params = load_checkpoint(root / "base")
+    config, params, tok = add_chat_tokens(base_config, base_params, load_tokenizer(root / "base", base_config))
+    non_ascii = [i for i in range(256) if tok.token_bytes(i)[0] >= 128]
+    wte = params["wte.weight"].copy()                                     # [V + 5, C]
+    wte[non_ascii] = 0                                                    # never picked by greedy (docstring)
+    save_checkpoint(root / "chat", config, {**params, "wte.weight": wte}, tokenizer=tok)
+    save_checkpoint(root / "plain", base_config, {**base_params, "wte.weight": wte[:base_tok.vocab_size]},
+                    tokenizer=base_tok)
+    assert len(tok.encode(LONG)) == 1
+    return root / "chat", root / "plain"
+
+
+@pytest.fixture(scope="module")
+def chat_folder(folders):
+    return folders[0]
+
+
+@pytest.fixture(scope="module")
+def hf(chat_folder):
+    """transformers' tokenizer (with the folder's chat_template) and model, on the chat folder."""
+    return (transformers.AutoTokenizer.from_pretrained(chat_folder),
+            transformers.GPT2LMHeadModel.from_pretrained(chat_folder).eval())
+
+
+@pytest.fixture(scope="module")
+def special(chat_folder):
+    return numgpt.load(chat_folder).tokenizer.special_tokens
+
+
+def reference_reply(hf, special, messages: list[dict], *, max_new_tokens: int = N) -> str:
+    """transformers' greedy reply: apply_chat_template with the generation prompt, generate until <|end|> or
+    <|endoftext|> (not part of the reply) with <|end|>'s bias, decoded."""
+    tok, model = hf
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    ends = [special["<|end|>"], special["<|endoftext|>"]]
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=ends,
+                             pad_token_id=ends[1], sequence_bias={(ends[0],): END_BIAS})
+    new = out[0, len(ids):].tolist()
+    new = new[:next((i for i, t in enumerate(new) if t in ends), len(new))]
+    return tok.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def reference_conversation(hf, special, lines: list[str], system: str | None = None) -> list[str]:
+    """The replies to `lines`, each turn's prompt the whole conversation so far (as numgpt chat renders it)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    replies = []
+    for line in lines:
+        messages.append({"role": "user", "content": line})
+        replies.append(reference_reply(hf, special, messages))
+        messages.append({"role": "assistant", "content": replies[-1]})
+    return replies
+
+
+def chat(capsys, monkeypatch, folder, lines: list[str], *flags: str) -> tuple[int, str, str]:
+    """`numgpt chat` in this process with `lines` piped on stdin: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    capsys.readouterr()
+    code = main(["chat", "--model", str(folder), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def greedy_flags(special) -> list[str]:
+    return ["--temperature", "0", "-n", str(N), "--logit-bias", f"{special['<|end|>']}={END_BIAS}"]
+
+
+def test_a_piped_greedy_conversation_is_transformers_greedy_continuation(capsys, monkeypatch, chat_folder, hf, special):
+    """Two turns: each printed reply is transformers' greedy continuation of apply_chat_template over the whole
+    conversation so far (the earlier reply included), cut at <|end|>; stdout has the replies alone."""
+    code, out, err = chat(capsys, monkeypatch, chat_folder, CONVERSATION, "--system", SYSTEM, *greedy_flags(special))
+    want = reference_conversation(hf, special, CONVERSATION, SYSTEM)
+    assert code == 0 and out == "".join(r + "\n" for r in want), (out, want)
+    tok = hf[0]
+    lengths = [len(tok.encode(r)) for r in want]
+    assert 0 < lengths[0] < N and lengths[1] == N        # one reply ended at <|end|>, one ran out of tokens
+    assert all(r.isascii() for r in want)                # plain text: both sides re-encode the same reply
+    assert "reply cut at 16 tokens" in err and err.count("\n") == 1
+
+
+def test_reset_system_save_help_and_unknown_commands(capsys, monkeypatch, chat_folder, hf, special, tmp_path):
+    """/system replaces the system message for the next reply, /reset forgets the turns (not the system
+    message), /save appends one record per call that numgpt's chat JSONL reader accepts, /help and an unknown
+    command answer on stderr, /quit ends the session (the line after it is never answered)."""
+    saved = tmp_path / "chats.jsonl"
+    lines = ["what comes after 9?", "/system Be kind.", "and after 12?", f"/save {saved}", "/reset", "hi",
+             f"/save {saved}", "/system", "/help", "/bogus", "//slash", "/quit", "never answered"]
+    code, out, err = chat(capsys, monkeypatch, chat_folder, lines, "--system", SYSTEM, *greedy_flags(special))
+    first = reference_reply(hf, special, [{"role": "system", "content": SYSTEM},
+                                          {"role": "user", "content": lines[0]}])
+    kind = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": lines[0]},
+            {"role": "assistant", "content": first}, {"role": "user", "content": lines[2]}]
+    second = reference_reply(hf, special, kind)
+    third = reference_reply(hf, special, [kind[0], {"role": "user", "content": "hi"}])
+    fourth = reference_reply(hf, special, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": third},
+                                           {"role": "user", "content": "/slash"}])   # no system message now
+    assert code == 0 and out == f"{first}\n{second}\n{third}\n{fourth}\n"
+    records = read_conversations(saved)
+    assert [r["messages"] for r in records] == [
+        [*kind, {"role": "assistant", "content": second}],
+        [kind[0], {"role": "user", "content": "hi"}, {"role": "assistant", "content": third}]]
+    assert "/save FILE" in err and "/reset" in err                        # /help's list
+    assert [line for line in err.splitlines() if "bogus" in line] == [
+        "unknown command /bogus: the commands are /system, /reset, /save, /help, /quit (//TEXT sends /TEXT)"]
+
+
+def test_save_refuses_a_conversation_without_a_reply_and_appends_after_a_line_without_newline(
+        capsys, monkeypatch, chat_folder, special, tmp_path):
+    saved = tmp_path / "chats.jsonl"
+    code, out, err = chat(capsys, monkeypatch, chat_folder, [f"/save {saved}", "/save"], *greedy_flags(special))
+    assert code == 0 and out == "" and not saved.exists()
+    assert "not saved: nothing to save yet: the conversation has no reply" in err and "usage: /save FILE" in err
+    record = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    saved.write_text(json.dumps(record))                                  # no newline at its end
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi", f"/save {saved}"], *greedy_flags(special))
+    assert code == 0 and [r["messages"][0]["content"] for r in read_conversations(saved)] == ["x", "hi"]
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi", f"/save {tmp_path}"], *greedy_flags(special))
+    assert code == 0 and f"not saved: {tmp_path}: Is a directory" in err
+
+
+def test_a_base_model_is_a_one_line_error_offering_the_transcript(capsys, monkeypatch, folders):
+    """Without a chat template: exit 2 and one line naming --transcript; with --transcript the reply is the
+    greedy continuation of numgpt serve's transcript (LanguageModel.generate, the facade's own decode loop,
+    ending at "\\nUser:"), without the space written after "Assistant:"."""
+    serve_chat = pytest.importorskip("numgpt.serve.chat", reason="--transcript reuses numgpt serve's template")
+    chat_dir, base = folders
+    code, out, err = chat(capsys, monkeypatch, base, ["hello"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"numgpt: error: {base} has no chat template") and "--transcript" in err
+    code, out, err = chat(capsys, monkeypatch, base, ["hello", "more?"], "--transcript", "--temperature", "0",
+                          "-n", "12")
+    lm, template = numgpt.load(base), serve_chat.ChatTemplate()
+    first = lm.generate(template.render([("user", "hello")]), do_sample=False, max_new_tokens=12, stop=list(template.stop))
+    first = first[1:] if first.startswith(" ") else first
+    second = lm.generate(template.render([("user", "hello"), ("assistant", first), ("user", "more?")]),
+                         do_sample=False, max_new_tokens=12, stop=list(template.stop))
+    second = second[1:] if second.startswith(" ") else second
+    assert code == 0 and out == f"{first}\n{second}\n"
+    spaces = lm.generate(template.render([("user", "hello")]), do_sample=False, max_new_tokens=12, logit_bias={32: 4})
+    assert spaces == " " * 12                                # ' ' (id 32) raised: the model writes spaces alone
+    code, out, err = chat(capsys, monkeypatch, base, ["hello"], "--transcript", "--temperature", "0", "-n", "12",
+                          "--logit-bias", "32=4")
+    assert code == 0 and out == " " * 11 + "\n"             # the one space after "Assistant:" is not the reply's
+    code, out, err = chat(capsys, monkeypatch, chat_dir, [], "--transcript")
+    assert code == 0 and "note: the model has its own chat template; --transcript puts the transcript" in err
+
+
+def test_sampling_with_a_seed_draws_what_numgpt_generate_draws(capsys, monkeypatch, chat_folder, special):
+    """--seed S: the first reply is `numgpt generate --seed S`'s sample on the rendered prompt (the same
+    generator), cut at <|end|>; the same lines and seed give the same session."""
+    flags = ["--seed", "7", "--top-k", "5", "-n", "12"]
+    code, out, _ = chat(capsys, monkeypatch, chat_folder, CONVERSATION, *flags)
+    lm = numgpt.load(chat_folder)
+    ids = chat_template(lm.tokenizer).render([{"role": "user", "content": CONVERSATION[0]}], add_generation_prompt=True)
+    sample = lm.completions(ids, seed=7, top_k=5, max_new_tokens=12)[0]
+    end = special["<|end|>"]
+    cut = sample.token_ids[:sample.token_ids.index(end)] if end in sample.token_ids else sample.token_ids
+    assert code == 0 and out.startswith(lm.decode(cut) + "\n")
+    assert chat(capsys, monkeypatch, chat_folder, CONVERSATION, *flags)[1] == out
+
+
+def test_a_message_too_long_is_refused_and_the_oldest_turns_make_room(capsys, monkeypatch, chat_folder, hf, special):
+    """A message longer than the context: one line, not added, the session goes on. A reply that needs room:
+    the oldest exchange is dropped from what the model sees (a note), and the reply is the continuation of
+    the conversation without it."""
+    too_long = LONG * 1100                                                # 1100 tokens > 1024 positions
+    biased = ["--logit-bias", f"{hf[0].convert_tokens_to_ids(hf[0].tokenize(LONG))[0]}=100", "--temperature", "0"]
+    code, out, err = chat(capsys, monkeypatch, chat_folder, [too_long, "hi", "again", "and again"], *biased,
+                          "-n", "600")
+    # each reply is 600 x LONG; the room wanted is min(600, 1024 / 2) = 512 tokens: the second and third
+    # messages each push the exchange before them out
+    assert code == 0 and out == f"{LONG * 600}\n" * 3
+    assert "not sent: that message does not fit the model's context: the prompt would be 1104 tokens of 1024" in err
+    notes = [line for line in err.splitlines() if "outgrew" in line]
+    assert notes == ["(the conversation outgrew the model's context of 1024 tokens: the oldest 1 exchange dropped "
+                     "from what it sees)"] * 2
+
+
+# ---- a real Ctrl-C ------------------------------------------------------------------------------------
+
+def test_ctrl_c_stops_a_reply_not_the_session(chat_folder, tmp_path):
+    """SIGINT while a reply streams: the reply stops, what was printed stays as the assistant's turn (saved
+    with weight 0), the next line is answered, and the end of input exits 0.
+
+    No timing: the reply (600 tokens of 128 bytes) is longer than the pipe's buffer, and the test reads one
+    byte of it before the signal and nothing more, so the child is still writing that reply (blocked on the
+    full pipe, or generating) when SIGINT arrives."""
+    saved = tmp_path / "chats.jsonl"
+    lm = numgpt.load(chat_folder)
+    flags = ["--temperature", "0", "-n", "600", "--logit-bias", f"{lm.tokenizer.encode(LONG)[0]}=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "numgpt", "chat", "--model", str(chat_folder), *flags],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        capacity = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ) if hasattr(fcntl, "F_GETPIPE_SZ") else 65536
+        assert 600 * len(LONG) > capacity + 1
+        proc.stdin.write(b"hi\n")
+        proc.stdin.flush()
+        first = os.read(proc.stdout.fileno(), 1)                          # the reply has begun
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(f"again\n/save {saved}\n".encode(), timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    err = err.decode()
+    assert proc.returncode == 0, err
+    stopped, answered = (first + out).decode().split("\n")[:2]
+    assert 0 < len(stopped) < 600 * len(LONG) and set(stopped) == {"a"}   # cut short, and printed whole
+    assert answered == LONG * 600
+    assert "(reply stopped; what was printed stays in the conversation)" in err and "Traceback" not in err
+    (record,) = read_conversations(saved)
+    assert record["messages"][1] == {"role": "assistant", "content": stopped, "weight": 0}
+    assert record["messages"][3] == {"role": "assistant", "content": answered}
+
+
+def test_ctrl_c_at_the_prompt_ends_the_session_with_130(chat_folder):
+    lm = numgpt.load(chat_folder)
+    flags = ["--temperature", "0", "-n", "2", "--logit-bias", f"{lm.tokenizer.encode(LONG)[0]}=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "numgpt", "chat", "--model", str(chat_folder), *flags],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"hi\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == (LONG * 2 + "\n").encode()       # answered: back at the prompt
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 130 and err.decode().endswith("numgpt: interrupted\n")
