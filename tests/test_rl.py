@@ -164,7 +164,7 @@ def policy_samples(world, state, **kw):
                          pad_id=template.start_id, decode=tok, **kw)
 
 
-def test_sampling_is_reproducible_from_the_seed_and_the_same_whatever_the_row_split(world):
+def test_sampling_is_reproducible_from_the_seed_and_the_same_whatever_the_row_split_or_threads(world):
     _, params = load_checkpoint(world / "chat")
     state = new_state(params, seed=0)
     samples = policy_samples(world, state)
@@ -186,6 +186,9 @@ def test_sampling_is_reproducible_from_the_seed_and_the_same_whatever_the_row_sp
     parts = [samples(None, "train", B, T, np.random.default_rng(5), rows) for rows in (slice(0, 5), slice(5, B))]
     for k in range(6):
         assert np.array_equal(np.concatenate([parts[0][k], parts[1][k]]), whole[k])
+    threaded = policy_samples(world, state, threads=2)(None, "train", B, T, np.random.default_rng(5), slice(0, B))
+    for a, b in zip(threaded, whole):                                  # groups over 2 threads: the same rows
+        assert np.array_equal(a, b)
 
 
 def test_pass_at_1_batched_is_one_prompt_at_a_time(world, monkeypatch):

@@ -11,9 +11,10 @@ Each step (nanochat's chat_rl and TRL's GRPOTrainer, written small):
 The batch of a step depends on the current weights, so the batch function (`PolicySamples`) reads the live
 TrainState the loop advances (its params, updated in place, and its step), and draws from the rng the loop
 passes it, which is the state's: the sampling is in the saved state and a resumed run continues bit for
-bit. Every rank draws the same prompts and one sampling seed; each samples only the groups its rows hold,
-answer j of group g from its own generator (seed, g, j), one decode batch per group: the bits of a group
-do not depend on how many ranks or threads share the batch, so P ranks give the bits of P threads.
+bit. Every rank draws the same prompts and one sampling seed; each samples only the groups its rows hold
+(over its threads, whole groups each), answer j of group g from its own generator (seed, g, j), one decode
+batch per group: the bits of a group do not depend on how many ranks or threads share the batch, so P
+ranks give the bits of P threads.
 
 With `updates` > 1 a sampled batch is trained on for that many optimizer steps (PPO's epochs); the
 ratio then uses the sampling policy's logp, taken from the decode's own logits. Such a batch is also
@@ -52,6 +53,7 @@ from ..generate import decode_steps, generate_ids
 from ..ops import log_softmax_at
 from ..params import Params
 from ..sampling import GREEDY, SamplingOptions
+from ..threads import row_ranges, run_in_threads, thread_count
 from ..training.comm import Communicator
 from ..training.objective import Batch, Objective
 from .grpo import GrpoLoss, group_advantages
@@ -165,6 +167,7 @@ class PolicySamples:
     updates: int = 1
     format_bonus: float = 0.0
     run: Path | None = None                    # where a batch trained for several updates is kept
+    threads: int = 1                           # groups sampled at once (the rank's training threads)
     _last: Sampled | None = None
     _sampled_at: float = 0.0
 
@@ -178,8 +181,14 @@ class PolicySamples:
         picks = rng.integers(0, len(self.tasks), size=batch_size // G)  # [P] the prompts of the whole batch
         t0 = time.perf_counter()
         groups = range(rows.start // G, -(-rows.stop // G))            # the groups this rank's rows touch
-        parts = [self._group(self.tasks[int(picks[g])], np.random.SeedSequence([seed, g]), block_size + 1)
-                 for g in groups]
+        parts: list = [None] * len(groups)
+        shares = row_ranges(len(groups), self.threads)                 # whole groups per thread: the same bits
+
+        def sample(k: int) -> None:
+            for i in range(shares[k].start, shares[k].stop):
+                g = groups[i]
+                parts[i] = self._group(self.tasks[int(picks[g])], np.random.SeedSequence([seed, g]), block_size + 1)
+        run_in_threads(sample, len(shares))
         local = slice(rows.start - groups.start * G, rows.stop - groups.start * G)
         batch = tuple(np.concatenate([p[k] for p in parts])[local] for k in range(6))
         figures = _sum_figures([p[6] for p in parts], local, G, sample_seconds=time.perf_counter() - t0)
@@ -523,7 +532,8 @@ def _with_objective(setup: "Run", settings: Mapping, tok: "Tokenizer", train: li
                             ref=ref, group=settings["group"], sampling=sampling_options(settings),
                             max_new_tokens=settings["max_new_tokens"], end_id=template.end_id,
                             pad_id=template.start_id, decode=tok, updates=settings["updates"],
-                            format_bonus=settings["format_bonus"], run=setup.folder)
+                            format_bonus=settings["format_bonus"], run=setup.folder,
+                            threads=setup.tc.threads or thread_count())
     estimate = HeldOut(render_tasks(tok, [t for _, t in held]), tok, settings["max_new_tokens"], sft_objective(setup.data))
     loss = GrpoLoss(clip=settings["clip"], kl=settings["kl"], on_policy=settings["updates"] == 1)
     setup.objective = Objective(batch=samples, loss=loss, report=samples.report, estimate=estimate)
