@@ -25,8 +25,10 @@ from references import reference
 import numgpt
 from numgpt import load_checkpoint, save_checkpoint, train_bpe
 from numgpt.cli import main
+from numgpt.cli.chat_commands import stop_on_interrupt
 from numgpt.formats import load_tokenizer
 from numgpt.posttrain.chat_format import add_chat_tokens, chat_template
+from numgpt.posttrain.chat_session import ChatSession, ModelFormat
 from numgpt.posttrain.chatdata import read_conversations
 
 torch = reference("torch")
@@ -282,3 +284,43 @@ def test_ctrl_c_at_the_prompt_ends_the_session_with_130(chat_folder):
     finally:
         proc.kill() if proc.poll() is None else None
     assert proc.returncode == 130 and err.decode().endswith("numgpt: interrupted\n")
+
+
+def test_the_first_sigint_asks_the_reply_to_stop_the_second_ends_the_session():
+    """stop_on_interrupt: one SIGINT turns stop_requested() true, a second raises KeyboardInterrupt; the
+    handler before it is back afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_interrupt() as stop_requested:
+        assert not stop_requested()
+        signal.raise_signal(signal.SIGINT)
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_session_api_keeps_a_stopped_reply_and_every_turn(chat_folder, hf, special):
+    """ChatSession without the CLI: a reply stopped after its third piece keeps the text handed out (weight 0
+    in the record), the next reply sees it (transformers' greedy continuation of that conversation), and a
+    reply closed early by its reader is kept the same way."""
+    lm = numgpt.load(chat_folder)
+    options = numgpt.GenerationOptions.from_mapping({"max_new_tokens": N, "do_sample": False,
+                                                     "logit_bias": {special["<|end|>"]: END_BIAS}})
+    session = ChatSession(lm, ModelFormat(chat_template(lm.tokenizer)), options=options)
+    reply, pieces = session.ask("hi"), []
+    for piece in reply.stream(cancel=lambda: len(pieces) == 3):
+        pieces.append(piece)
+    assert reply.finish_reason == "cancelled" and reply.text == "".join(pieces) and len(pieces) == 3
+    second = "".join(session.ask("and then?").stream())
+    want = reference_reply(hf, special, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply.text},
+                                         {"role": "user", "content": "and then?"}])
+    assert second == want
+    stream = session.ask("bye").stream()
+    kept = next(stream) + next(stream)
+    stream.close()
+    assert session.record()["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": reply.text, "weight": 0},
+        {"role": "user", "content": "and then?"}, {"role": "assistant", "content": second},
+        {"role": "user", "content": "bye"}, {"role": "assistant", "content": kept, "weight": 0}]
+    with pytest.raises(numgpt.NumgptError, match="one sample without a sliding window"):
+        ChatSession(lm, session.format, options=numgpt.GenerationOptions(num_return_sequences=2))

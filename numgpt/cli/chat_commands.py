@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from ..errors import NumgptError
@@ -30,7 +31,7 @@ Chat with a model in the terminal: replies stream as they are generated, and the
 "User: ... / Assistant: ..." transcript that `numgpt serve` uses for base models.
 
 Without a terminal, stdin is read line by line (one user message a line) and stdout gets the replies
-alone, one after another, each ending with a newline: `printf 'hi\\nthanks\\n' | numgpt chat`.
+alone, one after another, each ending with a newline: `printf 'hi\\nthanks\\n' | numgpt chat -m runs/sft`.
 Default --model: {DEFAULT_CHAT_MODEL} ({'the built-in chat model' if DEFAULT_CHAT_MODEL == 'chat' else
 'the built-in Shakespeare model, a base model: add --transcript, or give a chat model'}).
 """
@@ -61,8 +62,10 @@ Context: each reply has room for --max-new-tokens (default {CHAT_MAX_NEW_TOKENS}
 whichever is less; when the conversation leaves less, its oldest exchanges (a message and its reply) are
 dropped from what the model sees, with a note (the system message stays; /save still writes every turn).
 A message that cannot fit even alone is refused with a note, and the session goes on. A reply also ends at
-the context's end. With --temperature 0 (or --greedy) replies are the most likely tokens; --seed S makes
-sampling reproducible (the same lines give the same replies).
+the context's end, and always at the model's end of turn (<|end|>, not printed) or <|endoftext|>.
+With --temperature 0 (or --greedy) replies are the most likely tokens. --seed S makes sampling reproducible:
+the same lines give the same replies, the first one being what `numgpt generate --seed S` draws from the
+rendered prompt (the session's one generator then goes on drawing).
 """
 
 # decoding flags that make no sense for one streamed reply in a conversation
@@ -97,6 +100,11 @@ def run_chat(args: argparse.Namespace) -> int:
     rng = np.random.default_rng() if options.seed is None else sample_rng(options.seed, 0)   # generate's
     session = ChatSession(lm, chat_format, options=options, rng=rng, system=args.system)
     terminal = sys.stdin.isatty()
+    if terminal:
+        try:
+            import readline  # noqa: F401 -- input() gains line editing and history
+        except ImportError:   # not on every platform
+            pass
     if note:
         say(f"note: {note}")
     if terminal:
@@ -216,11 +224,13 @@ def talk(session, text: str) -> None:
 class stop_on_interrupt:  # noqa: N801 -- used as a function: with stop_on_interrupt() as stop_requested
     """While a reply streams: the first SIGINT asks the reply to stop (stop_requested() turns true), a
     second one raises KeyboardInterrupt as usual (the session ends, exit 130). The handler before is put
-    back after the reply."""
+    back after the reply. Off the main thread (where Python takes no signal handler) nothing changes."""
 
     def __enter__(self) -> Callable[[], bool]:
         self.requested = False
-        self.before = signal.signal(signal.SIGINT, self._handle)
+        self.before = None
+        if threading.current_thread() is threading.main_thread():
+            self.before = signal.signal(signal.SIGINT, self._handle)
         return lambda: self.requested
 
     def _handle(self, signum, frame) -> None:
@@ -229,4 +239,5 @@ class stop_on_interrupt:  # noqa: N801 -- used as a function: with stop_on_inter
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self.before)
+        if self.before is not None:
+            signal.signal(signal.SIGINT, self.before)

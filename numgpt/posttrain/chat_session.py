@@ -104,10 +104,10 @@ class ChatSession:
         """Set or replace the system message (None or "": none); the next reply sees it."""
         self.system = text or None
 
-    def messages(self, *, seen: bool = False) -> list[dict]:
-        """The conversation as OpenAI messages (copies): every turn, or (seen) only what the model sees."""
+    def messages(self) -> list[dict]:
+        """The whole conversation as OpenAI messages (copies), dropped turns included."""
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [dict(m) for m in self.turns[self.first_seen if seen else 0:]]
+        return head + [dict(m) for m in self.turns]
 
     def ask(self, text: str) -> "Reply":
         """The user's turn: the conversation fitted to the context (oldest exchanges dropped if needed),
