@@ -175,7 +175,9 @@ class PolicySamples:
                  rows: slice) -> Batch:
         step = self.state.step
         if step % self.updates != 0:           # a later update on the batch sampled at step - step % updates
-            return self._kept(step - step % self.updates, rows).batch
+            kept = self._kept(step - step % self.updates, rows).batch
+            self._sampled_at = time.perf_counter()
+            return kept
         G = self.group
         seed = int(rng.integers(2**63))                                # every rank draws the same two things
         picks = rng.integers(0, len(self.tasks), size=batch_size // G)  # [P] the prompts of the whole batch
@@ -225,7 +227,8 @@ class PolicySamples:
     def report(self, comm: Communicator) -> dict[str, float]:
         """The step's figures summed over the ranks: mean reward, accuracy, answer length, KL to the
         reference (mean k3 per sampled token, under the sampling policy), share of answers that ended with
-        <|end|>; on a sampling step also the sampling's tokens per second and the gradient phase's seconds."""
+        <|end|>, the gradient phase's seconds (batch ready to update done); on a sampling step also the
+        sampled tokens, and the sampling phase's seconds (decode, rewards, the reference's logp) and tokens/s."""
         f = self._last.figures if self._last is not None else {}
         keys = ("answers", "reward", "correct", "tokens", "kl", "ended", "sample_seconds", "grad_seconds")
         sampled = self._last is not None and self._last.step == self.state.step - 1
