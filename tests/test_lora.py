@@ -529,3 +529,157 @@ def test_the_memory_check_counts_the_adapter_not_the_frozen_base(base_run, tmp_p
     assert f"needs ~{memory.gib(lora_need.total)} GiB" in capsys.readouterr().err
     monkeypatch.setattr(memory, "available_memory", lambda: lora_need.total)
     assert train_cli(data, "--out", tmp_path / "lora", "--resume", "--max-iters", 2) == 0
+
+
+# ---- trained token rows (PEFT's trainable_token_indices): the chat tokens sft adds ------------------------
+
+TOKEN_IDS = (61, 62, 63)          # the last rows, as add_chat_tokens appends them
+
+
+def with_token_rows(params, lora, seed=12):
+    """params plus lora's token rows, moved off the base's (a fresh copy would hide the difference)."""
+    rows = L.init_token_rows(params, lora)[L.TOKENS]
+    moved = rows + 0.3 * np.random.default_rng(seed).standard_normal(rows.shape)
+    return {**params, L.TOKENS: moved.astype(np.float32)}
+
+
+def peft_with_tokens(model, lora):
+    cfg = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.modules), fan_in_fan_out=True,
+                          lora_dropout=0.0, trainable_token_indices=list(lora.tokens))
+    return peft.get_peft_model(model, cfg)
+
+
+def test_token_row_gradients_match_peft_trainable_tokens(tmp_path, torch_one_thread):
+    """SFT's weighted loss over an adapter that also trains wte's rows TOKEN_IDS (in the input and the tied
+    head): the loss and every gradient (the rows' included) against peft's trainable_token_indices under
+    torch autograd, float64. The ids hold the trained tokens several times."""
+    lora = L.LoraConfig(rank=2, alpha=4, targets=("c_attn", "mlp.c_proj"), tokens=TOKEN_IDS)
+    params = with_token_rows(adapted(base_params(), lora), lora)
+    _, model = hf_model(tmp_path, base_params())
+    pm = peft_with_tokens(model, lora).double()
+    set_peft_adapter(pm, params)
+    with torch.no_grad():
+        pm.get_parameter("base_model.model.transformer.wte.token_adapter.trainable_tokens_delta.default").copy_(
+            torch.tensor(params[L.TOKENS], dtype=torch.float64))
+    rng = np.random.default_rng(13)
+    ids, targets = rng.integers(0, CONFIG.vocab_size, (3, 8)), rng.integers(0, CONFIG.vocab_size, (3, 8))
+    ids[:, [1, 4]], targets[:, 2] = 62, 61                                   # the trained rows in and out
+    weights = rng.random((3, 8))
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    objective = L.lora_objective(CONFIG, lora)
+    assert L.TOKENS in objective.trainable
+    grads = {n: np.zeros_like(p64[n]) for n in objective.trainable}
+    loss = objective.loss(p64, CONFIG, (ids, targets, weights), grads)
+
+    logits = pm(torch.tensor(ids)).logits.reshape(-1, CONFIG.vocab_size)
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(targets).reshape(-1), reduction="none")
+    ref = (torch.tensor(weights).reshape(-1) * nll).sum() / 3
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=RTOL)
+    named = {n.replace(".default", ""): p for n, p in pm.named_parameters() if p.requires_grad}
+    assert len(named) == len(grads)                          # peft trains what numgpt trains
+    for n, g in grads.items():
+        key = ("base_model.model.transformer.wte.token_adapter.trainable_tokens_delta" if n == L.TOKENS else
+               f"base_model.model.transformer.{n}.weight")
+        ref_grad = named[key].grad.numpy() if n == L.TOKENS else named[key].grad.numpy().T
+        np.testing.assert_allclose(g, ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
+        assert np.abs(g).max() > 1e-6, n
+    assert np.abs(grads[L.TOKENS]).max(axis=1).min() > 0     # every trained row has a gradient (in or out)
+
+
+def test_token_rows_save_as_peft_does_and_load_in_peft_and_numgpt(tmp_path, torch_one_thread):
+    """The adapter folder with trained rows: peft's own layout (the key and trainable_token_indices that
+    peft's save_pretrained writes), PeftModel.from_pretrained gives numgpt's logits, numgpt.load(base,
+    adapter=) and merge give them too, and a folder peft saved reads back into numgpt."""
+    import numgpt
+    from numgpt.formats.safetensors import read_safetensors
+
+    config = GPTConfig(vocab_size=256, n_positions=32, n_embd=16, n_layer=2, n_head=2)   # bytes only
+    lora = L.LoraConfig(rank=3, alpha=3, targets=("c_attn",), tokens=(97, 98, 99))       # 'a', 'b', 'c'
+    base = base_params(config)
+    params = with_token_rows(adapted(base, lora, config=config), lora)
+    base_dir = save_checkpoint(tmp_path / "base", config, base, tokenizer=numgpt.train_bpe("abc", vocab_size=256))
+    folder = L.save_adapter(tmp_path / "adapter", params, config, lora, base=str(base_dir))
+    ids = np.frombuffer(b"abcabc xyz cab", np.uint8).astype(np.int64)[None]
+    want = L.lora_logits(params, config, lora, ids)
+    assert np.abs(want - L.lora_logits({**params, L.TOKENS: L.init_token_rows(base, lora)[L.TOKENS]}, config, lora,
+                                       ids)).max() > 0.1      # the rows matter
+
+    pm = peft_with_tokens(transformers.GPT2LMHeadModel.from_pretrained(base_dir), lora)
+    pm.save_pretrained(tmp_path / "peft")                    # what peft itself writes for these settings
+    theirs, _ = read_safetensors(tmp_path / "peft" / "adapter_model.safetensors")
+    ours, _ = read_safetensors(folder / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert json.loads((folder / "adapter_config.json").read_text())["trainable_token_indices"] == \
+        saved["trainable_token_indices"] == [97, 98, 99]
+
+    loaded = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base_dir), folder).eval()
+    with torch.no_grad():
+        ref = loaded(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-5)
+    lm = numgpt.load(str(base_dir), adapter=folder)
+    np.testing.assert_allclose(forward(lm.params, config, ids, all_logits=True), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(forward(L.merge(params, config, lora), config, ids, all_logits=True), want,
+                               rtol=1e-4, atol=1e-5)
+    read, tensors = L.read_adapter(tmp_path / "peft", config, base)   # peft's folder into numgpt
+    assert read.tokens == lora.tokens and np.array_equal(tensors[L.TOKENS], base["wte.weight"][[97, 98, 99]])
+
+
+def test_token_rows_in_an_adapter_for_a_smaller_vocabulary_are_refused(tmp_path):
+    config = GPTConfig(vocab_size=256, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    lora = L.LoraConfig(rank=2, tokens=(255,))
+    folder = L.save_adapter(tmp_path / "adapter", with_token_rows(adapted(base_params(config), lora, config=config),
+                                                                  lora), config, lora)
+    small = GPTConfig(vocab_size=200, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    with pytest.raises(NumgptError, match="trains token 255, beyond this base's vocabulary of 200"):
+        L.read_adapter(folder, small, base_params(small))
+    with pytest.raises(NumgptError, match="distinct token ids"):
+        L.LoraConfig(rank=2, tokens=(3, 3))
+
+
+def test_sft_with_lora_trains_the_new_chat_tokens_rows_and_peft_runs_the_adapter(tmp_path, capsys, torch_one_thread):
+    """numgpt sft --lora-rank on a model that just got the chat tokens: their wte rows (all the mean at
+    first) train with the adapter, so after a few steps they differ from each other and from the mean; the
+    rest of wte stays frozen; RUN/adapter (peft's trainable_token_indices) on RUN/init gives numgpt's
+    logits in peft."""
+    import numgpt
+    from numgpt.cli import main
+    from numgpt.posttrain.chat_format import chat_template
+    from numgpt.posttrain.chatdata import write_conversations
+    from numgpt.posttrain.synth import synthesize
+
+    write_conversations(tmp_path / "chats.jsonl", synthesize(30, rng=np.random.default_rng(0)))
+    text = " ".join(m["content"] for t in synthesize(200, rng=np.random.default_rng(1)) for m in t["messages"])
+    tok = numgpt.train_bpe(text, vocab_size=300, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=tok.vocab_size,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    save_checkpoint(tmp_path / "base", config, base_params(config), tokenizer=tok)
+    assert main(["sft", str(tmp_path / "chats.jsonl"), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "base"),
+                 *map(str, ["--block-size", 64, "--threads", 1, "--batch-size", 4, "--eval-iters", 2, "--lora-rank", 2,
+                            "--lr", 1e-2, "--max-iters", 6])]) == 0
+    err = capsys.readouterr().err
+    assert "LoRA rank 2, alpha 2 on c_attn,c_proj,c_fc and the wte rows of 4 tokens" in err
+    grown = tmp_path / "run" / "init"
+    gconfig, gparams = load_checkpoint(grown, mmap=False)
+    added = tuple(range(config.vocab_size, gconfig.vocab_size))              # <|system|> ... <|end|>
+    lora, tensors = L.read_adapter(tmp_path / "run" / "adapter", gconfig, gparams)
+    assert lora.tokens == added and len(added) == 4
+    rows, mean = tensors[L.TOKENS], gparams["wte.weight"][added[0]]
+    assert all(np.array_equal(gparams["wte.weight"][i], mean) for i in added)        # RUN/init: all the mean
+    assert min(np.abs(rows[i] - mean).max() for i in range(4)) > 1e-3                # each moved off the mean
+    assert min(np.abs(rows[i] - rows[j]).max() for i in range(4) for j in range(i)) > 1e-3   # and apart
+    _, latest = load_checkpoint(tmp_path / "run" / "latest")
+    assert np.array_equal(latest["wte.weight"], gparams["wte.weight"])               # wte itself frozen
+
+    template = chat_template(numgpt.load(str(grown)).tokenizer)
+    ids = np.array([template.render([{"role": "user", "content": "what is 2 + 3?"},
+                                     {"role": "assistant", "content": "5"}])], np.int64)
+    lm = numgpt.load(str(grown), adapter=tmp_path / "run" / "adapter")
+    want = forward(lm.params, gconfig, ids, all_logits=True)
+    np.testing.assert_allclose(want, L.lora_logits({**gparams, **tensors}, gconfig, lora, ids), rtol=1e-4, atol=1e-5)
+    pm = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(grown),
+                                        tmp_path / "run" / "adapter").eval()
+    with torch.no_grad():
+        ref = pm(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-5)

@@ -17,7 +17,7 @@ from ..threads import THREADS_ENV
 from ..training.loop import LATEST, BEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 
-from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary, with_lora
+from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
@@ -119,11 +119,9 @@ def _run_sft(args, comm) -> int:
                           val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
                           default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
-                          ranks_here=local_ranks(comm.size))
+                          ranks_here=local_ranks(comm.size), lora=lora)   # the adapter trained instead (--lora-rank)
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
-    if not args.prepare_only:
-        setup.run = with_lora(setup.run, lora, resumed=args.resume)   # the adapter trained instead (--lora-rank)
     if comm.rank != 0:                                 # rank 0 alone prints
         result = None if args.prepare_only else setup.run.train(comm=comm)
         return 128 + result.signal if result is not None and result.interrupted else 0
@@ -149,9 +147,8 @@ def _report_data(args, setup, run: Path) -> None:
               "<|endoftext|> if missing), their wte rows the mean of its rows"
               + ("" if args.prepare_only else f" (the grown model: {run / INIT_SUBDIR})"), file=sys.stderr)
         if args.lora_rank and not args.prepare_only:
-            print("note: LoRA keeps wte frozen, so the new chat tokens keep equal rows the model cannot tell apart "
-                  "(nor choose between as output); for a real chat model run a full `numgpt sft` first, or LoRA "
-                  "a model that has them", file=sys.stderr)
+            print("note: with LoRA, wte stays frozen but for the new tokens' rows, which train with the adapter "
+                  "(saved in RUN_DIR/adapter as peft's trainable_token_indices)", file=sys.stderr)
 
 
 def _options(args, options_from_args, *, new: bool) -> dict:

@@ -4,6 +4,11 @@
                                  "fan_in_fan_out": true, "bias": "none", ...}  (what peft's LoraConfig reads)
     adapter_model.safetensors   base_model.model.transformer.h.0.attn.c_attn.lora_A.weight [r, in]
                                 base_model.model.transformer.h.0.attn.c_attn.lora_B.weight [out, r]  ...
+                                base_model.model.transformer.wte.token_adapter.trainable_tokens_delta [k, C]
+
+The last is there when rows of wte were trained too (peft's LoraConfig(trainable_token_indices=[ids]),
+listed in the config's "trainable_token_indices"): despite its name, peft stores the rows' new values,
+not a difference, and puts them in place of wte's rows, for the input and the tied output head alike.
 
 The folder `peft.PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(BASE), FOLDER)` loads
 (peft's save_pretrained layout, checked against peft 0.21 in tests/test_lora.py). fan_in_fan_out is true
@@ -33,17 +38,23 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model.transformer."
 FINGERPRINT_KEY = "numgpt_base_fingerprint"
 _SUFFIXES = {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B"}   # PEFT's -> numgpt's last name part
+TOKENS = "wte.trainable_tokens"                                        # numgpt's name of trained wte rows [k, C]
+TOKENS_KEY = PREFIX + "wte.token_adapter.trainable_tokens_delta"       # PEFT's (new values, despite "delta")
 
 
 def save_adapter(folder: str | os.PathLike, *, rank: int, alpha: float, modules: list[str],
-                 tensors: dict[str, np.ndarray], base: str = "", fingerprint: str = "") -> Path:
+                 tensors: dict[str, np.ndarray], base: str = "", fingerprint: str = "",
+                 tokens: list[int] | tuple[int, ...] = ()) -> Path:
     """Write an adapter folder. tensors: numgpt's names and orientation ('h.0.attn.c_attn.lora_A' [in, r],
-    '.lora_B' [r, out]); modules: the adapted module names (attn.c_attn, ...); base: the base model's name
-    or folder (peft's base_model_name_or_path)."""
+    '.lora_B' [r, out], and TOKENS [k, C]: the new values of wte's rows `tokens`); modules: the adapted
+    module names (attn.c_attn, ...); base: the base model's name or folder (peft's base_model_name_or_path)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, t in tensors.items():
+        if name == TOKENS:
+            out[TOKENS_KEY] = np.ascontiguousarray(t, np.float32)          # [k, C] as peft keeps it
+            continue
         stem, part = name.rsplit(".", 1)                       # 'h.0.attn.c_attn', 'lora_A'
         out[f"{PREFIX}{stem}.{part}.weight"] = np.ascontiguousarray(np.asarray(t, np.float32).T)
     write_safetensors(folder / WEIGHTS_FILE, out, metadata={"format": "pt", FINGERPRINT_KEY: fingerprint})
@@ -51,7 +62,8 @@ def save_adapter(folder: str | os.PathLike, *, rank: int, alpha: float, modules:
               "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": list(modules), "fan_in_fan_out": True,
               "bias": "none", "use_rslora": False, "use_dora": False, "init_lora_weights": True,
               "inference_mode": True, "modules_to_save": None, "layers_to_transform": None,
-              "rank_pattern": {}, "alpha_pattern": {}}
+              "rank_pattern": {}, "alpha_pattern": {},
+              "trainable_token_indices": [int(i) for i in tokens] or None}
     write_bytes_atomically(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
@@ -69,6 +81,9 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
     raw, metadata = read_safetensors(folder / WEIGHTS_FILE, mmap=False)
     tensors = {}
     for key, t in raw.items():
+        if key == TOKENS_KEY:
+            tensors[TOKENS] = np.ascontiguousarray(t)
+            continue
         suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
         if not key.startswith(PREFIX) or suffix is None:
             raise NumgptError(f"{folder / WEIGHTS_FILE}: tensor {key!r} is not a LoRA matrix of a GPT-2 block "
@@ -101,6 +116,13 @@ def _read_config(path: Path) -> dict[str, Any]:
     for key in ("r", "lora_alpha"):
         if isinstance(config.get(key), bool) or not isinstance(config.get(key), (int, float)):
             raise NumgptError(f"{path}: {key} must be a number, got {config.get(key)!r}")
+    tokens = config.get("trainable_token_indices")
+    if isinstance(tokens, dict) and set(tokens) <= {"wte", "transformer.wte"} and len(tokens) == 1:
+        tokens = config["trainable_token_indices"] = next(iter(tokens.values()))   # peft's {module: ids} form
+    if tokens is not None and not (isinstance(tokens, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in tokens)):
+        raise NumgptError(f"{path}: trainable_token_indices {tokens!r}; numgpt trains rows of wte only, given "
+                          "as a list of token ids")
     return config
 
 
@@ -135,10 +157,11 @@ BLOCK_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # GPT
 
 
 def checked_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarray]
-                    ) -> tuple[int, float, list[str], dict[str, np.ndarray]]:
-    """(rank, alpha, adapted modules, tensors) of an adapter folder, checked against the base it is put on
-    (config, params): every block adapted alike, shapes that fit the base's layers and the rank, and the
-    base's fingerprint if the adapter recorded one. Another base is a one-line NumgptError."""
+                    ) -> tuple[int, float, list[str], dict[str, np.ndarray], list[int]]:
+    """(rank, alpha, adapted modules, tensors, trained token ids) of an adapter folder, checked against the
+    base it is put on (config, params): every block adapted alike, shapes that fit the base's layers and
+    the rank, token ids inside its vocabulary, and the base's fingerprint if the adapter recorded one.
+    Another base is a one-line NumgptError."""
     from ..params import param_shapes
 
     folder = Path(folder)
@@ -152,6 +175,12 @@ def checked_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndar
         for m in modules:
             n_in, n_out = shapes[f"h.{i}.{m}.weight"]
             expected[f"h.{i}.{m}.lora_A"], expected[f"h.{i}.{m}.lora_B"] = (n_in, rank), (rank, n_out)
+    tokens = settings.get("trainable_token_indices") or []
+    if tokens:
+        expected[TOKENS] = (len(tokens), config.n_embd)
+        if max(tokens) >= config.vocab_size:
+            raise NumgptError(f"{folder}: the adapter trains token {max(tokens)}, beyond this base's vocabulary "
+                              f"of {config.vocab_size}; it was made for another base model")
     for name in sorted(set(tensors) | set(expected)):
         got, want = tensors.get(name), expected.get(name)
         if got is None or want is None or got.shape != want:
@@ -162,20 +191,25 @@ def checked_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndar
     if fingerprint and fingerprint != base_fingerprint(params, list(shapes)):
         raise NumgptError(f"{folder}: the adapter was trained on another base model (its recorded base fingerprint "
                           f"{fingerprint[:12]}... differs from this one's); pass the --model it was trained on")
-    return rank, alpha, modules, tensors
+    return rank, alpha, modules, tensors, tokens
 
 
 def merge_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The base `params` with the adapter folder merged in (W + alpha/r A B per adapted layer; new arrays
     for those, the others shared): what numgpt.load(base, adapter=FOLDER) runs."""
-    rank, alpha, modules, tensors = checked_adapter(folder, config, params)
-    return merge_tensors(params, config, modules, tensors, alpha / rank)
+    rank, alpha, modules, tensors, tokens = checked_adapter(folder, config, params)
+    return merge_tensors(params, config, modules, tensors, alpha / rank, tokens)
 
 
 def merge_tensors(params: dict[str, np.ndarray], config, modules: list[str], tensors: dict[str, np.ndarray],
-                  scale: float) -> dict[str, np.ndarray]:
-    """params with W + scale A B in every block's `modules` (tensors: numgpt's adapter names); the others shared."""
+                  scale: float, tokens: list[int] | tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """params with W + scale A B in every block's `modules` (tensors: numgpt's adapter names), and wte's rows
+    `tokens` replaced by tensors[TOKENS] (a new wte); the others shared."""
     merged = dict(params)
+    if len(tokens):
+        wte = np.array(params["wte.weight"], np.float32)      # [V, C], a copy: the base may be a memory map
+        wte[list(tokens)] = tensors[TOKENS]                    # [k, C] in place of rows tokens
+        merged["wte.weight"] = wte
     for i in range(config.n_layer):
         for m in modules:
             w = f"h.{i}.{m}.weight"
@@ -197,9 +231,10 @@ def merge_run_adapter(folder: str | os.PathLike, config, params: dict[str, np.nd
     try:
         lora = json.loads((folder / RUN_STATE_FILE).read_text(encoding="utf-8"))["train_config"]["lora"]
         scale = float(lora["alpha"]) / int(lora["rank"])
+        tokens = [int(i) for i in lora.get("tokens", [])]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NumgptError(f"{folder}: a training checkpoint with extra tensors but no readable LoRA settings in "
                           f"{RUN_STATE_FILE} ({type(e).__name__}: {e}); the checkpoint is damaged") from None
     tensors, _ = read_safetensors(folder / RUN_EXTRA_FILE, mmap=False)
     modules = [m for m in BLOCK_MODULES if f"h.0.{m}.lora_A" in tensors]
-    return merge_tensors(params, config, modules, tensors, scale)
+    return merge_tensors(params, config, modules, tensors, scale, tokens)

@@ -23,6 +23,12 @@ for the tied wte), which is where LoRA's step saves its time. The losses: next-t
 (`LoraLoss`), classify's head (`LoraClassificationLoss`). Tests hold the pair and the whole model's adapter
 gradients equal to torch autograd with peft, and the unmerged forward equal to the merged model's.
 
+Token rows (PEFT's trainable_token_indices): `LoraConfig(tokens=ids)` also trains wte's rows `ids` as
+one more tensor, TOKENS [k, C] (initialised as those rows), that takes their place in the embedding and
+in the tied vocabulary projection; the rest of wte stays frozen. What `numgpt sft --lora-rank` needs when
+it has just added the chat tokens (their rows all the same mean): without it the model could not tell
+<|user|> from <|assistant|>. Saved as peft saves it, and peft loads it with the same logits (tested).
+
 Every training command shares `add_lora_flags`, `lora_from_args`, `with_lora` (a training.Run made to train
 an adapter) and `export_adapter` (RUN/adapter).
 
@@ -42,12 +48,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backprop import (Workspace, check_batch, embed_forward, frozen_block_backward, frozen_block_forward,
+from ..backprop import (Workspace, check_batch, frozen_block_backward, frozen_block_forward, maybe_dropout,
                         weighted_cross_entropy_backward, weighted_cross_entropy_forward)
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..formats import peft
-from ..ops import cross_entropy_backward, cross_entropy_forward, layer_norm_backward, layer_norm_forward, linear_forward
+from ..ops import (cross_entropy_backward, cross_entropy_forward, embedding_backward, layer_norm_backward,
+                   layer_norm_forward, linear_forward)
 from ..params import Params, layer, param_shapes
 from ..training.loop import TrainConfig, keep_trained_moments
 from ..training.objective import BatchFn, Objective, next_token_batch
@@ -56,17 +63,21 @@ from ..training.run import Run
 MODULES = peft.BLOCK_MODULES             # a block's linear layers, PEFT's names (attn.c_attn, ..., mlp.c_proj)
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")                        # every one of them
 A, B = "lora_A", "lora_B"
+TOKENS = peft.TOKENS                     # 'wte.trainable_tokens' [k, C]: the trained rows of wte (LoraConfig.tokens)
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """An adapter's shape: rank r, alpha (the update is scaled by alpha / r; default alpha = r, PEFT's
-    r=8, alpha=8 scale), and the target modules (PEFT's suffix rule, see the module docstring)."""
+    r=8, alpha=8 scale), the target modules (PEFT's suffix rule, see the module docstring), and the token
+    ids whose wte rows train too (PEFT's trainable_token_indices; none by default)."""
 
     rank: int = 8
     alpha: float | None = None
     targets: tuple[str, ...] = field(default=DEFAULT_TARGETS, compare=False)   # as given; equal configs adapt
     modules: tuple[str, ...] = field(init=False)     # the MODULES the targets select, in MODULES' order
+    # not compared: the caller (sft) chooses them, not the flags, so a resumed run's --lora-* flags match it
+    tokens: tuple[int, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -87,6 +98,11 @@ class LoraConfig:
                                   f"{', '.join(MODULES)} (or a suffix: c_attn, c_proj, c_fc)")
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "modules", tuple(m for m in MODULES if any(_matches(m, t) for t in targets)))
+        tokens = tuple(self.tokens)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in tokens) or (
+                len(set(tokens)) != len(tokens)):
+            raise NumgptError(f"LoRA's trained tokens must be distinct token ids >= 0, got {self.tokens!r}")
+        object.__setattr__(self, "tokens", tuple(int(i) for i in tokens))
 
     @property
     def scale(self) -> float:
@@ -94,12 +110,12 @@ class LoraConfig:
         return self.alpha / self.rank
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets), "tokens": list(self.tokens)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
         try:
-            return cls(rank=d["rank"], alpha=d["alpha"], targets=tuple(d["targets"]))
+            return cls(rank=d["rank"], alpha=d["alpha"], targets=tuple(d["targets"]), tokens=tuple(d.get("tokens", ())))
         except (KeyError, TypeError) as e:
             raise NumgptError(f"a damaged LoRA config {d!r} ({e})") from None
 
@@ -112,7 +128,8 @@ def _matches(module: str, target: str) -> bool:
 # ---- the adapter tensors -----------------------------------------------------------------------------
 
 def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every adapter tensor: h.N.<module>.lora_A [in, r] and .lora_B [r, out]."""
+    """Name -> shape of every adapter tensor: h.N.<module>.lora_A [in, r] and .lora_B [r, out], and TOKENS
+    [k, C] when lora trains k token rows."""
     base = param_shapes(config)
     shapes = {}
     for i in range(config.n_layer):
@@ -120,6 +137,11 @@ def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, 
             n_in, n_out = base[module_tensor(i, m, "weight")]
             shapes[module_tensor(i, m, A)] = (n_in, lora.rank)
             shapes[module_tensor(i, m, B)] = (lora.rank, n_out)
+    if lora.tokens:
+        if max(lora.tokens) >= config.vocab_size:
+            raise NumgptError(f"LoRA's trained token {max(lora.tokens)} is beyond the vocabulary of "
+                              f"{config.vocab_size} tokens")
+        shapes[TOKENS] = (len(lora.tokens), config.n_embd)
     return shapes
 
 
@@ -129,15 +151,25 @@ def adapter_size(config: GPTConfig, lora: LoraConfig) -> int:
 
 
 def init_adapters(config: GPTConfig, lora: LoraConfig, rng: np.random.Generator) -> Params:
-    """A new adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) bound), B = 0."""
+    """A new adapter's matrices: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) bound),
+    B = 0 (the token rows, if any, start as the base's: `init_token_rows`)."""
     out = {}
     for name, shape in adapter_shapes(config, lora).items():
+        if name == TOKENS:
+            continue
         if name.endswith(A):
             bound = 1.0 / math.sqrt(shape[0])
             out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
         else:
             out[name] = np.zeros(shape, np.float32)
     return out
+
+
+def init_token_rows(params: Params, lora: LoraConfig) -> Params:
+    """{TOKENS: a copy of wte's rows lora.tokens} (PEFT's init: the rows as they are), or {} without tokens."""
+    if not lora.tokens:
+        return {}
+    return {TOKENS: np.array(params["wte.weight"][list(lora.tokens)], np.float32)}       # [k, C]
 
 
 def adapter_names(params: Params) -> list[str]:
@@ -150,7 +182,8 @@ def merge(params: Params, config: GPTConfig, lora: LoraConfig) -> Params:
     tensors as they are (a classifier's head too; new arrays for the merged weights, the adapter dropped)."""
     adapter = adapter_shapes(config, lora)
     base = {name: p for name, p in params.items() if name not in adapter}
-    return peft.merge_tensors(base, config, list(lora.modules), {n: params[n] for n in adapter}, lora.scale)
+    return peft.merge_tensors(base, config, list(lora.modules), {n: params[n] for n in adapter}, lora.scale,
+                              lora.tokens)
 
 
 def save_adapter(folder: str | os.PathLike, params: Params, config: GPTConfig, lora: LoraConfig, *,
@@ -159,16 +192,17 @@ def save_adapter(folder: str | os.PathLike, params: Params, config: GPTConfig, l
     base model's name or folder, recorded as peft's base_model_name_or_path."""
     tensors = {name: params[name] for name in adapter_shapes(config, lora)}
     return peft.save_adapter(folder, rank=lora.rank, alpha=lora.alpha, modules=list(lora.modules), tensors=tensors,
-                             base=base, fingerprint=peft.base_fingerprint(params, list(param_shapes(config))))
+                             base=base, fingerprint=peft.base_fingerprint(params, list(param_shapes(config))),
+                             tokens=lora.tokens)
 
 
 def read_adapter(folder: str | os.PathLike, config: GPTConfig, params: Params) -> tuple[LoraConfig, Params]:
     """(LoraConfig, adapter tensors) of a PEFT folder, checked against the base (config, params): another
     base's adapter is a one-line NumgptError (formats.peft.checked_adapter)."""
-    rank, alpha, modules, tensors = peft.checked_adapter(folder, config, params)
+    rank, alpha, modules, tensors, tokens = peft.checked_adapter(folder, config, params)
     if not modules:
         raise NumgptError(f"{folder}: the adapter holds no LoRA matrices")
-    return LoraConfig(rank=rank, alpha=alpha, targets=tuple(modules)), tensors
+    return LoraConfig(rank=rank, alpha=alpha, targets=tuple(modules), tokens=tuple(tokens)), tensors
 
 
 # ---- one adapted linear layer: forward and backward side by side ------------------------------------
@@ -245,6 +279,65 @@ def adapted_linears(params: Params, config: GPTConfig, lora: LoraConfig, i: int,
     return out
 
 
+# ---- the trained token rows: wte's rows lora.tokens replaced by params[TOKENS], in and out ----------------
+
+def token_positions(tokens: tuple[int, ...], flat_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where [N] bool, pos [n]): the rows of flat_ids [N] that hold one of `tokens`, and its index there."""
+    pos = np.full(flat_ids.shape, -1)
+    for j, t in enumerate(tokens):                                     # k is a handful (the chat tokens)
+        pos[flat_ids == t] = j
+    where = pos >= 0
+    return where, pos[where]
+
+
+def lora_embed_forward(params: Params, lora: LoraConfig, ids: np.ndarray, dropout: float,
+                       rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """x = dropout(wte'[ids] + wpe[0..T-1]) as rows [N, C], and dropout's mask: backprop.embed_forward with
+    wte' = wte whose rows lora.tokens are params[TOKENS] (the same mask drawn)."""
+    B, T = ids.shape
+    flat = ids.reshape(-1)
+    x = params["wte.weight"][flat]                                     # [N] -> [N, C]
+    if lora.tokens:
+        where, pos = token_positions(lora.tokens, flat)
+        x[where] = params[TOKENS][pos]                                 # [n, C]: the trained rows instead
+    x = x.reshape(B, T, -1)
+    x += params["wpe.weight"][:T]                                      # [B, T, C] + [T, C]
+    return maybe_dropout(x.reshape(B * T, -1), dropout, rng)
+
+
+def token_rows_backward(dx: np.ndarray, ids: np.ndarray, keep: np.ndarray | None, lora: LoraConfig,
+                        dtokens: np.ndarray) -> None:
+    """Differentiates `lora_embed_forward` for the trained rows: dtokens[j] += the sum of dx [N, C] (through
+    dropout's mask) over the positions holding lora.tokens[j]; the frozen rows get nothing."""
+    if keep is not None:
+        dx = dx * keep
+    where, pos = token_positions(lora.tokens, ids.reshape(-1))
+    embedding_backward(dx[where], pos, dtokens)                        # [n, C] into [k, C]
+
+
+def project_forward(xf: np.ndarray, params: Params, lora: LoraConfig, out: np.ndarray | None) -> np.ndarray:
+    """Logits xf wte'^T [N, V] of the tied projection, wte' = wte with rows lora.tokens from params[TOKENS]."""
+    logits = np.matmul(xf, params["wte.weight"].T, out=out)            # [N, C] x [C, V] -> [N, V]
+    if lora.tokens:
+        logits[:, list(lora.tokens)] = xf @ params[TOKENS].T           # [N, C] x [C, k] -> [N, k]
+    return logits
+
+
+def project_backward(dlogits: np.ndarray, xf: np.ndarray, params: Params, lora: LoraConfig, grads: Params
+                     ) -> np.ndarray:
+    """Differentiates `project_forward`: returns dxf = dlogits wte' [N, C]; accumulates grads[TOKENS] +=
+    dlogits[:, tokens]^T xf when it is trained (wte's own gradient is never formed)."""
+    wte = params["wte.weight"]
+    dxf = dlogits @ wte                                                # [N, V] x [V, C] -> [N, C]
+    if lora.tokens:
+        idx = list(lora.tokens)
+        d = dlogits[:, idx]                                            # [N, k]
+        dxf += d @ (params[TOKENS] - wte[idx])                         # the trained rows in place of wte's
+        if TOKENS in grads:
+            grads[TOKENS] += d.T @ xf                                  # [k, N] x [N, C] -> [k, C]
+    return dxf
+
+
 # ---- the whole model: backprop.py's forward and backward over the frozen base with adapted linear layers ---
 
 def lora_hidden_forward(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
@@ -253,25 +346,28 @@ def lora_hidden_forward(params: Params, config: GPTConfig, lora: LoraConfig, ids
     vocabulary projection here, a classifier's score elsewhere), and the tape `lora_hidden_backward` walks.
     The dropout masks are drawn as backprop.forward_for_training draws them."""
     B, T = ids.shape
-    x, _ = embed_forward(params, ids, dropout, rng)                    # [B, T] -> [N, C]
+    x, keep = lora_embed_forward(params, lora, ids, dropout, rng)      # [B, T] -> [N, C]
     blocks = []
     for i in range(config.n_layer):
         x, ctx = frozen_block_forward(layer(params, i), adapted_linears(params, config, lora, i), config, x, (B, T),
                                       dropout, rng)                    # [N, C] -> [N, C]
         blocks.append(ctx)
     xf, ln_f = layer_norm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    return xf, {"blocks": blocks, "ln_f": ln_f}
+    return xf, {"blocks": blocks, "ln_f": ln_f, "ids": ids, "embed_keep": keep, "xf": xf}
 
 
 def lora_hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
                          grads: Params) -> None:
     """From d(loss)/d(final hidden states) [N, C], accumulate the adapters' gradients into grads (the names
-    it holds); the frozen tensors get none (LayerNorm's go to a small scratch, the embeddings' are never formed)."""
+    it holds; the trained token rows' too); the frozen tensors get none (LayerNorm's go to a small
+    scratch, the embeddings' are never formed)."""
     C = config.n_embd
     scratch = np.zeros(C, np.float32), np.zeros(C, np.float32)         # frozen LayerNorm gain/bias gradients
     dx = layer_norm_backward(dxf, tape["ln_f"], *scratch)
     for i in reversed(range(config.n_layer)):
         dx = frozen_block_backward(dx, tape["blocks"][i], adapted_linears(params, config, lora, i, grads), scratch)
+    if lora.tokens and TOKENS in grads:
+        token_rows_backward(dx, tape["ids"], tape["embed_keep"], lora, grads[TOKENS])
 
 
 def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
@@ -280,16 +376,15 @@ def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfi
     """Logits [N, V] of the adapted model for ids [B, T] (in the workspace's 'logits' buffer if given),
     and the tape `lora_backward` walks."""
     xf, tape = lora_hidden_forward(params, config, lora, ids, dropout=dropout, rng=rng)
-    wte = params["wte.weight"]
-    out = None if workspace is None else workspace.get("logits", (xf.shape[0], wte.shape[0]), xf.dtype)
-    logits = np.matmul(xf, wte.T, out=out)                             # [N, C] x [C, V] -> [N, V]
-    return logits, tape
+    V = params["wte.weight"].shape[0]
+    out = None if workspace is None else workspace.get("logits", (xf.shape[0], V), xf.dtype)
+    return project_forward(xf, params, lora, out), tape
 
 
 def lora_backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig, lora: LoraConfig,
                   grads: Params) -> None:
     """From d(loss)/d(logits) [N, V] through the frozen tied projection, the adapters' gradients into grads."""
-    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
+    dxf = project_backward(dlogits, tape["xf"], params, lora, grads)  # [N, V] -> [N, C]
     lora_hidden_backward(dxf, tape, params, config, lora, grads)
 
 
@@ -457,6 +552,7 @@ def with_lora(run: Run, lora: LoraConfig | None, *, resumed: bool) -> Run:
     params, config = run.state.params, run.config
     if not resumed:
         params.update(init_adapters(config, lora, np.random.default_rng([run.tc.seed, LORA_STREAM])))
+        params.update(init_token_rows(params, lora))                   # the rows of lora.tokens, if any
     missing = [n for n in adapter_shapes(config, lora) if n not in params]
     if missing:
         raise NumgptError(f"{run.folder}: the checkpoint has no {missing[0]}; it is damaged")
@@ -471,8 +567,9 @@ def lora_summary(run: Run) -> str | None:
         return None
     lora = LoraConfig.from_dict(run.tc.lora)
     trained = sum(p.size for p in run.objective.trainable_params(run.state.params).values())
-    return (f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {','.join(lora.targets)}: {trained / 1e6:.3f}M trained "
-            "parameters, the base frozen")
+    rows = f" and the wte rows of {len(lora.tokens)} tokens" if lora.tokens else ""
+    return (f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {','.join(lora.targets)}{rows}: {trained / 1e6:.3f}M "
+            "trained parameters, the base frozen")
 
 
 def export_adapter(run: Run) -> Path | None:

@@ -28,6 +28,7 @@ MPI rank 0 alone packs and writes; the other ranks wait at a barrier, then all s
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from .packing import load_masks
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
     from ..training.run import Run
+    from .lora import LoraConfig
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class ChatModel:
     folder: Path
     tokenizer: "Tokenizer"
     grown: tuple[GPTConfig, Params] | None = None     # config, params with the chat tokens added, to save
+    added: tuple[int, ...] = ()                       # the ids of the tokens added (their rows the mean)
 
 
 def chat_model(init: str | Path, cache_dir: str | Path) -> ChatModel:
@@ -129,8 +132,9 @@ def chat_model(init: str | Path, cache_dir: str | Path) -> ChatModel:
     if chat_template(tok) is not None:
         return ChatModel(folder=folder, tokenizer=tok)
     config, params = load_checkpoint(folder)
+    old = config.vocab_size
     config, params, tok = add_chat_tokens(config, params, tok)
-    return ChatModel(folder=folder, tokenizer=tok, grown=(config, params))
+    return ChatModel(folder=folder, tokenizer=tok, grown=(config, params), added=tuple(range(old, config.vocab_size)))
 
 
 def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, seed: int
@@ -193,7 +197,8 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
               options: Mapping | None = None, block_size: int | None = None, train_on: str | None = None,
               truncate: bool = True, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
               seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
-              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1) -> SftSetup:
+              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1,
+              lora: "LoraConfig | None" = None) -> SftSetup:
     """`numgpt sft DATA --init MODEL --out RUN`, up to the first step (then `.run.train()`).
 
     data: chat JSONL (packed into RUN/data, or into run_dir itself with prepare_only), or a folder packed
@@ -203,12 +208,16 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     packed (a folder, or on resume) a train_on or val_file other than the folder's is refused;
     block_size: the rows' length - 1 (default min(SFT_BLOCK_SIZE, the model's context)); comm, ranks_here:
     as setup_run's (every rank calls setup_sft; rank 0 alone packs and writes, the others wait for it at a
-    barrier, so a rank 0 refusal must end the job: the CLI aborts it). A refusal before training leaves
-    nothing this made (run_dir itself goes when it did not exist)."""
+    barrier, so a rank 0 refusal must end the job: the CLI aborts it); lora: train a LoRA adapter instead
+    of the weights (posttrain.lora.with_lora; a resumed LoRA run continues its own), and when the chat
+    tokens were just added, their wte rows too (PEFT's trainable_token_indices): frozen, those rows would
+    stay equal and the model could not tell the roles apart. A refusal before training leaves nothing
+    this made (run_dir itself goes when it did not exist)."""
     from ..formats import hf_cache_dir, save_checkpoint
     from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
     from ..training.loop import LATEST
+    from .lora import lora_adapter_size, with_lora
 
     run, given = Path(run_dir), Path(data)
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
@@ -216,7 +225,8 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
         check_packed_as(run / DATA_SUBDIR, train_on, val_file)
-        return SftSetup(run=_resume_run(given, run, options, **ranks))
+        resumed = _resume_run(given, run, options, adapter_size=lora_adapter_size(lora), **ranks)
+        return SftSetup(run=with_lora(resumed, lora, resumed=True))
     if init is None:
         raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
     if (run / LATEST).exists() and not prepare_only:
@@ -224,6 +234,8 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     if comm.rank == 0:
         check_not_locked(run)
     model = chat_model(init, cache_dir)
+    if lora is not None and model.added:
+        lora = dataclasses.replace(lora, tokens=model.added)       # the new chat tokens' rows train too
     existed, made = run.exists(), []
     try:
         setup = SftSetup(run=None, added_chat_tokens=model.grown is not None)
@@ -238,7 +250,8 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
                 save_checkpoint(init_dir, *model.grown, tokenizer=model.tokenizer)
         comm.barrier()
         if not prepare_only:
-            setup.run = _new_run(run, init_dir, data_dir, options, **ranks)
+            setup.run = _new_run(run, init_dir, data_dir, options, adapter_size=lora_adapter_size(lora), **ranks)
+            setup.run = with_lora(setup.run, lora, resumed=False)    # the adapter trained instead (lora=)
         return setup
     except BaseException:
         if comm.rank > 0:
