@@ -27,6 +27,7 @@ from references import reference
 import numgpt
 from numgpt.cli import main
 from numgpt.posttrain.chat_format import add_chat_tokens, chat_template, render_for_training
+from numgpt.posttrain.dpo import implicit_reward
 
 torch = reference("torch")
 transformers = reference("transformers")
@@ -163,6 +164,10 @@ def test_implicit_dpo_reward_is_beta_times_the_log_ratio(client, policy, folders
     assert dpo["value"] == pytest.approx(BETA * (pi - pi_ref), abs=2 * BETA * len(view["ids"]) * ATOL)
     assert abs(dpo["value"]) > 0.01                                   # the two models do differ
     assert dpo["policy_logprob"] == pytest.approx(sum(view["logprobs"]), rel=1e-12)
+    # and posttrain.dpo's own implicit reward (what `numgpt dpo` logs), on numgpt's forward: float32 alike
+    reference_lm = numgpt.load(folders[0])
+    assert dpo["value"] == pytest.approx(implicit_reward(policy.params, reference_lm.params, policy.config,
+                                                         ids[:start], ids[start:], BETA), abs=1e-5)
 
 
 def test_the_reward_model_scores_the_conversation_with_its_reply(client, rm):
@@ -209,6 +214,15 @@ def test_unknown_field_and_chat_off(client, base):
     with TestClient(create_app(base, ServerSettings(chat_template=None))) as off:
         e = error_of(off.post("/v1/explain/chat", json={"messages": MESSAGES}), 400)
     assert e["code"] == "chat_disabled" and "--chat-template none" in e["message"]
+
+
+def test_the_view_honours_the_request_timeout(policy):
+    """--request-timeout ends this view too (504, as every explain route)."""
+    from fastapi.testclient import TestClient
+    template = ModelChatTemplate.of(chat_template(policy.tokenizer), policy.tokenizer)
+    with TestClient(create_app(policy, ServerSettings(chat_template=template, request_timeout=1e-6))) as c:
+        e = error_of(c.post("/v1/explain/chat", json={"messages": MESSAGES}), 504)
+    assert "--request-timeout" in e["message"] and e["code"] == "timeout"
 
 
 @pytest.mark.parametrize("flags, says", [
