@@ -678,6 +678,8 @@ def test_sft_with_lora_trains_the_new_chat_tokens_rows_and_peft_runs_the_adapter
     lm = numgpt.load(str(grown), adapter=tmp_path / "run" / "adapter")
     want = forward(lm.params, gconfig, ids, all_logits=True)
     np.testing.assert_allclose(want, L.lora_logits({**gparams, **tensors}, gconfig, lora, ids), rtol=1e-4, atol=1e-5)
+    run_lm = numgpt.load(str(tmp_path / "run"))                                       # --model RUN: the same
+    np.testing.assert_array_equal(forward(run_lm.params, gconfig, ids, all_logits=True), want)
     pm = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(grown),
                                         tmp_path / "run" / "adapter").eval()
     with torch.no_grad():
