@@ -100,22 +100,20 @@ def run_chat(args: argparse.Namespace) -> int:
     rng = np.random.default_rng() if options.seed is None else sample_rng(options.seed, 0)   # generate's
     session = ChatSession(lm, chat_format, options=options, rng=rng, system=args.system)
     terminal = sys.stdin.isatty()
-    if terminal:
-        try:
-            import readline  # noqa: F401 -- input() gains line editing and history
-        except ImportError:   # not on every platform
-            pass
     if note:
         say(f"note: {note}")
     if terminal:
+        line_editing()
         say(f"numgpt chat with {args.model} ({'transcript template' if args.transcript else 'its chat template'}): "
             "/help for commands; Ctrl-C stops a reply, Ctrl-D ends the session")
     while (line := read_line("> " if terminal else "")) is not None:
         if line.startswith("/") and not line.startswith("//"):
             if command(session, line) == "quit":
-                break
+                return 0
         elif line.strip():
             talk(session, line[1:] if line.startswith("//") else line)
+    if terminal:
+        say("")               # Ctrl-D: the shell's prompt on a line of its own
     return 0
 
 
@@ -147,6 +145,14 @@ def pick_format(tokenizer, model: str, *, transcript: bool):
                           f"extra ({e.name} is missing): pip install 'numgpt[serve]'") from None
     return ChatTemplate(), ("the model has its own chat template; --transcript puts the transcript in its place"
                             if own is not None else None)
+
+
+def line_editing() -> None:
+    """On a terminal: input() with line editing and history (readline, where the platform has it)."""
+    try:
+        import readline  # noqa: F401 -- importing it is what switches it on
+    except ImportError:
+        pass
 
 
 def read_line(prompt: str) -> str | None:
