@@ -404,3 +404,33 @@ def test_a_bad_val_fraction_names_the_parameter_in_python_and_the_flag_in_the_cl
     assert sft(world, tmp_path / "cli", "--val-fraction", "1.5") == 2
     assert capsys.readouterr().err == ("numgpt: error: --val-fraction must be > 0 and < 1 (or pass --val FILE), "
                                        "got 1.5\n")
+
+
+def test_lora_sft_with_the_chat_token_rows_two_ranks_train_the_bits_of_two_threads(world, tmp_path):
+    """setup_sft(lora=) in Python: the adapter and the new chat tokens' rows, trained by 2 ranks x 1
+    thread, are bit for bit those of 1 rank x 2 threads (and the rows moved)."""
+    from numgpt.posttrain import lora as L
+    from numgpt.posttrain.sft import setup_sft
+
+    assert sft(world, tmp_path / "data", "--prepare-only") == 0
+    options = {"batch_size": 4, "max_iters": 3, "eval_interval": 0, "eval_iters": 2, "dropout": 0.1,
+               "optim": {"lr": 1e-2, "warmup_iters": 0}}
+    lora = L.LoraConfig(rank=2)
+    alone = setup_sft(tmp_path / "data", tmp_path / "alone", init=world / "base", options={**options, "threads": 2},
+                      lora=lora).run
+    start = alone.state.params[L.TOKENS].copy()
+    assert alone.tc.lora["tokens"] == list(range(alone.config.vocab_size - 4, alone.config.vocab_size))
+    alone.train()
+    group, runs = ThreadGroup(2), [None, None]
+
+    def rank(r):
+        runs[r] = setup_sft(tmp_path / "data", tmp_path / "ranks", init=world / "base", lora=lora,
+                            options={**options, "threads": 1}, comm=group.member(r)).run
+        runs[r].train(comm=group.member(r))
+    with single_threaded_blas():
+        run_in_threads(rank, 2)
+    names = L.adapter_shapes(alone.config, L.LoraConfig.from_dict(alone.tc.lora))
+    assert L.TOKENS in names and not np.array_equal(alone.state.params[L.TOKENS], start)
+    for run in runs:
+        for name in names:
+            assert np.array_equal(run.state.params[name], alone.state.params[name]), name
