@@ -137,3 +137,59 @@ def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world):
             - row_logits.max(-1, keepdims=True)
         plain = (lp[np.arange(T), targets.reshape(2 * B, T)[r]] * mask.reshape(2 * B, T)[r]).sum()
         assert plain == pytest.approx(ours[r], rel=1e-9)
+
+
+# ---- against TRL's DPOTrainer ------------------------------------------------------------------------------
+
+def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_pairs(world, tmp_path,
+                                                                                     torch_one_thread):
+    """The chat model as reference, a perturbed copy as policy, 6 pairs: TRL tokenizes them with the model's
+    own chat template (transformers), numgpt with render_pair; the reference sums come from numgpt's cache
+    (prepare_dpo) and TRL's ref_model; the loss and TRL's logged rewards must agree."""
+    trl = reference("trl")
+    datasets = reference("datasets")
+    from numgpt.posttrain.dpo import dpo_metrics, load_pair_arrays, prepare_dpo
+    from numgpt.posttrain.pairs import read_pairs
+    pairs = read_pairs(world / "pairs.jsonl")[:6]
+    write_pairs(tmp_path / "six.jsonl", pairs)
+    config, ref_params = load_checkpoint(world / "chat")
+    tok = load_tokenizer(world / "chat", config)
+    rng = np.random.default_rng(5)
+    policy = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in ref_params.items()}
+    save_checkpoint(tmp_path / "policy", config, policy, tokenizer=tok)
+    beta = 0.2
+
+    meta = prepare_dpo(tmp_path / "six.jsonl", tmp_path / "data", tok, (config, ref_params), val_file=tmp_path /
+                       "six.jsonl")
+    masks, refs = load_pair_arrays(tmp_path / "data", meta)
+    rows = load_dataset(tmp_path / "data").train.reshape(6, 2, -1).astype(np.int64)          # [P, 2, L]
+    ids, targets, mask = rows[..., :-1].reshape(12, -1), rows[..., 1:].reshape(12, -1), masks["train"][..., 1:]
+    logps = reply_logps(policy, config, ids, targets, mask.reshape(12, -1)).reshape(6, 2)
+    ours = dpo_metrics(logps, refs["train"], beta, mask[:, 0].sum(axis=1))
+    loss = DpoLoss(beta).value(policy, config, (rows[..., :-1], rows[..., 1:], mask.astype(np.float64), refs["train"]))
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(world / "chat")
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "policy").eval()      # eval: no dropout
+    ref_model = transformers.GPT2LMHeadModel.from_pretrained(world / "chat").eval()
+    data = datasets.Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=["sigmoid"], max_length=None,
+                         per_device_eval_batch_size=6, report_to=[], use_cpu=True, save_strategy="no",
+                         bf16=False)        # TRL defaults to bf16 autocast, which accelerate puts on ref_model
+    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=hf_tok)
+    for i, pair in enumerate(pairs):                      # TRL's tokens are render_pair's
+        prompt, chosen, rejected = render_pair(tok, pair)
+        row = trainer.train_dataset[i]
+        assert (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) == (prompt, chosen, rejected)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch).item()
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    # both sides run float32 models: a sum of ~50 nats of log-probabilities is exact to ~5e-6 nats, a
+    # reward (beta times a difference of two sums) to ~2e-6
+    assert loss == pytest.approx(trl_loss, rel=1e-6) and ours["loss"] == pytest.approx(loss, rel=1e-12)
+    assert ours["chosen_reward"] == pytest.approx(logged["rewards/chosen"], abs=5e-6)
+    assert ours["rejected_reward"] == pytest.approx(logged["rewards/rejected"], abs=5e-6)
+    assert ours["margin"] == pytest.approx(logged["rewards/margins"], abs=5e-6)
+    assert ours["accuracy"] == pytest.approx(logged["rewards/accuracies"], rel=1e-6)   # TRL logs float32
+    assert logps[:, 0].mean() == pytest.approx(logged["logps/chosen"], rel=1e-5)
+    assert abs(ours["margin"]) > 0.05 and 0 < ours["accuracy"] < 1          # a comparison that can fail
