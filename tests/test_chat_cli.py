@@ -311,6 +311,8 @@ def test_the_session_api_keeps_a_stopped_reply_and_every_turn(chat_folder, hf, s
     for piece in reply.stream(cancel=lambda: len(pieces) == 3):
         pieces.append(piece)
     assert reply.finish_reason == "cancelled" and reply.text == "".join(pieces) and len(pieces) == 3
+    with pytest.raises(numgpt.NumgptError, match="streamed already"):
+        next(reply.stream())
     second = "".join(session.ask("and then?").stream())
     want = reference_reply(hf, special, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply.text},
                                          {"role": "user", "content": "and then?"}])
@@ -324,3 +326,25 @@ def test_the_session_api_keeps_a_stopped_reply_and_every_turn(chat_folder, hf, s
         {"role": "user", "content": "bye"}, {"role": "assistant", "content": kept, "weight": 0}]
     with pytest.raises(numgpt.NumgptError, match="one sample without a sliding window"):
         ChatSession(lm, session.format, options=numgpt.GenerationOptions(num_return_sequences=2))
+
+
+def test_a_save_that_fails_midway_leaves_the_file_as_it_was(chat_folder, monkeypatch, tmp_path):
+    """A write that fails after half the line (a full disk) is cut off again: the file keeps its records."""
+    import errno
+
+    from numgpt.posttrain import chat_session
+    lm = numgpt.load(chat_folder)
+    session = ChatSession(lm, ModelFormat(chat_template(lm.tokenizer)),
+                          options=numgpt.GenerationOptions.from_mapping({"max_new_tokens": 2, "do_sample": False}))
+    "".join(session.ask("hi").stream())
+    saved = tmp_path / "chats.jsonl"
+    session.save(saved)
+    before = saved.read_bytes()
+
+    def half_then_full(fd, data):
+        os.write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(chat_session, "_write_all", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        session.save(saved)
+    assert saved.read_bytes() == before and len(read_conversations(saved)) == 1

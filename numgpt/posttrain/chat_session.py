@@ -139,16 +139,21 @@ class ChatSession:
         return check_conversation({"messages": self.messages()}, "the conversation")
 
     def save(self, path: str | os.PathLike) -> dict:
-        """Append `record()` to a JSONL file as one line (one write; a newline first if the file's last line
-        lacks one); returns the record."""
+        """Append `record()` to a JSONL file as one line (a newline first if the file's last line lacks one);
+        returns the record. A failed write (a full disk) is cut off again: no half line is left."""
         record = self.record()
         line = json.dumps(record, ensure_ascii=False) + "\n"
         path = Path(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            if os.fstat(fd).st_size and _last_byte(path) != b"\n":
+            size = os.fstat(fd).st_size
+            if size and _last_byte(path) != b"\n":
                 line = "\n" + line
-            os.write(fd, line.encode("utf-8"))
+            try:
+                _write_all(fd, line.encode("utf-8"))
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
         return record
@@ -156,6 +161,12 @@ class ChatSession:
     def _prompt(self, turns: list[dict]) -> list[int]:
         pairs = ([("system", self.system)] if self.system else []) + [(m["role"], m["content"]) for m in turns]
         return self.format.prompt_ids(self.lm.tokenizer, pairs)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _last_byte(path: Path) -> bytes:
@@ -175,9 +186,14 @@ class Reply:
     dropped: int                 # exchanges dropped from what the model sees to make room for this reply
     text: str = ""
     finish_reason: str | None = None
+    streamed: bool = False
 
     def stream(self, *, cancel: Callable[[], bool] | None = None) -> Iterator[str]:
-        """The reply's text, piece by piece as it becomes final; `cancel()` is asked between decode steps."""
+        """The reply's text, piece by piece as it becomes final; `cancel()` is asked between decode steps.
+        A reply streams once."""
+        if self.streamed:
+            raise NumgptError("this reply has been streamed already; ask() again for another")
+        self.streamed = True
         message = self.session.turns[-1]
         strip = self.session.format.strip_leading_space    # the one space after "Assistant:"
         try:
