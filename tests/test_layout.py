@@ -118,8 +118,8 @@ def test_the_finish_rule_is_a_leaf_and_the_decoding_flags_are_made_in_one_place(
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
                 spelled = {a.value for a in node.args if isinstance(a, ast.Constant)} & decoding
-                allowed = path.name in ("options.py", "train_commands.py", "data_commands.py",
-                                        "classify_commands.py", "sft_commands.py")    # their --seed seeds no sampler
+                allowed = path.name in ("options.py", "train_commands.py", "data_commands.py", "classify_commands.py",
+                                        "sft_commands.py", "reward_commands.py")    # their --seed seeds no sampler
                 assert not spelled or allowed, f"{path.name}:{node.lineno} defines {spelled}: use options.add_decoding_flags"
 
 

@@ -1,0 +1,607 @@
+"""A reward model: GPT-2 with classify.py's linear head of ONE output over a conversation's last token, trained
+on preference pairs with the Bradley-Terry loss (the first stage of RLHF: InstructGPT, TRL's RewardTrainer).
+
+    r(x, y)  = ln_f(blocks(embed(prompt x + reply y)))[last real token] @ score^T     score: [1, C]
+    loss     = mean over pairs of -log sigmoid(r(x, y_chosen) - r(x, y_rejected))
+
+Why this loss: Bradley and Terry's model of a preference, P(y_chosen beats y_rejected) = sigmoid(r_chosen -
+r_rejected), and the loss is its negative log-likelihood over the pairs people (or the checker) ranked. Only
+a DIFFERENCE of rewards enters it, so the reward is defined up to a constant: adding c to every reward
+changes nothing, and a reward's sign alone means nothing -- compare two replies to the same prompt. The
+gradient is d loss / d r_chosen = -sigmoid(r_rejected - r_chosen) / P (and the opposite for r_rejected):
+a pair already ranked right by a wide margin teaches little, a pair ranked wrong teaches most.
+
+A conversation is rendered in numgpt's chat format (pairs.render_pair: the prompt with the generation
+prompt, then the reply and its '<|end|>'), so the head reads the reply's '<|end|>': the token that has
+seen the prompt and the whole reply. Rows are right-padded with '<|endoftext|>' (pad_token_id, as in
+classify.py): a conversation starts with it but never ends with it, so transformers' "rightmost token that
+is not the pad" is the same '<|end|>', and GPT2ForSequenceClassification(num_labels=1) gives the same reward.
+
+A batch is B pairs drawn at random (with replacement) from the packed pairs: (ids [B, 2, T], last [B, 2]),
+row b holding prompt+chosen and prompt+rejected, padded to the longest of the whole batch (so every slice
+of rows, over threads or ranks, computes its rows' numbers exactly as the whole batch would). The loss is
+a mean over pairs, so a batch split over threads or ranks has the loss of the whole.
+
+Training is numgpt's one loop (training.run.setup_run and loop.train with this Objective): checkpoints in
+RUN/latest and RUN/best (the lowest held-out Bradley-Terry loss; the head is a tensor beyond GPT-2's
+schema, kept in extra_params.safetensors), bit-exact resume after Ctrl-C, the run lock, threads and
+mpiexec. What trains: the head, the last N blocks with ln_f and the head, everything, or a LoRA adapter and
+the head (lora.py). Each evaluation scores every held-out pair: Bradley-Terry loss, pairwise accuracy
+(reward chosen > rejected) and the mean margin r_chosen - r_rejected. At the end RUN/model is written: the
+best checkpoint as a GPT2ForSequenceClassification folder (num_labels=1) that transformers loads.
+
+The run folder:
+    RUN/data      the pairs rendered and packed: train.bin, val.bin ([pairs, 2, L] tokens), train_last.bin,
+                  val_last.bin (int32 [pairs, 2], the last real token of each row), tokenizer/, meta.json
+    RUN/latest, RUN/best   training checkpoints;   RUN/model   the reward model to use (`load_reward_model`)
+
+Shape legend: P pairs of a batch, T time (the longest row of the batch), N = 2 P T rows of hidden states,
+C channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
+from ..backprop import Workspace, hidden_backward, hidden_forward
+from ..config import GPTConfig
+from ..errors import NumgptError
+from ..params import INIT_STD, Params
+from ..tokenizer import Tokenizer
+from ..training.comm import Communicator
+from ..training.data import FORMAT, META_FILE, TOKENIZER_DIR, VERSION, Dataset, token_dtype, tokenizer_fingerprint
+from ..training.objective import Batch, Objective
+from .classify import (SCORE, Classifier, first_trained_block, head_backward, head_forward, last_hidden,
+                       reached_grads, trainable_names)
+
+if TYPE_CHECKING:
+    from ..training.run import Run
+    from .lora import LoraConfig
+
+REWARD_FORMAT = "numgpt-reward"
+REWARD_LABEL = "reward"                  # id2label of the one output
+DATA_SUBDIR, MODEL_SUBDIR = "data", "model"
+MAX_TOKENS = 256                         # a conversation longer than this (or the context) is left out
+VAL_FRACTION = 0.1
+HEAD_STREAM = 3                          # the rng stream of the head's initialisation (LoRA's is 2)
+EVAL_BATCH = 16                          # pairs per forward when scoring every held-out pair
+
+
+# ---- the loss: Bradley-Terry, forward and backward side by side ------------------------------------------
+
+def bt_loss_forward(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, np.ndarray]:
+    """mean over pairs of -log sigmoid(r_chosen - r_rejected) = mean softplus(-(r_c - r_r)) (stable: logaddexp),
+    in float64; returns it and the margins d = r_c - r_r [P] (what the backward needs)."""
+    d = r_chosen.astype(np.float64) - r_rejected.astype(np.float64)          # [P]
+    return float(np.logaddexp(0.0, -d).mean()), d
+
+
+def bt_loss_backward(d: np.ndarray, *, scale: float = 1.0, dtype: np.dtype = np.float32
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Differentiates `bt_loss_forward`: d loss / d r_chosen = -sigmoid(-d) / P, d loss / d r_rejected its
+    opposite; each times scale, in dtype. sigmoid(-d) = exp(-logaddexp(0, d)), stable for any d."""
+    g = -scale * np.exp(-np.logaddexp(0.0, d)) / len(d)                       # [P]
+    return g.astype(dtype), (-g).astype(dtype)
+
+
+def pair_rewards(xf: np.ndarray, last: np.ndarray, T: int, score: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Rewards [P, 2] (chosen, rejected) of the hidden states xf [2PT, C] of rows ids [P, 2, T] flattened to
+    [2P, T]; last [P, 2]. classify.head_forward with one output."""
+    logits, ctx = head_forward(xf, last.reshape(-1), T, score)              # [2P, 1]
+    return logits.reshape(-1, 2), ctx                                       # [2P, 1] -> [P, 2]
+
+
+# ---- the Objective's loss ---------------------------------------------------------------------------------
+
+def reward_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+                dropout: float = 0.0, rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+                block_done: Callable[[int], None] | None = None) -> float:
+    """The Bradley-Terry loss of batch = (ids [P, 2, T], last [P, 2]); adds scale * its gradient into grads
+    (the trained parameters, SCORE among them). The objective.LossFn of the reward model. With the head
+    alone the body runs model.py's inference forward (no tape, no backward through it)."""
+    ids, last = batch
+    P, _, T = ids.shape
+    rows = ids.reshape(2 * P, T)                                              # [P, 2, T] -> [2P, T]
+    score = params[SCORE]
+    first = first_trained_block(grads, config.n_layer)
+    if first is None:                                          # the head alone
+        pooled = last_hidden(params, config, rows, last.reshape(-1))          # [2P, C]
+        rewards = (pooled @ score.T).reshape(P, 2)                            # [2P, 1] -> [P, 2]
+        loss, d = bt_loss_forward(rewards[:, 0], rewards[:, 1])
+        dlogits = np.stack(bt_loss_backward(d, scale=scale), axis=1).reshape(-1, 1)   # [P, 2] -> [2P, 1]
+        grads[SCORE] += dlogits.T @ pooled                                    # [1, 2P] x [2P, C] -> [1, C]
+        return loss
+    if dropout > 0 and rng is None:
+        raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
+    full = reached_grads(params, grads, first, Workspace() if workspace is None else workspace)
+    xf, tape = hidden_forward(params, config, rows, dropout=dropout, rng=rng)   # [2PT, C]
+    rewards, head = pair_rewards(xf, last, T, score)
+    loss, d = bt_loss_forward(rewards[:, 0], rewards[:, 1])
+    dlogits = np.stack(bt_loss_backward(d, scale=scale, dtype=xf.dtype), axis=1).reshape(-1, 1)   # [2P, 1]
+    dxf = head_backward(dlogits, head, score, full[SCORE])
+    hidden_backward(dxf, tape, params, config, full, first_block=first)
+    return loss
+
+
+@dataclass(frozen=True)
+class LoraRewardLoss:
+    """`reward_loss` over a LoRA-adapted body (lora.py): gradients of the adapters and the head only."""
+
+    lora: "LoraConfig"
+
+    def __call__(self, params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+                 dropout: float = 0.0, rng: np.random.Generator | None = None, workspace: Workspace | None = None,
+                 block_done: Callable[[int], None] | None = None) -> float:
+        from .lora import lora_hidden_backward, lora_hidden_forward
+
+        ids, last = batch
+        P, _, T = ids.shape
+        if dropout > 0 and rng is None:
+            raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
+        xf, tape = lora_hidden_forward(params, config, self.lora, ids.reshape(2 * P, T), dropout=dropout, rng=rng)
+        rewards, head = pair_rewards(xf, last, T, params[SCORE])
+        loss, d = bt_loss_forward(rewards[:, 0], rewards[:, 1])
+        dlogits = np.stack(bt_loss_backward(d, scale=scale, dtype=xf.dtype), axis=1).reshape(-1, 1)
+        dxf = head_backward(dlogits, head, params[SCORE], grads[SCORE])
+        lora_hidden_backward(dxf, tape, params, config, self.lora, grads)
+        return loss
+
+
+def reward_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None) -> float:
+    """The Bradley-Terry loss of a batch, no dropout, no gradients."""
+    ids, last = batch
+    r = rewards_of_rows(params, config, ids, last)
+    return bt_loss_forward(r[:, 0], r[:, 1])[0]
+
+
+def rewards_of_rows(params: Params, config: GPTConfig, ids: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Rewards [P, 2] of pair rows ids [P, 2, T], last [P, 2] (model.py's inference forward)."""
+    P, _, T = ids.shape
+    pooled = last_hidden(params, config, ids.reshape(2 * P, T), last.reshape(-1))   # [2P, C]
+    return (pooled @ params[SCORE].T).reshape(P, 2)                                   # [2P, 1] -> [P, 2]
+
+
+# ---- the packed pairs and their batches -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairBatches:
+    """The batch function of the reward model: random pairs of a split (see the module docstring)."""
+
+    lasts: Mapping[str, np.ndarray] = field(repr=False)        # split -> [pairs, 2] int32
+
+    def rows(self, data: Dataset, split: str) -> np.ndarray:
+        """The split's pairs as rows [pairs, 2, L] (a view of the memory map)."""
+        return data.split(split).reshape(len(self.lasts[split]), 2, -1)
+
+    def __call__(self, data: Dataset, split: str, batch_size: int, block_size: int, rng: np.random.Generator,
+                 rows: slice) -> Batch:
+        last = self.lasts[split]
+        pick = rng.integers(0, len(last), size=batch_size)                 # [B] the whole batch, every rank alike
+        T = int(last[pick].max()) + 1                                       # the longest row of the whole batch
+        mine = pick[rows]
+        return self.rows(data, split)[mine, :, :T].astype(np.int64), last[mine].astype(np.int64)
+
+
+def render_pairs(tokenizer: Tokenizer, pairs: Sequence[Mapping], max_tokens: int
+                 ) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """([(prompt + chosen ids, prompt + rejected ids)], count left out): pairs with a conversation longer than
+    max_tokens are left out (a reward read from a cut conversation would not be the reply's)."""
+    from .pairs import render_pair
+
+    kept, dropped = [], 0
+    for pair in pairs:
+        prompt, chosen, rejected = render_pair(tokenizer, pair)
+        if len(prompt) + max(len(chosen), len(rejected)) > max_tokens:
+            dropped += 1
+            continue
+        kept.append((prompt + chosen, prompt + rejected))
+    return kept, dropped
+
+
+def pack_pairs(rendered: Sequence[tuple[list[int], list[int]]], length: int, pad_id: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [pairs, 2, length] right-padded with pad_id, last [pairs, 2] int32)."""
+    tokens = np.full((len(rendered), 2, length), pad_id, np.int64)
+    last = np.zeros((len(rendered), 2), np.int32)
+    for i, seqs in enumerate(rendered):
+        for j, seq in enumerate(seqs):
+            tokens[i, j, :len(seq)] = seq
+            last[i, j] = len(seq) - 1
+    return tokens, last
+
+
+def write_reward_folder(out: Path, tokenizer: Tokenizer, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                        info: Mapping) -> dict:
+    """The packed pairs of each split as a data folder training/data.load_dataset opens (OUT.tmp renamed
+    into place); returns the meta. "bytes" and "chars" equal the tokens: the loop's bits-per-byte figure is
+    then the Bradley-Terry loss in bits (a pair's text has no per-byte meaning here)."""
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        dtype = token_dtype(tokenizer.vocab_size)
+        meta_splits = {}
+        for name, (tokens, last) in splits.items():
+            write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
+            write_bytes_atomically(tmp / f"{name}_last.bin", last.astype(np.int32).tobytes())
+            meta_splits[name] = {"file": f"{name}.bin", "last_file": f"{name}_last.bin", "pairs": len(last),
+                                 "tokens": int(tokens.size), "bytes": int(tokens.size), "chars": int(tokens.size)}
+        meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+                "splits": meta_splits, "reward": {"format": REWARD_FORMAT, **info}}
+        write_bytes_atomically(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        replace_folder_atomically(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def load_lasts(data: Dataset) -> dict[str, np.ndarray]:
+    """The last-token index of every row of both splits, [pairs, 2] int32, checked against the meta."""
+    if data.meta.get("reward", {}).get("format") != REWARD_FORMAT:
+        raise NumgptError(f"{data.folder}: not reward-model data (no packed pairs); give `numgpt reward train` a "
+                          "pairs JSONL file")
+    lasts = {}
+    for name, split in data.meta["splits"].items():
+        path = data.folder / split["last_file"]
+        if not path.is_file() or path.stat().st_size != split["pairs"] * 2 * 4:
+            raise NumgptError(f"{path}: missing or not the size {META_FILE} says; the run's data is damaged")
+        lasts[name] = np.fromfile(path, np.int32).reshape(-1, 2)
+    return lasts
+
+
+# ---- the Objective, with its evaluation over every held-out pair ----------------------------------------
+
+def pair_metrics(rewards: np.ndarray) -> dict[str, float]:
+    """Bradley-Terry loss, pairwise accuracy (r_chosen > r_rejected; a tie counts as wrong) and mean margin
+    of rewards [P, 2]."""
+    loss, d = bt_loss_forward(rewards[:, 0], rewards[:, 1])
+    return {"loss": loss, "accuracy": float(np.mean(d > 0)), "margin": float(np.mean(d))}
+
+
+def rewards_of_pairs(params: Params, config: GPTConfig, rows: np.ndarray, last: np.ndarray, *,
+                     batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Rewards [pairs, 2] of packed pair rows [pairs, 2, L] (batch_size pairs a forward, each batch cut to its
+    longest row)."""
+    out = np.empty((len(last), 2), np.float32)
+    for start in range(0, len(last), batch_size):
+        lb = last[start:start + batch_size].astype(np.int64)
+        T = int(lb.max()) + 1
+        out[start:start + batch_size] = rewards_of_rows(params, config, np.asarray(rows[start:start + len(lb), :, :T],
+                                                                                    np.int64), lb)
+    return out
+
+
+def reward_objective(trainable: frozenset[str], batches: PairBatches, lora: "LoraConfig | None" = None
+                     ) -> Objective:
+    """The training task: pair batches, the Bradley-Terry loss (over a LoRA adapter if given), these trained
+    parameters, and an evaluation over every held-out pair (`estimate`)."""
+    loss = reward_loss if lora is None else LoraRewardLoss(lora)
+    return Objective(batch=batches, loss=loss, evaluate=reward_value, trainable=frozenset(trainable),
+                     estimate=partial(estimate_rewards, batches=batches, lora=lora))
+
+
+def estimate_rewards(t: Any, *, batches: PairBatches, lora: "LoraConfig | None" = None) -> dict[str, Any]:
+    """The loop's evaluation (objective.EstimateFn): the Bradley-Terry loss of the first eval_iters x batch_size
+    train pairs and of every held-out pair, with the held-out pairwise accuracy and mean margin."""
+    params = t.state.params
+    if lora is not None:
+        from .lora import merge
+        params = {**merge(params, t.config, lora), SCORE: params[SCORE]}
+    out: dict[str, Any] = {}
+    for split, key in (("train", "train"), ("val", "val")):
+        last = batches.lasts[split]
+        last = last[:t.tc.eval_iters * t.tc.batch_size] if split == "train" else last
+        rewards = rewards_of_pairs(params, t.config, batches.rows(t.data, split), last)
+        metrics = pair_metrics(rewards)
+        out[key] = metrics["loss"]
+        if split == "val":
+            out["val_accuracy"], out["val_margin"] = metrics["accuracy"], metrics["margin"]
+    return out
+
+
+# ---- a run, as `numgpt reward train` sets it up ----------------------------------------------------------
+
+@dataclass
+class RewardSetup:
+    """What setup_reward did: the run ready to train, the packed data's meta (None on resume), and how many
+    pairs per split were left out as longer than max_tokens."""
+
+    run: "Run"
+    meta: dict | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | None = None, resume: bool = False,
+                 options: Mapping | None = None, train: str = "head", lora: "LoraConfig | None" = None,
+                 max_tokens: int = MAX_TOKENS, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+                 seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
+                 comm: Communicator | None = None, ranks_here: int = 1) -> RewardSetup:
+    """`numgpt reward train PAIRS --init MODEL --out RUN`, up to the first step (then `.run.train()`).
+
+    pairs: preference JSONL (pairs.py), rendered and packed into RUN/data; init: the chat model to start
+    from (an SFT run or model folder with numgpt's chat template); resume: continue RUN/latest (pairs must
+    be the file it was packed from); options: TrainConfig fields as setup_run's (block_size is the packed
+    rows'); train: 'head', 'last-N' or 'all' (classify.trainable_names); lora: an adapter and the head
+    instead; val_file or val_fraction: the held-out pairs; comm, ranks_here: as setup_run's (rank 0 alone
+    packs; the others wait at a barrier). A refusal before training leaves nothing this made."""
+    from ..formats import hf_cache_dir
+    from ..training.comm import SingleProcess
+    from ..training.lock import check_not_locked
+    from ..training.loop import LATEST
+
+    run = Path(run_dir)
+    cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
+    comm = SingleProcess() if comm is None else comm
+    ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
+    if resume:
+        return RewardSetup(run=_resume_run(Path(pairs), run, options, val_file, **ranks))
+    if init is None:
+        raise NumgptError("--init MODEL is required: the chat model the reward model starts from (an SFT run)")
+    if (run / LATEST).exists():
+        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+    if comm.rank == 0:
+        check_not_locked(run)
+    folder, tokenizer, config = _chat_model(init, cache_dir)
+    trainable = trainable_names(config, train)                # a bad --train is refused before any work
+    existed = run.exists()
+    try:
+        setup = RewardSetup(run=None)                          # type: ignore[arg-type]  (set below)
+        if comm.rank == 0:
+            setup.meta, setup.dropped = prepare_pairs(pairs, run / DATA_SUBDIR, tokenizer,
+                                                      max_tokens=min(max_tokens, config.n_positions),
+                                                      val_fraction=val_fraction, val_file=val_file, seed=seed)
+        comm.barrier()
+        setup.run = _new_run(run, folder, options, trainable, lora, **ranks)
+        return setup
+    except BaseException:
+        if comm.rank == 0:
+            shutil.rmtree(run if not existed else run / DATA_SUBDIR, ignore_errors=True)
+        raise
+
+
+def _chat_model(init: str | Path, cache_dir: str | Path) -> tuple[Path, Tokenizer, GPTConfig]:
+    """(folder, tokenizer, config) of --init, refused in one line unless it has numgpt's chat template."""
+    from ..formats import load_tokenizer, resolve_model
+    from ..formats.hf import load_config
+    from .chat_format import chat_template
+
+    folder = resolve_model(init, cache_dir=cache_dir)
+    config = load_config(folder)
+    tokenizer = load_tokenizer(folder, config)
+    if chat_template(tokenizer) is None:
+        raise NumgptError(f"--init {init}: the model has no chat template, so it cannot read the pairs' "
+                          "conversations; start from a chat model: `numgpt sft CHATS --init MODEL --out RUN`, "
+                          "then --init RUN")
+    return folder, tokenizer, config
+
+
+def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, val): a val_fraction of the pairs held out (a seeded permutation), each split in file order."""
+    if not 0 < val_fraction < 1:
+        raise NumgptError(f"val_fraction must be > 0 and < 1 (or pass val_file=), got {val_fraction}")
+    n = len(pairs)
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise NumgptError(f"{n} pair{'s' if n > 1 else ''} cannot be split into training and validation; add pairs "
+                          "or pass val_file=")
+    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, max_tokens: int,
+                  val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337
+                  ) -> tuple[dict, dict[str, int]]:
+    """Pairs JSONL -> the packed data folder `out`; returns (meta, pairs left out per split). Every line is
+    checked (pairs.py) and rendered before anything is written."""
+    from .packing import file_sha256
+    from .pairs import read_pairs
+
+    if val_file is not None:
+        train_set, val_set = read_pairs(pairs_file), read_pairs(val_file)
+    else:
+        train_set, val_set = split_pairs(read_pairs(pairs_file), val_fraction, seed)
+    rendered, dropped = {}, {}
+    for name, chosen in (("train", train_set), ("val", val_set)):
+        rendered[name], dropped[name] = render_pairs(tokenizer, chosen, max_tokens)
+        if not rendered[name]:
+            raise NumgptError(f"every {name} pair is longer than {max_tokens} tokens; pass a larger --max-tokens "
+                              "(at most the model's context)")
+    length = max(len(s) for split in rendered.values() for pair in split for s in pair)
+    splits = {name: pack_pairs(r, length, tokenizer.eot_id) for name, r in rendered.items()}
+    info = {"row_length": length, "max_tokens": max_tokens, "source": str(pairs_file),
+            "source_sha256": file_sha256(pairs_file), "val_source": None if val_file is None else str(val_file),
+            "dropped": dropped}
+    return write_reward_folder(out, tokenizer, splits, info), dropped
+
+
+def _new_run(run: Path, init: Path, options: Mapping | None, trainable: frozenset[str], lora: "LoraConfig | None",
+             **ranks) -> "Run":
+    """setup_run from the chat model with a new head (N(0, 0.02), seeded from (seed, HEAD_STREAM)), and the
+    LoRA adapters if asked (lora.py's initialisation); the reward Objective."""
+    from ..training.loop import keep_trained_moments
+    from ..training.run import setup_run
+
+    data_dir = run / DATA_SUBDIR
+    row_length = json.loads((data_dir / META_FILE).read_text(encoding="utf-8"))["reward"]["row_length"]
+    setup = setup_run(data_dir, run, options={**(options or {}), "block_size": row_length}, init=init, **ranks)
+    params, config, tc = setup.state.params, setup.config, setup.tc
+    head_rng = np.random.default_rng([tc.seed, HEAD_STREAM])
+    params[SCORE] = (head_rng.standard_normal((1, config.n_embd)) * INIT_STD).astype(np.float32)   # [1, C]
+    if lora is not None:
+        from .lora import LORA_STREAM, adapter_shapes, init_adapters
+        params.update(init_adapters(config, lora, np.random.default_rng([tc.seed, LORA_STREAM])))
+        trainable = frozenset(adapter_shapes(config, lora)) | {SCORE}
+        setup.tc = dataclasses.replace(tc, lora=lora.to_dict())
+    setup.objective = reward_objective(trainable, PairBatches(load_lasts(setup.data)), lora)
+    keep_trained_moments(setup.state, setup.objective.trainable_params(params))
+    return setup
+
+
+def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str | Path | None, **ranks) -> "Run":
+    """setup_run of RUN/latest on RUN/data, refusing another pairs file than the run's; the trained set is the
+    checkpoint's (the parameters it keeps optimizer moments for)."""
+    from ..training.loop import LATEST
+    from ..training.run import setup_run
+    from .lora import LoraConfig
+    from .packing import file_sha256
+
+    data_dir = run / DATA_SUBDIR
+    meta_path = data_dir / META_FILE
+    if not meta_path.is_file():
+        raise NumgptError(f"{run} holds no reward-model run to resume (no {data_dir}); start one with --init MODEL")
+    if val_file is not None:
+        raise NumgptError(f"{run} is already packed with its validation pairs; --val applies when starting a run")
+    saved = json.loads(meta_path.read_text(encoding="utf-8")).get("reward", {})
+    if given.is_file() and file_sha256(given) != saved.get("source_sha256"):
+        raise NumgptError(f"{given} is not the file {run} was prepared from ({saved.get('source')}); resume with "
+                          "that file, or start a new run")
+    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, **ranks)
+    if SCORE not in setup.state.params:
+        raise NumgptError(f"{run / LATEST}: no score head ({SCORE}); not a reward-model run")
+    lora = None if setup.tc.lora is None else LoraConfig.from_dict(setup.tc.lora)
+    setup.objective = reward_objective(frozenset(setup.state.optim.m), PairBatches(load_lasts(setup.data)), lora)
+    return setup
+
+
+# ---- the reward model to use: exported, loaded, scoring conversations -----------------------------------
+
+def export_reward_model(run: "Run") -> Path:
+    """Write RUN/model: RUN/best (the lowest held-out loss; RUN/latest, else the current state, when there
+    is none) as a GPT2ForSequenceClassification folder of one output, LoRA merged. Returns the folder."""
+    from ..training.loop import BEST, LATEST
+    from ..training.state import checkpoint_folder, load_train_checkpoint
+    from .lora import LoraConfig, merge
+
+    params = run.state.params
+    for name in (BEST, LATEST):
+        if (run.folder / name).exists():
+            params = load_train_checkpoint(checkpoint_folder(run.folder / name))[1].params
+            break
+    if run.tc.lora is not None:
+        params = {**merge(params, run.config, LoraConfig.from_dict(run.tc.lora)), SCORE: params[SCORE]}
+    tokenizer = Tokenizer.load(run.data.tokenizer_dir)
+    max_tokens = int(run.data.meta["reward"]["max_tokens"])
+    body = {k: v for k, v in params.items() if ".lora_" not in k}
+    model = Classifier(run.config, body, [REWARD_LABEL], tokenizer, tokenizer.eot_id, max_tokens)
+    folder = run.folder / MODEL_SUBDIR
+    tmp = folder.with_name(folder.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp, settings={"reward_model": True, "init": run.tc.init})
+    _drop_problem_type(tmp)
+    return replace_folder_atomically(tmp, folder)
+
+
+def _drop_problem_type(folder: Path) -> None:
+    """config.json without classify's problem_type (single-label classification): with one output
+    transformers then treats the head as a regression, as TRL's reward models are saved."""
+    path = folder / "config.json"
+    hf = json.loads(path.read_text(encoding="utf-8"))
+    hf.pop("problem_type", None)
+    write_bytes_atomically(path, (json.dumps(hf, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """A trained reward model: scores conversations (prompt messages + one assistant reply) in numgpt's chat
+    format. Rewards are comparable only between replies to the same prompt (the module docstring)."""
+
+    classifier: Classifier
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.classifier.tokenizer
+
+    def render(self, conversation: Sequence[Mapping]) -> list[int]:
+        """The ids the head reads: the conversation rendered whole (it must end with the assistant's reply)."""
+        from .chat_format import check_messages, render_chat
+
+        checked = check_messages(conversation)
+        if checked[-1][0] != "assistant":
+            raise NumgptError("a conversation to score ends with the assistant's reply (the reward is the reply's), "
+                              f"not a {checked[-1][0]} message")
+        return render_chat(self.tokenizer, conversation)
+
+    def fits(self, conversation: Sequence[Mapping]) -> bool:
+        """Whether the conversation fits the model's context (`score` refuses one that does not)."""
+        return len(self.render(conversation)) <= self.classifier.config.n_positions
+
+    def encode(self, conversation: Sequence[Mapping]) -> list[int]:
+        """`render`, refused in one line when longer than the model's context."""
+        ids = self.render(conversation)
+        limit = self.classifier.config.n_positions
+        if len(ids) > limit:
+            raise NumgptError(f"a conversation of {len(ids)} tokens is longer than the reward model's context "
+                              f"({limit}); shorten it")
+        return ids
+
+    def score(self, conversations: Sequence[Sequence[Mapping]], *, batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """The reward of each conversation's last (assistant) message, [n] float32."""
+        from .classify import logits_of
+
+        seqs = [np.asarray(self.encode(c), np.int64) for c in conversations]
+        if not seqs:
+            return np.zeros(0, np.float32)
+        m = self.classifier
+        return logits_of(m.params, m.config, seqs, m.pad_token_id, batch_size=batch_size)[:, 0]   # [n, 1] -> [n]
+
+    def score_pairs(self, pairs: Sequence[Mapping]) -> np.ndarray:
+        """Rewards [len(pairs), 2] (chosen, rejected) of preference pairs (pairs.py's records; see `pair_fits`)."""
+        convs = [[*p["prompt"], p[key][0]] for p in pairs for key in ("chosen", "rejected")]
+        return self.score(convs).reshape(-1, 2)
+
+    def pair_fits(self, pair: Mapping) -> bool:
+        """Whether both conversations of a pair fit the model's context."""
+        return all(self.fits([*pair["prompt"], pair[key][0]]) for key in ("chosen", "rejected"))
+
+
+def load_reward_model(folder: str | Path) -> RewardModel:
+    """The reward model of a `numgpt reward train` run (its RUN/model) or of a GPT2ForSequenceClassification
+    folder with one output and numgpt's chat template. Anything else is a one-line NumgptError."""
+    from ..formats.hf import CONFIG_FILE, weight_files
+    from ..formats.safetensors import checked_header
+    from .chat_format import chat_template
+    from .classify import load_classifier_folder
+
+    folder = Path(folder)
+    if (folder / MODEL_SUBDIR / CONFIG_FILE).is_file():
+        folder = folder / MODEL_SUBDIR
+    if not (folder / CONFIG_FILE).is_file():
+        raise NumgptError(f"{folder}: not a reward model (no config.json); pass the --out folder of `numgpt reward "
+                          "train`")
+    files = weight_files(folder)
+    if not files or not any(SCORE in checked_header(f) for f in files):
+        raise NumgptError(f"{folder}: not a reward model (no score head, {SCORE}); train one with `numgpt reward "
+                          "train PAIRS --init SFT_RUN --out RM`")
+    model = load_classifier_folder(folder)
+    if len(model.labels) != 1:
+        raise NumgptError(f"{folder}: a classifier of {len(model.labels)} labels, not a reward model (one output)")
+    if chat_template(model.tokenizer) is None:
+        raise NumgptError(f"{folder}: the model has no chat template; a reward model scores chat conversations")
+    return RewardModel(model)
+
+
+def check_same_tokenizer(reward_tokenizer: Tokenizer, policy_tokenizer: Tokenizer, what: str) -> None:
+    """Refuse (one line naming `what`) a reward model whose vocabulary is not the policy's: it would read the
+    policy's token ids as other text."""
+    if tokenizer_fingerprint(reward_tokenizer) != tokenizer_fingerprint(policy_tokenizer):
+        raise NumgptError(f"{what}: a reward model for another tokenizer ({reward_tokenizer.vocab_size} tokens) "
+                          f"than the policy's ({policy_tokenizer.vocab_size} tokens); train the reward model from "
+                          "the policy's SFT model")
+
+
+__all__ = ["LoraRewardLoss", "PairBatches", "RewardModel", "RewardSetup", "bt_loss_backward", "bt_loss_forward",
+           "check_same_tokenizer", "estimate_rewards", "export_reward_model", "load_reward_model", "pair_metrics",
+           "pair_rewards", "prepare_pairs", "reward_loss", "reward_objective", "reward_value", "rewards_of_pairs",
+           "setup_reward"]
