@@ -19,9 +19,14 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 
 from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
+from .train_commands import TRAIN_DEFAULTS, add_training_flags
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
+SFT_FLAGS = ("block_size", "batch_size", "grad_accum", "max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters",
+             "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_iters", "seed", "threads")
+SFT_DEFAULTS = {**TRAIN_DEFAULTS, **SFT_TRAIN, **SFT_OPTIM,          # the --help texts' (numgpt train's but these)
+                "block_size": f"{SFT_BLOCK_SIZE}, or the model's context if smaller"}
 
 EXAMPLES = f"""\
 examples:
@@ -62,28 +67,11 @@ def register(sub) -> None:
     v.add_argument("--val", metavar="FILE", help="held-out conversations (chat JSONL) for the validation loss")
     v.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="share of DATA's conversations held out when no --val is given (0.1)")
-    o = p.add_argument_group("training (as numgpt train)")
-    o.add_argument("--block-size", type=int, metavar="N", help=f"row length - 1 ({SFT_BLOCK_SIZE}, or the "
-                   "model's context if smaller)")
-    o.add_argument("--batch-size", type=int, metavar="N", help=f"rows per micro-batch ({SFT_TRAIN['batch_size']})")
-    o.add_argument("--grad-accum", type=int, metavar="N", help=f"micro-batches per update ({TC.grad_accum})")
-    o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates ({SFT_TRAIN['max_iters']})")
-    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({SFT_OPTIM['lr']})")
-    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor ({SFT_OPTIM['min_lr']})")
-    o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup ({SFT_OPTIM['warmup_iters']})")
-    o.add_argument("--lr-decay-iters", type=int, metavar="N", help="where the cosine reaches --min-lr (= --max-iters)")
-    o.add_argument("--weight-decay", type=float, metavar="X", help=f"AdamW weight decay ({OPT.weight_decay})")
-    o.add_argument("--grad-clip", type=float, metavar="X", help=f"gradient norm clip, 0 = off ({OPT.grad_clip})")
-    o.add_argument("--dropout", type=float, metavar="X", help=f"dropout ({SFT_TRAIN['dropout']})")
-    o.add_argument("--eval-interval", type=int, metavar="N", help=f"evaluate and save every N steps "
-                   f"({SFT_TRAIN['eval_interval']})")
-    o.add_argument("--eval-iters", type=int, metavar="N", help=f"batches per loss estimate ({SFT_TRAIN['eval_iters']})")
-    o.add_argument("--seed", type=int, metavar="N", help=f"seed of the split, batches and dropout ({TC.seed})")
-    o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's rows over N threads (default: "
-                   f"{THREADS_ENV} if set, else all cores; recorded in the run)")
+    add_training_flags(p.add_argument_group("training (as numgpt train)"), SFT_DEFAULTS, only=SFT_FLAGS, helps={
+        "block_size": "row length - 1 ({default})", "batch_size": "rows per micro-batch ({default})",
+        "seed": "seed of the split, batches and dropout ({default})"})
     add_lora_flags(p)
-    p.set_defaults(run=run_sft, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None,
-                   flag_names=sft_flag_names())   # the library's Python names, said as flags (cli.main)
+    p.set_defaults(run=run_sft, flag_names=sft_flag_names())   # the library's Python names, said as flags (cli.main)
 
 
 def sft_flag_names() -> dict[str, str]:

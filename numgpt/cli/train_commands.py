@@ -109,37 +109,7 @@ def register(sub) -> None:
     m.add_argument("--n-layer", type=int, metavar="N", help=f"transformer blocks ({SCRATCH_SHAPE['n_layer']})")
     m.add_argument("--n-head", type=int, metavar="N", help=f"attention heads ({SCRATCH_SHAPE['n_head']})")
     m.add_argument("--n-embd", type=int, metavar="N", help=f"channels ({SCRATCH_SHAPE['n_embd']})")
-    o = t.add_argument_group("training")
-    o.add_argument("--block-size", type=int, metavar="N", help=f"context length of the training windows ({TC.block_size})")
-    o.add_argument("--batch-size", type=int, metavar="N", help=f"windows per micro-batch ({TC.batch_size})")
-    o.add_argument("--grad-accum", type=int, metavar="N", help=f"micro-batches per update ({TC.grad_accum})")
-    o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates in all ({TC.max_iters})")
-    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({OPT.lr})")
-    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor of the cosine ({OPT.min_lr})")
-    o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup steps ({OPT.warmup_iters})")
-    o.add_argument("--lr-decay-iters", type=int, metavar="N", help="step where the cosine reaches --min-lr (= --max-iters)")
-    o.add_argument("--weight-decay", type=float, metavar="X",
-                   help=f"AdamW decoupled weight decay on matrices ({OPT.weight_decay})")
-    o.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on wte/wpe")
-    o.add_argument("--beta1", type=float, metavar="X", help=f"Adam beta1 ({OPT.beta1})")
-    o.add_argument("--beta2", type=float, metavar="X", help=f"Adam beta2 ({OPT.beta2})")
-    o.add_argument("--grad-clip", type=float, metavar="X",
-                   help=f"clip the gradients' global norm to this, 0 = off ({OPT.grad_clip})")
-    o.add_argument("--dropout", type=float, metavar="X", help=f"GPT-2 dropout probability ({TC.dropout})")
-    o.add_argument("--eval-interval", type=int, metavar="N",
-                   help=f"evaluate and save every N steps; 0 = only at the end ({TC.eval_interval})")
-    o.add_argument("--eval-iters", type=int, metavar="N", help=f"batches per loss estimate ({TC.eval_iters})")
-    o.add_argument("--seed", type=int, metavar="N", help=f"seed of initialisation, batches and dropout ({TC.seed})")
-    o.add_argument("--threads", type=int, metavar="N", help="split each batch's rows over N >= 1 threads (default: the "
-                   f"environment's {THREADS_ENV} if set, else all cores; recorded in the run: float32 sums, "
-                   "hence losses, depend on it; each thread past the first keeps its own gradient copy, "
-                   "4 bytes per parameter)")
-    o.add_argument("--zero", type=int, choices=(0, 1), metavar="{0,1}",
-                   help=f"ZeRO stage under mpiexec: 1 shards AdamW's moments over the ranks (about 1/P of "
-                   f"them each, the same results); 0 = every rank keeps all ({TC.zero})")
-    o.add_argument("--no-overlap", action="store_true",
-                   help="under mpiexec with 2 ranks, sum the gradients after the backward instead of layer by "
-                   "layer during it (the same results; for measuring what the overlap saves)")
+    add_training_flags(t.add_argument_group("training"), TRAIN_DEFAULTS)
     add_lora_flags(t)
     t.set_defaults(run=run_train, flag_names=FLAG_NAMES)   # the library's Python names, said as flags
 
@@ -461,6 +431,65 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {s} s" if minutes < 10 else f"{minutes} min"
     h, minutes = divmod(minutes, 60)
     return f"{h} h {minutes} min"
+
+
+# The training flags, defined once for every training command (train, sft, ...): flag attribute -> argparse's
+# keywords, in --help order; "{default}" in a help is what the command uses when the flag is not given.
+TRAINING_FLAGS: dict[str, dict] = {
+    "block_size": dict(type=int, metavar="N", help="context length of the training windows ({default})"),
+    "batch_size": dict(type=int, metavar="N", help="windows per micro-batch ({default})"),
+    "grad_accum": dict(type=int, metavar="N", help="micro-batches per update ({default})"),
+    "max_iters": dict(type=int, metavar="N", help="optimizer updates in all ({default})"),
+    "lr": dict(type=float, metavar="X", help="peak learning rate ({default})"),
+    "min_lr": dict(type=float, metavar="X", help="learning-rate floor of the cosine ({default})"),
+    "warmup_iters": dict(type=int, metavar="N", help="linear warmup steps ({default})"),
+    "lr_decay_iters": dict(type=int, metavar="N", help="step where the cosine reaches --min-lr ({default})"),
+    "weight_decay": dict(type=float, metavar="X", help="AdamW decoupled weight decay on matrices ({default})"),
+    "no_decay_embeddings": dict(action="store_true", help="no weight decay on wte/wpe"),
+    "beta1": dict(type=float, metavar="X", help="Adam beta1 ({default})"),
+    "beta2": dict(type=float, metavar="X", help="Adam beta2 ({default})"),
+    "grad_clip": dict(type=float, metavar="X", help="clip the gradients' global norm to this, 0 = off ({default})"),
+    "dropout": dict(type=float, metavar="X", help="GPT-2 dropout probability ({default})"),
+    "eval_interval": dict(type=int, metavar="N", help="evaluate and save every N steps; 0 = only at the end "
+                          "({default})"),
+    "eval_iters": dict(type=int, metavar="N", help="batches per loss estimate ({default})"),
+    "seed": dict(type=int, metavar="N", help="seed of initialisation, batches and dropout ({default})"),
+    "threads": dict(type=int, metavar="N", help="split each batch's rows over N >= 1 threads (default: the "
+                    f"environment's {THREADS_ENV} if set, else all cores; recorded in the run: float32 sums, "
+                    "hence losses, depend on it; each thread past the first keeps its own gradient copy, "
+                    "4 bytes per parameter)"),
+    "zero": dict(type=int, choices=(0, 1), metavar="{0,1}", help="ZeRO stage under mpiexec: 1 shards AdamW's "
+                 "moments over the ranks (about 1/P of them each, the same results); 0 = every rank keeps all "
+                 "({default})"),
+    "no_overlap": dict(action="store_true", help="under mpiexec with 2 ranks, sum the gradients after the "
+                       "backward instead of layer by layer during it (the same results; for measuring what the "
+                       "overlap saves)"),
+}
+TRAIN_DEFAULTS = {  # numgpt train's: the dataclasses' defaults (one place)
+    **{flag: getattr(TC, flag) for flag in ("block_size", "batch_size", "grad_accum", "max_iters", "dropout",
+                                            "eval_interval", "eval_iters", "seed", "zero")},
+    **{flag: getattr(OPT, flag) for flag in ("lr", "min_lr", "warmup_iters", "weight_decay", "beta1", "beta2",
+                                             "grad_clip")},
+    "lr_decay_iters": "= --max-iters"}
+
+
+def add_training_flags(group: argparse._ArgumentGroup, defaults: dict, *, only: tuple[str, ...] | None = None,
+                       helps: dict[str, str] | None = None) -> None:
+    """Add the training flags (TRAINING_FLAGS; `only` these attributes) to an argument group, each defaulting
+    to "not given" (options_from_args then leaves the library's or the command's own default), --help saying
+    defaults[attribute]. helps: a command's own wording of a flag where train's would be wrong for it (sft's
+    rows are not windows). A flag left out is not offered (argparse refuses it), and reads as not given."""
+    names = list(TRAINING_FLAGS) if only is None else list(only)
+    unknown = sorted(set(names) - set(TRAINING_FLAGS))
+    if unknown:
+        raise ValueError(f"not a training flag: {', '.join(unknown)}")
+    for name in names:
+        keywords = dict(TRAINING_FLAGS[name])
+        text = (helps or {}).get(name, keywords["help"])
+        keywords["help"] = text.replace("{default}", str(defaults.get(name, "")))
+        group.add_argument("--" + name.replace("_", "-"), **keywords)
+    group.set_defaults(**{name: False if TRAINING_FLAGS[name].get("action") == "store_true" else None
+                          for name in TRAINING_FLAGS if name not in names})
 
 
 SHAPE_FLAGS = ("preset", "n_layer", "n_head", "n_embd")   # flag attributes = run.setup_run's shape keys
