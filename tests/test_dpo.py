@@ -33,6 +33,14 @@ torch = reference("torch")
 transformers = reference("transformers")
 
 FAST = ["--threads", "1", "--batch-size", "4", "--eval-iters", "2"]
+
+
+def dpo(world, out, *extra, pairs="pairs.jsonl", init="base"):
+    return main(["dpo", str(world / pairs), "--init", str(world / init), "--out", str(out), *FAST, *extra])
+
+
+def evals(run):
+    return [e for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if e["type"] == "eval"]
 FAMILIES = ("add", "next")         # short replies: rows of a few dozen tokens
 
 
@@ -52,6 +60,11 @@ def world(tmp_path_factory):
     save_checkpoint(root / "base", config, params, tokenizer=tok)
     config, params, tok = add_chat_tokens(config, params, tok)
     save_checkpoint(root / "chat", config, params, tokenizer=tok)
+    # pairs whose rejected reply never answers: a preference a tiny model learns in a few steps
+    write_pairs(root / "format.jsonl", synthesize_pairs(40, rng=np.random.default_rng(2), families=FAMILIES,
+                                                        format_rate=1.0))
+    write_pairs(root / "format_heldout.jsonl", synthesize_pairs(16, rng=np.random.default_rng(3), families=FAMILIES,
+                                                                format_rate=1.0, split="heldout"))
     return root
 
 
@@ -193,3 +206,196 @@ def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_
     assert ours["accuracy"] == pytest.approx(logged["rewards/accuracies"], rel=1e-6)   # TRL logs float32
     assert logps[:, 0].mean() == pytest.approx(logged["logps/chosen"], rel=1e-5)
     assert abs(ours["margin"]) > 0.05 and 0 < ours["accuracy"] < 1          # a comparison that can fail
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+def test_a_tiny_run_raises_held_out_preference_accuracy_and_margin(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert dpo(world, run, "--max-iters", "12", "--eval-interval", "12", "--lr", "3e-3", "--eval-iters", "4",
+               "--val", str(world / "format_heldout.jsonl"),
+               pairs="format.jsonl") == 0
+    out, err = capsys.readouterr()
+    assert "40 training and 16 held-out pairs" in err and "has no chat tokens; added" in err
+    first, last = evals(run)
+    # step 0: the policy is the reference, every reward exactly 0 (the same forward made the cache)
+    assert (first["val_margin"], first["val_accuracy"], first["val_kl"]) == (0.0, 0.0, 0.0)
+    assert first["val_loss"] == pytest.approx(math.log(2))
+    # after 12 steps (seen: accuracy 1.0, margin 0.43, loss 0.50 at step 10; 1.0, 1.21 at step 20)
+    assert last["val_accuracy"] >= 0.9 and last["val_margin"] > 0.3 and last["val_loss"] < 0.6
+    assert last["val_chosen_reward"] > last["val_rejected_reward"]
+    assert last["train_accuracy"] >= 0.9 and last["train_margin"] > 0.3
+    assert out.startswith("done: step 12, held-out preference accuracy")
+    assert json.loads((run / "dpo.json").read_text()) == {"beta": 0.1}
+
+
+def test_resume_after_ctrl_c_is_bit_exact(world, tmp_path, monkeypatch):
+    common = ["--max-iters", "8", "--eval-interval", "4", "--seed", "7", "--lr", "1e-3"]
+    assert dpo(world, tmp_path / "straight", *common) == 0
+    from numgpt.cli import train_commands
+    step = train_commands.TimeEstimate.step
+
+    def ctrl_c_at_step_5(self, ev):                       # Ctrl-C lands in the loop after step 5's update
+        if ev["step"] == 5:
+            raise KeyboardInterrupt
+        return step(self, ev)
+    monkeypatch.setattr(train_commands.TimeEstimate, "step", ctrl_c_at_step_5)
+    assert dpo(world, tmp_path / "halves", *common) == 130
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "halves" / "latest" / "trainstate.json").read_text())["step"] == 5
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 0
+    _, a = load_checkpoint(tmp_path / "straight" / "latest")
+    _, b = load_checkpoint(tmp_path / "halves" / "latest")
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert evals(tmp_path / "straight")[-1] == evals(tmp_path / "halves")[-1]
+
+
+def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_path):
+    assert dpo(world, tmp_path / "data", "--prepare-only", init="chat") == 0
+    data = load_dataset(tmp_path / "data")
+    objective = dpo_objective(data, 0.1)
+    config, params = load_checkpoint(world / "chat")
+
+    def tc(threads):
+        return TrainConfig(batch_size=4, block_size=data.meta["dpo"]["block_size"], max_iters=3, eval_interval=0,
+                           eval_iters=2, threads=threads, optim=AdamWConfig(lr=1e-3, warmup_iters=0))
+    fresh = lambda: new_state({k: v.copy() for k, v in params.items()}, seed=3)  # noqa: E731
+    ref = train(fresh(), config, tc(2), data, tmp_path / "threads", objective=objective)
+    group = ThreadGroup(2)
+    out = [None, None]
+
+    def rank(r):
+        out[r] = train(fresh(), config, tc(1), data, tmp_path / f"rank{r}", comm=group.member(r), objective=objective)
+    with single_threaded_blas():
+        run_in_threads(rank, 2)
+    assert ref.last_eval["val_margin"] != 0                          # it moved
+    for result in out:
+        for k, v in ref.state.params.items():
+            assert np.array_equal(result.state.params[k], v), k
+        assert result.last_eval == ref.last_eval                     # every logged figure, bit for bit
+
+
+def test_setup_dpo_in_python_trains_what_the_cli_trains(world, tmp_path):
+    options = {"max_iters": 2, "eval_interval": 0, "eval_iters": 2, "batch_size": 4, "threads": 1, "dropout": 0.0,
+               "optim": {"lr": 5e-6, "min_lr": 5e-7, "warmup_iters": 10}}         # the CLI's DPO defaults
+    setup = setup_dpo(world / "pairs.jsonl", tmp_path / "py", init=world / "base", beta=0.25, options=options)
+    assert setup.meta["dpo"]["pairs"] == {"train": 36, "val": 4} and setup.added_chat_tokens and setup.beta == 0.25
+    result = setup.run.train()
+    assert setup.run.state.step == 2 and math.isfinite(result.last_eval["val_margin"])
+    assert dpo(world, tmp_path / "cli", "--beta", "0.25", "--max-iters", "2", "--eval-interval", "0") == 0
+    _, cli = load_checkpoint(tmp_path / "cli" / "latest")
+    for name, p in setup.run.state.params.items():
+        assert np.array_equal(cli[name], p), name
+
+
+def test_implicit_reward_is_beta_times_the_reply_log_ratio(world):
+    config, ref = load_checkpoint(world / "chat")
+    tok = load_tokenizer(world / "chat", config)
+    policy = {k: v * np.float32(1.5) for k, v in ref.items()}
+    prompt, chosen, _ = render_pair(tok, json.loads((world / "pairs.jsonl").read_text().splitlines()[0]))
+    seq = np.array([prompt + chosen])
+    mask = np.zeros((1, seq.shape[1] - 1))
+    mask[0, len(prompt) - 1:] = 1
+    pi, pi_ref = (reply_logps(p, config, seq[:, :-1], seq[:, 1:], mask)[0] for p in (policy, ref))
+    assert implicit_reward(policy, ref, config, prompt, chosen, 0.3) == pytest.approx(0.3 * (pi - pi_ref), rel=1e-12)
+    assert implicit_reward(ref, ref, config, prompt, chosen, 0.3) == 0.0 and abs(pi - pi_ref) > 0.05
+    with pytest.raises(NumgptError, match="beta must be a finite number > 0"):
+        implicit_reward(policy, ref, config, prompt, chosen, -1.0)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+def one_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("numgpt: error: "), err
+    return err
+
+
+def test_a_reference_cache_from_another_model_or_other_data_is_refused(world, tmp_path, capsys):
+    import shutil
+    assert dpo(world, tmp_path / "data", "--prepare-only", init="chat") == 0
+    capsys.readouterr()
+    # the chat tokens added to base make exactly chat's weights: the same reference, accepted
+    assert main(["dpo", str(tmp_path / "data"), "--init", str(world / "base"), "--out", str(tmp_path / "ok"), *FAST,
+                 "--max-iters", "1", "--eval-iters", "1"]) == 0
+    capsys.readouterr()
+    config, params = load_checkpoint(world / "chat")
+    save_checkpoint(tmp_path / "other", config, {k: v * np.float32(0.5) for k, v in params.items()},
+                    tokenizer=load_tokenizer(world / "chat", config))
+    run = tmp_path / "run"
+    assert main(["dpo", str(tmp_path / "data"), "--init", str(tmp_path / "other"), "--out", str(run), *FAST]) == 2
+    err = one_line(capsys)
+    assert "reference.json: the reference log-probabilities were computed with another model" in err
+    assert f"not {tmp_path / 'other'}" in err and not run.exists()
+    for name, damage in (("val_reference.npy", "other values than these"), ("train.bin", "other pair rows")):
+        copy = tmp_path / f"damaged_{name}"
+        shutil.copytree(tmp_path / "data", copy)
+        if name.endswith(".npy"):
+            np.save(copy / name, np.load(copy / name) + 1.0)                  # the sums of another model
+        else:
+            raw = bytearray((copy / name).read_bytes())
+            raw[10] ^= 1                                                      # another token in a pair
+            (copy / name).write_bytes(bytes(raw))
+        assert main(["dpo", str(copy), "--init", str(world / "chat"), "--out", str(run), *FAST]) == 2
+        err = one_line(capsys)
+        assert "cached reference log-probabilities were made for " + damage in err and not run.exists(), err
+
+
+@pytest.mark.parametrize("beta, shown", [("0", "0.0"), ("-0.1", "-0.1"), ("nan", "nan"), ("inf", "inf")])
+def test_beta_must_be_a_finite_positive_number(world, tmp_path, capsys, beta, shown):
+    run = tmp_path / "run"
+    assert dpo(world, run, "--beta", beta) == 2
+    err = one_line(capsys)
+    assert err == f"numgpt: error: --beta must be a finite number > 0 (0.1 is TRL's default), got {shown}\n"
+    assert not run.exists()
+    with pytest.raises(NumgptError, match=r"^beta must be a finite number > 0"):
+        setup_dpo(world / "pairs.jsonl", run, init=world / "base", beta=float(beta))
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda p: {**p, "rejected": p["chosen"]}, '"chosen" and "rejected" are the same reply'),
+    (lambda p: {k: v for k, v in p.items() if k != "rejected"}, 'no "rejected" key'),
+    (lambda p: {**p, "chosen": [{"role": "user", "content": "x"}]}, "must be an assistant message"),
+])
+def test_bad_pairs_are_one_line_errors_naming_the_line_and_leave_nothing(world, tmp_path, capsys, change, words):
+    lines = (world / "pairs.jsonl").read_text().splitlines()[:5]
+    lines[3] = json.dumps(change(json.loads(lines[3])))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert main(["dpo", str(bad), "--init", str(world / "base"), "--out", str(run), *FAST]) == 2
+    err = one_line(capsys)
+    assert f"{bad}:4:" in err and words in err, err
+    assert not run.exists()
+
+
+def test_resume_refuses_another_pairs_file_or_beta(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert dpo(world, run, "--max-iters", "1", "--eval-iters", "1") == 0
+    capsys.readouterr()
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text((world / "pairs.jsonl").read_text().replace("What", "Which"))
+    assert main(["dpo", str(changed), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
+    assert "is not the file" in one_line(capsys)
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), "--resume", "--max-iters", "2",
+                 "--beta", "0.5"]) == 2
+    assert "trains with beta 0.1; a resumed run keeps it: leave out --beta" in one_line(capsys)
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "holds no DPO run to resume" in one_line(capsys)
+
+
+def test_a_pair_longer_than_the_context_is_refused_naming_it(world, tmp_path, capsys):
+    lines = (world / "pairs.jsonl").read_text().splitlines()[:5]
+    long = json.loads(lines[2])
+    long["chosen"] = [{"role": "assistant", "content": "count " * 200}]
+    lines[2] = json.dumps(long)
+    bad = tmp_path / "long.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert main(["dpo", str(bad), "--init", str(world / "base"), "--out", str(run), *FAST]) == 2
+    err = one_line(capsys)
+    assert f"{bad}:3:" in err and "more than the model's context (128)" in err and not run.exists()
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), *FAST]) == 2
+    assert "--init MODEL is required" in one_line(capsys) and not run.exists()
