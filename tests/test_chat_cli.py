@@ -348,3 +348,32 @@ def test_a_save_that_fails_midway_leaves_the_file_as_it_was(chat_folder, monkeyp
     with pytest.raises(OSError, match="No space"):
         session.save(saved)
     assert saved.read_bytes() == before and len(read_conversations(saved)) == 1
+
+
+def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, chat_folder, tmp_path):
+    """The default model (the built-in base model until the chat model ships) without --transcript; a chat
+    template numgpt does not render; stdin that is not UTF-8; --transcript without the serve extra."""
+    from numgpt.cli.chat_commands import DEFAULT_CHAT_MODEL
+    if DEFAULT_CHAT_MODEL == "builtin":
+        monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+        assert main(["chat"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("numgpt: error: builtin has no chat template") and err.count("\n") == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in chat_folder.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ messages }}"}))
+    code, out, err = chat(capsys, monkeypatch, other, ["hi"])
+    assert code == 2 and err == (f"numgpt: error: the chat template of {other} cannot be used: the tokenizer's "
+                                 "chat_template is not numgpt's chat format, which is the only one numgpt renders "
+                                 "(it does not run Jinja); chat over the plain transcript with --transcript\n")
+    code, out, err = chat(capsys, monkeypatch, other, ["hi"], "--transcript", "-n", "3")
+    assert code == 0 and out.count("\n") == 1 and "note" not in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\n"), encoding="utf-8"))
+    assert main(["chat", "--model", str(chat_folder)]) == 2
+    assert capsys.readouterr().err == "numgpt: error: stdin is not UTF-8 text (byte 0xff); numgpt chat reads UTF-8\n"
+    monkeypatch.setitem(sys.modules, "numgpt.serve.chat", None)           # as if the serve extra were missing
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--transcript")
+    assert code == 2 and err.count("\n") == 1 and "pip install 'numgpt[serve]'" in err
