@@ -15,8 +15,13 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .paths import input_file, output_file, output_folder
+from .train_commands import add_training_flags
 
 HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alone, pre-trained weights, LoRA
+CLASSIFY_TRAIN = {"batch_size": 16, "grad_accum": 1, "weight_decay": 0.1, "grad_clip": 1.0, "dropout": 0.0,
+                  "seed": 1337, "threads": 0}       # classify train's defaults (the others: see _train_config)
+CLASSIFY_FLAGS = ("max_iters", "batch_size", "grad_accum", "lr", "warmup_iters", "weight_decay", "grad_clip",
+                  "dropout", "eval_interval", "seed", "threads")    # numgpt train's flags that classify train has
 
 CLASSIFY_EXAMPLES = """\
 examples:
@@ -74,19 +79,17 @@ def _register_train(sub) -> None:
     o = p.add_argument_group("training")
     o.add_argument("--epochs", type=float, default=3.0, metavar="E", help="passes over the training texts, "
                    "as steps of random batches (3)")
-    o.add_argument("--max-iters", type=int, metavar="N", help="optimizer updates in all (instead of --epochs)")
-    o.add_argument("--batch-size", type=int, default=16, metavar="N", help="texts per micro-batch (16)")
-    o.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per update (1)")
-    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({HEAD_LR} for --train head, "
-                   f"{LORA_LR} with --lora-rank, else {BODY_LR})")
-    o.add_argument("--warmup-iters", type=int, metavar="N", help="linear warmup steps (a tenth of the steps)")
-    o.add_argument("--weight-decay", type=float, default=0.1, metavar="X", help="AdamW weight decay (0.1)")
-    o.add_argument("--grad-clip", type=float, default=1.0, metavar="X", help="clip the gradient norm, 0 = off (1.0)")
-    o.add_argument("--dropout", type=float, default=0.0, metavar="X", help="GPT-2 dropout in the trained body (0)")
-    o.add_argument("--eval-interval", type=int, metavar="N", help="evaluate on the validation texts every N "
-                   "steps, and at the end (a fifth of the steps)")
-    o.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the head, split and batches (1337)")
-    o.add_argument("--threads", type=int, default=0, metavar="N", help="split each batch over N threads (all cores)")
+    add_training_flags(o, {**CLASSIFY_TRAIN, "max_iters": "instead of --epochs", "dropout": 0,
+                           "lr": f"{HEAD_LR} for --train head, {LORA_LR} with --lora-rank, else {BODY_LR}",
+                           "warmup_iters": "a tenth of the steps", "eval_interval": "a fifth of the steps"},
+                       only=CLASSIFY_FLAGS, helps={
+                           "batch_size": "texts per micro-batch ({default})",
+                           "dropout": "GPT-2 dropout in the trained body ({default})",
+                           "eval_interval": "evaluate on the validation texts every N steps, and at the end "
+                                            "({default})",
+                           "seed": "seed of the head, split and batches ({default})",
+                           "threads": "split each batch over N threads (all cores)"})
+    p.set_defaults(**CLASSIFY_TRAIN)                   # the flags' values when not given (run_train reads them)
     from ..posttrain.lora import add_lora_flags
     add_lora_flags(p)
     p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction", "lr=": "--lr",   # training.loop's
