@@ -274,11 +274,12 @@ def chat_in_browser(browser, url: str, message: str, system: str = "") -> tuple:
     """Open the page, the Chat tab, send `message`; return (page, the explain request, its answer, errors)."""
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
+    page.set_default_timeout(120_000)      # an upper bound, not a measurement: the CI machine may be busy
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url + "/")
-    page.wait_for_function("() => Number(document.body.dataset.drawn) > 0 && document.body.dataset.busy === '0'")
+    page.wait_for_selector("#chat-legend .legend", state="attached")     # the page knows the model
     page.click("#tab-chat")
     assert page.is_hidden("#prompt") and page.is_visible("#chat-input")      # the chat view has its own box
     page.fill("#chat-system", system)
@@ -322,8 +323,9 @@ def test_chat_tab_draws_each_reply_token_with_its_probability_mask_and_reward(br
         assert shown == f"{dpo['value']:.4f}" and f"β {BETA}" in page.locator(".reward").inner_text()
         assert "underlined: trained on" in page.locator("#chat-legend").inner_text()
         screenshot(page, tmp_path)
+        assert page.is_disabled("#chat-system")            # the drawn turns were scored under this prompt
         page.click("#chat-reset")
-        assert page.locator(".turn").count() == 0
+        assert page.locator(".turn").count() == 0 and page.is_enabled("#chat-system")
         assert errors == []
         page.context.close()
     finally:

@@ -21,7 +21,8 @@ SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
 not, n samples, logprobs, echo, stop strings, seeds), GET /v1/models, /health, /metrics (Prometheus),
 POST /tokenize and /detokenize, GET /tokenizer_info (vLLM's shapes), and the playground page at /
-(tokens, sampling, attention, BPE). Requests share the model through continuous batching: up to
+(tokens, sampling, attention, BPE, and a chat whose replies show each token's probability, the tokens SFT
+trains on, and a reward: --reward-model, or DPO's implicit reward with --reference). Requests share the model through continuous batching: up to
 --max-batch sequences decode together, a new one joins at the next step, and more wait in a queue of
 --max-queue (beyond it: 429, retry later; a request for more sequences than both hold: 400). The same
 request with the same seed gives the same text whatever else runs.
@@ -43,6 +44,7 @@ examples:
   numgpt serve                                   the built-in model on http://127.0.0.1:8000
   numgpt serve --model gpt2 --max-batch 8 --api-key s3cret
   numgpt serve --port 0                          any free port (printed)
+  numgpt serve --model runs/dpo --reference runs/sft --dpo-beta 0.1   the Chat tab shows DPO's implicit reward
   numgpt serve --model gpt2 --adapter runs/lora/adapter   GPT-2 with a LoRA adapter merged in
   NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
 

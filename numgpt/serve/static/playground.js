@@ -504,6 +504,7 @@ async function sendChat(ev) {
   if (!text.trim()) return say("type a message first", true);
   chat.sending = true;
   $("chat-send").disabled = true;
+  $("chat-system").disabled = true;     // one system prompt per chat: the turns drawn were scored under it
   chat.messages.push({role: "user", content: text});
   const asked = addTurn("user", text);
   const turn = addTurn("assistant", "…");
@@ -523,6 +524,7 @@ async function sendChat(ev) {
   } finally {
     chat.sending = false;
     $("chat-send").disabled = false;
+    $("chat-system").disabled = chat.messages.length > 0;
   }
 }
 
@@ -563,6 +565,7 @@ function rewardLine(r) {
 function resetChat() {
   chat.messages = [];
   $("chat-log").replaceChildren();
+  $("chat-system").disabled = false;
   say("a new chat");
 }
 
