@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from references import reference
 
 from numgpt import Tokenizer
 from numgpt.cli import main
@@ -13,7 +14,7 @@ from numgpt.errors import NumgptError
 from numgpt.posttrain.pairs import near_number, near_word, read_pairs, render_pair, synthesize_pairs, write_pairs
 from numgpt.posttrain.synth import FAMILIES, check, is_heldout
 
-transformers = pytest.importorskip("transformers")
+transformers = reference("transformers")
 
 TEXT = ("What is 478 + 356? 478 + 356 = 834. Spell 'table' backwards: elbat. After Friday comes Saturday. "
         "I am numgpt, a small GPT-2 written from scratch in NumPy.\n") * 20

@@ -198,16 +198,17 @@ def setup(world, out, *, options=None, **kw):
 
 
 def test_a_tiny_training_learns_to_rank_the_held_out_pairs(world, tmp_path):
-    """--train all, 24 steps of 8 pairs: the held-out pairwise accuracy goes from chance to well above it
-    (observed 0.55 -> 0.75 with seed 1337; the rejected replies give no answer half the time)."""
+    """--train all, 24 steps of 8 pairs: the held-out pairwise accuracy goes from chance to well above it.
+    Observed (seed 1337, 35 held-out pairs): accuracy 0.49 -> 0.74, loss 0.697 -> 0.437, margin -0.006 -> 0.887;
+    half the rejected replies give no answer (format_rate 0.5), the easiest thing to learn."""
     run = setup(world, tmp_path / "rm", train="all",
                 options={"max_iters": 24, "eval_interval": 12, "optim": {"lr": 3e-3, "warmup_iters": 0}}).run
     evals = []
     result = run.train(on_event=lambda e: evals.append(e) if e["type"] == "eval" else None)
     assert [e["step"] for e in evals] == [0, 12, 24] and not result.interrupted
     assert 0.3 < evals[0]["val_accuracy"] < 0.7                   # chance, before training
-    assert evals[-1]["val_accuracy"] >= 0.7 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.05
-    assert evals[-1]["val_margin"] > evals[0]["val_margin"] + 0.1
+    assert evals[-1]["val_accuracy"] > 0.6 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.15
+    assert evals[-1]["val_margin"] > evals[0]["val_margin"] + 0.5
     # the exported model (the best checkpoint) scores the held-out pairs as the evaluation did
     folder = R.export_reward_model(run)
     rm = R.load_reward_model(tmp_path / "rm")
