@@ -399,3 +399,39 @@ def test_a_pair_longer_than_the_context_is_refused_naming_it(world, tmp_path, ca
     assert f"{bad}:3:" in err and "more than the model's context (128)" in err and not run.exists()
     assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), *FAST]) == 2
     assert "--init MODEL is required" in one_line(capsys) and not run.exists()
+
+
+def test_mpiexec_two_ranks_train_the_bits_of_two_threads_and_a_rank_0_refusal_ends_the_job(world, tmp_path):
+    """Real `mpiexec -n 2 numgpt dpo` (rank 0 prepares and grows the model, the other waits and is told which
+    model folder to train), against --threads 2 in one process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    reference("mpi4py").get_include                               # skips without mpi4py
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec beside this Python or on PATH")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+
+    def run(*cmd):
+        return subprocess.run([*cmd], capture_output=True, text=True, timeout=300, env=env)
+    args = ["dpo", world / "pairs.jsonl", "--init", world / "base", "--batch-size", 4, "--eval-iters", 2,
+            "--max-iters", 3, "--eval-interval", 3, "--lr", "1e-3"]
+    numgpt = [sys.executable, "-m", "numgpt", *map(str, args)]
+    threads = run(*numgpt, "--out", str(tmp_path / "threads"), "--threads", "2")
+    assert threads.returncode == 0, threads.stderr
+    ranks = run(mpiexec, "-n", "2", *numgpt, "--out", str(tmp_path / "ranks"), "--threads", "1")
+    assert ranks.returncode == 0, ranks.stderr
+    assert "on 2 ranks x 1 threads" in ranks.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        saved = [(tmp_path / which / "latest" / name).read_bytes() for which in ("threads", "ranks")]
+        assert saved[0] == saved[1], name
+    assert evals(tmp_path / "threads") == evals(tmp_path / "ranks")
+    bad = tmp_path / "bad.jsonl"                                  # rank 0 alone reads it: the others wait
+    same = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}]}
+    bad.write_text(json.dumps({**same, "rejected": same["chosen"]}) + "\n")
+    refused = run(mpiexec, "-n", "2", sys.executable, "-m", "numgpt", "dpo", str(bad), "--init", str(world / "base"),
+                  "--out", str(tmp_path / "refused"), "--threads", "1")
+    assert refused.returncode == 2 and f'{bad}:1: "chosen" and "rejected" are the same reply' in refused.stderr
+    assert not (tmp_path / "refused").exists()
