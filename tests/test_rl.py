@@ -261,6 +261,9 @@ def test_a_short_run_logs_its_figures_and_resumes_bit_exactly_after_ctrl_c(world
     assert [[e[k] for k in figures] for e in straight] == [[e[k] for k in figures] for e in halves]
     assert all(math.isfinite(e[k]) for e in straight for k in figures + ("sample_tokens_per_s", "grad_seconds"))
     assert [e["step"] for e in events(tmp_path / "halves", "eval")] == [0, 3, 6]
+    for e in events(tmp_path / "straight", "eval"):     # the loop's "losses" are error rates: RUN/best = best pass@1
+        assert e["val_loss"] == 1 - e["pass@1"] and 0 <= e["train_loss"] <= 1
+        assert e["ref_val_loss"] > 0 and e["ref_train_loss"] > 0 and math.isfinite(e["ref_val_loss"])
     assert events(tmp_path / "straight", "eval")[-1]["pass@1"] == events(tmp_path / "halves", "eval")[-1]["pass@1"]
 
 
@@ -310,7 +313,8 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
         for k, v in ref.state.params.items():
             assert np.array_equal(run.state.params[k], v), k
         assert result.last_eval["pass@1"] == ref_result.last_eval["pass@1"]
-        assert result.last_eval["val_loss"] == ref_result.last_eval["val_loss"]
+        for key in ("train_loss", "val_loss", "ref_train_loss", "ref_val_loss"):
+            assert result.last_eval[key] == ref_result.last_eval[key], key
     assert [e["reward"] for e in events(tmp_path / "ranks", "step")] == \
         [e["reward"] for e in events(tmp_path / "threads", "step")]
 
@@ -339,6 +343,53 @@ def test_mpiexec_two_ranks_train_the_bits_of_two_threads(world, tmp_path):
     for name in ("model.safetensors", "optimizer.safetensors"):
         saved = [(tmp_path / which / "latest" / name).read_bytes() for which in ("threads", "ranks")]
         assert saved[0] == saved[1], name
+
+
+# ---- a reward model instead of the checker -----------------------------------------------------------------
+
+def reward_model_folder(folder, model):
+    """A reward model (one-output classifier with the chat template) over `model`'s body, random head."""
+    from numgpt.posttrain.classify import new_classifier
+    config, params = load_checkpoint(model)
+    tok = load_tokenizer(model, config)
+    new_classifier(config, params, tok, ["reward"], rng=np.random.default_rng(3)).save(folder)
+    return folder
+
+
+def test_a_reward_model_scores_the_answers_and_one_for_another_tokenizer_is_refused(world, tmp_path, capsys):
+    from numgpt.posttrain.reward import load_reward_model
+    from numgpt.posttrain.synth import prompt_messages, read_tasks
+    rm_folder = reward_model_folder(tmp_path / "rm", world / "chat")
+    rm = load_reward_model(rm_folder)
+    setup = setup_rl(world / "tasks.jsonl", tmp_path / "run", init=world / "chat", group=4, prompts_per_step=2,
+                     max_new_tokens=6, reward_model=rm_folder, options={"threads": 1})
+    samples = setup.run.objective.batch
+    B, T = 8, setup.run.tc.block_size
+    ids, targets, norm, adv, old, ref = samples(None, "train", B, T, np.random.default_rng(0), slice(0, B))
+    tok = load_tokenizer(world / "chat", setup.run.config)
+    end = chat_template(tok).end_id
+    picks = np.random.default_rng(0)
+    picks.integers(2**63)
+    chosen = picks.integers(0, len(samples.tasks), size=2)
+    train_records = [t.record for t in samples.tasks]
+    for g in range(2):                                # the advantages are the reward model's scores, normalised
+        task = train_records[int(chosen[g])]
+        replies = [tok.decode([int(i) for i in targets[b][norm[b] > 0] if i != end]) for b in range(4 * g, 4 * g + 4)]
+        scores = rm.score([[*prompt_messages(task), {"role": "assistant", "content": r}] for r in replies])
+        assert np.allclose(adv[4 * g:4 * g + 4], group_advantages(scores[None].astype(np.float64))[0])
+        assert np.ptp(scores) > 0
+    assert json.loads((tmp_path / "run" / "rl.json").read_text())["reward_model"] == str(rm_folder)
+    # a reward model made for another vocabulary
+    other = train_bpe(" ".join(m["content"] for t in read_tasks(world / "tasks.jsonl") for m in t["messages"]),
+                      vocab_size=280, special_tokens=["<|endoftext|>"])
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=CONTEXT, vocab_size=other.vocab_size)
+    config, params, other = add_chat_tokens(config, init_params(config, np.random.default_rng(0)), other)
+    save_checkpoint(tmp_path / "other", config, params, tokenizer=other)
+    foreign = reward_model_folder(tmp_path / "foreign", tmp_path / "other")
+    assert rl(world, tmp_path / "refused", "--reward-model", str(foreign)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"numgpt: error: --reward-model {foreign}: a reward model for another tokenizer")
+    assert "\n" not in err and not (tmp_path / "refused").exists()
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------

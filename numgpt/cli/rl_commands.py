@@ -20,7 +20,7 @@ from .options import add_decoding_flags, decoding_kwargs, flag_vocabulary
 RL_TRAIN = {"max_iters": 100, "eval_interval": 25, "eval_iters": 2}
 RL_OPTIM = {"lr": 5e-5, "min_lr": 5e-6, "warmup_iters": 0, "weight_decay": 0.0}
 RL_FLAGS = {"group": "group", "clip": "clip", "kl": "kl", "prompts_per_step": "prompts_per_step",
-            "updates": "updates", "format_bonus": "format_bonus"}
+            "updates": "updates", "format_bonus": "format_bonus", "reward_model": "reward_model"}
 DECODING = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 TC, OPT = TrainConfig(), AdamWConfig()
 
@@ -30,6 +30,7 @@ examples:
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl                     8 prompts x 8 answers per step
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl --group 16 --kl 0 --max-iters 300
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl --eval-tasks heldout.jsonl --eval-interval 10
+  numgpt rl tasks.jsonl --init runs/sft --out runs/rm-rl --reward-model runs/rm     a reward model's score
   numgpt rl tasks.jsonl --out runs/rl --resume --max-iters 200            continue (bit for bit)
   mpiexec -n 2 numgpt rl tasks.jsonl --init runs/sft --out runs/mpi --threads 1   the bits of --threads 2
 
@@ -64,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--kl", type=float, metavar="BETA", help="KL penalty to the init model, >= 0 (0.02)")
     r.add_argument("--updates", type=int, metavar="N", help="optimizer steps per sampled batch (1)")
     r.add_argument("--format-bonus", type=float, metavar="X", help="reward added when an answer ends with <|end|> (0)")
+    r.add_argument("--reward-model", metavar="RM", help="reward the answers with this reward model's score (a "
+                   "`numgpt reward train` run) instead of the exact checker")
     add_decoding_flags(p, only=DECODING, title="sampling the answers",
                        shown_defaults={"max_new_tokens": "32", "seed": f"{TC.seed}: seeds the split, prompts, samples"})
     o = p.add_argument_group("training (as numgpt train)")
@@ -140,8 +143,6 @@ def _options(args, options_from_args, *, new: bool) -> dict:
 
 def _train(args, setup, comm) -> int:
     from ..params import count_params
-    from .train_commands import best_checkpoint_note
-
     run, s = setup.run, setup.settings
     ranks = f" on {comm.size} ranks x {run.tc.threads} threads" if comm.size > 1 else ""
     print(f"RL (GRPO), {run.description}{ranks}: {count_params(run.config) / 1e6:.2f}M parameters; "
@@ -154,14 +155,11 @@ def _train(args, setup, comm) -> int:
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt rl {args.tasks} --out {folder} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(folder, state.step, run.tc)
-        if note:
-            print(note, file=sys.stderr)
         return 128 + result.signal
     ev = result.last_eval
     if ev is not None:
-        print(f"done: step {state.step}, held-out pass@1 {ev['pass@1']:.1%}; last in {folder / LATEST}, lowest "
-              f"held-out reference-answer loss in {folder / BEST}")
+        print(f"done: step {state.step}, held-out pass@1 {ev['pass@1']:.1%}; best {1 - state.best_val_loss:.1%} in "
+              f"{folder / BEST}, last in {folder / LATEST}")
     return 0
 
 
@@ -186,9 +184,9 @@ def _train_with_progress(run, comm):
         elif ev["type"] == "eval":
             eta.evaluated(ev)
             families = ", ".join(f"{k.split('/')[1]} {v:.0%}" for k, v in ev.items() if k.startswith("pass@1/"))
-            bar.write(f"step {ev['step']}: held-out pass@1 {ev['pass@1']:.1%} ({families}); reference-answer loss "
-                      f"train {ev['train_loss']:.4f}, val {ev['val_loss']:.4f}" + (" (best, saved)" if ev["best"] else ""),
-                      file=sys.stderr)
+            bar.write(f"step {ev['step']}: held-out pass@1 {ev['pass@1']:.1%} ({families}), train pass@1 "
+                      f"{1 - ev['train_loss']:.1%}; reference answers' loss train {ev['ref_train_loss']:.4f}, held-out "
+                      f"{ev['ref_val_loss']:.4f}" + (" (best, saved)" if ev["best"] else ""), file=sys.stderr)
     try:
         return run.train(on_event=on_event, comm=comm)
     finally:

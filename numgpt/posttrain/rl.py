@@ -23,10 +23,10 @@ written to RUN (rl_batch.*.npz), so a run interrupted between its updates resume
 The reference model (the KL penalty, and the KL logged) is the frozen init model, kept in memory (numgpt's
 models are small); its logp of the sampled tokens are computed once per sampled batch.
 
-Evaluation (every eval_interval steps): pass@1 on held-out prompts (greedy, exact match per family),
-plus the loop's losses, here the masked loss of the tasks' reference answers (RUN/data, packed as SFT's),
-on the train and the held-out tasks: it says whether RL moves the model away from the reference replies
-(RUN/best keeps the lowest held-out one, the loop's rule; pass@1 is in the log beside it).
+Evaluation (every eval_interval steps, `HeldOut`): pass@1 on held-out prompts (greedy, exact match per
+family); the loop's "losses" are the error rates 1 - pass@1, so RUN/best is the best held-out pass@1; and
+the masked loss of the tasks' reference answers (RUN/data, packed as SFT's), which says how far RL moves
+the model from the replies it was fine-tuned on.
 
     setup = setup_rl("tasks.jsonl", "runs/rl", init="runs/sft", options={"max_iters": 50})
     setup.run.train()
@@ -168,6 +168,7 @@ class PolicySamples:
     format_bonus: float = 0.0
     run: Path | None = None                    # where a batch trained for several updates is kept
     threads: int = 1                           # groups sampled at once (the rank's training threads)
+    reward_model: Any = None                   # reward.RewardModel scoring the answers instead of synth.check
     _last: Sampled | None = None
     _sampled_at: float = 0.0
 
@@ -208,7 +209,7 @@ class PolicySamples:
                                       max_new_tokens=self.max_new_tokens, end_id=self.end_id)
         ended = [bool(a) and a[-1] == self.end_id for a in answers]
         replies = [self.decode.decode(a[:-1] if e else a) for a, e in zip(answers, ended)]
-        rewards = np.array([reward(task.record, r, e, format_bonus=self.format_bonus) for r, e in zip(replies, ended)])
+        rewards = self._rewards(task.record, replies, ended)          # [G]
         adv = group_advantages(rewards[None])[0]                       # [G]
         rows, mask = group_rows(task.prompt, answers, length=length, pad_id=self.pad_id)
         n_tokens = int(mask.sum())
@@ -223,6 +224,16 @@ class PolicySamples:
         lengths = mask.sum(axis=1).astype(np.float64)
         per_answer = np.stack([rewards, correct, lengths, k3, np.array(ended, dtype=np.float64)], axis=1)   # [G, 5]
         return rows[:, :-1], rows[:, 1:], norm, adv, old, ref, per_answer
+
+    def _rewards(self, task: Mapping, replies: list[str], ended: list[bool]) -> np.ndarray:
+        """[G] float64: synth.check's 1 or 0 (+ format_bonus), or the reward model's score (+ format_bonus)
+        of the prompt's conversation with each reply."""
+        if self.reward_model is None:
+            return np.array([reward(task, r, e, format_bonus=self.format_bonus) for r, e in zip(replies, ended)])
+        from .synth import prompt_messages
+        prompt = prompt_messages(task)
+        scores = self.reward_model.score([[*prompt, {"role": "assistant", "content": r}] for r in replies])
+        return scores.astype(np.float64) + self.format_bonus * np.array(ended, dtype=np.float64)
 
     def report(self, comm: Communicator) -> dict[str, float]:
         """The step's figures summed over the ranks: mean reward, accuracy, answer length, KL to the
@@ -309,27 +320,42 @@ def pass_at_1(params: Params, config: GPTConfig, tokenizer: "Tokenizer", tasks: 
 
 @dataclass
 class HeldOut:
-    """The estimate function (objective.EstimateFn) of RL: the loop's losses on the reference answers
-    (RUN/data) and pass@1 on the held-out tasks, each rank decoding its share of the chunks."""
+    """The estimate function (objective.EstimateFn) of RL. The loop's "losses" are error rates, 1 - pass@1
+    (greedy exact match), on the held-out tasks ("val") and on as many training tasks ("train"), so RUN/best
+    is the checkpoint of the best held-out pass@1 (the loop keeps the lowest "val"; its val_bpb and val_bpc
+    of an error rate mean nothing). Beside them: pass@1 overall and per family, and the masked loss of the
+    tasks' reference answers (RUN/data, SFT's objective) on both splits, ref_train_loss and ref_val_loss: how
+    far RL moves the model from the replies it was fine-tuned on. Each rank decodes its share of the chunks."""
 
-    tasks: list[Task]
+    held: list[Task]
+    train: list[Task]                          # the first len(held) training tasks
     tokenizer: "Tokenizer"
     max_new_tokens: int
     gold: Objective                            # SFT's objective on RUN/data
 
     def __call__(self, t: "Trainer") -> dict[str, Any]:
         from ..training.loop import estimate_loss
-        losses = estimate_loss(dataclasses.replace(t, objective=self.gold))
+        ref = estimate_loss(dataclasses.replace(t, objective=self.gold))
+        held, train = (self.counts(t, tasks) for tasks in (self.held, self.train))
+        out = {"train": 1.0 - _share(train.sum(axis=0)), "val": 1.0 - _share(held.sum(axis=0)),
+               "pass@1": _share(held.sum(axis=0)), "ref_train_loss": ref["train"], "ref_val_loss": ref["val"]}
+        out.update({f"pass@1/{name}": _share(c) for name, c in zip(FAMILIES, held) if c[1] > 0})
+        return out
+
+    def counts(self, t: "Trainer", tasks: list[Task]) -> np.ndarray:
+        """correct_counts of `tasks`, this rank's chunks, summed over the ranks: [families, 2]."""
         comm = t.dp.comm
-        n_chunks = -(-len(self.tasks) // EVAL_CHUNK)
-        counts = correct_counts(t.state.params, t.config, self.tokenizer, self.tasks, max_new_tokens=self.max_new_tokens,
+        n_chunks = -(-len(tasks) // EVAL_CHUNK)
+        counts = correct_counts(t.state.params, t.config, self.tokenizer, tasks, max_new_tokens=self.max_new_tokens,
                                 chunks=range(comm.rank, n_chunks, comm.size))
         flat = counts.reshape(-1)
         comm.allreduce_sum(flat)
-        counts = flat.reshape(counts.shape)
-        out = {"pass@1": float(counts[:, 0].sum() / max(counts[:, 1].sum(), 1.0))}
-        out.update({f"pass@1/{name}": c / n for name, (c, n) in zip(FAMILIES, counts) if n > 0})
-        return {**losses, **out}
+        return flat.reshape(counts.shape)
+
+
+def _share(counts: np.ndarray) -> float:
+    """right / tasks of a (right, tasks) pair (0 for no tasks)."""
+    return float(counts[0] / max(counts[1], 1.0))
 
 
 # ---- setup: `numgpt rl` up to the first step ----------------------------------------------------------------
@@ -372,7 +398,8 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
              options: Mapping | None = None, group: int | None = None, clip: float | None = None,
              kl: float | None = None, prompts_per_step: int | None = None, updates: int | None = None,
              max_new_tokens: int | None = None, temperature: float | None = None, decoding: Mapping | None = None,
-             format_bonus: float | None = None, resume: bool = False, eval_tasks: str | Path | None = None,
+             format_bonus: float | None = None, reward_model: str | Path | None = None, resume: bool = False,
+             eval_tasks: str | Path | None = None,
              val_fraction: float = 0.1, seed: int = 1337, cache_dir: str | Path | None = None,
              comm: Communicator | None = None, ranks_here: int = 1, default_threads: int = 0) -> RlSetup:
     """`numgpt rl TASKS --init MODEL --out RUN`, up to the first step (then `.run.train()`).
@@ -380,8 +407,9 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
     tasks_path: synthetic tasks (`numgpt data synth`), read with synth.read_tasks; init: a model with the
     chat tokens (an SFT run); group (G), clip, kl (beta), prompts_per_step (P), updates (optimizer steps per
     sampled batch), max_new_tokens, temperature and decoding (other SamplingOptions fields: top_k, top_p...),
-    format_bonus: the RL settings, DEFAULTS when None; on resume the run's own (RUN/rl.json), and a value
-    given that differs is refused. eval_tasks: held-out tasks for pass@1, else val_fraction of TASKS held
+    format_bonus: the RL settings, DEFAULTS when None; reward_model: a `numgpt reward train` model scoring
+    the answers instead of synth.check (its tokenizer must be the policy's); on resume the run's own
+    settings (RUN/rl.json), and a value given that differs is refused. eval_tasks: held-out tasks for pass@1, else val_fraction of TASKS held
     out by a seeded permutation. options: TrainConfig fields as setup_run's (batch_size = P * G and
     block_size = the longest prompt + max_new_tokens - 1 are set here). comm, ranks_here, default_threads:
     as setup_run's (rank 0 writes RUN/data and RUN/rl.json, the others wait at a barrier). A refusal
@@ -395,7 +423,8 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
     run = Path(run_dir)
     given = {"group": group, "clip": clip, "kl": kl, "prompts_per_step": prompts_per_step, "updates": updates,
-             "max_new_tokens": max_new_tokens, "temperature": temperature, "format_bonus": format_bonus}
+             "max_new_tokens": max_new_tokens, "temperature": temperature, "format_bonus": format_bonus,
+             "reward_model": None if reward_model is None else str(reward_model)}
     given = {k: v for k, v in given.items() if v is not None}
     if decoding:
         given["decoding"] = dict(decoding)
@@ -408,7 +437,7 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
         raise NumgptError("init= is required: the model to train, with the chat tokens (an SFT run)")
     if (run / LATEST).exists():
         raise NumgptError(f"{run} already holds a training run; continue it with resume=True, or pass another run_dir")
-    settings = {**DEFAULTS, "decoding": {}, **given}
+    settings = {**DEFAULTS, "decoding": {}, "reward_model": None, **given}
     check_settings(settings)
     sampling_options(settings)
     if comm.rank == 0:
@@ -464,6 +493,7 @@ def _new(path: Path, run: Path, init: str | Path, settings: dict, options: Mappi
     config = load_config(folder)
     train, held = split_tasks(path, eval_tasks, val_fraction, seed)
     block_size = _block_size(config, tok, [t for _, t in train + held], settings["max_new_tokens"])
+    rm = _reward_model(settings["reward_model"], tok)
     settings = {**settings, "tasks": str(path), "tasks_sha256": file_sha256(path), "init_folder": str(folder),
                 "eval_tasks": None if eval_tasks is None else str(eval_tasks), "val_fraction": val_fraction,
                 "seed": seed}
@@ -480,7 +510,7 @@ def _new(path: Path, run: Path, init: str | Path, settings: dict, options: Mappi
     opts = {"eval_iters": 2, **(options or {}), "batch_size": P * G, "block_size": block_size}
     setup = setup_run(run / DATA_SUBDIR, run, options=opts, init=folder, cache_dir=cache_dir, comm=comm,
                       ranks_here=ranks_here, default_threads=default_threads)
-    return _with_objective(setup, settings, tok, train, held)
+    return _with_objective(setup, settings, tok, train, held, rm)
 
 
 def _resume(path: Path, run: Path, given: dict, options: Mapping | None, *, comm: Communicator, ranks_here: int,
@@ -504,7 +534,7 @@ def _resume(path: Path, run: Path, given: dict, options: Mapping | None, *, comm
                       ranks_here=ranks_here)
     tok = load_tokenizer(run / LATEST, setup.config)
     train, held = split_tasks(path, settings["eval_tasks"], settings["val_fraction"], settings["seed"])
-    return _with_objective(setup, settings, tok, train, held)
+    return _with_objective(setup, settings, tok, train, held, _reward_model(settings.get("reward_model"), tok))
 
 
 def _refuse_grad_accum(options: Mapping) -> None:
@@ -523,7 +553,7 @@ def _block_size(config: GPTConfig, tok: "Tokenizer", tasks: Sequence[Mapping], m
     return longest + max_new_tokens - 1
 
 
-def _with_objective(setup: "Run", settings: Mapping, tok: "Tokenizer", train: list, held: list) -> RlSetup:
+def _with_objective(setup: "Run", settings: Mapping, tok: "Tokenizer", train: list, held: list, rm: Any) -> RlSetup:
     """The run with RL's Objective: PolicySamples, GrpoLoss, the step report and the held-out estimate."""
     from ..formats import load_checkpoint
     from .chat_format import chat_template
@@ -536,11 +566,23 @@ def _with_objective(setup: "Run", settings: Mapping, tok: "Tokenizer", train: li
                             max_new_tokens=settings["max_new_tokens"], end_id=template.end_id,
                             pad_id=template.start_id, decode=tok, updates=settings["updates"],
                             format_bonus=settings["format_bonus"], run=setup.folder,
-                            threads=setup.tc.threads or thread_count())
-    estimate = HeldOut(render_tasks(tok, [t for _, t in held]), tok, settings["max_new_tokens"], sft_objective(setup.data))
+                            threads=setup.tc.threads or thread_count(), reward_model=rm)
+    held_tasks = render_tasks(tok, [t for _, t in held])
+    estimate = HeldOut(held_tasks, samples.tasks[:len(held_tasks)], tok, settings["max_new_tokens"],
+                       sft_objective(setup.data))
     loss = GrpoLoss(clip=settings["clip"], kl=settings["kl"], on_policy=settings["updates"] == 1)
     setup.objective = Objective(batch=samples, loss=loss, report=samples.report, estimate=estimate)
     return RlSetup(run=setup, settings=dict(settings), tasks=len(train), eval_tasks=len(held))
+
+
+def _reward_model(folder: str | None, tok: "Tokenizer") -> Any:
+    """The reward model of `folder` (None: none), refused in one line when its tokenizer is not the policy's."""
+    if folder is None:
+        return None
+    from .reward import check_same_tokenizer, load_reward_model
+    rm = load_reward_model(folder)
+    check_same_tokenizer(rm.tokenizer, tok, f"reward_model {folder}")
+    return rm
 
 
 def _end_id(tokenizer: "Tokenizer") -> int:
