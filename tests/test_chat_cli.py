@@ -231,7 +231,7 @@ def test_a_message_too_long_is_refused_and_the_oldest_turns_make_room(capsys, mo
     assert code == 0 and out == f"{LONG * 600}\n" * 3
     assert "not sent: that message does not fit the model's context: the prompt would be 1104 tokens of 1024" in err
     notes = [line for line in err.splitlines() if "outgrew" in line]
-    assert notes == ["(the conversation outgrew the model's context of 1024 tokens: the oldest 1 exchange dropped "
+    assert notes == ["(the conversation outgrew the model's context of 1024 tokens: the oldest exchange dropped "
                      "from what it sees)"] * 2
 
 

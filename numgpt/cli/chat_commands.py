@@ -213,8 +213,9 @@ def talk(session, text: str) -> None:
         say(f"not sent: {e}")
         return
     if reply.dropped:
-        say(f"(the conversation outgrew the model's context of {session.lm.config.n_positions} tokens: the oldest "
-            f"{reply.dropped} exchange{'s' if reply.dropped > 1 else ''} dropped from what it sees)")
+        oldest = "the oldest exchange" if reply.dropped == 1 else f"the oldest {reply.dropped} exchanges"
+        say(f"(the conversation outgrew the model's context of {session.lm.config.n_positions} tokens: {oldest} "
+            "dropped from what it sees)")
     with stop_on_interrupt() as stop_requested:
         for piece in reply.stream(cancel=stop_requested):
             sys.stdout.write(piece)
