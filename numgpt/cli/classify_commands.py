@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NumgptError
+from .groups import command_group, subcommand
 from .paths import input_file, output_file, output_folder
 from .train_commands import add_training_flags
 
@@ -38,12 +39,9 @@ GPT2ForSequenceClassification folder (RUN/best, RUN/latest) that transformers lo
 
 def register(sub) -> None:
     """Add `classify train|evaluate|predict` to the `numgpt` subcommands."""
-    p = sub.add_parser("classify", help="fine-tune GPT-2 as a text classifier; evaluate it; predict",
-                       description="Text classification with a GPT-2: a linear head over the last token's "
-                       "hidden state (transformers' GPT2ForSequenceClassification).",
-                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(run=lambda args: p.print_help() or 0)
-    s = p.add_subparsers(dest="classify_command", metavar="CLASSIFY_COMMAND")
+    s = command_group(sub, "classify", help="fine-tune GPT-2 as a text classifier; evaluate it; predict",
+                      description="Text classification with a GPT-2: a linear head over the last token's "
+                      "hidden state (transformers' GPT2ForSequenceClassification).", epilog=CLASSIFY_EXAMPLES)
     _register_train(s)
     _register_evaluate(s)
     _register_predict(s)
@@ -58,10 +56,9 @@ def _fields(p: argparse.ArgumentParser) -> None:
 
 def _register_train(sub) -> None:
     from ..posttrain.classify import MAX_TOKENS, TRAIN_CHOICES
-    p = sub.add_parser("train", help="fine-tune a GPT-2 with a classification head on labelled texts",
-                       description="Fine-tune a GPT-2 with a new classification head on labelled texts (CSV or "
-                       "JSONL); writes RUN/best (lowest validation loss) and RUN/latest.",
-                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(sub, "train", help="fine-tune a GPT-2 with a classification head on labelled texts",
+                   description="Fine-tune a GPT-2 with a new classification head on labelled texts (CSV or "
+                   "JSONL); writes RUN/best (lowest validation loss) and RUN/latest.", epilog=CLASSIFY_EXAMPLES)
     p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
     p.add_argument("--init", required=True, metavar="MODEL", help="the pre-trained model: a GPT-2 folder, "
                    "'builtin', or a cached hub name such as gpt2")
@@ -97,10 +94,9 @@ def _register_train(sub) -> None:
 
 
 def _register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class precision/recall, confusion matrix",
-                       description="Evaluate a classifier on labelled texts: accuracy, macro-F1, per-class "
-                       "precision, recall and F1, and the confusion matrix.",
-                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(sub, "evaluate", help="accuracy, macro-F1, per-class precision/recall, confusion matrix",
+                   description="Evaluate a classifier on labelled texts: accuracy, macro-F1, per-class "
+                   "precision, recall and F1, and the confusion matrix.", epilog=CLASSIFY_EXAMPLES)
     p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
     p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
     _fields(p)
@@ -112,9 +108,9 @@ def _register_evaluate(sub) -> None:
 
 
 def _register_predict(sub) -> None:
-    p = sub.add_parser("predict", help="the label of each text, with its probability",
-                       description="Classify texts: one line per text, the label, its probability, the text.",
-                       epilog=CLASSIFY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(sub, "predict", help="the label of each text, with its probability",
+                   description="Classify texts: one line per text, the label, its probability, the text.",
+                   epilog=CLASSIFY_EXAMPLES)
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
     p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
     p.add_argument("--all", action="store_true", help="print every label's probability")
@@ -338,12 +334,11 @@ def _check_positive(args, names: tuple[str, ...]) -> None:
 def register_fortunes(sub) -> None:
     """`numgpt data fortunes`: added to `numgpt data`'s subcommands by data_commands.register."""
     from ..posttrain.classdata import FORTUNES_DIR
-    p = sub.add_parser("fortunes", help="Debian's fortunes as labelled JSONL (text, category) for classify",
-                       description="Write the fortunes of Debian's `fortunes` package as JSON lines "
-                       "{\"text\": FORTUNE, \"label\": CATEGORY}, a real classification set.",
-                       epilog="examples:\n  numgpt data fortunes --categories computers,food,law,medicine,sports "
-                       "-o fortunes.jsonl\n  numgpt data fortunes --list",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(sub, "fortunes", help="Debian's fortunes as labelled JSONL (text, category) for classify",
+                   description="Write the fortunes of Debian's `fortunes` package as JSON lines "
+                   "{\"text\": FORTUNE, \"label\": CATEGORY}, a real classification set.",
+                   epilog="examples:\n  numgpt data fortunes --categories computers,food,law,medicine,sports "
+                   "-o fortunes.jsonl\n  numgpt data fortunes --list")
     p.add_argument("--folder", default=str(FORTUNES_DIR), metavar="DIR", help=f"the fortunes folder ({FORTUNES_DIR})")
     p.add_argument("--categories", metavar="LIST", help="comma-separated category files (default: all)")
     p.add_argument("--list", action="store_true", help="list the categories with their counts, write nothing")

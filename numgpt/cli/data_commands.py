@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import NumgptError
+from .groups import command_group, subcommand
 from .paths import input_file, output_file
 
 DATA_EXAMPLES = """\
@@ -49,12 +50,9 @@ must also give that answer in their reference reply as the checker reads it (the
 
 def register(sub) -> None:
     """Add `data synth` and `data check` to the `numgpt` subcommands."""
-    p = sub.add_parser("data", help="fine-tuning data: make synthetic conversations, check chat JSONL",
-                       description="Fine-tuning data: synthetic conversations with exact answers, and a check "
-                                   "of chat JSONL files in OpenAI's fine-tuning format.",
-                       epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(run=lambda args: p.print_help() or 0)
-    s = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    s = command_group(sub, "data", help="fine-tuning data: make synthetic conversations, check chat JSONL",
+                      description="Fine-tuning data: synthetic conversations with exact answers, and a check "
+                                  "of chat JSONL files in OpenAI's fine-tuning format.", epilog=DATA_EXAMPLES)
     _register_synth(s)
     _register_pairs(s)
     _register_check(s)
@@ -62,15 +60,13 @@ def register(sub) -> None:
     register_fortunes(s)
 
 
-def _register_synth(sub) -> None:
+def _add_task_flags(p: argparse.ArgumentParser, *, n_help: str, openers: str) -> None:
+    """The synthetic tasks' flags that data synth and data pairs share (posttrain.synth's options);
+    n_help: what --n counts; openers: what --system-rate is the fraction of."""
     from ..posttrain.synth import FAMILIES, Operands
-    p = sub.add_parser("synth", help="write synthetic conversations with exact answers (chat JSONL)",
-                       description="Write synthetic conversations with exact answers as chat JSONL, for "
-                                   "fine-tuning and for RL with exact rewards.",
-                       epilog=SYNTH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default=",".join(FAMILIES), metavar="LIST",
                    help=f"comma-separated task families (default: all: {','.join(FAMILIES)})")
-    p.add_argument("--n", type=int, required=True, metavar="N", help="how many conversations (an even mix)")
+    p.add_argument("--n", type=int, required=True, metavar="N", help=n_help)
     p.add_argument("--split", choices=["train", "heldout"], default="train",
                    help="which templates and operands (default train)")
     p.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
@@ -79,7 +75,14 @@ def _register_synth(sub) -> None:
     p.add_argument("--max-digits", type=int, default=Operands().max_digits, metavar="D",
                    help=f"numbers have 1..D digits (default {Operands().max_digits})")
     p.add_argument("--system-rate", type=float, default=0.2, metavar="P",
-                   help="the fraction of conversations that start with a system prompt (default 0.2)")
+                   help=f"the fraction of {openers} that start with a system prompt (default 0.2)")
+
+
+def _register_synth(sub) -> None:
+    p = subcommand(sub, "synth", help="write synthetic conversations with exact answers (chat JSONL)",
+                   description="Write synthetic conversations with exact answers as chat JSONL, for "
+                               "fine-tuning and for RL with exact rewards.", epilog=SYNTH_EXAMPLES)
+    _add_task_flags(p, n_help="how many conversations (an even mix)", openers="conversations")
     p.add_argument("--turns", type=int, default=1, metavar="K",
                    help="each conversation holds 1..K exchanges, the last one the task (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSONL file to write")
@@ -105,23 +108,10 @@ spelling, a neighbouring weekday, month or letter), name (an identity reply nami
 
 def _register_pairs(sub) -> None:
     from ..posttrain.pairs import FORMAT_RATE
-    from ..posttrain.synth import FAMILIES, Operands
-    p = sub.add_parser("pairs", help="write synthetic preference pairs: a right and a near-miss reply (JSONL)",
-                       description="Write preference pairs made from the synthetic tasks: the reference reply "
-                                   "chosen, a plausible wrong one rejected.",
-                       epilog=PAIRS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--families", default=",".join(FAMILIES), metavar="LIST",
-                   help=f"comma-separated task families (default: all: {','.join(FAMILIES)})")
-    p.add_argument("--n", type=int, required=True, metavar="N", help="how many pairs (an even mix of families)")
-    p.add_argument("--split", choices=["train", "heldout"], default="train",
-                   help="which templates and operands (default train)")
-    p.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
-    p.add_argument("--words", metavar="TEXT_FILE", help="take the words of count and reverse from a UTF-8 text "
-                   "file (default: a built-in list)")
-    p.add_argument("--max-digits", type=int, default=Operands().max_digits, metavar="D",
-                   help=f"numbers have 1..D digits (default {Operands().max_digits})")
-    p.add_argument("--system-rate", type=float, default=0.2, metavar="P",
-                   help="the fraction of prompts that start with a system prompt (default 0.2)")
+    p = subcommand(sub, "pairs", help="write synthetic preference pairs: a right and a near-miss reply (JSONL)",
+                   description="Write preference pairs made from the synthetic tasks: the reference reply "
+                               "chosen, a plausible wrong one rejected.", epilog=PAIRS_EXAMPLES)
+    _add_task_flags(p, n_help="how many pairs (an even mix of families)", openers="prompts")
     p.add_argument("--format-rate", type=float, default=FORMAT_RATE, metavar="P",
                    help=f"the fraction of rejected replies that give no answer at all (default {FORMAT_RATE})")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
@@ -132,11 +122,10 @@ def _register_pairs(sub) -> None:
 
 
 def _register_check(sub) -> None:
-    p = sub.add_parser("check", help="validate a chat or preference-pairs JSONL file and count it",
-                       description="Validate a chat JSONL file (OpenAI's fine-tuning format) or a preference "
-                                   "pairs file (TRL's prompt/chosen/rejected) and print its counts per role "
-                                   "and per task family.",
-                       epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(sub, "check", help="validate a chat or preference-pairs JSONL file and count it",
+                   description="Validate a chat JSONL file (OpenAI's fine-tuning format) or a preference "
+                               "pairs file (TRL's prompt/chosen/rejected) and print its counts per role "
+                               "and per task family.", epilog=CHECK_EXAMPLES)
     p.add_argument("file", metavar="FILE", help="a chat JSONL file")
     p.set_defaults(run=run_check)
 
