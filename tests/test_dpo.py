@@ -278,7 +278,7 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
 
 def test_setup_dpo_in_python_trains_what_the_cli_trains(world, tmp_path):
     options = {"max_iters": 2, "eval_interval": 0, "eval_iters": 2, "batch_size": 4, "threads": 1, "dropout": 0.0,
-               "optim": {"lr": 5e-6, "min_lr": 5e-7, "warmup_iters": 10}}         # the CLI's DPO defaults
+               "optim": {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}}         # the CLI's DPO defaults
     setup = setup_dpo(world / "pairs.jsonl", tmp_path / "py", init=world / "base", beta=0.25, options=options)
     assert setup.meta["dpo"]["pairs"] == {"train": 36, "val": 4} and setup.added_chat_tokens and setup.beta == 0.25
     result = setup.run.train()

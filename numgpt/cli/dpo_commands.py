@@ -15,15 +15,19 @@ from pathlib import Path
 from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
-from ..training.optim import AdamWConfig, ConfigFieldError
+from ..training.optim import ConfigFieldError
+from .train_commands import TRAIN_DEFAULTS, add_training_flags
 
 DPO_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 8}
-DPO_OPTIM = {"lr": 5e-6, "min_lr": 5e-7, "warmup_iters": 10}
-TC, OPT = TrainConfig(), AdamWConfig()
+DPO_OPTIM = {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}   # a tenth of SFT's (TRL: 1e-6 for big models)
+TC = TrainConfig()
+DPO_FLAGS = ("block_size", "batch_size", "grad_accum", "max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters",
+             "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_iters", "seed", "threads")
+DPO_DEFAULTS = {**TRAIN_DEFAULTS, **DPO_TRAIN, **DPO_OPTIM, "block_size": "the longest pair's length - 1"}
 
 EXAMPLES = f"""\
 examples:
-  numgpt data pairs 2000 --out pairs.jsonl
+  numgpt data pairs --n 2000 --out pairs.jsonl
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo                   beta 0.1, the SFT run as reference
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo2 --beta 0.3 --lr 1e-5 --max-iters 400
   numgpt dpo pairs.jsonl --out runs/dpo --resume --max-iters 400          continue (bit for bit)
@@ -61,27 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--val", metavar="FILE", help="held-out pairs (JSONL) for the validation figures")
     v.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="share of PAIRS held out when no --val is given (0.1)")
-    o = p.add_argument_group("training (as numgpt train)")
-    o.add_argument("--block-size", type=int, metavar="N", help="row length - 1 (the longest pair's)")
-    o.add_argument("--batch-size", type=int, metavar="N", help=f"pairs per micro-batch ({DPO_TRAIN['batch_size']})")
-    o.add_argument("--grad-accum", type=int, metavar="N", help=f"micro-batches per update ({TC.grad_accum})")
-    o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates ({DPO_TRAIN['max_iters']})")
-    o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({DPO_OPTIM['lr']})")
-    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor ({DPO_OPTIM['min_lr']})")
-    o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup ({DPO_OPTIM['warmup_iters']})")
-    o.add_argument("--lr-decay-iters", type=int, metavar="N", help="where the cosine reaches --min-lr (= --max-iters)")
-    o.add_argument("--weight-decay", type=float, metavar="X", help=f"AdamW weight decay ({OPT.weight_decay})")
-    o.add_argument("--grad-clip", type=float, metavar="X", help=f"gradient norm clip, 0 = off ({OPT.grad_clip})")
-    o.add_argument("--dropout", type=float, metavar="X", help=f"dropout ({DPO_TRAIN['dropout']})")
-    o.add_argument("--eval-interval", type=int, metavar="N", help=f"evaluate and save every N steps "
-                   f"({DPO_TRAIN['eval_interval']})")
-    o.add_argument("--eval-iters", type=int, metavar="N", help="evaluate on N x --batch-size pairs of each split "
-                   f"(all held-out pairs if fewer) ({DPO_TRAIN['eval_iters']})")
-    o.add_argument("--seed", type=int, metavar="N", help=f"seed of the split, batches and dropout ({TC.seed})")
-    o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's pairs over N threads (default: "
-                   f"{THREADS_ENV} if set, else all cores; recorded in the run)")
-    p.set_defaults(run=run_dpo, zero=None, no_overlap=False, no_decay_embeddings=False, beta1=None, beta2=None,
-                   flag_names=dpo_flag_names())   # the library's Python names, said as flags (cli.main)
+    add_training_flags(p.add_argument_group("training (as numgpt train)"), DPO_DEFAULTS, only=DPO_FLAGS, helps={
+        "block_size": "row length - 1 ({default})", "batch_size": "pairs per micro-batch ({default})",
+        "eval_iters": "evaluate on N x --batch-size pairs of each split, all the held-out ones if fewer ({default})",
+        "seed": "seed of the split, batches and dropout ({default})",
+        "threads": f"split each batch's pairs over N threads (default: {THREADS_ENV} if set, else all cores; "
+                   "recorded in the run)"})
+    p.set_defaults(run=run_dpo, flag_names=dpo_flag_names())   # the library's Python names, said as flags (cli.main)
 
 
 def dpo_flag_names() -> dict[str, str]:
