@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             group.add_argument("--text", dest="texts", action="append", default=[], metavar="FILE",
                                help="a UTF-8 text people wrote, added to pre-training (repeatable; "
                                     "e.g. tinyshakespeare.txt)")
+        elif f.name == "packaged_texts":
+            group.add_argument("--no-packaged-texts", dest="packaged_texts", action="store_false",
+                               help="leave out Debian's fortunes and chatterbot-corpus (only --text and the tasks)")
         elif f.name == "rl_families":
             group.add_argument(flag, default=",".join(f.default), metavar="LIST",
                                help=f"task families RL trains on ({','.join(f.default)})")

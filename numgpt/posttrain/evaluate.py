@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..config import GPTConfig
+from ..errors import NumgptError
 from ..params import Params
 from ..sampling import SamplingOptions
 from .synth import check, extract_answer, prompt_messages
@@ -27,12 +28,18 @@ MAX_NEW_TOKENS = 40
 
 def greedy_replies(params: Params, config: GPTConfig, prompts: Sequence[list[int]], stop_id: int, *,
                    max_new_tokens: int = MAX_NEW_TOKENS, batch: int = BATCH) -> list[list[int]]:
-    """The greedy continuation of each prompt up to and including stop_id (or max_new_tokens)."""
+    """The greedy continuation of each prompt up to and including stop_id (or max_new_tokens, fewer when
+    the longest prompt leaves less room in the context)."""
     from ..generate import generate_ids
 
+    longest = max((len(p) for p in prompts), default=0)
+    room = min(max_new_tokens, config.n_positions - longest)
+    if room <= 0:
+        raise NumgptError(f"a prompt of {longest} tokens leaves no room to answer in the model's context of "
+                          f"{config.n_positions}")
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch):
-        out += generate_ids(params, config, list(prompts[i:i + batch]), max_new_tokens=max_new_tokens,
+        out += generate_ids(params, config, list(prompts[i:i + batch]), max_new_tokens=room,
                             sampling=SamplingOptions(temperature=0), stop_ids=[stop_id])
     return out
 

@@ -40,7 +40,8 @@ MODEL = "model"                        # OUT/model: the recipe's result
 class ChatRecipe:
     """The whole recipe's settings (the defaults made the shipped model: dev/ship_chat_model.py)."""
 
-    texts: tuple[str, ...] = ()          # extra UTF-8 files people wrote (tinyshakespeare); + fortunes, chatterbot
+    texts: tuple[str, ...] = ()          # extra UTF-8 files people wrote (tinyshakespeare)
+    packaged_texts: bool = True          # also Debian's fortunes and chatterbot-corpus (corpus.py)
     seed: int = 0
     threads: int = 0                     # 0: all cores
     # data
@@ -51,24 +52,24 @@ class ChatRecipe:
     # tokenizer and model
     vocab_size: int = 2048
     n_layer: int = 6
-    n_head: int = 4
-    n_embd: int = 256
+    n_head: int = 6
+    n_embd: int = 192
     block_size: int = 256
     # pre-training
-    pretrain_iters: int = 2500
+    pretrain_iters: int = 2000
     pretrain_batch: int = 16
     pretrain_lr: float = 2e-3
     # SFT
-    sft_iters: int = 1200
+    sft_iters: int = 1000
     sft_batch: int = 16
     sft_lr: float = 6e-4
     # RL (GRPO)
     rl_iters: int = 60
     rl_group: int = 8
     rl_prompts: int = 8
-    rl_lr: float = 1e-4
-    rl_kl: float = 0.02
-    rl_families: tuple[str, ...] = ("add", "sub")
+    rl_lr: float = 2e-5
+    rl_kl: float = 0.05
+    rl_families: tuple[str, ...] = ("add", "sub", "count", "reverse", "next", "convert", "identity")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,9 +158,10 @@ def _data(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn)
 
     rng = np.random.default_rng(recipe.seed)
     texts = [(Path(p).name, Path(p).read_text(encoding="utf-8")) for p in recipe.texts]
-    conversations = read_chatterbot()
-    texts += [("fortunes", fortunes_text()), ("chatterbot", dialogue_text(conversations)),
-              ("tasks", tasks_text(synthesize(recipe.pretrain_tasks, rng=rng, system_rate=0.0)))]
+    conversations = read_chatterbot() if recipe.packaged_texts else []
+    if recipe.packaged_texts:
+        texts += [("fortunes", fortunes_text()), ("chatterbot", dialogue_text(conversations))]
+    texts.append(("tasks", tasks_text(synthesize(recipe.pretrain_tasks, rng=rng, system_rate=0.0))))
     for name, text in texts:
         (stage.folder / f"pretrain_{name}.txt").write_text(text, encoding="utf-8")
     sft = synthesize(recipe.sft_tasks, rng=rng, turns=2) + chatterbot_chats(conversations)
@@ -264,7 +266,8 @@ def _rl(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: TrainFn) -
         resume = (run_dir / "latest").exists()
         setup = setup_rl(out / "data" / "rl_tasks.jsonl", run_dir, init=None if resume else last,
                          resume=resume, options=None if resume else options, group=recipe.rl_group,
-                         prompts_per_step=recipe.rl_prompts, kl=recipe.rl_kl)
+                         prompts_per_step=recipe.rl_prompts, kl=recipe.rl_kl, seed=recipe.seed,
+                         eval_tasks=None if resume else out / "data" / "heldout.jsonl")
         _trained(train(setup.run, "rl"), run_dir)
         last = run_dir / "latest"
     shutil.rmtree(out / MODEL, ignore_errors=True)
