@@ -5,9 +5,10 @@ The endpoint, in process (FastAPI's TestClient), on a chat model -- the built-in
 (the reference) and a perturbed copy of it (the policy) -- and on the built-in base model: the reply's
 probabilities against transformers' GPT2LMHeadModel (float64) on the same saved folders, its SFT mask against
 posttrain's render_for_training and transformers' assistant mask, DPO's implicit reward against the sums of
-both models' log-probabilities, a reward model's score of the conversation; errors in OpenAI's shape.
+both models' log-probabilities (and posttrain.dpo.implicit_reward), a reward model's score against
+transformers' GPT2ForSequenceClassification; errors in OpenAI's shape, bad serve flags in one line.
 
-The tab: `numgpt serve --reference ... --dpo-beta ...` on a free loopback port, headless Chromium (Debian's,
+The tab: `numgpt serve --reference ... --dpo-beta ... --reward-model ...` on a free loopback port, headless Chromium (Debian's,
 never `playwright install`, launched as tests/test_playground.py does): a message sent, the streamed reply
 drawn as tokens whose colours, marks and reward are the endpoint's numbers. Its screenshot is checked and,
 with NUMGPT_PLAYGROUND_SCREENSHOTS=docs, written to docs/playground-chat.png (the README's picture).
@@ -32,6 +33,7 @@ from numgpt.posttrain.dpo import implicit_reward
 torch = reference("torch")
 transformers = reference("transformers")
 serve = pytest.importorskip("numgpt.serve", reason="the serve extra is not installed")
+from numgpt.cli.serve_commands import reward_model  # noqa: E402 -- after the serve extra's check
 from numgpt.serve import ModelChatTemplate, Reference, RewardModel, ServerSettings, create_app  # noqa: E402
 
 BETA = 0.25
@@ -59,6 +61,20 @@ def folders(base, tmp_path_factory):
     rng = np.random.default_rng(0)
     moved = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in params.items()}
     return ref, numgpt.save_checkpoint(root / "policy", config, moved, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def rm_folder(folders):
+    """A reward model for the chat vocabulary: transformers' GPT2ForSequenceClassification(num_labels=1) over the
+    reference's body, its score head drawn by torch's seeded init, saved with the chat tokenizer (what
+    posttrain.reward.load_reward_model reads, as it reads `numgpt reward train`'s RUN/model)."""
+    torch.manual_seed(0)
+    model = transformers.GPT2ForSequenceClassification.from_pretrained(folders[0], num_labels=1)
+    model.config.pad_token_id = numgpt.load(folders[0]).tokenizer.eot_id
+    out = folders[0].parent / "rm"
+    model.save_pretrained(out)
+    numgpt.load(folders[0]).tokenizer.save(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +195,21 @@ def test_the_reward_model_scores_the_conversation_with_its_reply(client, rm):
     assert view["reward_note"] is None
 
 
+def test_a_real_reward_model_through_the_clis_loader_is_transformers_score(policy, rm_folder):
+    """--reward-model's RewardModel (serve_commands.reward_model: posttrain.reward's model and score) on the
+    route: the reward is GPT2ForSequenceClassification's logit at the reply's last token, in float64."""
+    from fastapi.testclient import TestClient
+    template = ModelChatTemplate.of(chat_template(policy.tokenizer), policy.tokenizer)
+    judge = reward_model(str(rm_folder), policy.tokenizer)
+    with TestClient(create_app(policy, ServerSettings(chat_template=template, reward_model=judge))) as c:
+        view = c.post("/v1/explain/chat", json={"messages": MESSAGES}).json()
+    ids, _ = render_for_training(policy.tokenizer, MESSAGES)
+    hf = transformers.GPT2ForSequenceClassification.from_pretrained(rm_folder).double().eval()
+    with torch.no_grad():
+        want = hf(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0, 0].item()
+    assert view["rewards"] == [{"kind": "reward model", "name": str(rm_folder), "value": pytest.approx(want, abs=ATOL)}]
+
+
 def test_base_model_transcript_has_no_mask_and_says_why(base_client, base):
     messages = [{"role": "user", "content": "Who is there?"}, {"role": "assistant", "content": "Romeo, my lord."}]
     view = base_client.post("/v1/explain/chat", json={"messages": messages}).json()
@@ -235,6 +266,13 @@ def test_serve_refuses_bad_judge_flags_in_one_line(folders, capsys, flags, says)
     assert main(["serve", "--port", "0", "--model", str(folders[1]), *flags]) != 0
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_serve_refuses_a_reward_model_for_another_tokenizer(rm_folder, capsys):
+    assert main(["serve", "--port", "0", "--reward-model", str(rm_folder)]) != 0      # the built-in base model
+    err = capsys.readouterr().err
+    assert f"--reward-model {rm_folder}: a reward model for another tokenizer (1029 tokens)" in err
+    assert err.count("\n") == 1
 
 
 # ---- the tab, in a real browser ---------------------------------------------------------------------------
@@ -297,8 +335,10 @@ def colour_of(p: float) -> str:
     return f"hsl({round(120 * x)}, 70%, 82%)"
 
 
-def test_chat_tab_draws_each_reply_token_with_its_probability_mask_and_reward(browser, folders, policy, tmp_path):
-    server = Served("--model", str(folders[1]), "--reference", str(folders[0]), "--dpo-beta", str(BETA))
+def test_chat_tab_draws_each_reply_token_with_its_probability_mask_and_reward(browser, folders, rm_folder, policy,
+                                                                           tmp_path):
+    server = Served("--model", str(folders[1]), "--reference", str(folders[0]), "--dpo-beta", str(BETA),
+                    "--reward-model", str(rm_folder))
     try:
         page, sent, view, errors = chat_in_browser(browser, server.url, "1, 2, 3,", system="You count.")
         turns = page.locator(".turn")
@@ -318,9 +358,11 @@ def test_chat_tab_draws_each_reply_token_with_its_probability_mask_and_reward(br
             assert style == want, (i, style, want)
             assert ("trained" in token.get_attribute("class").split()) == trained
             assert f"{100 * p:.2f}%" in token.get_attribute("aria-label")
-        (dpo,) = view["rewards"]
-        shown = page.locator(".turn.assistant .reward[data-kind='implicit DPO'] .reward-value").inner_text()
-        assert shown == f"{dpo['value']:.4f}" and f"β {BETA}" in page.locator(".reward").inner_text()
+        assert [r["kind"] for r in view["rewards"]] == ["reward model", "implicit DPO"]
+        for r in view["rewards"]:
+            shown = page.locator(f".turn.assistant .reward[data-kind='{r['kind']}'] .reward-value").inner_text()
+            assert shown == f"{r['value']:.4f}"
+        assert f"β {BETA}" in page.locator(".reward[data-kind='implicit DPO']").inner_text()
         assert "underlined: trained on" in page.locator("#chat-legend").inner_text()
         screenshot(page, tmp_path)
         assert page.is_disabled("#chat-system")            # the drawn turns were scored under this prompt

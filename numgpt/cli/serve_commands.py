@@ -245,7 +245,7 @@ def reward_model(folder: str, tokenizer):
     except ImportError:
         raise NumgptError("--reward-model needs numgpt.posttrain.reward, which this numgpt does not have") from None
     rm = load_reward_model(folder)
-    check_same_tokenizer(rm.tokenizer, tokenizer)
+    check_same_tokenizer(rm.tokenizer, tokenizer, f"--reward-model {folder}")
     return RewardModel(folder, lambda conversation: float(rm.score([conversation])[0]))
 
 
