@@ -8,9 +8,9 @@ posttrain's render_for_training and transformers' assistant mask, DPO's implicit
 both models' log-probabilities (and posttrain.dpo.implicit_reward), a reward model's score against
 transformers' GPT2ForSequenceClassification; errors in OpenAI's shape, bad serve flags in one line.
 
-The tab: `numgpt serve --reference ... --dpo-beta ... --reward-model ...` on a free loopback port, headless Chromium (Debian's,
-never `playwright install`, launched as tests/test_playground.py does): a message sent, the streamed reply
-drawn as tokens whose colours, marks and reward are the endpoint's numbers. Its screenshot is checked and,
+The tab: `numgpt serve --reference ... --dpo-beta ... --reward-model ...` on a free loopback port, headless
+Chromium (Debian's, never `playwright install`, launched as tests/test_playground.py does): a message sent,
+the streamed reply drawn as tokens whose colours, marks and rewards are the endpoint's numbers. Its screenshot is checked and,
 with NUMGPT_PLAYGROUND_SCREENSHOTS=docs, written to docs/playground-chat.png (the README's picture).
 """
 
@@ -279,7 +279,8 @@ def test_serve_refuses_a_reward_model_for_another_tokenizer(rm_folder, capsys):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[test]')")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no {CHROMIUM}: apt-get install -y chromium (never `playwright install`)")
     with sync_api.sync_playwright() as p:
