@@ -134,9 +134,9 @@ def _run_rl(args, comm) -> int:
 
 def _options(args, options_from_args, *, new: bool) -> dict:
     """The training flags given, over RL's defaults for a new run (a resumed run keeps its saved config)."""
-    given = options_from_args(args)
-    given.pop("seed", None)                            # --seed is setup_rl's seed= (split, prompts, samples)
+    given = options_from_args(args)                    # --seed: the run's rng (prompts, samples) and the split
     if not new:
+        given.pop("seed", None)                        # a resumed run keeps its rng
         return given
     return {**RL_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**RL_OPTIM, **given["optim"]}}
 

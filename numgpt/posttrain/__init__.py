@@ -6,9 +6,13 @@
     classify.py     sequence classification: GPT-2 with a linear head over the last real token (transformers'
                     GPT2ForSequenceClassification), its training through the Objective, metrics
     classdata.py    labelled text: CSV/JSONL (text, label) records, Debian's fortunes by category
+    grpo.py         GRPO's loss on sampled tokens (PPO's clipped ratio, the k3 KL penalty, per token within
+                    each group) and its backward as the weighted cross-entropy's; group advantages
     lora.py         LoRA: low-rank adapters on the blocks' linear layers over a frozen base (their backward
                     beside their forward), the --lora-* flags every training command shares, PEFT folders
     packing.py      SFT data: conversations rendered with their loss masks, packed into rows, a data folder
+    rl.py           RL on verifiable rewards: groups of answers sampled with the KV cache from the live weights,
+                    rewarded by synth.check (or a reward model), setup_rl (`numgpt rl`), pass_at_1
     sft.py          supervised fine-tuning: the masked-loss Objective and setup_sft (`numgpt sft`)
     synth.py        synthetic conversations with exact answers (seven task families, train/held-out split by
                     template and operands) and the checker that scores a reply exactly (RL's verifiable reward)

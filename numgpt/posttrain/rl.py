@@ -409,11 +409,12 @@ def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | 
     sampled batch), max_new_tokens, temperature and decoding (other SamplingOptions fields: top_k, top_p...),
     format_bonus: the RL settings, DEFAULTS when None; reward_model: a `numgpt reward train` model scoring
     the answers instead of synth.check (its tokenizer must be the policy's); on resume the run's own
-    settings (RUN/rl.json), and a value given that differs is refused. eval_tasks: held-out tasks for pass@1, else val_fraction of TASKS held
-    out by a seeded permutation. options: TrainConfig fields as setup_run's (batch_size = P * G and
-    block_size = the longest prompt + max_new_tokens - 1 are set here). comm, ranks_here, default_threads:
-    as setup_run's (rank 0 writes RUN/data and RUN/rl.json, the others wait at a barrier). A refusal
-    before training leaves nothing this made."""
+    settings (RUN/rl.json), and a value given that differs is refused. eval_tasks: held-out tasks for
+    pass@1, else val_fraction of TASKS held out by a permutation seeded with `seed` (the prompts and the
+    samples come from the run's rng: options' seed). options: TrainConfig fields as setup_run's (batch_size
+    = P * G and block_size = the longest prompt + max_new_tokens - 1 are set here; grad_accum stays 1).
+    comm, ranks_here, default_threads: as setup_run's (rank 0 writes RUN/data and RUN/rl.json, the others
+    wait at a barrier). A refusal before training leaves nothing this made."""
     from ..formats import hf_cache_dir
     from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
