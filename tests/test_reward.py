@@ -367,3 +367,33 @@ def test_resume_with_another_file_and_a_reward_model_for_another_tokenizer_are_r
         R.check_same_tokenizer(rm.tokenizer, other_tok, "--reward-model")
     with pytest.raises(NumgptError, match="ends with the assistant's reply"):
         rm.score([[{"role": "user", "content": "q"}]])
+
+
+def test_mpiexec_two_ranks_train_the_bits_of_two_threads(world, tmp_path):
+    """Real `mpiexec -n 2 numgpt reward train` (rank 0 packs the pairs, the other waits at the barrier) against
+    --threads 2 in one process: the same checkpoint bytes and the same reward model."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    reference("mpi4py").get_include                               # skips without mpi4py
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec beside this Python or on PATH")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    args = ["reward", "train", world / "pairs.jsonl", "--init", world / "chat", "--train", "last-1",
+            "--batch-size", 4, "--eval-iters", 1, "--max-iters", 3, "--eval-interval", 2]
+    numgpt = [sys.executable, "-m", "numgpt", *map(str, args)]
+
+    def run(*cmd):
+        return subprocess.run([*cmd], capture_output=True, text=True, timeout=300, env=env)
+    threads = run(*numgpt, "--out", str(tmp_path / "threads"), "--threads", "2")
+    assert threads.returncode == 0, threads.stderr
+    ranks = run(mpiexec, "-n", "2", *numgpt, "--out", str(tmp_path / "ranks"), "--threads", "1")
+    assert ranks.returncode == 0, ranks.stderr
+    assert "on 2 ranks x 1 threads" in ranks.stderr
+    for name in ("latest/model.safetensors", "latest/extra_params.safetensors", "latest/optimizer.safetensors",
+                 "model/model.safetensors"):
+        saved = [(tmp_path / which / name).read_bytes() for which in ("threads", "ranks")]
+        assert saved[0] == saved[1], name

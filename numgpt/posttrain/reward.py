@@ -335,7 +335,8 @@ def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | N
     be the file it was packed from); options: TrainConfig fields as setup_run's (block_size is the packed
     rows'); train: 'head', 'last-N' or 'all' (classify.trainable_names); lora: an adapter and the head
     instead; val_file or val_fraction: the held-out pairs; comm, ranks_here: as setup_run's (rank 0 alone
-    packs; the others wait at a barrier). A refusal before training leaves nothing this made."""
+    packs; the others wait at a barrier). A refusal before training leaves nothing this made. After
+    `.run.train()`, `export_reward_model(run)` writes RUN/model (the CLI does)."""
     from ..formats import hf_cache_dir
     from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
@@ -357,14 +358,12 @@ def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | N
     trainable = trainable_names(config, train)                # a bad --train is refused before any work
     existed = run.exists()
     try:
-        setup = RewardSetup(run=None)                          # type: ignore[arg-type]  (set below)
-        if comm.rank == 0:
-            setup.meta, setup.dropped = prepare_pairs(pairs, run / DATA_SUBDIR, tokenizer,
-                                                      max_tokens=min(max_tokens, config.n_positions),
-                                                      val_fraction=val_fraction, val_file=val_file, seed=seed)
+        meta, dropped = None, {}
+        if comm.rank == 0:                                     # rank 0 alone writes; the others read it after
+            meta, dropped = prepare_pairs(pairs, run / DATA_SUBDIR, tokenizer, max_tokens=min(max_tokens,
+                                          config.n_positions), val_fraction=val_fraction, val_file=val_file, seed=seed)
         comm.barrier()
-        setup.run = _new_run(run, folder, options, trainable, lora, **ranks)
-        return setup
+        return RewardSetup(_new_run(run, folder, options, trainable, lora, **ranks), meta, dropped)
     except BaseException:
         if comm.rank == 0:
             shutil.rmtree(run if not existed else run / DATA_SUBDIR, ignore_errors=True)
