@@ -11,6 +11,10 @@
     lora.py         LoRA: low-rank adapters on the blocks' linear layers over a frozen base (their backward
                     beside their forward), the --lora-* flags every training command shares, PEFT folders
     packing.py      SFT data: conversations rendered with their loss masks, packed into rows, a data folder
+    pairs.py        preference pairs (TRL's prompt/chosen/rejected JSONL): read and checked, written, made from
+                    the synthetic tasks (the reference reply against a near miss), rendered to ids
+    reward.py       the reward model: classify's head with one output, the Bradley-Terry loss through the
+                    Objective, setup_reward (`numgpt reward train`), load_reward_model and its scores
     rl.py           RL on verifiable rewards: groups of answers sampled with the KV cache from the live weights,
                     rewarded by synth.check (or a reward model), setup_rl (`numgpt rl`), pass_at_1
     sft.py          supervised fine-tuning: the masked-loss Objective and setup_sft (`numgpt sft`)
