@@ -2,7 +2,7 @@
 format every turn, and each reply decoded with the KV cache, streamed, and ended at the format's end token.
 
     session = ChatSession(lm, ModelFormat(chat_template(lm.tokenizer)), options=GenerationOptions(...),
-                          rng=np.random.default_rng(seed))
+                          rng=generate.sample_rng(seed, 0))      # the generator `numgpt generate --seed` uses
     reply = session.ask("What is 2 + 3?")      # the user's turn, the conversation fitted to the context
     for piece in reply.stream(cancel=stop_requested):
         print(piece, end="", flush=True)
