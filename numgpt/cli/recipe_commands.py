@@ -94,16 +94,28 @@ def _train_with_progress(run, label: str):
     tc = run.tc
     print(f"{label}: {run.description}: {count_params(run.config) / 1e6:.2f}M parameters, {tc.max_iters} steps",
           file=sys.stderr)
+    if label == "rl":                                  # its own figures: reward, KL, held-out pass@1
+        from ..training.comm import SingleProcess
+        from .rl_commands import _train_with_progress as rl_bar
+        return rl_bar(run, SingleProcess())
     return with_bar(run.state, run.config, tc, run.data, run.folder,
                     lambda *a, **kw: train(*a, objective=run.objective, **kw))
 
 
 def stage_table(records: dict) -> str:
-    """Each stage's seconds and its headline figures, as a Markdown table."""
+    """Each stage's seconds and its headline figures, then the evaluation per model and family, as Markdown."""
     rows = ["| stage | seconds | figures |", "|---|---:|---|"]
     for name, record in records.items():
-        shown = {k: v for k, v in record.items() if k not in ("stage", "seconds")}
+        shown = ", ".join(f"{k} {v}" for k, v in record.items()
+                          if k not in ("stage", "seconds") and not isinstance(v, dict))
         rows.append(f"| {name} | {record['seconds']:.0f} | {shown} |")
-    total = sum(r["seconds"] for r in records.values())
-    rows.append(f"| all | {total:.0f} | |")
+    rows.append(f"| all | {sum(r['seconds'] for r in records.values()):.0f} | |")
+    scored = {k: v for k, v in records.get("evaluate", {}).items() if isinstance(v, dict)}
+    if scored:
+        families = list(next(iter(scored.values()))["exact_match"])
+        rows += ["", "| model | " + " | ".join(families) + " | all | format | bits/byte |",
+                 "|---|" + "---:|" * (len(families) + 3)]
+        for model, s in scored.items():
+            rows.append(f"| {model} | " + " | ".join(f"{s['exact_match'][f]:.1%}" for f in families)
+                        + f" | {s['exact_match_all']:.1%} | {s['format_compliance']:.1%} | {s['bits_per_byte']:.3f} |")
     return "\n".join(rows)

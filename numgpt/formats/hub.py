@@ -18,9 +18,10 @@ from .hf import CONFIG_FILE
 RUN_LATEST, RUN_BEST = "latest", "best"     # the checkpoints of a `numgpt train` run folder (training/loop.py)
 DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "*.json", "merges.txt", "vocab.json"]
 GPT2_HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")  # hub names without an org
-# Models shipped inside the package, by name (README, "The built-in model"; made by dev/ship_builtin_model.py).
-# A local folder of the same name wins, as it does over hub names.
-BUILTIN_MODELS = {"builtin": Path(__file__).resolve().parent.parent / "assets" / "model"}
+# Models shipped inside the package, by name (README, "The built-in model" and "The built-in chat model"; made by
+# dev/ship_builtin_model.py and dev/make_chat_model.sh). A local folder of the same name wins, as it does over hub names.
+BUILTIN_MODELS = {"builtin": Path(__file__).resolve().parent.parent / "assets" / "model",
+                  "chat": Path(__file__).resolve().parent.parent / "assets" / "chat"}
 DEFAULT_MODEL = "builtin"   # what numgpt.load() and a command without --model use
 
 def hf_cache_dir(environ: Mapping[str, str]) -> Path:
