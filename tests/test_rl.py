@@ -306,7 +306,8 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
 
         def rank(r):
             comm = group.member(r)
-            run = setup_rl(world / "tasks.jsonl", tmp_path / "ranks", options={**opts, "threads": 1}, comm=comm, **kw).run
+            run = setup_rl(world / "tasks.jsonl", tmp_path / "ranks", options={**opts, "threads": 1}, comm=comm,
+                           **kw).run
             out[r] = (run, run.train(comm=comm))
         run_in_threads(rank, 2)
     for run, result in out:
@@ -415,7 +416,8 @@ def test_other_refusals_leave_nothing(world, tmp_path, capsys):
     assert main(["rl", str(bad), "--init", str(world / "chat"), "--out", str(tmp_path / "a"), *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{bad}:1: the reference reply does not give the answer" in err and "\n" not in err
-    assert main(["rl", str(world / "tasks.jsonl"), "--init", str(world / "base"), "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert main(["rl", str(world / "tasks.jsonl"), "--init", str(world / "base"), "--out", str(tmp_path / "b"),
+                 *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no chat tokens" in err and "numgpt sft" in err and "\n" not in err
     assert rl(world, tmp_path / "c", "--max-new-tokens", "60") == 2
@@ -425,5 +427,6 @@ def test_other_refusals_leave_nothing(world, tmp_path, capsys):
     with pytest.raises(Exception, match="group must be a whole number >= 2"):
         setup_rl(world / "tasks.jsonl", tmp_path / "d", init=world / "chat", group=1)
     with pytest.raises(Exception, match="grad_accum must be 1"):
-        setup_rl(world / "tasks.jsonl", tmp_path / "d", init=world / "chat", max_new_tokens=6, options={"grad_accum": 2})
+        setup_rl(world / "tasks.jsonl", tmp_path / "d", init=world / "chat", max_new_tokens=6,
+                 options={"grad_accum": 2})
     assert not (tmp_path / "d").exists()

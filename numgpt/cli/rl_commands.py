@@ -94,7 +94,8 @@ def rl_flag_names() -> dict[str, str]:
             "threads")
     names = {k: v for k, v in FLAG_NAMES.items() if k in kept}
     return {**names, **flag_vocabulary(DECODING), **{k: "--" + k.replace("_", "-") for k in RL_FLAGS},
-            "init=": "--init", "resume=True": "--resume", "eval_tasks=": "--eval-tasks", "val_fraction": "--val-fraction"}
+            "init=": "--init", "resume=True": "--resume", "eval_tasks=": "--eval-tasks",
+            "val_fraction": "--val-fraction"}
 
 
 def run_rl(args) -> int:

@@ -90,7 +90,8 @@ def render_tasks(tokenizer: "Tokenizer", tasks: Sequence[Mapping]) -> list[Task]
 
 
 def sample_group(params: Params, config: GPTConfig, prompt: Sequence[int], rngs: Sequence[np.random.Generator], *,
-                 sampling: SamplingOptions, max_new_tokens: int, end_id: int) -> tuple[list[list[int]], list[np.ndarray]]:
+                 sampling: SamplingOptions, max_new_tokens: int, end_id: int
+                 ) -> tuple[list[list[int]], list[np.ndarray]]:
     """len(rngs) answers to one prompt in one decode batch (prefilled once): each answer's ids (ending with
     end_id when it stopped there) and the model's logp (temperature 1) of each of them, float64."""
     G = len(rngs)
@@ -157,7 +158,7 @@ class PolicySamples:
     state: "TrainState"                        # the loop's: params updated in place, step
     config: GPTConfig
     tasks: list[Task]
-    ref: Params | None                         # the frozen reference model (None: kl 0, no KL logged)
+    ref: Params | None                         # the frozen reference model (None: the sampling policy, KL 0)
     group: int
     sampling: SamplingOptions
     max_new_tokens: int
@@ -194,7 +195,7 @@ class PolicySamples:
         run_in_threads(sample, len(shares))
         local = slice(rows.start - groups.start * G, rows.stop - groups.start * G)
         batch = tuple(np.concatenate([p[k] for p in parts])[local] for k in range(6))
-        figures = _sum_figures([p[6] for p in parts], local, G, sample_seconds=time.perf_counter() - t0)
+        figures = _sum_figures([p[6] for p in parts], local, sample_seconds=time.perf_counter() - t0)
         self._last = Sampled(batch, step, figures)
         if self.updates > 1 and self.run is not None:
             self._save(rows)
@@ -217,7 +218,7 @@ class PolicySamples:
         old = np.zeros(mask.shape)
         for i, lp in enumerate(logps):
             old[i][mask[i]] = lp
-        ref = reference_logps(self.ref, self.config, rows) if self.ref is not None else np.zeros(mask.shape)
+        ref = reference_logps(self.ref, self.config, rows) if self.ref is not None else old.copy()
         d = np.where(mask, ref - old, 0.0)
         k3 = np.where(mask, np.exp(d) - d - 1.0, 0.0).sum(axis=1)     # [G] per answer, summed over its tokens
         correct = np.array([check(task.record, r) for r in replies], dtype=np.float64)
@@ -249,7 +250,8 @@ class PolicySamples:
         s = dict(zip(keys, v.tolist()))
         n, ranks = max(s["answers"], 1.0), comm.size
         out = {"reward": s["reward"] / n, "correct": s["correct"] / n, "answer_tokens": s["tokens"] / n,
-               "kl": s["kl"] / max(s["tokens"], 1.0), "ended": s["ended"] / n, "grad_seconds": s["grad_seconds"] / ranks}
+               "kl": s["kl"] / max(s["tokens"], 1.0), "ended": s["ended"] / n,
+               "grad_seconds": s["grad_seconds"] / ranks}
         if sampled:
             out.update(sampled_tokens=int(s["tokens"]), sample_seconds=s["sample_seconds"] / ranks,
                        sample_tokens_per_s=s["tokens"] / max(s["sample_seconds"] / ranks, 1e-9))
@@ -282,7 +284,7 @@ class PolicySamples:
         return self._last
 
 
-def _sum_figures(per_group: list[np.ndarray], local: slice, G: int, *, sample_seconds: float) -> dict[str, float]:
+def _sum_figures(per_group: list[np.ndarray], local: slice, *, sample_seconds: float) -> dict[str, float]:
     """Sums over this rank's answers (rows `local` of the groups sampled) of each figure of PolicySamples.report."""
     a = np.concatenate(per_group)[local]                              # [b, 5]
     return {"answers": float(len(a)), "reward": float(a[:, 0].sum()), "correct": float(a[:, 1].sum()),
@@ -485,7 +487,8 @@ def _chat_model(init: str | Path, cache_dir: str | Path) -> tuple[Path, "Tokeniz
 
 
 def _new(path: Path, run: Path, init: str | Path, settings: dict, options: Mapping | None, *, eval_tasks,
-         val_fraction: float, seed: int, cache_dir, comm: Communicator, ranks_here: int, default_threads: int) -> RlSetup:
+         val_fraction: float, seed: int, cache_dir, comm: Communicator, ranks_here: int, default_threads: int
+         ) -> RlSetup:
     from ..formats.hf import load_config
     from .packing import file_sha256
     from .sft import prepare_sft
