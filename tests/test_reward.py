@@ -280,6 +280,28 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
         assert result.last_eval["val_loss"] == ref_result.last_eval["val_loss"]
 
 
+def test_a_lora_run_trains_the_adapter_and_head_resumes_with_them_and_exports_the_merged_model(world, tmp_path):
+    from numgpt.posttrain.lora import LoraConfig, adapter_shapes, merge
+    lora = LoraConfig(rank=2, alpha=4)
+    run = setup(world, tmp_path / "rm", lora=lora, options={"max_iters": 2, "eval_interval": 0}).run
+    base = {k: v.copy() for k, v in run.state.params.items()}
+    run.train()
+    trained = set(adapter_shapes(run.config, lora)) | {SCORE}
+    assert run.objective.trainable == trained and set(run.state.optim.m) == trained
+    for name, p in run.state.params.items():                   # the base frozen, the adapter and head moved
+        assert np.array_equal(p, base[name]) != (name in trained), name
+    resumed = R.setup_reward(world / "pairs.jsonl", tmp_path / "rm", resume=True, options={"max_iters": 3}).run
+    assert resumed.objective.trainable == trained and resumed.tc.lora == lora.to_dict()
+    resumed.train()
+    rm = R.load_reward_model(R.export_reward_model(resumed))
+    merged = {**merge(resumed.state.params, resumed.config, lora), SCORE: resumed.state.params[SCORE]}
+    lasts = resumed.objective.batch.lasts["val"]
+    expected = R.rewards_of_pairs(merged, resumed.config, resumed.objective.batch.rows(resumed.data, "val"), lasts)
+    from numgpt.posttrain.pairs import read_pairs
+    held = [p for p in R.split_pairs(read_pairs(world / "pairs.jsonl"), 0.25, 1337)[1] if rm.pair_fits(p)]
+    np.testing.assert_allclose(rm.score_pairs(held), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_train_and_score_through_the_cli(world, tmp_path, capsys):
     out = tmp_path / "rm"
     assert main(["reward", "train", str(world / "pairs.jsonl"), "--init", str(world / "chat"), "--out", str(out),
