@@ -377,3 +377,39 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, chat_folder, tmp_pa
     monkeypatch.setitem(sys.modules, "numgpt.serve.chat", None)           # as if the serve extra were missing
     code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--transcript")
     assert code == 2 and err.count("\n") == 1 and "pip install 'numgpt[serve]'" in err
+
+
+def test_on_a_terminal_a_banner_a_prompt_and_ctrl_d(chat_folder):
+    """stdin and stdout a terminal (a pty): the banner and the "> " prompt, the reply after the typed line,
+    a command's answer, and Ctrl-D ending the session with exit 0."""
+    import pty
+    import select
+
+    lm = numgpt.load(chat_folder)
+    flags = ["--temperature", "0", "-n", "2", "--logit-bias", f"{lm.tokenizer.encode(LONG)[0]}=100"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "numgpt", "chat", "--model", str(chat_folder), *flags],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+
+    def until(marker: bytes) -> bytes:
+        """What the terminal shows up to and including `marker` (which must come)."""
+        seen = b""
+        while marker not in seen:
+            select.select([master], [], [], 600)                          # a hang guard only
+            chunk = os.read(master, 4096)
+            assert chunk, seen
+            seen += chunk
+        return seen
+    try:
+        banner = until(b"> ")
+        assert b"numgpt chat with " in banner and b"/help for commands" in banner
+        os.write(master, b"hi\r")
+        assert (LONG * 2).encode() in until(b"> ")                          # the reply, then the prompt again
+        os.write(master, b"/bogus\r")
+        assert b"unknown command /bogus" in until(b"> ")
+        os.write(master, b"\x04")                                           # Ctrl-D at an empty prompt
+        assert proc.wait(timeout=600) == 0
+    finally:
+        proc.kill() if proc.poll() is None else None
+        os.close(master)
