@@ -113,8 +113,12 @@ def test_get_batch_draws_next_token_windows_from_the_rng():
 
 
 def test_get_batch_refuses_a_split_shorter_than_a_window():
-    with pytest.raises(NumgptError, match="block-size"):
+    """In the Python parameter's name; numgpt train says it as its flag (options.flag_message)."""
+    from numgpt.cli.options import flag_message
+    from numgpt.cli.train_commands import FLAG_NAMES
+    with pytest.raises(NumgptError, match="use a smaller block_size or more text") as e:
         get_batch(np.arange(10, dtype=np.uint16), 2, 10, np.random.default_rng(0))
+    assert flag_message(str(e.value), FLAG_NAMES).endswith("use a smaller --block-size or more text")
 
 
 def test_damaged_or_missing_data_is_a_one_line_error(tmp_path, gpt2, capsys):

@@ -434,3 +434,52 @@ def test_lora_sft_with_the_chat_token_rows_two_ranks_train_the_bits_of_two_threa
     for run in runs:
         for name in names:
             assert np.array_equal(run.state.params[name], alone.state.params[name]), name
+
+
+def test_setup_sft_refusals_name_its_parameters_and_numgpt_sft_says_its_flags(world, tmp_path, capsys):
+    """The library's words are setup_sft's parameters (newcomer defect 9); `numgpt sft` says the same
+    refusal in its flags (options.flag_message with sft_flag_names), as the CLI prints it."""
+    from numgpt.cli.options import flag_message
+    from numgpt.cli.sft_commands import sft_flag_names
+    from numgpt.errors import NumgptError
+    from numgpt.posttrain.sft import setup_sft
+
+    assert sft(world, tmp_path / "packed", "--prepare-only") == 0
+    capsys.readouterr()
+    (tmp_path / "done" / "latest").mkdir(parents=True)
+    (tmp_path / "plain").mkdir()
+    chats, base = world / "chats.jsonl", world / "base"
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"messages": [{"role": "user", "content": "count " * 200},
+                                             {"role": "assistant", "content": "200"}]}) + "\n")
+    cases = [  # (setup_sft's keywords, words of its message, the same said by numgpt sft's flags)
+        ({"data": chats}, "init=MODEL is required", "--init MODEL is required"),
+        ({"data": chats, "init": base, "run_dir": tmp_path / "done"}, "continue it with resume=True, or pass "
+         "another run_dir", "continue it with --resume, or pass another --out"),
+        ({"data": tmp_path / "plain", "init": base}, "not one packed with prepare_only=True",
+         "not one packed with --prepare-only"),
+        ({"data": tmp_path / "packed", "init": base, "block_size": 32}, "was packed for block_size 64",
+         "was packed for --block-size 64"),
+        ({"data": chats, "init": base, "block_size": 1000}, "block_size must be in 1..64",
+         "--block-size must be in 1..64"),
+        ({"data": tmp_path / "packed", "init": base, "train_on": "all"}, "packed with train_on='assistant'; the "
+         "mask cannot change now: pack the JSONL again (a new run) for train_on='all'", "packed with --train-on "
+         "assistant; the mask cannot change now: pack the JSONL again (a new run) for --train-on all"),
+        ({"data": tmp_path / "packed", "init": base, "val_file": chats}, "val_file applies when packing JSONL",
+         "--val applies when packing JSONL"),
+        ({"data": chats, "resume": True, "run_dir": tmp_path / "none"}, "start one with init=MODEL",
+         "start one with --init MODEL"),
+        ({"data": long, "init": base, "truncate": False, "val_file": long}, "raise block_size, or pass truncate=True",
+         "raise --block-size, or pass --truncate yes"),
+    ]
+    for keywords, python_words, flag_words in cases:
+        keywords = {"run_dir": tmp_path / "run", **keywords}
+        with pytest.raises(NumgptError) as e:
+            setup_sft(keywords.pop("data"), keywords.pop("run_dir"), **keywords)
+        assert python_words in str(e.value) and "--" not in str(e.value).split(":", 1)[-1], str(e.value)
+        assert flag_words in flag_message(str(e.value), sft_flag_names())
+        assert not (tmp_path / "run").exists()
+    argv = ["sft", str(tmp_path / "packed"), "--init", str(base), "--out", str(tmp_path / "run"), "--block-size", "32"]
+    assert main(argv) == 2                                          # the CLI prints just that
+    assert capsys.readouterr().err == f"numgpt: error: {tmp_path / 'packed'} was packed for --block-size 64; " \
+                                      "pack it again for 32\n"

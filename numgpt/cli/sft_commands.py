@@ -75,10 +75,14 @@ def register(sub) -> None:
 
 
 def sft_flag_names() -> dict[str, str]:
-    """numgpt train's vocabulary (train_commands.FLAG_NAMES) less the flags sft has not, plus its --val."""
+    """numgpt train's vocabulary (train_commands.FLAG_NAMES) less the flags sft has not, plus its own
+    (setup_sft's parameters: val_file, init=MODEL, resume=True, prepare_only=True, train_on=..., truncate=True)."""
     from .train_commands import FLAG_NAMES
     absent = ("beta1", "beta2", "zero", "n_layer", "n_head", "n_embd", "preset=", "resume_from='best'")
-    return {**{k: v for k, v in FLAG_NAMES.items() if k not in absent}, "val_file=": "--val FILE"}
+    return {**{k: v for k, v in FLAG_NAMES.items() if k not in absent}, "val_file=": "--val FILE", "val_file": "--val",
+            "init=MODEL": "--init MODEL", "resume=True": "--resume", "prepare_only=True": "--prepare-only",
+            "train_on='assistant'": "--train-on assistant", "train_on='all'": "--train-on all",
+            "truncate=True": "--truncate yes"}
 
 
 def run_sft(args) -> int:

@@ -78,7 +78,7 @@ def render_conversations(tokenizer: Tokenizer, conversations: Sequence[tuple[str
         if len(ids) > L:
             if not truncate:
                 raise NumgptError(f"{where}: the conversation is {len(ids)} tokens, longer than the context "
-                                  f"(block_size + 1 = {L}); shorten it, raise --block-size, or allow --truncate yes")
+                                  f"(block_size + 1 = {L}); shorten it, raise block_size, or pass truncate=True")
             ids, mask, out.truncated = ids[:L], mask[:L], out.truncated + 1
         out.items.append((ids, mask))
     return out

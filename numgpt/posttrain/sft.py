@@ -228,9 +228,9 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
         resumed = _resume_run(given, run, options, adapter_size=lora_adapter_size(lora), **ranks)
         return SftSetup(run=with_lora(resumed, lora, resumed=True))
     if init is None:
-        raise NumgptError("--init MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
+        raise NumgptError("init=MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
     if (run / LATEST).exists() and not prepare_only:
-        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+        raise NumgptError(f"{run} already holds a training run; continue it with resume=True, or pass another run_dir")
     if comm.rank == 0:
         check_not_locked(run)
     model = chat_model(init, cache_dir)
@@ -273,16 +273,16 @@ def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_
 
     if given.is_dir():
         if not is_sft_folder(given):
-            raise NumgptError(f"{given}: a folder, but not one `numgpt sft --prepare-only` made; pass chat JSONL")
+            raise NumgptError(f"{given}: a folder, but not one packed with prepare_only=True; pass chat JSONL")
         check_packed_as(given, prepare["train_on"], prepare["val_file"])
         if block_size is not None and block_size != sft_block_size(given):
-            raise NumgptError(f"{given} was packed for --block-size {sft_block_size(given)}; pack it again for "
+            raise NumgptError(f"{given} was packed for block_size {sft_block_size(given)}; pack it again for "
                               f"{block_size}")
         return given, None, {}
     context = (model.grown[0] if model.grown else load_config(model.folder)).n_positions
     block_size = min(SFT_BLOCK_SIZE, context) if block_size is None else block_size
     if not 0 < block_size <= context:                # before packing: rows the model cannot read
-        raise NumgptError(f"--block-size must be in 1..{context} (the model's context, n_positions), got {block_size}")
+        raise NumgptError(f"block_size must be in 1..{context} (the model's context, n_positions), got {block_size}")
     out = run if prepare_only else run / DATA_SUBDIR
     check_replaceable(out)
     if not prepare_only:
@@ -302,10 +302,10 @@ def check_packed_as(folder: Path, train_on: str | None, val_file: str | Path | N
         return                                      # (on resume: _resume_run says there is no run)
     saved = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["sft"]
     if train_on is not None and train_on != saved["train_on"]:
-        raise NumgptError(f"{folder} was packed with --train-on {saved['train_on']}; the mask cannot change now: "
-                          "pack the JSONL again (a new run) for --train-on " + train_on)
+        raise NumgptError(f"{folder} was packed with train_on={saved['train_on']!r}; the mask cannot change now: "
+                          f"pack the JSONL again (a new run) for train_on={train_on!r}")
     if val_file is not None:
-        raise NumgptError(f"{folder} is already packed with its validation split; --val applies when packing JSONL")
+        raise NumgptError(f"{folder} is already packed with its validation split; val_file applies when packing JSONL")
 
 
 def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **ranks) -> "Run":
@@ -327,7 +327,7 @@ def _resume_run(given: Path, run: Path, options: Mapping | None, **ranks) -> "Ru
 
     data_dir = run / DATA_SUBDIR
     if not is_sft_folder(data_dir):
-        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with --init MODEL")
+        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with init=MODEL")
     if given.is_file():
         saved = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))["sft"]
         if file_sha256(given) != saved["source_sha256"]:

@@ -206,7 +206,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.rand
     n = len(tokens)
     if n < block_size + 1:
         raise NumgptError(f"a split has only {n} tokens but one training window needs block_size + 1 = "
-                          f"{block_size + 1}; use a smaller --block-size or more text")
+                          f"{block_size + 1}; use a smaller block_size or more text")
     starts = rng.integers(0, n - block_size, size=batch_size)            # [B]
     if rows is not None:
         starts = starts[rows]                                            # [B] -> [this rank's rows]
