@@ -36,6 +36,7 @@ examples:
   numgpt sft chats.jsonl --out runs/sft --resume --max-iters 400    continue (bit for bit)
   numgpt sft chats.jsonl --init builtin --out data/sft --prepare-only   pack once; then: numgpt sft data/sft ...
   numgpt sft chats.jsonl --init builtin --out runs/all --train-on all   the loss on the prompts too
+  numgpt sft chats.jsonl --init gpt2 --out runs/lora --lora-rank 8 --lr 1e-3   a LoRA adapter (RUN_DIR/adapter)
   mpiexec -n 2 numgpt sft chats.jsonl --init builtin --out runs/mpi --threads 1   2 ranks: the bits of --threads 2
 
 The loss: cross-entropy on the assistant's replies and their <|end|> (--train-on all: every token),

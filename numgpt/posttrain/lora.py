@@ -29,8 +29,9 @@ in the tied vocabulary projection; the rest of wte stays frozen. What `numgpt sf
 it has just added the chat tokens (their rows all the same mean): without it the model could not tell
 <|user|> from <|assistant|>. Saved as peft saves it, and peft loads it with the same logits (tested).
 
-Every training command shares `add_lora_flags`, `lora_from_args`, `with_lora` (a training.Run made to train
-an adapter) and `export_adapter` (RUN/adapter).
+Every training command shares `add_lora_flags`, `lora_from_args`, `lora_adapter_size` (setup_run's memory
+check counts the adapter's gradients and moments, not the frozen base's), `with_lora` (a training.Run made
+to train an adapter) and `export_adapter` (RUN/adapter).
 
 Shape legend: B batch, T time, N = B * T rows, C channels, r rank, V vocabulary.
 """
