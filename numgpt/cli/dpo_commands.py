@@ -31,7 +31,7 @@ examples:
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo                   beta 0.1, the SFT run as reference
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo2 --beta 0.3 --lr 1e-5 --max-iters 400
   numgpt dpo pairs.jsonl --out runs/dpo --resume --max-iters 400          continue (bit for bit)
-  numgpt dpo pairs.jsonl --init runs/sft --out data/dpo --prepare-only    once; then: numgpt dpo data/dpo --init runs/sft ...
+  numgpt dpo pairs.jsonl --init runs/sft --out data/dpo --prepare-only    score once; then: numgpt dpo data/dpo ...
   mpiexec -n 2 numgpt dpo pairs.jsonl --init runs/sft --out runs/mpi --threads 1   the bits of --threads 2
 
 PAIRS: TRL's preference JSONL, one {{"prompt": [messages], "chosen": [assistant message], "rejected": [...]}}

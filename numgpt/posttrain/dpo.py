@@ -470,7 +470,8 @@ def load_pair_arrays(folder: str | Path, meta: Mapping) -> tuple[dict[str, np.nd
         masks[name] = np.fromfile(path, np.uint8).reshape(-1, 2, L)
         refs[name] = np.load(ref_path)
         if refs[name].shape != (split["pairs"], 2):
-            raise NumgptError(f"{ref_path}: {refs[name].shape} sums for {split['pairs']} pairs; prepare the pairs again")
+            raise NumgptError(f"{ref_path}: {refs[name].shape} sums for {split['pairs']} pairs; prepare the pairs "
+                              "again")
     return masks, refs
 
 
@@ -637,10 +638,13 @@ def _resume(given: Path, run: Path, beta: float | None, options: Mapping | None,
         raise NumgptError(f"{run} holds no DPO run to resume (no {settings}); start one with --init MODEL")
     saved = json.loads(settings.read_text(encoding="utf-8"))["beta"]
     if beta is not None and beta != saved:
-        raise NumgptError(f"{run} trains with beta {saved}; a resumed run keeps it: leave out beta=, or start a new run")
+        raise NumgptError(f"{run} trains with beta {saved}; a resumed run keeps it: leave out beta=, or start a new "
+                          "run")
     if val_file is not None:
         raise NumgptError(f"{run} keeps the held-out pairs it was prepared with; --val applies to a new run")
     folder = data_dir if is_dpo_folder(data_dir) else Path(_run_data_dir(run))
+    if given.is_dir() and given.resolve() != folder.resolve():
+        raise NumgptError(f"{run} trains on {folder}, not {given}; resume with that folder, or start a new run")
     if given.is_file():
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["dpo"]
         if file_sha256(given) != meta["source_sha256"]:
