@@ -365,6 +365,11 @@ def test_other_refusals_are_one_line(world, tmp_path, capsys):
     code, err = run_cli(["reward", "train", pairs, "--init", str(world / "chat"), "--out", str(tmp_path / "rm"),
                          "--train", "last-9"], capsys)
     assert code == 2 and "--train 'last-9'" in err and not (tmp_path / "rm").exists()
+    rm = tmp_path / "rm-model"                                 # a reward model is no model to start one from
+    R.export_reward_model(setup(world, rm, options={"max_iters": 1, "eval_interval": 0}).run)
+    code, err = run_cli(["reward", "train", pairs, "--init", str(rm / "model"), "--out", str(tmp_path / "rm2")],
+                        capsys)
+    assert code == 2 and "a reward model or classifier (it has a score head)" in err and not (tmp_path / "rm2").exists()
     code, err = run_cli(["reward", "train", pairs, "--out", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "holds no reward-model run to resume" in err
     for folder, words in ((world / "chat", "not a reward model (no score head"), (tmp_path, "no config.json")):

@@ -377,6 +377,9 @@ def _chat_model(init: str | Path, cache_dir: str | Path) -> tuple[Path, Tokenize
     from .chat_format import chat_template
 
     folder = resolve_model(init, cache_dir=cache_dir)
+    if _has_score_head(folder):
+        raise NumgptError(f"--init {init}: a reward model or classifier (it has a score head); start from the chat "
+                          "language model it was trained from (an SFT run)")
     config = load_config(folder)
     tokenizer = load_tokenizer(folder, config)
     if chat_template(tokenizer) is None:
@@ -384,6 +387,18 @@ def _chat_model(init: str | Path, cache_dir: str | Path) -> tuple[Path, Tokenize
                           "conversations; start from a chat model: `numgpt sft CHATS --init MODEL --out RUN`, "
                           "then --init RUN")
     return folder, tokenizer, config
+
+
+def _has_score_head(folder: Path) -> bool:
+    """Whether a model folder's weights hold SCORE (a GPT2ForSequenceClassification folder)."""
+    from ..formats.hf import weight_files
+    from ..formats.safetensors import checked_header
+
+    try:
+        files = weight_files(folder)
+    except NumgptError:
+        return False                                # not a model folder: load_config says what is missing
+    return any(f.is_file() and SCORE in checked_header(f) for f in files)
 
 
 def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -568,8 +583,7 @@ class RewardModel:
 def load_reward_model(folder: str | Path) -> RewardModel:
     """The reward model of a `numgpt reward train` run (its RUN/model) or of a GPT2ForSequenceClassification
     folder with one output and numgpt's chat template. Anything else is a one-line NumgptError."""
-    from ..formats.hf import CONFIG_FILE, weight_files
-    from ..formats.safetensors import checked_header
+    from ..formats.hf import CONFIG_FILE
     from .chat_format import chat_template
     from .classify import load_classifier_folder
 
@@ -579,8 +593,7 @@ def load_reward_model(folder: str | Path) -> RewardModel:
     if not (folder / CONFIG_FILE).is_file():
         raise NumgptError(f"{folder}: not a reward model (no config.json); pass the --out folder of `numgpt reward "
                           "train`")
-    files = weight_files(folder)
-    if not files or not any(SCORE in checked_header(f) for f in files):
+    if not _has_score_head(folder):
         raise NumgptError(f"{folder}: not a reward model (no score head, {SCORE}); train one with `numgpt reward "
                           "train PAIRS --init SFT_RUN --out RM`")
     model = load_classifier_folder(folder)
