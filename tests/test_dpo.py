@@ -384,6 +384,10 @@ def test_resume_refuses_another_pairs_file_or_beta(world, tmp_path, capsys):
     assert "trains with beta 0.1; a resumed run keeps it: leave out --beta" in one_line(capsys)
     assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "holds no DPO run to resume" in one_line(capsys)
+    assert dpo(world, tmp_path / "prepared", "--prepare-only") == 0
+    capsys.readouterr()
+    assert main(["dpo", str(tmp_path / "prepared"), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
+    assert f"trains on {run / 'data'}, not {tmp_path / 'prepared'}" in one_line(capsys)
 
 
 def test_a_pair_longer_than_the_context_is_refused_naming_it(world, tmp_path, capsys):
