@@ -14,6 +14,7 @@ the streamed reply drawn as tokens whose colours, marks and rewards are the endp
 with NUMGPT_PLAYGROUND_SCREENSHOTS=docs, written to docs/playground-chat.png (the README's picture).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -380,8 +381,15 @@ def test_chat_tab_on_a_base_model_says_why_there_is_no_mask(browser):
     try:
         page, _, view, errors = chat_in_browser(browser, server.url, "Who is there?")
         assert view["trained"] is None and page.locator(".turn.assistant .tok.trained").count() == 0
-        notes = page.locator(".turn.assistant .note").all_inner_texts()
+        notes = page.locator(".turn.assistant > .note:not(.token-detail)").all_inner_texts()
         assert notes == [view["trained_note"], view["reward_note"]] and "no SFT mask" in notes[0]
+        last = len(view["tokens"]) - 1
+        page.locator(".turn.assistant .tok").nth(last).focus()               # a token's numbers, by keyboard
+        p = view["probabilities"][last]
+        shown = json.dumps(view["tokens"][last], ensure_ascii=False)             # as JSON.stringify quotes it
+        assert page.locator(".token-detail").inner_text() == f"token {last}: {shown}, {100 * p:.2f}%"
+        page.set_viewport_size({"width": 375, "height": 800})                 # readable on a phone
+        assert page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
         assert errors == []
         page.context.close()
     finally:

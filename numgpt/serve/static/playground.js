@@ -540,9 +540,14 @@ async function explainTurn(turn, messages) {
     const span = el("span", {class: "tok" + (trained ? " trained" : ""), tabindex: "0", "data-index": String(i),
                              "data-p": String(p), "aria-label": what, title: what, text: visible(text)});
     span.style.backgroundColor = colour(p);
+    const detail = () => { turn.querySelector(".token-detail").textContent = what; };
+    span.addEventListener("mouseenter", detail);
+    span.addEventListener("focus", detail);
     tokens.append(span);
   });
   turn.querySelector(".turn-body").replaceChildren(tokens);
+  turn.append(el("p", {class: "token-detail note", "aria-live": "polite",
+                       text: "hover or focus a token for its probability"}));
   const notes = [view.trained_note, view.reward_note].filter((n) => n);
   turn.append(el("div", {class: "rewards"}, ...view.rewards.map(rewardLine)),
               ...notes.map((n) => el("p", {class: "note", text: n})));
