@@ -6,6 +6,8 @@
     classify.py     sequence classification: GPT-2 with a linear head over the last real token (transformers'
                     GPT2ForSequenceClassification), its training through the Objective, metrics
     classdata.py    labelled text: CSV/JSONL (text, label) records, Debian's fortunes by category
+    dpo.py          DPO: TRL's sigmoid loss on summed reply log-probabilities, its backward as the per-row weighted
+                    cross-entropy's, the reference's sums cached with hashes, setup_dpo (`numgpt dpo`), implicit_reward
     grpo.py         GRPO's loss on sampled tokens (PPO's clipped ratio, the k3 KL penalty, per token within
                     each group) and its backward as the weighted cross-entropy's; group advantages
     lora.py         LoRA: low-rank adapters on the blocks' linear layers over a frozen base (their backward
