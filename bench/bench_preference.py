@@ -1,0 +1,117 @@
+"""Preference tuning on the built-in chat model (issue 22's DPO and reward-model figures): a reward model and a
+DPO policy trained on synthetic preference pairs, then judged on held-out pairs and held-out tasks.
+
+    python bench/bench_preference.py --out runs/bench_pref                 # the figures in BENCHMARKS.md
+
+Steps, each the CLI's own command (so the figures are what a user gets):
+  1. numgpt data pairs: --n training pairs and --heldout pairs of the held-out templates
+  2. numgpt reward train PAIRS --init MODEL: its pairwise accuracy on the held-out pairs
+  3. numgpt dpo PAIRS --init MODEL --beta B: its preference accuracy on the held-out pairs (the implicit reward
+     beta * log pi/pi_ref ranks chosen above rejected)
+  4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
+     wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
+     wrong is a tie) and by the reward model (higher reward; equal replies are ties).
+     win rate = wins / (wins + losses), ties left out (and counted).
+Not a test: nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def numgpt(*args: str) -> float:
+    """Run one numgpt command (its output shown); its seconds."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "numgpt", *args], check=True)
+    return time.perf_counter() - t0
+
+
+def win_rate(wins: int, losses: int) -> float:
+    return wins / max(1, wins + losses)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="chat")
+    p.add_argument("--out", default="runs/bench_pref")
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--heldout", type=int, default=300)
+    p.add_argument("--tasks", type=int, default=280)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--dpo-iters", type=int, default=300)
+    p.add_argument("--rm-iters", type=int, default=300)
+    p.add_argument("--lr", type=float, default=5e-5, help="DPO's learning rate")
+    p.add_argument("--rm-lr", type=float, default=1e-4, help="the reward model's learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json")
+    args = p.parse_args()
+
+    from numgpt.formats import load_checkpoint, load_tokenizer, resolve_model
+    from numgpt.posttrain.chatdata import write_conversations
+    from numgpt.posttrain.evaluate import chat_replies
+    from numgpt.posttrain.reward import load_reward_model
+    from numgpt.posttrain.synth import FAMILIES, check, prompt_messages, synthesize
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, held = out / "pairs.jsonl", out / "heldout_pairs.jsonl"
+    figures: dict = {}
+    numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force")
+    numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
+           "--seed", str(args.seed + 1), "--force")
+    if not (out / "rm" / "model").exists():
+        figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
+                                       "--max-iters", str(args.rm_iters), "--val", str(held), "--train", "all",
+                                       "--lr", str(args.rm_lr))
+    rm = load_reward_model(out / "rm" / "model")
+    rewards = rm.score_pairs(__import__("numgpt.posttrain.pairs", fromlist=["read_pairs"]).read_pairs(held))
+    figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
+    if not (out / "dpo" / "latest").exists():
+        figures["dpo_seconds"] = numgpt("dpo", str(pairs), "--init", args.model, "--out", str(out / "dpo"),
+                                        "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
+                                        "--val", str(held), "--lr", str(args.lr))
+    log = [json.loads(line) for line in (out / "dpo" / "log.jsonl").read_text().splitlines()]
+    last_eval = [e for e in log if e["type"] == "eval"][-1]
+    figures["dpo_last_eval"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
+
+    folder = resolve_model(args.model, cache_dir=Path("/nonexistent"))
+    config, ref_params = load_checkpoint(folder)
+    tok = load_tokenizer(folder, config)
+    _, dpo_params = load_checkpoint(out / "dpo" / "latest")
+    tasks = synthesize(args.tasks, rng=np.random.default_rng(args.seed + 2), split="heldout", system_rate=0.0)
+    write_conversations(out / "heldout_tasks.jsonl", tasks)
+    ref_replies, _ = chat_replies(ref_params, config, tok, tasks)
+    dpo_replies, _ = chat_replies(dpo_params, config, tok, tasks)
+    exact = {"wins": 0, "losses": 0, "ties": 0}
+    for task, a, b in zip(tasks, dpo_replies, ref_replies):
+        ca, cb = check(task, a), check(task, b)
+        exact["wins" if ca and not cb else "losses" if cb and not ca else "ties"] += 1
+    figures["exact_judge"] = {**exact, "win_rate": win_rate(exact["wins"], exact["losses"])}
+    figures["exact_match"] = {"reference": float(np.mean([check(t, r) for t, r in zip(tasks, ref_replies)])),
+                              "dpo": float(np.mean([check(t, r) for t, r in zip(tasks, dpo_replies)]))}
+    convs = lambda replies: [prompt_messages(t) + [{"role": "assistant", "content": r}]  # noqa: E731
+                             for t, r in zip(tasks, replies)]
+    r_dpo, r_ref = rm.score(convs(dpo_replies)), rm.score(convs(ref_replies))
+    same = np.array([a == b for a, b in zip(dpo_replies, ref_replies)])
+    rm_judge = {"wins": int(((r_dpo > r_ref) & ~same).sum()), "losses": int(((r_dpo < r_ref) & ~same).sum()),
+                "ties": int((same | (r_dpo == r_ref)).sum())}
+    figures["rm_judge"] = {**rm_judge, "win_rate": win_rate(rm_judge["wins"], rm_judge["losses"])}
+    figures["families"] = list(FAMILIES)
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
