@@ -72,6 +72,7 @@ DEFAULTS = {"group": 8, "clip": 0.2, "kl": 0.02, "prompts_per_step": 8, "updates
             "temperature": 1.0, "format_bonus": 0.0}
 SETTINGS_FILE = "rl.json"                   # RUN/rl.json: the RL settings, the tasks' hash, the reference model
 EVAL_CHUNK = 32                             # held-out prompts decoded together (fixed chunks: rank-independent)
+TRAIN_EVAL_TASKS = 128                      # training tasks whose pass@1 is measured at each evaluation (at most)
 
 
 # ---- sampling a group and rewarding it -----------------------------------------------------------------------
@@ -329,14 +330,14 @@ def pass_at_1(params: Params, config: GPTConfig, tokenizer: "Tokenizer", tasks: 
 @dataclass
 class HeldOut:
     """The estimate function (objective.EstimateFn) of RL. The loop's "losses" are error rates, 1 - pass@1
-    (greedy exact match), on the held-out tasks ("val") and on as many training tasks ("train"), so RUN/best
+    (greedy exact match), on the held-out tasks ("val") and on the first training tasks ("train"), so RUN/best
     is the checkpoint of the best held-out pass@1 (the loop keeps the lowest "val"; its val_bpb and val_bpc
     of an error rate mean nothing). Beside them: pass@1 overall and per family, and the masked loss of the
     tasks' reference answers (RUN/data, SFT's objective) on both splits, ref_train_loss and ref_val_loss: how
     far RL moves the model from the replies it was fine-tuned on. Each rank decodes its share of the chunks."""
 
     held: list[Task]
-    train: list[Task]                          # the first len(held) training tasks
+    train: list[Task]                          # the first training tasks, as many as held (TRAIN_EVAL_TASKS at most)
     tokenizer: "Tokenizer"
     max_new_tokens: int
     gold: Objective                            # SFT's objective on RUN/data
@@ -578,8 +579,8 @@ def _with_objective(setup: "Run", settings: Mapping, tok: "Tokenizer", train: li
                             format_bonus=settings["format_bonus"], run=setup.folder,
                             threads=setup.tc.threads or thread_count(), reward_model=rm)
     held_tasks = render_tasks(tok, [t for _, t in held])
-    estimate = HeldOut(held_tasks, samples.tasks[:len(held_tasks)], tok, settings["max_new_tokens"],
-                       sft_objective(setup.data))
+    train_tasks = samples.tasks[:min(len(held_tasks), TRAIN_EVAL_TASKS)]
+    estimate = HeldOut(held_tasks, train_tasks, tok, settings["max_new_tokens"], sft_objective(setup.data))
     loss = GrpoLoss(clip=settings["clip"], kl=settings["kl"], on_policy=settings["updates"] == 1)
     setup.objective = Objective(batch=samples, loss=loss, report=samples.report, estimate=estimate)
     return RlSetup(run=setup, settings=dict(settings), tasks=len(train), eval_tasks=len(held))
