@@ -17,11 +17,17 @@ FastAPI, uvicorn, prometheus_client).
     metrics.py     Prometheus metrics in the app's own registry
 """
 
-from .app import create_app
-from .settings import ServerSettings
-from .chat import ChatTemplate, ModelChatTemplate, load_chat_template
-from .engine import Engine, SequenceRequest
-from .judges import Reference, RewardModel
+import importlib
 
-__all__ = ["ServerSettings", "create_app", "ChatTemplate", "ModelChatTemplate", "load_chat_template", "Engine",
-           "SequenceRequest", "Reference", "RewardModel"]
+# name -> the module that defines it; imported on first use (PEP 562), so `numgpt.serve.chat` (the transcript
+# template `numgpt chat --transcript` uses) and the engine load without FastAPI, which only app.py needs
+_EXPORTS = {"create_app": "app", "ServerSettings": "settings", "ChatTemplate": "chat", "ModelChatTemplate": "chat",
+            "load_chat_template": "chat", "Engine": "engine", "SequenceRequest": "engine", "Reference": "judges",
+            "RewardModel": "judges"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'numgpt.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
