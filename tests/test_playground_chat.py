@@ -239,6 +239,14 @@ def test_bad_requests_are_one_line_errors(client, messages, status, says):
     assert says in error_of(client.post("/v1/explain/chat", json={"messages": messages}), status)["message"]
 
 
+def test_the_view_needs_the_key_like_every_explain_route(base):
+    from fastapi.testclient import TestClient
+    with TestClient(create_app(base, ServerSettings(api_key="k"))) as c:
+        body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        assert error_of(c.post("/v1/explain/chat", json=body), 401)["code"] == "invalid_api_key"
+        assert c.post("/v1/explain/chat", json=body, headers={"Authorization": "Bearer k"}).status_code == 200
+
+
 def test_unknown_field_and_chat_off(client, base):
     from fastapi.testclient import TestClient
     r = client.post("/v1/explain/chat", json={"messages": MESSAGES, "top": 3})

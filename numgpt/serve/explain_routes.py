@@ -9,6 +9,8 @@
                                    presence_penalty, frequency_penalty, logit_bias, top} -> teach.SamplingView
     POST /v1/explain/tokens       {text}                            -> teach.TokensView (BPE step by step)
     POST /v1/explain/kvcache      {prompt_tokens, completion_tokens} -> teach.KVCacheCounts
+    POST /v1/explain/chat         {messages} -> the last reply's token probabilities, SFT mask, rewards
+                                  (chat_explain.py: the Chat tab)
 
 The numbers are numgpt.teach's, computed by the model's and the sampler's own functions; the page only
 draws them. The endpoints sit behind the API key like /v1/completions (middleware.OPEN_ROUTES opens the
