@@ -20,7 +20,7 @@ from numgpt.params import init_params
 from numgpt.posttrain.chat_format import add_chat_tokens, chat_template
 from numgpt.posttrain.chatdata import write_conversations
 from numgpt.posttrain.grpo import GrpoLoss, group_advantages, grpo_value
-from numgpt.posttrain.rl import EVAL_CHUNK, PolicySamples, pass_at_1, render_tasks, setup_rl
+from numgpt.posttrain.rl import EVAL_CHUNK, PolicySamples, pass_at_1, render_tasks, reward, setup_rl
 from numgpt.posttrain.synth import check, synthesize
 from numgpt.sampling import GREEDY, SamplingOptions
 from numgpt.threads import run_in_threads, single_threaded_blas
@@ -151,6 +151,14 @@ def test_group_advantages_by_hand_and_an_equal_group_teaches_nothing():
         group_advantages(np.ones((3, 1)))
 
 
+def test_the_reward_is_the_checker_plus_the_format_bonus():
+    task = {"family": "add", "answer": "834", "messages": []}
+    assert reward(task, "478 + 356 = 834", True) == 1.0 and reward(task, "It is 833.", True) == 0.0
+    assert reward(task, "It is 834.", True, format_bonus=0.25) == 1.25
+    assert reward(task, "It is 834", False, format_bonus=0.25) == 1.0        # cut at max_new_tokens: no bonus
+    assert reward(task, "834 or 835", True) == 0.0                           # the last number is the answer
+
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 
 def policy_samples(world, state, **kw):
@@ -251,6 +259,12 @@ def test_a_short_run_logs_its_figures_and_resumes_bit_exactly_after_ctrl_c(world
         assert rl(world, tmp_path / "halves", *common) == 130
         monkeypatch.undo()
         assert json.loads((tmp_path / "halves" / "latest" / "trainstate.json").read_text())["step"] == 4
+        capsys.readouterr()
+        halves = str(tmp_path / "halves")
+        assert main(["rl", str(world / "tasks.jsonl"), "--out", halves, "--resume", "--group", "8"]) == 2
+        assert f"--group must stay 4 when resuming {halves}" in capsys.readouterr().err
+        assert main(["rl", str(world / "heldout.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 2
+        assert "is not the task file" in capsys.readouterr().err
         assert main(["rl", str(world / "tasks.jsonl"), "--out", str(tmp_path / "halves"), "--resume"]) == 0
     _, a = load_checkpoint(tmp_path / "straight" / "latest")
     _, b = load_checkpoint(tmp_path / "halves" / "latest")

@@ -536,8 +536,8 @@ def _resume(path: Path, run: Path, given: dict, options: Mapping | None, *, comm
     settings = json.loads((run / SETTINGS_FILE).read_text(encoding="utf-8"))
     for name, value in given.items():
         if value != settings.get(name):
-            raise NumgptError(f"{run} trains with {name} {settings.get(name)!r}; a resumed run keeps its RL settings "
-                              f"(drop {name}, or start a new run for {name} {value!r})")
+            raise NumgptError(f"{name} must stay {settings.get(name)!r} when resuming {run} (a run keeps its RL "
+                              f"settings); start a new run to train with {value!r}")
     if file_sha256(path) != settings["tasks_sha256"]:
         raise NumgptError(f"{path} is not the task file {run} trains on ({settings['tasks']}); resume with that "
                           "file, or start a new run")
