@@ -222,6 +222,26 @@ def test_a_tiny_training_learns_to_rank_the_held_out_pairs(world, tmp_path):
     assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
+def test_the_head_alone_on_cached_states_makes_the_updates_of_the_whole_forward(world, tmp_path):
+    """--train head trains on the body's states computed once (PooledPairs): the same pairs drawn step for step
+    and the same updates as reward_loss running the body at every step (float32: states from batches padded
+    to other lengths, 1e-6)."""
+    options = {"max_iters": 5, "eval_interval": 5, "optim": {"lr": 1e-2, "warmup_iters": 0}}
+    cached = setup(world, tmp_path / "cached", train="head", options=options).run
+    assert isinstance(cached.objective.batch, R.PooledPairs)
+    whole = setup(world, tmp_path / "whole", train="head", options=options).run
+    whole.objective = R.reward_objective(frozenset([SCORE]), R.PairBatches(R.load_lasts(whole.data)))
+    head = cached.state.params[SCORE].copy()
+    a, b = cached.train(), whole.train()
+    assert np.abs(a.state.params[SCORE] - head).max() > 1e-3                  # it trained
+    np.testing.assert_allclose(a.state.params[SCORE], b.state.params[SCORE], rtol=1e-5, atol=1e-7)
+    assert a.last_eval["val_loss"] == pytest.approx(b.last_eval["val_loss"], rel=1e-6)
+    assert a.last_eval["val_accuracy"] == b.last_eval["val_accuracy"]
+    resumed_objective = R.setup_reward(world / "pairs.jsonl", tmp_path / "cached", resume=True,
+                                       options={"max_iters": 6}).run.objective
+    assert isinstance(resumed_objective.batch, R.PooledPairs)      # a resumed head-alone run caches too
+
+
 def test_the_reward_model_folder_loads_in_transformers_with_the_same_rewards(world, tmp_path, torch_one_thread):
     run = setup(world, tmp_path / "rm", train="head", options={"max_iters": 2, "eval_interval": 0}).run
     run.state.params[SCORE] = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)  # not ~0

@@ -26,7 +26,8 @@ Training is numgpt's one loop (training.run.setup_run and loop.train with this O
 RUN/latest and RUN/best (the lowest held-out Bradley-Terry loss; the head is a tensor beyond GPT-2's
 schema, kept in extra_params.safetensors), bit-exact resume after Ctrl-C, the run lock, threads and
 mpiexec. What trains: the head, the last N blocks with ln_f and the head, everything, or a LoRA adapter and
-the head (lora.py). Each evaluation scores every held-out pair: Bradley-Terry loss, pairwise accuracy
+the head (lora.py). With the head alone the frozen body's state of every row is computed once
+(`PooledPairs`, `head_reward_objective`): the same batches and updates, without the body's forward per step. Each evaluation scores every held-out pair: Bradley-Terry loss, pairwise accuracy
 (reward chosen > rejected) and the mean margin r_chosen - r_rejected. At the end RUN/model is written: the
 best checkpoint as a GPT2ForSequenceClassification folder (num_labels=1) that transformers loads.
 
@@ -274,13 +275,70 @@ def rewards_of_pairs(params: Params, config: GPTConfig, rows: np.ndarray, last: 
                      batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Rewards [pairs, 2] of packed pair rows [pairs, 2, L] (batch_size pairs a forward, each batch cut to its
     longest row)."""
-    out = np.empty((len(last), 2), np.float32)
+    return pair_states(params, config, rows, last, batch_size=batch_size) @ params[SCORE][0]   # [pairs, 2, C] -> [pairs, 2]
+
+
+def pair_states(params: Params, config: GPTConfig, rows: np.ndarray, last: np.ndarray, *,
+                batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """The final hidden state (after ln_f) at each row's last token, [pairs, 2, C], of packed pair rows
+    [pairs, 2, L]: batch_size pairs a forward (model.py's inference blocks), each batch cut to its longest row."""
+    out = np.empty((len(last), 2, config.n_embd), np.float32)
     for start in range(0, len(last), batch_size):
-        lb = last[start:start + batch_size].astype(np.int64)
-        T = int(lb.max()) + 1
-        out[start:start + batch_size] = rewards_of_rows(params, config, np.asarray(rows[start:start + len(lb), :, :T],
-                                                                                    np.int64), lb)
+        lb = last[start:start + batch_size].astype(np.int64)                 # [b, 2]
+        ids = np.asarray(rows[start:start + len(lb), :, :int(lb.max()) + 1], np.int64)   # [b, 2, T]
+        b, _, T = ids.shape
+        out[start:start + b] = last_hidden(params, config, ids.reshape(2 * b, T), lb.reshape(-1)).reshape(b, 2, -1)
     return out
+
+
+# ---- the head alone: the frozen body's states computed once ----------------------------------------------
+
+@dataclass(frozen=True)
+class PooledPairs:
+    """The batch function when the head trains alone: each row's state at its last token (`pair_states`),
+    computed once -- the frozen body never changes and runs no dropout -- and drawn by PairBatches's draws
+    of the rng (the same pairs, step for step)."""
+
+    states: Mapping[str, np.ndarray] = field(repr=False)      # split -> [pairs, 2, C]
+
+    def __call__(self, data: Dataset, split: str, batch_size: int, block_size: int, rng: np.random.Generator,
+                 rows: slice) -> Batch:
+        states = self.states[split]
+        pick = rng.integers(0, len(states), size=batch_size)                # [B]
+        return (states[pick[rows]],)                                        # [b, 2, C]
+
+
+def pooled_pairs(params: Params, config: GPTConfig, data: Dataset, batches: PairBatches) -> PooledPairs:
+    """The states of every pair of both splits under the (frozen) body of params."""
+    return PooledPairs({split: pair_states(params, config, batches.rows(data, split), batches.lasts[split])
+                        for split in ("train", "val")})
+
+
+def head_reward_loss(params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
+                     dropout: float = 0.0, rng: np.random.Generator | None = None,
+                     workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> float:
+    """`reward_loss` of the head alone on cached states: batch = (states [P, 2, C],)."""
+    (pooled,) = batch
+    rewards = pooled @ params[SCORE][0]                                     # [P, 2, C] x [C] -> [P, 2]
+    loss, d = bt_loss_forward(rewards[:, 0], rewards[:, 1])
+    dc, dr = bt_loss_backward(d, scale=scale)                               # [P] each
+    grads[SCORE] += (dc @ pooled[:, 0] + dr @ pooled[:, 1])[None]          # [P] x [P, C] -> [1, C]
+    return loss
+
+
+def head_reward_value(params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None) -> float:
+    (pooled,) = batch
+    rewards = pooled @ params[SCORE][0]                                     # [P, 2]
+    return bt_loss_forward(rewards[:, 0], rewards[:, 1])[0]
+
+
+def head_reward_objective(pooled: PooledPairs) -> Objective:
+    """The head trained alone on PooledPairs: the updates of reward_objective({SCORE}) without a forward of the
+    body at every step (or at every evaluation)."""
+    def rewards(t: Any, split: str, n: int | None) -> np.ndarray:
+        return pooled.states[split][:n] @ t.state.params[SCORE][0]         # [n, 2, C] -> [n, 2]
+    return Objective(batch=pooled, loss=head_reward_loss, evaluate=head_reward_value, trainable=frozenset([SCORE]),
+                     estimate=partial(estimate_with, rewards))
 
 
 def reward_objective(trainable: frozenset[str], batches: PairBatches, lora: "LoraConfig | None" = None
@@ -288,27 +346,24 @@ def reward_objective(trainable: frozenset[str], batches: PairBatches, lora: "Lor
     """The training task: pair batches, the Bradley-Terry loss (over a LoRA adapter if given), these trained
     parameters, and an evaluation over every held-out pair (`estimate`)."""
     loss = reward_loss if lora is None else LoraRewardLoss(lora)
+
+    def rewards(t: Any, split: str, n: int | None) -> np.ndarray:
+        params = t.state.params
+        if lora is not None:
+            from .lora import merge
+            params = {**merge(params, t.config, lora), SCORE: params[SCORE]}
+        return rewards_of_pairs(params, t.config, batches.rows(t.data, split), batches.lasts[split][:n])
     return Objective(batch=batches, loss=loss, evaluate=reward_value, trainable=frozenset(trainable),
-                     estimate=partial(estimate_rewards, batches=batches, lora=lora))
+                     estimate=partial(estimate_with, rewards))
 
 
-def estimate_rewards(t: Any, *, batches: PairBatches, lora: "LoraConfig | None" = None) -> dict[str, Any]:
-    """The loop's evaluation (objective.EstimateFn): the Bradley-Terry loss of the first eval_iters x batch_size
-    train pairs and of every held-out pair, with the held-out pairwise accuracy and mean margin."""
-    params = t.state.params
-    if lora is not None:
-        from .lora import merge
-        params = {**merge(params, t.config, lora), SCORE: params[SCORE]}
-    out: dict[str, Any] = {}
-    for split, key in (("train", "train"), ("val", "val")):
-        last = batches.lasts[split]
-        last = last[:t.tc.eval_iters * t.tc.batch_size] if split == "train" else last
-        rewards = rewards_of_pairs(params, t.config, batches.rows(t.data, split), last)
-        metrics = pair_metrics(rewards)
-        out[key] = metrics["loss"]
-        if split == "val":
-            out["val_accuracy"], out["val_margin"] = metrics["accuracy"], metrics["margin"]
-    return out
+def estimate_with(rewards: Callable[[Any, str, int | None], np.ndarray], t: Any) -> dict[str, Any]:
+    """The loop's evaluation (objective.EstimateFn) from rewards(trainer, split, n) -> [n, 2] (the first n pairs;
+    None: all): the Bradley-Terry loss of the first eval_iters x batch_size train pairs and of every held-out
+    pair, with the held-out pairwise accuracy and mean margin."""
+    train = pair_metrics(rewards(t, "train", t.tc.eval_iters * t.tc.batch_size))
+    val = pair_metrics(rewards(t, "val", None))
+    return {"train": train["loss"], "val": val["loss"], "val_accuracy": val["accuracy"], "val_margin": val["margin"]}
 
 
 # ---- a run, as `numgpt reward train` sets it up ----------------------------------------------------------
@@ -458,9 +513,17 @@ def _new_run(run: Path, init: Path, options: Mapping | None, trainable: frozense
         params.update(init_adapters(config, lora, np.random.default_rng([tc.seed, LORA_STREAM])))
         trainable = frozenset(adapter_shapes(config, lora)) | {SCORE}
         setup.tc = dataclasses.replace(tc, lora=lora.to_dict())
-    setup.objective = reward_objective(trainable, PairBatches(load_lasts(setup.data)), lora)
+    setup.objective = _objective(setup, trainable, lora)
     keep_trained_moments(setup.state, setup.objective.trainable_params(params))
     return setup
+
+
+def _objective(setup: "Run", trainable: frozenset[str], lora: "LoraConfig | None") -> Objective:
+    """The reward Objective of a run: on cached states when the head trains alone, else on the packed pairs."""
+    batches = PairBatches(load_lasts(setup.data))
+    if lora is None and trainable == {SCORE}:
+        return head_reward_objective(pooled_pairs(setup.state.params, setup.config, setup.data, batches))
+    return reward_objective(trainable, batches, lora)
 
 
 def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str | Path | None, **ranks) -> "Run":
@@ -485,7 +548,7 @@ def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str |
     if SCORE not in setup.state.params:
         raise NumgptError(f"{run / LATEST}: no score head ({SCORE}); not a reward-model run")
     lora = None if setup.tc.lora is None else LoraConfig.from_dict(setup.tc.lora)
-    setup.objective = reward_objective(frozenset(setup.state.optim.m), PairBatches(load_lasts(setup.data)), lora)
+    setup.objective = _objective(setup, frozenset(setup.state.optim.m), lora)
     return setup
 
 
@@ -613,7 +676,7 @@ def check_same_tokenizer(reward_tokenizer: Tokenizer, policy_tokenizer: Tokenize
                           "the policy's SFT model")
 
 
-__all__ = ["LoraRewardLoss", "PairBatches", "RewardModel", "RewardSetup", "bt_loss_backward", "bt_loss_forward",
-           "check_same_tokenizer", "estimate_rewards", "export_reward_model", "load_reward_model", "pair_metrics",
-           "pair_rewards", "prepare_pairs", "reward_loss", "reward_objective", "reward_value", "rewards_of_pairs",
-           "setup_reward"]
+__all__ = ["LoraRewardLoss", "PairBatches", "PooledPairs", "RewardModel", "RewardSetup", "bt_loss_backward",
+           "bt_loss_forward", "check_same_tokenizer", "estimate_with", "export_reward_model", "head_reward_loss",
+           "head_reward_objective", "load_reward_model", "pair_metrics", "pair_rewards", "pair_states", "pooled_pairs",
+           "prepare_pairs", "reward_loss", "reward_objective", "reward_value", "rewards_of_pairs", "setup_reward"]
