@@ -27,9 +27,14 @@ RUN/latest and RUN/best (the lowest held-out Bradley-Terry loss; the head is a t
 schema, kept in extra_params.safetensors), bit-exact resume after Ctrl-C, the run lock, threads and
 mpiexec. What trains: the head, the last N blocks with ln_f and the head, everything, or a LoRA adapter and
 the head (lora.py). With the head alone the frozen body's state of every row is computed once
-(`PooledPairs`, `head_reward_objective`): the same batches and updates, without the body's forward per step. Each evaluation scores every held-out pair: Bradley-Terry loss, pairwise accuracy
-(reward chosen > rejected) and the mean margin r_chosen - r_rejected. At the end RUN/model is written: the
-best checkpoint as a GPT2ForSequenceClassification folder (num_labels=1) that transformers loads.
+(`PooledPairs`, `head_reward_objective`): the same batches and updates, without the body's forward per
+step. Each evaluation scores every held-out pair (and eval_iters x batch_size train pairs for the train
+loss): the Bradley-Terry loss, the pairwise accuracy (reward chosen > rejected) and the mean margin
+r_chosen - r_rejected. At the end RUN/model is written: the best checkpoint as a
+GPT2ForSequenceClassification folder (num_labels=1) that transformers loads.
+
+Subtle: ln_f's bias adds the same bias . score to both rewards of a pair, so its gradient is exactly zero
+(the constant the loss cannot see); it stays at its pre-trained value.
 
 The run folder:
     RUN/data      the pairs rendered and packed: train.bin, val.bin ([pairs, 2, L] tokens), train_last.bin,
