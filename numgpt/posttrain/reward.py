@@ -34,7 +34,8 @@ r_chosen - r_rejected. At the end RUN/model is written: the best checkpoint as a
 GPT2ForSequenceClassification folder (num_labels=1) that transformers loads.
 
 Subtle: ln_f's bias adds the same bias . score to both rewards of a pair, so its gradient is exactly zero
-(the constant the loss cannot see); it stays at its pre-trained value.
+(the constant the loss cannot see) up to float32 rounding -- which Adam, dividing by its own tiny scale,
+turns into steps of about lr. Harmless: whatever it does shifts every reward by one constant.
 
 The run folder:
     RUN/data      the pairs rendered and packed: train.bin, val.bin ([pairs, 2, L] tokens), train_last.bin,
