@@ -390,6 +390,9 @@ def test_other_refusals_are_one_line(world, tmp_path, capsys):
     code, err = run_cli(["reward", "train", pairs, "--init", str(rm / "model"), "--out", str(tmp_path / "rm2")],
                         capsys)
     assert code == 2 and "a reward model or classifier (it has a score head)" in err and not (tmp_path / "rm2").exists()
+    code, err = run_cli(["reward", "train", pairs, "--out", str(tmp_path / "rm-model"), "--resume", "--train", "all"],
+                        capsys)
+    assert code == 2 and "its own data, model and trained set: drop --train" in err
     code, err = run_cli(["reward", "train", pairs, "--out", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "holds no reward-model run to resume" in err
     for folder, words in ((world / "chat", "not a reward model (no score head"), (tmp_path, "no config.json")):

@@ -63,8 +63,8 @@ def _register_train(sub) -> None:
     p.add_argument("--init", metavar="MODEL", help="the chat model to start from: an SFT run or model folder")
     p.add_argument("--out", "-o", required=True, metavar="RUN", help="the run folder")
     p.add_argument("--resume", action="store_true", help="continue RUN/latest (PAIRS must be the same file)")
-    p.add_argument("--train", default="head", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
-    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, metavar="N", help="pairs with a conversation "
+    p.add_argument("--train", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="pairs with a conversation "
                    f"longer than N tokens (or the model's context) are left out, and counted ({MAX_TOKENS})")
     v = p.add_mutually_exclusive_group()
     v.add_argument("--val", metavar="FILE", help="held-out pairs for the evaluations")
@@ -123,17 +123,20 @@ def run_train(args) -> int:
 def _run_train(args, comm) -> int:
     from ..formats import hf_cache_dir
     from ..posttrain.lora import lora_from_args
-    from ..posttrain.reward import setup_reward
+    from ..posttrain.reward import MAX_TOKENS, setup_reward
     from ..training.optim import ConfigFieldError
     from .paths import input_file
     from .train_commands import check_run_folder, default_threads, flag_error, local_ranks, options_from_args
 
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_tokens < 1:
+    if args.max_tokens is not None and args.max_tokens < 1:
         raise NumgptError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.resume and args.init:
-        raise NumgptError("--resume continues RUN/latest with its own data and model: drop --init")
+    for flag, given in (("--init", args.init), ("--train", args.train), ("--lora-rank", args.lora_rank),
+                        ("--max-tokens", args.max_tokens)):
+        if args.resume and given is not None:
+            raise NumgptError(f"--resume continues RUN/latest with its own data, model and trained set: drop {flag}")
+    args.train = "head" if args.train is None else args.train
     lora = lora_from_args(args)
     if lora is not None and args.train != "head":
         raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
@@ -144,7 +147,7 @@ def _run_train(args, comm) -> int:
     options = options_from_args(args) if args.resume else _new_options(args, options_from_args(args), lora)
     try:
         setup = setup_reward(args.pairs, run, init=args.init, resume=args.resume, options=options, train=args.train,
-                             lora=lora, max_tokens=args.max_tokens, val_fraction=args.val_fraction, val_file=args.val,
+                             lora=lora, max_tokens=args.max_tokens or MAX_TOKENS, val_fraction=args.val_fraction, val_file=args.val,
                              seed=args.seed if args.seed is not None else 1337, cache_dir=hf_cache_dir(os.environ),
                              default_threads=default_threads(comm.size), comm=comm, ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
