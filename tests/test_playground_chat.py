@@ -14,6 +14,7 @@ the streamed reply drawn as tokens whose colours, marks and rewards are the endp
 with NUMGPT_PLAYGROUND_SCREENSHOTS=docs, written to docs/playground-chat.png (the README's picture).
 """
 
+import functools
 import json
 import os
 import signal
@@ -71,10 +72,11 @@ def rm_folder(folders):
     posttrain.reward.load_reward_model reads, as it reads `numgpt reward train`'s RUN/model)."""
     torch.manual_seed(0)
     model = transformers.GPT2ForSequenceClassification.from_pretrained(folders[0], num_labels=1)
-    model.config.pad_token_id = numgpt.load(folders[0]).tokenizer.eot_id
+    tokenizer = numgpt.load(folders[0]).tokenizer
+    model.config.pad_token_id = tokenizer.eot_id
     out = folders[0].parent / "rm"
     model.save_pretrained(out)
-    numgpt.load(folders[0]).tokenizer.save(out)
+    tokenizer.save(out)
     return out
 
 
@@ -101,11 +103,16 @@ def rm():
 
 
 @pytest.fixture(scope="module")
-def client(policy, folders, rm):
+def reference_lm(folders):
+    return numgpt.load(folders[0])
+
+
+@pytest.fixture(scope="module")
+def client(policy, reference_lm, rm):
     from fastapi.testclient import TestClient
     template = ModelChatTemplate.of(chat_template(policy.tokenizer), policy.tokenizer)
     settings = ServerSettings(chat_template=template, reward_model=RewardModel("toy-rm", rm),
-                              reference=Reference(numgpt.load(folders[0]), BETA, "the reference"))
+                              reference=Reference(reference_lm, BETA, "the reference"))
     with TestClient(create_app(policy, settings)) as c:
         yield c
 
@@ -117,11 +124,16 @@ def base_client(base):
         yield c
 
 
+@functools.lru_cache(maxsize=None)
+def hf_model(folder):
+    """transformers' GPT2LMHeadModel of a saved folder, in float64 (loaded once per folder)."""
+    return transformers.GPT2LMHeadModel.from_pretrained(folder).double().eval()
+
+
 def hf_logprobs(folder, ids: list[int]) -> np.ndarray:
     """ln p(ids[t] | ids[:t]) for t = 1.. by transformers' GPT2LMHeadModel in float64. -> [T - 1]"""
-    model = transformers.GPT2LMHeadModel.from_pretrained(folder).double().eval()
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]                         # [T, V]
+        logits = hf_model(folder)(torch.tensor([ids])).logits[0]              # [T, V]
     logp = torch.log_softmax(logits, dim=-1)
     return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
 
@@ -145,7 +157,7 @@ def error_of(r, status: int) -> dict:
 ATOL = 2e-5
 
 
-def test_chat_model_reply_probabilities_are_transformers(client, policy, folders):
+def test_chat_model_reply_probabilities_are_transformers(client, policy, folders, torch_one_thread):
     view = client.post("/v1/explain/chat", json={"messages": MESSAGES}).json()
     ids, _ = render_for_training(policy.tokenizer, MESSAGES)
     start = prompt_length(policy.tokenizer, MESSAGES)
@@ -157,7 +169,7 @@ def test_chat_model_reply_probabilities_are_transformers(client, policy, folders
     assert np.allclose(view["probabilities"], np.exp(view["logprobs"]), rtol=1e-12, atol=0)
 
 
-def test_the_mask_is_sfts_and_transformers_assistant_mask(client, policy, folders):
+def test_the_mask_is_sfts_and_transformers_assistant_mask(client, policy, folders, torch_one_thread):
     view = client.post("/v1/explain/chat", json={"messages": MESSAGES[:3]}).json()
     ids, mask = render_for_training(policy.tokenizer, MESSAGES[:3])
     start = prompt_length(policy.tokenizer, MESSAGES[:3])
@@ -168,7 +180,7 @@ def test_the_mask_is_sfts_and_transformers_assistant_mask(client, policy, folder
     assert view["trained"] == [True, True] and view["trained_note"] is None     # "3" and <|end|>: learning to stop
 
 
-def test_implicit_dpo_reward_is_beta_times_the_log_ratio(client, policy, folders):
+def test_implicit_dpo_reward_is_beta_times_the_log_ratio(client, policy, reference_lm, folders, torch_one_thread):
     view = client.post("/v1/explain/chat", json={"messages": MESSAGES}).json()
     ids, _ = render_for_training(policy.tokenizer, MESSAGES)
     start = prompt_length(policy.tokenizer, MESSAGES)
@@ -182,7 +194,6 @@ def test_implicit_dpo_reward_is_beta_times_the_log_ratio(client, policy, folders
     assert abs(dpo["value"]) > 0.01                                   # the two models do differ
     assert dpo["policy_logprob"] == pytest.approx(sum(view["logprobs"]), rel=1e-12)
     # and posttrain.dpo's own implicit reward (what `numgpt dpo` logs), on numgpt's forward: float32 alike
-    reference_lm = numgpt.load(folders[0])
     assert dpo["value"] == pytest.approx(implicit_reward(policy.params, reference_lm.params, policy.config,
                                                          ids[:start], ids[start:], BETA), abs=1e-5)
 
@@ -196,7 +207,7 @@ def test_the_reward_model_scores_the_conversation_with_its_reply(client, rm):
     assert view["reward_note"] is None
 
 
-def test_a_real_reward_model_through_the_clis_loader_is_transformers_score(policy, rm_folder):
+def test_a_real_reward_model_through_the_clis_loader_is_transformers_score(policy, rm_folder, torch_one_thread):
     """--reward-model's RewardModel (serve_commands.reward_model: posttrain.reward's model and score) on the
     route: the reward is GPT2ForSequenceClassification's logit at the reply's last token, in float64."""
     from fastapi.testclient import TestClient
@@ -211,7 +222,7 @@ def test_a_real_reward_model_through_the_clis_loader_is_transformers_score(polic
     assert view["rewards"] == [{"kind": "reward model", "name": str(rm_folder), "value": pytest.approx(want, abs=ATOL)}]
 
 
-def test_base_model_transcript_has_no_mask_and_says_why(base_client, base):
+def test_base_model_transcript_has_no_mask_and_says_why(base_client, base, torch_one_thread):
     messages = [{"role": "user", "content": "Who is there?"}, {"role": "assistant", "content": "Romeo, my lord."}]
     view = base_client.post("/v1/explain/chat", json={"messages": messages}).json()
     assert view["template"] == "transcript" and view["trained"] is None and view["rewards"] == []
