@@ -153,3 +153,37 @@ def test_the_lora_estimate_matches_the_peak_of_a_real_lora_step(L, H, C, T, B, V
     assert 0.8 < estimate.activations / peak < 1.25
     assert (estimate.parameters, estimate.gradients, estimate.optimizer) == (
         4 * (n_base + n_adapter), 4 * n_adapter, 8 * n_adapter)
+
+
+@pytest.mark.parametrize("L,H,C,T,B,V", [(2, 2, 64, 32, 4, 256), (2, 4, 64, 64, 4, 1024)])
+def test_a_preference_pair_row_counts_two_sequences_against_the_peak_of_a_real_dpo_step(L, H, C, T, B, V):
+    """DPO (and the reward model) run chosen and rejected for each batch row: sequences_per_row=2 doubles the
+    activations, and the estimate then matches tracemalloc's peak of one real DPO step as the plain one does."""
+    import tracemalloc
+
+    import numpy as np
+    from numgpt.backprop import Workspace
+    from numgpt.config import GPTConfig
+    from numgpt.params import init_params, zeros_like
+    from numgpt.posttrain.dpo import DpoLoss
+    from numgpt.training.loop import TrainConfig
+    from numgpt.training.memory import training_memory
+
+    config = GPTConfig(vocab_size=V, n_positions=T, n_embd=C, n_layer=L, n_head=H)
+    params = init_params(config, np.random.default_rng(0))
+    grads = zeros_like(params)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, V, (B, 2, T))
+    mask = np.zeros((B, 2, T))
+    mask[..., T // 2:] = 1.0
+    ref = rng.normal(-20, 1, (B, 2))
+    tracemalloc.start()
+    try:
+        DpoLoss(beta=0.1)(params, config, (ids, ids, mask, ref), grads, workspace=Workspace())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tc = TrainConfig(batch_size=B, block_size=T)
+    pairs = training_memory(config, tc, threads=1, sequences_per_row=2)
+    assert 0.8 < pairs.activations / peak < 1.25
+    assert training_memory(config, tc, threads=1).activations / peak < 0.7      # one sequence a row: too few

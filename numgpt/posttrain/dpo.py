@@ -621,7 +621,7 @@ def _new_run(run: Path, init: Path | None, data_dir: Path, options: Mapping | No
     from ..training.run import setup_run
 
     setup = setup_run(data_dir, run, options={**(options or {}), "block_size": dpo_block_size(data_dir)},
-                      init=init, **ranks)
+                      init=init, sequences_per_row=2, **ranks)     # a row is a pair: chosen and rejected
     setup.objective = dpo_objective(setup.data, beta)
     return setup
 
@@ -650,7 +650,7 @@ def _resume(given: Path, run: Path, beta: float | None, options: Mapping | None,
         if file_sha256(given) != meta["source_sha256"]:
             raise NumgptError(f"{given} is not the file {run} was prepared from ({meta['source']}); resume with "
                               "that file, or start a new run")
-    setup = setup_run(folder, run, options=options, resume_from=LATEST, **ranks)
+    setup = setup_run(folder, run, options=options, resume_from=LATEST, sequences_per_row=2, **ranks)
     setup.objective = dpo_objective(setup.data, saved)
     return DpoSetup(run=setup, beta=saved)
 

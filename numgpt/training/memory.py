@@ -58,7 +58,7 @@ class MemoryEstimate:
 
 
 def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, threads: int = 1,
-                    adapter: int = 0) -> MemoryEstimate:
+                    adapter: int = 0, sequences_per_row: int = 1) -> MemoryEstimate:
     """What a rank of `train` will hold (no allocation): the parameters once, a gradient buffer per
     thread that has rows, AdamW's m and v (1/ranks of them with ZeRO-1), and the activations of the
     rank's rows. Activations per token, in floats, from backprop.py's tape: per layer about 24 C (the
@@ -71,7 +71,9 @@ def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, thr
     posttrain/lora.py), 0 when the weights train. The frozen weights are then held once with no gradient
     buffers, no moments and no [V, C] wte gradient; gradients and moments are the adapter's alone. Its
     activations are the same tape (the adapters' x A, r floats per adapted layer and token, are left out:
-    under 1% of it at any rank a LoRA run uses)."""
+    under 1% of it at any rank a LoRA run uses). sequences_per_row: the sequences of block_size tokens one
+    batch row runs through the model (2 for a preference pair: chosen and rejected, as DPO and the reward
+    model batch them)."""
     n = count_params(config)
     C, H, L, V, T = config.n_embd, config.n_head, config.n_layer, config.vocab_size, tc.block_size
     rows = -(-tc.batch_size // ranks)                        # this rank's rows, rounded up
@@ -82,7 +84,7 @@ def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, thr
     wte_grad = 0 if adapter else used * V * C
     return MemoryEstimate(parameters=FLOAT * (n + adapter), gradients=FLOAT * trained * used,
                           optimizer=2 * FLOAT * trained // (ranks if tc.zero else 1),
-                          activations=FLOAT * (rows * T * per_token + wte_grad))
+                          activations=FLOAT * (rows * sequences_per_row * T * per_token + wte_grad))
 
 
 def available_memory() -> int | None:

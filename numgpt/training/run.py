@@ -60,7 +60,8 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
               shape: Mapping[str, Any] | None = None, init: str | Path | None = None,
               resume_from: str | None = None, cache_dir: str | Path | None = None,
               default_threads: int = 0, comm: Communicator | None = None, ranks_here: int = 1,
-              adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None) -> Run:
+              adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None,
+              sequences_per_row: int = 1) -> Run:
     """The run of `train` on data_dir into run_dir, checked and loaded (see the module docstring).
 
     options: TrainConfig fields to change ({"max_iters": 500, "optim": {"lr": 3e-4}}); shape: "preset"
@@ -71,7 +72,8 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
     ranks_here: how many of them share this machine's memory; adapter_size(config, tc): the parameters of
     an adapter the run will train in place of the model's weights (posttrain.lora.lora_adapter_size for
     a LoRA run; tc is the saved config on resume), which the memory check then counts gradients and
-    moments for instead of the weights'. A shape that cannot fit in the memory the machine has available
+    moments for instead of the weights'; sequences_per_row: the sequences a batch row runs (2 for the
+    preference pairs of DPO and the reward model), for the activations' count. A shape that cannot fit in the memory the machine has available
     is refused before its weights, gradients or activations are allocated."""
     from .lock import check_not_locked
 
@@ -93,7 +95,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         if state.step >= tc.max_iters:
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
                               "raise max_iters to continue")
-        check_fits(config, tc, data, comm, ranks_here, adapter_size)   # the weights are in; the rest not yet
+        check_fits(config, tc, data, comm, ranks_here, adapter_size, sequences_per_row)   # the weights are in
         what = f"resuming {run / resume_from} at step {state.step}"
     else:
         if (run / LATEST).exists():
@@ -101,7 +103,8 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                               "pass another run_dir (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
         config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
-                                            fits=lambda c: check_fits(c, tc, data, comm, ranks_here, adapter_size))
+                                            fits=lambda c: check_fits(c, tc, data, comm, ranks_here, adapter_size,
+                                                                      sequences_per_row))
         if init:
             tc = dataclasses.replace(tc, init=str(init))
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
@@ -142,7 +145,8 @@ def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: d
 
 
 def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communicator, ranks_here: int,
-               adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None) -> None:
+               adapter_size: Callable[[GPTConfig, TrainConfig], int] | None = None,
+               sequences_per_row: int = 1) -> None:
     """Refuse, before allocating, what cannot train (loop.check_setup: windows longer than the model or
     a split), then a training that cannot fit in the machine's available memory (memory.py; an adapter's
     run, adapter_size, holds gradients and moments for the adapter only)."""
@@ -152,7 +156,8 @@ def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communic
     check_setup(config, tc, data)
 
     need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count(),
-                           adapter=0 if adapter_size is None else adapter_size(config, tc))
+                           adapter=0 if adapter_size is None else adapter_size(config, tc),
+                           sequences_per_row=sequences_per_row)
     message = memory_shortfall(need, available_memory(), ranks_here=ranks_here)
     if message is not None:
         raise NumgptError(message)
