@@ -224,12 +224,13 @@ def test_pass_at_1_batched_is_one_prompt_at_a_time(world, monkeypatch):
 # ---- training ---------------------------------------------------------------------------------------------
 
 def test_reward_rises_on_a_trivially_learnable_task(world, tmp_path):
-    """'How many x's are in word?' answered with one token: the model learns to say a likely count (from
-    about 2% right to most), GRPO alone (kl 0) at a high learning rate, 30 steps of 4 prompts x 8 answers."""
+    """'How many x's are in word?' answered with one token: the random model is right about once in 300
+    answers; GRPO alone (kl 0) at a high learning rate, 30 steps of 4 prompts x 16 answers, has it say a
+    likely count (about half right or more over the last 5 steps, for 3 task seeds tried)."""
     tasks = tmp_path / "count.jsonl"
     write_conversations(tasks, synthesize(40, rng=np.random.default_rng(0), families=("count",), system_rate=0.0))
     with single_threaded_blas():
-        setup = setup_rl(tasks, tmp_path / "run", init=world / "chat", group=8, prompts_per_step=4, max_new_tokens=1,
+        setup = setup_rl(tasks, tmp_path / "run", init=world / "chat", group=16, prompts_per_step=4, max_new_tokens=1,
                          kl=0.0, options={"max_iters": 30, "eval_interval": 0, "threads": 1, "eval_iters": 1,
                                           "optim": {"lr": 0.1, "min_lr": 0.1}})
         setup.run.train()
@@ -237,7 +238,7 @@ def test_reward_rises_on_a_trivially_learnable_task(world, tmp_path):
     rewards = [e["reward"] for e in steps]
     assert len(rewards) == 30 and all(math.isfinite(r) and 0 <= r <= 1 for r in rewards)
     assert np.mean(rewards[:5]) < 0.1 and np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.3
-    assert all(e["answer_tokens"] == 1 and e["sampled_tokens"] == 32 and e["kl"] >= 0 for e in steps)
+    assert all(e["answer_tokens"] == 1 and e["sampled_tokens"] == 64 and e["kl"] >= 0 for e in steps)
     (final,) = events(tmp_path / "run", "eval")[-1:]
     assert final["step"] == 30 and 0 <= final["pass@1"] <= 1 and "pass@1/count" in final
 
