@@ -123,16 +123,27 @@ def test_batched_replies_equal_one_at_a_time_generation_and_scores_follow_the_ch
     assert got["format_compliance"] == round(2 / 6, 4)   # the third did not end; the last three give no answer
 
 
-def test_chatterbot_conversations_become_alternating_chats_and_fortunes_skip_pictures():
+def test_chatterbot_conversations_become_alternating_chats_and_fortunes_skip_the_listed_files():
+    import yaml
+
     conversations = corpus.read_chatterbot()
     assert len(conversations) > 1500
-    assert not any("botprofile" in str(c) for c in conversations[:0])
+    folder = corpus.chatterbot_folder()
+    persona = yaml.safe_load((folder / "botprofile.yml").read_text(encoding="utf-8"))["conversations"]
+    greetings = yaml.safe_load((folder / "greetings.yml").read_text(encoding="utf-8"))["conversations"]
+    assert [str(u) for u in greetings[0]] in conversations
+    assert not any([str(u) for u in c] in conversations for c in persona)    # chatterbot's persona left out
     chats = corpus.chatterbot_chats([["Hi", "Hello", "How are you?"], ["a", "b", "c", "d"]])
     assert [m["role"] for m in chats[0]["messages"]] == ["user", "assistant"]
     assert [m["role"] for m in chats[1]["messages"]] == ["user", "assistant", "user", "assistant"]
     assert corpus.dialogue_text([["Hi", "Hello"]]) == "A: Hi\nB: Hello"
+    from numgpt.posttrain.classdata import FORTUNES_DIR, read_fortunes
+
     text = corpus.fortunes_text()
-    assert len(text) > 1_000_000 and "Fortunes" not in text[:0]
+    assert len(text) > 1_000_000
+    assert read_fortunes(FORTUNES_DIR, ["computers"])[0].text in text
+    assert read_fortunes(FORTUNES_DIR, ["ascii-art"])[0].text not in text    # pictures drawn with characters
+    assert read_fortunes(FORTUNES_DIR, ["art"])[0].text not in text          # out too (corpus.py says why)
 
 
 def test_question_answer_text_is_the_task_and_its_reference_reply():
