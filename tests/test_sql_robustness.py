@@ -56,14 +56,23 @@ def test_ctrl_c_inside_a_duckdb_statement_is_a_keyboard_interrupt(db):
     from numgpt.sql.engines import open_engine
     engine = open_engine(db)
     # a real SIGINT, as Ctrl-C sends (interrupt_main only sets Python's flag, which DuckDB's C loop may
-    # not look at before the statement ends: the test could then run for minutes)
+    # not look at before the statement ends: the test could then run for minutes). Python's own SIGINT
+    # handler, as in a fresh `numgpt` process: DuckDB raises only when that handler raises, and a handler
+    # another test or library left behind (one that records the signal) made this test hang in CI.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
+    # never a hang: if the statement still runs after 60 s, stop it through DuckDB's own interrupt and fail
+    watchdog = threading.Timer(60, engine._con.interrupt)
     timer.start()
+    watchdog.start()
     try:
         with pytest.raises(KeyboardInterrupt):   # a statement of minutes, interrupted after 0.3 s
             engine.rows("SELECT count(*) FROM range(100000000000) AS r(i) WHERE i % 7 = 3")
+        assert watchdog.is_alive(), "the SIGINT did not stop the statement; the watchdog did, 60 s later"
     finally:
         timer.cancel()
+        watchdog.cancel()
+        signal.signal(signal.SIGINT, before)
         engine.close()
 
 

@@ -5,7 +5,10 @@ stages on arrays (array_layers.py), a session's state in temporary tables emptie
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +64,7 @@ class DuckDBEngine(Engine):
             self._con.execute(f"USE {self._alias}")
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
+            self._sigint = SigintInterrupts(self._con)
         except duckdb.Error as e:
             raise NumgptError(self._damaged(e) or f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
 
@@ -81,9 +85,10 @@ class DuckDBEngine(Engine):
         DuckDB runs a statement interrupts it, and the Python client then raises RuntimeError("Query
         interrupted"), InterruptException, or (inside its scan of a registered numpy frame) a duckdb
         error reading "KeyboardInterrupt: ...", never KeyboardInterrupt itself: `numgpt sql` printed a
-        traceback or a database error."""
+        traceback or a database error. The SIGINT reaches DuckDB through SigintInterrupts."""
         try:
-            yield
+            with self._sigint.statement():
+                yield
         except self._duckdb.InterruptException:
             raise KeyboardInterrupt from None
         except self._duckdb.Error as e:
@@ -153,6 +158,7 @@ class DuckDBEngine(Engine):
             self._con.unregister("numgpt_load")
 
     def close(self):
+        self._sigint.close()
         self._con.close()
 
     def database_size(self):
@@ -248,3 +254,50 @@ def _check_writable(path: Path) -> None:
             pass
     except OSError as e:
         raise NumgptError(f"cannot make {path}: {folder} is not writable ({e.strerror or e})") from None
+
+
+class SigintInterrupts:
+    """Ctrl-C stops a running DuckDB statement: while one runs (in the main thread), a SIGINT wakes a
+    watcher thread through signal.set_wakeup_fd, and the watcher calls the connection's interrupt().
+
+    subtle: DuckDB's Python client polls Python's signal flag only between pieces of its work, and in a
+    long statement it can miss a SIGINT altogether (about one try in three with DuckDB 2.0: Ctrl-C then
+    did nothing until the statement ended, minutes later). Python's C-level handler writes the signal to
+    the wakeup fd at once, even while the main thread waits inside DuckDB, so the watcher always sees it;
+    the interrupted statement raises InterruptException, which _reported turns into KeyboardInterrupt."""
+
+    def __init__(self, con) -> None:
+        self._con = con
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)           # the signal handler must never block on a full pipe
+        self._running = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="numgpt-duckdb-sigint", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            got = os.read(self._read, 64)
+            if not got:                                # the write end closed: the engine is closed
+                return
+            if signal.SIGINT in got and self._running.is_set():
+                self._con.interrupt()
+
+    @contextmanager
+    def statement(self) -> Iterator[None]:
+        """The block runs one statement; a SIGINT inside it interrupts it (main thread only, where Python
+        takes signals; elsewhere the block runs as is)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._running.set()
+        try:
+            yield
+        finally:
+            self._running.clear()
+            signal.set_wakeup_fd(before)
+
+    def close(self) -> None:
+        os.close(self._write)
+        self._watcher.join(timeout=5)
+        os.close(self._read)
