@@ -15,6 +15,7 @@ from numgpt.config import GPTConfig
 from numgpt.errors import NumgptError
 from numgpt.params import init_params
 from numgpt.posttrain import reward as R
+from numgpt.posttrain.sft import held_out_split
 from numgpt.posttrain.chat_format import with_chat_tokens
 from numgpt.posttrain.classify import SCORE, pad_right, trainable_names
 from numgpt.posttrain.pairs import synthesize_pairs, write_pairs
@@ -215,7 +216,7 @@ def test_a_tiny_training_learns_to_rank_the_held_out_pairs(world, tmp_path):
     assert rm.classifier.labels == ["reward"] and folder == tmp_path / "rm" / "model"
     best = min(evals, key=lambda e: e["val_loss"])
     from numgpt.posttrain.pairs import read_pairs
-    held = [p for p in R.split_pairs(read_pairs(world / "pairs.jsonl"), 0.25, 1337)[1] if rm.pair_fits(p)]
+    held = [p for p in held_out_split(read_pairs(world / "pairs.jsonl"), 0.25, 1337, noun="pair")[1] if rm.pair_fits(p)]
     assert len(held) == run.data.meta["splits"]["val"]["pairs"]     # the context is the training's max tokens too
     metrics = R.pair_metrics(rm.score_pairs(held))
     assert metrics["accuracy"] == best["val_accuracy"]
@@ -318,7 +319,7 @@ def test_a_lora_run_trains_the_adapter_and_head_resumes_with_them_and_exports_th
     lasts = resumed.objective.batch.lasts["val"]
     expected = R.rewards_of_pairs(merged, resumed.config, resumed.objective.batch.rows(resumed.data, "val"), lasts)
     from numgpt.posttrain.pairs import read_pairs
-    held = [p for p in R.split_pairs(read_pairs(world / "pairs.jsonl"), 0.25, 1337)[1] if rm.pair_fits(p)]
+    held = [p for p in held_out_split(read_pairs(world / "pairs.jsonl"), 0.25, 1337, noun="pair")[1] if rm.pair_fits(p)]
     np.testing.assert_allclose(rm.score_pairs(held), expected, rtol=1e-5, atol=1e-6)
 
 

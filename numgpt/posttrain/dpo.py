@@ -60,6 +60,7 @@ from ..params import Params, param_shapes
 from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
+from .sft import held_out_split
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -299,20 +300,6 @@ def longest_pair(rendered: Sequence[tuple[str, tuple[list[int], list[int], list[
     return max((len(p) + max(len(c), len(r)), where) for where, (p, c, r) in rendered)
 
 
-def split_pairs(numbered: list[tuple[str, dict]], val_fraction: float, seed: int
-                ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """(train, val): a val_fraction of the pairs held out, chosen by a seeded permutation, each in file order."""
-    if not 0 < val_fraction < 1:
-        raise NumgptError(f"val_fraction must be > 0 and < 1 (or pass val_file=), got {val_fraction}")
-    n = len(numbered)
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise NumgptError(f"{n} pair{'s' if n > 1 else ''} cannot be split into training and validation; add pairs "
-                          "or pass val_file=")
-    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    return [c for i, c in enumerate(numbered) if i not in held], [c for i, c in enumerate(numbered) if i in held]
-
-
 def weights_sha256(config: GPTConfig, params: Params) -> str:
     """sha256 over the parameters' names and float32 bytes, in the schema's order: the reference's identity."""
     h = hashlib.sha256()
@@ -351,7 +338,7 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
     if val_file is not None:
         sets = {"train": named(pairs_file), "val": named(val_file)}
     else:
-        sets = dict(zip(("train", "val"), split_pairs(named(pairs_file), val_fraction, seed)))
+        sets = dict(zip(("train", "val"), held_out_split(named(pairs_file), val_fraction, seed, noun="pair")))
     rendered: dict[str, list] = {name: [] for name in sets}
     for name, pairs in sets.items():
         for where, pair in pairs:

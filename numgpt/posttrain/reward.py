@@ -69,6 +69,7 @@ from ..training.data import FORMAT, META_FILE, TOKENIZER_DIR, VERSION, Dataset, 
 from ..training.objective import Batch, Objective
 from .classify import (SCORE, Classifier, first_trained_block, head_backward, head_forward, last_hidden,
                        reached_grads, trainable_names)
+from .sft import held_out_split
 
 if TYPE_CHECKING:
     from ..training.run import Run
@@ -462,19 +463,6 @@ def _has_score_head(folder: Path) -> bool:
     return any(f.is_file() and SCORE in checked_header(f) for f in files)
 
 
-def split_pairs(pairs: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """(train, val): a val_fraction of the pairs held out (a seeded permutation), each split in file order."""
-    if not 0 < val_fraction < 1:
-        raise NumgptError(f"val_fraction must be > 0 and < 1 (or pass val_file=), got {val_fraction}")
-    n = len(pairs)
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise NumgptError(f"{n} pair{'s' if n > 1 else ''} cannot be split into training and validation; add pairs "
-                          "or pass val_file=")
-    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
-
-
 def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, max_tokens: int,
                   val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337
                   ) -> tuple[dict, dict[str, int]]:
@@ -486,7 +474,7 @@ def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, ma
     if val_file is not None:
         train_set, val_set = read_pairs(pairs_file), read_pairs(val_file)
     else:
-        train_set, val_set = split_pairs(read_pairs(pairs_file), val_fraction, seed)
+        train_set, val_set = held_out_split(read_pairs(pairs_file), val_fraction, seed, noun="pair")
     rendered, dropped = {}, {}
     for name, chosen in (("train", train_set), ("val", val_set)):
         rendered[name], dropped[name] = render_pairs(tokenizer, chosen, max_tokens)

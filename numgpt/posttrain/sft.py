@@ -137,19 +137,24 @@ def chat_model(init: str | Path, cache_dir: str | Path) -> ChatModel:
     return ChatModel(folder=folder, tokenizer=tok, grown=(config, params), added=tuple(range(old, config.vocab_size)))
 
 
-def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, seed: int
-                        ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """(train, val): a val_fraction of the conversations held out, chosen by a seeded permutation, each
-    split kept in file order."""
+def held_out_split(items: list, val_fraction: float, seed: int, *, noun: str = "conversation") -> tuple[list, list]:
+    """(train, val): a val_fraction of the items (conversations, pairs, tasks) held out, chosen by a seeded
+    permutation, each split kept in file order. The one split of sft, dpo, reward and rl."""
     if not 0 < val_fraction < 1:
         raise NumgptError(f"val_fraction must be > 0 and < 1 (or pass val_file=), got {val_fraction}")
-    n = len(numbered)
+    n = len(items)
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise NumgptError(f"{n} conversation{'s' if n > 1 else ''} cannot be split into training and validation; "
-                          "add conversations or pass val_file=")
+        raise NumgptError(f"{n} {noun}{'s' if n > 1 else ''} cannot be split into training and validation; "
+                          f"add {noun}s or pass val_file=")
     held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    return [c for i, c in enumerate(numbered) if i not in held], [c for i, c in enumerate(numbered) if i in held]
+    return [c for i, c in enumerate(items) if i not in held], [c for i, c in enumerate(items) if i in held]
+
+
+def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, seed: int
+                        ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """held_out_split of (where, conversation) items."""
+    return held_out_split(numbered, val_fraction, seed)
 
 
 def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer", *, block_size: int,
