@@ -373,37 +373,31 @@ def write_dpo_folder(out: str | Path, tokenizer: "Tokenizer", splits: Mapping[st
     meta["dpo"] added), written as OUT.tmp and renamed into place (nothing half-written); returns the meta.
     meta's bytes = tokens per split, so the loop's val_bpb reads as the loss in bits (DPO's loss is per
     pair, not per byte)."""
-    from ..atomic import TMP_SUFFIX, replace_folder_atomically, write_bytes_atomically
-    from ..training.data import FORMAT, META_FILE, TOKENIZER_DIR, VERSION, token_dtype, tokenizer_fingerprint
+    from ..atomic import write_bytes_atomically
+    from .packing import write_token_folder
 
-    out = Path(out)
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        tokenizer.save(tmp / TOKENIZER_DIR)
-        dtype = token_dtype(tokenizer.vocab_size)
-        meta_splits = {}
-        for name, (tokens, mask) in splits.items():
-            write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
-            write_bytes_atomically(tmp / f"{name}_mask.bin", mask.astype(np.uint8).tobytes())
-            np.save(tmp / f"{name}_reference.npy", refs[name].astype(np.float64))
-            meta_splits[name] = {"file": f"{name}.bin", "mask_file": f"{name}_mask.bin",
-                                 "reference_file": f"{name}_reference.npy", "tokens": int(tokens.size),
-                                 "pairs": int(tokens.shape[0]), "reply_tokens": int(mask.sum()),
-                                 "bytes": int(tokens.size), "chars": int(tokens.size)}
-        meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
-                "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-                "splits": meta_splits, "dpo": dict(info)}
-        write_bytes_atomically(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    def write_reference(tmp: Path, meta: dict) -> None:
         cache = {**reference, "data_sha256": files_sha256(_row_files(tmp, meta)),
                  "logps_sha256": files_sha256(_reference_files(tmp, meta))}
         write_bytes_atomically(tmp / REFERENCE_FILE, (json.dumps(cache, indent=2) + "\n").encode())
-        replace_folder_atomically(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+
+    side = {name: {f"{name}_mask.bin": mask.astype(np.uint8).tobytes(),
+                   f"{name}_reference.npy": npy_bytes(refs[name].astype(np.float64))}
+            for name, (tokens, mask) in splits.items()}
+    meta_splits = {name: {"mask_file": f"{name}_mask.bin", "reference_file": f"{name}_reference.npy",
+                          "tokens": int(tokens.size), "pairs": int(tokens.shape[0]), "reply_tokens": int(mask.sum()),
+                          "bytes": int(tokens.size), "chars": int(tokens.size)}
+                   for name, (tokens, mask) in splits.items()}
+    return write_token_folder(out, tokenizer, {name: tokens for name, (tokens, _) in splits.items()}, side,
+                              meta_splits, ("dpo", info), finish=write_reference)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The bytes np.save writes for an array (a .npy file)."""
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def is_dpo_folder(path: str | Path) -> bool:

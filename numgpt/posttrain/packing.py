@@ -34,7 +34,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -114,10 +114,14 @@ def trained_text(tokenizer: Tokenizer, tokens: np.ndarray, masks: np.ndarray) ->
     return int(sizes[trained].sum()), int(starts[trained].sum())
 
 
-def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                     *, block_size: int, info: Mapping) -> dict:
-    """The packed rows of each split ("train", "val": (tokens, masks)) as a data folder at out, written as
-    OUT.tmp and renamed into place (nothing half-written); returns the meta."""
+def write_token_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mapping[str, np.ndarray],
+                       side_files: Mapping[str, Mapping[str, bytes]], split_meta: Mapping[str, Mapping],
+                       part: tuple[str, Mapping], finish: Callable[[Path, dict], None] | None = None) -> dict:
+    """A data folder training/data.load_dataset opens, written as OUT.tmp and renamed into place (nothing
+    half-written): the tokenizer, each split's tokens as NAME.bin, its side files (name -> bytes: masks,
+    last positions), meta.json with each split's split_meta and the task's part (key, dict); finish(tmp,
+    meta) writes what needs the folder first (DPO's hashed reference cache). Returns the meta. The one
+    writer of sft's, dpo's and reward's folders."""
     out = Path(out)
     tmp = out.with_name(out.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,24 +130,39 @@ def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mappi
         tokenizer.save(tmp / TOKENIZER_DIR)
         dtype = token_dtype(tokenizer.vocab_size)
         meta_splits = {}
-        for name, (tokens, masks) in splits.items():
+        for name, tokens in splits.items():
             write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
-            write_bytes_atomically(tmp / f"{name}_mask.bin", masks.astype(np.uint8).tobytes())
-            trained = int(masks.sum())
-            n_bytes, n_chars = trained_text(tokenizer, tokens, masks)
-            scale = tokens.size / max(trained, 1)     # bytes / tokens = bytes per trained token (module docstring)
-            meta_splits[name] = {"file": f"{name}.bin", "mask_file": f"{name}_mask.bin", "tokens": int(tokens.size),
-                                 "rows": int(tokens.shape[0]), "trained_tokens": trained, "trained_bytes": n_bytes,
-                                 "trained_chars": n_chars, "bytes": n_bytes * scale, "chars": n_chars * scale}
+            for file, data in side_files[name].items():
+                write_bytes_atomically(tmp / file, data)
+            meta_splits[name] = {"file": f"{name}.bin", **split_meta[name]}
         meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-                "splits": meta_splits, "sft": {"format": SFT_FORMAT, "block_size": block_size, **info}}
+                "splits": meta_splits, part[0]: dict(part[1])}
         write_bytes_atomically(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        if finish is not None:
+            finish(tmp, meta)
         replace_folder_atomically(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def write_sft_folder(out: str | os.PathLike, tokenizer: Tokenizer, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                     *, block_size: int, info: Mapping) -> dict:
+    """The packed rows of each split ("train", "val": (tokens, masks)) as a data folder at out
+    (write_token_folder); returns the meta."""
+    meta_splits = {}
+    for name, (tokens, masks) in splits.items():
+        trained = int(masks.sum())
+        n_bytes, n_chars = trained_text(tokenizer, tokens, masks)
+        scale = tokens.size / max(trained, 1)     # bytes / tokens = bytes per trained token (module docstring)
+        meta_splits[name] = {"mask_file": f"{name}_mask.bin", "tokens": int(tokens.size),
+                             "rows": int(tokens.shape[0]), "trained_tokens": trained, "trained_bytes": n_bytes,
+                             "trained_chars": n_chars, "bytes": n_bytes * scale, "chars": n_chars * scale}
+    return write_token_folder(out, tokenizer, {name: t for name, (t, _) in splits.items()},
+                              {name: {f"{name}_mask.bin": m.astype(np.uint8).tobytes()} for name, (_, m) in splits.items()},
+                              meta_splits, ("sft", {"format": SFT_FORMAT, "block_size": block_size, **info}))
 
 
 def is_sft_folder(path: str | os.PathLike) -> bool:

@@ -65,7 +65,7 @@ from ..errors import NumgptError
 from ..params import INIT_STD, Params
 from ..tokenizer import Tokenizer
 from ..training.comm import Communicator
-from ..training.data import FORMAT, META_FILE, TOKENIZER_DIR, VERSION, Dataset, token_dtype, tokenizer_fingerprint
+from ..training.data import META_FILE, Dataset, tokenizer_fingerprint
 from ..training.objective import Batch, Objective
 from .classify import (SCORE, Classifier, first_trained_block, head_backward, head_forward, last_hidden,
                        reached_grads, trainable_names)
@@ -232,27 +232,13 @@ def write_reward_folder(out: Path, tokenizer: Tokenizer, splits: Mapping[str, tu
     """The packed pairs of each split as a data folder training/data.load_dataset opens (OUT.tmp renamed
     into place); returns the meta. "bytes" and "chars" equal the tokens: the loop's bits-per-byte figure is
     then the Bradley-Terry loss in bits (a pair's text has no per-byte meaning here)."""
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        tokenizer.save(tmp / TOKENIZER_DIR)
-        dtype = token_dtype(tokenizer.vocab_size)
-        meta_splits = {}
-        for name, (tokens, last) in splits.items():
-            write_bytes_atomically(tmp / f"{name}.bin", tokens.astype(dtype).tobytes())
-            write_bytes_atomically(tmp / f"{name}_last.bin", last.astype(np.int32).tobytes())
-            meta_splits[name] = {"file": f"{name}.bin", "last_file": f"{name}_last.bin", "pairs": len(last),
-                                 "tokens": int(tokens.size), "bytes": int(tokens.size), "chars": int(tokens.size)}
-        meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
-                "eot_id": tokenizer.eot_id, "tokenizer": "chat", "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-                "splits": meta_splits, "reward": {"format": REWARD_FORMAT, **info}}
-        write_bytes_atomically(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
-        replace_folder_atomically(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+    from .packing import write_token_folder
+
+    side = {name: {f"{name}_last.bin": last.astype(np.int32).tobytes()} for name, (_, last) in splits.items()}
+    meta_splits = {name: {"last_file": f"{name}_last.bin", "pairs": len(last), "tokens": int(tokens.size),
+                          "bytes": int(tokens.size), "chars": int(tokens.size)} for name, (tokens, last) in splits.items()}
+    return write_token_folder(out, tokenizer, {name: tokens for name, (tokens, _) in splits.items()}, side,
+                              meta_splits, ("reward", {"format": REWARD_FORMAT, **info}))
 
 
 def load_lasts(data: Dataset) -> dict[str, np.ndarray]:
