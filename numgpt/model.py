@@ -63,6 +63,15 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     This is the fast path: each block works in place on buffers allocated once per call (`block_`);
     `reference_forward` is its plain twin, and the tests hold them equal.
     """
+    x = hidden_states(params, config, ids, cache=cache, attention_mask=attention_mask, all_positions=all_logits)
+    return lm_head(params, x)                                  # [..., C] -> [..., V]
+
+
+def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
+                  attention_mask: np.ndarray | None = None, all_positions: bool = True) -> np.ndarray:
+    """The final hidden states, after ln_f (what lm_head projects, and transformers' GPT2Model returns as
+    last_hidden_state): float32 [B, T, C], or [B, C] for the last position only if not all_positions.
+    `forward` without the projection; cache and attention_mask as there (embeddings.py pools these)."""
     ids = _check_ids(ids, config)
     B, T = ids.shape
     past = 0 if cache is None else cache.length
@@ -78,10 +87,9 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     if cache is not None:
         cache.mask[:, :past + T] = valid
         cache.length = past + T
-    if not all_logits:
+    if not all_positions:
         x = x[:, -1]                                           # [B, T, C] -> [B, C]
-    x = layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    return lm_head(params, x)                                  # [..., C] -> [..., V]
+    return layer_norm(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
 
 
 def reference_forward(params: Params, config: GPTConfig, ids: np.ndarray, *,
