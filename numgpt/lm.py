@@ -9,6 +9,7 @@ perplexity, log-probabilities).
     lm.generate_batch(["Once", "Twice"], max_new_tokens=9, num_return_sequences=2)  # [[str, str], [str, str]]
     for piece in lm.stream("Once upon a time", max_new_tokens=40): print(piece, end="", flush=True)
     lm.perplexity(open("wiki.txt").read())
+    lm.embed(["a text", "another"], pooling="mean")   # float32 [2, C]: pooled final hidden states
 
 Decoding options are keyword-only and named as in transformers' generate: max_new_tokens, do_sample,
 temperature, top_k, top_p, repetition_penalty, num_return_sequences, seed, stop (strings, matched in the
@@ -39,6 +40,7 @@ from .config import GPTConfig
 from .errors import NumgptError, UnknownOptionError, describe, whole_number  # noqa: F401 -- Unknown...: importable here as before
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
                        generate_completions, generate_ids, stream_completions, token_logprob_rows, top_logprobs)
+from .embeddings import BATCH_TOKENS, embed_ids
 from .model import check_context, check_finite_logits, forward
 from .ops import softmax
 from .params import Params
@@ -255,6 +257,25 @@ class LanguageModel:
             else:
                 raise NumgptError(f"prompt[{k}] must be a str or a list of token ids, got {describe(p)}")
         return out, False
+
+    # ---- embeddings ---------------------------------------------------------------------------------
+
+    def embed(self, inputs: Prompt | Sequence[Prompt], *, pooling: str = "mean", truncate: bool = False,
+              batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
+        """Embedding vectors: the final hidden states (after ln_f, as transformers' GPT2Model) pooled over
+        each input's tokens, "mean" or "last" (numgpt/embeddings.py). One input (text or token ids) ->
+        float32 [C]; a list of them -> [n, C], batched by length. An input beyond the context is refused,
+        or cut to its first n_positions tokens if truncate."""
+        single = isinstance(inputs, str) or (isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) > 0
+                                             and all(_is_id(t) for t in inputs))
+        items = [inputs] if single else inputs
+        if not isinstance(items, (list, tuple)) or not items:
+            raise NumgptError("inputs must be a str, a list of token ids, or a non-empty list of those, got "
+                              + ("an empty list" if isinstance(items, (list, tuple)) else describe(items)))
+        ids = [self.encode(p) if isinstance(p, str) else _token_ids(f"inputs[{k}]", p, allow_empty=True)
+               for k, p in enumerate(items)]
+        out = embed_ids(self.params, self.config, ids, pooling=pooling, truncate=truncate, batch_tokens=batch_tokens)
+        return out[0] if single else out
 
     # ---- scoring ------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import numgpt
 
 PACKAGE = Path(numgpt.__file__).parent
 CORE = ["config", "params", "ops", "kvcache", "model", "backprop", "sampling", "generate", "scoring", "lm",
-        "errors", "threads", "atomic", "slots"]
+        "errors", "threads", "atomic", "slots", "embeddings"]
 ROOMS = ["formats", "tokenizer", "training", "teach", "serve", "sql", "cli"]
 LEAVES = ["config", "ops", "sampling", "kvcache", "errors", "threads", "atomic"]   # STYLE.md's import direction
 

@@ -14,12 +14,13 @@ import os
 import socket
 import sys
 
+from ..embeddings import POOLINGS
 from ..errors import NumgptError
 from .inference_commands import MODEL_HELP, _add_adapter, load_model
 
 SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
-not, n samples, logprobs, echo, stop strings, seeds), GET /v1/models, /health, /metrics (Prometheus),
+not, n samples, logprobs, echo, stop strings, seeds), POST /v1/embeddings (--embedding-pooling), GET /v1/models, /health, /metrics (Prometheus),
 POST /tokenize and /detokenize, GET /tokenizer_info (vLLM's shapes), and the playground page at /
 (tokens, sampling, attention, BPE, and a chat whose replies show each token's probability, the tokens SFT
 trains on, and a reward: --reward-model, or DPO's implicit reward with --reference). Requests share the model through continuous batching: up to
@@ -46,6 +47,7 @@ examples:
   numgpt serve --port 0                          any free port (printed)
   numgpt serve --model runs/dpo --reference runs/sft --dpo-beta 0.1   the Chat tab shows DPO's implicit reward
   numgpt serve --model gpt2 --adapter runs/lora/adapter   GPT-2 with a LoRA adapter merged in
+  numgpt serve --embedding-pooling last          /v1/embeddings gives the last token's hidden state
   NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
 
 then:
@@ -78,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "replacing its parts, or 'default'; 'none' turns chat off (default: the model's own "
                         "template if it has one, else the transcript)")
     p.add_argument("--log-prompts", action="store_true", help="include prompts in the request log lines")
+    p.add_argument("--embedding-pooling", choices=POOLINGS, default="mean",
+                   help="/v1/embeddings' vector: the mean of the final hidden states over the input's tokens, "
+                        "or the last token's (default mean)")
     add_judge_flags(p)
     p.set_defaults(run=run_serve)
 
@@ -108,7 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(model_name=name, api_key=key, max_batch=args.max_batch, max_queue=args.max_queue,
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               request_timeout=args.request_timeout, log_prompts=args.log_prompts,
-                              chat_template=template, **load_judges(args, lm))
+                              chat_template=template, embedding_pooling=args.embedding_pooling,
+                              **load_judges(args, lm))
     app = create_app(lm, settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     host, port = sock.getsockname()[:2]

@@ -8,6 +8,7 @@ FastAPI, uvicorn, prometheus_client).
     routes.py      the OpenAI routes, thin: /v1/completions, /v1/chat/completions, /v1/models, /health,
                    /metrics, /tokenize, /detokenize, /tokenizer_info
     completions.py requests -> the engine's SequenceRequests; engine events -> responses and streams
+    embeddings.py  /v1/embeddings: inputs -> batches run on the engine's model thread -> vectors
     errors.py      OpenAI's error shape, built in one place, and the handlers that answer with it
     explain_routes.py  the playground page (static/) and /v1/explain/*
     chat_explain.py    /v1/explain/chat: the Chat tab's reply tokens, probabilities, SFT mask and rewards

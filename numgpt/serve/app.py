@@ -1,5 +1,5 @@
 """The HTTP app: OpenAI's /v1/completions and /v1/chat/completions over the continuous-batching engine,
-plus /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info and the playground (/,
+plus /v1/embeddings, /v1/models, /health, /metrics, /tokenize, /detokenize, /tokenizer_info and the playground (/,
 /v1/explain/*).
 
     app = create_app(numgpt.load(), ServerSettings(api_key="..."))   # an ASGI app (FastAPI)

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,6 +157,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._running: dict[int, Running] = {}   # slot -> sequence
+        self._calls: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()   # see `call`
         self._entered = 0                         # of the group being admitted, how many are running
         self._thread: threading.Thread | None = None
 
@@ -196,6 +198,15 @@ class Engine:
         self._wake.set()
         return tickets
 
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run fn() on the model thread between two loops (a forward without decoding: a batch of embeddings),
+        so that two forwards never share the cores; its result or exception arrives on the Future. One call
+        runs per loop, so the running sequences take a decode step between the calls of a long request."""
+        future: Future = Future()
+        self._calls.put((fn, future))
+        self._wake.set()
+        return future
+
     @property
     def waiting(self) -> int:
         return self._waiting_count
@@ -208,9 +219,11 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._run_call()
             self._admit()
             if not self._running:
-                self._wake.wait(0.05)
+                if self._calls.empty():
+                    self._wake.wait(0.05)
                 self._wake.clear()
                 continue
             self._step()
@@ -218,6 +231,20 @@ class Engine:
             self._finish(seq, "cancelled")
         while not self._waiting.empty():
             self._waiting.get().deliver(Finished("cancelled"))
+        while not self._calls.empty():
+            self._calls.get()[1].cancel()
+
+    def _run_call(self) -> None:
+        """The oldest waiting `call`, if any."""
+        try:
+            fn, future = self._calls.get_nowait()
+        except queue.Empty:
+            return
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except Exception as e:  # noqa: BLE001 -- the caller gets it; the engine goes on
+                future.set_exception(e)
 
     def _admit(self) -> None:
         """Prefill waiting sequences into free slots: a burst of unseeded newcomers in one forward

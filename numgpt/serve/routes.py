@@ -2,6 +2,7 @@
 completions module or answers from the model's tokenizer and config.
 
     POST /v1/completions, /v1/chat/completions     completions.Completions
+    POST /v1/embeddings                             embeddings.Embeddings
     GET  /v1/models, /health, /metrics
     POST /tokenize, /detokenize; GET /tokenizer_info    vLLM's shapes
 """
@@ -17,6 +18,7 @@ from ..tokenizer.files import tokenizer_config as saved_tokenizer_config
 from . import schemas
 from .chat import ChatTemplate, ModelChatTemplate
 from .completions import Completions
+from .embeddings import Embeddings
 
 START = time.time()
 ERRORS = {400: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse},
@@ -68,6 +70,12 @@ def openai_router(cmpl: Completions) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=schemas.ChatResponse, responses=ERRORS)
     async def chat(body: schemas.ChatRequest, request: Request):
         return await cmpl.chat(body, request)
+
+    embeddings = Embeddings(cmpl)
+
+    @router.post("/v1/embeddings", response_model=schemas.EmbeddingResponse, responses=ERRORS)
+    async def embed(body: schemas.EmbeddingRequest, request: Request):
+        return await embeddings.create(body, request)
 
     return router
 

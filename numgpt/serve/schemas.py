@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 # what a field of several accepted types takes, for the 422 message (pydantic reports each member's failure)
 ACCEPTS = {"prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+           "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
            "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number in [-100, 100]"}
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -46,18 +47,27 @@ def check_token_ids(ids: list, where: str) -> None:
 
 def check_prompt(value):
     """The prompt union's own messages (pydantic would report its first member: 'should be a valid string')."""
+    return check_texts_or_ids(value, "prompt")
+
+
+def check_input(value):
+    """/v1/embeddings' input: the same union as a completion's prompt."""
+    return check_texts_or_ids(value, "input")
+
+
+def check_texts_or_ids(value, name: str):
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise refuse(f"prompt must be {ACCEPTS['prompt']}")
+        raise refuse(f"{name} must be {ACCEPTS[name]}")
     if all(isinstance(p, list) for p in value):
         for j, ids in enumerate(value):
-            check_token_ids(ids, f"prompt[{j}]")
+            check_token_ids(ids, f"{name}[{j}]")
     elif any(isinstance(p, (list, str)) for p in value):
         if not (all(isinstance(p, str) for p in value)):
-            raise refuse(f"prompt mixes strings, token ids and lists: it must be {ACCEPTS['prompt']}")
+            raise refuse(f"{name} mixes strings, token ids and lists: it must be {ACCEPTS[name]}")
     else:
-        check_token_ids(value, "prompt")
+        check_token_ids(value, name)
     return value
 
 
@@ -218,6 +228,21 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings (OpenAI's shape; the pooling is the server's --embedding-pooling)"""
+
+    model_config = STRICT
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); may be omitted")
+    input: str | list[str] | TokenIds | list[TokenIds] = Field(
+        ..., description="a string, a list of strings, token ids, or a list of token-id lists")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector's little-endian float32 bytes, base64-encoded")
+    dimensions: int | None = Field(None, description="not supported: GPT-2's vectors have n_embd dimensions")
+    user: str | None = None
+
+    _input = field_validator("input", mode="before")(check_input)
+
+
 # ---- responses (documented in /openapi.json; the routes build them as plain dicts for speed) ----------
 
 class CompletionLogprobs(BaseModel):
@@ -272,6 +297,24 @@ class ChatResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="the floats, or their base64 (encoding_format)")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

@@ -23,3 +23,4 @@ class ServerSettings:
     chat_template: ChatTemplate | ModelChatTemplate | None = ChatTemplate()   # None: chat off
     reward_model: RewardModel | None = None      # the Chat tab's reward of a reply (--reward-model)
     reference: Reference | None = None           # DPO's reference, for the implicit reward (--reference)
+    embedding_pooling: str = "mean"              # /v1/embeddings' pooling: "mean" or "last" (numgpt.embeddings)
