@@ -5,6 +5,9 @@ the official `openai` client against a real `numgpt serve`; bad inputs as one-li
 
 import base64
 import concurrent.futures
+import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -215,3 +218,19 @@ def test_embedding_pooling_last_serves_the_last_tokens_state(builtin):
                                    atol=1e-6, rtol=0)
     finally:
         assert s.stop() == 0
+
+
+# ---- numgpt embed ----------------------------------------------------------------------------------------
+
+def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--pooling", "last", *TEXTS[:2]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1] and [r["tokens"] for r in rows] == [len(builtin.encode(t)) for t in TEXTS[:2]]
+    np.testing.assert_allclose([r["embedding"] for r in rows], builtin.embed(TEXTS[:2], pooling="last"), atol=1e-6, rtol=0)
+    (tmp_path / "lines.txt").write_text("a\n\nb\n", encoding="utf-8")
+    bad = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--file", str(tmp_path / "lines.txt")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("line 2 is empty: every line is a text to embed")
+    assert "Traceback" not in bad.stderr and bad.stdout == ""

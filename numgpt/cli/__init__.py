@@ -21,6 +21,7 @@ examples:
   numgpt generate --model gpt2 --temperature 0.8 --top-k 40 "Once upon a time"
   numgpt next "ROMEO: I"                     the next-token distribution
   numgpt perplexity text.txt                 perplexity and bits per byte of a text
+  numgpt embed "ROMEO: I" "JULIET: O"        embedding vectors (pooled final hidden states) as JSON lines
   numgpt tokenize --explain "Mississippilessly"
   numgpt prepare input.txt --out data/mine --vocab-size 1024
   numgpt train data/mine --out runs/mine     train a GPT-2 on it (--init gpt2 to fine-tune)
@@ -89,6 +90,8 @@ def _registrars():
     registrars.append(train_commands.register)
     from . import inference_commands  # generate, next, perplexity, info
     registrars.append(inference_commands.register)
+    from . import embed_commands  # embed: embedding vectors as JSON lines
+    registrars.append(embed_commands.register)
     from . import sql_commands  # sql export, generate, next, tokenize, show (GPT-2 in SQL)
     registrars.append(sql_commands.register)
     from . import explain_commands  # explain attention, sampling, kvcache, tokens

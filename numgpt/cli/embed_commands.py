@@ -1,0 +1,65 @@
+"""`numgpt embed`: embedding vectors of texts as JSON lines (LanguageModel.embed, numgpt/embeddings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..embeddings import POOLINGS
+from ..errors import NumgptError
+from .inference_commands import MODEL_HELP, _add_adapter, load_model, read_text
+
+EMBED_DESCRIPTION = """\
+Print one JSON line per text: {"index": i, "tokens": n, "embedding": [n_embd floats]}, in the order given.
+A vector is the model's final hidden states (after the last LayerNorm, transformers' GPT2Model
+last_hidden_state) averaged over the text's tokens, or the last token's with --pooling last; the same as
+LanguageModel.embed and numgpt serve's /v1/embeddings. Texts are batched by length. A text longer than the
+model's context is refused, or cut to its first tokens with --truncate.
+"""
+
+EMBED_EXAMPLES = """\
+examples:
+  numgpt embed "ROMEO: I" "JULIET: O Romeo"            two vectors from the built-in model
+  numgpt embed --model gpt2 --pooling last --file lines.txt   each line of the file is a text (- = stdin)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embedding vectors of texts (JSON lines)", description=EMBED_DESCRIPTION,
+                       epilog=EMBED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts to embed")
+    p.add_argument("--file", metavar="PATH", help="embed each line of this UTF-8 file instead ('-' = stdin)")
+    p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
+    _add_adapter(p)
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="the mean of the final hidden states over the text's tokens, or the last token's (default mean)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut a text longer than the context to its first n_positions tokens (default: refuse it)")
+    p.set_defaults(run=run_embed)
+
+
+def texts_of(args: argparse.Namespace) -> list[str]:
+    """The texts: the arguments, or the file's lines (an empty line refused by its number)."""
+    if args.texts and args.file is not None:
+        raise NumgptError("give the texts either as arguments or with --file, not both")
+    if args.file is None:
+        if not args.texts:
+            raise NumgptError('no texts: pass TEXT arguments or --file PATH (one text per line)')
+        return args.texts
+    lines = read_text(args.file).splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line:
+            raise NumgptError(f"{args.file}: line {n} is empty: every line is a text to embed")
+    if not lines:
+        raise NumgptError(f"{args.file}: no lines to embed")
+    return lines
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    texts = texts_of(args)
+    lm = load_model(args)
+    vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)      # [n, C]
+    for i, (text, v) in enumerate(zip(texts, vectors)):
+        tokens = min(len(lm.encode(text)), lm.config.n_positions)
+        print(json.dumps({"index": i, "tokens": tokens, "embedding": v.tolist()}))
+    return 0
