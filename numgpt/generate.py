@@ -55,6 +55,8 @@ from .model import check_context, check_finite_logits, forward
 from .ops import log_softmax
 from .params import Params
 from .sampling import SamplingOptions, next_tokens, option, options_from_mapping
+from .speculative import METHODS as SPECULATIVE_METHODS
+from .speculative import Speculation, SpeculativeStats, speculation, verify_round
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 PAD_ID = 0  # the id written into left padding; any valid id works, the attention mask hides it
@@ -82,6 +84,9 @@ class GenerationOptions:
     sliding_window: continue past the context size by re-prefilling the last tokens (see above).
     window_stride: tokens dropped per slide (with sliding_window); None means n_positions // 2.
     logprobs: report each new token's log-probability and this many top alternatives (0 = none).
+    speculative: "ngram" (prompt lookup) or "draft" (a draft model, given beside the options): draft
+        num_draft tokens and verify them in one forward (numgpt/speculative.py); the same greedy tokens,
+        the same distribution when sampling. None = off. num_draft: default 4.
     """
 
     max_new_tokens: int = option(64, "new tokens at most, per sample", metavar="N", short="-n")
@@ -96,6 +101,8 @@ class GenerationOptions:
     window_stride: int | None = option(None, "with --sliding-window: tokens dropped each time the window "
                                        "slides, 1..n_positions-1; default n_positions / 2", metavar="S")
     logprobs: int = field(default=0)
+    speculative: str | None = field(default=None)
+    num_draft: int | None = field(default=None)
 
     def __post_init__(self) -> None:
         whole_number("max_new_tokens", self.max_new_tokens, minimum=0)
@@ -122,6 +129,7 @@ class GenerationOptions:
             if not self.sliding_window:
                 raise NumgptError("window_stride applies only with sliding_window=True; add it, or drop "
                                   "window_stride")
+        check_speculative_options(self)
 
     @classmethod
     def from_mapping(cls, given: Mapping[str, Any]) -> "GenerationOptions":
@@ -144,6 +152,37 @@ class GenerationOptions:
         out.update({f.name: getattr(self, f.name) for f in fields(self)
                     if f.name != "sampling" and getattr(self, f.name) != f.default})
         return out
+
+
+DEFAULT_NUM_DRAFT = 4   # tokens drafted per target forward when speculative decoding does not say
+
+
+def check_speculative_options(options: "GenerationOptions") -> None:
+    """speculative and num_draft, and what speculative decoding refuses rather than approximates: the
+    sliding window (its re-prefill would have to replay the drafts). Every sampler rule is honoured
+    exactly (speculative.verify runs them per position with that position's history)."""
+    if options.speculative is None:
+        if options.num_draft is not None:
+            raise NumgptError("num_draft applies only with speculative='ngram' or 'draft'; add one, or drop num_draft")
+        return
+    if options.speculative not in SPECULATIVE_METHODS:
+        raise NumgptError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}, got {options.speculative!r}")
+    if options.num_draft is not None:
+        whole_number("num_draft", options.num_draft, minimum=1, extra=" (tokens drafted per target forward)")
+    if options.sliding_window:
+        raise NumgptError("speculative decoding cannot slide the window (sliding_window): drop one of them")
+
+
+def options_speculation(options: "GenerationOptions", config: GPTConfig,
+                        draft: tuple[Params, GPTConfig] | None) -> Speculation | None:
+    """The Speculation decode_steps runs for these options (None when off); `draft` is the draft model's
+    (params, config) for speculative='draft'."""
+    if options.speculative is None:
+        if draft is not None:
+            raise NumgptError("a draft model was given but speculative is not 'draft'; pass speculative='draft'")
+        return None
+    return speculation(options.speculative, options.num_draft or DEFAULT_NUM_DRAFT, config, draft=draft,
+                       headroom=options.max_new_tokens)
 
 
 class TokenLogprob(NamedTuple):
@@ -180,6 +219,7 @@ class Completion:
     finish_reason: str  # one of finish.FINISH_REASONS: "length", "eos", "stop", "cancelled"
     prompt_index: int
     logprobs: list[TokenLogprob] | None = None  # per entry of token_ids, when options.logprobs > 0
+    speculative: SpeculativeStats | None = None  # what speculative decoding did, when it was on
 
 
 class Piece(NamedTuple):
@@ -248,7 +288,7 @@ def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]],
 def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None,
                  num_return_sequences: int = 1, sliding_window: bool = False, window_stride: int | None = None,
-                 progress: Progress | None = None) -> Iterator["Step"]:
+                 progress: Progress | None = None, speculative: Speculation | None = None) -> Iterator["Step"]:
     """Generate token by token; a generator speaking a small protocol:
 
     each step yields Step(sequences [A], tokens [A], logits [A, V]): the indices of the A running sequences
@@ -256,6 +296,11 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     was chosen from (for log-probabilities; valid until the next step); the caller may `send` back
     the sequence indices that should stop now (or None). It ends after max_new_tokens steps or when
     no sequence runs. Prompts must be non-empty; `rngs` has one generator per sequence (None if greedy).
+
+    speculative: draft and verify several tokens per forward (numgpt/speculative.py). The protocol is
+    the same -- one Step per token position, so a forward that kept 3 tokens of a row yields 3 Steps (a
+    Step then holds the rows that got a token at that position); a sequence stopped at one of them gets
+    no more. `speculative.stats` receives one SpeculativeStats per sequence.
     """
     if any(len(p) == 0 for p in prompts):
         raise NumgptError("a prompt is empty: give at least one token (e.g. <|endoftext|>)")
@@ -263,6 +308,8 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     if max_new_tokens == 0:
         return
     if sliding_window:
+        if speculative is not None:
+            raise NumgptError("speculative decoding cannot slide the window (sliding_window): drop one of them")
         keep = window_size(config, window_stride)
         prompts = [p if len(p) <= config.n_positions else p[-keep:] for p in prompts]
         max_len = config.n_positions
@@ -270,28 +317,57 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         check_room(config, max(len(p) for p in prompts), max_new_tokens)
         max_len = max(len(p) for p in prompts) + max_new_tokens - 1  # the last new token is never fed
     sequences = [list(map(int, p)) for p in prompts for _ in range(n)]  # prompt + generated, per sequence
+    if speculative is not None:
+        max_len += speculative.num_draft        # room for a batch's rejected drafts before a compaction
+        speculative.stats[:] = [SpeculativeStats(forwards=1) for _ in sequences]   # the prefill's forward
+        speculative.drafter.start(sequences)
     cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
     if n > 1:
         rows = np.repeat(np.arange(len(prompts)), n)                      # [B] -> [N]
         cache, logits = cache.select(rows), logits[rows]
     starts = [len(s) for s in sequences]                                  # where each completion begins
+    counts = np.zeros(len(sequences), dtype=np.int64)                     # tokens generated, per sequence
     running = np.arange(len(sequences))
-    for step in range(max_new_tokens):
-        previous = [sequences[i] for i in running] if sampling.repetition_penalty != 1.0 else None
-        generated = [sequences[i][starts[i]:] for i in running] if sampling.penalises_generated else None
+    while True:
         rngs_now = None if rngs is None else [rngs[i] for i in running]
-        check_finite_logits(logits, params)
-        tokens = next_tokens(logits, sampling, rngs_now, previous=previous, generated=generated)  # [A, V] -> [A]
-        for i, t in zip(running, tokens):
-            sequences[i].append(int(t))
-        stopped = yield Step(running.copy(), tokens, logits)
-        if progress is not None:
-            progress(step + 1, max_new_tokens)
-        go_on = ~np.isin(running, np.asarray(list(stopped or ()), dtype=np.int64))  # [A] bool
-        if step == max_new_tokens - 1 or not go_on.any():
+        if speculative is None or not counts.any():                       # a plain step (and the first token)
+            previous = [sequences[i] for i in running] if sampling.repetition_penalty != 1.0 else None
+            generated = [sequences[i][starts[i]:] for i in running] if sampling.penalises_generated else None
+            check_finite_logits(logits, params)
+            tokens = next_tokens(logits, sampling, rngs_now, previous=previous, generated=generated)  # [A, V] -> [A]
+            chosen, round_logits = tokens[:, None], logits[:, None]       # [A, 1], [A, 1, V]
+        else:                                                             # draft, verify in one forward
+            caps = [int(min(speculative.num_draft, max_new_tokens - counts[i] - 1)) for i in running]
+            lists, round_logits = verify_round(params, config, cache, speculative, [sequences[i] for i in running],
+                                               [starts[i] for i in running], caps, sampling, rngs_now,
+                                               [speculative.stats[i] for i in running])
+            chosen = [np.asarray(c, dtype=np.int64) for c in lists]
+        stopped: set[int] = set()
+        for j in range(max(len(c) for c in chosen)):                      # one Step per token position
+            here = np.asarray([r for r in range(len(running)) if len(chosen[r]) > j
+                               and running[r] not in stopped], dtype=np.intp)
+            if len(here) == 0:
+                break
+            tokens = np.asarray([chosen[r][j] for r in here], dtype=np.int64)   # [A_j]
+            for i, t in zip(running[here], tokens):
+                sequences[i].append(int(t))
+                if speculative is not None:
+                    speculative.stats[i].tokens += 1
+            counts[running[here]] += 1
+            step_logits = round_logits[:, j] if len(here) == len(running) else round_logits[here, j]  # [A_j, V]
+            stopped.update(int(i) for i in ((yield Step(running[here], tokens, step_logits)) or ()))
+            if progress is not None:
+                progress(int(counts.max()), max_new_tokens)
+        go_on = ~np.isin(running, np.asarray(list(stopped), dtype=np.int64)) & (counts[running] < max_new_tokens)
+        if not go_on.any():
             return
         if not go_on.all():
-            cache, running, tokens = cache.select(np.flatnonzero(go_on)), running[go_on], tokens[go_on]
+            cache, running = cache.select(np.flatnonzero(go_on)), running[go_on]
+            if speculative is not None:
+                speculative.drafter.select(np.flatnonzero(go_on))
+        if speculative is not None:
+            continue                                                      # the next round feeds the pending tokens
+        tokens = np.asarray([sequences[i][-1] for i in running], dtype=np.int64)  # [A]
         if cache.length == cache.max_len:  # only with a sliding window: keep the last tokens, re-prefill
             cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len)
         else:
@@ -309,14 +385,15 @@ class Step(NamedTuple):
 def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, seed: int | None = None,
                  num_return_sequences: int = 1, stop_ids: Sequence[int] = (), sliding_window: bool = False,
-                 window_stride: int | None = None) -> list[list[int]]:
+                 window_stride: int | None = None, speculative: Speculation | None = None) -> list[list[int]]:
     """The new token ids of every sequence (prompt-major), without text: stops only at `stop_ids`
-    (which are included). The ids-level twin of `generate_completions`; LanguageModel.generate_ids."""
+    (which are included). The ids-level twin of `generate_completions`; LanguageModel.generate_ids.
+    speculative: see decode_steps."""
     rngs = None if sampling.greedy else sequence_rngs(len(prompts), num_return_sequences, seed)
     out: list[list[int]] = [[] for _ in range(len(prompts) * num_return_sequences)]
     steps = decode_steps(params, config, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rngs=rngs,
                          num_return_sequences=num_return_sequences, sliding_window=sliding_window,
-                         window_stride=window_stride)
+                         window_stride=window_stride, speculative=speculative)
     stopped = None
     while True:
         try:
@@ -347,11 +424,13 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str | Sequence[int]],
                        options: GenerationOptions, *, progress: Progress | None = None,
                        completions: list[Completion] | None = None,
-                       cancel: Callable[[], bool] | None = None) -> Iterator[Piece]:
+                       cancel: Callable[[], bool] | None = None,
+                       draft: tuple[Params, GPTConfig] | None = None) -> Iterator[Piece]:
     """Yield a Piece per sequence per step as text becomes final; the texts of one sequence concatenate to
     its completion. Sequence i*n + j is sample j of prompt i; a prompt is text or a list of token ids.
     If `completions` is a list, the finished Completion objects are appended to it (in sequence order)
-    when the generator ends. `cancel()` is asked between steps (see the module docstring)."""
+    when the generator ends. `cancel()` is asked between steps (see the module docstring). `draft`: the
+    draft model's (params, config) for options.speculative='draft'."""
     prompt_ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     n = options.num_return_sequences
     rngs = None if options.sampling.greedy else sequence_rngs(len(prompts), n, options.seed)
@@ -360,10 +439,11 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
                           eos_id=eos) for _ in range(len(prompts) * n)]
     token_ids: list[list[int]] = [[] for _ in finishers]
     logprobs: list[list[TokenLogprob]] = [[] for _ in finishers]
+    spec = options_speculation(options, config, draft)
     steps = decode_steps(params, config, prompt_ids, max_new_tokens=options.max_new_tokens,
                          sampling=options.sampling, rngs=rngs, num_return_sequences=n,
                          sliding_window=options.sliding_window, window_stride=options.window_stride,
-                         progress=progress)
+                         progress=progress, speculative=spec)
     stopped = None
     while True:
         if cancel is not None and cancel():
@@ -396,16 +476,18 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
             yield Piece(i, piece, None)
     if completions is not None:
         completions.extend(Completion(text=f.text, token_ids=ids, finish_reason=f.reason, prompt_index=i // n,
-                                      logprobs=lps if options.logprobs else None)
+                                      logprobs=lps if options.logprobs else None,
+                                      speculative=spec.stats[i] if spec is not None and spec.stats else None)
                            for i, (f, ids, lps) in enumerate(zip(finishers, token_ids, logprobs)))
 
 
 def generate_completions(params: Params, config: GPTConfig, tokenizer, prompts: Sequence[str | Sequence[int]],
                          options: GenerationOptions, *, progress: Progress | None = None,
-                         cancel: Callable[[], bool] | None = None) -> list[Completion]:
+                         cancel: Callable[[], bool] | None = None,
+                         draft: tuple[Params, GPTConfig] | None = None) -> list[Completion]:
     """Every sequence's Completion (prompt-major: sample j of prompt i at index i*n + j)."""
     completions: list[Completion] = []
     for _ in stream_completions(params, config, tokenizer, prompts, options, progress=progress,
-                                completions=completions, cancel=cancel):
+                                completions=completions, cancel=cancel, draft=draft):
         pass
     return completions

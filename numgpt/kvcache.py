@@ -13,6 +13,12 @@ Because each row's positions come from its mask, a row decodes the same whether 
 left-padded batch (tested against the plain forward). Continuous batching, where rows join and leave
 between steps at their own lengths, runs on slots.SlotCache instead, which moves no cache at all.
 
+Speculative decoding (speculative.py) appends a drafted block of tokens, then takes back the rejected
+ones: `truncate(length)` rolls every row back to `length` positions, and in a batch, where rows accept
+different numbers of tokens, the rejected positions of the other rows become holes (`mask` False), which
+attention skips and positions ignore, exactly as left padding. `compact()` squeezes the holes out
+(each row's real positions moved right-aligned, order kept) when the cache runs out of room.
+
 Sliding window: GPT-2 bakes absolute positions (wpe) into every cached key, so a full cache cannot be
 shifted. To continue past n_positions, keep the last n_positions - k tokens, `reset()` the cache and
 prefill them again (positions restart at 0), then decode k more steps.
@@ -81,3 +87,27 @@ class KVCache:
         """Forget every position (the memory is kept for reuse, e.g. a sliding-window re-prefill)."""
         self.length = 0
         self.mask[:] = False
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first `length` positions (the rest are forgotten: rejected draft tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate to {length}: the cache holds {self.length} positions")
+        self.mask[:, length:self.length] = False
+        self.length = length
+
+    def compact(self) -> None:
+        """Squeeze out the holes: each row's real positions move to the end of the first m positions
+        (m = the most any row has), in order, left-padded -- the same attention and positions as before.
+        Costs a copy of the filled cache; speculative decoding calls it only when the cache is full."""
+        n = self.length
+        valid = self.mask[:, :n]                                        # [B, n]
+        m = int(valid.sum(axis=1).max(initial=0))
+        for b in range(self.batch_size):
+            idx = np.flatnonzero(valid[b])                              # [n_b] real positions, in order
+            start = m - len(idx)
+            self.keys[:, b, :, start:m] = self.keys[:, b][:, :, idx]    # [L, H, n_b, D], gathered (a copy) first
+            self.values[:, b, :, start:m] = self.values[:, b][:, :, idx]
+            self.mask[b, :start] = False
+            self.mask[b, start:m] = True
+        self.mask[:, m:n] = False
+        self.length = m

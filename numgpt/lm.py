@@ -17,6 +17,13 @@ completion only, not across the prompt's end); plus sliding_window / window_stri
 logprobs (k: each new token's log-probability and its k most likely alternatives). Sampling is on by
 default (temperature 1, no top-k/top-p); greedy when do_sample=False or temperature=0.
 
+Speculative decoding (numgpt/speculative.py): speculative="ngram" drafts by prompt lookup,
+speculative="draft" with draft_model=(a LanguageModel or a name load() takes, with the same tokenizer);
+num_draft=K tokens per target forward (default 4). The output is what plain decoding gives (greedy: token
+for token; sampling: the same distribution); `completions()` reports what it did (Completion.speculative).
+
+    lm.generate("Repeat after me: to be or not to be.", speculative="ngram", num_draft=4, do_sample=False)
+
 This object is the one facade over the model for a Python user and the CLI's model commands: every job --
 text or token-id prompts, streaming with per-token log-probabilities, the prompt's own log-probabilities
 (OpenAI's echo), a cancel between steps -- has one entry point here. Bad arguments are NumgptErrors that
@@ -39,7 +46,8 @@ from .formats.hub import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_folder, hf
 from .config import GPTConfig
 from .errors import NumgptError, UnknownOptionError, describe, whole_number  # noqa: F401 -- Unknown...: importable here as before
 from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogprob, encode_prompt,
-                       generate_completions, generate_ids, stream_completions, token_logprob_rows, top_logprobs)
+                       generate_completions, generate_ids, options_speculation, stream_completions,
+                       token_logprob_rows, top_logprobs)
 from .embeddings import BATCH_TOKENS, embed_ids
 from .model import check_context, check_finite_logits, forward
 from .ops import softmax
@@ -162,8 +170,9 @@ class LanguageModel:
         """Completion objects (text, token ids, finish reason, log-probabilities if asked) for every
         prompt and sample, prompt-major. A prompt is text or a list of token ids."""
         prompts, _ = self._prompts(prompt)
+        opts, draft = self._options(options)
         return generate_completions(self.params, self.config, self.tokenizer, prompts,
-                                    checked_options(options), progress=progress, cancel=cancel)
+                                    opts, progress=progress, cancel=cancel, draft=draft)
 
     def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[list[str]]:
         """Continue several prompts (left-padded into one batch); returns the new text only, always as one
@@ -173,8 +182,9 @@ class LanguageModel:
             raise NumgptError("generate_batch() takes a list of prompts (each text or token ids); for one prompt "
                               "use generate(), or pass [prompt]")
         checked, _ = self._prompts(prompts)
-        opts = checked_options(options)
-        texts = [c.text for c in generate_completions(self.params, self.config, self.tokenizer, checked, opts)]
+        opts, draft = self._options(options)
+        texts = [c.text for c in generate_completions(self.params, self.config, self.tokenizer, checked, opts,
+                                                      draft=draft)]
         n = opts.num_return_sequences
         return [texts[i:i + n] for i in range(0, len(texts), n)]
 
@@ -186,17 +196,17 @@ class LanguageModel:
         if not single:
             raise NumgptError("generate() takes one prompt (text or token ids) and returns its text; for several "
                               "prompts use generate_batch(), which returns each prompt's samples")
-        opts = checked_options(options)
+        opts, draft = self._options(options)
         if opts.num_return_sequences != 1:
             raise NumgptError("generate() returns one text; for num_return_sequences > 1 use "
                               "generate_batch([prompt], ...), which returns the samples as a list")
-        return generate_completions(self.params, self.config, self.tokenizer, prompts, opts)[0].text
+        return generate_completions(self.params, self.config, self.tokenizer, prompts, opts, draft=draft)[0].text
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[list[int]]]:
         """Token ids in, token ids out (transformers' generate without the prompt): out[i][j] is the new ids
         of sample j of prompt i, ending with <|endoftext|> (included) when it was drawn and stop_at_eos.
         No text is decoded, so the text options (stop, logprobs) are refused: use completions()."""
-        opts = checked_options(options)
+        opts, draft = self._options(options)
         if opts.stop or opts.logprobs:
             raise NumgptError("generate_ids() decodes no text, so stop strings and logprobs do not apply; "
                               "use completions(), whose Completion objects carry token_ids")
@@ -208,7 +218,8 @@ class LanguageModel:
         ids = generate_ids(self.params, self.config, checked, max_new_tokens=opts.max_new_tokens,
                            sampling=opts.sampling, seed=opts.seed, num_return_sequences=opts.num_return_sequences,
                            stop_ids=() if eos is None else (eos,), sliding_window=opts.sliding_window,
-                           window_stride=opts.window_stride)
+                           window_stride=opts.window_stride,
+                           speculative=options_speculation(opts, self.config, draft))
         n = opts.num_return_sequences
         return [ids[i:i + n] for i in range(0, len(ids), n)]
 
@@ -218,12 +229,12 @@ class LanguageModel:
         start of a stop string is held back). The pieces concatenate to what `generate` returns.
         One prompt and one sample; `stream_pieces` streams several, each piece naming its sequence."""
         prompts, single = self._prompts(prompt)
-        opts = checked_options(options)
+        opts, draft = self._options(options)
         if not single or opts.num_return_sequences != 1:
             raise NumgptError("stream() takes one prompt and one sample; use stream_pieces() for more "
                               "(each piece says which sequence it belongs to), or generate()")
         for piece in stream_completions(self.params, self.config, self.tokenizer, prompts, opts,
-                                        progress=progress, cancel=cancel):
+                                        progress=progress, cancel=cancel, draft=draft):
             if piece.text:
                 yield piece.text
 
@@ -235,9 +246,30 @@ class LanguageModel:
         prompts and samples stream together (sequence i*n + j is sample j of prompt i); `completions`, if
         a list, receives the finished Completion objects at the end."""
         prompts, _ = self._prompts(prompt)
+        opts, draft = self._options(options)
         yield from stream_completions(self.params, self.config, self.tokenizer, prompts,
-                                      checked_options(options), progress=progress,
-                                      completions=completions, cancel=cancel)
+                                      opts, progress=progress,
+                                      completions=completions, cancel=cancel, draft=draft)
+
+    def _options(self, options: dict[str, Any]) -> tuple[GenerationOptions, tuple[Params, GPTConfig] | None]:
+        """The generation options, and the draft model's (params, config) taken out of them: draft_model
+        is a LanguageModel or a name load() takes, refused unless its tokenizer is this model's."""
+        options = dict(options)
+        draft = options.pop("draft_model", None)
+        opts = checked_options(options)
+        if draft is None:
+            return opts, None
+        if opts.speculative != "draft":
+            raise NumgptError("draft_model applies only with speculative='draft'; add it, or drop draft_model")
+        if isinstance(draft, (str, os.PathLike)):
+            draft = load(draft)
+        if not isinstance(draft, LanguageModel):
+            raise NumgptError(f"draft_model must be a LanguageModel or a model name, got {describe(draft)}")
+        if not same_tokenizer(self.tokenizer, draft.tokenizer) or draft.config.vocab_size != self.config.vocab_size:
+            raise NumgptError(f"the draft model {draft.folder or ''} has another tokenizer or vocabulary "
+                              f"({draft.config.vocab_size} tokens, the model {self.config.vocab_size}): a draft "
+                              "model must share the model's tokenizer")
+        return opts, (draft.params, draft.config)
 
     def _prompts(self, prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool]:
         """(the prompts as a list, whether one prompt was given), each checked: text, or token ids."""
@@ -333,6 +365,14 @@ def _token_ids(name: str, ids: object, vocab_size: int | None = None, *, allow_e
     if vocab_size is not None and not all(0 <= t < vocab_size for t in out):
         raise NumgptError(f"{name}: token ids must be in 0..{vocab_size - 1}, got {min(out)}..{max(out)}")
     return out
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers map text to the same ids (same vocabulary, merges and special tokens)."""
+    if a is b:
+        return True
+    return all(getattr(a, name, None) == getattr(b, name, None) for name in ("_vocab", "_merges", "_special")) \
+        and a.vocab_size == b.vocab_size and a.eot_id == b.eot_id
 
 
 def checked_options(options: dict[str, Any]) -> GenerationOptions:

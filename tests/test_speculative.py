@@ -1,0 +1,305 @@
+"""Speculative decoding (numgpt/speculative.py, a stage of generate.decode_steps): greedy output token for
+token equal to plain decoding on every model the tests use (tiny random ones, transformers-saved ones, the
+built-in and chat models), batches and samples, penalties, logprobs; sampled output distributed exactly as
+the target's (chi-square over many seeds against probabilities computed from the plain forward); the KV
+cache's rollback and compaction; the drafters; bad input."""
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import numgpt
+from numgpt import NumgptError
+from numgpt.config import GPTConfig
+from numgpt.formats.hf import load_checkpoint
+from numgpt.generate import GenerationOptions, generate_ids
+from numgpt.kvcache import KVCache
+from numgpt.model import forward, reference_forward
+from numgpt.ops import softmax
+from numgpt.params import init_params
+from numgpt.sampling import GREEDY, SamplingOptions, process_logits
+from numgpt.speculative import (SpeculativeStats, accept_or_resample, ngram_draft, ngram_draft_fast,
+                                speculation)
+
+VOCAB = 40
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A tiny target and a tinier draft model with the same vocabulary (random weights, init scaled up so
+    that greedy paths are far from ties)."""
+    target = GPTConfig(vocab_size=VOCAB, n_positions=96, n_embd=32, n_layer=2, n_head=4)
+    draft = GPTConfig(vocab_size=VOCAB, n_positions=96, n_embd=16, n_layer=1, n_head=2)
+    return (init_params(target, np.random.default_rng(0)), target), (init_params(draft, np.random.default_rng(1)), draft)
+
+
+def spec(method, k, config, draft=None, max_new_tokens=64):
+    return speculation(method, k, config, draft=draft if method == "draft" else None, headroom=max_new_tokens)
+
+
+PROMPTS = [[5, 17, 3, 5, 17, 3, 5], list(range(1, 13)), [7, 9], [30, 31, 30, 31, 30]]
+
+
+# ---- the drafters ---------------------------------------------------------------------------------
+
+def test_ngram_draft_copies_what_followed_the_longest_suffix():
+    tokens = [1, 2, 3, 4, 9, 2, 3, 7, 8, 1, 2, 3]
+    assert ngram_draft(tokens, 3) == [4, 9, 2]            # "1 2 3" occurred at 0: what followed it
+    assert ngram_draft([5, 6, 7, 6], 2) == [7, 6]         # only the 1-gram "6" occurred before
+    assert ngram_draft([1, 2, 3], 4) == []                # nothing repeats
+    assert ngram_draft([4, 4, 4, 4, 4], 3) == [4, 4]      # no match has 3 after it: the earliest (2 after)
+    assert ngram_draft([1, 2, 8, 1, 2, 9, 1, 2], 1) == [9]  # the latest match that has k tokens after it
+
+
+def test_ngram_draft_fast_equals_the_loop():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        tokens = rng.integers(0, 4, size=rng.integers(1, 30)).tolist()
+        k = int(rng.integers(1, 6))
+        assert ngram_draft_fast(np.array(tokens), k) == ngram_draft(tokens, k), (tokens, k)
+
+
+# ---- the KV cache's rollback ------------------------------------------------------------------------
+
+def test_truncate_and_compact_keep_the_logits(pair):
+    """A cache rolled back past rejected tokens, or with holes squeezed out, continues as if the rejected
+    tokens had never been fed (against the plain forward of the kept sequence)."""
+    (params, config), _ = pair
+    cache = KVCache.allocate(config, 2, 40)
+    rows = np.array([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    forward(params, config, rows, cache=cache)
+    cache.mask[1, 4:6] = False                             # row 1 rejected its last 2, row 0 its last 1
+    cache.truncate(5)
+    kept = [[3, 4, 5, 6, 7], [9, 10, 11, 12]]
+    for compact in (False, True):
+        c = KVCache(cache.keys.copy(), cache.values.copy(), cache.mask.copy(), cache.length)
+        if compact:
+            c.compact()
+            assert c.length == 5 and c.mask[1].tolist()[:5] == [False, True, True, True, True]
+        got = forward(params, config, np.array([[20], [21]]), cache=c)                  # [2, V]
+        for b, nxt in enumerate((20, 21)):
+            want = reference_forward(params, config, np.array([kept[b] + [nxt]]))[0, -1]
+            np.testing.assert_allclose(got[b], want, rtol=1e-4, atol=1e-5)  # float32 rounding only
+
+
+# ---- greedy: the tokens of plain decoding -------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_greedy_equals_plain_on_tiny_models(pair, method, k):
+    (params, config), draft = pair
+    for prompts in ([PROMPTS[0]], PROMPTS):               # alone, and a left-padded batch
+        plain = generate_ids(params, config, prompts, max_new_tokens=50, sampling=GREEDY)
+        s = spec(method, k, config, draft)
+        assert generate_ids(params, config, prompts, max_new_tokens=50, sampling=GREEDY, speculative=s) == plain
+        assert sum(x.accepted for x in s.stats) > 0       # it did speculate
+
+
+def test_greedy_with_the_target_as_its_own_draft_keeps_every_draft(pair):
+    (params, config), _ = pair
+    s = spec("draft", 4, config, (params, config))
+    out = generate_ids(params, config, [PROMPTS[1]], max_new_tokens=41, sampling=GREEDY, speculative=s)
+    assert out == generate_ids(params, config, [PROMPTS[1]], max_new_tokens=41, sampling=GREEDY)
+    st = s.stats[0]
+    assert st.acceptance_rate == 1.0 and st.tokens == 41 and st.forwards == 1 + 8   # 1 + 8 rounds of 5 tokens
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_greedy_with_penalties_and_bias_per_position(pair, method):
+    """The repetition, presence and frequency penalties need each position's own history: verify gives it."""
+    (params, config), draft = pair
+    sampling = SamplingOptions(do_sample=False, repetition_penalty=1.3, presence_penalty=0.5,
+                               frequency_penalty=0.3, logit_bias=((3, 2.0),))
+    plain = generate_ids(params, config, PROMPTS, max_new_tokens=40, sampling=sampling)
+    s = spec(method, 3, config, draft)
+    assert generate_ids(params, config, PROMPTS, max_new_tokens=40, sampling=sampling, speculative=s) == plain
+
+
+def test_greedy_with_stop_ids_and_samples(pair):
+    (params, config), draft = pair
+    kw = dict(max_new_tokens=30, sampling=GREEDY, stop_ids=[5, 17], num_return_sequences=2)
+    plain = generate_ids(params, config, PROMPTS, **kw)
+    assert any(len(p) < 30 for p in plain)                 # a row stopped early
+    for method in ("ngram", "draft"):
+        assert generate_ids(params, config, PROMPTS, speculative=spec(method, 4, config, draft), **kw) == plain
+
+
+@pytest.fixture(scope="module")
+def hf_models(hf_tiny_vocab_ckpt, hf_gpt2_vocab_ckpt):
+    """transformers-saved random checkpoints: (params, config) of the 300-token one (no tokenizer files),
+    and the LanguageModel of the one with GPT-2's vocabulary."""
+    return load_checkpoint(hf_tiny_vocab_ckpt.folder)[::-1], numgpt.load(hf_gpt2_vocab_ckpt.folder)
+
+
+@pytest.mark.parametrize("fixture", ["hf_tiny_vocab_ckpt", "hf_small_ckpt"])  # 124M: bench_speculative checks it
+def test_greedy_equals_plain_on_transformers_checkpoints(fixture, request):
+    config, params = load_checkpoint(request.getfixturevalue(fixture).folder)
+    prompts = [[5, 17, 42, 42, 8, 120, 3, 5, 17, 42], [250, 7, 250, 7, 250]]
+    new = 40
+    plain = generate_ids(params, config, prompts, max_new_tokens=new, sampling=GREEDY)
+    for method in ("ngram", "draft"):
+        s = spec(method, 5, config, (params, config), max_new_tokens=new)
+        assert generate_ids(params, config, prompts, max_new_tokens=new, sampling=GREEDY, speculative=s) == plain
+
+
+def test_greedy_equals_plain_through_language_model(hf_models):
+    _, lm = hf_models
+    prompts = [[5, 17, 42, 42, 8, 120, 3, 5, 17, 42], [250, 7, 250, 7, 250]]
+    plain = lm.generate_ids(prompts, max_new_tokens=48, do_sample=False)
+    for method, extra in (("ngram", {}), ("draft", {"draft_model": lm})):
+        assert lm.generate_ids(prompts, max_new_tokens=48, do_sample=False, speculative=method, num_draft=5,
+                               **extra) == plain
+
+
+@pytest.mark.parametrize("name", [None, "chat"])
+def test_greedy_equals_plain_on_the_builtin_models(name):
+    lm = numgpt.load(name)
+    prompt = ("ROMEO:\nRepeat after me: to be or not to be, that is the question. To be or not"
+              if name is None else lm.tokenizer.decode(lm.encode("Repeat after me: the cat sat on the mat.")))
+    plain = lm.completions(prompt, max_new_tokens=40, do_sample=False)[0]
+    for method in ("ngram", "draft"):
+        got = lm.completions(prompt, max_new_tokens=40, do_sample=False, speculative=method, num_draft=4,
+                             **({"draft_model": lm} if method == "draft" else {}))[0]
+        assert got.token_ids == plain.token_ids and got.text == plain.text
+        assert got.speculative.tokens == len(got.token_ids) + (got.finish_reason == "eos")
+
+
+def test_logprobs_equal_plain(hf_models):
+    _, lm = hf_models
+    prompt = [250, 7, 250, 7, 250, 7]
+    plain = lm.completions(prompt, max_new_tokens=20, do_sample=False, logprobs=3)[0]
+    got = lm.completions(prompt, max_new_tokens=20, do_sample=False, logprobs=3, speculative="ngram")[0]
+    assert got.token_ids == plain.token_ids
+    for a, b in zip(got.logprobs, plain.logprobs):
+        assert a.id == b.id and [t for t, _ in a.top] == [t for t, _ in b.top]
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)   # a K+1-row forward rounds differently
+
+
+def test_stop_strings_end_inside_an_accepted_run():
+    """A stop string met at a token in the middle of an accepted draft ends the text there, as plain."""
+    lm = numgpt.load()
+    prompt = "ROMEO:\nTo be or not to be, that is the question. To be or not to be, that is"
+    plain = lm.completions(prompt, max_new_tokens=30, do_sample=False, stop=["question"])[0]
+    got = lm.completions(prompt, max_new_tokens=30, do_sample=False, stop=["question"], speculative="ngram",
+                         num_draft=8)[0]
+    assert (got.text, got.finish_reason, got.token_ids) == (plain.text, plain.finish_reason, plain.token_ids)
+
+
+# ---- sampling: the target's distribution ---------------------------------------------------------------
+
+def exact_joint(params, config, prompt, sampling, n_tokens):
+    """{(t1..tn): probability} of the first n tokens under the processed distribution, by enumeration."""
+    out = {(): 1.0}
+    for _ in range(n_tokens):
+        nxt = {}
+        for seq, p in out.items():
+            full = prompt + list(seq)
+            logits = reference_forward(params, config, np.array([full]))[:, -1]         # [1, V]
+            probs = softmax(process_logits(logits, sampling, previous=[full], generated=[list(seq)])
+                            .astype(np.float64))[0]
+            for t in np.flatnonzero(probs > 1e-12):
+                nxt[seq + (int(t),)] = p * probs[t]
+        out = nxt
+    return out
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_sampled_tokens_follow_the_target_distribution(pair, method):
+    """4000 sequences (one seed each: sample j of the call), 3 tokens each: the first is drawn from the
+    prefill, the second verifies a draft, the third is kept or the bonus. Chi-square of the joint counts
+    against the exact joint distribution; top-k and a repetition penalty make the distribution processed."""
+    (params, config), draft = pair
+    prompt = [5, 17, 3, 5, 17, 3, 5]
+    sampling = SamplingOptions(temperature=1.5, top_k=4, repetition_penalty=1.2)
+    n = 4000
+    s = spec(method, 2, config, draft, max_new_tokens=3)
+    out = generate_ids(params, config, [prompt], max_new_tokens=3, sampling=sampling, seed=7,
+                       num_return_sequences=n, speculative=s)
+    drafted = sum(x.drafted for x in s.stats)
+    assert drafted > n // 4 and 0 < sum(x.accepted for x in s.stats) < drafted   # drafts were kept and rejected
+    exact = exact_joint(params, config, prompt, sampling, 3)
+    cells = sorted(exact)
+    counts = {c: 0 for c in cells}
+    for seq in out:
+        counts[tuple(seq)] += 1                              # a KeyError would be a token p gives 0
+    expected = np.array([exact[c] for c in cells]) * n
+    big = expected >= 5                                       # pool the rare cells (the chi-square rule of thumb)
+    observed = np.array([counts[c] for c in cells])
+    obs, exp = observed[big], expected[big]
+    if not big.all():
+        obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
+    p_value = scipy_stats.chisquare(obs, exp).pvalue
+    assert p_value > 1e-3, p_value       # a false alarm 1 time in 1000; a wrong rule fails by far (see below)
+
+
+def test_the_chi_square_catches_a_wrong_rule(pair, monkeypatch):
+    """The test above can fail: keeping every draft (no acceptance test) is caught."""
+    import numgpt.speculative as sp
+    monkeypatch.setattr(sp, "accept_or_resample", lambda p, q, x, rng: (x, True))
+    with pytest.raises(AssertionError):
+        test_sampled_tokens_follow_the_target_distribution(pair, "ngram")
+
+
+def test_accept_or_resample_is_exact_on_one_position():
+    """The rule alone: with any q, the kept-or-resampled token is distributed as p (exact sums)."""
+    p = np.array([0.5, 0.2, 0.3, 0.0])
+    q = np.array([0.1, 0.6, 0.0, 0.3])
+    # P(token = t) = q(t) min(1, p/q) + P(reject) * residual(t); computed from the definition
+    accept = np.minimum(q, p)
+    residual = np.maximum(p - q, 0) / np.maximum(p - q, 0).sum()
+    assert np.allclose(accept + (1 - accept.sum()) * residual, p)
+    rng = np.random.default_rng(0)
+    counts = np.zeros(4)
+    for _ in range(20000):
+        x = int(rng.choice(4, p=q))
+        counts[accept_or_resample(p, q, x, rng)[0]] += 1
+    assert scipy_stats.chisquare(counts[:3], p[:3] * 20000).pvalue > 1e-3 and counts[3] == 0
+
+
+def test_seeded_sampling_is_reproducible(pair):
+    (params, config), draft = pair
+    sampling = SamplingOptions(temperature=0.9, top_p=0.9)
+    for method in ("ngram", "draft"):
+        runs = [generate_ids(params, config, PROMPTS, max_new_tokens=30, sampling=sampling, seed=3,
+                             speculative=spec(method, 3, config, draft)) for _ in range(2)]
+        assert runs[0] == runs[1]
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+def test_bad_options_are_refused_by_name(pair):
+    (params, config), _ = pair
+    with pytest.raises(NumgptError, match="num_draft must be"):
+        GenerationOptions(speculative="ngram", num_draft=0)
+    with pytest.raises(NumgptError, match="num_draft applies only with speculative"):
+        GenerationOptions(num_draft=3)
+    with pytest.raises(NumgptError, match="speculative must be one of ngram, draft"):
+        GenerationOptions(speculative="medusa")
+    with pytest.raises(NumgptError, match=r"cannot slide the window \(sliding_window\)"):
+        GenerationOptions(speculative="ngram", sliding_window=True)
+    with pytest.raises(NumgptError, match="below the model's context of n_positions=96"):
+        speculation("ngram", 96, config)
+    with pytest.raises(NumgptError, match="needs a draft model"):
+        speculation("draft", 2, config)
+
+
+def test_a_draft_with_another_vocabulary_or_short_context_is_refused(pair, hf_models):
+    (params, config), _ = pair
+    other = GPTConfig(vocab_size=VOCAB + 1, n_positions=96, n_embd=16, n_layer=1, n_head=2)
+    with pytest.raises(NumgptError, match="vocabulary has 41 tokens and the model's 40"):
+        speculation("draft", 2, config, draft=(init_params(other, np.random.default_rng(0)), other))
+    short = GPTConfig(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    s = speculation("draft", 2, config, draft=(init_params(short, np.random.default_rng(0)), short), headroom=20)
+    with pytest.raises(NumgptError, match="draft model's context"):
+        generate_ids(params, config, [[1, 2]], max_new_tokens=20, sampling=GREEDY, speculative=s)
+    _, gpt2_vocab = hf_models
+    with pytest.raises(NumgptError, match="another tokenizer or vocabulary"):
+        gpt2_vocab.generate("hello", speculative="draft", draft_model=numgpt.load(), max_new_tokens=3)
+    with pytest.raises(NumgptError, match="draft_model applies only with speculative='draft'"):
+        gpt2_vocab.generate("hello", speculative="ngram", draft_model=gpt2_vocab, max_new_tokens=3)
+
+
+def test_stats_add_up():
+    s = SpeculativeStats(drafted=10, accepted=7, forwards=4, tokens=11)
+    assert s.as_dict() == {"drafted": 10, "accepted": 7, "acceptance_rate": 0.7, "target_forwards": 4,
+                           "tokens": 11, "tokens_per_forward": 2.75}
