@@ -170,7 +170,8 @@ def check_speculative_options(options: "GenerationOptions") -> None:
     if options.num_draft is not None:
         whole_number("num_draft", options.num_draft, minimum=1, extra=" (tokens drafted per target forward)")
     if options.sliding_window:
-        raise NumgptError("speculative decoding cannot slide the window (sliding_window): drop one of them")
+        raise NumgptError("speculative decoding cannot be combined with sliding_window=True (its re-prefill would "
+                          "have to replay the drafts): drop one of them")
 
 
 def options_speculation(options: "GenerationOptions", config: GPTConfig,
@@ -309,7 +310,8 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         return
     if sliding_window:
         if speculative is not None:
-            raise NumgptError("speculative decoding cannot slide the window (sliding_window): drop one of them")
+            raise NumgptError("speculative decoding cannot be combined with sliding_window=True (its re-prefill "
+                              "would have to replay the drafts): drop one of them")
         keep = window_size(config, window_stride)
         prompts = [p if len(p) <= config.n_positions else p[-keep:] for p in prompts]
         max_len = config.n_positions

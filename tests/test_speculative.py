@@ -275,7 +275,7 @@ def test_bad_options_are_refused_by_name(pair):
         GenerationOptions(num_draft=3)
     with pytest.raises(NumgptError, match="speculative must be one of ngram, draft"):
         GenerationOptions(speculative="medusa")
-    with pytest.raises(NumgptError, match=r"cannot slide the window \(sliding_window\)"):
+    with pytest.raises(NumgptError, match="cannot be combined with sliding_window=True"):
         GenerationOptions(speculative="ngram", sliding_window=True)
     with pytest.raises(NumgptError, match="below the model's context of n_positions=96"):
         speculation("ngram", 96, config)
@@ -303,3 +303,39 @@ def test_stats_add_up():
     s = SpeculativeStats(drafted=10, accepted=7, forwards=4, tokens=11)
     assert s.as_dict() == {"drafted": 10, "accepted": 7, "acceptance_rate": 0.7, "target_forwards": 4,
                            "tokens": 11, "tokens_per_forward": 2.75}
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    from numgpt.cli import main
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_speculative_prints_the_same_text_and_statistics(capsys):
+    prompt = "ROMEO:\nTo be or not to be, that is the question. To be or not"
+    code, plain, _ = run_cli(capsys, "generate", "--greedy", "-n", "30", prompt)
+    assert code == 0
+    for extra in (["--speculative", "ngram"], ["--speculative", "draft", "--draft-model", "builtin"]):
+        code, out, err = run_cli(capsys, "generate", "--greedy", "-n", "30", "--num-draft", "3", "--verbose",
+                                 *extra, prompt)
+        assert (code, out) == (0, plain)
+        assert "sample 1: 30 tokens, finish reason length; speculative: drafted" in err
+        assert "tokens per forward" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--speculative", "ngram", "--num-draft", "0"], "--num-draft must be >= 1"),
+    (["--speculative", "ngram", "--num-draft", "128"], "--num-draft must be below the model's context"),
+    (["--speculative", "draft"], "--speculative draft needs --draft-model"),
+    (["--draft-model", "builtin"], "--draft-model applies only with --speculative draft"),
+    (["--num-draft", "3"], "--num-draft applies only with speculative"),
+    (["--speculative", "ngram", "--sliding-window"], "cannot be combined with --sliding-window"),
+    (["--speculative", "draft", "--draft-model", "chat"], "another tokenizer or vocabulary"),
+])
+def test_generate_bad_speculative_flags_are_one_line(capsys, argv, message):
+    code, out, err = run_cli(capsys, "generate", "-n", "5", *argv, "ROMEO:")
+    assert code == 2 and out == ""
+    assert err.startswith("numgpt: error: ") and message in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from ..generate import GenerationOptions, encode_prompt
-from .options import add_decoding_flags, decoding_kwargs
+from .options import add_decoding_flags, add_speculative_flags, decoding_kwargs, speculative_kwargs
 from .progress import progress_reporter
 
 GEN = GenerationOptions()   # the defaults
@@ -60,6 +60,8 @@ examples: (the built-in Shakespeare model unless --model says another)
   numgpt generate --max-new-tokens 500 --sliding-window "ROMEO:"        past the 128-token context
   echo "ROMEO:" | numgpt generate --no-stream --json
   numgpt generate --model gpt2 "The capital of France is"              GPT-2 from the Hugging Face cache
+  numgpt generate --greedy --speculative ngram --num-draft 4 --verbose "ROMEO: to be or not to be; to be"
+                                                                        prompt lookup, statistics on stderr
 
 Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
 --greedy or --temperature 0. Rules apply in the sampler's order (numgpt explain sampling shows it): logit
@@ -130,12 +132,15 @@ def _register_generate(sub) -> None:
     _add_adapter(p)
     add_decoding_flags(p, shown_defaults={"max_new_tokens": f"{GEN.max_new_tokens}, or fewer if the model's "
                                           "context ends first"})
+    add_speculative_flags(p)
     o = p.add_argument_group("output")
     o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
     o.add_argument("--json", action="store_true",
                    help="print a JSON list of {text, token_ids, finish_reason} (implies --no-stream)")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    o.add_argument("--verbose", "-v", action="store_true", help="print statistics per sample on stderr: tokens, "
+                   "finish reason; with --speculative drafted, accepted, acceptance rate, tokens per forward")
     p.set_defaults(run=run_generate)
 
 
@@ -232,26 +237,32 @@ def fitted_options(options: dict, lm, prompt: str) -> dict:
 
 
 def run_generate(args) -> int:
-    given = decoding_kwargs(args)                    # checked before the model loads
+    given = {**decoding_kwargs(args), **speculative_kwargs(args)}    # checked before the model loads
     prompt = read_prompt(args)
     lm = load_model(args)
     options = fitted_options(given, lm, prompt)
     samples = GenerationOptions.from_mapping(options).num_return_sequences
+    if args.draft_model is not None:
+        options["draft_model"] = load_model(argparse.Namespace(model=args.draft_model))
     out = sys.stdout
     if args.echo and not args.json:
         out.write(prompt)
         out.flush()
     if not (args.no_stream or args.json or samples > 1):
-        for piece in lm.stream(prompt, **options):
-            out.write(piece)
-            out.flush()
+        completions: list = []
+        for piece in lm.stream_pieces(prompt, completions=completions, **options):
+            if piece.text:
+                out.write(piece.text)
+                out.flush()
         out.write("\n")
+        print_statistics(completions, args.verbose)
         return 0
     update, close = progress_reporter(not args.quiet, "token", "generate")
     try:
         completions = lm.completions(prompt, progress=update, **options)
     finally:
         close()
+    print_statistics(completions, args.verbose)
     if args.json:
         print(json.dumps([{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
                           for c in completions], ensure_ascii=False, indent=2))
@@ -262,6 +273,19 @@ def run_generate(args) -> int:
             print(f"--- sample {i + 1} of {len(completions)} ---")
             print((prompt if args.echo else "") + c.text)
     return 0
+
+
+def print_statistics(completions, verbose: bool) -> None:
+    """--verbose: one line per sample on stderr (its tokens, finish reason, what speculation did)."""
+    if not verbose:
+        return
+    for i, c in enumerate(completions):
+        line = f"sample {i + 1}: {len(c.token_ids)} tokens, finish reason {c.finish_reason}"
+        s = c.speculative
+        if s is not None:
+            line += (f"; speculative: drafted {s.drafted}, accepted {s.accepted} ({s.acceptance_rate:.1%}), "
+                     f"{s.forwards} forwards of the model, {s.tokens_per_forward:.2f} tokens per forward")
+        print(line, file=sys.stderr)
 
 
 def run_next(args) -> int:

@@ -129,3 +129,39 @@ def flag_message(message: str, vocabulary: Mapping[str, str]) -> str:
     words = sorted(vocabulary, key=len, reverse=True)
     pattern = "|".join(re.escape(w) + ("" if "_" in w or "=" in w else "(?= must)") for w in words)
     return re.sub(rf"(?<![\w.=-])(?:{pattern})(?![\w=])", lambda m: vocabulary[m.group(0)], message)
+
+
+# ---- speculative decoding: the flags of `numgpt generate` and `numgpt serve` (one definition) -----------
+
+SPECULATIVE_FLAGS = {"speculative": "--speculative", "num_draft": "--num-draft", "draft_model": "--draft-model"}
+
+
+def add_speculative_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--speculative ngram|draft, --draft-model M, --num-draft K (numgpt/speculative.py). Call it after
+    add_decoding_flags: their messages' Python names are said as these flags too."""
+    from ..generate import DEFAULT_NUM_DRAFT
+    from ..speculative import METHODS
+
+    group = parser.add_argument_group("speculative decoding (the same text as without it, in fewer forwards of "
+                                      "the model)")
+    group.add_argument("--speculative", choices=METHODS, default=None,
+                       help="ngram: draft tokens by copying what followed the last words earlier in the prompt "
+                            "and output (prompt lookup); draft: draft them with --draft-model")
+    group.add_argument("--draft-model", metavar="NAME_OR_FOLDER", default=None,
+                       help="with --speculative draft: a smaller model with the same tokenizer")
+    group.add_argument("--num-draft", type=int, metavar="K", default=None,
+                       help=f"tokens drafted per forward of the model, >= 1 (default {DEFAULT_NUM_DRAFT})")
+    parser.set_defaults(flag_names={**(parser.get_default("flag_names") or {}), **SPECULATIVE_FLAGS})
+    return group
+
+
+def speculative_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The speculative options typed (speculative, num_draft; the draft model is the caller's to load),
+    checked before any loading."""
+    given = {k: getattr(args, k) for k in ("speculative", "num_draft") if getattr(args, k, None) is not None}
+    if getattr(args, "draft_model", None) is not None and given.get("speculative") != "draft":
+        raise NumgptError("--draft-model applies only with --speculative draft; add it, or drop --draft-model")
+    if given.get("speculative") == "draft" and getattr(args, "draft_model", None) is None:
+        raise NumgptError("--speculative draft needs --draft-model M (a smaller model with the same tokenizer)")
+    GenerationOptions.from_mapping(given)
+    return given
