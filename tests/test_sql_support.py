@@ -27,7 +27,9 @@ EXPORTS = pytest.StashKey()
 class PostgresServer:
     """A throwaway cluster on a unix socket; `dsn(db)` is the URL of one of its databases."""
 
-    def __init__(self):
+    def __init__(self, settings: dict[str, str] | None = None):
+        """settings: more server settings (name -> value, as `-c name=value`), e.g. the benchmark's
+        pg_stat_statements; the tests use none."""
         self.folder = Path(tempfile.mkdtemp(prefix="numgpt-pg-"))
         self.as_root = os.geteuid() == 0
         if self.as_root:
@@ -35,8 +37,10 @@ class PostgresServer:
         self.data = self.folder / "data"
         self._run(PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--locale=C.UTF-8")
+        options = {"jit": "off", "fsync": "off", "shared_buffers": "1GB", **(settings or {})}
+        extra = " ".join(f"-c {name}={value}" for name, value in options.items())
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.folder / "log", "-w", "-o",
-                  f"-c listen_addresses='' -k {self.folder} -c jit=off -c fsync=off -c shared_buffers=1GB", "start")
+                  f"-c listen_addresses='' -k {self.folder} {extra}", "start")
 
     def _run(self, *argv) -> None:
         argv = [str(a) for a in argv]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ from .statements import Stage
 # of GenerationOptions / SamplingOptions are refused by name (sql_generation_options)
 SQL_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
                "stop", "stop_at_eos")
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """One connection's run of one stage, for profiling (SqlModel.trace): perf_counter seconds at its
+    start and end as the calling thread saw them (the round trip, the server's work within it)."""
+
+    stage: str
+    layer: int | None
+    connection: int   # 0: the session's own connection, 1..: the workers
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,8 @@ class SqlModel:
             raise
         self._bytes: dict[int, bytes] = {}
         self.length = 0   # positions in the KV cache
+        # set to a list to have every stage's run on every connection appended to it (bench/bench_sql.py)
+        self.trace: list[StageTime] | None = None
         self.finish_reason: str | None = None   # why the last stream ended (finish.FINISH_REASONS)
 
     def _close_workers(self) -> None:
@@ -256,13 +271,20 @@ class SqlModel:
         sql = self.statements[stage.name]
         ranges = ([{"lo": lo, "hi": hi} for lo, hi in output_ranges(stage.outputs, stage.align, self.connections)]
                   if stage.outputs else [{}])
-        futures = [self._pool.submit(worker.execute_prepared, sql, {**params, **r})
-                   for worker, r in zip(self.workers, ranges[1:])]
+        run = self._run_traced if self.trace is not None else _run_plain
+        futures = [self._pool.submit(run, worker, k, stage, sql, {**params, **r})
+                   for k, (worker, r) in enumerate(zip(self.workers, ranges[1:]), 1)]
         try:
-            self.engine.execute_prepared(sql, {**params, **ranges[0]})
+            run(self.engine, 0, stage, sql, {**params, **ranges[0]})
         finally:
             for f in futures:
                 f.result()
+
+    def _run_traced(self, engine: Engine, connection: int, stage: Stage, sql: str, params: dict[str, int]) -> None:
+        """_run_plain, its start and end appended to self.trace (list.append is atomic under the GIL)."""
+        start = time.perf_counter()
+        engine.execute_prepared(sql, params)
+        self.trace.append(StageTime(stage.name, params.get("layer"), connection, start, time.perf_counter()))
 
     def logits(self) -> np.ndarray:
         """The current logits [V] as float64 (for tests and the curious; generation never fetches them)."""
@@ -335,6 +357,10 @@ class SqlModel:
     def generate(self, prompt: str | Sequence[int], **options: Any) -> str:
         """The new text (see `stream`)."""
         return "".join(self.stream(prompt, **options))
+
+
+def _run_plain(engine: Engine, connection: int, stage: Stage, sql: str, params: dict[str, int]) -> None:
+    engine.execute_prepared(sql, params)
 
 
 def output_ranges(n: int, align: int, parts: int) -> list[tuple[int, int]]:
