@@ -234,3 +234,16 @@ def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("line 2 is empty: every line is a text to embed")
     assert "Traceback" not in bad.stderr and bad.stdout == ""
+
+
+def test_request_timeout_ends_an_embeddings_request_and_the_server_goes_on(builtin):
+    """A request far longer than --request-timeout (200 inputs of 100 tokens through the built-in model) is
+    a 504; the batches not yet run are dropped, and the next request is answered."""
+    s = Server("--request-timeout", "0.01", key=None)
+    try:
+        r = s.http.post("/v1/embeddings", json={"input": [[t % 500 for t in range(i, i + 100)] for i in range(200)]})
+        assert r.status_code == 504 and "time limit" in r.json()["error"]["message"], r.text
+        assert s.http.post("/v1/embeddings", json={"input": [1]}).status_code in (200, 504)
+        assert s.healthy()
+    finally:
+        assert s.stop() == 0
