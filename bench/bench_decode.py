@@ -1,0 +1,388 @@
+"""Batch-1 (and batch-8) greedy decode of numgpt against the machine's streaming limit and the CPU engines a
+user would pick for speed, all in one run on the same random GPT-2 checkpoint (issue 23, item 1).
+
+Measured, 2 threads each, float32 unless said, greedy, a 32-token prompt then --new tokens (decode steps
+only, after the prefill):
+  - the gemv streaming rate: bench_inference.memory_bandwidth()'s "gemv_blas" (a [262144, 1024] float32
+    matrix @ a vector, OpenBLAS's 2 threads, GB/s = its bytes / the median of 5 products), sampled before
+    every round of slices, reported as median (min-max); beside it the same matrix @ [1024, 8] (what a
+    batch-8 step's products can reach);
+  - numgpt as `numgpt.load` loads it (formats.hf.load_checkpoint(folder, for_inference=True)): tokens/s
+    and its effective weight bandwidth = the bytes of every parameter but wpe (read from the loaded params)
+    / seconds per step, as a fraction of the gemv rate (the issue's target: >= 0.9x);
+  - the peers (bench/export_peers.py says exactly how each was made): ONNX Runtime fp32 and dynamic int8
+    (torch.onnx.export of a module with explicit KV-cache tensors over the checkpoint's own weights;
+    quantize_dynamic QInt8), CTranslate2 float32 (converted without a tokenizer through its own GPT2Loader,
+    since the bench's checkpoint has none); session / generator at 2 intra-op threads;
+  - each peer's greedy tokens against numgpt's: the length of the common prefix (int8 differs by design).
+Decoders alternate in slices of 16 steps (bench_inference's interleaved_decode, with a short --settle pause
+between slices so one engine's spinning idle threads -- OpenBLAS's, OpenMP's -- do not eat into the next
+one's slice), so load from other processes falls on all alike; rates are medians over all slices of all
+runs, ratios the median of the per-round ratios against numgpt's slice in the same round.
+
+--profile: instead, the time of each part of numgpt's batch-1 and batch-8 decode step, by timing wrappers
+put around the functions numgpt.model's fast path calls (each linear product by its weight, attention,
+LayerNorm, GELU, ln_f, lm_head, embed; the Python rest = step time minus all of them).
+
+    python bench/bench_decode.py --tiny --runs 1 --new 33             # a check on a tiny model, seconds
+    python bench/bench_decode.py --ckpt /work/ckpt124 --runs 5 --out decode.json
+    python bench/bench_decode.py --ckpt /work/ckpt124 --engines numgpt,ort --peers /tmp/peers
+    python bench/bench_decode.py --ckpt /work/ckpt124 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import make_checkpoint, numgpt_steps  # noqa: E402
+
+PROMPT, BATCH, BLOCK, THREADS = 32, 8, 16, 2
+ENGINES = ("numgpt", "ort", "ort-int8", "ct2")
+LABELS = {"numgpt": "numgpt (numgpt.load)", "ort": "ONNX Runtime fp32", "ort-int8": "ONNX Runtime int8 (dynamic)",
+          "ct2": "CTranslate2 float32"}
+STREAM_ROWS, STREAM_COLS, STREAM_REPS = 1 << 18, 1024, 5   # bench_inference.memory_bandwidth's 1 GiB matrix
+
+
+def make_tiny_checkpoint(folder: Path) -> None:
+    """A small random GPT-2 (2 layers, 64 channels, 1000 tokens) saved by transformers, for a quick check."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=256, bos_token_id=999,
+                               eos_token_id=999, initializer_range=0.1)).save_pretrained(folder)
+
+
+# ---- the streaming limit ------------------------------------------------------------------------------
+
+class Streaming:
+    """bench_inference.memory_bandwidth()'s "gemv_blas", sampled again and again through the run: GB/s of
+    a [262144, 1024] float32 matrix @ a vector (and @ [1024, 8], the batch-8 form) by OpenBLAS."""
+
+    def __init__(self) -> None:
+        self.m = np.ones((STREAM_ROWS, STREAM_COLS), np.float32)        # 1 GiB
+        self.v, self.v8 = np.ones(STREAM_COLS, np.float32), np.ones((STREAM_COLS, BATCH), np.float32)
+        self.gemv: list[float] = []
+        self.gemm8: list[float] = []
+
+    def _rate(self, f: Callable[[], np.ndarray]) -> float:
+        ts = []
+        for _ in range(STREAM_REPS):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return self.m.nbytes / float(np.median(ts)) / 1e9
+
+    def sample(self) -> None:
+        self.gemv.append(self._rate(lambda: self.m @ self.v))
+        self.gemm8.append(self._rate(lambda: self.m @ self.v8))
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(xs)), "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}
+
+
+# ---- the peers: made in a subprocess (torch stays out of the measuring process) -----------------------
+
+def prepare_peers(ckpt: Path, peers: Path, engines: list[str]) -> dict:
+    """Export/convert what `engines` need into `peers` (reused while the checkpoint is unchanged) and check
+    the ONNX graph against transformers' greedy generate; returns {engine: path, "onnx_check": ...}."""
+    import shutil
+    import export_peers as ep
+    weights = ckpt / "model.safetensors"
+    source = {"ckpt": str(ckpt.resolve()), "size": weights.stat().st_size, "mtime": weights.stat().st_mtime}
+    stamp = peers / "source.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != source:
+        for sub in ("onnx", "ct2"):                                  # made for another checkpoint: redo
+            shutil.rmtree(peers / sub, ignore_errors=True)
+    peers.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(source))
+    out: dict = {}
+    if "ort" in engines or "ort-int8" in engines:
+        t = time.perf_counter()
+        out["ort"] = str(ep.export_onnx(ckpt, peers / "onnx"))
+        ours, ref = ep.check_onnx(ckpt, ep.ort_session(Path(out["ort"]), THREADS))
+        out["onnx_check"] = {"onnx": ours, "transformers_generate": ref, "equal": ours == ref}
+        if "ort-int8" in engines:
+            out["ort-int8"] = str(ep.quantize_onnx(Path(out["ort"])))
+        out["onnx_s"] = time.perf_counter() - t
+    if "ct2" in engines:
+        t = time.perf_counter()
+        out["ct2"] = str(ep.convert_ct2(ckpt, peers / "ct2"))
+        out["ct2_s"] = time.perf_counter() - t
+    return out
+
+
+def engine_steps(engines: list[str], peers: dict, params, config) -> dict[str, Callable[[np.ndarray, int], Iterator]]:
+    """{engine: steps(prompt, n)}: each a greedy step generator (prefill on the first next(), then [B, 1]
+    tokens per step), all loaded now."""
+    import export_peers as ep
+    made: dict[str, Callable[[np.ndarray, int], Iterator]] = {}
+    for name in engines:
+        if name == "numgpt":
+            made[name] = lambda prompt, n: numgpt_steps(params, config, prompt, n)
+        elif name in ("ort", "ort-int8"):
+            session = ep.ort_session(Path(peers[name]), THREADS)
+            made[name] = lambda prompt, n, s=session: ep.ort_steps(s, config, prompt, n)
+        elif name == "ct2":
+            generator = ep.ct2_generator(Path(peers[name]), THREADS)
+            made[name] = lambda prompt, n, g=generator: ep.ct2_steps(g, prompt, n)
+    return made
+
+
+# ---- the interleaved measurement ----------------------------------------------------------------------
+
+def interleaved(gens: dict[str, Iterator], n: int, stream: Streaming | None, settle: float
+                ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """bench_inference.interleaved_decode, plus a streaming sample before each round and a settle pause
+    after each slice: each engine's seconds per BLOCK-step slice, and all its tokens [B, 1 + slices*BLOCK]."""
+    tokens = {name: [next(gen)] for name, gen in gens.items()}       # prefill + first token, not timed
+    times: dict[str, list[float]] = {name: [] for name in gens}
+    try:
+        for _ in range((n - 1) // BLOCK):
+            if stream is not None:
+                stream.sample()
+                time.sleep(settle)
+            for name, gen in gens.items():
+                t = time.perf_counter()
+                tokens[name].extend(next(gen) for _ in range(BLOCK))
+                times[name].append(time.perf_counter() - t)
+                time.sleep(settle)
+    finally:
+        for gen in gens.values():
+            gen.close()                                              # CTranslate2's thread ends here
+    return times, {name: np.concatenate(ts, axis=1) for name, ts in tokens.items()}
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Tokens [B, N] equal from the start, for the worst row."""
+    differ = a != b
+    return int(min(np.argmax(row) if row.any() else row.size for row in differ))
+
+
+def measure(steps: dict, prompts: dict[int, np.ndarray], runs: int, new: int, stream: Streaming, settle: float
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int], int]:
+    """tokens/s per slice ("name_bB"), paired ratios to numgpt per round, tokens in common with numgpt."""
+    rates: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    match: dict[str, int] = {}
+    total = 1 + (new - 1) // BLOCK * BLOCK
+    for run in range(runs):
+        for b, prompt in prompts.items():
+            times, tokens = interleaved({name: f(prompt, new) for name, f in steps.items()}, new, stream, settle)
+            for name, ts in times.items():
+                rates.setdefault(f"{name}_b{b}", []).extend(b * BLOCK / t for t in ts)
+                if "numgpt" in times:
+                    ratios.setdefault(f"{name}_b{b}", []).extend(np.array(times["numgpt"]) / np.array(ts))
+                if "numgpt" in tokens and run == 0:
+                    match[f"{name}_b{b}"] = common_prefix(tokens[name], tokens["numgpt"])
+        print(f"run {run + 1}/{runs}: gemv {stream.gemv[-1]:.1f} GB/s; " + ", ".join(
+            f"{k} {statistics.median(v[-((new - 1) // BLOCK):]):.1f}" for k, v in rates.items()) + " tokens/s",
+            file=sys.stderr)
+    return rates, ratios, match, total
+
+
+# ---- --profile ----------------------------------------------------------------------------------------
+
+PROFILED = ("embed", "layer_norm_into", "linear_into", "attend_rows_into", "causal_attention_into", "gelu_",
+            "split_heads", "layer_norm", "lm_head")
+
+
+def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) -> tuple[dict[str, float], float, float]:
+    """ms per decode step of each part of numgpt's fast path at `past` cached positions, timed by wrapping
+    the functions numgpt.model calls by name; linear_into is split by its weight's shape. Returns
+    (ms per part, ms per step wrapped, ms per step unwrapped)."""
+    import numgpt.model as model
+    from numgpt import KVCache, forward
+    C = config.n_embd
+    linear_names = {(C, 3 * C): "linear c_attn", (C, C): "linear attn.c_proj", (C, 4 * C): "linear c_fc",
+                    (4 * C, C): "linear mlp.c_proj"}
+    acc: dict[str, float] = {}
+
+    def timed(name: str, f: Callable) -> Callable:
+        def wrapper(*args, **kw):
+            if name == "linear_into":
+                key = linear_names.get(tuple(args[1].shape), "linear other")
+            elif name == "layer_norm":
+                key = "ln_f (layer_norm)"
+            else:
+                key = name
+            t = time.perf_counter()
+            out = f(*args, **kw)
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+            return out
+        return wrapper
+
+    rng = np.random.default_rng(0)
+    cache = KVCache.allocate(config, b, past + steps + 1)
+    forward(params, config, rng.integers(0, config.vocab_size, (b, past)), cache=cache)
+    nxt = rng.integers(0, config.vocab_size, (b, 1))
+
+    def run() -> float:
+        cache.length = past
+        t = time.perf_counter()
+        for _ in range(steps):
+            forward(params, config, nxt, cache=cache)
+        return (time.perf_counter() - t) / steps * 1e3
+
+    run()                                                            # warm
+    plain = min(run() for _ in range(3))
+    originals = {name: getattr(model, name) for name in PROFILED if hasattr(model, name)}
+    missing = [name for name in PROFILED if name not in originals]
+    if missing:
+        print(f"profile: numgpt.model no longer calls {', '.join(missing)} (not timed)", file=sys.stderr)
+    try:
+        for name, f in originals.items():
+            setattr(model, name, timed(name, f))
+        wrapped = []
+        for _ in range(3):
+            acc.clear()
+            wrapped.append(run())
+        parts = {k: v / steps * 1e3 for k, v in acc.items()}             # the last run's
+    finally:
+        for name, f in originals.items():
+            setattr(model, name, f)
+    parts["Python rest (step - the above)"] = wrapped[-1] - sum(parts.values())
+    return parts, wrapped[-1], plain
+
+
+def print_profile(params, config, weight_bytes: int) -> dict:
+    out = {}
+    for b in (1, BATCH):
+        parts, wrapped, plain = profile(params, config, b)
+        out[f"b{b}"] = {"parts_ms": parts, "step_ms_wrapped": wrapped, "step_ms": plain}
+        print(f"\nnumgpt decode step, batch {b}, {PROMPT + 64} cached positions: {plain:.2f} ms "
+              f"({b * 1e3 / plain:.1f} tokens/s, {weight_bytes / plain / 1e6:.1f} GB/s of weights); "
+              f"with the timers {wrapped:.2f} ms\n")
+        print("| part | ms per step | share |\n|---|---|---|")
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"| {k} | {v:.3f} | {v / wrapped * 100:.1f}% |")
+    return out
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+def table(rates, ratios, match, total, stream: Streaming, weight_bytes: int, engines: list[str]) -> str:
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    gemv, gemm8 = summary(stream.gemv), summary(stream.gemm8)
+    lines = ["| engine | batch 1, tokens/s | vs numgpt | batch 8, total tokens/s | vs numgpt | greedy tokens equal to numgpt's (b1; b8 worst row) |",
+             "|---|---|---|---|---|---|"]
+    for name in engines:
+        cells = []
+        for b in (1, BATCH):
+            k = f"{name}_b{b}"
+            cells += [f"{med[k]:.1f}", "" if name == "numgpt" or k not in ratios else f"{np.median(ratios[k]):.2f}x"]
+        same = "" if name == "numgpt" else f"{match.get(f'{name}_b1', 0)}/{total}; {match.get(f'{name}_b{BATCH}', 0)}/{total}"
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {same} |")
+    lines.append("")
+    lines.append(f"streaming limit (OpenBLAS, 2 threads, 1 GiB float32 matrix): gemv {gemv['median']:.1f} GB/s "
+                 f"(min {gemv['min']:.1f}, max {gemv['max']:.1f}, {gemv['n']} samples); @ [1024, {BATCH}] "
+                 f"{gemm8['median']:.1f} GB/s ({gemm8['min']:.1f}-{gemm8['max']:.1f})")
+    if "numgpt_b1" in med:
+        eff1 = weight_bytes * med["numgpt_b1"] / 1e9
+        eff8 = weight_bytes * med[f"numgpt_b{BATCH}"] / BATCH / 1e9
+        lines.append(f"numgpt effective weight bandwidth ({weight_bytes / 1e6:.0f} MB per step, all params but wpe): "
+                     f"batch 1 {eff1:.1f} GB/s = **{eff1 / gemv['median']:.2f}x gemv** (target >= 0.9x); "
+                     f"batch 8 {eff8:.1f} GB/s = {eff8 / gemm8['median']:.2f}x the [1024, {BATCH}] product")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="measured runs (each: batch 1, then batch 8)")
+    ap.add_argument("--new", type=int, default=129, help="new tokens per run (slices of 16 after the first)")
+    ap.add_argument("--ckpt", type=Path, help="checkpoint folder (a random 124M GPT-2 is made there if empty)")
+    ap.add_argument("--tiny", action="store_true", help="a small random GPT-2 instead of 124M (a quick check)")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    ap.add_argument("--peers", type=Path, help="folder for the exported peers, reused while the checkpoint is "
+                    "unchanged (default: a temporary folder)")
+    ap.add_argument("--settle", type=float, default=0.2, help="seconds of pause after each slice")
+    ap.add_argument("--out", type=Path, help="write the figures as JSON here")
+    ap.add_argument("--profile", action="store_true", help="time the parts of numgpt's decode step and stop")
+    ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        ap.error(f"--engines: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ENGINES)}")
+    if args.new < BLOCK + 1:
+        ap.error(f"--new must be at least {BLOCK + 1} (one slice of {BLOCK} steps after the first token)")
+    if args.prepare:                                                 # the subprocess that makes the peers
+        print(json.dumps(prepare_peers(args.ckpt, args.peers, engines)))
+        return
+
+    tmp = tempfile.TemporaryDirectory()
+    folder = args.ckpt or Path(tmp.name) / "ckpt"
+    if not (folder / "model.safetensors").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        maker = "make_tiny_checkpoint" if args.tiny else "make_checkpoint"
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                        f"from bench_decode import {maker}; from pathlib import Path; {maker}(Path({str(folder)!r}))"],
+                       check=True)
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(THREADS, user_api="blas")
+    from numgpt.formats.hf import load_checkpoint
+    config, params = load_checkpoint(folder, for_inference=True)     # what numgpt.load does
+    weight_bytes = sum(a.nbytes for k, a in params.items() if k != "wpe.weight")   # wpe: one row per token
+
+    if args.profile:
+        result = print_profile(params, config, weight_bytes)
+        if args.out:
+            args.out.write_text(json.dumps({"profile": result}, indent=1))
+        return
+
+    peers_dir = args.peers or Path(tmp.name) / "peers"
+    peers: dict = {}
+    if any(e != "numgpt" for e in engines):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--prepare", "--ckpt", str(folder), "--peers", str(peers_dir),
+                               "--engines", args.engines], capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"bench_decode: making the peers failed:\n{done.stderr[-3000:]}")
+        peers = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"peers ready in {time.perf_counter() - t:.0f} s in {peers_dir}", file=sys.stderr)
+        if "onnx_check" in peers and not peers["onnx_check"]["equal"]:
+            print(f"ONNX export differs from transformers' generate: {peers['onnx_check']}", file=sys.stderr)
+
+    load_before = os.getloadavg()[0]
+    steps = engine_steps(engines, peers, params, config)
+    stream = Streaming()
+    rng = np.random.default_rng(0)
+    prompts = {1: rng.integers(0, config.vocab_size, (1, PROMPT)), BATCH: rng.integers(0, config.vocab_size, (BATCH, PROMPT))}
+    interleaved({name: f(prompts[1], BLOCK + 1) for name, f in steps.items()}, BLOCK + 1, None, 0.0)  # warm up
+    rates, ratios, match, total = measure(steps, prompts, args.runs, args.new, stream, args.settle)
+    text = table(rates, ratios, match, total, stream, weight_bytes, engines)
+    onnx_check = peers.get("onnx_check")
+    foot = (f"\n{config.n_layer} layers, {config.n_embd} channels, vocabulary {config.vocab_size}; prompt {PROMPT}, "
+            f"{total} new tokens per run, {args.runs} runs, slices of {BLOCK} steps ({len(rates[f'{engines[0]}_b1'])} "
+            f"per engine and batch), settle {args.settle} s; load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after")
+    if onnx_check:
+        foot += f"; ONNX graph's greedy tokens equal transformers' generate: {onnx_check['equal']}"
+    print("\n" + text + foot)
+    if args.out:
+        args.out.write_text(json.dumps({
+            "config": {"n_layer": config.n_layer, "n_embd": config.n_embd, "vocab_size": config.vocab_size},
+            "args": {k: str(v) for k, v in vars(args).items()}, "weight_bytes_per_step": weight_bytes,
+            "gemv_GBps": {**summary(stream.gemv), "samples": stream.gemv},
+            "gemm8_GBps": {**summary(stream.gemm8), "samples": stream.gemm8},
+            "tokens_per_s": {k: {"median": float(np.median(v)), "slices": v} for k, v in rates.items()},
+            "ratio_vs_numgpt": {k: float(np.median(v)) for k, v in ratios.items()},
+            "tokens_equal_to_numgpt": {"of": total, **match}, "peers": peers,
+            "load_average": [load_before, os.getloadavg()[0]], "table": text}, indent=1))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
