@@ -6,8 +6,9 @@
 
 Parameters are a dict of GPT-2's names (see params.py) with every linear weight shaped [in, out]; the
 arrays may be read-only memory maps of a checkpoint, nothing here writes to them. numgpt.load hands in the
-blocks' linear weights as [in, out] views of [out, in] copies (formats.hf.load_checkpoint, for_inference),
-which decode steps multiply the way OpenBLAS runs fastest (ops.linear_into). Everything is float32.
+decode step's matrices with their longer side contiguous (formats.hf.load_checkpoint, for_inference: the
+c_proj weights and wte as transposed views), which one-row products stream fastest (ops.linear_into,
+`lm_head`). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
 token). Each row's positions come from its mask (position = number of real tokens before it, as Hugging
@@ -20,8 +21,8 @@ ones: prefill once, then decode one token per call.
 The blocks, side by side: `block` (with `self_attention`, `mlp`) is the plain model, one new array per
 operation, run by `reference_forward`; `block_` is the fast twin `forward` runs -- it updates the residual
 stream in place through buffers allocated once per call, attention runs in cache-sized query blocks and
-skips the causal upper triangle, and the vocabulary projection is computed only for the positions asked
-for; `decode_block_` is the slot-batched decode step (slots.decode_slots: one new position per row, each
+skips the causal upper triangle (a decode step's single query per row goes through `attend_rows_into`),
+and the vocabulary projection is computed only for the positions asked for; `decode_block_` is the slot-batched decode step (slots.decode_slots: one new position per row, each
 row at its own cache length, batch-invariant). Tests hold each fast block equal to `block`, and the
 forwards equal to transformers. A block reads its tensors through the layer view of params.py
 (`layer.attn.c_attn.weight`), built once per forward call.
@@ -189,7 +190,10 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
         keys[:, :, past:past + T] = k
         values[:, :, past:past + T] = v
         k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
-    causal_attention_into(q, k, v, key_valid, buf.att)         # -> [B, T, H, D]
+    if T == 1:
+        attend_rows_into(q, k, v, key_valid, buf.att)          # a decode step: -> [B, 1, H, D]
+    else:
+        causal_attention_into(q, k, v, key_valid, buf.att)     # -> [B, T, H, D]
     linear_into(buf.att.reshape(B * T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
     x2 += buf.proj
     layer_norm_into(x2, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
@@ -235,6 +239,25 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (scores[:, None, :] @ v)[:, 0]                      # [H, 1, S] x [H, S, D] -> [H, D]
 
 
+def attend_rows_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
+                     out: np.ndarray) -> np.ndarray:
+    """`causal_attention_into` for one new position per row (a decode step): each row's query over that
+    row's real keys by `attend`, a handful of small products instead of the blocked, masked machinery
+    (about a third of its time at 100 cached positions). Left padding is a run of leading False in
+    key_valid, so a row's real keys are a slice of the cache (gathered only if the mask has holes).
+    q [B, H, 1, D], k, v [B, H, S, D], key_valid [B, S] or None -> out [B, 1, H, D]"""
+    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    for b in range(q.shape[0]):
+        keys, values = k[b], v[b]                              # [H, S, D]
+        if key_valid is not None and not key_valid[b].all():
+            real = key_valid[b]
+            first = int(np.argmax(real))
+            take = slice(first, None) if real[first:].all() else np.flatnonzero(real)
+            keys, values = keys[:, take], values[:, take]
+        out[b, 0] = attend(q[b, :, 0] * scale, keys, values)
+    return out
+
+
 def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x @ w + b for the decode rows (w [in, out], as in params), through `columns_product`."""
     out = columns_product(w.T, x)
@@ -250,9 +273,12 @@ def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
-    """Output projection tied to the token embedding: x @ wte^T (wte is [V, C], its .T a free view).
-    A few rows go as wte @ x^T, the form OpenBLAS runs faster for them (see `linear_into`)."""
+    """Output projection tied to the token embedding: x @ wte^T. wte stored [C, V] (the decode layout of
+    numgpt.load) makes that a product with a row-major matrix of long rows, the fastest form at every row
+    count; stored [V, C], a few rows go as wte @ x^T, the form OpenBLAS runs faster for them."""
     wte = params["wte.weight"]
+    if wte.T.flags.c_contiguous and not wte.flags.c_contiguous:
+        return x @ wte.T                                       # [..., C] x [C, V] -> [..., V]
     if x.ndim == 2 and x.shape[0] < FEW_ROWS:
         return np.ascontiguousarray((wte @ x.T).T)             # [V, C] x [C, N] -> [V, N] -> [N, V]
     return x @ wte.T                                           # [..., C] -> [..., V]

@@ -9,8 +9,9 @@ gain) decides how it is initialised and whether AdamW decays it.
 
 Orientation: every linear weight is stored [in, out] and applied as `x @ w` -- the layout of GPT-2's
 Conv1D and of the Hugging Face safetensors files, so weights load with no transpose. (For inference,
-load_checkpoint(for_inference=True) keeps the blocks' weights as [in, out]-shaped views of [out, in]
-copies; the shapes, and every `x @ w`, stay the same.)
+load_checkpoint(for_inference=True) keeps the c_proj weights and wte as transposed views of row-major
+copies, so that every matrix a decode step multiplies has its longer side contiguous; the shapes, and
+every `x @ w`, stay the same.)
 
 Storage is the flat dict `Params` (name -> array: what checkpoints and the optimizer hold). The forward
 passes read it through `layer(params, i)`, a frozen tree of references to the same arrays whose

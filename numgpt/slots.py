@@ -165,6 +165,7 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
 
 
 def vocabulary_head(params: Params) -> np.ndarray:
-    """The tied output projection as its own C-ordered [C, V] array, the layout batched decode steps
-    multiply fastest (one more copy of wte: 154 MB for GPT-2's vocabulary at 768 channels)."""
+    """The tied output projection as a C-ordered [C, V] array, the layout batched decode steps multiply
+    fastest: wte's own memory in numgpt.load's decode layout, else one more copy of wte (154 MB for
+    GPT-2's vocabulary at 768 channels)."""
     return np.ascontiguousarray(params["wte.weight"].T)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from numgpt import GPTConfig, NumgptError
-from numgpt.formats.hf import (LINEAR_WEIGHTS, checkpoint_summary, load_checkpoint, load_config, load_tokenizer,
+from numgpt.formats.hf import (DECODE_MATRICES, LINEAR_WEIGHTS, checkpoint_summary, load_checkpoint, load_config, load_tokenizer,
                                save_checkpoint)
 from numgpt.formats.hub import hf_cache_dir, resolve_model
-from numgpt.formats.safetensors import read_safetensors, read_transposed, write_safetensors
+from numgpt.formats.safetensors import decode_orientation, read_safetensors, read_transposed, write_safetensors
 from numgpt.model import forward
 from numgpt.params import init_params, param_shapes
 
@@ -88,20 +88,25 @@ def test_read_into_memory_equals_memory_map(tiny_folder):
 
 
 @pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "in-memory"])
-def test_inference_layout_holds_the_same_values_stored_out_in(tiny_folder, mmap):
+def test_inference_layout_holds_the_same_values_longer_side_contiguous(tiny_folder, mmap):
     config, plain = load_checkpoint(tiny_folder)
     _, params = load_checkpoint(tiny_folder, for_inference=True, mmap=mmap)
     assert list(params) == list(plain)
     for name, array in params.items():
         assert array.dtype == np.float32 and array.shape == plain[name].shape
         np.testing.assert_array_equal(array, plain[name])
-        if name.endswith(LINEAR_WEIGHTS):                  # [in, out] views of row-major [out, in] copies
-            assert array.T.flags.c_contiguous and not array.flags.c_contiguous and array.flags.writeable
-        elif array.ndim == 2:                              # the embeddings: as load_checkpoint(mmap=mmap)
+        if name.endswith(DECODE_MATRICES):                 # in memory, the longer side contiguous
+            rows, cols = array.shape
+            stored = array.T if rows >= cols else array
+            assert stored.flags.c_contiguous and array.flags.writeable
+            assert decode_orientation(array.shape) == (rows >= cols)
+        elif array.ndim == 2:                              # wpe: as load_checkpoint(mmap=mmap)
             assert array.flags.writeable != mmap
         else:                                              # biases and gains: read into memory
             assert array.flags.writeable
-    assert sum(name.endswith(LINEAR_WEIGHTS) for name in params) == 4 * config.n_layer
+    assert sum(name.endswith(DECODE_MATRICES) for name in params) == 4 * config.n_layer + 1
+    # the tiny model's shapes give both orientations: c_attn/c_fc [in, out] as stored, c_proj and wte turned
+    assert params["h.0.attn.c_attn.weight"].flags.c_contiguous and params["wte.weight"].T.flags.c_contiguous
 
 
 def test_inference_layout_saves_the_same_file(tiny_folder, tmp_path):
@@ -116,13 +121,17 @@ def test_read_transposed_converts_half_bfloat16_and_double(tmp_path):
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("safetensors.torch")
     x = torch.randn(300, 7, generator=torch.Generator().manual_seed(0))   # odd sizes: partial tiles
-    st.save_file({"a.mlp.c_fc.weight": x.half(), "b.mlp.c_fc.weight": x.bfloat16(),
-                  "c.mlp.c_fc.weight": x.double(), "d.mlp.c_fc.weight": x}, tmp_path / "m.safetensors")
-    got, _ = read_safetensors(tmp_path / "m.safetensors", transposed=LINEAR_WEIGHTS)
-    for name, t in zip("abcd", (x.half(), x.bfloat16(), x.double(), x)):
-        w = got[f"{name}.mlp.c_fc.weight"]
-        assert w.dtype == np.float32 and w.shape == (300, 7) and w.T.flags.c_contiguous
-        np.testing.assert_array_equal(w, t.float().numpy())
+    wide = x.T.contiguous()                                               # [7, 300]: kept as stored
+    kinds = {"a": torch.float16, "b": torch.bfloat16, "c": torch.float64, "d": torch.float32}
+    st.save_file({f"{k}{shape}.mlp.c_fc.weight": t.to(dtype) for k, dtype in kinds.items()
+                  for shape, t in (("tall", x), ("wide", wide))}, tmp_path / "m.safetensors")
+    got, _ = read_safetensors(tmp_path / "m.safetensors", decode_layout=LINEAR_WEIGHTS)
+    for k, dtype in kinds.items():
+        tall, flat = got[f"{k}tall.mlp.c_fc.weight"], got[f"{k}wide.mlp.c_fc.weight"]
+        assert tall.dtype == np.float32 and tall.shape == (300, 7) and tall.T.flags.c_contiguous
+        assert flat.dtype == np.float32 and flat.shape == (7, 300) and flat.flags.c_contiguous
+        np.testing.assert_array_equal(tall, x.to(dtype).float().numpy())
+        np.testing.assert_array_equal(flat, wide.to(dtype).float().numpy())
     np.testing.assert_array_equal(read_transposed(np.arange(12.0).reshape(3, 4), "F64", tile=2),
                                   np.arange(12.0).reshape(3, 4))
 

@@ -41,7 +41,8 @@ def test_logits_equal_transformers_1d_and_2d(lm, hf):
 def test_load_mmap_keeps_every_weight_memory_mapped_with_the_same_results(lm, hf_gpt2_vocab_ckpt):
     mapped = numgpt.load(hf_gpt2_vocab_ckpt.folder, mmap=True)
     assert all(not a.flags.writeable and a.flags.c_contiguous for a in mapped.params.values())
-    assert not lm.params["h.0.mlp.c_fc.weight"].flags.c_contiguous      # the default: stored [out, in]
+    assert lm.params["h.0.mlp.c_proj.weight"].T.flags.c_contiguous      # the default: the decode layout,
+    assert lm.params["wte.weight"].T.flags.c_contiguous                 # c_proj and wte stored transposed
     prompts = ["Hello there", "The quick brown fox jumps"]                # decode steps of 2 rows
     assert mapped.generate_batch(prompts, do_sample=False, max_new_tokens=12) == \
         lm.generate_batch(prompts, do_sample=False, max_new_tokens=12)

@@ -45,8 +45,8 @@ def test_rows_at_different_lengths_equal_each_row_alone(builtin):
         for r, row in zip(running, logits):
             got[r].append(row)
     for r in got:
-        want = alone(lm, prompts[r], conts[r])[:len(got[r])]
-        np.testing.assert_allclose(np.stack(got[r]), want, atol=1e-5, rtol=0)
+        want = alone(lm, prompts[r], conts[r])[:len(got[r])]             # float32 rounding of other sums
+        np.testing.assert_allclose(np.stack(got[r]), want, atol=1e-5, rtol=2e-6)
     assert cache.lengths[3] == len(prompts[0]) + len(got[0]) - 1
 
 

@@ -30,6 +30,7 @@ HF_PREFIX = "transformer."
 TIED_HEAD = "lm_head.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers, not parameters
 LINEAR_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+DECODE_MATRICES = LINEAR_WEIGHTS + ("wte.weight",)   # what a decode step multiplies: the blocks' and the head
 CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
 CLASSIFIER_HEAD = "score.weight"     # its linear head, [num_labels, C] (torch's nn.Linear [out, in]), no bias
 CONVERT_HINT = ('convert it once with transformers: python -c "from transformers import GPT2LMHeadModel as M; '
@@ -54,12 +55,12 @@ def load_params(folder: str | os.PathLike, config: GPTConfig, *, mmap: bool = Tr
     """GPT-2 weights of a Hugging Face folder (model.safetensors, or shards listed in
     model.safetensors.index.json), renamed to numgpt's names and checked against `config`.
     mmap: memory-map the files (default) or read them into memory (see read_safetensors).
-    for_inference: hold the blocks' linear weights stored [out, in] (see load_checkpoint)."""
+    for_inference: hold the decode step's matrices in memory in the decode layout (see load_checkpoint)."""
     folder = Path(folder)
     tensors: dict[str, np.ndarray] = {}
-    transposed = LINEAR_WEIGHTS if for_inference else ()
+    decode_layout = DECODE_MATRICES if for_inference else ()
     for path in weight_files(folder):
-        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap, transposed=transposed,
+        file_tensors, _ = read_safetensors(path, skip=IGNORED_SUFFIXES, mmap=mmap, decode_layout=decode_layout,
                                            threads=threads)
         for name, array in file_tensors.items():
             tensors[name.removeprefix(HF_PREFIX)] = array
@@ -71,13 +72,15 @@ def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inferen
     """(config, params) of a Hugging Face GPT-2 folder. With mmap (default) float32 params are read-only
     memory maps: milliseconds to load, no copy. mmap=False reads them into writable memory.
 
-    for_inference: the blocks' linear weights (85M of the 124M model's parameters) are read into memory
-    stored [out, in], as torch's nn.Linear keeps them, and returned as transposed views with the usual
-    [in, out] shape, so every `x @ w` works unchanged. Small-batch decoding then multiplies `w.T @ x.T`,
-    which OpenBLAS runs ~1.5x faster than `x @ w` at 2-8 rows, and the copies sit in anonymous memory
-    that the kernel backs with huge pages (batch-1 decode ~15% faster than from the memory map). It
-    costs ~0.3 s of load for the 124M model; the embeddings stay memory-mapped. Measured in
-    BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
+    for_inference: the matrices a decode step multiplies (the blocks' linear weights and wte: all but
+    1M of the 124M model's parameters) are read into memory in the decode layout, each with its longer
+    side contiguous (safetensors.decode_orientation): c_attn and c_fc as stored, [in, out]; the c_proj
+    weights [out, in], as torch's nn.Linear keeps them, and wte [C, V], both returned as transposed views
+    with the file's shape, so every `x @ w` and `wte[ids]` works unchanged. One-row products then stream
+    long rows, which OpenBLAS runs fastest, and the copies sit in anonymous memory that the kernel backs
+    with huge pages (~15% faster than the memory map's 4 KB pages). It costs ~0.4 s of load for the
+    124M model; wpe stays memory-mapped. Measured in BENCHMARKS.md. Not for training: the optimizer
+    wants plain C-ordered arrays.
     """
     config = load_config(folder)
     return config, load_params(folder, config, mmap=mmap, for_inference=for_inference, threads=threads)

@@ -30,23 +30,25 @@ ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "
 MAX_HEADER_BYTES = 100_000_000
 
 def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mmap: bool = True,
-                     transposed: tuple[str, ...] = (), threads: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+                     decode_layout: tuple[str, ...] = (), threads: int | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Float32 tensors and the metadata of a .safetensors file. Tensors whose name ends with one of
     `skip` are left out unread; any other non-float tensor is an error (numgpt's weights are all float).
 
     mmap=True: float32 tensors are read-only views of a memory map of the file (instant; pages are read
     as they are first touched, and shared with the page cache). mmap=False: the file is read into one
     writable array in memory (a copy, but in anonymous memory that the kernel can back with huge pages).
-    transposed: 2-D tensors whose name ends with one of these are read into memory stored transposed
-    (see `read_transposed`), whatever `mmap` says; they keep the file's shape. With `transposed`, 1-D
-    tensors are read into memory too, and the other 2-D ones (the embeddings) are mapped (copied if not mmap).
-    threads: threads that copy the transposed tensors (None: every usable core).
+    decode_layout: 2-D tensors whose name ends with one of these are read into memory (one arena), whatever
+    `mmap` says, each stored with its longer side contiguous (`decode_orientation`); they keep the file's
+    shape. With `decode_layout`, 1-D tensors are read into memory too, and the other 2-D ones are mapped
+    (copied if not mmap).
+    threads: threads that copy the decode_layout tensors (None: every usable core).
     """
     path = Path(path)
     header, data_start = read_header(path)
     metadata = header.pop("__metadata__", None) or {}
     file_size = path.stat().st_size
-    raw = _file_bytes(path, file_size, mmap or bool(transposed))  # not the whole file into memory twice
+    raw = _file_bytes(path, file_size, mmap or bool(decode_layout))  # not the whole file into memory twice
     tensors, jobs = {}, []
     for name, entry in header.items():
         if name.endswith(skip):
@@ -55,13 +57,13 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
         if dtype not in FLOAT_DTYPES:
             raise NumgptError(f"{path}: tensor {name!r} has dtype {dtype}; numgpt loads only float weights "
                               "(F32, F16, BF16, F64)")
-        if transposed and len(shape) == 2 and name.endswith(transposed):
+        if decode_layout and len(shape) == 2 and name.endswith(decode_layout):
             jobs.append((name, data_start + start, end - start, dtype, shape))
-        elif transposed and len(shape) < 2:  # biases, gains: read, not mapped (see _read_transposed_share)
+        elif decode_layout and len(shape) < 2:  # biases, gains: read, not mapped (see _read_decode_share)
             tensors[name] = _as_float32(_read_bytes(path, data_start + start, end - start), dtype, shape)
         else:
             tensors[name] = _as_float32(raw[data_start + start:data_start + end], dtype, shape)
-            if not mmap and transposed and tensors[name].base is not None:
+            if not mmap and decode_layout and tensors[name].base is not None:
                 tensors[name] = tensors[name].copy()         # into memory, as mmap=False promises
     if jobs:
         # one arena for all of them: separate arrays would each round up to whole 2 MB huge pages (+50 MB)
@@ -70,7 +72,7 @@ def read_safetensors(path: str | os.PathLike, *, skip: tuple[str, ...] = (), mma
         offsets = np.cumsum([0] + sizes)
         jobs = [(*job, arena[offsets[i]:offsets[i + 1]]) for i, job in enumerate(jobs)]
         shares = _balanced_shares(jobs, sizes, thread_count() if threads is None else threads)
-        run_in_threads(lambda k: _read_transposed_share(path, shares[k], tensors), len(shares))  # ~1.6x on 2 cores
+        run_in_threads(lambda k: _read_decode_share(path, shares[k], tensors), len(shares))  # ~1.6x on 2 cores
     return {name: tensors[name] for name in header if name in tensors}, dict(metadata)
 
 
@@ -86,16 +88,33 @@ def _balanced_shares(items: list, sizes: list[int], parts: int) -> list[list]:
     return shares
 
 
-def _read_transposed_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -> None:
+def decode_orientation(shape: tuple[int, ...]) -> bool:
+    """True when a [rows, cols] matrix of the decode step is best stored transposed ([cols, rows]
+    row-major): when rows >= cols, so that its longer side is contiguous.
+
+    A one-row product streams a long-rowed matrix faster: OpenBLAS's matrix-vector kernels ran at 36-49
+    GB/s over the rows of c_fc [768, 3072] and of wte stored [768, 50257], against 29-30 GB/s over
+    768-float rows (2 threads, measured in BENCHMARKS.md, Decode at the bandwidth limit). So c_attn and
+    c_fc keep the file's [in, out], the c_proj weights and wte are transposed (square: transposed, a
+    little faster at 1 and 8 rows)."""
+    return len(shape) == 2 and shape[0] >= shape[1]
+
+
+def _read_decode_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -> None:
     """One thread's share of the 2-D tensors (name, offset, size, dtype, shape, out) of a file, read into
-    memory stored transposed through one scratch buffer. Read, not memory-mapped: every page of a map
+    memory in the decode layout (`decode_orientation`) through one scratch buffer. Read, not memory-mapped: every page of a map
     that is touched stays in this process's memory, and the kernel maps whole runs of pages (up to 2 MB)
     around each touched one -- the 124M model's scattered biases alone pulled ~70 MB of unused
     neighbours into its peak RSS (measured). The copies release the GIL, so shares run in parallel."""
     scratch = np.empty(max((size for _, _, size, *_ in jobs), default=0), np.uint8)
     for name, offset, size, dtype, shape, out in jobs:
         raw = _read_bytes(path, offset, size, scratch[:size])
-        tensors[name] = read_transposed(raw.view(FLOAT_DTYPES[dtype]).reshape(shape), dtype, out=out)
+        values = raw.view(FLOAT_DTYPES[dtype]).reshape(shape)
+        if decode_orientation(shape):
+            tensors[name] = read_transposed(values, dtype, out=out)
+        else:
+            tensors[name] = out.reshape(shape)
+            tensors[name][...] = _as_float32(raw, dtype, shape)       # casts F16/F64 on the way
 
 
 def _read_bytes(path: Path, offset: int, size: int, out: np.ndarray | None = None) -> np.ndarray:
