@@ -5,7 +5,7 @@ A 124M-shaped GPT-2 with random weights (transformers' save_pretrained into a te
 --inputs random token-id inputs of --min-len..--max-len tokens (uniform, seed 0). Each run measures, in turn:
 
   numgpt        LanguageModel.embed(inputs, pooling="mean"): length-sorted, left-padded batches of at most
-                2048 padded positions (numgpt/embeddings.py)
+                embeddings.BATCH_TOKENS (512) padded positions
   transformers  GPT2Model on the same batches (the same padding, attention_mask and position_ids from the
                 mask), torch.inference_mode(), float32, then the same masked mean
   serve         (with --serve) `numgpt serve` on the same folder, one request holding every input as token

@@ -59,8 +59,9 @@ def test_embed_equals_transformers_on_a_random_checkpoint(hf_gpt2_vocab_ckpt, to
     inputs = [rng.integers(0, 50257, n).tolist() for n in (1, 7, 40, 3, lm.config.n_positions)]
     want = np.stack([hf_pooled(hf, ids, pooling) for ids in inputs])   # [n, C]
     assert np.abs(want).max() > 0.5                                    # not a degenerate comparison
-    np.testing.assert_allclose(lm.embed(inputs, pooling=pooling), want, atol=ATOL, rtol=0)    # one padded batch
-    np.testing.assert_allclose(lm.embed(inputs, pooling=pooling, batch_tokens=50), want, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(lm.embed(inputs, pooling=pooling), want, atol=ATOL, rtol=0)    # padded batches
+    for budget in (10**6, 50):                                         # one padded batch; several
+        np.testing.assert_allclose(lm.embed(inputs, pooling=pooling, batch_tokens=budget), want, atol=ATOL, rtol=0)
     for ids, w in zip(inputs, want):
         np.testing.assert_allclose(lm.embed(ids, pooling=pooling), w, atol=ATOL, rtol=0)
         np.testing.assert_allclose(embed_one(lm.params, lm.config, ids, pooling), w, atol=ATOL, rtol=0)
