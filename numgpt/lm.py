@@ -265,10 +265,7 @@ class LanguageModel:
             draft = load(draft)
         if not isinstance(draft, LanguageModel):
             raise NumgptError(f"draft_model must be a LanguageModel or a model name, got {describe(draft)}")
-        if not same_tokenizer(self.tokenizer, draft.tokenizer) or draft.config.vocab_size != self.config.vocab_size:
-            raise NumgptError(f"the draft model {draft.folder or ''} has another tokenizer or vocabulary "
-                              f"({draft.config.vocab_size} tokens, the model {self.config.vocab_size}): a draft "
-                              "model must share the model's tokenizer")
+        check_draft_model(self, draft)
         return opts, (draft.params, draft.config)
 
     def _prompts(self, prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool]:
@@ -373,6 +370,14 @@ def same_tokenizer(a: Any, b: Any) -> bool:
         return True
     return all(getattr(a, name, None) == getattr(b, name, None) for name in ("_vocab", "_merges", "_special")) \
         and a.vocab_size == b.vocab_size and a.eot_id == b.eot_id
+
+
+def check_draft_model(model: LanguageModel, draft: LanguageModel) -> None:
+    """A draft model for speculative decoding must share the model's tokenizer and vocabulary (one line if not)."""
+    if not same_tokenizer(model.tokenizer, draft.tokenizer) or draft.config.vocab_size != model.config.vocab_size:
+        raise NumgptError(f"the draft model {draft.folder or ''} has another tokenizer or vocabulary "
+                          f"({draft.config.vocab_size} tokens, the model {model.config.vocab_size}): a draft "
+                          "model must share the model's tokenizer")
 
 
 def checked_options(options: dict[str, Any]) -> GenerationOptions:

@@ -316,13 +316,13 @@ def run_cli(capsys, *argv):
 
 def test_generate_speculative_prints_the_same_text_and_statistics(capsys):
     prompt = "ROMEO:\nTo be or not to be, that is the question. To be or not"
-    code, plain, _ = run_cli(capsys, "generate", "--greedy", "-n", "30", prompt)
+    code, plain, _ = run_cli(capsys, "generate", "--greedy", "-n", "20", prompt)
     assert code == 0
     for extra in (["--speculative", "ngram"], ["--speculative", "draft", "--draft-model", "builtin"]):
-        code, out, err = run_cli(capsys, "generate", "--greedy", "-n", "30", "--num-draft", "3", "--verbose",
+        code, out, err = run_cli(capsys, "generate", "--greedy", "-n", "20", "--num-draft", "3", "--verbose",
                                  *extra, prompt)
         assert (code, out) == (0, plain)
-        assert "sample 1: 30 tokens, finish reason length; speculative: drafted" in err
+        assert "sample 1: 20 tokens, finish reason length; speculative: drafted" in err
         assert "tokens per forward" in err
 
 
@@ -339,3 +339,87 @@ def test_generate_bad_speculative_flags_are_one_line(capsys, argv, message):
     code, out, err = run_cli(capsys, "generate", "-n", "5", *argv, "ROMEO:")
     assert code == 2 and out == ""
     assert err.startswith("numgpt: error: ") and message in err and err.count("\n") == 1
+
+
+# ---- numgpt serve ----------------------------------------------------------------------------------------
+
+SERVE_PROMPTS = ["ROMEO:\nTo be or not to be, that is the question. To be or not", "First Citizen:\nWe are"]
+
+
+def served(server, prompt, **kw):
+    r = server.client.completions.create(model="numgpt", prompt=prompt, max_tokens=40, temperature=0, **kw)
+    return r.choices[0].text, r.model_dump()["usage"]
+
+
+def test_serve_speculative_gives_the_plain_server_s_greedy_text():
+    """Real servers on free loopback ports, the official client: the same greedy text with and without
+    speculation (prompt lookup; the draft model in the engine test below), and usage.speculative."""
+    from test_serve import Server
+    servers = {"plain": Server(), "ngram": Server("--speculative", "ngram", "--num-draft", "4")}
+    try:
+        for prompt in SERVE_PROMPTS:
+            want, usage = served(servers["plain"], prompt)
+            assert usage.get("speculative") is None
+            text, usage = served(servers["ngram"], prompt)
+            assert text == want
+            s = usage["speculative"]
+            assert s["tokens"] == 40 and 0 <= s["accepted"] <= s["drafted"]
+            assert s["tokens_per_forward"] == pytest.approx(40 / s["target_forwards"], abs=1e-4)
+        assert s["accepted"] > 0
+        chunks = servers["ngram"].client.completions.create(model="numgpt", prompt=SERVE_PROMPTS[0], max_tokens=40,
+                                                            temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in chunks) == served(servers["plain"], SERVE_PROMPTS[0])[0]
+        kw = dict(model="numgpt", prompt=SERVE_PROMPTS[1], max_tokens=30, temperature=0.9, seed=5)
+        first = servers["ngram"].client.completions.create(**kw).choices[0].text
+        assert servers["ngram"].client.completions.create(**kw).choices[0].text == first   # seeded: the same
+        chat = dict(model="numgpt", messages=[{"role": "user", "content": "Say: to be or not to be"}], max_tokens=30,
+                    temperature=0)
+        r = servers["ngram"].client.chat.completions.create(**chat)
+        assert r.choices[0].message.content == \
+            servers["plain"].client.chat.completions.create(**chat).choices[0].message.content
+        assert r.model_dump()["usage"]["speculative"]["tokens"] >= r.usage.completion_tokens
+    finally:
+        for s in servers.values():
+            assert s.stop() == 0
+            assert not any("Traceback" in line for line in s.log), "".join(s.log)
+
+
+def test_engine_with_a_draft_model_gives_the_plain_text():
+    """The serving engine speculating with a draft model (here the model itself: every draft kept), several
+    sequences at once, each in its own slot: the greedy text of plain decoding, and the statistics."""
+    import threading
+    from numgpt.serve.engine import Engine, Finished, Generated, SequenceRequest
+    lm = numgpt.load()
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=4, speculative="draft", num_draft=3,
+                    draft=(lm.params, lm.config)).start()
+    done, texts, finals = threading.Semaphore(0), {}, {}
+
+    def deliver(i):
+        def take(ev):
+            if isinstance(ev, Generated):
+                texts[i] = texts.get(i, "") + ev.text
+            elif isinstance(ev, Finished):
+                texts[i] = texts.get(i, "") + ev.text
+                finals[i] = ev
+                done.release()
+        return take
+    try:
+        engine.submit([SequenceRequest(lm.encode(p), 30, GREEDY) for p in SERVE_PROMPTS],
+                      [deliver(i) for i in range(len(SERVE_PROMPTS))])
+        for _ in SERVE_PROMPTS:
+            assert done.acquire(timeout=120)
+    finally:
+        engine.stop()
+    for i, p in enumerate(SERVE_PROMPTS):
+        assert texts[i] == lm.generate(p, max_new_tokens=30, do_sample=False)
+        s = finals[i].speculative
+        assert s.tokens == 30 and s.acceptance_rate == 1.0 and s.forwards == 1 + 29 // 4 + (29 % 4 > 0)
+
+
+def test_serve_refuses_a_draft_model_with_another_tokenizer():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "numgpt", "serve", "--port", "0", "--speculative", "draft",
+                          "--draft-model", "chat"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "another tokenizer or vocabulary" in out.stderr

@@ -17,6 +17,7 @@ import sys
 from ..embeddings import POOLINGS
 from ..errors import NumgptError
 from .inference_commands import MODEL_HELP, _add_adapter, load_model
+from .options import add_speculative_flags, speculative_kwargs
 
 SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
@@ -49,6 +50,8 @@ examples:
   numgpt serve --model gpt2 --adapter runs/lora/adapter   GPT-2 with a LoRA adapter merged in
   numgpt serve --embedding-pooling last          /v1/embeddings gives the last token's hidden state
   NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
+  numgpt serve --speculative ngram --num-draft 4   prompt lookup: the same text in fewer forwards; the
+                                                 response's usage.speculative says what it did
 
 then:
   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
@@ -84,7 +87,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="/v1/embeddings' vector: the mean of the final hidden states over the input's tokens, "
                         "or the last token's (default mean)")
     add_judge_flags(p)
+    add_speculative_flags(p)
     p.set_defaults(run=run_serve)
+
+
+def load_draft(args: argparse.Namespace, lm, speculative: dict) -> dict:
+    """ServerSettings' speculative fields: --speculative, --num-draft checked against the model's context,
+    and --draft-model loaded and refused unless it shares the model's tokenizer."""
+    if not speculative:
+        return {}
+    from ..lm import check_draft_model
+    from ..speculative import check_num_draft
+
+    if speculative.get("num_draft") is not None:
+        check_num_draft(speculative["num_draft"], lm.config)
+    draft = None
+    if args.draft_model is not None:
+        draft = load_model(argparse.Namespace(model=args.draft_model))
+        check_draft_model(lm, draft)
+    return {**speculative, "draft_model": draft}
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -104,6 +125,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise NumgptError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
     if not args.request_timeout > 0:
         raise NumgptError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
+    speculative = speculative_kwargs(args)                 # checked before anything loads
     key = api_key(args.api_key, os.environ.get("NUMGPT_API_KEY"))
     template = load_chat_template(args.chat_template)
     sock = bind(args.host, args.port)
@@ -114,7 +136,7 @@ def run_serve(args: argparse.Namespace) -> int:
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               request_timeout=args.request_timeout, log_prompts=args.log_prompts,
                               chat_template=template, embedding_pooling=args.embedding_pooling,
-                              **load_judges(args, lm))
+                              **load_judges(args, lm), **load_draft(args, lm, speculative))
     app = create_app(lm, settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     host, port = sock.getsockname()[:2]

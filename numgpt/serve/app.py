@@ -41,8 +41,10 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
     app is up (its lifespan). Weights holding NaN or inf are refused here, naming the tensor: served,
     they would fail every request."""
     check_finite_weights(lm.params)
+    draft = settings.draft_model
     engine = engine or Engine(lm.params, lm.config, lm.tokenizer, max_batch=settings.max_batch,
-                              max_queue=settings.max_queue)
+                              max_queue=settings.max_queue, speculative=settings.speculative,
+                              num_draft=settings.num_draft, draft=None if draft is None else (draft.params, draft.config))
     metrics = Metrics(engine)
 
     @asynccontextmanager

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from ..errors import NumgptError
 from ..generate import GenerationOptions, TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
+from ..speculative import SpeculativeStats
 from . import schemas
 from .chat import ChatTemplate, ModelChatTemplate
 from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
@@ -360,7 +361,14 @@ class Completions:
         done = sum(len(r.tokens) for r in results)
         request.state.log["completion_tokens"] = done
         p = sum(map(len, prompts))
-        return {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
+        out = {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}
+        if any(r.speculative is not None for r in results):    # numgpt's extension: speculative decoding
+            total = SpeculativeStats()
+            for r in results:
+                if r.speculative is not None:
+                    total.add(r.speculative)
+            out["speculative"] = total.as_dict()
+        return out
 
 
 async def events(stream) -> AsyncIterator[tuple[int, Event]]:
@@ -388,6 +396,7 @@ class Result:
         self.prompt_logprobs = None
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.speculative = None          # the engine's SpeculativeStats, when it speculates
 
     def add(self, ev: Event, started: float, metrics: Metrics) -> None:
         if isinstance(ev, Prefilled):
@@ -400,6 +409,7 @@ class Result:
         else:
             self.text += ev.text
             self.finish_reason, self.error = openai_finish_reason(ev.reason), ev.error
+            self.speculative = ev.speculative
 
     def check(self) -> None:
         if self.error:       # the engine's errors are the server's (a request's own were refused before it)

@@ -9,6 +9,13 @@ options and random generator, and report it. A sequence leaves its slot the mome
 end-of-text, stop string, cancel, deadline: its finish.Finisher, the rule `numgpt generate` uses too), and
 the next waiting one takes the slot at the next loop.
 
+Speculative decoding (Engine(speculative="ngram"|"draft"), `numgpt serve --speculative`): every sequence
+drafts and verifies on its own, in its own slot -- its round's K+1-row forward runs through its slot's
+view of the cache (SlotCache.view), which is then rolled back past the rejected drafts; the plain rows
+still decode together. Exact as in `numgpt generate` (numgpt/speculative.py), simple, and fastest for
+one request at a time; under load the batched step would read the weights once for all rows instead.
+The statistics come with the Finished event (the usage's "speculative" in completions.py).
+
 Determinism: a seeded sequence draws from its own generator, SeedSequence(seed, spawn_key=(j,)) for
 sample j of a request (as `numgpt generate --seed`), and whenever a seeded sequence is running the decode
 step runs batch-invariant (slots.py), so its text is byte-identical whatever else runs. Without a seed a
@@ -31,10 +38,11 @@ import numpy as np
 
 from ..errors import NumgptError
 from ..finish import Finisher
-from ..generate import TokenLogprob, token_logprob_rows
+from ..generate import DEFAULT_NUM_DRAFT, TokenLogprob, token_logprob_rows
 from ..model import check_finite_logits
 from ..sampling import SamplingOptions, next_tokens
 from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
+from ..speculative import Speculation, SpeculativeStats, speculation, verify_round
 
 
 class QueueFull(NumgptError):
@@ -88,6 +96,7 @@ class Finished:
     reason: str          # one of finish.FINISH_REASONS ("eos", "stop", "length", ...); completions.py says it in OpenAI's words
     text: str = ""
     error: str | None = None
+    speculative: SpeculativeStats | None = None   # what speculative decoding did, when the engine speculates
 
 
 @dataclass
@@ -124,6 +133,8 @@ class Running:
     generated: list[int]
     finisher: Finisher                      # eos, stop strings, length, cancel, deadline (numgpt/finish.py)
     pending: int = -1                       # the token to feed at the next decode step
+    spec: Speculation | None = None         # its drafter, when the engine speculates
+    spec_stats: SpeculativeStats | None = None
 
 
 @dataclass
@@ -143,9 +154,13 @@ class Engine:
     max_queue: sequences that may wait for a slot; beyond that submit raises QueueFull.
     """
 
-    def __init__(self, params, config, tokenizer, *, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, params, config, tokenizer, *, max_batch: int = 8, max_queue: int = 64,
+                 speculative: str | None = None, num_draft: int | None = None, draft: tuple | None = None):
         if max_batch < 1 or max_queue < 0:
             raise NumgptError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.speculative, self.num_draft, self.draft = speculative, num_draft or DEFAULT_NUM_DRAFT, draft
+        if speculative is not None:       # checked now, not at the first request
+            speculation(speculative, self.num_draft, config, draft=draft)
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = SlotCache.allocate(config, max_batch)
@@ -300,6 +315,11 @@ class Engine:
             finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
                                 eos_id=eos | set(r.end_ids), deadline=r.deadline)
             seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
+            if self.speculative is not None and r.max_new_tokens > 0:
+                seq.spec = speculation(self.speculative, self.num_draft, self.config, draft=self.draft,
+                                       headroom=r.max_new_tokens)
+                seq.spec.drafter.start([r.prompt_ids])
+                seq.spec_stats = SpeculativeStats(forwards=1, tokens=1)   # the prefill and its token
             with self._lock:              # from waiting to running in one step: submit's counts stay true
                 self._running[slot] = seq
                 self._waiting_count -= 1
@@ -318,6 +338,15 @@ class Engine:
         if not self._running:
             return
         rows = sorted(self._running.values(), key=lambda s: s.slot)
+        for seq in [s for s in rows if s.spec is not None]:    # each in its own slot (module docstring)
+            try:
+                self._speculate(seq)
+            except Exception as e:  # noqa: BLE001 -- one sequence's failure must not stop the model thread
+                self._finish(seq, "error", error=str(e) if isinstance(e, NumgptError) else
+                             f"internal error: {type(e).__name__}")
+        rows = [s for s in rows if s.spec is None]
+        if not rows:
+            return
         invariant = any(s.ticket.request.seeded for s in rows)
         try:
             logits = decode_slots(self.params, self.config, self.cache, [s.slot for s in rows],
@@ -341,11 +370,28 @@ class Engine:
                 self._finish(seq, "error", error=str(e) if isinstance(e, NumgptError) else
                              f"internal error: {type(e).__name__}")
 
-    def _choose_one(self, seq: Running, row: np.ndarray) -> None:
+    def _speculate(self, seq: Running) -> None:
+        """One speculative round of a sequence in its slot: draft, verify in one forward, roll back; then
+        each kept token is reported as a decode step's would be, until the sequence ends."""
+        r = seq.ticket.request
+        view = self.cache.view(seq.slot)                        # a one-row KVCache on the slot's memory
+        cap = min(seq.spec.num_draft, r.max_new_tokens - len(seq.generated) - 1)
+        chosen, logits = verify_round(self.params, self.config, view, seq.spec, [seq.tokens], [len(r.prompt_ids)],
+                                      [cap], r.sampling, None if r.rng is None else [r.rng], [seq.spec_stats])
+        self.cache.lengths[seq.slot] = view.length
+        self.stats.steps += 1
+        for j, token in enumerate(chosen[0]):
+            seq.spec_stats.tokens += 1
+            self._choose_one(seq, logits[0, j], token)
+            if seq.ticket.finished:
+                return
+
+    def _choose_one(self, seq: Running, row: np.ndarray, token: int | None = None) -> None:
         check_finite_logits(row[None], self.params)
         r = seq.ticket.request
-        token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
-                                previous=[seq.tokens], generated=[seq.generated])[0])
+        if token is None:                 # (a speculative round's tokens were chosen by speculative.verify)
+            token = int(next_tokens(row[None], r.sampling, None if r.rng is None else [r.rng],
+                                    previous=[seq.tokens], generated=[seq.generated])[0])
         lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
         self.stats.tokens_generated += 1
         if seq.finisher.add(token):           # not the end-of-text token: reported with the text it freed
@@ -361,4 +407,4 @@ class Engine:
         self._running.pop(seq.slot, None)
         seq.finisher.end(reason)
         seq.ticket.finished = True
-        seq.ticket.deliver(Finished(seq.finisher.reason, seq.finisher.release(), error))
+        seq.ticket.deliver(Finished(seq.finisher.reason, seq.finisher.release(), error, seq.spec_stats))

@@ -263,10 +263,23 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None
 
 
+class SpeculativeUsage(BaseModel):
+    """numgpt's extension of usage (`numgpt serve --speculative`): what speculative decoding did for the
+    request's sequences together (numgpt/speculative.py, SpeculativeStats)."""
+
+    drafted: int
+    accepted: int
+    acceptance_rate: float
+    target_forwards: int
+    tokens: int
+    tokens_per_forward: float
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    speculative: SpeculativeUsage | None = None     # numgpt's extension; null unless the server speculates
 
 
 class CompletionResponse(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .chat import ChatTemplate, ModelChatTemplate
 from .judges import Reference, RewardModel
@@ -23,4 +24,7 @@ class ServerSettings:
     chat_template: ChatTemplate | ModelChatTemplate | None = ChatTemplate()   # None: chat off
     reward_model: RewardModel | None = None      # the Chat tab's reward of a reply (--reward-model)
     reference: Reference | None = None           # DPO's reference, for the implicit reward (--reference)
+    speculative: str | None = None               # "ngram" or "draft": every request decodes speculatively
+    num_draft: int | None = None                 # tokens drafted per forward (None: generate's default)
+    draft_model: Any = None                      # the LanguageModel drafting for speculative="draft"
     embedding_pooling: str = "mean"              # /v1/embeddings' pooling: "mean" or "last" (numgpt.embeddings)
