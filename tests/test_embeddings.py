@@ -235,6 +235,10 @@ def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("line 2 is empty: every line is a text to embed")
     assert "Traceback" not in bad.stderr and bad.stdout == ""
+    long = subprocess.run([sys.executable, "-m", "numgpt", "embed", "Hi", "word " * 400], capture_output=True,
+                          text=True, timeout=120)
+    assert long.returncode == 2 and long.stderr.count("\n") == 1 and "input 1 has" in long.stderr
+    assert long.stderr.strip().endswith("pass --truncate to keep its first tokens"), long.stderr
 
 
 def test_request_timeout_ends_an_embeddings_request_and_the_server_goes_on(builtin):

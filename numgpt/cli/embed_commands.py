@@ -58,7 +58,10 @@ def texts_of(args: argparse.Namespace) -> list[str]:
 def run_embed(args: argparse.Namespace) -> int:
     texts = texts_of(args)
     lm = load_model(args)
-    vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)      # [n, C]
+    try:
+        vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)  # [n, C]
+    except NumgptError as e:                   # the library's remedy said as this command's flag
+        raise NumgptError(str(e).replace("truncate=True", "--truncate")) from None
     for i, (text, v) in enumerate(zip(texts, vectors)):
         tokens = min(len(lm.encode(text)), lm.config.n_positions)
         print(json.dumps({"index": i, "tokens": tokens, "embedding": v.tolist()}))
