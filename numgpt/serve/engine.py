@@ -7,7 +7,8 @@ their slots -- a burst of newcomers in one forward -- and their first tokens pic
 (slots.decode_slots: rows at different cache lengths), pick each row's next token with the row's own
 options and random generator, and report it. A sequence leaves its slot the moment it ends (length,
 end-of-text, stop string, cancel, deadline: its finish.Finisher, the rule `numgpt generate` uses too), and
-the next waiting one takes the slot at the next loop.
+the next waiting one takes the slot at the next loop. A loop first runs one waiting `call` if there is one
+(a forward without decoding: a batch of /v1/embeddings), so that two forwards never share the cores.
 
 Speculative decoding (Engine(speculative="ngram"|"draft"), `numgpt serve --speculative`): every sequence
 drafts and verifies on its own, in its own slot -- its round's K+1-row forward runs through its slot's
