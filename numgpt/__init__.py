@@ -1,7 +1,7 @@
 """numgpt: GPT-2 from scratch in NumPy.
 
 The public API (everything else is internal and may change):
-    load, LanguageModel, NextToken            -- a model with its tokenizer: generate, next, perplexity (lm.py)
+    load, LanguageModel, NextToken            -- a model with its tokenizer: generate, next, perplexity, embed (lm.py)
     GPTConfig, PRESETS                        -- the architecture's hyperparameters (config.py)
     forward, KVCache                          -- the forward pass with its key/value cache (model.py, kvcache.py)
     load_checkpoint, save_checkpoint, resolve_model, checkpoint_summary   -- Hugging Face folders (formats/)

@@ -295,7 +295,9 @@ class LanguageModel:
         each input's tokens, "mean" or "last" (numgpt/embeddings.py). One input (text or token ids) ->
         float32 [C]; a list of them -> [n, C], batched by length. An input beyond the context is refused,
         or cut to its first n_positions tokens if truncate."""
-        single = isinstance(inputs, str) or (isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) > 0
+        if isinstance(inputs, np.ndarray):
+            inputs = inputs.tolist()                           # ids [T], or rows of ids [n, T]
+        single = isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and len(inputs) > 0
                                              and all(_is_id(t) for t in inputs))
         items = [inputs] if single else inputs
         if not isinstance(items, (list, tuple)) or not items:

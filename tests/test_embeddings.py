@@ -118,6 +118,12 @@ def test_bad_inputs_are_one_line_errors(builtin):
         builtin.embed("a", batch_tokens=0)
 
 
+def test_arrays_of_ids_are_inputs_as_lists_are(builtin):
+    rows = [[5, 9, 30], [7, 7, 2]]
+    np.testing.assert_array_equal(builtin.embed(np.asarray(rows)), builtin.embed(rows))      # [n, T]: n inputs
+    np.testing.assert_array_equal(builtin.embed(np.asarray(rows[0])), builtin.embed(rows[0]))  # [T]: one
+
+
 def test_truncate_keeps_the_first_n_positions_tokens(builtin):
     n = builtin.config.n_positions
     ids = (np.arange(n + 9) % 200).tolist()
