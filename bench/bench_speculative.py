@@ -1,0 +1,164 @@
+"""Speculative decoding benchmark: tokens/s of plain decoding, prompt lookup (--speculative ngram) and a draft
+model (--speculative draft), greedy, on text where drafting applies; every speculative output is checked equal
+to the plain one token for token before it is timed. Medians of --runs runs (the methods interleaved in each
+run), and each method's ratio to plain measured in the same run (the median of those ratios), with the
+acceptance rate and tokens per target forward.
+
+    python bench/bench_speculative.py                           ~2-4 minutes on the 2-core machine
+    python bench/bench_speculative.py --draft runs/draft/sft --runs 5 --new-tokens 64
+
+Cases:
+  chat/quote   the built-in chat model (numgpt.load("chat")) answering user messages that quote their context:
+               "Repeat after me: ...", "Fix the spelling: ...", "Write this in capitals: ...", with a
+               sentence of Shakespeare-like words; replies end at the chat template's end token
+  chat/tasks   the same model on the synthetic tasks of numgpt/posttrain/synth.py (held-out split, every
+               family: add, sub, count, reverse, next, convert, identity), as its evaluation prompts them
+  chat/history the same tasks with 1-3 earlier exchanges in the conversation (synth's turns=4): the answer
+               templates the reply reuses are in its context
+  124M/quote   a random 124M GPT-2 saved by transformers (GPT2LMHeadModel(GPT2Config()), seed 0,
+               initializer_range 0.05), prompted with the first 96 tokens of tinyshakespeare followed by
+               their first 16 again (the text quoting itself); greedy, no end-of-text stop. Prompt lookup only:
+               no smaller model shares its random weights' behaviour.
+The draft model (--draft, default runs/draft/sft) is what dev/make_draft_model.sh trains: 2 layers, 96
+channels, the chat model's tokenizer; the draft cases are skipped (said so) when it does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+QUOTES = ("Repeat after me: {s}", "Fix the spelling: {s}", "Write this in capitals: {s}", "Say it again: {s}")
+SENTENCES = ("the king and the queen walk to the castle in the morning",
+             "to be or not to be that is the question",
+             "a good name is better than gold and silver",
+             "the cat sat on the mat and looked at the moon")
+
+
+def chat_cases(lm, n_tasks: int) -> dict[str, list[list[int]]]:
+    import numpy as np
+    from numgpt.posttrain.chat_format import chat_template
+    from numgpt.posttrain.synth import prompt_messages, synthesize
+
+    template = chat_template(lm.tokenizer)
+    quote = [template.render([{"role": "user", "content": q.format(s=s)}], add_generation_prompt=True)
+             for q, s in zip(QUOTES, SENTENCES)]
+    tasks = synthesize(n_tasks, rng=np.random.default_rng(0), split="heldout")
+    task = [template.render(prompt_messages(t), add_generation_prompt=True) for t in tasks]
+    history = [template.render(prompt_messages(t), add_generation_prompt=True)
+               for t in synthesize(n_tasks, rng=np.random.default_rng(1), split="heldout", turns=4)]
+    return {"chat/quote": quote, "chat/tasks": task, "chat/history": history}, template.end_id
+
+
+def random_124m(folder: Path):
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(initializer_range=0.05))
+    model.save_pretrained(folder)
+
+
+def run_method(lm, prompts, method, draft, new_tokens, stop):
+    """(seconds, tokens, stats) of greedy decoding of every prompt alone (batch 1), and the outputs."""
+    from numgpt.generate import generate_ids
+    from numgpt.sampling import GREEDY
+    from numgpt.speculative import SpeculativeStats, speculation
+
+    outs, total, tokens = [], SpeculativeStats(), 0
+    t = time.perf_counter()
+    for p in prompts:
+        spec = None if method == "plain" else speculation(method, NUM_DRAFT, lm.config, headroom=new_tokens,
+                                                          draft=(draft.params, draft.config) if method == "draft" else None)
+        out = generate_ids(lm.params, lm.config, [p], max_new_tokens=new_tokens, sampling=GREEDY,
+                           stop_ids=stop, speculative=spec)[0]
+        outs.append(out)
+        tokens += len(out)
+        if spec is not None:
+            total.add(spec.stats[0])
+    return time.perf_counter() - t, tokens, total, outs
+
+
+def bench_case(name, lm, prompts, methods, draft, args, stop):
+    plain = run_method(lm, prompts, "plain", None, args.new_tokens, stop)[3]
+    for m in methods[1:]:                                    # exactness first: the same tokens as plain
+        got = run_method(lm, prompts, m, draft, args.new_tokens, stop)[3]
+        assert got == plain, f"{name}: {m} differs from plain decoding"
+    rates = {m: [] for m in methods}
+    ratios = {m: [] for m in methods}
+    stats = {}
+    for r in range(args.runs):
+        order = methods if r % 2 == 0 else methods[::-1]
+        now = {}
+        for m in order:
+            seconds, tokens, st, _ = run_method(lm, prompts, m, draft, args.new_tokens, stop)
+            now[m] = tokens / seconds
+            stats[m] = st
+        for m in methods:
+            rates[m].append(now[m])
+            ratios[m].append(now[m] / now["plain"])
+    tokens = sum(len(o) for o in plain)
+    print(f"\n{name}: {len(prompts)} prompts, {tokens} new tokens in all (greedy, batch 1, --num-draft {NUM_DRAFT})")
+    print(f"  {'method':<8} {'tokens/s':>9} {'x plain':>8} {'accepted':>9} {'tokens/forward':>15}")
+    for m in methods:
+        st = stats[m]
+        acc = "" if m == "plain" else f"{st.acceptance_rate:.1%}"
+        tpf = "1.00" if m == "plain" else f"{st.tokens_per_forward:.2f}"
+        print(f"  {m:<8} {statistics.median(rates[m]):>9.1f} {statistics.median(ratios[m]):>7.2f}x {acc:>9} {tpf:>15}")
+
+
+NUM_DRAFT = 4
+
+
+def main() -> None:
+    global NUM_DRAFT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
+    ap.add_argument("--new-tokens", type=int, default=48, help="new tokens per prompt at most (default 48)")
+    ap.add_argument("--num-draft", type=int, default=4, help="K, tokens drafted per forward (default 4)")
+    ap.add_argument("--tasks", type=int, default=7, help="synthetic tasks in chat/tasks (default 7: one per family)")
+    ap.add_argument("--draft", default=str(REPO / "runs" / "draft" / "sft"),
+                    help="the draft model for the chat model (dev/make_draft_model.sh; default runs/draft/sft)")
+    ap.add_argument("--only", metavar="TEXT", help="run only the cases whose name contains TEXT")
+    ap.add_argument("--text", default=str(SHAKESPEARE), help="the text the 124M case quotes (tinyshakespeare)")
+    ap.add_argument("--no-124m", action="store_true", help="skip the random 124M case (it needs torch to make it)")
+    args = ap.parse_args()
+    NUM_DRAFT = args.num_draft
+
+    import numgpt
+    chat = numgpt.load("chat")
+    draft = numgpt.load(args.draft) if Path(args.draft).exists() else None
+    c = chat.config
+    print(f"chat model: numgpt.load('chat'), n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
+          f"n_positions={c.n_positions}, vocab {c.vocab_size}")
+    if draft is None:
+        print(f"draft model: none at {args.draft} (sh dev/make_draft_model.sh makes it): draft cases skipped")
+    else:
+        d = draft.config
+        from numgpt.lm import check_draft_model
+        check_draft_model(chat, draft)
+        print(f"draft model: {draft.folder}, n_layer={d.n_layer}, n_head={d.n_head}, n_embd={d.n_embd}, "
+              f"n_positions={d.n_positions}, the chat model's tokenizer")
+    cases, end_id = chat_cases(chat, args.tasks)
+    methods = ["plain", "ngram"] + (["draft"] if draft is not None else [])
+    for name, prompts in cases.items():
+        if args.only is None or args.only in name:
+            bench_case(name, chat, prompts, methods, draft, args, stop=[end_id])
+    if args.no_124m or (args.only is not None and args.only not in "124M/quote"):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        random_124m(Path(tmp))
+        lm = numgpt.load(tmp)
+        ids = lm.encode(Path(args.text).read_text(encoding="utf-8"))[:96]
+        bench_case("124M/quote", lm, [ids + ids[:16]], ["plain", "ngram"], None, args, stop=[])
+
+
+if __name__ == "__main__":
+    main()
