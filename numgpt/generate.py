@@ -468,6 +468,9 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
                     logprobs[i].append(lp)
             else:
                 lp = None                                   # the end-of-text token is not reported
+            constraint = options.sampling.constraint
+            if f.reason is None and constraint is not None and constraint.complete(token_ids[i]):
+                f.end("eos")                                # a whole match no token can extend (structured)
             if f.reason is not None:
                 stopped.append(i)
             yield Piece(i, f.release(), lp)

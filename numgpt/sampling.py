@@ -9,7 +9,10 @@ TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and MinPLogitsWarper
 tests/test_sampling.py checks them against those classes. OpenAI's API adds two rules that come first
 (they are edits of the raw logits, applied to greedy decoding too): logit_bias (a number added to chosen
 tokens' logits) and the presence/frequency penalties (subtracted per token for having appeared / per
-appearance in the generated text, as OpenAI documents them). Randomness is passed in as np.random.Generator objects, one per sequence, so that a
+appearance in the generated text, as OpenAI documents them). Before all of them runs the constraint stage
+(structured outputs: a regex or JSON schema compiled by numgpt/structured into a token automaton), which
+sets every token that would leave the constrained language to -inf, so no later rule can pick one.
+Randomness is passed in as np.random.Generator objects, one per sequence, so that a
 sequence's draws do not depend on which other sequences share its batch.
 
 Greedy rule: decoding is greedy (argmax of the processed logits) when `do_sample=False` or
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +34,20 @@ from .errors import NumgptError, UnknownOptionError, describe, real_number, whol
 from .ops import softmax
 
 FILTERED = -np.inf  # the logit of a token a rule has removed: probability exactly 0, never NaN
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """A constraint on the generated text (numgpt/structured's Constraint is the one there is): it knows
+    which tokens keep each row's text valid after the tokens it generated so far."""
+
+    def mask(self, logits: np.ndarray, generated: Sequence[Sequence[int]]) -> np.ndarray:
+        """[B, V] -> [B, V] with each row's disallowed tokens at -inf."""
+        ...
+
+    def complete(self, generated: Sequence[int]) -> bool:
+        """True when a row's generated tokens are a whole match no token can extend (the loop ends it)."""
+        ...
 
 
 def option(default: Any = MISSING, help: str = "", *, metavar: str | None = None, flag: str | None = None,
@@ -88,6 +105,8 @@ class SamplingOptions:
         occurs in the generated text / once per occurrence; 0 = off.
     logit_bias: (token id, bias) pairs added to those logits (OpenAI's, bias in [-100, 100]); a dict
         {id: bias} is accepted too.
+    constraint: only tokens that keep the text in a regular language (a Constraint from numgpt.structured,
+        built from a regex or a JSON schema); None = off. Not a flag: --regex / --json-schema build it.
     """
 
     temperature: float = option(1.0, "< 1 sharper, > 1 flatter, 0 = greedy", metavar="T")
@@ -105,6 +124,7 @@ class SamplingOptions:
                                       "in [-2, 2] (OpenAI's); 0 = off", metavar="F")
     logit_bias: tuple[tuple[int, float], ...] = option((), "add BIAS (-100..100) to token ID's logit "
                                                        "(repeatable)", metavar="ID=BIAS", parse=parse_logit_bias)
+    constraint: Constraint | None = field(default=None)
 
     @classmethod
     def from_mapping(cls, given: Mapping[str, Any]) -> "SamplingOptions":
@@ -144,11 +164,14 @@ class SamplingOptions:
             if not -100 <= real_number("a logit_bias value", pair[1], rule=" in [-100, 100]") <= 100:
                 raise NumgptError(f"a logit_bias value must be in [-100, 100], got {pair[1]}")
         object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in self.logit_bias))
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise NumgptError("constraint must be a numgpt.structured Constraint (from a regex or a JSON schema), "
+                              f"got {describe(self.constraint)}")
 
     @property
     def penalises_generated(self) -> bool:
-        """True when a rule needs each row's generated tokens (presence or frequency penalty)."""
-        return self.presence_penalty != 0 or self.frequency_penalty != 0
+        """True when a rule needs each row's generated tokens (presence or frequency penalty, a constraint)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.constraint is not None
 
     @property
     def greedy(self) -> bool:
@@ -285,6 +308,10 @@ def _needed(rows: Rows, what: str) -> Sequence[Sequence[int]]:
     return rows
 
 
+def _constraint(logits: np.ndarray, o: SamplingOptions, previous: Rows, generated: Rows) -> np.ndarray:
+    return o.constraint.mask(logits, _needed(generated, "a constraint needs the generated tokens"))
+
+
 def _logit_bias(logits: np.ndarray, o: SamplingOptions, previous: Rows, generated: Rows) -> np.ndarray:
     return apply_logit_bias(logits, o.logit_bias)
 
@@ -324,6 +351,7 @@ NEUTRAL = {f.name: f.default for f in fields(SamplingOptions)}   # each option's
 # The sampler's rules in the order they run (the module docstring says whose order): process_logits runs
 # this list, teach/sampling_view walks it, and the CLI's --greedy check reads which rules are sampling-only.
 RULES = (
+    Rule("constraint", ("constraint",), False, _constraint),
     Rule("logit_bias", ("logit_bias",), False, _logit_bias),
     Rule("presence_frequency_penalty", ("presence_penalty", "frequency_penalty"), False, _presence_frequency),
     Rule("repetition_penalty", ("repetition_penalty",), False, _repetition),

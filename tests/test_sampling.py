@@ -280,7 +280,7 @@ def test_process_logits_runs_the_rules_in_their_documented_order():
     from numgpt.sampling import (RULES, SAMPLING_ONLY_OPTIONS, apply_logit_bias, apply_min_p,
                                  apply_presence_frequency_penalty, apply_repetition_penalty, apply_temperature,
                                  apply_top_k, apply_top_p, process_logits)
-    assert [r.name for r in RULES] == ["logit_bias", "presence_frequency_penalty", "repetition_penalty",
+    assert [r.name for r in RULES] == ["constraint", "logit_bias", "presence_frequency_penalty", "repetition_penalty",
                                        "temperature", "top_k", "top_p", "min_p"]
     assert SAMPLING_ONLY_OPTIONS == ("temperature", "top_k", "top_p", "min_p")
     logits = np.random.default_rng(0).normal(size=(2, 50)).astype(np.float32)

@@ -400,6 +400,9 @@ class Engine:
             seq.generated.append(token)
             seq.ticket.deliver(Generated(token, seq.finisher.release(), lp))
             seq.pending = token
+        constraint = r.sampling.constraint
+        if seq.finisher.reason is None and constraint is not None and constraint.complete(seq.generated):
+            seq.finisher.end("eos")           # a whole match no token can extend (structured outputs)
         if seq.finisher.reason is not None:
             self._finish(seq)
 

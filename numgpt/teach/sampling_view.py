@@ -32,9 +32,12 @@ import numpy as np
 from ..errors import NumgptError, whole_number
 from ..model import check_context, check_finite_logits, forward
 from ..ops import softmax
-from ..sampling import RULES, SamplingOptions
+from ..sampling import RULES as SAMPLER_RULES
+from ..sampling import SamplingOptions
 from .inputs import Prompt, prompt_ids, token_labels
 
+RULES = tuple(r for r in SAMPLER_RULES if r.name != "constraint")   # a constraint (structured output) needs a
+# row's automaton state, which this one-distribution view has not: it shows the unconstrained stages
 STAGES = ("raw",) + tuple(rule.name for rule in RULES)   # the sampler's order (sampling.RULES)
 SAMPLING_ONLY = tuple(rule.name for rule in RULES if rule.sampling_only)   # skipped under greedy decoding
 

@@ -1,0 +1,71 @@
+"""Structured outputs: generation constrained to a regular expression or a JSON schema.
+
+    constraint = build_constraint(tokenizer, regex=r"\\d{3}-\\d{4}")          # or json_schema={...}, json_object=True
+    lm.generate("Call ", regex=r"\\d{3}-\\d{4}")                              # what LanguageModel does with it
+
+regex.py compiles a regular expression into a DFA over UTF-8 bytes; schema.py turns a JSON schema (a
+supported subset) into such an expression; automaton.py lifts the DFA to the model's tokens. The result,
+a Constraint, goes into SamplingOptions(constraint=...): the sampler's first stage (numgpt/sampling.py)
+sets every token that would leave the language to -inf, and the end-of-text token is allowed only where
+the text so far is a whole match. So a generation that ends by itself ("eos") always matches; one cut by
+max_new_tokens ("length") or a stop string ("stop") may not -- as OpenAI's API, which returns
+finish_reason "length" with invalid JSON then.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Collection
+
+from ..errors import NumgptError
+from .automaton import Constraint, TokenAutomaton, token_bytes_of
+from .regex import DFA, MAX_STATES, RegexError, compile_regex, compile_tree, parse
+from .schema import SchemaError, json_object, schema_to_regex
+
+__all__ = ["Constraint", "DFA", "RegexError", "SchemaError", "TokenAutomaton", "build_constraint", "compile_regex",
+           "schema_to_regex"]
+
+_AUTOMATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # tokenizer -> {key: TokenAutomaton}
+_LOCK = threading.Lock()
+_KEPT = 32                                                             # automata kept per tokenizer
+
+
+def build_constraint(tokenizer, *, regex: str | None = None, json_schema=None, json_object_mode: bool = False,
+                     end_ids: Collection[int] | None = None, vocab_size: int | None = None,
+                     max_states: int = MAX_STATES) -> Constraint:
+    """A Constraint for exactly one of: `regex` (the whole text must match, as re.fullmatch), `json_schema`
+    (a dict or its JSON text), `json_object_mode` (any JSON object, OpenAI's json_object).
+
+    end_ids: the tokens that end the text (default: <|endoftext|>). vocab_size: the model's, when it has
+    fewer ids than the tokenizer. The automaton is kept per tokenizer (the 32 latest), so a schema used
+    again reuses the allowed-token sets it already computed. Errors are one-line NumgptErrors.
+    """
+    given = [name for name, v in (("regex", regex), ("json_schema", json_schema)) if v is not None]
+    given += ["json_object"] if json_object_mode else []
+    if len(given) != 1:
+        raise NumgptError("give exactly one of regex, json_schema, json_object" +
+                          (f" (got {' and '.join(given)})" if given else ""))
+    if regex is not None:
+        if not isinstance(regex, str):
+            raise RegexError(f"regex must be a string, got {type(regex).__name__}")
+        pattern, what = regex, f"the regex {regex!r}"
+    elif json_schema is not None:
+        pattern, what = schema_to_regex(json_schema), "the JSON schema"
+    else:
+        pattern, what = json_object(), "json_object"
+    ends = tuple(sorted({tokenizer.eot_id} - {None} if end_ids is None else set(end_ids)))
+    key = (pattern, ends, vocab_size, max_states)
+    with _LOCK:
+        kept = _AUTOMATA.setdefault(tokenizer, {})
+        automaton = kept.pop(key, None)
+    if automaton is None:
+        dfa = compile_tree(parse(pattern), pattern=pattern, max_states=max_states, what=what)
+        automaton = TokenAutomaton(dfa, token_bytes_of(tokenizer, vocab_size), ends)
+        if automaton.complete(0):
+            raise RegexError(f"only the empty text satisfies {what}: there is nothing to generate")
+    with _LOCK:
+        kept[key] = automaton                                           # newest last
+        while len(kept) > _KEPT:
+            kept.pop(next(iter(kept)))
+    return Constraint(automaton, what if regex is None else f"regex {regex!r}")
