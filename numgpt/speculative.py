@@ -110,17 +110,24 @@ def ngram_draft(tokens: Sequence[int], k: int, max_ngram: int = MAX_NGRAM) -> li
 
 
 def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM) -> list[int]:
-    """ngram_draft with the matches found by one vectorised comparison per n-gram length. [T] -> <= k ids"""
+    """ngram_draft with one vectorised comparison for the last token, then each longer suffix only checked
+    where the shorter one matched (a match of n tokens ends where one of n-1 does). [T] -> <= k ids"""
     tokens = np.asarray(tokens)
     T = len(tokens)
-    for n in range(min(max_ngram, T - 1), 0, -1):
-        windows = np.lib.stride_tricks.sliding_window_view(tokens[:T - 1], n)   # [T-n, n], starts 0..T-n-1
-        hits = np.flatnonzero((windows == tokens[T - n:]).all(axis=1))
-        if len(hits):
-            full = hits[hits + n + k <= T]
-            start = int(full[-1] if len(full) else hits[0]) + n
-            return [int(t) for t in tokens[start:start + k]]
-    return []
+    ends = np.flatnonzero(tokens[:T - 1] == tokens[T - 1])   # [m] where the last token occurred before
+    if T < 2 or not len(ends):
+        return []
+    n = 1
+    for m in range(2, min(max_ngram, T - 1) + 1):
+        longer = ends[ends >= m - 1]
+        longer = longer[tokens[longer - (m - 1)] == tokens[T - m]]     # the m-gram ending there matches too
+        if not len(longer):
+            break
+        ends, n = longer, m
+    starts = ends - n + 1                                    # [m] starts of the longest suffix's occurrences
+    full = starts[starts + n + k <= T]
+    start = int(full[-1] if len(full) else starts[0]) + n
+    return [int(t) for t in tokens[start:start + k]]
 
 
 class PromptLookup:
