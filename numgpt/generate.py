@@ -21,6 +21,14 @@ distribution (the softmax of the logits at temperature 1, before any filter -- w
 llama.cpp report), with the k most likely alternatives. Cancel: `cancel()` is asked between steps, and
 a True ends every sequence with finish_reason "cancelled"; closing the generator stops it too.
 
+Speculative decoding (options.speculative = "ngram" or "draft", numgpt/speculative.py) is a stage of
+`decode_steps`, not a loop of its own: each round drafts up to num_draft tokens per sequence, the model
+verifies them in one forward through the KV cache, and the kept tokens come out one Step per position, so
+the Finisher, stop strings and logprobs work unchanged. Greedy: the tokens of plain decoding; sampling: the
+same distribution (not the same draws as plain decoding with the same seed, but the same text on every run).
+Batches speculate row by row in one forward: a row that kept fewer drafts gets holes in the cache's mask.
+Refused rather than approximated: sliding_window.
+
 Context: by default prompt + max_new_tokens must fit in n_positions (NumgptError otherwise). With
 `sliding_window=True`, when the cache is full every running row keeps its last n_positions - stride tokens,
 the cache is reset and those tokens are prefilled again (GPT-2's learned absolute positions are baked into
