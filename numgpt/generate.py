@@ -180,6 +180,9 @@ def check_speculative_options(options: "GenerationOptions") -> None:
     if options.sliding_window:
         raise NumgptError("speculative decoding cannot be combined with sliding_window=True (its re-prefill would "
                           "have to replay the drafts): drop one of them")
+    if options.sampling.constraint is not None:
+        raise NumgptError("speculative decoding cannot be combined with a constraint (regex, json_schema, "
+                          "response_format): drafts are not checked against it; drop one of them")
 
 
 def options_speculation(options: "GenerationOptions", config: GPTConfig,

@@ -24,6 +24,12 @@ for token; sampling: the same distribution); `completions()` reports what it did
 
     lm.generate("Repeat after me: to be or not to be.", speculative="ngram", num_draft=4, do_sample=False)
 
+Structured outputs (numgpt/structured): regex=R (the whole text matches R, as re.fullmatch), json_schema=
+(a dict: valid JSON against it) or json_object=True (any JSON object); the text can end only where it
+matches, so one the model ends ("eos") always does; one cut by max_new_tokens ("length") may not.
+
+    lm.generate("Name and age: ", json_schema={"type": "object", "properties": {"age": {"type": "integer"}}})
+
 This object is the one facade over the model for a Python user and the CLI's model commands: every job --
 text or token-id prompts, streaming with per-token log-probabilities, the prompt's own log-probabilities
 (OpenAI's echo), a cancel between steps -- has one entry point here. Bad arguments are NumgptErrors that
@@ -256,6 +262,9 @@ class LanguageModel:
         is a LanguageModel or a name load() takes, refused unless its tokenizer is this model's."""
         options = dict(options)
         draft = options.pop("draft_model", None)
+        structured = {k: options.pop(k) for k in ("regex", "json_schema", "json_object") if k in options}
+        if structured:
+            options["constraint"] = self.constraint(**structured, stop_at_eos=options.get("stop_at_eos", True))
         opts = checked_options(options)
         if draft is None:
             return opts, None
@@ -267,6 +276,16 @@ class LanguageModel:
             raise NumgptError(f"draft_model must be a LanguageModel or a model name, got {describe(draft)}")
         check_draft_model(self, draft)
         return opts, (draft.params, draft.config)
+
+    def constraint(self, *, regex: str | None = None, json_schema: Any = None, json_object: bool = False,
+                   stop_at_eos: bool = True) -> Any:
+        """The Constraint generation options take as constraint=... (what regex=, json_schema= and
+        json_object=True build): exactly one of them; the text ends at <|endoftext|> only where it is a
+        whole match (numgpt/structured). Kept per schema, so using it again costs nothing."""
+        from .structured import build_constraint
+        ends = () if not stop_at_eos or self.tokenizer.eot_id is None else (self.tokenizer.eot_id,)
+        return build_constraint(self.tokenizer, regex=regex, json_schema=json_schema, json_object_mode=json_object,
+                                end_ids=ends, vocab_size=self.config.vocab_size)
 
     def _prompts(self, prompt: Prompt | Sequence[Prompt]) -> tuple[list[Prompt], bool]:
         """(the prompts as a list, whether one prompt was given), each checked: text, or token ids."""

@@ -344,3 +344,54 @@ def test_a_model_following_a_schema_writes_valid_json(k, lm):
         for c in generate_completions(lm.params, lm.config, lm.tokenizer, ["JSON:"], options):
             assert c.finish_reason == "eos", c
             jsonschema.validate(json.loads(c.text), schema)
+
+
+# ---- the LanguageModel API and the command line ----------------------------------------------------------
+
+
+def test_the_language_model_takes_regex_json_schema_and_json_object(lm):
+    for seed in range(3):
+        assert re.fullmatch(r"\d{2}:\d{2}", lm.generate("Time: ", regex=r"\d{2}:\d{2}", seed=seed))
+    schema = BOUNDED_SCHEMAS[0]
+    texts = lm.generate_batch(["A:", "B:"], json_schema=schema, max_new_tokens=120, seed=1, num_return_sequences=2)
+    for text in sum(texts, []):
+        jsonschema.validate(json.loads(text), schema)
+    (c,) = lm.completions("C:", json_object=True, max_new_tokens=150, seed=0, temperature=0.5)
+    assert c.finish_reason == "length" or isinstance(json.loads(c.text), dict)
+    assert "".join(lm.stream("Time: ", regex=r"\d{2}:\d{2}", seed=0)) == lm.generate("Time: ", regex=r"\d{2}:\d{2}",
+                                                                                     seed=0)
+    with pytest.raises(NumgptError, match="missing '\\)'"):
+        lm.generate("x", regex="(a")
+    with pytest.raises(NumgptError, match="exactly one of regex, json_schema, json_object"):
+        lm.generate("x", regex="a", json_object=True)
+    with pytest.raises(NumgptError, match="speculative decoding cannot be combined with a constraint"):
+        lm.generate("x", regex="a+", speculative="ngram")
+
+
+def test_ignore_eos_ends_where_nothing_can_follow(lm):
+    """Without the end token the text ends where it is whole and nothing can extend it."""
+    (c,) = lm.completions("x", regex=r"(ab|cd){2}", stop_at_eos=False, seed=0)
+    assert c.finish_reason == "eos" and re.fullmatch(r"(ab|cd){2}", c.text)
+
+
+def test_generate_flags(capsys, tmp_path, hf_gpt2_vocab_ckpt):
+    from numgpt.cli import main
+    model = str(hf_gpt2_vocab_ckpt.folder)
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(BOUNDED_SCHEMAS[1]))
+    assert main(["generate", "--model", model, "--json-schema", str(schema_file), "--seed", "2", "-q", "Items:"]) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), BOUNDED_SCHEMAS[1])
+    assert main(["generate", "--model", model, "--regex", r"(yes|no)\.", "--json", "--num-samples", "2", "x"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert all(re.fullmatch(r"(yes|no)\.", c["text"]) and c["finish_reason"] == "eos" for c in out)
+    (tmp_path / "bad.json").write_text('{"type": "string", "format": "date"}')
+    for argv, message in [(["--regex", "a{2"], None), (["--regex", "a{3,1}"], "maximum below its minimum"),
+                          (["--json-schema", str(tmp_path / "bad.json")], "keyword 'format'"),
+                          (["--json-schema", str(tmp_path / "none.json")], "cannot read --json-schema"),
+                          (["--regex", "a", "--speculative", "ngram"], "--speculative cannot be combined with --regex")]:
+        code = main(["generate", "--model", model, *argv, "x"])
+        err = capsys.readouterr().err
+        if message is None:                 # 'a{2' is the literal text "a{2", as in Python's re
+            assert code == 0
+            continue
+        assert code != 0 and message in err and err.count("\n") == 1, (argv, err)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from ..generate import GenerationOptions, encode_prompt
-from .options import add_decoding_flags, add_speculative_flags, decoding_kwargs, speculative_kwargs
+from .options import (add_decoding_flags, add_speculative_flags, add_structured_flags, decoding_kwargs,
+                      speculative_kwargs, structured_kwargs)
 from .progress import progress_reporter
 
 GEN = GenerationOptions()   # the defaults
@@ -62,6 +63,8 @@ examples: (the built-in Shakespeare model unless --model says another)
   numgpt generate --model gpt2 "The capital of France is"              GPT-2 from the Hugging Face cache
   numgpt generate --greedy --speculative ngram --num-draft 4 --verbose "ROMEO: to be or not to be; to be"
                                                                         prompt lookup, statistics on stderr
+  numgpt generate --regex "(yes|no)\\." "Is the sky blue? Answer:"      only text matching the regex
+  numgpt generate --json-schema person.json "A person as JSON:"        JSON valid against a schema
 
 Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
 --greedy or --temperature 0. Rules apply in the sampler's order (numgpt explain sampling shows it): logit
@@ -133,6 +136,7 @@ def _register_generate(sub) -> None:
     add_decoding_flags(p, shown_defaults={"max_new_tokens": f"{GEN.max_new_tokens}, or fewer if the model's "
                                           "context ends first"})
     add_speculative_flags(p)
+    add_structured_flags(p)
     o = p.add_argument_group("output")
     o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
@@ -238,10 +242,15 @@ def fitted_options(options: dict, lm, prompt: str) -> dict:
 
 def run_generate(args) -> int:
     given = {**decoding_kwargs(args), **speculative_kwargs(args)}    # checked before the model loads
+    structured = structured_kwargs(args)
+    if structured and given.get("speculative"):
+        raise NumgptError(f"--speculative cannot be combined with --{next(iter(structured)).replace('_', '-')} "
+                          "(drafts are not checked against it): drop one of them")
     prompt = read_prompt(args)
     lm = load_model(args)
     options = fitted_options(given, lm, prompt)
     samples = GenerationOptions.from_mapping(options).num_return_sequences
+    options.update(structured)
     if args.draft_model is not None:
         options["draft_model"] = load_model(argparse.Namespace(model=args.draft_model))
     out = sys.stdout

@@ -37,7 +37,7 @@ from ..errors import NumgptError
 from ..generate import GenerationOptions
 from ..sampling import SAMPLING_ONLY_OPTIONS, SamplingOptions
 
-SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingOptions))
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingOptions) if "help" in f.metadata)   # constraint: no flag
 GENERATION_FIELDS = tuple(f.name for f in fields(GenerationOptions) if "help" in f.metadata)
 # --help order: how many tokens, how each is picked, then when and how often to stop
 FLAG_ORDER = ("max_new_tokens",) + SAMPLING_FIELDS + GENERATION_FIELDS[1:]
@@ -165,3 +165,43 @@ def speculative_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise NumgptError("--speculative draft needs --draft-model M (a smaller model with the same tokenizer)")
     GenerationOptions.from_mapping(given)
     return given
+
+
+STRUCTURED_FLAGS = {"regex": "--regex", "json_schema": "--json-schema"}
+
+
+def add_structured_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--regex R and --json-schema FILE (structured outputs, numgpt/structured)."""
+    group = parser.add_argument_group("structured output (the text can end only where it matches)")
+    group.add_argument("--regex", metavar="R", default=None,
+                       help=r"the whole new text matches R (as Python's re.fullmatch), e.g. '\d{3}-\d{4}'")
+    group.add_argument("--json-schema", metavar="FILE", default=None,
+                       help="the new text is JSON valid against the schema in FILE (a subset of JSON Schema: "
+                            "objects, arrays, strings, numbers, enum, const, anyOf; others refused by name)")
+    parser.set_defaults(flag_names={**(parser.get_default("flag_names") or {}), **STRUCTURED_FLAGS})
+    return group
+
+
+def structured_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """{"regex": R} or {"json_schema": schema} from the flags, the file read and the expression compiled
+    (errors in one line) before any model loads."""
+    import json
+    from pathlib import Path
+
+    from ..structured import compile_regex, schema_to_regex
+    regex, schema_file = getattr(args, "regex", None), getattr(args, "json_schema", None)
+    if regex is not None and schema_file is not None:
+        raise NumgptError("--regex and --json-schema both constrain the text: give one of them")
+    if regex is not None:
+        compile_regex(regex)
+        return {"regex": regex}
+    if schema_file is None:
+        return {}
+    try:
+        schema = json.loads(Path(schema_file).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise NumgptError(f"cannot read --json-schema {schema_file}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NumgptError(f"--json-schema {schema_file} is not JSON: {e}") from None
+    compile_regex(schema_to_regex(schema))
+    return {"json_schema": schema}
