@@ -4,6 +4,8 @@ built-in and chat models), batches and samples, penalties, logprobs; sampled out
 the target's (chi-square over many seeds against probabilities computed from the plain forward); the KV
 cache's rollback and compaction; the drafters; bad input."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -324,6 +326,9 @@ def test_generate_speculative_prints_the_same_text_and_statistics(capsys):
         assert (code, out) == (0, plain)
         assert "sample 1: 20 tokens, finish reason length; speculative: drafted" in err
         assert "tokens per forward" in err
+    code, out, _ = run_cli(capsys, "generate", "--greedy", "-n", "20", "--speculative", "ngram", "--json", prompt)
+    stats = json.loads(out)[0]["speculative"]
+    assert stats["tokens"] == 20 == stats["target_forwards"] + stats["accepted"]   # each forward: kept + 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -141,7 +141,8 @@ def _register_generate(sub) -> None:
     o.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     o.add_argument("--echo", action="store_true", help="print the prompt before the new text")
     o.add_argument("--json", action="store_true",
-                   help="print a JSON list of {text, token_ids, finish_reason} (implies --no-stream)")
+                   help="print a JSON list of {text, token_ids, finish_reason} (and speculative: its statistics, "
+                        "with --speculative) (implies --no-stream)")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     o.add_argument("--verbose", "-v", action="store_true", help="print statistics per sample on stderr: tokens, "
                    "finish reason; with --speculative drafted, accepted, acceptance rate, tokens per forward")
@@ -273,7 +274,8 @@ def run_generate(args) -> int:
         close()
     print_statistics(completions, args.verbose)
     if args.json:
-        print(json.dumps([{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+        print(json.dumps([{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
+                           **({"speculative": c.speculative.as_dict()} if c.speculative is not None else {})}
                           for c in completions], ensure_ascii=False, indent=2))
     elif len(completions) == 1:
         print(completions[0].text)
