@@ -191,5 +191,6 @@ def test_request_schemas_offer_every_sampling_option():
     from numgpt.serve import schemas
     from numgpt.serve.explain_routes import SamplingRequest
 
-    names = {f.name for f in fields(SamplingOptions)} - {"do_sample"}        # do_sample: temperature 0
+    names = {f.name for f in fields(SamplingOptions)} - {"do_sample", "constraint"}  # do_sample: temperature 0;
+    # constraint: built from response_format or regex (structured outputs)
     assert names <= set(schemas.Sampling.model_fields) and names <= set(SamplingRequest.model_fields)

@@ -6,6 +6,7 @@ engine (engine.py) knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from ..errors import NumgptError
 from ..generate import GenerationOptions, TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
 from ..speculative import SpeculativeStats
+from ..structured import build_constraint
 from . import schemas
 from .chat import ChatTemplate, ModelChatTemplate
 from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
@@ -86,7 +88,8 @@ class Completions:
         self.check_fits(ids, max_tokens)
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
-        options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n)
+        options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n,
+                                          end_ids=tuple(template.end_ids))
         seqs = [self.sequence(options, ids, j, logprobs=k, end_ids=template.end_ids) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if self.settings.log_prompts:
@@ -167,15 +170,47 @@ class Completions:
                            code="context_length_exceeded")
 
     def generation_options(self, body: schemas.Sampling, max_tokens: int, stop: tuple[str, ...],
-                           n: int) -> GenerationOptions:
+                           n: int, end_ids: tuple[int, ...] = ()) -> GenerationOptions:
         """The request as GenerationOptions, the library's one definition of what to generate (OpenAI's
         max_tokens is max_new_tokens, n is num_return_sequences), checked by it."""
         sampling = sampling_options(body, self.lm.config.vocab_size)
+        constraint = self.constraint(body, end_ids)
+        if constraint is not None:
+            sampling = dataclasses.replace(sampling, constraint=constraint)
         try:
             return GenerationOptions(max_new_tokens=max_tokens, sampling=sampling, stop=stop, seed=body.seed,
                                      num_return_sequences=n)
         except NumgptError as e:
             raise APIError(400, str(e), code="invalid_value") from None
+
+    def constraint(self, body: schemas.Sampling, end_ids: tuple[int, ...]):
+        """The request's response_format or regex as the sampler's Constraint (None for text); a schema outside
+        the subset, an invalid regex, or either with speculative decoding is a 400 naming the parameter.
+        end_ids: the chat template's end of turn, which may end the text where <|endoftext|> may."""
+        fmt = body.response_format
+        kind = None if fmt is None else fmt.type
+        param = "regex" if body.regex is not None else "response_format"
+        if body.regex is not None and kind not in (None, "text"):
+            raise APIError(400, f"regex and a {kind} response_format both constrain the output: give one",
+                           param="regex", code="invalid_value")
+        if body.regex is None and kind in (None, "text"):
+            return None
+        if self.engine.speculative is not None:
+            raise APIError(400, f"this server decodes speculatively (--speculative), which cannot follow {param}: "
+                           "drafts are not checked against it", param=param, code="unsupported_parameter")
+        ends = tuple({self.lm.tokenizer.eot_id, *end_ids} - {None})
+        try:
+            if body.regex is not None:
+                return build_constraint(self.lm.tokenizer, regex=body.regex, end_ids=ends,
+                                        vocab_size=self.lm.config.vocab_size)
+            if kind == "json_object":
+                return build_constraint(self.lm.tokenizer, json_object_mode=True, end_ids=ends,
+                                        vocab_size=self.lm.config.vocab_size)
+            schema = fmt.json_schema.schema_
+            return build_constraint(self.lm.tokenizer, json_schema={} if schema is None else schema, end_ids=ends,
+                                    vocab_size=self.lm.config.vocab_size)
+        except NumgptError as e:
+            raise APIError(400, f"{param}: {e}", param=param, code="invalid_value") from None
 
     def sequence(self, options: GenerationOptions, ids, j: int, *, logprobs, prompt_logprobs=None,
                  end_ids: tuple[int, ...] = ()) -> SequenceRequest:

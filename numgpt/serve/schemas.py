@@ -98,6 +98,35 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextFormat(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = STRICT
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the schema's name (OpenAI's rule: "
+                      "letters, digits, _ and -, at most 64)")
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema", description="the JSON Schema (numgpt's supported subset: "
+                                 "others are refused naming the keyword); absent = any JSON value")
+    strict: bool | None = Field(None, description="accepted; numgpt always follows the schema exactly")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = STRICT
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class Sampling(BaseModel):
     """The sampling fields both endpoints share."""
 
@@ -121,6 +150,11 @@ class Sampling(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, le=10,
                                       description="numgpt extension: CTRL's penalty on repeated tokens (1 = off)")
     min_p: float = Field(0.0, ge=0, le=1, description="numgpt extension: min-p filter (0 = off)")
+    response_format: ResponseFormat | None = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} (any JSON object) or {"type": "json_schema", '
+        '"json_schema": {"name": ..., "schema": {...}}}: the output follows it (structured outputs)')
+    regex: str | None = Field(None, description="numgpt extension: the whole completion matches this regular "
+                              "expression (as Python's re.fullmatch); not with a json response_format")
 
     _stop = field_validator("stop", mode="before")(check_stop)
     _logit_bias = field_validator("logit_bias", mode="before")(check_logit_bias)
