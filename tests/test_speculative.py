@@ -377,6 +377,8 @@ def test_serve_speculative_gives_the_plain_server_s_greedy_text():
         kw = dict(model="numgpt", prompt=SERVE_PROMPTS[1], max_tokens=30, temperature=0.9, seed=5)
         first = servers["ngram"].client.completions.create(**kw).choices[0].text
         assert servers["ngram"].client.completions.create(**kw).choices[0].text == first   # seeded: the same
+        assert first == numgpt.load().generate(SERVE_PROMPTS[1], max_new_tokens=30, temperature=0.9, seed=5,
+                                               speculative="ngram")    # what `numgpt generate --seed` draws
         chat = dict(model="numgpt", messages=[{"role": "user", "content": "Say: to be or not to be"}], max_tokens=30,
                     temperature=0)
         r = servers["ngram"].client.chat.completions.create(**chat)
