@@ -168,7 +168,7 @@ class DraftModel:
         self.params, self.config, self.headroom, self.num_draft = params, config, headroom, num_draft
         self.cache: KVCache | None = None
         self.fed = np.zeros(0, dtype=np.int64)
-        self.round: tuple[int, np.ndarray] | None = None    # (cache length before the drafts, per-row k)
+        self.round: tuple[int, np.ndarray] | None = None    # (cache length before the fed drafts, rows' lengths)
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         """Prefill the prompts (one row per sequence, left-padded)."""
