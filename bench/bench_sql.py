@@ -23,7 +23,12 @@ engine, a profile of the decode steps (--no-profile: none):
                                                       a 2-block model of 124M's width: the products'
                                                       ns per multiply-add, in a tenth of the time
 
-Run it alone on the machine (the figures are wall-clock). Needs torch + transformers for the checkpoint.
+The issue-23 figures (median of two runs, each alone on the machine; BENCHMARKS.md):
+
+    python bench/bench_sql.py --engines postgresql,duckdb --precisions float32 --pg auto --steps 8 --no-original
+
+Run it alone on the machine (the figures are wall-clock; the profile's CPU / wall per server process
+says whether they got their cores). Needs torch + transformers for the checkpoint.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ def machine() -> dict:
 
 
 def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, profile: bool,
-                 threads: int | None) -> dict:
+                 threads: int | None, original: bool = True) -> dict:
     import numgpt.sql
     t = time.perf_counter()
     summary = numgpt.sql.export(lm, db, force=True, precision=precision)
@@ -105,9 +110,11 @@ def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, pro
         server = watch.finish() if watch else None
         # the original's design: no cache, each step recomputes every position (here: one prefill of
         # the whole sequence so far, which is what a cache-less step costs)
-        t = time.perf_counter()
-        m.start(prompt + [token] * steps)
-        no_cache = time.perf_counter() - t
+        no_cache = None
+        if original:
+            t = time.perf_counter()
+            m.start(prompt + [token] * steps)
+            no_cache = round(time.perf_counter() - t, 3)
     decode = float(np.median(times))
     result = {"db": db.split("?")[0], "engine": summary.engine, "precision": precision,
               "connections": connections, "n_layer": lm.config.n_layer, "export_s": round(export_s, 2),
@@ -115,7 +122,7 @@ def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, pro
               "prefill_s_per_token": round(prefill / len(prompt), 4),
               "decode_s_per_token": round(decode, 4), "decode_s_all": [round(x, 3) for x in times],
               "ns_per_multiply_add": round(decode / multiply_adds_per_token(lm.config) * 1e9, 2),
-              f"no_cache_step_at_{len(prompt) + steps}_tokens_s": round(no_cache, 3)}
+              f"no_cache_step_at_{len(prompt) + steps}_tokens_s": no_cache}
     if watch:
         result["profile"] = {"stages": stage_table(steps_seen, lm.config, summary.engine, len(prompt) + 1),
                              "steps": [{k: v for k, v in s.items() if k != "trace"} for s in steps_seen],
@@ -297,6 +304,8 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=12, help="blocks of the random checkpoint (12: 124M)")
     ap.add_argument("--threads", type=int, help="DuckDB's threads (default: its own, the cores)")
     ap.add_argument("--no-profile", action="store_true", help="no per-stage profile")
+    ap.add_argument("--no-original", action="store_true",
+                    help="skip the original design's cache-less step (a whole-sequence prefill: 20 s on PostgreSQL)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     import numgpt
@@ -331,7 +340,8 @@ def run(args, numgpt) -> None:
                 db = str(Path(tmp) / f"bench-{precision}.duckdb") if engine == "duckdb" else args.pg
                 if db is None:
                     raise SystemExit("--engines postgresql needs --pg postgresql://... or --pg auto")
-                result = bench_engine(lm, db, precision, prompt, args.steps, not args.no_profile, args.threads)
+                result = bench_engine(lm, db, precision, prompt, args.steps, not args.no_profile, args.threads,
+                                      not args.no_original)
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
                 if "profile" in result:

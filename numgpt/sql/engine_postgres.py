@@ -298,7 +298,10 @@ class PostgresEngine(Engine):
         """The state is keyed by position and read with t >= :past, so nothing is deleted between steps:
         emptying it (TRUNCATE) would make every prepared stage plan again (~10 ms each), and DELETE
         leaves dead rows. Rows of old positions are deleted and vacuumed every CLEANUP_EVERY steps;
-        only the logits are emptied every step."""
+        only the logits are emptied every step.
+        subtle: that TRUNCATE invalidates the cached plans naming numgpt_logits, so the logits stage is
+        planned again at every step on every connection (8 ms each, pg_stat_statements, bench_sql's
+        profile): ~1% of a 124M token, kept (DELETE would leave 50,257 dead rows a step for the pick)."""
         self._steps_since_cleanup += 1
         if self._steps_since_cleanup > CLEANUP_EVERY:
             for table in STEP_STATE:
