@@ -171,7 +171,8 @@ def check_speculative_options(options: "GenerationOptions") -> None:
     exactly (speculative.verify runs them per position with that position's history)."""
     if options.speculative is None:
         if options.num_draft is not None:
-            raise NumgptError("num_draft applies only with speculative='ngram' or 'draft'; add one, or drop num_draft")
+            raise NumgptError("num_draft applies only with speculative decoding: add speculative='ngram' (or "
+                              "'draft' with a draft model), or drop num_draft")
         return
     if options.speculative not in SPECULATIVE_METHODS:
         raise NumgptError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}, got {options.speculative!r}")

@@ -336,7 +336,7 @@ def test_generate_speculative_prints_the_same_text_and_statistics(capsys):
     (["--speculative", "ngram", "--num-draft", "128"], "--num-draft must be below the model's context"),
     (["--speculative", "draft"], "--speculative draft needs --draft-model"),
     (["--draft-model", "builtin"], "--draft-model applies only with --speculative draft"),
-    (["--num-draft", "3"], "--num-draft applies only with speculative"),
+    (["--num-draft", "3"], "--num-draft applies only with speculative decoding: add --speculative ngram"),
     (["--speculative", "ngram", "--sliding-window"], "cannot be combined with --sliding-window"),
     (["--speculative", "draft", "--draft-model", "chat"], "another tokenizer or vocabulary"),
 ])

@@ -133,7 +133,8 @@ def flag_message(message: str, vocabulary: Mapping[str, str]) -> str:
 
 # ---- speculative decoding: the flags of `numgpt generate` and `numgpt serve` (one definition) -----------
 
-SPECULATIVE_FLAGS = {"speculative": "--speculative", "num_draft": "--num-draft", "draft_model": "--draft-model"}
+SPECULATIVE_FLAGS = {"speculative": "--speculative", "num_draft": "--num-draft", "draft_model": "--draft-model",
+                     "speculative='ngram'": "--speculative ngram", "speculative='draft'": "--speculative draft"}
 
 
 def add_speculative_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
