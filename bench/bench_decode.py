@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +125,13 @@ def prepare_peers(ckpt: Path, peers: Path, engines: list[str]) -> dict:
     return out
 
 
-def engine_steps(engines: list[str], peers: dict, params, config) -> dict[str, Callable[[np.ndarray, int], Iterator]]:
-    """{engine: steps(prompt, n)}: each a greedy step generator (prefill on the first next(), then [B, 1]
-    tokens per step), all loaded now."""
+def engine_steps(engines: list[str], peers: dict, params, config) -> tuple[dict, dict]:
+    """({engine: steps(prompt, n)}, {engine: slices(prompt, n)}), all loaded now: a steps is a greedy
+    step generator (prefill on the first next(), then [B, 1] tokens per step); a slices (CTranslate2's,
+    export_peers.Ct2Slices) returns the seconds of a slice of steps when called, and has its `tokens`."""
     import export_peers as ep
     made: dict[str, Callable[[np.ndarray, int], Iterator]] = {}
+    slices: dict[str, Callable] = {}
     for name in engines:
         if name == "numgpt":
             made[name] = lambda prompt, n: numgpt_steps(params, config, prompt, n)
@@ -136,33 +139,38 @@ def engine_steps(engines: list[str], peers: dict, params, config) -> dict[str, C
             session = ep.ort_session(Path(peers[name]), THREADS)
             made[name] = lambda prompt, n, s=session: ep.ort_steps(s, config, prompt, n)
         elif name == "ct2":
-            generator = ep.ct2_generator(Path(peers[name]), THREADS)
-            made[name] = lambda prompt, n, g=generator: ep.ct2_steps(g, prompt, n)
-    return made
+            slices[name] = partial(ep.Ct2Slices, ep.ct2_generator(Path(peers[name]), THREADS))
+    return made, slices
 
 
 # ---- the interleaved measurement ----------------------------------------------------------------------
 
-def interleaved(gens: dict[str, Iterator], n: int, stream: Streaming | None, settle: float
-                ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+def interleaved(gens: dict[str, Iterator], slices: dict[str, Callable], n: int, block: int,
+                stream: Streaming | None, settle: float) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
     """bench_inference.interleaved_decode, plus a streaming sample before each round and a settle pause
-    after each slice: each engine's seconds per BLOCK-step slice, and all its tokens [B, 1 + slices*BLOCK]."""
+    after each slice: each engine's seconds per `block`-step slice, and its tokens [B, 1 + slices*block].
+    `slices`: engines timed by their own call per slice (CTranslate2), in the same rounds."""
     tokens = {name: [next(gen)] for name, gen in gens.items()}       # prefill + first token, not timed
-    times: dict[str, list[float]] = {name: [] for name in gens}
+    times: dict[str, list[float]] = {name: [] for name in [*gens, *slices]}
+    rounds = (n - 1) // block
     try:
-        for _ in range((n - 1) // BLOCK):
+        for _ in range(rounds):
             if stream is not None:
                 stream.sample()
                 time.sleep(settle)
             for name, gen in gens.items():
                 t = time.perf_counter()
-                tokens[name].extend(next(gen) for _ in range(BLOCK))
+                tokens[name].extend(next(gen) for _ in range(block))
                 times[name].append(time.perf_counter() - t)
+                time.sleep(settle)
+            for name, timed_slice in slices.items():
+                times[name].append(timed_slice(block))
                 time.sleep(settle)
     finally:
         for gen in gens.values():
-            gen.close()                                              # CTranslate2's thread ends here
-    return times, {name: np.concatenate(ts, axis=1) for name, ts in tokens.items()}
+            gen.close()
+    made = {name: np.concatenate(ts, axis=1) for name, ts in tokens.items()}
+    return times, {**made, **{name: s.tokens[:, :1 + rounds * block] for name, s in slices.items()}}
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -171,30 +179,32 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(min(np.argmax(row) if row.any() else row.size for row in differ))
 
 
-def measure(steps: dict, prompts: dict[int, np.ndarray], runs: int, new: int, stream: Streaming, settle: float
-            ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int], int]:
+def measure(steps: dict, slices: dict, prompts: dict[int, np.ndarray], runs: int, new: int, stream: Streaming,
+            settle: float) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int], int]:
     """tokens/s per slice ("name_bB"), paired ratios to numgpt per round, tokens in common with numgpt."""
     rates: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
     match: dict[str, int] = {}
-    total = 1 + (new - 1) // BLOCK * BLOCK
+    block = min(BLOCK, new - 1)
+    rounds = (new - 1) // block
     for run in range(runs):
         for b, prompt in prompts.items():
-            times, tokens = interleaved({name: f(prompt, new) for name, f in steps.items()}, new, stream, settle)
+            times, tokens = interleaved({name: f(prompt, new) for name, f in steps.items()},
+                                        {name: f(prompt, new) for name, f in slices.items()}, new, block, stream, settle)
             for name, ts in times.items():
-                rates.setdefault(f"{name}_b{b}", []).extend(b * BLOCK / t for t in ts)
+                rates.setdefault(f"{name}_b{b}", []).extend(b * block / t for t in ts)
                 if "numgpt" in times:
                     ratios.setdefault(f"{name}_b{b}", []).extend(np.array(times["numgpt"]) / np.array(ts))
-                if "numgpt" in tokens and run == 0:
+                if "numgpt" in tokens and name in tokens and run == 0:
                     match[f"{name}_b{b}"] = common_prefix(tokens[name], tokens["numgpt"])
         print(f"run {run + 1}/{runs}: gemv {stream.gemv[-1]:.1f} GB/s; " + ", ".join(
-            f"{k} {statistics.median(v[-((new - 1) // BLOCK):]):.1f}" for k, v in rates.items()) + " tokens/s",
-            file=sys.stderr)
-    return rates, ratios, match, total
+            f"{k} {statistics.median(v[-rounds:]):.1f}" for k, v in rates.items()) + " tokens/s", file=sys.stderr)
+    return rates, ratios, match, 1 + rounds * block
 
 
 # ---- --profile ----------------------------------------------------------------------------------------
 
+REST = "rest: Python, residual adds, KV-cache writes, buffers, checks (step - the above)"
 PROFILED = ("embed", "layer_norm_into", "linear_into", "attend_rows_into", "causal_attention_into", "gelu_",
             "split_heads", "layer_norm", "lm_head")
 
@@ -245,29 +255,45 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
     try:
         for name, f in originals.items():
             setattr(model, name, timed(name, f))
-        wrapped = []
-        for _ in range(3):
+        wrapped, runs = [], []
+        for _ in range(5):
             acc.clear()
             wrapped.append(run())
-        parts = {k: v / steps * 1e3 for k, v in acc.items()}             # the last run's
+            runs.append({k: v / steps * 1e3 for k, v in acc.items()})
     finally:
         for name, f in originals.items():
             setattr(model, name, f)
-    parts["Python rest (step - the above)"] = wrapped[-1] - sum(parts.values())
-    return parts, wrapped[-1], plain
+    parts = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}   # each part's median run
+    step = float(np.median(wrapped))
+    parts[REST] = step - sum(parts.values())
+    return parts, step, plain
+
+
+def part_bytes(config) -> dict[str, int]:
+    """Weight bytes each profiled part reads per step (float32)."""
+    C, L = config.n_embd, config.n_layer
+    return {"linear c_attn": L * C * 3 * C * 4, "linear attn.c_proj": L * C * C * 4, "linear c_fc": L * C * 4 * C * 4,
+            "linear mlp.c_proj": L * 4 * C * C * 4, "lm_head": config.vocab_size * C * 4}
 
 
 def print_profile(params, config, weight_bytes: int) -> dict:
-    out = {}
+    stream = Streaming()
+    stream.sample()
+    gemv = stream.gemv[-1]
+    del stream
+    sizes = part_bytes(config)
+    out: dict = {"gemv_GBps": gemv}
+    print(f"gemv streaming rate now: {gemv:.1f} GB/s (bench_inference.memory_bandwidth's gemv_blas)")
     for b in (1, BATCH):
         parts, wrapped, plain = profile(params, config, b)
         out[f"b{b}"] = {"parts_ms": parts, "step_ms_wrapped": wrapped, "step_ms": plain}
         print(f"\nnumgpt decode step, batch {b}, {PROMPT + 64} cached positions: {plain:.2f} ms "
               f"({b * 1e3 / plain:.1f} tokens/s, {weight_bytes / plain / 1e6:.1f} GB/s of weights); "
               f"with the timers {wrapped:.2f} ms\n")
-        print("| part | ms per step | share |\n|---|---|---|")
+        print("| part | ms per step | share | weights read, GB/s (x gemv) |\n|---|---|---|---|")
         for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
-            print(f"| {k} | {v:.3f} | {v / wrapped * 100:.1f}% |")
+            rate = f"{sizes[k] / v / 1e6:.1f} ({sizes[k] / v / 1e6 / gemv:.2f}x)" if k in sizes and v > 0 else ""
+            print(f"| {k} | {v:.3f} | {v / wrapped * 100:.1f}% | {rate} |")
     return out
 
 
@@ -316,8 +342,8 @@ def main() -> None:
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
         ap.error(f"--engines: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ENGINES)}")
-    if args.new < BLOCK + 1:
-        ap.error(f"--new must be at least {BLOCK + 1} (one slice of {BLOCK} steps after the first token)")
+    if args.new < 2:
+        ap.error("--new must be at least 2 (the first token comes with the prefill and is not timed)")
     if args.prepare:                                                 # the subprocess that makes the peers
         print(json.dumps(prepare_peers(args.ckpt, args.peers, engines)))
         return
@@ -356,16 +382,18 @@ def main() -> None:
             print(f"ONNX export differs from transformers' generate: {peers['onnx_check']}", file=sys.stderr)
 
     load_before = os.getloadavg()[0]
-    steps = engine_steps(engines, peers, params, config)
+    steps, slices = engine_steps(engines, peers, params, config)
     stream = Streaming()
     rng = np.random.default_rng(0)
     prompts = {1: rng.integers(0, config.vocab_size, (1, PROMPT)), BATCH: rng.integers(0, config.vocab_size, (BATCH, PROMPT))}
-    interleaved({name: f(prompts[1], BLOCK + 1) for name, f in steps.items()}, BLOCK + 1, None, 0.0)  # warm up
-    rates, ratios, match, total = measure(steps, prompts, args.runs, args.new, stream, args.settle)
+    warm = min(BLOCK, args.new - 1)
+    interleaved({name: f(prompts[1], warm + 1) for name, f in steps.items()},                      # warm up
+                {name: f(prompts[1], warm + 1) for name, f in slices.items()}, warm + 1, warm, None, 0.0)
+    rates, ratios, match, total = measure(steps, slices, prompts, args.runs, args.new, stream, args.settle)
     text = table(rates, ratios, match, total, stream, weight_bytes, engines)
     onnx_check = peers.get("onnx_check")
     foot = (f"\n{config.n_layer} layers, {config.n_embd} channels, vocabulary {config.vocab_size}; prompt {PROMPT}, "
-            f"{total} new tokens per run, {args.runs} runs, slices of {BLOCK} steps ({len(rates[f'{engines[0]}_b1'])} "
+            f"{total} new tokens per run, {args.runs} runs, slices of {min(BLOCK, args.new - 1)} steps ({len(rates[f'{engines[0]}_b1'])} "
             f"per engine and batch), settle {args.settle} s; load average {load_before:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after")
     if onnx_check:

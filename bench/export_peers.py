@@ -1,6 +1,7 @@
 """The peers of bench_decode.py: the same Hugging Face GPT-2 checkpoint exported to ONNX Runtime (float32 and
-dynamic int8) and converted to CTranslate2 (float32), each wrapped as a greedy step generator speaking
-bench_inference.py's protocol (prefill, then yield each step's tokens [B, 1]).
+dynamic int8) and converted to CTranslate2 (float32); ONNX Runtime wrapped as a greedy step generator
+speaking bench_inference.py's protocol (prefill, then yield each step's tokens [B, 1]), CTranslate2 timed
+per slice of steps inside its own generate_batch (`Ct2Slices`).
 
 How each peer is made (export_onnx, quantize_onnx, convert_ct2; cached in a folder beside the run):
   - ONNX Runtime fp32: `CachedGPT2`, a small torch module running the checkpoint's own tensors (GPT2LMHeadModel's
@@ -20,17 +21,15 @@ How each peer is made (export_onnx, quantize_onnx, convert_ct2; cached in a fold
     token names "t0" .. "t{V-1}" (ids map 1:1; eos = the last id, as GPT-2's 50256), validated, optimized
     with quantization None and saved. Run with ctranslate2.Generator(device="cpu", intra_threads=2,
     inter_threads=1, compute_type="float32"), generate_batch(include_prompt_in_result=False: the prompt is
-    prefilled at once, beam_size=1, min_length=max_length so it never stops early) with a callback that
-    hands each step's token to the bench and waits until the bench asks for the next one -- so CTranslate2
-    computes exactly one step per `next()`, and alternates with the other decoders like they do.
+    prefilled at once, beam_size=1, min_length=max_length so it never stops early), timed per slice of steps
+    by difference (`Ct2Slices`).
 
 `check_onnx` holds the exported graph to transformers' greedy `generate` (tests: the bench's --tiny run).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,39 +201,38 @@ def ct2_generator(folder: Path, threads: int = 2):
                                  compute_type="float32")
 
 
-def ct2_steps(generator, prompt: np.ndarray, n: int) -> Iterator[np.ndarray]:
-    """Greedy decoding by CTranslate2, one step per next(): generate_batch runs in a thread whose per-token
-    callback hands the step over and blocks until the consumer asks for the next (yields [B, 1] tokens)."""
-    B = prompt.shape[0]
-    steps: queue.Queue = queue.Queue()
-    go = threading.Semaphore(0)
-    done = object()
-    stop = threading.Event()
-    pending: dict[int, dict[int, int]] = {}
+def ct2_start(prompt: np.ndarray) -> list[list[str]]:
+    return [[f"t{int(t)}" for t in row] for row in prompt]
 
-    def callback(result) -> bool:
-        row = pending.setdefault(result.step, {})
-        row[result.batch_id] = result.token_id
-        if len(row) == B:                          # every row's token of this step: hand it over
-            steps.put(np.array([row[b] for b in range(B)], np.int64)[:, None])
-            del pending[result.step]
-            go.acquire()
-        return stop.is_set()
 
-    def run():
-        try:
-            generator.generate_batch([[f"t{int(t)}" for t in row] for row in prompt], max_length=n, min_length=n,
-                                     beam_size=1, include_prompt_in_result=False, callback=callback)
-        finally:
-            steps.put(done)
+def ct2_tokens(generator, prompt: np.ndarray, n: int) -> np.ndarray:
+    """CTranslate2's greedy tokens [B, n] after prompt [B, P] (the prompt prefilled at once; never stops early)."""
+    out = generator.generate_batch(ct2_start(prompt), max_length=n, min_length=n, beam_size=1,
+                                   include_prompt_in_result=False)
+    return np.array([r.sequences_ids[0] for r in out], np.int64)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        while (item := steps.get()) is not done:
-            yield item
-            go.release()
-    finally:
-        stop.set()
-        go.release()
-        thread.join()
+
+class Ct2Slices:
+    """CTranslate2's decode timed slice by slice through its plain generate_batch: a slice of `steps` decode
+    steps after the k tokens made so far takes generate_batch(prompt + those k tokens, steps + 1 tokens) minus
+    generate_batch(the same, 1 token), back to back -- the prefill of the prefix and its first step cancel, and
+    the steps run at the cache lengths they would reach in one long generation. (Stepping CTranslate2 one
+    token per next() through generate_batch's callback, paused between steps, was tried: its OpenMP team
+    sleeps and wakes at every step, 10-100x slower on this loaded 2-core machine, so not its real speed.)
+    `tokens` [B, n]: its greedy tokens from one plain generate_batch, untimed."""
+
+    def __init__(self, generator, prompt: np.ndarray, n: int) -> None:
+        self.generator, self.prompt = generator, prompt
+        self.tokens = ct2_tokens(generator, prompt, n)
+        self.made = 1                                           # the first token comes with the prefill
+
+    def _seconds(self, start: list[list[str]], n: int) -> float:
+        t = time.perf_counter()
+        self.generator.generate_batch(start, max_length=n, min_length=n, beam_size=1, include_prompt_in_result=False)
+        return time.perf_counter() - t
+
+    def __call__(self, steps: int) -> float:
+        start = ct2_start(np.concatenate([self.prompt, self.tokens[:, :self.made - 1]], axis=1))
+        seconds = self._seconds(start, steps + 1) - self._seconds(start, 1)
+        self.made += steps
+        return seconds
