@@ -48,6 +48,7 @@ class TokenBytes:
         self.bytes = np.zeros((len(ids), L), dtype=np.uint8)             # [n, L]
         for k, b in enumerate(spelled):
             self.bytes[k, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+        self.columns = np.ascontiguousarray(self.bytes.T).astype(np.int64)  # [L, n]: byte j of every token, contiguous
         self.spelled = spelled
         self.vocab_size = n
 
@@ -82,6 +83,7 @@ class TokenAutomaton:
         S = dfa.n_states
         self._table = np.where(dfa.table >= 0, dfa.table, S).astype(np.int64)   # [S, 256], DEAD -> sink S
         self._table = np.vstack([self._table, np.full((1, 256), S, dtype=np.int64)])  # [S+1, 256]
+        self._flat = (self._table * 256).reshape(-1)        # [(S+1) * 256]: next state * 256, indexed by state*256 + byte
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._steps: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
@@ -103,26 +105,28 @@ class TokenAutomaton:
         return got
 
     def _compute(self, state: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every token through the DFA from `state`, one byte position at a time over the live ones."""
-        v, sink = self.vocabulary, self.dfa.n_states
-        alive = np.flatnonzero(self._table[state, v.bytes[:, 0]] != sink) if v.bytes.shape[1] else \
-            np.zeros(0, dtype=np.int64)                               # [A] indices into v.ids
-        states = self._table[state, v.bytes[alive, 0]]                 # [A]
+        """Every token through the DFA from `state`, one byte position at a time over the live ones.
+        States are carried as state * 256 so that a step is one gather from the flat table: [A] -> [A]."""
+        v, sink = self.vocabulary, self.dfa.n_states * 256
+        if not v.columns.shape[0]:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        first = self._flat[state * 256 + v.columns[0]]                 # [n]
+        alive = np.flatnonzero(first != sink)                          # [A] indices into v.ids
+        states = first[alive]                                          # [A]
         done_idx, done_states = [], []
-        for j in range(1, v.bytes.shape[1] + 1):
+        for j in range(1, v.columns.shape[0] + 1):
             ended = v.lengths[alive] == j                              # these tokens have no byte j
             done_idx.append(alive[ended])
             done_states.append(states[ended])
             alive, states = alive[~ended], states[~ended]
             if not len(alive):
                 break
-            states = self._table[states, v.bytes[alive, j]]            # [A] one gather per byte position
+            states = self._flat[states + v.columns[j][alive]]          # [A] one gather per byte position
             keep = states != sink
             alive, states = alive[keep], states[keep]
-        idx = np.concatenate(done_idx) if done_idx else np.zeros(0, dtype=np.int64)
-        nxt = np.concatenate(done_states) if done_states else np.zeros(0, dtype=np.int64)
-        order = np.argsort(v.ids[idx], kind="stable")
-        return v.ids[idx][order], nxt[order].astype(np.int64)
+        idx = np.concatenate(done_idx)                                 # ids ascending: v.ids is sorted
+        order = np.argsort(idx, kind="stable")
+        return v.ids[idx[order]], np.concatenate(done_states)[order] // 256
 
     def allowed_slow(self, state: int) -> dict[int, int]:
         """The obvious twin of allowed(): each token's bytes through DFA.run, one by one. {id: next state}"""
