@@ -98,3 +98,20 @@ def test_bad_structured_requests_are_openai_400s(server, extra, param, message):
 def test_a_malformed_response_format_is_refused(server):
     r = server.http.post("/v1/completions", json={"prompt": "x", "response_format": {"type": "yaml"}})
     assert r.status_code in (400, 422) and "response_format" in json.dumps(r.json()["error"])
+
+
+def test_a_speculating_server_refuses_a_constraint_by_name():
+    """`numgpt serve --speculative ngram` cannot follow a schema or regex exactly: a 400 naming it."""
+    import numgpt
+    from fastapi.testclient import TestClient
+    from numgpt.serve import create_app
+    from numgpt.serve.settings import ServerSettings
+
+    lm = numgpt.load()
+    with TestClient(create_app(lm, ServerSettings(speculative="ngram"))) as c:
+        for extra, param in [({"regex": "a+"}, "regex"), ({"response_format": {"type": "json_object"}},
+                                                         "response_format")]:
+            r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, **extra})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.json()
+            assert "--speculative" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3}).status_code == 200

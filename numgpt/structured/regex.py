@@ -483,7 +483,8 @@ def determinize(nfa: _NFA, start: int, end: int, *, max_states: int, what: str) 
             target = closure(targets)
             if target not in index:
                 if len(order) >= max_states:
-                    raise RegexError(f"{what} is too large: its automaton passes {max_states} states")
+                    raise RegexError(f"{what} is too large: its automaton passes {max_states} states (fewer or "
+                                     "smaller bounded repeats help: maxLength, maxItems, {m,n})")
                 index[target] = len(order)
                 order.append(target)
             row[c] = index[target]
