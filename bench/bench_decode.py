@@ -10,15 +10,26 @@ only, after the prefill):
   - numgpt as `numgpt.load` loads it (formats.hf.load_checkpoint(folder, for_inference=True)): tokens/s
     and its effective weight bandwidth = the bytes of every parameter but wpe (read from the loaded params)
     / seconds per step, as a fraction of the gemv rate (the issue's target: >= 0.9x);
-  - the peers (bench/export_peers.py says exactly how each was made): ONNX Runtime fp32 and dynamic int8
-    (torch.onnx.export of a module with explicit KV-cache tensors over the checkpoint's own weights;
-    quantize_dynamic QInt8), CTranslate2 float32 (converted without a tokenizer through its own GPT2Loader,
-    since the bench's checkpoint has none); session / generator at 2 intra-op threads;
+  - the peers, ONNX Runtime fp32 and int8 and CTranslate2 float32, tokens/s and the median ratio to numgpt;
   - each peer's greedy tokens against numgpt's: the length of the common prefix (int8 differs by design).
 Decoders alternate in slices of 16 steps (bench_inference's interleaved_decode, with a short --settle pause
-between slices so one engine's spinning idle threads -- OpenBLAS's, OpenMP's -- do not eat into the next
-one's slice), so load from other processes falls on all alike; rates are medians over all slices of all
-runs, ratios the median of the per-round ratios against numgpt's slice in the same round.
+after each slice so one engine's idle threads still spinning -- OpenBLAS's, OpenMP's -- do not eat into the
+next one's slice), so load from other processes falls on all alike; rates are medians over all slices of
+all runs, ratios the median of the per-round ratios against numgpt's slice in the same round. Run it on a
+quiet machine (the load average is printed): with more runnable threads than cores, engines that meet at
+a barrier after every operation (CTranslate2's OpenMP, ONNX Runtime's pool) lose far more than numgpt.
+
+How each peer was exported (bench/export_peers.py, in a subprocess, cached in --peers while the checkpoint
+is unchanged): ONNX Runtime -- a small torch module running the checkpoint's own GPT2LMHeadModel tensors with
+the KV cache as explicit tensors (input_ids, position_ids, attention_mask, past keys/values [L, B, H, P, D]
+in; last-position logits and present keys/values out; the tied lm_head as a [C, V] constant), exported by
+torch.onnx.export (dynamo, opset 18, dynamic batch/length/past) and checked token for token against
+transformers' greedy generate; int8 is that file through onnxruntime.quantization.quantize_dynamic(
+weight_type=QInt8) (every linear and the lm_head); sessions at intra_op_num_threads=2, ORT_ENABLE_ALL.
+CTranslate2 -- its converter needs a tokenizer and the checkpoint has none, so its own GPT2Loader builds
+the spec from the loaded model with a vocabulary of token names "t0".."t{V-1}" (ids 1:1), saved unquantized;
+Generator(device="cpu", intra_threads=2, compute_type="float32"), timed per slice inside its own
+generate_batch by difference (export_peers.Ct2Slices says why).
 
 --profile: instead, the time of each part of numgpt's batch-1 and batch-8 decode step, by timing wrappers
 put around the functions numgpt.model's fast path calls (each linear product by its weight, attention,
@@ -247,26 +258,26 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
         return (time.perf_counter() - t) / steps * 1e3
 
     run()                                                            # warm
-    plain = min(run() for _ in range(3))
     originals = {name: getattr(model, name) for name in PROFILED if hasattr(model, name)}
     missing = [name for name in PROFILED if name not in originals]
     if missing:
         print(f"profile: numgpt.model no longer calls {', '.join(missing)} (not timed)", file=sys.stderr)
-    try:
-        for name, f in originals.items():
-            setattr(model, name, timed(name, f))
-        wrapped, runs = [], []
-        for _ in range(5):
+    plain, wrapped, runs = [], [], []
+    for _ in range(5):                                               # plain and timed runs alternate
+        plain.append(run())
+        try:
+            for name, f in originals.items():
+                setattr(model, name, timed(name, f))
             acc.clear()
             wrapped.append(run())
             runs.append({k: v / steps * 1e3 for k, v in acc.items()})
-    finally:
-        for name, f in originals.items():
-            setattr(model, name, f)
+        finally:
+            for name, f in originals.items():
+                setattr(model, name, f)
     parts = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in runs[0]}   # each part's median run
     step = float(np.median(wrapped))
     parts[REST] = step - sum(parts.values())
-    return parts, step, plain
+    return parts, step, float(np.median(plain))
 
 
 def part_bytes(config) -> dict[str, int]:
