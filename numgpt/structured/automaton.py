@@ -49,6 +49,10 @@ class TokenBytes:
         for k, b in enumerate(spelled):
             self.bytes[k, :len(b)] = np.frombuffer(b, dtype=np.uint8)
         self.columns = np.ascontiguousarray(self.bytes.T).astype(np.int64)  # [L, n]: byte j of every token, contiguous
+        # the same, longest tokens first: the tokens with a byte j are a prefix, of length longer[j]
+        self.by_length = np.argsort(-self.lengths, kind="stable")          # [n] positions into ids
+        self.sorted_columns = np.ascontiguousarray(self.columns[:, self.by_length])  # [L, n]
+        self.longer = (self.lengths[None, :] > np.arange(L)[:, None]).sum(axis=1)   # [L]
         self.spelled = spelled
         self.vocab_size = n
 
@@ -112,6 +116,8 @@ class TokenAutomaton:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         first = self._flat[state * 256 + v.columns[0]]                 # [n]
         alive = np.flatnonzero(first != sink)                          # [A] indices into v.ids
+        if len(alive) > len(first) // 4:
+            return self._compute_dense(state)
         states = first[alive]                                          # [A]
         done_idx, done_states = [], []
         for j in range(1, v.columns.shape[0] + 1):
@@ -127,6 +133,19 @@ class TokenAutomaton:
         idx = np.concatenate(done_idx)                                 # ids ascending: v.ids is sorted
         order = np.argsort(idx, kind="stable")
         return v.ids[idx[order]], np.concatenate(done_states)[order] // 256
+
+    def _compute_dense(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """_compute for a state that allows most tokens: no compaction, each byte position one gather over
+        the tokens that long (a prefix, longest first); a dead token stays in the sink."""
+        v, sink = self.vocabulary, self.dfa.n_states * 256
+        states = np.full(len(v.ids), state * 256, dtype=np.int64)     # [n] in longest-first order
+        for j in range(v.sorted_columns.shape[0]):
+            k = v.longer[j]
+            states[:k] = self._flat[states[:k] + v.sorted_columns[j, :k]]
+        ok = states != sink
+        positions = v.by_length[ok]                                    # back to positions in v.ids
+        order = np.argsort(positions, kind="stable")
+        return v.ids[positions[order]], states[ok][order] // 256
 
     def allowed_slow(self, state: int) -> dict[int, int]:
         """The obvious twin of allowed(): each token's bytes through DFA.run, one by one. {id: next state}"""
