@@ -29,6 +29,7 @@ How each peer is made (export_onnx, quantize_onnx, convert_ct2; cached in a fold
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,8 +191,12 @@ def convert_ct2(ckpt: Path, out: Path) -> Path:
         loader.set_vocabulary(spec, tokens)
         spec.validate()
         spec.optimize(quantization=None)
-        out.mkdir(parents=True, exist_ok=True)
-        spec.save(str(out))
+        tmp = out.with_name(out.name + ".tmp")                   # renamed into place once complete
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        spec.save(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
     return out
 
 
@@ -233,6 +238,9 @@ class Ct2Slices:
 
     def __call__(self, steps: int) -> float:
         start = ct2_start(np.concatenate([self.prompt, self.tokens[:, :self.made - 1]], axis=1))
-        seconds = self._seconds(start, steps + 1) - self._seconds(start, 1)
+        for _ in range(3):                                      # a difference of two times: on a busy
+            seconds = self._seconds(start, steps + 1) - self._seconds(start, 1)   # machine it can come out <= 0
+            if seconds > 0:
+                break
         self.made += steps
-        return seconds
+        return max(seconds, 1e-9)
