@@ -48,7 +48,8 @@ class Completions:
         self.check_capacity(len(prompts), n_candidates, f"{'best_of' if body.best_of else 'n'} {n_candidates} × "
                             f"{len(prompts)} prompt{'s' * (len(prompts) > 1)}")
         want_lp = body.logprobs if body.logprobs is not None else (0 if n_candidates > body.n else None)
-        options = self.generation_options(body, body.max_tokens, tuple(stops(body.stop)), n_candidates)
+        constraint = await asyncio.to_thread(self.constraint, body, ())   # compiling a schema may take a second
+        options = self.generation_options(body, body.max_tokens, tuple(stops(body.stop)), n_candidates, constraint)
         seqs = []
         for ids in prompts:
             self.check_fits(ids, body.max_tokens)
@@ -88,8 +89,9 @@ class Completions:
         self.check_fits(ids, max_tokens)
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
+        constraint = await asyncio.to_thread(self.constraint, body, tuple(template.end_ids))
         options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n,
-                                          end_ids=tuple(template.end_ids))
+                                          constraint)
         seqs = [self.sequence(options, ids, j, logprobs=k, end_ids=template.end_ids) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if self.settings.log_prompts:
@@ -170,12 +172,11 @@ class Completions:
                            code="context_length_exceeded")
 
     def generation_options(self, body: schemas.Sampling, max_tokens: int, stop: tuple[str, ...],
-                           n: int, end_ids: tuple[int, ...] = ()) -> GenerationOptions:
+                           n: int, constraint=None) -> GenerationOptions:
         """The request as GenerationOptions, the library's one definition of what to generate (OpenAI's
         max_tokens is max_new_tokens, n is num_return_sequences), checked by it."""
         sampling = sampling_options(body, self.lm.config.vocab_size)
-        constraint = self.constraint(body, end_ids)
-        if constraint is not None:
+        if constraint is not None:                       # structured outputs: self.constraint(body, ...)
             sampling = dataclasses.replace(sampling, constraint=constraint)
         try:
             return GenerationOptions(max_new_tokens=max_tokens, sampling=sampling, stop=stop, seed=body.seed,
