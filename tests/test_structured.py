@@ -222,7 +222,15 @@ HAND_WRITTEN = [PERSON,
                 {"enum": [{"a": [1, 2]}, "日本", True]},
                 {"type": "object", "properties": {"x": {"type": "object"}, "y": {}}},
                 {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"},
-                                                  "c": {"type": "integer"}}}]
+                                                  "c": {"type": "integer"}}},
+                {"$defs": {"Address": {"properties": {"city": {"title": "City", "type": "string"},    # pydantic's
+                                                      "zip": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                                                              "default": None, "title": "Zip"}},
+                                       "required": ["city"], "title": "Address", "type": "object"}},
+                 "properties": {"name": {"title": "Name", "type": "string"},
+                                "home": {"$ref": "#/$defs/Address"},
+                                "friends": {"items": {"$ref": "#/$defs/Address"}, "type": "array", "maxItems": 2}},
+                 "required": ["name", "home", "friends"], "title": "Person", "type": "object"}]
 
 
 @pytest.mark.parametrize("k", range(len(HAND_WRITTEN)))
@@ -251,7 +259,9 @@ def test_integer_ranges_are_exact():
     ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}}, "format"),
     ({"oneOf": [{"type": "string"}]}, "oneOf"), ({"$ref": "#/$defs/a"}, "$ref"),
     ({"type": "array", "uniqueItems": True}, "uniqueItems"), ({"type": "number", "minimum": 0.5}, "minimum"),
-    ({"type": "object", "patternProperties": {}}, "patternProperties"), ({"not": {}}, "not")])
+    ({"type": "object", "patternProperties": {}}, "patternProperties"), ({"not": {}}, "not"),
+    ({"$defs": {"N": {"type": "array", "items": {"$ref": "#/$defs/N"}}}, "$ref": "#/$defs/N"}, "$ref"),
+    ({"$ref": "https://example.com/s.json"}, "$ref")])
 def test_unsupported_keywords_are_refused_by_name(schema, keyword, gpt2_tokenizer):
     with pytest.raises(NumgptError, match=re.escape(repr(keyword))) as e:
         build_constraint(gpt2_tokenizer, json_schema=schema)

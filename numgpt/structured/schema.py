@@ -9,6 +9,7 @@ The supported subset (what OpenAI's structured outputs accept, plus bounds they 
         as JSON Schema says unless anchored with ^...$; not together with the lengths)
     integer: minimum, maximum, exclusiveMinimum, exclusiveMaximum (exact: a regex of the digit ranges)
     enum, const (any JSON values), anyOf (any one of the alternatives)
+    $ref to the schema's own $defs / definitions (what pydantic writes for nested models), not recursive
     annotations ignored: title, description, $schema, $id, $comment, examples, default
 Anything else (oneOf, allOf, not, $ref, format, uniqueItems, patternProperties, number bounds, ...) is
 refused with a message naming the keyword and where it is: generating text that merely *looks* right is
@@ -138,7 +139,7 @@ class _Empty(Exception):
 def _refuse(where: str, keyword: str, why: str = "is not supported") -> SchemaError:
     return SchemaError(f"the JSON schema keyword {keyword!r} at {where} {why} (structured outputs support "
                        "type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, "
-                       "pattern, minLength, maxLength, integer minimum/maximum, anyOf)")
+                       "pattern, minLength, maxLength, integer minimum/maximum, anyOf, local $ref)")
 
 
 def _count(where: str, schema: Mapping, keyword: str, default: int | None) -> int | None:
@@ -419,6 +420,32 @@ def _encode_tree(node, Alternate, Chars, Concat, Repeat, normalize) -> str:
     return "(?:" + "|".join(options) + ")"
 
 
+def inline_refs(node, root, where: str = "#", seen: tuple[str, ...] = ()):
+    """The schema with every local $ref ("#/$defs/Name", "#/definitions/Name", any "#/..." pointer)
+    replaced by what it points to; a recursive one is refused (its language is not regular)."""
+    if isinstance(node, list):
+        return [inline_refs(v, root, f"{where}/{k}", seen) for k, v in enumerate(node)]
+    if not isinstance(node, Mapping):
+        return node
+    if "$ref" in node:
+        ref = node["$ref"]
+        extra = [k for k in node if k not in ANNOTATIONS | {"$ref", "$defs", "definitions"}]
+        if extra:
+            raise _refuse(where, extra[0], "beside $ref is not supported")
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise _refuse(where, "$ref", f"to {ref!r} is not supported (only the schema's own #/... definitions)")
+        if ref in seen:
+            raise _refuse(where, "$ref", f"to {ref!r} is recursive: no regular expression follows it")
+        target = root
+        for part in [p.replace("~1", "/").replace("~0", "~") for p in ref[1:].split("/") if p]:
+            if not isinstance(target, Mapping) or part not in target:
+                raise _refuse(where, "$ref", f"to {ref!r} points at nothing in the schema")
+            target = target[part]
+        return inline_refs(target, root, ref, seen + (ref,))
+    return {k: v if k in ("$defs", "definitions", "const", "enum", "default", "examples")
+            else inline_refs(v, root, f"{where}/{k}", seen) for k, v in node.items()}
+
+
 def schema_to_regex(schema) -> str:
     """The regex of a JSON schema (SchemaError naming the keyword outside the subset; 'no text satisfies'
     when nothing can)."""
@@ -427,6 +454,9 @@ def schema_to_regex(schema) -> str:
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise SchemaError(f"the JSON schema is not valid JSON: {e}") from None
+    if isinstance(schema, Mapping):
+        schema = inline_refs(schema, schema)
+        schema = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
     try:
         regex = schema_regex(schema)
         if regex is None:
