@@ -46,6 +46,7 @@ import numpy as np
 AUTO_SETTINGS = {   # --pg auto's server, beyond the tests' settings (test_sql_support.PostgresServer)
     "shared_preload_libraries": "pg_stat_statements",
     "pg_stat_statements.track_planning": "on",
+    "shared_buffers": "2GB",   # the cube products' float8 weights (1.1 GB for 124M) stay in the cache too
 }
 
 
@@ -84,10 +85,10 @@ def machine() -> dict:
 
 
 def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, profile: bool,
-                 threads: int | None, original: bool = True) -> dict:
+                 threads: int | None, original: bool = True, product: str = "wide") -> dict:
     import numgpt.sql
     t = time.perf_counter()
-    summary = numgpt.sql.export(lm, db, force=True, precision=precision)
+    summary = numgpt.sql.export(lm, db, force=True, precision=precision, product=product)
     export_s = time.perf_counter() - t
     with numgpt.sql.connect(db, threads=threads) as m:
         t = time.perf_counter()
@@ -116,7 +117,7 @@ def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, pro
             m.start(prompt + [token] * steps)
             no_cache = round(time.perf_counter() - t, 3)
     decode = float(np.median(times))
-    result = {"db": db.split("?")[0], "engine": summary.engine, "precision": precision,
+    result = {"db": db.split("?")[0], "engine": summary.engine, "precision": precision, "product": product,
               "connections": connections, "n_layer": lm.config.n_layer, "export_s": round(export_s, 2),
               "size_mib": round(summary.size_bytes / 2**20, 1),
               "prefill_s_per_token": round(prefill / len(prompt), 4),
@@ -260,7 +261,7 @@ def _runs(step: dict) -> dict:
 
 def print_profile(result: dict) -> None:
     p = result["profile"]
-    print(f"\n{result['engine']} {result['precision']}, n_layer {result['n_layer']}, {result['connections']} "
+    print(f"\n{result['engine']} {result['precision']} ({result['product']} products), n_layer {result['n_layer']}, {result['connections']} "
           f"connection(s): token {result['decode_s_per_token']} s (median of {len(result['decode_s_all'])})")
     print(f"{'stage':<50} {'runs':>4} {'wall ms':>8} {'busy ms per connection':>24} {'overlap':>8} {'ns/MA':>7}")
     for r in p["stages"]:
@@ -270,6 +271,8 @@ def print_profile(result: dict) -> None:
         print(f"{r['stage']:<50} {r.get('runs', ''):>4} {r['wall_ms']:>8.1f} {busy:>24} {ov:>8} {ns:>7}")
     cpu = np.median([s["cpu_over_wall"] for s in p["steps"]], axis=0)
     who = "server process" if result["engine"] == "postgresql" else "process"
+    # CPU seconds a token costs, whatever share of the cores it got: the figure to compare on a busy machine
+    print(f"CPU seconds per token, all {who}es: {np.median([sum(s['cpu_s']) for s in p['steps']]):.2f}")
     print(f"CPU / wall per {who} (median over steps): {' / '.join(f'{c:.2f}' for c in cpu)}; machine: "
           f"{p['machine']['cores']} cores, load {p['machine']['load_1_5_15_before']} before, "
           f"{p['machine']['load_1_5_15']} after")
@@ -300,6 +303,8 @@ def main() -> None:
     ap.add_argument("--pg", help="a postgresql:// URL of an empty database, for --engines postgresql; or `auto`")
     ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="with --pg auto: a server setting (-c NAME=VALUE), e.g. work_mem=64MB; repeatable")
+    ap.add_argument("--pg-product", default="wide", choices=["wide", "cube"],
+                    help="PostgreSQL's matrix product (export's product): wide rows, or the cube module's distances")
     ap.add_argument("--model", help="a GPT-2 folder instead of the random 124M checkpoint")
     ap.add_argument("--n-layer", type=int, default=12, help="blocks of the random checkpoint (12: 124M)")
     ap.add_argument("--threads", type=int, help="DuckDB's threads (default: its own, the cores)")
@@ -341,7 +346,7 @@ def run(args, numgpt) -> None:
                 if db is None:
                     raise SystemExit("--engines postgresql needs --pg postgresql://... or --pg auto")
                 result = bench_engine(lm, db, precision, prompt, args.steps, not args.no_profile, args.threads,
-                                      not args.no_original)
+                                      not args.no_original, args.pg_product if engine == "postgresql" else "wide")
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
                 if "profile" in result:

@@ -94,6 +94,45 @@ def test_float32_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory,
     assert tokens == [int(np.argmax(w)) for w in want]
 
 
+@pytest.mark.parametrize("model", ["builtin", "odd"])
+def test_cube_products_give_numpys_logits_at_every_step(request, tmp_path_factory, model):
+    """PostgreSQL with product="cube" (the products as the cube module's distances, layers.py): logits
+    within 1e-5 of NumPy's at every step of a greedy run and the same tokens, on the built-in model and
+    the odd shape (36 inputs: one point per chunk; c_fc's 144: two of 72)."""
+    import numgpt
+    import numgpt.sql
+    from numgpt.kvcache import KVCache
+    from numgpt.model import forward
+    lm = _builtin() if model == "builtin" else numgpt.load(request.getfixturevalue("hf_odd_ckpt").folder)
+    db = new_database(request, "postgresql", tmp_path_factory)
+    numgpt.sql.export(lm, db, product="cube")
+    prompt = lm.encode("ROMEO: I will")
+    steps = 16
+    with numgpt.sql.connect(db) as m:
+        assert m.meta["product"] == "cube"
+        got, tokens = _greedy_run_logits(m, prompt, steps)
+    cache = KVCache.allocate(lm.config, 1, len(prompt) + steps)
+    want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
+    for t in tokens[:-1]:
+        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
+    want = np.array(want)
+    # 1e-5 as for the wide products: the distance identity adds ~1e-13 (bench/bench_sql_cube.py)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert tokens == [int(np.argmax(w)) for w in want]
+
+
+def test_cube_products_are_postgresqls_and_an_unknown_product_is_refused(tmp_path):
+    import numgpt.sql
+    from numgpt.errors import NumgptError
+    lm = _builtin()
+    db = tmp_path / "model.duckdb"
+    with pytest.raises(NumgptError, match="product 'cube' is PostgreSQL's") as e:
+        numgpt.sql.export(lm, str(db), product="cube")
+    assert "\n" not in str(e.value) and not db.exists()   # refused before the file is made
+    with pytest.raises(NumgptError, match="product must be one of wide, cube, got 'dense'"):
+        numgpt.sql.export(lm, str(db), product="dense")
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_float64_logits_within_1e_9_of_a_float64_forward(request, tmp_path_factory, engine):
     import numgpt.sql

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+CUBE_MAX = 100   # the cube module's most dimensions per cube (CUBE_MAX_DIM)
 WIDE_MAX = 768   # at most this many weight columns per PostgreSQL row (768 float8 = 6 kB < 8 kB page)
 
 # Unicode White_Space, which is what \s means in tiktoken's and Python's `regex` patterns (RE2's \s and
@@ -35,6 +36,12 @@ WIDE_MAX = 768   # at most this many weight columns per PostgreSQL row (768 floa
 WHITE_SPACE = (r"\t\n\x{0B}\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}"
                r"\x{205F}\x{3000}")
 ASCII_WHITE_SPACE = "\\t\\n\\v\\f\\r "   # the same set within ASCII, in PostgreSQL's escapes
+
+
+def cube_width(k: int) -> int:
+    """Dimensions per cube of a chunk of k inputs in the cube product: the largest divisor of k that is
+    at most CUBE_MAX (768 -> 96: eight cubes a chunk)."""
+    return max(m for m in range(1, min(k, CUBE_MAX) + 1) if k % m == 0)
 
 
 def chunk_width(n_in: int) -> int:
@@ -49,6 +56,7 @@ class Dialect:
     same methods); `float_type` is the weights' type."""
 
     precision: str       # "float32" or "float64"
+    product: str = "wide"   # PostgreSQL's matrix product: "wide" rows of REAL columns, or "cube" (layers.py)
     name = ""            # the engine's name, for messages and numgpt_meta
     unicode_table = False   # whether the pre-tokenizer reads numgpt_unicode (tokenize.py)
 

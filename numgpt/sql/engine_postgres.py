@@ -1,7 +1,8 @@
 """PostgreSQL: DB is a postgresql:// or postgres:// URL (psycopg 3). A connection to the server, and
 PostgreSQL's way of holding a model -- each weight row *wide* (one column per input, at most WIDE_MAX,
-dialects.py), the stages on rows (layers.py), a session's state keyed by position, in temporary tables
-or, when several connections split each product, UNLOGGED tables of a schema made for the session."""
+dialects.py), or with export's product="cube" as points of the `cube` contrib module (wpe stays wide),
+the stages on rows (layers.py), a session's state keyed by position, in temporary tables or, when
+several connections split each product, UNLOGGED tables of a schema made for the session."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import NumgptError
-from .dialects import PostgresDialect, chunk_width
+from .dialects import PostgresDialect, chunk_width, cube_width
 from .engines import INSTALL_HINT, PARAMETER, DatabaseError, Engine, first_line, shown, used_parameters
 from .statements import (MATRICES, layer_norms, row_forward_stages, row_model_statements, row_state_tables,
                          weight_tables)
@@ -183,22 +184,44 @@ class PostgresEngine(Engine):
                           "Python connect()); replace its export when the sessions have closed")
 
     def create_weight_tables(self, config, d):
+        if d.product == "cube":
+            self._create_cube_extension()
         for table, n_in in weight_tables(config):
             k = chunk_width(n_in)
+            if d.product == "cube" and table != "numgpt_wpe":   # wpe is only read, never multiplied
+                self._create_cube_table(table, k)
+                continue
             cols = ", ".join(f"c{n} {d.float_type}" for n in range(1, k + 1))
             self.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, {cols})")
         self.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {d.text}, i INTEGER, weight FLOAT8, bias FLOAT8)")
 
+    def _create_cube_extension(self) -> None:
+        try:
+            self.execute("CREATE EXTENSION IF NOT EXISTS cube")
+        except NumgptError as e:
+            raise NumgptError(f"product 'cube' needs PostgreSQL's cube module (contrib) in {shown(self.db)}, and "
+                              f"the right to create it (CREATE on the database): {e}") from None
+
+    def _create_cube_table(self, table: str, k: int) -> None:
+        """product="cube": a weight row's chunk of k inputs as k / M points of M dimensions, c1 .. cP, and
+        its squared norm sq (layers.linear_chunks_cube); stored inline (PLAIN), never compressed."""
+        parts = k // cube_width(k)
+        cols = ", ".join(f"c{p} cube" for p in range(1, parts + 1))
+        self.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, sq FLOAT8, {cols})")
+        for p in range(1, parts + 1):
+            self.execute(f"ALTER TABLE {table} ALTER COLUMN c{p} SET STORAGE PLAIN")
+
     def load_weights(self, params, config, d, progress):
         f, C, L = d.numpy_float, config.n_embd, config.n_layer
+        load = self._load_cube_matrix if d.product == "cube" else self._load_matrix
         progress("embeddings")
-        self._load_matrix("numgpt_wte", 0, params["wte.weight"], None, f)
+        load("numgpt_wte", 0, params["wte.weight"], None, f)
         self._load_matrix("numgpt_wpe", 0, params["wpe.weight"], None, f)
         for layer in range(L):
             progress(f"block {layer + 1}/{L}")
             for table, (name, _, _) in MATRICES.items():
                 weight = params[f"h.{layer}.{name}.weight"]                       # [in, out]
-                self._load_matrix(table, layer, weight.T, params[f"h.{layer}.{name}.bias"], f)
+                load(table, layer, weight.T, params[f"h.{layer}.{name}.bias"], f)
         for layer, name, key in layer_norms(config):   # one row per element
             self.load("numgpt_ln", {"layer": np.full(C, layer, np.int32), "name": np.array([name] * C, object),
                                     "i": np.arange(C, dtype=np.int32),
@@ -217,6 +240,22 @@ class PostgresEngine(Engine):
         chunk = np.tile(np.arange(chunks, dtype=np.int32), n_out)
         self.load(table, {"layer": np.full(n_out * chunks, layer, np.int32), "j": np.repeat(j, chunks),
                           "chunk": chunk, "b": np.where(chunk == 0, np.repeat(bias, chunks), 0.0), "c": wide})
+
+    def _load_cube_matrix(self, table: str, layer: int, rows: np.ndarray, bias, f) -> None:
+        """_load_matrix's rows, as cubes: written wide into a temporary table by binary COPY, then each
+        chunk's columns made into points (and their squared norm) by the server."""
+        n_in = rows.shape[1]
+        k = chunk_width(n_in)
+        m = cube_width(k)
+        cols = ", ".join(f"c{n} {'FLOAT4' if f == np.float32 else 'FLOAT8'}" for n in range(1, k + 1))
+        self.execute("DROP TABLE IF EXISTS numgpt_staging")
+        self.execute(f"CREATE TEMP TABLE numgpt_staging (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, {cols})")
+        self._load_matrix("numgpt_staging", layer, rows, bias, f)
+        points = ", ".join(f"cube(CAST(ARRAY[{', '.join(f'c{p * m + n}' for n in range(1, m + 1))}] AS FLOAT8[]))"
+                           for p in range(k // m))
+        squares = " + ".join(f"CAST(c{n} AS FLOAT8) * CAST(c{n} AS FLOAT8)" for n in range(1, k + 1))
+        self.execute(f"INSERT INTO {table} SELECT layer, j, chunk, b, {squares}, {points} FROM numgpt_staging")
+        self.execute("DROP TABLE numgpt_staging")
 
     def index_weights(self):
         # a product reads one layer's rows of one chunk, outputs :lo .. :hi (and embed one token's row):

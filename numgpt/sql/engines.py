@@ -89,8 +89,11 @@ class Engine:
     def close(self) -> None:
         raise NotImplementedError
 
-    def dialect(self, precision: str) -> Dialect:
-        return self.dialect_class(precision)
+    def dialect(self, precision: str, product: str = "wide") -> Dialect:
+        if product != "wide" and self.name != "postgresql":
+            raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); {self.name} multiplies "
+                              "arrays: leave product at 'wide'")
+        return self.dialect_class(precision, product)
 
     def has_table(self, table: str) -> bool:
         """Whether the current schema holds this table (whatever the role may do with it)."""

@@ -7,6 +7,10 @@ rows, an activation being (t, i, v) -- position t, element i, value v -- and eac
 long arithmetic expression over *wide* rows (dialects.py). DuckDB runs the same layers on arrays,
 array_layers.py, with the same names.
 
+An export with product="cube" stores the weights instead as points of the `cube` contrib module and
+multiplies through its distances, computed in C (linear_chunks_cube, embedding_cube): 2-2.5x less CPU
+per multiply-add than the interpreted expression (BENCHMARKS.md).
+
 Attention keeps one wide row per (position, head): q, k and v as columns e1 .. eD, so a score is one
 D-term expression and the weighted sum of values D sum() aggregates (numgpt_q, numgpt_kv).
 
@@ -25,7 +29,7 @@ V vocabulary.
 from __future__ import annotations
 
 from ..config import GPTConfig
-from .dialects import Dialect, chunk_width
+from .dialects import Dialect, chunk_width, cube_width
 
 GELU_SQRT_2_OVER_PI = 0.7978845608028654   # sqrt(2 / pi), to double precision (ops.py keeps a float32)
 GELU_CUBIC = 0.044715
@@ -85,6 +89,34 @@ def linear_chunks(xs: str, table: str, n_in: int, layer: str) -> str:
     SELECT t, i, sum(v) AS v FROM ({products}) AS products GROUP BY t, i"""
 
 
+def linear_chunks_cube(xs: str, table: str, n_in: int, layer: str) -> str:
+    """linear_chunks' twin for an export with product="cube": each weight row's chunk of K inputs is
+    stored as K / M points of M dimensions of the `cube` module (c1 .. cP, M = cube_width(K)) with its
+    squared norm sq, and w . x = (|w|^2 + |x|^2 - |w - x|^2) / 2, the distances computed in C by
+    cube_distance. Measured (bench/bench_sql_cube.py): 6-8.5 ns of CPU per multiply-add against 14-21
+    for the wide rows' expression; the identity's rounding is ~1e-13 at these norms. The plan's fences
+    are linear_chunks' (see there). Returns (t, i, v)."""
+    k = chunk_width(n_in)
+    m = cube_width(k)
+    points = ", ".join(f"cube(a[{p * m + 1}:{(p + 1) * m}]) AS x{p + 1}" for p in range(k // m))
+    squared = " + ".join(f"power(cube_distance(w.c{p + 1}, xs.x{p + 1}), 2)" for p in range(k // m))
+    products = f"""
+    SELECT xs.t, p.i, p.v
+    FROM (SELECT t, chunk, {points}, (SELECT sum(e * e) FROM unnest(a) AS e) AS sq FROM {xs} AS c OFFSET 0) AS xs,
+         LATERAL (SELECT w.j AS i, w.b + (w.sq + xs.sq - ({squared})) / 2 AS v
+                  FROM {table} AS w
+                  WHERE w.layer = {layer} AND w.chunk = xs.chunk AND w.j >= :lo AND w.j < :hi
+                  OFFSET 0) AS p
+    OFFSET 0"""
+    if n_in == k:
+        return products
+    return f"""
+    SELECT t, i, sum(v) AS v FROM ({products}) AS products GROUP BY t, i"""
+
+
+PRODUCTS = {"wide": linear_chunks, "cube": linear_chunks_cube}   # Dialect.product -> the product
+
+
 def gelu(x: str) -> str:
     """GPT-2's GELU, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), element by element."""
     return f"""
@@ -142,6 +174,21 @@ def attention_values(weights: str, config: GPTConfig, layer: str) -> str:
           FROM {weights} AS w
           JOIN numgpt_kv AS v ON v.layer = {layer} AND v.part = 2 AND v.h = w.h AND v.pos = w.pos
           GROUP BY w.t, w.h) AS heads"""
+
+
+def embedding_cube(table: str, n_in: int, rows: str, key: str) -> str:
+    """embedding's twin for weight rows stored as cubes (product="cube"): each point's coordinates
+    unpacked with cube_ll_coord. [T] -> [T, C]"""
+    k = chunk_width(n_in)
+    m = cube_width(k)
+    points = ", ".join(f"w.c{p + 1}" for p in range(k // m))
+    return f"""
+    SELECT t, CAST(chunk * {k} + (p - 1) * {m} + n - 1 AS INTEGER) AS i, cube_ll_coord(c, n) AS v
+    FROM (SELECT r.t, w.chunk, unnest(ARRAY[{points}]) AS c, generate_series(1, {k // m}) AS p
+          FROM {rows} AS r
+          JOIN (SELECT * FROM {table} WHERE layer = 0 AND j = ANY(ARRAY(SELECT {key} FROM {rows}))) AS w
+            ON w.j = r.{key}) AS u,
+         generate_series(1, {m}) AS n"""
 
 
 def residual(x: str, y: str) -> str:

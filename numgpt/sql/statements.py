@@ -167,6 +167,11 @@ def _with(ctes: list[tuple[str, str]]) -> str:
 
 # ---- PostgreSQL: the stages on rows (layers.py) ----------------------------------------------------------
 
+def _linear(d: Dialect, x: str, table: str, n_in: int, layer: str) -> str:
+    """(x @ W + b)[:, lo:hi] with the export's product (layers.PRODUCTS: wide rows or cubes)."""
+    return layers.PRODUCTS[d.product](layers.chunks(x, n_in), table, n_in, layer)
+
+
 def _new(table: str, layer: str = ":layer") -> str:
     """The new positions' rows of one layer in a state table (t >= :past: earlier ones are the cache's)."""
     return f"\n    SELECT t, i, v FROM {table} WHERE layer = {layer} AND t >= :past"
@@ -176,7 +181,8 @@ def embed(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("tokens", "\n    SELECT pos AS t, id FROM numgpt_seq WHERE pos >= :past"),
-        ("token_embedding", layers.embedding("numgpt_wte", C, "tokens", "id")),
+        ("token_embedding", (layers.embedding_cube if d.product == "cube" else layers.embedding)(
+            "numgpt_wte", C, "tokens", "id")),
         ("position_embedding", layers.embedding("numgpt_wpe", C, "tokens", "t")),
         ("x", layers.residual("token_embedding", "position_embedding")),
     ]) + "\nSELECT 0, t, i, v FROM x")
@@ -189,7 +195,7 @@ def attn_qkv(config: GPTConfig, d: Dialect) -> Statement:
     sql = (_with([
         ("x", _new("numgpt_resid")),
         ("ln_1", layers.layer_norm("x", "ln_1", ":layer", config.layer_norm_epsilon)),
-        ("c_attn", layers.linear("ln_1", "numgpt_c_attn", C, ":layer")),
+        ("c_attn", _linear(d, "ln_1", "numgpt_c_attn", C, ":layer")),
         ("heads", layers.split_heads("c_attn", config)),
         ("queries", f"\n    INSERT INTO numgpt_q SELECT CAST(:layer AS INTEGER), t, h, {cols} FROM heads WHERE part = 0"),
     ]) + f"\nINSERT INTO numgpt_kv SELECT CAST(:layer AS INTEGER), part, t, h, {cols} FROM heads WHERE part > 0")
@@ -212,7 +218,7 @@ def attn_proj(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_mid\n" + _with([
         ("heads", _new("numgpt_heads_out")),
-        ("c_proj", layers.linear("heads", "numgpt_attn_proj", C, ":layer")),
+        ("c_proj", _linear(d, "heads", "numgpt_attn_proj", C, ":layer")),
         ("x", _new("numgpt_resid")),
         ("x_attn", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER), t, i, v FROM x_attn")
@@ -224,7 +230,7 @@ def mlp_fc(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_hidden\n" + _with([
         ("x", _new("numgpt_mid")),
         ("ln_2", layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon)),
-        ("c_fc", layers.linear("ln_2", "numgpt_c_fc", C, ":layer")),
+        ("c_fc", _linear(d, "ln_2", "numgpt_c_fc", C, ":layer")),
         ("gelu", layers.gelu("c_fc")),
     ]) + f"\nSELECT CAST(:layer AS INTEGER), t, chunk, a FROM {layers.chunks('gelu', 4 * C)} AS hidden")
     return Statement("mlp_fc", "block :layer: ln_2, then c_fc's outputs :lo .. :hi and GELU, kept as the "
@@ -235,7 +241,7 @@ def mlp_proj(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("hidden", "\n    SELECT t, chunk, a FROM numgpt_hidden WHERE layer = :layer AND t >= :past"),
-        ("c_proj", layers.linear_chunks("hidden", "numgpt_mlp_proj", 4 * C, ":layer")),
+        ("c_proj", layers.PRODUCTS[d.product]("hidden", "numgpt_mlp_proj", 4 * C, ":layer")),
         ("x", _new("numgpt_mid")),
         ("x_mlp", layers.residual("x", "c_proj")),
     ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, i, v FROM x_mlp")
@@ -247,7 +253,7 @@ def logits(config: GPTConfig, d: Dialect) -> Statement:
     sql = ("INSERT INTO numgpt_logits\n" + _with([
         ("x", f"\n    SELECT t, i, v FROM numgpt_resid WHERE layer = {config.n_layer} AND t = :last"),
         ("ln_f", layers.layer_norm("x", "ln_f", str(config.n_layer), config.layer_norm_epsilon)),
-        ("lm_head", layers.linear("ln_f", "numgpt_wte", C, "0")),
+        ("lm_head", _linear(d, "ln_f", "numgpt_wte", C, "0")),
     ]) + "\nSELECT i AS id, v FROM lm_head")
     return Statement("logits", "ln_f of the last position, then the logits of tokens :lo .. :hi (x @ wte^T, "
                      "the tied projection)", sql)
