@@ -11,7 +11,7 @@ The supported subset (what OpenAI's structured outputs accept, plus bounds they 
     enum, const (any JSON values), anyOf (any one of the alternatives)
     $ref to the schema's own $defs / definitions (what pydantic writes for nested models), not recursive
     annotations ignored: title, description, $schema, $id, $comment, examples, default
-Anything else (oneOf, allOf, not, $ref, format, uniqueItems, patternProperties, number bounds, ...) is
+Anything else (oneOf, allOf, not, a recursive $ref, format, uniqueItems, patternProperties, number bounds) is
 refused with a message naming the keyword and where it is: generating text that merely *looks* right is
 what this module exists to prevent.
 
@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 
 from ..errors import NumgptError
-from .regex import RegexError, parse
+from .regex import Alternate, Chars, Concat, RegexError, Repeat, complement, normalize, parse
 
 WS = "[ ]?"
 NOTHING = r"[^\s\S]"                      # the empty set of characters
@@ -349,7 +349,6 @@ def json_pattern(pattern: str, where: str) -> str:
     """A JSON Schema `pattern` (searched, not anchored, unless ^...$) as a regex over the *JSON-encoded*
     characters of a string: each character spelled raw, or escaped where JSON requires it (" \\ and
     control characters), so every match decodes to a string the pattern matches."""
-    from .regex import Alternate, Chars, Concat, Repeat, complement, normalize
     if not isinstance(pattern, str):
         raise SchemaError(f"pattern at {where} must be a string")
     try:
@@ -360,7 +359,7 @@ def json_pattern(pattern: str, where: str) -> str:
     start = pattern.startswith("^")
     end = pattern.endswith("$") and not pattern.endswith("\\$")
     tree = Concat(tuple(([] if start else [anywhere]) + [tree] + ([] if end else [anywhere])))
-    return _encode_tree(tree, Alternate, Chars, Concat, Repeat, normalize)
+    return _encode_tree(tree)
 
 
 def _char_regex(cp: int) -> str:
@@ -376,48 +375,25 @@ def _class_regex(ranges) -> str:
     return f"[{body}]"
 
 
+JSON_ESCAPED = ((0, 0x1F), (0x22, 0x22), (0x5C, 0x5C))      # characters a JSON string must escape
 ESCAPED = {ord('"'): r'\\"', ord("\\"): r"\\\\", 8: r"\\b", 12: r"\\f", 10: r"\\n", 13: r"\\r", 9: r"\\t"}
 
 
-def _encode_tree(node, Alternate, Chars, Concat, Repeat, normalize) -> str:
+def _encode_tree(node) -> str:
     """The regex text of a pattern's tree with each character set JSON-encoded (see json_pattern)."""
-    enc = lambda n: _encode_tree(n, Alternate, Chars, Concat, Repeat, normalize)  # noqa: E731
     if isinstance(node, Concat):
-        return "(?:" + "".join(enc(p) for p in node.parts) + ")"
+        return "(?:" + "".join(_encode_tree(p) for p in node.parts) + ")"
     if isinstance(node, Alternate):
-        return "(?:" + "|".join(enc(o) for o in node.options) + ")"
+        return "(?:" + "|".join(_encode_tree(o) for o in node.options) + ")"
     if isinstance(node, Repeat):
-        return f"(?:{enc(node.node)}){{{node.low},{'' if node.high is None else node.high}}}"
-    raw = []
-    must_escape = []
-    for lo, hi in node.ranges:
-        for a, b in ((lo, min(hi, 0x1F)), (max(lo, 0x20), hi)):
-            if a > b:
-                continue
-            if b <= 0x1F:
-                must_escape.extend(range(a, b + 1))
-            else:
-                raw.append((a, b))
-    specials = [cp for lo, hi in raw for cp in (0x22, 0x5C) if lo <= cp <= hi]
-    raw = normalize([r for r in raw])
-    raw_minus = [(lo, hi) for lo, hi in raw]
-    for cp in specials:
-        must_escape.append(cp)
-        split = []
-        for lo, hi in raw_minus:
-            if lo <= cp <= hi:
-                split.extend([(lo, cp - 1), (cp + 1, hi)])
-            else:
-                split.append((lo, hi))
-        raw_minus = [(lo, hi) for lo, hi in split if lo <= hi]
-    options = []
-    if raw_minus:
-        options.append(_class_regex(normalize(raw_minus)))
-    for cp in must_escape:
-        options.append(ESCAPED.get(cp, f"\\\\u{cp:04x}"))
-    if not options:
-        return NOTHING
-    return "(?:" + "|".join(options) + ")"
+        return f"(?:{_encode_tree(node.node)}){{{node.low},{'' if node.high is None else node.high}}}"
+    assert isinstance(node, Chars)
+    chars = normalize(node.ranges)
+    escaped = [cp for lo, hi in chars for cp in range(lo, min(hi, 0x1F) + 1)]     # control characters
+    escaped += [cp for cp in (0x22, 0x5C) if any(lo <= cp <= hi for lo, hi in chars)]   # " and \\
+    plain = complement(complement(chars) + JSON_ESCAPED)           # the rest, written as they are
+    options = ([_class_regex(plain)] if plain else []) + [ESCAPED.get(cp, f"\\\\u{cp:04x}") for cp in escaped]
+    return "(?:" + "|".join(options) + ")" if options else NOTHING
 
 
 def inline_refs(node, root, where: str = "#", seen: tuple[str, ...] = ()):
