@@ -457,7 +457,6 @@ def byte_classes(nfa: _NFA) -> np.ndarray:
 def determinize(nfa: _NFA, start: int, end: int, *, max_states: int, what: str) -> tuple[list[list[int]], list[bool]]:
     """The subset construction; refuses beyond max_states DFA states."""
     classes = byte_classes(nfa)
-    representative = {int(c): b for b, c in reversed(list(enumerate(classes)))}  # class -> a byte of it
 
     def closure(states) -> frozenset[int]:
         seen, todo = set(states), list(states)
@@ -489,7 +488,6 @@ def determinize(nfa: _NFA, start: int, end: int, *, max_states: int, what: str) 
                 order.append(target)
             row[c] = index[target]
         rows.append(row)
-    del representative
     accepting = [end in s for s in order]
     full = [[row[c] for c in classes] for row in rows]
     return full, accepting
