@@ -23,9 +23,11 @@ engine, a profile of the decode steps (--no-profile: none):
                                                       a 2-block model of 124M's width: the products'
                                                       ns per multiply-add, in a tenth of the time
 
-The issue-23 figures (median of two runs, each alone on the machine; BENCHMARKS.md):
+The issue-23 figures (median of two runs, each alone on the machine; BENCHMARKS.md), PostgreSQL with
+the cube products (export's product="cube") and with the default wide rows:
 
-    python bench/bench_sql.py --engines postgresql,duckdb --precisions float32 --pg auto --steps 8 --no-original
+    python bench/bench_sql.py --engines postgresql,duckdb --precisions float32 --pg auto --pg-product cube --steps 8 --no-original
+    python bench/bench_sql.py --engines postgresql --precisions float32 --pg auto --steps 8 --no-original
 
 Run it alone on the machine (the figures are wall-clock; the profile's CPU / wall per server process
 says whether they got their cores). Needs torch + transformers for the checkpoint.
