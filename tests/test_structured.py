@@ -289,9 +289,8 @@ def test_json_object_mode_makes_objects(gpt2_tokenizer):
         assert isinstance(json.loads(random_match(dfa, rng, end_p=0.5)), dict)
 
 
-# Schemas of the supported subset made by hypothesis. (hypothesis-jsonschema was the plan: its from_schema
-# over a meta-schema of the subset; version 0.23.1 fails under hypothesis 6.170 inside from_object_schema,
-# "'many' object has no attribute 'more'", so the strategy is written here.)
+# Schemas of the supported subset made by a hypothesis strategy written here (anyOf, enums of containers,
+# patterns and lengths that the meta-schema test below does not draw).
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-1000, 1000), st.text(max_size=4),
                          st.floats(allow_nan=False, allow_infinity=False, width=32))
 SMALL = st.integers(0, 6)
@@ -337,6 +336,91 @@ def test_schemas_hypothesis_makes_give_only_valid_json(schema, seed):
     for _ in range(20):
         text = random_match(dfa, rng, end_p=0.5)
         jsonschema.validate(json.loads(text), schema)
+
+
+# Schemas made by hypothesis-jsonschema itself: its from_schema draws instances of META, a JSON Schema
+# whose instances are schemas of the supported subset, two levels deep (it resolves no recursive $ref).
+# Then (1) texts of the compiled language are valid against the drawn schema, and (2) instances that
+# hypothesis-jsonschema draws from the drawn schema, written as the compiled language writes JSON
+# (properties in schema order, no spaces), are in the language: nothing valid is refused.
+def _meta_leaf() -> dict:
+    small = {"type": "integer", "minimum": 0, "maximum": 6}
+    bound = {"type": "integer", "minimum": -300, "maximum": 300}
+    closed = {"additionalProperties": False}
+    return {"anyOf": [
+        {"type": "object", "properties": {"type": {"const": "string"}, "maxLength": small}, "required": ["type"],
+         **closed},
+        {"type": "object", "properties": {"type": {"const": "integer"}, "minimum": bound, "maximum": bound},
+         "required": ["type"], **closed},
+        {"type": "object", "properties": {"type": {"enum": ["number", "boolean", "null"]}}, "required": ["type"],
+         **closed},
+        {"type": "object", "properties": {"enum": {"type": "array", "minItems": 1, "maxItems": 4, "items": {
+            "anyOf": [{"type": "integer", "minimum": -99, "maximum": 99}, {"type": "boolean"},
+                      {"type": "string", "pattern": "^[a-z]{0,4}$"}]}}}, "required": ["enum"], **closed}]}
+
+
+def _meta_level(inner: dict) -> dict:
+    names = {"type": "string", "pattern": "^[a-d]{1,2}$"}
+    return {"anyOf": [
+        inner,
+        {"type": "object", "properties": {"type": {"const": "array"}, "items": inner,
+                                          "maxItems": {"type": "integer", "minimum": 0, "maximum": 3}},
+         "required": ["type", "items"], "additionalProperties": False},
+        {"type": "object", "properties": {"type": {"const": "object"}, "additionalProperties": {"const": False},
+                                          "properties": {"type": "object", "maxProperties": 3,
+                                                         "propertyNames": names, "additionalProperties": inner}},
+         "required": ["type", "properties", "additionalProperties"], "additionalProperties": False}]}
+
+
+META = _meta_level(_meta_level(_meta_leaf()))
+
+
+def _with_required(schema):
+    """Every object schema's properties all required (so an instance's keys are known), recursively."""
+    if isinstance(schema, dict):
+        schema = {k: _with_required(v) for k, v in schema.items()}
+        if schema.get("type") == "object":
+            schema["required"] = list(schema["properties"])
+    elif isinstance(schema, list):
+        schema = [_with_required(v) for v in schema]
+    return schema
+
+
+def _written(value, schema) -> str:
+    """value written as the compiled language writes JSON: an object's properties in the schema's order."""
+    if isinstance(value, dict):
+        props = schema["properties"]
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + _written(value[k], props[k]) for k in props) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_written(v, schema.get("items", {})) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def test_schemas_hypothesis_jsonschema_makes_give_valid_json_and_accept_valid_json():
+    from_schema = reference("hypothesis_jsonschema").from_schema
+
+    @given(from_schema(META).map(_with_required), st.data())
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
+    def check(schema, data):
+        jsonschema.Draft202012Validator.check_schema(schema)
+        try:
+            dfa = compile_tree(parse(schema_to_regex(schema)), what="the JSON schema")
+        except NumgptError as e:
+            assert "no text satisfies" in str(e), (schema, e)
+            return
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        for _ in range(10):
+            jsonschema.validate(json.loads(random_match(dfa, rng, end_p=0.5)), schema)
+        for _ in range(5):
+            value = data.draw(from_schema(schema))
+            text = _written(value, schema)
+            state = 0
+            for byte in text.encode():
+                state = int(dfa.table[state, byte]) if state >= 0 else -1
+            assert state >= 0 and dfa.accepting[state], (schema, text)
+
+    check()
 
 
 BOUNDED_SCHEMAS = [
