@@ -19,7 +19,8 @@ REFERENCES = {"torch": "torch==2.13.0", "transformers": "transformers", "tiktoke
               "playwright": "playwright", "openai": "openai", "httpx": "httpx", "schemathesis": "schemathesis",
               "fastapi": "fastapi (the serve extra)", "uvicorn": "uvicorn (the serve extra)",
               "prometheus_client": "prometheus_client (the serve extra)",
-              "sklearn": "scikit-learn", "peft": "peft", "trl": "trl", "jsonschema": "jsonschema"}
+              "sklearn": "scikit-learn", "peft": "peft", "trl": "trl", "jsonschema": "jsonschema",
+              "hypothesis_jsonschema": "hypothesis-jsonschema"}
 
 
 def missing_references() -> list[str]:
