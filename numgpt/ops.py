@@ -193,22 +193,24 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw: np.ndarray
 
 
 FEW_ROWS = 16   # below this many rows, products with a [out, in] weight go as w.T @ x.T (linear_into)
-ROW_BY_ROW = 4  # up to this many rows, linear_into multiplies one row at a time (matrix-vector products)
+ROW_BY_ROW = 4  # up to this many rows, linear_into multiplies one row at a time (matrix-vector products) ...
+STREAMED_BYTES = 1 << 21   # ... a weight of at least this size, read from memory rather than from cache
 
 
 def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`linear` written into a preallocated `out` (2-D x only, so BLAS sees one matrix product).
 
-    2 to ROW_BY_ROW rows (a speculative verification, a small batch) go one matrix-vector product per row:
-    OpenBLAS's matrix-matrix product packs the weight on every call, which makes 2 rows cost ~2.7x one
-    row on 124M's matrices and ~60 us for the built-in model's small ones, where a second pass over a
-    weight just read comes from cache (measured in BENCHMARKS.md, Decode at the bandwidth limit); and each
-    row then gets exactly what it gets alone. A weight stored [out, in] (w.T C-ordered:
+    2 to ROW_BY_ROW rows (a speculative verification, a small batch) times a weight of STREAMED_BYTES or
+    more go one matrix-vector product per row: OpenBLAS's matrix-matrix product packs the weight on every
+    call, which makes 2 rows cost ~2.7x one row on 124M's matrices, where a second pass over a weight just
+    read comes from cache (measured in BENCHMARKS.md, Decode at the bandwidth limit). A small weight that
+    stays in cache (the built-in models': 0.4-1 MB) is the other way round: 4 rows in one product 9 us,
+    row by row 23 us. A weight stored [out, in] (w.T C-ordered:
     formats.hf.load_checkpoint(for_inference=True)) and fewer than FEW_ROWS rows multiply as w.T @ x.T,
     which OpenBLAS streams faster than `x @ w` (BENCHMARKS.md, Inference). Bigger batches take `x @ w`.
     """
     transposed = w.T.flags.c_contiguous and not w.flags.c_contiguous
-    if 1 < x.shape[0] <= ROW_BY_ROW:
+    if 1 < x.shape[0] <= ROW_BY_ROW and w.nbytes >= STREAMED_BYTES:
         for row, y in zip(x, out):
             np.matmul(w.T, row, out=y) if transposed else np.matmul(row, w, out=y)  # [in] -> [out]
     elif x.shape[0] < FEW_ROWS and transposed:
