@@ -70,6 +70,7 @@ def per_token_seconds(lm, new: int, constraint=None) -> tuple[float, int, str]:
 
 def bench_model(name: str, lm, runs: int, new: int) -> dict:
     out = {}
+    new = min(new, lm.config.n_positions - len(lm.encode(PROMPT)))     # the built-in model's context is 128
     for kind, given in CONSTRAINTS.items():
         ends = () if lm.tokenizer.eot_id is None else (lm.tokenizer.eot_id,)
         start = time.perf_counter()
