@@ -33,7 +33,8 @@ generate_batch by difference (export_peers.Ct2Slices says why).
 
 --profile: instead, the time of each part of numgpt's batch-1 and batch-8 decode step, by timing wrappers
 put around the functions numgpt.model's fast path calls (each linear product by its weight, attention,
-LayerNorm, GELU, ln_f, lm_head, embed; the Python rest = step time minus all of them).
+LayerNorm, GELU, ln_f, lm_head, embed; the Python rest = step time minus all of them); then the batch-1
+step with attention, the LayerNorms, GELU or all three removed, and its products back to back alone.
 
     python bench/bench_decode.py --tiny --runs 1 --new 33             # a check on a tiny model, seconds
     python bench/bench_decode.py --ckpt /work/ckpt124 --runs 5 --out decode.json
@@ -287,6 +288,54 @@ def part_bytes(config) -> dict[str, int]:
             "linear mlp.c_proj": L * 4 * C * C * 4, "lm_head": config.vocab_size * C * 4}
 
 
+ABLATED = {"attention": ("attend_rows_into",), "LayerNorm": ("layer_norm_into",), "GELU": ("gelu_",),
+           "all three": ("attend_rows_into", "layer_norm_into", "gelu_")}
+NO_OPS = {"attend_rows_into": lambda q, k, v, key_valid, out: out,
+          "layer_norm_into": lambda x, w, b, eps, out: out, "gelu_": lambda x, scratch: x}
+
+
+def ablation(params, config, rounds: int = 25, past: int = PROMPT + 64) -> dict[str, float]:
+    """Median ms of a batch-1 decode step with parts of it removed (each replaced by a no-op: the values
+    are wrong, the time is what is left), and of the same products called back to back with nothing
+    between them; the variants alternate within each round."""
+    import numgpt.model as model
+    from numgpt import KVCache, forward
+    from numgpt.ops import linear_into
+    from numgpt.params import layers
+    cache = KVCache.allocate(config, 1, past + 2)
+    forward(params, config, np.arange(past)[None] % config.vocab_size, cache=cache)
+    blocks = list(layers(params, config))
+    x, h = np.ones((1, config.n_embd), np.float32), np.ones((1, 4 * config.n_embd), np.float32)
+    outs = {n: np.empty((1, n), np.float32) for n in (config.n_embd, 3 * config.n_embd, 4 * config.n_embd)}
+
+    def products() -> None:
+        for L in blocks:
+            for m, inp in ((L.attn.c_attn, x), (L.attn.c_proj, x), (L.mlp.c_fc, x), (L.mlp.c_proj, h)):
+                linear_into(inp, m.weight, m.bias, outs[m.weight.shape[1]])
+        model.lm_head(params, x)
+
+    originals = {name: getattr(model, name) for name in NO_OPS}
+    times: dict[str, list[float]] = {k: [] for k in ["the full step", *(f"without {k}" for k in ABLATED),
+                                                      "the products back to back"]}
+    with np.errstate(all="ignore"):                                  # a no-op leaves garbage in the stream
+        for _ in range(rounds):
+            for label, off in [("the full step", ())] + [(f"without {k}", v) for k, v in ABLATED.items()]:
+                try:
+                    for name in off:
+                        setattr(model, name, NO_OPS[name])
+                    cache.length = past
+                    t = time.perf_counter()
+                    forward(params, config, np.array([[5]]), cache=cache)
+                    times[label].append(time.perf_counter() - t)
+                finally:
+                    for name, f in originals.items():
+                        setattr(model, name, f)
+            t = time.perf_counter()
+            products()
+            times["the products back to back"].append(time.perf_counter() - t)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 def print_profile(params, config, weight_bytes: int) -> dict:
     stream = Streaming()
     stream.sample()
@@ -305,6 +354,10 @@ def print_profile(params, config, weight_bytes: int) -> dict:
         for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
             rate = f"{sizes[k] / v / 1e6:.1f} ({sizes[k] / v / 1e6 / gemv:.2f}x)" if k in sizes and v > 0 else ""
             print(f"| {k} | {v:.3f} | {v / plain * 100:.1f}% | {rate} |")
+    out["ablation_ms"] = ablation(params, config)
+    print(f"\nbatch 1, parts removed (median ms of {PROMPT + 64}-position steps, alternating):")
+    for k, v in out["ablation_ms"].items():
+        print(f"  {k:28s} {v:6.2f} ms  ({weight_bytes / v / 1e6:.1f} GB/s of weights)")
     return out
 
 
