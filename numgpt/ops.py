@@ -203,7 +203,7 @@ def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     2 to ROW_BY_ROW rows (a speculative verification, a small batch) times a weight of STREAMED_BYTES or
     more go one matrix-vector product per row: OpenBLAS's matrix-matrix product packs the weight on every
     call, which makes 2 rows cost ~2.7x one row on 124M's matrices, where a second pass over a weight just
-    read comes from cache (measured in BENCHMARKS.md, Decode at the bandwidth limit). A small weight that
+    read comes from cache (measured in BENCHMARKS.md, Decoding beyond the peers). A small weight that
     stays in cache (the built-in models': 0.4-1 MB) is the other way round: 4 rows in one product 9 us,
     row by row 23 us. A weight stored [out, in] (w.T C-ordered:
     formats.hf.load_checkpoint(for_inference=True)) and fewer than FEW_ROWS rows multiply as w.T @ x.T,

@@ -94,7 +94,7 @@ def decode_orientation(shape: tuple[int, ...]) -> bool:
 
     A one-row product streams a long-rowed matrix faster: OpenBLAS's matrix-vector kernels ran at 36-49
     GB/s over the rows of c_fc [768, 3072] and of wte stored [768, 50257], against 29-30 GB/s over
-    768-float rows (2 threads, measured in BENCHMARKS.md, Decode at the bandwidth limit). So c_attn and
+    768-float rows (2 threads, measured in BENCHMARKS.md, Decoding beyond the peers). So c_attn and
     c_fc keep the file's [in, out], the c_proj weights and wte are transposed (square: transposed, a
     little faster at 1 and 8 rows)."""
     return len(shape) == 2 and shape[0] >= shape[1]
