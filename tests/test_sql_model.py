@@ -67,6 +67,17 @@ def _greedy_run_logits(m, prompt_ids, steps):
     return np.array(logits), tokens
 
 
+def _numpy_logits(lm, prompt_ids, tokens):
+    """NumPy's logits at every step of the same run: the prompt, then each token but the last fed back."""
+    from numgpt.kvcache import KVCache
+    from numgpt.model import forward
+    cache = KVCache.allocate(lm.config, 1, len(prompt_ids) + len(tokens))
+    want = [forward(lm.params, lm.config, np.array([prompt_ids]), cache=cache)[0]]
+    for t in tokens[:-1]:
+        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
+    return np.array(want)
+
+
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -74,8 +85,6 @@ def _greedy_run_logits(m, prompt_ids, steps):
 def test_float32_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory, engine, model):
     import numgpt
     import numgpt.sql
-    from numgpt.kvcache import KVCache
-    from numgpt.model import forward
     load = _builtin if model == "builtin" else (lambda: numgpt.load(request.getfixturevalue("hf_odd_ckpt").folder))
     lm = load()
     db = exported(request, tmp_path_factory, engine, model, load)
@@ -83,11 +92,7 @@ def test_float32_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory,
     steps = min(STEPS, lm.config.n_positions - len(prompt))
     with numgpt.sql.connect(db) as m:
         got, tokens = _greedy_run_logits(m, prompt, steps)
-    cache = KVCache.allocate(lm.config, 1, len(prompt) + steps)
-    want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
-    for t in tokens[:-1]:
-        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
-    want = np.array(want)
+    want = _numpy_logits(lm, prompt, tokens)
     # 1e-5: the issue's bar for float32; both sides round to float32 in different orders (DuckDB's
     # array_inner_product, PostgreSQL's double sums of float32 weights, NumPy's BLAS)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
@@ -101,8 +106,6 @@ def test_cube_products_give_numpys_logits_at_every_step(request, tmp_path_factor
     the odd shape (36 inputs: one point per chunk; c_fc's 144: two of 72)."""
     import numgpt
     import numgpt.sql
-    from numgpt.kvcache import KVCache
-    from numgpt.model import forward
     lm = _builtin() if model == "builtin" else numgpt.load(request.getfixturevalue("hf_odd_ckpt").folder)
     db = new_database(request, "postgresql", tmp_path_factory)
     numgpt.sql.export(lm, db, product="cube")
@@ -111,11 +114,7 @@ def test_cube_products_give_numpys_logits_at_every_step(request, tmp_path_factor
     with numgpt.sql.connect(db) as m:
         assert m.meta["product"] == "cube"
         got, tokens = _greedy_run_logits(m, prompt, steps)
-    cache = KVCache.allocate(lm.config, 1, len(prompt) + steps)
-    want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
-    for t in tokens[:-1]:
-        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
-    want = np.array(want)
+    want = _numpy_logits(lm, prompt, tokens)
     # 1e-5 as for the wide products: the distance identity adds ~1e-13 (bench/bench_sql_cube.py)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert tokens == [int(np.argmax(w)) for w in want]
@@ -182,8 +181,6 @@ def test_124m_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory, hf
     connections sharing each product)."""
     import numgpt
     import numgpt.sql
-    from numgpt.kvcache import KVCache
-    from numgpt.model import forward
     lm = numgpt.load(hf_gpt2_124m_ckpt.folder)
     db = new_database(request, engine, tmp_path_factory)
     numgpt.sql.export(lm, db)
@@ -191,11 +188,8 @@ def test_124m_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory, hf
     with numgpt.sql.connect(db) as m:
         assert m.connections == (2 if engine == "postgresql" else 1)
         got, tokens = _greedy_run_logits(m, prompt, STEPS)
-    cache = KVCache.allocate(lm.config, 1, len(prompt) + STEPS)
-    want = [forward(lm.params, lm.config, np.array([prompt]), cache=cache)[0]]
-    for t in tokens[:-1]:
-        want.append(forward(lm.params, lm.config, np.array([[t]]), cache=cache)[0])
-    np.testing.assert_allclose(got, np.array(want), rtol=0, atol=1e-5)   # 1e-5: the issue's float32 bar
+    want = _numpy_logits(lm, prompt, tokens)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)   # 1e-5: the issue's float32 bar
     assert tokens == [int(np.argmax(w)) for w in want]
 
 

@@ -75,18 +75,7 @@ def linear_chunks(xs: str, table: str, n_in: int, layer: str) -> str:
     k = chunk_width(n_in)
     columns = ", ".join(f"a[{n}] AS x{n}" for n in range(1, k + 1))
     product = " + ".join(f"w.c{n} * xs.x{n}" for n in range(1, k + 1))
-    products = f"""
-    SELECT xs.t, p.i, p.v
-    FROM (SELECT t, chunk, {columns} FROM {xs} AS c OFFSET 0) AS xs,
-         LATERAL (SELECT w.j AS i, w.b + {product} AS v
-                  FROM {table} AS w
-                  WHERE w.layer = {layer} AND w.chunk = xs.chunk AND w.j >= :lo AND w.j < :hi
-                  OFFSET 0) AS p
-    OFFSET 0"""
-    if n_in == k:
-        return products
-    return f"""
-    SELECT t, i, sum(v) AS v FROM ({products}) AS products GROUP BY t, i"""
+    return _chunk_products(xs, table, n_in, layer, columns, product)
 
 
 def linear_chunks_cube(xs: str, table: str, n_in: int, layer: str) -> str:
@@ -100,15 +89,23 @@ def linear_chunks_cube(xs: str, table: str, n_in: int, layer: str) -> str:
     m = cube_width(k)
     points = ", ".join(f"cube(a[{p * m + 1}:{(p + 1) * m}]) AS x{p + 1}" for p in range(k // m))
     squared = " + ".join(f"power(cube_distance(w.c{p + 1}, xs.x{p + 1}), 2)" for p in range(k // m))
+    columns = f"{points}, (SELECT sum(e * e) FROM unnest(a) AS e) AS sq"
+    return _chunk_products(xs, table, n_in, layer, columns, f"(w.sq + xs.sq - ({squared})) / 2")
+
+
+def _chunk_products(xs: str, table: str, n_in: int, layer: str, columns: str, product: str) -> str:
+    """The fenced nested loop both products share (linear_chunks says why each fence): x's chunk rows
+    as `columns`, each meeting its weight rows, whose output is b + `product`; summed over the chunks
+    when there is more than one. Returns (t, i, v)."""
     products = f"""
     SELECT xs.t, p.i, p.v
-    FROM (SELECT t, chunk, {points}, (SELECT sum(e * e) FROM unnest(a) AS e) AS sq FROM {xs} AS c OFFSET 0) AS xs,
-         LATERAL (SELECT w.j AS i, w.b + (w.sq + xs.sq - ({squared})) / 2 AS v
+    FROM (SELECT t, chunk, {columns} FROM {xs} AS c OFFSET 0) AS xs,
+         LATERAL (SELECT w.j AS i, w.b + {product} AS v
                   FROM {table} AS w
                   WHERE w.layer = {layer} AND w.chunk = xs.chunk AND w.j >= :lo AND w.j < :hi
                   OFFSET 0) AS p
     OFFSET 0"""
-    if n_in == k:
+    if n_in == chunk_width(n_in):
         return products
     return f"""
     SELECT t, i, sum(v) AS v FROM ({products}) AS products GROUP BY t, i"""
