@@ -70,11 +70,8 @@ STREAM_ROWS, STREAM_COLS, STREAM_REPS = 1 << 18, 1024, 5   # bench_inference.mem
 
 def make_tiny_checkpoint(folder: Path) -> None:
     """A small random GPT-2 (2 layers, 64 channels, 1000 tokens) saved by transformers, for a quick check."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=256, bos_token_id=999,
-                               eos_token_id=999, initializer_range=0.1)).save_pretrained(folder)
+    make_checkpoint(folder, n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=256, bos_token_id=999,
+                    eos_token_id=999, initializer_range=0.1)
 
 
 # ---- the streaming limit ------------------------------------------------------------------------------

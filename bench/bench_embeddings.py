@@ -37,15 +37,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_inference import make_checkpoint  # noqa: E402
 
 
-def make_checkpoint(folder: Path, small: bool) -> None:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=128, n_head=4, initializer_range=0.05) if small \
-        else GPT2Config(initializer_range=0.05)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+SMALL = {"n_layer": 2, "n_embd": 128, "n_head": 4}   # --small: a quick check of the script
 
 
 def hf_embed(model, inputs: list[list[int]], plan: list[np.ndarray]) -> np.ndarray:
@@ -125,7 +121,7 @@ def main() -> None:
     folder = args.ckpt or Path(tmp.name)
     if not (folder / "config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        make_checkpoint(folder, args.small)
+        make_checkpoint(folder, **(SMALL if args.small else {}))
     lm = numgpt.load(folder)
     hf = GPT2Model.from_pretrained(folder).eval()
     rng = np.random.default_rng(0)

@@ -38,11 +38,13 @@ PROMPT, NEW, BATCH, PREFILL = 32, 128, 8, 512
 LOADS = 5                                     # load-time samples, each a fresh process
 
 
-def make_checkpoint(folder: Path) -> None:
+def make_checkpoint(folder: Path, **config) -> None:
+    """A random GPT-2 saved by transformers (seed 0; 124M's shape unless `config` overrides GPT2Config's
+    fields): the checkpoint every bench/ script measures on."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(initializer_range=0.05)).save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(**{"initializer_range": 0.05, **config})).save_pretrained(folder)
 
 
 def numgpt_steps(params, config, prompt: np.ndarray, n: int):

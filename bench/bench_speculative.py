@@ -34,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_inference import make_checkpoint  # noqa: E402
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 QUOTES = ("Repeat after me: {s}", "Fix the spelling: {s}", "Write this in capitals: {s}", "Say it again: {s}")
@@ -56,14 +58,6 @@ def chat_cases(lm, n_tasks: int) -> dict[str, list[list[int]]]:
     history = [template.render(prompt_messages(t), add_generation_prompt=True)
                for t in synthesize(n_tasks, rng=np.random.default_rng(1), split="heldout", turns=4)]
     return {"chat/quote": quote, "chat/tasks": task, "chat/history": history}, template.end_id
-
-
-def random_124m(folder: Path):
-    import torch
-    import transformers
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(initializer_range=0.05))
-    model.save_pretrained(folder)
 
 
 def run_method(lm, prompts, method, draft, new_tokens, stop):
@@ -154,7 +148,7 @@ def main() -> None:
     if args.no_124m or (args.only is not None and args.only not in "124M/quote"):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        random_124m(Path(tmp))
+        make_checkpoint(Path(tmp))
         lm = numgpt.load(tmp)
         ids = lm.encode(Path(args.text).read_text(encoding="utf-8"))[:96]
         bench_case("124M/quote", lm, [ids + ids[:16]], ["plain", "ngram"], None, args, stop=[])

@@ -31,6 +31,9 @@ from pathlib import Path
 import numgpt
 from numgpt.structured import build_constraint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import make_checkpoint  # noqa: E402
+
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 40},
     "age": {"type": "integer", "minimum": 0, "maximum": 130},
@@ -44,13 +47,6 @@ SCHEMA = {"type": "object", "properties": {
 CONSTRAINTS = {"schema": {"json_schema": SCHEMA}, "json_object": {"json_object_mode": True},
                "regex": {"regex": r"[A-Z][a-z]+(, [a-z]+){0,40}\."}}
 PROMPT = "Here is the record, as JSON:"
-
-
-def make_checkpoint(folder: Path) -> None:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(initializer_range=0.05)).save_pretrained(folder)
 
 
 def per_token_seconds(lm, new: int, constraint=None) -> tuple[float, int, str]:
