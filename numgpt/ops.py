@@ -211,8 +211,12 @@ def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     """
     transposed = w.T.flags.c_contiguous and not w.flags.c_contiguous
     if 1 < x.shape[0] <= ROW_BY_ROW and w.nbytes >= STREAMED_BYTES:
+        stored = w.T if transposed else w                 # [out, in] or [in, out], row-major
         for row, y in zip(x, out):
-            np.matmul(w.T, row, out=y) if transposed else np.matmul(row, w, out=y)  # [in] -> [out]
+            if transposed:
+                np.matmul(stored, row, out=y)             # [out, in] x [in] -> [out]
+            else:
+                np.matmul(row, stored, out=y)             # [in] x [in, out] -> [out]
     elif x.shape[0] < FEW_ROWS and transposed:
         out[...] = (w.T @ x.T).T                   # [out, in] x [in, N] -> [out, N] -> [N, out]
     else:

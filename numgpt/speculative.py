@@ -40,7 +40,7 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError, whole_number
 from .kvcache import KVCache
-from .model import check_finite_logits, forward, hidden_states, lm_head
+from .model import check_finite_logits, forward
 from .ops import softmax
 from .params import Params
 from .sampling import SamplingOptions, process_logits
@@ -370,9 +370,7 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
     if any(len(d) + 1 < T for d in drafts):   # a row that drafted fewer: its padding is masked
         mask = np.concatenate([cache.mask[:, :past], np.arange(T)[None] <= np.array([len(d) for d in drafts])[:, None]],
                               axis=1)                                   # [A, past + T]
-    x = hidden_states(params, config, ids, cache=cache, attention_mask=mask)  # [A, T, C]
-    logits = lm_head(params, x.reshape(A * T, -1)).reshape(A, T, -1)     # [A*T, C] -> [A, T, V]: as 2-D, the
-    # few-rows product a decode step uses (a 3-D x takes x @ wte.T, ~8x slower for a [V, C] wte at 5 rows)
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask, all_logits=True)  # [A, T, V]
     chosen = verify(logits, drafts, qs, sequences, starts, sampling, rngs, params)
     kept = [len(c) - 1 for c in chosen]
     for a, k in enumerate(kept):
