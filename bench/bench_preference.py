@@ -6,8 +6,8 @@ DPO policy trained on synthetic preference pairs, then judged on held-out pairs 
 Steps, each the CLI's own command (so the figures are what a user gets):
   1. numgpt data pairs: --n training pairs and --heldout pairs of the held-out templates
   2. numgpt reward train PAIRS --init MODEL: its pairwise accuracy on the held-out pairs
-  3. numgpt dpo PAIRS --init MODEL --beta B: its preference accuracy on the held-out pairs (the implicit reward
-     beta * log pi/pi_ref ranks chosen above rejected)
+  3. numgpt dpo PAIRS --init MODEL --beta B [--sft-weight W]: its preference accuracy on every held-out pair
+     (the implicit reward beta * log pi/pi_ref ranks chosen above rejected)
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
@@ -47,11 +47,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_pref")
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--heldout", type=int, default=300)
-    p.add_argument("--tasks", type=int, default=280)
+    p.add_argument("--tasks", type=int, default=1400)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--dpo-iters", type=int, default=300)
     p.add_argument("--rm-iters", type=int, default=300)
     p.add_argument("--lr", type=float, default=5e-5, help="DPO's learning rate")
+    p.add_argument("--sft-weight", type=float, default=0.0, help="DPO's SFT term (numgpt dpo --sft-weight)")
     p.add_argument("--rm-lr", type=float, default=1e-4, help="the reward model's learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
@@ -80,7 +81,8 @@ def main() -> None:
     if not (out / "dpo" / "latest").exists():
         figures["dpo_seconds"] = numgpt("dpo", str(pairs), "--init", args.model, "--out", str(out / "dpo"),
                                         "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
-                                        "--val", str(held), "--lr", str(args.lr))
+                                        "--val", str(held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
+                                        "--batch-size", "8", "--eval-iters", str(-(-args.heldout // 8)))   # every held-out pair
     log = [json.loads(line) for line in (out / "dpo" / "log.jsonl").read_text().splitlines()]
     last_eval = [e for e in log if e["type"] == "eval"][-1]
     figures["dpo_last_eval"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}

@@ -18,8 +18,8 @@ from numgpt.errors import NumgptError
 from numgpt.formats import load_checkpoint, load_tokenizer
 from numgpt.params import init_params
 from numgpt.posttrain.chat_format import add_chat_tokens
-from numgpt.posttrain.dpo import (DpoLoss, dpo_loss_backward, dpo_loss_forward, dpo_objective, implicit_reward,
-                                  reply_logps, setup_dpo)
+from numgpt.posttrain.dpo import (DpoLoss, chosen_nll_backward, chosen_nll_forward, dpo_loss_backward,
+                                  dpo_loss_forward, dpo_objective, implicit_reward, reply_logps, setup_dpo)
 from numgpt.posttrain.pairs import render_pair, synthesize_pairs, write_pairs
 from numgpt.posttrain.synth import synthesize
 from numgpt.threads import run_in_threads, single_threaded_blas
@@ -72,12 +72,16 @@ def relative_error(ours, ref):
     return float(np.linalg.norm(np.ravel(ours - ref)) / max(np.linalg.norm(np.ravel(ref)), 1e-300))
 
 
-def torch_dpo_loss(logps, ref, beta):
+def torch_dpo_loss(logps, ref, beta, sft_weight=0.0, chosen_tokens=None):
     """TRL's sigmoid loss as DPOTrainer._compute_loss writes it: -logsigmoid(beta * (chosen_logratios -
-    rejected_logratios)).mean(), the batch's chosen sums first, rejected second."""
+    rejected_logratios)).mean(), the batch's chosen sums first, rejected second; with sft_weight, plus
+    loss_type "sft"'s -(chosen per-token logps).mean() over the batch's chosen_tokens, weighted by it."""
     chosen_logratios = logps[:, 0] - ref[:, 0]
     rejected_logratios = logps[:, 1] - ref[:, 1]
-    return -torch.nn.functional.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+    loss = -torch.nn.functional.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+    if sft_weight:
+        loss = loss + sft_weight * -(logps[:, 0].sum() / chosen_tokens)
+    return loss
 
 
 # ---- the loss against torch ---------------------------------------------------------------------------
@@ -98,6 +102,29 @@ def test_the_loss_and_its_gradient_wrt_the_sequence_log_probs_match_torch(world)
     assert np.all(np.isfinite(dlogps)) and z[0] == pytest.approx(-24.0)
 
 
+def test_the_sft_term_and_its_gradient_match_trls_sft_loss_type_in_torch(world):
+    """loss_type=["sigmoid", "sft"], loss_weights=[1, w]: the chosen replies' mean -log p per token over the
+    whole batch, however its pairs are split into slices (each slice's mean weighted by its share of pairs)."""
+    rng = np.random.default_rng(6)
+    P, beta, w = 6, 0.2, 0.7
+    tokens = rng.integers(1, 30, P).astype(np.float64)                   # chosen-reply tokens per pair
+    logps = -rng.gamma(4.0, 5.0, (P, 2))
+    ref = logps + rng.normal(0, 3, (P, 2))
+    nll_scale = np.full(P, P / tokens.sum())                             # PairBatches: B / W
+    t_logps = torch.tensor(logps, requires_grad=True)
+    ref_loss = torch_dpo_loss(t_logps, torch.tensor(ref), beta, w, tokens.sum())
+    ref_loss.backward()
+    loss, grad = 0.0, np.zeros((P, 2))
+    for part in (slice(0, 4), slice(4, P)):                               # two slices, weighted by rows
+        share = (part.stop - part.start) / P
+        value, z = dpo_loss_forward(logps[part], ref[part], beta)
+        loss += share * (value + chosen_nll_forward(logps[part], nll_scale[part], w))
+        grad[part] = dpo_loss_backward(z, beta, scale=share) + chosen_nll_backward(nll_scale[part], w, scale=share)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert relative_error(grad, t_logps.grad.numpy()) < 1e-6
+    assert np.all(grad[:, 0] != dpo_loss_backward(dpo_loss_forward(logps, ref, beta)[1], beta)[:, 0])
+
+
 def hf_double(config, params):
     """transformers' GPT-2 in float64 holding our params (Conv1D stores [in, out] as we do)."""
     hf_config = transformers.GPT2Config(**{k: v for k, v in config.to_hf_dict().items()
@@ -110,9 +137,11 @@ def hf_double(config, params):
     return model.train()
 
 
-def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world, sft_weight):
     """DpoLoss through the whole model (per-row weighted cross-entropy backward) against autograd of TRL's
-    loss over transformers' GPT-2 in float64, with reply masks of different lengths and right padding."""
+    loss over transformers' GPT-2 in float64, with reply masks of different lengths and right padding; with
+    an SFT term too, the batch split into two slices as the data-parallel loop splits it."""
     config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     rng = np.random.default_rng(4)
     params = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float64)
@@ -127,13 +156,18 @@ def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world):
     ref = -rng.gamma(4.0, 5.0, (B, 2))
     ids, targets = tokens[..., :-1], tokens[..., 1:]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss = DpoLoss(beta)(params, config, (ids, targets, mask, ref), grads, scale=1.0)
+    nll_scale = np.full(B, B / mask[:, 0].sum())                      # PairBatches: B / W of the whole batch
+    loss = 0.0
+    for part in (slice(0, 2), slice(2, B)):
+        share = (part.stop - part.start) / B
+        loss += share * DpoLoss(beta, sft_weight)(params, config, (ids[part], targets[part], mask[part], ref[part],
+                                                                   nll_scale[part]), grads, scale=share)
 
     model = hf_double(config, params)
     logits = model(torch.from_numpy(ids.reshape(2 * B, T))).logits               # [2B, T, V]
     token_logps = torch.log_softmax(logits, -1).gather(-1, torch.from_numpy(targets.reshape(2 * B, T, 1)))[..., 0]
     logps = (token_logps * torch.from_numpy(mask.reshape(2 * B, T))).sum(-1).reshape(B, 2)
-    ref_loss = torch_dpo_loss(logps, torch.from_numpy(ref), beta)
+    ref_loss = torch_dpo_loss(logps, torch.from_numpy(ref), beta, sft_weight, mask[:, 0].sum())
     ref_loss.backward()
     assert loss == pytest.approx(ref_loss.item(), rel=1e-6)
     for name, p in model.named_parameters():
@@ -154,11 +188,13 @@ def test_the_loss_and_every_parameter_gradient_match_torch_in_float64(world):
 
 # ---- against TRL's DPOTrainer ------------------------------------------------------------------------------
 
-def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_pairs(world, tmp_path,
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_pairs(world, tmp_path, sft_weight,
                                                                                      torch_one_thread):
     """The chat model as reference, a perturbed copy as policy, 6 pairs: TRL tokenizes them with the model's
     own chat template (transformers), numgpt with render_pair; the reference sums come from numgpt's cache
-    (prepare_dpo) and TRL's ref_model; the loss and TRL's logged rewards must agree."""
+    (prepare_dpo) and TRL's ref_model; the loss and TRL's logged rewards must agree. With sft_weight, TRL's
+    loss_type=["sigmoid", "sft"], loss_weights=[1, sft_weight]."""
     trl = reference("trl")
     datasets = reference("datasets")
     from numgpt.posttrain.dpo import dpo_metrics, load_pair_arrays, prepare_dpo
@@ -178,14 +214,18 @@ def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_
     rows = load_dataset(tmp_path / "data").train.reshape(6, 2, -1).astype(np.int64)          # [P, 2, L]
     ids, targets, mask = rows[..., :-1].reshape(12, -1), rows[..., 1:].reshape(12, -1), masks["train"][..., 1:]
     logps = reply_logps(policy, config, ids, targets, mask.reshape(12, -1)).reshape(6, 2)
-    ours = dpo_metrics(logps, refs["train"], beta, mask[:, 0].sum(axis=1))
-    loss = DpoLoss(beta).value(policy, config, (rows[..., :-1], rows[..., 1:], mask.astype(np.float64), refs["train"]))
+    ours = dpo_metrics(logps, refs["train"], beta, mask[:, 0].sum(axis=1), sft_weight)
+    nll_scale = np.full(6, 6 / mask[:, 0].sum())
+    loss = DpoLoss(beta, sft_weight).value(policy, config, (rows[..., :-1], rows[..., 1:], mask.astype(np.float64),
+                                                            refs["train"], nll_scale))
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(world / "chat")
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "policy").eval()      # eval: no dropout
     ref_model = transformers.GPT2LMHeadModel.from_pretrained(world / "chat").eval()
     data = datasets.Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=["sigmoid"], max_length=None,
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]} if sft_weight else \
+        {"loss_type": ["sigmoid"]}
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, **losses, max_length=None,
                          per_device_eval_batch_size=6, report_to=[], use_cpu=True, save_strategy="no",
                          bf16=False)        # TRL defaults to bf16 autocast, which accelerate puts on ref_model
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=hf_tok)
@@ -226,7 +266,7 @@ def test_a_tiny_run_raises_held_out_preference_accuracy_and_margin(world, tmp_pa
     assert last["val_chosen_reward"] > last["val_rejected_reward"]
     assert last["train_accuracy"] >= 0.9 and last["train_margin"] > 0.3
     assert out.startswith("done: step 12, held-out preference accuracy")
-    assert json.loads((run / "dpo.json").read_text()) == {"beta": 0.1}
+    assert json.loads((run / "dpo.json").read_text()) == {"beta": 0.1, "sft_weight": 0.0}
 
 
 def test_resume_after_ctrl_c_is_bit_exact(world, tmp_path, monkeypatch):
@@ -251,10 +291,11 @@ def test_resume_after_ctrl_c_is_bit_exact(world, tmp_path, monkeypatch):
     assert evals(tmp_path / "straight")[-1] == evals(tmp_path / "halves")[-1]
 
 
-def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_path):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_path, sft_weight):
     assert dpo(world, tmp_path / "data", "--prepare-only", init="chat") == 0
     data = load_dataset(tmp_path / "data")
-    objective = dpo_objective(data, 0.1)
+    objective = dpo_objective(data, 0.1, sft_weight=sft_weight)
     config, params = load_checkpoint(world / "chat")
 
     def tc(threads):
@@ -354,6 +395,31 @@ def test_beta_must_be_a_finite_positive_number(world, tmp_path, capsys, beta, sh
     assert not run.exists()
 
 
+@pytest.mark.parametrize("weight, shown", [("-1", "-1.0"), ("nan", "nan"), ("inf", "inf")])
+def test_the_sft_weight_must_be_a_finite_number_at_least_0(world, tmp_path, capsys, weight, shown):
+    run = tmp_path / "run"
+    assert dpo(world, run, "--sft-weight", weight) == 2
+    assert one_line(capsys) == f"numgpt: error: --sft-weight must be a finite number >= 0 (0: plain DPO), got {shown}\n"
+    assert not run.exists()
+
+
+def test_the_sft_term_keeps_the_chosen_replies_more_likely_than_plain_dpo(world, tmp_path, capsys):
+    """The reason for --sft-weight: DPO only asks for a margin, and on pairs that differ by a digit or a word
+    it can widen it by moving both replies; the SFT term also pulls the chosen reply up. Same seed, same
+    steps, only the weight differs: the chosen replies' NLL per token ends lower, their drift from the
+    reference (train_kl, mean per-token log pi - log pi_ref) higher, and the preference is still learnt."""
+    common = ["--max-iters", "10", "--eval-interval", "10", "--lr", "3e-3", "--seed", "3"]
+    assert dpo(world, tmp_path / "plain", *common) == 0
+    assert dpo(world, tmp_path / "sft", *common, "--sft-weight", "1") == 0
+    err = capsys.readouterr().err
+    assert "beta 0.1, SFT term x 1.0;" in err and "chosen NLL" in err
+    plain, sft = evals(tmp_path / "plain")[-1], evals(tmp_path / "sft")[-1]
+    assert sft["train_chosen_nll"] < plain["train_chosen_nll"] and sft["train_kl"] > plain["train_kl"]
+    assert sft["train_chosen_nll"] < evals(tmp_path / "sft")[0]["train_chosen_nll"]
+    assert sft["train_accuracy"] > 0.5 and sft["train_margin"] > 0
+    assert json.loads((tmp_path / "sft" / "dpo.json").read_text()) == {"beta": 0.1, "sft_weight": 1.0}
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda p: {**p, "rejected": p["chosen"]}, '"chosen" and "rejected" are the same reply'),
     (lambda p: {k: v for k, v in p.items() if k != "rejected"}, 'no "rejected" key'),
@@ -382,6 +448,9 @@ def test_resume_refuses_another_pairs_file_or_beta(world, tmp_path, capsys):
     assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), "--resume", "--max-iters", "2",
                  "--beta", "0.5"]) == 2
     assert "trains with beta 0.1; a resumed run keeps it: leave out --beta" in one_line(capsys)
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), "--resume", "--max-iters", "2",
+                 "--sft-weight", "1"]) == 2
+    assert "trains with --sft-weight 0.0; a resumed run keeps it: leave out --sft-weight" in one_line(capsys)
     assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "holds no DPO run to resume" in one_line(capsys)
     assert dpo(world, tmp_path / "prepared", "--prepare-only") == 0

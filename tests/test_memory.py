@@ -179,7 +179,7 @@ def test_a_preference_pair_row_counts_two_sequences_against_the_peak_of_a_real_d
     ref = rng.normal(-20, 1, (B, 2))
     tracemalloc.start()
     try:
-        DpoLoss(beta=0.1)(params, config, (ids, ids, mask, ref), grads, workspace=Workspace())
+        DpoLoss(beta=0.1)(params, config, (ids, ids, mask, ref, np.ones(B)), grads, workspace=Workspace())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

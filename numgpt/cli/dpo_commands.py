@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the data folder)")
     p.add_argument("--beta", type=float, metavar="B", help="how far from the reference the policy may move: "
                    "larger keeps it closer (0.1, TRL's default; a resumed run keeps its own)")
+    p.add_argument("--sft-weight", type=float, metavar="W", help="add W times the chosen replies' mean negative "
+                   "log-likelihood per token (TRL's loss_type=['sigmoid', 'sft'], loss_weights=[1, W]; RPO): keeps "
+                   "the chosen reply likely when pairs differ by a digit (0: plain DPO, the default)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (PAIRS must be the same file)")
     p.add_argument("--prepare-only", action="store_true", help="render PAIRS and the reference's log-probabilities "
                    "into --out and stop")
@@ -75,9 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def dpo_flag_names() -> dict[str, str]:
-    """sft's vocabulary of flag names (the training flags and --val), plus --beta."""
+    """sft's vocabulary of flag names (the training flags and --val), plus --beta and --sft-weight."""
     from .sft_commands import sft_flag_names
-    return {**sft_flag_names(), "beta": "--beta", "beta=": "--beta"}
+    return {**sft_flag_names(), "beta": "--beta", "beta=": "--beta", "sft_weight": "--sft-weight",
+            "sft_weight=": "--sft-weight"}
 
 
 def run_dpo(args) -> int:
@@ -99,7 +103,7 @@ def _run_dpo(args, comm) -> int:
     run = check_run_folder(Path(args.out))
     options = _options(args, options_from_args, new=not args.resume)
     try:
-        setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, resume=args.resume, options=options,
+        setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, sft_weight=args.sft_weight, resume=args.resume, options=options,
                           block_size=args.block_size, val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
                           default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
@@ -140,7 +144,7 @@ def eval_line(ev: dict) -> str:
     return (f"step {ev['step']}: loss {ev['train_loss']:.4f} / {ev['val_loss']:.4f} (train / held-out), margin "
             f"{ev['train_margin']:.3f} / {ev['val_margin']:.3f}, accuracy {ev['train_accuracy']:.1%} / "
             f"{ev['val_accuracy']:.1%}, rewards chosen {ev['val_chosen_reward']:.3f} rejected "
-            f"{ev['val_rejected_reward']:.3f}, KL {ev['val_kl']:.4f}/token" + (" (best, saved)" if ev["best"] else ""))
+            f"{ev['val_rejected_reward']:.3f}, KL {ev['val_kl']:.4f}/token, chosen NLL {ev['val_chosen_nll']:.3f}/token" + (" (best, saved)" if ev["best"] else ""))
 
 
 def _train(args, setup, comm) -> int:
@@ -152,7 +156,8 @@ def _train(args, setup, comm) -> int:
     run = setup.run
     config, tc, state, folder = run.config, run.tc, run.state, run.folder
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
-    print(f"DPO, {run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, beta {setup.beta}; "
+    print(f"DPO, {run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, beta {setup.beta}"
+          f"{f', SFT term x {setup.sft_weight}' if setup.sft_weight else ''}; "
           f"{tc.batch_size * tc.grad_accum} pairs of rows of {tc.block_size} tokens per step", file=sys.stderr)
     bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.2 if sys.stderr.isatty() else 30, bar_format=BAR_FORMAT)

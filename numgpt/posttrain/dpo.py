@@ -2,10 +2,18 @@
 
     z    = beta * ((logp_c - ref_c) - (logp_r - ref_r))        one number per pair
     loss = mean over the pairs of -log sigmoid(z)             (TRL's DPOTrainer, loss_type="sigmoid")
+         + sft_weight * mean over the batch's chosen-reply tokens of -log p      (loss_type=["sigmoid", "sft"],
+                                                                      loss_weights=[1, sft_weight]; RPO)
 
 logp_c (logp_r) is the SUM of the policy's log-probabilities of the chosen (rejected) reply's tokens given
 the prompt -- its content and '<|end|>', the prompt's tokens and the padding masked out, as TRL sums its
 completion tokens -- and ref_* the same sums under the reference model (the model DPO starts from).
+
+Why the optional SFT term (sft_weight > 0, default 0): when a rejected reply differs from its chosen one by a
+digit, DPO can widen the margin by lowering both replies' log-probabilities, and the policy drifts away from
+the right answer (Pal et al. 2024; Pang et al.'s RPO adds the chosen reply's negative log-likelihood).
+Normalised as SFT's loss is (every chosen-reply token of the whole batch counts the same): a pair's share
+is sft_weight * B / W times its -logp_c, W the chosen-reply tokens of the batch's B pairs (nll_scale).
 
 Why no reward model: DPO's optimum of "maximise reward, stay close to the reference (KL, strength 1/beta)"
 is pi(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x), so the reward the policy implies is
@@ -100,6 +108,31 @@ def dpo_loss_backward(z: np.ndarray, beta: float, *, scale: float = 1.0) -> np.n
     return np.stack([g, -g], axis=1)
 
 
+def chosen_nll_forward(logps: np.ndarray, nll_scale: np.ndarray, sft_weight: float) -> float:
+    """The SFT term of a slice of pairs: sft_weight * mean over its pairs of nll_scale * -logp_c, with
+    nll_scale = B / W per pair [P] (module docstring), so the slices' row-weighted mean is sft_weight times
+    the mean -log p over the whole batch's chosen-reply tokens."""
+    return float(sft_weight * np.mean(nll_scale * -logps[:, 0]))
+
+
+def chosen_nll_backward(nll_scale: np.ndarray, sft_weight: float, *, scale: float = 1.0) -> np.ndarray:
+    """d(scale * chosen_nll_forward) / d logps: [P] -> [P, 2], -scale * sft_weight * nll_scale / P into the
+    chosen column, 0 into the rejected one."""
+    g = -scale * sft_weight * nll_scale / len(nll_scale)
+    return np.stack([g, np.zeros_like(g)], axis=1)
+
+
+def check_sft_weight(sft_weight: float) -> float:
+    """sft_weight as a float, or a one-line error: the weight of DPO's SFT term must be finite and >= 0."""
+    try:
+        value = float(sft_weight)
+    except (TypeError, ValueError):
+        raise NumgptError(f"sft_weight must be a number >= 0, got {sft_weight!r}") from None
+    if not (0.0 <= value < math.inf):
+        raise NumgptError(f"sft_weight must be a finite number >= 0 (0: plain DPO), got {sft_weight!r}")
+    return value
+
+
 # ---- per-sequence log-probabilities through the model ----------------------------------------------------
 
 def reply_logps_forward(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, mask: np.ndarray,
@@ -151,8 +184,9 @@ def implicit_reward(policy_params: Params, reference_params: Params, config: GPT
 
 @dataclass(frozen=True)
 class PairBatches:
-    """DPO's batch function: B random pairs of a split, (ids, targets, mask) [b, 2, T] each and their
-    reference sums [b, 2] (this rank's rows b of the B drawn)."""
+    """DPO's batch function: B random pairs of a split, (ids, targets, mask) [b, 2, T] each, their
+    reference sums [b, 2] and nll_scale [b] = B / (the B pairs' chosen-reply tokens), for this rank's rows b
+    of the B drawn."""
 
     masks: Mapping[str, np.ndarray] = field(repr=False)        # split -> [P, 2, L] uint8
     refs: Mapping[str, np.ndarray] = field(repr=False)         # split -> [P, 2] float64
@@ -161,7 +195,8 @@ class PairBatches:
                  rows: slice) -> Batch:
         pairs = self.pairs(data, split, block_size)                        # [P, 2, L]
         pick = rng.integers(0, len(pairs), size=batch_size)                # [B] every rank alike
-        return self.rows_of(pairs, split, pick[rows])
+        chosen_tokens = float(self.masks[split][pick, 0, 1:].sum())         # W of the whole batch
+        return self.rows_of(pairs, split, pick[rows], batch_size / max(chosen_tokens, 1.0))
 
     def pairs(self, data: Dataset, split: str, block_size: int) -> np.ndarray:
         L = self.masks[split].shape[2]
@@ -170,48 +205,57 @@ class PairBatches:
                               f"with block_size {block_size}, or train with block_size {L - 1}")
         return data.split(split).reshape(-1, 2, L)
 
-    def rows_of(self, pairs: np.ndarray, split: str, pick: np.ndarray) -> Batch:
+    def rows_of(self, pairs: np.ndarray, split: str, pick: np.ndarray, nll_scale: float) -> Batch:
         chosen = pairs[pick].astype(np.int64)                              # [b, 2, L]
         mask = self.masks[split][pick, :, 1:].astype(np.float64)          # [b, 2, T] the reply targets
-        return chosen[..., :-1], chosen[..., 1:], mask, self.refs[split][pick]
+        return chosen[..., :-1], chosen[..., 1:], mask, self.refs[split][pick], np.full(len(pick), nll_scale)
 
 
 @dataclass(frozen=True)
 class DpoLoss:
-    """DPO's loss function (objective.LossFn) of batch = (ids, targets, mask [b, 2, T], ref [b, 2]): the mean
-    over the slice's pairs, its gradient through the model (module docstring)."""
+    """DPO's loss function (objective.LossFn) of batch = (ids, targets, mask [b, 2, T], ref [b, 2],
+    nll_scale [b]): the mean over the slice's pairs, plus sft_weight's SFT term, and its gradient through the
+    model (module docstring)."""
 
     beta: float
+    sft_weight: float = 0.0
 
     def __call__(self, params: Params, config: GPTConfig, batch: Batch, grads: Params, *, scale: float = 1.0,
                  dropout: float = 0.0, rng: np.random.Generator | None = None, workspace: Workspace | None = None,
                  block_done: Callable[[int], None] | None = None) -> float:
-        ids, targets, mask, ref = batch
+        ids, targets, mask, ref, nll_scale = batch
         b, _, T = ids.shape
         workspace = Workspace() if workspace is None else workspace
         logps, ctx = reply_logps_forward(params, config, ids.reshape(2 * b, T), targets.reshape(2 * b, T),
                                          mask.reshape(2 * b, T), dropout=dropout, rng=rng, workspace=workspace)
         loss, z = dpo_loss_forward(logps.reshape(b, 2), ref, self.beta)    # [2b] -> [b, 2]
         dlogps = dpo_loss_backward(z, self.beta, scale=scale)               # [b, 2]
+        if self.sft_weight:
+            loss += chosen_nll_forward(logps.reshape(b, 2), nll_scale, self.sft_weight)
+            dlogps += chosen_nll_backward(nll_scale, self.sft_weight, scale=scale)
         reply_logps_backward(dlogps.reshape(-1), ctx, params, config, with_frozen(params, grads, workspace),
                              workspace=workspace, block_done=block_done)
         return loss
 
     def value(self, params: Params, config: GPTConfig, batch: Batch, workspace: Workspace | None = None) -> float:
         """The loss of a batch with no dropout and no gradients (objective.ValueFn)."""
-        ids, targets, mask, ref = batch
+        ids, targets, mask, ref, nll_scale = batch
         b, _, T = ids.shape
         logps = reply_logps(params, config, ids.reshape(2 * b, T), targets.reshape(2 * b, T), mask.reshape(2 * b, T),
-                            batch_rows=2 * b, workspace=workspace)
-        return dpo_loss_forward(logps.reshape(b, 2), ref, self.beta)[0]
+                            batch_rows=2 * b, workspace=workspace).reshape(b, 2)
+        return dpo_loss_forward(logps, ref, self.beta)[0] + chosen_nll_forward(logps, nll_scale, self.sft_weight)
 
 
-def dpo_metrics(logps: np.ndarray, ref: np.ndarray, beta: float, chosen_tokens: np.ndarray) -> dict[str, float]:
+def dpo_metrics(logps: np.ndarray, ref: np.ndarray, beta: float, chosen_tokens: np.ndarray,
+                sft_weight: float = 0.0) -> dict[str, float]:
     """What a DPO evaluation logs, from summed log-probabilities [P, 2] of the policy and the reference and
-    the chosen replies' token counts [P] (see the module docstring: KL is the k1 estimate on chosen replies)."""
+    the chosen replies' token counts [P] (see the module docstring: KL is the k1 estimate on chosen replies;
+    chosen_nll the mean -log p per chosen-reply token; loss includes sft_weight times it)."""
     loss, z = dpo_loss_forward(logps, ref, beta)
+    chosen_nll = float(-logps[:, 0].sum() / max(chosen_tokens.sum(), 1))
     rewards = beta * (logps - ref)                                         # [P, 2]
-    return {"loss": loss, "margin": float(z.mean()), "accuracy": float((z > 0).mean()),
+    return {"loss": loss + sft_weight * chosen_nll, "chosen_nll": chosen_nll,
+            "margin": float(z.mean()), "accuracy": float((z > 0).mean()),
             "chosen_reward": float(rewards[:, 0].mean()), "rejected_reward": float(rewards[:, 1].mean()),
             "kl": float((logps[:, 0] - ref[:, 0]).sum() / max(chosen_tokens.sum(), 1))}
 
@@ -224,6 +268,7 @@ class DpoEstimate:
 
     batches: PairBatches
     beta: float
+    sft_weight: float = 0.0
 
     def __call__(self, t: "Trainer") -> dict[str, float]:
         from ..training.loop import EVAL_STREAM
@@ -233,9 +278,9 @@ class DpoEstimate:
             pairs = self.batches.pairs(t.data, split, tc.block_size)               # [P, 2, L]
             n = min(len(pairs), tc.eval_iters * tc.batch_size)
             pick = np.random.default_rng([tc.seed, EVAL_STREAM]).permutation(len(pairs))[:n]
-            ids, targets, mask, ref = self.batches.rows_of(pairs, split, pick)
+            ids, targets, mask, ref, _ = self.batches.rows_of(pairs, split, pick, 1.0)
             logps = self.policy_logps(t, ids, targets, mask)                       # [n, 2]
-            figures = dpo_metrics(logps, ref, self.beta, mask[:, 0].sum(axis=1))
+            figures = dpo_metrics(logps, ref, self.beta, mask[:, 0].sum(axis=1), self.sft_weight)
             out[split] = figures.pop("loss")
             out.update({f"{split}_{name}": value for name, value in figures.items()})
         return out
@@ -260,18 +305,19 @@ class DpoEstimate:
         return out
 
 
-def dpo_objective(data: Dataset, beta: float, *, trainable: frozenset[str] | None = None) -> Objective:
-    """The Objective of DPO on a folder `prepare_dpo` wrote (opened by training.data.load_dataset); the
-    reference cache is checked against the rows first (`check_reference`)."""
+def dpo_objective(data: Dataset, beta: float, *, sft_weight: float = 0.0,
+                  trainable: frozenset[str] | None = None) -> Objective:
+    """The Objective of DPO (plus sft_weight's SFT term) on a folder `prepare_dpo` wrote (opened by
+    training.data.load_dataset); the reference cache is checked against the rows first (`check_reference`)."""
     if "dpo" not in data.meta:
         raise NumgptError(f"{data.folder}: not DPO data (no reference log-probabilities); give `numgpt dpo` a "
                           "preference-pairs JSONL file")
-    beta = check_beta(beta)
+    beta, sft_weight = check_beta(beta), check_sft_weight(sft_weight)
     check_reference(data.folder)
     batches = PairBatches(*load_pair_arrays(data.folder, data.meta))
-    loss = DpoLoss(beta)
+    loss = DpoLoss(beta, sft_weight)
     return Objective(batch=batches, loss=loss, evaluate=loss.value, trainable=trainable,
-                     estimate=DpoEstimate(batches, beta))
+                     estimate=DpoEstimate(batches, beta, sft_weight))
 
 
 # ---- preparing: pairs rendered into rows, the reference's sums computed once and cached ------------------
@@ -464,22 +510,25 @@ def dpo_block_size(folder: str | Path) -> int:
 # ---- a run of DPO, as `numgpt dpo` sets it up -------------------------------------------------------------
 
 DATA_SUBDIR, INIT_SUBDIR = "data", "init"     # RUN/data: the pair rows and reference sums; RUN/init: a grown model
-SETTINGS_FILE = "dpo.json"                    # RUN/dpo.json: the run's beta (kept on resume)
+SETTINGS_FILE = "dpo.json"                    # RUN/dpo.json: the run's beta and sft_weight (kept on resume)
 
 
 @dataclass
 class DpoSetup:
     """What setup_dpo did: the run ready to train (None with prepare_only), the prepared data's meta (None
-    when PAIRS was a prepared folder, or on resume), the run's beta, and whether chat tokens were added."""
+    when PAIRS was a prepared folder, or on resume), the run's beta and sft_weight, and whether chat tokens
+    were added."""
 
     run: "Run | None"
     beta: float
+    sft_weight: float = 0.0
     meta: dict | None = None
     added_chat_tokens: bool = False
 
 
 def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path | None = None,
-              beta: float | None = None, options: Mapping | None = None, resume: bool = False,
+              beta: float | None = None, sft_weight: float | None = None, options: Mapping | None = None,
+              resume: bool = False,
               block_size: int | None = None, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
               seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
               prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1) -> DpoSetup:
@@ -488,7 +537,8 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
     pairs_path: preference-pairs JSONL (rendered, with the reference sums, into RUN/data, or into run_dir
     itself with prepare_only), or a folder prepared before (its reference must be init's model); init: the
     model DPO starts from and the reference (a chat-token-less one is grown into RUN/init, as SFT does);
-    beta: DPO's beta (None: DEFAULT_BETA for a new run, the run's own on resume); resume: continue
+    beta: DPO's beta (None: DEFAULT_BETA for a new run, the run's own on resume); sft_weight: the weight of
+    the chosen replies' SFT term (None: 0 for a new run, the run's own on resume); resume: continue
     RUN/latest; options: TrainConfig fields as setup_run's; block_size: rows' length - 1 (default: the
     longest pair's); val_fraction / val_file: the held-out pairs; comm, ranks_here: as setup_run's (rank 0
     alone prepares and writes, the others wait at a barrier). A refusal before training leaves nothing this
@@ -500,11 +550,12 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
 
     run, given = Path(run_dir), Path(pairs_path)
     beta = None if beta is None else check_beta(beta)
+    sft_weight = None if sft_weight is None else check_sft_weight(sft_weight)
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
-        return _resume(given, run, beta, options, val_file, **ranks)
+        return _resume(given, run, {"beta": beta, "sft_weight": sft_weight}, options, val_file, **ranks)
     if init is None:
         raise NumgptError("--init MODEL is required: the model DPO starts from and keeps as its reference (an SFT "
                           "run, builtin, a model folder)")
@@ -512,21 +563,21 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
         raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
     if comm.rank == 0:
         check_not_locked(run)
-    beta = DEFAULT_BETA if beta is None else beta
+    settings = {"beta": DEFAULT_BETA if beta is None else beta, "sft_weight": sft_weight or 0.0}
     existed, made = run.exists(), []
     try:
-        setup = DpoSetup(run=None, beta=beta)
+        setup = DpoSetup(run=None, **settings)
         data_dir, init_dir = given if given.is_dir() else run if prepare_only else run / DATA_SUBDIR, None
         if comm.rank == 0:                               # rank 0 alone prepares and writes
             init_dir, setup.meta, setup.added_chat_tokens = _prepared(
                 given, run, init, made, cache_dir=cache_dir, block_size=block_size, val_fraction=val_fraction,
                 val_file=val_file, seed=seed, prepare_only=prepare_only)
             if not prepare_only:
-                _write_settings(run, beta)
+                _write_settings(run, settings)
         comm.barrier()
         init_dir = _agreed_init(comm, run, init_dir, init, cache_dir)
         if not prepare_only:
-            setup.run = _new_run(run, init_dir, data_dir, options, beta, **ranks)
+            setup.run = _new_run(run, init_dir, data_dir, options, settings, **ranks)
         return setup
     except BaseException:
         if comm.rank > 0:
@@ -591,24 +642,27 @@ def _agreed_init(comm: Communicator, run: Path, init_dir: Path | None, init: str
     return run / INIT_SUBDIR if grown[0] else resolve_model(init, cache_dir=cache_dir)
 
 
-def _write_settings(run: Path, beta: float) -> None:
+def _write_settings(run: Path, settings: Mapping[str, float]) -> None:
     from ..atomic import write_bytes_atomically
     run.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomically(run / SETTINGS_FILE, (json.dumps({"beta": beta}) + "\n").encode())
+    write_bytes_atomically(run / SETTINGS_FILE, (json.dumps(dict(settings)) + "\n").encode())
 
 
-def _new_run(run: Path, init: Path | None, data_dir: Path, options: Mapping | None, beta: float, **ranks) -> "Run":
+def _new_run(run: Path, init: Path | None, data_dir: Path, options: Mapping | None, settings: Mapping[str, float],
+             **ranks) -> "Run":
     """setup_run from the model folder (RUN/init when the chat tokens were added) with DPO's Objective."""
     from ..training.run import setup_run
 
     setup = setup_run(data_dir, run, options={**(options or {}), "block_size": dpo_block_size(data_dir)},
                       init=init, sequences_per_row=2, **ranks)     # a row is a pair: chosen and rejected
-    setup.objective = dpo_objective(setup.data, beta)
+    setup.objective = dpo_objective(setup.data, **settings)
     return setup
 
 
-def _resume(given: Path, run: Path, beta: float | None, options: Mapping | None, val_file, **ranks) -> DpoSetup:
-    """setup_run of RUN/latest on RUN/data with the run's beta, refusing another pairs file or beta."""
+def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: Mapping | None, val_file,
+            **ranks) -> DpoSetup:
+    """setup_run of RUN/latest on RUN/data with the run's beta and sft_weight, refusing another pairs file or
+    another value of either (asked: the values given, None where not given)."""
     from ..training.loop import LATEST
     from ..training.run import setup_run
     from .packing import file_sha256
@@ -617,10 +671,11 @@ def _resume(given: Path, run: Path, beta: float | None, options: Mapping | None,
     settings = run / SETTINGS_FILE
     if not settings.is_file():
         raise NumgptError(f"{run} holds no DPO run to resume (no {settings}); start one with --init MODEL")
-    saved = json.loads(settings.read_text(encoding="utf-8"))["beta"]
-    if beta is not None and beta != saved:
-        raise NumgptError(f"{run} trains with beta {saved}; a resumed run keeps it: leave out beta=, or start a new "
-                          "run")
+    saved = {"sft_weight": 0.0, **json.loads(settings.read_text(encoding="utf-8"))}    # runs before sft_weight: 0
+    for name, value in asked.items():
+        if value is not None and value != saved[name]:
+            raise NumgptError(f"{run} trains with {name} {saved[name]}; a resumed run keeps it: leave out {name}=, "
+                              "or start a new run")
     if val_file is not None:
         raise NumgptError(f"{run} keeps the held-out pairs it was prepared with; --val applies to a new run")
     folder = data_dir if is_dpo_folder(data_dir) else Path(_run_data_dir(run))
@@ -632,8 +687,8 @@ def _resume(given: Path, run: Path, beta: float | None, options: Mapping | None,
             raise NumgptError(f"{given} is not the file {run} was prepared from ({meta['source']}); resume with "
                               "that file, or start a new run")
     setup = setup_run(folder, run, options=options, resume_from=LATEST, sequences_per_row=2, **ranks)
-    setup.objective = dpo_objective(setup.data, saved)
-    return DpoSetup(run=setup, beta=saved)
+    setup.objective = dpo_objective(setup.data, **saved)
+    return DpoSetup(run=setup, **saved)
 
 
 def _run_data_dir(run: Path) -> str:
@@ -648,6 +703,6 @@ def _run_data_dir(run: Path) -> str:
 
 
 __all__ = ["DEFAULT_BETA", "DpoEstimate", "DpoLoss", "DpoSetup", "PairBatches", "check_beta", "check_reference",
-           "check_reference_model", "dpo_loss_backward", "dpo_loss_forward", "dpo_metrics", "dpo_objective",
+           "check_reference_model", "check_sft_weight", "chosen_nll_backward", "chosen_nll_forward", "dpo_loss_backward", "dpo_loss_forward", "dpo_metrics", "dpo_objective",
            "implicit_reward", "is_dpo_folder", "prepare_dpo", "reply_logps", "reply_logps_backward",
            "reply_logps_forward", "setup_dpo", "weights_sha256", "write_dpo_folder"]
