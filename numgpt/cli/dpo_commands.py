@@ -30,6 +30,7 @@ examples:
   numgpt data pairs --n 2000 --out pairs.jsonl
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo                   beta 0.1, the SFT run as reference
   numgpt dpo pairs.jsonl --init runs/sft --out runs/dpo2 --beta 0.3 --lr 1e-5 --max-iters 400
+  numgpt dpo pairs.jsonl --init chat --out runs/rpo --sft-weight 1 --lr 1e-4 --max-iters 600   DPO + SFT term
   numgpt dpo pairs.jsonl --out runs/dpo --resume --max-iters 400          continue (bit for bit)
   numgpt dpo pairs.jsonl --init runs/sft --out data/dpo --prepare-only    score once; then: numgpt dpo data/dpo ...
   mpiexec -n 2 numgpt dpo pairs.jsonl --init runs/sft --out runs/mpi --threads 1   the bits of --threads 2
