@@ -19,6 +19,11 @@ Cases:
                initializer_range 0.05), prompted with the first 96 tokens of tinyshakespeare followed by
                their first 16 again (the text quoting itself); greedy, no end-of-text stop. Prompt lookup only:
                no smaller model shares its random weights' behaviour.
+  quote        a model that quotes its context (--quote-model, default runs/quote/latest: the built-in
+               Shakespeare model fine-tuned by dev/make_quote_model.sh to repeat a passage it has read),
+               prompted with --quotes passages of tinyshakespeare's last 10% (never trained on), each
+               followed by a blank line and its first 8 tokens; greedy up to the passage's end, no stop.
+               Prompt lookup only (a draft would cost as much as this 4-layer model's own step).
 The draft model (--draft, default runs/draft/sft) is what dev/make_draft_model.sh trains: 2 layers, 96
 channels, the chat model's tokenizer; the draft cases are skipped (said so) when it does not exist.
 """
@@ -61,14 +66,16 @@ def chat_cases(lm, n_tasks: int) -> dict[str, list[list[int]]]:
 
 
 def run_method(lm, prompts, method, draft, new_tokens, stop):
-    """(seconds, tokens, stats) of greedy decoding of every prompt alone (batch 1), and the outputs."""
+    """(seconds, tokens, stats) of greedy decoding of every prompt alone (batch 1), and the outputs;
+    new_tokens: one limit for all, or a list of one per prompt."""
     from numgpt.generate import generate_ids
     from numgpt.sampling import GREEDY
     from numgpt.speculative import SpeculativeStats, speculation
 
     outs, total, tokens = [], SpeculativeStats(), 0
+    limits = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(prompts)
     t = time.perf_counter()
-    for p in prompts:
+    for p, new_tokens in zip(prompts, limits):
         spec = None if method == "plain" else speculation(method, NUM_DRAFT, lm.config, headroom=new_tokens,
                                                           draft=(draft.params, draft.config) if method == "draft" else None)
         out = generate_ids(lm.params, lm.config, [p], max_new_tokens=new_tokens, sampling=GREEDY,
@@ -111,6 +118,32 @@ def bench_case(name, lm, prompts, methods, draft, args, stop):
 NUM_DRAFT = 4
 
 
+def quote_case(args) -> None:
+    """The quote case (module docstring): each prompt alone, greedy up to its passage's length."""
+    import numgpt
+    sys.path.insert(0, str(REPO / "dev"))
+    from quote_corpus import passages
+    import numpy as np
+
+    if not Path(args.quote_model).exists():
+        print(f"quote model: none at {args.quote_model} (sh dev/make_quote_model.sh makes it): quote case skipped")
+        return
+    lm = numgpt.load(args.quote_model)
+    text = Path(args.text).read_text(encoding="utf-8")
+    held = passages(text[int(0.9 * len(text)):], np.random.default_rng(1), shortest=80, longest=180)
+    picked = [held[i] for i in np.random.default_rng(2).choice(len(held), args.quotes, replace=False)]
+    room = lm.config.n_positions
+    prompts, limits = [], []
+    for q in picked:
+        ids = lm.encode(q)[:(room - 12) // 2]
+        prompts.append(ids + lm.encode("\n\n") + ids[:8])
+        limits.append(min(len(ids) - 8, room - len(prompts[-1])))       # up to the passage's end
+    print(f"quote model: {args.quote_model}, n_layer={lm.config.n_layer}, n_embd={lm.config.n_embd}, "
+          f"vocab {lm.config.vocab_size}; passages of {min(limits) + 8}-{max(limits) + 8} tokens")
+    bench_case("quote", lm, prompts, ["plain", "ngram"], None, argparse.Namespace(**{**vars(args), "new_tokens": limits}),
+               stop=[])
+
+
 def main() -> None:
     global NUM_DRAFT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +156,9 @@ def main() -> None:
     ap.add_argument("--only", metavar="TEXT", help="run only the cases whose name contains TEXT")
     ap.add_argument("--text", default=str(SHAKESPEARE), help="the text the 124M case quotes (tinyshakespeare)")
     ap.add_argument("--no-124m", action="store_true", help="skip the random 124M case (it needs torch to make it)")
+    ap.add_argument("--quote-model", default=str(REPO / "runs" / "quote" / "latest"),
+                    help="the quote case's model (dev/make_quote_model.sh; skipped, said so, when missing)")
+    ap.add_argument("--quotes", type=int, default=8, help="passages the quote case repeats (default 8)")
     args = ap.parse_args()
     NUM_DRAFT = args.num_draft
 
@@ -140,6 +176,10 @@ def main() -> None:
         check_draft_model(chat, draft)
         print(f"draft model: {draft.folder}, n_layer={d.n_layer}, n_head={d.n_head}, n_embd={d.n_embd}, "
               f"n_positions={d.n_positions}, the chat model's tokenizer")
+    if args.only is None or args.only in "quote":
+        quote_case(args)
+    if args.only == "quote":
+        return
     cases, end_id = chat_cases(chat, args.tasks)
     methods = ["plain", "ngram"] + (["draft"] if draft is not None else [])
     for name, prompts in cases.items():
