@@ -6,7 +6,7 @@
 set -e
 TEXT=${1:-../shared/data/tinyshakespeare.txt}
 OUT=${2:-runs/quote}
-ITERS=${ITERS:-4000}
+ITERS=${ITERS:-2000}
 NUMGPT=${NUMGPT:-numgpt}
 python dev/quote_corpus.py "$TEXT" -o "$OUT.txt"
 $NUMGPT prepare "$OUT.txt" --tokenizer builtin --out "$OUT.data" --force
