@@ -262,11 +262,12 @@ def accumulate_weighted_grads(params: Params, config: GPTConfig, ids: np.ndarray
         raise NumgptError("dropout > 0 needs an rng (np.random.Generator)")
     ws = Workspace() if workspace is None else workspace
     B = ids.shape[0]
-    logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=ws)
-    w = weights.reshape(-1)                                            # [B, T] -> [N]
-    loss, probs = weighted_cross_entropy_forward(logits, targets.reshape(-1), w)
-    dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1), w, scale=scale / B)
-    backward(dlogits, tape, params, config, grads, workspace=ws, block_done=block_done)
+    xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)   # [B, T] -> [N, C]
+    keep, logits = trained_rows_logits(params, xf, weights, ws)        # [n], [n, V]
+    w = weights.reshape(-1)[keep]                                      # [n]
+    loss, probs = weighted_cross_entropy_forward(logits, targets.reshape(-1)[keep], w)
+    dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1)[keep], w, scale=scale / B)
+    trained_rows_backward(dlogits, keep, xf, tape, params, config, grads, workspace=ws, block_done=block_done)
     return loss / B
 
 
@@ -274,9 +275,34 @@ def weighted_loss_only(params: Params, config: GPTConfig, ids: np.ndarray, targe
                        weights: np.ndarray, *, workspace: Workspace | None = None) -> float:
     """sum(weights * nll) / B with no dropout and no gradients (evaluation of `accumulate_weighted_grads`)."""
     check_batch(config, ids, targets)
-    logits, _ = forward_for_training(params, config, ids, workspace=workspace)
-    loss, _ = weighted_cross_entropy_forward(logits, targets.reshape(-1), weights.reshape(-1))
+    xf, _ = hidden_forward(params, config, ids)
+    keep, logits = trained_rows_logits(params, xf, weights, workspace or Workspace())
+    loss, _ = weighted_cross_entropy_forward(logits, targets.reshape(-1)[keep], weights.reshape(-1)[keep])
     return loss / ids.shape[0]
+
+
+def trained_rows_logits(params: Params, xf: np.ndarray, weights: np.ndarray, workspace: Workspace
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(keep [n], logits [n, V]): the vocabulary projection of only the positions whose loss weight is not 0.
+    The others add exactly 0 to a weighted loss and its gradient, and the projection and its softmax are
+    a third of a GPT-2 124M step's arithmetic: SFT's replies are 30-50% of its tokens, so this skips most
+    of it. (forward_for_training projects every position; `numgpt train` needs them all.)"""
+    keep = np.flatnonzero(weights.reshape(-1))                          # [n] positions trained on
+    wte = params["wte.weight"]
+    buf = workspace.get("logits", (xf.shape[0], wte.shape[0]), xf.dtype)   # [N, V], the first n rows used
+    return keep, np.matmul(xf[keep], wte.T, out=buf[:len(keep)])       # [n, C] x [C, V] -> [n, V]
+
+
+def trained_rows_backward(dlogits: np.ndarray, keep: np.ndarray, xf: np.ndarray, tape: dict, params: Params,
+                          config: GPTConfig, grads: Params, *, workspace: Workspace,
+                          block_done: Callable[[int], None] | None = None) -> None:
+    """`backward` from d(loss)/d(logits) [n, V] of the rows `trained_rows_logits` kept; d(loss)/d(xf) is 0
+    on every other row."""
+    dwte = grads["wte.weight"]
+    dwte += np.matmul(dlogits.T, xf[keep], out=workspace.get("dwte", dwte.shape, dwte.dtype))   # [V, n] x [n, C]
+    dxf = np.zeros_like(xf)                                            # [N, C]
+    dxf[keep] = dlogits @ params["wte.weight"]                         # [n, V] x [V, C] -> [n, C]
+    hidden_backward(dxf, tape, params, config, grads, block_done=block_done)
 
 
 # ---- the same block over a frozen base, its linear layers given as objects --------------------------------

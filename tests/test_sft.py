@@ -14,6 +14,7 @@ from numgpt import backprop, save_checkpoint, train_bpe
 from numgpt.cli import main
 from numgpt.config import GPTConfig
 from numgpt.formats import load_checkpoint
+from numgpt.model import reference_forward
 from numgpt.params import init_params
 from numgpt.posttrain.chat_format import render_for_training
 from numgpt.posttrain.chatdata import write_conversations
@@ -128,6 +129,30 @@ def test_masked_loss_and_every_gradient_match_torch_in_float64(world):
             continue                                                   # tied to wte
         assert relative_error(grads[name.removeprefix("transformer.")], p.grad.numpy()) < 1e-6, name
 
+
+
+def test_only_the_trained_positions_are_projected_and_a_batch_with_none_has_no_gradient(world):
+    """backprop.trained_rows_logits projects the positions with a weight only; a batch whose weights are
+    all 0 gives loss 0 and every gradient exactly 0 (sft.py's promise), and the same batch with one
+    weighted position gives that position's loss alone."""
+    from numgpt.backprop import Workspace, trained_rows_logits
+    config = GPTConfig(vocab_size=37, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    params = init_params(config, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    ids, targets = rng.integers(0, 37, (3, 16)), rng.integers(0, 37, (3, 16))
+    weights = np.zeros((3, 16), np.float32)
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    assert masked_loss(params, config, (ids, targets, weights), grads) == 0.0
+    assert all(not v.any() for v in grads.values())
+    weights[1, 5] = 3.0                                                # row 1, position 5: weight 3
+    xf = np.random.default_rng(2).standard_normal((48, 16)).astype(np.float32)
+    keep, logits = trained_rows_logits(params, xf, weights, Workspace())
+    assert keep.tolist() == [21] and logits.shape == (1, 37)
+    assert np.allclose(logits[0], xf[21] @ params["wte.weight"].T, rtol=1e-6)
+    loss = masked_loss(params, config, (ids, targets, weights), grads)
+    full = reference_forward(params, config, ids)[1, 5].astype(np.float64)            # [V]
+    nll = np.log(np.exp(full - full.max()).sum()) + full.max() - full[targets[1, 5]]
+    assert loss == pytest.approx(3.0 * nll / 3, rel=1e-5)              # sum(weights * nll) / B, B = 3
 
 # ---- packing and masks ----------------------------------------------------------------------------------
 
