@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..backprop import Workspace, backward, check_batch, forward_for_training
+from ..backprop import Workspace, check_batch, hidden_forward, trained_rows_backward, trained_rows_logits
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..ops import token_nll_, weighted_cross_entropy_backward
@@ -138,22 +138,27 @@ def check_sft_weight(sft_weight: float) -> float:
 def reply_logps_forward(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, mask: np.ndarray,
                         *, dropout: float = 0.0, rng: np.random.Generator | None = None,
                         workspace: Workspace | None = None) -> tuple[np.ndarray, tuple]:
-    """Sum over each row of mask * log p(target): [R, T] each -> [R] float64, and what the backward needs."""
+    """Sum over each row of mask * log p(target): [R, T] each -> [R] float64, and what the backward needs.
+    Only the reply positions (mask not 0) are projected onto the vocabulary (backprop.trained_rows_logits)."""
     check_batch(config, ids, targets)
-    logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=workspace)
-    nll, probs = token_nll_(logits, targets.reshape(-1))                  # [N] float64, [N, V]
+    workspace = Workspace() if workspace is None else workspace
+    xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)     # [R, T] -> [N, C]
+    keep, logits = trained_rows_logits(params, xf, mask, workspace)       # [n], [n, V]
+    nll = np.zeros(ids.size)                                              # [N] float64, 0 off the replies
+    nll[keep], probs = token_nll_(logits, targets.reshape(-1)[keep])      # [n] float64, [n, V]
     logps = -(nll.reshape(ids.shape) * mask).sum(axis=1)                  # [R, T] -> [R]
-    return logps, (tape, probs, targets.reshape(-1), mask)
+    return logps, (tape, xf, keep, probs, targets.reshape(-1)[keep], mask)
 
 
 def reply_logps_backward(dlogps: np.ndarray, ctx: tuple, params: Params, config: GPTConfig, grads: Params, *,
                          workspace: Workspace | None = None, block_done: Callable[[int], None] | None = None) -> None:
     """Add d(loss)/d(param) given d(loss)/d(logps) [R]: logp = -sum mask * nll, so each token's weight in the
     weighted cross-entropy backward is -dlogps[row] * mask (a per-row scalar times the mask)."""
-    tape, probs, targets, mask = ctx
-    weights = -(dlogps[:, None] * mask).reshape(-1)                       # [R] x [R, T] -> [N]
-    dlogits = weighted_cross_entropy_backward(probs, targets, weights)    # [N, V]
-    backward(dlogits, tape, params, config, grads, workspace=workspace, block_done=block_done)
+    tape, xf, keep, probs, targets, mask = ctx
+    weights = -(dlogps[:, None] * mask).reshape(-1)[keep]                 # [R] x [R, T] -> [N] -> [n]
+    dlogits = weighted_cross_entropy_backward(probs, targets, weights)    # [n, V]
+    trained_rows_backward(dlogits, keep, xf, tape, params, config, grads,
+                          workspace=Workspace() if workspace is None else workspace, block_done=block_done)
 
 
 def reply_logps(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, mask: np.ndarray, *,
@@ -703,6 +708,7 @@ def _run_data_dir(run: Path) -> str:
 
 
 __all__ = ["DEFAULT_BETA", "DpoEstimate", "DpoLoss", "DpoSetup", "PairBatches", "check_beta", "check_reference",
-           "check_reference_model", "check_sft_weight", "chosen_nll_backward", "chosen_nll_forward", "dpo_loss_backward", "dpo_loss_forward", "dpo_metrics", "dpo_objective",
+           "check_reference_model", "check_sft_weight", "chosen_nll_backward", "chosen_nll_forward",
+           "dpo_loss_backward", "dpo_loss_forward", "dpo_metrics", "dpo_objective",
            "implicit_reward", "is_dpo_folder", "prepare_dpo", "reply_logps", "reply_logps_backward",
            "reply_logps_forward", "setup_dpo", "weights_sha256", "write_dpo_folder"]

@@ -44,7 +44,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..backprop import Workspace, backward, check_batch, forward_for_training
+from ..backprop import (Workspace, check_batch, forward_for_training, hidden_forward, trained_rows_backward,
+                        trained_rows_logits)
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..ops import token_nll_, weighted_cross_entropy_backward
@@ -97,11 +98,14 @@ class GrpoLoss:
         check_batch(config, ids, targets)
         ws = Workspace() if workspace is None else workspace
         B, T = ids.shape
-        logits, tape = forward_for_training(params, config, ids, dropout=dropout, rng=rng, workspace=ws)
-        nll, probs = token_nll_(logits, targets.reshape(-1))          # [N] float64, [N, V]
+        xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)   # [B, T] -> [N, C]
+        keep, logits = trained_rows_logits(params, xf, norm, ws)      # the sampled tokens only: [n], [n, V]
+        nll = np.zeros(B * T)                                         # [N] float64, 0 off the sampled tokens
+        nll[keep], probs = token_nll_(logits, targets.reshape(-1)[keep])   # [n], [n, V]
         loss, weights = self.token_weights(-nll, batch)               # float, [N] d loss / d nll
-        dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1), weights, scale=scale / B)
-        backward(dlogits, tape, params, config, with_frozen(params, grads, ws), workspace=ws, block_done=block_done)
+        dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1)[keep], weights[keep], scale=scale / B)
+        trained_rows_backward(dlogits, keep, xf, tape, params, config, with_frozen(params, grads, ws), workspace=ws,
+                              block_done=block_done)
         return loss / B
 
     def token_weights(self, logp: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
