@@ -92,7 +92,9 @@ class DuckDBEngine(Engine):
         except self._duckdb.InterruptException:
             raise KeyboardInterrupt from None
         except self._duckdb.Error as e:
-            if str(e).startswith("KeyboardInterrupt"):   # raised in Python code DuckDB called (a numpy scan)
+            # a KeyboardInterrupt raised in Python code DuckDB called (a numpy scan) comes back as an error whose
+            # text is "KeyboardInterrupt: ..." or a whole "Traceback (most recent call last): ..."
+            if self._sigint.interrupted or "KeyboardInterrupt" in str(e):
                 raise KeyboardInterrupt from None
             damaged = self._damaged(e)
             raise (NumgptError(damaged) if damaged else DatabaseError(self, e)) from None
@@ -271,6 +273,7 @@ class SigintInterrupts:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)           # the signal handler must never block on a full pipe
         self._running = threading.Event()
+        self.interrupted = False                      # a SIGINT arrived during the last statement
         self._watcher = threading.Thread(target=self._watch, name="numgpt-duckdb-sigint", daemon=True)
         self._watcher.start()
 
@@ -280,6 +283,7 @@ class SigintInterrupts:
             if not got:                                # the write end closed: the engine is closed
                 return
             if signal.SIGINT in got and self._running.is_set():
+                self.interrupted = True
                 self._con.interrupt()
 
     @contextmanager
@@ -290,6 +294,7 @@ class SigintInterrupts:
             yield
             return
         before = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self.interrupted = False
         self._running.set()
         try:
             yield
