@@ -30,7 +30,7 @@ from .errors import NumgptError
 from .model import check_context
 from .ops import (causal_attention_backward, causal_attention_forward, cross_entropy_backward,
                   cross_entropy_forward, dropout_mask, embedding_backward, gelu_backward, gelu_forward,
-                  layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
+                  layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, token_nll_,
                   weighted_cross_entropy_backward, weighted_cross_entropy_forward)
 from .params import Attention, Layer, Params, layer, layers, zeros_like
 
@@ -125,12 +125,18 @@ def backward(dlogits: np.ndarray, tape: dict, params: Params, config: GPTConfig,
     """Walk the tape in reverse from d(loss)/d(logits) [N, V], accumulating into grads. block_done(i), if
     given, is called once block i's gradients are complete (n_layer - 1 first), and block_done(-1) after
     ln_f's: so a data-parallel caller can start summing them over the ranks while the backward goes on."""
-    # logits = xf @ wte^T: the tied output projection adds into the same dwte as the embedding
+    dxf = head_backward(dlogits, tape["xf"], params, grads, workspace)  # [N, V] -> [N, C]
+    hidden_backward(dxf, tape, params, config, grads, block_done=block_done)
+
+
+def head_backward(dlogits: np.ndarray, xf: np.ndarray, params: Params, grads: Params,
+                  workspace: Workspace | None = None) -> np.ndarray:
+    """Differentiates logits = xf @ wte^T for rows xf [n, C] and dlogits [n, V]: the tied output projection
+    adds into the same dwte as the embedding; returns d(loss)/d(xf) [n, C]."""
     dwte = grads["wte.weight"]
     out = None if workspace is None else workspace.get("dwte", dwte.shape, dwte.dtype)
-    dwte += np.matmul(dlogits.T, tape["xf"], out=out)                  # [V, N] x [N, C] -> [V, C]
-    dxf = dlogits @ params["wte.weight"]                               # [N, V] x [V, C] -> [N, C]
-    hidden_backward(dxf, tape, params, config, grads, block_done=block_done)
+    dwte += np.matmul(dlogits.T, xf, out=out)                          # [V, n] x [n, C] -> [V, C]
+    return dlogits @ params["wte.weight"]                              # [n, V] x [V, C] -> [n, C]
 
 
 def hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GPTConfig, grads: Params, *,
@@ -298,11 +304,19 @@ def trained_rows_backward(dlogits: np.ndarray, keep: np.ndarray, xf: np.ndarray,
                           block_done: Callable[[int], None] | None = None) -> None:
     """`backward` from d(loss)/d(logits) [n, V] of the rows `trained_rows_logits` kept; d(loss)/d(xf) is 0
     on every other row."""
-    dwte = grads["wte.weight"]
-    dwte += np.matmul(dlogits.T, xf[keep], out=workspace.get("dwte", dwte.shape, dwte.dtype))   # [V, n] x [n, C]
     dxf = np.zeros_like(xf)                                            # [N, C]
-    dxf[keep] = dlogits @ params["wte.weight"]                         # [n, V] x [V, C] -> [n, C]
+    dxf[keep] = head_backward(dlogits, xf[keep], params, grads, workspace)   # [n, V] -> [n, C]
     hidden_backward(dxf, tape, params, config, grads, block_done=block_done)
+
+
+def trained_rows_nll(params: Params, xf: np.ndarray, mask: np.ndarray, targets: np.ndarray, workspace: Workspace
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep [n], nll [N] float64, probs [n, V]): -log p(target) at the positions mask [B, T] does not zero
+    (projected by `trained_rows_logits`), 0 at the others; probs for `trained_rows_backward`'s dlogits."""
+    keep, logits = trained_rows_logits(params, xf, mask, workspace)    # [n], [n, V]
+    nll = np.zeros(mask.size)                                          # [N], 0 off the kept positions
+    nll[keep], probs = token_nll_(logits, targets.reshape(-1)[keep])   # [n] float64, [n, V]
+    return keep, nll, probs
 
 
 # ---- the same block over a frozen base, its linear layers given as objects --------------------------------

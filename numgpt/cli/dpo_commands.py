@@ -104,7 +104,8 @@ def _run_dpo(args, comm) -> int:
     run = check_run_folder(Path(args.out))
     options = _options(args, options_from_args, new=not args.resume)
     try:
-        setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, sft_weight=args.sft_weight, resume=args.resume, options=options,
+        setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, sft_weight=args.sft_weight,
+                          resume=args.resume, options=options,
                           block_size=args.block_size, val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
                           default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
@@ -145,7 +146,8 @@ def eval_line(ev: dict) -> str:
     return (f"step {ev['step']}: loss {ev['train_loss']:.4f} / {ev['val_loss']:.4f} (train / held-out), margin "
             f"{ev['train_margin']:.3f} / {ev['val_margin']:.3f}, accuracy {ev['train_accuracy']:.1%} / "
             f"{ev['val_accuracy']:.1%}, rewards chosen {ev['val_chosen_reward']:.3f} rejected "
-            f"{ev['val_rejected_reward']:.3f}, KL {ev['val_kl']:.4f}/token, chosen NLL {ev['val_chosen_nll']:.3f}/token" + (" (best, saved)" if ev["best"] else ""))
+            f"{ev['val_rejected_reward']:.3f}, KL {ev['val_kl']:.4f}/token, chosen NLL {ev['val_chosen_nll']:.3f}/token"
+            + (" (best, saved)" if ev["best"] else ""))
 
 
 def _train(args, setup, comm) -> int:

@@ -60,10 +60,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..backprop import Workspace, check_batch, hidden_forward, trained_rows_backward, trained_rows_logits
+from ..backprop import Workspace, check_batch, hidden_forward, trained_rows_backward, trained_rows_nll
 from ..config import GPTConfig
 from ..errors import NumgptError
-from ..ops import token_nll_, weighted_cross_entropy_backward
+from ..ops import weighted_cross_entropy_backward
 from ..params import Params, param_shapes
 from ..training.comm import Communicator
 from ..training.data import Dataset
@@ -143,9 +143,7 @@ def reply_logps_forward(params: Params, config: GPTConfig, ids: np.ndarray, targ
     check_batch(config, ids, targets)
     workspace = Workspace() if workspace is None else workspace
     xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)     # [R, T] -> [N, C]
-    keep, logits = trained_rows_logits(params, xf, mask, workspace)       # [n], [n, V]
-    nll = np.zeros(ids.size)                                              # [N] float64, 0 off the replies
-    nll[keep], probs = token_nll_(logits, targets.reshape(-1)[keep])      # [n] float64, [n, V]
+    keep, nll, probs = trained_rows_nll(params, xf, mask, targets, workspace)   # [n], [N] (0 off the replies)
     logps = -(nll.reshape(ids.shape) * mask).sum(axis=1)                  # [R, T] -> [R]
     return logps, (tape, xf, keep, probs, targets.reshape(-1)[keep], mask)
 

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from ..backprop import (Workspace, check_batch, forward_for_training, hidden_forward, trained_rows_backward,
-                        trained_rows_logits)
+                        trained_rows_nll)
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..ops import token_nll_, weighted_cross_entropy_backward
@@ -99,9 +99,7 @@ class GrpoLoss:
         ws = Workspace() if workspace is None else workspace
         B, T = ids.shape
         xf, tape = hidden_forward(params, config, ids, dropout=dropout, rng=rng)   # [B, T] -> [N, C]
-        keep, logits = trained_rows_logits(params, xf, norm, ws)      # the sampled tokens only: [n], [n, V]
-        nll = np.zeros(B * T)                                         # [N] float64, 0 off the sampled tokens
-        nll[keep], probs = token_nll_(logits, targets.reshape(-1)[keep])   # [n], [n, V]
+        keep, nll, probs = trained_rows_nll(params, xf, norm, targets, ws)   # the sampled tokens: [n], [N], [n, V]
         loss, weights = self.token_weights(-nll, batch)               # float, [N] d loss / d nll
         dlogits = weighted_cross_entropy_backward(probs, targets.reshape(-1)[keep], weights[keep], scale=scale / B)
         trained_rows_backward(dlogits, keep, xf, tape, params, config, with_frozen(params, grads, ws), workspace=ws,
