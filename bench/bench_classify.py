@@ -89,7 +89,8 @@ def numgpt_classifier(args, train, val, test, labels: list[str]) -> tuple[list[s
     lora = None
     if args.lora_rank:
         from numgpt.posttrain.lora import LoraConfig
-        lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha)
+        targets = tuple(t.strip() for t in args.lora_targets.split(","))
+        lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
     train_classifier(model, train, val, args.out, tc=tc, trainable="head" if lora else args.train,
                      class_weights=args.class_weights, on_event=show, lora=lora)
     seconds = time.perf_counter() - t0
@@ -109,6 +110,8 @@ def main() -> None:
     p.add_argument("--train", default="last-2")
     p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter + head instead of --train")
     p.add_argument("--lora-alpha", type=float, default=None)
+    p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc",
+                   help="the adapted layers (numgpt classify train --lora-targets; add wte for the embedding)")
     p.add_argument("--class-weights", choices=["balanced"], default=None)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-iters", type=int, default=0)
@@ -135,7 +138,7 @@ def main() -> None:
     if not args.baseline_only:
         pred, seconds = numgpt_classifier(args, train, val, test, labels)
         results["numgpt"] = {"seconds": seconds, "model": args.model,
-                             "train": f"lora-{args.lora_rank}" if args.lora_rank else args.train,
+                             "train": f"lora-{args.lora_rank} on {args.lora_targets}" if args.lora_rank else args.train,
                              **_scores(truth, pred, labels)}
     for name, r in results.items():
         print(f"{name:>14}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['seconds']:.1f} s)")

@@ -435,19 +435,21 @@ def test_a_damaged_classifier_folder_is_one_line(gpt2_vocab_model, tmp_path):
             classify.load_classifier_folder(tmp_path / "clf")
 
 
-def test_train_a_lora_adapter_and_the_head(tmp_path, capsys, gpt2_vocab_model):
+@pytest.mark.parametrize("targets", ["c_attn", "c_attn,wte"])
+def test_train_a_lora_adapter_and_the_head(tmp_path, capsys, gpt2_vocab_model, targets):
     """classify train --lora-rank: the adapter and the head train (the base frozen); RUN/latest is the merged
-    classifier, which transformers loads with numgpt's logits; wte and the unadapted tensors are the base's."""
+    classifier, which transformers loads with numgpt's logits; the unadapted tensors are the base's (wte
+    too, unless it is a target)."""
     (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"{w} {i},{w[0]}\n" for i in range(6)
                                                              for w in ("apple", "zebra")), encoding="utf-8")
     assert main(["classify", "train", str(tmp_path / "d.csv"), "--init", str(gpt2_vocab_model), "--out",
-                 str(tmp_path / "run"), "--lora-rank", "2", "--lora-targets", "c_attn", "--max-iters", "3",
+                 str(tmp_path / "run"), "--lora-rank", "2", "--lora-targets", targets, "--max-iters", "3",
                  "--threads", "1", "--eval-interval", "2"]) == 0
     assert "a rank-2 LoRA adapter and the head" in capsys.readouterr().err
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()          # evaluated on the merged model
     config, base = load_checkpoint(gpt2_vocab_model)
     model = classify.load_classifier_folder(tmp_path / "run" / "latest")
-    assert np.array_equal(model.params["wte.weight"], base["wte.weight"])
+    assert np.array_equal(model.params["wte.weight"], base["wte.weight"]) == ("wte" not in targets)
     assert np.array_equal(model.params["h.0.mlp.c_fc.weight"], base["h.0.mlp.c_fc.weight"])
     assert not np.array_equal(model.params["h.0.attn.c_attn.weight"], base["h.0.attn.c_attn.weight"])
     hf = transformers.GPT2ForSequenceClassification.from_pretrained(tmp_path / "run" / "latest").eval()

@@ -33,11 +33,12 @@ def base_params(config=CONFIG, seed=0, std=0.2):
 
 
 def adapted(params, lora, seed=1, config=CONFIG):
-    """params plus an adapter whose B is not zero (a fresh one is: it would hide A's gradient)."""
+    """params plus an adapter whose B is not zero (a fresh one is: it would hide A's gradient), nor the
+    embedding adapter's A (zero when fresh, as PEFT's)."""
     rng = np.random.default_rng(seed)
     ad = L.init_adapters(config, lora, rng)
     for name in ad:
-        if name.endswith("lora_B"):
+        if name.endswith("lora_B") or name == L.EMBED_A:
             ad[name] = (0.3 * rng.standard_normal(ad[name].shape)).astype(np.float32)
     return {**params, **ad}
 
@@ -74,10 +75,14 @@ def peft_model(model, lora):
 
 
 def set_peft_adapter(pm, params, config=CONFIG):
-    """Copy numgpt's adapter tensors into peft's lora_A / lora_B (transposed: nn.Linear weights)."""
+    """Copy numgpt's adapter tensors into peft's lora_A / lora_B (transposed: nn.Linear weights; the
+    embedding's lora_embedding_A [r, V] / lora_embedding_B [C, r], transposed too)."""
     state = {}
     for name, t in params.items():
-        if name.endswith(("lora_A", "lora_B")):
+        if name in (L.EMBED_A, L.EMBED_B):
+            state[f"base_model.model.transformer.{peft_embedding_name(name)}.default"] = torch.tensor(
+                np.ascontiguousarray(t.T))
+        elif name.endswith(("lora_A", "lora_B")):
             state[f"base_model.model.transformer.{name}.default.weight"] = torch.tensor(np.ascontiguousarray(t.T))
     missing = set(state) - set(pm.state_dict())
     assert not missing, sorted(missing)[:3]
@@ -151,6 +156,36 @@ def test_unmerged_forward_equals_merged_model():
     assert np.abs(unmerged - base).max() > 0.1             # the adapter changes the model
     # float32: the merged weight rounds W + s A B once, the unmerged path its three products
     np.testing.assert_allclose(unmerged, merged, rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_adapter_unmerged_equals_merged_and_starts_as_the_base():
+    """LoRA on wte (the classifier's body): the adapted final hidden states equal the merged model's, and a
+    fresh embedding adapter (A_e = 0, B_e ~ N(0, 1), PEFT's init) changes nothing."""
+    from numgpt.model import hidden_states
+
+    lora = L.LoraConfig(rank=3, alpha=6, targets=("c_fc", "wte"))
+    fresh = L.init_adapters(CONFIG, lora, np.random.default_rng(0))
+    assert fresh[L.EMBED_A].shape == (CONFIG.vocab_size, 3) and not fresh[L.EMBED_A].any()
+    assert fresh[L.EMBED_B].shape == (3, CONFIG.n_embd) and 0.5 < fresh[L.EMBED_B].std() < 1.5
+    ids = np.random.default_rng(2).integers(0, CONFIG.vocab_size, (2, 11))
+    base = hidden_states(base_params(), CONFIG, ids)
+    start, _ = L.lora_hidden_forward({**base_params(), **fresh, "h.0.mlp.c_fc.lora_B": 0 * fresh["h.0.mlp.c_fc.lora_B"]},
+                                     CONFIG, lora, ids)
+    np.testing.assert_allclose(start.reshape(base.shape), base, rtol=1e-6, atol=1e-6)
+    params = adapted(base_params(), lora)
+    unmerged, _ = L.lora_hidden_forward(params, CONFIG, lora, ids)
+    merged = hidden_states(L.merge(params, CONFIG, lora), CONFIG, ids)
+    assert np.abs(unmerged.reshape(base.shape) - base).max() > 0.1
+    np.testing.assert_allclose(unmerged.reshape(merged.shape), merged, rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_adapter_is_refused_where_a_tied_head_would_miss_it():
+    lora = L.LoraConfig(rank=2, targets=("wte",))
+    assert lora.embedding and lora.modules == ()
+    with pytest.raises(NumgptError, match="LoRA on the embedding"):
+        L.lora_objective(CONFIG, lora)
+    with pytest.raises(NumgptError, match="both change wte"):
+        L.LoraConfig(rank=2, targets=("wte",), tokens=(3,))
 
 
 def test_fresh_adapter_leaves_the_model_unchanged():
@@ -352,7 +387,9 @@ def test_lora_flag_errors_are_one_line(base_run, tmp_path, capsys):
     data, base = base_run
     for flags, message in ((["--lora-rank", 0], "LoRA rank (--lora-rank) must be a whole number >= 1, got 0"),
                            (["--lora-alpha", 4], "--lora-alpha and --lora-targets need --lora-rank R"),
-                           (["--lora-rank", 2, "--lora-targets", "wte"], "LoRA target 'wte' names no linear layer"),
+                           (["--lora-rank", 2, "--lora-targets", "wpe"], "LoRA target 'wpe' names no linear layer"),
+                           (["--lora-rank", 2, "--lora-targets", "c_attn,wte"],
+                            "--lora-targets wte: LoRA on the embedding is for `classify train` and `reward train`"),
                            (["--lora-rank", 2, "--init", ""], "--lora-rank adapts a trained model")):
         assert train_cli(data, "--init", base, "--out", tmp_path / "r", *SMALL, *flags) == 2
         err = capsys.readouterr().err.strip()
@@ -425,17 +462,24 @@ def test_lora_data_parallel_is_bit_identical(base_run, tmp_path, zero):
         assert np.array_equal(runs[1].state.params[name], alone.state.params[name]), name
 
 
-def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, torch_one_thread):
+def peft_embedding_name(name):
+    """peft's name of numgpt's embedding adapter tensor: 'wte.lora_A' -> 'wte.lora_embedding_A'."""
+    return name.replace("lora_", "lora_embedding_")
+
+
+@pytest.mark.parametrize("targets", [("c_attn", "mlp.c_fc"), ("c_attn", "c_proj", "c_fc", "wte"), ("wte",)])
+def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, targets, torch_one_thread):
     """classify's head and loss over the adapted model: adapter and head gradients against peft's SEQ_CLS
-    LoRA (score in modules_to_save) on transformers' GPT2ForSequenceClassification, float64."""
+    LoRA (score in modules_to_save) on transformers' GPT2ForSequenceClassification, float64; with the
+    token embedding among the targets, peft's LoRA Embedding layer."""
     from numgpt.posttrain.classify import SCORE
 
-    lora = L.LoraConfig(rank=2, alpha=4, targets=("c_attn", "mlp.c_fc"))
+    lora = L.LoraConfig(rank=2, alpha=4, targets=targets)
     rng = np.random.default_rng(11)
     params = {**adapted(base_params(), lora), SCORE: (0.3 * rng.standard_normal((3, CONFIG.n_embd))).astype(np.float32)}
     folder = save_checkpoint(tmp_path / "base", CONFIG, {k: v for k, v in params.items() if k in param_shapes(CONFIG)})
     model = transformers.GPT2ForSequenceClassification.from_pretrained(folder, num_labels=3, pad_token_id=0).eval()
-    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=list(lora.modules), fan_in_fan_out=True,
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=list(targets), fan_in_fan_out=True,
                           lora_dropout=0.0, task_type="SEQ_CLS")
     pm = peft.get_peft_model(model, cfg).double()
     set_peft_adapter(pm, params)
@@ -458,10 +502,13 @@ def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, torc
     assert objective.evaluate(p64, CONFIG, (ids, lengths - 1, labels)) == pytest.approx(out.loss.item(), rel=RTOL)
     named = {n.replace(".default", "").replace(".modules_to_save", ""): p for n, p in pm.named_parameters()}
     for n, g in grads.items():
-        key = f"base_model.model.{n}" if n == SCORE else f"base_model.model.transformer.{n}.weight"
+        key = (f"base_model.model.{n}" if n == SCORE else
+               f"base_model.model.transformer.{peft_embedding_name(n)}" if n in (L.EMBED_A, L.EMBED_B) else
+               f"base_model.model.transformer.{n}.weight")
         ref_grad = named[key].grad.numpy()
         ref_grad = ref_grad if n == SCORE else ref_grad.T
         np.testing.assert_allclose(g, ref_grad, rtol=RTOL, atol=RTOL * np.abs(ref_grad).max(), err_msg=n)
+        assert np.abs(g).max() > 1e-6, n                                    # a real gradient
     assert sum(p.requires_grad for p in pm.parameters()) == len(grads)      # peft trains what numgpt trains
 
 

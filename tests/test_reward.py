@@ -301,9 +301,11 @@ def test_two_ranks_of_one_thread_train_the_weights_of_two_threads(world, tmp_pat
         assert result.last_eval["val_loss"] == ref_result.last_eval["val_loss"]
 
 
-def test_a_lora_run_trains_the_adapter_and_head_resumes_with_them_and_exports_the_merged_model(world, tmp_path):
+@pytest.mark.parametrize("targets", [("c_attn", "c_proj", "c_fc"), ("c_attn", "wte")])
+def test_a_lora_run_trains_the_adapter_and_head_resumes_with_them_and_exports_the_merged_model(world, tmp_path,
+                                                                                               targets):
     from numgpt.posttrain.lora import LoraConfig, adapter_shapes, merge
-    lora = LoraConfig(rank=2, alpha=4)
+    lora = LoraConfig(rank=2, alpha=4, targets=targets)
     run = setup(world, tmp_path / "rm", lora=lora, options={"max_iters": 2, "eval_interval": 0}).run
     base = {k: v.copy() for k, v in run.state.params.items()}
     run.train()

@@ -128,7 +128,7 @@ def run_train(args) -> int:
     from ..posttrain.lora import adapter_shapes, lora_from_args
 
     _check_positive(args, ("batch_size", "grad_accum", "max_tokens"))
-    lora = lora_from_args(args)                        # a bad --lora-* flag is refused before any work
+    lora = lora_from_args(args, embedding=True)        # a bad --lora-* flag is refused before any work
     if lora is not None and args.train != "head":
         raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
                           f"{args.train} trains the weights themselves: pass one of them")

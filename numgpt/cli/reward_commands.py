@@ -137,7 +137,7 @@ def _run_train(args, comm) -> int:
         if args.resume and given is not None:
             raise NumgptError(f"--resume continues RUN/latest with its own data, model and trained set: drop {flag}")
     args.train = "head" if args.train is None else args.train
-    lora = lora_from_args(args)
+    lora = lora_from_args(args, embedding=True)
     if lora is not None and args.train != "head":
         raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
                           f"{args.train} trains the weights themselves: pass one of them")

@@ -40,6 +40,7 @@ FINGERPRINT_KEY = "numgpt_base_fingerprint"
 _SUFFIXES = {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B"}   # PEFT's -> numgpt's last name part
 TOKENS = "wte.trainable_tokens"                                        # numgpt's name of trained wte rows [k, C]
 TOKENS_KEY = PREFIX + "wte.token_adapter.trainable_tokens_delta"       # PEFT's (new values, despite "delta")
+EMBED_A, EMBED_B = "wte.lora_A", "wte.lora_B"   # numgpt's names of an embedding adapter: A_e [V, r], B_e [r, C]
 
 
 def save_adapter(folder: str | os.PathLike, *, rank: int, alpha: float, modules: list[str],
@@ -203,12 +204,16 @@ def merge_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarra
 
 def merge_tensors(params: dict[str, np.ndarray], config, modules: list[str], tensors: dict[str, np.ndarray],
                   scale: float, tokens: list[int] | tuple[int, ...] = ()) -> dict[str, np.ndarray]:
-    """params with W + scale A B in every block's `modules` (tensors: numgpt's adapter names), and wte's rows
-    `tokens` replaced by tensors[TOKENS] (a new wte); the others shared."""
+    """params with W + scale A B in every block's `modules` (tensors: numgpt's adapter names), wte + scale
+    A_e B_e when tensors hold an embedding adapter (EMBED_A, EMBED_B), and wte's rows `tokens` replaced by
+    tensors[TOKENS] (a new wte); the others shared."""
     merged = dict(params)
-    if len(tokens):
+    if len(tokens) or EMBED_A in tensors:
         wte = np.array(params["wte.weight"], np.float32)      # [V, C], a copy: the base may be a memory map
-        wte[list(tokens)] = tensors[TOKENS]                    # [k, C] in place of rows tokens
+        if EMBED_A in tensors:
+            wte += (tensors[EMBED_A] @ tensors[EMBED_B]) * np.float32(scale)   # [V, r] x [r, C] -> [V, C]
+        if len(tokens):
+            wte[list(tokens)] = tensors[TOKENS]                # [k, C] in place of rows tokens
         merged["wte.weight"] = wte
     for i in range(config.n_layer):
         for m in modules:

@@ -23,6 +23,14 @@ for the tied wte), which is where LoRA's step saves its time. The losses: next-t
 (`LoraLoss`), classify's head (`LoraClassificationLoss`). Tests hold the pair and the whole model's adapter
 gradients equal to torch autograd with peft, and the unmerged forward equal to the merged model's.
 
+The embedding (PEFT's LoRA on an nn.Embedding, target 'wte'): x = wte[ids] + (alpha / r) A_e[ids] B_e with
+A_e [V, r] (PEFT's lora_embedding_A [r, V], transposed) starting at zeros and B_e [r, C] (lora_embedding_B
+[C, r]) at N(0, 1), PEFT's init; `embedding_adapter_forward` / `embedding_adapter_backward`. PEFT adapts
+the input lookup only, never GPT-2's tied vocabulary projection, so a merged model (wte + the delta) would
+change the head too: the target is for the commands with a head of their own (`classify train`, `reward
+train`) and refused by the language-model ones (`lora_from_args(..., embedding=False)`). On a small model
+it is what closes most of the gap to full fine-tuning on text classification (BENCHMARKS.md).
+
 Token rows (PEFT's trainable_token_indices): `LoraConfig(tokens=ids)` also trains wte's rows `ids` as
 one more tensor, TOKENS [k, C] (initialised as those rows), that takes their place in the embedding and
 in the tied vocabulary projection; the rest of wte stays frozen. What `numgpt sft --lora-rank` needs when
@@ -63,6 +71,8 @@ from ..training.run import Run
 
 MODULES = peft.BLOCK_MODULES             # a block's linear layers, PEFT's names (attn.c_attn, ..., mlp.c_proj)
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")                        # every one of them
+EMBEDDING = "wte"                        # the target that adapts the token embedding (PEFT's name for it)
+EMBED_A, EMBED_B = peft.EMBED_A, peft.EMBED_B    # 'wte.lora_A' [V, r], 'wte.lora_B' [r, C]
 A, B = "lora_A", "lora_B"
 TOKENS = peft.TOKENS                     # 'wte.trainable_tokens' [k, C]: the trained rows of wte (LoraConfig.tokens)
 
@@ -77,6 +87,7 @@ class LoraConfig:
     alpha: float | None = None
     targets: tuple[str, ...] = field(default=DEFAULT_TARGETS, compare=False)   # as given; equal configs adapt
     modules: tuple[str, ...] = field(init=False)     # the MODULES the targets select, in MODULES' order
+    embedding: bool = field(init=False)              # whether a target is the token embedding (EMBEDDING)
     # not compared: the caller (sft) chooses them, not the flags, so a resumed run's --lora-* flags match it
     tokens: tuple[int, ...] = field(default=(), compare=False)
 
@@ -94,16 +105,23 @@ class LoraConfig:
             raise NumgptError(f"LoRA targets (--lora-targets) must be module names such as "
                               f"{','.join(MODULES)}, got {self.targets!r}")
         for t in targets:
-            if not any(_matches(m, t) for m in MODULES):
-                raise NumgptError(f"LoRA target {t!r} names no linear layer of a GPT-2 block; use "
-                                  f"{', '.join(MODULES)} (or a suffix: c_attn, c_proj, c_fc)")
+            if not any(_matches(m, t) for m in (*MODULES, EMBEDDING)):
+                raise NumgptError(f"LoRA target {t!r} names no linear layer of a GPT-2 block and not the "
+                                  f"embedding; use {', '.join(MODULES)} (or a suffix: c_attn, c_proj, c_fc), "
+                                  f"or {EMBEDDING}")
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "modules", tuple(m for m in MODULES if any(_matches(m, t) for t in targets)))
+        object.__setattr__(self, "embedding", any(_matches(EMBEDDING, t) for t in targets))
+        if not self.modules and not self.embedding:
+            raise NumgptError(f"LoRA targets {targets!r} select no layer")
         tokens = tuple(self.tokens)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in tokens) or (
                 len(set(tokens)) != len(tokens)):
             raise NumgptError(f"LoRA's trained tokens must be distinct token ids >= 0, got {self.tokens!r}")
         object.__setattr__(self, "tokens", tuple(int(i) for i in tokens))
+        if self.tokens and self.embedding:
+            raise NumgptError(f"LoRA on the embedding ({EMBEDDING}) and trained token rows both change wte; "
+                              "use one of them")
 
     @property
     def scale(self) -> float:
@@ -129,8 +147,8 @@ def _matches(module: str, target: str) -> bool:
 # ---- the adapter tensors -----------------------------------------------------------------------------
 
 def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every adapter tensor: h.N.<module>.lora_A [in, r] and .lora_B [r, out], and TOKENS
-    [k, C] when lora trains k token rows."""
+    """Name -> shape of every adapter tensor: h.N.<module>.lora_A [in, r] and .lora_B [r, out], EMBED_A [V, r]
+    and EMBED_B [r, C] when the embedding is a target, and TOKENS [k, C] when lora trains k token rows."""
     base = param_shapes(config)
     shapes = {}
     for i in range(config.n_layer):
@@ -138,6 +156,8 @@ def adapter_shapes(config: GPTConfig, lora: LoraConfig) -> dict[str, tuple[int, 
             n_in, n_out = base[module_tensor(i, m, "weight")]
             shapes[module_tensor(i, m, A)] = (n_in, lora.rank)
             shapes[module_tensor(i, m, B)] = (lora.rank, n_out)
+    if lora.embedding:
+        shapes[EMBED_A], shapes[EMBED_B] = (config.vocab_size, lora.rank), (lora.rank, config.n_embd)
     if lora.tokens:
         if max(lora.tokens) >= config.vocab_size:
             raise NumgptError(f"LoRA's trained token {max(lora.tokens)} is beyond the vocabulary of "
@@ -153,12 +173,17 @@ def adapter_size(config: GPTConfig, lora: LoraConfig) -> int:
 
 def init_adapters(config: GPTConfig, lora: LoraConfig, rng: np.random.Generator) -> Params:
     """A new adapter's matrices: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) bound),
-    B = 0 (the token rows, if any, start as the base's: `init_token_rows`)."""
+    B = 0; the embedding's the other way round, as PEFT's: A_e = 0, B_e ~ N(0, 1). Either way the product
+    starts at zero (the token rows, if any, start as the base's: `init_token_rows`)."""
     out = {}
     for name, shape in adapter_shapes(config, lora).items():
         if name == TOKENS:
             continue
-        if name.endswith(A):
+        if name == EMBED_A:
+            out[name] = np.zeros(shape, np.float32)
+        elif name == EMBED_B:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+        elif name.endswith(A):
             bound = 1.0 / math.sqrt(shape[0])
             out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
         else:
@@ -301,9 +326,32 @@ def lora_embed_forward(params: Params, lora: LoraConfig, ids: np.ndarray, dropou
     if lora.tokens:
         where, pos = token_positions(lora.tokens, flat)
         x[where] = params[TOKENS][pos]                                 # [n, C]: the trained rows instead
+    if lora.embedding:
+        x += embedding_adapter_forward(params, lora, flat)             # [N, C]
     x = x.reshape(B, T, -1)
     x += params["wpe.weight"][:T]                                      # [B, T, C] + [T, C]
     return maybe_dropout(x.reshape(B * T, -1), dropout, rng)
+
+
+def embedding_adapter_forward(params: Params, lora: LoraConfig, flat_ids: np.ndarray) -> np.ndarray:
+    """The embedding adapter's rows (alpha / r) A_e[ids] B_e [N, C] for flat_ids [N] (PEFT's
+    `(embedding(x, lora_embedding_A.T) @ lora_embedding_B.T) * scaling`)."""
+    ea = params[EMBED_A][flat_ids]                                     # [N] -> [N, r]
+    return (ea @ params[EMBED_B]) * np.float32(lora.scale)             # [N, r] x [r, C] -> [N, C]
+
+
+def embedding_adapter_backward(dx: np.ndarray, ids: np.ndarray, keep: np.ndarray | None, params: Params,
+                               lora: LoraConfig, grads: Params) -> None:
+    """Differentiates `embedding_adapter_forward` from dx [N, C] (through dropout's mask): d B_e += s A_e[ids]^T dx,
+    and row ids[n] of d A_e gets s dx[n] B_e^T (summed over repeats); accumulated into the grads it holds."""
+    if keep is not None:
+        dx = dx * keep
+    flat = ids.reshape(-1)
+    s = np.float32(lora.scale)
+    if EMBED_B in grads:
+        grads[EMBED_B] += (params[EMBED_A][flat].T @ dx) * s           # [r, N] x [N, C] -> [r, C]
+    if EMBED_A in grads:
+        embedding_backward((dx @ params[EMBED_B].T) * s, flat, grads[EMBED_A])   # [N, C] x [C, r] into [V, r]
 
 
 def token_rows_backward(dx: np.ndarray, ids: np.ndarray, keep: np.ndarray | None, lora: LoraConfig,
@@ -369,6 +417,8 @@ def lora_hidden_backward(dxf: np.ndarray, tape: dict, params: Params, config: GP
         dx = frozen_block_backward(dx, tape["blocks"][i], adapted_linears(params, config, lora, i, grads), scratch)
     if lora.tokens and TOKENS in grads:
         token_rows_backward(dx, tape["ids"], tape["embed_keep"], lora, grads[TOKENS])
+    if lora.embedding:
+        embedding_adapter_backward(dx, tape["ids"], tape["embed_keep"], params, lora, grads)
 
 
 def lora_forward_for_training(params: Params, config: GPTConfig, lora: LoraConfig, ids: np.ndarray, *,
@@ -485,7 +535,11 @@ def lora_classification_objective(config: GPTConfig, lora: LoraConfig, class_wei
 
 def lora_objective(config: GPTConfig, lora: LoraConfig, batch: BatchFn | None = None) -> Objective:
     """The training objective of an adapter: the adapted model's next-token loss on `batch`'s batches (an
-    objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable."""
+    objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable.
+    Not on the embedding: the tied projection would be left out of it (see the module docstring)."""
+    if lora.embedding:
+        raise NumgptError(f"LoRA on the embedding ({EMBEDDING}) is for models with a head of their own "
+                          "(classify, reward); a language model's vocabulary projection is wte itself")
     return Objective(batch=next_token_batch if batch is None else batch, loss=LoraLoss(lora), evaluate=LoraValue(lora),
                      trainable=frozenset(adapter_shapes(config, lora)))
 
@@ -510,17 +564,24 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                    "instead of the weights; saved as a PEFT folder in RUN_DIR/adapter")
     g.add_argument("--lora-alpha", type=float, metavar="A", help="the adapter's update is scaled by A / R (A = R)")
     g.add_argument("--lora-targets", metavar="NAMES", help="comma-separated layers to adapt, PEFT's target_modules "
-                   f"(suffixes of {','.join(MODULES)}; default {','.join(DEFAULT_TARGETS)}: all four)")
+                   f"(suffixes of {','.join(MODULES)}; default {','.join(DEFAULT_TARGETS)}: all four; "
+                   f"classify and reward also take {EMBEDDING}, the token embedding)")
 
 
-def lora_from_args(args: argparse.Namespace) -> LoraConfig | None:
-    """The LoraConfig of the --lora-* flags; None without --lora-rank (alpha or targets alone are refused)."""
+def lora_from_args(args: argparse.Namespace, *, embedding: bool = False) -> LoraConfig | None:
+    """The LoraConfig of the --lora-* flags; None without --lora-rank (alpha or targets alone are refused).
+    embedding: whether the command may adapt wte (one with its own head; not a language model's)."""
     if args.lora_rank is None:
         if args.lora_alpha is not None or args.lora_targets is not None:
             raise NumgptError("--lora-alpha and --lora-targets need --lora-rank R")
         return None
     targets = DEFAULT_TARGETS if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(","))
-    return LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
+    lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
+    if lora.embedding and not embedding:
+        raise NumgptError(f"--lora-targets {EMBEDDING}: LoRA on the embedding is for `classify train` and `reward "
+                          "train`; a language model's vocabulary projection is wte itself, which PEFT's adapter "
+                          "leaves alone, so the merged model would not be the trained one")
+    return lora
 
 
 def lora_adapter_size(lora: LoraConfig | None) -> Callable[[GPTConfig, TrainConfig], int]:
