@@ -74,11 +74,12 @@ def numgpt_classifier(args, train, val, test, labels: list[str]) -> tuple[list[s
 
     folder = resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
     config, params = load_checkpoint(folder)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     model = new_classifier(config, params, load_tokenizer(folder, config), labels,
-                           rng=np.random.default_rng(args.seed), max_tokens=args.max_tokens)
+                           rng=np.random.default_rng(train_seed), max_tokens=args.max_tokens)
     steps = args.max_iters or max(1, int(args.epochs * len(train) / args.batch_size))
     tc = TrainConfig(batch_size=args.batch_size, block_size=model.max_tokens, max_iters=steps,
-                     eval_interval=max(1, steps // 5), seed=args.seed, threads=args.threads,
+                     eval_interval=max(1, steps // 5), seed=train_seed, threads=args.threads,
                      optim=AdamWConfig(lr=args.lr, min_lr=args.lr / 10, warmup_iters=steps // 10, decay_iters=steps))
     t0 = time.perf_counter()
 
@@ -105,7 +106,9 @@ def main() -> None:
     p.add_argument("--categories", default=CATEGORIES)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (and training's, without --train-seed)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the head's and adapter's initialisation and the batches' order; the same split")
     p.add_argument("--model", default="gpt2")
     p.add_argument("--train", default="last-2")
     p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter + head instead of --train")
