@@ -24,10 +24,11 @@ engine, a profile of the decode steps (--no-profile: none):
                                                       ns per multiply-add, in a tenth of the time
 
 The issue-23 figures (median of two runs, each alone on the machine; BENCHMARKS.md), PostgreSQL with
-the cube products (export's product="cube") and with the default wide rows:
+the default products (export's product="auto": cube on the benchmark's own server, which has the
+module) and with the wide rows:
 
-    python bench/bench_sql.py --engines postgresql,duckdb --precisions float32 --pg auto --pg-product cube --steps 8 --no-original
-    python bench/bench_sql.py --engines postgresql --precisions float32 --pg auto --steps 8 --no-original
+    python bench/bench_sql.py --engines postgresql,duckdb --precisions float32 --pg auto --steps 8 --no-original
+    python bench/bench_sql.py --engines postgresql --precisions float32 --pg auto --pg-product wide --steps 8 --no-original
 
 Run it alone on the machine (the figures are wall-clock; the profile's CPU / wall per server process
 says whether they got their cores). Needs torch + transformers for the checkpoint.
@@ -119,7 +120,7 @@ def bench_engine(lm, db: str, precision: str, prompt: list[int], steps: int, pro
             m.start(prompt + [token] * steps)
             no_cache = round(time.perf_counter() - t, 3)
     decode = float(np.median(times))
-    result = {"db": db.split("?")[0], "engine": summary.engine, "precision": precision, "product": product,
+    result = {"db": db.split("?")[0], "engine": summary.engine, "precision": precision, "product": summary.product,
               "connections": connections, "n_layer": lm.config.n_layer, "export_s": round(export_s, 2),
               "size_mib": round(summary.size_bytes / 2**20, 1),
               "prefill_s_per_token": round(prefill / len(prompt), 4),
@@ -305,8 +306,9 @@ def main() -> None:
     ap.add_argument("--pg", help="a postgresql:// URL of an empty database, for --engines postgresql; or `auto`")
     ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="with --pg auto: a server setting (-c NAME=VALUE), e.g. work_mem=64MB; repeatable")
-    ap.add_argument("--pg-product", default="wide", choices=["wide", "cube"],
-                    help="PostgreSQL's matrix product (export's product): wide rows, or the cube module's distances")
+    ap.add_argument("--pg-product", default="auto", choices=["auto", "wide", "cube"],
+                    help="PostgreSQL's matrix product (export's product): wide rows, the cube module's distances, "
+                         "or auto (the default): cube where the server has the module")
     ap.add_argument("--model", help="a GPT-2 folder instead of the random 124M checkpoint")
     ap.add_argument("--n-layer", type=int, default=12, help="blocks of the random checkpoint (12: 124M)")
     ap.add_argument("--threads", type=int, help="DuckDB's threads (default: its own, the cores)")
@@ -348,7 +350,7 @@ def run(args, numgpt) -> None:
                 if db is None:
                     raise SystemExit("--engines postgresql needs --pg postgresql://... or --pg auto")
                 result = bench_engine(lm, db, precision, prompt, args.steps, not args.no_profile, args.threads,
-                                      not args.no_original, args.pg_product if engine == "postgresql" else "wide")
+                                      not args.no_original, args.pg_product if engine == "postgresql" else "auto")
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
                 if "profile" in result:

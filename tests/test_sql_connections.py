@@ -54,8 +54,9 @@ def test_output_ranges_cover_every_output_once_on_aligned_bounds():
 def test_two_and_three_connections_give_the_same_logits_as_one(pg_db):
     """Every output of a product is the same expression whichever connection computes it; what can
     differ is the order in which an aggregate (LayerNorm's mean and variance, a softmax's sum) meets its
-    rows, which follows the order the connections wrote them in: a few ulps of double (measured:
-    1.6e-14 on logits of ~8), against the 1e-5 the float32 export is held to."""
+    rows, which follows the order the connections wrote them in: a few ulps of double (measured on logits
+    of ~8: 1.6e-14 with the wide products, 2.1e-12 with the cube products, whose distance identity
+    cancels digits), against the 1e-5 the float32 export is held to."""
     import numgpt.sql
     lm = _builtin()
     prompt = lm.encode("ROMEO: Is the day so young?")
@@ -65,7 +66,7 @@ def test_two_and_three_connections_give_the_same_logits_as_one(pg_db):
             assert m.connections == n
             runs[n] = _run(m, prompt, 6)
     for n in (2, 3):
-        np.testing.assert_allclose(runs[n][0], runs[1][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(runs[n][0], runs[1][0], rtol=0, atol=1e-11)
         assert runs[n][1] == runs[1][1]
 
 
@@ -118,7 +119,7 @@ def test_a_role_that_may_not_create_a_schema_gets_one_connection(request, pg_db)
             got = _run(m, prompt, 3)
     with numgpt.sql.connect(pg_db, connections=2) as m:
         want = _run(m, prompt, 3)
-    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-11)
 
 
 def test_connections_out_of_range_is_a_one_line_error(pg_db, capsys):

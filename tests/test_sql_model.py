@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import _hf_checkpoint
-from test_sql_support import ENGINES, exported, new_database
+from test_sql_support import ENGINES, exported, new_database, postgres_server
 
 STEPS = 64
 
@@ -99,20 +99,22 @@ def test_float32_logits_at_every_step_of_a_greedy_run(request, tmp_path_factory,
     assert tokens == [int(np.argmax(w)) for w in want]
 
 
+@pytest.mark.parametrize("product", ["wide", "cube"])
 @pytest.mark.parametrize("model", ["builtin", "odd"])
-def test_cube_products_give_numpys_logits_at_every_step(request, tmp_path_factory, model):
-    """PostgreSQL with product="cube" (the products as the cube module's distances, layers.py): logits
+def test_each_postgresql_product_gives_numpys_logits_at_every_step(request, tmp_path_factory, model, product):
+    """PostgreSQL with each product, named (the other tests' exports take the default, auto: cube on the
+    tests' server): the wide rows of REAL columns, and the cube module's distances (layers.py): logits
     within 1e-5 of NumPy's at every step of a greedy run and the same tokens, on the built-in model and
     the odd shape (36 inputs: one point per chunk; c_fc's 144: two of 72)."""
     import numgpt
     import numgpt.sql
     lm = _builtin() if model == "builtin" else numgpt.load(request.getfixturevalue("hf_odd_ckpt").folder)
     db = new_database(request, "postgresql", tmp_path_factory)
-    numgpt.sql.export(lm, db, product="cube")
+    numgpt.sql.export(lm, db, product=product)
     prompt = lm.encode("ROMEO: I will")
     steps = 16
     with numgpt.sql.connect(db) as m:
-        assert m.meta["product"] == "cube"
+        assert m.meta["product"] == product
         got, tokens = _greedy_run_logits(m, prompt, steps)
     want = _numpy_logits(lm, prompt, tokens)
     # 1e-5 as for the wide products: the distance identity adds ~1e-13 (bench/bench_sql_cube.py)
@@ -128,8 +130,45 @@ def test_cube_products_are_postgresqls_and_an_unknown_product_is_refused(tmp_pat
     with pytest.raises(NumgptError, match="product 'cube' is PostgreSQL's") as e:
         numgpt.sql.export(lm, str(db), product="cube")
     assert "\n" not in str(e.value) and not db.exists()   # refused before the file is made
-    with pytest.raises(NumgptError, match="product must be one of wide, cube, got 'dense'"):
+    with pytest.raises(NumgptError, match="product must be one of auto, wide, cube, got 'dense'"):
         numgpt.sql.export(lm, str(db), product="dense")
+    assert numgpt.sql.export(lm, str(db)).product == "wide"              # auto, on DuckDB
+    with numgpt.sql.connect(str(db)) as m:
+        assert m.meta["product"] == "wide"
+
+
+def test_auto_product_is_cube_where_the_role_may_create_it_and_wide_where_not(request, tmp_path_factory):
+    """export's default product="auto": the cube products for the tests' superuser (the server has the
+    contrib module), the wide rows for a role without CREATE on the database; both compute the same tokens."""
+    import psycopg
+
+    import numgpt.sql
+    lm = _builtin()
+    db = new_database(request, "postgresql", tmp_path_factory)
+    name = db.split("?")[0].rsplit("/", 1)[1]
+    role = "numgpt_nocreate"
+    with psycopg.connect(db, autocommit=True) as con:
+        con.execute(f"DROP ROLE IF EXISTS {role}")
+        con.execute(f"CREATE ROLE {role} LOGIN")
+        con.execute(f"GRANT CREATE ON SCHEMA public TO {role}")     # tables, but no schema or extension
+    try:
+        limited = db.replace("postgresql://postgres@", f"postgresql://{role}@")
+        summary = numgpt.sql.export(lm, limited)
+        assert summary.product == "wide"
+        with numgpt.sql.connect(limited) as m:
+            assert m.meta["product"] == "wide"
+            wide = m.generate("ROMEO:", max_new_tokens=6, do_sample=False)
+        with psycopg.connect(db, autocommit=True) as con:
+            con.execute(f"REASSIGN OWNED BY {role} TO postgres")
+            con.execute(f"DROP OWNED BY {role}")
+        assert numgpt.sql.export(lm, db, force=True).product == "cube"
+        with numgpt.sql.connect(db) as m:
+            assert m.meta["product"] == "cube"
+            assert m.generate("ROMEO:", max_new_tokens=6, do_sample=False) == wide
+    finally:
+        with psycopg.connect(postgres_server(request).dsn(name), autocommit=True) as con:
+            con.execute(f"DROP OWNED BY {role}")
+            con.execute(f"DROP ROLE {role}")
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -195,6 +195,15 @@ class PostgresEngine(Engine):
             self.execute(f"CREATE TABLE {table} (layer INTEGER, j INTEGER, chunk INTEGER, b FLOAT8, {cols})")
         self.execute(f"CREATE TABLE numgpt_ln (layer INTEGER, name {d.text}, i INTEGER, weight FLOAT8, bias FLOAT8)")
 
+    def best_product(self):
+        """"cube" when the cube module is installed in the database, or available to the server and the role
+        may create it (CREATE on the database: cube is a trusted extension); "wide" otherwise."""
+        installed, available, may_create = self.rows(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'cube'), "
+            "EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'cube'), "
+            "has_database_privilege(current_database(), 'CREATE')")[0]
+        return "cube" if installed or (available and may_create) else "wide"
+
     def _create_cube_extension(self) -> None:
         try:
             self.execute("CREATE EXTENSION IF NOT EXISTS cube")

@@ -89,6 +89,10 @@ class Engine:
     def close(self) -> None:
         raise NotImplementedError
 
+    def best_product(self) -> str:
+        """The matrix product export's product="auto" writes here (PostgresEngine's may be "cube")."""
+        return "wide"
+
     def dialect(self, precision: str, product: str = "wide") -> Dialect:
         if product != "wide" and self.name != "postgresql":
             raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); {self.name} multiplies "

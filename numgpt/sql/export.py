@@ -42,7 +42,7 @@ from .tokenize import explain_sql, tokenize_sql, unicode_classes
 FORMAT = "numgpt-sql"
 SCHEMA_VERSION = 3   # 3: PostgreSQL's wide-row attention state and (layer, chunk, j) indexes; 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
 PRECISIONS = ("float32", "float64")
-PRODUCTS = ("wide", "cube")   # PostgreSQL's matrix product (export's `product`)
+PRODUCTS = ("auto", "wide", "cube")   # PostgreSQL's matrix product (export's `product`; auto: the engine's best)
 TABLES = ["numgpt_meta", "numgpt_sql", "numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln", "numgpt_heads",
           "numgpt_vocab", "numgpt_bytes", "numgpt_merges", "numgpt_special", "numgpt_unicode"]
 
@@ -58,9 +58,10 @@ class ExportSummary:
     parameters: int
     seconds: float
     size_bytes: int
+    product: str = "wide"   # the matrix product written ("auto" resolved)
 
 
-def export(model, db: str, *, force: bool = False, precision: str = "float32", product: str = "wide",
+def export(model, db: str, *, force: bool = False, precision: str = "float32", product: str = "auto",
            progress: Progress | None = None) -> ExportSummary:
     """Write `model` (a numgpt LanguageModel) into DB; see the module docstring. Refuses weights that
     are not finite (before DB is touched), a database that already holds an export unless force=True,
@@ -69,12 +70,13 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     product (PostgreSQL): "wide", the matrix products as expressions over wide rows of REAL columns
     (core PostgreSQL), or "cube", through the `cube` contrib module's distances in C (layers.py's
     linear_chunks_cube; 2-2.5x less CPU per multiply-add, the weights as float8, about twice the space;
-    the role needs CREATE on the database for CREATE EXTENSION cube)."""
+    the role needs CREATE on the database for CREATE EXTENSION cube), or "auto": cube where the server
+    has the module and the role may create it (or it is there already), else wide; DuckDB's is wide."""
     if precision not in PRECISIONS:
         raise NumgptError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if product not in PRODUCTS:
         raise NumgptError(f"product must be one of {', '.join(PRODUCTS)}, got {product!r}")
-    if product != "wide" and not is_postgres(db):
+    if product == "cube" and not is_postgres(db):
         raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); DuckDB multiplies arrays: "
                           "leave product at 'wide'")
     if not isinstance(model, LanguageModel):
@@ -85,6 +87,7 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     engine = open_engine(db, create=True)
     try:
         _check_target(engine, force)
+        product = engine.best_product() if product == "auto" else product
         dialect = engine.dialect(precision, product)
         engine.begin_export()
         with engine.transaction():
@@ -102,7 +105,7 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     finally:
         engine.close()
     return ExportSummary(db=db, engine=engine.name, target=engine.export_label(), precision=precision,
-                         parameters=count, seconds=time.perf_counter() - start, size_bytes=size)
+                         parameters=count, seconds=time.perf_counter() - start, size_bytes=size, product=product)
 
 
 def _check_target(engine: Engine, force: bool) -> None:
