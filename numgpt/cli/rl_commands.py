@@ -26,7 +26,7 @@ TC, OPT = TrainConfig(), AdamWConfig()
 
 EXAMPLES = f"""\
 examples:
-  numgpt data synth 2000 --out tasks.jsonl
+  numgpt data synth --n 2000 -o tasks.jsonl
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl                     8 prompts x 8 answers per step
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl --group 16 --kl 0 --max-iters 300
   numgpt rl tasks.jsonl --init runs/sft --out runs/rl --eval-tasks heldout.jsonl --eval-interval 10

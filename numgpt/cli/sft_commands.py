@@ -30,7 +30,7 @@ SFT_DEFAULTS = {**TRAIN_DEFAULTS, **SFT_TRAIN, **SFT_OPTIM,          # the --hel
 
 EXAMPLES = f"""\
 examples:
-  numgpt data synth 2000 --out chats.jsonl
+  numgpt data synth --n 2000 -o chats.jsonl
   numgpt sft chats.jsonl --init builtin --out runs/sft              the built-in model (chat tokens added)
   numgpt sft chats.jsonl --init gpt2 --out runs/sft2 --lr 3e-5 --max-iters 500
   numgpt sft chats.jsonl --out runs/sft --resume --max-iters 400    continue (bit for bit)
