@@ -51,3 +51,32 @@ def test_every_help_example_parses():
             checked += 1
     assert not refused, "\n".join(refused)
     assert checked > 100                         # the examples were found (159 when this was written)
+
+
+def test_every_command_line_in_the_readme_and_docs_parses():
+    """The same for the `numgpt ...` lines of README.md's and docs/*.md's code blocks (a `#` starts a
+    comment there)."""
+    from pathlib import Path
+
+    root_dir = Path(__file__).resolve().parents[1]
+    root = build_parser()
+    checked, refused = 0, []
+    for path in [root_dir / "README.md", *sorted((root_dir / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            for line in block.splitlines():
+                m = re.match(r"(?:\$ )?(numgpt\s.*)", line.strip())
+                if not m:
+                    continue
+                command = re.split(r"\s+#", m.group(1))[0].strip()
+                if (SHELL | {"&"}) & set(command):
+                    continue
+                err = io.StringIO()
+                try:
+                    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                        root.parse_args(shlex.split(command)[1:])
+                except SystemExit as e:
+                    if e.code:
+                        refused.append(f"{path.name}: {command!r}: {err.getvalue().strip().splitlines()[-1]}")
+                checked += 1
+    assert not refused, "\n".join(refused)
+    assert checked > 40                          # 55 when this was written
