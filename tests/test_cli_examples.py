@@ -63,7 +63,7 @@ def test_every_command_line_in_the_readme_and_docs_parses():
     checked, refused = 0, []
     for path in [root_dir / "README.md", *sorted((root_dir / "docs").glob("*.md"))]:
         for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():          # continuation lines joined
                 m = re.match(r"(?:\$ )?(numgpt\s.*)", line.strip())
                 if not m:
                     continue
