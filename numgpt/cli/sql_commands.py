@@ -170,9 +170,8 @@ def run_export(args) -> int:
     model = load(args.model, cache_dir=hf_cache_dir(os.environ))
     summary = export(model, args.db, force=args.force, precision=args.precision, product=args.product,
                      progress=lambda what: print(f"  {what}", file=sys.stderr, flush=True))
-    products = f", {summary.product} products" if summary.engine == "postgresql" else ""
-    print(f"exported {summary.parameters:,} parameters ({summary.precision}{products}) into {summary.target} "
-          f"in {summary.seconds:.1f} s, "
+    print(f"exported {summary.parameters:,} parameters ({summary.precision}{summary.product_note}) into "
+          f"{summary.target} in {summary.seconds:.1f} s, "
           f"{summary.size_bytes / 2**20:.1f} MiB")
     return 0
 

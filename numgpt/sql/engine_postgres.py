@@ -204,6 +204,9 @@ class PostgresEngine(Engine):
             "has_database_privilege(current_database(), 'CREATE')")[0]
         return "cube" if installed or (available and may_create) else "wide"
 
+    def product_note(self, product):
+        return f", {product} products"
+
     def _create_cube_extension(self) -> None:
         try:
             self.execute("CREATE EXTENSION IF NOT EXISTS cube")

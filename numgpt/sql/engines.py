@@ -93,6 +93,10 @@ class Engine:
         """The matrix product export's product="auto" writes here (PostgresEngine's may be "cube")."""
         return "wide"
 
+    def product_note(self, product: str) -> str:
+        """What the export's summary line says of its products: nothing where there is no choice."""
+        return ""
+
     def dialect(self, precision: str, product: str = "wide") -> Dialect:
         if product != "wide" and self.name != "postgresql":
             raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); {self.name} multiplies "

@@ -59,6 +59,7 @@ class ExportSummary:
     seconds: float
     size_bytes: int
     product: str = "wide"   # the matrix product written ("auto" resolved)
+    product_note: str = ""  # how the CLI names it after the precision (", cube products"; "" for DuckDB)
 
 
 def export(model, db: str, *, force: bool = False, precision: str = "float32", product: str = "auto",
@@ -105,7 +106,8 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     finally:
         engine.close()
     return ExportSummary(db=db, engine=engine.name, target=engine.export_label(), precision=precision,
-                         parameters=count, seconds=time.perf_counter() - start, size_bytes=size, product=product)
+                         parameters=count, seconds=time.perf_counter() - start, size_bytes=size, product=product,
+                         product_note=engine.product_note(product))
 
 
 def _check_target(engine: Engine, force: bool) -> None:
