@@ -235,6 +235,18 @@ def test_peft_made_adapter_loads_in_numgpt(tmp_path, torch_one_thread):
     np.testing.assert_allclose(L.lora_logits({**params, **tensors}, config, read, ids), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_a_peft_adapter_on_the_embedding_of_a_language_model_is_refused_by_name(tmp_path, torch_one_thread):
+    """peft's LoRA on GPT2LMHeadModel's wte changes the input only, not the tied head; numgpt's merged model
+    could not be that, so the folder is refused in one line naming the tensor."""
+    base, model = hf_model(tmp_path, base_params())
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "wte"], fan_in_fan_out=True)
+    peft.get_peft_model(model, cfg).save_pretrained(tmp_path / "peft")
+    config, params = load_checkpoint(base, mmap=False)
+    with pytest.raises(NumgptError, match=r"wte\.lora_embedding_A.* adapts the token embedding") as e:
+        L.read_adapter(tmp_path / "peft", config, params)
+    assert "\n" not in str(e.value)
+
+
 def test_numgpt_load_with_adapter_runs_the_merged_model(tmp_path):
     import numgpt
 

@@ -72,7 +72,8 @@ def save_adapter(folder: str | os.PathLike, *, rank: int, alpha: float, modules:
 def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """(config dict, tensors in numgpt's names and orientation, base fingerprint or "") of an adapter
     folder. Refused in one line: a missing file, another peft type, what numgpt's LoRA does not compute
-    (rsLoRA, DoRA, trained biases, per-layer ranks), a tensor name outside GPT-2's blocks."""
+    (rsLoRA, DoRA, trained biases, per-layer ranks), a tensor name outside GPT-2's blocks, LoRA on the
+    embedding (peft's adapts the input but not the tied head, which no merged model can be)."""
     folder = Path(folder)
     for f in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / f).is_file():
@@ -85,6 +86,10 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
         if key == TOKENS_KEY:
             tensors[TOKENS] = np.ascontiguousarray(t)
             continue
+        if ".lora_embedding_" in key:
+            raise NumgptError(f"{folder / WEIGHTS_FILE}: {key!r} adapts the token embedding; PEFT applies such an "
+                              "adapter to the input only, not to GPT-2's tied vocabulary projection, so numgpt "
+                              "does not load it onto a language model (LoRA on wte is for classify and reward)")
         suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
         if not key.startswith(PREFIX) or suffix is None:
             raise NumgptError(f"{folder / WEIGHTS_FILE}: tensor {key!r} is not a LoRA matrix of a GPT-2 block "
