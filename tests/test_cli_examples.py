@@ -1,16 +1,18 @@
-"""Every `numgpt ...` example that a command's --help prints parses with the real parser: a help text that
-teaches a command line the CLI refuses is a defect (`numgpt data synth 2000 --out ...` once stood in the
-examples of sft and rl, where synth takes --n)."""
+"""Every `numgpt ...` command line that the CLI's --help texts, README.md and docs/*.md teach parses with
+the real parser: a help text or a README that shows a command line the CLI refuses is a defect (`numgpt
+data synth 2000 --out ...` once stood in the examples of sft and rl, where synth takes --n)."""
 
 import argparse
 import contextlib
 import io
 import re
 import shlex
+from pathlib import Path
 
 from numgpt.cli import build_parser
 
-SHELL = set("|<>$`")          # an example that pipes, redirects or expands is shell, not one command line
+ROOT = Path(__file__).resolve().parents[1]
+SHELL = set("|<>$`&")         # a line that pipes, redirects, expands or backgrounds is shell, not one command
 
 
 def subparsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -22,7 +24,7 @@ def subparsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
                 yield from subparsers(sub, (*path, name))
 
 
-def examples(parser: argparse.ArgumentParser) -> list[str]:
+def help_examples(parser: argparse.ArgumentParser) -> list[str]:
     """The example command lines of a parser's epilog: the indented lines that start with `numgpt `, cut
     at the two spaces that start their comment."""
     found = []
@@ -33,50 +35,44 @@ def examples(parser: argparse.ArgumentParser) -> list[str]:
     return found
 
 
-def test_every_help_example_parses():
+def markdown_commands(path: Path) -> list[str]:
+    """The `numgpt ...` lines of a Markdown file's code blocks (continuation lines joined, `#` comments cut)."""
+    found = []
+    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            m = re.match(r"(?:\$ )?(numgpt\s.*)", line.strip())
+            if m:
+                found.append(re.split(r"\s+#", m.group(1))[0].strip())
+    return found
+
+
+def refusal(parser: argparse.ArgumentParser, command: str) -> str | None:
+    """The parser's error for a `numgpt ...` command line, or None when it parses."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(shlex.split(command)[1:])
+    except SystemExit as e:
+        if e.code:
+            return err.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def check_all(sources: list[tuple[str, str]], at_least: int) -> None:
+    """Every (where, command) parses, and more than `at_least` were checked (so that a change in how the
+    examples are written cannot leave this test checking nothing)."""
     root = build_parser()
-    checked, refused = 0, []
-    for path, parser in subparsers(root):
-        for example in examples(parser):
-            if SHELL & set(example):
-                continue
-            argv = shlex.split(example)[1:]
-            err = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                    root.parse_args(argv)
-            except SystemExit as e:
-                if e.code:
-                    refused.append(f"numgpt {' '.join(path)} --help: {example!r}: {err.getvalue().strip()}")
-            checked += 1
+    checked = [(where, c) for where, c in sources if not SHELL & set(c)]
+    refused = [f"{where}: {c!r}: {error}" for where, c in checked if (error := refusal(root, c))]
     assert not refused, "\n".join(refused)
-    assert checked > 100                         # the examples were found (159 when this was written)
+    assert len(checked) > at_least
+
+
+def test_every_help_example_parses():
+    check_all([(f"numgpt {' '.join(path)} --help", c) for path, p in subparsers(build_parser())
+               for c in help_examples(p)], at_least=100)               # 159 when this was written
 
 
 def test_every_command_line_in_the_readme_and_docs_parses():
-    """The same for the `numgpt ...` lines of README.md's and docs/*.md's code blocks (a `#` starts a
-    comment there)."""
-    from pathlib import Path
-
-    root_dir = Path(__file__).resolve().parents[1]
-    root = build_parser()
-    checked, refused = 0, []
-    for path in [root_dir / "README.md", *sorted((root_dir / "docs").glob("*.md"))]:
-        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
-            for line in block.replace("\\\n", " ").splitlines():          # continuation lines joined
-                m = re.match(r"(?:\$ )?(numgpt\s.*)", line.strip())
-                if not m:
-                    continue
-                command = re.split(r"\s+#", m.group(1))[0].strip()
-                if (SHELL | {"&"}) & set(command):
-                    continue
-                err = io.StringIO()
-                try:
-                    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                        root.parse_args(shlex.split(command)[1:])
-                except SystemExit as e:
-                    if e.code:
-                        refused.append(f"{path.name}: {command!r}: {err.getvalue().strip().splitlines()[-1]}")
-                checked += 1
-    assert not refused, "\n".join(refused)
-    assert checked > 40                          # 55 when this was written
+    check_all([(path.name, c) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+               for c in markdown_commands(path)], at_least=40)         # 57 when this was written
