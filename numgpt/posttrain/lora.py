@@ -29,7 +29,7 @@ A_e [V, r] (PEFT's lora_embedding_A [r, V], transposed) starting at zeros and B_
 the input lookup only, never GPT-2's tied vocabulary projection, so a merged model (wte + the delta) would
 change the head too: the target is for the commands with a head of their own (`classify train`, `reward
 train`) and refused by the language-model ones (`lora_from_args(..., embedding=False)`). On a small model
-it is what closes most of the gap to full fine-tuning on text classification (BENCHMARKS.md).
+classifying text it is what brought LoRA level with full fine-tuning (BENCHMARKS.md).
 
 Token rows (PEFT's trainable_token_indices): `LoraConfig(tokens=ids)` also trains wte's rows `ids` as
 one more tensor, TOKENS [k, C] (initialised as those rows), that takes their place in the embedding and
