@@ -207,7 +207,9 @@ def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     stays in cache (the built-in models': 0.4-1 MB) is the other way round: 4 rows in one product 9 us,
     row by row 23 us. A weight stored [out, in] (w.T C-ordered:
     formats.hf.load_checkpoint(for_inference=True)) and fewer than FEW_ROWS rows multiply as w.T @ x.T,
-    which OpenBLAS streams faster than `x @ w` (BENCHMARKS.md, Inference). Bigger batches take `x @ w`.
+    which OpenBLAS streams faster than `x @ w` (BENCHMARKS.md, Inference); one row (a batch-1 decode step)
+    as w.T @ x[0] straight into out (the same product, without its temporary and copy: ~2 us of 68 on
+    c_fc). Bigger batches take `x @ w`.
     """
     transposed = w.T.flags.c_contiguous and not w.flags.c_contiguous
     if 1 < x.shape[0] <= ROW_BY_ROW and w.nbytes >= STREAMED_BYTES:
@@ -217,6 +219,8 @@ def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
                 np.matmul(stored, row, out=y)             # [out, in] x [in] -> [out]
             else:
                 np.matmul(row, stored, out=y)             # [in] x [in, out] -> [out]
+    elif x.shape[0] == 1 and transposed:
+        np.matmul(w.T, x[0], out=out[0])           # [out, in] x [in] -> [out]: a decode step, no temporary
     elif x.shape[0] < FEW_ROWS and transposed:
         out[...] = (w.T @ x.T).T                   # [out, in] x [in, N] -> [out, N] -> [N, out]
     else:
