@@ -2,7 +2,8 @@
 model (--speculative draft), greedy, on text where drafting applies; every speculative output is checked equal
 to the plain one token for token before it is timed. Medians of --runs runs (the methods interleaved in each
 run), and each method's ratio to plain measured in the same run (the median of those ratios), with the
-acceptance rate and tokens per target forward.
+acceptance rate and tokens per target forward. Each drafter adapts its draft length per row (at most K,
+speculative.DraftLengths); --compare-fixed adds each one drafting K every round ("ngram-fixed", "draft-fixed").
 
     python bench/bench_speculative.py                           ~2-4 minutes on the 2-core machine
     python bench/bench_speculative.py --draft runs/draft/sft --runs 5 --new-tokens 64
@@ -76,8 +77,9 @@ def run_method(lm, prompts, method, draft, new_tokens, stop):
     limits = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(prompts)
     t = time.perf_counter()
     for p, new_tokens in zip(prompts, limits):
-        spec = None if method == "plain" else speculation(method, NUM_DRAFT, lm.config, headroom=new_tokens,
-                                                          draft=(draft.params, draft.config) if method == "draft" else None)
+        kind, fixed = method.removesuffix("-fixed"), method.endswith("-fixed")   # -fixed: K drafts every round
+        spec = None if method == "plain" else speculation(kind, NUM_DRAFT, lm.config, headroom=new_tokens, adaptive=not fixed,
+                                                          draft=(draft.params, draft.config) if kind == "draft" else None)
         out = generate_ids(lm.params, lm.config, [p], max_new_tokens=new_tokens, sampling=GREEDY,
                            stop_ids=stop, speculative=spec)[0]
         outs.append(out)
@@ -107,15 +109,20 @@ def bench_case(name, lm, prompts, methods, draft, args, stop):
             ratios[m].append(now[m] / now["plain"])
     tokens = sum(len(o) for o in plain)
     print(f"\n{name}: {len(prompts)} prompts, {tokens} new tokens in all (greedy, batch 1, --num-draft {NUM_DRAFT})")
-    print(f"  {'method':<8} {'tokens/s':>9} {'x plain':>8} {'accepted':>9} {'tokens/forward':>15}")
+    print(f"  {'method':<11} {'tokens/s':>9} {'x plain':>8} {'accepted':>9} {'tokens/forward':>15}")
     for m in methods:
         st = stats[m]
         acc = "" if m == "plain" else f"{st.acceptance_rate:.1%}"
         tpf = "1.00" if m == "plain" else f"{st.tokens_per_forward:.2f}"
-        print(f"  {m:<8} {statistics.median(rates[m]):>9.1f} {statistics.median(ratios[m]):>7.2f}x {acc:>9} {tpf:>15}")
+        print(f"  {m:<11} {statistics.median(rates[m]):>9.1f} {statistics.median(ratios[m]):>7.2f}x {acc:>9} {tpf:>15}")
 
 
 NUM_DRAFT = 4
+
+
+def with_fixed(methods: list[str], args) -> list[str]:
+    """methods, and with --compare-fixed each speculative one again drafting K every round ("-fixed")."""
+    return methods + [f"{m}-fixed" for m in methods if m != "plain"] if args.compare_fixed else methods
 
 
 def quote_case(args) -> None:
@@ -140,7 +147,7 @@ def quote_case(args) -> None:
         limits.append(min(len(ids) - 8, room - len(prompts[-1])))       # up to the passage's end
     print(f"quote model: {args.quote_model}, n_layer={lm.config.n_layer}, n_embd={lm.config.n_embd}, "
           f"vocab {lm.config.vocab_size}; passages of {min(limits) + 8}-{max(limits) + 8} tokens")
-    bench_case("quote", lm, prompts, ["plain", "ngram"], None, argparse.Namespace(**{**vars(args), "new_tokens": limits}),
+    bench_case("quote", lm, prompts, with_fixed(["plain", "ngram"], args), None, argparse.Namespace(**{**vars(args), "new_tokens": limits}),
                stop=[])
 
 
@@ -159,6 +166,9 @@ def main() -> None:
     ap.add_argument("--quote-model", default=str(REPO / "runs" / "quote" / "latest"),
                     help="the quote case's model (dev/make_quote_model.sh; skipped, said so, when missing)")
     ap.add_argument("--quotes", type=int, default=8, help="passages the quote case repeats (default 8)")
+    ap.add_argument("--compare-fixed", action="store_true",
+                    help="also time each drafter drafting K every round (speculation(adaptive=False)) beside "
+                         "the default, which drafts as far as its drafts have held lately")
     args = ap.parse_args()
     NUM_DRAFT = args.num_draft
 
@@ -181,7 +191,7 @@ def main() -> None:
     if args.only == "quote":
         return
     cases, end_id = chat_cases(chat, args.tasks)
-    methods = ["plain", "ngram"] + (["draft"] if draft is not None else [])
+    methods = with_fixed(["plain", "ngram"] + (["draft"] if draft is not None else []), args)
     for name, prompts in cases.items():
         if args.only is None or args.only in name:
             bench_case(name, chat, prompts, methods, draft, args, stop=[end_id])
@@ -191,7 +201,7 @@ def main() -> None:
         make_checkpoint(Path(tmp))
         lm = numgpt.load(tmp)
         ids = lm.encode(Path(args.text).read_text(encoding="utf-8"))[:96]
-        bench_case("124M/quote", lm, [ids + ids[:16]], ["plain", "ngram"], None, args, stop=[])
+        bench_case("124M/quote", lm, [ids + ids[:16]], with_fixed(["plain", "ngram"], args), None, args, stop=[])
 
 
 if __name__ == "__main__":

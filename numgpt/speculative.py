@@ -130,26 +130,70 @@ def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM) -> 
     return [int(t) for t in tokens[start:start + k]]
 
 
+class DraftLengths:
+    """How far each row drafts next round, adapted to how far its drafts have held lately (both drafters).
+
+    A round whose drafts were all kept doubles the row's next draft; a round that rejected one drafts one
+    more than it kept (`next_draft_length`). A wrong draft costs target rows (K + 1 for one token) and,
+    with a draft model, draft forwards; the output is the same either way, only the work changes.
+    `adaptive=False` drafts the caps every round (num_draft, or fewer near max_new_tokens)."""
+
+    def __init__(self, adaptive: bool = True):
+        self.adaptive = adaptive
+        self.limits = np.zeros(0, dtype=np.int64)        # [A] the most each row drafts next round
+        self.drafted: list[int] = []                     # [A] what each row drafted this round
+
+    def start(self, rows: int) -> None:
+        self.limits = np.full(rows, np.iinfo(np.int64).max // 4, dtype=np.int64)   # the first round: the caps
+
+    def caps(self, caps: Sequence[int]) -> list[int]:
+        """The callers' caps, lowered to each row's limit."""
+        return [int(min(c, n)) for c, n in zip(caps, self.limits)] if self.adaptive else list(caps)
+
+    def update(self, drafted: Sequence[int], kept: Sequence[int]) -> None:
+        self.limits = np.array([next_draft_length(d, k, int(n)) for d, k, n in zip(drafted, kept, self.limits)],
+                               dtype=np.int64)
+
+    def select(self, rows: np.ndarray) -> None:
+        self.limits = self.limits[rows]
+
+
+def next_draft_length(drafted: int, kept: int, current: int) -> int:
+    """The most a row drafts next round, from this round: all kept -> twice as many (the caller's cap,
+    num_draft, still bounds it); one rejected -> one more than were kept; nothing drafted -> unchanged."""
+    if drafted == 0:
+        return current
+    return 2 * drafted if kept == drafted else kept + 1
+
+
 class PromptLookup:
-    """Drafts by copying from the text so far (see the module docstring); stateless, q is a point mass."""
+    """Drafts by copying from the text so far (see the module docstring); q is a point mass. Right after
+    the model departs from the text it copies, the lookup copies from the wrong place: `DraftLengths`
+    keeps those rounds short."""
 
     name = "ngram"
 
+    def __init__(self, adaptive: bool = True):
+        self.lengths = DraftLengths(adaptive)
+        self.drafted: list[int] = []
+
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
-        pass
+        self.lengths.start(len(sequences))
 
     def propose(self, sequences: Sequence[list[int]], starts: Sequence[int], caps: Sequence[int],
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and their q (None: a point mass on each draft)."""
+        caps = self.lengths.caps(caps)
         drafts = [ngram_draft_fast(np.asarray(s), c) if c > 0 else [] for s, c in zip(sequences, caps)]
+        self.drafted = [len(d) for d in drafts]
         return drafts, [None] * len(drafts)
 
     def accepted(self, kept: Sequence[int]) -> None:
-        pass
+        self.lengths.update(self.drafted, kept)
 
     def select(self, rows: np.ndarray) -> None:
-        pass
+        self.lengths.select(rows)
 
 
 class DraftModel:
@@ -161,7 +205,8 @@ class DraftModel:
 
     name = "draft"
 
-    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int):
+    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int,
+                 adaptive: bool = True):
         if config.vocab_size != target.vocab_size:
             raise NumgptError(f"the draft model's vocabulary has {config.vocab_size} tokens and the model's "
                               f"{target.vocab_size}: a draft model must share the tokenizer")
@@ -169,6 +214,8 @@ class DraftModel:
         self.cache: KVCache | None = None
         self.fed = np.zeros(0, dtype=np.int64)
         self.round: tuple[int, np.ndarray] | None = None    # (cache length before the fed drafts, rows' lengths)
+        self.lengths = DraftLengths(adaptive)
+        self.drafted: list[int] = []
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         """Prefill the prompts (one row per sequence, left-padded)."""
@@ -185,11 +232,14 @@ class DraftModel:
         self.cache = KVCache.allocate(self.config, len(sequences), T + self.headroom + 2 * self.num_draft + 2)
         forward(self.params, self.config, ids, cache=self.cache, attention_mask=mask)
         self.fed = np.array([len(s) for s in sequences], dtype=np.int64)
+        self.lengths.start(len(sequences))
 
     def propose(self, sequences: Sequence[list[int]], starts: Sequence[int], caps: Sequence[int],
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and q, their processed probabilities [n_a, V] (None if greedy)."""
+        caps = self.lengths.caps(caps)
+        self.drafted = list(caps)
         A, k = len(sequences), max(caps)
         drafts: list[list[int]] = [[] for _ in range(A)]
         qs: list[list[np.ndarray]] = [[] for _ in range(A)]
@@ -233,6 +283,7 @@ class DraftModel:
 
     def accepted(self, kept: Sequence[int]) -> None:
         """Roll the draft cache back to each row's kept drafts (the last draft was never fed)."""
+        self.lengths.update(self.drafted, kept)
         if self.round is None:
             return
         start, lengths = self.round
@@ -246,6 +297,7 @@ class DraftModel:
     def select(self, rows: np.ndarray) -> None:
         self.cache = self.cache.select(rows)
         self.fed = self.fed[rows]
+        self.lengths.select(rows)
 
     def _room(self, t: int) -> None:
         if self.cache.length + t > self.cache.max_len:
@@ -266,19 +318,21 @@ class Speculation:
 
 
 def speculation(method: str, num_draft: int, config: GPTConfig, *, draft: tuple[Params, GPTConfig] | None = None,
-                headroom: int = 0) -> Speculation:
+                headroom: int = 0, adaptive: bool = True) -> Speculation:
     """A checked Speculation: method 'ngram' or 'draft' (then `draft` is the draft model's params and
-    config; headroom: prompt + max_new_tokens it must hold)."""
+    config; headroom: prompt + max_new_tokens it must hold). adaptive: each row's draft length follows
+    its recent acceptance (`DraftLengths`); False drafts num_draft every round."""
     if method not in METHODS:
         raise NumgptError(f"speculative must be one of {', '.join(METHODS)}, got {method!r}")
     check_num_draft(num_draft, config)
     if method == "ngram":
         if draft is not None:
             raise NumgptError("a draft model applies only with speculative='draft'")
-        return Speculation(PromptLookup(), num_draft)
+        return Speculation(PromptLookup(adaptive), num_draft)
     if draft is None:
         raise NumgptError("speculative='draft' needs a draft model (draft_model=..., --draft-model M)")
-    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft), num_draft)
+    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft, adaptive=adaptive),
+                       num_draft)
 
 
 # ---------------------------------------------------------------------------------------------------

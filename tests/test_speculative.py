@@ -20,8 +20,8 @@ from numgpt.model import forward, reference_forward
 from numgpt.ops import softmax
 from numgpt.params import init_params
 from numgpt.sampling import GREEDY, SamplingOptions, process_logits
-from numgpt.speculative import (SpeculativeStats, accept_or_resample, ngram_draft, ngram_draft_fast,
-                                speculation)
+from numgpt.speculative import (PromptLookup, SpeculativeStats, accept_or_resample, next_draft_length, ngram_draft,
+                                ngram_draft_fast, speculation)
 
 VOCAB = 40
 
@@ -35,8 +35,9 @@ def pair():
     return (init_params(target, np.random.default_rng(0)), target), (init_params(draft, np.random.default_rng(1)), draft)
 
 
-def spec(method, k, config, draft=None, max_new_tokens=64):
-    return speculation(method, k, config, draft=draft if method == "draft" else None, headroom=max_new_tokens)
+def spec(method, k, config, draft=None, max_new_tokens=64, adaptive=True):
+    return speculation(method, k, config, draft=draft if method == "draft" else None, headroom=max_new_tokens,
+                       adaptive=adaptive)
 
 
 PROMPTS = [[5, 17, 3, 5, 17, 3, 5], list(range(1, 13)), [7, 9], [30, 31, 30, 31, 30]]
@@ -86,15 +87,60 @@ def test_truncate_and_compact_keep_the_logits(pair):
 
 # ---- greedy: the tokens of plain decoding -------------------------------------------------------------
 
+@pytest.mark.parametrize("adaptive", [True, False])
 @pytest.mark.parametrize("method", ["ngram", "draft"])
 @pytest.mark.parametrize("k", [1, 3, 6])
-def test_greedy_equals_plain_on_tiny_models(pair, method, k):
+def test_greedy_equals_plain_on_tiny_models(pair, method, k, adaptive):
     (params, config), draft = pair
     for prompts in ([PROMPTS[0]], PROMPTS):               # alone, and a left-padded batch
         plain = generate_ids(params, config, prompts, max_new_tokens=50, sampling=GREEDY)
-        s = spec(method, k, config, draft)
+        s = spec(method, k, config, draft, adaptive=adaptive)
         assert generate_ids(params, config, prompts, max_new_tokens=50, sampling=GREEDY, speculative=s) == plain
         assert sum(x.accepted for x in s.stats) > 0       # it did speculate
+
+
+def test_next_draft_length_doubles_after_a_full_round_and_follows_a_rejection():
+    assert next_draft_length(4, 4, 4) == 8        # all kept: twice as far (num_draft still caps it)
+    assert next_draft_length(2, 2, 2) == 4
+    assert next_draft_length(6, 0, 6) == 1        # the first draft rejected: draft one next time
+    assert next_draft_length(6, 3, 6) == 4        # three kept: one more than that
+    assert next_draft_length(0, 0, 5) == 5        # nothing drafted (no match): unchanged
+
+
+def test_prompt_lookup_drafts_as_far_as_its_drafts_held():
+    lookup, tokens = PromptLookup(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+    lookup.start([tokens, tokens])
+    propose = lambda caps: [len(d) for d in lookup.propose([tokens, tokens], [0, 0], caps, GREEDY, None)[0]]
+    assert propose([6, 6]) == [6, 6]                      # the first round drafts the caps
+    lookup.accepted([0, 6])                                # row 0's first draft was wrong, row 1 kept all
+    assert propose([6, 6]) == [1, 6]                       # row 1: 12, capped at 6 by the caller
+    lookup.accepted([1, 2])
+    assert propose([6, 6]) == [2, 3]
+    lookup.select(np.array([1]))                           # row 0 finished
+    assert propose([6]) == [3]
+    fixed = PromptLookup(adaptive=False)
+    fixed.start([tokens])
+    fixed.propose([tokens], [0], [6], GREEDY, None)
+    fixed.accepted([0])
+    assert [len(d) for d in fixed.propose([tokens], [0], [6], GREEDY, None)[0]] == [6]
+
+
+def test_a_draft_model_drafts_fewer_where_its_drafts_fail_and_gives_the_same_tokens(pair):
+    """A random draft model: most of its drafts are rejected, so adaptive rows draft less than K; the
+    tokens are plain decoding's either way."""
+    (params, config), draft = pair
+    kw = dict(max_new_tokens=50, sampling=GREEDY)
+    plain = generate_ids(params, config, PROMPTS, **kw)
+    runs = {}
+    for adaptive in (True, False):
+        s = spec("draft", 6, config, draft, adaptive=adaptive)
+        assert generate_ids(params, config, PROMPTS, speculative=s, **kw) == plain
+        runs[adaptive] = SpeculativeStats()
+        for x in s.stats:
+            runs[adaptive].add(x)
+    assert runs[False].acceptance_rate < 0.5
+    assert runs[True].drafted < 0.7 * runs[False].drafted
+    assert runs[True].acceptance_rate > runs[False].acceptance_rate
 
 
 def test_greedy_with_the_target_as_its_own_draft_keeps_every_draft(pair):
