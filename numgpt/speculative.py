@@ -2,7 +2,8 @@
 
 A stage of generate.decode_steps (not a loop of its own). Each round, for every running sequence:
 
-    1. a drafter proposes up to K tokens d_1..d_n (n <= K), each with its distribution q_i;
+    1. a drafter proposes up to K tokens d_1..d_n (n <= K, as far as the row's drafts have held lately:
+       `DraftLengths`), each with its distribution q_i;
     2. the target model runs [pending, d_1..d_n] through its KV cache in ONE forward of n+1 rows
        (all_logits=True): the logits at row j are what plain decoding would see after d_1..d_j;
     3. position by position, the sampler's rules turn row j's logits into the processed distribution p_j

@@ -151,7 +151,9 @@ def add_speculative_flags(parser: argparse.ArgumentParser) -> argparse._Argument
     group.add_argument("--draft-model", metavar="NAME_OR_FOLDER", default=None,
                        help="with --speculative draft: a smaller model with the same tokenizer")
     group.add_argument("--num-draft", type=int, metavar="K", default=None,
-                       help=f"tokens drafted per forward of the model, >= 1 (default {DEFAULT_NUM_DRAFT})")
+                       help=f"the most tokens drafted per forward of the model, >= 1 (default {DEFAULT_NUM_DRAFT}); "
+                            "each sequence drafts fewer after a rejected draft and doubles again while its drafts "
+                            "hold")
     parser.set_defaults(flag_names={**(parser.get_default("flag_names") or {}), **SPECULATIVE_FLAGS})
     return group
 
