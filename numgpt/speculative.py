@@ -372,20 +372,30 @@ def verify(logits: np.ndarray, drafts: Sequence[list[int]], qs: Sequence[np.ndar
     """Each row's tokens for this round (the kept drafts, then one corrected or extra token).
 
     logits [A, T, V]: row a's position j follows its pending token and drafts[a][:j]. Position j's
-    logits are processed with that row's history up to there (penalties see the drafts before j).
+    logits are processed with that row's history up to there (penalties see the drafts before j); with
+    no penalty, no rule reads the history, and every position is processed in one call.
     """
     A = len(drafts)
     out: list[list[int]] = [[] for _ in range(A)]
+    every = None
+    if sampling.repetition_penalty == 1.0 and not sampling.penalises_generated:   # no rule reads the history:
+        check_finite_logits(logits, params)                             # every position in one call
+        every = process_logits(logits.reshape(-1, logits.shape[-1]), sampling).reshape(logits.shape)  # [A, T, V]
+        every = np.argmax(every, axis=-1) if sampling.greedy else softmax(every.astype(np.float64))  # [A, T](, V)
     alive = list(range(A))                                              # rows whose drafts so far were kept
     j = 0
     while alive:
         rows = np.asarray(alive)
-        check_finite_logits(logits[rows, j], params)
-        previous = [sequences[a] + drafts[a][:j] for a in alive]
-        generated = [p[starts[a]:] for a, p in zip(alive, previous)]
-        processed = process_logits(logits[rows, j], sampling, previous=previous, generated=generated)  # [A_j, V]
-        greedy = np.argmax(processed, axis=-1) if sampling.greedy else None
-        probs = None if sampling.greedy else softmax(processed.astype(np.float64))
+        if every is not None:
+            greedy = every[rows, j] if sampling.greedy else None
+            probs = None if sampling.greedy else every[rows, j]
+        else:
+            check_finite_logits(logits[rows, j], params)
+            previous = [sequences[a] + drafts[a][:j] for a in alive]
+            generated = [p[starts[a]:] for a, p in zip(alive, previous)]
+            processed = process_logits(logits[rows, j], sampling, previous=previous, generated=generated)  # [A_j, V]
+            greedy = np.argmax(processed, axis=-1) if sampling.greedy else None
+            probs = None if sampling.greedy else softmax(processed.astype(np.float64))
         still = []
         for r, a in enumerate(alive):
             drafted = j < len(drafts[a])

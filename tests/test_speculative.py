@@ -251,14 +251,16 @@ def exact_joint(params, config, prompt, sampling, n_tokens):
     return out
 
 
+@pytest.mark.parametrize("penalty", [1.2, 1.0])
 @pytest.mark.parametrize("method", ["ngram", "draft"])
-def test_sampled_tokens_follow_the_target_distribution(pair, method):
+def test_sampled_tokens_follow_the_target_distribution(pair, method, penalty):
     """4000 sequences (one seed each: sample j of the call), 3 tokens each: the first is drawn from the
     prefill, the second verifies a draft, the third is kept or the bonus. Chi-square of the joint counts
-    against the exact joint distribution; top-k and a repetition penalty make the distribution processed."""
+    against the exact joint distribution; top-k and a repetition penalty make the distribution processed
+    (without the penalty, verify processes every position in one call)."""
     (params, config), draft = pair
     prompt = [5, 17, 3, 5, 17, 3, 5]
-    sampling = SamplingOptions(temperature=1.5, top_k=4, repetition_penalty=1.2)
+    sampling = SamplingOptions(temperature=1.5, top_k=4, repetition_penalty=penalty)
     n = 4000
     s = spec(method, 2, config, draft, max_new_tokens=3)
     out = generate_ids(params, config, [prompt], max_new_tokens=3, sampling=sampling, seed=7,
@@ -285,7 +287,7 @@ def test_the_chi_square_catches_a_wrong_rule(pair, monkeypatch):
     import numgpt.speculative as sp
     monkeypatch.setattr(sp, "accept_or_resample", lambda p, q, x, rng: (x, True))
     with pytest.raises(AssertionError):
-        test_sampled_tokens_follow_the_target_distribution(pair, "ngram")
+        test_sampled_tokens_follow_the_target_distribution(pair, "ngram", 1.0)
 
 
 def test_accept_or_resample_is_exact_on_one_position():
