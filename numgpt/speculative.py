@@ -142,7 +142,6 @@ class DraftLengths:
     def __init__(self, adaptive: bool = True):
         self.adaptive = adaptive
         self.limits = np.zeros(0, dtype=np.int64)        # [A] the most each row drafts next round
-        self.drafted: list[int] = []                     # [A] what each row drafted this round
 
     def start(self, rows: int) -> None:
         self.limits = np.full(rows, np.iinfo(np.int64).max // 4, dtype=np.int64)   # the first round: the caps
@@ -176,7 +175,7 @@ class PromptLookup:
 
     def __init__(self, adaptive: bool = True):
         self.lengths = DraftLengths(adaptive)
-        self.drafted: list[int] = []
+        self.drafted: list[int] = []                     # [A] what each row drafted this round
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         self.lengths.start(len(sequences))
