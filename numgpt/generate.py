@@ -334,7 +334,7 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     if speculative is not None:
         max_len += speculative.num_draft        # room for a batch's rejected drafts before a compaction
         speculative.stats[:] = [SpeculativeStats(forwards=1) for _ in sequences]   # the prefill's forward
-        speculative.drafter.start(sequences)
+        speculative.start(sequences)
     cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
     if n > 1:
         rows = np.repeat(np.arange(len(prompts)), n)                      # [B] -> [N]
@@ -378,7 +378,7 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         if not go_on.all():
             cache, running = cache.select(np.flatnonzero(go_on)), running[go_on]
             if speculative is not None:
-                speculative.drafter.select(np.flatnonzero(go_on))
+                speculative.select(np.flatnonzero(go_on))
         if speculative is not None:
             continue                                                      # the next round feeds the pending tokens
         tokens = np.asarray([sequences[i][-1] for i in running], dtype=np.int64)  # [A]

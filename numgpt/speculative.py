@@ -132,68 +132,61 @@ def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM) -> 
 
 
 class DraftLengths:
-    """How far each row drafts next round, adapted to how far its drafts have held lately (both drafters).
+    """How far each row drafts next round, adapted to how far its drafts have held lately (either drafter;
+    kept by `Speculation`, applied by `verify_round`).
 
-    A round whose drafts were all kept doubles the row's next draft; a round that rejected one drafts one
-    more than it kept (`next_draft_length`). A wrong draft costs target rows (K + 1 for one token) and,
-    with a draft model, draft forwards; the output is the same either way, only the work changes.
-    `adaptive=False` drafts the caps every round (num_draft, or fewer near max_new_tokens)."""
+    A round whose drafts were all kept doubles the row's next draft, up to num_draft; a round that rejected
+    one drafts one more than it kept (`next_draft_length`). A wrong draft costs target rows (K + 1 for one
+    token) and, with a draft model, draft forwards; the output is the same either way, only the work
+    changes. `adaptive=False` drafts the caps every round (num_draft, or fewer near max_new_tokens)."""
 
-    def __init__(self, adaptive: bool = True):
-        self.adaptive = adaptive
+    def __init__(self, num_draft: int, adaptive: bool = True):
+        self.num_draft, self.adaptive = num_draft, adaptive
         self.limits = np.zeros(0, dtype=np.int64)        # [A] the most each row drafts next round
 
     def start(self, rows: int) -> None:
-        self.limits = np.full(rows, np.iinfo(np.int64).max // 4, dtype=np.int64)   # the first round: the caps
+        self.limits = np.full(rows, self.num_draft, dtype=np.int64)
 
     def caps(self, caps: Sequence[int]) -> list[int]:
         """The callers' caps, lowered to each row's limit."""
         return [int(min(c, n)) for c, n in zip(caps, self.limits)] if self.adaptive else list(caps)
 
     def update(self, drafted: Sequence[int], kept: Sequence[int]) -> None:
-        self.limits = np.array([next_draft_length(d, k, int(n)) for d, k, n in zip(drafted, kept, self.limits)],
-                               dtype=np.int64)
+        self.limits = np.array([min(next_draft_length(d, k, int(n)), self.num_draft)
+                                for d, k, n in zip(drafted, kept, self.limits)], dtype=np.int64)
 
     def select(self, rows: np.ndarray) -> None:
         self.limits = self.limits[rows]
 
 
 def next_draft_length(drafted: int, kept: int, current: int) -> int:
-    """The most a row drafts next round, from this round: all kept -> twice as many (the caller's cap,
-    num_draft, still bounds it); one rejected -> one more than were kept; nothing drafted -> unchanged."""
+    """The most a row drafts next round, from this round: all kept -> twice as many (DraftLengths caps it
+    at num_draft); one rejected -> one more than were kept; nothing drafted -> unchanged."""
     if drafted == 0:
         return current
     return 2 * drafted if kept == drafted else kept + 1
 
 
 class PromptLookup:
-    """Drafts by copying from the text so far (see the module docstring); q is a point mass. Right after
-    the model departs from the text it copies, the lookup copies from the wrong place: `DraftLengths`
-    keeps those rounds short."""
+    """Drafts by copying from the text so far (see the module docstring); stateless, q is a point mass."""
 
     name = "ngram"
 
-    def __init__(self, adaptive: bool = True):
-        self.lengths = DraftLengths(adaptive)
-        self.drafted: list[int] = []                     # [A] what each row drafted this round
-
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
-        self.lengths.start(len(sequences))
+        pass
 
     def propose(self, sequences: Sequence[list[int]], starts: Sequence[int], caps: Sequence[int],
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and their q (None: a point mass on each draft)."""
-        caps = self.lengths.caps(caps)
         drafts = [ngram_draft_fast(np.asarray(s), c) if c > 0 else [] for s, c in zip(sequences, caps)]
-        self.drafted = [len(d) for d in drafts]
         return drafts, [None] * len(drafts)
 
     def accepted(self, kept: Sequence[int]) -> None:
-        self.lengths.update(self.drafted, kept)
+        pass
 
     def select(self, rows: np.ndarray) -> None:
-        self.lengths.select(rows)
+        pass
 
 
 class DraftModel:
@@ -205,8 +198,7 @@ class DraftModel:
 
     name = "draft"
 
-    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int,
-                 adaptive: bool = True):
+    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int):
         if config.vocab_size != target.vocab_size:
             raise NumgptError(f"the draft model's vocabulary has {config.vocab_size} tokens and the model's "
                               f"{target.vocab_size}: a draft model must share the tokenizer")
@@ -214,8 +206,6 @@ class DraftModel:
         self.cache: KVCache | None = None
         self.fed = np.zeros(0, dtype=np.int64)
         self.round: tuple[int, np.ndarray] | None = None    # (cache length before the fed drafts, rows' lengths)
-        self.lengths = DraftLengths(adaptive)
-        self.drafted: list[int] = []
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         """Prefill the prompts (one row per sequence, left-padded)."""
@@ -232,14 +222,11 @@ class DraftModel:
         self.cache = KVCache.allocate(self.config, len(sequences), T + self.headroom + 2 * self.num_draft + 2)
         forward(self.params, self.config, ids, cache=self.cache, attention_mask=mask)
         self.fed = np.array([len(s) for s in sequences], dtype=np.int64)
-        self.lengths.start(len(sequences))
 
     def propose(self, sequences: Sequence[list[int]], starts: Sequence[int], caps: Sequence[int],
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and q, their processed probabilities [n_a, V] (None if greedy)."""
-        caps = self.lengths.caps(caps)
-        self.drafted = list(caps)
         A, k = len(sequences), max(caps)
         drafts: list[list[int]] = [[] for _ in range(A)]
         qs: list[list[np.ndarray]] = [[] for _ in range(A)]
@@ -283,7 +270,6 @@ class DraftModel:
 
     def accepted(self, kept: Sequence[int]) -> None:
         """Roll the draft cache back to each row's kept drafts (the last draft was never fed)."""
-        self.lengths.update(self.drafted, kept)
         if self.round is None:
             return
         start, lengths = self.round
@@ -297,7 +283,6 @@ class DraftModel:
     def select(self, rows: np.ndarray) -> None:
         self.cache = self.cache.select(rows)
         self.fed = self.fed[rows]
-        self.lengths.select(rows)
 
     def _room(self, t: int) -> None:
         if self.cache.length + t > self.cache.max_len:
@@ -309,12 +294,23 @@ Drafter = PromptLookup | DraftModel
 
 @dataclass
 class Speculation:
-    """What decode_steps needs to speculate: the drafter, K, and where to count (one entry per sequence,
-    filled in by decode_steps)."""
+    """What decode_steps needs to speculate: the drafter, K, how far each row drafts (`DraftLengths`), and
+    where to count (one entry per sequence, filled in by decode_steps)."""
 
     drafter: Drafter
     num_draft: int
+    lengths: DraftLengths
     stats: list[SpeculativeStats] = field(default_factory=list)
+
+    def start(self, sequences: Sequence[Sequence[int]]) -> None:
+        """Before the first round: the drafter sees the prompts, every row may draft num_draft."""
+        self.drafter.start(sequences)
+        self.lengths.start(len(sequences))
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only these running rows (the others finished)."""
+        self.drafter.select(rows)
+        self.lengths.select(rows)
 
 
 def speculation(method: str, num_draft: int, config: GPTConfig, *, draft: tuple[Params, GPTConfig] | None = None,
@@ -328,11 +324,11 @@ def speculation(method: str, num_draft: int, config: GPTConfig, *, draft: tuple[
     if method == "ngram":
         if draft is not None:
             raise NumgptError("a draft model applies only with speculative='draft'")
-        return Speculation(PromptLookup(adaptive), num_draft)
+        return Speculation(PromptLookup(), num_draft, DraftLengths(num_draft, adaptive))
     if draft is None:
         raise NumgptError("speculative='draft' needs a draft model (draft_model=..., --draft-model M)")
-    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft, adaptive=adaptive),
-                       num_draft)
+    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft), num_draft,
+                       DraftLengths(num_draft, adaptive))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,18 +372,22 @@ def verify(logits: np.ndarray, drafts: Sequence[list[int]], qs: Sequence[np.ndar
     """
     A = len(drafts)
     out: list[list[int]] = [[] for _ in range(A)]
-    every = None
-    if sampling.repetition_penalty == 1.0 and not sampling.penalises_generated:   # no rule reads the history:
-        check_finite_logits(logits, params)                             # every position in one call
-        every = process_logits(logits.reshape(-1, logits.shape[-1]), sampling).reshape(logits.shape)  # [A, T, V]
-        every = np.argmax(every, axis=-1) if sampling.greedy else softmax(every.astype(np.float64))  # [A, T](, V)
+    all_greedy = all_probs = None
+    history_free = sampling.repetition_penalty == 1.0 and not sampling.penalises_generated
+    if history_free:                                   # no rule reads the history: every position in one call
+        check_finite_logits(logits, params)
+        processed = process_logits(logits.reshape(-1, logits.shape[-1]), sampling).reshape(logits.shape)  # [A, T, V]
+        if sampling.greedy:
+            all_greedy = np.argmax(processed, axis=-1)                  # [A, T]
+        else:
+            all_probs = softmax(processed.astype(np.float64))          # [A, T, V]
     alive = list(range(A))                                              # rows whose drafts so far were kept
     j = 0
     while alive:
         rows = np.asarray(alive)
-        if every is not None:
-            greedy = every[rows, j] if sampling.greedy else None
-            probs = None if sampling.greedy else every[rows, j]
+        if history_free:
+            greedy = None if all_greedy is None else all_greedy[rows, j]
+            probs = None if all_probs is None else all_probs[rows, j]
         else:
             check_finite_logits(logits[rows, j], params)
             previous = [sequences[a] + drafts[a][:j] for a in alive]
@@ -419,10 +419,10 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
     """One speculative round over the running rows: draft, verify in one forward, roll the cache back.
 
     sequences[a] is row a's prompt + generated tokens, its last one (pending) not yet in `cache`; row a
-    drafts at most caps[a] tokens. Returns each row's new tokens (1..caps[a]+1) and the raw logits they
+    drafts at most caps[a] tokens, fewer when its recent drafts failed (spec.lengths). Returns each row's new tokens (1..caps[a]+1) and the raw logits they
     were chosen from [A, T, V] (row a's token j from logits[a, j]).
     """
-    drafts, qs = spec.drafter.propose(sequences, starts, caps, sampling, rngs)
+    drafts, qs = spec.drafter.propose(sequences, starts, spec.lengths.caps(caps), sampling, rngs)
     A, T = len(sequences), 1 + max(len(d) for d in drafts)
     if cache.length + T > cache.max_len:         # only in a batch, where rejected drafts left holes
         cache.compact()
@@ -441,6 +441,7 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
         cache.mask[a, past + 1 + k:cache.length] = False                # rejected drafts: holes (or cut below)
     cache.truncate(past + 1 + max(kept))
     spec.drafter.accepted(kept)
+    spec.lengths.update([len(d) for d in drafts], kept)
     for s, d, k in zip(stats, drafts, kept):
         s.drafted, s.accepted, s.forwards = s.drafted + len(d), s.accepted + k, s.forwards + 1
     return chosen, logits

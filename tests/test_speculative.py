@@ -20,7 +20,7 @@ from numgpt.model import forward, reference_forward
 from numgpt.ops import softmax
 from numgpt.params import init_params
 from numgpt.sampling import GREEDY, SamplingOptions, process_logits
-from numgpt.speculative import (PromptLookup, SpeculativeStats, accept_or_resample, next_draft_length, ngram_draft,
+from numgpt.speculative import (DraftLengths, SpeculativeStats, accept_or_resample, next_draft_length, ngram_draft,
                                 ngram_draft_fast, speculation)
 
 VOCAB = 40
@@ -107,22 +107,21 @@ def test_next_draft_length_doubles_after_a_full_round_and_follows_a_rejection():
     assert next_draft_length(0, 0, 5) == 5        # nothing drafted (no match): unchanged
 
 
-def test_prompt_lookup_drafts_as_far_as_its_drafts_held():
-    lookup, tokens = PromptLookup(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
-    lookup.start([tokens, tokens])
-    propose = lambda caps: [len(d) for d in lookup.propose([tokens, tokens], [0, 0], caps, GREEDY, None)[0]]
-    assert propose([6, 6]) == [6, 6]                      # the first round drafts the caps
-    lookup.accepted([0, 6])                                # row 0's first draft was wrong, row 1 kept all
-    assert propose([6, 6]) == [1, 6]                       # row 1: 12, capped at 6 by the caller
-    lookup.accepted([1, 2])
-    assert propose([6, 6]) == [2, 3]
-    lookup.select(np.array([1]))                           # row 0 finished
-    assert propose([6]) == [3]
-    fixed = PromptLookup(adaptive=False)
-    fixed.start([tokens])
-    fixed.propose([tokens], [0], [6], GREEDY, None)
-    fixed.accepted([0])
-    assert [len(d) for d in fixed.propose([tokens], [0], [6], GREEDY, None)[0]] == [6]
+def test_draft_lengths_follow_how_far_drafts_held():
+    lengths = DraftLengths(6)
+    lengths.start(2)
+    assert lengths.caps([6, 6]) == [6, 6]                  # the first round drafts the caps
+    lengths.update([6, 6], [0, 6])                         # row 0's first draft was wrong, row 1 kept all
+    assert lengths.caps([6, 6]) == [1, 6]                  # row 1: 12, capped at num_draft 6
+    lengths.update([1, 6], [1, 2])
+    assert lengths.caps([6, 6]) == [2, 3]
+    assert lengths.caps([1, 6]) == [1, 3]                  # the caller's cap (near max_new_tokens) still bounds
+    lengths.select(np.array([1]))                          # row 0 finished
+    assert lengths.caps([6]) == [3]
+    fixed = DraftLengths(6, adaptive=False)
+    fixed.start(1)
+    fixed.update([6], [0])
+    assert fixed.caps([6]) == [6]
 
 
 def test_a_draft_model_drafts_fewer_where_its_drafts_fail_and_gives_the_same_tokens(pair):

@@ -319,7 +319,7 @@ class Engine:
             if self.speculative is not None and r.max_new_tokens > 0:
                 seq.spec = speculation(self.speculative, self.num_draft, self.config, draft=self.draft,
                                        headroom=r.max_new_tokens)
-                seq.spec.drafter.start([r.prompt_ids])
+                seq.spec.start([r.prompt_ids])
                 seq.spec_stats = SpeculativeStats(forwards=1, tokens=1)   # the prefill and its token
             with self._lock:              # from waiting to running in one step: submit's counts stay true
                 self._running[slot] = seq
