@@ -537,9 +537,7 @@ def lora_objective(config: GPTConfig, lora: LoraConfig, batch: BatchFn | None = 
     """The training objective of an adapter: the adapted model's next-token loss on `batch`'s batches (an
     objective.BatchFn; default next_token_batch, SFT's PackedBatches carry weights too), adapters trainable.
     Not on the embedding: the tied projection would be left out of it (see the module docstring)."""
-    if lora.embedding:
-        raise NumgptError(f"LoRA on the embedding ({EMBEDDING}) is for models with a head of their own "
-                          "(classify, reward); a language model's vocabulary projection is wte itself")
+    check_language_model_lora(lora)
     return Objective(batch=next_token_batch if batch is None else batch, loss=LoraLoss(lora), evaluate=LoraValue(lora),
                      trainable=frozenset(adapter_shapes(config, lora)))
 
@@ -577,11 +575,18 @@ def lora_from_args(args: argparse.Namespace, *, embedding: bool = False) -> Lora
         return None
     targets = DEFAULT_TARGETS if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(","))
     lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
-    if lora.embedding and not embedding:
+    if not embedding:
+        check_language_model_lora(lora)
+    return lora
+
+
+def check_language_model_lora(lora: LoraConfig) -> None:
+    """A language model's adapter may not target the embedding (the one rule; `lora_objective` and the
+    LM commands' flags both ask it)."""
+    if lora.embedding:
         raise NumgptError(f"--lora-targets {EMBEDDING}: LoRA on the embedding is for `classify train` and `reward "
                           "train`; a language model's vocabulary projection is wte itself, which PEFT's adapter "
                           "leaves alone, so the merged model would not be the trained one")
-    return lora
 
 
 def lora_adapter_size(lora: LoraConfig | None) -> Callable[[GPTConfig, TrainConfig], int]:
