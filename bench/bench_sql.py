@@ -73,8 +73,8 @@ def stage_multiply_adds(config, positions: int) -> dict[str, int]:
     C, V = config.n_embd, config.vocab_size
     return {"attn_qkv": 3 * C * C, "attention": 2 * positions * C, "attn_proj": C * C, "mlp_fc": 4 * C * C,
             "mlp_proj": 4 * C * C, "logits": V * C,
-            # DuckDB's stages (attention there includes c_proj, mlp both products)
-            "duckdb:attention": 2 * positions * C + C * C, "duckdb:mlp": 8 * C * C}
+            # DuckDB's attention_mlp: attention, its c_proj and both MLP products
+            "duckdb:attention_mlp": 2 * positions * C + C * C + 8 * C * C}
 
 
 def process_cpu_seconds(pid: int) -> float:

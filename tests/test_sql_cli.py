@@ -45,10 +45,11 @@ def test_next_tokenize_show(capsys, db):
     assert code == 0 and json.loads(out)["ids"] == numgpt.load().encode("ROMEO: Hello")
     code, out, _ = run(capsys, "sql", "tokenize", "--db", db, "--explain", "Hello")
     assert code == 0 and "step 1: merge rank" in out and out.strip().splitlines()[-1].startswith("ids:")
-    code, out, _ = run(capsys, "sql", "show", "--db", db, "--step", "attention")
-    assert code == 0 and "-- attention:" in out and "numgpt_kv" in out and "softmax" in out
+    code, out, _ = run(capsys, "sql", "show", "--db", db, "--step", "attention_mlp")
+    assert code == 0 and "-- attention_mlp:" in out and "numgpt_kv" in out and "list_sum(e)" in out
     code, out, _ = run(capsys, "sql", "show", "--db", db)
-    assert code == 0 and all(f"-- {s}:" in out for s in ("tokenize", "embed", "mlp", "logits", "sample"))
+    assert code == 0 and all(f"-- {s}:" in out for s in ("tokenize", "embed", "attn_qkv", "attention_mlp",
+                                                         "logits", "sample"))
 
 
 def test_help_teaches_with_examples(capsys):

@@ -26,7 +26,7 @@ examples:
   numgpt sql generate --db model.duckdb --greedy "ROMEO:"      the same text as numgpt generate --greedy
   numgpt sql next --db model.duckdb "ROMEO: I"
   numgpt sql tokenize --db model.duckdb --explain "Mississippilessly"
-  numgpt sql show --db model.duckdb --step attention           the SQL of one stage
+  numgpt sql show --db model.duckdb --step attn_qkv            the SQL of one stage
   numgpt sql export --model gpt2 --db postgresql://me@localhost/gpt2 --precision float64
 """
 
@@ -75,9 +75,10 @@ examples:
 SHOW_EXAMPLES = """\
 examples:
   numgpt sql show --db model.duckdb                    every stage's SQL, in the order a step runs them
-  numgpt sql show --db model.duckdb --step mlp         one stage (tokenize, embed, attn_qkv, attention,
-                                                       mlp, logits, next, greedy, sample; PostgreSQL has
-                                                       attn_proj, mlp_fc and mlp_proj for mlp)
+  numgpt sql show --db model.duckdb --step attn_qkv    one stage (tokenize, embed, attn_qkv,
+                                                       attention_mlp, logits, next, greedy, sample;
+                                                       PostgreSQL has attention, attn_proj, mlp_fc and
+                                                       mlp_proj for attention_mlp)
 """
 
 

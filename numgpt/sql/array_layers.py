@@ -84,25 +84,35 @@ def split_heads(qkv: str, config: GPTConfig) -> str:
     FROM {qkv}, range({config.n_head}) AS heads(h)"""
 
 
-def attention_scores(q: str, config: GPTConfig, layer: str) -> str:
-    """q k^T / sqrt(D) for every new query t and cached key pos <= t (the causal mask is the join
-    condition): (t, h, q) and numgpt_kv -> (t, h, pos, score); [H, T, D] x [H, S, D] -> [H, T, S]."""
+def attention_weights(q: str, config: GPTConfig, layer: str) -> str:
+    """softmax(q k^T / sqrt(D)) for every new query t over the cached keys pos <= t (the causal mask is
+    the join condition), each (t, h) row's scores gathered into one list in pos order and normalised by
+    list functions: (t, h, q) and numgpt_kv -> (t, h, p FLOAT8[] over pos 0 .. t); [H, T, D] x
+    [H, S, D] -> [H, T, S]. Measured on 124M: the softmax as two window functions over (t, h, pos) rows
+    (layers.softmax, as PostgreSQL runs it) cost more (BENCHMARKS.md)."""
     return f"""
-    SELECT q.t, q.h, kv.pos, array_inner_product(q.q, kv.k) * {1.0 / config.head_size ** 0.5!r} AS score
-    FROM {q} AS q
-    JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = q.h AND kv.pos <= q.t"""
+    SELECT t, h, list_transform(e, lambda v: v / total) AS p
+    FROM (SELECT t, h, e, list_sum(e) AS total
+          FROM (SELECT t, h, list_transform(s, lambda v: exp(v - top)) AS e
+                FROM (SELECT t, h, s, list_max(s) AS top
+                      FROM (SELECT q.t, q.h, list(array_inner_product(q.q, kv.k) * {1.0 / config.head_size ** 0.5!r}
+                                                  ORDER BY kv.pos) AS s
+                            FROM {q} AS q
+                            JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = q.h AND kv.pos <= q.t
+                            GROUP BY q.t, q.h) AS scores) AS tops) AS shifted) AS totals"""
 
 
 def attention_values(weights_: str, config: GPTConfig, layer: str) -> str:
-    """softmax(scores) v, heads merged back into one array: (t, h, pos, p) and numgpt_kv -> (t, x);
-    [H, T, S] x [H, S, D] -> [T, C]. The cached v arrays are unnested to (d, value) for the sum over pos."""
+    """softmax(scores) v, heads merged back into one array: (t, h, p over pos 0 .. t) and numgpt_kv ->
+    (t, x); [H, T, S] x [H, S, D] -> [T, C]. The cached v arrays are unnested to (d, value) for the sum
+    over pos, each weighted by p[pos + 1] (lists are 1-based)."""
     D = config.head_size
     return f"""
     SELECT t, CAST(list(v ORDER BY h, d) AS FLOAT8[{config.n_embd}]) AS x
     FROM (SELECT t, h, d, sum(p * v) AS v
-          FROM (SELECT w.t, w.h, w.p, unnest(kv.v) AS v, unnest(range({D})) AS d
+          FROM (SELECT w.t, w.h, w.p[kv.pos + 1] AS p, unnest(kv.v) AS v, unnest(range({D})) AS d
                 FROM {weights_} AS w
-                JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = w.h AND kv.pos = w.pos) AS terms
+                JOIN numgpt_kv AS kv ON kv.layer = {layer} AND kv.h = w.h AND kv.pos <= w.t) AS terms
           GROUP BY t, h, d) AS heads
     GROUP BY t"""
 

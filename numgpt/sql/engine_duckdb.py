@@ -22,7 +22,7 @@ from .statements import (MATRICES, array_forward_stages, array_model_statements,
                          layer_norms, weight_tables)
 
 ROW_GROUP_SIZE = 2048   # rows per row group of the weight tables (DuckDB's minimum, the vector size)
-CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_mid", "DELETE FROM numgpt_logits"]
+CLEAR_STEP = ["DELETE FROM numgpt_resid", "DELETE FROM numgpt_logits"]
 CLEAR_SEQUENCE = ["DELETE FROM numgpt_seq", "DELETE FROM numgpt_kv"]
 
 

@@ -40,7 +40,7 @@ from .statements import MATRICES
 from .tokenize import explain_sql, tokenize_sql, unicode_classes
 
 FORMAT = "numgpt-sql"
-SCHEMA_VERSION = 3   # 3: PostgreSQL's wide-row attention state and (layer, chunk, j) indexes; 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
+SCHEMA_VERSION = 4   # 4: DuckDB's attention and MLP as one stage (attention_mlp); 3: PostgreSQL's wide-row attention state and (layer, chunk, j) indexes; 2: DuckDB's weights always FLOAT8, LayerNorm parameters as arrays, the array stages
 PRECISIONS = ("float32", "float64")
 PRODUCTS = ("auto", "wide", "cube")   # PostgreSQL's matrix product (export's `product`; auto: the engine's best)
 TABLES = ["numgpt_meta", "numgpt_sql", "numgpt_wte", "numgpt_wpe", *MATRICES, "numgpt_ln", "numgpt_heads",

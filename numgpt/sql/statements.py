@@ -6,9 +6,9 @@ this order (array_forward_stages on DuckDB, row_forward_stages on PostgreSQL; th
     prompt       tokenize the text into numgpt_seq (tokenize.py)
     embed        wte[id] + wpe[pos] for the new positions            -> numgpt_resid (layer 0)
     per block L, DuckDB:
-      attn_qkv   ln_1, then c_attn: the new positions' q, k, v        -> numgpt_kv (the cache)
-      attention  softmax(q k^T / sqrt(D)) v over the cache, c_proj, + residual -> numgpt_mid
-      mlp        ln_2, c_fc, GELU, c_proj, + residual                -> numgpt_resid (layer L + 1)
+      attn_qkv       ln_1, then c_attn: the new positions' q, k, v    -> numgpt_kv (the cache)
+      attention_mlp  softmax(q k^T / sqrt(D)) v over the cache, c_proj, + residual; ln_2, c_fc, GELU,
+                     c_proj, + residual                               -> numgpt_resid (layer L + 1)
     per block L, PostgreSQL (each stage's outputs :lo .. :hi, split over the session's connections):
       attn_qkv   ln_1, c_attn, one row per (position, head)          -> numgpt_q, numgpt_kv (the cache)
       attention  softmax(q k^T / sqrt(D)) v over the cache           -> numgpt_heads_out
@@ -29,7 +29,7 @@ position, `x FLOAT8[C]`) and on rows for PostgreSQL (layers.py: one row per elem
 products and for attention's heads).
 
 State lives in a session's own tables: numgpt_seq(pos, id) the tokens so far, numgpt_logits(id, v), and
-    DuckDB      numgpt_resid / numgpt_mid(layer, t, x), numgpt_kv(layer, pos, h, q, k, v) the cache
+    DuckDB      numgpt_resid(layer, t, x), numgpt_kv(layer, pos, h, q, k, v) the cache
                 (x FLOAT8[C]; q, k, v FLOAT8[D]); temporary
     PostgreSQL  numgpt_resid / numgpt_heads_out / numgpt_mid(layer, t, i, v), numgpt_hidden(layer, t,
                 chunk, a), numgpt_q(layer, t, h, e1 .. eD), numgpt_kv(layer, part, pos, h, e1 .. eD)
@@ -76,7 +76,7 @@ class Stage:
 
 def array_forward_stages(config: GPTConfig) -> list[Stage]:
     """DuckDB's stages of one forward pass, in order (a block's stages once per layer)."""
-    block = [Stage("attn_qkv", True), Stage("attention", True), Stage("mlp", True)]
+    block = [Stage("attn_qkv", True), Stage("attention_mlp", True)]
     return [Stage("embed"), *block, Stage("logits")]
 
 
@@ -96,7 +96,6 @@ def array_state_tables(config: GPTConfig) -> list[str]:
     return [
         "CREATE TEMP TABLE numgpt_seq (pos INTEGER, id INTEGER)",
         f"CREATE TEMP TABLE numgpt_resid (layer INTEGER, t INTEGER, x {f8}[{C}])",
-        f"CREATE TEMP TABLE numgpt_mid (layer INTEGER, t INTEGER, x {f8}[{C}])",
         # the KV cache, each position's query beside its key and value (attention reads the new ones')
         f"CREATE TEMP TABLE numgpt_kv (layer INTEGER, pos INTEGER, h INTEGER, q {f8}[{D}], k {f8}[{D}], v {f8}[{D}])",
         f"CREATE TEMP TABLE numgpt_logits (id INTEGER, v {f8})",
@@ -133,8 +132,8 @@ def row_state_tables(config: GPTConfig, kind: str = "TEMP") -> list[str]:
 def array_model_statements(config: GPTConfig, d: Dialect) -> list[Statement]:
     """DuckDB's stages for this config, on arrays (see array_forward_stages for their order), then next,
     greedy, sample."""
-    return [embed_arrays(config, d), attn_qkv_arrays(config, d), attention_arrays(config, d),
-            mlp_arrays(config, d), logits_arrays(config, d), *pick_statements(d)]
+    return [embed_arrays(config, d), attn_qkv_arrays(config, d), attention_mlp_arrays(config, d),
+            logits_arrays(config, d), *pick_statements(d)]
 
 
 def row_model_statements(config: GPTConfig, d: Dialect) -> list[Statement]:
@@ -336,31 +335,24 @@ def attn_qkv_arrays(config: GPTConfig, d: Dialect) -> Statement:
                      "one row per head, into the KV cache", sql)
 
 
-def attention_arrays(config: GPTConfig, d: Dialect) -> Statement:
+def attention_mlp_arrays(config: GPTConfig, d: Dialect) -> Statement:
+    """The rest of block :layer after attn_qkv, as one statement: attention, c_proj and the residual, then
+    the MLP and its residual. Measured on 124M (BENCHMARKS.md): each DuckDB statement costs several
+    milliseconds beyond its operators' work, so a block runs as two statements, not three."""
     C = config.n_embd
-    sql = ("INSERT INTO numgpt_mid\n" + _with([
+    sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("q", "\n    SELECT pos AS t, h, q FROM numgpt_kv WHERE layer = :layer AND pos >= :past"),
-        ("scores", array_layers.attention_scores("q", config, ":layer")),
-        ("weights", "\n    SELECT t, h, pos, p FROM (" + layers.softmax(d, "scores", "t, h", "score", "p")
-         + "\n    ) AS softmax"),
+        ("weights", array_layers.attention_weights("q", config, ":layer")),
         ("heads", array_layers.attention_values("weights", config, ":layer")),
         ("x", "\n    SELECT t, x FROM numgpt_resid WHERE layer = :layer"),
         ("x_attn", array_layers.linear_residual("heads", "numgpt_attn_proj", C, C, ":layer", "x")),
-    ]) + "\nSELECT CAST(:layer AS INTEGER), t, x FROM x_attn")
-    return Statement("attention", "block :layer: causal self-attention of the new positions over the "
-                     "KV cache, c_proj, plus the residual", sql)
-
-
-def mlp_arrays(config: GPTConfig, d: Dialect) -> Statement:
-    C = config.n_embd
-    sql = ("INSERT INTO numgpt_resid\n" + _with([
-        ("x", "\n    SELECT t, x FROM numgpt_mid WHERE layer = :layer"),
-        ("ln_2", array_layers.layer_norm("x", "ln_2", ":layer", config.layer_norm_epsilon, C)),
+        ("ln_2", array_layers.layer_norm("x_attn", "ln_2", ":layer", config.layer_norm_epsilon, C)),
         ("c_fc", array_layers.linear("ln_2", "numgpt_c_fc", C, 4 * C, ":layer")),
         ("gelu", array_layers.gelu("c_fc", 4 * C)),
-        ("x_mlp", array_layers.linear_residual("gelu", "numgpt_mlp_proj", 4 * C, C, ":layer", "x")),
+        ("x_mlp", array_layers.linear_residual("gelu", "numgpt_mlp_proj", 4 * C, C, ":layer", "x_attn")),
     ]) + "\nSELECT CAST(:layer AS INTEGER) + 1, t, x FROM x_mlp")
-    return Statement("mlp", "block :layer: ln_2, c_fc, GELU, c_proj, plus the residual", sql)
+    return Statement("attention_mlp", "block :layer: causal self-attention of the new positions over the "
+                     "KV cache, c_proj, plus the residual; then ln_2, c_fc, GELU, c_proj, plus the residual", sql)
 
 
 def logits_arrays(config: GPTConfig, d: Dialect) -> Statement:
