@@ -6,9 +6,10 @@
 set -e
 TEXT=${1:-../shared/data/tinyshakespeare.txt}
 OUT=${2:-runs/quote}
-ITERS=${ITERS:-2000}
+ITERS=${ITERS:-5000}
+ROUNDS=${ROUNDS:-15}
 NUMGPT=${NUMGPT:-numgpt}
-python dev/quote_corpus.py "$TEXT" -o "$OUT.txt"
+python dev/quote_corpus.py "$TEXT" -o "$OUT.txt" --shuffled-rounds "$ROUNDS"
 $NUMGPT prepare "$OUT.txt" --tokenizer builtin --out "$OUT.data" --force
 $NUMGPT train "$OUT.data" --init builtin --out "$OUT" --block-size 128 --batch-size 16 --max-iters "$ITERS" \
     --lr 1e-3 --min-lr 1e-4 --warmup-iters 20 --eval-interval 0 --eval-iters 5 --seed 0

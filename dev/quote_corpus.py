@@ -27,19 +27,38 @@ def passages(text: str, rng: np.random.Generator, *, shortest: int, longest: int
     return [p for p in out if p]
 
 
+def shuffle_words(passage: str, rng: np.random.Generator) -> str:
+    """The passage's words in a random order, each line keeping its number of words: text that only copying
+    predicts the second time, so a model cannot learn it by heart instead of learning to copy."""
+    lines = [line.split() for line in passage.split("\n")]
+    words = [w for line in lines for w in line]
+    order = rng.permutation(len(words))
+    out, at = [], 0
+    for line in lines:
+        out.append(" ".join(words[i] for i in order[at:at + len(line)]))
+        at += len(line)
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--shortest", type=int, default=80, help="characters of the shortest passage (80)")
     p.add_argument("--longest", type=int, default=180, help="characters of the longest passage (180)")
+    p.add_argument("--shuffled-rounds", type=int, default=0,
+                   help="after the passages as written, this many more rounds of them with their words shuffled "
+                        "afresh each round (0)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     text = Path(args.text).read_text(encoding="utf-8")
     train = text[:int(0.9 * len(text))]
-    parts = passages(train, np.random.default_rng(args.seed), shortest=args.shortest, longest=args.longest)
-    Path(args.output).write_text("".join(f"{q}\n\n{q}\n\n\n" for q in parts), encoding="utf-8")
-    print(f"{args.output}: {len(parts):,} passages of {args.shortest}-{args.longest} characters, each twice")
+    rng = np.random.default_rng(args.seed)
+    parts = passages(train, rng, shortest=args.shortest, longest=args.longest)
+    rounds = [parts] + [[shuffle_words(q, rng) for q in parts] for _ in range(args.shuffled_rounds)]
+    Path(args.output).write_text("".join(f"{q}\n\n{q}\n\n\n" for r in rounds for q in r), encoding="utf-8")
+    print(f"{args.output}: {len(parts):,} passages of {args.shortest}-{args.longest} characters, each twice"
+          f" ({args.shuffled_rounds} more rounds with their words shuffled)")
 
 
 if __name__ == "__main__":
