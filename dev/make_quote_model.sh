@@ -1,7 +1,10 @@
 #!/bin/sh
 # A model that quotes its context, for bench/bench_speculative.py's "quote" case: the built-in Shakespeare
 # model fine-tuned on passages of tinyshakespeare written twice (dev/quote_corpus.py), so it repeats a
-# passage it has just read -- the text where prompt lookup applies. About 15 minutes on the 2-core machine.
+# passage it has just read -- the text where prompt lookup applies. After the passages as written come
+# ROUNDS rounds of them with their words shuffled afresh, which only copying predicts: the model cannot
+# learn them by heart instead (2,000 steps on the passages alone copied 81.5% of held-out tokens
+# teacher-forced; 5,000 steps with 15 shuffled rounds 92.6%). About 27 minutes on the 2-core machine.
 #   sh dev/make_quote_model.sh [TEXT (default ../shared/data/tinyshakespeare.txt)] [OUT (default runs/quote)]
 set -e
 TEXT=${1:-../shared/data/tinyshakespeare.txt}
