@@ -90,8 +90,7 @@ def numgpt_classifier(args, train, val, test, labels: list[str]) -> tuple[list[s
     lora = None
     if args.lora_rank:
         from numgpt.posttrain.lora import lora_from_args
-        lora = lora_from_args(argparse.Namespace(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                                                 lora_targets=args.lora_targets), embedding=True)
+        lora = lora_from_args(args, embedding=True)
     train_classifier(model, train, val, args.out, tc=tc, trainable="head" if lora else args.train,
                      class_weights=args.class_weights, on_event=show, lora=lora)
     seconds = time.perf_counter() - t0

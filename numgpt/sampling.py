@@ -174,6 +174,12 @@ class SamplingOptions:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.constraint is not None
 
     @property
+    def reads_history(self) -> bool:
+        """True when a rule reads the tokens before the logits (the repetition penalty, or a rule on the
+        generated ones): then each position's logits need that position's own history."""
+        return self.repetition_penalty != 1.0 or self.penalises_generated
+
+    @property
     def greedy(self) -> bool:
         """True when the next token is the argmax: do_sample=False or temperature == 0."""
         return not self.do_sample or self.temperature == 0

@@ -298,9 +298,13 @@ class Speculation:
     where to count (one entry per sequence, filled in by decode_steps)."""
 
     drafter: Drafter
-    num_draft: int
     lengths: DraftLengths
     stats: list[SpeculativeStats] = field(default_factory=list)
+
+    @property
+    def num_draft(self) -> int:
+        """K: the most tokens a row drafts in a round."""
+        return self.lengths.num_draft
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         """Before the first round: the drafter sees the prompts, every row may draft num_draft."""
@@ -324,10 +328,10 @@ def speculation(method: str, num_draft: int, config: GPTConfig, *, draft: tuple[
     if method == "ngram":
         if draft is not None:
             raise NumgptError("a draft model applies only with speculative='draft'")
-        return Speculation(PromptLookup(), num_draft, DraftLengths(num_draft, adaptive))
+        return Speculation(PromptLookup(), DraftLengths(num_draft, adaptive))
     if draft is None:
         raise NumgptError("speculative='draft' needs a draft model (draft_model=..., --draft-model M)")
-    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft), num_draft,
+    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft),
                        DraftLengths(num_draft, adaptive))
 
 
@@ -373,7 +377,7 @@ def verify(logits: np.ndarray, drafts: Sequence[list[int]], qs: Sequence[np.ndar
     A = len(drafts)
     out: list[list[int]] = [[] for _ in range(A)]
     all_greedy = all_probs = None
-    history_free = sampling.repetition_penalty == 1.0 and not sampling.penalises_generated
+    history_free = not sampling.reads_history
     if history_free:                                   # no rule reads the history: every position in one call
         check_finite_logits(logits, params)
         processed = process_logits(logits.reshape(-1, logits.shape[-1]), sampling).reshape(logits.shape)  # [A, T, V]
@@ -419,8 +423,9 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
     """One speculative round over the running rows: draft, verify in one forward, roll the cache back.
 
     sequences[a] is row a's prompt + generated tokens, its last one (pending) not yet in `cache`; row a
-    drafts at most caps[a] tokens, fewer when its recent drafts failed (spec.lengths). Returns each row's new tokens (1..caps[a]+1) and the raw logits they
-    were chosen from [A, T, V] (row a's token j from logits[a, j]).
+    drafts at most caps[a] tokens, fewer when its recent drafts failed (spec.lengths). Returns each row's
+    new tokens (1..caps[a]+1) and the raw logits they were chosen from [A, T, V] (row a's token j from
+    logits[a, j]).
     """
     drafts, qs = spec.drafter.propose(sequences, starts, spec.lengths.caps(caps), sampling, rngs)
     A, T = len(sequences), 1 + max(len(d) for d in drafts)
