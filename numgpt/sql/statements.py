@@ -342,7 +342,8 @@ def attention_mlp_arrays(config: GPTConfig, d: Dialect) -> Statement:
     C = config.n_embd
     sql = ("INSERT INTO numgpt_resid\n" + _with([
         ("q", "\n    SELECT pos AS t, h, q FROM numgpt_kv WHERE layer = :layer AND pos >= :past"),
-        ("weights", array_layers.attention_weights("q", config, ":layer")),
+        ("scores", array_layers.attention_scores("q", config, ":layer")),
+        ("weights", array_layers.softmax("scores", "t, h", "s", "p")),
         ("heads", array_layers.attention_values("weights", config, ":layer")),
         ("x", "\n    SELECT t, x FROM numgpt_resid WHERE layer = :layer"),
         ("x_attn", array_layers.linear_residual("heads", "numgpt_attn_proj", C, C, ":layer", "x")),
