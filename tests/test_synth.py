@@ -70,6 +70,46 @@ def expected_answer(family: str, f: dict) -> str:
     raise AssertionError(f"no next for {x!r}")
 
 
+WORKED = re.compile(r"(?P<work>.*write \d(?:, (?:carry|borrow) 1)?\.) (?P<said>.*)")   # add's and sub's replies
+STEP = re.compile(r"(?P<place>[A-Z][a-z ]+): (?:(?P<x>\d+) (?P<op>[-+]) (?P<y>\d) ?(?:[-+] (?P<owed>1))? = "
+                  r"(?P<result>\d+)|carry 1), write (?P<digit>\d)(?:, (?:carry|borrow) (?P<out>1))?\.")
+
+
+def check_working(family: str, a: int, b: int, work: str) -> None:
+    """Read a worked sum or difference step by step and redo each step here: the column's digits are a's
+    and b's at that place, the carry or borrow comes from the step before, the arithmetic is right, and
+    the written digits, last column first, are the answer."""
+    steps = list(STEP.finditer(work))
+    assert " ".join(m[0] for m in steps) == work, work
+    places = ["Ones", "Tens", "Hundreds", "Thousands"]
+    owed, written = 0, []
+    for place, m in enumerate(steps):
+        assert m["place"] == places[place], work
+        if m["x"] is None:                                  # add's last carry, a column of its own
+            assert family == "add" and owed == 1 and place == len(steps) - 1
+            written.append(1)
+            continue
+        da, db = a // 10 ** place % 10, b // 10 ** place % 10
+        x, y = int(m["x"]), int(m["y"])
+        assert y == db and bool(m["owed"]) == bool(owed), work
+        if family == "add":
+            assert m["op"] == "+" and x == da and int(m["result"]) == x + y + owed, work
+            assert int(m["digit"]) == int(m["result"]) % 10 and bool(m["out"]) == (int(m["result"]) >= 10), work
+        else:
+            assert m["op"] == "-" and x in (da, da + 10) and int(m["result"]) == x - y - owed >= 0, work
+            assert int(m["digit"]) == int(m["result"]) and bool(m["out"]) == (x == da + 10), work
+        owed = int(bool(m["out"]))
+        written.append(int(m["digit"]))
+    assert owed == 0 or family == "add" and steps[-1]["x"] is None, work
+    assert int("".join(map(str, reversed(written)))) == (a + b if family == "add" else a - b), work
+
+
+def template_part(reply: str) -> str:
+    """A reply without the working an add or sub reply starts with: what its answer template rendered."""
+    worked = WORKED.fullmatch(reply)
+    return worked["said"] if worked else reply
+
+
 def question_fields(task: dict) -> dict:
     question = task["messages"][-2]["content"]                  # the last exchange is the task
     match = template_regex(template_of(task)[0]).fullmatch(question)
@@ -92,6 +132,11 @@ def test_answers_are_right_by_independent_computation(samples):
                 continue
             fields = question_fields(task)
             assert task["answer"] == expected_answer(task["family"], fields), (task, fields)
+            if task["family"] in ("add", "sub"):                 # the working, then the answer template
+                worked = WORKED.fullmatch(reply)
+                assert worked, reply
+                check_working(task["family"], int(fields["a"]), int(fields["b"]), worked["work"])
+                reply = worked["said"]
             said = template_regex(template_of(task)[1]).fullmatch(reply)
             assert said and said["answer"] == task["answer"], (reply, task["template"])
 
@@ -113,10 +158,10 @@ def test_heldout_templates_never_appear_in_train_text(samples):
     for task in samples["train"]:
         question, reply = task["messages"][-2]["content"], task["messages"][-1]["content"]
         assert not any(r.fullmatch(question) for r in heldout_q), question
-        assert not any(r.fullmatch(reply) for r in heldout_a), reply
+        assert not any(r.fullmatch(template_part(reply)) for r in heldout_a), reply
     for task in samples["heldout"]:                             # and the held-out text does fit them
         assert any(r.fullmatch(task["messages"][-2]["content"]) for r in heldout_q)
-        assert any(r.fullmatch(task["messages"][-1]["content"]) for r in heldout_a)
+        assert any(r.fullmatch(template_part(task["messages"][-1]["content"])) for r in heldout_a)
 
 
 def test_operands_are_split_too(samples):

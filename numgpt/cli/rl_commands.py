@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import NumgptError
+from ..posttrain.synth import REPLY_TOKENS
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--reward-model", metavar="RM", help="reward the answers with this reward model's score (a "
                    "`numgpt reward train` run) instead of the exact checker")
     add_decoding_flags(p, only=DECODING, title="sampling the answers",
-                       shown_defaults={"max_new_tokens": "32", "seed": f"{TC.seed}: seeds the split, prompts, samples"})
+                       shown_defaults={"max_new_tokens": str(REPLY_TOKENS), "seed": f"{TC.seed}: seeds the split, prompts, samples"})
     o = p.add_argument_group("training (as numgpt train)")
     o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates ({RL_TRAIN['max_iters']})")
     o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({RL_OPTIM['lr']})")

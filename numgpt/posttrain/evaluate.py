@@ -20,10 +20,10 @@ from ..config import GPTConfig
 from ..errors import NumgptError
 from ..params import Params
 from ..sampling import SamplingOptions
-from .synth import check, extract_answer, prompt_messages
+from .synth import REPLY_TOKENS, check, extract_answer, prompt_messages
 
 BATCH = 32
-MAX_NEW_TOKENS = 40
+MAX_NEW_TOKENS = REPLY_TOKENS
 
 
 def greedy_replies(params: Params, config: GPTConfig, prompts: Sequence[list[int]], stop_id: int, *,
@@ -63,7 +63,7 @@ def few_shot_replies(params: Params, config: GPTConfig, tokenizer, tasks: Sequen
 
     prefix = "".join(question_answer(s) + "\n\n" for s in shots)
     newline = tokenizer.encode("\n")[0]
-    keep = config.n_positions - max_new_tokens
+    keep = max(config.n_positions - max_new_tokens, config.n_positions // 2)   # the prompt's last tokens
     prompts = [tokenizer.encode(prefix + question_answer(t, answer=False))[-keep:] for t in tasks]
     new = greedy_replies(params, config, prompts, newline, max_new_tokens=max_new_tokens)
     ended = [bool(ids) and ids[-1] == newline for ids in new]

@@ -59,7 +59,7 @@ from ..threads import row_ranges, run_in_threads, thread_count
 from ..training.comm import Communicator
 from ..training.objective import Batch, Objective
 from .grpo import GrpoLoss, group_advantages
-from .synth import FAMILIES, check
+from .synth import FAMILIES, REPLY_TOKENS, check
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ..training.run import Run
     from ..training.state import TrainState
 
-DEFAULTS = {"group": 8, "clip": 0.2, "kl": 0.02, "prompts_per_step": 8, "updates": 1, "max_new_tokens": 32,
+DEFAULTS = {"group": 8, "clip": 0.2, "kl": 0.02, "prompts_per_step": 8, "updates": 1, "max_new_tokens": REPLY_TOKENS,
             "temperature": 1.0, "format_bonus": 0.0}
 SETTINGS_FILE = "rl.json"                   # RUN/rl.json: the RL settings, the tasks' hash, the reference model
 EVAL_CHUNK = 32                             # held-out prompts decoded together (fixed chunks: rank-independent)

@@ -3,8 +3,8 @@ reply exactly (a verifiable reward for RL).
 
 Seven task families, each a question and its one right answer:
 
-    add       multi-digit addition (carries)           "What is 478 + 356?"           -> 834
-    sub       multi-digit subtraction (borrows), a>=b   "Subtract 189 from 402."       -> 213
+    add       multi-digit addition (carries), worked   "What is 478 + 356?"           -> 834
+    sub       multi-digit subtraction (borrows), a>=b, worked  "Subtract 189 from 402."  -> 213
     count     a letter in a word                        "How many 'r's are in 'strawberry'?" -> 3
     reverse   a word spelled backwards                  "Spell 'table' backwards."     -> elbat
     next      what comes after X (number, letter, weekday, month)  "What comes after Friday?" -> Saturday
@@ -21,6 +21,18 @@ A task is OpenAI's fine-tuning JSONL record plus its ground truth (of the last e
 ones come before it as chat history: synthesize's `turns`):
 
     {"messages": [...], "family": "add", "answer": "834", "split": "train", "template": "add:q1:a0"}
+
+An add or sub reply shows its working before the answer, column by column from the ones, as a pupil
+writes it:
+
+    "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. Hundreds: 4 + 3 + 1 = 8,
+     write 8. The sum is 834."
+    "Ones: 12 - 9 = 3, write 3, borrow 1. Tens: 10 - 8 - 1 = 1, write 1, borrow 1. Hundreds: 4 - 1 - 1 = 2,
+     write 2. The difference is 213."
+
+A model this small does not learn to add from question and answer alone: the chat model trained on them
+memorised the training pairs' sums and answered held-out pairs at 5% (BENCHMARKS.md, issue 22). Each step
+of the working needs two digits and a carry, all written down, so the model learns the procedure instead.
 
 The reply format `check` reads (every answer template follows it): the answer is the reply's LAST number
 (numeric answers; "1,234" and "834.0" read as numbers) or its LAST word (word answers, compared
@@ -74,6 +86,8 @@ UNITS = ((("metre", "metres"), ("centimetre", "centimetres"), 100),
          (("hour", "hours"), ("minute", "minutes"), 60),
          (("minute", "minutes"), ("second", "seconds"), 60))
 IDENTITY_ANSWER = "numgpt"
+REPLY_TOKENS = 112                # a reply's room when a model answers a task (evaluation, RL's samples): a
+                                  # worked 3-digit sum with the longest template is 102 of the chat model's tokens
 
 
 @dataclass(frozen=True)
@@ -86,14 +100,21 @@ class Operands:
 @dataclass(frozen=True)
 class Family:
     """A task family: question and answer templates (str.format fields; the answer templates give {answer}
-    last, identity's name numgpt), how many of each are held out (the last ones), and `draw`, which picks
-    the fields of one task (with "answer") from the train or held-out operands."""
+    last, identity's name numgpt), how many of each are held out (the last ones), `draw`, which picks
+    the fields of one task (with "answer") from the train or held-out operands, and `work`, the steps a
+    reply writes before its answer template (None: the reply is the template alone)."""
     name: str
     questions: tuple[str, ...]
     answers: tuple[str, ...]
     heldout_questions: int
     heldout_answers: int
     draw: Callable[[np.random.Generator, bool, Operands], dict[str, object]]
+    work: Callable[[Mapping[str, object]], str] | None = None
+
+    def reply(self, answer: int, fields: Mapping[str, object]) -> str:
+        """The reply of answer template `answer` to a task with these fields: the working, then the answer."""
+        said = self.answers[answer].format(**fields)
+        return f"{self.work(fields)} {said}" if self.work is not None else said
 
     def templates(self, kind: str, split: str) -> tuple[int, ...]:
         """The indices of the `kind` ("questions" or "answers") templates a split renders."""
@@ -136,6 +157,47 @@ def _pair(rng: np.random.Generator, heldout: bool, ops: Operands, family: str) -
 def _draw_add(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
     a, b = _pair(rng, heldout, ops, "add")
     return {"a": a, "b": b, "answer": a + b}
+
+
+PLACES = ("Ones", "Tens", "Hundreds", "Thousands", "Ten thousands", "Hundred thousands", "Millions",
+          "Ten millions", "Hundred millions", "Billions", "Ten billions", "Hundred billions", "Trillions",
+          "Ten trillions", "Hundred trillions", "Quadrillions", "Ten quadrillions", "Hundred quadrillions",
+          "Quintillions")                                    # a column's name, ones first (MAX_DIGITS + 1)
+
+
+def column_addition(a: int, b: int) -> str:
+    """The working of a + b (whole numbers >= 0) column by column from the ones, each column's two digits
+    (0 where a number has run out), the carry into it, their sum, the digit written and the carry out:
+    "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. Hundreds: ... write 8."
+    A carry left after the last column is written as its own column ("Thousands: carry 1, write 1.")."""
+    steps, carry = [], 0
+    for place in range(max(len(str(a)), len(str(b)))):
+        da, db = a // 10 ** place % 10, b // 10 ** place % 10
+        total = da + db + carry
+        terms = f"{da} + {db}" + (f" + {carry}" if carry else "")
+        carry = total // 10
+        steps.append(f"{PLACES[place]}: {terms} = {total}, write {total % 10}" + (", carry 1." if carry else "."))
+    if carry:
+        steps.append(f"{PLACES[place + 1]}: carry 1, write 1.")
+    return " ".join(steps)
+
+
+def column_subtraction(a: int, b: int) -> str:
+    """The working of a - b (whole numbers, a >= b) column by column from the ones: where the column's digit
+    of a, less the borrow owed to the column before, is below b's digit, 10 is borrowed from the next
+    column, written as a pupil does ("12 - 9" for 2 - 9): "Ones: 12 - 9 = 3, write 3, borrow 1. Tens:
+    10 - 8 - 1 = 1, write 1, borrow 1. Hundreds: 4 - 1 - 1 = 2, write 2." The answer drops the leading
+    zeros the columns leave (100 - 99 writes 1, 0, 0 and is 1)."""
+    if a < b:
+        raise ValueError(f"column_subtraction needs a >= b, got {a} - {b}")
+    steps, borrow = [], 0
+    for place in range(len(str(a))):
+        da, db = a // 10 ** place % 10, b // 10 ** place % 10
+        owed = da - db - borrow
+        terms = f"{da + 10 if owed < 0 else da} - {db}" + (" - 1" if borrow else "")
+        borrow = int(owed < 0)
+        steps.append(f"{PLACES[place]}: {terms} = {owed % 10}, write {owed % 10}" + (", borrow 1." if borrow else "."))
+    return " ".join(steps)
 
 
 def _draw_sub(rng: np.random.Generator, heldout: bool, ops: Operands) -> dict[str, object]:
@@ -207,7 +269,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                    "Calculate {a} + {b}."),
            ("{a} + {b} = {answer}", "The sum is {answer}.", "{answer}", "Together they make {answer}.",
             "Adding them gives {answer}."),
-           2, 1, _draw_add),
+           2, 1, _draw_add, work=lambda fields: column_addition(fields["a"], fields["b"])),
     Family("sub", ("What is {a} - {b}?", "Subtract {b} from {a}.", "{a} minus {b} equals what?",
                    "Compute the difference {a} - {b}.", "What is the difference between {a} and {b}?",
                    "{a} - {b} = ?", "How much is {a} minus {b}?", "Find {a} - {b}.",
@@ -216,7 +278,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                    "How much is {a} take away {b}?"),
            ("{a} - {b} = {answer}", "The difference is {answer}.", "{answer}", "That leaves {answer}.",
             "What is left is {answer}."),
-           2, 1, _draw_sub),
+           2, 1, _draw_sub, work=lambda fields: column_subtraction(fields["a"], fields["b"])),
     Family("count", ("How many times does the letter '{letter}' appear in '{word}'?",
                      "Count the letter '{letter}' in the word '{word}'.", "How many '{letter}'s are in '{word}'?",
                      "How often is '{letter}' in '{word}'?", "Count how many '{letter}' there are in '{word}'.",
@@ -315,7 +377,7 @@ def _make_task(families: Sequence[Family], rng: np.random.Generator, *, split: s
         questions, answers = family.templates("questions", split), family.templates("answers", split)
         q, a = questions[int(rng.integers(len(questions)))], answers[int(rng.integers(len(answers)))]
         messages += [{"role": "user", "content": family.questions[q].format(**fields)},
-                     {"role": "assistant", "content": family.answers[a].format(**fields)}]
+                     {"role": "assistant", "content": family.reply(a, fields)}]
     if rng.random() < system_rate:
         messages.insert(0, {"role": "system", "content": SYSTEM_PROMPTS[int(rng.integers(len(SYSTEM_PROMPTS)))]})
     # family, fields, q and a are the last exchange's: the task
