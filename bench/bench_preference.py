@@ -4,7 +4,8 @@ DPO policy trained on synthetic preference pairs, then judged on held-out pairs 
     python bench/bench_preference.py --out runs/bench_pref                 # the figures in BENCHMARKS.md
 
 Steps, each the CLI's own command (so the figures are what a user gets):
-  1. numgpt data pairs: --n training pairs and --heldout pairs of the held-out templates
+  1. numgpt data pairs: --n training pairs and --heldout pairs of the held-out templates (with --sampled-pairs,
+     `--from-model MODEL`: from --n and --heldout tasks of --pair-families, the model's own right and wrong answers)
   2. numgpt reward train PAIRS --init MODEL: its pairwise accuracy on the held-out pairs
   3. numgpt dpo PAIRS --init MODEL --beta B [--sft-weight W]: its preference accuracy on every held-out pair
      (the implicit reward beta * log pi/pi_ref ranks chosen above rejected)
@@ -54,6 +55,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5, help="DPO's learning rate")
     p.add_argument("--sft-weight", type=float, default=0.0, help="DPO's SFT term (numgpt dpo --sft-weight)")
     p.add_argument("--rm-lr", type=float, default=1e-4, help="the reward model's learning rate")
+    p.add_argument("--sampled-pairs", action="store_true",
+                   help="pairs from the model's own answers (numgpt data pairs --from-model): a right one chosen, a "
+                        "wrong one rejected; --n and --heldout then count tasks, not pairs")
+    p.add_argument("--pair-families", default="add,sub", help="the families of --sampled-pairs' tasks (add,sub)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     args = p.parse_args()
@@ -68,9 +73,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     pairs, held = out / "pairs.jsonl", out / "heldout_pairs.jsonl"
     figures: dict = {}
-    numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force")
+    sampled = ["--from-model", args.model, "--families", args.pair_families] if args.sampled_pairs else []
+    numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force", *sampled)
     numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
-           "--seed", str(args.seed + 1), "--force")
+           "--seed", str(args.seed + 1), "--force", *sampled)
+    n_held = sum(1 for line in held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
                                        "--max-iters", str(args.rm_iters), "--val", str(held), "--train", "all",
@@ -82,7 +89,7 @@ def main() -> None:
         figures["dpo_seconds"] = numgpt("dpo", str(pairs), "--init", args.model, "--out", str(out / "dpo"),
                                         "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
                                         "--val", str(held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
-                                        "--batch-size", "8", "--eval-iters", str(-(-args.heldout // 8)))   # every held-out pair
+                                        "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))   # every held-out pair
     log = [json.loads(line) for line in (out / "dpo" / "log.jsonl").read_text().splitlines()]
     last_eval = [e for e in log if e["type"] == "eval"][-1]
     figures["dpo_last_eval"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}

@@ -181,3 +181,50 @@ def test_data_pairs_and_check_through_the_cli(tmp_path, capsys):
     bad.write_text(json.dumps(pair(family="add", answer="5")) + "\n")          # its chosen "4" is not the answer
     assert main(["data", "check", str(bad)]) == 2
     assert "bad.jsonl:1 (chosen): the reference reply does not give the answer '5'" in capsys.readouterr().err
+
+
+def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
+    """The built-in chat model answers 16 sums 6 times each: every pair's chosen answer is the first sample
+    the checker accepts and its rejected the first it refuses (ended with <|end|>), redone here from the
+    same seeds with rl.sample_group; the same seed gives the same pairs."""
+    import numgpt
+    from numgpt.posttrain.chat_format import chat_template
+    from numgpt.posttrain.pairs import sampled_pairs
+    from numgpt.posttrain.rl import render_tasks, sample_group
+    from numgpt.posttrain.synth import prompt_messages, synthesize
+    from numgpt.sampling import SamplingOptions
+
+    lm = numgpt.load("chat")
+    tasks = synthesize(16, rng=np.random.default_rng(3), families=["add", "sub"])
+    pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=5)
+    assert pairs == sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=5)
+    end = chat_template(lm.tokenizer).end_id
+    expected = []
+    for k, task in enumerate(render_tasks(lm.tokenizer, tasks)):
+        answers, _ = sample_group(lm.params, lm.config, task.prompt, [np.random.default_rng([5, k, i]) for i in range(6)],
+                                  sampling=SamplingOptions(temperature=1.0), max_new_tokens=112, end_id=end)
+        texts = [(lm.tokenizer.decode([t for t in a if t != end]), bool(a) and a[-1] == end) for a in answers]
+        right = [t for t, _ in texts if check(task.record, t)]
+        wrong = [t for t, ended in texts if ended and not check(task.record, t)]
+        if right and wrong:
+            expected.append((prompt_messages(task.record), right[0], wrong[0], task.record["answer"]))
+    assert 0 < len(expected) < len(tasks)          # the model is right on some sums and not on others
+    assert [(p["prompt"], p["chosen"][0]["content"], p["rejected"][0]["content"], p["answer"]) for p in pairs] == expected
+    for pair in pairs:
+        assert pair["flaw"] == "sampled" and check(pair, pair["chosen"][0]["content"])
+        assert not check(pair, pair["rejected"][0]["content"])
+
+
+def test_data_pairs_from_a_model_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "sampled.jsonl"
+    assert main(["data", "pairs", "--from-model", "chat", "--families", "sub", "--n", "6", "--group", "4",
+                 "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    pairs = read_pairs(out)
+    assert f"wrote {len(pairs)} train preference pairs from chat's answers" in said and len(pairs) <= 6
+    assert all(p["family"] == "sub" and p["flaw"] == "sampled" for p in pairs)
+    assert main(["data", "pairs", "--from-model", "chat", "--n", "2", "--group", "1", "-o", str(tmp_path / "g.jsonl")]) == 2
+    assert "group must be >= 2" in capsys.readouterr().err
+    assert main(["data", "pairs", "--from-model", "builtin", "--n", "2", "-o", str(tmp_path / "b.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "chat" in err and "Traceback" not in err

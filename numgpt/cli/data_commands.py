@@ -96,6 +96,7 @@ examples:
   numgpt data pairs --n 1000 -o pairs.jsonl
   numgpt data pairs --n 200 --split heldout --seed 1 -o heldout-pairs.jsonl
   numgpt data pairs --families add,sub --format-rate 0 --n 500 -o sums.jsonl
+  numgpt data pairs --from-model chat --families add,sub --n 1000 -o sampled.jsonl
 
 Each line is TRL's preference format with chat messages: {"prompt": [...], "chosen": [{"role": "assistant",
 ...}], "rejected": [...]}, the task's ground truth beside it ("family", "answer", "split", "template") and
@@ -103,6 +104,11 @@ Each line is TRL's preference format with chat messages: {"prompt": [...], "chos
 spelling, a neighbouring weekday, month or letter), name (an identity reply naming another model) or format
 (no answer at all, at --format-rate). The chosen reply is the task's reference reply. For the reward model
 (`numgpt reward train`) and DPO (`numgpt dpo`). The same --seed gives the same file.
+
+--from-model M: the pairs come from the model's own answers instead. For each of the --n tasks it answers
+--group times at --temperature; a right answer (by the exact checker) is chosen, a wrong one that ended
+with <|end|> is rejected ("flaw": "sampled"), and a task whose answers are all right or all wrong gives
+no pair, so the file holds at most --n pairs (the count is printed). The same --seed gives the same file.
 """
 
 
@@ -114,6 +120,11 @@ def _register_pairs(sub) -> None:
     _add_task_flags(p, n_help="how many pairs (an even mix of families)", openers="prompts")
     p.add_argument("--format-rate", type=float, default=FORMAT_RATE, metavar="P",
                    help=f"the fraction of rejected replies that give no answer at all (default {FORMAT_RATE})")
+    m = p.add_argument_group("pairs from a model's own answers")
+    m.add_argument("--from-model", metavar="MODEL", help="a chat model (a model folder, or 'chat') whose sampled "
+                   "answers make the pairs: a right one chosen, a wrong one rejected")
+    m.add_argument("--group", type=int, default=8, metavar="G", help="answers sampled per task (default 8)")
+    m.add_argument("--temperature", type=float, default=1.0, metavar="T", help="their temperature (default 1.0)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -171,12 +182,40 @@ def run_pairs(args) -> int:
     from ..posttrain.pairs import synthesize_pairs, write_pairs
 
     out, operands, families = _synth_options(args)
+    if args.from_model is not None:
+        return _run_sampled_pairs(args, out, operands, families)
     pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
                              operands=operands, system_rate=args.system_rate, format_rate=args.format_rate)
     write_pairs(out, pairs)
     flaws = Counter(p["flaw"] for p in pairs)
     print(f"wrote {len(pairs)} {args.split} preference pairs to {out} "
           f"(rejected replies wrong by: {', '.join(f'{f} {c}' for f, c in sorted(flaws.items()))})")
+    return 0
+
+
+def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
+    """`data pairs --from-model`: the tasks synthesized as for synthetic pairs, answered by the model."""
+    import numpy as np
+
+    from ..posttrain.pairs import sampled_pairs, write_pairs
+    from ..posttrain.synth import synthesize
+    from .inference_commands import load_model
+    from .progress import progress_reporter
+
+    lm = load_model(argparse.Namespace(model=args.from_model))
+    tasks = synthesize(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
+                       operands=operands, system_rate=args.system_rate)
+    update, close = progress_reporter(True, "task", "data pairs")
+    try:
+        pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=args.group,
+                              temperature=args.temperature, seed=args.seed, progress=update)
+    finally:
+        close()
+    write_pairs(out, pairs)
+    per = Counter(p["family"] for p in pairs)
+    print(f"wrote {len(pairs)} {args.split} preference pairs from {args.from_model}'s answers to {out} "
+          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had answers all right or all wrong; pairs per family: "
+          f"{', '.join(f'{f} {c}' for f, c in sorted(per.items()))})")
     return 0
 
 

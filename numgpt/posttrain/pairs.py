@@ -20,6 +20,12 @@ swapped, dropped or doubled; the neighbour in a cycle of weekdays, months or let
 naming another model -- or, at `format_rate`, a reply that gives no answer at all. Every rejected reply
 fails synth.check and every chosen one passes it, so a reward model learns correctness, not style.
 
+Pairs from a model's own samples (`sampled_pairs`, `numgpt data pairs --from-model M`): for each task the
+model answers `group` times at a temperature; the first answer the checker accepts is chosen and the first
+it rejects (among those that ended with <|end|>) is rejected, so the two differ where the model went wrong
+(a slipped digit in a worked sum) rather than where a rule put the error. A task whose answers are all
+right or all wrong gives no pair. The pairs are "flaw": "sampled".
+
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
 template puts after it (content and '<|end|>'), so prompt + reply is exactly the rendered conversation
 (chat_format's format guarantees it; render_pair checks it).
@@ -183,6 +189,56 @@ def synthesize_pairs(n: int, *, rng: np.random.Generator, families: Sequence[str
         pairs.append({"prompt": prompt_messages(task), "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}],
                       **{k: task[k] for k in ("family", "answer", "split", "template")}, "flaw": flaw})
+    return pairs
+
+
+def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping], *, group: int = 8,
+                  temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
+                  progress=None) -> list[dict]:
+    """Preference pairs from a chat model's own answers (module docstring): per task, `group` answers
+    sampled at `temperature` (answer i of task k seeded by (seed, k, i), so the file is the same on every
+    run), judged by synth.check; a right and a wrong answer make a pair. `progress(done, total)` is
+    called after each task."""
+    from ..sampling import SamplingOptions
+    from .chat_format import chat_template
+    from .rl import render_tasks, sample_group
+    from .synth import REPLY_TOKENS
+
+    if group < 2:
+        raise NumgptError(f"group must be >= 2 (a right and a wrong answer are needed), got {group}")
+    if not temperature > 0:
+        raise NumgptError(f"temperature must be > 0 to sample different answers, got {temperature}")
+    template = chat_template(tokenizer)
+    if template is None:
+        raise NumgptError("the model has no chat template, so it cannot answer the tasks as a chat model; pairs "
+                          "from a model need one that `numgpt sft` made (or 'chat')")
+    end_id = template.end_id
+    sampling = SamplingOptions(temperature=temperature)
+    pairs = []
+    for k, task in enumerate(render_tasks(tokenizer, tasks)):
+        room = min(max_new_tokens or REPLY_TOKENS, config.n_positions - len(task.prompt))
+        if room <= 0:
+            raise NumgptError(f"task {k}: its prompt of {len(task.prompt)} tokens fills the model's context")
+        rngs = [np.random.default_rng([seed, k, i]) for i in range(group)]
+        answers, _ = sample_group(params, config, task.prompt, rngs, sampling=sampling, max_new_tokens=room,
+                                  end_id=end_id)
+        right, wrong = None, None
+        for ids in answers:
+            ended = bool(ids) and ids[-1] == end_id
+            text = tokenizer.decode([t for t in ids if t != end_id])
+            if check(task.record, text):
+                right = right if right is not None else text
+            elif ended and text.strip() and wrong is None:
+                wrong = text
+        if right is not None and wrong is not None and right != wrong:
+            record = dict(task.record)
+            pairs.append({"prompt": prompt_messages(record),
+                          "chosen": [{"role": "assistant", "content": right}],
+                          "rejected": [{"role": "assistant", "content": wrong}],
+                          **{key: record[key] for key in ("family", "answer", "split", "template") if key in record},
+                          "flaw": "sampled"})
+        if progress is not None:
+            progress(k + 1, len(tasks))
     return pairs
 
 
