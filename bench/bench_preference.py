@@ -74,9 +74,10 @@ def main() -> None:
     pairs, held = out / "pairs.jsonl", out / "heldout_pairs.jsonl"
     figures: dict = {}
     sampled = ["--from-model", args.model, "--families", args.pair_families] if args.sampled_pairs else []
-    numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force", *sampled)
-    numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
-           "--seed", str(args.seed + 1), "--force", *sampled)
+    if not held.exists():           # like the reward model and DPO below, what --out holds already is reused
+        numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force", *sampled)
+        numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
+               "--seed", str(args.seed + 1), "--force", *sampled)
     n_held = sum(1 for line in held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),

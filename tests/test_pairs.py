@@ -3,6 +3,7 @@ synthetic tasks (chosen passes the exact checker, rejected fails it, same split)
 transformers' apply_chat_template, and `numgpt data pairs|check` through the real dispatcher."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,8 +186,9 @@ def test_data_pairs_and_check_through_the_cli(tmp_path, capsys):
 
 def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
     """The built-in chat model answers 16 sums 6 times each: every pair's chosen answer is the first sample
-    the checker accepts and its rejected the first it refuses (ended with <|end|>), redone here from the
-    same seeds with rl.sample_group; the same seed gives the same pairs."""
+    the checker accepts whose working is the reference's step for step, and its rejected the first the
+    checker refuses (ended with <|end|>), redone here from the same seeds with rl.sample_group; the same
+    seed gives the same pairs."""
     import numgpt
     from numgpt.posttrain.chat_format import chat_template
     from numgpt.posttrain.pairs import sampled_pairs
@@ -204,7 +206,8 @@ def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
         answers, _ = sample_group(lm.params, lm.config, task.prompt, [np.random.default_rng([5, k, i]) for i in range(6)],
                                   sampling=SamplingOptions(temperature=1.0), max_new_tokens=112, end_id=end)
         texts = [(lm.tokenizer.decode([t for t in a if t != end]), bool(a) and a[-1] == end) for a in answers]
-        right = [t for t, _ in texts if check(task.record, t)]
+        worked = re.fullmatch(r"(.*write \d(?:, (?:carry|borrow) 1)?\.) .*", task.record["messages"][-1]["content"])
+        right = [t for t, _ in texts if check(task.record, t) and t.startswith(worked[1])]   # the steps right too
         wrong = [t for t, ended in texts if ended and not check(task.record, t)]
         if right and wrong:
             expected.append((prompt_messages(task.record), right[0], wrong[0], task.record["answer"]))

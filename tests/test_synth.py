@@ -16,7 +16,7 @@ from numgpt.cli import main
 from numgpt.errors import NumgptError
 from numgpt.posttrain import (FAMILIES, Operands, check, check_task, extract_answer, prompt_messages,
                               read_conversations, read_tasks, synthesize, words_from_text, write_conversations)
-from numgpt.posttrain.synth import is_heldout
+from numgpt.posttrain.synth import column_addition, is_heldout, right_working
 
 # each unit in its base unit (metre, gram, second), as fractions: the conversions recomputed independently
 IN_BASE = {"centimetre": Fraction(1, 100), "metre": Fraction(1), "kilometre": Fraction(1000), "gram": Fraction(1),
@@ -397,3 +397,14 @@ def test_cli_words_file_and_one_line_errors(capsys, tmp_path):
         code, _, err = run(capsys, *argv)
         assert code == 2 and err.startswith("numgpt: error: ") and words in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_right_working_needs_every_step_not_only_the_answer():
+    task = synthesize(1, rng=np.random.default_rng(4), families=["add"])[0]
+    a, b = (int(n) for n in re.findall(r"\d+", task["messages"][-2]["content"]))
+    total = a + b
+    slipped = column_addition(a, b).replace(" = ", " = 1", 1) + f" The sum is {total}."   # a wrong first sum
+    assert check(task, slipped) and not right_working(task, slipped)
+    assert right_working(task, column_addition(a, b) + f" {a} + {b} = {total}")
+    count = synthesize(1, rng=np.random.default_rng(4), families=["count"])[0]
+    assert right_working(count, "anything")                       # no working to check

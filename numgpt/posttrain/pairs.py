@@ -21,8 +21,9 @@ naming another model -- or, at `format_rate`, a reply that gives no answer at al
 fails synth.check and every chosen one passes it, so a reward model learns correctness, not style.
 
 Pairs from a model's own samples (`sampled_pairs`, `numgpt data pairs --from-model M`): for each task the
-model answers `group` times at a temperature; the first answer the checker accepts is chosen and the first
-it rejects (among those that ended with <|end|>) is rejected, so the two differ where the model went wrong
+model answers `group` times at a temperature; the first answer the checker accepts (and whose working, for
+a worked sum, is right step for step: synth.right_working) is chosen and the first it rejects (among those
+that ended with <|end|>) is rejected, so the two differ where the model went wrong
 (a slipped digit in a worked sum) rather than where a rule put the error. A task whose answers are all
 right or all wrong gives no pair. The pairs are "flaw": "sampled".
 
@@ -202,7 +203,7 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
     from ..sampling import SamplingOptions
     from .chat_format import chat_template
     from .rl import render_tasks, sample_group
-    from .synth import REPLY_TOKENS
+    from .synth import REPLY_TOKENS, right_working
 
     if group < 2:
         raise NumgptError(f"group must be >= 2 (a right and a wrong answer are needed), got {group}")
@@ -227,7 +228,8 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
             ended = bool(ids) and ids[-1] == end_id
             text = tokenizer.decode([t for t in ids if t != end_id])
             if check(task.record, text):
-                right = right if right is not None else text
+                if right is None and right_working(task.record, text):   # not a right number by luck
+                    right = text
             elif ended and text.strip() and wrong is None:
                 wrong = text
         if right is not None and wrong is not None and right != wrong:

@@ -414,6 +414,25 @@ def check(task: Mapping, reply: str) -> bool:
     return given.casefold() == task["answer"].casefold()
 
 
+WORKING = re.compile(r".*write \d(?:, (?:carry|borrow) 1)?\.", re.DOTALL)   # a worked reply's steps
+
+
+def working_of(reply: str) -> str | None:
+    """The working a worked add or sub reply starts with (up to its last "write N." step), or None."""
+    found = WORKING.match(reply)
+    return found[0] if found else None
+
+
+def right_working(task: Mapping, reply: str) -> bool:
+    """Whether a reply's working is the task's own, step for step: it starts with the working of the task's
+    reference reply (the last assistant turn; a right working is unique, column_addition's or
+    column_subtraction's). True for families without working. `check` reads the answer alone, so a reply
+    with slipped steps that happen to end on the right number passes it, and fails this."""
+    reference = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
+    steps = working_of(reference)
+    return steps is None or reply.startswith(steps)
+
+
 def check_task(task: Mapping, where: str) -> None:
     """Refuse (NumgptError starting with `where`) a task the checker cannot score: an unknown family, an
     answer that is not a string, or a reference reply (the last assistant turn) that its checker fails."""
