@@ -369,7 +369,7 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, chat_folder, tmp_pa
     assert code == 2 and err == (f"numgpt: error: the chat template of {other} cannot be used: the tokenizer's "
                                  "chat_template is not numgpt's chat format, which is the only one numgpt renders "
                                  "(it does not run Jinja); chat over the plain transcript with --transcript\n")
-    code, out, err = chat(capsys, monkeypatch, other, ["hi"], "--transcript", "-n", "3")
+    code, out, err = chat(capsys, monkeypatch, other, ["hi"], "--transcript", "-n", "3", "--temperature", "0")
     assert code == 0 and out.count("\n") == 1 and "note" not in err
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\n"), encoding="utf-8"))
     assert main(["chat", "--model", str(chat_folder)]) == 2
