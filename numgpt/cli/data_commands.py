@@ -106,9 +106,10 @@ spelling, a neighbouring weekday, month or letter), name (an identity reply nami
 (`numgpt reward train`) and DPO (`numgpt dpo`). The same --seed gives the same file.
 
 --from-model M: the pairs come from the model's own answers instead. For each of the --n tasks it answers
---group times at --temperature; a right answer (by the exact checker) is chosen, a wrong one that ended
-with <|end|> is rejected ("flaw": "sampled"), and a task whose answers are all right or all wrong gives
-no pair, so the file holds at most --n pairs (the count is printed). The same --seed gives the same file.
+--group times at --temperature; a right answer (by the exact checker; for a worked sum, every step
+right) is chosen, a wrong one that ended with <|end|> is rejected ("flaw": "sampled"), and a task whose
+answers are all right or all wrong gives no pair, so the file holds at most --n pairs (the count is
+printed). The same --seed gives the same file.
 """
 
 
