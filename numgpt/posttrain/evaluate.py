@@ -23,11 +23,10 @@ from ..sampling import SamplingOptions
 from .synth import REPLY_TOKENS, check, extract_answer, prompt_messages
 
 BATCH = 32
-MAX_NEW_TOKENS = REPLY_TOKENS
 
 
 def greedy_replies(params: Params, config: GPTConfig, prompts: Sequence[list[int]], stop_id: int, *,
-                   max_new_tokens: int = MAX_NEW_TOKENS, batch: int = BATCH) -> list[list[int]]:
+                   max_new_tokens: int = REPLY_TOKENS, batch: int = BATCH) -> list[list[int]]:
     """The greedy continuation of each prompt up to and including stop_id (or max_new_tokens, fewer when
     the longest prompt leaves less room in the context)."""
     from ..generate import generate_ids
@@ -45,7 +44,7 @@ def greedy_replies(params: Params, config: GPTConfig, prompts: Sequence[list[int
 
 
 def chat_replies(params: Params, config: GPTConfig, tokenizer, tasks: Sequence[Mapping], *,
-                 max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[str], list[bool]]:
+                 max_new_tokens: int = REPLY_TOKENS) -> tuple[list[str], list[bool]]:
     """A chat model's greedy reply to each task (text without the end token) and whether it ended."""
     from .chat_format import chat_template
 
@@ -57,7 +56,7 @@ def chat_replies(params: Params, config: GPTConfig, tokenizer, tasks: Sequence[M
 
 
 def few_shot_replies(params: Params, config: GPTConfig, tokenizer, tasks: Sequence[Mapping],
-                     shots: Sequence[Mapping], *, max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[str], list[bool]]:
+                     shots: Sequence[Mapping], *, max_new_tokens: int = REPLY_TOKENS) -> tuple[list[str], list[bool]]:
     """A base model's greedy reply to a few-shot Question/Answer prompt, cut at its first newline."""
     from .corpus import question_answer
 

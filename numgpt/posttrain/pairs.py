@@ -232,8 +232,8 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
                     right = text
             elif ended and text.strip() and wrong is None:
                 wrong = text
-        if right is not None and wrong is not None and right != wrong:
-            record = dict(task.record)
+        if right is not None and wrong is not None:          # they differ: the checker accepts only one
+            record = task.record
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],
                           "rejected": [{"role": "assistant", "content": wrong}],
