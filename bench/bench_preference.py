@@ -8,7 +8,10 @@ Steps, each the CLI's own command (so the figures are what a user gets):
      `--from-model MODEL`: from --n and --heldout tasks of --pair-families, the model's own right and wrong answers)
   2. numgpt reward train PAIRS --init MODEL: its pairwise accuracy on the held-out pairs
   3. numgpt dpo PAIRS --init MODEL --beta B [--sft-weight W]: its preference accuracy on every held-out pair
-     (the implicit reward beta * log pi/pi_ref ranks chosen above rejected)
+     (the implicit reward beta * log pi/pi_ref ranks chosen above rejected). With --step-level, DPO trains on
+     step-level pairs of the same tasks (data pairs --from-model --step-level: the reference reply chosen,
+     the wrong answer cut after its slip rejected), and its preference accuracy is on held-out step-level
+     pairs; the reward model still learns from whole replies, which is what it judges below.
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
@@ -59,6 +62,7 @@ def main() -> None:
                    help="pairs from the model's own answers (numgpt data pairs --from-model): a right one chosen, a "
                         "wrong one rejected; --n and --heldout then count tasks, not pairs")
     p.add_argument("--pair-families", default="add,sub", help="the families of --sampled-pairs' tasks (add,sub)")
+    p.add_argument("--step-level", action="store_true", help="with --sampled-pairs: DPO on step-level pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     args = p.parse_args()
@@ -78,7 +82,17 @@ def main() -> None:
         numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force", *sampled)
         numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
                "--seed", str(args.seed + 1), "--force", *sampled)
-    n_held = sum(1 for line in held.read_text().splitlines() if line.strip())
+    dpo_pairs, dpo_held = pairs, held
+    if args.step_level:
+        if not args.sampled_pairs:
+            p.error("--step-level needs --sampled-pairs")
+        dpo_pairs, dpo_held = out / "step_pairs.jsonl", out / "heldout_step_pairs.jsonl"
+        if not dpo_held.exists():
+            numgpt("data", "pairs", "--n", str(args.n), "-o", str(dpo_pairs), "--seed", str(args.seed), "--force",
+                   "--step-level", *sampled)
+            numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(dpo_held),
+                   "--seed", str(args.seed + 1), "--force", "--step-level", *sampled)
+    n_held = sum(1 for line in dpo_held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
                                        "--max-iters", str(args.rm_iters), "--val", str(held), "--train", "all",
@@ -87,9 +101,9 @@ def main() -> None:
     rewards = rm.score_pairs(__import__("numgpt.posttrain.pairs", fromlist=["read_pairs"]).read_pairs(held))
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
     if not (out / "dpo" / "latest").exists():
-        figures["dpo_seconds"] = numgpt("dpo", str(pairs), "--init", args.model, "--out", str(out / "dpo"),
+        figures["dpo_seconds"] = numgpt("dpo", str(dpo_pairs), "--init", args.model, "--out", str(out / "dpo"),
                                         "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
-                                        "--val", str(held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
+                                        "--val", str(dpo_held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
                                         "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))   # every held-out pair
     log = [json.loads(line) for line in (out / "dpo" / "log.jsonl").read_text().splitlines()]
     last_eval = [e for e in log if e["type"] == "eval"][-1]

@@ -62,6 +62,7 @@ BAD = [
     ("content a number", json.dumps({**pair(), "rejected": [{"role": "assistant", "content": 5}]}),
      ':1: "rejected": content must be a string, got a number'),
     ("chosen equals rejected", json.dumps(pair(rejected="4")), ':1: "chosen" and "rejected" are the same reply'),
+    ("cut names the chosen", json.dumps(pair(cut="chosen")), ':1: "cut" must be "rejected"'),
 ]
 
 
@@ -158,6 +159,20 @@ def test_render_pair_equals_transformers_apply_chat_template(chat_folder):
             assert reply[-1] == tok.special_tokens["<|end|>"] and tok.decode(reply[:-1]) == p[key][0]["content"]
 
 
+def test_a_cut_reply_renders_without_its_end(chat_folder):
+    """A step-level pair's rejected reply ("cut": "rejected") is transformers' rendering of the whole
+    conversation less its final <|end|>; its chosen reply keeps the end."""
+    tok = Tokenizer.load(chat_folder)
+    hf = transformers.AutoTokenizer.from_pretrained(chat_folder)
+    p = pair("What is 478 + 356?", "Ones: 8 + 6 = 14, write 4, carry 1. The sum is 834.",
+             "Ones: 8 + 6 = 15, write 5, carry 1.", cut="rejected")
+    prompt, chosen, rejected = render_pair(tok, p)
+    end = tok.special_tokens["<|end|>"]
+    assert prompt + chosen == hf.apply_chat_template(p["prompt"] + p["chosen"], return_dict=False)
+    assert prompt + rejected + [end] == hf.apply_chat_template(p["prompt"] + p["rejected"], return_dict=False)
+    assert rejected[-1] != end and chosen[-1] == end
+
+
 def test_render_pair_needs_a_chat_template(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT)
     assert main(["train-tokenizer", str(tmp_path / "t.txt"), "--vocab-size", "280", "-q", "-o",
@@ -218,6 +233,41 @@ def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
         assert not check(pair, pair["rejected"][0]["content"])
 
 
+def test_step_level_pairs_cut_the_wrong_answer_after_its_slip():
+    """Step-level pairs from the built-in chat model's answers to 16 sums: chosen is the task's reference
+    reply; rejected is the first wrong answer (redone here from the same seeds) cut after its first sentence
+    that is not the reference's, marked "cut" exactly when it was shortened; every task with a wrong
+    answer gives a pair."""
+    import numgpt
+    from numgpt.posttrain.chat_format import chat_template
+    from numgpt.posttrain.pairs import sampled_pairs
+    from numgpt.posttrain.rl import render_tasks, sample_group
+    from numgpt.sampling import SamplingOptions
+    from numgpt.posttrain.synth import synthesize
+
+    lm = numgpt.load("chat")
+    tasks = synthesize(16, rng=np.random.default_rng(4), families=["add", "sub"])
+    pairs = iter(sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=2, step_level=True))
+    end = chat_template(lm.tokenizer).end_id
+    paired = cut = 0
+    for k, task in enumerate(render_tasks(lm.tokenizer, tasks)):
+        answers, _ = sample_group(lm.params, lm.config, task.prompt, [np.random.default_rng([2, k, i]) for i in range(6)],
+                                  sampling=SamplingOptions(temperature=1.0), max_new_tokens=112, end_id=end)
+        wrong = [lm.tokenizer.decode(a[:-1]) for a in answers if a and a[-1] == end
+                 and not check(task.record, lm.tokenizer.decode(a[:-1]))]
+        if not wrong:
+            continue
+        p, reference = next(pairs), task.record["messages"][-1]["content"]
+        rejected, paired = p["rejected"][0]["content"], paired + 1
+        assert p["chosen"][0]["content"] == reference and wrong[0].startswith(rejected)
+        ours, theirs = rejected.split(". "), reference.split(". ")
+        assert ours[:-1] == theirs[:len(ours) - 1]                 # the steps before the slip are the reference's
+        assert len(ours) > len(theirs) or ours[-1] != theirs[len(ours) - 1]         # and the last one is not
+        assert (p.get("cut") == "rejected") == (rejected != wrong[0])
+        cut += rejected != wrong[0]
+    assert next(pairs, None) is None and paired > 0 and cut > 0
+
+
 def test_data_pairs_from_a_model_through_the_cli(tmp_path, capsys):
     out = tmp_path / "sampled.jsonl"
     assert main(["data", "pairs", "--from-model", "chat", "--families", "sub", "--n", "6", "--group", "4",
@@ -228,6 +278,8 @@ def test_data_pairs_from_a_model_through_the_cli(tmp_path, capsys):
     assert all(p["family"] == "sub" and p["flaw"] == "sampled" for p in pairs)
     assert main(["data", "pairs", "--from-model", "chat", "--n", "2", "--group", "1", "-o", str(tmp_path / "g.jsonl")]) == 2
     assert "group must be >= 2" in capsys.readouterr().err
+    assert main(["data", "pairs", "--step-level", "--n", "2", "-o", str(tmp_path / "s.jsonl")]) == 2
+    assert "--step-level cuts a model's wrong answers, so it needs --from-model MODEL" in capsys.readouterr().err
     assert main(["data", "pairs", "--from-model", "builtin", "--n", "2", "-o", str(tmp_path / "b.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "chat" in err and "Traceback" not in err

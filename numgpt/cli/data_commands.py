@@ -110,6 +110,12 @@ spelling, a neighbouring weekday, month or letter), name (an identity reply nami
 right) is chosen, a wrong one that ended with <|end|> is rejected ("flaw": "sampled"), and a task whose
 answers are all right or all wrong gives no pair, so the file holds at most --n pairs (the count is
 printed). The same --seed gives the same file.
+
+--step-level (with --from-model): step-level pairs, as Step-DPO makes them. The chosen reply is the task's
+reference reply; the rejected one is the model's first wrong answer cut after its first sentence (a worked
+sum's step) that differs from the reference's, with no <|end|> ("cut": "rejected"). So the pair differs
+only from the slip on, and the steps after a slip (right given the slip) are not pushed down with it.
+Every task with a wrong answer gives a pair.
 """
 
 
@@ -126,6 +132,8 @@ def _register_pairs(sub) -> None:
                    "answers make the pairs: a right one chosen, a wrong one rejected")
     m.add_argument("--group", type=int, default=8, metavar="G", help="answers sampled per task (default 8)")
     m.add_argument("--temperature", type=float, default=1.0, metavar="T", help="their temperature (default 1.0)")
+    m.add_argument("--step-level", action="store_true", help="the reference reply chosen, the wrong answer cut "
+                   "after its first wrong step rejected (below)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -183,6 +191,8 @@ def run_pairs(args) -> int:
     from ..posttrain.pairs import synthesize_pairs, write_pairs
 
     out, operands, families = _synth_options(args)
+    if args.step_level and args.from_model is None:
+        raise NumgptError("--step-level cuts a model's wrong answers, so it needs --from-model MODEL")
     if args.from_model is not None:
         return _run_sampled_pairs(args, out, operands, families)
     pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
@@ -209,13 +219,15 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
     update, close = progress_reporter(True, "task", "data pairs")
     try:
         pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=args.group,
-                              temperature=args.temperature, seed=args.seed, progress=update)
+                              temperature=args.temperature, seed=args.seed, step_level=args.step_level,
+                              progress=update)
     finally:
         close()
     write_pairs(out, pairs)
     per = Counter(p["family"] for p in pairs)
+    unpaired = "all right" if args.step_level else "all right or all wrong"
     print(f"wrote {len(pairs)} {args.split} preference pairs from {args.from_model}'s answers to {out} "
-          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had answers all right or all wrong; pairs per family: "
+          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had answers {unpaired}; pairs per family: "
           f"{', '.join(f'{f} {c}' for f, c in sorted(per.items()))})")
     return 0
 

@@ -27,9 +27,18 @@ that ended with <|end|>) is rejected, so the two differ where the model went wro
 (a slipped digit in a worked sum) rather than where a rule put the error. A task whose answers are all
 right or all wrong gives no pair. The pairs are "flaw": "sampled".
 
+Step-level pairs (`sampled_pairs(..., step_level=True)`, `data pairs --from-model M --step-level`, as
+Step-DPO makes them): the chosen reply is the task's reference reply, and the rejected one is a wrong
+answer of the model cut after its first step (sentence) that differs from the reference's: its steps before
+that one are the reference's own, so the pair differs only from the first slip on, and the steps after
+the slip, right given the slip, are not pushed down with it. A cut reply did not end there, so it is
+rendered without its '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores). Every task
+with a wrong answer gives a pair.
+
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
-template puts after it (content and '<|end|>'), so prompt + reply is exactly the rendered conversation
-(chat_format's format guarantees it; render_pair checks it).
+template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
+prompt + reply is exactly the rendered conversation (chat_format's format guarantees it; render_pair checks
+it).
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ OTHER_NAMES = ("ChatGPT", "nanoGPT", "GPT-2", "Eliza", "an assistant")   # ident
 NO_ANSWER = ("I am not sure.", "Let me think about that.", "I cannot answer that.", "Good question!",
              "Sorry, I do not know.")                                    # replies that break the format
 CYCLES = (WEEKDAYS, MONTHS, tuple(LETTERS))
+SENTENCE_END = re.compile(r"(?<=\.) ")     # where a reply's sentences (a worked sum's steps) part
 MAX_TRIES = 100                   # redraws of a wrong reply until it differs and fails the checker
 FORMAT_RATE = 0.1
 
@@ -107,6 +117,9 @@ def check_pair(record: object, where: str) -> dict:
     except NumgptError as e:
         raise NumgptError(f'{where}: "prompt": {e}') from None
     contents = [_reply(record[key], f'{where}: "{key}"') for key in REPLIES]
+    if record.get("cut", "rejected") != "rejected":
+        raise NumgptError(f'{where}: "cut" must be "rejected" (the rejected reply stops after its first wrong '
+                          f"step, with no '<|end|>'), got {record['cut']!r}")
     if contents[0] == contents[1]:
         raise NumgptError(f'{where}: "chosen" and "rejected" are the same reply; a preference needs two different ones')
     return record
@@ -155,8 +168,9 @@ def is_pairs_file(path: str | os.PathLike) -> bool:
 def render_pair(tokenizer: Tokenizer, pair: Mapping, *, allow_special: bool = False
                 ) -> tuple[list[int], list[int], list[int]]:
     """(prompt ids with the generation prompt, chosen reply ids, rejected reply ids): each reply is the tokens
-    the chat template puts after the generation prompt for that assistant message, its '<|end|>' included,
-    so prompt + reply == render_chat(prompt messages + [reply message]) (checked)."""
+    the chat template puts after the generation prompt for that assistant message, its '<|end|>' included
+    (not for the reply a "cut" pair names), so prompt + reply == render_chat(prompt messages + [reply
+    message]) (checked)."""
     prompt = render_chat(tokenizer, pair["prompt"], add_generation_prompt=True, allow_special=allow_special)
     template = chat_template(tokenizer)
     replies = []
@@ -167,6 +181,8 @@ def render_pair(tokenizer: Tokenizer, pair: Mapping, *, allow_special: bool = Fa
         if prompt + reply != whole:                 # chat_format guarantees it; a changed format would not
             raise NumgptError(f"{key}: the prompt followed by the reply does not render as the whole conversation; "
                               "the chat template does not end a generation prompt where the reply starts")
+        if pair.get("cut") == key:                  # it stops after its slip: it did not end there
+            reply = reply[:-1] if reply and reply[-1] == template.end_id else reply
         replies.append(reply)
     return prompt, replies[0], replies[1]
 
@@ -193,13 +209,23 @@ def synthesize_pairs(n: int, *, rng: np.random.Generator, families: Sequence[str
     return pairs
 
 
+def cut_after_slip(reference: str, reply: str) -> str:
+    """`reply` up to the end of its first sentence that is not the reference's sentence at the same place
+    (sentences split after ". "); the whole reply when that sentence is its last, or none differs."""
+    ours, theirs = SENTENCE_END.split(reply), SENTENCE_END.split(reference)
+    for i, sentence in enumerate(ours):
+        if i >= len(theirs) or sentence != theirs[i]:
+            return " ".join(ours[:i + 1])
+    return reply
+
+
 def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping], *, group: int = 8,
                   temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
-                  progress=None) -> list[dict]:
+                  step_level: bool = False, progress=None) -> list[dict]:
     """Preference pairs from a chat model's own answers (module docstring): per task, `group` answers
     sampled at `temperature` (answer i of task k seeded by (seed, k, i), so the file is the same on every
-    run), judged by synth.check; a right and a wrong answer make a pair. `progress(done, total)` is
-    called after each task."""
+    run), judged by synth.check; a right and a wrong answer make a pair (step_level: the reference reply
+    and the first wrong answer cut after its slip). `progress(done, total)` is called after each task."""
     from ..sampling import SamplingOptions
     from .chat_format import chat_template
     from .rl import render_tasks, sample_group
@@ -232,13 +258,17 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
                     right = text
             elif ended and text.strip() and wrong is None:
                 wrong = text
+        record, cut = task.record, {}
+        if step_level and wrong is not None:
+            right = record["messages"][-1]["content"]
+            shorter = cut_after_slip(right, wrong)
+            wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
         if right is not None and wrong is not None:          # they differ: the checker accepts only one
-            record = task.record
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],
                           "rejected": [{"role": "assistant", "content": wrong}],
                           **{key: record[key] for key in ("family", "answer", "split", "template") if key in record},
-                          "flaw": "sampled"})
+                          "flaw": "sampled", **cut})
         if progress is not None:
             progress(k + 1, len(tasks))
     return pairs
