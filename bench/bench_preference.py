@@ -12,6 +12,9 @@ Steps, each the CLI's own command (so the figures are what a user gets):
      step-level pairs of the same tasks (data pairs --from-model --step-level: the reference reply chosen,
      the wrong answer cut after its slip rejected), and its preference accuracy is on held-out step-level
      pairs; the reward model still learns from whole replies, which is what it judges below.
+     With --rounds R (iterative DPO, with --sampled-pairs): R rounds, each sampling pairs of --round-n new
+     tasks from the policy the round before left (the first from MODEL) and running DPO from it, with it as
+     the reference; the last round's policy is judged against MODEL.
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
@@ -63,6 +66,8 @@ def main() -> None:
                         "wrong one rejected; --n and --heldout then count tasks, not pairs")
     p.add_argument("--pair-families", default="add,sub", help="the families of --sampled-pairs' tasks (add,sub)")
     p.add_argument("--step-level", action="store_true", help="with --sampled-pairs: DPO on step-level pairs")
+    p.add_argument("--rounds", type=int, default=1, help="iterative DPO: rounds of sampling and DPO (above)")
+    p.add_argument("--round-n", type=int, default=600, help="tasks sampled a round (--rounds > 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     args = p.parse_args()
@@ -100,19 +105,37 @@ def main() -> None:
     rm = load_reward_model(out / "rm" / "model")
     rewards = rm.score_pairs(__import__("numgpt.posttrain.pairs", fromlist=["read_pairs"]).read_pairs(held))
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
-    if not (out / "dpo" / "latest").exists():
+    if args.rounds == 1 and not (out / "dpo" / "latest").exists():
         figures["dpo_seconds"] = numgpt("dpo", str(dpo_pairs), "--init", args.model, "--out", str(out / "dpo"),
                                         "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
                                         "--val", str(dpo_held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
                                         "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))   # every held-out pair
-    log = [json.loads(line) for line in (out / "dpo" / "log.jsonl").read_text().splitlines()]
+    policy, last = out / "dpo" / "latest", out / "dpo"
+    if args.rounds > 1:
+        if not args.sampled_pairs:
+            p.error("--rounds needs --sampled-pairs")
+        policy = Path(args.model)
+        for r in range(args.rounds):
+            rd = out / f"round{r}"
+            rd.mkdir(exist_ok=True)
+            if not (rd / "pairs.jsonl").exists():
+                numgpt("data", "pairs", "--n", str(args.round_n), "-o", str(rd / "pairs.jsonl"), "--force",
+                       "--seed", str(args.seed + 100 * (r + 1)), "--from-model", str(policy),
+                       "--families", args.pair_families, *(["--step-level"] if args.step_level else []))
+            if not (rd / "dpo" / "latest").exists():
+                numgpt("dpo", str(rd / "pairs.jsonl"), "--init", str(policy), "--out", str(rd / "dpo"),
+                       "--beta", str(args.beta), "--max-iters", str(args.dpo_iters), "--val", str(dpo_held),
+                       "--lr", str(args.lr), "--sft-weight", str(args.sft_weight), "--batch-size", "8",
+                       "--eval-iters", str(-(-n_held // 8)))
+            policy, last = rd / "dpo" / "latest", rd / "dpo"
+    log = [json.loads(line) for line in (last / "log.jsonl").read_text().splitlines()]
     last_eval = [e for e in log if e["type"] == "eval"][-1]
     figures["dpo_last_eval"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
 
     folder = resolve_model(args.model, cache_dir=Path("/nonexistent"))
     config, ref_params = load_checkpoint(folder)
     tok = load_tokenizer(folder, config)
-    _, dpo_params = load_checkpoint(out / "dpo" / "latest")
+    _, dpo_params = load_checkpoint(policy)
     tasks = synthesize(args.tasks, rng=np.random.default_rng(args.seed + 2), split="heldout", system_rate=0.0)
     write_conversations(out / "heldout_tasks.jsonl", tasks)
     ref_replies, _ = chat_replies(ref_params, config, tok, tasks)
