@@ -14,7 +14,10 @@ Steps, each the CLI's own command (so the figures are what a user gets):
      pairs; the reward model still learns from whole replies, which is what it judges below.
      With --rounds R (iterative DPO, with --sampled-pairs): R rounds, each sampling pairs of --round-n new
      tasks from the policy the round before left (the first from MODEL) and running DPO from it, with it as
-     the reference; the last round's policy is judged against MODEL.
+     the reference (its held-out figures on the pairs sampled from MODEL); the last round's policy is
+     judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, round{r}, round{r}_step):
+     what --out holds is reused, so one --out serves both kinds on the same reward model; use a new --out
+     for other settings (--model, --lr, --beta, ...).
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
@@ -71,6 +74,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     args = p.parse_args()
+    if (args.step_level or args.rounds > 1) and not args.sampled_pairs:
+        p.error("--step-level and --rounds need --sampled-pairs")
+    if args.rounds < 1 or args.round_n < 1:
+        p.error("--rounds and --round-n must be at least 1")
 
     from numgpt.formats import load_checkpoint, load_tokenizer, resolve_model
     from numgpt.posttrain.chatdata import write_conversations
@@ -88,13 +95,13 @@ def main() -> None:
         numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
                "--seed", str(args.seed + 1), "--force", *sampled)
     dpo_pairs, dpo_held = pairs, held
+    kind = "_step" if args.step_level else ""
     if args.step_level:
-        if not args.sampled_pairs:
-            p.error("--step-level needs --sampled-pairs")
         dpo_pairs, dpo_held = out / "step_pairs.jsonl", out / "heldout_step_pairs.jsonl"
-        if not dpo_held.exists():
+        if args.rounds == 1 and not dpo_pairs.exists():     # rounds sample their own training pairs
             numgpt("data", "pairs", "--n", str(args.n), "-o", str(dpo_pairs), "--seed", str(args.seed), "--force",
                    "--step-level", *sampled)
+        if not dpo_held.exists():
             numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(dpo_held),
                    "--seed", str(args.seed + 1), "--force", "--step-level", *sampled)
     n_held = sum(1 for line in dpo_held.read_text().splitlines() if line.strip())
@@ -105,18 +112,17 @@ def main() -> None:
     rm = load_reward_model(out / "rm" / "model")
     rewards = rm.score_pairs(__import__("numgpt.posttrain.pairs", fromlist=["read_pairs"]).read_pairs(held))
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
-    if args.rounds == 1 and not (out / "dpo" / "latest").exists():
-        figures["dpo_seconds"] = numgpt("dpo", str(dpo_pairs), "--init", args.model, "--out", str(out / "dpo"),
+    last = out / f"dpo{kind}"
+    if args.rounds == 1 and not (last / "latest").exists():
+        figures["dpo_seconds"] = numgpt("dpo", str(dpo_pairs), "--init", args.model, "--out", str(last),
                                         "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
                                         "--val", str(dpo_held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
                                         "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))   # every held-out pair
-    policy, last = out / "dpo" / "latest", out / "dpo"
+    policy = last / "latest"
     if args.rounds > 1:
-        if not args.sampled_pairs:
-            p.error("--rounds needs --sampled-pairs")
         policy = Path(args.model)
         for r in range(args.rounds):
-            rd = out / f"round{r}"
+            rd = out / f"round{r}{kind}"
             rd.mkdir(exist_ok=True)
             if not (rd / "pairs.jsonl").exists():
                 numgpt("data", "pairs", "--n", str(args.round_n), "-o", str(rd / "pairs.jsonl"), "--force",

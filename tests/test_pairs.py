@@ -233,6 +233,35 @@ def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
         assert not check(pair, pair["rejected"][0]["content"])
 
 
+def test_cut_after_slip_keeps_the_first_differing_sentence():
+    from numgpt.posttrain.pairs import cut_after_slip
+
+    ref = "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. The sum is 134."
+    slip = "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 14, write 4, carry 1. The sum is 144."
+    assert cut_after_slip(ref, slip) == "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 14, write 4, carry 1."
+    first = "Ones: 8 + 6 = 15, write 5, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. The sum is 135."
+    assert cut_after_slip(ref, first) == "Ones: 8 + 6 = 15, write 5, carry 1."
+    last = "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. The sum is 124."
+    assert cut_after_slip(ref, last) == last                     # the slip is the last sentence: nothing to cut
+    longer = ref + " Hundreds: 0 + 0 = 0, write 0. The sum is 134."
+    assert cut_after_slip(ref, longer) == ref + " Hundreds: 0 + 0 = 0, write 0."   # past the reference's end
+    assert cut_after_slip(ref, ref) == ref
+
+
+def test_the_reward_model_refuses_step_level_pairs(tmp_path, capsys):
+    """A cut reply has no <|end|> for a reward model to read: reward train refuses the file by line."""
+    from numgpt.posttrain.pairs import whole_reply_pairs
+
+    path = tmp_path / "steps.jsonl"
+    write_pairs(path, [pair(family="add", answer="4"), pair("What is 3 + 3?", "6", "7", cut="rejected")])
+    with pytest.raises(NumgptError, match=r'steps.jsonl:2: a step-level pair \("cut"\), which is for DPO'):
+        whole_reply_pairs(path)
+    assert main(["reward", "train", str(path), "--init", "chat", "--out", str(tmp_path / "rm")]) == 2
+    err = capsys.readouterr().err
+    assert "steps.jsonl:2: a step-level pair" in err and "Traceback" not in err
+    assert not (tmp_path / "rm").exists()
+
+
 def test_step_level_pairs_cut_the_wrong_answer_after_its_slip():
     """Step-level pairs from the built-in chat model's answers to 16 sums: chosen is the task's reference
     reply; rejected is the first wrong answer (redone here from the same seeds) cut after its first sentence
@@ -264,6 +293,7 @@ def test_step_level_pairs_cut_the_wrong_answer_after_its_slip():
         assert ours[:-1] == theirs[:len(ours) - 1]                 # the steps before the slip are the reference's
         assert len(ours) > len(theirs) or ours[-1] != theirs[len(ours) - 1]         # and the last one is not
         assert (p.get("cut") == "rejected") == (rejected != wrong[0])
+        assert rejected == wrong[0] or wrong[0][len(rejected):].startswith(" ")       # cut where a sentence ends
         cut += rejected != wrong[0]
     assert next(pairs, None) is None and paired > 0 and cut > 0
 

@@ -111,11 +111,13 @@ right) is chosen, a wrong one that ended with <|end|> is rejected ("flaw": "samp
 answers are all right or all wrong gives no pair, so the file holds at most --n pairs (the count is
 printed). The same --seed gives the same file.
 
---step-level (with --from-model): step-level pairs, as Step-DPO makes them. The chosen reply is the task's
-reference reply; the rejected one is the model's first wrong answer cut after its first sentence (a worked
-sum's step) that differs from the reference's, with no <|end|> ("cut": "rejected"). So the pair differs
-only from the slip on, and the steps after a slip (right given the slip) are not pushed down with it.
-Every task with a wrong answer gives a pair.
+--step-level (with --from-model): step-level pairs for DPO, the rejected side cut as Step-DPO cuts it.
+The chosen reply is the task's whole reference reply; the rejected one is the model's first wrong answer
+cut after its first sentence (a worked sum's step) that differs from the reference's, with no <|end|>
+("cut": "rejected"). So the pair differs only from the slip on, and the steps after a slip (right given
+the slip) are not pushed down with it. Each task with a wrong answer that ended with <|end|> gives a
+pair. Meant for --families add,sub, whose working has one right wording; the reward model refuses these
+pairs (it reads a whole reply).
 """
 
 
@@ -133,7 +135,7 @@ def _register_pairs(sub) -> None:
     m.add_argument("--group", type=int, default=8, metavar="G", help="answers sampled per task (default 8)")
     m.add_argument("--temperature", type=float, default=1.0, metavar="T", help="their temperature (default 1.0)")
     m.add_argument("--step-level", action="store_true", help="the reference reply chosen, the wrong answer cut "
-                   "after its first wrong step rejected (below)")
+                   "after its first sentence that differs from the reference's rejected (below)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -225,9 +227,9 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
         close()
     write_pairs(out, pairs)
     per = Counter(p["family"] for p in pairs)
-    unpaired = "all right" if args.step_level else "all right or all wrong"
+    unpaired = "no wrong answer that ended" if args.step_level else "answers all right or all wrong"
     print(f"wrote {len(pairs)} {args.split} preference pairs from {args.from_model}'s answers to {out} "
-          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had answers {unpaired}; pairs per family: "
+          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had {unpaired}; pairs per family: "
           f"{', '.join(f'{f} {c}' for f, c in sorted(per.items()))})")
     return 0
 
@@ -259,7 +261,8 @@ def run_check(args) -> int:
 
 def _check_pairs(path: Path) -> int:
     """`data check` on a preference-pairs file: every pair valid; those that carry a task have a chosen reply
-    the checker accepts, and the count of rejected replies it accepts too (0 for numgpt's pairs) is printed."""
+    the checker accepts, and the count of whole rejected replies it accepts too (0 for numgpt's pairs) is
+    printed (a cut one stops before its answer)."""
     from ..posttrain.pairs import numbered_pairs
     from ..posttrain.synth import check, check_task
 
@@ -270,9 +273,11 @@ def _check_pairs(path: Path) -> int:
     print(f"{path}: {len(pairs)} preference pairs, prompts of {sum(len(p['prompt']) for _, p in pairs)} messages")
     if tasks:
         families = Counter(p["family"] for _, p in tasks)
-        right = sum(check(p, p["rejected"][0]["content"]) for _, p in tasks)
+        whole = [p for _, p in tasks if "cut" not in p]
+        right = sum(check(p, p["rejected"][0]["content"]) for p in whole)
+        cut = f" ({len(tasks) - len(whole)} cut after their slip)" if len(whole) < len(tasks) else ""
         print(f"tasks: {len(tasks)} ({', '.join(f'{f} {c}' for f, c in sorted(families.items()))}); every chosen "
-              f"reply gives the answer; {right} rejected replies do too")
+              f"reply gives the answer; {right} rejected replies do too{cut}")
     return 0
 
 

@@ -241,8 +241,8 @@ def run_score(args) -> int:
     if args.pairs is not None:
         from collections import defaultdict
 
-        from ..posttrain.pairs import read_pairs
-        every = read_pairs(input_file(args.pairs))
+        from ..posttrain.pairs import whole_reply_pairs
+        every = whole_reply_pairs(input_file(args.pairs))
         pairs = [p for p in every if model.pair_fits(p)]
         if not pairs:
             raise NumgptError(f"--pairs {args.pairs}: every pair is longer than the model's context "

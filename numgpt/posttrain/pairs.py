@@ -27,13 +27,16 @@ that ended with <|end|>) is rejected, so the two differ where the model went wro
 (a slipped digit in a worked sum) rather than where a rule put the error. A task whose answers are all
 right or all wrong gives no pair. The pairs are "flaw": "sampled".
 
-Step-level pairs (`sampled_pairs(..., step_level=True)`, `data pairs --from-model M --step-level`, as
-Step-DPO makes them): the chosen reply is the task's reference reply, and the rejected one is a wrong
-answer of the model cut after its first step (sentence) that differs from the reference's: its steps before
-that one are the reference's own, so the pair differs only from the first slip on, and the steps after
-the slip, right given the slip, are not pushed down with it. A cut reply did not end there, so it is
-rendered without its '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores). Every task
-with a wrong answer gives a pair.
+Step-level pairs (`sampled_pairs(..., step_level=True)`, `data pairs --from-model M --step-level`; the
+rejected side cut as Step-DPO cuts it, the chosen side the whole reference reply): the chosen reply is the
+task's reference reply, and the rejected one is a wrong answer of the model cut after its first sentence
+(a worked sum's step) that differs from the reference's. Its sentences before that one are the
+reference's own, so the pair differs only from the first slip on, and the steps after the slip, right
+given the slip, are not pushed down with it. A cut reply did not end there, so it is rendered without its
+'<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses such
+pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair. Made for
+the worked sums (add, sub), whose reference working is the one right wording; in other families the
+first differing sentence may be a different phrasing of a right answer.
 
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
 template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
@@ -75,6 +78,17 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
     return [pair for _, pair in numbered_pairs(path)]
 
 
+def whole_reply_pairs(path: str | os.PathLike) -> list[dict]:
+    """`read_pairs`, refusing a step-level pair ("cut"): a reward model reads a whole reply's <|end|>, and a
+    cut reply has none, so it would learn to tell a cut reply from a whole one."""
+    found = numbered_pairs(path)
+    for number, pair in found:
+        if "cut" in pair:
+            raise NumgptError(f'{path}:{number}: a step-level pair ("cut"), which is for DPO; a reward model reads '
+                              "a whole reply: give it pairs made without --step-level")
+    return [pair for _, pair in found]
+
+
 def numbered_pairs(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(line number, pair) for every non-blank line, checked; blank lines are skipped (their numbers count)."""
     path = Path(path)
@@ -100,7 +114,8 @@ def numbered_pairs(path: str | os.PathLike) -> list[tuple[int, dict]]:
 
 def check_pair(record: object, where: str) -> dict:
     """`record` if it is a preference pair, else a NumgptError starting with `where` (FILE:LINE) and naming
-    the field: a prompt the assistant answers, two single assistant replies, and the two different."""
+    the field: a prompt the assistant answers, two single assistant replies, the two different, and "cut",
+    when present, naming the rejected reply."""
     if not isinstance(record, dict):
         raise NumgptError(f'{where}: expected a JSON object {{"prompt": [...], "chosen": [...], "rejected": [...]}}, '
                           f"got {_json_type(record)}")
@@ -118,8 +133,8 @@ def check_pair(record: object, where: str) -> dict:
         raise NumgptError(f'{where}: "prompt": {e}') from None
     contents = [_reply(record[key], f'{where}: "{key}"') for key in REPLIES]
     if record.get("cut", "rejected") != "rejected":
-        raise NumgptError(f'{where}: "cut" must be "rejected" (the rejected reply stops after its first wrong '
-                          f"step, with no '<|end|>'), got {record['cut']!r}")
+        raise NumgptError(f'{where}: "cut" must be "rejected" (the rejected reply stops after its first sentence '
+                          f"that differs from the chosen one's, with no <|end|>), got {json.dumps(record['cut'])}")
     if contents[0] == contents[1]:
         raise NumgptError(f'{where}: "chosen" and "rejected" are the same reply; a preference needs two different ones')
     return record
@@ -263,7 +278,7 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
             right = record["messages"][-1]["content"]
             shorter = cut_after_slip(right, wrong)
             wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
-        if right is not None and wrong is not None:          # they differ: the checker accepts only one
+        if right is not None and wrong is not None:          # they differ (cut_after_slip keeps a differing sentence)
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],
                           "rejected": [{"role": "assistant", "content": wrong}],

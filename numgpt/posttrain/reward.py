@@ -455,12 +455,12 @@ def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, ma
     """Pairs JSONL -> the packed data folder `out`; returns (meta, pairs left out per split). Every line is
     checked (pairs.py) and rendered before anything is written."""
     from .packing import file_sha256
-    from .pairs import read_pairs
+    from .pairs import whole_reply_pairs
 
     if val_file is not None:
-        train_set, val_set = read_pairs(pairs_file), read_pairs(val_file)
+        train_set, val_set = whole_reply_pairs(pairs_file), whole_reply_pairs(val_file)
     else:
-        train_set, val_set = held_out_split(read_pairs(pairs_file), val_fraction, seed, noun="pair")
+        train_set, val_set = held_out_split(whole_reply_pairs(pairs_file), val_fraction, seed, noun="pair")
     rendered, dropped = {}, {}
     for name, chosen in (("train", train_set), ("val", val_set)):
         rendered[name], dropped[name] = render_pairs(tokenizer, chosen, max_tokens)
