@@ -82,6 +82,7 @@ def main() -> None:
     from numgpt.formats import load_checkpoint, load_tokenizer, resolve_model
     from numgpt.posttrain.chatdata import write_conversations
     from numgpt.posttrain.evaluate import chat_replies
+    from numgpt.posttrain.pairs import read_pairs
     from numgpt.posttrain.reward import load_reward_model
     from numgpt.posttrain.synth import FAMILIES, check, prompt_messages, synthesize
 
@@ -110,14 +111,18 @@ def main() -> None:
                                        "--max-iters", str(args.rm_iters), "--val", str(held), "--train", "all",
                                        "--lr", str(args.rm_lr))
     rm = load_reward_model(out / "rm" / "model")
-    rewards = rm.score_pairs(__import__("numgpt.posttrain.pairs", fromlist=["read_pairs"]).read_pairs(held))
+    rewards = rm.score_pairs(read_pairs(held))
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
+
+    def dpo(train: Path, init: str | Path, run: Path) -> float:
+        """numgpt dpo from `init` into `run`, its held-out figures on every pair of dpo_held; its seconds."""
+        return numgpt("dpo", str(train), "--init", str(init), "--out", str(run), "--beta", str(args.beta),
+                      "--max-iters", str(args.dpo_iters), "--val", str(dpo_held), "--lr", str(args.lr),
+                      "--sft-weight", str(args.sft_weight), "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))
+
     last = out / f"dpo{kind}"
     if args.rounds == 1 and not (last / "latest").exists():
-        figures["dpo_seconds"] = numgpt("dpo", str(dpo_pairs), "--init", args.model, "--out", str(last),
-                                        "--beta", str(args.beta), "--max-iters", str(args.dpo_iters),
-                                        "--val", str(dpo_held), "--lr", str(args.lr), "--sft-weight", str(args.sft_weight),
-                                        "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))   # every held-out pair
+        figures["dpo_seconds"] = dpo(dpo_pairs, args.model, last)
     policy = last / "latest"
     if args.rounds > 1:
         policy = Path(args.model)
@@ -129,10 +134,7 @@ def main() -> None:
                        "--seed", str(args.seed + 100 * (r + 1)), "--from-model", str(policy),
                        "--families", args.pair_families, *(["--step-level"] if args.step_level else []))
             if not (rd / "dpo" / "latest").exists():
-                numgpt("dpo", str(rd / "pairs.jsonl"), "--init", str(policy), "--out", str(rd / "dpo"),
-                       "--beta", str(args.beta), "--max-iters", str(args.dpo_iters), "--val", str(dpo_held),
-                       "--lr", str(args.lr), "--sft-weight", str(args.sft_weight), "--batch-size", "8",
-                       "--eval-iters", str(-(-n_held // 8)))
+                dpo(rd / "pairs.jsonl", policy, rd / "dpo")
             policy, last = rd / "dpo" / "latest", rd / "dpo"
     log = [json.loads(line) for line in (last / "log.jsonl").read_text().splitlines()]
     last_eval = [e for e in log if e["type"] == "eval"][-1]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import NumgptError
-from .synth import prompt_messages
+from .synth import prompt_messages, reference_reply
 
 # botprofile.yml is chatterbot's own persona ("I am a chat bot named ..."): numgpt answers as numgpt
 CHATTERBOT_SKIPPED = ("botprofile",)
@@ -88,8 +88,7 @@ def question_answer(task: Mapping, *, answer: bool = True) -> str:
     """One task as the plain text a base model reads: 'Question: ...\\nAnswer: ...' (its reference reply);
     with answer=False the prompt a base model completes (few-shot evaluation)."""
     question = prompt_messages(task)[-1]["content"]
-    reply = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
-    return f"Question: {question}\nAnswer:" + (f" {reply}" if answer else "")
+    return f"Question: {question}\nAnswer:" + (f" {reference_reply(task)}" if answer else "")
 
 
 def tasks_text(tasks: Sequence[Mapping]) -> str:

@@ -59,7 +59,7 @@ from ..tokenizer import Tokenizer
 from .chat_format import chat_template, check_messages, render_chat
 from .chatdata import _json_type, write_conversations
 from .synth import FAMILIES, IDENTITY_ANSWER, LETTERS, MONTHS, NUMBER, UNITS, WEEKDAYS, WORD, Operands, check, \
-    numeric, prompt_messages, synthesize
+    numeric, prompt_messages, reference_reply, synthesize
 
 REPLIES = ("chosen", "rejected")
 OTHER_NAMES = ("ChatGPT", "nanoGPT", "GPT-2", "Eliza", "an assistant")   # identity replies that miss numgpt
@@ -216,7 +216,7 @@ def synthesize_pairs(n: int, *, rng: np.random.Generator, families: Sequence[str
     tasks = synthesize(n, rng=rng, families=families, split=split, operands=operands, system_rate=system_rate)
     pairs = []
     for task in tasks:
-        chosen = task["messages"][-1]["content"]
+        chosen = reference_reply(task)
         flaw, rejected = wrong_reply(task, chosen, rng, format_rate=format_rate)
         pairs.append({"prompt": prompt_messages(task), "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}],
@@ -264,20 +264,17 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         rngs = [np.random.default_rng([seed, k, i]) for i in range(group)]
         answers, _ = sample_group(params, config, task.prompt, rngs, sampling=sampling, max_new_tokens=room,
                                   end_id=end_id)
-        right, wrong = None, None
-        for ids in answers:
-            ended = bool(ids) and ids[-1] == end_id
-            text = tokenizer.decode([t for t in ids if t != end_id])
-            if check(task.record, text):
-                if right is None and right_working(task.record, text):   # not a right number by luck
-                    right = text
-            elif ended and text.strip() and wrong is None:
-                wrong = text
         record, cut = task.record, {}
-        if step_level and wrong is not None:
-            right = record["messages"][-1]["content"]
-            shorter = cut_after_slip(right, wrong)
-            wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
+        texts = [(tokenizer.decode([t for t in ids if t != end_id]), bool(ids) and ids[-1] == end_id)
+                 for ids in answers]
+        wrong = next((t for t, ended in texts if ended and t.strip() and not check(record, t)), None)
+        if step_level:
+            right = reference_reply(record)
+            if wrong is not None:
+                shorter = cut_after_slip(right, wrong)
+                wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
+        else:                                                # a right number by luck is not a right answer
+            right = next((t for t, _ in texts if check(record, t) and right_working(record, t)), None)
         if right is not None and wrong is not None:          # they differ (cut_after_slip keeps a differing sentence)
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],

@@ -414,6 +414,11 @@ def check(task: Mapping, reply: str) -> bool:
     return given.casefold() == task["answer"].casefold()
 
 
+def reference_reply(task: Mapping) -> str:
+    """A task's reference reply: its last assistant turn."""
+    return [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
+
+
 WORKING = re.compile(r".*write \d(?:, (?:carry|borrow) 1)?\.", re.DOTALL)   # a worked reply's steps
 
 
@@ -428,8 +433,7 @@ def right_working(task: Mapping, reply: str) -> bool:
     reference reply (the last assistant turn; a right working is unique, column_addition's or
     column_subtraction's). True for families without working. `check` reads the answer alone, so a reply
     with slipped steps that happen to end on the right number passes it, and fails this."""
-    reference = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
-    steps = working_of(reference)
+    steps = working_of(reference_reply(task))
     return steps is None or reply.startswith(steps)
 
 
@@ -441,8 +445,7 @@ def check_task(task: Mapping, where: str) -> None:
         raise NumgptError(f"{where}: unknown task family {family!r}; the families are {', '.join(FAMILIES)}")
     if not isinstance(answer, str) or not answer:
         raise NumgptError(f'{where}: a task needs "answer", a non-empty string (got {answer!r})')
-    reference = [m["content"] for m in task["messages"] if m["role"] == "assistant"][-1]
-    if not check(task, reference):
+    if not check(task, reference_reply(task)):
         raise NumgptError(f"{where}: the reference reply does not give the answer {answer!r} as the checker "
                           f"reads it (its last {'number' if numeric(answer) else 'word'})")
 
