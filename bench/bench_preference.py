@@ -10,18 +10,20 @@ Steps, each the CLI's own command (so the figures are what a user gets):
   3. numgpt dpo PAIRS --init MODEL --beta B [--sft-weight W]: its preference accuracy on every held-out pair
      (the implicit reward beta * log pi/pi_ref ranks chosen above rejected). With --step-level, DPO trains on
      step-level pairs of the same tasks (data pairs --from-model --step-level: the reference reply chosen,
-     the wrong answer cut after its slip rejected), and its preference accuracy is on held-out step-level
-     pairs; the reward model still learns from whole replies, which is what it judges below.
+     the wrong answer cut after its slip rejected; --step-level token: after the token where it slipped), and
+     its preference accuracy is on held-out step-level pairs; the reward model still learns from whole
+     replies, which is what it judges below.
      With --rounds R (iterative DPO, with --sampled-pairs): R rounds, each sampling pairs of --round-n new
      tasks from the policy the round before left (the first from MODEL) and running DPO from it, with it as
      the reference (its held-out figures on the pairs sampled from MODEL); the last round's policy is
-     judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, round{r}, round{r}_step):
+     judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, dpo_token, round{r}, round{r}_step, ...):
      what --out holds is reused, so one --out serves both kinds on the same reward model; use a new --out
      for other settings (--model, --lr, --beta, ...).
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
-     win rate = wins / (wins + losses), ties left out (and counted).
+     win rate = wins / (wins + losses), ties left out (and counted); the checker's wins, losses and ties
+     are also given per family.
 Not a test: nothing here is asserted.
 """
 
@@ -68,14 +70,17 @@ def main() -> None:
                    help="pairs from the model's own answers (numgpt data pairs --from-model): a right one chosen, a "
                         "wrong one rejected; --n and --heldout then count tasks, not pairs")
     p.add_argument("--pair-families", default="add,sub", help="the families of --sampled-pairs' tasks (add,sub)")
-    p.add_argument("--step-level", action="store_true", help="with --sampled-pairs: DPO on step-level pairs")
+    p.add_argument("--step-level", nargs="?", const="sentence", choices=("sentence", "token"),
+                   help="with --sampled-pairs: DPO on step-level pairs, cut after the differing sentence (default) or token")
+    p.add_argument("--rejected", default="sampled", choices=("sampled", "greedy"),
+                   help="with --sampled-pairs: numgpt data pairs --rejected (the wrong answer a pair rejects)")
     p.add_argument("--rounds", type=int, default=1, help="iterative DPO: rounds of sampling and DPO (above)")
     p.add_argument("--round-n", type=int, default=600, help="tasks sampled a round (--rounds > 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     args = p.parse_args()
-    if (args.step_level or args.rounds > 1) and not args.sampled_pairs:
-        p.error("--step-level and --rounds need --sampled-pairs")
+    if (args.step_level or args.rounds > 1 or args.rejected != "sampled") and not args.sampled_pairs:
+        p.error("--step-level, --rounds and --rejected need --sampled-pairs")
     if args.rounds < 1 or args.round_n < 1:
         p.error("--rounds and --round-n must be at least 1")
 
@@ -90,21 +95,22 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     pairs, held = out / "pairs.jsonl", out / "heldout_pairs.jsonl"
     figures: dict = {}
-    sampled = ["--from-model", args.model, "--families", args.pair_families] if args.sampled_pairs else []
+    sampled = (["--from-model", args.model, "--families", args.pair_families, "--rejected", args.rejected]
+               if args.sampled_pairs else [])
     if not held.exists():           # like the reward model and DPO below, what --out holds already is reused
         numgpt("data", "pairs", "--n", str(args.n), "-o", str(pairs), "--seed", str(args.seed), "--force", *sampled)
         numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(held),
                "--seed", str(args.seed + 1), "--force", *sampled)
     dpo_pairs, dpo_held = pairs, held
-    kind = "_step" if args.step_level else ""
+    kind = {None: "", "sentence": "_step", "token": "_token"}[args.step_level]
     if args.step_level:
-        dpo_pairs, dpo_held = out / "step_pairs.jsonl", out / "heldout_step_pairs.jsonl"
+        dpo_pairs, dpo_held = out / f"{kind[1:]}_pairs.jsonl", out / f"heldout{kind}_pairs.jsonl"
         if args.rounds == 1 and not dpo_pairs.exists():     # rounds sample their own training pairs
             numgpt("data", "pairs", "--n", str(args.n), "-o", str(dpo_pairs), "--seed", str(args.seed), "--force",
-                   "--step-level", *sampled)
+                   "--step-level", args.step_level, *sampled)
         if not dpo_held.exists():
             numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(dpo_held),
-                   "--seed", str(args.seed + 1), "--force", "--step-level", *sampled)
+                   "--seed", str(args.seed + 1), "--force", "--step-level", args.step_level, *sampled)
     n_held = sum(1 for line in dpo_held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
@@ -132,7 +138,8 @@ def main() -> None:
             if not (rd / "pairs.jsonl").exists():
                 numgpt("data", "pairs", "--n", str(args.round_n), "-o", str(rd / "pairs.jsonl"), "--force",
                        "--seed", str(args.seed + 100 * (r + 1)), "--from-model", str(policy),
-                       "--families", args.pair_families, *(["--step-level"] if args.step_level else []))
+                       "--families", args.pair_families, "--rejected", args.rejected,
+                       *(["--step-level", args.step_level] if args.step_level else []))
             if not (rd / "dpo" / "latest").exists():
                 dpo(rd / "pairs.jsonl", policy, rd / "dpo")
             policy, last = rd / "dpo" / "latest", rd / "dpo"
@@ -149,10 +156,14 @@ def main() -> None:
     ref_replies, _ = chat_replies(ref_params, config, tok, tasks)
     dpo_replies, _ = chat_replies(dpo_params, config, tok, tasks)
     exact = {"wins": 0, "losses": 0, "ties": 0}
+    per_family = {f: {"wins": 0, "losses": 0, "ties": 0} for f in FAMILIES}
     for task, a, b in zip(tasks, dpo_replies, ref_replies):
         ca, cb = check(task, a), check(task, b)
-        exact["wins" if ca and not cb else "losses" if cb and not ca else "ties"] += 1
+        outcome = "wins" if ca and not cb else "losses" if cb and not ca else "ties"
+        exact[outcome] += 1
+        per_family[task["family"]][outcome] += 1
     figures["exact_judge"] = {**exact, "win_rate": win_rate(exact["wins"], exact["losses"])}
+    figures["exact_judge_per_family"] = per_family
     figures["exact_match"] = {"reference": float(np.mean([check(t, r) for t, r in zip(tasks, ref_replies)])),
                               "dpo": float(np.mean([check(t, r) for t, r in zip(tasks, dpo_replies)]))}
     convs = lambda replies: [prompt_messages(t) + [{"role": "assistant", "content": r}]  # noqa: E731

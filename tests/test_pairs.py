@@ -4,6 +4,7 @@ transformers' apply_chat_template, and `numgpt data pairs|check` through the rea
 
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -246,6 +247,13 @@ def test_cut_after_slip_keeps_the_first_differing_sentence():
     longer = ref + " Hundreds: 0 + 0 = 0, write 0. The sum is 134."
     assert cut_after_slip(ref, longer) == ref + " Hundreds: 0 + 0 = 0, write 0."   # past the reference's end
     assert cut_after_slip(ref, ref) == ref
+    # "token": up to the first digit or word that differs
+    assert cut_after_slip(ref, slip, "token") == "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 14"
+    assert cut_after_slip(ref, first, "token") == "Ones: 8 + 6 = 15"
+    assert cut_after_slip(ref, last, "token") == ref[:-4] + "12"
+    assert cut_after_slip(ref, ref[:-1] + " and done.", "token") == ref[:-1] + " and"   # a word, with its space
+    assert cut_after_slip(ref, ref.replace("write 3", "wrote 3"), "token") == ref[:ref.index("write 3")] + "wrote"
+    assert cut_after_slip(ref, ref, "token") == ref and cut_after_slip(ref, ref[:20], "token") == ref[:20]
 
 
 def test_the_reward_model_refuses_step_level_pairs(tmp_path, capsys):
@@ -276,7 +284,7 @@ def test_step_level_pairs_cut_the_wrong_answer_after_its_slip():
 
     lm = numgpt.load("chat")
     tasks = synthesize(16, rng=np.random.default_rng(4), families=["add", "sub"])
-    pairs = iter(sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=2, step_level=True))
+    pairs = iter(sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=2, step_level="sentence"))
     end = chat_template(lm.tokenizer).end_id
     paired = cut = 0
     for k, task in enumerate(render_tasks(lm.tokenizer, tasks)):
@@ -313,3 +321,39 @@ def test_data_pairs_from_a_model_through_the_cli(tmp_path, capsys):
     assert main(["data", "pairs", "--from-model", "builtin", "--n", "2", "-o", str(tmp_path / "b.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "chat" in err and "Traceback" not in err
+
+
+def test_greedy_rejected_pairs_reject_the_greedy_mistake():
+    """rejected="greedy": where the built-in chat model's greedy reply (evaluate.chat_replies, batched greedy
+    decoding) is wrong and ended, it is the rejected reply ("flaw": "greedy"); elsewhere the pair is the one
+    rejected="sampled" makes from the same samples. Both kinds occur on these 24 sums."""
+    import numgpt
+    from numgpt.posttrain.evaluate import chat_replies
+    from numgpt.posttrain.pairs import sampled_pairs
+    from numgpt.posttrain.synth import synthesize
+
+    lm = numgpt.load("chat")
+    tasks = synthesize(24, rng=np.random.default_rng(6), families=["add", "sub"])
+    greedy, ended = chat_replies(lm.params, lm.config, lm.tokenizer, tasks)
+    mistakes = {prompt_key(t): g for t, g, e in zip(tasks, greedy, ended) if e and g.strip() and not check(t, g)}
+    for step_level in (None, "sentence", "token"):
+        kw = dict(group=6, seed=5, step_level=step_level)
+        plain = {prompt_key(p): p for p in sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, **kw)}
+        pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, rejected="greedy", **kw)
+        flaws = Counter(p["flaw"] for p in pairs)
+        assert flaws["greedy"] > 0 and flaws["sampled"] > 0, flaws
+        for p in pairs:
+            key, rejected = prompt_key(p), p["rejected"][0]["content"]
+            if p["flaw"] == "greedy":
+                assert mistakes[key].startswith(rejected) and not check(p, mistakes[key])
+                assert (rejected == mistakes[key]) == ("cut" not in p)
+            else:
+                assert key not in mistakes and p == plain[key]
+    with pytest.raises(NumgptError, match="rejected must be one of sampled, greedy"):
+        sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, rejected="worst")
+
+
+def prompt_key(record: dict) -> str:
+    """A pair's or a task's user turn, to match one with the other."""
+    messages = record["prompt"] if "prompt" in record else record["messages"][:-1]
+    return json.dumps(messages)

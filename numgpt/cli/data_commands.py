@@ -117,12 +117,19 @@ cut after its first sentence (a worked sum's step) that differs from the referen
 ("cut": "rejected"). So the pair differs only from the slip on, and the steps after a slip (right given
 the slip) are not pushed down with it. Each task with a wrong answer that ended with <|end|> gives a
 pair. Meant for --families add,sub, whose working has one right wording; the reward model refuses these
-pairs (it reads a whole reply).
+pairs (it reads a whole reply). --step-level token cuts after the first differing token instead (a digit,
+a word), so the pair differs only in the token where the answer went wrong and what the reference says
+from there.
+
+--rejected greedy (with --from-model): the model's greedy answer is the rejected one when it is wrong
+("flaw": "greedy"); a task it answers right greedily falls back to its first wrong sample ("flaw":
+"sampled"). DPO then pushes down the mistakes greedy decoding makes, which are the ones a greedy reply
+is judged by; a sampled mistake at --temperature 1 is often one greedy decoding never makes.
 """
 
 
 def _register_pairs(sub) -> None:
-    from ..posttrain.pairs import FORMAT_RATE
+    from ..posttrain.pairs import FORMAT_RATE, REJECTED, SLIP_UNITS
     p = subcommand(sub, "pairs", help="write synthetic preference pairs: a right and a near-miss reply (JSONL)",
                    description="Write preference pairs made from the synthetic tasks: the reference reply "
                                "chosen, a plausible wrong one rejected.", epilog=PAIRS_EXAMPLES)
@@ -134,8 +141,11 @@ def _register_pairs(sub) -> None:
                    "answers make the pairs: a right one chosen, a wrong one rejected")
     m.add_argument("--group", type=int, default=8, metavar="G", help="answers sampled per task (default 8)")
     m.add_argument("--temperature", type=float, default=1.0, metavar="T", help="their temperature (default 1.0)")
-    m.add_argument("--step-level", action="store_true", help="the reference reply chosen, the wrong answer cut "
-                   "after its first sentence that differs from the reference's rejected (below)")
+    m.add_argument("--rejected", choices=REJECTED, default="sampled", help="which wrong answer is rejected: the "
+                   "first wrong sample, or the greedy answer when it is wrong (below; default sampled)")
+    m.add_argument("--step-level", nargs="?", const="sentence", choices=SLIP_UNITS, metavar="UNIT",
+                   help="the reference reply chosen, the wrong answer cut after its first sentence (or with "
+                   "'token', its first token) that differs from the reference's rejected (below)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -195,6 +205,8 @@ def run_pairs(args) -> int:
     out, operands, families = _synth_options(args)
     if args.step_level and args.from_model is None:
         raise NumgptError("--step-level cuts a model's wrong answers, so it needs --from-model MODEL")
+    if args.rejected != "sampled" and args.from_model is None:
+        raise NumgptError(f"--rejected {args.rejected} picks among a model's answers, so it needs --from-model MODEL")
     if args.from_model is not None:
         return _run_sampled_pairs(args, out, operands, families)
     pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
@@ -222,6 +234,7 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
     try:
         pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=args.group,
                               temperature=args.temperature, seed=args.seed, step_level=args.step_level,
+                              rejected=args.rejected,
                               progress=update)
     finally:
         close()

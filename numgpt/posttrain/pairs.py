@@ -27,12 +27,20 @@ that ended with <|end|>) is rejected, so the two differ where the model went wro
 (a slipped digit in a worked sum) rather than where a rule put the error. A task whose answers are all
 right or all wrong gives no pair. The pairs are "flaw": "sampled".
 
-Step-level pairs (`sampled_pairs(..., step_level=True)`, `data pairs --from-model M --step-level`; the
+With rejected="greedy" (`--rejected greedy`) the model's greedy answer, when it is wrong and ended, is the
+rejected reply instead ("flaw": "greedy"), and a task whose greedy answer is right falls back to the first
+wrong sample ("flaw": "sampled"). A judge of greedy replies (bench_preference's exact checker) sees only the
+model's greedy mistakes; a sampled wrong answer at temperature 1 is often a mistake greedy decoding never
+makes, so pushing it down need not change a greedy reply.
+
+Step-level pairs (`sampled_pairs(..., step_level="sentence")`, `data pairs --from-model M --step-level`; the
 rejected side cut as Step-DPO cuts it, the chosen side the whole reference reply): the chosen reply is the
 task's reference reply, and the rejected one is a wrong answer of the model cut after its first sentence
 (a worked sum's step) that differs from the reference's. Its sentences before that one are the
 reference's own, so the pair differs only from the first slip on, and the steps after the slip, right
-given the slip, are not pushed down with it. A cut reply did not end there, so it is rendered without its
+given the slip, are not pushed down with it. step_level="token" (`--step-level token`) cuts after the
+first token that differs instead (a digit, a word): the rest of the slipped step, right given its wrong
+digit, is not pushed down either, so DPO's preference falls on the one token where the answer went wrong. A cut reply did not end there, so it is rendered without its
 '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses such
 pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair. Made for
 the worked sums (add, sub), whose reference working is the one right wording; in other families the
@@ -66,9 +74,12 @@ OTHER_NAMES = ("ChatGPT", "nanoGPT", "GPT-2", "Eliza", "an assistant")   # ident
 NO_ANSWER = ("I am not sure.", "Let me think about that.", "I cannot answer that.", "Good question!",
              "Sorry, I do not know.")                                    # replies that break the format
 CYCLES = (WEEKDAYS, MONTHS, tuple(LETTERS))
+SLIP_UNITS = ("sentence", "token")         # where step-level pairs cut a wrong answer (cut_after_slip)
+SLIP_UNIT = re.compile(r"\s*(?:\d|[^\W\d_]+|\S)")  # a token's worth of text: a digit, a word, another character
 SENTENCE_END = re.compile(r"(?<=\.) ")     # where a reply's sentences (a worked sum's steps) part
 MAX_TRIES = 100                   # redraws of a wrong reply until it differs and fails the checker
 FORMAT_RATE = 0.1
+REJECTED = ("sampled", "greedy")   # sampled_pairs' choices of the wrong answer that is rejected
 
 
 # ---- reading and writing ------------------------------------------------------------------------------
@@ -224,9 +235,17 @@ def synthesize_pairs(n: int, *, rng: np.random.Generator, families: Sequence[str
     return pairs
 
 
-def cut_after_slip(reference: str, reply: str) -> str:
-    """`reply` up to the end of its first sentence that is not the reference's sentence at the same place
-    (sentences split after ". "); the whole reply when that sentence is its last, or none differs."""
+def cut_after_slip(reference: str, reply: str, unit: str = "sentence") -> str:
+    """`reply` up to the end of its first unit that differs from the reference at the same place; the whole
+    reply when none does, or nothing follows it. unit "sentence": sentences split after ". " (a worked sum's
+    steps); "token": a digit (every digit is its own token in the chat models' tokenizers), a word, or
+    another character, so the cut reply ends at the first token where it left the reference."""
+    if unit == "token":
+        i = next((k for k, (a, b) in enumerate(zip(reply, reference)) if a != b), min(len(reply), len(reference)))
+        while 0 < i < len(reply) and reply[i].isalpha() and reply[i - 1].isalpha():
+            i -= 1                                                   # back to the start of the word it is in
+        unit_at = SLIP_UNIT.match(reply, i)
+        return reply if unit_at is None else reply[:unit_at.end()]
     ours, theirs = SENTENCE_END.split(reply), SENTENCE_END.split(reference)
     for i, sentence in enumerate(ours):
         if i >= len(theirs) or sentence != theirs[i]:
@@ -236,11 +255,13 @@ def cut_after_slip(reference: str, reply: str) -> str:
 
 def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping], *, group: int = 8,
                   temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
-                  step_level: bool = False, progress=None) -> list[dict]:
+                  step_level: str | None = None, rejected: str = "sampled", progress=None) -> list[dict]:
     """Preference pairs from a chat model's own answers (module docstring): per task, `group` answers
     sampled at `temperature` (answer i of task k seeded by (seed, k, i), so the file is the same on every
-    run), judged by synth.check; a right and a wrong answer make a pair (step_level: the reference reply
-    and the first wrong answer cut after its slip). `progress(done, total)` is called after each task."""
+    run), judged by synth.check; a right and a wrong answer make a pair (step_level "sentence" or "token":
+    the reference reply and the first wrong answer cut after the unit where it slipped). rejected="greedy":
+    the greedy answer is the wrong one when it is wrong (module docstring). `progress(done, total)` is
+    called after each task."""
     from ..sampling import SamplingOptions
     from .chat_format import chat_template
     from .rl import render_tasks, sample_group
@@ -248,6 +269,10 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
 
     if group < 2:
         raise NumgptError(f"group must be >= 2 (a right and a wrong answer are needed), got {group}")
+    if step_level is not None and step_level not in SLIP_UNITS:
+        raise NumgptError(f"step_level must be None or one of {', '.join(SLIP_UNITS)}, got {step_level!r}")
+    if rejected not in REJECTED:
+        raise NumgptError(f"rejected must be one of {', '.join(REJECTED)}, got {rejected!r}")
     if not temperature > 0:
         raise NumgptError(f"temperature must be > 0 to sample different answers, got {temperature}")
     template = chat_template(tokenizer)
@@ -256,6 +281,7 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
                           "from a model need one that `numgpt sft` made (or 'chat')")
     end_id = template.end_id
     sampling = SamplingOptions(temperature=temperature)
+    greedy = SamplingOptions(do_sample=False)
     pairs = []
     for k, task in enumerate(render_tasks(tokenizer, tasks)):
         room = min(max_new_tokens or REPLY_TOKENS, config.n_positions - len(task.prompt))
@@ -267,20 +293,26 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         record, cut = task.record, {}
         texts = [(tokenizer.decode([t for t in ids if t != end_id]), bool(ids) and ids[-1] == end_id)
                  for ids in answers]
-        wrong = next((t for t, ended in texts if ended and t.strip() and not check(record, t)), None)
+        flaw, wrong = "sampled", next((t for t, ended in texts if ended and t.strip() and not check(record, t)), None)
+        if rejected == "greedy":
+            (ids,), _ = sample_group(params, config, task.prompt, [None], sampling=greedy, max_new_tokens=room,
+                                     end_id=end_id)
+            text = tokenizer.decode([t for t in ids if t != end_id])
+            if ids and ids[-1] == end_id and text.strip() and not check(record, text):
+                flaw, wrong = "greedy", text
         if step_level:
             right = reference_reply(record)
             if wrong is not None:
-                shorter = cut_after_slip(right, wrong)
+                shorter = cut_after_slip(right, wrong, step_level)
                 wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
         else:                                                # a right number by luck is not a right answer
             right = next((t for t, _ in texts if check(record, t) and right_working(record, t)), None)
-        if right is not None and wrong is not None:          # they differ (cut_after_slip keeps a differing sentence)
+        if right is not None and wrong is not None:          # they differ (cut_after_slip keeps the differing unit)
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],
                           "rejected": [{"role": "assistant", "content": wrong}],
                           **{key: record[key] for key in ("family", "answer", "split", "template") if key in record},
-                          "flaw": "sampled", **cut})
+                          "flaw": flaw, **cut})
         if progress is not None:
             progress(k + 1, len(tasks))
     return pairs
