@@ -40,11 +40,13 @@ task's reference reply, and the rejected one is a wrong answer of the model cut 
 reference's own, so the pair differs only from the first slip on, and the steps after the slip, right
 given the slip, are not pushed down with it. step_level="token" (`--step-level token`) cuts after the
 first token that differs instead (a digit, a word): the rest of the slipped step, right given its wrong
-digit, is not pushed down either, so DPO's preference falls on the one token where the answer went wrong. A cut reply did not end there, so it is rendered without its
-'<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses such
-pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair. Made for
-the worked sums (add, sub), whose reference working is the one right wording; in other families the
-first differing sentence may be a different phrasing of a right answer.
+digit, is not pushed down either, so DPO's preference falls on the one token where the answer went
+wrong (BENCHMARKS.md: with rejected="greedy", DPO gains 7.9 points of exact match on add and sub; the
+sentence cut with sampled mistakes gained 3.4). A cut reply did not end there, so it is rendered without
+its '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses
+such pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair. Made for the worked sums (add, sub), whose reference
+working is the one right wording; in other families the first differing sentence or token may be a
+different phrasing of a right answer.
 
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
 template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
@@ -75,7 +77,7 @@ NO_ANSWER = ("I am not sure.", "Let me think about that.", "I cannot answer that
              "Sorry, I do not know.")                                    # replies that break the format
 CYCLES = (WEEKDAYS, MONTHS, tuple(LETTERS))
 SLIP_UNITS = ("sentence", "token")         # where step-level pairs cut a wrong answer (cut_after_slip)
-SLIP_UNIT = re.compile(r"\s*(?:\d|[^\W\d_]+|\S)")  # a token's worth of text: a digit, a word, another character
+TOKEN_TEXT = re.compile(r"\s*(?:\d|[^\W\d_]+|\S)")  # a token's worth of text: a digit, a word, another character
 SENTENCE_END = re.compile(r"(?<=\.) ")     # where a reply's sentences (a worked sum's steps) part
 MAX_TRIES = 100                   # redraws of a wrong reply until it differs and fails the checker
 FORMAT_RATE = 0.1
@@ -244,7 +246,7 @@ def cut_after_slip(reference: str, reply: str, unit: str = "sentence") -> str:
         i = next((k for k, (a, b) in enumerate(zip(reply, reference)) if a != b), min(len(reply), len(reference)))
         while 0 < i < len(reply) and reply[i].isalpha() and reply[i - 1].isalpha():
             i -= 1                                                   # back to the start of the word it is in
-        unit_at = SLIP_UNIT.match(reply, i)
+        unit_at = TOKEN_TEXT.match(reply, i)
         return reply if unit_at is None else reply[:unit_at.end()]
     ours, theirs = SENTENCE_END.split(reply), SENTENCE_END.split(reference)
     for i, sentence in enumerate(ours):
