@@ -44,9 +44,9 @@ digit, is not pushed down either, so DPO's preference falls on the one token whe
 wrong (BENCHMARKS.md: with rejected="greedy", DPO gains 7.9 points of exact match on add and sub; the
 sentence cut with sampled mistakes gained 3.4). A cut reply did not end there, so it is rendered without
 its '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses
-such pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair. Made for the worked sums (add, sub), whose reference
-working is the one right wording; in other families the first differing sentence or token may be a
-different phrasing of a right answer.
+such pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair.
+Made for the worked sums (add, sub), whose reference working is the one right wording; in other families
+the first differing sentence or token may be a different phrasing of a right answer.
 
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
 template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
