@@ -124,7 +124,7 @@ from there.
 --rejected greedy (with --from-model): the model's greedy answer is the rejected one when it is wrong
 ("flaw": "greedy"); a task it answers right greedily falls back to its first wrong sample ("flaw":
 "sampled"). DPO then pushes down the mistakes greedy decoding makes, which are the ones a greedy reply
-is judged by; a sampled mistake at --temperature 1 is often one greedy decoding never makes.
+is judged by; a sampled mistake at --temperature 1 may be one greedy decoding never makes.
 """
 
 

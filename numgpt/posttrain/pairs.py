@@ -30,7 +30,7 @@ right or all wrong gives no pair. The pairs are "flaw": "sampled".
 With rejected="greedy" (`--rejected greedy`) the model's greedy answer, when it is wrong and ended, is the
 rejected reply instead ("flaw": "greedy"), and a task whose greedy answer is right falls back to the first
 wrong sample ("flaw": "sampled"). A judge of greedy replies (bench_preference's exact checker) sees only the
-model's greedy mistakes; a sampled wrong answer at temperature 1 is often a mistake greedy decoding never
+model's greedy mistakes; a sampled wrong answer at temperature 1 may be a mistake greedy decoding never
 makes, so pushing it down need not change a greedy reply.
 
 Step-level pairs (`sampled_pairs(..., step_level="sentence")`, `data pairs --from-model M --step-level`; the
