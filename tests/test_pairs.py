@@ -234,7 +234,7 @@ def test_sampled_pairs_are_the_models_own_right_and_wrong_answers():
         assert not check(pair, pair["rejected"][0]["content"])
 
 
-def test_cut_after_slip_keeps_the_first_differing_sentence():
+def test_cut_after_slip_keeps_the_first_differing_sentence_or_token():
     from numgpt.posttrain.pairs import cut_after_slip
 
     ref = "Ones: 8 + 6 = 14, write 4, carry 1. Tens: 7 + 5 + 1 = 13, write 3, carry 1. The sum is 134."
@@ -324,18 +324,26 @@ def test_data_pairs_from_a_model_through_the_cli(tmp_path, capsys):
 
 
 def test_greedy_rejected_pairs_reject_the_greedy_mistake():
-    """rejected="greedy": where the built-in chat model's greedy reply (evaluate.chat_replies, batched greedy
-    decoding) is wrong and ended, it is the rejected reply ("flaw": "greedy"); elsewhere the pair is the one
-    rejected="sampled" makes from the same samples. Both kinds occur on these 24 sums."""
+    """rejected="greedy": where the built-in chat model's greedy reply (redone here one task at a time with
+    rl.sample_group; sampled_pairs decodes them in batches) is wrong and ended, it is the rejected reply
+    ("flaw": "greedy"); elsewhere the pair is the one rejected="sampled" makes from the same samples. Both
+    kinds occur on these 24 sums."""
     import numgpt
-    from numgpt.posttrain.evaluate import chat_replies
+    from numgpt.posttrain.chat_format import chat_template
     from numgpt.posttrain.pairs import sampled_pairs
+    from numgpt.posttrain.rl import render_tasks, sample_group
     from numgpt.posttrain.synth import synthesize
+    from numgpt.sampling import SamplingOptions
 
     lm = numgpt.load("chat")
     tasks = synthesize(24, rng=np.random.default_rng(6), families=["add", "sub"])
-    greedy, ended = chat_replies(lm.params, lm.config, lm.tokenizer, tasks)
-    mistakes = {prompt_key(t): g for t, g, e in zip(tasks, greedy, ended) if e and g.strip() and not check(t, g)}
+    end, mistakes = chat_template(lm.tokenizer).end_id, {}
+    for task in render_tasks(lm.tokenizer, tasks):
+        (ids,), _ = sample_group(lm.params, lm.config, task.prompt, [None], sampling=SamplingOptions(do_sample=False),
+                                 max_new_tokens=112, end_id=end)
+        text = lm.tokenizer.decode([t for t in ids if t != end])
+        if ids and ids[-1] == end and text.strip() and not check(task.record, text):
+            mistakes[prompt_key(task.record)] = text
     for step_level in (None, "sentence", "token"):
         kw = dict(group=6, seed=5, step_level=step_level)
         plain = {prompt_key(p): p for p in sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, **kw)}

@@ -146,8 +146,8 @@ def check_pair(record: object, where: str) -> dict:
         raise NumgptError(f'{where}: "prompt": {e}') from None
     contents = [_reply(record[key], f'{where}: "{key}"') for key in REPLIES]
     if record.get("cut", "rejected") != "rejected":
-        raise NumgptError(f'{where}: "cut" must be "rejected" (the rejected reply stops after its first sentence '
-                          f"that differs from the chosen one's, with no <|end|>), got {json.dumps(record['cut'])}")
+        raise NumgptError(f'{where}: "cut" must be "rejected" (the rejected reply stops after the sentence or token '
+                          f"where it first differs from the chosen one, with no <|end|>), got {json.dumps(record['cut'])}")
     if contents[0] == contents[1]:
         raise NumgptError(f'{where}: "chosen" and "rejected" are the same reply; a preference needs two different ones')
     return record
@@ -283,7 +283,10 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
                           "from a model need one that `numgpt sft` made (or 'chat')")
     end_id = template.end_id
     sampling = SamplingOptions(temperature=temperature)
-    greedy = SamplingOptions(do_sample=False)
+    greedy = None
+    if rejected == "greedy":                                 # every task's greedy answer, decoded in batches
+        from .evaluate import chat_replies
+        greedy = list(zip(*chat_replies(params, config, tokenizer, tasks, max_new_tokens=max_new_tokens or REPLY_TOKENS)))
     pairs = []
     for k, task in enumerate(render_tasks(tokenizer, tasks)):
         room = min(max_new_tokens or REPLY_TOKENS, config.n_positions - len(task.prompt))
@@ -296,11 +299,9 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         texts = [(tokenizer.decode([t for t in ids if t != end_id]), bool(ids) and ids[-1] == end_id)
                  for ids in answers]
         flaw, wrong = "sampled", next((t for t, ended in texts if ended and t.strip() and not check(record, t)), None)
-        if rejected == "greedy":
-            (ids,), _ = sample_group(params, config, task.prompt, [None], sampling=greedy, max_new_tokens=room,
-                                     end_id=end_id)
-            text = tokenizer.decode([t for t in ids if t != end_id])
-            if ids and ids[-1] == end_id and text.strip() and not check(record, text):
+        if greedy is not None:
+            text, ended = greedy[k]
+            if ended and text.strip() and not check(record, text):
                 flaw, wrong = "greedy", text
         if step_level:
             right = reference_reply(record)
