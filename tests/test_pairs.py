@@ -256,6 +256,58 @@ def test_cut_after_slip_keeps_the_first_differing_sentence_or_token():
     assert cut_after_slip(ref, ref, "token") == ref and cut_after_slip(ref, ref[:20], "token") == ref[:20]
 
 
+def test_nearest_right_is_the_right_reply_with_the_longest_common_beginning():
+    from numgpt.posttrain.pairs import nearest_right
+
+    rights = ["Count: 2", "The letter 'r' appears in 'river' this many times: 2", "There are 2."]
+    assert nearest_right("The letter 'r' appears in 'river' this many times: 3", rights) == rights[1]
+    assert nearest_right("There are 3.", rights) == rights[2]
+    assert nearest_right("3", rights) == rights[0]                  # nothing shared: the first (the reference)
+    assert nearest_right("Th", ["The answer", "There"]) == "The answer"   # a tie: the first
+
+
+def test_nearest_chosen_pairs_cut_against_the_right_reply_worded_like_the_wrong_one(tmp_path, capsys):
+    """chosen="nearest": the chosen reply is whichever of the reference and the model's right samples (redone
+    here from the same seeds) shares the longest beginning with the wrong answer, and the rejected reply is
+    the wrong answer cut against it; on these 18 tasks some pairs choose a right sample over the reference."""
+    import os
+
+    import numgpt
+    from numgpt.posttrain.chat_format import chat_template
+    from numgpt.posttrain.pairs import cut_after_slip, sampled_pairs
+    from numgpt.posttrain.rl import render_tasks, sample_group
+    from numgpt.posttrain.synth import synthesize
+    from numgpt.sampling import SamplingOptions
+
+    lm = numgpt.load("chat")
+    tasks = synthesize(18, rng=np.random.default_rng(8), families=["count", "convert", "next"])
+    pairs = iter(sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=6, seed=3, step_level="token",
+                               chosen="nearest"))
+    end, paired, from_samples = chat_template(lm.tokenizer).end_id, 0, 0
+    for k, task in enumerate(render_tasks(lm.tokenizer, tasks)):
+        answers, _ = sample_group(lm.params, lm.config, task.prompt, [np.random.default_rng([3, k, i]) for i in range(6)],
+                                  sampling=SamplingOptions(temperature=1.0), max_new_tokens=112, end_id=end)
+        texts = [(lm.tokenizer.decode([t for t in a if t != end]), bool(a) and a[-1] == end) for a in answers]
+        wrong = [t for t, ended in texts if ended and t.strip() and not check(task.record, t)]
+        if not wrong:
+            continue
+        reference = task.record["messages"][-1]["content"]
+        rights = [reference] + [t for t, _ in texts if check(task.record, t)]
+        shared = [len(os.path.commonprefix([wrong[0], r])) for r in rights]
+        expected = rights[shared.index(max(shared))]
+        p, paired = next(pairs), paired + 1
+        assert p["chosen"][0]["content"] == expected
+        assert p["rejected"][0]["content"] == cut_after_slip(expected, wrong[0], "token")
+        from_samples += expected != reference
+    assert next(pairs, None) is None and paired > 0 and from_samples > 0
+    assert main(["data", "pairs", "--from-model", "chat", "--chosen", "nearest", "--n", "2",
+                 "-o", str(tmp_path / "n.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--chosen nearest picks the right reply step-level pairs cut against, so it needs --step-level" in err
+    with pytest.raises(NumgptError, match="chosen must be one of reference, nearest"):
+        sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, step_level="token", chosen="closest")
+
+
 def test_the_reward_model_refuses_step_level_pairs(tmp_path, capsys):
     """A cut reply has no <|end|> for a reward model to read: reward train refuses the file by line."""
     from numgpt.posttrain.pairs import whole_reply_pairs

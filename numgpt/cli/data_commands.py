@@ -121,6 +121,11 @@ pairs (it reads a whole reply). --step-level token cuts after the first differin
 a word), so the pair differs only in the token where the answer went wrong and what the reference says
 from there.
 
+--chosen nearest (with --step-level): the right reply chosen and cut against is whichever of the task's
+reference and the model's right samples starts most like the wrong answer, not always the reference. In
+the families whose replies have several wordings (count, convert, next, reverse), a wrong answer worded
+like a right one is then cut at its wrong number or word rather than at the first differing word.
+
 --rejected greedy (with --from-model): the model's greedy answer is the rejected one when it is wrong
 ("flaw": "greedy"); a task it answers right greedily falls back to its first wrong sample ("flaw":
 "sampled"). DPO then pushes down the mistakes greedy decoding makes, which are the ones a greedy reply
@@ -129,7 +134,7 @@ is judged by; a sampled mistake at --temperature 1 may be one greedy decoding ne
 
 
 def _register_pairs(sub) -> None:
-    from ..posttrain.pairs import FORMAT_RATE, REJECTED, SLIP_UNITS
+    from ..posttrain.pairs import CHOSEN, FORMAT_RATE, REJECTED, SLIP_UNITS
     p = subcommand(sub, "pairs", help="write synthetic preference pairs: a right and a near-miss reply (JSONL)",
                    description="Write preference pairs made from the synthetic tasks: the reference reply "
                                "chosen, a plausible wrong one rejected.", epilog=PAIRS_EXAMPLES)
@@ -146,6 +151,9 @@ def _register_pairs(sub) -> None:
     m.add_argument("--step-level", nargs="?", const="sentence", choices=SLIP_UNITS, metavar="UNIT",
                    help="the reference reply chosen, the wrong answer cut after its first sentence (or with "
                    "'token', its first token) that differs from the reference's rejected (below)")
+    m.add_argument("--chosen", choices=CHOSEN, default="reference", help="with --step-level: the right reply "
+                   "chosen and cut against: the task's reference, or whichever of it and the right samples "
+                   "starts most like the wrong answer (below; default reference)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -207,6 +215,9 @@ def run_pairs(args) -> int:
         raise NumgptError("--step-level cuts a model's wrong answers, so it needs --from-model MODEL")
     if args.rejected != "sampled" and args.from_model is None:
         raise NumgptError(f"--rejected {args.rejected} picks among a model's answers, so it needs --from-model MODEL")
+    if args.chosen != "reference" and not args.step_level:
+        raise NumgptError(f"--chosen {args.chosen} picks the right reply step-level pairs cut against, so it needs "
+                          "--step-level (and --from-model)")
     if args.from_model is not None:
         return _run_sampled_pairs(args, out, operands, families)
     pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
@@ -234,8 +245,7 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
     try:
         pairs = sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, group=args.group,
                               temperature=args.temperature, seed=args.seed, step_level=args.step_level,
-                              rejected=args.rejected,
-                              progress=update)
+                              rejected=args.rejected, chosen=args.chosen, progress=update)
     finally:
         close()
     write_pairs(out, pairs)

@@ -46,7 +46,11 @@ sentence cut with sampled mistakes gained 3.4). A cut reply did not end there, s
 its '<|end|>' (the pair says "cut": "rejected", a numgpt key TRL ignores), and the reward model refuses
 such pairs (`whole_reply_pairs`). Each task with a wrong answer that ended with '<|end|>' gives a pair.
 Made for the worked sums (add, sub), whose reference working is the one right wording; in other families
-the first differing sentence or token may be a different phrasing of a right answer.
+the first differing sentence or token may be a different phrasing of a right answer. chosen="nearest"
+(`--chosen nearest`) narrows that: the right reply chosen and cut against is whichever of the reference
+and the model's own right samples starts most like the wrong answer (`nearest_right`), so a wrong answer
+worded as one of the model's right ones is cut at its wrong number or word. A wrong answer worded as no
+right reply still leaves the reference at its first word.
 
 Rendering (`render_pair`): the prompt with the generation prompt, and each reply as the tokens the chat
 template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
@@ -82,6 +86,7 @@ SENTENCE_END = re.compile(r"(?<=\.) ")     # where a reply's sentences (a worked
 MAX_TRIES = 100                   # redraws of a wrong reply until it differs and fails the checker
 FORMAT_RATE = 0.1
 REJECTED = ("sampled", "greedy")   # sampled_pairs' choices of the wrong answer that is rejected
+CHOSEN = ("reference", "nearest")  # step-level pairs' choices of the right reply the wrong one is cut against
 
 
 # ---- reading and writing ------------------------------------------------------------------------------
@@ -255,15 +260,25 @@ def cut_after_slip(reference: str, reply: str, unit: str = "sentence") -> str:
     return reply
 
 
+def nearest_right(wrong: str, rights: Sequence[str]) -> str:
+    """The right reply that starts most like `wrong` (the longest common beginning; the first on a tie), so
+    that a cut against it lands where the answer went wrong rather than where the wording differs."""
+    def shared(right: str) -> int:
+        return next((k for k, (a, b) in enumerate(zip(wrong, right)) if a != b), min(len(wrong), len(right)))
+    return max(rights, key=shared)          # max keeps the first of equal keys
+
+
 def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping], *, group: int = 8,
                   temperature: float = 1.0, seed: int = 0, max_new_tokens: int | None = None,
-                  step_level: str | None = None, rejected: str = "sampled", progress=None) -> list[dict]:
+                  step_level: str | None = None, rejected: str = "sampled", chosen: str = "reference",
+                  progress=None) -> list[dict]:
     """Preference pairs from a chat model's own answers (module docstring): per task, `group` answers
     sampled at `temperature` (answer i of task k seeded by (seed, k, i), so the file is the same on every
     run), judged by synth.check; a right and a wrong answer make a pair (step_level "sentence" or "token":
     the reference reply and the first wrong answer cut after the unit where it slipped). rejected="greedy":
-    the greedy answer is the wrong one when it is wrong (module docstring). `progress(done, total)` is
-    called after each task."""
+    the greedy answer is the wrong one when it is wrong (module docstring). chosen="nearest" (step-level
+    only): the right reply cut against and chosen is the reference or a right sample, whichever starts most
+    like the wrong answer (`nearest_right`). `progress(done, total)` is called after each task."""
     from ..sampling import SamplingOptions
     from .chat_format import chat_template
     from .rl import render_tasks, sample_group
@@ -275,6 +290,8 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         raise NumgptError(f"step_level must be None or one of {', '.join(SLIP_UNITS)}, got {step_level!r}")
     if rejected not in REJECTED:
         raise NumgptError(f"rejected must be one of {', '.join(REJECTED)}, got {rejected!r}")
+    if chosen not in CHOSEN:
+        raise NumgptError(f"chosen must be one of {', '.join(CHOSEN)}, got {chosen!r}")
     if not temperature > 0:
         raise NumgptError(f"temperature must be > 0 to sample different answers, got {temperature}")
     template = chat_template(tokenizer)
@@ -306,6 +323,9 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         if step_level:
             right = reference_reply(record)
             if wrong is not None:
+                if chosen == "nearest":
+                    right = nearest_right(wrong, [right] + [t for t, _ in texts
+                                                            if check(record, t) and right_working(record, t)])
                 shorter = cut_after_slip(right, wrong, step_level)
                 wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
         else:                                                # a right number by luck is not a right answer
