@@ -10,7 +10,8 @@ Steps, each the CLI's own command (so the figures are what a user gets):
   3. numgpt dpo PAIRS --init MODEL --beta B [--sft-weight W]: its preference accuracy on every held-out pair
      (the implicit reward beta * log pi/pi_ref ranks chosen above rejected). With --step-level, DPO trains on
      step-level pairs of the same tasks (data pairs --from-model --step-level: the reference reply chosen,
-     the wrong answer cut after its slip rejected; --step-level token: after the token where it slipped), and
+     the wrong answer cut after its slip rejected; --step-level token: after the token where it slipped;
+     --chosen nearest: the right reply, reference or sample, worded most like the wrong one), and
      its preference accuracy is on held-out step-level pairs; the reward model still learns from whole
      replies, which is what it judges below.
      With --rounds R (iterative DPO, with --sampled-pairs): R rounds, each sampling pairs of --round-n new
@@ -74,6 +75,8 @@ def main() -> None:
                    help="with --sampled-pairs: DPO on step-level pairs, cut after the differing sentence (default) or token")
     p.add_argument("--rejected", default="sampled", choices=("sampled", "greedy"),
                    help="with --sampled-pairs: numgpt data pairs --rejected (the wrong answer a pair rejects)")
+    p.add_argument("--chosen", default="reference", choices=("reference", "nearest"),
+                   help="with --step-level: numgpt data pairs --chosen (the right reply a pair chooses and cuts against)")
     p.add_argument("--rounds", type=int, default=1, help="iterative DPO: rounds of sampling and DPO (above)")
     p.add_argument("--round-n", type=int, default=600, help="tasks sampled a round (--rounds > 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -81,6 +84,8 @@ def main() -> None:
     args = p.parse_args()
     if (args.step_level or args.rounds > 1 or args.rejected != "sampled") and not args.sampled_pairs:
         p.error("--step-level, --rounds and --rejected need --sampled-pairs")
+    if args.chosen != "reference" and not args.step_level:
+        p.error("--chosen needs --step-level")
     if args.rounds < 1 or args.round_n < 1:
         p.error("--rounds and --round-n must be at least 1")
 
@@ -107,10 +112,11 @@ def main() -> None:
         dpo_pairs, dpo_held = out / f"{kind[1:]}_pairs.jsonl", out / f"heldout{kind}_pairs.jsonl"
         if args.rounds == 1 and not dpo_pairs.exists():     # rounds sample their own training pairs
             numgpt("data", "pairs", "--n", str(args.n), "-o", str(dpo_pairs), "--seed", str(args.seed), "--force",
-                   "--step-level", args.step_level, *sampled)
+                   "--step-level", args.step_level, "--chosen", args.chosen, *sampled)
         if not dpo_held.exists():
             numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(dpo_held),
-                   "--seed", str(args.seed + 1), "--force", "--step-level", args.step_level, *sampled)
+                   "--seed", str(args.seed + 1), "--force", "--step-level", args.step_level, "--chosen", args.chosen,
+                   *sampled)
     n_held = sum(1 for line in dpo_held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
@@ -139,7 +145,7 @@ def main() -> None:
                 numgpt("data", "pairs", "--n", str(args.round_n), "-o", str(rd / "pairs.jsonl"), "--force",
                        "--seed", str(args.seed + 100 * (r + 1)), "--from-model", str(policy),
                        "--families", args.pair_families, "--rejected", args.rejected,
-                       *(["--step-level", args.step_level] if args.step_level else []))
+                       *(["--step-level", args.step_level, "--chosen", args.chosen] if args.step_level else []))
             if not (rd / "dpo" / "latest").exists():
                 dpo(rd / "pairs.jsonl", policy, rd / "dpo")
             policy, last = rd / "dpo" / "latest", rd / "dpo"
