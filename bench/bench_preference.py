@@ -13,11 +13,12 @@ Steps, each the CLI's own command (so the figures are what a user gets):
      the wrong answer cut after its slip rejected; --step-level token: after the token where it slipped;
      --chosen nearest: the right reply, reference or sample, worded most like the wrong one), and
      its preference accuracy is on held-out step-level pairs; the reward model still learns from whole
-     replies, which is what it judges below.
+     replies, which is what it judges below. With --with-whole, DPO trains on the whole pairs and the
+     step-level ones together, and its preference accuracy is on the held-out whole pairs.
      With --rounds R (iterative DPO, with --sampled-pairs): R rounds, each sampling pairs of --round-n new
      tasks from the policy the round before left (the first from MODEL) and running DPO from it, with it as
      the reference (its held-out figures on the pairs sampled from MODEL); the last round's policy is
-     judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, dpo_token, round{r}, round{r}_step, ...):
+     judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, dpo_token, dpo_token_whole, round{r}, ...):
      what --out holds is reused, so one --out serves both kinds on the same reward model; use a new --out
      for other settings (--model, --lr, --beta, ...).
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
@@ -66,6 +67,8 @@ def main() -> None:
     p.add_argument("--rm-iters", type=int, default=300)
     p.add_argument("--lr", type=float, default=5e-5, help="DPO's learning rate")
     p.add_argument("--sft-weight", type=float, default=0.0, help="DPO's SFT term (numgpt dpo --sft-weight)")
+    p.add_argument("--dpo-seed", type=int, default=None,
+                   help="DPO's batches (numgpt dpo --seed; default numgpt dpo's own); the pairs stay")
     p.add_argument("--rm-lr", type=float, default=1e-4, help="the reward model's learning rate")
     p.add_argument("--sampled-pairs", action="store_true",
                    help="pairs from the model's own answers (numgpt data pairs --from-model): a right one chosen, a "
@@ -75,6 +78,9 @@ def main() -> None:
                    help="with --sampled-pairs: DPO on step-level pairs, cut after the differing sentence (default) or token")
     p.add_argument("--rejected", default="sampled", choices=("sampled", "greedy"),
                    help="with --sampled-pairs: numgpt data pairs --rejected (the wrong answer a pair rejects)")
+    p.add_argument("--with-whole", action="store_true",
+                   help="with --step-level: DPO on the whole pairs and the step-level pairs together (the whole ones "
+                        "first, in one file), its held-out figures on the held-out whole pairs")
     p.add_argument("--chosen", default="reference", choices=("reference", "nearest"),
                    help="with --step-level: numgpt data pairs --chosen (the right reply a pair chooses and cuts against)")
     p.add_argument("--rounds", type=int, default=1, help="iterative DPO: rounds of sampling and DPO (above)")
@@ -84,8 +90,10 @@ def main() -> None:
     args = p.parse_args()
     if (args.step_level or args.rounds > 1 or args.rejected != "sampled") and not args.sampled_pairs:
         p.error("--step-level, --rounds and --rejected need --sampled-pairs")
-    if args.chosen != "reference" and not args.step_level:
-        p.error("--chosen needs --step-level")
+    if (args.chosen != "reference" or args.with_whole) and not args.step_level:
+        p.error("--chosen and --with-whole need --step-level")
+    if args.with_whole and args.rounds > 1:
+        p.error("--with-whole is for one round")
     if args.rounds < 1 or args.round_n < 1:
         p.error("--rounds and --round-n must be at least 1")
 
@@ -117,6 +125,11 @@ def main() -> None:
             numgpt("data", "pairs", "--n", str(args.heldout), "--split", "heldout", "-o", str(dpo_held),
                    "--seed", str(args.seed + 1), "--force", "--step-level", args.step_level, "--chosen", args.chosen,
                    *sampled)
+    if args.with_whole:              # the whole pairs first, then the step-level ones; held out: the whole ones
+        mixed = out / f"whole{kind}_pairs.jsonl"
+        if not mixed.exists():
+            mixed.write_text(pairs.read_text() + dpo_pairs.read_text())
+        dpo_pairs, dpo_held, kind = mixed, held, f"{kind}_whole"
     n_held = sum(1 for line in dpo_held.read_text().splitlines() if line.strip())
     if not (out / "rm" / "model").exists():
         figures["rm_seconds"] = numgpt("reward", "train", str(pairs), "--init", args.model, "--out", str(out / "rm"),
@@ -130,7 +143,8 @@ def main() -> None:
         """numgpt dpo from `init` into `run`, its held-out figures on every pair of dpo_held; its seconds."""
         return numgpt("dpo", str(train), "--init", str(init), "--out", str(run), "--beta", str(args.beta),
                       "--max-iters", str(args.dpo_iters), "--val", str(dpo_held), "--lr", str(args.lr),
-                      "--sft-weight", str(args.sft_weight), "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)))
+                      "--sft-weight", str(args.sft_weight), "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)),
+                      *(["--seed", str(args.dpo_seed)] if args.dpo_seed is not None else []))
 
     last = out / f"dpo{kind}"
     if args.rounds == 1 and not (last / "latest").exists():
