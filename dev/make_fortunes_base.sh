@@ -1,8 +1,8 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # The fortunes-aware base model bench/bench_classify.py fine-tunes (issue 21's classification figure):
 # pre-trained from nothing on text that holds none of the benchmark's validation or test fortunes
 # (dev/fortunes_base_corpus.py). Then: python bench/bench_classify.py --model runs/fortunes_base/latest ...
-set -euo pipefail
+set -eu
 SHAKESPEARE=${1:-../shared/data/tinyshakespeare.txt}
 OUT=${2:-runs}
 python dev/fortunes_base_corpus.py "$SHAKESPEARE" -o "$OUT/fortunes_base.txt"
