@@ -208,8 +208,10 @@ def test_loss_rewards_and_accuracy_match_trls_dpo_trainer_on_the_same_model_and_
     save_checkpoint(tmp_path / "policy", config, policy, tokenizer=tok)
     beta = 0.2
 
+    scored = []                      # progress(pairs scored, all pairs): the train split, then the val split
     meta = prepare_dpo(tmp_path / "six.jsonl", tmp_path / "data", tok, (config, ref_params), val_file=tmp_path /
-                       "six.jsonl")
+                       "six.jsonl", progress=lambda done, total: scored.append((done, total)))
+    assert scored == [(6, 12), (12, 12)]
     masks, refs = load_pair_arrays(tmp_path / "data", meta)
     rows = load_dataset(tmp_path / "data").train.reshape(6, 2, -1).astype(np.int64)          # [P, 2, L]
     ids, targets, mask = rows[..., :-1].reshape(12, -1), rows[..., 1:].reshape(12, -1), masks["train"][..., 1:]

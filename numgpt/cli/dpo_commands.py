@@ -95,6 +95,7 @@ def _run_dpo(args, comm) -> int:
     from ..formats import hf_cache_dir
     from ..posttrain.dpo import setup_dpo
     from .train_commands import check_run_folder, default_threads, flag_error, local_ranks, options_from_args
+    from .progress import progress_reporter
 
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
@@ -103,15 +104,18 @@ def _run_dpo(args, comm) -> int:
                           + ("--prepare-only" if args.prepare_only else "--init"))
     run = check_run_folder(Path(args.out))
     options = _options(args, options_from_args, new=not args.resume)
+    update, close = progress_reporter(comm.rank == 0, "pair", "dpo: the reference scoring the pairs")
     try:
         setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, sft_weight=args.sft_weight,
                           resume=args.resume, options=options,
                           block_size=args.block_size, val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
                           default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
-                          ranks_here=local_ranks(comm.size))
+                          ranks_here=local_ranks(comm.size), progress=update)
     except ConfigFieldError as e:
         raise flag_error(e, options) from None
+    finally:
+        close()
     if comm.rank != 0:                                 # rank 0 alone prints
         result = None if args.prepare_only else setup.run.train(comm=comm)
         return 128 + result.signal if result is not None and result.interrupted else 0

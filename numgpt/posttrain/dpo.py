@@ -160,12 +160,16 @@ def reply_logps_backward(dlogps: np.ndarray, ctx: tuple, params: Params, config:
 
 
 def reply_logps(params: Params, config: GPTConfig, ids: np.ndarray, targets: np.ndarray, mask: np.ndarray, *,
-                batch_rows: int = 16, workspace: Workspace | None = None) -> np.ndarray:
-    """The summed reply log-probabilities [R] of rows [R, T], batch_rows at a time, no dropout, no gradients."""
+                batch_rows: int = 16, workspace: Workspace | None = None,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The summed reply log-probabilities [R] of rows [R, T], batch_rows at a time, no dropout, no gradients;
+    progress(rows done) after each batch."""
     out = np.zeros(len(ids), np.float64)
     for start in range(0, len(ids), batch_rows):
         part = slice(start, start + batch_rows)
         out[part], _ = reply_logps_forward(params, config, ids[part], targets[part], mask[part], workspace=workspace)
+        if progress is not None:
+            progress(min(start + batch_rows, len(ids)))
     return out
 
 
@@ -375,10 +379,11 @@ def _reference_files(folder: Path, meta: Mapping) -> list[Path]:
 def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer",
                 reference: tuple[GPTConfig, Params], *, block_size: int | None = None,
                 val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337,
-                reference_name: str = "") -> dict:
+                reference_name: str = "", progress: Callable[[int, int], None] | None = None) -> dict:
     """Preference pairs -> a DPO data folder at out_dir with the reference model's summed reply
     log-probabilities cached (module docstring); returns the meta. Every pair is checked (pairs.py) and
-    rendered before anything is computed or written; block_size None: the longest pair's length - 1."""
+    rendered before anything is computed or written; block_size None: the longest pair's length - 1.
+    progress(pairs scored, pairs in all) while the reference scores them (the long part)."""
     from .packing import file_sha256
     from .pairs import numbered_pairs, render_pair
 
@@ -401,7 +406,11 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
         raise NumgptError(f"{where}: the prompt and a reply are {longest} tokens, more than the model's context "
                           f"({config.n_positions}); shorten or drop that pair")
     splits = {name: pair_rows(r, block_size=block_size, pad_id=tokenizer.eot_id) for name, r in rendered.items()}
-    refs = {name: reference_sums(config, params, tokens, mask) for name, (tokens, mask) in splits.items()}
+    total, refs, before = sum(len(tokens) for tokens, _ in splits.values()), {}, 0
+    for name, (tokens, mask) in splits.items():
+        refs[name] = reference_sums(config, params, tokens, mask, progress=None if progress is None else
+                                    lambda pairs, before=before: progress(before + pairs, total))
+        before += len(tokens)
     info = {"format": DPO_FORMAT, "block_size": block_size, "pairs": {k: len(v) for k, v in sets.items()},
             "source": str(pairs_file), "source_sha256": file_sha256(pairs_file),
             "val_source": None if val_file is None else str(val_file)}
@@ -409,11 +418,14 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
                             reference={"model": reference_name, "model_sha256": weights_sha256(config, params)})
 
 
-def reference_sums(config: GPTConfig, params: Params, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The reference model's summed reply log-probabilities of pair rows [P, 2, L]: [P, 2] float64."""
+def reference_sums(config: GPTConfig, params: Params, tokens: np.ndarray, mask: np.ndarray, *,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The reference model's summed reply log-probabilities of pair rows [P, 2, L]: [P, 2] float64;
+    progress(pairs done) as it goes."""
     P, _, L = tokens.shape
     rows = tokens.reshape(2 * P, L)
-    return reply_logps(params, config, rows[:, :-1], rows[:, 1:], mask.reshape(2 * P, L)[:, 1:]).reshape(P, 2)
+    return reply_logps(params, config, rows[:, :-1], rows[:, 1:], mask.reshape(2 * P, L)[:, 1:],
+                       progress=None if progress is None else lambda r: progress(r // 2)).reshape(P, 2)
 
 
 def write_dpo_folder(out: str | Path, tokenizer: "Tokenizer", splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -534,7 +546,8 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
               resume: bool = False,
               block_size: int | None = None, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
               seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
-              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1) -> DpoSetup:
+              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1,
+              progress: Callable[[int, int], None] | None = None) -> DpoSetup:
     """`numgpt dpo PAIRS --init MODEL --out RUN --beta B`, up to the first step (then `.run.train()`).
 
     pairs_path: preference-pairs JSONL (rendered, with the reference sums, into RUN/data, or into run_dir
@@ -544,7 +557,8 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
     the chosen replies' SFT term (None: 0 for a new run, the run's own on resume); resume: continue
     RUN/latest; options: TrainConfig fields as setup_run's; block_size: rows' length - 1 (default: the
     longest pair's); val_fraction / val_file: the held-out pairs; comm, ranks_here: as setup_run's (rank 0
-    alone prepares and writes, the others wait at a barrier). A refusal before training leaves nothing this
+    alone prepares and writes, the others wait at a barrier); progress(done, total): the reference scoring
+    the pairs (prepare_dpo). A refusal before training leaves nothing this
     made (run_dir itself goes when it did not exist)."""
     from ..formats import hf_cache_dir
     from ..training.comm import SingleProcess
@@ -574,7 +588,7 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
         if comm.rank == 0:                               # rank 0 alone prepares and writes
             init_dir, setup.meta, setup.added_chat_tokens = _prepared(
                 given, run, init, made, cache_dir=cache_dir, block_size=block_size, val_fraction=val_fraction,
-                val_file=val_file, seed=seed, prepare_only=prepare_only)
+                val_file=val_file, seed=seed, prepare_only=prepare_only, progress=progress)
             if not prepare_only:
                 _write_settings(run, settings)
         comm.barrier()
