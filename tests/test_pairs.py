@@ -306,6 +306,8 @@ def test_nearest_chosen_pairs_cut_against_the_right_reply_worded_like_the_wrong_
     assert "--chosen nearest picks the right reply step-level pairs cut against, so it needs --step-level" in err
     with pytest.raises(NumgptError, match="chosen must be one of reference, nearest"):
         sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, step_level="token", chosen="closest")
+    with pytest.raises(NumgptError, match="chosen='nearest' picks the right reply step-level pairs cut against"):
+        sampled_pairs(lm.params, lm.config, lm.tokenizer, tasks, chosen="nearest")
 
 
 def test_the_reward_model_refuses_step_level_pairs(tmp_path, capsys):

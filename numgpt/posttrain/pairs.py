@@ -292,6 +292,8 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
         raise NumgptError(f"rejected must be one of {', '.join(REJECTED)}, got {rejected!r}")
     if chosen not in CHOSEN:
         raise NumgptError(f"chosen must be one of {', '.join(CHOSEN)}, got {chosen!r}")
+    if chosen != "reference" and step_level is None:
+        raise NumgptError(f"chosen={chosen!r} picks the right reply step-level pairs cut against; it needs step_level")
     if not temperature > 0:
         raise NumgptError(f"temperature must be > 0 to sample different answers, got {temperature}")
     template = chat_template(tokenizer)
