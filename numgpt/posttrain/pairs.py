@@ -248,7 +248,7 @@ def cut_after_slip(reference: str, reply: str, unit: str = "sentence") -> str:
     steps); "token": a digit (every digit is its own token in the chat models' tokenizers), a word, or
     another character, so the cut reply ends at the first token where it left the reference."""
     if unit == "token":
-        i = next((k for k, (a, b) in enumerate(zip(reply, reference)) if a != b), min(len(reply), len(reference)))
+        i = shared_beginning(reply, reference)
         while 0 < i < len(reply) and reply[i].isalpha() and reply[i - 1].isalpha():
             i -= 1                                                   # back to the start of the word it is in
         unit_at = TOKEN_TEXT.match(reply, i)
@@ -260,12 +260,15 @@ def cut_after_slip(reference: str, reply: str, unit: str = "sentence") -> str:
     return reply
 
 
+def shared_beginning(a: str, b: str) -> int:
+    """How many characters two replies share from their start."""
+    return len(os.path.commonprefix([a, b]))
+
+
 def nearest_right(wrong: str, rights: Sequence[str]) -> str:
     """The right reply that starts most like `wrong` (the longest common beginning; the first on a tie), so
     that a cut against it lands where the answer went wrong rather than where the wording differs."""
-    def shared(right: str) -> int:
-        return next((k for k, (a, b) in enumerate(zip(wrong, right)) if a != b), min(len(wrong), len(right)))
-    return max(rights, key=shared)          # max keeps the first of equal keys
+    return max(rights, key=lambda right: shared_beginning(wrong, right))      # max keeps the first of equal keys
 
 
 def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping], *, group: int = 8,
@@ -322,16 +325,17 @@ def sampled_pairs(params, config, tokenizer: Tokenizer, tasks: Sequence[Mapping]
             text, ended = greedy[k]
             if ended and text.strip() and not check(record, text):
                 flaw, wrong = "greedy", text
+        # the right samples: a right number by luck (slipped working) is not a right answer
+        rights = [t for t, _ in texts if check(record, t) and right_working(record, t)]
         if step_level:
             right = reference_reply(record)
             if wrong is not None:
                 if chosen == "nearest":
-                    right = nearest_right(wrong, [right] + [t for t, _ in texts
-                                                            if check(record, t) and right_working(record, t)])
+                    right = nearest_right(wrong, [right] + rights)
                 shorter = cut_after_slip(right, wrong, step_level)
                 wrong, cut = shorter, ({"cut": "rejected"} if shorter != wrong else {})
-        else:                                                # a right number by luck is not a right answer
-            right = next((t for t, _ in texts if check(record, t) and right_working(record, t)), None)
+        else:
+            right = rights[0] if rights else None
         if right is not None and wrong is not None:          # they differ (cut_after_slip keeps the differing unit)
             pairs.append({"prompt": prompt_messages(record),
                           "chosen": [{"role": "assistant", "content": right}],
