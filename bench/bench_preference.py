@@ -21,6 +21,10 @@ Steps, each the CLI's own command (so the figures are what a user gets):
      judged against MODEL. A DPO run's folder is named by its kind (dpo, dpo_step, dpo_token, dpo_token_whole, round{r}, ...):
      what --out holds is reused, so one --out serves both kinds on the same reward model; use a new --out
      for other settings (--model, --lr, --beta, ...).
+     With --dpo-seeds S,S,...: one DPO run per seed (numgpt dpo --seed S; the pairs and the reference's sums
+     are the same, the batches differ) into dpo{kind}_s{S}, and their mean by `numgpt average` into
+     dpo{kind}_soup. The soup is the policy judged in step 4, and each seed's run is judged beside it; the
+     soup's held-out preference accuracy is computed here, on the same held-out pairs as the runs' own.
   4. on --tasks held-out tasks, greedy replies of the reference (MODEL) and of the DPO policy; the DPO policy
      wins a task when the judge prefers its reply: by the exact checker (right beats wrong; both right or both
      wrong is a tie) and by the reward model (higher reward; equal replies are ties).
@@ -55,6 +59,24 @@ def win_rate(wins: int, losses: int) -> float:
     return wins / max(1, wins + losses)
 
 
+def preference_accuracy(policy: Path, data_dir: Path, beta: float) -> float:
+    """The share of a prepared DPO folder's held-out pairs whose implicit reward ranks the chosen reply above
+    the rejected one under `policy` (what numgpt dpo logs as val_accuracy, on every held-out pair)."""
+    from numgpt.formats import load_checkpoint
+    from numgpt.posttrain.dpo import PairBatches, dpo_metrics, load_pair_arrays, reply_logps
+    from numgpt.training.data import load_dataset
+
+    data = load_dataset(data_dir)
+    batches = PairBatches(*load_pair_arrays(data_dir, data.meta))
+    pairs = batches.pairs(data, "val", batches.masks["val"].shape[2] - 1)          # [P, 2, L]
+    ids, targets, mask, ref, _ = batches.rows_of(pairs, "val", np.arange(len(pairs)), 1.0)
+    config, params = load_checkpoint(policy)
+    n, _, T = ids.shape
+    logps = reply_logps(params, config, ids.reshape(2 * n, T), targets.reshape(2 * n, T),
+                        mask.reshape(2 * n, T)).reshape(n, 2)
+    return dpo_metrics(logps, ref, beta, mask[:, 0].sum(axis=1))["accuracy"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="chat")
@@ -69,6 +91,8 @@ def main() -> None:
     p.add_argument("--sft-weight", type=float, default=0.0, help="DPO's SFT term (numgpt dpo --sft-weight)")
     p.add_argument("--dpo-seed", type=int, default=None,
                    help="DPO's batches (numgpt dpo --seed; default numgpt dpo's own); the pairs stay")
+    p.add_argument("--dpo-seeds", default=None, metavar="S,S,...",
+                   help="one DPO run per seed, averaged by numgpt average; the average is the judged policy (above)")
     p.add_argument("--rm-lr", type=float, default=1e-4, help="the reward model's learning rate")
     p.add_argument("--sampled-pairs", action="store_true",
                    help="pairs from the model's own answers (numgpt data pairs --from-model): a right one chosen, a "
@@ -96,6 +120,9 @@ def main() -> None:
         p.error("--with-whole is for one round")
     if args.rounds < 1 or args.round_n < 1:
         p.error("--rounds and --round-n must be at least 1")
+    seeds = [int(x) for x in args.dpo_seeds.split(",")] if args.dpo_seeds else []
+    if seeds and (args.rounds > 1 or args.dpo_seed is not None or len(set(seeds)) < 2):
+        p.error("--dpo-seeds takes two or more different seeds, for one round, without --dpo-seed")
 
     from numgpt.formats import load_checkpoint, load_tokenizer, resolve_model
     from numgpt.posttrain.chatdata import write_conversations
@@ -139,17 +166,25 @@ def main() -> None:
     rewards = rm.score_pairs(read_pairs(held))
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
 
-    def dpo(train: Path, init: str | Path, run: Path) -> float:
+    def dpo(train: Path, init: str | Path, run: Path, seed: int | None = args.dpo_seed) -> float:
         """numgpt dpo from `init` into `run`, its held-out figures on every pair of dpo_held; its seconds."""
         return numgpt("dpo", str(train), "--init", str(init), "--out", str(run), "--beta", str(args.beta),
                       "--max-iters", str(args.dpo_iters), "--val", str(dpo_held), "--lr", str(args.lr),
                       "--sft-weight", str(args.sft_weight), "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)),
-                      *(["--seed", str(args.dpo_seed)] if args.dpo_seed is not None else []))
+                      *(["--seed", str(seed)] if seed is not None else []))
 
     last = out / f"dpo{kind}"
-    if args.rounds == 1 and not (last / "latest").exists():
+    seed_runs = {s: out / f"dpo{kind}_s{s}" for s in seeds}
+    for s, run in seed_runs.items():
+        if not (run / "latest").exists():
+            figures[f"dpo_seconds_s{s}"] = dpo(dpo_pairs, args.model, run, seed=s)
+    if seeds:
+        last = out / f"dpo{kind}_soup"
+        if not (last / "model.safetensors").exists():
+            numgpt("average", *(str(run / "latest") for run in seed_runs.values()), "--out", str(last), "--force")
+    elif args.rounds == 1 and not (last / "latest").exists():
         figures["dpo_seconds"] = dpo(dpo_pairs, args.model, last)
-    policy = last / "latest"
+    policy = last if seeds else last / "latest"
     if args.rounds > 1:
         policy = Path(args.model)
         for r in range(args.rounds):
@@ -163,36 +198,49 @@ def main() -> None:
             if not (rd / "dpo" / "latest").exists():
                 dpo(rd / "pairs.jsonl", policy, rd / "dpo")
             policy, last = rd / "dpo" / "latest", rd / "dpo"
-    log = [json.loads(line) for line in (last / "log.jsonl").read_text().splitlines()]
-    last_eval = [e for e in log if e["type"] == "eval"][-1]
-    figures["dpo_last_eval"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
+    for name, run in {"": last, **{f"_s{s}": r for s, r in seed_runs.items()}}.items():
+        if (run / "log.jsonl").exists():
+            log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            last_eval = [e for e in log if e["type"] == "eval"][-1]
+            figures[f"dpo_last_eval{name}"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
+    if seeds:
+        data_dir = next(iter(seed_runs.values())) / "data"
+        figures["soup_val_accuracy"] = preference_accuracy(policy, data_dir, args.beta)
 
     folder = resolve_model(args.model, cache_dir=Path("/nonexistent"))
     config, ref_params = load_checkpoint(folder)
     tok = load_tokenizer(folder, config)
-    _, dpo_params = load_checkpoint(policy)
     tasks = synthesize(args.tasks, rng=np.random.default_rng(args.seed + 2), split="heldout", system_rate=0.0)
     write_conversations(out / "heldout_tasks.jsonl", tasks)
     ref_replies, _ = chat_replies(ref_params, config, tok, tasks)
-    dpo_replies, _ = chat_replies(dpo_params, config, tok, tasks)
-    exact = {"wins": 0, "losses": 0, "ties": 0}
-    per_family = {f: {"wins": 0, "losses": 0, "ties": 0} for f in FAMILIES}
-    for task, a, b in zip(tasks, dpo_replies, ref_replies):
-        ca, cb = check(task, a), check(task, b)
-        outcome = "wins" if ca and not cb else "losses" if cb and not ca else "ties"
-        exact[outcome] += 1
-        per_family[task["family"]][outcome] += 1
-    figures["exact_judge"] = {**exact, "win_rate": win_rate(exact["wins"], exact["losses"])}
-    figures["exact_judge_per_family"] = per_family
-    figures["exact_match"] = {"reference": float(np.mean([check(t, r) for t, r in zip(tasks, ref_replies)])),
-                              "dpo": float(np.mean([check(t, r) for t, r in zip(tasks, dpo_replies)]))}
     convs = lambda replies: [prompt_messages(t) + [{"role": "assistant", "content": r}]  # noqa: E731
                              for t, r in zip(tasks, replies)]
-    r_dpo, r_ref = rm.score(convs(dpo_replies)), rm.score(convs(ref_replies))
-    same = np.array([a == b for a, b in zip(dpo_replies, ref_replies)])
-    rm_judge = {"wins": int(((r_dpo > r_ref) & ~same).sum()), "losses": int(((r_dpo < r_ref) & ~same).sum()),
-                "ties": int((same | (r_dpo == r_ref)).sum())}
-    figures["rm_judge"] = {**rm_judge, "win_rate": win_rate(rm_judge["wins"], rm_judge["losses"])}
+    r_ref = rm.score(convs(ref_replies))
+
+    def judge(policy: Path) -> dict:
+        """The policy's greedy replies against the reference's, by the exact checker and the reward model."""
+        _, dpo_params = load_checkpoint(policy)
+        dpo_replies, _ = chat_replies(dpo_params, config, tok, tasks)
+        exact = {"wins": 0, "losses": 0, "ties": 0}
+        per_family = {f: {"wins": 0, "losses": 0, "ties": 0} for f in FAMILIES}
+        for task, a, b in zip(tasks, dpo_replies, ref_replies):
+            ca, cb = check(task, a), check(task, b)
+            outcome = "wins" if ca and not cb else "losses" if cb and not ca else "ties"
+            exact[outcome] += 1
+            per_family[task["family"]][outcome] += 1
+        r_dpo = rm.score(convs(dpo_replies))
+        same = np.array([a == b for a, b in zip(dpo_replies, ref_replies)])
+        rm_judge = {"wins": int(((r_dpo > r_ref) & ~same).sum()), "losses": int(((r_dpo < r_ref) & ~same).sum()),
+                    "ties": int((same | (r_dpo == r_ref)).sum())}
+        return {"exact_judge": {**exact, "win_rate": win_rate(exact["wins"], exact["losses"])},
+                "exact_judge_per_family": per_family,
+                "exact_match": {"reference": float(np.mean([check(t, r) for t, r in zip(tasks, ref_replies)])),
+                                "dpo": float(np.mean([check(t, r) for t, r in zip(tasks, dpo_replies)]))},
+                "rm_judge": {**rm_judge, "win_rate": win_rate(rm_judge["wins"], rm_judge["losses"])}}
+
+    figures.update(judge(policy))
+    for s, run in seed_runs.items():
+        figures[f"judged_s{s}"] = judge(run / "latest")
     figures["families"] = list(FAMILIES)
     print(json.dumps(figures, indent=1))
     if args.json:

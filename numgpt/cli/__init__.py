@@ -110,6 +110,8 @@ def _registrars():
     registrars.append(dpo_commands.register)
     from . import rl_commands  # rl: GRPO on verifiable rewards (numgpt.posttrain.rl)
     registrars.append(rl_commands.register)
+    from . import average_commands  # average: a model soup of runs fine-tuned from one start
+    registrars.append(average_commands.register)
     from . import chat_commands  # chat: talk to a chat model in the terminal
     registrars.append(chat_commands.register)
     from . import recipe_commands  # recipe chat: the built-in chat model, from nothing

@@ -1,0 +1,87 @@
+"""`numgpt average`: one model whose weights are the mean of several models fine-tuned from one start (a
+model soup). The arithmetic is numgpt.posttrain.average; this module reads the flags, checks, and writes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import NumgptError
+from .groups import subcommand
+from .paths import output_folder
+
+EXAMPLES = """\
+examples:
+  numgpt average runs/dpo_s1/latest runs/dpo_s2/latest runs/dpo_s3/latest --out runs/dpo_soup
+  numgpt average runs/a/best runs/b/best --weights 2,1 --out runs/ab       two thirds a, one third b
+  numgpt chat --model runs/dpo_soup
+
+Every parameter of --out is the weighted mean of the models' (equal weights unless --weights; the weights
+are scaled to sum to 1). The models must share their shape, tokenizer and chat template, and should be
+fine-tuned from one start: DPO, SFT or RL runs from the same model that differ in their seed, their data's
+order or their settings. There, averaging keeps what the runs agree on and cancels part of what each learned
+by chance (BENCHMARKS.md, "Averaging DPO runs": three DPO seeds averaged beat each of them on the exact
+checker). Models trained from different random starts average to noise. A LoRA run's checkpoint is averaged
+with its adapter merged. --out is a plain Hugging Face GPT-2 folder with the first model's tokenizer files.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommand to `numgpt`'s parser."""
+    p = subcommand(sub, "average", help="average the weights of models fine-tuned from one start (a model soup)",
+                   description="Write one model whose weights are the mean of several models' (a model soup, or "
+                   "checkpoint averaging).", epilog=EXAMPLES)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more model folders or runs (RUN/latest, "
+                   "RUN/best), or 'builtin', 'chat', a cached hub name")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the averaged model's folder (new or empty)")
+    p.add_argument("--weights", metavar="W,W,...", help="one weight per model, scaled to sum to 1 (equal)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=run_average)
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """--weights '2,1,1' -> [2.0, 1.0, 1.0] (one line naming the part that is not a number)."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise NumgptError(f"--weights: {part.strip()!r} is not a number; give one number per model, "
+                              "separated by commas (2,1,1)") from None
+    return out
+
+
+def run_average(args) -> int:
+    """`numgpt average`: every model loaded memory-mapped and checked, the mean written whole (or nothing)."""
+    import shutil
+    from pathlib import Path
+
+    from ..atomic import TMP_SUFFIX, replace_folder_atomically
+    from ..formats import hf_cache_dir, save_checkpoint
+    from ..lm import load
+    from ..posttrain.average import average_params, averaging_bytes, check_same_kind, mixing_weights
+    from ..training.memory import available_memory, gib
+
+    weights = mixing_weights(parse_weights(args.weights), len(args.models))
+    out = output_folder(args.out, flag="--out", force=args.force, what="averaged model")
+    cache = hf_cache_dir(os.environ)
+    models = [load(name, cache_dir=cache, mmap=True) for name in args.models]
+    for m, name in zip(models, args.models):
+        if m.folder is not None and out.resolve() == Path(m.folder).resolve():
+            raise NumgptError(f"--out {out}: is the model {name} itself; write the average to another folder")
+    check_same_kind(models, args.models)
+    need, free = averaging_bytes(models[0].config), available_memory()
+    if free is not None and need > free:
+        raise NumgptError(f"averaging needs {gib(need)} GiB of memory and {gib(free)} GiB is free; close other "
+                          "programs or use a machine with more memory")
+    params = average_params([m.params for m in models], models[0].config, weights)
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted average
+    save_checkpoint(tmp, models[0].config, params, tokenizer=models[0].tokenizer)
+    replace_folder_atomically(tmp, out)
+    shares = ", ".join(f"{name} {w:.3g}" for name, w in zip(args.models, weights))
+    print(f"averaged {len(models)} models ({shares}): {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,95 @@
+"""`numgpt average` (numgpt.posttrain.average): the weighted mean of models, checked against the mean of the
+state dicts transformers loads, and its refusals."""
+
+import numpy as np
+import pytest
+
+from numgpt.cli import main
+from numgpt.formats import load_checkpoint, save_checkpoint
+from numgpt.posttrain.average import average_params, mixing_weights
+from numgpt.tokenizer import Tokenizer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SHAPE = dict(vocab_size=50257, n_positions=32, n_embd=16, n_layer=2, n_head=2, initializer_range=0.2)
+
+
+def hf_model(folder, seed, **more):
+    """A random transformers GPT2LMHeadModel (GPT-2's vocabulary, so GPT-2's tokenizer applies), saved."""
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**SHAPE, **more})).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("average")
+    return root, [hf_model(root / name, seed) for name, seed in (("a", 10), ("b", 11), ("c", 12))]
+
+
+def test_average_is_the_weighted_mean_of_the_state_dicts_transformers_loads(models, tmp_path, capsys):
+    root, (a, b, c) = models
+    out = tmp_path / "soup"
+    assert main(["average", str(root / "a"), str(root / "b"), str(root / "c"), "--weights", "3,1,0.5",
+                 "--out", str(out)]) == 0
+    assert "averaged 3 models" in capsys.readouterr().err
+    got = transformers.GPT2LMHeadModel.from_pretrained(out).eval().state_dict()
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    names = [*dict(a.named_parameters()), "lm_head.weight"]               # lm_head is tied to wte
+    assert len(names) == 4 + 12 * 2 + 1
+    for name in names:
+        mean = (3 * sa[name].double() + sb[name].double() + 0.5 * sc[name].double()) / 4.5
+        np.testing.assert_allclose(got[name].double().numpy(), mean.numpy(), rtol=2.0**-23, atol=0, err_msg=name)
+    ids = torch.tensor([[464, 3290, 318, 257, 922]])                      # the folder runs in transformers
+    with torch.no_grad():
+        logits = transformers.GPT2LMHeadModel.from_pretrained(out).eval()(ids).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_equal_weights_by_default_and_a_model_averaged_with_itself_is_itself(models, tmp_path):
+    root, _ = models
+    assert main(["average", str(root / "a"), str(root / "a"), "--out", str(tmp_path / "aa")]) == 0
+    config, pa = load_checkpoint(root / "a")
+    _, paa = load_checkpoint(tmp_path / "aa")
+    for name in pa:
+        assert np.array_equal(pa[name], paa[name]), name
+    _, pb = load_checkpoint(root / "b")
+    mean = average_params([pa, pb], config)
+    assert np.allclose(mean["wte.weight"], (pa["wte.weight"].astype(np.float64) + pb["wte.weight"]) / 2, rtol=2.0**-23, atol=0)
+    np.testing.assert_array_equal(mixing_weights(None, 4), [0.25] * 4)
+    np.testing.assert_array_equal(mixing_weights([2, 0, 2], 3), [0.5, 0, 0.5])
+
+
+def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys):
+    root, _ = models
+    hf_model(tmp_path / "deeper", 13, n_layer=3)
+    config, params = load_checkpoint(root / "a", mmap=False)
+    templated = Tokenizer.gpt2().with_special_tokens([], chat_template="{{ messages[0]['content'] }}")
+    save_checkpoint(tmp_path / "templated", config, params, tokenizer=templated)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    a, b = str(root / "a"), str(root / "b")
+    cases = {
+        "at least two models": [a],
+        "not the shape of": [a, str(tmp_path / "deeper")],
+        "another chat template": [a, str(tmp_path / "templated")],
+        "one weight per model": [a, b, "--weights", "1,2,3"],
+        "not a number": [a, b, "--weights", "1,x"],
+        "finite, >= 0": [a, b, "--weights", "1,nan"],
+        "not all 0": [a, b, "--weights", "0,0"],
+        "no such folder": [a, str(tmp_path / "nowhere")],
+    }
+    for expected, argv in cases.items():
+        capsys.readouterr()
+        assert main(["average", *argv, "--out", str(tmp_path / "out")]) == 2, expected
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert not (tmp_path / "out").exists()
+    assert main(["average", a, b, "--out", str(tmp_path / "full")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "full" / "x").read_text() == "keep"
+    assert main(["average", a, b, "--out", a, "--force"]) == 2
+    assert "is the model" in capsys.readouterr().err
+    assert load_checkpoint(root / "a")[1]["wte.weight"].shape == (50257, 16)
