@@ -204,7 +204,8 @@ def main() -> None:
             last_eval = [e for e in log if e["type"] == "eval"][-1]
             figures[f"dpo_last_eval{name}"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
     if seeds:
-        data_dir = next(iter(seed_runs.values())) / "data"
+        first = next(iter(seed_runs.values()))                  # its pair rows and the reference's sums
+        data_dir = Path(json.loads((first / "train_config.json").read_text())["data_dir"])
         figures["soup_val_accuracy"] = preference_accuracy(policy, data_dir, args.beta)
 
     folder = resolve_model(args.model, cache_dir=Path("/nonexistent"))
