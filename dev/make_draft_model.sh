@@ -4,7 +4,7 @@
 # see dev/make_chat_model.sh), 2 layers of 96 channels and the chat model's 256-token context, pre-trained on
 # the recipe's pre-training tokens and fine-tuned on its SFT conversations. bench/bench_speculative.py
 # --draft OUT/sft uses it. The defaults take a few minutes per stage on the 2-core machine; ITERS=20 checks
-# the commands in seconds.
+# the commands in seconds. N_LAYER, N_HEAD and N_EMBD change the draft's shape (2, 2, 96).
 #   sh dev/make_draft_model.sh [RECIPE (default /work/runs/chat2)] [OUT (default runs/draft)]
 set -e
 RECIPE=${1:-/work/runs/chat2}
@@ -12,7 +12,8 @@ OUT=${2:-runs/draft}
 ITERS=${ITERS:-1500}
 SFT_ITERS=${SFT_ITERS:-$((ITERS / 3))}
 NUMGPT=${NUMGPT:-numgpt}
-$NUMGPT train "$RECIPE/pretrain/data" --out "$OUT/pretrain" --n-layer 2 --n-head 2 --n-embd 96 --block-size 256 \
+$NUMGPT train "$RECIPE/pretrain/data" --out "$OUT/pretrain" --n-layer "${N_LAYER:-2}" --n-head "${N_HEAD:-2}" \
+    --n-embd "${N_EMBD:-96}" --block-size 256 \
     --batch-size 16 --max-iters "$ITERS" --lr 0.003 --min-lr 0.0003 --warmup-iters $((ITERS / 10 + 1)) \
     --eval-interval 0 --eval-iters 5 --seed 0
 $NUMGPT sft "$RECIPE/data/sft.jsonl" --init "$OUT/pretrain" --out "$OUT/sft" --block-size 256 --batch-size 16 \
