@@ -59,6 +59,11 @@ def win_rate(wins: int, losses: int) -> float:
     return wins / max(1, wins + losses)
 
 
+def run_data_dir(run: Path) -> Path:
+    """The prepared pairs a DPO run trained on (RUN/data, or the folder it was given), from its train_config."""
+    return Path(json.loads((run / "train_config.json").read_text())["data_dir"])
+
+
 def preference_accuracy(policy: Path, data_dir: Path, beta: float) -> float:
     """The share of a prepared DPO folder's held-out pairs whose implicit reward ranks the chosen reply above
     the rejected one under `policy` (what numgpt dpo logs as val_accuracy, on every held-out pair)."""
@@ -120,8 +125,11 @@ def main() -> None:
         p.error("--with-whole is for one round")
     if args.rounds < 1 or args.round_n < 1:
         p.error("--rounds and --round-n must be at least 1")
-    seeds = [int(x) for x in args.dpo_seeds.split(",")] if args.dpo_seeds else []
-    if seeds and (args.rounds > 1 or args.dpo_seed is not None or len(set(seeds)) < 2):
+    try:
+        seeds = [int(x) for x in args.dpo_seeds.split(",")] if args.dpo_seeds else []
+    except ValueError:
+        p.error(f"--dpo-seeds takes whole numbers separated by commas, got {args.dpo_seeds!r}")
+    if seeds and (args.rounds > 1 or args.dpo_seed is not None or len(seeds) < 2 or len(set(seeds)) < len(seeds)):
         p.error("--dpo-seeds takes two or more different seeds, for one round, without --dpo-seed")
 
     from numgpt.formats import load_checkpoint, load_tokenizer, resolve_model
@@ -167,21 +175,25 @@ def main() -> None:
     figures["rm_pairwise_accuracy"] = float(np.mean(rewards[:, 0] > rewards[:, 1]))
 
     def dpo(train: Path, init: str | Path, run: Path, seed: int | None = args.dpo_seed) -> float:
-        """numgpt dpo from `init` into `run`, its held-out figures on every pair of dpo_held; its seconds."""
+        """numgpt dpo from `init` into `run`, its held-out figures on every pair of dpo_held; its seconds.
+        `train` is the pairs' JSONL, or a folder a run before prepared from them and dpo_held (its reference
+        sums reused)."""
         return numgpt("dpo", str(train), "--init", str(init), "--out", str(run), "--beta", str(args.beta),
-                      "--max-iters", str(args.dpo_iters), "--val", str(dpo_held), "--lr", str(args.lr),
-                      "--sft-weight", str(args.sft_weight), "--batch-size", "8", "--eval-iters", str(-(-n_held // 8)),
-                      *(["--seed", str(seed)] if seed is not None else []))
+                      "--max-iters", str(args.dpo_iters), *([] if train.is_dir() else ["--val", str(dpo_held)]),
+                      "--lr", str(args.lr), "--sft-weight", str(args.sft_weight), "--batch-size", "8",
+                      "--eval-iters", str(-(-n_held // 8)), *(["--seed", str(seed)] if seed is not None else []))
 
     last = out / f"dpo{kind}"
     seed_runs = {s: out / f"dpo{kind}_s{s}" for s in seeds}
+    prepared = None                     # the first seed's pair rows and reference sums, reused by the others
     for s, run in seed_runs.items():
         if not (run / "latest").exists():
-            figures[f"dpo_seconds_s{s}"] = dpo(dpo_pairs, args.model, run, seed=s)
-    if seeds:
+            figures[f"dpo_seconds_s{s}"] = dpo(prepared or dpo_pairs, args.model, run, seed=s)
+        prepared = prepared or run_data_dir(run)
+    if seeds:                           # averaged anew every time: a second, whatever the runs are now
         last = out / f"dpo{kind}_soup"
-        if not (last / "model.safetensors").exists():
-            numgpt("average", *(str(run / "latest") for run in seed_runs.values()), "--out", str(last), "--force")
+        numgpt("average", *(str(run / "latest") for run in seed_runs.values()), "--out", str(last), "--force")
+        figures["policy"] = f"the average of the DPO runs of seeds {args.dpo_seeds}"
     elif args.rounds == 1 and not (last / "latest").exists():
         figures["dpo_seconds"] = dpo(dpo_pairs, args.model, last)
     policy = last if seeds else last / "latest"
@@ -204,9 +216,8 @@ def main() -> None:
             last_eval = [e for e in log if e["type"] == "eval"][-1]
             figures[f"dpo_last_eval{name}"] = {k: v for k, v in last_eval.items() if isinstance(v, (int, float))}
     if seeds:
-        first = next(iter(seed_runs.values()))                  # its pair rows and the reference's sums
-        data_dir = Path(json.loads((first / "train_config.json").read_text())["data_dir"])
-        figures["soup_val_accuracy"] = preference_accuracy(policy, data_dir, args.beta)
+        beta = json.loads((next(iter(seed_runs.values())) / "dpo.json").read_text())["beta"]
+        figures["soup_val_accuracy"] = preference_accuracy(policy, prepared, beta)
 
     folder = resolve_model(args.model, cache_dir=Path("/nonexistent"))
     config, ref_params = load_checkpoint(folder)

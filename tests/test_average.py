@@ -48,21 +48,25 @@ def test_average_is_the_weighted_mean_of_the_state_dicts_transformers_loads(mode
     assert torch.isfinite(logits).all()
 
 
-def test_equal_weights_by_default_and_a_model_averaged_with_itself_is_itself(models, tmp_path):
+def test_equal_weights_by_default_and_a_zero_weight_leaves_the_other_model_bit_for_bit(models, tmp_path):
     root, _ = models
-    assert main(["average", str(root / "a"), str(root / "a"), "--out", str(tmp_path / "aa")]) == 0
     config, pa = load_checkpoint(root / "a")
-    _, paa = load_checkpoint(tmp_path / "aa")
-    for name in pa:
-        assert np.array_equal(pa[name], paa[name]), name
     _, pb = load_checkpoint(root / "b")
-    mean = average_params([pa, pb], config)
-    assert np.allclose(mean["wte.weight"], (pa["wte.weight"].astype(np.float64) + pb["wte.weight"]) / 2, rtol=2.0**-23, atol=0)
+    assert main(["average", str(root / "a"), str(root / "b"), "--out", str(tmp_path / "ab")]) == 0
+    _, pab = load_checkpoint(tmp_path / "ab")
+    for name in pa:
+        np.testing.assert_allclose(pab[name], (pa[name].astype(np.float64) + pb[name]) / 2, rtol=2.0**-23, atol=0)
+    assert main(["average", str(root / "a"), str(root / "b"), "--weights", "1,0", "--out", str(tmp_path / "a1")]) == 0
+    _, pa1 = load_checkpoint(tmp_path / "a1")
+    assert all(np.array_equal(pa[name], pa1[name]) for name in pa)
+    mean = average_params([pa, pb, pb], config, [2, 1, 1])          # the library: the same arithmetic
+    assert all(np.array_equal(mean[name], pab[name]) for name in pa)
     np.testing.assert_array_equal(mixing_weights(None, 4), [0.25] * 4)
     np.testing.assert_array_equal(mixing_weights([2, 0, 2], 3), [0.5, 0, 0.5])
+    np.testing.assert_array_equal(mixing_weights([1e308, 1e308], 2), [0.5, 0.5])   # no overflow in the sum
 
 
-def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys):
+def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys, monkeypatch):
     root, _ = models
     hf_model(tmp_path / "deeper", 13, n_layer=3)
     config, params = load_checkpoint(root / "a", mmap=False)
@@ -80,6 +84,7 @@ def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys
         "finite, >= 0": [a, b, "--weights", "1,nan"],
         "not all 0": [a, b, "--weights", "0,0"],
         "no such folder": [a, str(tmp_path / "nowhere")],
+        "the same model as": [a, b, str(root / "a" / ".." / "a")],
     }
     for expected, argv in cases.items():
         capsys.readouterr()
@@ -90,6 +95,15 @@ def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys
     assert main(["average", a, b, "--out", str(tmp_path / "full")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "full" / "x").read_text() == "keep"
-    assert main(["average", a, b, "--out", a, "--force"]) == 2
-    assert "is the model" in capsys.readouterr().err
+    for out in (a, str(root), str(root / "a" / "soup")):          # an input, a folder holding one, inside one
+        assert main(["average", a, b, "--out", out, "--force"]) == 2
+        assert "overlaps the model" in capsys.readouterr().err
     assert load_checkpoint(root / "a")[1]["wte.weight"].shape == (50257, 16)
+    assert not (root / "a" / "soup").exists()
+
+    import numgpt.training.memory as memory
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 20)
+    assert main(["average", a, b, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GiB is free" in err, err
+    assert not (tmp_path / "out").exists()

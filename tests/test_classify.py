@@ -294,6 +294,9 @@ def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
     out = capsys.readouterr().out
     assert "done: step 40" in out
     assert (tmp_path / "run" / "best" / "config.json").is_file() and (tmp_path / "run" / "latest").is_dir()
+    assert main(["next", "--model", str(tmp_path / "run" / "latest"), "cat"]) == 2     # a head, not a language model
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a language model" in err, err
     assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run"), "--json",
                  "-o", str(tmp_path / "cm.png")]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -746,3 +746,20 @@ def test_sft_with_lora_trains_the_new_chat_tokens_rows_and_peft_runs_the_adapter
     with torch.no_grad():
         ref = pm(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_average_takes_a_lora_run_with_its_adapter_merged(base_run, tmp_path):
+    """numgpt average on a LoRA run's checkpoint averages what the run trained (base + adapter), not its base."""
+    from numgpt.cli import main
+
+    data, base = base_run
+    assert train_cli(data, "--init", base, "--out", tmp_path / "r", *SMALL, "--max-iters", 2, "--lora-rank", 2) == 0
+    from numgpt import load
+    trained = load(tmp_path / "r" / "latest").params
+    _, plain = load_checkpoint(tmp_path / "r" / "latest")                 # the frozen base, stored as is
+    assert not np.array_equal(trained["h.0.attn.c_attn.weight"], plain["h.0.attn.c_attn.weight"])
+    assert main(["average", str(tmp_path / "r" / "latest"), str(base), "--weights", "1,0",
+                 "--out", str(tmp_path / "soup")]) == 0
+    _, soup = load_checkpoint(tmp_path / "soup")
+    for name, p in trained.items():
+        assert np.array_equal(soup[name], np.asarray(p)), name

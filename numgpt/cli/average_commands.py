@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import subcommand
@@ -21,9 +22,11 @@ Every parameter of --out is the weighted mean of the models' (equal weights unle
 are scaled to sum to 1). The models must share their shape, tokenizer and chat template, and should be
 fine-tuned from one start: DPO, SFT or RL runs from the same model that differ in their seed, their data's
 order or their settings. There, averaging keeps what the runs agree on and cancels part of what each learned
-by chance (BENCHMARKS.md, "Averaging DPO runs": three DPO seeds averaged beat each of them on the exact
-checker). Models trained from different random starts average to noise. A LoRA run's checkpoint is averaged
-with its adapter merged. --out is a plain Hugging Face GPT-2 folder with the first model's tokenizer files.
+by chance (BENCHMARKS.md, "Averaging DPO runs": three DPO seeds averaged beat the mean of the three on every
+test of the exact checker). Models trained from different random starts average to noise. A LoRA run's
+checkpoint is averaged with its adapter merged. A model given twice is refused: raise its share with
+--weights. --out is a plain Hugging Face GPT-2 folder with the first model's tokenizer files; the models are
+added one at a time, so memory does not grow with their number.
 """
 
 
@@ -55,33 +58,56 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 
 def run_average(args) -> int:
-    """`numgpt average`: every model loaded memory-mapped and checked, the mean written whole (or nothing)."""
+    """`numgpt average`: every input resolved and checked against --out first, then the models added to a
+    running float64 sum one at a time (float32 files memory-mapped), and the mean written whole (or nothing)."""
     import shutil
-    from pathlib import Path
 
     from ..atomic import TMP_SUFFIX, replace_folder_atomically
-    from ..formats import hf_cache_dir, save_checkpoint
+    from ..formats import hf_cache_dir, resolve_model, save_checkpoint
     from ..lm import load
-    from ..posttrain.average import average_params, averaging_bytes, check_same_kind, mixing_weights
+    from ..posttrain.average import add_weighted, as_params, averaging_bytes, check_same_kind, mixing_weights
     from ..training.memory import available_memory, gib
 
     weights = mixing_weights(parse_weights(args.weights), len(args.models))
     out = output_folder(args.out, flag="--out", force=args.force, what="averaged model")
     cache = hf_cache_dir(os.environ)
-    models = [load(name, cache_dir=cache, mmap=True) for name in args.models]
-    for m, name in zip(models, args.models):
-        if m.folder is not None and out.resolve() == Path(m.folder).resolve():
-            raise NumgptError(f"--out {out}: is the model {name} itself; write the average to another folder")
-    check_same_kind(models, args.models)
-    need, free = averaging_bytes(models[0].config), available_memory()
+    folders = [resolve_model(name, cache_dir=cache, download=False) for name in args.models]
+    check_inputs(args.models, folders, out)
+    first = load(folders[0], cache_dir=cache, mmap=True)
+    need, free = averaging_bytes(first.config), available_memory()
     if free is not None and need > free:
-        raise NumgptError(f"averaging needs {gib(need)} GiB of memory and {gib(free)} GiB is free; close other "
-                          "programs or use a machine with more memory")
-    params = average_params([m.params for m in models], models[0].config, weights)
+        raise NumgptError(f"averaging models of {first.config.n_layer} layers x {first.config.n_embd} channels "
+                          f"needs {gib(need)} GiB of memory and {gib(free)} GiB is free; close other programs "
+                          "or use a machine with more memory")
+    total = add_weighted(None, first.params, first.config, float(weights[0]))
+    for name, folder, w in zip(args.models[1:], folders[1:], weights[1:]):
+        model = load(folder, cache_dir=cache, mmap=True)
+        check_same_kind(first, model, args.models[0], name)
+        total = add_weighted(total, model.params, model.config, float(w))
+        del model                                       # its weights and tokenizer, before the next loads
+    params = as_params(total)
     tmp = out.with_name(out.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted average
-    save_checkpoint(tmp, models[0].config, params, tokenizer=models[0].tokenizer)
+    save_checkpoint(tmp, first.config, params, tokenizer=first.tokenizer)
     replace_folder_atomically(tmp, out)
     shares = ", ".join(f"{name} {w:.3g}" for name, w in zip(args.models, weights))
-    print(f"averaged {len(models)} models ({shares}): {out}", file=sys.stderr)
+    print(f"averaged {len(args.models)} models ({shares}): {out}", file=sys.stderr)
     return 0
+
+
+def check_inputs(names: list[str], folders: list[Path], out: Path) -> None:
+    """No input twice (that is a weight: --weights says it openly), and --out neither an input, inside one,
+    nor holding one (--force would delete it)."""
+    o = out.resolve()
+    seen: dict[Path, str] = {}
+    for name, folder in zip(names, folders):
+        given = Path(name).expanduser()
+        for p in {folder.resolve(), *([given.resolve()] if given.is_dir() else [])}:
+            if p == o or p.is_relative_to(o) or o.is_relative_to(p):
+                raise NumgptError(f"--out {out}: overlaps the model {name} ({p}); write the average to a folder "
+                                  "outside every model")
+        key = folder.resolve()
+        if key in seen:
+            raise NumgptError(f"{name}: the same model as {seen[key]} ({key}); to count a model more than once, "
+                              "give it once and raise its share with --weights")
+        seen[key] = name

@@ -5,6 +5,9 @@ It works for models fine-tuned from one start, which stay in one basin of the lo
 model that differ only in the order of their batches (`numgpt dpo --seed`), for example, whose mistakes
 partly cancel in the mean (BENCHMARKS.md, "Averaging DPO runs"). Averaging models trained from different
 random starts gives noise: their hidden units are not in the same order.
+
+The mean is a running sum in float64, one model added at a time (`add_weighted`), so the memory it takes
+does not grow with the number of models, and the order of the models changes only the float64 rounding.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..errors import NumgptError
-from ..params import Params, param_shapes
+from ..params import Params, count_params, param_shapes
 
 
 def mixing_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
@@ -30,49 +33,63 @@ def mixing_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     w = [float(x) for x in weights]
     if len(w) != n:
         raise NumgptError(f"{len(w)} weights for {n} models: give one weight per model")
-    if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+    if not all(math.isfinite(x) and x >= 0 for x in w) or max(w) <= 0:
         raise NumgptError(f"the weights must be finite, >= 0 and not all 0, got {', '.join(map(str, w))}")
-    return np.array(w) / sum(w)
+    share = np.array(w) / max(w)                # in (0, 1] first, so that the sum cannot overflow
+    return share / share.sum()
+
+
+def add_weighted(total: dict[str, np.ndarray] | None, params: Params, config: GPTConfig, w: float
+                 ) -> dict[str, np.ndarray]:
+    """total + w * params, tensor by tensor in float64 (a new total of zeros if total is None). Holds one
+    input tensor in float64 at a time beside the total."""
+    shapes = param_shapes(config)
+    if total is None:
+        total = {name: np.zeros(shape, np.float64) for name, shape in shapes.items()}
+    for name in shapes:
+        term = np.array(params[name], np.float64)          # [shape] float64 copy of one tensor
+        term *= w
+        total[name] += term
+    return total
+
+
+def as_params(total: dict[str, np.ndarray]) -> Params:
+    """The float32 parameters of a running sum, each float64 tensor dropped once it is cast."""
+    return {name: total.pop(name).astype(np.float32) for name in list(total)}
 
 
 def average_params(params: Sequence[Params], config: GPTConfig, weights: Sequence[float] | None = None) -> Params:
-    """sum_i w_i params[i], tensor by tensor: float32 tensors in the config's shapes, each summed in float64
-    (so the result does not depend on the models' order beyond the last rounding). Reads each input once,
-    so memory-mapped inputs are not copied; holds the result plus one tensor in float64."""
-    share = mixing_weights(weights, len(params))
-    out: Params = {}
-    for name, shape in param_shapes(config).items():
-        total = np.zeros(shape, np.float64)
-        for w, p in zip(share, params):
-            term = np.array(p[name], np.float64)               # one input tensor in float64 at a time
-            term *= w
-            total += term
-        out[name] = total.astype(np.float32)
-    return out
+    """sum_i w_i params[i] in float32, summed in float64 (mixing_weights says what w is)."""
+    total = None
+    for w, p in zip(mixing_weights(weights, len(params)), params):
+        total = add_weighted(total, p, config, float(w))
+    return as_params(total)
 
 
-def check_same_kind(models: Sequence[Any], names: Sequence[str]) -> None:
-    """Models to average must share their shape, tokenizer and chat template (one line naming the first
-    that differs from the first model if not)."""
+def check_same_kind(first: Any, other: Any, first_name: str, name: str) -> None:
+    """A model to average must share the first model's shape, tokenizer and chat template (one line naming
+    what differs if not). first and other: LanguageModels."""
     from ..lm import same_tokenizer
 
-    first, first_name = models[0], names[0]
-    for m, name in zip(models[1:], names[1:]):
-        if m.config != first.config:
-            diffs = [f"{k} {getattr(m.config, k)} against {getattr(first.config, k)}"
-                     for k in first.config.__dataclass_fields__ if getattr(m.config, k) != getattr(first.config, k)]
-            raise NumgptError(f"{name}: not the shape of {first_name} ({', '.join(diffs)}); only models of one "
-                              "shape, fine-tuned from one start, can be averaged")
-        if not same_tokenizer(m.tokenizer, first.tokenizer):
-            raise NumgptError(f"{name}: another tokenizer than {first_name}'s; only models fine-tuned from one "
-                              "start can be averaged")
-        if getattr(m.tokenizer, "chat_template", None) != getattr(first.tokenizer, "chat_template", None):
-            raise NumgptError(f"{name}: another chat template than {first_name}'s; the average would have "
-                              "to pick one")
+    if other.config != first.config:
+        diffs = [f"{k} {getattr(other.config, k)} against {getattr(first.config, k)}"
+                 for k in first.config.__dataclass_fields__ if getattr(other.config, k) != getattr(first.config, k)]
+        raise NumgptError(f"{name}: not the shape of {first_name} ({', '.join(diffs)}); only models of one "
+                          "shape, fine-tuned from one start, can be averaged")
+    if not same_tokenizer(other.tokenizer, first.tokenizer):
+        raise NumgptError(f"{name}: another tokenizer than {first_name}'s; only models fine-tuned from one "
+                          "start can be averaged")
+    if getattr(other.tokenizer, "chat_template", None) != getattr(first.tokenizer, "chat_template", None):
+        raise NumgptError(f"{name}: another chat template than {first_name}'s; the average would have "
+                          "to pick one")
 
 
 def averaging_bytes(config: GPTConfig) -> int:
-    """Memory the mean takes beyond its memory-mapped inputs: the float32 result and the largest tensor in
-    float64 twice (the running sum and one input's float64 copy)."""
-    shapes = param_shapes(config).values()
-    return sum(4 * math.prod(s) for s in shapes) + 2 * 8 * max(math.prod(s) for s in shapes)
+    """Memory the mean takes beyond the first model, whatever the number of models: the float64 running sum,
+    one more model's weights converted to float32 as it loads (a float16 file, a LoRA run's merged
+    weights; a float32 file is memory-mapped instead), one tensor's float64 copy and one tokenizer."""
+    n, largest = count_params(config), max(math.prod(s) for s in param_shapes(config).values())
+    return 8 * n + 4 * n + 8 * largest + TOKENIZER_BYTES
+
+
+TOKENIZER_BYTES = 64 << 20    # a loaded GPT-2 tokenizer's tables: ~47 MB measured, with headroom
