@@ -75,8 +75,9 @@ def numgpt_classifier(args, train, val, test, labels: list[str]) -> tuple[list[s
     folder = resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
     config, params = load_checkpoint(folder)
     train_seed = args.seed if args.train_seed is None else args.train_seed
+    head_seed = train_seed if args.head_seed is None else args.head_seed
     model = new_classifier(config, params, load_tokenizer(folder, config), labels,
-                           rng=np.random.default_rng(train_seed), max_tokens=args.max_tokens)
+                           rng=np.random.default_rng(head_seed), max_tokens=args.max_tokens)
     steps = args.max_iters or max(1, int(args.epochs * len(train) / args.batch_size))
     tc = TrainConfig(batch_size=args.batch_size, block_size=model.max_tokens, max_iters=steps,
                      eval_interval=max(1, steps // 5), seed=train_seed, threads=args.threads,
@@ -108,6 +109,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="the split's seed (and training's, without --train-seed)")
     p.add_argument("--train-seed", type=int, default=None,
                    help="the head's and adapter's initialisation and the batches' order; the same split")
+    p.add_argument("--head-seed", type=int, default=None,
+                   help="the head's initialisation alone (default: the training seed)")
     p.add_argument("--model", default="gpt2")
     p.add_argument("--train", default="last-2")
     p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter + head instead of --train")
