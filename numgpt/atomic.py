@@ -20,7 +20,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 TMP_SUFFIX = ".tmp"
 OLD_SUFFIX = ".old"
@@ -48,6 +48,20 @@ def open_atomically(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """write(tmp) fills FOLDER.tmp (the leftover of an interrupted write removed first), which then replaces
+    `folder` (replace_folder_atomically); if write fails, FOLDER.tmp goes and `folder` is as it was."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_folder_atomically(tmp, folder)
 
 
 def replace_folder_atomically(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:

@@ -107,3 +107,23 @@ def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "GiB is free" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_write_leaves_the_old_folder_and_no_leftover(models, tmp_path):
+    """The average is written through atomic.write_folder_atomically: a write that fails part-way (here a
+    KeyboardInterrupt after the weights) keeps the folder as it was and removes FOLDER.tmp."""
+    from numgpt.atomic import TMP_SUFFIX, write_folder_atomically
+
+    root, _ = models
+    out = tmp_path / "soup"
+    assert main(["average", str(root / "a"), str(root / "b"), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(tmp):
+        config, params = load_checkpoint(root / "c")
+        save_checkpoint(tmp, config, params)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(out, interrupted)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not out.with_name(out.name + TMP_SUFFIX).exists()

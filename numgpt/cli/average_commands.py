@@ -60,9 +60,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 def run_average(args) -> int:
     """`numgpt average`: every input resolved and checked against --out first, then the models added to a
     running float64 sum one at a time (float32 files memory-mapped), and the mean written whole (or nothing)."""
-    import shutil
-
-    from ..atomic import TMP_SUFFIX, replace_folder_atomically
+    from ..atomic import write_folder_atomically
     from ..formats import hf_cache_dir, resolve_model, save_checkpoint
     from ..lm import load
     from ..posttrain.average import add_weighted, as_params, averaging_bytes, check_same_kind, mixing_weights
@@ -86,10 +84,7 @@ def run_average(args) -> int:
         total = add_weighted(total, model.params, model.config, float(w))
         del model                                       # its weights and tokenizer, before the next loads
     params = as_params(total)
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted average
-    save_checkpoint(tmp, first.config, params, tokenizer=first.tokenizer)
-    replace_folder_atomically(tmp, out)
+    write_folder_atomically(out, lambda tmp: save_checkpoint(tmp, first.config, params, tokenizer=first.tokenizer))
     shares = ", ".join(f"{name} {w:.3g}" for name, w in zip(args.models, weights))
     print(f"averaged {len(args.models)} models ({shares}): {out}", file=sys.stderr)
     return 0

@@ -137,18 +137,13 @@ def register(sub) -> None:
 
 def run_merge_lora(args) -> int:
     """`numgpt merge-lora`: the base loaded with its adapter merged, saved whole (or nothing written)."""
-    import shutil
-
-    from ..atomic import TMP_SUFFIX, replace_folder_atomically
+    from ..atomic import write_folder_atomically
     from ..formats import hf_cache_dir, save_checkpoint
     from ..lm import load
 
     out = output_folder(args.out, flag="--out", force=args.force, what="merged model")
     lm = load(args.model, cache_dir=hf_cache_dir(os.environ), mmap=True, adapter=args.adapter)
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)             # the leftover of an interrupted merge
-    save_checkpoint(tmp, lm.config, lm.params, tokenizer=lm.tokenizer)
-    replace_folder_atomically(tmp, out)
+    write_folder_atomically(out, lambda tmp: save_checkpoint(tmp, lm.config, lm.params, tokenizer=lm.tokenizer))
     print(f"merged {args.adapter} into {lm.folder}: {out}", file=sys.stderr)
     return 0
 

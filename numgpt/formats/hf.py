@@ -145,6 +145,14 @@ def weight_files(folder: Path) -> list[Path]:
     raise NumgptError(f"{folder}: no {WEIGHTS_FILE} (or {INDEX_FILE}); pass a Hugging Face GPT-2 folder")
 
 
+def not_a_language_model(folder: Path) -> NumgptError:
+    """The refusal of a folder whose weights carry a classification head (a classifier's or a reward model's,
+    in model.safetensors or a training checkpoint's extra tensors) where a language model is wanted."""
+    return NumgptError(f"{folder}: holds a sequence classifier or reward model ({CLASSIFIER_HEAD}, {CLASSIFIER_ARCH}), "
+                       "not a language model; use it with `numgpt classify evaluate|predict --model` or "
+                       "`numgpt reward score`")
+
+
 def _check_params(folder: Path, config: GPTConfig, tensors: dict[str, np.ndarray]) -> Params:
     """Exactly the schema's tensors with the schema's shapes, float32; a tied lm_head is dropped."""
     shapes = param_shapes(config)
@@ -156,8 +164,7 @@ def _check_params(folder: Path, config: GPTConfig, tensors: dict[str, np.ndarray
                           "config.json and the weights belong to different models")
     extra = [n for n in tensors if n not in shapes]
     if CLASSIFIER_HEAD in extra:
-        raise NumgptError(f"{folder}: holds a sequence classifier ({CLASSIFIER_HEAD}, {CLASSIFIER_ARCH}), not a "
-                          "language model; use it with `numgpt classify evaluate|predict --model`")
+        raise not_a_language_model(folder)
     if extra:
         raise NumgptError(f"{folder}: unexpected tensors {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''} "
                           f"for a {config.n_layer}-layer GPT-2; config.json and the weights disagree")

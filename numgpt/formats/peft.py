@@ -31,6 +31,7 @@ import numpy as np
 
 from ..atomic import write_bytes_atomically
 from ..errors import NumgptError
+from .hf import CLASSIFIER_HEAD, not_a_language_model
 from .safetensors import read_header, read_safetensors, write_safetensors
 
 CONFIG_FILE = "adapter_config.json"
@@ -238,10 +239,8 @@ def merge_run_adapter(folder: str | os.PathLike, config, params: dict[str, np.nd
     folder = Path(folder)
     if not (folder / RUN_EXTRA_FILE).is_file():
         return params
-    if "score.weight" in read_header(folder / RUN_EXTRA_FILE)[0]:
-        raise NumgptError(f"{folder}: a checkpoint of a classifier or reward-model run (a head beside the GPT-2), "
-                          "not a language model; score with numgpt classify predict or numgpt reward score, or "
-                          "pass a language model")
+    if CLASSIFIER_HEAD in read_header(folder / RUN_EXTRA_FILE)[0]:       # a classify or reward run's head
+        raise not_a_language_model(folder)
     try:
         lora = json.loads((folder / RUN_STATE_FILE).read_text(encoding="utf-8"))["train_config"]["lora"]
         scale = float(lora["alpha"]) / int(lora["rank"])

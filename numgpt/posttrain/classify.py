@@ -595,14 +595,9 @@ def _trainer(model: Classifier, data: LabelledTokens | PooledStates, tc: TrainCo
 
 def _save_atomically(model: Classifier, folder: Path, settings: dict[str, Any]) -> Path:
     """model.save into FOLDER.tmp, then renamed over FOLDER (atomic.py): a crash leaves the old or the new."""
-    import shutil
+    from ..atomic import write_folder_atomically
 
-    from ..atomic import TMP_SUFFIX, replace_folder_atomically
-
-    tmp = folder.with_name(folder.name + TMP_SUFFIX)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp, settings=settings)
-    return replace_folder_atomically(tmp, folder)
+    return write_folder_atomically(folder, lambda tmp: model.save(tmp, settings=settings))
 
 
 def _tokens(model: Classifier, examples: Sequence[Example], split: str) -> tuple[list[np.ndarray], np.ndarray]:
