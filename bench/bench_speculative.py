@@ -25,6 +25,13 @@ Cases:
                prompted with --quotes passages of tinyshakespeare's last 10% (never trained on), each
                followed by a blank line and its first 8 tokens; greedy up to the passage's end, no stop.
                Prompt lookup only (a draft would cost as much as this 4-layer model's own step).
+               --onnx adds ONNX Runtime peers of the same weights to this case (issue 23: speculative
+               decoding against ONNX Runtime's int8 GPT-2): the quote model exported by bench/export_peers.py
+               as bench_decode.py's peers are (torch.onnx.export of a module with explicit KV-cache tensors,
+               then onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) for "ort-int8"), 2 threads,
+               greedy, batch 1, each prompt prefilled then decoded to the same length as numgpt's. Their
+               tokens/s are timed in the same runs, interleaved with numgpt's methods, and the table gives
+               how many of their greedy tokens equal numgpt's (int8 rounds the weights, so it may differ).
 The draft model (--draft, default runs/draft/sft) is what dev/make_draft_model.sh trains: 2 layers, 96
 channels, the chat model's tokenizer; the draft cases are skipped (said so) when it does not exist.
 """
@@ -89,11 +96,19 @@ def run_method(lm, prompts, method, draft, new_tokens, stop):
     return time.perf_counter() - t, tokens, total, outs
 
 
-def bench_case(name, lm, prompts, methods, draft, args, stop):
+def bench_case(name, lm, prompts, methods, draft, args, stop, peers=None):
+    """Times each of `methods` (numgpt's) and of `peers` (name -> a callable returning (seconds, tokens,
+    outputs)), interleaved in each of --runs runs; prints the medians and each one's ratio to plain."""
+    peers = peers or {}
     plain = run_method(lm, prompts, "plain", None, args.new_tokens, stop)[3]
     for m in methods[1:]:                                    # exactness first: the same tokens as plain
         got = run_method(lm, prompts, m, draft, args.new_tokens, stop)[3]
         assert got == plain, f"{name}: {m} differs from plain decoding"
+    same = {}
+    for m, peer in peers.items():                            # a peer's greedy tokens: how many equal numgpt's
+        got = peer()[2]
+        same[m] = sum(sum(a == b for a, b in zip(x, y)) for x, y in zip(got, plain))
+    methods = methods + list(peers)
     rates = {m: [] for m in methods}
     ratios = {m: [] for m in methods}
     stats = {}
@@ -101,7 +116,11 @@ def bench_case(name, lm, prompts, methods, draft, args, stop):
         order = methods if r % 2 == 0 else methods[::-1]
         now = {}
         for m in order:
-            seconds, tokens, st, _ = run_method(lm, prompts, m, draft, args.new_tokens, stop)
+            if m in peers:
+                seconds, tokens, _ = peers[m]()
+                st = None
+            else:
+                seconds, tokens, st, _ = run_method(lm, prompts, m, draft, args.new_tokens, stop)
             now[m] = tokens / seconds
             stats[m] = st
         for m in methods:
@@ -112,9 +131,16 @@ def bench_case(name, lm, prompts, methods, draft, args, stop):
     print(f"  {'method':<11} {'tokens/s':>9} {'x plain':>8} {'accepted':>9} {'tokens/forward':>15}")
     for m in methods:
         st = stats[m]
-        acc = "" if m == "plain" else f"{st.acceptance_rate:.1%}"
-        tpf = "1.00" if m == "plain" else f"{st.tokens_per_forward:.2f}"
-        print(f"  {m:<11} {statistics.median(rates[m]):>9.1f} {statistics.median(ratios[m]):>7.2f}x {acc:>9} {tpf:>15}")
+        plain_like = m == "plain" or m in peers                # one forward a token
+        acc = "" if plain_like else f"{st.acceptance_rate:.1%}"
+        tpf = "1.00" if plain_like else f"{st.tokens_per_forward:.2f}"
+        agree = f"   greedy tokens equal to numgpt's: {same[m]}/{tokens}" if m in peers else ""
+        print(f"  {m:<11} {statistics.median(rates[m]):>9.1f} {statistics.median(ratios[m]):>7.2f}x {acc:>9} {tpf:>15}{agree}")
+    for m in peers:
+        for ours in methods:
+            if ours not in peers:
+                over = statistics.median(a / b for a, b in zip(rates[ours], rates[m]))
+                print(f"  {ours} / {m}: {over:.2f}x (median of the runs' ratios)")
 
 
 NUM_DRAFT = 4
@@ -147,8 +173,33 @@ def quote_case(args) -> None:
         limits.append(min(len(ids) - 8, room - len(prompts[-1])))       # up to the passage's end
     print(f"quote model: {args.quote_model}, n_layer={lm.config.n_layer}, n_embd={lm.config.n_embd}, "
           f"vocab {lm.config.vocab_size}; passages of {min(limits) + 8}-{max(limits) + 8} tokens")
-    bench_case("quote", lm, prompts, with_fixed(["plain", "ngram"], args), None, argparse.Namespace(**{**vars(args), "new_tokens": limits}),
-               stop=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        peers = onnx_peers(Path(args.quote_model), Path(args.onnx_dir or tmp), prompts, limits) if args.onnx else None
+        bench_case("quote", lm, prompts, with_fixed(["plain", "ngram"], args), None,
+                   argparse.Namespace(**{**vars(args), "new_tokens": limits}), stop=[], peers=peers)
+
+
+def onnx_peers(model: Path, folder: Path, prompts: list[list[int]], limits: list[int]) -> dict:
+    """ONNX Runtime fp32 and int8 of `model`'s weights (export_peers; made once in `folder`) as bench_case's
+    peers: each decodes every prompt alone, greedy, to its limit."""
+    import itertools
+    import export_peers as ep
+    import numpy as np
+    from numgpt.formats import load_checkpoint
+
+    config, _ = load_checkpoint(model)
+    fp32 = ep.export_onnx(model, folder)
+    paths = {"ort-fp32": fp32, "ort-int8": ep.quantize_onnx(fp32)}
+
+    def decode(session) -> tuple[float, int, list[list[int]]]:
+        outs = []
+        t = time.perf_counter()
+        for p, n in zip(prompts, limits):      # islice: no forward past the last token, as numgpt's decoding
+            steps = itertools.islice(ep.ort_steps(session, config, np.array([p]), n), n)
+            outs.append([int(s[0, 0]) for s in steps])
+        return time.perf_counter() - t, sum(map(len, outs)), outs
+
+    return {name: (lambda s=ep.ort_session(path): decode(s)) for name, path in paths.items()}
 
 
 def main() -> None:
@@ -169,6 +220,10 @@ def main() -> None:
     ap.add_argument("--compare-fixed", action="store_true",
                     help="also time each drafter drafting K every round (speculation(adaptive=False)) beside "
                          "the default, which drafts as far as its drafts have held lately")
+    ap.add_argument("--onnx", action="store_true",
+                    help="add ONNX Runtime fp32 and int8 of the quote model's weights to the quote case (needs "
+                         "torch, onnxscript and onnxruntime; export as bench/export_peers.py says)")
+    ap.add_argument("--onnx-dir", metavar="DIR", help="keep the --onnx exports in DIR (default: a temporary folder)")
     args = ap.parse_args()
     NUM_DRAFT = args.num_draft
 
