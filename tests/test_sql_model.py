@@ -159,6 +159,7 @@ def test_auto_product_is_cube_where_the_role_may_create_it_and_wide_where_not(re
             assert m.meta["product"] == "wide"
             wide = m.generate("ROMEO:", max_new_tokens=6, do_sample=False)
         with psycopg.connect(db, autocommit=True) as con:
+            _wait_for_backends_to_exit(con, role)   # an exiting backend drops its temp tables as REASSIGN reads them
             con.execute(f"REASSIGN OWNED BY {role} TO postgres")
             con.execute(f"DROP OWNED BY {role}")
         from numgpt.cli import main
@@ -169,8 +170,20 @@ def test_auto_product_is_cube_where_the_role_may_create_it_and_wide_where_not(re
             assert m.generate("ROMEO:", max_new_tokens=6, do_sample=False) == wide
     finally:
         with psycopg.connect(postgres_server(request).dsn(name), autocommit=True) as con:
+            _wait_for_backends_to_exit(con, role)
             con.execute(f"DROP OWNED BY {role}")
             con.execute(f"DROP ROLE {role}")
+
+
+def _wait_for_backends_to_exit(con, role: str, timeout: float = 30.0) -> None:
+    """Poll until no server process of `role` is left: a closed connection's backend exits (and drops its
+    temporary tables) after the client has moved on, and REASSIGN OWNED fails on a table dropped under it
+    ("could not open relation with OID ...", seen once in CI)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while con.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)).fetchone()[0]:
+        assert time.monotonic() < deadline, f"{role}'s server processes did not exit in {timeout:.0f} s"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
