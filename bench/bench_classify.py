@@ -13,7 +13,8 @@ select with validation); numgpt trains on train, keeps the checkpoint of lowest 
     python bench/bench_classify.py --model builtin --train all --max-iters 20 --out /tmp/b  # a smoke run
     python bench/bench_classify.py --model gpt2 --lora-rank 16 --lr 3e-4 --out runs/bc_lora   # LoRA + head
     python bench/bench_classify.py --baseline-only                                        # TF-IDF + LR alone
-    python bench/bench_classify.py --categories all --model runs/fortunes43/latest --train all   # all 43 files
+    CATEGORIES=all sh dev/make_fortunes_base.sh ../shared/data/tinyshakespeare.txt runs/fb43   # every file's split
+    python bench/bench_classify.py --categories all --model runs/fb43/fortunes_base/latest --train all --lr 3e-4
 
 numgpt runs as `numgpt classify train` would (posttrain.classify.train_classifier); pass --json FILE to keep
 the numbers. Not a test: nothing here is asserted.
@@ -110,7 +111,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folder", default=str(FORTUNES_DIR))
     p.add_argument("--categories", default=CATEGORIES,
-                   help=f"comma-separated category files, or all (every file of the package: 43); default {CATEGORIES}")
+                   help=f"comma-separated category files, or all (every file of the package); default {CATEGORIES}")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="the split's seed (and training's, without --train-seed)")
@@ -137,6 +138,8 @@ def main() -> None:
                    help="numgpt alone (the baseline depends only on the split: 4 minutes for all 43 categories)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
+    if args.baseline_only and args.no_baseline:
+        p.error("--baseline-only and --no-baseline leave nothing to run: give one of them")
 
     records = read_fortunes(args.folder, chosen_categories(args.categories, args.folder))
     labels = sorted({e.label for e in records})

@@ -174,20 +174,19 @@ def quote_case(args) -> None:
     print(f"quote model: {args.quote_model}, n_layer={lm.config.n_layer}, n_embd={lm.config.n_embd}, "
           f"vocab {lm.config.vocab_size}; passages of {min(limits) + 8}-{max(limits) + 8} tokens")
     with tempfile.TemporaryDirectory() as tmp:
-        peers = onnx_peers(Path(args.quote_model), Path(args.onnx_dir or tmp), prompts, limits) if args.onnx else None
+        peers = (onnx_peers(Path(args.quote_model), lm.config, Path(args.onnx_dir or tmp), prompts, limits)
+                 if args.onnx else None)
         bench_case("quote", lm, prompts, with_fixed(["plain", "ngram"], args), None,
                    argparse.Namespace(**{**vars(args), "new_tokens": limits}), stop=[], peers=peers)
 
 
-def onnx_peers(model: Path, folder: Path, prompts: list[list[int]], limits: list[int]) -> dict:
+def onnx_peers(model: Path, config, folder: Path, prompts: list[list[int]], limits: list[int]) -> dict:
     """ONNX Runtime fp32 and int8 of `model`'s weights (export_peers; made once in `folder`) as bench_case's
-    peers: each decodes every prompt alone, greedy, to its limit."""
+    peers: each decodes every prompt alone, greedy, to its limit. config: the model's GPTConfig."""
     import itertools
     import export_peers as ep
     import numpy as np
-    from numgpt.formats import load_checkpoint
 
-    config, _ = load_checkpoint(model)
     fp32 = ep.export_onnx(model, folder)
     paths = {"ort-fp32": fp32, "ort-int8": ep.quantize_onnx(fp32)}
 
