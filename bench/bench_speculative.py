@@ -24,7 +24,8 @@ Cases:
                Shakespeare model fine-tuned by dev/make_quote_model.sh to repeat a passage it has read),
                prompted with --quotes passages of tinyshakespeare's last 10% (never trained on), each
                followed by a blank line and its first 8 tokens; greedy up to the passage's end, no stop.
-               Prompt lookup only (a draft would cost as much as this 4-layer model's own step).
+               Prompt lookup, and a draft model when --quote-draft exists (dev/make_quote_draft.sh: 2
+               layers of 128 channels trained on the quote model's data, the same tokenizer).
                --onnx adds ONNX Runtime peers of the same weights to this case (issue 23: speculative
                decoding against ONNX Runtime's int8 GPT-2): the quote model exported by bench/export_peers.py
                as bench_decode.py's peers are (torch.onnx.export of a module with explicit KV-cache tensors,
@@ -173,10 +174,20 @@ def quote_case(args) -> None:
         limits.append(min(len(ids) - 8, room - len(prompts[-1])))       # up to the passage's end
     print(f"quote model: {args.quote_model}, n_layer={lm.config.n_layer}, n_embd={lm.config.n_embd}, "
           f"vocab {lm.config.vocab_size}; passages of {min(limits) + 8}-{max(limits) + 8} tokens")
+    draft = None
+    if Path(args.quote_draft).exists():
+        from numgpt.lm import check_draft_model
+        draft = numgpt.load(args.quote_draft)
+        check_draft_model(lm, draft)
+        d = draft.config
+        print(f"quote draft model: {args.quote_draft}, n_layer={d.n_layer}, n_embd={d.n_embd}, the same tokenizer")
+    else:
+        print(f"quote draft model: none at {args.quote_draft} (sh dev/make_quote_draft.sh makes it): no draft method")
+    methods = ["plain", "ngram"] + (["draft"] if draft is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         peers = (onnx_peers(Path(args.quote_model), lm.config, Path(args.onnx_dir or tmp), prompts, limits)
                  if args.onnx else None)
-        bench_case("quote", lm, prompts, with_fixed(["plain", "ngram"], args), None,
+        bench_case("quote", lm, prompts, with_fixed(methods, args), draft,
                    argparse.Namespace(**{**vars(args), "new_tokens": limits}), stop=[], peers=peers)
 
 
@@ -215,6 +226,9 @@ def main() -> None:
     ap.add_argument("--no-124m", action="store_true", help="skip the random 124M case (it needs torch to make it)")
     ap.add_argument("--quote-model", default=str(REPO / "runs" / "quote" / "latest"),
                     help="the quote case's model (dev/make_quote_model.sh; skipped, said so, when missing)")
+    ap.add_argument("--quote-draft", default=str(REPO / "runs" / "quote-draft" / "latest"),
+                    help="the quote case's draft model (dev/make_quote_draft.sh; default runs/quote-draft/latest; "
+                         "the draft method is left out, said so, when missing)")
     ap.add_argument("--quotes", type=int, default=8, help="passages the quote case repeats (default 8)")
     ap.add_argument("--compare-fixed", action="store_true",
                     help="also time each drafter drafting K every round (speculation(adaptive=False)) beside "

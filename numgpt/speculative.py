@@ -244,10 +244,11 @@ class DraftModel:
             mask[a, past + T - len(m):] = True
         logits = forward(self.params, self.config, ids, cache=self.cache, attention_mask=mask)   # [A, V]
         start = self.cache.length
+        history = sampling.reads_history
         for j in range(k):
             check_finite_logits(logits, self.params)
-            previous = [s + d for s, d in zip(sequences, drafts)]
-            generated = [p[b:] for p, b in zip(previous, starts)]
+            previous = [s + d for s, d in zip(sequences, drafts)] if history else None   # (copies: only when read)
+            generated = [p[b:] for p, b in zip(previous, starts)] if history else None
             processed = process_logits(logits, sampling, previous=previous, generated=generated)  # [A, V]
             if sampling.greedy:
                 tokens = np.argmax(processed, axis=-1)                  # [A]
@@ -261,8 +262,10 @@ class DraftModel:
                     if not sampling.greedy:
                         qs[a].append(probs[a])
             if j < k - 1:   # a row past its own cap feeds a masked hole, so its positions stay in the context
-                fed = np.asarray([j < c for c in caps])[:, None]       # [A, 1]
-                mask = np.concatenate([self.cache.mask[:, :self.cache.length], fed], axis=1)
+                mask = None                                            # every row drafts on: the cache's own mask
+                if any(j >= c for c in caps):
+                    fed = np.asarray([j < c for c in caps])[:, None]   # [A, 1]
+                    mask = np.concatenate([self.cache.mask[:, :self.cache.length], fed], axis=1)
                 logits = forward(self.params, self.config, tokens[:, None], cache=self.cache,
                                  attention_mask=mask)                  # [A, 1] -> [A, V]
         self.round = (start, np.array([len(s) for s in sequences], dtype=np.int64))
