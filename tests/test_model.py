@@ -12,7 +12,7 @@ import pytest
 
 from numgpt import GPTConfig, KVCache, NumgptError
 from numgpt.formats.hf import load_checkpoint
-from numgpt.model import (BlockBuffers, block, block_, decode_block_, embed, forward, reference_forward,
+from numgpt.model import (BlockBuffers, _one_row_step, block, block_, decode_block_, decode_row_, embed, forward, reference_forward,
                           token_positions)
 from numgpt.ops import causal_mask
 from numgpt.params import init_params, layer
@@ -171,6 +171,51 @@ def test_slot_decode_block_equals_plain_block(tiny):
         # same float32 math in another grouping (q pre-scaled, products by columns): ~1e-7
         np.testing.assert_allclose(x[row], plain, atol=1e-6, rtol=0)
     assert [int(np.abs(keys[s, :, n]).max() > 0) for s, n in zip(slots, lengths)] == [1, 1, 1]  # new keys stored
+
+
+def test_one_row_decode_block_equals_plain_block(tiny):
+    """decode_row_ (a batch-1 decode step): one position after 0, 1 and 12 cached ones gives what `block`
+    gives at the last position of the whole sequence, and stores its key and value at that position."""
+    config, params = tiny
+    rng = np.random.default_rng(12)
+    p = layer(params, 1)
+    C = config.n_embd
+    for n in (0, 1, 12):
+        seq = rng.standard_normal((n + 1, C), dtype=np.float32)            # [n + 1, C]
+        keys = np.zeros((1, config.n_head, 16, config.head_size), np.float32)  # [1, H, M, D]
+        values = np.zeros_like(keys)
+        if n:
+            block_(p, config, seq[None, :n].copy(), None, (keys, values, 0), BlockBuffers.allocate(config, 1, n))
+        x = seq[-1].copy()
+        buf = (np.empty(C, np.float32), np.empty(3 * C, np.float32), np.empty(4 * C, np.float32),
+               np.empty(4 * C, np.float32), np.empty((config.n_head, config.head_size), np.float32))
+        decode_row_(p, config, x, keys[0], values[0], n, buf)
+        plain = block(p, config, seq[None], causal_mask(n + 1, n + 1)[None, None])[0, -1]
+        # same float32 math in another grouping (LayerNorm's statistics as Python floats): ~1e-7
+        np.testing.assert_allclose(x, plain, atol=1e-6, rtol=0)
+        assert np.abs(keys[0, :, n]).max() > 0 and np.abs(values[0, :, n]).max() > 0
+
+
+def test_one_row_steps_take_the_vector_path_only_where_it_applies(tiny):
+    """forward's batch-1 decode step goes through decode_row exactly when one in-range token follows a
+    cache without padding that has room; the other cases go the general way, with the same errors."""
+    config, params = tiny
+    cache = KVCache.allocate(config, 1, 8)
+    forward(params, config, np.array([[3, 4, 5]]), cache=cache)
+    assert _one_row_step(config, np.array([[6]]), cache, None)
+    assert not _one_row_step(config, np.array([[6, 7]]), cache, None)                 # two tokens
+    assert not _one_row_step(config, np.array([[6]]), cache, np.ones((1, 1), bool))   # a mask given
+    assert not _one_row_step(config, np.array([[config.vocab_size]]), cache, None)    # out of range
+    with pytest.raises(NumgptError, match="token ids must be in"):
+        forward(params, config, np.array([[config.vocab_size]]), cache=cache)
+    padded = KVCache.allocate(config, 1, 8)
+    forward(params, config, np.array([[0, 4, 5]]), cache=padded, attention_mask=np.array([[False, True, True]]))
+    assert not _one_row_step(config, np.array([[6]]), padded, None)                   # left padding in the cache
+    full = KVCache.allocate(config, 1, 3)
+    forward(params, config, np.array([[3, 4, 5]]), cache=full)
+    assert not _one_row_step(config, np.array([[6]]), full, None)
+    with pytest.raises(NumgptError, match="KV cache full"):
+        forward(params, config, np.array([[6]]), cache=full)
 
 
 def test_forward_equals_reference_forward(tiny):
@@ -357,6 +402,29 @@ def test_batched_cached_decode_matches_transformers_small(hf_small_ckpt, for_inf
         logits = forward(params, config, nxt, cache=cache)
         ref = hf_logits(hf_small_ckpt, ids, mask=mask, position_ids=token_positions(mask))[:, -1]
         np.testing.assert_allclose(logits, ref, atol=ATOL_HF, rtol=0)
+
+
+@LAYOUTS
+def test_batch1_cached_decode_matches_transformers_small(hf_small_ckpt, for_inference):
+    """A prompt, then decode steps of one token (model.decode_row, the vector path): every step's logits
+    equal transformers' on the whole sequence so far, and the cache holds what a prefill of it holds."""
+    config, params = numpy_model(hf_small_ckpt, for_inference)
+    ids = np.random.default_rng(9).integers(1, config.vocab_size, (1, 6))
+    steps = 7
+    cache = KVCache.allocate(config, 1, ids.shape[1] + steps)
+    logits = forward(params, config, ids, cache=cache)
+    for _ in range(steps):
+        nxt = logits.argmax(-1)[:, None]                       # [1, V] -> [1, 1]
+        assert _one_row_step(config, nxt, cache, None)
+        ids = np.concatenate([ids, nxt], axis=1)
+        logits = forward(params, config, nxt, cache=cache)
+        np.testing.assert_allclose(logits, hf_logits(hf_small_ckpt, ids)[:, -1], atol=ATOL_HF, rtol=0)
+    again = KVCache.allocate(config, 1, ids.shape[1])
+    forward(params, config, ids[:, :-1], cache=again)
+    n = again.length
+    assert cache.length == n + 1 and cache.mask[0, :n + 1].all()
+    np.testing.assert_allclose(cache.keys[:, :, :, :n], again.keys[:, :, :, :n], atol=ATOL_CACHE, rtol=0)
+    np.testing.assert_allclose(cache.values[:, :, :, :n], again.values[:, :, :, :n], atol=ATOL_CACHE, rtol=0)
 
 
 def greedy_against_transformers(ckpt, prompt, n, for_inference=False):

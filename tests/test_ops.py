@@ -45,6 +45,17 @@ def test_layer_norm_into_equals_plain(rng):
     np.testing.assert_allclose(got, ops.layer_norm(x, w, b, 1e-5), atol=ATOL, rtol=0)
 
 
+def test_layer_norm_row_equals_plain(rng):
+    for c in (48, 768):
+        x = rng.standard_normal(c, dtype=np.float32) * 3 + 1
+        w = rng.standard_normal(c, dtype=np.float32)
+        b = rng.standard_normal(c, dtype=np.float32)
+        out = np.empty_like(x)
+        got = ops.layer_norm_row_(x, w, b, 1e-5, out)
+        assert got is out and got.dtype == np.float32
+        np.testing.assert_allclose(got, ops.layer_norm(x, w, b, 1e-5), atol=ATOL, rtol=0)
+
+
 def test_gelu_matches_torch_tanh_form(rng):
     x = np.concatenate([rng.standard_normal(1000, dtype=np.float32) * 4,
                         np.array([-30, -5, 0, 5, 30], np.float32)])
