@@ -242,7 +242,8 @@ class DraftModel:
         for a, m in enumerate(missing):
             ids[a, T - len(m):] = m
             mask[a, past + T - len(m):] = True
-        logits = forward(self.params, self.config, ids, cache=self.cache, attention_mask=mask)   # [A, V]
+        logits = forward(self.params, self.config, ids, cache=self.cache,
+                         attention_mask=None if mask.all() else mask)  # [A, V]; no padding: the cache's own mask
         start = self.cache.length
         history = sampling.reads_history
         for j in range(k):
