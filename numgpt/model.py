@@ -23,8 +23,10 @@ operation, run by `reference_forward`; `block_` is the fast twin `forward` runs 
 stream in place through buffers allocated once per call, attention runs in cache-sized query blocks and
 skips the causal upper triangle (a decode step's single query per row goes through `attend_rows_into`),
 and the vocabulary projection is computed only for the positions asked for; `decode_block_` is the slot-batched decode step (slots.decode_slots: one new position per row, each
-row at its own cache length, batch-invariant). Tests hold each fast block equal to `block`, and the
-forwards equal to transformers. A block reads its tensors through the layer view of params.py
+row at its own cache length, batch-invariant); `decode_row_` and `decode_rows_` are one sequence's steps
+through a cache without padding -- one new token as vectors (a batch-1 decode step), or a few (a
+speculative verification) -- where a small model's step is mostly the count of NumPy calls, not their
+work. Tests hold each fast block equal to `block`, and the forwards equal to transformers. A block reads its tensors through the layer view of params.py
 (`layer.attn.c_attn.weight`), built once per forward call.
 
 Shape legend: B batch, T new positions, S attended positions (cached + new), C channels (n_embd),
@@ -238,12 +240,13 @@ def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarr
 def _one_sequence_step(config: GPTConfig, ids: np.ndarray, cache: KVCache | None, attention_mask: np.ndarray | None
                        ) -> bool:
     """True for a step of one sequence that `decode_row` (one token) or `decode_rows` (2 .. FEW_ROWS tokens: a
-    speculative verification) can take: tokens in range, after a cache with no padding and room for them
-    (anything else goes the general way, which also says what is wrong)."""
+    speculative verification) can take: tokens in range, after a prefill (a cache holding positions, none of
+    them padding) with room for them. Anything else goes the general way, which also says what is wrong; a
+    prefill too, so that it computes what a forward without a cache computes, bit for bit (teach's views)."""
     if cache is None or attention_mask is not None or not isinstance(ids, np.ndarray) or ids.ndim != 2:
         return False
     (B, T), past = ids.shape, cache.length
-    return (B == 1 and 1 <= T <= FEW_ROWS and np.issubdtype(ids.dtype, np.integer)
+    return (B == 1 and 1 <= T <= FEW_ROWS and past > 0 and np.issubdtype(ids.dtype, np.integer)
             and past + T <= min(config.n_positions, cache.max_len)
             and 0 <= ids.min() and ids.max() < config.vocab_size and bool(cache.mask[0, :past].all()))
 
@@ -252,7 +255,7 @@ def decode_row(params: Params, config: GPTConfig, token: int, cache: KVCache) ->
     """`hidden_states` of one new token of one sequence whose cache has no padding (a batch-1 decode step,
     the token at position cache.length): its final hidden state [C], after ln_f; the cache advances by one.
     Vectors rather than [1, C] rows throughout (`decode_row_`): on the small models a step is mostly NumPy
-    calls, and this takes about 0.6x `block_`'s time (BENCHMARKS.md)."""
+    calls, and this takes 0.63-0.75x `block_`'s time on them (BENCHMARKS.md)."""
     past, C = cache.length, config.n_embd
     x = params["wte.weight"][token] + params["wpe.weight"][past]  # [C]
     buf = (np.empty(C, np.float32), np.empty(3 * C, np.float32), np.empty(4 * C, np.float32),

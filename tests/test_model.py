@@ -227,6 +227,7 @@ def test_steps_of_one_sequence_take_their_own_path_only_where_it_applies(tiny):
     assert _one_sequence_step(config, np.array([[6, 7]]), cache, None)                 # a verification's rows
     assert not _one_sequence_step(config, np.array([[6] * 6]), cache, None)            # no room for 6
     assert not _one_sequence_step(config, np.array([[6], [7]]), cache, None)           # two sequences
+    assert not _one_sequence_step(config, np.array([[6]]), KVCache.allocate(config, 1, 8), None)  # a prefill
     assert not _one_sequence_step(config, np.array([[6]]), cache, np.ones((1, 1), bool))   # a mask given
     assert not _one_sequence_step(config, np.array([[config.vocab_size]]), cache, None)    # out of range
     with pytest.raises(NumgptError, match="token ids must be in"):
