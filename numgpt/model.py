@@ -255,7 +255,7 @@ def decode_row(params: Params, config: GPTConfig, token: int, cache: KVCache) ->
     """`hidden_states` of one new token of one sequence whose cache has no padding (a batch-1 decode step,
     the token at position cache.length): its final hidden state [C], after ln_f; the cache advances by one.
     Vectors rather than [1, C] rows throughout (`decode_row_`): on the small models a step is mostly NumPy
-    calls, and this takes 0.63-0.75x `block_`'s time on them (BENCHMARKS.md)."""
+    calls, and this takes 0.64-0.78x `block_`'s time on them (BENCHMARKS.md)."""
     past, C = cache.length, config.n_embd
     x = params["wte.weight"][token] + params["wpe.weight"][past]  # [C]
     buf = (np.empty(C, np.float32), np.empty(3 * C, np.float32), np.empty(4 * C, np.float32),
@@ -294,7 +294,7 @@ def decode_row_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray
 def decode_rows(params: Params, config: GPTConfig, ids: np.ndarray, cache: KVCache) -> np.ndarray:
     """`hidden_states` of T = 2 .. FEW_ROWS new tokens ids [T] of one sequence whose cache has no padding (a
     speculative verification): their final hidden states [T, C], after ln_f; the cache advances by T. The
-    batch axis dropped, one causal mask for the T x T corner, no query blocks (`decode_rows_`): 0.82-0.92x
+    batch axis dropped, one causal mask for the T x T corner, no query blocks (`decode_rows_`): 0.87-0.95x
     `block_`'s time on the small models."""
     T, past = len(ids), cache.length
     x = params["wte.weight"][ids] + params["wpe.weight"][past:past + T]  # [T, C]
