@@ -202,14 +202,20 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
         attend_rows_into(q, k, v, key_valid, buf.att)          # a decode step: -> [B, 1, H, D]
     else:
         causal_attention_into(q, k, v, key_valid, buf.att)     # -> [B, T, H, D]
-    linear_into(buf.att.reshape(B * T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
-    x2 += buf.proj
-    layer_norm_into(x2, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
+    _project_and_mlp_(layer, config, x2, buf.att.reshape(B * T, C), buf)
+    return x
+
+
+def _project_and_mlp_(layer: Layer, config: GPTConfig, x: np.ndarray, att: np.ndarray, buf: BlockBuffers) -> None:
+    """The rest of a block after attention, in place on the residual rows x [N, C]: the heads' outputs att
+    [N, C] through attn.c_proj into x, then x += mlp(ln_2(x)) (`block_` and `decode_rows_`)."""
+    linear_into(att, layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
+    x += buf.proj
+    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, config.layer_norm_epsilon, buf.ln)
     linear_into(buf.ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, buf.fc)  # [N, C] -> [N, 4C]
     gelu_(buf.fc, buf.scratch)
     linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)  # [N, 4C] -> [N, C]
-    x2 += buf.proj
-    return x
+    x += buf.proj
 
 
 def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
@@ -329,13 +335,7 @@ def decode_rows_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarra
     scores /= row_sums(scores)[..., None]
     att = buf.att[0]                                           # [T, H, D]
     np.matmul(scores, values[:, :past + T], out=att.transpose(1, 0, 2))  # [H, T, S] x [H, S, D] -> [H, T, D]
-    linear_into(att.reshape(T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
-    x += buf.proj
-    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
-    linear_into(buf.ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, buf.fc)         # [T, C] -> [T, 4C]
-    gelu_(buf.fc, buf.scratch)
-    linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)   # [T, 4C] -> [T, C]
-    x += buf.proj
+    _project_and_mlp_(layer, config, x, att.reshape(T, C), buf)
 
 
 def _affine_row(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
