@@ -215,7 +215,8 @@ def measure(steps: dict, slices: dict, prompts: dict[int, np.ndarray], runs: int
 
 REST = "rest: Python, residual adds, KV-cache writes, buffers, checks (step - the above)"
 PROFILED = ("embed", "layer_norm_into", "linear_into", "attend_rows_into", "causal_attention_into", "gelu_",
-            "split_heads", "layer_norm", "lm_head")
+            "split_heads", "layer_norm", "lm_head",
+            "_affine_row", "layer_norm_row_", "attend")      # batch 1's step (model.decode_row) calls these
 
 
 def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) -> tuple[dict[str, float], float, float]:
@@ -231,7 +232,7 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
 
     def timed(name: str, f: Callable) -> Callable:
         def wrapper(*args, **kw):
-            if name == "linear_into":
+            if name in ("linear_into", "_affine_row"):
                 key = linear_names.get(tuple(args[1].shape), "linear other")
             elif name == "layer_norm":
                 key = "ln_f (layer_norm)"
@@ -285,10 +286,11 @@ def part_bytes(config) -> dict[str, int]:
             "linear mlp.c_proj": L * 4 * C * C * 4, "lm_head": config.vocab_size * C * 4}
 
 
-ABLATED = {"attention": ("attend_rows_into",), "LayerNorm": ("layer_norm_into",), "GELU": ("gelu_",),
-           "all three": ("attend_rows_into", "layer_norm_into", "gelu_")}
-NO_OPS = {"attend_rows_into": lambda q, k, v, key_valid, out: out,
-          "layer_norm_into": lambda x, w, b, eps, out: out, "gelu_": lambda x, scratch: x}
+ABLATED = {"attention": ("attend_rows_into", "attend"), "LayerNorm": ("layer_norm_into", "layer_norm_row_"),
+           "GELU": ("gelu_",), "all three": ("attend_rows_into", "attend", "layer_norm_into", "layer_norm_row_", "gelu_")}
+NO_OPS = {"attend_rows_into": lambda q, k, v, key_valid, out: out, "attend": lambda q, k, v, out=None: out,
+          "layer_norm_into": lambda x, w, b, eps, out: out, "layer_norm_row_": lambda x, w, b, eps, out: out,
+          "gelu_": lambda x, scratch: x}
 
 
 def ablation(params, config, rounds: int = 25, past: int = PROMPT + 64) -> dict[str, float]:
@@ -297,19 +299,18 @@ def ablation(params, config, rounds: int = 25, past: int = PROMPT + 64) -> dict[
     between them; the variants alternate within each round."""
     import numgpt.model as model
     from numgpt import KVCache, forward
-    from numgpt.ops import linear_into
     from numgpt.params import layers
     cache = KVCache.allocate(config, 1, past + 2)
     forward(params, config, np.arange(past)[None] % config.vocab_size, cache=cache)
     blocks = list(layers(params, config))
-    x, h = np.ones((1, config.n_embd), np.float32), np.ones((1, 4 * config.n_embd), np.float32)
-    outs = {n: np.empty((1, n), np.float32) for n in (config.n_embd, 3 * config.n_embd, 4 * config.n_embd)}
+    x, h = np.ones(config.n_embd, np.float32), np.ones(4 * config.n_embd, np.float32)   # a batch-1 step's vectors
+    outs = {n: np.empty(n, np.float32) for n in (config.n_embd, 3 * config.n_embd, 4 * config.n_embd)}
 
-    def products() -> None:
+    def products() -> None:                                          # as model.decode_row_ makes them
         for L in blocks:
             for m, inp in ((L.attn.c_attn, x), (L.attn.c_proj, x), (L.mlp.c_fc, x), (L.mlp.c_proj, h)):
-                linear_into(inp, m.weight, m.bias, outs[m.weight.shape[1]])
-        model.lm_head(params, x)
+                model._affine_row(inp, m.weight, m.bias, outs[m.weight.shape[1]])
+        model.lm_head(params, x[None])
 
     originals = {name: getattr(model, name) for name in NO_OPS}
     times: dict[str, list[float]] = {k: [] for k in ["the full step", *(f"without {k}" for k in ABLATED),

@@ -285,12 +285,7 @@ def decode_row_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray
     q, k, v = qkv.reshape(3, H, D)                                               # 3 x [H, D] views
     keys[:, past] = k
     values[:, past] = v
-    scores = (keys[:, :past + 1] @ (q * np.float32(1.0 / np.sqrt(D)))[:, :, None])[:, :, 0]  # [H, S, D] x [H, D, 1] -> [H, S]
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)        # no subnormals (causal_attention_into)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    np.matmul(scores[:, None, :], values[:, :past + 1], out=att[:, None, :])     # [H, 1, S] x [H, S, D] -> [H, 1, D]
+    attend(q * np.float32(1.0 / np.sqrt(D)), keys[:, :past + 1], values[:, :past + 1], att)  # -> [H, D]
     x += _affine_row(att.reshape(-1), layer.attn.c_proj.weight, layer.attn.c_proj.bias, ln)
     layer_norm_row_(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
     gelu_(_affine_row(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, fc), scratch)  # [C] -> [4C]
@@ -349,14 +344,19 @@ def _affine_row(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     return out
 
 
-def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One query per head (already scaled by 1/sqrt(D)) over that row's own keys: softmax(q k^T) v.
-    Every key is real (no mask), so the softmax is the plain one, in place. [H, D], [H, S, D] -> [H, D]"""
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """One query per head (already scaled by 1/sqrt(D)) over one sequence's own keys: softmax(q k^T) v, into
+    `out` if given. Every key is real (no mask), so the softmax is the plain one, in place (floored like
+    causal_attention_into's: no subnormals). [H, D], [H, S, D] -> [H, D]"""
     scores = (k @ q[:, :, None])[:, :, 0]                      # [H, S, D] x [H, D, 1] -> [H, S]
     scores -= scores.max(axis=-1, keepdims=True)
+    np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    return (scores[:, None, :] @ v)[:, 0]                      # [H, 1, S] x [H, S, D] -> [H, D]
+    if out is None:
+        return (scores[:, None, :] @ v)[:, 0]                  # [H, 1, S] x [H, S, D] -> [H, D]
+    np.matmul(scores[:, None, :], v, out=out[:, None, :])
+    return out
 
 
 def attend_rows_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray | None,
