@@ -216,7 +216,7 @@ def measure(steps: dict, slices: dict, prompts: dict[int, np.ndarray], runs: int
 REST = "rest: Python, residual adds, KV-cache writes, buffers, checks (step - the above)"
 PROFILED = ("embed", "layer_norm_into", "linear_into", "attend_rows_into", "causal_attention_into", "gelu_",
             "split_heads", "layer_norm", "lm_head",
-            "_affine_row", "layer_norm_row_", "attend")      # batch 1's step (model.decode_row) calls these
+            "linear_row_into", "layer_norm_row_", "attend")      # batch 1's step (model.decode_row) calls these
 
 
 def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) -> tuple[dict[str, float], float, float]:
@@ -232,7 +232,7 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
 
     def timed(name: str, f: Callable) -> Callable:
         def wrapper(*args, **kw):
-            if name in ("linear_into", "_affine_row"):
+            if name in ("linear_into", "linear_row_into"):
                 key = linear_names.get(tuple(args[1].shape), "linear other")
             elif name == "layer_norm":
                 key = "ln_f (layer_norm)"
@@ -309,7 +309,7 @@ def ablation(params, config, rounds: int = 25, past: int = PROMPT + 64) -> dict[
     def products() -> None:                                          # as model.decode_row_ makes them
         for L in blocks:
             for m, inp in ((L.attn.c_attn, x), (L.attn.c_proj, x), (L.mlp.c_fc, x), (L.mlp.c_proj, h)):
-                model._affine_row(inp, m.weight, m.bias, outs[m.weight.shape[1]])
+                model.linear_row_into(inp, m.weight, m.bias, outs[m.weight.shape[1]])
         model.lm_head(params, x[None])
 
     originals = {name: getattr(model, name) for name in NO_OPS}

@@ -23,10 +23,9 @@ operation, run by `reference_forward`; `block_` is the fast twin `forward` runs 
 stream in place through buffers allocated once per call, attention runs in cache-sized query blocks and
 skips the causal upper triangle (a decode step's single query per row goes through `attend_rows_into`),
 and the vocabulary projection is computed only for the positions asked for; `decode_block_` is the slot-batched decode step (slots.decode_slots: one new position per row, each
-row at its own cache length, batch-invariant); `decode_row_` and `decode_rows_` are one sequence's steps
-through a cache without padding -- one new token as vectors (a batch-1 decode step), or a few (a
-speculative verification) -- where a small model's step is mostly the count of NumPy calls, not their
-work. Tests hold each fast block equal to `block`, and the forwards equal to transformers. A block reads its tensors through the layer view of params.py
+row at its own cache length, batch-invariant); `decode_row_` is a batch-1 decode step through a cache
+without padding, on vectors instead of [1, C] rows, where a small model's step is mostly the count of NumPy
+calls, not their work. Tests hold each fast block equal to `block`, and the forwards equal to transformers. A block reads its tensors through the layer view of params.py
 (`layer.attn.c_attn.weight`), built once per forward call.
 
 Shape legend: B batch, T new positions, S attended positions (cached + new), C channels (n_embd),
@@ -44,7 +43,8 @@ from .config import GPTConfig
 from .errors import NumgptError
 from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
-                  layer_norm_into, layer_norm_row_, linear, linear_into, row_sums)
+                  layer_norm_into, layer_norm_row_, linear, linear_into, linear_row_into, row_sums,
+                  stored_out_in)
 from .params import Layer, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
@@ -75,26 +75,30 @@ def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: 
     """The final hidden states, after ln_f (what lm_head projects, and transformers' GPT2Model returns as
     last_hidden_state): float32 [B, T, C], or [B, C] for the last position only if not all_positions.
     `forward` without the projection; cache and attention_mask as there (embeddings.py pools these)."""
-    if _one_sequence_step(config, ids, cache, attention_mask):
-        if ids.shape[1] == 1:
-            x = decode_row(params, config, int(ids[0, 0]), cache)[None]  # [1, C]
-        else:
-            x = decode_rows(params, config, ids[0], cache)     # [T, C]
-        return x[None] if all_positions else x[None, -1]       # -> [1, T, C] or [1, C]
+    if _one_row_step(config, ids, cache, attention_mask):
+        x = decode_row(params, config, int(ids[0, 0]), cache)  # [C]
+        return x[None, None] if all_positions else x[None]     # -> [1, 1, C] or [1, C]
     ids = _check_ids(ids, config)
     B, T = ids.shape
     past = 0 if cache is None else cache.length
-    valid = _attended_positions(B, T, cache, attention_mask)  # [B, S]
-    positions = token_positions(valid)[:, past:]               # [B, S] -> [B, T]
+    if attention_mask is None and _unpadded(cache, B):         # no padding anywhere: positions past .. past+T-1
+        valid, key_valid = None, None
+        positions = np.broadcast_to(np.arange(past, past + T), (B, T))  # [B, T]
+    else:
+        valid = _attended_positions(B, T, cache, attention_mask)  # [B, S]
+        positions = token_positions(valid)[:, past:]           # [B, S] -> [B, T]
+        key_valid = None if valid.all() else valid
     _check_context(config, cache, positions, T)
-    key_valid = None if valid.all() else valid
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
     buffers = BlockBuffers.allocate(config, B, T)
     for layer in layers(params, config):
         kv = None if cache is None else (cache.keys[layer.index], cache.values[layer.index], past)
         block_(layer, config, x, key_valid, kv, buffers)       # [B, T, C], in place
     if cache is not None:
-        cache.mask[:, :past + T] = valid
+        if valid is None:
+            cache.mask[:, past:past + T] = True
+        else:
+            cache.mask[:, :past + T] = valid
         cache.length = past + T
     if not all_positions:
         x = x[:, -1]                                           # [B, T, C] -> [B, C]
@@ -202,20 +206,14 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
         attend_rows_into(q, k, v, key_valid, buf.att)          # a decode step: -> [B, 1, H, D]
     else:
         causal_attention_into(q, k, v, key_valid, buf.att)     # -> [B, T, H, D]
-    _project_and_mlp_(layer, config, x2, buf.att.reshape(B * T, C), buf)
-    return x
-
-
-def _project_and_mlp_(layer: Layer, config: GPTConfig, x: np.ndarray, att: np.ndarray, buf: BlockBuffers) -> None:
-    """The rest of a block after attention, in place on the residual rows x [N, C]: the heads' outputs att
-    [N, C] through attn.c_proj into x, then x += mlp(ln_2(x)) (`block_` and `decode_rows_`)."""
-    linear_into(att, layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
-    x += buf.proj
-    layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, config.layer_norm_epsilon, buf.ln)
+    linear_into(buf.att.reshape(B * T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
+    x2 += buf.proj
+    layer_norm_into(x2, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
     linear_into(buf.ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, buf.fc)  # [N, C] -> [N, 4C]
     gelu_(buf.fc, buf.scratch)
     linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)  # [N, 4C] -> [N, C]
-    x += buf.proj
+    x2 += buf.proj
+    return x
 
 
 def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
@@ -243,18 +241,17 @@ def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarr
     x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
 
 
-def _one_sequence_step(config: GPTConfig, ids: np.ndarray, cache: KVCache | None, attention_mask: np.ndarray | None
-                       ) -> bool:
-    """True for a step of one sequence that `decode_row` (one token) or `decode_rows` (2 .. FEW_ROWS tokens: a
-    speculative verification) can take: tokens in range, after a prefill (a cache holding positions, none of
-    them padding) with room for them. Anything else goes the general way, which also says what is wrong; a
-    prefill too, so that it computes what a forward without a cache computes, bit for bit (teach's views)."""
-    if cache is None or attention_mask is not None or not isinstance(ids, np.ndarray) or ids.ndim != 2:
+def _one_row_step(config: GPTConfig, ids: np.ndarray, cache: KVCache | None, attention_mask: np.ndarray | None
+                  ) -> bool:
+    """True for a batch-1 decode step that `decode_row` can take: one token in range, after a prefill (a cache
+    holding positions, none of them padding) with room for it. Anything else goes the general way, which also
+    says what is wrong; a prefill too, so that it computes what a forward without a cache computes, bit for
+    bit (teach's views)."""
+    if cache is None or attention_mask is not None or not isinstance(ids, np.ndarray) or ids.shape != (1, 1):
         return False
-    (B, T), past = ids.shape, cache.length
-    return (B == 1 and 1 <= T <= FEW_ROWS and past > 0 and np.issubdtype(ids.dtype, np.integer)
-            and past + T <= min(config.n_positions, cache.max_len)
-            and 0 <= ids.min() and ids.max() < config.vocab_size and bool(cache.mask[0, :past].all()))
+    past = cache.length
+    return (0 < past < min(config.n_positions, cache.max_len) and np.issubdtype(ids.dtype, np.integer)
+            and 0 <= ids[0, 0] < config.vocab_size and _unpadded(cache, 1))
 
 
 def decode_row(params: Params, config: GPTConfig, token: int, cache: KVCache) -> np.ndarray:
@@ -281,67 +278,15 @@ def decode_row_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray
     eps, H, D = config.layer_norm_epsilon, config.n_head, config.head_size
     ln, qkv, fc, scratch, att = buf
     layer_norm_row_(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
-    _affine_row(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, qkv)      # [C] -> [3C]
+    linear_row_into(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, qkv)      # [C] -> [3C]
     q, k, v = qkv.reshape(3, H, D)                                               # 3 x [H, D] views
     keys[:, past] = k
     values[:, past] = v
     attend(q * np.float32(1.0 / np.sqrt(D)), keys[:, :past + 1], values[:, :past + 1], att)  # -> [H, D]
-    x += _affine_row(att.reshape(-1), layer.attn.c_proj.weight, layer.attn.c_proj.bias, ln)
+    x += linear_row_into(att.reshape(-1), layer.attn.c_proj.weight, layer.attn.c_proj.bias, ln)
     layer_norm_row_(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
-    gelu_(_affine_row(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, fc), scratch)  # [C] -> [4C]
-    x += _affine_row(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, ln)     # [4C] -> [C]
-
-
-def decode_rows(params: Params, config: GPTConfig, ids: np.ndarray, cache: KVCache) -> np.ndarray:
-    """`hidden_states` of T = 2 .. FEW_ROWS new tokens ids [T] of one sequence whose cache has no padding (a
-    speculative verification): their final hidden states [T, C], after ln_f; the cache advances by T. The
-    batch axis dropped, one causal mask for the T x T corner, no query blocks (`decode_rows_`): 0.87-0.95x
-    `block_`'s time on the small models."""
-    T, past = len(ids), cache.length
-    x = params["wte.weight"][ids] + params["wpe.weight"][past:past + T]  # [T, C]
-    buf = BlockBuffers.allocate(config, 1, T)
-    future = ~causal_mask(T, T)                                # [T, T]: keys each new row may not see yet
-    for layer in layers(params, config):
-        decode_rows_(layer, config, x, cache.keys[layer.index, 0], cache.values[layer.index, 0], past, buf, future)
-    cache.mask[0, past:past + T] = True
-    cache.length = past + T
-    return layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, buf.ln)
-
-
-def decode_rows_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray, past: int,
-                 buf: BlockBuffers, future: np.ndarray) -> None:
-    """`block` for T consecutive positions of one sequence, in place on x [T, C]: their keys and values go
-    into keys, values [H, M, D] at past .. past+T-1, and row t attends to positions 0 .. past+t (future [T, T]
-    hides the rest of the new ones)."""
-    T, C = x.shape
-    eps, H, D = config.layer_norm_epsilon, config.n_head, config.head_size
-    layer_norm_into(x, layer.ln_1.weight, layer.ln_1.bias, eps, buf.ln)
-    linear_into(buf.ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, buf.qkv)  # [T, C] -> [T, 3C]
-    q, k, v = buf.qkv.reshape(T, 3, H, D).transpose(1, 2, 0, 3)                    # 3 x [H, T, D] views
-    keys[:, past:past + T] = k
-    values[:, past:past + T] = v
-    scores = (q * np.float32(1.0 / np.sqrt(D))) @ keys[:, :past + T].swapaxes(-1, -2)  # [H, T, D] x [H, D, S] -> [H, T, S]
-    corner = scores[:, :, past:]                               # [H, T, T] view: the new keys
-    np.copyto(corner, np.float32(-np.inf), where=future)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.maximum(scores, EXP_NEGLIGIBLE_BELOW, out=scores)        # no subnormals (causal_attention_into)
-    np.exp(scores, out=scores)
-    np.copyto(corner, np.float32(0), where=future)             # hidden keys: exactly 0
-    scores /= row_sums(scores)[..., None]
-    att = buf.att[0]                                           # [T, H, D]
-    np.matmul(scores, values[:, :past + T], out=att.transpose(1, 0, 2))  # [H, T, S] x [H, S, D] -> [H, T, D]
-    _project_and_mlp_(layer, config, x, att.reshape(T, C), buf)
-
-
-def _affine_row(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """x @ w + b for one vector into out (w [in, out] as in params; stored [out, in] it goes as w.T @ x, the
-    same matrix-vector product: ops.linear_into)."""
-    if w.T.flags.c_contiguous and not w.flags.c_contiguous:
-        np.matmul(w.T, x, out=out)                             # [out, in] x [in] -> [out]
-    else:
-        np.matmul(x, w, out=out)                               # [in] x [in, out] -> [out]
-    out += b
-    return out
+    gelu_(linear_row_into(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, fc), scratch)  # [C] -> [4C]
+    x += linear_row_into(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, ln)     # [4C] -> [C]
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -400,7 +345,7 @@ def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
     dimensions go as the rows of one 2-D product (a 3-D x @ wte.T was ~8x slower for a few rows)."""
     wte = params["wte.weight"]
     rows = x.reshape(-1, x.shape[-1])                          # [..., C] -> [N, C]
-    if wte.T.flags.c_contiguous and not wte.flags.c_contiguous:
+    if stored_out_in(wte):
         out = rows @ wte.T                                     # [N, C] x [C, V] -> [N, V]
     elif rows.shape[0] < FEW_ROWS:
         out = np.ascontiguousarray((wte @ rows.T).T)           # [V, C] x [C, N] -> [V, N] -> [N, V]
@@ -412,6 +357,12 @@ def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
 def token_positions(valid: np.ndarray) -> np.ndarray:
     """Position of each token from the mask: the number of real tokens before it (0 for padding)."""
     return np.maximum(np.cumsum(valid, axis=-1) - 1, 0)       # [B, S] -> [B, S]
+
+
+def _unpadded(cache: KVCache | None, b: int) -> bool:
+    """True when no cached position is padding (or there is no cache); a cache of another batch size is
+    left to `_attended_positions` to refuse."""
+    return cache is None or (cache.batch_size == b and bool(cache.mask[:, :cache.length].all()))
 
 
 def _attended_positions(b: int, t: int, cache: KVCache | None, attention_mask: np.ndarray | None) -> np.ndarray:

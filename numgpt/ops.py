@@ -223,22 +223,34 @@ def linear_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     as w.T @ x[0] straight into out (the same product, without its temporary and copy: ~2 us of 68 on
     c_fc). Bigger batches take `x @ w`.
     """
-    transposed = w.T.flags.c_contiguous and not w.flags.c_contiguous
-    if 1 < x.shape[0] <= ROW_BY_ROW and w.nbytes >= STREAMED_BYTES:
-        stored = w.T if transposed else w                 # [out, in] or [in, out], row-major
-        for row, y in zip(x, out):
-            if transposed:
-                np.matmul(stored, row, out=y)             # [out, in] x [in] -> [out]
-            else:
-                np.matmul(row, stored, out=y)             # [in] x [in, out] -> [out]
-    elif x.shape[0] == 1 and transposed:
-        np.matmul(w.T, x[0], out=out[0])           # [out, in] x [in] -> [out]: a decode step, no temporary
-    elif x.shape[0] < FEW_ROWS and transposed:
+    transposed = stored_out_in(w)
+    if (1 < x.shape[0] <= ROW_BY_ROW and w.nbytes >= STREAMED_BYTES) or (x.shape[0] == 1 and transposed):
+        for row, y in zip(x, out):                 # matrix-vector products (one row: a decode step, no temporary)
+            linear_row_into(row, w, b, y)
+        return out
+    if x.shape[0] < FEW_ROWS and transposed:
         out[...] = (w.T @ x.T).T                   # [out, in] x [in, N] -> [out, N] -> [N, out]
     else:
         np.matmul(x, w, out=out)                   # [N, in] -> [N, out]
     out += b
     return out
+
+
+def linear_row_into(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`linear` of one vector x [in] into out [out]: one matrix-vector product over w as it is stored (a
+    batch-1 decode step's products, and linear_into's row by row)."""
+    if stored_out_in(w):
+        np.matmul(w.T, x, out=out)                 # [out, in] x [in] -> [out]
+    else:
+        np.matmul(x, w, out=out)                   # [in] x [in, out] -> [out]
+    out += b
+    return out
+
+
+def stored_out_in(w: np.ndarray) -> bool:
+    """True when a weight [in, out] is the transposed view of a row-major [out, in] array (the decode layout
+    of formats.hf.load_checkpoint(for_inference=True)), so that w.T is the one to multiply with."""
+    return w.T.flags.c_contiguous and not w.flags.c_contiguous
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -342,7 +354,8 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         if blocked is not None:
             np.copyto(masked, np.float32(-np.inf), where=blocked)
         m = scores.max(axis=-1, keepdims=True)                 # [B, H, R, 1]
-        np.maximum(m, FLOAT32_LOWEST, out=m)                   # subtle: a fully masked row has max -inf
+        if key_valid is not None:                              # (causal alone: a row always sees its own key)
+            np.maximum(m, FLOAT32_LOWEST, out=m)               # subtle: a fully masked row has max -inf
         scores -= m
         # subtle: tiny weights make subnormal floats (exp below -87.3, or products p * v in p @ v), which
         # the CPU handles ~5x slower (measured). Floor the exponents at -44.4: weights under 2^-64 of the
@@ -352,7 +365,8 @@ def causal_attention_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid
         if blocked is not None:
             np.copyto(masked, np.float32(0), where=blocked)    # masked keys: exactly 0 again
         total = row_sums(scores)[..., None]                    # [B, H, R, 1]; 0 only for a fully masked row
-        np.maximum(total, FLOAT32_TINY, out=total)             # ... which then gets 0 / tiny = 0, not NaN
+        if key_valid is not None:
+            np.maximum(total, FLOAT32_TINY, out=total)         # ... which then gets 0 / tiny = 0, not NaN
         block_out = o[:, :, t0:t1]
         np.matmul(scores, v[:, :, :seen], out=block_out)       # [B, H, R, s] x [B, H, s, D] -> [B, H, R, D]
         block_out /= total

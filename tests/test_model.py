@@ -12,7 +12,7 @@ import pytest
 
 from numgpt import GPTConfig, KVCache, NumgptError
 from numgpt.formats.hf import load_checkpoint
-from numgpt.model import (BlockBuffers, _one_sequence_step, block, block_, decode_block_, decode_row_, decode_rows_, embed, forward, reference_forward,
+from numgpt.model import (BlockBuffers, _one_row_step, block, block_, decode_block_, decode_row_, embed, forward, reference_forward,
                           token_positions)
 from numgpt.ops import causal_mask
 from numgpt.params import init_params, layer
@@ -196,48 +196,41 @@ def test_one_row_decode_block_equals_plain_block(tiny):
         assert np.abs(keys[0, :, n]).max() > 0 and np.abs(values[0, :, n]).max() > 0
 
 
-def test_rows_of_one_sequence_equal_plain_block(tiny):
-    """decode_rows_ (a speculative verification): 1, 2 and 5 new positions after 0 and 9 cached ones give
-    what `block` gives at those positions of the whole sequence, and store their keys at past .. past+T-1."""
+def test_rows_after_an_unpadded_cache_equal_the_reference(tiny):
+    """1, 2 and 5 new tokens of one sequence after a cached prefix without padding (a speculative
+    verification: positions past .. past+T-1, no mask built) give the reference forward's logits at those
+    positions, and the cache then marks every position real."""
     config, params = tiny
-    rng = np.random.default_rng(13)
-    p = layer(params, 0)
-    for n in (0, 9):
-        for T in (1, 2, 5):
-            seq = rng.standard_normal((n + T, config.n_embd), dtype=np.float32)   # [n + T, C]
-            keys = np.zeros((1, config.n_head, 16, config.head_size), np.float32)
-            values = np.zeros_like(keys)
-            if n:
-                block_(p, config, seq[None, :n].copy(), None, (keys, values, 0), BlockBuffers.allocate(config, 1, n))
-            x = seq[n:].copy()
-            decode_rows_(p, config, x, keys[0], values[0], n, BlockBuffers.allocate(config, 1, T), ~causal_mask(T, T))
-            plain = block(p, config, seq[None], causal_mask(n + T, n + T)[None, None])[0, n:]
-            np.testing.assert_allclose(x, plain, atol=1e-6, rtol=0)
-            assert (np.abs(keys[0, :, n:n + T]).max(axis=(0, 2)) > 0).all()
+    ids = np.random.default_rng(13).integers(0, config.vocab_size, (1, 17))
+    ref = reference_forward(params, config, ids)               # [1, 17, V]
+    for T in (1, 2, 5):
+        cache = KVCache.allocate(config, 1, 17)
+        forward(params, config, ids[:, :9], cache=cache)
+        got = forward(params, config, ids[:, 9:9 + T], cache=cache, all_logits=True)
+        np.testing.assert_allclose(got, ref[:, 9:9 + T], atol=ATOL_CACHE, rtol=0)
+        assert cache.length == 9 + T and cache.mask[0, :9 + T].all() and not cache.mask[0, 9 + T:].any()
 
 
-def test_steps_of_one_sequence_take_their_own_path_only_where_it_applies(tiny):
-    """forward goes through decode_row / decode_rows exactly when 1 .. FEW_ROWS in-range tokens of one
-    sequence follow a cache without padding that has room for them; the other cases go the general way,
-    with the same errors."""
+def test_one_row_steps_take_the_vector_path_only_where_it_applies(tiny):
+    """forward goes through decode_row exactly when one in-range token of one sequence follows a cache
+    without padding that has room for it; the other cases go the general way, with the same errors."""
     config, params = tiny
     cache = KVCache.allocate(config, 1, 8)
     forward(params, config, np.array([[3, 4, 5]]), cache=cache)
-    assert _one_sequence_step(config, np.array([[6]]), cache, None)
-    assert _one_sequence_step(config, np.array([[6, 7]]), cache, None)                 # a verification's rows
-    assert not _one_sequence_step(config, np.array([[6] * 6]), cache, None)            # no room for 6
-    assert not _one_sequence_step(config, np.array([[6], [7]]), cache, None)           # two sequences
-    assert not _one_sequence_step(config, np.array([[6]]), KVCache.allocate(config, 1, 8), None)  # a prefill
-    assert not _one_sequence_step(config, np.array([[6]]), cache, np.ones((1, 1), bool))   # a mask given
-    assert not _one_sequence_step(config, np.array([[config.vocab_size]]), cache, None)    # out of range
+    assert _one_row_step(config, np.array([[6]]), cache, None)
+    assert not _one_row_step(config, np.array([[6, 7]]), cache, None)             # two tokens
+    assert not _one_row_step(config, np.array([[6], [7]]), cache, None)           # two sequences
+    assert not _one_row_step(config, np.array([[6]]), KVCache.allocate(config, 1, 8), None)  # a prefill
+    assert not _one_row_step(config, np.array([[6]]), cache, np.ones((1, 1), bool))   # a mask given
+    assert not _one_row_step(config, np.array([[config.vocab_size]]), cache, None)    # out of range
     with pytest.raises(NumgptError, match="token ids must be in"):
         forward(params, config, np.array([[config.vocab_size]]), cache=cache)
     padded = KVCache.allocate(config, 1, 8)
     forward(params, config, np.array([[0, 4, 5]]), cache=padded, attention_mask=np.array([[False, True, True]]))
-    assert not _one_sequence_step(config, np.array([[6]]), padded, None)                   # left padding in the cache
+    assert not _one_row_step(config, np.array([[6]]), padded, None)                   # left padding in the cache
     full = KVCache.allocate(config, 1, 3)
     forward(params, config, np.array([[3, 4, 5]]), cache=full)
-    assert not _one_sequence_step(config, np.array([[6]]), full, None)
+    assert not _one_row_step(config, np.array([[6]]), full, None)
     with pytest.raises(NumgptError, match="KV cache full"):
         forward(params, config, np.array([[6]]), cache=full)
 
@@ -439,7 +432,7 @@ def test_batch1_cached_decode_matches_transformers_small(hf_small_ckpt, for_infe
     logits = forward(params, config, ids, cache=cache)
     for _ in range(steps):
         nxt = logits.argmax(-1)[:, None]                       # [1, V] -> [1, 1]
-        assert _one_sequence_step(config, nxt, cache, None)
+        assert _one_row_step(config, nxt, cache, None)
         ids = np.concatenate([ids, nxt], axis=1)
         logits = forward(params, config, nxt, cache=cache)
         np.testing.assert_allclose(logits, hf_logits(hf_small_ckpt, ids)[:, -1], atol=ATOL_HF, rtol=0)

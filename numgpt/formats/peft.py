@@ -31,6 +31,7 @@ import numpy as np
 
 from ..atomic import write_bytes_atomically
 from ..errors import NumgptError
+from ..ops import stored_out_in
 from .hf import CLASSIFIER_HEAD, not_a_language_model
 from .safetensors import read_header, read_safetensors, write_safetensors
 
@@ -153,7 +154,7 @@ def merged_weight(w: np.ndarray, a: np.ndarray, bm: np.ndarray, scale: float) ->
     """w + scale * a @ bm, [in, out], in w's memory layout (numgpt.load's [out, in] copies stay so, for
     decode speed; a plain [in, out] array stays plain)."""
     delta = (a @ bm) * np.float32(scale)                       # [in, r] x [r, out] -> [in, out]
-    if w.T.flags.c_contiguous and not w.flags.c_contiguous:
+    if stored_out_in(w):
         merged_t = np.array(w.T, np.float32)                   # [out, in], C-ordered
         merged_t += delta.T
         return merged_t.T
