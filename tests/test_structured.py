@@ -16,7 +16,7 @@ import numgpt
 from numgpt.errors import NumgptError
 from numgpt.generate import GenerationOptions, generate_completions
 from numgpt.sampling import RULES, SamplingOptions, process_logits
-from numgpt.structured import build_constraint, compile_regex, schema_to_regex
+from numgpt.structured import build_constraint, check_structured, compile_regex, schema_to_regex
 from numgpt.structured.regex import DEAD, compile_tree, parse
 from numgpt.structured.schema import integer_range
 
@@ -103,6 +103,24 @@ def test_a_bad_regex_is_refused_in_one_line(pattern, message):
 def test_too_many_states_is_refused_in_one_line():
     with pytest.raises(NumgptError, match=r"too large: its automaton passes 50 states"):
         compile_regex(r"[a-z]{100}", max_states=50)
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("(?:(?:ab{1000}){1000}){1000}", "too large: spelled out, its repeats come to about 4,005,001,001 states"),
+    ("(" * 101 + "a" + ")" * 101, "groups nested more than 100 deep"),
+    ("(" * 5000 + "a" + ")" * 5000, "groups nested more than 100 deep"),
+    ("a" * 200_001, "the regex is too large: 200,001 characters")])
+def test_a_regex_that_would_take_the_memory_is_refused_before_building(pattern, message):
+    """Nested bounded repeats multiply when spelled out, and deep nesting recursed past Python's limit: each
+    is refused in one line, quickly, before the automaton is built."""
+    with pytest.raises(NumgptError, match=re.escape(message)) as e:
+        compile_regex(pattern)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_an_error_quotes_the_regex_as_written():
+    with pytest.raises(NumgptError, match=re.escape("the regex '[^\\s\\S]'")):
+        check_structured(regex=r"[^\s\S]")
 
 
 # ---- the token automaton --------------------------------------------------------------------------------
@@ -274,6 +292,41 @@ def test_unsupported_keywords_are_refused_by_name(schema, keyword, gpt2_tokenize
 def test_a_schema_no_text_satisfies_is_refused(schema, gpt2_tokenizer):
     with pytest.raises(NumgptError, match="no text satisfies"):
         build_constraint(gpt2_tokenizer, json_schema=schema)
+
+
+def nested_arrays(depth: int, max_items: int | None) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema, **({} if max_items is None else {"maxItems": max_items})}
+    return schema
+
+
+@pytest.mark.parametrize("schema, message", [
+    (nested_arrays(20, None), "the JSON schema is too large: at #/items/items"),     # its regex doubled a level
+    (nested_arrays(300, 1), "nests objects, arrays and anyOf more than 32 deep"),
+    ({"type": "integer", "minimum": 1e308}, "integer bounds are supported up to 1e30"),
+    ({"type": "object", "additionalProperties": 5}, "additionalProperties at # must be true, false or a schema"),
+    ({"const": float("inf")}, "const at # holds inf, which is not a JSON value"),
+    ({"enum": [1, float("nan")]}, "enum at # holds nan")])
+def test_a_schema_beyond_the_limits_is_refused_in_one_line(schema, message):
+    with pytest.raises(NumgptError, match=re.escape(message)) as e:
+        check_structured(json_schema=schema)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_nested_arrays_of_one_item_grow_linearly():
+    """maxItems 1 writes the item once: 30 levels stay a small regex, and every match is valid."""
+    schema = nested_arrays(30, 1)
+    assert len(schema_to_regex(schema)) < 5_000
+    dfa = check_structured(json_schema=schema)
+    value = "[" * 30 + "7" + "]" * 30
+    assert dfa.matches(value) and not dfa.matches("[" * 29 + "7" + "]" * 29)
+    jsonschema.validate(json.loads(value), schema)
+
+
+def test_a_ref_is_percent_decoded_as_a_uri_fragment():
+    schema = {"$defs": {"a b": {"type": "integer"}}, "$ref": "#/$defs/a%20b"}
+    assert check_structured(json_schema=schema).matches("12")
 
 
 def test_a_schema_too_large_is_refused_in_one_line(gpt2_tokenizer):

@@ -191,12 +191,12 @@ def structured_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from ..structured import compile_regex, schema_to_regex
+    from ..structured import check_structured
     regex, schema_file = getattr(args, "regex", None), getattr(args, "json_schema", None)
     if regex is not None and schema_file is not None:
         raise NumgptError("--regex and --json-schema both constrain the text: give one of them")
     if regex is not None:
-        compile_regex(regex)
+        check_structured(regex=regex)
         return {"regex": regex}
     if schema_file is None:
         return {}
@@ -206,5 +206,5 @@ def structured_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise NumgptError(f"cannot read --json-schema {schema_file}: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise NumgptError(f"--json-schema {schema_file} is not JSON: {e}") from None
-    compile_regex(schema_to_regex(schema))
+    check_structured(json_schema=schema)
     return {"json_schema": schema}

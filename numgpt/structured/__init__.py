@@ -20,11 +20,11 @@ from collections.abc import Collection
 
 from ..errors import NumgptError
 from .automaton import Constraint, TokenAutomaton, token_bytes_of
-from .regex import DFA, MAX_STATES, RegexError, compile_regex, compile_tree, parse
+from .regex import DFA, MAX_STATES, RegexError, compile_regex, compile_tree, parse, shown
 from .schema import SchemaError, json_object, schema_to_regex
 
-__all__ = ["Constraint", "DFA", "RegexError", "SchemaError", "TokenAutomaton", "build_constraint", "compile_regex",
-           "schema_to_regex"]
+__all__ = ["Constraint", "DFA", "RegexError", "SchemaError", "TokenAutomaton", "build_constraint", "check_structured",
+           "compile_regex", "schema_to_regex"]
 
 _AUTOMATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # tokenizer -> {key: TokenAutomaton}
 _LOCK = threading.Lock()
@@ -41,6 +41,36 @@ def build_constraint(tokenizer, *, regex: str | None = None, json_schema=None, j
     fewer ids than the tokenizer. The automaton is kept per tokenizer (the 32 latest), so a schema used
     again reuses the allowed-token sets it already computed. Errors are one-line NumgptErrors.
     """
+    pattern, what = _pattern(regex, json_schema, json_object_mode)
+    ends = tuple(sorted({tokenizer.eot_id} - {None} if end_ids is None else set(end_ids)))
+    key = (pattern, ends, vocab_size, max_states)
+    with _LOCK:
+        kept = _AUTOMATA.setdefault(tokenizer, {})
+        automaton = kept.pop(key, None)
+    if automaton is None:
+        dfa = _compile(pattern, what, max_states)
+        automaton = TokenAutomaton(dfa, token_bytes_of(tokenizer, vocab_size), ends)
+        if automaton.complete(0):
+            raise RegexError(f"only the empty text satisfies {what}: there is nothing to generate")
+    with _LOCK:
+        kept[key] = automaton                                           # newest last
+        while len(kept) > _KEPT:
+            kept.pop(next(iter(kept)))
+    return Constraint(automaton, what if regex is None else f"regex {shown(regex)}")
+
+
+def check_structured(*, regex: str | None = None, json_schema=None, json_object_mode: bool = False,
+                     max_states: int = MAX_STATES) -> DFA:
+    """The DFA `build_constraint` would lift to tokens, without a tokenizer: what the CLI checks before a
+    model loads (the same one-line errors)."""
+    pattern, what = _pattern(regex, json_schema, json_object_mode)
+    return _compile(pattern, what, max_states)
+
+
+def _pattern(regex: str | None, json_schema, json_object_mode: bool) -> tuple[str, str]:
+    """(the regex, how errors name it) of exactly one of the three ways to constrain a text."""
+    if json_object_mode not in (True, False):
+        raise NumgptError(f"json_object must be True or False, got {json_object_mode!r}")
     given = [name for name, v in (("regex", regex), ("json_schema", json_schema)) if v is not None]
     given += ["json_object"] if json_object_mode else []
     if len(given) != 1:
@@ -49,23 +79,17 @@ def build_constraint(tokenizer, *, regex: str | None = None, json_schema=None, j
     if regex is not None:
         if not isinstance(regex, str):
             raise RegexError(f"regex must be a string, got {type(regex).__name__}")
-        pattern, what = regex, f"the regex {regex!r}"
-    elif json_schema is not None:
-        pattern, what = schema_to_regex(json_schema), "the JSON schema"
-    else:
-        pattern, what = json_object(), "json_object"
-    ends = tuple(sorted({tokenizer.eot_id} - {None} if end_ids is None else set(end_ids)))
-    key = (pattern, ends, vocab_size, max_states)
-    with _LOCK:
-        kept = _AUTOMATA.setdefault(tokenizer, {})
-        automaton = kept.pop(key, None)
-    if automaton is None:
-        dfa = compile_tree(parse(pattern), pattern=pattern, max_states=max_states, what=what)
-        automaton = TokenAutomaton(dfa, token_bytes_of(tokenizer, vocab_size), ends)
-        if automaton.complete(0):
-            raise RegexError(f"only the empty text satisfies {what}: there is nothing to generate")
-    with _LOCK:
-        kept[key] = automaton                                           # newest last
-        while len(kept) > _KEPT:
-            kept.pop(next(iter(kept)))
-    return Constraint(automaton, what if regex is None else f"regex {regex!r}")
+        return regex, f"the regex {shown(regex)}"
+    if json_schema is not None:
+        try:
+            return schema_to_regex(json_schema), "the JSON schema"
+        except RecursionError:
+            raise SchemaError("the JSON schema is nested too deeply") from None
+    return json_object(), "json_object"
+
+
+def _compile(pattern: str, what: str, max_states: int) -> DFA:
+    try:
+        return compile_tree(parse(pattern), pattern=pattern, max_states=max_states, what=what)
+    except RecursionError:                       # a backstop: the parser and the schema limit nesting first
+        raise RegexError(f"{what} is nested too deeply") from None

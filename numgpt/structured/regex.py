@@ -35,6 +35,9 @@ MAX_CODE_POINT = 0x10FFFF
 SURROGATES = (0xD800, 0xDFFF)          # not characters: UTF-8 cannot spell them
 MAX_STATES = 20_000                     # DFA states at most: beyond it a pattern is refused as too large
 MAX_REPEAT = 1_000                      # the largest {m,n} bound (each copy is spelled out)
+MAX_NFA_STATES = 1_000_000              # the NFA's states at most, repeats spelled out (nested ones multiply)
+MAX_DEPTH = 100                         # groups nested at most this deep
+MAX_PATTERN = 200_000                   # characters of a pattern at most
 DEAD = -1                               # "no transition" in a DFA's table
 
 Ranges = tuple[tuple[int, int], ...]    # sorted, disjoint, inclusive code-point ranges
@@ -143,10 +146,10 @@ class _Parser:
     """Recursive descent over the pattern text: alternation > concatenation > repetition > atom."""
 
     def __init__(self, pattern: str):
-        self.text, self.i = pattern, 0
+        self.text, self.i, self.depth = pattern, 0, 0
 
     def fail(self, what: str) -> RegexError:
-        return RegexError(f"invalid regex {self.text!r} at position {self.i}: {what}")
+        return RegexError(f"invalid regex {shown(self.text)} at position {self.i}: {what}")
 
     def peek(self) -> str | None:
         return self.text[self.i] if self.i < len(self.text) else None
@@ -257,7 +260,11 @@ class _Parser:
                 raise self.fail("backreferences are not supported")
             else:
                 raise self.fail(f"the group (?{kind}...) (inline flags, conditionals) is not supported")
+        if self.depth == MAX_DEPTH:
+            raise self.fail(f"groups nested more than {MAX_DEPTH} deep")
+        self.depth += 1
         node = self.alternation()
+        self.depth -= 1
         if self.peek() != ")":
             raise self.fail("missing ')'")
         self.i += 1
@@ -331,7 +338,33 @@ def parse(pattern: str):
     """The syntax tree of `pattern` (RegexError, one line, if it is invalid or unsupported)."""
     if not isinstance(pattern, str):
         raise RegexError(f"a regex must be a string, got {type(pattern).__name__}")
+    if len(pattern) > MAX_PATTERN:
+        raise RegexError(f"the regex is too large: {len(pattern):,} characters, at most {MAX_PATTERN:,}")
     return _Parser(pattern).parse()
+
+
+def shown(pattern: str, limit: int = 80) -> str:
+    """A pattern as an error message quotes it: as written (no doubled backslashes), cut short if long."""
+    return "'" + (pattern if len(pattern) <= limit else pattern[:limit - 3] + "...") + "'"
+
+
+def nfa_size(node, sizes: dict[int, int] | None = None) -> int:
+    """About how many states `_NFA.build` makes for a syntax tree: repeats spelled out, so nested bounded
+    repeats multiply (a{1000}{1000} is a million). Checked before building, which would take the memory."""
+    sizes = {} if sizes is None else sizes
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if isinstance(node, Chars):
+        size = 1 + 3 * len(node.ranges)
+    elif isinstance(node, Concat):
+        size = sum(nfa_size(p, sizes) for p in node.parts)
+    elif isinstance(node, Alternate):
+        size = 1 + sum(1 + nfa_size(o, sizes) for o in node.options)
+    else:
+        inner = nfa_size(node.node, sizes)
+        size = node.low * inner + (1 + inner if node.high is None else 1 + (node.high - node.low) * inner)
+    sizes[id(node)] = size
+    return size
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,7 +547,11 @@ def trim(table: np.ndarray, accepting: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def compile_tree(tree, *, pattern: str = "", max_states: int = MAX_STATES, what: str | None = None) -> DFA:
     """A syntax tree -> its trimmed DFA; RegexError if no text matches or it passes max_states."""
-    what = what or f"the regex {pattern!r}"
+    what = what or f"the regex {shown(pattern)}"
+    size = nfa_size(tree)
+    if size > MAX_NFA_STATES:
+        raise RegexError(f"{what} is too large: spelled out, its repeats come to about {size:,} states (at most "
+                         f"{MAX_NFA_STATES:,}); smaller or fewer nested bounded repeats help: maxLength, maxItems, {{m,n}}")
     nfa = _NFA()
     start = nfa.state()
     end = nfa.build(tree, start)

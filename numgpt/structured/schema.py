@@ -31,6 +31,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote
 
 from ..errors import NumgptError
 from .regex import Alternate, Chars, Concat, RegexError, Repeat, complement, normalize, parse
@@ -49,6 +50,10 @@ BOOLEAN = "(?:true|false)"
 NULL = "null"
 ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "examples", "default"}
 MAX_LENGTH = 1000                          # a string's maxLength / an array's maxItems at most (spelled out)
+MAX_REGEX = 100_000                        # characters of a schema's regex at most (arrays nested in arrays
+                                           # write their item twice: the text doubles a level)
+MAX_NESTING = 32                           # objects, arrays and anyOfs nested at most this deep
+MAX_INTEGER_BOUND = 10 ** 30               # integer minimum/maximum at most this far from 0
 
 
 class SchemaError(NumgptError):
@@ -139,7 +144,8 @@ class _Empty(Exception):
 def _refuse(where: str, keyword: str, why: str = "is not supported") -> SchemaError:
     return SchemaError(f"the JSON schema keyword {keyword!r} at {where} {why} (structured outputs support "
                        "type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, "
-                       "pattern, minLength, maxLength, integer minimum/maximum, anyOf, local $ref)")
+                       "pattern, minLength, maxLength, integer minimum/maximum/exclusiveMinimum/exclusiveMaximum, "
+                       "anyOf, local $ref)")
 
 
 def _count(where: str, schema: Mapping, keyword: str, default: int | None) -> int | None:
@@ -153,8 +159,21 @@ def _count(where: str, schema: Mapping, keyword: str, default: int | None) -> in
     return value
 
 
-def schema_regex(schema, where: str = "#") -> str:
-    """The regex of the JSON texts valid against `schema` (see the module docstring for the subset)."""
+def schema_regex(schema, where: str = "#", depth: int = 0) -> str:
+    """The regex of the JSON texts valid against `schema` (see the module docstring for the subset), at
+    `depth` objects, arrays and anyOfs down; refused when nested too deep or its regex gets too large."""
+    if depth > MAX_NESTING:
+        raise SchemaError(f"the JSON schema nests objects, arrays and anyOf more than {MAX_NESTING} deep (at "
+                          f"{where if len(where) <= 80 else where[:77] + '...'})")
+    regex = _schema_regex(schema, where, depth)
+    if len(regex) > MAX_REGEX:
+        raise SchemaError(f"the JSON schema is too large: at {where} its regular expression passes {MAX_REGEX:,} "
+                          "characters (arrays of arrays write their items twice a level: give fewer levels, or "
+                          "maxItems 1)")
+    return regex
+
+
+def _schema_regex(schema, where: str, depth: int) -> str:
     if schema is True or schema == {}:
         return json_value(JSON_DEPTH)
     if schema is False:
@@ -174,7 +193,8 @@ def schema_regex(schema, where: str = "#") -> str:
         options = schema["anyOf"]
         if not isinstance(options, list) or not options:
             raise SchemaError(f"anyOf at {where} must be a non-empty list of schemas")
-        return _alternatives([lambda k=k, s=s: schema_regex(s, f"{where}/anyOf/{k}") for k, s in enumerate(options)])
+        return _alternatives([lambda k=k, s=s: schema_regex(s, f"{where}/anyOf/{k}", depth + 1)
+                              for k, s in enumerate(options)])
     if "const" in schema or "enum" in schema:
         return _enum(schema, where)
     types = schema.get("type")
@@ -185,7 +205,7 @@ def schema_regex(schema, where: str = "#") -> str:
         return json_value(JSON_DEPTH)
     names = types if isinstance(types, list) else [types]
     builders = {"object": _object, "array": _array, "string": _string, "integer": _integer,
-                "number": _number, "boolean": lambda s, w: BOOLEAN, "null": lambda s, w: NULL}
+                "number": _number, "boolean": lambda s, w, d: BOOLEAN, "null": lambda s, w, d: NULL}
     for name in names:
         if name not in builders:
             raise SchemaError(f"type at {where} must be one of {', '.join(builders)} (or a list of them), got {name!r}")
@@ -198,7 +218,7 @@ def schema_regex(schema, where: str = "#") -> str:
                 raise _refuse(where, keyword, "does not apply to these types")
             if keyword in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} and "number" in names:
                 raise _refuse(where, keyword, "on a number is not supported (only on integers: exact bounds)")
-    return _alternatives([lambda n=n: builders[n](schema, where) for n in names])
+    return _alternatives([lambda n=n: builders[n](schema, where, depth) for n in names])
 
 
 def _alternatives(builders) -> str:
@@ -217,6 +237,12 @@ def _enum(schema: Mapping, where: str) -> str:
     values = [schema["const"]] if "const" in schema else schema["enum"]
     if not isinstance(values, list):
         raise SchemaError(f"enum at {where} must be a list of values, got {type(values).__name__}")
+    for v in values:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (ValueError, TypeError):
+            raise SchemaError(f"{'const' if 'const' in schema else 'enum'} at {where} holds {v!r}, which is not "
+                              "a JSON value") from None
     extra = [k for k in schema if k not in ANNOTATIONS | {"const", "enum", "type"}]
     if extra:
         raise _refuse(where, extra[0], "beside enum/const is not supported")
@@ -241,8 +267,11 @@ def json_types(value) -> set[str]:
     return {str: {"string"}, type(None): {"null"}, list: {"array"}, dict: {"object"}}.get(type(value), set())
 
 
-def _object(schema: Mapping, where: str) -> str:
+def _object(schema: Mapping, where: str, depth: int) -> str:
     properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", False)
+    if not isinstance(extra, (bool, Mapping)):
+        raise SchemaError(f"additionalProperties at {where} must be true, false or a schema, got {extra!r}")
     if not isinstance(properties, Mapping):
         raise SchemaError(f"properties at {where} must be an object of schemas")
     required = schema.get("required", [])
@@ -258,7 +287,8 @@ def _object(schema: Mapping, where: str) -> str:
     for name, sub in properties.items():
         key = literal(name)
         try:
-            members.append((f"{key}{WS}:{WS}{schema_regex(sub, f'{where}/properties/{name}')}", name in required))
+            members.append((f"{key}{WS}:{WS}{schema_regex(sub, f'{where}/properties/{name}', depth + 1)}",
+                            name in required))
         except _Empty:
             if name in required:
                 raise
@@ -279,7 +309,7 @@ def _members(members: list[tuple[str, bool]], i: int, written: bool) -> str:
     return f"(?:{present}|{_members(members, i + 1, False)})"
 
 
-def _array(schema: Mapping, where: str) -> str:
+def _array(schema: Mapping, where: str, depth: int) -> str:
     low = _count(where, schema, "minItems", 0)
     high = _count(where, schema, "maxItems", None)
     items = schema.get("items", True)
@@ -288,7 +318,7 @@ def _array(schema: Mapping, where: str) -> str:
     if high is not None and high < low:
         raise _Empty()
     try:
-        item = schema_regex(items, f"{where}/items")
+        item = schema_regex(items, f"{where}/items", depth + 1)
     except _Empty:
         if low > 0:
             raise
@@ -297,12 +327,12 @@ def _array(schema: Mapping, where: str) -> str:
     if high == 0:
         return rf"\[{WS}\]"
     more_low = max(low - 1, 0)
-    more = f"(?:{sep}{item}){{{more_low},{'' if high is None else high - 1}}}"
+    more = "" if high == 1 else f"(?:{sep}{item}){{{more_low},{'' if high is None else high - 1}}}"
     body = f"{item}{more}{WS}"
     return rf"\[{WS}{body}\]" if low > 0 else rf"\[{WS}(?:{body})?\]"
 
 
-def _string(schema: Mapping, where: str) -> str:
+def _string(schema: Mapping, where: str, depth: int) -> str:
     low = _count(where, schema, "minLength", 0)
     high = _count(where, schema, "maxLength", None)
     if high is not None and high < low:
@@ -314,7 +344,7 @@ def _string(schema: Mapping, where: str) -> str:
     return f'"{STRING_CHAR}{{{low},{"" if high is None else high}}}"'
 
 
-def _integer(schema: Mapping, where: str) -> str:
+def _integer(schema: Mapping, where: str, depth: int) -> str:
     low, high = None, None
     for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         if keyword not in schema:
@@ -322,6 +352,9 @@ def _integer(schema: Mapping, where: str) -> str:
         value = schema[keyword]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise SchemaError(f"{keyword} at {where} must be a number, got {value!r}")
+        if abs(value) > MAX_INTEGER_BOUND:
+            raise SchemaError(f"{keyword} at {where} is {value!r}: integer bounds are supported up to 1e30 either "
+                              "side of 0")
         if keyword == "minimum":
             bound = math.ceil(value)
         elif keyword == "exclusiveMinimum":
@@ -337,7 +370,7 @@ def _integer(schema: Mapping, where: str) -> str:
     return integer_range(low, high)
 
 
-def _number(schema: Mapping, where: str) -> str:
+def _number(schema: Mapping, where: str, depth: int) -> str:
     for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         if keyword in schema:
             raise _refuse(where, keyword, "on a number is not supported (only on integers, where the bound "
@@ -413,7 +446,7 @@ def inline_refs(node, root, where: str = "#", seen: tuple[str, ...] = ()):
         if ref in seen:
             raise _refuse(where, "$ref", f"to {ref!r} is recursive: no regular expression follows it")
         target = root
-        for part in [p.replace("~1", "/").replace("~0", "~") for p in ref[1:].split("/") if p]:
+        for part in [unquote(p).replace("~1", "/").replace("~0", "~") for p in ref[1:].split("/") if p]:
             if not isinstance(target, Mapping) or part not in target:
                 raise _refuse(where, "$ref", f"to {ref!r} points at nothing in the schema")
             target = target[part]
