@@ -395,10 +395,13 @@ def same_tokenizer(a: Any, b: Any) -> bool:
 
 def check_draft_model(model: LanguageModel, draft: LanguageModel) -> None:
     """A draft model for speculative decoding must share the model's tokenizer and vocabulary (one line if not)."""
-    if not same_tokenizer(model.tokenizer, draft.tokenizer) or draft.config.vocab_size != model.config.vocab_size:
-        raise NumgptError(f"the draft model {draft.folder or ''} has another tokenizer or vocabulary "
-                          f"({draft.config.vocab_size} tokens, the model {model.config.vocab_size}): a draft "
-                          "model must share the model's tokenizer")
+    name = f"the draft model {draft.folder}" if draft.folder else "the draft model"
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise NumgptError(f"{name} has a vocabulary of {draft.config.vocab_size} tokens, the model "
+                          f"{model.config.vocab_size}: a draft model must share the model's tokenizer")
+    if not same_tokenizer(model.tokenizer, draft.tokenizer):
+        raise NumgptError(f"{name} has another tokenizer (the same {draft.config.vocab_size} ids, other tokens or "
+                          "merges): a draft model must share the model's tokenizer")
 
 
 def checked_options(options: dict[str, Any]) -> GenerationOptions:

@@ -56,7 +56,7 @@ class SpeculativeStats:
     """What speculation did for one sequence."""
 
     drafted: int = 0     # draft tokens proposed to the target
-    accepted: int = 0    # of those, kept
+    accepted: int = 0    # of those, kept and output (not the ones after a stop string met inside them)
     forwards: int = 0    # target forwards this sequence took part in, the prefill included
     tokens: int = 0      # tokens generated
 

@@ -5,6 +5,7 @@ the target's (chi-square over many seeds against probabilities computed from the
 cache's rollback and compaction; the drafters; bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +233,20 @@ def test_stop_strings_end_inside_an_accepted_run():
     assert (got.text, got.finish_reason, got.token_ids) == (plain.text, plain.finish_reason, plain.token_ids)
 
 
+def test_drafts_after_a_stop_are_not_counted_as_accepted():
+    """The built-in model repeats "I'll tell thee," here, and prompt lookup copies it; the stop string ends
+    the text in the middle of a kept run of drafts. Drafts after the stop were never output, so they are not
+    `accepted`: the output is the accepted drafts plus each forward's own token, except the last forward's,
+    which the stop dropped (forwards + accepted = tokens + 1; 3 accepted were counted before, one too many)."""
+    lm = numgpt.load()
+    prompt, stop = "ROMEO:\nI will", "\nI'll te"
+    plain = lm.completions(prompt, max_new_tokens=60, do_sample=False, stop=[stop])[0]
+    got = lm.completions(prompt, max_new_tokens=60, do_sample=False, stop=[stop], speculative="ngram", num_draft=8)[0]
+    assert (got.text, got.finish_reason, got.token_ids) == (plain.text, plain.finish_reason, plain.token_ids)
+    s = got.speculative
+    assert s.tokens == len(got.token_ids) and s.forwards + s.accepted == s.tokens + 1
+
+
 # ---- sampling: the target's distribution ---------------------------------------------------------------
 
 def exact_joint(params, config, prompt, sampling, n_tokens):
@@ -342,10 +357,25 @@ def test_a_draft_with_another_vocabulary_or_short_context_is_refused(pair, hf_mo
     with pytest.raises(NumgptError, match="draft model's context"):
         generate_ids(params, config, [[1, 2]], max_new_tokens=20, sampling=GREEDY, speculative=s)
     _, gpt2_vocab = hf_models
-    with pytest.raises(NumgptError, match="another tokenizer or vocabulary"):
+    with pytest.raises(NumgptError, match="has a vocabulary of 1024 tokens, the model 50257"):
         gpt2_vocab.generate("hello", speculative="draft", draft_model=numgpt.load(), max_new_tokens=3)
     with pytest.raises(NumgptError, match="draft_model applies only with speculative='draft'"):
         gpt2_vocab.generate("hello", speculative="ngram", draft_model=gpt2_vocab, max_new_tokens=3)
+
+
+def test_a_draft_with_the_same_vocabulary_size_but_other_tokens_is_refused(tmp_path):
+    """The built-in model's folder with two tokens' ids swapped in vocab.json: 1024 ids each, other tokens."""
+    import shutil
+    from numgpt.lm import check_draft_model
+    folder = tmp_path / "swapped"
+    shutil.copytree(Path(numgpt.__file__).parent / "assets" / "model", folder)
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(NumgptError, match=r"the draft model \S+swapped has another tokenizer \(the same 1024 ids, "
+                                          r"other tokens or merges\)"):
+        check_draft_model(numgpt.load(), numgpt.load(folder))
 
 
 def test_stats_add_up():
@@ -385,7 +415,8 @@ def test_generate_speculative_prints_the_same_text_and_statistics(capsys):
     (["--draft-model", "builtin"], "--draft-model applies only with --speculative draft"),
     (["--num-draft", "3"], "--num-draft applies only with speculative decoding: add --speculative ngram"),
     (["--speculative", "ngram", "--sliding-window"], "cannot be combined with --sliding-window"),
-    (["--speculative", "draft", "--draft-model", "chat"], "another tokenizer or vocabulary"),
+    (["--speculative", "draft", "--draft-model", "chat"], "has a vocabulary of 2048 tokens, the model 1024"),
+    (["--speculative", "draft", "--draft-model", "/nonexistent"], "--draft-model: /nonexistent: no such folder"),
 ])
 def test_generate_bad_speculative_flags_are_one_line(capsys, argv, message):
     code, out, err = run_cli(capsys, "generate", "-n", "5", *argv, "ROMEO:")
@@ -476,4 +507,4 @@ def test_serve_refuses_a_draft_model_with_another_tokenizer():
     out = subprocess.run([sys.executable, "-m", "numgpt", "serve", "--port", "0", "--speculative", "draft",
                           "--draft-model", "chat"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "another tokenizer or vocabulary" in out.stderr
+    assert "has a vocabulary of 2048 tokens, the model 1024" in out.stderr

@@ -200,6 +200,14 @@ def load_model(args):
                 adapter=getattr(args, "adapter", None))
 
 
+def load_draft_model(name: str):
+    """The LanguageModel of --draft-model (as load_model loads --model); its errors say they are the draft's."""
+    try:
+        return load_model(argparse.Namespace(model=name))
+    except NumgptError as e:
+        raise NumgptError(f"--draft-model: {e}") from None
+
+
 def model_folder(args) -> Path:
     from ..formats import hf_cache_dir, resolve_model
     from ..lm import builtin_model_folder
@@ -253,7 +261,7 @@ def run_generate(args) -> int:
     samples = GenerationOptions.from_mapping(options).num_return_sequences
     options.update(structured)
     if args.draft_model is not None:
-        options["draft_model"] = load_model(argparse.Namespace(model=args.draft_model))
+        options["draft_model"] = load_draft_model(args.draft_model)
     out = sys.stdout
     if args.echo and not args.json:
         out.write(prompt)

@@ -143,8 +143,8 @@ def add_speculative_flags(parser: argparse.ArgumentParser) -> argparse._Argument
     from ..generate import DEFAULT_NUM_DRAFT
     from ..speculative import METHODS
 
-    group = parser.add_argument_group("speculative decoding (the same text as without it, in fewer forwards of "
-                                      "the model)")
+    group = parser.add_argument_group("speculative decoding (fewer forwards of the model: greedy gives the same "
+                                      "tokens as without it, sampling the same distribution)")
     group.add_argument("--speculative", choices=METHODS, default=None,
                        help="ngram: draft tokens by copying what followed the last words earlier in the prompt "
                             "and output (prompt lookup); draft: draft them with --draft-model")

@@ -16,7 +16,7 @@ import sys
 
 from ..embeddings import POOLINGS
 from ..errors import NumgptError
-from .inference_commands import MODEL_HELP, _add_adapter, load_model
+from .inference_commands import MODEL_HELP, _add_adapter, load_draft_model, load_model
 from .options import add_speculative_flags, speculative_kwargs
 
 SERVE_DESCRIPTION = """\
@@ -50,7 +50,7 @@ examples:
   numgpt serve --model gpt2 --adapter runs/lora/adapter   GPT-2 with a LoRA adapter merged in
   numgpt serve --embedding-pooling last          /v1/embeddings gives the last token's hidden state
   NUMGPT_API_KEY=s3cret numgpt serve --host 0.0.0.0   reachable from other machines: keep a key
-  numgpt serve --speculative ngram --num-draft 4   prompt lookup: the same text in fewer forwards; the
+  numgpt serve --speculative ngram --num-draft 4   prompt lookup: greedy text unchanged, fewer forwards; the
                                                  response's usage.speculative says what it did
 
 then:
@@ -103,7 +103,7 @@ def load_draft(args: argparse.Namespace, lm, speculative: dict) -> dict:
         check_num_draft(speculative["num_draft"], lm.config)
     draft = None
     if args.draft_model is not None:
-        draft = load_model(argparse.Namespace(model=args.draft_model))
+        draft = load_draft_model(args.draft_model)
         check_draft_model(lm, draft)
     return {**speculative, "draft_model": draft}
 
