@@ -119,9 +119,11 @@ class Finisher:
         """The completion's text so far (cut before a stop string)."""
         return self.stopper.text
 
-    def add(self, token: int) -> bool:
+    def add(self, token: int, *, whole: bool = False) -> bool:
         """Take the token just drawn; False if it is the end-of-text token (not part of the completion).
-        Sets `reason` when this token ends the sequence ("eos", "stop" or "length")."""
+        Sets `reason` when this token ends the sequence ("eos", "stop" or "length"). whole: the token
+        completes a structured output that no token can extend (Constraint.completed_by), which ends the
+        sequence as the end-of-text token would, even when it is the last one max_new_tokens allows."""
         stopper = self.stopper
         if token in self.eos_ids:
             self.end("eos")
@@ -130,6 +132,8 @@ class Finisher:
         stopper.push(token)
         if stopper.finished:
             self.reason = "stop"
+        elif whole:
+            self.end("eos")
         elif self.generated >= self.max_new_tokens:
             self.end("length")
         return True

@@ -481,15 +481,14 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
         stopped = []
         for i, t, lp in zip(running.tolist(), tokens.tolist(), chosen):
             f = finishers[i]
-            if f.add(t):
+            constraint = options.sampling.constraint
+            whole = constraint is not None and constraint.completed_by(token_ids[i], t)   # structured: done
+            if f.add(t, whole=whole):
                 token_ids[i].append(t)
                 if lp is not None:
                     logprobs[i].append(lp)
             else:
                 lp = None                                   # the end-of-text token is not reported
-            constraint = options.sampling.constraint
-            if f.reason is None and constraint is not None and constraint.complete(token_ids[i]):
-                f.end("eos")                                # a whole match no token can extend (structured)
             if f.reason is not None:
                 stopped.append(i)
             yield Piece(i, f.release(), lp)

@@ -263,7 +263,10 @@ class LanguageModel:
         options = dict(options)
         draft = options.pop("draft_model", None)
         structured = {k: options.pop(k) for k in ("regex", "json_schema", "json_object") if k in options}
+        structured = {k: v for k, v in structured.items() if v is not None and v is not False}   # None: not given
         if structured:
+            if options.get("constraint") is not None:
+                raise NumgptError(f"give constraint= or {' and '.join(f'{k}=' for k in structured)}, not both")
             options["constraint"] = self.constraint(**structured, stop_at_eos=options.get("stop_at_eos", True))
         opts = checked_options(options)
         if draft is None:

@@ -518,6 +518,24 @@ def test_the_language_model_takes_regex_json_schema_and_json_object(lm):
         lm.generate("x", regex="a", json_object=True)
     with pytest.raises(NumgptError, match="speculative decoding cannot be combined with a constraint"):
         lm.generate("x", regex="a+", speculative="ngram")
+    assert lm.generate("x", regex=None, json_schema=None, json_object=False, max_new_tokens=3, seed=0) == \
+        lm.generate("x", max_new_tokens=3, seed=0)                          # None / False: not given
+    with pytest.raises(NumgptError, match="json_object must be True or False, got 'yes'"):
+        lm.generate("x", json_object="yes")
+    with pytest.raises(NumgptError, match="give constraint= or regex=, not both"):
+        lm.generate("x", constraint=lm.constraint(regex="b"), regex="a")
+
+
+def test_a_match_made_by_the_last_allowed_token_ends_as_eos(lm):
+    """Six digits are whole after the sixth, and nothing can follow: the text ends there as "eos" even when
+    that token is the last max_new_tokens allows (it was reported as "length", which tells a client the
+    text may be cut); one token fewer is cut short, "length"."""
+    n = len(lm.completions("Code:", regex="[0-9]{6}", max_new_tokens=10, seed=1)[0].token_ids)
+    assert n >= 2                                           # GPT-2's tokens hold at most 3 digits
+    (short,) = lm.completions("Code:", regex="[0-9]{6}", max_new_tokens=n - 1, seed=1)
+    assert short.finish_reason == "length" and not re.fullmatch("[0-9]{6}", short.text)
+    (c,) = lm.completions("Code:", regex="[0-9]{6}", max_new_tokens=n, seed=1)
+    assert c.finish_reason == "eos" and re.fullmatch("[0-9]{6}", c.text)
 
 
 def test_ignore_eos_ends_where_nothing_can_follow(lm):

@@ -395,14 +395,13 @@ class Engine:
                                     previous=[seq.tokens], generated=[seq.generated])[0])
         lp = token_logprob_rows(row[None], np.asarray([token]), r.logprobs)[0] if r.logprobs is not None else None
         self.stats.tokens_generated += 1
-        if seq.finisher.add(token):           # not the end-of-text token: reported with the text it freed
+        constraint = r.sampling.constraint
+        whole = constraint is not None and constraint.completed_by(seq.generated, token)   # structured: done
+        if seq.finisher.add(token, whole=whole):   # not the end-of-text token: reported with the text it freed
             seq.tokens.append(token)
             seq.generated.append(token)
             seq.ticket.deliver(Generated(token, seq.finisher.release(), lp))
             seq.pending = token
-        constraint = r.sampling.constraint
-        if seq.finisher.reason is None and constraint is not None and constraint.complete(seq.generated):
-            seq.finisher.end("eos")           # a whole match no token can extend (structured outputs)
         if seq.finisher.reason is not None:
             self._finish(seq)
 

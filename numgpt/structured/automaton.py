@@ -225,8 +225,14 @@ class Constraint:
 
     def complete(self, generated: Sequence[int]) -> bool:
         """True when these generated tokens are a whole match that no token can extend: the decode loops
-        end the sequence there (finish_reason "eos"), which is how a vocabulary without an end token ends."""
+        end the sequence there (finish_reason "eos"), which is how a vocabulary without an end token ends,
+        and why a match made by the last token max_new_tokens allows is "eos", not "length"."""
         return self.automaton.complete(self.automaton.state_after(generated))
+
+    def completed_by(self, generated: Sequence[int], token: int) -> bool:
+        """`complete(generated + [token])`, without the copy: what the decode loops ask of each new token."""
+        state = self.automaton.state_after(generated)
+        return self.automaton.complete(self.automaton.step(state, token))
 
     def __repr__(self) -> str:
         return f"Constraint({self.description})"
