@@ -204,8 +204,8 @@ def test_bad_requests_are_openai_shaped_errors(server, builtin):
                                                      f"context length of {n} tokens"),
              ({"input": [builtin.config.vocab_size]}, 400, "input", "is outside the vocabulary"),
              ({"input": ["a"] * 2049}, 400, "input", "more than 2048 per request"),
-             ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format", "encoding_format"),
-             ({"input": [1, "a"]}, 422, "input", "input mixes strings"), ({"inputs": "a"}, 422, None, "")]
+             ({"input": "a", "encoding_format": "int8"}, 400, "encoding_format", "encoding_format"),
+             ({"input": [1, "a"]}, 400, "input", "input mixes strings"), ({"inputs": "a"}, 400, None, "")]
     for body, status, param, message in cases:
         r = server.http.post("/v1/embeddings", json=body)
         assert r.status_code == status, (body, r.text)

@@ -242,9 +242,9 @@ def test_base_model_transcript_has_no_mask_and_says_why(base_client, base, torch
     ([{"role": "assistant", "content": "hi"}, {"role": "assistant", "content": "hi"}], 400, "roles out of order"),
     ([{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}], 400,
      "tokens > the model's context of n_positions=128; start a new chat"),
-    ([], 422, "messages"),
-    ([{"role": "user", "content": "hi"}] * 257, 422, "messages"),
-    ([{"role": "tool", "content": "hi"}], 422, "messages.0.role"),
+    ([], 400, "messages"),
+    ([{"role": "user", "content": "hi"}] * 257, 400, "messages"),
+    ([{"role": "tool", "content": "hi"}], 400, "messages.0.role"),
 ])
 def test_bad_requests_are_one_line_errors(client, messages, status, says):
     assert says in error_of(client.post("/v1/explain/chat", json={"messages": messages}), status)["message"]
@@ -261,7 +261,7 @@ def test_the_view_needs_the_key_like_every_explain_route(base):
 def test_unknown_field_and_chat_off(client, base):
     from fastapi.testclient import TestClient
     r = client.post("/v1/explain/chat", json={"messages": MESSAGES, "top": 3})
-    assert "unrecognized request argument supplied: top" in error_of(r, 422)["message"]
+    assert "unrecognized request argument supplied: top" in error_of(r, 400)["message"]
     with TestClient(create_app(base, ServerSettings(chat_template=None))) as off:
         e = error_of(off.post("/v1/explain/chat", json={"messages": MESSAGES}), 400)
     assert e["code"] == "chat_disabled" and "--chat-template none" in e["message"]

@@ -5,9 +5,9 @@ plus /v1/embeddings, /v1/models, /health, /metrics, /tokenize, /detokenize, /tok
     app = create_app(numgpt.load(), ServerSettings(api_key="..."))   # an ASGI app (FastAPI)
 
 Every error is OpenAI's body {"error": {"message", "type", "param", "code"}} with no traceback (errors.py):
-400 for a request the server cannot serve (prompt + max_tokens beyond the context, more sequences than
---max-batch + --max-queue), 401 for a missing or wrong key, 404/405 for unknown routes, 413 for a body over
-the limit, 422 for a field that fails the schema (it is named), 429 when every slot and the queue are full
+400 for a request the server cannot serve (a field that fails the schema, which is named; prompt +
+max_tokens beyond the context, more sequences than --max-batch + --max-queue), 401 for a missing or wrong
+key, 404/405 for unknown routes, 413 for a body over the limit, 429 when every slot and the queue are full
 (retry later), 500 for the model's failure or a bug (a bug is logged, not shown), 504 past
 --request-timeout. The server keeps serving after any of them.
 

@@ -67,7 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def validation_error(errors: list, content_type: str = "application/json") -> JSONResponse:
-    """pydantic's first failure as one 422 that names the field (400 for a body that is not JSON)."""
+    """pydantic's first failure as one 400 that names the field (as OpenAI answers a bad argument)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         return error_response(400, "the body is not valid JSON", code="invalid_json")
@@ -86,16 +86,18 @@ def validation_error(errors: list, content_type: str = "application/json") -> JS
         message = f"{path} must be {schemas.ACCEPTS[path]}"
     elif path:
         message = f"{path}: {message}"
-    return error_response(422, message, param=param, code=first.get("type"))
+    return error_response(400, message, param=param, code=first.get("type"))
 
 
 def field_path(loc) -> str:
     """A pydantic error location as the request's field path: messages.0.role; union members' tags
-    (str, list[int], ...) dropped."""
+    (str, list[int], ...; response_format's json_schema) dropped."""
     out = []
-    for p in loc:
+    for k, p in enumerate(loc):
         if isinstance(p, int):
             out.append(str(p))
+        elif k > 0 and loc[k - 1] in schemas.TAGGED:
+            continue                                   # response_format.json_schema.name, not ...json_schema.json_schema...
         elif p.isidentifier():
             out.append(p)
         else:

@@ -21,8 +21,7 @@ from .completions import Completions
 from .embeddings import Embeddings
 
 START = time.time()
-ERRORS = {400: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse},
-          429: {"model": schemas.ErrorResponse}}
+ERRORS = {400: {"model": schemas.ErrorResponse}, 429: {"model": schemas.ErrorResponse}}
 
 
 def openai_router(cmpl: Completions) -> APIRouter:

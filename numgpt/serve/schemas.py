@@ -1,9 +1,9 @@
 """The API's request and response bodies as pydantic models: FastAPI validates every request against
-them (a wrong field is a 422 that names it) and /openapi.json is generated from them.
+them (a wrong field is a 400 that names it) and /openapi.json is generated from them.
 
 Field names, types, ranges and defaults follow OpenAI's API reference for the legacy completions and
 chat completions endpoints. numgpt's own sampling controls (top_k, repetition_penalty, min_p) are
-marked "numgpt extension". Unknown fields are refused with a 422 naming them, as OpenAI itself answers
+marked "numgpt extension". Unknown fields are refused with a 400 naming them, as OpenAI itself answers
 "Unrecognized request argument supplied": a misspelt `temprature` silently ignored is worse than an
 error. Types are strict (JSON's 1 is not true, "5" is not 5) and numbers must be finite.
 """
@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-# what a field of several accepted types takes, for the 422 message (pydantic reports each member's failure)
+# what a field of several accepted types takes, for the 400 message (pydantic reports each member's failure)
 ACCEPTS = {"prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
            "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
            "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number in [-100, 100]"}
@@ -28,7 +28,7 @@ LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]] | None
 
 
 def refuse(message: str) -> PydanticCustomError:
-    """A 422 that says `message` as it is (errors.validation_error prefixes the field's path)."""
+    """A 400 that says `message` as it is (errors.validation_error prefixes the field's path)."""
     return PydanticCustomError("invalid_value", message)
 
 
@@ -125,6 +125,7 @@ class JsonSchemaFormat(BaseModel):
 
 
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+TAGGED = {"response_format"}      # fields whose errors' locations carry the chosen member's tag after the name
 
 
 class Sampling(BaseModel):
