@@ -325,6 +325,14 @@ class LanguageModel:
         if not isinstance(items, (list, tuple)) or not items:
             raise NumgptError("inputs must be a str, a list of token ids, or a non-empty list of those, got "
                               + ("an empty list" if isinstance(items, (list, tuple)) else describe(items)))
+        scalars = [p for p in items if not isinstance(p, (str, list, tuple, np.ndarray))]
+        if scalars and len(scalars) < len(items):
+            mixed = "strings" if any(isinstance(p, str) for p in items) else "lists of token ids"
+            raise NumgptError(f"inputs mixes {mixed} and single token ids: give a text, a list of texts, a list "
+                              "of token ids, or a list of lists of ids")
+        if scalars:
+            raise NumgptError(f"inputs holds {describe(next(p for p in scalars if not _is_id(p)))}: token ids "
+                              "must be ints")
         ids = [self.encode(p) if isinstance(p, str) else _token_ids(f"inputs[{k}]", p, allow_empty=True)
                for k, p in enumerate(items)]
         out = embed_ids(self.params, self.config, ids, pooling=pooling, truncate=truncate, batch_tokens=batch_tokens)

@@ -107,7 +107,9 @@ def test_bad_inputs_are_one_line_errors(builtin):
              ([[1], []], "input 1 is empty"), ([[0] * (n + 1)], f"input 0 has {n + 1} tokens, more than the model's "
                                                              f"context of n_positions={n}"),
              ([1, builtin.config.vocab_size], "token ids must be in"), (3.5, "inputs must be"),
-             (["a", 7], "inputs[1] must be a list of token ids")]
+             (["a", 7], "inputs mixes strings and single token ids"),
+             ([[1, 2], 3], "inputs mixes lists of token ids and single token ids"),
+             ([1.5], "inputs holds 1.5: token ids must be ints"), ([1, 2.5], "inputs holds 2.5")]
     for value, message in cases:
         with pytest.raises(NumgptError, match=message.replace("[", r"\[")) as e:
             builtin.embed(value)

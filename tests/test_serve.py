@@ -427,8 +427,9 @@ def test_context_error_has_openai_shape(server):
 
 def test_malformed_bodies(server):
     h = {"Content-Type": "application/json"}
-    error_of(server.http.post("/v1/completions", content=b'{"prompt": "x",', headers=h), 400)
-    error_of(server.http.post("/v1/completions", content=b'{"prompt": "\xff\xfe"}', headers=h), 400)
+    for body in (b'{"prompt": "x",', b'{"prompt": "\xff\xfe"}', '{"input": "caf\xe9"}'.encode("latin-1")):
+        e = error_of(server.http.post("/v1/completions", content=body, headers=h), 400)
+        assert (e["message"], e["code"]) == ("the body is not valid JSON (UTF-8 text)", "invalid_json"), body
     e = error_of(server.http.post("/v1/completions", content=b'{"prompt": "x", "temperature": NaN}', headers=h), 400)
     assert e["param"] == "temperature"
     error_of(server.http.post("/v1/completions", content=b"x" * (10 << 20), headers=h), 413)

@@ -18,6 +18,8 @@ from ..errors import NumgptError
 from . import schemas
 
 log = logging.getLogger("numgpt.serve")
+NOT_JSON = "the body is not valid JSON (UTF-8 text)"
+PARSE_FAILED = "There was an error parsing the body"     # FastAPI's HTTPException when the bytes do not decode
 
 
 class APIError(Exception):
@@ -56,6 +58,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400 and e.detail == PARSE_FAILED:
+            return error_response(400, NOT_JSON, code="invalid_json")
         message = {404: f"no route {request.method} {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message, code="not_found" if e.status_code == 404 else None)
@@ -70,7 +74,7 @@ def validation_error(errors: list, content_type: str = "application/json") -> JS
     """pydantic's first failure as one 400 that names the field (as OpenAI answers a bad argument)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
-        return error_response(400, "the body is not valid JSON", code="invalid_json")
+        return error_response(400, NOT_JSON, code="invalid_json")
     loc = [p for p in first.get("loc", ()) if p != "body"]
     path = field_path(loc)
     param = str(loc[0]) if loc else None
