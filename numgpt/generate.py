@@ -138,6 +138,8 @@ class GenerationOptions:
                 raise NumgptError("window_stride applies only with sliding_window=True; add it, or drop "
                                   "window_stride")
         check_speculative_options(self)
+        if self.stop and self.sampling.constraint is not None:
+            raise NumgptError(STOP_WITH_CONSTRAINT)
 
     @classmethod
     def from_mapping(cls, given: Mapping[str, Any]) -> "GenerationOptions":
@@ -163,6 +165,9 @@ class GenerationOptions:
 
 
 DEFAULT_NUM_DRAFT = 4   # tokens drafted per target forward when speculative decoding does not say
+STOP_WITH_CONSTRAINT = ("stop strings cannot be combined with a regex or a JSON schema: a stop string would cut the "
+                        "text short of a whole match, which would still end as a stop; let the pattern say where the "
+                        "text ends")
 
 
 def check_speculative_options(options: "GenerationOptions") -> None:

@@ -94,7 +94,9 @@ def test_json_object_mode(server):
      "response_format.json_schema.name: Field required"),
     ({"response_format": {"type": "json_object", "schema": {}}}, "response_format",
      "unrecognized request argument supplied: response_format.schema"),
-    ({"regex": 5}, "regex", "regex"),                       # a wrong type is a 400 as well, as OpenAI's
+    ({"regex": 5}, "regex", "regex"),
+    ({"regex": "[0-9]{4}", "stop": ["-"]}, "stop", "stop strings cannot be combined with a regex or a JSON schema"),
+    ({"response_format": {"type": "json_object"}, "stop": "}"}, "stop", "stop strings cannot be combined"),                       # a wrong type is a 400 as well, as OpenAI's
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {
             "type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {

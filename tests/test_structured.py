@@ -524,6 +524,8 @@ def test_the_language_model_takes_regex_json_schema_and_json_object(lm):
         lm.generate("x", json_object="yes")
     with pytest.raises(NumgptError, match="give constraint= or regex=, not both"):
         lm.generate("x", constraint=lm.constraint(regex="b"), regex="a")
+    with pytest.raises(NumgptError, match="stop strings cannot be combined with a regex or a JSON schema"):
+        lm.generate("x", regex="[0-9]{6}", stop=["3"])                  # it cut "12" + "3..." to "12", a 'stop'
 
 
 def test_a_match_made_by_the_last_allowed_token_ends_as_eos(lm):

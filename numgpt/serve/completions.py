@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..errors import NumgptError
-from ..generate import GenerationOptions, TokenLogprob, encode_prompt, sample_rng
+from ..generate import STOP_WITH_CONSTRAINT, GenerationOptions, TokenLogprob, encode_prompt, sample_rng
 from ..sampling import SamplingOptions
 from ..speculative import SpeculativeStats
 from ..structured import build_constraint
@@ -90,8 +90,8 @@ class Completions:
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
         constraint = await asyncio.to_thread(self.constraint, body, tuple(template.end_ids))
-        options = self.generation_options(body, max_tokens, tuple(template.stop) + tuple(stops(body.stop)), body.n,
-                                          constraint)
+        turn_stops = tuple(template.stop) if constraint is None else ()   # a pattern says itself where it ends
+        options = self.generation_options(body, max_tokens, turn_stops + tuple(stops(body.stop)), body.n, constraint)
         seqs = [self.sequence(options, ids, j, logprobs=k, end_ids=template.end_ids) for j in range(body.n)]
         request.state.log = {"prompt_tokens": len(ids)}
         if self.settings.log_prompts:
@@ -196,6 +196,8 @@ class Completions:
                            param="regex", code="invalid_value")
         if body.regex is None and kind in (None, "text"):
             return None
+        if body.stop:
+            raise APIError(400, STOP_WITH_CONSTRAINT, param="stop", code="invalid_value")
         if self.engine.speculative is not None:
             raise APIError(400, f"this server decodes speculatively (--speculative), which cannot follow {param}: "
                            "drafts are not checked against it", param=param, code="unsupported_parameter")

@@ -7,9 +7,10 @@ regex.py compiles a regular expression into a DFA over UTF-8 bytes; schema.py tu
 supported subset) into such an expression; automaton.py lifts the DFA to the model's tokens. The result,
 a Constraint, goes into SamplingOptions(constraint=...): the sampler's first stage (numgpt/sampling.py)
 sets every token that would leave the language to -inf, and the end-of-text token is allowed only where
-the text so far is a whole match. So a generation that ends by itself ("eos") always matches; one cut by
-max_new_tokens ("length") or a stop string ("stop") may not -- as OpenAI's API, which returns
-finish_reason "length" with invalid JSON then.
+the text so far is a whole match. So a generation that ends by itself ("eos", also where a whole match
+can take no more tokens) always matches; one cut by max_new_tokens ("length") may not -- as OpenAI's
+API, which returns finish_reason "length" with invalid JSON then. Stop strings are refused beside a
+constraint (generate.STOP_WITH_CONSTRAINT): they would cut a text that still ended as a stop.
 """
 
 from __future__ import annotations
