@@ -4,6 +4,9 @@ to the plain one token for token before it is timed. Medians of --runs runs (the
 run), and each method's ratio to plain measured in the same run (the median of those ratios), with the
 acceptance rate and tokens per target forward. Each drafter adapts its draft length per row (at most K,
 speculative.DraftLengths); --compare-fixed adds each one drafting K every round ("ngram-fixed", "draft-fixed").
+Prompt lookup drafts only where the last MIN_NGRAM (3) tokens occurred before, and a draft model only where
+its likeliest token has at least DRAFT_CONFIDENCE (0.5); --compare-gates adds each without its gate, as
+they drafted before 2026-12-07: "ngram-min1" from a suffix match of any length, "draft-conf0" every token.
 
     python bench/bench_speculative.py                           ~2-4 minutes on the 2-core machine
     python bench/bench_speculative.py --draft runs/draft/sft --runs 5 --new-tokens 64
@@ -86,8 +89,12 @@ def run_method(lm, prompts, method, draft, new_tokens, stop):
     t = time.perf_counter()
     for p, new_tokens in zip(prompts, limits):
         kind, fixed = method.removesuffix("-fixed"), method.endswith("-fixed")   # -fixed: K drafts every round
+        ungated = kind.endswith(("-min1", "-conf0"))                           # --compare-gates
+        kind = kind.removesuffix("-min1").removesuffix("-conf0")
+        gates = {"min_ngram": 1, "draft_confidence": 0.0} if ungated else {}
         spec = None if method == "plain" else speculation(kind, NUM_DRAFT, lm.config, headroom=new_tokens, adaptive=not fixed,
-                                                          draft=(draft.params, draft.config) if kind == "draft" else None)
+                                                          draft=(draft.params, draft.config) if kind == "draft" else None,
+                                                          **gates)
         out = generate_ids(lm.params, lm.config, [p], max_new_tokens=new_tokens, sampling=GREEDY,
                            stop_ids=stop, speculative=spec)[0]
         outs.append(out)
@@ -147,9 +154,13 @@ def bench_case(name, lm, prompts, methods, draft, args, stop, peers=None):
 NUM_DRAFT = 4
 
 
-def with_fixed(methods: list[str], args) -> list[str]:
-    """methods, and with --compare-fixed each speculative one again drafting K every round ("-fixed")."""
-    return methods + [f"{m}-fixed" for m in methods if m != "plain"] if args.compare_fixed else methods
+def with_variants(methods: list[str], args) -> list[str]:
+    """methods, and with --compare-fixed each speculative one again drafting K every round ("-fixed"), with
+    --compare-gates each without its gate ("ngram-min1", "draft-conf0")."""
+    more = [f"{m}-fixed" for m in methods if m != "plain"] if args.compare_fixed else []
+    if args.compare_gates:
+        more += [{"ngram": "ngram-min1", "draft": "draft-conf0"}[m] for m in methods if m != "plain"]
+    return methods + more
 
 
 def quote_case(args) -> None:
@@ -187,7 +198,7 @@ def quote_case(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         peers = (onnx_peers(Path(args.quote_model), lm.config, Path(args.onnx_dir or tmp), prompts, limits)
                  if args.onnx else None)
-        bench_case("quote", lm, prompts, with_fixed(methods, args), draft,
+        bench_case("quote", lm, prompts, with_variants(methods, args), draft,
                    argparse.Namespace(**{**vars(args), "new_tokens": limits}), stop=[], peers=peers)
 
 
@@ -233,6 +244,10 @@ def main() -> None:
     ap.add_argument("--compare-fixed", action="store_true",
                     help="also time each drafter drafting K every round (speculation(adaptive=False)) beside "
                          "the default, which drafts as far as its drafts have held lately")
+    ap.add_argument("--compare-gates", action="store_true",
+                    help="also time each drafter without its gate, as before 2026-12-07: prompt lookup from a "
+                         "suffix match of any length (min_ngram=1), the draft model at every token "
+                         "(draft_confidence=0)")
     ap.add_argument("--onnx", action="store_true",
                     help="add ONNX Runtime fp32 and int8 of the quote model's weights to the quote case (needs "
                          "torch, onnxscript and onnxruntime; export as bench/export_peers.py says)")
@@ -259,7 +274,7 @@ def main() -> None:
     if args.only == "quote":
         return
     cases, end_id = chat_cases(chat, args.tasks)
-    methods = with_fixed(["plain", "ngram"] + (["draft"] if draft is not None else []), args)
+    methods = with_variants(["plain", "ngram"] + (["draft"] if draft is not None else []), args)
     for name, prompts in cases.items():
         if args.only is None or args.only in name:
             bench_case(name, chat, prompts, methods, draft, args, stop=[end_id])
@@ -269,7 +284,7 @@ def main() -> None:
         make_checkpoint(Path(tmp))
         lm = numgpt.load(tmp)
         ids = lm.encode(Path(args.text).read_text(encoding="utf-8"))[:96]
-        bench_case("124M/quote", lm, [ids + ids[:16]], with_fixed(["plain", "ngram"], args), None, args, stop=[])
+        bench_case("124M/quote", lm, [ids + ids[:16]], with_variants(["plain", "ngram"], args), None, args, stop=[])
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ The token kept at each position is then distributed exactly as p, whatever q is.
 argmax p, else take argmax p -- the tokens of plain greedy decoding. Both drafters:
 
 - prompt lookup (`PromptLookup`, "ngram"; Saxena 2023, transformers' prompt_lookup_num_tokens): find an
-  earlier occurrence of the longest suffix (max_ngram..1 tokens) of prompt + output and copy the K
-  tokens that followed it (`ngram_draft` says which occurrence). No second model; q is a point mass, so x is kept with probability p(x), else a
-  token is drawn from p with x removed.
+  earlier occurrence of the longest suffix (MAX_NGRAM down to MIN_NGRAM tokens: the last 3, as measured)
+  of prompt + output and copy the K tokens that followed it (`ngram_draft` says which occurrence). No
+  second model; q is a point mass, so x is kept with probability p(x), else a token is drawn from p
+  with x removed.
 - a draft model (`DraftModel`, "draft"): a smaller GPT-2 with the same vocabulary and its own KV cache
   drafts K tokens one by one from its processed distribution q (argmax when greedy).
 
@@ -48,6 +49,15 @@ from .sampling import SamplingOptions, process_logits
 
 METHODS = ("ngram", "draft")     # what --speculative takes
 MAX_NGRAM = 3                    # prompt lookup: the longest suffix it matches (transformers' default is 3 too)
+# ... and the shortest it drafts from (vLLM's prompt_lookup_min). Measured on the quote case (BENCHMARKS.md,
+# "Prompt lookup drafts only from a 3-token match"): where the last 3 tokens occurred before, a draft of 8
+# kept 6.3 tokens on average and none in 5% of positions; where only 1 or 2 did, 1.6-2.4 and none in half.
+# A draft that fails still costs a verification of its rows, several times a one-row step on small models.
+MIN_NGRAM = 3
+# A draft model stops drafting a row where its most likely token has less than this probability (after the
+# sampler's rules): a draft it doubts is likely rejected, and costs its draft step and a verification row.
+# Measured on the quote case (BENCHMARKS.md, the same section). 0 drafts every token the row's length allows.
+DRAFT_CONFIDENCE = 0.5
 PAD_ID = 0                       # the id written where a row drafted fewer tokens than the batch; masked
 
 
@@ -93,14 +103,15 @@ def check_num_draft(num_draft: int, config: GPTConfig) -> int:
 # drafters
 
 
-def ngram_draft(tokens: Sequence[int], k: int, max_ngram: int = MAX_NGRAM) -> list[int]:
+def ngram_draft(tokens: Sequence[int], k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM
+                ) -> list[int]:
     """Prompt lookup: the up to k tokens that followed an earlier occurrence of the longest suffix
-    (max_ngram down to 1 tokens) of `tokens` -- the latest occurrence followed by k tokens, else the
+    (max_ngram down to min_ngram tokens) of `tokens` -- the latest occurrence followed by k tokens, else the
     earliest one (the most tokens to copy; the latest match in a repeating text is right behind the
-    suffix, with one token after it); [] when no suffix occurred before. The plain loop version;
+    suffix, with one token after it); [] when no such suffix occurred before. The plain loop version;
     `ngram_draft_fast` is its twin."""
     T = len(tokens)
-    for n in range(min(max_ngram, T - 1), 0, -1):
+    for n in range(min(max_ngram, T - 1), min_ngram - 1, -1):
         suffix = list(tokens[T - n:])
         starts = [s for s in range(T - n) if list(tokens[s:s + n]) == suffix]   # not the suffix itself
         if starts:
@@ -110,7 +121,8 @@ def ngram_draft(tokens: Sequence[int], k: int, max_ngram: int = MAX_NGRAM) -> li
     return []
 
 
-def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM) -> list[int]:
+def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM
+                     ) -> list[int]:
     """ngram_draft with one vectorised comparison for the last token, then each longer suffix only checked
     where the shorter one matched (a match of n tokens ends where one of n-1 does). [T] -> <= k ids"""
     tokens = np.asarray(tokens)
@@ -125,6 +137,8 @@ def ngram_draft_fast(tokens: np.ndarray, k: int, max_ngram: int = MAX_NGRAM) -> 
         if not len(longer):
             break
         ends, n = longer, m
+    if n < min_ngram:
+        return []
     starts = ends - n + 1                                    # [m] starts of the longest suffix's occurrences
     full = starts[starts + n + k <= T]
     start = int(full[-1] if len(full) else starts[0]) + n
@@ -168,9 +182,13 @@ def next_draft_length(drafted: int, kept: int, current: int) -> int:
 
 
 class PromptLookup:
-    """Drafts by copying from the text so far (see the module docstring); stateless, q is a point mass."""
+    """Drafts by copying from the text so far (see the module docstring); stateless, q is a point mass.
+    min_ngram: the shortest suffix match it drafts from (MIN_NGRAM)."""
 
     name = "ngram"
+
+    def __init__(self, min_ngram: int = MIN_NGRAM):
+        self.min_ngram = min_ngram
 
     def start(self, sequences: Sequence[Sequence[int]]) -> None:
         pass
@@ -179,7 +197,8 @@ class PromptLookup:
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and their q (None: a point mass on each draft)."""
-        drafts = [ngram_draft_fast(np.asarray(s), c) if c > 0 else [] for s, c in zip(sequences, caps)]
+        drafts = [ngram_draft_fast(np.asarray(s), c, min_ngram=self.min_ngram) if c > 0 else []
+                  for s, c in zip(sequences, caps)]
         return drafts, [None] * len(drafts)
 
     def accepted(self, kept: Sequence[int]) -> None:
@@ -193,16 +212,23 @@ class DraftModel:
     """Drafts with a smaller model of the same vocabulary, with its own KV cache over every sequence.
 
     `fed[a]` is how many of row a's tokens are in the draft cache; a round first feeds the rest (the
-    pending token, and the last draft when all were kept), then drafts one token per forward.
+    pending token, and the last draft when all were kept), then drafts one token per forward, a row
+    stopping where the draft's most likely token has a probability below min_confidence (DRAFT_CONFIDENCE).
+    subtle: the stop may depend on the draft's distribution at a position, not on the token drawn there --
+    stopping at a drawn token x of small q(x) would propose x from q cut to its likely tokens while the
+    acceptance rule divides by q(x), and the output would no longer be distributed as the target's (the
+    chi-square test catches it).
     """
 
     name = "draft"
 
-    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int):
+    def __init__(self, params: Params, config: GPTConfig, target: GPTConfig, *, headroom: int, num_draft: int,
+                 min_confidence: float = DRAFT_CONFIDENCE):
         if config.vocab_size != target.vocab_size:
             raise NumgptError(f"the draft model's vocabulary has {config.vocab_size} tokens and the model's "
                               f"{target.vocab_size}: a draft model must share the tokenizer")
         self.params, self.config, self.headroom, self.num_draft = params, config, headroom, num_draft
+        self.min_confidence = min_confidence
         self.cache: KVCache | None = None
         self.fed = np.zeros(0, dtype=np.int64)
         self.round: tuple[int, np.ndarray] | None = None    # (cache length before the fed drafts, rows' lengths)
@@ -227,7 +253,7 @@ class DraftModel:
                 sampling: SamplingOptions, rngs: Sequence[np.random.Generator] | None
                 ) -> tuple[list[list[int]], list[np.ndarray | None]]:
         """Each row's drafts (at most caps[a]) and q, their processed probabilities [n_a, V] (None if greedy)."""
-        A, k = len(sequences), max(caps)
+        A, k, caps = len(sequences), max(caps), list(caps)      # caps: lowered where a row stops early
         drafts: list[list[int]] = [[] for _ in range(A)]
         qs: list[list[np.ndarray]] = [[] for _ in range(A)]
         if k == 0:
@@ -253,15 +279,21 @@ class DraftModel:
             processed = process_logits(logits, sampling, previous=previous, generated=generated)  # [A, V]
             if sampling.greedy:
                 tokens = np.argmax(processed, axis=-1)                  # [A]
+                confidence = top_probability(processed) if self.min_confidence > 0 else None   # [A]
             else:
                 probs = softmax(processed.astype(np.float64))          # [A, V]
                 tokens = np.array([draw(p, rng) if j < c else PAD_ID       # a row draws only its own drafts
                                    for p, rng, c in zip(probs, rngs, caps)])
+                confidence = probs.max(axis=-1)                         # [A] (not q of the drawn token: below)
             for a in range(A):
+                if j < caps[a] and confidence is not None and confidence[a] < self.min_confidence:
+                    caps[a] = j                                        # a doubtful draft: this row stops here
                 if j < caps[a]:
                     drafts[a].append(int(tokens[a]))
                     if not sampling.greedy:
                         qs[a].append(probs[a])
+            if all(c <= j + 1 for c in caps):
+                break                                                  # no row drafts on
             if j < k - 1:   # a row past its own cap feeds a masked hole, so its positions stay in the context
                 mask = None                                            # every row drafts on: the cache's own mask
                 if any(j >= c for c in caps):
@@ -293,6 +325,13 @@ class DraftModel:
             self.cache.compact()
 
 
+def top_probability(logits: np.ndarray) -> np.ndarray:
+    """The softmax probability of each row's largest logit, 1 / sum(exp(x - max)). [A, V] -> [A]"""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    with np.errstate(under="ignore"):
+        return 1.0 / np.exp(shifted, dtype=np.float64).sum(axis=-1)
+
+
 Drafter = PromptLookup | DraftModel
 
 
@@ -322,20 +361,27 @@ class Speculation:
 
 
 def speculation(method: str, num_draft: int, config: GPTConfig, *, draft: tuple[Params, GPTConfig] | None = None,
-                headroom: int = 0, adaptive: bool = True) -> Speculation:
+                headroom: int = 0, adaptive: bool = True, min_ngram: int = MIN_NGRAM,
+                draft_confidence: float = DRAFT_CONFIDENCE) -> Speculation:
     """A checked Speculation: method 'ngram' or 'draft' (then `draft` is the draft model's params and
     config; headroom: prompt + max_new_tokens it must hold). adaptive: each row's draft length follows
-    its recent acceptance (`DraftLengths`); False drafts num_draft every round."""
+    its recent acceptance (`DraftLengths`); False drafts num_draft every round. min_ngram: prompt
+    lookup's shortest suffix match (1..MAX_NGRAM). draft_confidence: the draft model's DRAFT_CONFIDENCE."""
     if method not in METHODS:
         raise NumgptError(f"speculative must be one of {', '.join(METHODS)}, got {method!r}")
     check_num_draft(num_draft, config)
     if method == "ngram":
         if draft is not None:
             raise NumgptError("a draft model applies only with speculative='draft'")
-        return Speculation(PromptLookup(), DraftLengths(num_draft, adaptive))
+        if min_ngram not in range(1, MAX_NGRAM + 1):
+            raise NumgptError(f"min_ngram must be 1 .. {MAX_NGRAM}, got {min_ngram!r}")
+        return Speculation(PromptLookup(min_ngram), DraftLengths(num_draft, adaptive))
     if draft is None:
         raise NumgptError("speculative='draft' needs a draft model (draft_model=..., --draft-model M)")
-    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft),
+    if not 0.0 <= draft_confidence < 1.0:
+        raise NumgptError(f"draft_confidence must be in [0, 1), got {draft_confidence!r}")
+    return Speculation(DraftModel(draft[0], draft[1], config, headroom=headroom, num_draft=num_draft,
+                                  min_confidence=draft_confidence),
                        DraftLengths(num_draft, adaptive))
 
 

@@ -4,6 +4,7 @@ built-in and chat models), batches and samples, penalties, logprobs; sampled out
 the target's (chi-square over many seeds against probabilities computed from the plain forward); the KV
 cache's rollback and compaction; the drafters; bad input."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,9 +37,12 @@ def pair():
     return (init_params(target, np.random.default_rng(0)), target), (init_params(draft, np.random.default_rng(1)), draft)
 
 
-def spec(method, k, config, draft=None, max_new_tokens=64, adaptive=True):
+def spec(method, k, config, draft=None, max_new_tokens=64, adaptive=True, min_ngram=1, draft_confidence=0.0):
+    """min_ngram 1 and draft_confidence 0: prompt lookup drafts from any repeated token and the draft model
+    every token, so that on these tiny random models they draft (and are rejected) often, which is what the
+    exactness tests need."""
     return speculation(method, k, config, draft=draft if method == "draft" else None, headroom=max_new_tokens,
-                       adaptive=adaptive)
+                       adaptive=adaptive, min_ngram=min_ngram, draft_confidence=draft_confidence)
 
 
 PROMPTS = [[5, 17, 3, 5, 17, 3, 5], list(range(1, 13)), [7, 9], [30, 31, 30, 31, 30]]
@@ -49,18 +53,25 @@ PROMPTS = [[5, 17, 3, 5, 17, 3, 5], list(range(1, 13)), [7, 9], [30, 31, 30, 31,
 def test_ngram_draft_copies_what_followed_the_longest_suffix():
     tokens = [1, 2, 3, 4, 9, 2, 3, 7, 8, 1, 2, 3]
     assert ngram_draft(tokens, 3) == [4, 9, 2]            # "1 2 3" occurred at 0: what followed it
-    assert ngram_draft([5, 6, 7, 6], 2) == [7, 6]         # only the 1-gram "6" occurred before
-    assert ngram_draft([1, 2, 3], 4) == []                # nothing repeats
+    assert ngram_draft([5, 6, 7, 6], 2, min_ngram=1) == [7, 6]   # only the 1-gram "6" occurred before
+    assert ngram_draft([1, 2, 3], 4, min_ngram=1) == []   # nothing repeats
     assert ngram_draft([4, 4, 4, 4, 4], 3) == [4, 4]      # no match has 3 after it: the earliest (2 after)
-    assert ngram_draft([1, 2, 8, 1, 2, 9, 1, 2], 1) == [9]  # the latest match that has k tokens after it
+    assert ngram_draft([1, 2, 8, 1, 2, 9, 1, 2], 1, min_ngram=1) == [9]  # the latest match with k tokens after it
+
+
+def test_ngram_draft_drafts_only_from_a_match_of_min_ngram_tokens():
+    tokens = [5, 1, 2, 8, 1, 2]                           # "1 2" occurred before, "8 1 2" did not
+    assert ngram_draft(tokens, 2, min_ngram=2) == [8, 1] and ngram_draft(tokens, 2) == []   # default: 3 tokens
+    assert ngram_draft([7, 1, 2, 3, 9, 1, 2, 3], 2) == [9, 1]
 
 
 def test_ngram_draft_fast_equals_the_loop():
     rng = np.random.default_rng(0)
-    for _ in range(2000):
+    for _ in range(3000):
         tokens = rng.integers(0, 4, size=rng.integers(1, 30)).tolist()
-        k = int(rng.integers(1, 6))
-        assert ngram_draft_fast(np.array(tokens), k) == ngram_draft(tokens, k), (tokens, k)
+        k, low = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        assert ngram_draft_fast(np.array(tokens), k, min_ngram=low) == ngram_draft(tokens, k, min_ngram=low), \
+            (tokens, k, low)
 
 
 # ---- the KV cache's rollback ------------------------------------------------------------------------
@@ -141,6 +152,32 @@ def test_a_draft_model_drafts_fewer_where_its_drafts_fail_and_gives_the_same_tok
     assert runs[False].acceptance_rate < 0.5
     assert runs[True].drafted < 0.7 * runs[False].drafted
     assert runs[True].acceptance_rate > runs[False].acceptance_rate
+
+
+
+
+
+
+
+
+
+
+
+def test_a_draft_model_stops_drafting_at_a_doubtful_token():
+    """With draft_confidence, a row stops drafting at a token the draft model gives less than that: fewer
+    drafts, fewer of them rejected, and the same tokens as plain decoding. The built-in model drafts for
+    itself with its first layer only (the tiny random pair's distributions are too flat to be confident)."""
+    lm = numgpt.load()
+    params, config = lm.params, lm.config
+    draft = (params, dataclasses.replace(config, n_layer=1))
+    prompts = [lm.encode(p) for p in ("ROMEO:\nI will", "First Citizen:\nWe are")]
+    plain = generate_ids(params, config, prompts, max_new_tokens=40, sampling=GREEDY)
+    stats = {}
+    for confidence in (0.0, 0.5):
+        s = spec("draft", 6, config, draft, adaptive=False, draft_confidence=confidence)
+        assert generate_ids(params, config, prompts, max_new_tokens=40, sampling=GREEDY, speculative=s) == plain
+        stats[confidence] = (sum(x.drafted for x in s.stats), sum(x.drafted - x.accepted for x in s.stats))
+    assert 0 < stats[0.5][0] < stats[0.0][0] and stats[0.5][1] < stats[0.0][1], stats
 
 
 def test_greedy_with_the_target_as_its_own_draft_keeps_every_draft(pair):
@@ -239,7 +276,7 @@ def test_drafts_after_a_stop_are_not_counted_as_accepted():
     `accepted`: the output is the accepted drafts plus each forward's own token, except the last forward's,
     which the stop dropped (forwards + accepted = tokens + 1; 3 accepted were counted before, one too many)."""
     lm = numgpt.load()
-    prompt, stop = "ROMEO:\nI will", "\nI'll te"
+    prompt, stop = "ROMEO:\nI will", "ee, I'll t"
     plain = lm.completions(prompt, max_new_tokens=60, do_sample=False, stop=[stop])[0]
     got = lm.completions(prompt, max_new_tokens=60, do_sample=False, stop=[stop], speculative="ngram", num_draft=8)[0]
     assert (got.text, got.finish_reason, got.token_ids) == (plain.text, plain.finish_reason, plain.token_ids)
@@ -266,17 +303,20 @@ def exact_joint(params, config, prompt, sampling, n_tokens):
 
 
 @pytest.mark.parametrize("penalty", [1.2, 1.0])
-@pytest.mark.parametrize("method", ["ngram", "draft"])
-def test_sampled_tokens_follow_the_target_distribution(pair, method, penalty):
+@pytest.mark.parametrize("method, confidence", [("ngram", 0.0), ("draft", 0.0), ("draft", 0.257)])
+def test_sampled_tokens_follow_the_target_distribution(pair, method, confidence, penalty):
     """4000 sequences (one seed each: sample j of the call), 3 tokens each: the first is drawn from the
     prefill, the second verifies a draft, the third is kept or the bonus. Chi-square of the joint counts
     against the exact joint distribution; top-k and a repetition penalty make the distribution processed
-    (without the penalty, verify processes every position in one call)."""
+    (without the penalty, verify processes every position in one call). confidence 0.257: the draft model
+    stops drafting a row where its likeliest token has less than that (top-k 4 over nearly flat logits:
+    the likeliest has 0.25-0.28, so about half the rows), which must not change the distribution
+    (stopping at a drawn token of small q did: p-value 4e-39)."""
     (params, config), draft = pair
     prompt = [5, 17, 3, 5, 17, 3, 5]
     sampling = SamplingOptions(temperature=1.5, top_k=4, repetition_penalty=penalty)
     n = 4000
-    s = spec(method, 2, config, draft, max_new_tokens=3)
+    s = spec(method, 2, config, draft, max_new_tokens=3, draft_confidence=confidence)
     out = generate_ids(params, config, [prompt], max_new_tokens=3, sampling=sampling, seed=7,
                        num_return_sequences=n, speculative=s)
     drafted = sum(x.drafted for x in s.stats)
@@ -301,7 +341,7 @@ def test_the_chi_square_catches_a_wrong_rule(pair, monkeypatch):
     import numgpt.speculative as sp
     monkeypatch.setattr(sp, "accept_or_resample", lambda p, q, x, rng: (x, True))
     with pytest.raises(AssertionError):
-        test_sampled_tokens_follow_the_target_distribution(pair, "ngram", 1.0)
+        test_sampled_tokens_follow_the_target_distribution(pair, "ngram", 0.0, 1.0)
 
 
 def test_accept_or_resample_is_exact_on_one_position():
@@ -470,8 +510,9 @@ def test_serve_speculative_gives_the_plain_server_s_greedy_text():
 
 
 def test_engine_with_a_draft_model_gives_the_plain_text():
-    """The serving engine speculating with a draft model (here the model itself: every draft kept), several
-    sequences at once, each in its own slot: the greedy text of plain decoding, and the statistics."""
+    """The serving engine speculating with a draft model (here the model itself: every draft kept; it drafts
+    where it is confident), several sequences at once, each in its own slot: the greedy text of plain
+    decoding, and the statistics."""
     import threading
     from numgpt.serve.engine import Engine, Finished, Generated, SequenceRequest
     lm = numgpt.load()
@@ -498,7 +539,8 @@ def test_engine_with_a_draft_model_gives_the_plain_text():
     for i, p in enumerate(SERVE_PROMPTS):
         assert texts[i] == lm.generate(p, max_new_tokens=30, do_sample=False)
         s = finals[i].speculative
-        assert s.tokens == 30 and s.acceptance_rate == 1.0 and s.forwards == 1 + 29 // 4 + (29 % 4 > 0)
+        assert s.tokens == 30 and s.drafted > 0 and s.acceptance_rate == 1.0   # the draft stops where it doubts
+        assert s.forwards + s.accepted == s.tokens                         # a forward's own token, plus the kept
 
 
 def test_serve_refuses_a_draft_model_with_another_tokenizer():
