@@ -146,8 +146,9 @@ def add_speculative_flags(parser: argparse.ArgumentParser) -> argparse._Argument
     group = parser.add_argument_group("speculative decoding (fewer forwards of the model: greedy gives the same "
                                       "tokens as without it, sampling the same distribution)")
     group.add_argument("--speculative", choices=METHODS, default=None,
-                       help="ngram: draft tokens by copying what followed the last words earlier in the prompt "
-                            "and output (prompt lookup); draft: draft them with --draft-model")
+                       help="ngram: draft tokens by copying what followed the last 3 tokens where they occurred "
+                            "earlier in the prompt and output (prompt lookup); draft: draft them with --draft-model, "
+                            "while it is confident")
     group.add_argument("--draft-model", metavar="NAME_OR_FOLDER", default=None,
                        help="with --speculative draft: a smaller model with the same tokenizer")
     group.add_argument("--num-draft", type=int, metavar="K", default=None,
