@@ -255,7 +255,22 @@ BAD_INPUTS = [
     ("empty.csv", "text,label\nhi,a\n ,b\n", "empty.csv:3: 'text' is empty"),
     ("data.txt", "hi\tb\n", "data.txt: not a .csv or .jsonl file"),
     ("broken.jsonl", '{"text": "a", "label": "x"}\n{"text": \n', "broken.jsonl:2: not JSON"),
+    ("short.csv", "text,label\nhi,a\nonly text\n", "short.csv:3: the 'label' field is empty (a CSV row with too "
+     "few values, or null)"),
+    ("null.jsonl", '{"text": "a", "label": "x"}\n{"text": null, "label": "y"}\n', "null.jsonl:2: the 'text' field "
+     "is empty"),
 ]
+
+
+def test_bad_numbers_are_one_line_before_anything_runs(tmp_path, capsys, gpt2_vocab_model):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    for flags, message in ((["--epochs", "inf"], "--epochs must be a number > 0"), (["--seed", "-1"], "--seed must "
+                           "be a whole number >= 0, got -1"), (["--max-iters", "-1"], "--max-iters must be >= 1")):
+        assert main(["classify", "train", str(data), "--init", str(gpt2_vocab_model), "--out", str(tmp_path / "run"),
+                     *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("name, content, message", BAD_INPUTS)
@@ -302,6 +317,11 @@ def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] >= 0.9 and report["labels"] == ["money", "pets"]
     assert (tmp_path / "cm.png").stat().st_size > 1000
+    assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run"), "--json",
+                 "-o", str(tmp_path / "cm")]) == 0                            # .png added, and said so
+    assert capsys.readouterr().err.strip().endswith(f"wrote {tmp_path / 'cm.png'}")
+    assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run"), "-o", str(tmp_path / "cm.txt")]) == 2
+    assert "the pictures are PNG images; pass a name ending in .png" in capsys.readouterr().err
     texts = [r["text"] for r in rows]
     assert main(["classify", "predict", *texts, "--model", str(tmp_path / "run")]) == 0
     predicted = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]

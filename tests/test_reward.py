@@ -351,6 +351,15 @@ def test_train_and_score_through_the_cli(world, tmp_path, capsys):
     kept = 160 - sum(json.loads((out / "data" / "meta.json").read_text())["reward"]["dropped"].values())
     assert printed.startswith(f"{kept} pairs ({160 - kept} longer than the model's context left out): pairwise "
                               "accuracy") and "  convert: accuracy" in printed
+    # a reward model where a language model is wanted: refused by every command that starts from one
+    for argv in (["sft", str(world / "pairs.jsonl"), "--init", str(out), "--out", str(tmp_path / "s")],
+                 ["dpo", str(world / "pairs.jsonl"), "--init", str(out), "--out", str(tmp_path / "d")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds a sequence classifier or reward model" in err, (argv, err)
+    assert main(["classify", "predict", "hi", "--model", str(out / "model")]) == 2    # one score: softmax 1.0
+    assert "a reward model (one score, no labels to choose between); score replies with `numgpt reward score" in \
+        capsys.readouterr().err
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------

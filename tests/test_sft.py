@@ -318,6 +318,40 @@ def test_other_refusals_leave_nothing(world, tmp_path, capsys):
     changed.write_text((world / "chats.jsonl").read_text().replace("numgpt", "mumgpt"))
     assert main(["sft", str(changed), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
     assert "is not the file" in capsys.readouterr().err
+    # the same path, edited since: said as that (it read "is not the file run was prepared from (that file)")
+    edited = tmp_path / "edited.jsonl"
+    shutil.copy(world / "chats.jsonl", edited)
+    assert main(["sft", str(edited), "--init", str(world / "base"), "--out", str(tmp_path / "e"), *FAST,
+                 "--max-iters", "1", "--eval-iters", "1"]) == 0
+    edited.write_text(edited.read_text().replace("numgpt", "mumgpt"))
+    assert main(["sft", str(edited), "--out", str(tmp_path / "e"), "--resume", "--max-iters", "2"]) == 2
+    assert f"{edited} has changed since {tmp_path / 'e'} was prepared from it" in capsys.readouterr().err
+
+
+def test_a_damaged_latest_resumes_from_best_as_the_message_says(world, tmp_path, capsys):
+    """A truncated RUN/latest is refused with the way out that exists, `--resume best`, which works."""
+    run = tmp_path / "run"
+    assert sft(world, run, "--max-iters", "2", "--eval-iters", "1", "--eval-interval", "1") == 0
+    weights = run / "latest" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["sft", str(world / "chats.jsonl"), "--out", str(run), "--resume", "--max-iters", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"resume from {run / 'best'} (step " in err and "with --resume best" in err, err
+    assert main(["sft", str(world / "chats.jsonl"), "--out", str(run), "--resume", "best", "--max-iters", "3",
+                 "--eval-iters", "1"]) == 0
+    assert "done: step 3" in capsys.readouterr().out
+
+
+def test_a_run_of_another_command_is_named_as_that(world, tmp_path, capsys):
+    """A DPO-like run folder (its RUN/data not SFT's): sft neither resumes it nor tells to --resume it."""
+    run = tmp_path / "other"
+    (run / "latest").mkdir(parents=True)
+    (run / "data").mkdir()
+    assert sft(world, run) == 2
+    assert "already holds another command's training run; pass another --out" in capsys.readouterr().err
+    assert main(["sft", str(world / "chats.jsonl"), "--out", str(run), "--resume"]) == 2
+    assert "holds no SFT run to resume (its " in capsys.readouterr().err
 
 
 def test_setup_sft_in_python_with_a_val_file_trains_what_the_cli_trains(world, tmp_path):

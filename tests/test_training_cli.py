@@ -538,3 +538,33 @@ def test_the_python_api_names_its_parameters_and_the_cli_its_flags(char_data, tm
             numgpt.setup_run(char_data, run, **keywords)
         assert str(e.value) == python_message
         assert one_line_error(capsys, run_train(char_data, "--out", run, *flags)) == f"numgpt: error: {cli_message}"
+
+
+def test_the_note_after_ctrl_c_tells_a_fine_tune_from_a_model_trained_from_nothing(tmp_path):
+    """RUN/best at step 0 is noise for a model from nothing, but the model it started from for a fine-tune."""
+    from numgpt.cli.train_commands import best_checkpoint_note
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "trainstate.json").write_text(json.dumps({"step": 0}))
+    scratch = best_checkpoint_note(tmp_path, 5, TrainConfig(eval_interval=10))
+    tuned = best_checkpoint_note(tmp_path, 5, TrainConfig(eval_interval=10, init="runs/sft/init"))
+    assert "untrained step-0 model" in scratch and "would print noise" in scratch
+    assert "is still the step-0 model, runs/sft/init as it started" in tuned and "noise" not in tuned
+
+
+def test_a_folder_packed_for_another_tokenizer_is_packed_again_by_its_own_command(tmp_path):
+    from numgpt.training.run import repack_advice
+    assert repack_advice({"sft": {}}, "chat", tmp_path) == \
+        "pack it again for that model: `numgpt sft CHATS --init chat --out DIR --prepare-only`"
+    assert "numgpt dpo PAIRS --init chat" in repack_advice({"dpo": {}}, "chat", tmp_path)
+    assert f"numgpt prepare TEXT_FILE --tokenizer {tmp_path}" in repack_advice({}, "chat", tmp_path)
+
+
+@pytest.mark.parametrize("command", [["sft", "x.jsonl", "--init", "builtin", "--out", "r"],
+                                     ["dpo", "x.jsonl", "--init", "chat", "--out", "r"],
+                                     ["reward", "train", "x.jsonl", "--init", "chat", "--out", "r"],
+                                     ["train", "data", "--out", "r"]])
+def test_a_negative_seed_is_one_line_for_every_command(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "numgpt: error: --seed must be a whole number >= 0, got -1\n" and not (tmp_path / "r").exists()

@@ -82,6 +82,14 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
                                   f"character {e.start}); numgpt reads command-line text as UTF-8") from None
 
 
+def check_seed(args: argparse.Namespace) -> None:
+    """Every command's --seed is a NumPy seed, which cannot be negative: refused here, once for all of them,
+    before any command draws from it."""
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and seed < 0:
+        raise NumgptError(f"--seed must be a whole number >= 0, got {seed}")
+
+
 def _registrars():
     """The modules that add subcommands; each has `register(subparsers)`."""
     from . import tokenizer_commands
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_utf8_arguments(args)
+        check_seed(args)
         return int(args.run(args) or 0)
     except NumgptError as e:
         from .options import flag_message    # the library names Python parameters; a command, its flags

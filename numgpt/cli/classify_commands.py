@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import command_group, subcommand
-from .paths import input_file, output_file, output_folder
+from .paths import input_file, output_file, output_folder, png_file
 from .train_commands import add_training_flags
 
 HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alone, pre-trained weights, LoRA
@@ -88,7 +88,7 @@ def _register_train(sub) -> None:
                            "threads": "split each batch over N threads (all cores)"})
     p.set_defaults(**CLASSIFY_TRAIN)                   # the flags' values when not given (run_train reads them)
     from ..posttrain.lora import add_lora_flags
-    add_lora_flags(p)
+    add_lora_flags(p, saved="merged into the model it saves (RUN/best, RUN/latest)")
     p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction", "lr=": "--lr",   # training.loop's
                                               "warmup_iters": "--warmup-iters"})            # words, as flags
 
@@ -132,8 +132,8 @@ def run_train(args) -> int:
     if lora is not None and args.train != "head":
         raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
                           f"{args.train} trains the weights themselves: pass one of them")
-    if not args.epochs > 0:                            # NaN fails this too
-        raise NumgptError(f"--epochs must be > 0, got {args.epochs}")
+    if not 0 < args.epochs < 1e6:                      # NaN and inf fail this too
+        raise NumgptError(f"--epochs must be a number > 0 (and below a million), got {args.epochs}")
     out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
     records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
     labels = label_names(records, args.data)
@@ -196,6 +196,8 @@ def _train_config(args, n_train: int):
     from ..training.loop import TrainConfig
     from ..training.optim import AdamWConfig, ConfigFieldError
 
+    if args.max_iters is not None and args.max_iters < 1:     # (warmup and decay derive from it: named first)
+        raise NumgptError(f"--max-iters must be >= 1, got {args.max_iters}")
     steps = args.max_iters if args.max_iters is not None else \
         max(1, math.ceil(args.epochs * n_train / (args.batch_size * args.grad_accum)))
     lr = args.lr if args.lr is not None else \
@@ -244,7 +246,11 @@ def load_model(name: str):
     from ..formats import hf_cache_dir, resolve_model
     from ..posttrain.classify import load_classifier_folder
 
-    return load_classifier_folder(resolve_model(name, cache_dir=hf_cache_dir(os.environ)))
+    model = load_classifier_folder(resolve_model(name, cache_dir=hf_cache_dir(os.environ)))
+    if len(model.labels) < 2:                          # a reward model: one score, whose softmax is always 1
+        raise NumgptError(f"--model {name}: a reward model (one score, no labels to choose between); score replies "
+                          f"with `numgpt reward score {name} --prompt TEXT --reply TEXT`")
+    return model
 
 
 def run_evaluate(args) -> int:
@@ -252,7 +258,7 @@ def run_evaluate(args) -> int:
     from ..posttrain.classify import evaluate_tokens, label_ids
 
     _check_positive(args, ("batch_size",))
-    png = output_file(args.output, flag="-o") if args.output else None
+    png = png_file(args.output) if args.output else None
     model = load_model(args.model)
     records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
     truth = label_ids(records, model.labels, args.data)
@@ -306,7 +312,7 @@ def plot_confusion(confusion, labels: list[str], path: Path) -> None:
                     color="white" if confusion[i, j] > confusion.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path if path.suffix else path.with_suffix(".png"))
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 

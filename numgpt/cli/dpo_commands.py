@@ -16,7 +16,7 @@ from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import ConfigFieldError
-from .train_commands import TRAIN_DEFAULTS, add_training_flags
+from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags
 
 DPO_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 8}
 DPO_OPTIM = {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}   # a tenth of SFT's (TRL: 1e-6 for big models)
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sft-weight", type=float, metavar="W", help="add W times the chosen replies' mean negative "
                    "log-likelihood per token (TRL's loss_type=['sigmoid', 'sft'], loss_weights=[1, W]; RPO): keeps "
                    "the chosen reply likely when pairs differ by a digit (0: plain DPO, the default)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (PAIRS must be the same file)")
+    add_resume_flag(p, "RUN_DIR", "PAIRS")
     p.add_argument("--prepare-only", action="store_true", help="render PAIRS and the reference's log-probabilities "
                    "into --out and stop")
     v = p.add_mutually_exclusive_group()

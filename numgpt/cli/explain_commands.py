@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import NumgptError
 from .options import SAMPLING_FIELDS, add_decoding_flags, decoding_options_from_args
 from .inference_commands import MODEL_HELP
-from .paths import output_file
+from .paths import png_file
 
 EXPLAIN_DESCRIPTION = """\
 See GPT-2 at work on real weights: each view's numbers are the model's own (attention from the forward
@@ -299,11 +299,7 @@ def _picture(args) -> Path | None:
 
     if args.json:
         raise NumgptError("-o draws a picture and --json prints the numbers; give one of them")
-    out = output_file(args.output, flag="-o")
-    if out.suffix == "":
-        out = output_file(out.with_name(out.name + ".png"), flag="-o")
-    elif out.suffix.lower() != ".png":
-        raise NumgptError(f"-o {args.output}: the pictures are PNG images; pass a name ending in .png")
+    out = png_file(args.output)
     pyplot()
     return out
 

@@ -35,6 +35,17 @@ def output_file(path: str | os.PathLike, *, flag: str) -> Path:
     return file
 
 
+def png_file(path: str | os.PathLike, *, flag: str = "-o") -> Path:
+    """The PNG image a command draws: `path` with .png added when it has no suffix (so the name printed is
+    the file written), checked as output_file checks it; another suffix is refused."""
+    out = output_file(path, flag=flag)
+    if out.suffix == "":
+        return output_file(out.with_name(out.name + ".png"), flag=flag)
+    if out.suffix.lower() != ".png":
+        raise NumgptError(f"{flag} {path}: the pictures are PNG images; pass a name ending in .png")
+    return out
+
+
 def check_writable(path: Path, flag: str) -> None:
     """The nearest existing ancestor of `path` (itself if it exists) must be a writable folder."""
     probe = path

@@ -55,6 +55,7 @@ def _register_train(sub) -> None:
     from ..posttrain.classify import TRAIN_CHOICES
     from ..posttrain.lora import add_lora_flags
     from ..posttrain.reward import MAX_TOKENS
+    from .train_commands import add_resume_flag
     p = sub.add_parser("train", help="train a reward model on preference pairs (Bradley-Terry)",
                        description="Train a reward model on preference pairs (TRL's prompt/chosen/rejected JSONL "
                        "with chat messages): writes RUN/latest, RUN/best and RUN/model.",
@@ -62,7 +63,7 @@ def _register_train(sub) -> None:
     p.add_argument("pairs", metavar="PAIRS", help="preference pairs JSONL (numgpt data pairs makes some)")
     p.add_argument("--init", metavar="MODEL", help="the chat model to start from: an SFT run or model folder")
     p.add_argument("--out", "-o", required=True, metavar="RUN", help="the run folder")
-    p.add_argument("--resume", action="store_true", help="continue RUN/latest (PAIRS must be the same file)")
+    add_resume_flag(p, "RUN", "PAIRS")
     p.add_argument("--train", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="pairs with a conversation "
                    f"longer than N tokens (or the model's context) are left out, and counted ({MAX_TOKENS})")
@@ -87,7 +88,7 @@ def _register_train(sub) -> None:
     o.add_argument("--seed", type=int, metavar="N", help="seed of the split, head, batches and dropout (1337)")
     o.add_argument("--threads", type=int, metavar="N", help=f"split each batch's pairs over N threads (default: "
                    f"{THREADS_ENV} if set, else all cores; recorded in the run)")
-    add_lora_flags(p)
+    add_lora_flags(p, saved="merged into the model it saves (RUN/best, RUN/latest)")
     o.add_argument("--eval-iters", type=int, metavar="N", help="the train loss of an evaluation is over the first N x "
                    f"--batch-size train pairs ({REWARD_TRAIN['eval_iters']})")
     p.set_defaults(run=run_train, block_size=None, zero=None, no_overlap=False,

@@ -19,7 +19,7 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 
 from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
-from .train_commands import TRAIN_DEFAULTS, add_training_flags
+from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
@@ -58,7 +58,7 @@ def register(sub) -> None:
                    "hub name such as gpt2 (chat tokens are added when it has none)")
     p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
                    "the data folder)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (DATA must be the same file)")
+    add_resume_flag(p, "RUN_DIR", "DATA")
     p.add_argument("--prepare-only", action="store_true", help="pack DATA into --out and stop")
     p.add_argument("--train-on", choices=("assistant", "all"),
                    help="the tokens the loss is on (assistant, the default: the replies and their <|end|>)")
@@ -79,8 +79,9 @@ def sft_flag_names() -> dict[str, str]:
     """numgpt train's vocabulary (train_commands.FLAG_NAMES) less the flags sft has not, plus its own
     (setup_sft's parameters: val_file, init=MODEL, resume=True, prepare_only=True, train_on=..., truncate=True)."""
     from .train_commands import FLAG_NAMES
-    absent = ("beta1", "beta2", "zero", "n_layer", "n_head", "n_embd", "preset=", "resume_from='best'")
-    return {**{k: v for k, v in FLAG_NAMES.items() if k not in absent}, "val_file=": "--val FILE", "val_file": "--val",
+    absent = ("beta1", "beta2", "zero", "n_layer", "n_head", "n_embd", "preset=")
+    return {**{k: v for k, v in FLAG_NAMES.items() if k not in absent}, "resume_from='best'": "--resume best",
+            "val_file=": "--val FILE", "val_file": "--val",
             "init=MODEL": "--init MODEL", "resume=True": "--resume", "prepare_only=True": "--prepare-only",
             "train_on='assistant'": "--train-on assistant", "train_on='all'": "--train-on all",
             "truncate=True": "--truncate yes"}

@@ -26,7 +26,7 @@ from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 from ..training.run import SCRATCH_SHAPE, checkpoint_step
 from .options import flag_message
-from .paths import check_writable, input_file, output_file, output_folder
+from .paths import check_writable, input_file, output_file, output_folder, png_file
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
 ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
@@ -330,6 +330,9 @@ def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
                 f"(step {step}), or train longer with --resume")
     if best_step == 0 and step > 0:
         when = f" (the first evaluation after step 0 comes at step {tc.eval_interval})" if tc.eval_interval else ""
+        if tc.init:                                   # a fine-tune's step 0 is the model it started from
+            return (f"note: {run / BEST} is still the step-0 model, {tc.init} as it started{when}; its training "
+                    f"is in {run / LATEST} (step {step}): use --model {run / LATEST}, or train longer with --resume")
         return (f"note: {run / BEST} is the untrained step-0 model{when}, so `numgpt generate --model "
                 f"{run / BEST}` (or --model {run}) would print noise; use --model {run / LATEST} (step {step}), "
                 "or train longer with --resume")
@@ -510,6 +513,13 @@ FLAG_NAMES = {
     "val_fraction": "--val-fraction"}
 
 
+def add_resume_flag(p: argparse.ArgumentParser, folder: str, data: str) -> None:
+    """--resume [best] of the fine-tuning commands (sft, dpo, reward train): RUN/latest, or RUN/best."""
+    p.add_argument("--resume", nargs="?", const=LATEST, choices=(LATEST, BEST), metavar="best",
+                   help=f"continue {folder}/latest, or {folder}/best with `--resume best` (when latest is damaged); "
+                        f"{data} must be the same file")
+
+
 def options_from_args(args) -> dict:
     """The flags the user gave, as run.setup_run's options (TrainConfig fields, AdamWConfig's under "optim")."""
     options = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
@@ -544,14 +554,7 @@ def run_plot(args) -> int:
 def plot_path(given: str | None, run_dir: Path) -> Path:
     """The PNG that plot writes: -o as given, with .png added when it has no suffix (the name printed is
     the file written); RUN_DIR/loss.png without -o. A folder, or another suffix, is refused."""
-    if given is None:
-        out = run_dir / "loss.png"
-    else:
-        out = output_file(given, flag="-o")
-        if out.suffix == "":
-            out = out.with_name(out.name + ".png")
-        elif out.suffix.lower() != ".png":
-            raise NumgptError(f"-o {given}: plot writes PNG images; pass a name ending in .png")
+    out = run_dir / "loss.png" if given is None else png_file(given)
     if out.is_file():                               # an earlier plot, replaced: its folder must be writable
         check_writable(out.parent, "-o")
         return out

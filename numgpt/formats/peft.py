@@ -233,6 +233,14 @@ RUN_EXTRA_FILE = "extra_params.safetensors"   # training/state.py's EXTRA_FILE: 
 RUN_STATE_FILE = "trainstate.json"            # training/state.py's STATE_FILE
 
 
+def refuse_classifier_checkpoint(folder: str | os.PathLike) -> None:
+    """A training checkpoint of a classify or reward run keeps its head in extra_params.safetensors, beside a
+    model.safetensors that loads as a plain GPT-2: refused where a language model is wanted (init=, --model)."""
+    folder = Path(folder)
+    if (folder / RUN_EXTRA_FILE).is_file() and CLASSIFIER_HEAD in read_header(folder / RUN_EXTRA_FILE)[0]:
+        raise not_a_language_model(folder)
+
+
 def merge_run_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """params, with the adapter merged in when `folder` is a checkpoint of a LoRA run (`numgpt train
     --lora-rank`: RUN/latest and RUN/best hold the frozen base, the adapter in extra_params.safetensors, its
@@ -240,8 +248,7 @@ def merge_run_adapter(folder: str | os.PathLike, config, params: dict[str, np.nd
     folder = Path(folder)
     if not (folder / RUN_EXTRA_FILE).is_file():
         return params
-    if CLASSIFIER_HEAD in read_header(folder / RUN_EXTRA_FILE)[0]:       # a classify or reward run's head
-        raise not_a_language_model(folder)
+    refuse_classifier_checkpoint(folder)                                # a classify or reward run's head
     try:
         lora = json.loads((folder / RUN_STATE_FILE).read_text(encoding="utf-8"))["train_config"]["lora"]
         scale = float(lora["alpha"]) / int(lora["rank"])

@@ -94,7 +94,9 @@ def _jsonl_rows(path: Path, content: str) -> list[tuple[str, dict]]:
 def _example(row: dict, where: str, text_field: str, label_field: str, path: Path) -> Example:
     """The record's Example, or a one-line error naming the field that is missing or wrong."""
     for field, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
-        if field not in row or row[field] is None:
+        if field in row and row[field] is None:         # a CSV row cut short, or JSON null
+            raise NumgptError(f"{where}: the '{field}' field is empty (a CSV row with too few values, or null)")
+        if field not in row:
             fields = ", ".join(str(k) for k in row if k is not None)
             raise NumgptError(f"{where}: no '{field}' field (it has: {fields}); name the column with {flag}")
     text, label = row[text_field], row[label_field]

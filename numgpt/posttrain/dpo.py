@@ -68,6 +68,7 @@ from ..params import Params, param_shapes
 from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
+from .packing import resume_checkpoint
 from .sft import held_out_split
 
 if TYPE_CHECKING:
@@ -572,12 +573,14 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
-        return _resume(given, run, {"beta": beta, "sft_weight": sft_weight}, options, val_file, **ranks)
+        return _resume(given, run, {"beta": beta, "sft_weight": sft_weight}, options, val_file,
+                       resume_checkpoint(resume), **ranks)
     if init is None:
         raise NumgptError("--init MODEL is required: the model DPO starts from and keeps as its reference (an SFT "
                           "run, builtin, a model folder)")
     if (run / LATEST).exists() and not prepare_only:
-        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+        from .packing import existing_run_error
+        raise existing_run_error(run, ours=(run / SETTINGS_FILE).is_file() or not (run / DATA_SUBDIR).exists())
     if comm.rank == 0:
         check_not_locked(run)
     settings = {"beta": DEFAULT_BETA if beta is None else beta, "sft_weight": sft_weight or 0.0}
@@ -677,12 +680,11 @@ def _new_run(run: Path, init: Path | None, data_dir: Path, options: Mapping | No
 
 
 def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: Mapping | None, val_file,
-            **ranks) -> DpoSetup:
-    """setup_run of RUN/latest on RUN/data with the run's beta and sft_weight, refusing another pairs file or
-    another value of either (asked: the values given, None where not given)."""
-    from ..training.loop import LATEST
+            checkpoint: str, **ranks) -> DpoSetup:
+    """setup_run of RUN/checkpoint (latest or best) on RUN/data with the run's beta and sft_weight, refusing
+    another pairs file or another value of either (asked: the values given, None where not given)."""
     from ..training.run import setup_run
-    from .packing import file_sha256
+    from .packing import check_same_source
 
     data_dir = run / DATA_SUBDIR
     settings = run / SETTINGS_FILE
@@ -700,10 +702,8 @@ def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: 
         raise NumgptError(f"{run} trains on {folder}, not {given}; resume with that folder, or start a new run")
     if given.is_file():
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["dpo"]
-        if file_sha256(given) != meta["source_sha256"]:
-            raise NumgptError(f"{given} is not the file {run} was prepared from ({meta['source']}); resume with "
-                              "that file, or start a new run")
-    setup = setup_run(folder, run, options=options, resume_from=LATEST, sequences_per_row=2, **ranks)
+        check_same_source(given, run, meta.get("source"), meta.get("source_sha256"))
+    setup = setup_run(folder, run, options=options, resume_from=checkpoint, sequences_per_row=2, **ranks)
     setup.objective = dpo_objective(setup.data, **saved)
     return DpoSetup(run=setup, **saved)
 

@@ -555,11 +555,12 @@ LORA_STREAM = 2          # the rng stream of the adapters' initialisation (apart
 ADAPTER_DIR = "adapter"  # RUN/adapter: the PEFT folder of the run's last state
 
 
-def add_lora_flags(parser: argparse.ArgumentParser) -> None:
-    """The --lora-* flags, on any training command (argparse parser or group)."""
+def add_lora_flags(parser: argparse.ArgumentParser, saved: str = "saved as a PEFT folder in RUN_DIR/adapter") -> None:
+    """The --lora-* flags, on any training command (argparse parser or group); saved: where the command
+    puts the trained adapter, as its --help says."""
     g = parser.add_argument_group("LoRA (train low-rank adapters; the model's own weights stay frozen)")
     g.add_argument("--lora-rank", type=int, metavar="R", help="train a rank-R adapter on the blocks' linear layers "
-                   "instead of the weights; saved as a PEFT folder in RUN_DIR/adapter")
+                   f"instead of the weights; {saved}")
     g.add_argument("--lora-alpha", type=float, metavar="A", help="the adapter's update is scaled by A / R (A = R)")
     g.add_argument("--lora-targets", metavar="NAMES", help="comma-separated layers to adapt, PEFT's target_modules "
                    f"(suffixes of {','.join(MODULES)}; default {','.join(DEFAULT_TARGETS)}: all four; "

@@ -189,3 +189,35 @@ def load_masks(folder: str | os.PathLike, meta: Mapping) -> dict[str, np.ndarray
 
 def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_same_source(given: Path, run: Path, source: str | None, sha256: str | None) -> None:
+    """A resumed run's data file must be the one its RUN/data was packed from (by content): refused in one
+    line that says whether it is another file or the same path since changed."""
+    if file_sha256(given) == sha256:
+        return
+    if source is not None and Path(source).resolve() == given.resolve():
+        raise NumgptError(f"{given} has changed since {run} was prepared from it; resume with the file as it was, "
+                          "or start a new run")
+    raise NumgptError(f"{given} is not the file {run} was prepared from ({source}); resume with that file, or "
+                      "start a new run")
+
+
+def existing_run_error(run: Path, ours: bool) -> NumgptError:
+    """The refusal to start a run where one is: continue it with --resume when it may be this command's (ours:
+    its data folder is this command's kind, or absent), else it is another command's, which --resume cannot
+    continue."""
+    if ours:
+        return NumgptError(f"{run} already holds a training run; continue it with resume=True, or pass another "
+                           "run_dir")
+    return NumgptError(f"{run} already holds another command's training run; pass another run_dir")
+
+
+def resume_checkpoint(resume: bool | str) -> str:
+    """The checkpoint a fine-tuning command's resume= continues: True is RUN/latest; "latest" or "best"."""
+    from ..training.loop import BEST, LATEST
+    if resume is True:
+        return LATEST
+    if resume not in (LATEST, BEST):
+        raise NumgptError(f"resume must be True, {LATEST!r} or {BEST!r}, got {resume!r}")
+    return resume

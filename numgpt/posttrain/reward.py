@@ -69,6 +69,7 @@ from ..training.data import META_FILE, Dataset, tokenizer_fingerprint
 from ..training.objective import Batch, Objective
 from .classify import (SCORE, Classifier, first_trained_block, head_backward, head_forward, last_hidden,
                        reached_grads, trainable_names)
+from .packing import resume_checkpoint
 from .sft import held_out_split
 
 if TYPE_CHECKING:
@@ -395,11 +396,13 @@ def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | N
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
-        return RewardSetup(run=_resume_run(Path(pairs), run, options, val_file, **ranks))
+        return RewardSetup(run=_resume_run(Path(pairs), run, options, val_file, resume_checkpoint(resume), **ranks))
     if init is None:
         raise NumgptError("--init MODEL is required: the chat model the reward model starts from (an SFT run)")
     if (run / LATEST).exists():
-        raise NumgptError(f"{run} already holds a training run; continue it with --resume, or pass another --out")
+        from .packing import existing_run_error
+        meta = run / DATA_SUBDIR / META_FILE
+        raise existing_run_error(run, ours=not meta.is_file() or "reward" in json.loads(meta.read_text(encoding="utf-8")))
     if comm.rank == 0:
         check_not_locked(run)
     folder, tokenizer, config = _chat_model(init, cache_dir)
@@ -506,13 +509,13 @@ def _objective(setup: "Run", trainable: frozenset[str], lora: "LoraConfig | None
     return reward_objective(trainable, batches, lora)
 
 
-def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str | Path | None, **ranks) -> "Run":
-    """setup_run of RUN/latest on RUN/data, refusing another pairs file than the run's; the trained set is the
-    checkpoint's (the parameters it keeps optimizer moments for)."""
-    from ..training.loop import LATEST
+def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str | Path | None, checkpoint: str,
+                **ranks) -> "Run":
+    """setup_run of RUN/checkpoint (latest or best) on RUN/data, refusing another pairs file than the run's;
+    the trained set is the checkpoint's (the parameters it keeps optimizer moments for)."""
     from ..training.run import setup_run
     from .lora import LoraConfig
-    from .packing import file_sha256
+    from .packing import check_same_source
 
     data_dir = run / DATA_SUBDIR
     meta_path = data_dir / META_FILE
@@ -520,13 +523,15 @@ def _resume_run(given: Path, run: Path, options: Mapping | None, val_file: str |
         raise NumgptError(f"{run} holds no reward-model run to resume (no {data_dir}); start one with --init MODEL")
     if val_file is not None:
         raise NumgptError(f"{run} is already packed with its validation pairs; --val applies when starting a run")
-    saved = json.loads(meta_path.read_text(encoding="utf-8")).get("reward", {})
-    if given.is_file() and file_sha256(given) != saved.get("source_sha256"):
-        raise NumgptError(f"{given} is not the file {run} was prepared from ({saved.get('source')}); resume with "
-                          "that file, or start a new run")
-    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, **ranks)
+    saved = json.loads(meta_path.read_text(encoding="utf-8")).get("reward")
+    if saved is None:
+        raise NumgptError(f"{run} holds no reward-model run to resume (its {data_dir} is another command's data); "
+                          "start one with --init MODEL")
+    if given.is_file():
+        check_same_source(given, run, saved.get("source"), saved.get("source_sha256"))
+    setup = setup_run(data_dir, run, options=options, resume_from=checkpoint, **ranks)
     if SCORE not in setup.state.params:
-        raise NumgptError(f"{run / LATEST}: no score head ({SCORE}); not a reward-model run")
+        raise NumgptError(f"{run / checkpoint}: no score head ({SCORE}); not a reward-model run")
     lora = None if setup.tc.lora is None else LoraConfig.from_dict(setup.tc.lora)
     setup.objective = _objective(setup, frozenset(setup.state.optim.m), lora)
     return setup

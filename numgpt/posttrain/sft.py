@@ -43,7 +43,7 @@ from ..params import Params
 from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
-from .packing import load_masks
+from .packing import load_masks, resume_checkpoint
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -124,9 +124,11 @@ def chat_model(init: str | Path, cache_dir: str | Path) -> ChatModel:
     tokenizer has numgpt's chat template, else grown by posttrain.add_chat_tokens (not yet saved)."""
     from ..formats import load_checkpoint, load_tokenizer, resolve_model
     from ..formats.hf import load_config
+    from ..formats.peft import refuse_classifier_checkpoint
     from .chat_format import add_chat_tokens, chat_template
 
     folder = resolve_model(init, cache_dir=cache_dir)
+    refuse_classifier_checkpoint(folder)
     config = load_config(folder)
     tok = load_tokenizer(folder, config)
     if chat_template(tok) is not None:
@@ -230,12 +232,14 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
         check_packed_as(run / DATA_SUBDIR, train_on, val_file)
-        resumed = _resume_run(given, run, options, adapter_size=lora_adapter_size(lora), **ranks)
+        resumed = _resume_run(given, run, options, resume_checkpoint(resume), adapter_size=lora_adapter_size(lora),
+                              **ranks)
         return SftSetup(run=with_lora(resumed, lora, resumed=True))
     if init is None:
         raise NumgptError("init=MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
     if (run / LATEST).exists() and not prepare_only:
-        raise NumgptError(f"{run} already holds a training run; continue it with resume=True, or pass another run_dir")
+        from .packing import existing_run_error, is_sft_folder
+        raise existing_run_error(run, ours=not (run / DATA_SUBDIR).exists() or is_sft_folder(run / DATA_SUBDIR))
     if comm.rank == 0:
         check_not_locked(run)
     model = chat_model(init, cache_dir)
@@ -323,21 +327,19 @@ def _new_run(run: Path, init: Path, data_dir: Path, options: Mapping | None, **r
     return setup
 
 
-def _resume_run(given: Path, run: Path, options: Mapping | None, **ranks) -> "Run":
-    """setup_run of RUN/latest on RUN/data, refusing another data file than the run's."""
+def _resume_run(given: Path, run: Path, options: Mapping | None, checkpoint: str, **ranks) -> "Run":
+    """setup_run of RUN/checkpoint (latest or best) on RUN/data, refusing another data file than the run's."""
     import json
-    from ..training.loop import LATEST
     from ..training.run import setup_run
-    from .packing import file_sha256, is_sft_folder
+    from .packing import check_same_source, is_sft_folder
 
     data_dir = run / DATA_SUBDIR
     if not is_sft_folder(data_dir):
-        raise NumgptError(f"{run} holds no SFT run to resume (no {data_dir}); start one with init=MODEL")
+        why = f"its {data_dir} is another command's data" if data_dir.exists() else f"no {data_dir}"
+        raise NumgptError(f"{run} holds no SFT run to resume ({why}); start one with init=MODEL")
     if given.is_file():
         saved = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))["sft"]
-        if file_sha256(given) != saved["source_sha256"]:
-            raise NumgptError(f"{given} is not the file {run} was prepared from ({saved['source']}); resume with "
-                              "that file, or start a new run")
-    setup = setup_run(data_dir, run, options=options, resume_from=LATEST, **ranks)
+        check_same_source(given, run, saved.get("source"), saved.get("source_sha256"))
+    setup = setup_run(data_dir, run, options=options, resume_from=checkpoint, **ranks)
     setup.objective = sft_objective(setup.data)
     return setup

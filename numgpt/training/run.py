@@ -56,6 +56,15 @@ class Run:
                      objective=self.objective)
 
 
+def repack_advice(meta: Mapping[str, Any], init: str | Path, folder: Path) -> str:
+    """How to pack a data folder again for the model `init` (resolved to `folder`): with the command that
+    made that kind of folder (its meta.json says: SFT chats, DPO pairs, or plain text)."""
+    for kind, source in (("sft", "CHATS"), ("dpo", "PAIRS")):
+        if kind in meta:
+            return f"pack it again for that model: `numgpt {kind} {source} --init {init} --out DIR --prepare-only`"
+    return f"run `numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR"
+
+
 def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str, Any] | None = None,
               shape: Mapping[str, Any] | None = None, init: str | Path | None = None,
               resume_from: str | None = None, cache_dir: str | Path | None = None,
@@ -123,18 +132,20 @@ def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: d
     fits(config) is asked before the weights are loaded or made."""
     from ..formats import hf_cache_dir, load_checkpoint, load_tokenizer, resolve_model
     from ..formats.hf import load_config
+    from ..formats.peft import refuse_classifier_checkpoint
     from ..params import init_params
     from .data import tokenizer_fingerprint
     from .state import new_state
 
     if init:
         folder = resolve_model(init, cache_dir=cache_dir if cache_dir is not None else hf_cache_dir({}))
+        refuse_classifier_checkpoint(folder)
         refuse_shape_change(shape, load_config(folder), "(with init= the shape comes from the model)")
         fits(load_config(folder))
         config, params = load_checkpoint(folder)
         if tokenizer_fingerprint(load_tokenizer(folder, config)) != data.meta.get("tokenizer_sha256"):
-            raise NumgptError(f"{data_dir} was prepared with another tokenizer than {init}'s; run "
-                              f"`numgpt prepare TEXT_FILE --tokenizer {folder} --out DIR` and train on DIR")
+            raise NumgptError(f"{data_dir} was prepared with another tokenizer than {init}'s; "
+                              f"{repack_advice(data.meta, init, folder)}")
         what = f"fine-tuning {folder}"
     else:
         config = scratch_config(shape, data, tc.block_size)
