@@ -65,8 +65,9 @@ def _register_train(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="RUN", help="the folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into RUN even if it holds files")
     _fields(p)
-    p.add_argument("--val", metavar="FILE", help="validation records (default: --val-fraction of DATA held out)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+    held = p.add_mutually_exclusive_group()         # one way to hold records out: a file, or a share of DATA
+    held.add_argument("--val", metavar="FILE", help="validation records (default: --val-fraction of DATA held out)")
+    held.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="share of DATA held out for validation when no --val is given; 0 = none (0.1)")
     p.add_argument("--train", default="head", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
     p.add_argument("--class-weights", choices=["none", "balanced"], default="none",

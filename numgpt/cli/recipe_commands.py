@@ -97,9 +97,9 @@ def _train_with_progress(run, label: str):
     if label == "rl":                                  # its own figures: reward, KL, held-out pass@1
         from ..training.comm import SingleProcess
         from .rl_commands import _train_with_progress as rl_bar
-        return rl_bar(run, SingleProcess())
+        return rl_bar(run, SingleProcess(), shorter="--rl-iters N")
     return with_bar(run.state, run.config, tc, run.data, run.folder,
-                    lambda *a, **kw: train(*a, objective=run.objective, **kw))
+                    lambda *a, **kw: train(*a, objective=run.objective, **kw), shorter=f"--{label}-iters N")
 
 
 def stage_table(records: dict) -> str:

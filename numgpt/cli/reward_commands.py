@@ -233,7 +233,9 @@ def run_score(args) -> int:
     from .paths import input_file
 
     if (args.pairs is None) == (args.reply is None):
-        raise NumgptError("pass --prompt TEXT with one or more --reply TEXT, or --pairs FILE")
+        both = args.pairs is not None
+        raise NumgptError(("--pairs FILE scores a file, --prompt/--reply one prompt's replies: give one of them, not "
+                           "both") if both else "pass --prompt TEXT with one or more --reply TEXT, or --pairs FILE")
     if args.pairs is None and args.prompt is None:
         raise NumgptError("--reply needs --prompt TEXT (the user's message it answers)")
     if args.pairs is not None and (args.prompt is not None or args.system is not None):

@@ -56,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="MODEL", help="the chat model to train (an SFT run or model folder)")
     p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (TASKS must be the same file)")
-    p.add_argument("--eval-tasks", metavar="FILE", help="held-out tasks for pass@1 (default: --val-fraction of TASKS)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
+    held = p.add_mutually_exclusive_group()         # one way to hold tasks out: a file, or a share of TASKS
+    held.add_argument("--eval-tasks", metavar="FILE", help="held-out tasks for pass@1 (default: --val-fraction of TASKS)")
+    held.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
                    help="share of TASKS held out for pass@1 when no --eval-tasks is given (0.1)")
     r = p.add_argument_group("RL (GRPO)")
     r.add_argument("--group", type=int, metavar="G", help="answers sampled per prompt, >= 2 (8)")
@@ -96,7 +97,7 @@ def rl_flag_names() -> dict[str, str]:
     names = {k: v for k, v in FLAG_NAMES.items() if k in kept}
     return {**names, **flag_vocabulary(DECODING), **{k: "--" + k.replace("_", "-") for k in RL_FLAGS},
             "init=": "--init", "resume=True": "--resume", "eval_tasks=": "--eval-tasks",
-            "val_fraction": "--val-fraction"}
+            "val_fraction": "--val-fraction", "val_file=": "--eval-tasks FILE"}
 
 
 def run_rl(args) -> int:
@@ -112,6 +113,8 @@ def _run_rl(args, comm) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:     # (generate's rule is >= 0)
+        raise NumgptError(f"--max-new-tokens must be a whole number >= 1, got {args.max_new_tokens}")
     run = check_run_folder(Path(args.out))
     decoding = decoding_kwargs(args)
     seed = decoding.pop("seed", None)
@@ -165,14 +168,14 @@ def _train(args, setup, comm) -> int:
     return 0
 
 
-def _train_with_progress(run, comm):
+def _train_with_progress(run, comm, shorter: str = "--max-iters N"):
     from tqdm import tqdm
     from .train_commands import BAR_FORMAT, TimeEstimate
 
     tc = run.tc
     bar = tqdm(total=tc.max_iters, initial=run.state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.2 if sys.stderr.isatty() else 30, bar_format=BAR_FORMAT)
-    eta = TimeEstimate(tc, run.state.step)
+    eta = TimeEstimate(tc, run.state.step, shorter)
 
     def on_event(ev):
         if ev["type"] == "step":

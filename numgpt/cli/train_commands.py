@@ -352,13 +352,13 @@ def local_ranks(ranks: int) -> int:
     return max(1, int(per_host) if per_host.isdigit() else ranks) if ranks > 1 else 1
 
 
-def _train_with_progress(state, config, tc, data, run, train):
+def _train_with_progress(state, config, tc, data, run, train, shorter: str = "--max-iters N"):
     from tqdm import tqdm
 
     bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.2 if sys.stderr.isatty() else 30,   # a log file gets a line every 30 s
                bar_format=BAR_FORMAT)
-    eta = TimeEstimate(tc, state.step)
+    eta = TimeEstimate(tc, state.step, shorter)
 
     def on_event(ev):
         if ev["type"] == "step":
@@ -384,8 +384,8 @@ class TimeEstimate:
     step, which warms up, left out) times the steps left, plus the evaluations left at the time the
     first one took (or, before any, 2 x eval_iters forward passes at a third of a step each)."""
 
-    def __init__(self, tc: TrainConfig, first_step: int):
-        self.tc, self.first_step = tc, first_step
+    def __init__(self, tc: TrainConfig, first_step: int, shorter: str = "--max-iters N"):
+        self.tc, self.first_step, self.shorter = tc, first_step, shorter    # shorter: the flag of fewer steps
         self.started = time.perf_counter()
         self.seconds: list[float] = []
         self.eval_seconds: float | None = None
@@ -409,7 +409,7 @@ class TimeEstimate:
         line = (f"about {format_duration(total)} for the {left:,} steps left at {per_step:.2f} s/step"
                 + (f" and {evals} evaluation{'s' if evals > 1 else ''}" if evals else ""))
         if total > LONG_RUN_SECONDS:
-            line += "; pass --max-iters N for a shorter run (Ctrl-C saves and stops)"
+            line += f"; pass {self.shorter} for a shorter run (Ctrl-C saves and stops)"
         return line
 
     def evals_after(self, step: int) -> int:

@@ -77,6 +77,11 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
     (rsLoRA, DoRA, trained biases, per-layer ranks), a tensor name outside GPT-2's blocks, LoRA on the
     embedding (peft's adapts the input but not the tied head, which no merged model can be)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise NumgptError(f"{folder}: no such folder; pass an adapter folder (RUN/adapter of `numgpt train "
+                          "--lora-rank R`, or peft's save_pretrained)")
+    if not (folder / CONFIG_FILE).is_file() and (folder / "adapter" / CONFIG_FILE).is_file():
+        raise NumgptError(f"{folder}: a run folder; its adapter is {folder / 'adapter'}")
     for f in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / f).is_file():
             raise NumgptError(f"{folder}: no {f}; an adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "

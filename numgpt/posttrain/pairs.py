@@ -144,7 +144,7 @@ def check_pair(record: object, where: str) -> dict:
     prompt = record["prompt"]
     if not isinstance(prompt, list):
         raise NumgptError(f'{where}: "prompt" is {_json_type(prompt)}; expected a list of {{"role": ..., '
-                          '"content": ...}} ending with a user turn')
+                          '"content": ...} ending with a user turn')
     try:
         check_messages(prompt, add_generation_prompt=True)
     except NumgptError as e:

@@ -636,6 +636,8 @@ def load_reward_model(folder: str | Path) -> RewardModel:
     from .classify import load_classifier_folder
 
     folder = Path(folder)
+    if not folder.exists():
+        raise NumgptError(f"{folder}: no such folder; pass the --out folder of `numgpt reward train`")
     if (folder / MODEL_SUBDIR / CONFIG_FILE).is_file():
         folder = folder / MODEL_SUBDIR
     if not (folder / CONFIG_FILE).is_file():

@@ -558,9 +558,11 @@ def _block_size(config: GPTConfig, tok: "Tokenizer", tasks: Sequence[Mapping], m
     """The rows' length - 1: the longest prompt + max_new_tokens - 1, which must fit in the context."""
     longest = max(len(t.prompt) for t in render_tasks(tok, tasks))
     if longest + max_new_tokens > config.n_positions:
+        room = config.n_positions - longest
+        fix = (f"lower max_new_tokens to {room} or shorten the tasks" if room >= 1 else
+               "train on shorter tasks, or start from a model with a longer context (the recipe's --block-size)")
         raise NumgptError(f"the longest prompt has {longest} tokens; with max_new_tokens {max_new_tokens} it passes "
-                          f"the model's context of {config.n_positions}: lower max_new_tokens to "
-                          f"{max(config.n_positions - longest, 0)} or shorten the tasks")
+                          f"the model's context of {config.n_positions}: {fix}")
     return longest + max_new_tokens - 1
 
 
