@@ -262,6 +262,20 @@ BAD_INPUTS = [
 ]
 
 
+def test_force_does_not_write_a_classifier_into_another_commands_run(tmp_path, capsys, gpt2_vocab_model):
+    """--force replaces a classify run's best/ and latest/; an SFT run's folder would be left half one, half
+    the other (its data/, init/, train_config.json stayed): refused, and nothing is touched."""
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    other = tmp_path / "sft_run"
+    for name in ("data", "init", "latest"):
+        (other / name).mkdir(parents=True)
+    (other / "train_config.json").write_text("{}")
+    assert main(["classify", "train", str(data), "--init", str(gpt2_vocab_model), "--out", str(other), "--force"]) == 2
+    assert "holds another command's training run (data, init, train_config.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["data", "init", "latest", "train_config.json"]
+
+
 def test_bad_numbers_are_one_line_before_anything_runs(tmp_path, capsys, gpt2_vocab_model):
     data = tmp_path / "d.csv"
     data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")

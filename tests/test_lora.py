@@ -763,3 +763,11 @@ def test_average_takes_a_lora_run_with_its_adapter_merged(base_run, tmp_path):
     _, soup = load_checkpoint(tmp_path / "soup")
     for name, p in trained.items():
         assert np.array_equal(soup[name], np.asarray(p)), name
+
+
+def test_a_rank_not_below_the_width_is_refused():
+    """A rank-r adapter of a C-wide matrix is smaller than it only for r < C: refused at the start."""
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=20)
+    L.init_adapters(config, L.LoraConfig(rank=15), np.random.default_rng(0))
+    with pytest.raises(NumgptError, match=r"--lora-rank 16 is not below the model's width \(n_embd 16\)"):
+        L.init_adapters(config, L.LoraConfig(rank=16), np.random.default_rng(0))

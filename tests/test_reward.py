@@ -462,3 +462,12 @@ def test_mpiexec_two_ranks_train_the_bits_of_two_threads(world, tmp_path):
                  "model/model.safetensors"):
         saved = [(tmp_path / which / name).read_bytes() for which in ("threads", "ranks")]
         assert saved[0] == saved[1], name
+
+
+def test_the_trained_set_is_said_from_the_run_not_the_flag():
+    """A resumed run keeps the set it started with: the line it prints names that set, whatever --train says."""
+    from numgpt.cli.reward_commands import trained_set
+    params = {"wte.weight": 0, "h.0.attn.c_attn.weight": 0, "h.1.attn.c_attn.weight": 0, "score.weight": 0}
+    assert trained_set(None, params) == "all" and trained_set(frozenset(params), params) == "all"
+    assert trained_set(frozenset({"score.weight"}), params) == "head"
+    assert trained_set(frozenset({"score.weight", "h.1.attn.c_attn.weight"}), params) == "last-1"

@@ -136,6 +136,10 @@ def run_train(args) -> int:
     if not 0 < args.epochs < 1e6:                      # NaN and inf fail this too
         raise NumgptError(f"--epochs must be a number > 0 (and below a million), got {args.epochs}")
     out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
+    foreign = [n for n in ("data", "init", "train_config.json", "log.jsonl") if (out / n).exists()]
+    if foreign:                                         # --force replaces best/ and latest/ only: not a mix of runs
+        raise NumgptError(f"--out {out}: holds another command's training run ({', '.join(foreign)}), which --force "
+                          "would leave half replaced; pass another --out")
     records = read_labelled(input_file(args.data), text_field=args.text_field, label_field=args.label_field)
     labels = label_names(records, args.data)
     rng = np.random.default_rng(args.seed)

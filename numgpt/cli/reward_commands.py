@@ -180,6 +180,16 @@ def _report_data(setup, run: Path) -> None:
               f"{info['max_tokens']} tokens and were left out (--max-tokens)", file=sys.stderr)
 
 
+def trained_set(trainable, params) -> str:
+    """What a run trains, in --train's words, from the run itself (a resumed run keeps the set it started
+    with, whatever --train says now): head, all, or the head and the last N blocks."""
+    from ..posttrain.classify import SCORE
+    if trainable is None or set(params) <= set(trainable):
+        return "all"
+    blocks = {name.split(".")[1] for name in trainable if name.startswith("h.")}
+    return "head" if set(trainable) == {SCORE} else f"last-{len(blocks)}" if blocks else "head"
+
+
 def _train(args, run, comm) -> int:
     from ..posttrain.lora import lora_summary
     from ..posttrain.reward import MODEL_SUBDIR, export_reward_model
@@ -189,7 +199,8 @@ def _train(args, run, comm) -> int:
     trained = sum(p.size for p in run.objective.trainable_params(run.state.params).values())
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"reward model, {run.description}{ranks}: training {trained:,} parameters "
-          f"({lora_summary(run) or args.train}); {tc.batch_size * tc.grad_accum} pairs per step; "
+          f"({lora_summary(run) or trained_set(run.objective.trainable, run.state.params)}); "
+          f"{tc.batch_size * tc.grad_accum} pairs per step; "
           "loss = mean of -log sigmoid(r_chosen - r_rejected)", file=sys.stderr)
     result = _train_with_progress(run, comm)
     model = export_reward_model(run)

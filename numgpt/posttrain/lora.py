@@ -175,6 +175,10 @@ def init_adapters(config: GPTConfig, lora: LoraConfig, rng: np.random.Generator)
     """A new adapter's matrices: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform_(a=sqrt(5)) bound),
     B = 0; the embedding's the other way round, as PEFT's: A_e = 0, B_e ~ N(0, 1). Either way the product
     starts at zero (the token rows, if any, start as the base's: `init_token_rows`)."""
+    if lora.rank >= config.n_embd:                      # every adapted matrix has a side of n_embd
+        raise NumgptError(f"--lora-rank {lora.rank} is not below the model's width (n_embd {config.n_embd}): such an "
+                          "adapter is no smaller than the weights it adapts; pick a rank below it, or train the "
+                          "weights themselves")
     out = {}
     for name, shape in adapter_shapes(config, lora).items():
         if name == TOKENS:
