@@ -160,6 +160,6 @@ def test_cli_quick_run_and_its_errors(tmp_path, text_file):
     assert done.returncode == 0, done.stderr
     assert "| tokenizer |" in done.stdout and "vocab_size" in done.stdout
     bad = subprocess.run(cmd[:-1] + ["60"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "other settings (pretrain_tasks)" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "other settings (--pretrain-tasks 50 there, 60 now)" in bad.stderr
     missing = subprocess.run(cmd[:7] + ["--text", str(tmp_path / "nope.txt")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr and missing.stderr.count("\n") == 1

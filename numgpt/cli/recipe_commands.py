@@ -51,11 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                help="leave out Debian's fortunes and chatterbot-corpus (only --text and the tasks)")
         elif f.name == "rl_families":
             group.add_argument(flag, default=",".join(f.default), metavar="LIST",
-                               help=f"task families RL trains on ({','.join(f.default)})")
+                               help=f"{f.metadata['help']}, comma-separated ({','.join(f.default)})")
         else:
             group.add_argument(flag, type=type(f.default), default=f.default, metavar="N" if isinstance(
-                f.default, int) else "X", help=f"({f.default})")
-    c.set_defaults(run=run_recipe)
+                f.default, int) else "X", help=f"{f.metadata['help']} ({f.default})")
+    c.set_defaults(run=run_recipe, flag_names={f.name: "--" + f.name.replace("_", "-")
+                                               for f in dataclasses.fields(ChatRecipe) if "_" in f.name})
 
 
 def run_recipe(args) -> int:

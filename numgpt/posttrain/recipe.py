@@ -23,7 +23,7 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,43 +36,53 @@ DONE = "done.json"
 MODEL = "model"                        # OUT/model: the recipe's result
 
 
+def about(text: str) -> dict[str, str]:
+    """A ChatRecipe field's description: what `numgpt recipe chat --help` says of its flag."""
+    return {"help": text}
+
+
 @dataclass(frozen=True)
 class ChatRecipe:
     """The whole recipe's settings (the defaults made the shipped model: dev/ship_chat_model.py)."""
 
-    texts: tuple[str, ...] = ()          # extra UTF-8 files people wrote (tinyshakespeare)
-    packaged_texts: bool = True          # also Debian's fortunes and chatterbot-corpus (corpus.py)
-    seed: int = 0
-    threads: int = 0                     # 0: all cores
+    texts: tuple[str, ...] = field(default=(), metadata=about(
+        "extra UTF-8 files people wrote (tinyshakespeare)"))
+    packaged_texts: bool = field(default=True, metadata=about("also Debian's fortunes and chatterbot-corpus (corpus.py)"))
+    seed: int = field(default=0, metadata=about("seeds the data, the model's initialisation and every stage"))
+    threads: int = field(default=0, metadata=about("threads of every training stage; 0 = all cores"))
     # data
-    pretrain_tasks: int = 20_000         # synthetic tasks written as text into the pre-training corpus
-    sft_tasks: int = 24_000              # synthetic task conversations for SFT (+ chatterbot's small talk)
-    rl_tasks: int = 4_000
-    eval_tasks: int = 35                 # held-out tasks per family, for every evaluation
+    pretrain_tasks: int = field(default=20_000, metadata=about(
+        "synthetic tasks written as text into the pre-training corpus"))
+    sft_tasks: int = field(default=24_000, metadata=about(
+        "synthetic task conversations for SFT (with chatterbot's small talk)"))
+    rl_tasks: int = field(default=4_000, metadata=about("synthetic tasks RL draws its prompts from"))
+    eval_tasks: int = field(default=35, metadata=about(
+        "held-out tasks per family (7 families: 245 at 35), for every evaluation"))
     # tokenizer and model
-    vocab_size: int = 2048
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 192
-    block_size: int = 256
+    vocab_size: int = field(default=2048, metadata=about("the BPE tokenizer's vocabulary, special tokens included"))
+    n_layer: int = field(default=6, metadata=about("transformer blocks"))
+    n_head: int = field(default=6, metadata=about("attention heads per block"))
+    n_embd: int = field(default=192, metadata=about("the model's width (channels)"))
+    block_size: int = field(default=256, metadata=about("the context in tokens (n_positions); RL's prompts and "
+                                                        "answers must fit in it"))
     # pre-training
-    pretrain_iters: int = 2000
-    pretrain_batch: int = 16
-    pretrain_lr: float = 2e-3
+    pretrain_iters: int = field(default=2000, metadata=about("pre-training steps"))
+    pretrain_batch: int = field(default=16, metadata=about("sequences per pre-training step"))
+    pretrain_lr: float = field(default=2e-3, metadata=about("pre-training's peak learning rate"))
     # SFT
-    sft_iters: int = 1000
-    sft_batch: int = 16
-    sft_lr: float = 6e-4
+    sft_iters: int = field(default=1000, metadata=about("SFT steps"))
+    sft_batch: int = field(default=16, metadata=about("rows of conversations per SFT step"))
+    sft_lr: float = field(default=6e-4, metadata=about("SFT's peak learning rate"))
     # RL (GRPO)
-    rl_iters: int = 100
-    rl_group: int = 8
-    rl_prompts: int = 8
-    rl_lr: float = 3e-5
-    rl_kl: float = 0.05
+    rl_iters: int = field(default=100, metadata=about("RL (GRPO) steps"))
+    rl_group: int = field(default=8, metadata=about("answers sampled per prompt"))
+    rl_prompts: int = field(default=8, metadata=about("prompts per RL step"))
+    rl_lr: float = field(default=3e-5, metadata=about("RL's learning rate"))
+    rl_kl: float = field(default=0.05, metadata=about("RL's KL penalty to the SFT model"))
     # the worked sums, where a reply is right or wrong by its arithmetic, not its phrasing. RL on the other
     # families too (100 steps at 2e-5) lost 18 points of count on held-out phrasings and gained nothing on add
     # (BENCHMARKS.md); reverse and identity give GRPO nothing to learn (every group all wrong or all right)
-    rl_families: tuple[str, ...] = ("add", "sub")
+    rl_families: tuple[str, ...] = field(default=("add", "sub"), metadata=about("task families RL trains on"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,8 +121,9 @@ def check_recipe_folder(out: Path, recipe: ChatRecipe) -> None:
         mine = json.loads(json.dumps(recipe.to_dict()))
         changed = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
         if changed:
-            raise NumgptError(f"{out} holds a recipe run with other settings ({', '.join(changed)}); continue it with "
-                              f"the same settings, or pass another out folder")
+            said = ", ".join(f"{k} {before.get(k)!r} there, {mine.get(k)!r} now" for k in changed[:3])
+            raise NumgptError(f"{out} holds a recipe run with other settings ({said}); continue it with the same "
+                              "settings, or pass another out folder")
         return
     if out.exists() and any(out.iterdir()):
         raise NumgptError(f"{out} is not empty and holds no recipe run; pass a new or empty folder")
