@@ -267,7 +267,7 @@ def test_library_messages_name_python_parameters_and_the_cli_its_flags(capsys, s
     assert code == 2 and "lower --max-new-tokens to 31 or pass --sliding-window" in err
     assert "max_new_tokens" not in err and "sliding_window" not in err
     for argv, said in ((["--num-samples", "0"], "--num-samples must be >= 1"),
-                       (["--seed", "-1"], "--seed must be >= 0"),
+                       (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
                        (["--window-stride", "4"], "--window-stride applies only with --sliding-window; add it, "
                                                   "or drop --window-stride"),
                        (["--logit-bias", "5=101"], "a --logit-bias value must be in [-100, 100], got 101.0"),

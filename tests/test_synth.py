@@ -392,7 +392,7 @@ def test_cli_words_file_and_one_line_errors(capsys, tmp_path):
                         (["data", "synth", "--n", "5", "--families", "add,mul", "-o", str(tmp_path / "x.jsonl")],
                          "unknown task family 'mul'"),
                         (["data", "synth", "--n", "5", "--seed", "-1", "-o", str(tmp_path / "x.jsonl")],
-                         "--seed must be >= 0"),
+                         "--seed must be a whole number >= 0, got -1"),
                         (["data", "synth", "--n", "5", "-o", str(tmp_path)], "is a folder")]:
         code, _, err = run(capsys, *argv)
         assert code == 2 and err.startswith("numgpt: error: ") and words in err and err.count("\n") == 1, err

@@ -190,9 +190,7 @@ def _synth_options(args) -> tuple[Path, object, list[str]]:
     """(output path, Operands, families) of `data synth` and `data pairs`, each flag checked."""
     from ..posttrain.synth import Operands, words_from_text
 
-    if args.seed < 0:
-        raise NumgptError(f"--seed must be >= 0, got {args.seed}")
-    out = Path(args.output)
+    out = Path(args.output)                            # (--seed below 0: cli.check_seed, for every command)
     if out.exists() and not out.is_dir() and not args.force:
         raise NumgptError(f"-o {out}: the file already exists; pass --force to replace it, or another path")
     output_file(out, flag="-o")
