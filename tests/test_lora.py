@@ -277,6 +277,10 @@ def test_adapter_for_another_base_is_one_line(tmp_path):
         L.read_adapter(folder, CONFIG, base_params(seed=9))     # same shapes, other weights
     lora_cfg, tensors = L.read_adapter(folder, CONFIG, base_params())
     assert lora_cfg.rank == 2 and len(tensors) == 2 * 4 * CONFIG.n_layer
+    named = L.save_adapter(tmp_path / "named", adapted(base_params(), lora), CONFIG, lora, base="runs/sft/init")
+    with pytest.raises(NumgptError, match=r"made for another base model \(runs/sft/init, as its adapter_config.json "
+                                          r"records\) \(2 layers, n_embd 24 here\)"):
+        L.read_adapter(named, other_shape, base_params(other_shape))      # the base it names, to pass as --model
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -188,22 +188,25 @@ def checked_adapter(folder: str | os.PathLike, config, params: dict[str, np.ndar
         for m in modules:
             n_in, n_out = shapes[f"h.{i}.{m}.weight"]
             expected[f"h.{i}.{m}.lora_A"], expected[f"h.{i}.{m}.lora_B"] = (n_in, rank), (rank, n_out)
+    recorded = settings.get("base_model_name_or_path")
+    other = f"another base model ({recorded}, as its {CONFIG_FILE} records)" if recorded else "another base model"
     tokens = settings.get("trainable_token_indices") or []
     if tokens:
         expected[TOKENS] = (len(tokens), config.n_embd)
         if max(tokens) >= config.vocab_size:
             raise NumgptError(f"{folder}: the adapter trains token {max(tokens)}, beyond this base's vocabulary "
-                              f"of {config.vocab_size}; it was made for another base model")
+                              f"of {config.vocab_size}; it was made for {other}")
     for name in sorted(set(tensors) | set(expected)):
         got, want = tensors.get(name), expected.get(name)
         if got is None or want is None or got.shape != want:
             what = ("has no " + name if got is None else f"has {name} {list(got.shape)}" +
                     ("" if want is None else f" where this base needs {list(want)}"))
-            raise NumgptError(f"{folder}: the adapter {what}; it was made for another base model "
-                              f"({config.n_layer} layers, n_embd {config.n_embd} here) or is damaged")
+            raise NumgptError(f"{folder}: the adapter {what}; it was made for {other} ({config.n_layer} layers, "
+                              f"n_embd {config.n_embd} here) or is damaged")
     if fingerprint and fingerprint != base_fingerprint(params, list(shapes)):
         raise NumgptError(f"{folder}: the adapter was trained on another base model (its recorded base fingerprint "
-                          f"{fingerprint[:12]}... differs from this one's); pass the --model it was trained on")
+                          f"{fingerprint[:12]}... differs from this one's); pass the --model it was trained on"
+                          + (f" ({recorded}, as its {CONFIG_FILE} records)" if recorded else ""))
     return rank, alpha, modules, tensors, tokens
 
 
