@@ -497,3 +497,14 @@ def test_train_a_lora_adapter_and_the_head(tmp_path, capsys, gpt2_vocab_model, t
     assert main(["classify", "train", str(tmp_path / "d.csv"), "--init", str(gpt2_vocab_model), "--out",
                  str(tmp_path / "r2"), "--lora-rank", "2", "--train", "all"]) == 2
     assert "--lora-rank trains an adapter and the head" in capsys.readouterr().err
+
+
+def test_the_confusion_matrix_heads_its_columns_with_whole_labels():
+    from numgpt.cli.classify_commands import format_metrics
+    m = {"accuracy": 0.5, "macro_f1": 0.5, "loss": 1.0, "confusion": np.array([[3, 1], [2, 4]]),
+         "per_label": [{"label": x, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 4} for x in
+                       ("computers", "art")]}
+    lines = format_metrics(m, ["computers", "art"], 10, 0).splitlines()
+    head = lines.index("confusion matrix (rows: true label, columns: predicted)")
+    assert lines[head + 1].split() == ["computers", "art"]                     # "computer" before
+    assert lines[head + 2].split() == ["computers", "3", "1"] and lines[head + 3].split() == ["art", "2", "4"]

@@ -289,10 +289,11 @@ def format_metrics(m: dict, labels: list[str], n: int, cut: int) -> str:
     for row in m["per_label"]:
         lines.append(f"{row['label']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  "
                      f"{row['support']:7d}")
+    col = max(8, *(len(x) for x in labels))            # whole labels over the columns, not cut
     lines += ["", "confusion matrix (rows: true label, columns: predicted)",
-              " " * width + "  " + "  ".join(f"{x[:8]:>8}" for x in labels)]
+              " " * width + "  " + "  ".join(f"{x:>{col}}" for x in labels)]
     for name, row in zip(labels, m["confusion"]):
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{int(c):8d}" for c in row))
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{int(c):{col}d}" for c in row))
     return "\n".join(lines)
 
 
