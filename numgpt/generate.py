@@ -362,28 +362,21 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
                                                [speculative.stats[i] for i in running])
             chosen = [np.asarray(c, dtype=np.int64) for c in lists]
         stopped: set[int] = set()
-        emitted = np.zeros(len(running), dtype=np.int64)                  # tokens of the round yielded, per row
         for j in range(max(len(c) for c in chosen)):                      # one Step per token position
             here = np.asarray([r for r in range(len(running)) if len(chosen[r]) > j
                                and running[r] not in stopped], dtype=np.intp)
             if len(here) == 0:
                 break
-            emitted[here] += 1
             tokens = np.asarray([chosen[r][j] for r in here], dtype=np.int64)   # [A_j]
-            for i, t in zip(running[here], tokens):
-                sequences[i].append(int(t))
+            for r, t in zip(here, tokens):
+                sequences[running[r]].append(int(t))
                 if speculative is not None:
-                    speculative.stats[i].tokens += 1
+                    speculative.stats[running[r]].count_output(j, len(chosen[r]))
             counts[running[here]] += 1
             step_logits = round_logits[:, j] if len(here) == len(running) else round_logits[here, j]  # [A_j, V]
             stopped.update(int(i) for i in ((yield Step(running[here], tokens, step_logits)) or ()))
             if progress is not None:
                 progress(int(counts.max()), max_new_tokens)
-        if speculative is not None and stopped:
-            for r in range(len(running)):                                 # a stop inside the kept drafts: the
-                dropped = len(chosen[r]) - int(emitted[r])                # ones after it were never output, and
-                if dropped > 1:                                           # the last of a round is the target's
-                    speculative.stats[running[r]].accepted -= dropped - 1
         go_on = ~np.isin(running, np.asarray(list(stopped), dtype=np.int64)) & (counts[running] < max_new_tokens)
         if not go_on.any():
             return

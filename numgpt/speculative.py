@@ -83,6 +83,12 @@ class SpeculativeStats:
                 "target_forwards": self.forwards, "tokens": self.tokens,
                 "tokens_per_forward": round(self.tokens_per_forward, 4)}
 
+    def count_output(self, j: int, n: int) -> None:
+        """Token j of a round that kept n tokens was output: the last of a round is the target's own, the ones
+        before it kept drafts. Counted as output, so drafts after a stop string met inside them are not."""
+        self.tokens += 1
+        self.accepted += int(j < n - 1)
+
     def add(self, other: "SpeculativeStats") -> None:
         self.drafted += other.drafted
         self.accepted += other.accepted
@@ -498,5 +504,5 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
     spec.drafter.accepted(kept)
     spec.lengths.update([len(d) for d in drafts], kept)
     for s, d, k in zip(stats, drafts, kept):
-        s.drafted, s.accepted, s.forwards = s.drafted + len(d), s.accepted + k, s.forwards + 1
+        s.drafted, s.forwards = s.drafted + len(d), s.forwards + 1   # accepted: counted as output (count_output)
     return chosen, logits

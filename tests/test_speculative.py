@@ -282,6 +282,18 @@ def test_drafts_after_a_stop_are_not_counted_as_accepted():
     assert (got.text, got.finish_reason, got.token_ids) == (plain.text, plain.finish_reason, plain.token_ids)
     s = got.speculative
     assert s.tokens == len(got.token_ids) and s.forwards + s.accepted == s.tokens + 1
+    # the serving engine counts the same way (its usage.speculative showed 3 accepted too)
+    import threading
+    from numgpt.serve.engine import Engine, Finished, SequenceRequest
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=1, speculative="ngram", num_draft=8).start()
+    done, finals = threading.Semaphore(0), []
+    try:
+        engine.submit([SequenceRequest(lm.encode(prompt), 60, GREEDY, stop=(stop,))],
+                      [lambda ev: (finals.append(ev), done.release()) if isinstance(ev, Finished) else None])
+        assert done.acquire(timeout=120)
+    finally:
+        engine.stop()
+    assert finals[0].speculative == s
 
 
 # ---- sampling: the target's distribution ---------------------------------------------------------------

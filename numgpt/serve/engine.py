@@ -382,7 +382,7 @@ class Engine:
         self.cache.lengths[seq.slot] = view.length
         self.stats.steps += 1
         for j, token in enumerate(chosen[0]):
-            seq.spec_stats.tokens += 1
+            seq.spec_stats.count_output(j, len(chosen[0]))
             self._choose_one(seq, logits[0, j], token)
             if seq.ticket.finished:
                 return
