@@ -1,6 +1,9 @@
 """`numgpt average` (numgpt.posttrain.average): the weighted mean of models, checked against the mean of the
 state dicts transformers loads, and its refusals."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -127,3 +130,29 @@ def test_an_interrupted_write_leaves_the_old_folder_and_no_leftover(models, tmp_
         write_folder_atomically(out, interrupted)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not out.with_name(out.name + TMP_SUFFIX).exists()
+
+
+def test_weights_that_start_with_a_minus_are_the_value_of_weights_as_typed_in_a_shell(models, tmp_path, capsys):
+    """`numgpt average A B --weights -1,2` (two words, as a new user typed it): argparse alone took -1,2 for an
+    option and said `--weights: expected one argument`; it is now --weights's value and meets the weights'
+    own check, as `--weights=-1,2` always did. An option after --weights is still no value."""
+    root, _ = models
+    a, b = str(root / "a"), str(root / "b")
+    refused = "numgpt: error: the weights must be finite, >= 0 and not all 0, got -1.0, 2.0\n"
+    shell = subprocess.run([sys.executable, "-m", "numgpt", "average", a, b, "--weights", "-1,2", "--out",
+                            str(tmp_path / "out")], capture_output=True, text=True)
+    assert (shell.returncode, shell.stderr) == (2, refused)
+    for weights, message in ((["--weights=-1,2"], refused),
+                             (["--weights", "-x,2"], "numgpt: error: --weights: '-x' is not a number; give one number "
+                                                     "per model, separated by commas (2,1,1)\n")):
+        assert main(["average", a, b, *weights, "--out", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err == message
+    assert not (tmp_path / "out").exists()
+    assert main(["average", a, b, "--weights", "-0,1", "--out", str(tmp_path / "b")]) == 0    # -0 is a weight of 0
+    assert "averaged 2 models" in capsys.readouterr().err
+    _, pb = load_checkpoint(root / "b")
+    _, got = load_checkpoint(tmp_path / "b")
+    assert all(np.array_equal(pb[name], got[name]) for name in pb)                       # b bit for bit
+    with pytest.raises(SystemExit):
+        main(["average", a, b, "--weights", "--out", str(tmp_path / "c")])
+    assert "argument --weights: expected one argument" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from numgpt.params import init_params
 from numgpt.posttrain.chat_format import add_chat_tokens
 from numgpt.posttrain.dpo import (DpoLoss, chosen_nll_backward, chosen_nll_forward, dpo_loss_backward,
                                   dpo_loss_forward, dpo_objective, implicit_reward, reply_logps, setup_dpo)
-from numgpt.posttrain.pairs import render_pair, synthesize_pairs, write_pairs
+from numgpt.posttrain.pairs import pair_length, read_pairs, render_pair, synthesize_pairs, write_pairs
 from numgpt.posttrain.synth import synthesize
 from numgpt.threads import run_in_threads, single_threaded_blas
 from numgpt.training.comm import ThreadGroup
@@ -459,21 +459,91 @@ def test_resume_refuses_another_pairs_file_or_beta(world, tmp_path, capsys):
     capsys.readouterr()
     assert main(["dpo", str(tmp_path / "prepared"), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
     assert f"trains on {run / 'data'}, not {tmp_path / 'prepared'}" in one_line(capsys)
+    # the pairs are the run's (or the prepared folder's): another --max-tokens is refused, saying the limit
+    assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), "--resume", "--max-tokens", "64"]) == 2
+    assert one_line(capsys) == (f"numgpt: error: {run} keeps the pairs it was prepared with (none over 128 tokens); "
+                                "--max-tokens applies to a new run\n")
+    assert main(["dpo", str(tmp_path / "prepared"), "--init", str(world / "base"), "--out", str(tmp_path / "new"),
+                 "--max-tokens", "64"]) == 2
+    assert one_line(capsys) == (f"numgpt: error: {tmp_path / 'prepared'} is already prepared with its pairs (none over "
+                                "128 tokens); --max-tokens applies to pairs JSONL\n")
+    assert not (tmp_path / "new").exists()
 
 
-def test_a_pair_longer_than_the_context_is_refused_naming_it(world, tmp_path, capsys):
-    lines = (world / "pairs.jsonl").read_text().splitlines()[:5]
-    long = json.loads(lines[2])
-    long["chosen"] = [{"role": "assistant", "content": "count " * 200}]
-    lines[2] = json.dumps(long)
-    bad = tmp_path / "long.jsonl"
-    bad.write_text("\n".join(lines) + "\n")
+def with_long_pairs(world, tmp_path, lines_to_lengthen, name="long.jsonl"):
+    """pairs.jsonl with the chosen reply of these lines (0-based) made 200 words long: over the context (128)."""
+    lines = (world / "pairs.jsonl").read_text().splitlines()
+    for i in lines_to_lengthen:
+        long = json.loads(lines[i])
+        long["chosen"] = [{"role": "assistant", "content": "count " * 200}]
+        lines[i] = json.dumps(long)
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pair_lengths(world, path):
+    """Each pair's tokens (prompt + the longer reply) in the chat model's format, as numgpt dpo renders it."""
+    config, _ = load_checkpoint(world / "chat")
+    tok = load_tokenizer(world / "chat", config)
+    return [pair_length(render_pair(tok, p)) for p in read_pairs(path)]
+
+
+def test_a_pair_longer_than_the_context_is_left_out_and_counted_not_refusing_the_file(world, tmp_path, capsys):
+    """A new user's file: one pair longer than the model's context (128). It used to refuse the whole file;
+    now, as `numgpt reward train` does (the one rule, pairs.short_pairs), the pair is left out, the run
+    trains on the rest, and a note says how many pairs and the limit."""
+    bad = with_long_pairs(world, tmp_path, [2])
     run = tmp_path / "run"
-    assert main(["dpo", str(bad), "--init", str(world / "base"), "--out", str(run), *FAST]) == 2
-    err = one_line(capsys)
-    assert f"{bad}:3:" in err and "more than the model's context (128)" in err and not run.exists()
+    assert main(["dpo", str(bad), "--init", str(world / "chat"), "--out", str(run), "--val",
+                 str(world / "heldout.jsonl"), *FAST, "--max-iters", "1", "--eval-iters", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "39 training and 16 held-out pairs" in err
+    assert "note: 1 train and 0 held-out pairs were longer than 128 tokens and were left out (--max-tokens)" in err
+    info = json.loads((run / "data" / "meta.json").read_text())["dpo"]
+    assert info["max_tokens"] == 128 and info["dropped"] == {"train": 1, "val": 0}   # the context: below 256
+    kept = [n for n in pair_lengths(world, bad) + pair_lengths(world, world / "heldout.jsonl") if n <= 128]
+    assert len(kept) == 39 + 16 and info["block_size"] + 1 == max(kept)              # rows fit the longest kept
+    assert (run / "latest").is_dir()
     assert main(["dpo", str(world / "pairs.jsonl"), "--out", str(run), *FAST]) == 2
-    assert "--init MODEL is required" in one_line(capsys) and not run.exists()
+    assert "--init MODEL is required" in one_line(capsys)
+
+
+def test_max_tokens_leaves_out_the_longer_pairs_and_says_what_to_do_when_none_is_left(world, tmp_path, capsys):
+    """--max-tokens at the median pair: the longer half left out of each split, counted in the note and the
+    meta, the rows as long as the longest pair kept; then the one-line refusals: none left under --max-tokens,
+    none under the context, --max-tokens 0, and rows (--block-size) shorter than the pairs kept."""
+    pairs, held = world / "pairs.jsonl", world / "heldout.jsonl"
+    lengths, held_lengths = pair_lengths(world, pairs), pair_lengths(world, held)
+    limit = sorted(lengths)[len(lengths) // 2]                                       # the median pair
+    expected = {"train": sum(n > limit for n in lengths), "val": sum(n > limit for n in held_lengths)}
+    assert 0 < expected["train"] < 40 and expected["val"] < 16, expected            # some left out, some kept
+    data = tmp_path / "data"
+    common = ["--init", str(world / "chat"), "--val", str(held), *FAST]
+    assert main(["dpo", str(pairs), "--out", str(data), "--max-tokens", str(limit), "--prepare-only", *common]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {expected['train']} train and {expected['val']} held-out pairs were longer than {limit} tokens and "
+            "were left out (--max-tokens)") in err
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["dpo"]["max_tokens"] == limit and meta["dpo"]["dropped"] == expected
+    assert meta["splits"]["train"]["pairs"] == 40 - expected["train"]
+    assert meta["splits"]["val"]["pairs"] == 16 - expected["val"]
+    assert meta["dpo"]["block_size"] + 1 == max(n for n in lengths + held_lengths if n <= limit)
+    run = tmp_path / "run"
+    shortest = min(lengths)
+    for argv, message in (
+        (["--max-tokens", str(shortest - 1)], f"every train pair is longer than {shortest - 1} tokens; pass a larger "
+                                              "--max-tokens (at most the model's context, 128)"),
+        (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+        (["--block-size", str(shortest - 1)], f"tokens, longer than a row (--block-size + 1 = {shortest}); raise "
+                                              f"--block-size, or leave such pairs out with --max-tokens {shortest}")):
+        assert main(["dpo", str(pairs), "--out", str(run), *argv, *common]) == 2
+        assert message in one_line(capsys) and not run.exists()
+    every = with_long_pairs(world, tmp_path, range(40), name="all_long.jsonl")
+    assert main(["dpo", str(every), "--out", str(run), "--max-tokens", "500", *common]) == 2
+    assert one_line(capsys) == ("numgpt: error: every train pair is longer than 128 tokens; that is the model's "
+                                "context: shorten the pairs, or start from a model with a longer context\n")
+    assert not run.exists()
 
 
 def test_mpiexec_two_ranks_train_the_bits_of_two_threads_and_a_rank_0_refusal_ends_the_job(world, tmp_path):

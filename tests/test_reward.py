@@ -400,6 +400,12 @@ def test_other_refusals_are_one_line(world, tmp_path, capsys):
     code, err = run_cli(["reward", "train", pairs, "--init", str(world / "chat"), "--out", str(tmp_path / "rm"),
                          "--train", "last-9"], capsys)
     assert code == 2 and "--train 'last-9'" in err and not (tmp_path / "rm").exists()
+    for flag, message in (("0", "--max-tokens must be >= 1, got 0"),        # dpo's rule too (pairs.short_pairs)
+                          ("5", "every train pair is longer than 5 tokens; pass a larger --max-tokens (at most the "
+                                "model's context, 64)")):
+        code, err = run_cli(["reward", "train", pairs, "--init", str(world / "chat"), "--out", str(tmp_path / "rm"),
+                             "--max-tokens", flag], capsys)
+        assert (code, err) == (2, f"numgpt: error: {message}\n") and not (tmp_path / "rm").exists()
     rm = tmp_path / "rm-model"                                 # a reward model is no model to start one from
     R.export_reward_model(setup(world, rm, options={"max_iters": 1, "eval_interval": 0}).run)
     code, err = run_cli(["reward", "train", pairs, "--init", str(rm / "model"), "--out", str(tmp_path / "rm2")],

@@ -128,8 +128,10 @@ def _registrars():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .average_commands import joined_weights     # `--weights -1,2`, which argparse takes for an option
+
     parser = build_parser()
-    args = parse(parser, argv)
+    args = parse(parser, joined_weights(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "run", None):
         parser.print_help()
         return 0

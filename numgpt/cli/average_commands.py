@@ -12,6 +12,8 @@ from ..errors import NumgptError
 from .groups import subcommand
 from .paths import output_folder
 
+COMMAND, WEIGHTS = "average", "--weights"
+
 EXAMPLES = """\
 examples:
   numgpt average runs/dpo_s1/latest runs/dpo_s2/latest runs/dpo_s3/latest --out runs/dpo_soup
@@ -32,15 +34,41 @@ added one at a time, so memory does not grow with their number.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the subcommand to `numgpt`'s parser."""
-    p = subcommand(sub, "average", help="average the weights of models fine-tuned from one start (a model soup)",
+    p = subcommand(sub, COMMAND, help="average the weights of models fine-tuned from one start (a model soup)",
                    description="Write one model whose weights are the mean of several models' (a model soup, or "
                    "checkpoint averaging).", epilog=EXAMPLES)
     p.add_argument("models", nargs="+", metavar="MODEL", help="two or more model folders or runs (RUN/latest, "
                    "RUN/best), or 'builtin', 'chat', a cached hub name")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the averaged model's folder (new or empty)")
-    p.add_argument("--weights", metavar="W,W,...", help="one weight per model, scaled to sum to 1 (equal)")
+    p.add_argument(WEIGHTS, metavar="W,W,...", help="one weight per model, scaled to sum to 1 (equal)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(run=run_average)
+
+
+def joined_weights(argv: list[str]) -> list[str]:
+    """`numgpt average`'s argv with `--weights -1,2` read as `--weights=-1,2`. argparse takes a word that
+    starts with '-' and is not one plain number (-1,2 is not) for an option, and would say --weights has no
+    value; joined, the weights reach their own checks, which say what is wrong with them."""
+    if argv[:1] != [COMMAND]:
+        return list(argv)
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1] == WEIGHTS and _is_weights_value(word):
+            out[-1] = f"{WEIGHTS}={word}"
+        else:
+            out.append(word)
+    return out
+
+
+def _is_weights_value(word: str) -> bool:
+    """Whether a word that follows --weights is its value, even if it starts with '-': a list (no option has a
+    comma) or a number (-1, -0.5, -inf). An option (--out, -o) is not, so --weights without a value is still
+    argparse's error."""
+    try:
+        float(word)
+    except ValueError:
+        return "," in word
+    return True
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -52,7 +80,7 @@ def parse_weights(text: str | None) -> list[float] | None:
         try:
             out.append(float(part))
         except ValueError:
-            raise NumgptError(f"--weights: {part.strip()!r} is not a number; give one number per model, "
+            raise NumgptError(f"{WEIGHTS}: {part.strip()!r} is not a number; give one number per model, "
                               "separated by commas (2,1,1)") from None
     return out
 

@@ -16,7 +16,7 @@ from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import ConfigFieldError
-from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags
+from .train_commands import TRAIN_DEFAULTS, add_max_tokens_flag, add_resume_flag, add_training_flags, left_out_note
 
 DPO_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 8}
 DPO_OPTIM = {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}   # a tenth of SFT's (TRL: 1e-6 for big models)
@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "log-likelihood per token (TRL's loss_type=['sigmoid', 'sft'], loss_weights=[1, W]; RPO): keeps "
                    "the chosen reply likely when pairs differ by a digit (0: plain DPO, the default)")
     add_resume_flag(p, "RUN_DIR", "PAIRS")
+    add_max_tokens_flag(p)
     p.add_argument("--prepare-only", action="store_true", help="render PAIRS and the reference's log-probabilities "
                    "into --out and stop")
     v = p.add_mutually_exclusive_group()
@@ -79,10 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def dpo_flag_names() -> dict[str, str]:
-    """sft's vocabulary of flag names (the training flags and --val), plus --beta and --sft-weight."""
+    """sft's vocabulary of flag names (the training flags and --val), plus --beta, --sft-weight and --max-tokens."""
     from .sft_commands import sft_flag_names
     return {**sft_flag_names(), "beta": "--beta", "beta=": "--beta", "sft_weight": "--sft-weight",
-            "sft_weight=": "--sft-weight"}
+            "sft_weight=": "--sft-weight", "max_tokens": "--max-tokens"}
 
 
 def run_dpo(args) -> int:
@@ -107,8 +108,8 @@ def _run_dpo(args, comm) -> int:
     update, close = progress_reporter(comm.rank == 0, "pair", "dpo: the reference scoring the pairs")
     try:
         setup = setup_dpo(args.pairs, run, init=args.init, beta=args.beta, sft_weight=args.sft_weight,
-                          resume=args.resume, options=options,
-                          block_size=args.block_size, val_fraction=args.val_fraction, val_file=args.val,
+                          resume=args.resume, options=options, block_size=args.block_size, max_tokens=args.max_tokens,
+                          val_fraction=args.val_fraction, val_file=args.val,
                           seed=args.seed if args.seed is not None else TC.seed, cache_dir=hf_cache_dir(os.environ),
                           default_threads=default_threads(comm.size), prepare_only=args.prepare_only, comm=comm,
                           ranks_here=local_ranks(comm.size), progress=update)
@@ -139,6 +140,9 @@ def _report_data(args, setup, run: Path) -> None:
         print(f"{where}: {s['train']['pairs']} training and {s['val']['pairs']} held-out pairs in rows of {L} tokens "
               f"({s['train']['reply_tokens']:,} + {s['val']['reply_tokens']:,} reply tokens), scored once by the "
               "reference model", file=sys.stderr)
+        note = left_out_note(setup.meta["dpo"])
+        if note:
+            print(note, file=sys.stderr)
     if setup.added_chat_tokens:
         print(f"note: {args.init} has no chat tokens; added <|system|>, <|user|>, <|assistant|>, <|end|> (and "
               "<|endoftext|> if missing), their wte rows the mean of its rows; DPO wants a model fine-tuned on "

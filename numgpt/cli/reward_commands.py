@@ -54,8 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_train(sub) -> None:
     from ..posttrain.classify import TRAIN_CHOICES
     from ..posttrain.lora import add_lora_flags
-    from ..posttrain.reward import MAX_TOKENS
-    from .train_commands import add_resume_flag
+    from .train_commands import add_max_tokens_flag, add_resume_flag
     p = sub.add_parser("train", help="train a reward model on preference pairs (Bradley-Terry)",
                        description="Train a reward model on preference pairs (TRL's prompt/chosen/rejected JSONL "
                        "with chat messages): writes RUN/latest, RUN/best and RUN/model.",
@@ -65,8 +64,7 @@ def _register_train(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="RUN", help="the run folder")
     add_resume_flag(p, "RUN", "PAIRS")
     p.add_argument("--train", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="pairs with a conversation "
-                   f"longer than N tokens (or the model's context) are left out, and counted ({MAX_TOKENS})")
+    add_max_tokens_flag(p)
     v = p.add_mutually_exclusive_group()
     v.add_argument("--val", metavar="FILE", help="held-out pairs for the evaluations")
     v.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
@@ -97,7 +95,7 @@ def _register_train(sub) -> None:
 
 def _flag_names() -> dict[str, str]:
     from .sft_commands import sft_flag_names
-    return {**sft_flag_names(), "val_fraction": "--val-fraction", "train=": "--train"}
+    return {**sft_flag_names(), "val_fraction": "--val-fraction", "train=": "--train", "max_tokens": "--max-tokens"}
 
 
 def _register_score(sub) -> None:
@@ -124,15 +122,13 @@ def run_train(args) -> int:
 def _run_train(args, comm) -> int:
     from ..formats import hf_cache_dir
     from ..posttrain.lora import lora_from_args
-    from ..posttrain.reward import MAX_TOKENS, setup_reward
+    from ..posttrain.reward import setup_reward
     from ..training.optim import ConfigFieldError
     from .paths import input_file
     from .train_commands import check_run_folder, default_threads, flag_error, local_ranks, options_from_args
 
     if args.threads is not None and args.threads < 1:
         raise NumgptError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise NumgptError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     for flag, given in (("--init", args.init), ("--train", args.train), ("--lora-rank", args.lora_rank),
                         ("--max-tokens", args.max_tokens)):
         if args.resume and given is not None:
@@ -148,7 +144,7 @@ def _run_train(args, comm) -> int:
     options = options_from_args(args) if args.resume else _new_options(args, options_from_args(args), lora)
     try:
         setup = setup_reward(args.pairs, run, init=args.init, resume=args.resume, options=options, train=args.train,
-                             lora=lora, max_tokens=args.max_tokens or MAX_TOKENS, val_fraction=args.val_fraction, val_file=args.val,
+                             lora=lora, max_tokens=args.max_tokens, val_fraction=args.val_fraction, val_file=args.val,
                              seed=args.seed if args.seed is not None else 1337, cache_dir=hf_cache_dir(os.environ),
                              default_threads=default_threads(comm.size), comm=comm, ranks_here=local_ranks(comm.size))
     except ConfigFieldError as e:
@@ -170,14 +166,16 @@ def _new_options(args, given: dict, lora) -> dict:
 
 
 def _report_data(setup, run: Path) -> None:
+    from .train_commands import left_out_note
+
     if setup.meta is None:
         return
     s, info = setup.meta["splits"], setup.meta["reward"]
     print(f"{run / 'data'}: {s['train']['pairs']} train and {s['val']['pairs']} held-out pairs, rows of at most "
           f"{info['row_length']} tokens", file=sys.stderr)
-    if any(setup.dropped.values()):
-        print(f"note: {setup.dropped['train']} train and {setup.dropped['val']} held-out pairs were longer than "
-              f"{info['max_tokens']} tokens and were left out (--max-tokens)", file=sys.stderr)
+    note = left_out_note(info)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def trained_set(trainable, params) -> str:

@@ -520,6 +520,25 @@ def add_resume_flag(p: argparse.ArgumentParser, folder: str, data: str) -> None:
                         f"{data} must be the same file")
 
 
+def add_max_tokens_flag(p: argparse.ArgumentParser) -> None:
+    """--max-tokens of the commands that read preference pairs (reward train, dpo): pairs.short_pairs's limit."""
+    from ..posttrain.pairs import MAX_TOKENS
+    p.add_argument("--max-tokens", type=int, metavar="N", help="leave out each pair whose prompt and longer reply "
+                   "come to more than N tokens (or more than the model's context), and say how many: a long pair is "
+                   "left out, never cut, as a cut reply is not the reply ranked; a resumed run keeps its pairs "
+                   f"({MAX_TOKENS})")
+
+
+def left_out_note(meta: dict) -> str | None:
+    """The note on the pairs a run's data left out as too long (its meta's "dropped" and "max_tokens", as
+    reward's and dpo's prepared data record them), or None when none was."""
+    dropped = meta.get("dropped") or {}
+    if not any(dropped.values()):
+        return None
+    return (f"note: {dropped['train']} train and {dropped['val']} held-out pairs were longer than "
+            f"{meta['max_tokens']} tokens and were left out (--max-tokens)")
+
+
 def options_from_args(args) -> dict:
     """The flags the user gave, as run.setup_run's options (TrainConfig fields, AdamWConfig's under "optim")."""
     options = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}

@@ -40,7 +40,9 @@ samples of pi: a drift measure that can be negative, not an exact KL).
 
 Data: a pair is two rows of block_size + 1 tokens -- prompt + chosen, prompt + rejected -- each padded with
 <|endoftext|>; one sequence per row (no packing: packing would let a reply attend to other pairs and change
-its probability). The batch draws B pairs at random (with replacement) like SFT's; a batch row is a pair.
+its probability). A pair longer than max_tokens (pairs.MAX_TOKENS unless given) or the model's context is
+left out and counted, as the reward model's data does (pairs.short_pairs; meta["dpo"] records the limit
+and the counts). The batch draws B pairs at random (with replacement) like SFT's; a batch row is a pair.
 
     setup = setup_dpo("pairs.jsonl", "runs/dpo", init="runs/sft", beta=0.1, options={"max_iters": 200})
     result = setup.run.train()          # training.run.Run with DPO's Objective
@@ -69,6 +71,7 @@ from ..training.comm import Communicator
 from ..training.data import Dataset
 from ..training.objective import Batch, Objective, with_frozen
 from .packing import resume_checkpoint
+from .pairs import RenderedPair, check_max_tokens, numbered_pairs, pair_length, render_pair, short_pairs, token_limit
 from .sft import held_out_split
 
 if TYPE_CHECKING:
@@ -330,11 +333,11 @@ def dpo_objective(data: Dataset, beta: float, *, sft_weight: float = 0.0,
 
 # ---- preparing: pairs rendered into rows, the reference's sums computed once and cached ------------------
 
-def pair_rows(rendered: Sequence[tuple[str, tuple[list[int], list[int], list[int]]]], *, block_size: int,
+def pair_rows(rendered: Sequence[tuple[str, RenderedPair]], *, block_size: int,
               pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Each (where, (prompt, chosen, rejected) ids) as two rows of block_size + 1 tokens, prompt + reply padded
     with pad_id: (tokens [P, 2, L] int64, mask [P, 2, L] uint8, 1 on the reply's tokens). A pair longer
-    than a row is refused, naming `where`."""
+    than a row is refused, naming `where` (a block_size chosen below the pairs' max_tokens)."""
     L = block_size + 1
     tokens = np.full((len(rendered), 2, L), pad_id, np.int64)
     mask = np.zeros((len(rendered), 2, L), np.uint8)
@@ -343,15 +346,16 @@ def pair_rows(rendered: Sequence[tuple[str, tuple[list[int], list[int], list[int
             n = len(prompt) + len(reply)
             if n > L:
                 raise NumgptError(f"{where}: the prompt and {('chosen', 'rejected')[j]} reply are {n} tokens, longer "
-                                  f"than a row (block_size + 1 = {L}); shorten the pair or raise block_size")
+                                  f"than a row (block_size + 1 = {L}); raise block_size, or leave such pairs out "
+                                  f"with max_tokens {L}")
             tokens[i, j, :n] = prompt + reply
             mask[i, j, len(prompt):n] = 1
     return tokens, mask
 
 
-def longest_pair(rendered: Sequence[tuple[str, tuple[list[int], list[int], list[int]]]]) -> tuple[int, str]:
-    """(tokens, where) of the longest prompt + reply of the rendered pairs."""
-    return max((len(p) + max(len(c), len(r)), where) for where, (p, c, r) in rendered)
+def longest_pair(rendered: Sequence[tuple[str, RenderedPair]]) -> tuple[int, str]:
+    """(tokens, where) of the longest prompt + reply of the rendered pairs (pairs.pair_length)."""
+    return max((pair_length(ids), where) for where, ids in rendered)
 
 
 def weights_sha256(config: GPTConfig, params: Params) -> str:
@@ -378,15 +382,16 @@ def _reference_files(folder: Path, meta: Mapping) -> list[Path]:
 
 
 def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer",
-                reference: tuple[GPTConfig, Params], *, block_size: int | None = None,
+                reference: tuple[GPTConfig, Params], *, block_size: int | None = None, max_tokens: int | None = None,
                 val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337,
                 reference_name: str = "", progress: Callable[[int, int], None] | None = None) -> dict:
     """Preference pairs -> a DPO data folder at out_dir with the reference model's summed reply
     log-probabilities cached (module docstring); returns the meta. Every pair is checked (pairs.py) and
-    rendered before anything is computed or written; block_size None: the longest pair's length - 1.
-    progress(pairs scored, pairs in all) while the reference scores them (the long part)."""
+    rendered before anything is computed or written; a pair longer than max_tokens (None: MAX_TOKENS) or the
+    context is left out (pairs.short_pairs; meta["dpo"]["dropped"] counts them per split); block_size None:
+    the longest pair's length - 1. progress(pairs scored, pairs in all) while the reference scores them (the
+    long part)."""
     from .packing import file_sha256
-    from .pairs import numbered_pairs, render_pair
 
     config, params = reference
     named = lambda path: [(f"{path}:{n}", p) for n, p in numbered_pairs(path)]  # noqa: E731
@@ -401,11 +406,10 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
                 rendered[name].append((where, render_pair(tokenizer, pair)))
             except NumgptError as e:
                 raise NumgptError(f"{where}: {e}") from None
-    longest, where = max(longest_pair(r) for r in rendered.values())
+    limit = token_limit(max_tokens, config.n_positions)
+    rendered, dropped = short_pairs(rendered, limit, config.n_positions, ids=lambda item: item[1])
+    longest, _ = max(longest_pair(r) for r in rendered.values())
     block_size = longest - 1 if block_size is None else block_size
-    if longest > config.n_positions:
-        raise NumgptError(f"{where}: the prompt and a reply are {longest} tokens, more than the model's context "
-                          f"({config.n_positions}); shorten or drop that pair")
     splits = {name: pair_rows(r, block_size=block_size, pad_id=tokenizer.eot_id) for name, r in rendered.items()}
     total, refs, before = sum(len(tokens) for tokens, _ in splits.values()), {}, 0
     for name, (tokens, mask) in splits.items():
@@ -414,7 +418,7 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
         before += len(tokens)
     info = {"format": DPO_FORMAT, "block_size": block_size, "pairs": {k: len(v) for k, v in sets.items()},
             "source": str(pairs_file), "source_sha256": file_sha256(pairs_file),
-            "val_source": None if val_file is None else str(val_file)}
+            "val_source": None if val_file is None else str(val_file), "max_tokens": limit, "dropped": dropped}
     return write_dpo_folder(out_dir, tokenizer, splits, refs, info=info,
                             reference={"model": reference_name, "model_sha256": weights_sha256(config, params)})
 
@@ -544,10 +548,10 @@ class DpoSetup:
 
 def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path | None = None,
               beta: float | None = None, sft_weight: float | None = None, options: Mapping | None = None,
-              resume: bool = False,
-              block_size: int | None = None, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
-              seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
-              prepare_only: bool = False, comm: Communicator | None = None, ranks_here: int = 1,
+              resume: bool = False, block_size: int | None = None, max_tokens: int | None = None,
+              val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337,
+              cache_dir: str | Path | None = None, default_threads: int = 0, prepare_only: bool = False,
+              comm: Communicator | None = None, ranks_here: int = 1,
               progress: Callable[[int, int], None] | None = None) -> DpoSetup:
     """`numgpt dpo PAIRS --init MODEL --out RUN --beta B`, up to the first step (then `.run.train()`).
 
@@ -557,23 +561,25 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
     beta: DPO's beta (None: DEFAULT_BETA for a new run, the run's own on resume); sft_weight: the weight of
     the chosen replies' SFT term (None: 0 for a new run, the run's own on resume); resume: continue
     RUN/latest; options: TrainConfig fields as setup_run's; block_size: rows' length - 1 (default: the
-    longest pair's); val_fraction / val_file: the held-out pairs; comm, ranks_here: as setup_run's (rank 0
-    alone prepares and writes, the others wait at a barrier); progress(done, total): the reference scoring
-    the pairs (prepare_dpo). A refusal before training leaves nothing this
-    made (run_dir itself goes when it did not exist)."""
+    longest pair's); max_tokens: pairs longer than this (None: MAX_TOKENS) or the context are left out and
+    counted (pairs JSONL only: a prepared folder and a resumed run keep their pairs); val_fraction /
+    val_file: the held-out pairs; comm, ranks_here: as setup_run's (rank 0 alone prepares and writes, the
+    others wait at a barrier); progress(done, total): the reference scoring the pairs (prepare_dpo). A
+    refusal before training leaves nothing this made (run_dir itself goes when it did not exist)."""
     from ..formats import hf_cache_dir
     from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
     from ..training.loop import LATEST
 
     run, given = Path(run_dir), Path(pairs_path)
+    check_max_tokens(max_tokens)
     beta = None if beta is None else check_beta(beta)
     sft_weight = None if sft_weight is None else check_sft_weight(sft_weight)
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
     if resume:
-        return _resume(given, run, {"beta": beta, "sft_weight": sft_weight}, options, val_file,
+        return _resume(given, run, {"beta": beta, "sft_weight": sft_weight}, options, val_file, max_tokens,
                        resume_checkpoint(resume), **ranks)
     if init is None:
         raise NumgptError("--init MODEL is required: the model DPO starts from and keeps as its reference (an SFT "
@@ -590,8 +596,8 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
         data_dir, init_dir = given if given.is_dir() else run if prepare_only else run / DATA_SUBDIR, None
         if comm.rank == 0:                               # rank 0 alone prepares and writes
             init_dir, setup.meta, setup.added_chat_tokens = _prepared(
-                given, run, init, made, cache_dir=cache_dir, block_size=block_size, val_fraction=val_fraction,
-                val_file=val_file, seed=seed, prepare_only=prepare_only, progress=progress)
+                given, run, init, made, cache_dir=cache_dir, block_size=block_size, max_tokens=max_tokens,
+                val_fraction=val_fraction, val_file=val_file, seed=seed, prepare_only=prepare_only, progress=progress)
             if not prepare_only:
                 _write_settings(run, settings)
         comm.barrier()
@@ -627,6 +633,9 @@ def _prepared(given: Path, run: Path, init: str | Path, made: list, *, cache_dir
             raise NumgptError(f"{given}: a folder, but not one `numgpt dpo --prepare-only` made; pass pairs JSONL")
         if prepare["val_file"] is not None:
             raise NumgptError(f"{given} is already prepared with its validation pairs; --val applies to pairs JSONL")
+        if prepare["max_tokens"] is not None:
+            raise NumgptError(f"{given} is already prepared with its pairs{_left_out(given)}; max_tokens applies to "
+                              "pairs JSONL")
         if block_size is not None and block_size != dpo_block_size(given):
             raise NumgptError(f"{given} was prepared for --block-size {dpo_block_size(given)}; prepare it again "
                               f"for {block_size}")
@@ -680,9 +689,10 @@ def _new_run(run: Path, init: Path | None, data_dir: Path, options: Mapping | No
 
 
 def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: Mapping | None, val_file,
-            checkpoint: str, **ranks) -> DpoSetup:
+            max_tokens: int | None, checkpoint: str, **ranks) -> DpoSetup:
     """setup_run of RUN/checkpoint (latest or best) on RUN/data with the run's beta and sft_weight, refusing
-    another pairs file or another value of either (asked: the values given, None where not given)."""
+    another pairs file or another value of either (asked: the values given, None where not given), and a
+    val_file or max_tokens (the run keeps the pairs it was prepared with)."""
     from ..training.run import setup_run
     from .packing import check_same_source
 
@@ -698,6 +708,9 @@ def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: 
     if val_file is not None:
         raise NumgptError(f"{run} keeps the held-out pairs it was prepared with; --val applies to a new run")
     folder = data_dir if is_dpo_folder(data_dir) else Path(_run_data_dir(run))
+    if max_tokens is not None:
+        raise NumgptError(f"{run} keeps the pairs it was prepared with{_left_out(folder)}; max_tokens applies to a "
+                          "new run")
     if given.is_dir() and given.resolve() != folder.resolve():
         raise NumgptError(f"{run} trains on {folder}, not {given}; resume with that folder, or start a new run")
     if given.is_file():
@@ -706,6 +719,13 @@ def _resume(given: Path, run: Path, asked: Mapping[str, float | None], options: 
     setup = setup_run(folder, run, options=options, resume_from=checkpoint, sequences_per_row=2, **ranks)
     setup.objective = dpo_objective(setup.data, **saved)
     return DpoSetup(run=setup, **saved)
+
+
+def _left_out(folder: Path) -> str:
+    """' (none over N tokens)': the limit a prepared folder's pairs were kept under, as a refusal says it;
+    '' for a folder prepared before the limit was recorded."""
+    limit = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["dpo"].get("max_tokens")
+    return "" if limit is None else f" (none over {limit} tokens)"
 
 
 def _run_data_dir(run: Path) -> str:

@@ -56,6 +56,11 @@ Rendering (`render_pair`): the prompt with the generation prompt, and each reply
 template puts after it (content and '<|end|>', but no '<|end|>' for a reply the pair's "cut" names), so
 prompt + reply is exactly the rendered conversation (chat_format's format guarantees it; render_pair checks
 it).
+
+Length (`short_pairs`, the one rule of `numgpt reward train` and `numgpt dpo`, whose --max-tokens sets it): a
+pair is as long as its prompt and longer reply (`pair_length`); a pair longer than max_tokens (MAX_TOKENS
+unless given) or the model's context is left out and counted, never cut -- a cut reply is not the reply the
+pair ranks, and its '<|end|>' would be gone.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -87,6 +92,10 @@ MAX_TRIES = 100                   # redraws of a wrong reply until it differs an
 FORMAT_RATE = 0.1
 REJECTED = ("sampled", "greedy")   # sampled_pairs' choices of the wrong answer that is rejected
 CHOSEN = ("reference", "nearest")  # step-level pairs' choices of the right reply the wrong one is cut against
+MAX_TOKENS = 256                   # the longest pair (prompt + longer reply) reward train and dpo keep unless told
+
+RenderedPair = tuple[list[int], list[int], list[int]]   # render_pair's (prompt, chosen, rejected) ids
+Item = TypeVar("Item")
 
 
 # ---- reading and writing ------------------------------------------------------------------------------
@@ -218,6 +227,40 @@ def render_pair(tokenizer: Tokenizer, pair: Mapping, *, allow_special: bool = Fa
             reply = reply[:-1] if reply and reply[-1] == template.end_id else reply
         replies.append(reply)
     return prompt, replies[0], replies[1]
+
+
+def pair_length(rendered: RenderedPair) -> int:
+    """The tokens of a rendered pair's longer conversation: the prompt and the longer reply."""
+    prompt, chosen, rejected = rendered
+    return len(prompt) + max(len(chosen), len(rejected))
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    """Refuse (one line) a max_tokens below 1; None is MAX_TOKENS."""
+    if max_tokens is not None and max_tokens < 1:
+        raise NumgptError(f"max_tokens must be >= 1, got {max_tokens}")
+
+
+def token_limit(max_tokens: int | None, context: int) -> int:
+    """The most tokens a kept pair may have: max_tokens (None: MAX_TOKENS), at most the model's context."""
+    return min(MAX_TOKENS if max_tokens is None else max_tokens, context)
+
+
+def short_pairs(splits: Mapping[str, Sequence[Item]], limit: int, context: int,
+                ids: Callable[[Item], RenderedPair] = lambda item: item
+                ) -> tuple[dict[str, list[Item]], dict[str, int]]:
+    """(each split's items whose pair, ids(item), is at most limit tokens long (pair_length), how many each
+    split left out). A split left with no pair is refused in one line that says what to change: a larger
+    max_tokens, or, when the limit is the model's context, shorter pairs."""
+    kept, dropped = {}, {}
+    for name, items in splits.items():
+        kept[name] = [item for item in items if pair_length(ids(item)) <= limit]
+        dropped[name] = len(items) - len(kept[name])
+        if not kept[name]:
+            fix = (f"pass a larger max_tokens (at most the model's context, {context})" if limit < context else
+                   "that is the model's context: shorten the pairs, or start from a model with a longer context")
+            raise NumgptError(f"every {name} pair is longer than {limit} tokens; {fix}")
+    return kept, dropped
 
 
 # ---- synthetic pairs ----------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ from ..training.objective import Batch, Objective
 from .classify import (SCORE, Classifier, first_trained_block, head_backward, head_forward, last_hidden,
                        reached_grads, trainable_names)
 from .packing import resume_checkpoint
+from .pairs import check_max_tokens, render_pair, short_pairs, token_limit, whole_reply_pairs
 from .sft import held_out_split
 
 if TYPE_CHECKING:
@@ -79,7 +80,6 @@ if TYPE_CHECKING:
 REWARD_FORMAT = "numgpt-reward"
 REWARD_LABEL = "reward"                  # id2label of the one output
 DATA_SUBDIR, MODEL_SUBDIR = "data", "model"
-MAX_TOKENS = 256                         # a conversation longer than this (or the context) is left out
 VAL_FRACTION = 0.1
 HEAD_STREAM = 3                          # the rng stream of the head's initialisation (LoRA's is 2)
 EVAL_BATCH = 16                          # pairs per forward when scoring every held-out pair
@@ -198,22 +198,6 @@ class PairBatches:
         T = int(last[pick].max()) + 1                                       # the longest row of the whole batch
         mine = pick[rows]
         return self.rows(data, split)[mine, :, :T].astype(np.int64), last[mine].astype(np.int64)
-
-
-def render_pairs(tokenizer: Tokenizer, pairs: Sequence[Mapping], max_tokens: int
-                 ) -> tuple[list[tuple[list[int], list[int]]], int]:
-    """([(prompt + chosen ids, prompt + rejected ids)], count left out): pairs with a conversation longer than
-    max_tokens are left out (a reward read from a cut conversation would not be the reply's)."""
-    from .pairs import render_pair
-
-    kept, dropped = [], 0
-    for pair in pairs:
-        prompt, chosen, rejected = render_pair(tokenizer, pair)
-        if len(prompt) + max(len(chosen), len(rejected)) > max_tokens:
-            dropped += 1
-            continue
-        kept.append((prompt + chosen, prompt + rejected))
-    return kept, dropped
 
 
 def pack_pairs(rendered: Sequence[tuple[list[int], list[int]]], length: int, pad_id: int
@@ -365,7 +349,7 @@ def estimate_with(rewards: Callable[[Any, str, int | None], np.ndarray], t: Any)
 @dataclass
 class RewardSetup:
     """What setup_reward did: the run ready to train, the packed data's meta (None on resume), and how many
-    pairs per split were left out as longer than max_tokens."""
+    pairs per split were left out as longer than the limit (pairs.short_pairs)."""
 
     run: "Run"
     meta: dict | None = None
@@ -374,7 +358,7 @@ class RewardSetup:
 
 def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | None = None, resume: bool = False,
                  options: Mapping | None = None, train: str = "head", lora: "LoraConfig | None" = None,
-                 max_tokens: int = MAX_TOKENS, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+                 max_tokens: int | None = None, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
                  seed: int = 1337, cache_dir: str | Path | None = None, default_threads: int = 0,
                  comm: Communicator | None = None, ranks_here: int = 1) -> RewardSetup:
     """`numgpt reward train PAIRS --init MODEL --out RUN`, up to the first step (then `.run.train()`).
@@ -383,15 +367,17 @@ def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | N
     from (an SFT run or model folder with numgpt's chat template); resume: continue RUN/latest (pairs must
     be the file it was packed from); options: TrainConfig fields as setup_run's (block_size is the packed
     rows'); train: 'head', 'last-N' or 'all' (classify.trainable_names); lora: an adapter and the head
-    instead; val_file or val_fraction: the held-out pairs; comm, ranks_here: as setup_run's (rank 0 alone
-    packs; the others wait at a barrier). A refusal before training leaves nothing this made. After
-    `.run.train()`, `export_reward_model(run)` writes RUN/model (the CLI does)."""
+    instead; max_tokens: pairs longer than this (None: MAX_TOKENS) or the context are left out and counted
+    (pairs.short_pairs); val_file or val_fraction: the held-out pairs; comm, ranks_here: as setup_run's
+    (rank 0 alone packs; the others wait at a barrier). A refusal before training leaves nothing this made.
+    After `.run.train()`, `export_reward_model(run)` writes RUN/model (the CLI does)."""
     from ..formats import hf_cache_dir
     from ..training.comm import SingleProcess
     from ..training.lock import check_not_locked
     from ..training.loop import LATEST
 
     run = Path(run_dir)
+    check_max_tokens(max_tokens)
     cache_dir = hf_cache_dir({}) if cache_dir is None else cache_dir
     comm = SingleProcess() if comm is None else comm
     ranks = {"comm": comm, "ranks_here": ranks_here, "default_threads": default_threads, "cache_dir": cache_dir}
@@ -411,8 +397,9 @@ def setup_reward(pairs: str | Path, run_dir: str | Path, *, init: str | Path | N
     try:
         meta, dropped = None, {}
         if comm.rank == 0:                                     # rank 0 alone writes; the others read it after
-            meta, dropped = prepare_pairs(pairs, run / DATA_SUBDIR, tokenizer, max_tokens=min(max_tokens,
-                                          config.n_positions), val_fraction=val_fraction, val_file=val_file, seed=seed)
+            meta, dropped = prepare_pairs(pairs, run / DATA_SUBDIR, tokenizer, max_tokens=max_tokens,
+                                          context=config.n_positions, val_fraction=val_fraction, val_file=val_file,
+                                          seed=seed)
         comm.barrier()
         return RewardSetup(_new_run(run, folder, options, trainable, lora, **ranks), meta, dropped)
     except BaseException:
@@ -452,27 +439,25 @@ def _has_score_head(folder: Path) -> bool:
     return any(f.is_file() and SCORE in checked_header(f) for f in files)
 
 
-def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, max_tokens: int,
-                  val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None, seed: int = 1337
-                  ) -> tuple[dict, dict[str, int]]:
-    """Pairs JSONL -> the packed data folder `out`; returns (meta, pairs left out per split). Every line is
-    checked (pairs.py) and rendered before anything is written."""
+def prepare_pairs(pairs_file: str | Path, out: Path, tokenizer: Tokenizer, *, max_tokens: int | None = None,
+                  context: int, val_fraction: float = VAL_FRACTION, val_file: str | Path | None = None,
+                  seed: int = 1337) -> tuple[dict, dict[str, int]]:
+    """Pairs JSONL -> the packed data folder `out`; returns (meta, pairs left out per split: longer than
+    max_tokens or the model's context, pairs.short_pairs). Every line is checked (pairs.py) and rendered
+    before anything is written."""
     from .packing import file_sha256
-    from .pairs import whole_reply_pairs
 
     if val_file is not None:
         train_set, val_set = whole_reply_pairs(pairs_file), whole_reply_pairs(val_file)
     else:
         train_set, val_set = held_out_split(whole_reply_pairs(pairs_file), val_fraction, seed, noun="pair")
-    rendered, dropped = {}, {}
-    for name, chosen in (("train", train_set), ("val", val_set)):
-        rendered[name], dropped[name] = render_pairs(tokenizer, chosen, max_tokens)
-        if not rendered[name]:
-            raise NumgptError(f"every {name} pair is longer than {max_tokens} tokens; pass a larger --max-tokens "
-                              "(at most the model's context)")
+    limit = token_limit(max_tokens, context)
+    kept, dropped = short_pairs({name: [render_pair(tokenizer, pair) for pair in split]
+                                 for name, split in (("train", train_set), ("val", val_set))}, limit, context)
+    rendered = {name: [(p + c, p + r) for p, c, r in split] for name, split in kept.items()}
     length = max(len(s) for split in rendered.values() for pair in split for s in pair)
     splits = {name: pack_pairs(r, length, tokenizer.eot_id) for name, r in rendered.items()}
-    info = {"row_length": length, "max_tokens": max_tokens, "source": str(pairs_file),
+    info = {"row_length": length, "max_tokens": limit, "source": str(pairs_file),
             "source_sha256": file_sha256(pairs_file), "val_source": None if val_file is None else str(val_file),
             "dropped": dropped}
     return write_reward_folder(out, tokenizer, splits, info), dropped
