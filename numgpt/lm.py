@@ -57,8 +57,10 @@ from .generate import (Completion, GenerationOptions, Piece, Progress, TokenLogp
 from .embeddings import BATCH_TOKENS, embed_ids
 from .model import check_context, check_finite_logits, forward
 from .ops import softmax
+from .panels import DecodeParams
 from .params import Params
 from .sampling import SamplingOptions
+from .threads import thread_count
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
 Prompt = str | Sequence[int]   # text, or token ids
@@ -91,7 +93,8 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
         stored [out, in] (the default, see formats.hf.load_checkpoint): loads in milliseconds and keeps
         no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
         ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
-    threads: threads that read the weights (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
+    threads: threads that read the weights, and that a few-row product's panels use (panels.DecodeParams)
+        (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
     adapter: a PEFT LoRA adapter folder trained on this base (`numgpt train --lora-rank R` writes RUN/adapter),
         merged into the weights as they load (formats.peft.merge_adapter); one for another base is refused.
         A LoRA run's own checkpoints (RUN, RUN/best, RUN/latest) load with their adapter merged.
@@ -107,6 +110,8 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     params = merge_run_adapter(folder, config, params)         # a LoRA run's checkpoint: base + its adapter
     if adapter is not None:
         params = merge_adapter(adapter, config, params)
+    if not mmap and not isinstance(params, DecodeParams):     # an adapter merged into new arrays: panels again
+        params = DecodeParams(params, thread_count() if threads is None else threads)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 

@@ -8,7 +8,9 @@ Parameters are a dict of GPT-2's names (see params.py) with every linear weight 
 arrays may be read-only memory maps of a checkpoint, nothing here writes to them. numgpt.load hands in the
 decode step's matrices with their longer side contiguous (formats.hf.load_checkpoint, for_inference: the
 c_proj weights and wte as transposed views), which one-row products stream fastest (ops.linear_into,
-`lm_head`). Everything is float32.
+`lm_head`), and with a copy of each in column panels (panels.DecodeParams), through which 2 .. 16 rows
+stream at up to twice the speed (`product_into`): used by forwards that continue a KV cache (batched
+decode steps, speculative verifications; `continues`). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
 token). Each row's positions come from its mask (position = number of real tokens before it, as Hugging
@@ -45,7 +47,8 @@ from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, layer_norm_row_, linear, linear_into, linear_row_into, row_sums,
                   stored_out_in)
-from .params import Layer, Params, layers
+from .panels import MAX_ROWS
+from .params import Layer, Linear, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
 # "attn.probs", block `layer`'s attention probabilities [B, H, T, S] (0 where masked). teach's views
@@ -66,8 +69,16 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     This is the fast path: each block works in place on buffers allocated once per call (`block_`);
     `reference_forward` is its plain twin, and the tests hold them equal.
     """
+    panels = continues(cache)                                  # decided before the cache advances
     x = hidden_states(params, config, ids, cache=cache, attention_mask=attention_mask, all_positions=all_logits)
-    return lm_head(params, x)                                  # [..., C] -> [..., V]
+    return lm_head(params, x, panels=panels)                   # [..., C] -> [..., V]
+
+
+def continues(cache: KVCache | None) -> bool:
+    """Whether a forward continues sequences already in a cache (a decode step, a speculative verification):
+    those go through the weights' panels (panels.py). A prefill, and a forward without a cache, do not, so
+    that they compute what they always did, bit for bit (teach's views, embeddings)."""
+    return cache is not None and cache.length > 0
 
 
 def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
@@ -91,7 +102,7 @@ def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: 
     _check_context(config, cache, positions, T)
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
     buffers = BlockBuffers.allocate(config, B, T)
-    for layer in layers(params, config):
+    for layer in layers(params, config, panels=continues(cache)):
         kv = None if cache is None else (cache.keys[layer.index], cache.values[layer.index], past)
         block_(layer, config, x, key_valid, kv, buffers)       # [B, T, C], in place
     if cache is not None:
@@ -195,7 +206,7 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
     eps = config.layer_norm_epsilon
     x2 = x.reshape(B * T, C)                                   # a view: x is updated through it
     layer_norm_into(x2, layer.ln_1.weight, layer.ln_1.bias, eps, buf.ln)
-    linear_into(buf.ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias, buf.qkv)  # [N, C] -> [N, 3C]
+    product_into(buf.ln, layer.attn.c_attn, buf.qkv)  # [N, C] -> [N, 3C]
     q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), config.n_head)  # -> 3 x [B, H, T, D] views
     if kv is not None:
         keys, values, past = kv
@@ -206,14 +217,22 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
         attend_rows_into(q, k, v, key_valid, buf.att)          # a decode step: -> [B, 1, H, D]
     else:
         causal_attention_into(q, k, v, key_valid, buf.att)     # -> [B, T, H, D]
-    linear_into(buf.att.reshape(B * T, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias, buf.proj)
+    product_into(buf.att.reshape(B * T, C), layer.attn.c_proj, buf.proj)
     x2 += buf.proj
     layer_norm_into(x2, layer.ln_2.weight, layer.ln_2.bias, eps, buf.ln)
-    linear_into(buf.ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias, buf.fc)  # [N, C] -> [N, 4C]
+    product_into(buf.ln, layer.mlp.c_fc, buf.fc)  # [N, C] -> [N, 4C]
     gelu_(buf.fc, buf.scratch)
-    linear_into(buf.fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias, buf.proj)  # [N, 4C] -> [N, C]
+    product_into(buf.fc, layer.mlp.c_proj, buf.proj)  # [N, 4C] -> [N, C]
     x2 += buf.proj
     return x
+
+
+def product_into(x: np.ndarray, linear: Linear, out: np.ndarray) -> np.ndarray:
+    """x @ weight + bias into out: through the weight's column panels for 2 .. panels.MAX_ROWS rows where it
+    has them (numgpt.load's models, panels.py), else ops.linear_into. [N, in] -> [N, out]"""
+    if linear.panels is not None and 1 < x.shape[0] <= MAX_ROWS:
+        return linear.panels.linear_into(x, linear.bias, out)
+    return linear_into(x, linear.weight, linear.bias, out)
 
 
 def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
@@ -221,12 +240,12 @@ def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarr
     """`block` for one new position per row, each row at its own cache length, in place on x [W, C]
     (slots.decode_slots' step). keys, values [S, H, M, D]: this layer's slot cache; rows [n]: the slots of
     x's rows 0 .. n-1, whose new positions are at [n] (rows beyond n are padding that keeps the products'
-    shape fixed: no cache, no attention). Products go through `columns_product` and attention row by row
+    shape fixed: no cache, no attention). Products go through `affine` and attention row by row
     over each slot's own keys, so a row's result does not depend on the rows beside it."""
     eps, (N, C) = config.layer_norm_epsilon, x.shape
     ln = np.empty_like(x)
     layer_norm_into(x, layer.ln_1.weight, layer.ln_1.bias, eps, ln)
-    qkv = affine(ln, layer.attn.c_attn.weight, layer.attn.c_attn.bias)          # [N, C] -> [N, 3C]
+    qkv = affine(ln, layer.attn.c_attn)                                         # [N, C] -> [N, 3C]
     q, k, v = qkv.reshape(N, 3, config.n_head, config.head_size).transpose(1, 0, 2, 3)  # 3 x [N, H, D]
     keys[rows, :, at] = k[:rows.size]                                            # [n, H, D] into [n] slots
     values[rows, :, at] = v[:rows.size]
@@ -234,11 +253,11 @@ def decode_block_(layer: Layer, config: GPTConfig, x: np.ndarray, keys: np.ndarr
     att = np.zeros((N, config.n_head, config.head_size), np.float32)             # [W, H, D]
     for i, (s, n) in enumerate(zip(rows.tolist(), (at + 1).tolist())):
         att[i] = attend(q[i], keys[s, :, :n], values[s, :, :n])
-    x += affine(att.reshape(N, C), layer.attn.c_proj.weight, layer.attn.c_proj.bias)
+    x += affine(att.reshape(N, C), layer.attn.c_proj)
     layer_norm_into(x, layer.ln_2.weight, layer.ln_2.bias, eps, ln)
-    fc = affine(ln, layer.mlp.c_fc.weight, layer.mlp.c_fc.bias)                 # [N, C] -> [N, 4C]
+    fc = affine(ln, layer.mlp.c_fc)                                             # [N, C] -> [N, 4C]
     gelu_(fc, np.empty_like(fc))
-    x += affine(fc, layer.mlp.c_proj.weight, layer.mlp.c_proj.bias)             # [N, 4C] -> [N, C]
+    x += affine(fc, layer.mlp.c_proj)                                           # [N, 4C] -> [N, C]
 
 
 def _one_row_step(config: GPTConfig, ids: np.ndarray, cache: KVCache | None, attention_mask: np.ndarray | None
@@ -324,10 +343,13 @@ def attend_rows_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.
     return out
 
 
-def affine(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x @ w + b for the decode rows (w [in, out], as in params), through `columns_product`."""
-    out = columns_product(w.T, x)
-    out += b
+def affine(x: np.ndarray, linear: Linear) -> np.ndarray:
+    """x @ weight + bias for the decode rows: through the weight's panels where it has them (panels.py:
+    each row computed alone, the same wherever it sits at a fixed number of rows), else `columns_product`."""
+    if linear.panels is not None and 1 < x.shape[0] <= MAX_ROWS:
+        return linear.panels.linear_into(x, linear.bias, np.empty((x.shape[0], linear.weight.shape[1]), np.float32))
+    out = columns_product(linear.weight.T, x)
+    out += linear.bias
     return out
 
 
@@ -338,14 +360,18 @@ def columns_product(w_out_in: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((w_out_in @ x.T).T)
 
 
-def lm_head(params: Params, x: np.ndarray) -> np.ndarray:
+def lm_head(params: Params, x: np.ndarray, *, panels: bool = False) -> np.ndarray:
     """Output projection tied to the token embedding: x @ wte^T. wte stored [C, V] (the decode layout of
     numgpt.load) makes that a product with a row-major matrix of long rows, the fastest form at every row
-    count; stored [V, C], a few rows go as wte @ x^T, the form OpenBLAS runs faster for them. Any leading
+    count; stored [V, C], a few rows go as wte @ x^T, the form OpenBLAS runs faster for them; with `panels`
+and wte's panels (panels.DecodeParams), 2 .. MAX_ROWS rows go through those. Any leading
     dimensions go as the rows of one 2-D product (a 3-D x @ wte.T was ~8x slower for a few rows)."""
     wte = params["wte.weight"]
     rows = x.reshape(-1, x.shape[-1])                          # [..., C] -> [N, C]
-    if stored_out_in(wte):
+    head = getattr(params, "panels", {}).get("wte.weight") if panels else None
+    if head is not None and 1 < rows.shape[0] <= MAX_ROWS:     # a few rows: wte's panels (panels.py)
+        out = head.linear_into(rows, None, np.empty((rows.shape[0], wte.shape[0]), np.float32))
+    elif stored_out_in(wte):
         out = rows @ wte.T                                     # [N, C] x [C, V] -> [N, V]
     elif rows.shape[0] < FEW_ROWS:
         out = np.ascontiguousarray((wte @ rows.T).T)           # [V, C] x [C, N] -> [V, N] -> [N, V]

@@ -27,11 +27,15 @@ import functools
 import operator
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
+
+if TYPE_CHECKING:
+    from .panels import Panels
 
 Params = dict[str, np.ndarray]
 
@@ -151,6 +155,7 @@ class Linear:
 
     weight: np.ndarray   # [in, out]
     bias: np.ndarray     # [out]
+    panels: "Panels | None" = None   # the weight's column panels for few-row products (numgpt.load's models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,14 +190,20 @@ class Layer:
     mlp: MLP
 
 
-def layer(params: Params, i: int) -> Layer:
-    """Block i of params (or of gradients keyed like them) as a `Layer`: references, no copies."""
+def layer(params: Params, i: int, *, panels: bool = True) -> Layer:
+    """Block i of params (or of gradients keyed like them) as a `Layer`: references, no copies (and, for
+    a panels.DecodeParams, each weight's panels, unless not `panels`)."""
     (ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_proj_w, attn_proj_b,
      ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_proj_w, mlp_proj_b) = _block_tensors(i)(params)   # BLOCK's order
+    store = getattr(params, "panels", None) if panels else None
+    if store:
+        p_attn, p_attn_proj, p_fc, p_mlp_proj = _block_weights(i)(store)
+    else:
+        p_attn = p_attn_proj = p_fc = p_mlp_proj = None
     return Layer(i, LayerNorm(ln_1_w, ln_1_b),
-                 Attention(Linear(c_attn_w, c_attn_b), Linear(attn_proj_w, attn_proj_b)),
+                 Attention(Linear(c_attn_w, c_attn_b, p_attn), Linear(attn_proj_w, attn_proj_b, p_attn_proj)),
                  LayerNorm(ln_2_w, ln_2_b),
-                 MLP(Linear(c_fc_w, c_fc_b), Linear(mlp_proj_w, mlp_proj_b)))
+                 MLP(Linear(c_fc_w, c_fc_b, p_fc), Linear(mlp_proj_w, mlp_proj_b, p_mlp_proj)))
 
 
 @functools.cache
@@ -201,6 +212,13 @@ def _block_tensors(i: int) -> operator.itemgetter:
     return operator.itemgetter(*(f"h.{i}.{name}" for name in BLOCK))
 
 
-def layers(params: Params, config: GPTConfig) -> list[Layer]:
-    """Every block's view, in order (what a forward builds once per call)."""
-    return [layer(params, i) for i in range(config.n_layer)]
+@functools.cache
+def _block_weights(i: int) -> operator.itemgetter:
+    """Fetches block i's four linear weights' entries (by name) in BLOCK's order."""
+    return operator.itemgetter(*(f"h.{i}.{name}" for name, (kind, _) in BLOCK.items()
+                                 if kind in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT)))
+
+
+def layers(params: Params, config: GPTConfig, *, panels: bool = True) -> list[Layer]:
+    """Every block's view, in order (what a forward builds once per call); panels: as `layer`."""
+    return [layer(params, i, panels=panels) for i in range(config.n_layer)]

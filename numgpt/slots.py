@@ -36,6 +36,7 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
+from .panels import MAX_ROWS
 from .params import Params, layers
 
 
@@ -159,6 +160,9 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
     cache.lengths[slots] += 1
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
+    panels = getattr(params, "panels", {}).get("wte.weight")
+    if panels is not None and 1 < width <= MAX_ROWS:               # wte's panels (panels.py), row by row alike
+        return panels.linear_into(ln, None, np.empty((width, config.vocab_size), np.float32))[:slots.size]
     if head is not None:
         return (ln @ head)[:slots.size]                                          # [W, C] x [C, V] -> [N, V]
     return columns_product(params["wte.weight"], ln)[:slots.size]              # [W, C] -> [N, V]

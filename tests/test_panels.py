@@ -1,0 +1,86 @@
+"""Column panels (numgpt/panels.py): few-row products equal to x @ w + b, each row computed alone, and used
+by numgpt.load's models only where a forward continues a cache."""
+
+import numpy as np
+import pytest
+
+import numgpt
+from numgpt import panels as P
+from numgpt.kvcache import KVCache
+from numgpt.model import forward
+
+
+def _product(w, b, x, pool=None):
+    out = np.empty((x.shape[0], w.shape[1]), np.float32)
+    return P.Panels(w, pool).linear_into(x, b, out)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(64, 96), (256, 1000), (768, 2304), (3072, 768), (100, 33)])
+@pytest.mark.parametrize("rows", [2, 5, 8, 16])
+def test_panel_product_is_x_at_w_plus_b(n_in, n_out, rows):
+    rng = np.random.default_rng(rows * n_in + n_out)
+    w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.astype(np.float64) + b                       # [rows, out]
+    got = _product(w, b, x)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.sqrt(n_in) * np.abs(exact).max())
+    np.testing.assert_array_equal(_product(w, None, x) + b, got)
+
+
+def test_weights_stored_transposed_and_the_head_are_multiplied_as_their_views():
+    rng = np.random.default_rng(0)
+    w_out_in = rng.standard_normal((300, 128)).astype(np.float32)      # numgpt.load's [out, in] copies
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    np.testing.assert_allclose(_product(w_out_in.T, None, x), x @ w_out_in.T, rtol=1e-5, atol=1e-5)
+
+
+def test_every_panel_product_stays_within_openblas_direct_limit():
+    for rows in range(2, P.MAX_ROWS + 1):
+        for n_in in (64, 256, 768, 1024, 3072, 6400):
+            step = -(-n_in // P.in_chunks(rows, n_in))
+            assert rows * P.PANEL * step <= P.DIRECT_MNK, (rows, n_in)
+            assert P.in_chunks(rows, n_in) == 1 or rows * P.PANEL * n_in > P.DIRECT_MNK
+
+
+def test_a_row_is_computed_alone_and_two_threads_compute_what_one_does():
+    """At a fixed number of rows, a row's result does not depend on the rows beside it (the serving
+    engine's batch invariance), and splitting the panels between two threads changes no bit."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((768, 3072)).astype(np.float32) * 0.02     # 9.4 MB: big enough for two threads
+    b = rng.standard_normal(3072).astype(np.float32)
+    x = rng.standard_normal((8, 768)).astype(np.float32)
+    one = _product(w, b, x)
+    pool = P.PanelPool()
+    assert w.nbytes >= P.THREADED_BYTES
+    np.testing.assert_array_equal(_product(w, b, x, pool), one)
+    other = rng.standard_normal((8, 768)).astype(np.float32)
+    other[3] = x[3]
+    np.testing.assert_array_equal(_product(w, b, other, pool)[3], one[3])
+
+
+def test_load_makes_panels_of_every_decode_matrix_on_first_few_row_use(monkeypatch):
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)              # as on an AVX-512 CPU with OpenBLAS
+    lm = numgpt.load("builtin")
+    assert isinstance(lm.params, P.DecodeParams)
+    names = {n for n in lm.params if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))} | {"wte.weight"}
+    assert set(lm.params.panels) == names and len(names) == 4 * lm.config.n_layer + 1
+    assert all(p._data is None for p in lm.params.panels.values())                   # nothing copied yet
+    assert type(numgpt.load("builtin", mmap=True).params) is dict                    # a memory map: no copies
+    monkeypatch.setattr(P, "panels_pay_off", lambda: False)             # elsewhere: products go as before
+    assert numgpt.load("builtin").params.panels == {}
+
+
+def test_a_continued_cache_goes_through_the_panels_and_a_prefill_does_not(monkeypatch):
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)
+    lm = numgpt.load("builtin")
+    plain = dict(lm.params)                                             # the same arrays, no panels
+    ids = np.random.default_rng(2).integers(0, lm.config.vocab_size, (2, 20))
+    caches = [KVCache.allocate(lm.config, 2, 40) for _ in range(2)]
+    first = [forward(p, lm.config, ids[:, :12], cache=c) for p, c in zip((lm.params, plain), caches)]
+    np.testing.assert_array_equal(first[0], first[1])                   # a prefill: bit for bit as before
+    assert all(p._data is None for p in lm.params.panels.values())
+    more = [forward(p, lm.config, ids[:, 12:], cache=c, all_logits=True) for p, c in zip((lm.params, plain), caches)]
+    assert all(p._data is not None for p in lm.params.panels.values())  # 2 x 8 rows: through the panels
+    np.testing.assert_allclose(more[0], more[1], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(more[0].argmax(-1), more[1].argmax(-1))
