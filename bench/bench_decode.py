@@ -214,14 +214,14 @@ def measure(steps: dict, slices: dict, prompts: dict[int, np.ndarray], runs: int
 # ---- --profile ----------------------------------------------------------------------------------------
 
 REST = "rest: Python, residual adds, KV-cache writes, buffers, checks (step - the above)"
-PROFILED = ("embed", "layer_norm_into", "linear_into", "attend_rows_into", "causal_attention_into", "gelu_",
+PROFILED = ("embed", "layer_norm_into", "product_into", "attend_rows_into", "causal_attention_into", "gelu_",
             "split_heads", "layer_norm", "lm_head",
             "linear_row_into", "layer_norm_row_", "attend")      # batch 1's step (model.decode_row) calls these
 
 
 def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) -> tuple[dict[str, float], float, float]:
     """ms per decode step of each part of numgpt's fast path at `past` cached positions, timed by wrapping
-    the functions numgpt.model calls by name; linear_into is split by its weight's shape. Returns
+    the functions numgpt.model calls by name; the products are split by their weight's shape. Returns
     (ms per part, ms per step wrapped, ms per step unwrapped)."""
     import numgpt.model as model
     from numgpt import KVCache, forward
@@ -232,8 +232,10 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
 
     def timed(name: str, f: Callable) -> Callable:
         def wrapper(*args, **kw):
-            if name in ("linear_into", "linear_row_into"):
+            if name == "linear_row_into":
                 key = linear_names.get(tuple(args[1].shape), "linear other")
+            elif name == "product_into":                             # block_'s products (panels or not)
+                key = linear_names.get(tuple(args[1].weight.shape), "linear other")
             elif name == "layer_norm":
                 key = "ln_f (layer_norm)"
             else:
