@@ -47,7 +47,6 @@ from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, layer_norm_row_, linear, linear_into, linear_row_into, row_sums,
                   stored_out_in)
-from .panels import MAX_ROWS
 from .params import Layer, Linear, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
@@ -230,7 +229,7 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
 def product_into(x: np.ndarray, linear: Linear, out: np.ndarray) -> np.ndarray:
     """x @ weight + bias into out: through the weight's column panels for 2 .. panels.MAX_ROWS rows where it
     has them (numgpt.load's models, panels.py), else ops.linear_into. [N, in] -> [N, out]"""
-    if linear.panels is not None and 1 < x.shape[0] <= MAX_ROWS:
+    if linear.panels is not None and linear.panels.takes(x.shape[0]):
         return linear.panels.linear_into(x, linear.bias, out)
     return linear_into(x, linear.weight, linear.bias, out)
 
@@ -346,7 +345,7 @@ def attend_rows_into(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.
 def affine(x: np.ndarray, linear: Linear) -> np.ndarray:
     """x @ weight + bias for the decode rows: through the weight's panels where it has them (panels.py:
     each row computed alone, the same wherever it sits at a fixed number of rows), else `columns_product`."""
-    if linear.panels is not None and 1 < x.shape[0] <= MAX_ROWS:
+    if linear.panels is not None and linear.panels.takes(x.shape[0]):
         return linear.panels.linear_into(x, linear.bias, np.empty((x.shape[0], linear.weight.shape[1]), np.float32))
     out = columns_product(linear.weight.T, x)
     out += linear.bias
@@ -364,12 +363,12 @@ def lm_head(params: Params, x: np.ndarray, *, panels: bool = False) -> np.ndarra
     """Output projection tied to the token embedding: x @ wte^T. wte stored [C, V] (the decode layout of
     numgpt.load) makes that a product with a row-major matrix of long rows, the fastest form at every row
     count; stored [V, C], a few rows go as wte @ x^T, the form OpenBLAS runs faster for them; with `panels`
-and wte's panels (panels.DecodeParams), 2 .. MAX_ROWS rows go through those. Any leading
+and wte's panels (panels.DecodeParams), 2 .. 16 rows go through those. Any leading
     dimensions go as the rows of one 2-D product (a 3-D x @ wte.T was ~8x slower for a few rows)."""
     wte = params["wte.weight"]
     rows = x.reshape(-1, x.shape[-1])                          # [..., C] -> [N, C]
     head = getattr(params, "panels", {}).get("wte.weight") if panels else None
-    if head is not None and 1 < rows.shape[0] <= MAX_ROWS:     # a few rows: wte's panels (panels.py)
+    if head is not None and head.takes(rows.shape[0]):         # a few rows: wte's panels (panels.py)
         out = head.linear_into(rows, None, np.empty((rows.shape[0], wte.shape[0]), np.float32))
     elif stored_out_in(wte):
         out = rows @ wte.T                                     # [N, C] x [C, V] -> [N, V]

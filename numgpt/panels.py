@@ -31,6 +31,7 @@ from .params import Kind, tensor_kind
 DIRECT_MNK = 2 * 350 * 512   # OpenBLAS's direct sgemm takes M x N x K up to this (its multithreaded limit)
 PANEL = 32                   # columns a panel: 8 rows x 32 x 768 fits the limit; 16-column panels ran slower
 MAX_ROWS = 16                # 2 .. MAX_ROWS rows go through the panels
+SPARE_BYTES = 1 << 29        # panels are made only while the machine keeps this much (and their size) spare
 THREADED_BYTES = 1 << 21     # a weight of at least this many bytes is split between two threads (below it,
                              # the hand-over costs more than the second core gives)
 
@@ -46,6 +47,14 @@ def panels_pay_off() -> bool:
     except (OSError, KeyError, TypeError, ValueError):
         return False
     return "openblas" in str(blas).lower() and re.search(r"\bavx512f\b", flags) is not None
+
+
+def spare_memory(nbytes: int) -> bool:
+    """Whether a copy of nbytes leaves the machine at least as much again and SPARE_BYTES more (unknown
+    memory: yes)."""
+    from .training.memory import available_memory   # the one reading of /proc/meminfo
+    available = available_memory()
+    return available is None or available >= 2 * nbytes + SPARE_BYTES
 
 
 def in_chunks(rows: int, n_in: int) -> int:
@@ -72,16 +81,26 @@ class Panels:
     def __init__(self, weight: np.ndarray, pool: "PanelPool | None"):
         self.weight, self.pool = weight, pool                          # weight: [in, out], as params hold it
         self._data: np.ndarray | None = None
+        self._refused = False
 
     @property
-    def data(self) -> np.ndarray:
-        if self._data is None:                  # two threads racing here both copy; either result is right
-            self._data = panel_copy(self.weight)
+    def data(self) -> np.ndarray | None:
+        """The panels, copied on first use; None if the machine could not spare their memory then (the
+        products go the plain way; they never take what would make the machine swap)."""
+        if self._data is None and not self._refused:   # two threads racing here both copy; either is right
+            if spare_memory(self.weight.nbytes):
+                self._data = panel_copy(self.weight)
+            else:
+                self._refused = True
         return self._data
+
+    def takes(self, rows: int) -> bool:
+        """Whether a product of `rows` rows goes through the panels: 2 .. MAX_ROWS rows, panels at hand."""
+        return 1 < rows <= MAX_ROWS and self.data is not None
 
     def linear_into(self, x: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         """x @ weight (+ b) into out, through the panels. [M, in] -> [M, out]"""
-        data = self.data                                                # [n, in, P]
+        data = self.data                                                # [n, in, P]; takes() said it is there
         n, n_in, _ = data.shape
         chunks = in_chunks(x.shape[0], n_in)
         res = np.empty((n, x.shape[0], PANEL), np.float32)              # [n, M, P]

@@ -36,7 +36,6 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
-from .panels import MAX_ROWS
 from .params import Params, layers
 
 
@@ -161,7 +160,7 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
     panels = getattr(params, "panels", {}).get("wte.weight")
-    if panels is not None and 1 < width <= MAX_ROWS:               # wte's panels (panels.py), row by row alike
+    if panels is not None and panels.takes(width):                 # wte's panels (panels.py), row by row alike
         return panels.linear_into(ln, None, np.empty((width, config.vocab_size), np.float32))[:slots.size]
     if head is not None:
         return (ln @ head)[:slots.size]                                          # [W, C] x [C, V] -> [N, V]

@@ -84,3 +84,18 @@ def test_a_continued_cache_goes_through_the_panels_and_a_prefill_does_not(monkey
     assert all(p._data is not None for p in lm.params.panels.values())  # 2 x 8 rows: through the panels
     np.testing.assert_allclose(more[0], more[1], rtol=0, atol=1e-4)
     np.testing.assert_array_equal(more[0].argmax(-1), more[1].argmax(-1))
+
+
+def test_panels_are_not_made_where_the_machine_cannot_spare_their_memory(monkeypatch):
+    import numgpt.training.memory as memory
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)
+    lm = numgpt.load("builtin")
+    monkeypatch.setattr(memory, "available_memory", lambda: P.SPARE_BYTES)   # less than SPARE + 2x a weight
+    ids = np.random.default_rng(3).integers(0, lm.config.vocab_size, (1, 16))
+    out = []
+    for params in (lm.params, dict(lm.params)):
+        cache = KVCache.allocate(lm.config, 1, 20)
+        forward(params, lm.config, ids[:, :8], cache=cache)
+        out.append(forward(params, lm.config, ids[:, 8:], cache=cache, all_logits=True))
+    assert all(p.data is None and not p.takes(8) for p in lm.params.panels.values())
+    np.testing.assert_array_equal(out[0], out[1])                        # the plain products, as without panels
