@@ -18,8 +18,10 @@ rows keep `x @ w`, where packing pays for itself. `linear` (x @ w + b) is the pl
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -131,6 +133,11 @@ class PanelPool:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        me = weakref.ref(self)                   # a forked child has no worker thread: it starts its own
+        os.register_at_fork(after_in_child=lambda: (pool := me()) is not None and pool._forget())
+
+    def _forget(self) -> None:
+        self._executor, self._lock = None, threading.Lock()
 
     def halves(self, fn, n: int) -> None:
         """fn(slice) over 0 .. n-1: the second half on the worker, the first here."""

@@ -99,3 +99,21 @@ def test_panels_are_not_made_where_the_machine_cannot_spare_their_memory(monkeyp
         out.append(forward(params, lm.config, ids[:, 8:], cache=cache, all_logits=True))
     assert all(p.data is None and not p.takes(8) for p in lm.params.panels.values())
     np.testing.assert_array_equal(out[0], out[1])                        # the plain products, as without panels
+
+
+def test_a_forked_child_runs_its_own_half_of_the_panels():
+    """After fork the worker thread is gone; the child's pool starts its own instead of waiting forever."""
+    import multiprocessing as mp
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((512, 2048)).astype(np.float32)            # 4 MB: two threads
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    pool = P.PanelPool()
+    expected = _product(w, None, x, pool)                               # the parent's worker exists now
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=lambda: results.put(_product(w, None, x, pool)))   # inherited, not pickled
+    child.start()
+    got = results.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, expected)
