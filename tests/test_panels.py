@@ -117,3 +117,18 @@ def test_a_forked_child_runs_its_own_half_of_the_panels():
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("width", [2, 3, 5, 8, 13, 16])
+def test_a_row_gets_the_same_bits_wherever_it_sits_at_a_fixed_width(width):
+    """The serving engine's batch invariance: a request's row moves between slots as others come and go."""
+    rng = np.random.default_rng(width)
+    w = rng.standard_normal((256, 1000)).astype(np.float32) * 0.02
+    row = rng.standard_normal(256).astype(np.float32)
+    outs = []
+    for pos in range(width):
+        x = rng.standard_normal((width, 256)).astype(np.float32)
+        x[pos] = row
+        outs.append(_product(w, None, x)[pos])
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
