@@ -92,7 +92,9 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     mmap: memory-map every weight as stored instead of copying the blocks' linear weights into memory
         stored [out, in] (the default, see formats.hf.load_checkpoint): loads in milliseconds and keeps
         no private copy -- for a model bigger than the RAM you can spare -- but batched decoding is
-        ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference).
+        ~1.7x slower and batch-1 decoding ~15% slower (BENCHMARKS.md, Inference), and 2-16 rows (a batch,
+        a speculative verification) do not get the column panels the default copies on first use, at
+        the cost of those weights' memory once more (panels.py: ~1.7x faster at 8 rows).
     threads: threads that read the weights, and that a few-row product's panels use (panels.DecodeParams)
         (None: every usable core; the CLI passes NUMGPT_NUM_THREADS).
     adapter: a PEFT LoRA adapter folder trained on this base (`numgpt train --lora-rank R` writes RUN/adapter),
