@@ -255,7 +255,7 @@ def profile(params, config, b: int, steps: int = 40, past: int = PROMPT + 64) ->
         cache.length = past
         t = time.perf_counter()
         for _ in range(steps):
-            forward(params, config, nxt, cache=cache)
+            forward(params, config, nxt, cache=cache, panels=True)
         return (time.perf_counter() - t) / steps * 1e3
 
     run()                                                            # warm

@@ -48,14 +48,18 @@ def make_checkpoint(folder: Path, **config) -> None:
 
 
 def numgpt_steps(params, config, prompt: np.ndarray, n: int):
-    """Greedy decoding as a generator: prefill, then yields each step's tokens [B, 1]."""
+    """Greedy decoding as a generator: prefill, then yields each step's tokens [B, 1]. The steps ask for
+    the weights' column panels as numgpt's decode loop does (panels=True; older code, run through a
+    worktree to compare, has no such option)."""
+    import inspect
     from numgpt import KVCache, forward
+    steps = {"panels": True} if "panels" in inspect.signature(forward).parameters else {}
     cache = KVCache.allocate(config, prompt.shape[0], prompt.shape[1] + n)
     logits = forward(params, config, prompt, cache=cache)
     for _ in range(n):
         nxt = logits.argmax(-1)[:, None]
         yield nxt
-        logits = forward(params, config, nxt, cache=cache)
+        logits = forward(params, config, nxt, cache=cache, **steps)
 
 
 def hf_steps(model, prompt: np.ndarray, n: int):

@@ -390,7 +390,7 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         if cache.length == cache.max_len:  # only with a sliding window: keep the last tokens, re-prefill
             cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len)
         else:
-            logits = forward(params, config, tokens[:, None], cache=cache)  # [A, 1] -> [A, V]
+            logits = forward(params, config, tokens[:, None], cache=cache, panels=True)  # [A, 1] -> [A, V]
 
 
 class Step(NamedTuple):

@@ -60,7 +60,6 @@ from .ops import softmax
 from .panels import DecodeParams
 from .params import Params
 from .sampling import SamplingOptions
-from .threads import thread_count
 from .scoring import Perplexity, encode_text, perplexity, token_logprobs, with_bos
 
 Prompt = str | Sequence[int]   # text, or token ids
@@ -113,7 +112,7 @@ def load(name_or_folder: str | os.PathLike | None = None, *, cache_dir: str | os
     if adapter is not None:
         params = merge_adapter(adapter, config, params)
     if not mmap and not isinstance(params, DecodeParams):     # an adapter merged into new arrays: panels again
-        params = DecodeParams(params, thread_count() if threads is None else threads)
+        params = DecodeParams(params, threads)
     return LanguageModel(config=config, params=params, tokenizer=load_tokenizer(folder, config), folder=folder)
 
 

@@ -9,8 +9,8 @@ arrays may be read-only memory maps of a checkpoint, nothing here writes to them
 decode step's matrices with their longer side contiguous (formats.hf.load_checkpoint, for_inference: the
 c_proj weights and wte as transposed views), which one-row products stream fastest (ops.linear_into,
 `lm_head`), and with a copy of each in column panels (panels.DecodeParams), through which 2 .. 16 rows
-stream at up to twice the speed (`product_into`): used by forwards that continue a KV cache (batched
-decode steps, speculative verifications; `continues`). Everything is float32.
+stream at up to twice the speed (`product_into`), where a forward asks for them (`panels=True`: the decode
+loop's batched steps, speculative verifications). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
 token). Each row's positions come from its mask (position = number of real tokens before it, as Hugging
@@ -47,6 +47,7 @@ from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, layer_norm_row_, linear, linear_into, linear_row_into, row_sums,
                   stored_out_in)
+from .panels import HEAD
 from .params import Layer, Linear, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
@@ -56,35 +57,33 @@ Recorder = Callable[[int, str, np.ndarray], None]
 
 
 def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
-            attention_mask: np.ndarray | None = None, all_logits: bool = False) -> np.ndarray:
+            attention_mask: np.ndarray | None = None, all_logits: bool = False, panels: bool = False) -> np.ndarray:
     """Logits for token ids [B, T]: float32 [B, V] for the last position, or [B, T, V] if all_logits.
 
     cache: if given, the T ids continue the cache's `length` positions; their keys/values are written
         into it and `cache.length` advances by T.
     attention_mask: bool [B, T] or [B, cache.length + T], True for real tokens and False for (left)
         padding; default all True for the new ids (and the cache's own mask for the cached positions).
+    panels: let 2 .. panels.MAX_ROWS rows go through the weights' column panels where params has them
+        (numgpt.load's, panels.py): the decode loop's batched steps and speculative verifications ask
+        for it. Off, every forward computes as it always did, bit for bit (prefills, scoring, teach's
+        views, embeddings).
     Raises NumgptError if a position would reach n_positions or the cache is too short.
 
     This is the fast path: each block works in place on buffers allocated once per call (`block_`);
     `reference_forward` is its plain twin, and the tests hold them equal.
     """
-    panels = continues(cache)                                  # decided before the cache advances
-    x = hidden_states(params, config, ids, cache=cache, attention_mask=attention_mask, all_positions=all_logits)
+    x = hidden_states(params, config, ids, cache=cache, attention_mask=attention_mask, all_positions=all_logits,
+                      panels=panels)
     return lm_head(params, x, panels=panels)                   # [..., C] -> [..., V]
 
 
-def continues(cache: KVCache | None) -> bool:
-    """Whether a forward continues sequences already in a cache (a decode step, a speculative verification):
-    those go through the weights' panels (panels.py). A prefill, and a forward without a cache, do not, so
-    that they compute what they always did, bit for bit (teach's views, embeddings)."""
-    return cache is not None and cache.length > 0
-
-
 def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCache | None = None,
-                  attention_mask: np.ndarray | None = None, all_positions: bool = True) -> np.ndarray:
+                  attention_mask: np.ndarray | None = None, all_positions: bool = True,
+                  panels: bool = False) -> np.ndarray:
     """The final hidden states, after ln_f (what lm_head projects, and transformers' GPT2Model returns as
     last_hidden_state): float32 [B, T, C], or [B, C] for the last position only if not all_positions.
-    `forward` without the projection; cache and attention_mask as there (embeddings.py pools these)."""
+    `forward` without the projection; cache, attention_mask and panels as there (embeddings.py pools these)."""
     if _one_row_step(config, ids, cache, attention_mask):
         x = decode_row(params, config, int(ids[0, 0]), cache)  # [C]
         return x[None, None] if all_positions else x[None]     # -> [1, 1, C] or [1, C]
@@ -101,7 +100,7 @@ def hidden_states(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: 
     _check_context(config, cache, positions, T)
     x = embed(params, ids, positions)                          # [B, T] -> [B, T, C]
     buffers = BlockBuffers.allocate(config, B, T)
-    for layer in layers(params, config, panels=continues(cache)):
+    for layer in layers(params, config, panels=panels):
         kv = None if cache is None else (cache.keys[layer.index], cache.values[layer.index], past)
         block_(layer, config, x, key_valid, kv, buffers)       # [B, T, C], in place
     if cache is not None:
@@ -363,11 +362,11 @@ def lm_head(params: Params, x: np.ndarray, *, panels: bool = False) -> np.ndarra
     """Output projection tied to the token embedding: x @ wte^T. wte stored [C, V] (the decode layout of
     numgpt.load) makes that a product with a row-major matrix of long rows, the fastest form at every row
     count; stored [V, C], a few rows go as wte @ x^T, the form OpenBLAS runs faster for them; with `panels`
-and wte's panels (panels.DecodeParams), 2 .. 16 rows go through those. Any leading
+    and wte's panels (panels.DecodeParams), 2 .. panels.MAX_ROWS rows go through those. Any leading
     dimensions go as the rows of one 2-D product (a 3-D x @ wte.T was ~8x slower for a few rows)."""
     wte = params["wte.weight"]
     rows = x.reshape(-1, x.shape[-1])                          # [..., C] -> [N, C]
-    head = getattr(params, "panels", {}).get("wte.weight") if panels else None
+    head = getattr(params, "panels", {}).get(HEAD) if panels else None
     if head is not None and head.takes(rows.shape[0]):         # a few rows: wte's panels (panels.py)
         out = head.linear_into(rows, None, np.empty((rows.shape[0], wte.shape[0]), np.float32))
     elif stored_out_in(wte):

@@ -190,9 +190,9 @@ class Layer:
     mlp: MLP
 
 
-def layer(params: Params, i: int, *, panels: bool = True) -> Layer:
+def layer(params: Params, i: int, *, panels: bool = False) -> Layer:
     """Block i of params (or of gradients keyed like them) as a `Layer`: references, no copies (and, for
-    a panels.DecodeParams, each weight's panels, unless not `panels`)."""
+    a panels.DecodeParams and `panels`, each weight's panels)."""
     (ln_1_w, ln_1_b, c_attn_w, c_attn_b, attn_proj_w, attn_proj_b,
      ln_2_w, ln_2_b, c_fc_w, c_fc_b, mlp_proj_w, mlp_proj_b) = _block_tensors(i)(params)   # BLOCK's order
     store = getattr(params, "panels", None) if panels else None
@@ -219,6 +219,6 @@ def _block_weights(i: int) -> operator.itemgetter:
                                  if kind in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT)))
 
 
-def layers(params: Params, config: GPTConfig, *, panels: bool = True) -> list[Layer]:
+def layers(params: Params, config: GPTConfig, *, panels: bool = False) -> list[Layer]:
     """Every block's view, in order (what a forward builds once per call); panels: as `layer`."""
     return [layer(params, i, panels=panels) for i in range(config.n_layer)]

@@ -12,7 +12,9 @@ under any load. Three things make it so:
 - every step multiplies the same number of columns, the cache's slot count (at least 2), with unused
   columns zero: OpenBLAS picks its kernel by the product's shape (a matrix-vector kernel for one column,
   small-matrix paths below a size), and each path rounds differently; at one fixed shape every column
-  is computed the same way wherever it sits (tests/test_slots.py checks this on the real kernels);
+  is computed the same way wherever it sits (tests/test_slots.py checks this on the real kernels), and
+  so is every row through the weights' column panels, which numgpt.load's models use for 2 .. 16 slots
+  (panels.py; tests/test_panels.py);
 - attention runs row by row over exactly that row's cached positions, never over another row's padding;
 - LayerNorm, GELU and the residual adds work row by row.
 (The block itself is model.decode_block_, beside the model's other blocks.)
@@ -36,6 +38,7 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
+from .panels import HEAD
 from .params import Params, layers
 
 
@@ -154,12 +157,12 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
     x = np.zeros((width, config.n_embd), np.float32)                  # [W, C]; rows past N stay zero
     at = cache.lengths[slots]                                          # [N] each row's new position
     x[:slots.size] = embed(params, ids, at)                            # [N] -> [N, C]
-    for layer in layers(params, config):
+    for layer in layers(params, config, panels=True):
         decode_block_(layer, config, x, cache.keys[layer.index], cache.values[layer.index], slots, at)  # [W, C]
     cache.lengths[slots] += 1
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
-    panels = getattr(params, "panels", {}).get("wte.weight")
+    panels = getattr(params, "panels", {}).get(HEAD)
     if panels is not None and panels.takes(width):                 # wte's panels (panels.py), row by row alike
         return panels.linear_into(ln, None, np.empty((width, config.vocab_size), np.float32))[:slots.size]
     if head is not None:

@@ -274,7 +274,7 @@ class DraftModel:
         for a, m in enumerate(missing):
             ids[a, T - len(m):] = m
             mask[a, past + T - len(m):] = True
-        logits = forward(self.params, self.config, ids, cache=self.cache,
+        logits = forward(self.params, self.config, ids, cache=self.cache, panels=True,
                          attention_mask=None if mask.all() else mask)  # [A, V]; no padding: the cache's own mask
         start = self.cache.length
         history = sampling.reads_history
@@ -306,7 +306,7 @@ class DraftModel:
                     fed = np.asarray([j < c for c in caps])[:, None]   # [A, 1]
                     mask = np.concatenate([self.cache.mask[:, :self.cache.length], fed], axis=1)
                 logits = forward(self.params, self.config, tokens[:, None], cache=self.cache,
-                                 attention_mask=mask)                  # [A, 1] -> [A, V]
+                                 attention_mask=mask, panels=True)     # [A, 1] -> [A, V]
         self.round = (start, np.array([len(s) for s in sequences], dtype=np.int64))
         return drafts, [np.stack(q) if q else None for q in qs]
 
@@ -495,7 +495,7 @@ def verify_round(params: Params, config: GPTConfig, cache: KVCache, spec: Specul
     if any(len(d) + 1 < T for d in drafts):   # a row that drafted fewer: its padding is masked
         mask = np.concatenate([cache.mask[:, :past], np.arange(T)[None] <= np.array([len(d) for d in drafts])[:, None]],
                               axis=1)                                   # [A, past + T]
-    logits = forward(params, config, ids, cache=cache, attention_mask=mask, all_logits=True)  # [A, T, V]
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask, all_logits=True, panels=True)  # [A, T, V]
     chosen = verify(logits, drafts, qs, sequences, starts, sampling, rngs, params)
     kept = [len(c) - 1 for c in chosen]
     for a, k in enumerate(kept):

@@ -12,7 +12,7 @@ from numgpt.model import forward
 
 def _product(w, b, x, pool=None):
     out = np.empty((x.shape[0], w.shape[1]), np.float32)
-    return P.Panels(w, pool).linear_into(x, b, out)
+    return P.Panels(w, pool, lambda: True).linear_into(x, b, out)
 
 
 @pytest.mark.parametrize("n_in,n_out", [(64, 96), (256, 1000), (768, 2304), (3072, 768), (100, 33)])
@@ -37,10 +37,10 @@ def test_weights_stored_transposed_and_the_head_are_multiplied_as_their_views():
 
 def test_every_panel_product_stays_within_openblas_direct_limit():
     for rows in range(2, P.MAX_ROWS + 1):
-        for n_in in (64, 256, 768, 1024, 3072, 6400):
-            step = -(-n_in // P.in_chunks(rows, n_in))
-            assert rows * P.PANEL * step <= P.DIRECT_MNK, (rows, n_in)
-            assert P.in_chunks(rows, n_in) == 1 or rows * P.PANEL * n_in > P.DIRECT_MNK
+        for n_in in (1, 64, 256, 700, 768, 1024, 3072, 6400, 20000):
+            step = P.chunk_length(rows, n_in)
+            assert 1 <= step <= n_in and rows * P.PANEL * step <= P.DIRECT_MNK, (rows, n_in)
+            assert step == n_in or rows * P.PANEL * (step + 1) > P.DIRECT_MNK   # the longest that fits
 
 
 def test_a_row_is_computed_alone_and_two_threads_compute_what_one_does():
@@ -71,32 +71,51 @@ def test_load_makes_panels_of_every_decode_matrix_on_first_few_row_use(monkeypat
     assert numgpt.load("builtin").params.panels == {}
 
 
-def test_a_continued_cache_goes_through_the_panels_and_a_prefill_does_not(monkeypatch):
+def test_a_forward_takes_the_panels_only_when_asked(monkeypatch):
     monkeypatch.setattr(P, "panels_pay_off", lambda: True)
     lm = numgpt.load("builtin")
     plain = dict(lm.params)                                             # the same arrays, no panels
     ids = np.random.default_rng(2).integers(0, lm.config.vocab_size, (2, 20))
     caches = [KVCache.allocate(lm.config, 2, 40) for _ in range(2)]
     first = [forward(p, lm.config, ids[:, :12], cache=c) for p, c in zip((lm.params, plain), caches)]
-    np.testing.assert_array_equal(first[0], first[1])                   # a prefill: bit for bit as before
+    np.testing.assert_array_equal(first[0], first[1])
+    not_asked = [forward(p, lm.config, ids[:, 12:16], cache=c, all_logits=True) for p, c in zip((lm.params, plain), caches)]
+    np.testing.assert_array_equal(not_asked[0], not_asked[1])          # continuing a cache, not asked: as before
     assert all(p._data is None for p in lm.params.panels.values())
-    more = [forward(p, lm.config, ids[:, 12:], cache=c, all_logits=True) for p, c in zip((lm.params, plain), caches)]
-    assert all(p._data is not None for p in lm.params.panels.values())  # 2 x 8 rows: through the panels
-    np.testing.assert_allclose(more[0], more[1], rtol=0, atol=1e-4)
-    np.testing.assert_array_equal(more[0].argmax(-1), more[1].argmax(-1))
+    asked = [forward(p, lm.config, ids[:, 16:], cache=c, all_logits=True, panels=True)
+             for p, c in zip((lm.params, plain), caches)]
+    assert all(p._data is not None for p in lm.params.panels.values())  # 2 x 4 rows: through the panels
+    np.testing.assert_allclose(asked[0], asked[1], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(asked[0].argmax(-1), asked[1].argmax(-1))
+
+
+def test_decode_params_weights_are_read_only_replaced_ones_lose_their_panels_and_pickling_works(monkeypatch):
+    import copy
+    import pickle
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)
+    lm = numgpt.load("builtin")
+    name = "h.0.mlp.c_fc.weight"
+    with pytest.raises(ValueError, match="read-only"):
+        lm.params[name][0, 0] = 1.0                                     # an edit behind the panels' back
+    lm.params[name] = np.array(lm.params[name]) * 2                      # replaced: its panels go
+    assert name not in lm.params.panels and "h.0.attn.c_attn.weight" in lm.params.panels
+    lm.params.update({"h.1.mlp.c_fc.weight": np.array(lm.params["h.1.mlp.c_fc.weight"])})
+    assert "h.1.mlp.c_fc.weight" not in lm.params.panels
+    for clone in (copy.deepcopy(lm.params), pickle.loads(pickle.dumps(lm.params))):
+        assert isinstance(clone, P.DecodeParams) and set(clone) == set(lm.params)
+        np.testing.assert_array_equal(clone[name], lm.params[name])
 
 
 def test_panels_are_not_made_where_the_machine_cannot_spare_their_memory(monkeypatch):
-    import numgpt.training.memory as memory
     monkeypatch.setattr(P, "panels_pay_off", lambda: True)
     lm = numgpt.load("builtin")
-    monkeypatch.setattr(memory, "available_memory", lambda: P.SPARE_BYTES)   # less than SPARE + 2x a weight
+    monkeypatch.setattr(P, "available_memory", lambda: P.SPARE_BYTES)   # less than SPARE + twice the panels
     ids = np.random.default_rng(3).integers(0, lm.config.vocab_size, (1, 16))
     out = []
     for params in (lm.params, dict(lm.params)):
         cache = KVCache.allocate(lm.config, 1, 20)
         forward(params, lm.config, ids[:, :8], cache=cache)
-        out.append(forward(params, lm.config, ids[:, 8:], cache=cache, all_logits=True))
+        out.append(forward(params, lm.config, ids[:, 8:], cache=cache, all_logits=True, panels=True))
     assert all(p.data is None and not p.takes(8) for p in lm.params.panels.values())
     np.testing.assert_array_equal(out[0], out[1])                        # the plain products, as without panels
 

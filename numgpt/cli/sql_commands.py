@@ -170,7 +170,7 @@ def run_export(args) -> int:
     from ..sql import export
     model = load(args.model, cache_dir=hf_cache_dir(os.environ))
     summary = export(model, args.db, force=args.force, precision=args.precision, product=args.product,
-                     progress=lambda what: print(f"  {what}", file=sys.stderr, flush=True))
+                     progress=lambda what: print(f"  {what}\n", end="", file=sys.stderr, flush=True))
     print(f"exported {summary.parameters:,} parameters ({summary.precision}{summary.product_note}) into "
           f"{summary.target} in {summary.seconds:.1f} s, "
           f"{summary.size_bytes / 2**20:.1f} MiB")

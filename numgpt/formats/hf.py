@@ -22,7 +22,6 @@ from ..config import GPTConfig
 from ..errors import NumgptError
 from ..panels import DecodeParams
 from ..params import Params, count_params, param_shapes
-from ..threads import thread_count
 from .safetensors import checked_header, read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -81,14 +80,15 @@ def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inferen
     with the file's shape, so every `x @ w` and `wte[ids]` works unchanged. One-row products then stream
     long rows, which OpenBLAS runs fastest, and the copies sit in anonymous memory that the kernel backs
     with huge pages (~15% faster than the memory map's 4 KB pages). It costs ~0.4 s of load for the
-    124M model; wpe stays memory-mapped. The params are then a panels.DecodeParams, which makes a copy of
-    each such matrix in column panels on the first product of 2 .. 16 rows (a speculative verification, a
-    small batch). Measured in BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
+    124M model; wpe stays memory-mapped. The params are then a panels.DecodeParams: those matrices are
+    read-only, and a copy of each in column panels is made on the first forward that asks for them
+    (panels=True) with 2 .. panels.MAX_ROWS rows (a speculative verification, a small batch). Measured in
+    BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
     """
     config = load_config(folder)
     params = load_params(folder, config, mmap=mmap, for_inference=for_inference, threads=threads)
     if for_inference:
-        params = DecodeParams(params, thread_count() if threads is None else threads)
+        params = DecodeParams(params, threads)
     return config, params
 
 

@@ -27,13 +27,13 @@ something else gets its memory back as usual.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from ..config import GPTConfig
+from ..machine import available_memory  # noqa: F401 -- the one reading of /proc/meminfo, used here
 from ..params import count_params
 
 if TYPE_CHECKING:
@@ -85,22 +85,6 @@ def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, thr
     return MemoryEstimate(parameters=FLOAT * (n + adapter), gradients=FLOAT * trained * used,
                           optimizer=2 * FLOAT * trained // (ranks if tc.zero else 1),
                           activations=FLOAT * (rows * sequences_per_row * T * per_token + wte_grad))
-
-
-def available_memory() -> int | None:
-    """Bytes the machine can still give without swapping: MemAvailable of /proc/meminfo (Linux), else
-    the available physical pages (os.sysconf); None where neither is known."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024        # "MemAvailable:  123456 kB"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here: int = 1) -> str | None:
