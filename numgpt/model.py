@@ -47,7 +47,7 @@ from .kvcache import KVCache
 from .ops import (EXP_NEGLIGIBLE_BELOW, FEW_ROWS, attention_probabilities, causal_attention_into, causal_mask, gelu, gelu_, layer_norm,
                   layer_norm_into, layer_norm_row_, linear, linear_into, linear_row_into, row_sums,
                   stored_out_in)
-from .panels import HEAD
+from .panels import head_panels
 from .params import Layer, Linear, Params, layers
 
 # Receives the plain forward's intermediates as they are computed: record(layer, name, value). Names:
@@ -366,7 +366,7 @@ def lm_head(params: Params, x: np.ndarray, *, panels: bool = False) -> np.ndarra
     dimensions go as the rows of one 2-D product (a 3-D x @ wte.T was ~8x slower for a few rows)."""
     wte = params["wte.weight"]
     rows = x.reshape(-1, x.shape[-1])                          # [..., C] -> [N, C]
-    head = getattr(params, "panels", {}).get(HEAD) if panels else None
+    head = head_panels(params) if panels else None
     if head is not None and head.takes(rows.shape[0]):         # a few rows: wte's panels (panels.py)
         out = head.linear_into(rows, None, np.empty((rows.shape[0], wte.shape[0]), np.float32))
     elif stored_out_in(wte):

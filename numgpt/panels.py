@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NumgptError
 from .machine import available_memory
-from .params import Kind, tensor_kind
+from .params import BLOCK_MATRICES
 from .threads import thread_count
 
 DIRECT_MNK = 2 * 350 * 512   # OpenBLAS's direct sgemm takes M x N x K up to this (its multithreaded limit)
@@ -221,12 +220,11 @@ def spare_memory(nbytes: int) -> bool:
 
 
 def decode_matrices(params: dict) -> list[str]:
-    """The names of the matrices a decode step multiplies: the blocks' linear weights and wte."""
-    return [name for name in params if name == HEAD or _linear_weight(name)]
+    """The names of the matrices a decode step multiplies: the blocks' (params.BLOCK_MATRICES) and wte."""
+    suffixes = tuple(f".{name}" for name in BLOCK_MATRICES)
+    return [name for name in params if name == HEAD or (name.startswith("h.") and name.endswith(suffixes))]
 
 
-def _linear_weight(name: str) -> bool:
-    try:
-        return tensor_kind(name) in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT)
-    except NumgptError:                         # not GPT-2's (a classifier's head): no panels
-        return False
+def head_panels(params: dict) -> Panels | None:
+    """wte^T's panels where params carries panels (a DecodeParams), else None: the output projection's."""
+    return getattr(params, "panels", {}).get(HEAD)

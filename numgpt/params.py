@@ -72,6 +72,8 @@ BLOCK: dict[str, tuple[Kind, tuple[str, ...]]] = {
     "mlp.c_proj.weight": (Kind.RESIDUAL_WEIGHT, ("4C", "C")),
     "mlp.c_proj.bias": (Kind.BIAS, ("C",)),
 }
+# A block's matrices (the rest are vectors): what a decode step multiplies, with wte (formats.hf, panels.py).
+BLOCK_MATRICES = tuple(name for name, (kind, _) in BLOCK.items() if kind in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT))
 AFTER_BLOCKS: dict[str, tuple[Kind, tuple[str, ...]]] = {
     "ln_f.weight": (Kind.GAIN, ("C",)),
     "ln_f.bias": (Kind.BIAS, ("C",)),
@@ -214,9 +216,8 @@ def _block_tensors(i: int) -> operator.itemgetter:
 
 @functools.cache
 def _block_weights(i: int) -> operator.itemgetter:
-    """Fetches block i's four linear weights' entries (by name) in BLOCK's order."""
-    return operator.itemgetter(*(f"h.{i}.{name}" for name, (kind, _) in BLOCK.items()
-                                 if kind in (Kind.WEIGHT, Kind.RESIDUAL_WEIGHT)))
+    """Fetches block i's BLOCK_MATRICES entries (a panels store's, by name) in BLOCK's order."""
+    return operator.itemgetter(*(f"h.{i}.{name}" for name in BLOCK_MATRICES))
 
 
 def layers(params: Params, config: GPTConfig, *, panels: bool = False) -> list[Layer]:

@@ -38,7 +38,7 @@ from .errors import NumgptError
 from .kvcache import KVCache
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
-from .panels import HEAD
+from .panels import head_panels
 from .params import Params, layers
 
 
@@ -162,7 +162,7 @@ def decode_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Seq
     cache.lengths[slots] += 1
     ln = np.empty_like(x)
     layer_norm_into(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon, ln)
-    panels = getattr(params, "panels", {}).get(HEAD)
+    panels = head_panels(params)
     if panels is not None and panels.takes(width):                 # wte's panels (panels.py), row by row alike
         return panels.linear_into(ln, None, np.empty((width, config.vocab_size), np.float32))[:slots.size]
     if head is not None:

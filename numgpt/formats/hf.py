@@ -21,7 +21,7 @@ from ..atomic import write_bytes_atomically
 from ..config import GPTConfig
 from ..errors import NumgptError
 from ..panels import DecodeParams
-from ..params import Params, count_params, param_shapes
+from ..params import BLOCK_MATRICES, Params, count_params, param_shapes
 from .safetensors import checked_header, read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -30,7 +30,7 @@ INDEX_FILE = "model.safetensors.index.json"
 HF_PREFIX = "transformer."
 TIED_HEAD = "lm_head.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")   # causal-mask buffers, not parameters
-LINEAR_WEIGHTS = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+LINEAR_WEIGHTS = tuple(f".{name}" for name in BLOCK_MATRICES)   # name suffixes of the blocks' matrices
 DECODE_MATRICES = LINEAR_WEIGHTS + ("wte.weight",)   # what a decode step multiplies: the blocks' and the head
 CLASSIFIER_ARCH = "GPT2ForSequenceClassification"
 CLASSIFIER_HEAD = "score.weight"     # its linear head, [num_labels, C] (torch's nn.Linear [out, in]), no bias
