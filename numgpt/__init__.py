@@ -13,7 +13,13 @@ The public API (everything else is internal and may change):
     NumgptError                               -- every user-facing error (one line, no traceback in the CLI)
 """
 
-from .backprop import accumulate_grads, loss_and_grads
+import os as _os
+
+from .machine import quiet_blas_threads
+
+quiet_blas_threads(_os.environ)   # before anything imports NumPy: OpenBLAS reads it once (machine.py)
+
+from .backprop import accumulate_grads, loss_and_grads  # noqa: E402
 from .config import PRESETS, GPTConfig
 from .errors import NumgptError
 from .generate import Completion, GenerationOptions, Piece, TokenLogprob

@@ -299,7 +299,7 @@ def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]],
             ids[b, T - len(p):] = p
             mask[b, T - len(p):] = True
     cache = KVCache.allocate(config, len(prompts), max(max_len, T))
-    logits = forward(params, config, ids, cache=cache, attention_mask=mask)  # [B, T] -> [B, V]
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask, panels=True)  # [B, T] -> [B, V]
     return cache, logits
 
 

@@ -11,11 +11,15 @@ PANEL] contiguous: one np.matmul over the stack of panels is n direct products, 
 long `in` is cut into chunks whose partial products are summed, and two threads each take half of the
 panels. Measured on 124M's 48 block matrices (BENCHMARKS.md, Decoding beyond the peers).
 
-One row keeps the matrix-vector product (ops.linear_row_into), faster than panels; more than MAX_ROWS
-rows keep `x @ w`, where packing pays for itself. ops.linear (x @ w + b) is the plain twin. A forward takes
-the panels only when asked (model.forward's `panels`: the decode loop's batched steps, speculative
-verifications, the serving engine's slots), so everything else computes as before, bit for bit. At a fixed
-number of rows a row's result does not depend on the rows beside it or where it sits (tests/test_panels.py).
+One row keeps the matrix-vector product (ops.linear_row_into), faster than panels. Up to MAX_ROWS rows
+the panels of a big weight also beat OpenBLAS's own sgemm, which packs the weight on every call: a 66-row
+product (a short prompt's prefill) with 124M's matrices ran 1.31x faster; from ~110 rows packing pays for
+itself and `x @ w` wins. A small weight (under THREADED_BYTES, one thread) takes the panels only up to
+FEW_ROWS rows. ops.linear (x @ w + b) is the plain twin. A forward takes the panels only when asked
+(model.forward's `panels`: the decode loop's prefills and batched steps, speculative verifications, the
+serving engine's slots), so everything else (scoring, embeddings, the teaching views) computes as before,
+bit for bit. At a fixed number of rows a row's result does not depend on the rows beside it or where it
+sits (tests/test_panels.py).
 
 The panels are copied on first use, all or none: only while the machine can spare their total size twice
 over and SPARE_BYTES more. The matrices that have panels are read-only; a weight replaced in the dict
@@ -37,13 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .machine import available_memory
+from .machine import available_memory, blas_threads_sleep_when_idle
 from .params import BLOCK_MATRICES
 from .threads import thread_count
 
 DIRECT_MNK = 2 * 350 * 512   # OpenBLAS's direct sgemm takes M x N x K up to this (its multithreaded limit)
 PANEL = 32                   # columns a panel: 8 rows x 32 x 768 fits the limit; 16-column panels ran slower
-MAX_ROWS = 16                # 2 .. MAX_ROWS rows go through the panels
+FEW_ROWS = 16                # 2 .. FEW_ROWS rows go through any weight's panels
+MAX_ROWS = 80                # up to MAX_ROWS through a big one's (THREADED_BYTES, on two threads), where its
+                             # panels still beat OpenBLAS's packing sgemm (a prefill of a short prompt)
 SPARE_BYTES = 1 << 29        # panels are made only while the machine keeps this much (and their size) spare
 THREADED_BYTES = 1 << 21     # a weight of at least this many bytes is split between two threads (below it,
                              # the hand-over costs more than the second core gives)
@@ -98,8 +104,20 @@ class Panels:
         return self._data
 
     def takes(self, rows: int) -> bool:
-        """Whether a product of `rows` rows goes through the panels: 2 .. MAX_ROWS rows, panels at hand."""
-        return 1 < rows <= MAX_ROWS and self.data is not None
+        """Whether a product of `rows` rows goes through the panels (panels at hand): 2 .. FEW_ROWS rows, or
+        up to MAX_ROWS for a weight big enough to split between two threads while OpenBLAS's idle threads
+        sleep (machine.py; spinning, they take the worker's core). A small weight's packing is cheap, and
+        there OpenBLAS's own two threads win from FEW_ROWS rows on."""
+        if rows <= 1 or rows > MAX_ROWS:
+            return False
+        if rows > FEW_ROWS and not (self.threaded and blas_threads_sleep_when_idle()):
+            return False
+        return self.data is not None
+
+    @property
+    def threaded(self) -> bool:
+        """Whether half of this weight's panels go to the pool's worker thread."""
+        return self.pool is not None and self.weight.nbytes >= THREADED_BYTES
 
     def linear_into(self, x: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         """x @ weight (+ b) into out, through the panels (`takes` said they are there). [M, in] -> [M, out]"""
@@ -111,7 +129,7 @@ class Panels:
         def part(s: slice) -> None:
             _panel_products(x, data[s], step, res[s])
 
-        if self.pool is not None and self.weight.nbytes >= THREADED_BYTES and n > 1:
+        if self.threaded and n > 1:
             self.pool.halves(part, n)
         else:
             part(slice(0, n))

@@ -93,7 +93,7 @@ def prefill_slot(params: Params, config: GPTConfig, cache: SlotCache, slot: int,
         raise NumgptError(f"the prompt has {ids.size} tokens but a slot holds {cache.max_len}")
     cache.lengths[slot] = 0
     view = cache.view(slot)
-    logits = forward(params, config, ids[None], cache=view, all_logits=all_logits)  # [1, (T,) V]
+    logits = forward(params, config, ids[None], cache=view, all_logits=all_logits, panels=True)  # [1, (T,) V]
     cache.lengths[slot] = view.length
     return logits[0]
 
@@ -119,7 +119,7 @@ def prefill_slots(params: Params, config: GPTConfig, cache: SlotCache, slots: Se
     for b, p in enumerate(prompts):
         ids[b, T - len(p):], mask[b, T - len(p):] = p, True
     batch = KVCache.allocate(config, len(prompts), T)
-    logits = forward(params, config, ids, cache=batch, attention_mask=mask, all_logits=all_logits)
+    logits = forward(params, config, ids, cache=batch, attention_mask=mask, all_logits=all_logits, panels=True)
     out = []
     for b, (slot, p) in enumerate(zip(slots, prompts)):
         n = len(p)

@@ -151,3 +151,47 @@ def test_a_row_gets_the_same_bits_wherever_it_sits_at_a_fixed_width(width):
         outs.append(_product(w, None, x)[pos])
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("rows", [17, 33, 66, P.MAX_ROWS])
+def test_many_row_products_of_a_big_weight_on_two_threads_are_x_at_w_plus_b(rows):
+    """A prefill of a short prompt: up to MAX_ROWS rows through a weight split between two threads."""
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((768, 2304)).astype(np.float32)                       # 7 MB: threaded
+    b = rng.standard_normal(2304).astype(np.float32)
+    x = rng.standard_normal((rows, 768)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.astype(np.float64) + b
+    got = _product(w, b, x, P.PanelPool())
+    np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.sqrt(768) * np.abs(exact).max())
+
+
+def test_beyond_few_rows_only_a_threaded_weight_takes_its_panels_and_only_while_blas_threads_sleep(monkeypatch):
+    rng = np.random.default_rng(0)
+    big = P.Panels(rng.standard_normal((768, 768)).astype(np.float32), P.PanelPool(), lambda: True)   # 2.4 MB
+    one_thread = P.Panels(big.weight, None, lambda: True)
+    small = P.Panels(rng.standard_normal((256, 256)).astype(np.float32), P.PanelPool(), lambda: True)
+    monkeypatch.setattr(P, "blas_threads_sleep_when_idle", lambda: True)
+    assert [big.takes(r) for r in (1, 2, P.FEW_ROWS, P.FEW_ROWS + 1, P.MAX_ROWS, P.MAX_ROWS + 1)] == \
+        [False, True, True, True, True, False]
+    assert (one_thread.takes(P.FEW_ROWS), one_thread.takes(P.FEW_ROWS + 1)) == (True, False)
+    assert (small.takes(P.FEW_ROWS), small.takes(P.FEW_ROWS + 1)) == (True, False)
+    monkeypatch.setattr(P, "blas_threads_sleep_when_idle", lambda: False)     # OpenBLAS's threads spin
+    assert (big.takes(P.FEW_ROWS), big.takes(P.FEW_ROWS + 1)) == (True, False)
+
+
+def _blas_sleeps(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | env
+    code += "; from numgpt.machine import blas_threads_sleep_when_idle as s; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), s())"
+    return subprocess.run([sys.executable, "-c", "import os; " + code], env=environ, capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+def test_importing_numgpt_first_puts_openblas_idle_threads_to_sleep_unless_the_user_chose():
+    """OpenBLAS's own `openblas_thread_timeout()` reports what it read when it loaded."""
+    assert _blas_sleeps("import numgpt") == ["4", "True"]                       # numgpt asked first
+    assert _blas_sleeps("import numpy, numgpt") == ["4", "False"]               # too late: OpenBLAS loaded
+    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice
+    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="10") == ["10", "True"]

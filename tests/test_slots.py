@@ -106,7 +106,7 @@ def test_lone_row_without_invariance_is_model_forward_exactly(builtin):
     prompt, tokens = builtin.encode("JULIET:"), builtin.encode(" O Romeo")
     got = run_in_company(builtin, prompt, tokens, company=0, slot=1, invariant=False)
     cache = KVCache.allocate(builtin.config, 1)
-    forward(builtin.params, builtin.config, np.asarray([prompt]), cache=cache)
+    forward(builtin.params, builtin.config, np.asarray([prompt]), cache=cache, panels=True)   # as slots prefill
     want = np.stack([forward(builtin.params, builtin.config, np.asarray([[t]]), cache=cache)[0] for t in tokens])
     assert np.array_equal(got, want)
 
