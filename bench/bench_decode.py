@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import numgpt  # noqa: F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

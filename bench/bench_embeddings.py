@@ -33,6 +33,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numgpt  # noqa: F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import numgpt  # noqa: E402,F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 BENCHMARKS = REPO / "BENCHMARKS.md"
 SECTION = "## Generation"
 

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+import numgpt  # noqa: F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 import numpy as np
 
 PROMPT, NEW, BATCH, PREFILL = 32, 128, 8, 512

@@ -51,6 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import numgpt  # noqa: E402,F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 sys.path.insert(0, str(REPO / "bench"))
 from bench_inference import make_checkpoint  # noqa: E402
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
