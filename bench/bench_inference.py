@@ -7,6 +7,9 @@ falls on both alike, and reports medians and the median of the paired ratios:
   - greedy decode total tokens/s, batch 8 (same shape per row)
   - 512-token prefill time (transformers both as called by default -- logits at all 512 positions --
     and with logits_to_keep=1, the last position only, which is what numgpt computes)
+  - a short prompt's prefill, 64 tokens: numgpt through the weights' column panels (panels.py; as generate
+    prefills for a speculative or batched decode) and without them (a plain batch-1 decode), against
+    transformers with logits_to_keep=1
   - load time and peak RSS of numgpt loading the checkpoint and running a decode step (in a subprocess;
     the median of LOADS of them)
 numgpt runs twice: with its weights loaded as `numgpt.load` does (block weights copied into memory
@@ -35,7 +38,7 @@ from pathlib import Path
 import numgpt  # noqa: F401  before NumPy: it asks OpenBLAS to let idle threads sleep (numgpt/machine.py)
 import numpy as np
 
-PROMPT, NEW, BATCH, PREFILL = 32, 128, 8, 512
+PROMPT, NEW, BATCH, PREFILL, SHORT = 32, 128, 8, 512, 64
 LOADS = 5                                     # load-time samples, each a fresh process
 
 
@@ -92,11 +95,11 @@ def interleaved_decode(gens: dict, n: int, block: int = 16) -> tuple[dict[str, l
     return times, same
 
 
-def numgpt_prefill(params, config, ids: np.ndarray) -> float:
+def numgpt_prefill(params, config, ids: np.ndarray, panels: bool = False) -> float:
     from numgpt import KVCache, forward
     cache = KVCache.allocate(config, ids.shape[0], ids.shape[1])
     t = time.perf_counter()
-    forward(params, config, ids, cache=cache)
+    forward(params, config, ids, cache=cache, panels=panels)
     return time.perf_counter() - t
 
 
@@ -216,6 +219,7 @@ def main() -> None:
     p1 = rng.integers(0, config.vocab_size, (1, PROMPT))
     p8 = rng.integers(0, config.vocab_size, (BATCH, PROMPT))
     long = rng.integers(0, config.vocab_size, (1, PREFILL))
+    short = rng.integers(0, config.vocab_size, (1, SHORT))
     sides = {"lm": params_lm, "mmap": params}
 
     def decoders(prompt, n):
@@ -236,6 +240,10 @@ def main() -> None:
             rows.setdefault(f"{name}_prefill", []).append(numgpt_prefill(p, config, long))
         rows.setdefault("hf_prefill_all", []).append(hf_prefill(model, long))
         rows.setdefault("hf_prefill_last", []).append(hf_prefill(model, long, logits_to_keep=1))
+        for _ in range(5):                                     # short: five of each, interleaved
+            rows.setdefault("lm_short_panels", []).append(numgpt_prefill(params_lm, config, short, panels=True))
+            rows.setdefault("lm_short", []).append(numgpt_prefill(params_lm, config, short))
+            rows.setdefault("hf_short_last", []).append(hf_prefill(model, short, logits_to_keep=1))
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in rows.items()), file=sys.stderr)
 
     med = {k: float(np.median(v)) for k, v in rows.items()}
@@ -255,6 +263,7 @@ stored [out, in]) / as stored in the file, all memory-mapped (load_checkpoint's 
 | greedy decode, batch 8, total tokens/s | {med['lm_b8']:.1f} | {med['mmap_b8']:.1f} | {med['hf_b8']:.1f} | {ratio('lm_b8', 'hf_b8'):.2f}x / {ratio('mmap_b8', 'hf_b8'):.2f}x | >= 1.25x |
 | prefill 512 tokens, ms (HF: logits at all 512 positions, its default) | {med['lm_prefill'] * 1e3:.0f} | {med['mmap_prefill'] * 1e3:.0f} | {med['hf_prefill_all'] * 1e3:.0f} | {ratio('lm_prefill', 'hf_prefill_all'):.2f}x / {ratio('mmap_prefill', 'hf_prefill_all'):.2f}x time | <= 0.8x |
 | prefill 512 tokens, ms (HF: logits_to_keep=1, last position only, like numgpt) | | | {med['hf_prefill_last'] * 1e3:.0f} | {ratio('lm_prefill', 'hf_prefill_last'):.2f}x / {ratio('mmap_prefill', 'hf_prefill_last'):.2f}x time | |
+| prefill {SHORT} tokens, ms (numgpt.load: through the panels, as a speculative or batched decode prefills / without them; HF: logits_to_keep=1) | {med['lm_short_panels'] * 1e3:.1f} / {med['lm_short'] * 1e3:.1f} | | {med['hf_short_last'] * 1e3:.1f} | {ratio('lm_short_panels', 'hf_short_last'):.2f}x / {ratio('lm_short', 'hf_short_last'):.2f}x time | |
 | effective weight bandwidth of batch-1 decode, GB/s ({per_token_bytes / 1e6:.0f} MB of weights per token) | {eff['lm']:.1f} | {eff['mmap']:.1f} | {eff['hf']:.1f} | | |
 
 | measure | value | goal |

@@ -286,8 +286,9 @@ def check_room(config: GPTConfig, prompt_tokens: int, max_new_tokens: int) -> No
 
 
 def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
-            max_len: int) -> tuple[KVCache, np.ndarray]:
-    """Run the prompts (left-padded to one length) into a fresh cache of max_len positions.
+            max_len: int, panels: bool = False) -> tuple[KVCache, np.ndarray]:
+    """Run the prompts (left-padded to one length) into a fresh cache of max_len positions; `panels`:
+    through the weights' column panels (model.forward), for a decode that uses them anyway.
 
     Returns the cache and the logits of every prompt's last token [B, V].
     """
@@ -299,7 +300,7 @@ def prefill(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]],
             ids[b, T - len(p):] = p
             mask[b, T - len(p):] = True
     cache = KVCache.allocate(config, len(prompts), max(max_len, T))
-    logits = forward(params, config, ids, cache=cache, attention_mask=mask, panels=True)  # [B, T] -> [B, V]
+    logits = forward(params, config, ids, cache=cache, attention_mask=mask, panels=panels)  # [B, T] -> [B, V]
     return cache, logits
 
 
@@ -340,7 +341,10 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
         max_len += speculative.num_draft        # room for a batch's rejected drafts before a compaction
         speculative.stats[:] = [SpeculativeStats(forwards=1) for _ in sequences]   # the prefill's forward
         speculative.start(sequences)
-    cache, logits = prefill(params, config, prompts, max_len=max_len)     # each prompt once
+    # the panels (a copy of the decode matrices, panels.py) speed a short prompt's prefill ~1.15-1.3x, but
+    # a plain batch-1 decode never multiplies more than one row: it is not worth doubling its memory for
+    panels = speculative is not None or len(sequences) > 1
+    cache, logits = prefill(params, config, prompts, max_len=max_len, panels=panels)   # each prompt once
     if n > 1:
         rows = np.repeat(np.arange(len(prompts)), n)                      # [B] -> [N]
         cache, logits = cache.select(rows), logits[rows]
@@ -388,7 +392,8 @@ def decode_steps(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
             continue                                                      # the next round feeds the pending tokens
         tokens = np.asarray([sequences[i][-1] for i in running], dtype=np.int64)  # [A]
         if cache.length == cache.max_len:  # only with a sliding window: keep the last tokens, re-prefill
-            cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len)
+            cache, logits = prefill(params, config, [sequences[i][-keep:] for i in running], max_len=max_len,
+                                    panels=panels)
         else:
             logits = forward(params, config, tokens[:, None], cache=cache, panels=True)  # [A, 1] -> [A, V]
 

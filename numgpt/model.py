@@ -10,8 +10,8 @@ decode step's matrices with their longer side contiguous (formats.hf.load_checkp
 c_proj weights and wte as transposed views), which one-row products stream fastest (ops.linear_into,
 `lm_head`), and with a copy of each in column panels (panels.DecodeParams), through which 2 .. 16 rows
 stream at up to twice the speed, and a short prompt's prefill computes ~1.3x faster (`product_into`),
-where a forward asks for them (`panels=True`: the decode loop's prefills and batched steps, speculative
-verifications, the serving engine's slots). Everything is float32.
+where a forward asks for them (`panels=True`: the decode loop's batched steps and their prefill,
+speculative decoding, the serving engine's slots). Everything is float32.
 
 Batches of prompts of different lengths are LEFT-padded, with a boolean attention mask (True = real
 token). Each row's positions come from its mask (position = number of real tokens before it, as Hugging
@@ -66,8 +66,8 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
     attention_mask: bool [B, T] or [B, cache.length + T], True for real tokens and False for (left)
         padding; default all True for the new ids (and the cache's own mask for the cached positions).
     panels: let 2 .. panels.MAX_ROWS rows go through the weights' column panels where params has them
-        (numgpt.load's, panels.py; `Panels.takes` says which): the decode loop's prefills and batched
-        steps, speculative verifications and the serving engine's slots ask for it. Off, every forward
+        (numgpt.load's, panels.py; `Panels.takes` says which): the decode loop's batched steps and their
+        prefill, speculative decoding and the serving engine's slots ask for it. Off, every forward
         computes as it always did, bit for bit (scoring, teach's views, embeddings).
     Raises NumgptError if a position would reach n_positions or the cache is too short.
 

@@ -16,9 +16,9 @@ the panels of a big weight also beat OpenBLAS's own sgemm, which packs the weigh
 product (a short prompt's prefill) with 124M's matrices ran 1.31x faster; from ~110 rows packing pays for
 itself and `x @ w` wins. A small weight (under THREADED_BYTES, one thread) takes the panels only up to
 FEW_ROWS rows. ops.linear (x @ w + b) is the plain twin. A forward takes the panels only when asked
-(model.forward's `panels`: the decode loop's prefills and batched steps, speculative verifications, the
-serving engine's slots), so everything else (scoring, embeddings, the teaching views) computes as before,
-bit for bit. At a fixed number of rows a row's result does not depend on the rows beside it or where it
+(model.forward's `panels`: the decode loop's batched steps and their prefill, speculative decoding, the
+serving engine's slots), so everything else (a plain batch-1 decode, which then never makes the panels;
+scoring, embeddings, the teaching views) computes as before, bit for bit. At a fixed number of rows a row's result does not depend on the rows beside it or where it
 sits (tests/test_panels.py).
 
 The panels are copied on first use, all or none: only while the machine can spare their total size twice

@@ -195,3 +195,18 @@ def test_importing_numgpt_first_puts_openblas_idle_threads_to_sleep_unless_the_u
     assert _blas_sleeps("import numpy, numgpt") == ["4", "False"]               # too late: OpenBLAS loaded
     assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice
     assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="10") == ["10", "True"]
+
+
+def test_a_plain_batch_one_decode_never_makes_the_panels_a_speculative_one_does(monkeypatch):
+    """The panels double the decode matrices' memory: only decodes that multiply several rows make them,
+    and a prompt's prefill takes them only for such a decode (generate.decode_steps)."""
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)
+    lm = numgpt.load("builtin")
+    prompt = "ROMEO: But soft, what light"                           # <= FEW_ROWS tokens: any weight's panels
+    assert 1 < len(lm.encode(prompt)) <= P.FEW_ROWS
+    blocks = [p for name, p in lm.params.panels.items() if name != P.HEAD]   # the head multiplies 1 row here
+    plain = lm.generate(prompt, max_new_tokens=6, temperature=0)
+    assert all(p._data is None for p in lm.params.panels.values())
+    spec = lm.generate(prompt, max_new_tokens=6, temperature=0, speculative="ngram", num_draft=4)
+    assert all(p._data is not None for p in blocks)
+    assert spec == plain

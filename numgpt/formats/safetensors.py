@@ -100,21 +100,33 @@ def decode_orientation(shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and shape[0] >= shape[1]
 
 
+READ_RUN_BYTES = 1 << 24   # a tensor is read in runs of whole rows of at most this many bytes, through one
+                           # scratch buffer a thread: a scratch as large as 124M's wte (154 MB) had put its
+                           # peak memory at 1.38x the weights, 1.09x with runs (BENCHMARKS.md)
+
+
 def _read_decode_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -> None:
     """One thread's share of the 2-D tensors (name, offset, size, dtype, shape, out) of a file, read into
-    memory in the decode layout (`decode_orientation`) through one scratch buffer. Read, not memory-mapped: every page of a map
-    that is touched stays in this process's memory, and the kernel maps whole runs of pages (up to 2 MB)
-    around each touched one -- the 124M model's scattered biases alone pulled ~70 MB of unused
-    neighbours into its peak RSS (measured). The copies release the GIL, so shares run in parallel."""
-    scratch = np.empty(max((size for _, _, size, *_ in jobs), default=0), np.uint8)
-    for name, offset, size, dtype, shape, out in jobs:
-        raw = _read_bytes(path, offset, size, scratch[:size])
-        values = raw.view(FLOAT_DTYPES[dtype]).reshape(shape)
-        if decode_orientation(shape):
-            tensors[name] = read_transposed(values, dtype, out=out)
-        else:
-            tensors[name] = out.reshape(shape)
-            tensors[name][...] = _as_float32(raw, dtype, shape)       # casts F16/F64 on the way
+    memory in the decode layout (`decode_orientation`), a run of rows at a time through one scratch
+    buffer. Read, not memory-mapped: every page of a map that is touched stays in this process's memory,
+    and the kernel maps whole runs of pages (up to 2 MB) around each touched one -- the 124M model's
+    scattered biases alone pulled ~70 MB of unused neighbours into its peak RSS (measured). The copies
+    release the GIL, so shares run in parallel."""
+    runs = [(size // shape[0]) * max(1, READ_RUN_BYTES // (size // shape[0])) for _, _, size, _, shape, _ in jobs]
+    scratch = np.empty(max((min(size, run) for (_, _, size, *_), run in zip(jobs, runs)), default=0), np.uint8)
+    for name, offset, size, dtype, (R, C), out in jobs:
+        row_bytes = size // R
+        step = max(1, READ_RUN_BYTES // row_bytes)                    # rows a run
+        transposed = decode_orientation((R, C))
+        dest = out.reshape(C, R) if transposed else out.reshape(R, C)
+        for r0 in range(0, R, step):
+            n = min(step, R - r0)
+            raw = _read_bytes(path, offset + r0 * row_bytes, n * row_bytes, scratch[:n * row_bytes])
+            if transposed:
+                read_transposed(raw.view(FLOAT_DTYPES[dtype]).reshape(n, C), dtype, out=dest[:, r0:r0 + n])
+            else:
+                dest[r0:r0 + n] = _as_float32(raw, dtype, (n, C))           # casts F16/F64 on the way
+        tensors[name] = dest.T if transposed else dest
 
 
 def _read_bytes(path: Path, offset: int, size: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -131,7 +143,7 @@ def read_transposed(values: np.ndarray, dtype: str = "F32", tile: int = 128, *, 
                     ) -> np.ndarray:
     """A float32 copy of a 2-D array [R, C] stored transposed: the [R, C] view (.T) of a C-ordered
     [C, R] array, so `x @ w` still reads [in, out] while `w.T` is a plain row-major [out, in] matrix.
-    out: R * C float32s to hold it (default: a new array).
+    out: R * C float32s to hold it, or a [C, R] view to write it into (default: a new array).
 
     Copied in tile x tile squares so that reads and writes both stay in cache: 0.22-0.34 s for the 124M
     model's 340 MB of block weights on one core, against 0.7-0.86 s for np.ascontiguousarray(values.T).
