@@ -6,9 +6,11 @@ array operations on their own data proceed in parallel. Two users:
   thread (`single_threaded_blas`), so that the elementwise half of a step runs on all cores too.
 - AdamW (training/optim.py) splits its slices over threads: 0.40 s instead of 0.60 s per 124M-parameter step.
 
-Elementwise operations split over threads right after multithreaded BLAS products gain nothing: OpenBLAS's
-idle threads spin on the cores for a while after each product and the two compete (GELU and softmax split
+Elementwise operations split over threads right after multithreaded BLAS products gained nothing: OpenBLAS's
+idle threads spun on the cores for ~0.1 s after each product and the two competed (GELU and softmax split
 that way were measured no faster, the small training model 15% slower). Hence the data-parallel design.
+(`import numgpt` now asks OpenBLAS to put them to sleep at once, machine.py; those splits were not measured
+again.)
 
 Threads are started per call (tens of microseconds) and only for work big enough to repay that. How many
 is the caller's choice: functions that split work take `threads` (None: `thread_count()`, the cores this
