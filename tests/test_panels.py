@@ -138,17 +138,21 @@ def test_a_forked_child_runs_its_own_half_of_the_panels():
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("width", [2, 3, 5, 8, 13, 16])
-def test_a_row_gets_the_same_bits_wherever_it_sits_at_a_fixed_width(width):
-    """The serving engine's batch invariance: a request's row moves between slots as others come and go."""
+@pytest.mark.parametrize("width,n_in,pool", [(2, 256, None), (3, 256, None), (5, 256, None), (8, 256, None),
+                                             (13, 256, None), (16, 256, None), (24, 768, "two threads"),
+                                             (P.MAX_ROWS, 768, "two threads")])
+def test_a_row_gets_the_same_bits_wherever_it_sits_at_a_fixed_width(width, n_in, pool):
+    """The serving engine's batch invariance: a request's row moves between slots as others come and go
+    (beyond FEW_ROWS, `numgpt serve --max-batch 24`, a big weight on two threads)."""
     rng = np.random.default_rng(width)
-    w = rng.standard_normal((256, 1000)).astype(np.float32) * 0.02
-    row = rng.standard_normal(256).astype(np.float32)
+    w = rng.standard_normal((n_in, 1000 if pool is None else 3072)).astype(np.float32) * 0.02
+    pool = pool and P.PanelPool()
+    row = rng.standard_normal(n_in).astype(np.float32)
     outs = []
-    for pos in range(width):
-        x = rng.standard_normal((width, 256)).astype(np.float32)
+    for pos in range(0, width, max(1, width // 8)):
+        x = rng.standard_normal((width, n_in)).astype(np.float32)
         x[pos] = row
-        outs.append(_product(w, None, x)[pos])
+        outs.append(_product(w, None, x, pool)[pos])
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
 
