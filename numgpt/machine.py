@@ -13,12 +13,12 @@ from collections.abc import MutableMapping
 # OpenBLAS's idle threads spin for 2**OPENBLAS_THREAD_TIMEOUT cycles after each product before they sleep
 # (2**28 unless set: ~0.1 s). A thread of numgpt's own (panels.py's worker) that runs meanwhile shares its
 # core with a spinning one: a 66-token prefill of the wide quote model through the panels took 45 ms
-# against 27-30 with the threads asleep, and prompt lookup decoded 590 tokens/s against 680-710. Read once,
+# against 27-30 with the threads asleep, and prompt lookup decoded 590 tokens/s against 620-710. Read once,
 # when OpenBLAS loads, so numgpt sets it (unless the user did) before NumPy is imported (__init__.py).
 BLAS_IDLE_ENV = "OPENBLAS_THREAD_TIMEOUT"
-BLAS_IDLE_SHORT = 4          # OpenBLAS's least: 16 cycles. Batch-1 decode (gemv on OpenBLAS's threads,
-                             # which now wake for each product) measured no slower: 56-61 tokens/s, 53-54 before
-BLAS_IDLE_SHORT_ENOUGH = 18  # 2**18 cycles, ~0.1 ms: at most this counts as sleeping soon
+BLAS_IDLE_LOG2_CYCLES = 18   # 2**18 cycles, ~0.1 ms: long enough to bridge the gaps between a one-row step's
+                             # products (OpenBLAS's least, 4, made batch-1 decode 3-6% slower, each product
+                             # waking its threads), short enough that they sleep before the panels' work
 
 
 def available_memory() -> int | None:
@@ -38,15 +38,15 @@ def available_memory() -> int | None:
 
 
 def quiet_blas_threads(environ: MutableMapping[str, str]) -> None:
-    """Ask OpenBLAS (through `environ`, before NumPy loads it) to put its idle threads to sleep at once,
-    unless the user chose a timeout."""
-    environ.setdefault(BLAS_IDLE_ENV, str(BLAS_IDLE_SHORT))
+    """Ask OpenBLAS (through `environ`, before NumPy loads it) to put its idle threads to sleep within
+    2**BLAS_IDLE_LOG2_CYCLES cycles, unless the user chose a timeout."""
+    environ.setdefault(BLAS_IDLE_ENV, str(BLAS_IDLE_LOG2_CYCLES))
 
 
 @functools.cache
 def blas_threads_sleep_when_idle() -> bool:
     """Whether NumPy's OpenBLAS, as loaded into this process, puts its idle threads to sleep within
-    2**BLAS_IDLE_SHORT_ENOUGH cycles (its `openblas_thread_timeout()`: the environment it read when it
+    2**BLAS_IDLE_LOG2_CYCLES cycles (its `openblas_thread_timeout()`: the environment it read when it
     loaded). False where that is unknown: another BLAS, or OpenBLAS loaded before numgpt could ask."""
     import numpy  # noqa: F401  (OpenBLAS is loaded with NumPy)
     try:
@@ -56,7 +56,7 @@ def blas_threads_sleep_when_idle() -> bool:
             fn = getattr(ctypes.CDLL(path), "openblas_thread_timeout", None)
             if fn is not None:
                 fn.restype = ctypes.c_int
-                return 0 < fn() <= BLAS_IDLE_SHORT_ENOUGH
+                return 0 < fn() <= BLAS_IDLE_LOG2_CYCLES
     except (OSError, ValueError, IndexError):
         pass
     return False

@@ -195,10 +195,11 @@ def _blas_sleeps(code: str, **env: str) -> str:
 
 def test_importing_numgpt_first_puts_openblas_idle_threads_to_sleep_unless_the_user_chose():
     """OpenBLAS's own `openblas_thread_timeout()` reports what it read when it loaded."""
-    assert _blas_sleeps("import numgpt") == ["4", "True"]                       # numgpt asked first
-    assert _blas_sleeps("import numpy, numgpt") == ["4", "False"]               # too late: OpenBLAS loaded
+    assert _blas_sleeps("import numgpt") == ["18", "True"]                      # numgpt asked first
+    assert _blas_sleeps("import numpy, numgpt") == ["18", "False"]              # too late: OpenBLAS loaded
     assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice
-    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="10") == ["10", "True"]
+    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="19") == ["19", "False"]
+    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="4") == ["4", "True"]
 
 
 def test_a_plain_batch_one_decode_never_makes_the_panels_a_speculative_one_does(monkeypatch):
