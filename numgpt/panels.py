@@ -18,8 +18,8 @@ itself and `x @ w` wins. A small weight (under THREADED_BYTES, one thread) takes
 FEW_ROWS rows. ops.linear (x @ w + b) is the plain twin. A forward takes the panels only when asked
 (model.forward's `panels`: the decode loop's batched steps and their prefill, speculative decoding, the
 serving engine's slots), so everything else (a plain batch-1 decode, which then never makes the panels;
-scoring, embeddings, the teaching views) computes as before, bit for bit. At a fixed number of rows a row's result does not depend on the rows beside it or where it
-sits (tests/test_panels.py).
+scoring, embeddings, the teaching views) computes as before, bit for bit. At a fixed number of rows a row's
+result does not depend on the rows beside it or where it sits (tests/test_panels.py).
 
 The panels are copied on first use, all or none: only while the machine can spare their total size twice
 over and SPARE_BYTES more. The matrices that have panels are read-only; a weight replaced in the dict

@@ -9,8 +9,8 @@ array operations on their own data proceed in parallel. Two users:
 Elementwise operations split over threads right after multithreaded BLAS products gained nothing: OpenBLAS's
 idle threads spun on the cores for ~0.1 s after each product and the two competed (GELU and softmax split
 that way were measured no faster, the small training model 15% slower). Hence the data-parallel design.
-(`import numgpt` now asks OpenBLAS to put them to sleep at once, machine.py; those splits were not measured
-again.)
+(`import numgpt` now asks OpenBLAS to put them to sleep within ~0.1 ms, machine.py; those splits were not
+measured again.)
 
 Threads are started per call (tens of microseconds) and only for work big enough to repay that. How many
 is the caller's choice: functions that split work take `threads` (None: `thread_count()`, the cores this

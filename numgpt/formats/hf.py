@@ -82,9 +82,9 @@ def load_checkpoint(folder: str | os.PathLike, *, mmap: bool = True, for_inferen
     with huge pages (~15% faster than the memory map's 4 KB pages). It costs ~0.4 s of load for the
     124M model; wpe stays memory-mapped. The params are then a panels.DecodeParams: those matrices are
     read-only, and a copy of each in column panels is made on the first forward that asks for them
-    (panels=True) with 2 .. panels.MAX_ROWS rows (a speculative verification, a small batch, a
-    short prompt's prefill). Measured in
-    BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered arrays.
+    (panels=True) with 2 .. panels.MAX_ROWS rows (a speculative verification, a small batch, a short
+    prompt's prefill). Measured in BENCHMARKS.md. Not for training: the optimizer wants plain C-ordered
+    arrays.
     """
     config = load_config(folder)
     params = load_params(folder, config, mmap=mmap, for_inference=for_inference, threads=threads)

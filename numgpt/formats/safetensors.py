@@ -102,7 +102,12 @@ def decode_orientation(shape: tuple[int, ...]) -> bool:
 
 READ_RUN_BYTES = 1 << 24   # a tensor is read in runs of whole rows of at most this many bytes, through one
                            # scratch buffer a thread: a scratch as large as 124M's wte (154 MB) had put its
-                           # peak memory at 1.38x the weights, 1.09x with runs (BENCHMARKS.md)
+                           # peak memory at 1.38x the weights, 1.11x with runs (BENCHMARKS.md)
+
+
+def _rows_a_run(row_bytes: int) -> int:
+    """How many rows of row_bytes each one read takes: READ_RUN_BYTES' worth, at least one."""
+    return max(1, READ_RUN_BYTES // row_bytes)
 
 
 def _read_decode_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -> None:
@@ -112,11 +117,11 @@ def _read_decode_share(path: Path, jobs: list, tensors: dict[str, np.ndarray]) -
     and the kernel maps whole runs of pages (up to 2 MB) around each touched one -- the 124M model's
     scattered biases alone pulled ~70 MB of unused neighbours into its peak RSS (measured). The copies
     release the GIL, so shares run in parallel."""
-    runs = [(size // shape[0]) * max(1, READ_RUN_BYTES // (size // shape[0])) for _, _, size, _, shape, _ in jobs]
-    scratch = np.empty(max((min(size, run) for (_, _, size, *_), run in zip(jobs, runs)), default=0), np.uint8)
+    longest = [min(R, _rows_a_run(size // R)) * (size // R) for _, _, size, _, (R, _), _ in jobs]   # bytes
+    scratch = np.empty(max(longest, default=0), np.uint8)
     for name, offset, size, dtype, (R, C), out in jobs:
         row_bytes = size // R
-        step = max(1, READ_RUN_BYTES // row_bytes)                    # rows a run
+        step = _rows_a_run(row_bytes)
         transposed = decode_orientation((R, C))
         dest = out.reshape(C, R) if transposed else out.reshape(R, C)
         for r0 in range(0, R, step):
