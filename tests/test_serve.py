@@ -513,6 +513,7 @@ def test_cli_errors_are_one_line(tmp_path, builtin):
     params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
     numgpt.save_checkpoint(tmp_path / "nan", builtin.config, params, tokenizer=builtin.tokenizer)
     for args, words in [(["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                        (["--max-batch", "10000000"], "GiB this machine has available"),   # refused, not allocated
                         (["--chat-template", str(tmp_path / "none.json")], "no such file"),
                         (["--chat-template", "{bad"], "not valid JSON"),
                         (["--chat-template", '{"stop": 5}'], "stop must be a string or a list of strings"),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import numgpt
+from numgpt import NumgptError
 from numgpt.kvcache import KVCache
 from numgpt.model import forward
 from numgpt.slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
@@ -146,3 +147,23 @@ def test_errors_are_one_line(builtin):
         decode_slots(builtin.params, builtin.config, cache, [0], [1])
     with pytest.raises(numgpt.NumgptError, match="twice"):
         decode_slots(builtin.params, builtin.config, cache, [1, 1], [1, 2])
+
+
+def test_a_slot_cache_beyond_the_machines_memory_is_refused_before_allocating(builtin, monkeypatch):
+    import numgpt.slots as S
+    monkeypatch.setattr(S, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
+    with pytest.raises(NumgptError, match="fewer slots") as e:
+        SlotCache.allocate(builtin.config, 64)
+    assert "\n" not in str(e.value)
+    small = SlotCache.allocate(builtin.config, 1, max_len=8)                    # what fits is made
+    assert small.keys.nbytes + small.values.nbytes < 10 * 2**20
+
+
+def test_the_engine_starts_with_its_cache_touched_and_panels_made_where_batches_use_them(monkeypatch):
+    from numgpt import panels as P
+    from numgpt.serve.engine import Engine
+    monkeypatch.setattr(P, "panels_pay_off", lambda: True)
+    for max_batch, made in ((1, False), (4, True)):
+        lm = numgpt.load("builtin")
+        Engine(lm.params, lm.config, lm.tokenizer, max_batch=max_batch)
+        assert all((p._data is not None) == made for p in lm.params.panels.values()), max_batch

@@ -41,6 +41,7 @@ from ..errors import NumgptError
 from ..finish import Finisher
 from ..generate import DEFAULT_NUM_DRAFT, TokenLogprob, token_logprob_rows
 from ..model import check_finite_logits
+from ..panels import make_panels
 from ..sampling import SamplingOptions, next_tokens
 from ..slots import SlotCache, decode_slots, prefill_slot, prefill_slots, vocabulary_head
 from ..speculative import Speculation, SpeculativeStats, speculation, verify_round
@@ -165,6 +166,9 @@ class Engine:
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = SlotCache.allocate(config, max_batch)
+        self.cache.touch()                # paid now, not by the first requests' first tokens
+        if max_batch > 1 or speculative is not None:
+            make_panels(params)           # the batched steps and verifications multiply through them
         self.head = vocabulary_head(params) if max_batch > 1 else None   # batched steps' logits (slots.py)
         self.stats = EngineStats()
         self._waiting: queue.Queue[Ticket] = queue.Queue()
