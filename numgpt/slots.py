@@ -35,8 +35,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
-from .kvcache import KVCache
-from .machine import available_memory
+from .kvcache import KVCache, check_fits
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
 from .panels import head_panels
@@ -60,11 +59,7 @@ class SlotCache:
         before allocating when the keys and values would not fit in the memory the machine has available."""
         max_len = config.n_positions if max_len is None else max_len
         shape = (config.n_layer, slots, config.n_head, max_len, config.head_size)
-        need, have = 2 * 4 * int(np.prod(shape, dtype=np.int64)), available_memory()
-        if have is not None and need > have:
-            raise NumgptError(f"{slots} slots of {max_len} positions need {need / 2**30:.1f} GiB of keys and "
-                              f"values, more than the {have / 2**30:.1f} GiB this machine has available: "
-                              "ask for fewer slots (numgpt serve --max-batch)")
+        check_fits(shape, f"{slots} slots of {max_len} positions", "ask for fewer slots (numgpt serve --max-batch)")
         return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(slots, np.int64))
 
     def touch(self) -> None:

@@ -175,6 +175,14 @@ def test_contradictory_or_out_of_range_generate_flags_are_one_line(capsys, argv,
     assert all(w in err for w in words), err
 
 
+def test_more_samples_than_memory_holds_are_refused_before_allocating(capsys):
+    """200,000 samples of 100 tokens would need 154 GiB of keys and values: refused in one line, before the
+    cache is made (np.zeros would reserve it lazily and the decode fault its way into the OOM killer)."""
+    code, out, err = run(capsys, "generate", "--num-samples", "200000", "--max-new-tokens", "100", "--greedy",
+                         "--no-stream", "ROMEO:")
+    assert code == 2 and err.count("\n") == 1 and "GiB of keys and values" in err and "fewer sequences" in err, err
+
+
 def test_perplexity_prints_progress_lines_when_stderr_is_not_a_terminal():
     from numgpt.cli.progress import progress_reporter
     stream = io.StringIO()                                          # not a TTY

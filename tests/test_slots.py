@@ -150,8 +150,8 @@ def test_errors_are_one_line(builtin):
 
 
 def test_a_slot_cache_beyond_the_machines_memory_is_refused_before_allocating(builtin, monkeypatch):
-    import numgpt.slots as S
-    monkeypatch.setattr(S, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
+    import numgpt.kvcache as K
+    monkeypatch.setattr(K, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
     with pytest.raises(NumgptError, match="fewer slots") as e:
         SlotCache.allocate(builtin.config, 64)
     assert "\n" not in str(e.value)
@@ -167,3 +167,14 @@ def test_the_engine_starts_with_its_cache_touched_and_panels_made_where_batches_
         lm = numgpt.load("builtin")
         Engine(lm.params, lm.config, lm.tokenizer, max_batch=max_batch)
         assert all((p._data is not None) == made for p in lm.params.panels.values()), max_batch
+
+
+def test_a_kv_cache_beyond_the_machines_memory_is_refused_before_allocating(builtin, monkeypatch):
+    import numgpt.kvcache as K
+    monkeypatch.setattr(K, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
+    with pytest.raises(NumgptError, match="fewer sequences"):
+        KVCache.allocate(builtin.config, 256)
+    one = KVCache.allocate(builtin.config, 1, max_len=16)
+    assert one.select([0, 0]).batch_size == 2                                   # what fits is made
+    with pytest.raises(NumgptError, match="100000 sequences of 16 positions"):
+        one.select(np.zeros(100_000, np.intp))                                  # a selection that grows
