@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import GPTConfig
-from .errors import NumgptError
-from .machine import available_memory
+from .machine import check_fits
 
 
 @dataclass
@@ -52,10 +51,11 @@ class KVCache:
     @classmethod
     def allocate(cls, config: GPTConfig, batch_size: int, max_len: int | None = None) -> "KVCache":
         """An empty cache for `batch_size` rows and up to `max_len` positions (default n_positions); refused
-        before allocating when it would not fit in the memory the machine has available (`check_fits`)."""
+        before allocating when it would not fit in the memory the machine has available (machine.check_fits)."""
         max_len = config.n_positions if max_len is None else max_len
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        check_fits(shape, f"{batch_size} sequences of {max_len} positions", "fewer sequences or fewer new tokens")
+        check_fits(cache_bytes(shape), f"the keys and values of {batch_size} sequences of {max_len} positions",
+                   "fewer sequences or fewer new tokens")
         return cls(keys=np.zeros(shape, np.float32), values=np.zeros(shape, np.float32),
                    mask=np.zeros((batch_size, max_len), bool))
 
@@ -81,7 +81,8 @@ class KVCache:
         n = self.length
         shape = self.keys.shape[:1] + (len(rows),) + self.keys.shape[2:]
         if len(rows) > self.batch_size:                             # only a selection that grows can outgrow
-            check_fits(shape, f"{len(rows)} sequences of {self.max_len} positions", "fewer sequences or fewer new tokens")
+            check_fits(cache_bytes(shape), f"the keys and values of {len(rows)} sequences of {self.max_len} positions",
+                       "fewer sequences or fewer new tokens")
         out = KVCache(keys=np.zeros(self.keys.shape[:1] + (len(rows),) + self.keys.shape[2:], np.float32),
                       values=np.zeros(self.values.shape[:1] + (len(rows),) + self.values.shape[2:], np.float32),
                       mask=np.zeros((len(rows), self.max_len), bool), length=n)
@@ -120,11 +121,6 @@ class KVCache:
         self.length = m
 
 
-def check_fits(shape: tuple[int, ...], what: str, advice: str) -> None:
-    """Refuse (NumgptError, one line) keys and values of `shape` each, float32, that need more memory than
-    the machine has available: np.zeros would reserve them lazily, and the decode's writes would then fault
-    their way into the out-of-memory killer. `what` names them, `advice` says what to ask for instead."""
-    need, have = 2 * 4 * int(np.prod(shape, dtype=np.int64)), available_memory()
-    if have is not None and need > have:
-        raise NumgptError(f"{what} need {need / 2**30:.1f} GiB of keys and values, more than the "
-                          f"{have / 2**30:.1f} GiB this machine has available: {advice}")
+def cache_bytes(shape: tuple[int, ...]) -> int:
+    """Bytes of float32 keys and values of `shape` each."""
+    return 2 * 4 * int(np.prod(shape, dtype=np.int64))

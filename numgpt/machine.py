@@ -10,6 +10,8 @@ import functools
 import os
 from collections.abc import MutableMapping
 
+from .errors import NumgptError
+
 # OpenBLAS's idle threads spin for 2**OPENBLAS_THREAD_TIMEOUT cycles after each product before they sleep
 # (2**28 unless set: ~0.1 s). A thread of numgpt's own (panels.py's worker) that runs meanwhile shares its
 # core with a spinning one: a 66-token prefill of the wide quote model through the panels took 45 ms
@@ -35,6 +37,16 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_fits(need: int, what: str, advice: str) -> None:
+    """Refuse (NumgptError, one line) `need` bytes that the machine does not have available, before they are
+    allocated: np.zeros reserves memory lazily, and writing it would then fault its way into the
+    out-of-memory killer. `what` names them (it is followed by "need"), `advice` says what to ask for."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise NumgptError(f"{what} need {need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB this machine "
+                          f"has available: {advice}")
 
 
 def quiet_blas_threads(environ: MutableMapping[str, str]) -> None:

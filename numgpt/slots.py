@@ -35,7 +35,8 @@ import numpy as np
 
 from .config import GPTConfig
 from .errors import NumgptError
-from .kvcache import KVCache, check_fits
+from .kvcache import KVCache, cache_bytes
+from .machine import check_fits
 from .model import check_context, columns_product, decode_block_, embed, forward
 from .ops import layer_norm_into
 from .panels import head_panels
@@ -59,7 +60,8 @@ class SlotCache:
         before allocating when the keys and values would not fit in the memory the machine has available."""
         max_len = config.n_positions if max_len is None else max_len
         shape = (config.n_layer, slots, config.n_head, max_len, config.head_size)
-        check_fits(shape, f"{slots} slots of {max_len} positions", "ask for fewer slots (numgpt serve --max-batch)")
+        check_fits(cache_bytes(shape), f"the keys and values of {slots} slots of {max_len} positions",
+                   "ask for fewer slots (numgpt serve --max-batch)")
         return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(slots, np.int64))
 
     def touch(self) -> None:

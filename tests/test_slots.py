@@ -150,7 +150,7 @@ def test_errors_are_one_line(builtin):
 
 
 def test_a_slot_cache_beyond_the_machines_memory_is_refused_before_allocating(builtin, monkeypatch):
-    import numgpt.kvcache as K
+    import numgpt.machine as K
     monkeypatch.setattr(K, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
     with pytest.raises(NumgptError, match="fewer slots") as e:
         SlotCache.allocate(builtin.config, 64)
@@ -170,7 +170,7 @@ def test_the_engine_starts_with_its_cache_touched_and_panels_made_where_batches_
 
 
 def test_a_kv_cache_beyond_the_machines_memory_is_refused_before_allocating(builtin, monkeypatch):
-    import numgpt.kvcache as K
+    import numgpt.machine as K
     monkeypatch.setattr(K, "available_memory", lambda: 10 * 2**20)              # 10 MiB to spare
     with pytest.raises(NumgptError, match="fewer sequences"):
         KVCache.allocate(builtin.config, 256)
