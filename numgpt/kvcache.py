@@ -83,8 +83,7 @@ class KVCache:
         if len(rows) > self.batch_size:                             # only a selection that grows can outgrow
             check_fits(cache_bytes(shape), f"the keys and values of {len(rows)} sequences of {self.max_len} positions",
                        "fewer sequences or fewer new tokens")
-        out = KVCache(keys=np.zeros(self.keys.shape[:1] + (len(rows),) + self.keys.shape[2:], np.float32),
-                      values=np.zeros(self.values.shape[:1] + (len(rows),) + self.values.shape[2:], np.float32),
+        out = KVCache(keys=np.zeros(shape, np.float32), values=np.zeros(shape, np.float32),
                       mask=np.zeros((len(rows), self.max_len), bool), length=n)
         out.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
         out.values[:, :, :, :n] = self.values[:, rows, :, :n]
