@@ -141,11 +141,14 @@ class Panels:
 
 def _panel_products(x: np.ndarray, data: np.ndarray, step: int, res: np.ndarray) -> None:
     """res[i] = x @ data[i] for a stack of panels, the inner dimension in parts of `step` whose products
-    are summed. x [M, in], data [n, in, P] -> res [n, M, P]"""
+    are summed (through one scratch: a 66-row prefill cuts 3072 inputs into 19 parts). x [M, in],
+    data [n, in, P] -> res [n, M, P]"""
     n_in = data.shape[1]
     np.matmul(x[None, :, :step], data[:, :step], out=res)               # [1, M, s] x [n, s, P] -> [n, M, P]
+    part = np.empty_like(res) if step < n_in else None
     for k in range(step, n_in, step):
-        res += np.matmul(x[None, :, k:k + step], data[:, k:k + step])
+        np.matmul(x[None, :, k:k + step], data[:, k:k + step], out=part)
+        res += part
 
 
 class PanelPool:
