@@ -403,6 +403,27 @@ def test_left_padded_batch_matches_transformers_small(hf_small_ckpt, for_inferen
 
 
 @LAYOUTS
+def test_last_position_prefill_matches_transformers_small(hf_small_ckpt, for_inference):
+    """A forward that wants only the last position (a prefill) runs its last block for that row alone
+    (model.last_block_): its logits equal transformers' there, and the cache it leaves equals the one a
+    forward of every position leaves (the last block's keys and values are still every position's)."""
+    config, params = numpy_model(hf_small_ckpt, for_inference)
+    rng = np.random.default_rng(16)
+    prompts = [rng.integers(1, config.vocab_size, n) for n in (12, 4, 9)]
+    ids, mask = left_pad(prompts)
+    caches = [KVCache.allocate(config, len(prompts), ids.shape[1] + 2) for _ in range(2)]
+    last = forward(params, config, ids, attention_mask=mask, cache=caches[0])           # [B, V]
+    every = forward(params, config, ids, attention_mask=mask, cache=caches[1], all_logits=True)  # [B, T, V]
+    ref = hf_logits(hf_small_ckpt, ids, mask=mask, position_ids=token_positions(mask))[:, -1]
+    np.testing.assert_allclose(last, ref, atol=ATOL_HF, rtol=0)
+    np.testing.assert_allclose(last, every[:, -1], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(caches[0].keys, caches[1].keys)
+    np.testing.assert_array_equal(caches[0].values, caches[1].values)
+    no_cache = forward(params, config, prompts[0][None])                                # [1, V], no padding
+    np.testing.assert_allclose(no_cache, hf_logits(hf_small_ckpt, prompts[0][None])[:, -1], atol=ATOL_HF, rtol=0)
+
+
+@LAYOUTS
 def test_batched_cached_decode_matches_transformers_small(hf_small_ckpt, for_inference):
     """Prefill a left-padded batch into the cache, then decode steps of one token per row (the rows < FEW_ROWS
     path of linear_into); every step's logits equal transformers' on the whole sequence so far."""
