@@ -71,7 +71,8 @@ def forward(params: Params, config: GPTConfig, ids: np.ndarray, *, cache: KVCach
         computes as it always did, bit for bit (scoring, teach's views, embeddings).
     Raises NumgptError if a position would reach n_positions or the cache is too short.
 
-    This is the fast path: each block works in place on buffers allocated once per call (`block_`);
+    This is the fast path: each block works in place on buffers allocated once per call (`block_`), and
+    without all_logits the last block computes only the last position's output (`last_block_`);
     `reference_forward` is its plain twin, and the tests hold them equal.
     """
     x = hidden_states(params, config, ids, cache=cache, attention_mask=attention_mask, all_positions=all_logits,
