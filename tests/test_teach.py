@@ -258,8 +258,10 @@ def test_kvcache_counts_are_the_measured_views(lm):
 
 def test_forward_macs_exact():
     c = numgpt.PRESETS["tiny"]                                  # C 32, L 2, V 512
-    # prefill 3 positions: per layer 12 C^2 per position, and 2 C per attended key (1 + 2 + 3 keys)
-    assert forward_macs(c, 3) == 2 * (12 * 32 * 32 * 3 + 2 * 32 * 6) + 32 * 512 == 90880
+    # prefill 3 positions: block 0 12 C^2 per position and 2 C per attended key (1 + 2 + 3 keys); the last
+    # block c_attn (3 C^2) for the 3, the rest (9 C^2) and attention (3 keys) for the last position alone
+    assert forward_macs(c, 3) == (12 * 32 * 32 * 3 + 2 * 32 * 6) + (3 * 32 * 32 * 3 + 9 * 32 * 32 + 2 * 32 * 3) \
+        + 32 * 512 == 72256
     # one decode step after 3 cached positions: 4 keys
     assert forward_macs(c, 1, 3) == 2 * (12 * 32 * 32 + 2 * 32 * 4) + 32 * 512 == 41472
     gpt2 = numgpt.PRESETS["gpt2"]                               # the 124M decode step at 1023 cached
@@ -270,9 +272,11 @@ def test_forward_macs_matches_a_position_by_position_count():
     c = numgpt.GPTConfig(vocab_size=100, n_positions=64, n_embd=24, n_layer=3, n_head=3)
     for new, past in [(1, 0), (5, 0), (1, 9), (4, 7)]:
         count = c.vocab_size * c.n_embd
-        for _ in range(c.n_layer):
+        for layer in range(c.n_layer):
             for p in range(past, past + new):                   # the position at index p sees p + 1 keys
-                count += 3 * 24 * 24 + 24 * 24 + 4 * 24 * 24 + 4 * 24 * 24 + c.n_head * (p + 1) * 2 * 8
+                count += 3 * 24 * 24                            # c_attn: every position's keys and values
+                if layer < c.n_layer - 1 or p == past + new - 1:   # the last block: the last position only
+                    count += 24 * 24 + 4 * 24 * 24 + 4 * 24 * 24 + c.n_head * (p + 1) * 2 * 8
         assert forward_macs(c, new, past) == count
 
 

@@ -5,7 +5,7 @@ Both paths run the real `model.forward` on the same tokens -- the greedy continu
 picks -- and the view reports the largest logit difference between them, which is float rounding only:
 the cache changes the time, not the answer.
 
-Work is counted exactly from the config as the multiply-adds of the matrix products the math requires
+Work is counted exactly from the config as the multiply-adds of the matrix products `forward` runs
 (`forward_macs`); LayerNorm, GELU, softmax and the additions of the residual stream are elementwise and
 not counted. The fast path's attention multiplies query blocks against every key up to the block's last
 row, so it does a little more than the causal triangle counted here.
@@ -38,11 +38,14 @@ def forward_macs(config: GPTConfig, new: int, past: int = 0) -> int:
 
     Per layer and new position: c_attn C x 3C, attn.c_proj C x C, mlp.c_fc C x 4C, mlp.c_proj 4C x C
     (12 C^2 in all); attention: the position at index p attends to p + 1 keys, each costing D for q.k and
-    D for the weighted sum of v, over H heads (2 C per key). Then one C x V projection.
+    D for the weighted sum of v, over H heads (2 C per key). The last block runs c_attn for every new
+    position (the cache keeps their keys and values) but the rest for the last one alone (model.last_block_):
+    3 C^2 a position, then 9 C^2 and its past + new keys. Then one C x V projection.
     """
     C, L, V = config.n_embd, config.n_layer, config.vocab_size
     keys = new * past + new * (new + 1) // 2                   # sum over new positions of keys attended
-    return L * (12 * C * C * new + 2 * C * keys) + C * V
+    last_block = 3 * C * C * new + 9 * C * C + 2 * C * (past + new)
+    return (L - 1) * (12 * C * C * new + 2 * C * keys) + last_block + C * V
 
 
 @dataclass(frozen=True)
