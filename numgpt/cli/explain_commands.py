@@ -65,7 +65,7 @@ examples:
 
 Each step runs the real forward twice on the same (greedy) tokens: with the cache (the prompt once, then
 one position per token) and without it (the whole sequence again). Multiply-adds are counted exactly
-from the config (the matrix products the math needs); times are measured, once per call.
+from the config (the matrix products the forward runs); times are measured, once per call.
 """
 
 TOKENS_EXAMPLES = """\
