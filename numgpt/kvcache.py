@@ -54,8 +54,7 @@ class KVCache:
         before allocating when it would not fit in the memory the machine has available (machine.check_fits)."""
         max_len = config.n_positions if max_len is None else max_len
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        check_fits(cache_bytes(shape), f"the keys and values of {batch_size} sequences of {max_len} positions",
-                   "fewer sequences or fewer new tokens")
+        check_cache_fits(shape)
         return cls(keys=np.zeros(shape, np.float32), values=np.zeros(shape, np.float32),
                    mask=np.zeros((batch_size, max_len), bool))
 
@@ -81,8 +80,7 @@ class KVCache:
         n = self.length
         shape = self.keys.shape[:1] + (len(rows),) + self.keys.shape[2:]
         if len(rows) > self.batch_size:                             # only a selection that grows can outgrow
-            check_fits(cache_bytes(shape), f"the keys and values of {len(rows)} sequences of {self.max_len} positions",
-                       "fewer sequences or fewer new tokens")
+            check_cache_fits(shape)
         out = KVCache(keys=np.zeros(shape, np.float32), values=np.zeros(shape, np.float32),
                       mask=np.zeros((len(rows), self.max_len), bool), length=n)
         out.keys[:, :, :, :n] = self.keys[:, rows, :, :n]
@@ -123,3 +121,9 @@ class KVCache:
 def cache_bytes(shape: tuple[int, ...]) -> int:
     """Bytes of float32 keys and values of `shape` each."""
     return 2 * 4 * int(np.prod(shape, dtype=np.int64))
+
+
+def check_cache_fits(shape: tuple[int, ...]) -> None:
+    """Refuse a cache of `shape` [L, B, H, M, D] that the machine's memory cannot hold (machine.check_fits)."""
+    check_fits(cache_bytes(shape), f"the keys and values of {shape[1]} sequences of {shape[3]} positions",
+               "fewer sequences or fewer new tokens")

@@ -206,14 +206,7 @@ def block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.ndarray
     B, T, C = x.shape
     eps = config.layer_norm_epsilon
     x2 = x.reshape(B * T, C)                                   # a view: x is updated through it
-    layer_norm_into(x2, layer.ln_1.weight, layer.ln_1.bias, eps, buf.ln)
-    product_into(buf.ln, layer.attn.c_attn, buf.qkv)  # [N, C] -> [N, 3C]
-    q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), config.n_head)  # -> 3 x [B, H, T, D] views
-    if kv is not None:
-        keys, values, past = kv
-        keys[:, :, past:past + T] = k
-        values[:, :, past:past + T] = v
-        k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
+    q, k, v = queries_keys_values_(layer, config, x, kv, buf)
     if T == 1:
         attend_rows_into(q, k, v, key_valid, buf.att)          # a decode step: -> [B, 1, H, D]
     else:
@@ -235,23 +228,34 @@ def last_block_(layer: Layer, config: GPTConfig, x: np.ndarray, key_valid: np.nd
     the MLP of the last position alone -- 3/12 of the block's products instead of all of them (a 4-layer
     model's prefill does a fifth less work). Arguments as `block_`'s. [B, T, C] -> [B, C]"""
     B, T, C = x.shape
-    H, D, eps = config.n_head, config.head_size, config.layer_norm_epsilon
-    layer_norm_into(x.reshape(B * T, C), layer.ln_1.weight, layer.ln_1.bias, eps, buf.ln)
-    product_into(buf.ln, layer.attn.c_attn, buf.qkv)           # [N, C] -> [N, 3C]
-    q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), H)     # -> 3 x [B, H, T, D] views
-    if kv is not None:
-        keys, values, past = kv
-        keys[:, :, past:past + T] = k
-        values[:, :, past:past + T] = v
-        k, v = keys[:, :, :past + T], values[:, :, :past + T]  # [B, H, S, D]
-    att = np.empty((B, 1, H, D), np.float32)
+    q, k, v = queries_keys_values_(layer, config, x, kv, buf)
+    att = np.empty((B, 1, config.n_head, config.head_size), np.float32)
     attend_rows_into(q[:, :, -1:], k, v, key_valid, att)       # the last query sees every key: [B, 1, H, D]
     last = x[:, -1] + affine(att.reshape(B, C), layer.attn.c_proj)  # [B, C]
-    ln = layer_norm_into(last, layer.ln_2.weight, layer.ln_2.bias, eps, np.empty_like(last))
+    ln = layer_norm_into(last, layer.ln_2.weight, layer.ln_2.bias, config.layer_norm_epsilon, buf.ln[:B])
     fc = affine(ln, layer.mlp.c_fc)                            # [B, C] -> [B, 4C]
-    gelu_(fc, np.empty_like(fc))
+    gelu_(fc, buf.scratch[:B])
     last += affine(fc, layer.mlp.c_proj)                       # [B, 4C] -> [B, C]
     return last
+
+
+def queries_keys_values_(layer: Layer, config: GPTConfig, x: np.ndarray,
+                         kv: tuple[np.ndarray, np.ndarray, int] | None, buf: BlockBuffers
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block's first half up to attention, for `block_` and `last_block_`: ln_1 and c_attn of every position
+    of x [B, T, C] (through buf.ln, buf.qkv), the new keys and values stored in the layer's cache when kv =
+    (keys, values, past) is given. Returns q [B, H, T, D] and the keys and values to attend to, [B, H, S, D]
+    (S = past + T; the new positions' own without a cache)."""
+    B, T, C = x.shape
+    layer_norm_into(x.reshape(B * T, C), layer.ln_1.weight, layer.ln_1.bias, config.layer_norm_epsilon, buf.ln)
+    product_into(buf.ln, layer.attn.c_attn, buf.qkv)           # [N, C] -> [N, 3C]
+    q, k, v = split_heads(buf.qkv.reshape(B, T, 3 * C), config.n_head)  # -> 3 x [B, H, T, D] views
+    if kv is None:
+        return q, k, v
+    keys, values, past = kv
+    keys[:, :, past:past + T] = k
+    values[:, :, past:past + T] = v
+    return q, keys[:, :, :past + T], values[:, :, :past + T]
 
 
 def product_into(x: np.ndarray, linear: Linear, out: np.ndarray) -> np.ndarray:
