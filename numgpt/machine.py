@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
+import threading
 from collections.abc import MutableMapping
 
 from .errors import NumgptError
@@ -15,8 +17,9 @@ from .errors import NumgptError
 # OpenBLAS's idle threads spin for 2**OPENBLAS_THREAD_TIMEOUT cycles after each product before they sleep
 # (2**28 unless set: ~0.1 s). A thread of numgpt's own (panels.py's worker) that runs meanwhile shares its
 # core with a spinning one: a 66-token prefill of the wide quote model through the panels took 45 ms
-# against 27-30 with the threads asleep, and prompt lookup decoded 590 tokens/s against 620-710. Read once,
-# when OpenBLAS loads, so numgpt sets it (unless the user did) before NumPy is imported (__init__.py).
+# against 27-30 with the threads asleep, and prompt lookup decoded 590 tokens/s against 620-710. Read
+# when OpenBLAS loads, so numgpt sets it (unless the user did) before NumPy is imported (__init__.py), and
+# has an OpenBLAS loaded before it read it again.
 BLAS_IDLE_ENV = "OPENBLAS_THREAD_TIMEOUT"
 BLAS_IDLE_LOG2_CYCLES = 18   # 2**18 cycles, ~0.1 ms: long enough to bridge the gaps between a one-row step's
                              # products (OpenBLAS's least, 4, made batch-1 decode 3-6% slower, each product
@@ -50,25 +53,53 @@ def check_fits(need: int, what: str, advice: str) -> None:
 
 
 def quiet_blas_threads(environ: MutableMapping[str, str]) -> None:
-    """Ask OpenBLAS (through `environ`, before NumPy loads it) to put its idle threads to sleep within
-    2**BLAS_IDLE_LOG2_CYCLES cycles, unless the user chose a timeout."""
-    environ.setdefault(BLAS_IDLE_ENV, str(BLAS_IDLE_LOG2_CYCLES))
+    """Ask OpenBLAS to put its idle threads to sleep within 2**BLAS_IDLE_LOG2_CYCLES cycles, unless the user
+    chose a timeout: through `environ` before NumPy loads it, or, where NumPy came first (`import numpy`
+    before `import numgpt`), by having the loaded OpenBLAS read it again (`restart_openblas_threads`)."""
+    if BLAS_IDLE_ENV in environ:
+        return
+    environ[BLAS_IDLE_ENV] = str(BLAS_IDLE_LOG2_CYCLES)
+    if "numpy" in sys.modules:
+        restart_openblas_threads()
+
+
+def restart_openblas_threads() -> bool:
+    """Have an OpenBLAS that is already loaded read its environment again and stop its threads; it starts
+    them anew, with the new timeout, at its next threaded product (its own fork handler stops them the
+    same way). Only while this is the process's one Python thread: a product running on another would
+    lose its helpers. True if it did."""
+    if threading.active_count() > 1:
+        return False
+    done = False
+    for lib in loaded_openblas():
+        read, stop = getattr(lib, "openblas_read_env", None), getattr(lib, "blas_thread_shutdown_", None)
+        if read is not None and stop is not None:
+            read()
+            stop()
+            done = True
+    return done
+
+
+def loaded_openblas() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries mapped into this process (NumPy's, and any other's)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+        return [ctypes.CDLL(path) for path in sorted(paths)]
+    except (OSError, IndexError):
+        return []
 
 
 @functools.cache
 def blas_threads_sleep_when_idle() -> bool:
     """Whether NumPy's OpenBLAS, as loaded into this process, puts its idle threads to sleep within
     2**BLAS_IDLE_LOG2_CYCLES cycles (its `openblas_thread_timeout()`: the environment it read when it
-    loaded). False where that is unknown: another BLAS, or OpenBLAS loaded before numgpt could ask."""
+    loaded, or again for numgpt). False where that is unknown (another BLAS), or where OpenBLAS loaded
+    before numgpt and other threads ran when numgpt was imported."""
     import numpy  # noqa: F401  (OpenBLAS is loaded with NumPy)
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-        for path in sorted(paths):
-            fn = getattr(ctypes.CDLL(path), "openblas_thread_timeout", None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                return 0 < fn() <= BLAS_IDLE_LOG2_CYCLES
-    except (OSError, ValueError, IndexError):
-        pass
+    for lib in loaded_openblas():
+        fn = getattr(lib, "openblas_thread_timeout", None)
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            return 0 < fn() <= BLAS_IDLE_LOG2_CYCLES
     return False
