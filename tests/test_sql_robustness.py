@@ -244,6 +244,37 @@ def test_export_force_under_a_running_session_is_refused_and_the_session_goes_on
         assert np.isfinite(m.logits()).all()
 
 
+def test_a_closed_engine_gives_back_its_advisory_locks_before_it_hangs_up(pg_db):
+    """PostgreSQL ends a closed connection's server process, and with it the locks that process held, a
+    moment after the client hangs up: a session opened right after an export was refused ("an export ...
+    is under way"). close() gives the export's and a session's lock back first. Seen here on a connection
+    that close() is kept from hanging up, so its server process is certainly still there."""
+    from numgpt.sql.engines import open_engine
+    for take in ("begin_export", "hold_for_reading"):
+        engine = open_engine(pg_db)
+        con = engine._con
+        getattr(engine, take)()
+        engine._con = _StaysOpen(con)
+        engine.close()
+        held = con.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                           ).fetchone()[0]
+        con.close()
+        assert held == 0, take
+
+
+class _StaysOpen:
+    """A connection whose close() does nothing (everything else passes through)."""
+
+    def __init__(self, con):
+        self._con = con
+
+    def close(self):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
 def test_an_export_holds_the_export_lock_while_it_writes(request, tmp_path_factory):
     import psycopg
     import numgpt.sql
