@@ -1,8 +1,8 @@
 """Speculative decoding benchmark: tokens/s of plain decoding, prompt lookup (--speculative ngram) and a draft
 model (--speculative draft), greedy, on text where drafting applies; every speculative output is checked equal
 to the plain one token for token before it is timed. Medians of --runs runs (the methods interleaved in each
-run), and each method's ratio to plain measured in the same run (the median of those ratios), with the
-acceptance rate and tokens per target forward. Each drafter adapts its draft length per row (at most K,
+run, each after a --settle pause), and each method's ratio to plain measured in the same run (the median of
+those ratios), with the acceptance rate and tokens per target forward. Each drafter adapts its draft length per row (at most K,
 speculative.DraftLengths); --compare-fixed adds each one drafting K every round ("ngram-fixed", "draft-fixed").
 Prompt lookup drafts only where the last MIN_NGRAM (3) tokens occurred before, and a draft model only where
 its likeliest token has at least DRAFT_CONFIDENCE (0.5); --compare-gates adds each without its gate, as
@@ -125,6 +125,7 @@ def bench_case(name, lm, prompts, methods, draft, args, stop, peers=None):
         order = methods if r % 2 == 0 else methods[::-1]
         now = {}
         for m in order:
+            time.sleep(args.settle)                          # the last engine's idle threads stop spinning
             if m in peers:
                 seconds, tokens, _ = peers[m]()
                 st = None
@@ -253,6 +254,9 @@ def main() -> None:
                     help="add ONNX Runtime fp32 and int8 of the quote model's weights to the quote case (needs "
                          "torch, onnxscript and onnxruntime; export as bench/export_peers.py says)")
     ap.add_argument("--onnx-dir", metavar="DIR", help="keep the --onnx exports in DIR (default: a temporary folder)")
+    ap.add_argument("--settle", type=float, default=0.2, metavar="S",
+                    help="seconds of pause before each timed method, so that the last one's idle threads (ONNX "
+                         "Runtime's spin after its runs) do not eat into the next one's time (default 0.2)")
     args = ap.parse_args()
     NUM_DRAFT = args.num_draft
 
