@@ -68,7 +68,8 @@ class SpeculativeStats:
     drafted: int = 0     # draft tokens proposed to the target
     accepted: int = 0    # of those, kept and output (not the ones after a stop string met inside them)
     forwards: int = 0    # target forwards this sequence took part in, the prefill included
-    tokens: int = 0      # tokens generated
+    tokens: int = 0      # tokens decoded into the text: the end token and a stop string's last one included
+                         # (forwards + accepted, less one where a stop string ended the text inside a round)
 
     @property
     def acceptance_rate(self) -> float:

@@ -545,3 +545,44 @@ def test_warns_beyond_loopback_without_key():
         assert s.healthy()
     finally:
         s.stop()
+
+
+def test_ctrl_c_ends_running_and_waiting_requests_with_a_response_each(hf_gpt2_124m_ckpt):
+    """Ctrl-C with requests in flight: the running one and those waiting for its slot end at once with
+    finish_reason "cancelled" (a stream with its last chunk and [DONE]); each client gets its response,
+    and the server stops without a traceback. A 124M model, so that the stream is still running. (uvicorn alone waited 5 s for them, then cut them off with a
+    bare 500 and a CancelledError's traceback on the console.)"""
+    s = Server("--model", str(hf_gpt2_124m_ckpt.folder), "--model-name", "numgpt", "--max-batch", "1", "--max-queue", "16",
+               key=None)
+    body = {"model": "numgpt", "prompt": "ROMEO:", "max_tokens": 400, "temperature": 0}   # 124M: seconds
+    results, lines = [None] * 8, []
+
+    def post(i):
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            results[i] = c.post("/v1/completions", json=body)
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c, \
+                c.stream("POST", "/v1/completions", json={**body, "stream": True}) as stream:
+            chunks = stream.iter_lines()
+            while len([x for x in lines if x.startswith("data: {")]) < 3:   # the stream holds the slot
+                lines.append(next(chunks))
+            threads = [threading.Thread(target=post, args=(i,)) for i in range(len(results))]
+            for t in threads:
+                t.start()
+            end = time.monotonic() + 30
+            while time.monotonic() < end and s.http.get("/health").json()["waiting"] < len(results):
+                time.sleep(0.01)
+            s.proc.send_signal(signal.SIGINT)
+            lines.extend(chunks)
+        for t in threads:
+            t.join(60)
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    events = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+    assert [x for x in lines if x][-1] == "data: [DONE]" and events[-1]["choices"][0]["finish_reason"] == "cancelled"
+    assert all(r is not None and r.status_code == 200 for r in results), [r and r.text for r in results]
+    reasons = [r.json()["choices"][0]["finish_reason"] for r in results]
+    assert reasons == ["cancelled"] * len(results)       # all were waiting behind the stream
+    assert not any("Traceback" in line or "Error" in line for line in s.log), "".join(s.log)

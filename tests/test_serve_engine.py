@@ -183,3 +183,63 @@ def test_an_overflow_after_the_first_tokens_ends_that_sequence_and_the_engine_go
         assert good.reason == "length" and good.text == lm.generate("ROMEO:", max_new_tokens=3, do_sample=False)
     finally:
         engine.stop()
+
+
+def test_one_sequence_failing_as_it_enters_its_slot_fails_alone(lm, monkeypatch):
+    """Newcomers are prefilled together, then each enters its slot: one that fails there (here its finisher,
+    made to fail for one stop string) ends with its own error, and the others of its group decode on (a
+    draft model too short for one request once failed the whole group with that request's error)."""
+    real = engine_mod.Finisher
+
+    def finisher(*args, stop=None, **kw):
+        if stop and "BOOM" in stop:
+            raise numgpt.NumgptError("this one cannot start")
+        return real(*args, stop=stop, **kw)
+    monkeypatch.setattr(engine_mod, "Finisher", finisher)
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=4).start()
+    try:
+        prompts = ["ROMEO:", "JULIET:", "KING:"]
+        requests = [SequenceRequest(lm.encode(p), 5, GREEDY, stop=("BOOM",) if i == 1 else ())
+                    for i, p in enumerate(prompts)]
+        out = [Collector() for _ in requests]
+        engine.submit(requests, out)                      # one submit: one group, one prefill
+        for c in out:
+            assert c.done.wait(30)
+        assert out[1].reason == "error" and out[1].events[-1].error == "this one cannot start"
+        for i in (0, 2):
+            assert out[i].reason == "length" and out[i].text == lm.generate(prompts[i], max_new_tokens=5, do_sample=False)
+        assert engine.running == 0 and engine.waiting == 0
+    finally:
+        engine.stop()
+
+
+def test_stop_without_waiting_cancels_what_runs_and_waits_and_refuses_what_comes(lm):
+    """What a server told to quit does first (`numgpt serve`'s Ctrl-C): stop(wait=False) ends the running and
+    the waiting sequences as "cancelled" at once, so their responses go out before the server closes, and
+    anything submitted or called after it is ShuttingDown (the server's 503)."""
+    engine = Engine(lm.params, lm.config, lm.tokenizer, max_batch=1, max_queue=2).start()
+    hold, first, seen = threading.Event(), threading.Event(), []
+
+    def held(ev):               # the model thread waits at the second token: the sequence is running
+        seen.append(ev)
+        if sum(isinstance(e, Generated) for e in seen) == 2:
+            first.set()
+            hold.wait(30)
+    try:
+        engine.submit([SequenceRequest(lm.encode("ROMEO:"), 100, GREEDY)], [held])
+        assert first.wait(30)
+        waiting = Collector()
+        engine.submit([SequenceRequest(lm.encode("KING:"), 5, GREEDY)], [waiting])
+        engine.stop(wait=False)
+        hold.set()
+        assert waiting.done.wait(30) and waiting.reason == "cancelled" and waiting.tokens == []
+        engine._thread.join(30)
+        assert isinstance(seen[-1], Finished) and seen[-1].reason == "cancelled"
+        assert sum(isinstance(e, Generated) for e in seen) < 100
+        with pytest.raises(engine_mod.ShuttingDown, match="shutting down"):
+            engine.submit([SequenceRequest(lm.encode("x"), 3, GREEDY)], [Collector()])
+        with pytest.raises(engine_mod.ShuttingDown):
+            engine.call(lambda: 1)
+    finally:
+        hold.set()
+        engine.stop()

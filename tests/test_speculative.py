@@ -494,7 +494,9 @@ def test_serve_speculative_gives_the_plain_server_s_greedy_text():
     try:
         for prompt in SERVE_PROMPTS:
             want, usage = served(servers["plain"], prompt)
-            assert usage.get("speculative") is None
+            raw = servers["plain"].http.post("/v1/completions", json={"model": "numgpt", "prompt": prompt,
+                                                                      "max_tokens": 3}).json()["usage"]
+            assert usage.get("speculative") is None and "speculative" not in raw   # not even as null
             text, usage = served(servers["ngram"], prompt)
             assert text == want
             s = usage["speculative"]
@@ -553,6 +555,22 @@ def test_engine_with_a_draft_model_gives_the_plain_text():
         s = finals[i].speculative
         assert s.tokens == 30 and s.drafted > 0 and s.acceptance_rate == 1.0   # the draft stops where it doubts
         assert s.forwards + s.accepted == s.tokens                         # a forward's own token, plus the kept
+
+
+def test_the_serving_engine_refuses_a_draft_model_with_a_shorter_context():
+    """A server takes any request that fits the model's context, so a draft model with less is refused at
+    start, in one line: it used to fail such requests with a 500, and with them every request prefilled
+    beside them."""
+    from dataclasses import replace
+    from numgpt.serve.engine import Engine
+    lm = numgpt.load()
+    short = replace(lm.config, n_positions=48)
+    params = {**lm.params, "wpe.weight": lm.params["wpe.weight"][:48]}
+    with pytest.raises(numgpt.NumgptError, match=r"draft model's context \(48 positions\) is shorter than the "
+                                                 r"model's \(128\)") as e:
+        Engine(lm.params, lm.config, lm.tokenizer, speculative="draft", draft=(params, short))
+    assert "\n" not in str(e.value)
+    Engine(lm.params, lm.config, lm.tokenizer, speculative="draft", draft=(lm.params, lm.config))   # equal: fine
 
 
 def test_serve_refuses_a_draft_model_with_another_tokenizer():

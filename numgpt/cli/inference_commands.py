@@ -67,8 +67,9 @@ examples: (the built-in Shakespeare model unless --model says another)
   numgpt generate --json-schema person.json "A person as JSON:"        JSON valid against a schema
 
 Decoding: sampling from the model's distribution by default (temperature 1, no top-k/top-p), greedy with
---greedy or --temperature 0. Rules apply in the sampler's order (numgpt explain sampling shows it): logit
-bias, presence/frequency penalties, repetition penalty, temperature, top-k, top-p, min-p. The same
+--greedy or --temperature 0. Rules apply in the sampler's order (numgpt explain sampling shows it): the
+--regex/--json-schema constraint, logit bias, presence/frequency penalties, repetition penalty,
+temperature, top-k, top-p, min-p. The same
 --seed and options give the same text. --stop strings are matched in the
 new text only, not across the end of the prompt. prompt + --max-new-tokens must fit in the
 model's context unless --sliding-window (then the last n_positions - stride tokens are kept and

@@ -180,8 +180,11 @@ def add_structured_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     group.add_argument("--regex", metavar="R", default=None,
                        help=r"the whole new text matches R (as Python's re.fullmatch), e.g. '\d{3}-\d{4}'")
     group.add_argument("--json-schema", metavar="FILE", default=None,
-                       help="the new text is JSON valid against the schema in FILE (a subset of JSON Schema: "
-                            "objects, arrays, strings, numbers, enum, const, anyOf; others refused by name)")
+                       help="the new text is JSON valid against the schema in FILE. The subset of JSON Schema "
+                            "OpenAI's structured outputs take, plus bounds: every type; properties, required, "
+                            "additionalProperties; items, minItems/maxItems; minLength/maxLength or pattern; "
+                            "integer minimum/maximum (exclusive too); enum, const, anyOf; $ref into $defs. "
+                            "Others (oneOf, allOf, not, format, number bounds, ...) are refused by name")
     parser.set_defaults(flag_names={**(parser.get_default("flag_names") or {}), **STRUCTURED_FLAGS})
     return group
 

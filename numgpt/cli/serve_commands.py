@@ -143,13 +143,29 @@ def run_serve(args: argparse.Namespace) -> int:
     announce(host, port, name, key, loopback(args.host))
     if note:
         print(f"numgpt serve: note: {note}", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    server = stopping_server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5),
+                            app.state.engine)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:   # uvicorn shuts down gracefully, then re-raises the signal it caught
         pass
     print("numgpt serve: stopped", file=sys.stderr)
     return 0
+
+
+def stopping_server(config, engine):
+    """uvicorn's Server which, told to quit (Ctrl-C, SIGTERM), first asks the engine to stop: the running
+    requests end at once with finish_reason "cancelled" (a stream with its last chunk and [DONE]), and
+    their responses are sent within uvicorn's graceful shutdown instead of being cut by it (a bare 500 and
+    a traceback). uvicorn is imported by run_serve, inside the serve extra."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            engine.stop(wait=False)
+            super().handle_exit(sig, frame)
+
+    return _Server(config)
 
 
 def served_chat_template(flag: str | None, given, tokenizer):

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..lm import check_draft_model
 from ..model import check_finite_weights
 from .chat_explain import chat_explain_router
 from .completions import Completions
@@ -42,6 +43,8 @@ def create_app(lm, settings: ServerSettings = ServerSettings(), *, engine: Engin
     they would fail every request."""
     check_finite_weights(lm.params)
     draft = settings.draft_model
+    if draft is not None:
+        check_draft_model(lm, draft)
     engine = engine or Engine(lm.params, lm.config, lm.tokenizer, max_batch=settings.max_batch,
                               max_queue=settings.max_queue, speculative=settings.speculative,
                               num_draft=settings.num_draft, draft=None if draft is None else (draft.params, draft.config))

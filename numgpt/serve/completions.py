@@ -25,7 +25,7 @@ from ..speculative import SpeculativeStats
 from ..structured import build_constraint
 from . import schemas
 from .chat import ChatTemplate, ModelChatTemplate
-from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest
+from .engine import Engine, Event, Finished, Generated, Prefilled, QueueFull, SequenceRequest, ShuttingDown
 from .errors import APIError, error_json
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -236,6 +236,8 @@ class Completions:
         except QueueFull as e:
             self.metrics.rejected.inc()
             raise APIError(429, str(e), type="rate_limit_error", code="server_busy") from None
+        except ShuttingDown:
+            raise                         # errors.py: 503
         except NumgptError as e:
             raise APIError(400, str(e)) from None
 

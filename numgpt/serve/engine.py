@@ -51,6 +51,10 @@ class QueueFull(NumgptError):
     """Every slot is busy and the waiting queue is full: the server answers 429."""
 
 
+class ShuttingDown(NumgptError):
+    """The engine is stopping (the server was told to quit): nothing new is taken (503)."""
+
+
 class NeverFits(NumgptError):
     """More sequences in one submit than the slots and the queue hold together: waiting never helps (400)."""
 
@@ -89,6 +93,12 @@ class Generated:
     token: int
     text: str
     logprob: TokenLogprob | None
+
+
+def error_text(e: BaseException) -> str:
+    """What a sequence that failed is told: a NumgptError's own line, else only the exception's type (its
+    message may hold internals)."""
+    return str(e) if isinstance(e, NumgptError) else f"internal error: {type(e).__name__}"
 
 
 @dataclass
@@ -163,6 +173,10 @@ class Engine:
         self.speculative, self.num_draft, self.draft = speculative, num_draft or DEFAULT_NUM_DRAFT, draft
         if speculative is not None:       # checked now, not at the first request
             speculation(speculative, self.num_draft, config, draft=draft)
+            if draft is not None and draft[1].n_positions < config.n_positions:
+                raise NumgptError(f"the draft model's context ({draft[1].n_positions} positions) is shorter than "
+                                  f"the model's ({config.n_positions}): requests the model can serve would fail; "
+                                  "serve with a draft model of at least the model's context")
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = SlotCache.allocate(config, max_batch)
@@ -188,12 +202,20 @@ class Engine:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """End the model thread; sequences still running or waiting end with finish_reason "cancelled"."""
-        self._stop.set()
+    def stop(self, *, wait: bool = True) -> None:
+        """End the model thread; sequences still running or waiting end with finish_reason "cancelled", and
+        nothing new is taken (ShuttingDown). wait=False only asks (a signal handler: the server's responses
+        then finish while it shuts down, instead of being cut by it)."""
+        with self._lock:
+            self._stop.set()
         self._wake.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join()
+
+    def _check_open(self) -> None:
+        """Refuse new work once stop was asked (under self._lock: the model thread's last sweep takes it too)."""
+        if self._stop.is_set():
+            raise ShuttingDown("the server is shutting down; retry on another server or after it restarts")
 
     def submit(self, requests: Sequence[SequenceRequest], deliver: Sequence[Callable[[Event], None]]) -> list[Ticket]:
         """Queue sequences (all or none: a request's n samples are admitted together or refused)."""
@@ -206,15 +228,16 @@ class Engine:
         if len(requests) > self.max_batch + self.max_queue:
             raise NeverFits(f"{len(requests)} sequences at once is more than the engine ever holds: "
                             f"{self.max_batch} slots + {self.max_queue} waiting = {self.max_batch + self.max_queue}")
+        tickets = [Ticket(r, d) for r, d in zip(requests, deliver)]
         with self._lock:
+            self._check_open()
             free = self.max_batch - len(self._running) + self.max_queue - self._waiting_count
             if len(requests) > free:
                 raise QueueFull(f"the server is busy ({len(self._running)} running, {self._waiting_count} "
                                 "waiting); retry later")
             self._waiting_count += len(requests)
-        tickets = [Ticket(r, d) for r, d in zip(requests, deliver)]
-        for t in tickets:
-            self._waiting.put(t)
+            for t in tickets:
+                self._waiting.put(t)
         self._wake.set()
         return tickets
 
@@ -223,7 +246,9 @@ class Engine:
         so that two forwards never share the cores; its result or exception arrives on the Future. One call
         runs per loop, so the running sequences take a decode step between the calls of a long request."""
         future: Future = Future()
-        self._calls.put((fn, future))
+        with self._lock:
+            self._check_open()
+            self._calls.put((fn, future))
         self._wake.set()
         return future
 
@@ -249,10 +274,13 @@ class Engine:
             self._step()
         for seq in list(self._running.values()):
             self._finish(seq, "cancelled")
-        while not self._waiting.empty():
-            self._waiting.get().deliver(Finished("cancelled"))
-        while not self._calls.empty():
-            self._calls.get()[1].cancel()
+        with self._lock:                  # submit and call take nothing more once _stop is set
+            while not self._waiting.empty():
+                self._waiting.get().deliver(Finished("cancelled"))
+            while not self._calls.empty():
+                future = self._calls.get()[1]
+                if future.set_running_or_notify_cancel():     # False: its caller gave up already
+                    future.set_exception(ShuttingDown("the server is shutting down"))
 
     def _run_call(self) -> None:
         """The oldest waiting `call`, if any."""
@@ -288,10 +316,7 @@ class Engine:
                 for ticket, slot in zip(group, free):
                     if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
                         del self._running[slot]
-                    if not ticket.finished:
-                        ticket.finished = True
-                        ticket.deliver(Finished("error", error=str(e) if isinstance(e, NumgptError) else
-                                                f"internal error: {type(e).__name__}"))
+                    self._fail(ticket, e)
             finally:
                 self._taken(len(group) - self._entered)   # the rest: until its slot is taken a sequence waits
 
@@ -309,30 +334,46 @@ class Engine:
         self.stats.prefills += len(tickets)
         self.stats.prompt_tokens += sum(map(len, prompts))
         for ticket, slot, row in zip(tickets, slots, logits):
-            r = ticket.request
-            prompt_lp = None
-            if want_prompt:
-                if r.prompt_logprobs is not None:
-                    prompt_lp = [None] + token_logprob_rows(row[:-1], np.asarray(r.prompt_ids[1:]), r.prompt_logprobs)
-                row = row[-1]
-            ticket.deliver(Prefilled(prompt_lp))
-            eos = {self.tokenizer.eot_id} - {None} if r.stop_at_eos else set()
-            finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
-                                eos_id=eos | set(r.end_ids), deadline=r.deadline)
-            seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
-            if self.speculative is not None and r.max_new_tokens > 0:
-                seq.spec = speculation(self.speculative, self.num_draft, self.config, draft=self.draft,
-                                       headroom=r.max_new_tokens)
-                seq.spec.start([r.prompt_ids])
-                seq.spec_stats = SpeculativeStats(forwards=1, tokens=1)   # the prefill and its token
-            with self._lock:              # from waiting to running in one step: submit's counts stay true
-                self._running[slot] = seq
-                self._waiting_count -= 1
-                self._entered += 1
-            if finisher.reason is not None:       # max_new_tokens 0: the prompt only
-                self._finish(seq)
-            else:
-                self._choose([seq], row[None])
+            try:
+                self._enter(ticket, slot, row, want_prompt)
+            except Exception as e:  # noqa: BLE001 -- one sequence's failure must not fail its group
+                if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
+                    del self._running[slot]
+                self._fail(ticket, e)
+
+    def _fail(self, ticket: Ticket, e: BaseException) -> None:
+        """End a ticket that has not finished with the error e."""
+        if not ticket.finished:
+            ticket.finished = True
+            ticket.deliver(Finished("error", error=error_text(e)))
+
+    def _enter(self, ticket: Ticket, slot: int, row: np.ndarray, want_prompt: bool) -> None:
+        """A prefilled ticket into its slot: its prompt logprobs, its finisher and drafter, then its first
+        token chosen from the prefill's logits `row` ([V], or [T, V] when prompt logprobs were wanted)."""
+        r = ticket.request
+        prompt_lp = None
+        if want_prompt:
+            if r.prompt_logprobs is not None:
+                prompt_lp = [None] + token_logprob_rows(row[:-1], np.asarray(r.prompt_ids[1:]), r.prompt_logprobs)
+            row = row[-1]
+        ticket.deliver(Prefilled(prompt_lp))
+        eos = {self.tokenizer.eot_id} - {None} if r.stop_at_eos else set()
+        finisher = Finisher(self.tokenizer.stream_decoder(), max_new_tokens=r.max_new_tokens, stop=r.stop,
+                            eos_id=eos | set(r.end_ids), deadline=r.deadline)
+        seq = Running(ticket, slot, list(r.prompt_ids), [], finisher)
+        if self.speculative is not None and r.max_new_tokens > 0:
+            seq.spec = speculation(self.speculative, self.num_draft, self.config, draft=self.draft,
+                                   headroom=r.max_new_tokens)
+            seq.spec.start([r.prompt_ids])
+            seq.spec_stats = SpeculativeStats(forwards=1, tokens=1)   # the prefill and its token
+        with self._lock:              # from waiting to running in one step: submit's counts stay true
+            self._running[slot] = seq
+            self._waiting_count -= 1
+            self._entered += 1
+        if finisher.reason is not None:       # max_new_tokens 0: the prompt only
+            self._finish(seq)
+        else:
+            self._choose([seq], row[None])
 
     def _step(self) -> None:
         """One decode step over every running sequence (ended ones leave first)."""
@@ -347,8 +388,7 @@ class Engine:
             try:
                 self._speculate(seq)
             except Exception as e:  # noqa: BLE001 -- one sequence's failure must not stop the model thread
-                self._finish(seq, "error", error=str(e) if isinstance(e, NumgptError) else
-                             f"internal error: {type(e).__name__}")
+                self._finish(seq, "error", error=error_text(e))
         rows = [s for s in rows if s.spec is None]
         if not rows:
             return
@@ -358,7 +398,7 @@ class Engine:
                                   [s.pending for s in rows], batch_invariant=invariant, head=self.head)  # [N, V]
         except Exception as e:  # noqa: BLE001 -- reported to every sequence of the step, engine goes on
             for seq in rows:
-                self._finish(seq, "error", error=f"internal error: {type(e).__name__}")
+                self._finish(seq, "error", error=error_text(e))
             return
         self.stats.steps += 1
         self._choose(rows, logits)
@@ -372,8 +412,7 @@ class Engine:
             try:
                 self._choose_one(seq, row)
             except Exception as e:  # noqa: BLE001 -- one sequence's failure must not stop the model thread
-                self._finish(seq, "error", error=str(e) if isinstance(e, NumgptError) else
-                             f"internal error: {type(e).__name__}")
+                self._finish(seq, "error", error=error_text(e))
 
     def _speculate(self, seq: Running) -> None:
         """One speculative round of a sequence in its slot: draft, verify in one forward, roll back; then

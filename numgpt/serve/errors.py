@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import NumgptError
+from .engine import ShuttingDown
 from . import schemas
 
 log = logging.getLogger("numgpt.serve")
@@ -47,6 +48,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
         return error_response(e.status, e.message, type=e.type, param=e.param, code=e.code)
+
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(request: Request, e: ShuttingDown):
+        return error_response(503, str(e), type="server_error", code="shutting_down")
 
     @app.exception_handler(NumgptError)
     async def _numgpt_error(request: Request, e: NumgptError):

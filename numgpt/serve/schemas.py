@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 # what a field of several accepted types takes, for the 400 message (pydantic reports each member's failure)
@@ -314,7 +314,16 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    speculative: SpeculativeUsage | None = None     # numgpt's extension; null unless the server speculates
+    speculative: SpeculativeUsage | None = None     # numgpt's extension, when the server speculated
+
+    @model_serializer(mode="wrap")
+    def _without_absent_extension(self, handler):
+        """`speculative` only where the server decoded speculatively (as in a stream's usage chunk), not
+        as null in every plain server's usage."""
+        data = handler(self)
+        if data.get("speculative") is None:
+            data.pop("speculative", None)
+        return data
 
 
 class CompletionResponse(BaseModel):
