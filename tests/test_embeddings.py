@@ -19,7 +19,7 @@ import numgpt
 from numgpt.embeddings import embed_batch, embed_one, plan_batches
 from numgpt.errors import NumgptError
 from numgpt.lm import BUILTIN_MODEL
-from numgpt.serve.engine import Engine
+from numgpt.serve.engine import Engine, ShuttingDown
 
 torch = reference("torch")
 transformers = reference("transformers")
@@ -143,8 +143,8 @@ def test_engine_call_runs_on_the_model_thread_and_reports_errors(builtin):
         assert engine.call(lambda: 42).result(timeout=10) == 42          # the engine went on
     finally:
         engine.stop()
-    late = engine.call(lambda: 1)                                        # stopped: never runs
-    assert not late.done()
+    with pytest.raises(ShuttingDown, match="shutting down"):               # stopped: refused, not left waiting
+        engine.call(lambda: 1)
 
 
 # ---- POST /v1/embeddings through the openai client ------------------------------------------------------
