@@ -542,3 +542,22 @@ def test_setup_sft_refusals_name_its_parameters_and_numgpt_sft_says_its_flags(wo
     assert main(argv) == 2                                          # the CLI prints just that
     assert capsys.readouterr().err == f"numgpt: error: {tmp_path / 'packed'} was packed for --block-size 64; " \
                                       "pack it again for 32\n"
+
+
+@pytest.mark.parametrize("command, lr", [("sft", 5e-6), ("dpo", 5e-7), ("rl", 1e-6)])
+def test_a_lower_lr_alone_takes_the_floor_along(command, lr):
+    """`--lr` below the command's default floor, without --min-lr: the floor is a tenth of it (the
+    defaults' ratio), not the default floor above the peak (refused: "--min-lr must be in [0, lr]")."""
+    import importlib
+    from numgpt.cli import build_parser
+    from numgpt.cli.train_commands import options_from_args
+    from numgpt.training.run import apply_options
+    from numgpt.training.loop import TrainConfig
+    module = importlib.import_module(f"numgpt.cli.{command}_commands")
+    args = build_parser().parse_args([command, "data.jsonl", "--init", "builtin", "--out", "runs/x", "--lr", str(lr)])
+    options = module._options(args, options_from_args, new=True)
+    config = apply_options(TrainConfig(), options, data_dir="d")       # validates, as the run's setup does
+    assert config.optim.lr == lr and config.optim.min_lr == pytest.approx(lr / 10, rel=1e-12)
+    args = build_parser().parse_args([command, "data.jsonl", "--init", "builtin", "--out", "runs/x", "--lr", str(lr),
+                                      "--min-lr", "0"])
+    assert module._options(args, options_from_args, new=True)["optim"]["min_lr"] == 0     # given: kept

@@ -16,14 +16,16 @@ from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import ConfigFieldError
-from .train_commands import TRAIN_DEFAULTS, add_max_tokens_flag, add_resume_flag, add_training_flags, left_out_note
+from .train_commands import (TRAIN_DEFAULTS, add_max_tokens_flag, add_resume_flag, add_training_flags, left_out_note,
+                             over_defaults)
 
 DPO_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 8}
 DPO_OPTIM = {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}   # a tenth of SFT's (TRL: 1e-6 for big models)
 TC = TrainConfig()
 DPO_FLAGS = ("block_size", "batch_size", "grad_accum", "max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters",
              "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_iters", "seed", "threads")
-DPO_DEFAULTS = {**TRAIN_DEFAULTS, **DPO_TRAIN, **DPO_OPTIM, "block_size": "the longest pair's length - 1"}
+DPO_DEFAULTS = {**TRAIN_DEFAULTS, **DPO_TRAIN, **DPO_OPTIM, "block_size": "the longest pair's length - 1",
+                "min_lr": "--lr / 10"}
 
 EXAMPLES = f"""\
 examples:
@@ -129,7 +131,7 @@ def _options(args, options_from_args, *, new: bool) -> dict:
     given = options_from_args(args)
     if not new:
         return given
-    return {**DPO_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**DPO_OPTIM, **given["optim"]}}
+    return over_defaults(DPO_TRAIN, DPO_OPTIM, given)
 
 
 def _report_data(args, setup, run: Path) -> None:

@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("training (as numgpt train)")
     o.add_argument("--max-iters", type=int, metavar="N", help=f"optimizer updates ({RL_TRAIN['max_iters']})")
     o.add_argument("--lr", type=float, metavar="X", help=f"peak learning rate ({RL_OPTIM['lr']})")
-    o.add_argument("--min-lr", type=float, metavar="X", help=f"learning-rate floor ({RL_OPTIM['min_lr']})")
+    o.add_argument("--min-lr", type=float, metavar="X", help="learning-rate floor (--lr / 10)")
     o.add_argument("--warmup-iters", type=int, metavar="N", help=f"linear warmup ({RL_OPTIM['warmup_iters']})")
     o.add_argument("--lr-decay-iters", type=int, metavar="N", help="where the cosine reaches --min-lr (= --max-iters)")
     o.add_argument("--weight-decay", type=float, metavar="X", help=f"AdamW weight decay ({RL_OPTIM['weight_decay']})")
@@ -139,11 +139,12 @@ def _run_rl(args, comm) -> int:
 
 def _options(args, options_from_args, *, new: bool) -> dict:
     """The training flags given, over RL's defaults for a new run (a resumed run keeps its saved config)."""
+    from .train_commands import over_defaults
     given = options_from_args(args)                    # --seed: the run's rng (prompts, samples) and the split
     if not new:
         given.pop("seed", None)                        # a resumed run keeps its rng
         return given
-    return {**RL_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**RL_OPTIM, **given["optim"]}}
+    return over_defaults(RL_TRAIN, RL_OPTIM, given)
 
 
 def _train(args, setup, comm) -> int:

@@ -19,14 +19,14 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 
 from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
-from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags
+from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags, over_defaults
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
 SFT_FLAGS = ("block_size", "batch_size", "grad_accum", "max_iters", "lr", "min_lr", "warmup_iters", "lr_decay_iters",
              "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_iters", "seed", "threads")
 SFT_DEFAULTS = {**TRAIN_DEFAULTS, **SFT_TRAIN, **SFT_OPTIM,          # the --help texts' (numgpt train's but these)
-                "block_size": f"{SFT_BLOCK_SIZE}, or the model's context if smaller"}
+                "block_size": f"{SFT_BLOCK_SIZE}, or the model's context if smaller", "min_lr": "--lr / 10"}
 
 EXAMPLES = f"""\
 examples:
@@ -150,7 +150,7 @@ def _options(args, options_from_args, *, new: bool) -> dict:
     given = options_from_args(args)
     if not new:
         return given
-    return {**SFT_TRAIN, **{k: v for k, v in given.items() if k != "optim"}, "optim": {**SFT_OPTIM, **given["optim"]}}
+    return over_defaults(SFT_TRAIN, SFT_OPTIM, given)
 
 
 def _train(args, setup, comm) -> int:

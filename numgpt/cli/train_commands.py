@@ -433,6 +433,16 @@ def format_duration(seconds: float) -> str:
 
 # The training flags, defined once for every training command (train, sft, ...): flag attribute -> argparse's
 # keywords, in --help order; "{default}" in a help is what the command uses when the flag is not given.
+def over_defaults(train: dict, optim: dict, given: dict) -> dict:
+    """The flags given (`options_from_args`' dict) over a fine-tuning command's own defaults for a new run:
+    TrainConfig fields `train`, AdamW fields `optim`. A --lr given without --min-lr takes the floor along,
+    a tenth of it (the defaults' own ratio): a floor left above a lower peak was refused."""
+    opt = {**optim, **given["optim"]}
+    if "lr" in given["optim"] and "min_lr" not in given["optim"]:
+        opt["min_lr"] = given["optim"]["lr"] / 10
+    return {**train, **{k: v for k, v in given.items() if k != "optim"}, "optim": opt}
+
+
 TRAINING_FLAGS: dict[str, dict] = {
     "block_size": dict(type=int, metavar="N", help="context length of the training windows ({default})"),
     "batch_size": dict(type=int, metavar="N", help="windows per micro-batch ({default})"),
