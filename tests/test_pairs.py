@@ -419,3 +419,17 @@ def prompt_key(record: dict) -> str:
     """A pair's or a task's user turn, to match one with the other."""
     messages = record["prompt"] if "prompt" in record else record["messages"][:-1]
     return json.dumps(messages)
+
+
+def test_an_output_in_folders_that_do_not_exist_yet_is_written_there(tmp_path, capsys):
+    """-o under missing folders: made, as the check before the work allows (it said "no such file:
+    new/p.jsonl.tmp" after the work, for every data command)."""
+    out = tmp_path / "new" / "deeper" / "p.jsonl"
+    assert main(["data", "pairs", "--n", "4", "--seed", "2", "--families", "add", "--out", str(out)]) == 0
+    assert read_pairs(out) == synthesize_pairs(4, rng=np.random.default_rng(2), families=["add"], split="train")
+    assert main(["data", "synth", "--n", "3", "-o", str(tmp_path / "other" / "c.jsonl")]) == 0
+    assert (tmp_path / "other" / "c.jsonl").stat().st_size > 0
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert main(["data", "synth", "--n", "3", "-o", str(file / "c.jsonl")]) == 2       # under a file: refused first
+    assert "is a file" in capsys.readouterr().err
