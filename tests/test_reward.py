@@ -346,6 +346,11 @@ def test_train_and_score_through_the_cli(world, tmp_path, capsys):
     expected = rm.score([[{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": r}]
                          for r in ("4", "5")])
     assert lines == [f"{expected[0]:.4f}\t4", f"{expected[1]:.4f}\t5"]
+    for checkpoint in ("best", "latest"):       # the run's checkpoints: told which folder scores
+        assert main(["reward", "score", str(out / checkpoint), "--prompt", "q", "--reply", "a"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a training checkpoint of `numgpt reward train`" in err and \
+            f"score with {out} (its model/" in err, err
     assert main(["reward", "score", str(out / "model"), "--pairs", str(world / "pairs.jsonl")]) == 0
     printed = capsys.readouterr().out
     kept = 160 - sum(json.loads((out / "data" / "meta.json").read_text())["reward"]["dropped"].values())

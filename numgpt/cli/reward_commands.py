@@ -203,7 +203,8 @@ def _train(args, run, comm) -> int:
     result = _train_with_progress(run, comm)
     model = export_reward_model(run)
     if result.interrupted:
-        print(f"interrupted at step {run.state.step}: saved {run.folder / LATEST} and {model}; continue with "
+        print(f"interrupted at step {run.state.step}: saved {run.folder / LATEST}, and {model} (the best so far, "
+              f"what `numgpt reward score {run.folder}` uses); continue with "
               f"`numgpt reward train {args.pairs} --out {run.folder} --resume`", file=sys.stderr)
         return 128 + result.signal
     ev = result.last_eval

@@ -617,6 +617,7 @@ def load_reward_model(folder: str | Path) -> RewardModel:
     """The reward model of a `numgpt reward train` run (its RUN/model) or of a GPT2ForSequenceClassification
     folder with one output and numgpt's chat template. Anything else is a one-line NumgptError."""
     from ..formats.hf import CONFIG_FILE
+    from ..training.state import STATE_FILE
     from .chat_format import chat_template
     from .classify import load_classifier_folder
 
@@ -625,6 +626,10 @@ def load_reward_model(folder: str | Path) -> RewardModel:
         raise NumgptError(f"{folder}: no such folder; pass the --out folder of `numgpt reward train`")
     if (folder / MODEL_SUBDIR / CONFIG_FILE).is_file():
         folder = folder / MODEL_SUBDIR
+    elif (folder / STATE_FILE).is_file() and (folder.parent / MODEL_SUBDIR / CONFIG_FILE).is_file():
+        raise NumgptError(f"{folder}: a training checkpoint of `numgpt reward train`, not the reward model; score "
+                          f"with {folder.parent} (its {MODEL_SUBDIR}/: the best checkpoint, exported when the "
+                          "run ends or stops)")
     if not (folder / CONFIG_FILE).is_file():
         raise NumgptError(f"{folder}: not a reward model (no config.json); pass the --out folder of `numgpt reward "
                           "train`")
