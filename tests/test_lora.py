@@ -341,6 +341,8 @@ def test_train_with_lora_trains_only_the_adapter_and_exports_it(base_run, tmp_pa
                      "--lr", 3e-2, "--lora-rank", 4, "--lora-alpha", 8, "--lora-targets", "c_attn,mlp.c_proj") == 0
     err = capsys.readouterr().err
     assert "LoRA rank 4, alpha 8 on c_attn,mlp.c_proj: 0.001M trained parameters" in err
+    assert f"adapter: {run / 'adapter'} (PEFT LoRA of the last step, 30, as {run / 'latest'}; --model {run} loads " \
+           f"{run / 'best'}" in err                              # which checkpoint each one is, said
     evals = [e for e in read_log(run) if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [0, 30] and evals[1]["train_loss"] < evals[0]["train_loss"] - 0.05
     config, base_params_ = load_checkpoint(base)

@@ -169,7 +169,8 @@ def _train(args, setup, comm) -> int:
     result = _train_with_progress(state, config, tc, setup.data, folder,
                                   lambda *a, **kw: train(*a, comm=comm, objective=objective, **kw))
     if export_adapter(setup):
-        print(f"adapter: {folder / ADAPTER_DIR} (PEFT LoRA for {tc.init})", file=sys.stderr)
+        print(f"adapter: {folder / ADAPTER_DIR} (PEFT LoRA for {tc.init}, of the last step, {state.step}, as "
+              f"{folder / LATEST}; --model {folder} loads {folder / BEST})", file=sys.stderr)
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)

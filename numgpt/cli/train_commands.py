@@ -297,7 +297,8 @@ def _run_train(args, comm) -> int:
                                   lambda *a, **kw: train(*a, comm=comm, objective=run.objective, **kw))
     adapter = export_adapter(run)                      # RUN/adapter: the last state's adapter (None without LoRA)
     if adapter is not None:
-        print(f"adapter: {adapter} (PEFT LoRA; numgpt generate --model {tc.init or 'BASE'} --adapter {adapter})",
+        print(f"adapter: {adapter} (PEFT LoRA of the last step, {state.step}, as {folder / LATEST}; --model "
+              f"{folder} loads {folder / BEST}; numgpt generate --model {tc.init or 'BASE'} --adapter {adapter})",
               file=sys.stderr)
     if result.interrupted:
         how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
