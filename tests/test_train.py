@@ -288,3 +288,19 @@ def test_an_objective_trains_only_its_parameter_set_with_its_own_loss(char_data,
         train(new_state(start, seed=1), CONFIG, tc, data, tmp_path / "bad",
               objective=Objective(trainable=frozenset({"h.9.ln_1.weight"})))
     assert not (tmp_path / "bad").exists()
+
+
+def test_plot_says_what_each_kind_of_run_logs():
+    """RL's evaluated "losses" are 1 - pass@1 and its steps' loss a surrogate: plotted as pass@1 and the
+    samples' mean reward; DPO's and a reward model's losses are per preference pair; the rest cross-entropy
+    per token (an RL plot said "cross-entropy" over error rates)."""
+    from numgpt.cli.train_commands import plotted_quantities
+    rl = [{"type": "eval", "step": 0, "train_loss": 1.0, "val_loss": 0.25, "pass@1": 0.75},
+          {"type": "step", "step": 1, "loss": 1e-16, "reward": 0.5}]
+    q = plotted_quantities(rl)
+    assert (q.step_key, q.of_eval(0.25), q.of_eval(1.0)) == ("reward", 0.75, 0.0) and "pass@1" in q.axis
+    pairs = [{"type": "eval", "step": 0, "train_loss": 0.69, "val_loss": 0.68, "val_accuracy": 0.5}]
+    assert plotted_quantities(pairs).axis.startswith("loss per preference pair")
+    lm = [{"type": "eval", "step": 0, "train_loss": 4.0, "val_loss": 4.1}, {"type": "step", "step": 1, "loss": 3.9}]
+    q = plotted_quantities(lm)
+    assert (q.step_key, q.of_eval(4.1), q.axis) == ("loss", 4.1, "cross-entropy (nats per token)")

@@ -41,7 +41,8 @@ commands (typed as a message):
   /system TEXT   set or replace the system message (/system alone removes it); the next reply sees it
   /reset         forget the conversation (the system message stays)
   /save FILE     append the conversation to FILE as one OpenAI fine-tuning JSONL record {"messages": [...]},
-                 which `numgpt sft FILE` reads (a stopped reply is saved with "weight": 0: not trained on)
+                 which `numgpt sft FILE` reads (a stopped reply is saved with "weight": 0: not trained on;
+                 a conversation with no other reply has nothing to train on, and is not saved)
   /help          this list
   /quit          end the session (so does Ctrl-D, or the end of piped input)
   //TEXT         send "/TEXT" as a message"""

@@ -165,7 +165,8 @@ def run_train(args) -> int:
               "first tokens (--max-tokens)", file=sys.stderr)
     result = _train_with_progress(model, train, val, out, tc, args, lora)
     if result.interrupted:
-        print(f"interrupted at step {result.steps}: saved {out / 'latest'}", file=sys.stderr)
+        print(f"interrupted at step {result.steps}: saved {out / 'latest'} (a classifier that evaluate and predict "
+              "load; classify train does not resume: run it again with --force to start over)", file=sys.stderr)
         return 130
     ev = result.last_eval
     if ev is not None:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import PRESETS
@@ -591,6 +592,30 @@ def plot_path(given: str | None, run_dir: Path) -> Path:
     return output_file(out, flag="-o")
 
 
+@dataclasses.dataclass(frozen=True)
+class PlotQuantities:
+    """What a run's log plots: the per-step value (`step_key` of its step events) and what its evals'
+    train_loss / val_loss mean, mapped through `of_eval` (RL's are 1 - pass@1: plotted as pass@1)."""
+
+    step_key: str
+    step_name: str
+    eval_name: str
+    axis: str
+    of_eval: Callable[[float], float] = lambda v: v
+
+
+def plotted_quantities(events) -> PlotQuantities:
+    """By the run's kind, seen in its evals: RL (pass@1), a pairwise loss (DPO, reward model: an accuracy
+    over pairs), else a language model's cross-entropy (train, SFT)."""
+    evals = [e for e in events if e.get("type") == "eval"]
+    if any("pass@1" in e for e in evals):
+        return PlotQuantities("reward", "mean reward", "pass@1", "pass@1 (evals); mean reward of the samples (steps)",
+                              lambda v: 1.0 - v)
+    if any("val_accuracy" in e for e in evals):
+        return PlotQuantities("loss", "train loss", "loss", "loss per preference pair (-log sigmoid of the margin)")
+    return PlotQuantities("loss", "train loss", "loss", "cross-entropy (nats per token)")
+
+
 def plot_losses(events, out: Path, *, title: str) -> None:
     """Train loss per step (light), its running mean, and the evaluated train/val losses, to a PNG."""
     import numpy as np
@@ -601,26 +626,28 @@ def plot_losses(events, out: Path, *, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise NumgptError("numgpt plot needs matplotlib: pip install 'numgpt[plot]'") from None
-    steps = [(e["step"], e["loss"]) for e in events if e.get("type") == "step" and math.isfinite(e["loss"])]
     evals = [e for e in events if e.get("type") == "eval"]
+    kind = plotted_quantities(events)
+    steps = [(e["step"], e[kind.step_key]) for e in events
+             if e.get("type") == "step" and kind.step_key in e and math.isfinite(e[kind.step_key])]
     if not steps and not evals:
         raise NumgptError(f"{title}: the log has no steps yet; train first")
     fig, ax = plt.subplots(figsize=(8, 5))
     if steps:
         xs, ys = zip(*steps)
-        ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss (per step)")
+        ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8, label=f"{kind.step_name} (per step)")
         k = max(1, len(ys) // 50)
         c = np.concatenate([[0.0], np.cumsum(ys)])
         n = np.minimum(np.arange(1, len(ys) + 1), k)                    # trailing window, shorter at the start
         smooth = (c[1:] - c[np.arange(1, len(ys) + 1) - n]) / n
-        ax.plot(xs, smooth, color="tab:blue", linewidth=1.2, label=f"train loss (mean of {k})")
+        ax.plot(xs, smooth, color="tab:blue", linewidth=1.2, label=f"{kind.step_name} (mean of {k})")
     if evals:
-        ax.plot([e["step"] for e in evals], [e["train_loss"] for e in evals], "o-", color="tab:green",
-                label="train loss (eval)")
-        ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", color="tab:red",
-                label="validation loss")
+        ax.plot([e["step"] for e in evals], [kind.of_eval(e["train_loss"]) for e in evals], "o-", color="tab:green",
+                label=f"train {kind.eval_name} (eval)")
+        ax.plot([e["step"] for e in evals], [kind.of_eval(e["val_loss"]) for e in evals], "o-", color="tab:red",
+                label=f"validation {kind.eval_name}")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_ylabel(kind.axis)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
