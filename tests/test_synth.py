@@ -327,7 +327,8 @@ def test_reader_refuses_bytes_and_empty_files_and_keeps_good_lines(tmp_path):
 def test_read_tasks_refuses_answers_the_checker_cannot_read(tmp_path):
     path = tmp_path / "tasks.jsonl"
     good = synthesize(3, rng=np.random.default_rng(0), families=["add"])
-    cases = [({"family": "mul", "answer": "4"}, "unknown task family 'mul'"),
+    cases = [({}, 'not a task (no "family" and "answer"): this needs tasks'),     # a plain conversation
+             ({"family": "mul", "answer": "4"}, "unknown task family 'mul'"),
              ({"family": "add"}, 'a task needs "answer"'),
              ({"family": "add", "answer": "5"}, "the reference reply does not give the answer '5'"),
              ({"family": "reverse", "answer": "tac"}, "its last word")]

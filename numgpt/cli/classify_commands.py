@@ -86,7 +86,7 @@ def _register_train(sub) -> None:
                            "eval_interval": "evaluate on the validation texts every N steps, and at the end "
                                             "({default})",
                            "seed": "seed of the head, split and batches ({default})",
-                           "threads": "split each batch over N threads (all cores)"})
+                           "threads": "split each batch over N threads (0, the default: all cores)"})
     p.set_defaults(**CLASSIFY_TRAIN)                   # the flags' values when not given (run_train reads them)
     from ..posttrain.lora import add_lora_flags
     add_lora_flags(p, saved="merged into the model it saves (RUN/best, RUN/latest)")
@@ -348,7 +348,7 @@ def _check_positive(args, names: tuple[str, ...]) -> None:
 def register_fortunes(sub) -> None:
     """`numgpt data fortunes`: added to `numgpt data`'s subcommands by data_commands.register."""
     from ..posttrain.classdata import FORTUNES_DIR
-    p = subcommand(sub, "fortunes", help="Debian's fortunes as labelled JSONL (text, category) for classify",
+    p = subcommand(sub, "fortunes", help="Debian's fortunes as labelled JSONL (text, and its category as label) for classify",
                    description="Write the fortunes of Debian's `fortunes` package as JSON lines "
                    "{\"text\": FORTUNE, \"label\": CATEGORY}, a real classification set.",
                    epilog="examples:\n  numgpt data fortunes --categories computers,food,law,medicine,sports "

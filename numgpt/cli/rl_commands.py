@@ -149,6 +149,7 @@ def _options(args, options_from_args, *, new: bool) -> dict:
 
 def _train(args, setup, comm) -> int:
     from ..params import count_params
+    from .train_commands import best_checkpoint_note
     run, s = setup.run, setup.settings
     ranks = f" on {comm.size} ranks x {run.tc.threads} threads" if comm.size > 1 else ""
     print(f"RL (GRPO), {run.description}{ranks}: {count_params(run.config) / 1e6:.2f}M parameters; "
@@ -161,6 +162,9 @@ def _train(args, setup, comm) -> int:
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt rl {args.tasks} --out {folder} --resume`", file=sys.stderr)
+        note = best_checkpoint_note(folder, state.step, run.tc)
+        if note:
+            print(note, file=sys.stderr)
         return 128 + result.signal
     ev = result.last_eval
     if ev is not None:

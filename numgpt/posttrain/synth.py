@@ -441,6 +441,9 @@ def check_task(task: Mapping, where: str) -> None:
     """Refuse (NumgptError starting with `where`) a task the checker cannot score: an unknown family, an
     answer that is not a string, or a reference reply (the last assistant turn) that its checker fails."""
     family, answer = task.get("family"), task.get("answer")
+    if family is None and answer is None:
+        raise NumgptError(f'{where}: not a task (no "family" and "answer"): this needs tasks whose answers can be '
+                          "checked, as `numgpt data synth` writes them, not plain conversations")
     if family not in FAMILIES:
         raise NumgptError(f"{where}: unknown task family {family!r}; the families are {', '.join(FAMILIES)}")
     if not isinstance(answer, str) or not answer:
