@@ -171,7 +171,7 @@ def _train(args, setup, comm) -> int:
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"DPO, {run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, beta {setup.beta}"
           f"{f', SFT term x {setup.sft_weight}' if setup.sft_weight else ''}; "
-          f"{tc.batch_size * tc.grad_accum} pairs of rows of {tc.block_size} tokens per step", file=sys.stderr)
+          f"{tc.batch_size * tc.grad_accum} pairs of rows of {tc.block_size + 1} tokens per step", file=sys.stderr)
     bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.2 if sys.stderr.isatty() else 30, bar_format=BAR_FORMAT)
     eta = TimeEstimate(tc, state.step)
