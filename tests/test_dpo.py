@@ -536,7 +536,8 @@ def test_max_tokens_leaves_out_the_longer_pairs_and_says_what_to_do_when_none_is
                                               "--max-tokens (at most the model's context, 128)"),
         (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
         (["--block-size", str(shortest - 1)], f"tokens, longer than a row (--block-size + 1 = {shortest}); raise "
-                                              f"--block-size, or leave such pairs out with --max-tokens {shortest}")):
+                                              f"--block-size, or leave such pairs out with --max-tokens {shortest}"),
+        (["--block-size", "0"], "--block-size must be a whole number >= 1, got 0")):
         assert main(["dpo", str(pairs), "--out", str(run), *argv, *common]) == 2
         assert message in one_line(capsys) and not run.exists()
     every = with_long_pairs(world, tmp_path, range(40), name="all_long.jsonl")

@@ -394,6 +394,8 @@ def prepare_dpo(pairs_file: str | Path, out_dir: str | Path, tokenizer: "Tokeniz
     from .packing import file_sha256
 
     config, params = reference
+    if block_size is not None and not (isinstance(block_size, int) and block_size >= 1):
+        raise NumgptError(f"block_size must be a whole number >= 1, got {block_size!r}")
     named = lambda path: [(f"{path}:{n}", p) for n, p in numbered_pairs(path)]  # noqa: E731
     if val_file is not None:
         sets = {"train": named(pairs_file), "val": named(val_file)}
