@@ -211,6 +211,13 @@ def test_greedy_text_equals_numgpt_generate_greedy(request, tmp_path_factory, en
     assert main(["sql", "generate", "--db", db, "--greedy", "--max-new-tokens", "40", "ROMEO:"]) == 0
     got = capsys.readouterr().out
     assert got == want and len(got) > 40
+    if engine == "duckdb":           # no -n: the same default as numgpt generate, cut to what fits after the prompt
+        long = " ".join(["ROMEO: to be or not to be,"] * 11)
+        assert len(_builtin().encode(long)) + 64 > 128            # the plain default of 64 would not fit
+        assert main(["generate", "--greedy", "-q", long]) == 0
+        want = capsys.readouterr().out
+        assert main(["sql", "generate", "--db", db, "--greedy", long]) == 0
+        assert capsys.readouterr().out == want
 
 
 def test_prefill_in_one_statement_equals_token_by_token(request, tmp_path_factory):

@@ -134,8 +134,7 @@ def _register_generate(sub) -> None:
     p.add_argument("--file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file")
     _add_model(p)
     _add_adapter(p)
-    add_decoding_flags(p, shown_defaults={"max_new_tokens": f"{GEN.max_new_tokens}, or fewer if the model's "
-                                          "context ends first"})
+    add_decoding_flags(p, shown_defaults={"max_new_tokens": DEFAULT_NEW_TOKENS_HELP})
     add_speculative_flags(p)
     add_structured_flags(p)
     o = p.add_argument_group("output")
@@ -246,8 +245,16 @@ def fitted_options(options: dict, lm, prompt: str) -> dict:
     prompt (a model with a 32-token context is usable without -n); a typed -n is kept, and checked."""
     if "max_new_tokens" in options or options.get("sliding_window"):
         return options
-    room = lm.config.n_positions - len(encode_prompt(lm.tokenizer, prompt))
-    return {**options, "max_new_tokens": max(1, min(GEN.max_new_tokens, room))}
+    return {**options, "max_new_tokens": new_tokens_that_fit(lm.config.n_positions - len(encode_prompt(lm.tokenizer, prompt)))}
+
+
+DEFAULT_NEW_TOKENS_HELP = f"{GEN.max_new_tokens}, or fewer if the model's context ends first"
+
+
+def new_tokens_that_fit(room: int) -> int:
+    """The default --max-new-tokens where `room` positions are left after the prompt (at least 1: a prompt
+    that fills the context is then refused by name)."""
+    return max(1, min(GEN.max_new_tokens, room))
 
 
 def run_generate(args) -> int:

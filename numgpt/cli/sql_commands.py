@@ -11,6 +11,7 @@ import sys
 from ..errors import NumgptError
 from ..sql.session import SQL_OPTIONS
 from .inference_commands import MODEL_HELP
+from .inference_commands import DEFAULT_NEW_TOKENS_HELP, new_tokens_that_fit
 from .options import add_decoding_flags, decoding_kwargs, flag_vocabulary
 DB_HELP = "a DuckDB file path (the embedded default) or a postgresql:// URL (a PostgreSQL server)"
 
@@ -123,7 +124,8 @@ def _register_generate(sub) -> None:
                 GENERATE_EXAMPLES)
     p.add_argument("prompt", metavar="PROMPT", help="the prompt (empty: start from <|endoftext|>)")
     # the decoding flags of numgpt generate, those the SQL computes (SQL_OPTIONS); the others are not offered
-    add_decoding_flags(p, only=SQL_OPTIONS, title="decoding (computed in SQL)")
+    add_decoding_flags(p, only=SQL_OPTIONS, title="decoding (computed in SQL)",
+                       shown_defaults={"max_new_tokens": DEFAULT_NEW_TOKENS_HELP})
     p.set_defaults(flag_names={**flag_vocabulary(SQL_OPTIONS), "db": "--db"})
     _add_connections(p)
     p.set_defaults(run=run_generate)
@@ -181,6 +183,8 @@ def run_generate(args) -> int:
     from ..sql import connect
     options = decoding_kwargs(args)   # every option checked before the database opens
     with connect(args.db, connections=args.connections) as m:
+        if "max_new_tokens" not in options:   # as numgpt generate: the default fits the context
+            options["max_new_tokens"] = new_tokens_that_fit(m.config.n_positions - len(m.tokenize(args.prompt)))
         for piece in m.stream(args.prompt, **options):
             sys.stdout.write(piece)
             sys.stdout.flush()
