@@ -4,6 +4,7 @@
 import io
 import json
 
+import numpy as np
 import pytest
 
 import numgpt
@@ -301,3 +302,22 @@ def test_next_on_a_prompt_beyond_the_context_says_to_shorten_it(capsys):
     code, out, err = run(capsys, "next", "--json", "word " * 200)               # the built-in model: 128 positions
     assert code == 2 and out == "" and err.startswith("numgpt: error: context overflow: ")
     assert err.endswith("> the model's context of n_positions=128; shorten the prompt\n") and "window" not in err
+
+
+def test_damaged_weights_are_one_line_on_stderr_and_no_numpy_warning(tmp_path):
+    """Weights holding inf are named after the forward (check_finite_logits); NumPy's "invalid value
+    encountered" warnings from that forward came first, two lines of source on stderr."""
+    import shutil
+    import subprocess
+    import sys
+    lm = numgpt.load()
+    folder = tmp_path / "damaged"
+    shutil.copytree(lm.folder, folder)
+    params = {k: np.array(v) for k, v in lm.params.items()}
+    params["h.1.mlp.c_fc.weight"][:4] = np.inf            # inf - inf in the products: NumPy's "invalid value"
+    params["h.1.mlp.c_fc.weight"][4:8] = -np.inf
+    numgpt.save_checkpoint(folder, lm.config, params)
+    for argv in (["next", "--model", str(folder), "ROMEO:"], ["generate", "--model", str(folder), "-n", "3", "x"]):
+        out = subprocess.run([sys.executable, "-m", "numgpt", *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "weights are not finite: h.1.mlp.c_fc.weight" in out.stderr

@@ -126,6 +126,14 @@ def test_export_of_something_not_a_model_is_a_numgpt_error_and_leaves_no_file(tm
     assert not target.exists()
 
 
+def test_export_into_an_in_memory_database_is_refused_before_the_work():
+    """`--db :memory:` ran the whole export into a database gone at its end, then said "no such file"."""
+    import numgpt.sql
+    for db in (":memory:", ":memory:named"):
+        err = numgpt_error(lambda: numgpt.sql.export(_builtin(), db))
+        assert err == f"{db} is an in-memory DuckDB database, gone when the export ends; give a file path"
+
+
 def test_the_python_api_names_parameters_and_the_cli_flags(capsys, db, tmp_path):
     import numgpt.sql
     copy = tmp_path / "copy.duckdb"

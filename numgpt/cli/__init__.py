@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..errors import NumgptError
 
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
+    # subtle: NumPy's "invalid value encountered" warnings from numgpt's own arithmetic would come before the
+    # one-line error that names the cause (weights that are not finite are checked after the forward)
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numgpt(\.|$)")
     try:
         check_utf8_arguments(args)
         check_seed(args)
@@ -153,5 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"numgpt: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if sys.stdout.isatty():       # a streamed text cut mid-line: the message on a line of its own
+            print(flush=True)
         print("numgpt: interrupted", file=sys.stderr)
         return 130

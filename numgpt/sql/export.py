@@ -77,6 +77,8 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
         raise NumgptError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if product not in PRODUCTS:
         raise NumgptError(f"product must be one of {', '.join(PRODUCTS)}, got {product!r}")
+    if isinstance(db, str) and db.startswith(":memory:"):
+        raise NumgptError(f"{db} is an in-memory DuckDB database, gone when the export ends; give a file path")
     if product == "cube" and not is_postgres(db):
         raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); DuckDB multiplies arrays: "
                           "leave product at 'wide'")
