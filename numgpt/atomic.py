@@ -35,11 +35,9 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
 @contextmanager
 def open_atomically(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write that appears at `path` only when the block ends without an error (written
-    to PATH.tmp, fsync'ed, renamed over path). On an error the temporary file is removed. Missing parent
-    folders are made (cli/paths.py checked, before any work, that they can be)."""
+    to PATH.tmp, fsync'ed, renamed over path). On an error the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -421,15 +421,17 @@ def prompt_key(record: dict) -> str:
     return json.dumps(messages)
 
 
-def test_an_output_in_folders_that_do_not_exist_yet_is_written_there(tmp_path, capsys):
-    """-o under missing folders: made, as the check before the work allows (it said "no such file:
-    new/p.jsonl.tmp" after the work, for every data command)."""
-    out = tmp_path / "new" / "deeper" / "p.jsonl"
-    assert main(["data", "pairs", "--n", "4", "--seed", "2", "--families", "add", "--out", str(out)]) == 0
-    assert read_pairs(out) == synthesize_pairs(4, rng=np.random.default_rng(2), families=["add"], split="train")
-    assert main(["data", "synth", "--n", "3", "-o", str(tmp_path / "other" / "c.jsonl")]) == 0
-    assert (tmp_path / "other" / "c.jsonl").stat().st_size > 0
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_before_the_work(tmp_path, capsys):
+    """-o under a missing folder: refused at once, naming the folder (it said "no such file: new/p.jsonl.tmp"
+    after the work; a picture's -o made a stray folder tree instead)."""
+    for argv in (["data", "pairs", "--n", "4", "--out", str(tmp_path / "new" / "p.jsonl")],
+                 ["data", "synth", "--n", "3", "-o", str(tmp_path / "new" / "c.jsonl")],
+                 ["explain", "attention", "ROMEO", "-o", str(tmp_path / "new" / "a.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"no such folder {tmp_path / 'new'}; create it first" in err, (argv, err)
+    assert not (tmp_path / "new").exists()
     file = tmp_path / "file"
     file.write_text("x")
-    assert main(["data", "synth", "--n", "3", "-o", str(file / "c.jsonl")]) == 2       # under a file: refused first
+    assert main(["data", "synth", "--n", "3", "-o", str(file / "c.jsonl")]) == 2       # under a file: refused too
     assert "is a file" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_tokens_prints_what_tokenize_explain_shows(capsys, lm):
 ])
 def test_pictures_are_written(capsys, tmp_path, argv):
     matplotlib.use  # skipped where matplotlib is missing (references.py)
-    out = tmp_path / "sub" / "picture"                          # no suffix: .png added; folder made
+    out = tmp_path / "picture"                                  # no suffix: .png added
     code, printed, _ = run(capsys, "explain", *argv, "-o", str(out))
     png = out.with_name("picture.png")
     assert code == 0 and f"wrote {png}" in printed

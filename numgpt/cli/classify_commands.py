@@ -319,7 +319,6 @@ def plot_confusion(confusion, labels: list[str], path: Path) -> None:
                     color="white" if confusion[i, j] > confusion.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)
 

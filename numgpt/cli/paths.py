@@ -1,8 +1,9 @@
 """Where the CLI writes: output paths checked before any work, so a mistake costs nothing and loses nothing.
 
 Every command that writes a folder or a file asks `output_folder` / `output_file` first: an existing file
-where a folder should go, a folder that already holds something (unless --force), a parent that does not
-exist or is not writable -- each is a one-line NumgptError naming the path and the fix.
+where a folder should go, a folder that already holds something (unless --force), a file's folder that does
+not exist, a parent that is not writable -- each is a one-line NumgptError naming the path and the fix. (A
+run folder's missing parents are made: `--out runs/new/x`.)
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ def output_folder(path: str | os.PathLike, *, flag: str, force: bool = False, wh
 
 
 def output_file(path: str | os.PathLike, *, flag: str) -> Path:
-    """A file a command will write (replaced if it exists), checked: not a folder, writable parent."""
+    """A file a command will write (replaced if it exists), checked: not a folder, an existing writable
+    parent folder (a typo in a folder name is refused, not made into a stray folder tree)."""
     file = Path(path)
     if file.is_dir():
         raise NumgptError(f"{flag} {file}: is a folder; pass a file path")
+    if not file.parent.exists():
+        raise NumgptError(f"{flag} {file}: no such folder {file.parent}; create it first, or pass another path")
     check_writable(file.parent if file.is_file() else file, flag)   # an existing file is replaced
     return file
 
