@@ -166,7 +166,19 @@ def test_a_truncated_duckdb_file_is_called_damaged(capsys, db, tmp_path):
         shutil.copy(db, cut)
         os.truncate(cut, size)
         err = one_line_error(capsys, "sql", "next", "--db", str(cut), "x")
-        assert "is damaged or truncated" in err and "export again" in err
+        assert "is damaged or truncated" in err and f"`numgpt sql export --force --db {cut}`, which replaces it" in err
+    corrupt = tmp_path / "corrupt.duckdb"                   # a block overwritten: its checksum fails
+    shutil.copy(db, corrupt)
+    with open(corrupt, "r+b") as f:
+        f.seek(3 * 4096)
+        f.write(np.random.default_rng(0).bytes(4096))
+    err = one_line_error(capsys, "sql", "next", "--db", str(corrupt), "x")
+    assert "is damaged or truncated (Corrupt database file" in err
+    from numgpt.cli import main
+    for broken in (tmp_path / f"cut{os.path.getsize(db) // 6}.duckdb", corrupt):   # the advice works
+        assert main(["sql", "export", "--force", "--db", str(broken)]) == 0
+        assert main(["sql", "next", "--db", str(broken), "ROMEO: I"]) == 0
+        assert "'ll" in capsys.readouterr().out
 
 
 def test_a_dropped_weight_table_says_export_again(capsys, db, tmp_path):

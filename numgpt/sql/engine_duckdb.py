@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import NumgptError
 from .dialects import DuckDBDialect, quote
-from .engines import INSTALL_HINT, PARAMETER, DatabaseError, Engine, first_line, used_parameters
+from .engines import INSTALL_HINT, PARAMETER, DamagedDatabase, DatabaseError, Engine, first_line, used_parameters
 from .statements import (MATRICES, array_forward_stages, array_model_statements, array_state_tables,
                          layer_norms, weight_tables)
 
@@ -66,7 +66,9 @@ class DuckDBEngine(Engine):
                 self._con.execute(f"SET threads = {int(threads)}")
             self._sigint = SigintInterrupts(self._con)
         except duckdb.Error as e:
-            raise NumgptError(self._damaged(e) or f"cannot open {db} as a DuckDB database: {first_line(e)}") from None
+            damaged = self._damaged(e)
+            raise (DamagedDatabase(damaged) if damaged else
+                   NumgptError(f"cannot open {db} as a DuckDB database: {first_line(e)}")) from None
 
     # ---- the connection ---------------------------------------------------------------------------
 
@@ -97,17 +99,20 @@ class DuckDBEngine(Engine):
             if self._sigint.interrupted or "KeyboardInterrupt" in str(e):
                 raise KeyboardInterrupt from None
             damaged = self._damaged(e)
-            raise (NumgptError(damaged) if damaged else DatabaseError(self, e)) from None
+            raise (DamagedDatabase(damaged) if damaged else DatabaseError(self, e)) from None
         except RuntimeError as e:
             if "interrupted" in str(e).lower():
                 raise KeyboardInterrupt from None
             raise
 
     def _damaged(self, error: BaseException) -> str | None:
-        """The message for a file cut short (a copy or download that stopped), else None."""
-        if isinstance(error, self._duckdb.IOException) and "read enough bytes" in str(error):
+        """The message for a file cut short (a copy or download that stopped) or corrupt (a block whose
+        checksum fails), else None."""
+        text = str(error)
+        if (isinstance(error, self._duckdb.IOException) and "read enough bytes" in text) or \
+                "Corrupt database file" in text:
             return (f"{self.db} is damaged or truncated ({first_line(error)}); export again with "
-                    f"`numgpt sql export --force --db {self.db}`")
+                    f"`numgpt sql export --force --db {self.db}`, which replaces it")
         return None
 
     def _run(self, sql, params):

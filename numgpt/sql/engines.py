@@ -184,6 +184,10 @@ def used_parameters(sql: str, params: Mapping[str, Any] | None) -> dict[str, Any
     return {k: params[k] for k in names}
 
 
+class DamagedDatabase(NumgptError):
+    """A database file its engine cannot read (cut short, or corrupt): `export(..., force=True)` replaces it."""
+
+
 class DatabaseError(NumgptError):
     """An error the engine reported for a statement: one line naming the engine and the error."""
 

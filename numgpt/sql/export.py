@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from ..errors import NumgptError
 from ..lm import LanguageModel
 from ..model import check_finite_weights
 from .dialects import Dialect
-from .engines import Engine, Progress, is_postgres, open_engine, shown
+from .engines import DamagedDatabase, Engine, Progress, is_postgres, open_engine, shown
 from .statements import MATRICES
 from .tokenize import explain_sql, tokenize_sql, unicode_classes
 
@@ -87,7 +88,7 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     check_finite_weights(model.params, fix="export a model whose weights are numbers")
     progress = progress or (lambda _: None)
     start = time.perf_counter()
-    engine = open_engine(db, create=True)
+    engine = _open_for_export(db, force)
     try:
         _check_target(engine, force)
         product = engine.best_product() if product == "auto" else product
@@ -110,6 +111,27 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     return ExportSummary(db=db, engine=engine.name, target=engine.export_label(), precision=precision,
                          parameters=count, seconds=time.perf_counter() - start, size_bytes=size, product=product,
                          product_note=engine.product_note(product))
+
+
+def _open_for_export(db: str, force: bool) -> Engine:
+    """The engine to export into; with force, a DuckDB file that cannot be read at all (cut short, corrupt) is
+    deleted, with its write-ahead log, and made anew -- what its error message advises."""
+    try:
+        engine = open_engine(db, create=True)
+        if not force or is_postgres(db):
+            return engine
+        try:
+            engine.has_table("numgpt_meta")      # reading its catalog is where a damaged file fails
+        except DamagedDatabase:
+            engine.close()
+            raise
+        return engine
+    except DamagedDatabase:
+        if not force or is_postgres(db):
+            raise
+    for path in (Path(db), Path(db + ".wal")):
+        path.unlink(missing_ok=True)
+    return open_engine(db, create=True)
 
 
 def _check_target(engine: Engine, force: bool) -> None:
