@@ -170,3 +170,17 @@ def test_the_walkthroughs_pictures_exist_and_are_small():
     for name in pictures:
         data = (docs / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) < 150_000, name
+
+
+def test_explain_sampling_greedy_names_the_token_greedy_decoding_takes(capsys):
+    """--greedy (or --temperature 0) showed the same table as sampling at temperature 1: the sampling
+    stages listed as "off" and no token named."""
+    lm = numgpt.load()
+    for flags in (["--greedy"], ["--temperature", "0"], ["--greedy", "--repetition-penalty", "1.3"]):
+        code, out, _ = run(capsys, "explain", "sampling", TEXT, *flags)
+        want = lm.generate(TEXT, max_new_tokens=1, do_sample=False,
+                           repetition_penalty=1.3 if "--repetition-penalty" in flags else 1.0)
+        token = lm.encode(want)[0]
+        assert code == 0 and f"greedy: the next token is the likeliest, {want!r} (id {token}); temperature, top k, " \
+                             "top p, min p do not apply" in out, out
+        assert "off: " not in out or "temperature" not in out.split("off: ")[1].splitlines()[0]

@@ -253,8 +253,15 @@ def sampling_table(view) -> str:
     lines.append(row("", "kept", [str(s.kept) for s in stages]))
     lines.append(row("", "kept mass", [f"{s.kept_mass:.4f}" for s in stages]))
     lines += [f"{s.name}: {s.note}" for s in stages[1:]]
+    greedy = [s for s in off if s.note.startswith("not applied: greedy")]
+    off = [s for s in off if s not in greedy]
     if off:
         lines.append("off: " + ", ".join(s.name.replace("_", " ") for s in off))
+    if greedy:                                                   # the last stage on decides: its likeliest token
+        last = stages[-1].top
+        best = max(range(len(tokens)), key=lambda k: -1.0 if last[k].logit is None else last[k].probability)
+        lines.append(f"greedy: the next token is the likeliest, {tokens[best]} (id {last[best].id}); "
+                     + ", ".join(s.name.replace("_", " ") for s in greedy) + " do not apply")
     return "\n".join(lines)
 
 
