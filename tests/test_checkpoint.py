@@ -485,6 +485,27 @@ def test_info_refuses_a_truncated_weights_file(tiny_folder, capsys):
     assert "truncated file" in capsys.readouterr().err
 
 
+def test_info_says_when_config_and_weights_disagree(tmp_path, capsys):
+    """info reads headers only; a config.json whose shapes the weights contradict printed the config's
+    parameter count as if it were the model's. It now says what loading would refuse."""
+    import shutil
+    import numgpt
+    from numgpt.cli import main
+    folder = tmp_path / "m"
+    shutil.copytree(numgpt.load().folder, folder)
+    assert checkpoint_summary(folder)["disagreement"] is None
+    config = json.loads((folder / "config.json").read_text())
+    for change, words in (({"n_embd": config["n_embd"] // 2}, "wte.weight has shape [1024, 256] where config.json "
+                                                               "implies [1024, 128]"),
+                          ({"n_layer": config["n_layer"] + 1}, "the weights lack 12 tensors of the config")):
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        assert checkpoint_summary(folder)["disagreement"].startswith(words)
+        assert main(["info", "--model", str(folder)]) == 0
+        assert f"config.json and the weights disagree: {words}" in capsys.readouterr().out
+        assert main(["generate", "--model", str(folder), "-n", "1", "x"]) == 2          # what loading refuses
+        assert "config.json and the weights" in capsys.readouterr().err
+
+
 def test_an_unknown_dtype_is_named(tiny_folder):
     f = tiny_folder / "model.safetensors"
     raw = f.read_bytes()

@@ -373,7 +373,11 @@ def run_info(args) -> int:
         return 0
     print(f"folder       {summary['folder']}")
     print("config       " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
-    print(f"parameters   {summary['n_params']:,} ({summary['float32_bytes'] / 2**20:.1f} MiB as float32)")
+    if summary["disagreement"]:
+        print(f"parameters   {summary['n_params']:,} by config.json, but config.json and the weights disagree: "
+              f"{summary['disagreement']} (numgpt refuses to load it)")
+    else:
+        print(f"parameters   {summary['n_params']:,} ({summary['float32_bytes'] / 2**20:.1f} MiB as float32)")
     for name, f in summary["weight_files"].items():
         print(f"weights      {name}: {f['bytes'] / 2**20:.1f} MiB, {f['tensors']} tensors, {'/'.join(f['dtypes'])}")
     print(f"tokenizer    {tok.vocab_size} tokens, <|endoftext|> = {tok.eot_id}, files: {', '.join(tokenizer['files'])}")

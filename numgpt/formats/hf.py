@@ -197,16 +197,33 @@ def checkpoint_summary(folder: str | os.PathLike) -> dict[str, Any]:
     (no weights are loaded): config, parameter count, weight files with sizes and dtypes, tokenizer files."""
     folder = Path(folder)
     config = load_config(folder)
-    files = {}
+    files, shapes = {}, {}
     for path in weight_files(folder):
         header = checked_header(path)
         header.pop("__metadata__", None)
         dtypes = sorted({e.get("dtype", "?") for e in header.values() if isinstance(e, dict)})
         files[path.name] = {"bytes": path.stat().st_size, "tensors": len(header), "dtypes": dtypes}
+        shapes.update({name.removeprefix(HF_PREFIX): tuple(e.get("shape", ())) for name, e in header.items()
+                       if isinstance(e, dict)})
     tokenizer_files = [n for n in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.json")
                        if (folder / n).is_file()]
     return {"folder": str(folder), "config": config, "n_params": count_params(config),
-            "float32_bytes": 4 * count_params(config), "weight_files": files, "tokenizer_files": tokenizer_files}
+            "float32_bytes": 4 * count_params(config), "weight_files": files, "tokenizer_files": tokenizer_files,
+            "disagreement": _shape_disagreement(config, shapes)}
+
+
+def _shape_disagreement(config: GPTConfig, shapes: dict[str, tuple]) -> str | None:
+    """Where the weights' shapes (from their headers) differ from what config.json implies, in a line, or
+    None: what loading would refuse (_check_params), said without loading."""
+    want = param_shapes(config)
+    missing = [n for n in want if n not in shapes]
+    if missing:
+        return (f"the weights lack {len(missing)} tensors of the config ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''})")
+    for name, shape in want.items():
+        if tuple(shapes[name]) != tuple(shape):
+            return f"{name} has shape {list(shapes[name])} where config.json implies {list(shape)}"
+    return None
 
 
 # ---- sequence classifiers: GPT2ForSequenceClassification folders --------------------------------------------
