@@ -321,3 +321,16 @@ def test_damaged_weights_are_one_line_on_stderr_and_no_numpy_warning(tmp_path):
         out = subprocess.run([sys.executable, "-m", "numgpt", *argv], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
         assert "weights are not finite: h.1.mlp.c_fc.weight" in out.stderr
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["explain", "attention", "ROMEO", "--layer", "-1"], "--layer must be >= 0, got -1"),
+    (["perplexity", "--stride", "128", "-"], "--stride must be between 1 and n_positions - 1 = 127, got 128"),
+    (["sql", "export", "--db", "{tmp}/m.duckdb", "--product", "cube"], "--product must be 'auto' or 'wide' for DuckDB"),
+])
+def test_errors_name_the_flags_the_user_typed(argv, said, capsys, tmp_path, monkeypatch):
+    """A library message names its Python parameter ('layer must be >= 0'); the CLI says the command's own
+    flag, for every option of every command (cli.name_flags), not only those listed by hand."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO: But soft, what light through yonder window breaks?"))
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert f"numgpt: error: {said}" in capsys.readouterr().err

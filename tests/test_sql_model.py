@@ -127,7 +127,8 @@ def test_cube_products_are_postgresqls_and_an_unknown_product_is_refused(tmp_pat
     from numgpt.errors import NumgptError
     lm = _builtin()
     db = tmp_path / "model.duckdb"
-    with pytest.raises(NumgptError, match="product 'cube' is PostgreSQL's") as e:
+    with pytest.raises(NumgptError, match="product must be 'auto' or 'wide' for DuckDB, which multiplies arrays; "
+                                          "'cube' is PostgreSQL's") as e:
         numgpt.sql.export(lm, str(db), product="cube")
     assert "\n" not in str(e.value) and not db.exists()   # refused before the file is made
     with pytest.raises(NumgptError, match="product must be one of auto, wide, cube, got 'dense'"):

@@ -48,7 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _registrars():
         register(sub)
     parser.set_defaults(commands=sub.choices)      # name -> subcommand parser, for `parse`'s errors
+    for command in sub.choices.values():
+        name_flags(command)
     return parser
+
+
+def name_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command the vocabulary that says the library's parameter names as its own flags
+    (`own_flag_names`: dest -> its long option; layer -> --layer), for cli.main's error messages; a command's
+    explicit `flag_names` take precedence."""
+    own = {a.dest: max(a.option_strings, key=len) for a in parser._actions
+           if any(o.startswith("--") for o in a.option_strings) and a.dest not in ("help", argparse.SUPPRESS)}
+    parser.set_defaults(own_flag_names=own)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                name_flags(child)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -145,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except NumgptError as e:
         from .options import flag_message    # the library names Python parameters; a command, its flags
-        print(f"numgpt: error: {flag_message(str(e), getattr(args, 'flag_names', {}))}", file=sys.stderr)
+        names = {**getattr(args, "own_flag_names", {}), **getattr(args, "flag_names", {})}
+        print(f"numgpt: error: {flag_message(str(e), names)}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)

@@ -81,8 +81,8 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     if isinstance(db, str) and db.startswith(":memory:"):
         raise NumgptError(f"{db} is an in-memory DuckDB database, gone when the export ends; give a file path")
     if product == "cube" and not is_postgres(db):
-        raise NumgptError(f"product {product!r} is PostgreSQL's (the cube module); DuckDB multiplies arrays: "
-                          "leave product at 'wide'")
+        raise NumgptError(f"product must be 'auto' or 'wide' for DuckDB, which multiplies arrays; {product!r} is "
+                          "PostgreSQL's (the cube module)")
     if not isinstance(model, LanguageModel):
         raise NumgptError(f"model must be a numgpt LanguageModel (numgpt.load(...)), got {type(model).__name__}")
     check_finite_weights(model.params, fix="export a model whose weights are numbers")
