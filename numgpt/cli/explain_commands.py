@@ -163,7 +163,7 @@ def run_attention(args) -> int:
         _print_json(view)
     else:
         for head, weights in zip(view.heads, view.weights):
-            print(f"layer {view.layer}, head {head}: row = attending token, column = attended token")
+            print(f"layer {view.layer}, head {head}: row = attending token, column = attended token, % of its attention")
             print(attention_table(view.tokens, weights))
     return 0
 

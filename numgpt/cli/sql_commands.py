@@ -220,7 +220,7 @@ def run_tokenize(args) -> int:
                              ensure_ascii=False))
         else:
             print(" ".join(map(str, ids)))
-            print(f"{len(ids)} tokens", file=sys.stderr)
+            print(f"{len(ids)} token{'' if len(ids) == 1 else 's'}", file=sys.stderr)
     return 0
 
 

@@ -95,7 +95,8 @@ def _register_train(sub) -> None:
                    help="merge no digit: every digit its own token (learnable arithmetic; GPT-2's format still)")
     p.add_argument("-o", "--output", required=True, metavar="FOLDER",
                    help="where to write the vocabulary (a new or empty folder)")
-    p.add_argument("--force", action="store_true", help="replace what FOLDER already holds")
+    p.add_argument("--force", action="store_true", help="write into FOLDER though it holds files: its tokenizer "
+                   "files are replaced, the others kept")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (no progress bar, "
                    "no summary)")
     p.set_defaults(run=run_train_tokenizer)
