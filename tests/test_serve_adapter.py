@@ -52,6 +52,8 @@ def test_served_greedy_text_equals_generate_with_the_adapter(server, adapter):
         assert r.choices[0].text == want.removesuffix("\n")
         changed += want != cli("generate", "--greedy", "--max-new-tokens", "30", prompt)
     assert changed > 0
+    card = server.http.get("/v1/models").json()["data"][0]
+    assert card["id"] == "numgpt" and card["adapter"] == str(adapter)     # a client can tell the adapter is in
 
 
 def test_an_adapter_for_another_base_is_refused_at_start_in_one_line(adapter, tmp_path):

@@ -136,6 +136,7 @@ def run_serve(args: argparse.Namespace) -> int:
                               max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes,
                               request_timeout=args.request_timeout, log_prompts=args.log_prompts,
                               chat_template=template, embedding_pooling=args.embedding_pooling,
+                              adapter=None if args.adapter is None else str(args.adapter),
                               **load_judges(args, lm), **load_draft(args, lm, speculative))
     app = create_app(lm, settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

@@ -39,7 +39,7 @@ def openai_router(cmpl: Completions) -> APIRouter:
         return {"object": "list", "data": [{
             "id": settings.model_name, "object": "model", "created": int(START), "owned_by": "numgpt",
             "max_model_len": lm.config.n_positions,
-            "chat_template": None if template is None else template.describe()}]}
+            "chat_template": None if template is None else template.describe(), "adapter": settings.adapter}]}
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text():

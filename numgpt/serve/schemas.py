@@ -381,6 +381,7 @@ class ModelCard(BaseModel):
     owned_by: str
     max_model_len: int
     chat_template: dict[str, str | list[str]] | None
+    adapter: str | None = None          # numgpt's extension: the LoRA adapter merged in (`serve --adapter`)
 
 
 class ModelList(BaseModel):

@@ -28,3 +28,4 @@ class ServerSettings:
     num_draft: int | None = None                 # tokens drafted per forward (None: generate's default)
     draft_model: Any = None                      # the LanguageModel drafting for speculative="draft"
     embedding_pooling: str = "mean"              # /v1/embeddings' pooling: "mean" or "last" (numgpt.embeddings)
+    adapter: str | None = None                   # the LoRA adapter merged into the model (--adapter), said in /v1/models
