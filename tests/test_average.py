@@ -138,7 +138,7 @@ def test_weights_that_start_with_a_minus_are_the_value_of_weights_as_typed_in_a_
     own check, as `--weights=-1,2` always did. An option after --weights is still no value."""
     root, _ = models
     a, b = str(root / "a"), str(root / "b")
-    refused = "numgpt: error: the weights must be finite, >= 0 and not all 0, got -1.0, 2.0\n"
+    refused = "numgpt: error: --weights must be finite, >= 0 and not all 0, got -1.0, 2.0\n"
     shell = subprocess.run([sys.executable, "-m", "numgpt", "average", a, b, "--weights", "-1,2", "--out",
                             str(tmp_path / "out")], capture_output=True, text=True)
     assert (shell.returncode, shell.stderr) == (2, refused)

@@ -34,7 +34,7 @@ def mixing_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if len(w) != n:
         raise NumgptError(f"{len(w)} weights for {n} models: give one weight per model")
     if not all(math.isfinite(x) and x >= 0 for x in w) or max(w) <= 0:
-        raise NumgptError(f"the weights must be finite, >= 0 and not all 0, got {', '.join(map(str, w))}")
+        raise NumgptError(f"weights must be finite, >= 0 and not all 0, got {', '.join(map(str, w))}")
     share = np.array(w) / max(w)                # in (0, 1] first, so that the sum cannot overflow
     return share / share.sum()
 
