@@ -13,11 +13,17 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from ..embeddings import POOLINGS
 from ..errors import NumgptError
 from .inference_commands import MODEL_HELP, _add_adapter, load_draft_model, load_model
 from .options import add_speculative_flags, speculative_kwargs
+
+if TYPE_CHECKING:                                  # the serve extra's, imported where serving starts
+    import uvicorn
+
+    from ..serve.engine import Engine
 
 SERVE_DESCRIPTION = """\
 Serve a model over HTTP with OpenAI's API: POST /v1/completions and /v1/chat/completions (streamed or
@@ -154,7 +160,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def stopping_server(config, engine):
+def stopping_server(config: "uvicorn.Config", engine: "Engine") -> "uvicorn.Server":
     """uvicorn's Server which, told to quit (Ctrl-C, SIGTERM), first asks the engine to stop: the running
     requests end at once with finish_reason "cancelled" (a stream with its last chunk and [DONE]), and
     their responses are sent within uvicorn's graceful shutdown instead of being cut by it (a bare 500 and
