@@ -497,7 +497,7 @@ def test_info_says_when_config_and_weights_disagree(tmp_path, capsys):
     config = json.loads((folder / "config.json").read_text())
     for change, words in (({"n_embd": config["n_embd"] // 2}, "wte.weight has shape [1024, 256] where config.json "
                                                                "implies [1024, 128]"),
-                          ({"n_layer": config["n_layer"] + 1}, "the weights lack 12 tensors of the config")):
+                          ({"n_layer": config["n_layer"] + 1}, "the weights are missing 12 tensors of the config")):
         (folder / "config.json").write_text(json.dumps({**config, **change}))
         assert checkpoint_summary(folder)["disagreement"].startswith(words)
         assert main(["info", "--model", str(folder)]) == 0

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def name_flags(parser: argparse.ArgumentParser) -> None:
     """Give every (sub)command the vocabulary that says the library's parameter names as its own flags
-    (`own_flag_names`: dest -> its long option; layer -> --layer), for cli.main's error messages; a command's
-    explicit `flag_names` take precedence."""
+    (`own_flag_names`: dest -> its long option; layer -> --layer), for the error messages
+    (options.command_flag_names)."""
     own = {a.dest: max(a.option_strings, key=len) for a in parser._actions
            if any(o.startswith("--") for o in a.option_strings) and a.dest not in ("help", argparse.SUPPRESS)}
     parser.set_defaults(own_flag_names=own)
@@ -151,17 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
-    # subtle: NumPy's "invalid value encountered" warnings from numgpt's own arithmetic would come before the
-    # one-line error that names the cause (weights that are not finite are checked after the forward)
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numgpt(\.|$)")
     try:
         check_utf8_arguments(args)
         check_seed(args)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            # subtle: NumPy's "invalid value encountered" warnings from numgpt's own arithmetic would come
+            # before the one-line error that names the cause (non-finite weights are checked after the forward)
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numgpt(\.|$)")
+            return int(args.run(args) or 0)
     except NumgptError as e:
-        from .options import flag_message    # the library names Python parameters; a command, its flags
-        names = {**getattr(args, "own_flag_names", {}), **getattr(args, "flag_names", {})}
-        print(f"numgpt: error: {flag_message(str(e), names)}", file=sys.stderr)
+        from .options import command_flag_names, flag_message   # the library names Python parameters
+        print(f"numgpt: error: {flag_message(str(e), command_flag_names(args))}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"numgpt: error: no such file: {e.filename or e}", file=sys.stderr)

@@ -90,8 +90,7 @@ def _register_train(sub) -> None:
     p.set_defaults(**CLASSIFY_TRAIN)                   # the flags' values when not given (run_train reads them)
     from ..posttrain.lora import add_lora_flags
     add_lora_flags(p, saved="merged into the model it saves (RUN/best, RUN/latest)")
-    p.set_defaults(run=run_train, flag_names={"val_fraction": "--val-fraction", "lr=": "--lr",   # training.loop's
-                                              "warmup_iters": "--warmup-iters"})            # words, as flags
+    p.set_defaults(run=run_train, flag_names={"lr=": "--lr"})   # training.loop's word, as the flag
 
 
 def _register_evaluate(sub) -> None:

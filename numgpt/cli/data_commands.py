@@ -87,8 +87,7 @@ def _register_synth(sub) -> None:
                    help="each conversation holds 1..K exchanges, the last one the task (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
-    p.set_defaults(run=run_synth, flag_names={"max_digits": "--max-digits", "system_rate": "--system-rate",
-                                              "n": "--n", "turns": "--turns"})
+    p.set_defaults(run=run_synth)
 
 
 PAIRS_EXAMPLES = """\
@@ -157,8 +156,7 @@ def _register_pairs(sub) -> None:
     p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE",
                    help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
-    p.set_defaults(run=run_pairs, flag_names={"max_digits": "--max-digits", "system_rate": "--system-rate",
-                                              "format_rate": "--format-rate", "n": "--n"})
+    p.set_defaults(run=run_pairs)
 
 
 def _register_check(sub) -> None:

@@ -120,6 +120,13 @@ def flag_vocabulary(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def command_flag_names(args: argparse.Namespace) -> dict[str, str]:
+    """The vocabulary that says a library message's Python names as the command's flags: every option of
+    the command (cli.name_flags: dest -> its long option), under the names it lists by hand (`flag_names`:
+    those that differ, such as "lr=" or "force=True")."""
+    return {**getattr(args, "own_flag_names", {}), **getattr(args, "flag_names", {})}
+
+
 def flag_message(message: str, vocabulary: Mapping[str, str]) -> str:
     """A library message with its Python option names replaced by the command's flags. A name with an
     underscore or '=' is replaced wherever it stands as a word; a one-word name (temperature, seed, stop)

@@ -55,8 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             group.add_argument(flag, type=type(f.default), default=f.default, metavar="N" if isinstance(
                 f.default, int) else "X", help=f"{f.metadata['help']} ({f.default})")
-    c.set_defaults(run=run_recipe, flag_names={f.name: "--" + f.name.replace("_", "-")
-                                               for f in dataclasses.fields(ChatRecipe) if "_" in f.name})
+    c.set_defaults(run=run_recipe)
 
 
 def run_recipe(args) -> int:

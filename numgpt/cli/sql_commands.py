@@ -12,7 +12,7 @@ from ..errors import NumgptError
 from ..sql.session import SQL_OPTIONS
 from .inference_commands import MODEL_HELP
 from .inference_commands import DEFAULT_NEW_TOKENS_HELP, new_tokens_that_fit
-from .options import add_decoding_flags, decoding_kwargs, flag_vocabulary
+from .options import add_decoding_flags, decoding_kwargs
 DB_HELP = "a DuckDB file path (the embedded default) or a postgresql:// URL (a PostgreSQL server)"
 
 SQL_DESCRIPTION = """\
@@ -101,7 +101,6 @@ def _parser(sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, metavar="DB", help=DB_HELP)
-    p.set_defaults(flag_names={"db": "--db"})   # the library's parameter names, said as flags (cli.main)
     return p
 
 
@@ -116,7 +115,7 @@ def _register_export(sub) -> None:
                    help="PostgreSQL's matrix products: wide rows of REAL columns (core PostgreSQL), or the cube "
                         "contrib module's distances in C (CREATE EXTENSION cube; float8 weights, twice the space); "
                         "auto (default): cube where the server has it and the role may create it, else wide")
-    p.set_defaults(run=run_export, flag_names={"force=True": "--force", "db": "--db"})
+    p.set_defaults(run=run_export, flag_names={"force=True": "--force"})   # the rest: cli.name_flags
 
 
 def _register_generate(sub) -> None:
@@ -126,7 +125,6 @@ def _register_generate(sub) -> None:
     # the decoding flags of numgpt generate, those the SQL computes (SQL_OPTIONS); the others are not offered
     add_decoding_flags(p, only=SQL_OPTIONS, title="decoding (computed in SQL)",
                        shown_defaults={"max_new_tokens": DEFAULT_NEW_TOKENS_HELP})
-    p.set_defaults(flag_names={**flag_vocabulary(SQL_OPTIONS), "db": "--db"})
     _add_connections(p)
     p.set_defaults(run=run_generate)
 

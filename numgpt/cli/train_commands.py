@@ -26,7 +26,7 @@ from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 from ..training.run import SCRATCH_SHAPE, checkpoint_step
-from .options import flag_message
+from .options import command_flag_names, flag_message
 from .paths import check_writable, input_file, output_file, output_folder, png_file
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
@@ -253,7 +253,7 @@ def on_every_rank(body, args) -> int:
         if comm.size == 1:
             raise
         if not isinstance(e, SystemExit):
-            said = flag_message(str(e), getattr(args, "flag_names", {})) if isinstance(e, NumgptError) else e
+            said = flag_message(str(e), command_flag_names(args)) if isinstance(e, NumgptError) else e
             print(f"numgpt: error: rank {comm.rank} of {comm.size}: {said or type(e).__name__}", file=sys.stderr,
                   flush=True)
         code = (143 if isinstance(e, Terminated) else 130) if isinstance(e, KeyboardInterrupt) else 2
@@ -433,8 +433,6 @@ def format_duration(seconds: float) -> str:
     return f"{h} h {minutes} min"
 
 
-# The training flags, defined once for every training command (train, sft, ...): flag attribute -> argparse's
-# keywords, in --help order; "{default}" in a help is what the command uses when the flag is not given.
 def over_defaults(train: dict, optim: dict, given: dict) -> dict:
     """The flags given (`options_from_args`' dict) over a fine-tuning command's own defaults for a new run:
     TrainConfig fields `train`, AdamW fields `optim`. A --lr given without --min-lr takes the floor along,
@@ -445,6 +443,8 @@ def over_defaults(train: dict, optim: dict, given: dict) -> dict:
     return {**train, **{k: v for k, v in given.items() if k != "optim"}, "optim": opt}
 
 
+# The training flags, defined once for every training command (train, sft, ...): flag attribute -> argparse's
+# keywords, in --help order; "{default}" in a help is what the command uses when the flag is not given.
 TRAINING_FLAGS: dict[str, dict] = {
     "block_size": dict(type=int, metavar="N", help="context length of the training windows ({default})"),
     "batch_size": dict(type=int, metavar="N", help="windows per micro-batch ({default})"),

@@ -164,21 +164,16 @@ def _check_params(folder: Path, config: GPTConfig, tensors: dict[str, np.ndarray
     """Exactly the schema's tensors with the schema's shapes, float32; a tied lm_head is dropped."""
     shapes = param_shapes(config)
     head = tensors.pop(TIED_HEAD, None)
-    missing = [n for n in shapes if n not in tensors]
-    if missing:
-        raise NumgptError(f"{folder}: weights are missing {len(missing)} tensors of the config "
-                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
-                          "config.json and the weights belong to different models")
     extra = [n for n in tensors if n not in shapes]
     if CLASSIFIER_HEAD in extra:
         raise not_a_language_model(folder)
+    problem = _shape_disagreement(config, {name: t.shape for name, t in tensors.items()})
+    if problem:
+        raise NumgptError(f"{folder}: {problem}; config.json and the weights disagree")
     if extra:
         raise NumgptError(f"{folder}: unexpected tensors {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''} "
                           f"for a {config.n_layer}-layer GPT-2; config.json and the weights disagree")
-    for name, shape in shapes.items():
-        if tensors[name].shape != shape:
-            raise NumgptError(f"{folder}: {name} has shape {list(tensors[name].shape)} but config.json implies "
-                              f"{list(shape)}; config.json and the weights disagree")
+    for name in shapes:
         if tensors[name].dtype != np.float32:
             raise NumgptError(f"{folder}: {name} has dtype {tensors[name].dtype}; numgpt runs float32 weights")
     if head is not None and not _equal_in_chunks(head, tensors["wte.weight"]):
@@ -213,12 +208,12 @@ def checkpoint_summary(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _shape_disagreement(config: GPTConfig, shapes: dict[str, tuple]) -> str | None:
-    """Where the weights' shapes (from their headers) differ from what config.json implies, in a line, or
-    None: what loading would refuse (_check_params), said without loading."""
+    """Where the weights' shapes (name -> shape: a header's, or loaded arrays') differ from what config.json
+    implies, in a line, or None: what loading refuses (_check_params), and what `info` says without loading."""
     want = param_shapes(config)
     missing = [n for n in want if n not in shapes]
     if missing:
-        return (f"the weights lack {len(missing)} tensors of the config ({', '.join(missing[:3])}"
+        return (f"the weights are missing {len(missing)} tensors of the config ({', '.join(missing[:3])}"
                 f"{', ...' if len(missing) > 3 else ''})")
     for name, shape in want.items():
         if tuple(shapes[name]) != tuple(shape):

@@ -314,9 +314,7 @@ class Engine:
                 self._prefill(group, free)
             except Exception as e:  # noqa: BLE001 -- a bad sequence must not stop the engine
                 for ticket, slot in zip(group, free):
-                    if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
-                        del self._running[slot]
-                    self._fail(ticket, e)
+                    self._fail(ticket, slot, e)
             finally:
                 self._taken(len(group) - self._entered)   # the rest: until its slot is taken a sequence waits
 
@@ -337,12 +335,12 @@ class Engine:
             try:
                 self._enter(ticket, slot, row, want_prompt)
             except Exception as e:  # noqa: BLE001 -- one sequence's failure must not fail its group
-                if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
-                    del self._running[slot]
-                self._fail(ticket, e)
+                self._fail(ticket, slot, e)
 
-    def _fail(self, ticket: Ticket, e: BaseException) -> None:
-        """End a ticket that has not finished with the error e."""
+    def _fail(self, ticket: Ticket, slot: int, e: BaseException) -> None:
+        """End a ticket that failed while being admitted with the error e; its slot is freed if it took it."""
+        if self._running.get(slot) is not None and self._running[slot].ticket is ticket:
+            del self._running[slot]
         if not ticket.finished:
             ticket.finished = True
             ticket.deliver(Finished("error", error=error_text(e)))

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -114,20 +114,19 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
 
 
 def _open_for_export(db: str, force: bool) -> Engine:
-    """The engine to export into; with force, a DuckDB file that cannot be read at all (cut short, corrupt) is
-    deleted, with its write-ahead log, and made anew -- what its error message advises."""
+    """The engine to export into. A DuckDB file that cannot be read (cut short, corrupt: it fails by the
+    catalog read at the latest) is refused, or with force deleted, with its write-ahead log, and made anew --
+    what its error message advises."""
     try:
         engine = open_engine(db, create=True)
-        if not force or is_postgres(db):
-            return engine
         try:
-            engine.has_table("numgpt_meta")      # reading its catalog is where a damaged file fails
-        except DamagedDatabase:
+            engine.has_table("numgpt_meta")
+        except BaseException:
             engine.close()
             raise
         return engine
     except DamagedDatabase:
-        if not force or is_postgres(db):
+        if not force:
             raise
     for path in (Path(db), Path(db + ".wal")):
         path.unlink(missing_ok=True)
