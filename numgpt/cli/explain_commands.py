@@ -235,7 +235,10 @@ def attention_table(tokens: list[str], weights: list[list[float]]) -> str:
 
 def sampling_table(view) -> str:
     """Tokens (rows) by the stages that are on (columns): each stage's probability of the token, '-' where
-    removed; the stages that are off are named below."""
+    removed; the stages that are off are named below, and under greedy decoding the token it takes."""
+    from ..sampling import SamplingOptions
+    from ..teach.sampling_view import SAMPLING_ONLY
+
     stages = [s for s in view.stages if s.applied]
     off = [s for s in view.stages if not s.applied]
     heads = [SHORT.get(s.name, s.name.replace("_", " ")) for s in stages]
@@ -253,7 +256,7 @@ def sampling_table(view) -> str:
     lines.append(row("", "kept", [str(s.kept) for s in stages]))
     lines.append(row("", "kept mass", [f"{s.kept_mass:.4f}" for s in stages]))
     lines += [f"{s.name}: {s.note}" for s in stages[1:]]
-    greedy = [s for s in off if s.note.startswith("not applied: greedy")]
+    greedy = [s for s in off if s.name in SAMPLING_ONLY] if SamplingOptions.from_mapping(view.options).greedy else []
     off = [s for s in off if s not in greedy]
     if off:
         lines.append("off: " + ", ".join(s.name.replace("_", " ") for s in off))

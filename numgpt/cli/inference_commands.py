@@ -245,7 +245,8 @@ def fitted_options(options: dict, lm, prompt: str) -> dict:
     prompt (a model with a 32-token context is usable without -n); a typed -n is kept, and checked."""
     if "max_new_tokens" in options or options.get("sliding_window"):
         return options
-    return {**options, "max_new_tokens": new_tokens_that_fit(lm.config.n_positions - len(encode_prompt(lm.tokenizer, prompt)))}
+    room = lm.config.n_positions - len(encode_prompt(lm.tokenizer, prompt))
+    return {**options, "max_new_tokens": new_tokens_that_fit(room)}
 
 
 DEFAULT_NEW_TOKENS_HELP = f"{GEN.max_new_tokens}, or fewer if the model's context ends first"

@@ -10,8 +10,7 @@ import sys
 
 from ..errors import NumgptError
 from ..sql.session import SQL_OPTIONS
-from .inference_commands import MODEL_HELP
-from .inference_commands import DEFAULT_NEW_TOKENS_HELP, new_tokens_that_fit
+from .inference_commands import DEFAULT_NEW_TOKENS_HELP, MODEL_HELP, new_tokens_that_fit
 from .options import add_decoding_flags, decoding_kwargs
 DB_HELP = "a DuckDB file path (the embedded default) or a postgresql:// URL (a PostgreSQL server)"
 
