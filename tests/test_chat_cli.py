@@ -204,6 +204,25 @@ def test_a_base_model_is_a_one_line_error_offering_the_transcript(capsys, monkey
     assert code == 0 and "note: the model has its own chat template; --transcript puts the transcript" in err
 
 
+
+def test_a_chat_model_over_the_transcript_still_ends_its_reply_at_its_end_of_turn(capsys, monkeypatch, chat_folder,
+                                                                                   special):
+    """--transcript on a chat model: the reply is generate's greedy continuation of the transcript cut at the
+    model's <|end|> (not printed), as with its own template; it used to run on, printing <|end|>."""
+    from numgpt.serve.chat import ChatTemplate
+    lm, template, end = numgpt.load(chat_folder), ChatTemplate(), special["<|end|>"]
+    prompt = lm.encode(template.render([("user", "hello")]))
+    for bias in (1.0, 1.5, 2.0, 2.5, 3.0):          # the smallest <|end|> bias that ends a reply within N tokens
+        ids = lm.generate_ids([prompt], do_sample=False, max_new_tokens=N, logit_bias={end: bias})[0][0]
+        if end in ids[1:]:
+            break
+    assert end in ids[1:], "no bias made the reply end at <|end|>: the test would not test it"
+    reply = lm.decode(ids[:ids.index(end)])
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hello"], "--transcript", "--temperature", "0",
+                          "-n", str(N), "--logit-bias", f"{end}={bias}")
+    assert code == 0 and "<|end|>" not in out
+    assert out == (reply[1:] if reply.startswith(" ") else reply) + "\n"
+
 def test_sampling_with_a_seed_draws_what_numgpt_generate_draws(capsys, monkeypatch, chat_folder, special):
     """--seed S: the first reply is `numgpt generate --seed S`'s sample on the rendered prompt (the same
     generator), cut at <|end|>; the same lines and seed give the same session."""

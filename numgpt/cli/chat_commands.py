@@ -53,7 +53,7 @@ EPILOG = f"""\
 examples:
   numgpt chat --model runs/sft                    a model fine-tuned by numgpt sft
   numgpt chat --model runs/sft --system "You are terse." --temperature 0.7 --top-k 40 --seed 1
-  numgpt chat --transcript                        the built-in base model over the transcript template
+  numgpt chat --model builtin --transcript        the built-in Shakespeare model (a base model) over the transcript
   printf '2 + 3?\\n/save chats.jsonl\\n' | numgpt chat --model runs/sft --temperature 0
 
 Ctrl-C during a reply stops it: the text printed so far stays in the conversation as the assistant's turn
@@ -126,7 +126,7 @@ def pick_format(tokenizer, model: str, *, transcript: bool):
     numgpt serve's transcript (a note when that replaces the model's own). A base model without
     --transcript, or a chat template numgpt cannot render, is a one-line error offering --transcript."""
     from ..posttrain.chat_format import chat_template
-    from ..posttrain.chat_session import ModelFormat
+    from ..posttrain.chat_session import EndsAtTurn, ModelFormat
 
     try:
         own = chat_template(tokenizer)
@@ -147,8 +147,11 @@ def pick_format(tokenizer, model: str, *, transcript: bool):
     except ImportError as e:
         raise NumgptError(f"--transcript uses numgpt serve's transcript template, and numgpt.serve needs the serve "
                           f"extra ({e.name} is missing): pip install 'numgpt[serve]'") from None
-    return ChatTemplate(), ("the model has its own chat template; --transcript puts the transcript in its place"
-                            if own is not None else None)
+    if own is None:
+        return ChatTemplate(), None
+    # a chat model still ends its replies with its own end-of-turn token over the transcript
+    return EndsAtTurn(ChatTemplate(), (own.end_id,)), ("the model has its own chat template; --transcript puts the "
+                                                       "transcript in its place (a reply still ends at its end of turn)")
 
 
 def line_editing() -> None:

@@ -75,6 +75,32 @@ class ModelFormat:
                                     add_generation_prompt=True)
 
 
+
+@dataclass(frozen=True)
+class EndsAtTurn:
+    """Another chat format whose replies also end at a model's own end-of-turn tokens: numgpt serve's
+    transcript for a chat model (`numgpt chat --transcript`), which ends its replies with <|end|> whatever
+    the prompt looks like."""
+
+    format: ChatFormat
+    model_end_ids: tuple[int, ...]
+
+    @property
+    def end_ids(self) -> tuple[int, ...]:
+        return tuple(self.format.end_ids) + self.model_end_ids
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return self.format.stop
+
+    @property
+    def strip_leading_space(self) -> bool:
+        return self.format.strip_leading_space
+
+    def prompt_ids(self, tokenizer: Any, messages: list[tuple[str, str]]) -> list[int]:
+        return self.format.prompt_ids(tokenizer, messages)
+
+
 @dataclass
 class ChatSession:
     """One conversation with a model: the system message, the turns, and what the model still sees.
