@@ -41,8 +41,8 @@ import numpy as np
 
 from ..errors import NumgptError
 from ..finish import Finisher
-from ..generate import GenerationOptions, decode_steps
-from .chat_format import ChatTemplate
+from ..generate import GenerationOptions, decode_steps, sample_rng
+from .chat_format import ChatTemplate, chat_template
 from .chatdata import check_conversation
 
 
@@ -260,3 +260,32 @@ class Reply:
         self.finish_reason = finisher.reason
         yield finisher.release()
 
+
+
+def chat_reply(lm: Any, messages: Any, options: GenerationOptions) -> str:
+    """LanguageModel.chat: the reply of a chat model to `messages` (one user message as a str, or OpenAI
+    messages: an optional system message, then user and assistant turns ending with the user's), rendered
+    with the model's own template; the reply ends at its end of turn (not included), as `numgpt chat`'s
+    first reply with the same options and seed."""
+    template = chat_template(lm.tokenizer)
+    if template is None:
+        raise NumgptError("this model has no chat template (a base model: it continues text, it was not fine-tuned "
+                          "to chat); use generate(), or a chat model such as numgpt.load('chat') or a numgpt sft run")
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise NumgptError(f"messages must be a str or a non-empty list of {{'role': ..., 'content': ...}} dicts, "
+                          f"got {type(messages).__name__}")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or \
+                m.get("role") not in ("system", "user", "assistant") or (m["role"] == "system" and k):
+            raise NumgptError(f"messages[{k}] must be {{'role': 'system' (first only) | 'user' | 'assistant', "
+                              f"'content': str}}, got {m!r:.80}")
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = [dict(role=m["role"], content=m["content"]) for m in messages[1 if system is not None else 0:]]
+    if not turns or turns[-1]["role"] != "user":
+        raise NumgptError("the last message must be the user's: the reply is the assistant's next turn")
+    rng = None if options.sampling.greedy else (np.random.default_rng() if options.seed is None
+                                                else sample_rng(options.seed, 0))
+    session = ChatSession(lm, ModelFormat(template), options=options, rng=rng, system=system, turns=turns[:-1])
+    return "".join(session.ask(turns[-1]["content"]).stream())
