@@ -334,3 +334,14 @@ def test_errors_name_the_flags_the_user_typed(argv, said, capsys, tmp_path, monk
     monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO: But soft, what light through yonder window breaks?"))
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert f"numgpt: error: {said}" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch):
+    """Ctrl-C in the ~0.2 s in which main() imports the command modules (build_parser) is "numgpt: interrupted"
+    and exit 130, as later; it was a traceback of the interrupted import."""
+    import numgpt.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(numgpt.cli, "build_parser", interrupted)
+    assert run(capsys, "generate", "ROMEO:") == (130, "", "numgpt: interrupted\n")
