@@ -455,3 +455,21 @@ def test_on_a_terminal_a_banner_a_prompt_and_ctrl_d(chat_folder):
     finally:
         proc.kill() if proc.poll() is None else None
         os.close(master)
+
+
+def test_a_system_message_too_long_for_the_context_is_refused_as_itself(capsys, monkeypatch, chat_folder, special,
+                                                                          tmp_path):
+    """--system that leaves no room in the context: exit 2, one line naming the system message (it used to
+    start, then refuse every message as too long); /system the same: "not set", the session goes on with
+    the old one. /save expands ~."""
+    n_positions = numgpt.load(chat_folder).config.n_positions
+    long = "a " * n_positions
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--system", long)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("numgpt: error: the system message does not fit the model's context")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["/system " + long, "hi", "/save ~/chats.jsonl"],
+                          "--system", SYSTEM, *greedy_flags(special))
+    assert code == 0 and "not set: the system message does not fit the model's context" in err
+    saved = json.loads((tmp_path / "chats.jsonl").read_text())
+    assert saved["messages"][0] == {"role": "system", "content": SYSTEM}

@@ -9,6 +9,7 @@ stop between two decode steps.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -189,8 +190,14 @@ def command(session, line: str) -> str | None:
         session.reset()
         say("(conversation forgotten" + ("; the system message stays)" if session.system else ")"))
     elif name == "system":
-        session.set_system(rest)
-        say(f"(system message {'set' if rest else 'removed'}; the next reply sees it)")
+        had = session.system
+        try:
+            session.set_system(rest)
+        except NumgptError as e:
+            say(f"not set: {e}")
+        else:
+            say("(no system message to remove)" if not rest and not had else
+                f"(system message {'set' if rest else 'removed'}; the next reply sees it)")
     elif name == "save":
         save(session, rest)
     else:
@@ -203,7 +210,7 @@ def save(session, path: str) -> None:
         say("usage: /save FILE (appends the conversation to FILE as one JSONL record)")
         return
     try:
-        record = session.save(path)
+        record = session.save(os.path.expanduser(path))
     except NumgptError as e:
         say(f"not saved: {e}")
     except OSError as e:

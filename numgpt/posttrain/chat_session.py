@@ -121,13 +121,22 @@ class ChatSession:
         if self.options.num_return_sequences != 1 or self.options.sliding_window:
             raise NumgptError("a chat reply is one sample without a sliding window (the session drops old turns "
                               "instead); leave num_return_sequences and sliding_window at their defaults")
+        self.set_system(self.system)
 
     def reset(self) -> None:
         """Forget every turn (the system message stays: set_system(None) removes it)."""
         self.turns, self.first_seen = [], 0
 
     def set_system(self, text: str | None) -> None:
-        """Set or replace the system message (None or "": none); the next reply sees it."""
+        """Set or replace the system message (None or "": none); the next reply sees it. NumgptError, and
+        the old one kept, if it leaves no room in the context for a message and a reply."""
+        if text:
+            n_positions = self.lm.config.n_positions
+            alone = len(self.format.prompt_ids(self.lm.tokenizer, [("system", text), ("user", "")]))
+            if alone >= n_positions:
+                raise NumgptError(f"the system message does not fit the model's context: with the template it is "
+                                  f"{alone} tokens of {n_positions}, which leaves no room for a message and a reply; "
+                                  "give a shorter one")
         self.system = text or None
 
     def messages(self) -> list[dict]:
