@@ -2,6 +2,7 @@
 the saved folder against transformers' GPT2ForSequenceClassification, the metrics against scikit-learn,
 the CLI end to end, and its bad inputs (one line each)."""
 
+import io
 import json
 
 import numpy as np
@@ -211,6 +212,13 @@ def test_trainable_sets():
 
 # ---- files -----------------------------------------------------------------------------------------------
 
+def test_whole_number_labels_are_ordered_by_value():
+    """Class ids 0 .. 10 keep their order (head output i is class i, as a transformers user reads id2label with
+    argmax); sorted as text, label 10 was output 2. Mixed labels sort by name."""
+    ex = [classdata.Example("t", str(k), "x") for k in (10, 2, 0, 1, -1)]
+    assert classdata.label_names(ex) == ["-1", "0", "1", "2", "10"]
+    assert classdata.label_names(ex + [classdata.Example("t", "b", "x")]) == ["-1", "0", "1", "10", "2", "b"]
+
 def test_csv_and_jsonl_read_the_same_records(tmp_path):
     (tmp_path / "d.csv").write_text('text,label\n"hello, world",pos\n"two\nlines",neg\n', encoding="utf-8")
     (tmp_path / "d.jsonl").write_text('{"text": "hello, world", "label": "pos"}\n\n{"text": "two\\nlines", '
@@ -307,7 +315,7 @@ def test_a_model_without_a_head_is_refused_in_one_line(tmp_path, capsys, gpt2_vo
 
 # ---- the commands end to end --------------------------------------------------------------------------------
 
-def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
+def test_train_evaluate_predict(tmp_path, capsys, monkeypatch, gpt2_vocab_model):
     """A tiny model learns texts about cats from texts about stocks; evaluate's report equals the metrics
     of predict's labels; the run is a transformers classifier; the confusion PNG is written."""
     rng = np.random.default_rng(0)
@@ -345,6 +353,16 @@ def test_train_evaluate_predict(tmp_path, capsys, gpt2_vocab_model):
     assert main(["classify", "evaluate", str(data), "--model", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert f"accuracy {report['accuracy']:.4f}" in text and "confusion matrix" in text
+    # --json, the texts from stdin (-), and a text with a tab and a newline kept on one line of the TSV
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(t + "\n" for t in texts)))
+    assert main(["classify", "predict", "-", "--model", str(tmp_path / "run"), "--json"]) == 0
+    rows_out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows_out] == texts and [r["label"] for r in rows_out] == predicted
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows_out)
+    odd = texts[0] + "\tand\nmore"
+    assert main(["classify", "predict", odd, "--model", str(tmp_path / "run")]) == 0
+    line, = capsys.readouterr().out.splitlines()
+    assert line.split("\t")[2] == texts[0] + "\\tand\\nmore"
 
 
 def test_ctrl_c_saves_latest_at_the_last_whole_step(gpt2_vocab_model, tmp_path):

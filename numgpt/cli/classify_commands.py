@@ -31,8 +31,9 @@ examples:
   numgpt classify predict "WINNER! Claim your prize now" "see you at 6?" --model runs/spam
 
 DATA is CSV (a header row) or JSON lines with a text and a label per record (--text-field, --label-field;
-default 'text' and 'label'). Labels are sorted by name: label i is the head's output i (id2label). The
-model is GPT-2 with a linear head over the last real token's final hidden state, saved as a
+default 'text' and 'label'). Labels are sorted by name (whole-number labels by value): label i is the
+head's output i (id2label). The model is GPT-2 with a linear head over the last real token's final
+hidden state, saved as a
 GPT2ForSequenceClassification folder (RUN/best, RUN/latest) that transformers loads.
 """
 
@@ -109,11 +110,15 @@ def _register_evaluate(sub) -> None:
 
 def _register_predict(sub) -> None:
     p = subcommand(sub, "predict", help="the label of each text, with its probability",
-                   description="Classify texts: one line per text, the label, its probability, the text.",
+                   description="Classify texts: one line per text, tab-separated: the label, its probability, "
+                               "the text (a tab, newline or backslash in it written as \\t, \\n, \\\\); --json: "
+                               "one JSON object per line instead.",
                    epilog=CLASSIFY_EXAMPLES)
-    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify; - reads them from stdin, one a line")
     p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
     p.add_argument("--all", action="store_true", help="print every label's probability")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per text: {"text", "label", "probability", "probabilities": {label: p}}')
     p.set_defaults(run=run_predict)
 
 
@@ -325,14 +330,28 @@ def plot_confusion(confusion, labels: list[str], path: Path) -> None:
 def run_predict(args) -> int:
     from ..ops import softmax
 
+    texts = [line.rstrip("\r\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    texts = [t for t in texts if t.strip()] if args.texts == ["-"] else texts
+    if not texts:
+        raise NumgptError("no texts on stdin (one text a line)")
     model = load_model(args.model)
-    probs = softmax(model.logits(args.texts))
-    for text, p in zip(args.texts, probs):
+    probs = softmax(model.logits(texts))
+    for text, p in zip(texts, probs):
         best = int(p.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": model.labels[best], "probability": round(float(p[best]), 6),
+                              "probabilities": {name: round(float(q), 6) for name, q in zip(model.labels, p)}},
+                             ensure_ascii=False))
+            continue
         shown = "  ".join(f"{name} {q:.4f}" for name, q in zip(model.labels, p)) if args.all else \
             f"{model.labels[best]}\t{p[best]:.4f}"
-        print(f"{shown}\t{text}")
+        print(f"{shown}\t{one_field(text)}")
     return 0
+
+
+def one_field(text: str) -> str:
+    """The text as one tab-separated field on one line: backslash, tab and line breaks escaped."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _check_positive(args, names: tuple[str, ...]) -> None:

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,11 @@ def _example(row: dict, where: str, text_field: str, label_field: str, path: Pat
 
 
 def label_names(examples: Sequence[Example], source: str = "the data") -> list[str]:
-    """The labels present, sorted: label i is the head's output i (id2label). Needs two or more."""
+    """The labels present, sorted (by value when all are whole numbers, as class ids 0 .. n-1 usually are,
+    else by name): label i is the head's output i (id2label). Needs two or more."""
     names = sorted({e.label for e in examples})
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):
+        names.sort(key=int)
     if len(names) < 2:
         raise NumgptError(f"{source}: every record has the label {names[0]!r}; a classifier needs at least two labels")
     return names
