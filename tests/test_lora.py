@@ -777,3 +777,21 @@ def test_a_rank_not_below_the_width_is_refused():
     L.init_adapters(config, L.LoraConfig(rank=15), np.random.default_rng(0))
     with pytest.raises(NumgptError, match=r"--lora-rank 16 is not below the model's width \(n_embd 16\)"):
         L.init_adapters(config, L.LoraConfig(rank=16), np.random.default_rng(0))
+
+
+def test_a_rank_too_big_for_memory_is_told_to_lower_the_rank(base_run, tmp_path, capsys, monkeypatch):
+    """When the adapter itself (its weights, gradients and moments) is most of what does not fit, the refusal
+    says to lower --lora-rank (it said to train a smaller model, or `preset=`)."""
+    from numgpt.training import memory
+    from numgpt.training.loop import TrainConfig
+
+    data, base = base_run
+    config, _ = load_checkpoint(base)
+    need = memory.training_memory(config, TrainConfig(batch_size=4, block_size=16), threads=1,
+                                  adapter=L.adapter_size(config, L.LoraConfig(rank=512)))
+    assert need.activations < need.total / 2
+    monkeypatch.setattr(memory, "available_memory", lambda: need.total // 2)
+    flags = [data, "--init", base, *SMALL, "--threads", 1, "--max-iters", 1, "--out", tmp_path / "big"]
+    assert train_cli(*flags, "--lora-rank", 512) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("lower --lora-rank, the adapter's rank"), err

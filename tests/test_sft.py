@@ -528,8 +528,10 @@ def test_setup_sft_refusals_name_its_parameters_and_numgpt_sft_says_its_flags(wo
          "--val applies when packing JSONL"),
         ({"data": chats, "resume": True, "run_dir": tmp_path / "none"}, "start one with init=MODEL",
          "start one with --init MODEL"),
-        ({"data": long, "init": base, "truncate": False, "val_file": long}, "raise block_size, or pass truncate=True",
-         "raise --block-size, or pass --truncate yes"),
+        ({"data": long, "init": base, "truncate": False, "val_file": long, "block_size": 32},
+         "shorten it, raise block_size, or pass truncate=True", "shorten it, raise --block-size, or pass --truncate yes"),
+        ({"data": long, "init": base, "truncate": False, "val_file": long},            # the model's whole context
+         "(block_size + 1 = 65); shorten it, or pass truncate=True", "shorten it, or pass --truncate yes"),
     ]
     for keywords, python_words, flag_words in cases:
         keywords = {"run_dir": tmp_path / "run", **keywords}

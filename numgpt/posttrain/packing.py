@@ -57,10 +57,11 @@ class Rendered:
 
 
 def render_conversations(tokenizer: Tokenizer, conversations: Sequence[tuple[str, Mapping]], *, block_size: int,
-                         train_on: str = "assistant", truncate: bool = True) -> Rendered:
+                         train_on: str = "assistant", truncate: bool = True, context: int | None = None) -> Rendered:
     """Each (where, conversation) rendered by the chat format: ids and mask (1 on the assistant's replies and
     their <|end|>, or on every token after the first with train_on="all"), cut to block_size + 1 tokens
-    (or refused, naming `where`, when truncate is False)."""
+    (or refused, naming `where`, when truncate is False; context, the model's n_positions if known, says
+    whether block_size could be raised)."""
     template = chat_template(tokenizer)
     if template is None:
         raise NumgptError("the tokenizer has no chat template; add the chat tokens first (posttrain.add_chat_tokens)")
@@ -77,8 +78,9 @@ def render_conversations(tokenizer: Tokenizer, conversations: Sequence[tuple[str
             mask = [0] + [1] * (len(ids) - 1)          # every token the model can predict (not the first)
         if len(ids) > L:
             if not truncate:
+                raise_it = "" if context is not None and block_size >= context else ", raise block_size"
                 raise NumgptError(f"{where}: the conversation is {len(ids)} tokens, longer than the context "
-                                  f"(block_size + 1 = {L}); shorten it, raise block_size, or pass truncate=True")
+                                  f"(block_size + 1 = {L}); shorten it{raise_it}, or pass truncate=True")
             ids, mask, out.truncated = ids[:L], mask[:L], out.truncated + 1
         out.items.append((ids, mask))
     return out

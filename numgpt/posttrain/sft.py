@@ -161,9 +161,11 @@ def split_conversations(numbered: list[tuple[str, dict]], val_fraction: float, s
 
 def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer: "Tokenizer", *, block_size: int,
                 train_on: str = "assistant", truncate: bool = True, val_fraction: float = VAL_FRACTION,
-                val_file: str | Path | None = None, seed: int = 1337) -> tuple[dict, dict[str, int]]:
+                val_file: str | Path | None = None, seed: int = 1337, context: int | None = None
+                ) -> tuple[dict, dict[str, int]]:
     """Chat JSONL -> a packed SFT data folder at out_dir (packing.py); returns (meta, conversations cut per
-    split). Every line is checked (chatdata.py) and rendered before anything is written."""
+    split). Every line is checked (chatdata.py) and rendered before anything is written. context: the
+    model's n_positions, for the refusal of a conversation too long (truncate=False)."""
     from .chatdata import numbered_conversations
     from .packing import file_sha256, pack_rows, render_conversations, write_sft_folder
 
@@ -175,7 +177,8 @@ def prepare_sft(data_file: str | Path, out_dir: str | Path, tokenizer: "Tokenize
     pad = tokenizer.eot_id
     splits, cut, counts = {}, {}, {}
     for name, convs in (("train", train_set), ("val", val_set)):
-        rendered = render_conversations(tokenizer, convs, block_size=block_size, train_on=train_on, truncate=truncate)
+        rendered = render_conversations(tokenizer, convs, block_size=block_size, train_on=train_on, truncate=truncate,
+                                        context=context)
         splits[name] = pack_rows(rendered.items, block_size=block_size, pad_id=pad)
         cut[name], counts[name] = rendered.truncated, len(convs)
     info = {"train_on": train_on, "conversations": counts, "truncated": cut, "source": str(data_file),
@@ -296,7 +299,7 @@ def _packed_data(given: Path, run: Path, model: ChatModel, made: list, *, block_
     check_replaceable(out)
     if not prepare_only:
         made.append(out)
-    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size,
+    meta, cut = prepare_sft(given, out, model.tokenizer, block_size=block_size, context=context,
                             **{**prepare, "train_on": prepare["train_on"] or "assistant"})
     return out, meta, cut
 

@@ -87,9 +87,12 @@ def training_memory(config: GPTConfig, tc: "TrainConfig", *, ranks: int = 1, thr
                           activations=FLOAT * (rows * sequences_per_row * T * per_token + wte_grad))
 
 
-def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here: int = 1) -> str | None:
+def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here: int = 1,
+                     adapter: int = 0) -> str | None:
     """The one-line refusal when `ranks_here` ranks of this estimate do not fit in `available` bytes, naming
-    the biggest part and what lowers it; None when they fit (or nothing is known about the machine)."""
+    the biggest part and what lowers it; None when they fit (or nothing is known about the machine).
+    adapter: the trained adapter's parameters (a LoRA run), whose rank is then what to lower if they,
+    their gradients and moments are most of it."""
     if available is None or need.total * ranks_here <= available:
         return None
     parts = {"activations": need.activations, "parameters": need.parameters, "gradients": need.gradients,
@@ -98,6 +101,8 @@ def memory_shortfall(need: MemoryEstimate, available: int | None, *, ranks_here:
     who = f"{ranks_here} ranks of " if ranks_here > 1 else ""
     if need.activations >= need.total / 2:
         fix = "lower batch_size (grad_accum keeps the tokens per step) or block_size, or train a smaller model"
+    elif adapter and FLOAT * adapter + need.gradients + need.optimizer >= need.total / 2:   # the adapter's own
+        fix = "lower lora_rank, the adapter's rank"
     else:
         fix = "train a smaller model (n_layer, n_embd, or another preset=), or use fewer threads (threads=)"
     return (f"this shape needs ~{gib(need.total * ranks_here)} GiB for {who}training ({detail} GiB"

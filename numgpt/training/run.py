@@ -166,10 +166,10 @@ def check_fits(config: GPTConfig, tc: TrainConfig, data: Dataset, comm: Communic
 
     check_setup(config, tc, data)
 
-    need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count(),
-                           adapter=0 if adapter_size is None else adapter_size(config, tc),
+    adapter = 0 if adapter_size is None else adapter_size(config, tc)
+    need = training_memory(config, tc, ranks=comm.size, threads=tc.threads or thread_count(), adapter=adapter,
                            sequences_per_row=sequences_per_row)
-    message = memory_shortfall(need, available_memory(), ranks_here=ranks_here)
+    message = memory_shortfall(need, available_memory(), ranks_here=ranks_here, adapter=adapter)
     if message is not None:
         raise NumgptError(message)
 
