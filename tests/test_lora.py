@@ -341,8 +341,13 @@ def test_train_with_lora_trains_only_the_adapter_and_exports_it(base_run, tmp_pa
                      "--lr", 3e-2, "--lora-rank", 4, "--lora-alpha", 8, "--lora-targets", "c_attn,mlp.c_proj") == 0
     err = capsys.readouterr().err
     assert "LoRA rank 4, alpha 8 on c_attn,mlp.c_proj: 0.001M trained parameters" in err
-    assert f"adapter: {run / 'adapter'} (PEFT LoRA of the last step, 30, as {run / 'latest'}; --model {run} loads " \
-           f"{run / 'best'}" in err                              # which checkpoint each one is, said
+    assert f"adapter: {run / 'adapter'} (PEFT LoRA for {base} of the last step, 30, as {run / 'latest'}; --model " \
+           f"{run} loads {run / 'best'}" in err                  # which checkpoint each one is, said
+    from numgpt.cli.train_commands import adapter_line
+    stopped = tmp_path / "stopped"                           # stopped before any evaluation: no RUN/best to name
+    assert adapter_line(stopped / "adapter", stopped, 2, str(base)) == \
+        f"adapter: {stopped / 'adapter'} (PEFT LoRA for {base} of the last step, 2, as {stopped / 'latest'}; " \
+        f"numgpt generate --model {base} --adapter {stopped / 'adapter'})"
     evals = [e for e in read_log(run) if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [0, 30] and evals[1]["train_loss"] < evals[0]["train_loss"] - 0.05
     config, base_params_ = load_checkpoint(base)

@@ -19,7 +19,7 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 
 from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
-from .train_commands import TRAIN_DEFAULTS, add_resume_flag, add_training_flags, over_defaults
+from .train_commands import TRAIN_DEFAULTS, adapter_line, add_resume_flag, add_training_flags, over_defaults
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
@@ -169,8 +169,7 @@ def _train(args, setup, comm) -> int:
     result = _train_with_progress(state, config, tc, setup.data, folder,
                                   lambda *a, **kw: train(*a, comm=comm, objective=objective, **kw))
     if export_adapter(setup):
-        print(f"adapter: {folder / ADAPTER_DIR} (PEFT LoRA for {tc.init}, of the last step, {state.step}, as "
-              f"{folder / LATEST}; --model {folder} loads {folder / BEST})", file=sys.stderr)
+        print(adapter_line(folder / ADAPTER_DIR, folder, state.step, tc.init), file=sys.stderr)
     if result.interrupted:
         print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
               f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)

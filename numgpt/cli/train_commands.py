@@ -298,9 +298,7 @@ def _run_train(args, comm) -> int:
                                   lambda *a, **kw: train(*a, comm=comm, objective=run.objective, **kw))
     adapter = export_adapter(run)                      # RUN/adapter: the last state's adapter (None without LoRA)
     if adapter is not None:
-        print(f"adapter: {adapter} (PEFT LoRA of the last step, {state.step}, as {folder / LATEST}; --model "
-              f"{folder} loads {folder / BEST}; numgpt generate --model {tc.init or 'BASE'} --adapter {adapter})",
-              file=sys.stderr)
+        print(adapter_line(adapter, folder, state.step, tc.init), file=sys.stderr)
     if result.interrupted:
         how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
         print(f"{how} at step {state.step}: saved {folder / LATEST}; continue with "
@@ -322,6 +320,14 @@ def check_run_folder(run: Path) -> Path:
         raise NumgptError(f"--out {run}: is an existing file, not a folder; pass a folder path")
     check_writable(run, "--out")
     return run
+
+
+def adapter_line(adapter: Path, run: Path, step: int, base: str | None) -> str:
+    """What RUN/adapter holds (the last step's adapter, as RUN/latest), and what loads it; RUN/best named
+    only when there is one (a run stopped before its first evaluation has none)."""
+    best = f"; --model {run} loads {run / BEST}" if checkpoint_step(run / BEST) is not None else ""
+    return (f"adapter: {adapter} (PEFT LoRA for {base or 'BASE'} of the last step, {step}, as {run / LATEST}{best}; "
+            f"numgpt generate --model {base or 'BASE'} --adapter {adapter})")
 
 
 def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
