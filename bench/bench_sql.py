@@ -13,7 +13,9 @@ engine, a profile of the decode steps (--no-profile: none):
   - the machine: cores, load average before and after;
   - PostgreSQL: whether the stages were planned again during the steps (pg_prepared_statements'
     generic/custom plan counts, pg_stat_statements' plans) and their shared-buffer hits and reads
-    (pg_stat_statements, which `--pg auto` loads; on a server of yours, if it is loaded there).
+    (pg_stat_statements, which `--pg auto` loads; on a server of yours, if it is loaded there);
+  - DuckDB: its version, and what one run of each stage costs on no rows (binding and planning, for the
+    most part: DuckDB 2.0 plans a prepared statement again at every EXECUTE), in all per token.
 
     python bench/bench_sql.py                         DuckDB float32 + float64
     python bench/bench_sql.py --engines duckdb,postgresql --pg auto     both engines; `auto` starts a
@@ -166,6 +168,25 @@ class ServerWatch:
         return {"token_s": round(end - start, 4), "feed_s": round(fed - start, 4), "pick_s": round(end - fed, 4),
                 "cpu_s": cpu, "cpu_over_wall": [round(c / (end - start), 2) for c in cpu], "trace": trace}
 
+    def _runs_on_no_rows(self, repeats: int = 9) -> dict[str, float]:
+        """DuckDB: per stage, the median ms of one run that computes nothing (a layer past the model's and
+        positions past the sequence, rolled back): what a run costs before any work -- binding and planning
+        for the most part, since DuckDB 2.0 binds and plans a prepared statement again at every EXECUTE."""
+        nothing = {"layer": 10**6, "past": 10**9, "last": 10**9}
+        out = {}
+        self.m.engine.execute("BEGIN TRANSACTION")
+        try:
+            for stage in self.m.stages:
+                sql, times = self.m.statements[stage.name], []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    self.m.engine.execute_prepared(sql, nothing)
+                    times.append(time.perf_counter() - start)
+                out[stage.name] = round(float(np.median(times)) * 1e3, 2)
+        finally:
+            self.m.engine.execute("ROLLBACK")
+        return out
+
     def _prepared_plans(self) -> list[dict]:
         """Per connection: prepared statements and their generic / custom plan counts."""
         out = []
@@ -179,6 +200,8 @@ class ServerWatch:
         out = {"machine": {**machine(), "load_1_5_15_before": [round(x, 2) for x in self.load_before]},
                "pids": self.pids}
         if not self.postgres:
+            import duckdb
+            out["duckdb"] = {"version": duckdb.__version__, "run_on_no_rows_ms": self._runs_on_no_rows()}
             return out
         after = self._prepared_plans()
         out["prepared_plans"] = [{"prepared": a["prepared"], "generic_plans_used": a["generic_plans"] - b["generic_plans"],
@@ -279,6 +302,12 @@ def print_profile(result: dict) -> None:
     print(f"CPU / wall per {who} (median over steps): {' / '.join(f'{c:.2f}' for c in cpu)}; machine: "
           f"{p['machine']['cores']} cores, load {p['machine']['load_1_5_15_before']} before, "
           f"{p['machine']['load_1_5_15']} after")
+    if "duckdb" in p:
+        runs = {r["stage"]: r["runs"] for r in p["stages"] if "runs" in r}
+        fixed = p["duckdb"]["run_on_no_rows_ms"]
+        print(f"DuckDB {p['duckdb']['version']}: one run of a stage on no rows (binding and planning, mostly): "
+              f"{', '.join(f'{n} {ms:.1f} ms' for n, ms in fixed.items())}; "
+              f"{sum(ms * runs.get(n, 1) for n, ms in fixed.items()):.0f} ms of a token")
     if "prepared_plans" in p:
         print(f"prepared statements per connection during the steps: {p['prepared_plans']}")
         print(f"pg_stat_statements per stage during the steps: {json.dumps(p['statements'])}")

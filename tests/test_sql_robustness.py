@@ -173,7 +173,8 @@ def test_a_truncated_duckdb_file_is_called_damaged(capsys, db, tmp_path):
         f.seek(3 * 4096)
         f.write(np.random.default_rng(0).bytes(4096))
     err = one_line_error(capsys, "sql", "next", "--db", str(corrupt), "x")
-    assert "is damaged or truncated (Corrupt database file" in err
+    # DuckDB 2.0 says "Corrupt database file: ...", 1.x "IO Error: Corrupt database file: ..."
+    assert "is damaged or truncated (" in err and "Corrupt database file" in err
     from numgpt.cli import main
     for broken in (tmp_path / f"cut{os.path.getsize(db) // 6}.duckdb", corrupt):   # the advice works
         assert main(["sql", "export", "--force", "--db", str(broken)]) == 0

@@ -153,6 +153,11 @@ class DuckDBEngine(Engine):
                 parts = [f"{name}_{k}" for k in range(values.shape[1])]
                 frame.update({p: np.ascontiguousarray(values[:, k]) for k, p in enumerate(parts)})
                 select.append(f"CAST([{', '.join(parts)}] AS {types[name]})")
+            elif values.dtype == object and types[name] == "BLOB":
+                # subtle: as hex text, unhexed in SQL: DuckDB 1.x's scan of a numpy column of bytes objects
+                # reads each as its repr, "b'...'", which the cast to BLOB refuses (2.0 reads them as BLOBs)
+                frame[name] = np.array([bytes(v).hex() for v in values], object)
+                select.append(f"unhex({name})")
             else:
                 frame[name] = values
                 select.append(f"CAST({name} AS {types[name]})")
