@@ -239,7 +239,9 @@ def test_csv_and_jsonl_read_the_same_records(tmp_path):
 def test_fortunes_reader(tmp_path):
     (tmp_path / "food").write_text("Eat.\n%\n\nDrink,\nbe merry.\n%\n%\n", encoding="utf-8")
     (tmp_path / "food.dat").write_bytes(b"\0\1")
-    (tmp_path / "law").write_text("Sue.\n", encoding="utf-8")
+    (tmp_path / "law").write_text("Sue.\n", encoding="utf-8")          # one fortune: no '%' line, but indexed
+    (tmp_path / "law.dat").write_bytes(b"\0\1")
+    (tmp_path / "notes").write_text("not a fortune file\n", encoding="utf-8")   # neither: not a category
     records = classdata.read_fortunes(tmp_path)
     assert [(e.text, e.label) for e in records] == [("Eat.", "food"), ("Drink,\nbe merry.", "food"), ("Sue.", "law")]
     with pytest.raises(NumgptError, match="no category 'lw'"):
@@ -254,6 +256,10 @@ def test_fortunes_reader(tmp_path):
                    for n in ("a.jsonl", "b.jsonl"))
     assert len(test) == 1 and sorted(train + test) == sorted(e.text for e in records)
     assert main(["data", "fortunes", "--folder", str(tmp_path), "-o", str(tmp_path / "a.jsonl")]) == 2   # no --force
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes").write_text("a file\n", encoding="utf-8")
+    with pytest.raises(NumgptError, match="no fortune files"):
+        classdata.read_fortunes(tmp_path / "other")
 
 
 BAD_INPUTS = [

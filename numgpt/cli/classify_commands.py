@@ -399,6 +399,9 @@ def run_fortunes(args) -> int:
             raise NumgptError(f"{flag} {out}: the file already exists; pass --force to replace it, or another path")
         output_file(out, flag=flag)
     records = read_fortunes(args.folder, categories)
+    if not args.list and len({e.label for e in records}) < 2:
+        print(f"note: one category ({records[0].label if records else 'none'}): `numgpt classify train` needs at "
+              "least two labels", file=sys.stderr)
     if args.list:
         for name, n in sorted(Counter(e.label for e in records).items()):
             print(f"{name}\t{n}")

@@ -124,12 +124,26 @@ def label_names(examples: Sequence[Example], source: str = "the data") -> list[s
 # ---- Debian's fortunes ------------------------------------------------------------------------------------
 
 def fortune_categories(folder: str | os.PathLike = FORTUNES_DIR) -> list[str]:
-    """The category files of a fortunes folder (not the .dat indexes or .u8 links), sorted."""
+    """The category files of a fortunes folder, sorted: the files strfile indexed (NAME beside NAME.dat, as
+    Debian's package ships them) and the files whose fortunes are separated by '%' lines; not the indexes,
+    the .u8 links, or anything else in the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NumgptError(f"{folder}: no fortunes folder; install Debian's package (apt-get install fortunes) "
                           "or pass the folder that holds its files")
-    return sorted(f.name for f in folder.iterdir() if f.is_file() and not f.is_symlink() and "." not in f.name)
+    files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink() and "." not in f.name]
+    names = [f.name for f in files if (folder / (f.name + ".dat")).is_file() or _has_separator_line(f)]
+    if not names:
+        raise NumgptError(f"{folder}: no fortune files (text files of fortunes separated by lines holding only "
+                          "'%', as Debian's fortunes package ships them with their .dat indexes)")
+    return sorted(names)
+
+
+def _has_separator_line(path: Path) -> bool:
+    """Whether the file's first 64 kB hold a line that is only '%' (how fortune files separate fortunes)."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    return any(line.strip() == b"%" for line in head.splitlines())
 
 
 def read_fortunes(folder: str | os.PathLike = FORTUNES_DIR, categories: Sequence[str] | None = None
