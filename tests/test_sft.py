@@ -563,3 +563,13 @@ def test_a_lower_lr_alone_takes_the_floor_along(command, lr):
     args = build_parser().parse_args([command, "data.jsonl", "--init", "builtin", "--out", "runs/x", "--lr", str(lr),
                                       "--min-lr", "0"])
     assert module._options(args, options_from_args, new=True)["optim"]["min_lr"] == 0     # given: kept
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "rl"])
+def test_help_says_its_own_defaults_as_flags(command, capsys):
+    """The 'Defaults differ from numgpt train's' line names flags and values (it printed a Python dict)."""
+    from numgpt.cli import main
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Defaults differ from numgpt train's: --" in text and "--max-iters " in text and "{'" not in text

@@ -346,7 +346,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_cli_synth_then_check_round_trip(capsys, tmp_path):
+def test_cli_synth_then_check_round_trip(capsys, tmp_path, monkeypatch):
     out = tmp_path / "train.jsonl"
     code, printed, err = run(capsys, "data", "synth", "--n", "70", "--seed", "3", "-o", str(out))
     assert code == 0 and err == "" and printed.startswith(f"wrote 70 train conversations to {out}")
@@ -368,6 +368,10 @@ def test_cli_synth_then_check_round_trip(capsys, tmp_path):
                      "-o", str(out), "--force")
     assert code == 0 and {t["split"] for t in read_tasks(out)} == {"heldout"}
     assert {t["family"] for t in read_tasks(out)} == {"next", "convert"}
+    monkeypatch.chdir(tmp_path)                         # -o -: refused, not a file named '-'
+    code, printed, err = run(capsys, "data", "synth", "--n", "5", "-o", "-")
+    assert (code, printed, err) == (2, "", "numgpt: error: -o -: this command writes a file, not stdout; pass a "
+                                           "file path\n") and not (tmp_path / "-").exists()
 
 
 def test_cli_words_file_and_one_line_errors(capsys, tmp_path):

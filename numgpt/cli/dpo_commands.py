@@ -16,8 +16,8 @@ from ..errors import NumgptError
 from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import ConfigFieldError
-from .train_commands import (TRAIN_DEFAULTS, add_max_tokens_flag, add_resume_flag, add_training_flags, left_out_note,
-                             over_defaults)
+from .train_commands import (TRAIN_DEFAULTS, add_max_tokens_flag, add_resume_flag, add_training_flags, defaults_text,
+                             left_out_note, over_defaults)
 
 DPO_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 8}
 DPO_OPTIM = {"lr": 1e-5, "min_lr": 1e-6, "warmup_iters": 10}   # a tenth of SFT's (TRL: 1e-6 for big models)
@@ -44,7 +44,7 @@ per line. The loss is TRL's sigmoid DPO loss, -log sigmoid(beta * ((log pi - log
 the hashes of the model and the pairs: a prepared folder used with another --init is refused). Logged at
 each evaluation, on training pairs and held-out ones: loss, reward margin, preference accuracy, chosen and
 rejected rewards, KL to the reference (per chosen-reply token). Defaults differ from numgpt train's:
-{DPO_TRAIN | DPO_OPTIM}. Ctrl-C or SIGTERM saves RUN_DIR/latest; --resume continues bit for bit.
+{defaults_text(DPO_TRAIN | DPO_OPTIM)}. Ctrl-C or SIGTERM saves RUN_DIR/latest; --resume continues bit for bit.
 """
 
 

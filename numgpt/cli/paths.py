@@ -31,6 +31,8 @@ def output_file(path: str | os.PathLike, *, flag: str) -> Path:
     """A file a command will write (replaced if it exists), checked: not a folder, an existing writable
     parent folder (a typo in a folder name is refused, not made into a stray folder tree)."""
     file = Path(path)
+    if str(path) == "-":
+        raise NumgptError(f"{flag} -: this command writes a file, not stdout; pass a file path")
     if file.is_dir():
         raise NumgptError(f"{flag} {file}: is a folder; pass a file path")
     if not file.parent.exists():

@@ -17,6 +17,7 @@ from ..threads import THREADS_ENV
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
 from .options import add_decoding_flags, decoding_kwargs, flag_vocabulary
+from .train_commands import defaults_text
 
 RL_TRAIN = {"max_iters": 100, "eval_interval": 25, "eval_iters": 2}
 RL_OPTIM = {"lr": 5e-5, "min_lr": 5e-6, "warmup_iters": 0, "weight_decay": 0.0}
@@ -41,7 +42,7 @@ the answer ends with <|end|>), advantages (r - mean) / (std + 1e-4) within each 
 PPO's clipped ratio (--clip) and the k3 KL penalty to the init model (--kl), normalised per token within
 each group. --updates N trains N optimizer steps on each sampled batch. Logged per step: reward, accuracy,
 KL, answer length, sampling tokens/s, gradient seconds; per evaluation: pass@1 (greedy) on held-out tasks.
-Defaults differ from numgpt train's: {RL_TRAIN | RL_OPTIM}.
+Defaults differ from numgpt train's: {defaults_text(RL_TRAIN | RL_OPTIM)}.
 Ctrl-C or SIGTERM saves RUN_DIR/latest; --resume continues bit for bit (same --threads).
 """
 

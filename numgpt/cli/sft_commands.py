@@ -19,7 +19,8 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 
 from ..posttrain.lora import ADAPTER_DIR, add_lora_flags, export_adapter, lora_from_args, lora_summary
 from ..posttrain.sft import DATA_SUBDIR, INIT_SUBDIR, SFT_BLOCK_SIZE
-from .train_commands import TRAIN_DEFAULTS, adapter_line, add_resume_flag, add_training_flags, over_defaults
+from .train_commands import (TRAIN_DEFAULTS, adapter_line, add_resume_flag, add_training_flags, defaults_text,
+                             over_defaults)
 SFT_TRAIN = {"batch_size": 8, "max_iters": 200, "dropout": 0.0, "eval_interval": 50, "eval_iters": 20}
 SFT_OPTIM = {"lr": 1e-4, "min_lr": 1e-5, "warmup_iters": 10}
 TC, OPT = TrainConfig(), AdamWConfig()
@@ -43,7 +44,7 @@ The loss: cross-entropy on the assistant's replies and their <|end|> (--train-on
 divided by the number of such tokens in the batch. Conversations are packed whole into rows of
 --block-size + 1 tokens (the rest of a row padded and not trained on); a longer one is cut to fit and
 counted (--truncate no refuses it). {DATA_SUBDIR}/ and (for a model without the chat tokens) {INIT_SUBDIR}/
-are written inside RUN_DIR. Defaults differ from numgpt train's: {SFT_TRAIN | SFT_OPTIM}.
+are written inside RUN_DIR. Defaults differ from numgpt train's: {defaults_text(SFT_TRAIN | SFT_OPTIM)}.
 Ctrl-C or SIGTERM saves RUN_DIR/latest; --resume continues bit for bit (same --threads).
 """
 

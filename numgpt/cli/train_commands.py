@@ -439,6 +439,12 @@ def format_duration(seconds: float) -> str:
     return f"{h} h {minutes} min"
 
 
+def defaults_text(defaults: dict) -> str:
+    """A command's own defaults as its flags say them, for --help: {"batch_size": 8} -> "--batch-size 8"."""
+    return ", ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
+                     f"--{name.replace('_', '-')} {value}" for name, value in defaults.items())
+
+
 def over_defaults(train: dict, optim: dict, given: dict) -> dict:
     """The flags given (`options_from_args`' dict) over a fine-tuning command's own defaults for a new run:
     TrainConfig fields `train`, AdamW fields `optim`. A --lr given without --min-lr takes the floor along,

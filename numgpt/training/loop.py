@@ -301,7 +301,7 @@ def train_step(t: Trainer) -> tuple[float, float, float]:
     loss /= accum
     norm = opt.clip(tc.optim.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(norm)):
-        raise NumgptError(diverged_message(t.run, state.step, f"loss {loss}, gradient norm {norm}"))
+        raise NumgptError(diverged_message(t.run, state.step, f"loss {loss:.4g}, gradient norm {norm:.4g}"))
     with interrupts_held():            # Ctrl-C waits for the update: the model is never half-updated
         opt.step(state.params, lr)
         state.step += 1
@@ -420,7 +420,7 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     losses = estimate_loss(t) if t.objective.estimate is None else t.objective.estimate(t)
     val = losses["val"]
     if not (math.isfinite(val) and math.isfinite(losses["train"])):
-        raise NumgptError(diverged_message(t.run, state.step, f"evaluated loss {val}"))   # never save it
+        raise NumgptError(diverged_message(t.run, state.step, f"evaluated loss {val:.4g}"))   # never save it
     event = {"type": "eval", "step": state.step, "train_loss": losses["train"], "val_loss": val,
              "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val"),
              **{k: v for k, v in losses.items() if k not in ("train", "val")}}   # an objective's own figures
