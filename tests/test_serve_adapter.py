@@ -62,7 +62,9 @@ def test_an_adapter_for_another_base_is_refused_at_start_in_one_line(adapter, tm
     other = {k: v + np.float32(0.01) if k == "ln_f.bias" else v for k, v in params.items()}   # same shapes
     folder = save_checkpoint(tmp_path / "other", config, other, tokenizer=load().tokenizer)
     for args, message in ((["--model", str(folder), "--adapter", str(adapter)], "trained on another base model"),
-                          (["--adapter", str(tmp_path / "nowhere")], "nowhere: no such folder; pass an adapter folder")):
+                          (["--adapter", str(tmp_path / "nowhere")], "nowhere: no such folder; pass an adapter folder"),
+                          (["--adapter", str(adapter / "adapter_config.json")],
+                           "adapter_config.json: a file, not a folder; pass an adapter folder")):
         out = subprocess.run(NUMGPT + ["serve", "--port", "0", *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2
         err = out.stderr.strip()

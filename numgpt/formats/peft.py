@@ -78,8 +78,9 @@ def load_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
     embedding (peft's adapts the input but not the tied head, which no merged model can be)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise NumgptError(f"{folder}: no such folder; pass an adapter folder (RUN/adapter of `numgpt train "
-                          "--lora-rank R`, or peft's save_pretrained)")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise NumgptError(f"{folder}: {what}; pass an adapter folder (RUN/adapter of `numgpt train --lora-rank R`, "
+                          "or peft's save_pretrained)")
     if not (folder / CONFIG_FILE).is_file() and (folder / "adapter" / CONFIG_FILE).is_file():
         raise NumgptError(f"{folder}: a run folder; its adapter is {folder / 'adapter'}")
     for f in (CONFIG_FILE, WEIGHTS_FILE):
