@@ -267,8 +267,9 @@ def test_a_message_too_long_is_refused_and_the_oldest_turns_make_room(capsys, mo
     code, out, err = chat(capsys, monkeypatch, chat_folder, [too_long, "hi", "again", "and again"], *biased,
                           "-n", "600")
     # each reply is 600 x LONG; the room wanted is min(600, 1024 / 2) = 512 tokens: the second and third
-    # messages each push the exchange before them out
-    assert code == 0 and out == f"{LONG * 600}\n" * 3
+    # messages each push the exchange before them out; the refused message's reply line is empty (piped: the
+    # replies stay in step with the messages)
+    assert code == 0 and out == "\n" + f"{LONG * 600}\n" * 3
     assert "not sent: that message does not fit the model's context: the prompt would be 1104 tokens of 1024" in err
     notes = [line for line in err.splitlines() if "outgrew" in line]
     assert notes == ["(the conversation outgrew the model's context of 1024 tokens: the oldest exchange dropped "

@@ -31,8 +31,9 @@ Chat with a model in the terminal: replies stream as they are generated, and the
 (a `numgpt sft` run has one); a base model does not: --transcript talks to it over the plain
 "User: ... / Assistant: ..." transcript that `numgpt serve` uses for base models.
 
-Without a terminal, stdin is read line by line (one user message a line) and stdout gets the replies
-alone, one after another, each ending with a newline: `printf 'hi\\nthanks\\n' | numgpt chat -m runs/sft`.
+Without a terminal, stdin is read line by line (one user message a line; blank lines and /commands are
+not messages) and stdout gets the replies alone, one after another, each ending with a newline (an empty
+line for a message too long to send): `printf 'hi\\nthanks\\n' | numgpt chat -m runs/sft`.
 Default --model: {DEFAULT_CHAT_MODEL} ({'the built-in chat model' if DEFAULT_CHAT_MODEL == 'chat' else
 'the built-in Shakespeare model, a base model: add --transcript, or give a chat model'}).
 """
@@ -225,6 +226,8 @@ def talk(session, text: str) -> None:
         reply = session.ask(text)
     except NumgptError as e:
         say(f"not sent: {e}")
+        if not sys.stdin.isatty():      # piped: an empty reply line keeps replies in step with the messages
+            print(flush=True)
         return
     if reply.dropped:
         oldest = "the oldest exchange" if reply.dropped == 1 else f"the oldest {reply.dropped} exchanges"
