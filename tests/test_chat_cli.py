@@ -469,8 +469,8 @@ def test_a_system_message_too_long_for_the_context_is_refused_as_itself(capsys, 
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("numgpt: error: the system message does not fit the model's context")
     monkeypatch.setenv("HOME", str(tmp_path))
-    code, out, err = chat(capsys, monkeypatch, chat_folder, ["/system " + long, "hi", "/save ~/chats.jsonl"],
+    code, out, err = chat(capsys, monkeypatch, chat_folder, ["/system " + long, "hi\r", "/save ~/chats.jsonl\r"],
                           "--system", SYSTEM, *greedy_flags(special))
     assert code == 0 and "not set: the system message does not fit the model's context" in err
-    saved = json.loads((tmp_path / "chats.jsonl").read_text())
-    assert saved["messages"][0] == {"role": "system", "content": SYSTEM}
+    saved = json.loads((tmp_path / "chats.jsonl").read_text())         # CRLF input: the \r is not the message's
+    assert saved["messages"][:2] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]

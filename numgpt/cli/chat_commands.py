@@ -165,9 +165,9 @@ def line_editing() -> None:
 
 
 def read_line(prompt: str) -> str | None:
-    """The next line typed or piped (without its newline), None at the end of input."""
+    """The next line typed or piped (without its newline, CRLF's \\r too), None at the end of input."""
     try:
-        return input(prompt)
+        return input(prompt).removesuffix("\r")
     except EOFError:
         return None
     except UnicodeDecodeError as e:
