@@ -104,6 +104,24 @@ def test_info(capsys, model, lm):
     code, out, _ = run(capsys, "info", "-m", model, "--json")
     info = json.loads(out)
     assert info["n_params"] == n and info["config"]["n_positions"] == 256
+    assert info["kind"]["kind"] == "language model"
+
+
+def test_info_says_what_kind_of_model_a_folder_holds(capsys, tmp_path):
+    """info names a chat model's end-of-turn token and a classifier's labels (what `numgpt chat` and `numgpt
+    classify predict` need), from the tokenizer's chat template and config.json's architectures/id2label."""
+    from numgpt.posttrain.chat_format import chat_template
+    chat = numgpt.load("chat")
+    code, out, _ = run(capsys, "info", "-m", "chat")
+    end = chat_template(chat.tokenizer).end_id
+    assert code == 0 and f"kind         a chat model: numgpt's chat template, a reply ends at <|end|> = {end}" in out
+    folder = numgpt.save_checkpoint(tmp_path / "clf", *numgpt.load_checkpoint(numgpt.load().folder),
+                                    tokenizer=numgpt.load().tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["GPT2ForSequenceClassification"], id2label={"0": "ham", "1": "spam", "2": "eggs"})
+    (folder / "config.json").write_text(json.dumps(config))
+    code, out, _ = run(capsys, "info", "-m", str(folder), "--json")
+    assert code == 0 and json.loads(out)["kind"]["labels"] == ["ham", "spam", "eggs"]
 
 
 @pytest.mark.parametrize("argv", [

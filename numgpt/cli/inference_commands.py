@@ -369,8 +369,10 @@ def run_info(args) -> int:
     tok = load_tokenizer(folder, config)
     tokenizer = {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
                  "files": summary["tokenizer_files"] or ["(none: GPT-2's built-in tokenizer)"]}
+    kind = model_kind(Path(summary["folder"]), tok)
     if args.json:
-        print(json.dumps({**summary, "config": dataclasses.asdict(config), "tokenizer": tokenizer}, indent=2))
+        print(json.dumps({**summary, "config": dataclasses.asdict(config), "tokenizer": tokenizer, "kind": kind},
+                         indent=2))
         return 0
     print(f"folder       {summary['folder']}")
     print("config       " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
@@ -382,4 +384,29 @@ def run_info(args) -> int:
     for name, f in summary["weight_files"].items():
         print(f"weights      {name}: {f['bytes'] / 2**20:.1f} MiB, {f['tensors']} tensors, {'/'.join(f['dtypes'])}")
     print(f"tokenizer    {tok.vocab_size} tokens, <|endoftext|> = {tok.eot_id}, files: {', '.join(tokenizer['files'])}")
+    print(f"kind         {kind['text']}")
     return 0
+
+
+def model_kind(folder: Path, tok) -> dict:
+    """What the folder holds, for `info`: a classifier (its labels), a chat model (its end-of-turn token),
+    or a language model, with the commands that use it."""
+    from ..posttrain.chat_format import chat_template
+
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if "GPT2ForSequenceClassification" in (raw.get("architectures") or []):
+        id2label = raw.get("id2label") or {}
+        labels = [id2label[k] for k in sorted(id2label, key=int)]
+        return {"kind": "classifier", "labels": labels,
+                "text": f"a classifier (GPT2ForSequenceClassification) of {len(labels)} labels: {', '.join(labels)} "
+                        "(numgpt classify predict / evaluate)"}
+    try:
+        template = chat_template(tok)
+    except NumgptError as e:
+        return {"kind": "language model", "text": f"a language model; its chat template cannot be used: {e}"}
+    if template is not None:
+        return {"kind": "chat model", "end_id": template.end_id,
+                "text": f"a chat model: numgpt's chat template, a reply ends at <|end|> = {template.end_id} "
+                        "(numgpt chat, LanguageModel.chat)"}
+    return {"kind": "language model", "text": "a language model, no chat template (numgpt generate; numgpt chat "
+                                              "--transcript)"}
