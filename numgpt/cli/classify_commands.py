@@ -161,7 +161,7 @@ def run_train(args) -> int:
         trained += sum(int(np.prod(shape)) for shape in adapter_shapes(model.config, lora).values())
     print(f"classifier of {len(labels)} labels ({', '.join(labels)}) on {folder}: {len(train)} train, {len(val)} "
           f"val texts; training {f'a rank-{lora.rank} LoRA adapter and the head' if lora else args.train} "
-          f"({trained:,} parameters) for {tc.max_iters} steps of "
+          f"({trained:,} parameters) for {tc.max_iters} step{'s' * (tc.max_iters != 1)} of "
           f"{tc.batch_size * tc.grad_accum} texts", file=sys.stderr)
     cut = model.encode([e.text for e in train])[1]
     if cut:

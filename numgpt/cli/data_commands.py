@@ -179,7 +179,7 @@ def run_synth(args) -> int:
                        operands=operands, system_rate=args.system_rate, turns=args.turns)
     write_conversations(out, tasks)
     counts = Counter(t["family"] for t in tasks)
-    print(f"wrote {len(tasks)} {args.split} conversations to {out} "
+    print(f"wrote {len(tasks)} {args.split} conversation{'s' * (len(tasks) != 1)} to {out} "
           f"({', '.join(f'{f} {counts[f]}' for f in families if counts[f])})")
     return 0
 
@@ -220,7 +220,7 @@ def run_pairs(args) -> int:
                              operands=operands, system_rate=args.system_rate, format_rate=args.format_rate)
     write_pairs(out, pairs)
     flaws = Counter(p["flaw"] for p in pairs)
-    print(f"wrote {len(pairs)} {args.split} preference pairs to {out} "
+    print(f"wrote {len(pairs)} {args.split} preference pair{'s' * (len(pairs) != 1)} to {out} "
           f"(rejected replies wrong by: {', '.join(f'{f} {c}' for f, c in sorted(flaws.items()))})")
     return 0
 
@@ -247,8 +247,8 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
     write_pairs(out, pairs)
     per = Counter(p["family"] for p in pairs)
     unpaired = "no wrong answer that ended" if args.step_level else "answers all right or all wrong"
-    print(f"wrote {len(pairs)} {args.split} preference pairs from {args.from_model}'s answers to {out} "
-          f"({len(tasks) - len(pairs)} of {len(tasks)} tasks had {unpaired}; pairs per family: "
+    print(f"wrote {len(pairs)} {args.split} preference pair{'s' * (len(pairs) != 1)} from {args.from_model}'s "
+          f"answers to {out} ({len(tasks) - len(pairs)} of {len(tasks)} tasks had {unpaired}; pairs per family: "
           f"{', '.join(f'{f} {c}' for f, c in sorted(per.items()))})")
     return 0
 
