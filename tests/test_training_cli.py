@@ -5,6 +5,7 @@ trained by one process at a time, and the messages only name checkpoints that ex
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -568,3 +569,32 @@ def test_a_negative_seed_is_one_line_for_every_command(command, tmp_path, capsys
     assert main([*command, "--seed", "-1"]) == 2
     err = capsys.readouterr().err
     assert err == "numgpt: error: --seed must be a whole number >= 0, got -1\n" and not (tmp_path / "r").exists()
+
+
+def test_a_run_is_not_lost_to_another_tokenizer_a_missing_latest_or_its_data_folder(char_data, text_file, tmp_path,
+                                                                                    capsys):
+    """Three ways a newcomer lost a run (review 20), each refused in one line, the run untouched:
+    --resume on data of another tokenizer (only the vocabulary size was compared: the run trained on other ids
+    and saved that tokenizer's files, after which no checkpoint loaded); a new run in a folder whose latest/ is
+    gone but whose best/ and log stay (it was replaced; the advice is resume_from best); --out inside DATA_DIR
+    (`prepare --force` on the data deletes it)."""
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK) == 0
+    before = listing(run)
+    other = tmp_path / "other"                                     # the same text, another vocabulary
+    assert main(["prepare", str(text_file), "--out", str(other), "--vocab-size", "260"]) == 0
+    capsys.readouterr()
+    assert one_line_error(capsys, run_train(other, "--out", run, "--resume", "--max-iters", 4)) == (
+        f"numgpt: error: {other} was prepared with another tokenizer than the run's ({run / 'latest'}); resume on "
+        f"data prepared with the run's tokenizer (numgpt prepare --tokenizer {run / 'latest'}), or start a new --out")
+    assert listing(run) == before
+    shutil.rmtree(run / "latest")
+    assert one_line_error(capsys, run_train(char_data, "--out", run, *QUICK)) == (
+        f"numgpt: error: {run} already holds a training run (best); continue it from {run / 'best'} (step 2) with "
+        "--resume-from best, or pass another --out (or delete that folder) to start again")
+    assert run_train(char_data, "--out", run, "--resume-from", "best", "--max-iters", 3) == 0
+    inside = char_data / "runs" / "x"
+    assert one_line_error(capsys, run_train(char_data, "--out", inside, *QUICK)) == (
+        f"numgpt: error: --out {inside} is inside the data folder {char_data}, which `numgpt prepare --force` "
+        "replaces whole; pass a --out outside it")
+    assert not inside.exists()

@@ -29,7 +29,7 @@ from ..config import PRESETS, GPTConfig
 from ..errors import NumgptError
 from .comm import Communicator, SingleProcess
 from .data import Dataset, load_dataset
-from .loop import BEST, LATEST, Event, TrainConfig, TrainResult, check_setup, check_trainable_weights, train
+from .loop import BEST, LATEST, LOG_FILE, Event, TrainConfig, TrainResult, check_setup, check_trainable_weights, train
 from .objective import Objective
 from .state import TrainState
 
@@ -97,9 +97,11 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         check_same_everywhere(comm, "run folder (run_dir)", str(run))
     if comm.rank == 0:                                 # rank 0 alone locks and writes the run folder
         check_not_locked(run)
+    refuse_run_inside_data(run, Path(data_dir))
     if resume_from:
         config, state, saved = load_resume_checkpoint(run, resume_from)
         refuse_shape_change(shape, config, "(with resume_from= the shape comes from the checkpoint)")
+        refuse_other_tokenizer(run / resume_from, config, data, data_dir)
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
         if state.step >= tc.max_iters:
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
@@ -110,6 +112,11 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with resume_from='latest', or "
                               "pass another run_dir (or delete that folder) to start again")
+        if (run / BEST).exists() or (run / LOG_FILE).exists():     # latest/ deleted (or never saved)
+            best = checkpoint_step(run / BEST)
+            resume = "" if best is None else f"continue it from {run / BEST} (step {best}) with resume_from='best', or "
+            raise NumgptError(f"{run} already holds a training run ({BEST if (run / BEST).exists() else LOG_FILE}); "
+                              f"{resume}pass another run_dir (or delete that folder) to start again")
         tc = apply_options(TrainConfig(threads=default_threads), options, data_dir=data_dir)
         config, state, what = new_run_state(data, data_dir, tc, shape, init, cache_dir,
                                             fits=lambda c: check_fits(c, tc, data, comm, ranks_here, adapter_size,
@@ -123,6 +130,28 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                               {"train": {k: v for k, v in tc.to_dict().items() if k != "data_dir"},
                                "model": config.to_hf_dict(), "data": data.meta, "step": state.step})
     return Run(folder=run, data=data, config=config, tc=tc, state=state, description=what)
+
+
+def refuse_run_inside_data(run: Path, data_dir: Path) -> None:
+    """A run folder is not the data folder or inside it: `prepare --force` on the data would delete it."""
+    run_abs, data_abs = run.resolve(), data_dir.resolve()
+    if run_abs == data_abs or data_abs in run_abs.parents:
+        raise NumgptError(f"run_dir {run} is inside the data folder {data_dir}, which `numgpt prepare --force` "
+                          "replaces whole; pass a run_dir outside it")
+
+
+def refuse_other_tokenizer(checkpoint: Path, config: GPTConfig, data: Dataset, data_dir: str | Path) -> None:
+    """Resuming on data prepared with another tokenizer than the run's is refused: its ids would mean other
+    text, and its tokenizer files would replace the run's in every checkpoint saved after."""
+    from ..formats import load_tokenizer
+    from .data import tokenizer_fingerprint
+    from .state import checkpoint_folder
+
+    if tokenizer_fingerprint(load_tokenizer(checkpoint_folder(checkpoint), config)) != \
+            data.meta.get("tokenizer_sha256"):
+        raise NumgptError(f"{data_dir} was prepared with another tokenizer than the run's ({checkpoint}); resume "
+                          "on data prepared with the run's tokenizer (numgpt prepare --tokenizer "
+                          f"{checkpoint}), or start a new run_dir")
 
 
 def new_run_state(data: Dataset, data_dir: str | Path, tc: TrainConfig, shape: dict[str, Any],
