@@ -103,6 +103,16 @@ def test_ranks_that_disagree_are_refused_and_every_rank_exits(data, tmp_path):
     assert "rank 1 of 2: the ranks disagree" in done.stderr and not (tmp_path / "r" / "latest").exists()
 
 
+
+def test_fewer_rows_than_ranks_is_refused_at_start(data, tmp_path):
+    """--batch-size 1 on 2 ranks: one line from each rank before any step (rank 1 had no rows, and the
+    layer-by-layer gradient exchange failed with MPICH's "Message truncated" error stack)."""
+    done = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "r", *SHAPE, "--batch-size", 1,
+                                              "--max-iters", 2, "--threads", 1)], timeout=60)
+    assert done.returncode != 0 and "Message truncated" not in done.stderr
+    assert "--batch-size 1 leaves some of the 2 ranks without a row; raise --batch-size to at least 2" in done.stderr
+    assert not (tmp_path / "r" / "latest").exists()
+
 def test_ranks_given_different_run_folders_are_refused(data, tmp_path):
     """Newcomer round 2: MPMD with another --out per rank silently ignored rank 1's (only rank 0 writes)."""
     done = run([mpiexec(), "-n", "1", *numgpt("train", data, "--out", tmp_path / "a", *SHAPE, "--max-iters", 2),

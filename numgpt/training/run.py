@@ -123,6 +123,9 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                                                                       sequences_per_row))
         if init:
             tc = dataclasses.replace(tc, init=str(init))
+    if tc.batch_size < comm.size:                      # each rank computes a share of every batch's rows
+        raise NumgptError(f"batch_size {tc.batch_size} leaves some of the {comm.size} ranks without a row; raise "
+                          f"batch_size to at least {comm.size}, or run fewer ranks")
     check_trainable_weights(state.params)              # before a word of progress (train() checks too)
     if comm.size > 1:
         from .mpi import check_same_everywhere
