@@ -128,6 +128,39 @@ def test_resume_is_bit_exact_after_ctrl_c_and_after_a_crash(char_data, tmp_path)
             assert np.array_equal(got[k], v), (name, k)
 
 
+
+@pytest.mark.parametrize("stop_at", [100, 200])
+def test_a_stop_during_an_evaluation_runs_it_on_resume(char_data, tmp_path, monkeypatch, stop_at):
+    """Ctrl-C inside the evaluation at step 100 (or the final one at 200, where resume was refused as already
+    at max_iters): the resumed run evaluates that step first, so its log's evaluations, best/ and weights are
+    the uninterrupted run's (the evaluation was skipped: "done before saving")."""
+    from numgpt.training import loop
+    data = load_dataset(char_data)
+    tc = small_config()
+    train(fresh_state(tc), CONFIG, tc, data, tmp_path / "whole")
+    real = loop.estimate_loss
+
+    def stopped_at(t):
+        if t.state.step == stop_at:
+            raise KeyboardInterrupt
+        return real(t)
+    monkeypatch.setattr(loop, "estimate_loss", stopped_at)
+    cut = train(fresh_state(tc), CONFIG, tc, data, tmp_path / "cut")
+    assert cut.interrupted and cut.state.step == stop_at
+    monkeypatch.setattr(loop, "estimate_loss", real)
+    import numgpt
+    resumed = numgpt.setup_run(char_data, tmp_path / "cut", resume_from="latest")   # at max_iters too
+    resumed.train()
+
+    def evals(run):
+        return [(e["step"], e["val_loss"]) for e in read_log(run) if e["type"] == "eval"]
+    assert evals(tmp_path / "cut") == evals(tmp_path / "whole") and [s for s, _ in evals(tmp_path / "whole")] == \
+        [0, 50, 100, 150, 200]
+    for folder in ("best", "latest"):
+        want, _ = read_safetensors(tmp_path / "whole" / folder / "model.safetensors")
+        got, _ = read_safetensors(tmp_path / "cut" / folder / "model.safetensors")
+        assert all(np.array_equal(got[k], v) for k, v in want.items()), folder
+
 def test_cli_resume_continues_the_same_run(char_data, tmp_path, capsys):
     common = [*SMALL, "--eval-interval", 10, "--eval-iters", 2, "--lr-decay-iters", 40, "--dropout", 0.1]
     assert run_train(char_data, "--out", tmp_path / "a", *common, "--max-iters", 40) == 0

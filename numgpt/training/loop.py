@@ -258,7 +258,7 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
             signum = stop.agreed(t.dp.comm) if stop is not None else 0
             if signum:
                 raise stop_exception(signum)           # every rank here, at the same step
-            if _eval_due(tc, state.step, first_step):
+            if _eval_due(tc, state.step, first_step, state.evaluated_step):
                 last_eval = evaluate_and_save(t, emit)
             if state.step >= tc.max_iters:
                 break
@@ -392,11 +392,14 @@ class InterruptFlag:
         return next((s for s, f in zip(reversed(STOP_SIGNALS), flags[::-1]) if f), 0)
 
 
-def _eval_due(tc: TrainConfig, step: int, first_step: int) -> bool:
-    """Evaluate every eval_interval steps and at the end; not again at a resumed step (done before saving)."""
+def _eval_due(tc: TrainConfig, step: int, first_step: int, evaluated_step: int | None = None) -> bool:
+    """Evaluate every eval_interval steps and at the end; at a resumed step only if its evaluation was
+    stopped before it finished (a checkpoint saved by Ctrl-C during it: evaluated_step is an earlier step;
+    None, a checkpoint from before numgpt recorded it, counts as done)."""
+    scheduled = step == tc.max_iters or (tc.eval_interval > 0 and step % tc.eval_interval == 0)
     if step == first_step and step > 0:
-        return False
-    return step == tc.max_iters or (tc.eval_interval > 0 and step % tc.eval_interval == 0)
+        return scheduled and evaluated_step is not None and evaluated_step < step
+    return scheduled
 
 
 def estimate_loss(t: Trainer) -> dict[str, float]:
@@ -427,6 +430,7 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     improved = state.best_val_loss is None or val < state.best_val_loss
     if improved:
         state.best_val_loss = val
+    state.evaluated_step = state.step
     event["best"] = improved
     emit(event)
     whole = _whole_state(t)

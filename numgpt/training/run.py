@@ -103,7 +103,9 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
         refuse_shape_change(shape, config, "(with resume_from= the shape comes from the checkpoint)")
         refuse_other_tokenizer(run / resume_from, config, data, data_dir)
         tc = apply_options(TrainConfig.from_dict(saved), options, data_dir=data_dir)
-        if state.step >= tc.max_iters:
+        final_eval_missing = state.step == tc.max_iters and state.evaluated_step is not None and \
+            state.evaluated_step < state.step                # stopped during the last evaluation: run it now
+        if state.step >= tc.max_iters and not final_eval_missing:
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
                               "raise max_iters to continue")
         check_fits(config, tc, data, comm, ranks_here, adapter_size, sequences_per_row)   # the weights are in

@@ -56,6 +56,7 @@ class TrainState:
     step: int = 0                   # optimizer updates done
     tokens_seen: int = 0            # training tokens consumed (the data position of random windows)
     best_val_loss: float | None = None
+    evaluated_step: int | None = None   # the step of the last finished evaluation (None: not recorded, older)
 
 
 def new_state(params: Params, *, seed: int) -> TrainState:
@@ -84,7 +85,7 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
     write_safetensors(tmp / OPTIM_FILE, moments, metadata={"format": FORMAT})
     info = {"format": FORMAT, "version": VERSION, "step": state.step, "optim_step": state.optim.step,
             "tokens_seen": state.tokens_seen, "best_val_loss": state.best_val_loss,
-            "rng": state.rng.bit_generator.state, "train_config": train_config}
+            "evaluated_step": state.evaluated_step, "rng": state.rng.bit_generator.state, "train_config": train_config}
     if set(state.optim.m) != set(state.params):
         info["trained"] = list(state.optim.m)                 # the moments kept: the trained parameters
     (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -129,9 +130,11 @@ def load_train_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, TrainSt
         rng.bit_generator.state = info["rng"]
     except (TypeError, ValueError, KeyError) as e:
         raise NumgptError(f"{folder / STATE_FILE}: bad rng state ({e}); the checkpoint is damaged") from None
-    best = info["best_val_loss"]
+    best, evaluated = info["best_val_loss"], info.get("evaluated_step")
+    if evaluated is not None and not isinstance(evaluated, int):
+        raise NumgptError(f"{folder / STATE_FILE}: bad evaluated_step {evaluated!r}; the checkpoint is damaged")
     state = TrainState(params=params, optim=optim, rng=rng, step=info["step"], tokens_seen=info["tokens_seen"],
-                       best_val_loss=None if best is None else float(best))
+                       best_val_loss=None if best is None else float(best), evaluated_step=evaluated)
     return config, state, info["train_config"]
 
 
