@@ -550,6 +550,11 @@ def test_the_note_after_ctrl_c_tells_a_fine_tune_from_a_model_trained_from_nothi
     tuned = best_checkpoint_note(tmp_path, 5, TrainConfig(eval_interval=10, init="runs/sft/init"))
     assert "untrained step-0 model" in scratch and "would print noise" in scratch
     assert "is still the step-0 model, runs/sft/init as it started" in tuned and "noise" not in tuned
+    assert "(the first evaluation after step 0 comes at step 10)" in tuned
+    (tmp_path / "latest").mkdir()                       # an evaluation at step 10 ran, and did not improve
+    (tmp_path / "latest" / "trainstate.json").write_text(json.dumps({"step": 15, "evaluated_step": 10}))
+    tuned = best_checkpoint_note(tmp_path, 15, TrainConfig(eval_interval=10, init="runs/sft/init"))
+    assert "(the evaluation at step 10 did not improve on it)" in tuned and "comes at" not in tuned
 
 
 def test_a_folder_packed_for_another_tokenizer_is_packed_again_by_its_own_command(tmp_path):

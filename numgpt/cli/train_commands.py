@@ -337,7 +337,9 @@ def best_checkpoint_note(run: Path, step: int, tc: TrainConfig) -> str | None:
         return (f"note: there is no {run / BEST} yet (no evaluation ran); sample from {run / LATEST} "
                 f"(step {step}), or train longer with --resume")
     if best_step == 0 and step > 0:
-        when = f" (the first evaluation after step 0 comes at step {tc.eval_interval})" if tc.eval_interval else ""
+        evaluated = checkpoint_step(run / LATEST, "evaluated_step") or 0
+        when = (f" (the evaluation at step {evaluated} did not improve on it)" if evaluated > 0 else
+                f" (the first evaluation after step 0 comes at step {tc.eval_interval})" if tc.eval_interval else "")
         if tc.init:                                   # a fine-tune's step 0 is the model it started from
             return (f"note: {run / BEST} is still the step-0 model, {tc.init} as it started{when}; its training "
                     f"is in {run / LATEST} (step {step}): use --model {run / LATEST}, or train longer with --resume")

@@ -269,12 +269,13 @@ def load_resume_checkpoint(run: Path, name: str):
         raise NumgptError(f"{e}; {advice}") from None
 
 
-def checkpoint_step(folder: Path) -> int | None:
-    """The step a training checkpoint folder holds, from its trainstate.json; None if it has none."""
+def checkpoint_step(folder: Path, key: str = "step") -> int | None:
+    """The step a training checkpoint folder holds (or another step it records: "evaluated_step", its last
+    finished evaluation), from its trainstate.json; None if it has none."""
     from .state import STATE_FILE
 
     try:
-        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("step")
+        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
