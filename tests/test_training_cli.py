@@ -603,3 +603,17 @@ def test_a_run_is_not_lost_to_another_tokenizer_a_missing_latest_or_its_data_fol
         f"numgpt: error: --out {inside} is inside the data folder {char_data}, which `numgpt prepare --force` "
         "replaces whole; pass a --out outside it")
     assert not inside.exists()
+
+
+def test_a_text_file_or_a_run_folder_given_as_data_gets_advice_that_works(char_data, text_file, tmp_path, capsys):
+    """`numgpt train input.txt`: the prepare command that makes its data (it advised `prepare TEXT_FILE --out
+    input.txt`, over the text); a run folder as data: the data folder it was trained on."""
+    assert one_line_error(capsys, run_train(text_file, "--out", tmp_path / "r", *QUICK)) == (
+        f"numgpt: error: {text_file} is a file; training reads a prepared data folder: `numgpt prepare {text_file} "
+        f"--out {text_file.with_suffix('')}`, then train on {text_file.with_suffix('')}")
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK) == 0
+    capsys.readouterr()
+    assert one_line_error(capsys, run_train(run, "--out", tmp_path / "r2", *QUICK)) == (
+        f"numgpt: error: {run} is a training run's folder, not data; pass the data folder it was trained on "
+        f"(data_dir in {run / 'train_config.json'})")

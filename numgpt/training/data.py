@@ -164,6 +164,10 @@ def _write_data_folder(folder: Path, parts: tuple[str, str], tokenizer, dtype: n
 def load_dataset(folder: str | os.PathLike) -> Dataset:
     """Open a prepared data folder; NumgptError saying what to do if it is missing or damaged."""
     folder = Path(folder)
+    if folder.is_file():                                # the text itself, given where its data goes
+        data = folder.with_suffix("") if folder.suffix else folder.with_name(folder.name + ".data")
+        raise NumgptError(f"{folder} is a file; training reads a prepared data folder: `numgpt prepare {folder} "
+                          f"--out {data}`, then train on {data}")
     if not folder.is_dir():
         raise NumgptError(f"{folder}: no such data folder; make one with `numgpt prepare TEXT_FILE --out {folder}`")
     meta = read_meta(folder)
@@ -181,6 +185,9 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
 
 def read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META_FILE
+    if not path.is_file() and (folder / "train_config.json").is_file():     # a run folder (loop.CONFIG_FILE)
+        raise NumgptError(f"{folder} is a training run's folder, not data; pass the data folder it was trained on "
+                          f"(data_dir in {folder / 'train_config.json'})")
     if not path.is_file():
         raise NumgptError(f"{folder}: not a prepared data folder (no {META_FILE}); "
                           f"run `numgpt prepare TEXT_FILE --out {folder}`")
