@@ -337,3 +337,29 @@ def test_plot_says_what_each_kind_of_run_logs():
     lm = [{"type": "eval", "step": 0, "train_loss": 4.0, "val_loss": 4.1}, {"type": "step", "step": 1, "loss": 3.9}]
     q = plotted_quantities(lm)
     assert (q.step_key, q.of_eval(4.1), q.axis) == ("loss", 4.1, "cross-entropy (nats per token)")
+
+
+def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_logs_no_unsaved_evaluation(char_data, tmp_path,
+                                                                                          monkeypatch):
+    """A save that fails (here the optimizer file, as on a full disk): one NumgptError naming RUN/latest and
+    the step its intact checkpoint holds; the partial latest.tmp is removed (it held the space); the step's
+    evaluation is not logged as "(best, saved)" (it was printed before the save)."""
+    import errno
+    from numgpt.training import state as state_module
+    data = load_dataset(char_data)
+    tc = small_config(max_iters=100)
+    real = state_module.write_safetensors
+
+    def full_after_step_0(path, tensors, metadata=None):
+        if "optimizer" in str(path) and events and events[-1]["step"] > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, tensors, metadata=metadata)
+    events = []
+    monkeypatch.setattr(state_module, "write_safetensors", full_after_step_0)
+    with pytest.raises(NumgptError) as e:
+        train(fresh_state(tc), CONFIG, tc, data, tmp_path / "run", on_event=events.append)
+    assert str(e.value) == (f"cannot save the checkpoint {tmp_path / 'run' / 'latest'}: No space left on device; its "
+                            "step-0 checkpoint is unchanged (a save replaces it whole or not at all)")
+    assert not (tmp_path / "run" / "latest.tmp").exists()
+    assert [x["step"] for x in events if x["type"] == "eval"] == [0]
+    assert load_train_checkpoint(tmp_path / "run" / "latest")[1].step == 0

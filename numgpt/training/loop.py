@@ -417,7 +417,7 @@ def estimate_loss(t: Trainer) -> dict[str, float]:
 
 
 def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
-    """Estimate the losses, log them, save RUN/latest, and RUN/best if the validation loss improved
+    """Estimate the losses, save RUN/latest, and RUN/best if the validation loss improved, then log them
     (rank 0 writes; with ZeRO-1 every rank still takes part in gathering the moments)."""
     state, data = t.state, t.data
     losses = estimate_loss(t) if t.objective.estimate is None else t.objective.estimate(t)
@@ -432,14 +432,13 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
         state.best_val_loss = val
     state.evaluated_step = state.step
     event["best"] = improved
-    emit(event)
     whole = _whole_state(t)
-    if t.dp.comm.rank != 0:
-        return event
-    tok, saved = _tokenizer_dir(data), t.tc.to_dict()
-    save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
-    if improved:
-        save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
+    if t.dp.comm.rank == 0:
+        tok, saved = _tokenizer_dir(data), t.tc.to_dict()
+        save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
+        if improved:
+            save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
+    emit(event)                                        # after the saves: "(best, saved)" only once they are
     return event
 
 

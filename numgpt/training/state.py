@@ -68,10 +68,31 @@ def new_state(params: Params, *, seed: int) -> TrainState:
 
 def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: TrainState, *,
                           train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None = None) -> Path:
-    """Write a resumable checkpoint into `folder` atomically (see the module docstring)."""
+    """Write a resumable checkpoint into `folder` atomically (see the module docstring). A write that fails
+    (a full disk) is a NumgptError naming the folder, whose old checkpoint is left as it was, and the partial
+    copy is removed (it would hold the space the next save needs)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)              # the leftover of an interrupted save
+    try:
+        return _write_train_checkpoint(folder, tmp, config, state, train_config, tokenizer_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        before = f"its step-{_saved_step(folder)} checkpoint is unchanged" if _saved_step(folder) is not None else \
+            "nothing was saved there"
+        raise NumgptError(f"cannot save the checkpoint {folder}: {e.strerror or e}; {before} (a save replaces it "
+                          "whole or not at all)") from None
+
+
+def _saved_step(folder: Path) -> int | None:
+    try:
+        return int(json.loads((checkpoint_folder(folder) / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (NumgptError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: TrainState,
+                            train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None) -> Path:
     schema = param_shapes(config)
     save_checkpoint(tmp, config, {k: v for k, v in state.params.items() if k in schema})
     extra = {k: v for k, v in state.params.items() if k not in schema}
