@@ -179,6 +179,8 @@ def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(da
     assert proc.returncode == 130, err
     assert err.count("interrupted at step") == 1           # rank 0 says it, once
     step = int(err.split("interrupted at step ")[1].split(":")[0])
+    resume = f"numgpt train {data} --out {run_dir} --resume"    # the same ranks, or their threads in one process
+    assert f"continue with `mpiexec -n 2 {resume}` (or in one process `{resume} --threads 2`" in err, err
     assert load_train_checkpoint(run_dir / "latest")[1].step == step
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()
              if json.loads(line).get("type") == "step"]

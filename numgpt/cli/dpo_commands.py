@@ -164,7 +164,7 @@ def _train(args, setup, comm) -> int:
     from tqdm import tqdm
 
     from ..params import count_params
-    from .train_commands import BAR_FORMAT, TimeEstimate, best_checkpoint_note
+    from .train_commands import BAR_FORMAT, TimeEstimate, report_stop
 
     run = setup.run
     config, tc, state, folder = run.config, run.tc, run.state, run.folder
@@ -191,12 +191,7 @@ def _train(args, setup, comm) -> int:
     finally:
         bar.close()
     if result.interrupted:
-        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
-              f"`numgpt dpo {args.pairs} --out {folder} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(folder, state.step, tc)
-        if note:
-            print(note, file=sys.stderr)
-        return 128 + result.signal
+        return report_stop(result, f"dpo {args.pairs}", folder, state.step, tc, comm.size)
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, held-out preference accuracy {ev['val_accuracy']:.1%}, margin "

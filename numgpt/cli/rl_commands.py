@@ -150,7 +150,7 @@ def _options(args, options_from_args, *, new: bool) -> dict:
 
 def _train(args, setup, comm) -> int:
     from ..params import count_params
-    from .train_commands import best_checkpoint_note
+    from .train_commands import report_stop
     run, s = setup.run, setup.settings
     ranks = f" on {comm.size} ranks x {run.tc.threads} threads" if comm.size > 1 else ""
     print(f"RL (GRPO), {run.description}{ranks}: {count_params(run.config) / 1e6:.2f}M parameters; "
@@ -161,12 +161,7 @@ def _train(args, setup, comm) -> int:
     result = _train_with_progress(run, comm)
     folder, state = run.folder, run.state
     if result.interrupted:
-        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
-              f"`numgpt rl {args.tasks} --out {folder} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(folder, state.step, run.tc)
-        if note:
-            print(note, file=sys.stderr)
-        return 128 + result.signal
+        return report_stop(result, f"rl {args.tasks}", folder, state.step, run.tc, comm.size)
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, held-out pass@1 {ev['pass@1']:.1%}; best {1 - state.best_val_loss:.1%} in "

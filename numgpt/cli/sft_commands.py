@@ -157,7 +157,7 @@ def _options(args, options_from_args, *, new: bool) -> dict:
 def _train(args, setup, comm) -> int:
     from ..params import count_params
     from ..training.loop import train
-    from .train_commands import _train_with_progress, best_checkpoint_note
+    from .train_commands import _train_with_progress, report_stop
 
     objective = setup.objective
     config, tc, state, folder = setup.config, setup.tc, setup.state, setup.folder
@@ -172,12 +172,7 @@ def _train(args, setup, comm) -> int:
     if export_adapter(setup):
         print(adapter_line(folder / ADAPTER_DIR, folder, state.step, tc.init), file=sys.stderr)
     if result.interrupted:
-        print(f"interrupted at step {state.step}: saved {folder / LATEST}; continue with "
-              f"`numgpt sft {args.data} --out {folder} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(folder, state.step, tc)
-        if note:
-            print(note, file=sys.stderr)
-        return 128 + result.signal
+        return report_stop(result, f"sft {args.data}", folder, state.step, tc, comm.size)
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, masked val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bits per byte of "

@@ -300,13 +300,7 @@ def _run_train(args, comm) -> int:
     if adapter is not None:
         print(adapter_line(adapter, folder, state.step, tc.init), file=sys.stderr)
     if result.interrupted:
-        how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
-        print(f"{how} at step {state.step}: saved {folder / LATEST}; continue with "
-              f"`numgpt train {args.data} --out {folder} --resume`", file=sys.stderr)
-        note = best_checkpoint_note(folder, state.step, tc)
-        if note:
-            print(note, file=sys.stderr)
-        return 128 + result.signal                     # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+        return report_stop(result, f"train {args.data}", folder, state.step, tc, comm.size)
     ev = result.last_eval
     if ev is not None:
         print(f"done: step {state.step}, val loss {ev['val_loss']:.4f} ({ev['val_bpb']:.3f} bits/byte); "
@@ -320,6 +314,24 @@ def check_run_folder(run: Path) -> Path:
         raise NumgptError(f"--out {run}: is an existing file, not a folder; pass a folder path")
     check_writable(run, "--out")
     return run
+
+
+def report_stop(result, command: str, run: Path, step: int, tc: TrainConfig, ranks: int) -> int:
+    """After Ctrl-C or SIGTERM: what was saved and the command that resumes bit for bit (on several MPI
+    ranks, the same mpiexec, or in one process their threads: ranks x threads share a batch's rows the
+    same way), the note on RUN/best; the exit status, 128 + the signal (130 Ctrl-C, 143 SIGTERM)."""
+    how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
+    resume = f"numgpt {command} --out {run} --resume"
+    if ranks > 1:
+        resume = (f"mpiexec -n {ranks} {resume}` (or in one process `{resume} --threads {ranks * (tc.threads or 1)}`, "
+                  "the same rows per thread)")
+    else:
+        resume += "`"
+    print(f"{how} at step {step}: saved {run / LATEST}; continue with `{resume}", file=sys.stderr)
+    note = best_checkpoint_note(run, step, tc)
+    if note:
+        print(note, file=sys.stderr)
+    return 128 + result.signal
 
 
 def adapter_line(adapter: Path, run: Path, step: int, base: str | None) -> str:
