@@ -617,3 +617,16 @@ def test_a_text_file_or_a_run_folder_given_as_data_gets_advice_that_works(char_d
     assert one_line_error(capsys, run_train(run, "--out", tmp_path / "r2", *QUICK)) == (
         f"numgpt: error: {run} is a training run's folder, not data; pass the data folder it was trained on "
         f"(data_dir in {run / 'train_config.json'})")
+
+
+def test_a_resume_that_changes_the_numbers_says_so(char_data, tmp_path, capsys):
+    """--resume with another --lr or --threads continues, but not as the one run it resumes: the first line
+    says which options changed (they went ahead silently); a longer --max-iters alone says nothing."""
+    run = tmp_path / "run"
+    assert run_train(char_data, "--out", run, *QUICK, "--threads", 1, "--lr", "1e-3") == 0
+    capsys.readouterr()
+    assert run_train(char_data, "--out", run, "--resume", "--max-iters", 3) == 0
+    assert "changed from the run's" not in capsys.readouterr().err
+    assert run_train(char_data, "--out", run, "--resume", "--max-iters", 4, "--lr", "0.01", "--threads", 2) == 0
+    assert (f"resuming {run / 'latest'} at step 3; changed from the run's: threads 1 -> 2, lr 0.001 -> 0.01 (it "
+            "continues, but not bit for bit as one run)") in capsys.readouterr().err

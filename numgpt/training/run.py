@@ -109,7 +109,7 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
                               "raise max_iters to continue")
         check_fits(config, tc, data, comm, ranks_here, adapter_size, sequences_per_row)   # the weights are in
-        what = f"resuming {run / resume_from} at step {state.step}"
+        what = f"resuming {run / resume_from} at step {state.step}" + changed_note(saved, options)
     else:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with resume_from='latest', or "
@@ -135,6 +135,22 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
                               {"train": {k: v for k, v in tc.to_dict().items() if k != "data_dir"},
                                "model": config.to_hf_dict(), "data": data.meta, "step": state.step})
     return Run(folder=run, data=data, config=config, tc=tc, state=state, description=what)
+
+
+# what a resumed run may change and still continue bit for bit: how long it runs, what it evaluates, how the
+# ranks exchange gradients; every other option changes the numbers from the step it resumes at
+SAME_BITS = {"max_iters", "eval_interval", "eval_iters", "zero", "overlap", "data_dir"}
+
+
+def changed_note(saved: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+    """"; changed from the run's: lr 0.001 -> 0.01, ... (...)" for the options given to a resume that differ
+    from the run's saved ones and make it no longer the one run it continues (nothing if none)."""
+    def flat(d: Mapping[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in d.items() if k != "optim"}, **(d.get("optim") or {})}
+    old, new = flat(saved), flat(options)
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in SAME_BITS and k in old and old[k] != new[k]]
+    return (f"; changed from the run's: {', '.join(changed)} (it continues, but not bit for bit as one run)"
+            if changed else "")
 
 
 def refuse_run_inside_data(run: Path, data_dir: Path) -> None:
