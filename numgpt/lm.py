@@ -7,7 +7,6 @@ perplexity, log-probabilities).
     lm.next("I wish you a happy New", top=3)  # [(' Year', 0.97), (' Years', 0.018), ...] for GPT-2 124M
     lm.generate("Once upon a time", max_new_tokens=40, temperature=0.8, top_k=40, seed=1)   # a str
     lm.generate_batch(["Once", "Twice"], max_new_tokens=9, num_return_sequences=2)  # [[str, str], [str, str]]
-    numgpt.load("chat").chat("What is 12 + 30?", do_sample=False)   # a chat model's reply, ending at its <|end|>
     for piece in lm.stream("Once upon a time", max_new_tokens=40): print(piece, end="", flush=True)
     lm.perplexity(open("wiki.txt").read())
     lm.embed(["a text", "another"], pooling="mean")   # float32 [2, C]: pooled final hidden states
@@ -214,14 +213,6 @@ class LanguageModel:
             raise NumgptError("generate() returns one text; for num_return_sequences > 1 use "
                               "generate_batch([prompt], ...), which returns the samples as a list")
         return generate_completions(self.params, self.config, self.tokenizer, prompts, opts, draft=draft)[0].text
-
-    def chat(self, messages: str | Sequence[dict], **options: Any) -> str:
-        """A chat model's reply (numgpt.load("chat"), a numgpt sft run): `messages` is one user message (a
-        str) or OpenAI messages ending with the user's turn; they are rendered with the model's own chat
-        template, and the reply ends at its end of turn (not included), as in `numgpt chat`. Options:
-        generate()'s; max_new_tokens is cut to the room left in the context."""
-        from .posttrain.chat_session import chat_reply
-        return chat_reply(self, messages, checked_options(options))
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[list[int]]]:
         """Token ids in, token ids out (transformers' generate without the prompt): out[i][j] is the new ids

@@ -25,6 +25,8 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
+from .errors import NumgptError
+
 
 def thread_count() -> int:
     """The cores this process may run on (its CPU affinity; all CPUs where that is unknown)."""
@@ -39,9 +41,15 @@ THREADS_ENV = "NUMGPT_NUM_THREADS"
 
 def threads_from_env(environ: Mapping[str, str]) -> int | None:
     """The thread count NUMGPT_NUM_THREADS asks for in `environ` (the CLI passes os.environ), or None
-    when it is unset, empty or not a whole number >= 1 (then the caller's default applies)."""
+    when it is unset or empty (then the caller's default applies); anything but a whole number >= 1 is a
+    NumgptError (it was ignored, and a typo then ran on every core)."""
     value = environ.get(THREADS_ENV, "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    if not value:
+        return None
+    if not (value.isdigit() and int(value) > 0):
+        raise NumgptError(f"{THREADS_ENV} must be a whole number >= 1 (the threads numgpt uses), got {value!r}; "
+                          "fix it, or unset it for the default")
+    return int(value)
 
 
 def row_ranges(n: int, parts: int) -> list[slice]:

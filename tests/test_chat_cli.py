@@ -29,6 +29,7 @@ from numgpt.cli.chat_commands import stop_on_interrupt
 from numgpt.formats import load_tokenizer
 from numgpt.posttrain.chat_format import add_chat_tokens, chat_template
 from numgpt.posttrain.chat_session import ChatSession, ModelFormat
+from numgpt.posttrain.chat_session import chat as chat_reply
 from numgpt.posttrain.chatdata import read_conversations
 
 torch = reference("torch")
@@ -206,25 +207,25 @@ def test_a_base_model_is_a_one_line_error_offering_the_transcript(capsys, monkey
 
 
 
-def test_language_model_chat_is_transformers_greedy_reply(chat_folder, hf, special, folders):
-    """LanguageModel.chat: transformers' greedy reply to the same messages (apply_chat_template, generate until
+def test_posttrain_chat_is_transformers_greedy_reply(chat_folder, hf, special, folders):
+    """numgpt.posttrain.chat: transformers' greedy reply to the same messages (apply_chat_template, generate until
     <|end|>), for one user message as a str and for a conversation with a system message; the first reply's
     length is under N (it ended at <|end|>) and the second's is N (cut), so both ends are covered. A base model
     and a conversation not ending with the user's turn are one-line errors."""
     lm, bias = numgpt.load(chat_folder), {special["<|end|>"]: END_BIAS}
-    alone = lm.chat(CONVERSATION[0], do_sample=False, max_new_tokens=N, logit_bias=bias)
+    alone = chat_reply(lm, CONVERSATION[0], do_sample=False, max_new_tokens=N, logit_bias=bias)
     assert alone == reference_reply(hf, special, [{"role": "user", "content": CONVERSATION[0]}])
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": CONVERSATION[0]}]
-    first = lm.chat(messages, do_sample=False, max_new_tokens=N, logit_bias=bias)
+    first = chat_reply(lm, messages, do_sample=False, max_new_tokens=N, logit_bias=bias)
     assert first == reference_reply(hf, special, messages)
     messages += [{"role": "assistant", "content": first}, {"role": "user", "content": CONVERSATION[1]}]
-    second = lm.chat(messages, do_sample=False, max_new_tokens=N, logit_bias=bias)
+    second = chat_reply(lm, messages, do_sample=False, max_new_tokens=N, logit_bias=bias)
     assert second == reference_reply(hf, special, messages)
     assert len(lm.encode(first)) < N and len(lm.encode(second)) == N
     with pytest.raises(numgpt.NumgptError, match="has no chat template"):
-        numgpt.load(folders[1]).chat("hello")
+        chat_reply(numgpt.load(folders[1]), "hello")
     with pytest.raises(numgpt.NumgptError, match="the last message must be the user's"):
-        lm.chat(messages[:3])
+        chat_reply(lm, messages[:3])
 
 def test_a_chat_model_over_the_transcript_still_ends_its_reply_at_its_end_of_turn(capsys, monkeypatch, chat_folder,
                                                                                    special):

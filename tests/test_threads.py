@@ -8,6 +8,7 @@ import pytest
 
 import os
 
+from numgpt.errors import NumgptError
 from numgpt.threads import row_ranges, run_split, thread_count, threads_from_env
 
 
@@ -54,6 +55,7 @@ def test_the_environment_is_read_only_by_the_caller(monkeypatch):
     assert len(names) == 2                                             # `threads` decides, not the variable
     assert threads_from_env({"NUMGPT_NUM_THREADS": "3"}) == 3
     assert threads_from_env({"NUMGPT_NUM_THREADS": " 2 "}) == 2
-    for bad in ("", "0", "-1", "two", "1.5"):
-        assert threads_from_env({"NUMGPT_NUM_THREADS": bad}) is None, bad
-    assert threads_from_env({}) is None
+    assert threads_from_env({"NUMGPT_NUM_THREADS": " "}) is None and threads_from_env({}) is None
+    for bad in ("0", "-1", "two", "1.5"):                              # refused by name, not ignored
+        with pytest.raises(NumgptError, match=f"NUMGPT_NUM_THREADS must be a whole number >= 1 .*, got '{bad}'"):
+            threads_from_env({"NUMGPT_NUM_THREADS": bad})

@@ -407,6 +407,6 @@ def model_kind(folder: Path, tok) -> dict:
     if template is not None:
         return {"kind": "chat model", "end_id": template.end_id,
                 "text": f"a chat model: numgpt's chat template, a reply ends at <|end|> = {template.end_id} "
-                        "(numgpt chat, LanguageModel.chat)"}
+                        "(numgpt chat, numgpt.posttrain.chat)"}
     return {"kind": "language model", "text": "a language model, no chat template (numgpt generate; numgpt chat "
                                               "--transcript)"}

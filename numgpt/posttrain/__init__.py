@@ -2,6 +2,7 @@
 
     chat_format.py  the chat tokens and format: conversations -> ids (and SFT's loss mask), the same format as
                     a Jinja chat_template for transformers, the chat tokens added to a model
+    chat_session.py a conversation with a chat model (`numgpt chat`), and chat(lm, messages): one reply
     chatdata.py     chat JSONL in OpenAI's fine-tuning format: read and checked line by line, written atomically
     classify.py     sequence classification: GPT-2 with a linear head over the last real token (transformers'
                     GPT2ForSequenceClassification), its training through the Objective, metrics
@@ -30,6 +31,7 @@ from .chat_format import (CHAT_TEMPLATE, CHAT_TOKENS, ChatTemplate, add_chat_tok
                           load_chat_template, render_chat, render_for_training, with_chat_tokens)
 from .classdata import Example, label_names, read_fortunes, read_labelled
 from .classify import Classifier, classification_metrics, load_classifier_folder, new_classifier, train_classifier
+from .chat_session import chat
 from .chatdata import check_conversation, numbered_conversations, read_conversations, write_conversations
 from .lora import LoraConfig, add_lora_flags, lora_from_args, lora_objective, merge, read_adapter, save_adapter, \
     with_lora
@@ -44,4 +46,4 @@ __all__ = ["LoraConfig", "add_lora_flags", "lora_from_args", "lora_objective", "
            "check_conversation", "numbered_conversations", "read_conversations", "write_conversations", "FAMILIES",
            "Operands", "check", "check_task", "extract_answer", "prompt_messages", "read_tasks", "synthesize",
            "words_from_text", "CHAT_TEMPLATE", "CHAT_TOKENS", "ChatTemplate", "add_chat_tokens", "chat_template",
-           "load_chat_template", "render_chat", "render_for_training", "with_chat_tokens"]
+           "load_chat_template", "render_chat", "render_for_training", "with_chat_tokens", "chat"]

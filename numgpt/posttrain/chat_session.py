@@ -271,11 +271,13 @@ class Reply:
 
 
 
-def chat_reply(lm: Any, messages: Any, options: GenerationOptions) -> str:
-    """LanguageModel.chat: the reply of a chat model to `messages` (one user message as a str, or OpenAI
-    messages: an optional system message, then user and assistant turns ending with the user's), rendered
-    with the model's own template; the reply ends at its end of turn (not included), as `numgpt chat`'s
-    first reply with the same options and seed."""
+def chat(lm: Any, messages: Any, **options: Any) -> str:
+    """A chat model's reply (numgpt.load("chat"), a numgpt sft run) to `messages`: one user message as a str,
+    or OpenAI messages (an optional system message, then user and assistant turns ending with the user's),
+    rendered with the model's own template; the reply ends at its end of turn (not included), as `numgpt
+    chat`'s first reply with the same options and seed. Options: LanguageModel.generate's; max_new_tokens
+    is cut to the room left in the context."""
+    options = GenerationOptions.from_mapping(options)
     template = chat_template(lm.tokenizer)
     if template is None:
         raise NumgptError("this model has no chat template (a base model: it continues text, it was not fine-tuned "
