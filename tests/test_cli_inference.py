@@ -124,6 +124,28 @@ def test_info_says_what_kind_of_model_a_folder_holds(capsys, tmp_path):
     assert code == 0 and json.loads(out)["kind"]["labels"] == ["ham", "spam", "eggs"]
 
 
+
+def test_info_on_a_run_says_its_training_state(capsys, tmp_path):
+    """info on a run (its best/) or a checkpoint says the step, the best validation loss, the last evaluation
+    and the run's other checkpoint (after a Ctrl-C: whether best/ is still step 0)."""
+    from numgpt.training.data import prepare
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question. " * 200, encoding="utf-8")
+    prepare([text.read_text()], tmp_path / "d", numgpt.load().tokenizer)
+    assert main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--block-size", "16", "--batch-size", "2", "--max-iters", "3",
+                 "--eval-iters", "1"]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "info", "-m", str(tmp_path / "r"), "--json")
+    training = json.loads(out)["training"]
+    best = json.loads((tmp_path / "r" / "best" / "trainstate.json").read_text())["best_val_loss"]
+    assert code == 0 and training["step"] == 3 and training["evaluated_step"] == 3
+    assert training["best_val_loss"] == best and training["other"]["step"] == 3
+    code, out, _ = run(capsys, "info", "-m", str(tmp_path / "r"))
+    assert f"training     a training checkpoint at step 3, best val loss {best:.4f} (last evaluation at step 3); " \
+           "the run's latest/ is at step 3" in out
+
+
 @pytest.mark.parametrize("argv", [
     ["generate", "--temperature", "-1", "Hi"],
     ["generate", "--top-p", "0", "Hi"],

@@ -370,9 +370,10 @@ def run_info(args) -> int:
     tokenizer = {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
                  "files": summary["tokenizer_files"] or ["(none: GPT-2's built-in tokenizer)"]}
     kind = model_kind(Path(summary["folder"]), tok)
+    training = training_summary(Path(summary["folder"]))
     if args.json:
-        print(json.dumps({**summary, "config": dataclasses.asdict(config), "tokenizer": tokenizer, "kind": kind},
-                         indent=2))
+        print(json.dumps({**summary, "config": dataclasses.asdict(config), "tokenizer": tokenizer, "kind": kind,
+                          "training": training}, indent=2))
         return 0
     print(f"folder       {summary['folder']}")
     print("config       " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
@@ -385,7 +386,35 @@ def run_info(args) -> int:
         print(f"weights      {name}: {f['bytes'] / 2**20:.1f} MiB, {f['tensors']} tensors, {'/'.join(f['dtypes'])}")
     print(f"tokenizer    {tok.vocab_size} tokens, <|endoftext|> = {tok.eot_id}, files: {', '.join(tokenizer['files'])}")
     print(f"kind         {kind['text']}")
+    if training is not None:
+        print(f"training     {training['text']}")
     return 0
+
+
+def training_summary(folder: Path) -> dict | None:
+    """For a training checkpoint (a run's best/ or latest/): its step, best validation loss, last evaluation
+    and tokens seen, and the run's other checkpoint; None for a plain model folder."""
+    from ..training.loop import BEST, LATEST
+    from ..training.run import checkpoint_step
+
+    try:
+        state = json.loads((folder / "trainstate.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return None
+    out = {k: state.get(k) for k in ("step", "best_val_loss", "evaluated_step", "tokens_seen")}
+    best = out["best_val_loss"]
+    text = (f"a training checkpoint at step {out['step']}" +
+            (f", best val loss {best:.4f}" if isinstance(best, (int, float)) else ", not evaluated yet") +
+            (f" (last evaluation at step {out['evaluated_step']})" if out["evaluated_step"] is not None else ""))
+    if folder.name in (BEST, LATEST):
+        other = folder.parent / (LATEST if folder.name == BEST else BEST)
+        step = checkpoint_step(other)
+        out["other"] = {"folder": str(other), "step": step}
+        text += f"; the run's {other.name}/ is at step {step}" if step is not None else f"; the run has no {other.name}/"
+    out["text"] = text
+    return out
 
 
 def model_kind(folder: Path, tok) -> dict:
