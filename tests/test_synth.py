@@ -413,3 +413,20 @@ def test_right_working_needs_every_step_not_only_the_answer():
     assert right_working(task, column_addition(a, b) + f" {a} + {b} = {total}")
     count = synthesize(1, rng=np.random.default_rng(4), families=["count"])[0]
     assert right_working(count, "anything")                       # no working to check
+
+
+def test_cli_check_names_every_bad_line(capsys, tmp_path):
+    """`data check` on a file with several bad lines names each (it stopped at the first, one rerun per line),
+    then one summary line, exit 2; a single bad line stays the one-line error."""
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    lines = [json.dumps({"messages": [{"role": "human", "content": "hi"}]}), good,
+             json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "{broken", good]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, printed, err = run(capsys, "data", "check", str(path))
+    assert code == 2 and printed == ""
+    assert [line.split(":")[1] for line in err.splitlines()[:3]] == ["1", "3", "4"]
+    assert err.splitlines()[-1] == f"numgpt: error: {path}: 3 bad lines, above; fix them and check again"
+    path.write_text("\n".join([lines[1], lines[2]]) + "\n", encoding="utf-8")
+    code, _, err = run(capsys, "data", "check", str(path))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"numgpt: error: {path}:2: no assistant turn")

@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import command_group, subcommand
 from .paths import input_file, output_file
+
+MOST_BAD_LINES = 50   # `data check` names this many bad lines at most, then stops
 
 DATA_EXAMPLES = """\
 examples:
@@ -254,15 +257,21 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
 
 
 def run_check(args) -> int:
-    from ..posttrain.chatdata import numbered_conversations
-    from ..posttrain.synth import check_task
-
+    from ..posttrain.chatdata import checked_lines
     from ..posttrain.pairs import is_pairs_file
+    from ..posttrain.synth import check_task
 
     path = input_file(args.file)
     if is_pairs_file(path):
         return _check_pairs(path)
-    records = numbered_conversations(path)
+    records, bad = checked_lines(path, most_bad=MOST_BAD_LINES)
+    if len(bad) == 1:
+        raise NumgptError(bad[0])
+    if bad:                                             # every bad line named (up to MOST_BAD_LINES), not the first
+        for message in bad:
+            print(message, file=sys.stderr)
+        more = f" (the first {MOST_BAD_LINES}: the check stops there)" if len(bad) == MOST_BAD_LINES else ""
+        raise NumgptError(f"{path}: {len(bad)} bad lines, above{more}; fix them and check again")
     roles = Counter(m["role"] for _, r in records for m in r["messages"])
     tasks = [(n, r) for n, r in records if "family" in r or "answer" in r]
     for number, task in tasks:

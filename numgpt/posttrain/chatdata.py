@@ -34,27 +34,45 @@ def read_conversations(path: str | os.PathLike) -> list[dict]:
 
 def numbered_conversations(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(line number, conversation) for every non-blank line, checked: for readers that must name a line
-    in their own errors (a task whose answer does not parse, say)."""
+    in their own errors (a task whose answer does not parse, say). The first bad line is a NumgptError."""
+    found, bad = checked_lines(path, most_bad=1)
+    if bad:
+        raise NumgptError(bad[0])
+    return found
+
+
+def checked_lines(path: str | os.PathLike, *, most_bad: int) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, conversation) of every good non-blank line, and the error of each bad one (the first
+    `most_bad`: reading stops there), for `numgpt data check`, which names every bad line at once."""
     path = Path(path)
-    found = []
+    found, bad = [], []
     for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not raw.strip():
             continue
-        where = f"{path}:{number}"
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise NumgptError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise NumgptError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be one "
-                              'JSON object such as {"messages": [...]}') from None
-        found.append((number, check_conversation(record, where)))
-    if not found:
+            found.append((number, _checked_line(raw, f"{path}:{number}")))
+        except NumgptError as e:
+            bad.append(str(e))
+            if len(bad) >= most_bad:
+                break
+    if not found and not bad:
         raise NumgptError(f"{path}: no conversations (the file is empty); write one JSON object per line, "
                           'such as {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}')
-    return found
+    return found, bad
+
+
+def _checked_line(raw: bytes, where: str) -> dict:
+    """One line of chat JSONL as a checked conversation; NumgptError naming `where` if it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NumgptError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise NumgptError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be one "
+                          'JSON object such as {"messages": [...]}') from None
+    return check_conversation(record, where)
 
 
 def check_conversation(record: object, where: str) -> dict:
