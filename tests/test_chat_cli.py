@@ -143,15 +143,15 @@ def test_reset_system_save_help_and_unknown_commands(capsys, monkeypatch, chat_f
     message), /save appends one record per call that numgpt's chat JSONL reader accepts, /help and an unknown
     command answer on stderr, /quit ends the session (the line after it is never answered)."""
     saved = tmp_path / "chats.jsonl"
-    lines = ["what comes after 9?", "/system Be kind.", "and after 12?", f"/save {saved}", "/reset", "hi",
-             f"/save {saved}", "/system", "/help", "/bogus", "//slash", "/quit", "never answered"]
+    lines = ["what comes after 9?", "/system Be kind.", "and after 12?", f"/save {saved}", "/reset all", "/reset",
+             "hi", f"/save {saved}", "/system", "/help", "/bogus", "//slash", "/quit now", "/quit", "never answered"]
     code, out, err = chat(capsys, monkeypatch, chat_folder, lines, "--system", SYSTEM, *greedy_flags(special))
     first = reference_reply(hf, special, [{"role": "system", "content": SYSTEM},
                                           {"role": "user", "content": lines[0]}])
     kind = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": lines[0]},
             {"role": "assistant", "content": first}, {"role": "user", "content": lines[2]}]
     second = reference_reply(hf, special, kind)
-    third = reference_reply(hf, special, [kind[0], {"role": "user", "content": "hi"}])
+    third = reference_reply(hf, special, [kind[0], {"role": "user", "content": "hi"}])   # "/reset all": nothing
     fourth = reference_reply(hf, special, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": third},
                                            {"role": "user", "content": "/slash"}])   # no system message now
     assert code == 0 and out == f"{first}\n{second}\n{third}\n{fourth}\n"
@@ -162,6 +162,9 @@ def test_reset_system_save_help_and_unknown_commands(capsys, monkeypatch, chat_f
     assert "/save FILE" in err and "/reset" in err                        # /help's list
     assert [line for line in err.splitlines() if "bogus" in line] == [
         "unknown command /bogus: the commands are /system, /reset, /save, /help, /quit (//TEXT sends /TEXT)"]
+    assert [line for line in err.splitlines() if "takes nothing after it" in line] == [
+        "/reset takes nothing after it: nothing done (// sends a message that starts with /)",
+        "/quit takes nothing after it: nothing done (// sends a message that starts with /)"]
 
 
 def test_save_refuses_a_conversation_without_a_reply_and_appends_after_a_line_without_newline(

@@ -183,6 +183,9 @@ def command(session, line: str) -> str | None:
     """Run one /command; "quit" to end the session. A mistake is one line and the session goes on."""
     name, _, rest = line[1:].partition(" ")
     rest = rest.strip()
+    if rest and name in ("quit", "exit", "reset", "help"):
+        say(f"/{name} takes nothing after it: nothing done (// sends a message that starts with /)")
+        return None
     if name in ("quit", "exit"):
         return "quit"
     if name == "help":
