@@ -630,3 +630,14 @@ def test_a_resume_that_changes_the_numbers_says_so(char_data, tmp_path, capsys):
     assert run_train(char_data, "--out", run, "--resume", "--max-iters", 4, "--lr", "0.01", "--threads", 2) == 0
     assert (f"resuming {run / 'latest'} at step 3; changed from the run's: threads 1 -> 2, lr 0.001 -> 0.01 (it "
             "continues, but not bit for bit as one run)") in capsys.readouterr().err
+
+
+def test_prepare_reads_stdin_for_dash(text_file, tmp_path, capsys, monkeypatch):
+    """`numgpt prepare -` reads the text from stdin, as `numgpt perplexity -` does (it said "-: no such file"):
+    the same tokens as the file."""
+    import io
+    assert main(["prepare", str(text_file), "--out", str(tmp_path / "a"), "--tokenizer", "builtin"]) == 0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text_file.read_bytes()), encoding="utf-8"))
+    assert main(["prepare", "-", "--out", str(tmp_path / "b"), "--tokenizer", "builtin"]) == 0
+    for split in ("train.bin", "val.bin"):
+        assert (tmp_path / "a" / split).read_bytes() == (tmp_path / "b" / split).read_bytes()

@@ -80,7 +80,9 @@ def register(sub) -> None:
                        f"{1 - VAL_FRACTION:.0%} of the characters train, the last {VAL_FRACTION:.0%} "
                        "validate), with the tokenizer and a meta.json beside them.",
                        epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="TEXT_FILE", help="UTF-8 text files, joined in order")
+    p.add_argument("files", nargs="+", metavar="TEXT_FILE",
+                   help="UTF-8 text files (- reads stdin), joined in order, with <|endoftext|> between them when "
+                        "the vocabulary has it")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace DIR if it is an existing data folder")
     tok = p.add_mutually_exclusive_group()
@@ -210,7 +212,10 @@ def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
 
 
 def read_text(path: str) -> str:
+    """A UTF-8 text file, or stdin for '-' (as perplexity reads it); a clear error for other encodings."""
     try:
+        if path == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
         return input_file(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise NumgptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
