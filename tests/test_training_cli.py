@@ -641,3 +641,19 @@ def test_prepare_reads_stdin_for_dash(text_file, tmp_path, capsys, monkeypatch):
     assert main(["prepare", "-", "--out", str(tmp_path / "b"), "--tokenizer", "builtin"]) == 0
     for split in ("train.bin", "val.bin"):
         assert (tmp_path / "a" / split).read_bytes() == (tmp_path / "b" / split).read_bytes()
+
+
+def test_a_schedule_that_never_reaches_its_lr_gets_a_note(char_data, tmp_path, capsys):
+    """--warmup-iters beyond --max-iters (or a decay ending inside the warmup) trains as asked, with a note
+    saying what the learning rate does (it went ahead silently)."""
+    assert run_train(char_data, "--out", tmp_path / "a", *QUICK, "--warmup-iters", 500, "--lr", "1e-3") == 0
+    from numgpt.training.optim import AdamWConfig, learning_rate
+    last = learning_rate(AdamWConfig(lr=1e-3, warmup_iters=500), 1)
+    assert (f"note: --warmup-iters 500 is not below --max-iters 2: the learning rate never reaches --lr 0.001 (its "
+            f"last step's is {last:.3g})") in capsys.readouterr().err
+    assert run_train(char_data, "--out", tmp_path / "b", *QUICK, "--max-iters", 4, "--warmup-iters", 3,
+                     "--lr-decay-iters", 2, "--lr", "1e-3", "--min-lr", "1e-4") == 0
+    assert (f"note: --lr-decay-iters 2 ends inside the warmup (3 steps): after it the learning rate drops from "
+            f"{learning_rate(AdamWConfig(lr=1e-3, warmup_iters=3), 2):.3g} to --min-lr 0.0001") in capsys.readouterr().err
+    assert run_train(char_data, "--out", tmp_path / "c", *QUICK, "--warmup-iters", 1, "--lr-decay-iters", 2) == 0
+    assert "note: --" not in capsys.readouterr().err

@@ -293,6 +293,8 @@ def _run_train(args, comm) -> int:
     if comm.size == 1 and options.get("zero"):
         print("note: --zero 1 shards AdamW's moments over the MPI ranks of `mpiexec -n P numgpt train ...`; "
               "with one process it changes nothing", file=sys.stderr)
+    if schedule_note(tc):
+        print(schedule_note(tc), file=sys.stderr)
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
@@ -319,6 +321,20 @@ def check_run_folder(run: Path) -> Path:
         raise NumgptError(f"--out {run}: is an existing file, not a folder; pass a folder path")
     check_writable(run, "--out")
     return run
+
+
+def schedule_note(tc: TrainConfig) -> str | None:
+    """A note when the learning-rate schedule never does what its flags say (accepted, since it is a choice,
+    but rarely the intended one): a warmup as long as the run, or a decay that ends inside the warmup."""
+    from ..training.optim import learning_rate
+    o = tc.optim
+    if o.warmup_iters >= tc.max_iters > 0:
+        return (f"note: --warmup-iters {o.warmup_iters} is not below --max-iters {tc.max_iters}: the learning rate "
+                f"never reaches --lr {o.lr:g} (its last step's is {learning_rate(o, tc.max_iters - 1):.3g})")
+    if o.decay_iters < o.warmup_iters:
+        return (f"note: --lr-decay-iters {o.decay_iters} ends inside the warmup ({o.warmup_iters} steps): after it the "
+                f"learning rate drops from {learning_rate(o, o.warmup_iters - 1):.3g} to --min-lr {o.min_lr:g}")
+    return None
 
 
 def report_stop(result, command: str, run: Path, step: int, tc: TrainConfig, ranks: int) -> int:
