@@ -657,3 +657,6 @@ def test_a_schedule_that_never_reaches_its_lr_gets_a_note(char_data, tmp_path, c
             f"{learning_rate(AdamWConfig(lr=1e-3, warmup_iters=3), 2):.3g} to --min-lr 0.0001") in capsys.readouterr().err
     assert run_train(char_data, "--out", tmp_path / "c", *QUICK, "--warmup-iters", 1, "--lr-decay-iters", 2) == 0
     assert "note: --" not in capsys.readouterr().err
+    from numgpt.threads import thread_count
+    assert run_train(char_data, "--out", tmp_path / "d", *QUICK, "--threads", thread_count() + 1) == 0
+    assert f"note: --threads {thread_count() + 1} is more than the {thread_count()} cores" in capsys.readouterr().err

@@ -295,6 +295,10 @@ def _run_train(args, comm) -> int:
               "with one process it changes nothing", file=sys.stderr)
     if schedule_note(tc):
         print(schedule_note(tc), file=sys.stderr)
+    from ..threads import thread_count
+    if tc.threads > thread_count():
+        print(f"note: --threads {tc.threads} is more than the {thread_count()} cores this process may use: the extra "
+              "threads take turns (the run keeps the number, so that a resume gives the same bits)", file=sys.stderr)
     ranks = f" on {comm.size} ranks x {tc.threads} threads" if comm.size > 1 else ""
     print(f"{run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters (n_layer {config.n_layer}, "
           f"n_head {config.n_head}, n_embd {config.n_embd}, vocab {config.vocab_size}); "
