@@ -270,6 +270,7 @@ def on_every_rank(body, args) -> int:
 def _run_train(args, comm) -> int:
     from ..formats import hf_cache_dir
     from ..params import count_params
+    from ..threads import thread_count
     from ..training.loop import train
     from ..training.run import setup_run
 
@@ -295,7 +296,6 @@ def _run_train(args, comm) -> int:
               "with one process it changes nothing", file=sys.stderr)
     if schedule_note(tc):
         print(schedule_note(tc), file=sys.stderr)
-    from ..threads import thread_count
     if tc.threads > thread_count():
         print(f"note: --threads {tc.threads} is more than the {thread_count()} cores this process may use: the extra "
               "threads take turns (the run keeps the number, so that a resume gives the same bits)", file=sys.stderr)
