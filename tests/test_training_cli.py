@@ -660,3 +660,11 @@ def test_a_schedule_that_never_reaches_its_lr_gets_a_note(char_data, tmp_path, c
     from numgpt.threads import thread_count
     assert run_train(char_data, "--out", tmp_path / "d", *QUICK, "--threads", thread_count() + 1) == 0
     assert f"note: --threads {thread_count() + 1} is more than the {thread_count()} cores" in capsys.readouterr().err
+
+
+def test_the_progress_bar_in_a_log_file_is_lines_not_carriage_returns(char_data, tmp_path, capsys):
+    """stderr that is not a terminal (a log file, a pipe) gets the bar as whole lines: no carriage return, so
+    a log reads line by line (tqdm's redraws made one long line of bar fragments)."""
+    assert run_train(char_data, "--out", tmp_path / "r", *QUICK) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and any(line.startswith("100%|") and "2/2" in line for line in err.splitlines()), err

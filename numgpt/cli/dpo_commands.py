@@ -161,9 +161,8 @@ def eval_line(ev: dict) -> str:
 
 
 def _train(args, setup, comm) -> int:
-    from tqdm import tqdm
-
     from ..params import count_params
+    from .progress import step_bar
     from .train_commands import BAR_FORMAT, TimeEstimate, report_stop
 
     run = setup.run
@@ -172,8 +171,7 @@ def _train(args, setup, comm) -> int:
     print(f"DPO, {run.description}{ranks}: {count_params(config) / 1e6:.2f}M parameters, beta {setup.beta}"
           f"{f', SFT term x {setup.sft_weight}' if setup.sft_weight else ''}; "
           f"{tc.batch_size * tc.grad_accum} pairs of rows of {tc.block_size + 1} tokens per step", file=sys.stderr)
-    bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.2 if sys.stderr.isatty() else 30, bar_format=BAR_FORMAT)
+    bar = step_bar(tc.max_iters, state.step, BAR_FORMAT)
     eta = TimeEstimate(tc, state.step)
 
     def on_event(ev):

@@ -170,12 +170,11 @@ def _train(args, setup, comm) -> int:
 
 
 def _train_with_progress(run, comm, shorter: str = "--max-iters N"):
-    from tqdm import tqdm
+    from .progress import step_bar
     from .train_commands import BAR_FORMAT, TimeEstimate
 
     tc = run.tc
-    bar = tqdm(total=tc.max_iters, initial=run.state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.2 if sys.stderr.isatty() else 30, bar_format=BAR_FORMAT)
+    bar = step_bar(tc.max_iters, run.state.step, BAR_FORMAT)
     eta = TimeEstimate(tc, run.state.step, shorter)
 
     def on_event(ev):

@@ -400,11 +400,9 @@ def local_ranks(ranks: int) -> int:
 
 
 def _train_with_progress(state, config, tc, data, run, train, shorter: str = "--max-iters N"):
-    from tqdm import tqdm
+    from .progress import step_bar
 
-    bar = tqdm(total=tc.max_iters, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.2 if sys.stderr.isatty() else 30,   # a log file gets a line every 30 s
-               bar_format=BAR_FORMAT)
+    bar = step_bar(tc.max_iters, state.step, BAR_FORMAT)
     eta = TimeEstimate(tc, state.step, shorter)
 
     def on_event(ev):
