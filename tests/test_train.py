@@ -363,3 +363,33 @@ def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_logs_no_unsaved_
     assert not (tmp_path / "run" / "latest.tmp").exists()
     assert [x["step"] for x in events if x["type"] == "eval"] == [0]
     assert load_train_checkpoint(tmp_path / "run" / "latest")[1].step == 0
+
+
+def test_a_second_ctrl_c_during_the_save_says_what_the_checkpoint_still_holds(char_data, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Ctrl-C, then Ctrl-C again while RUN/latest is being saved: `numgpt train` ends with one line saying
+    that latest/ still holds the last whole save's step (it said only "numgpt: interrupted"), exit 130."""
+    from numgpt.training import loop, state as state_module
+    real = state_module.write_safetensors
+    calls = {"steps": 0}
+
+    def second_ctrl_c_in_the_save(path, tensors, metadata=None):
+        if calls["steps"] >= 3 and "optimizer" in str(path):
+            raise KeyboardInterrupt
+        return real(path, tensors, metadata=metadata)
+    real_step = loop.train_step
+
+    def ctrl_c_at_step_3(t):
+        calls["steps"] += 1
+        if calls["steps"] == 3:
+            raise KeyboardInterrupt
+        return real_step(t)
+    monkeypatch.setattr(state_module, "write_safetensors", second_ctrl_c_in_the_save)
+    monkeypatch.setattr(loop, "train_step", ctrl_c_at_step_3)
+    argv = ["train", str(char_data), "--out", str(tmp_path / "r"), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+            "--block-size", "16", "--batch-size", "2", "--max-iters", "50", "--eval-iters", "1"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"numgpt: interrupted again while saving {tmp_path / 'r' / 'latest'}, which still holds step 0 (a save "
+        "replaces it whole or not at all)")
+    assert load_train_checkpoint(tmp_path / "r" / "latest")[1].step == 0

@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"numgpt: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if sys.stdout.isatty():       # a streamed text cut mid-line: the message on a line of its own
             print(flush=True)
-        print("numgpt: interrupted", file=sys.stderr)
+        print(f"numgpt: interrupted {e}" if str(e) else "numgpt: interrupted", file=sys.stderr)   # what was kept
         return 130

@@ -395,7 +395,7 @@ def training_summary(folder: Path) -> dict | None:
     """For a training checkpoint (a run's best/ or latest/): its step, best validation loss, last evaluation
     and tokens seen, and the run's other checkpoint; None for a plain model folder."""
     from ..training.loop import BEST, LATEST
-    from ..training.run import checkpoint_step
+    from ..training.state import checkpoint_step
 
     try:
         state = json.loads((folder / "trainstate.json").read_text(encoding="utf-8"))

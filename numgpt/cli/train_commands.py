@@ -25,7 +25,8 @@ from ..threads import THREADS_ENV
 from ..training.data import VAL_FRACTION
 from ..training.loop import BEST, LATEST, TrainConfig
 from ..training.optim import AdamWConfig, ConfigFieldError
-from ..training.run import SCRATCH_SHAPE, checkpoint_step
+from ..training.run import SCRATCH_SHAPE
+from ..training.state import checkpoint_step
 from .options import command_flag_names, flag_message
 from .paths import check_writable, input_file, output_file, output_folder, png_file
 

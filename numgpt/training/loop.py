@@ -71,7 +71,7 @@ from .comm import Communicator, SingleProcess
 from .parallel import DataParallel
 from ..threads import single_threaded_blas, thread_count
 from .lock import run_lock
-from .state import STATE_FILE, TrainState, save_train_checkpoint
+from .state import STATE_FILE, TrainState, checkpoint_step, save_train_checkpoint
 from ..params import Params
 from .zero import ZeroAdamW
 
@@ -275,8 +275,14 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
             state.rng.bit_generator.state = boundary[1]    # stopped inside a step: its batches not drawn
         whole = _whole_state(t)                        # a collective with ZeRO-1: every rank is here
         if t.dp.comm.rank == 0:                        # only rank 0 writes checkpoints
-            save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
-                                  tokenizer_dir=_tokenizer_dir(t.data))
+            try:
+                save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
+                                      tokenizer_dir=_tokenizer_dir(t.data))
+            except KeyboardInterrupt:                  # a second Ctrl-C, during that save
+                held = checkpoint_step(t.run / LATEST)
+                raise KeyboardInterrupt(f"again while saving {t.run / LATEST}, which still holds "
+                                        f"{'nothing yet' if held is None else f'step {held}'} (a save replaces it "
+                                        "whole or not at all)") from None
         emit({"type": "interrupted", "step": state.step, "path": str(t.run / LATEST),
               "signal": signal.Signals(signum).name})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval, signal=int(signum))

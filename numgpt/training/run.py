@@ -17,7 +17,6 @@ arguments and draws the progress.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from .comm import Communicator, SingleProcess
 from .data import Dataset, load_dataset
 from .loop import BEST, LATEST, LOG_FILE, Event, TrainConfig, TrainResult, check_setup, check_trainable_weights, train
 from .objective import Objective
-from .state import TrainState
+from .state import TrainState, checkpoint_step
 
 SCRATCH_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128}   # a model from scratch without a preset
 SHAPE_FIELDS = ("preset", "n_layer", "n_head", "n_embd")
@@ -283,15 +282,3 @@ def load_resume_checkpoint(run: Path, name: str):
                   "resume_from= (another run_dir)" if step is not None else
                   f"start again without resume_from= (another run_dir, or delete {run})")
         raise NumgptError(f"{e}; {advice}") from None
-
-
-def checkpoint_step(folder: Path, key: str = "step") -> int | None:
-    """The step a training checkpoint folder holds (or another step it records: "evaluated_step", its last
-    finished evaluation), from its trainstate.json; None if it has none."""
-    from .state import STATE_FILE
-
-    try:
-        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return step if isinstance(step, int) else None

@@ -113,6 +113,16 @@ def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: T
     return replace_folder_atomically(tmp, folder)
 
 
+def checkpoint_step(folder: Path, key: str = "step") -> int | None:
+    """The step a training checkpoint folder holds (or another step it records: "evaluated_step", its last
+    finished evaluation), from its trainstate.json; None if it has none."""
+    try:
+        step = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 def checkpoint_folder(folder: str | os.PathLike) -> Path:
     """The folder to resume from: `folder`, or NAME.old if a save was cut off between its two renames."""
     folder = Path(folder)
