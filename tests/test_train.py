@@ -358,8 +358,8 @@ def test_a_full_disk_names_the_checkpoint_keeps_the_old_one_and_logs_no_unsaved_
     monkeypatch.setattr(state_module, "write_safetensors", full_after_step_0)
     with pytest.raises(NumgptError) as e:
         train(fresh_state(tc), CONFIG, tc, data, tmp_path / "run", on_event=events.append)
-    assert str(e.value) == (f"cannot save the checkpoint {tmp_path / 'run' / 'latest'}: No space left on device; its "
-                            "step-0 checkpoint is unchanged (a save replaces it whole or not at all)")
+    assert str(e.value) == (f"cannot save the checkpoint {tmp_path / 'run' / 'latest'}: No space left on device; it "
+                            "still holds step 0 (a save replaces it whole or not at all)")
     assert not (tmp_path / "run" / "latest.tmp").exists()
     assert [x["step"] for x in events if x["type"] == "eval"] == [0]
     assert load_train_checkpoint(tmp_path / "run" / "latest")[1].step == 0
@@ -390,6 +390,6 @@ def test_a_second_ctrl_c_during_the_save_says_what_the_checkpoint_still_holds(ch
             "--block-size", "16", "--batch-size", "2", "--max-iters", "50", "--eval-iters", "1"]
     assert main(argv) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"numgpt: interrupted again while saving {tmp_path / 'r' / 'latest'}, which still holds step 0 (a save "
+        f"numgpt: interrupted again while saving {tmp_path / 'r' / 'latest'}: it still holds step 0 (a save "
         "replaces it whole or not at all)")
     assert load_train_checkpoint(tmp_path / "r" / "latest")[1].step == 0

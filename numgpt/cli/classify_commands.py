@@ -33,8 +33,8 @@ examples:
 DATA is CSV (a header row) or JSON lines with a text and a label per record (--text-field, --label-field;
 default 'text' and 'label'). Labels are sorted by name (whole-number labels by value): label i is the
 head's output i (id2label). The model is GPT-2 with a linear head over the last real token's final
-hidden state, saved as a
-GPT2ForSequenceClassification folder (RUN/best, RUN/latest) that transformers loads.
+hidden state, saved as a GPT2ForSequenceClassification folder (RUN/best, RUN/latest) that transformers
+loads.
 """
 
 
@@ -330,10 +330,11 @@ def plot_confusion(confusion, labels: list[str], path: Path) -> None:
 def run_predict(args) -> int:
     from ..ops import softmax
 
-    texts = [line.rstrip("\r\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
-    texts = [t for t in texts if t.strip()] if args.texts == ["-"] else texts
-    if not texts:
-        raise NumgptError("no texts on stdin (one text a line)")
+    texts = args.texts
+    if texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise NumgptError("no texts on stdin (one text a line)")
     model = load_model(args.model)
     probs = softmax(model.logits(texts))
     for text, p in zip(texts, probs):
@@ -365,7 +366,8 @@ def _check_positive(args, names: tuple[str, ...]) -> None:
 def register_fortunes(sub) -> None:
     """`numgpt data fortunes`: added to `numgpt data`'s subcommands by data_commands.register."""
     from ..posttrain.classdata import FORTUNES_DIR
-    p = subcommand(sub, "fortunes", help="Debian's fortunes as labelled JSONL (text, and its category as label) for classify",
+    p = subcommand(sub, "fortunes",
+                   help="Debian's fortunes as labelled JSONL (text, and its category as label) for classify",
                    description="Write the fortunes of Debian's `fortunes` package as JSON lines "
                    "{\"text\": FORTUNE, \"label\": CATEGORY}, a real classification set.",
                    epilog="examples:\n  numgpt data fortunes --categories computers,food,law,medicine,sports "

@@ -395,13 +395,10 @@ def training_summary(folder: Path) -> dict | None:
     """For a training checkpoint (a run's best/ or latest/): its step, best validation loss, last evaluation
     and tokens seen, and the run's other checkpoint; None for a plain model folder."""
     from ..training.loop import BEST, LATEST
-    from ..training.state import checkpoint_step
+    from ..training.state import checkpoint_info, checkpoint_step
 
-    try:
-        state = json.loads((folder / "trainstate.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+    state = checkpoint_info(folder)
+    if state is None or not isinstance(state.get("step"), int):
         return None
     out = {k: state.get(k) for k in ("step", "best_val_loss", "evaluated_step", "tokens_seen")}
     best = out["best_val_loss"]
@@ -420,12 +417,11 @@ def training_summary(folder: Path) -> dict | None:
 def model_kind(folder: Path, tok) -> dict:
     """What the folder holds, for `info`: a classifier (its labels), a chat model (its end-of-turn token),
     or a language model, with the commands that use it."""
+    from ..formats.hf import classifier_labels
     from ..posttrain.chat_format import chat_template
 
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "GPT2ForSequenceClassification" in (raw.get("architectures") or []):
-        id2label = raw.get("id2label") or {}
-        labels = [id2label[k] for k in sorted(id2label, key=int)]
+    labels = classifier_labels(folder)
+    if labels is not None:
         return {"kind": "classifier", "labels": labels,
                 "text": f"a classifier (GPT2ForSequenceClassification) of {len(labels)} labels: {', '.join(labels)} "
                         "(numgpt classify predict / evaluate)"}

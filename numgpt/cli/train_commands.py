@@ -295,8 +295,8 @@ def _run_train(args, comm) -> int:
     if comm.size == 1 and options.get("zero"):
         print("note: --zero 1 shards AdamW's moments over the MPI ranks of `mpiexec -n P numgpt train ...`; "
               "with one process it changes nothing", file=sys.stderr)
-    if schedule_note(tc):
-        print(schedule_note(tc), file=sys.stderr)
+    if note := schedule_note(tc):
+        print(note, file=sys.stderr)
     if tc.threads > thread_count():
         print(f"note: --threads {tc.threads} is more than the {thread_count()} cores this process may use: the extra "
               "threads take turns (the run keeps the number, so that a resume gives the same bits)", file=sys.stderr)
@@ -348,14 +348,10 @@ def report_stop(result, command: str, run: Path, step: int, tc: TrainConfig, ran
     same way), the note on RUN/best; the exit status, 128 + the signal (130 Ctrl-C, 143 SIGTERM)."""
     how = "stopped by SIGTERM" if result.signal == signal.SIGTERM else "interrupted"
     resume = f"numgpt {command} --out {run} --resume"
-    if ranks > 1:
-        resume = (f"mpiexec -n {ranks} {resume}` (or in one process `{resume} --threads {ranks * (tc.threads or 1)}`, "
-                  "the same rows per thread)")
-    else:
-        resume += "`"
-    print(f"{how} at step {step}: saved {run / LATEST}; continue with `{resume}", file=sys.stderr)
-    note = best_checkpoint_note(run, step, tc)
-    if note:
+    said = (f"`mpiexec -n {ranks} {resume}` (or in one process `{resume} --threads {ranks * (tc.threads or 1)}`, "
+            "the same rows per thread)" if ranks > 1 else f"`{resume}`")
+    print(f"{how} at step {step}: saved {run / LATEST}; continue with {said}", file=sys.stderr)
+    if note := best_checkpoint_note(run, step, tc):
         print(note, file=sys.stderr)
     return 128 + result.signal
 
@@ -479,8 +475,8 @@ def format_duration(seconds: float) -> str:
 
 def defaults_text(defaults: dict) -> str:
     """A command's own defaults as its flags say them, for --help: {"batch_size": 8} -> "--batch-size 8"."""
-    return ", ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
-                     f"--{name.replace('_', '-')} {value}" for name, value in defaults.items())
+    return ", ".join(f"--{name.replace('_', '-')} {f'{value:g}' if isinstance(value, float) else value}"
+                     for name, value in defaults.items())
 
 
 def over_defaults(train: dict, optim: dict, given: dict) -> dict:

@@ -273,6 +273,17 @@ def load_classifier(folder: str | os.PathLike, *, mmap: bool = True
     return config, params, labels, pad
 
 
+def classifier_labels(folder: str | os.PathLike) -> list[str] | None:
+    """The label names of a GPT2ForSequenceClassification folder, by id, from its config.json (its
+    architectures and id2label; LABEL_i by num_labels without one); None for any other model."""
+    folder = Path(folder)
+    d = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if CLASSIFIER_ARCH not in (d.get("architectures") or []):
+        return None
+    n = d.get("num_labels")
+    return _id2label(folder, d.get("id2label"), n if isinstance(n, int) and n > 0 else 2)   # transformers' 2
+
+
 def _id2label(folder: Path, id2label: Any, n: int) -> list[str]:
     """Label names by id from config.json's id2label ({"0": "neg", ...}); LABEL_i when absent."""
     if id2label is None:

@@ -75,7 +75,6 @@ class ModelFormat:
                                     add_generation_prompt=True)
 
 
-
 @dataclass(frozen=True)
 class EndsAtTurn:
     """Another chat format whose replies also end at a model's own end-of-turn tokens: numgpt serve's
@@ -268,7 +267,6 @@ class Reply:
         finisher.end("length")                        # no-op unless the steps ran out first
         self.finish_reason = finisher.reason
         yield finisher.release()
-
 
 
 def chat(lm: Any, messages: Any, **options: Any) -> str:

@@ -71,7 +71,7 @@ from .comm import Communicator, SingleProcess
 from .parallel import DataParallel
 from ..threads import single_threaded_blas, thread_count
 from .lock import run_lock
-from .state import STATE_FILE, TrainState, checkpoint_step, save_train_checkpoint
+from .state import STATE_FILE, TrainState, save_train_checkpoint, still_holds
 from ..params import Params
 from .zero import ZeroAdamW
 
@@ -279,10 +279,8 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
                 save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
                                       tokenizer_dir=_tokenizer_dir(t.data))
             except KeyboardInterrupt:                  # a second Ctrl-C, during that save
-                held = checkpoint_step(t.run / LATEST)
-                raise KeyboardInterrupt(f"again while saving {t.run / LATEST}, which still holds "
-                                        f"{'nothing yet' if held is None else f'step {held}'} (a save replaces it "
-                                        "whole or not at all)") from None
+                raise KeyboardInterrupt(f"again while saving {t.run / LATEST}: {still_holds(t.run / LATEST)}") \
+                    from None
         emit({"type": "interrupted", "step": state.step, "path": str(t.run / LATEST),
               "signal": signal.Signals(signum).name})
         return TrainResult(state=state, interrupted=True, last_eval=last_eval, signal=int(signum))
@@ -398,7 +396,7 @@ class InterruptFlag:
         return next((s for s, f in zip(reversed(STOP_SIGNALS), flags[::-1]) if f), 0)
 
 
-def _eval_due(tc: TrainConfig, step: int, first_step: int, evaluated_step: int | None = None) -> bool:
+def _eval_due(tc: TrainConfig, step: int, first_step: int, evaluated_step: int | None) -> bool:
     """Evaluate every eval_interval steps and at the end; at a resumed step only if its evaluation was
     stopped before it finished (a checkpoint saved by Ctrl-C during it: evaluated_step is an earlier step;
     None, a checkpoint from before numgpt recorded it, counts as done)."""

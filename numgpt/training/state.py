@@ -78,17 +78,14 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
         return _write_train_checkpoint(folder, tmp, config, state, train_config, tokenizer_dir)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        before = f"its step-{_saved_step(folder)} checkpoint is unchanged" if _saved_step(folder) is not None else \
-            "nothing was saved there"
-        raise NumgptError(f"cannot save the checkpoint {folder}: {e.strerror or e}; {before} (a save replaces it "
-                          "whole or not at all)") from None
+        raise NumgptError(f"cannot save the checkpoint {folder}: {e.strerror or e}; {still_holds(folder)}") from None
 
 
-def _saved_step(folder: Path) -> int | None:
-    try:
-        return int(json.loads((checkpoint_folder(folder) / STATE_FILE).read_text(encoding="utf-8"))["step"])
-    except (NumgptError, OSError, ValueError, KeyError, TypeError):
-        return None
+def still_holds(folder: Path) -> str:
+    """What a checkpoint folder holds after a save into it failed or was stopped, for the message."""
+    step = checkpoint_step(folder)
+    return (f"it still holds {'nothing' if step is None else f'step {step}'} (a save replaces it whole or not at "
+            "all)")
 
 
 def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: TrainState,
@@ -113,13 +110,20 @@ def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: T
     return replace_folder_atomically(tmp, folder)
 
 
-def checkpoint_step(folder: Path, key: str = "step") -> int | None:
+def checkpoint_info(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """A training checkpoint folder's trainstate.json as a dict, unchecked (for messages and `info`); None
+    if it has none that reads."""
+    try:
+        info = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def checkpoint_step(folder: str | os.PathLike, key: str = "step") -> int | None:
     """The step a training checkpoint folder holds (or another step it records: "evaluated_step", its last
     finished evaluation), from its trainstate.json; None if it has none."""
-    try:
-        step = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+    step = (checkpoint_info(folder) or {}).get(key)
     return step if isinstance(step, int) else None
 
 
