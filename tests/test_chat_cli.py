@@ -419,8 +419,10 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, chat_folder, tmp_pa
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\n"), encoding="utf-8"))
     assert main(["chat", "--model", str(chat_folder)]) == 2
     assert capsys.readouterr().err == "numgpt: error: stdin is not UTF-8 text (byte 0xff); numgpt chat reads UTF-8\n"
-    code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--max-new-tokens", "0")   # empty replies
-    assert code == 2 and err == "numgpt: error: --max-new-tokens must be >= 1 in a chat (each reply's most tokens), got 0\n"
+    for n in ("0", "-1"):                         # empty replies; -1 was told generate's ">= 0"
+        code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--max-new-tokens", n)
+        assert code == 2 and err == ("numgpt: error: --max-new-tokens must be >= 1 in a chat (each reply's most "
+                                     f"tokens), got {n}\n")
     monkeypatch.setitem(sys.modules, "numgpt.serve.chat", None)           # as if the serve extra were missing
     code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--transcript")
     assert code == 2 and err.count("\n") == 1 and "pip install 'numgpt[serve]'" in err

@@ -252,6 +252,7 @@ def test_chat_uses_the_documented_template(server, builtin):
     assert r.choices[0].message.role == "assistant"
     card = server.client.models.list().data[0]
     assert card.id == "numgpt" and card.chat_template["user_turn"] == "User: {content}\n"
+    assert card.chat_template["strip_leading_space"] is True    # a JSON boolean, as --chat-template takes it
     streamed = server.client.chat.completions.create(model="numgpt", messages=messages, max_tokens=30,
                                                      temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == r.choices[0].message.content

@@ -97,10 +97,11 @@ def run_chat(args: argparse.Namespace) -> int:
     from ..posttrain.chat_session import ChatSession
     from .inference_commands import load_model
 
-    options = GenerationOptions.from_mapping({"max_new_tokens": CHAT_MAX_NEW_TOKENS, **decoding_kwargs(args)})
-    if options.max_new_tokens < 1:                      # (generate's rule is >= 0: 0 scores the prompt only)
+    # checked before decoding_kwargs, whose rule is generate's (>= 0: 0 scores the prompt only)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise NumgptError(f"--max-new-tokens must be >= 1 in a chat (each reply's most tokens), got "
-                          f"{options.max_new_tokens}")
+                          f"{args.max_new_tokens}")
+    options = GenerationOptions.from_mapping({"max_new_tokens": CHAT_MAX_NEW_TOKENS, **decoding_kwargs(args)})
     lm = load_model(args)
     chat_format, note = pick_format(lm.tokenizer, args.model, transcript=args.transcript)
     rng = np.random.default_rng() if options.seed is None else sample_rng(options.seed, 0)   # generate's

@@ -80,7 +80,6 @@ class ChatTemplate:
         """The template as JSON for /v1/models."""
         d = {"source": "transcript", **asdict(self)}
         d["stop"] = list(self.stop)
-        d["strip_leading_space"] = str(self.strip_leading_space).lower()
         return d
 
 

@@ -380,7 +380,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     max_model_len: int
-    chat_template: dict[str, str | list[str]] | None
+    chat_template: dict[str, bool | str | list[str]] | None
     adapter: str | None = None          # numgpt's extension: the LoRA adapter merged in (`serve --adapter`)
 
 
