@@ -15,8 +15,9 @@ sets every token that would leave the constrained language to -inf, so no later 
 Randomness is passed in as np.random.Generator objects, one per sequence, so that a
 sequence's draws do not depend on which other sequences share its batch.
 
-Greedy rule: decoding is greedy (argmax of the processed logits) when `do_sample=False` or
-`temperature == 0`; otherwise it samples. As in transformers, the repetition penalty also applies to
+Greedy rule: decoding is greedy (argmax of the processed logits) when `do_sample=False` or the
+temperature is below GREEDY_BELOW (0, and any temperature too small to divide float32 logits by: vLLM's
+rule); otherwise it samples. As in transformers, the repetition penalty also applies to
 greedy decoding, and temperature/top-k/top-p do not (they cannot change the argmax).
 
 Shapes: B batch (sequences), V vocabulary.
@@ -88,12 +89,16 @@ def options_from_mapping(cls: type, given: Mapping[str, Any], what: str, **neste
     return cls(**given, **nested)
 
 
+# subtle: logits / T overflows float32 once T is tiny (1e-39 gave noise, 1e-45 divided by zero), and
+# below 1e-5 sampling is the argmax but for near-exact ties; so such a temperature is greedy, as in vLLM
+GREEDY_BELOW = 1e-5
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to pick the next token from the logits; checked at construction (one-line NumgptError naming
     the field). Build it from keyword arguments, or from any mapping with `SamplingOptions.from_mapping`.
 
-    temperature: divide the logits by it (< 1 sharper, > 1 flatter); 0 means greedy.
+    temperature: divide the logits by it (< 1 sharper, > 1 flatter); 0 (or below GREEDY_BELOW) means greedy.
     top_k: keep the k most likely tokens (ties at the k-th logit are kept, as in transformers); 0 = off.
     top_p: nucleus sampling, keep the smallest set of most likely tokens whose probability is >= top_p;
         1.0 = off.
@@ -181,8 +186,8 @@ class SamplingOptions:
 
     @property
     def greedy(self) -> bool:
-        """True when the next token is the argmax: do_sample=False or temperature == 0."""
-        return not self.do_sample or self.temperature == 0
+        """True when the next token is the argmax: do_sample=False or a temperature below GREEDY_BELOW."""
+        return not self.do_sample or self.temperature < GREEDY_BELOW
 
 
 GREEDY = SamplingOptions(do_sample=False)

@@ -235,6 +235,16 @@ def test_greedy_rule_and_argmax():
     assert next_tokens(logits, o, None, previous=[[1]]).tolist() == [2]
 
 
+@pytest.mark.parametrize("temperature", [1e-6, 1e-39, 1e-45, 5e-324])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature):
+    # logits / 1e-39 overflowed float32 into noise, and / 1e-45 (0 in float32) into NaN and an IndexError
+    logits = random_logits(np.random.default_rng(5), 3, 500)
+    o = SamplingOptions(temperature=temperature, top_k=40)
+    assert o.greedy and not SamplingOptions(temperature=1e-4).greedy
+    rngs = [np.random.default_rng(i) for i in range(3)]
+    assert next_tokens(logits, o, rngs).tolist() == np.argmax(logits, axis=-1).tolist()
+
+
 @pytest.mark.parametrize("min_p", [0.01, 0.1, 0.5, 1.0])
 def test_min_p_equals_transformers(min_p):
     logits = random_logits(np.random.default_rng(11), 4, 5000)

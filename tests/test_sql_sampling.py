@@ -82,6 +82,12 @@ def test_same_seed_same_text_and_another_seed_differs(sql_builtin):
     assert sql_builtin.generate("KING:", max_new_tokens=20, seed=8, temperature=0.9, top_k=40) != a
 
 
+def test_a_temperature_too_small_to_divide_by_is_greedy(sql_builtin):
+    # logit / 1e-320 overflowed to infinities in SQL, and the draw found no row (an IndexError)
+    greedy = sql_builtin.generate("KING:", max_new_tokens=8, do_sample=False)
+    assert sql_builtin.generate("KING:", max_new_tokens=8, seed=1, temperature=1e-320) == greedy
+
+
 def test_stop_string_ends_the_text(request, tmp_path_factory):
     """Stop strings are applied by the session in Python (numgpt's Finisher, finish.py) on the tokens the
     SQL chose, the same code for both engines: DuckDB only."""
