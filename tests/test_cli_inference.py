@@ -97,6 +97,18 @@ def test_perplexity_text_and_json(capsys, model, lm, tmp_path, monkeypatch):
     assert json.loads(out)["perplexity"] == pytest.approx(score.perplexity, rel=1e-12)
 
 
+def test_stdin_that_is_not_utf8_is_refused_as_a_file_is(capsys, model, tmp_path, monkeypatch):
+    # sys.stdin let the byte in as a surrogate: perplexity scored it, embed embedded it
+    (tmp_path / "bad.txt").write_bytes(b"ab\xffcd")
+    for argv in (["perplexity", "-m", model, "-"], ["embed", "-m", model, "--file", "-"],
+                 ["generate", "-m", model, "-n", "2"], ["perplexity", "-m", model, str(tmp_path / "bad.txt")]):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ab\xffcd")))
+        code, out, err = run(capsys, *argv)
+        where = argv[-1] if argv[-1].endswith(".txt") else "stdin"
+        assert (code, out, err) == (2, "", f"numgpt: error: {where}: not UTF-8 text (byte 0xff at offset 2); "
+                                           "convert it to UTF-8\n"), argv
+
+
 def test_info(capsys, model, lm):
     code, out, _ = run(capsys, "info", "-m", model)
     n = numgpt.params.count_params(lm.config)

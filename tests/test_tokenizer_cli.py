@@ -91,6 +91,28 @@ def test_train_then_tokenize_with_it(capsys, tmp_path, tokenizer_corpus):
     assert out.split()[-1] == "299"
 
 
+def test_train_from_stdin_and_a_pipe_equals_the_file(capsys, tmp_path, monkeypatch, tokenizer_corpus):
+    # '-' and <(...) were "no such file"; each now trains what the file trains
+    import os
+    import threading
+    text = "".join(v for k, v in tokenizer_corpus.items() if not k.startswith("long"))
+    path = tmp_path / "input.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    run(capsys, "train-tokenizer", str(path), "--vocab-size", "300", "-o", str(tmp_path / "file"))
+    code, out, _ = run(capsys, "train-tokenizer", "-", "--vocab-size", "300", "-o", str(tmp_path / "stdin"),
+                       stdin=text, monkeypatch=monkeypatch)
+    assert code == 0 and f"from {len(text.encode()):,} bytes" in out
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(text,), kwargs={"encoding": "utf-8"})
+    writer.start()
+    assert run(capsys, "train-tokenizer", str(fifo), "--vocab-size", "300", "-o", str(tmp_path / "pipe_tok"))[0] == 0
+    writer.join()
+    for made in ("stdin", "pipe_tok"):
+        assert (tmp_path / made / "merges.txt").read_bytes() == (tmp_path / "file" / "merges.txt").read_bytes()
+    assert run(capsys, "tokenize", "--file", "-", stdin="Hello world", monkeypatch=monkeypatch)[1] == "15496 995\n"
+
+
 def test_train_byte_level_and_specials(capsys, tmp_path):
     text = tmp_path / "input.txt"
     text.write_text("abc abc abc\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import command_group, subcommand
-from .paths import input_file, output_file
+from .paths import input_file, output_file, read_text
 
 MOST_BAD_LINES = 50   # `data check` names this many bad lines at most, then stops
 
@@ -197,7 +197,7 @@ def _synth_options(args) -> tuple[Path, object, list[str]]:
     output_file(out, flag="-o")
     operands = Operands(max_digits=args.max_digits)
     if args.words:
-        words = words_from_text(_read_text(input_file(args.words)))
+        words = words_from_text(read_text(args.words))
         if not words:
             raise NumgptError(f"--words {args.words}: no words of 3 to 12 ASCII letters in the file")
         operands = Operands(words=words, max_digits=args.max_digits)
@@ -307,11 +307,3 @@ def _check_pairs(path: Path) -> int:
         print(f"tasks: {len(tasks)} ({', '.join(f'{f} {c}' for f, c in sorted(families.items()))}); every chosen "
               f"reply gives the answer; {right} rejected replies do too{cut}")
     return 0
-
-
-def _read_text(path: Path) -> str:
-    """A UTF-8 text file, or a one-line error naming it."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise NumgptError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None

@@ -7,7 +7,8 @@ import json
 
 from ..embeddings import POOLINGS
 from ..errors import NumgptError
-from .inference_commands import MODEL_HELP, _add_adapter, load_model, read_text
+from .inference_commands import MODEL_HELP, _add_adapter, load_model
+from .paths import read_text
 
 EMBED_DESCRIPTION = """\
 Print one JSON line per text: {"index": i, "tokens": n, "embedding": [n_embd floats]}, in the order given.

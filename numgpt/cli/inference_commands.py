@@ -19,6 +19,7 @@ from ..errors import NumgptError
 from ..generate import GenerationOptions, encode_prompt
 from .options import (add_decoding_flags, add_speculative_flags, add_structured_flags, decoding_kwargs,
                       speculative_kwargs, structured_kwargs)
+from .paths import read_text
 from .progress import progress_reporter
 
 GEN = GenerationOptions()   # the defaults
@@ -215,18 +216,6 @@ def model_folder(args) -> Path:
     if args.model is None:
         return builtin_model_folder()
     return resolve_model(args.model, cache_dir=hf_cache_dir(os.environ))
-
-
-def read_text(path: str) -> str:
-    """A UTF-8 file ('-' = stdin), with a clear error for other encodings."""
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise NumgptError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
-    except IsADirectoryError:
-        raise NumgptError(f"{path}: is a folder; pass a text file") from None
 
 
 def read_prompt(args) -> str:

@@ -9,6 +9,7 @@ run folder's missing parents are made: `--out runs/new/x`.)
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -68,10 +69,27 @@ def check_writable(path: Path, flag: str) -> None:
 
 
 def input_file(path: str | os.PathLike) -> Path:
-    """A file a command reads: it must exist and not be a folder."""
+    """A file a command reads: it must exist and not be a folder (a pipe such as <(...) is a file here)."""
     file = Path(path)
     if file.is_dir():
         raise NumgptError(f"{file}: is a folder; pass a text file")
     if not file.exists():
         raise NumgptError(f"{file}: no such file")
     return file
+
+
+def read_text(path: str | os.PathLike, *, keep_newlines: bool = False) -> str:
+    """The text of a UTF-8 file, or of stdin for '-', checked as strictly either way (sys.stdin would let
+    bad bytes in as surrogates): another encoding is a one-line error naming the byte. Line ends become
+    "\n" as Python's text files make them, unless keep_newlines (the tokenizer's exact bytes)."""
+    what = "stdin" if str(path) == "-" else str(path)
+    stdin = getattr(sys.stdin, "buffer", None)     # (a stdin replaced by a text stream has no bytes)
+    if what == "stdin" and stdin is None:
+        return sys.stdin.read()
+    data = stdin.read() if what == "stdin" else input_file(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NumgptError(f"{what}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it "
+                          "to UTF-8") from None
+    return text if keep_newlines else text.replace("\r\n", "\n").replace("\r", "\n")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import NumgptError
-from .paths import input_file, output_folder
+from .paths import input_file, output_folder, read_text
 from .progress import progress_reporter
 
 TOKENIZE_EXAMPLES = """\
@@ -60,7 +60,7 @@ def _register_tokenize(sub) -> None:
                        description="Encode text with byte-level BPE and print the token ids.",
                        epilog=TOKENIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="the text (default: --file, else stdin)")
-    p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file")
+    p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file (- = stdin)")
     show = p.add_mutually_exclusive_group()
     show.add_argument("--pieces", action="store_true", help="one line per token: id and the text it stands for")
     show.add_argument("--json", action="store_true", help="print the ids as a JSON list")
@@ -81,7 +81,7 @@ def _register_train(sub) -> None:
                        description="Train a new byte-level BPE vocabulary (GPT-2's pre-tokenization) on "
                                    "text files and save it as a Hugging Face tokenizer folder.",
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files to learn from")
+    p.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files to learn from ('-' = stdin)")
     p.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="tokens in all: 256 bytes + merges + special tokens")
     p.add_argument("--special", action="append", metavar="TOKEN",
@@ -177,12 +177,13 @@ def run_train_tokenizer(args) -> int:
         from ..posttrain.chat_format import CHAT_TOKENS
         specials = [*specials, *(t for t in CHAT_TOKENS if t not in specials)]
     out = output_folder(args.output, flag="-o", force=args.force, what="tokenizer folder")
-    for f in args.files:
-        input_file(f)
+    # files are read in blocks; stdin ('-') and pipes such as <(...) are read whole, once
+    files = [f for f in args.files if f != "-" and input_file(f).is_file()]
+    texts = [read_text(f, keep_newlines=True) for f in args.files if f not in files]
     start = time.perf_counter()
     update, close = progress_reporter(not args.quiet, "merge", "train-tokenizer")
     try:
-        tok = train_bpe(files=args.files, vocab_size=args.vocab_size, special_tokens=specials,
+        tok = train_bpe(texts, files=files, vocab_size=args.vocab_size, special_tokens=specials,
                         min_frequency=args.min_frequency, split_digits=args.split_digits, progress=update)
     finally:
         close()
@@ -193,7 +194,7 @@ def run_train_tokenizer(args) -> int:
     tok.save(out, overwrite=args.force)
     if args.quiet:
         return 0
-    n_bytes = sum(Path(f).stat().st_size for f in args.files)
+    n_bytes = sum(Path(f).stat().st_size for f in files) + sum(len(t.encode()) for t in texts)
     merged = tok.vocab_size - 256 - len(specials)
     print(f"{args.output}: {tok.vocab_size} tokens (256 bytes + {merged} merged + {len(specials)} special) "
           f"from {n_bytes:,} bytes in {seconds:.1f} s")
@@ -209,16 +210,4 @@ def _read_input(args) -> str:
         raise NumgptError("give the text as an argument or with --file, not both")
     if args.text is not None:
         return args.text
-    if args.file:
-        path = Path(args.file)
-        if path.is_dir():
-            raise NumgptError(f"{path}: is a folder; --file takes a text file")
-        data = path.read_bytes()
-        what = str(path)
-    else:
-        data = sys.stdin.buffer.read()
-        what = "stdin"
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise NumgptError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return read_text(args.file or "-", keep_newlines=True)     # --file -: stdin too

@@ -28,7 +28,7 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 from ..training.run import SCRATCH_SHAPE
 from ..training.state import checkpoint_step
 from .options import command_flag_names, flag_message
-from .paths import check_writable, input_file, output_file, output_folder, png_file
+from .paths import check_writable, input_file, output_file, output_folder, png_file, read_text
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
 ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
@@ -210,16 +210,6 @@ def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
                          f"default --block-size {TC.block_size} needs; add text, or train with a smaller "
                          "--block-size")
     return notes
-
-
-def read_text(path: str) -> str:
-    """A UTF-8 text file, or stdin for '-' (as perplexity reads it); a clear error for other encodings."""
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read().decode("utf-8")
-        return input_file(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise NumgptError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
 def train_tokenizer(text: str, vocab_size: int):

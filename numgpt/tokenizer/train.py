@@ -233,7 +233,7 @@ def _read_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
     for path in map(Path, paths):
         if path.is_dir():
             raise NumgptError(f"{path}: is a folder; pass text files")
-        if not path.is_file():
+        if not path.exists():                 # (a pipe such as <(...) is not is_file(), and reads as one)
             raise NumgptError(f"{path}: no such file")
         try:
             with open(path, encoding="utf-8", newline="") as f:
