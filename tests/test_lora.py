@@ -4,6 +4,7 @@ unmerged forward against the merged model, training only the adapters (no base g
 bit-exact resume, and the one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -456,6 +457,13 @@ def test_merge_lora_writes_the_plain_model_and_the_cli_takes_adapter(base_run, t
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and ("another base model" in err or "no such folder; pass an adapter folder" in err), err
     assert not (tmp_path / "m2").exists()
+    # --force with --out at the adapter or the base replaced it with the merged model
+    for out, what in ((adapter, "the adapter"), (base, "the base")):
+        before = {f.name: f.read_bytes() for f in Path(out).iterdir() if f.is_file()}
+        argv = ["merge-lora", "--model", str(base), "--adapter", str(adapter), "--out", str(out), "--force"]
+        assert main(argv) == 2
+        assert f"--out {out}: overlaps {what}" in capsys.readouterr().err
+        assert {f.name: f.read_bytes() for f in Path(out).iterdir() if f.is_file()} == before
 
 
 @pytest.mark.parametrize("zero", [0, 1])

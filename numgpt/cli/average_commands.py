@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import subcommand
-from .paths import output_folder
+from .paths import check_apart, output_folder
 
 COMMAND, WEIGHTS = "average", "--weights"
 
@@ -121,14 +121,9 @@ def run_average(args) -> int:
 def check_inputs(names: list[str], folders: list[Path], out: Path) -> None:
     """No input twice (that is a weight: --weights says it openly), and --out neither an input, inside one,
     nor holding one (--force would delete it)."""
-    o = out.resolve()
     seen: dict[Path, str] = {}
     for name, folder in zip(names, folders):
-        given = Path(name).expanduser()
-        for p in {folder.resolve(), *([given.resolve()] if given.is_dir() else [])}:
-            if p == o or p.is_relative_to(o) or o.is_relative_to(p):
-                raise NumgptError(f"--out {out}: overlaps the model {name} ({p}); write the average to a folder "
-                                  "outside every model")
+        check_apart(out, name, folder)
         key = folder.resolve()
         if key in seen:
             raise NumgptError(f"{name}: the same model as {seen[key]} ({key}); to count a model more than once, "

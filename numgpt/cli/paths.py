@@ -93,3 +93,13 @@ def read_text(path: str | os.PathLike, *, keep_newlines: bool = False) -> str:
         raise NumgptError(f"{what}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it "
                           "to UTF-8") from None
     return text if keep_newlines else text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_apart(out: Path, name: str, folder: str | os.PathLike, *, what: str = "the model") -> None:
+    """--out must be neither an input folder, inside one, nor holding one: --force would delete it, or the
+    write would replace it. `name` is the input as the user gave it, `folder` where it resolved to."""
+    o = out.resolve()
+    given = Path(name).expanduser()
+    for p in {Path(folder).resolve(), *([given.resolve()] if given.is_dir() else [])}:
+        if p == o or p.is_relative_to(o) or o.is_relative_to(p):
+            raise NumgptError(f"--out {out}: overlaps {what} {name} ({p}); write to a folder outside it")
