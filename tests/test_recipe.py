@@ -3,6 +3,7 @@ resume to the same bits as an uninterrupted run, refusals; corpus.py's texts; ev
 one-at-a-time generation and the checker."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,13 @@ def test_interrupted_stages_continue_to_the_bits_of_an_uninterrupted_run(tmp_pat
 def test_a_folder_with_other_settings_or_other_files_is_refused(tmp_path, finished, text_file):
     with pytest.raises(NumgptError, match="other settings.*sft_iters"):
         run_chat_recipe(tiny(text_file, sft_iters=5), finished[0])
+    # a setting of a stage not begun yet may change (block_size found too short once the tokenizer exists)
+    early = tmp_path / "early"
+    run_chat_recipe(tiny(text_file), early, until="tokenizer")
+    run_chat_recipe(tiny(text_file, block_size=48, sft_iters=5), early, until="tokenizer")
+    assert json.loads((early / "recipe.json").read_text())["block_size"] == 48
+    with pytest.raises(NumgptError, match="other settings.*vocab_size"):
+        run_chat_recipe(tiny(text_file, vocab_size=330), early, until="tokenizer")
     (tmp_path / "x.txt").write_text("mine")
     with pytest.raises(NumgptError, match="not empty and holds no recipe run"):
         run_chat_recipe(tiny(text_file), tmp_path)
@@ -159,7 +167,38 @@ def test_cli_quick_run_and_its_errors(tmp_path, text_file):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| tokenizer |" in done.stdout and "vocab_size" in done.stdout
+    assert "stopped after tokenizer: no model yet" in done.stderr        # it named RUN/model, not made yet
     bad = subprocess.run(cmd[:-1] + ["60"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "other settings (--pretrain-tasks 50 there, 60 now)" in bad.stderr
     missing = subprocess.run(cmd[:7] + ["--text", str(tmp_path / "nope.txt")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr and missing.stderr.count("\n") == 1
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    for text, said in (("latin1.txt", "not UTF-8 text (byte 0xe9 at offset 3)"), (".", "is a folder")):
+        bad = subprocess.run(cmd[:7] + ["--text", str(tmp_path / text)], capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+@pytest.mark.parametrize("changes, said", [
+    (dict(n_head=5, n_embd=64), "--n-embd (64) must be divisible by --n-head (5)"),
+    (dict(vocab_size=10), "--vocab-size must be >="),
+    (dict(rl_families=("add", "foo")), "--rl-families: no family foo"),
+    (dict(rl_iters=1, block_size=64), "--block-size must hold a task's prompt and its reply's 112 tokens"),
+    (dict(sft_lr=0.0), "--sft-lr must be > 0"),
+    (dict(rl_iters=1, rl_group=1), "--rl-group must be >= 2")])
+def test_settings_are_checked_before_any_stage(tmp_path, text_file, changes, said):
+    # each was found only by the stage that used it, after the stages before it had run (and recipe.json
+    # then refused the corrected setting)
+    with pytest.raises(NumgptError, match=re.escape(said)):
+        tiny(text_file, **changes)
+
+
+def test_rl_context_is_checked_before_pretraining_and_the_fix_is_accepted(tmp_path, text_file):
+    out = tmp_path / "r"
+    with pytest.raises(NumgptError, match=r"--block-size 113 is too short for RL: its longest prompt has \d+ "
+                                          r"tokens and a reply up to 112; run again with --block-size (\d+) or more"
+                       ) as refused:
+        run_chat_recipe(tiny(text_file, rl_iters=1, block_size=113), out)
+    assert (out / "tokenizer" / "done.json").exists() and not any((out / "pretrain").iterdir())
+    needed = int(re.search(r"--block-size (\d+) or more", str(refused.value)).group(1))
+    run_chat_recipe(tiny(text_file, rl_iters=1, block_size=needed), out, until="pretrain")
+    assert (out / "pretrain" / "done.json").exists()

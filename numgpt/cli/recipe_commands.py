@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import NumgptError
+from .paths import read_text
 
 EPILOG = """\
 examples:
@@ -59,14 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_recipe(args) -> int:
-    from ..posttrain.recipe import ChatRecipe, run_chat_recipe
+    from ..posttrain.recipe import MODEL, ChatRecipe, run_chat_recipe
+    from ..training.loop import Terminated
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ChatRecipe)}
     values["texts"] = tuple(str(Path(t).resolve()) for t in values["texts"])
     values["rl_families"] = tuple(x.strip() for x in values["rl_families"].split(",") if x.strip())
     for t in values["texts"]:
-        if not Path(t).is_file():
-            raise NumgptError(f"--text {t}: no such file")
+        read_text(t)                                   # a folder, a missing file, not UTF-8: one line, now
     try:
         recipe = ChatRecipe(**values)
     except (TypeError, ValueError) as e:
@@ -77,11 +78,13 @@ def run_recipe(args) -> int:
         records = run_chat_recipe(recipe, args.out, say=say, train=_train_with_progress, until=args.until)
     except KeyboardInterrupt as e:
         saved = f" ({e})" if str(e) else ""
-        print(f"interrupted{saved}; run the same command again to continue from there", file=sys.stderr)
-        return 130
+        how, code = ("stopped by SIGTERM", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"{how}{saved}; run the same command again to continue from there", file=sys.stderr)
+        return code
     print(stage_table(records), flush=True)
-    print(f"recipe: {time.perf_counter() - start:.0f} s in this run; the model is {Path(args.out) / 'model'}",
-          file=sys.stderr)
+    model = Path(args.out) / MODEL
+    ended = f"the model is {model}" if model.is_dir() else f"stopped after {args.until}: no model yet"
+    print(f"recipe: {time.perf_counter() - start:.0f} s in this run; {ended}", file=sys.stderr)
     return 0
 
 

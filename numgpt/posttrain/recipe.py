@@ -36,9 +36,10 @@ DONE = "done.json"
 MODEL = "model"                        # OUT/model: the recipe's result
 
 
-def about(text: str) -> dict[str, str]:
-    """A ChatRecipe field's description: what `numgpt recipe chat --help` says of its flag."""
-    return {"help": text}
+def about(text: str, stage: str = "data") -> dict[str, str]:
+    """A ChatRecipe field's description: what `numgpt recipe chat --help` says of its flag, and the first
+    stage that uses it (a field may change on a resume until that stage has begun)."""
+    return {"help": text, "stage": stage}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ChatRecipe:
         "extra UTF-8 files people wrote (tinyshakespeare)"))
     packaged_texts: bool = field(default=True, metadata=about("also Debian's fortunes and chatterbot-corpus (corpus.py)"))
     seed: int = field(default=0, metadata=about("seeds the data, the model's initialisation and every stage"))
-    threads: int = field(default=0, metadata=about("threads of every training stage; 0 = all cores"))
+    threads: int = field(default=0, metadata=about("threads of every training stage; 0 = all cores", stage="pretrain"))
     # data
     pretrain_tasks: int = field(default=20_000, metadata=about(
         "synthetic tasks written as text into the pre-training corpus"))
@@ -59,30 +60,62 @@ class ChatRecipe:
     eval_tasks: int = field(default=35, metadata=about(
         "held-out tasks per family (7 families: 245 at 35), for every evaluation"))
     # tokenizer and model
-    vocab_size: int = field(default=2048, metadata=about("the BPE tokenizer's vocabulary, special tokens included"))
-    n_layer: int = field(default=6, metadata=about("transformer blocks"))
-    n_head: int = field(default=6, metadata=about("attention heads per block"))
-    n_embd: int = field(default=192, metadata=about("the model's width (channels)"))
+    vocab_size: int = field(default=2048, metadata=about("the BPE tokenizer's vocabulary, special tokens included", stage="tokenizer"))
+    n_layer: int = field(default=6, metadata=about("transformer blocks", stage="pretrain"))
+    n_head: int = field(default=6, metadata=about("attention heads per block", stage="pretrain"))
+    n_embd: int = field(default=192, metadata=about("the model's width (channels)", stage="pretrain"))
     block_size: int = field(default=256, metadata=about("the context in tokens (n_positions); RL's prompts and "
-                                                        "answers must fit in it"))
+                                                        "answers must fit in it", stage="pretrain"))
     # pre-training
-    pretrain_iters: int = field(default=2000, metadata=about("pre-training steps"))
-    pretrain_batch: int = field(default=16, metadata=about("sequences per pre-training step"))
-    pretrain_lr: float = field(default=2e-3, metadata=about("pre-training's peak learning rate"))
+    pretrain_iters: int = field(default=2000, metadata=about("pre-training steps", stage="pretrain"))
+    pretrain_batch: int = field(default=16, metadata=about("sequences per pre-training step", stage="pretrain"))
+    pretrain_lr: float = field(default=2e-3, metadata=about("pre-training's peak learning rate", stage="pretrain"))
     # SFT
-    sft_iters: int = field(default=1000, metadata=about("SFT steps"))
-    sft_batch: int = field(default=16, metadata=about("rows of conversations per SFT step"))
-    sft_lr: float = field(default=6e-4, metadata=about("SFT's peak learning rate"))
+    sft_iters: int = field(default=1000, metadata=about("SFT steps", stage="sft"))
+    sft_batch: int = field(default=16, metadata=about("rows of conversations per SFT step", stage="sft"))
+    sft_lr: float = field(default=6e-4, metadata=about("SFT's peak learning rate", stage="sft"))
     # RL (GRPO)
-    rl_iters: int = field(default=100, metadata=about("RL (GRPO) steps"))
-    rl_group: int = field(default=8, metadata=about("answers sampled per prompt"))
-    rl_prompts: int = field(default=8, metadata=about("prompts per RL step"))
-    rl_lr: float = field(default=3e-5, metadata=about("RL's learning rate"))
-    rl_kl: float = field(default=0.05, metadata=about("RL's KL penalty to the SFT model"))
+    rl_iters: int = field(default=100, metadata=about("RL (GRPO) steps", stage="rl"))
+    rl_group: int = field(default=8, metadata=about("answers sampled per prompt", stage="rl"))
+    rl_prompts: int = field(default=8, metadata=about("prompts per RL step", stage="rl"))
+    rl_lr: float = field(default=3e-5, metadata=about("RL's learning rate", stage="rl"))
+    rl_kl: float = field(default=0.05, metadata=about("RL's KL penalty to the SFT model", stage="rl"))
     # the worked sums, where a reply is right or wrong by its arithmetic, not its phrasing. RL on the other
     # families too (100 steps at 2e-5) lost 18 points of count on held-out phrasings and gained nothing on add
     # (BENCHMARKS.md); reverse and identity give GRPO nothing to learn (every group all wrong or all right)
     rl_families: tuple[str, ...] = field(default=("add", "sub"), metadata=about("task families RL trains on"))
+
+    def __post_init__(self) -> None:
+        """Every setting checked before any stage runs (a mistake found by a late stage would have cost the
+        stages before it): sizes, the model's shape, the families, RL's room in the context."""
+        from .chat_format import CHAT_TOKENS
+        from .synth import FAMILIES, REPLY_TOKENS
+
+        for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if isinstance(value, float):                   # the learning rates > 0, the KL weight >= 0
+                rule, ok = ("> 0", value > 0) if f.name.endswith("_lr") else (">= 0", value >= 0)
+            elif isinstance(value, int) and not isinstance(value, bool):   # counts; 0 steps skips a stage
+                least = 0 if f.name in ("threads", "seed") or f.name.endswith("_iters") else 1
+                rule, ok = f">= {least}", value >= least
+            else:
+                continue
+            if not (ok and np.isfinite(value)):
+                raise NumgptError(f"{flag} must be {rule}, got {value}")
+        if self.n_embd % self.n_head:
+            raise NumgptError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.vocab_size < 256 + len(CHAT_TOKENS):
+            raise NumgptError(f"--vocab-size must be >= {256 + len(CHAT_TOKENS)} (256 bytes and the "
+                              f"{len(CHAT_TOKENS)} chat tokens), got {self.vocab_size}")
+        unknown = [f for f in self.rl_families if f not in FAMILIES]
+        if unknown or not self.rl_families:
+            raise NumgptError(f"--rl-families: {'no family given' if not unknown else 'no family ' + unknown[0]}; "
+                              f"the families are {', '.join(FAMILIES)}")
+        if self.rl_group < 2:
+            raise NumgptError(f"--rl-group must be >= 2 (GRPO compares a prompt's answers), got {self.rl_group}")
+        if self.rl_iters > 0 and self.block_size <= REPLY_TOKENS:     # the prompts' length is known once the tokenizer is (rl_fits)
+            raise NumgptError(f"--block-size must hold a task's prompt and its reply's {REPLY_TOKENS} tokens, got "
+                              f"{self.block_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,15 +153,29 @@ def check_recipe_folder(out: Path, recipe: ChatRecipe) -> None:
         before = json.loads(saved.read_text())
         mine = json.loads(json.dumps(recipe.to_dict()))
         changed = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
-        if changed:
-            said = ", ".join(f"{k} {before.get(k)!r} there, {mine.get(k)!r} now" for k in changed[:3])
-            raise NumgptError(f"{out} holds a recipe run with other settings ({said}); continue it with the same "
-                              "settings, or pass another out folder")
+        stage_of = {f.name: f.metadata["stage"] for f in dataclasses.fields(ChatRecipe)}
+        fixed = [k for k in changed if _begun(out / stage_of.get(k, "data"))]
+        if fixed:
+            said = ", ".join(f"{k} {_shown(before.get(k))} there, {_shown(mine.get(k))} now"
+                             for k in fixed[:3])
+            raise NumgptError(f"{out} holds a recipe run with other settings ({said}), used by stages that have "
+                              "begun; continue it with the same settings, or pass another out folder")
+        if changed:                       # settings of stages not begun yet: the run takes the new ones
+            saved.write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
         return
     if out.exists() and any(out.iterdir()):
         raise NumgptError(f"{out} is not empty and holds no recipe run; pass a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
+
+
+def _begun(folder: Path) -> bool:
+    """A stage has begun once its folder holds anything (run_chat_recipe makes it empty just before)."""
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def run_chat_recipe(recipe: ChatRecipe, out: str | Path, *, say: Say = lambda s: None,
@@ -209,6 +256,22 @@ def _tokenizer(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: Tra
     return {"vocab_size": tok.vocab_size}
 
 
+def rl_fits(recipe: ChatRecipe, out: Path) -> None:
+    """RL's longest prompt and its reply's REPLY_TOKENS must fit in block_size: checked with the recipe's
+    tokenizer before pre-training begins (block_size may still change then), not when RL starts."""
+    from ..tokenizer import Tokenizer
+    from .rl import render_tasks
+    from .synth import REPLY_TOKENS, read_tasks
+
+    tok = Tokenizer.load(tokenizer_folder(out))
+    tasks = read_tasks(out / "data" / "rl_tasks.jsonl")
+    longest = max(len(t.prompt) for t in render_tasks(tok, tasks))
+    if longest + REPLY_TOKENS > recipe.block_size:
+        raise NumgptError(f"--block-size {recipe.block_size} is too short for RL: its longest prompt has {longest} "
+                          f"tokens and a reply up to {REPLY_TOKENS}; run again with --block-size "
+                          f"{longest + REPLY_TOKENS} or more (pre-training has not begun, so it may change)")
+
+
 def tokenizer_folder(out: Path) -> Path:
     return out / "tokenizer" / "tok"
 
@@ -221,6 +284,8 @@ def _pretrain(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: Trai
     from ..training.run import setup_run
 
     data, run_dir = stage.folder / "data", stage.folder / "run"
+    if recipe.rl_iters > 0:
+        rl_fits(recipe, out)
     if not (data / "meta.json").exists():
         files = pretrain_files(out)
         prepare([f.read_text(encoding="utf-8") for f in files], data, Tokenizer.load(tokenizer_folder(out)),
@@ -242,7 +307,10 @@ def _pretrain(recipe: ChatRecipe, out: Path, stage: Stage, say: Say, train: Trai
 def _trained(result, run_dir: Path):
     """A stage's TrainResult; an interrupted one stops the recipe (its latest checkpoint is saved)."""
     if result.interrupted:
-        raise KeyboardInterrupt(f"saved {run_dir / 'latest'}")
+        from ..training.loop import stop_exception
+        stop = stop_exception(result.signal)           # Terminated for SIGTERM, as numgpt train tells them apart
+        stop.args = (f"saved {run_dir / 'latest'}",)
+        raise stop
     return result
 
 
