@@ -259,6 +259,8 @@ def test_synthesize_refuses_bad_arguments():
         synthesize(5, rng=rng, families="add")
     with pytest.raises(NumgptError, match="turns must be >= 1"):
         synthesize(5, rng=rng, turns=0)
+    with pytest.raises(NumgptError, match=r"10,000,000,000 tasks need \d+\.\d GiB, more than the .* lower n"):
+        synthesize(10**10, rng=rng)               # before allocating: it died in NumPy's 74.5 GiB MemoryError
     only_train = tuple(w for w in WORDS_SAMPLE if not is_heldout(f"word:{w}"))
     with pytest.raises(NumgptError, match="held-out split; pass more words"):
         synthesize(5, rng=rng, families=["count"], split="heldout", operands=Operands(words=only_train))

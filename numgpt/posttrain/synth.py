@@ -53,6 +53,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import NumgptError, real_number, whole_number
+from ..machine import check_fits
 from .chatdata import numbered_conversations
 
 SPLITS = ("train", "heldout")
@@ -360,6 +361,9 @@ def _check_options(n: int, families: Sequence[str], split: str, operands: Operan
         raise NumgptError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     whole_number("n", n, minimum=1)
     whole_number("turns", turns, minimum=1)
+    # held in memory until written: ~0.9 kB a task of one exchange and ~0.4 kB more a turn (tracemalloc);
+    # 2 kB + 1 kB a turn leaves room for a pair's extra replies and the JSON lines being written
+    check_fits(n * (2048 + 1024 * turns), f"{n:,} tasks", "lower n (--n), or write several files")
     whole_number("max_digits", operands.max_digits, minimum=1)
     if operands.max_digits > MAX_DIGITS:
         raise NumgptError(f"max_digits must be <= {MAX_DIGITS} (numbers are drawn as int64), got {operands.max_digits}")
