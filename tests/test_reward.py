@@ -411,6 +411,9 @@ def test_other_refusals_are_one_line(world, tmp_path, capsys):
         code, err = run_cli(["reward", "train", pairs, "--init", str(world / "chat"), "--out", str(tmp_path / "rm"),
                              "--max-tokens", flag], capsys)
         assert (code, err) == (2, f"numgpt: error: {message}\n") and not (tmp_path / "rm").exists()
+    code, err = run_cli(["reward", "train", pairs, "--init", str(world / "chat"), "--out", str(tmp_path / "rm"),
+                         "--max-iters", "-3"], capsys)                 # it named --warmup-iters, never given
+    assert (code, err) == (2, "numgpt: error: --max-iters must be >= 0, got -3\n")
     rm = tmp_path / "rm-model"                                 # a reward model is no model to start one from
     R.export_reward_model(setup(world, rm, options={"max_iters": 1, "eval_interval": 0}).run)
     code, err = run_cli(["reward", "train", pairs, "--init", str(rm / "model"), "--out", str(tmp_path / "rm2")],

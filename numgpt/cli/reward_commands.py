@@ -160,8 +160,9 @@ def _new_options(args, given: dict, lora) -> dict:
     """The flags given, over the reward model's defaults (lr by what trains, warmup a tenth of the steps)."""
     options = {**REWARD_TRAIN, **{k: v for k, v in given.items() if k != "optim"}}
     lr = LORA_LR if lora is not None else HEAD_LR if args.train == "head" else BODY_LR
-    optim = {"lr": lr, "min_lr": given["optim"].get("lr", lr) / 10, "warmup_iters": options["max_iters"] // 10,
-             **given["optim"]}
+    # (a negative max_iters gets no warmup of its own, so that its own check names it, not --warmup-iters)
+    optim = {"lr": lr, "min_lr": given["optim"].get("lr", lr) / 10,
+             "warmup_iters": max(0, options["max_iters"] // 10), **given["optim"]}
     return {**options, "optim": optim}
 
 
