@@ -416,6 +416,7 @@ def test_a_reward_model_scores_the_answers_and_one_for_another_tokenizer_is_refu
     (["--kl", "nan"], "--kl must be a finite number >= 0"),
     (["--clip", "0"], "--clip must be a finite number > 0"),
     (["--prompts-per-step", "0"], "--prompts-per-step must be a whole number >= 1"),
+    (["--temperature", "0"], "--temperature must be >= 1e-05 for RL, got 0.0: greedy answers"),   # ran, learned 0
 ])
 def test_bad_settings_are_one_line_errors_and_leave_nothing(world, tmp_path, capsys, flags, words):
     assert rl(world, tmp_path / "run", *flags) == 2

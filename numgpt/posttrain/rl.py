@@ -54,7 +54,7 @@ from ..errors import NumgptError
 from ..generate import decode_steps, generate_ids
 from ..ops import log_softmax_at
 from ..params import Params
-from ..sampling import GREEDY, SamplingOptions
+from ..sampling import GREEDY, GREEDY_BELOW, SamplingOptions
 from ..threads import row_ranges, run_in_threads, thread_count
 from ..training.comm import Communicator
 from ..training.objective import Batch, Objective
@@ -401,6 +401,9 @@ def check_settings(s: Mapping[str, Any]) -> None:
     bonus = s["format_bonus"]
     if not isinstance(bonus, (int, float)) or not math.isfinite(bonus):
         raise NumgptError(f"format_bonus must be a finite number, got {bonus!r}")
+    if sampling_options(s).greedy:          # every answer of a group the same: all advantages 0
+        raise NumgptError(f"temperature must be >= {GREEDY_BELOW} for RL, got {s['temperature']!r}: greedy answers "
+                          "to one prompt are all the same, so a group has nothing to compare (1.0 is usual)")
 
 
 def setup_rl(tasks_path: str | Path, run_dir: str | Path, *, init: str | Path | None = None,
