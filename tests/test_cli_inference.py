@@ -59,11 +59,39 @@ def test_generate_json_samples_echo_file_and_stdin(capsys, model, lm, tmp_path, 
     assert out.count("--- sample") == 2 and ref[1].text in out
     code, out, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy", "--echo", "Hi")
     assert out == "Hi" + lm.generate("Hi", max_new_tokens=5, do_sample=False) + "\n"
+    code, out, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy", "--echo", "--no-stream", "Hi")
+    assert out == "Hi" + lm.generate("Hi", max_new_tokens=5, do_sample=False) + "\n"
+    code, out, _ = run(capsys, "generate", "-m", model, "-n", "8", "--seed", "1", "--num-samples", "2", "-q",
+                       "--echo", "Hi")              # the prompt was written once more, before the first sample
+    assert out == "".join(f"--- sample {i + 1} of 2 ---\nHi{c.text}\n" for i, c in enumerate(ref))
+    code, out, err = run(capsys, "generate", "-m", model, "--echo", "--json", "Hi")    # --echo was ignored
+    assert (code, out) == (2, "") and "--json gives each sample's new text and ids, without the prompt" in err
     (tmp_path / "p.txt").write_text("Hi\n", encoding="utf-8")
     code, from_file, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy", "--file", str(tmp_path / "p.txt"))
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
     code, from_stdin, _ = run(capsys, "generate", "-m", model, "-n", "5", "--greedy")
     assert from_file == from_stdin == lm.generate("Hi", max_new_tokens=5, do_sample=False) + "\n"
+
+
+def test_a_constrained_text_cut_by_max_new_tokens_gets_a_note(capsys, model, tmp_path):
+    # the README's example printed a string cut short, exit 0, nothing on stderr
+    import jsonschema
+    bounded = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {
+        "type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"]}
+    unbounded = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    for schema, n, cut in ((bounded, 64, False), (unbounded, 10, True)):
+        (tmp_path / "s.json").write_text(json.dumps(schema))
+        code, out, err = run(capsys, "generate", "-m", model, "--json-schema", str(tmp_path / "s.json"), "-n", str(n),
+                             "--seed", "1", "A person, as JSON:")
+        try:
+            jsonschema.validate(json.loads(out), schema)
+            valid = True
+        except (ValueError, jsonschema.ValidationError):
+            valid = False
+        assert code == 0 and valid is not cut
+        assert ("note: the text reached --max-new-tokens before its JSON was complete" in err) is cut, err
+    code, out, err = run(capsys, "generate", "-m", model, "--regex", "[a-z ]+;", "-n", "3", "--seed", "1", "x")
+    assert err == "note: the text reached --max-new-tokens before it matched --regex: it does not; raise -n\n"
 
 
 def test_next_table_and_json(capsys, model, lm):

@@ -253,6 +253,8 @@ def run_generate(args) -> int:
     if structured and given.get("speculative"):
         raise NumgptError(f"--speculative cannot be combined with --{next(iter(structured)).replace('_', '-')} "
                           "(drafts are not checked against it): drop one of them")
+    if args.echo and args.json:
+        raise NumgptError("--json gives each sample's new text and ids, without the prompt: drop --echo")
     prompt = read_prompt(args)
     lm = load_model(args)
     options = fitted_options(given, lm, prompt)
@@ -261,10 +263,10 @@ def run_generate(args) -> int:
     if args.draft_model is not None:
         options["draft_model"] = load_draft_model(args.draft_model)
     out = sys.stdout
-    if args.echo and not args.json:
-        out.write(prompt)
-        out.flush()
     if not (args.no_stream or args.json or samples > 1):
+        if args.echo:
+            out.write(prompt)
+            out.flush()
         completions: list = []
         for piece in lm.stream_pieces(prompt, completions=completions, **options):
             if piece.text:
@@ -272,6 +274,7 @@ def run_generate(args) -> int:
                 out.flush()
         out.write("\n")
         print_statistics(completions, args.verbose)
+        note_cut_constraint(completions, structured)
         return 0
     update, close = progress_reporter(not args.quiet, "token", "generate")
     try:
@@ -279,17 +282,35 @@ def run_generate(args) -> int:
     finally:
         close()
     print_statistics(completions, args.verbose)
+    note_cut_constraint(completions, structured)
     if args.json:
         print(json.dumps([{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
                            **({"speculative": c.speculative.as_dict()} if c.speculative is not None else {})}
                           for c in completions], ensure_ascii=False, indent=2))
     elif len(completions) == 1:
-        print(completions[0].text)
+        print((prompt if args.echo else "") + completions[0].text)
     else:
         for i, c in enumerate(completions):
             print(f"--- sample {i + 1} of {len(completions)} ---")
             print((prompt if args.echo else "") + c.text)
     return 0
+
+
+def note_cut_constraint(completions, structured: dict) -> None:
+    """A note on stderr for each constrained sample that --max-new-tokens cut before its text was whole (the
+    output gave no sign of it but finish reason "length" under --verbose)."""
+    if not structured:
+        return
+    from ..structured import check_structured
+    cut = [i + 1 for i, c in enumerate(completions) if c.finish_reason == "length"]
+    if cut:                                            # (a cut may still have ended where the text was whole)
+        language = check_structured(**structured)
+        cut = [i for i in cut if not language.matches(completions[i - 1].text)]
+    said = ("before its JSON was complete: it is not valid against the schema; raise -n, or bound the schema's strings "
+            "(maxLength)") if "json_schema" in structured else "before it matched --regex: it does not; raise -n"
+    for i in cut:
+        print(f"note: {f'sample {i}' if len(completions) > 1 else 'the text'} reached --max-new-tokens {said}",
+              file=sys.stderr)
 
 
 def print_statistics(completions, verbose: bool) -> None:
