@@ -265,6 +265,14 @@ def test_plot_draws_a_png(char_data, tmp_path, monkeypatch, capsys):
     assert run_train(char_data, "--out", run, *SMALL, "--max-iters", 4, "--eval-interval", 2, "--eval-iters", 1) == 0
     assert main(["plot", str(run)]) == 0
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (run / "log.jsonl").read_text()
+    (run / "log.jsonl").write_text(log + '{"type": "st')           # a kill mid-write: plotted without it
+    assert main(["plot", str(run), "-o", str(tmp_path / "y.png")]) == 0
+    for damaged, said in ((b"\xff\xfe", "not UTF-8 text, so not a numgpt training log"),      # was a traceback
+                          (b"not json\n" + log.encode(), ":1: not an event of a numgpt training log")):  # "train first"
+        (run / "log.jsonl").write_bytes(damaged)
+        assert said in one_line_error(capsys, main(["plot", str(run), "-o", str(tmp_path / "z.png")]))
+    (run / "log.jsonl").write_text(log)
     monkeypatch.setitem(sys.modules, "matplotlib", None)     # as if the `plot` extra were not installed
     capsys.readouterr()
     msg = one_line_error(capsys, main(["plot", str(run), "-o", str(tmp_path / "x.png")]))

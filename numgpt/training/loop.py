@@ -517,10 +517,20 @@ def read_log(run_dir: str | Path) -> list[Event]:
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise NumgptError(f"{run_dir}: no {LOG_FILE}; pass the --out folder of a `numgpt train` run")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise NumgptError(f"{path}: not UTF-8 text, so not a numgpt training log") from None
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            event = None
+        if not (isinstance(event, dict) and isinstance(event.get("type"), str)):
+            if number == len(lines):     # a last line cut short by a kill mid-write: the run goes on without it
+                break
+            raise NumgptError(f"{path}:{number}: not an event of a numgpt training log (a JSON object with a "
+                              "\"type\")")
+        events.append(event)
     return events
