@@ -506,6 +506,16 @@ def test_init_builtin_fine_tunes_the_built_in_model(tmp_path, text_file, capsys)
                      "--block-size", 32, "--batch-size", 2) == 0
     assert f"fine-tuning {builtin_model_folder()}" in capsys.readouterr().err
     assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["init"] == "builtin"
+    # more data for the run just trained (its run folder), and GPT-2's shipped vocabulary by name: both refused
+    import numpy as np
+    assert main(["prepare", str(text_file), "--out", str(tmp_path / "again"), "--tokenizer", str(tmp_path / "ft")]) == 0
+    for split in ("train", "val"):
+        assert np.array_equal(np.fromfile(tmp_path / "again" / f"{split}.bin", np.uint16),
+                              np.fromfile(data / f"{split}.bin", np.uint16))
+    for name in ("gpt2", "openai-community/gpt2-medium"):
+        out = tmp_path / name.replace("/", "_")
+        assert main(["prepare", str(text_file), "--out", str(out), "--tokenizer", name]) == 0
+        assert json.loads((out / "meta.json").read_text())["vocab_size"] == 50257
 
 
 def test_the_python_api_names_its_parameters_and_the_cli_its_flags(char_data, tmp_path, capsys):

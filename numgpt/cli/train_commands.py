@@ -169,7 +169,7 @@ def run_prepare(args) -> int:
     texts = [read_text(f) for f in args.files]
     if args.vocab_size is not None:
         tokenizer, source = train_tokenizer("".join(texts), args.vocab_size), f"trained:{args.vocab_size}"
-    elif args.tokenizer:
+    elif args.tokenizer and not is_gpt2_name(args.tokenizer):
         tokenizer, source = Tokenizer.load(tokenizer_folder(args.tokenizer)), str(args.tokenizer)
     else:
         tokenizer, source = Tokenizer.gpt2(), "gpt2"
@@ -185,13 +185,22 @@ def run_prepare(args) -> int:
 
 
 def tokenizer_folder(name: str) -> Path:
-    """prepare's --tokenizer: a folder as given, else a model name resolved as --model resolves it
-    ('builtin', a hub name in the cache; never downloaded here)."""
+    """prepare's --tokenizer: a tokenizer folder as given, else a model resolved as --model resolves it (a
+    run folder's checkpoint, 'builtin', a hub name in the cache; never downloaded here)."""
     from ..formats import hf_cache_dir, resolve_model
 
-    if Path(name).exists():
-        return Path(name)
+    folder = Path(name)
+    if any((folder / f).exists() for f in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe")):
+        return folder                    # (tokenizer.files' two layouts; a missing half is its error to say)
     return resolve_model(name, cache_dir=hf_cache_dir(os.environ), download=False)
+
+
+def is_gpt2_name(name: str) -> bool:
+    """GPT-2's hub names (gpt2 .. gpt2-xl, openai-community/...) share one vocabulary, which numgpt ships:
+    no download for its tokenizer."""
+    from ..formats.hub import GPT2_HUB_NAMES
+
+    return not Path(name).exists() and name.removeprefix("openai-community/") in GPT2_HUB_NAMES
 
 
 def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
