@@ -76,3 +76,11 @@ def test_every_help_example_parses():
 def test_every_command_line_in_the_readme_and_docs_parses():
     check_all([(path.name, c) for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
                for c in markdown_commands(path)], at_least=40)         # 57 when this was written
+
+
+def test_every_output_flag_takes_all_three_spellings():
+    # --out in prepare, train and plot, --output in train-tokenizer and explain: `plot --output` was refused
+    for path, parser in subparsers(build_parser()):
+        for action in parser._actions:
+            if "-o" in action.option_strings:
+                assert set(action.option_strings) == {"-o", "--out", "--output"}, (path, action.option_strings)

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "checkpoint averaging).", epilog=EXAMPLES)
     p.add_argument("models", nargs="+", metavar="MODEL", help="two or more model folders or runs (RUN/latest, "
                    "RUN/best), or 'builtin', 'chat', a cached hub name")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the averaged model's folder (new or empty)")
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="DIR", help="the averaged model's folder (new or empty)")
     p.add_argument(WEIGHTS, metavar="W,W,...", help="one weight per model, scaled to sum to 1 (equal)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(run=run_average)

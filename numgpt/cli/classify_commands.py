@@ -63,7 +63,7 @@ def _register_train(sub) -> None:
     p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
     p.add_argument("--init", required=True, metavar="MODEL", help="the pre-trained model: a GPT-2 folder, "
                    "'builtin', or a cached hub name such as gpt2")
-    p.add_argument("--out", "-o", required=True, metavar="RUN", help="the folder to write (new or empty)")
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN", help="the folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into RUN even if it holds files")
     _fields(p)
     held = p.add_mutually_exclusive_group()         # one way to hold records out: a file, or a share of DATA
@@ -102,7 +102,7 @@ def _register_evaluate(sub) -> None:
     p.add_argument("--model", required=True, metavar="RUN", help="a `numgpt classify train` run or classifier folder")
     _fields(p)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="texts per forward (16)")
-    p.add_argument("-o", "--output", metavar="PNG", help="also draw the confusion matrix to this image "
+    p.add_argument("-o", "--output", "--out", dest="output", metavar="PNG", help="also draw the confusion matrix to this image "
                    "(needs matplotlib: pip install 'numgpt[plot]')")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(run=run_evaluate)
@@ -375,7 +375,7 @@ def register_fortunes(sub) -> None:
     p.add_argument("--folder", default=str(FORTUNES_DIR), metavar="DIR", help=f"the fortunes folder ({FORTUNES_DIR})")
     p.add_argument("--categories", metavar="LIST", help="comma-separated category files (default: all)")
     p.add_argument("--list", action="store_true", help="list the categories with their counts, write nothing")
-    p.add_argument("-o", "--output", metavar="FILE", help="the JSONL file to write")
+    p.add_argument("-o", "--output", "--out", dest="output", metavar="FILE", help="the JSONL file to write")
     p.add_argument("--test", metavar="TEST_FILE", help="also hold out a random --test-fraction of the fortunes "
                    "into TEST_FILE (they are then not in FILE)")
     p.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="share held out for --test (0.2)")

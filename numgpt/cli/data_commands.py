@@ -88,7 +88,7 @@ def _register_synth(sub) -> None:
     _add_task_flags(p, n_help="how many conversations (an even mix)", openers="conversations")
     p.add_argument("--turns", type=int, default=1, metavar="K",
                    help="each conversation holds 1..K exchanges, the last one the task (default 1)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the JSONL file to write")
+    p.add_argument("-o", "--output", "--out", dest="output", required=True, metavar="FILE", help="the JSONL file to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(run=run_synth)
 

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pairs", metavar="PAIRS", help="preference pairs JSONL, or a folder made by --prepare-only")
     p.add_argument("--init", metavar="MODEL", help="the model to align and keep as the reference: an SFT run, a "
                    "folder, 'builtin' (chat tokens are added when it has none)")
-    p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
                    "the data folder)")
     p.add_argument("--beta", type=float, metavar="B", help="how far from the reference the policy may move: "
                    "larger keeps it closer (0.1, TRL's default; a resumed run keeps its own)")

@@ -105,7 +105,7 @@ def _view(views, name: str, help: str, epilog: str, text_help: str) -> argparse.
 
 
 def _add_output(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("-o", "--output", metavar="PNG", help=f"draw {what} to this PNG (needs matplotlib: "
+    p.add_argument("-o", "--output", "--out", dest="output", metavar="PNG", help=f"draw {what} to this PNG (needs matplotlib: "
                    "pip install \"numgpt[plot]\"); .png is added if the name has no suffix")
 
 

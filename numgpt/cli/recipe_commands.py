@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = recipes.add_parser("chat", help="tokenizer, pre-training, SFT, RL: a chat model from nothing",
                            description="The built-in chat model from nothing: " + ", ".join(STAGES) + ".",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--out", "-o", required=True, metavar="DIR", help="the recipe's folder (new, or a run to continue)")
+    c.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="DIR", help="the recipe's folder (new, or a run to continue)")
     c.add_argument("--until", choices=STAGES, help="stop after this stage (the next run continues)")
     group = c.add_argument_group("the recipe (posttrain.recipe.ChatRecipe; the defaults made the shipped model)")
     for f in dataclasses.fields(ChatRecipe):

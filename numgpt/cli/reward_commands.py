@@ -61,7 +61,7 @@ def _register_train(sub) -> None:
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", metavar="PAIRS", help="preference pairs JSONL (numgpt data pairs makes some)")
     p.add_argument("--init", metavar="MODEL", help="the chat model to start from: an SFT run or model folder")
-    p.add_argument("--out", "-o", required=True, metavar="RUN", help="the run folder")
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN", help="the run folder")
     add_resume_flag(p, "RUN", "PAIRS")
     p.add_argument("--train", metavar="WHAT", help=f"what trains: {TRAIN_CHOICES} (head)")
     add_max_tokens_flag(p)

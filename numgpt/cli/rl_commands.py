@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "policy gradient.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("tasks", metavar="TASKS", help="synthetic tasks, JSONL (`numgpt data synth`)")
     p.add_argument("--init", metavar="MODEL", help="the chat model to train (an SFT run or model folder)")
-    p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder")
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN_DIR", help="the run folder")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/latest (TASKS must be the same file)")
     held = p.add_mutually_exclusive_group()         # one way to hold tasks out: a file, or a share of TASKS
     held.add_argument("--eval-tasks", metavar="FILE", help="held-out tasks for pass@1 (default: --val-fraction of TASKS)")

@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("data", metavar="DATA", help="chat JSONL, or a folder made by --prepare-only")
     p.add_argument("--init", metavar="MODEL", help="the model to fine-tune: a folder, a run, 'builtin', or a cached "
                    "hub name such as gpt2 (chat tokens are added when it has none)")
-    p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN_DIR", help="the run folder (with --prepare-only: "
                    "the data folder)")
     add_resume_flag(p, "RUN_DIR", "DATA")
     p.add_argument("--prepare-only", action="store_true", help="pack DATA into --out and stop")

@@ -93,7 +93,7 @@ def _register_train(sub) -> None:
                    help="merge only pairs seen at least K times (default 2)")
     p.add_argument("--split-digits", action="store_true",
                    help="merge no digit: every digit its own token (learnable arithmetic; GPT-2's format still)")
-    p.add_argument("-o", "--output", required=True, metavar="FOLDER",
+    p.add_argument("-o", "--output", "--out", dest="output", required=True, metavar="FOLDER",
                    help="where to write the vocabulary (a new or empty folder)")
     p.add_argument("--force", action="store_true", help="write into FOLDER though it holds files: its tokenizer "
                    "files are replaced, the others kept")

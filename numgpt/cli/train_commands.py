@@ -84,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("files", nargs="+", metavar="TEXT_FILE",
                    help="UTF-8 text files (- reads stdin), joined in order, with <|endoftext|> between them when "
                         "the vocabulary has it")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="the data folder to write (new or empty)")
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="DIR", help="the data folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace DIR if it is an existing data folder")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder, or a model name such as "
@@ -100,7 +100,7 @@ def register(sub) -> None:
                        "by `numgpt prepare`. Defaults are nanoGPT's CPU shakespeare_char run.",
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("data", metavar="DATA_DIR", help="a folder made by `numgpt prepare`")
-    t.add_argument("--out", "-o", default="out", metavar="RUN_DIR", help="where checkpoints and the log go (out)")
+    t.add_argument("--out", "-o", "--output", dest="out", default="out", metavar="RUN_DIR", help="where checkpoints and the log go (out)")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest")
     t.add_argument("--resume-from", choices=[LATEST, BEST], metavar="{latest,best}",
                    help="continue from RUN_DIR/latest or RUN_DIR/best (implies --resume; best rewinds the run "
@@ -122,7 +122,7 @@ def register(sub) -> None:
                        "pip install 'numgpt[plot]').", epilog=PLOT_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a `numgpt train` run")
-    q.add_argument("--out", "-o", metavar="PNG", help="image file (RUN_DIR/loss.png); .png is added if it "
+    q.add_argument("--out", "-o", "--output", dest="out", metavar="PNG", help="image file (RUN_DIR/loss.png); .png is added if it "
                    "has no suffix")
     q.set_defaults(run=run_plot)
 
@@ -134,7 +134,7 @@ def register(sub) -> None:
     g.add_argument("--model", "-m", metavar="BASE", help="the base the adapter was trained on (a folder, a run, "
                    "a cached hub name; default: the built-in model)")
     g.add_argument("--adapter", required=True, metavar="DIR", help="a PEFT LoRA adapter folder (RUN/adapter)")
-    g.add_argument("--out", "-o", required=True, metavar="DIR", help="the merged model's folder (new or empty)")
+    g.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="DIR", help="the merged model's folder (new or empty)")
     g.add_argument("--force", action="store_true", help="replace a non-empty --out")
     g.set_defaults(run=run_merge_lora)
 
