@@ -82,6 +82,13 @@ def test_same_seed_same_text_and_another_seed_differs(sql_builtin):
     assert sql_builtin.generate("KING:", max_new_tokens=20, seed=8, temperature=0.9, top_k=40) != a
 
 
+def test_a_top_past_the_vocabulary_keeps_every_token(sql_builtin):
+    # 10**20 overflowed the database's INT64 (a raw "Conversion Error"); numgpt next and generate take it
+    assert len(sql_builtin.next("KING:", top=10**20)) == sql_builtin.config.vocab_size
+    off = sql_builtin.generate("KING:", max_new_tokens=6, seed=3, temperature=0.9)
+    assert sql_builtin.generate("KING:", max_new_tokens=6, seed=3, temperature=0.9, top_k=10**20) == off
+
+
 def test_a_temperature_too_small_to_divide_by_is_greedy(sql_builtin):
     # logit / 1e-320 overflowed to infinities in SQL, and the draw found no row (an IndexError)
     greedy = sql_builtin.generate("KING:", max_new_tokens=8, do_sample=False)

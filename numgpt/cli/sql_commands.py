@@ -39,8 +39,9 @@ examples:
 
 The database gets the weights, the vocabulary and merges, and the SQL that runs them, generated from the
 model's config (any size). A database that already holds an export is refused unless --force.
---precision float32 stores float32 weights (logits within 1e-5 of numgpt's NumPy forward); float64
-stores them as doubles and DuckDB then multiplies in double too (within 1e-9 of a float64 forward).
+--precision float32 rounds the weights to float32 (logits within 1e-5 of numgpt's NumPy forward), float64
+keeps them whole (within 1e-9 of a float64 forward). DuckDB stores either as doubles and multiplies in
+double, so both take the same space there; PostgreSQL stores float32 as REAL, half of float64's.
 On PostgreSQL, --product auto (the default) multiplies through the cube contrib module when the server has
 it and the role may create it (2-2.5x less CPU a token, twice the space), else over wide rows of REAL
 columns, and says which it wrote.

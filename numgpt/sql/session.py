@@ -320,8 +320,8 @@ class SqlModel:
     def next(self, prompt: str, *, top: int = 10) -> list[NextToken]:
         """The `top` most likely next tokens after the prompt with their probabilities (softmax of the raw
         logits), most likely first -- all computed by the `next` statement."""
-        top = whole_number("top", top, minimum=1)
-        self.start(_text(prompt))
+        top = min(whole_number("top", top, minimum=1), self.config.vocab_size)   # (numgpt next's rule; a
+        self.start(_text(prompt))                                                  # huge one overflowed INT64)
         rows = self.engine.rows(self.statements["next"], {"top": top})
         return [NextToken(int(i), bytes(b or b"").decode("utf-8", "replace"), float(p)) for i, b, p in rows]
 
@@ -385,7 +385,8 @@ def sql_generation_options(options: Mapping[str, Any]) -> GenerationOptions:
 
 
 def _sampling_params(temperature: float, top_k: int, top_p: float, penalty: float, seed: int, step: int) -> dict:
-    return {"temperature": float(temperature) or 1.0, "top_k": int(top_k), "top_p": float(top_p),
+    # top_k at most INT32's largest (any k past the vocabulary keeps every token; a huge one overflowed INT64)
+    return {"temperature": float(temperature) or 1.0, "top_k": min(int(top_k), 2**31 - 1), "top_p": float(top_p),
             "penalty": float(penalty), "seed": int(seed), "step": int(step)}
 
 
