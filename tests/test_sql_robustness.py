@@ -153,6 +153,20 @@ def test_unwritable_and_missing_places_to_export_into(capsys, tmp_path):
     assert "/proc is not writable" in err
 
 
+def test_export_force_again_keeps_the_size_and_an_empty_file_is_exported_into(tmp_path):
+    # each other --force doubled the file (the dropped tables' blocks were not free yet), and a 0-byte file
+    # (touch, mktemp) was refused as "not a valid DuckDB database file", --force or not
+    import numgpt.sql
+    lm = _builtin()
+    path = tmp_path / "m.duckdb"
+    path.write_bytes(b"")
+    sizes = [numgpt.sql.export(lm, str(path), force=i > 0).size_bytes for i in range(3)]
+    assert sizes[1] == sizes[2] and sizes[1] <= sizes[0] * 1.05, sizes
+    with numgpt.sql.connect(str(path)) as m:
+        assert m.generate("ROMEO:", max_new_tokens=5, do_sample=False) == lm.generate(
+            "ROMEO:", max_new_tokens=5, do_sample=False)
+
+
 # ---- what a session refuses ------------------------------------------------------------------------------
 
 def test_a_folder_is_not_a_database(capsys, tmp_path):

@@ -127,6 +127,9 @@ class Engine:
         """Before anything is written: the export's claim on the database (refused while another export
         or a session holds it) and its settings."""
 
+    def reclaim_dropped(self) -> None:
+        """After an earlier export's tables are dropped (--force): make their space reusable by the new one."""
+
     def create_weight_tables(self, config: GPTConfig, d: Dialect) -> None:
         """The matrices' tables and numgpt_ln, in the engine's layout (export.py's schema)."""
         raise NotImplementedError

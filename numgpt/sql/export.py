@@ -99,6 +99,7 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
                 engine.execute(f"DROP TABLE IF EXISTS {table}")
             engine.execute(f"CREATE TABLE numgpt_meta (key {dialect.text} PRIMARY KEY, value {dialect.text})")
             _put_meta(engine, {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "state": "exporting"})
+        engine.reclaim_dropped()
         with engine.transaction():
             count = _write_model(engine, dialect, model, progress)
             _put_meta(engine, {"engine": engine.name, "precision": precision, "product": product,
@@ -117,6 +118,8 @@ def _open_for_export(db: str, force: bool) -> Engine:
     """The engine to export into. A DuckDB file that cannot be read (cut short, corrupt: it fails by the
     catalog read at the latest) is refused, or with force deleted, with its write-ahead log, and made anew --
     what its error message advises."""
+    if Path(db).is_file() and Path(db).stat().st_size == 0:   # an empty file (touch, mktemp) holds nothing
+        Path(db).unlink()                                       # to lose; DuckDB refuses to open it
     try:
         engine = open_engine(db, create=True)
         try:
