@@ -118,10 +118,11 @@ def test_prepare_of_a_text_too_short_for_any_block_size_says_add_text(tmp_path, 
     """Newcomer round 2: `prepare one.txt` (1 byte) advised a smaller --block-size, which cannot help."""
     one = tmp_path / "one.txt"
     one.write_text("a", encoding="utf-8")
-    assert main(["prepare", str(one), "--out", str(tmp_path / "d"), "--vocab-size", "256"]) == 0
+    # it wrote an unusable folder with a warning and exit 0; now refused, and nothing is written or replaced
+    assert main(["prepare", str(one), "--out", str(tmp_path / "d"), "--vocab-size", "256"]) == 2
     err = capsys.readouterr().err
-    assert "warning: the train split has 0 tokens, too few for `numgpt train` at any --block-size" in err
-    assert "smaller --block-size" not in err
+    assert err == ("numgpt: error: the train split would hold 0 tokens, and training needs a window of 2 at "
+                   "least: add text, or lower --val-fraction\n") and not (tmp_path / "d").exists()
 
 
 def test_train_on_data_without_a_val_split_gives_the_right_advice(tmp_path, capsys):

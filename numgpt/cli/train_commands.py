@@ -213,7 +213,7 @@ def prepare_notes(meta: dict, vocab_size: int | None) -> list[str]:
     need = TC.block_size + 1
     for name in ("train", "val"):
         n = meta["splits"][name]["tokens"]
-        if n < 2:                                     # no block size can help: a window needs 2 tokens
+        if n < 2:                                     # (only val: prepare refuses such a train split)
             notes.append(f"warning: the {name} split has {n} token{'' if n == 1 else 's'}, too few for "
                          "`numgpt train` at any --block-size (a window needs 2); add text")
         elif n < need:

@@ -126,6 +126,10 @@ def prepare(texts: Sequence[str], out_dir: str | os.PathLike, tokenizer, *, val_
     tmp.mkdir(parents=True)
     try:
         meta = _write_data_folder(tmp, parts, tokenizer, dtype, val_fraction, tokenizer_source, sources)
+        n = meta["splits"]["train"]["tokens"]     # refused before it replaces anything: nothing could train on it
+        if n < 2:                                 # (a val split that short: training says what to do about it)
+            raise NumgptError(f"the train split would hold {n} token{'' if n == 1 else 's'}, and training needs a "
+                              "window of 2 at least: add text, or lower val_fraction")
         replace_folder_atomically(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
