@@ -124,8 +124,9 @@ class GenerationOptions:
         if not isinstance(self.stop, (tuple, list)):
             raise NumgptError(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise NumgptError(f"stop must hold non-empty strings, got {self.stop!r}")
+        bad = [s for s in self.stop if not isinstance(s, str) or not s]
+        if bad:                       # (said alone: the whole tuple read as a Python repr on the command line)
+            raise NumgptError(f"stop must hold non-empty strings, got {bad[0]!r}")
         if self.seed is not None:
             whole_number("seed", self.seed, minimum=0)
         whole_number("logprobs", self.logprobs, minimum=0)

@@ -361,7 +361,7 @@ def test_library_messages_name_python_parameters_and_the_cli_its_flags(capsys, s
                                                   "or drop --window-stride"),
                        (["--logit-bias", "5=101"], "a --logit-bias value must be in [-100, 100], got 101.0"),
                        (["--logit-bias", "x"], "--logit-bias must be ID=BIAS such as 321=-100, got 'x'"),
-                       (["--stop", ""], "--stop must hold non-empty strings")):
+                       (["--stop", ""], "--stop must hold non-empty strings, got ''")):   # it showed ('',)
         code, _, err = run(capsys, "generate", *argv, "a")
         assert code == 2 and said in err, err
 

@@ -138,6 +138,8 @@ def test_pictures_are_written(capsys, tmp_path, argv):
     (["kvcache", "ROMEO", "-n", "0"], "--max-new-tokens must be >= 1"),
     (["tokens", ""], "the text is empty"),
     (["attention", "x", "-o", "attn.jpg"], "the pictures are PNG images"),
+    (["attention", "x", "-o", ""], "-o '': give the image a name, such as attention.png"),      # it named '.'
+    (["attention", "x", "-o", ".png"], "-o '.png': give the image a name"),                   # wrote .png.png
     (["attention", "x", "-o", "a.png", "--json"], "give one of them"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

@@ -45,6 +45,8 @@ def output_file(path: str | os.PathLike, *, flag: str) -> Path:
 def png_file(path: str | os.PathLike, *, flag: str = "-o") -> Path:
     """The PNG image a command draws: `path` with .png added when it has no suffix (so the name printed is
     the file written), checked as output_file checks it; another suffix is refused."""
+    if str(path) == "" or Path(path).name.lower() == ".png":       # ('' was named '.', '.png' became .png.png)
+        raise NumgptError(f"{flag} {str(path)!r}: give the image a name, such as attention.png")
     out = output_file(path, flag=flag)
     if out.suffix == "":
         return output_file(out.with_name(out.name + ".png"), flag=flag)

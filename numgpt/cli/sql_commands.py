@@ -76,8 +76,8 @@ examples:
 SHOW_EXAMPLES = """\
 examples:
   numgpt sql show --db model.duckdb                    every stage's SQL, in the order a step runs them
-  numgpt sql show --db model.duckdb --step attn_qkv    one stage (tokenize, embed, attn_qkv,
-                                                       attention_mlp, logits, next, greedy, sample;
+  numgpt sql show --db model.duckdb --step attn_qkv    one stage (tokenize, tokenize_explain, embed,
+                                                       attn_qkv, attention_mlp, logits, next, greedy, sample;
                                                        PostgreSQL has attention, attn_proj, mlp_fc and
                                                        mlp_proj for attention_mlp)
 """
