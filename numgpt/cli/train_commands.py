@@ -90,7 +90,8 @@ def register(sub) -> None:
     tok.add_argument("--tokenizer", metavar="DIR", help="a tokenizer or model folder, or a model name such as "
                      "builtin (the built-in model's vocabulary; default: GPT-2's)")
     tok.add_argument("--vocab-size", type=int, metavar="N",
-                     help="train a new byte-level BPE of N tokens on the text (256 = bytes only)")
+                     help="train a new byte-level BPE of N tokens on all of the text, the validation split "
+                          "too (256 = bytes only)")
     p.add_argument("--val-fraction", type=float, metavar="X", default=VAL_FRACTION,
                    help=f"share of characters for validation, > 0 and < 1 ({VAL_FRACTION})")
     p.set_defaults(run=run_prepare)
