@@ -143,7 +143,7 @@ def test_bad_conversations_are_refused_here_and_by_the_template(tok, hf_tok, mes
 
 def test_bad_prompts_and_training_conversations(tok, hf_tok):
     turn = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    with pytest.raises(NumgptError, match="add_generation_prompt: the last message must be the user's"):
+    with pytest.raises(NumgptError, match="the conversation must end with the user's message for the assistant to answer"):
         render_chat(tok, turn, add_generation_prompt=True)
     with pytest.raises(Exception, match="add_generation_prompt needs the last message to be from the user"):
         hf_tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)

@@ -100,7 +100,7 @@ def test_models_and_tokenizer_info_show_the_models_own_template(server):
 @pytest.mark.parametrize("messages, words", [
     ([{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}], "roles out of order"),
     ([{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}], "roles out of order"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "the last message must be the user's"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "the conversation must end with the user's message"),
 ])
 def test_a_conversation_the_format_refuses_is_a_400(server, messages, words):
     with pytest.raises(openai.BadRequestError) as e:

@@ -265,14 +265,14 @@ def run_score(args) -> int:
         m = pair_metrics(rewards)
         left_out = f" ({len(every) - len(pairs)} longer than the model's context left out)" if len(pairs) < len(every) \
             else ""
-        print(f"{len(pairs)} pairs{left_out}: pairwise accuracy {m['accuracy']:.4f}, mean margin {m['margin']:.4f}, "
+        print(f"{len(pairs)} pair{'' if len(pairs) == 1 else 's'}{left_out}: pairwise accuracy {m['accuracy']:.4f}, mean margin {m['margin']:.4f}, "
               f"loss {m['loss']:.4f}")
         by_family = defaultdict(list)
         for pair, r in zip(pairs, rewards):
             if "family" in pair:
                 by_family[str(pair["family"])].append(r)
         for family, rs in sorted(by_family.items()):
-            print(f"  {family}: accuracy {pair_metrics(np.asarray(rs))['accuracy']:.4f} ({len(rs)} pairs)")
+            print(f"  {family}: accuracy {pair_metrics(np.asarray(rs))['accuracy']:.4f} ({len(rs)} pair{'' if len(rs) == 1 else 's'})")
         return 0
     prompt = ([{"role": "system", "content": args.system}] if args.system is not None else []) + \
         [{"role": "user", "content": args.prompt}]

@@ -165,8 +165,8 @@ def check_messages(messages: Sequence[Mapping], *, add_generation_prompt: bool =
                               f"{ORDER_RULE})")
         checked.append((role, _content(message.get("content"), f"messages[{i}]"), _trained(message, i)))
     if add_generation_prompt and checked[-1][0] != "user":
-        raise NumgptError(f"add_generation_prompt: the last message must be the user's, not the {checked[-1][0]}'s "
-                          "(the assistant answers the user)")
+        raise NumgptError(f"the conversation must end with the user's message for the assistant to answer, not the "
+                          f"{checked[-1][0]}'s (add_generation_prompt)")
     return checked
 
 

@@ -176,7 +176,7 @@ def _reply(reply: object, where: str) -> str:
     message = reply[0]
     if not isinstance(message, dict) or message.get("role") != "assistant":
         role = message.get("role") if isinstance(message, dict) else _json_type(message)
-        raise NumgptError(f'{where}: the reply must be an assistant message, got role {role!r}')
+        raise NumgptError(f'{where}: an assistant message (the reply) is needed here, got role {role!r}')
     if not isinstance(message.get("content"), str):
         raise NumgptError(f'{where}: content must be a string, got {_json_type(message.get("content"))}')
     return message["content"]
