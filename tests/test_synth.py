@@ -322,6 +322,9 @@ def test_reader_refuses_bytes_and_empty_files_and_keeps_good_lines(tmp_path):
     path.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(NumgptError, match="no conversations"):
         read_conversations(path)
+    for where, said in ((tmp_path, "is a folder; pass a JSONL file"), (tmp_path / "nope.jsonl", "no such file")):
+        with pytest.raises(NumgptError, match=f"{where}: {said}"):          # the OS's "Is a directory" before
+            read_conversations(where)
     path.write_text(json.dumps(GOOD) + "\n" + conversation(("user", "é"), ("assistant", "ok")), encoding="utf-8")
     assert read_conversations(path) == [GOOD, json.loads(conversation(("user", "é"), ("assistant", "ok")))]
 

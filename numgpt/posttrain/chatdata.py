@@ -45,6 +45,10 @@ def checked_lines(path: str | os.PathLike, *, most_bad: int) -> tuple[list[tuple
     """(line number, conversation) of every good non-blank line, and the error of each bad one (the first
     `most_bad`: reading stops there), for `numgpt data check`, which names every bad line at once."""
     path = Path(path)
+    if path.is_dir():                          # (it was the OS's words: "adir: Is a directory")
+        raise NumgptError(f"{path}: is a folder; pass a JSONL file")
+    if not path.exists():
+        raise NumgptError(f"{path}: no such file")
     found, bad = [], []
     for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not raw.strip():
