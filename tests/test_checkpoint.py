@@ -392,6 +392,11 @@ def test_resolve_a_training_run_folder_to_its_best_then_latest_checkpoint(tiny_f
     shutil.copytree(tiny_folder, run / "best")
     assert resolve_model(run, cache_dir=tmp_path / "empty", download=False) == run / "best"
     load_checkpoint(resolve_model(run, cache_dir=tmp_path / "empty", download=False))
+    recipe = tmp_path / "recipe"                  # `numgpt recipe chat`'s folder: its model (was "config.json: missing")
+    shutil.copytree(tiny_folder, recipe / "model")
+    assert resolve_model(recipe, cache_dir=tmp_path / "empty", download=False) == recipe / "model"
+    with pytest.raises(NumgptError, match="the model name is empty"):       # '' was the current folder
+        resolve_model("", cache_dir=tmp_path / "empty", download=False)
 
 
 def test_resolve_names_in_the_hub_cache(tmp_path):

@@ -48,13 +48,16 @@ def resolve_model(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLi
     """The folder of a model: an existing folder as is; else a built-in name ('builtin'); else a hub name
     ('gpt2', 'openai-community/gpt2') looked up in the hub cache `cache_dir` without network; else
     downloaded with huggingface_hub when `download` is true and it is installed. A run folder of
-    `numgpt train` (no config.json of its own) means its best checkpoint, else its latest."""
+    `numgpt train` (no config.json of its own) means its best checkpoint, else its latest; the folder of
+    `numgpt recipe chat` means its model."""
+    if str(name_or_path).strip() == "":           # (Path('') is '.', whose config.json was then "missing")
+        raise NumgptError("the model name is empty; pass a model folder, a run folder or a name such as builtin")
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in BUILTIN_MODELS:
         return builtin_model_folder(str(name_or_path))
     if path.is_dir():
         if not (path / CONFIG_FILE).exists():
-            for sub in (RUN_BEST, RUN_LATEST):
+            for sub in (RUN_BEST, RUN_LATEST, "model"):      # (model: a recipe's result)
                 if (path / sub / CONFIG_FILE).is_file():
                     return path / sub
         return path
