@@ -425,7 +425,7 @@ def test_the_sft_term_keeps_the_chosen_replies_more_likely_than_plain_dpo(world,
 @pytest.mark.parametrize("change, words", [
     (lambda p: {**p, "rejected": p["chosen"]}, '"chosen" and "rejected" are the same reply'),
     (lambda p: {k: v for k, v in p.items() if k != "rejected"}, 'no "rejected" key'),
-    (lambda p: {**p, "chosen": [{"role": "user", "content": "x"}]}, "must be an assistant message"),
+    (lambda p: {**p, "chosen": [{"role": "user", "content": "x"}]}, "an assistant message (the reply) is needed here"),
 ])
 def test_bad_pairs_are_one_line_errors_naming_the_line_and_leave_nothing(world, tmp_path, capsys, change, words):
     lines = (world / "pairs.jsonl").read_text().splitlines()[:5]
@@ -457,6 +457,14 @@ def test_resume_refuses_another_pairs_file_or_beta(world, tmp_path, capsys):
     assert "holds no DPO run to resume" in one_line(capsys)
     assert dpo(world, tmp_path / "prepared", "--prepare-only") == 0
     capsys.readouterr()
+    before = (tmp_path / "prepared" / "train.bin").read_bytes()      # prepared again over it: replaced, silently
+    assert dpo(world, tmp_path / "prepared", "--prepare-only", pairs="pairs.jsonl") == 2
+    assert one_line(capsys) == (f"numgpt: error: {tmp_path / 'prepared'} is not empty, and --prepare-only writes a new "
+                                "folder there: pass a new or empty --out\n")
+    assert (tmp_path / "prepared" / "train.bin").read_bytes() == before
+    assert main(["dpo", str(tmp_path / "prepared"), "--init", str(world / "base"), "--out", str(tmp_path / "p2"),
+                 "--prepare-only"]) == 2                                # printed nothing, made nothing, exit 0
+    assert "is prepared already, so --prepare-only has nothing to do" in one_line(capsys)
     assert main(["dpo", str(tmp_path / "prepared"), "--out", str(run), "--resume", "--max-iters", "2"]) == 2
     assert f"trains on {run / 'data'}, not {tmp_path / 'prepared'}" in one_line(capsys)
     # the pairs are the run's (or the prepared folder's): another --max-tokens is refused, saying the limit

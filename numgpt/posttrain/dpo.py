@@ -586,6 +586,9 @@ def setup_dpo(pairs_path: str | Path, run_dir: str | Path, *, init: str | Path |
     if init is None:
         raise NumgptError("--init MODEL is required: the model DPO starts from and keeps as its reference (an SFT "
                           "run, builtin, a model folder)")
+    if prepare_only:
+        from .packing import check_prepare_only
+        check_prepare_only(given, run)
     if (run / LATEST).exists() and not prepare_only:
         from .packing import existing_run_error
         raise existing_run_error(run, ours=(run / SETTINGS_FILE).is_file() or not (run / DATA_SUBDIR).exists())

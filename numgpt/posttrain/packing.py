@@ -215,6 +215,17 @@ def existing_run_error(run: Path, ours: bool) -> NumgptError:
     return NumgptError(f"{run} already holds another command's training run; pass another run_dir")
 
 
+def check_prepare_only(given: Path, run: Path) -> None:
+    """prepare_only writes run_dir itself: refused when the data is a folder prepared already (nothing to do:
+    it printed nothing and made nothing) or when run_dir holds anything (it replaced a prepared folder)."""
+    if given.is_dir():
+        raise NumgptError(f"{given} is prepared already, so prepare_only=True has nothing to do; train on it "
+                          "(without prepare_only=True)")
+    if run.is_dir() and any(run.iterdir()):
+        raise NumgptError(f"{run} is not empty, and prepare_only=True writes a new folder there: pass a new or "
+                          "empty run_dir")
+
+
 def resume_checkpoint(resume: bool | str) -> str:
     """The checkpoint a fine-tuning command's resume= continues: True is RUN/latest; "latest" or "best"."""
     from ..training.loop import BEST, LATEST

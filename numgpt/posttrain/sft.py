@@ -240,6 +240,9 @@ def setup_sft(data: str | Path, run_dir: str | Path, *, init: str | Path | None 
         return SftSetup(run=with_lora(resumed, lora, resumed=True))
     if init is None:
         raise NumgptError("init=MODEL is required: the model to fine-tune (builtin, gpt2, a model folder or run)")
+    if prepare_only:
+        from .packing import check_prepare_only
+        check_prepare_only(Path(data), run)
     if (run / LATEST).exists() and not prepare_only:
         from .packing import existing_run_error, is_sft_folder
         raise existing_run_error(run, ours=not (run / DATA_SUBDIR).exists() or is_sft_folder(run / DATA_SUBDIR))
