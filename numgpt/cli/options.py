@@ -95,7 +95,7 @@ def decoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         parse = FIELDS[name].metadata["parse"]
         given[name] = tuple(parse(v) for v in value) if parse else value
     if given.get("do_sample") is False:
-        pointless = [n for n in given if n in SAMPLING_ONLY_OPTIONS]
+        pointless = [n for n in given if n in SAMPLING_ONLY_OPTIONS or n == "seed"]   # (no draw to seed)
         if pointless:
             raise NumgptError(f"--greedy always takes the most likely token, so {flag_of(pointless[0])} has no "
                               "effect; drop one of them")
