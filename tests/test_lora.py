@@ -545,7 +545,7 @@ def test_classification_head_over_an_adapter_matches_peft_seq_cls(tmp_path, targ
 
 # ---- the same flags on `numgpt sft` ---------------------------------------------------------------------
 
-def test_sft_with_lora_trains_only_the_adapter_and_resumes_bit_exact(tmp_path):
+def test_sft_with_lora_trains_only_the_adapter_and_resumes_bit_exact(tmp_path, capsys, monkeypatch):
     """numgpt sft --lora-rank: SFT's masked loss through the adapter (the base, grown with the chat tokens
     into RUN/init, frozen), RUN/adapter for that base, and a bit-exact resume."""
     import numgpt
@@ -572,6 +572,11 @@ def test_sft_with_lora_trains_only_the_adapter_and_resumes_bit_exact(tmp_path):
     assert all(np.array_equal(saved[n], p) for n, p in gparams.items())    # frozen
     lora, tensors = L.read_adapter(tmp_path / "a" / "adapter", gconfig, gparams)
     assert lora == L.LoraConfig(rank=2) and any(t.any() for n, t in tensors.items() if n.endswith("lora_B"))
+
+    assert f"(PEFT LoRA for {grown} of the last step" in capsys.readouterr().err      # the grown base, RUN/init
+    monkeypatch.chdir(tmp_path)          # a base as typed, not where it resolved (the package's path for `chat`)
+    assert sft(tmp_path / "c", *common[2:-1], 1, "--init", "a/init") == 0
+    assert "(PEFT LoRA for a/init of the last step" in capsys.readouterr().err
 
     assert sft(tmp_path / "b", *common[:-1], 3) == 0
     assert sft(tmp_path / "b", "--resume", "--max-iters", 6) == 0

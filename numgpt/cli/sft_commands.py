@@ -170,7 +170,11 @@ def _train(args, setup, comm) -> int:
     result = _train_with_progress(state, config, tc, setup.data, folder,
                                   lambda *a, **kw: train(*a, comm=comm, objective=objective, **kw))
     if export_adapter(setup):
-        print(adapter_line(folder / ADAPTER_DIR, folder, state.step, tc.init), file=sys.stderr)
+        # the base as the user named it, where it was not grown into RUN/init (tc.init is where it resolved:
+        # the package's own path for `chat`, which a reinstall moves)
+        from ..posttrain.sft import INIT_SUBDIR
+        base = args.init if args.init and Path(tc.init) != folder / INIT_SUBDIR else tc.init
+        print(adapter_line(folder / ADAPTER_DIR, folder, state.step, base), file=sys.stderr)
     if result.interrupted:
         return report_stop(result, f"sft {args.data}", folder, state.step, tc, comm.size)
     ev = result.last_eval

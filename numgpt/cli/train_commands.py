@@ -151,7 +151,7 @@ def run_merge_lora(args) -> int:
     check_apart(out, args.adapter, args.adapter, what="the adapter")   # --force would have replaced them
     check_apart(out, args.model or "builtin", lm.folder, what="the base")
     write_folder_atomically(out, lambda tmp: save_checkpoint(tmp, lm.config, lm.params, tokenizer=lm.tokenizer))
-    print(f"merged {args.adapter} into {lm.folder}: {out}", file=sys.stderr)
+    print(f"merged {args.adapter} into {args.model or 'builtin'}: {out}", file=sys.stderr)
     return 0
 
 
