@@ -238,6 +238,9 @@ def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["index"] for r in rows] == [0, 1] and [r["tokens"] for r in rows] == [len(builtin.encode(t)) for t in TEXTS[:2]]
     np.testing.assert_allclose([r["embedding"] for r in rows], builtin.embed(TEXTS[:2], pooling="last"), atol=1e-6, rtol=0)
+    piped = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--pooling", "last"], capture_output=True,
+                           text=True, timeout=120, input="\n".join(TEXTS[:2]) + "\n")    # it said "no texts"
+    assert piped.returncode == 0 and piped.stdout == out.stdout, piped.stderr
     (tmp_path / "lines.txt").write_text("a\n\nb\n", encoding="utf-8")
     bad = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--file", str(tmp_path / "lines.txt")],
                          capture_output=True, text=True, timeout=120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..embeddings import POOLINGS
 from ..errors import NumgptError
@@ -22,13 +23,14 @@ EMBED_EXAMPLES = """\
 examples:
   numgpt embed "ROMEO: I" "JULIET: O Romeo"            two vectors from the built-in model
   numgpt embed --model gpt2 --pooling last --file lines.txt   each line of the file is a text (- = stdin)
+  cut -f2 data.tsv | numgpt embed                      with no TEXT, each line of stdin is a text
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embedding vectors of texts (JSON lines)", description=EMBED_DESCRIPTION,
                        epilog=EMBED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts to embed")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts to embed (none: the lines of stdin)")
     p.add_argument("--file", metavar="PATH", help="embed each line of this UTF-8 file instead ('-' = stdin)")
     p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
     _add_adapter(p)
@@ -43,16 +45,17 @@ def texts_of(args: argparse.Namespace) -> list[str]:
     """The texts: the arguments, or the file's lines (an empty line refused by its number)."""
     if args.texts and args.file is not None:
         raise NumgptError("give the texts either as arguments or with --file, not both")
-    if args.file is None:
-        if not args.texts:
-            raise NumgptError('no texts: pass TEXT arguments or --file PATH (one text per line)')
+    if args.file is None and args.texts:
         return args.texts
-    lines = read_text(args.file).splitlines()
+    if args.file is None and sys.stdin.isatty():
+        raise NumgptError('no texts: pass TEXT arguments, --file PATH or lines on stdin (one text per line)')
+    lines = read_text(args.file or "-").splitlines()          # no TEXT, stdin piped: its lines, as tokenize
+    where = "stdin" if args.file in (None, "-") else args.file
     for n, line in enumerate(lines, 1):
         if not line:
-            raise NumgptError(f"{args.file}: line {n} is empty: every line is a text to embed")
+            raise NumgptError(f"{where}: line {n} is empty: every line is a text to embed")
     if not lines:
-        raise NumgptError(f"{args.file}: no lines to embed")
+        raise NumgptError(f"{where}: no lines to embed")
     return lines
 
 
