@@ -340,6 +340,8 @@ def test_train_and_score_through_the_cli(world, tmp_path, capsys):
     assert main(["next", "--model", str(out / "latest"), "What"]) == 2          # a head, not a language model
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "classifier or reward model" in err and "not a language model" in err, err
+    assert main(["info", "--model", str(out), "--json"]) == 0     # it said "a chat model", which chat then refused
+    assert json.loads(capsys.readouterr().out)["kind"]["kind"] == "classifier checkpoint"
     assert main(["reward", "score", str(out), "--prompt", "What is 2 + 2?", "--reply", "4", "--reply", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rm = R.load_reward_model(out)

@@ -427,14 +427,24 @@ def training_summary(folder: Path) -> dict | None:
 def model_kind(folder: Path, tok) -> dict:
     """What the folder holds, for `info`: a classifier (its labels), a chat model (its end-of-turn token),
     or a language model, with the commands that use it."""
-    from ..formats.hf import classifier_labels
+    from ..formats.hf import CLASSIFIER_HEAD, classifier_labels
+    from ..formats.safetensors import checked_header
     from ..posttrain.chat_format import chat_template
+    from ..training.state import EXTRA_FILE
 
     labels = classifier_labels(folder)
     if labels is not None:
         return {"kind": "classifier", "labels": labels,
-                "text": f"a classifier (GPT2ForSequenceClassification) of {len(labels)} labels: {', '.join(labels)} "
+                "text": f"a classifier (GPT2ForSequenceClassification) of {len(labels)} label{'s' * (len(labels) != 1)}: "
+                        f"{', '.join(labels)} "
                         "(numgpt classify predict / evaluate)"}
+    extra = folder / EXTRA_FILE
+    if extra.is_file() and CLASSIFIER_HEAD in checked_header(extra):
+        # a reward or classify run's checkpoint: GPT-2's weights, its score head among the run's extra tensors
+        # (it was called a chat model by its tokenizer; chat then refused it)
+        return {"kind": "classifier checkpoint",
+                "text": f"a training checkpoint of a classifier or reward model (its {CLASSIFIER_HEAD} in {EXTRA_FILE}); "
+                        "numgpt classify evaluate|predict and numgpt reward score take the run's model/"}
     try:
         template = chat_template(tok)
     except NumgptError as e:
