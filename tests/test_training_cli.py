@@ -639,7 +639,7 @@ def test_a_resume_that_changes_the_numbers_says_so(char_data, tmp_path, capsys):
     assert run_train(char_data, "--out", run, "--resume", "--max-iters", 3) == 0
     assert "changed from the run's" not in capsys.readouterr().err
     assert run_train(char_data, "--out", run, "--resume", "--max-iters", 4, "--lr", "0.01", "--threads", 2) == 0
-    assert (f"resuming {run / 'latest'} at step 3; changed from the run's: threads 1 -> 2, lr 0.001 -> 0.01 (it "
+    assert (f"resuming {run / 'latest'} at step 3; changed from the run's: lr 0.001 -> 0.01, threads 1 -> 2 (it "
             "continues, but not bit for bit as one run)") in capsys.readouterr().err
 
 

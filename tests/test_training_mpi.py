@@ -162,12 +162,17 @@ def test_a_run_resumes_on_another_number_of_ranks_bit_for_bit(data, tmp_path):
     then = run(numgpt("train", data, "--out", tmp_path / "a", "--resume", "--max-iters", 40, "--threads", 2))
     assert then.returncode == 0, then.stderr
     assert (tmp_path / "a" / "latest" / "model.safetensors").read_bytes() == reference_weights      # 2 -> 1
+    assert "changed from the run's" not in then.stderr       # it said "threads 1 -> 2 ... not bit for bit"
     first = run(numgpt("train", data, "--out", tmp_path / "b", *common, "--max-iters", 20, "--threads", 2))
     assert first.returncode == 0, first.stderr
     then = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "b", "--resume", "--max-iters", 40,
                                               "--threads", 1)])
     assert then.returncode == 0, then.stderr
     assert (tmp_path / "b" / "latest" / "model.safetensors").read_bytes() == reference_weights      # 1 -> 2
+    assert "changed from the run's" not in then.stderr
+    other = run([mpiexec(), "-n", "2", *numgpt("train", data, "--out", tmp_path / "b", "--resume", "--max-iters", 42,
+                                               "--threads", 2)])                  # 2 x 2: another row split
+    assert other.returncode == 0 and "changed from the run's: ranks x threads 2 x 1 -> 2 x 2" in other.stderr
 
 
 def test_ctrl_c_on_mpiexec_stops_every_rank_at_one_step_and_saves_latest_once(data, tmp_path):

@@ -277,7 +277,7 @@ def _loop(t: Trainer, emit: Callable[[Event], None], stop: "InterruptFlag | None
         if t.dp.comm.rank == 0:                        # only rank 0 writes checkpoints
             try:
                 save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=tc.to_dict(),
-                                      tokenizer_dir=_tokenizer_dir(t.data))
+                                      tokenizer_dir=_tokenizer_dir(t.data), ranks=t.dp.comm.size)
             except KeyboardInterrupt:                  # a second Ctrl-C, during that save
                 raise KeyboardInterrupt(f"again while saving {t.run / LATEST}: {still_holds(t.run / LATEST)}") \
                     from None
@@ -439,9 +439,10 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     whole = _whole_state(t)
     if t.dp.comm.rank == 0:
         tok, saved = _tokenizer_dir(data), t.tc.to_dict()
-        save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
+        ranks = t.dp.comm.size
+        save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok, ranks=ranks)
         if improved:
-            save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok)
+            save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok, ranks=ranks)
     emit(event)                                        # after the saves: "(best, saved)" only once they are
     return event
 

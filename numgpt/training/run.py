@@ -108,7 +108,8 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
             raise NumgptError(f"{run / resume_from} is already at step {state.step} >= max_iters {tc.max_iters}; "
                               "raise max_iters to continue")
         check_fits(config, tc, data, comm, ranks_here, adapter_size, sequences_per_row)   # the weights are in
-        what = f"resuming {run / resume_from} at step {state.step}" + changed_note(saved, options)
+        ranks = (checkpoint_step(run / resume_from, "ranks") or 1, comm.size)   # (before the ranks were saved: 1)
+        what = f"resuming {run / resume_from} at step {state.step}" + changed_note(saved, options, ranks)
     else:
         if (run / LATEST).exists():
             raise NumgptError(f"{run} already holds a training run; continue it with resume_from='latest', or "
@@ -141,13 +142,20 @@ def setup_run(data_dir: str | Path, run_dir: str | Path, *, options: Mapping[str
 SAME_BITS = {"max_iters", "eval_interval", "eval_iters", "zero", "overlap", "data_dir"}
 
 
-def changed_note(saved: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+def changed_note(saved: Mapping[str, Any], options: Mapping[str, Any], ranks: tuple[int, int] = (1, 1)) -> str:
     """"; changed from the run's: lr 0.001 -> 0.01, ... (...)" for the options given to a resume that differ
-    from the run's saved ones and make it no longer the one run it continues (nothing if none)."""
+    from the run's saved ones and make it no longer the one run it continues (nothing if none). ranks: the
+    run's MPI ranks then and now; threads count as changed only when ranks x threads does (parallel.py: the
+    rows split over ranks, then threads, sum the same either way)."""
     def flat(d: Mapping[str, Any]) -> dict[str, Any]:
         return {**{k: v for k, v in d.items() if k != "optim"}, **(d.get("optim") or {})}
     old, new = flat(saved), flat(options)
-    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in SAME_BITS and k in old and old[k] != new[k]]
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in new
+               if k not in SAME_BITS | {"threads"} and k in old and old[k] != new[k]]
+    threads = (old.get("threads"), new.get("threads", old.get("threads")))
+    if None not in threads and ranks[0] * threads[0] != ranks[1] * threads[1]:
+        changed.append(f"ranks x threads {ranks[0]} x {threads[0]} -> {ranks[1]} x {threads[1]}" if ranks != (1, 1)
+                       else f"threads {threads[0]} -> {threads[1]}")
     return (f"; changed from the run's: {', '.join(changed)} (it continues, but not bit for bit as one run)"
             if changed else "")
 

@@ -67,7 +67,8 @@ def new_state(params: Params, *, seed: int) -> TrainState:
 
 
 def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: TrainState, *,
-                          train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None = None) -> Path:
+                          train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None = None,
+                          ranks: int = 1) -> Path:
     """Write a resumable checkpoint into `folder` atomically (see the module docstring). A write that fails
     (a full disk) is a NumgptError naming the folder, whose old checkpoint is left as it was, and the partial
     copy is removed (it would hold the space the next save needs)."""
@@ -75,7 +76,7 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
     tmp = folder.with_name(folder.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)              # the leftover of an interrupted save
     try:
-        return _write_train_checkpoint(folder, tmp, config, state, train_config, tokenizer_dir)
+        return _write_train_checkpoint(folder, tmp, config, state, train_config, tokenizer_dir, ranks)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise NumgptError(f"cannot save the checkpoint {folder}: {e.strerror or e}; {still_holds(folder)}") from None
@@ -89,7 +90,7 @@ def still_holds(folder: Path) -> str:
 
 
 def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: TrainState,
-                            train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None) -> Path:
+                            train_config: dict[str, Any], tokenizer_dir: str | os.PathLike | None, ranks: int) -> Path:
     schema = param_shapes(config)
     save_checkpoint(tmp, config, {k: v for k, v in state.params.items() if k in schema})
     extra = {k: v for k, v in state.params.items() if k not in schema}
@@ -103,7 +104,8 @@ def _write_train_checkpoint(folder: Path, tmp: Path, config: GPTConfig, state: T
     write_safetensors(tmp / OPTIM_FILE, moments, metadata={"format": FORMAT})
     info = {"format": FORMAT, "version": VERSION, "step": state.step, "optim_step": state.optim.step,
             "tokens_seen": state.tokens_seen, "best_val_loss": state.best_val_loss,
-            "evaluated_step": state.evaluated_step, "rng": state.rng.bit_generator.state, "train_config": train_config}
+            "evaluated_step": state.evaluated_step, "rng": state.rng.bit_generator.state, "train_config": train_config,
+            "ranks": ranks}                    # (MPI ranks: ranks x threads is what a bit-exact resume keeps)
     if set(state.optim.m) != set(state.params):
         info["trained"] = list(state.optim.m)                 # the moments kept: the trained parameters
     (tmp / STATE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
