@@ -161,6 +161,40 @@ def test_a_stop_during_an_evaluation_runs_it_on_resume(char_data, tmp_path, monk
         got, _ = read_safetensors(tmp_path / "cut" / folder / "model.safetensors")
         assert all(np.array_equal(got[k], v) for k, v in want.items()), folder
 
+def test_a_stop_inside_the_save_of_best_loses_nothing(char_data, tmp_path, monkeypatch):
+    """Ctrl-C while best/ is written after the step-100 evaluation: latest/ had recorded that evaluation's best
+    loss while best/ kept the older model, the evaluation was never logged nor run again, and best.tmp stayed
+    half-written. Now the stop's latest/ forgets the evaluation, and the resumed run is the uninterrupted one."""
+    from numgpt.training import state as state_module
+    data = load_dataset(char_data)
+    tc = small_config()
+    train(fresh_state(tc), CONFIG, tc, data, tmp_path / "whole")
+    real = state_module._write_train_checkpoint
+
+    def cut_short(folder, tmp, config, state, *rest):
+        if folder.name == "best" and state.step == 100:
+            tmp.mkdir()
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real(folder, tmp, config, state, *rest)
+    monkeypatch.setattr(state_module, "_write_train_checkpoint", cut_short)
+    cut = train(fresh_state(tc), CONFIG, tc, data, tmp_path / "cut")
+    assert cut.interrupted and cut.state.step == 100 and not (tmp_path / "cut" / "best.tmp").exists()
+    latest = json.loads((tmp_path / "cut" / "latest" / "trainstate.json").read_text())
+    best = json.loads((tmp_path / "cut" / "best" / "trainstate.json").read_text())
+    assert latest["best_val_loss"] == best["best_val_loss"] and latest["evaluated_step"] < 100
+    monkeypatch.setattr(state_module, "_write_train_checkpoint", real)
+    import numgpt
+    numgpt.setup_run(char_data, tmp_path / "cut", resume_from="latest").train()
+    evals = [[(e["step"], e["val_loss"], e["best"]) for e in read_log(tmp_path / run) if e["type"] == "eval"]
+             for run in ("cut", "whole")]
+    assert evals[0] == evals[1] and (100, evals[1][2][1], True) in evals[1]      # step 100 improved on best
+    for folder in ("best", "latest"):
+        want, _ = read_safetensors(tmp_path / "whole" / folder / "model.safetensors")
+        got, _ = read_safetensors(tmp_path / "cut" / folder / "model.safetensors")
+        assert all(np.array_equal(got[k], v) for k, v in want.items()), folder
+
+
 def test_cli_resume_continues_the_same_run(char_data, tmp_path, capsys):
     common = [*SMALL, "--eval-interval", 10, "--eval-iters", 2, "--lr-decay-iters", 40, "--dropout", 0.1]
     assert run_train(char_data, "--out", tmp_path / "a", *common, "--max-iters", 40) == 0

@@ -432,6 +432,7 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
              "val_bpb": val / LN2 / data.bytes_per_token("val"), "val_bpc": val / LN2 / data.chars_per_token("val"),
              **{k: v for k, v in losses.items() if k not in ("train", "val")}}   # an objective's own figures
     improved = state.best_val_loss is None or val < state.best_val_loss
+    before = state.best_val_loss, state.evaluated_step
     if improved:
         state.best_val_loss = val
     state.evaluated_step = state.step
@@ -440,9 +441,17 @@ def evaluate_and_save(t: Trainer, emit: Callable[[Event], None]) -> Event:
     if t.dp.comm.rank == 0:
         tok, saved = _tokenizer_dir(data), t.tc.to_dict()
         ranks = t.dp.comm.size
-        save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok, ranks=ranks)
-        if improved:
-            save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok, ranks=ranks)
+        try:
+            save_train_checkpoint(t.run / LATEST, t.config, whole, train_config=saved, tokenizer_dir=tok, ranks=ranks)
+            if improved:
+                save_train_checkpoint(t.run / BEST, t.config, whole, train_config=saved, tokenizer_dir=tok,
+                                      ranks=ranks)
+        except BaseException:
+            # subtle: a stop (or a full disk) inside these saves: the state forgets this evaluation, so the stop's
+            # own save of latest/ records no best that best/ does not hold, and a resume evaluates this step again
+            # (it recorded the new best while best/ kept the old model, and that model was then never saved)
+            state.best_val_loss, state.evaluated_step = before
+            raise
     emit(event)                                        # after the saves: "(best, saved)" only once they are
     return event
 

@@ -80,6 +80,9 @@ def save_train_checkpoint(folder: str | os.PathLike, config: GPTConfig, state: T
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise NumgptError(f"cannot save the checkpoint {folder}: {e.strerror or e}; {still_holds(folder)}") from None
+    except BaseException:                              # a stop inside the save: no half-written NAME.tmp left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def still_holds(folder: Path) -> str:
