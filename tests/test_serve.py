@@ -44,9 +44,9 @@ class Server:
         self.http = httpx.Client(base_url=self.url, timeout=60,
                                  headers={"Authorization": f"Bearer {key}"} if key else {})
 
-    def stop(self) -> int:
+    def stop(self, how: int = signal.SIGINT) -> int:
         self.http.close()
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(how)
         return self.proc.wait(timeout=30)
 
     def healthy(self) -> bool:
@@ -265,6 +265,15 @@ def test_chat_logprobs_shape(server, builtin):
     assert 1 <= len(content) <= 5 and len(content[0].top_logprobs) == 2
     assert content[0].top_logprobs[0].logprob == pytest.approx(content[0].logprob)
     assert bytes(content[0].bytes).decode() == content[0].token
+
+
+def test_sigterm_stops_the_server_as_ctrl_c_does():
+    # it died by the signal (status 143) without its closing line, where Ctrl-C ended with it and status 0
+    s = Server(key=None)
+    assert s.healthy()
+    assert s.stop(signal.SIGTERM) == 0
+    time.sleep(0.2)                                    # the log's reader thread takes the last lines
+    assert s.log[-1].strip() == "numgpt serve: stopped" and not any("Traceback" in line for line in s.log)
 
 
 def test_chat_template_none_says_so():

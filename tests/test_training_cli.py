@@ -643,6 +643,30 @@ def test_a_resume_that_changes_the_numbers_says_so(char_data, tmp_path, capsys):
             "continues, but not bit for bit as one run)") in capsys.readouterr().err
 
 
+def test_sigterm_stops_any_command_in_one_line_and_leaves_no_tmp(text_file, tmp_path, capsys, monkeypatch):
+    """SIGTERM during prepare's write: it killed the process silently (exit by the signal) and left OUT.tmp;
+    now it is stopped as Ctrl-C is, exit 143, and the earlier data folder is still there whole."""
+    import os
+    import signal
+    from numgpt.training import data as data_module
+    out = tmp_path / "d"
+    assert main(["prepare", str(text_file), "--out", str(out), "--tokenizer", "builtin"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    real = data_module._write_data_folder
+
+    def killed_midway(folder, *rest):
+        (folder / "train.bin").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)           # delivered here, in the main thread
+        return real(folder, *rest)
+    monkeypatch.setattr(data_module, "_write_data_folder", killed_midway)
+    capsys.readouterr()
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(["prepare", str(text_file), "--out", str(out), "--tokenizer", "builtin", "--force"]) == 143
+    assert capsys.readouterr().err == "numgpt: stopped by SIGTERM\n"
+    assert not (tmp_path / "d.tmp").exists() and {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert signal.getsignal(signal.SIGTERM) is previous          # main's handler is put back
+
+
 def test_prepare_reads_stdin_for_dash(text_file, tmp_path, capsys, monkeypatch):
     """`numgpt prepare -` reads the text from stdin, as `numgpt perplexity -` does (it said "-: no such file"):
     the same tokens as the file."""

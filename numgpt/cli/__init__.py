@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from ..errors import NumgptError
+from ..training.loop import Terminated, sigterm_as_interrupt
 
 DESCRIPTION = """\
 numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation, training and fine-tuning.
@@ -158,10 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_utf8_arguments(args)
         check_seed(args)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             # subtle: NumPy's "invalid value encountered" warnings from numgpt's own arithmetic would come
             # before the one-line error that names the cause (non-finite weights are checked after the forward)
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numgpt(\.|$)")
+            # SIGTERM (kill, timeout, a scheduler) stops every command as Ctrl-C does: its .tmp cleaned up and one
+            # line said (the default action killed all but the trainers silently, leaving prepare's OUT.tmp)
             return int(args.run(args) or 0)
     except NumgptError as e:
         from .options import command_flag_names, flag_message   # the library names Python parameters
@@ -179,5 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if sys.stdout.isatty():       # a streamed text cut mid-line: the message on a line of its own
             print(flush=True)
-        print(f"numgpt: interrupted {e}" if str(e) else "numgpt: interrupted", file=sys.stderr)   # what was kept
-        return 130
+        how, code = ("stopped by SIGTERM", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"numgpt: {how} {e}" if str(e) else f"numgpt: {how}", file=sys.stderr)   # what was kept
+        return code
