@@ -58,7 +58,8 @@ import numpy as np
 from .config import GPTConfig
 from .errors import NumgptError, UnknownOptionError, whole_number
 from .finish import Finisher
-from .kvcache import KVCache
+from .kvcache import KVCache, cache_bytes
+from .machine import check_fits
 from .model import check_context, check_finite_logits, forward
 from .ops import log_softmax
 from .params import Params
@@ -407,6 +408,24 @@ class Step(NamedTuple):
     logits: np.ndarray     # [A, V] float32
 
 
+# a decode step's memory beyond the KV cache, per sequence (tracemalloc, the built-in and chat models at 2,000-8,000
+# samples: 19-63 kB a row besides the cache, 4.6-7.7 [V] float32 arrays): the logits and the sampler's copies of
+# them, and the row's generator, finisher and lists (~0.9 kB for the generator alone)
+LOGIT_COPIES = 8
+ROW_BYTES = 4096
+
+
+def check_batch_fits(config: GPTConfig, rows: int, positions: int) -> None:
+    """Refuse, before anything is allocated, a batch of `rows` sequences of up to `positions` positions whose
+    cache and per-step arrays the machine cannot hold (the cache alone was checked: 100,000 samples of a few
+    tokens grew without bound in their per-row state)."""
+    positions = min(positions, config.n_positions)
+    need = cache_bytes((config.n_layer, rows, config.n_head, positions, config.head_size)) + \
+        rows * (LOGIT_COPIES * 4 * config.vocab_size + ROW_BYTES)
+    check_fits(need, f"{rows:,} sequences of {positions} positions (their keys, values and logits)",
+               "fewer sequences (num_return_sequences) or fewer new tokens")
+
+
 def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[int]], *,
                  max_new_tokens: int, sampling: SamplingOptions, seed: int | None = None,
                  num_return_sequences: int = 1, stop_ids: Sequence[int] = (), sliding_window: bool = False,
@@ -414,6 +433,7 @@ def generate_ids(params: Params, config: GPTConfig, prompts: Sequence[Sequence[i
     """The new token ids of every sequence (prompt-major), without text: stops only at `stop_ids`
     (which are included). The ids-level twin of `generate_completions`; LanguageModel.generate_ids.
     speculative: see decode_steps."""
+    check_batch_fits(config, len(prompts) * num_return_sequences, max(map(len, prompts)) + max_new_tokens)
     rngs = None if sampling.greedy else sequence_rngs(len(prompts), num_return_sequences, seed)
     out: list[list[int]] = [[] for _ in range(len(prompts) * num_return_sequences)]
     steps = decode_steps(params, config, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rngs=rngs,
@@ -458,6 +478,7 @@ def stream_completions(params: Params, config: GPTConfig, tokenizer, prompts: Se
     draft model's (params, config) for options.speculative='draft'."""
     prompt_ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     n = options.num_return_sequences
+    check_batch_fits(config, len(prompts) * n, max(map(len, prompt_ids)) + options.max_new_tokens)
     rngs = None if options.sampling.greedy else sequence_rngs(len(prompts), n, options.seed)
     eos = tokenizer.eot_id if options.stop_at_eos else None
     finishers = [Finisher(tokenizer.stream_decoder(), max_new_tokens=options.max_new_tokens, stop=options.stop,

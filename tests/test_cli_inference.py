@@ -261,7 +261,11 @@ def test_more_samples_than_memory_holds_are_refused_before_allocating(capsys):
     cache is made (np.zeros would reserve it lazily and the decode fault its way into the OOM killer)."""
     code, out, err = run(capsys, "generate", "--num-samples", "200000", "--max-new-tokens", "100", "--greedy",
                          "--no-stream", "ROMEO:")
-    assert code == 2 and err.count("\n") == 1 and "keys and values of 200000 sequences" in err and "GiB" in err, err
+    assert code == 2 and err.count("\n") == 1 and "200,000 sequences of 102 positions (their keys, values" in err \
+        and "GiB" in err, err
+    # a few tokens each: the cache was small, and the per-row state grew past 3 GiB before anyone stopped it
+    code, out, err = run(capsys, "generate", "--num-samples", "1000000000", "-n", "5", "ROMEO:")
+    assert code == 2 and err.count("\n") == 1 and "1,000,000,000 sequences of 7 positions" in err, err
 
 
 def test_perplexity_prints_progress_lines_when_stderr_is_not_a_terminal():
