@@ -167,6 +167,26 @@ def test_export_force_again_keeps_the_size_and_an_empty_file_is_exported_into(tm
             "ROMEO:", max_new_tokens=5, do_sample=False)
 
 
+def test_export_refuses_a_table_of_its_name_that_no_export_wrote(tmp_path):
+    # the export dropped each of its tables first: a user's own numgpt_wte was replaced without a word
+    import duckdb
+    import numgpt.sql
+    from numgpt import NumgptError
+    path = tmp_path / "theirs.duckdb"
+    with duckdb.connect(str(path)) as c:
+        c.execute("CREATE TABLE numgpt_wte (invoice INTEGER, amount DOUBLE)")
+        c.execute("INSERT INTO numgpt_wte VALUES (1, 9.5)")
+    with pytest.raises(NumgptError, match="holds numgpt_wte, which no numgpt export wrote; export into another "
+                                          "database, or pass force=True to replace them"):
+        numgpt.sql.export(_builtin(), str(path))
+    with duckdb.connect(str(path)) as c:
+        assert c.execute("SELECT * FROM numgpt_wte").fetchall() == [(1, 9.5)]
+    numgpt.sql.export(_builtin(), str(path), force=True)
+    with numgpt.sql.connect(str(path)) as m:
+        assert m.generate("ROMEO:", max_new_tokens=4, do_sample=False) == _builtin().generate(
+            "ROMEO:", max_new_tokens=4, do_sample=False)
+
+
 # ---- what a session refuses ------------------------------------------------------------------------------
 
 def test_a_folder_is_not_a_database(capsys, tmp_path):

@@ -137,8 +137,16 @@ def _open_for_export(db: str, force: bool) -> Engine:
 
 
 def _check_target(engine: Engine, force: bool) -> None:
-    """Refuse to overwrite an export (complete or not) without force."""
-    if not engine.has_table("numgpt_meta") or force:
+    """Refuse to overwrite an export (complete or not) without force, or tables of numgpt's names that no
+    export wrote (the export drops each of its tables first: a user's own numgpt_wte was replaced)."""
+    if force:
+        return
+    if not engine.has_table("numgpt_meta"):
+        taken = [t for t in TABLES if engine.has_table(t)]
+        if taken:
+            raise NumgptError(f"{shown(engine.db)} holds {', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}, "
+                              "which no numgpt export wrote; export into another database, or pass force=True to "
+                              "replace them")
         return
     state = dict(engine.rows("SELECT key, value FROM numgpt_meta")).get("state")
     what = "an interrupted numgpt export" if state == "exporting" else "a numgpt export"
