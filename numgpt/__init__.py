@@ -19,18 +19,32 @@ from .machine import quiet_blas_threads
 
 quiet_blas_threads(_os.environ)   # before anything imports NumPy: OpenBLAS reads it once (machine.py)
 
-from .backprop import accumulate_grads, loss_and_grads  # noqa: E402
-from .config import PRESETS, GPTConfig
-from .errors import NumgptError
-from .generate import Completion, GenerationOptions, Piece, TokenLogprob
-from .kvcache import KVCache
-from .lm import LanguageModel, NextToken, load
-from .model import forward
-from .sampling import SamplingOptions
-from .scoring import Perplexity
-from .formats import checkpoint_summary, load_checkpoint, resolve_model, save_checkpoint
-from .tokenizer import Tokenizer, train_bpe
-from .training import AdamWConfig, Run, TrainConfig, load_dataset, prepare, setup_run, train
+# The public API is loaded on first use (PEP 562): `import numgpt` itself reads no NumPy, so the `numgpt`
+# command's first ~0.3 s (its console script imports this package before main() can catch a Ctrl-C) is
+# only Python starting; main() loads the rest where a Ctrl-C is one line, not a traceback.
+_WHERE = {"accumulate_grads": "backprop", "loss_and_grads": "backprop", "PRESETS": "config", "GPTConfig": "config",
+          "NumgptError": "errors", "Completion": "generate", "GenerationOptions": "generate", "Piece": "generate",
+          "TokenLogprob": "generate", "KVCache": "kvcache", "LanguageModel": "lm", "NextToken": "lm", "load": "lm",
+          "forward": "model", "SamplingOptions": "sampling", "Perplexity": "scoring",
+          "checkpoint_summary": "formats", "load_checkpoint": "formats", "resolve_model": "formats",
+          "save_checkpoint": "formats", "Tokenizer": "tokenizer", "train_bpe": "tokenizer",
+          "AdamWConfig": "training", "Run": "training", "TrainConfig": "training", "load_dataset": "training",
+          "prepare": "training", "setup_run": "training", "train": "training"}
+
+
+def __getattr__(name: str):
+    """numgpt.load and the rest of __all__, imported from their module the first time they are asked for."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'numgpt' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = ["load", "LanguageModel", "NextToken", "GPTConfig", "PRESETS", "forward", "KVCache",
            "load_checkpoint", "save_checkpoint", "resolve_model", "checkpoint_summary", "Tokenizer", "train_bpe",

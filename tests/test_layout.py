@@ -176,3 +176,12 @@ def test_posttrain_is_a_room_nothing_below_the_cli_imports():
             assert not {m for m in imports if m.startswith("numgpt.posttrain")}, path
     code = "import sys, numgpt; print(any(m.startswith('numgpt.posttrain') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_import_numgpt_loads_no_numpy_until_asked():
+    # the console script imports numgpt.cli before main() can catch a Ctrl-C: with NumPy and the API loaded
+    # there, a Ctrl-C in a command's first ~0.3 s printed a traceback (main loads them now, under its guard)
+    code = ("import sys, numgpt, numgpt.cli; before = 'numpy' in sys.modules; numgpt.load; "
+            "print(before, 'numpy' in sys.modules, 'load' in dir(numgpt))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"], out

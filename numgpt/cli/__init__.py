@@ -13,7 +13,6 @@ import sys
 import warnings
 
 from ..errors import NumgptError
-from ..training.loop import Terminated, sigterm_as_interrupt
 
 DESCRIPTION = """\
 numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation, training and fine-tuning.
@@ -145,9 +144,9 @@ def _registrars():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .average_commands import joined_weights     # `--weights -1,2`, which argparse takes for an option
-
-    try:
+    try:                              # (`import numgpt` loads nothing heavy: NumPy and the rest load here)
+        from ..training.loop import Terminated, sigterm_as_interrupt
+        from .average_commands import joined_weights     # `--weights -1,2`, which argparse takes for an option
         parser = build_parser()                      # imports every command's module: ~0.2 s
     except KeyboardInterrupt:
         print("numgpt: interrupted", file=sys.stderr)
