@@ -172,6 +172,9 @@ def test_cli_quick_run_and_its_errors(tmp_path, text_file):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "other settings (--pretrain-tasks 50 there, 60 now)" in bad.stderr
     missing = subprocess.run(cmd[:7] + ["--text", str(tmp_path / "nope.txt")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr and missing.stderr.count("\n") == 1
+    shape = subprocess.run(cmd[:7] + ["--n-head", "5", "--n-embd", "64"], capture_output=True, text=True)
+    assert shape.returncode == 2 and shape.stderr == ("numgpt: error: --n-embd (64) must be divisible by --n-head "
+                                                      "(5)\n"), shape.stderr     # the library's names, as flags
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
     for text, said in (("latin1.txt", "not UTF-8 text (byte 0xe9 at offset 3)"), (".", "is a folder")):
         bad = subprocess.run(cmd[:7] + ["--text", str(tmp_path / text)], capture_output=True, text=True)
@@ -179,12 +182,12 @@ def test_cli_quick_run_and_its_errors(tmp_path, text_file):
 
 
 @pytest.mark.parametrize("changes, said", [
-    (dict(n_head=5, n_embd=64), "--n-embd (64) must be divisible by --n-head (5)"),
-    (dict(vocab_size=10), "--vocab-size must be >="),
-    (dict(rl_families=("add", "foo")), "--rl-families: no family foo"),
-    (dict(rl_iters=1, block_size=64), "--block-size must hold a task's prompt and its reply's 112 tokens"),
-    (dict(sft_lr=0.0), "--sft-lr must be > 0"),
-    (dict(rl_iters=1, rl_group=1), "--rl-group must be >= 2")])
+    (dict(n_head=5, n_embd=64), "n_embd (64) must be divisible by n_head (5)"),
+    (dict(vocab_size=10), "vocab_size must be >="),
+    (dict(rl_families=("add", "foo")), "rl_families: no family foo"),
+    (dict(rl_iters=1, block_size=64), "block_size must hold a task's prompt and its reply's 112 tokens"),
+    (dict(sft_lr=0.0), "sft_lr must be > 0"),
+    (dict(rl_iters=1, rl_group=1), "rl_group must be >= 2")])
 def test_settings_are_checked_before_any_stage(tmp_path, text_file, changes, said):
     # each was found only by the stage that used it, after the stages before it had run (and recipe.json
     # then refused the corrected setting)
@@ -194,11 +197,11 @@ def test_settings_are_checked_before_any_stage(tmp_path, text_file, changes, sai
 
 def test_rl_context_is_checked_before_pretraining_and_the_fix_is_accepted(tmp_path, text_file):
     out = tmp_path / "r"
-    with pytest.raises(NumgptError, match=r"--block-size 113 is too short for RL: its longest prompt has \d+ "
-                                          r"tokens and a reply up to 112; run again with --block-size (\d+) or more"
+    with pytest.raises(NumgptError, match=r"block_size 113 is too short for RL: its longest prompt has \d+ "
+                                          r"tokens and a reply up to 112; run again with block_size (\d+) or more"
                        ) as refused:
         run_chat_recipe(tiny(text_file, rl_iters=1, block_size=113), out)
     assert (out / "tokenizer" / "done.json").exists() and not any((out / "pretrain").iterdir())
-    needed = int(re.search(r"--block-size (\d+) or more", str(refused.value)).group(1))
+    needed = int(re.search(r"block_size (\d+) or more", str(refused.value)).group(1))
     run_chat_recipe(tiny(text_file, rl_iters=1, block_size=needed), out, until="pretrain")
     assert (out / "pretrain" / "done.json").exists()

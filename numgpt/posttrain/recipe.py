@@ -92,7 +92,7 @@ class ChatRecipe:
         from .synth import FAMILIES, REPLY_TOKENS
 
         for f in dataclasses.fields(self):
-            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            value = getattr(self, f.name)
             if isinstance(value, float):                   # the learning rates > 0, the KL weight >= 0
                 rule, ok = ("> 0", value > 0) if f.name.endswith("_lr") else (">= 0", value >= 0)
             elif isinstance(value, int) and not isinstance(value, bool):   # counts; 0 steps skips a stage
@@ -101,20 +101,20 @@ class ChatRecipe:
             else:
                 continue
             if not (ok and np.isfinite(value)):
-                raise NumgptError(f"{flag} must be {rule}, got {value}")
+                raise NumgptError(f"{f.name} must be {rule}, got {value}")    # (the CLI says its flag)
         if self.n_embd % self.n_head:
-            raise NumgptError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+            raise NumgptError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.vocab_size < 256 + len(CHAT_TOKENS):
-            raise NumgptError(f"--vocab-size must be >= {256 + len(CHAT_TOKENS)} (256 bytes and the "
+            raise NumgptError(f"vocab_size must be >= {256 + len(CHAT_TOKENS)} (256 bytes and the "
                               f"{len(CHAT_TOKENS)} chat tokens), got {self.vocab_size}")
         unknown = [f for f in self.rl_families if f not in FAMILIES]
         if unknown or not self.rl_families:
-            raise NumgptError(f"--rl-families: {'no family given' if not unknown else 'no family ' + unknown[0]}; "
+            raise NumgptError(f"rl_families: {'no family given' if not unknown else 'no family ' + unknown[0]}; "
                               f"the families are {', '.join(FAMILIES)}")
         if self.rl_group < 2:
-            raise NumgptError(f"--rl-group must be >= 2 (GRPO compares a prompt's answers), got {self.rl_group}")
+            raise NumgptError(f"rl_group must be >= 2 (GRPO compares a prompt's answers), got {self.rl_group}")
         if self.rl_iters > 0 and self.block_size <= REPLY_TOKENS:     # the prompts' length is known once the tokenizer is (rl_fits)
-            raise NumgptError(f"--block-size must hold a task's prompt and its reply's {REPLY_TOKENS} tokens, got "
+            raise NumgptError(f"block_size must hold a task's prompt and its reply's {REPLY_TOKENS} tokens, got "
                               f"{self.block_size}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,8 +267,8 @@ def rl_fits(recipe: ChatRecipe, out: Path) -> None:
     tasks = read_tasks(out / "data" / "rl_tasks.jsonl")
     longest = max(len(t.prompt) for t in render_tasks(tok, tasks))
     if longest + REPLY_TOKENS > recipe.block_size:
-        raise NumgptError(f"--block-size {recipe.block_size} is too short for RL: its longest prompt has {longest} "
-                          f"tokens and a reply up to {REPLY_TOKENS}; run again with --block-size "
+        raise NumgptError(f"block_size {recipe.block_size} is too short for RL: its longest prompt has {longest} "
+                          f"tokens and a reply up to {REPLY_TOKENS}; run again with block_size "
                           f"{longest + REPLY_TOKENS} or more (pre-training has not begun, so it may change)")
 
 
