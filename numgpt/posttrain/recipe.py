@@ -260,12 +260,10 @@ def rl_fits(recipe: ChatRecipe, out: Path) -> None:
     """RL's longest prompt and its reply's REPLY_TOKENS must fit in block_size: checked with the recipe's
     tokenizer before pre-training begins (block_size may still change then), not when RL starts."""
     from ..tokenizer import Tokenizer
-    from .rl import render_tasks
+    from .rl import longest_prompt
     from .synth import REPLY_TOKENS, read_tasks
 
-    tok = Tokenizer.load(tokenizer_folder(out))
-    tasks = read_tasks(out / "data" / "rl_tasks.jsonl")
-    longest = max(len(t.prompt) for t in render_tasks(tok, tasks))
+    longest = longest_prompt(Tokenizer.load(tokenizer_folder(out)), read_tasks(out / "data" / "rl_tasks.jsonl"))
     if longest + REPLY_TOKENS > recipe.block_size:
         raise NumgptError(f"block_size {recipe.block_size} is too short for RL: its longest prompt has {longest} "
                           f"tokens and a reply up to {REPLY_TOKENS}; run again with block_size "

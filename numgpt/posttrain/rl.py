@@ -557,9 +557,14 @@ def _refuse_grad_accum(options: Mapping) -> None:
                           "(raise prompts_per_step for a bigger one)")
 
 
+def longest_prompt(tok: "Tokenizer", tasks: Sequence[Mapping]) -> int:
+    """The tokens of the longest task prompt as RL renders it (with the generation prompt)."""
+    return max(len(t.prompt) for t in render_tasks(tok, tasks))
+
+
 def _block_size(config: GPTConfig, tok: "Tokenizer", tasks: Sequence[Mapping], max_new_tokens: int) -> int:
     """The rows' length - 1: the longest prompt + max_new_tokens - 1, which must fit in the context."""
-    longest = max(len(t.prompt) for t in render_tasks(tok, tasks))
+    longest = longest_prompt(tok, tasks)
     if longest + max_new_tokens > config.n_positions:
         room = config.n_positions - longest
         fix = (f"lower max_new_tokens to {room} or shorten the tasks" if room >= 1 else
