@@ -86,28 +86,55 @@ def test_interrupted_and_other_version_exports_are_refused(capsys, db, tmp_path)
     assert "schema version 999" in one_line_error(capsys, "sql", "generate", "--db", str(other), "x")
 
 
-def test_an_export_killed_halfway_is_reported_by_the_next_run(capsys, tmp_path):
-    """A real interruption: the export's second transaction fails midway (here: the tokenizer step
-    raises), so numgpt_meta still says 'exporting'."""
-    import numgpt.sql
-    import importlib
-    export_module = importlib.import_module("numgpt.sql.export")
-    target = tmp_path / "half.duckdb"
-    original = export_module._write_tokenizer
+def _stop_at(stage):
+    """An export's progress callback that stops it (as Ctrl-C would) when it reaches `stage`."""
+    def progress(what):
+        if what.startswith(stage):
+            raise KeyboardInterrupt
+    return progress
 
-    def boom(*args, **kwargs):
-        raise KeyboardInterrupt
-    export_module._write_tokenizer = boom
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            numgpt.sql.export(_builtin(), str(target))
-    finally:
-        export_module._write_tokenizer = original
-    assert "was interrupted" in one_line_error(capsys, "sql", "tokenize", "--db", str(target), "x")
-    code, _, _ = run(capsys, "sql", "export", "--db", str(target), "--force")
+
+@pytest.mark.parametrize("stage", ["embeddings", "numgpt_c_fc", "tokenizer"])
+def test_an_export_stopped_anywhere_leaves_the_database_as_it_was(capsys, db, tmp_path, stage):
+    """Stopped midway, a first export leaves no file, and an export --force over one leaves the old export
+    whole and working; no staging file is left beside it."""
+    import numgpt.sql
+    fresh = tmp_path / "fresh.duckdb"
+    with pytest.raises(KeyboardInterrupt):
+        numgpt.sql.export(_builtin(), str(fresh), progress=_stop_at(stage))
+    assert list(tmp_path.iterdir()) == []
+    old = tmp_path / "old.duckdb"
+    shutil.copy(db, old)
+    code, before, _ = run(capsys, "sql", "next", "--db", str(old), "ROMEO:")
     assert code == 0
-    code, out, _ = run(capsys, "sql", "tokenize", "--db", str(target), "x")
-    assert code == 0 and out.split()
+    with pytest.raises(KeyboardInterrupt):
+        numgpt.sql.export(_builtin(), str(old), force=True, progress=_stop_at(stage))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.duckdb"]
+    code, after, _ = run(capsys, "sql", "next", "--db", str(old), "ROMEO:")
+    assert code == 0 and after == before
+
+
+def test_an_export_stopped_in_a_shared_file_keeps_the_old_export_and_the_users_tables(capsys, db, tmp_path):
+    """A file that holds a user's table too is written in place, in one transaction: stopped, it rolls back."""
+    import duckdb
+    import numgpt.sql
+    shared = tmp_path / "shared.duckdb"
+    shutil.copy(db, shared)
+    _edit(shared, "CREATE TABLE sales AS SELECT range AS id FROM range(5)")
+    code, before, _ = run(capsys, "sql", "next", "--db", str(shared), "ROMEO:")
+    with pytest.raises(KeyboardInterrupt):
+        numgpt.sql.export(_builtin(), str(shared), force=True, progress=_stop_at("tokenizer"))
+    code, after, _ = run(capsys, "sql", "next", "--db", str(shared), "ROMEO:")
+    assert code == 0 and after == before
+    con = duckdb.connect(str(shared), read_only=True)
+    assert con.execute("SELECT sum(id) FROM sales").fetchall() == [(10,)]
+    con.close()
+    numgpt.sql.export(_builtin(), str(shared), force=True)      # and completes in place
+    code, again, _ = run(capsys, "sql", "next", "--db", str(shared), "ROMEO:")
+    assert code == 0 and again == before
+    con = duckdb.connect(str(shared), read_only=True)
+    assert con.execute("SELECT sum(id) FROM sales").fetchall() == [(10,)]
+    con.close()
 
 
 def test_bad_databases(capsys, tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,6 +300,22 @@ def test_export_force_under_a_running_session_is_refused_and_the_session_goes_on
         assert np.isfinite(m.logits()).all()
 
 
+def test_an_export_force_stopped_midway_leaves_the_old_postgresql_export_whole(pg_db):
+    """One transaction: stopped in its weights or its tokenizer, the export rolls back to the old one (it was
+    two, and the first had already dropped the old export's tables)."""
+    import numgpt.sql
+    with numgpt.sql.connect(pg_db) as m:
+        before = m.generate("ROMEO:", max_new_tokens=4, do_sample=False)
+    for stage in ("block 1/", "tokenizer"):
+        def progress(what, stage=stage):
+            if what.startswith(stage):
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            numgpt.sql.export(_builtin(), pg_db, force=True, progress=progress)
+        with numgpt.sql.connect(pg_db) as m:
+            assert m.generate("ROMEO:", max_new_tokens=4, do_sample=False) == before
+
+
 def test_a_closed_engine_gives_back_its_advisory_locks_before_it_hangs_up(pg_db):
     """PostgreSQL ends a closed connection's server process, and with it the locks that process held, a
     moment after the client hangs up: a session opened right after an export was refused ("an export ...
@@ -346,34 +363,55 @@ def test_an_export_holds_the_export_lock_while_it_writes(request, tmp_path_facto
         assert m.tokenize("ROMEO:")
 
 
-def test_ctrl_c_during_sql_export_on_duckdb_is_rc_130_and_the_next_command_says_so(tmp_path):
+def test_ctrl_c_during_sql_export_on_duckdb_is_rc_130_and_leaves_the_file_as_it_was(tmp_path):
     """A real SIGINT to `numgpt sql export` at a few moments after it starts writing the embeddings (a
     model of 4 x 384, so the writes last): before, a signal that landed inside DuckDB's INSERT gave a
-    RuntimeError or TransactionException traceback (here: the later moments, 2 runs in 4)."""
+    RuntimeError or TransactionException traceback (here: the later moments, 2 runs in 4). A first export
+    stopped leaves no file; an export --force stopped leaves the old export working (it used to leave an
+    'exporting' database: the old export's tables were dropped first)."""
     import dataclasses
 
     import numgpt
+    import numgpt.sql
     from numgpt.formats.hf import save_checkpoint
     from numgpt.params import init_params
     builtin = numgpt.load()
     config = dataclasses.replace(builtin.config, n_layer=4, n_embd=384, n_head=6)
     folder = save_checkpoint(tmp_path / "m", config, init_params(config, np.random.default_rng(0)),
                              tokenizer=builtin.tokenizer)
-    for k, delay in enumerate((0.05, 0.1, 0.15, 0.2)):
-        target = str(tmp_path / f"int{k}.duckdb")
-        proc = subprocess.Popen([sys.executable, "-m", "numgpt", "sql", "export", "--model", str(folder), "--db",
-                                 target], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            while "embeddings" not in proc.stderr.readline():   # progress: the first transaction is done
-                assert proc.poll() is None
-            time.sleep(delay)
-            proc.send_signal(signal.SIGINT)
-            err = proc.stderr.read()
-            proc.wait(timeout=60)
-        finally:
-            proc.kill()
-        assert (proc.returncode, err.splitlines()[-1:]) == (130, ["numgpt: interrupted"]), err
-        assert "Traceback" not in err
-        proc = subprocess.run([sys.executable, "-m", "numgpt", "sql", "next", "--db", target, "x"],
+    full = tmp_path / "full.duckdb"
+    numgpt.sql.export(numgpt.load(folder), str(full))
+
+    def next_token(db):
+        return subprocess.run([sys.executable, "-m", "numgpt", "sql", "next", "--db", db, "x"],
                               capture_output=True, text=True)
-        assert proc.returncode == 2 and "was interrupted" in proc.stderr, proc.stderr
+    expected = next_token(str(full)).stdout
+    for k, delay in enumerate((0.05, 0.1, 0.15, 0.2)):
+        for force in (False, True):
+            target = str(tmp_path / f"int{k}.duckdb")
+            if force:
+                shutil.copy(full, target)
+            proc = subprocess.Popen([sys.executable, "-m", "numgpt", "sql", "export", "--model", str(folder), "--db",
+                                     target, *(["--force"] if force else [])],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                while "embeddings" not in proc.stderr.readline():   # progress: the weights are being written
+                    assert proc.poll() is None
+                time.sleep(delay)
+                proc.send_signal(signal.SIGINT)
+                err = proc.stderr.read()
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()
+            assert (proc.returncode, err.splitlines()[-1:]) == (130, ["numgpt: interrupted"]), err
+            assert "Traceback" not in err
+            left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"int{k}") or "export" in p.name)
+            if force:
+                assert left == [f"int{k}.duckdb"]
+                proc = next_token(target)
+                assert proc.returncode == 0 and proc.stdout == expected, proc.stderr
+                Path(target).unlink()
+            else:
+                assert left == []
+                proc = next_token(target)
+                assert proc.returncode == 2 and "no such database" in proc.stderr, proc.stderr

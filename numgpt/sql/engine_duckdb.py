@@ -169,9 +169,42 @@ class DuckDBEngine(Engine):
             # register replaces the view
             self._con.unregister("numgpt_load")
 
-    def close(self):
-        self._sigint.close()
-        self._con.close()
+    def close(self, *, detach: bool = False):
+        """Close the connection (again: nothing). detach: let go of the file too (the process's instance
+        keeps a file attached while any of its connections is open; an export detaches the file it is
+        about to replace, so that the next open reads the new one)."""
+        if self._con is None:
+            return
+        try:
+            if detach:
+                self._con.execute("USE memory")                 # DuckDB detaches no connection's default
+                self._con.execute(f"DETACH DATABASE IF EXISTS {self._alias}")
+        finally:
+            self._sigint.close()
+            self._con.close()
+            self._con = None
+
+    def staging_file(self, tables):
+        """A fresh file beside this one when it holds nothing but `tables` (a numgpt export, or nothing):
+        the export is written there and moved over this file when complete (export.py)."""
+        ours = set(tables)
+        found = self.rows(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal "
+            "UNION ALL SELECT index_name FROM duckdb_indexes() WHERE database_name = current_database() "
+            "UNION ALL SELECT sequence_name FROM duckdb_sequences() WHERE database_name = current_database() "
+            "UNION ALL SELECT function_name FROM duckdb_functions() WHERE database_name = current_database() "
+            "AND NOT internal "
+            "UNION ALL SELECT type_name FROM duckdb_types() WHERE database_name = current_database() AND NOT internal "
+            "UNION ALL SELECT schema_name FROM duckdb_schemas() WHERE database_name = current_database() "
+            "AND NOT internal")
+        if any(name not in ours for (name,) in found):
+            return None
+        path = Path(self.db)
+        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".export")
+        os.close(fd)
+        os.unlink(staging)      # DuckDB makes its file itself (it refuses an empty one)
+        return staging
 
     def database_size(self):
         self._run(f"CHECKPOINT {self._alias}", None)
@@ -184,11 +217,6 @@ class DuckDBEngine(Engine):
         # weights at every product cost ~30% of a matrix product (3.3 ms of an 11 ms 768x3072 one,
         # measured); uncompressed they take ~10% more space
         self.execute("SET force_compression = 'uncompressed'")
-
-    def reclaim_dropped(self):
-        # subtle: a dropped table's blocks are free only after a checkpoint; written over in the same
-        # transactions, the file grew by a whole export at every other --force (31.5 -> 62.8 MiB, measured)
-        self._run(f"CHECKPOINT {self._alias}", None)
 
     def create_weight_tables(self, config, d):
         for table, n_in in weight_tables(config):

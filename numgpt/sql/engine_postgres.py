@@ -134,7 +134,9 @@ class PostgresEngine(Engine):
                 copy.write(rows[start:start + step].tobytes())
             copy.write((-1).to_bytes(2, "big", signed=True))
 
-    def close(self):
+    def close(self, *, detach=False):
+        if self._con.closed:
+            return
         try:
             if self.run_schema is not None:
                 self.execute(f'DROP SCHEMA IF EXISTS "{self.run_schema}" CASCADE')

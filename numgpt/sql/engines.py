@@ -86,7 +86,8 @@ class Engine:
         [rows, n] fill n consecutive columns, or one fixed-size array column on DuckDB)."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, *, detach: bool = False) -> None:
+        """Close the connection; closing again does nothing. detach: see DuckDBEngine.close."""
         raise NotImplementedError
 
     def best_product(self) -> str:
@@ -127,8 +128,11 @@ class Engine:
         """Before anything is written: the export's claim on the database (refused while another export
         or a session holds it) and its settings."""
 
-    def reclaim_dropped(self) -> None:
-        """After an earlier export's tables are dropped (--force): make their space reusable by the new one."""
+    def staging_file(self, tables: list[str]) -> str | None:
+        """Where an export is written before it takes this database's place (DuckDB: a fresh file beside
+        it, when it holds nothing but `tables`); None: the export replaces its tables in place, in one
+        transaction (PostgreSQL; a DuckDB file that holds other things too)."""
+        return None
 
     def create_weight_tables(self, config: GPTConfig, d: Dialect) -> None:
         """The matrices' tables and numgpt_ln, in the engine's layout (export.py's schema)."""

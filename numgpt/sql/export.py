@@ -17,14 +17,20 @@ Schema (the tables named numgpt_*; DuckDB types, PostgreSQL's are the same names
     numgpt_vocab(id, bytes), numgpt_bytes(byte, id), numgpt_merges(rank, left_id, right_id, merged_id),
     numgpt_special(token, id), numgpt_unicode(lo, hi, cls)   the tokenizer (unicode: PostgreSQL only)
 
-An export runs in two transactions: the first writes numgpt_meta with state 'exporting', the second
-everything else and then state 'complete'. An export that dies in between leaves 'exporting', which the
-next run reports (and --force replaces); nothing half-written is ever read as a model.
+An export is one transaction: it drops an earlier export's tables (--force), writes numgpt_meta with state
+'exporting', everything else, and then state 'complete'. Stopped anywhere (an error, Ctrl-C, SIGTERM), it
+leaves the database as it was. On DuckDB, a file that holds nothing but an export (or nothing) is not
+written in place: the export goes into a fresh file beside it, which replaces it when complete (one
+rename), so the file never holds two exports' blocks. A file with other tables too is written in place,
+and the old export's space is free again only after the commit: that file grows by up to one export. An
+export of schema version 3 or older could die between its two transactions and leave 'exporting'; the
+next run still reports that (and --force replaces it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,30 +94,62 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
     check_finite_weights(model.params, fix="export a model whose weights are numbers")
     progress = progress or (lambda _: None)
     start = time.perf_counter()
+    empty = not is_postgres(db) and Path(db).is_file() and Path(db).stat().st_size == 0
+    made = not is_postgres(db) and (empty or not Path(db).exists())   # a file this export makes
     engine = _open_for_export(db, force)
+    staging = writer = None
     try:
         _check_target(engine, force)
-        product = engine.best_product() if product == "auto" else product
-        dialect = engine.dialect(precision, product)
-        engine.begin_export()
-        with engine.transaction():
+        staging = engine.staging_file(TABLES)
+        writer = engine if staging is None else open_engine(staging, create=True)
+        product = writer.best_product() if product == "auto" else product
+        dialect = writer.dialect(precision, product)
+        writer.begin_export()
+        with writer.transaction():   # all or nothing: an export stopped anywhere leaves the old one whole
             for table in TABLES:
-                engine.execute(f"DROP TABLE IF EXISTS {table}")
-            engine.execute(f"CREATE TABLE numgpt_meta (key {dialect.text} PRIMARY KEY, value {dialect.text})")
-            _put_meta(engine, {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "state": "exporting"})
-        engine.reclaim_dropped()
-        with engine.transaction():
-            count = _write_model(engine, dialect, model, progress)
-            _put_meta(engine, {"engine": engine.name, "precision": precision, "product": product,
+                writer.execute(f"DROP TABLE IF EXISTS {table}")
+            writer.execute(f"CREATE TABLE numgpt_meta (key {dialect.text} PRIMARY KEY, value {dialect.text})")
+            _put_meta(writer, {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "state": "exporting"})
+            count = _write_model(writer, dialect, model, progress)
+            _put_meta(writer, {"engine": writer.name, "precision": precision, "product": product,
                                "config": json.dumps(asdict(model.config)), "source": str(model.folder or "")})
-            engine.execute("UPDATE numgpt_meta SET value = 'complete' WHERE key = 'state'")
-        engine.finish_export(TABLES, progress)
-        size = engine.database_size()
+            writer.execute("UPDATE numgpt_meta SET value = 'complete' WHERE key = 'state'")
+        writer.finish_export(TABLES, progress)
+        size = writer.database_size()
+        if staging is not None:
+            writer.close(detach=True)
+            engine.close(detach=True)
+            _move_over(staging, db)
+    except BaseException:
+        for w in (writer, engine):
+            if w is not None:
+                w.close(detach=True)
+        if staging is not None:
+            _remove_database(staging)
+        if made:
+            _remove_database(db)              # nothing of this export is left, and an empty file stays empty
+            if empty:
+                Path(db).touch()
+        raise
     finally:
         engine.close()
     return ExportSummary(db=db, engine=engine.name, target=engine.export_label(), precision=precision,
                          parameters=count, seconds=time.perf_counter() - start, size_bytes=size, product=product,
                          product_note=engine.product_note(product))
+
+
+def _move_over(staging: str, db: str) -> None:
+    """The complete export in `staging` takes db's place (one rename: a reader sees the old file or the
+    new one). db's write-ahead log goes first: left beside the new file, DuckDB would replay it there."""
+    Path(db + ".wal").unlink(missing_ok=True)
+    os.replace(staging, db)
+    Path(staging + ".wal").unlink(missing_ok=True)
+
+
+def _remove_database(db: str) -> None:
+    """A DuckDB file and its write-ahead log, if there."""
+    for path in (Path(db), Path(db + ".wal")):
+        path.unlink(missing_ok=True)
 
 
 def _open_for_export(db: str, force: bool) -> Engine:
