@@ -394,6 +394,11 @@ def test_builtin_sha256_mismatch_is_refused(tmp_path):
     (lambda f: _edit_vocab(f, lambda v: v.update(extra=0)), "share id 0"),
     (lambda f: _edit_vocab(f, lambda v: v.update(extra="7")), "ids must be integers"),
     (lambda f: (f / "tokenizer_config.json").write_text("{,}"), "tokenizer_config.json: not valid JSON"),
+    # an empty or cut-short merges.txt spelled every text in single bytes without a word
+    (lambda f: (f / "merges.txt").write_text("#version: 0.2\n"), "50,000 of the 50,257 tokens"),
+    (lambda f: (f / "merges.txt").write_text(""), "made by none of its 0 merges"),
+    (lambda f: _keep_lines(f / "merges.txt", 40_000), "10,001 of the 50,257 tokens"),
+    (lambda f: _keep_lines(f / "merges.txt", 40_000), "none of its 39,999 merges"),
 ])
 def test_broken_vocabulary_files_give_one_line_errors(tmp_path, damage, expected):
     folder = _copy_gpt2_as_hf(tmp_path)
@@ -409,6 +414,11 @@ def test_not_a_tokenizer_folder(tmp_path):
         Tokenizer.load(tmp_path)
     with pytest.raises(NumgptError, match="no such tokenizer folder"):
         Tokenizer.load(tmp_path / "absent")
+
+
+def _keep_lines(path, n):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_text("\n".join(lines[:n]), encoding="utf-8")
 
 
 def _append(path, text):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from importlib import resources
 from itertools import chain, repeat
 from operator import lshift, or_
+from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Literal, Mapping, Sequence
 
 import regex
@@ -243,6 +244,7 @@ class Tokenizer:
         (encoder.json + vocab.bpe). `sha256` maps file names to expected digests to check first.
         """
         vocab, merges, special, names = read_vocabulary(folder, sha256=sha256, check_ids=_invert)
+        _check_reachable(vocab, merges, special, names)
         return cls(vocab, merges, special, names=names, chat_template=read_chat_template(folder))
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -612,6 +614,24 @@ def _whole_token_ids(id_to_bytes: Mapping[int, bytes], special: Mapping[str, int
         if token_id not in special_ids:
             whole[text] = token_id
     return whole
+
+
+UNREACHABLE_SHARE = 0.01   # a vocabulary file whose merges make fewer of its tokens than this is refused
+
+
+def _check_reachable(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], special: Mapping[str, int],
+                     names: tuple[str, str]) -> None:
+    """Refuse a merges file that makes too few of the vocabulary's tokens (more than UNREACHABLE_SHARE of
+    them neither a byte, a special token nor any merge's result): an empty or cut-short merges.txt, or one
+    from another tokenizer, which would otherwise spell every text in single bytes without a word."""
+    made = {a + b for a, b in merges}
+    single = set(bytes_to_unicode().values())
+    unreachable = [t for t in vocab if t not in made and t not in single and t not in special]
+    if len(unreachable) > UNREACHABLE_SHARE * len(vocab):
+        raise NumgptError(f"{names[1]}: {len(unreachable):,} of the {len(vocab):,} tokens in {names[0]} (such as "
+                          f"{unreachable[0]!r}) are no byte, no special token and made by none of its "
+                          f"{len(merges):,} merges: the two files do not belong together, or "
+                          f"{Path(names[1]).name} was cut short")
 
 
 def _index_merges(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]],
