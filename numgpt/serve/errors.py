@@ -20,6 +20,7 @@ from . import schemas
 
 log = logging.getLogger("numgpt.serve")
 NOT_JSON = "the body is not valid JSON (UTF-8 text)"
+NOT_READABLE = "the body is not valid JSON (UTF-8 text), or is nested too deeply to read"
 PARSE_FAILED = "There was an error parsing the body"     # FastAPI's HTTPException when the bytes do not decode
 
 
@@ -63,8 +64,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
-        if e.status_code == 400 and e.detail == PARSE_FAILED:
-            return error_response(400, NOT_JSON, code="invalid_json")
+        if e.status_code == 400 and e.detail == PARSE_FAILED:     # the parser raised: bad UTF-8, or too deep
+            return error_response(400, NOT_READABLE, code="invalid_json")
         message = {404: f"no route {request.method} {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message, code="not_found" if e.status_code == 404 else None)
@@ -78,8 +79,11 @@ def install_error_handlers(app: FastAPI) -> None:
 def validation_error(errors: list, content_type: str = "application/json") -> JSONResponse:
     """pydantic's first failure as one 400 that names the field (as OpenAI answers a bad argument)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-    if first.get("type") == "json_invalid":
-        return error_response(400, NOT_JSON, code="invalid_json")
+    if first.get("type") == "json_invalid":     # with why the parser stopped, and where
+        why = (first.get("ctx") or {}).get("error")
+        at = [p for p in first.get("loc", ()) if isinstance(p, int)]
+        detail = f": {why}" + (f" (at character {at[0]})" if at else "") if why else ""
+        return error_response(400, NOT_JSON + detail, code="invalid_json")
     loc = [p for p in first.get("loc", ()) if p != "body"]
     path = field_path(loc)
     param = str(loc[0]) if loc else None
