@@ -209,7 +209,15 @@ def test_version_and_underscore_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "--top_k", "5", "x"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "usage: numgpt generate" in err and "--top_k -> --top-k" in err
+    assert e.value.code == 2 and err.count("\n") == 1 and "(see `numgpt generate --help`)" in err and "--top_k -> --top-k" in err
+    # argparse's own mistakes are one line too (it printed its usage first)
+    for argv, said in ((["chat", "--max-new-tokens", "abc"], "argument --max-new-tokens/-n: invalid int value: 'abc'"),
+                       (["sql", "next"], "the following arguments are required: --db, PROMPT"),
+                       (["bogus"], "argument COMMAND: invalid choice: 'bogus'")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"numgpt: error: {said}") and err.count("\n") == 1, err
 
 
 def test_train_tokenizer_quiet_prints_nothing(capsys, tmp_path):

@@ -38,10 +38,18 @@ name in the Hugging Face cache (gpt2, openai-community/gpt2-medium). Run `numgpt
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes (a bad value, a missing argument, an unknown option) are one line
+    on stderr, as every other error of numgpt's, with where to look: argparse printed its usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"numgpt: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="numgpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"numgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
