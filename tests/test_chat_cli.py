@@ -419,6 +419,13 @@ def test_bad_inputs_are_one_line_errors(capsys, monkeypatch, chat_folder, tmp_pa
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hi \xff\n"), encoding="utf-8"))
     assert main(["chat", "--model", str(chat_folder)]) == 2
     assert capsys.readouterr().err == "numgpt: error: stdin is not UTF-8 text (byte 0xff); numgpt chat reads UTF-8\n"
+    # decoded with surrogateescape (as Python reads stdin in the C locale), the bad byte reached /save: a traceback
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n/save x.jsonl\n"), encoding="utf-8",
+                                                       errors="surrogateescape"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["chat", "--model", str(chat_folder)]) == 2
+    assert capsys.readouterr().err == "numgpt: error: stdin is not UTF-8 text (byte 0xe9); numgpt chat reads UTF-8\n"
+    assert not (tmp_path / "x.jsonl").exists()
     for n in ("0", "-1"):                         # empty replies; -1 was told generate's ">= 0"
         code, out, err = chat(capsys, monkeypatch, chat_folder, ["hi"], "--max-new-tokens", n)
         assert code == 2 and err == ("numgpt: error: --max-new-tokens must be >= 1 in a chat (each reply's most "

@@ -525,6 +525,7 @@ def test_cli_errors_are_one_line(tmp_path, builtin):
     params = dict(builtin.params)
     params["wte.weight"] = np.full_like(params["wte.weight"], np.nan)
     numgpt.save_checkpoint(tmp_path / "nan", builtin.config, params, tokenizer=builtin.tokenizer)
+    (tmp_path / "latin1.json").write_bytes('{"user_turn": "Caf\xe9: {content}"}'.encode("latin-1"))
     for args, words in [(["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
                         (["--max-batch", "10000000"], "GiB this machine has available"),   # refused, not allocated
                         (["--chat-template", str(tmp_path / "none.json")], "no such file"),
@@ -536,6 +537,9 @@ def test_cli_errors_are_one_line(tmp_path, builtin):
                         (["--chat-template", '{"strip_leading_space": "yes"}'], "must be true or false"),
                         (["--chat-template", "[]"], "not a JSON object (got an array"),
                         (["--chat-template", "null"], "not a JSON object (got null)"),
+                        (["--chat-template", str(tmp_path)], "is a folder"),
+                        (["--chat-template", str(tmp_path / "latin1.json")], "latin1.json is not UTF-8 text (byte 0xe9"),
+                        (["--chat-template", '{"user_turn": "no placeholder"}'], "user_turn has no {content}"),
                         (["--api-key", ""], "--api-key is empty"),
                         (["--model", str(tmp_path / "nan")], "wte.weight has"),
                         (["--model", str(tmp_path / "missing")], "missing")]:

@@ -168,11 +168,16 @@ def line_editing() -> None:
 def read_line(prompt: str) -> str | None:
     """The next line typed or piped (without its newline, CRLF's \\r too), None at the end of input."""
     try:
-        return input(prompt).removesuffix("\r")
+        line = input(prompt).removesuffix("\r")
+        line.encode("utf-8")    # a stdin decoded with surrogateescape (the C locale) keeps a bad byte as a surrogate
+        return line
     except EOFError:
         return None
     except UnicodeDecodeError as e:
         raise NumgptError(f"stdin is not UTF-8 text (byte 0x{e.object[e.start]:02x}); numgpt chat reads UTF-8") from None
+    except UnicodeEncodeError as e:
+        byte = ord(e.object[e.start]) - 0xDC00
+        raise NumgptError(f"stdin is not UTF-8 text (byte 0x{byte:02x}); numgpt chat reads UTF-8") from None
 
 
 def say(text: str) -> None:

@@ -176,15 +176,19 @@ class ChatSession:
         """Append `record()` to a JSONL file as one line (a newline first if the file's last line lacks one);
         returns the record. A failed write (a full disk) is cut off again: no half line is left."""
         record = self.record()
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")   # before the file is touched
+        except UnicodeEncodeError:
+            raise NumgptError("the conversation holds text that is not UTF-8 (a lone surrogate); it cannot be "
+                              "saved as JSONL") from None
         path = Path(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size and _last_byte(path) != b"\n":
-                line = "\n" + line
+                line = b"\n" + line
             try:
-                _write_all(fd, line.encode("utf-8"))
+                _write_all(fd, line)
             except OSError:
                 os.ftruncate(fd, size)
                 raise

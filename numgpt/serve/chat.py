@@ -157,9 +157,12 @@ def load_chat_template(source: str | None) -> ChatTemplate | None:
     template = ChatTemplate(**data)
     for name in ("system_turn", "user_turn", "assistant_turn"):
         try:
-            getattr(template, name).format(content="x")
+            kept = getattr(template, name).format(content="\0") != getattr(template, name).format(content="")
         except (KeyError, IndexError, ValueError) as e:
             raise NumgptError(f"--chat-template: {name} must be a format string with {{content}} only ({e})") from None
+        if not kept:       # every such message would be dropped from the prompt without a word
+            raise NumgptError(f"--chat-template: {name} has no {{content}}: it must say where the message goes, "
+                              f"as in {json.dumps(getattr(ChatTemplate(), name))}")
     return template
 
 
@@ -203,6 +206,13 @@ def _json_type(value: object) -> str:
 
 def _read(path: str) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise NumgptError(f"--chat-template: {path} is a folder; give a JSON file, inline JSON, 'default' or 'none'")
     if not p.is_file():
         raise NumgptError(f"--chat-template: no such file: {path} (give a JSON file, inline JSON, 'default' or 'none')")
-    return p.read_text(encoding="utf-8")
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NumgptError(f"--chat-template: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                          f"{e.start})") from None
