@@ -256,6 +256,11 @@ def test_fortunes_reader(tmp_path):
                    for n in ("a.jsonl", "b.jsonl"))
     assert len(test) == 1 and sorted(train + test) == sorted(e.text for e in records)
     assert main(["data", "fortunes", "--folder", str(tmp_path), "-o", str(tmp_path / "a.jsonl")]) == 2   # no --force
+    # the same file twice lost the training set, and a category named twice doubled it (and leaked the test set)
+    assert main(["data", "fortunes", "--folder", str(tmp_path), "-o", str(tmp_path / "s.jsonl"), "--test",
+                 str(tmp_path / "." / "s.jsonl")]) == 2 and not (tmp_path / "s.jsonl").exists()
+    assert main(["data", "fortunes", "--folder", str(tmp_path), "--categories", "food,law,food",
+                 "-o", str(tmp_path / "d.jsonl")]) == 2 and not (tmp_path / "d.jsonl").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes").write_text("a file\n", encoding="utf-8")
     with pytest.raises(NumgptError, match="no fortune files"):

@@ -194,6 +194,12 @@ def test_data_pairs_and_check_through_the_cli(tmp_path, capsys):
     assert "30 preference pairs" in printed and "add 15, identity 15" in printed and "0 rejected replies do too" in printed
     assert main(["data", "pairs", "--n", "3", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["data", "pairs", "--n", "3", "--families", "add,add,sub", "--out", str(tmp_path / "t.jsonl")]) == 2
+    assert "--families: add named twice" in capsys.readouterr().err            # it was 2 add for 1 sub
+    # the chat model answers who it is right every time: no pair, and no empty file that check and dpo refuse
+    assert main(["data", "pairs", "--from-model", "chat", "--families", "identity", "--n", "2",
+                 "--out", str(tmp_path / "e.jsonl")]) == 2
+    assert "none of the 2 tasks gave a pair" in capsys.readouterr().err and not (tmp_path / "e.jsonl").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(pair(family="add", answer="5")) + "\n")          # its chosen "4" is not the answer
     assert main(["data", "check", str(bad)]) == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import command_group, subcommand
+from .options import name_list
 from .paths import input_file, output_file, output_folder, png_file
 from .train_commands import add_training_flags
 
@@ -390,12 +391,15 @@ def run_fortunes(args) -> int:
     from ..atomic import write_bytes_atomically
     from ..posttrain.classdata import read_fortunes
 
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    categories = name_list(args.categories, "--categories") if args.categories else None
     if not args.list and not args.output:
         raise NumgptError("pass -o FILE to write the fortunes (or --list to see the categories)")
     if args.test and not 0 < args.test_fraction < 1:
         raise NumgptError(f"--test-fraction must be > 0 and < 1, got {args.test_fraction}")
     outputs = [] if args.list else [(Path(f), flag) for f, flag in ((args.output, "-o"), (args.test, "--test")) if f]
+    if len(outputs) == 2 and outputs[0][0].resolve() == outputs[1][0].resolve():
+        raise NumgptError(f"--test {args.test} is -o {args.output}: the held-out fortunes would replace the training "
+                          "ones; give two files")
     for out, flag in outputs:
         if out.exists() and not out.is_dir() and not args.force:
             raise NumgptError(f"{flag} {out}: the file already exists; pass --force to replace it, or another path")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import command_group, subcommand
+from .options import name_list
 from .paths import input_file, output_file, read_text
 
 MOST_BAD_LINES = 50   # `data check` names this many bad lines at most, then stops
@@ -53,9 +54,12 @@ must also give that answer in their reference reply as the checker reads it (the
 
 def register(sub) -> None:
     """Add `data synth` and `data check` to the `numgpt` subcommands."""
-    s = command_group(sub, "data", help="fine-tuning data: make synthetic conversations, check chat JSONL",
-                      description="Fine-tuning data: synthetic conversations with exact answers, and a check "
-                                  "of chat JSONL files in OpenAI's fine-tuning format.", epilog=DATA_EXAMPLES)
+    s = command_group(sub, "data", help="fine-tuning data: synthetic conversations and preference pairs, "
+                                         "fortunes for classify, a check of JSONL",
+                      description="Fine-tuning data: synthetic conversations with exact answers (synth), preference "
+                                  "pairs (pairs), Debian's fortunes as a labelled set for classify (fortunes), and a "
+                                  "check of chat or pairs JSONL files in OpenAI's fine-tuning format (check).",
+                      epilog=DATA_EXAMPLES)
     _register_synth(s)
     _register_pairs(s)
     _register_check(s)
@@ -201,7 +205,7 @@ def _synth_options(args) -> tuple[Path, object, list[str]]:
         if not words:
             raise NumgptError(f"--words {args.words}: no words of 3 to 12 ASCII letters in the file")
         operands = Operands(words=words, max_digits=args.max_digits)
-    return out, operands, [f.strip() for f in args.families.split(",") if f.strip()]
+    return out, operands, name_list(args.families, "--families")
 
 
 def run_pairs(args) -> int:
@@ -247,6 +251,9 @@ def _run_sampled_pairs(args, out: Path, operands, families: list[str]) -> int:
                               rejected=args.rejected, chosen=args.chosen, progress=update)
     finally:
         close()
+    if not pairs:        # an empty file that `data check` and `dpo` then refuse
+        raise NumgptError(f"none of the {len(tasks)} tasks gave a pair ({'no wrong answer that ended' if args.step_level else 'the answers were all right or all wrong'}); "
+                          f"nothing written: ask for more tasks (--n), a larger --group or a higher --temperature")
     write_pairs(out, pairs)
     per = Counter(p["family"] for p in pairs)
     unpaired = "no wrong answer that ended" if args.step_level else "answers all right or all wrong"

@@ -219,3 +219,13 @@ def structured_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise NumgptError(f"--json-schema {schema_file} is not JSON: {e}") from None
     check_structured(json_schema=schema)
     return {"json_schema": schema}
+
+
+def name_list(text: str, flag: str) -> list[str]:
+    """A comma-separated list of names (--families, --categories), blanks dropped; a name given twice is
+    refused (it doubled that name's share of the data, and a held-out split drew the same records twice)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise NumgptError(f"{flag}: {', '.join(twice)} named twice; give each once")
+    return names
