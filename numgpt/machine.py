@@ -21,9 +21,11 @@ from .errors import NumgptError
 # when OpenBLAS loads, so numgpt sets it (unless the user did) before NumPy is imported (__init__.py), and
 # has an OpenBLAS loaded before it read it again.
 BLAS_IDLE_ENV = "OPENBLAS_THREAD_TIMEOUT"
-BLAS_IDLE_LOG2_CYCLES = 18   # 2**18 cycles, ~0.1 ms: long enough to bridge the gaps between a one-row step's
+BLAS_IDLE_LOG2_CYCLES = 19   # 2**19 cycles, ~0.2 ms: long enough to bridge the gaps between a one-row step's
                              # products (OpenBLAS's least, 4, made batch-1 decode 3-6% slower, each product
-                             # waking its threads), short enough that they sleep before the panels' work
+                             # waking its threads; 18, ~0.11 ms at a 2.3 GHz clock, was shorter than 124M's
+                             # attention gap of ~0.11 ms on such a machine: attn.c_proj woke them, BENCHMARKS.md),
+                             # short enough that they sleep before the panels' work
 
 
 def available_memory() -> int | None:

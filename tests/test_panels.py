@@ -195,15 +195,15 @@ def _blas_sleeps(code: str, **env: str) -> str:
 
 def test_importing_numgpt_puts_openblas_idle_threads_to_sleep_unless_the_user_chose():
     """OpenBLAS's own `openblas_thread_timeout()` reports what it read when it loaded, or read again."""
-    assert _blas_sleeps("import numgpt") == ["18", "True"]                      # numgpt asked first
-    assert _blas_sleeps("import numpy, numgpt") == ["18", "True"]               # OpenBLAS read it again
+    assert _blas_sleeps("import numgpt") == ["19", "True"]                      # numgpt asked first
+    assert _blas_sleeps("import numpy, numgpt") == ["19", "True"]               # OpenBLAS read it again
     assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]   # the user's choice
     assert _blas_sleeps("import numpy, numgpt", OPENBLAS_THREAD_TIMEOUT="28") == ["28", "False"]
-    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="19") == ["19", "False"]
+    assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="20") == ["20", "False"]
     assert _blas_sleeps("import numgpt", OPENBLAS_THREAD_TIMEOUT="4") == ["4", "True"]
     # another thread might be inside a product: OpenBLAS's threads are left as they are
     other = "import numpy, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); import numgpt"
-    assert _blas_sleeps(other) == ["18", "False"]
+    assert _blas_sleeps(other) == ["19", "False"]
 
 
 IDLE_CPU = """
