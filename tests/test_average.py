@@ -103,6 +103,13 @@ def test_average_refuses_in_one_line_and_writes_nothing(models, tmp_path, capsys
         assert "overlaps the model" in capsys.readouterr().err
     assert load_checkpoint(root / "a")[1]["wte.weight"].shape == (50257, 16)
     assert not (root / "a" / "soup").exists()
+    run = tmp_path / "run"                                          # a training run: --force deleted all of it
+    for part in ("latest", "best", "data"):
+        (run / part).mkdir(parents=True)
+    (run / "log.jsonl").write_text("{}\n")
+    assert main(["average", a, b, "--out", str(run), "--force"]) == 2
+    assert "holds a training run (latest, best, data, log.jsonl)" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["best", "data", "latest", "log.jsonl"]
 
     import numgpt.training.memory as memory
     monkeypatch.setattr(memory, "available_memory", lambda: 1 << 20)

@@ -316,6 +316,15 @@ def test_bad_data_is_one_line(tmp_path, capsys, name, content, message, gpt2_voc
     assert not (tmp_path / "run").exists()
 
 
+def test_the_label_as_the_text_is_refused(tmp_path, capsys, gpt2_vocab_model):
+    """--text-field label --label-field label trained a model that reads its answer: accuracy 1.0."""
+    (tmp_path / "d.csv").write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
+    assert main(["classify", "train", str(tmp_path / "d.csv"), "--init", str(gpt2_vocab_model), "--text-field",
+                 "label", "--out", str(tmp_path / "run")]) == 2
+    assert "the text field and the label field are both 'label'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_model_without_a_head_is_refused_in_one_line(tmp_path, capsys, gpt2_vocab_model):
     (tmp_path / "d.csv").write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
     for argv in (["evaluate", str(tmp_path / "d.csv")], ["predict", "hello"]):

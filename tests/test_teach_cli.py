@@ -148,6 +148,18 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert message in err
 
 
+def test_a_picture_replaces_a_picture_but_never_another_file(capsys, tmp_path):
+    notes = tmp_path / "keep.png"
+    notes.write_text("my notes, not a picture\n")
+    code, _, err = run(capsys, "explain", "attention", "ROMEO:", "-o", str(notes))
+    assert code == 2 and "the file exists and is not a PNG image" in err
+    assert notes.read_text() == "my notes, not a picture\n"                    # classify evaluate -o drew over it
+    picture = tmp_path / "a.png"
+    for _ in range(2):                                                          # a picture is redrawn in place
+        assert run(capsys, "explain", "attention", "ROMEO:", "-o", str(picture))[0] == 0
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_missing_matplotlib_says_how_to_install_it(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
     code, _, err = run(capsys, "explain", "attention", "x", "-o", str(tmp_path / "a.png"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import NumgptError
 from .groups import subcommand
-from .paths import check_apart, output_folder
+from .paths import check_apart, model_folder
 
 COMMAND, WEIGHTS = "average", "--weights"
 
@@ -95,7 +95,7 @@ def run_average(args) -> int:
     from ..training.memory import available_memory, gib
 
     weights = mixing_weights(parse_weights(args.weights), len(args.models))
-    out = output_folder(args.out, flag="--out", force=args.force, what="averaged model")
+    out = model_folder(args.out, flag="--out", force=args.force, what="averaged model")
     cache = hf_cache_dir(os.environ)
     folders = [resolve_model(name, cache_dir=cache, download=False) for name in args.models]
     check_inputs(args.models, folders, out)

@@ -28,6 +28,20 @@ def output_folder(path: str | os.PathLike, *, flag: str, force: bool = False, wh
     return folder
 
 
+RUN_PARTS = ("latest", "best", "data", "log.jsonl", "train_config.json")   # what marks a training run's folder
+
+
+def model_folder(path: str | os.PathLike, *, flag: str, force: bool, what: str) -> Path:
+    """`output_folder` for a command that writes one model (merge-lora, average): --force replaces a model
+    folder, never a training run's (its checkpoints, data and log would all go)."""
+    out = output_folder(path, flag=flag, force=force, what=what)
+    run = [n for n in RUN_PARTS if (out / n).exists()]
+    if run:
+        raise NumgptError(f"{flag} {out}: holds a training run ({', '.join(run)}), which --force would delete; "
+                          "pass another path")
+    return out
+
+
 def output_file(path: str | os.PathLike, *, flag: str) -> Path:
     """A file a command will write (replaced if it exists), checked: not a folder, an existing writable
     parent folder (a typo in a folder name is refused, not made into a stray folder tree)."""
@@ -49,10 +63,18 @@ def png_file(path: str | os.PathLike, *, flag: str = "-o") -> Path:
         raise NumgptError(f"{flag} {str(path)!r}: give the image a name, such as attention.png")
     out = output_file(path, flag=flag)
     if out.suffix == "":
-        return output_file(out.with_name(out.name + ".png"), flag=flag)
-    if out.suffix.lower() != ".png":
+        out = output_file(out.with_name(out.name + ".png"), flag=flag)
+    elif out.suffix.lower() != ".png":
         raise NumgptError(f"{flag} {path}: the pictures are PNG images; pass a name ending in .png")
+    if out.is_file() and out.stat().st_size:            # a picture is redrawn in place; anything else is kept
+        with open(out, "rb") as f:
+            if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise NumgptError(f"{flag} {out}: the file exists and is not a PNG image; numgpt replaces only "
+                                  "pictures, so pass another path")
     return out
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"   # the first bytes of every PNG file
 
 
 def check_writable(path: Path, flag: str) -> None:

@@ -28,7 +28,7 @@ from ..training.optim import AdamWConfig, ConfigFieldError
 from ..training.run import SCRATCH_SHAPE
 from ..training.state import checkpoint_step
 from .options import command_flag_names, flag_message
-from .paths import check_apart, check_writable, input_file, output_file, output_folder, png_file, read_text
+from .paths import check_apart, check_writable, input_file, model_folder, output_file, output_folder, png_file, read_text
 
 TC, OPT = TrainConfig(), AdamWConfig()      # the defaults the help strings quote (one place: the dataclasses)
 ETA_AFTER_STEPS = 5                         # steps timed before the time estimate is printed
@@ -146,7 +146,7 @@ def run_merge_lora(args) -> int:
     from ..formats import hf_cache_dir, save_checkpoint
     from ..lm import load
 
-    out = output_folder(args.out, flag="--out", force=args.force, what="merged model")
+    out = model_folder(args.out, flag="--out", force=args.force, what="merged model")
     lm = load(args.model, cache_dir=hf_cache_dir(os.environ), mmap=True, adapter=args.adapter)
     check_apart(out, args.adapter, args.adapter, what="the adapter")   # --force would have replaced them
     check_apart(out, args.model or "builtin", lm.folder, what="the base")

@@ -43,6 +43,8 @@ class Example:
 def read_labelled(path: str | os.PathLike, *, text_field: str = TEXT_FIELD,
                   label_field: str = LABEL_FIELD) -> list[Example]:
     """The (text, label) records of a .csv or .jsonl file, checked (see the module docstring)."""
+    if text_field == label_field:        # the model would read its answer: accuracy 1.0 and nothing learnt
+        raise NumgptError(f"the text field and the label field are both {text_field!r}; give two fields")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES + JSONL_SUFFIXES:
