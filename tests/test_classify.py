@@ -190,6 +190,12 @@ def test_metrics_match_scikit_learn():
     np.testing.assert_allclose([x["f1"] for x in m["per_label"]], f)
     assert [x["support"] for x in m["per_label"]] == list(s)
     np.testing.assert_array_equal(m["confusion"], sklearn_metrics.confusion_matrix(y_true, y_pred, labels=[0, 1, 2, 3]))
+    # a label of the model that the data never mentions (neither truth nor prediction) is left out of macro-F1,
+    # as scikit-learn leaves it out: one right "a" among four labels was 0.3333
+    y_true, y_pred = np.array([0, 0, 1]), np.array([0, 1, 1])
+    m = classify.classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["macro_f1"] == pytest.approx(sklearn_metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert classify.classification_metrics(np.array([0]), np.array([0]), ["a", "b", "c"])["macro_f1"] == 1.0
 
 
 def test_balanced_class_weights_are_scikit_learns():

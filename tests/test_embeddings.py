@@ -241,6 +241,9 @@ def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
     piped = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--pooling", "last"], capture_output=True,
                            text=True, timeout=120, input="\n".join(TEXTS[:2]) + "\n")    # it said "no texts"
     assert piped.returncode == 0 and piped.stdout == out.stdout, piped.stderr
+    dash = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--pooling", "last", "-"], capture_output=True,
+                          text=True, timeout=120, input="\n".join(TEXTS[:2]) + "\n")    # it embedded the text "-"
+    assert dash.returncode == 0 and dash.stdout == out.stdout, dash.stderr
     (tmp_path / "lines.txt").write_text("a\n\nb\n", encoding="utf-8")
     bad = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--file", str(tmp_path / "lines.txt")],
                          capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import NumgptError
 from .groups import command_group, subcommand
 from .options import name_list
-from .paths import input_file, output_file, output_folder, png_file
+from .paths import input_file, output_file, output_folder, png_file, read_text
 from .train_commands import add_training_flags
 
 HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alone, pre-trained weights, LoRA
@@ -332,8 +332,8 @@ def run_predict(args) -> int:
     from ..ops import softmax
 
     texts = args.texts
-    if texts == ["-"]:
-        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    if texts == ["-"]:                          # strict UTF-8, as every command reads stdin (paths.read_text)
+        texts = [line for line in read_text("-").splitlines() if line.strip()]
         if not texts:
             raise NumgptError("no texts on stdin (one text a line)")
     model = load_model(args.model)

@@ -30,7 +30,7 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embedding vectors of texts (JSON lines)", description=EMBED_DESCRIPTION,
                        epilog=EMBED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts to embed (none: the lines of stdin)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="the texts to embed (none, or '-': the lines of stdin)")
     p.add_argument("--file", metavar="PATH", help="embed each line of this UTF-8 file instead ('-' = stdin)")
     p.add_argument("--model", "-m", metavar="NAME_OR_FOLDER", help=MODEL_HELP)
     _add_adapter(p)
@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def texts_of(args: argparse.Namespace) -> list[str]:
     """The texts: the arguments, or the file's lines (an empty line refused by its number)."""
+    if args.texts == ["-"] and args.file is None:     # '-' is stdin, as in --file - and classify predict -
+        args.texts, args.file = [], "-"
     if args.texts and args.file is not None:
         raise NumgptError("give the texts either as arguments or with --file, not both")
     if args.file is None and args.texts:

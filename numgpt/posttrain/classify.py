@@ -433,7 +433,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarr
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, and per label precision, recall, F1 and support, with the confusion matrix.
-    A ratio with nothing to divide by is 0 (scikit-learn's zero_division default)."""
+    A ratio with nothing to divide by is 0 (scikit-learn's zero_division default); macro-F1 averages over
+    the labels that occur, as truth or as prediction (scikit-learn's f1_score(average="macro")): a label
+    of the model that the data never mentions does not pull it down."""
     m = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), len(labels))
     tp = np.diag(m).astype(np.float64)                                     # [K]
     predicted, support = m.sum(axis=0), m.sum(axis=1)                      # [K] columns, rows
@@ -441,7 +443,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Seque
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(tp), where=both > 0)
-    return {"accuracy": float(tp.sum() / max(m.sum(), 1)), "macro_f1": float(f1.mean()),
+    seen = (support + predicted) > 0                                     # [K] labels that occur
+    return {"accuracy": float(tp.sum() / max(m.sum(), 1)), "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
             "per_label": [{"label": name, "precision": float(precision[i]), "recall": float(recall[i]),
                            "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(labels)],
             "confusion": m}
