@@ -251,8 +251,12 @@ def test_numgpt_embed_prints_one_json_line_per_text(builtin, tmp_path):
     assert "Traceback" not in bad.stderr and bad.stdout == ""
     long = subprocess.run([sys.executable, "-m", "numgpt", "embed", "Hi", "word " * 400], capture_output=True,
                           text=True, timeout=120)
-    assert long.returncode == 2 and long.stderr.count("\n") == 1 and "input 1 has" in long.stderr
+    assert long.returncode == 2 and long.stderr.count("\n") == 1 and "error: TEXT 2 has" in long.stderr
     assert long.stderr.strip().endswith("pass --truncate to keep its first tokens"), long.stderr
+    (tmp_path / "long.txt").write_text("Hi\n" + "word " * 400 + "\n", encoding="utf-8")   # it said "input 1"
+    long = subprocess.run([sys.executable, "-m", "numgpt", "embed", "--file", str(tmp_path / "long.txt")],
+                          capture_output=True, text=True, timeout=120)
+    assert long.returncode == 2 and f"error: {tmp_path / 'long.txt'}: line 2 has 402 tokens" in long.stderr
 
 
 def test_request_timeout_ends_an_embeddings_request_and_the_server_goes_on(builtin):

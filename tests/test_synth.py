@@ -435,3 +435,18 @@ def test_cli_check_names_every_bad_line(capsys, tmp_path):
     path.write_text("\n".join([lines[1], lines[2]]) + "\n", encoding="utf-8")
     code, _, err = run(capsys, "data", "check", str(path))
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"numgpt: error: {path}:2: no assistant turn")
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_read_past(tmp_path, capsys):
+    """Windows editors save UTF-8 with a BOM; `data check` said "Unexpected UTF-8 BOM (decode using utf-8-sig)"."""
+    from numgpt.posttrain.chatdata import read_conversations
+    from numgpt.posttrain.pairs import read_pairs
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    pair = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
+            "rejected": [{"role": "assistant", "content": "go away"}]}
+    for name, record, read in (("c.jsonl", chat, read_conversations), ("p.jsonl", pair, read_pairs)):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode() + b"\n")
+        assert len(read(path)) == 1
+        assert main(["data", "check", str(path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()

@@ -234,11 +234,13 @@ def test_train_tokenizer_quiet_prints_nothing(capsys, tmp_path):
 def test_text_that_is_not_utf8_on_the_command_line_is_refused(tmp_path):
     """A byte that is not UTF-8 in argv is refused by name, as --file refuses such a file (it was read as
     U+FFFD silently); checked in a real process, where Python turns argv's bad bytes into surrogates."""
-    for argv in (["tokenize", b"caf\xff"], ["next", b"caf\xff"], ["generate", "-n", "2", b"caf\xff"],
-                 ["tokenize", "--model", b"\xfe", "x"]):
+    # named as --help names them: a positional by its metavar (embed's said "--texts", an option it has not)
+    for argv, name in ((["tokenize", b"caf\xff"], "TEXT"), (["next", b"caf\xff"], "PROMPT"),
+                       (["generate", "-n", "2", b"caf\xff"], "PROMPT"), (["embed", b"caf\xff"], "TEXT"),
+                       (["tokenize", "--model", b"\xfe", "x"], "--model")):
         done = subprocess.run([sys.executable, "-m", "numgpt", *argv], capture_output=True, cwd=tmp_path)
         err = done.stderr.decode()
-        assert done.returncode == 2 and err.count("\n") == 1 and "not UTF-8" in err, (argv, err)
+        assert done.returncode == 2 and err.count("\n") == 1 and f"error: {name} is not UTF-8" in err, (argv, err)
         assert ("byte 0xff at character 3" in err) if argv[-1] == b"caf\xff" else "--model" in err, err
 
 

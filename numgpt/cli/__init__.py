@@ -67,7 +67,9 @@ def name_flags(parser: argparse.ArgumentParser) -> None:
     (options.command_flag_names)."""
     own = {a.dest: max(a.option_strings, key=len) for a in parser._actions
            if any(o.startswith("--") for o in a.option_strings) and a.dest not in ("help", argparse.SUPPRESS)}
-    parser.set_defaults(own_flag_names=own)
+    positional = {a.dest: a.metavar or a.dest.upper() for a in parser._actions
+                  if not a.option_strings and isinstance(a.metavar or a.dest, str) and a.dest != argparse.SUPPRESS}
+    parser.set_defaults(own_flag_names=own, own_positional_names=positional)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -101,7 +103,8 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
             try:
                 text.encode("utf-8")                     # a lone surrogate (a bad byte kept) cannot be
             except UnicodeEncodeError as e:
-                shown = name if name in ("prompt", "text") else "--" + name.replace("_", "-")
+                shown = (getattr(args, "own_flag_names", {}).get(name)
+                         or getattr(args, "own_positional_names", {}).get(name) or "--" + name.replace("_", "-"))
                 raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{ord(text[e.start]) - 0xDC00:02x} at "
                                   f"character {e.start}); numgpt reads command-line text as UTF-8") from None
 

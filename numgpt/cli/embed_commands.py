@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import sys
 
@@ -51,7 +52,8 @@ def texts_of(args: argparse.Namespace) -> list[str]:
         return args.texts
     if args.file is None and sys.stdin.isatty():
         raise NumgptError('no texts: pass TEXT arguments, --file PATH or lines on stdin (one text per line)')
-    lines = read_text(args.file or "-").splitlines()          # no TEXT, stdin piped: its lines, as tokenize
+    args.file = args.file or "-"                             # no TEXT, stdin piped: its lines, as tokenize
+    lines = read_text(args.file).splitlines()
     where = "stdin" if args.file in (None, "-") else args.file
     for n, line in enumerate(lines, 1):
         if not line:
@@ -66,8 +68,12 @@ def run_embed(args: argparse.Namespace) -> int:
     lm = load_model(args)
     try:
         vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)  # [n, C]
-    except NumgptError as e:                   # the library's remedy said as this command's flag
-        raise NumgptError(str(e).replace("truncate=True", "--truncate")) from None
+    except NumgptError as e:                   # the library's remedy said as this command's flag, its input as a line
+        from_lines = args.file is not None
+        where = ("stdin" if args.file == "-" else args.file) if from_lines else None
+        message = re.sub(r"\binput (\d+)", lambda m: f"{where}: line {int(m[1]) + 1}" if from_lines
+                         else f"TEXT {int(m[1]) + 1}", str(e))
+        raise NumgptError(message.replace("truncate=True", "--truncate")) from None
     for i, (text, v) in enumerate(zip(texts, vectors)):
         tokens = min(len(lm.encode(text)), lm.config.n_positions)
         print(json.dumps({"index": i, "tokens": tokens, "embedding": v.tolist()}))

@@ -50,7 +50,7 @@ def checked_lines(path: str | os.PathLike, *, most_bad: int) -> tuple[list[tuple
     if not path.exists():
         raise NumgptError(f"{path}: no such file")
     found, bad = [], []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for number, raw in enumerate(jsonl_lines(path), start=1):
         if not raw.strip():
             continue
         try:
@@ -63,6 +63,12 @@ def checked_lines(path: str | os.PathLike, *, most_bad: int) -> tuple[list[tuple
         raise NumgptError(f"{path}: no conversations (the file is empty); write one JSON object per line, "
                           'such as {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}')
     return found, bad
+
+
+def jsonl_lines(path: Path) -> list[bytes]:
+    """A JSONL file's lines as bytes, a UTF-8 byte-order mark at its start dropped (Windows editors write one;
+    labelled CSV and JSONL files are read past it too)."""
+    return path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
 
 
 def _checked_line(raw: bytes, where: str) -> dict:

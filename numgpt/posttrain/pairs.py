@@ -76,7 +76,7 @@ import numpy as np
 from ..errors import NumgptError, real_number
 from ..tokenizer import Tokenizer
 from .chat_format import chat_template, check_messages, render_chat
-from .chatdata import _json_type, write_conversations
+from .chatdata import _json_type, jsonl_lines, write_conversations
 from .synth import FAMILIES, IDENTITY_ANSWER, LETTERS, MONTHS, NUMBER, UNITS, WEEKDAYS, WORD, Operands, check, \
     numeric, prompt_messages, reference_reply, synthesize
 
@@ -120,7 +120,7 @@ def numbered_pairs(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(line number, pair) for every non-blank line, checked; blank lines are skipped (their numbers count)."""
     path = Path(path)
     found = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for number, raw in enumerate(jsonl_lines(path), start=1):
         if not raw.strip():
             continue
         where = f"{path}:{number}"
