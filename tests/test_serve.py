@@ -438,8 +438,9 @@ def test_context_error_has_openai_shape(server):
 def test_malformed_bodies(server):
     h = {"Content-Type": "application/json"}
     for body, why in ((b'{"prompt": "x",', ": Expecting property name enclosed in double quotes (at character 15)"),
-                      (b'{"prompt": "\xff\xfe"}', ""), ('{"input": "caf\xe9"}'.encode("latin-1"), ""),
-                      (b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", ", or is nested too deeply")):
+                      (b'{"prompt": "\xff\xfe"}', ": byte 0xff at offset 12 is not UTF-8"),
+                      ('{"input": "caf\xe9"}'.encode("latin-1"), ": byte 0xe9 at offset 14 is not UTF-8"),
+                      (b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", ": it is nested too deeply to read")):
         e = error_of(server.http.post("/v1/completions", content=body, headers=h), 400)
         assert e["message"].startswith("the body is not valid JSON (UTF-8 text)") and why in e["message"], body
         assert e["code"] == "invalid_json"

@@ -112,6 +112,25 @@ def test_a_conversation_the_format_refuses_is_a_400(server, messages, words):
     assert server.healthy()
 
 
+def test_a_request_the_server_cannot_take_names_its_field(server, chat_lm):
+    """Through the official client: an image part, top_logprobs alone, a conversation with no room for a reply
+    and no max_tokens, two different token limits. Each message was worded for pydantic or for a completion."""
+    hi = [{"role": "user", "content": "hi"}]
+    long = [{"role": "user", "content": "hi " * chat_lm.config.n_positions}]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]
+    for kwargs, param, words in (
+            ({"messages": image}, "messages", "messages.0.content must be a string or a list of text parts"),
+            ({"messages": hi, "top_logprobs": 2}, None, "top_logprobs needs logprobs: true"),
+            ({"messages": long}, "messages", "this model's maximum context length is"),
+            ({"messages": hi, "max_tokens": 3, "max_completion_tokens": 4}, "max_tokens",
+             "max_tokens (3) and max_completion_tokens (4) differ")):
+        with pytest.raises(openai.BadRequestError) as e:
+            server.client.chat.completions.create(model="numgpt", **kwargs)
+        error = e.value.response.json()["error"]
+        assert error["message"].startswith(words) and error["param"] == param, error
+    assert server.healthy()
+
+
 def test_which_template_is_served(chat_lm, template):
     """No flag: the model's own if it has one, else the transcript; --chat-template overrides it with a note
     ('none' turns chat off); a chat template numgpt cannot render is a one-line error without a flag."""

@@ -84,9 +84,13 @@ class Completions:
                            "is a base model; use /v1/completions", code="no_chat_template")
         ids = self.chat_prompt(template, body.messages)
         n_positions = self.lm.config.n_positions
+        if None not in (body.max_tokens, body.max_completion_tokens) and body.max_tokens != body.max_completion_tokens:
+            raise APIError(400, f"max_tokens ({body.max_tokens}) and max_completion_tokens ({body.max_completion_tokens}) "
+                           "differ; give one of them (max_completion_tokens is OpenAI's current name)",
+                           param="max_tokens", code="invalid_value")
         max_tokens = (body.max_completion_tokens or body.max_tokens
                       or max(1, min(self.limit, n_positions - len(ids))))
-        self.check_fits(ids, max_tokens)
+        self.check_fits(ids, max_tokens, prompt_param="messages")
         self.check_capacity(1, body.n, f"n {body.n}")
         k = (body.top_logprobs or 0) if body.logprobs else None
         constraint = await asyncio.to_thread(self.constraint, body, tuple(template.end_ids))
@@ -159,11 +163,17 @@ class Completions:
                            f"{self.engine.max_queue} = {most}; send fewer prompts or a smaller n",
                            param="prompt" if prompts > 1 else "n", code="too_many_sequences")
 
-    def check_fits(self, ids: list[int], max_tokens: int) -> None:
+    def check_fits(self, ids: list[int], max_tokens: int, *, prompt_param: str = "prompt") -> None:
+        """The prompt and max_tokens fit the model's context; prompt_param names the prompt's field (a chat's
+        messages)."""
         n_positions = self.lm.config.n_positions
         if max_tokens > self.limit:
             raise APIError(400, f"max_tokens is {max_tokens}, above this server's limit of {self.limit}",
                            param="max_tokens", code="invalid_value")
+        if len(ids) >= n_positions:     # no room for one token, whatever max_tokens says (or was left out)
+            raise APIError(400, f"this model's maximum context length is {n_positions} tokens; the prompt "
+                           f"({prompt_param}) has {len(ids)}, which leaves no room for a reply: shorten it",
+                           param=prompt_param, code="context_length_exceeded")
         if len(ids) + max_tokens > n_positions:
             raise APIError(400, f"this model's maximum context length is {n_positions} tokens; the "
                            f"prompt has {len(ids)} and max_tokens asks for {max_tokens} more "

@@ -8,6 +8,7 @@ middleware (which answers before FastAPI) and the streams (which answer inside a
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,7 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
         if e.status_code == 400 and e.detail == PARSE_FAILED:     # the parser raised: bad UTF-8, or too deep
-            return error_response(400, NOT_READABLE, code="invalid_json")
+            return error_response(400, await unreadable_body(request), code="invalid_json")
         message = {404: f"no route {request.method} {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message, code="not_found" if e.status_code == 404 else None)
@@ -74,6 +75,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _bug(request: Request, e: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error (logged on the server)", type="server_error")
+
+
+async def unreadable_body(request: Request) -> str:
+    """Why a body the JSON parser raised on could not be read: bytes that are not UTF-8 (which), or JSON
+    nested deeper than the parser goes."""
+    try:
+        body = await request.body()                  # kept by the request that read it first
+    except Exception:                                # (the stream already consumed elsewhere: say both)
+        return NOT_READABLE
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"{NOT_JSON}: byte 0x{body[e.start]:02x} at offset {e.start} is not UTF-8"
+    return f"{NOT_JSON}: it is nested too deeply to read"
 
 
 def validation_error(errors: list, content_type: str = "application/json") -> JSONResponse:
@@ -87,7 +102,7 @@ def validation_error(errors: list, content_type: str = "application/json") -> JS
     loc = [p for p in first.get("loc", ()) if p != "body"]
     path = field_path(loc)
     param = str(loc[0]) if loc else None
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")   # pydantic's wording for a ValueError
     if not loc and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
         message = "the body must be a JSON object" + (
             "" if "json" in content_type else f" sent as Content-Type: application/json, not {content_type or 'none'}")
@@ -95,11 +110,20 @@ def validation_error(errors: list, content_type: str = "application/json") -> JS
         pass
     elif first.get("type") == "extra_forbidden":
         message = f"unrecognized request argument supplied: {path}"
-    elif path in schemas.ACCEPTS:
-        message = f"{path} must be {schemas.ACCEPTS[path]}"
+    elif any_item(path) in schemas.ACCEPTS:
+        message = f"{path} must be {schemas.ACCEPTS[any_item(path)]}"
     elif path:
         message = f"{path}: {message}"
     return error_response(400, message, param=param, code=first.get("type"))
+
+
+def any_item(path: str) -> str:
+    """A field path with its list indexes as *, as schemas.ACCEPTS names them: messages.0.content ->
+    messages.*.content."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", path)
+
+
+UNION_TAGS = {"str", "int", "float", "bool"}   # pydantic's names of a union's plain members in an error location
 
 
 def field_path(loc) -> str:
@@ -111,6 +135,8 @@ def field_path(loc) -> str:
             out.append(str(p))
         elif k > 0 and loc[k - 1] in schemas.TAGGED:
             continue                                   # response_format.json_schema.name, not ...json_schema.json_schema...
+        elif p in UNION_TAGS:
+            continue                                   # messages.0.content, not messages.0.content.str
         elif p.isidentifier():
             out.append(p)
         else:

@@ -18,7 +18,8 @@ from pydantic_core import PydanticCustomError
 # what a field of several accepted types takes, for the 400 message (pydantic reports each member's failure)
 ACCEPTS = {"prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
            "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
-           "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number in [-100, 100]"}
+           "stop": "a string or a list of up to 4 strings", "logit_bias": "an object of token id -> number in [-100, 100]",
+           "messages.*.content": 'a string or a list of text parts ({"type": "text", "text": ...}): numgpt reads text only'}
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
