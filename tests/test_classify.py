@@ -242,7 +242,7 @@ def test_csv_and_jsonl_read_the_same_records(tmp_path):
         assert [(e.text, e.label) for e in classdata.read_labelled(tmp_path / name)] == [(odd, "1")]
 
 
-def test_fortunes_reader(tmp_path):
+def test_fortunes_reader(tmp_path, capsys):
     (tmp_path / "food").write_text("Eat.\n%\n\nDrink,\nbe merry.\n%\n%\n", encoding="utf-8")
     (tmp_path / "food.dat").write_bytes(b"\0\1")
     (tmp_path / "law").write_text("Sue.\n", encoding="utf-8")          # one fortune: no '%' line, but indexed
@@ -267,6 +267,9 @@ def test_fortunes_reader(tmp_path):
                  str(tmp_path / "." / "s.jsonl")]) == 2 and not (tmp_path / "s.jsonl").exists()
     assert main(["data", "fortunes", "--folder", str(tmp_path), "--categories", "food,law,food",
                  "-o", str(tmp_path / "d.jsonl")]) == 2 and not (tmp_path / "d.jsonl").exists()
+    for flag, value in (("--seed", "3"), ("--test-fraction", "0.5")):         # without --test they did nothing
+        assert main(["data", "fortunes", "--folder", str(tmp_path), flag, value, "-o", str(tmp_path / "d.jsonl")]) == 2
+        assert f"{flag} is for the --test draw" in capsys.readouterr().err
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes").write_text("a file\n", encoding="utf-8")
     with pytest.raises(NumgptError, match="no fortune files"):
@@ -305,7 +308,8 @@ def test_bad_numbers_are_one_line_before_anything_runs(tmp_path, capsys, gpt2_vo
     data = tmp_path / "d.csv"
     data.write_text("text,label\nhi,a\nho,b\n", encoding="utf-8")
     for flags, message in ((["--epochs", "inf"], "--epochs must be a number > 0"), (["--seed", "-1"], "--seed must "
-                           "be a whole number >= 0, got -1"), (["--max-iters", "-1"], "--max-iters must be >= 1")):
+                           "be a whole number >= 0, got -1"), (["--max-iters", "-1"], "--max-iters must be >= 1"),
+                          (["--epochs", "2", "--max-iters", "3"], "give --epochs or --max-iters, not both")):
         assert main(["classify", "train", str(data), "--init", str(gpt2_vocab_model), "--out", str(tmp_path / "run"),
                      *flags]) == 2
         err = capsys.readouterr().err

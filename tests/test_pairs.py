@@ -196,6 +196,11 @@ def test_data_pairs_and_check_through_the_cli(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["data", "pairs", "--n", "3", "--families", "add,add,sub", "--out", str(tmp_path / "t.jsonl")]) == 2
     assert "--families: add named twice" in capsys.readouterr().err            # it was 2 add for 1 sub
+    for flags, said in ((["--group", "4"], "--group is for the answers --from-model MODEL samples"),
+                        (["--temperature", "0.5"], "--temperature is for the answers --from-model MODEL samples"),
+                        (["--from-model", "chat", "--format-rate", "0"], "--format-rate shapes synthetic rejected")):
+        assert main(["data", "pairs", "--n", "3", *flags, "--out", str(tmp_path / "t.jsonl")]) == 2
+        assert said in capsys.readouterr().err                                  # each was ignored
     # the chat model answers who it is right every time: no pair, and no empty file that check and dpo refuse
     assert main(["data", "pairs", "--from-model", "chat", "--families", "identity", "--n", "2",
                  "--out", str(tmp_path / "e.jsonl")]) == 2

@@ -22,6 +22,7 @@ from .train_commands import add_training_flags
 HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alone, pre-trained weights, LoRA
 CLASSIFY_TRAIN = {"batch_size": 16, "grad_accum": 1, "weight_decay": 0.1, "grad_clip": 1.0, "dropout": 0.0,
                   "seed": 1337, "threads": 0}       # classify train's defaults (the others: see _train_config)
+EPOCHS = 3.0   # classify train's passes over the training texts unless --epochs or --max-iters says otherwise
 CLASSIFY_FLAGS = ("max_iters", "batch_size", "grad_accum", "lr", "warmup_iters", "weight_decay", "grad_clip",
                   "dropout", "eval_interval", "seed", "threads")    # numgpt train's flags that classify train has
 
@@ -77,7 +78,7 @@ def _register_train(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, metavar="N",
                    help=f"texts are cut to their first N tokens (at most the model's context) ({MAX_TOKENS})")
     o = p.add_argument_group("training")
-    o.add_argument("--epochs", type=float, default=3.0, metavar="E", help="passes over the training texts, "
+    o.add_argument("--epochs", type=float, metavar="E", help="passes over the training texts, "
                    "as steps of random batches (3)")
     add_training_flags(o, {**CLASSIFY_TRAIN, "max_iters": "instead of --epochs", "dropout": 0,
                            "lr": f"{HEAD_LR} for --train head, {LORA_LR} with --lora-rank, else {BODY_LR}",
@@ -138,6 +139,9 @@ def run_train(args) -> int:
     if lora is not None and args.train != "head":
         raise NumgptError(f"--lora-rank trains an adapter and the head, the model's weights frozen; --train "
                           f"{args.train} trains the weights themselves: pass one of them")
+    if args.epochs is not None and args.max_iters is not None:
+        raise NumgptError("give --epochs or --max-iters, not both: --max-iters counts the steps itself")
+    args.epochs = EPOCHS if args.epochs is None else args.epochs
     if not 0 < args.epochs < 1e6:                      # NaN and inf fail this too
         raise NumgptError(f"--epochs must be a number > 0 (and below a million), got {args.epochs}")
     out = output_folder(args.out, flag="--out", force=args.force, what="run folder")
@@ -379,8 +383,8 @@ def register_fortunes(sub) -> None:
     p.add_argument("-o", "--output", "--out", dest="output", metavar="FILE", help="the JSONL file to write")
     p.add_argument("--test", metavar="TEST_FILE", help="also hold out a random --test-fraction of the fortunes "
                    "into TEST_FILE (they are then not in FILE)")
-    p.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="share held out for --test (0.2)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the --test draw (0)")
+    p.add_argument("--test-fraction", type=float, metavar="X", help="share held out for --test (0.2)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the --test draw (0)")
     p.add_argument("--force", action="store_true", help="replace FILE (and TEST_FILE) if they exist")
     p.set_defaults(run=run_fortunes)
 
@@ -394,6 +398,11 @@ def run_fortunes(args) -> int:
     categories = name_list(args.categories, "--categories") if args.categories else None
     if not args.list and not args.output:
         raise NumgptError("pass -o FILE to write the fortunes (or --list to see the categories)")
+    if not args.test and (args.test_fraction is not None or args.seed is not None):
+        raise NumgptError(f"{'--test-fraction' if args.test_fraction is not None else '--seed'} is for the --test "
+                          "draw; pass --test TEST_FILE too")
+    args.test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
+    args.seed = 0 if args.seed is None else args.seed
     if args.test and not 0 < args.test_fraction < 1:
         raise NumgptError(f"--test-fraction must be > 0 and < 1, got {args.test_fraction}")
     outputs = [] if args.list else [(Path(f), flag) for f, flag in ((args.output, "-o"), (args.test, "--test")) if f]

@@ -14,6 +14,8 @@ from .groups import command_group, subcommand
 from .options import name_list
 from .paths import input_file, output_file, read_text
 
+SAMPLED_GROUP = 8           # data pairs --from-model: answers sampled per task, unless --group says
+SAMPLED_TEMPERATURE = 1.0   # ... at this temperature, unless --temperature says
 MOST_BAD_LINES = 50   # `data check` names this many bad lines at most, then stops
 
 DATA_EXAMPLES = """\
@@ -145,13 +147,14 @@ def _register_pairs(sub) -> None:
                    description="Write preference pairs made from the synthetic tasks: the reference reply "
                                "chosen, a plausible wrong one rejected.", epilog=PAIRS_EXAMPLES)
     _add_task_flags(p, n_help="how many pairs (an even mix of families)", openers="prompts")
-    p.add_argument("--format-rate", type=float, default=FORMAT_RATE, metavar="P",
-                   help=f"the fraction of rejected replies that give no answer at all (default {FORMAT_RATE})")
+    p.add_argument("--format-rate", type=float, metavar="P",
+                   help=f"the fraction of synthetic rejected replies that give no answer at all (default {FORMAT_RATE})")
     m = p.add_argument_group("pairs from a model's own answers")
     m.add_argument("--from-model", metavar="MODEL", help="a chat model (a model folder, or 'chat') whose sampled "
                    "answers make the pairs: a right one chosen, a wrong one rejected")
-    m.add_argument("--group", type=int, default=8, metavar="G", help="answers sampled per task (default 8)")
-    m.add_argument("--temperature", type=float, default=1.0, metavar="T", help="their temperature (default 1.0)")
+    m.add_argument("--group", type=int, metavar="G", help=f"answers sampled per task (default {SAMPLED_GROUP})")
+    m.add_argument("--temperature", type=float, metavar="T",
+                   help=f"their temperature (default {SAMPLED_TEMPERATURE})")
     m.add_argument("--rejected", choices=REJECTED, default="sampled", help="which wrong answer is rejected: the "
                    "first wrong sample, or the greedy answer when it is wrong (below; default sampled)")
     m.add_argument("--step-level", nargs="?", const="sentence", choices=SLIP_UNITS, metavar="UNIT",
@@ -211,7 +214,7 @@ def _synth_options(args) -> tuple[Path, object, list[str]]:
 def run_pairs(args) -> int:
     import numpy as np
 
-    from ..posttrain.pairs import synthesize_pairs, write_pairs
+    from ..posttrain.pairs import FORMAT_RATE, synthesize_pairs, write_pairs
 
     out, operands, families = _synth_options(args)
     if args.step_level and args.from_model is None:
@@ -222,9 +225,18 @@ def run_pairs(args) -> int:
         raise NumgptError(f"--chosen {args.chosen} picks the right reply step-level pairs cut against, so it needs "
                           "--step-level (and --from-model)")
     if args.from_model is not None:
+        if args.format_rate is not None:
+            raise NumgptError("--format-rate shapes synthetic rejected replies; with --from-model the model's own "
+                              "wrong answers are rejected: leave it out")
+        args.group = SAMPLED_GROUP if args.group is None else args.group
+        args.temperature = SAMPLED_TEMPERATURE if args.temperature is None else args.temperature
         return _run_sampled_pairs(args, out, operands, families)
+    for flag, value in (("--group", args.group), ("--temperature", args.temperature)):
+        if value is not None:
+            raise NumgptError(f"{flag} is for the answers --from-model MODEL samples; synthetic pairs sample none")
     pairs = synthesize_pairs(args.n, rng=np.random.default_rng(args.seed), families=families, split=args.split,
-                             operands=operands, system_rate=args.system_rate, format_rate=args.format_rate)
+                             operands=operands, system_rate=args.system_rate,
+                             format_rate=FORMAT_RATE if args.format_rate is None else args.format_rate)
     write_pairs(out, pairs)
     flaws = Counter(p["flaw"] for p in pairs)
     print(f"wrote {len(pairs)} {args.split} preference pair{'s' * (len(pairs) != 1)} to {out} "
