@@ -393,6 +393,8 @@ def test_train_evaluate_predict(tmp_path, capsys, monkeypatch, gpt2_vocab_model)
     assert main(["classify", "predict", odd, "--model", str(tmp_path / "run")]) == 0
     line, = capsys.readouterr().out.splitlines()
     assert line.split("\t")[2] == texts[0] + "\\tand\\nmore"
+    assert main(["classify", "predict", "word " * 300, "--model", str(tmp_path / "run")]) == 0   # cut: said so
+    assert "note: 1 of the 1 texts are longer than" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_latest_at_the_last_whole_step(gpt2_vocab_model, tmp_path):

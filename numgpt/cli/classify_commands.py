@@ -342,6 +342,10 @@ def run_predict(args) -> int:
             raise NumgptError("no texts on stdin (one text a line)")
     model = load_model(args.model)
     probs = softmax(model.logits(texts))
+    _, cut = model.encode(texts)
+    if cut:                             # as train and evaluate say it: the label is of the text's start
+        print(f"note: {cut} of the {len(texts)} texts are longer than {model.max_tokens} tokens; each was classified "
+              "by its first ones", file=sys.stderr)
     for text, p in zip(texts, probs):
         best = int(p.argmax())
         if args.json:
