@@ -64,7 +64,7 @@ def _register_train(sub) -> None:
                    "JSONL); writes RUN/best (lowest validation loss) and RUN/latest.", epilog=CLASSIFY_EXAMPLES)
     p.add_argument("data", metavar="DATA", help="a .csv or .jsonl file of texts and labels")
     p.add_argument("--init", required=True, metavar="MODEL", help="the pre-trained model: a GPT-2 folder, "
-                   "'builtin', or a cached hub name such as gpt2")
+                   "a run folder (its best/, else latest/), 'builtin', 'chat', or a cached hub name such as gpt2")
     p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="RUN", help="the folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into RUN even if it holds files")
     _fields(p)

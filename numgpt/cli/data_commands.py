@@ -1,5 +1,6 @@
 """`numgpt data synth` (synthetic conversations with exact answers -> chat JSONL) and `numgpt data check`
-(a chat JSONL file validated and counted). The work is in numgpt.posttrain; this module reads flags, prints.
+(a chat or preference pairs JSONL file validated and counted), `numgpt data pairs`; `data fortunes` is in
+classify_commands. The work is in numgpt.posttrain; this module reads flags, prints.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _register_check(sub) -> None:
                    description="Validate a chat JSONL file (OpenAI's fine-tuning format) or a preference "
                                "pairs file (TRL's prompt/chosen/rejected) and print its counts per role "
                                "and per task family.", epilog=CHECK_EXAMPLES)
-    p.add_argument("file", metavar="FILE", help="a chat JSONL file")
+    p.add_argument("file", metavar="FILE", help="a chat JSONL file, or a preference pairs file")
     p.set_defaults(run=run_check)
 
 

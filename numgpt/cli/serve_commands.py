@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $NUMGPT_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the playground page's own "
+                        "files (default: $NUMGPT_API_KEY)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (slots; default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot (default 64)")
     p.add_argument("--max-tokens-limit", type=int, default=None,
