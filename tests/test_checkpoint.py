@@ -399,6 +399,19 @@ def test_resolve_a_training_run_folder_to_its_best_then_latest_checkpoint(tiny_f
         resolve_model("", cache_dir=tmp_path / "empty", download=False)
 
 
+def test_a_folder_that_is_no_checkpoint_says_what_it_is(tiny_folder, tmp_path):
+    """A config.json that is a folder was "missing"; a LoRA adapter's folder was not said to be one."""
+    odd = tmp_path / "odd"
+    (odd / "config.json").mkdir(parents=True)
+    with pytest.raises(NumgptError, match="config.json: is a folder, not a file"):
+        load_checkpoint(odd)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(NumgptError, match=f"{adapter}: a LoRA adapter, not a model; load its base with the adapter"):
+        load_checkpoint(adapter)
+
+
 def test_resolve_names_in_the_hub_cache(tmp_path):
     cache = tmp_path / "hub"
     snapshot = fake_hub_cache(cache, "openai-community/gpt2")

@@ -4,6 +4,7 @@ folder against transformers, a tiny real training that learns, bit-exact resume,
 `numgpt reward train|score`, and the one-line refusals."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -426,7 +427,9 @@ def test_other_refusals_are_one_line(world, tmp_path, capsys):
     assert code == 2 and "its own data, model and trained set: drop --train" in err
     code, err = run_cli(["reward", "train", pairs, "--out", str(tmp_path / "none"), "--resume"], capsys)
     assert code == 2 and "holds no reward-model run to resume" in err
-    for folder, words in ((world / "chat", "not a reward model (no score head"), (tmp_path, "no config.json")):
+    shutil.copytree(world / "chat", tmp_path / "chat-run" / "best")    # a run folder: said what its model is
+    for folder, words in ((world / "chat", "not a reward model (no score head"), (tmp_path, "no config.json"),
+                          (tmp_path / "chat-run", "chat-run/best: not a reward model (no score head")):
         code, err = run_cli(["reward", "score", str(folder), "--prompt", "q", "--reply", "a"], capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     code, err = run_cli(["reward", "score", str(world / "chat"), "--reply", "a"], capsys)

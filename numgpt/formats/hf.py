@@ -40,6 +40,12 @@ CONVERT_HINT = ('convert it once with transformers: python -c "from transformers
 def load_config(folder: str | os.PathLike) -> GPTConfig:
     """GPTConfig from a Hugging Face config.json."""
     path = Path(folder) / CONFIG_FILE
+    if path.is_dir():
+        raise NumgptError(f"{path}: is a folder, not a file; a GPT-2 checkpoint folder needs the file config.json")
+    from .peft import CONFIG_FILE as ADAPTER_CONFIG            # what marks a LoRA adapter's folder
+    if not path.is_file() and (Path(folder) / ADAPTER_CONFIG).is_file():
+        raise NumgptError(f"{folder}: a LoRA adapter, not a model; load its base with the adapter "
+                          f"(--model BASE --adapter {folder}; numgpt.load(BASE, adapter=...))")
     if not path.is_file():
         raise NumgptError(f"{path}: missing; a GPT-2 checkpoint folder needs config.json and model.safetensors")
     try:

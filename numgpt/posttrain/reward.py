@@ -630,6 +630,9 @@ def load_reward_model(folder: str | Path) -> RewardModel:
         raise NumgptError(f"{folder}: a training checkpoint of `numgpt reward train`, not the reward model; score "
                           f"with {folder.parent} (its {MODEL_SUBDIR}/: the best checkpoint, exported when the "
                           "run ends or stops)")
+    checkpoint = next((folder / k for k in ("best", "latest") if (folder / k / CONFIG_FILE).is_file()), None)
+    if not (folder / CONFIG_FILE).is_file() and checkpoint is not None:
+        folder = checkpoint                 # another command's run (classify train): said below what it holds
     if not (folder / CONFIG_FILE).is_file():
         raise NumgptError(f"{folder}: not a reward model (no config.json); pass the --out folder of `numgpt reward "
                           "train`")
