@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NumgptError
+from .chatdata import _json_type
 
 TEXT_FIELD, LABEL_FIELD = "text", "label"           # the names Hugging Face datasets use
 CSV_SUFFIXES, JSONL_SUFFIXES = (".csv",), (".jsonl", ".ndjson")
@@ -104,7 +105,7 @@ def _example(row: dict, where: str, text_field: str, label_field: str, path: Pat
             raise NumgptError(f"{where}: no '{field}' field (it has: {fields}); name the column with {flag}")
     text, label = row[text_field], row[label_field]
     if not isinstance(text, str):
-        raise NumgptError(f"{where}: '{text_field}' is a {type(text).__name__}, not text")
+        raise NumgptError(f"{where}: '{text_field}' is {_json_type(text)}, not text (a JSON string)")
     if not text.strip():
         raise NumgptError(f"{where}: '{text_field}' is empty; every record needs a text to classify")
     if isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip():
