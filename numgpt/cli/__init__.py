@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from ..errors import NumgptError
+from .paths import surrogate_byte
 
 DESCRIPTION = """\
 numgpt: GPT-2 from scratch in NumPy -- tokenizer, inference, generation, training and fine-tuning.
@@ -105,7 +106,7 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
             except UnicodeEncodeError as e:
                 shown = (getattr(args, "own_flag_names", {}).get(name)
                          or getattr(args, "own_positional_names", {}).get(name) or "--" + name.replace("_", "-"))
-                raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{ord(text[e.start]) - 0xDC00:02x} at "
+                raise NumgptError(f"{shown} is not UTF-8 text (byte 0x{surrogate_byte(e):02x} at "
                                   f"character {e.start}); numgpt reads command-line text as UTF-8") from None
 
 

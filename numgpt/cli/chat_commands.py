@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ..errors import NumgptError
 from ..formats.hub import BUILTIN_MODELS, DEFAULT_MODEL
 from .options import add_decoding_flags, decoding_kwargs
+from .paths import surrogate_byte
 
 # The model `numgpt chat` talks to without --model: the built-in chat model once formats/hub.py ships it
 # (issue 22's recipe adds "chat" to BUILTIN_MODELS), the built-in Shakespeare model until then (a base
@@ -176,8 +177,7 @@ def read_line(prompt: str) -> str | None:
     except UnicodeDecodeError as e:
         raise NumgptError(f"stdin is not UTF-8 text (byte 0x{e.object[e.start]:02x}); numgpt chat reads UTF-8") from None
     except UnicodeEncodeError as e:
-        byte = ord(e.object[e.start]) - 0xDC00
-        raise NumgptError(f"stdin is not UTF-8 text (byte 0x{byte:02x}); numgpt chat reads UTF-8") from None
+        raise NumgptError(f"stdin is not UTF-8 text (byte 0x{surrogate_byte(e):02x}); numgpt chat reads UTF-8") from None
 
 
 def say(text: str) -> None:

@@ -23,6 +23,7 @@ HEAD_LR, BODY_LR, LORA_LR = 1e-3, 5e-5, 3e-4   # default peak lr: a new head alo
 CLASSIFY_TRAIN = {"batch_size": 16, "grad_accum": 1, "weight_decay": 0.1, "grad_clip": 1.0, "dropout": 0.0,
                   "seed": 1337, "threads": 0}       # classify train's defaults (the others: see _train_config)
 EPOCHS = 3.0   # classify train's passes over the training texts unless --epochs or --max-iters says otherwise
+TEST_FRACTION, TEST_SEED = 0.2, 0   # data fortunes --test: the share held out, and the draw's seed
 CLASSIFY_FLAGS = ("max_iters", "batch_size", "grad_accum", "lr", "warmup_iters", "weight_decay", "grad_clip",
                   "dropout", "eval_interval", "seed", "threads")    # numgpt train's flags that classify train has
 
@@ -79,7 +80,7 @@ def _register_train(sub) -> None:
                    help=f"texts are cut to their first N tokens (at most the model's context) ({MAX_TOKENS})")
     o = p.add_argument_group("training")
     o.add_argument("--epochs", type=float, metavar="E", help="passes over the training texts, "
-                   "as steps of random batches (3)")
+                   f"as steps of random batches ({EPOCHS:g})")
     add_training_flags(o, {**CLASSIFY_TRAIN, "max_iters": "instead of --epochs", "dropout": 0,
                            "lr": f"{HEAD_LR} for --train head, {LORA_LR} with --lora-rank, else {BODY_LR}",
                            "warmup_iters": "a tenth of the steps", "eval_interval": "a fifth of the steps"},
@@ -341,8 +342,8 @@ def run_predict(args) -> int:
         if not texts:
             raise NumgptError("no texts on stdin (one text a line)")
     model = load_model(args.model)
-    probs = softmax(model.logits(texts))
-    _, cut = model.encode(texts)
+    seqs, cut = model.encode(texts)
+    probs = softmax(model.token_logits(seqs))
     if cut:                             # as train and evaluate say it: the label is of the text's start
         print(f"note: {cut} of the {len(texts)} texts are longer than {model.max_tokens} tokens; each was classified "
               "by its first ones", file=sys.stderr)
@@ -387,8 +388,8 @@ def register_fortunes(sub) -> None:
     p.add_argument("-o", "--output", "--out", dest="output", metavar="FILE", help="the JSONL file to write")
     p.add_argument("--test", metavar="TEST_FILE", help="also hold out a random --test-fraction of the fortunes "
                    "into TEST_FILE (they are then not in FILE)")
-    p.add_argument("--test-fraction", type=float, metavar="X", help="share held out for --test (0.2)")
-    p.add_argument("--seed", type=int, metavar="N", help="seed of the --test draw (0)")
+    p.add_argument("--test-fraction", type=float, metavar="X", help=f"share held out for --test ({TEST_FRACTION})")
+    p.add_argument("--seed", type=int, metavar="N", help=f"seed of the --test draw ({TEST_SEED})")
     p.add_argument("--force", action="store_true", help="replace FILE (and TEST_FILE) if they exist")
     p.set_defaults(run=run_fortunes)
 
@@ -405,8 +406,8 @@ def run_fortunes(args) -> int:
     if not args.test and (args.test_fraction is not None or args.seed is not None):
         raise NumgptError(f"{'--test-fraction' if args.test_fraction is not None else '--seed'} is for the --test "
                           "draw; pass --test TEST_FILE too")
-    args.test_fraction = 0.2 if args.test_fraction is None else args.test_fraction
-    args.seed = 0 if args.seed is None else args.seed
+    args.test_fraction = TEST_FRACTION if args.test_fraction is None else args.test_fraction
+    args.seed = TEST_SEED if args.seed is None else args.seed
     if args.test and not 0 < args.test_fraction < 1:
         raise NumgptError(f"--test-fraction must be > 0 and < 1, got {args.test_fraction}")
     outputs = [] if args.list else [(Path(f), flag) for f, flag in ((args.output, "-o"), (args.test, "--test")) if f]

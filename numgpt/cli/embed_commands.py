@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 import sys
 
 from ..embeddings import POOLINGS
@@ -42,36 +42,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_embed)
 
 
-def texts_of(args: argparse.Namespace) -> list[str]:
-    """The texts: the arguments, or the file's lines (an empty line refused by its number)."""
-    if args.texts == ["-"] and args.file is None:     # '-' is stdin, as in --file - and classify predict -
-        args.texts, args.file = [], "-"
-    if args.texts and args.file is not None:
+def texts_of(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """(the texts, where their lines came from): the arguments (None), or the lines of --file or of stdin
+    ('-' as the only TEXT too, as classify predict takes it), an empty line refused by its number."""
+    texts, source = args.texts, args.file
+    if texts == ["-"] and source is None:                    # '-' alone is stdin, as classify predict takes it
+        texts, source = [], "-"
+    if texts and source is not None:
         raise NumgptError("give the texts either as arguments or with --file, not both")
-    if args.file is None and args.texts:
-        return args.texts
-    if args.file is None and sys.stdin.isatty():
+    if source is None and texts:
+        return texts, None
+    if source is None and sys.stdin.isatty():
         raise NumgptError('no texts: pass TEXT arguments, --file PATH or lines on stdin (one text per line)')
-    args.file = args.file or "-"                             # no TEXT, stdin piped: its lines, as tokenize
-    lines = read_text(args.file).splitlines()
-    where = "stdin" if args.file in (None, "-") else args.file
+    source = source or "-"                                   # no TEXT, stdin piped: its lines, as tokenize
+    lines = read_text(source).splitlines()
+    where = "stdin" if source == "-" else source
     for n, line in enumerate(lines, 1):
         if not line:
             raise NumgptError(f"{where}: line {n} is empty: every line is a text to embed")
     if not lines:
         raise NumgptError(f"{where}: no lines to embed")
-    return lines
+    return lines, where
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    texts = texts_of(args)
+    texts, where = texts_of(args)
     lm = load_model(args)
     try:
         vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)  # [n, C]
     except NumgptError as e:                   # the library's remedy said as this command's flag, its input as a line
-        from_lines = args.file is not None
-        where = ("stdin" if args.file == "-" else args.file) if from_lines else None
-        message = re.sub(r"\binput (\d+)", lambda m: f"{where}: line {int(m[1]) + 1}" if from_lines
+        message = re.sub(r"\binput (\d+)", lambda m: f"{where}: line {int(m[1]) + 1}" if where
                          else f"TEXT {int(m[1]) + 1}", str(e))
         raise NumgptError(message.replace("truncate=True", "--truncate")) from None
     for i, (text, v) in enumerate(zip(texts, vectors)):

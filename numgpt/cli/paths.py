@@ -102,6 +102,12 @@ def input_file(path: str | os.PathLike) -> Path:
     return file
 
 
+def surrogate_byte(e: UnicodeEncodeError) -> int:
+    """The byte a text decoded with surrogateescape (argv, a stdin in the C locale) kept as a lone surrogate,
+    where encoding it as UTF-8 failed."""
+    return ord(e.object[e.start]) - 0xDC00
+
+
 def read_text(path: str | os.PathLike, *, keep_newlines: bool = False) -> str:
     """The text of a UTF-8 file, or of stdin for '-', checked as strictly either way (sys.stdin would let
     bad bytes in as surrogates): another encoding is a one-line error naming the byte. Line ends become

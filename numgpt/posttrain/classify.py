@@ -95,7 +95,10 @@ class Classifier:
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
         """Head logits [len(texts), K], batch_size texts at a time (right-padded)."""
-        seqs, _ = self.encode(texts)
+        return self.token_logits(self.encode(texts)[0], batch_size=batch_size)
+
+    def token_logits(self, seqs: Sequence[np.ndarray], *, batch_size: int = 16) -> np.ndarray:
+        """`logits` of texts already encoded (`encode`, which also says how many were cut)."""
         return logits_of(self.params, self.config, seqs, self.pad_token_id, batch_size=batch_size)
 
     def save(self, folder: str | Path, *, settings: dict[str, Any] | None = None) -> Path:

@@ -616,6 +616,7 @@ class RewardModel:
 def load_reward_model(folder: str | Path) -> RewardModel:
     """The reward model of a `numgpt reward train` run (its RUN/model) or of a GPT2ForSequenceClassification
     folder with one output and numgpt's chat template. Anything else is a one-line NumgptError."""
+    from ..formats import resolve_model
     from ..formats.hf import CONFIG_FILE
     from ..training.state import STATE_FILE
     from .chat_format import chat_template
@@ -630,9 +631,7 @@ def load_reward_model(folder: str | Path) -> RewardModel:
         raise NumgptError(f"{folder}: a training checkpoint of `numgpt reward train`, not the reward model; score "
                           f"with {folder.parent} (its {MODEL_SUBDIR}/: the best checkpoint, exported when the "
                           "run ends or stops)")
-    checkpoint = next((folder / k for k in ("best", "latest") if (folder / k / CONFIG_FILE).is_file()), None)
-    if not (folder / CONFIG_FILE).is_file() and checkpoint is not None:
-        folder = checkpoint                 # another command's run (classify train): said below what it holds
+    folder = resolve_model(folder, cache_dir=None)  # another command's run: its checkpoint, said below what it is
     if not (folder / CONFIG_FILE).is_file():
         raise NumgptError(f"{folder}: not a reward model (no config.json); pass the --out folder of `numgpt reward "
                           "train`")

@@ -97,8 +97,9 @@ def validation_error(errors: list, content_type: str = "application/json") -> JS
     if first.get("type") == "json_invalid":     # with why the parser stopped, and where
         why = (first.get("ctx") or {}).get("error")
         at = [p for p in first.get("loc", ()) if isinstance(p, int)]
-        detail = f": {why}" + (f" (at character {at[0]})" if at else "") if why else ""
-        return error_response(400, NOT_JSON + detail, code="invalid_json")
+        if why and at:
+            why += f" (at character {at[0]})"
+        return error_response(400, f"{NOT_JSON}: {why}" if why else NOT_JSON, code="invalid_json")
     loc = [p for p in first.get("loc", ()) if p != "body"]
     path = field_path(loc)
     param = str(loc[0]) if loc else None

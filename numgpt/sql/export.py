@@ -17,8 +17,8 @@ Schema (the tables named numgpt_*; DuckDB types, PostgreSQL's are the same names
     numgpt_vocab(id, bytes), numgpt_bytes(byte, id), numgpt_merges(rank, left_id, right_id, merged_id),
     numgpt_special(token, id), numgpt_unicode(lo, hi, cls)   the tokenizer (unicode: PostgreSQL only)
 
-An export is one transaction: it drops an earlier export's tables (--force), writes numgpt_meta with state
-'exporting', everything else, and then state 'complete'. Stopped anywhere (an error, Ctrl-C, SIGTERM), it
+An export is one transaction: it drops an earlier export's tables (--force), writes everything, and last
+numgpt_meta with state 'complete'. Stopped anywhere (an error, Ctrl-C, SIGTERM), it
 leaves the database as it was. On DuckDB, a file that holds nothing but an export (or nothing) is not
 written in place: the export goes into a fresh file beside it, which replaces it when complete (one
 rename), so the file never holds two exports' blocks. A file with other tables too is written in place,
@@ -109,11 +109,10 @@ def export(model, db: str, *, force: bool = False, precision: str = "float32", p
             for table in TABLES:
                 writer.execute(f"DROP TABLE IF EXISTS {table}")
             writer.execute(f"CREATE TABLE numgpt_meta (key {dialect.text} PRIMARY KEY, value {dialect.text})")
-            _put_meta(writer, {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "state": "exporting"})
             count = _write_model(writer, dialect, model, progress)
-            _put_meta(writer, {"engine": writer.name, "precision": precision, "product": product,
+            _put_meta(writer, {"format": FORMAT, "schema_version": str(SCHEMA_VERSION), "state": "complete",
+                               "engine": writer.name, "precision": precision, "product": product,
                                "config": json.dumps(asdict(model.config)), "source": str(model.folder or "")})
-            writer.execute("UPDATE numgpt_meta SET value = 'complete' WHERE key = 'state'")
         writer.finish_export(TABLES, progress)
         size = writer.database_size()
         if staging is not None:
@@ -169,8 +168,7 @@ def _open_for_export(db: str, force: bool) -> Engine:
     except DamagedDatabase:
         if not force:
             raise
-    for path in (Path(db), Path(db + ".wal")):
-        path.unlink(missing_ok=True)
+    _remove_database(db)
     return open_engine(db, create=True)
 
 
